@@ -1,0 +1,1 @@
+//! Shape checks for the activation ops (to be written).

@@ -1,0 +1,1 @@
+//! Shape checks for the attention ops (to be written).

@@ -1,0 +1,1 @@
+//! Shape checks for the conv ops (to be written).

@@ -1,0 +1,1 @@
+//! Shape checks for the layout ops (to be written).

@@ -1,0 +1,1 @@
+//! Shape checks for the norm ops (to be written).

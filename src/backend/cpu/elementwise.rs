@@ -1,0 +1,115 @@
+//! Elementwise ops: sums for residuals, scaling, the per-channel time-embedding bias of a
+//! ResNet block, and dtype casts.
+//!
+//!   add:              y = a + b                     (same shapes)
+//!   add_assign:       a += b                        (residual and skip gradients accumulate)
+//!   scale:            y = s·x
+//!   add_channel_bias: y[n, c, ...] = x[n, c, ...] + bias[n, c]
+//!   cast:             f16 <-> f32 <-> f64 (f16 rounds to nearest even)
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::{data, data_mut, dispatch, tensor, Real};
+use crate::backend::check;
+use crate::error::Result;
+use crate::tensor::{CpuData, DType, Storage, Tensor};
+
+/// Elements per rayon task for pointwise loops.
+pub(crate) const CHUNK: usize = 1 << 14;
+
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check::same_shape("add", "a", a, "b", b)?;
+    dispatch!("add", a, add_t(a, b))
+}
+
+fn add_t<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (av, bv) = (data::<T>("add", "a", a)?, data::<T>("add", "b", b)?);
+    let mut y = av.to_vec();
+    y.par_chunks_mut(CHUNK)
+        .zip(bv.par_chunks(CHUNK))
+        .for_each(|(y, b)| y.iter_mut().zip(b).for_each(|(y, &b)| *y += b));
+    tensor(a.shape().clone(), y)
+}
+
+pub fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> {
+    check::same_shape("add_assign", "a", a, "b", b)?;
+    match a.dtype() {
+        DType::F32 => add_assign_t::<f32>(a, b),
+        DType::F64 => add_assign_t::<f64>(a, b),
+        d => Err(super::cpu_dtype_error("add_assign", d)),
+    }
+}
+
+fn add_assign_t<T: Real>(a: &mut Tensor, b: &Tensor) -> Result<()> {
+    let bv = data::<T>("add_assign", "b", b)?;
+    let av = data_mut::<T>("add_assign", "a", a)?;
+    av.par_chunks_mut(CHUNK)
+        .zip(bv.par_chunks(CHUNK))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b));
+    Ok(())
+}
+
+pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
+    dispatch!("scale", x, scale_t(x, s))
+}
+
+fn scale_t<T: Real>(x: &Tensor, s: f64) -> Result<Tensor> {
+    let s = T::from_f64(s);
+    let y = data::<T>("scale", "x", x)?
+        .par_iter()
+        .map(|&v| v * s)
+        .collect();
+    tensor(x.shape().clone(), y)
+}
+
+pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    const OP: &str = "add_channel_bias";
+    check::min_rank(OP, "x", x, 2, "[N, C, ...]")?;
+    check::rank(OP, "bias", bias, 2, "[N, C]")?;
+    if bias.dims() != &x.dims()[..2] {
+        return Err(check::mismatch(
+            OP,
+            "x",
+            x,
+            "bias",
+            bias,
+            "bias must be [N, C] of x's first two dimensions",
+        ));
+    }
+    dispatch!(OP, x, add_channel_bias_t(x, bias))
+}
+
+fn add_channel_bias_t<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    const OP: &str = "add_channel_bias";
+    let xs = data::<T>(OP, "x", x)?;
+    let bs = data::<T>(OP, "bias", bias)?;
+    let plane = x.dims()[2..].iter().product::<usize>();
+    let mut y = xs.to_vec();
+    if plane > 0 {
+        y.par_chunks_mut(plane)
+            .zip(bs.par_iter())
+            .for_each(|(p, &b)| p.iter_mut().for_each(|v| *v += b));
+    }
+    tensor(x.shape().clone(), y)
+}
+
+pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
+    let Storage::Cpu(src) = x.storage();
+    let data = match (src, dtype) {
+        (CpuData::F16(v), DType::F16) => CpuData::F16(v.clone()),
+        (CpuData::F32(v), DType::F32) => CpuData::F32(v.clone()),
+        (CpuData::F64(v), DType::F64) => CpuData::F64(v.clone()),
+        (CpuData::F16(v), DType::F32) => CpuData::F32(v.par_iter().map(|h| h.to_f32()).collect()),
+        (CpuData::F16(v), DType::F64) => CpuData::F64(v.par_iter().map(|h| h.to_f64()).collect()),
+        (CpuData::F32(v), DType::F16) => {
+            CpuData::F16(v.par_iter().map(|&f| f16::from_f32(f)).collect())
+        }
+        (CpuData::F64(v), DType::F16) => {
+            CpuData::F16(v.par_iter().map(|&f| f16::from_f64(f)).collect())
+        }
+        (CpuData::F32(v), DType::F64) => CpuData::F64(v.par_iter().map(|&f| f as f64).collect()),
+        (CpuData::F64(v), DType::F32) => CpuData::F32(v.par_iter().map(|&f| f as f32).collect()),
+    };
+    Tensor::from_cpu(x.shape().clone(), data)
+}

@@ -1,0 +1,85 @@
+//! The optimizer's ops on the flat LoRA buffers: the squared gradient norm (clipping and
+//! f16 overflow detection) and AdamW.
+//!
+//! AdamW as PyTorch's `torch.optim.AdamW` (decoupled weight decay), with g = grad_scale·grad
+//! (grad_scale = clip coefficient / loss scale) and t = step (1-based):
+//!   p ← p·(1 - lr·wd)
+//!   m ← β1·m + (1-β1)·g;   v ← β2·v + (1-β2)·g²
+//!   p ← p - lr/(1-β1ᵗ) · m / (sqrt(v/(1-β2ᵗ)) + eps)
+//! params, grads, m, v: f32, one element per trainable scalar; all updated in place but grads.
+
+use rayon::prelude::*;
+
+use super::elementwise::CHUNK;
+use super::{data, data_mut};
+use crate::backend::{check, AdamW};
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+pub fn sum_squares(x: &Tensor) -> Result<f64> {
+    match x.dtype() {
+        DType::F32 => Ok(data::<f32>("sum_squares", "x", x)?
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
+            .sum()),
+        DType::F64 => Ok(data::<f64>("sum_squares", "x", x)?
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&v| v * v).sum::<f64>())
+            .sum()),
+        d => Err(super::cpu_dtype_error("sum_squares", d)),
+    }
+}
+
+pub fn adamw_step(
+    params: &mut Tensor,
+    grads: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    h: &AdamW,
+) -> Result<()> {
+    const OP: &str = "adamw_step";
+    for (name, t) in [
+        ("params", &*params),
+        ("grads", grads),
+        ("m", &*m),
+        ("v", &*v),
+    ] {
+        check::dtype(OP, name, t, DType::F32)?;
+    }
+    check::same_shape(OP, "params", params, "grads", grads)?;
+    check::same_shape(OP, "params", params, "m", m)?;
+    check::same_shape(OP, "params", params, "v", v)?;
+    if h.step == 0 {
+        return Err(check::bad_value(OP, "step", h.step, "steps count from 1"));
+    }
+    for (name, b) in [("beta1", h.beta1), ("beta2", h.beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            return Err(check::bad_value(OP, name, b, "in [0, 1)"));
+        }
+    }
+    let g = data::<f32>(OP, "grads", grads)?;
+    let bc1 = 1.0 - h.beta1.powi(h.step.min(i32::MAX as u64) as i32);
+    let bc2 = 1.0 - h.beta2.powi(h.step.min(i32::MAX as u64) as i32);
+    let (b1, b2, eps) = (h.beta1 as f32, h.beta2 as f32, h.eps as f32);
+    let decay = (1.0 - h.lr * h.weight_decay) as f32;
+    let step_size = (h.lr / bc1) as f32;
+    let rbc2 = (1.0 / bc2.sqrt()) as f32;
+    let gs = h.grad_scale as f32;
+    let p = data_mut::<f32>(OP, "params", params)?;
+    let m = data_mut::<f32>(OP, "m", m)?;
+    let v = data_mut::<f32>(OP, "v", v)?;
+    p.par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| {
+            for i in 0..p.len() {
+                let gi = g[i] * gs;
+                m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                let denom = v[i].sqrt() * rbc2 + eps;
+                p[i] = p[i] * decay - step_size * m[i] / denom;
+            }
+        });
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! `Backend`: the whole op set that the SD1.x UNet, VAE and CLIP text encoder need, each op
+//! with its forward and, where a gradient flows through it, its input gradient.
+//!
+//! Frozen weights never get a gradient, so there is no weight-gradient op except LoRA's
+//! down (A) and up (B) matrices. Ops return fresh tensors; the few that accumulate take
+//! `&mut` outputs and an explicit [`Accum`], never a boolean.
+//!
+//! Layouts: feature maps NCHW, token sequences [batch, length, channels], weights as
+//! PyTorch stores them (linear [out, in], conv [out, in, kh, kw]). Scalars are f64 so that
+//! the f64 CPU path used by gradient checks is not rounded through f32.
+
+pub mod check;
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+/// Whether an op overwrites its output or adds to it. Gradients of LoRA weights are
+/// assigned on the first micro-batch of an optimizer step and added on the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accum {
+    Assign,
+    Add,
+}
+
+/// A LoRA adapter on a linear layer: y += scale · (x·downᵀ)·upᵀ.
+/// `down` is A, [rank, in]; `up` is B, [out, rank]; kohya's scale is alpha / rank.
+#[derive(Clone, Copy)]
+pub struct Lora<'a> {
+    pub down: &'a Tensor,
+    pub up: &'a Tensor,
+    pub scale: f64,
+}
+
+/// What the forward of a linear layer returns.
+pub struct LinearOut {
+    /// y = x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ, [.., out].
+    pub y: Tensor,
+    /// u = x·Aᵀ, [.., rank], when a LoRA was given: the backward reuses it for dB.
+    pub lora_hidden: Option<Tensor>,
+}
+
+/// The LoRA half of a linear layer's backward: what was saved and where the gradients go.
+pub struct LoraBackward<'a> {
+    pub lora: Lora<'a>,
+    /// The layer's input X, [.., in].
+    pub x: &'a Tensor,
+    /// u = X·Aᵀ from the forward, [.., rank].
+    pub hidden: &'a Tensor,
+    /// dA, [rank, in]: `+=` or `=` s·(dY·B)ᵀ·X, summed over all rows.
+    pub grad_down: &'a mut Tensor,
+    /// dB, [out, rank]: `+=` or `=` s·dYᵀ·u.
+    pub grad_up: &'a mut Tensor,
+    pub accum: Accum,
+}
+
+/// Stride and zero padding of a square-kernel 2-D convolution (same on both axes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Conv2d {
+    /// Output size along one axis for input size `n` and kernel size `k`, or `None` when the
+    /// padded input is smaller than the kernel.
+    pub fn out_size(&self, n: usize, k: usize) -> Option<usize> {
+        (n + 2 * self.padding)
+            .checked_sub(k)
+            .map(|span| span / self.stride + 1)
+    }
+}
+
+/// Per-group (GroupNorm) or per-row (LayerNorm) statistics saved by the forward.
+pub struct NormStats {
+    /// Mean of each normalized group, [N, groups] or [rows].
+    pub mean: Tensor,
+    /// 1/sqrt(var + eps) of each normalized group (biased variance, as PyTorch).
+    pub rstd: Tensor,
+}
+
+/// The pointwise nonlinearities of SD1.x.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// x·sigmoid(x) (ResNet blocks, time MLP).
+    Silu,
+    /// The exact, erf-based GELU (diffusers' default, approximate="none").
+    Gelu,
+    /// x·sigmoid(1.702·x), CLIP's activation.
+    QuickGelu,
+}
+
+/// Multi-head attention on [batch, length, heads·head_dim] tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attention {
+    pub heads: usize,
+    /// Query i sees keys 0..=i only (CLIP's text encoder). Needs as many queries as keys.
+    pub causal: bool,
+}
+
+/// Sinusoidal timestep embedding as diffusers' `get_timestep_embedding`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimestepEmbedding {
+    pub dim: usize,
+    /// Put the cosines first (SD1.x: true).
+    pub flip_sin_to_cos: bool,
+    /// `downscale_freq_shift` (SD1.x: 0).
+    pub freq_shift: f64,
+    /// 10000 in SD1.x.
+    pub max_period: f64,
+}
+
+/// Hyper-parameters of one AdamW step (PyTorch's decoupled weight decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// 1-based step count, for the bias corrections.
+    pub step: u64,
+    /// Multiplies every gradient before use: 1/loss_scale times the clipping coefficient.
+    pub grad_scale: f64,
+}
+
+/// The op set. Implemented by the CPU backend (the reference) and, with the `cuda`
+/// feature, by the CUDA backend; model code talks to nothing else.
+pub trait Backend: Send + Sync {
+    /// A short name for messages: "cpu", "cuda:0".
+    fn name(&self) -> &'static str;
+    /// The dtype this backend computes activations in.
+    fn compute_dtype(&self) -> DType;
+
+    /// A tensor of zeros on this backend.
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
+    /// Copies host f32 data to this backend, converted to `dtype`.
+    fn from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor>;
+    /// Copies a tensor to the host as f32.
+    fn to_f32_vec(&self, x: &Tensor) -> Result<Vec<f32>>;
+    /// Converts between dtypes (f16 <-> f32, and f64 on the CPU).
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor>;
+
+    // ---- linear layers and LoRA ----
+
+    /// y = x·Wᵀ (+ bias) (+ scale·(x·Aᵀ)·Bᵀ). x [.., in], w [out, in], bias [out].
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        lora: Option<Lora<'_>>,
+    ) -> Result<LinearOut>;
+    /// Backward of [`Backend::linear`] with frozen W: with g = dY·B,
+    /// dB (+)= s·dYᵀ·u, dA (+)= s·gᵀ·X, and, when `want_dx`, returns dX = dY·W + s·g·A.
+    fn linear_backward(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        lora: Option<LoraBackward<'_>>,
+        want_dx: bool,
+    ) -> Result<Option<Tensor>>;
+
+    // ---- convolutions ----
+
+    /// 2-D convolution, x [N, C, H, W], w [O, C, k, k], bias [O] -> [N, O, Ho, Wo].
+    fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2d) -> Result<Tensor>;
+    /// Gradient of conv2d with respect to its input, for an input of spatial size `input_hw`
+    /// (stride 2 maps two input sizes to one output size, so the size must be given).
+    fn conv2d_input_grad(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: (usize, usize),
+        p: Conv2d,
+    ) -> Result<Tensor>;
+
+    // ---- normalization ----
+
+    /// GroupNorm over x [N, C, ...] with `groups` groups and affine gamma, beta [C];
+    /// with `silu`, SiLU is applied to the result in the same pass.
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<(Tensor, NormStats)>;
+    /// dX of [`Backend::group_norm`] (gamma and beta are frozen).
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        stats: &NormStats,
+        groups: usize,
+        silu: bool,
+    ) -> Result<Tensor>;
+    /// LayerNorm over the last dimension of x [.., C], affine gamma, beta [C].
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, NormStats)>;
+    /// dX of [`Backend::layer_norm`] (gamma and beta are frozen).
+    fn layer_norm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        stats: &NormStats,
+    ) -> Result<Tensor>;
+
+    // ---- activations ----
+
+    /// A pointwise activation.
+    fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor>;
+    /// dX of [`Backend::activation`], from the saved input.
+    fn activation_backward(&self, dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tensor>;
+    /// GEGLU: x [.., 2F] split into (h, gate) along the last dim; returns h·gelu(gate), [.., F].
+    fn geglu(&self, x: &Tensor) -> Result<Tensor>;
+    /// dX of [`Backend::geglu`], [.., 2F].
+    fn geglu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor>;
+
+    // ---- attention ----
+
+    /// softmax(Q·Kᵀ/sqrt(d))·V per head. q [B, Lq, H·d], k [B, Lk, H·d], v [B, Lk, H·dv].
+    /// Returns O [B, Lq, H·dv] and the log-sum-exp of each score row, [B, H, Lq].
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        p: Attention,
+    ) -> Result<(Tensor, Tensor)>;
+    /// (dQ, dK, dV) of [`Backend::attention`] from the saved Q, K, V, O and LSE.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        lse: &Tensor,
+        d_o: &Tensor,
+        p: Attention,
+    ) -> Result<(Tensor, Tensor, Tensor)>;
+
+    // ---- layout, routing and elementwise ----
+
+    /// Nearest-neighbour 2x upsampling, [N, C, H, W] -> [N, C, 2H, 2W].
+    fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor>;
+    /// Its gradient: each 2x2 block of dy summed, [N, C, 2H, 2W] -> [N, C, H, W].
+    fn upsample_nearest2x_backward(&self, dy: &Tensor) -> Result<Tensor>;
+    /// Concatenation along channels (the UNet's skip connections), [N, Ca, ..] ++ [N, Cb, ..].
+    fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    /// The gradient of a concat: dy [N, Ca+Cb, ..] split into ([N, Ca, ..], [N, Cb, ..]).
+    fn split_channels(&self, dy: &Tensor, ca: usize) -> Result<(Tensor, Tensor)>;
+    /// [N, C, H, W] -> [N, H·W, C]: feature map to tokens.
+    fn nchw_to_nlc(&self, x: &Tensor) -> Result<Tensor>;
+    /// [N, H·W, C] -> [N, C, H, W]: tokens back to a feature map.
+    fn nlc_to_nchw(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor>;
+    /// a + b, same shapes.
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    /// a += b: residual and skip gradients accumulate.
+    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()>;
+    /// x · s.
+    fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor>;
+    /// x [N, C, ...] + bias [N, C] broadcast over the spatial dims (time embedding in ResNets).
+    fn add_channel_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor>;
+
+    // ---- diffusion-specific ----
+
+    /// Sinusoidal embedding of timesteps t [N] -> [N, dim].
+    fn timestep_embedding(&self, t: &Tensor, p: TimestepEmbedding) -> Result<Tensor>;
+    /// loss = (1/N) Σ_n w_n · mean((pred_n - target_n)²) over a batch [N, ...], and
+    /// d(grad_scale · loss)/d pred. `weights` (min-SNR) defaults to all ones.
+    fn mse_loss(
+        &self,
+        pred: &Tensor,
+        target: &Tensor,
+        weights: Option<&[f64]>,
+        grad_scale: f64,
+    ) -> Result<(f64, Tensor)>;
+
+    // ---- optimizer ----
+
+    /// Σ x²: the squared gradient norm for clipping; not finite when an f16 step overflowed.
+    fn sum_squares(&self, x: &Tensor) -> Result<f64>;
+    /// One AdamW step, in place, on flat f32 buffers of equal length.
+    fn adamw_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        h: &AdamW,
+    ) -> Result<()>;
+}

@@ -1,0 +1,63 @@
+//! The library's error type. Every variant carries what a person needs to fix the call:
+//! the op, the argument names and, for shape errors, both shapes.
+
+use crate::tensor::{DType, Shape};
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two arguments whose shapes must agree do not.
+    #[error("{op}: {lhs_name} has shape {lhs} but {rhs_name} has shape {rhs}: {rule}")]
+    ShapeMismatch {
+        op: &'static str,
+        lhs_name: &'static str,
+        lhs: Shape,
+        rhs_name: &'static str,
+        rhs: Shape,
+        /// The rule that was broken, in words ("x's last dimension must equal w's second").
+        rule: String,
+    },
+    /// One argument has the wrong number of dimensions or an impossible size.
+    #[error("{op}: {name} has shape {shape}, expected {expected}")]
+    BadShape {
+        op: &'static str,
+        name: &'static str,
+        shape: Shape,
+        expected: String,
+    },
+    /// An argument has a dtype this op or backend cannot take.
+    #[error("{op}: {name} has dtype {got}, expected {expected}")]
+    DType {
+        op: &'static str,
+        name: &'static str,
+        got: DType,
+        expected: String,
+    },
+    /// A scalar argument is out of its range.
+    #[error("{op}: {name} = {value} is invalid: {expected}")]
+    BadValue {
+        op: &'static str,
+        name: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// A buffer's length does not match the shape it was given.
+    #[error("tensor data has {len} elements but shape {shape} holds {expected}")]
+    DataLength {
+        len: usize,
+        shape: Shape,
+        expected: usize,
+    },
+    /// The tensor lives on another device than this backend's.
+    #[error("{op}: {name} lives on {got}, but this backend is {backend}")]
+    Device {
+        op: &'static str,
+        name: &'static str,
+        got: String,
+        backend: &'static str,
+    },
+    /// The GPU path is unavailable (no driver, no device, kernels not built, driver too old).
+    #[error("CUDA is unavailable: {0}")]
+    CudaUnavailable(String),
+}

@@ -1,0 +1,15 @@
+//! lorafuse: a LoRA trainer for Stable Diffusion 1.x.
+//!
+//! This crate is the library behind the `lorafuse` binary. The op set lives in
+//! [`backend::Backend`], with [`backend::cpu::CpuBackend`] as the numeric reference that every
+//! GPU kernel is checked against; [`tensor::Tensor`] is a shape, a dtype and a buffer.
+
+pub mod backend;
+pub mod error;
+pub mod rng;
+pub mod tensor;
+
+pub use backend::cpu::CpuBackend;
+pub use backend::{Accum, Backend};
+pub use error::{Error, Result};
+pub use tensor::{DType, Shape, Tensor};

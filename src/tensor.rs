@@ -1,0 +1,254 @@
+//! Tensors: a shape, a dtype and a buffer on one device. No autograd lives here: gradients
+//! are computed by the hand-written backward passes, op by op.
+//!
+//! Layouts used across the crate: images and feature maps are NCHW, token sequences are
+//! [batch, length, channels], all row-major and contiguous.
+
+use std::fmt;
+
+use half::f16;
+
+use crate::error::{Error, Result};
+
+/// Element type of a tensor. `F64` exists on the CPU backend only: it runs the same code in
+/// double precision so that finite-difference gradient checks are exact enough to trust.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F16,
+    F32,
+    F64,
+}
+
+impl DType {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F16 => 2,
+            DType::F32 => 4,
+            DType::F64 => 8,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::F16 => "f16",
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+        })
+    }
+}
+
+/// The dimensions of a tensor, outermost first.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Shape(Vec<usize>);
+
+impl Shape {
+    pub fn new(dims: impl Into<Vec<usize>>) -> Self {
+        Shape(dims.into())
+    }
+    pub fn dims(&self) -> &[usize] {
+        &self.0
+    }
+    pub fn rank(&self) -> usize {
+        self.0.len()
+    }
+    pub fn numel(&self) -> usize {
+        self.0.iter().product()
+    }
+    /// The last dimension (1 for a scalar).
+    pub fn last(&self) -> usize {
+        self.0.last().copied().unwrap_or(1)
+    }
+    /// Product of all dimensions but the last: the number of rows of a row-major matrix view.
+    pub fn rows(&self) -> usize {
+        self.numel() / self.last().max(1)
+    }
+    /// The same dimensions with the last one replaced.
+    pub fn with_last(&self, last: usize) -> Shape {
+        let mut d = self.0.clone();
+        match d.last_mut() {
+            Some(l) => *l = last,
+            None => d.push(last),
+        }
+        Shape(d)
+    }
+}
+
+impl From<&[usize]> for Shape {
+    fn from(d: &[usize]) -> Self {
+        Shape(d.to_vec())
+    }
+}
+impl<const N: usize> From<[usize; N]> for Shape {
+    fn from(d: [usize; N]) -> Self {
+        Shape(d.to_vec())
+    }
+}
+impl From<Vec<usize>> for Shape {
+    fn from(d: Vec<usize>) -> Self {
+        Shape(d)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[")?;
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{d}")?;
+        }
+        write!(f, "]")
+    }
+}
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Host memory holding a tensor's elements.
+#[derive(Clone, Debug)]
+pub enum CpuData {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl CpuData {
+    fn len(&self) -> usize {
+        match self {
+            CpuData::F16(v) => v.len(),
+            CpuData::F32(v) => v.len(),
+            CpuData::F64(v) => v.len(),
+        }
+    }
+    fn dtype(&self) -> DType {
+        match self {
+            CpuData::F16(_) => DType::F16,
+            CpuData::F32(_) => DType::F32,
+            CpuData::F64(_) => DType::F64,
+        }
+    }
+}
+
+/// Where a tensor's elements live. The CUDA backend adds its device buffers here.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    Cpu(CpuData),
+}
+
+impl Storage {
+    pub fn device_name(&self) -> &'static str {
+        match self {
+            Storage::Cpu(_) => "cpu",
+        }
+    }
+}
+
+/// A contiguous, row-major tensor that owns its buffer. `clone` copies the data.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    shape: Shape,
+    storage: Storage,
+}
+
+impl Tensor {
+    /// A host tensor from raw data; fails when the length does not match the shape.
+    pub fn from_cpu(shape: impl Into<Shape>, data: CpuData) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return Err(Error::DataLength {
+                len: data.len(),
+                shape: shape.clone(),
+                expected: shape.numel(),
+            });
+        }
+        Ok(Tensor {
+            shape,
+            storage: Storage::Cpu(data),
+        })
+    }
+    pub fn from_f32(shape: impl Into<Shape>, data: Vec<f32>) -> Result<Tensor> {
+        Self::from_cpu(shape, CpuData::F32(data))
+    }
+    pub fn from_f64(shape: impl Into<Shape>, data: Vec<f64>) -> Result<Tensor> {
+        Self::from_cpu(shape, CpuData::F64(data))
+    }
+    pub fn from_f16(shape: impl Into<Shape>, data: Vec<f16>) -> Result<Tensor> {
+        Self::from_cpu(shape, CpuData::F16(data))
+    }
+    /// A host tensor of zeros.
+    pub fn zeros(shape: impl Into<Shape>, dtype: DType) -> Tensor {
+        let shape = shape.into();
+        let n = shape.numel();
+        let data = match dtype {
+            DType::F16 => CpuData::F16(vec![f16::ZERO; n]),
+            DType::F32 => CpuData::F32(vec![0.0; n]),
+            DType::F64 => CpuData::F64(vec![0.0; n]),
+        };
+        Tensor {
+            shape,
+            storage: Storage::Cpu(data),
+        }
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+    pub fn dtype(&self) -> DType {
+        match &self.storage {
+            Storage::Cpu(d) => d.dtype(),
+        }
+    }
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+    pub fn storage_mut(&mut self) -> &mut Storage {
+        &mut self.storage
+    }
+
+    /// The same elements under another shape with as many elements (no copy).
+    pub fn reshape(self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.numel() != self.shape.numel() {
+            return Err(Error::ShapeMismatch {
+                op: "reshape",
+                lhs_name: "tensor",
+                lhs: self.shape,
+                rhs_name: "new shape",
+                rhs: shape,
+                rule: "a reshape must keep the number of elements".into(),
+            });
+        }
+        Ok(Tensor {
+            shape,
+            storage: self.storage,
+        })
+    }
+
+    /// Copies the elements to a host `Vec<f32>` (f16 widened, f64 rounded).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match &self.storage {
+            Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::Cpu(CpuData::F32(v)) => v.clone(),
+            Storage::Cpu(CpuData::F64(v)) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+    /// Copies the elements to a host `Vec<f64>`.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match &self.storage {
+            Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f64()).collect(),
+            Storage::Cpu(CpuData::F32(v)) => v.iter().map(|&x| x as f64).collect(),
+            Storage::Cpu(CpuData::F64(v)) => v.clone(),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Shared test helpers: random tensors, closeness checks, and the finite-difference
+//! gradient check every backward is held to.
+#![allow(dead_code)]
+
+use lorafuse::rng::Rng;
+use lorafuse::{Shape, Tensor};
+
+/// A tensor of f64 values uniform in [lo, hi).
+pub fn uniform(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_f64(shape, rng.uniform_vec(n, lo, hi)).unwrap()
+}
+
+/// A tensor of standard-normal f64 values.
+pub fn randn(rng: &mut Rng, shape: &[usize]) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_f64(shape, rng.normal_vec(n)).unwrap()
+}
+
+/// The same values as f32.
+pub fn to_f32(t: &Tensor) -> Tensor {
+    Tensor::from_f32(t.shape().clone(), t.to_f32_vec()).unwrap()
+}
+
+/// Asserts |got - want| <= atol + rtol·|want| elementwise, naming the first bad index.
+pub fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} != {}",
+        got.len(),
+        want.len()
+    );
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{what}: element {i}: got {g}, want {w} (rtol {rtol}, atol {atol})"
+        );
+    }
+}
+
+/// Asserts a tensor's shape and values.
+pub fn assert_tensor(what: &str, t: &Tensor, shape: &[usize], want: &[f64], tol: f64) {
+    assert_eq!(t.shape(), &Shape::from(shape), "{what}: shape");
+    assert_close(what, &t.to_f64_vec(), want, tol, tol);
+}
+
+/// ||a - b|| / max(||a||, ||b||): the norm-wise relative error.
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let na = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let scale = na.max(nb);
+    if scale == 0.0 {
+        0.0
+    } else {
+        diff / scale
+    }
+}
+
+/// The gradient-check tolerance (f64, norm-wise relative error over the checked coordinates).
+pub const GRAD_TOL: f64 = 1e-6;
+
+/// Checks the analytic gradient of L = Σ r ⊙ f(inputs), r a fixed random cotangent, against a
+/// fourth-order central difference in f64, for each input in `check`.
+///
+/// `f` runs the forward; `grads(inputs, r)` runs the backward from dY = r and returns one
+/// gradient per entry of `check`, in order. At most `max_coords` coordinates of each input are
+/// differentiated (all of them when it is smaller; otherwise a random sample that always
+/// includes the first and last element, to catch tail bugs).
+pub fn gradcheck(
+    name: &str,
+    inputs: &[Tensor],
+    check: &[usize],
+    max_coords: usize,
+    f: impl Fn(&[Tensor]) -> Tensor,
+    grads: impl Fn(&[Tensor], &Tensor) -> Vec<Tensor>,
+) {
+    let mut rng = Rng::new(0x5eed ^ name.len() as u64);
+    let y = f(inputs);
+    let r = randn(&mut rng, y.dims());
+    let rv = r.to_f64_vec();
+    let analytic = grads(inputs, &r);
+    assert_eq!(
+        analytic.len(),
+        check.len(),
+        "{name}: one gradient per checked input"
+    );
+    let loss =
+        |xs: &[Tensor]| -> f64 { f(xs).to_f64_vec().iter().zip(&rv).map(|(a, b)| a * b).sum() };
+    for (slot, &i) in check.iter().enumerate() {
+        let g = &analytic[slot];
+        assert_eq!(
+            g.shape(),
+            inputs[i].shape(),
+            "{name}: gradient {slot} has the input's shape"
+        );
+        let gv = g.to_f64_vec();
+        let n = inputs[i].numel();
+        let coords: Vec<usize> = if n <= max_coords {
+            (0..n).collect()
+        } else {
+            let mut c: Vec<usize> = (0..max_coords - 2)
+                .map(|_| rng.below(n as u64) as usize)
+                .collect();
+            c.push(0);
+            c.push(n - 1);
+            c
+        };
+        let mut num = Vec::with_capacity(coords.len());
+        let mut ana = Vec::with_capacity(coords.len());
+        for &j in &coords {
+            let base = inputs[i].to_f64_vec();
+            let h = 1e-4 * base[j].abs().max(1.0);
+            let at = |delta: f64| {
+                let mut v = base.clone();
+                v[j] += delta;
+                let mut xs = inputs.to_vec();
+                xs[i] = Tensor::from_f64(inputs[i].shape().clone(), v).unwrap();
+                loss(&xs)
+            };
+            let d = (at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h);
+            num.push(d);
+            ana.push(gv[j]);
+        }
+        let err = rel_err(&ana, &num);
+        assert!(
+            ana.iter().any(|v| v.abs() > 1e-8),
+            "{name}: input {i}: the analytic gradient is all zero on the checked coordinates"
+        );
+        assert!(
+            err < GRAD_TOL,
+            "{name}: input {i}: relative error {err:e} >= {GRAD_TOL:e} over {} coordinates\nanalytic {:?}\nnumeric  {:?}",
+            coords.len(),
+            &ana[..ana.len().min(8)],
+            &num[..num.len().min(8)]
+        );
+        println!(
+            "{name}: input {i}: {} coordinates, relative error {err:.2e}",
+            coords.len()
+        );
+    }
+}
