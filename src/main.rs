@@ -33,7 +33,7 @@ fn devices() -> ExitCode {
     #[cfg(feature = "cuda")]
     match lorafuse::backend::cuda::probe() {
         Ok(info) => println!("cuda:0: {info}"),
-        Err(e) => println!("cuda: unavailable: {e}"),
+        Err(e) => println!("cuda: {e}"),
     }
     #[cfg(not(feature = "cuda"))]
     println!("cuda: not in this build (rebuild with `--features cuda`)");

@@ -137,7 +137,7 @@ pub trait Backend: Send + Sync {
     /// A tensor of zeros on this backend.
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
     /// Copies host f32 data to this backend, converted to `dtype`.
-    fn from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor>;
+    fn tensor_from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor>;
     /// Copies a tensor to the host as f32.
     fn to_f32_vec(&self, x: &Tensor) -> Result<Vec<f32>>;
     /// Converts between dtypes (f16 <-> f32, and f64 on the CPU).

@@ -104,7 +104,7 @@ impl Backend for CpuBackend {
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         Ok(Tensor::zeros(shape, dtype))
     }
-    fn from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor> {
+    fn tensor_from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor> {
         let t = Tensor::from_f32(shape, data.to_vec())?;
         if dtype == DType::F32 {
             Ok(t)

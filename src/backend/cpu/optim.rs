@@ -61,6 +61,8 @@ pub fn adamw_step(
     let bc1 = 1.0 - h.beta1.powi(h.step.min(i32::MAX as u64) as i32);
     let bc2 = 1.0 - h.beta2.powi(h.step.min(i32::MAX as u64) as i32);
     let (b1, b2, eps) = (h.beta1 as f32, h.beta2 as f32, h.eps as f32);
+    // 1 - β in f64 first: 1 - 0.999 in f32 is off by 5e-5 relative.
+    let (c1, c2) = ((1.0 - h.beta1) as f32, (1.0 - h.beta2) as f32);
     let decay = (1.0 - h.lr * h.weight_decay) as f32;
     let step_size = (h.lr / bc1) as f32;
     let rbc2 = (1.0 / bc2.sqrt()) as f32;
@@ -75,8 +77,8 @@ pub fn adamw_step(
         .for_each(|(((p, m), v), g)| {
             for i in 0..p.len() {
                 let gi = g[i] * gs;
-                m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                m[i] = b1 * m[i] + c1 * gi;
+                v[i] = b2 * v[i] + c2 * gi * gi;
                 let denom = v[i].sqrt() * rbc2 + eps;
                 p[i] = p[i] * decay - step_size * m[i] / denom;
             }
