@@ -113,3 +113,39 @@ fn mse_loss_gradcheck() {
         },
     );
 }
+
+#[test]
+fn add_noise_per_sample() {
+    let be = CpuBackend;
+    let x = Tensor::from_f64([2, 2], vec![1., 2., 3., 4.]).unwrap();
+    let z = Tensor::from_f64([2, 2], vec![10., 20., 30., 40.]).unwrap();
+    // Sample 0: 0.5·x + 0.1·z; sample 1: 1·x + 0·z.
+    let y = be.add_noise(&x, &z, &[0.5, 1.0], &[0.1, 0.0]).unwrap();
+    assert_tensor("x_t", &y, &[2, 2], &[1.5, 3.0, 3.0, 4.0], 1e-15);
+    assert!(be.add_noise(&x, &z, &[0.5], &[0.1, 0.0]).is_err());
+    let msg = be
+        .add_noise(&x, &Tensor::zeros([2, 3], DType::F64), &[1.0; 2], &[1.0; 2])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("[2, 2]") && msg.contains("[2, 3]"), "{msg}");
+}
+
+#[test]
+fn gaussian_sample_by_hand() {
+    let be = CpuBackend;
+    let mean = Tensor::from_f64([3], vec![1.0, -1.0, 0.0]).unwrap();
+    // logvar 2·ln 2 gives std 2; 100 is clamped to 20 (std e^10); -100 to -30 (std e^-15).
+    let logvar = Tensor::from_f64([3], vec![2.0 * 2f64.ln(), 100.0, -100.0]).unwrap();
+    let noise = Tensor::from_f64([3], vec![0.5, 1.0, 1.0]).unwrap();
+    let s = 0.18215;
+    let y = be.gaussian_sample(&mean, &logvar, Some(&noise), s).unwrap();
+    let want = [
+        s * (1.0 + 2.0 * 0.5),
+        s * (-1.0 + 10f64.exp()),
+        s * (-15f64).exp(),
+    ];
+    assert_tensor("sample", &y, &[3], &want, 1e-14);
+    let m = be.gaussian_sample(&mean, &logvar, None, s).unwrap();
+    assert_tensor("mean", &m, &[3], &[s, -s, 0.0], 1e-15);
+}

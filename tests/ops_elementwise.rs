@@ -112,3 +112,13 @@ fn shape_and_dtype_errors_name_both() {
         .to_string();
     assert!(msg.contains("[6]") && msg.contains("[4, 2]"), "{msg}");
 }
+
+#[test]
+fn embedding_picks_rows() {
+    let be = CpuBackend;
+    let table = t(&[3, 2], &[0., 1., 10., 11., 20., 21.]);
+    let e = be.embedding(&table, &[2, 0, 2]).unwrap();
+    assert_tensor("rows", &e, &[3, 2], &[20., 21., 0., 1., 20., 21.], 0.0);
+    let msg = be.embedding(&table, &[1, 3]).err().unwrap().to_string();
+    assert!(msg.contains("id = 3") && msg.contains("[3, 2]"), "{msg}");
+}

@@ -278,10 +278,27 @@ pub trait Backend: Send + Sync {
     /// x [N, C, ...] + bias [N, C] broadcast over the spatial dims (time embedding in ResNets).
     fn add_channel_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor>;
 
+    /// Rows of `table` [V, C] picked by `ids` -> [ids.len(), C] (CLIP's token embeddings).
+    /// Frozen table: no gradient.
+    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor>;
+
     // ---- diffusion-specific ----
 
     /// Sinusoidal embedding of timesteps t [N] -> [N, dim].
     fn timestep_embedding(&self, t: &Tensor, p: TimestepEmbedding) -> Result<Tensor>;
+    /// Per sample n of a batch [N, ...]: y_n = a[n]·x_n + b[n]·z_n. DDPM's forward process,
+    /// x_t = sqrt(ᾱ_t)·x_0 + sqrt(1-ᾱ_t)·ε, with a and b chosen per sample's timestep.
+    fn add_noise(&self, x: &Tensor, z: &Tensor, a: &[f64], b: &[f64]) -> Result<Tensor>;
+    /// A draw from the VAE's diagonal Gaussian posterior, times the latent scale:
+    /// scale·(mean + exp(logvar/2)·noise), logvar clamped to [-30, 20] as diffusers does;
+    /// without noise, scale·mean.
+    fn gaussian_sample(
+        &self,
+        mean: &Tensor,
+        logvar: &Tensor,
+        noise: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Tensor>;
     /// loss = (1/N) Σ_n w_n · mean((pred_n - target_n)²) over a batch [N, ...], and
     /// d(grad_scale · loss)/d pred. `weights` (min-SNR) defaults to all ones.
     fn mse_loss(

@@ -7,6 +7,8 @@
 //! mse_loss over pred, target [N, ...] with P = elements per sample:
 //!   loss = (1/N) Σ_n w_n · (1/P) Σ_p (pred - target)²
 //!   d(grad_scale·loss)/d pred = grad_scale · 2·w_n·(pred - target) / (N·P)
+//! add_noise, per sample n: y_n = a_n·x_n + b_n·z_n (DDPM: a = sqrt(ᾱ_t), b = sqrt(1-ᾱ_t))
+//! gaussian_sample: scale·(mean + exp(clamp(logvar, -30, 20)/2)·noise)
 
 use rayon::prelude::*;
 
@@ -120,4 +122,87 @@ fn mse_loss_t<T: Real>(
         .collect();
     let loss = per_sample.iter().sum::<f64>() / n as f64;
     Ok((loss, tensor(pred.shape().clone(), grad)?))
+}
+
+pub fn add_noise(x: &Tensor, z: &Tensor, a: &[f64], b: &[f64]) -> Result<Tensor> {
+    const OP: &str = "add_noise";
+    check::same_shape(OP, "x", x, "noise", z)?;
+    check::min_rank(OP, "x", x, 1, "[N, ...]")?;
+    let n = x.dims()[0];
+    for (name, v) in [("a", a), ("b", b)] {
+        if v.len() != n {
+            return Err(check::bad_value(
+                OP,
+                name,
+                format!("{} values", v.len()),
+                &format!("one per sample of x {}", x.shape()),
+            ));
+        }
+    }
+    dispatch!(OP, x, add_noise_t(x, z, a, b))
+}
+
+fn add_noise_t<T: Real>(x: &Tensor, z: &Tensor, a: &[f64], b: &[f64]) -> Result<Tensor> {
+    let xs = data::<T>("add_noise", "x", x)?;
+    let zs = data::<T>("add_noise", "noise", z)?;
+    let per = x.numel() / x.dims()[0].max(1);
+    let mut y = vec![T::ZERO; xs.len()];
+    if per > 0 {
+        y.par_chunks_mut(per).enumerate().for_each(|(i, y)| {
+            let (ai, bi) = (T::from_f64(a[i]), T::from_f64(b[i]));
+            let (xi, zi) = (&xs[i * per..(i + 1) * per], &zs[i * per..(i + 1) * per]);
+            for ((y, &xv), &zv) in y.iter_mut().zip(xi).zip(zi) {
+                *y = ai * xv + bi * zv;
+            }
+        });
+    }
+    tensor(x.shape().clone(), y)
+}
+
+pub fn gaussian_sample(
+    mean: &Tensor,
+    logvar: &Tensor,
+    noise: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    const OP: &str = "gaussian_sample";
+    check::same_shape(OP, "mean", mean, "logvar", logvar)?;
+    if let Some(z) = noise {
+        check::same_shape(OP, "mean", mean, "noise", z)?;
+    }
+    dispatch!(OP, mean, gaussian_sample_t(mean, logvar, noise, scale))
+}
+
+fn gaussian_sample_t<T: Real>(
+    mean: &Tensor,
+    logvar: &Tensor,
+    noise: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    const OP: &str = "gaussian_sample";
+    let ms = data::<T>(OP, "mean", mean)?;
+    let ls = data::<T>(OP, "logvar", logvar)?;
+    let s = T::from_f64(scale);
+    let y = match noise {
+        None => ms.iter().map(|&m| s * m).collect(),
+        Some(z) => {
+            let zs = data::<T>(OP, "noise", z)?;
+            let (lo, hi, half) = (T::from_f64(-30.0), T::from_f64(20.0), T::from_f64(0.5));
+            ms.par_iter()
+                .zip(ls.par_iter())
+                .zip(zs.par_iter())
+                .map(|((&m, &l), &zv)| {
+                    let l = if l < lo {
+                        lo
+                    } else if l > hi {
+                        hi
+                    } else {
+                        l
+                    };
+                    s * (m + (half * l).exp() * zv)
+                })
+                .collect()
+        }
+    };
+    tensor(mean.shape().clone(), y)
 }

@@ -113,3 +113,31 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     };
     Tensor::from_cpu(x.shape().clone(), data)
 }
+
+pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    const OP: &str = "embedding";
+    check::rank(OP, "table", table, 2, "[vocab, channels]")?;
+    let vocab = table.dims()[0];
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(check::bad_value(
+            OP,
+            "id",
+            bad,
+            &format!(
+                "below the vocabulary size {vocab} of table {}",
+                table.shape()
+            ),
+        ));
+    }
+    dispatch!(OP, table, embedding_t(table, ids))
+}
+
+fn embedding_t<T: Real>(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    let c = table.dims()[1];
+    let ts = data::<T>("embedding", "table", table)?;
+    let mut out = Vec::with_capacity(ids.len() * c);
+    for &i in ids {
+        out.extend_from_slice(&ts[i as usize * c..(i as usize + 1) * c]);
+    }
+    tensor([ids.len(), c], out)
+}

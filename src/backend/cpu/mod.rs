@@ -259,6 +259,22 @@ impl Backend for CpuBackend {
         elementwise::add_channel_bias(x, bias)
     }
 
+    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        elementwise::embedding(table, ids)
+    }
+
+    fn add_noise(&self, x: &Tensor, z: &Tensor, a: &[f64], b: &[f64]) -> Result<Tensor> {
+        diffusion::add_noise(x, z, a, b)
+    }
+    fn gaussian_sample(
+        &self,
+        mean: &Tensor,
+        logvar: &Tensor,
+        noise: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        diffusion::gaussian_sample(mean, logvar, noise, scale)
+    }
     fn timestep_embedding(&self, t: &Tensor, p: TimestepEmbedding) -> Result<Tensor> {
         diffusion::timestep_embedding(t, p)
     }
