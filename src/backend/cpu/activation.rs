@@ -1,19 +1,174 @@
-//! STUB (replaced by the activation work).
-use crate::backend::Activation;
-use crate::error::{Error, Result};
+//! Pointwise activations and GEGLU, forward and input gradient.
+//!
+//!   silu(x)       = x·σ(x)                          silu'(x)  = σ(x)·(1 + x·(1 - σ(x)))
+//!   gelu(x)       = x·Φ(x) = ½x·(1 + erf(x/√2))     gelu'(x)  = Φ(x) + x·φ(x),
+//!                   φ(x) = exp(-x²/2)/√(2π)         (exact GELU, diffusers' approximate="none")
+//!   quick_gelu(x) = x·σ(1.702x)  (CLIP)             qg'(x)    = s + 1.702·x·s·(1 - s),
+//!                                                   s = σ(1.702x)
+//! GEGLU (diffusers `GEGLU`: `hidden, gate = proj(x).chunk(2, dim=-1)`), x [.., 2F]:
+//!   h = x[.., :F], g = x[.., F:],  y = h·gelu(g)  [.., F]
+//!   dh = dy·gelu(g),  dg = dy·h·gelu'(g)           dx = [dh, dg]  [.., 2F]
+//! Rayon over chunks of elements (pointwise) or of rows (GEGLU).
+
+use rayon::prelude::*;
+
+use super::elementwise::CHUNK;
+use super::{data, dispatch, tensor, Real};
+use crate::backend::{check, Activation};
+use crate::error::Result;
 use crate::tensor::Tensor;
-fn todo(op: &'static str) -> Error {
-    Error::CudaUnavailable(format!("{op} not written yet"))
+
+/// x·σ(x).
+pub(crate) fn silu<T: Real>(x: T) -> T {
+    x * x.sigmoid()
 }
-pub fn forward(_x: &Tensor, _a: Activation) -> Result<Tensor> {
-    Err(todo("activation"))
+
+/// d silu/dx = σ(x) + x·σ(x)·(1 - σ(x)).
+pub(crate) fn silu_grad<T: Real>(x: T) -> T {
+    let s = x.sigmoid();
+    s * (T::ONE + x * (T::ONE - s))
 }
-pub fn backward(_dy: &Tensor, _x: &Tensor, _a: Activation) -> Result<Tensor> {
-    Err(todo("activation_backward"))
+
+/// ½x·(1 + erf(x/√2)).
+pub(crate) fn gelu<T: Real>(x: T) -> T {
+    let half = T::from_f64(0.5);
+    half * x * (T::ONE + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
 }
-pub fn geglu(_x: &Tensor) -> Result<Tensor> {
-    Err(todo("geglu"))
+
+/// d gelu/dx = Φ(x) + x·φ(x).
+pub(crate) fn gelu_grad<T: Real>(x: T) -> T {
+    let half = T::from_f64(0.5);
+    let cdf = half * (T::ONE + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
+    // 1/√(2π)
+    let pdf = T::from_f64(0.398_942_280_401_432_7) * (-half * x * x).exp();
+    cdf + x * pdf
 }
-pub fn geglu_backward(_dy: &Tensor, _x: &Tensor) -> Result<Tensor> {
-    Err(todo("geglu_backward"))
+
+/// CLIP's sigmoid approximation of GELU.
+const QUICK_GELU_K: f64 = 1.702;
+
+fn quick_gelu<T: Real>(x: T) -> T {
+    x * (T::from_f64(QUICK_GELU_K) * x).sigmoid()
+}
+
+fn quick_gelu_grad<T: Real>(x: T) -> T {
+    let k = T::from_f64(QUICK_GELU_K);
+    let s = (k * x).sigmoid();
+    s + k * x * s * (T::ONE - s)
+}
+
+pub fn forward(x: &Tensor, act: Activation) -> Result<Tensor> {
+    dispatch!("activation", x, forward_t(x, act))
+}
+
+fn forward_t<T: Real>(x: &Tensor, act: Activation) -> Result<Tensor> {
+    let xs = data::<T>("activation", "x", x)?;
+    let y = match act {
+        Activation::Silu => map(xs, silu),
+        Activation::Gelu => map(xs, gelu),
+        Activation::QuickGelu => map(xs, quick_gelu),
+    };
+    tensor(x.shape().clone(), y)
+}
+
+pub fn backward(dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tensor> {
+    const OP: &str = "activation_backward";
+    check::activation::backward(OP, dy, x)?;
+    dispatch!(OP, x, backward_t(dy, x, act))
+}
+
+fn backward_t<T: Real>(dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tensor> {
+    const OP: &str = "activation_backward";
+    let dys = data::<T>(OP, "dy", dy)?;
+    let xs = data::<T>(OP, "x", x)?;
+    // dx = dy·act'(x)
+    let dx = match act {
+        Activation::Silu => map_grad(dys, xs, silu_grad),
+        Activation::Gelu => map_grad(dys, xs, gelu_grad),
+        Activation::QuickGelu => map_grad(dys, xs, quick_gelu_grad),
+    };
+    tensor(x.shape().clone(), dx)
+}
+
+/// f applied to every element, in parallel chunks.
+fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::ZERO; xs.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+    y
+}
+
+/// dy·f'(x) for every element, in parallel chunks.
+fn map_grad<T: Real>(dys: &[T], xs: &[T], grad: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut dx = vec![T::ZERO; xs.len()];
+    dx.par_chunks_mut(CHUNK)
+        .zip(dys.par_chunks(CHUNK).zip(xs.par_chunks(CHUNK)))
+        .for_each(|(dx, (dy, x))| {
+            for (d, (&dyv, &xv)) in dx.iter_mut().zip(dy.iter().zip(x)) {
+                *d = dyv * grad(xv);
+            }
+        });
+    dx
+}
+
+/// Rows of `len` elements per rayon task, so that a task has about `CHUNK` elements.
+fn rows_per_task(len: usize) -> usize {
+    (CHUNK / len.max(1)).max(1)
+}
+
+pub fn geglu(x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "geglu";
+    let d = check::activation::geglu(OP, x)?;
+    dispatch!(OP, x, geglu_t(x, d.features))
+}
+
+fn geglu_t<T: Real>(x: &Tensor, f: usize) -> Result<Tensor> {
+    let xs = data::<T>("geglu", "x", x)?;
+    let out_shape = x.shape().with_last(f);
+    if f == 0 {
+        return tensor(out_shape, Vec::<T>::new());
+    }
+    let mut y = vec![T::ZERO; out_shape.numel()];
+    y.par_chunks_mut(f)
+        .zip(xs.par_chunks(2 * f))
+        .with_min_len(rows_per_task(2 * f))
+        .for_each(|(y, x)| {
+            let (h, g) = x.split_at(f);
+            for (yv, (&hv, &gv)) in y.iter_mut().zip(h.iter().zip(g)) {
+                *yv = hv * gelu(gv);
+            }
+        });
+    tensor(out_shape, y)
+}
+
+pub fn geglu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let d = check::activation::geglu_backward(dy, x)?;
+    dispatch!("geglu_backward", x, geglu_backward_t(dy, x, d.features))
+}
+
+fn geglu_backward_t<T: Real>(dy: &Tensor, x: &Tensor, f: usize) -> Result<Tensor> {
+    const OP: &str = "geglu_backward";
+    let dys = data::<T>(OP, "dy", dy)?;
+    let xs = data::<T>(OP, "x", x)?;
+    if f == 0 {
+        return tensor(x.shape().clone(), Vec::<T>::new());
+    }
+    let mut dx = vec![T::ZERO; xs.len()];
+    dx.par_chunks_mut(2 * f)
+        .zip(dys.par_chunks(f).zip(xs.par_chunks(2 * f)))
+        .with_min_len(rows_per_task(2 * f))
+        .for_each(|(dx, (dy, x))| {
+            let (dh, dg) = dx.split_at_mut(f);
+            let (h, g) = x.split_at(f);
+            for ((dhv, dgv), ((&dyv, &hv), &gv)) in dh
+                .iter_mut()
+                .zip(dg.iter_mut())
+                .zip(dy.iter().zip(h).zip(g))
+            {
+                *dhv = dyv * gelu(gv);
+                *dgv = dyv * hv * gelu_grad(gv);
+            }
+        });
+    tensor(x.shape().clone(), dx)
 }
