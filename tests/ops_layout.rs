@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use lorafuse::backend::Pad2d;
 use lorafuse::rng::Rng;
 use lorafuse::{Backend, CpuBackend, DType, Error, Tensor};
 
@@ -298,4 +299,50 @@ fn empty_sizes() {
         .concat_channels(&z(&[2, 0, 3]), &t(&[2, 1, 3], &iota(6)))
         .unwrap();
     assert_tensor("concat empty a", &y, &[2, 1, 3], &iota(6), 0.0);
+}
+
+#[test]
+fn pad2d_by_hand() {
+    let be = CpuBackend;
+    // The VAE encoder's (left 0, right 1, top 0, bottom 1) pad of a 2x2 plane, two channels.
+    let x = Tensor::from_f64([1, 2, 2, 2], vec![1., 2., 3., 4., 5., 6., 7., 8.]).unwrap();
+    let p = Pad2d {
+        top: 0,
+        bottom: 1,
+        left: 0,
+        right: 1,
+    };
+    let y = be.pad2d(&x, p).unwrap();
+    #[rustfmt::skip]
+    let want = [
+        1., 2., 0., 3., 4., 0., 0., 0., 0.,
+        5., 6., 0., 7., 8., 0., 0., 0., 0.,
+    ];
+    assert_tensor("pad (0,1,0,1)", &y, &[1, 2, 3, 3], &want, 0.0);
+    // All four sides on a 1x2 plane.
+    let x = Tensor::from_f32([1, 1, 1, 2], vec![1., 2.]).unwrap();
+    let y = be
+        .pad2d(
+            &x,
+            Pad2d {
+                top: 1,
+                bottom: 2,
+                left: 2,
+                right: 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(y.dims(), &[1, 1, 4, 5]);
+    let v = y.to_f32_vec();
+    assert_eq!((v[7], v[8]), (1.0, 2.0));
+    assert_eq!(v.iter().sum::<f32>(), 3.0);
+    let msg = be
+        .pad2d(&Tensor::zeros([2, 3], DType::F32), p)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("[2, 3]") && msg.contains("[N, C, H, W]"),
+        "{msg}"
+    );
 }

@@ -73,6 +73,15 @@ impl Conv2d {
     }
 }
 
+/// Zeros added on each side of a feature map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Pad2d {
+    pub top: usize,
+    pub bottom: usize,
+    pub left: usize,
+    pub right: usize,
+}
+
 /// Per-group (GroupNorm) or per-row (LayerNorm) statistics saved by the forward.
 pub struct NormStats {
     /// Mean of each normalized group, [N, groups] or [rows].
@@ -265,6 +274,9 @@ pub trait Backend: Send + Sync {
     fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// The gradient of a concat: dy [N, Ca+Cb, ..] split into ([N, Ca, ..], [N, Cb, ..]).
     fn split_channels(&self, dy: &Tensor, ca: usize) -> Result<(Tensor, Tensor)>;
+    /// Zero padding of a feature map, [N, C, H, W] -> [N, C, top+H+bottom, left+W+right].
+    /// Forward only: the VAE encoder's asymmetric (0, 1, 0, 1) pad before its stride-2 convs.
+    fn pad2d(&self, x: &Tensor, pad: Pad2d) -> Result<Tensor>;
     /// [N, C, H, W] -> [N, H·W, C]: feature map to tokens.
     fn nchw_to_nlc(&self, x: &Tensor) -> Result<Tensor>;
     /// [N, H·W, C] -> [N, C, H, W]: tokens back to a feature map.

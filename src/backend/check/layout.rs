@@ -3,6 +3,7 @@
 //! a tensor and the shape a size argument implies, name both shapes.
 
 use super::{bad_value, min_rank, mismatch, rank};
+use crate::backend::Pad2d;
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
 
@@ -139,4 +140,20 @@ pub fn nlc_to_nchw(x: &Tensor, h: usize, w: usize) -> Result<[usize; 4]> {
         });
     }
     Ok([n, c, h, w])
+}
+
+/// pad2d: x [N, C, H, W]; the padded size must not overflow.
+pub fn pad2d(x: &Tensor, p: Pad2d) -> Result<[usize; 4]> {
+    let d = nchw("pad2d", "x", x)?;
+    let fits =
+        |a: usize, b: usize, n: usize| a.checked_add(b).and_then(|s| s.checked_add(n)).is_some();
+    if !fits(p.top, p.bottom, d[2]) || !fits(p.left, p.right, d[3]) {
+        return Err(bad_value(
+            "pad2d",
+            "pad",
+            format!("{p:?}"),
+            "a padding that fits in memory",
+        ));
+    }
+    Ok(d)
 }

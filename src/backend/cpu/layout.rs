@@ -6,6 +6,7 @@
 //!   split_channels:              its gradient: dy[n] cut after Ca channels
 //!   nchw_to_nlc:                 y[n] = x[n]ᵀ, x[n] viewed as [C, H·W] -> [H·W, C]
 //!   nlc_to_nchw:                 y[n] = x[n]ᵀ, [L, C] -> [C, L] viewed as [C, h, w]
+//!   pad2d:                       y[n, c, top + i, left + j] = x[n, c, i, j], zeros elsewhere
 //! nchw_to_nlc and nlc_to_nchw are each other's inverse, hence each other's gradient.
 //! Work is spread with rayon per channel plane (upsampling), per image (concat, split) and
 //! per block of output rows within an image (transposes).
@@ -13,8 +14,8 @@
 use rayon::prelude::*;
 
 use super::{data, dispatch, tensor, Real};
-use crate::backend::check;
 use crate::backend::check::layout::ConcatDims;
+use crate::backend::{check, Pad2d};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -199,4 +200,26 @@ fn transpose_images<T: Real>(src: &[T], n: usize, rows: usize, cols: usize) -> V
                 });
         });
     dst
+}
+
+pub fn pad2d(x: &Tensor, pad: Pad2d) -> Result<Tensor> {
+    let d = check::layout::pad2d(x, pad)?;
+    dispatch!("pad2d", x, pad2d_t(x, pad, d))
+}
+
+fn pad2d_t<T: Real>(x: &Tensor, p: Pad2d, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
+    let xs = data::<T>("pad2d", "x", x)?;
+    let (ho, wo) = (p.top + h + p.bottom, p.left + w + p.right);
+    let mut y = vec![T::ZERO; n * c * ho * wo];
+    if h * w > 0 {
+        y.par_chunks_mut(ho * wo)
+            .zip(xs.par_chunks(h * w))
+            .for_each(|(yp, xp)| {
+                for (i, row) in xp.chunks(w).enumerate() {
+                    let at = (p.top + i) * wo + p.left;
+                    yp[at..at + w].copy_from_slice(row);
+                }
+            });
+    }
+    tensor([n, c, ho, wo], y)
 }

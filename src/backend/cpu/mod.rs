@@ -18,7 +18,7 @@ pub mod optim;
 pub mod real;
 
 use crate::backend::{
-    Activation, AdamW, Attention, Backend, Conv2d, LinearOut, Lora, LoraBackward, NormStats,
+    Activation, AdamW, Attention, Backend, Conv2d, LinearOut, Lora, LoraBackward, NormStats, Pad2d,
     TimestepEmbedding,
 };
 use crate::error::{Error, Result};
@@ -239,6 +239,9 @@ impl Backend for CpuBackend {
     }
     fn split_channels(&self, dy: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
         layout::split_channels(dy, ca)
+    }
+    fn pad2d(&self, x: &Tensor, pad: Pad2d) -> Result<Tensor> {
+        layout::pad2d(x, pad)
     }
     fn nchw_to_nlc(&self, x: &Tensor) -> Result<Tensor> {
         layout::nchw_to_nlc(x)
