@@ -41,7 +41,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(42);
     let mut rows = Vec::new();
 

@@ -23,7 +23,7 @@ const ACTS: [Activation; 3] = [Activation::Silu, Activation::Gelu, Activation::Q
 
 #[test]
 fn known_values() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = t(&[3], &[0., 1., -1.]);
     // silu(0) = 0, silu(1) = 1/(1 + e^-1) = 0.7310585786300049, silu(-1) = -1/(1 + e).
     let silu1 = 1.0 / (1.0 + (-1f64).exp());
@@ -70,7 +70,7 @@ fn known_values() {
 /// negative x) hold.
 #[test]
 fn tails_are_finite() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = t(&[4], &[-1000., -50., 50., 1000.]);
     for act in ACTS {
         for x in [x.clone(), to_f32(&x)] {
@@ -85,7 +85,7 @@ fn tails_are_finite() {
 
 #[test]
 fn geglu_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // x [1, 4] = [hidden | gate] = [2, -3 | 1, -1]:
     //   y = [2·gelu(1), -3·gelu(-1)] = [2·Φ(1), 3·(1 - Φ(1))] = [1.6826894921370859, 0.4759657617943712]
     let x = t(&[1, 4], &[2., -3., 1., -1.]);
@@ -121,7 +121,7 @@ fn geglu_by_hand() {
 
 #[test]
 fn gradcheck_activations() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(7);
     // Uniform in [-6, 6): the curved parts and the tails of every activation.
     let x = uniform(&mut rng, &[3, 5, 7], -6.0, 6.0);
@@ -139,7 +139,7 @@ fn gradcheck_activations() {
 
 #[test]
 fn gradcheck_geglu() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(8);
     // F = 13 (odd), 3-D input [2, 3, 26].
     let x = randn(&mut rng, &[2, 3, 26]);
@@ -156,7 +156,7 @@ fn gradcheck_geglu() {
 
 #[test]
 fn f32_matches_f64() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(9);
     let x = uniform(&mut rng, &[300, 320], -8.0, 8.0);
     let dy = randn(&mut rng, &[300, 320]);
@@ -182,7 +182,7 @@ fn f32_matches_f64() {
 /// GEGLU equals hidden · activation(Gelu)(gate) composed from the pointwise op.
 #[test]
 fn geglu_equals_composed() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(11);
     let (rows, f) = (6, 9);
     let x = randn(&mut rng, &[rows, 2 * f]).to_f64_vec();
@@ -205,7 +205,7 @@ fn err_msg<T>(r: lorafuse::Result<T>) -> (Error, String) {
 
 #[test]
 fn bad_arguments() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = Tensor::zeros([4, 6], DType::F32);
     let dy = Tensor::zeros([4, 5], DType::F32);
     let (e, m) = err_msg(be.activation_backward(&dy, &x, Activation::Gelu));
@@ -240,7 +240,7 @@ fn bad_arguments() {
 /// Empty tensors are fine: zero rows, or F = 0.
 #[test]
 fn empty_inputs() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = Tensor::zeros([0, 6], DType::F32);
     assert_eq!(be.geglu(&x).unwrap().dims(), &[0, 3]);
     let x = Tensor::zeros([3, 0], DType::F32);

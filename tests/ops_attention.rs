@@ -24,7 +24,7 @@ fn randn_s(rng: &mut Rng, shape: &[usize], s: f64) -> Tensor {
 }
 
 fn attn(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> (Tensor, Tensor) {
-    CpuBackend
+    CpuBackend::new()
         .attention(q, k, v, Attention { heads, causal })
         .unwrap()
 }
@@ -381,7 +381,7 @@ fn forward_matches_naive_reference() {
 // ---- gradients ----
 
 fn grad_case(name: &str, c: Case, max_coords: usize, seed: u64) {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let inputs = c.inputs(&mut Rng::new(seed), 0.5);
     let p = c.p();
     gradcheck(
@@ -486,7 +486,7 @@ fn gradcheck_across_query_blocks() {
 /// f32 agrees with f64 on an SD-like cross-attention, forward and backward.
 #[test]
 fn f32_matches_f64() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let c = Case {
         b: 1,
         h: 8,
@@ -526,7 +526,7 @@ fn f32_matches_f64() {
 /// finite, and the backward checked by sampled dQ, dK and dV rows and two exact identities.
 #[test]
 fn blocked_path_at_1024_tokens() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(41);
     for causal in [false, true] {
         let c = Case {
@@ -621,7 +621,7 @@ fn blocked_path_at_1024_tokens() {
 
 #[test]
 fn empty_sizes_do_not_panic() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let p = Attention {
         heads: 2,
         causal: false,
@@ -651,7 +651,7 @@ fn z(shape: &[usize]) -> Tensor {
 
 /// The forward's error on these shapes (it must fail).
 fn fwd_err(q: &[usize], k: &[usize], v: &[usize], heads: usize, causal: bool) -> Error {
-    CpuBackend
+    CpuBackend::new()
         .attention(&z(q), &z(k), &z(v), Attention { heads, causal })
         .expect_err("bad shapes must fail")
 }
@@ -699,7 +699,7 @@ fn bad_shapes_name_both_shapes() {
 
 #[test]
 fn backward_bad_saved_shapes_name_both_shapes() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let p = Attention {
         heads: 2,
         causal: false,
@@ -744,7 +744,7 @@ fn backward_bad_saved_shapes_name_both_shapes() {
 
 #[test]
 fn bad_dtypes_are_errors() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let p = Attention {
         heads: 2,
         causal: false,

@@ -56,7 +56,7 @@ fn naive_conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2d) -> Vec<f
 
 #[test]
 fn forward_3x3_pad1_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // x = 1 2 3   w = 1 0  0     y[i, j] = x[i-1, j-1] - x[i, j+1] + 2·x[i+1, j+1]
     //     4 5 6       0 0 -1     (cross-correlation, as PyTorch; 0 outside x)
     //     7 8 9       0 0  2
@@ -77,7 +77,7 @@ fn forward_3x3_pad1_by_hand() {
 
 #[test]
 fn input_grad_3x3_pad1_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // Same w as above, dy = all ones. dx[a, b] = Σ over taps of w[i, j] when the output
     // pixel (a - i + 1, b - j + 1) exists:
     //   tap (0,0) = 1 reaches dx[a, b] for a <= 1, b <= 1
@@ -99,7 +99,7 @@ fn input_grad_3x3_pad1_by_hand() {
 
 #[test]
 fn forward_stride2_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // x[i, j] = 4i + j on a 4x4 grid.
     let x = t(&[1, 1, 4, 4], &(0..16).map(f64::from).collect::<Vec<_>>());
     // 3x3 of ones, stride 2, padding 1: Ho = (4 + 2 - 3)/2 + 1 = 2; windows centred on
@@ -146,7 +146,7 @@ fn forward_stride2_by_hand() {
 
 #[test]
 fn forward_1x1_with_bias_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // x: channel 0 = [1, 2, 3, 4], channel 1 = [10, 20, 30, 40] on a 2x2 grid.
     let x = t(&[1, 2, 2, 2], &[1., 2., 3., 4., 10., 20., 30., 40.]);
     // w [3, 2, 1, 1]: y0 = x0 + 0.5, y1 = x1 - 1, y2 = 2·x0 - x1 + 3.
@@ -174,7 +174,7 @@ fn forward_1x1_with_bias_by_hand() {
 
 #[test]
 fn forward_multichannel_batch_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // Two images (the second is twice the first), two input channels, 2x2 kernel, no padding:
     // a 1x1 output that is Σ w·x over the whole image.
     let x1 = [1., 2., 3., 4., 5., 6., 7., 8.];
@@ -199,7 +199,7 @@ fn forward_multichannel_batch_by_hand() {
 
 #[test]
 fn matches_naive_reference() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(1);
     // (n, c, o, h, w, k, stride, padding)
     let cases = [
@@ -243,7 +243,7 @@ fn check_input_grad(
     k: usize,
     p: Conv2d,
 ) {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(name.len() as u64);
     let x = randn(&mut rng, &[n, c, h, wd]);
     let w = randn(&mut rng, &[o, c, k, k]);
@@ -297,7 +297,7 @@ fn gradcheck_other_kernels() {
 /// The f32 path agrees with the f64 path (which the gradient checks trust).
 #[test]
 fn f32_matches_f64() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(3);
     let x = randn(&mut rng, &[2, 32, 17, 13]);
     let w = randn(&mut rng, &[48, 32, 3, 3]);
@@ -327,7 +327,7 @@ fn f32_matches_f64() {
 /// centre of an otherwise zero 3x3 kernel with padding 1 compute the same map.
 #[test]
 fn fast_1x1_matches_general_path() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(4);
     let (n, c, o, h, wd) = (2, 7, 5, 6, 9);
     let x = randn(&mut rng, &[n, c, h, wd]);
@@ -378,7 +378,7 @@ fn fast_1x1_matches_general_path() {
 /// no window reads does not leak, and pixels no window reads get a gradient of exactly 0.
 #[test]
 fn poison_does_not_leak() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(5);
     for (k, p) in [(3, conv(1, 1)), (3, conv(2, 1)), (1, conv(1, 0))] {
         let (c, o, h, wd) = (3, 4, 7, 6);
@@ -458,7 +458,7 @@ fn shape_error(e: Error, a: &str, b: &str) {
 
 #[test]
 fn bad_shapes_name_both_shapes() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let z = |s: &[usize]| Tensor::zeros(s, DType::F32);
     let p = conv(1, 1);
     // Channels of x and w differ.
@@ -507,7 +507,7 @@ fn bad_shapes_name_both_shapes() {
 
 #[test]
 fn bad_values_and_dtypes_are_errors() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let z = |s: &[usize]| Tensor::zeros(s, DType::F32);
     for e in [
         be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), None, conv(0, 1))
@@ -566,7 +566,7 @@ fn bad_values_and_dtypes_are_errors() {
 /// Empty batch, channels or outputs give empty or zero results, no panic.
 #[test]
 fn empty_sizes() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let z = |s: &[usize]| Tensor::zeros(s, DType::F64);
     let y = be
         .conv2d(&z(&[0, 3, 5, 5]), &z(&[4, 3, 3, 3]), None, conv(1, 1))

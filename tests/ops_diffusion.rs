@@ -16,7 +16,7 @@ const SD: TimestepEmbedding = TimestepEmbedding {
 
 #[test]
 fn timestep_embedding_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let t = Tensor::from_f64([3], vec![0.0, 1.0, 10.0]).unwrap();
     // dim 4: half 2, frequencies exp(-ln(1e4)·i/2) = 1 and 0.01; cosines first (SD1.x).
     let e = be.timestep_embedding(&t, SD).unwrap();
@@ -67,7 +67,7 @@ fn timestep_embedding_by_hand() {
 
 #[test]
 fn mse_loss_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let pred = Tensor::from_f64([2, 2], vec![1., 2., 3., 4.]).unwrap();
     let target = Tensor::from_f64([2, 2], vec![0., 0., 3., 2.]).unwrap();
     // Sample 0: (1 + 4)/2 = 2.5; sample 1: (0 + 4)/2 = 2; mean 2.25.
@@ -91,7 +91,7 @@ fn mse_loss_by_hand() {
 
 #[test]
 fn mse_loss_gradcheck() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(11);
     let inputs = vec![randn(&mut rng, &[3, 4, 5, 7])];
     let target = randn(&mut rng, &[3, 4, 5, 7]);
@@ -116,7 +116,7 @@ fn mse_loss_gradcheck() {
 
 #[test]
 fn add_noise_per_sample() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = Tensor::from_f64([2, 2], vec![1., 2., 3., 4.]).unwrap();
     let z = Tensor::from_f64([2, 2], vec![10., 20., 30., 40.]).unwrap();
     // Sample 0: 0.5·x + 0.1·z; sample 1: 1·x + 0·z.
@@ -133,7 +133,7 @@ fn add_noise_per_sample() {
 
 #[test]
 fn gaussian_sample_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mean = Tensor::from_f64([3], vec![1.0, -1.0, 0.0]).unwrap();
     // logvar 2·ln 2 gives std 2; 100 is clamped to 20 (std e^10); -100 to -30 (std e^-15).
     let logvar = Tensor::from_f64([3], vec![2.0 * 2f64.ln(), 100.0, -100.0]).unwrap();

@@ -12,7 +12,7 @@ fn t(shape: &[usize], v: &[f64]) -> Tensor {
 
 #[test]
 fn add_scale_and_accumulate() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let a = t(&[2, 2], &[1., 2., 3., 4.]);
     let b = t(&[2, 2], &[0.5, -2., 10., 0.]);
     assert_tensor(
@@ -42,7 +42,7 @@ fn add_scale_and_accumulate() {
 
 #[test]
 fn channel_bias_broadcasts_over_space() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // x [2, 2, 1, 2], bias [2, 2]: bias[n, c] is added to both pixels of plane (n, c).
     let x = t(&[2, 2, 1, 2], &[0., 1., 2., 3., 4., 5., 6., 7.]);
     let bias = t(&[2, 2], &[10., 20., 30., 40.]);
@@ -64,7 +64,7 @@ fn channel_bias_broadcasts_over_space() {
 
 #[test]
 fn casts_round_and_widen() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = be
         .tensor_from_f32(&[4], &[0.1, 1.0 + 1.0 / 1024.0, 65504.0, -2.5], DType::F16)
         .unwrap();
@@ -89,7 +89,7 @@ fn casts_round_and_widen() {
 
 #[test]
 fn shape_and_dtype_errors_name_both() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let a = Tensor::zeros([3, 4], DType::F32);
     let b = Tensor::zeros([4, 3], DType::F32);
     let msg = be.add(&a, &b).err().unwrap().to_string();
@@ -115,7 +115,7 @@ fn shape_and_dtype_errors_name_both() {
 
 #[test]
 fn embedding_picks_rows() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let table = t(&[3, 2], &[0., 1., 10., 11., 20., 21.]);
     let e = be.embedding(&table, &[2, 0, 2]).unwrap();
     assert_tensor("rows", &e, &[3, 2], &[20., 21., 0., 1., 20., 21.], 0.0);

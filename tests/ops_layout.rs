@@ -19,7 +19,7 @@ fn iota(n: usize) -> Vec<f64> {
 
 #[test]
 fn upsample_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // [[1, 2], [3, 4]] -> each value fills a 2x2 block.
     let x = t(&[1, 1, 2, 2], &[1., 2., 3., 4.]);
     #[rustfmt::skip]
@@ -50,7 +50,7 @@ fn upsample_by_hand() {
 
 #[test]
 fn upsample_backward_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // dy[i, j] = 4i + j on 4x4; each dx is the sum of its 2x2 block:
     //   0+1+4+5 = 10   2+3+6+7 = 18   8+9+12+13 = 42   10+11+14+15 = 50
     let dy = t(&[1, 1, 4, 4], &iota(16));
@@ -66,7 +66,7 @@ fn upsample_backward_by_hand() {
 
 #[test]
 fn concat_and_split_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // a [2, 1, 2], b [2, 2, 2]: per image, a's channel then b's two.
     let a = t(&[2, 1, 2], &[1., 2., 3., 4.]);
     let b = t(&[2, 2, 2], &[5., 6., 7., 8., 9., 10., 11., 12.]);
@@ -103,7 +103,7 @@ fn concat_and_split_by_hand() {
 
 #[test]
 fn nchw_nlc_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // Channel 0 = [1, 2, 3, 4], channel 1 = [5, 6, 7, 8] on 2x2: token p holds (c0[p], c1[p]).
     let x = t(&[1, 2, 2, 2], &[1., 2., 3., 4., 5., 6., 7., 8.]);
     let y = be.nchw_to_nlc(&x).unwrap();
@@ -126,7 +126,7 @@ fn nchw_nlc_by_hand() {
 /// Sizes larger than the transpose tile in both directions, against the index formula.
 #[test]
 fn nchw_nlc_large_against_formula() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let (n, c, h, w) = (2, 70, 5, 9);
     let x = t(&[n, c, h, w], &iota(n * c * h * w));
     let y = be.nchw_to_nlc(&to_f32(&x)).unwrap();
@@ -154,7 +154,7 @@ fn nchw_nlc_large_against_formula() {
 
 #[test]
 fn gradcheck_upsample() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(1);
     let x = randn(&mut rng, &[2, 3, 3, 5]);
     gradcheck(
@@ -169,7 +169,7 @@ fn gradcheck_upsample() {
 
 #[test]
 fn gradcheck_concat() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(2);
     let a = randn(&mut rng, &[2, 3, 2, 3]);
     let b = randn(&mut rng, &[2, 5, 2, 3]);
@@ -188,7 +188,7 @@ fn gradcheck_concat() {
 
 #[test]
 fn gradcheck_nchw_nlc() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(3);
     let x = randn(&mut rng, &[2, 5, 3, 4]);
     gradcheck(
@@ -219,7 +219,7 @@ fn shape_error(e: Error, a: &str, b: &str) {
 
 #[test]
 fn bad_shapes_are_errors() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let z = |s: &[usize]| Tensor::zeros(s, DType::F32);
     // nlc_to_nchw: L = 12 is not 3·5; the message names x and the requested map.
     let e = be.nlc_to_nchw(&z(&[2, 12, 8]), 3, 5).err().unwrap();
@@ -278,7 +278,7 @@ fn bad_shapes_are_errors() {
 /// Empty sizes give empty results, no panic.
 #[test]
 fn empty_sizes() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let z = |s: &[usize]| Tensor::zeros(s, DType::F64);
     assert_eq!(
         be.upsample_nearest2x(&z(&[1, 0, 3, 3])).unwrap().dims(),
@@ -303,7 +303,7 @@ fn empty_sizes() {
 
 #[test]
 fn pad2d_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // The VAE encoder's (left 0, right 1, top 0, bottom 1) pad of a 2x2 plane, two channels.
     let x = Tensor::from_f64([1, 2, 2, 2], vec![1., 2., 3., 4., 5., 6., 7., 8.]).unwrap();
     let p = Pad2d {

@@ -14,7 +14,7 @@ fn t(shape: &[usize], v: &[f64]) -> Tensor {
 
 #[test]
 fn forward_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // x [2, 3], W [2, 3], bias [2]; A [1, 3], B [2, 1], scale 0.5.
     let x = t(&[2, 3], &[1., 2., 3., -1., 0., 2.]);
     let w = t(&[2, 3], &[1., 0., -1., 2., 1., 0.]);
@@ -54,7 +54,7 @@ fn forward_by_hand() {
 
 #[test]
 fn backward_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = t(&[1, 2], &[1., 2.]);
     let w = t(&[1, 2], &[3., 4.]);
     let a = t(&[1, 2], &[1., -1.]);
@@ -107,7 +107,7 @@ fn backward_by_hand() {
 /// dX, dA and dB against finite differences, with awkward sizes and 3-D input.
 #[test]
 fn gradcheck_lora_linear() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(1);
     let (rows, inf, outf, r) = ([2, 5], 13, 11, 3);
     let inputs = vec![
@@ -185,7 +185,7 @@ fn gradcheck_lora_linear() {
 /// Two micro-steps (Assign, then Add) give the LoRA gradient of the concatenated batch.
 #[test]
 fn accumulation_equals_concatenated_batch() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(2);
     let (inf, outf, r) = (9, 7, 4);
     let w = randn(&mut rng, &[outf, inf]);
@@ -248,7 +248,7 @@ fn accumulation_equals_concatenated_batch() {
 /// f32 and f64 paths agree (the f64 path is what the gradchecks trust).
 #[test]
 fn f32_matches_f64() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(3);
     let x = randn(&mut rng, &[300, 70]);
     let w = randn(&mut rng, &[130, 70]);
@@ -286,7 +286,7 @@ fn f32_matches_f64() {
 
 #[test]
 fn bad_shapes_name_both_shapes() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = Tensor::zeros([4, 10], DType::F32);
     let w = Tensor::zeros([6, 12], DType::F32);
     let e = be
@@ -327,7 +327,7 @@ fn bad_shapes_name_both_shapes() {
 
 #[test]
 fn bad_dtypes_are_errors() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = Tensor::zeros([4, 10], DType::F32);
     let w64 = Tensor::zeros([6, 10], DType::F64);
     let msg = be.linear(&x, &w64, None, None).err().unwrap().to_string();

@@ -30,7 +30,7 @@ fn param(rng: &mut Rng, c: usize, center: f64) -> Tensor {
 
 #[test]
 fn group_norm_one_group_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // x [1, 2, 2]: one group [1, 2, 3, 4]; mean 2.5, var (2.25 + 0.25 + 0.25 + 2.25)/4 = 1.25.
     // eps 2.75 makes var + eps = 4, rstd = 0.5, x̂ = [-0.75, -0.25, 0.25, 0.75].
     // gamma [2, -1], beta [0.5, 1]:
@@ -74,7 +74,7 @@ fn group_norm_one_group_by_hand() {
 
 #[test]
 fn group_norm_two_groups_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // x [2, 4, 2], groups 2 (two channels, four elements each), eps 2.75.
     // Sample 0: group 0 = channels 0, 1 = [1, 2 | 3, 4]: mean 2.5, var 1.25, rstd 1/2,
     //             x̂ = [-0.75, -0.25 | 0.25, 0.75];
@@ -110,7 +110,7 @@ fn group_norm_two_groups_by_hand() {
 
 #[test]
 fn layer_norm_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // Row 0 [2, 4, 4, 4, 5, 5, 7, 9]: mean 5, var (9+1+1+1+0+0+4+16)/8 = 4; eps 5 -> rstd 1/3,
     //   x̂ = [-1, -1/3, -1/3, -1/3, 0, 0, 2/3, 4/3].
     // Row 1 constant 3: mean 3, var 0, rstd 1/sqrt(5), x̂ = 0, so y = beta.
@@ -151,7 +151,7 @@ fn layer_norm_by_hand() {
 /// -0.5 + 0.28125] = [0.609375, -0.296875, -0.203125, -0.109375] (sums to 0, as it must).
 #[test]
 fn backward_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let want = [0.609375, -0.296875, -0.203125, -0.109375];
     let x = t(&[1, 4], &[1., 2., 3., 4.]);
     let dy = t(&[1, 4], &[1., 0., 0., 0.]);
@@ -178,7 +178,7 @@ fn backward_by_hand() {
 /// and dx = rstd·(1 - 1 - 0) = 0 in every group.
 #[test]
 fn group_norm_backward_ignores_shift() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(10);
     let x = randn_affine(&mut rng, &[2, 6, 3], 2.0, 1.0);
     let gamma = param(&mut rng, 6, 1.0);
@@ -193,7 +193,7 @@ fn group_norm_backward_ignores_shift() {
 }
 
 fn group_norm_gradcheck(name: &str, dims: &[usize], groups: usize, fuse_silu: bool) {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(dims.iter().product::<usize>() as u64 + groups as u64);
     let c = dims[1];
     let x = randn_affine(&mut rng, dims, 1.5, 0.5);
@@ -237,7 +237,7 @@ fn gradcheck_group_norm_silu() {
 }
 
 fn layer_norm_gradcheck(name: &str, dims: &[usize]) {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(dims.iter().product::<usize>() as u64);
     let c = *dims.last().unwrap();
     let x = randn_affine(&mut rng, dims, 1.5, -0.7);
@@ -267,7 +267,7 @@ fn gradcheck_layer_norm() {
 /// backward (the composed ops are the slow reference for the fused pass).
 #[test]
 fn fused_silu_equals_composed() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(4);
     let dims = [2, 64, 6, 5];
     let x = randn_affine(&mut rng, &dims, 2.0, 0.3);
@@ -317,7 +317,7 @@ fn fused_silu_equals_composed() {
 /// statistics and backward, at SD1.x-like sizes with a non-zero mean.
 #[test]
 fn f32_matches_f64() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(5);
     let to32 = |s: &NormStats| (to_f32(&s.mean), to_f32(&s.rstd));
 
@@ -401,7 +401,7 @@ fn f32_matches_f64() {
 /// An empty batch is not an error: empty output, empty statistics.
 #[test]
 fn empty_batch() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = Tensor::zeros([0, 4, 3], DType::F32);
     let g = Tensor::zeros([4], DType::F32);
     let (y, s) = be.group_norm(&x, &g, &g, 2, 1e-5, true).unwrap();
@@ -423,7 +423,7 @@ fn err_msg<T>(r: lorafuse::Result<T>) -> (Error, String) {
 
 #[test]
 fn bad_group_norm_arguments() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = Tensor::zeros([2, 10, 3, 3], DType::F32);
     let g10 = Tensor::zeros([10], DType::F32);
     let g8 = Tensor::zeros([8], DType::F32);
@@ -483,7 +483,7 @@ fn bad_group_norm_arguments() {
 
 #[test]
 fn bad_layer_norm_arguments() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let x = Tensor::zeros([4, 7], DType::F32);
     let g7 = Tensor::zeros([7], DType::F32);
     let g4 = Tensor::zeros([4], DType::F32);

@@ -23,7 +23,7 @@ const H: AdamW = AdamW {
 
 #[test]
 fn first_step_by_hand() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     // p = 1, g = 2 (given as 4 with grad_scale 0.5, as an unscaled fp16 gradient would be).
     let mut p = f32t(&[1.0, -3.0]);
     let g = f32t(&[4.0, 0.0]);
@@ -50,7 +50,7 @@ fn first_step_by_hand() {
 /// Five steps against a plain f64 transcription of torch.optim.AdamW's update.
 #[test]
 fn matches_reference_over_steps() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let mut rng = Rng::new(5);
     let n = 50_000; // crosses the parallel chunk size
     let p0 = rng.normal_vec(n);
@@ -100,7 +100,7 @@ fn matches_reference_over_steps() {
 
 #[test]
 fn sum_squares_and_overflow() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     assert_eq!(be.sum_squares(&f32t(&[3.0, 4.0])).unwrap(), 25.0);
     let big: Vec<f32> = vec![0.5; 100_000];
     assert_eq!(be.sum_squares(&f32t(&big)).unwrap(), 25_000.0);
@@ -113,7 +113,7 @@ fn sum_squares_and_overflow() {
 
 #[test]
 fn bad_arguments_are_errors() {
-    let be = CpuBackend;
+    let be = CpuBackend::new();
     let (mut p, g) = (f32t(&[1.0; 3]), f32t(&[1.0; 4]));
     let (mut m, mut v) = (f32t(&[0.0; 3]), f32t(&[0.0; 3]));
     let msg = be

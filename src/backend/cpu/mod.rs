@@ -25,13 +25,28 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
 pub use real::Real;
 
-/// The CPU backend. It holds nothing: threads come from rayon's global pool.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
+/// The CPU backend. Threads come from rayon's global pool. Every op takes f32 or f64 inputs;
+/// the compute dtype only says what models load their weights as: f32 normally, f64 for
+/// gradient checks through whole models.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuBackend {
+    dtype: DType,
+}
 
 impl CpuBackend {
-    pub fn new() -> Self {
-        CpuBackend
+    /// The f32 backend.
+    pub const fn new() -> Self {
+        CpuBackend { dtype: DType::F32 }
+    }
+    /// Models load in f64: for finite-difference checks of whole models.
+    pub const fn f64() -> Self {
+        CpuBackend { dtype: DType::F64 }
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend::new()
     }
 }
 
@@ -99,7 +114,7 @@ impl Backend for CpuBackend {
         "cpu"
     }
     fn compute_dtype(&self) -> DType {
-        DType::F32
+        self.dtype
     }
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         Ok(Tensor::zeros(shape, dtype))

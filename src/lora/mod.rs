@@ -1,0 +1,143 @@
+//! LoRA adapters: the set of trainable (down, up, alpha) triples attached to a frozen model by
+//! kohya module name, and their gradients.
+//!
+//! A module `lora_unet_<diffusers path, dots as underscores>` adds scale·(x·Aᵀ)·Bᵀ to the output
+//! of the layer at that path, with A = down [rank, in], B = up [out, rank], scale = alpha/rank
+//! (kohya's convention; sd15-formats.md §2.3). The frozen model looks its layers up here by
+//! name, so any set whose names match can be applied: freshly initialised, or loaded from a file.
+
+use std::collections::HashMap;
+
+use crate::backend::{Accum, Backend, Lora};
+use crate::error::Result;
+use crate::rng::Rng;
+use crate::tensor::{DType, Tensor};
+
+/// Which layers of the UNet get an adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoraTargets {
+    /// Every linear and 1x1 conv inside the Transformer2D blocks: kohya's default, 192
+    /// modules on SD1.5 (proj_in, proj_out, attn1/attn2 to_q/to_k/to_v/to_out.0,
+    /// ff.net.0.proj, ff.net.2).
+    Transformer,
+    /// to_q, to_k, to_v and to_out.0 of every attention only (diffusers' default): 128 modules.
+    Attention,
+}
+
+/// A layer that can carry an adapter: its kohya name and its sizes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetLayer {
+    pub name: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    /// The layer is a 1x1 conv in the checkpoint (kohya stores its LoRA as [r, in, 1, 1]).
+    pub is_conv: bool,
+    /// The layer is one of an attention's to_q, to_k, to_v, to_out.0.
+    pub is_attention: bool,
+}
+
+/// One adapter.
+#[derive(Clone, Debug)]
+pub struct LoraModule {
+    pub name: String,
+    /// A, [rank, in].
+    pub down: Tensor,
+    /// B, [out, rank].
+    pub up: Tensor,
+    pub alpha: f64,
+    pub is_conv: bool,
+}
+
+impl LoraModule {
+    pub fn rank(&self) -> usize {
+        self.down.dims()[0]
+    }
+    /// alpha / rank.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank() as f64
+    }
+    pub fn as_lora(&self) -> Lora<'_> {
+        Lora {
+            down: &self.down,
+            up: &self.up,
+            scale: self.scale(),
+        }
+    }
+}
+
+/// The adapters of one model, in a fixed order (the order of the flat optimizer buffer).
+#[derive(Clone, Debug, Default)]
+pub struct LoraSet {
+    modules: Vec<LoraModule>,
+    index: HashMap<String, usize>,
+}
+
+impl LoraSet {
+    pub fn new(modules: Vec<LoraModule>) -> Self {
+        let index = modules.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect();
+        LoraSet { modules, index }
+    }
+
+    /// Fresh adapters on `layers` as kohya initialises them: A kaiming-uniform
+    /// (bound 1/sqrt(in), PyTorch's default for a Linear), B zero, so training starts from the
+    /// base model exactly.
+    pub fn init(be: &dyn Backend, layers: &[TargetLayer], rank: usize, alpha: f64, rng: &mut Rng) -> Result<LoraSet> {
+        let mut modules = Vec::with_capacity(layers.len());
+        for l in layers {
+            let bound = 1.0 / (l.in_features as f64).sqrt();
+            let a: Vec<f32> = (0..rank * l.in_features).map(|_| rng.uniform_in(-bound, bound) as f32).collect();
+            modules.push(LoraModule {
+                name: l.name.clone(),
+                down: be.tensor_from_f32(&[rank, l.in_features], &a, DType::F32)?,
+                up: be.zeros(&[l.out_features, rank], DType::F32)?,
+                alpha,
+                is_conv: l.is_conv,
+            });
+        }
+        Ok(LoraSet::new(modules))
+    }
+
+    pub fn modules(&self) -> &[LoraModule] {
+        &self.modules
+    }
+    pub fn modules_mut(&mut self) -> &mut [LoraModule] {
+        &mut self.modules
+    }
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+    /// The index of the adapter named `name`, if there is one.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+    /// Gradient buffers of the right shapes, zeroed.
+    pub fn zero_grads(&self, be: &dyn Backend) -> Result<LoraGrads> {
+        let mut down = Vec::with_capacity(self.len());
+        let mut up = Vec::with_capacity(self.len());
+        for m in &self.modules {
+            down.push(be.zeros(m.down.dims(), m.down.dtype())?);
+            up.push(be.zeros(m.up.dims(), m.up.dtype())?);
+        }
+        Ok(LoraGrads {
+            down,
+            up,
+            accum: Accum::Assign,
+        })
+    }
+    /// Number of trainable scalars.
+    pub fn num_params(&self) -> usize {
+        self.modules.iter().map(|m| m.down.numel() + m.up.numel()).sum()
+    }
+}
+
+/// dA and dB of every adapter, in the set's order. `accum` says whether the next backward
+/// overwrites them (the first micro-batch of an optimizer step) or adds to them.
+#[derive(Clone, Debug)]
+pub struct LoraGrads {
+    pub down: Vec<Tensor>,
+    pub up: Vec<Tensor>,
+    pub accum: Accum,
+}

@@ -1,0 +1,222 @@
+//! The frozen layers the models are built from, each with its forward and, where a gradient
+//! flows through it, its backward side by side. Nothing here holds activations: the blocks
+//! decide what to save (see each block's `Saved`).
+
+use crate::backend::{Backend, Conv2d as ConvParams, LoraBackward, NormStats};
+use crate::error::{Error, Result};
+use crate::lora::{LoraGrads, LoraSet};
+use crate::model::weights::Loader;
+use crate::tensor::Tensor;
+
+/// What every forward and backward needs: the backend, and the adapters if any.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub be: &'a dyn Backend,
+    pub lora: Option<&'a LoraSet>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(be: &'a dyn Backend, lora: Option<&'a LoraSet>) -> Self {
+        Ctx { be, lora }
+    }
+}
+
+/// A linear layer (or a 1x1 conv applied to tokens) that may carry a LoRA.
+pub struct Linear {
+    /// kohya's module name (`lora_unet_…`): the key of its adapter in a `LoraSet`.
+    pub name: String,
+    /// [out, in].
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// What a linear layer's forward returns: y, and u = x·Aᵀ when an adapter is attached.
+pub struct LinearOut {
+    pub y: Tensor,
+    pub u: Option<Tensor>,
+}
+
+impl Linear {
+    /// `path.weight` [out, in] (or [out, in, 1, 1] for a 1x1 conv) and optionally `path.bias`.
+    pub fn load(l: &Loader, in_f: usize, out_f: usize, bias: bool) -> Result<Linear> {
+        Ok(Linear {
+            name: kohya_name(&l.path),
+            weight: l.tensor("weight", &[out_f, in_f])?,
+            bias: if bias { Some(l.tensor("bias", &[out_f])?) } else { None },
+        })
+    }
+    /// A 1x1 conv's weights [out, in, 1, 1] used as a linear layer on tokens.
+    pub fn load_conv1x1(l: &Loader, in_f: usize, out_f: usize) -> Result<Linear> {
+        let w = l.tensor("weight", &[out_f, in_f, 1, 1])?.reshape([out_f, in_f])?;
+        Ok(Linear {
+            name: kohya_name(&l.path),
+            weight: w,
+            bias: Some(l.tensor("bias", &[out_f])?),
+        })
+    }
+    pub fn in_features(&self) -> usize {
+        self.weight.dims()[1]
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+    /// The adapter attached to this layer: its index in the set, and the set.
+    fn adapter<'c>(&self, cx: &Ctx<'c>) -> Option<(usize, &'c LoraSet)> {
+        let set = cx.lora?;
+        set.find(&self.name).map(|i| (i, set))
+    }
+
+    /// y = x·Wᵀ + b (+ the adapter's term), x [.., in].
+    pub fn forward(&self, cx: &Ctx, x: &Tensor) -> Result<LinearOut> {
+        let lora = self.adapter(cx).map(|(i, set)| set.modules()[i].as_lora());
+        let out = cx.be.linear(x, &self.weight, self.bias.as_ref(), lora)?;
+        Ok(LinearOut {
+            y: out.y,
+            u: out.lora_hidden,
+        })
+    }
+
+    /// Accumulates the adapter's dA, dB into `grads` and returns dX if `want_dx`. `x` and `u`
+    /// are the forward's input and `LinearOut::u`.
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        dy: &Tensor,
+        x: &Tensor,
+        u: Option<&Tensor>,
+        grads: &mut LoraGrads,
+        want_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        let Some((i, set)) = self.adapter(cx) else {
+            return cx.be.linear_backward(dy, &self.weight, None, want_dx);
+        };
+        let hidden = u.ok_or_else(|| Error::BadValue {
+            op: "linear backward",
+            name: "saved lora hidden",
+            value: self.name.clone(),
+            expected: "the forward's x·Aᵀ, saved when the adapter was attached".into(),
+        })?;
+        let accum = grads.accum;
+        let (gd, gu) = (&mut grads.down[i], &mut grads.up[i]);
+        cx.be.linear_backward(
+            dy,
+            &self.weight,
+            Some(LoraBackward {
+                lora: set.modules()[i].as_lora(),
+                x,
+                hidden,
+                grad_down: gd,
+                grad_up: gu,
+                accum,
+            }),
+            want_dx,
+        )
+    }
+}
+
+impl Linear {
+    /// [`Linear::backward`] when dX is wanted: always returns it.
+    pub fn backward_dx(&self, cx: &Ctx, dy: &Tensor, x: &Tensor, u: Option<&Tensor>, grads: &mut LoraGrads) -> Result<Tensor> {
+        self.backward(cx, dy, x, u, grads, true)?.ok_or_else(|| Error::BadValue {
+            op: "linear backward",
+            name: "dx",
+            value: self.name.clone(),
+            expected: "an input gradient when one is asked for".into(),
+        })
+    }
+}
+
+/// `unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_down_blocks_0_attentions_0_proj_in`.
+pub fn kohya_name(path: &str) -> String {
+    let (model, rest) = path.split_once('.').unwrap_or((path, ""));
+    let prefix = match model {
+        "unet" => "lora_unet",
+        "text_encoder" => "lora_te",
+        other => other,
+    };
+    format!("{prefix}_{}", rest.replace('.', "_"))
+}
+
+/// A frozen 2-D convolution.
+pub struct Conv {
+    /// [O, C, k, k].
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub params: ConvParams,
+}
+
+impl Conv {
+    pub fn load(l: &Loader, c: usize, o: usize, k: usize, stride: usize, padding: usize) -> Result<Conv> {
+        Ok(Conv {
+            weight: l.tensor("weight", &[o, c, k, k])?,
+            bias: Some(l.tensor("bias", &[o])?),
+            params: ConvParams { stride, padding },
+        })
+    }
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+    pub fn forward(&self, cx: &Ctx, x: &Tensor) -> Result<Tensor> {
+        cx.be.conv2d(x, &self.weight, self.bias.as_ref(), self.params)
+    }
+    /// dX for an input of spatial size `input_hw` (the weights are frozen: only the shape of
+    /// the input is needed, never its values).
+    pub fn backward(&self, cx: &Ctx, dy: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
+        cx.be.conv2d_input_grad(dy, &self.weight, input_hw, self.params)
+    }
+}
+
+/// A frozen GroupNorm, optionally followed by SiLU in the same op.
+pub struct GroupNorm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    pub fn load(l: &Loader, c: usize, groups: usize, eps: f64) -> Result<GroupNorm> {
+        Ok(GroupNorm {
+            gamma: l.tensor("weight", &[c])?,
+            beta: l.tensor("bias", &[c])?,
+            groups,
+            eps,
+        })
+    }
+    pub fn forward(&self, cx: &Ctx, x: &Tensor, silu: bool) -> Result<(Tensor, NormStats)> {
+        cx.be.group_norm(x, &self.gamma, &self.beta, self.groups, self.eps, silu)
+    }
+    pub fn backward(&self, cx: &Ctx, dy: &Tensor, x: &Tensor, stats: &NormStats, silu: bool) -> Result<Tensor> {
+        cx.be
+            .group_norm_backward(dy, x, &self.gamma, &self.beta, stats, self.groups, silu)
+    }
+}
+
+/// A frozen LayerNorm over the last dimension.
+pub struct LayerNorm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(l: &Loader, c: usize, eps: f64) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            gamma: l.tensor("weight", &[c])?,
+            beta: l.tensor("bias", &[c])?,
+            eps,
+        })
+    }
+    pub fn forward(&self, cx: &Ctx, x: &Tensor) -> Result<(Tensor, NormStats)> {
+        cx.be.layer_norm(x, &self.gamma, &self.beta, self.eps)
+    }
+    pub fn backward(&self, cx: &Ctx, dy: &Tensor, x: &Tensor, stats: &NormStats) -> Result<Tensor> {
+        cx.be.layer_norm_backward(dy, x, &self.gamma, stats)
+    }
+}
+
+/// (H, W) of an NCHW tensor.
+pub fn hw(x: &Tensor) -> (usize, usize) {
+    let d = x.dims();
+    (d[2], d[3])
+}

@@ -1,0 +1,412 @@
+//! UNet2DConditionModel for the SD1.x family, forward and the manual backward that computes
+//! the gradient of the loss with respect to every LoRA adapter (the UNet itself is frozen).
+//!
+//! Forward (diffusers' order), sample [N, 4, H, W], timesteps [N], context [N, 77, D]:
+//!   emb  = linear_2(silu(linear_1(sinusoid(t))))              time MLP, [N, 4·C0]
+//!   h    = conv_in(sample);                 skips = [h]
+//!   down level i: (resnet, attention?) × layers_per_block, each output pushed to skips;
+//!                 then a stride-2 conv (not on the last level), pushed too
+//!   mid:  resnet, attention, resnet
+//!   up level i:   (concat(h, skips.pop()), resnet, attention?) × (layers_per_block + 1);
+//!                 then nearest 2x + conv (not on the last level)
+//!   out  = conv_out(silu(conv_norm_out(h)))
+//!
+//! Backward, from d loss / d out, is the literal reverse. Skip gradients are split off each
+//! concat and added (`+=`) to the gradient flowing back into the down block that produced the
+//! skip. It stops at the earliest adapter, proj_in of down level 0's first attention: nothing
+//! before it (conv_in, the first resnet, the time MLP, the text embeddings) needs a gradient.
+//! What each block saves, and why, is written at the top of resnet.rs and transformer.rs; the
+//! UNet adds only the conv_norm_out input and its stats, and the skip channel counts.
+
+pub mod resnet;
+pub mod transformer;
+
+use crate::backend::{Activation, NormStats, TimestepEmbedding};
+use crate::error::{Error, Result};
+use crate::lora::{LoraGrads, LoraTargets, TargetLayer};
+use crate::model::config::{DownBlockType, UnetConfig, UpBlockType};
+use crate::model::layers::{hw, Conv, Ctx, GroupNorm, Linear};
+use crate::model::weights::{Loader, WeightSource};
+use crate::tensor::Tensor;
+use resnet::{ResnetBlock, ResnetSaved};
+use transformer::{Transformer2D, Transformer2DSaved};
+
+/// One (resnet, optional attention) pair of a down, mid or up level.
+pub struct Layer {
+    pub resnet: ResnetBlock,
+    pub attention: Option<Transformer2D>,
+}
+
+struct LayerSaved {
+    resnet: ResnetSaved,
+    attention: Option<Transformer2DSaved>,
+}
+
+impl Layer {
+    fn forward(&self, cx: &Ctx, x: Tensor, temb: &Tensor, context: &Tensor, save: bool) -> Result<(Tensor, Option<LayerSaved>)> {
+        let (h, rs) = self.resnet.forward(cx, x, Some(temb), save)?;
+        let (h, ats) = match &self.attention {
+            Some(a) => {
+                let (h, s) = a.forward(cx, h, context, save)?;
+                (h, s.map(Some))
+            }
+            None => (h, Some(None)),
+        };
+        let saved = match (rs, ats) {
+            (Some(resnet), Some(attention)) => Some(LayerSaved { resnet, attention }),
+            _ => None,
+        };
+        Ok((h, saved))
+    }
+
+    /// Returns None when the attention is the model's earliest adapter (want_dx false).
+    fn backward(
+        &self,
+        cx: &Ctx,
+        dy: Tensor,
+        context: &Tensor,
+        s: LayerSaved,
+        grads: &mut LoraGrads,
+        want_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        let dh = match (&self.attention, s.attention) {
+            (Some(a), Some(sa)) => match a.backward(cx, &dy, context, sa, grads, want_dx)? {
+                Some(d) => d,
+                None => return Ok(None),
+            },
+            _ => dy,
+        };
+        Ok(Some(self.resnet.backward(cx, &dh, s.resnet)?))
+    }
+}
+
+pub struct DownLevel {
+    pub layers: Vec<Layer>,
+    pub downsample: Option<Conv>,
+}
+
+pub struct UpLevel {
+    pub layers: Vec<Layer>,
+    pub upsample: Option<Conv>,
+}
+
+/// The frozen UNet.
+pub struct Unet {
+    pub config: UnetConfig,
+    pub time_linear_1: Linear,
+    pub time_linear_2: Linear,
+    pub conv_in: Conv,
+    pub down: Vec<DownLevel>,
+    pub mid: Vec<Layer>,
+    pub up: Vec<UpLevel>,
+    pub conv_norm_out: GroupNorm,
+    pub conv_out: Conv,
+}
+
+/// Everything the backward needs, saved by a training forward.
+pub struct UnetTape {
+    down: Vec<(Vec<LayerSaved>, Option<(usize, usize)>)>,
+    mid: Vec<LayerSaved>,
+    /// Per up level: per layer (its saved state, channels of h before the skip concat), and
+    /// the spatial size before upsampling.
+    up: Vec<(Vec<(LayerSaved, usize)>, Option<(usize, usize)>)>,
+    out_x: Tensor,
+    out_stats: NormStats,
+}
+
+/// Named intermediate activations of a forward, for golden tests against diffusers.
+pub type Trace = Vec<(String, Tensor)>;
+
+impl Unet {
+    /// Builds the UNet described by `config` from `src`, with weights named as diffusers'
+    /// `UNet2DConditionModel` state dict below `prefix` (e.g. "unet").
+    pub fn load(config: &UnetConfig, src: &dyn WeightSource, be: &dyn crate::backend::Backend, prefix: &str) -> Result<Unet> {
+        config.validate().map_err(|why| Error::BadValue {
+            op: "unet",
+            name: "config",
+            value: why,
+            expected: "an SD1.x UNet configuration".into(),
+        })?;
+        let l = Loader::new(src, be, prefix);
+        let ch = &config.block_out_channels;
+        let levels = ch.len();
+        let temb = 4 * ch[0];
+        let (groups, eps) = (config.norm_num_groups, config.norm_eps);
+        let ctx_dim = config.cross_attention_dim;
+        let heads = |level: usize| config.heads(level).unwrap_or(8);
+        let lin = config.use_linear_projection;
+        let layer = |l: &Loader, i: usize, c_in: usize, c_out: usize, attn: bool, h: usize| -> Result<Layer> {
+            Ok(Layer {
+                resnet: ResnetBlock::load(&l.at(&format!("resnets.{i}")), c_in, c_out, Some(temb), groups, eps)?,
+                attention: if attn {
+                    Some(Transformer2D::load(&l.at(&format!("attentions.{i}")), c_out, ctx_dim, h, groups, lin)?)
+                } else {
+                    None
+                },
+            })
+        };
+
+        let mut down = Vec::with_capacity(levels);
+        for (i, &c_out) in ch.iter().enumerate() {
+            let dl = l.at(&format!("down_blocks.{i}"));
+            let attn = config.down_block_types[i] == DownBlockType::CrossAttnDownBlock2D;
+            let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
+            let layers = (0..config.layers_per_block)
+                .map(|j| layer(&dl, j, if j == 0 { c_in } else { c_out }, c_out, attn, heads(i)))
+                .collect::<Result<Vec<_>>>()?;
+            let downsample = if i + 1 < levels {
+                Some(Conv::load(&dl.at("downsamplers.0.conv"), c_out, c_out, 3, 2, 1)?)
+            } else {
+                None
+            };
+            down.push(DownLevel { layers, downsample });
+        }
+
+        let c_mid = ch[levels - 1];
+        let ml = l.at("mid_block");
+        let mid = vec![
+            Layer {
+                resnet: ResnetBlock::load(&ml.at("resnets.0"), c_mid, c_mid, Some(temb), groups, eps)?,
+                attention: Some(Transformer2D::load(&ml.at("attentions.0"), c_mid, ctx_dim, heads(levels - 1), groups, lin)?),
+            },
+            Layer {
+                resnet: ResnetBlock::load(&ml.at("resnets.1"), c_mid, c_mid, Some(temb), groups, eps)?,
+                attention: None,
+            },
+        ];
+
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut up = Vec::with_capacity(levels);
+        for i in 0..levels {
+            let ul = l.at(&format!("up_blocks.{i}"));
+            let attn = config.up_block_types[i] == UpBlockType::CrossAttnUpBlock2D;
+            let c_out = rev[i];
+            let c_prev = if i == 0 { rev[0] } else { rev[i - 1] };
+            let c_skip_in = rev[(i + 1).min(levels - 1)];
+            let n = config.layers_per_block + 1;
+            let layers = (0..n)
+                .map(|j| {
+                    let skip = if j == n - 1 { c_skip_in } else { c_out };
+                    let res_in = if j == 0 { c_prev } else { c_out };
+                    layer(&ul, j, res_in + skip, c_out, attn, heads(levels - 1 - i))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let upsample = if i + 1 < levels {
+                Some(Conv::load(&ul.at("upsamplers.0.conv"), c_out, c_out, 3, 1, 1)?)
+            } else {
+                None
+            };
+            up.push(UpLevel { layers, upsample });
+        }
+
+        Ok(Unet {
+            config: config.clone(),
+            time_linear_1: Linear::load(&l.at("time_embedding.linear_1"), ch[0], temb, true)?,
+            time_linear_2: Linear::load(&l.at("time_embedding.linear_2"), temb, temb, true)?,
+            conv_in: Conv::load(&l.at("conv_in"), config.in_channels, ch[0], 3, 1, 1)?,
+            down,
+            mid,
+            up,
+            conv_norm_out: GroupNorm::load(&l.at("conv_norm_out"), ch[0], groups, eps)?,
+            conv_out: Conv::load(&l.at("conv_out"), ch[0], config.out_channels, 3, 1, 1)?,
+        })
+    }
+
+    /// The layers that can carry an adapter, in forward order, with kohya's names.
+    pub fn lora_targets(&self, which: LoraTargets) -> Vec<TargetLayer> {
+        let mut all = Vec::new();
+        let attns = self
+            .down
+            .iter()
+            .flat_map(|d| d.layers.iter())
+            .chain(self.mid.iter())
+            .chain(self.up.iter().flat_map(|u| u.layers.iter()))
+            .filter_map(|l| l.attention.as_ref());
+        for a in attns {
+            a.targets(&mut all);
+        }
+        match which {
+            LoraTargets::Transformer => all,
+            LoraTargets::Attention => all.into_iter().filter(|t| t.is_attention).collect(),
+        }
+    }
+
+    /// time MLP(sinusoid(t)), [N, 4·C0]; every resnet's time projection reads its SiLU.
+    fn time_embedding(&self, cx: &Ctx, timesteps: &Tensor) -> Result<Tensor> {
+        let p = TimestepEmbedding {
+            dim: self.config.block_out_channels[0],
+            flip_sin_to_cos: self.config.flip_sin_to_cos,
+            freq_shift: self.config.freq_shift,
+            max_period: 10000.0,
+        };
+        let t = cx.be.timestep_embedding(timesteps, p)?;
+        let h = self.time_linear_1.forward(cx, &t)?.y;
+        let h = cx.be.activation(&h, Activation::Silu)?;
+        Ok(self.time_linear_2.forward(cx, &h)?.y)
+    }
+
+    fn check_input(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<()> {
+        let d = sample.dims();
+        let down = 1usize << (self.down.len() - 1);
+        if d.len() != 4 || d[1] != self.config.in_channels || d[2] % down != 0 || d[3] % down != 0 || d[2] == 0 || d[3] == 0 {
+            return Err(Error::BadShape {
+                op: "unet",
+                name: "sample",
+                shape: sample.shape().clone(),
+                expected: format!("[N, {}, H, W] with H and W multiples of {down}", self.config.in_channels),
+            });
+        }
+        if timesteps.dims() != [d[0]] {
+            return Err(crate::backend::check::mismatch("unet", "timesteps", timesteps, "sample", sample, "one timestep per sample"));
+        }
+        let c = context.dims();
+        if c.len() != 3 || c[0] != d[0] || c[2] != self.config.cross_attention_dim {
+            return Err(crate::backend::check::mismatch(
+                "unet",
+                "context",
+                context,
+                "sample",
+                sample,
+                format!("context must be [N, tokens, {}] for N samples", self.config.cross_attention_dim),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The predicted noise [N, out_channels, H, W]. With `save`, also the tape for
+    /// [`Unet::backward`]. With `trace`, named block outputs are pushed to it.
+    pub fn forward(
+        &self,
+        cx: &Ctx,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        save: bool,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<(Tensor, Option<UnetTape>)> {
+        self.check_input(sample, timesteps, context)?;
+        let mut record = |name: String, t: &Tensor| {
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.push((name, t.clone()));
+            }
+        };
+        let emb = self.time_embedding(cx, timesteps)?;
+        record("time_embedding".into(), &emb);
+        let temb = cx.be.activation(&emb, Activation::Silu)?;
+        drop(emb);
+        let mut h = self.conv_in.forward(cx, sample)?;
+        record("conv_in".into(), &h);
+        let mut skips = vec![h.clone()];
+        let mut down_saved = Vec::new();
+        for (i, level) in self.down.iter().enumerate() {
+            let mut saved = Vec::new();
+            for layer in &level.layers {
+                let (y, s) = layer.forward(cx, h, &temb, context, save)?;
+                h = y;
+                skips.push(h.clone());
+                saved.extend(s);
+            }
+            let mut down_hw = None;
+            if let Some(conv) = &level.downsample {
+                down_hw = Some(hw(&h));
+                h = conv.forward(cx, &h)?;
+                skips.push(h.clone());
+            }
+            record(format!("down_blocks.{i}"), &h);
+            down_saved.push((saved, down_hw));
+        }
+        let mut mid_saved = Vec::new();
+        for layer in &self.mid {
+            let (y, s) = layer.forward(cx, h, &temb, context, save)?;
+            h = y;
+            mid_saved.extend(s);
+        }
+        record("mid_block".into(), &h);
+        let mut up_saved = Vec::new();
+        for (i, level) in self.up.iter().enumerate() {
+            let mut saved = Vec::new();
+            for layer in &level.layers {
+                let skip = skips.pop().ok_or_else(|| internal("skip stack ran out"))?;
+                let c_h = h.dims()[1];
+                let x = cx.be.concat_channels(&h, &skip)?;
+                drop((h, skip));
+                let (y, s) = layer.forward(cx, x, &temb, context, save)?;
+                h = y;
+                saved.extend(s.map(|s| (s, c_h)));
+            }
+            let mut up_hw = None;
+            if let Some(conv) = &level.upsample {
+                up_hw = Some(hw(&h));
+                h = conv.forward(cx, &cx.be.upsample_nearest2x(&h)?)?;
+            }
+            record(format!("up_blocks.{i}"), &h);
+            up_saved.push((saved, up_hw));
+        }
+        let (a, out_stats) = self.conv_norm_out.forward(cx, &h, true)?;
+        record("conv_norm_out".into(), &a);
+        let out = self.conv_out.forward(cx, &a)?;
+        drop(a);
+        let tape = save.then_some(UnetTape {
+            down: down_saved,
+            mid: mid_saved,
+            up: up_saved,
+            out_x: h,
+            out_stats,
+        });
+        Ok((out, tape))
+    }
+
+    /// Gradients of the loss with respect to every adapter, from `d_out` = d loss / d output,
+    /// into `grads` (`=` or `+=` by `grads.accum`; every adapter is written exactly once).
+    pub fn backward(&self, cx: &Ctx, d_out: &Tensor, context: &Tensor, tape: UnetTape, grads: &mut LoraGrads) -> Result<()> {
+        let da = self.conv_out.backward(cx, d_out, hw(&tape.out_x))?;
+        let mut dh = self.conv_norm_out.backward(cx, &da, &tape.out_x, &tape.out_stats, true)?;
+        drop((da, tape.out_x));
+
+        // Up levels, last first; skip gradients collected in the order the skips were made.
+        let mut d_skips: Vec<Tensor> = Vec::new();
+        for (level, (saved, up_hw)) in self.up.iter().zip(tape.up).rev() {
+            if let (Some(conv), Some(size)) = (&level.upsample, up_hw) {
+                let du = conv.backward(cx, &dh, (2 * size.0, 2 * size.1))?;
+                dh = cx.be.upsample_nearest2x_backward(&du)?;
+            }
+            for (layer, (s, c_h)) in level.layers.iter().zip(saved).rev() {
+                let dx = layer.backward(cx, dh, context, s, grads, true)?.ok_or_else(|| internal("up layer lost dx"))?;
+                let (d_h, d_skip) = cx.be.split_channels(&dx, c_h)?;
+                dh = d_h;
+                d_skips.push(d_skip);
+            }
+        }
+        for (layer, s) in self.mid.iter().zip(tape.mid).rev() {
+            dh = layer.backward(cx, dh, context, s, grads, true)?.ok_or_else(|| internal("mid layer lost dx"))?;
+        }
+        // d_skips now holds the gradient of the last skip first; pop matches the down order
+        // reversed. The first skip (conv_in's output) needs no gradient.
+        for (i, (level, (saved, down_hw))) in self.down.iter().zip(tape.down).enumerate().rev() {
+            if let (Some(conv), Some(size)) = (&level.downsample, down_hw) {
+                let mut d = d_skips.pop().ok_or_else(|| internal("skip gradients ran out"))?;
+                cx.be.add_assign(&mut d, &dh)?;
+                dh = conv.backward(cx, &d, size)?;
+            }
+            for (j, (layer, s)) in level.layers.iter().zip(saved).enumerate().rev() {
+                let d_skip = d_skips.pop().ok_or_else(|| internal("skip gradients ran out"))?;
+                cx.be.add_assign(&mut dh, &d_skip)?;
+                let first = i == 0 && j == 0;
+                match layer.backward(cx, dh, context, s, grads, !first)? {
+                    Some(d) => dh = d,
+                    None => return Ok(()),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn internal(what: &str) -> Error {
+    Error::BadValue {
+        op: "unet backward",
+        name: "tape",
+        value: what.into(),
+        expected: "a tape made by a saving forward of the same UNet".into(),
+    }
+}

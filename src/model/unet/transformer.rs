@@ -1,0 +1,324 @@
+//! Transformer2DModel with one BasicTransformerBlock, as in SD1.x's UNet (diffusers), and
+//! its attention. Every linear here (and the 1x1 proj_in/proj_out, applied to tokens) is a
+//! LoRA target: 12 per Transformer2D, 16 Transformer2Ds in SD1.5, 192 modules.
+//!
+//! Forward, x [N, C, H, W], context [N, 77, D]:
+//!   t  = tokens(GroupNorm(x))            [N, HW, C]   (32 groups, eps 1e-6)
+//!   x1 = proj_in(t)
+//!   x2 = x1 + attn1(norm1(x1))           self-attention
+//!   x3 = x2 + attn2(norm2(x2), context)  cross-attention
+//!   x4 = x3 + ff2(geglu(ff0(norm3(x3)))) ff0 = ff.net.0.proj [2F, C], ff2 = ff.net.2 [C, F]
+//!   y  = x + map(proj_out(x4))
+//! attention(x, ctx) = to_out(softmax(q·kᵀ/sqrt(d))·v), q = to_q(x), k, v = to_k, to_v(ctx).
+//!
+//! Saved, and why (the weights are frozen; a LoRA needs its input X and u = X·Aᵀ):
+//!   x and GroupNorm stats    t is recomputed from them (proj_in's X, and GroupNorm's backward)
+//!   x1, x2, x3 and the three LayerNorm stats: the LayerNorm inputs; their outputs (the q/k/v
+//!                            and ff0 inputs) are recomputed, one cheap pass each
+//!   q, k, v, o, lse of both attentions: the flash-style backward; o is also to_out's X
+//!   f = ff0 output           GEGLU's input; geglu(f), ff2's X, is recomputed
+//!   x4                       proj_out's X
+//!   each adapter's u         tiny ([tokens, rank])
+//! Not saved: the norm outputs, the GEGLU output, the attention probabilities, proj_out's
+//! output, the block output.
+
+use crate::backend::{Attention as AttnParams, NormStats};
+use crate::error::Result;
+use crate::lora::{LoraGrads, TargetLayer};
+use crate::model::layers::{Ctx, GroupNorm, LayerNorm, Linear};
+use crate::model::weights::Loader;
+use crate::tensor::Tensor;
+
+/// Multi-head attention with LoRA-able projections (to_q, to_k, to_v without bias; to_out.0).
+pub struct Attention {
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub heads: usize,
+}
+
+pub struct AttentionSaved {
+    uq: Option<Tensor>,
+    uk: Option<Tensor>,
+    uv: Option<Tensor>,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    uo: Option<Tensor>,
+}
+
+impl Attention {
+    /// Query width `c`, key/value input width `c_kv` (the text width for cross-attention).
+    pub fn load(l: &Loader, c: usize, c_kv: usize, heads: usize) -> Result<Self> {
+        Ok(Attention {
+            to_q: Linear::load(&l.at("to_q"), c, c, false)?,
+            to_k: Linear::load(&l.at("to_k"), c_kv, c, false)?,
+            to_v: Linear::load(&l.at("to_v"), c_kv, c, false)?,
+            to_out: Linear::load(&l.at("to_out.0"), c, c, true)?,
+            heads,
+        })
+    }
+
+    fn params(&self) -> AttnParams {
+        AttnParams {
+            heads: self.heads,
+            causal: false,
+        }
+    }
+
+    /// `x` [N, L, C]; `context` None for self-attention.
+    pub fn forward(&self, cx: &Ctx, x: &Tensor, context: Option<&Tensor>, save: bool) -> Result<(Tensor, Option<AttentionSaved>)> {
+        let kv_in = context.unwrap_or(x);
+        let q = self.to_q.forward(cx, x)?;
+        let k = self.to_k.forward(cx, kv_in)?;
+        let v = self.to_v.forward(cx, kv_in)?;
+        let (o, lse) = cx.be.attention(&q.y, &k.y, &v.y, self.params())?;
+        let out = self.to_out.forward(cx, &o)?;
+        let saved = save.then_some(AttentionSaved {
+            uq: q.u,
+            uk: k.u,
+            uv: v.u,
+            q: q.y,
+            k: k.y,
+            v: v.y,
+            o,
+            lse,
+            uo: out.u,
+        });
+        Ok((out.y, saved))
+    }
+
+    /// dX of the query input (self-attention: plus the key/value paths), and the adapters'
+    /// gradients. The context gets no gradient: the text encoder is not trained through here.
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        dy: &Tensor,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        s: AttentionSaved,
+        grads: &mut LoraGrads,
+    ) -> Result<Tensor> {
+        let d_o = self.to_out.backward_dx(cx, dy, &s.o, s.uo.as_ref(), grads)?;
+        let (dq, dk, dv) = cx.be.attention_backward(&s.q, &s.k, &s.v, &s.o, &s.lse, &d_o, self.params())?;
+        drop(d_o);
+        let mut dx = self.to_q.backward_dx(cx, &dq, x, s.uq.as_ref(), grads)?;
+        let kv_in = context.unwrap_or(x);
+        let self_attn = context.is_none();
+        if let Some(d) = self.to_k.backward(cx, &dk, kv_in, s.uk.as_ref(), grads, self_attn)? {
+            cx.be.add_assign(&mut dx, &d)?;
+        }
+        if let Some(d) = self.to_v.backward(cx, &dv, kv_in, s.uv.as_ref(), grads, self_attn)? {
+            cx.be.add_assign(&mut dx, &d)?;
+        }
+        Ok(dx)
+    }
+
+    fn targets(&self, out: &mut Vec<TargetLayer>) {
+        for l in [&self.to_q, &self.to_k, &self.to_v, &self.to_out] {
+            out.push(target(l, false, true));
+        }
+    }
+}
+
+/// One BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward, each
+/// behind a LayerNorm and a residual.
+pub struct TransformerBlock {
+    pub norm1: LayerNorm,
+    pub attn1: Attention,
+    pub norm2: LayerNorm,
+    pub attn2: Attention,
+    pub norm3: LayerNorm,
+    pub ff0: Linear,
+    pub ff2: Linear,
+}
+
+pub struct BlockSaved {
+    x1: Tensor,
+    s1: NormStats,
+    a1: AttentionSaved,
+    x2: Tensor,
+    s2: NormStats,
+    a2: AttentionSaved,
+    x3: Tensor,
+    s3: NormStats,
+    u_ff0: Option<Tensor>,
+    f: Tensor,
+    u_ff2: Option<Tensor>,
+}
+
+impl TransformerBlock {
+    pub fn load(l: &Loader, c: usize, c_ctx: usize, heads: usize) -> Result<Self> {
+        let inner = 4 * c;
+        Ok(TransformerBlock {
+            norm1: LayerNorm::load(&l.at("norm1"), c, 1e-5)?,
+            attn1: Attention::load(&l.at("attn1"), c, c, heads)?,
+            norm2: LayerNorm::load(&l.at("norm2"), c, 1e-5)?,
+            attn2: Attention::load(&l.at("attn2"), c, c_ctx, heads)?,
+            norm3: LayerNorm::load(&l.at("norm3"), c, 1e-5)?,
+            ff0: Linear::load(&l.at("ff.net.0.proj"), c, 2 * inner, true)?,
+            ff2: Linear::load(&l.at("ff.net.2"), inner, c, true)?,
+        })
+    }
+
+    pub fn forward(&self, cx: &Ctx, x1: Tensor, context: &Tensor, save: bool) -> Result<(Tensor, Option<BlockSaved>)> {
+        let (n1, s1) = self.norm1.forward(cx, &x1)?;
+        let (a, a1) = self.attn1.forward(cx, &n1, None, save)?;
+        drop(n1);
+        let x2 = cx.be.add(&x1, &a)?;
+        let (n2, s2) = self.norm2.forward(cx, &x2)?;
+        let (a, a2) = self.attn2.forward(cx, &n2, Some(context), save)?;
+        drop(n2);
+        let x3 = cx.be.add(&x2, &a)?;
+        let (n3, s3) = self.norm3.forward(cx, &x3)?;
+        let f = self.ff0.forward(cx, &n3)?;
+        drop(n3);
+        let g = cx.be.geglu(&f.y)?;
+        let ff = self.ff2.forward(cx, &g)?;
+        drop(g);
+        let x4 = cx.be.add(&x3, &ff.y)?;
+        let saved = match (a1, a2) {
+            (Some(a1), Some(a2)) => Some(BlockSaved { x1, s1, a1, x2, s2, a2, x3, s3, u_ff0: f.u, f: f.y, u_ff2: ff.u }),
+            _ => None,
+        };
+        Ok((x4, saved))
+    }
+
+    pub fn backward(&self, cx: &Ctx, dx4: &Tensor, context: &Tensor, s: BlockSaved, grads: &mut LoraGrads) -> Result<Tensor> {
+        // Feed-forward: x4 = x3 + ff2(geglu(ff0(norm3(x3)))).
+        let g = cx.be.geglu(&s.f)?;
+        let dg = self.ff2.backward_dx(cx, dx4, &g, s.u_ff2.as_ref(), grads)?;
+        drop(g);
+        let df = cx.be.geglu_backward(&dg, &s.f)?;
+        drop(dg);
+        let (n3, _) = self.norm3.forward(cx, &s.x3)?;
+        let dn3 = self.ff0.backward_dx(cx, &df, &n3, s.u_ff0.as_ref(), grads)?;
+        drop((df, n3));
+        let mut dx3 = self.norm3.backward(cx, &dn3, &s.x3, &s.s3)?;
+        cx.be.add_assign(&mut dx3, dx4)?;
+        // Cross-attention: x3 = x2 + attn2(norm2(x2), context).
+        let (n2, _) = self.norm2.forward(cx, &s.x2)?;
+        let dn2 = self.attn2.backward(cx, &dx3, &n2, Some(context), s.a2, grads)?;
+        drop(n2);
+        let mut dx2 = self.norm2.backward(cx, &dn2, &s.x2, &s.s2)?;
+        cx.be.add_assign(&mut dx2, &dx3)?;
+        drop(dx3);
+        // Self-attention: x2 = x1 + attn1(norm1(x1)).
+        let (n1, _) = self.norm1.forward(cx, &s.x1)?;
+        let dn1 = self.attn1.backward(cx, &dx2, &n1, None, s.a1, grads)?;
+        drop(n1);
+        let mut dx1 = self.norm1.backward(cx, &dn1, &s.x1, &s.s1)?;
+        cx.be.add_assign(&mut dx1, &dx2)?;
+        Ok(dx1)
+    }
+
+    fn targets(&self, out: &mut Vec<TargetLayer>) {
+        self.attn1.targets(out);
+        self.attn2.targets(out);
+        out.push(target(&self.ff0, false, false));
+        out.push(target(&self.ff2, false, false));
+    }
+}
+
+/// Transformer2DModel: GroupNorm, proj_in, one block, proj_out, residual.
+pub struct Transformer2D {
+    pub norm: GroupNorm,
+    pub proj_in: Linear,
+    pub block: TransformerBlock,
+    pub proj_out: Linear,
+}
+
+pub struct Transformer2DSaved {
+    x: Tensor,
+    stats: NormStats,
+    u_in: Option<Tensor>,
+    block: BlockSaved,
+    x4: Tensor,
+    u_out: Option<Tensor>,
+}
+
+impl Transformer2D {
+    /// SD1.x: proj_in/proj_out are 1x1 convs ([C, C, 1, 1]) in the checkpoint;
+    /// `linear_projection` loads them as linear layers ([C, C]) instead.
+    pub fn load(l: &Loader, c: usize, c_ctx: usize, heads: usize, groups: usize, linear_projection: bool) -> Result<Self> {
+        let proj = |name: &str| {
+            if linear_projection {
+                Linear::load(&l.at(name), c, c, true)
+            } else {
+                Linear::load_conv1x1(&l.at(name), c, c)
+            }
+        };
+        Ok(Transformer2D {
+            norm: GroupNorm::load(&l.at("norm"), c, groups, 1e-6)?,
+            proj_in: proj("proj_in")?,
+            block: TransformerBlock::load(&l.at("transformer_blocks.0"), c, c_ctx, heads)?,
+            proj_out: proj("proj_out")?,
+        })
+    }
+
+    pub fn forward(&self, cx: &Ctx, x: Tensor, context: &Tensor, save: bool) -> Result<(Tensor, Option<Transformer2DSaved>)> {
+        let (h, w) = (x.dims()[2], x.dims()[3]);
+        let (t, stats) = self.tokens(cx, &x)?;
+        let pin = self.proj_in.forward(cx, &t)?;
+        drop(t);
+        let (x4, block) = self.block.forward(cx, pin.y, context, save)?;
+        let pout = self.proj_out.forward(cx, &x4)?;
+        let y = cx.be.add(&x, &cx.be.nlc_to_nchw(&pout.y, h, w)?)?;
+        let saved = match (save, block) {
+            (true, Some(block)) => Some(Transformer2DSaved { x, stats, u_in: pin.u, block, x4, u_out: pout.u }),
+            _ => None,
+        };
+        Ok((y, saved))
+    }
+
+    /// tokens(GroupNorm(x)) and the GroupNorm stats.
+    fn tokens(&self, cx: &Ctx, x: &Tensor) -> Result<(Tensor, NormStats)> {
+        let (g, stats) = self.norm.forward(cx, x, false)?;
+        Ok((cx.be.nchw_to_nlc(&g)?, stats))
+    }
+
+    /// `want_dx` false for the model's earliest adapter: nothing before it needs a gradient.
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        dy: &Tensor,
+        context: &Tensor,
+        s: Transformer2DSaved,
+        grads: &mut LoraGrads,
+        want_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        let (h, w) = (s.x.dims()[2], s.x.dims()[3]);
+        let dt5 = cx.be.nchw_to_nlc(dy)?;
+        let dx4 = self.proj_out.backward_dx(cx, &dt5, &s.x4, s.u_out.as_ref(), grads)?;
+        drop((dt5, s.x4));
+        let dx1 = self.block.backward(cx, &dx4, context, s.block, grads)?;
+        drop(dx4);
+        let (t, _) = self.tokens(cx, &s.x)?;
+        let dt = self.proj_in.backward(cx, &dx1, &t, s.u_in.as_ref(), grads, want_dx)?;
+        let Some(dt) = dt else { return Ok(None) };
+        let dg = cx.be.nlc_to_nchw(&dt, h, w)?;
+        let mut dx = self.norm.backward(cx, &dg, &s.x, &s.stats, false)?;
+        cx.be.add_assign(&mut dx, dy)?;
+        Ok(Some(dx))
+    }
+
+    /// The adapters' possible places, in forward order.
+    pub fn targets(&self, out: &mut Vec<TargetLayer>) {
+        out.push(target(&self.proj_in, true, false));
+        self.block.targets(out);
+        out.push(target(&self.proj_out, true, false));
+    }
+}
+
+fn target(l: &Linear, is_conv: bool, is_attention: bool) -> TargetLayer {
+    TargetLayer {
+        name: l.name.clone(),
+        in_features: l.in_features(),
+        out_features: l.out_features(),
+        is_conv,
+        is_attention,
+    }
+}
