@@ -57,6 +57,13 @@ pub enum Error {
         got: String,
         backend: &'static str,
     },
+    /// A tokenizer vocabulary is malformed (the compiled-in one is checked by the tests).
+    #[error("tokenizer vocabulary {file}, line {line}: {problem}")]
+    Vocabulary {
+        file: String,
+        line: usize,
+        problem: String,
+    },
     /// The GPU path is unavailable (no driver, no device, kernels not built, driver too old).
     #[error("CUDA is unavailable: {0}")]
     CudaUnavailable(String),
