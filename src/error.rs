@@ -67,4 +67,7 @@ pub enum Error {
     /// The GPU path is unavailable (no driver, no device, kernels not built, driver too old).
     #[error("CUDA is unavailable: {0}")]
     CudaUnavailable(String),
+    /// A model file or folder cannot be loaded (see `model::checkpoint::CheckpointError`).
+    #[error(transparent)]
+    Checkpoint(#[from] crate::model::checkpoint::CheckpointError),
 }

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod lora;
 pub mod model;
 pub mod rng;
 pub mod tensor;

@@ -74,18 +74,30 @@ pub struct LoraSet {
 
 impl LoraSet {
     pub fn new(modules: Vec<LoraModule>) -> Self {
-        let index = modules.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect();
+        let index = modules
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i))
+            .collect();
         LoraSet { modules, index }
     }
 
     /// Fresh adapters on `layers` as kohya initialises them: A kaiming-uniform
     /// (bound 1/sqrt(in), PyTorch's default for a Linear), B zero, so training starts from the
     /// base model exactly.
-    pub fn init(be: &dyn Backend, layers: &[TargetLayer], rank: usize, alpha: f64, rng: &mut Rng) -> Result<LoraSet> {
+    pub fn init(
+        be: &dyn Backend,
+        layers: &[TargetLayer],
+        rank: usize,
+        alpha: f64,
+        rng: &mut Rng,
+    ) -> Result<LoraSet> {
         let mut modules = Vec::with_capacity(layers.len());
         for l in layers {
             let bound = 1.0 / (l.in_features as f64).sqrt();
-            let a: Vec<f32> = (0..rank * l.in_features).map(|_| rng.uniform_in(-bound, bound) as f32).collect();
+            let a: Vec<f32> = (0..rank * l.in_features)
+                .map(|_| rng.uniform_in(-bound, bound) as f32)
+                .collect();
             modules.push(LoraModule {
                 name: l.name.clone(),
                 down: be.tensor_from_f32(&[rank, l.in_features], &a, DType::F32)?,
@@ -129,7 +141,10 @@ impl LoraSet {
     }
     /// Number of trainable scalars.
     pub fn num_params(&self) -> usize {
-        self.modules.iter().map(|m| m.down.numel() + m.up.numel()).sum()
+        self.modules
+            .iter()
+            .map(|m| m.down.numel() + m.up.numel())
+            .sum()
     }
 }
 

@@ -40,7 +40,12 @@ pub struct ClipTextModel {
 impl ClipTextModel {
     /// Builds the model from weights named as transformers' `CLIPTextModel` state dict below
     /// `prefix` ("text_encoder"): `text_model.embeddings.…`, `text_model.encoder.layers.N.…`.
-    pub fn load(config: &ClipTextConfig, src: &dyn WeightSource, be: &dyn Backend, prefix: &str) -> Result<Self> {
+    pub fn load(
+        config: &ClipTextConfig,
+        src: &dyn WeightSource,
+        be: &dyn Backend,
+        prefix: &str,
+    ) -> Result<Self> {
         config.validate().map_err(|why| Error::BadValue {
             op: "clip",
             name: "config",
@@ -48,7 +53,11 @@ impl ClipTextModel {
             expected: "a CLIP text encoder configuration".into(),
         })?;
         let l = Loader::new(src, be, prefix).at("text_model");
-        let (d, f, eps) = (config.hidden_size, config.intermediate_size, config.layer_norm_eps);
+        let (d, f, eps) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.layer_norm_eps,
+        );
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let ll = l.at(&format!("encoder.layers.{i}"));
@@ -66,8 +75,12 @@ impl ClipTextModel {
             .collect::<Result<Vec<_>>>()?;
         Ok(ClipTextModel {
             config: config.clone(),
-            token_embedding: l.tensor("embeddings.token_embedding.weight", &[config.vocab_size, d])?,
-            position_embedding: l.tensor("embeddings.position_embedding.weight", &[config.max_position_embeddings, d])?,
+            token_embedding: l
+                .tensor("embeddings.token_embedding.weight", &[config.vocab_size, d])?,
+            position_embedding: l.tensor(
+                "embeddings.position_embedding.weight",
+                &[config.max_position_embeddings, d],
+            )?,
             layers,
             final_layer_norm: LayerNorm::load(&l.at("final_layer_norm"), d, eps)?,
         })
@@ -77,7 +90,7 @@ impl ClipTextModel {
     /// L <= max_position_embeddings), with `clip_skip` >= 1 as kohya and A1111 count it.
     pub fn forward(&self, cx: &Ctx, ids: &[u32], batch: usize, clip_skip: usize) -> Result<Tensor> {
         let c = &self.config;
-        let len = if batch == 0 { 0 } else { ids.len() / batch };
+        let len = ids.len().checked_div(batch).unwrap_or(0);
         if batch == 0 || len * batch != ids.len() || len == 0 || len > c.max_position_embeddings {
             return Err(Error::BadValue {
                 op: "clip",
@@ -95,9 +108,15 @@ impl ClipTextModel {
             });
         }
         let d = c.hidden_size;
-        let tok = cx.be.embedding(&self.token_embedding, ids)?.reshape([batch, len, d])?;
+        let tok = cx
+            .be
+            .embedding(&self.token_embedding, ids)?
+            .reshape([batch, len, d])?;
         let positions: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
-        let pos = cx.be.embedding(&self.position_embedding, &positions)?.reshape([batch, len, d])?;
+        let pos = cx
+            .be
+            .embedding(&self.position_embedding, &positions)?
+            .reshape([batch, len, d])?;
         let mut h = cx.be.add(&tok, &pos)?;
         drop((tok, pos));
         let act = match c.hidden_act {

@@ -42,12 +42,18 @@ impl Linear {
         Ok(Linear {
             name: kohya_name(&l.path),
             weight: l.tensor("weight", &[out_f, in_f])?,
-            bias: if bias { Some(l.tensor("bias", &[out_f])?) } else { None },
+            bias: if bias {
+                Some(l.tensor("bias", &[out_f])?)
+            } else {
+                None
+            },
         })
     }
     /// A 1x1 conv's weights [out, in, 1, 1] used as a linear layer on tokens.
     pub fn load_conv1x1(l: &Loader, in_f: usize, out_f: usize) -> Result<Linear> {
-        let w = l.tensor("weight", &[out_f, in_f, 1, 1])?.reshape([out_f, in_f])?;
+        let w = l
+            .tensor("weight", &[out_f, in_f, 1, 1])?
+            .reshape([out_f, in_f])?;
         Ok(Linear {
             name: kohya_name(&l.path),
             weight: w,
@@ -116,13 +122,21 @@ impl Linear {
 
 impl Linear {
     /// [`Linear::backward`] when dX is wanted: always returns it.
-    pub fn backward_dx(&self, cx: &Ctx, dy: &Tensor, x: &Tensor, u: Option<&Tensor>, grads: &mut LoraGrads) -> Result<Tensor> {
-        self.backward(cx, dy, x, u, grads, true)?.ok_or_else(|| Error::BadValue {
-            op: "linear backward",
-            name: "dx",
-            value: self.name.clone(),
-            expected: "an input gradient when one is asked for".into(),
-        })
+    pub fn backward_dx(
+        &self,
+        cx: &Ctx,
+        dy: &Tensor,
+        x: &Tensor,
+        u: Option<&Tensor>,
+        grads: &mut LoraGrads,
+    ) -> Result<Tensor> {
+        self.backward(cx, dy, x, u, grads, true)?
+            .ok_or_else(|| Error::BadValue {
+                op: "linear backward",
+                name: "dx",
+                value: self.name.clone(),
+                expected: "an input gradient when one is asked for".into(),
+            })
     }
 }
 
@@ -146,7 +160,14 @@ pub struct Conv {
 }
 
 impl Conv {
-    pub fn load(l: &Loader, c: usize, o: usize, k: usize, stride: usize, padding: usize) -> Result<Conv> {
+    pub fn load(
+        l: &Loader,
+        c: usize,
+        o: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv> {
         Ok(Conv {
             weight: l.tensor("weight", &[o, c, k, k])?,
             bias: Some(l.tensor("bias", &[o])?),
@@ -157,12 +178,14 @@ impl Conv {
         self.weight.dims()[0]
     }
     pub fn forward(&self, cx: &Ctx, x: &Tensor) -> Result<Tensor> {
-        cx.be.conv2d(x, &self.weight, self.bias.as_ref(), self.params)
+        cx.be
+            .conv2d(x, &self.weight, self.bias.as_ref(), self.params)
     }
     /// dX for an input of spatial size `input_hw` (the weights are frozen: only the shape of
     /// the input is needed, never its values).
     pub fn backward(&self, cx: &Ctx, dy: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
-        cx.be.conv2d_input_grad(dy, &self.weight, input_hw, self.params)
+        cx.be
+            .conv2d_input_grad(dy, &self.weight, input_hw, self.params)
     }
 }
 
@@ -184,9 +207,17 @@ impl GroupNorm {
         })
     }
     pub fn forward(&self, cx: &Ctx, x: &Tensor, silu: bool) -> Result<(Tensor, NormStats)> {
-        cx.be.group_norm(x, &self.gamma, &self.beta, self.groups, self.eps, silu)
+        cx.be
+            .group_norm(x, &self.gamma, &self.beta, self.groups, self.eps, silu)
     }
-    pub fn backward(&self, cx: &Ctx, dy: &Tensor, x: &Tensor, stats: &NormStats, silu: bool) -> Result<Tensor> {
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        dy: &Tensor,
+        x: &Tensor,
+        stats: &NormStats,
+        silu: bool,
+    ) -> Result<Tensor> {
         cx.be
             .group_norm_backward(dy, x, &self.gamma, &self.beta, stats, self.groups, silu)
     }

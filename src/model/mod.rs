@@ -1,1 +1,11 @@
+//! The Stable Diffusion 1.x model: configurations, checkpoint loading, the CLIP tokenizer,
+//! the frozen layers, and the UNet (with its LoRA backward), VAE and CLIP text encoder.
+
+pub mod checkpoint;
+pub mod clip;
+pub mod config;
+pub mod layers;
 pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+pub mod weights;

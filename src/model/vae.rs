@@ -44,12 +44,22 @@ impl VaeAttention {
     }
     fn forward(&self, cx: &Ctx, x: Tensor) -> Result<Tensor> {
         let (h, w) = (x.dims()[2], x.dims()[3]);
-        let t = cx.be.nchw_to_nlc(&self.group_norm.forward(cx, &x, false)?.0)?;
+        let t = cx
+            .be
+            .nchw_to_nlc(&self.group_norm.forward(cx, &x, false)?.0)?;
         let q = self.to_q.forward(cx, &t)?.y;
         let k = self.to_k.forward(cx, &t)?.y;
         let v = self.to_v.forward(cx, &t)?.y;
         drop(t);
-        let (o, _) = cx.be.attention(&q, &k, &v, AttnParams { heads: 1, causal: false })?;
+        let (o, _) = cx.be.attention(
+            &q,
+            &k,
+            &v,
+            AttnParams {
+                heads: 1,
+                causal: false,
+            },
+        )?;
         let y = self.to_out.forward(cx, &o)?.y;
         cx.be.add(&x, &cx.be.nlc_to_nchw(&y, h, w)?)
     }
@@ -110,7 +120,12 @@ pub struct Posterior {
 
 impl Vae {
     /// Builds the VAE from weights named as diffusers' `AutoencoderKL` below `prefix` ("vae").
-    pub fn load(config: &VaeConfig, src: &dyn WeightSource, be: &dyn Backend, prefix: &str) -> Result<Vae> {
+    pub fn load(
+        config: &VaeConfig,
+        src: &dyn WeightSource,
+        be: &dyn Backend,
+        prefix: &str,
+    ) -> Result<Vae> {
         let l = Loader::new(src, be, prefix);
         let ch = &config.block_out_channels;
         let (levels, g, lat) = (ch.len(), config.norm_num_groups, config.latent_channels);
@@ -122,11 +137,21 @@ impl Vae {
                 expected: "at least one level, each divisible by norm_num_groups".into(),
             });
         }
-        let resnets = |l: &Loader, n: usize, c_in: usize, c_out: usize| -> Result<Vec<ResnetBlock>> {
-            (0..n)
-                .map(|j| ResnetBlock::load(&l.at(&format!("resnets.{j}")), if j == 0 { c_in } else { c_out }, c_out, None, g, EPS))
-                .collect()
-        };
+        let resnets =
+            |l: &Loader, n: usize, c_in: usize, c_out: usize| -> Result<Vec<ResnetBlock>> {
+                (0..n)
+                    .map(|j| {
+                        ResnetBlock::load(
+                            &l.at(&format!("resnets.{j}")),
+                            if j == 0 { c_in } else { c_out },
+                            c_out,
+                            None,
+                            g,
+                            EPS,
+                        )
+                    })
+                    .collect()
+            };
 
         let el = l.at("encoder");
         let mut down = Vec::with_capacity(levels);
@@ -178,12 +203,21 @@ impl Vae {
     pub fn encode(&self, cx: &Ctx, image: &Tensor) -> Result<Posterior> {
         let d = image.dims();
         let f = 1usize << (self.encoder.down.len() - 1);
-        if d.len() != 4 || d[1] != self.config.in_channels || d[2] % f != 0 || d[3] % f != 0 || d[2] == 0 || d[3] == 0 {
+        if d.len() != 4
+            || d[1] != self.config.in_channels
+            || d[2] % f != 0
+            || d[3] % f != 0
+            || d[2] == 0
+            || d[3] == 0
+        {
             return Err(Error::BadShape {
                 op: "vae encode",
                 name: "image",
                 shape: image.shape().clone(),
-                expected: format!("[N, {}, H, W] with H and W multiples of {f}", self.config.in_channels),
+                expected: format!(
+                    "[N, {}, H, W] with H and W multiples of {f}",
+                    self.config.in_channels
+                ),
             });
         }
         let e = &self.encoder;
@@ -193,21 +227,32 @@ impl Vae {
                 h = r.forward(cx, h, None, false)?.0;
             }
             if let Some(conv) = ds {
-                let p = cx.be.pad2d(&h, Pad2d { top: 0, bottom: 1, left: 0, right: 1 })?;
+                let p = cx.be.pad2d(
+                    &h,
+                    Pad2d {
+                        top: 0,
+                        bottom: 1,
+                        left: 0,
+                        right: 1,
+                    },
+                )?;
                 h = conv.forward(cx, &p)?;
             }
         }
         h = e.mid.forward(cx, h)?;
         let a = e.conv_norm_out.forward(cx, &h, true)?.0;
         let moments = self.quant_conv.forward(cx, &e.conv_out.forward(cx, &a)?)?;
-        let (mean, logvar) = cx.be.split_channels(&moments, self.config.latent_channels)?;
+        let (mean, logvar) = cx
+            .be
+            .split_channels(&moments, self.config.latent_channels)?;
         Ok(Posterior { mean, logvar })
     }
 
     /// scaling_factor·(mean + std·noise), or scaling_factor·mean without noise: the latents the
     /// UNet trains on.
     pub fn latents(&self, cx: &Ctx, p: &Posterior, noise: Option<&Tensor>) -> Result<Tensor> {
-        cx.be.gaussian_sample(&p.mean, &p.logvar, noise, self.config.scaling_factor)
+        cx.be
+            .gaussian_sample(&p.mean, &p.logvar, noise, self.config.scaling_factor)
     }
 
     /// Images [N, 3, 8h, 8w] (roughly in [-1, 1]) from latents [N, latent, h, w] as the UNet
@@ -224,7 +269,9 @@ impl Vae {
         }
         let z = cx.be.scale(latents, 1.0 / self.config.scaling_factor)?;
         let dec = &self.decoder;
-        let mut h = dec.conv_in.forward(cx, &self.post_quant_conv.forward(cx, &z)?)?;
+        let mut h = dec
+            .conv_in
+            .forward(cx, &self.post_quant_conv.forward(cx, &z)?)?;
         h = dec.mid.forward(cx, h)?;
         for (resnets, us) in &dec.up {
             for r in resnets {

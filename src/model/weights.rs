@@ -52,7 +52,8 @@ impl<'a> Loader<'a> {
     /// The tensor `path.name` on the backend.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let host = self.src.tensor(&self.join(name), shape)?;
-        self.be.tensor_from_f32(shape, &host.to_f32_vec(), self.be.compute_dtype())
+        self.be
+            .tensor_from_f32(shape, &host.to_f32_vec(), self.be.compute_dtype())
     }
     pub fn contains(&self, name: &str) -> bool {
         self.src.contains(&self.join(name))
@@ -72,7 +73,9 @@ pub struct RandomWeights {
 impl WeightSource for RandomWeights {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         // FNV-1a of the name, mixed with the seed.
-        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
         let mut rng = Rng::new(h ^ self.seed);
         let n: usize = shape.iter().product();
         let v: Vec<f32> = if shape.len() >= 2 {
@@ -88,5 +91,14 @@ impl WeightSource for RandomWeights {
     }
     fn contains(&self, _name: &str) -> bool {
         true
+    }
+}
+
+impl WeightSource for crate::model::checkpoint::Weights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get(name, shape)
+    }
+    fn contains(&self, name: &str) -> bool {
+        crate::model::checkpoint::Weights::contains(self, name)
     }
 }

@@ -43,7 +43,14 @@ struct LayerSaved {
 }
 
 impl Layer {
-    fn forward(&self, cx: &Ctx, x: Tensor, temb: &Tensor, context: &Tensor, save: bool) -> Result<(Tensor, Option<LayerSaved>)> {
+    fn forward(
+        &self,
+        cx: &Ctx,
+        x: Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        save: bool,
+    ) -> Result<(Tensor, Option<LayerSaved>)> {
         let (h, rs) = self.resnet.forward(cx, x, Some(temb), save)?;
         let (h, ats) = match &self.attention {
             Some(a) => {
@@ -103,13 +110,24 @@ pub struct Unet {
     pub conv_out: Conv,
 }
 
+/// A down level's saved layers, and the spatial size its downsampler read.
+struct DownSaved {
+    layers: Vec<LayerSaved>,
+    conv_hw: Option<(usize, usize)>,
+}
+
+/// An up level's saved layers, each with the channels of h before its skip concat, and the
+/// spatial size before upsampling.
+struct UpSaved {
+    layers: Vec<(LayerSaved, usize)>,
+    pre_upsample_hw: Option<(usize, usize)>,
+}
+
 /// Everything the backward needs, saved by a training forward.
 pub struct UnetTape {
-    down: Vec<(Vec<LayerSaved>, Option<(usize, usize)>)>,
+    down: Vec<DownSaved>,
     mid: Vec<LayerSaved>,
-    /// Per up level: per layer (its saved state, channels of h before the skip concat), and
-    /// the spatial size before upsampling.
-    up: Vec<(Vec<(LayerSaved, usize)>, Option<(usize, usize)>)>,
+    up: Vec<UpSaved>,
     out_x: Tensor,
     out_stats: NormStats,
 }
@@ -120,7 +138,12 @@ pub type Trace = Vec<(String, Tensor)>;
 impl Unet {
     /// Builds the UNet described by `config` from `src`, with weights named as diffusers'
     /// `UNet2DConditionModel` state dict below `prefix` (e.g. "unet").
-    pub fn load(config: &UnetConfig, src: &dyn WeightSource, be: &dyn crate::backend::Backend, prefix: &str) -> Result<Unet> {
+    pub fn load(
+        config: &UnetConfig,
+        src: &dyn WeightSource,
+        be: &dyn crate::backend::Backend,
+        prefix: &str,
+    ) -> Result<Unet> {
         config.validate().map_err(|why| Error::BadValue {
             op: "unet",
             name: "config",
@@ -135,11 +158,31 @@ impl Unet {
         let ctx_dim = config.cross_attention_dim;
         let heads = |level: usize| config.heads(level).unwrap_or(8);
         let lin = config.use_linear_projection;
-        let layer = |l: &Loader, i: usize, c_in: usize, c_out: usize, attn: bool, h: usize| -> Result<Layer> {
+        let layer = |l: &Loader,
+                     i: usize,
+                     c_in: usize,
+                     c_out: usize,
+                     attn: bool,
+                     h: usize|
+         -> Result<Layer> {
             Ok(Layer {
-                resnet: ResnetBlock::load(&l.at(&format!("resnets.{i}")), c_in, c_out, Some(temb), groups, eps)?,
+                resnet: ResnetBlock::load(
+                    &l.at(&format!("resnets.{i}")),
+                    c_in,
+                    c_out,
+                    Some(temb),
+                    groups,
+                    eps,
+                )?,
                 attention: if attn {
-                    Some(Transformer2D::load(&l.at(&format!("attentions.{i}")), c_out, ctx_dim, h, groups, lin)?)
+                    Some(Transformer2D::load(
+                        &l.at(&format!("attentions.{i}")),
+                        c_out,
+                        ctx_dim,
+                        h,
+                        groups,
+                        lin,
+                    )?)
                 } else {
                     None
                 },
@@ -152,10 +195,26 @@ impl Unet {
             let attn = config.down_block_types[i] == DownBlockType::CrossAttnDownBlock2D;
             let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
             let layers = (0..config.layers_per_block)
-                .map(|j| layer(&dl, j, if j == 0 { c_in } else { c_out }, c_out, attn, heads(i)))
+                .map(|j| {
+                    layer(
+                        &dl,
+                        j,
+                        if j == 0 { c_in } else { c_out },
+                        c_out,
+                        attn,
+                        heads(i),
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             let downsample = if i + 1 < levels {
-                Some(Conv::load(&dl.at("downsamplers.0.conv"), c_out, c_out, 3, 2, 1)?)
+                Some(Conv::load(
+                    &dl.at("downsamplers.0.conv"),
+                    c_out,
+                    c_out,
+                    3,
+                    2,
+                    1,
+                )?)
             } else {
                 None
             };
@@ -166,11 +225,32 @@ impl Unet {
         let ml = l.at("mid_block");
         let mid = vec![
             Layer {
-                resnet: ResnetBlock::load(&ml.at("resnets.0"), c_mid, c_mid, Some(temb), groups, eps)?,
-                attention: Some(Transformer2D::load(&ml.at("attentions.0"), c_mid, ctx_dim, heads(levels - 1), groups, lin)?),
+                resnet: ResnetBlock::load(
+                    &ml.at("resnets.0"),
+                    c_mid,
+                    c_mid,
+                    Some(temb),
+                    groups,
+                    eps,
+                )?,
+                attention: Some(Transformer2D::load(
+                    &ml.at("attentions.0"),
+                    c_mid,
+                    ctx_dim,
+                    heads(levels - 1),
+                    groups,
+                    lin,
+                )?),
             },
             Layer {
-                resnet: ResnetBlock::load(&ml.at("resnets.1"), c_mid, c_mid, Some(temb), groups, eps)?,
+                resnet: ResnetBlock::load(
+                    &ml.at("resnets.1"),
+                    c_mid,
+                    c_mid,
+                    Some(temb),
+                    groups,
+                    eps,
+                )?,
                 attention: None,
             },
         ];
@@ -192,7 +272,14 @@ impl Unet {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let upsample = if i + 1 < levels {
-                Some(Conv::load(&ul.at("upsamplers.0.conv"), c_out, c_out, 3, 1, 1)?)
+                Some(Conv::load(
+                    &ul.at("upsamplers.0.conv"),
+                    c_out,
+                    c_out,
+                    3,
+                    1,
+                    1,
+                )?)
             } else {
                 None
             };
@@ -248,16 +335,32 @@ impl Unet {
     fn check_input(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<()> {
         let d = sample.dims();
         let down = 1usize << (self.down.len() - 1);
-        if d.len() != 4 || d[1] != self.config.in_channels || d[2] % down != 0 || d[3] % down != 0 || d[2] == 0 || d[3] == 0 {
+        if d.len() != 4
+            || d[1] != self.config.in_channels
+            || d[2] % down != 0
+            || d[3] % down != 0
+            || d[2] == 0
+            || d[3] == 0
+        {
             return Err(Error::BadShape {
                 op: "unet",
                 name: "sample",
                 shape: sample.shape().clone(),
-                expected: format!("[N, {}, H, W] with H and W multiples of {down}", self.config.in_channels),
+                expected: format!(
+                    "[N, {}, H, W] with H and W multiples of {down}",
+                    self.config.in_channels
+                ),
             });
         }
         if timesteps.dims() != [d[0]] {
-            return Err(crate::backend::check::mismatch("unet", "timesteps", timesteps, "sample", sample, "one timestep per sample"));
+            return Err(crate::backend::check::mismatch(
+                "unet",
+                "timesteps",
+                timesteps,
+                "sample",
+                sample,
+                "one timestep per sample",
+            ));
         }
         let c = context.dims();
         if c.len() != 3 || c[0] != d[0] || c[2] != self.config.cross_attention_dim {
@@ -267,7 +370,10 @@ impl Unet {
                 context,
                 "sample",
                 sample,
-                format!("context must be [N, tokens, {}] for N samples", self.config.cross_attention_dim),
+                format!(
+                    "context must be [N, tokens, {}] for N samples",
+                    self.config.cross_attention_dim
+                ),
             ));
         }
         Ok(())
@@ -313,7 +419,10 @@ impl Unet {
                 skips.push(h.clone());
             }
             record(format!("down_blocks.{i}"), &h);
-            down_saved.push((saved, down_hw));
+            down_saved.push(DownSaved {
+                layers: saved,
+                conv_hw: down_hw,
+            });
         }
         let mut mid_saved = Vec::new();
         for layer in &self.mid {
@@ -340,7 +449,10 @@ impl Unet {
                 h = conv.forward(cx, &cx.be.upsample_nearest2x(&h)?)?;
             }
             record(format!("up_blocks.{i}"), &h);
-            up_saved.push((saved, up_hw));
+            up_saved.push(UpSaved {
+                layers: saved,
+                pre_upsample_hw: up_hw,
+            });
         }
         let (a, out_stats) = self.conv_norm_out.forward(cx, &h, true)?;
         record("conv_norm_out".into(), &a);
@@ -358,38 +470,55 @@ impl Unet {
 
     /// Gradients of the loss with respect to every adapter, from `d_out` = d loss / d output,
     /// into `grads` (`=` or `+=` by `grads.accum`; every adapter is written exactly once).
-    pub fn backward(&self, cx: &Ctx, d_out: &Tensor, context: &Tensor, tape: UnetTape, grads: &mut LoraGrads) -> Result<()> {
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        d_out: &Tensor,
+        context: &Tensor,
+        tape: UnetTape,
+        grads: &mut LoraGrads,
+    ) -> Result<()> {
         let da = self.conv_out.backward(cx, d_out, hw(&tape.out_x))?;
-        let mut dh = self.conv_norm_out.backward(cx, &da, &tape.out_x, &tape.out_stats, true)?;
+        let mut dh = self
+            .conv_norm_out
+            .backward(cx, &da, &tape.out_x, &tape.out_stats, true)?;
         drop((da, tape.out_x));
 
         // Up levels, last first; skip gradients collected in the order the skips were made.
         let mut d_skips: Vec<Tensor> = Vec::new();
-        for (level, (saved, up_hw)) in self.up.iter().zip(tape.up).rev() {
-            if let (Some(conv), Some(size)) = (&level.upsample, up_hw) {
+        for (level, saved) in self.up.iter().zip(tape.up).rev() {
+            if let (Some(conv), Some(size)) = (&level.upsample, saved.pre_upsample_hw) {
                 let du = conv.backward(cx, &dh, (2 * size.0, 2 * size.1))?;
                 dh = cx.be.upsample_nearest2x_backward(&du)?;
             }
-            for (layer, (s, c_h)) in level.layers.iter().zip(saved).rev() {
-                let dx = layer.backward(cx, dh, context, s, grads, true)?.ok_or_else(|| internal("up layer lost dx"))?;
+            for (layer, (s, c_h)) in level.layers.iter().zip(saved.layers).rev() {
+                let dx = layer
+                    .backward(cx, dh, context, s, grads, true)?
+                    .ok_or_else(|| internal("up layer lost dx"))?;
                 let (d_h, d_skip) = cx.be.split_channels(&dx, c_h)?;
                 dh = d_h;
                 d_skips.push(d_skip);
             }
         }
         for (layer, s) in self.mid.iter().zip(tape.mid).rev() {
-            dh = layer.backward(cx, dh, context, s, grads, true)?.ok_or_else(|| internal("mid layer lost dx"))?;
+            dh = layer
+                .backward(cx, dh, context, s, grads, true)?
+                .ok_or_else(|| internal("mid layer lost dx"))?;
         }
         // d_skips now holds the gradient of the last skip first; pop matches the down order
         // reversed. The first skip (conv_in's output) needs no gradient.
-        for (i, (level, (saved, down_hw))) in self.down.iter().zip(tape.down).enumerate().rev() {
-            if let (Some(conv), Some(size)) = (&level.downsample, down_hw) {
-                let mut d = d_skips.pop().ok_or_else(|| internal("skip gradients ran out"))?;
+        for (i, (level, saved)) in self.down.iter().zip(tape.down).enumerate().rev() {
+            if let (Some(conv), Some(size)) = (&level.downsample, saved.conv_hw) {
+                let mut d = d_skips
+                    .pop()
+                    .ok_or_else(|| internal("skip gradients ran out"))?;
                 cx.be.add_assign(&mut d, &dh)?;
                 dh = conv.backward(cx, &d, size)?;
             }
-            for (j, (layer, s)) in level.layers.iter().zip(saved).enumerate().rev() {
-                let d_skip = d_skips.pop().ok_or_else(|| internal("skip gradients ran out"))?;
+            for (j, (layer, s)) in level.layers.iter().zip(saved.layers).enumerate().rev() {
+                let d_skip = d_skips
+                    .pop()
+                    .ok_or_else(|| internal("skip gradients ran out"))?;
                 cx.be.add_assign(&mut dh, &d_skip)?;
                 let first = i == 0 && j == 0;
                 match layer.backward(cx, dh, context, s, grads, !first)? {

@@ -35,7 +35,14 @@ pub struct ResnetSaved {
 
 impl ResnetBlock {
     /// `temb_dim` = None for the VAE's blocks.
-    pub fn load(l: &Loader, c_in: usize, c_out: usize, temb_dim: Option<usize>, groups: usize, eps: f64) -> Result<Self> {
+    pub fn load(
+        l: &Loader,
+        c_in: usize,
+        c_out: usize,
+        temb_dim: Option<usize>,
+        groups: usize,
+        eps: f64,
+    ) -> Result<Self> {
         Ok(ResnetBlock {
             norm1: GroupNorm::load(&l.at("norm1"), c_in, groups, eps)?,
             conv1: Conv::load(&l.at("conv1"), c_in, c_out, 3, 1, 1)?,
@@ -53,7 +60,13 @@ impl ResnetBlock {
     }
 
     /// `temb_silu` = silu(time embedding) [N, temb_dim], shared by all blocks of a UNet.
-    pub fn forward(&self, cx: &Ctx, x: Tensor, temb_silu: Option<&Tensor>, save: bool) -> Result<(Tensor, Option<ResnetSaved>)> {
+    pub fn forward(
+        &self,
+        cx: &Ctx,
+        x: Tensor,
+        temb_silu: Option<&Tensor>,
+        save: bool,
+    ) -> Result<(Tensor, Option<ResnetSaved>)> {
         let (a, stats1) = self.norm1.forward(cx, &x, true)?;
         let mut h = self.conv1.forward(cx, &a)?;
         drop(a);
@@ -68,7 +81,12 @@ impl ResnetBlock {
             Some(sc) => cx.be.add(&sc.forward(cx, &x)?, &h2)?,
             None => cx.be.add(&x, &h2)?,
         };
-        let saved = save.then_some(ResnetSaved { x, stats1, h, stats2 });
+        let saved = save.then_some(ResnetSaved {
+            x,
+            stats1,
+            h,
+            stats2,
+        });
         Ok((y, saved))
     }
 

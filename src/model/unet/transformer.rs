@@ -70,7 +70,13 @@ impl Attention {
     }
 
     /// `x` [N, L, C]; `context` None for self-attention.
-    pub fn forward(&self, cx: &Ctx, x: &Tensor, context: Option<&Tensor>, save: bool) -> Result<(Tensor, Option<AttentionSaved>)> {
+    pub fn forward(
+        &self,
+        cx: &Ctx,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        save: bool,
+    ) -> Result<(Tensor, Option<AttentionSaved>)> {
         let kv_in = context.unwrap_or(x);
         let q = self.to_q.forward(cx, x)?;
         let k = self.to_k.forward(cx, kv_in)?;
@@ -102,16 +108,26 @@ impl Attention {
         s: AttentionSaved,
         grads: &mut LoraGrads,
     ) -> Result<Tensor> {
-        let d_o = self.to_out.backward_dx(cx, dy, &s.o, s.uo.as_ref(), grads)?;
-        let (dq, dk, dv) = cx.be.attention_backward(&s.q, &s.k, &s.v, &s.o, &s.lse, &d_o, self.params())?;
+        let d_o = self
+            .to_out
+            .backward_dx(cx, dy, &s.o, s.uo.as_ref(), grads)?;
+        let (dq, dk, dv) =
+            cx.be
+                .attention_backward(&s.q, &s.k, &s.v, &s.o, &s.lse, &d_o, self.params())?;
         drop(d_o);
         let mut dx = self.to_q.backward_dx(cx, &dq, x, s.uq.as_ref(), grads)?;
         let kv_in = context.unwrap_or(x);
         let self_attn = context.is_none();
-        if let Some(d) = self.to_k.backward(cx, &dk, kv_in, s.uk.as_ref(), grads, self_attn)? {
+        if let Some(d) = self
+            .to_k
+            .backward(cx, &dk, kv_in, s.uk.as_ref(), grads, self_attn)?
+        {
             cx.be.add_assign(&mut dx, &d)?;
         }
-        if let Some(d) = self.to_v.backward(cx, &dv, kv_in, s.uv.as_ref(), grads, self_attn)? {
+        if let Some(d) = self
+            .to_v
+            .backward(cx, &dv, kv_in, s.uv.as_ref(), grads, self_attn)?
+        {
             cx.be.add_assign(&mut dx, &d)?;
         }
         Ok(dx)
@@ -164,7 +180,13 @@ impl TransformerBlock {
         })
     }
 
-    pub fn forward(&self, cx: &Ctx, x1: Tensor, context: &Tensor, save: bool) -> Result<(Tensor, Option<BlockSaved>)> {
+    pub fn forward(
+        &self,
+        cx: &Ctx,
+        x1: Tensor,
+        context: &Tensor,
+        save: bool,
+    ) -> Result<(Tensor, Option<BlockSaved>)> {
         let (n1, s1) = self.norm1.forward(cx, &x1)?;
         let (a, a1) = self.attn1.forward(cx, &n1, None, save)?;
         drop(n1);
@@ -181,13 +203,32 @@ impl TransformerBlock {
         drop(g);
         let x4 = cx.be.add(&x3, &ff.y)?;
         let saved = match (a1, a2) {
-            (Some(a1), Some(a2)) => Some(BlockSaved { x1, s1, a1, x2, s2, a2, x3, s3, u_ff0: f.u, f: f.y, u_ff2: ff.u }),
+            (Some(a1), Some(a2)) => Some(BlockSaved {
+                x1,
+                s1,
+                a1,
+                x2,
+                s2,
+                a2,
+                x3,
+                s3,
+                u_ff0: f.u,
+                f: f.y,
+                u_ff2: ff.u,
+            }),
             _ => None,
         };
         Ok((x4, saved))
     }
 
-    pub fn backward(&self, cx: &Ctx, dx4: &Tensor, context: &Tensor, s: BlockSaved, grads: &mut LoraGrads) -> Result<Tensor> {
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        dx4: &Tensor,
+        context: &Tensor,
+        s: BlockSaved,
+        grads: &mut LoraGrads,
+    ) -> Result<Tensor> {
         // Feed-forward: x4 = x3 + ff2(geglu(ff0(norm3(x3)))).
         let g = cx.be.geglu(&s.f)?;
         let dg = self.ff2.backward_dx(cx, dx4, &g, s.u_ff2.as_ref(), grads)?;
@@ -195,13 +236,17 @@ impl TransformerBlock {
         let df = cx.be.geglu_backward(&dg, &s.f)?;
         drop(dg);
         let (n3, _) = self.norm3.forward(cx, &s.x3)?;
-        let dn3 = self.ff0.backward_dx(cx, &df, &n3, s.u_ff0.as_ref(), grads)?;
+        let dn3 = self
+            .ff0
+            .backward_dx(cx, &df, &n3, s.u_ff0.as_ref(), grads)?;
         drop((df, n3));
         let mut dx3 = self.norm3.backward(cx, &dn3, &s.x3, &s.s3)?;
         cx.be.add_assign(&mut dx3, dx4)?;
         // Cross-attention: x3 = x2 + attn2(norm2(x2), context).
         let (n2, _) = self.norm2.forward(cx, &s.x2)?;
-        let dn2 = self.attn2.backward(cx, &dx3, &n2, Some(context), s.a2, grads)?;
+        let dn2 = self
+            .attn2
+            .backward(cx, &dx3, &n2, Some(context), s.a2, grads)?;
         drop(n2);
         let mut dx2 = self.norm2.backward(cx, &dn2, &s.x2, &s.s2)?;
         cx.be.add_assign(&mut dx2, &dx3)?;
@@ -243,7 +288,14 @@ pub struct Transformer2DSaved {
 impl Transformer2D {
     /// SD1.x: proj_in/proj_out are 1x1 convs ([C, C, 1, 1]) in the checkpoint;
     /// `linear_projection` loads them as linear layers ([C, C]) instead.
-    pub fn load(l: &Loader, c: usize, c_ctx: usize, heads: usize, groups: usize, linear_projection: bool) -> Result<Self> {
+    pub fn load(
+        l: &Loader,
+        c: usize,
+        c_ctx: usize,
+        heads: usize,
+        groups: usize,
+        linear_projection: bool,
+    ) -> Result<Self> {
         let proj = |name: &str| {
             if linear_projection {
                 Linear::load(&l.at(name), c, c, true)
@@ -259,7 +311,13 @@ impl Transformer2D {
         })
     }
 
-    pub fn forward(&self, cx: &Ctx, x: Tensor, context: &Tensor, save: bool) -> Result<(Tensor, Option<Transformer2DSaved>)> {
+    pub fn forward(
+        &self,
+        cx: &Ctx,
+        x: Tensor,
+        context: &Tensor,
+        save: bool,
+    ) -> Result<(Tensor, Option<Transformer2DSaved>)> {
         let (h, w) = (x.dims()[2], x.dims()[3]);
         let (t, stats) = self.tokens(cx, &x)?;
         let pin = self.proj_in.forward(cx, &t)?;
@@ -268,7 +326,14 @@ impl Transformer2D {
         let pout = self.proj_out.forward(cx, &x4)?;
         let y = cx.be.add(&x, &cx.be.nlc_to_nchw(&pout.y, h, w)?)?;
         let saved = match (save, block) {
-            (true, Some(block)) => Some(Transformer2DSaved { x, stats, u_in: pin.u, block, x4, u_out: pout.u }),
+            (true, Some(block)) => Some(Transformer2DSaved {
+                x,
+                stats,
+                u_in: pin.u,
+                block,
+                x4,
+                u_out: pout.u,
+            }),
             _ => None,
         };
         Ok((y, saved))
@@ -292,12 +357,16 @@ impl Transformer2D {
     ) -> Result<Option<Tensor>> {
         let (h, w) = (s.x.dims()[2], s.x.dims()[3]);
         let dt5 = cx.be.nchw_to_nlc(dy)?;
-        let dx4 = self.proj_out.backward_dx(cx, &dt5, &s.x4, s.u_out.as_ref(), grads)?;
+        let dx4 = self
+            .proj_out
+            .backward_dx(cx, &dt5, &s.x4, s.u_out.as_ref(), grads)?;
         drop((dt5, s.x4));
         let dx1 = self.block.backward(cx, &dx4, context, s.block, grads)?;
         drop(dx4);
         let (t, _) = self.tokens(cx, &s.x)?;
-        let dt = self.proj_in.backward(cx, &dx1, &t, s.u_in.as_ref(), grads, want_dx)?;
+        let dt = self
+            .proj_in
+            .backward(cx, &dx1, &t, s.u_in.as_ref(), grads, want_dx)?;
         let Some(dt) = dt else { return Ok(None) };
         let dg = cx.be.nlc_to_nchw(&dt, h, w)?;
         let mut dx = self.norm.backward(cx, &dg, &s.x, &s.stats, false)?;

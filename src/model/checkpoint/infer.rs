@@ -1,0 +1,209 @@
+//! Configurations of a single-file checkpoint, read off its tensor shapes, so that any model
+//! of SD1.x's topology loads, not only the 860M-parameter original.
+//!
+//! What the shapes tell:
+//! - UNet: in/out channels (conv_in, conv_out), block_out_channels (each level's first resnet
+//!   conv1), the number of levels and layers_per_block (which resnets exist), which levels have
+//!   attention, cross_attention_dim (attn2.to_k's input width), transformer depth.
+//! - VAE: in/out channels, block_out_channels, layers_per_block, latent_channels
+//!   (post_quant_conv).
+//! - CLIP: vocab_size and hidden_size (token embedding), max_position_embeddings (position
+//!   embedding), intermediate_size (fc1), num_hidden_layers (which layers exist).
+//!
+//! What they cannot tell follows SD1.x: 8 heads in every UNet attention, CLIP heads of width
+//! 64, GroupNorm with 32 groups, eps 1e-5 (UNet, CLIP) and 1e-6 (VAE), VAE scaling 0.18215,
+//! quick_gelu, flip_sin_to_cos, freq_shift 0. A model where these cannot hold (channels not
+//! divisible by 32 or 8, a CLIP width not a multiple of 64) is refused rather than guessed at.
+
+use std::path::Path;
+
+use crate::model::config::{
+    ClipTextConfig, DownBlockType, PerLevel, UnetConfig, UpBlockType, VaeConfig,
+};
+
+use super::error::CheckpointError;
+use super::weights::Weights;
+
+/// SD1.x's width of one CLIP attention head.
+const CLIP_HEAD_DIM: usize = 64;
+
+/// Counts `{prefix}{i}.{suffix}` for i = 0, 1, … until the first gap.
+fn count(w: &Weights, prefix: &str, suffix: &str) -> usize {
+    (0..)
+        .take_while(|i| w.contains(&format!("{prefix}{i}.{suffix}")))
+        .count()
+}
+
+fn dim(
+    w: &Weights,
+    name: &str,
+    axis: usize,
+    rank: usize,
+    fail: &dyn Fn(String) -> CheckpointError,
+) -> Result<usize, CheckpointError> {
+    let shape = w.require_shape(name)?;
+    if shape.len() != rank {
+        return Err(fail(format!(
+            "`{name}` has shape {shape:?}, expected {rank} dimensions"
+        )));
+    }
+    Ok(shape[axis])
+}
+
+pub fn unet(path: &Path, w: &Weights) -> Result<UnetConfig, CheckpointError> {
+    let fail = |detail: String| CheckpointError::Infer {
+        path: path.to_path_buf(),
+        component: "UNet",
+        detail,
+    };
+    let levels = count(w, "unet.down_blocks.", "resnets.0.conv1.weight");
+    if levels == 0 {
+        w.require_shape("unet.down_blocks.0.resnets.0.conv1.weight")?;
+    }
+    let layers_per_block = count(w, "unet.down_blocks.0.resnets.", "conv1.weight");
+    let mut block_out_channels = Vec::with_capacity(levels);
+    let mut down_block_types = Vec::with_capacity(levels);
+    let mut up_block_types = Vec::with_capacity(levels);
+    for i in 0..levels {
+        let conv1 = format!("unet.down_blocks.{i}.resnets.0.conv1.weight");
+        block_out_channels.push(dim(w, &conv1, 0, 4, &fail)?);
+        let n = count(w, &format!("unet.down_blocks.{i}.resnets."), "conv1.weight");
+        if n != layers_per_block {
+            return Err(fail(format!(
+                "down block {i} has {n} resnets but down block 0 has {layers_per_block}"
+            )));
+        }
+        down_block_types.push(
+            if w.contains(&format!("unet.down_blocks.{i}.attentions.0.proj_in.weight")) {
+                DownBlockType::CrossAttnDownBlock2D
+            } else {
+                DownBlockType::DownBlock2D
+            },
+        );
+        up_block_types.push(
+            if w.contains(&format!("unet.up_blocks.{i}.attentions.0.proj_in.weight")) {
+                UpBlockType::CrossAttnUpBlock2D
+            } else {
+                UpBlockType::UpBlock2D
+            },
+        );
+    }
+    let in_channels = dim(w, "unet.conv_in.weight", 1, 4, &fail)?;
+    let out_channels = dim(w, "unet.conv_out.weight", 0, 4, &fail)?;
+
+    let mut cross = None;
+    let mut linear_proj = false;
+    for k in w.keys_with_prefix("unet.") {
+        if k.ends_with(".attn2.to_k.weight") {
+            let d = dim(w, k, 1, 2, &fail)?;
+            match cross {
+                Some(c) if c != d => {
+                    return Err(fail(format!(
+                        "`{k}` reads {d}-wide text embeddings but another attention reads {c}"
+                    )))
+                }
+                _ => cross = Some(d),
+            }
+        }
+        if k.ends_with(".proj_in.weight") && w.shape(k).map(<[usize]>::len) == Some(2) {
+            linear_proj = true;
+        }
+        if k.contains(".transformer_blocks.1.") {
+            return Err(fail(format!(
+                "`{k}`: more than one transformer block per attention (SD1.x has one)"
+            )));
+        }
+    }
+    let cross_attention_dim = cross.ok_or_else(|| {
+        w.require_shape("unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight")
+            .err()
+            .unwrap_or_else(|| fail("no cross-attention".into()))
+    })?;
+
+    let cfg = UnetConfig {
+        in_channels,
+        out_channels,
+        block_out_channels,
+        layers_per_block,
+        down_block_types,
+        up_block_types,
+        cross_attention_dim,
+        use_linear_projection: linear_proj,
+        attention_head_dim: PerLevel::All(8),
+        ..UnetConfig::sd15()
+    };
+    cfg.validate().map_err(fail)?;
+    Ok(cfg)
+}
+
+pub fn vae(path: &Path, w: &Weights) -> Result<VaeConfig, CheckpointError> {
+    let fail = |detail: String| CheckpointError::Infer {
+        path: path.to_path_buf(),
+        component: "VAE",
+        detail,
+    };
+    let levels = count(w, "vae.encoder.down_blocks.", "resnets.0.conv1.weight");
+    if levels == 0 {
+        w.require_shape("vae.encoder.down_blocks.0.resnets.0.conv1.weight")?;
+    }
+    let layers_per_block = count(w, "vae.encoder.down_blocks.0.resnets.", "conv1.weight");
+    let mut block_out_channels = Vec::with_capacity(levels);
+    for i in 0..levels {
+        let conv1 = format!("vae.encoder.down_blocks.{i}.resnets.0.conv1.weight");
+        block_out_channels.push(dim(w, &conv1, 0, 4, &fail)?);
+    }
+    let decoder_levels = count(w, "vae.decoder.up_blocks.", "resnets.0.conv1.weight");
+    if decoder_levels != levels {
+        return Err(fail(format!(
+            "the encoder has {levels} levels but the decoder {decoder_levels}"
+        )));
+    }
+    let cfg = VaeConfig {
+        in_channels: dim(w, "vae.encoder.conv_in.weight", 1, 4, &fail)?,
+        out_channels: dim(w, "vae.decoder.conv_out.weight", 0, 4, &fail)?,
+        down_block_types: vec![VaeConfig::sd15().down_block_types[0]; levels],
+        up_block_types: vec![VaeConfig::sd15().up_block_types[0]; levels],
+        block_out_channels,
+        layers_per_block,
+        latent_channels: dim(w, "vae.post_quant_conv.weight", 0, 4, &fail)?,
+        ..VaeConfig::sd15()
+    };
+    cfg.validate().map_err(fail)?;
+    Ok(cfg)
+}
+
+pub fn clip(path: &Path, w: &Weights) -> Result<ClipTextConfig, CheckpointError> {
+    let fail = |detail: String| CheckpointError::Infer {
+        path: path.to_path_buf(),
+        component: "text encoder",
+        detail,
+    };
+    let token = "text_encoder.text_model.embeddings.token_embedding.weight";
+    let vocab_size = dim(w, token, 0, 2, &fail)?;
+    let hidden_size = dim(w, token, 1, 2, &fail)?;
+    let position = "text_encoder.text_model.embeddings.position_embedding.weight";
+    let max_position_embeddings = dim(w, position, 0, 2, &fail)?;
+    let layers = "text_encoder.text_model.encoder.layers.";
+    let num_hidden_layers = count(w, layers, "mlp.fc1.weight");
+    if num_hidden_layers == 0 {
+        w.require_shape(&format!("{layers}0.mlp.fc1.weight"))?;
+    }
+    let intermediate_size = dim(w, &format!("{layers}0.mlp.fc1.weight"), 0, 2, &fail)?;
+    if hidden_size % CLIP_HEAD_DIM != 0 {
+        return Err(fail(format!(
+            "hidden_size {hidden_size} is not a multiple of SD1.x's CLIP head width \
+             {CLIP_HEAD_DIM}, so the number of heads is unknown"
+        )));
+    }
+    let cfg = ClipTextConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads: hidden_size / CLIP_HEAD_DIM,
+        max_position_embeddings,
+        ..ClipTextConfig::sd15()
+    };
+    cfg.validate().map_err(fail)?;
+    Ok(cfg)
+}

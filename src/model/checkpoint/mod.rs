@@ -1,0 +1,76 @@
+//! Loading Stable Diffusion 1.x weights: [`load_sd15`] takes a single-file checkpoint (LDM
+//! key names, `.safetensors`) or a diffusers folder, and returns each component's
+//! configuration and its [`Weights`] under diffusers-style names (`unet.…`, `vae.…`,
+//! `text_encoder.…`), so that the model code sees one layout whatever the file's.
+//!
+//! - `safetensors.rs`: one memory-mapped file; tensors are copied out (and converted from
+//!   F32/F16/BF16) only when asked for.
+//! - `weights.rs`: the [`Weights`] store and its errors (missing key, wrong shape).
+//! - `detect.rs`: pickle files refused; SD1.x told apart from SD2.x, SDXL and LoRAs.
+//! - `ldm.rs`: LDM → diffusers key names (sd15-formats.md §2.8).
+//! - `infer.rs`: configurations of a single-file checkpoint from its shapes.
+//! - `single_file.rs`, `diffusers.rs`: the two layouts.
+//! - `error.rs`: [`CheckpointError`], every case naming the file and what to do.
+//!
+//! lorafuse never unpickles: `.ckpt`/`.pt`/`.bin` files are refused with the command that
+//! converts them.
+
+mod detect;
+mod diffusers;
+pub mod error;
+mod infer;
+pub mod ldm;
+pub mod safetensors;
+mod single_file;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
+
+pub use detect::{refuse_pickle, Family};
+pub use error::CheckpointError;
+pub use ldm::{ldm_to_diffusers, LdmLayout};
+pub use weights::Weights;
+
+/// The three components of an SD1.x model, each with its configuration and weights.
+#[derive(Clone, Debug)]
+pub struct Sd15Checkpoint {
+    pub unet: (UnetConfig, Weights),
+    pub vae: (VaeConfig, Weights),
+    pub text_encoder: (ClipTextConfig, Weights),
+    /// The file or folder it was loaded from.
+    pub source: PathBuf,
+    /// Stored names that were not mapped (scheduler buffers, EMA copies, `position_ids`),
+    /// sorted; for `inspect`-style reports. From a diffusers folder each is prefixed with its
+    /// file ("…/text_encoder/model.safetensors: text_model.embeddings.position_ids").
+    pub ignored: Vec<String>,
+}
+
+/// Loads an SD1.x model from a `.safetensors` file (LDM names, as A1111 and civitai ship
+/// them) or a diffusers folder (with `model_index.json`).
+pub fn load_sd15(path: impl AsRef<Path>) -> crate::Result<Sd15Checkpoint> {
+    let path = path.as_ref();
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CheckpointError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => CheckpointError::Io {
+            path: path.to_path_buf(),
+            action: "read its metadata",
+            source: e,
+        },
+    })?;
+    let checkpoint = if meta.is_dir() {
+        diffusers::load(path)?
+    } else {
+        single_file::load(path)?
+    };
+    Ok(checkpoint)
+}
+
+/// Classifies a single `.safetensors` file without loading it (for `inspect`).
+pub fn detect_family(path: impl AsRef<Path>) -> crate::Result<Family> {
+    let file = safetensors::SafetensorsFile::open(path.as_ref())?;
+    Ok(detect::family(&file))
+}

@@ -1,0 +1,101 @@
+//! A single-file SD1.x checkpoint (`v1-5-pruned-emaonly.safetensors` and the fine-tunes in
+//! the same layout): LDM key names, all three components in one file. The keys are renamed to
+//! diffusers' (`ldm.rs`), split by component, and the configurations inferred from the shapes
+//! (`infer.rs`).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::detect::{self, Family};
+use super::error::CheckpointError;
+use super::ldm::{self, LdmLayout};
+use super::safetensors::SafetensorsFile;
+use super::weights::Weights;
+use super::{infer, Sd15Checkpoint};
+
+pub fn load(path: &Path) -> Result<Sd15Checkpoint, CheckpointError> {
+    let file = Arc::new(SafetensorsFile::open(path)?);
+    match detect::family(&file) {
+        Family::Sd1 => {}
+        Family::Sd2 { evidence } => {
+            return Err(CheckpointError::UnsupportedModel {
+                path: path.to_path_buf(),
+                family: "SD2.x",
+                evidence,
+            })
+        }
+        Family::Sdxl { evidence } => {
+            return Err(CheckpointError::UnsupportedModel {
+                path: path.to_path_buf(),
+                family: "SDXL",
+                evidence,
+            })
+        }
+        Family::Other { detail } => {
+            return Err(CheckpointError::NotAModel {
+                path: path.to_path_buf(),
+                detail,
+            })
+        }
+    }
+
+    let layout = LdmLayout::infer(file.names());
+    let mut names: Vec<&str> = file.names().collect();
+    names.sort_unstable();
+    let (mut unet, mut vae, mut text_encoder) = (Weights::new(), Weights::new(), Weights::new());
+    let mut ignored = Vec::new();
+    for stored in names {
+        let (Some(name), Some(info)) = (
+            ldm::ldm_to_diffusers(stored, &layout),
+            file.tensor_info(stored),
+        ) else {
+            ignored.push(stored.to_string());
+            continue;
+        };
+        let shape = ldm::logical_shape(&name, &info.shape);
+        let target = if name.starts_with("unet.") {
+            &mut unet
+        } else if name.starts_with("vae.") {
+            &mut vae
+        } else {
+            &mut text_encoder
+        };
+        target.insert(name, &file, stored, shape);
+    }
+
+    let missing = |component, prefix: &str| CheckpointError::MissingComponent {
+        path: path.to_path_buf(),
+        component,
+        expected: format!(
+            "`{prefix}*` tensors: lorafuse needs the UNet, the VAE and the text encoder in one \
+             file (or a diffusers folder with all three)"
+        ),
+    };
+    if vae.is_empty() {
+        return Err(missing("VAE", detect::VAE_PREFIX));
+    }
+    if text_encoder.is_empty() {
+        return Err(missing("text encoder", detect::TEXT_ENCODER_PREFIX));
+    }
+    let unet_config = infer::unet(path, &unet)?;
+    let vae_config = infer::vae(path, &vae)?;
+    let clip_config = infer::clip(path, &text_encoder)?;
+    if unet_config.cross_attention_dim != clip_config.hidden_size {
+        return Err(CheckpointError::Infer {
+            path: path.to_path_buf(),
+            component: "UNet",
+            detail: format!(
+                "its cross-attention reads {}-wide text embeddings but the text encoder's \
+                 hidden size is {}",
+                unet_config.cross_attention_dim, clip_config.hidden_size
+            ),
+        });
+    }
+    Ok(Sd15Checkpoint {
+        unet: (unet_config, unet),
+        vae: (vae_config, vae),
+        text_encoder: (clip_config, text_encoder),
+        source: path.to_path_buf(),
+        ignored,
+    })
+}

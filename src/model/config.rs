@@ -1,0 +1,364 @@
+//! The three model configurations of Stable Diffusion 1.x, with the field names of diffusers'
+//! `config.json` files so that a diffusers folder parses straight into them.
+//!
+//! Where they come from:
+//! - a diffusers folder: `unet/config.json`, `vae/config.json`, `text_encoder/config.json`,
+//!   parsed here; a field the file leaves out takes SD1.5's value (diffusers' own class defaults
+//!   differ in places, e.g. `cross_attention_dim` 1280, but every SD1.x config states those);
+//! - a single-file (LDM) checkpoint: inferred from the tensor shapes
+//!   (`model::checkpoint::infer`), so that small models of the same topology load too;
+//! - [`UnetConfig::sd15`], [`VaeConfig::sd15`], [`ClipTextConfig::sd15`]: the real model.
+//!
+//! The `attention_head_dim` quirk: SD1.x's `unet/config.json` says `"attention_head_dim": 8`,
+//! and diffusers reads that as the NUMBER OF HEADS, not the width of one head (the name is a
+//! historical mistake kept for compatibility; see the comment on `num_attention_heads` in
+//! diffusers' `UNet2DConditionModel.__init__`). Every SD1.x attention therefore has 8 heads, of
+//! width 320/8 = 40, 640/8 = 80 and 1280/8 = 160. Newer configs may set `num_attention_heads`,
+//! which then wins. [`UnetConfig::heads`] applies this rule; use it, not the field.
+
+use serde::{Deserialize, Serialize};
+
+/// A config value that diffusers accepts either as one number for every level or as one
+/// number per level (`attention_head_dim: 8` or `[5, 10, 20, 20]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PerLevel {
+    All(usize),
+    Each(Vec<usize>),
+}
+
+impl PerLevel {
+    /// The value at `level`, or None when a per-level list is too short.
+    pub fn at(&self, level: usize) -> Option<usize> {
+        match self {
+            PerLevel::All(v) => Some(*v),
+            PerLevel::Each(v) => v.get(level).copied(),
+        }
+    }
+}
+
+/// The activation of the UNet and VAE resnets (diffusers also accepts the alias "swish").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[serde(alias = "swish")]
+    Silu,
+}
+
+/// The UNet's down blocks. SD1.x uses cross-attention on the first three levels only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownBlockType {
+    CrossAttnDownBlock2D,
+    DownBlock2D,
+}
+
+/// The UNet's up blocks, deepest first (the mirror of the down blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpBlockType {
+    UpBlock2D,
+    CrossAttnUpBlock2D,
+}
+
+/// `UNet2DConditionModel`'s configuration, as far as SD1.x uses it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UnetConfig {
+    /// Latent side length the model was trained at (64 for 512x512 images).
+    pub sample_size: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub center_input_sample: bool,
+    /// Timestep embedding: [cos, sin] instead of [sin, cos].
+    pub flip_sin_to_cos: bool,
+    /// Timestep embedding: the frequencies are exp(-ln(10000)·i/(half - freq_shift)).
+    pub freq_shift: f64,
+    pub down_block_types: Vec<DownBlockType>,
+    pub up_block_types: Vec<UpBlockType>,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub downsample_padding: usize,
+    pub mid_block_scale_factor: f64,
+    pub act_fn: Activation,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+    /// Width of the text embeddings that cross-attention reads (CLIP's hidden size).
+    pub cross_attention_dim: usize,
+    /// For SD1.x this is the number of heads, not the head width: see the module comment and
+    /// [`UnetConfig::heads`].
+    pub attention_head_dim: PerLevel,
+    /// When set, the number of heads (and `attention_head_dim` is ignored).
+    pub num_attention_heads: Option<PerLevel>,
+    pub transformer_layers_per_block: PerLevel,
+    /// SD2.x: Linear proj_in/proj_out; SD1.x: 1x1 convolutions.
+    pub use_linear_projection: bool,
+    pub upcast_attention: bool,
+    /// SDXL sets "text_time"; read only to refuse such models.
+    pub addition_embed_type: Option<String>,
+}
+
+impl UnetConfig {
+    /// Stable Diffusion 1.5's UNet (`runwayml/stable-diffusion-v1-5`, `unet/config.json`).
+    pub fn sd15() -> UnetConfig {
+        UnetConfig {
+            sample_size: 64,
+            in_channels: 4,
+            out_channels: 4,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            down_block_types: vec![
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::DownBlock2D,
+            ],
+            up_block_types: vec![
+                UpBlockType::UpBlock2D,
+                UpBlockType::CrossAttnUpBlock2D,
+                UpBlockType::CrossAttnUpBlock2D,
+                UpBlockType::CrossAttnUpBlock2D,
+            ],
+            block_out_channels: vec![320, 640, 1280, 1280],
+            layers_per_block: 2,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            act_fn: Activation::Silu,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            cross_attention_dim: 768,
+            attention_head_dim: PerLevel::All(8),
+            num_attention_heads: None,
+            transformer_layers_per_block: PerLevel::All(1),
+            use_linear_projection: false,
+            upcast_attention: false,
+            addition_embed_type: None,
+        }
+    }
+
+    /// Number of attention heads at `level` (0 = the first down block), following diffusers:
+    /// `num_attention_heads` when set, else `attention_head_dim` (which SD1.x's configs use to
+    /// mean the number of heads). The mid block uses the last level's value.
+    pub fn heads(&self, level: usize) -> Option<usize> {
+        self.num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim)
+            .at(level)
+    }
+
+    /// Width of one attention head at `level`.
+    pub fn head_dim(&self, level: usize) -> Option<usize> {
+        let heads = self.heads(level)?;
+        let channels = *self.block_out_channels.get(level)?;
+        (heads > 0 && channels % heads == 0).then(|| channels / heads)
+    }
+
+    /// Checks that this is a UNet lorafuse can build: the SD1.x topology, consistent lists,
+    /// heads and groups that divide the channels. The error says which field is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let levels = self.block_out_channels.len();
+        if levels == 0 {
+            return Err("block_out_channels is empty".into());
+        }
+        if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
+            return Err(format!(
+                "block_out_channels has {levels} levels but down_block_types has {} and \
+                 up_block_types {}",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        if self.layers_per_block == 0 {
+            return Err("layers_per_block is 0".into());
+        }
+        if self.use_linear_projection {
+            return Err("use_linear_projection is true, which is SD2.x's layout".into());
+        }
+        if let Some(t) = &self.addition_embed_type {
+            return Err(format!("addition_embed_type is \"{t}\", which is SDXL's"));
+        }
+        for level in 0..levels {
+            let depth = self.transformer_layers_per_block.at(level);
+            if depth != Some(1) {
+                return Err(format!(
+                    "transformer_layers_per_block at level {level} is {depth:?}; SD1.x has 1"
+                ));
+            }
+            let c = self.block_out_channels[level];
+            if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
+                return Err(format!(
+                    "block_out_channels[{level}] = {c} is not divisible by norm_num_groups = {}",
+                    self.norm_num_groups
+                ));
+            }
+            if self.head_dim(level).is_none() {
+                return Err(format!(
+                    "block_out_channels[{level}] = {c} is not divisible by the number of heads \
+                     ({:?})",
+                    self.heads(level)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for UnetConfig {
+    fn default() -> Self {
+        UnetConfig::sd15()
+    }
+}
+
+/// The VAE's down blocks (the only kind AutoencoderKL uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VaeDownBlockType {
+    DownEncoderBlock2D,
+}
+
+/// The VAE's up blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VaeUpBlockType {
+    UpDecoderBlock2D,
+}
+
+/// `AutoencoderKL`'s configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct VaeConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub down_block_types: Vec<VaeDownBlockType>,
+    pub up_block_types: Vec<VaeUpBlockType>,
+    /// Encoder order; the decoder runs them reversed.
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub act_fn: Activation,
+    pub latent_channels: usize,
+    pub norm_num_groups: usize,
+    pub sample_size: usize,
+    /// Latents are `scaling_factor · z` for the UNet (SD1.x: 0.18215; older configs omit it).
+    pub scaling_factor: f64,
+}
+
+impl VaeConfig {
+    /// Stable Diffusion 1.5's VAE (`vae/config.json`, scaling factor from the LDM config).
+    pub fn sd15() -> VaeConfig {
+        VaeConfig {
+            in_channels: 3,
+            out_channels: 3,
+            down_block_types: vec![VaeDownBlockType::DownEncoderBlock2D; 4],
+            up_block_types: vec![VaeUpBlockType::UpDecoderBlock2D; 4],
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            act_fn: Activation::Silu,
+            latent_channels: 4,
+            norm_num_groups: 32,
+            sample_size: 512,
+            scaling_factor: 0.18215,
+        }
+    }
+
+    /// The GroupNorm epsilon of every VAE norm. Not a config field: diffusers' Encoder and
+    /// Decoder hard-code 1e-6 (LDM's `Normalize` does the same).
+    pub fn norm_eps(&self) -> f64 {
+        1e-6
+    }
+
+    /// Checks consistency, as [`UnetConfig::validate`].
+    pub fn validate(&self) -> Result<(), String> {
+        let levels = self.block_out_channels.len();
+        if levels == 0 {
+            return Err("block_out_channels is empty".into());
+        }
+        if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
+            return Err(format!(
+                "block_out_channels has {levels} levels but down_block_types has {} and \
+                 up_block_types {}",
+                self.down_block_types.len(),
+                self.up_block_types.len()
+            ));
+        }
+        if self.layers_per_block == 0 || self.latent_channels == 0 {
+            return Err("layers_per_block and latent_channels must be positive".into());
+        }
+        for (level, &c) in self.block_out_channels.iter().enumerate() {
+            if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
+                return Err(format!(
+                    "block_out_channels[{level}] = {c} is not divisible by norm_num_groups = {}",
+                    self.norm_num_groups
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        VaeConfig::sd15()
+    }
+}
+
+/// CLIP's MLP activation. SD1.x's ViT-L/14 text encoder uses quick_gelu (x·σ(1.702x)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenAct {
+    QuickGelu,
+    Gelu,
+}
+
+/// `CLIPTextModel`'s configuration (transformers' `CLIPTextConfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClipTextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub layer_norm_eps: f64,
+    pub hidden_act: HiddenAct,
+}
+
+impl ClipTextConfig {
+    /// SD1.x's text encoder: OpenAI CLIP ViT-L/14's text tower.
+    pub fn sd15() -> ClipTextConfig {
+        ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 77,
+            layer_norm_eps: 1e-5,
+            hidden_act: HiddenAct::QuickGelu,
+        }
+    }
+
+    /// Width of one attention head (64 for SD1.x).
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Checks consistency, as [`UnetConfig::validate`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size = {} is not divisible by num_attention_heads = {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.num_hidden_layers == 0 || self.vocab_size == 0 || self.intermediate_size == 0 {
+            return Err(
+                "num_hidden_layers, vocab_size and intermediate_size must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Default for ClipTextConfig {
+    fn default() -> Self {
+        ClipTextConfig::sd15()
+    }
+}
