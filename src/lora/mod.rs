@@ -6,6 +6,8 @@
 //! (kohya's convention; sd15-formats.md §2.3). The frozen model looks its layers up here by
 //! name, so any set whose names match can be applied: freshly initialised, or loaded from a file.
 
+pub mod kohya;
+
 use std::collections::HashMap;
 
 use crate::backend::{Accum, Backend, Lora};

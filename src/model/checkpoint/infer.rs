@@ -50,7 +50,14 @@ fn dim(
     Ok(shape[axis])
 }
 
-pub fn unet(path: &Path, w: &Weights) -> Result<UnetConfig, CheckpointError> {
+/// What tensor shapes cannot tell, when a model departs from SD1.x's conventions (the tiny
+/// test fixtures use 4 GroupNorm groups, SD1.x 32). None keeps the convention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConfigHints {
+    pub norm_num_groups: Option<usize>,
+}
+
+pub fn unet(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<UnetConfig, CheckpointError> {
     let fail = |detail: String| CheckpointError::Infer {
         path: path.to_path_buf(),
         component: "UNet",
@@ -130,13 +137,14 @@ pub fn unet(path: &Path, w: &Weights) -> Result<UnetConfig, CheckpointError> {
         cross_attention_dim,
         use_linear_projection: linear_proj,
         attention_head_dim: PerLevel::All(8),
+        norm_num_groups: hints.norm_num_groups.unwrap_or(UnetConfig::sd15().norm_num_groups),
         ..UnetConfig::sd15()
     };
     cfg.validate().map_err(fail)?;
     Ok(cfg)
 }
 
-pub fn vae(path: &Path, w: &Weights) -> Result<VaeConfig, CheckpointError> {
+pub fn vae(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<VaeConfig, CheckpointError> {
     let fail = |detail: String| CheckpointError::Infer {
         path: path.to_path_buf(),
         component: "VAE",
@@ -166,6 +174,7 @@ pub fn vae(path: &Path, w: &Weights) -> Result<VaeConfig, CheckpointError> {
         block_out_channels,
         layers_per_block,
         latent_channels: dim(w, "vae.post_quant_conv.weight", 0, 4, &fail)?,
+        norm_num_groups: hints.norm_num_groups.unwrap_or(VaeConfig::sd15().norm_num_groups),
         ..VaeConfig::sd15()
     };
     cfg.validate().map_err(fail)?;

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 
 pub use detect::{refuse_pickle, Family};
+pub use infer::ConfigHints;
 pub use error::CheckpointError;
 pub use ldm::{ldm_to_diffusers, LdmLayout};
 pub use weights::Weights;
@@ -50,6 +51,12 @@ pub struct Sd15Checkpoint {
 /// Loads an SD1.x model from a `.safetensors` file (LDM names, as A1111 and civitai ship
 /// them) or a diffusers folder (with `model_index.json`).
 pub fn load_sd15(path: impl AsRef<Path>) -> crate::Result<Sd15Checkpoint> {
+    load_sd15_with(path, &ConfigHints::default())
+}
+
+/// [`load_sd15`] with hints for what a single file's shapes cannot tell (a diffusers folder's
+/// config.json says everything, so there they are not used).
+pub fn load_sd15_with(path: impl AsRef<Path>, hints: &ConfigHints) -> crate::Result<Sd15Checkpoint> {
     let path = path.as_ref();
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => CheckpointError::NotFound {
@@ -64,7 +71,7 @@ pub fn load_sd15(path: impl AsRef<Path>) -> crate::Result<Sd15Checkpoint> {
     let checkpoint = if meta.is_dir() {
         diffusers::load(path)?
     } else {
-        single_file::load(path)?
+        single_file::load(path, hints)?
     };
     Ok(checkpoint)
 }

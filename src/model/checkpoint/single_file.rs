@@ -13,7 +13,7 @@ use super::safetensors::SafetensorsFile;
 use super::weights::Weights;
 use super::{infer, Sd15Checkpoint};
 
-pub fn load(path: &Path) -> Result<Sd15Checkpoint, CheckpointError> {
+pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, CheckpointError> {
     let file = Arc::new(SafetensorsFile::open(path)?);
     match detect::family(&file) {
         Family::Sd1 => {}
@@ -77,8 +77,8 @@ pub fn load(path: &Path) -> Result<Sd15Checkpoint, CheckpointError> {
     if text_encoder.is_empty() {
         return Err(missing("text encoder", detect::TEXT_ENCODER_PREFIX));
     }
-    let unet_config = infer::unet(path, &unet)?;
-    let vae_config = infer::vae(path, &vae)?;
+    let unet_config = infer::unet(path, &unet, hints)?;
+    let vae_config = infer::vae(path, &vae, hints)?;
     let clip_config = infer::clip(path, &text_encoder)?;
     if unet_config.cross_attention_dim != clip_config.hidden_size {
         return Err(CheckpointError::Infer {

@@ -43,6 +43,8 @@ struct LayerSaved {
 }
 
 impl Layer {
+    /// `name` is the layer's place, e.g. ("down_blocks.0", 1), for the trace.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         cx: &Ctx,
@@ -50,11 +52,15 @@ impl Layer {
         temb: &Tensor,
         context: &Tensor,
         save: bool,
+        name: (&str, usize),
+        trace: &mut Option<&mut Trace>,
     ) -> Result<(Tensor, Option<LayerSaved>)> {
         let (h, rs) = self.resnet.forward(cx, x, Some(temb), save)?;
+        record(trace, || format!("{}.resnets.{}", name.0, name.1), &h);
         let (h, ats) = match &self.attention {
             Some(a) => {
                 let (h, s) = a.forward(cx, h, context, save)?;
+                record(trace, || format!("{}.attentions.{}", name.0, name.1), &h);
                 (h, s.map(Some))
             }
             None => (h, Some(None)),
@@ -132,8 +138,16 @@ pub struct UnetTape {
     out_stats: NormStats,
 }
 
-/// Named intermediate activations of a forward, for golden tests against diffusers.
+/// Named intermediate activations of a forward, for golden tests against diffusers: the
+/// names are diffusers' module paths (`down_blocks.0.resnets.1`, `mid_block.attentions.0`,
+/// `up_blocks.2.upsamplers.0`, `time_embedding`, `conv_in`, `conv_act`), each the module's output.
 pub type Trace = Vec<(String, Tensor)>;
+
+fn record(trace: &mut Option<&mut Trace>, name: impl FnOnce() -> String, t: &Tensor) {
+    if let Some(tr) = trace.as_deref_mut() {
+        tr.push((name(), t.clone()));
+    }
+}
 
 impl Unet {
     /// Builds the UNet described by `config` from `src`, with weights named as diffusers'
@@ -391,23 +405,19 @@ impl Unet {
         mut trace: Option<&mut Trace>,
     ) -> Result<(Tensor, Option<UnetTape>)> {
         self.check_input(sample, timesteps, context)?;
-        let mut record = |name: String, t: &Tensor| {
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.push((name, t.clone()));
-            }
-        };
         let emb = self.time_embedding(cx, timesteps)?;
-        record("time_embedding".into(), &emb);
+        record(&mut trace, || "time_embedding".into(), &emb);
         let temb = cx.be.activation(&emb, Activation::Silu)?;
         drop(emb);
         let mut h = self.conv_in.forward(cx, sample)?;
-        record("conv_in".into(), &h);
+        record(&mut trace, || "conv_in".into(), &h);
         let mut skips = vec![h.clone()];
         let mut down_saved = Vec::new();
         for (i, level) in self.down.iter().enumerate() {
             let mut saved = Vec::new();
-            for layer in &level.layers {
-                let (y, s) = layer.forward(cx, h, &temb, context, save)?;
+            let name = format!("down_blocks.{i}");
+            for (j, layer) in level.layers.iter().enumerate() {
+                let (y, s) = layer.forward(cx, h, &temb, context, save, (&name, j), &mut trace)?;
                 h = y;
                 skips.push(h.clone());
                 saved.extend(s);
@@ -416,30 +426,30 @@ impl Unet {
             if let Some(conv) = &level.downsample {
                 down_hw = Some(hw(&h));
                 h = conv.forward(cx, &h)?;
+                record(&mut trace, || format!("{name}.downsamplers.0"), &h);
                 skips.push(h.clone());
             }
-            record(format!("down_blocks.{i}"), &h);
             down_saved.push(DownSaved {
                 layers: saved,
                 conv_hw: down_hw,
             });
         }
         let mut mid_saved = Vec::new();
-        for layer in &self.mid {
-            let (y, s) = layer.forward(cx, h, &temb, context, save)?;
+        for (j, layer) in self.mid.iter().enumerate() {
+            let (y, s) = layer.forward(cx, h, &temb, context, save, ("mid_block", j), &mut trace)?;
             h = y;
             mid_saved.extend(s);
         }
-        record("mid_block".into(), &h);
         let mut up_saved = Vec::new();
         for (i, level) in self.up.iter().enumerate() {
             let mut saved = Vec::new();
-            for layer in &level.layers {
+            let name = format!("up_blocks.{i}");
+            for (j, layer) in level.layers.iter().enumerate() {
                 let skip = skips.pop().ok_or_else(|| internal("skip stack ran out"))?;
                 let c_h = h.dims()[1];
                 let x = cx.be.concat_channels(&h, &skip)?;
                 drop((h, skip));
-                let (y, s) = layer.forward(cx, x, &temb, context, save)?;
+                let (y, s) = layer.forward(cx, x, &temb, context, save, (&name, j), &mut trace)?;
                 h = y;
                 saved.extend(s.map(|s| (s, c_h)));
             }
@@ -447,15 +457,15 @@ impl Unet {
             if let Some(conv) = &level.upsample {
                 up_hw = Some(hw(&h));
                 h = conv.forward(cx, &cx.be.upsample_nearest2x(&h)?)?;
+                record(&mut trace, || format!("{name}.upsamplers.0"), &h);
             }
-            record(format!("up_blocks.{i}"), &h);
             up_saved.push(UpSaved {
                 layers: saved,
                 pre_upsample_hw: up_hw,
             });
         }
         let (a, out_stats) = self.conv_norm_out.forward(cx, &h, true)?;
-        record("conv_norm_out".into(), &a);
+        record(&mut trace, || "conv_act".into(), &a);
         let out = self.conv_out.forward(cx, &a)?;
         drop(a);
         let tape = save.then_some(UnetTape {

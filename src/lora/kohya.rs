@@ -1,0 +1,72 @@
+//! Reading LoRA files in kohya's format (sd15-formats.md §2.1–2.4), the format AUTOMATIC1111,
+//! ComfyUI and diffusers load:
+//!   <name>.lora_down.weight  [r, in] or [r, in, 1, 1] (1x1 conv layers)
+//!   <name>.lora_up.weight    [out, r] or [out, r, 1, 1]
+//!   <name>.alpha             0-d; missing means alpha = r (scale 1)
+
+use std::path::Path;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::lora::{LoraModule, LoraSet};
+use crate::model::checkpoint::Weights;
+use crate::tensor::DType;
+
+const DOWN: &str = ".lora_down.weight";
+
+/// All adapters in a kohya-format `.safetensors` file, as f32 tensors on `be`, in the
+/// file's key order (sorted by name).
+pub fn load(path: impl AsRef<Path>, be: &dyn Backend) -> Result<LoraSet> {
+    let path = path.as_ref();
+    let w = Weights::open(path)?;
+    let bad = |key: &str, why: String| Error::BadValue {
+        op: "lora file",
+        name: "tensor",
+        value: format!("{key} in {}", path.display()),
+        expected: why,
+    };
+    let mut names: Vec<String> = w
+        .keys()
+        .filter_map(|k| k.strip_suffix(DOWN).map(str::to_string))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(bad("(none)", format!("at least one `*{DOWN}`: this is not a kohya-format LoRA")));
+    }
+    let mut modules = Vec::with_capacity(names.len());
+    for name in names {
+        let down_key = format!("{name}{DOWN}");
+        let up_key = format!("{name}.lora_up.weight");
+        let ds = w.shape(&down_key).map(<[usize]>::to_vec).unwrap_or_default();
+        let us = w
+            .shape(&up_key)
+            .map(<[usize]>::to_vec)
+            .ok_or_else(|| bad(&up_key, format!("present beside {down_key}")))?;
+        let is_conv = ds.len() == 4;
+        let one_by_one = |s: &[usize]| s.len() == 2 || (s.len() == 4 && s[2] == 1 && s[3] == 1);
+        if !one_by_one(&ds) || !one_by_one(&us) || us[1] != ds[0] {
+            return Err(bad(
+                &name,
+                format!("down [r, in] (or [r, in, 1, 1]) and up [out, r]; found {ds:?} and {us:?}"),
+            ));
+        }
+        let (r, i, o) = (ds[0], ds[1], us[0]);
+        let down = w.get(&down_key, ds.clone())?.reshape([r, i])?;
+        let up = w.get(&up_key, us.clone())?.reshape([o, r])?;
+        let alpha_key = format!("{name}.alpha");
+        let alpha = if w.contains(&alpha_key) {
+            w.get(&alpha_key, Vec::<usize>::new())?.to_f64_vec()[0]
+        } else {
+            r as f64
+        };
+        let alpha = if alpha == 0.0 { r as f64 } else { alpha };
+        modules.push(LoraModule {
+            name,
+            down: be.tensor_from_f32(&[r, i], &down.to_f32_vec(), DType::F32)?,
+            up: be.tensor_from_f32(&[o, r], &up.to_f32_vec(), DType::F32)?,
+            alpha,
+            is_conv,
+        });
+    }
+    Ok(LoraSet::new(modules))
+}
