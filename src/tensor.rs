@@ -204,6 +204,10 @@ impl Tensor {
     pub fn numel(&self) -> usize {
         self.shape.numel()
     }
+    /// Bytes of its elements.
+    pub fn size_in_bytes(&self) -> usize {
+        self.numel() * self.dtype().size_in_bytes()
+    }
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::Cpu(d) => d.dtype(),

@@ -13,12 +13,14 @@ use std::path::{Path, PathBuf};
 
 use lorafuse::backend::Accum;
 use lorafuse::lora::kohya;
-use lorafuse::model::checkpoint::{load_sd15, load_sd15_with, ConfigHints, Sd15Checkpoint, Weights};
+use lorafuse::model::checkpoint::{
+    load_sd15, load_sd15_with, ConfigHints, Sd15Checkpoint, Weights,
+};
 use lorafuse::model::clip::ClipTextModel;
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::unet::{Trace, Unet};
 use lorafuse::model::vae::Vae;
-use lorafuse::{Backend, CpuBackend, Tensor};
+use lorafuse::{Backend, CpuBackend, DType, Tensor};
 
 const TOL: f64 = 1e-4;
 
@@ -29,10 +31,18 @@ fn fixtures() -> PathBuf {
 /// Both layouts of the tiny model. The single file needs the group count: shapes cannot show
 /// it, and the fixture departs from SD1.x's 32 to stay small.
 fn checkpoints() -> Vec<(&'static str, Sd15Checkpoint)> {
-    let hints = ConfigHints { norm_num_groups: Some(4) };
+    let hints = ConfigHints {
+        norm_num_groups: Some(4),
+    };
     vec![
-        ("diffusers folder", load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap()),
-        ("single file", load_sd15_with(fixtures().join("tiny-sd15.safetensors"), &hints).unwrap()),
+        (
+            "diffusers folder",
+            load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap(),
+        ),
+        (
+            "single file",
+            load_sd15_with(fixtures().join("tiny-sd15.safetensors"), &hints).unwrap(),
+        ),
     ]
 }
 
@@ -41,7 +51,10 @@ fn reference(file: &str) -> Weights {
 }
 
 fn get(w: &Weights, name: &str) -> Tensor {
-    let shape = w.shape(name).unwrap_or_else(|| panic!("reference {name} missing")).to_vec();
+    let shape = w
+        .shape(name)
+        .unwrap_or_else(|| panic!("reference {name} missing"))
+        .to_vec();
     w.get(name, shape).unwrap()
 }
 
@@ -51,18 +64,32 @@ fn ints(file: &str, name: &str) -> Vec<i64> {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor(name).unwrap();
     assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
-    t.data().chunks(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    t.data()
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
     let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
-    let diff: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    let diff: f64 = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = w.iter().map(|b| b * b).sum::<f64>().sqrt();
     diff / norm.max(1e-30)
 }
 
 fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.numel(), want.numel(), "{what}: {} vs {}", got.shape(), want.shape());
+    assert_eq!(
+        got.numel(),
+        want.numel(),
+        "{what}: {} vs {}",
+        got.shape(),
+        want.shape()
+    );
     let e = rel_err(got, want);
     assert!(e < TOL, "{what}: relative error {e:.3e} >= {TOL:e}");
 }
@@ -72,14 +99,25 @@ fn text_encoder_matches_transformers() {
     let be = CpuBackend::new();
     let cx = Ctx::new(&be, None);
     let r = reference("reference_te.safetensors");
-    let ids: Vec<u32> = ints("reference_te.safetensors", "te.in.input_ids").iter().map(|&i| i as u32).collect();
+    let ids: Vec<u32> = ints("reference_te.safetensors", "te.in.input_ids")
+        .iter()
+        .map(|&i| i as u32)
+        .collect();
     for (layout, ck) in checkpoints() {
         let (cfg, w) = &ck.text_encoder;
         let te = ClipTextModel::load(cfg, w, &be, "text_encoder").unwrap();
         let last = te.forward(&cx, &ids, 2, 1).unwrap();
-        assert_matches(&format!("{layout}: last_hidden_state"), &last, &get(&r, "te.last_hidden_state"));
+        assert_matches(
+            &format!("{layout}: last_hidden_state"),
+            &last,
+            &get(&r, "te.last_hidden_state"),
+        );
         let skip2 = te.forward(&cx, &ids, 2, 2).unwrap();
-        assert_matches(&format!("{layout}: clip_skip 2"), &skip2, &get(&r, "te.clip_skip_2"));
+        assert_matches(
+            &format!("{layout}: clip_skip 2"),
+            &skip2,
+            &get(&r, "te.clip_skip_2"),
+        );
         // Pooled: the row at each sequence's first EOS (511, the largest id).
         let d = cfg.hidden_size;
         let lv = last.to_f32_vec();
@@ -103,15 +141,37 @@ fn vae_matches_diffusers() {
         let (cfg, w) = &ck.vae;
         let vae = Vae::load(cfg, w, &be, "vae").unwrap();
         let post = vae.encode(&cx, &get(&r, "vae.in.image")).unwrap();
-        assert_matches(&format!("{layout}: mean"), &post.mean, &get(&r, "vae.posterior.mean"));
-        assert_matches(&format!("{layout}: logvar"), &post.logvar, &get(&r, "vae.posterior.logvar"));
+        assert_matches(
+            &format!("{layout}: mean"),
+            &post.mean,
+            &get(&r, "vae.posterior.mean"),
+        );
+        assert_matches(
+            &format!("{layout}: logvar"),
+            &post.logvar,
+            &get(&r, "vae.posterior.logvar"),
+        );
         let latents = vae.latents(&cx, &post, None).unwrap();
-        assert_matches(&format!("{layout}: latents"), &latents, &get(&r, "vae.latents"));
+        assert_matches(
+            &format!("{layout}: latents"),
+            &latents,
+            &get(&r, "vae.latents"),
+        );
         let noise = get(&r, "vae.in.sample_noise");
-        let sample = be.gaussian_sample(&post.mean, &post.logvar, Some(&noise), 1.0).unwrap();
-        assert_matches(&format!("{layout}: sample"), &sample, &get(&r, "vae.posterior.sample"));
+        let sample = be
+            .gaussian_sample(&post.mean, &post.logvar, Some(&noise), 1.0)
+            .unwrap();
+        assert_matches(
+            &format!("{layout}: sample"),
+            &sample,
+            &get(&r, "vae.posterior.sample"),
+        );
         let image = vae.decode(&cx, &get(&r, "vae.latents")).unwrap();
-        assert_matches(&format!("{layout}: decode"), &image, &get(&r, "vae.decode.out"));
+        assert_matches(
+            &format!("{layout}: decode"),
+            &image,
+            &get(&r, "vae.decode.out"),
+        );
     }
 }
 
@@ -125,13 +185,25 @@ fn unet_matches_diffusers_block_by_block() {
     let be = CpuBackend::new();
     let cx = Ctx::new(&be, None);
     let r = reference("reference_unet.safetensors");
-    let context = get(&reference("reference_te.safetensors"), "te.last_hidden_state");
+    let context = get(
+        &reference("reference_te.safetensors"),
+        "te.last_hidden_state",
+    );
     let t = timesteps("reference_unet.safetensors", "unet.in.timesteps");
     for (layout, ck) in checkpoints() {
         let (cfg, w) = &ck.unet;
         let unet = Unet::load(cfg, w, &be, "unet").unwrap();
         let mut trace = Trace::new();
-        let (out, tape) = unet.forward(&cx, &get(&r, "unet.in.sample"), &t, &context, false, Some(&mut trace)).unwrap();
+        let (out, tape) = unet
+            .forward(
+                &cx,
+                &get(&r, "unet.in.sample"),
+                &t,
+                &context,
+                false,
+                Some(&mut trace),
+            )
+            .unwrap();
         assert!(tape.is_none());
         let mut compared = 0;
         for (name, act) in &trace {
@@ -152,18 +224,26 @@ fn unet_matches_diffusers_block_by_block() {
 fn lora_loss_and_gradients_match_autograd() {
     let be = CpuBackend::new();
     let r = reference("reference_lora.safetensors");
-    let lora = kohya::load(fixtures().join("tiny-lora.safetensors"), &be).unwrap();
+    let lora = kohya::load(fixtures().join("tiny-lora.safetensors"), &be, DType::F32).unwrap();
     assert_eq!(lora.len(), 192);
     let cx = Ctx::new(&be, Some(&lora));
-    let context = get(&reference("reference_te.safetensors"), "te.last_hidden_state");
+    let context = get(
+        &reference("reference_te.safetensors"),
+        "te.last_hidden_state",
+    );
     let t = timesteps("reference_lora.safetensors", "lora.in.timesteps");
     // The noisy latents from DDPM's schedule, as diffusers' add_noise makes them.
     let abar = get(&r, "scheduler.alphas_cumprod").to_f64_vec();
     let ts = ints("reference_lora.safetensors", "lora.in.timesteps");
     let a: Vec<f64> = ts.iter().map(|&t| abar[t as usize].sqrt()).collect();
-    let b: Vec<f64> = ts.iter().map(|&t| (1.0 - abar[t as usize]).sqrt()).collect();
+    let b: Vec<f64> = ts
+        .iter()
+        .map(|&t| (1.0 - abar[t as usize]).sqrt())
+        .collect();
     let noise = get(&r, "lora.in.noise");
-    let noisy = be.add_noise(&get(&r, "lora.in.x0"), &noise, &a, &b).unwrap();
+    let noisy = be
+        .add_noise(&get(&r, "lora.in.x0"), &noise, &a, &b)
+        .unwrap();
     assert_matches("noisy latents", &noisy, &get(&r, "lora.in.noisy_latents"));
 
     for (layout, ck) in checkpoints() {
@@ -171,26 +251,44 @@ fn lora_loss_and_gradients_match_autograd() {
         let unet = Unet::load(cfg, w, &be, "unet").unwrap();
         let targets = unet.lora_targets(lorafuse::lora::LoraTargets::Transformer);
         assert_eq!(targets.len(), 192);
-        assert!(targets.iter().all(|t| lora.find(&t.name).is_some()), "every target has an adapter in the file");
+        assert!(
+            targets.iter().all(|t| lora.find(&t.name).is_some()),
+            "every target has an adapter in the file"
+        );
         let (out, tape) = unet.forward(&cx, &noisy, &t, &context, true, None).unwrap();
-        assert_matches(&format!("{layout}: output with LoRA"), &out, &get(&r, "lora.unet.out"));
+        assert_matches(
+            &format!("{layout}: output with LoRA"),
+            &out,
+            &get(&r, "lora.unet.out"),
+        );
         let (loss, d_out) = be.mse_loss(&out, &noise, None, 1.0).unwrap();
         let want_loss = get(&r, "lora.loss").to_f64_vec()[0];
-        assert!((loss - want_loss).abs() < TOL * want_loss, "{layout}: loss {loss} vs {want_loss}");
+        assert!(
+            (loss - want_loss).abs() < TOL * want_loss,
+            "{layout}: loss {loss} vs {want_loss}"
+        );
         let mut grads = lora.zero_grads(&be).unwrap();
         grads.accum = Accum::Assign;
-        unet.backward(&cx, &d_out, &context, tape.unwrap(), &mut grads).unwrap();
+        unet.backward(&cx, &d_out, &context, tape.unwrap(), &mut grads)
+            .unwrap();
         let mut worst = (0.0, String::new());
         for (i, m) in lora.modules().iter().enumerate() {
             for (part, g) in [("lora_down", &grads.down[i]), ("lora_up", &grads.up[i])] {
                 let want = get(&r, &format!("grad.{}.{part}.weight", m.name));
                 let e = rel_err(g, &want);
-                assert!(e < TOL, "{layout}: d{part} of {}: relative error {e:.3e}", m.name);
+                assert!(
+                    e < TOL,
+                    "{layout}: d{part} of {}: relative error {e:.3e}",
+                    m.name
+                );
                 if e > worst.0 {
                     worst = (e, format!("{}.{part}", m.name));
                 }
             }
         }
-        println!("{layout}: loss {loss:.8} (torch {want_loss:.8}); worst gradient error {:.2e} at {}", worst.0, worst.1);
+        println!(
+            "{layout}: loss {loss:.8} (torch {want_loss:.8}); worst gradient error {:.2e} at {}",
+            worst.0, worst.1
+        );
     }
 }

@@ -90,6 +90,12 @@ pub struct NormStats {
     pub rstd: Tensor,
 }
 
+impl NormStats {
+    pub fn size_in_bytes(&self) -> usize {
+        self.mean.size_in_bytes() + self.rstd.size_in_bytes()
+    }
+}
+
 /// The pointwise nonlinearities of SD1.x.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {

@@ -14,9 +14,9 @@ use crate::tensor::DType;
 
 const DOWN: &str = ".lora_down.weight";
 
-/// All adapters in a kohya-format `.safetensors` file, as f32 tensors on `be`, in the
-/// file's key order (sorted by name).
-pub fn load(path: impl AsRef<Path>, be: &dyn Backend) -> Result<LoraSet> {
+/// All adapters in a kohya-format `.safetensors` file, as `dtype` tensors on `be` (f32 for
+/// training; f64 for gradient checks), sorted by name.
+pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<LoraSet> {
     let path = path.as_ref();
     let w = Weights::open(path)?;
     let bad = |key: &str, why: String| Error::BadValue {
@@ -31,13 +31,19 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend) -> Result<LoraSet> {
         .collect();
     names.sort();
     if names.is_empty() {
-        return Err(bad("(none)", format!("at least one `*{DOWN}`: this is not a kohya-format LoRA")));
+        return Err(bad(
+            "(none)",
+            format!("at least one `*{DOWN}`: this is not a kohya-format LoRA"),
+        ));
     }
     let mut modules = Vec::with_capacity(names.len());
     for name in names {
         let down_key = format!("{name}{DOWN}");
         let up_key = format!("{name}.lora_up.weight");
-        let ds = w.shape(&down_key).map(<[usize]>::to_vec).unwrap_or_default();
+        let ds = w
+            .shape(&down_key)
+            .map(<[usize]>::to_vec)
+            .unwrap_or_default();
         let us = w
             .shape(&up_key)
             .map(<[usize]>::to_vec)
@@ -62,8 +68,8 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend) -> Result<LoraSet> {
         let alpha = if alpha == 0.0 { r as f64 } else { alpha };
         modules.push(LoraModule {
             name,
-            down: be.tensor_from_f32(&[r, i], &down.to_f32_vec(), DType::F32)?,
-            up: be.tensor_from_f32(&[o, r], &up.to_f32_vec(), DType::F32)?,
+            down: be.tensor_from_f32(&[r, i], &down.to_f32_vec(), dtype)?,
+            up: be.tensor_from_f32(&[o, r], &up.to_f32_vec(), dtype)?,
             alpha,
             is_conv,
         });

@@ -25,6 +25,8 @@ use crate::error::{Error, Result};
 use crate::tensor::{DType, Shape, Tensor};
 pub use real::Real;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 /// The CPU backend. Threads come from rayon's global pool. Every op takes f32 or f64 inputs;
 /// the compute dtype only says what models load their weights as: f32 normally, f64 for
 /// gradient checks through whole models.
@@ -104,8 +106,22 @@ fn dtype_error<T: Real>(op: &'static str, name: &'static str, t: &Tensor) -> Err
     }
 }
 
+/// Bytes of every tensor the CPU ops have returned since the process started: a diagnostic
+/// that measures how much a forward computes in all (its intermediate activations), to compare
+/// with what a tape keeps.
+static OUTPUT_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// The running total of bytes returned by CPU ops (see [`OUTPUT_BYTES`]).
+pub fn output_bytes() -> u64 {
+    OUTPUT_BYTES.load(Ordering::Relaxed)
+}
+
 /// Wraps computed elements into a host tensor.
 pub(crate) fn tensor<T: Real>(shape: impl Into<Shape>, v: Vec<T>) -> Result<Tensor> {
+    OUTPUT_BYTES.fetch_add(
+        (v.len() * std::mem::size_of::<T>()) as u64,
+        Ordering::Relaxed,
+    );
     Tensor::from_cpu(shape, T::into_cpu_data(v))
 }
 

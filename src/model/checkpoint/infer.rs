@@ -137,7 +137,9 @@ pub fn unet(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<UnetConfig,
         cross_attention_dim,
         use_linear_projection: linear_proj,
         attention_head_dim: PerLevel::All(8),
-        norm_num_groups: hints.norm_num_groups.unwrap_or(UnetConfig::sd15().norm_num_groups),
+        norm_num_groups: hints
+            .norm_num_groups
+            .unwrap_or(UnetConfig::sd15().norm_num_groups),
         ..UnetConfig::sd15()
     };
     cfg.validate().map_err(fail)?;
@@ -174,7 +176,9 @@ pub fn vae(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<VaeConfig, C
         block_out_channels,
         layers_per_block,
         latent_channels: dim(w, "vae.post_quant_conv.weight", 0, 4, &fail)?,
-        norm_num_groups: hints.norm_num_groups.unwrap_or(VaeConfig::sd15().norm_num_groups),
+        norm_num_groups: hints
+            .norm_num_groups
+            .unwrap_or(VaeConfig::sd15().norm_num_groups),
         ..VaeConfig::sd15()
     };
     cfg.validate().map_err(fail)?;

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 
 pub use detect::{refuse_pickle, Family};
-pub use infer::ConfigHints;
 pub use error::CheckpointError;
+pub use infer::ConfigHints;
 pub use ldm::{ldm_to_diffusers, LdmLayout};
 pub use weights::Weights;
 
@@ -56,7 +56,10 @@ pub fn load_sd15(path: impl AsRef<Path>) -> crate::Result<Sd15Checkpoint> {
 
 /// [`load_sd15`] with hints for what a single file's shapes cannot tell (a diffusers folder's
 /// config.json says everything, so there they are not used).
-pub fn load_sd15_with(path: impl AsRef<Path>, hints: &ConfigHints) -> crate::Result<Sd15Checkpoint> {
+pub fn load_sd15_with(
+    path: impl AsRef<Path>,
+    hints: &ConfigHints,
+) -> crate::Result<Sd15Checkpoint> {
     let path = path.as_ref();
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => CheckpointError::NotFound {

@@ -42,6 +42,36 @@ struct LayerSaved {
     attention: Option<Transformer2DSaved>,
 }
 
+impl LayerSaved {
+    fn size_in_bytes(&self) -> usize {
+        self.resnet.size_in_bytes()
+            + self
+                .attention
+                .as_ref()
+                .map_or(0, Transformer2DSaved::size_in_bytes)
+    }
+}
+
+impl UnetTape {
+    /// Bytes held by the tape: everything a training forward keeps for the backward.
+    pub fn size_in_bytes(&self) -> usize {
+        let down: usize = self
+            .down
+            .iter()
+            .flat_map(|d| &d.layers)
+            .map(LayerSaved::size_in_bytes)
+            .sum();
+        let mid: usize = self.mid.iter().map(LayerSaved::size_in_bytes).sum();
+        let up: usize = self
+            .up
+            .iter()
+            .flat_map(|u| &u.layers)
+            .map(|(s, _)| s.size_in_bytes())
+            .sum();
+        down + mid + up + self.out_x.size_in_bytes() + self.out_stats.size_in_bytes()
+    }
+}
+
 impl Layer {
     /// `name` is the layer's place, e.g. ("down_blocks.0", 1), for the trace.
     #[allow(clippy::too_many_arguments)]
@@ -436,7 +466,8 @@ impl Unet {
         }
         let mut mid_saved = Vec::new();
         for (j, layer) in self.mid.iter().enumerate() {
-            let (y, s) = layer.forward(cx, h, &temb, context, save, ("mid_block", j), &mut trace)?;
+            let (y, s) =
+                layer.forward(cx, h, &temb, context, save, ("mid_block", j), &mut trace)?;
             h = y;
             mid_saved.extend(s);
         }

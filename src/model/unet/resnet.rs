@@ -33,6 +33,15 @@ pub struct ResnetSaved {
     stats2: NormStats,
 }
 
+impl ResnetSaved {
+    pub fn size_in_bytes(&self) -> usize {
+        self.x.size_in_bytes()
+            + self.h.size_in_bytes()
+            + self.stats1.size_in_bytes()
+            + self.stats2.size_in_bytes()
+    }
+}
+
 impl ResnetBlock {
     /// `temb_dim` = None for the VAE's blocks.
     pub fn load(

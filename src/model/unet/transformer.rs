@@ -50,6 +50,23 @@ pub struct AttentionSaved {
     uo: Option<Tensor>,
 }
 
+fn opt_bytes(t: &Option<Tensor>) -> usize {
+    t.as_ref().map_or(0, Tensor::size_in_bytes)
+}
+
+impl AttentionSaved {
+    pub fn size_in_bytes(&self) -> usize {
+        [&self.q, &self.k, &self.v, &self.o, &self.lse]
+            .iter()
+            .map(|t| t.size_in_bytes())
+            .sum::<usize>()
+            + opt_bytes(&self.uq)
+            + opt_bytes(&self.uk)
+            + opt_bytes(&self.uv)
+            + opt_bytes(&self.uo)
+    }
+}
+
 impl Attention {
     /// Query width `c`, key/value input width `c_kv` (the text width for cross-attention).
     pub fn load(l: &Loader, c: usize, c_kv: usize, heads: usize) -> Result<Self> {
@@ -164,6 +181,23 @@ pub struct BlockSaved {
     u_ff0: Option<Tensor>,
     f: Tensor,
     u_ff2: Option<Tensor>,
+}
+
+impl BlockSaved {
+    pub fn size_in_bytes(&self) -> usize {
+        [&self.x1, &self.x2, &self.x3, &self.f]
+            .iter()
+            .map(|t| t.size_in_bytes())
+            .sum::<usize>()
+            + [&self.s1, &self.s2, &self.s3]
+                .iter()
+                .map(|s| s.size_in_bytes())
+                .sum::<usize>()
+            + self.a1.size_in_bytes()
+            + self.a2.size_in_bytes()
+            + opt_bytes(&self.u_ff0)
+            + opt_bytes(&self.u_ff2)
+    }
 }
 
 impl TransformerBlock {
@@ -283,6 +317,17 @@ pub struct Transformer2DSaved {
     block: BlockSaved,
     x4: Tensor,
     u_out: Option<Tensor>,
+}
+
+impl Transformer2DSaved {
+    pub fn size_in_bytes(&self) -> usize {
+        self.x.size_in_bytes()
+            + self.stats.size_in_bytes()
+            + self.block.size_in_bytes()
+            + self.x4.size_in_bytes()
+            + opt_bytes(&self.u_in)
+            + opt_bytes(&self.u_out)
+    }
 }
 
 impl Transformer2D {
