@@ -251,6 +251,11 @@ fn lora_loss_and_gradients_match_autograd() {
         let unet = Unet::load(cfg, w, &be, "unet").unwrap();
         let targets = unet.lora_targets(lorafuse::lora::LoraTargets::Transformer);
         assert_eq!(targets.len(), 192);
+        assert_eq!(
+            unet.lora_targets(lorafuse::lora::LoraTargets::Attention)
+                .len(),
+            128
+        );
         assert!(
             targets.iter().all(|t| lora.find(&t.name).is_some()),
             "every target has an adapter in the file"
