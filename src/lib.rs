@@ -10,6 +10,7 @@ pub mod lora;
 pub mod model;
 pub mod rng;
 pub mod tensor;
+pub mod train;
 
 pub use backend::cpu::CpuBackend;
 pub use backend::{Accum, Backend};

@@ -1,0 +1,63 @@
+//! Learning-rate schedules, as diffusers' `get_scheduler` (and kohya through it) defines them:
+//! a multiplier of the base rate for optimizer step `step` (0-based, the step about to be
+//! taken), with `warmup` steps of linear warm-up and `total` steps in all.
+//!
+//!   constant               1 (no warm-up, as diffusers' "constant")
+//!   constant_with_warmup   step/warmup during warm-up, then 1
+//!   linear                 warm-up, then (total − step)/(total − warmup), down to 0
+//!   cosine                 warm-up, then ½(1 + cos(π·2·cycles·p)), cycles = ½: one half-wave
+//!   cosine_with_restarts   warm-up, then ½(1 + cos(π·((cycles·p) mod 1))), 0 once p >= 1
+//! with p = (step − warmup)/(total − warmup).
+
+use std::f64::consts::PI;
+
+/// Which schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    Constant,
+    ConstantWithWarmup,
+    Linear,
+    Cosine,
+    CosineWithRestarts,
+}
+
+/// A schedule with its step counts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LrSchedule {
+    pub kind: Schedule,
+    pub base_lr: f64,
+    pub warmup: u64,
+    pub total: u64,
+    /// Cycles of cosine_with_restarts (kohya's lr_scheduler_num_cycles, default 1).
+    pub num_cycles: f64,
+}
+
+impl LrSchedule {
+    /// The learning rate for optimizer step `step` (0-based).
+    pub fn lr(&self, step: u64) -> f64 {
+        self.base_lr * self.factor(step)
+    }
+
+    fn factor(&self, step: u64) -> f64 {
+        let s = step as f64;
+        let warm = self.warmup as f64;
+        if self.kind != Schedule::Constant && step < self.warmup {
+            return s / warm.max(1.0);
+        }
+        let p = (s - warm) / ((self.total as f64 - warm).max(1.0));
+        match self.kind {
+            Schedule::Constant | Schedule::ConstantWithWarmup => 1.0,
+            Schedule::Linear => {
+                ((self.total as f64 - s) / (self.total as f64 - warm).max(1.0)).max(0.0)
+            }
+            Schedule::Cosine => (0.5 * (1.0 + (PI * 2.0 * 0.5 * p).cos())).max(0.0),
+            Schedule::CosineWithRestarts => {
+                if p >= 1.0 {
+                    0.0
+                } else {
+                    (0.5 * (1.0 + (PI * ((self.num_cycles * p) % 1.0)).cos())).max(0.0)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The training loop's parts: schedules by hand, the noise schedule against diffusers', the
+//! flat optimizer's layout, clipping and loss scaling.
+
+use std::path::Path;
+
+use lorafuse::lora::{LoraGrads, LoraModule, LoraSet};
+use lorafuse::model::checkpoint::Weights;
+use lorafuse::train::lr::{LrSchedule, Schedule};
+use lorafuse::train::noise::{alphas_cumprod, min_snr_weights, noise_coefficients};
+use lorafuse::train::optim::{clip_coefficient, AdamWSettings, FlatOptimizer, LossScaler};
+use lorafuse::{Accum, Backend, CpuBackend, DType, Tensor};
+
+fn sched(kind: Schedule) -> LrSchedule {
+    LrSchedule {
+        kind,
+        base_lr: 1.0,
+        warmup: 10,
+        total: 110,
+        num_cycles: 1.0,
+    }
+}
+
+#[test]
+fn schedules_by_hand() {
+    let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    // constant ignores warm-up, as diffusers' "constant" does.
+    close(sched(Schedule::Constant).lr(0), 1.0);
+    let w = sched(Schedule::ConstantWithWarmup);
+    close(w.lr(0), 0.0);
+    close(w.lr(5), 0.5);
+    close(w.lr(10), 1.0);
+    close(w.lr(100), 1.0);
+    let l = sched(Schedule::Linear);
+    close(l.lr(5), 0.5);
+    close(l.lr(10), 1.0);
+    close(l.lr(60), 0.5); // (110 - 60)/(110 - 10)
+    close(l.lr(110), 0.0);
+    let c = sched(Schedule::Cosine);
+    close(c.lr(10), 1.0);
+    close(c.lr(60), 0.5); // half-way: ½(1 + cos(π/2))
+    close(c.lr(110), 0.0);
+    let mut r = sched(Schedule::CosineWithRestarts);
+    r.num_cycles = 2.0;
+    close(r.lr(35), 0.5); // p = 0.25, 2·p mod 1 = 0.5
+    close(r.lr(60), 1.0); // restart at p = 0.5
+    close(r.lr(110), 0.0);
+    let scaled = LrSchedule { base_lr: 1e-4, ..c };
+    close(scaled.lr(60) / 1e-4, 0.5);
+}
+
+#[test]
+fn noise_schedule_matches_diffusers() {
+    let fx =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference_lora.safetensors");
+    let w = Weights::open(fx).unwrap();
+    let want = w
+        .get("scheduler.alphas_cumprod", [1000])
+        .unwrap()
+        .to_f64_vec();
+    let got = alphas_cumprod();
+    // diffusers builds β and the cumulative product in float32; ours is f64. The f32 product
+    // of up to 1000 factors drifts by a few 1e-6 relative, nothing more.
+    let mut worst = 0.0f64;
+    for (t, (a, b)) in got.iter().zip(&want).enumerate() {
+        let rel = (a - b).abs() / b;
+        assert!(rel < 5e-6, "t {t}: {a} vs {b}");
+        worst = worst.max(rel);
+    }
+    println!("worst relative difference from diffusers' f32 schedule: {worst:.1e}");
+    // ᾱ_0 = 1 - 0.00085 exactly.
+    assert!((got[0] - 0.99915).abs() < 1e-15);
+    let (a, b) = noise_coefficients(&got, &[0, 999]);
+    assert!(
+        (a[0] * a[0] + b[0] * b[0] - 1.0).abs() < 1e-12
+            && (a[1] * a[1] + b[1] * b[1] - 1.0).abs() < 1e-12
+    );
+    // min-SNR-5: early timesteps (SNR > 5) are down-weighted to 5/SNR, late ones keep 1.
+    let wts = min_snr_weights(&got, &[0, 999], 5.0);
+    let snr0 = got[0] / (1.0 - got[0]);
+    assert!((wts[0] - 5.0 / snr0).abs() < 1e-12 && wts[1] == 1.0);
+}
+
+fn module(name: &str, down: Vec<f32>, up: Vec<f32>, r: usize) -> LoraModule {
+    let (i, o) = (down.len() / r, up.len() / r);
+    LoraModule {
+        name: name.into(),
+        down: Tensor::from_f32([r, i], down).unwrap(),
+        up: Tensor::from_f32([o, r], up).unwrap(),
+        alpha: r as f64,
+        is_conv: false,
+    }
+}
+
+#[test]
+fn flat_optimizer_round_trips_and_steps() {
+    let be = CpuBackend::new();
+    let mut set = LoraSet::new(vec![
+        module("a", vec![1.0, 2.0, 3.0, 4.0], vec![5.0, 6.0], 2),
+        module("b", vec![7.0, 8.0, 9.0], vec![10.0], 1),
+    ]);
+    let s = AdamWSettings {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    let mut opt = FlatOptimizer::new(&be, &set, s).unwrap();
+    assert_eq!(
+        opt.params.to_f32_vec(),
+        vec![1., 2., 3., 4., 5., 6., 7., 8., 9., 10.]
+    );
+    let grads = LoraGrads {
+        down: vec![
+            Tensor::from_f32([2, 2], vec![1.0, -1.0, 0.0, 2.0]).unwrap(),
+            Tensor::from_f32([1, 3], vec![0.5; 3]).unwrap(),
+        ],
+        up: vec![
+            Tensor::from_f32([1, 2], vec![-3.0, 0.0]).unwrap(),
+            Tensor::from_f32([1, 1], vec![4.0]).unwrap(),
+        ],
+        accum: Accum::Assign,
+    };
+    opt.load_grads(&be, &grads).unwrap();
+    // ‖g‖² = 1 + 1 + 0 + 4 + 9 + 0 + 3·0.25 + 16 = 31.75
+    assert!((opt.grad_norm(&be).unwrap() - 31.75f64.sqrt()).abs() < 1e-6);
+    opt.update(&be, 0.1, 1.0).unwrap();
+    opt.store(&be, &mut set).unwrap();
+    // First Adam step moves each parameter by lr·sign(g) (0 where g = 0).
+    let a = set.modules()[0].down.to_f32_vec();
+    let want = [0.9, 2.1, 3.0, 3.9];
+    for (x, w) in a.iter().zip(want) {
+        assert!((x - w).abs() < 1e-6, "{a:?}");
+    }
+    assert_eq!(set.modules()[1].up.to_f32_vec().len(), 1);
+    assert!((set.modules()[1].up.to_f32_vec()[0] - 9.9).abs() < 1e-6);
+    assert_eq!(set.modules()[0].down.dtype(), DType::F32);
+}
+
+#[test]
+fn clipping_and_loss_scaling() {
+    assert_eq!(clip_coefficient(0.5, 1.0), 1.0);
+    assert!((clip_coefficient(4.0, 1.0) - 1.0 / (4.0 + 1e-6)).abs() < 1e-15);
+    assert_eq!(clip_coefficient(100.0, 0.0), 1.0);
+    let mut s = LossScaler::new(true);
+    assert_eq!(s.scale, 65536.0);
+    assert!(!s.update(false), "an overflowing step is skipped");
+    assert_eq!((s.scale, s.skipped), (32768.0, 1));
+    for _ in 0..2000 {
+        assert!(s.update(true));
+    }
+    assert_eq!(s.scale, 65536.0, "2000 good steps double the scale");
+    let mut off = LossScaler::new(false);
+    assert!(!off.update(false));
+    assert_eq!(
+        (off.scale, off.skipped),
+        (1.0, 1),
+        "non-finite steps are skipped even unscaled"
+    );
+}
