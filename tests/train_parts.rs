@@ -8,7 +8,7 @@ use lorafuse::model::checkpoint::Weights;
 use lorafuse::train::lr::{LrSchedule, Schedule};
 use lorafuse::train::noise::{alphas_cumprod, min_snr_weights, noise_coefficients};
 use lorafuse::train::optim::{clip_coefficient, AdamWSettings, FlatOptimizer, LossScaler};
-use lorafuse::{Accum, Backend, CpuBackend, DType, Tensor};
+use lorafuse::{Accum, CpuBackend, DType, Tensor};
 
 fn sched(kind: Schedule) -> LrSchedule {
     LrSchedule {
