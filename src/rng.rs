@@ -2,6 +2,13 @@
 //! uniform and normal draws: enough for weight init, noise, shuffling and test data, with
 //! results that are the same on every machine for a given seed.
 
+/// A saved generator state (see [`Rng::state`]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RngState {
+    pub s: [u64; 4],
+    pub spare_normal: Option<f64>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Rng {
     s: [u64; 4],
@@ -21,6 +28,22 @@ impl Rng {
         Rng {
             s: [next(), next(), next(), next()],
             spare_normal: None,
+        }
+    }
+
+    /// The full state, to save with a training checkpoint.
+    pub fn state(&self) -> RngState {
+        RngState {
+            s: self.s,
+            spare_normal: self.spare_normal,
+        }
+    }
+
+    /// Continues exactly where `state` was taken.
+    pub fn from_state(state: RngState) -> Self {
+        Rng {
+            s: state.s,
+            spare_normal: state.spare_normal,
         }
     }
 

@@ -4,3 +4,5 @@
 pub mod lr;
 pub mod noise;
 pub mod optim;
+pub mod state;
+pub mod step;

@@ -1,0 +1,151 @@
+//! A tiny random-weight model of SD1.5's full topology, written as a diffusers folder, for
+//! `lorafuse demo` and the end-to-end tests: same blocks, key names and file layout as the real
+//! model, only narrower (UNet 32/64/96/96 channels, VAE 32/32/64/64, a 2-layer CLIP text
+//! encoder 64 wide with the real 49408-token vocabulary, so the real tokenizer applies).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::backend::cpu::CpuBackend;
+use crate::error::{Error, Result};
+use crate::model::clip::ClipTextModel;
+use crate::model::config::{ClipTextConfig, PerLevel, UnetConfig, VaeConfig};
+use crate::model::unet::Unet;
+use crate::model::vae::Vae;
+use crate::model::weights::{RandomWeights, WeightSource};
+use crate::tensor::Tensor;
+use crate::train::state::write_atomic;
+
+/// The demo UNet: SD1.5's configuration with narrow levels and 64-wide text.
+pub fn unet_config() -> UnetConfig {
+    UnetConfig {
+        block_out_channels: vec![32, 64, 96, 96],
+        cross_attention_dim: 64,
+        attention_head_dim: PerLevel::All(8),
+        sample_size: 8,
+        ..UnetConfig::sd15()
+    }
+}
+
+/// The demo VAE: SD1.5's with 32/32/64/64 channels (images 8x the latents).
+pub fn vae_config() -> VaeConfig {
+    VaeConfig {
+        block_out_channels: vec![32, 32, 64, 64],
+        sample_size: 64,
+        ..VaeConfig::sd15()
+    }
+}
+
+/// The demo text encoder: 2 layers, one 64-wide head, the real vocabulary and 77 positions.
+pub fn clip_config() -> ClipTextConfig {
+    ClipTextConfig {
+        hidden_size: 64,
+        intermediate_size: 256,
+        num_hidden_layers: 2,
+        num_attention_heads: 1,
+        ..ClipTextConfig::sd15()
+    }
+}
+
+/// Hands out random weights and remembers every (name, tensor) asked for, so the exact set a
+/// model reads can be written to a file.
+struct Recorder {
+    src: RandomWeights,
+    seen: RefCell<BTreeMap<String, Tensor>>,
+}
+
+impl WeightSource for Recorder {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.src.tensor(name, shape)?;
+        self.seen.borrow_mut().insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>, strip: &str) -> Result<Vec<u8>> {
+    let bufs: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let name = k.strip_prefix(strip).unwrap_or(k).to_string();
+            (name, t.to_f32_vec().iter().flat_map(|x| x.to_le_bytes()).collect(), t.dims().to_vec())
+        })
+        .collect();
+    let views = bufs
+        .iter()
+        .map(|(n, b, s)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| write_error(n, e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, None).map_err(|e| write_error("weights", e.to_string()))
+}
+
+fn write_error(what: &str, why: String) -> Error {
+    Error::BadValue {
+        op: "demo model",
+        name: "tensor",
+        value: what.to_string(),
+        expected: format!("serialisable weights ({why})"),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value).map_err(|e| write_error("config.json", e.to_string()))
+}
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::BadValue {
+        op: "demo model",
+        name: "folder",
+        value: dir.display().to_string(),
+        expected: format!("a folder that can be created ({e})"),
+    })
+}
+
+/// Writes the tiny model to `dir` (a diffusers folder) with weights drawn from `seed`;
+/// returns `dir`.
+pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<PathBuf> {
+    let be = CpuBackend::new();
+    let rec = Recorder {
+        src: RandomWeights { seed },
+        seen: RefCell::new(BTreeMap::new()),
+    };
+    let (uc, vc, cc) = (unet_config(), vae_config(), clip_config());
+    Unet::load(&uc, &rec, &be, "unet")?;
+    Vae::load(&vc, &rec, &be, "vae")?;
+    ClipTextModel::load(&cc, &rec, &be, "text_encoder")?;
+    let all = rec.seen.into_inner();
+    let part = |prefix: &str| -> BTreeMap<String, Tensor> {
+        all.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect()
+    };
+    create_dir(dir)?;
+    let index = serde_json::json!({
+        "_class_name": "StableDiffusionPipeline",
+        "_note": "lorafuse demo: a tiny random-weight model of SD1.5's topology",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+    });
+    write_atomic(&dir.join("model_index.json"), &json(&index)?)?;
+    let parts = [
+        ("unet", "diffusion_pytorch_model.safetensors", json(&uc)?),
+        ("vae", "diffusion_pytorch_model.safetensors", json(&vc)?),
+        ("text_encoder", "model.safetensors", json(&cc)?),
+    ];
+    for (name, file, config) in parts {
+        let sub = dir.join(name);
+        create_dir(&sub)?;
+        write_atomic(&sub.join("config.json"), &config)?;
+        let prefix = format!("{name}.");
+        write_atomic(&sub.join(file), &safetensors_bytes(&part(&prefix), &prefix)?)?;
+    }
+    Ok(dir.to_path_buf())
+}

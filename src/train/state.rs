@@ -1,0 +1,132 @@
+//! The resumable training state: the adapters, both AdamW moments, the step counters, every
+//! RNG's state and the loss scale, in one `.safetensors` file (tensors `params`, `m`, `v`; the
+//! rest as JSON in the header's metadata), written to a temporary file and renamed so an
+//! interruption never leaves a broken state behind.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::rng::RngState;
+use crate::tensor::Tensor;
+
+/// Everything but the three flat buffers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Micro-batches of the current epoch already consumed.
+    pub batch_in_epoch: u64,
+    /// The data-order RNG at the start of the current epoch (its batches are rebuilt from it).
+    pub epoch_rng: RngState,
+    /// The noise RNG now.
+    pub noise_rng: RngState,
+    pub loss_scale: f64,
+    pub loss_scale_good_steps: u32,
+    pub skipped_steps: u64,
+    /// Best validation loss so far and the step it was seen at.
+    pub best_validation: Option<(u64, f64)>,
+    /// Validations since the best one (early stopping).
+    pub validations_since_best: u64,
+    /// (step, loss) of every optimizer step, and of every validation.
+    pub train_losses: Vec<(u64, f64)>,
+    pub validation_losses: Vec<(u64, f64)>,
+    /// The effective configuration the run started with, to refuse a resume that changed it.
+    pub config_fingerprint: String,
+}
+
+const FORMAT: &str = "lorafuse-train-state-1";
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, fsynced, then renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let io = |what: &str, p: &Path, e: std::io::Error| Error::BadValue {
+        op: "write",
+        name: "file",
+        value: p.display().to_string(),
+        expected: format!("a writable location ({what} failed: {e})"),
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
+        f.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
+        f.sync_all().map_err(|e| io("sync", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io("rename", path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Saves the state to `path` atomically.
+pub fn save(path: &Path, progress: &Progress, params: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
+    let json = serde_json::to_string(progress).map_err(|e| bad(path, format!("cannot encode the state: {e}")))?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("progress".to_string(), json);
+    let bufs: Vec<(&str, Vec<u8>, Vec<usize>)> = [("params", params), ("m", m), ("v", v)]
+        .iter()
+        .map(|(n, t)| (*n, t.to_f32_vec().iter().flat_map(|x| x.to_le_bytes()).collect(), t.dims().to_vec()))
+        .collect();
+    let views = bufs
+        .iter()
+        .map(|(n, b, s)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.to_string(), v))
+                .map_err(|e| bad(path, format!("cannot lay out {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| bad(path, format!("cannot serialize: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+/// The saved state: progress and the three flat f32 buffers.
+pub struct Saved {
+    pub progress: Progress,
+    pub params: Tensor,
+    pub m: Tensor,
+    pub v: Tensor,
+}
+
+/// Reads a state written by [`save`].
+pub fn load(path: &Path) -> Result<Saved> {
+    let bytes = std::fs::read(path).map_err(|e| bad(path, format!("cannot read it: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(path, format!("not a training state: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(bad(path, format!("not a lorafuse training state (expected format {FORMAT})")));
+    }
+    let progress: Progress = serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or(""))
+        .map_err(|e| bad(path, format!("its progress record is damaged: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, format!("not a training state: {e}")))?;
+    let get = |name: &str| -> Result<Tensor> {
+        let t = st.tensor(name).map_err(|e| bad(path, format!("tensor {name} missing: {e}")))?;
+        if t.dtype() != safetensors::Dtype::F32 {
+            return Err(bad(path, format!("tensor {name} is not f32")));
+        }
+        let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Tensor::from_f32(t.shape(), v)
+    };
+    Ok(Saved {
+        progress,
+        params: get("params")?,
+        m: get("m")?,
+        v: get("v")?,
+    })
+}
+
+fn bad(path: &Path, why: String) -> Error {
+    Error::BadValue {
+        op: "training state",
+        name: "file",
+        value: path.display().to_string(),
+        expected: why,
+    }
+}

@@ -1,0 +1,106 @@
+//! One micro-batch of LoRA training on cached latents and text embeddings, and the
+//! fixed-noise evaluation that makes losses comparable across evaluations and runs.
+//!
+//!   t ~ U{0..999}, ε ~ N(0, I) (+ noise_offset·n per sample and channel)
+//!   x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε
+//!   loss = (1/N) Σ_n w_n·mean((UNet(x_t, t, c) − ε)²),  w = min-SNR-γ weights or 1
+//! The backward writes `= ` or `+=` into the LoRA gradients by `grads.accum`; the loss
+//! gradient is multiplied by `grad_scale` (the loss scale over the accumulation steps).
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::lora::{LoraGrads, LoraSet};
+use crate::model::layers::Ctx;
+use crate::model::unet::Unet;
+use crate::rng::Rng;
+use crate::tensor::{DType, Tensor};
+use crate::train::noise::{gaussian, min_snr_weights, noise_coefficients, sample_timesteps};
+
+/// The objective's options.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Objective {
+    pub noise_offset: f64,
+    pub min_snr_gamma: Option<f64>,
+}
+
+/// Draws the noise of one micro-batch: timesteps, ε (with offset noise) and x_t.
+pub struct Noised {
+    pub timesteps: Vec<usize>,
+    pub noise: Tensor,
+    pub noisy: Tensor,
+}
+
+/// Noises `latents` [N, C, h, w] with draws from `rng`.
+pub fn noise_batch(be: &dyn Backend, latents: &Tensor, abar: &[f64], obj: &Objective, rng: &mut Rng) -> Result<Noised> {
+    let d = latents.dims().to_vec();
+    let (n, c) = (d[0], d[1]);
+    let dtype = latents.dtype();
+    let timesteps = sample_timesteps(rng, n);
+    let mut noise = be.tensor_from_f32(&d, &gaussian(rng, latents.numel()), dtype)?;
+    if obj.noise_offset != 0.0 {
+        let offset: Vec<f32> = gaussian(rng, n * c).iter().map(|v| v * obj.noise_offset as f32).collect();
+        noise = be.add_channel_bias(&noise, &be.tensor_from_f32(&[n, c], &offset, dtype)?)?;
+    }
+    let (a, b) = noise_coefficients(abar, &timesteps);
+    let noisy = be.add_noise(latents, &noise, &a, &b)?;
+    Ok(Noised { timesteps, noise, noisy })
+}
+
+fn timestep_tensor(be: &dyn Backend, t: &[usize], dtype: DType) -> Result<Tensor> {
+    let v: Vec<f32> = t.iter().map(|&t| t as f32).collect();
+    be.tensor_from_f32(&[v.len()], &v, dtype)
+}
+
+/// Forward, loss and LoRA backward of one micro-batch; returns the (unscaled) loss.
+#[allow(clippy::too_many_arguments)]
+pub fn train_micro_batch(
+    be: &dyn Backend,
+    unet: &Unet,
+    lora: &LoraSet,
+    grads: &mut LoraGrads,
+    latents: &Tensor,
+    context: &Tensor,
+    abar: &[f64],
+    obj: &Objective,
+    grad_scale: f64,
+    rng: &mut Rng,
+) -> Result<f64> {
+    let cx = Ctx::new(be, Some(lora));
+    let nz = noise_batch(be, latents, abar, obj, rng)?;
+    let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
+    let (pred, tape) = unet.forward(&cx, &nz.noisy, &t, context, true, None)?;
+    let weights = obj.min_snr_gamma.map(|g| min_snr_weights(abar, &nz.timesteps, g));
+    let (loss, d_pred) = be.mse_loss(&pred, &nz.noise, weights.as_deref(), grad_scale)?;
+    drop(pred);
+    if let Some(tape) = tape {
+        unet.backward(&cx, &d_pred, context, tape, grads)?;
+    }
+    Ok(loss)
+}
+
+/// The loss of `lora` on (latents, context) pairs with noise and timesteps drawn from a fixed
+/// seed, one draw per pair in order: the same seed gives the same noise, so two evaluations
+/// differ only by the adapters. Unweighted MSE, averaged over pairs.
+pub fn fixed_noise_loss(
+    be: &dyn Backend,
+    unet: &Unet,
+    lora: Option<&LoraSet>,
+    pairs: &[(Tensor, Tensor)],
+    abar: &[f64],
+    seed: u64,
+) -> Result<f64> {
+    let cx = Ctx::new(be, lora);
+    let mut rng = Rng::new(seed);
+    let obj = Objective {
+        noise_offset: 0.0,
+        min_snr_gamma: None,
+    };
+    let mut total = 0.0;
+    for (latents, context) in pairs {
+        let nz = noise_batch(be, latents, abar, &obj, &mut rng)?;
+        let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
+        let (pred, _) = unet.forward(&cx, &nz.noisy, &t, context, false, None)?;
+        total += be.mse_loss(&pred, &nz.noise, None, 1.0)?.0;
+    }
+    Ok(total / pairs.len().max(1) as f64)
+}
