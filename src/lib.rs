@@ -9,6 +9,7 @@ pub mod error;
 pub mod lora;
 pub mod model;
 pub mod rng;
+pub mod sample;
 pub mod tensor;
 
 pub use backend::cpu::CpuBackend;
