@@ -10,6 +10,7 @@ pub mod error;
 pub mod lora;
 pub mod model;
 pub mod rng;
+pub mod sample;
 pub mod tensor;
 pub mod train;
 
