@@ -71,7 +71,14 @@ fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>, strip: &str) -> Result<
         .iter()
         .map(|(k, t)| {
             let name = k.strip_prefix(strip).unwrap_or(k).to_string();
-            (name, t.to_f32_vec().iter().flat_map(|x| x.to_le_bytes()).collect(), t.dims().to_vec())
+            (
+                name,
+                t.to_f32_vec()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+                t.dims().to_vec(),
+            )
         })
         .collect();
     let views = bufs
@@ -145,7 +152,10 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<PathBuf> {
         create_dir(&sub)?;
         write_atomic(&sub.join("config.json"), &config)?;
         let prefix = format!("{name}.");
-        write_atomic(&sub.join(file), &safetensors_bytes(&part(&prefix), &prefix)?)?;
+        write_atomic(
+            &sub.join(file),
+            &safetensors_bytes(&part(&prefix), &prefix)?,
+        )?;
     }
     Ok(dir.to_path_buf())
 }

@@ -1,49 +1,29 @@
 //! The training objective's randomness and weights: DDPM's forward process as kohya trains
-//! SD1.x (scaled_linear β from 0.00085 to 0.012 over 1000 steps, ε-prediction), uniform
+//! SD1.x (the schedule is `sample::schedule::NoiseSchedule::sd15()`, ε-prediction), uniform
 //! timesteps, offset noise, and min-SNR loss weights.
 //!
-//!   ᾱ_t = Π_{s<=t} (1 − β_s),  β = linspace(sqrt(0.00085), sqrt(0.012), 1000)²
 //!   x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε
 //!   offset noise: ε += noise_offset·n, n ~ N(0, 1) per (sample, channel)   (kohya, Guttenberg)
 //!   min-SNR-γ (ε-prediction): w_t = min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1 − ᾱ_t)
 
 use crate::rng::Rng;
+use crate::sample::schedule::NoiseSchedule;
 
-/// ᾱ_t of kohya's SD1.x training schedule, t = 0..999.
-pub fn alphas_cumprod() -> Vec<f64> {
-    let (a, b, n) = (0.00085f64.sqrt(), 0.012f64.sqrt(), 1000);
-    let mut acc = 1.0;
-    (0..n)
-        .map(|i| {
-            let beta = (a + (b - a) * i as f64 / (n - 1) as f64).powi(2);
-            acc *= 1.0 - beta;
-            acc
-        })
-        .collect()
-}
-
-/// (sqrt(ᾱ_t), sqrt(1 − ᾱ_t)) for each timestep: the add_noise coefficients.
-pub fn noise_coefficients(abar: &[f64], timesteps: &[usize]) -> (Vec<f64>, Vec<f64>) {
-    timesteps
-        .iter()
-        .map(|&t| (abar[t].sqrt(), (1.0 - abar[t]).sqrt()))
-        .unzip()
-}
-
-/// min(SNR_t, γ)/SNR_t per timestep.
-pub fn min_snr_weights(abar: &[f64], timesteps: &[usize], gamma: f64) -> Vec<f64> {
+/// min(SNR_t, γ)/SNR_t per timestep (timesteps from [`sample_timesteps`], always in range).
+pub fn min_snr_weights(schedule: &NoiseSchedule, timesteps: &[usize], gamma: f64) -> Vec<f64> {
     timesteps
         .iter()
         .map(|&t| {
-            let snr = abar[t] / (1.0 - abar[t]);
+            let snr = schedule.snr(t).unwrap_or(f64::INFINITY);
             snr.min(gamma) / snr
         })
         .collect()
 }
 
-/// `n` timesteps uniform in [0, 1000).
-pub fn sample_timesteps(rng: &mut Rng, n: usize) -> Vec<usize> {
-    (0..n).map(|_| rng.below(1000) as usize).collect()
+/// `n` timesteps uniform over the schedule's steps.
+pub fn sample_timesteps(rng: &mut Rng, schedule: &NoiseSchedule, n: usize) -> Vec<usize> {
+    let steps = schedule.num_train_timesteps() as u64;
+    (0..n).map(|_| rng.below(steps.max(1)) as usize).collect()
 }
 
 /// Standard normal noise, as f32.

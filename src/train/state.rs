@@ -50,8 +50,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         value: p.display().to_string(),
         expected: format!("a writable location ({what} failed: {e})"),
     };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
@@ -66,14 +72,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Saves the state to `path` atomically.
-pub fn save(path: &Path, progress: &Progress, params: &Tensor, m: &Tensor, v: &Tensor) -> Result<()> {
-    let json = serde_json::to_string(progress).map_err(|e| bad(path, format!("cannot encode the state: {e}")))?;
+pub fn save(
+    path: &Path,
+    progress: &Progress,
+    params: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+) -> Result<()> {
+    let json = serde_json::to_string(progress)
+        .map_err(|e| bad(path, format!("cannot encode the state: {e}")))?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert("progress".to_string(), json);
     let bufs: Vec<(&str, Vec<u8>, Vec<usize>)> = [("params", params), ("m", m), ("v", v)]
         .iter()
-        .map(|(n, t)| (*n, t.to_f32_vec().iter().flat_map(|x| x.to_le_bytes()).collect(), t.dims().to_vec()))
+        .map(|(n, t)| {
+            (
+                *n,
+                t.to_f32_vec()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+                t.dims().to_vec(),
+            )
+        })
         .collect();
     let views = bufs
         .iter()
@@ -83,7 +105,8 @@ pub fn save(path: &Path, progress: &Progress, params: &Tensor, m: &Tensor, v: &T
                 .map_err(|e| bad(path, format!("cannot lay out {n}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| bad(path, format!("cannot serialize: {e}")))?;
+    let bytes = safetensors::serialize(views, Some(meta))
+        .map_err(|e| bad(path, format!("cannot serialize: {e}")))?;
     write_atomic(path, &bytes)
 }
 
@@ -98,20 +121,32 @@ pub struct Saved {
 /// Reads a state written by [`save`].
 pub fn load(path: &Path) -> Result<Saved> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, format!("cannot read it: {e}")))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(path, format!("not a training state: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(path, format!("not a training state: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(bad(path, format!("not a lorafuse training state (expected format {FORMAT})")));
+        return Err(bad(
+            path,
+            format!("not a lorafuse training state (expected format {FORMAT})"),
+        ));
     }
-    let progress: Progress = serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or(""))
-        .map_err(|e| bad(path, format!("its progress record is damaged: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(path, format!("not a training state: {e}")))?;
+    let progress: Progress =
+        serde_json::from_str(meta.get("progress").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(path, format!("its progress record is damaged: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(path, format!("not a training state: {e}")))?;
     let get = |name: &str| -> Result<Tensor> {
-        let t = st.tensor(name).map_err(|e| bad(path, format!("tensor {name} missing: {e}")))?;
+        let t = st
+            .tensor(name)
+            .map_err(|e| bad(path, format!("tensor {name} missing: {e}")))?;
         if t.dtype() != safetensors::Dtype::F32 {
             return Err(bad(path, format!("tensor {name} is not f32")));
         }
-        let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Tensor::from_f32(t.shape(), v)
     };
     Ok(Saved {

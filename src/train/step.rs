@@ -8,13 +8,14 @@
 //! gradient is multiplied by `grad_scale` (the loss scale over the accumulation steps).
 
 use crate::backend::Backend;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lora::{LoraGrads, LoraSet};
 use crate::model::layers::Ctx;
 use crate::model::unet::Unet;
 use crate::rng::Rng;
+use crate::sample::schedule::NoiseSchedule;
 use crate::tensor::{DType, Tensor};
-use crate::train::noise::{gaussian, min_snr_weights, noise_coefficients, sample_timesteps};
+use crate::train::noise::{gaussian, min_snr_weights, sample_timesteps};
 
 /// The objective's options.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -31,19 +32,39 @@ pub struct Noised {
 }
 
 /// Noises `latents` [N, C, h, w] with draws from `rng`.
-pub fn noise_batch(be: &dyn Backend, latents: &Tensor, abar: &[f64], obj: &Objective, rng: &mut Rng) -> Result<Noised> {
+pub fn noise_batch(
+    be: &dyn Backend,
+    latents: &Tensor,
+    schedule: &NoiseSchedule,
+    obj: &Objective,
+    rng: &mut Rng,
+) -> Result<Noised> {
     let d = latents.dims().to_vec();
     let (n, c) = (d[0], d[1]);
     let dtype = latents.dtype();
-    let timesteps = sample_timesteps(rng, n);
+    let timesteps = sample_timesteps(rng, schedule, n);
     let mut noise = be.tensor_from_f32(&d, &gaussian(rng, latents.numel()), dtype)?;
     if obj.noise_offset != 0.0 {
-        let offset: Vec<f32> = gaussian(rng, n * c).iter().map(|v| v * obj.noise_offset as f32).collect();
+        let offset: Vec<f32> = gaussian(rng, n * c)
+            .iter()
+            .map(|v| v * obj.noise_offset as f32)
+            .collect();
         noise = be.add_channel_bias(&noise, &be.tensor_from_f32(&[n, c], &offset, dtype)?)?;
     }
-    let (a, b) = noise_coefficients(abar, &timesteps);
+    let (a, b) = schedule
+        .add_noise_coefficients(&timesteps)
+        .map_err(|e| Error::BadValue {
+            op: "noise",
+            name: "timesteps",
+            value: format!("{timesteps:?}"),
+            expected: e.to_string(),
+        })?;
     let noisy = be.add_noise(latents, &noise, &a, &b)?;
-    Ok(Noised { timesteps, noise, noisy })
+    Ok(Noised {
+        timesteps,
+        noise,
+        noisy,
+    })
 }
 
 fn timestep_tensor(be: &dyn Backend, t: &[usize], dtype: DType) -> Result<Tensor> {
@@ -60,16 +81,18 @@ pub fn train_micro_batch(
     grads: &mut LoraGrads,
     latents: &Tensor,
     context: &Tensor,
-    abar: &[f64],
+    schedule: &NoiseSchedule,
     obj: &Objective,
     grad_scale: f64,
     rng: &mut Rng,
 ) -> Result<f64> {
     let cx = Ctx::new(be, Some(lora));
-    let nz = noise_batch(be, latents, abar, obj, rng)?;
+    let nz = noise_batch(be, latents, schedule, obj, rng)?;
     let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
     let (pred, tape) = unet.forward(&cx, &nz.noisy, &t, context, true, None)?;
-    let weights = obj.min_snr_gamma.map(|g| min_snr_weights(abar, &nz.timesteps, g));
+    let weights = obj
+        .min_snr_gamma
+        .map(|g| min_snr_weights(schedule, &nz.timesteps, g));
     let (loss, d_pred) = be.mse_loss(&pred, &nz.noise, weights.as_deref(), grad_scale)?;
     drop(pred);
     if let Some(tape) = tape {
@@ -86,7 +109,7 @@ pub fn fixed_noise_loss(
     unet: &Unet,
     lora: Option<&LoraSet>,
     pairs: &[(Tensor, Tensor)],
-    abar: &[f64],
+    schedule: &NoiseSchedule,
     seed: u64,
 ) -> Result<f64> {
     let cx = Ctx::new(be, lora);
@@ -97,7 +120,7 @@ pub fn fixed_noise_loss(
     };
     let mut total = 0.0;
     for (latents, context) in pairs {
-        let nz = noise_batch(be, latents, abar, &obj, &mut rng)?;
+        let nz = noise_batch(be, latents, schedule, &obj, &mut rng)?;
         let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
         let (pred, _) = unet.forward(&cx, &nz.noisy, &t, context, false, None)?;
         total += be.mse_loss(&pred, &nz.noise, None, 1.0)?.0;
