@@ -4,10 +4,12 @@
 //! [`backend::Backend`], with [`backend::cpu::CpuBackend`] as the numeric reference that every
 //! GPU kernel is checked against; [`tensor::Tensor`] is a shape, a dtype and a buffer.
 
+pub mod atomic;
 pub mod backend;
 pub mod error;
 pub mod lora;
 pub mod model;
+pub mod monitor;
 pub mod rng;
 pub mod tensor;
 
