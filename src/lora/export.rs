@@ -317,7 +317,7 @@ pub struct BaseModelInfo {
 }
 
 impl BaseModelInfo {
-    /// Name and both hashes of a model file. Reads the whole file (about 10 s for 4 GB); for
+    /// Name and both hashes of a model file. Reads the whole file (about 30 s for 4 GB); for
     /// a folder (diffusers layout) only the name is recorded, as kohya does.
     pub fn from_path(path: &Path) -> Result<BaseModelInfo> {
         let name = path

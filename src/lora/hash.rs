@@ -9,7 +9,9 @@
 //!   `sshs_legacy_hash` (the legacy hash of the file) — see `export.rs`.
 //!
 //! Written here rather than taken from a crate: it is 80 lines, checked against the FIPS
-//! test vectors below. Speed: about 300–500 MB/s on one core, 10 s or so for a 4 GB model.
+//! test vectors. Speed: about 150 MB/s on one core of the build machine, so about 30 s for
+//! a 4 GB model (a SHA-NI implementation would be ~10x faster; hashing the base model happens
+//! once per run).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
