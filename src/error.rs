@@ -1,6 +1,8 @@
 //! The library's error type. Every variant carries what a person needs to fix the call:
 //! the op, the argument names and, for shape errors, both shapes.
 
+use std::path::PathBuf;
+
 use crate::tensor::{DType, Shape};
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -70,4 +72,31 @@ pub enum Error {
     /// A model file or folder cannot be loaded (see `model::checkpoint::CheckpointError`).
     #[error(transparent)]
     Checkpoint(#[from] crate::model::checkpoint::CheckpointError),
+    /// Writing an output (a LoRA, a merged checkpoint, an event file, a plot) failed at one
+    /// step; the file is named, and an existing file of that name is left as it was.
+    #[error("{}: cannot {action}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    /// A LoRA file, or a LoRA and the checkpoint it is merged into, that do not fit: `detail`
+    /// says what is wrong and what to do.
+    #[error("{}: {detail}", .path.display())]
+    Lora { path: PathBuf, detail: String },
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub(crate) fn io(
+        path: &std::path::Path,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Error {
+        Error::Io {
+            path: path.to_path_buf(),
+            action,
+            source,
+        }
+    }
 }

@@ -4,11 +4,13 @@
 //! [`backend::Backend`], with [`backend::cpu::CpuBackend`] as the numeric reference that every
 //! GPU kernel is checked against; [`tensor::Tensor`] is a shape, a dtype and a buffer.
 
+pub mod atomic;
 pub mod backend;
 pub mod demo;
 pub mod error;
 pub mod lora;
 pub mod model;
+pub mod monitor;
 pub mod rng;
 pub mod sample;
 pub mod tensor;

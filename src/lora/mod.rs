@@ -6,7 +6,12 @@
 //! (kohya's convention; sd15-formats.md §2.3). The frozen model looks its layers up here by
 //! name, so any set whose names match can be applied: freshly initialised, or loaded from a file.
 
+pub mod export;
+pub mod hash;
+pub mod inspect;
 pub mod kohya;
+pub mod merge;
+mod write;
 
 use std::collections::HashMap;
 

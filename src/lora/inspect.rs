@@ -1,0 +1,379 @@
+//! What is in a kohya-format LoRA file, without loading it as a model: module counts (UNet,
+//! text encoder), ranks, alphas, dtypes, the parameter count, which kind of layers it targets,
+//! NaN/inf values, whether `sshs_model_hash` still matches the tensors, and the metadata.
+//! Tolerant: oddities (a missing `lora_up`, tensors that belong to no module) are listed in
+//! the summary, not errors; only a file that is not safetensors or holds no kohya LoRA is.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::lora::export::addnet_hashes_of_file;
+use crate::model::checkpoint::safetensors::{to_f32, SafetensorsFile};
+
+const DOWN: &str = ".lora_down.weight";
+const UP: &str = ".lora_up.weight";
+const ALPHA: &str = ".alpha";
+
+/// Which UNet layers a LoRA adapts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// Only linear and 1x1-conv layers of the Transformer2D blocks, not all of them
+    /// attention projections: kohya's default (proj_in, proj_out, attention, feed-forward).
+    Transformer,
+    /// Only attention projections (to_q, to_k, to_v, to_out.0): diffusers' default.
+    Attention,
+    /// Layers outside the Transformer2D blocks too (LoCon's resnets, conv_in, …); a few
+    /// module names as examples.
+    Other { examples: Vec<String> },
+    /// No UNet module.
+    NoUnet,
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetKind::Transformer => f.write_str(
+                "transformer blocks: proj_in/proj_out, attention, feed-forward (kohya's default)",
+            ),
+            TargetKind::Attention => f.write_str("attention only: to_q, to_k, to_v, to_out"),
+            TargetKind::Other { examples } => {
+                write!(
+                    f,
+                    "beyond the transformer blocks, e.g. {}",
+                    examples.join(", ")
+                )
+            }
+            TargetKind::NoUnet => f.write_str("no UNet layer"),
+        }
+    }
+}
+
+/// A LoRA file's contents, for `lorafuse inspect`.
+#[derive(Clone, Debug)]
+pub struct LoraSummary {
+    pub path: PathBuf,
+    pub file_size: u64,
+    pub modules: usize,
+    pub unet_modules: usize,
+    pub text_encoder_modules: usize,
+    /// Modules whose name starts with neither `lora_unet_` nor `lora_te`.
+    pub other_modules: usize,
+    /// Modules stored 4-D ([r, in, 1, 1]).
+    pub conv_modules: usize,
+    /// rank → number of modules.
+    pub ranks: BTreeMap<usize, usize>,
+    /// Distinct alphas (ascending) with their number of modules.
+    pub alphas: Vec<(f64, usize)>,
+    /// Modules without an `.alpha` (loaders then take alpha = rank).
+    pub modules_without_alpha: usize,
+    /// dtype name ("F16") → number of tensors.
+    pub dtypes: BTreeMap<String, usize>,
+    /// Elements of every lora_down and lora_up.
+    pub parameters: usize,
+    pub targets: TargetKind,
+    /// NaN or infinite elements across all tensors.
+    pub non_finite: usize,
+    /// Tensors that are not part of a down/up/alpha triple (sorted).
+    pub extra_tensors: Vec<String>,
+    /// Malformed modules, one line each.
+    pub problems: Vec<String>,
+    /// Some(true) when `sshs_model_hash` equals the SHA-256 of the tensor bytes, Some(false)
+    /// when it differs (the tensors changed after saving), None when absent.
+    pub sshs_model_hash_matches: Option<bool>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Attention projections, after `…_transformer_blocks_N_`.
+const ATTENTION_SUFFIXES: [&str; 8] = [
+    "_attn1_to_q",
+    "_attn1_to_k",
+    "_attn1_to_v",
+    "_attn1_to_out_0",
+    "_attn2_to_q",
+    "_attn2_to_k",
+    "_attn2_to_v",
+    "_attn2_to_out_0",
+];
+/// The other linear / 1x1-conv layers of a Transformer2D block.
+const TRANSFORMER_SUFFIXES: [&str; 4] = ["_proj_in", "_proj_out", "_ff_net_0_proj", "_ff_net_2"];
+
+fn classify_unet(names: &[&str]) -> TargetKind {
+    if names.is_empty() {
+        return TargetKind::NoUnet;
+    }
+    let in_transformer = |n: &str| n.contains("_attentions_");
+    let is_attention =
+        |n: &str| in_transformer(n) && ATTENTION_SUFFIXES.iter().any(|s| n.ends_with(s));
+    let is_transformer =
+        |n: &str| in_transformer(n) && TRANSFORMER_SUFFIXES.iter().any(|s| n.ends_with(s));
+    let others: Vec<String> = names
+        .iter()
+        .filter(|n| !is_attention(n) && !is_transformer(n))
+        .take(3)
+        .map(|n| n.to_string())
+        .collect();
+    if !others.is_empty() {
+        TargetKind::Other { examples: others }
+    } else if names.iter().all(|n| is_attention(n)) {
+        TargetKind::Attention
+    } else {
+        TargetKind::Transformer
+    }
+}
+
+/// Reads the summary of the kohya-format LoRA at `path`.
+pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
+    let path = path.as_ref();
+    let file = SafetensorsFile::open(path)?;
+    let mut names: Vec<&str> = file.names().collect();
+    names.sort_unstable();
+    let modules: Vec<&str> = names.iter().filter_map(|k| k.strip_suffix(DOWN)).collect();
+    if modules.is_empty() {
+        let hint = if names.iter().any(|k| k.contains(".lora.down.weight")) {
+            "it is in diffusers' own LoRA format (`.lora.down.weight`), not kohya's"
+        } else if names.iter().any(|k| k.contains(".lora_A.")) {
+            "it is a PEFT LoRA (`.lora_A.` / `.lora_B.`), not kohya's format"
+        } else {
+            "no `*.lora_down.weight` tensor: this is not a kohya-format LoRA"
+        };
+        return Err(Error::Lora {
+            path: path.to_path_buf(),
+            detail: format!("{hint} ({} tensors)", names.len()),
+        });
+    }
+    let file_size = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, "read its size", e))?
+        .len();
+
+    let mut s = LoraSummary {
+        path: path.to_path_buf(),
+        file_size,
+        modules: modules.len(),
+        unet_modules: 0,
+        text_encoder_modules: 0,
+        other_modules: 0,
+        conv_modules: 0,
+        ranks: BTreeMap::new(),
+        alphas: Vec::new(),
+        modules_without_alpha: 0,
+        dtypes: BTreeMap::new(),
+        parameters: 0,
+        targets: TargetKind::NoUnet,
+        non_finite: 0,
+        extra_tensors: Vec::new(),
+        problems: Vec::new(),
+        sshs_model_hash_matches: None,
+        metadata: file.metadata().clone().into_iter().collect(),
+    };
+    let mut unet = Vec::new();
+    let mut alphas: Vec<f64> = Vec::new();
+    for &m in &modules {
+        if m.starts_with("lora_unet_") {
+            s.unet_modules += 1;
+            unet.push(m);
+        } else if m.starts_with("lora_te") {
+            s.text_encoder_modules += 1;
+        } else {
+            s.other_modules += 1;
+        }
+        let down = file.tensor_info(&format!("{m}{DOWN}"));
+        let up = file.tensor_info(&format!("{m}{UP}"));
+        let (Some(down), Some(up)) = (down, up) else {
+            s.problems.push(format!("{m}: lora_down without lora_up"));
+            continue;
+        };
+        let rank = down.shape.first().copied().unwrap_or(0);
+        if up.shape.get(1) != Some(&rank) {
+            s.problems.push(format!(
+                "{m}: lora_down {:?} and lora_up {:?} disagree on the rank",
+                down.shape, up.shape
+            ));
+        }
+        if down.shape.len() == 4 {
+            s.conv_modules += 1;
+        }
+        *s.ranks.entry(rank).or_default() += 1;
+        s.parameters += down.shape.iter().product::<usize>() + up.shape.iter().product::<usize>();
+        match file.tensor_info(&format!("{m}{ALPHA}")) {
+            None => s.modules_without_alpha += 1,
+            Some(a) => match to_f32(a.dtype, file.bytes(a)).as_deref() {
+                Some([alpha]) => alphas.push(*alpha as f64),
+                _ => s.problems.push(format!(
+                    "{m}: alpha has shape {:?} and dtype {:?}, expected one float",
+                    a.shape, a.dtype
+                )),
+            },
+        }
+    }
+    alphas.sort_by(f64::total_cmp);
+    for a in alphas {
+        match s.alphas.last_mut() {
+            Some((v, n)) if v.total_cmp(&a).is_eq() => *n += 1,
+            _ => s.alphas.push((a, 1)),
+        }
+    }
+    s.targets = classify_unet(&unet);
+
+    let module_set: std::collections::HashSet<&str> = modules.iter().copied().collect();
+    for &k in &names {
+        let Some(info) = file.tensor_info(k) else {
+            continue;
+        };
+        *s.dtypes.entry(format!("{:?}", info.dtype)).or_default() += 1;
+        if let Some(values) = to_f32(info.dtype, file.bytes(info)) {
+            s.non_finite += values.iter().filter(|x| !x.is_finite()).count();
+        }
+        let owner = [DOWN, UP, ALPHA]
+            .iter()
+            .find_map(|suffix| k.strip_suffix(suffix));
+        if !owner.is_some_and(|m| module_set.contains(m)) {
+            s.extra_tensors.push(k.to_string());
+        }
+    }
+    if let Some(stored) = s.metadata.get("sshs_model_hash") {
+        let (actual, _) = addnet_hashes_of_file(path)?;
+        s.sshs_model_hash_matches = Some(stored.eq_ignore_ascii_case(&actual));
+    }
+    Ok(s)
+}
+
+/// "1,234,567".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn counted<K: fmt::Display>(items: impl Iterator<Item = (K, usize)>, unit: &str) -> String {
+    items
+        .map(|(k, n)| format!("{k} ({n} {unit})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for LoraSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "LoRA {} ({} bytes)",
+            self.path.display(),
+            thousands(self.file_size)
+        )?;
+        write!(
+            f,
+            "  modules     {} (UNet {}, text encoder {}",
+            self.modules, self.unet_modules, self.text_encoder_modules
+        )?;
+        if self.other_modules > 0 {
+            write!(f, ", other {}", self.other_modules)?;
+        }
+        writeln!(f, "), {} of them 1x1 conv", self.conv_modules)?;
+        writeln!(f, "  targets     {}", self.targets)?;
+        writeln!(
+            f,
+            "  rank        {}",
+            counted(self.ranks.iter().map(|(r, n)| (r, *n)), "modules")
+        )?;
+        let mut alpha = counted(
+            self.alphas
+                .iter()
+                .map(|(a, n)| (crate::lora::export::py_float(*a), *n)),
+            "modules",
+        );
+        if let ([(a, _)], [(r, _)]) = (
+            self.alphas.as_slice(),
+            self.ranks.iter().collect::<Vec<_>>().as_slice(),
+        ) {
+            if **r > 0 {
+                alpha.push_str(&format!(", scale alpha/rank = {}", a / **r as f64));
+            }
+        }
+        if self.modules_without_alpha > 0 {
+            if !alpha.is_empty() {
+                alpha.push_str("; ");
+            }
+            alpha.push_str(&format!(
+                "{} modules without alpha (alpha = rank, scale 1)",
+                self.modules_without_alpha
+            ));
+        }
+        writeln!(f, "  alpha       {alpha}")?;
+        writeln!(
+            f,
+            "  dtype       {}",
+            counted(self.dtypes.iter().map(|(d, n)| (d, *n)), "tensors")
+        )?;
+        writeln!(f, "  parameters  {}", thousands(self.parameters as u64))?;
+        if self.non_finite > 0 {
+            writeln!(
+                f,
+                "  WARNING     {} NaN or infinite values: this LoRA is broken",
+                self.non_finite
+            )?;
+        }
+        match self.sshs_model_hash_matches {
+            Some(true) => writeln!(f, "  hash        sshs_model_hash matches the tensors")?,
+            Some(false) => writeln!(
+                f,
+                "  hash        sshs_model_hash does NOT match the tensors (changed after saving)"
+            )?,
+            None => {}
+        }
+        for p in &self.problems {
+            writeln!(f, "  problem     {p}")?;
+        }
+        if !self.extra_tensors.is_empty() {
+            let shown: Vec<&str> = self
+                .extra_tensors
+                .iter()
+                .take(5)
+                .map(String::as_str)
+                .collect();
+            writeln!(
+                f,
+                "  other keys  {} not part of a down/up/alpha triple: {}{}",
+                self.extra_tensors.len(),
+                shown.join(", "),
+                if self.extra_tensors.len() > 5 {
+                    ", …"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        if self.metadata.is_empty() {
+            writeln!(
+                f,
+                "  metadata    none (A1111 then cannot tell which base model it is for)"
+            )?;
+        } else {
+            writeln!(f, "  metadata    {} keys", self.metadata.len())?;
+            let width = self
+                .metadata
+                .keys()
+                .map(|k| k.chars().count())
+                .max()
+                .unwrap_or(0);
+            for (k, v) in &self.metadata {
+                let v = v.replace('\n', "\\n");
+                let n = v.chars().count();
+                let shown: String = if n > 100 {
+                    let head: String = v.chars().take(97).collect();
+                    format!("{head}… ({n} characters)")
+                } else {
+                    v.clone()
+                };
+                writeln!(f, "    {k:width$}  {shown}")?;
+            }
+        }
+        Ok(())
+    }
+}

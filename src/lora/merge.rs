@@ -1,0 +1,477 @@
+//! Merging LoRAs into a single-file SD1.x checkpoint (LDM key names, `.safetensors`), so that
+//! the result is a plain model with the LoRAs baked in.
+//!
+//! For every weight `<module>.weight` of the checkpoint whose diffusers module path has the
+//! kohya name of a LoRA module (`ldm_to_diffusers`, then `kohya_name`; sd15-formats.md §2.1,
+//! §2.8):
+//!
+//!   W' = W + Σ_loras ratio · (alpha / r) · up · down
+//!
+//! with up [out, r], down [r, in], and the product reshaped to W's [out, in] or
+//! [out, in, 1, 1] (the 1x1 convs proj_in/proj_out), as kohya's `merge_lora.py`, A1111 and
+//! ComfyUI do (§2.3). W is read in its stored dtype (f16, bf16, f32 or f64), the sum is
+//! computed in f64 and rounded once, to W's dtype or to `precision` when given. Every other
+//! tensor, the skipped keys (`alphas_cumprod`, `model_ema.*`, `position_ids`) included, is
+//! copied byte for byte — or, with `precision`, every floating-point tensor is converted to
+//! it (integer tensors stay as they are), as kohya's `--save_precision` does. The header's
+//! `__metadata__` is kept, less the hashes it would now contradict (`sshs_*`,
+//! `modelspec.hash_sha256`).
+//!
+//! A LoRA module that matches no weight is an error, listing the modules: a LoRA for another
+//! model silently merging into nothing is the classic complaint. So is a module whose shape
+//! does not fit its weight. Everything is checked before the output file is created.
+//!
+//! Memory: the checkpoint is memory-mapped (its pages are the kernel's page cache, dropped
+//! under pressure, not the process's heap), unchanged tensors are copied from the map to the
+//! output through an 8 MiB buffer, and a merged or converted tensor is built in memory one
+//! at a time. Peak heap is the largest such tensor in the output dtype (SD1.5 in fp16: the
+//! 49408×768 token embedding, 76 MB, when converting; the largest merged weight,
+//! ff.net.0.proj at 1280 channels, 26 MB) plus the LoRAs in f64 for one weight.
+//! The output is written atomically (`crate::atomic`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use safetensors::tensor::Dtype;
+
+use crate::error::{Error, Result};
+use crate::lora::export::{push_elem, SavePrecision};
+use crate::lora::write::{self, Data, OutTensor};
+use crate::lora::{LoraModule, LoraSet};
+use crate::model::checkpoint::safetensors::{RawTensor, SafetensorsFile};
+use crate::model::checkpoint::{
+    detect_family, ldm_to_diffusers, CheckpointError, Family, LdmLayout,
+};
+use crate::model::layers::kohya_name;
+
+/// One weight of the checkpoint that LoRAs changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedWeight {
+    /// The key in the checkpoint (LDM name).
+    pub key: String,
+    /// The kohya module name it matched.
+    pub module: String,
+    /// Which LoRAs (indices into the `loras` argument) changed it.
+    pub loras: Vec<usize>,
+}
+
+/// What a merge did.
+#[derive(Clone, Debug)]
+pub struct MergeReport {
+    pub output: PathBuf,
+    pub bytes_written: u64,
+    /// Tensors in the output (as many as in the base).
+    pub tensors: usize,
+    /// Every weight changed, sorted by key.
+    pub merged: Vec<MergedWeight>,
+    /// Per LoRA, its number of modules (every one of them matched a weight).
+    pub modules_per_lora: Vec<usize>,
+    /// Unchanged tensors converted to `precision`.
+    pub converted: usize,
+    pub precision: Option<SavePrecision>,
+}
+
+impl fmt::Display for MergeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unet = self
+            .merged
+            .iter()
+            .filter(|m| m.module.starts_with("lora_unet_"))
+            .count();
+        writeln!(
+            f,
+            "merged {} LoRA{} ({} modules) into {} weights (UNet {unet}, text encoder {})",
+            self.modules_per_lora.len(),
+            if self.modules_per_lora.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            self.modules_per_lora
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(" + "),
+            self.merged.len(),
+            self.merged.len() - unet,
+        )?;
+        match self.precision {
+            Some(p) => writeln!(
+                f,
+                "{} other floating-point tensors converted to {p}",
+                self.converted
+            )?,
+            None => writeln!(
+                f,
+                "{} other tensors copied unchanged",
+                self.tensors - self.merged.len()
+            )?,
+        }
+        write!(
+            f,
+            "wrote {} ({} tensors, {} bytes)",
+            self.output.display(),
+            self.tensors,
+            self.bytes_written
+        )
+    }
+}
+
+fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
+}
+
+/// Element `i` of little-endian `bytes` of a float dtype, as f64 (exact).
+fn elem(bytes: &[u8], i: usize, dtype: Dtype) -> f64 {
+    let at = |n: usize| &bytes[i * n..i * n + n];
+    match dtype {
+        Dtype::F16 => {
+            let b = at(2);
+            half::f16::from_le_bytes([b[0], b[1]]).to_f64()
+        }
+        Dtype::BF16 => {
+            let b = at(2);
+            half::bf16::from_le_bytes([b[0], b[1]]).to_f64()
+        }
+        Dtype::F32 => {
+            let b = at(4);
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64
+        }
+        _ => {
+            let b = at(8);
+            f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+        }
+    }
+}
+
+fn elem_size(d: Dtype) -> usize {
+    d.bitsize() / 8
+}
+
+/// `bytes` of float dtype `from` as `to`, each element rounded once.
+fn convert(bytes: &[u8], from: Dtype, to: Dtype) -> Vec<u8> {
+    let n = bytes.len() / elem_size(from);
+    let mut out = Vec::with_capacity(n * elem_size(to));
+    for i in 0..n {
+        push_elem(&mut out, elem(bytes, i, from), to);
+    }
+    out
+}
+
+/// One LoRA's contribution to a weight: coef = ratio · alpha / r, up [out, r], down [r, in].
+struct Delta {
+    coef: f64,
+    rank: usize,
+    up: Vec<f64>,
+    down: Vec<f64>,
+}
+
+/// W + Σ coef · up · down, row by row in parallel, into `to`. Err(row) when a result is not
+/// finite although W's element was.
+fn merged_bytes(
+    w: &[u8],
+    from: Dtype,
+    to: Dtype,
+    out_f: usize,
+    in_f: usize,
+    deltas: &[Delta],
+) -> std::result::Result<Vec<u8>, usize> {
+    let (es_in, es_out) = (elem_size(from), elem_size(to));
+    let mut out = vec![0u8; out_f * in_f * es_out];
+    if in_f == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(in_f * es_out)
+        .enumerate()
+        .try_for_each(|(o, chunk)| {
+            let src = &w[o * in_f * es_in..(o + 1) * in_f * es_in];
+            let mut row: Vec<f64> = (0..in_f).map(|i| elem(src, i, from)).collect();
+            let finite_before = row.iter().all(|x| x.is_finite());
+            for d in deltas {
+                for k in 0..d.rank {
+                    let c = d.coef * d.up[o * d.rank + k];
+                    if c == 0.0 {
+                        continue;
+                    }
+                    for (x, a) in row.iter_mut().zip(&d.down[k * in_f..(k + 1) * in_f]) {
+                        *x += c * a;
+                    }
+                }
+            }
+            let mut buf = Vec::with_capacity(chunk.len());
+            for &x in &row {
+                push_elem(&mut buf, x, to);
+            }
+            // Check after rounding: f16 overflows to inf.
+            if finite_before && (0..in_f).any(|i| !elem(&buf, i, to).is_finite()) {
+                return Err(o);
+            }
+            chunk.copy_from_slice(&buf);
+            Ok(())
+        })?;
+    Ok(out)
+}
+
+/// (index of the LoRA, index of the module in it).
+type Hit = (usize, usize);
+
+/// Why the modules of a LoRA may match nothing, from their names.
+fn mismatch_hint(names: &[&str]) -> &'static str {
+    if names
+        .iter()
+        .any(|n| n.starts_with("lora_te1_") || n.starts_with("lora_te2_"))
+    {
+        "the lora_te1_/lora_te2_ prefixes are SDXL's two text encoders: this LoRA is for SDXL, \
+         not SD1.x"
+    } else if names.iter().any(|n| {
+        n.contains("input_blocks") || n.contains("output_blocks") || n.contains("middle_block")
+    }) {
+        "its names follow the LDM layout (input_blocks, middle_block, output_blocks) instead \
+         of the diffusers module paths kohya's format uses; convert it to kohya's naming first"
+    } else {
+        "the LoRA was made for another model, or names its modules in a way lorafuse does not \
+         know; `lorafuse inspect` lists its module names"
+    }
+}
+
+/// Merges `loras` (each with its ratio, A1111's weight) into the single-file SD1.x checkpoint
+/// `base` and writes the result to `out`. See the module documentation for the arithmetic,
+/// the errors and the memory used.
+pub fn merge_into_checkpoint(
+    base: &Path,
+    loras: &[(&LoraSet, f64)],
+    out: &Path,
+    precision: Option<SavePrecision>,
+) -> Result<MergeReport> {
+    let fail = |detail: String| Error::Lora {
+        path: base.to_path_buf(),
+        detail: format!("{detail}; nothing was written"),
+    };
+    for (i, (_, ratio)) in loras.iter().enumerate() {
+        if !ratio.is_finite() {
+            return Err(fail(format!("LoRA #{i} has ratio {ratio}")));
+        }
+    }
+    if let (Ok(a), Ok(b)) = (base.canonicalize(), out.canonicalize()) {
+        if a == b {
+            return Err(fail(format!(
+                "the output {} is the base checkpoint itself; write the merge to a new file",
+                out.display()
+            )));
+        }
+    }
+    match detect_family(base)? {
+        Family::Sd1 => {}
+        Family::Sd2 { evidence } => {
+            return Err(CheckpointError::UnsupportedModel {
+                path: base.to_path_buf(),
+                family: "SD2.x",
+                evidence,
+            }
+            .into())
+        }
+        Family::Sdxl { evidence } => {
+            return Err(CheckpointError::UnsupportedModel {
+                path: base.to_path_buf(),
+                family: "SDXL",
+                evidence,
+            }
+            .into())
+        }
+        Family::Other { detail } => {
+            return Err(CheckpointError::NotAModel {
+                path: base.to_path_buf(),
+                detail,
+            }
+            .into())
+        }
+    }
+    let file = SafetensorsFile::open(base)?;
+    let layout = LdmLayout::infer(file.names());
+
+    // kohya module name → (lora, module index) for every LoRA.
+    let mut by_name: HashMap<&str, Vec<Hit>> = HashMap::new();
+    for (li, (set, _)) in loras.iter().enumerate() {
+        for (mi, m) in set.modules().iter().enumerate() {
+            by_name.entry(m.name.as_str()).or_default().push((li, mi));
+        }
+    }
+
+    // Plan: which stored key gets which modules, checked before anything is written.
+    let mut keys: Vec<&str> = file.names().collect();
+    keys.sort_unstable();
+    let mut plan: BTreeMap<&str, (String, Vec<Hit>)> = BTreeMap::new();
+    let mut used: Vec<Vec<bool>> = loras.iter().map(|(s, _)| vec![false; s.len()]).collect();
+    for &key in &keys {
+        let Some(name) = ldm_to_diffusers(key, &layout) else {
+            continue;
+        };
+        let Some(module_path) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        let module = kohya_name(module_path);
+        let Some(hits) = by_name.get(module.as_str()) else {
+            continue;
+        };
+        for &(li, mi) in hits {
+            used[li][mi] = true;
+        }
+        plan.insert(key, (module, hits.clone()));
+    }
+    for (li, (set, ratio)) in loras.iter().enumerate() {
+        let unmatched: Vec<&str> = set
+            .modules()
+            .iter()
+            .zip(&used[li])
+            .filter(|(_, &u)| !u)
+            .map(|(m, _)| m.name.as_str())
+            .collect();
+        if !unmatched.is_empty() {
+            let shown: Vec<String> = unmatched.iter().take(8).map(|n| format!("`{n}`")).collect();
+            return Err(fail(format!(
+                "{} of the {} modules of LoRA #{li} (ratio {ratio}) match no weight of this \
+                 checkpoint: {}{}. {}",
+                unmatched.len(),
+                set.len(),
+                shown.join(", "),
+                if unmatched.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                },
+                mismatch_hint(&unmatched)
+            )));
+        }
+    }
+
+    let mut tensors = Vec::with_capacity(keys.len());
+    let mut merged = Vec::with_capacity(plan.len());
+    let mut converted = 0;
+    for &key in &keys {
+        let Some(raw) = file.tensor_info(key) else {
+            continue;
+        };
+        let stored = file.bytes(raw);
+        let target_dtype = match precision {
+            Some(p) if is_float(raw.dtype) => p.dtype(),
+            _ => raw.dtype,
+        };
+        let data = if let Some((module, hits)) = plan.get(key) {
+            let modules: Vec<(&LoraModule, f64)> = hits
+                .iter()
+                .map(|&(li, mi)| (&loras[li].0.modules()[mi], loras[li].1))
+                .collect();
+            check_fit(base, key, raw, &modules)?;
+            merged.push(MergedWeight {
+                key: key.to_string(),
+                module: module.clone(),
+                loras: hits.iter().map(|&(li, _)| li).collect(),
+            });
+            let (out_f, in_f) = (raw.shape[0], raw.shape[1]);
+            let from = raw.dtype;
+            let key_owned = key.to_string();
+            let base_owned = base.to_path_buf();
+            Data::Lazy(Box::new(move || {
+                let deltas: Vec<Delta> = modules
+                    .iter()
+                    .map(|(m, ratio)| Delta {
+                        coef: ratio * m.scale(),
+                        rank: m.rank(),
+                        up: m.up.to_f64_vec(),
+                        down: m.down.to_f64_vec(),
+                    })
+                    .collect();
+                merged_bytes(stored, from, target_dtype, out_f, in_f, &deltas).map_err(|row| {
+                    Error::Lora {
+                        path: base_owned,
+                        detail: format!(
+                            "merging into `{key_owned}` gives infinite or NaN values (row \
+                             {row}) in {target_dtype:?}: the ratio is too high or the LoRA is \
+                             broken; the output was not written"
+                        ),
+                    }
+                })
+            }))
+        } else if target_dtype != raw.dtype {
+            converted += 1;
+            let from = raw.dtype;
+            Data::Lazy(Box::new(move || Ok(convert(stored, from, target_dtype))))
+        } else {
+            Data::Borrowed(stored)
+        };
+        tensors.push(OutTensor {
+            name: key.to_string(),
+            dtype: target_dtype,
+            shape: raw.shape.clone(),
+            data,
+        });
+    }
+
+    let stale = [
+        "sshs_model_hash",
+        "sshs_legacy_hash",
+        "modelspec.hash_sha256",
+    ];
+    let metadata: BTreeMap<String, String> = file
+        .metadata()
+        .iter()
+        .filter(|(k, _)| !stale.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let n_tensors = tensors.len();
+    let bytes_written = write::write_safetensors(out, tensors, &metadata)?;
+    Ok(MergeReport {
+        output: out.to_path_buf(),
+        bytes_written,
+        tensors: n_tensors,
+        merged,
+        modules_per_lora: loras.iter().map(|(s, _)| s.len()).collect(),
+        converted,
+        precision,
+    })
+}
+
+/// The weight must be a float [out, in] or [out, in, 1, 1] with each LoRA's up [out, r] and
+/// down [r, in].
+fn check_fit(
+    base: &Path,
+    key: &str,
+    raw: &RawTensor,
+    modules: &[(&LoraModule, f64)],
+) -> Result<()> {
+    let s = &raw.shape;
+    let shape_ok = s.len() == 2 || (s.len() == 4 && s[2] == 1 && s[3] == 1);
+    for (m, _) in modules {
+        let (u, d) = (m.up.dims(), m.down.dims());
+        let fits = shape_ok
+            && u.len() == 2
+            && d.len() == 2
+            && u[1] == d[0]
+            && u[0] == s[0]
+            && d[1] == s[1];
+        if !fits {
+            return Err(Error::Lora {
+                path: base.to_path_buf(),
+                detail: format!(
+                    "LoRA module `{}` (up {:?}, down {:?}) does not fit the checkpoint's \
+                     `{key}` of shape {:?}: the LoRA was trained on a model of another size \
+                     (an SD2.x or SDXL LoRA?); nothing was written",
+                    m.name, u, d, s
+                ),
+            });
+        }
+    }
+    if !is_float(raw.dtype) {
+        return Err(Error::Lora {
+            path: base.to_path_buf(),
+            detail: format!(
+                "`{key}` has dtype {:?}; lorafuse merges into F16, BF16, F32 or F64 weights; \
+                 nothing was written",
+                raw.dtype
+            ),
+        });
+    }
+    Ok(())
+}

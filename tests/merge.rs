@@ -1,0 +1,373 @@
+//! Merging LoRAs into a single-file checkpoint: the fixture LoRA into the fixture SD1.5 at
+//! ratio 0.7 changes exactly the 192 targeted weights, each by ratio·(alpha/r)·up·down
+//! (checked element by element against a computation written here, and for three weights
+//! against a hand-written loop), and leaves every other tensor byte-identical; precision
+//! conversion; the refusals (a LoRA that matches nothing, a LoRA of the wrong size).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use half::f16;
+use lorafuse::lora::export::SavePrecision;
+use lorafuse::lora::merge::merge_into_checkpoint;
+use lorafuse::lora::{kohya, LoraModule, LoraSet};
+use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
+use lorafuse::model::checkpoint::{load_sd15_with, ConfigHints};
+use lorafuse::{CpuBackend, DType, Error, Tensor};
+use safetensors::tensor::Dtype;
+
+const BASE: &str = "tests/fixtures/tiny-sd15.safetensors";
+const LORA: &str = "tests/fixtures/tiny-lora.safetensors";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "lorafuse-test-merge-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    fn is_empty(&self) -> bool {
+        std::fs::read_dir(&self.0).unwrap().next().is_none()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fixture_lora() -> LoraSet {
+    kohya::load(LORA, &CpuBackend::new(), DType::F64).unwrap()
+}
+
+fn f16s(bytes: &[u8]) -> Vec<f16> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// Distance in units in the last place between two finite f16 values of the same sign.
+fn ulps(a: f16, b: f16) -> u32 {
+    let key = |x: f16| {
+        let bits = x.to_bits() as i32;
+        if bits & 0x8000 != 0 {
+            -(bits & 0x7fff)
+        } else {
+            bits
+        }
+    };
+    (key(a) - key(b)).unsigned_abs()
+}
+
+/// W + ratio · scale · up · down for one module, in f64, rounded once to f16.
+fn expected(w: &[f16], m: &LoraModule, ratio: f64) -> Vec<f16> {
+    let (up, down) = (m.up.to_f64_vec(), m.down.to_f64_vec());
+    let (o, r, i) = (m.up.dims()[0], m.rank(), m.down.dims()[1]);
+    assert_eq!(w.len(), o * i);
+    let mut out = Vec::with_capacity(o * i);
+    for row in 0..o {
+        for col in 0..i {
+            let mut delta = 0.0;
+            for k in 0..r {
+                delta += up[row * r + k] * down[k * i + col];
+            }
+            out.push(f16::from_f64(
+                w[row * i + col].to_f64() + ratio * m.scale() * delta,
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn fixture_merge_changes_exactly_the_targeted_weights() {
+    let dir = TempDir::new("fixture");
+    let out = dir.path("merged.safetensors");
+    let lora = fixture_lora();
+    let report = merge_into_checkpoint(Path::new(BASE), &[(&lora, 0.7)], &out, None).unwrap();
+    assert_eq!(report.merged.len(), 192);
+    assert_eq!(report.modules_per_lora, vec![192]);
+    assert_eq!(report.tensors, 991);
+    assert_eq!(report.converted, 0);
+    assert!(report.to_string().contains("into 192 weights"), "{report}");
+
+    let base = SafetensorsFile::open(Path::new(BASE)).unwrap();
+    let merged = SafetensorsFile::open(&out).unwrap();
+    let mut base_keys: Vec<&str> = base.names().collect();
+    let mut merged_keys: Vec<&str> = merged.names().collect();
+    base_keys.sort_unstable();
+    merged_keys.sort_unstable();
+    assert_eq!(base_keys, merged_keys);
+    assert_eq!(base.metadata(), merged.metadata());
+
+    let targeted: std::collections::HashMap<&str, &str> = report
+        .merged
+        .iter()
+        .map(|m| (m.key.as_str(), m.module.as_str()))
+        .collect();
+    let (mut exact, mut total) = (0usize, 0usize);
+    for &k in &base_keys {
+        let (a, b) = (base.tensor_info(k).unwrap(), merged.tensor_info(k).unwrap());
+        assert_eq!(a.dtype, b.dtype, "{k}");
+        assert_eq!(a.shape, b.shape, "{k}");
+        let Some(module) = targeted.get(k) else {
+            assert_eq!(base.bytes(a), merged.bytes(b), "{k} changed");
+            continue;
+        };
+        let m = &lora.modules()[lora.find(module).unwrap()];
+        let want = expected(&f16s(base.bytes(a)), m, 0.7);
+        let got = f16s(merged.bytes(b));
+        let before = f16s(base.bytes(a));
+        let changed = got.iter().zip(&before).filter(|(g, w)| g != w).count();
+        assert!(
+            changed * 2 > got.len(),
+            "{k}: only {changed} of {} changed",
+            got.len()
+        );
+        for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(ulps(*g, *w) <= 1, "{k}[{j}]: {g} vs {w}");
+            exact += usize::from(g == w);
+            total += 1;
+        }
+    }
+    // A single rounding of the f64 sum: nearly every element is exact; a 1-ulp difference
+    // can only come from summation order at a rounding tie.
+    assert!(
+        exact as f64 >= 0.999 * total as f64,
+        "{exact} of {total} exact"
+    );
+
+    // Three weights by a hand-written loop over one element each.
+    let hand = [
+        (
+            "model.diffusion_model.input_blocks.1.1.proj_in.weight",
+            "lora_unet_down_blocks_0_attentions_0_proj_in",
+            (3usize, 5usize),
+        ),
+        (
+            "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn2.to_k.weight",
+            "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_k",
+            (7, 63),
+        ),
+        (
+            "model.diffusion_model.middle_block.1.transformer_blocks.0.ff.net.0.proj.weight",
+            "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj",
+            (190, 11),
+        ),
+    ];
+    for (key, module, (row, col)) in hand {
+        assert_eq!(targeted.get(key), Some(&module), "{key}");
+        let m = &lora.modules()[lora.find(module).unwrap()];
+        let (a, b) = (
+            base.tensor_info(key).unwrap(),
+            merged.tensor_info(key).unwrap(),
+        );
+        let in_f = a.shape[1];
+        let w = f16s(base.bytes(a))[row * in_f + col].to_f64();
+        let (up, down, r) = (m.up.to_f64_vec(), m.down.to_f64_vec(), m.rank());
+        let mut delta = 0.0;
+        for k in 0..r {
+            delta += up[row * r + k] * down[k * in_f + col];
+        }
+        // alpha 2, rank 4 in the fixture: scale 0.5.
+        let want = f16::from_f64(w + 0.7 * 0.5 * delta);
+        let got = f16s(merged.bytes(b))[row * in_f + col];
+        assert!(ulps(got, want) <= 1, "{key}: {got} vs {want}");
+    }
+
+    // The merged file loads as a model (the tiny one has 4 norm groups, not SD1.5's 32).
+    let hints = ConfigHints {
+        norm_num_groups: Some(4),
+    };
+    let model = load_sd15_with(&out, &hints).unwrap();
+    assert!(!model.unet.1.is_empty());
+}
+
+#[test]
+fn two_halves_equal_one_whole_and_precision_converts_floats_only() {
+    let dir = TempDir::new("halves");
+    let lora = fixture_lora();
+    let whole = dir.path("whole.safetensors");
+    let halves = dir.path("halves.safetensors");
+    merge_into_checkpoint(Path::new(BASE), &[(&lora, 0.7)], &whole, None).unwrap();
+    let r = merge_into_checkpoint(
+        Path::new(BASE),
+        &[(&lora, 0.35), (&lora, 0.35)],
+        &halves,
+        None,
+    )
+    .unwrap();
+    assert!(r.merged.iter().all(|m| m.loras == vec![0, 1]));
+    let (a, b) = (
+        SafetensorsFile::open(&whole).unwrap(),
+        SafetensorsFile::open(&halves).unwrap(),
+    );
+    for k in a.names() {
+        let (x, y) = (
+            f16s(a.bytes(a.tensor_info(k).unwrap())),
+            f16s(b.bytes(b.tensor_info(k).unwrap())),
+        );
+        if a.tensor_info(k).unwrap().dtype == Dtype::F16 {
+            for (p, q) in x.iter().zip(&y) {
+                assert!(ulps(*p, *q) <= 1, "{k}");
+            }
+        }
+    }
+
+    // fp32 output: float tensors become F32 (f16 → f32 exactly where unchanged), integer
+    // tensors keep their dtype and bytes.
+    let fp32 = dir.path("fp32.safetensors");
+    let r = merge_into_checkpoint(
+        Path::new(BASE),
+        &[(&lora, 0.7)],
+        &fp32,
+        Some(SavePrecision::Fp32),
+    )
+    .unwrap();
+    let base = SafetensorsFile::open(Path::new(BASE)).unwrap();
+    let f16_tensors = base
+        .names()
+        .filter(|k| base.tensor_info(k).unwrap().dtype == Dtype::F16)
+        .count();
+    assert_eq!(r.converted, f16_tensors - 192);
+    let c = SafetensorsFile::open(&fp32).unwrap();
+    for k in base.names() {
+        let (t0, t1) = (base.tensor_info(k).unwrap(), c.tensor_info(k).unwrap());
+        match t0.dtype {
+            Dtype::I64 | Dtype::I32 => {
+                assert_eq!(t1.dtype, t0.dtype, "{k}");
+                assert_eq!(base.bytes(t0), c.bytes(t1), "{k}");
+            }
+            _ => assert_eq!(t1.dtype, Dtype::F32, "{k}"),
+        }
+    }
+    let k = "first_stage_model.decoder.conv_out.weight";
+    let (t0, t1) = (base.tensor_info(k).unwrap(), c.tensor_info(k).unwrap());
+    let widened: Vec<f32> = f16s(base.bytes(t0)).iter().map(|x| x.to_f32()).collect();
+    let stored: Vec<f32> = c
+        .bytes(t1)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(widened, stored);
+}
+
+#[test]
+fn lora_matching_nothing_is_an_error_and_writes_nothing() {
+    let dir = TempDir::new("nomatch");
+    let out = dir.path("merged.safetensors");
+    let lora = fixture_lora();
+    // The same LoRA under LDM-style names (A1111's fallback naming): matches nothing here.
+    let renamed: Vec<LoraModule> = lora
+        .modules()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| LoraModule {
+            name: format!("lora_unet_input_blocks_{i}_1_proj_in"),
+            ..m.clone()
+        })
+        .collect();
+    let e = merge_into_checkpoint(
+        Path::new(BASE),
+        &[(&LoraSet::new(renamed), 1.0)],
+        &out,
+        None,
+    )
+    .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::Lora { .. }), "{e:?}");
+    assert!(text.contains("192 of the 192 modules"), "{text}");
+    assert!(
+        text.contains("lora_unet_input_blocks_0_1_proj_in"),
+        "{text}"
+    );
+    assert!(text.contains("LDM layout"), "{text}");
+    assert!(dir.is_empty());
+
+    // One module too many (a text-encoder layer the tiny model does not have) also refuses.
+    let mut extra = lora.modules().to_vec();
+    let mut te = extra[0].clone();
+    te.name = "lora_te_text_model_encoder_layers_11_mlp_fc1".into();
+    extra.push(te);
+    let e = merge_into_checkpoint(Path::new(BASE), &[(&LoraSet::new(extra), 1.0)], &out, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("1 of the 193 modules"), "{e}");
+    assert!(dir.is_empty());
+}
+
+#[test]
+fn wrong_shapes_ratios_and_paths_are_refused() {
+    let dir = TempDir::new("refuse");
+    let out = dir.path("merged.safetensors");
+    let lora = fixture_lora();
+    let mut wrong = lora.modules().to_vec();
+    wrong[5].down = Tensor::from_f64([4, 3], vec![0.0; 12]).unwrap();
+    let name = wrong[5].name.clone();
+    let e = merge_into_checkpoint(Path::new(BASE), &[(&LoraSet::new(wrong), 1.0)], &out, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&name) && e.contains("does not fit"), "{e}");
+
+    let e = merge_into_checkpoint(Path::new(BASE), &[(&lora, f64::NAN)], &out, None).unwrap_err();
+    assert!(e.to_string().contains("ratio"), "{e}");
+
+    let e =
+        merge_into_checkpoint(Path::new(BASE), &[(&lora, 1.0)], Path::new(BASE), None).unwrap_err();
+    assert!(e.to_string().contains("base checkpoint itself"), "{e}");
+
+    // A LoRA file is not a base model.
+    let e = merge_into_checkpoint(Path::new(LORA), &[(&lora, 1.0)], &out, None).unwrap_err();
+    assert!(e.to_string().contains("LoRA"), "{e}");
+    assert!(dir.is_empty());
+
+    // An output folder that does not exist.
+    let nowhere = dir.path("missing").join("merged.safetensors");
+    let e = merge_into_checkpoint(Path::new(BASE), &[(&lora, 1.0)], &nowhere, None).unwrap_err();
+    assert!(
+        e.to_string().contains(&nowhere.display().to_string()),
+        "{e}"
+    );
+    assert!(dir.is_empty());
+}
+
+#[test]
+fn text_encoder_modules_merge_into_the_clip_weights() {
+    let dir = TempDir::new("te");
+    let out = dir.path("merged.safetensors");
+    let (r, n) = (2usize, 64usize);
+    let down: Vec<f64> = (0..r * n).map(|i| ((i % 7) as f64 - 3.0) * 0.01).collect();
+    let up: Vec<f64> = (0..n * r).map(|i| ((i % 5) as f64 - 2.0) * 0.02).collect();
+    let m = LoraModule {
+        name: "lora_te_text_model_encoder_layers_1_self_attn_q_proj".into(),
+        down: Tensor::from_f64([r, n], down).unwrap(),
+        up: Tensor::from_f64([n, r], up).unwrap(),
+        alpha: 1.0,
+        is_conv: false,
+    };
+    let set = LoraSet::new(vec![m.clone()]);
+    let report = merge_into_checkpoint(Path::new(BASE), &[(&set, 1.5)], &out, None).unwrap();
+    let key = "cond_stage_model.transformer.text_model.encoder.layers.1.self_attn.q_proj.weight";
+    assert_eq!(report.merged.len(), 1);
+    assert_eq!(report.merged[0].key, key);
+    let (base, merged) = (
+        SafetensorsFile::open(Path::new(BASE)).unwrap(),
+        SafetensorsFile::open(&out).unwrap(),
+    );
+    let want = expected(&f16s(base.bytes(base.tensor_info(key).unwrap())), &m, 1.5);
+    let got = f16s(merged.bytes(merged.tensor_info(key).unwrap()));
+    for (g, w) in got.iter().zip(&want) {
+        assert!(ulps(*g, *w) <= 1, "{g} vs {w}");
+    }
+}
