@@ -70,4 +70,7 @@ pub enum Error {
     /// A model file or folder cannot be loaded (see `model::checkpoint::CheckpointError`).
     #[error(transparent)]
     Checkpoint(#[from] crate::model::checkpoint::CheckpointError),
+    /// A training image, caption or data option is unusable (see `data::DataError`).
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
 }
