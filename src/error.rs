@@ -84,6 +84,9 @@ pub enum Error {
     /// says what is wrong and what to do.
     #[error("{}: {detail}", .path.display())]
     Lora { path: PathBuf, detail: String },
+    /// A training image, caption or data option is unusable (see `data::DataError`).
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
 }
 
 impl Error {

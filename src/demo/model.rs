@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::atomic::write_file as write_atomic;
 use crate::backend::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::model::clip::ClipTextModel;
@@ -15,7 +16,6 @@ use crate::model::unet::Unet;
 use crate::model::vae::Vae;
 use crate::model::weights::{RandomWeights, WeightSource};
 use crate::tensor::Tensor;
-use crate::train::state::write_atomic;
 
 /// The demo UNet: SD1.5's configuration with narrow levels and 64-wide text.
 pub fn unet_config() -> UnetConfig {

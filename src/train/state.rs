@@ -1,11 +1,10 @@
 //! The resumable training state: the adapters, both AdamW moments, the step counters, every
 //! RNG's state and the loss scale, in one `.safetensors` file (tensors `params`, `m`, `v`; the
-//! rest as JSON in the header's metadata), written to a temporary file and renamed so an
+//! rest as JSON in the header's metadata), written atomically (`crate::atomic`) so an
 //! interruption never leaves a broken state behind.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,35 +40,6 @@ pub struct Progress {
 }
 
 const FORMAT: &str = "lorafuse-train-state-1";
-
-/// Writes `bytes` to `path` through a temporary file in the same folder, fsynced, then renamed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |what: &str, p: &Path, e: std::io::Error| Error::BadValue {
-        op: "write",
-        name: "file",
-        value: p.display().to_string(),
-        expected: format!("a writable location ({what} failed: {e})"),
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| io("sync", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io("rename", path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
 
 /// Saves the state to `path` atomically.
 pub fn save(
@@ -107,7 +77,7 @@ pub fn save(
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| bad(path, format!("cannot serialize: {e}")))?;
-    write_atomic(path, &bytes)
+    crate::atomic::write_file(path, &bytes)
 }
 
 /// The saved state: progress and the three flat f32 buffers.

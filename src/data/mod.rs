@@ -1,0 +1,221 @@
+//! The data pipeline: a training folder → checked items with captions and buckets → per-epoch
+//! batches → pixels for the VAE and augmented captions for the text encoder.
+//!
+//! Folder layout (kohya-ss/sd-scripts' DreamBooth layout, plus Hugging Face `imagefolder`
+//! metadata):
+//! ```text
+//! train_data_dir/
+//!   a.png  a.txt            images directly here count once per epoch
+//!   10_mychar/              N_name: each image inside counts N times per epoch
+//!     b.jpg  b.txt          caption = sidecar file with caption_extension ...
+//!     metadata.jsonl        ... or a row {"file_name": "b.jpg", "text": "..."} (or .csv)
+//!   notes/                  not N_name: ignored, with a warning
+//! ```
+//! [`scan`] checks every file before any training work (each image fully decoded, every
+//! caption read) and reports all problems at once. [`epoch_batches`] groups samples so a batch
+//! never mixes buckets, as kohya does; [`load_pixels`] and [`process_caption`] produce one
+//! sample's inputs. All randomness comes from the crate's seedable [`Rng`].
+
+pub mod bucket;
+pub mod caption;
+pub mod error;
+pub mod hash;
+pub mod metadata;
+pub mod pixels;
+mod scan;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use bucket::{make_bucket_resolutions, BucketChoice, Bucketing, Reso};
+pub use caption::process_caption;
+pub use error::{DataError, DataWarning};
+pub use pixels::load_pixels;
+pub use scan::scan;
+
+use crate::rng::Rng;
+
+/// What the data pipeline needs from the configuration (kohya's option names).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataOptions {
+    pub train_data_dir: PathBuf,
+    /// Sidecar caption extension, e.g. ".txt" (a missing leading dot is added).
+    pub caption_extension: String,
+    /// (width, height); the bucket area limit when bucketing.
+    pub resolution: (usize, usize),
+    pub enable_bucket: bool,
+    pub min_bucket_reso: usize,
+    pub max_bucket_reso: usize,
+    pub bucket_reso_steps: usize,
+    pub bucket_no_upscale: bool,
+    pub flip_aug: bool,
+    pub random_crop: bool,
+    pub shuffle_caption: bool,
+    pub keep_tokens: usize,
+    pub caption_dropout_rate: f64,
+    /// Fraction of the images held out for validation, in [0, 1).
+    pub validation_split: f64,
+    pub seed: u64,
+}
+
+impl Default for DataOptions {
+    /// kohya's option defaults, except `caption_extension` ".txt" and bucketing on at
+    /// 512x512 (what kohya's GUIs pass).
+    fn default() -> Self {
+        DataOptions {
+            train_data_dir: PathBuf::new(),
+            caption_extension: ".txt".into(),
+            resolution: (512, 512),
+            enable_bucket: true,
+            min_bucket_reso: 256,
+            max_bucket_reso: 1024,
+            bucket_reso_steps: 64,
+            bucket_no_upscale: false,
+            flip_aug: false,
+            random_crop: false,
+            shuffle_caption: false,
+            keep_tokens: 0,
+            caption_dropout_rate: 0.0,
+            validation_split: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Where an item's caption came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptionSource {
+    /// The sidecar caption file.
+    Sidecar(PathBuf),
+    /// A row of a metadata.jsonl / metadata.csv (1-based line).
+    Metadata { path: PathBuf, line: usize },
+}
+
+/// One training image, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Item {
+    /// The image file (train_data_dir joined with its relative path).
+    pub path: PathBuf,
+    /// The caption as written (first line of the sidecar file, trimmed; or the metadata text).
+    pub caption: String,
+    pub caption_source: CaptionSource,
+    /// Times per epoch (N of an N_name folder; 1 directly in train_data_dir).
+    pub repeats: usize,
+    /// (width, height) after EXIF orientation.
+    pub size: Reso,
+    /// (width, height) of its bucket: every side a multiple of 8.
+    pub bucket: Reso,
+    /// The size it is resized to before cropping to `bucket`.
+    pub resized: Reso,
+    pub(crate) file_hash: u64,
+    pub(crate) content_hash: u64,
+}
+
+/// Bump when the pixels produced for the same file and bucket change (resampling, alpha,
+/// orientation), so latent caches keyed by [`Item::content_hash`] are invalidated.
+pub const PIPELINE_VERSION: u64 = 1;
+
+impl Item {
+    /// A key for a latent cache: XXH64 over the file's bytes, the bucket, the resized size,
+    /// `random_crop` and [`PIPELINE_VERSION`]. Equal keys mean equal pixels before the crop
+    /// offset and flip; a cache of the centre crop stores the flipped latents too (or is not
+    /// used with `random_crop`, as in kohya).
+    pub fn content_hash(&self) -> u64 {
+        self.content_hash
+    }
+
+    /// XXH64 of the file's bytes alone.
+    pub fn file_hash(&self) -> u64 {
+        self.file_hash
+    }
+
+    pub(crate) fn compute_content_hash(&mut self, random_crop: bool) {
+        let mut key = Vec::with_capacity(8 * 7);
+        for v in [
+            self.file_hash,
+            self.bucket.0 as u64,
+            self.bucket.1 as u64,
+            self.resized.0 as u64,
+            self.resized.1 as u64,
+            random_crop as u64,
+            PIPELINE_VERSION,
+        ] {
+            key.extend_from_slice(&v.to_le_bytes());
+        }
+        self.content_hash = hash::xxh64(&key, 0);
+    }
+}
+
+/// A scanned training folder.
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub train_data_dir: PathBuf,
+    /// Training images, sorted by path.
+    pub items: Vec<Item>,
+    /// Held-out images (`validation_split`), sorted by path; disjoint from `items`.
+    pub validation: Vec<Item>,
+    /// Every bucket in use (training and validation), sorted.
+    pub buckets: Vec<Reso>,
+    /// Non-fatal findings, in folder order.
+    pub warnings: Vec<DataWarning>,
+}
+
+impl Dataset {
+    /// Training samples per epoch: Σ repeats.
+    pub fn samples_per_epoch(&self) -> usize {
+        self.items.iter().map(|i| i.repeats).sum()
+    }
+
+    /// Batches per epoch for `batch_size` (as many as [`epoch_batches`] returns).
+    pub fn batches_per_epoch(&self, batch_size: usize) -> usize {
+        let bs = batch_size.max(1);
+        self.samples_by_bucket()
+            .values()
+            .map(|&n| n.div_ceil(bs))
+            .sum()
+    }
+
+    /// Training samples per epoch in each bucket.
+    pub fn samples_by_bucket(&self) -> BTreeMap<Reso, usize> {
+        let mut m = BTreeMap::new();
+        for it in &self.items {
+            *m.entry(it.bucket).or_insert(0) += it.repeats;
+        }
+        m
+    }
+}
+
+/// One epoch's batches of indices into `dataset.items`, as kohya does: each image appears
+/// `repeats` times; within each bucket the samples are shuffled and cut into batches of
+/// `batch_size` (the last one of a bucket may be smaller); the batches of all buckets are then
+/// shuffled together. A batch never mixes buckets. A `batch_size` of 0 is taken as 1.
+pub fn epoch_batches(dataset: &Dataset, batch_size: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+    let bs = batch_size.max(1);
+    let mut by_bucket: BTreeMap<Reso, Vec<usize>> = BTreeMap::new();
+    for (i, it) in dataset.items.iter().enumerate() {
+        let samples = by_bucket.entry(it.bucket).or_default();
+        samples.extend(std::iter::repeat_n(i, it.repeats));
+    }
+    let mut batches = Vec::new();
+    for samples in by_bucket.values_mut() {
+        caption::shuffle(samples, rng);
+        batches.extend(samples.chunks(bs).map(<[usize]>::to_vec));
+    }
+    caption::shuffle(&mut batches, rng);
+    batches
+}
+
+/// The validation set's batches of indices into `dataset.validation`: each image once, grouped
+/// by bucket (buckets in order, images in path order), no shuffling, so every evaluation sees
+/// the same batches.
+pub fn validation_batches(dataset: &Dataset, batch_size: usize) -> Vec<Vec<usize>> {
+    let bs = batch_size.max(1);
+    let mut by_bucket: BTreeMap<Reso, Vec<usize>> = BTreeMap::new();
+    for (i, it) in dataset.validation.iter().enumerate() {
+        by_bucket.entry(it.bucket).or_default().push(i);
+    }
+    by_bucket
+        .values()
+        .flat_map(|v| v.chunks(bs).map(<[usize]>::to_vec))
+        .collect()
+}
