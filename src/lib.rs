@@ -5,6 +5,7 @@
 //! GPU kernel is checked against; [`tensor::Tensor`] is a shape, a dtype and a buffer.
 
 pub mod backend;
+pub mod config;
 pub mod error;
 pub mod lora;
 pub mod model;
