@@ -1,0 +1,159 @@
+//! The checks that touch the disk, kept apart so values can be validated without it:
+//! the data folder and the model exist, the output and log folders can be created and
+//! written, the sample-prompt file reads.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use super::error::ConfigError;
+use super::values::SamplePrompts;
+use super::TrainConfig;
+
+impl TrainConfig {
+    /// Checks the paths: `train_data_dir` is a folder, `base_model` exists (a file or a
+    /// folder), `output_dir` and `logging_dir` can be created and written (this creates them,
+    /// and writes and removes a small probe file in each), and a `sample_prompts` file reads
+    /// and has a prompt when sampling is on.
+    pub fn check_paths(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        let effective = self.effective();
+        let mut fail = |key: &str, problem: String| {
+            let (origin, value) = self.describe(key, &effective);
+            errors.push(ConfigError::BadValue {
+                origin,
+                key: key.to_string(),
+                value,
+                problem,
+            });
+        };
+
+        match std::fs::metadata(&self.train_data_dir) {
+            Ok(m) if m.is_dir() => {
+                if let Err(e) = std::fs::read_dir(&self.train_data_dir) {
+                    fail("train_data_dir", format!("cannot be read: {e}"));
+                }
+            }
+            Ok(_) => fail(
+                "train_data_dir",
+                "is a file, not a folder: give the folder that holds the images (or kohya's N_name subfolders)".into(),
+            ),
+            Err(e) => fail("train_data_dir", missing(&self.train_data_dir, &e)),
+        }
+
+        if let Err(e) = std::fs::metadata(&self.base_model) {
+            fail("base_model", missing(&self.base_model, &e));
+        }
+
+        let output_ok = match writable_folder(&self.output_dir) {
+            Ok(()) => true,
+            Err(p) => {
+                fail("output_dir", p);
+                false
+            }
+        };
+        // A log folder inside a broken output folder would only repeat its error.
+        if output_ok || !self.logging_dir.starts_with(&self.output_dir) {
+            if let Err(p) = writable_folder(&self.logging_dir) {
+                fail("logging_dir", p);
+            }
+        }
+
+        if let SamplePrompts::File(path) = &self.sample_prompts {
+            match read_prompt_file(path) {
+                Ok(lines) if lines.is_empty() && self.sample_every_n_steps > 0 => fail(
+                    "sample_prompts",
+                    "has no prompts (blank lines and lines starting with # are skipped)".into(),
+                ),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::InvalidData => {
+                    fail("sample_prompts", format!("cannot be read: {e}"))
+                }
+                Err(e) => fail("sample_prompts", missing(path, &e)),
+            }
+        }
+
+        match ConfigError::from_list(errors) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The sample prompts: the list, or the lines of the `.txt` file without blank lines and
+    /// `#` comments.
+    pub fn sample_prompt_lines(&self) -> Result<Vec<String>, ConfigError> {
+        match &self.sample_prompts {
+            SamplePrompts::List(v) => Ok(v.clone()),
+            SamplePrompts::File(path) => {
+                read_prompt_file(path).map_err(|e| ConfigError::BadValue {
+                    origin: self.provenance.origin("sample_prompts"),
+                    key: "sample_prompts".into(),
+                    value: quoted(path.clone()),
+                    problem: format!("cannot be read: {e}"),
+                })
+            }
+        }
+    }
+}
+
+fn quoted(p: PathBuf) -> String {
+    format!("{:?}", p.to_string_lossy())
+}
+
+/// "does not exist" (with the folder a relative path is read from) or the I/O error.
+fn missing(path: &Path, e: &std::io::Error) -> String {
+    if e.kind() != ErrorKind::NotFound {
+        return format!("cannot be read: {e}");
+    }
+    if let Some(file) = blocking_file(path) {
+        return format!("does not exist: {} is a file, not a folder", file.display());
+    }
+    match std::env::current_dir() {
+        Ok(cwd) if path.is_relative() => format!(
+            "does not exist (relative paths start from the folder lorafuse runs in: {})",
+            cwd.display()
+        ),
+        _ => "does not exist".into(),
+    }
+}
+
+/// The first ancestor of `path` that exists as a file (which makes `path` impossible).
+fn blocking_file(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| a.is_file())
+        .map(Path::to_path_buf)
+}
+
+/// Creates `dir` (and its parents) and writes and removes a probe file in it.
+fn writable_folder(dir: &Path) -> Result<(), String> {
+    if dir.is_file() {
+        return Err("is a file, not a folder".into());
+    }
+    if let Some(file) = blocking_file(dir) {
+        return Err(format!(
+            "cannot be created: {} is a file, not a folder",
+            file.display()
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot be created: {e}"))?;
+    let probe = dir.join(format!(".lorafuse-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"lorafuse checks that it can write here\n")
+        .map_err(|e| format!("is not writable: {e}"))?;
+    // The probe is ours; if it cannot be removed the folder is still writable.
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn read_prompt_file(path: &Path) -> std::io::Result<Vec<String>> {
+    let bytes = std::fs::read(path)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "it is not UTF-8 text"))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
