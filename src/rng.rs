@@ -2,13 +2,6 @@
 //! uniform and normal draws: enough for weight init, noise, shuffling and test data, with
 //! results that are the same on every machine for a given seed.
 
-/// A saved generator state (see [`Rng::state`]).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RngState {
-    pub s: [u64; 4],
-    pub spare_normal: Option<f64>,
-}
-
 #[derive(Clone, Debug)]
 pub struct Rng {
     s: [u64; 4],
@@ -31,20 +24,14 @@ impl Rng {
         }
     }
 
-    /// The full state, to save with a training checkpoint.
-    pub fn state(&self) -> RngState {
-        RngState {
-            s: self.s,
-            spare_normal: self.spare_normal,
+    /// A generator for one draw site of a run: `seed` mixed with `parts` (epoch, batch, ...),
+    /// so that each site's draws depend on nothing drawn before it.
+    pub fn for_site(seed: u64, parts: &[u64]) -> Self {
+        let mut h = seed ^ 0x6c6f_7261_6675_7365; // "lorafuse"
+        for &p in parts {
+            h = (h ^ p).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
         }
-    }
-
-    /// Continues exactly where `state` was taken.
-    pub fn from_state(state: RngState) -> Self {
-        Rng {
-            s: state.s,
-            spare_normal: state.spare_normal,
-        }
+        Rng::new(h)
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -155,6 +155,60 @@ impl LoraSet {
     }
 }
 
+impl LoraSet {
+    /// Several sets applied together, each at a weight (A1111's `<lora:name:0.7>`), as one set:
+    /// where sets share a layer their ranks are stacked, A = [A₁; A₂], B = [w₁s₁B₁, w₂s₂B₂]
+    /// with alpha = the stacked rank (scale 1), so B·A = Σ wᵢ·sᵢ·Bᵢ·Aᵢ exactly.
+    pub fn combine(be: &dyn Backend, sets: &[(&LoraSet, f64)]) -> Result<LoraSet> {
+        let mut names: Vec<&str> = sets
+            .iter()
+            .flat_map(|(s, _)| s.modules.iter().map(|m| m.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut modules = Vec::with_capacity(names.len());
+        for name in names {
+            let parts: Vec<(&LoraModule, f64)> = sets
+                .iter()
+                .filter_map(|(s, w)| s.find(name).map(|i| (&s.modules[i], *w)))
+                .collect();
+            let (in_f, out_f) = (parts[0].0.down.dims()[1], parts[0].0.up.dims()[0]);
+            let rank: usize = parts.iter().map(|(m, _)| m.rank()).sum();
+            let (mut a, mut b) = (Vec::with_capacity(rank * in_f), vec![0f32; out_f * rank]);
+            let mut at = 0;
+            for (m, w) in &parts {
+                if m.down.dims()[1] != in_f || m.up.dims()[0] != out_f {
+                    return Err(crate::backend::check::mismatch(
+                        "combine",
+                        "adapter",
+                        &m.down,
+                        "first adapter of the layer",
+                        &parts[0].0.down,
+                        format!("LoRAs on {name} must agree on its sizes"),
+                    ));
+                }
+                a.extend(be.to_f32_vec(&m.down)?);
+                let s = (w * m.scale()) as f32;
+                let (r, up) = (m.rank(), be.to_f32_vec(&m.up)?);
+                for o in 0..out_f {
+                    for j in 0..r {
+                        b[o * rank + at + j] = s * up[o * r + j];
+                    }
+                }
+                at += r;
+            }
+            modules.push(LoraModule {
+                name: name.to_string(),
+                down: be.tensor_from_f32(&[rank, in_f], &a, DType::F32)?,
+                up: be.tensor_from_f32(&[out_f, rank], &b, DType::F32)?,
+                alpha: rank as f64,
+                is_conv: parts[0].0.is_conv,
+            });
+        }
+        Ok(LoraSet::new(modules))
+    }
+}
+
 /// dA and dB of every adapter, in the set's order. `accum` says whether the next backward
 /// overwrites them (the first micro-batch of an optimizer step) or adds to them.
 #[derive(Clone, Debug)]

@@ -9,7 +9,6 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::rng::RngState;
 use crate::tensor::Tensor;
 
 /// Everything but the three flat buffers.
@@ -19,12 +18,11 @@ pub struct Progress {
     pub step: u64,
     /// Epochs completed.
     pub epoch: u64,
-    /// Micro-batches of the current epoch already consumed.
+    /// Micro-batches of the current epoch already consumed. Every random draw of a
+    /// micro-batch (data order, flips, captions, noise) comes from a generator seeded by
+    /// (seed, epoch, micro-batch), so these counters are all a resume needs to continue with
+    /// the same draws.
     pub batch_in_epoch: u64,
-    /// The data-order RNG at the start of the current epoch (its batches are rebuilt from it).
-    pub epoch_rng: RngState,
-    /// The noise RNG now.
-    pub noise_rng: RngState,
     pub loss_scale: f64,
     pub loss_scale_good_steps: u32,
     pub skipped_steps: u64,

@@ -17,17 +17,21 @@ use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
 pub fn sum_squares(x: &Tensor) -> Result<f64> {
-    match x.dtype() {
-        DType::F32 => Ok(data::<f32>("sum_squares", "x", x)?
+    // Partial sums per fixed chunk, added in order: the same input gives the same bits on any
+    // number of threads (a rayon `sum` would associate by work stealing), which keeps clipping
+    // and therefore whole training runs reproducible.
+    let partial: Vec<f64> = match x.dtype() {
+        DType::F32 => data::<f32>("sum_squares", "x", x)?
             .par_chunks(CHUNK)
             .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())
-            .sum()),
-        DType::F64 => Ok(data::<f64>("sum_squares", "x", x)?
+            .collect(),
+        DType::F64 => data::<f64>("sum_squares", "x", x)?
             .par_chunks(CHUNK)
             .map(|c| c.iter().map(|&v| v * v).sum::<f64>())
-            .sum()),
-        d => Err(super::cpu_dtype_error("sum_squares", d)),
-    }
+            .collect(),
+        d => return Err(super::cpu_dtype_error("sum_squares", d)),
+    };
+    Ok(partial.iter().sum())
 }
 
 pub fn adamw_step(

@@ -1,0 +1,289 @@
+//! The command line: what each subcommand reads, what it calls in the library, and what it
+//! prints. Errors come back as values; main turns them into one message and exit code 2.
+
+pub mod interrupt;
+pub mod progress;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use lorafuse::config::TrainConfig;
+use lorafuse::lora::export::SavePrecision;
+use lorafuse::lora::{kohya, LoraSet};
+use lorafuse::model::checkpoint::load_sd15;
+use lorafuse::model::clip::ClipTextModel;
+use lorafuse::model::layers::Ctx;
+use lorafuse::model::tokenizer::Tokenizer;
+use lorafuse::model::unet::Unet;
+use lorafuse::model::vae::Vae;
+use lorafuse::sample::{generate, parse_prompt_line, save_png, Pipeline, PromptDefaults};
+use lorafuse::train::trainer::{train, TrainReport};
+use lorafuse::{CpuBackend, DType};
+
+/// A failure to report: the message, and the exit code.
+pub struct Failure(pub String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+#[derive(Parser)]
+#[command(name = "lorafuse", version, about = "LoRA trainer for Stable Diffusion 1.x", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train a LoRA as a YAML config file says (keys as in kohya's tools; see the README).
+    Train {
+        /// The YAML config file.
+        config: PathBuf,
+        /// Continue the run saved in output_dir (after Ctrl-C or a crash).
+        #[arg(long)]
+        resume: bool,
+        /// Override a config key, e.g. --set learning_rate=5e-4 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Make a tiny model and a synthetic data set, and train a LoRA on them (about a minute
+    /// on a laptop CPU).
+    Demo {
+        /// Where to put the model, the data, the config and the results.
+        #[arg(long, default_value = "lorafuse-demo")]
+        dir: PathBuf,
+        /// Optimizer steps.
+        #[arg(long, default_value_t = 150)]
+        steps: usize,
+    },
+    /// Generate an image from a prompt line (kohya syntax: "a cat --n blurry --w 512 --h 512
+    /// --d 42 --s 30 --l 7.5 --ss euler").
+    Sample {
+        /// The SD1.x model: a .safetensors file or a diffusers folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// A LoRA to apply, optionally with a weight: --lora style.safetensors:0.7 (repeatable).
+        #[arg(long = "lora", value_name = "FILE[:WEIGHT]")]
+        loras: Vec<String>,
+        /// Output PNG.
+        #[arg(long, default_value = "sample.png")]
+        out: PathBuf,
+        /// CLIP skip (1 = the last layer).
+        #[arg(long, default_value_t = 1)]
+        clip_skip: usize,
+        /// The prompt line.
+        prompt: String,
+    },
+    /// Bake LoRAs into a single-file checkpoint: W + ratio·scale·up·down.
+    Merge {
+        /// The base single-file .safetensors checkpoint.
+        #[arg(long)]
+        model: PathBuf,
+        /// A LoRA and its ratio, e.g. --lora style.safetensors:0.8 (repeatable).
+        #[arg(long = "lora", value_name = "FILE[:RATIO]", required = true)]
+        loras: Vec<String>,
+        /// The merged checkpoint to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Store every float tensor in this precision (fp16, fp32, bf16); default: as the base.
+        #[arg(long)]
+        precision: Option<String>,
+    },
+    /// Show what a LoRA file holds: modules, rank, alpha, dtype, metadata.
+    Inspect {
+        /// The LoRA .safetensors file.
+        lora: PathBuf,
+    },
+    /// Show the compute backends this build has and which one `device: auto` would pick.
+    Devices,
+}
+
+pub fn run(cli: Cli) -> Outcome {
+    match cli.command {
+        Command::Train {
+            config,
+            resume,
+            set,
+        } => train_cmd(&config, resume, &set),
+        Command::Demo { dir, steps } => demo(&dir, steps),
+        Command::Sample {
+            model,
+            loras,
+            out,
+            clip_skip,
+            prompt,
+        } => sample(&model, &loras, &out, clip_skip, &prompt),
+        Command::Merge {
+            model,
+            loras,
+            out,
+            precision,
+        } => merge(&model, &loras, &out, precision.as_deref()),
+        Command::Inspect { lora } => {
+            println!("{}", lorafuse::lora::inspect::inspect(&lora)?);
+            Ok(())
+        }
+        Command::Devices => {
+            devices();
+            Ok(())
+        }
+    }
+}
+
+fn devices() {
+    println!("cpu: available ({} threads)", rayon::current_num_threads());
+    #[cfg(feature = "cuda")]
+    match lorafuse::backend::cuda::probe() {
+        Ok(info) => println!("cuda:0: {info} (the CUDA backend's kernels are not built yet; training runs on the CPU)"),
+        Err(e) => println!("cuda: {e}"),
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("cuda: not in this build (rebuild with `--features cuda`)");
+}
+
+/// The backend for a config's `device`. Only the CPU backend exists yet.
+fn backend(cfg: &TrainConfig) -> Result<CpuBackend, Failure> {
+    use lorafuse::config::Device;
+    match cfg.device {
+        Device::Cpu => Ok(CpuBackend::new()),
+        Device::Auto => {
+            eprintln!("device: auto -> cpu (the CUDA backend is not available in this version)");
+            Ok(CpuBackend::new())
+        }
+        Device::Cuda(n) => Err(Failure(format!(
+            "device = cuda:{n}: the CUDA backend is not available in this version of lorafuse; set `device: cpu` (or `auto`)"
+        ))),
+    }
+}
+
+fn train_cmd(config: &Path, resume: bool, set: &[String]) -> Outcome {
+    let cfg = TrainConfig::load(config, set)?;
+    cfg.check_paths()?;
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
+    let be = backend(&cfg)?;
+    interrupt::install();
+    let mut obs = progress::Progress::new();
+    let report = train(&cfg, &be, resume, &interrupt::STOP, &mut obs)?;
+    print_report(&report);
+    Ok(())
+}
+
+fn print_report(r: &TrainReport) {
+    eprintln!();
+    if let Some(why) = &r.stopped {
+        eprintln!("stopped: {why}");
+    }
+    eprintln!(
+        "fixed-noise loss on the training images: {:.5} before, {:.5} after ({:+.1}%)",
+        r.train_loss_before,
+        r.train_loss_after,
+        100.0 * (r.train_loss_after / r.train_loss_before - 1.0)
+    );
+    if let Some((step, loss)) = r.best_validation {
+        eprintln!("best validation loss: {loss:.5} at step {step}");
+    }
+    if r.skipped_steps > 0 {
+        eprintln!("steps skipped for f16 overflow: {}", r.skipped_steps);
+    }
+    if !r.interrupted {
+        println!("LoRA: {}", r.lora_path.display());
+    }
+    println!("resumable state: {}", r.state_path.display());
+}
+
+fn demo(dir: &Path, steps: usize) -> Outcome {
+    let t0 = Instant::now();
+    eprintln!("lorafuse demo: a tiny random-weight model of SD1.5's topology, 12 synthetic images, {steps} steps on the CPU");
+    let files = lorafuse::demo::prepare(dir, steps)?;
+    eprintln!("model:  {}", files.model.display());
+    eprintln!("data:   {}", files.data.display());
+    eprintln!("config: {}", files.config.display());
+    let cfg = TrainConfig::load(&files.config, &[] as &[&str])?;
+    cfg.check_paths()?;
+    let be = CpuBackend::new();
+    interrupt::install();
+    let mut obs = progress::Progress::new();
+    let report = train(&cfg, &be, false, &interrupt::STOP, &mut obs)?;
+    print_report(&report);
+    println!("outputs: {}", files.output.display());
+    eprintln!("demo finished in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// "file.safetensors:0.7" -> (file, 0.7); no weight means 1.
+fn path_and_weight(arg: &str) -> Result<(PathBuf, f64), Failure> {
+    if let Some((p, w)) = arg.rsplit_once(':') {
+        if let Ok(w) = w.parse::<f64>() {
+            if !w.is_finite() {
+                return Err(Failure(format!(
+                    "--lora {arg}: the weight must be a finite number"
+                )));
+            }
+            return Ok((PathBuf::from(p), w));
+        }
+    }
+    Ok((PathBuf::from(arg), 1.0))
+}
+
+fn sample(model: &Path, loras: &[String], out: &Path, clip_skip: usize, prompt: &str) -> Outcome {
+    let be = CpuBackend::new();
+    let spec = parse_prompt_line(prompt, &PromptDefaults::default())?;
+    let ck = load_sd15(model)?;
+    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet")?;
+    let vae = Vae::load(&ck.vae.0, &ck.vae.1, &be, "vae")?;
+    let te = ClipTextModel::load(&ck.text_encoder.0, &ck.text_encoder.1, &be, "text_encoder")?;
+    let sets = loras
+        .iter()
+        .map(|a| {
+            let (p, w) = path_and_weight(a)?;
+            Ok((kohya::load(&p, &be, DType::F32)?, w))
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    let refs: Vec<(&LoraSet, f64)> = sets.iter().map(|(s, w)| (s, *w)).collect();
+    let combined = if refs.is_empty() {
+        None
+    } else {
+        Some(LoraSet::combine(&be, &refs)?)
+    };
+    let tokenizer = Tokenizer::new()?;
+    let pipe = Pipeline::new(&unet, &vae, &te, &tokenizer);
+    let cx = Ctx::new(&be, combined.as_ref());
+    let mut report = |i: usize, n: usize| eprint!("\rsampling step {i}/{n}");
+    let img = generate(&pipe, &cx, &spec, clip_skip, Some(&mut report))?;
+    eprintln!();
+    for n in &img.notes {
+        eprintln!("note: {n}");
+    }
+    save_png(out, &img.image)?;
+    println!("{} (seed {})", out.display(), img.seed);
+    Ok(())
+}
+
+fn merge(model: &Path, loras: &[String], out: &Path, precision: Option<&str>) -> Outcome {
+    let be = CpuBackend::new();
+    let precision = precision
+        .map(|p| {
+            p.parse::<SavePrecision>()
+                .map_err(|e| Failure(format!("--precision {p}: {e}")))
+        })
+        .transpose()?;
+    let sets = loras
+        .iter()
+        .map(|a| {
+            let (p, w) = path_and_weight(a)?;
+            Ok((kohya::load(&p, &be, DType::F32)?, w))
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    let refs: Vec<(&LoraSet, f64)> = sets.iter().map(|(s, w)| (s, *w)).collect();
+    let report = lorafuse::lora::merge::merge_into_checkpoint(model, &refs, out, precision)?;
+    println!("{report}");
+    Ok(())
+}

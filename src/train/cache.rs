@@ -1,0 +1,222 @@
+//! What the UNet trains on, computed once: the VAE latents of every image (and of its mirror
+//! image under flip_aug), in memory and optionally on disk keyed by the image's content, and the
+//! text embeddings of every caption string met, in memory.
+//!
+//! Latents are a draw from the VAE posterior (as kohya caches them), with noise from a
+//! generator seeded by the image's content hash: the same image gives the same latents in every
+//! run, which keeps runs and resumes reproducible.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::backend::Backend;
+use crate::data::{load_pixels, DataOptions, Item};
+use crate::error::{Error, Result};
+use crate::model::clip::ClipTextModel;
+use crate::model::layers::Ctx;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::vae::Vae;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+/// Latents by (image index, flipped).
+pub struct LatentCache {
+    map: HashMap<(usize, bool), Tensor>,
+    disk: Option<PathBuf>,
+}
+
+impl LatentCache {
+    /// `disk`: a folder for latent files (cache_latents_to_disk), or None for memory only.
+    pub fn new(disk: Option<PathBuf>) -> Result<Self> {
+        if let Some(d) = &disk {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(d, "create the latent cache folder", e))?;
+        }
+        Ok(LatentCache {
+            map: HashMap::new(),
+            disk,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The latents [1, 4, h, w] of image `index`, encoding it if needed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_or_encode(
+        &mut self,
+        be: &dyn Backend,
+        vae: Option<&Vae>,
+        index: usize,
+        item: &Item,
+        flipped: bool,
+        opts: &DataOptions,
+        seed: u64,
+    ) -> Result<Tensor> {
+        if let Some(t) = self.map.get(&(index, flipped)) {
+            return Ok(t.clone());
+        }
+        let file = self.disk.as_ref().map(|d| {
+            d.join(format!(
+                "{:016x}{}.latent",
+                item.content_hash(),
+                if flipped { "-flip" } else { "" }
+            ))
+        });
+        if let Some(t) = file.as_deref().and_then(read_latent) {
+            self.map.insert((index, flipped), t.clone());
+            return Ok(t);
+        }
+        let vae = vae.ok_or_else(|| Error::BadValue {
+            op: "latent cache",
+            name: "image",
+            value: item.path.display().to_string(),
+            expected: "latents cached before the VAE was released".into(),
+        })?;
+        let cx = Ctx::new(be, None);
+        // The crop is centred (random_crop never reaches the cache); only the flip is chosen.
+        let mut no_draws = Rng::new(0);
+        let opts = DataOptions {
+            flip_aug: false,
+            random_crop: false,
+            ..opts.clone()
+        };
+        let mut pixels = load_pixels(item, item.bucket, &mut no_draws, &opts)?;
+        if flipped {
+            pixels = flip_width(&pixels)?;
+        }
+        let (c, h, w) = (pixels.dims()[0], pixels.dims()[1], pixels.dims()[2]);
+        let image = be.tensor_from_f32(&[1, c, h, w], &pixels.to_f32_vec(), be.compute_dtype())?;
+        let post = vae.encode(&cx, &image)?;
+        let mut rng = Rng::for_site(seed, &[item.content_hash(), flipped as u64]);
+        let noise: Vec<f32> = (0..post.mean.numel())
+            .map(|_| rng.normal() as f32)
+            .collect();
+        let noise = be.tensor_from_f32(post.mean.dims(), &noise, post.mean.dtype())?;
+        let latents = vae.latents(&cx, &post, Some(&noise))?;
+        if let Some(f) = &file {
+            write_latent(f, &latents)?;
+        }
+        self.map.insert((index, flipped), latents.clone());
+        Ok(latents)
+    }
+}
+
+/// Mirrors [C, H, W] pixels left to right.
+pub fn flip_width(x: &Tensor) -> Result<Tensor> {
+    let w = x.dims()[2];
+    let v = x.to_f32_vec();
+    let out: Vec<f32> = v
+        .chunks(w.max(1))
+        .flat_map(|row| row.iter().rev().copied())
+        .collect();
+    Tensor::from_f32(x.shape().clone(), out)
+}
+
+/// A latent file: "LFLT", rank (u32), dims (u64 each), f32 data, little-endian.
+fn write_latent(path: &Path, t: &Tensor) -> Result<()> {
+    let mut b = b"LFLT".to_vec();
+    b.extend((t.dims().len() as u32).to_le_bytes());
+    for &d in t.dims() {
+        b.extend((d as u64).to_le_bytes());
+    }
+    for x in t.to_f32_vec() {
+        b.extend(x.to_le_bytes());
+    }
+    crate::atomic::write_file(path, &b)
+}
+
+/// Reads a latent file; None when it is absent or damaged (it is then encoded again).
+fn read_latent(path: &Path) -> Option<Tensor> {
+    let b = std::fs::read(path).ok()?;
+    if b.get(..4)? != b"LFLT" {
+        return None;
+    }
+    let rank = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?) as usize;
+    let mut at = 8;
+    let mut dims = Vec::with_capacity(rank);
+    for _ in 0..rank.min(8) {
+        dims.push(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?) as usize);
+        at += 8;
+    }
+    let n: usize = dims.iter().product();
+    let data = b.get(at..at.checked_add(n.checked_mul(4)?)?)?;
+    let v = data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Tensor::from_f32(dims, v).ok()
+}
+
+/// Text embeddings [1, 77, D] by caption.
+#[derive(Default)]
+pub struct TextCache {
+    map: HashMap<String, Tensor>,
+    /// Captions longer than 75 tokens, cut (for a warning).
+    pub truncated: Vec<String>,
+}
+
+impl TextCache {
+    pub fn get_or_encode(
+        &mut self,
+        be: &dyn Backend,
+        te: Option<&ClipTextModel>,
+        tokenizer: &Tokenizer,
+        caption: &str,
+        clip_skip: usize,
+    ) -> Result<Tensor> {
+        if let Some(t) = self.map.get(caption) {
+            return Ok(t.clone());
+        }
+        let te = te.ok_or_else(|| Error::BadValue {
+            op: "text cache",
+            name: "caption",
+            value: caption.to_string(),
+            expected: "a caption encoded before the text encoder was released".into(),
+        })?;
+        let enc = tokenizer.encode(caption);
+        if enc.truncated {
+            self.truncated.push(caption.to_string());
+        }
+        let emb = te.forward(&Ctx::new(be, None), &enc.ids, 1, clip_skip)?;
+        self.map.insert(caption.to_string(), emb.clone());
+        Ok(emb)
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Stacks tensors [1, ...] of one shape into [N, ...].
+pub fn stack(be: &dyn Backend, parts: &[Tensor]) -> Result<Tensor> {
+    let first = parts.first().ok_or_else(|| Error::BadValue {
+        op: "stack",
+        name: "parts",
+        value: "0 tensors".into(),
+        expected: "at least one".into(),
+    })?;
+    let mut dims = first.dims().to_vec();
+    dims[0] = parts.len();
+    let mut v = Vec::with_capacity(first.numel() * parts.len());
+    for p in parts {
+        if p.dims()[1..] != first.dims()[1..] {
+            return Err(crate::backend::check::mismatch(
+                "stack",
+                "part",
+                p,
+                "first part",
+                first,
+                "all parts have one shape",
+            ));
+        }
+        v.extend(be.to_f32_vec(p)?);
+    }
+    be.tensor_from_f32(&dims, &v, first.dtype())
+}
