@@ -37,7 +37,7 @@ pub fn prepare(dir: &Path, steps: usize) -> Result<DemoFiles> {
          max_train_steps: {steps}\n\
          learning_rate: 0.002\n\
          lr_scheduler: cosine\n\
-         num_warmup_steps: 10\n\
+         num_warmup_steps: {warmup}\n\
          mixed_precision: \"no\"\n\
          save_precision: fp16\n\
          validation_split: 0.25\n\
@@ -46,6 +46,7 @@ pub fn prepare(dir: &Path, steps: usize) -> Result<DemoFiles> {
          sample_prompts:\n\
          \x20 - a red circle on a grey background --w 64 --h 64 --s 12 --l 4 --d 1\n\
          seed: 42\n",
+        warmup = steps / 10,
         config = config.display(),
         data = data.display(),
         model = model.display(),
