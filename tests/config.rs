@@ -320,7 +320,7 @@ fn typos_get_the_nearest_key() {
     );
     let (_, hint, text) = unknown_key(with("completely_unrelated: 1"));
     assert_eq!(hint, KeyHint::None);
-    assert!(text.contains("docs/config-keys.md"), "{text}");
+    assert!(text.contains("README.md"), "{text}");
 }
 
 #[test]
@@ -1021,10 +1021,10 @@ fn path_checks() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The rows of the table in docs/config-keys.md: (key, type, default, meaning).
+/// The rows of the table in README.md: (key, type, default, meaning).
 fn docs_table() -> Vec<[String; 4]> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config-keys.md");
-    let text = std::fs::read_to_string(&path).expect("docs/config-keys.md");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let text = std::fs::read_to_string(&path).expect("README.md");
     text.lines()
         .filter(|l| l.starts_with("| `"))
         .map(|l| {
@@ -1058,7 +1058,7 @@ fn the_docs_table_lists_exactly_the_config_fields() {
         fields, known,
         "TrainConfig fields vs the key table in src/config/keys.rs"
     );
-    assert_eq!(documented, known, "docs/config-keys.md vs TrainConfig");
+    assert_eq!(documented, known, "README.md vs TrainConfig");
     for row in &rows {
         assert!(
             row.iter().all(|c| !c.is_empty()),

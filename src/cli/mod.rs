@@ -59,7 +59,7 @@ pub enum Command {
         #[arg(long, default_value = "lorafuse-demo")]
         dir: PathBuf,
         /// Optimizer steps.
-        #[arg(long, default_value_t = 150)]
+        #[arg(long, default_value_t = 300)]
         steps: usize,
     },
     /// Generate an image from a prompt line (kohya syntax: "a cat --n blurry --w 512 --h 512

@@ -50,7 +50,7 @@ impl fmt::Display for KeyHint {
             KeyHint::DidYouMean(k) => write!(f, ": did you mean `{k}`?"),
             KeyHint::Renamed { ours, note } => write!(f, ": lorafuse calls this `{ours}`{note}"),
             KeyHint::NotInLorafuse(why) => write!(f, ": {why}"),
-            KeyHint::None => f.write_str(" (docs/config-keys.md lists every key)"),
+            KeyHint::None => f.write_str(" (README.md lists every key)"),
         }
     }
 }

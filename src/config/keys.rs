@@ -33,7 +33,7 @@ const WHOLE_GE1: &str = "must be a whole number ≥ 1";
 const FLAG: &str = "must be true or false";
 const LR: &str = "must be > 0 and < 1 (typical LoRA values 1e-4 to 1e-3)";
 
-/// Every key, in the order of `TrainConfig`'s fields and of docs/config-keys.md.
+/// Every key, in the order of `TrainConfig`'s fields and of README.md.
 pub(crate) const KEYS: &[Key] = &[
     text_key(
         "train_data_dir",
@@ -183,7 +183,7 @@ enum Foreign {
 use Foreign::{Absent, Renamed};
 
 const GENERIC: &str =
-    "kohya has this option, lorafuse does not; remove it (docs/config-keys.md lists every key)";
+    "kohya has this option, lorafuse does not; remove it (README.md lists every key)";
 const ATTENTION: &str =
     "not needed: lorafuse always uses its own memory-efficient attention; remove it";
 const OPTIMIZER: &str = "lorafuse trains with AdamW only (f32 moments); tune it with weight_decay, adam_beta1, adam_beta2 and adam_epsilon, and remove this key";

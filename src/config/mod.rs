@@ -10,7 +10,7 @@
 //! Key names are kohya sd-scripts' where lorafuse means the same thing (`learning_rate`,
 //! `resolution`, `noise_offset`, ...); a few are lorafuse's own (`lora_rank`, `epochs`,
 //! `batch_size`), and kohya's names for those are recognised and answered with the lorafuse
-//! name. Every key, its type, default and meaning: docs/config-keys.md (a test keeps it in
+//! name. Every key, its type, default and meaning: README.md (a test keeps it in
 //! step with [`TrainConfig`]).
 //!
 //! Paths are used as written: a relative path is relative to the folder lorafuse runs in (as
@@ -285,7 +285,7 @@ impl TrainConfig {
         Ok(cfg)
     }
 
-    /// Every lorafuse key, in field order (the names docs/config-keys.md must list).
+    /// Every lorafuse key, in field order (the names README.md must list).
     pub fn key_names() -> Vec<&'static str> {
         keys::KEYS.iter().map(|k| k.name).collect()
     }
