@@ -183,3 +183,104 @@ fn resume_after_an_interruption_gives_the_same_losses() {
     let _ = std::fs::remove_dir_all(&straight);
     let _ = std::fs::remove_dir_all(&broken);
 }
+
+#[test]
+fn early_stopping_keeps_the_best_adapters_and_says_why() {
+    let dir = scratch("early");
+    lorafuse::demo::prepare(&dir, 60).unwrap();
+    // An improvement must beat the best by 10: after the first validation none can, so the
+    // run stops at the second one and keeps the adapters of the first.
+    let sets: Vec<String> = [
+        "sample_every_n_steps=0",
+        "validate_every_n_steps=5",
+        "early_stopping_patience=1",
+        "early_stopping_min_delta=10",
+        "save_precision=fp32",
+        "save_every_n_steps=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let cfg = config(&dir, &sets);
+    let be = CpuBackend::new();
+    let mut rec = Recorder::default();
+    let report = train(&cfg, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
+    assert_eq!(report.steps, 10, "stopped at the second validation");
+    let why = report.stopped.clone().unwrap();
+    assert!(
+        why.contains("early stopping") && why.contains("step 5"),
+        "{why}"
+    );
+    assert_eq!(report.best_validation.map(|(s, _)| s), Some(5));
+    let vals: Vec<bool> = rec
+        .0
+        .iter()
+        .filter_map(|e| {
+            if let Event::Validation { best, .. } = e {
+                Some(*best)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(vals, vec![true, false]);
+    // The exported LoRA is the step-5 checkpoint, not a later one.
+    let values = |p: &Path| -> Vec<f32> {
+        let set = kohya::load(p, &be, DType::F32).unwrap();
+        set.modules()
+            .iter()
+            .flat_map(|m| m.down.to_f32_vec().into_iter().chain(m.up.to_f32_vec()))
+            .collect()
+    };
+    let out = dir.join("output");
+    let final_ = values(&report.lora_path);
+    assert_eq!(
+        final_,
+        values(&out.join("demo-shapes-step000005.safetensors"))
+    );
+    assert_ne!(
+        final_,
+        values(&out.join("demo-shapes-step000009.safetensors"))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn latents_cached_on_disk_are_reused() {
+    let dir = scratch("diskcache");
+    lorafuse::demo::prepare(&dir, 3).unwrap();
+    let sets: Vec<String> = ["sample_every_n_steps=0", "cache_latents_to_disk=true"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let cfg = config(&dir, &sets);
+    let be = CpuBackend::new();
+    let first = train(
+        &cfg,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    let cache = dir.join("output/cache/latents");
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(files.len(), 12, "one latent file per image");
+    // A second run reads them (same losses), and a damaged file is simply encoded again.
+    let victim = files[0].as_ref().unwrap().path();
+    std::fs::write(&victim, b"garbage").unwrap();
+    let second = train(
+        &cfg,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    assert_eq!(first.train_loss_after, second.train_loss_after);
+    assert!(
+        std::fs::read(&victim).unwrap().starts_with(b"LFLT"),
+        "re-encoded"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
