@@ -1,17 +1,35 @@
-//! CLIPTextModel (transformers), the SD1.x text encoder, forward: token ids -> embeddings
-//! that the UNet's cross-attention reads.
+//! CLIPTextModel (transformers), the SD1.x text encoder: token ids -> embeddings that the
+//! UNet's cross-attention reads, and the backward of kohya's text-encoder LoRA through it.
 //!
 //!   h0 = token_embedding[ids] + position_embedding[0..L]
-//!   layer i: h = h + out_proj(causal_attention(q, k, v of layer_norm1(h)))
-//!            h = h + fc2(act(fc1(layer_norm2(h))))           act = quick_gelu in SD1.x
+//!   layer i: x2 = x + out_proj(causal_attention(q, k, v of layer_norm1(x)))     x = h_i
+//!            h_{i+1} = x2 + fc2(act(fc1(layer_norm2(x2))))     act = quick_gelu in SD1.x
 //!   last_hidden_state = final_layer_norm(h_L)
 //! `clip_skip = n` (kohya, A1111): the output of layer L+1-n, then final_layer_norm; n = 1 is
 //! the plain last_hidden_state. Attention heads are hidden/heads wide (64 in SD1.x).
-//! The adapters of kohya's text-encoder LoRA (`lora_te_…` on q/k/v/out_proj, fc1, fc2) are
-//! applied in the forward when a set holds them.
+//!
+//! LoRA: kohya's text-encoder targets are every layer's self_attn.{q,k,v,out}_proj, mlp.fc1 and
+//! mlp.fc2 (`lora_te_text_model_encoder_layers_N_…`): 6 per layer, 72 on SD1.5. Adapters in a
+//! set are applied in the forward; [`ClipTextModel::backward`] gives their dA, dB.
+//!
+//! Saved by a training forward, and why (weights and embeddings are frozen; a LoRA needs its
+//! input X and u = X·Aᵀ, and the gradient must flow back down to layer 0's q/k/v):
+//!   per layer that runs:
+//!     x and layer_norm1's stats  layer_norm1's input: its output (the q/k/v input) is
+//!                                recomputed from it, and its stats serve layer_norm1's
+//!                                backward. Layer 0 keeps no stats: the backward stops at its
+//!                                q/k/v adapters, no gradient is wanted below them.
+//!     q, k, v, o, lse            the flash-style causal attention backward; o is out_proj's X
+//!     x2 and layer_norm2's stats layer_norm2's input (fc1's X is recomputed) and its backward
+//!     f = fc1's output           the activation's backward; act(f), fc2's X, is recomputed
+//!     each adapter's u           tiny ([tokens, rank])
+//!   final_layer_norm's input (the last run layer's output) and its stats.
+//! Not saved: the norm outputs, act(f), the attention probabilities, the embeddings (no
+//! gradient goes into them), anything of the layers that clip_skip skips (they do not run).
 
-use crate::backend::{Activation, Attention as AttnParams, Backend};
+use crate::backend::{Accum, Activation, Attention as AttnParams, Backend, NormStats};
 use crate::error::{Error, Result};
+use crate::lora::{LoraGrads, TargetLayer};
 use crate::model::config::{ClipTextConfig, HiddenAct};
 use crate::model::layers::{Ctx, LayerNorm, Linear};
 use crate::model::weights::{Loader, WeightSource};
@@ -35,6 +53,205 @@ pub struct ClipTextModel {
     pub position_embedding: Tensor,
     pub layers: Vec<ClipLayer>,
     pub final_layer_norm: LayerNorm,
+}
+
+/// What one encoder layer's training forward keeps (see the top of this file).
+struct LayerSaved {
+    x: Tensor,
+    /// layer_norm1's stats; None in layer 0, whose input gets no gradient.
+    s1: Option<NormStats>,
+    uq: Option<Tensor>,
+    uk: Option<Tensor>,
+    uv: Option<Tensor>,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    uo: Option<Tensor>,
+    x2: Tensor,
+    s2: NormStats,
+    u_fc1: Option<Tensor>,
+    f: Tensor,
+    u_fc2: Option<Tensor>,
+}
+
+fn opt_bytes(t: &Option<Tensor>) -> usize {
+    t.as_ref().map_or(0, Tensor::size_in_bytes)
+}
+
+impl LayerSaved {
+    fn size_in_bytes(&self) -> usize {
+        [
+            &self.x, &self.q, &self.k, &self.v, &self.o, &self.lse, &self.x2, &self.f,
+        ]
+        .iter()
+        .map(|t| t.size_in_bytes())
+        .sum::<usize>()
+            + self.s1.as_ref().map_or(0, NormStats::size_in_bytes)
+            + self.s2.size_in_bytes()
+            + [
+                &self.uq,
+                &self.uk,
+                &self.uv,
+                &self.uo,
+                &self.u_fc1,
+                &self.u_fc2,
+            ]
+            .iter()
+            .map(|u| opt_bytes(u))
+            .sum::<usize>()
+    }
+}
+
+/// Everything [`ClipTextModel::backward`] needs, saved by a training forward: one entry per
+/// layer that ran (clip_skip decides how many), and the final_layer_norm's input and stats.
+pub struct ClipTape {
+    layers: Vec<LayerSaved>,
+    out_x: Tensor,
+    out_stats: NormStats,
+}
+
+impl ClipTape {
+    /// Bytes held by the tape.
+    pub fn size_in_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(LayerSaved::size_in_bytes)
+            .sum::<usize>()
+            + self.out_x.size_in_bytes()
+            + self.out_stats.size_in_bytes()
+    }
+    /// How many encoder layers ran (num_hidden_layers + 1 - clip_skip).
+    pub fn layers_run(&self) -> usize {
+        self.layers.len()
+    }
+}
+
+/// The fixed parameters of every layer's forward and backward.
+#[derive(Clone, Copy)]
+struct LayerParams {
+    act: Activation,
+    attn: AttnParams,
+}
+
+impl ClipLayer {
+    /// The six LoRA-able linears in forward order.
+    fn linears(&self) -> [&Linear; 6] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.out_proj,
+            &self.fc1,
+            &self.fc2,
+        ]
+    }
+
+    /// h -> the layer's output; with `save`, what the backward needs. `first`: layer 0,
+    /// whose layer_norm1 stats are not kept.
+    fn forward(
+        &self,
+        cx: &Ctx,
+        x: Tensor,
+        p: LayerParams,
+        save: bool,
+        first: bool,
+    ) -> Result<(Tensor, Option<LayerSaved>)> {
+        let (n1, s1) = self.layer_norm1.forward(cx, &x)?;
+        let q = self.q_proj.forward(cx, &n1)?;
+        let k = self.k_proj.forward(cx, &n1)?;
+        let v = self.v_proj.forward(cx, &n1)?;
+        drop(n1);
+        let (o, lse) = cx.be.attention(&q.y, &k.y, &v.y, p.attn)?;
+        let out = self.out_proj.forward(cx, &o)?;
+        let x2 = cx.be.add(&x, &out.y)?;
+        drop(out.y);
+        let (n2, s2) = self.layer_norm2.forward(cx, &x2)?;
+        let f = self.fc1.forward(cx, &n2)?;
+        drop(n2);
+        let a = cx.be.activation(&f.y, p.act)?;
+        let g = self.fc2.forward(cx, &a)?;
+        drop(a);
+        let y = cx.be.add(&x2, &g.y)?;
+        let saved = save.then(|| LayerSaved {
+            x,
+            s1: (!first).then_some(s1),
+            uq: q.u,
+            uk: k.u,
+            uv: v.u,
+            q: q.y,
+            k: k.y,
+            v: v.y,
+            o,
+            lse,
+            uo: out.u,
+            x2,
+            s2,
+            u_fc1: f.u,
+            f: f.y,
+            u_fc2: g.u,
+        });
+        Ok((y, saved))
+    }
+
+    /// From dy = d loss / d the layer's output: the adapters' gradients, and d loss / d the
+    /// layer's input when `want_dx` (false in layer 0: nothing below its q/k/v needs one).
+    fn backward(
+        &self,
+        cx: &Ctx,
+        dy: &Tensor,
+        s: LayerSaved,
+        p: LayerParams,
+        grads: &mut LoraGrads,
+        want_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        // MLP: y = x2 + fc2(act(fc1(layer_norm2(x2)))).
+        let a = cx.be.activation(&s.f, p.act)?;
+        let da = self.fc2.backward_dx(cx, dy, &a, s.u_fc2.as_ref(), grads)?;
+        drop(a);
+        let df = cx.be.activation_backward(&da, &s.f, p.act)?;
+        drop((da, s.f));
+        let (n2, _) = self.layer_norm2.forward(cx, &s.x2)?;
+        let dn2 = self
+            .fc1
+            .backward_dx(cx, &df, &n2, s.u_fc1.as_ref(), grads)?;
+        drop((df, n2));
+        let mut dx2 = self.layer_norm2.backward(cx, &dn2, &s.x2, &s.s2)?;
+        drop((dn2, s.x2));
+        cx.be.add_assign(&mut dx2, dy)?;
+        // Attention: x2 = x + out_proj(attention(q, k, v)), q, k, v = proj(layer_norm1(x)).
+        let d_o = self
+            .out_proj
+            .backward_dx(cx, &dx2, &s.o, s.uo.as_ref(), grads)?;
+        let (dq, dk, dv) = cx
+            .be
+            .attention_backward(&s.q, &s.k, &s.v, &s.o, &s.lse, &d_o, p.attn)?;
+        drop((d_o, s.q, s.k, s.v, s.o, s.lse));
+        let (n1, _) = self.layer_norm1.forward(cx, &s.x)?;
+        let mut dn1 = self
+            .q_proj
+            .backward(cx, &dq, &n1, s.uq.as_ref(), grads, want_dx)?;
+        drop(dq);
+        for (lin, d, u) in [(&self.k_proj, dk, &s.uk), (&self.v_proj, dv, &s.uv)] {
+            let dn = lin.backward(cx, &d, &n1, u.as_ref(), grads, want_dx)?;
+            if let (Some(acc), Some(dn)) = (dn1.as_mut(), dn) {
+                cx.be.add_assign(acc, &dn)?;
+            }
+        }
+        drop(n1);
+        if !want_dx {
+            return Ok(None);
+        }
+        let (Some(dn1), Some(s1)) = (dn1, s.s1) else {
+            return Err(tape_error(
+                "layer input gradient or layer_norm1 stats missing",
+            ));
+        };
+        let mut dx = self.layer_norm1.backward(cx, &dn1, &s.x, &s1)?;
+        cx.be.add_assign(&mut dx, &dx2)?;
+        Ok(Some(dx))
+    }
 }
 
 impl ClipTextModel {
@@ -86,9 +303,55 @@ impl ClipTextModel {
         })
     }
 
+    /// The layers that can carry an adapter (kohya's text-encoder LoRA), in forward order:
+    /// per layer q_proj, k_proj, v_proj, out_proj, fc1, fc2. 6 per layer, 72 on SD1.5.
+    pub fn lora_targets(&self) -> Vec<TargetLayer> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                l.linears()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, lin)| TargetLayer {
+                        name: lin.name.clone(),
+                        in_features: lin.in_features(),
+                        out_features: lin.out_features(),
+                        is_conv: false,
+                        is_attention: j < 4,
+                    })
+            })
+            .collect()
+    }
+
+    fn params(&self) -> LayerParams {
+        LayerParams {
+            act: match self.config.hidden_act {
+                HiddenAct::QuickGelu => Activation::QuickGelu,
+                HiddenAct::Gelu => Activation::Gelu,
+            },
+            attn: AttnParams {
+                heads: self.config.num_attention_heads,
+                causal: true,
+            },
+        }
+    }
+
     /// Text embeddings [N, L, hidden] for N sequences of L token ids each (`ids` row-major,
     /// L <= max_position_embeddings), with `clip_skip` >= 1 as kohya and A1111 count it.
     pub fn forward(&self, cx: &Ctx, ids: &[u32], batch: usize, clip_skip: usize) -> Result<Tensor> {
+        Ok(self.forward_train(cx, ids, batch, clip_skip, false)?.0)
+    }
+
+    /// [`ClipTextModel::forward`], and with `save` the tape for [`ClipTextModel::backward`].
+    /// The output is the same, bit for bit, with and without `save`.
+    pub fn forward_train(
+        &self,
+        cx: &Ctx,
+        ids: &[u32],
+        batch: usize,
+        clip_skip: usize,
+        save: bool,
+    ) -> Result<(Tensor, Option<ClipTape>)> {
         let c = &self.config;
         let len = ids.len().checked_div(batch).unwrap_or(0);
         if batch == 0 || len * batch != ids.len() || len == 0 || len > c.max_position_embeddings {
@@ -99,14 +362,7 @@ impl ClipTextModel {
                 expected: format!("batch·L ids with 1 <= L <= {}", c.max_position_embeddings),
             });
         }
-        if clip_skip == 0 || clip_skip > c.num_hidden_layers {
-            return Err(Error::BadValue {
-                op: "clip",
-                name: "clip_skip",
-                value: clip_skip.to_string(),
-                expected: format!("between 1 and {} (1 = the last layer)", c.num_hidden_layers),
-            });
-        }
+        let run = self.layers_run(clip_skip)?;
         let d = c.hidden_size;
         let tok = cx
             .be
@@ -119,26 +375,94 @@ impl ClipTextModel {
             .reshape([batch, len, d])?;
         let mut h = cx.be.add(&tok, &pos)?;
         drop((tok, pos));
-        let act = match c.hidden_act {
-            HiddenAct::QuickGelu => Activation::QuickGelu,
-            HiddenAct::Gelu => Activation::Gelu,
-        };
-        let attn = AttnParams {
-            heads: c.num_attention_heads,
-            causal: true,
-        };
-        for layer in &self.layers[..c.num_hidden_layers + 1 - clip_skip] {
-            let n = layer.layer_norm1.forward(cx, &h)?.0;
-            let q = layer.q_proj.forward(cx, &n)?.y;
-            let k = layer.k_proj.forward(cx, &n)?.y;
-            let v = layer.v_proj.forward(cx, &n)?.y;
-            drop(n);
-            let (o, _) = cx.be.attention(&q, &k, &v, attn)?;
-            h = cx.be.add(&h, &layer.out_proj.forward(cx, &o)?.y)?;
-            let n = layer.layer_norm2.forward(cx, &h)?.0;
-            let a = cx.be.activation(&layer.fc1.forward(cx, &n)?.y, act)?;
-            h = cx.be.add(&h, &layer.fc2.forward(cx, &a)?.y)?;
+        let p = self.params();
+        let mut saved = Vec::with_capacity(if save { run } else { 0 });
+        for (i, layer) in self.layers[..run].iter().enumerate() {
+            let (y, s) = layer.forward(cx, h, p, save, i == 0)?;
+            h = y;
+            saved.extend(s);
         }
-        Ok(self.final_layer_norm.forward(cx, &h)?.0)
+        let (out, out_stats) = self.final_layer_norm.forward(cx, &h)?;
+        let tape = save.then_some(ClipTape {
+            layers: saved,
+            out_x: h,
+            out_stats,
+        });
+        Ok((out, tape))
+    }
+
+    /// num_hidden_layers + 1 - clip_skip, or an error for a clip_skip out of range.
+    fn layers_run(&self, clip_skip: usize) -> Result<usize> {
+        let n = self.config.num_hidden_layers;
+        if clip_skip == 0 || clip_skip > n {
+            return Err(Error::BadValue {
+                op: "clip",
+                name: "clip_skip",
+                value: clip_skip.to_string(),
+                expected: format!("between 1 and {n} (1 = the last layer)"),
+            });
+        }
+        Ok(n + 1 - clip_skip)
+    }
+
+    /// Gradients of the loss with respect to every text-encoder adapter in `cx`'s set, from
+    /// `d_out` = d loss / d the output of [`ClipTextModel::forward_train`], into `grads`
+    /// (`=` or `+=` by `grads.accum`; every adapter of the model is written exactly once).
+    /// Adapters of the layers that clip_skip skipped have a zero gradient: with
+    /// [`Accum::Assign`] theirs are set to 0, with [`Accum::Add`] left unchanged. The backward
+    /// stops at layer 0's q/k/v adapters: the embeddings are frozen.
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        d_out: &Tensor,
+        tape: ClipTape,
+        grads: &mut LoraGrads,
+    ) -> Result<()> {
+        let run = tape.layers.len();
+        if run == 0 || run > self.layers.len() {
+            return Err(tape_error(&format!("{run} saved layers")));
+        }
+        if d_out.dims() != tape.out_x.dims() {
+            return Err(crate::backend::check::mismatch(
+                "clip backward",
+                "d_out",
+                d_out,
+                "output",
+                &tape.out_x,
+                "the gradient of the forward's output has its shape",
+            ));
+        }
+        if grads.accum == Accum::Assign {
+            if let Some(set) = cx.lora {
+                for lin in self.layers[run..].iter().flat_map(|l| l.linears()) {
+                    if let Some(i) = set.find(&lin.name) {
+                        let (gd, gu) = (&mut grads.down[i], &mut grads.up[i]);
+                        *gd = cx.be.zeros(gd.dims(), gd.dtype())?;
+                        *gu = cx.be.zeros(gu.dims(), gu.dtype())?;
+                    }
+                }
+            }
+        }
+        let mut dh = self
+            .final_layer_norm
+            .backward(cx, d_out, &tape.out_x, &tape.out_stats)?;
+        drop(tape.out_x);
+        let p = self.params();
+        for (i, (layer, s)) in self.layers.iter().zip(tape.layers).enumerate().rev() {
+            match layer.backward(cx, &dh, s, p, grads, i > 0)? {
+                Some(d) => dh = d,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tape_error(what: &str) -> Error {
+    Error::BadValue {
+        op: "clip backward",
+        name: "tape",
+        value: what.into(),
+        expected: "a tape made by a saving forward of the same text encoder".into(),
     }
 }
