@@ -16,9 +16,12 @@ pub struct AdamWSettings {
     pub weight_decay: f64,
 }
 
-/// Flat parameters, gradients and moments of a `LoraSet`, in the set's order: module 0's A,
-/// module 0's B, module 1's A, ...
+/// Flat parameters, gradients and moments of a run of a `LoraSet`'s modules, in the set's
+/// order: module i's A, module i's B, module i+1's A, ... (one optimizer per learning rate:
+/// the UNet's adapters and the text encoder's).
 pub struct FlatOptimizer {
+    /// The modules of the set this optimizer owns.
+    pub modules: std::ops::Range<usize>,
     pub params: Tensor,
     pub grads: Tensor,
     pub m: Tensor,
@@ -29,10 +32,27 @@ pub struct FlatOptimizer {
 }
 
 impl FlatOptimizer {
+    /// An optimizer for every module of `lora`.
     pub fn new(be: &dyn Backend, lora: &LoraSet, settings: AdamWSettings) -> Result<Self> {
-        let params = gather(be, lora.modules().iter().flat_map(|m| [&m.down, &m.up]))?;
+        Self::for_modules(be, lora, 0..lora.len(), settings)
+    }
+
+    /// An optimizer for the modules `modules` of `lora`.
+    pub fn for_modules(
+        be: &dyn Backend,
+        lora: &LoraSet,
+        modules: std::ops::Range<usize>,
+        settings: AdamWSettings,
+    ) -> Result<Self> {
+        let params = gather(
+            be,
+            lora.modules()[modules.clone()]
+                .iter()
+                .flat_map(|m| [&m.down, &m.up]),
+        )?;
         let n = params.numel();
         Ok(FlatOptimizer {
+            modules,
             params,
             grads: be.zeros(&[n], DType::F32)?,
             m: be.zeros(&[n], DType::F32)?,
@@ -44,7 +64,11 @@ impl FlatOptimizer {
 
     /// Copies the accumulated gradients into the flat buffer.
     pub fn load_grads(&mut self, be: &dyn Backend, grads: &LoraGrads) -> Result<()> {
-        let pairs = grads.down.iter().zip(&grads.up).flat_map(|(d, u)| [d, u]);
+        let r = self.modules.clone();
+        let pairs = grads.down[r.clone()]
+            .iter()
+            .zip(&grads.up[r])
+            .flat_map(|(d, u)| [d, u]);
         self.grads = gather(be, pairs)?;
         Ok(())
     }
@@ -75,7 +99,7 @@ impl FlatOptimizer {
     pub fn store(&self, be: &dyn Backend, lora: &mut LoraSet) -> Result<()> {
         let flat = be.to_f32_vec(&self.params)?;
         let mut at = 0;
-        for m in lora.modules_mut() {
+        for m in &mut lora.modules_mut()[self.modules.clone()] {
             for t in [&mut m.down, &mut m.up] {
                 let n = t.numel();
                 *t = be.tensor_from_f32(t.dims(), &flat[at..at + n], t.dtype())?;
