@@ -78,6 +78,7 @@ fn main() {
             down: &a,
             up: &b,
             scale: 1.0,
+            dropout: None,
         };
         let ms = time(reps, || {
             be.linear(&x, &w, None, Some(lora)).expect("linear");

@@ -25,33 +25,41 @@ pub enum Accum {
     Add,
 }
 
-/// A LoRA adapter on a linear layer: y += scale · (x·downᵀ)·upᵀ.
+/// A LoRA adapter on a linear layer: y += scale · ((x·downᵀ) ⊙ mask)·upᵀ.
 /// `down` is A, [rank, in]; `up` is B, [out, rank]; kohya's scale is alpha / rank.
 #[derive(Clone, Copy)]
 pub struct Lora<'a> {
     pub down: &'a Tensor,
     pub up: &'a Tensor,
     pub scale: f64,
+    /// Dropout on the adapter's hidden u = x·Aᵀ (kohya's `network_dropout`, applied to
+    /// lora_down's output during training): a pre-scaled keep mask shaped like u, [.., rank]
+    /// with x's leading dims, each element 0 (dropped) or 1/(1−p) (kept), in x's dtype.
+    /// The mask is an input, not drawn here: the same mask must reach the backward (it is
+    /// part of [`LoraBackward::lora`]). `None`: no dropout (inference, or p = 0).
+    pub dropout: Option<&'a Tensor>,
 }
 
 /// What the forward of a linear layer returns.
 pub struct LinearOut {
-    /// y = x·Wᵀ + bias + scale·(x·Aᵀ)·Bᵀ, [.., out].
+    /// y = x·Wᵀ + bias + scale·ũ·Bᵀ, [.., out].
     pub y: Tensor,
-    /// u = x·Aᵀ, [.., rank], when a LoRA was given: the backward reuses it for dB.
+    /// ũ = (x·Aᵀ) ⊙ mask (u = x·Aᵀ itself without dropout), [.., rank], when a LoRA was
+    /// given: the backward reuses it for dB. It is the hidden *after* dropout.
     pub lora_hidden: Option<Tensor>,
 }
 
 /// The LoRA half of a linear layer's backward: what was saved and where the gradients go.
 pub struct LoraBackward<'a> {
+    /// The adapter, with the forward's dropout mask if it had one.
     pub lora: Lora<'a>,
     /// The layer's input X, [.., in].
     pub x: &'a Tensor,
-    /// u = X·Aᵀ from the forward, [.., rank].
+    /// ũ = (X·Aᵀ) ⊙ mask from the forward ([`LinearOut::lora_hidden`]), [.., rank].
     pub hidden: &'a Tensor,
-    /// dA, [rank, in]: `+=` or `=` s·(dY·B)ᵀ·X, summed over all rows.
+    /// dA, [rank, in]: `+=` or `=` s·gᵀ·X with g = (dY·B) ⊙ mask, summed over all rows.
     pub grad_down: &'a mut Tensor,
-    /// dB, [out, rank]: `+=` or `=` s·dYᵀ·u.
+    /// dB, [out, rank]: `+=` or `=` s·dYᵀ·ũ.
     pub grad_up: &'a mut Tensor,
     pub accum: Accum,
 }
@@ -160,7 +168,9 @@ pub trait Backend: Send + Sync {
 
     // ---- linear layers and LoRA ----
 
-    /// y = x·Wᵀ (+ bias) (+ scale·(x·Aᵀ)·Bᵀ). x [.., in], w [out, in], bias [out].
+    /// y = x·Wᵀ (+ bias) (+ scale·ũ·Bᵀ), ũ = (x·Aᵀ) ⊙ mask (the mask when the LoRA carries
+    /// one, [`Lora::dropout`]). x [.., in], w [out, in], bias [out]. Returns ũ as
+    /// `lora_hidden`.
     fn linear(
         &self,
         x: &Tensor,
@@ -168,8 +178,8 @@ pub trait Backend: Send + Sync {
         bias: Option<&Tensor>,
         lora: Option<Lora<'_>>,
     ) -> Result<LinearOut>;
-    /// Backward of [`Backend::linear`] with frozen W: with g = dY·B,
-    /// dB (+)= s·dYᵀ·u, dA (+)= s·gᵀ·X, and, when `want_dx`, returns dX = dY·W + s·g·A.
+    /// Backward of [`Backend::linear`] with frozen W: with g = (dY·B) ⊙ mask (no mask: dY·B),
+    /// dB (+)= s·dYᵀ·ũ, dA (+)= s·gᵀ·X, and, when `want_dx`, returns dX = dY·W + s·g·A.
     fn linear_backward(
         &self,
         dy: &Tensor,

@@ -6,6 +6,7 @@
 //! (kohya's convention; sd15-formats.md §2.3). The frozen model looks its layers up here by
 //! name, so any set whose names match can be applied: freshly initialised, or loaded from a file.
 
+pub mod dropout;
 pub mod export;
 pub mod hash;
 pub mod inspect;
@@ -14,6 +15,8 @@ pub mod merge;
 mod write;
 
 use std::collections::HashMap;
+
+pub use dropout::LoraDropout;
 
 use crate::backend::{Accum, Backend, Lora};
 use crate::error::Result;
@@ -63,11 +66,13 @@ impl LoraModule {
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank() as f64
     }
+    /// The adapter as the backend takes it, without dropout.
     pub fn as_lora(&self) -> Lora<'_> {
         Lora {
             down: &self.down,
             up: &self.up,
             scale: self.scale(),
+            dropout: None,
         }
     }
 }

@@ -31,7 +31,7 @@ use crate::backend::{Accum, Activation, Attention as AttnParams, Backend, NormSt
 use crate::error::{Error, Result};
 use crate::lora::{LoraGrads, TargetLayer};
 use crate::model::config::{ClipTextConfig, HiddenAct};
-use crate::model::layers::{Ctx, LayerNorm, Linear};
+use crate::model::layers::{Ctx, LayerNorm, Linear, LoraSaved};
 use crate::model::weights::{Loader, WeightSource};
 use crate::tensor::Tensor;
 
@@ -60,24 +60,24 @@ struct LayerSaved {
     x: Tensor,
     /// layer_norm1's stats; None in layer 0, whose input gets no gradient.
     s1: Option<NormStats>,
-    uq: Option<Tensor>,
-    uk: Option<Tensor>,
-    uv: Option<Tensor>,
+    uq: Option<LoraSaved>,
+    uk: Option<LoraSaved>,
+    uv: Option<LoraSaved>,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     o: Tensor,
     lse: Tensor,
-    uo: Option<Tensor>,
+    uo: Option<LoraSaved>,
     x2: Tensor,
     s2: NormStats,
-    u_fc1: Option<Tensor>,
+    u_fc1: Option<LoraSaved>,
     f: Tensor,
-    u_fc2: Option<Tensor>,
+    u_fc2: Option<LoraSaved>,
 }
 
-fn opt_bytes(t: &Option<Tensor>) -> usize {
-    t.as_ref().map_or(0, Tensor::size_in_bytes)
+fn opt_bytes(t: &Option<LoraSaved>) -> usize {
+    t.as_ref().map_or(0, LoraSaved::size_in_bytes)
 }
 
 impl LayerSaved {
@@ -177,20 +177,20 @@ impl ClipLayer {
         let saved = save.then(|| LayerSaved {
             x,
             s1: (!first).then_some(s1),
-            uq: q.u,
-            uk: k.u,
-            uv: v.u,
+            uq: q.lora,
+            uk: k.lora,
+            uv: v.lora,
             q: q.y,
             k: k.y,
             v: v.y,
             o,
             lse,
-            uo: out.u,
+            uo: out.lora,
             x2,
             s2,
-            u_fc1: f.u,
+            u_fc1: f.lora,
             f: f.y,
-            u_fc2: g.u,
+            u_fc2: g.lora,
         });
         Ok((y, saved))
     }

@@ -4,20 +4,35 @@
 
 use crate::backend::{Backend, Conv2d as ConvParams, LoraBackward, NormStats};
 use crate::error::{Error, Result};
-use crate::lora::{LoraGrads, LoraSet};
+use crate::lora::{LoraDropout, LoraGrads, LoraSet};
 use crate::model::weights::Loader;
 use crate::tensor::Tensor;
 
-/// What every forward and backward needs: the backend, and the adapters if any.
+/// What every forward and backward needs: the backend, the adapters if any, and during a
+/// training forward the LoRA dropout source if any.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
     pub be: &'a dyn Backend,
     pub lora: Option<&'a LoraSet>,
+    /// Draws a fresh keep mask for every adapter call of a forward (kohya's
+    /// `network_dropout`). `None` (inference, sampling, validation): no dropout.
+    pub dropout: Option<&'a LoraDropout>,
 }
 
 impl<'a> Ctx<'a> {
+    /// A context without dropout.
     pub fn new(be: &'a dyn Backend, lora: Option<&'a LoraSet>) -> Self {
-        Ctx { be, lora }
+        Ctx {
+            be,
+            lora,
+            dropout: None,
+        }
+    }
+    /// The same context with LoRA dropout drawn from `dropout` (one source per training
+    /// micro-batch, see [`LoraDropout::for_site`]). The backward needs no source: each layer
+    /// saves its mask (see [`LoraSaved`]).
+    pub fn with_dropout(self, dropout: Option<&'a LoraDropout>) -> Self {
+        Ctx { dropout, ..self }
     }
 }
 
@@ -30,10 +45,26 @@ pub struct Linear {
     pub bias: Option<Tensor>,
 }
 
-/// What a linear layer's forward returns: y, and u = x·Aᵀ when an adapter is attached.
+/// What an adapter's forward leaves for its backward.
+pub struct LoraSaved {
+    /// ũ = (x·Aᵀ) ⊙ mask, [.., rank]: the hidden after dropout (u itself without), for dB.
+    pub hidden: Tensor,
+    /// The keep mask the forward drew ([.., rank], 0 or 1/(1−p)), for dA and dX; `None`
+    /// without dropout.
+    pub mask: Option<Tensor>,
+}
+
+impl LoraSaved {
+    pub fn size_in_bytes(&self) -> usize {
+        self.hidden.size_in_bytes() + self.mask.as_ref().map_or(0, Tensor::size_in_bytes)
+    }
+}
+
+/// What a linear layer's forward returns: y, and what its adapter's backward needs when an
+/// adapter is attached.
 pub struct LinearOut {
     pub y: Tensor,
-    pub u: Option<Tensor>,
+    pub lora: Option<LoraSaved>,
 }
 
 impl Linear {
@@ -72,45 +103,63 @@ impl Linear {
         set.find(&self.name).map(|i| (i, set))
     }
 
-    /// y = x·Wᵀ + b (+ the adapter's term), x [.., in].
+    /// y = x·Wᵀ + b (+ the adapter's term), x [.., in]. With a dropout source in `cx`, the
+    /// adapter's hidden gets a fresh mask, returned in `LinearOut::lora` for the backward.
     pub fn forward(&self, cx: &Ctx, x: &Tensor) -> Result<LinearOut> {
-        let lora = self.adapter(cx).map(|(i, set)| set.modules()[i].as_lora());
-        let out = cx.be.linear(x, &self.weight, self.bias.as_ref(), lora)?;
+        let Some((i, set)) = self.adapter(cx) else {
+            let out = cx.be.linear(x, &self.weight, self.bias.as_ref(), None)?;
+            return Ok(LinearOut {
+                y: out.y,
+                lora: None,
+            });
+        };
+        let module = &set.modules()[i];
+        let mask = match cx.dropout {
+            Some(d) => d.mask(cx.be, i, &x.shape().with_last(module.rank()), x.dtype())?,
+            None => None,
+        };
+        let mut lora = module.as_lora();
+        lora.dropout = mask.as_ref();
+        let out = cx
+            .be
+            .linear(x, &self.weight, self.bias.as_ref(), Some(lora))?;
         Ok(LinearOut {
             y: out.y,
-            u: out.lora_hidden,
+            lora: out.lora_hidden.map(|hidden| LoraSaved { hidden, mask }),
         })
     }
 
-    /// Accumulates the adapter's dA, dB into `grads` and returns dX if `want_dx`. `x` and `u`
-    /// are the forward's input and `LinearOut::u`.
+    /// Accumulates the adapter's dA, dB into `grads` and returns dX if `want_dx`. `x` and
+    /// `saved` are the forward's input and `LinearOut::lora`.
     pub fn backward(
         &self,
         cx: &Ctx,
         dy: &Tensor,
         x: &Tensor,
-        u: Option<&Tensor>,
+        saved: Option<&LoraSaved>,
         grads: &mut LoraGrads,
         want_dx: bool,
     ) -> Result<Option<Tensor>> {
         let Some((i, set)) = self.adapter(cx) else {
             return cx.be.linear_backward(dy, &self.weight, None, want_dx);
         };
-        let hidden = u.ok_or_else(|| Error::BadValue {
+        let saved = saved.ok_or_else(|| Error::BadValue {
             op: "linear backward",
             name: "saved lora hidden",
             value: self.name.clone(),
             expected: "the forward's x·Aᵀ, saved when the adapter was attached".into(),
         })?;
+        let mut lora = set.modules()[i].as_lora();
+        lora.dropout = saved.mask.as_ref();
         let accum = grads.accum;
         let (gd, gu) = (&mut grads.down[i], &mut grads.up[i]);
         cx.be.linear_backward(
             dy,
             &self.weight,
             Some(LoraBackward {
-                lora: set.modules()[i].as_lora(),
+                lora,
                 x,
-                hidden,
+                hidden: &saved.hidden,
                 grad_down: gd,
                 grad_up: gu,
                 accum,
@@ -127,10 +176,10 @@ impl Linear {
         cx: &Ctx,
         dy: &Tensor,
         x: &Tensor,
-        u: Option<&Tensor>,
+        saved: Option<&LoraSaved>,
         grads: &mut LoraGrads,
     ) -> Result<Tensor> {
-        self.backward(cx, dy, x, u, grads, true)?
+        self.backward(cx, dy, x, saved, grads, true)?
             .ok_or_else(|| Error::BadValue {
                 op: "linear backward",
                 name: "dx",

@@ -1,9 +1,9 @@
-//! Shapes of a linear layer with an optional LoRA.
+//! Shapes of a linear layer with an optional LoRA and its optional dropout mask.
 
 use super::{min_rank, mismatch, rank, same_dim};
 use crate::backend::Lora;
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::tensor::{Shape, Tensor};
 
 /// The sizes of one linear layer: rows of x, in and out features, LoRA rank (0 without).
 #[derive(Clone, Copy, Debug)]
@@ -50,6 +50,9 @@ pub fn forward(
     min_rank(OP, "x", x, 1, "[.., in_features]")?;
     let (in_f, out_f, r) = weights(OP, w, bias, lora)?;
     same_dim(OP, "x", x, -1, "w", w, 1)?;
+    if let Some(mask) = lora.and_then(|l| l.dropout) {
+        dropout_mask(OP, mask, &x.shape().with_last(r), "x", x)?;
+    }
     Ok(LinearDims {
         rows: x.shape().rows(),
         in_features: in_f,
@@ -90,6 +93,9 @@ pub fn backward(
                 "hidden must be [.., rank] with dy's leading dims",
             ));
         }
+        if let Some(mask) = l.dropout {
+            dropout_mask(OP, mask, hidden.shape(), "lora hidden", hidden)?;
+        }
         if gd.shape() != l.down.shape() {
             return Err(mismatch(
                 OP,
@@ -117,4 +123,26 @@ pub fn backward(
         out_features: out_f,
         rank: r,
     })
+}
+
+/// A LoRA dropout mask must be shaped like the hidden u = x·Aᵀ it multiplies, `expected`
+/// ([.., rank] with x's leading dims); the error names the mask and `other` (x or the hidden).
+fn dropout_mask(
+    op: &'static str,
+    mask: &Tensor,
+    expected: &Shape,
+    other_name: &'static str,
+    other: &Tensor,
+) -> Result<()> {
+    if mask.shape() != expected {
+        return Err(mismatch(
+            op,
+            "lora dropout mask",
+            mask,
+            other_name,
+            other,
+            format!("the mask must be shaped like the lora hidden x·Aᵀ, {expected}"),
+        ));
+    }
+    Ok(())
 }

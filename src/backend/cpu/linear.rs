@@ -1,14 +1,22 @@
-//! Linear layer with an optional LoRA term, forward and backward (W frozen).
+//! Linear layer with an optional LoRA term and optional LoRA dropout, forward and backward
+//! (W frozen).
 //!
-//! Forward, x [M, in] (M = all leading dims), W [out, in], A [r, in], B [out, r], s = alpha/r:
-//!   u = x·Aᵀ            [M, r]   (returned, saved for the backward)
-//!   y = x·Wᵀ + b + s·u·Bᵀ  [M, out]
+//! Forward, x [M, in] (M = all leading dims), W [out, in], A [r, in], B [out, r], s = alpha/r,
+//! and an optional pre-scaled keep mask K [M, r] (each element 0 or 1/(1−p); none: all ones):
+//!   u = x·Aᵀ                [M, r]
+//!   ũ = u ⊙ K               [M, r]   (returned as `lora_hidden`, saved for the backward)
+//!   y = x·Wᵀ + b + s·ũ·Bᵀ   [M, out]
+//! This is kohya's `network_dropout` (networks/lora.py, LoRAModule.forward): inverted
+//! dropout, `torch.nn.functional.dropout(lora_down(x), p)`, on lora_down's output only,
+//! before lora_up and the scale; the caller draws K and hands the same K to the backward.
 //! Backward, dY [M, out]:
-//!   g  = dY·B           [M, r]
-//!   dB (+)= s·dYᵀ·u     [out, r]
-//!   dA (+)= s·gᵀ·x      [r, in]
-//!   dX  = dY·W + s·g·A  [M, in]   (only when asked: the backward stops at the first LoRA)
-//! dA and dB are `=` on the first micro-batch of a step and `+=` after (`Accum`).
+//!   g  = (dY·B) ⊙ K         [M, r]
+//!   dB (+)= s·dYᵀ·ũ         [out, r]
+//!   dA (+)= s·gᵀ·x          [r, in]
+//!   dX  = dY·W + s·g·A      [M, in]   (only when asked: the backward stops at the first LoRA)
+//! dA and dB are `=` on the first micro-batch of a step and `+=` after (`Accum`). Without a
+//! mask no multiply happens at all, so results are bit-identical to a LoRA without dropout;
+//! an all-ones mask (p = 0) gives the same numbers too, as x·1 = x exactly.
 
 use super::gemm::{gemm, Mat};
 use super::{data, data_mut, dispatch, tensor, Real};
@@ -67,6 +75,9 @@ fn forward_t<T: Real>(
             &mut u,
             r,
         );
+        if let Some(mask) = l.dropout {
+            apply_mask(&mut u, data::<T>(OP, "lora dropout mask", mask)?);
+        }
         gemm(
             T::from_f64(l.scale),
             Mat::new(&u, m, r),
@@ -128,6 +139,11 @@ fn backward_t<T: Real>(
         let b = data::<T>(OP, "lora up (B)", lb.lora.up)?;
         let xs = data::<T>(OP, "x", lb.x)?;
         let u = data::<T>(OP, "lora hidden", lb.hidden)?;
+        let mask = lb
+            .lora
+            .dropout
+            .map(|t| data::<T>(OP, "lora dropout mask", t))
+            .transpose()?;
         let beta = match lb.accum {
             Accum::Assign => T::ZERO,
             Accum::Add => T::ONE,
@@ -141,6 +157,9 @@ fn backward_t<T: Real>(
             &mut g,
             r,
         );
+        if let Some(mask) = mask {
+            apply_mask(&mut g, mask);
+        }
         let gu = data_mut::<T>(OP, "grad_up", lb.grad_up)?;
         gemm(s, Mat::new(dys, m, n).t(), Mat::new(u, m, r), beta, gu, r);
         let gd = data_mut::<T>(OP, "grad_down", lb.grad_down)?;
@@ -150,4 +169,11 @@ fn backward_t<T: Real>(
         }
     }
     dx.map(|v| tensor(dy.shape().with_last(k), v)).transpose()
+}
+
+/// v ⊙= mask, elementwise (same lengths: the shapes were checked).
+fn apply_mask<T: Real>(v: &mut [T], mask: &[T]) {
+    for (x, &k) in v.iter_mut().zip(mask) {
+        *x *= k;
+    }
 }

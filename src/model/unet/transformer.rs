@@ -11,21 +11,22 @@
 //!   y  = x + map(proj_out(x4))
 //! attention(x, ctx) = to_out(softmax(q·kᵀ/sqrt(d))·v), q = to_q(x), k, v = to_k, to_v(ctx).
 //!
-//! Saved, and why (the weights are frozen; a LoRA needs its input X and u = X·Aᵀ):
+//! Saved, and why (the weights are frozen; a LoRA needs its input X, ũ = (X·Aᵀ) ⊙ mask and
+//! the dropout mask if any):
 //!   x and GroupNorm stats    t is recomputed from them (proj_in's X, and GroupNorm's backward)
 //!   x1, x2, x3 and the three LayerNorm stats: the LayerNorm inputs; their outputs (the q/k/v
 //!                            and ff0 inputs) are recomputed, one cheap pass each
 //!   q, k, v, o, lse of both attentions: the flash-style backward; o is also to_out's X
 //!   f = ff0 output           GEGLU's input; geglu(f), ff2's X, is recomputed
 //!   x4                       proj_out's X
-//!   each adapter's u         tiny ([tokens, rank])
+//!   each adapter's ũ and, with LoRA dropout, its mask (`LoraSaved`): tiny ([tokens, rank])
 //! Not saved: the norm outputs, the GEGLU output, the attention probabilities, proj_out's
 //! output, the block output.
 
 use crate::backend::{Attention as AttnParams, NormStats};
 use crate::error::Result;
 use crate::lora::{LoraGrads, TargetLayer};
-use crate::model::layers::{Ctx, GroupNorm, LayerNorm, Linear};
+use crate::model::layers::{Ctx, GroupNorm, LayerNorm, Linear, LoraSaved};
 use crate::model::weights::Loader;
 use crate::tensor::Tensor;
 
@@ -39,19 +40,19 @@ pub struct Attention {
 }
 
 pub struct AttentionSaved {
-    uq: Option<Tensor>,
-    uk: Option<Tensor>,
-    uv: Option<Tensor>,
+    uq: Option<LoraSaved>,
+    uk: Option<LoraSaved>,
+    uv: Option<LoraSaved>,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     o: Tensor,
     lse: Tensor,
-    uo: Option<Tensor>,
+    uo: Option<LoraSaved>,
 }
 
-fn opt_bytes(t: &Option<Tensor>) -> usize {
-    t.as_ref().map_or(0, Tensor::size_in_bytes)
+fn opt_bytes(t: &Option<LoraSaved>) -> usize {
+    t.as_ref().map_or(0, LoraSaved::size_in_bytes)
 }
 
 impl AttentionSaved {
@@ -101,15 +102,15 @@ impl Attention {
         let (o, lse) = cx.be.attention(&q.y, &k.y, &v.y, self.params())?;
         let out = self.to_out.forward(cx, &o)?;
         let saved = save.then_some(AttentionSaved {
-            uq: q.u,
-            uk: k.u,
-            uv: v.u,
+            uq: q.lora,
+            uk: k.lora,
+            uv: v.lora,
             q: q.y,
             k: k.y,
             v: v.y,
             o,
             lse,
-            uo: out.u,
+            uo: out.lora,
         });
         Ok((out.y, saved))
     }
@@ -178,9 +179,9 @@ pub struct BlockSaved {
     a2: AttentionSaved,
     x3: Tensor,
     s3: NormStats,
-    u_ff0: Option<Tensor>,
+    u_ff0: Option<LoraSaved>,
     f: Tensor,
-    u_ff2: Option<Tensor>,
+    u_ff2: Option<LoraSaved>,
 }
 
 impl BlockSaved {
@@ -246,9 +247,9 @@ impl TransformerBlock {
                 a2,
                 x3,
                 s3,
-                u_ff0: f.u,
+                u_ff0: f.lora,
                 f: f.y,
-                u_ff2: ff.u,
+                u_ff2: ff.lora,
             }),
             _ => None,
         };
@@ -313,10 +314,10 @@ pub struct Transformer2D {
 pub struct Transformer2DSaved {
     x: Tensor,
     stats: NormStats,
-    u_in: Option<Tensor>,
+    u_in: Option<LoraSaved>,
     block: BlockSaved,
     x4: Tensor,
-    u_out: Option<Tensor>,
+    u_out: Option<LoraSaved>,
 }
 
 impl Transformer2DSaved {
@@ -374,10 +375,10 @@ impl Transformer2D {
             (true, Some(block)) => Some(Transformer2DSaved {
                 x,
                 stats,
-                u_in: pin.u,
+                u_in: pin.lora,
                 block,
                 x4,
-                u_out: pout.u,
+                u_out: pout.lora,
             }),
             _ => None,
         };
