@@ -138,13 +138,14 @@ fn resume_after_an_interruption_gives_the_same_losses() {
     let be = CpuBackend::new();
     let straight = scratch("straight");
     lorafuse::demo::prepare(&straight, 30).unwrap();
-    // Accumulation, flips and caption shuffling, so every kind of draw is resumed.
+    // Accumulation, flips, caption shuffling and LoRA dropout, so every kind of draw is resumed.
     let sets: Vec<String> = [
         "sample_every_n_steps=0",
         "gradient_accumulation_steps=2",
         "flip_aug=true",
         "shuffle_caption=true",
         "batch_size=2",
+        "lora_dropout=0.1",
     ]
     .iter()
     .map(|s| s.to_string())

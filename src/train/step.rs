@@ -6,10 +6,12 @@
 //!   loss = (1/N) Σ_n w_n·mean((UNet(x_t, t, c) − ε)²),  w = min-SNR-γ weights or 1
 //! The backward writes `= ` or `+=` into the LoRA gradients by `grads.accum`; the loss
 //! gradient is multiplied by `grad_scale` (the loss scale over the accumulation steps).
+//! With `dropout`, each adapter's hidden is masked as kohya's `network_dropout` does; the
+//! masks are saved with the tape and reused by the backward.
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::lora::{LoraGrads, LoraSet};
+use crate::lora::{LoraDropout, LoraGrads, LoraSet};
 use crate::model::layers::Ctx;
 use crate::model::unet::Unet;
 use crate::rng::Rng;
@@ -85,8 +87,9 @@ pub fn train_micro_batch(
     obj: &Objective,
     grad_scale: f64,
     rng: &mut Rng,
+    dropout: Option<&LoraDropout>,
 ) -> Result<f64> {
-    let cx = Ctx::new(be, Some(lora));
+    let cx = Ctx::new(be, Some(lora)).with_dropout(dropout);
     let nz = noise_batch(be, latents, schedule, obj, rng)?;
     let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
     let (pred, tape) = unet.forward(&cx, &nz.noisy, &t, context, true, None)?;

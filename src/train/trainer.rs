@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::lora::export::{
     save_kohya, training_metadata, BaseModelInfo, SavePrecision, TrainingInfo,
 };
-use crate::lora::LoraSet;
+use crate::lora::{LoraDropout, LoraSet};
 use crate::model::checkpoint::load_sd15;
 use crate::model::clip::ClipTextModel;
 use crate::model::layers::Ctx;
@@ -229,13 +229,6 @@ pub fn train(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainReport> {
-    if cfg.lora_dropout > 0.0 {
-        return Err(unsupported(
-            "lora_dropout",
-            cfg.lora_dropout.to_string(),
-            "0: dropout on the adapters is not implemented yet",
-        ));
-    }
     if cfg.train_text_encoder {
         return Err(unsupported(
             "train_text_encoder",
@@ -462,9 +455,23 @@ pub fn train(
                 let (latents, context) = inputs.batch(be, &m, cfg, &opts, idx, false, &mut rng)?;
                 grads.accum = if k == 0 { Accum::Assign } else { Accum::Add };
                 let scale = scaler.scale / group.len() as f64;
+                let dropout = LoraDropout::for_site(
+                    cfg.lora_dropout,
+                    cfg.seed,
+                    &[4, progress.epoch, (b + k) as u64],
+                )?;
                 loss += train_micro_batch(
-                    be, &m.unet, &lora, &mut grads, &latents, &context, &noise, &obj, scale,
+                    be,
+                    &m.unet,
+                    &lora,
+                    &mut grads,
+                    &latents,
+                    &context,
+                    &noise,
+                    &obj,
+                    scale,
                     &mut rng,
+                    Some(&dropout),
                 )? / group.len() as f64;
             }
             b += group.len();
