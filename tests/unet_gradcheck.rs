@@ -132,3 +132,60 @@ fn lora_gradients_match_finite_differences_in_f64() {
         );
     }
 }
+
+/// d loss / d context, summed over every cross-attention: what the text encoder's backward
+/// starts from when it is trained.
+#[test]
+fn context_gradient_matches_finite_differences_in_f64() {
+    let be = CpuBackend::f64();
+    let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
+    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
+    let lora = kohya::load(fixtures().join("tiny-lora.safetensors"), &be, DType::F64).unwrap();
+    let mut rng = Rng::new(4);
+    let randn = |rng: &mut Rng, shape: &[usize]| {
+        let n = shape.iter().product();
+        Tensor::from_f64(shape, rng.normal_vec(n)).unwrap()
+    };
+    let x = randn(&mut rng, &[1, 4, 16, 16]);
+    let target = randn(&mut rng, &[1, 4, 16, 16]);
+    let ctx = randn(&mut rng, &[1, 77, ck.unet.0.cross_attention_dim]);
+    let t = Tensor::from_f64([1], vec![250.0]).unwrap();
+    let cx = Ctx::new(&be, Some(&lora));
+    let (out, tape) = unet.forward(&cx, &x, &t, &ctx, true, None).unwrap();
+    let (_, d_out) = be.mse_loss(&out, &target, None, 1.0).unwrap();
+    let mut grads = lora.zero_grads(&be).unwrap();
+    let d_ctx = unet
+        .backward_with_context_grad(&cx, &d_out, &ctx, tape.unwrap(), &mut grads, true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(d_ctx.dims(), ctx.dims());
+    let g = d_ctx.to_f64_vec();
+    let (mut ana, mut num) = (Vec::new(), Vec::new());
+    for _ in 0..24 {
+        let j = rng.below(ctx.numel() as u64) as usize;
+        let at = |delta: f64| {
+            let mut v = ctx.to_f64_vec();
+            v[j] += delta;
+            let c = Tensor::from_f64(ctx.shape().clone(), v).unwrap();
+            loss(&unet, &be, &lora, &x, &t, &c, &target)
+        };
+        let h = 1e-3;
+        num.push((at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h));
+        ana.push(g[j]);
+    }
+    let diff = ana
+        .iter()
+        .zip(&num)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let rel = diff / num.iter().map(|b| b * b).sum::<f64>().sqrt();
+    println!("24 context elements: relative error {rel:.2e}");
+    assert!(rel < 1e-6, "{rel:e}\n{ana:?}\n{num:?}");
+    // Without the request, no context gradient is computed.
+    let (_, tape) = unet.forward(&cx, &x, &t, &ctx, true, None).unwrap();
+    let none = unet
+        .backward_with_context_grad(&cx, &d_out, &ctx, tape.unwrap(), &mut grads, false)
+        .unwrap();
+    assert!(none.is_none());
+}

@@ -103,6 +103,7 @@ impl Layer {
     }
 
     /// Returns None when the attention is the model's earliest adapter (want_dx false).
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         cx: &Ctx,
@@ -111,12 +112,15 @@ impl Layer {
         s: LayerSaved,
         grads: &mut LoraGrads,
         want_dx: bool,
+        d_context: Option<&mut Tensor>,
     ) -> Result<Option<Tensor>> {
         let dh = match (&self.attention, s.attention) {
-            (Some(a), Some(sa)) => match a.backward(cx, &dy, context, sa, grads, want_dx)? {
-                Some(d) => d,
-                None => return Ok(None),
-            },
+            (Some(a), Some(sa)) => {
+                match a.backward(cx, &dy, context, sa, grads, want_dx, d_context)? {
+                    Some(d) => d,
+                    None => return Ok(None),
+                }
+            }
             _ => dy,
         };
         Ok(Some(self.resnet.backward(cx, &dh, s.resnet)?))
@@ -519,6 +523,26 @@ impl Unet {
         tape: UnetTape,
         grads: &mut LoraGrads,
     ) -> Result<()> {
+        self.backward_with_context_grad(cx, d_out, context, tape, grads, false)
+            .map(|_| ())
+    }
+
+    /// [`Unet::backward`], and with `want_context_grad` also d loss / d context, summed over
+    /// every cross-attention: what the text encoder's backward starts from when it is trained.
+    pub fn backward_with_context_grad(
+        &self,
+        cx: &Ctx,
+        d_out: &Tensor,
+        context: &Tensor,
+        tape: UnetTape,
+        grads: &mut LoraGrads,
+        want_context_grad: bool,
+    ) -> Result<Option<Tensor>> {
+        let mut d_ctx = if want_context_grad {
+            Some(cx.be.zeros(context.dims(), context.dtype())?)
+        } else {
+            None
+        };
         let da = self.conv_out.backward(cx, d_out, hw(&tape.out_x))?;
         let mut dh = self
             .conv_norm_out
@@ -534,7 +558,7 @@ impl Unet {
             }
             for (layer, (s, c_h)) in level.layers.iter().zip(saved.layers).rev() {
                 let dx = layer
-                    .backward(cx, dh, context, s, grads, true)?
+                    .backward(cx, dh, context, s, grads, true, d_ctx.as_mut())?
                     .ok_or_else(|| internal("up layer lost dx"))?;
                 let (d_h, d_skip) = cx.be.split_channels(&dx, c_h)?;
                 dh = d_h;
@@ -543,7 +567,7 @@ impl Unet {
         }
         for (layer, s) in self.mid.iter().zip(tape.mid).rev() {
             dh = layer
-                .backward(cx, dh, context, s, grads, true)?
+                .backward(cx, dh, context, s, grads, true, d_ctx.as_mut())?
                 .ok_or_else(|| internal("mid layer lost dx"))?;
         }
         // d_skips now holds the gradient of the last skip first; pop matches the down order
@@ -562,13 +586,13 @@ impl Unet {
                     .ok_or_else(|| internal("skip gradients ran out"))?;
                 cx.be.add_assign(&mut dh, &d_skip)?;
                 let first = i == 0 && j == 0;
-                match layer.backward(cx, dh, context, s, grads, !first)? {
+                match layer.backward(cx, dh, context, s, grads, !first, d_ctx.as_mut())? {
                     Some(d) => dh = d,
-                    None => return Ok(()),
+                    None => return Ok(d_ctx),
                 }
             }
         }
-        Ok(())
+        Ok(d_ctx)
     }
 }
 

@@ -117,6 +117,9 @@ impl Attention {
 
     /// dX of the query input (self-attention: plus the key/value paths), and the adapters'
     /// gradients. The context gets no gradient: the text encoder is not trained through here.
+    /// `d_context`: for cross-attention, where to add the gradient of the context (the text
+    /// embeddings), when the text encoder is trained; None skips that work.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         cx: &Ctx,
@@ -125,6 +128,7 @@ impl Attention {
         context: Option<&Tensor>,
         s: AttentionSaved,
         grads: &mut LoraGrads,
+        mut d_context: Option<&mut Tensor>,
     ) -> Result<Tensor> {
         let d_o = self
             .to_out
@@ -136,17 +140,18 @@ impl Attention {
         let mut dx = self.to_q.backward_dx(cx, &dq, x, s.uq.as_ref(), grads)?;
         let kv_in = context.unwrap_or(x);
         let self_attn = context.is_none();
-        if let Some(d) = self
-            .to_k
-            .backward(cx, &dk, kv_in, s.uk.as_ref(), grads, self_attn)?
-        {
-            cx.be.add_assign(&mut dx, &d)?;
-        }
-        if let Some(d) = self
-            .to_v
-            .backward(cx, &dv, kv_in, s.uv.as_ref(), grads, self_attn)?
-        {
-            cx.be.add_assign(&mut dx, &d)?;
+        let want_kv = self_attn || d_context.is_some();
+        for (layer, d, u) in [
+            (&self.to_k, &dk, s.uk.as_ref()),
+            (&self.to_v, &dv, s.uv.as_ref()),
+        ] {
+            if let Some(g) = layer.backward(cx, d, kv_in, u, grads, want_kv)? {
+                match (self_attn, d_context.as_deref_mut()) {
+                    (true, _) => cx.be.add_assign(&mut dx, &g)?,
+                    (false, Some(dc)) => cx.be.add_assign(dc, &g)?,
+                    (false, None) => {}
+                }
+            }
         }
         Ok(dx)
     }
@@ -263,6 +268,7 @@ impl TransformerBlock {
         context: &Tensor,
         s: BlockSaved,
         grads: &mut LoraGrads,
+        d_context: Option<&mut Tensor>,
     ) -> Result<Tensor> {
         // Feed-forward: x4 = x3 + ff2(geglu(ff0(norm3(x3)))).
         let g = cx.be.geglu(&s.f)?;
@@ -281,14 +287,16 @@ impl TransformerBlock {
         let (n2, _) = self.norm2.forward(cx, &s.x2)?;
         let dn2 = self
             .attn2
-            .backward(cx, &dx3, &n2, Some(context), s.a2, grads)?;
+            .backward(cx, &dx3, &n2, Some(context), s.a2, grads, d_context)?;
         drop(n2);
         let mut dx2 = self.norm2.backward(cx, &dn2, &s.x2, &s.s2)?;
         cx.be.add_assign(&mut dx2, &dx3)?;
         drop(dx3);
         // Self-attention: x2 = x1 + attn1(norm1(x1)).
         let (n1, _) = self.norm1.forward(cx, &s.x1)?;
-        let dn1 = self.attn1.backward(cx, &dx2, &n1, None, s.a1, grads)?;
+        let dn1 = self
+            .attn1
+            .backward(cx, &dx2, &n1, None, s.a1, grads, None)?;
         drop(n1);
         let mut dx1 = self.norm1.backward(cx, &dn1, &s.x1, &s.s1)?;
         cx.be.add_assign(&mut dx1, &dx2)?;
@@ -392,6 +400,8 @@ impl Transformer2D {
     }
 
     /// `want_dx` false for the model's earliest adapter: nothing before it needs a gradient.
+    /// `d_context`: where to add the context's gradient (see [`Attention::backward`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         cx: &Ctx,
@@ -400,6 +410,7 @@ impl Transformer2D {
         s: Transformer2DSaved,
         grads: &mut LoraGrads,
         want_dx: bool,
+        d_context: Option<&mut Tensor>,
     ) -> Result<Option<Tensor>> {
         let (h, w) = (s.x.dims()[2], s.x.dims()[3]);
         let dt5 = cx.be.nchw_to_nlc(dy)?;
@@ -407,7 +418,9 @@ impl Transformer2D {
             .proj_out
             .backward_dx(cx, &dt5, &s.x4, s.u_out.as_ref(), grads)?;
         drop((dt5, s.x4));
-        let dx1 = self.block.backward(cx, &dx4, context, s.block, grads)?;
+        let dx1 = self
+            .block
+            .backward(cx, &dx4, context, s.block, grads, d_context)?;
         drop(dx4);
         let (t, _) = self.tokens(cx, &s.x)?;
         let dt = self
