@@ -534,12 +534,8 @@ fn wrong_types_and_words_are_named_with_the_choices() {
         "[\"a dog\", \"  \"]",
         "a prompt is empty",
     );
-    assert_bad(
-        "train_text_encoder: true",
-        "train_text_encoder",
-        "true",
-        "not supported yet",
-    );
+    // The text encoder's adapters train now: accepted.
+    assert!(with("train_text_encoder: true").unwrap().train_text_encoder);
 
     // Lenient readings a kohya or GUI user relies on.
     let c = with("mixed_precision: false\nflip_aug: yes\nlearning_rate: \"1e-4\"\nepochs: 10.0\nsave_precision: float\ndevice: CUDA\nlr_scheduler: Cosine").unwrap();

@@ -138,7 +138,8 @@ fn resume_after_an_interruption_gives_the_same_losses() {
     let be = CpuBackend::new();
     let straight = scratch("straight");
     lorafuse::demo::prepare(&straight, 30).unwrap();
-    // Accumulation, flips, caption shuffling and LoRA dropout, so every kind of draw is resumed.
+    // Accumulation, flips, caption shuffling, LoRA dropout and the text encoder's adapters (a
+    // second optimizer), so every kind of draw and state is resumed.
     let sets: Vec<String> = [
         "sample_every_n_steps=0",
         "gradient_accumulation_steps=2",
@@ -146,6 +147,8 @@ fn resume_after_an_interruption_gives_the_same_losses() {
         "shuffle_caption=true",
         "batch_size=2",
         "lora_dropout=0.1",
+        "train_text_encoder=true",
+        "text_encoder_lr=0.0005",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -282,6 +285,49 @@ fn latents_cached_on_disk_are_reused() {
     assert!(
         std::fs::read(&victim).unwrap().starts_with(b"LFLT"),
         "re-encoded"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn text_encoder_adapters_train_and_export() {
+    let dir = scratch("te");
+    lorafuse::demo::prepare(&dir, 20).unwrap();
+    let sets: Vec<String> = [
+        "sample_every_n_steps=0",
+        "train_text_encoder=true",
+        "text_encoder_lr=0.001",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let cfg = config(&dir, &sets);
+    let be = CpuBackend::new();
+    let report = train(
+        &cfg,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    assert!(report.train_loss_after < report.train_loss_before);
+    let lora = kohya::load(&report.lora_path, &be, DType::F32).unwrap();
+    let te: Vec<_> = lora
+        .modules()
+        .iter()
+        .filter(|m| m.name.starts_with("lora_te_"))
+        .collect();
+    // The demo's text encoder has 2 layers: 6 adapters each (SD1.5's 12 layers give 72).
+    assert_eq!((lora.len(), te.len()), (192 + 12, 12));
+    assert!(te
+        .iter()
+        .any(|m| m.name == "lora_te_text_model_encoder_layers_0_self_attn_q_proj"));
+    // B starts at zero: a trained text-encoder adapter has a non-zero B.
+    assert!(
+        te.iter()
+            .all(|m| m.up.to_f32_vec().iter().any(|&v| v != 0.0)),
+        "every text-encoder adapter was trained"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

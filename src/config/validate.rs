@@ -151,12 +151,6 @@ fn check_network(c: &mut Check) {
         );
     }
     c.range("lora_dropout", unit(cfg.lora_dropout));
-    if cfg.train_text_encoder {
-        c.fail(
-            "train_text_encoder",
-            "is not supported yet: lorafuse trains UNet adapters only for now (the text encoder has no backward pass yet); set false".into(),
-        );
-    }
 }
 
 fn check_schedule(c: &mut Check) {

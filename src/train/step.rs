@@ -74,7 +74,8 @@ fn timestep_tensor(be: &dyn Backend, t: &[usize], dtype: DType) -> Result<Tensor
     be.tensor_from_f32(&[v.len()], &v, dtype)
 }
 
-/// Forward, loss and LoRA backward of one micro-batch; returns the (unscaled) loss.
+/// Forward, loss and LoRA backward of one micro-batch; returns the (unscaled) loss, and with
+/// `want_context_grad` d loss / d context for the text encoder's backward.
 #[allow(clippy::too_many_arguments)]
 pub fn train_micro_batch(
     be: &dyn Backend,
@@ -88,7 +89,8 @@ pub fn train_micro_batch(
     grad_scale: f64,
     rng: &mut Rng,
     dropout: Option<&LoraDropout>,
-) -> Result<f64> {
+    want_context_grad: bool,
+) -> Result<(f64, Option<Tensor>)> {
     let cx = Ctx::new(be, Some(lora)).with_dropout(dropout);
     let nz = noise_batch(be, latents, schedule, obj, rng)?;
     let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
@@ -98,10 +100,12 @@ pub fn train_micro_batch(
         .map(|g| min_snr_weights(schedule, &nz.timesteps, g));
     let (loss, d_pred) = be.mse_loss(&pred, &nz.noise, weights.as_deref(), grad_scale)?;
     drop(pred);
+    let mut d_context = None;
     if let Some(tape) = tape {
-        unet.backward(&cx, &d_pred, context, tape, grads)?;
+        d_context =
+            unet.backward_with_context_grad(&cx, &d_pred, context, tape, grads, want_context_grad)?;
     }
-    Ok(loss)
+    Ok((loss, d_context))
 }
 
 /// The loss of `lora` on (latents, context) pairs with noise and timesteps drawn from a fixed

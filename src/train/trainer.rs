@@ -182,14 +182,14 @@ impl Inputs<'_> {
         idx: &[usize],
         validation: bool,
         rng: &mut Rng,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<(Tensor, Vec<String>)> {
         let items = if validation {
             &self.ds.validation
         } else {
             &self.ds.items
         };
         let mut lat = Vec::with_capacity(idx.len());
-        let mut ctx = Vec::with_capacity(idx.len());
+        let mut captions = Vec::with_capacity(idx.len());
         for &i in idx {
             let item = &items[i];
             let flipped = !validation && opts.flip_aug && rng.uniform() < 0.5;
@@ -208,15 +208,38 @@ impl Inputs<'_> {
             } else {
                 process_caption(&item.caption, opts, rng)
             };
+            captions.push(caption);
+        }
+        Ok((stack(be, &lat)?, captions))
+    }
+
+    /// Text embeddings [N, 77, D] of the frozen text encoder, from the cache.
+    fn contexts(
+        &mut self,
+        be: &dyn Backend,
+        m: &Models,
+        cfg: &TrainConfig,
+        captions: &[String],
+    ) -> Result<Tensor> {
+        let mut ctx = Vec::with_capacity(captions.len());
+        for c in captions {
             ctx.push(self.texts.get_or_encode(
                 be,
                 m.te.as_ref(),
                 &self.tokenizer,
-                &caption,
+                c,
                 cfg.clip_skip,
             )?);
         }
-        Ok((stack(be, &lat)?, stack(be, &ctx)?))
+        stack(be, &ctx)
+    }
+
+    /// The token ids of captions, 77 per caption.
+    fn ids(&self, captions: &[String]) -> Vec<u32> {
+        captions
+            .iter()
+            .flat_map(|c| self.tokenizer.encode(c).ids)
+            .collect()
     }
 }
 
@@ -229,13 +252,6 @@ pub fn train(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainReport> {
-    if cfg.train_text_encoder {
-        return Err(unsupported(
-            "train_text_encoder",
-            "true".into(),
-            "false: the text encoder has no backward pass yet",
-        ));
-    }
     let started = wall_time_now();
     let out = &cfg.output_dir;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create the output folder", e))?;
@@ -300,7 +316,8 @@ pub fn train(
             cfg.seed,
         )?;
     }
-    let captions_fixed = !cfg.shuffle_caption && cfg.caption_dropout_rate == 0.0;
+    let train_te = cfg.train_text_encoder;
+    let captions_fixed = !cfg.shuffle_caption && cfg.caption_dropout_rate == 0.0 && !train_te;
     if captions_fixed {
         for item in ds.items.iter().chain(&ds.validation) {
             inputs.texts.get_or_encode(
@@ -324,9 +341,24 @@ pub fn train(
             m.te = None;
         }
     }
+    let te_model = |m: &Models| -> Result<()> {
+        m.te.as_ref().map(|_| ()).ok_or_else(|| {
+            unsupported("train_text_encoder", "true".into(), "the text encoder kept")
+        })
+    };
+    if train_te {
+        te_model(&m)?;
+    }
 
-    // 4. Adapters, optimizer, schedule.
-    let targets = m.unet.lora_targets(cfg.lora_targets);
+    // 4. Adapters (the UNet's, then the text encoder's when it is trained), one optimizer per
+    //    learning rate, the schedule.
+    let mut targets = m.unet.lora_targets(cfg.lora_targets);
+    let n_unet = targets.len();
+    if train_te {
+        if let Some(te) = &m.te {
+            targets.extend(te.lora_targets());
+        }
+    }
     let mut lora = LoraSet::init(
         be,
         &targets,
@@ -340,7 +372,19 @@ pub fn train(
         eps: cfg.adam_epsilon,
         weight_decay: cfg.weight_decay,
     };
-    let mut opt = FlatOptimizer::new(be, &lora, settings)?;
+    let mut opt = Optimizers {
+        unet: FlatOptimizer::for_modules(be, &lora, 0..n_unet, settings)?,
+        te: if train_te {
+            Some(FlatOptimizer::for_modules(
+                be,
+                &lora,
+                n_unet..targets.len(),
+                settings,
+            )?)
+        } else {
+            None
+        },
+    };
     let mut scaler = LossScaler::new(be.compute_dtype() == crate::tensor::DType::F16);
     let micro_per_epoch = ds.batches_per_epoch(cfg.batch_size);
     let steps_per_epoch = cfg.steps_per_epoch(micro_per_epoch) as u64;
@@ -357,6 +401,10 @@ pub fn train(
         warmup: cfg.warmup_steps(total as usize) as u64,
         total,
         num_cycles: cfg.lr_scheduler_num_cycles as f64,
+    };
+    let te_schedule = LrSchedule {
+        base_lr: cfg.text_encoder_lr,
+        ..schedule
     };
     let noise = NoiseSchedule::sd15();
     let obj = Objective {
@@ -377,40 +425,25 @@ pub fn train(
         validation_losses: Vec::new(),
         config_fingerprint: fingerprint(cfg),
     };
-    let mut best_params: Option<Tensor> = None;
+    let mut best_params: Option<(Vec<f32>, Vec<f32>, Vec<f32>)> = None;
     if resume {
         let saved = state::load(&state_path)?;
         if saved.progress.config_fingerprint != progress.config_fingerprint {
             return Err(unsupported("resume", state_path.display().to_string(), "a state saved with the same settings (this config changes what the run computes; start a new output_dir instead)"));
         }
-        if saved.params.numel() != opt.params.numel() {
-            return Err(unsupported(
-                "resume",
-                state_path.display().to_string(),
-                "a state of the same adapters",
-            ));
-        }
-        opt.params = be.tensor_from_f32(
-            saved.params.dims(),
-            &saved.params.to_f32_vec(),
-            crate::tensor::DType::F32,
-        )?;
-        opt.m = be.tensor_from_f32(
-            saved.m.dims(),
-            &saved.m.to_f32_vec(),
-            crate::tensor::DType::F32,
-        )?;
-        opt.v = be.tensor_from_f32(
-            saved.v.dims(),
-            &saved.v.to_f32_vec(),
-            crate::tensor::DType::F32,
-        )?;
+        opt.restore(be, &saved.params, &saved.m, &saved.v, &mut lora)
+            .map_err(|_| {
+                unsupported(
+                    "resume",
+                    state_path.display().to_string(),
+                    "a state of the same adapters",
+                )
+            })?;
         progress = saved.progress;
-        opt.step = progress.step - progress.skipped_steps;
+        opt.set_step(progress.step - progress.skipped_steps);
         scaler.scale = progress.loss_scale;
         scaler.good_steps = progress.loss_scale_good_steps;
         scaler.skipped = progress.skipped_steps;
-        opt.store(be, &mut lora)?;
         obs.on(Event::Info(format!(
             "resuming at step {} of {} (epoch {})",
             progress.step,
@@ -422,9 +455,9 @@ pub fn train(
     // Fixed-noise evaluation sets: the training images (to show what training did) and the
     // validation images.
     let eval_seed = cfg.seed ^ 0xe7a1;
-    let train_pairs = eval_pairs(be, &m, cfg, &mut inputs, false)?;
-    let val_pairs = eval_pairs(be, &m, cfg, &mut inputs, true)?;
-    let train_loss_before = fixed_noise_loss(be, &m.unet, None, &train_pairs, &noise, eval_seed)?;
+    let train_set = eval_set(be, &m, cfg, &mut inputs, false)?;
+    let val_set = eval_set(be, &m, cfg, &mut inputs, true)?;
+    let train_loss_before = eval_loss(be, &m, None, &train_set, &inputs, &noise, eval_seed, cfg)?;
 
     cfg.write_effective()
         .map_err(|e| unsupported("output_dir", out.display().to_string(), &e.to_string()))?;
@@ -452,7 +485,7 @@ pub fn train(
             let mut loss = 0.0;
             for (k, idx) in group.iter().enumerate() {
                 let mut rng = Rng::for_site(cfg.seed, &[3, progress.epoch, (b + k) as u64]);
-                let (latents, context) = inputs.batch(be, &m, cfg, &opts, idx, false, &mut rng)?;
+                let (latents, captions) = inputs.batch(be, &m, cfg, &opts, idx, false, &mut rng)?;
                 grads.accum = if k == 0 { Accum::Assign } else { Accum::Add };
                 let scale = scaler.scale / group.len() as f64;
                 let dropout = LoraDropout::for_site(
@@ -460,7 +493,17 @@ pub fn train(
                     cfg.seed,
                     &[4, progress.epoch, (b + k) as u64],
                 )?;
-                loss += train_micro_batch(
+                // The text encoder runs with its adapters (and keeps a tape) when trained;
+                // otherwise the cached embeddings are the context.
+                let (context, te_tape) = match (&m.te, train_te) {
+                    (Some(te), true) => {
+                        let cx = Ctx::new(be, Some(&lora)).with_dropout(Some(&dropout));
+                        let ids = inputs.ids(&captions);
+                        te.forward_train(&cx, &ids, captions.len(), cfg.clip_skip, true)?
+                    }
+                    _ => (inputs.contexts(be, &m, cfg, &captions)?, None),
+                };
+                let (l, d_context) = train_micro_batch(
                     be,
                     &m.unet,
                     &lora,
@@ -472,7 +515,13 @@ pub fn train(
                     scale,
                     &mut rng,
                     Some(&dropout),
-                )? / group.len() as f64;
+                    te_tape.is_some(),
+                )?;
+                if let (Some(te), Some(tape), Some(dc)) = (&m.te, te_tape, d_context) {
+                    let cx = Ctx::new(be, Some(&lora)).with_dropout(Some(&dropout));
+                    te.backward(&cx, &dc, tape, &mut grads)?;
+                }
+                loss += l / group.len() as f64;
             }
             b += group.len();
             opt.load_grads(be, &grads)?;
@@ -480,12 +529,8 @@ pub fn train(
             let apply = scaler.update(norm.is_finite());
             let lr = schedule.lr(progress.step);
             if apply {
-                opt.update(
-                    be,
-                    lr,
-                    clip_coefficient(norm, cfg.max_grad_norm) / scaler.scale,
-                )?;
-                opt.store(be, &mut lora)?;
+                let coef = clip_coefficient(norm, cfg.max_grad_norm) / scaler.scale;
+                opt.update(be, lr, te_schedule.lr(progress.step), coef, &mut lora)?;
             }
             progress.step += 1;
             progress.batch_in_epoch = b as u64;
@@ -504,14 +549,19 @@ pub fn train(
             });
 
             if let Some(n) = cfg.validate_every_n_steps {
-                if !val_pairs.is_empty() && progress.step % n as u64 == 0 {
+                if !val_set.pairs.is_empty() && progress.step % n as u64 == 0 {
                     if let Some(why) = validate(
                         be,
-                        &m.unet,
-                        &lora,
-                        &val_pairs,
-                        &noise,
-                        eval_seed,
+                        eval_loss(
+                            be,
+                            &m,
+                            Some(&lora),
+                            &val_set,
+                            &inputs,
+                            &noise,
+                            eval_seed,
+                            cfg,
+                        )?,
                         cfg,
                         &opt,
                         &mut progress,
@@ -560,7 +610,7 @@ pub fn train(
                     "interrupted at step {}; continue with --resume",
                     progress.step
                 ));
-                save_state(&state_path, &progress, &opt, &scaler)?;
+                save_state(be, &state_path, &progress, &opt, &scaler)?;
                 obs.on(Event::Saved {
                     what: "state",
                     path: state_path.clone(),
@@ -571,14 +621,19 @@ pub fn train(
         if b >= batches.len() {
             progress.epoch += 1;
             progress.batch_in_epoch = 0;
-            if cfg.validate_every_n_steps.is_none() && !val_pairs.is_empty() {
+            if cfg.validate_every_n_steps.is_none() && !val_set.pairs.is_empty() {
                 if let Some(why) = validate(
                     be,
-                    &m.unet,
-                    &lora,
-                    &val_pairs,
-                    &noise,
-                    eval_seed,
+                    eval_loss(
+                        be,
+                        &m,
+                        Some(&lora),
+                        &val_set,
+                        &inputs,
+                        &noise,
+                        eval_seed,
+                        cfg,
+                    )?,
                     cfg,
                     &opt,
                     &mut progress,
@@ -619,12 +674,19 @@ pub fn train(
     // Early stopping keeps the best adapters; otherwise the last ones are the result.
     if let (Some(_), Some(best)) = (&stopped, &best_params) {
         if !interrupted {
-            opt.params = best.clone();
-            opt.store(be, &mut lora)?;
+            opt.restore_flat(be, best, &mut lora)?;
         }
     }
-    let train_loss_after =
-        fixed_noise_loss(be, &m.unet, Some(&lora), &train_pairs, &noise, eval_seed)?;
+    let train_loss_after = eval_loss(
+        be,
+        &m,
+        Some(&lora),
+        &train_set,
+        &inputs,
+        &noise,
+        eval_seed,
+        cfg,
+    )?;
     let lora_path = out.join(format!("{}.safetensors", cfg.output_name));
     if !interrupted {
         save_lora(
@@ -641,7 +703,7 @@ pub fn train(
             what: "LoRA",
             path: lora_path.clone(),
         });
-        save_state(&state_path, &progress, &opt, &scaler)?;
+        save_state(be, &state_path, &progress, &opt, &scaler)?;
         let png = out.join(format!("{}-loss.png", cfg.output_name));
         crate::monitor::plot::loss_curve_png(
             &png,
@@ -666,28 +728,29 @@ pub fn train(
     })
 }
 
-/// One (latents, context) pair per image, batched by `batch_size`, without random choices.
-fn eval_pairs(
+/// Images scored with fixed noise: (latents, context) per batch, and the captions the
+/// contexts came from (re-encoded through the trained text encoder when it is trained).
+struct EvalSet {
+    pairs: Vec<(Tensor, Tensor)>,
+    captions: Vec<Vec<String>>,
+}
+
+/// One batch per `batch_size` images of a bucket, without random choices.
+fn eval_set(
     be: &dyn Backend,
     m: &Models,
     cfg: &TrainConfig,
     inputs: &mut Inputs,
     validation: bool,
-) -> Result<Vec<(Tensor, Tensor)>> {
-    let n = if validation {
-        inputs.ds.validation.len()
+) -> Result<EvalSet> {
+    let items = if validation {
+        &inputs.ds.validation
     } else {
-        inputs.ds.items.len()
+        &inputs.ds.items
     };
-    let mut pairs = Vec::new();
-    // Same-bucket groups only, so every pair stacks.
+    // Same-bucket groups only, so every batch stacks.
     let mut by_bucket: std::collections::BTreeMap<(usize, usize), Vec<usize>> = Default::default();
-    for i in 0..n {
-        let item = if validation {
-            &inputs.ds.validation[i]
-        } else {
-            &inputs.ds.items[i]
-        };
+    for (i, item) in items.iter().enumerate() {
         by_bucket.entry(item.bucket).or_default().push(i);
     }
     let mut rng = Rng::new(0);
@@ -697,30 +760,59 @@ fn eval_pairs(
         flip_aug: false,
         ..inputs.opts.clone()
     };
+    let mut set = EvalSet {
+        pairs: Vec::new(),
+        captions: Vec::new(),
+    };
     for idx in by_bucket.values() {
         for chunk in idx.chunks(cfg.batch_size.max(1)) {
-            pairs.push(inputs.batch(be, m, cfg, &fixed, chunk, validation, &mut rng)?);
+            let (latents, captions) =
+                inputs.batch(be, m, cfg, &fixed, chunk, validation, &mut rng)?;
+            let context = inputs.contexts(be, m, cfg, &captions)?;
+            set.pairs.push((latents, context));
+            set.captions.push(captions);
         }
     }
-    Ok(pairs)
+    Ok(set)
+}
+
+/// The fixed-noise loss of `set` with `lora` (None: the base model).
+#[allow(clippy::too_many_arguments)]
+fn eval_loss(
+    be: &dyn Backend,
+    m: &Models,
+    lora: Option<&LoraSet>,
+    set: &EvalSet,
+    inputs: &Inputs,
+    noise: &NoiseSchedule,
+    seed: u64,
+    cfg: &TrainConfig,
+) -> Result<f64> {
+    match (&m.te, lora, cfg.train_text_encoder) {
+        (Some(te), Some(l), true) => {
+            let cx = Ctx::new(be, Some(l));
+            let mut pairs = Vec::with_capacity(set.pairs.len());
+            for ((latents, _), captions) in set.pairs.iter().zip(&set.captions) {
+                let ctx = te.forward(&cx, &inputs.ids(captions), captions.len(), cfg.clip_skip)?;
+                pairs.push((latents.clone(), ctx));
+            }
+            fixed_noise_loss(be, &m.unet, lora, &pairs, noise, seed)
+        }
+        _ => fixed_noise_loss(be, &m.unet, lora, &set.pairs, noise, seed),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn validate(
     be: &dyn Backend,
-    unet: &Unet,
-    lora: &LoraSet,
-    pairs: &[(Tensor, Tensor)],
-    noise: &NoiseSchedule,
-    seed: u64,
+    loss: f64,
     cfg: &TrainConfig,
-    opt: &FlatOptimizer,
+    opt: &Optimizers,
     progress: &mut Progress,
-    best_params: &mut Option<Tensor>,
+    best_params: &mut Option<(Vec<f32>, Vec<f32>, Vec<f32>)>,
     tb: &mut EventWriter,
     obs: &mut dyn Observer,
 ) -> Result<Option<String>> {
-    let loss = fixed_noise_loss(be, unet, Some(lora), pairs, noise, seed)?;
     progress.validation_losses.push((progress.step, loss));
     tb.add_scalar(
         "loss/validation",
@@ -734,7 +826,7 @@ fn validate(
     if improved {
         progress.best_validation = Some((progress.step, loss));
         progress.validations_since_best = 0;
-        *best_params = Some(opt.params.clone());
+        *best_params = Some(opt.snapshot(be)?);
     } else {
         progress.validations_since_best += 1;
     }
@@ -757,16 +849,25 @@ fn validate(
 }
 
 fn save_state(
+    be: &dyn Backend,
     path: &Path,
     progress: &Progress,
-    opt: &FlatOptimizer,
+    opt: &Optimizers,
     scaler: &LossScaler,
 ) -> Result<()> {
     let mut p = progress.clone();
     p.loss_scale = scaler.scale;
     p.loss_scale_good_steps = scaler.good_steps;
     p.skipped_steps = scaler.skipped;
-    state::save(path, &p, &opt.params, &opt.m, &opt.v)
+    let (params, m, v) = opt.snapshot(be)?;
+    let n = params.len();
+    state::save(
+        path,
+        &p,
+        &Tensor::from_f32([n], params)?,
+        &Tensor::from_f32([n], m)?,
+        &Tensor::from_f32([n], v)?,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -803,6 +904,9 @@ fn save_lora(
         lora_rank: cfg.lora_rank,
         lora_alpha: cfg.lora_alpha,
         targets: cfg.lora_targets,
+        train_text_encoder: cfg.train_text_encoder,
+        network_dropout: (cfg.lora_dropout > 0.0).then_some(cfg.lora_dropout),
+        text_encoder_lr: cfg.train_text_encoder.then_some(cfg.text_encoder_lr),
         learning_rate: cfg.learning_rate,
         unet_lr: Some(cfg.unet_lr),
         lr_scheduler: cfg.lr_scheduler.to_string(),
@@ -870,4 +974,102 @@ fn samples(
         written.push(path);
     }
     Ok(written)
+}
+
+/// The UNet's optimizer and, when the text encoder is trained, its own (another learning
+/// rate), seen as one for clipping, state and early stopping.
+struct Optimizers {
+    unet: FlatOptimizer,
+    te: Option<FlatOptimizer>,
+}
+
+impl Optimizers {
+    fn all(&self) -> impl Iterator<Item = &FlatOptimizer> {
+        std::iter::once(&self.unet).chain(self.te.as_ref())
+    }
+    fn load_grads(&mut self, be: &dyn Backend, grads: &crate::lora::LoraGrads) -> Result<()> {
+        self.unet.load_grads(be, grads)?;
+        if let Some(t) = &mut self.te {
+            t.load_grads(be, grads)?;
+        }
+        Ok(())
+    }
+    /// ‖g‖ over every adapter (kohya clips the UNet's and the text encoder's together).
+    fn grad_norm(&self, be: &dyn Backend) -> Result<f64> {
+        let mut sq = 0.0;
+        for o in self.all() {
+            sq += o.grad_norm(be)?.powi(2);
+        }
+        Ok(sq.sqrt())
+    }
+    fn update(
+        &mut self,
+        be: &dyn Backend,
+        lr: f64,
+        te_lr: f64,
+        grad_scale: f64,
+        lora: &mut LoraSet,
+    ) -> Result<()> {
+        self.unet.update(be, lr, grad_scale)?;
+        self.unet.store(be, lora)?;
+        if let Some(t) = &mut self.te {
+            t.update(be, te_lr, grad_scale)?;
+            t.store(be, lora)?;
+        }
+        Ok(())
+    }
+    fn set_step(&mut self, step: u64) {
+        self.unet.step = step;
+        if let Some(t) = &mut self.te {
+            t.step = step;
+        }
+    }
+    /// (params, m, v), every optimizer's end to end.
+    fn snapshot(&self, be: &dyn Backend) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (mut p, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new());
+        for o in self.all() {
+            p.extend(be.to_f32_vec(&o.params)?);
+            m.extend(be.to_f32_vec(&o.m)?);
+            v.extend(be.to_f32_vec(&o.v)?);
+        }
+        Ok((p, m, v))
+    }
+    /// The inverse of [`Optimizers::snapshot`]; also writes the parameters into `lora`.
+    fn restore_flat(
+        &mut self,
+        be: &dyn Backend,
+        snap: &(Vec<f32>, Vec<f32>, Vec<f32>),
+        lora: &mut LoraSet,
+    ) -> Result<()> {
+        let total: usize = self.all().map(|o| o.params.numel()).sum();
+        if snap.0.len() != total || snap.1.len() != total || snap.2.len() != total {
+            return Err(unsupported(
+                "state",
+                format!("{} parameters", snap.0.len()),
+                &format!("{total} parameters: the same adapters"),
+            ));
+        }
+        let mut at = 0;
+        for o in std::iter::once(&mut self.unet).chain(self.te.as_mut()) {
+            let n = o.params.numel();
+            let dims = [n];
+            o.params = be.tensor_from_f32(&dims, &snap.0[at..at + n], crate::tensor::DType::F32)?;
+            o.m = be.tensor_from_f32(&dims, &snap.1[at..at + n], crate::tensor::DType::F32)?;
+            o.v = be.tensor_from_f32(&dims, &snap.2[at..at + n], crate::tensor::DType::F32)?;
+            o.store(be, lora)?;
+            at += n;
+        }
+        Ok(())
+    }
+    fn restore(
+        &mut self,
+        be: &dyn Backend,
+        params: &Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        lora: &mut LoraSet,
+    ) -> Result<()> {
+        let snap = (params.to_f32_vec(), m.to_f32_vec(), v.to_f32_vec());
+        self.restore_flat(be, &snap, lora)
+    }
 }
