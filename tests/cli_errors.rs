@@ -178,3 +178,65 @@ fn demo_runs_and_says_where_things_went() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("192"), "{text}");
 }
+
+/// A real Ctrl-C (SIGINT) to `lorafuse train`: it finishes the step, saves the state, says how
+/// to resume and exits 0; `--resume` then completes the run.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_and_resume_finishes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = scratch("sigint");
+    lorafuse::demo::prepare(&dir, 60).unwrap();
+    let cfg = dir.join("demo.yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+        .arg("train")
+        .arg(&cfg)
+        .args(["--set", "sample_every_n_steps=0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    // Wait for training to be under way (the progress line of step 10), then interrupt.
+    while err.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("step     10/") {
+            break;
+        }
+        line.clear();
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    seen.push_str(&rest);
+    assert_eq!(out.status.code(), Some(0), "{seen}");
+    assert!(
+        seen.contains("interrupted at step") && seen.contains("--resume"),
+        "{seen}"
+    );
+    assert!(dir.join("output/state.safetensors").is_file());
+    assert!(
+        !dir.join("output/demo-shapes.safetensors").exists(),
+        "no final LoRA from an interrupted run"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+        .arg("train")
+        .arg(&cfg)
+        .args(["--set", "sample_every_n_steps=0", "--resume"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("resuming at step"),
+        "{text}"
+    );
+    assert!(dir.join("output/demo-shapes.safetensors").is_file());
+}
