@@ -3,6 +3,9 @@
 //! dropout source is replayed from its seed, so every forward draws the forward's masks), and
 //! p = 0 gives exactly the gradients of training without dropout.
 
+mod common;
+
+use common::{assert_gradients_match, central_difference};
 use std::path::{Path, PathBuf};
 
 use lorafuse::backend::Accum;
@@ -152,8 +155,7 @@ fn dropout_gradients_match_finite_differences_under_the_same_masks() {
             // The masks of the forward above, drawn again.
             s.loss(&lora, Some(&drop.replay()))
         };
-        let h = 1e-3;
-        num.push((at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h));
+        num.push(central_difference(&mut at, 1e-3));
         let md = &mut lora.modules_mut()[m];
         if down {
             md.down = base
@@ -161,34 +163,11 @@ fn dropout_gradients_match_finite_differences_under_the_same_masks() {
             md.up = base
         }
     }
-    let diff = ana
-        .iter()
-        .zip(&num)
-        .map(|(a, b)| (a - b).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let norm = num.iter().map(|b| b * b).sum::<f64>().sqrt();
-    let rel = diff / norm;
-    println!(
-        "p = {p}: {} parameters of {n} modules: relative error {rel:.2e}",
-        picks.len()
-    );
     assert!(
         ana.iter().filter(|v| v.abs() > 1e-12).count() > picks.len() / 2,
         "most sampled gradients are non-zero: {ana:?}"
     );
-    assert!(
-        rel < 1e-6,
-        "relative error {rel:e}\nanalytic {ana:?}\nnumeric {num:?}"
-    );
-    let scale = num.iter().fold(0.0f64, |a, b| a.max(b.abs()));
-    for (i, (a, b)) in ana.iter().zip(&num).enumerate() {
-        assert!(
-            (a - b).abs() < 1e-6 * scale,
-            "parameter {:?}: analytic {a} numeric {b}",
-            picks[i]
-        );
-    }
+    assert_gradients_match(&format!("p = {p}, {n} modules"), &ana, &num, &picks);
 
     // The gradients really are those of the dropped-out network: without dropout they differ.
     let (_, _, plain) = s.train(None);

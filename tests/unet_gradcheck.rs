@@ -3,6 +3,9 @@
 //! every level (down, mid, up; proj_in, attention, feed-forward, proj_out; A and B), the
 //! analytic d loss / d θ against a fourth-order central difference of the loss.
 
+mod common;
+
+use common::{assert_gradients_match, central_difference};
 use std::path::{Path, PathBuf};
 
 use lorafuse::backend::Accum;
@@ -93,8 +96,7 @@ fn lora_gradients_match_finite_differences_in_f64() {
             }
             loss(&unet, &be, &lora, &x, &t, &ctx, &target)
         };
-        let h = 1e-3;
-        num.push((at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h));
+        num.push(central_difference(&mut at, 1e-3));
         let md = &mut lora.modules_mut()[m];
         if down {
             md.down = base
@@ -102,35 +104,11 @@ fn lora_gradients_match_finite_differences_in_f64() {
             md.up = base
         }
     }
-    let diff = ana
-        .iter()
-        .zip(&num)
-        .map(|(a, b)| (a - b).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let norm = num.iter().map(|b| b * b).sum::<f64>().sqrt();
-    let rel = diff / norm;
-    println!(
-        "{} parameters of {n} modules: relative error {rel:.2e}",
-        picks.len()
-    );
     assert!(
         ana.iter().filter(|v| v.abs() > 1e-12).count() > picks.len() / 2,
         "most sampled gradients are non-zero"
     );
-    assert!(
-        rel < 1e-6,
-        "relative error {rel:e}\nanalytic {ana:?}\nnumeric {num:?}"
-    );
-    // Each parameter individually too, against the largest gradient's scale.
-    let scale = num.iter().fold(0.0f64, |a, b| a.max(b.abs()));
-    for (i, (a, b)) in ana.iter().zip(&num).enumerate() {
-        assert!(
-            (a - b).abs() < 1e-6 * scale,
-            "parameter {:?}: analytic {a} numeric {b}",
-            picks[i]
-        );
-    }
+    assert_gradients_match(&format!("{n} modules"), &ana, &num, &picks);
 }
 
 /// d loss / d context, summed over every cross-attention: what the text encoder's backward
@@ -161,27 +139,20 @@ fn context_gradient_matches_finite_differences_in_f64() {
     assert_eq!(d_ctx.dims(), ctx.dims());
     let g = d_ctx.to_f64_vec();
     let (mut ana, mut num) = (Vec::new(), Vec::new());
+    let mut picks = Vec::new();
     for _ in 0..24 {
         let j = rng.below(ctx.numel() as u64) as usize;
-        let at = |delta: f64| {
+        picks.push(j);
+        let mut at = |delta: f64| {
             let mut v = ctx.to_f64_vec();
             v[j] += delta;
             let c = Tensor::from_f64(ctx.shape().clone(), v).unwrap();
             loss(&unet, &be, &lora, &x, &t, &c, &target)
         };
-        let h = 1e-3;
-        num.push((at(-2.0 * h) - 8.0 * at(-h) + 8.0 * at(h) - at(2.0 * h)) / (12.0 * h));
+        num.push(central_difference(&mut at, 1e-3));
         ana.push(g[j]);
     }
-    let diff = ana
-        .iter()
-        .zip(&num)
-        .map(|(a, b)| (a - b).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let rel = diff / num.iter().map(|b| b * b).sum::<f64>().sqrt();
-    println!("24 context elements: relative error {rel:.2e}");
-    assert!(rel < 1e-6, "{rel:e}\n{ana:?}\n{num:?}");
+    assert_gradients_match("context elements", &ana, &num, &picks);
     // Without the request, no context gradient is computed.
     let (_, tape) = unet.forward(&cx, &x, &t, &ctx, true, None).unwrap();
     let none = unet

@@ -146,3 +146,35 @@ pub fn gradcheck(
         );
     }
 }
+
+/// The fourth-order central difference (f(−2h) − 8f(−h) + 8f(h) − f(2h)) / 12h of `f`, a
+/// function of the perturbation.
+pub fn central_difference(mut f: impl FnMut(f64) -> f64, h: f64) -> f64 {
+    (f(-2.0 * h) - 8.0 * f(-h) + 8.0 * f(h) - f(2.0 * h)) / (12.0 * h)
+}
+
+/// Whole-model gradient checks: the analytic and numeric gradients of sampled parameters must
+/// agree to GRAD_TOL norm-wise, and each one to GRAD_TOL of the largest. Returns the norm-wise
+/// relative error (printed with `what`).
+pub fn assert_gradients_match(
+    what: &str,
+    ana: &[f64],
+    num: &[f64],
+    labels: &[impl std::fmt::Debug],
+) -> f64 {
+    let rel = rel_err(ana, num);
+    println!("{what}: {} parameters, relative error {rel:.2e}", ana.len());
+    assert!(
+        rel < GRAD_TOL,
+        "{what}: relative error {rel:e}\nanalytic {ana:?}\nnumeric {num:?}"
+    );
+    let scale = num.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+    for (i, (a, b)) in ana.iter().zip(num).enumerate() {
+        assert!(
+            (a - b).abs() < GRAD_TOL * scale,
+            "{what}: parameter {:?}: analytic {a} numeric {b}",
+            labels[i]
+        );
+    }
+    rel
+}
