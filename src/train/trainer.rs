@@ -471,6 +471,54 @@ pub fn train(
         trainable: lora.num_params(),
     });
 
+    // After a step and at the end of an epoch: a validation when due, then a LoRA checkpoint
+    // when `save_as` names one. Evaluates to Some(reason) when early stopping ends the run
+    // (no checkpoint is written then: the best adapters are restored and saved at the end).
+    macro_rules! periodic {
+        ($validate:expr, $save_as:expr) => {{
+            let mut reason = None;
+            if $validate {
+                let loss = eval_loss(
+                    be,
+                    &m,
+                    Some(&lora),
+                    &val_set,
+                    &inputs,
+                    &noise,
+                    eval_seed,
+                    cfg,
+                )?;
+                reason = validate(
+                    be,
+                    loss,
+                    cfg,
+                    &opt,
+                    &mut progress,
+                    &mut best_params,
+                    &mut tb,
+                    obs,
+                )?;
+            }
+            if let (None, Some(name)) = (&reason, $save_as) {
+                let p = out.join(name);
+                save_lora(
+                    cfg,
+                    &lora,
+                    &p,
+                    &ds,
+                    &progress,
+                    started,
+                    total,
+                    steps_per_epoch,
+                )?;
+                obs.on(Event::Saved {
+                    what: "checkpoint",
+                    path: p,
+                });
+            }
+            reason
+        }};
+    }
     let mut grads = lora.zero_grads(be)?;
     let accum = cfg.gradient_accumulation_steps.max(1);
     let mut stopped: Option<String> = None;
@@ -548,53 +596,17 @@ pub fn train(
                 skipped: !apply,
             });
 
-            if let Some(n) = cfg.validate_every_n_steps {
-                if !val_set.pairs.is_empty() && progress.step % n as u64 == 0 {
-                    if let Some(why) = validate(
-                        be,
-                        eval_loss(
-                            be,
-                            &m,
-                            Some(&lora),
-                            &val_set,
-                            &inputs,
-                            &noise,
-                            eval_seed,
-                            cfg,
-                        )?,
-                        cfg,
-                        &opt,
-                        &mut progress,
-                        &mut best_params,
-                        &mut tb,
-                        obs,
-                    )? {
-                        stopped = Some(why);
-                        break 'run;
-                    }
-                }
-            }
-            if let Some(n) = cfg.save_every_n_steps {
-                if progress.step % n as u64 == 0 && progress.step < total {
-                    let p = out.join(format!(
-                        "{}-step{:06}.safetensors",
-                        cfg.output_name, progress.step
-                    ));
-                    save_lora(
-                        cfg,
-                        &lora,
-                        &p,
-                        &ds,
-                        &progress,
-                        started,
-                        total,
-                        steps_per_epoch,
-                    )?;
-                    obs.on(Event::Saved {
-                        what: "checkpoint",
-                        path: p,
-                    });
-                }
+            let validate_now = !val_set.pairs.is_empty()
+                && cfg
+                    .validate_every_n_steps
+                    .is_some_and(|n| progress.step % n as u64 == 0);
+            let save_as = cfg
+                .save_every_n_steps
+                .filter(|&n| progress.step % n as u64 == 0 && progress.step < total)
+                .map(|_| format!("{}-step{:06}.safetensors", cfg.output_name, progress.step));
+            if let Some(why) = periodic!(validate_now, save_as) {
+                stopped = Some(why);
+                break 'run;
             }
             if sampling && progress.step % cfg.sample_every_n_steps as u64 == 0 {
                 for p in samples(be, &m, &lora, cfg, &inputs.tokenizer, progress.step)? {
@@ -621,51 +633,14 @@ pub fn train(
         if b >= batches.len() {
             progress.epoch += 1;
             progress.batch_in_epoch = 0;
-            if cfg.validate_every_n_steps.is_none() && !val_set.pairs.is_empty() {
-                if let Some(why) = validate(
-                    be,
-                    eval_loss(
-                        be,
-                        &m,
-                        Some(&lora),
-                        &val_set,
-                        &inputs,
-                        &noise,
-                        eval_seed,
-                        cfg,
-                    )?,
-                    cfg,
-                    &opt,
-                    &mut progress,
-                    &mut best_params,
-                    &mut tb,
-                    obs,
-                )? {
-                    stopped = Some(why);
-                    break 'run;
-                }
-            }
-            if let Some(n) = cfg.save_every_n_epochs {
-                if progress.epoch % n as u64 == 0 && progress.step < total {
-                    let p = out.join(format!(
-                        "{}-{:06}.safetensors",
-                        cfg.output_name, progress.epoch
-                    ));
-                    save_lora(
-                        cfg,
-                        &lora,
-                        &p,
-                        &ds,
-                        &progress,
-                        started,
-                        total,
-                        steps_per_epoch,
-                    )?;
-                    obs.on(Event::Saved {
-                        what: "checkpoint",
-                        path: p,
-                    });
-                }
+            let validate_now = cfg.validate_every_n_steps.is_none() && !val_set.pairs.is_empty();
+            let save_as = cfg
+                .save_every_n_epochs
+                .filter(|&n| progress.epoch % n as u64 == 0 && progress.step < total)
+                .map(|_| format!("{}-{:06}.safetensors", cfg.output_name, progress.epoch));
+            if let Some(why) = periodic!(validate_now, save_as) {
+                stopped = Some(why);
+                break 'run;
             }
         }
     }
