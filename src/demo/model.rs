@@ -66,32 +66,6 @@ impl WeightSource for Recorder {
     }
 }
 
-fn safetensors_bytes(tensors: &BTreeMap<String, Tensor>, strip: &str) -> Result<Vec<u8>> {
-    let bufs: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
-        .iter()
-        .map(|(k, t)| {
-            let name = k.strip_prefix(strip).unwrap_or(k).to_string();
-            (
-                name,
-                t.to_f32_vec()
-                    .iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect(),
-                t.dims().to_vec(),
-            )
-        })
-        .collect();
-    let views = bufs
-        .iter()
-        .map(|(n, b, s)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| write_error(n, e.to_string()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, None).map_err(|e| write_error("weights", e.to_string()))
-}
-
 fn write_error(what: &str, why: String) -> Error {
     Error::BadValue {
         op: "demo model",
@@ -152,10 +126,12 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<PathBuf> {
         create_dir(&sub)?;
         write_atomic(&sub.join("config.json"), &config)?;
         let prefix = format!("{name}.");
-        write_atomic(
-            &sub.join(file),
-            &safetensors_bytes(&part(&prefix), &prefix)?,
-        )?;
+        let tensors = part(&prefix);
+        let named: Vec<(String, &Tensor)> = tensors
+            .iter()
+            .map(|(k, t)| (k.strip_prefix(&prefix).unwrap_or(k).to_string(), t))
+            .collect();
+        crate::lora::write::write_f32_safetensors(&sub.join(file), &named, &BTreeMap::new())?;
     }
     Ok(dir.to_path_buf())
 }

@@ -12,7 +12,7 @@ pub mod hash;
 pub mod inspect;
 pub mod kohya;
 pub mod merge;
-mod write;
+pub(crate) mod write;
 
 use std::collections::HashMap;
 

@@ -158,3 +158,27 @@ pub(crate) fn write_safetensors(
     file.commit()?;
     Ok(size)
 }
+
+/// Writes f32 tensors and `metadata` to `path` atomically (the training state, the demo's
+/// model files).
+pub(crate) fn write_f32_safetensors(
+    path: &Path,
+    tensors: &[(String, &crate::tensor::Tensor)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<u64> {
+    let out = tensors
+        .iter()
+        .map(|(name, t)| OutTensor {
+            name: name.clone(),
+            dtype: Dtype::F32,
+            shape: t.dims().to_vec(),
+            data: Data::Owned(
+                t.to_f32_vec()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
+            ),
+        })
+        .collect();
+    write_safetensors(path, out, metadata)
+}

@@ -3,7 +3,7 @@
 //! rest as JSON in the header's metadata), written atomically (`crate::atomic`) so an
 //! interruption never leaves a broken state behind.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -49,33 +49,16 @@ pub fn save(
 ) -> Result<()> {
     let json = serde_json::to_string(progress)
         .map_err(|e| bad(path, format!("cannot encode the state: {e}")))?;
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), FORMAT.to_string());
-    meta.insert("progress".to_string(), json);
-    let bufs: Vec<(&str, Vec<u8>, Vec<usize>)> = [("params", params), ("m", m), ("v", v)]
-        .iter()
-        .map(|(n, t)| {
-            (
-                *n,
-                t.to_f32_vec()
-                    .iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect(),
-                t.dims().to_vec(),
-            )
-        })
-        .collect();
-    let views = bufs
-        .iter()
-        .map(|(n, b, s)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.to_string(), v))
-                .map_err(|e| bad(path, format!("cannot lay out {n}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, Some(meta))
-        .map_err(|e| bad(path, format!("cannot serialize: {e}")))?;
-    crate::atomic::write_file(path, &bytes)
+    let meta = BTreeMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("progress".to_string(), json),
+    ]);
+    let tensors = [
+        ("params".to_string(), params),
+        ("m".to_string(), m),
+        ("v".to_string(), v),
+    ];
+    crate::lora::write::write_f32_safetensors(path, &tensors, &meta).map(|_| ())
 }
 
 /// The saved state: progress and the three flat f32 buffers.
