@@ -231,6 +231,7 @@ fn ctrl_c_saves_and_resume_finishes() {
         .arg("train")
         .arg(&cfg)
         .args(["--set", "sample_every_n_steps=0", "--resume"])
+        .arg(dir.join("output"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr);

@@ -45,9 +45,10 @@ pub enum Command {
     Train {
         /// The YAML config file.
         config: PathBuf,
-        /// Continue the run saved in output_dir (after Ctrl-C or a crash).
-        #[arg(long)]
-        resume: bool,
+        /// Continue the run saved in output_dir (after Ctrl-C or a crash), or in DIR: the
+        /// output folder of that run.
+        #[arg(long, value_name = "DIR", num_args = 0..=1)]
+        resume: Option<Option<PathBuf>>,
         /// Override a config key, e.g. --set learning_rate=5e-4 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -162,8 +163,13 @@ fn backend(cfg: &TrainConfig) -> Result<CpuBackend, Failure> {
     }
 }
 
-fn train_cmd(config: &Path, resume: bool, set: &[String]) -> Outcome {
-    let cfg = TrainConfig::load(config, set)?;
+fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> Outcome {
+    let mut set = set.to_vec();
+    if let Some(Some(dir)) = &resume {
+        set.push(format!("output_dir={}", dir.display()));
+    }
+    let resume = resume.is_some();
+    let cfg = TrainConfig::load(config, &set)?;
     cfg.check_paths()?;
     for w in cfg.warnings() {
         eprintln!("warning: {w}");
