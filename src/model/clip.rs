@@ -263,12 +263,11 @@ impl ClipTextModel {
         be: &dyn Backend,
         prefix: &str,
     ) -> Result<Self> {
-        config.validate().map_err(|why| Error::BadValue {
-            op: "clip",
-            name: "config",
-            value: why,
-            expected: "a CLIP text encoder configuration".into(),
-        })?;
+        crate::model::config::checked(
+            config.validate(),
+            "clip",
+            "a CLIP text encoder configuration",
+        )?;
         let l = Loader::new(src, be, prefix).at("text_model");
         let (d, f, eps) = (
             config.hidden_size,

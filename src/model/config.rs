@@ -155,18 +155,11 @@ impl UnetConfig {
     /// Checks that this is a UNet lorafuse can build: the SD1.x topology, consistent lists,
     /// heads and groups that divide the channels. The error says which field is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        let levels = self.block_out_channels.len();
-        if levels == 0 {
-            return Err("block_out_channels is empty".into());
-        }
-        if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
-            return Err(format!(
-                "block_out_channels has {levels} levels but down_block_types has {} and \
-                 up_block_types {}",
-                self.down_block_types.len(),
-                self.up_block_types.len()
-            ));
-        }
+        let levels = check_levels(
+            self.block_out_channels.len(),
+            self.down_block_types.len(),
+            self.up_block_types.len(),
+        )?;
         if self.layers_per_block == 0 {
             return Err("layers_per_block is 0".into());
         }
@@ -265,18 +258,11 @@ impl VaeConfig {
 
     /// Checks consistency, as [`UnetConfig::validate`].
     pub fn validate(&self) -> Result<(), String> {
-        let levels = self.block_out_channels.len();
-        if levels == 0 {
-            return Err("block_out_channels is empty".into());
-        }
-        if self.down_block_types.len() != levels || self.up_block_types.len() != levels {
-            return Err(format!(
-                "block_out_channels has {levels} levels but down_block_types has {} and \
-                 up_block_types {}",
-                self.down_block_types.len(),
-                self.up_block_types.len()
-            ));
-        }
+        check_levels(
+            self.block_out_channels.len(),
+            self.down_block_types.len(),
+            self.up_block_types.len(),
+        )?;
         if self.layers_per_block == 0 || self.latent_channels == 0 {
             return Err("layers_per_block and latent_channels must be positive".into());
         }
@@ -361,4 +347,29 @@ impl Default for ClipTextConfig {
     fn default() -> Self {
         ClipTextConfig::sd15()
     }
+}
+
+/// The level lists of a UNet or VAE config agree and are not empty; returns the level count.
+fn check_levels(levels: usize, down: usize, up: usize) -> Result<usize, String> {
+    if levels == 0 {
+        return Err("block_out_channels is empty".into());
+    }
+    if down != levels || up != levels {
+        return Err(format!(
+            "block_out_channels has {levels} levels but down_block_types has {down} and \
+             up_block_types {up}"
+        ));
+    }
+    Ok(levels)
+}
+
+/// A model's `validate()` result as the crate's error: `model` names the model ("unet"),
+/// `what` the configuration expected.
+pub fn checked(result: Result<(), String>, model: &'static str, what: &str) -> crate::Result<()> {
+    result.map_err(|why| crate::Error::BadValue {
+        op: model,
+        name: "config",
+        value: why,
+        expected: what.to_string(),
+    })
 }

@@ -21,8 +21,6 @@ use crate::model::unet::resnet::ResnetBlock;
 use crate::model::weights::{Loader, WeightSource};
 use crate::tensor::Tensor;
 
-const EPS: f64 = 1e-6;
-
 /// GroupNorm, single-head self-attention over positions, residual.
 pub struct VaeAttention {
     pub group_norm: GroupNorm,
@@ -33,9 +31,9 @@ pub struct VaeAttention {
 }
 
 impl VaeAttention {
-    fn load(l: &Loader, c: usize, groups: usize) -> Result<Self> {
+    fn load(l: &Loader, c: usize, groups: usize, eps: f64) -> Result<Self> {
         Ok(VaeAttention {
-            group_norm: GroupNorm::load(&l.at("group_norm"), c, groups, EPS)?,
+            group_norm: GroupNorm::load(&l.at("group_norm"), c, groups, eps)?,
             to_q: Linear::load(&l.at("to_q"), c, c, true)?,
             to_k: Linear::load(&l.at("to_k"), c, c, true)?,
             to_v: Linear::load(&l.at("to_v"), c, c, true)?,
@@ -73,11 +71,11 @@ pub struct VaeMid {
 }
 
 impl VaeMid {
-    fn load(l: &Loader, c: usize, groups: usize) -> Result<Self> {
+    fn load(l: &Loader, c: usize, groups: usize, eps: f64) -> Result<Self> {
         Ok(VaeMid {
-            resnet0: ResnetBlock::load(&l.at("resnets.0"), c, c, None, groups, EPS)?,
-            attention: VaeAttention::load(&l.at("attentions.0"), c, groups)?,
-            resnet1: ResnetBlock::load(&l.at("resnets.1"), c, c, None, groups, EPS)?,
+            resnet0: ResnetBlock::load(&l.at("resnets.0"), c, c, None, groups, eps)?,
+            attention: VaeAttention::load(&l.at("attentions.0"), c, groups, eps)?,
+            resnet1: ResnetBlock::load(&l.at("resnets.1"), c, c, None, groups, eps)?,
         })
     }
     fn forward(&self, cx: &Ctx, x: Tensor) -> Result<Tensor> {
@@ -128,15 +126,9 @@ impl Vae {
     ) -> Result<Vae> {
         let l = Loader::new(src, be, prefix);
         let ch = &config.block_out_channels;
+        crate::model::config::checked(config.validate(), "vae", "an SD1.x VAE configuration")?;
         let (levels, g, lat) = (ch.len(), config.norm_num_groups, config.latent_channels);
-        if levels == 0 || ch.iter().any(|&c| g == 0 || c % g != 0) {
-            return Err(Error::BadValue {
-                op: "vae",
-                name: "config",
-                value: format!("block_out_channels {ch:?}, norm_num_groups {g}"),
-                expected: "at least one level, each divisible by norm_num_groups".into(),
-            });
-        }
+        let eps = config.norm_eps();
         let resnets =
             |l: &Loader, n: usize, c_in: usize, c_out: usize| -> Result<Vec<ResnetBlock>> {
                 (0..n)
@@ -147,7 +139,7 @@ impl Vae {
                             c_out,
                             None,
                             g,
-                            EPS,
+                            eps,
                         )
                     })
                     .collect()
@@ -167,8 +159,8 @@ impl Vae {
         let encoder = Encoder {
             conv_in: Conv::load(&el.at("conv_in"), config.in_channels, ch[0], 3, 1, 1)?,
             down,
-            mid: VaeMid::load(&el.at("mid_block"), c_last, g)?,
-            conv_norm_out: GroupNorm::load(&el.at("conv_norm_out"), c_last, g, EPS)?,
+            mid: VaeMid::load(&el.at("mid_block"), c_last, g, eps)?,
+            conv_norm_out: GroupNorm::load(&el.at("conv_norm_out"), c_last, g, eps)?,
             conv_out: Conv::load(&el.at("conv_out"), c_last, 2 * lat, 3, 1, 1)?,
         };
 
@@ -185,9 +177,9 @@ impl Vae {
         }
         let decoder = Decoder {
             conv_in: Conv::load(&dl.at("conv_in"), lat, c_last, 3, 1, 1)?,
-            mid: VaeMid::load(&dl.at("mid_block"), c_last, g)?,
+            mid: VaeMid::load(&dl.at("mid_block"), c_last, g, eps)?,
             up,
-            conv_norm_out: GroupNorm::load(&dl.at("conv_norm_out"), ch[0], g, EPS)?,
+            conv_norm_out: GroupNorm::load(&dl.at("conv_norm_out"), ch[0], g, eps)?,
             conv_out: Conv::load(&dl.at("conv_out"), ch[0], config.out_channels, 3, 1, 1)?,
         };
         Ok(Vae {

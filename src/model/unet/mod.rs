@@ -192,12 +192,7 @@ impl Unet {
         be: &dyn crate::backend::Backend,
         prefix: &str,
     ) -> Result<Unet> {
-        config.validate().map_err(|why| Error::BadValue {
-            op: "unet",
-            name: "config",
-            value: why,
-            expected: "an SD1.x UNet configuration".into(),
-        })?;
+        crate::model::config::checked(config.validate(), "unet", "an SD1.x UNet configuration")?;
         let l = Loader::new(src, be, prefix);
         let ch = &config.block_out_channels;
         let levels = ch.len();
