@@ -341,15 +341,6 @@ pub fn train(
             m.te = None;
         }
     }
-    let te_model = |m: &Models| -> Result<()> {
-        m.te.as_ref().map(|_| ()).ok_or_else(|| {
-            unsupported("train_text_encoder", "true".into(), "the text encoder kept")
-        })
-    };
-    if train_te {
-        te_model(&m)?;
-    }
-
     // 4. Adapters (the UNet's, then the text encoder's when it is trained), one optimizer per
     //    learning rate, the schedule.
     let mut targets = m.unet.lora_targets(cfg.lora_targets);
