@@ -1,7 +1,8 @@
 // With the `cuda` feature, compiles every kernels/*.cu to PTX in OUT_DIR with nvcc (found via
 // $NVCC, $CUDA_HOME/bin/nvcc or PATH) for sm_80 and sm_90, then assembles each with ptxas as a
-// check (set KERNELS_PTXAS_V=1 to see registers and spills). Without the feature it does
-// nothing: the default build needs no CUDA at all.
+// check (set KERNELS_PTXAS_V=1 to see registers and spills). With the `cuda-emu` feature, the
+// same sources are compiled for the host with the C++ compiler (the kernel emulator,
+// kernels/emu/). Without either it does nothing: the default build needs no CUDA at all.
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +11,8 @@ const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    #[cfg(feature = "cuda-emu")]
+    build_emulator();
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -28,6 +31,8 @@ fn main() {
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "cu"))
         .collect();
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    write_ptx_table(&out, &sources);
     if sources.is_empty() {
         return;
     }
@@ -40,7 +45,6 @@ fn main() {
         )
     });
     let ptxas = nvcc.with_file_name("ptxas");
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     for cu in sources {
         let stem = cu
             .file_stem()
@@ -81,6 +85,58 @@ fn main() {
             }
         }
     }
+}
+
+/// kernels/*.cu and the emulator runtime, compiled as C++17 for the host into one static
+/// library. LORAFUSE_EMU_TSAN=1 instruments them with ThreadSanitizer (a missing
+/// `__syncthreads` is then reported as a data race).
+#[cfg(feature = "cuda-emu")]
+fn build_emulator() {
+    println!("cargo:rerun-if-env-changed=LORAFUSE_EMU_TSAN");
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=kernels/emu");
+    let mut files: Vec<PathBuf> = Vec::new();
+    for dir in ["kernels", "kernels/emu"] {
+        for e in std::fs::read_dir(dir).expect("kernels/ exists").flatten() {
+            let p = e.path();
+            println!("cargo:rerun-if-changed={}", p.display());
+            if p.extension().is_some_and(|x| x == "cu" || x == "cpp") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut b = cc::Build::new();
+    b.cpp(true)
+        .std("c++17")
+        .include("kernels")
+        .flag("-x")
+        .flag("c++")
+        .flag_if_supported("-Wno-unused-parameter")
+        .files(&files);
+    if env::var_os("LORAFUSE_EMU_TSAN").is_some() {
+        b.flag("-fsanitize=thread").flag("-g");
+        println!("cargo:rustc-link-arg=-fsanitize=thread");
+    }
+    b.compile("lorafuse_emu");
+}
+
+/// OUT_DIR/kernels_ptx.rs: `KERNEL_PTX`, (stem, sm_80 PTX, sm_90 PTX) per kernels/*.cu,
+/// included by src/backend/cuda/gpu.rs.
+fn write_ptx_table(out: &Path, sources: &[&PathBuf]) {
+    let mut t = String::from("pub(crate) const KERNEL_PTX: &[(&str, &str, &str)] = &[\n");
+    for cu in sources {
+        let stem = cu
+            .file_stem()
+            .expect("a .cu file has a stem")
+            .to_string_lossy();
+        t.push_str(&format!(
+            "    (\"{stem}\", include_str!(concat!(env!(\"OUT_DIR\"), \"/{stem}.sm_80.ptx\")), \
+             include_str!(concat!(env!(\"OUT_DIR\"), \"/{stem}.sm_90.ptx\"))),\n"
+        ));
+    }
+    t.push_str("];\n");
+    std::fs::write(out.join("kernels_ptx.rs"), t).expect("OUT_DIR is writable");
 }
 
 fn find_nvcc() -> Option<PathBuf> {

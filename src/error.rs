@@ -69,6 +69,21 @@ pub enum Error {
     /// The GPU path is unavailable (no driver, no device, kernels not built, driver too old).
     #[error("CUDA is unavailable: {0}")]
     CudaUnavailable(String),
+    /// A CUDA driver call or kernel launch failed.
+    #[error("CUDA error in {what}: {detail}")]
+    Cuda { what: String, detail: String },
+    /// The device ran out of memory.
+    #[error(
+        "out of GPU memory: asked for {asked_mib:.1} MiB with {free_mib:.1} MiB free of {total_mib:.1} MiB \
+         ({in_use_mib:.1} MiB held by lorafuse's pool). Lower `batch_size` or `resolution` \
+         (or use `device: cpu`), then run again"
+    )]
+    OutOfMemory {
+        asked_mib: f64,
+        free_mib: f64,
+        total_mib: f64,
+        in_use_mib: f64,
+    },
     /// A model file or folder cannot be loaded (see `model::checkpoint::CheckpointError`).
     #[error(transparent)]
     Checkpoint(#[from] crate::model::checkpoint::CheckpointError),

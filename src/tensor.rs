@@ -138,12 +138,17 @@ impl CpuData {
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(CpuData),
+    /// On a CUDA device or in the kernel emulator.
+    #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+    Device(crate::backend::cuda::DeviceBuffer),
 }
 
 impl Storage {
     pub fn device_name(&self) -> &'static str {
         match self {
             Storage::Cpu(_) => "cpu",
+            #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+            Storage::Device(b) => b.device().name(),
         }
     }
 }
@@ -211,7 +216,28 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::Cpu(d) => d.dtype(),
+            #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+            Storage::Device(b) => b.dtype(),
         }
+    }
+    /// A tensor over a device buffer; fails when the buffer's length does not match the shape.
+    #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+    pub fn from_device(
+        shape: impl Into<Shape>,
+        buf: crate::backend::cuda::DeviceBuffer,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        if buf.len() != shape.numel() {
+            return Err(Error::DataLength {
+                len: buf.len(),
+                shape: shape.clone(),
+                expected: shape.numel(),
+            });
+        }
+        Ok(Tensor {
+            shape,
+            storage: Storage::Device(buf),
+        })
     }
     pub fn storage(&self) -> &Storage {
         &self.storage
@@ -239,12 +265,18 @@ impl Tensor {
         })
     }
 
-    /// Copies the elements to a host `Vec<f32>` (f16 widened, f64 rounded).
+    /// Copies the elements to a host `Vec<f32>` (f16 widened, f64 rounded). A device tensor
+    /// is downloaded; a device that fails at that point has failed for good, and this panics
+    /// with the driver's message (code that can report it uses `Backend::to_f32_vec`).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match &self.storage {
             Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::Cpu(CpuData::F32(v)) => v.clone(),
             Storage::Cpu(CpuData::F64(v)) => v.iter().map(|&x| x as f32).collect(),
+            #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+            Storage::Device(b) => b
+                .to_f32_vec()
+                .unwrap_or_else(|e| panic!("reading a device tensor failed: {e}")),
         }
     }
     /// Copies the elements to a host `Vec<f64>`.
@@ -253,6 +285,8 @@ impl Tensor {
             Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f64()).collect(),
             Storage::Cpu(CpuData::F32(v)) => v.iter().map(|&x| x as f64).collect(),
             Storage::Cpu(CpuData::F64(v)) => v.clone(),
+            #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+            Storage::Device(_) => self.to_f32_vec().into_iter().map(f64::from).collect(),
         }
     }
 }

@@ -11,7 +11,7 @@
 
 pub mod check;
 pub mod cpu;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
 
 use crate::error::Result;

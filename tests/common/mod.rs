@@ -2,6 +2,9 @@
 //! gradient check every backward is held to.
 #![allow(dead_code)]
 
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+pub mod cuda;
+
 use lorafuse::rng::Rng;
 use lorafuse::{Shape, Tensor};
 

@@ -95,7 +95,15 @@ fn add_channel_bias_t<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 }
 
 pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
-    let Storage::Cpu(src) = x.storage();
+    #[allow(irrefutable_let_patterns)]
+    let Storage::Cpu(src) = x.storage() else {
+        return Err(crate::error::Error::Device {
+            op: "cast",
+            name: "x",
+            got: x.storage().device_name().into(),
+            backend: "cpu",
+        });
+    };
     let data = match (src, dtype) {
         (CpuData::F16(v), DType::F16) => CpuData::F16(v.clone()),
         (CpuData::F32(v), DType::F32) => CpuData::F32(v.clone()),

@@ -1,0 +1,247 @@
+// The kernel emulator's device model, for building kernels/*.cu with the host C++ compiler
+// (feature `cuda-emu`). Included by common.cuh when __CUDACC__ is not defined; kernels never
+// include it directly.
+//
+// Model: one launch at a time (a process-wide lock), the blocks of the grid one after another,
+// and the threads of a block as concurrent OS threads. `__syncthreads` is a barrier of the
+// block's live threads (a thread that returns leaves it, as on the GPU); warp shuffles and the
+// tensor-core and ldmatrix wrappers exchange values through per-warp slots between two
+// barriers of the warp's live lanes. `__shared__` variables are function statics: one copy,
+// reused block after block, which is sound because blocks never overlap. Dynamic shared memory
+// is one buffer per launch, filled with 0xFF (NaN in f16 and f32) before each block so that a
+// read of an unwritten element shows up in the results.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+struct dim3 {
+    unsigned int x, y, z;
+};
+
+namespace emu {
+
+struct Block;
+
+// What a thread of the emulated block knows about itself.
+struct Thread {
+    dim3 tid, bid, bdim, gdim;
+    unsigned linear;  // threadIdx flattened, x fastest
+    Block* block;
+};
+
+extern thread_local Thread self;
+
+void syncthreads();
+void* dyn_smem();
+// Every live lane of the calling warp deposits `bytes` bytes; `all` receives the 32 lanes'
+// values (a lane that is not live leaves its slot unspecified).
+void warp_gather(const void* mine, void* all, size_t bytes);
+
+inline unsigned lane() { return self.linear & 31u; }
+
+template <typename T>
+T shfl(T v, int src) {
+    T all[32];
+    warp_gather(&v, all, sizeof(T));
+    return all[src & 31];
+}
+
+}  // namespace emu
+
+#define threadIdx (::emu::self.tid)
+#define blockIdx (::emu::self.bid)
+#define blockDim (::emu::self.bdim)
+#define gridDim (::emu::self.gdim)
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static
+
+inline void __syncthreads() { ::emu::syncthreads(); }
+
+// ---- warp-level primitives (the mask is ignored: kernels always pass the full warp) ----
+
+template <typename T>
+T __shfl_sync(unsigned, T v, int src, int width = 32) {
+    int base = int(::emu::lane()) / width * width;
+    return ::emu::shfl(v, base + (src % width));
+}
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
+    int l = int(::emu::lane());
+    int src = l ^ mask;
+    if (src / width != l / width) src = l;
+    return ::emu::shfl(v, src);
+}
+template <typename T>
+T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
+    int l = int(::emu::lane());
+    int src = l + int(delta);
+    if (src / width != l / width) src = l;
+    return ::emu::shfl(v, src);
+}
+template <typename T>
+T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
+    int l = int(::emu::lane());
+    int src = l - int(delta);
+    if (src < 0 || src / width != l / width) src = l;
+    return ::emu::shfl(v, src);
+}
+inline unsigned __ballot_sync(unsigned, int pred) {
+    int all[32];
+    int mine = pred ? 1 : 0;
+    ::emu::warp_gather(&mine, all, sizeof(int));
+    unsigned bits = 0;
+    unsigned live = ::emu::self.bdim.x * ::emu::self.bdim.y * ::emu::self.bdim.z -
+                    (::emu::self.linear & ~31u);
+    for (unsigned i = 0; i < 32 && i < live; ++i)
+        if (all[i]) bits |= 1u << i;
+    return bits;
+}
+inline int __any_sync(unsigned m, int pred) { return __ballot_sync(m, pred) != 0; }
+
+// ---- atomics (GCC builtins: sequentially consistent, visible to ThreadSanitizer) ----
+
+inline float atomicAdd(float* p, float v) {
+    uint32_t* u = reinterpret_cast<uint32_t*>(p);
+    uint32_t old = __atomic_load_n(u, __ATOMIC_SEQ_CST);
+    for (;;) {
+        float f;
+        std::memcpy(&f, &old, 4);
+        f += v;
+        uint32_t nw;
+        std::memcpy(&nw, &f, 4);
+        if (__atomic_compare_exchange_n(u, &old, nw, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+            std::memcpy(&f, &old, 4);
+            return f;
+        }
+    }
+}
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST);
+}
+inline int atomicMax(int* p, int v) {
+    int old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST,
+                                                   __ATOMIC_SEQ_CST)) {
+    }
+    return old;
+}
+inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+
+// ---- math intrinsics the kernels use ----
+
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+
+// ---- vector types ----
+
+struct float2 {
+    float x, y;
+};
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+struct alignas(16) uint4 {
+    unsigned int x, y, z, w;
+};
+struct alignas(8) uint2 {
+    unsigned int x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+
+// ---- half precision: IEEE binary16 with round-to-nearest-even conversions ----
+
+struct __half {
+    uint16_t bits;
+};
+struct alignas(4) __half2 {
+    __half x, y;
+};
+
+inline float __half2float(__half h) {
+    uint32_t s = uint32_t(h.bits & 0x8000u) << 16;
+    uint32_t e = (h.bits >> 10) & 0x1fu;
+    uint32_t m = h.bits & 0x3ffu;
+    uint32_t u;
+    if (e == 0) {
+        if (m == 0) {
+            u = s;
+        } else {  // subnormal: normalise
+            int sh = 0;
+            while (!(m & 0x400u)) {
+                m <<= 1;
+                ++sh;
+            }
+            m &= 0x3ffu;
+            u = s | uint32_t(127 - 15 - sh + 1) << 23 | m << 13;
+        }
+    } else if (e == 31) {
+        u = s | 0x7f800000u | m << 13;
+    } else {
+        u = s | (e + 112u) << 23 | m << 13;
+    }
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+inline __half __float2half_rn(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    uint16_t s = uint16_t((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    __half h;
+    if (a > 0x7f800000u) {  // NaN: keep it quiet
+        h.bits = uint16_t(s | 0x7e00u | ((a >> 13) & 0x3ffu));
+        return h;
+    }
+    if (a >= 0x477ff000u) {  // rounds to >= 65520: infinity
+        h.bits = uint16_t(s | 0x7c00u);
+        return h;
+    }
+    if (a < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+        if (a < 0x33000000u) {
+            h.bits = s;
+            return h;
+        }
+        uint32_t e = a >> 23;
+        uint32_t m = (a & 0x7fffffu) | 0x800000u;
+        uint32_t shift = 126 - e;  // 14 - (e - 127) + 13 - 1 ... mantissa to 10-bit subnormal
+        uint32_t q = m >> (shift);
+        uint32_t rem = m & ((1u << shift) - 1);
+        uint32_t half_ulp = 1u << (shift - 1);
+        if (rem > half_ulp || (rem == half_ulp && (q & 1))) ++q;
+        h.bits = uint16_t(s | q);
+        return h;
+    }
+    uint32_t r = a + 0xfffu + ((a >> 13) & 1u) - (112u << 23);
+    h.bits = uint16_t(s | (r >> 13));
+    return h;
+}
+inline __half __float2half(float f) { return __float2half_rn(f); }
+inline __half2 __floats2half2_rn(float a, float b) { return {__float2half_rn(a), __float2half_rn(b)}; }
+inline float __low2float(__half2 h) { return __half2float(h.x); }
+inline float __high2float(__half2 h) { return __half2float(h.y); }
+
+// ---- tensor-core and async-copy instructions (see common.cuh for the device side) ----
+
+namespace emu {
+// D = A·B + C for one m16n8k16 tile (f16 inputs, f32 accumulation), per-lane fragments as
+// in the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type").
+void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
+// ldmatrix .m8n8 .x1/.x2/.x4 (.trans): `row` is this lane's row address.
+void ldmatrix(uint32_t* d, int count, const void* row, bool trans);
+}  // namespace emu

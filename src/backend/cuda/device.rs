@@ -1,0 +1,294 @@
+//! A compute device for the CUDA backend: a real GPU (feature `cuda`) or the kernel emulator
+//! (feature `cuda-emu`), the memory pool in front of it, and the raw memory operations both
+//! engines provide. Launchers (launch.rs) ask it which engine runs a kernel.
+
+use std::sync::{Arc, Mutex};
+
+use super::buffer::DeviceBuffer;
+#[cfg(feature = "cuda")]
+use super::gpu::Gpu;
+use super::launch::LaunchCfg;
+use super::pool::{rounded, Pool, PoolStats};
+use crate::error::{Error, Result};
+use crate::tensor::DType;
+
+enum Engine {
+    #[cfg(feature = "cuda")]
+    Gpu(Gpu),
+    #[cfg(feature = "cuda-emu")]
+    Emu,
+}
+
+/// One device and its memory pool. Shared (`Arc`) by the backend and every buffer on it.
+pub struct Device {
+    engine: Engine,
+    pool: Mutex<Pool>,
+    /// Fill every new buffer with 0xFF bytes (NaN in f16 and f32), so that an element a kernel
+    /// forgets to write shows up in the results. Always on in the emulator; on a GPU with
+    /// LORAFUSE_POISON=1.
+    poison: bool,
+}
+
+impl Device {
+    /// The kernel emulator: kernels/*.cu built for the host, device memory in host memory.
+    #[cfg(feature = "cuda-emu")]
+    pub fn emulator() -> Arc<Device> {
+        Arc::new(Device {
+            engine: Engine::Emu,
+            pool: Mutex::new(Pool::default()),
+            poison: true,
+        })
+    }
+
+    /// CUDA device `ordinal`, with every kernel module loaded.
+    #[cfg(feature = "cuda")]
+    pub fn gpu(ordinal: usize) -> Result<Arc<Device>> {
+        let gpu = Gpu::open(ordinal)?;
+        Ok(Arc::new(Device {
+            engine: Engine::Gpu(gpu),
+            pool: Mutex::new(Pool::default()),
+            poison: std::env::var_os("LORAFUSE_POISON").is_some_and(|v| v == "1"),
+        }))
+    }
+
+    /// "cuda" on a GPU, "cuda-emu" in the emulator.
+    pub fn name(&self) -> &'static str {
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(_) => "cuda",
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => "cuda-emu",
+        }
+    }
+    /// A line for messages: the GPU's name, capability and memory, or "kernel emulator".
+    pub fn describe(&self) -> String {
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.info().to_string(),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => "kernel emulator (kernels/*.cu on host threads)".into(),
+        }
+    }
+    pub fn is_emulator(&self) -> bool {
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(_) => false,
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => true,
+        }
+    }
+    #[cfg(feature = "cuda")]
+    pub(crate) fn gpu(&self) -> Option<&Gpu> {
+        match &self.engine {
+            Engine::Gpu(g) => Some(g),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => None,
+        }
+    }
+
+    /// The pool's figures (in use, peak, reserved, driver allocations).
+    pub fn pool_stats(&self) -> PoolStats {
+        self.lock_pool().stats()
+    }
+    /// Starts a new peak measurement.
+    pub fn reset_peak(&self) {
+        self.lock_pool().reset_peak();
+    }
+    /// Waits for every launched kernel; reports a kernel's failure.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.synchronize(),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => Ok(()),
+        }
+    }
+
+    pub(crate) fn check_launch(&self, kernel: &str, cfg: &LaunchCfg) -> Result<()> {
+        let max_smem = match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.max_smem(),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => super::emu::MAX_SMEM,
+        };
+        cfg.check(kernel, max_smem)
+    }
+
+    fn lock_pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A buffer of `len` elements of `dtype`, contents unspecified (poisoned when enabled).
+    pub(crate) fn alloc(self: &Arc<Self>, len: usize, dtype: DType) -> Result<DeviceBuffer> {
+        let block = rounded(len * dtype.size_in_bytes());
+        let cached = self.lock_pool().take(block);
+        let addr = match cached {
+            Some(a) => a,
+            None => self.alloc_from_driver(block)?,
+        };
+        let buf = DeviceBuffer {
+            dev: self.clone(),
+            addr,
+            block,
+            len,
+            dtype,
+        };
+        if self.poison {
+            self.memset(addr, 0xff, block)?;
+        }
+        Ok(buf)
+    }
+
+    fn alloc_from_driver(&self, block: usize) -> Result<u64> {
+        let mut pool = self.lock_pool();
+        let addr = match self.raw_alloc(block) {
+            Some(a) => a,
+            None => {
+                // Give the cached blocks back and try once more before giving up.
+                for (a, size) in pool.drain_cache() {
+                    self.raw_free(a, size);
+                }
+                match self.raw_alloc(block) {
+                    Some(a) => a,
+                    None => return Err(self.out_of_memory(block, &pool)),
+                }
+            }
+        };
+        pool.add_from_driver(block);
+        Ok(addr)
+    }
+
+    fn out_of_memory(&self, block: usize, pool: &Pool) -> Error {
+        let (free, total) = self.mem_info().unwrap_or((0, 0));
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        Error::OutOfMemory {
+            asked_mib: mib(block),
+            free_mib: mib(free),
+            total_mib: mib(total),
+            in_use_mib: mib(pool.stats().in_use),
+        }
+    }
+
+    /// (free, total) device memory.
+    pub fn mem_info(&self) -> Option<(usize, usize)> {
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.mem_info(),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => None,
+        }
+    }
+
+    pub(crate) fn release(&self, addr: u64, block: usize) {
+        self.lock_pool().give_back(addr, block);
+    }
+
+    fn raw_alloc(&self, bytes: usize) -> Option<u64> {
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.alloc(bytes).ok(),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => {
+                let layout = std::alloc::Layout::from_size_align(bytes, 256).ok()?;
+                // SAFETY: a non-zero size (the pool rounds up to its granule).
+                let p = unsafe { std::alloc::alloc(layout) };
+                (!p.is_null()).then_some(p as usize as u64)
+            }
+        }
+    }
+    fn raw_free(&self, addr: u64, bytes: usize) {
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.free(addr),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => {
+                let layout = std::alloc::Layout::from_size_align(bytes, 256)
+                    .expect("the layout was valid when allocated");
+                // SAFETY: allocated by raw_alloc with this layout, freed once.
+                unsafe { std::alloc::dealloc(addr as usize as *mut u8, layout) }
+            }
+        }
+        let _ = bytes;
+    }
+
+    pub(crate) fn upload(&self, buf: &DeviceBuffer, src: &[u8]) -> Result<()> {
+        assert!(src.len() <= buf.block, "upload larger than its buffer");
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.upload(buf.addr, src),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => {
+                // SAFETY: the buffer's block holds at least src.len() bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        buf.addr as usize as *mut u8,
+                        src.len(),
+                    )
+                };
+                Ok(())
+            }
+        }
+    }
+    pub(crate) fn download(&self, buf: &DeviceBuffer, dst: &mut [u8]) -> Result<()> {
+        assert!(dst.len() <= buf.block, "download larger than its buffer");
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.download(dst, buf.addr),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => {
+                // SAFETY: the buffer's block holds at least dst.len() bytes.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        buf.addr as usize as *const u8,
+                        dst.as_mut_ptr(),
+                        dst.len(),
+                    )
+                };
+                Ok(())
+            }
+        }
+    }
+    /// dst = src, byte for byte (the smaller of the two sizes).
+    pub(crate) fn copy(&self, dst: &DeviceBuffer, src: &DeviceBuffer) -> Result<()> {
+        let bytes = dst.size_in_bytes().min(src.size_in_bytes());
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.copy(dst.addr, src.addr, bytes),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => {
+                // SAFETY: both blocks hold at least `bytes` bytes and are distinct buffers.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.addr as usize as *const u8,
+                        dst.addr as usize as *mut u8,
+                        bytes,
+                    )
+                };
+                Ok(())
+            }
+        }
+    }
+    pub(crate) fn memset(&self, addr: u64, byte: u8, bytes: usize) -> Result<()> {
+        match &self.engine {
+            #[cfg(feature = "cuda")]
+            Engine::Gpu(g) => g.memset(addr, byte, bytes),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => {
+                // SAFETY: `addr` starts a pool block of at least `bytes` bytes.
+                unsafe { std::ptr::write_bytes(addr as usize as *mut u8, byte, bytes) };
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for Device {
+    /// Every buffer holds the device, so none is alive here: the cache is all there is.
+    fn drop(&mut self) {
+        let blocks = self.lock_pool().drain_cache();
+        for (a, size) in blocks {
+            self.raw_free(a, size);
+        }
+    }
+}

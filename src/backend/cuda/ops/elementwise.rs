@@ -1,0 +1,173 @@
+//! Elementwise ops, casts, and the host <-> device transfers (kernels/elementwise.cu).
+
+use half::f16;
+
+use super::super::backend::CudaBackend;
+use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
+use crate::backend::check;
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+kernels! {
+    module "elementwise";
+    fn add_f32(a: In, b: In, y: Out, n: i32);
+    fn add_f16(a: In, b: In, y: Out, n: i32);
+    fn add_assign_f32(a: Out, b: In, n: i32);
+    fn add_assign_f16(a: Out, b: In, n: i32);
+    fn scale_f32(x: In, y: Out, s: f32, n: i32);
+    fn scale_f16(x: In, y: Out, s: f32, n: i32);
+    fn add_channel_bias_f32(x: In, bias: In, y: Out, plane: i32, n: i32);
+    fn add_channel_bias_f16(x: In, bias: In, y: Out, plane: i32, n: i32);
+    fn cast_f32_f16(x: In, y: Out, n: i32);
+    fn cast_f16_f32(x: In, y: Out, n: i32);
+}
+
+pub(crate) fn zeros(be: &CudaBackend, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let t = alloc(be, shape, float_dtype_of(dtype)?)?;
+    let b = buffer(be, "zeros", "out", &t)?;
+    be.device().memset(b.addr, 0, b.size_in_bytes())?;
+    Ok(t)
+}
+
+/// Device tensors hold f16 or f32.
+fn float_dtype_of(d: DType) -> Result<DType> {
+    match d {
+        DType::F16 | DType::F32 => Ok(d),
+        _ => Err(crate::error::Error::DType {
+            op: "device tensor",
+            name: "dtype",
+            got: d,
+            expected: "f16 or f32 on the CUDA backend".into(),
+        }),
+    }
+}
+
+pub(crate) fn tensor_from_f32(
+    be: &CudaBackend,
+    shape: &[usize],
+    data: &[f32],
+    dtype: DType,
+) -> Result<Tensor> {
+    let host = Tensor::from_f32(shape, data.to_vec())?; // checks the length
+    let t = alloc(be, host.shape().clone(), float_dtype_of(dtype)?)?;
+    let b = buffer(be, "tensor_from_f32", "out", &t)?;
+    match dtype {
+        DType::F16 => {
+            let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+            be.device().upload(b, bytemuck::cast_slice(&h))?
+        }
+        _ => be.device().upload(b, bytemuck::cast_slice(data))?,
+    }
+    Ok(t)
+}
+
+pub(crate) fn to_f32_vec(be: &CudaBackend, x: &Tensor) -> Result<Vec<f32>> {
+    buffer(be, "to_f32_vec", "x", x)?.to_f32_vec()
+}
+
+pub(crate) fn cast(be: &CudaBackend, x: &Tensor, dtype: DType) -> Result<Tensor> {
+    const OP: &str = "cast";
+    let from = float_dtype(OP, "x", x)?;
+    let to = float_dtype_of(dtype)?;
+    let xi = input(be, OP, "x", x)?;
+    let mut y = alloc(be, x.shape().clone(), to)?;
+    let n = int(OP, "x", x.numel())?;
+    let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
+    let yo = output(be, OP, "y", &mut y)?;
+    match (from, to) {
+        (DType::F32, DType::F16) => cast_f32_f16(be.device(), cfg, xi, yo, n)?,
+        (DType::F16, DType::F32) => cast_f16_f32(be.device(), cfg, xi, yo, n)?,
+        _ => {
+            let src = buffer(be, OP, "x", x)?;
+            let dst = buffer(be, OP, "y", &y)?;
+            be.device().copy(dst, src)?;
+        }
+    }
+    Ok(y)
+}
+
+pub(crate) fn add(be: &CudaBackend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "add";
+    check::same_shape(OP, "a", a, "b", b)?;
+    let d = float_dtype(OP, "a", a)?;
+    check::dtype(OP, "b", b, d)?;
+    let (ai, bi) = (input(be, OP, "a", a)?, input(be, OP, "b", b)?);
+    let mut y = alloc(be, a.shape().clone(), d)?;
+    let n = int(OP, "a", a.numel())?;
+    let f = by_dtype!(d, OP, add_f32, add_f16);
+    f(
+        be.device(),
+        LaunchCfg::for_items(a.numel(), BLOCK),
+        ai,
+        bi,
+        output(be, OP, "y", &mut y)?,
+        n,
+    )?;
+    Ok(y)
+}
+
+pub(crate) fn add_assign(be: &CudaBackend, a: &mut Tensor, b: &Tensor) -> Result<()> {
+    const OP: &str = "add_assign";
+    check::same_shape(OP, "a", a, "b", b)?;
+    let d = float_dtype(OP, "a", a)?;
+    check::dtype(OP, "b", b, d)?;
+    let bi = input(be, OP, "b", b)?;
+    let n = int(OP, "a", a.numel())?;
+    let cfg = LaunchCfg::for_items(a.numel(), BLOCK);
+    let ao = output(be, OP, "a", a)?;
+    let f = by_dtype!(d, OP, add_assign_f32, add_assign_f16);
+    f(be.device(), cfg, ao, bi, n)
+}
+
+pub(crate) fn scale(be: &CudaBackend, x: &Tensor, s: f64) -> Result<Tensor> {
+    const OP: &str = "scale";
+    let d = float_dtype(OP, "x", x)?;
+    let xi = input(be, OP, "x", x)?;
+    let mut y = alloc(be, x.shape().clone(), d)?;
+    let n = int(OP, "x", x.numel())?;
+    let f = by_dtype!(d, OP, scale_f32, scale_f16);
+    f(
+        be.device(),
+        LaunchCfg::for_items(x.numel(), BLOCK),
+        xi,
+        output(be, OP, "y", &mut y)?,
+        s as f32,
+        n,
+    )?;
+    Ok(y)
+}
+
+pub(crate) fn add_channel_bias(be: &CudaBackend, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    const OP: &str = "add_channel_bias";
+    check::min_rank(OP, "x", x, 2, "[N, C, ...]")?;
+    check::rank(OP, "bias", bias, 2, "[N, C]")?;
+    if bias.dims() != &x.dims()[..2] {
+        return Err(check::mismatch(
+            OP,
+            "x",
+            x,
+            "bias",
+            bias,
+            "bias must be [N, C] of x's first two dimensions",
+        ));
+    }
+    let d = float_dtype(OP, "x", x)?;
+    check::dtype(OP, "bias", bias, d)?;
+    let plane = int(OP, "x", x.dims()[2..].iter().product::<usize>())?;
+    let (xi, bi) = (input(be, OP, "x", x)?, input(be, OP, "bias", bias)?);
+    let mut y = alloc(be, x.shape().clone(), d)?;
+    let n = int(OP, "x", x.numel())?;
+    let f = by_dtype!(d, OP, add_channel_bias_f32, add_channel_bias_f16);
+    let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
+    f(
+        be.device(),
+        cfg,
+        xi,
+        bi,
+        output(be, OP, "y", &mut y)?,
+        plane,
+        n,
+    )?;
+    Ok(y)
+}

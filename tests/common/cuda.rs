@@ -1,0 +1,124 @@
+//! Helpers for the CUDA backend's tests: the engines to run on (the kernel emulator with
+//! `cuda-emu`, the GPU with `cuda` when one is present: otherwise `SKIPPED: no CUDA device` is
+//! printed), random inputs that are never zero, and comparisons against the CPU backend.
+#![allow(dead_code)]
+
+use lorafuse::backend::cuda::{CudaBackend, Device};
+use lorafuse::rng::Rng;
+use lorafuse::{Backend, CpuBackend, DType, Tensor};
+
+/// A CUDA backend to test, and whether it is a real GPU (then tests use full SD1.5 shapes).
+pub struct Engine {
+    pub be: CudaBackend,
+    pub gpu: bool,
+}
+
+/// Every engine this build has: the emulator, and the GPU when one can be opened.
+pub fn engines(dtype: DType) -> Vec<Engine> {
+    let mut out = Vec::new();
+    #[cfg(feature = "cuda-emu")]
+    out.push(Engine {
+        be: CudaBackend::new(Device::emulator(), dtype).unwrap(),
+        gpu: false,
+    });
+    #[cfg(feature = "cuda")]
+    match Device::gpu(0) {
+        Ok(dev) => out.push(Engine {
+            be: CudaBackend::new(dev, dtype).unwrap(),
+            gpu: true,
+        }),
+        Err(e) => println!("SKIPPED: no CUDA device ({e})"),
+    }
+    out
+}
+
+/// n values uniform in ±[0.05, 1): random signs, never zero.
+pub fn nonzero(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let m = rng.uniform_vec(1, 0.05, 1.0)[0];
+            let s = if rng.uniform_vec(1, 0.0, 1.0)[0] < 0.5 {
+                -1.0
+            } else {
+                1.0
+            };
+            (s * m) as f32
+        })
+        .collect()
+}
+
+/// The values rounded through f16 (what an f16 tensor of them holds).
+pub fn round_f16(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+/// A CPU f32 tensor and the same values on `be` in `dtype` (for f16, the CPU copy holds the
+/// f16-rounded values, so both sides start from the same numbers).
+pub fn pair(be: &CudaBackend, shape: &[usize], v: &[f32], dtype: DType) -> (Tensor, Tensor) {
+    let host = if dtype == DType::F16 {
+        round_f16(v)
+    } else {
+        v.to_vec()
+    };
+    (
+        Tensor::from_f32(shape, host).unwrap(),
+        be.tensor_from_f32(shape, v, dtype).unwrap(),
+    )
+}
+
+/// Random CPU/device pair of `shape`.
+pub fn random_pair(
+    be: &CudaBackend,
+    rng: &mut Rng,
+    shape: &[usize],
+    dtype: DType,
+) -> (Tensor, Tensor) {
+    let v = nonzero(rng, shape.iter().product());
+    pair(be, shape, &v, dtype)
+}
+
+/// The CPU reference backend.
+pub fn cpu() -> CpuBackend {
+    CpuBackend::new()
+}
+
+/// Tolerances for comparing the CUDA backend with the CPU one: f32 kernels differ only by
+/// summation order; f16 kernels also round their outputs (and intermediates) to f16.
+pub fn tol(dtype: DType) -> (f64, f64) {
+    match dtype {
+        DType::F16 => (1e-2, 2e-3),
+        _ => (2e-5, 1e-5),
+    }
+}
+
+/// Asserts that a device tensor matches a CPU tensor in shape and values (rtol, atol), and
+/// that it holds no NaN (outputs are NaN-poisoned before kernels run: an unwritten element
+/// shows up here).
+pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor, (rtol, atol): (f64, f64)) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let g = got.to_f32_vec();
+    let w = want.to_f32_vec();
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&a, &b)) in g.iter().zip(&w).enumerate() {
+        assert!(a.is_finite(), "{what}: element {i} is {a} (never written?)");
+        let err = (a as f64 - b as f64).abs();
+        let bound = atol + rtol * (b as f64).abs();
+        if err / bound > worst.0 {
+            worst = (err / bound, i);
+        }
+    }
+    let i = worst.1;
+    assert!(
+        worst.0 <= 1.0,
+        "{what}: element {i} of {}: got {}, want {} (rtol {rtol}, atol {atol})",
+        g.len(),
+        g[i],
+        w[i]
+    );
+}
+
+/// The CPU backend as a `&dyn Backend`, for generic helpers.
+pub fn cpu_dyn() -> &'static dyn Backend {
+    static CPU: CpuBackend = CpuBackend::new();
+    &CPU
+}
