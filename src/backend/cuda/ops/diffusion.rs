@@ -1,28 +1,81 @@
-//! STUB: to be replaced by the kernels of this family.
-#![allow(unused_variables)]
-use super::super::backend::CudaBackend;
-#[allow(unused_imports)]
-use crate::backend::{
-    Activation, AdamW, Attention, Conv2d, LinearOut, Lora, LoraBackward, NormStats, Pad2d,
-    TimestepEmbedding,
-};
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+//! Timestep embedding, DDPM noising, the VAE posterior sample and the MSE loss
+//! (kernels/diffusion.cu).
 
-fn todo(op: &str) -> Error {
-    Error::CudaUnavailable(format!("{op} has no CUDA kernel yet"))
+use super::super::backend::CudaBackend;
+use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
+use crate::backend::{check, Backend, TimestepEmbedding};
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+kernels! {
+    module "diffusion";
+    fn timestep_embedding_f32(t: In, freq: In, out: Out, rows: i32, dim: i32, half: i32, flip: i32);
+    fn timestep_embedding_f16(t: In, freq: In, out: Out, rows: i32, dim: i32, half: i32, flip: i32);
+    fn add_noise_f32(x: In, z: In, a: In, b: In, y: Out, per: i32, n: i32);
+    fn add_noise_f16(x: In, z: In, a: In, b: In, y: Out, per: i32, n: i32);
+    fn gaussian_sample_f32(mean: In, logvar: In, noise: In, y: Out, scale: f32, n: i32);
+    fn gaussian_sample_f16(mean: In, logvar: In, noise: In, y: Out, scale: f32, n: i32);
+    fn mse_f32(pred: In, target: In, coef: In, grad: Out, partial: Out, per: i32);
+    fn mse_f16(pred: In, target: In, coef: In, grad: Out, partial: Out, per: i32);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Elements of one sample reduced by one block of the loss kernel (MSE_CHUNK in the .cu).
+const MSE_CHUNK: usize = 4096;
+
+/// Host scalars as a small f32 device vector.
+fn floats(be: &CudaBackend, v: &[f64]) -> Result<Tensor> {
+    let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    be.tensor_from_f32(&[f.len()], &f, DType::F32)
+}
+
 pub(crate) fn timestep_embedding(
     be: &CudaBackend,
     t: &Tensor,
     p: TimestepEmbedding,
 ) -> Result<Tensor> {
-    Err(todo("timestep_embedding"))
+    const OP: &str = "timestep_embedding";
+    check::rank(OP, "timesteps", t, 1, "[N]")?;
+    let half = p.dim / 2;
+    if p.dim < 2 || (half as f64 - p.freq_shift) <= 0.0 {
+        return Err(check::bad_value(
+            OP,
+            "dim",
+            p.dim,
+            "at least 2, and dim/2 must exceed freq_shift",
+        ));
+    }
+    if p.max_period <= 0.0 {
+        return Err(check::bad_value(
+            OP,
+            "max_period",
+            p.max_period,
+            "must be positive",
+        ));
+    }
+    let d = float_dtype(OP, "timesteps", t)?;
+    // The frequencies in f64, as the CPU backend computes them, then rounded to f32.
+    let freq: Vec<f64> = (0..half)
+        .map(|i| (-(p.max_period.ln()) * i as f64 / (half as f64 - p.freq_shift)).exp())
+        .collect();
+    let freq = floats(be, &freq)?;
+    let rows = t.numel();
+    let mut out = alloc(be, [rows, p.dim], d)?;
+    let f = by_dtype!(d, OP, timestep_embedding_f32, timestep_embedding_f16);
+    f(
+        be.device(),
+        LaunchCfg::for_items(rows * p.dim, BLOCK),
+        input(be, OP, "timesteps", t)?,
+        input(be, OP, "freq", &freq)?,
+        output(be, OP, "out", &mut out)?,
+        int(OP, "timesteps", rows)?,
+        int(OP, "dim", p.dim)?,
+        int(OP, "dim", half)?,
+        p.flip_sin_to_cos as i32,
+    )?;
+    Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn add_noise(
     be: &CudaBackend,
     x: &Tensor,
@@ -30,10 +83,40 @@ pub(crate) fn add_noise(
     a: &[f64],
     b: &[f64],
 ) -> Result<Tensor> {
-    Err(todo("add_noise"))
+    const OP: &str = "add_noise";
+    check::same_shape(OP, "x", x, "noise", z)?;
+    check::min_rank(OP, "x", x, 1, "[N, ...]")?;
+    let n = x.dims()[0];
+    for (name, v) in [("a", a), ("b", b)] {
+        if v.len() != n {
+            return Err(check::bad_value(
+                OP,
+                name,
+                format!("{} values", v.len()),
+                &format!("one per sample of x {}", x.shape()),
+            ));
+        }
+    }
+    let d = float_dtype(OP, "x", x)?;
+    check::dtype(OP, "noise", z, d)?;
+    let (at, bt) = (floats(be, a)?, floats(be, b)?);
+    let mut y = alloc(be, x.shape().clone(), d)?;
+    let per = x.numel() / n.max(1);
+    let f = by_dtype!(d, OP, add_noise_f32, add_noise_f16);
+    f(
+        be.device(),
+        LaunchCfg::for_items(x.numel(), BLOCK),
+        input(be, OP, "x", x)?,
+        input(be, OP, "noise", z)?,
+        input(be, OP, "a", &at)?,
+        input(be, OP, "b", &bt)?,
+        output(be, OP, "y", &mut y)?,
+        int(OP, "x", per.max(1))?,
+        int(OP, "x", x.numel())?,
+    )?;
+    Ok(y)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn gaussian_sample(
     be: &CudaBackend,
     mean: &Tensor,
@@ -41,10 +124,33 @@ pub(crate) fn gaussian_sample(
     noise: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
-    Err(todo("gaussian_sample"))
+    const OP: &str = "gaussian_sample";
+    check::same_shape(OP, "mean", mean, "logvar", logvar)?;
+    let d = float_dtype(OP, "mean", mean)?;
+    check::dtype(OP, "logvar", logvar, d)?;
+    if let Some(z) = noise {
+        check::same_shape(OP, "mean", mean, "noise", z)?;
+        check::dtype(OP, "noise", z, d)?;
+    }
+    let zi = match noise {
+        Some(z) => input(be, OP, "noise", z)?,
+        None => super::super::launch::In(0),
+    };
+    let mut y = alloc(be, mean.shape().clone(), d)?;
+    let f = by_dtype!(d, OP, gaussian_sample_f32, gaussian_sample_f16);
+    f(
+        be.device(),
+        LaunchCfg::for_items(mean.numel(), BLOCK),
+        input(be, OP, "mean", mean)?,
+        input(be, OP, "logvar", logvar)?,
+        zi,
+        output(be, OP, "y", &mut y)?,
+        scale as f32,
+        int(OP, "mean", mean.numel())?,
+    )?;
+    Ok(y)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn mse_loss(
     be: &CudaBackend,
     pred: &Tensor,
@@ -52,5 +158,61 @@ pub(crate) fn mse_loss(
     weights: Option<&[f64]>,
     grad_scale: f64,
 ) -> Result<(f64, Tensor)> {
-    Err(todo("mse_loss"))
+    const OP: &str = "mse_loss";
+    check::same_shape(OP, "pred", pred, "target", target)?;
+    check::min_rank(OP, "pred", pred, 1, "[N, ...]")?;
+    let n = pred.dims()[0];
+    if let Some(w) = weights {
+        if w.len() != n {
+            return Err(check::bad_value(
+                OP,
+                "weights",
+                format!("{} values", w.len()),
+                &format!("one weight per sample: {n}"),
+            ));
+        }
+    }
+    if n == 0 || pred.numel() == 0 {
+        return Err(check::bad_value(
+            OP,
+            "pred",
+            pred.shape(),
+            "a non-empty batch",
+        ));
+    }
+    let d = float_dtype(OP, "pred", pred)?;
+    check::dtype(OP, "target", target, d)?;
+    let per = pred.numel() / n;
+    let w: Vec<f64> = (0..n).map(|i| weights.map_or(1.0, |w| w[i])).collect();
+    let coef: Vec<f64> = w
+        .iter()
+        .map(|wi| grad_scale * 2.0 * wi / (n * per) as f64)
+        .collect();
+    let coef = floats(be, &coef)?;
+    let chunks = per.div_ceil(MSE_CHUNK);
+    let mut grad = alloc(be, pred.shape().clone(), d)?;
+    let mut partial = alloc(be, [n, chunks], DType::F32)?;
+    let f = by_dtype!(d, OP, mse_f32, mse_f16);
+    f(
+        be.device(),
+        LaunchCfg::new(
+            (int(OP, "pred", chunks)? as u32, n as u32, 1),
+            (BLOCK, 1, 1),
+            0,
+        ),
+        input(be, OP, "pred", pred)?,
+        input(be, OP, "target", target)?,
+        input(be, OP, "coef", &coef)?,
+        output(be, OP, "grad", &mut grad)?,
+        output(be, OP, "partial", &mut partial)?,
+        int(OP, "pred", per)?,
+    )?;
+    let partial = buffer(be, OP, "partial", &partial)?.to_f32_vec()?;
+    let loss = partial
+        .chunks(chunks)
+        .zip(&w)
+        .map(|(p, wi)| wi * p.iter().map(|&x| x as f64).sum::<f64>() / per as f64)
+        .sum::<f64>()
+        / n as f64;
+    Ok((loss, grad))
 }

@@ -1,24 +1,45 @@
-//! STUB: to be replaced by the kernels of this family.
-#![allow(unused_variables)]
+//! The gradient norm and AdamW on the flat f32 buffers (kernels/optim.cu).
+
 use super::super::backend::CudaBackend;
-#[allow(unused_imports)]
-use crate::backend::{
-    Activation, AdamW, Attention, Conv2d, LinearOut, Lora, LoraBackward, NormStats, Pad2d,
-    TimestepEmbedding,
-};
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
+use crate::backend::{check, AdamW};
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
 
-fn todo(op: &str) -> Error {
-    Error::CudaUnavailable(format!("{op} has no CUDA kernel yet"))
+kernels! {
+    module "optim";
+    fn sum_squares_f32(x: In, partial: Out, n: i32);
+    fn sum_squares_f16(x: In, partial: Out, n: i32);
+    fn adamw_f32(p: Out, grad: In, m: Out, v: Out, b1: f32, b2: f32, c1: f32, c2: f32, eps: f32,
+        decay: f32, step: f32, rbc2: f32, gs: f32, n: i32);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Elements per block of sum_squares (SQ_CHUNK in the .cu).
+const SQ_CHUNK: usize = 8192;
+
 pub(crate) fn sum_squares(be: &CudaBackend, x: &Tensor) -> Result<f64> {
-    Err(todo("sum_squares"))
+    const OP: &str = "sum_squares";
+    let d = float_dtype(OP, "x", x)?;
+    if x.numel() == 0 {
+        return Ok(0.0);
+    }
+    let blocks = x.numel().div_ceil(SQ_CHUNK);
+    let mut partial = alloc(be, [blocks], DType::F64)?;
+    let f = by_dtype!(d, OP, sum_squares_f32, sum_squares_f16);
+    f(
+        be.device(),
+        LaunchCfg::new((int(OP, "x", blocks)? as u32, 1, 1), (BLOCK, 1, 1), 0),
+        input(be, OP, "x", x)?,
+        output(be, OP, "partial", &mut partial)?,
+        int(OP, "x", x.numel())?,
+    )?;
+    let buf = buffer(be, OP, "partial", &partial)?;
+    let mut bytes = vec![0u8; blocks * 8];
+    be.device().download(buf, &mut bytes)?;
+    Ok(bytemuck::pod_collect_to_vec::<u8, f64>(&bytes).iter().sum())
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn adamw_step(
     be: &CudaBackend,
     params: &mut Tensor,
@@ -27,5 +48,50 @@ pub(crate) fn adamw_step(
     v: &mut Tensor,
     h: &AdamW,
 ) -> Result<()> {
-    Err(todo("adamw_step"))
+    const OP: &str = "adamw_step";
+    for (name, t) in [
+        ("params", &*params),
+        ("grads", grads),
+        ("m", &*m),
+        ("v", &*v),
+    ] {
+        check::dtype(OP, name, t, DType::F32)?;
+    }
+    check::same_shape(OP, "params", params, "grads", grads)?;
+    check::same_shape(OP, "params", params, "m", m)?;
+    check::same_shape(OP, "params", params, "v", v)?;
+    if h.step == 0 {
+        return Err(check::bad_value(OP, "step", h.step, "steps count from 1"));
+    }
+    for (name, b) in [("beta1", h.beta1), ("beta2", h.beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            return Err(check::bad_value(OP, name, b, "in [0, 1)"));
+        }
+    }
+    // The same f32 constants as the CPU backend's loop.
+    let bc1 = 1.0 - h.beta1.powi(h.step.min(i32::MAX as u64) as i32);
+    let bc2 = 1.0 - h.beta2.powi(h.step.min(i32::MAX as u64) as i32);
+    let n = params.numel();
+    let gi = input(be, OP, "grads", grads)?;
+    let po = output(be, OP, "params", params)?;
+    let mo = output(be, OP, "m", m)?;
+    let vo = output(be, OP, "v", v)?;
+    adamw_f32(
+        be.device(),
+        LaunchCfg::for_items(n, BLOCK),
+        po,
+        gi,
+        mo,
+        vo,
+        h.beta1 as f32,
+        h.beta2 as f32,
+        (1.0 - h.beta1) as f32,
+        (1.0 - h.beta2) as f32,
+        h.eps as f32,
+        (1.0 - h.lr * h.weight_decay) as f32,
+        (h.lr / bc1) as f32,
+        (1.0 / bc2.sqrt()) as f32,
+        h.grad_scale as f32,
+        int(OP, "params", n)?,
+    )
 }
