@@ -13,6 +13,7 @@ pub mod check;
 pub mod cpu;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
+pub mod select;
 
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};

@@ -19,7 +19,7 @@ use lorafuse::model::unet::Unet;
 use lorafuse::model::vae::Vae;
 use lorafuse::sample::{generate, parse_prompt_line, save_png, Pipeline, PromptDefaults};
 use lorafuse::train::trainer::{train, TrainReport};
-use lorafuse::{CpuBackend, DType};
+use lorafuse::{Backend, CpuBackend, DType};
 
 /// A failure to report: the message, and the exit code.
 pub struct Failure(pub String);
@@ -138,29 +138,27 @@ pub fn run(cli: Cli) -> Outcome {
 }
 
 fn devices() {
+    use lorafuse::backend::select::select;
+    use lorafuse::config::{Device, MixedPrecision};
     println!("cpu: available ({} threads)", rayon::current_num_threads());
     #[cfg(feature = "cuda")]
-    match lorafuse::backend::cuda::probe() {
-        Ok(info) => println!("cuda:0: {info} (the CUDA backend's kernels are not built yet; training runs on the CPU)"),
-        Err(e) => println!("cuda: {e}"),
+    match lorafuse::backend::cuda::Device::gpu(0) {
+        Ok(dev) => println!("cuda:0: {} (kernels loaded)", dev.describe()),
+        Err(e) => println!("cuda:0: {e}"),
     }
     #[cfg(not(feature = "cuda"))]
-    println!("cuda: not in this build (rebuild with `--features cuda`)");
+    println!("cuda: not in this build (rebuild with `cargo build --release --features cuda`)");
+    match select(Device::Auto, MixedPrecision::No) {
+        Ok(s) => println!("{}", s.note),
+        Err(e) => println!("device: auto -> {e}"),
+    }
 }
 
-/// The backend for a config's `device`. Only the CPU backend exists yet.
-fn backend(cfg: &TrainConfig) -> Result<CpuBackend, Failure> {
-    use lorafuse::config::Device;
-    match cfg.device {
-        Device::Cpu => Ok(CpuBackend::new()),
-        Device::Auto => {
-            eprintln!("device: auto -> cpu (the CUDA backend is not available in this version)");
-            Ok(CpuBackend::new())
-        }
-        Device::Cuda(n) => Err(Failure(format!(
-            "device = cuda:{n}: the CUDA backend is not available in this version of lorafuse; set `device: cpu` (or `auto`)"
-        ))),
-    }
+/// The backend for a config's `device` (see `lorafuse::backend::select`).
+fn backend(cfg: &TrainConfig) -> Result<Box<dyn Backend>, Failure> {
+    let s = lorafuse::backend::select::select(cfg.device, cfg.mixed_precision)?;
+    eprintln!("{}", s.note);
+    Ok(s.backend)
 }
 
 fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> Outcome {
@@ -177,7 +175,7 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
     let be = backend(&cfg)?;
     interrupt::install();
     let mut obs = progress::Progress::new();
-    let report = train(&cfg, &be, resume, &interrupt::STOP, &mut obs)?;
+    let report = train(&cfg, be.as_ref(), resume, &interrupt::STOP, &mut obs)?;
     print_report(&report);
     Ok(())
 }

@@ -78,7 +78,7 @@ impl Device {
         }
     }
     #[cfg(feature = "cuda")]
-    pub(crate) fn gpu(&self) -> Option<&Gpu> {
+    pub(crate) fn gpu_engine(&self) -> Option<&Gpu> {
         match &self.engine {
             Engine::Gpu(g) => Some(g),
             #[cfg(feature = "cuda-emu")]

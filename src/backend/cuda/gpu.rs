@@ -181,12 +181,12 @@ impl Gpu {
 
     /// Turns a launch result into ours. Launch errors are reported at once; errors inside
     /// the kernel surface at the next synchronisation.
-    pub(crate) fn launched(
+    pub(crate) fn launched<T>(
         &self,
-        r: std::result::Result<(), drv::DriverError>,
+        r: std::result::Result<T, drv::DriverError>,
         name: &str,
     ) -> Result<()> {
-        r.map_err(cuda_err(format!("launch of {name}")))
+        r.map(|_| ()).map_err(cuda_err(format!("launch of {name}")))
     }
 
     pub(crate) fn alloc(&self, bytes: usize) -> std::result::Result<u64, drv::DriverError> {

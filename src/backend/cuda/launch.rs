@@ -68,7 +68,9 @@ pub struct Out(pub(crate) u64);
 /// How one launcher argument crosses to the kernel: `Ffi` is its C type for the emulator's
 /// direct call; on the GPU its bytes are pushed as they are (device pointers as u64).
 pub trait KernelArg: Copy + Sync {
+    #[cfg(feature = "cuda-emu")]
     type Ffi;
+    #[cfg(feature = "cuda-emu")]
     fn ffi(self) -> Self::Ffi;
     #[cfg(feature = "cuda")]
     type Gpu: cudarc::driver::DeviceRepr;
@@ -77,7 +79,9 @@ pub trait KernelArg: Copy + Sync {
 }
 
 impl KernelArg for In {
+    #[cfg(feature = "cuda-emu")]
     type Ffi = *const std::ffi::c_void;
+    #[cfg(feature = "cuda-emu")]
     fn ffi(self) -> Self::Ffi {
         self.0 as usize as *const std::ffi::c_void
     }
@@ -89,7 +93,9 @@ impl KernelArg for In {
     }
 }
 impl KernelArg for Out {
+    #[cfg(feature = "cuda-emu")]
     type Ffi = *mut std::ffi::c_void;
+    #[cfg(feature = "cuda-emu")]
     fn ffi(self) -> Self::Ffi {
         self.0 as usize as *mut std::ffi::c_void
     }
@@ -103,7 +109,9 @@ impl KernelArg for Out {
 macro_rules! scalar_arg {
     ($($t:ty),*) => {$(
         impl KernelArg for $t {
+            #[cfg(feature = "cuda-emu")]
             type Ffi = $t;
+            #[cfg(feature = "cuda-emu")]
             fn ffi(self) -> $t { self }
             #[cfg(feature = "cuda")]
             type Gpu = $t;
@@ -140,7 +148,8 @@ macro_rules! kernels {
                 use $crate::backend::cuda::launch::KernelArg;
                 dev.check_launch(stringify!($name), &cfg)?;
                 #[cfg(feature = "cuda")]
-                if let Some(gpu) = dev.gpu() {
+                if let Some(gpu) = dev.gpu_engine() {
+                    use cudarc::driver::PushKernelArg;
                     let f = gpu.function($module, stringify!($name), cfg.smem)?;
                     $( let $arg = $arg.gpu(); )*
                     let mut b = gpu.stream().launch_builder(&f);

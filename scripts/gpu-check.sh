@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# GPU verification in one device call. The device machine has no Rust toolchain, so:
+#
+#   scripts/gpu-check.sh build   (here)   builds every CUDA test binary (tests/cuda_*.rs) and
+#                                         CUDA bench (benches/cuda_*.rs) with `--features cuda`,
+#                                         strips them and packs them into .gpu-bundle/ (git-ignored,
+#                                         well under the 64 MiB a device call can carry).
+#   scripts/gpu-check.sh run     (device) unpacks the bundle, prints nvidia-smi, runs every test
+#                                         binary (on the GPU they use full SD1.5 shapes) and every
+#                                         bench, and writes $OUT/gpu-check.log and
+#                                         $OUT/gpu-check.json (per binary: passed, failed, skipped).
+#
+# The device call:  run(command="bash scripts/gpu-check.sh run", carry=[".gpu-bundle"])
+# Then commit $OUT's files under benches/results/ (date in the name).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUNDLE=.gpu-bundle
+
+build() {
+  set -e
+  eval "$(scripts/install-nvcc.sh | tail -n 1)"
+  rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/bin"
+  local tests=() benches=()
+  for f in tests/cuda_*.rs; do tests+=(--test "$(basename "$f" .rs)"); done
+  for f in benches/cuda_*.rs; do [ -e "$f" ] && benches+=(--bench "$(basename "$f" .rs)"); done
+  cargo build --release --features cuda "${tests[@]}" "${benches[@]}" --message-format=json \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] in (["test"], ["bench"]):
+        print(m["target"]["kind"][0], m["target"]["name"], m["executable"])
+' > "$BUNDLE/list.txt"
+  while read -r kind name exe; do
+    objcopy --strip-debug "$exe" "$BUNDLE/bin/$kind-$name"
+  done < "$BUNDLE/list.txt"
+  tar -C "$BUNDLE" -cJf "$BUNDLE/bin.tar.xz" bin && rm -rf "$BUNDLE/bin"
+  git rev-parse --short HEAD > "$BUNDLE/commit.txt"
+  du -sh "$BUNDLE"
+  echo "built $(wc -l < "$BUNDLE/list.txt") binaries at commit $(cat "$BUNDLE/commit.txt")"
+}
+
+run() {
+  local out="${OUT:-gpu-check-out}"
+  mkdir -p "$out"
+  local log="$out/gpu-check.log" json="$out/gpu-check.json"
+  [ -f "$BUNDLE/bin.tar.xz" ] || { echo "gpu-check: no $BUNDLE/bin.tar.xz; run 'scripts/gpu-check.sh build' here and carry $BUNDLE" >&2; exit 2; }
+  local work; work="$(mktemp -d)"
+  tar -C "$work" -xJf "$BUNDLE/bin.tar.xz"
+  {
+    echo "== gpu-check at commit $(cat "$BUNDLE/commit.txt") on $(date -u +%FT%TZ)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 || echo "nvidia-smi failed"
+  } | tee "$log"
+  local entries=()
+  for exe in "$work"/bin/*; do
+    local name; name="$(basename "$exe")"
+    echo "== $name" | tee -a "$log"
+    local t0 t1 rc
+    t0=$(date +%s.%N)
+    if [[ "$name" == test-* ]]; then
+      "$exe" --test-threads=1 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
+    else
+      "$exe" --bench 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
+    fi
+    t1=$(date +%s.%N)
+    local passed failed skipped
+    passed=$(grep -o '[0-9]* passed' "$work/$name.out" | awk '{s+=$1} END {print s+0}')
+    failed=$(grep -o '[0-9]* failed' "$work/$name.out" | awk '{s+=$1} END {print s+0}')
+    skipped=$(grep -c 'SKIPPED: no CUDA device' "$work/$name.out")
+    tail -n 3 "$work/$name.out"
+    entries+=("{\"binary\": \"$name\", \"exit\": $rc, \"passed\": $passed, \"failed\": $failed, \"skipped_no_device\": $skipped, \"seconds\": $(awk "BEGIN { printf \"%.2f\", $t1 - $t0 }")}")
+  done
+  local gpu; gpu="$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
+  {
+    echo "{"
+    echo "  \"commit\": \"$(cat "$BUNDLE/commit.txt")\","
+    echo "  \"gpu\": \"${gpu:-none}\","
+    echo "  \"results\": ["
+    local i
+    for i in "${!entries[@]}"; do
+      local sep=","; [ "$i" -eq $((${#entries[@]} - 1)) ] && sep=""
+      echo "    ${entries[$i]}$sep"
+    done
+    echo "  ]"
+    echo "}"
+  } > "$json"
+  echo "== summary" | tee -a "$log"
+  cat "$json" | tee -a "$log"
+  ! grep -q '"failed": [1-9]\|"exit": [1-9]' "$json"
+}
+
+case "${1:-}" in
+  build) build ;;
+  run) run ;;
+  *) echo "usage: scripts/gpu-check.sh build|run (see the header of this script)" >&2; exit 2 ;;
+esac

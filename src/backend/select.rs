@@ -1,0 +1,111 @@
+//! Which backend a run uses: `device: auto` takes CUDA when this build has the CUDA backend
+//! and the machine a usable device (driver present, compute capability 8.0+, our PTX loads),
+//! else the CPU, and says which and why; `device: cuda[:N]` insists and reports what is
+//! missing; `device: cpu` is the CPU.
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::Backend;
+use crate::config::{Device, MixedPrecision};
+#[cfg(not(feature = "cuda"))]
+use crate::error::Error;
+use crate::error::Result;
+use crate::tensor::DType;
+
+/// The chosen backend and a line saying what was chosen (for the log).
+pub struct Selected {
+    pub backend: Box<dyn Backend>,
+    pub note: String,
+}
+
+/// The activation dtype on a GPU for a `mixed_precision` setting, and a note when the setting
+/// cannot be honoured exactly.
+pub fn gpu_dtype(mp: MixedPrecision) -> (DType, Option<&'static str>) {
+    match mp {
+        MixedPrecision::No => (DType::F32, None),
+        MixedPrecision::Fp16 => (DType::F16, None),
+        MixedPrecision::Bf16 => (
+            DType::F32,
+            Some("mixed_precision = bf16: the CUDA kernels have no bf16 path yet; computing in f32 (fp16 halves activation memory)"),
+        ),
+    }
+}
+
+/// Opens the backend for `device`.
+pub fn select(device: Device, mp: MixedPrecision) -> Result<Selected> {
+    let cpu = |why: String| Selected {
+        backend: Box::new(CpuBackend::new()),
+        note: why,
+    };
+    match device {
+        Device::Cpu => Ok(cpu("device: cpu".into())),
+        Device::Auto => match open_cuda(0, mp) {
+            Ok(s) => Ok(Selected {
+                note: format!("device: auto -> {}", s.note),
+                ..s
+            }),
+            Err(e) => Ok(cpu(format!("device: auto -> cpu ({e})"))),
+        },
+        Device::Cuda(n) => open_cuda(n, mp),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(ordinal: usize, mp: MixedPrecision) -> Result<Selected> {
+    use crate::backend::cuda::{CudaBackend, Device as Dev};
+    let dev = Dev::gpu(ordinal)?;
+    let (dtype, caveat) = gpu_dtype(mp);
+    let mut note = format!("cuda:{ordinal}: {}, activations in {dtype}", dev.describe());
+    if let Some(c) = caveat {
+        note.push_str("; ");
+        note.push_str(c);
+    }
+    Ok(Selected {
+        backend: Box::new(CudaBackend::new(dev, dtype)?),
+        note,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(ordinal: usize, _mp: MixedPrecision) -> Result<Selected> {
+    Err(Error::CudaUnavailable(format!(
+        "cuda:{ordinal} was asked for, but this build of lorafuse has no CUDA backend: rebuild \
+         with `cargo build --release --features cuda` (needs the NVIDIA driver at run time \
+         only), or set `device: cpu`"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_is_always_available_and_auto_falls_back_to_it_with_a_reason() {
+        let s = select(Device::Cpu, MixedPrecision::No).unwrap();
+        assert_eq!(s.backend.name(), "cpu");
+        let s = select(Device::Auto, MixedPrecision::Fp16).unwrap();
+        if s.backend.name() == "cpu" {
+            assert!(s.note.starts_with("device: auto -> cpu ("), "{}", s.note);
+        } else {
+            assert_eq!(s.backend.compute_dtype(), DType::F16);
+        }
+    }
+
+    #[test]
+    fn asking_for_cuda_without_it_says_what_is_missing() {
+        match select(Device::Cuda(3), MixedPrecision::No) {
+            Ok(s) => assert_ne!(s.backend.name(), "cpu"),
+            Err(e) => {
+                let m = e.to_string();
+                assert!(m.contains("cuda") || m.contains("CUDA"), "{m}");
+                assert!(m.contains("device") || m.contains("features cuda"), "{m}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_is_reported_not_silently_changed() {
+        assert_eq!(gpu_dtype(MixedPrecision::Bf16).0, DType::F32);
+        assert!(gpu_dtype(MixedPrecision::Bf16).1.unwrap().contains("bf16"));
+        assert_eq!(gpu_dtype(MixedPrecision::Fp16), (DType::F16, None));
+    }
+}
