@@ -116,7 +116,16 @@ fn build_emulator() {
         .files(&files);
     if env::var_os("LORAFUSE_EMU_TSAN").is_some() {
         b.flag("-fsanitize=thread").flag("-g");
-        println!("cargo:rustc-link-arg=-fsanitize=thread");
+        // rustc links with -nodefaultlibs, so the runtime is named explicitly (gcc's copy).
+        let so = Command::new(b.get_compiler().path())
+            .arg("-print-file-name=libtsan.so")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if let Some(dir) = Path::new(&so).parent().filter(|d| d.is_dir()) {
+            println!("cargo:rustc-link-search=native={}", dir.display());
+        }
+        println!("cargo:rustc-link-lib=dylib=tsan");
     }
     b.compile("lorafuse_emu");
 }

@@ -1,0 +1,138 @@
+//! The whole tiny UNet through the CUDA backend (the kernel emulator in CI, the GPU when one is
+//! present) against the CPU backend: forward output, loss and every LoRA gradient; then short
+//! training runs whose per-step losses match the CPU's, and whose later steps allocate nothing
+//! from the driver (the pool serves them).
+#![cfg(any(feature = "cuda", feature = "cuda-emu"))]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use common::cuda::*;
+use common::rel_err;
+use lorafuse::backend::Accum;
+use lorafuse::config::TrainConfig;
+use lorafuse::lora::{kohya, LoraSet};
+use lorafuse::model::checkpoint::load_sd15;
+use lorafuse::model::layers::Ctx;
+use lorafuse::model::unet::Unet;
+use lorafuse::rng::Rng;
+use lorafuse::train::trainer::{train, Event, Observer};
+use lorafuse::{Backend, CpuBackend, DType};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Output, loss and all LoRA gradients (down then up, module by module) of one forward and
+/// backward of the fixture UNet with its LoRA, on `be`.
+fn step(be: &dyn Backend, inputs: &[(Vec<usize>, Vec<f32>)]) -> (Vec<f32>, f64, Vec<Vec<f32>>) {
+    let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
+    let unet = Unet::load(&ck.unet.0, &ck.unet.1, be, "unet").unwrap();
+    let lora: LoraSet = kohya::load(fixtures().join("tiny-lora.safetensors"), be, DType::F32).unwrap();
+    let dt = be.compute_dtype();
+    let up = |i: usize| be.tensor_from_f32(&inputs[i].0, &inputs[i].1, dt).unwrap();
+    let (x, target, ctx, t) = (up(0), up(1), up(2), up(3));
+    let cx = Ctx::new(be, Some(&lora));
+    let (out, tape) = unet.forward(&cx, &x, &t, &ctx, true, None).unwrap();
+    let (loss, d_out) = be.mse_loss(&out, &target, None, 1.0).unwrap();
+    let mut grads = lora.zero_grads(be).unwrap();
+    grads.accum = Accum::Assign;
+    unet.backward(&cx, &d_out, &ctx, tape.unwrap(), &mut grads).unwrap();
+    let g = grads
+        .down
+        .iter()
+        .chain(&grads.up)
+        .map(|t| be.to_f32_vec(t).unwrap())
+        .collect();
+    (be.to_f32_vec(&out).unwrap(), loss, g)
+}
+
+#[test]
+fn tiny_unet_forward_and_lora_gradients_match_the_cpu() {
+    let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
+    let d_ctx = ck.unet.0.cross_attention_dim;
+    let mut rng = Rng::new(5);
+    // Batch 2 at 16x16 latents with odd timesteps; 77 context tokens.
+    let mut inputs = vec![];
+    for shape in [vec![2, 4, 16, 16], vec![2, 4, 16, 16], vec![2, 77, d_ctx]] {
+        let n = shape.iter().product();
+        inputs.push((shape, nonzero(&mut rng, n)));
+    }
+    inputs.push((vec![2], vec![37.0, 911.0]));
+    let (out_c, loss_c, g_c) = step(&CpuBackend::new(), &inputs);
+    for dtype in [DType::F32, DType::F16] {
+        // f16 rounds every activation: the comparison is norm-wise, with the bound the
+        // f16 path is held to.
+        let bound = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
+        for e in engines(dtype) {
+            let (out_g, loss_g, g_g) = step(&e.be, &inputs);
+            let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+            let r = rel_err(&f(&out_g), &f(&out_c));
+            assert!(r < bound, "{dtype}: output rel. error {r}");
+            assert!((loss_g - loss_c).abs() < bound * loss_c, "{dtype}: loss {loss_g} vs {loss_c}");
+            let mut worst = 0.0f64;
+            for (i, (a, b)) in g_g.iter().zip(&g_c).enumerate() {
+                assert!(a.iter().all(|x| x.is_finite()), "{dtype}: gradient {i} not finite");
+                worst = worst.max(rel_err(&f(a), &f(b)));
+            }
+            println!("{dtype} on {}: output {r:.2e}, loss {loss_g} vs {loss_c}, worst LoRA gradient {worst:.2e}", e.be.name());
+            assert!(worst < 10.0 * bound, "{dtype}: worst LoRA gradient rel. error {worst}");
+        }
+    }
+}
+
+/// Per-step losses, and the pool's driver allocations seen at each step.
+#[derive(Default)]
+struct Watch {
+    losses: Vec<f64>,
+    allocs: Vec<u64>,
+    dev: Option<std::sync::Arc<lorafuse::backend::cuda::Device>>,
+}
+
+impl Observer for Watch {
+    fn on(&mut self, event: Event) {
+        if let Event::Step { loss, .. } = event {
+            self.losses.push(loss);
+            if let Some(d) = &self.dev {
+                self.allocs.push(d.pool_stats().driver_allocs);
+            }
+        }
+    }
+}
+
+fn run(be: &dyn Backend, dir: &Path, watch: &mut Watch) {
+    let sets = [
+        "sample_every_n_steps=0",
+        "validation_split=0",
+        "save_precision=fp32",
+    ];
+    let cfg = TrainConfig::load(dir.join("demo.yaml"), &sets).unwrap();
+    train(&cfg, be, false, &AtomicBool::new(false), watch).unwrap();
+}
+
+#[test]
+fn short_training_run_matches_the_cpu_and_allocates_only_in_the_first_step() {
+    let steps = 4;
+    let base = std::env::temp_dir().join(format!("lorafuse-cuda-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let cpu_dir = base.join("cpu");
+    lorafuse::demo::prepare(&cpu_dir, steps).unwrap();
+    let mut cpu = Watch::default();
+    run(&CpuBackend::new(), &cpu_dir, &mut cpu);
+    assert_eq!(cpu.losses.len(), steps);
+    for e in engines(DType::F32) {
+        let dir = base.join(e.be.name());
+        lorafuse::demo::prepare(&dir, steps).unwrap();
+        let mut w = Watch { dev: Some(e.be.device().clone()), ..Default::default() };
+        run(&e.be, &dir, &mut w);
+        for (i, (g, c)) in w.losses.iter().zip(&cpu.losses).enumerate() {
+            assert!((g - c).abs() <= 1e-4 * c.abs(), "step {}: loss {g} vs cpu {c}", i + 1);
+        }
+        assert_eq!(w.losses.len(), steps);
+        assert!(w.allocs.iter().all(|&a| a == w.allocs[0]), "driver allocations after the first step: {:?}", w.allocs);
+        println!("{}: losses {:?} (cpu {:?}); pool {:?}", e.be.name(), w.losses, cpu.losses, e.be.device().pool_stats());
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
