@@ -72,18 +72,9 @@ pub enum Error {
     /// A CUDA driver call or kernel launch failed.
     #[error("CUDA error in {what}: {detail}")]
     Cuda { what: String, detail: String },
-    /// The device ran out of memory.
-    #[error(
-        "out of GPU memory: asked for {asked_mib:.1} MiB with {free_mib:.1} MiB free of {total_mib:.1} MiB \
-         ({in_use_mib:.1} MiB held by lorafuse's pool). Lower `batch_size` or `resolution` \
-         (or use `device: cpu`), then run again"
-    )]
-    OutOfMemory {
-        asked_mib: f64,
-        free_mib: f64,
-        total_mib: f64,
-        in_use_mib: f64,
-    },
+    /// The device ran out of memory: what was asked, what was free, what to lower.
+    #[error("{0}")]
+    OutOfMemory(String),
     /// A model file or folder cannot be loaded (see `model::checkpoint::CheckpointError`).
     #[error(transparent)]
     Checkpoint(#[from] crate::model::checkpoint::CheckpointError),

@@ -166,3 +166,22 @@ fn the_pool_reuses_buffers_and_reports_its_peak() {
         assert_eq!(after.in_use, before.in_use);
     }
 }
+
+#[test]
+fn running_out_of_memory_says_what_was_asked_and_what_to_lower() {
+    for e in engines(DType::F32) {
+        // 2^42 f32 elements: 16 TiB, more than any device or host has.
+        let err = e.be.zeros(&[1 << 21, 1 << 21], DType::F32).unwrap_err();
+        let m = err.to_string();
+        assert!(matches!(err, Error::OutOfMemory(_)), "{m}");
+        assert!(
+            m.contains("16777216.0 MiB") && m.contains("batch_size") && m.contains("resolution"),
+            "{m}"
+        );
+        // The device is still usable afterwards.
+        assert_eq!(
+            e.be.zeros(&[3], DType::F32).unwrap().to_f32_vec(),
+            vec![0.0; 3]
+        );
+    }
+}

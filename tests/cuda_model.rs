@@ -30,7 +30,8 @@ fn fixtures() -> PathBuf {
 fn step(be: &dyn Backend, inputs: &[(Vec<usize>, Vec<f32>)]) -> (Vec<f32>, f64, Vec<Vec<f32>>) {
     let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
     let unet = Unet::load(&ck.unet.0, &ck.unet.1, be, "unet").unwrap();
-    let lora: LoraSet = kohya::load(fixtures().join("tiny-lora.safetensors"), be, DType::F32).unwrap();
+    let lora: LoraSet =
+        kohya::load(fixtures().join("tiny-lora.safetensors"), be, DType::F32).unwrap();
     let dt = be.compute_dtype();
     let up = |i: usize| be.tensor_from_f32(&inputs[i].0, &inputs[i].1, dt).unwrap();
     let (x, target, ctx, t) = (up(0), up(1), up(2), up(3));
@@ -39,7 +40,8 @@ fn step(be: &dyn Backend, inputs: &[(Vec<usize>, Vec<f32>)]) -> (Vec<f32>, f64, 
     let (loss, d_out) = be.mse_loss(&out, &target, None, 1.0).unwrap();
     let mut grads = lora.zero_grads(be).unwrap();
     grads.accum = Accum::Assign;
-    unet.backward(&cx, &d_out, &ctx, tape.unwrap(), &mut grads).unwrap();
+    unet.backward(&cx, &d_out, &ctx, tape.unwrap(), &mut grads)
+        .unwrap();
     let g = grads
         .down
         .iter()
@@ -71,14 +73,23 @@ fn tiny_unet_forward_and_lora_gradients_match_the_cpu() {
             let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
             let r = rel_err(&f(&out_g), &f(&out_c));
             assert!(r < bound, "{dtype}: output rel. error {r}");
-            assert!((loss_g - loss_c).abs() < bound * loss_c, "{dtype}: loss {loss_g} vs {loss_c}");
+            assert!(
+                (loss_g - loss_c).abs() < bound * loss_c,
+                "{dtype}: loss {loss_g} vs {loss_c}"
+            );
             let mut worst = 0.0f64;
             for (i, (a, b)) in g_g.iter().zip(&g_c).enumerate() {
-                assert!(a.iter().all(|x| x.is_finite()), "{dtype}: gradient {i} not finite");
+                assert!(
+                    a.iter().all(|x| x.is_finite()),
+                    "{dtype}: gradient {i} not finite"
+                );
                 worst = worst.max(rel_err(&f(a), &f(b)));
             }
             println!("{dtype} on {}: output {r:.2e}, loss {loss_g} vs {loss_c}, worst LoRA gradient {worst:.2e}", e.be.name());
-            assert!(worst < 10.0 * bound, "{dtype}: worst LoRA gradient rel. error {worst}");
+            assert!(
+                worst < 10.0 * bound,
+                "{dtype}: worst LoRA gradient rel. error {worst}"
+            );
         }
     }
 }
@@ -125,14 +136,31 @@ fn short_training_run_matches_the_cpu_and_allocates_only_in_the_first_step() {
     for e in engines(DType::F32) {
         let dir = base.join(e.be.name());
         lorafuse::demo::prepare(&dir, steps).unwrap();
-        let mut w = Watch { dev: Some(e.be.device().clone()), ..Default::default() };
+        let mut w = Watch {
+            dev: Some(e.be.device().clone()),
+            ..Default::default()
+        };
         run(&e.be, &dir, &mut w);
         for (i, (g, c)) in w.losses.iter().zip(&cpu.losses).enumerate() {
-            assert!((g - c).abs() <= 1e-4 * c.abs(), "step {}: loss {g} vs cpu {c}", i + 1);
+            assert!(
+                (g - c).abs() <= 1e-4 * c.abs(),
+                "step {}: loss {g} vs cpu {c}",
+                i + 1
+            );
         }
         assert_eq!(w.losses.len(), steps);
-        assert!(w.allocs.iter().all(|&a| a == w.allocs[0]), "driver allocations after the first step: {:?}", w.allocs);
-        println!("{}: losses {:?} (cpu {:?}); pool {:?}", e.be.name(), w.losses, cpu.losses, e.be.device().pool_stats());
+        assert!(
+            w.allocs.iter().all(|&a| a == w.allocs[0]),
+            "driver allocations after the first step: {:?}",
+            w.allocs
+        );
+        println!(
+            "{}: losses {:?} (cpu {:?}); pool {:?}",
+            e.be.name(),
+            w.losses,
+            cpu.losses,
+            e.be.device().pool_stats()
+        );
     }
     let _ = std::fs::remove_dir_all(&base);
 }

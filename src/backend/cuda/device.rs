@@ -159,14 +159,18 @@ impl Device {
     }
 
     fn out_of_memory(&self, block: usize, pool: &Pool) -> Error {
-        let (free, total) = self.mem_info().unwrap_or((0, 0));
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
-        Error::OutOfMemory {
-            asked_mib: mib(block),
-            free_mib: mib(free),
-            total_mib: mib(total),
-            in_use_mib: mib(pool.stats().in_use),
-        }
+        let free = match self.mem_info() {
+            Some((free, total)) => format!("{:.1} MiB free of {:.1} MiB", mib(free), mib(total)),
+            None => "the allocator refused it".into(),
+        };
+        Error::OutOfMemory(format!(
+            "out of {} memory: asked for {:.1} MiB, {free}; lorafuse's pool holds {:.1} MiB in \
+             live buffers. Lower `batch_size` or `resolution` (or use `device: cpu`), then run again",
+            self.name(),
+            mib(block),
+            mib(pool.stats().in_use),
+        ))
     }
 
     /// (free, total) device memory.
