@@ -90,10 +90,16 @@ fn check_case(be: &CudaBackend, dtype: DType, rng: &mut Rng, c: Case) {
 }
 
 fn check_all(seed: u64, cases: &[Case]) {
+    check_all_gpu(seed, cases, &[]);
+}
+
+/// `cases` on every engine, and `gpu_cases` (full SD1.5 sizes) on a GPU only.
+fn check_all_gpu(seed: u64, cases: &[Case], gpu_cases: &[Case]) {
     for dtype in [DType::F32, DType::F16] {
         let mut rng = Rng::new(seed);
         for e in engines(dtype) {
-            for &c in cases {
+            let extra = if e.gpu { gpu_cases } else { &[] };
+            for &c in cases.iter().chain(extra) {
                 check_case(&e.be, dtype, &mut rng, c);
             }
         }
@@ -146,7 +152,7 @@ fn causal_within_and_across_tiles() {
 #[test]
 fn cross_attention_like() {
     // SD1.5's cross-attention at the first level: 8 heads of 40 over CLIP's 77 tokens.
-    let mut cases = vec![Case {
+    let c = Case {
         b: 1,
         h: 8,
         lq: 64,
@@ -154,38 +160,30 @@ fn cross_attention_like() {
         d: 40,
         dv: 40,
         causal: false,
-    }];
-    for e in engines(DType::F32) {
-        if e.gpu {
-            // 64x64 latents: 4096 queries.
-            cases.push(Case {
-                lq: 4096,
-                ..cases[0]
-            });
-        }
-    }
-    check_all(3, &cases);
+    };
+    // On a GPU: 64x64 latents, 4096 queries.
+    check_all_gpu(3, &[c], &[Case { lq: 4096, ..c }]);
 }
 
 #[test]
 fn sd15_head_widths() {
     // SD1.5's self-attention head widths (320/8, 640/8, 1280/8) at small lengths, and the
     // widest head the kernels take.
-    let mut cases = vec![
-        self_attn(1, 2, 40, 40),
-        self_attn(1, 2, 23, 80),
-        self_attn(1, 1, 19, 160),
-        self_attn(1, 1, 9, 256),
-    ];
-    for e in engines(DType::F32) {
-        if e.gpu {
-            // 64x64, 32x32 and 16x16 latents.
-            cases.push(self_attn(1, 8, 4096, 40));
-            cases.push(self_attn(1, 8, 1024, 80));
-            cases.push(self_attn(1, 8, 256, 160));
-        }
-    }
-    check_all(4, &cases);
+    check_all_gpu(
+        4,
+        &[
+            self_attn(1, 2, 40, 40),
+            self_attn(1, 2, 23, 80),
+            self_attn(1, 1, 19, 160),
+            self_attn(1, 1, 9, 256),
+        ],
+        // On a GPU: 64x64, 32x32 and 16x16 latents.
+        &[
+            self_attn(1, 8, 4096, 40),
+            self_attn(1, 8, 1024, 80),
+            self_attn(1, 8, 256, 160),
+        ],
+    );
 }
 
 #[test]
