@@ -1,19 +1,107 @@
-//! STUB: to be replaced by the kernels of this family.
-#![allow(unused_variables)]
-use super::super::backend::CudaBackend;
-#[allow(unused_imports)]
-use crate::backend::{
-    Activation, AdamW, Attention, Conv2d, LinearOut, Lora, LoraBackward, NormStats, Pad2d,
-    TimestepEmbedding,
-};
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+//! Multi-head scaled dot-product attention, forward and backward (kernels/attention.cu): the
+//! plain tiled reference kernels. The [Lq, Lk] score matrix is never stored (tiles of it live
+//! in shared memory); the backward recomputes P from the saved lse, and computes dQ per query
+//! tile and dK, dV per key tile, so nothing is accumulated with atomics (deterministic).
+//!
+//! q, k, v, o, dO and the gradients share the compute dtype (f16 or f32); lse is f32 always.
+//! Head widths up to [`MAX_HEAD_DIM`] (the kernels keep one row's accumulators in registers).
 
-fn todo(op: &str) -> Error {
-    Error::CudaUnavailable(format!("{op} has no CUDA kernel yet"))
+use super::super::backend::CudaBackend;
+use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::{alloc, by_dtype, float_dtype, input, int, output, BLOCK};
+use crate::backend::check::attention::AttentionDims;
+use crate::backend::{check, Attention};
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+kernels! {
+    module "attention";
+    fn attention_fwd_f32(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32, lk: i32,
+        d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fwd_f16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32, lk: i32,
+        d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_bwd_dot_f32(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
+    fn attention_bwd_dot_f16(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
+    fn attention_bwd_dq_f32(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_bwd_dq_f16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_bwd_dkv_f32(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_bwd_dkv_f16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The widest head (d and dv) the kernels take: ATT_MAX_D in kernels/attention.cu.
+pub(crate) const MAX_HEAD_DIM: usize = 256;
+
+// Tile sizes and threads per block, as ATT_* in kernels/attention.cu.
+const THREADS: u32 = 128;
+/// Forward and dQ: query rows per block and key rows per tile.
+const BQ: usize = 16;
+const BK: usize = 32;
+/// dK/dV: key rows per block and query rows per tile.
+const KB: usize = 16;
+const QT: usize = 32;
+
+/// Dynamic shared memory of each kernel in bytes (f32 tiles; `w | 1` is an odd row stride).
+fn fwd_smem(d: usize, dv: usize) -> usize {
+    4 * (BQ * d + BK * (d | 1) + BK * dv + BQ * (BK + 1) + 3 * BQ)
+}
+fn dq_smem(d: usize, dv: usize) -> usize {
+    4 * (BQ * d + BQ * dv + BK * (d | 1) + BK * (dv | 1) + BQ * (BK + 1) + 2 * BQ)
+}
+fn dkv_smem(d: usize, dv: usize) -> usize {
+    4 * (KB * d + KB * dv + QT * (d | 1) + QT * (dv | 1) + 2 * KB * (QT + 1) + 2 * QT)
+}
+
+/// The scalar arguments every kernel of the family takes.
+struct Args {
+    heads: i32,
+    lq: i32,
+    lk: i32,
+    d: i32,
+    dv: i32,
+    causal: i32,
+    scale: f32,
+}
+
+/// The kernels' own limits on top of the shapes the CPU backend accepts.
+fn args(op: &'static str, n: &AttentionDims) -> Result<Args> {
+    for (name, w) in [("head_dim", n.head_dim), ("v_head_dim", n.v_head_dim)] {
+        if w > MAX_HEAD_DIM {
+            return Err(check::bad_value(
+                op,
+                name,
+                w,
+                &format!("at most {MAX_HEAD_DIM} on the CUDA backend"),
+            ));
+        }
+    }
+    Ok(Args {
+        heads: int(op, "heads", n.heads)?,
+        lq: int(op, "q", n.q_len)?,
+        lk: int(op, "k", n.kv_len)?,
+        d: int(op, "q", n.head_dim)?,
+        dv: int(op, "v", n.v_head_dim)?,
+        causal: n.causal as i32,
+        scale: (1.0 / (n.head_dim as f64).sqrt()) as f32,
+    })
+}
+
+/// One block of [`THREADS`] per (b, h, tile of `rows` of a sequence of `len`).
+fn tiled(
+    op: &'static str,
+    n: &AttentionDims,
+    len: usize,
+    rows: usize,
+    smem: usize,
+) -> Result<LaunchCfg> {
+    let blocks = int(op, "q", n.batch * n.heads * len.div_ceil(rows))?;
+    let smem = u32::try_from(smem).unwrap_or(u32::MAX); // an oversized request fails the launch check
+    Ok(LaunchCfg::new((blocks as u32, 1, 1), (THREADS, 1, 1), smem))
+}
+
 pub(crate) fn attention(
     be: &CudaBackend,
     q: &Tensor,
@@ -21,7 +109,41 @@ pub(crate) fn attention(
     v: &Tensor,
     p: Attention,
 ) -> Result<(Tensor, Tensor)> {
-    Err(todo("attention"))
+    const OP: &str = "attention";
+    let n = check::attention::forward(q, k, v, p)?;
+    let dt = float_dtype(OP, "q", q)?;
+    check::dtype(OP, "k", k, dt)?;
+    check::dtype(OP, "v", v, dt)?;
+    let (qi, ki, vi) = (
+        input(be, OP, "q", q)?,
+        input(be, OP, "k", k)?,
+        input(be, OP, "v", v)?,
+    );
+    let a = args(OP, &n)?;
+    let mut o = alloc(be, n.o_shape(), dt)?;
+    let mut lse = alloc(be, n.lse_shape(), DType::F32)?;
+    if n.batch * n.heads * n.q_len == 0 {
+        return Ok((o, lse)); // nothing to compute (and no empty grid to launch)
+    }
+    let cfg = tiled(OP, &n, n.q_len, BQ, fwd_smem(n.head_dim, n.v_head_dim))?;
+    let f = by_dtype!(dt, OP, attention_fwd_f32, attention_fwd_f16);
+    f(
+        be.device(),
+        cfg,
+        qi,
+        ki,
+        vi,
+        output(be, OP, "o", &mut o)?,
+        output(be, OP, "lse", &mut lse)?,
+        a.heads,
+        a.lq,
+        a.lk,
+        a.d,
+        a.dv,
+        a.causal,
+        a.scale,
+    )?;
+    Ok((o, lse))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -35,5 +157,85 @@ pub(crate) fn attention_backward(
     d_o: &Tensor,
     p: Attention,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    Err(todo("attention_backward"))
+    const OP: &str = "attention_backward";
+    let n = check::attention::backward(q, k, v, o, lse, d_o, p)?;
+    let dt = float_dtype(OP, "q", q)?;
+    for (name, t) in [("k", k), ("v", v), ("o", o), ("d_o", d_o)] {
+        check::dtype(OP, name, t, dt)?;
+    }
+    check::dtype(OP, "lse", lse, DType::F32)?;
+    let (qi, ki, vi) = (
+        input(be, OP, "q", q)?,
+        input(be, OP, "k", k)?,
+        input(be, OP, "v", v)?,
+    );
+    let (oi, li, gi) = (
+        input(be, OP, "o", o)?,
+        input(be, OP, "lse", lse)?,
+        input(be, OP, "d_o", d_o)?,
+    );
+    let a = args(OP, &n)?;
+    let mut dq = alloc(be, q.shape().clone(), dt)?;
+    let mut dk = alloc(be, k.shape().clone(), dt)?;
+    let mut dv = alloc(be, v.shape().clone(), dt)?;
+    let rows = n.batch * n.heads * n.q_len;
+    // D = rowsum(dO ⊙ O), [B, H, Lq] f32.
+    let mut dsum = alloc(be, [rows], DType::F32)?;
+    if rows > 0 {
+        let f = by_dtype!(dt, OP, attention_bwd_dot_f32, attention_bwd_dot_f16);
+        f(
+            be.device(),
+            LaunchCfg::for_items(rows, BLOCK),
+            oi,
+            gi,
+            output(be, OP, "dsum", &mut dsum)?,
+            a.heads,
+            a.lq,
+            a.dv,
+            int(OP, "q", rows)?,
+        )?;
+        let f = by_dtype!(dt, OP, attention_bwd_dq_f32, attention_bwd_dq_f16);
+        f(
+            be.device(),
+            tiled(OP, &n, n.q_len, BQ, dq_smem(n.head_dim, n.v_head_dim))?,
+            qi,
+            ki,
+            vi,
+            li,
+            gi,
+            input(be, OP, "dsum", &dsum)?,
+            output(be, OP, "dq", &mut dq)?,
+            a.heads,
+            a.lq,
+            a.lk,
+            a.d,
+            a.dv,
+            a.causal,
+            a.scale,
+        )?;
+    }
+    if n.batch * n.heads * n.kv_len > 0 {
+        // With no queries (Lq = 0) this writes dK = dV = 0.
+        let f = by_dtype!(dt, OP, attention_bwd_dkv_f32, attention_bwd_dkv_f16);
+        f(
+            be.device(),
+            tiled(OP, &n, n.kv_len, KB, dkv_smem(n.head_dim, n.v_head_dim))?,
+            qi,
+            ki,
+            vi,
+            li,
+            gi,
+            input(be, OP, "dsum", &dsum)?,
+            output(be, OP, "dk", &mut dk)?,
+            output(be, OP, "dv", &mut dv)?,
+            a.heads,
+            a.lq,
+            a.lk,
+            a.d,
+            a.dv,
+            a.causal,
+            a.scale,
+        )?;
+    }
+    Ok((dq, dk, dv))
 }

@@ -1,0 +1,388 @@
+//! The CUDA backend's attention (forward: O and lse; backward: dQ, dK, dV) against the CPU
+//! backend, in f32 and f16: odd sizes that leave a tail in every tile, batch > 1, causal
+//! masks shorter and longer than a tile, d != dv, SD1.5's head widths (40, 80, 160) and
+//! cross-attention (77 keys), CLIP's causal 77 tokens; on a GPU also the full SD1.5 shapes.
+//! Then the degenerate sizes, determinism, and the errors.
+#![cfg(any(feature = "cuda", feature = "cuda-emu"))]
+
+mod common;
+
+use common::cuda::*;
+use lorafuse::backend::cuda::CudaBackend;
+use lorafuse::backend::Attention;
+use lorafuse::rng::Rng;
+use lorafuse::{Backend, DType, Error, Tensor};
+
+/// q [b, lq, h·d], k [b, lk, h·d], v [b, lk, h·dv].
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    b: usize,
+    h: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    dv: usize,
+    causal: bool,
+}
+
+impl Case {
+    fn p(&self) -> Attention {
+        Attention {
+            heads: self.h,
+            causal: self.causal,
+        }
+    }
+}
+
+fn self_attn(b: usize, h: usize, l: usize, d: usize) -> Case {
+    Case {
+        b,
+        h,
+        lq: l,
+        lk: l,
+        d,
+        dv: d,
+        causal: false,
+    }
+}
+
+/// Runs the forward and the backward of `c` on `be` and on the CPU, from the same inputs,
+/// and compares every output.
+fn check_case(be: &CudaBackend, dtype: DType, rng: &mut Rng, c: Case) {
+    let what = format!("{c:?} {dtype:?}");
+    let cpu = cpu();
+    let (qc, qg) = random_pair(be, rng, &[c.b, c.lq, c.h * c.d], dtype);
+    let (kc, kg) = random_pair(be, rng, &[c.b, c.lk, c.h * c.d], dtype);
+    let (vc, vg) = random_pair(be, rng, &[c.b, c.lk, c.h * c.dv], dtype);
+
+    let (o_want, lse_want) = cpu.attention(&qc, &kc, &vc, c.p()).unwrap();
+    let (o_got, lse_got) = be.attention(&qg, &kg, &vg, c.p()).unwrap();
+    assert_eq!(o_got.dtype(), dtype, "{what}: o dtype");
+    assert_eq!(lse_got.dtype(), DType::F32, "{what}: lse is f32 always");
+    assert_matches(&format!("{what}: o"), &o_got, &o_want, tol(dtype));
+    // lse is f32 on both sides, computed in f32 from the same (rounded) inputs.
+    assert_matches(
+        &format!("{what}: lse"),
+        &lse_got,
+        &lse_want,
+        tol(DType::F32),
+    );
+
+    // The backward from identical saved tensors on both sides: the CPU's O (rounded to the
+    // dtype as the device holds it) and lse, and a random dO.
+    let o_vals = o_want.to_f32_vec();
+    let (oc, og) = pair(be, o_want.dims(), &o_vals, dtype);
+    let lse_vals = lse_want.to_f32_vec();
+    let lse_g = be
+        .tensor_from_f32(lse_want.dims(), &lse_vals, DType::F32)
+        .unwrap();
+    let (gc, gg) = random_pair(be, rng, o_want.dims(), dtype);
+    let (dq_w, dk_w, dv_w) = cpu
+        .attention_backward(&qc, &kc, &vc, &oc, &lse_want, &gc, c.p())
+        .unwrap();
+    let (dq, dk, dv) = be
+        .attention_backward(&qg, &kg, &vg, &og, &lse_g, &gg, c.p())
+        .unwrap();
+    for (name, got, want) in [("dq", &dq, &dq_w), ("dk", &dk, &dk_w), ("dv", &dv, &dv_w)] {
+        assert_eq!(got.dtype(), dtype, "{what}: {name} dtype");
+        assert_matches(&format!("{what}: {name}"), got, want, tol(dtype));
+    }
+}
+
+fn check_all(seed: u64, cases: &[Case]) {
+    check_all_gpu(seed, cases, &[]);
+}
+
+/// `cases` on every engine, and `gpu_cases` (full SD1.5 sizes) on a GPU only.
+fn check_all_gpu(seed: u64, cases: &[Case], gpu_cases: &[Case]) {
+    for dtype in [DType::F32, DType::F16] {
+        let mut rng = Rng::new(seed);
+        for e in engines(dtype) {
+            let extra = if e.gpu { gpu_cases } else { &[] };
+            for &c in cases.iter().chain(extra) {
+                check_case(&e.be, dtype, &mut rng, c);
+            }
+        }
+    }
+}
+
+#[test]
+fn odd_sizes_batched_with_d_not_dv() {
+    // Tails in the 16-row query tiles, 32-row key tiles and 8-column accumulator groups.
+    check_all(
+        1,
+        &[
+            Case {
+                b: 2,
+                h: 3,
+                lq: 37,
+                lk: 29,
+                d: 5,
+                dv: 7,
+                causal: false,
+            },
+            Case {
+                b: 1,
+                h: 2,
+                lq: 1,
+                lk: 45,
+                d: 9,
+                dv: 3,
+                causal: false,
+            },
+        ],
+    );
+}
+
+#[test]
+fn causal_within_and_across_tiles() {
+    let causal = |b, h, l, d, dv| Case {
+        b,
+        h,
+        lq: l,
+        lk: l,
+        d,
+        dv,
+        causal: true,
+    };
+    // 13 < one tile; 45 spans three query tiles and two key tiles, with tails.
+    check_all(2, &[causal(2, 3, 13, 6, 4), causal(2, 2, 45, 7, 11)]);
+}
+
+#[test]
+fn cross_attention_like() {
+    // SD1.5's cross-attention at the first level: 8 heads of 40 over CLIP's 77 tokens.
+    let c = Case {
+        b: 1,
+        h: 8,
+        lq: 64,
+        lk: 77,
+        d: 40,
+        dv: 40,
+        causal: false,
+    };
+    // On a GPU: 64x64 latents, 4096 queries.
+    check_all_gpu(3, &[c], &[Case { lq: 4096, ..c }]);
+}
+
+#[test]
+fn sd15_head_widths() {
+    // SD1.5's self-attention head widths (320/8, 640/8, 1280/8) at small lengths, and the
+    // widest head the kernels take.
+    check_all_gpu(
+        4,
+        &[
+            self_attn(1, 2, 40, 40),
+            self_attn(1, 2, 23, 80),
+            self_attn(1, 1, 19, 160),
+            self_attn(1, 1, 9, 256),
+        ],
+        // On a GPU: 64x64, 32x32 and 16x16 latents.
+        &[
+            self_attn(1, 8, 4096, 40),
+            self_attn(1, 8, 1024, 80),
+            self_attn(1, 8, 256, 160),
+        ],
+    );
+}
+
+#[test]
+fn clip_like_causal() {
+    // CLIP ViT-L/14's text encoder: 77 tokens, 12 heads of 64, causal.
+    check_all(
+        5,
+        &[Case {
+            b: 1,
+            h: 12,
+            lq: 77,
+            lk: 77,
+            d: 64,
+            dv: 64,
+            causal: true,
+        }],
+    );
+}
+
+#[test]
+fn degenerate_sizes_match_the_cpu() {
+    // No queries (dK = dV = 0 must still be written), no batch, and a zero-width v.
+    check_all(
+        6,
+        &[
+            Case {
+                b: 2,
+                h: 2,
+                lq: 0,
+                lk: 5,
+                d: 3,
+                dv: 4,
+                causal: false,
+            },
+            Case {
+                b: 0,
+                h: 2,
+                lq: 3,
+                lk: 5,
+                d: 3,
+                dv: 4,
+                causal: false,
+            },
+            Case {
+                b: 1,
+                h: 2,
+                lq: 6,
+                lk: 5,
+                d: 3,
+                dv: 0,
+                causal: false,
+            },
+        ],
+    );
+}
+
+#[test]
+fn deterministic() {
+    let c = Case {
+        b: 1,
+        h: 2,
+        lq: 70,
+        lk: 50,
+        d: 12,
+        dv: 10,
+        causal: false,
+    };
+    for dtype in [DType::F32, DType::F16] {
+        let mut rng = Rng::new(7);
+        for e in engines(dtype) {
+            let be = &e.be;
+            let (_, q) = random_pair(be, &mut rng, &[c.b, c.lq, c.h * c.d], dtype);
+            let (_, k) = random_pair(be, &mut rng, &[c.b, c.lk, c.h * c.d], dtype);
+            let (_, v) = random_pair(be, &mut rng, &[c.b, c.lk, c.h * c.dv], dtype);
+            let (_, g) = random_pair(be, &mut rng, &[c.b, c.lq, c.h * c.dv], dtype);
+            let run = || {
+                let (o, lse) = be.attention(&q, &k, &v, c.p()).unwrap();
+                let (dq, dk, dv) = be
+                    .attention_backward(&q, &k, &v, &o, &lse, &g, c.p())
+                    .unwrap();
+                [o, lse, dq, dk, dv].map(|t| t.to_f32_vec())
+            };
+            let (a, b) = (run(), run());
+            for (x, y) in a.iter().zip(&b) {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(x), bits(y), "{dtype:?}: two runs differ");
+            }
+        }
+    }
+}
+
+fn kind(e: &Error) -> std::mem::Discriminant<Error> {
+    std::mem::discriminant(e)
+}
+
+#[test]
+fn errors() {
+    let cpu = cpu();
+    for e in engines(DType::F32) {
+        let be = &e.be;
+        let dev = |shape: &[usize]| {
+            let v = vec![0.5f32; shape.iter().product()];
+            be.tensor_from_f32(shape, &v, DType::F32).unwrap()
+        };
+        let host =
+            |shape: &[usize]| Tensor::from_f32(shape, vec![0.5; shape.iter().product()]).unwrap();
+        let p = |heads, causal| Attention { heads, causal };
+
+        // Bad shapes: the same error kind as the CPU backend.
+        type Shapes<'a> = (&'a [usize], &'a [usize], &'a [usize], usize, bool);
+        let shape_cases: [Shapes; 5] = [
+            (&[1, 4, 8], &[1, 5, 6], &[1, 5, 6], 2, false), // q and k widths differ
+            (&[2, 4, 8], &[1, 5, 8], &[1, 5, 8], 2, false), // batch differs
+            (&[1, 4, 8], &[1, 5, 8], &[1, 5, 8], 3, false), // heads do not divide
+            (&[1, 4, 8], &[1, 5, 8], &[1, 5, 8], 2, true),  // causal with Lq != Lk
+            (&[4, 8], &[1, 5, 8], &[1, 5, 8], 2, false),    // rank
+        ];
+        for (q, k, v, heads, causal) in shape_cases {
+            let want = cpu
+                .attention(&host(q), &host(k), &host(v), p(heads, causal))
+                .expect_err("cpu must refuse");
+            let got = be
+                .attention(&dev(q), &dev(k), &dev(v), p(heads, causal))
+                .expect_err("cuda must refuse");
+            assert_eq!(kind(&got), kind(&want), "{got} vs {want}");
+        }
+        // Backward: lse as [B, Lq, H].
+        let (q, k, v) = ([1, 4, 8], [1, 5, 8], [1, 5, 6]);
+        let o = [1, 4, 6];
+        let want = cpu
+            .attention_backward(
+                &host(&q),
+                &host(&k),
+                &host(&v),
+                &host(&o),
+                &host(&[1, 4, 2]),
+                &host(&o),
+                p(2, false),
+            )
+            .expect_err("cpu must refuse");
+        let got = be
+            .attention_backward(
+                &dev(&q),
+                &dev(&k),
+                &dev(&v),
+                &dev(&o),
+                &dev(&[1, 4, 2]),
+                &dev(&o),
+                p(2, false),
+            )
+            .expect_err("cuda must refuse");
+        assert!(matches!(got, Error::ShapeMismatch { .. }), "{got}");
+        assert_eq!(kind(&got), kind(&want), "{got} vs {want}");
+
+        // A CPU tensor given to the CUDA backend.
+        let got = be
+            .attention(&dev(&q), &host(&k), &dev(&k), p(2, false))
+            .expect_err("a host tensor must be refused");
+        assert!(matches!(got, Error::Device { .. }), "{got}");
+        let got = be
+            .attention_backward(
+                &dev(&q),
+                &dev(&k),
+                &dev(&v),
+                &dev(&o),
+                &host(&[1, 2, 4]),
+                &dev(&o),
+                p(2, false),
+            )
+            .expect_err("a host lse must be refused");
+        assert!(matches!(got, Error::Device { .. }), "{got}");
+
+        // lse must be f32, and the inputs share one dtype.
+        let lse16 = be
+            .tensor_from_f32(&[1, 2, 4], &[0.5; 8], DType::F16)
+            .unwrap();
+        let got = be
+            .attention_backward(
+                &dev(&q),
+                &dev(&k),
+                &dev(&v),
+                &dev(&o),
+                &lse16,
+                &dev(&o),
+                p(2, false),
+            )
+            .expect_err("an f16 lse must be refused");
+        assert!(matches!(got, Error::DType { .. }), "{got}");
+        let k16 = be.tensor_from_f32(&k, &[0.5; 40], DType::F16).unwrap();
+        let got = be
+            .attention(&dev(&q), &k16, &dev(&k), p(2, false))
+            .expect_err("mixed dtypes must be refused");
+        assert!(matches!(got, Error::DType { .. }), "{got}");
+
+        // Heads wider than the kernels take: the CPU accepts them, the CUDA backend refuses.
+        let wide = [1, 2, 257];
+        let got = be
+            .attention(&dev(&wide), &dev(&wide), &dev(&wide), p(1, false))
+            .expect_err("head_dim 257 must be refused");
+        assert!(matches!(got, Error::BadValue { .. }), "{got}");
+    }
+}
