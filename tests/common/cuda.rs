@@ -14,6 +14,7 @@ pub struct Engine {
 }
 
 /// Every engine this build has: the emulator, and the GPU when one can be opened.
+#[allow(clippy::vec_init_then_push)] // each push is behind its own feature
 pub fn engines(dtype: DType) -> Vec<Engine> {
     let mut out = Vec::new();
     #[cfg(feature = "cuda-emu")]
