@@ -1,19 +1,72 @@
-//! STUB: to be replaced by the kernels of this family.
-#![allow(unused_variables)]
+//! 2-D convolution and its input gradient (kernels/conv.cu): implicit GEMMs over tiles of
+//! 64 output channels x 64 output pixels, f32 accumulation.
+
 use super::super::backend::CudaBackend;
-#[allow(unused_imports)]
-use crate::backend::{
-    Activation, AdamW, Attention, Conv2d, LinearOut, Lora, LoraBackward, NormStats, Pad2d,
-    TimestepEmbedding,
-};
-use crate::error::{Error, Result};
+use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::{alloc, by_dtype, float_dtype, input, int, output};
+use crate::backend::check::conv::ConvDims;
+use crate::backend::{check, Conv2d};
+use crate::error::Result;
 use crate::tensor::Tensor;
 
-fn todo(op: &str) -> Error {
-    Error::CudaUnavailable(format!("{op} has no CUDA kernel yet"))
+kernels! {
+    module "conv";
+    fn conv2d_fwd_f32(x: In, w: In, bias: In, y: Out, has_bias: i32, n: i32, c: i32, h: i32,
+        wd: i32, o: i32, k: i32, ho: i32, wo: i32, s: i32, pad: i32);
+    fn conv2d_fwd_f16(x: In, w: In, bias: In, y: Out, has_bias: i32, n: i32, c: i32, h: i32,
+        wd: i32, o: i32, k: i32, ho: i32, wo: i32, s: i32, pad: i32);
+    fn conv2d_dgrad_f32(dy: In, w: In, dx: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
+        k: i32, ho: i32, wo: i32, s: i32, pad: i32);
+    fn conv2d_dgrad_f16(dy: In, w: In, dx: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
+        k: i32, ho: i32, wo: i32, s: i32, pad: i32);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Output tile of one block: channels x pixels (CONV_BM, CONV_BN in conv.cu).
+const TILE_M: usize = 64;
+const TILE_P: usize = 64;
+/// Threads per block (CONV_THREADS in conv.cu).
+const THREADS: u32 = 256;
+
+/// The sizes as the kernels take them, each checked to fit an i32, along with the element
+/// counts of x, w and y (the kernels index within an image and a weight with i32 parts).
+struct Sizes {
+    n: i32,
+    c: i32,
+    h: i32,
+    w: i32,
+    o: i32,
+    k: i32,
+    ho: i32,
+    wo: i32,
+    s: i32,
+    pad: i32,
+}
+
+fn sizes(op: &'static str, d: &ConvDims, w_numel: usize) -> Result<Sizes> {
+    int(op, "x", d.input_shape().numel())?;
+    int(op, "y", d.output_shape().numel())?;
+    int(op, "w", w_numel)?;
+    Ok(Sizes {
+        n: int(op, "n", d.n)?,
+        c: int(op, "c", d.c)?,
+        h: int(op, "h", d.h)?,
+        w: int(op, "w", d.w)?,
+        o: int(op, "o", d.o)?,
+        k: int(op, "k", d.k)?,
+        ho: int(op, "ho", d.ho)?,
+        wo: int(op, "wo", d.wo)?,
+        s: int(op, "stride", d.stride)?,
+        pad: int(op, "padding", d.padding)?,
+    })
+}
+
+/// Grid over (output pixels N·plane in tiles of 64, output channels m in tiles of 64).
+fn grid(pixels: usize, m: usize) -> LaunchCfg {
+    let gx = pixels.div_ceil(TILE_P).clamp(1, u32::MAX as usize) as u32;
+    let gy = m.div_ceil(TILE_M).clamp(1, u32::MAX as usize) as u32;
+    LaunchCfg::new((gx, gy, 1), (THREADS, 1, 1), 0)
+}
+
 pub(crate) fn conv2d(
     be: &CudaBackend,
     x: &Tensor,
@@ -21,10 +74,47 @@ pub(crate) fn conv2d(
     bias: Option<&Tensor>,
     p: Conv2d,
 ) -> Result<Tensor> {
-    Err(todo("conv2d"))
+    const OP: &str = "conv2d";
+    let d = check::conv::forward(x, w, bias, p)?;
+    let dt = float_dtype(OP, "x", x)?;
+    check::dtype(OP, "w", w, dt)?;
+    if let Some(b) = bias {
+        check::dtype(OP, "bias", b, dt)?;
+    }
+    let (xi, wi) = (input(be, OP, "x", x)?, input(be, OP, "w", w)?);
+    let bi = match bias {
+        Some(b) => input(be, OP, "bias", b)?,
+        None => In(0),
+    };
+    let s = sizes(OP, &d, w.numel())?;
+    let mut y = alloc(be, d.output_shape(), dt)?;
+    if y.numel() == 0 {
+        return Ok(y);
+    }
+    let cfg = grid(d.n * d.ho * d.wo, d.o);
+    let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16);
+    f(
+        be.device(),
+        cfg,
+        xi,
+        wi,
+        bi,
+        output(be, OP, "y", &mut y)?,
+        bias.is_some() as i32,
+        s.n,
+        s.c,
+        s.h,
+        s.w,
+        s.o,
+        s.k,
+        s.ho,
+        s.wo,
+        s.s,
+        s.pad,
+    )?;
+    Ok(y)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_input_grad(
     be: &CudaBackend,
     dy: &Tensor,
@@ -32,5 +122,34 @@ pub(crate) fn conv2d_input_grad(
     input_hw: (usize, usize),
     p: Conv2d,
 ) -> Result<Tensor> {
-    Err(todo("conv2d_input_grad"))
+    const OP: &str = "conv2d_input_grad";
+    let d = check::conv::input_grad(dy, w, input_hw, p)?;
+    let dt = float_dtype(OP, "dy", dy)?;
+    check::dtype(OP, "w", w, dt)?;
+    let (dyi, wi) = (input(be, OP, "dy", dy)?, input(be, OP, "w", w)?);
+    let s = sizes(OP, &d, w.numel())?;
+    let mut dx = alloc(be, d.input_shape(), dt)?;
+    if dx.numel() == 0 {
+        return Ok(dx);
+    }
+    let cfg = grid(d.n * d.h * d.w, d.c);
+    let f = by_dtype!(dt, OP, conv2d_dgrad_f32, conv2d_dgrad_f16);
+    f(
+        be.device(),
+        cfg,
+        dyi,
+        wi,
+        output(be, OP, "dx", &mut dx)?,
+        s.n,
+        s.c,
+        s.h,
+        s.w,
+        s.o,
+        s.k,
+        s.ho,
+        s.wo,
+        s.s,
+        s.pad,
+    )?;
+    Ok(dx)
 }

@@ -1,54 +1,247 @@
-//! STUB: to be replaced by the kernels of this family.
-#![allow(unused_variables)]
+//! Layout ops (kernels/layout.cu): upsampling and its gradient, channel concat and split,
+//! zero padding, NCHW <-> NLC transposes, and the embedding lookup.
+
 use super::super::backend::CudaBackend;
-#[allow(unused_imports)]
-use crate::backend::{
-    Activation, AdamW, Attention, Conv2d, LinearOut, Lora, LoraBackward, NormStats, Pad2d,
-    TimestepEmbedding,
-};
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
+use crate::backend::check::layout::ConcatDims;
+use crate::backend::{check, Pad2d};
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
 
-fn todo(op: &str) -> Error {
-    Error::CudaUnavailable(format!("{op} has no CUDA kernel yet"))
+kernels! {
+    module "layout";
+    fn upsample2x_f32(x: In, y: Out, h: i32, w: i32, n: i32);
+    fn upsample2x_f16(x: In, y: Out, h: i32, w: i32, n: i32);
+    fn upsample2x_bwd_f32(dy: In, dx: Out, h: i32, w: i32, n: i32);
+    fn upsample2x_bwd_f16(dy: In, dx: Out, h: i32, w: i32, n: i32);
+    fn concat_f32(a: In, b: In, y: Out, la: i32, lb: i32, n: i32);
+    fn concat_f16(a: In, b: In, y: Out, la: i32, lb: i32, n: i32);
+    fn split_f32(dy: In, da: Out, db: Out, la: i32, lb: i32, n: i32);
+    fn split_f16(dy: In, da: Out, db: Out, la: i32, lb: i32, n: i32);
+    fn pad2d_f32(x: In, y: Out, h: i32, w: i32, top: i32, left: i32, ho: i32, wo: i32, n: i32);
+    fn pad2d_f16(x: In, y: Out, h: i32, w: i32, top: i32, left: i32, ho: i32, wo: i32, n: i32);
+    fn transpose_f32(x: In, y: Out, rows: i32, cols: i32);
+    fn transpose_f16(x: In, y: Out, rows: i32, cols: i32);
+    fn embedding_f32(table: In, ids: In, y: Out, c: i32, n: i32);
+    fn embedding_f16(table: In, ids: In, y: Out, c: i32, n: i32);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The transpose tile (TR_TILE) and its block of 32 x 8 threads (TR_ROWS) in layout.cu.
+const TR_TILE: usize = 32;
+const TR_ROWS: u32 = 8;
+
 pub(crate) fn upsample_nearest2x(be: &CudaBackend, x: &Tensor) -> Result<Tensor> {
-    Err(todo("upsample_nearest2x"))
+    const OP: &str = "upsample_nearest2x";
+    let [n, c, h, w] = check::layout::upsample(x)?;
+    let d = float_dtype(OP, "x", x)?;
+    let xi = input(be, OP, "x", x)?;
+    let mut y = alloc(be, [n, c, 2 * h, 2 * w], d)?;
+    let total = int(OP, "y", y.numel())?;
+    if total == 0 {
+        return Ok(y);
+    }
+    let f = by_dtype!(d, OP, upsample2x_f32, upsample2x_f16);
+    let cfg = LaunchCfg::for_items(y.numel(), BLOCK);
+    let yo = output(be, OP, "y", &mut y)?;
+    f(
+        be.device(),
+        cfg,
+        xi,
+        yo,
+        int(OP, "h", h)?,
+        int(OP, "w", w)?,
+        total,
+    )?;
+    Ok(y)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn upsample_nearest2x_backward(be: &CudaBackend, dy: &Tensor) -> Result<Tensor> {
-    Err(todo("upsample_nearest2x_backward"))
+    const OP: &str = "upsample_nearest2x_backward";
+    let [n, c, h, w] = check::layout::upsample_backward(dy)?;
+    let d = float_dtype(OP, "dy", dy)?;
+    let dyi = input(be, OP, "dy", dy)?;
+    int(OP, "dy", dy.numel())?;
+    let mut dx = alloc(be, [n, c, h, w], d)?;
+    let total = int(OP, "dx", dx.numel())?;
+    if total == 0 {
+        return Ok(dx);
+    }
+    let f = by_dtype!(d, OP, upsample2x_bwd_f32, upsample2x_bwd_f16);
+    let cfg = LaunchCfg::for_items(dx.numel(), BLOCK);
+    let dxo = output(be, OP, "dx", &mut dx)?;
+    f(
+        be.device(),
+        cfg,
+        dyi,
+        dxo,
+        int(OP, "h", h)?,
+        int(OP, "w", w)?,
+        total,
+    )?;
+    Ok(dx)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The shape of `like` with the channel dim (1) replaced by `c`.
+fn with_channels(like: &Tensor, c: usize) -> Vec<usize> {
+    let mut d = like.dims().to_vec();
+    d[1] = c;
+    d
+}
+
+/// (la, lb): the elements per image of each side, as i32.
+fn sides(op: &'static str, d: &ConcatDims) -> Result<(i32, i32)> {
+    Ok((int(op, "a", d.ca * d.inner)?, int(op, "b", d.cb * d.inner)?))
+}
+
 pub(crate) fn concat_channels(be: &CudaBackend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Err(todo("concat_channels"))
+    const OP: &str = "concat_channels";
+    let cd = check::layout::concat(a, b)?;
+    let d = float_dtype(OP, "a", a)?;
+    check::dtype(OP, "b", b, d)?;
+    let (ai, bi) = (input(be, OP, "a", a)?, input(be, OP, "b", b)?);
+    let mut y = alloc(be, with_channels(a, cd.ca + cd.cb), d)?;
+    let total = int(OP, "y", y.numel())?;
+    let (la, lb) = sides(OP, &cd)?;
+    if total == 0 {
+        return Ok(y);
+    }
+    let f = by_dtype!(d, OP, concat_f32, concat_f16);
+    let cfg = LaunchCfg::for_items(y.numel(), BLOCK);
+    let yo = output(be, OP, "y", &mut y)?;
+    f(be.device(), cfg, ai, bi, yo, la, lb, total)?;
+    Ok(y)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn split_channels(be: &CudaBackend, dy: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
-    Err(todo("split_channels"))
+    const OP: &str = "split_channels";
+    let cd = check::layout::split(dy, ca)?;
+    let d = float_dtype(OP, "dy", dy)?;
+    let dyi = input(be, OP, "dy", dy)?;
+    let total = int(OP, "dy", dy.numel())?;
+    let (la, lb) = sides(OP, &cd)?;
+    let mut da = alloc(be, with_channels(dy, cd.ca), d)?;
+    let mut db = alloc(be, with_channels(dy, cd.cb), d)?;
+    if total > 0 {
+        let f = by_dtype!(d, OP, split_f32, split_f16);
+        let cfg = LaunchCfg::for_items(dy.numel(), BLOCK);
+        let dao = output(be, OP, "da", &mut da)?;
+        let dbo = output(be, OP, "db", &mut db)?;
+        f(be.device(), cfg, dyi, dao, dbo, la, lb, total)?;
+    }
+    Ok((da, db))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn pad2d(be: &CudaBackend, x: &Tensor, pad: Pad2d) -> Result<Tensor> {
-    Err(todo("pad2d"))
+    const OP: &str = "pad2d";
+    let [n, c, h, w] = check::layout::pad2d(x, pad)?;
+    let d = float_dtype(OP, "x", x)?;
+    let xi = input(be, OP, "x", x)?;
+    let (ho, wo) = (pad.top + h + pad.bottom, pad.left + w + pad.right);
+    let numel = [n, c, ho, wo]
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .unwrap_or(usize::MAX);
+    let total = int(OP, "y", numel)?;
+    let mut y = alloc(be, [n, c, ho, wo], d)?;
+    if total == 0 {
+        return Ok(y);
+    }
+    let f = by_dtype!(d, OP, pad2d_f32, pad2d_f16);
+    let cfg = LaunchCfg::for_items(numel, BLOCK);
+    let yo = output(be, OP, "y", &mut y)?;
+    f(
+        be.device(),
+        cfg,
+        xi,
+        yo,
+        int(OP, "h", h)?,
+        int(OP, "w", w)?,
+        int(OP, "top", pad.top)?,
+        int(OP, "left", pad.left)?,
+        int(OP, "ho", ho)?,
+        int(OP, "wo", wo)?,
+        total,
+    )?;
+    Ok(y)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// y[img] = x[img]ᵀ for `n` row-major [rows, cols] matrices, into a fresh tensor of `shape`.
+fn transpose(
+    be: &CudaBackend,
+    op: &'static str,
+    x: &Tensor,
+    (n, rows, cols): (usize, usize, usize),
+    shape: &[usize],
+) -> Result<Tensor> {
+    let d = float_dtype(op, "x", x)?;
+    let xi = input(be, op, "x", x)?;
+    int(op, "x", x.numel())?;
+    let (r, c) = (int(op, "rows", rows)?, int(op, "cols", cols)?);
+    let mut y = alloc(be, shape, d)?;
+    if y.numel() == 0 {
+        return Ok(y);
+    }
+    let tiles = rows.div_ceil(TR_TILE) * cols.div_ceil(TR_TILE);
+    let cfg = LaunchCfg::new(
+        (
+            tiles.min(u32::MAX as usize) as u32,
+            1,
+            n.min(u32::MAX as usize) as u32,
+        ),
+        (TR_TILE as u32, TR_ROWS, 1),
+        0,
+    );
+    let f = by_dtype!(d, op, transpose_f32, transpose_f16);
+    let yo = output(be, op, "y", &mut y)?;
+    f(be.device(), cfg, xi, yo, r, c)?;
+    Ok(y)
+}
+
 pub(crate) fn nchw_to_nlc(be: &CudaBackend, x: &Tensor) -> Result<Tensor> {
-    Err(todo("nchw_to_nlc"))
+    const OP: &str = "nchw_to_nlc";
+    let [n, c, h, w] = check::layout::nchw_to_nlc(x)?;
+    transpose(be, OP, x, (n, c, h * w), &[n, h * w, c])
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn nlc_to_nchw(be: &CudaBackend, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-    Err(todo("nlc_to_nchw"))
+    const OP: &str = "nlc_to_nchw";
+    let [n, c, h, w] = check::layout::nlc_to_nchw(x, h, w)?;
+    transpose(be, OP, x, (n, h * w, c), &[n, c, h, w])
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn embedding(be: &CudaBackend, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    Err(todo("embedding"))
+    const OP: &str = "embedding";
+    check::rank(OP, "table", table, 2, "[vocab, channels]")?;
+    let (vocab, c) = (table.dims()[0], table.dims()[1]);
+    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(check::bad_value(
+            OP,
+            "id",
+            bad,
+            &format!(
+                "below the vocabulary size {vocab} of table {}",
+                table.shape()
+            ),
+        ));
+    }
+    let d = float_dtype(OP, "table", table)?;
+    let ti = input(be, OP, "table", table)?;
+    int(OP, "table", table.numel())?;
+    let numel = ids.len().saturating_mul(c);
+    let total = int(OP, "y", numel)?;
+    let mut y = alloc(be, [ids.len(), c], d)?;
+    if total == 0 {
+        return Ok(y);
+    }
+    // The ids as a device buffer of u32 (allocated as f32: the same 4 bytes per element).
+    let id_buf = alloc(be, [ids.len()], DType::F32)?;
+    be.device()
+        .upload(buffer(be, OP, "ids", &id_buf)?, bytemuck::cast_slice(ids))?;
+    let f = by_dtype!(d, OP, embedding_f32, embedding_f16);
+    let cfg = LaunchCfg::for_items(numel, BLOCK);
+    let idi = input(be, OP, "ids", &id_buf)?;
+    let yo = output(be, OP, "y", &mut y)?;
+    f(be.device(), cfg, ti, idi, yo, int(OP, "c", c)?, total)?;
+    Ok(y)
 }

@@ -1,0 +1,287 @@
+//! The CUDA convolution kernels against the CPU backend: conv2d (with and without bias) and
+//! its input gradient, f32 and f16, on odd sizes that leave a tail in every tile dimension,
+//! strides 1, 2 and 3 (both input sizes that map to one output size under stride 2), kernels
+//! 1, 2, 3 and 5, batch > 1, SD1.5-like layers (full size on a GPU), and the errors.
+#![cfg(any(feature = "cuda", feature = "cuda-emu"))]
+
+mod common;
+
+use common::cuda::*;
+use lorafuse::backend::cuda::CudaBackend;
+use lorafuse::backend::Conv2d;
+use lorafuse::rng::Rng;
+use lorafuse::{Backend, DType, Error, Tensor};
+
+/// One convolution: x [n, c, h, w], w [o, c, k, k], stride, padding.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn case(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+) -> Case {
+    Case {
+        n,
+        c,
+        h,
+        w,
+        o,
+        k,
+        s,
+        p,
+    }
+}
+
+impl Case {
+    fn conv(&self) -> Conv2d {
+        Conv2d {
+            stride: self.s,
+            padding: self.p,
+        }
+    }
+    fn out_hw(&self) -> (usize, usize) {
+        let c = self.conv();
+        (
+            c.out_size(self.h, self.k).unwrap(),
+            c.out_size(self.w, self.k).unwrap(),
+        )
+    }
+}
+
+/// Small shapes for every engine: tails in channels (3, 5, 37, 70 > one 64-channel tile),
+/// pixels (7x9, 13x11, batch 2), and the reduction (C·k·k not a multiple of 16).
+const SMALL: [Case; 11] = [
+    case(2, 3, 7, 9, 5, 3, 1, 1),
+    case(2, 5, 13, 11, 37, 3, 2, 1), // stride 2, odd input: 13x11 -> 7x6
+    case(1, 5, 8, 8, 3, 3, 2, 1),    // stride 2, even input: 8x8 -> 4x4
+    case(2, 3, 13, 11, 5, 3, 2, 0),  // the VAE's stride-2 pad-0 conv: 13x11 -> 6x5
+    case(1, 3, 12, 10, 4, 3, 2, 0),  // ... with an unreached last row and column
+    case(1, 37, 7, 9, 5, 1, 1, 0),   // 1x1
+    case(2, 3, 5, 5, 70, 3, 1, 1),   // two channel tiles
+    case(1, 3, 4, 3, 2, 3, 1, 0),    // output 2x1
+    case(1, 2, 10, 9, 3, 3, 3, 1),   // stride 3
+    case(1, 3, 6, 7, 4, 2, 2, 0),    // k = 2
+    case(2, 3, 9, 7, 5, 5, 1, 2),    // k = 5
+];
+
+/// SD1.5 layers at a small spatial size (emulator) or full size (GPU).
+fn sd_cases(gpu: bool) -> Vec<Case> {
+    if gpu {
+        vec![
+            case(2, 4, 64, 64, 320, 3, 1, 1),     // conv_in
+            case(2, 320, 64, 64, 320, 3, 1, 1),   // down block 0 resnet
+            case(2, 320, 64, 64, 320, 3, 2, 1),   // downsampler 64 -> 32
+            case(2, 1280, 8, 8, 1280, 3, 1, 1),   // mid block resnet
+            case(2, 2560, 16, 16, 1280, 3, 1, 1), // up block resnet after the skip concat
+            case(2, 2560, 16, 16, 1280, 1, 1, 0), // its 1x1 shortcut
+            case(1, 128, 65, 65, 128, 3, 2, 0),   // VAE downsampler after pad2d(0,1,0,1)
+        ]
+    } else {
+        vec![
+            case(1, 320, 8, 8, 320, 3, 1, 1), // down block 0 resnet
+            case(2, 4, 9, 7, 320, 3, 1, 1),   // conv_in
+            case(1, 640, 8, 8, 320, 1, 1, 0), // the 1x1 shortcut of an up block
+        ]
+    }
+}
+
+/// Weights as a trained network has them: magnitudes ~ 1/sqrt(fan-in), so outputs stay O(1)
+/// whatever C·k·k (and the tolerances keep their meaning at 2560 channels).
+fn weights(be: &CudaBackend, rng: &mut Rng, c: &Case, dtype: DType) -> (Tensor, Tensor) {
+    let fan_in = (c.c * c.k * c.k) as f32;
+    let v: Vec<f32> = nonzero(rng, c.o * c.c * c.k * c.k)
+        .iter()
+        .map(|x| x / fan_in.sqrt())
+        .collect();
+    pair(be, &[c.o, c.c, c.k, c.k], &v, dtype)
+}
+
+fn check_forward(e: &Engine, rng: &mut Rng, c: &Case, dtype: DType, bias: bool) {
+    let (xc, xd) = random_pair(&e.be, rng, &[c.n, c.c, c.h, c.w], dtype);
+    let (wc, wd) = weights(&e.be, rng, c, dtype);
+    let (bc, bd) = random_pair(&e.be, rng, &[c.o], dtype);
+    let want = cpu()
+        .conv2d(&xc, &wc, bias.then_some(&bc), c.conv())
+        .unwrap();
+    let got =
+        e.be.conv2d(&xd, &wd, bias.then_some(&bd), c.conv())
+            .unwrap();
+    assert_eq!(got.dtype(), dtype);
+    let what = format!("conv2d {c:?} bias {bias} {dtype:?} gpu {}", e.gpu);
+    assert_matches(&what, &got, &want, tol(dtype));
+}
+
+fn check_input_grad(e: &Engine, rng: &mut Rng, c: &Case, dtype: DType) {
+    let (ho, wo) = c.out_hw();
+    let (dyc, dyd) = random_pair(&e.be, rng, &[c.n, c.o, ho, wo], dtype);
+    let (wc, wd) = weights(&e.be, rng, c, dtype);
+    let want = cpu()
+        .conv2d_input_grad(&dyc, &wc, (c.h, c.w), c.conv())
+        .unwrap();
+    let got =
+        e.be.conv2d_input_grad(&dyd, &wd, (c.h, c.w), c.conv())
+            .unwrap();
+    assert_eq!(got.dtype(), dtype);
+    let what = format!("conv2d_input_grad {c:?} {dtype:?} gpu {}", e.gpu);
+    assert_matches(&what, &got, &want, tol(dtype));
+}
+
+#[test]
+fn forward_matches_cpu() {
+    let mut rng = Rng::new(21);
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            for (i, c) in SMALL.iter().enumerate() {
+                check_forward(&e, &mut rng, c, dtype, i % 3 != 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn input_grad_matches_cpu() {
+    let mut rng = Rng::new(22);
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            for c in &SMALL {
+                check_input_grad(&e, &mut rng, c, dtype);
+            }
+        }
+    }
+}
+
+/// Stride 2 maps two input sizes onto one output size: 8 -> 4 and 7 -> 4 (pad 1), 10 -> 4
+/// and 9 -> 4 (pad 0, the VAE's); the gradient must follow the size it is given.
+#[test]
+fn input_grad_both_input_sizes_of_stride_2() {
+    let mut rng = Rng::new(23);
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            for (h, w, p) in [(8, 8, 1), (7, 7, 1), (8, 7, 1), (10, 10, 0), (9, 9, 0)] {
+                let c = case(2, 3, h, w, 4, 3, 2, p);
+                assert_eq!(c.out_hw(), (4, 4), "{c:?}");
+                check_input_grad(&e, &mut rng, &c, dtype);
+            }
+        }
+    }
+}
+
+#[test]
+fn sd15_layers() {
+    let mut rng = Rng::new(24);
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            for c in sd_cases(e.gpu) {
+                check_forward(&e, &mut rng, &c, dtype, true);
+                check_input_grad(&e, &mut rng, &c, dtype);
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_sizes() {
+    let mut rng = Rng::new(25);
+    for e in engines(DType::F32) {
+        // No input channels: y = bias. No batch: empty y. No output channels: dx = 0.
+        for c in [
+            case(2, 0, 5, 4, 3, 3, 1, 1),
+            case(0, 3, 5, 4, 3, 3, 1, 1),
+            case(1, 3, 5, 4, 0, 3, 2, 1),
+        ] {
+            check_forward(&e, &mut rng, &c, DType::F32, true);
+            check_input_grad(&e, &mut rng, &c, DType::F32);
+        }
+    }
+}
+
+fn same_error<T: std::fmt::Debug, U: std::fmt::Debug>(
+    what: &str,
+    cpu: lorafuse::Result<T>,
+    dev: lorafuse::Result<U>,
+) -> Error {
+    let (c, d) = (cpu.unwrap_err(), dev.unwrap_err());
+    assert_eq!(
+        std::mem::discriminant(&c),
+        std::mem::discriminant(&d),
+        "{what}: CPU {c} vs CUDA {d}"
+    );
+    d
+}
+
+#[test]
+fn errors() {
+    let mut rng = Rng::new(26);
+    let cpu = cpu();
+    for e in engines(DType::F32) {
+        let be = &e.be;
+        let (xc, xd) = random_pair(be, &mut rng, &[1, 3, 6, 6], DType::F32);
+        let (wc, wd) = random_pair(be, &mut rng, &[4, 3, 3, 3], DType::F32);
+        let (w5c, w5d) = random_pair(be, &mut rng, &[4, 5, 3, 3], DType::F32);
+        let (bc, bd) = random_pair(be, &mut rng, &[3], DType::F32);
+        let p = Conv2d {
+            stride: 1,
+            padding: 1,
+        };
+        // Channels of x and w disagree; a bias of the wrong length; a kernel larger than
+        // the padded input.
+        let err = same_error(
+            "channels",
+            cpu.conv2d(&xc, &w5c, None, p),
+            be.conv2d(&xd, &w5d, None, p),
+        );
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+        let err = same_error(
+            "bias",
+            cpu.conv2d(&xc, &wc, Some(&bc), p),
+            be.conv2d(&xd, &wd, Some(&bd), p),
+        );
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+        let (sc, sd) = random_pair(be, &mut rng, &[1, 3, 1, 1], DType::F32);
+        let p0 = Conv2d {
+            stride: 1,
+            padding: 0,
+        };
+        let err = same_error(
+            "too small",
+            cpu.conv2d(&sc, &wc, None, p0),
+            be.conv2d(&sd, &wd, None, p0),
+        );
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+        // dy of the wrong spatial size for the given input size.
+        let (dyc, dyd) = random_pair(be, &mut rng, &[1, 4, 5, 6], DType::F32);
+        let err = same_error(
+            "dy size",
+            cpu.conv2d_input_grad(&dyc, &wc, (6, 6), p),
+            be.conv2d_input_grad(&dyd, &wd, (6, 6), p),
+        );
+        assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+        // A CPU tensor given to the CUDA backend.
+        let err = be.conv2d(&xc, &wd, None, p).unwrap_err();
+        assert!(matches!(err, Error::Device { .. }), "{err}");
+        let err = be.conv2d(&xd, &wd, Some(&bc), p);
+        assert!(err.is_err());
+        let (b4c, _) = random_pair(be, &mut rng, &[4], DType::F32);
+        let err = be.conv2d(&xd, &wd, Some(&b4c), p).unwrap_err();
+        assert!(matches!(err, Error::Device { .. }), "{err}");
+        let (dy6c, _) = random_pair(be, &mut rng, &[1, 4, 6, 6], DType::F32);
+        let err = be.conv2d_input_grad(&dy6c, &wd, (6, 6), p).unwrap_err();
+        assert!(matches!(err, Error::Device { .. }), "{err}");
+    }
+}
