@@ -1,19 +1,248 @@
-//! STUB: to be replaced by the kernels of this family.
-#![allow(unused_variables)]
-use super::super::backend::CudaBackend;
-#[allow(unused_imports)]
-use crate::backend::{
-    Activation, AdamW, Attention, Conv2d, LinearOut, Lora, LoraBackward, NormStats, Pad2d,
-    TimestepEmbedding,
-};
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+//! Linear layers with an optional LoRA and its dropout mask, forward and backward
+//! (kernels/linear.cu): every product is one launch of the tiled GEMM `gemm_<A>_<B>_<C>`,
+//! whose strides express the transposes and whose second product folds the LoRA term into
+//! the main one; the skinny LoRA weight gradients (reductions over all rows) are split over
+//! the rows and summed in a fixed order by `splitk_sum_f32`.
+//!
+//! Forward (x [M, in], W [out, in], A [r, in], B [out, r], mask K [M, r], s = scale):
+//!   ũ = (x·Aᵀ) ⊙ K            gemm_T_f32_f32, f32 [M, r]          (`lora_hidden`)
+//!   y = x·Wᵀ + b + s·ũ·Bᵀ     gemm_T_T_T with the second product ũ·Bᵀ
+//! Backward (dY [M, out]):
+//!   g  = (dY·B) ⊙ K           gemm_T_f32_f32, f32 [M, r]
+//!   dB (+)= s·dYᵀ·ũ           gemm_T_f32_f32, split over rows
+//!   dA (+)= s·gᵀ·x            gemm_f32_T_f32, split over rows
+//!   dX = dY·W + s·g·A         gemm_T_T_T with the second product g·A (when asked)
+//! T (x, W, bias, mask, y, dY, dX) is f16 or f32; A, B, ũ, g and the gradients are f32.
 
-fn todo(op: &str) -> Error {
-    Error::CudaUnavailable(format!("{op} has no CUDA kernel yet"))
+use super::super::backend::CudaBackend;
+use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::{alloc, float_dtype, input, int, output, BLOCK};
+use crate::backend::{check, Accum, LinearOut, Lora, LoraBackward};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+kernels! {
+    module "linear";
+    fn gemm_f32_f32_f32(m: i32, n: i32, a: In, sam: i32, sak: i32, b: In, sbk: i32, sbn: i32,
+        k: i32, alpha: f32, a2: In, sa2m: i32, sa2k: i32, b2: In, sb2k: i32, sb2n: i32, k2: i32,
+        alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
+    fn gemm_f16_f16_f16(m: i32, n: i32, a: In, sam: i32, sak: i32, b: In, sbk: i32, sbn: i32,
+        k: i32, alpha: f32, a2: In, sa2m: i32, sa2k: i32, b2: In, sb2k: i32, sb2n: i32, k2: i32,
+        alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
+    fn gemm_f16_f32_f32(m: i32, n: i32, a: In, sam: i32, sak: i32, b: In, sbk: i32, sbn: i32,
+        k: i32, alpha: f32, a2: In, sa2m: i32, sa2k: i32, b2: In, sb2k: i32, sb2n: i32, k2: i32,
+        alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
+    fn gemm_f32_f16_f32(m: i32, n: i32, a: In, sam: i32, sak: i32, b: In, sbk: i32, sbn: i32,
+        k: i32, alpha: f32, a2: In, sa2m: i32, sa2k: i32, b2: In, sb2k: i32, sb2n: i32, k2: i32,
+        alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
+    fn splitk_sum_f32(partial: In, c: Out, n: i32, splits: i32, beta: f32);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The kernels' tile: rows and columns of C per block, the k-step, threads per block.
+const TILE_M: usize = 64;
+const TILE_N: usize = 64;
+const TILE_K: usize = 16;
+const GEMM_THREADS: u32 = 64;
+
+/// A null device pointer (an absent bias, mask, second product or split workspace).
+const NULL_IN: In = In(0);
+const NULL_OUT: Out = Out(0);
+
+/// One GEMM operand as the kernel sees it: element (i, j) at `ptr[i·s0 + j·s1]` (A: (m, k),
+/// B: (k, n)).
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: In,
+    dtype: DType,
+    s0: i32,
+    s1: i32,
+}
+
+impl Operand {
+    /// (i, j) = t[i][j] of a row-major matrix with `ld` columns.
+    fn rows(ptr: In, dtype: DType, ld: i32) -> Operand {
+        Operand {
+            ptr,
+            dtype,
+            s0: ld,
+            s1: 1,
+        }
+    }
+    /// (i, j) = t[j][i] of a row-major matrix with `ld` columns (its transpose).
+    fn cols(ptr: In, dtype: DType, ld: i32) -> Operand {
+        Operand {
+            ptr,
+            dtype,
+            s0: 1,
+            s1: ld,
+        }
+    }
+}
+
+/// C [m, n] = alpha·A·B (+ alpha2·A2·B2) (⊙ mask) (+ bias) (+ beta·C); A [m, k], B [k, n],
+/// A2 [m, k2], B2 [k2, n] f32; bias [n] and mask [m, n] in the activation dtype.
+struct Gemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    b: Operand,
+    alpha: f32,
+    second: Option<(Operand, Operand, usize, f32)>,
+    bias: Option<In>,
+    mask: Option<In>,
+    beta: f32,
+}
+
+type GemmFn = fn(
+    &crate::backend::cuda::Device,
+    LaunchCfg,
+    i32,
+    i32,
+    In,
+    i32,
+    i32,
+    In,
+    i32,
+    i32,
+    i32,
+    f32,
+    In,
+    i32,
+    i32,
+    In,
+    i32,
+    i32,
+    i32,
+    f32,
+    In,
+    In,
+    Out,
+    f32,
+    Out,
+    i32,
+) -> Result<()>;
+
+/// The instantiation for operand dtypes (A, B) and output dtype C.
+fn kernel_for(op: &'static str, a: DType, b: DType, c: DType) -> Result<GemmFn> {
+    use DType::{F16, F32};
+    Ok(match (a, b, c) {
+        (F32, F32, F32) => gemm_f32_f32_f32,
+        (F16, F16, F16) => gemm_f16_f16_f16,
+        (F16, F32, F32) => gemm_f16_f32_f32,
+        (F32, F16, F32) => gemm_f32_f16_f32,
+        _ => {
+            return Err(Error::Cuda {
+                what: format!("{op}: GEMM"),
+                detail: format!("no kernel for operands {a:?} x {b:?} -> {c:?}"),
+            })
+        }
+    })
+}
+
+impl Gemm {
+    /// Runs the product into `c` (dtype `c_dtype`) in one launch.
+    fn run(&self, be: &CudaBackend, op: &'static str, c: Out, c_dtype: DType) -> Result<()> {
+        if self.m == 0 || self.n == 0 {
+            return Ok(());
+        }
+        let f = kernel_for(op, self.a.dtype, self.b.dtype, c_dtype)?;
+        let k = int(op, "k", self.k)?;
+        self.launch(be, op, f, c, NULL_OUT, 1, k.max(1))
+    }
+
+    /// Runs the product into the f32 `c` with the k range split over blocks, for a long k and
+    /// a small C (the LoRA weight gradients): each split writes its partial C to a workspace,
+    /// then the splits are added in order (so results do not depend on scheduling) and beta
+    /// applied. No mask or bias (the partial sums skip the epilogue).
+    fn run_split(&self, be: &CudaBackend, op: &'static str, c: Out) -> Result<()> {
+        debug_assert!(self.mask.is_none() && self.bias.is_none());
+        if self.m == 0 || self.n == 0 {
+            return Ok(());
+        }
+        let f = kernel_for(op, self.a.dtype, self.b.dtype, DType::F32)?;
+        let tiles = self.m.div_ceil(TILE_M) * self.n.div_ceil(TILE_N);
+        // Aim at about 1024 blocks, splits of at least 64 rows (4 k-steps), at most 64 splits.
+        let want = (1024 / tiles).clamp(1, 64);
+        let chunk = self.k.div_ceil(want).next_multiple_of(TILE_K).max(64);
+        let splits = self.k.div_ceil(chunk).max(1);
+        if splits == 1 {
+            return self.run(be, op, c, DType::F32);
+        }
+        let mn = self.m * self.n;
+        int(op, "split-K workspace", splits * mn)?;
+        let mut ws = alloc(be, [splits, self.m, self.n], DType::F32)?;
+        let wo = output(be, op, "split-K workspace", &mut ws)?;
+        let chunk = int(op, "k", chunk)?;
+        self.launch(be, op, f, NULL_OUT, wo, splits, chunk)?;
+        let n = int(op, "c", mn)?;
+        splitk_sum_f32(
+            be.device(),
+            LaunchCfg::for_items(mn, BLOCK),
+            In(wo.0),
+            c,
+            n,
+            splits as i32,
+            self.beta,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        be: &CudaBackend,
+        op: &'static str,
+        f: GemmFn,
+        c: Out,
+        partial: Out,
+        splits: usize,
+        kchunk: i32,
+    ) -> Result<()> {
+        let (m, n) = (int(op, "m", self.m)?, int(op, "n", self.n)?);
+        let k = int(op, "k", self.k)?;
+        let (a2, b2, k2, alpha2) = match self.second {
+            Some((a2, b2, k2, alpha2)) => (a2, b2, int(op, "k2", k2)?, alpha2),
+            None => {
+                let none = Operand::rows(NULL_IN, DType::F32, 0);
+                (none, none, 0, 0.0)
+            }
+        };
+        let grid = (
+            self.m.div_ceil(TILE_M) as u32,
+            self.n.div_ceil(TILE_N) as u32,
+            splits as u32,
+        );
+        f(
+            be.device(),
+            LaunchCfg::new(grid, (GEMM_THREADS, 1, 1), 0),
+            m,
+            n,
+            self.a.ptr,
+            self.a.s0,
+            self.a.s1,
+            self.b.ptr,
+            self.b.s0,
+            self.b.s1,
+            k,
+            self.alpha,
+            a2.ptr,
+            a2.s0,
+            a2.s1,
+            b2.ptr,
+            b2.s0,
+            b2.s1,
+            k2,
+            alpha2,
+            self.bias.unwrap_or(NULL_IN),
+            self.mask.unwrap_or(NULL_IN),
+            c,
+            self.beta,
+            partial,
+            kchunk,
+        )
+    }
+}
+
 pub(crate) fn linear(
     be: &CudaBackend,
     x: &Tensor,
@@ -21,10 +250,90 @@ pub(crate) fn linear(
     bias: Option<&Tensor>,
     lora: Option<Lora<'_>>,
 ) -> Result<LinearOut> {
-    Err(todo("linear"))
+    const OP: &str = "linear";
+    let d = check::linear::forward(x, w, bias, lora.as_ref())?;
+    let (rows, inf, outf, r) = (d.rows, d.in_features, d.out_features, d.rank);
+    let xi = input(be, OP, "x", x)?;
+    let wi = input(be, OP, "w", w)?;
+    let bi = bias.map(|b| input(be, OP, "bias", b)).transpose()?;
+    let li = lora
+        .map(|l| -> Result<_> {
+            Ok((
+                input(be, OP, "lora down (A)", l.down)?,
+                input(be, OP, "lora up (B)", l.up)?,
+                l.dropout
+                    .map(|m| input(be, OP, "lora dropout mask", m))
+                    .transpose()?,
+            ))
+        })
+        .transpose()?;
+    let t = float_dtype(OP, "x", x)?;
+    check::dtype(OP, "w", w, t)?;
+    if let Some(b) = bias {
+        check::dtype(OP, "bias", b, t)?;
+    }
+    if let Some(l) = &lora {
+        check::dtype(OP, "lora down (A)", l.down, DType::F32)?;
+        check::dtype(OP, "lora up (B)", l.up, DType::F32)?;
+        if let Some(m) = l.dropout {
+            check::dtype(OP, "lora dropout mask", m, t)?;
+        }
+    }
+    let (ink, rk) = (int(OP, "x", inf)?, int(OP, "lora", r)?);
+    int(OP, "x", x.numel())?;
+    int(OP, "w", w.numel())?;
+    int(OP, "y", rows * outf)?;
+    int(OP, "lora hidden", rows * r)?;
+
+    let mut hidden = None;
+    let mut second = None;
+    if let (Some(l), Some((ai, bi_up, mask))) = (&lora, li) {
+        // ũ = (x·Aᵀ) ⊙ mask, f32 [rows, r].
+        let mut u = alloc(be, x.shape().with_last(r), DType::F32)?;
+        let uo = output(be, OP, "lora hidden", &mut u)?;
+        Gemm {
+            m: rows,
+            n: r,
+            k: inf,
+            a: Operand::rows(xi, t, ink),
+            b: Operand::cols(ai, DType::F32, ink),
+            alpha: 1.0,
+            second: None,
+            bias: None,
+            mask,
+            beta: 0.0,
+        }
+        .run(be, OP, uo, DType::F32)?;
+        second = Some((
+            Operand::rows(In(uo.0), DType::F32, rk),
+            Operand::cols(bi_up, DType::F32, rk),
+            r,
+            l.scale as f32,
+        ));
+        hidden = Some(u);
+    }
+    // y = x·Wᵀ + bias + s·ũ·Bᵀ.
+    let mut y = alloc(be, x.shape().with_last(outf), t)?;
+    let yo = output(be, OP, "y", &mut y)?;
+    Gemm {
+        m: rows,
+        n: outf,
+        k: inf,
+        a: Operand::rows(xi, t, ink),
+        b: Operand::cols(wi, t, ink),
+        alpha: 1.0,
+        second,
+        bias: bi,
+        mask: None,
+        beta: 0.0,
+    }
+    .run(be, OP, yo, t)?;
+    Ok(LinearOut {
+        y,
+        lora_hidden: hidden,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear_backward(
     be: &CudaBackend,
     dy: &Tensor,
@@ -32,5 +341,124 @@ pub(crate) fn linear_backward(
     lora: Option<LoraBackward<'_>>,
     want_dx: bool,
 ) -> Result<Option<Tensor>> {
-    Err(todo("linear_backward"))
+    const OP: &str = "linear_backward";
+    let d = check::linear::backward(
+        dy,
+        w,
+        lora.as_ref()
+            .map(|l| (&l.lora, l.x, l.hidden, &*l.grad_down, &*l.grad_up)),
+    )?;
+    let (rows, inf, outf, r) = (d.rows, d.in_features, d.out_features, d.rank);
+    let dyi = input(be, OP, "dy", dy)?;
+    let wi = input(be, OP, "w", w)?;
+    let t = float_dtype(OP, "dy", dy)?;
+    check::dtype(OP, "w", w, t)?;
+    let (ink, outk, rk) = (int(OP, "w", inf)?, int(OP, "w", outf)?, int(OP, "lora", r)?);
+    int(OP, "dy", dy.numel())?;
+    int(OP, "w", w.numel())?;
+    int(OP, "dx", rows * inf)?;
+    int(OP, "g", rows * r)?;
+
+    let mut second = None;
+    let mut g_keep = None;
+    if let Some(lb) = lora {
+        let l = &lb.lora;
+        let ai = input(be, OP, "lora down (A)", l.down)?;
+        let bi = input(be, OP, "lora up (B)", l.up)?;
+        let xi = input(be, OP, "x", lb.x)?;
+        let ui = input(be, OP, "lora hidden", lb.hidden)?;
+        let mask = l
+            .dropout
+            .map(|m| input(be, OP, "lora dropout mask", m))
+            .transpose()?;
+        let gdo = output(be, OP, "grad_down", lb.grad_down)?;
+        let guo = output(be, OP, "grad_up", lb.grad_up)?;
+        check::dtype(OP, "x", lb.x, t)?;
+        check::dtype(OP, "lora down (A)", l.down, DType::F32)?;
+        check::dtype(OP, "lora up (B)", l.up, DType::F32)?;
+        check::dtype(OP, "lora hidden", lb.hidden, DType::F32)?;
+        check::dtype(OP, "grad_down", lb.grad_down, DType::F32)?;
+        check::dtype(OP, "grad_up", lb.grad_up, DType::F32)?;
+        if let Some(m) = l.dropout {
+            check::dtype(OP, "lora dropout mask", m, t)?;
+        }
+        let s = l.scale as f32;
+        let beta = match lb.accum {
+            Accum::Assign => 0.0,
+            Accum::Add => 1.0,
+        };
+        // g = (dY·B) ⊙ mask, f32 [rows, r].
+        let mut g = alloc(be, dy.shape().with_last(r), DType::F32)?;
+        let go = output(be, OP, "g", &mut g)?;
+        Gemm {
+            m: rows,
+            n: r,
+            k: outf,
+            a: Operand::rows(dyi, t, outk),
+            b: Operand::rows(bi, DType::F32, rk),
+            alpha: 1.0,
+            second: None,
+            bias: None,
+            mask,
+            beta: 0.0,
+        }
+        .run(be, OP, go, DType::F32)?;
+        let gi = In(go.0);
+        // dB (+)= s·dYᵀ·ũ, [out, r].
+        Gemm {
+            m: outf,
+            n: r,
+            k: rows,
+            a: Operand::cols(dyi, t, outk),
+            b: Operand::rows(ui, DType::F32, rk),
+            alpha: s,
+            second: None,
+            bias: None,
+            mask: None,
+            beta,
+        }
+        .run_split(be, OP, guo)?;
+        // dA (+)= s·gᵀ·X, [r, in].
+        Gemm {
+            m: r,
+            n: inf,
+            k: rows,
+            a: Operand::cols(gi, DType::F32, rk),
+            b: Operand::rows(xi, t, ink),
+            alpha: s,
+            second: None,
+            bias: None,
+            mask: None,
+            beta,
+        }
+        .run_split(be, OP, gdo)?;
+        second = Some((
+            Operand::rows(gi, DType::F32, rk),
+            Operand::rows(ai, DType::F32, ink),
+            r,
+            s,
+        ));
+        g_keep = Some(g);
+    }
+    if !want_dx {
+        return Ok(None);
+    }
+    // dX = dY·W + s·g·A, [.., in] in dY's dtype.
+    let mut dx = alloc(be, dy.shape().with_last(inf), t)?;
+    let dxo = output(be, OP, "dx", &mut dx)?;
+    Gemm {
+        m: rows,
+        n: inf,
+        k: outf,
+        a: Operand::rows(dyi, t, outk),
+        b: Operand::rows(wi, t, ink),
+        alpha: 1.0,
+        second,
+        bias: None,
+        mask: None,
+        beta: 0.0,
+    }
+    .run(be, OP, dxo, t)?;
+    drop(g_keep); // g (the second product's A) lives until its last launch is queued
+    Ok(Some(dx))
 }
