@@ -10,8 +10,8 @@
 //
 // Grid: one thread block per normalized block (N·groups or rows blocks, 1-D), blockDim.x
 // threads (a multiple of 32, at most 1024) striding over its m elements; the per-thread
-// partial sums are combined through static shared memory (block_sums: 2 x 1024 floats), the
-// first warp adding them up; no dynamic shared memory.
+// partial sums are combined through static shared memory (block_sums: 1024 floats per sum,
+// 4 KB forward, 8 KB backward), the first warp adding them up; no dynamic shared memory.
 //
 // norm_forward_T (writes y, mean, rstd with =):
 //   pass 1: mean = Σx / m
