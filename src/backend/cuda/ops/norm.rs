@@ -1,16 +1,155 @@
-//! STUB: to be replaced by the kernels of this family.
-#![allow(unused_variables)]
-use super::super::backend::CudaBackend;
-#[allow(unused_imports)]
-use crate::backend::{
-    Activation, AdamW, Attention, Conv2d, LinearOut, Lora, LoraBackward, NormStats, Pad2d,
-    TimestepEmbedding,
-};
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+//! GroupNorm (with an optional fused SiLU) and LayerNorm, forward and input gradient
+//! (kernels/norm.cu). Both are one kernel pair over contiguous blocks of cpg channels of
+//! `inner` elements: GroupNorm x [N, C, ...] has N·groups blocks of C/groups channels of
+//! `spatial` elements; LayerNorm x [.., C] has one block per row, of C channels of 1 element.
+//! One thread block per normalized block. x, y, gamma, beta, dy, dx share one dtype (f16 or
+//! f32); the statistics are f32 whatever it is.
 
-fn todo(op: &str) -> Error {
-    Error::CudaUnavailable(format!("{op} has no CUDA kernel yet"))
+use super::super::backend::CudaBackend;
+use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::{alloc, by_dtype, float_dtype, input, int, output};
+use crate::backend::{check, NormStats};
+use crate::error::Result;
+use crate::tensor::{DType, Shape, Tensor};
+
+kernels! {
+    module "norm";
+    fn norm_forward_f32(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, groups: i32,
+        cpg: i32, inner: i32, eps: f32, silu: i32);
+    fn norm_forward_f16(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, groups: i32,
+        cpg: i32, inner: i32, eps: f32, silu: i32);
+    fn norm_backward_f32(dy: In, x: In, gamma: In, beta: In, mean: In, rstd: In, dx: Out,
+        groups: i32, cpg: i32, inner: i32, silu: i32);
+    fn norm_backward_f16(dy: In, x: In, gamma: In, beta: In, mean: In, rstd: In, dx: Out,
+        groups: i32, cpg: i32, inner: i32, silu: i32);
+}
+
+/// The blocks one launch normalizes: `blocks` blocks of `cpg` channels of `inner` elements,
+/// channel c of block b being (b % groups)·cpg + c.
+#[derive(Clone, Copy)]
+struct Layout {
+    blocks: usize,
+    groups: usize,
+    cpg: usize,
+    inner: usize,
+}
+
+impl Layout {
+    /// One thread block per normalized block; about 8 elements per thread, 32..=1024 threads.
+    fn cfg(&self) -> LaunchCfg {
+        let m = self.cpg * self.inner;
+        let threads = m.div_ceil(8).next_multiple_of(32).clamp(32, 1024) as u32;
+        LaunchCfg::new((self.blocks as u32, 1, 1), (threads, 1, 1), 0)
+    }
+
+    /// (groups, cpg, inner) as kernel arguments; also refuses a tensor or grid too large for
+    /// i32 indexing.
+    fn args(&self, op: &'static str, x: &Tensor) -> Result<(i32, i32, i32)> {
+        int(op, "x", x.numel())?;
+        Ok((
+            int(op, "groups", self.groups)?,
+            int(op, "x", self.cpg)?,
+            int(op, "x", self.inner)?,
+        ))
+    }
+}
+
+/// Forward over `l`: y like x, f32 stats of `stats_shape`.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    be: &CudaBackend,
+    op: &'static str,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    l: Layout,
+    stats_shape: Shape,
+    eps: f64,
+    silu: bool,
+) -> Result<(Tensor, NormStats)> {
+    let d = float_dtype(op, "x", x)?;
+    check::dtype(op, "gamma", gamma, d)?;
+    check::dtype(op, "beta", beta, d)?;
+    let (xi, gi, bi) = (
+        input(be, op, "x", x)?,
+        input(be, op, "gamma", gamma)?,
+        input(be, op, "beta", beta)?,
+    );
+    let (groups, cpg, inner) = l.args(op, x)?;
+    let mut y = alloc(be, x.shape().clone(), d)?;
+    let mut mean = alloc(be, stats_shape.clone(), DType::F32)?;
+    let mut rstd = alloc(be, stats_shape, DType::F32)?;
+    if l.blocks > 0 {
+        let f = by_dtype!(d, op, norm_forward_f32, norm_forward_f16);
+        f(
+            be.device(),
+            l.cfg(),
+            xi,
+            gi,
+            bi,
+            output(be, op, "y", &mut y)?,
+            output(be, op, "mean", &mut mean)?,
+            output(be, op, "rstd", &mut rstd)?,
+            groups,
+            cpg,
+            inner,
+            eps as f32,
+            silu as i32,
+        )?;
+    }
+    Ok((y, NormStats { mean, rstd }))
+}
+
+/// dx over `l`, like x. `beta` is read only with `silu`.
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    be: &CudaBackend,
+    op: &'static str,
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: &NormStats,
+    l: Layout,
+    silu: bool,
+) -> Result<Tensor> {
+    let d = float_dtype(op, "x", x)?;
+    check::dtype(op, "dy", dy, d)?;
+    check::dtype(op, "gamma", gamma, d)?;
+    check::dtype(op, "beta", beta, d)?;
+    check::dtype(op, "stats.mean", &stats.mean, DType::F32)?;
+    check::dtype(op, "stats.rstd", &stats.rstd, DType::F32)?;
+    let (dyi, xi, gi, bi) = (
+        input(be, op, "dy", dy)?,
+        input(be, op, "x", x)?,
+        input(be, op, "gamma", gamma)?,
+        input(be, op, "beta", beta)?,
+    );
+    let (mi, ri) = (
+        input(be, op, "stats.mean", &stats.mean)?,
+        input(be, op, "stats.rstd", &stats.rstd)?,
+    );
+    let (groups, cpg, inner) = l.args(op, x)?;
+    let mut dx = alloc(be, x.shape().clone(), d)?;
+    if l.blocks > 0 {
+        let f = by_dtype!(d, op, norm_backward_f32, norm_backward_f16);
+        f(
+            be.device(),
+            l.cfg(),
+            dyi,
+            xi,
+            gi,
+            bi,
+            mi,
+            ri,
+            output(be, op, "dx", &mut dx)?,
+            groups,
+            cpg,
+            inner,
+            silu as i32,
+        )?;
+    }
+    Ok(dx)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -23,7 +162,24 @@ pub(crate) fn group_norm(
     eps: f64,
     silu: bool,
 ) -> Result<(Tensor, NormStats)> {
-    Err(todo("group_norm"))
+    let d = check::norm::group_norm(x, gamma, beta, groups, eps)?;
+    let l = Layout {
+        blocks: d.batch * d.groups,
+        groups: d.groups,
+        cpg: d.channels_per_group(),
+        inner: d.spatial,
+    };
+    forward(
+        be,
+        "group_norm",
+        x,
+        gamma,
+        beta,
+        l,
+        d.stats_shape(),
+        eps,
+        silu,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -37,10 +193,26 @@ pub(crate) fn group_norm_backward(
     groups: usize,
     silu: bool,
 ) -> Result<Tensor> {
-    Err(todo("group_norm_backward"))
+    let d = check::norm::group_norm_backward(dy, x, gamma, beta, stats, groups)?;
+    let l = Layout {
+        blocks: d.batch * d.groups,
+        groups: d.groups,
+        cpg: d.channels_per_group(),
+        inner: d.spatial,
+    };
+    backward(
+        be,
+        "group_norm_backward",
+        dy,
+        x,
+        gamma,
+        beta,
+        stats,
+        l,
+        silu,
+    )
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_norm(
     be: &CudaBackend,
     x: &Tensor,
@@ -48,10 +220,26 @@ pub(crate) fn layer_norm(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, NormStats)> {
-    Err(todo("layer_norm"))
+    let d = check::norm::layer_norm(x, gamma, beta, eps)?;
+    let l = Layout {
+        blocks: d.rows,
+        groups: 1,
+        cpg: d.channels,
+        inner: 1,
+    };
+    forward(
+        be,
+        "layer_norm",
+        x,
+        gamma,
+        beta,
+        l,
+        d.stats_shape(),
+        eps,
+        false,
+    )
 }
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn layer_norm_backward(
     be: &CudaBackend,
     dy: &Tensor,
@@ -59,5 +247,23 @@ pub(crate) fn layer_norm_backward(
     gamma: &Tensor,
     stats: &NormStats,
 ) -> Result<Tensor> {
-    Err(todo("layer_norm_backward"))
+    let d = check::norm::layer_norm_backward(dy, x, gamma, stats)?;
+    let l = Layout {
+        blocks: d.rows,
+        groups: 1,
+        cpg: d.channels,
+        inner: 1,
+    };
+    // No beta without SiLU: gamma stands in for the pointer, which the kernel never reads.
+    backward(
+        be,
+        "layer_norm_backward",
+        dy,
+        x,
+        gamma,
+        gamma,
+        stats,
+        l,
+        false,
+    )
 }

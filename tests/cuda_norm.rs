@@ -1,0 +1,297 @@
+//! GroupNorm (with and without the fused SiLU) and LayerNorm on the CUDA backend, forward
+//! (y and the f32 statistics) and dX, against the CPU backend in f32 and f16 modes: odd channel,
+//! group and spatial sizes (tails in every stride loop), rank-2/3/4 inputs, batch > 1, blocks
+//! larger than the thread block, inputs with a large mean, SD1.5 layer shapes (full size on a
+//! GPU), and the errors of bad shapes, wrong devices and wrong statistic dtypes.
+#![cfg(any(feature = "cuda", feature = "cuda-emu"))]
+
+mod common;
+
+use common::cuda::*;
+use lorafuse::backend::NormStats;
+use lorafuse::rng::Rng;
+use lorafuse::{Backend, DType, Error, Tensor};
+
+const EPS: f64 = 1e-5;
+
+/// A CPU/device pair of values `scale·u + shift`, u from `nonzero`.
+fn affine_pair(
+    e: &Engine,
+    rng: &mut Rng,
+    shape: &[usize],
+    dtype: DType,
+    scale: f32,
+    shift: f32,
+) -> (Tensor, Tensor) {
+    let v: Vec<f32> = nonzero(rng, shape.iter().product())
+        .iter()
+        .map(|&u| u * scale + shift)
+        .collect();
+    pair(&e.be, shape, &v, dtype)
+}
+
+fn check_stats(what: &str, got: &NormStats, want: &NormStats) {
+    assert_eq!(got.mean.dtype(), DType::F32, "{what}: mean dtype");
+    assert_eq!(got.rstd.dtype(), DType::F32, "{what}: rstd dtype");
+    // The statistics are f32 in both modes, computed from the same (f16-rounded) inputs.
+    assert_matches(
+        &format!("{what} mean"),
+        &got.mean,
+        &want.mean,
+        tol(DType::F32),
+    );
+    assert_matches(
+        &format!("{what} rstd"),
+        &got.rstd,
+        &want.rstd,
+        tol(DType::F32),
+    );
+}
+
+/// GroupNorm forward and backward of x `shape` (with mean `shift`) on one engine vs the CPU.
+fn group_norm_case(
+    e: &Engine,
+    rng: &mut Rng,
+    dtype: DType,
+    shape: &[usize],
+    groups: usize,
+    silu: bool,
+    shift: f32,
+) {
+    let what = format!(
+        "group_norm {shape:?}/{groups} silu {silu} {dtype:?} gpu {}",
+        e.gpu
+    );
+    let c = shape[1];
+    let (xc, xd) = affine_pair(e, rng, shape, dtype, 1.0, shift);
+    let (gc, gd) = random_pair(&e.be, rng, &[c], dtype);
+    let (bc, bd) = random_pair(&e.be, rng, &[c], dtype);
+    let (dyc, dyd) = random_pair(&e.be, rng, shape, dtype);
+    let cpu = cpu();
+    let (yc, sc) = cpu.group_norm(&xc, &gc, &bc, groups, EPS, silu).unwrap();
+    let (yd, sd) = e.be.group_norm(&xd, &gd, &bd, groups, EPS, silu).unwrap();
+    assert_eq!(yd.dtype(), dtype, "{what}: y dtype");
+    assert_matches(&format!("{what}: y"), &yd, &yc, tol(dtype));
+    check_stats(&what, &sd, &sc);
+    let dxc = cpu
+        .group_norm_backward(&dyc, &xc, &gc, &bc, &sc, groups, silu)
+        .unwrap();
+    let dxd =
+        e.be.group_norm_backward(&dyd, &xd, &gd, &bd, &sd, groups, silu)
+            .unwrap();
+    assert_eq!(dxd.dtype(), dtype, "{what}: dx dtype");
+    assert_matches(&format!("{what}: dx"), &dxd, &dxc, tol(dtype));
+}
+
+/// LayerNorm forward and backward of x `shape` on one engine vs the CPU.
+fn layer_norm_case(e: &Engine, rng: &mut Rng, dtype: DType, shape: &[usize], shift: f32) {
+    let what = format!("layer_norm {shape:?} {dtype:?} gpu {}", e.gpu);
+    let c = *shape.last().unwrap();
+    let (xc, xd) = affine_pair(e, rng, shape, dtype, 1.0, shift);
+    let (gc, gd) = random_pair(&e.be, rng, &[c], dtype);
+    let (bc, bd) = random_pair(&e.be, rng, &[c], dtype);
+    let (dyc, dyd) = random_pair(&e.be, rng, shape, dtype);
+    let cpu = cpu();
+    let (yc, sc) = cpu.layer_norm(&xc, &gc, &bc, EPS).unwrap();
+    let (yd, sd) = e.be.layer_norm(&xd, &gd, &bd, EPS).unwrap();
+    assert_matches(&format!("{what}: y"), &yd, &yc, tol(dtype));
+    check_stats(&what, &sd, &sc);
+    let dxc = cpu.layer_norm_backward(&dyc, &xc, &gc, &sc).unwrap();
+    let dxd = e.be.layer_norm_backward(&dyd, &xd, &gd, &sd).unwrap();
+    assert_matches(&format!("{what}: dx"), &dxd, &dxc, tol(dtype));
+}
+
+#[test]
+fn group_norm_odd_shapes_match_cpu() {
+    let mut rng = Rng::new(11);
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            for silu in [false, true] {
+                // (shape, groups): 2 channels per group over a 7x9 plane, batch 2; 7 and 5
+                // channels per group over 5x3; rank 3 [N, C, L]; rank 2 (spatial 1); one group
+                // of a single channel.
+                for (shape, groups) in [
+                    (&[2, 6, 7, 9][..], 3),
+                    (&[1, 35, 5, 3], 5),
+                    (&[1, 35, 5, 3], 7),
+                    (&[2, 35, 11], 7),
+                    (&[3, 12], 4),
+                    (&[2, 1, 3, 1], 1),
+                ] {
+                    group_norm_case(&e, &mut rng, dtype, shape, groups, silu, 0.0);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn group_norm_large_blocks_and_mean_match_cpu() {
+    let mut rng = Rng::new(12);
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            // 4290 elements per group: a full 1024-thread block with a ragged last stride.
+            group_norm_case(&e, &mut rng, dtype, &[1, 4, 33, 65], 2, true, 0.0);
+            // A mean far from zero (the variance must not cancel), batch 2.
+            group_norm_case(&e, &mut rng, dtype, &[2, 6, 5, 7], 2, false, 4.0);
+        }
+    }
+}
+
+#[test]
+fn group_norm_sd15_shapes_match_cpu() {
+    let mut rng = Rng::new(13);
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            // SD1.5 ResNet blocks: 32 groups of 320 and 1280 channels (small planes here).
+            group_norm_case(&e, &mut rng, dtype, &[1, 320, 8, 8], 32, true, 0.0);
+            group_norm_case(&e, &mut rng, dtype, &[1, 1280, 4, 4], 32, false, 0.0);
+            if e.gpu {
+                // Full size at 512x512: 64x64 latents with 320 channels, 32x32 with 640,
+                // 8x8 with 1280; the VAE's 128 channels at 256x256.
+                group_norm_case(&e, &mut rng, dtype, &[2, 320, 64, 64], 32, true, 0.0);
+                group_norm_case(&e, &mut rng, dtype, &[2, 320, 64, 64], 32, false, 0.5);
+                group_norm_case(&e, &mut rng, dtype, &[1, 640, 32, 32], 32, true, 0.0);
+                group_norm_case(&e, &mut rng, dtype, &[2, 1280, 8, 8], 32, true, 0.0);
+                group_norm_case(&e, &mut rng, dtype, &[1, 128, 256, 256], 32, true, 0.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn layer_norm_matches_cpu() {
+    let mut rng = Rng::new(14);
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            // Rank 1, odd widths (37, 1001: a ragged stride), rows over several leading dims,
+            // width 1, a mean far from zero, and SD1.5's CLIP (77x768) and transformer (64x320)
+            // rows at small token counts.
+            for (shape, shift) in [
+                (&[37][..], 0.0),
+                (&[3, 37], 0.0),
+                (&[2, 3, 1001], 0.0),
+                (&[5, 1], 0.0),
+                (&[4, 37], 3.0),
+                (&[77, 768], 0.0),
+                (&[64, 320], 0.0),
+            ] {
+                layer_norm_case(&e, &mut rng, dtype, shape, shift);
+            }
+            if e.gpu {
+                // Full size: 64x64 latents' 4096 tokens of 320, 1024 of 640, 256 of 1280;
+                // CLIP at batch 2.
+                for shape in [
+                    &[2, 4096, 320][..],
+                    &[2, 1024, 640],
+                    &[2, 256, 1280],
+                    &[2, 77, 768],
+                ] {
+                    layer_norm_case(&e, &mut rng, dtype, shape, 0.0);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn layer_norm_without_rows_gives_empty_outputs() {
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            let x = e.be.tensor_from_f32(&[0, 5], &[], dtype).unwrap();
+            let g = e.be.tensor_from_f32(&[5], &[1.0; 5], dtype).unwrap();
+            let (y, s) = e.be.layer_norm(&x, &g, &g, EPS).unwrap();
+            assert_eq!(y.dims(), [0, 5]);
+            assert_eq!(s.mean.dims(), [0]);
+            let dx = e.be.layer_norm_backward(&x, &x, &g, &s).unwrap();
+            assert_eq!(dx.dims(), [0, 5]);
+        }
+    }
+}
+
+/// Both backends' errors for the same call: same kind, same message.
+fn same_error(what: &str, cpu: Error, dev: Error) {
+    assert_eq!(
+        std::mem::discriminant(&cpu),
+        std::mem::discriminant(&dev),
+        "{what}: CPU {cpu} vs CUDA {dev}"
+    );
+    assert_eq!(cpu.to_string(), dev.to_string(), "{what}");
+}
+
+#[test]
+fn norm_errors_match_cpu() {
+    let mut rng = Rng::new(15);
+    let cpu = cpu();
+    for e in engines(DType::F32) {
+        let f = DType::F32;
+        let (xc, xd) = random_pair(&e.be, &mut rng, &[2, 35, 3], f);
+        let (gc, gd) = random_pair(&e.be, &mut rng, &[35], f);
+        let (g6c, g6d) = random_pair(&e.be, &mut rng, &[6], f);
+
+        // Groups not dividing the channels: BadValue on both.
+        let ec = cpu.group_norm(&xc, &gc, &gc, 6, EPS, false).err().unwrap();
+        let ed = e.be.group_norm(&xd, &gd, &gd, 6, EPS, false).err().unwrap();
+        assert!(matches!(ed, Error::BadValue { .. }), "{ed}");
+        same_error("35 channels / 6 groups", ec, ed);
+        // gamma of the wrong length.
+        let ec = cpu.group_norm(&xc, &g6c, &gc, 5, EPS, true).err().unwrap();
+        let ed = e.be.group_norm(&xd, &g6d, &gd, 5, EPS, true).err().unwrap();
+        assert!(matches!(ed, Error::ShapeMismatch { .. }), "{ed}");
+        same_error("group_norm gamma [6]", ec, ed);
+        // Rank 1 x.
+        let ec = cpu.group_norm(&gc, &gc, &gc, 5, EPS, false).err().unwrap();
+        let ed = e.be.group_norm(&gd, &gd, &gd, 5, EPS, false).err().unwrap();
+        same_error("group_norm rank 1", ec, ed);
+        // Statistics of another shape in the backward.
+        let (sc, sd) = (
+            cpu.group_norm(&xc, &gc, &gc, 7, EPS, false).unwrap().1,
+            e.be.group_norm(&xd, &gd, &gd, 7, EPS, false).unwrap().1,
+        );
+        let ec = cpu
+            .group_norm_backward(&xc, &xc, &gc, &gc, &sc, 5, false)
+            .err()
+            .unwrap();
+        let ed =
+            e.be.group_norm_backward(&xd, &xd, &gd, &gd, &sd, 5, false)
+                .err()
+                .unwrap();
+        assert!(matches!(ed, Error::ShapeMismatch { .. }), "{ed}");
+        same_error("group_norm_backward stats [2, 7] for 5 groups", ec, ed);
+
+        // LayerNorm: gamma not of the last dim; dy of another shape.
+        let ec = cpu.layer_norm(&xc, &gc, &gc, EPS).err().unwrap();
+        let ed = e.be.layer_norm(&xd, &gd, &gd, EPS).err().unwrap();
+        assert!(matches!(ed, Error::ShapeMismatch { .. }), "{ed}");
+        same_error("layer_norm gamma [35] for x [2, 35, 3]", ec, ed);
+        let (lc, ld) = random_pair(&e.be, &mut rng, &[4, 6], f);
+        let (sc, sd) = (
+            cpu.layer_norm(&lc, &g6c, &g6c, EPS).unwrap().1,
+            e.be.layer_norm(&ld, &g6d, &g6d, EPS).unwrap().1,
+        );
+        let ec = cpu.layer_norm_backward(&xc, &lc, &g6c, &sc).err().unwrap();
+        let ed = e.be.layer_norm_backward(&xd, &ld, &g6d, &sd).err().unwrap();
+        same_error("layer_norm_backward dy", ec, ed);
+        // eps 0.
+        let ec = cpu.layer_norm(&lc, &g6c, &g6c, 0.0).err().unwrap();
+        let ed = e.be.layer_norm(&ld, &g6d, &g6d, 0.0).err().unwrap();
+        same_error("layer_norm eps 0", ec, ed);
+
+        // A CPU tensor given to the CUDA backend.
+        let ed = e.be.group_norm(&xd, &gc, &gd, 5, EPS, false).err().unwrap();
+        assert!(matches!(ed, Error::Device { .. }), "{ed}");
+        let ed = e.be.layer_norm_backward(&ld, &lc, &g6d, &sd).err().unwrap();
+        assert!(matches!(ed, Error::Device { .. }), "{ed}");
+        // Statistics that are not f32.
+        let half = e.be.tensor_from_f32(&[4], &[0.5; 4], DType::F16).unwrap();
+        let bad = NormStats {
+            mean: half,
+            rstd: e.be.tensor_from_f32(&[4], &[1.0; 4], DType::F32).unwrap(),
+        };
+        let ed =
+            e.be.layer_norm_backward(&ld, &ld, &g6d, &bad)
+                .err()
+                .unwrap();
+        assert!(matches!(ed, Error::DType { .. }), "{ed}");
+    }
+}
