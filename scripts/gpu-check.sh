@@ -61,7 +61,7 @@ run() {
     if [[ "$name" == test-* ]]; then
       "$exe" --test-threads=1 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
     else
-      "$exe" --bench 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
+      BENCH_JSON="$out/$name.json" "$exe" --bench 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
     fi
     t1=$(date +%s.%N)
     local passed failed skipped

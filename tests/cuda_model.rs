@@ -114,11 +114,7 @@ impl Observer for Watch {
 }
 
 fn run(be: &dyn Backend, dir: &Path, watch: &mut Watch) {
-    let sets = [
-        "sample_every_n_steps=0",
-        "validation_split=0",
-        "save_precision=fp32",
-    ];
+    let sets = ["sample_every_n_steps=0", "save_precision=fp32"];
     let cfg = TrainConfig::load(dir.join("demo.yaml"), &sets).unwrap();
     train(&cfg, be, false, &AtomicBool::new(false), watch).unwrap();
 }

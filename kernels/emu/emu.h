@@ -2,14 +2,19 @@
 // (feature `cuda-emu`). Included by common.cuh when __CUDACC__ is not defined; kernels never
 // include it directly.
 //
-// Model: one launch at a time (a process-wide lock), the blocks of the grid one after another,
-// and the threads of a block as concurrent OS threads. `__syncthreads` is a barrier of the
-// block's live threads (a thread that returns leaves it, as on the GPU); warp shuffles and the
-// tensor-core and ldmatrix wrappers exchange values through per-warp slots between two
-// barriers of the warp's live lanes. `__shared__` variables are function statics: one copy,
-// reused block after block, which is sound because blocks never overlap. Dynamic shared memory
-// is one buffer per launch, filled with 0xFF (NaN in f16 and f32) before each block so that a
-// read of an unwritten element shows up in the results.
+// Model: one launch at a time (a process-wide lock); the blocks of the grid are shared out to
+// one OS worker thread per core, and on its worker the threads of a block are fibers (their own
+// stacks, switched by the runtime). A fiber runs until it reaches a barrier: `__syncthreads`
+// (all live threads of the block), or a warp exchange (shuffles, ballots, and the tensor-core
+// and ldmatrix wrappers, all live lanes of the warp); a thread that returns leaves both, as on
+// the GPU. Threads run in ascending order in even blocks and descending order in odd ones, so a
+// read that lacks its barrier sees unwritten (poisoned) data in one of the two; with
+// LORAFUSE_EMU_TSAN the fibers are ThreadSanitizer fibers and barriers its only
+// synchronisation, so such a read is reported as a data race. A barrier that not every live
+// thread reaches is a deadlock on the GPU and an abort with a message here. `__shared__`
+// variables are thread_local function statics: one copy per worker, which is sound because a
+// worker runs one block at a time. Dynamic shared memory is one buffer per worker, filled with
+// 0xFF (NaN in f16 and f32) before each block so that a read of an unwritten element shows.
 #pragma once
 
 #include <cmath>
@@ -32,7 +37,8 @@ struct Thread {
     Block* block;
 };
 
-extern thread_local Thread self;
+// The fiber running on this worker.
+extern thread_local Thread* current;
 
 void syncthreads();
 void* dyn_smem();
@@ -40,7 +46,7 @@ void* dyn_smem();
 // values (a lane that is not live leaves its slot unspecified).
 void warp_gather(const void* mine, void* all, size_t bytes);
 
-inline unsigned lane() { return self.linear & 31u; }
+inline unsigned lane() { return current->linear & 31u; }
 
 template <typename T>
 T shfl(T v, int src) {
@@ -51,10 +57,10 @@ T shfl(T v, int src) {
 
 }  // namespace emu
 
-#define threadIdx (::emu::self.tid)
-#define blockIdx (::emu::self.bid)
-#define blockDim (::emu::self.bdim)
-#define gridDim (::emu::self.gdim)
+#define threadIdx (::emu::current->tid)
+#define blockIdx (::emu::current->bid)
+#define blockDim (::emu::current->bdim)
+#define gridDim (::emu::current->gdim)
 #define __global__
 #define __device__
 #define __host__
@@ -62,7 +68,7 @@ T shfl(T v, int src) {
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static
+#define __shared__ static thread_local
 
 inline void __syncthreads() { ::emu::syncthreads(); }
 
@@ -99,8 +105,8 @@ inline unsigned __ballot_sync(unsigned, int pred) {
     int mine = pred ? 1 : 0;
     ::emu::warp_gather(&mine, all, sizeof(int));
     unsigned bits = 0;
-    unsigned live = ::emu::self.bdim.x * ::emu::self.bdim.y * ::emu::self.bdim.z -
-                    (::emu::self.linear & ~31u);
+    const ::emu::Thread& t = *::emu::current;
+    unsigned live = t.bdim.x * t.bdim.y * t.bdim.z - (t.linear & ~31u);
     for (unsigned i = 0; i < 32 && i < live; ++i)
         if (all[i]) bits |= 1u << i;
     return bits;

@@ -1,7 +1,11 @@
-// The kernel emulator's runtime: runs a launch (grid, block, dynamic shared memory) on host
-// threads, one OS thread per thread of a block, blocks one after another. See emu.h for the
-// model. Built only with the `cuda-emu` feature; the Rust side calls `emu_launch` through the
-// typed launchers in src/backend/cuda/launch.rs.
+// The kernel emulator's runtime: runs a launch (grid, block, dynamic shared memory) on the
+// host. Blocks are shared out to one worker OS thread per core; on its worker, each thread of
+// a block is a fiber with its own stack, and the worker's scheduler switches between fibers
+// at barriers (see emu.h for the model). Built only with the `cuda-emu` feature; the Rust side
+// calls `emu_launch` through the typed launchers in src/backend/cuda/launch.rs.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <cstdio>
@@ -13,83 +17,329 @@
 
 #include "emu.h"
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define EMU_TSAN 1
+#else
+#define EMU_TSAN 0
+#endif
+
+// ---- context switch --------------------------------------------------------------------
+// lorafuse_emu_switch(save, to): saves the callee-saved registers, MXCSR and the x87 control
+// word on the current stack, stores the stack pointer in *save, and resumes the context whose
+// stack pointer is `to`.
+#if defined(__x86_64__)
+extern "C" void lorafuse_emu_switch(void** save, void* to);
+asm(R"(
+    .pushsection .text
+    .globl lorafuse_emu_switch
+    .hidden lorafuse_emu_switch
+    .type lorafuse_emu_switch,@function
+lorafuse_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size lorafuse_emu_switch,.-lorafuse_emu_switch
+    .popsection
+)");
+#else
+#include <ucontext.h>
+#endif
+
 namespace emu {
 
-thread_local Thread self;
+thread_local Thread* current = nullptr;
 
 namespace {
 
-// A reusable barrier for a set of threads whose size can shrink while it is in use: a thread
-// that leaves (returns from the kernel) no longer counts, as on the GPU where exited threads
-// do not hold up `bar.sync`.
-class Barrier {
-   public:
-    void reset(unsigned n) {
-        std::lock_guard<std::mutex> g(mu_);
-        expected_ = n;
-        arrived_ = 0;
-    }
-    void wait() {
-        std::unique_lock<std::mutex> g(mu_);
-        unsigned gen = gen_;
-        if (++arrived_ >= expected_) {
-            release();
-            return;
-        }
-        cv_.wait(g, [&] { return gen_ != gen; });
-    }
-    void leave() {
-        std::lock_guard<std::mutex> g(mu_);
-        --expected_;
-        if (expected_ > 0 && arrived_ >= expected_) release();
-    }
+enum Wait : int { RUNNING = 0, AT_BLOCK = 1, AT_WARP = 2 };
 
-   private:
-    void release() {
-        arrived_ = 0;
-        ++gen_;
-        cv_.notify_all();
-    }
-    std::mutex mu_;
-    std::condition_variable cv_;
-    unsigned expected_ = 0, arrived_ = 0, gen_ = 0;
+// Bookkeeping shared between fibers and the scheduler goes through relaxed atomics: fibers of
+// one worker never run at the same time, and under ThreadSanitizer the barriers' explicit
+// release/acquire are then the only synchronisation it sees between threads of a block.
+template <typename T>
+T ld(const T& x) {
+    return __atomic_load_n(&x, __ATOMIC_RELAXED);
+}
+template <typename T>
+void st(T& x, T v) {
+    __atomic_store_n(&x, v, __ATOMIC_RELAXED);
+}
+
+constexpr size_t STACK = 256 * 1024;  // per fiber; a guard page below it
+
+struct Fiber {
+    Thread t;
+    void* sp = nullptr;
+    unsigned char* stack = nullptr;  // mapping base (guard page first)
+    int wait = RUNNING;
+    unsigned wait_gen = 0;
+    int done = 0;
+    unsigned char parity = 0;  // which warp slot set its next exchange uses
+    void* tsan = nullptr;  // its ThreadSanitizer fiber, when built with TSan
+#if !defined(__x86_64__)
+    ucontext_t ctx;
+#endif
+};
+
+struct Gate {  // a barrier's counters
+    unsigned live = 0, arrived = 0, gen = 0;
 };
 
 struct Warp {
-    Barrier bar;
-    // Two slot sets used alternately: a lane writes set p, waits, reads, and its next exchange
-    // writes the other set, so one barrier per exchange suffices (the set written next was read
-    // by everyone before they passed the barrier in between).
+    Gate gate;
     alignas(16) unsigned char slots[2][32][64];
 };
 
-}  // namespace
-
-struct Block {
-    Barrier bar;
+// One worker's state: its fibers (kept across launches), the scheduler's context, the block
+// being run.
+struct Worker {
+    std::vector<Fiber*> fibers;
+    void* sched_sp = nullptr;
+#if !defined(__x86_64__)
+    ucontext_t sched_ctx;
+#endif
+#if EMU_TSAN
+    void* sched_tsan = nullptr;
+#endif
+    Gate block;
     std::vector<Warp> warps;
-    std::vector<unsigned char> parity;  // per thread: which slot set its next exchange uses
-    unsigned char* smem = nullptr;
+    std::vector<unsigned char> smem;
+    unsigned char* smem_base = nullptr;
+    void (*thunk)(void*) = nullptr;
+    void* closure = nullptr;
+    Fiber* running = nullptr;
+    int block_start = 0, block_end = 0;  // addresses used as TSan sync objects
 };
 
-void syncthreads() { self.block->bar.wait(); }
+thread_local Worker* worker = nullptr;
 
-void* dyn_smem() { return self.block->smem; }
+void to_scheduler() {
+    Worker& w = *worker;
+    Fiber* f = w.running;
+#if EMU_TSAN
+    __tsan_switch_to_fiber(w.sched_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(__x86_64__)
+    lorafuse_emu_switch(&f->sp, w.sched_sp);
+#else
+    swapcontext(&f->ctx, &w.sched_ctx);
+#endif
+}
+
+void resume(Fiber* f) {
+    Worker& w = *worker;
+    w.running = f;
+    current = &f->t;
+#if EMU_TSAN
+    __tsan_switch_to_fiber(f->tsan, __tsan_switch_to_fiber_no_sync);
+#endif
+#if defined(__x86_64__)
+    lorafuse_emu_switch(&w.sched_sp, f->sp);
+#else
+    swapcontext(&w.sched_ctx, &f->ctx);
+#endif
+}
+
+// Arrive at `g` and wait until every live member has arrived.
+void arrive_and_wait(Gate& g, int kind) {
+    Fiber* f = worker->running;
+#if EMU_TSAN
+    __tsan_release(&g);
+#endif
+    unsigned gen = ld(g.gen);
+    st(f->wait, kind);
+    st(f->wait_gen, gen);
+    unsigned a = ld(g.arrived) + 1;
+    if (a >= ld(g.live)) {
+        st(g.arrived, 0u);
+        st(g.gen, gen + 1);
+    } else {
+        st(g.arrived, a);
+    }
+    to_scheduler();
+#if EMU_TSAN
+    __tsan_acquire(&g);
+#endif
+}
+
+// A thread leaves a gate for good (it returned): the others no longer wait for it.
+void leave(Gate& g) {
+    unsigned live = ld(g.live) - 1;
+    st(g.live, live);
+    if (ld(g.arrived) > 0 && ld(g.arrived) >= live) {
+        st(g.arrived, 0u);
+        st(g.gen, ld(g.gen) + 1);
+    }
+}
+
+[[noreturn]] void fiber_main() {
+    for (;;) {
+        Worker& w = *worker;
+        Fiber* f = w.running;
+#if EMU_TSAN
+        __tsan_acquire(&w.block_start);
+#endif
+        w.thunk(w.closure);
+        // The thread returned: it leaves the block's and its warp's barriers.
+#if EMU_TSAN
+        __tsan_release(&w.block_end);
+#endif
+        leave(w.block);
+        leave(w.warps[f->t.linear >> 5].gate);
+        st(f->done, 1);
+        to_scheduler();  // resumed again at the next block
+    }
+}
+
+#if !defined(__x86_64__)
+void fiber_trampoline() { fiber_main(); }
+#endif
+
+Fiber* new_fiber() {
+    Fiber* f = new Fiber();
+    long page = sysconf(_SC_PAGESIZE);
+    size_t len = STACK + size_t(page);
+    void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (m == MAP_FAILED) {
+        std::fprintf(stderr, "emu: cannot map a fiber stack\n");
+        std::abort();
+    }
+    mprotect(m, size_t(page), PROT_NONE);  // overflow faults instead of corrupting
+    f->stack = static_cast<unsigned char*>(m);
+    unsigned char* top = f->stack + len;
+#if defined(__x86_64__)
+    // The frame lorafuse_emu_switch pops: MXCSR + x87 control word, r15..r12, rbx, rbp, then
+    // the return address (fiber_main); fiber_main starts with rsp = 8 (mod 16), as after a call.
+    uintptr_t t16 = reinterpret_cast<uintptr_t>(top) & ~uintptr_t(15);
+    uint64_t* sp = reinterpret_cast<uint64_t*>(t16 - 72);
+    uint32_t mxcsr = 0x1f80;
+    uint16_t fpucw = 0x037f;
+    std::memset(sp, 0, 72);
+    std::memcpy(sp, &mxcsr, 4);
+    std::memcpy(reinterpret_cast<unsigned char*>(sp) + 4, &fpucw, 2);
+    sp[7] = reinterpret_cast<uint64_t>(&fiber_main);
+    f->sp = sp;
+#else
+    getcontext(&f->ctx);
+    f->ctx.uc_stack.ss_sp = f->stack + page;
+    f->ctx.uc_stack.ss_size = STACK;
+    f->ctx.uc_link = nullptr;
+    makecontext(&f->ctx, fiber_trampoline, 0);
+#endif
+#if EMU_TSAN
+    f->tsan = __tsan_create_fiber(0);
+#endif
+    return f;
+}
+
+// Runs blocks first, first + step, ... of the launch on this worker.
+void run_blocks(unsigned first, unsigned step, dim3 gdim, dim3 bdim, size_t smem_bytes,
+                void (*thunk)(void*), void* closure) {
+    static thread_local Worker* mine = new Worker();  // kept for the thread's lifetime
+    worker = mine;
+    Worker& w = *mine;
+#if EMU_TSAN
+    w.sched_tsan = __tsan_get_current_fiber();
+#endif
+    unsigned n = bdim.x * bdim.y * bdim.z;
+    while (w.fibers.size() < n) w.fibers.push_back(new_fiber());
+    w.warps.resize((n + 31) / 32);
+    w.smem.resize(smem_bytes + 16);
+    w.smem_base = w.smem.data() + (16 - reinterpret_cast<uintptr_t>(w.smem.data()) % 16) % 16;
+    w.thunk = thunk;
+    w.closure = closure;
+    unsigned blocks = gdim.x * gdim.y * gdim.z;
+    for (unsigned b = first; b < blocks; b += step) {
+        dim3 bid{b % gdim.x, b / gdim.x % gdim.y, b / (gdim.x * gdim.y)};
+#if EMU_TSAN
+        __tsan_acquire(&w.block_end);
+#endif
+        std::memset(w.smem_base, 0xff, smem_bytes);
+        w.block = Gate{n, 0, 0};
+        for (unsigned i = 0; i < w.warps.size(); ++i)
+            w.warps[i].gate = Gate{std::min(32u, n - i * 32), 0, 0};
+        for (unsigned i = 0; i < n; ++i) {
+            Fiber* f = w.fibers[i];
+            f->t = Thread{dim3{i % bdim.x, i / bdim.x % bdim.y, i / (bdim.x * bdim.y)}, bid, bdim,
+                          gdim, i, nullptr};
+            st(f->wait, int(RUNNING));
+            st(f->done, 0);
+            f->parity = 0;
+        }
+#if EMU_TSAN
+        __tsan_release(&w.block_start);
+#endif
+        // Passes over the threads until all have returned; ascending order in even blocks,
+        // descending in odd ones.
+        bool up = (b & 1u) == 0;
+        for (;;) {
+            bool progressed = false, all_done = true;
+            for (unsigned k = 0; k < n; ++k) {
+                Fiber* f = w.fibers[up ? k : n - 1 - k];
+                if (ld(f->done)) continue;
+                all_done = false;
+                int wt = ld(f->wait);
+                if (wt == AT_BLOCK && ld(f->wait_gen) == ld(w.block.gen)) continue;
+                if (wt == AT_WARP && ld(f->wait_gen) == ld(w.warps[f->t.linear >> 5].gate.gen))
+                    continue;
+                st(f->wait, int(RUNNING));
+                resume(f);
+                progressed = true;
+            }
+            if (all_done) break;
+            if (!progressed) {
+                std::fprintf(stderr,
+                             "emu: deadlock in block (%u, %u, %u): threads wait at barriers that "
+                             "not every live thread of the block (or warp) reaches\n",
+                             bid.x, bid.y, bid.z);
+                std::abort();
+            }
+        }
+    }
+    current = nullptr;
+}
+
+}  // namespace
+
+void syncthreads() { arrive_and_wait(worker->block, AT_BLOCK); }
+
+void* dyn_smem() { return worker->smem_base; }
 
 void warp_gather(const void* mine, void* all, size_t bytes) {
-    Block* b = self.block;
-    unsigned w = self.linear >> 5, l = self.linear & 31u;
-    Warp& warp = b->warps[w];
-    unsigned char& p = b->parity[self.linear];
+    Worker& w = *worker;
+    Fiber* f = w.running;
+    Warp& warp = w.warps[f->t.linear >> 5];
+    unsigned l = f->t.linear & 31u;
     if (bytes > sizeof(warp.slots[0][0])) {
         std::fprintf(stderr, "emu: warp exchange of %zu bytes is too large\n", bytes);
         std::abort();
     }
+    unsigned char p = f->parity;
     std::memcpy(warp.slots[p][l], mine, bytes);
-    warp.bar.wait();
+    arrive_and_wait(warp.gate, AT_WARP);
     unsigned char* out = static_cast<unsigned char*>(all);
     for (unsigned i = 0; i < 32; ++i) std::memcpy(out + i * bytes, warp.slots[p][i], bytes);
-    p ^= 1;
+    f->parity = p ^ 1;
 }
 
 namespace {
@@ -163,18 +413,17 @@ void ldmatrix(uint32_t* d, int count, const void* row, bool trans) {
 
 namespace {
 
-// Worker threads live for the whole process and are handed one launch at a time.
+// Worker OS threads live for the whole process and are handed one launch at a time.
 class Pool {
    public:
-    // Runs `body(thread_index)` on `n` workers and returns when all have finished.
-    template <typename F>
-    void run(unsigned n, F body) {
+    // Runs `body(worker_index)` on `n` workers and returns when all have finished.
+    void run(unsigned n, const std::function<void(unsigned)>& body) {
         std::unique_lock<std::mutex> g(mu_);
         while (workers_.size() < n) {
             unsigned id = unsigned(workers_.size());
             workers_.emplace_back([this, id] { loop(id); });
         }
-        job_ = body;
+        job_ = &body;
         active_ = n;
         pending_ = n;
         ++gen_;
@@ -187,14 +436,14 @@ class Pool {
     void loop(unsigned id) {
         unsigned seen = 0;
         for (;;) {
-            std::function<void(unsigned)> job;
+            const std::function<void(unsigned)>* job;
             {
                 std::unique_lock<std::mutex> g(mu_);
                 cv_.wait(g, [&] { return gen_ != seen && id < active_; });
                 seen = gen_;
                 job = job_;
             }
-            job(id);
+            (*job)(id);
             std::lock_guard<std::mutex> g(mu_);
             if (--pending_ == 0) done_.notify_all();
         }
@@ -202,7 +451,7 @@ class Pool {
     std::mutex mu_;
     std::condition_variable cv_, done_;
     std::vector<std::thread> workers_;
-    std::function<void(unsigned)> job_;
+    const std::function<void(unsigned)>* job_ = nullptr;
     unsigned active_ = 0, pending_ = 0, gen_ = 0;
 };
 
@@ -210,6 +459,15 @@ std::mutex launch_mu;
 Pool* pool() {
     static Pool* p = new Pool();  // never destroyed: its threads outlive static destructors
     return p;
+}
+
+unsigned worker_count() {
+    if (const char* s = std::getenv("LORAFUSE_EMU_WORKERS")) {
+        int v = std::atoi(s);
+        if (v > 0) return unsigned(v);
+    }
+    unsigned hw = std::thread::hardware_concurrency();
+    return hw ? std::min(hw, 16u) : 1u;
 }
 
 }  // namespace
@@ -221,49 +479,12 @@ extern "C" int emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, un
     unsigned n = bx * by * bz;
     if (n == 0 || n > 1024 || gx == 0 || gy == 0 || gz == 0) return 1;
     std::lock_guard<std::mutex> serial(launch_mu);
-    emu::Block block;
-    block.warps = std::vector<emu::Warp>((n + 31) / 32);
-    block.parity.assign(n, 0);
-    std::vector<unsigned char> smem(smem_bytes + 16);
-    block.smem = smem.data() + (16 - reinterpret_cast<uintptr_t>(smem.data()) % 16) % 16;
-    // The end-of-block barrier: every thread finishes block k before any starts block k+1,
-    // and the last one to arrive prepares the shared state for the next block.
-    std::mutex end_mu;
-    std::condition_variable end_cv;
-    unsigned end_arrived = 0, end_gen = 0;
-    auto reset_block = [&] {
-        block.bar.reset(n);
-        for (unsigned w = 0; w < block.warps.size(); ++w)
-            block.warps[w].bar.reset(std::min(32u, n - w * 32));
-        std::fill(block.parity.begin(), block.parity.end(), 0);
-        std::memset(block.smem, 0xff, smem_bytes);
-    };
-    reset_block();
     const dim3 bdim{bx, by, bz}, gdim{gx, gy, gz};
-    pool()->run(n, [&](unsigned id) {
-        emu::self.bdim = bdim;
-        emu::self.gdim = gdim;
-        emu::self.linear = id;
-        emu::self.tid = dim3{id % bx, id / bx % by, id / (bx * by)};
-        emu::self.block = &block;
-        for (unsigned z = 0; z < gz; ++z)
-            for (unsigned y = 0; y < gy; ++y)
-                for (unsigned x = 0; x < gx; ++x) {
-                    emu::self.bid = dim3{x, y, z};
-                    thunk(closure);
-                    block.bar.leave();
-                    block.warps[id >> 5].bar.leave();
-                    std::unique_lock<std::mutex> g(end_mu);
-                    unsigned gen = end_gen;
-                    if (++end_arrived == n) {
-                        end_arrived = 0;
-                        reset_block();
-                        ++end_gen;
-                        end_cv.notify_all();
-                    } else {
-                        end_cv.wait(g, [&] { return end_gen != gen; });
-                    }
-                }
-    });
+    unsigned blocks = gx * gy * gz;
+    unsigned workers = std::min(worker_count(), blocks);
+    std::function<void(unsigned)> body = [&](unsigned id) {
+        emu::run_blocks(id, workers, gdim, bdim, smem_bytes, thunk, closure);
+    };
+    pool()->run(workers, body);
     return 0;
 }
