@@ -37,7 +37,10 @@ fn step(be: &dyn Backend, inputs: &[(Vec<usize>, Vec<f32>)]) -> (Vec<f32>, f64, 
     let (x, target, ctx, t) = (up(0), up(1), up(2), up(3));
     let cx = Ctx::new(be, Some(&lora));
     let (out, tape) = unet.forward(&cx, &x, &t, &ctx, true, None).unwrap();
-    let (loss, d_out) = be.mse_loss(&out, &target, None, 1.0).unwrap();
+    // In f16 the output gradient (about 1e-3 per element here) would lose its low bits to
+    // subnormals deeper in the backward: scale the loss as the trainer's loss scaler does.
+    let scale = if dt == DType::F16 { 1024.0 } else { 1.0 };
+    let (loss, d_out) = be.mse_loss(&out, &target, None, scale).unwrap();
     let mut grads = lora.zero_grads(be).unwrap();
     grads.accum = Accum::Assign;
     unet.backward(&cx, &d_out, &ctx, tape.unwrap(), &mut grads)
@@ -46,7 +49,7 @@ fn step(be: &dyn Backend, inputs: &[(Vec<usize>, Vec<f32>)]) -> (Vec<f32>, f64, 
         .down
         .iter()
         .chain(&grads.up)
-        .map(|t| be.to_f32_vec(t).unwrap())
+        .map(|t| be.to_f32_vec(t).unwrap().iter().map(|g| g / scale as f32).collect())
         .collect();
     (be.to_f32_vec(&out).unwrap(), loss, g)
 }
