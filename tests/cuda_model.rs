@@ -49,7 +49,13 @@ fn step(be: &dyn Backend, inputs: &[(Vec<usize>, Vec<f32>)]) -> (Vec<f32>, f64, 
         .down
         .iter()
         .chain(&grads.up)
-        .map(|t| be.to_f32_vec(t).unwrap().iter().map(|g| g / scale as f32).collect())
+        .map(|t| {
+            be.to_f32_vec(t)
+                .unwrap()
+                .iter()
+                .map(|g| g / scale as f32)
+                .collect()
+        })
         .collect();
     (be.to_f32_vec(&out).unwrap(), loss, g)
 }

@@ -150,6 +150,15 @@ pub struct AdamW {
     pub grad_scale: f64,
 }
 
+/// Device memory held by a backend's pool, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// In live buffers now.
+    pub in_use: usize,
+    /// The most in live buffers at once so far.
+    pub peak: usize,
+}
+
 /// The op set. Implemented by the CPU backend (the reference) and, with the `cuda`
 /// feature, by the CUDA backend; model code talks to nothing else.
 pub trait Backend: Send + Sync {
@@ -157,6 +166,10 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// The dtype this backend computes activations in.
     fn compute_dtype(&self) -> DType;
+    /// Device memory held by this backend (None on the CPU, which uses the process's heap).
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        None
+    }
 
     /// A tensor of zeros on this backend.
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;

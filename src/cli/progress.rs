@@ -32,6 +32,8 @@ impl Progress {
     }
 }
 
+const MIB: f64 = (1u64 << 20) as f64;
+
 /// Resident memory of this process, from /proc (Linux); None elsewhere.
 fn rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -76,6 +78,7 @@ impl Observer for Progress {
                 lr,
                 seconds,
                 skipped,
+                device_memory,
             } => {
                 let s = self.smoothed.map_or(loss, |m| 0.9 * m + 0.1 * loss);
                 self.smoothed = Some(s);
@@ -86,7 +89,14 @@ impl Observer for Progress {
                 } else {
                     0.0
                 };
-                let mem = rss_mib().map_or(String::new(), |m| format!("  mem {m:.0} MiB"));
+                let mem = match device_memory {
+                    Some(d) => format!(
+                        "  vram {:.0} MiB (peak {:.0})",
+                        d.in_use as f64 / MIB,
+                        d.peak as f64 / MIB
+                    ),
+                    None => rss_mib().map_or(String::new(), |m| format!("  mem {m:.0} MiB")),
+                };
                 let skip = if skipped {
                     "  (skipped: f16 overflow)"
                 } else {

@@ -59,6 +59,8 @@ pub enum Event {
         lr: f64,
         seconds: f64,
         skipped: bool,
+        /// The GPU pool's memory (None on the CPU).
+        device_memory: Option<crate::backend::DeviceMemory>,
     },
     Validation {
         step: u64,
@@ -585,6 +587,7 @@ pub fn train(
                 lr,
                 seconds: loop_start.elapsed().as_secs_f64(),
                 skipped: !apply,
+                device_memory: be.device_memory(),
             });
 
             let validate_now = !val_set.pairs.is_empty()

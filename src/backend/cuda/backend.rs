@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::device::Device;
 use super::ops;
 use crate::backend::{
-    Activation, AdamW, Attention, Backend, Conv2d, LinearOut, Lora, LoraBackward, NormStats, Pad2d,
-    TimestepEmbedding,
+    Activation, AdamW, Attention, Backend, Conv2d, DeviceMemory, LinearOut, Lora, LoraBackward,
+    NormStats, Pad2d, TimestepEmbedding,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -45,6 +45,13 @@ impl Backend for CudaBackend {
     }
     fn compute_dtype(&self) -> DType {
         self.dtype
+    }
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        let s = self.dev.pool_stats();
+        Some(DeviceMemory {
+            in_use: s.in_use,
+            peak: s.peak_in_use,
+        })
     }
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         ops::elementwise::zeros(self, shape, dtype)
