@@ -9,6 +9,9 @@
 //                          y[3i+1] = shfl_xor(x, 5), y[3i+2] = shfl(x, lane 7).
 //   selftest_mma:          one warp: D (16x8 f32) = A (16x16 f16) · B (16x8 f16) + C, A given
 //                          row-major (or, with a_trans, as Aᵀ row-major), B given as Bᵀ [8, 16].
+//   selftest_no_barrier:   DELIBERATELY WRONG: y[t] = s[(t+1) % n] after each thread wrote
+//                          s[t] = t, with the __syncthreads between them missing. The emulator
+//                          must show it (unwritten, NaN-poisoned reads); never run on a GPU.
 //   selftest_cp_async:     one block of 64 threads copies x[0..n) (16-byte chunks, the partial
 //                          last chunk zero-filled) through dynamic shared memory into y[0..256).
 #include "common.cuh"
@@ -67,4 +70,12 @@ KERNEL void selftest_cp_async(const float* x, float* y, int n) {
     cp_async_wait_all();
     __syncthreads();
     for (int i = threadIdx.x; i < 256; i += blockDim.x) y[i] = s[i];
+}
+
+KERNEL void selftest_no_barrier(float* y) {
+    DYN_SHARED(float, s);
+    unsigned n = blockDim.x, t = threadIdx.x;
+    s[t] = float(t);
+    // (the __syncthreads() belongs here)
+    y[blockIdx.x * n + t] = s[(t + 1) % n];
 }

@@ -96,3 +96,26 @@ fn cp_async_copies_whole_chunks_and_zero_fills_the_tail() {
         }
     }
 }
+
+#[test]
+fn the_emulator_exposes_a_missing_syncthreads() {
+    // Under ThreadSanitizer the same kernel is (rightly) a reported race: skip it there.
+    if std::env::var_os("LORAFUSE_EMU_TSAN").is_some() {
+        println!("skipped under ThreadSanitizer: this kernel races on purpose");
+        return;
+    }
+    for e in engines(DType::F32) {
+        if e.gpu {
+            continue; // undefined behaviour on real hardware: the emulator's check only
+        }
+        let y = selftest::missing_barrier(&e.be, 2, 64).unwrap();
+        // Ascending order in block 0: thread t reads s[t+1] before thread t+1 wrote it;
+        // descending in block 1: thread 63 reads s[0] before thread 0 wrote it.
+        assert!(
+            y[..63].iter().all(|v| v.is_nan()),
+            "block 0: {:?}",
+            &y[..64]
+        );
+        assert!(y[64 + 63].is_nan(), "block 1: {:?}", &y[64..]);
+    }
+}

@@ -39,6 +39,8 @@ struct Thread {
 
 // The fiber running on this worker.
 extern thread_local Thread* current;
+// Read through a relaxed atomic: the scheduler sets it before resuming each fiber.
+inline Thread* cur() { return __atomic_load_n(&current, __ATOMIC_RELAXED); }
 
 void syncthreads();
 void* dyn_smem();
@@ -46,7 +48,7 @@ void* dyn_smem();
 // values (a lane that is not live leaves its slot unspecified).
 void warp_gather(const void* mine, void* all, size_t bytes);
 
-inline unsigned lane() { return current->linear & 31u; }
+inline unsigned lane() { return cur()->linear & 31u; }
 
 template <typename T>
 T shfl(T v, int src) {
@@ -57,10 +59,10 @@ T shfl(T v, int src) {
 
 }  // namespace emu
 
-#define threadIdx (::emu::current->tid)
-#define blockIdx (::emu::current->bid)
-#define blockDim (::emu::current->bdim)
-#define gridDim (::emu::current->gdim)
+#define threadIdx (::emu::cur()->tid)
+#define blockIdx (::emu::cur()->bid)
+#define blockDim (::emu::cur()->bdim)
+#define gridDim (::emu::cur()->gdim)
 #define __global__
 #define __device__
 #define __host__
@@ -105,7 +107,7 @@ inline unsigned __ballot_sync(unsigned, int pred) {
     int mine = pred ? 1 : 0;
     ::emu::warp_gather(&mine, all, sizeof(int));
     unsigned bits = 0;
-    const ::emu::Thread& t = *::emu::current;
+    const ::emu::Thread& t = *::emu::cur();
     unsigned live = t.bdim.x * t.bdim.y * t.bdim.z - (t.linear & ~31u);
     for (unsigned i = 0; i < 32 && i < live; ++i)
         if (all[i]) bits |= 1u << i;

@@ -134,7 +134,7 @@ thread_local Worker* worker = nullptr;
 
 void to_scheduler() {
     Worker& w = *worker;
-    Fiber* f = w.running;
+    Fiber* f = ld(w.running);
 #if EMU_TSAN
     __tsan_switch_to_fiber(w.sched_tsan, __tsan_switch_to_fiber_no_sync);
 #endif
@@ -147,8 +147,8 @@ void to_scheduler() {
 
 void resume(Fiber* f) {
     Worker& w = *worker;
-    w.running = f;
-    current = &f->t;
+    st(w.running, f);
+    st(current, &f->t);
 #if EMU_TSAN
     __tsan_switch_to_fiber(f->tsan, __tsan_switch_to_fiber_no_sync);
 #endif
@@ -161,7 +161,7 @@ void resume(Fiber* f) {
 
 // Arrive at `g` and wait until every live member has arrived.
 void arrive_and_wait(Gate& g, int kind) {
-    Fiber* f = worker->running;
+    Fiber* f = ld(worker->running);
 #if EMU_TSAN
     __tsan_release(&g);
 #endif
@@ -181,6 +181,12 @@ void arrive_and_wait(Gate& g, int kind) {
 #endif
 }
 
+void reset(Gate& g, unsigned live) {
+    st(g.live, live);
+    st(g.arrived, 0u);
+    st(g.gen, 0u);
+}
+
 // A thread leaves a gate for good (it returned): the others no longer wait for it.
 void leave(Gate& g) {
     unsigned live = ld(g.live) - 1;
@@ -194,18 +200,18 @@ void leave(Gate& g) {
 [[noreturn]] void fiber_main() {
     for (;;) {
         Worker& w = *worker;
-        Fiber* f = w.running;
 #if EMU_TSAN
         __tsan_acquire(&w.block_start);
 #endif
+        Fiber* f = ld(w.running);
         w.thunk(w.closure);
         // The thread returned: it leaves the block's and its warp's barriers.
-#if EMU_TSAN
-        __tsan_release(&w.block_end);
-#endif
         leave(w.block);
         leave(w.warps[f->t.linear >> 5].gate);
         st(f->done, 1);
+#if EMU_TSAN
+        __tsan_release(&w.block_end);
+#endif
         to_scheduler();  // resumed again at the next block
     }
 }
@@ -255,12 +261,16 @@ Fiber* new_fiber() {
 // Runs blocks first, first + step, ... of the launch on this worker.
 void run_blocks(unsigned first, unsigned step, dim3 gdim, dim3 bdim, size_t smem_bytes,
                 void (*thunk)(void*), void* closure) {
-    static thread_local Worker* mine = new Worker();  // kept for the thread's lifetime
-    worker = mine;
-    Worker& w = *mine;
+    // Set up once per OS thread, before any of its fibers exists; kept for its lifetime.
+    static thread_local Worker* mine = [] {
+        Worker* m = new Worker();
+        worker = m;
 #if EMU_TSAN
-    w.sched_tsan = __tsan_get_current_fiber();
+        m->sched_tsan = __tsan_get_current_fiber();
 #endif
+        return m;
+    }();
+    Worker& w = *mine;
     unsigned n = bdim.x * bdim.y * bdim.z;
     while (w.fibers.size() < n) w.fibers.push_back(new_fiber());
     w.warps.resize((n + 31) / 32);
@@ -275,9 +285,9 @@ void run_blocks(unsigned first, unsigned step, dim3 gdim, dim3 bdim, size_t smem
         __tsan_acquire(&w.block_end);
 #endif
         std::memset(w.smem_base, 0xff, smem_bytes);
-        w.block = Gate{n, 0, 0};
+        reset(w.block, n);
         for (unsigned i = 0; i < w.warps.size(); ++i)
-            w.warps[i].gate = Gate{std::min(32u, n - i * 32), 0, 0};
+            reset(w.warps[i].gate, std::min(32u, n - i * 32));
         for (unsigned i = 0; i < n; ++i) {
             Fiber* f = w.fibers[i];
             f->t = Thread{dim3{i % bdim.x, i / bdim.x % bdim.y, i / (bdim.x * bdim.y)}, bid, bdim,
@@ -306,7 +316,12 @@ void run_blocks(unsigned first, unsigned step, dim3 gdim, dim3 bdim, size_t smem
                 resume(f);
                 progressed = true;
             }
-            if (all_done) break;
+            if (all_done) {
+#if EMU_TSAN
+                __tsan_acquire(&w.block_end);  // what the block wrote, for whoever reads next
+#endif
+                break;
+            }
             if (!progressed) {
                 std::fprintf(stderr,
                              "emu: deadlock in block (%u, %u, %u): threads wait at barriers that "
@@ -316,7 +331,7 @@ void run_blocks(unsigned first, unsigned step, dim3 gdim, dim3 bdim, size_t smem
             }
         }
     }
-    current = nullptr;
+    st(current, static_cast<Thread*>(nullptr));
 }
 
 }  // namespace
@@ -327,7 +342,7 @@ void* dyn_smem() { return worker->smem_base; }
 
 void warp_gather(const void* mine, void* all, size_t bytes) {
     Worker& w = *worker;
-    Fiber* f = w.running;
+    Fiber* f = ld(w.running);
     Warp& warp = w.warps[f->t.linear >> 5];
     unsigned l = f->t.linear & 31u;
     if (bytes > sizeof(warp.slots[0][0])) {

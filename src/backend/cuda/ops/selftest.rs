@@ -15,6 +15,7 @@ kernels! {
     fn selftest_shuffle(x: In, y: Out);
     fn selftest_mma(a: In, bt: In, c: In, d: Out, a_trans: i32);
     fn selftest_cp_async(x: In, y: Out, n: i32);
+    fn selftest_no_barrier(y: Out);
 }
 
 const OP: &str = "selftest";
@@ -93,5 +94,14 @@ pub fn cp_async_copy(be: &CudaBackend, x: &[f32], n: usize) -> Result<Vec<f32>> 
         output(be, OP, "y", &mut y)?,
         n as i32,
     )?;
+    be.to_f32_vec(&y)
+}
+
+/// A kernel that lacks a `__syncthreads` between writing and reading shared memory, run on
+/// `blocks` blocks of `threads` threads (the emulator must expose it; not for a GPU).
+pub fn missing_barrier(be: &CudaBackend, blocks: u32, threads: u32) -> Result<Vec<f32>> {
+    let mut y = alloc(be, [(blocks * threads) as usize], DType::F32)?;
+    let cfg = LaunchCfg::new((blocks, 1, 1), (threads, 1, 1), threads * 4);
+    selftest_no_barrier(be.device(), cfg, output(be, OP, "y", &mut y)?)?;
     be.to_f32_vec(&y)
 }
