@@ -59,7 +59,7 @@ run() {
     local t0 t1 rc
     t0=$(date +%s.%N)
     if [[ "$name" == test-* ]]; then
-      "$exe" --test-threads=1 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
+      "$exe" --test-threads=1 --nocapture 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
     else
       BENCH_JSON="$out/$name.json" "$exe" --bench 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
     fi
@@ -87,7 +87,13 @@ run() {
   } > "$json"
   echo "== summary" | tee -a "$log"
   cat "$json" | tee -a "$log"
-  ! grep -q '"failed": [1-9]\|"exit": [1-9]' "$json"
+  if grep -q '"failed": [1-9]\|"exit": [1-9]' "$json"; then
+    echo "gpu-check: FAILURES (above)"; return 1
+  fi
+  if [ -n "$gpu" ] && grep -q '"skipped_no_device": [1-9]' "$json"; then
+    echo "gpu-check: nvidia-smi sees a GPU but tests skipped it (see SKIPPED lines in $log)"; return 1
+  fi
+  echo "gpu-check: all passed"
 }
 
 case "${1:-}" in
