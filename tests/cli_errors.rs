@@ -241,3 +241,13 @@ fn ctrl_c_saves_and_resume_finishes() {
     );
     assert!(dir.join("output/demo-shapes.safetensors").is_file());
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_cuda_without_the_cuda_build_says_how_to_get_it() {
+    let (d, m, o) = ok_paths("nocuda");
+    assert_fails(
+        &format!("{}device: cuda\n", base(&d, &m, &o)),
+        &["cuda:0", "--features cuda", "device: cpu"],
+    );
+}
