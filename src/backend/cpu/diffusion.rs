@@ -19,24 +19,7 @@ use crate::tensor::Tensor;
 
 pub fn timestep_embedding(t: &Tensor, p: TimestepEmbedding) -> Result<Tensor> {
     const OP: &str = "timestep_embedding";
-    check::rank(OP, "timesteps", t, 1, "[N]")?;
-    let half = p.dim / 2;
-    if p.dim < 2 || (half as f64 - p.freq_shift) <= 0.0 {
-        return Err(check::bad_value(
-            OP,
-            "dim",
-            p.dim,
-            "at least 2, and dim/2 must exceed freq_shift",
-        ));
-    }
-    if p.max_period <= 0.0 {
-        return Err(check::bad_value(
-            OP,
-            "max_period",
-            p.max_period,
-            "must be positive",
-        ));
-    }
+    check::diffusion::timestep_embedding(t, &p)?;
     dispatch!(OP, t, timestep_embedding_t(t, p))
 }
 
@@ -68,27 +51,7 @@ pub fn mse_loss(
     grad_scale: f64,
 ) -> Result<(f64, Tensor)> {
     const OP: &str = "mse_loss";
-    check::same_shape(OP, "pred", pred, "target", target)?;
-    check::min_rank(OP, "pred", pred, 1, "[N, ...]")?;
-    let n = pred.dims()[0];
-    if let Some(w) = weights {
-        if w.len() != n {
-            return Err(check::bad_value(
-                OP,
-                "weights",
-                format!("{} values", w.len()),
-                &format!("one weight per sample: {n}"),
-            ));
-        }
-    }
-    if n == 0 || pred.numel() == 0 {
-        return Err(check::bad_value(
-            OP,
-            "pred",
-            pred.shape(),
-            "a non-empty batch",
-        ));
-    }
+    check::diffusion::mse_loss(pred, target, weights)?;
     dispatch!(OP, pred, mse_loss_t(pred, target, weights, grad_scale))
 }
 
@@ -126,19 +89,7 @@ fn mse_loss_t<T: Real>(
 
 pub fn add_noise(x: &Tensor, z: &Tensor, a: &[f64], b: &[f64]) -> Result<Tensor> {
     const OP: &str = "add_noise";
-    check::same_shape(OP, "x", x, "noise", z)?;
-    check::min_rank(OP, "x", x, 1, "[N, ...]")?;
-    let n = x.dims()[0];
-    for (name, v) in [("a", a), ("b", b)] {
-        if v.len() != n {
-            return Err(check::bad_value(
-                OP,
-                name,
-                format!("{} values", v.len()),
-                &format!("one per sample of x {}", x.shape()),
-            ));
-        }
-    }
+    check::diffusion::add_noise(x, z, a, b)?;
     dispatch!(OP, x, add_noise_t(x, z, a, b))
 }
 
@@ -166,10 +117,7 @@ pub fn gaussian_sample(
     scale: f64,
 ) -> Result<Tensor> {
     const OP: &str = "gaussian_sample";
-    check::same_shape(OP, "mean", mean, "logvar", logvar)?;
-    if let Some(z) = noise {
-        check::same_shape(OP, "mean", mean, "noise", z)?;
-    }
+    check::diffusion::gaussian_sample(mean, logvar, noise)?;
     dispatch!(OP, mean, gaussian_sample_t(mean, logvar, noise, scale))
 }
 

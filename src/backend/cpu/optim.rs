@@ -42,25 +42,7 @@ pub fn adamw_step(
     h: &AdamW,
 ) -> Result<()> {
     const OP: &str = "adamw_step";
-    for (name, t) in [
-        ("params", &*params),
-        ("grads", grads),
-        ("m", &*m),
-        ("v", &*v),
-    ] {
-        check::dtype(OP, name, t, DType::F32)?;
-    }
-    check::same_shape(OP, "params", params, "grads", grads)?;
-    check::same_shape(OP, "params", params, "m", m)?;
-    check::same_shape(OP, "params", params, "v", v)?;
-    if h.step == 0 {
-        return Err(check::bad_value(OP, "step", h.step, "steps count from 1"));
-    }
-    for (name, b) in [("beta1", h.beta1), ("beta2", h.beta2)] {
-        if !(0.0..1.0).contains(&b) {
-            return Err(check::bad_value(OP, name, b, "in [0, 1)"));
-        }
-    }
+    check::diffusion::adamw(params, grads, m, v, h)?;
     let g = data::<f32>(OP, "grads", grads)?;
     let bc1 = 1.0 - h.beta1.powi(h.step.min(i32::MAX as u64) as i32);
     let bc2 = 1.0 - h.beta2.powi(h.step.min(i32::MAX as u64) as i32);

@@ -35,24 +35,8 @@ pub(crate) fn timestep_embedding(
     p: TimestepEmbedding,
 ) -> Result<Tensor> {
     const OP: &str = "timestep_embedding";
-    check::rank(OP, "timesteps", t, 1, "[N]")?;
+    check::diffusion::timestep_embedding(t, &p)?;
     let half = p.dim / 2;
-    if p.dim < 2 || (half as f64 - p.freq_shift) <= 0.0 {
-        return Err(check::bad_value(
-            OP,
-            "dim",
-            p.dim,
-            "at least 2, and dim/2 must exceed freq_shift",
-        ));
-    }
-    if p.max_period <= 0.0 {
-        return Err(check::bad_value(
-            OP,
-            "max_period",
-            p.max_period,
-            "must be positive",
-        ));
-    }
     let d = float_dtype(OP, "timesteps", t)?;
     // The frequencies in f64, as the CPU backend computes them, then rounded to f32.
     let freq: Vec<f64> = (0..half)
@@ -84,19 +68,8 @@ pub(crate) fn add_noise(
     b: &[f64],
 ) -> Result<Tensor> {
     const OP: &str = "add_noise";
-    check::same_shape(OP, "x", x, "noise", z)?;
-    check::min_rank(OP, "x", x, 1, "[N, ...]")?;
+    check::diffusion::add_noise(x, z, a, b)?;
     let n = x.dims()[0];
-    for (name, v) in [("a", a), ("b", b)] {
-        if v.len() != n {
-            return Err(check::bad_value(
-                OP,
-                name,
-                format!("{} values", v.len()),
-                &format!("one per sample of x {}", x.shape()),
-            ));
-        }
-    }
     let d = float_dtype(OP, "x", x)?;
     check::dtype(OP, "noise", z, d)?;
     let (at, bt) = (floats(be, a)?, floats(be, b)?);
@@ -125,11 +98,10 @@ pub(crate) fn gaussian_sample(
     scale: f64,
 ) -> Result<Tensor> {
     const OP: &str = "gaussian_sample";
-    check::same_shape(OP, "mean", mean, "logvar", logvar)?;
+    check::diffusion::gaussian_sample(mean, logvar, noise)?;
     let d = float_dtype(OP, "mean", mean)?;
     check::dtype(OP, "logvar", logvar, d)?;
     if let Some(z) = noise {
-        check::same_shape(OP, "mean", mean, "noise", z)?;
         check::dtype(OP, "noise", z, d)?;
     }
     let zi = match noise {
@@ -159,27 +131,8 @@ pub(crate) fn mse_loss(
     grad_scale: f64,
 ) -> Result<(f64, Tensor)> {
     const OP: &str = "mse_loss";
-    check::same_shape(OP, "pred", pred, "target", target)?;
-    check::min_rank(OP, "pred", pred, 1, "[N, ...]")?;
+    check::diffusion::mse_loss(pred, target, weights)?;
     let n = pred.dims()[0];
-    if let Some(w) = weights {
-        if w.len() != n {
-            return Err(check::bad_value(
-                OP,
-                "weights",
-                format!("{} values", w.len()),
-                &format!("one weight per sample: {n}"),
-            ));
-        }
-    }
-    if n == 0 || pred.numel() == 0 {
-        return Err(check::bad_value(
-            OP,
-            "pred",
-            pred.shape(),
-            "a non-empty batch",
-        ));
-    }
     let d = float_dtype(OP, "pred", pred)?;
     check::dtype(OP, "target", target, d)?;
     let per = pred.numel() / n;
