@@ -117,9 +117,3 @@ pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor, (rtol, atol): (f6
         w[i]
     );
 }
-
-/// The CPU backend as a `&dyn Backend`, for generic helpers.
-pub fn cpu_dyn() -> &'static dyn Backend {
-    static CPU: CpuBackend = CpuBackend::new();
-    &CPU
-}

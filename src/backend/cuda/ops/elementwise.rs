@@ -4,7 +4,7 @@ use half::f16;
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
-use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
+use super::{alloc, buffer, by_dtype, device_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::check;
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -24,23 +24,10 @@ kernels! {
 }
 
 pub(crate) fn zeros(be: &CudaBackend, shape: &[usize], dtype: DType) -> Result<Tensor> {
-    let t = alloc(be, shape, float_dtype_of(dtype)?)?;
+    let t = alloc(be, shape, device_dtype("device tensor", "dtype", dtype)?)?;
     let b = buffer(be, "zeros", "out", &t)?;
     be.device().memset(b.addr, 0, b.size_in_bytes())?;
     Ok(t)
-}
-
-/// Device tensors hold f16 or f32.
-fn float_dtype_of(d: DType) -> Result<DType> {
-    match d {
-        DType::F16 | DType::F32 => Ok(d),
-        _ => Err(crate::error::Error::DType {
-            op: "device tensor",
-            name: "dtype",
-            got: d,
-            expected: "f16 or f32 on the CUDA backend".into(),
-        }),
-    }
 }
 
 pub(crate) fn tensor_from_f32(
@@ -50,7 +37,11 @@ pub(crate) fn tensor_from_f32(
     dtype: DType,
 ) -> Result<Tensor> {
     let host = Tensor::from_f32(shape, data.to_vec())?; // checks the length
-    let t = alloc(be, host.shape().clone(), float_dtype_of(dtype)?)?;
+    let t = alloc(
+        be,
+        host.shape().clone(),
+        device_dtype("device tensor", "dtype", dtype)?,
+    )?;
     let b = buffer(be, "tensor_from_f32", "out", &t)?;
     match dtype {
         DType::F16 => {
@@ -69,7 +60,7 @@ pub(crate) fn to_f32_vec(be: &CudaBackend, x: &Tensor) -> Result<Vec<f32>> {
 pub(crate) fn cast(be: &CudaBackend, x: &Tensor, dtype: DType) -> Result<Tensor> {
     const OP: &str = "cast";
     let from = float_dtype(OP, "x", x)?;
-    let to = float_dtype_of(dtype)?;
+    let to = device_dtype("device tensor", "dtype", dtype)?;
     let xi = input(be, OP, "x", x)?;
     let mut y = alloc(be, x.shape().clone(), to)?;
     let n = int(OP, "x", x.numel())?;

@@ -70,8 +70,13 @@ pub(crate) fn alloc(be: &CudaBackend, shape: impl Into<Shape>, dtype: DType) -> 
 
 /// `x` must hold `f16` or `f32` (the dtypes kernels are built for).
 pub(crate) fn float_dtype(op: &'static str, name: &'static str, x: &Tensor) -> Result<DType> {
-    match x.dtype() {
-        d @ (DType::F16 | DType::F32) => Ok(d),
+    device_dtype(op, name, x.dtype())
+}
+
+/// `d` must be `f16` or `f32`: what device tensors and kernels hold.
+pub(crate) fn device_dtype(op: &'static str, name: &'static str, d: DType) -> Result<DType> {
+    match d {
+        DType::F16 | DType::F32 => Ok(d),
         d => Err(Error::DType {
             op,
             name,
