@@ -117,3 +117,44 @@ pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor, (rtol, atol): (f6
         w[i]
     );
 }
+
+/// The largest |a - b| over two equally long slices.
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// The criterion for f16 kernels (flash-attention's): against an f64 reference, the kernel's
+/// largest error is at most twice the largest error of the CPU backend computing in f32 from
+/// the same f16-rounded inputs with its output rounded to f16 (`baseline`), plus a floor of
+/// 1e-6 x the reference's largest magnitude (for outputs the baseline gets exactly).
+/// `reference` is the CPU backend's f64 result on those inputs. Returns (kernel error,
+/// baseline error) so a test can print them.
+pub fn assert_f16_criterion(
+    what: &str,
+    got: &Tensor,
+    baseline: &Tensor,
+    reference: &Tensor,
+) -> (f64, f64) {
+    assert_eq!(got.shape(), reference.shape(), "{what}: shape");
+    let g: Vec<f64> = got.to_f32_vec().iter().map(|&x| x as f64).collect();
+    if let Some(i) = g.iter().position(|x| !x.is_finite()) {
+        panic!("{what}: element {i} is {} (never written?)", g[i]);
+    }
+    let r: Vec<f64> = match reference.dtype() {
+        DType::F64 => reference.to_f64_vec(),
+        _ => reference.to_f32_vec().iter().map(|&x| x as f64).collect(),
+    };
+    let b: Vec<f64> = round_f16(&baseline.to_f32_vec())
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let got_err = max_abs_diff(&g, &r);
+    let base_err = max_abs_diff(&b, &r);
+    let scale = r.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let bound = 2.0 * base_err + 1e-6 * scale;
+    assert!(
+        got_err <= bound,
+        "{what}: max error {got_err:.3e} against f64 > 2 x the f16-rounded CPU's {base_err:.3e}"
+    );
+    (got_err, base_err)
+}

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::choice::{Impl, KernelChoice};
 use super::device::Device;
 use super::ops;
 use crate::backend::{
@@ -19,6 +20,7 @@ use crate::tensor::{DType, Tensor};
 pub struct CudaBackend {
     dev: Arc<Device>,
     dtype: DType,
+    kernels: KernelChoice,
 }
 
 impl CudaBackend {
@@ -32,7 +34,26 @@ impl CudaBackend {
                 expected: "f16 or f32 (f64 exists on the CPU backend only)".into(),
             });
         }
-        Ok(CudaBackend { dev, dtype })
+        Ok(CudaBackend {
+            dev,
+            dtype,
+            kernels: KernelChoice::from_env()?,
+        })
+    }
+    /// The same backend with the kernel families chosen by `kernels` (tests compare the fast
+    /// kernels with their simple twins this way).
+    pub fn with_kernels(mut self, kernels: KernelChoice) -> CudaBackend {
+        self.kernels = kernels;
+        self
+    }
+    /// Which implementation each kernel family runs as asked; fast kernels serve f16 only
+    /// (see [`CudaBackend::fast`]).
+    pub fn kernels(&self) -> KernelChoice {
+        self.kernels
+    }
+    /// Whether a family set to `choice` runs its fast kernels here: asked for, and f16.
+    pub(crate) fn fast(&self, choice: Impl) -> bool {
+        choice == Impl::Fast && self.dtype == DType::F16
     }
     pub fn device(&self) -> &Arc<Device> {
         &self.dev

@@ -14,6 +14,7 @@
 
 mod backend;
 mod buffer;
+pub mod choice;
 mod device;
 #[cfg(feature = "cuda-emu")]
 mod emu;
@@ -25,6 +26,7 @@ mod pool;
 
 pub use backend::CudaBackend;
 pub use buffer::DeviceBuffer;
+pub use choice::{Impl, KernelChoice};
 pub use device::Device;
 #[cfg(feature = "cuda")]
 pub use gpu::{probe, DeviceInfo};
