@@ -13,6 +13,7 @@ pub mod error;
 pub mod lora;
 pub mod model;
 pub mod monitor;
+pub mod plan;
 pub mod rng;
 pub mod sample;
 pub mod tensor;

@@ -138,8 +138,7 @@ impl CpuData {
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(CpuData),
-    /// On a CUDA device or in the kernel emulator.
-    #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+    /// On a CUDA device, in the kernel emulator, or in the memory meter (no elements).
     Device(crate::backend::cuda::DeviceBuffer),
 }
 
@@ -147,7 +146,6 @@ impl Storage {
     pub fn device_name(&self) -> &'static str {
         match self {
             Storage::Cpu(_) => "cpu",
-            #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
             Storage::Device(b) => b.device().name(),
         }
     }
@@ -216,12 +214,10 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::Cpu(d) => d.dtype(),
-            #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
             Storage::Device(b) => b.dtype(),
         }
     }
     /// A tensor over a device buffer; fails when the buffer's length does not match the shape.
-    #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
     pub fn from_device(
         shape: impl Into<Shape>,
         buf: crate::backend::cuda::DeviceBuffer,
@@ -273,7 +269,6 @@ impl Tensor {
             Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::Cpu(CpuData::F32(v)) => v.clone(),
             Storage::Cpu(CpuData::F64(v)) => v.iter().map(|&x| x as f32).collect(),
-            #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
             Storage::Device(b) => b
                 .to_f32_vec()
                 .unwrap_or_else(|e| panic!("reading a device tensor failed: {e}")),
@@ -285,7 +280,6 @@ impl Tensor {
             Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f64()).collect(),
             Storage::Cpu(CpuData::F32(v)) => v.iter().map(|&x| x as f64).collect(),
             Storage::Cpu(CpuData::F64(v)) => v.clone(),
-            #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
             Storage::Device(_) => self.to_f32_vec().into_iter().map(f64::from).collect(),
         }
     }

@@ -11,7 +11,6 @@
 
 pub mod check;
 pub mod cpu;
-#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
 pub mod select;
 
@@ -168,6 +167,13 @@ pub trait Backend: Send + Sync {
     fn compute_dtype(&self) -> DType;
     /// Device memory held by this backend (None on the CPU, which uses the process's heap).
     fn device_memory(&self) -> Option<DeviceMemory> {
+        None
+    }
+    /// Gives memory cached for reuse back to the device (the trainer calls it once the
+    /// VAE and text encoder are released, whose buffer sizes training never asks for again).
+    fn release_cache(&self) {}
+    /// Free device memory now, where the backend runs on a device that reports it (a GPU).
+    fn device_free_memory(&self) -> Option<usize> {
         None
     }
 

@@ -2,6 +2,7 @@
 //! prints. Errors come back as values; main turns them into one message and exit code 2.
 
 pub mod interrupt;
+mod plan;
 pub mod progress;
 
 use std::path::{Path, PathBuf};
@@ -101,6 +102,20 @@ pub enum Command {
         /// The LoRA .safetensors file.
         lora: PathBuf,
     },
+    /// Predict a training config's peak GPU memory without a GPU: the breakdown (weights,
+    /// LoRA + optimizer, saved activations by block, workspace, context) and, for a memory
+    /// size, the largest batch_size and resolution that fit.
+    Plan {
+        /// The YAML config file (the data folder is read, if it exists, to size the caches).
+        config: PathBuf,
+        /// The GPU's memory, e.g. 8GiB, 12GB, 6144MiB (G/GB/GiB all mean GiB; a bare number is
+        /// GiB). Default: the memory of the GPU this build can open, else a table of sizes.
+        #[arg(long, value_name = "SIZE")]
+        gpu_memory: Option<String>,
+        /// Override a config key, e.g. --set batch_size=4 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Show the compute backends this build has and which one `device: auto` would pick.
     Devices,
 }
@@ -130,6 +145,11 @@ pub fn run(cli: Cli) -> Outcome {
             println!("{}", lorafuse::lora::inspect::inspect(&lora)?);
             Ok(())
         }
+        Command::Plan {
+            config,
+            gpu_memory,
+            set,
+        } => plan::plan_cmd(&config, gpu_memory.as_deref(), &set),
         Command::Devices => {
             devices();
             Ok(())

@@ -14,6 +14,11 @@ pub trait WeightSource {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// Whether a tensor called `name` exists.
     fn contains(&self, name: &str) -> bool;
+    /// Whether only the shapes matter: loaders then ask the backend for zeros instead of
+    /// reading values (the memory planner loads the full model this way, with no host copy).
+    fn shape_only(&self) -> bool {
+        false
+    }
 }
 
 /// Reads weights below a name prefix and puts them on a backend in its compute dtype.
@@ -51,6 +56,9 @@ impl<'a> Loader<'a> {
     }
     /// The tensor `path.name` on the backend.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        if self.src.shape_only() {
+            return self.be.zeros(shape, self.be.compute_dtype());
+        }
         let host = self.src.tensor(&self.join(name), shape)?;
         self.be
             .tensor_from_f32(shape, &host.to_f32_vec(), self.be.compute_dtype())
@@ -90,6 +98,23 @@ impl WeightSource for RandomWeights {
         Tensor::from_f32(shape, v)
     }
     fn contains(&self, _name: &str) -> bool {
+        true
+    }
+}
+
+/// Every tensor exists and is zero; loaders make it on the backend directly
+/// ([`WeightSource::shape_only`]). For the memory planner, where values never matter.
+#[derive(Clone, Copy, Debug)]
+pub struct ShapeOnly;
+
+impl WeightSource for ShapeOnly {
+    fn tensor(&self, _name: &str, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_f32(shape, vec![0.0; shape.iter().product()])
+    }
+    fn contains(&self, _name: &str) -> bool {
+        true
+    }
+    fn shape_only(&self) -> bool {
         true
     }
 }

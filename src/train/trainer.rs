@@ -108,6 +108,57 @@ pub struct TrainReport {
 /// The file name of the resumable state inside output_dir.
 pub const STATE_FILE: &str = "state.safetensors";
 
+/// The data set a configuration trains on, every file checked (what `train` reads first).
+pub fn scan_data(cfg: &TrainConfig) -> Result<crate::data::Dataset> {
+    Ok(scan(&data_options(cfg))?)
+}
+
+/// On a GPU: the memory plan of this run (printed), and a refusal, with what would fit, when
+/// its peak exceeds the device's free memory.
+fn check_memory(
+    cfg: &TrainConfig,
+    be: &dyn Backend,
+    ds: &crate::data::Dataset,
+    obs: &mut dyn Observer,
+) -> Result<()> {
+    use crate::plan::{fit::fit, plan, report, PlanInput};
+    let Some(free) = be.device_free_memory() else {
+        return Ok(());
+    };
+    let input = PlanInput::from_config(cfg, Some((ds.items.len(), ds.validation.len())));
+    let p = plan(&input)?;
+    obs.on(Event::Info(report::summary(&p)));
+    if p.pool_peak() <= free {
+        return Ok(());
+    }
+    // The context is already allocated: what fits is what the pool can have.
+    let f = fit(&input, free + p.context)?;
+    let mut fix = Vec::new();
+    if let Some(b) = f.batch.filter(|&b| b < input.batch) {
+        fix.push(format!("batch_size: {b}"));
+    }
+    if let Some(side) = f.side {
+        fix.push(format!("resolution: {side}"));
+    }
+    if input.dtype == crate::tensor::DType::F32 {
+        fix.push("mixed_precision: fp16".into());
+    }
+    Err(Error::OutOfMemory(format!(
+        "this run needs about {} of device memory beyond the CUDA context (the memory plan: \
+         {}) and {} is free on {}. Set {} (`lorafuse plan CONFIG --gpu-memory SIZE` shows the \
+         breakdown), or use `device: cpu`",
+        report::gib(p.pool_peak()),
+        report::summary(&p),
+        report::gib(free),
+        be.name(),
+        if fix.is_empty() {
+            "a smaller batch_size or resolution".to_string()
+        } else {
+            fix.join(" or ")
+        },
+    )))
+}
+
 fn data_options(cfg: &TrainConfig) -> DataOptions {
     DataOptions {
         train_data_dir: cfg.train_data_dir.clone(),
@@ -264,6 +315,7 @@ pub fn train(
     for w in &ds.warnings {
         obs.on(Event::Warning(w.to_string()));
     }
+    check_memory(cfg, be, &ds, obs)?;
     // 2. The model.
     obs.on(Event::Info(format!("loading {}", cfg.base_model.display())));
     let ck = load_sd15(&cfg.base_model)?;
@@ -343,6 +395,7 @@ pub fn train(
             m.te = None;
         }
     }
+    be.release_cache();
     // 4. Adapters (the UNet's, then the text encoder's when it is trained), one optimizer per
     //    learning rate, the schedule.
     let mut targets = m.unet.lora_targets(cfg.lora_targets);

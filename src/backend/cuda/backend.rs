@@ -74,6 +74,12 @@ impl Backend for CudaBackend {
             peak: s.peak_in_use,
         })
     }
+    fn release_cache(&self) {
+        self.dev.release_cache();
+    }
+    fn device_free_memory(&self) -> Option<usize> {
+        self.dev.mem_info().map(|(free, _)| free)
+    }
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         ops::elementwise::zeros(self, shape, dtype)
     }

@@ -1,6 +1,11 @@
-//! A compute device for the CUDA backend: a real GPU (feature `cuda`) or the kernel emulator
-//! (feature `cuda-emu`), the memory pool in front of it, and the raw memory operations both
-//! engines provide. Launchers (launch.rs) ask it which engine runs a kernel.
+//! A compute device for the CUDA backend: a real GPU (feature `cuda`), the kernel emulator
+//! (feature `cuda-emu`) or the memory meter (every build), the memory pool in front of it, and
+//! the raw memory operations the engines provide. Launchers (launch.rs) ask it which engine
+//! runs a kernel.
+//!
+//! The meter runs no kernel and holds no memory: it hands out addresses nobody reads, so the
+//! backend's code runs unchanged and the pool records exactly the allocations a GPU would see,
+//! in the same order and sizes. `lorafuse plan` predicts peak VRAM this way.
 
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +22,8 @@ enum Engine {
     Gpu(Gpu),
     #[cfg(feature = "cuda-emu")]
     Emu,
+    /// No kernels, no memory: the next fake address to hand out.
+    Meter(std::sync::atomic::AtomicU64),
 }
 
 /// One device and its memory pool. Shared (`Arc`) by the backend and every buffer on it.
@@ -40,6 +47,16 @@ impl Device {
         })
     }
 
+    /// The memory meter: allocations are counted by the pool but no memory exists, kernels are
+    /// checked against the launch limits but not run, downloads read zeros. For planning.
+    pub fn meter() -> Arc<Device> {
+        Arc::new(Device {
+            engine: Engine::Meter(std::sync::atomic::AtomicU64::new(1 << 40)),
+            pool: Mutex::new(Pool::default()),
+            poison: false,
+        })
+    }
+
     /// CUDA device `ordinal`, with every kernel module loaded.
     #[cfg(feature = "cuda")]
     pub fn gpu(ordinal: usize) -> Result<Arc<Device>> {
@@ -58,6 +75,7 @@ impl Device {
             Engine::Gpu(_) => "cuda",
             #[cfg(feature = "cuda-emu")]
             Engine::Emu => "cuda-emu",
+            Engine::Meter(_) => "meter",
         }
     }
     /// A line for messages: the GPU's name, capability and memory, or "kernel emulator".
@@ -67,22 +85,25 @@ impl Device {
             Engine::Gpu(g) => g.info().to_string(),
             #[cfg(feature = "cuda-emu")]
             Engine::Emu => "kernel emulator (kernels/*.cu on host threads)".into(),
+            Engine::Meter(_) => "memory meter (counts allocations, runs nothing)".into(),
         }
     }
     pub fn is_emulator(&self) -> bool {
         match &self.engine {
-            #[cfg(feature = "cuda")]
-            Engine::Gpu(_) => false,
             #[cfg(feature = "cuda-emu")]
             Engine::Emu => true,
+            _ => false,
         }
+    }
+    /// Whether this is the memory meter (launchers return at once).
+    pub fn is_meter(&self) -> bool {
+        matches!(self.engine, Engine::Meter(_))
     }
     #[cfg(feature = "cuda")]
     pub(crate) fn gpu_engine(&self) -> Option<&Gpu> {
         match &self.engine {
             Engine::Gpu(g) => Some(g),
-            #[cfg(feature = "cuda-emu")]
-            Engine::Emu => None,
+            _ => None,
         }
     }
 
@@ -94,13 +115,19 @@ impl Device {
     pub fn reset_peak(&self) {
         self.lock_pool().reset_peak();
     }
+    /// Frees every cached (not in use) block: the pool's reserve drops to what is in use.
+    pub fn release_cache(&self) {
+        let blocks = self.lock_pool().drain_cache();
+        for (a, size) in blocks {
+            self.raw_free(a, size);
+        }
+    }
     /// Waits for every launched kernel; reports a kernel's failure.
     pub fn synchronize(&self) -> Result<()> {
         match &self.engine {
             #[cfg(feature = "cuda")]
             Engine::Gpu(g) => g.synchronize(),
-            #[cfg(feature = "cuda-emu")]
-            Engine::Emu => Ok(()),
+            _ => Ok(()),
         }
     }
 
@@ -110,6 +137,7 @@ impl Device {
             Engine::Gpu(g) => g.max_smem(),
             #[cfg(feature = "cuda-emu")]
             Engine::Emu => super::emu::MAX_SMEM,
+            Engine::Meter(_) => super::launch::SM80_MAX_SMEM,
         };
         cfg.check(kernel, max_smem)
     }
@@ -178,8 +206,7 @@ impl Device {
         match &self.engine {
             #[cfg(feature = "cuda")]
             Engine::Gpu(g) => g.mem_info(),
-            #[cfg(feature = "cuda-emu")]
-            Engine::Emu => None,
+            _ => None,
         }
     }
 
@@ -198,6 +225,9 @@ impl Device {
                 let p = unsafe { std::alloc::alloc(layout) };
                 (!p.is_null()).then_some(p as usize as u64)
             }
+            Engine::Meter(next) => {
+                Some(next.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed))
+            }
         }
     }
     fn raw_free(&self, addr: u64, bytes: usize) {
@@ -211,8 +241,9 @@ impl Device {
                 // SAFETY: allocated by raw_alloc with this layout, freed once.
                 unsafe { std::alloc::dealloc(addr as usize as *mut u8, layout) }
             }
+            Engine::Meter(_) => {}
         }
-        let _ = bytes;
+        let _ = (addr, bytes);
     }
 
     pub(crate) fn upload(&self, buf: &DeviceBuffer, src: &[u8]) -> Result<()> {
@@ -232,6 +263,7 @@ impl Device {
                 };
                 Ok(())
             }
+            Engine::Meter(_) => Ok(()),
         }
     }
     pub(crate) fn download(&self, buf: &DeviceBuffer, dst: &mut [u8]) -> Result<()> {
@@ -249,6 +281,10 @@ impl Device {
                         dst.len(),
                     )
                 };
+                Ok(())
+            }
+            Engine::Meter(_) => {
+                dst.fill(0);
                 Ok(())
             }
         }
@@ -271,6 +307,10 @@ impl Device {
                 };
                 Ok(())
             }
+            Engine::Meter(_) => {
+                let _ = bytes;
+                Ok(())
+            }
         }
     }
     pub(crate) fn memset(&self, addr: u64, byte: u8, bytes: usize) -> Result<()> {
@@ -283,6 +323,10 @@ impl Device {
                 unsafe { std::ptr::write_bytes(addr as usize as *mut u8, byte, bytes) };
                 Ok(())
             }
+            Engine::Meter(_) => {
+                let _ = (addr, byte, bytes);
+                Ok(())
+            }
         }
     }
 }
@@ -290,9 +334,6 @@ impl Device {
 impl Drop for Device {
     /// Every buffer holds the device, so none is alive here: the cache is all there is.
     fn drop(&mut self) {
-        let blocks = self.lock_pool().drain_cache();
-        for (a, size) in blocks {
-            self.raw_free(a, size);
-        }
+        self.release_cache();
     }
 }

@@ -1,10 +1,12 @@
-//! The CUDA backend (features `cuda` and `cuda-emu`).
+//! The CUDA backend.
 //!
 //! - [`Device`] is one compute device: a GPU opened through cudarc's driver API (feature
 //!   `cuda`; kernels/*.cu compiled to PTX by build.rs, the module for the device's compute
-//!   capability loaded at run time), or the kernel emulator (feature `cuda-emu`: the same .cu
-//!   sources built for the host, threads of a block as OS threads meeting at barriers), so the
-//!   kernels' logic, tails and launch configurations are tested on machines without a GPU.
+//!   capability loaded at run time), the kernel emulator (feature `cuda-emu`: the same .cu
+//!   sources built for the host, threads of a block as fibers meeting at barriers), so the
+//!   kernels' logic, tails and launch configurations are tested on machines without a GPU, or
+//!   the memory meter (every build: runs nothing, counts what the pool hands out), which
+//!   `lorafuse plan` uses to predict peak VRAM without a GPU.
 //! - Device memory comes from a caching pool (pool.rs) that reports its peak and makes no
 //!   driver allocation once a training step has run once.
 //! - Every kernel entry point has one typed launcher (launch.rs, declared in ops/<family>.rs)

@@ -55,20 +55,27 @@ impl LayerSaved {
 impl UnetTape {
     /// Bytes held by the tape: everything a training forward keeps for the backward.
     pub fn size_in_bytes(&self) -> usize {
-        let down: usize = self
-            .down
-            .iter()
-            .flat_map(|d| &d.layers)
-            .map(LayerSaved::size_in_bytes)
-            .sum();
-        let mid: usize = self.mid.iter().map(LayerSaved::size_in_bytes).sum();
-        let up: usize = self
-            .up
-            .iter()
-            .flat_map(|u| &u.layers)
-            .map(|(s, _)| s.size_in_bytes())
-            .sum();
-        down + mid + up + self.out_x.size_in_bytes() + self.out_stats.size_in_bytes()
+        self.bytes_by_block().iter().map(|(_, b)| b).sum()
+    }
+    /// The tape's bytes by diffusers block (`down_blocks.0` .. `up_blocks.3`, `mid_block`,
+    /// `conv_norm_out` for the output norm's input and statistics), in forward order.
+    pub fn bytes_by_block(&self) -> Vec<(String, usize)> {
+        let mut out: Vec<(String, usize)> = Vec::new();
+        for (i, d) in self.down.iter().enumerate() {
+            let b = d.layers.iter().map(LayerSaved::size_in_bytes).sum();
+            out.push((format!("down_blocks.{i}"), b));
+        }
+        let mid = self.mid.iter().map(LayerSaved::size_in_bytes).sum();
+        out.push(("mid_block".into(), mid));
+        for (i, u) in self.up.iter().enumerate() {
+            let b = u.layers.iter().map(|(s, _)| s.size_in_bytes()).sum();
+            out.push((format!("up_blocks.{i}"), b));
+        }
+        out.push((
+            "conv_norm_out".into(),
+            self.out_x.size_in_bytes() + self.out_stats.size_in_bytes(),
+        ));
+        out
     }
 }
 

@@ -4,7 +4,8 @@
 //! tile and dK, dV per key tile, so nothing is accumulated with atomics (deterministic).
 //!
 //! q, k, v, o, dO and the gradients share the compute dtype (f16 or f32); lse is f32 always.
-//! Head widths up to [`MAX_HEAD_DIM`] (the kernels keep one row's accumulators in registers).
+//! Head widths up to [`MAX_HEAD_DIM`] (the kernels keep one row's accumulators in registers);
+//! the forward of wider heads (the VAE's 512) runs in ops/attention_wide.rs.
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
@@ -119,6 +120,9 @@ pub(crate) fn attention(
         input(be, OP, "k", k)?,
         input(be, OP, "v", v)?,
     );
+    if n.head_dim > MAX_HEAD_DIM || n.v_head_dim > MAX_HEAD_DIM {
+        return super::attention_wide::forward(be, q, k, v, &n, dt);
+    }
     let a = args(OP, &n)?;
     let mut o = alloc(be, n.o_shape(), dt)?;
     let mut lse = alloc(be, n.lse_shape(), DType::F32)?;

@@ -1,0 +1,96 @@
+//! Attention forward for heads wider than the tiled kernels take ([`MAX_HEAD_DIM`]): the
+//! VAE's single 512-wide head (kernels/attention_wide.cu). One block per query row keeps the
+//! row's scores in shared memory, so key lengths are bounded by it ([`MAX_KEYS`]: 16384 keys,
+//! the VAE at 1024x1024, need 64 KiB). Forward only: nothing trains through a wide head.
+
+use super::super::backend::CudaBackend;
+use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::attention::MAX_HEAD_DIM;
+use super::{alloc, by_dtype, input, int, output};
+use crate::backend::check;
+use crate::backend::check::attention::AttentionDims;
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+kernels! {
+    module "attention_wide";
+    fn attention_wide_fwd_f32(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_wide_fwd_f16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+}
+
+const THREADS: u32 = 256;
+/// The most keys a row's scores can have in shared memory (with a 4096-wide query row, within
+/// sm_80's 163 KiB).
+pub(crate) const MAX_KEYS: usize = 36 * 1024;
+/// The widest head: the query row shares the shared memory with the scores.
+const MAX_WIDE_DIM: usize = 4096;
+
+/// O and lse of attention with a head wider than [`MAX_HEAD_DIM`] (`n` already checked, `dt`
+/// the dtype of q, k and v).
+pub(crate) fn forward(
+    be: &CudaBackend,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n: &AttentionDims,
+    dt: DType,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "attention";
+    debug_assert!(n.head_dim > MAX_HEAD_DIM || n.v_head_dim > MAX_HEAD_DIM);
+    if n.kv_len > MAX_KEYS {
+        return Err(check::bad_value(
+            OP,
+            "k",
+            n.kv_len,
+            &format!(
+                "at most {MAX_KEYS} keys for heads wider than {MAX_HEAD_DIM} on the CUDA backend \
+                 (the VAE's attention at up to about 1536x1536 pixels)"
+            ),
+        ));
+    }
+    if n.head_dim > MAX_WIDE_DIM {
+        return Err(check::bad_value(
+            OP,
+            "head_dim",
+            n.head_dim,
+            &format!("at most {MAX_WIDE_DIM} on the CUDA backend"),
+        ));
+    }
+    let (qi, ki, vi) = (
+        input(be, OP, "q", q)?,
+        input(be, OP, "k", k)?,
+        input(be, OP, "v", v)?,
+    );
+    let mut o = alloc(be, n.o_shape(), dt)?;
+    let mut lse = alloc(be, n.lse_shape(), DType::F32)?;
+    let rows = n.batch * n.heads * n.q_len;
+    if rows == 0 {
+        return Ok((o, lse));
+    }
+    let smem = 4 * (n.head_dim + n.kv_len);
+    let cfg = LaunchCfg::new(
+        (int(OP, "q", rows)? as u32, 1, 1),
+        (THREADS, 1, 1),
+        smem as u32,
+    );
+    let f = by_dtype!(dt, OP, attention_wide_fwd_f32, attention_wide_fwd_f16);
+    f(
+        be.device(),
+        cfg,
+        qi,
+        ki,
+        vi,
+        output(be, OP, "o", &mut o)?,
+        output(be, OP, "lse", &mut lse)?,
+        int(OP, "heads", n.heads)?,
+        int(OP, "q", n.q_len)?,
+        int(OP, "k", n.kv_len)?,
+        int(OP, "q", n.head_dim)?,
+        int(OP, "v", n.v_head_dim)?,
+        n.causal as i32,
+        (1.0 / (n.head_dim as f64).sqrt()) as f32,
+    )?;
+    Ok((o, lse))
+}

@@ -1,0 +1,97 @@
+//! The largest batch size and resolution that fit a memory budget, by planning candidates
+//! (a plan is a metered run: well under a second for the full SD1.5 UNet).
+
+use super::{plan, MemoryPlan, PlanInput};
+use crate::error::Result;
+
+/// The largest batch sizes searched.
+pub const MAX_BATCH: usize = 256;
+/// The largest square side searched, in pixels.
+pub const MAX_SIDE: usize = 2048;
+
+/// What fits a budget, with the configuration's other settings unchanged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fit {
+    pub budget: usize,
+    /// The largest batch size at the configured resolution (None: not even 1).
+    pub batch: Option<usize>,
+    /// The largest square resolution (side, a multiple of 64) at the configured batch size.
+    pub side: Option<usize>,
+}
+
+/// Whether `input` fits `budget` bytes; returns its plan too.
+pub fn fits(input: &PlanInput, budget: usize) -> Result<(bool, MemoryPlan)> {
+    let p = plan(input)?;
+    Ok((p.peak() <= budget, p))
+}
+
+/// The largest value v in lo..=hi with `ok(v)`, given that `ok` is monotone (true, then
+/// false); None when `ok(lo)` is false.
+fn largest(lo: usize, hi: usize, mut ok: impl FnMut(usize) -> Result<bool>) -> Result<Option<usize>> {
+    if !ok(lo)? {
+        return Ok(None);
+    }
+    // Grow by doubling, then bisect between the last good and the first bad value.
+    let (mut good, mut bad) = (lo, None);
+    while bad.is_none() && good < hi {
+        let next = (good * 2).min(hi);
+        if ok(next)? {
+            good = next;
+        } else {
+            bad = Some(next);
+        }
+    }
+    if let Some(mut bad) = bad {
+        while bad - good > 1 {
+            let mid = good + (bad - good) / 2;
+            if ok(mid)? {
+                good = mid;
+            } else {
+                bad = mid;
+            }
+        }
+    }
+    Ok(Some(good))
+}
+
+/// The largest batch size and square resolution that fit `budget` bytes.
+pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
+    let batch = largest(1, MAX_BATCH, |b| {
+        Ok(fits(&PlanInput { batch: b, ..input.clone() }, budget)?.0)
+    })?;
+    let side = largest(1, MAX_SIDE / 64, |s| {
+        let side = s * 64;
+        let i = PlanInput {
+            width: side,
+            height: side,
+            ..input.clone()
+        };
+        Ok(fits(&i, budget)?.0)
+    })?
+    .map(|s| s * 64);
+    Ok(Fit {
+        budget,
+        batch,
+        side,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::largest;
+
+    #[test]
+    fn largest_finds_the_last_true_value() {
+        for limit in [0usize, 1, 2, 3, 7, 8, 9, 100, 256, 300] {
+            let mut calls = 0;
+            let got = largest(1, 256, |v| {
+                calls += 1;
+                Ok(v <= limit)
+            })
+            .unwrap();
+            let want = (limit >= 1).then_some(limit.min(256));
+            assert_eq!(got, want, "limit {limit}");
+            assert!(calls <= 18, "limit {limit}: {calls} calls");
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The CUDA backend's attention forward for heads wider than 256 (the VAE's single 512-wide
+//! head) against the CPU backend, f32 and f16, with tails, batch > 1, two heads, causal; the
+//! backward of such heads is refused with a message naming the limit.
+#![cfg(any(feature = "cuda", feature = "cuda-emu"))]
+
+mod common;
+
+use common::cuda::*;
+use lorafuse::backend::Attention;
+use lorafuse::rng::Rng;
+use lorafuse::{Backend, DType};
+
+#[test]
+fn wide_heads_match_the_cpu() {
+    let cpu = cpu();
+    for dtype in [DType::F32, DType::F16] {
+        for e in engines(dtype) {
+            let be = &e.be;
+            let mut rng = Rng::new(11);
+            // (batch, heads, lq, lk, d, dv, causal)
+            let mut cases = vec![
+                (1, 1, 37, 45, 512, 512, false),
+                (2, 2, 19, 19, 300, 264, true),
+                (1, 1, 3, 70, 257, 8, false),
+            ];
+            if e.gpu {
+                cases.push((1, 1, 4096, 4096, 512, 512, false)); // the VAE at 512x512
+            }
+            for (b, h, lq, lk, d, dv, causal) in cases {
+                let what = format!("b{b} h{h} {lq}x{lk} d{d} dv{dv} causal {causal} {dtype:?}");
+                let p = Attention { heads: h, causal };
+                let (qc, qg) = random_pair(be, &mut rng, &[b, lq, h * d], dtype);
+                let (kc, kg) = random_pair(be, &mut rng, &[b, lk, h * d], dtype);
+                let (vc, vg) = random_pair(be, &mut rng, &[b, lk, h * dv], dtype);
+                let (o_want, lse_want) = cpu.attention(&qc, &kc, &vc, p).unwrap();
+                let (o_got, lse_got) = be.attention(&qg, &kg, &vg, p).unwrap();
+                assert_matches(&format!("{what}: o"), &o_got, &o_want, tol(dtype));
+                assert_matches(&format!("{what}: lse"), &lse_got, &lse_want, tol(DType::F32));
+            }
+        }
+    }
+}
+
+#[test]
+fn wide_heads_have_no_backward_on_cuda() {
+    for e in engines(DType::F32) {
+        let be = &e.be;
+        let mut rng = Rng::new(12);
+        let p = Attention {
+            heads: 1,
+            causal: false,
+        };
+        let (_, q) = random_pair(be, &mut rng, &[1, 4, 512], DType::F32);
+        let (o, lse) = be.attention(&q, &q, &q, p).unwrap();
+        let err = be
+            .attention_backward(&q, &q, &q, &o, &lse, &o, p)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("head_dim") && err.contains("256"), "{err}");
+    }
+}
