@@ -35,7 +35,12 @@ fn wide_heads_match_the_cpu() {
                 let (o_want, lse_want) = cpu.attention(&qc, &kc, &vc, p).unwrap();
                 let (o_got, lse_got) = be.attention(&qg, &kg, &vg, p).unwrap();
                 assert_matches(&format!("{what}: o"), &o_got, &o_want, tol(dtype));
-                assert_matches(&format!("{what}: lse"), &lse_got, &lse_want, tol(DType::F32));
+                assert_matches(
+                    &format!("{what}: lse"),
+                    &lse_got,
+                    &lse_want,
+                    tol(DType::F32),
+                );
             }
         }
     }

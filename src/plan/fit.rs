@@ -6,8 +6,9 @@ use crate::error::Result;
 
 /// The largest batch sizes searched.
 pub const MAX_BATCH: usize = 256;
-/// The largest square side searched, in pixels.
-pub const MAX_SIDE: usize = 2048;
+/// The largest square side searched, in pixels: the most the CUDA backend's VAE attention
+/// takes (192x192 latent pixels: ops/attention_wide.rs's 36864 keys).
+pub const MAX_SIDE: usize = 1536;
 
 /// What fits a budget, with the configuration's other settings unchanged.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,7 +28,11 @@ pub fn fits(input: &PlanInput, budget: usize) -> Result<(bool, MemoryPlan)> {
 
 /// The largest value v in lo..=hi with `ok(v)`, given that `ok` is monotone (true, then
 /// false); None when `ok(lo)` is false.
-fn largest(lo: usize, hi: usize, mut ok: impl FnMut(usize) -> Result<bool>) -> Result<Option<usize>> {
+fn largest(
+    lo: usize,
+    hi: usize,
+    mut ok: impl FnMut(usize) -> Result<bool>,
+) -> Result<Option<usize>> {
     if !ok(lo)? {
         return Ok(None);
     }
@@ -57,7 +62,14 @@ fn largest(lo: usize, hi: usize, mut ok: impl FnMut(usize) -> Result<bool>) -> R
 /// The largest batch size and square resolution that fit `budget` bytes.
 pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
     let batch = largest(1, MAX_BATCH, |b| {
-        Ok(fits(&PlanInput { batch: b, ..input.clone() }, budget)?.0)
+        Ok(fits(
+            &PlanInput {
+                batch: b,
+                ..input.clone()
+            },
+            budget,
+        )?
+        .0)
     })?;
     let side = largest(1, MAX_SIDE / 64, |s| {
         let side = s * 64;

@@ -123,7 +123,14 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
     let context = be.zeros(&[input.batch, TOKENS, width], dtype)?;
     let tape = {
         let t = be.zeros(&[input.batch], dtype)?;
-        let (_, tape) = unet.forward(&Ctx::new(&be, Some(&lora)), &latents, &t, &context, true, None)?;
+        let (_, tape) = unet.forward(
+            &Ctx::new(&be, Some(&lora)),
+            &latents,
+            &t,
+            &context,
+            true,
+            None,
+        )?;
         tape.map(|t| t.bytes_by_block()).unwrap_or_default()
     };
 
@@ -227,8 +234,7 @@ fn check(input: &PlanInput) -> Result<()> {
     if input.batch == 0 {
         return bad("batch_size", "0".into(), "at least 1");
     }
-    if input.width < 64 || input.height < 64 || input.width % 64 != 0 || input.height % 64 != 0
-    {
+    if input.width < 64 || input.height < 64 || input.width % 64 != 0 || input.height % 64 != 0 {
         return bad(
             "resolution",
             format!("{}x{}", input.width, input.height),

@@ -7,6 +7,7 @@
 //! backend's code runs unchanged and the pool records exactly the allocations a GPU would see,
 //! in the same order and sizes. `lorafuse plan` predicts peak VRAM this way.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::buffer::DeviceBuffer;
@@ -22,8 +23,16 @@ enum Engine {
     Gpu(Gpu),
     #[cfg(feature = "cuda-emu")]
     Emu,
-    /// No kernels, no memory: the next fake address to hand out.
-    Meter(std::sync::atomic::AtomicU64),
+    /// No kernels, no memory.
+    Meter(Meter),
+}
+
+/// The memory meter's bookkeeping: the next fake address, the bytes it has handed out, and
+/// the device size it pretends to have (None: unlimited).
+struct Meter {
+    next: AtomicU64,
+    held: AtomicUsize,
+    total: Option<usize>,
 }
 
 /// One device and its memory pool. Shared (`Arc`) by the backend and every buffer on it.
@@ -50,8 +59,21 @@ impl Device {
     /// The memory meter: allocations are counted by the pool but no memory exists, kernels are
     /// checked against the launch limits but not run, downloads read zeros. For planning.
     pub fn meter() -> Arc<Device> {
+        Device::metering(None)
+    }
+    /// The memory meter pretending to be a device of `total` bytes: allocations beyond it fail
+    /// as on a full GPU, and [`Device::mem_info`] reports what is left (tests of the
+    /// out-of-memory paths).
+    pub fn meter_with_memory(total: usize) -> Arc<Device> {
+        Device::metering(Some(total))
+    }
+    fn metering(total: Option<usize>) -> Arc<Device> {
         Arc::new(Device {
-            engine: Engine::Meter(std::sync::atomic::AtomicU64::new(1 << 40)),
+            engine: Engine::Meter(Meter {
+                next: AtomicU64::new(1 << 40),
+                held: AtomicUsize::new(0),
+                total,
+            }),
             pool: Mutex::new(Pool::default()),
             poison: false,
         })
@@ -206,7 +228,11 @@ impl Device {
         match &self.engine {
             #[cfg(feature = "cuda")]
             Engine::Gpu(g) => g.mem_info(),
-            _ => None,
+            Engine::Meter(m) => m
+                .total
+                .map(|t| (t.saturating_sub(m.held.load(Ordering::Relaxed)), t)),
+            #[cfg(feature = "cuda-emu")]
+            Engine::Emu => None,
         }
     }
 
@@ -225,8 +251,13 @@ impl Device {
                 let p = unsafe { std::alloc::alloc(layout) };
                 (!p.is_null()).then_some(p as usize as u64)
             }
-            Engine::Meter(next) => {
-                Some(next.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed))
+            Engine::Meter(m) => {
+                let held = m.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
+                if m.total.is_some_and(|t| held > t) {
+                    m.held.fetch_sub(bytes, Ordering::Relaxed);
+                    return None;
+                }
+                Some(m.next.fetch_add(bytes as u64, Ordering::Relaxed))
             }
         }
     }
@@ -241,7 +272,9 @@ impl Device {
                 // SAFETY: allocated by raw_alloc with this layout, freed once.
                 unsafe { std::alloc::dealloc(addr as usize as *mut u8, layout) }
             }
-            Engine::Meter(_) => {}
+            Engine::Meter(m) => {
+                m.held.fetch_sub(bytes, Ordering::Relaxed);
+            }
         }
         let _ = (addr, bytes);
     }

@@ -1,0 +1,210 @@
+//! The VRAM planner on the real SD1.5 configuration (metered, no GPU): its breakdown adds up
+//! and scales as the shapes say, the fit search agrees with the plans around it, `train`
+//! refuses a run the device cannot hold (on a meter pretending to be a small GPU), and the
+//! `lorafuse plan` command prints the breakdown and refuses bad sizes with exit code 2.
+
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+
+use lorafuse::backend::cuda::{CudaBackend, Device};
+use lorafuse::config::TrainConfig;
+use lorafuse::lora::LoraTargets;
+use lorafuse::plan::fit::fit;
+use lorafuse::plan::{plan, PlanInput};
+use lorafuse::train::trainer::{train, Event, Observer};
+use lorafuse::{DType, Error};
+
+fn input(batch: usize, side: usize, rank: usize, dtype: DType) -> PlanInput {
+    PlanInput {
+        batch,
+        width: side,
+        height: side,
+        rank,
+        alpha: rank as f64,
+        targets: LoraTargets::Transformer,
+        dtype,
+        train_text_encoder: false,
+        sampling: false,
+        captions_fixed: true,
+        dropout: false,
+        clip_skip: 1,
+        cached_latents: 10,
+        cached_captions: 10,
+    }
+}
+
+const MIB: f64 = (1 << 20) as f64;
+
+#[test]
+fn the_breakdown_adds_up_and_scales_with_the_shapes() {
+    let p1 = plan(&input(1, 512, 8, DType::F16)).unwrap();
+    let p2 = plan(&input(2, 512, 8, DType::F16)).unwrap();
+    let p32 = plan(&input(1, 512, 8, DType::F32)).unwrap();
+    let r32 = plan(&input(1, 512, 32, DType::F16)).unwrap();
+    let unet = |p: &lorafuse::plan::MemoryPlan| p.weights[0].1 as f64;
+    // SD1.5's UNet has 859.5 M parameters: 2 bytes each in f16, 4 in f32.
+    assert!((unet(&p1) / 859.52e6 - 2.0).abs() < 0.01, "{}", unet(&p1));
+    assert!((unet(&p32) / unet(&p1) - 2.0).abs() < 1e-3);
+    // kohya's 192 targets at rank 8: 3 391 488 f32 parameters; the optimizer holds 4 copies.
+    assert!(
+        (p1.lora as f64 / (3_391_488.0 * 4.0) - 1.0).abs() < 0.01,
+        "{}",
+        p1.lora
+    );
+    assert!((p1.optimizer as f64 / p1.lora as f64 - 4.0).abs() < 0.01);
+    assert!((r32.lora as f64 / p1.lora as f64 - 4.0).abs() < 0.01);
+    // The tape scales with the batch and the dtype; its blocks are the UNet's ten.
+    assert_eq!(p1.tape.len(), 10);
+    let t1 = p1.tape_bytes() as f64;
+    assert!((p2.tape_bytes() as f64 / t1 - 2.0).abs() < 0.01);
+    // f32 activations double everything but the f32 norm statistics and LoRA hiddens.
+    let r = p32.tape_bytes() as f64 / t1;
+    assert!(r > 1.9 && r < 2.0, "f32/f16 tape {r}");
+    // The CPU tape bench measured 0.960 GiB in f32 at this size (benches/results).
+    assert!((p32.tape_bytes() as f64 / (1u64 << 30) as f64 - 0.960).abs() < 0.005);
+    // The peak is the parts plus a workspace, which is small beside them.
+    assert_eq!(
+        p1.training_peak,
+        p1.resident() + p1.tape_bytes() + p1.workspace()
+    );
+    assert!(p1.workspace() as f64 > 0.0 && (p1.workspace() as f64) < 0.25 * t1);
+    assert!(p2.peak() > p1.peak() && p1.peak() > p1.pool_peak());
+    println!(
+        "batch 1: peak {:.1} MiB (tape {:.1}, workspace {:.1}); batch 2: {:.1} MiB",
+        p1.peak() as f64 / MIB,
+        t1 / MIB,
+        p1.workspace() as f64 / MIB,
+        p2.peak() as f64 / MIB
+    );
+}
+
+#[test]
+fn the_fit_is_the_largest_size_that_fits() {
+    let base = input(1, 512, 16, DType::F16);
+    let budget = 6usize << 30;
+    let f = fit(&base, budget).unwrap();
+    let b = f.batch.expect("batch 1 fits 6 GiB");
+    let peak = |i: PlanInput| plan(&i).unwrap().peak();
+    assert!(
+        peak(PlanInput {
+            batch: b,
+            ..base.clone()
+        }) <= budget
+    );
+    assert!(
+        peak(PlanInput {
+            batch: b + 1,
+            ..base.clone()
+        }) > budget
+    );
+    let side = f.side.expect("some resolution fits");
+    assert_eq!(side % 64, 0);
+    let sq = |s: usize| PlanInput {
+        width: s,
+        height: s,
+        ..base.clone()
+    };
+    assert!(peak(sq(side)) <= budget);
+    if side < lorafuse::plan::fit::MAX_SIDE {
+        assert!(peak(sq(side + 64)) > budget);
+    }
+    // Nothing fits in less than the weights.
+    let none = fit(&base, 1 << 30).unwrap();
+    assert_eq!((none.batch, none.side), (None, None));
+}
+
+#[test]
+fn plans_refuse_sizes_the_model_cannot_take() {
+    for (b, s) in [(0, 512), (1, 500), (1, 0)] {
+        let e = plan(&input(b, s, 8, DType::F16)).unwrap_err().to_string();
+        assert!(e.contains("batch_size") || e.contains("resolution"), "{e}");
+    }
+}
+
+struct Infos(Vec<String>);
+impl Observer for Infos {
+    fn on(&mut self, e: Event) {
+        if let Event::Info(s) = e {
+            self.0.push(s);
+        }
+    }
+}
+
+#[test]
+fn train_refuses_a_run_the_device_cannot_hold() {
+    let dir = std::env::temp_dir().join(format!("lorafuse-plan-oom-{}", std::process::id()));
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    let cfg = TrainConfig::load(dir.join("demo.yaml"), &["batch_size=4"]).unwrap();
+    // A 2 GiB device: SD1.5's weights fit, the caching phase with all three models does not.
+    let be = CudaBackend::new(Device::meter_with_memory(2 << 30), DType::F16).unwrap();
+    let mut obs = Infos(Vec::new());
+    let err = train(&cfg, &be, false, &AtomicBool::new(false), &mut obs).unwrap_err();
+    assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("predicted peak VRAM") && msg.contains("2.00 GiB"),
+        "{msg}"
+    );
+    assert!(
+        obs.0.iter().any(|s| s.contains("predicted peak VRAM")),
+        "{:?}",
+        obs.0
+    );
+    assert!(
+        !dir.join("out").join("demo.safetensors").exists(),
+        "nothing is trained"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn lorafuse(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_plan_command_prints_the_breakdown_and_the_fit() {
+    let dir = std::env::temp_dir().join(format!("lorafuse-plan-cli-{}", std::process::id()));
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    let cfg = dir.join("demo.yaml");
+    let cfg = cfg.to_str().unwrap();
+    let o = lorafuse(&[
+        "plan",
+        cfg,
+        "--set",
+        "resolution=512",
+        "--gpu-memory",
+        "8GiB",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for want in [
+        "weights: unet",
+        "optimizer",
+        "up_blocks.3",
+        "workspace",
+        "CUDA context",
+        "predicted peak VRAM",
+        "largest batch_size at 512x512",
+        "caches: 12 latents",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    let o = lorafuse(&["plan", cfg]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains("fits: 4 GiB"), "{out}");
+    let o = lorafuse(&["plan", cfg, "--gpu-memory", "lots"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--gpu-memory") && err.contains("8GiB"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
