@@ -136,6 +136,30 @@ struct ChannelCursor {
     }
 };
 
+// gamma and beta of the 8 elements i..i+7 of a GroupNorm block whose channels start at c0:
+// one channel for the whole vector when inner is a multiple of 8 (every SD1.5 plane), else
+// tracked element by element.
+__device__ __forceinline__ void gn_affine8(const __half* gamma, const __half* beta, int c0,
+                                          int i, int inner, float g[8], float b[8]) {
+    if (inner % 8 == 0) {
+        const int c = c0 + i / inner;
+        const float gc = to_f32(gamma[c]), bc = to_f32(beta[c]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            g[j] = gc;
+            b[j] = bc;
+        }
+    } else {
+        ChannelCursor cur = {i / inner, i % inner};
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            g[j] = to_f32(gamma[c0 + cur.ci]);
+            b[j] = to_f32(beta[c0 + cur.ci]);
+            cur.step(inner);
+        }
+    }
+}
+
 // The chunk [lo, hi) of block b and its thread block's indices.
 struct GnChunk {
     int b, k, lo, hi;
@@ -211,16 +235,14 @@ KERNEL void __launch_bounds__(GN_THREADS)
     __half* yb = y + off;
     const int c0 = (ch.b % groups) * cpg;
     for (int i = ch.lo + 8 * (int)threadIdx.x; i < ch.hi; i += 8 * GN_THREADS) {
-        float v[8];
+        float v[8], g[8], bt[8];
         unpack8(load16(xb + i), v);
-        ChannelCursor cur = {i / inner, i % inner};
+        gn_affine8(gamma, beta, c0, i, inner, g, bt);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-            const int c = c0 + cur.ci;
-            float t = (v[j] - mean) * (to_f32(gamma[c]) * rstd) + to_f32(beta[c]);
+            float t = (v[j] - mean) * (g[j] * rstd) + bt[j];
             if (silu) t = t * sigmoid_fast(t);
             v[j] = t;
-            cur.step(inner);
         }
         store16(yb + i, pack8(v));
     }
@@ -231,22 +253,19 @@ __device__ __forceinline__ void gn_dxhat8(const __half* dyb, const __half* xb,
                                           const __half* gamma, const __half* beta, int c0, int i,
                                           int inner, float mean, float rstd, int silu,
                                           float d[8], float xh[8]) {
-    float xv[8];
+    float xv[8], g[8], bt[8];
     unpack8(load16(xb + i), xv);
     unpack8(load16(dyb + i), d);
-    ChannelCursor cur = {i / inner, i % inner};
+    gn_affine8(gamma, beta, c0, i, inner, g, bt);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-        const int c = c0 + cur.ci;
-        const float g = to_f32(gamma[c]);
         xh[j] = (xv[j] - mean) * rstd;
         if (silu) {
-            const float pre = g * xh[j] + to_f32(beta[c]);
+            const float pre = g[j] * xh[j] + bt[j];
             const float sg = sigmoid_fast(pre);
             d[j] *= sg * (1.0f + pre * (1.0f - sg));
         }
-        d[j] *= g;
-        cur.step(inner);
+        d[j] *= g[j];
     }
 }
 
