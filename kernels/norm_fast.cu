@@ -47,6 +47,13 @@
 // V = 2, 4, 8 (C <= 512, 1024, 2048). No shared memory, no block barriers.
 #include "common.cuh"
 
+// `#pragma unroll` for nvcc only (the emulator's host compiler would warn about it).
+#ifdef __CUDACC__
+#define NF_UNROLL _Pragma("unroll")
+#else
+#define NF_UNROLL
+#endif
+
 #define GN_THREADS 128
 #define GN_WARPS (GN_THREADS / 32)
 #define LN_ROWS 4
@@ -82,7 +89,7 @@ __device__ __forceinline__ uint4 make_uint4_(uint32_t a, uint32_t b, uint32_t c,
 // The 8 halves of `u` as f32, element 0 first (the lowest address).
 __device__ __forceinline__ void unpack8(const uint4& u, float v[8]) {
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
+NF_UNROLL
     for (int j = 0; j < 4; ++j) {
         v[2 * j] = half_bits_f32(w[j]);
         v[2 * j + 1] = half_bits_f32(w[j] >> 16);
@@ -90,7 +97,7 @@ __device__ __forceinline__ void unpack8(const uint4& u, float v[8]) {
 }
 __device__ __forceinline__ uint4 pack8(const float v[8]) {
     uint32_t w[4];
-#pragma unroll
+NF_UNROLL
     for (int j = 0; j < 4; ++j) w[j] = f32_half_bits(v[2 * j]) | (f32_half_bits(v[2 * j + 1]) << 16);
     return make_uint4_(w[0], w[1], w[2], w[3]);
 }
@@ -144,14 +151,14 @@ __device__ __forceinline__ void gn_affine8(const __half* gamma, const __half* be
     if (inner % 8 == 0) {
         const int c = c0 + i / inner;
         const float gc = to_f32(gamma[c]), bc = to_f32(beta[c]);
-#pragma unroll
+NF_UNROLL
         for (int j = 0; j < 8; ++j) {
             g[j] = gc;
             b[j] = bc;
         }
     } else {
         ChannelCursor cur = {i / inner, i % inner};
-#pragma unroll
+NF_UNROLL
         for (int j = 0; j < 8; ++j) {
             g[j] = to_f32(gamma[c0 + cur.ci]);
             b[j] = to_f32(beta[c0 + cur.ci]);
@@ -184,11 +191,11 @@ KERNEL void __launch_bounds__(GN_THREADS)
         float v[8];
         unpack8(load16(xb + i), v);
         float s = 0.0f;
-#pragma unroll
+NF_UNROLL
         for (int j = 0; j < 8; ++j) s += v[j];
         const float mu = s * 0.125f;
         float q = 0.0f;
-#pragma unroll
+NF_UNROLL
         for (int j = 0; j < 8; ++j) q += (v[j] - mu) * (v[j] - mu);
         acc = merge(acc, Moments{8.0f, mu, q});
     }
@@ -238,7 +245,7 @@ KERNEL void __launch_bounds__(GN_THREADS)
         float v[8], g[8], bt[8];
         unpack8(load16(xb + i), v);
         gn_affine8(gamma, beta, c0, i, inner, g, bt);
-#pragma unroll
+NF_UNROLL
         for (int j = 0; j < 8; ++j) {
             float t = (v[j] - mean) * (g[j] * rstd) + bt[j];
             if (silu) t = t * sigmoid_fast(t);
@@ -257,7 +264,7 @@ __device__ __forceinline__ void gn_dxhat8(const __half* dyb, const __half* xb,
     unpack8(load16(xb + i), xv);
     unpack8(load16(dyb + i), d);
     gn_affine8(gamma, beta, c0, i, inner, g, bt);
-#pragma unroll
+NF_UNROLL
     for (int j = 0; j < 8; ++j) {
         xh[j] = (xv[j] - mean) * rstd;
         if (silu) {
@@ -285,7 +292,7 @@ KERNEL void __launch_bounds__(GN_THREADS)
     for (int i = ch.lo + 8 * (int)threadIdx.x; i < ch.hi; i += 8 * GN_THREADS) {
         float d[8], xh[8];
         gn_dxhat8(dy + off, x + off, gamma, beta, c0, i, inner, mean, rstd, silu, d, xh);
-#pragma unroll
+NF_UNROLL
         for (int j = 0; j < 8; ++j) {
             s1 += d[j];
             s2 += d[j] * xh[j];
@@ -333,7 +340,7 @@ KERNEL void __launch_bounds__(GN_THREADS)
     for (int i = ch.lo + 8 * (int)threadIdx.x; i < ch.hi; i += 8 * GN_THREADS) {
         float d[8], xh[8];
         gn_dxhat8(dy + off, x + off, gamma, beta, c0, i, inner, mean, rstd, silu, d, xh);
-#pragma unroll
+NF_UNROLL
         for (int j = 0; j < 8; ++j) d[j] = rstd * (d[j] - mean_dxh - xh[j] * mean_dxh_xh);
         store16(dx + off + i, pack8(d));
     }
@@ -354,7 +361,7 @@ __device__ void ln_fast_forward_impl(const __half* __restrict__ x,
     const __half* xr = x + (long long)row * cols;
     uint4 raw[V];
     float s = 0.0f;
-#pragma unroll
+NF_UNROLL
     for (int k = 0; k < V; ++k) {
         const int e = (k * 32 + lane) * 8;
         raw[k] = make_uint4_(0u, 0u, 0u, 0u);
@@ -362,18 +369,18 @@ __device__ void ln_fast_forward_impl(const __half* __restrict__ x,
             raw[k] = load16(xr + e);
             float v[8];
             unpack8(raw[k], v);
-#pragma unroll
+NF_UNROLL
             for (int j = 0; j < 8; ++j) s += v[j];
         }
     }
     const float mean = warp_sum(s) / (float)cols;
     float q = 0.0f;
-#pragma unroll
+NF_UNROLL
     for (int k = 0; k < V; ++k) {
         if (k * 32 + lane < nvec) {
             float v[8];
             unpack8(raw[k], v);
-#pragma unroll
+NF_UNROLL
             for (int j = 0; j < 8; ++j) q += (v[j] - mean) * (v[j] - mean);
         }
     }
@@ -383,7 +390,7 @@ __device__ void ln_fast_forward_impl(const __half* __restrict__ x,
         rstd_out[row] = rstd;
     }
     __half* yr = y + (long long)row * cols;
-#pragma unroll
+NF_UNROLL
     for (int k = 0; k < V; ++k) {
         const int e = (k * 32 + lane) * 8;
         if (k * 32 + lane < nvec) {
@@ -391,7 +398,7 @@ __device__ void ln_fast_forward_impl(const __half* __restrict__ x,
             unpack8(raw[k], v);
             unpack8(load16(gamma + e), g);
             unpack8(load16(beta + e), b);
-#pragma unroll
+NF_UNROLL
             for (int j = 0; j < 8; ++j) v[j] = (v[j] - mean) * (g[j] * rstd) + b[j];
             store16(yr + e, pack8(v));
         }
@@ -413,7 +420,7 @@ __device__ void ln_fast_backward_impl(const __half* __restrict__ dy,
     const float mean = mean_in[row], rstd = rstd_in[row];
     uint4 rx[V], rdy[V];
     float s1 = 0.0f, s2 = 0.0f;
-#pragma unroll
+NF_UNROLL
     for (int k = 0; k < V; ++k) {
         const int e = (k * 32 + lane) * 8;
         rx[k] = make_uint4_(0u, 0u, 0u, 0u);
@@ -425,7 +432,7 @@ __device__ void ln_fast_backward_impl(const __half* __restrict__ dy,
             unpack8(rx[k], xv);
             unpack8(rdy[k], d);
             unpack8(load16(gamma + e), g);
-#pragma unroll
+NF_UNROLL
             for (int j = 0; j < 8; ++j) {
                 const float dxh = d[j] * g[j];
                 s1 += dxh;
@@ -435,7 +442,7 @@ __device__ void ln_fast_backward_impl(const __half* __restrict__ dy,
     }
     const float mean_dxh = warp_sum(s1) / (float)cols;
     const float mean_dxh_xh = warp_sum(s2) / (float)cols;
-#pragma unroll
+NF_UNROLL
     for (int k = 0; k < V; ++k) {
         const int e = (k * 32 + lane) * 8;
         if (k * 32 + lane < nvec) {
@@ -443,7 +450,7 @@ __device__ void ln_fast_backward_impl(const __half* __restrict__ dy,
             unpack8(rx[k], xv);
             unpack8(rdy[k], d);
             unpack8(load16(gamma + e), g);
-#pragma unroll
+NF_UNROLL
             for (int j = 0; j < 8; ++j) {
                 const float xh = (xv[j] - mean) * rstd;
                 d[j] = rstd * (d[j] * g[j] - mean_dxh - xh * mean_dxh_xh);
