@@ -295,3 +295,246 @@ fn norm_errors_match_cpu() {
         assert!(matches!(ed, Error::DType { .. }), "{ed}");
     }
 }
+
+// ---- The fast f16 kernels (kernels/norm_fast.cu) against f64, the CPU in f32, and their
+// simple twins ----
+
+use lorafuse::backend::cuda::KernelChoice;
+
+/// The f16 engines as (fast, simple) backend pairs.
+fn fast_simple_pairs() -> Vec<(Engine, lorafuse::backend::cuda::CudaBackend)> {
+    engines(DType::F16)
+        .into_iter()
+        .map(|e| {
+            let simple = e.be.clone().with_kernels(KernelChoice::simple());
+            let fast = Engine {
+                be: e.be.with_kernels(KernelChoice::fast()),
+                gpu: e.gpu,
+            };
+            (fast, simple)
+        })
+        .collect()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_f32_vec().iter().map(|x| x.to_bits()).collect()
+}
+
+/// A shape the fast kernels decline runs the simple kernels, bit for bit. (Those they take sum
+/// in other orders, but f16 outputs often round to the same bits: which shapes take the fast
+/// kernels is asserted by the unit test `supported_shapes_take_the_fast_kernels` in
+/// src/backend/cuda/ops/norm/fast.rs, through a call counter.)
+fn check_path(what: &str, fast: &[&Tensor], simple: &[&Tensor], expect_fast: bool) {
+    let same = fast.iter().zip(simple).all(|(a, b)| bits(a) == bits(b));
+    if !expect_fast {
+        assert!(same, "{what}: declined, yet not the simple kernels' bits");
+    }
+}
+
+fn f64s(t: &[&Tensor]) -> Vec<Tensor> {
+    t.iter()
+        .map(|x| cpu().cast(x, DType::F64).unwrap())
+        .collect()
+}
+
+/// GroupNorm(+SiLU) on f16: the fast kernels' y and dx meet the f16 criterion against the CPU
+/// in f64, match the simple twin, and their statistics match the CPU's f32 ones; `expect_fast`
+/// says whether the shape takes the fast path (checked bitwise against the simple kernels).
+#[allow(clippy::too_many_arguments)]
+fn group_norm_fast_case(
+    e: &Engine,
+    simple: &lorafuse::backend::cuda::CudaBackend,
+    rng: &mut Rng,
+    shape: &[usize],
+    groups: usize,
+    silu: bool,
+    shift: f32,
+    expect_fast: bool,
+) {
+    let what = format!(
+        "fast group_norm {shape:?}/{groups} silu {silu} gpu {}",
+        e.gpu
+    );
+    let f16 = DType::F16;
+    let c = shape[1];
+    let (xc, xd) = affine_pair(e, rng, shape, f16, 1.0, shift);
+    let (gc, gd) = random_pair(&e.be, rng, &[c], f16);
+    let (bc, bd) = random_pair(&e.be, rng, &[c], f16);
+    let (dyc, dyd) = random_pair(&e.be, rng, shape, f16);
+    let cpu = cpu();
+    let (yb, sb) = cpu.group_norm(&xc, &gc, &bc, groups, EPS, silu).unwrap();
+    let dxb = cpu
+        .group_norm_backward(&dyc, &xc, &gc, &bc, &sb, groups, silu)
+        .unwrap();
+    let r = f64s(&[&xc, &gc, &bc, &dyc]);
+    let (yr, sr) = cpu
+        .group_norm(&r[0], &r[1], &r[2], groups, EPS, silu)
+        .unwrap();
+    let dxr = cpu
+        .group_norm_backward(&r[3], &r[0], &r[1], &r[2], &sr, groups, silu)
+        .unwrap();
+
+    let (yf, sf) = e.be.group_norm(&xd, &gd, &bd, groups, EPS, silu).unwrap();
+    let (ys, ss) = simple.group_norm(&xd, &gd, &bd, groups, EPS, silu).unwrap();
+    check_stats(&what, &sf, &sb);
+    check_path(
+        &format!("{what} forward"),
+        &[&sf.mean, &sf.rstd],
+        &[&ss.mean, &ss.rstd],
+        expect_fast,
+    );
+    let (ey, eyb) = assert_f16_criterion(&format!("{what}: y"), &yf, &yb, &yr);
+    assert_matches(&format!("{what}: y vs simple"), &yf, &ys, tol(f16));
+    // Both backwards from the same statistics, so their bits differ only by the fast path.
+    let dxf =
+        e.be.group_norm_backward(&dyd, &xd, &gd, &bd, &ss, groups, silu)
+            .unwrap();
+    let dxs = simple
+        .group_norm_backward(&dyd, &xd, &gd, &bd, &ss, groups, silu)
+        .unwrap();
+    check_path(&format!("{what} backward"), &[&dxf], &[&dxs], expect_fast);
+    let (edx, edxb) = assert_f16_criterion(&format!("{what}: dx"), &dxf, &dxb, &dxr);
+    assert_matches(&format!("{what}: dx vs simple"), &dxf, &dxs, tol(f16));
+    println!("{what}: y err {ey:.3e} (CPU f32 {eyb:.3e}), dx err {edx:.3e} (CPU f32 {edxb:.3e})");
+}
+
+/// LayerNorm on f16, as [`group_norm_fast_case`].
+fn layer_norm_fast_case(
+    e: &Engine,
+    simple: &lorafuse::backend::cuda::CudaBackend,
+    rng: &mut Rng,
+    shape: &[usize],
+    shift: f32,
+    expect_fast: bool,
+) {
+    let what = format!("fast layer_norm {shape:?} gpu {}", e.gpu);
+    let f16 = DType::F16;
+    let c = *shape.last().unwrap();
+    let (xc, xd) = affine_pair(e, rng, shape, f16, 1.0, shift);
+    let (gc, gd) = random_pair(&e.be, rng, &[c], f16);
+    let (bc, bd) = random_pair(&e.be, rng, &[c], f16);
+    let (dyc, dyd) = random_pair(&e.be, rng, shape, f16);
+    let cpu = cpu();
+    let (yb, sb) = cpu.layer_norm(&xc, &gc, &bc, EPS).unwrap();
+    let dxb = cpu.layer_norm_backward(&dyc, &xc, &gc, &sb).unwrap();
+    let r = f64s(&[&xc, &gc, &bc, &dyc]);
+    let (yr, sr) = cpu.layer_norm(&r[0], &r[1], &r[2], EPS).unwrap();
+    let dxr = cpu.layer_norm_backward(&r[3], &r[0], &r[1], &sr).unwrap();
+
+    let (yf, sf) = e.be.layer_norm(&xd, &gd, &bd, EPS).unwrap();
+    let (ys, ss) = simple.layer_norm(&xd, &gd, &bd, EPS).unwrap();
+    check_stats(&what, &sf, &sb);
+    check_path(
+        &format!("{what} forward"),
+        &[&sf.mean, &sf.rstd],
+        &[&ss.mean, &ss.rstd],
+        expect_fast,
+    );
+    let (ey, eyb) = assert_f16_criterion(&format!("{what}: y"), &yf, &yb, &yr);
+    assert_matches(&format!("{what}: y vs simple"), &yf, &ys, tol(f16));
+    let dxf = e.be.layer_norm_backward(&dyd, &xd, &gd, &ss).unwrap();
+    let dxs = simple.layer_norm_backward(&dyd, &xd, &gd, &ss).unwrap();
+    check_path(&format!("{what} backward"), &[&dxf], &[&dxs], expect_fast);
+    let (edx, edxb) = assert_f16_criterion(&format!("{what}: dx"), &dxf, &dxb, &dxr);
+    assert_matches(&format!("{what}: dx vs simple"), &dxf, &dxs, tol(f16));
+    println!("{what}: y err {ey:.3e} (CPU f32 {eyb:.3e}), dx err {edx:.3e} (CPU f32 {edxb:.3e})");
+}
+
+#[test]
+fn fast_group_norm_meets_the_f16_criterion() {
+    let mut rng = Rng::new(16);
+    for (e, simple) in fast_simple_pairs() {
+        for silu in [false, true] {
+            // (shape, groups, shift, fast): 8 channels of an odd 7x9 plane per group (the
+            // channel changes inside a vector), batch 2; rank 2 (one element per channel);
+            // a mean far from zero; 17 chunks of an odd 33x65 plane, the last one short;
+            // 32 chunks of 1152 (threads loop over two vectors). Declined: 2 and 4 channels of
+            // 63 and 15 elements (spans 126 and 60, not multiples of 8).
+            for (shape, groups, shift, fast) in [
+                (&[2, 32, 7, 9][..], 4, 0.0, true),
+                (&[4, 64], 8, 0.0, true),
+                (&[2, 64, 9, 9], 8, 4.0, true),
+                (&[1, 8, 33, 65], 1, 0.0, true),
+                (&[1, 4, 96, 96], 1, 0.0, true),
+                (&[2, 6, 7, 9], 3, 0.0, false),
+                (&[1, 12, 5, 3], 3, 0.0, false),
+            ] {
+                group_norm_fast_case(&e, &simple, &mut rng, shape, groups, silu, shift, fast);
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_group_norm_sd15_shapes() {
+    let mut rng = Rng::new(17);
+    for (e, simple) in fast_simple_pairs() {
+        // SD1.5's ResNet GroupNorms, 32 groups: 320 channels at 16x16, 1280 at 8x8.
+        group_norm_fast_case(
+            &e,
+            &simple,
+            &mut rng,
+            &[1, 320, 16, 16],
+            32,
+            true,
+            0.0,
+            true,
+        );
+        group_norm_fast_case(
+            &e,
+            &simple,
+            &mut rng,
+            &[1, 1280, 8, 8],
+            32,
+            false,
+            0.0,
+            true,
+        );
+        if e.gpu {
+            for (shape, silu) in [
+                (&[1, 320, 64, 64][..], true),
+                (&[2, 640, 32, 32], true),
+                (&[2, 1280, 8, 8], false),
+                (&[1, 128, 256, 256], true),
+            ] {
+                group_norm_fast_case(&e, &simple, &mut rng, shape, 32, silu, 0.0, true);
+            }
+        }
+    }
+}
+
+#[test]
+fn fast_layer_norm_meets_the_f16_criterion() {
+    let mut rng = Rng::new(18);
+    for (e, simple) in fast_simple_pairs() {
+        // (shape, shift, fast): SD1.5's transformer (320) and CLIP (768) widths at 77 and 256
+        // rows (77: the last block's warps partly idle), 640 and 1280 (4 and 8 vectors per
+        // lane), one vector per row, a mean far from zero. Declined: widths 37 and 1001 (not
+        // multiples of 8) and 2056 (wider than a warp's registers hold).
+        for (shape, shift, fast) in [
+            (&[77, 320][..], 0.0, true),
+            (&[256, 320], 0.0, true),
+            (&[77, 768], 0.0, true),
+            (&[2, 128, 768], 0.0, true),
+            (&[5, 640], 0.0, true),
+            (&[3, 1280], 0.0, true),
+            (&[6, 8], 0.0, true),
+            (&[9, 320], 3.0, true),
+            (&[3, 37], 0.0, false),
+            (&[2, 1001], 0.0, false),
+            (&[2, 2056], 0.0, false),
+        ] {
+            layer_norm_fast_case(&e, &simple, &mut rng, shape, shift, fast);
+        }
+        if e.gpu {
+            for shape in [
+                &[2, 4096, 320][..],
+                &[2, 1024, 640],
+                &[2, 256, 1280],
+                &[2, 77, 768],
+            ] {
+                layer_norm_fast_case(&e, &simple, &mut rng, shape, 0.0, true);
+            }
+        }
+    }
+}

@@ -4,6 +4,12 @@
 //! `spatial` elements; LayerNorm x [.., C] has one block per row, of C channels of 1 element.
 //! One thread block per normalized block. x, y, gamma, beta, dy, dx share one dtype (f16 or
 //! f32); the statistics are f32 whatever it is.
+//!
+//! On f16 backends with the `norm` family fast, the shapes [`fast`] supports run its kernels
+//! (kernels/norm_fast.cu) instead: same outputs and statistics convention, other summation
+//! orders.
+
+mod fast;
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
@@ -32,6 +38,8 @@ struct Layout {
     groups: usize,
     cpg: usize,
     inner: usize,
+    /// LayerNorm (rows of C) rather than GroupNorm: picks the fast kernel.
+    layer: bool,
 }
 
 impl Layout {
@@ -44,6 +52,15 @@ impl Layout {
 
     /// (groups, cpg, inner) as kernel arguments; also refuses a tensor or grid too large for
     /// i32 indexing.
+    fn fast_group(&self) -> fast::Group {
+        fast::Group {
+            blocks: self.blocks,
+            groups: self.groups,
+            cpg: self.cpg,
+            inner: self.inner,
+        }
+    }
+
     fn args(&self, op: &'static str, x: &Tensor) -> Result<(i32, i32, i32)> {
         int(op, "x", x.numel())?;
         Ok((
@@ -79,7 +96,18 @@ fn forward(
     let mut y = alloc(be, x.shape().clone(), d)?;
     let mut mean = alloc(be, stats_shape.clone(), DType::F32)?;
     let mut rstd = alloc(be, stats_shape, DType::F32)?;
-    if l.blocks > 0 {
+    let outs = (
+        output(be, op, "y", &mut y)?,
+        output(be, op, "mean", &mut mean)?,
+        output(be, op, "rstd", &mut rstd)?,
+    );
+    let m = l.cpg * l.inner;
+    let try_fast = l.blocks > 0 && be.fast(be.kernels().norm);
+    if try_fast && l.layer && fast::layer_supported(m, &[xi.0, gi.0, bi.0, outs.0 .0]) {
+        fast::layer_forward(be, op, (l.blocks, m), (xi, gi, bi), outs, eps)?;
+    } else if try_fast && !l.layer && fast::group_supported(m, &[xi.0, outs.0 .0]) {
+        fast::group_forward(be, op, &l.fast_group(), (xi, gi, bi), outs, eps, silu)?;
+    } else if l.blocks > 0 {
         let f = by_dtype!(d, op, norm_forward_f32, norm_forward_f16);
         f(
             be.device(),
@@ -87,9 +115,9 @@ fn forward(
             xi,
             gi,
             bi,
-            output(be, op, "y", &mut y)?,
-            output(be, op, "mean", &mut mean)?,
-            output(be, op, "rstd", &mut rstd)?,
+            outs.0,
+            outs.1,
+            outs.2,
             groups,
             cpg,
             inner,
@@ -131,7 +159,15 @@ fn backward(
     );
     let (groups, cpg, inner) = l.args(op, x)?;
     let mut dx = alloc(be, x.shape().clone(), d)?;
-    if l.blocks > 0 {
+    let dxo = output(be, op, "dx", &mut dx)?;
+    let m = l.cpg * l.inner;
+    let try_fast = l.blocks > 0 && be.fast(be.kernels().norm);
+    if try_fast && l.layer && fast::layer_supported(m, &[dyi.0, xi.0, gi.0, dxo.0]) {
+        fast::layer_backward(be, op, (l.blocks, m), (dyi, xi, gi, mi, ri), dxo)?;
+    } else if try_fast && !l.layer && fast::group_supported(m, &[dyi.0, xi.0, dxo.0]) {
+        let ins = (dyi, xi, gi, bi, mi, ri);
+        fast::group_backward(be, op, &l.fast_group(), ins, dxo, silu)?;
+    } else if l.blocks > 0 {
         let f = by_dtype!(d, op, norm_backward_f32, norm_backward_f16);
         f(
             be.device(),
@@ -142,7 +178,7 @@ fn backward(
             bi,
             mi,
             ri,
-            output(be, op, "dx", &mut dx)?,
+            dxo,
             groups,
             cpg,
             inner,
@@ -168,6 +204,7 @@ pub(crate) fn group_norm(
         groups: d.groups,
         cpg: d.channels_per_group(),
         inner: d.spatial,
+        layer: false,
     };
     forward(
         be,
@@ -199,6 +236,7 @@ pub(crate) fn group_norm_backward(
         groups: d.groups,
         cpg: d.channels_per_group(),
         inner: d.spatial,
+        layer: false,
     };
     backward(
         be,
@@ -226,6 +264,7 @@ pub(crate) fn layer_norm(
         groups: 1,
         cpg: d.channels,
         inner: 1,
+        layer: true,
     };
     forward(
         be,
@@ -253,6 +292,7 @@ pub(crate) fn layer_norm_backward(
         groups: 1,
         cpg: d.channels,
         inner: 1,
+        layer: true,
     };
     // No beta without SiLU: gamma stands in for the pointer, which the kernel never reads.
     backward(

@@ -60,7 +60,8 @@ pub(crate) fn adamw_step(
     let vo = output(be, OP, "v", v)?;
     adamw_f32(
         be.device(),
-        LaunchCfg::for_items(n, BLOCK),
+        // One thread per float4 and one per tail element (kernels/optim.cu).
+        LaunchCfg::for_items(n / 4 + n % 4, BLOCK),
         po,
         gi,
         mo,
