@@ -120,10 +120,7 @@ pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor, (rtol, atol): (f6
 
 /// The largest |a - b| over two equally long slices.
 pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 /// The criterion for f16 kernels (flash-attention's): against an f64 reference, the kernel's

@@ -120,9 +120,6 @@ mod tests {
         assert_eq!((c.attention, c.norm), (Impl::Simple, Impl::Simple));
         assert_eq!(c.simple_families(), "attention,norm");
         let e = KernelChoice::parse("gemm,flash").unwrap_err().to_string();
-        assert!(
-            e.contains(SIMPLE_KERNELS_VAR) && e.contains("gemm,flash"),
-            "{e}"
-        );
+        assert!(e.contains(SIMPLE_KERNELS_VAR) && e.contains("gemm,flash"), "{e}");
     }
 }
