@@ -2,13 +2,14 @@
 //! backend, in f32 and f16: odd sizes that leave a tail in every tile, batch > 1, causal
 //! masks shorter and longer than a tile, d != dv, SD1.5's head widths (40, 80, 160) and
 //! cross-attention (77 keys), CLIP's causal 77 tokens; on a GPU also the full SD1.5 shapes.
-//! Then the degenerate sizes, determinism, and the errors.
+//! Then the degenerate sizes, determinism, and the errors. Last, the fast (tensor-core) f16
+//! kernels by the f16 criterion against an f64 CPU reference, next to their simple twins.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;
 
 use common::cuda::*;
-use lorafuse::backend::cuda::CudaBackend;
+use lorafuse::backend::cuda::{CudaBackend, KernelChoice};
 use lorafuse::backend::Attention;
 use lorafuse::rng::Rng;
 use lorafuse::{Backend, DType, Error, Tensor};
@@ -384,5 +385,181 @@ fn errors() {
             .attention(&dev(&wide), &dev(&wide), &dev(&wide), p(1, false))
             .expect_err("head_dim 257 must be refused");
         assert!(matches!(got, Error::BadValue { .. }), "{got}");
+    }
+}
+
+// ---- the fast f16 kernels (kernels/attention_fast.cu) ----
+
+/// Runs `c` on f16 with the fast kernels and with the simple ones, and checks O, lse, dQ, dK
+/// and dV of both by the f16 criterion: against the CPU in f64 on the same f16-rounded inputs,
+/// at most 2x the error of the CPU in f32 (its output rounded to f16). Also: the fast kernels
+/// ran (their results differ bitwise from the simple ones somewhere), and the two lse agree
+/// to f32 accuracy (the same convention, so each backward takes the other's lse).
+fn check_fast(rng: &mut Rng, c: Case) {
+    for e in engines(DType::F16) {
+        check_fast_on(&e.be, rng, c);
+    }
+}
+
+fn check_fast_on(be: &CudaBackend, rng: &mut Rng, c: Case) {
+    let cpu = cpu();
+    let f64_of = |t: &Tensor| cpu.cast(t, DType::F64).unwrap();
+    {
+        let fast = be.clone().with_kernels(KernelChoice::fast());
+        let simple = be.clone().with_kernels(KernelChoice::simple());
+        let what = format!("{c:?}");
+        let (qc, qg) = random_pair(&fast, rng, &[c.b, c.lq, c.h * c.d], DType::F16);
+        let (kc, kg) = random_pair(&fast, rng, &[c.b, c.lk, c.h * c.d], DType::F16);
+        let (vc, vg) = random_pair(&fast, rng, &[c.b, c.lk, c.h * c.dv], DType::F16);
+        let (q64, k64, v64) = (f64_of(&qc), f64_of(&kc), f64_of(&vc));
+
+        let (o_base, lse_base) = cpu.attention(&qc, &kc, &vc, c.p()).unwrap();
+        let (o_ref, lse_ref) = cpu.attention(&q64, &k64, &v64, c.p()).unwrap();
+        let (o_f, lse_f) = fast.attention(&qg, &kg, &vg, c.p()).unwrap();
+        let (o_s, lse_s) = simple.attention(&qg, &kg, &vg, c.p()).unwrap();
+        let mut differs = false;
+        for (name, f, s, base, refr) in [
+            ("o", &o_f, &o_s, &o_base, &o_ref),
+            ("lse", &lse_f, &lse_s, &lse_base, &lse_ref),
+        ] {
+            let (ef, eb) = assert_f16_criterion(&format!("{what}: fast {name}"), f, base, refr);
+            let (es, _) = assert_f16_criterion(&format!("{what}: simple {name}"), s, base, refr);
+            println!("{what} {name}: fast {ef:.3e}, simple {es:.3e}, baseline {eb:.3e}");
+            differs |= f.to_f32_vec() != s.to_f32_vec();
+        }
+        // Same lse convention: within f32 accuracy of each other and of the reference.
+        let lr = lse_ref.to_f64_vec();
+        for (name, l) in [("fast", &lse_f), ("simple", &lse_s)] {
+            for (i, (&x, &r)) in l.to_f32_vec().iter().zip(&lr).enumerate() {
+                let err = (x as f64 - r).abs();
+                assert!(
+                    err <= 1e-4 * (1.0 + r.abs()),
+                    "{what}: {name} lse[{i}] {x} vs {r}"
+                );
+            }
+        }
+
+        // Backward from the reference O (rounded to f16) and lse, and a random dO.
+        let (oc, og) = pair(&fast, o_ref.dims(), &o_ref.to_f32_vec(), DType::F16);
+        let lse_vals = lse_ref.to_f32_vec();
+        let lse_c = Tensor::from_f32(lse_ref.dims(), lse_vals.clone()).unwrap();
+        let lse_g = fast
+            .tensor_from_f32(lse_ref.dims(), &lse_vals, DType::F32)
+            .unwrap();
+        let (gc, gg) = random_pair(&fast, rng, o_ref.dims(), DType::F16);
+        let base = cpu
+            .attention_backward(&qc, &kc, &vc, &oc, &lse_c, &gc, c.p())
+            .unwrap();
+        let (o64, l64, g64) = (f64_of(&oc), f64_of(&lse_c), f64_of(&gc));
+        let refr = cpu
+            .attention_backward(&q64, &k64, &v64, &o64, &l64, &g64, c.p())
+            .unwrap();
+        let got_f = fast
+            .attention_backward(&qg, &kg, &vg, &og, &lse_g, &gg, c.p())
+            .unwrap();
+        let got_s = simple
+            .attention_backward(&qg, &kg, &vg, &og, &lse_g, &gg, c.p())
+            .unwrap();
+        let names = ["dq", "dk", "dv"];
+        let f = [&got_f.0, &got_f.1, &got_f.2];
+        let s = [&got_s.0, &got_s.1, &got_s.2];
+        let b = [&base.0, &base.1, &base.2];
+        let r = [&refr.0, &refr.1, &refr.2];
+        for i in 0..3 {
+            let name = names[i];
+            let (ef, eb) = assert_f16_criterion(&format!("{what}: fast {name}"), f[i], b[i], r[i]);
+            let (es, _) = assert_f16_criterion(&format!("{what}: simple {name}"), s[i], b[i], r[i]);
+            println!("{what} {name}: fast {ef:.3e}, simple {es:.3e}, baseline {eb:.3e}");
+            differs |= f[i].to_f32_vec() != s[i].to_f32_vec();
+        }
+        assert!(
+            differs,
+            "{what}: fast and simple agree bitwise: fast path not taken?"
+        );
+
+        // Either backward takes the fast forward's own O and lse.
+        for (name, be) in [("fast", &fast), ("simple", &simple)] {
+            let (dq2, _, _) = be
+                .attention_backward(&qg, &kg, &vg, &o_f, &lse_f, &gg, c.p())
+                .unwrap();
+            assert_matches(
+                &format!("{what}: {name} dq from the fast forward"),
+                &dq2,
+                &refr.0,
+                tol(DType::F16),
+            );
+        }
+    }
+}
+
+fn case(b: usize, h: usize, lq: usize, lk: usize, d: usize, dv: usize, causal: bool) -> Case {
+    Case {
+        b,
+        h,
+        lq,
+        lk,
+        d,
+        dv,
+        causal,
+    }
+}
+
+#[test]
+fn fast_tails_cross_attention() {
+    // 37 queries x 77 keys: tails in the 64-row query tiles and the 64/32-row key tiles,
+    // for each of SD1.5's head widths (buckets 64, 96, 160), batch·heads > 1.
+    let mut rng = Rng::new(11);
+    for d in [40, 80, 160] {
+        check_fast(&mut rng, case(2, 2, 37, 77, d, d, false));
+    }
+}
+
+#[test]
+fn fast_self_attention_lengths() {
+    // More than one query tile and key tile, with tails; the small-width element-load path
+    // (d, dv not multiples of 8), d != dv across a bucket.
+    let mut rng = Rng::new(12);
+    for c in [
+        case(1, 2, 70, 70, 40, 40, false),
+        case(2, 1, 23, 45, 5, 7, false),
+        case(1, 2, 19, 33, 64, 96, false),
+        case(1, 1, 9, 100, 16, 160, false),
+    ] {
+        check_fast(&mut rng, c);
+    }
+}
+
+#[test]
+fn fast_causal() {
+    // CLIP's causal 77 tokens (12 heads of 64, here 2), and causal across 64-row tiles.
+    let mut rng = Rng::new(13);
+    for c in [
+        case(1, 2, 77, 77, 64, 64, true),
+        case(2, 1, 13, 13, 6, 4, true),
+        case(1, 1, 67, 67, 160, 160, true),
+    ] {
+        check_fast(&mut rng, c);
+    }
+}
+
+#[test]
+fn fast_sd15_full_shapes_on_gpu() {
+    // Full SD1.5 shapes on a GPU only: 512² (4096 queries) and 768² (9216 queries) at the
+    // first level, self- and cross-attention, and the deeper levels' widths.
+    let mut rng = Rng::new(14);
+    for e in engines(DType::F16) {
+        if !e.gpu {
+            continue;
+        }
+        for c in [
+            case(1, 8, 4096, 77, 40, 40, false),
+            case(1, 2, 4096, 4096, 40, 40, false),
+            case(1, 8, 9216, 77, 40, 40, false),
+            case(1, 8, 1024, 1024, 80, 80, false),
+            case(1, 8, 256, 256, 160, 160, false),
+            case(1, 12, 77, 77, 64, 64, true),
+        ] {
+            check_fast_on(&e.be, &mut rng, c);
+        }
     }
 }

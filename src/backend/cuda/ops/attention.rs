@@ -6,6 +6,11 @@
 //! q, k, v, o, dO and the gradients share the compute dtype (f16 or f32); lse is f32 always.
 //! Head widths up to [`MAX_HEAD_DIM`] (the kernels keep one row's accumulators in registers);
 //! the forward of wider heads (the VAE's 512) runs in ops/attention_wide.rs.
+//!
+//! f16 backends with the attention family on `Fast` run kernels/attention_fast.cu instead
+//! (flash-attention-2 style, tensor cores) when [`fast_bucket`] accepts the shape: d and dv in
+//! 1..=[`FAST_MAX_HEAD_DIM`] and at least one key. Wider heads (up to 256), dv = 0 and Lk = 0
+//! stay on the simple kernels. The lse of either forward feeds either backward.
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
@@ -31,6 +36,72 @@ kernels! {
         dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_bwd_dkv_f16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
         dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+}
+
+/// The fast kernels' launchers (kernels/attention_fast.cu), in their own module: one
+/// `kernels!` per module.
+mod fast {
+    use super::super::super::launch::{kernels, In, Out};
+    kernels! {
+        module "attention_fast";
+        fn attention_fast_fwd_d64(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+            lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        fn attention_fast_fwd_d96(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+            lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        fn attention_fast_fwd_d160(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+            lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        fn attention_fast_dot(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
+        fn attention_fast_dkv_d64(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+            dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        fn attention_fast_dkv_d96(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+            dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        fn attention_fast_dkv_d160(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+            dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        fn attention_fast_dq_d64(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+            heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        fn attention_fast_dq_d96(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+            heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        fn attention_fast_dq_d160(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+            heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    }
+}
+use fast::*;
+
+/// The widest head (d and dv) the fast kernels take (their largest bucket).
+pub(crate) const FAST_MAX_HEAD_DIM: usize = 160;
+/// Rows of the tile each fast block owns (4 warps x 16): AF_ROWS in attention_fast.cu.
+const FAST_ROWS: usize = 64;
+
+/// The fast kernels' head bucket DM (a multiple of 16 >= d, dv: their register arrays and
+/// smem rows), or None when the shape stays on the simple kernels (see the module doc).
+fn fast_bucket(be: &CudaBackend, n: &AttentionDims) -> Option<usize> {
+    let w = n.head_dim.max(n.v_head_dim);
+    if !be.fast(be.kernels().attention) || n.head_dim == 0 || n.v_head_dim == 0 || n.kv_len == 0 {
+        return None;
+    }
+    [64, 96, FAST_MAX_HEAD_DIM].into_iter().find(|&dm| w <= dm)
+}
+
+/// (KT, QT, DS) of bucket DM: key tile of fwd/dQ, query tile of dK/dV, smem row stride in
+/// halves (AfTiles in attention_fast.cu).
+fn fast_tiles(dm: usize) -> (usize, usize, usize) {
+    if dm > 96 {
+        (32, 16, dm + 8)
+    } else {
+        (64, 32, dm + 8)
+    }
+}
+fn fast_fwd_smem(dm: usize) -> usize {
+    let (kt, _, ds) = fast_tiles(dm);
+    2 * (FAST_ROWS * ds + 4 * kt * ds)
+}
+fn fast_dq_smem(dm: usize) -> usize {
+    let (kt, _, ds) = fast_tiles(dm);
+    2 * (2 * FAST_ROWS * ds + 4 * kt * ds)
+}
+fn fast_dkv_smem(dm: usize) -> usize {
+    let (_, qt, ds) = fast_tiles(dm);
+    2 * (2 * FAST_ROWS * ds + 4 * qt * ds) + 4 * 4 * qt
 }
 
 /// The widest head (d and dv) the kernels take: ATT_MAX_D in kernels/attention.cu.
@@ -129,6 +200,30 @@ pub(crate) fn attention(
     if n.batch * n.heads * n.q_len == 0 {
         return Ok((o, lse)); // nothing to compute (and no empty grid to launch)
     }
+    if let Some(dm) = fast_bucket(be, &n) {
+        let f = match dm {
+            64 => attention_fast_fwd_d64,
+            96 => attention_fast_fwd_d96,
+            _ => attention_fast_fwd_d160,
+        };
+        f(
+            be.device(),
+            tiled(OP, &n, n.q_len, FAST_ROWS, fast_fwd_smem(dm))?,
+            qi,
+            ki,
+            vi,
+            output(be, OP, "o", &mut o)?,
+            output(be, OP, "lse", &mut lse)?,
+            a.heads,
+            a.lq,
+            a.lk,
+            a.d,
+            a.dv,
+            a.causal,
+            a.scale,
+        )?;
+        return Ok((o, lse));
+    }
     let cfg = tiled(OP, &n, n.q_len, BQ, fwd_smem(n.head_dim, n.v_head_dim))?;
     let f = by_dtype!(dt, OP, attention_fwd_f32, attention_fwd_f16);
     f(
@@ -185,6 +280,80 @@ pub(crate) fn attention_backward(
     let rows = n.batch * n.heads * n.q_len;
     // D = rowsum(dO ⊙ O), [B, H, Lq] f32.
     let mut dsum = alloc(be, [rows], DType::F32)?;
+    if let Some(dm) = fast_bucket(be, &n) {
+        if rows > 0 {
+            let warps = (THREADS / 32) as usize;
+            attention_fast_dot(
+                be.device(),
+                LaunchCfg::new(
+                    (int(OP, "q", rows.div_ceil(warps))? as u32, 1, 1),
+                    (THREADS, 1, 1),
+                    0,
+                ),
+                oi,
+                gi,
+                output(be, OP, "dsum", &mut dsum)?,
+                a.heads,
+                a.lq,
+                a.dv,
+                int(OP, "q", rows)?,
+            )?;
+        }
+        let di = input(be, OP, "dsum", &dsum)?;
+        if n.batch * n.heads > 0 {
+            // Lq = 0: the dK/dV kernel writes dK = dV = 0.
+            let f = match dm {
+                64 => attention_fast_dkv_d64,
+                96 => attention_fast_dkv_d96,
+                _ => attention_fast_dkv_d160,
+            };
+            f(
+                be.device(),
+                tiled(OP, &n, n.kv_len, FAST_ROWS, fast_dkv_smem(dm))?,
+                qi,
+                ki,
+                vi,
+                li,
+                gi,
+                di,
+                output(be, OP, "dk", &mut dk)?,
+                output(be, OP, "dv", &mut dv)?,
+                a.heads,
+                a.lq,
+                a.lk,
+                a.d,
+                a.dv,
+                a.causal,
+                a.scale,
+            )?;
+        }
+        if rows > 0 {
+            let f = match dm {
+                64 => attention_fast_dq_d64,
+                96 => attention_fast_dq_d96,
+                _ => attention_fast_dq_d160,
+            };
+            f(
+                be.device(),
+                tiled(OP, &n, n.q_len, FAST_ROWS, fast_dq_smem(dm))?,
+                qi,
+                ki,
+                vi,
+                li,
+                gi,
+                di,
+                output(be, OP, "dq", &mut dq)?,
+                a.heads,
+                a.lq,
+                a.lk,
+                a.d,
+                a.dv,
+                a.causal,
+                a.scale,
+            )?;
+        }
+        return Ok((dq, dk, dv));
+    }
     if rows > 0 {
         let f = by_dtype!(dt, OP, attention_bwd_dot_f32, attention_bwd_dot_f16);
         f(
