@@ -95,11 +95,19 @@ fn main() -> Res<()> {
             Ok((b.trim().parse()?, r.trim().parse()?))
         })
         .collect::<Res<_>>()?;
-    let (warmup, steps) = (env_or("BENCH_WARMUP", 3usize), env_or("BENCH_STEPS", 10usize));
+    let (warmup, steps) = (
+        env_or("BENCH_WARMUP", 3usize),
+        env_or("BENCH_STEPS", 10usize),
+    );
 
     let t0 = Instant::now();
     let unet = match model.as_str() {
-        "sd15" => Unet::load(&UnetConfig::sd15(), &RandomWeights { seed: 1 }, be.as_ref(), "unet")?,
+        "sd15" => Unet::load(
+            &UnetConfig::sd15(),
+            &RandomWeights { seed: 1 },
+            be.as_ref(),
+            "unet",
+        )?,
         "tiny" => {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures/tiny-sd15-diffusers");

@@ -21,7 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=.bench-bundle
-DIFFUSERS=diffusers==0.39.0
+DIFFUSERS=diffusers==0.42.1
 CONFIGS="${BENCH_CONFIGS:-1x8,4x8,1x32,4x32}"
 
 bench_exe() { # the train_step bench binary cargo builds with the given features

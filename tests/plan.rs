@@ -208,3 +208,35 @@ fn the_plan_command_prints_the_breakdown_and_the_fit() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_readme_plan_example_is_what_plan_prints() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let dir = std::env::temp_dir().join(format!("lorafuse-plan-readme-{}", std::process::id()));
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    let cfg = dir.join("demo.yaml");
+    let o = lorafuse(&[
+        "plan",
+        cfg.to_str().unwrap(),
+        "--set",
+        "resolution=512",
+        "--set",
+        "mixed_precision=fp16",
+        "--set",
+        "batch_size=1",
+        "--set",
+        "sample_every_n_steps=0",
+        "--gpu-memory",
+        "8GiB",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    for line in ["predicted peak VRAM: ", "  largest batch_size at 512x512: "] {
+        let printed = out.lines().find(|l| l.starts_with(line)).expect(line);
+        assert!(
+            readme.lines().any(|l| l == printed),
+            "README.md lacks the line plan prints: {printed:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
