@@ -150,10 +150,10 @@ fn main() -> Res<()> {
         let mut lora = LoraSet::init(be.as_ref(), &targets, rank, rank as f64, &mut rng)?;
         let mut opt = FlatOptimizer::new(be.as_ref(), &lora, settings)?;
         let mut grads = lora.zero_grads(be.as_ref())?;
-        let randn = |rng: &mut Rng, shape: &[usize]| {
+        let randn = |rng: &mut Rng, shape: &[usize]| -> Res<lorafuse::Tensor> {
             let n: usize = shape.iter().product();
             let v: Vec<f32> = rng.normal_vec(n).iter().map(|&x| x as f32).collect();
-            be.tensor_from_f32(shape, &v, dt)
+            Ok(be.tensor_from_f32(shape, &v, dt)?)
         };
         // The cached inputs of one micro-batch.
         let latents = randn(&mut rng, &[batch, 4, lat, lat])?;

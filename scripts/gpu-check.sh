@@ -7,8 +7,10 @@
 #                                         well under the 64 MiB a device call can carry).
 #   scripts/gpu-check.sh run     (device) unpacks the bundle, prints nvidia-smi, runs every test
 #                                         binary (on the GPU they use full SD1.5 shapes) and every
-#                                         bench, and writes $OUT/gpu-check.log and
-#                                         $OUT/gpu-check.json (per binary: passed, failed, skipped).
+#                                         bench, then benches/kernel_reference.py (PyTorch at the
+#                                         same shapes, the device's ceilings, the joined table), and
+#                                         writes $OUT/gpu-check.log and $OUT/gpu-check.json (per
+#                                         binary: passed, failed, skipped).
 #
 # The device call:  run(command="bash scripts/gpu-check.sh run", carry=[".gpu-bundle"])
 # Then commit $OUT's files under benches/results/ (date in the name).
@@ -71,6 +73,10 @@ run() {
     tail -n 3 "$work/$name.out"
     entries+=("{\"binary\": \"$name\", \"exit\": $rc, \"passed\": $passed, \"failed\": $failed, \"skipped_no_device\": $skipped, \"seconds\": $(awk "BEGIN { printf \"%.2f\", $t1 - $t0 }")}")
   done
+  if [ -f "$out/bench-cuda_ops.json" ] && python3 -c "import torch" 2>/dev/null; then
+    echo "== PyTorch at the same shapes (benches/kernel_reference.py)" | tee -a "$log"
+    python3 benches/kernel_reference.py --ours "$out/bench-cuda_ops.json" --json "$out/kernel_reference.json" 2>&1 | tee -a "$log"
+  fi
   local gpu; gpu="$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
   {
     echo "{"
