@@ -29,7 +29,7 @@
 // accumulators, then bias and beta, and stores f16.
 // Dynamic shared memory (bytes, see lf_smem_bytes and the host's copy of it):
 //   region 0: STAGES x [A tile BM x (BK+8) halves | B tile (nk: BN x (BK+8), kn: BK x (BN+8))]
-//             then STAGES x L tile R x (BK+1) floats; after the main loop it holds scale·U as
+//             then STAGES x L tile R4 x (BK+4) floats (R4: R rounded up to 4, rows past R 0); after the main loop it holds scale·U as
 //             R x BN floats (region 0 = the larger of the two uses)
 //   region 1: h, BM x (R|1) floats (odd row stride: conflict-free column reads)
 // Row paddings keep every ldmatrix row 16-byte aligned and its 8 rows in distinct banks.
@@ -49,7 +49,7 @@
 #define LF_BK 32
 #define LF_STAGES 3
 #define LF_APAD 8  // halves of padding per A / nk-B row
-#define LF_LDL (LF_BK + 1)
+#define LF_LDL (LF_BK + 4)  // floats per L row: 16-byte rows, float4 reads conflict-free
 
 #ifdef __CUDACC__
 #define LF_UNROLL _Pragma("unroll")
@@ -85,7 +85,7 @@ __host__ __device__ constexpr int lf_b_halves(int bn, bool kn) {
 // Byte offsets of the regions (the host computes the same sizes in ops/linear.rs).
 __device__ __forceinline__ int lf_region0_bytes(int bm, int bn, bool kn, int R) {
     int pipe = LF_STAGES * (lf_a_halves(bm) + lf_b_halves(bn, kn)) * 2;
-    int ring = pipe + LF_STAGES * R * LF_LDL * 4;
+    int ring = pipe + LF_STAGES * ((R + 3) & ~3) * LF_LDL * 4;
     int ustage = R * bn * 4;
     return ring > ustage ? ring : ustage;
 }
@@ -108,6 +108,7 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
     float* lring = reinterpret_cast<float*>(smem + LF_STAGES * (A_H + B_H) * 2);
     float* us = reinterpret_cast<float*>(smem);  // after the main loop
     const int LDH = R | 1;
+    const int R4 = (R + 3) & ~3, RQ = R4 / 4;  // L rows (ranks padded to 4), rank quads
     float* hs = reinterpret_cast<float*>(smem + lf_region0_bytes(BM, BN, KN, R));
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -149,13 +150,13 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
                 }
             }
         }
-        float* ls = lring + slot * R * LF_LDL;
+        float* ls = lring + slot * R4 * LF_LDL;
         const bool jfast = l_sj == 1;  // walk memory contiguously
-        for (int e = tid; e < R * LF_BK; e += THREADS) {
-            int j = jfast ? e % R : e / LF_BK;
-            int kk = jfast ? e / R : e % LF_BK;
+        for (int e = tid; e < R4 * LF_BK; e += THREADS) {
+            int j = jfast ? e % R4 : e / LF_BK;
+            int kk = jfast ? e / R4 : e % LF_BK;
             int gk = k0 + kk;
-            bool ok = gk < K;
+            bool ok = gk < K && j < R;  // padding ranks read as 0
             lf_cp_async4(ls + j * LF_LDL + kk, ok ? l + (size_t)j * l_sj + (size_t)gk * l_sk : l,
                          ok);
         }
@@ -212,16 +213,42 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
                 }
             }
         }
-        // LoRA: h[m][j] += Σ_kk x[m][kk]·L(j, kk) over this step, f32 (each thread its own
-        // elements; the step's partial sum is added to h in one rounding).
-        const float* ls = lring + slot * R * LF_LDL;
-        for (int e = tid; e < BM * R; e += THREADS) {
-            int r = e / R, j = e % R;
-            const __half* xr = as + r * LDA;
-            const float* lr = ls + j * LF_LDL;
-            float s = 0.0f;
-            LF_UNROLL for (int kk = 0; kk < LF_BK; ++kk) s += __half2float(xr[kk]) * lr[kk];
-            hs[r * LDH + j] += s;
+        // LoRA: h[m][j] += Σ_kk x[m][kk]·L(j, kk) over this step in f32, kk ascending; each
+        // thread owns (row, 4 ranks) items, reads x 8 halves and L 4 floats at a time, and adds
+        // the step's partial sums to h in one rounding each.
+        const float* ls = lring + slot * R4 * LF_LDL;
+        for (int e = tid; e < BM * RQ; e += THREADS) {
+            const int r = e / RQ, j0 = (e % RQ) * 4;
+            const uint4* xr = reinterpret_cast<const uint4*>(as + r * LDA);
+            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            LF_UNROLL for (int c8 = 0; c8 < LF_BK / 8; ++c8) {
+                uint4 xq = xr[c8];
+                __half2 xh[4];
+                memcpy(xh, &xq, sizeof xh);
+                float xf[8];
+                LF_UNROLL for (int p = 0; p < 4; ++p) {
+                    xf[2 * p] = __low2float(xh[p]);
+                    xf[2 * p + 1] = __high2float(xh[p]);
+                }
+                LF_UNROLL for (int jj = 0; jj < 4; ++jj) {
+                    const float4* lp =
+                        reinterpret_cast<const float4*>(ls + (j0 + jj) * LF_LDL + c8 * 8);
+                    float4 l0 = lp[0], l1 = lp[1];
+                    float v = s[jj];
+                    v += xf[0] * l0.x;
+                    v += xf[1] * l0.y;
+                    v += xf[2] * l0.z;
+                    v += xf[3] * l0.w;
+                    v += xf[4] * l1.x;
+                    v += xf[5] * l1.y;
+                    v += xf[6] * l1.z;
+                    v += xf[7] * l1.w;
+                    s[jj] = v;
+                }
+            }
+            LF_UNROLL for (int jj = 0; jj < 4; ++jj) {
+                if (j0 + jj < R) hs[r * LDH + j0 + jj] += s[jj];
+            }
         }
     }
     cp_async_wait_all();
@@ -357,7 +384,11 @@ KERNEL void __launch_bounds__(LG_THREADS)
         const int buf = st & 1;
         LF_UNROLL for (int r = 0; r < LG_BM; ++r) {
             float dv = __half2float(ds[buf][r][n]);
-            LF_UNROLL for (int i = 0; i < 4; ++i) acc[i] += dv * hsm[buf][r][q * 4 + i];
+            float4 hv = *reinterpret_cast<const float4*>(&hsm[buf][r][q * 4]);
+            acc[0] += dv * hv.x;
+            acc[1] += dv * hv.y;
+            acc[2] += dv * hv.z;
+            acc[3] += dv * hv.w;
         }
         __syncthreads();  // buffer `buf` is reloaded by the next iteration's copies
     }

@@ -541,9 +541,9 @@ fn fast_and_simple(
     )
 }
 
-/// The fast path runs when `in` is a multiple of 8 (forward).
+/// The fast path runs when `in` is a multiple of 8 and the rank at most 192 (forward).
 fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
-    let expect_fast = l.inf % 8 == 0;
+    let expect_fast = l.inf % 8 == 0 && l.rank.is_none_or(|r| r <= 192);
     let dtype = DType::F16;
     let what = format!("{} fast forward {l:?}", e.be.name());
     let (fast, simple) = fast_and_simple(e);
@@ -640,9 +640,10 @@ fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
     }
 }
 
-/// The fast path runs when `in` and `out` are multiples of 8 (backward).
+/// The fast path runs when `in` and `out` are multiples of 8 and the rank at most 195
+/// (backward).
 fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
-    let expect_fast = l.inf % 8 == 0 && l.outf % 8 == 0;
+    let expect_fast = l.inf % 8 == 0 && l.outf % 8 == 0 && l.rank.is_none_or(|r| r <= 195);
     let dtype = DType::F16;
     let what = format!("{} fast backward {l:?} {accum:?} want_dx {dx}", e.be.name());
     let (fast, simple) = fast_and_simple(e);
@@ -812,11 +813,20 @@ const FAST_SD: [Layer<'static>; 3] = [
     layer(&[100], 640, 256, Some(16), false, true),
 ];
 
-/// Shapes the fast path declines (row lengths not a multiple of 8 halves): the simple
-/// kernels' results, bit for bit.
-const FAST_DECLINED: [Layer<'static>; 2] = [
+/// Shapes the fast path declines (row lengths not a multiple of 8 halves; a rank whose
+/// shared memory fits no tile): the simple kernels' results, bit for bit.
+const FAST_DECLINED: [Layer<'static>; 3] = [
     layer(&[37], 45, 72, Some(4), true, true),
     layer(&[37], 40, 29, Some(4), true, true),
+    layer(&[37], 40, 72, Some(200), true, true),
+];
+
+/// Ranks that are not a multiple of 4 or of the block's threads, and one above the largest
+/// tiles' shared memory (the 64x64 tile serves it).
+const FAST_RANKS: [Layer<'static>; 3] = [
+    layer(&[37], 40, 72, Some(3), true, true),
+    layer(&[2, 37], 40, 72, Some(72), false, true),
+    layer(&[140], 40, 272, Some(130), true, false),
 ];
 
 #[test]
@@ -827,8 +837,9 @@ fn fast_forward_tails_f16() {
             fast_forward(&e, &mut rng, l);
         }
         // The backward declines out = 29; the forward only needs in % 8 == 0.
-        fast_forward(&e, &mut rng, FAST_DECLINED[0]);
-        fast_forward(&e, &mut rng, FAST_DECLINED[1]);
+        for l in FAST_DECLINED.into_iter().chain(FAST_RANKS) {
+            fast_forward(&e, &mut rng, l);
+        }
     }
 }
 
@@ -846,7 +857,7 @@ fn fast_backward_tails_f16() {
                 }
             }
         }
-        for l in FAST_DECLINED {
+        for l in FAST_DECLINED.into_iter().chain(FAST_RANKS) {
             fast_backward(&e, &mut rng, l, Accum::Add, true);
         }
     }

@@ -7,9 +7,10 @@
 //! - a row length of a tiled f16 operand not a multiple of 8 halves (every global->shared copy
 //!   is one 16-byte cp.async): forward `in`; backward `in` and `out`;
 //! - an operand not 16-byte aligned (pool buffers are 512-byte aligned: does not happen);
-//! - a LoRA rank whose shared memory (the f32 hidden tile and L ring, about 650 bytes per
-//!   rank on the 64x64 tile) exceeds `MAX_SMEM` on every tile: rank > 203. Larger tiles are
-//!   skipped when theirs does not fit (128x128 serves ranks up to 112, 128x64 up to 129).
+//! - a LoRA rank whose shared memory (the f32 hidden tile and L ring, about 690 bytes per
+//!   rank on the 64x64 tile) exceeds `MAX_SMEM` on every tile: rank > 192 (forward; > 195
+//!   backward). Larger tiles are skipped when theirs does not fit (128x128 serves ranks up
+//!   to 107, 128x64 up to 124).
 //!
 //! SD1.5's linear layers (in/out 320, 640, 1280, 768, 2560, 5120) all take the fast path.
 
@@ -50,7 +51,7 @@ const MAX_SMEM: usize = 160 * 1024;
 /// The kernel's k-step, ring depth and paddings (kernels/linear_fast.cu: LF_*).
 const BK: usize = 32;
 const STAGES: usize = 3;
-const LDL: usize = BK + 1;
+const LDL: usize = BK + 4;
 
 /// A block tile of the GEMM: rows x columns of C, and its threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +86,7 @@ impl Tile {
         let (bm, bn) = (self.bm(), self.bn());
         let a = bm * (BK + 8);
         let b = if kn { BK * (bn + 8) } else { bn * (BK + 8) };
-        let ring = STAGES * (a + b) * 2 + STAGES * r * LDL * 4;
+        let ring = STAGES * (a + b) * 2 + STAGES * r.next_multiple_of(4) * LDL * 4;
         let region0 = ring.max(r * bn * 4);
         region0 + bm * (r | 1) * 4
     }
