@@ -78,6 +78,17 @@ __device__ __forceinline__ void lf_cp_async_wait() {
 #endif
 }
 
+// The f16 whose bits are the low 16 of `w`, widened to f32.
+__device__ __forceinline__ float lf_half_bits_f32(uint32_t w) {
+#ifdef __CUDACC__
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(w)));
+#else
+    __half h;
+    h.bits = static_cast<uint16_t>(w);
+    return __half2float(h);
+#endif
+}
+
 __host__ __device__ constexpr int lf_a_halves(int bm) { return bm * (LF_BK + LF_APAD); }
 __host__ __device__ constexpr int lf_b_halves(int bn, bool kn) {
     return kn ? LF_BK * (bn + 8) : bn * (LF_BK + LF_APAD);
@@ -223,12 +234,11 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
             float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
             LF_UNROLL for (int c8 = 0; c8 < LF_BK / 8; ++c8) {
                 uint4 xq = xr[c8];
-                __half2 xh[4];
-                memcpy(xh, &xq, sizeof xh);
+                const uint32_t xw[4] = {xq.x, xq.y, xq.z, xq.w};
                 float xf[8];
                 LF_UNROLL for (int p = 0; p < 4; ++p) {
-                    xf[2 * p] = __low2float(xh[p]);
-                    xf[2 * p + 1] = __high2float(xh[p]);
+                    xf[2 * p] = lf_half_bits_f32(xw[p] & 0xffffu);
+                    xf[2 * p + 1] = lf_half_bits_f32(xw[p] >> 16);
                 }
                 LF_UNROLL for (int jj = 0; jj < 4; ++jj) {
                     const float4* lp =
@@ -324,7 +334,7 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
 }
 
 #define LF_ENTRY(name, BM, BN, WM, WN, KN)                                                  \
-    KERNEL void __launch_bounds__((BM / WM) * (BN / WN) * 32)                               \
+    KERNEL void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1)                            \
         name(int M, int N, int K, const __half* a, int lda, const __half* b, int ldb,       \
              const float* l, int l_sj, int l_sk, const float* u, int u_sj, int u_sn, int R, \
              float scale, const __half* mask, float* hidden, const __half* bias, __half* c, \
