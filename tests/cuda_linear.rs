@@ -806,10 +806,12 @@ const FAST_TAILS: [Layer<'static>; 5] = [
 ];
 
 /// SD1.5-like: 320 -> 320 attention projections on a few hundred tokens (128x128 tiles in the
-/// emulator), GEGLU 320 -> 2560 (and its backward 2560 -> 320), 640 -> 256 with 128x64 tiles.
-const FAST_SD: [Layer<'static>; 3] = [
+/// emulator), GEGLU 320 -> 2560 (and its backward 2560 -> 320), 640 -> 1280, 640 -> 256 with
+/// 128x64 tiles.
+const FAST_SD: [Layer<'static>; 4] = [
     layer(&[2, 130], 320, 320, Some(8), true, true),
     layer(&[1, 40], 320, 2560, Some(4), true, false),
+    layer(&[1, 24], 640, 1280, Some(8), true, true),
     layer(&[100], 640, 256, Some(16), false, true),
 ];
 

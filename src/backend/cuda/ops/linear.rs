@@ -13,6 +13,11 @@
 //!   dA (+)= s·gᵀ·x            gemm_f32_T_f32, split over rows
 //!   dX = dY·W + s·g·A         gemm_T_T_T with the second product g·A (when asked)
 //! T (x, W, bias, mask, y, dY, dX) is f16 or f32; A, B, ũ, g and the gradients are f32.
+//!
+//! On f16 backends with fast GEMMs (`KernelChoice::gemm`) the same products run on the
+//! tensor-core kernels of kernels/linear_fast.cu (linear/fast.rs): y and ũ in one launch, dX
+//! and g in one launch, dB and dA as ordered row-split reductions; shapes they decline (see
+//! linear/fast.rs) take the kernels above.
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
