@@ -27,10 +27,16 @@
 // f32: the LoRA path keeps f32 accuracy, no f16 rounding of L, U or h). The epilogue applies
 // the mask, writes h, stages scale·U, adds the rank-R product with f32 FMAs into the mma
 // accumulators, then bias and beta, and stores f16.
-// Dynamic shared memory (bytes, see lf_smem_bytes and the host's copy of it):
+// Cost of the fused LoRA: every column block recomputes h for its rows, R·ceil(N/BN)·M·K f32
+// FMAs in all; at peak rates (f16 mma ~15x f32 FMA) that is about 15·R/BN of the main
+// product's time (~1x at R = 8, BN = 128) unless it overlaps with the mmas. The known next
+// step is to run x·Lᵀ on the tensor cores too (L split into f16 hi + scaled lo parts, two
+// mma accumulators, ~2R/BN extra mma work); not done yet.
+// Dynamic shared memory (bytes, see lf_region0_bytes and the host's Tile::smem):
 //   region 0: STAGES x [A tile BM x (BK+8) halves | B tile (nk: BN x (BK+8), kn: BK x (BN+8))]
-//             then STAGES x L tile R4 x (BK+4) floats (R4: R rounded up to 4, rows past R 0); after the main loop it holds scale·U as
-//             R x BN floats (region 0 = the larger of the two uses)
+//             then STAGES x L tile R4 x (BK+4) floats (R4: R rounded up to 4, rows past R
+//             are 0); after the main loop it holds scale·U as R x BN floats (region 0 = the
+//             larger of the two uses)
 //   region 1: h, BM x (R|1) floats (odd row stride: conflict-free column reads)
 // Row paddings keep every ldmatrix row 16-byte aligned and its 8 rows in distinct banks.
 //
