@@ -500,3 +500,391 @@ fn errors() {
         assert!(matches!(got, Error::DType { .. }), "f16 x, f32 w: {got}");
     }
 }
+
+// ---- The fast f16 kernels (kernels/linear_fast.cu) ----
+//
+// Each case runs the f16 backend with fast GEMMs, its simple twin, and the CPU backend in f32
+// (the baseline) and f64 (the reference) on the same f16-rounded inputs. f16 outputs (y, dX)
+// meet the f16 criterion (error vs f64 <= 2 x the f16-rounded f32 CPU's); f32 outputs (ũ, dA,
+// dB) match the f32 CPU within the f32 tolerance. Which path ran: with a LoRA the fast path's
+// f32 outputs differ bitwise from the simple kernels' somewhere (other summation orders), and
+// a declined shape gives the simple kernels' bits exactly. (Without a LoRA the emulator's mma
+// sums in the simple kernel's order, so y alone cannot tell; the dispatch is the same branch.)
+
+use lorafuse::backend::cuda::KernelChoice;
+
+fn f64_of(t: &Tensor) -> Tensor {
+    cpu().cast(t, DType::F64).unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_f32_vec().iter().map(|x| x.to_bits()).collect()
+}
+
+/// Largest |got - reference| for an f32 output, and the f32 CPU's.
+fn f32_errors(got: &Tensor, base: &Tensor, reference: &Tensor) -> (f64, f64) {
+    let r = reference.to_f64_vec();
+    let as64 = |t: &Tensor| -> Vec<f64> { t.to_f32_vec().iter().map(|&x| x as f64).collect() };
+    (max_abs_diff(&as64(got), &r), max_abs_diff(&as64(base), &r))
+}
+
+/// The fast and simple backends of an f16 engine.
+fn fast_and_simple(
+    e: &Engine,
+) -> (
+    lorafuse::backend::cuda::CudaBackend,
+    lorafuse::backend::cuda::CudaBackend,
+) {
+    (
+        e.be.clone().with_kernels(KernelChoice::fast()),
+        e.be.clone().with_kernels(KernelChoice::simple()),
+    )
+}
+
+/// The fast path runs when `in` is a multiple of 8 and the rank at most 192 (forward).
+fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
+    let expect_fast = l.inf % 8 == 0 && l.rank.is_none_or(|r| r <= 192);
+    let dtype = DType::F16;
+    let what = format!("{} fast forward {l:?}", e.be.name());
+    let (fast, simple) = fast_and_simple(e);
+    let (xc, xd) = random_pair(&e.be, rng, &with_last(l.lead, l.inf), dtype);
+    let (wc, wd) = random_pair(&e.be, rng, &[l.outf, l.inf], dtype);
+    let bias = l.bias.then(|| random_pair(&e.be, rng, &[l.outf], dtype));
+    let lora = l.rank.map(|r| {
+        let a = random_pair(&e.be, rng, &[r, l.inf], DType::F32);
+        let b = random_pair(&e.be, rng, &[l.outf, r], DType::F32);
+        let m = l
+            .dropout
+            .then(|| mask_pair(e, rng, &with_last(l.lead, r), dtype));
+        (a, b, m)
+    });
+    let host = |f64s: bool| {
+        let c = |t: &Tensor| if f64s { f64_of(t) } else { t.clone() };
+        let (x, w) = (c(&xc), c(&wc));
+        let b = bias.as_ref().map(|b| c(&b.0));
+        let lo = lora
+            .as_ref()
+            .map(|(a, bb, m)| (c(&a.0), c(&bb.0), m.as_ref().map(|m| c(&m.0))));
+        cpu()
+            .linear(
+                &x,
+                &w,
+                b.as_ref(),
+                lo.as_ref().map(|(a, bb, m)| Lora {
+                    down: a,
+                    up: bb,
+                    scale: SCALE,
+                    dropout: m.as_ref(),
+                }),
+            )
+            .unwrap()
+    };
+    let (base, reference) = (host(false), host(true));
+    let dev = |be: &lorafuse::backend::cuda::CudaBackend| {
+        be.linear(
+            &xd,
+            &wd,
+            bias.as_ref().map(|b| &b.1),
+            lora.as_ref().map(|(a, b, m)| Lora {
+                down: &a.1,
+                up: &b.1,
+                scale: SCALE,
+                dropout: m.as_ref().map(|m| &m.1),
+            }),
+        )
+        .unwrap()
+    };
+    let (got, twin) = (dev(&fast), dev(&simple));
+    let (fe, be_) = assert_f16_criterion(&format!("{what}: y"), &got.y, &base.y, &reference.y);
+    let (se, _) =
+        assert_f16_criterion(&format!("{what}: simple y"), &twin.y, &base.y, &reference.y);
+    println!(
+        "{what}: y max err vs f64: fast {fe:.3e}, simple {se:.3e}, f32 CPU (f16-rounded) {be_:.3e}"
+    );
+    assert_matches(
+        &format!("{what}: y vs simple"),
+        &got.y,
+        &twin.y,
+        tol_for(dtype, &twin.y),
+    );
+    if let (Some(g), Some(b), Some(r), Some(s)) = (
+        &got.lora_hidden,
+        &base.lora_hidden,
+        &reference.lora_hidden,
+        &twin.lora_hidden,
+    ) {
+        assert_matches(&format!("{what}: hidden"), g, b, tol_for(DType::F32, b));
+        let (ge, bse) = f32_errors(g, b, r);
+        println!("{what}: hidden max err vs f64: fast {ge:.3e}, f32 CPU {bse:.3e}");
+        if expect_fast {
+            assert_ne!(
+                bits(g),
+                bits(s),
+                "{what}: hidden bitwise equal to the simple kernels'"
+            );
+        }
+    }
+    if !expect_fast {
+        assert_eq!(
+            bits(&got.y),
+            bits(&twin.y),
+            "{what}: declined, yet y differs from simple"
+        );
+        if let (Some(g), Some(s)) = (&got.lora_hidden, &twin.lora_hidden) {
+            assert_eq!(
+                bits(g),
+                bits(s),
+                "{what}: declined, yet hidden differs from simple"
+            );
+        }
+    }
+}
+
+/// The fast path runs when `in` and `out` are multiples of 8 and the rank at most 195
+/// (backward).
+fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
+    let expect_fast = l.inf % 8 == 0 && l.outf % 8 == 0 && l.rank.is_none_or(|r| r <= 195);
+    let dtype = DType::F16;
+    let what = format!("{} fast backward {l:?} {accum:?} want_dx {dx}", e.be.name());
+    let (fast, simple) = fast_and_simple(e);
+    let (dyc, dyd) = random_pair(&e.be, rng, &with_last(l.lead, l.outf), dtype);
+    let (wc, wd) = random_pair(&e.be, rng, &[l.outf, l.inf], dtype);
+    let (xc, xd) = random_pair(&e.be, rng, &with_last(l.lead, l.inf), dtype);
+    let lora = l.rank.map(|r| {
+        let a = random_pair(&e.be, rng, &[r, l.inf], DType::F32);
+        let b = random_pair(&e.be, rng, &[l.outf, r], DType::F32);
+        let u = random_pair(&e.be, rng, &with_last(l.lead, r), DType::F32);
+        let m = l
+            .dropout
+            .then(|| mask_pair(e, rng, &with_last(l.lead, r), dtype));
+        let gd0 = nonzero(rng, r * l.inf);
+        let gu0 = nonzero(rng, l.outf * r);
+        (a, b, u, m, gd0, gu0, r)
+    });
+    // (dx, grad_down, grad_up) on the host in f32 or f64.
+    let host = |f64s: bool| {
+        let c = |t: &Tensor| if f64s { f64_of(t) } else { t.clone() };
+        let (dy, w, x) = (c(&dyc), c(&wc), c(&xc));
+        let mut grads = lora.as_ref().map(|(_, _, _, _, gd0, gu0, r)| {
+            (
+                c(&Tensor::from_f32([*r, l.inf], gd0.clone()).unwrap()),
+                c(&Tensor::from_f32([l.outf, *r], gu0.clone()).unwrap()),
+            )
+        });
+        let ops = lora
+            .as_ref()
+            .map(|(a, b, u, m, ..)| (c(&a.0), c(&b.0), c(&u.0), m.as_ref().map(|m| c(&m.0))));
+        let lb = match (&ops, grads.as_mut()) {
+            (Some((a, b, u, m)), Some((gd, gu))) => Some(LoraBackward {
+                lora: Lora {
+                    down: a,
+                    up: b,
+                    scale: SCALE,
+                    dropout: m.as_ref(),
+                },
+                x: &x,
+                hidden: u,
+                grad_down: gd,
+                grad_up: gu,
+                accum,
+            }),
+            _ => None,
+        };
+        let d = cpu().linear_backward(&dy, &w, lb, dx).unwrap();
+        (d, grads)
+    };
+    let dev = |be: &lorafuse::backend::cuda::CudaBackend| {
+        let mut grads = lora.as_ref().map(|(_, _, _, _, gd0, gu0, r)| {
+            let start = |v: &[f32]| match accum {
+                Accum::Add => v.to_vec(),
+                Accum::Assign => vec![f32::NAN; v.len()],
+            };
+            (
+                e.be.tensor_from_f32(&[*r, l.inf], &start(gd0), DType::F32)
+                    .unwrap(),
+                e.be.tensor_from_f32(&[l.outf, *r], &start(gu0), DType::F32)
+                    .unwrap(),
+            )
+        });
+        let lb = match (&lora, grads.as_mut()) {
+            (Some((a, b, u, m, ..)), Some((gd, gu))) => Some(LoraBackward {
+                lora: Lora {
+                    down: &a.1,
+                    up: &b.1,
+                    scale: SCALE,
+                    dropout: m.as_ref().map(|m| &m.1),
+                },
+                x: &xd,
+                hidden: &u.1,
+                grad_down: gd,
+                grad_up: gu,
+                accum,
+            }),
+            _ => None,
+        };
+        let d = be.linear_backward(&dyd, &wd, lb, dx).unwrap();
+        (d, grads)
+    };
+    let ((bdx, bgr), (rdx, rgr)) = (host(false), host(true));
+    let ((gdx, ggr), (sdx, sgr)) = (dev(&fast), dev(&simple));
+    match (&gdx, &sdx, &bdx, &rdx) {
+        (Some(g), Some(s), Some(b), Some(r)) => {
+            let (fe, be_) = assert_f16_criterion(&format!("{what}: dx"), g, b, r);
+            let (se, _) = assert_f16_criterion(&format!("{what}: simple dx"), s, b, r);
+            println!("{what}: dx max err vs f64: fast {fe:.3e}, simple {se:.3e}, f32 CPU (f16-rounded) {be_:.3e}");
+            assert_matches(&format!("{what}: dx vs simple"), g, s, tol_for(dtype, s));
+            if !expect_fast {
+                assert_eq!(
+                    bits(g),
+                    bits(s),
+                    "{what}: declined, yet dx differs from simple"
+                );
+            }
+        }
+        (None, None, None, None) => assert!(!dx, "{what}: dx missing"),
+        _ => panic!("{what}: dx present on some sides only"),
+    }
+    if let (Some((gd, gu)), Some((sd, su)), Some((bd, bu)), Some((rd, ru))) =
+        (&ggr, &sgr, &bgr, &rgr)
+    {
+        for (name, g, s, b, r) in [("grad_down", gd, sd, bd, rd), ("grad_up", gu, su, bu, ru)] {
+            assert_matches(&format!("{what}: {name}"), g, b, tol_for(DType::F32, b));
+            assert_matches(
+                &format!("{what}: {name} vs simple"),
+                g,
+                s,
+                tol_for(DType::F32, s),
+            );
+            let (ge, bse) = f32_errors(g, b, r);
+            let (se, _) = f32_errors(s, b, r);
+            println!(
+                "{what}: {name} max err vs f64: fast {ge:.3e}, simple {se:.3e}, f32 CPU {bse:.3e}"
+            );
+            if !expect_fast {
+                assert_eq!(
+                    bits(g),
+                    bits(s),
+                    "{what}: declined, yet {name} differs from simple"
+                );
+            }
+        }
+        if expect_fast {
+            assert!(
+                bits(gd) != bits(sd) || bits(gu) != bits(su),
+                "{what}: LoRA gradients bitwise equal to the simple kernels'"
+            );
+        }
+    }
+}
+
+const fn layer(
+    lead: &'static [usize],
+    inf: usize,
+    outf: usize,
+    rank: Option<usize>,
+    bias: bool,
+    dropout: bool,
+) -> Layer<'static> {
+    Layer {
+        lead,
+        inf,
+        outf,
+        rank,
+        bias,
+        dropout,
+    }
+}
+
+/// Tails in every dimension (M = 37, K = 40 = 32 + 8, N = 72 = 64 + 8, odd N), ranks 4 and 8,
+/// with and without bias, LoRA and dropout mask; the 64x64 tile.
+const FAST_TAILS: [Layer<'static>; 5] = [
+    layer(&[37], 40, 72, Some(4), true, true),
+    layer(&[37], 40, 72, Some(8), false, false),
+    layer(&[37], 40, 72, None, true, false),
+    layer(&[37], 40, 71, Some(8), true, true),
+    layer(&[1, 37], 72, 40, Some(4), false, true),
+];
+
+/// SD1.5-like: 320 -> 320 attention projections on a few hundred tokens (128x128 tiles in the
+/// emulator), GEGLU 320 -> 2560 (and its backward 2560 -> 320), 640 -> 1280, 640 -> 256 with
+/// 128x64 tiles.
+const FAST_SD: [Layer<'static>; 4] = [
+    layer(&[2, 130], 320, 320, Some(8), true, true),
+    layer(&[1, 40], 320, 2560, Some(4), true, false),
+    layer(&[1, 24], 640, 1280, Some(8), true, true),
+    layer(&[100], 640, 256, Some(16), false, true),
+];
+
+/// Shapes the fast path declines (row lengths not a multiple of 8 halves; a rank whose
+/// shared memory fits no tile): the simple kernels' results, bit for bit.
+const FAST_DECLINED: [Layer<'static>; 3] = [
+    layer(&[37], 45, 72, Some(4), true, true),
+    layer(&[37], 40, 29, Some(4), true, true),
+    layer(&[37], 40, 72, Some(200), true, true),
+];
+
+/// Ranks that are not a multiple of 4 or of the block's threads, and one above the largest
+/// tiles' shared memory (the 64x64 tile serves it).
+const FAST_RANKS: [Layer<'static>; 3] = [
+    layer(&[37], 40, 72, Some(3), true, true),
+    layer(&[2, 37], 40, 72, Some(72), false, true),
+    layer(&[140], 40, 272, Some(130), true, false),
+];
+
+#[test]
+fn fast_forward_tails_f16() {
+    let mut rng = Rng::new(21);
+    for e in engines(DType::F16) {
+        for l in FAST_TAILS {
+            fast_forward(&e, &mut rng, l);
+        }
+        // The backward declines out = 29; the forward only needs in % 8 == 0.
+        for l in FAST_DECLINED.into_iter().chain(FAST_RANKS) {
+            fast_forward(&e, &mut rng, l);
+        }
+    }
+}
+
+#[test]
+fn fast_backward_tails_f16() {
+    let mut rng = Rng::new(22);
+    for e in engines(DType::F16) {
+        for l in FAST_TAILS {
+            for accum in [Accum::Assign, Accum::Add] {
+                for dx in [true, false] {
+                    if l.rank.is_none() && (!dx || accum == Accum::Add) {
+                        continue;
+                    }
+                    fast_backward(&e, &mut rng, l, accum, dx);
+                }
+            }
+        }
+        for l in FAST_DECLINED.into_iter().chain(FAST_RANKS) {
+            fast_backward(&e, &mut rng, l, Accum::Add, true);
+        }
+    }
+}
+
+#[test]
+fn fast_sd15_like_f16() {
+    let mut rng = Rng::new(23);
+    for e in engines(DType::F16) {
+        let full = [
+            layer(&[2, 4096], 320, 320, Some(8), true, true),
+            layer(&[2, 4096], 320, 2560, Some(32), true, false),
+            layer(&[2, 1024], 1280, 5120, Some(16), true, true),
+            layer(&[2, 77], 768, 320, Some(8), false, false),
+        ];
+        let layers: Vec<Layer> = if e.gpu {
+            FAST_SD.iter().chain(full.iter()).copied().collect()
+        } else {
+            FAST_SD.to_vec()
+        };
+        for l in layers {
+            fast_forward(&e, &mut rng, l);
+            fast_backward(&e, &mut rng, l, Accum::Add, true);
+        }
+        // The backward without dX (g only from the dY pass).
+        fast_backward(&e, &mut rng, FAST_SD[0], Accum::Assign, false);
+    }
+}

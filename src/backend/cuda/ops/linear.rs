@@ -13,6 +13,11 @@
 //!   dA (+)= s·gᵀ·x            gemm_f32_T_f32, split over rows
 //!   dX = dY·W + s·g·A         gemm_T_T_T with the second product g·A (when asked)
 //! T (x, W, bias, mask, y, dY, dX) is f16 or f32; A, B, ũ, g and the gradients are f32.
+//!
+//! On f16 backends with fast GEMMs (`KernelChoice::gemm`) the same products run on the
+//! tensor-core kernels of kernels/linear_fast.cu (linear/fast.rs): y and ũ in one launch, dX
+//! and g in one launch, dB and dA as ordered row-split reductions; shapes they decline (see
+//! linear/fast.rs) take the kernels above.
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
@@ -20,6 +25,8 @@ use super::{alloc, float_dtype, input, int, output, BLOCK};
 use crate::backend::{check, Accum, LinearOut, Lora, LoraBackward};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
+
+mod fast;
 
 kernels! {
     module "linear";
@@ -285,6 +292,33 @@ pub(crate) fn linear(
     int(OP, "y", rows * outf)?;
     int(OP, "lora hidden", rows * r)?;
 
+    if be.fast(be.kernels().gemm) && fast::forward_ok(be, rows, inf, outf, r, xi, wi) {
+        // One pass over x: y = x·Wᵀ + bias + s·ũ·Bᵀ and ũ = (x·Aᵀ) ⊙ mask.
+        let mut y = alloc(be, x.shape().with_last(outf), t)?;
+        let yo = output(be, OP, "y", &mut y)?;
+        let mut hidden = None;
+        let mut lo = None;
+        if let (Some(l), Some((ai, bi_up, mask))) = (&lora, li) {
+            let mut u = alloc(be, x.shape().with_last(r), DType::F32)?;
+            lo = Some(fast::LoraOperands {
+                l: ai,
+                l_s: (ink, 1),
+                u: bi_up,
+                u_s: (1, rk),
+                r,
+                scale: l.scale as f32,
+                mask,
+                hidden: output(be, OP, "lora hidden", &mut u)?,
+            });
+            hidden = Some(u);
+        }
+        fast::gemm(be, OP, (rows, outf, inf), xi, wi, false, lo, bi, yo, 0.0)?;
+        return Ok(LinearOut {
+            y,
+            lora_hidden: hidden,
+        });
+    }
+
     let mut hidden = None;
     let mut second = None;
     if let (Some(l), Some((ai, bi_up, mask))) = (&lora, li) {
@@ -338,7 +372,7 @@ pub(crate) fn linear_backward(
     be: &CudaBackend,
     dy: &Tensor,
     w: &Tensor,
-    lora: Option<LoraBackward<'_>>,
+    mut lora: Option<LoraBackward<'_>>,
     want_dx: bool,
 ) -> Result<Option<Tensor>> {
     const OP: &str = "linear_backward";
@@ -358,6 +392,12 @@ pub(crate) fn linear_backward(
     int(OP, "w", w.numel())?;
     int(OP, "dx", rows * inf)?;
     int(OP, "g", rows * r)?;
+
+    if be.fast(be.kernels().gemm) {
+        if let Some(dx) = backward_fast(be, dy, w, lora.as_mut(), want_dx, (rows, inf, outf, r))? {
+            return Ok(dx);
+        }
+    }
 
     let mut second = None;
     let mut g_keep = None;
@@ -460,5 +500,92 @@ pub(crate) fn linear_backward(
     }
     .run(be, OP, dxo, t)?;
     drop(g_keep); // g (the second product's A) lives until its last launch is queued
+    Ok(Some(dx))
+}
+
+/// The backward on the fast kernels (kernels/linear_fast.cu), or None when they decline the
+/// shape (then the caller runs the simple ones). Arguments are checked by the caller.
+/// One pass over dY gives dX = dY·W + s·g·A and g = (dY·B) ⊙ mask (only g without dX);
+/// then dB (+)= s·dYᵀ·ũ and dA (+)= s·gᵀ·X as ordered reductions over the rows.
+fn backward_fast(
+    be: &CudaBackend,
+    dy: &Tensor,
+    w: &Tensor,
+    lora: Option<&mut LoraBackward<'_>>,
+    want_dx: bool,
+    (rows, inf, outf, r): (usize, usize, usize, usize),
+) -> Result<Option<Option<Tensor>>> {
+    const OP: &str = "linear_backward";
+    let dyi = input(be, OP, "dy", dy)?;
+    let wi = input(be, OP, "w", w)?;
+    let xi = lora
+        .as_ref()
+        .map(|lb| input(be, OP, "x", lb.x))
+        .transpose()?;
+    let ptrs: Vec<In> = [Some(dyi), Some(wi), xi].into_iter().flatten().collect();
+    if !fast::backward_ok(be, rows, inf, outf, r, &ptrs) {
+        return Ok(None);
+    }
+    let t = dy.dtype();
+    let (ink, rk) = (int(OP, "w", inf)?, int(OP, "lora", r)?);
+    let mut dx = if want_dx {
+        Some(alloc(be, dy.shape().with_last(inf), t)?)
+    } else {
+        None
+    };
+    let dxo = match dx.as_mut() {
+        Some(d) => output(be, OP, "dx", d)?,
+        None => NULL_OUT,
+    };
+    let n = if want_dx { inf } else { 0 };
+    let Some(lb) = lora else {
+        fast::gemm(be, OP, (rows, n, outf), dyi, wi, true, None, None, dxo, 0.0)?;
+        return Ok(Some(dx));
+    };
+    let l = &lb.lora;
+    let ai = input(be, OP, "lora down (A)", l.down)?;
+    let bi = input(be, OP, "lora up (B)", l.up)?;
+    let ui = input(be, OP, "lora hidden", lb.hidden)?;
+    let mask = l
+        .dropout
+        .map(|m| input(be, OP, "lora dropout mask", m))
+        .transpose()?;
+    let s = l.scale as f32;
+    let beta = match lb.accum {
+        Accum::Assign => 0.0,
+        Accum::Add => 1.0,
+    };
+    // g = (dY·B) ⊙ mask, f32 [rows, r], from the same pass as dX = dY·W + s·g·A.
+    let mut g = alloc(be, dy.shape().with_last(r), DType::F32)?;
+    let go = output(be, OP, "g", &mut g)?;
+    let lo = fast::LoraOperands {
+        l: bi,
+        l_s: (1, rk),
+        u: ai,
+        u_s: (ink, 1),
+        r,
+        scale: s,
+        mask,
+        hidden: go,
+    };
+    fast::gemm(
+        be,
+        OP,
+        (rows, n, outf),
+        dyi,
+        wi,
+        true,
+        Some(lo),
+        None,
+        dxo,
+        0.0,
+    )?;
+    // dB [out, r] (+)= s·dYᵀ·ũ; dA [r, in] (+)= s·gᵀ·X.
+    let guo = output(be, OP, "grad_up", lb.grad_up)?;
+    let gdo = output(be, OP, "grad_down", lb.grad_down)?;
+    fast::lora_grad(be, OP, rows, outf, dyi, ui, r, s, guo, (rk, 1), beta)?;
+    let xi = xi.expect("x is given with the LoRA");
+    fast::lora_grad(be, OP, rows, inf, xi, In(go.0), r, s, gdo, (1, ink), beta)?;
+    drop(g); // g lives until its last reader is queued
     Ok(Some(dx))
 }

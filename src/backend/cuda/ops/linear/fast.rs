@@ -1,0 +1,315 @@
+//! The fast linear kernels (kernels/linear_fast.cu) for f16 backends: one tensor-core GEMM
+//! launch per forward (y and the LoRA hidden ũ in the same pass over x) and per backward input
+//! gradient (dX and g = (dY·B) ⊙ mask in the same pass over dY), plus the LoRA weight
+//! gradients as f32 reductions over the rows, split over rows and added in order.
+//!
+//! Declines (the caller then runs the simple kernels), each for a documented reason:
+//! - a row length of a tiled f16 operand not a multiple of 8 halves (every global->shared copy
+//!   is one 16-byte cp.async): forward `in`; backward `in` and `out`;
+//! - an operand not 16-byte aligned (pool buffers are 512-byte aligned: does not happen);
+//! - a LoRA rank whose shared memory (the f32 hidden tile and L ring, about 690 bytes per
+//!   rank on the 64x64 tile) exceeds `MAX_SMEM` on every tile: rank > 192 (forward; > 195
+//!   backward). Larger tiles are skipped when theirs does not fit (128x128 serves ranks up
+//!   to 107, 128x64 up to 124).
+//!
+//! SD1.5's linear layers (in/out 320, 640, 1280, 768, 2560, 5120) all take the fast path.
+
+use super::super::super::backend::CudaBackend;
+use super::super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::{alloc, int, output, BLOCK};
+use super::{splitk_sum_f32, NULL_IN, NULL_OUT};
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
+
+kernels! {
+    module "linear_fast";
+    fn linear_fast_128x128_nk(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32, l: In,
+        l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32, mask: In,
+        hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_128x64_nk(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32, l: In,
+        l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32, mask: In,
+        hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_64x64_nk(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32, l: In,
+        l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32, mask: In,
+        hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_128x128_kn(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32, l: In,
+        l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32, mask: In,
+        hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_128x64_kn(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32, l: In,
+        l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32, mask: In,
+        hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_64x64_kn(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32, l: In,
+        l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32, mask: In,
+        hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_lora_grad(m: i32, n: i32, d: In, ldd: i32, h: In, r: i32, scale: f32,
+        out: Out, c_sn: i32, c_sj: i32, chunk: i32, beta: f32);
+}
+
+/// Dynamic shared memory the GEMM may use: within the emulator's 163 KiB and an sm_80's
+/// opt-in limit (163 KiB); sm_90 allows 227 KiB.
+const MAX_SMEM: usize = 160 * 1024;
+/// The kernel's k-step, ring depth and paddings (kernels/linear_fast.cu: LF_*).
+const BK: usize = 32;
+const STAGES: usize = 3;
+const LDL: usize = BK + 4;
+
+/// A block tile of the GEMM: rows x columns of C, and its threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Tile {
+    T128x128,
+    T128x64,
+    T64x64,
+}
+
+impl Tile {
+    const ALL: [Tile; 3] = [Tile::T128x128, Tile::T128x64, Tile::T64x64];
+    fn bm(self) -> usize {
+        match self {
+            Tile::T64x64 => 64,
+            _ => 128,
+        }
+    }
+    fn bn(self) -> usize {
+        match self {
+            Tile::T128x128 => 128,
+            _ => 64,
+        }
+    }
+    fn threads(self) -> u32 {
+        match self {
+            Tile::T128x128 => 256,
+            _ => 128,
+        }
+    }
+    /// Dynamic shared memory for rank `r` (kernels/linear_fast.cu, lf_region0_bytes + h).
+    fn smem(self, kn: bool, r: usize) -> usize {
+        let (bm, bn) = (self.bm(), self.bn());
+        let a = bm * (BK + 8);
+        let b = if kn { BK * (bn + 8) } else { bn * (BK + 8) };
+        let ring = STAGES * (a + b) * 2 + STAGES * r.next_multiple_of(4) * LDL * 4;
+        let region0 = ring.max(r * bn * 4);
+        region0 + bm * (r | 1) * 4
+    }
+    fn blocks(self, m: usize, n: usize) -> usize {
+        m.div_ceil(self.bm()) * n.div_ceil(self.bn()).max(1)
+    }
+}
+
+/// The tile for an M x N product with rank `r`: the largest whose grid still fills the device
+/// (about one block per SM of an H100; the emulator, a few host threads, counts as 4 so that
+/// small test shapes reach every tile), else the smallest; None when no tile's shared memory
+/// fits. Every tile gives bitwise the same result (same k order per element).
+fn pick(be: &CudaBackend, m: usize, n: usize, kn: bool, r: usize) -> Option<Tile> {
+    let fill = if be.device().is_emulator() { 4 } else { 132 };
+    let fits = |t: &Tile| t.smem(kn, r) <= MAX_SMEM;
+    Tile::ALL
+        .into_iter()
+        .filter(fits)
+        .find(|t| t.blocks(m, n) >= fill)
+        .or_else(|| Tile::ALL.into_iter().rev().find(fits))
+}
+
+fn aligned(p: In) -> bool {
+    p.0 % 16 == 0
+}
+
+/// Whether the forward takes the fast path (see the module comment); the caller has checked
+/// that the backend is f16 with fast GEMMs.
+pub(super) fn forward_ok(
+    be: &CudaBackend,
+    rows: usize,
+    inf: usize,
+    outf: usize,
+    r: usize,
+    x: In,
+    w: In,
+) -> bool {
+    inf % 8 == 0 && aligned(x) && aligned(w) && pick(be, rows, outf, false, r).is_some()
+}
+
+/// Whether the backward takes the fast path.
+pub(super) fn backward_ok(
+    be: &CudaBackend,
+    rows: usize,
+    inf: usize,
+    outf: usize,
+    r: usize,
+    ptrs: &[In],
+) -> bool {
+    inf % 8 == 0
+        && outf % 8 == 0
+        && ptrs.iter().all(|&p| aligned(p))
+        && pick(be, rows, inf, true, r).is_some()
+}
+
+/// The LoRA operands of one GEMM launch: L(j, k) = l[j·l_sj + k·l_sk] (contracted with the
+/// rows of A), U(j, n) = u[j·u_sj + n·u_sn] (scaled by `scale` into C), the mask [M, r] and
+/// the hidden output h [M, r] (f32, `=`).
+pub(super) struct LoraOperands {
+    pub l: In,
+    pub l_s: (i32, i32),
+    pub u: In,
+    pub u_s: (i32, i32),
+    pub r: usize,
+    pub scale: f32,
+    pub mask: Option<In>,
+    pub hidden: Out,
+}
+
+/// C [m, n] f16 = A·B (+ LoRA) (+ bias) (+ beta·C): A [m, k] f16 row-major (leading dim k),
+/// B [n, k] (`kn` false) or [k, n] (`kn` true) f16 row-major. n may be 0 (only the hidden).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm(
+    be: &CudaBackend,
+    op: &'static str,
+    (m, n, k): (usize, usize, usize),
+    a: In,
+    b: In,
+    kn: bool,
+    lora: Option<LoraOperands>,
+    bias: Option<In>,
+    c: Out,
+    beta: f32,
+) -> Result<()> {
+    let r = lora.as_ref().map_or(0, |l| l.r);
+    if m == 0 || (n == 0 && r == 0) {
+        return Ok(());
+    }
+    let tile = pick(be, m, n, kn, r).expect("checked by forward_ok / backward_ok");
+    let grid = (
+        m.div_ceil(tile.bm()) as u32,
+        n.div_ceil(tile.bn()).max(1) as u32,
+        1,
+    );
+    let cfg = LaunchCfg::new(grid, (tile.threads(), 1, 1), tile.smem(kn, r) as u32);
+    let f = match (tile, kn) {
+        (Tile::T128x128, false) => linear_fast_128x128_nk,
+        (Tile::T128x64, false) => linear_fast_128x64_nk,
+        (Tile::T64x64, false) => linear_fast_64x64_nk,
+        (Tile::T128x128, true) => linear_fast_128x128_kn,
+        (Tile::T128x64, true) => linear_fast_128x64_kn,
+        (Tile::T64x64, true) => linear_fast_64x64_kn,
+    };
+    let (mi, ni, ki) = (int(op, "m", m)?, int(op, "n", n)?, int(op, "k", k)?);
+    let ldb = if kn { ni } else { ki };
+    let (l, (l_sj, l_sk), u, (u_sj, u_sn), ri, scale, mask, hidden) = match lora {
+        Some(lo) => (
+            lo.l,
+            lo.l_s,
+            lo.u,
+            lo.u_s,
+            int(op, "lora", lo.r)?,
+            lo.scale,
+            lo.mask.unwrap_or(NULL_IN),
+            lo.hidden,
+        ),
+        None => (NULL_IN, (0, 0), NULL_IN, (0, 0), 0, 0.0, NULL_IN, NULL_OUT),
+    };
+    f(
+        be.device(),
+        cfg,
+        mi,
+        ni,
+        ki,
+        a,
+        ki,
+        b,
+        ldb,
+        l,
+        l_sj,
+        l_sk,
+        u,
+        u_sj,
+        u_sn,
+        ri,
+        scale,
+        mask,
+        hidden,
+        bias.unwrap_or(NULL_IN),
+        c,
+        beta,
+    )
+}
+
+/// A LoRA weight gradient, f32: C(n, j) = beta·C(n, j) + scale·Σ_{m<rows} d[m][n]·h[m][j],
+/// d [rows, n] f16 row-major, h [rows, r] f32, C(n, j) at c[n·c_sn + j·c_sj]. Rows are split
+/// over blocks (about 256 blocks in all, at most 64 splits, whole 32-row steps); the splits
+/// write a workspace that `splitk_sum_f32` adds in order, so the result does not depend on
+/// scheduling nor on the device.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lora_grad(
+    be: &CudaBackend,
+    op: &'static str,
+    rows: usize,
+    n: usize,
+    d: In,
+    h: In,
+    r: usize,
+    scale: f32,
+    c: Out,
+    (c_sn, c_sj): (i32, i32),
+    beta: f32,
+) -> Result<()> {
+    if n == 0 || r == 0 {
+        return Ok(());
+    }
+    let tiles = n.div_ceil(64) * r.div_ceil(16);
+    let want = (256 / tiles).clamp(1, 64);
+    let chunk = rows.div_ceil(want).next_multiple_of(32).max(32);
+    let splits = rows.div_ceil(chunk).max(1);
+    let (mi, ni, ri) = (
+        int(op, "rows", rows)?,
+        int(op, "n", n)?,
+        int(op, "lora", r)?,
+    );
+    let ci = int(op, "rows", chunk)?;
+    let grid = (n.div_ceil(64) as u32, r.div_ceil(16) as u32, splits as u32);
+    let cfg = LaunchCfg::new(grid, (256, 1, 1), 0);
+    if splits == 1 {
+        return linear_fast_lora_grad(
+            be.device(),
+            cfg,
+            mi,
+            ni,
+            d,
+            ni,
+            h,
+            ri,
+            scale,
+            c,
+            c_sn,
+            c_sj,
+            ci,
+            beta,
+        );
+    }
+    let nr = int(op, "grad", n * r)?;
+    int(op, "split workspace", splits * n * r)?;
+    let mut ws: Tensor = alloc(be, [splits, n * r], DType::F32)?;
+    let wo = output(be, op, "split workspace", &mut ws)?;
+    linear_fast_lora_grad(
+        be.device(),
+        cfg,
+        mi,
+        ni,
+        d,
+        ni,
+        h,
+        ri,
+        scale,
+        wo,
+        c_sn,
+        c_sj,
+        ci,
+        0.0,
+    )?;
+    splitk_sum_f32(
+        be.device(),
+        LaunchCfg::for_items(n * r, BLOCK),
+        In(wo.0),
+        c,
+        nr,
+        splits as i32,
+        beta,
+    )
+}
