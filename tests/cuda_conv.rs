@@ -292,8 +292,9 @@ fn errors() {
 /// 64-channel tile), odd images (7x9, 13x11), batch 2, 1x1 and 3x3, stride 1 and 2 with both
 /// input sizes of stride 2 (even and odd, pad 1 and the VAE's pad 0), the 4-channel conv_in,
 /// a 1x1 stride-2 conv (input-gradient classes without taps), more than one 128-pixel tile,
-/// and K = C·k·k a multiple of 8 (16-byte weight copies) or not (element loads).
-const FAST: [Case; 12] = [
+/// K = C·k·k a multiple of 8 (16-byte weight copies) or not (element loads), and pointwise
+/// convs with H·W a multiple of 8 (16-byte activation copies) or not.
+const FAST: [Case; 13] = [
     case(2, 20, 7, 9, 24, 3, 1, 1),
     case(2, 20, 7, 9, 24, 1, 1, 0),
     case(2, 20, 8, 8, 24, 3, 2, 1), // stride 2, even input: 8x8 -> 4x4
@@ -304,7 +305,8 @@ const FAST: [Case; 12] = [
     case(1, 24, 13, 11, 20, 1, 2, 0), // 1x1 stride 2
     case(1, 32, 13, 11, 72, 3, 1, 1), // K = 288 (16-byte copies), 143 pixels: two tiles
     case(2, 40, 9, 9, 40, 3, 2, 1), // stride 2 with 16-byte copies in the gradient
-    case(1, 16, 8, 8, 8, 1, 1, 0),  // 1x1, K = 16
+    case(1, 16, 8, 8, 8, 1, 1, 0),  // 1x1, K = 16: 16-byte activation copies
+    case(3, 16, 4, 6, 8, 1, 1, 0),  // ... 24-pixel images: runs of 8 cross image ends
     case(1, 3, 4, 3, 2, 3, 1, 0),   // output 2x1, C = 3
 ];
 
