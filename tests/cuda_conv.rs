@@ -7,7 +7,7 @@
 mod common;
 
 use common::cuda::*;
-use lorafuse::backend::cuda::CudaBackend;
+use lorafuse::backend::cuda::{CudaBackend, KernelChoice};
 use lorafuse::backend::Conv2d;
 use lorafuse::rng::Rng;
 use lorafuse::{Backend, DType, Error, Tensor};
@@ -283,5 +283,168 @@ fn errors() {
         let (dy6c, _) = random_pair(be, &mut rng, &[1, 4, 6, 6], DType::F32);
         let err = be.conv2d_input_grad(&dy6c, &wd, (6, 6), p).unwrap_err();
         assert!(matches!(err, Error::Device { .. }), "{err}");
+    }
+}
+
+// ---- the fast (tensor-core) kernels of f16 backends, kernels/conv_fast.cu ----
+
+/// Tails for the fast kernels: channels not multiples of the tiles (C = 20, O = 24, 70 > one
+/// 64-channel tile), odd images (7x9, 13x11), batch 2, 1x1 and 3x3, stride 1 and 2 with both
+/// input sizes of stride 2 (even and odd, pad 1 and the VAE's pad 0), the 4-channel conv_in,
+/// a 1x1 stride-2 conv (input-gradient classes without taps), more than one 128-pixel tile,
+/// K = C·k·k a multiple of 8 (16-byte weight copies) or not (element loads), and pointwise
+/// convs with H·W a multiple of 8 (16-byte activation copies) or not.
+const FAST: [Case; 13] = [
+    case(2, 20, 7, 9, 24, 3, 1, 1),
+    case(2, 20, 7, 9, 24, 1, 1, 0),
+    case(2, 20, 8, 8, 24, 3, 2, 1), // stride 2, even input: 8x8 -> 4x4
+    case(2, 20, 7, 9, 24, 3, 2, 1), // stride 2, odd input: 7x9 -> 4x5
+    case(1, 20, 9, 9, 24, 3, 2, 0), // the VAE's pad 0, odd: 9x9 -> 4x4
+    case(1, 20, 10, 10, 24, 3, 2, 0), // ... even: 10x10 -> 4x4, last row/column unreached
+    case(2, 4, 9, 7, 70, 3, 1, 1),  // conv_in: C = 4 (K = 36), two channel tiles
+    case(1, 24, 13, 11, 20, 1, 2, 0), // 1x1 stride 2
+    case(1, 32, 13, 11, 72, 3, 1, 1), // K = 288 (16-byte copies), 143 pixels: two tiles
+    case(2, 40, 9, 9, 40, 3, 2, 1), // stride 2 with 16-byte copies in the gradient
+    case(1, 16, 8, 8, 8, 1, 1, 0),  // 1x1, K = 16: 16-byte activation copies
+    case(3, 16, 4, 6, 8, 1, 1, 0),  // ... 24-pixel images: runs of 8 cross image ends
+    case(1, 3, 4, 3, 2, 3, 1, 0),   // output 2x1, C = 3
+];
+
+/// SD1.5 layers for the fast kernels: small spatial sizes in the emulator, full on a GPU.
+fn fast_sd_cases(gpu: bool) -> Vec<Case> {
+    let mut v = sd_cases(gpu);
+    if gpu {
+        v.push(case(2, 640, 32, 32, 640, 3, 2, 1)); // downsampler 32 -> 16
+        v.push(case(1, 512, 129, 129, 512, 3, 2, 0)); // VAE downsampler, 129 after the pad
+    } else {
+        v.push(case(1, 320, 9, 9, 320, 3, 2, 1)); // a downsampler at odd size
+    }
+    v
+}
+
+/// The CPU references for a fast f16 result: (f32 baseline, f64 reference), both from the
+/// f16-rounded inputs.
+fn cpu_refs<F: Fn(&lorafuse::CpuBackend, &[Tensor]) -> Tensor>(
+    inputs: &[&Tensor],
+    f: F,
+) -> (Tensor, Tensor) {
+    let cpu = cpu();
+    let f32s: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+    let f64s: Vec<Tensor> = inputs
+        .iter()
+        .map(|t| cpu.cast(t, DType::F64).unwrap())
+        .collect();
+    (f(&cpu, &f32s), f(&cpu, &f64s))
+}
+
+/// Whether two f16 tensors differ in some element (the fast kernel sums in another order
+/// than the simple one, so over a long reduction some roundings differ).
+fn differs(a: &Tensor, b: &Tensor) -> bool {
+    a.to_f32_vec()
+        .iter()
+        .zip(b.to_f32_vec())
+        .any(|(x, y)| x.to_bits() != y.to_bits())
+}
+
+/// Fast vs the f64 reference (f16 criterion) and vs the simple twin; returns whether the
+/// fast and the simple results differ bitwise.
+fn check_fast_forward(e: &Engine, rng: &mut Rng, c: &Case, bias: bool) -> bool {
+    let fast = e.be.clone().with_kernels(KernelChoice::fast());
+    let simple = e.be.clone().with_kernels(KernelChoice::simple());
+    let (xc, xd) = random_pair(&e.be, rng, &[c.n, c.c, c.h, c.w], DType::F16);
+    let (wc, wd) = weights(&e.be, rng, c, DType::F16);
+    let (bc, bd) = random_pair(&e.be, rng, &[c.o], DType::F16);
+    let p = c.conv();
+    let got = fast.conv2d(&xd, &wd, bias.then_some(&bd), p).unwrap();
+    let twin = simple.conv2d(&xd, &wd, bias.then_some(&bd), p).unwrap();
+    let (base, reference) = cpu_refs(&[&xc, &wc, &bc], |cpu, t| {
+        cpu.conv2d(&t[0], &t[1], bias.then_some(&t[2]), p).unwrap()
+    });
+    let what = format!("fast conv2d {c:?} bias {bias} gpu {}", e.gpu);
+    let (ge, be) = assert_f16_criterion(&what, &got, &base, &reference);
+    let (se, _) = assert_f16_criterion(&format!("{what} (simple)"), &twin, &base, &reference);
+    println!("{what}: fast {ge:.3e}, simple {se:.3e}, cpu f32 baseline {be:.3e} vs f64");
+    assert_matches(&format!("{what} vs simple"), &got, &twin, tol(DType::F16));
+    differs(&got, &twin)
+}
+
+fn check_fast_input_grad(e: &Engine, rng: &mut Rng, c: &Case) -> bool {
+    let fast = e.be.clone().with_kernels(KernelChoice::fast());
+    let simple = e.be.clone().with_kernels(KernelChoice::simple());
+    let (ho, wo) = c.out_hw();
+    let (dyc, dyd) = random_pair(&e.be, rng, &[c.n, c.o, ho, wo], DType::F16);
+    let (wc, wd) = weights(&e.be, rng, c, DType::F16);
+    let (p, hw) = (c.conv(), (c.h, c.w));
+    let got = fast.conv2d_input_grad(&dyd, &wd, hw, p).unwrap();
+    let twin = simple.conv2d_input_grad(&dyd, &wd, hw, p).unwrap();
+    let (base, reference) = cpu_refs(&[&dyc, &wc], |cpu, t| {
+        cpu.conv2d_input_grad(&t[0], &t[1], hw, p).unwrap()
+    });
+    let what = format!("fast conv2d_input_grad {c:?} gpu {}", e.gpu);
+    let (ge, be) = assert_f16_criterion(&what, &got, &base, &reference);
+    let (se, _) = assert_f16_criterion(&format!("{what} (simple)"), &twin, &base, &reference);
+    println!("{what}: fast {ge:.3e}, simple {se:.3e}, cpu f32 baseline {be:.3e} vs f64");
+    assert_matches(&format!("{what} vs simple"), &got, &twin, tol(DType::F16));
+    differs(&got, &twin)
+}
+
+/// Tails and SD1.5 shapes through the fast forward kernel. On a GPU the SD1.5 cases (K = 2880
+/// and more) must differ bitwise from the simple kernel somewhere (the tensor cores sum in
+/// another order): proof the fast path ran. The emulator's mma sums in the simple kernel's
+/// order, bit for bit, so there the unit test `fast_path_taken_only_when_chosen`
+/// (src/backend/cuda/ops/conv/fast.rs) counts the fast launches instead.
+#[test]
+fn fast_forward_f16() {
+    let mut rng = Rng::new(31);
+    for e in engines(DType::F16) {
+        for (i, c) in FAST.iter().enumerate() {
+            check_fast_forward(&e, &mut rng, c, i % 3 != 1);
+        }
+        let mut any = false;
+        for c in fast_sd_cases(e.gpu) {
+            any |= check_fast_forward(&e, &mut rng, &c, true);
+        }
+        assert!(
+            any || !e.gpu,
+            "the fast conv2d gave the simple kernel's bits everywhere (not taken?)"
+        );
+    }
+}
+
+#[test]
+fn fast_input_grad_f16() {
+    let mut rng = Rng::new(32);
+    for e in engines(DType::F16) {
+        for c in &FAST {
+            check_fast_input_grad(&e, &mut rng, c);
+        }
+        for (h, w, p) in [(8, 8, 1), (7, 7, 1), (8, 7, 1), (10, 10, 0), (9, 9, 0)] {
+            let c = case(2, 20, h, w, 24, 3, 2, p);
+            check_fast_input_grad(&e, &mut rng, &c);
+        }
+        let mut any = false;
+        for c in fast_sd_cases(e.gpu) {
+            any |= check_fast_input_grad(&e, &mut rng, &c);
+        }
+        assert!(
+            any || !e.gpu,
+            "the fast input gradient gave the simple kernel's bits everywhere (not taken?)"
+        );
+    }
+}
+
+/// f32 backends keep the simple kernels whatever the choice: bit-identical results.
+#[test]
+fn f32_backends_run_the_simple_kernels() {
+    let mut rng = Rng::new(33);
+    for e in engines(DType::F32) {
+        let c = case(1, 20, 7, 9, 24, 3, 1, 1);
+        let (_, xd) = random_pair(&e.be, &mut rng, &[c.n, c.c, c.h, c.w], DType::F32);
+        let (_, wd) = weights(&e.be, &mut rng, &c, DType::F32);
+        let f = e.be.clone().with_kernels(KernelChoice::fast());
+        let s = e.be.clone().with_kernels(KernelChoice::simple());
+        let a = f.conv2d(&xd, &wd, None, c.conv()).unwrap();
+        let b = s.conv2d(&xd, &wd, None, c.conv()).unwrap();
+        assert!(!differs(&a, &b));
     }
 }

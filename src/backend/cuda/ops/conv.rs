@@ -1,5 +1,11 @@
-//! 2-D convolution and its input gradient (kernels/conv.cu): implicit GEMMs over tiles of
-//! 64 output channels x 64 output pixels, f32 accumulation.
+//! 2-D convolution and its input gradient. Simple kernels (kernels/conv.cu): implicit GEMMs
+//! over tiles of 64 output channels x 64 output pixels, f32 accumulation, f32 and f16. Fast
+//! kernels (kernels/conv_fast.cu, f16 backends with the conv family fast): implicit GEMMs on
+//! tensor cores over tiles of 128 output pixels x 64 output channels; the input gradient as
+//! one dense GEMM per residue class of the input pixels mod the stride (see conv_fast.cu).
+//! The fast path takes kernels 1x1 and 3x3 (every SD1.5 conv: any channel count, spatial
+//! size, padding; forward any stride, input gradient stride 1 or 2); other kernel sizes and
+//! strides run the simple kernels.
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
@@ -8,6 +14,8 @@ use crate::backend::check::conv::ConvDims;
 use crate::backend::{check, Conv2d};
 use crate::error::Result;
 use crate::tensor::Tensor;
+
+mod fast;
 
 kernels! {
     module "conv";
@@ -91,6 +99,11 @@ pub(crate) fn conv2d(
     if y.numel() == 0 {
         return Ok(y);
     }
+    if be.fast(be.kernels().conv) && fast::forward_supported(&d) {
+        let yo = output(be, OP, "y", &mut y)?;
+        fast::forward(be, &d, xi, wi, bi, bias.is_some(), yo)?;
+        return Ok(y);
+    }
     let cfg = grid(d.n * d.ho * d.wo, d.o);
     let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16);
     f(
@@ -130,6 +143,11 @@ pub(crate) fn conv2d_input_grad(
     let s = sizes(OP, &d, w.numel())?;
     let mut dx = alloc(be, d.input_shape(), dt)?;
     if dx.numel() == 0 {
+        return Ok(dx);
+    }
+    if be.fast(be.kernels().conv) && fast::input_grad_supported(&d) {
+        let dxo = output(be, OP, "dx", &mut dx)?;
+        fast::input_grad(be, &d, dyi, wi, dxo)?;
         return Ok(dx);
     }
     let cfg = grid(d.n * d.h * d.w, d.c);
