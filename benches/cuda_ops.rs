@@ -220,9 +220,8 @@ fn main() {
         "{:<40} {:<22} {:>9} {:>14} {:>9} {:>14} {:>8}",
         "op (f16)", "shape", "fast ms", "fast rate", "simple ms", "simple rate", "speedup"
     );
-    let rate = |r: &Row, ms: f64| {
-        r.work.0 / (ms * 1e-3) / if r.work.1 == "TFLOP/s" { 1e12 } else { 1e9 }
-    };
+    let rate =
+        |r: &Row, ms: f64| r.work.0 / (ms * 1e-3) / if r.work.1 == "TFLOP/s" { 1e12 } else { 1e9 };
     for r in &rows {
         println!(
             "{:<40} {:<22} {:>9.3} {:>6.2} {:<7} {:>9.3} {:>6.2} {:<7} {:>7.2}x",
