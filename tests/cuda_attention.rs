@@ -379,11 +379,23 @@ fn errors() {
             .expect_err("mixed dtypes must be refused");
         assert!(matches!(got, Error::DType { .. }), "{got}");
 
-        // Heads wider than the kernels take: the CPU accepts them, the CUDA backend refuses.
+        // Heads wider than the tiled kernels take: the forward runs (tests/cuda_attention_wide.rs),
+        // the backward is refused (the CPU accepts both).
         let wide = [1, 2, 257];
-        let got = be
+        let (o, lse) = be
             .attention(&dev(&wide), &dev(&wide), &dev(&wide), p(1, false))
-            .expect_err("head_dim 257 must be refused");
+            .unwrap();
+        let got = be
+            .attention_backward(
+                &dev(&wide),
+                &dev(&wide),
+                &dev(&wide),
+                &o,
+                &lse,
+                &o,
+                p(1, false),
+            )
+            .expect_err("head_dim 257 must be refused in the backward");
         assert!(matches!(got, Error::BadValue { .. }), "{got}");
     }
 }
