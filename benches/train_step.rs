@@ -221,22 +221,9 @@ fn main() -> Res<()> {
 /// The planner's pool peak for the training step of this configuration, measured the way the
 /// bench measures (after the model is loaded, from the step's start): the step's peak.
 fn plan_peak(batch: usize, rank: usize, res: usize, dtype: DType) -> Res<usize> {
-    let p = lorafuse::plan::plan(&lorafuse::plan::PlanInput {
-        batch,
-        width: res,
-        height: res,
-        rank,
-        alpha: rank as f64,
-        targets: LoraTargets::Transformer,
-        dtype,
-        train_text_encoder: false,
-        sampling: false,
-        captions_fixed: true,
-        dropout: false,
-        clip_skip: 1,
-        cached_latents: 0,
-        cached_captions: 0,
-    })?;
+    let p = lorafuse::plan::plan(&lorafuse::plan::PlanInput::step(
+        batch, res, res, rank, dtype,
+    ))?;
     Ok(p.training_peak)
 }
 

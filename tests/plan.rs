@@ -8,7 +8,6 @@ use std::sync::atomic::AtomicBool;
 
 use lorafuse::backend::cuda::{CudaBackend, Device};
 use lorafuse::config::TrainConfig;
-use lorafuse::lora::LoraTargets;
 use lorafuse::plan::fit::fit;
 use lorafuse::plan::{plan, PlanInput};
 use lorafuse::train::trainer::{train, Event, Observer};
@@ -16,20 +15,9 @@ use lorafuse::{DType, Error};
 
 fn input(batch: usize, side: usize, rank: usize, dtype: DType) -> PlanInput {
     PlanInput {
-        batch,
-        width: side,
-        height: side,
-        rank,
-        alpha: rank as f64,
-        targets: LoraTargets::Transformer,
-        dtype,
-        train_text_encoder: false,
-        sampling: false,
-        captions_fixed: true,
-        dropout: false,
-        clip_skip: 1,
         cached_latents: 10,
         cached_captions: 10,
+        ..PlanInput::step(batch, side, side, rank, dtype)
     }
 }
 

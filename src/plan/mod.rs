@@ -57,6 +57,27 @@ pub struct PlanInput {
 }
 
 impl PlanInput {
+    /// A plain training step: kohya's default targets, alpha = rank, no text-encoder training,
+    /// sampling or dropout, fixed captions, nothing cached (benches and tests).
+    pub fn step(batch: usize, width: usize, height: usize, rank: usize, dtype: DType) -> PlanInput {
+        PlanInput {
+            batch,
+            width,
+            height,
+            rank,
+            alpha: rank as f64,
+            targets: LoraTargets::Transformer,
+            dtype,
+            train_text_encoder: false,
+            sampling: false,
+            captions_fixed: true,
+            dropout: false,
+            clip_skip: 1,
+            cached_latents: 0,
+            cached_captions: 0,
+        }
+    }
+
     /// The plan input of a configuration; `images` is (training, validation) image counts,
     /// when the data folder could be read.
     pub fn from_config(cfg: &TrainConfig, images: Option<(usize, usize)>) -> PlanInput {
