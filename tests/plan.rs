@@ -41,6 +41,16 @@ fn the_breakdown_adds_up_and_scales_with_the_shapes() {
     );
     assert!((p1.optimizer as f64 / p1.lora as f64 - 4.0).abs() < 0.01);
     assert!((r32.lora as f64 / p1.lora as f64 - 4.0).abs() < 0.01);
+    // The caches: 10 latents [1, 4, 64, 64] and 10 embeddings [1, 77, 768] in f16, and only
+    // the latents when captions are not cached.
+    let (lat, emb) = (4 * 64 * 64 * 2, 77 * 768 * 2);
+    assert_eq!(p1.caches, 10 * lat + 10 * emb);
+    let no_captions = plan(&PlanInput {
+        cached_captions: 0,
+        ..input(1, 512, 8, DType::F16)
+    })
+    .unwrap();
+    assert_eq!(no_captions.caches, 10 * lat);
     // The tape scales with the batch and the dtype; its blocks are the UNet's ten.
     assert_eq!(p1.tape.len(), 10);
     let t1 = p1.tape_bytes() as f64;

@@ -1,7 +1,7 @@
 //! The largest batch size and resolution that fit a memory budget, by planning candidates
 //! (a plan is a metered run: well under a second for the full SD1.5 UNet).
 
-use super::{plan, MemoryPlan, PlanInput};
+use super::{plan, PlanInput};
 use crate::error::Result;
 
 /// The largest batch sizes searched.
@@ -20,10 +20,9 @@ pub struct Fit {
     pub side: Option<usize>,
 }
 
-/// Whether `input` fits `budget` bytes; returns its plan too.
-pub fn fits(input: &PlanInput, budget: usize) -> Result<(bool, MemoryPlan)> {
-    let p = plan(input)?;
-    Ok((p.peak() <= budget, p))
+/// Whether `input`'s predicted peak fits `budget` bytes.
+pub fn fits(input: &PlanInput, budget: usize) -> Result<bool> {
+    Ok(plan(input)?.peak() <= budget)
 }
 
 /// The largest value v in lo..=hi with `ok(v)`, given that `ok` is monotone (true, then
@@ -62,14 +61,13 @@ fn largest(
 /// The largest batch size and square resolution that fit `budget` bytes.
 pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
     let batch = largest(1, MAX_BATCH, |b| {
-        Ok(fits(
+        fits(
             &PlanInput {
                 batch: b,
                 ..input.clone()
             },
             budget,
-        )?
-        .0)
+        )
     })?;
     let side = largest(1, MAX_SIDE / 64, |s| {
         let side = s * 64;
@@ -78,7 +76,7 @@ pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
             height: side,
             ..input.clone()
         };
-        Ok(fits(&i, budget)?.0)
+        fits(&i, budget)
     })?
     .map(|s| s * 64);
     Ok(Fit {

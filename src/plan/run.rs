@@ -64,18 +64,17 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
         let first = vae.latents(&cx, &post, Some(&noise))?;
         drop((image, post, noise));
         let emb = te.forward(&cx, &[0; TOKENS], 1, input.clip_skip)?;
-        let mut held = vec![first, emb];
+        // The encoded latent and embedding are the caches' first entries, when they cache any.
+        let mut held: Vec<_> = (input.cached_latents > 0)
+            .then_some(first)
+            .into_iter()
+            .collect();
+        held.extend((input.cached_captions > 0).then_some(emb));
         for _ in 1..input.cached_latents {
             held.push(be.zeros(&[1, 4, lh, lw], dtype)?);
         }
         for _ in 1..input.cached_captions {
             held.push(be.zeros(&[1, TOKENS, width], dtype)?);
-        }
-        if input.cached_captions == 0 {
-            held.pop();
-        }
-        if input.cached_latents == 0 {
-            held.remove(0);
         }
         Ok(held)
     })?;
