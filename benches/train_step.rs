@@ -28,8 +28,9 @@ use lorafuse::model::unet::Unet;
 use lorafuse::model::weights::RandomWeights;
 use lorafuse::rng::Rng;
 use lorafuse::sample::schedule::NoiseSchedule;
-use lorafuse::train::optim::{AdamWSettings, FlatOptimizer};
-use lorafuse::train::step::{train_micro_batch, Objective};
+use lorafuse::model::layers::Ctx;
+use lorafuse::train::optim::{AdamWSettings, OptimizerKind, ParamGroup};
+use lorafuse::train::step::{denoise_micro_batch, MicroBatch, Objective};
 use lorafuse::{CpuBackend, DType};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -129,17 +130,8 @@ fn main() -> Res<()> {
         t0.elapsed().as_secs_f64()
     );
     let targets = unet.lora_targets(LoraTargets::Transformer);
-    let schedule = NoiseSchedule::sd15();
-    let obj = Objective {
-        noise_offset: 0.0,
-        min_snr_gamma: None,
-    };
-    let settings = AdamWSettings {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
+    let obj = Objective::plain(NoiseSchedule::sd15());
+    let adamw = OptimizerKind::AdamW(AdamWSettings::default());
     let dt = be.compute_dtype();
     let lat = res / 8;
     let mut rows = Vec::new();
@@ -148,7 +140,7 @@ fn main() -> Res<()> {
         sync(&dev)?;
         let mut rng = Rng::new(5);
         let mut lora = LoraSet::init(be.as_ref(), &targets, rank, rank as f64, &mut rng)?;
-        let mut opt = FlatOptimizer::new(be.as_ref(), &lora, settings)?;
+        let mut opt = ParamGroup::new(be.as_ref(), "unet", &lora, 0..lora.len(), &adamw)?;
         let mut grads = lora.zero_grads(be.as_ref())?;
         let randn = |rng: &mut Rng, shape: &[usize]| -> Res<lorafuse::Tensor> {
             let n: usize = shape.iter().product();
@@ -165,24 +157,17 @@ fn main() -> Res<()> {
             let t = Instant::now();
             let dropout = LoraDropout::for_site(0.0, 1, &[i as u64])?;
             let loss_scale = if dt == DType::F16 { 1024.0 } else { 1.0 };
-            train_micro_batch(
-                be.as_ref(),
-                &unet,
-                &lora,
-                &mut grads,
-                &latents,
-                &context,
-                &schedule,
-                &obj,
-                loss_scale,
-                &mut rng,
-                Some(&dropout),
-                false,
-            )?;
+            let batch = MicroBatch {
+                latents: &latents,
+                context: &context,
+                grad_scale: loss_scale,
+                want_context_grad: false,
+            };
+            let cx = Ctx::new(be.as_ref(), Some(&lora)).with_dropout(Some(&dropout));
+            denoise_micro_batch(&cx, &unet, &obj, &batch, &mut grads, &mut rng)?;
             opt.load_grads(be.as_ref(), &grads)?;
-            let norm = opt.grad_norm(be.as_ref())? / loss_scale;
-            opt.update(be.as_ref(), 1e-4, 1.0 / loss_scale / norm.max(1.0))?;
-            opt.store(be.as_ref(), &mut lora)?;
+            let norm = opt.grad_sum_squares(be.as_ref())?.sqrt() / loss_scale;
+            opt.update(be.as_ref(), 1e-4, 1.0 / loss_scale / norm.max(1.0), &mut lora)?;
             sync(&dev)?;
             if i >= warmup {
                 times.push(t.elapsed().as_secs_f64() * 1e3);

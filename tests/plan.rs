@@ -9,14 +9,17 @@ use std::sync::atomic::AtomicBool;
 use lorafuse::backend::cuda::{CudaBackend, Device};
 use lorafuse::config::TrainConfig;
 use lorafuse::plan::fit::fit;
-use lorafuse::plan::{plan, PlanInput};
+use lorafuse::plan::{plan, PlanData, PlanInput};
 use lorafuse::train::trainer::{train, Event, Observer};
 use lorafuse::{DType, Error};
 
+/// A plain step on ten images of `side`x`side`.
 fn input(batch: usize, side: usize, rank: usize, dtype: DType) -> PlanInput {
     PlanInput {
-        cached_latents: 10,
-        cached_captions: 10,
+        data: PlanData::Images {
+            train: 10,
+            validation: 0,
+        },
         ..PlanInput::step(batch, side, side, rank, dtype)
     }
 }
@@ -45,11 +48,10 @@ fn the_breakdown_adds_up_and_scales_with_the_shapes() {
     // the latents when captions are not cached.
     let (lat, emb) = (4 * 64 * 64 * 2, 77 * 768 * 2);
     assert_eq!(p1.caches, 10 * lat + 10 * emb);
-    let no_captions = plan(&PlanInput {
-        cached_captions: 0,
-        ..input(1, 512, 8, DType::F16)
-    })
-    .unwrap();
+    // Shuffled captions change every step: they are encoded then, not cached.
+    let mut shuffled = input(1, 512, 8, DType::F16);
+    shuffled.cfg.shuffle_caption = true;
+    let no_captions = plan(&shuffled).unwrap();
     assert_eq!(no_captions.caches, 10 * lat);
     // The tape scales with the batch and the dtype; its blocks are the UNet's ten.
     assert_eq!(p1.tape.len(), 10);
@@ -84,24 +86,14 @@ fn the_fit_is_the_largest_size_that_fits() {
     let b = f.batch.expect("batch 1 fits 6 GiB");
     let peak = |i: PlanInput| plan(&i).unwrap().peak();
     assert!(
-        peak(PlanInput {
-            batch: b,
-            ..base.clone()
-        }) <= budget
+        peak(base.with_batch(b)) <= budget
     );
     assert!(
-        peak(PlanInput {
-            batch: b + 1,
-            ..base.clone()
-        }) > budget
+        peak(base.with_batch(b + 1)) > budget
     );
     let side = f.side.expect("some resolution fits");
     assert_eq!(side % 64, 0);
-    let sq = |s: usize| PlanInput {
-        width: s,
-        height: s,
-        ..base.clone()
-    };
+    let sq = |s: usize| base.with_side(s);
     assert!(peak(sq(side)) <= budget);
     if side < lorafuse::plan::fit::MAX_SIDE {
         assert!(peak(sq(side + 64)) > budget);
@@ -133,14 +125,15 @@ fn train_refuses_a_run_the_device_cannot_hold() {
     let dir = std::env::temp_dir().join(format!("lorafuse-plan-oom-{}", std::process::id()));
     lorafuse::demo::prepare(&dir, 2).unwrap();
     let cfg = TrainConfig::load(dir.join("demo.yaml"), &["batch_size=4"]).unwrap();
-    // A 2 GiB device: SD1.5's weights fit, the caching phase with all three models does not.
-    let be = CudaBackend::new(Device::meter_with_memory(2 << 30), DType::F16).unwrap();
+    // A 16 MiB device: the tiny model's weights fit, the caching phase with all three
+    // models does not.
+    let be = CudaBackend::new(Device::meter_with_memory(16 << 20), DType::F16).unwrap();
     let mut obs = Infos(Vec::new());
     let err = train(&cfg, &be, false, &AtomicBool::new(false), &mut obs).unwrap_err();
     assert!(matches!(err, Error::OutOfMemory(_)), "{err}");
     let msg = err.to_string();
     assert!(
-        msg.contains("predicted peak VRAM") && msg.contains("2.00 GiB"),
+        msg.contains("predicted peak VRAM") && msg.contains("0.02 GiB"),
         "{msg}"
     );
     assert!(
@@ -171,6 +164,8 @@ fn the_plan_command_prints_the_breakdown_and_the_fit() {
     let o = lorafuse(&[
         "plan",
         cfg,
+        "--set",
+        "base_model=v1-5-pruned-emaonly.safetensors",
         "--set",
         "resolution=512",
         "--gpu-memory",
@@ -217,6 +212,8 @@ fn the_readme_plan_example_is_what_plan_prints() {
     let o = lorafuse(&[
         "plan",
         cfg.to_str().unwrap(),
+        "--set",
+        "base_model=v1-5-pruned-emaonly.safetensors",
         "--set",
         "resolution=512",
         "--set",

@@ -96,7 +96,7 @@ fn training_lowers_the_loss_and_exports_a_kohya_lora() {
     let saved = state::load(&report.state_path).unwrap();
     // The state is in target order, the file by name: compare module by module.
     let mut at = 0;
-    let state_params = saved.params.to_f32_vec();
+    let state_params = saved.1["unet.params"].to_f32_vec();
     for t in &targets {
         let m = &loaded.modules()[loaded.find(&t.name).unwrap()];
         let n = m.down.numel() + m.up.numel();
@@ -181,9 +181,21 @@ fn resume_after_an_interruption_gives_the_same_losses() {
         "the resumed run's losses equal the uninterrupted run's"
     );
     // And the final adapters are the same bits.
-    let a = state::load(&full.state_path).unwrap().params.to_f32_vec();
-    let b = state::load(&rest.state_path).unwrap().params.to_f32_vec();
-    assert_eq!(a, b);
+    let (pa, a) = state::load(&full.state_path).unwrap();
+    let (pb, b) = state::load(&rest.state_path).unwrap();
+    // Both optimizer groups (the UNet's and the text encoder's adapters), AdamW's moments,
+    // and the best adapters of the validations so far (early stopping).
+    let names: Vec<&str> = a.keys().map(String::as_str).collect();
+    let want = ["best", "m", "params", "v"];
+    let want: Vec<String> = ["text_encoder", "unet"]
+        .iter()
+        .flat_map(|g| want.iter().map(move |t| format!("{g}.{t}")))
+        .collect();
+    assert_eq!(names, want);
+    for (name, t) in &a {
+        assert_eq!(t.to_f32_vec(), b[name].to_f32_vec(), "{name}");
+    }
+    assert_eq!(pa.train_losses, pb.train_losses);
     let _ = std::fs::remove_dir_all(&straight);
     let _ = std::fs::remove_dir_all(&broken);
 }
@@ -240,11 +252,11 @@ fn early_stopping_keeps_the_best_adapters_and_says_why() {
     let final_ = values(&report.lora_path);
     assert_eq!(
         final_,
-        values(&out.join("demo-shapes-step000005.safetensors"))
+        values(&out.join("demo-shapes-step00000005.safetensors"))
     );
     assert_ne!(
         final_,
-        values(&out.join("demo-shapes-step000009.safetensors"))
+        values(&out.join("demo-shapes-step00000009.safetensors"))
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

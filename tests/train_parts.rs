@@ -6,7 +6,8 @@ use lorafuse::rng::Rng;
 use lorafuse::sample::schedule::NoiseSchedule;
 use lorafuse::train::lr::{LrSchedule, Schedule};
 use lorafuse::train::noise::{min_snr_weights, sample_timesteps};
-use lorafuse::train::optim::{clip_coefficient, AdamWSettings, FlatOptimizer, LossScaler};
+use lorafuse::train::optim::{clip_coefficient, AdamWSettings, OptimizerKind, ParamGroup};
+use lorafuse::train::scaler::LossScaler;
 use lorafuse::{Accum, CpuBackend, DType, Tensor};
 
 fn sched(kind: Schedule) -> LrSchedule {
@@ -79,7 +80,7 @@ fn module(name: &str, down: Vec<f32>, up: Vec<f32>, r: usize) -> LoraModule {
 }
 
 #[test]
-fn flat_optimizer_round_trips_and_steps() {
+fn param_group_round_trips_and_steps() {
     let be = CpuBackend::new();
     let mut set = LoraSet::new(vec![
         module("a", vec![1.0, 2.0, 3.0, 4.0], vec![5.0, 6.0], 2),
@@ -91,7 +92,7 @@ fn flat_optimizer_round_trips_and_steps() {
         eps: 1e-8,
         weight_decay: 0.0,
     };
-    let mut opt = FlatOptimizer::new(&be, &set, s).unwrap();
+    let mut opt = ParamGroup::new(&be, "unet", &set, 0..2, &OptimizerKind::AdamW(s)).unwrap();
     assert_eq!(
         opt.params.to_f32_vec(),
         vec![1., 2., 3., 4., 5., 6., 7., 8., 9., 10.]
@@ -109,9 +110,11 @@ fn flat_optimizer_round_trips_and_steps() {
     };
     opt.load_grads(&be, &grads).unwrap();
     // ‖g‖² = 1 + 1 + 0 + 4 + 9 + 0 + 3·0.25 + 16 = 31.75
-    assert!((opt.grad_norm(&be).unwrap() - 31.75f64.sqrt()).abs() < 1e-6);
-    opt.update(&be, 0.1, 1.0).unwrap();
-    opt.store(&be, &mut set).unwrap();
+    assert!((opt.grad_sum_squares(&be).unwrap() - 31.75).abs() < 1e-6);
+    opt.update(&be, 0.1, 1.0, &mut set).unwrap();
+    assert_eq!(opt.optimizer.steps(), 1);
+    let state: Vec<&str> = opt.optimizer.state().iter().map(|(n, _)| *n).collect();
+    assert_eq!(state, ["m", "v"], "AdamW saves both moments");
     // First Adam step moves each parameter by lr·sign(g) (0 where g = 0).
     let a = set.modules()[0].down.to_f32_vec();
     let want = [0.9, 2.1, 3.0, 3.9];

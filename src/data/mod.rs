@@ -129,6 +129,22 @@ impl Item {
         self.file_hash
     }
 
+    /// An image that exists only as its size (`plan`'s images, whose pixels are zeros):
+    /// caption "image <i>", bucket and size `bucket`, seen once per epoch.
+    pub fn synthetic(i: usize, bucket: Reso) -> Item {
+        Item {
+            path: PathBuf::from(format!("<synthetic image {i}>")),
+            caption: format!("image {i}"),
+            caption_source: CaptionSource::Sidecar(PathBuf::new()),
+            repeats: 1,
+            size: bucket,
+            bucket,
+            resized: bucket,
+            file_hash: i as u64,
+            content_hash: i as u64,
+        }
+    }
+
     pub(crate) fn compute_content_hash(&mut self, random_crop: bool) {
         let mut key = Vec::with_capacity(8 * 7);
         for v in [

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod family;
 pub mod layers;
 pub mod tokenizer;
 pub mod unet;

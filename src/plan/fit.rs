@@ -61,22 +61,10 @@ fn largest(
 /// The largest batch size and square resolution that fit `budget` bytes.
 pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
     let batch = largest(1, MAX_BATCH, |b| {
-        fits(
-            &PlanInput {
-                batch: b,
-                ..input.clone()
-            },
-            budget,
-        )
+        fits(&input.with_batch(b), budget)
     })?;
     let side = largest(1, MAX_SIDE / 64, |s| {
-        let side = s * 64;
-        let i = PlanInput {
-            width: side,
-            height: side,
-            ..input.clone()
-        };
-        fits(&i, budget)
+        fits(&input.with_side(s * 64), budget)
     })?
     .map(|s| s * 64);
     Ok(Fit {

@@ -22,11 +22,11 @@ pub fn summary(p: &MemoryPlan) -> String {
         "predicted peak VRAM {} (batch {}, {}x{}, rank {}, {}): weights {}, LoRA + optimizer {}, \
          saved activations {}, workspace {}, context {}",
         gib(p.peak()),
-        i.batch,
-        i.width,
-        i.height,
-        i.rank,
-        i.dtype,
+        i.batch(),
+        i.width(),
+        i.height(),
+        i.rank(),
+        i.dtype(),
         mib(p.weights.iter().filter(|w| w.2).map(|w| w.1).sum()),
         mib(p.lora + p.optimizer + p.grads),
         mib(p.tape_bytes()),
@@ -44,8 +44,14 @@ pub fn table(p: &MemoryPlan, fit: Option<&Fit>) -> String {
     };
     let _ = writeln!(
         s,
-        "memory plan: SD1.5, batch {}, {}x{}, LoRA rank {} on {:?} targets, activations {}",
-        i.batch, i.width, i.height, i.rank, i.targets, i.dtype
+        "memory plan: {}, batch {}, {}x{}, LoRA rank {} on {:?} targets, activations {}",
+        p.family,
+        i.batch(),
+        i.width(),
+        i.height(),
+        i.rank(),
+        i.cfg.lora_targets,
+        i.dtype()
     );
     let _ = writeln!(s, "resident during training:");
     for (name, b, kept) in &p.weights {
@@ -58,12 +64,10 @@ pub fn table(p: &MemoryPlan, fit: Option<&Fit>) -> String {
     row(&mut s, "optimizer: params, grads, m, v", p.optimizer);
     row(
         &mut s,
-        &format!(
-            "caches: {} latents, {} captions",
-            i.cached_latents, i.cached_captions
-        ),
+        &format!("caches: {} latents, {} captions", p.cached.0, p.cached.1),
         p.caches,
     );
+    row(&mut s, "evaluation sets (fixed noise)", p.eval_sets);
     let _ = writeln!(s, "saved activations (the tape), by block:");
     for (name, b) in &p.tape {
         row(&mut s, name, *b);
@@ -72,6 +76,7 @@ pub fn table(p: &MemoryPlan, fit: Option<&Fit>) -> String {
     let _ = writeln!(s, "peaks of the pool:");
     row(&mut s, "caching (VAE encode, all models)", p.caching_peak);
     row(&mut s, "training step", p.training_peak);
+    row(&mut s, "evaluation", p.evaluation_peak);
     if let Some(sp) = p.sampling_peak {
         row(&mut s, "sampling", sp);
     }
@@ -98,16 +103,16 @@ pub fn table(p: &MemoryPlan, fit: Option<&Fit>) -> String {
         };
         let _ = writeln!(s, "  this configuration {verdict}");
         let _ = match f.batch {
-            Some(b) => writeln!(s, "  largest batch_size at {}x{}: {b}", i.width, i.height),
-            None => writeln!(s, "  no batch_size fits at {}x{}", i.width, i.height),
+            Some(b) => writeln!(s, "  largest batch_size at {}x{}: {b}", i.width(), i.height()),
+            None => writeln!(s, "  no batch_size fits at {}x{}", i.width(), i.height()),
         };
         let _ = match f.side {
             Some(side) => writeln!(
                 s,
                 "  largest square resolution at batch_size {}: {side}x{side}",
-                i.batch
+                i.batch()
             ),
-            None => writeln!(s, "  no resolution fits at batch_size {}", i.batch),
+            None => writeln!(s, "  no resolution fits at batch_size {}", i.batch()),
         };
     }
     s

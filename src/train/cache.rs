@@ -17,17 +17,37 @@ use crate::model::layers::Ctx;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::vae::Vae;
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
-/// Latents by (image index, flipped).
+/// Where an image's pixels come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pixels {
+    /// The image file, decoded, resized and cropped to its bucket (training).
+    Files,
+    /// Zeros of the bucket's size (`plan` on the memory meter: the same buffers, no files).
+    Blank,
+}
+
+/// Which latent: an image of the training set (or of the validation set), mirrored or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LatentKey {
+    pub index: usize,
+    pub validation: bool,
+    pub flipped: bool,
+}
+
+/// Latents by [`LatentKey`].
 pub struct LatentCache {
-    map: HashMap<(usize, bool), Tensor>,
+    map: HashMap<LatentKey, Tensor>,
     disk: Option<PathBuf>,
+    /// The data options the pixels are made with (flip and random crop are decided here).
+    opts: DataOptions,
+    pixels: Pixels,
 }
 
 impl LatentCache {
     /// `disk`: a folder for latent files (cache_latents_to_disk), or None for memory only.
-    pub fn new(disk: Option<PathBuf>) -> Result<Self> {
+    pub fn new(disk: Option<PathBuf>, opts: &DataOptions, pixels: Pixels) -> Result<Self> {
         if let Some(d) = &disk {
             std::fs::create_dir_all(d)
                 .map_err(|e| Error::io(d, "create the latent cache folder", e))?;
@@ -35,6 +55,8 @@ impl LatentCache {
         Ok(LatentCache {
             map: HashMap::new(),
             disk,
+            opts: opts.clone(),
+            pixels,
         })
     }
 
@@ -45,21 +67,18 @@ impl LatentCache {
         self.map.is_empty()
     }
 
-    /// The latents [1, 4, h, w] of image `index`, encoding it if needed.
-    #[allow(clippy::too_many_arguments)]
+    /// The latents [1, 4, h, w] of `item` (the image `key` names), encoding it if needed.
     pub fn get_or_encode(
         &mut self,
         be: &dyn Backend,
         vae: Option<&Vae>,
-        index: usize,
+        key: LatentKey,
         item: &Item,
-        flipped: bool,
-        opts: &DataOptions,
-        seed: u64,
     ) -> Result<Tensor> {
-        if let Some(t) = self.map.get(&(index, flipped)) {
+        if let Some(t) = self.map.get(&key) {
             return Ok(t.clone());
         }
+        let flipped = key.flipped;
         let file = self.disk.as_ref().map(|d| {
             d.join(format!(
                 "{:016x}{}.latent",
@@ -68,7 +87,7 @@ impl LatentCache {
             ))
         });
         if let Some(t) = file.as_deref().and_then(read_latent) {
-            self.map.insert((index, flipped), t.clone());
+            self.map.insert(key, t.clone());
             return Ok(t);
         }
         let vae = vae.ok_or_else(|| Error::BadValue {
@@ -83,16 +102,19 @@ impl LatentCache {
         let opts = DataOptions {
             flip_aug: false,
             random_crop: false,
-            ..opts.clone()
+            ..self.opts.clone()
         };
-        let mut pixels = load_pixels(item, item.bucket, &mut no_draws, &opts)?;
+        let mut pixels = match self.pixels {
+            Pixels::Files => load_pixels(item, item.bucket, &mut no_draws, &opts)?,
+            Pixels::Blank => Tensor::zeros([3, item.bucket.1, item.bucket.0], DType::F32),
+        };
         if flipped {
             pixels = flip_width(&pixels)?;
         }
         let (c, h, w) = (pixels.dims()[0], pixels.dims()[1], pixels.dims()[2]);
         let image = be.tensor_from_f32(&[1, c, h, w], &pixels.to_f32_vec(), be.compute_dtype())?;
         let post = vae.encode(&cx, &image)?;
-        let mut rng = Rng::for_site(seed, &[item.content_hash(), flipped as u64]);
+        let mut rng = Rng::for_site(self.opts.seed, &[item.content_hash(), flipped as u64]);
         let noise: Vec<f32> = (0..post.mean.numel())
             .map(|_| rng.normal() as f32)
             .collect();
@@ -101,7 +123,7 @@ impl LatentCache {
         if let Some(f) = &file {
             write_latent(f, &latents)?;
         }
-        self.map.insert((index, flipped), latents.clone());
+        self.map.insert(key, latents.clone());
         Ok(latents)
     }
 }

@@ -1,31 +1,37 @@
-//! The resumable training state: the adapters, both AdamW moments, the step counters, every
-//! RNG's state and the loss scale, in one `.safetensors` file (tensors `params`, `m`, `v`; the
-//! rest as JSON in the header's metadata), written atomically (`crate::atomic`) so an
-//! interruption never leaves a broken state behind.
+//! The resumable training state, one `.safetensors` file written atomically (`crate::atomic`
+//! through `lora::write`), so an interruption (Ctrl-C, `kill -9`, a power cut) never leaves a
+//! broken state behind: the file is the previous save or the new one, never half of either.
+//!
+//! Tensors, per optimizer group (`unet`, `text_encoder`): `<group>.params` (the adapters, flat),
+//! `<group>.<name>` for every optimizer state tensor (AdamW: `m`, `v`), and `<group>.best` (the
+//! adapters at the best validation so far, for early stopping) when there is one. The rest is
+//! JSON in the header's metadata: [`Progress`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use crate::train::scaler::LossScaler;
 
-/// Everything but the three flat buffers.
+/// Everything but the tensors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
-    /// Optimizer steps taken.
+    /// Optimizer steps taken (applied or skipped).
     pub step: u64,
     /// Epochs completed.
     pub epoch: u64,
     /// Micro-batches of the current epoch already consumed. Every random draw of a
-    /// micro-batch (data order, flips, captions, noise) comes from a generator seeded by
-    /// (seed, epoch, micro-batch), so these counters are all a resume needs to continue with
-    /// the same draws.
+    /// micro-batch (data order, flips, captions, noise, dropout) comes from a generator seeded
+    /// by (seed, epoch, micro-batch), so these counters are all a resume needs to continue
+    /// with the same draws.
     pub batch_in_epoch: u64,
-    pub loss_scale: f64,
-    pub loss_scale_good_steps: u32,
-    pub skipped_steps: u64,
+    pub scaler: LossScaler,
+    /// Steps each optimizer group applied (its bias corrections count these).
+    pub optimizer_steps: u64,
     /// Best validation loss so far and the step it was seen at.
     pub best_validation: Option<(u64, f64)>,
     /// Validations since the best one (early stopping).
@@ -37,40 +43,73 @@ pub struct Progress {
     pub config_fingerprint: String,
 }
 
-const FORMAT: &str = "lorafuse-train-state-1";
+impl Progress {
+    /// No step taken yet.
+    pub fn fresh(cfg: &TrainConfig, scaler: LossScaler) -> Progress {
+        Progress {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            scaler,
+            optimizer_steps: 0,
+            best_validation: None,
+            validations_since_best: 0,
+            train_losses: Vec::new(),
+            validation_losses: Vec::new(),
+            config_fingerprint: fingerprint(cfg),
+        }
+    }
+}
+
+/// A fingerprint of everything that shapes the run's draws and updates: a resume with a
+/// different one would not continue the same run. Where things are written, how often, and
+/// how long the run is may change between a run and its resume.
+pub fn fingerprint(cfg: &TrainConfig) -> String {
+    let mut c = cfg.clone();
+    c.output_dir = std::path::PathBuf::new();
+    c.logging_dir = std::path::PathBuf::new();
+    c.save_every_n_epochs = None;
+    c.save_every_n_steps = None;
+    c.sample_every_n_steps = 0;
+    c.max_train_steps = None;
+    c.epochs = 0;
+    c.to_yaml()
+}
+
+/// Refuses a state saved under another configuration.
+pub fn check_fingerprint(path: &Path, saved: &Progress, cfg: &TrainConfig) -> Result<()> {
+    if saved.config_fingerprint == fingerprint(cfg) {
+        return Ok(());
+    }
+    Err(Error::BadValue {
+        op: "train",
+        name: "resume",
+        value: path.display().to_string(),
+        expected: "a state saved with the same settings (this config changes what the run \
+                   computes; start a new output_dir instead)"
+            .into(),
+    })
+}
+
+const FORMAT: &str = "lorafuse-train-state-2";
+
+/// The state's tensors by name, host copies.
+pub type Tensors = BTreeMap<String, Tensor>;
 
 /// Saves the state to `path` atomically.
-pub fn save(
-    path: &Path,
-    progress: &Progress,
-    params: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
-) -> Result<()> {
+pub fn save(path: &Path, progress: &Progress, tensors: &Tensors) -> Result<()> {
     let json = serde_json::to_string(progress)
         .map_err(|e| bad(path, format!("cannot encode the state: {e}")))?;
     let meta = BTreeMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("progress".to_string(), json),
     ]);
-    let tensors = [
-        ("params".to_string(), params),
-        ("m".to_string(), m),
-        ("v".to_string(), v),
-    ];
-    crate::lora::write::write_f32_safetensors(path, &tensors, &meta).map(|_| ())
-}
-
-/// The saved state: progress and the three flat f32 buffers.
-pub struct Saved {
-    pub progress: Progress,
-    pub params: Tensor,
-    pub m: Tensor,
-    pub v: Tensor,
+    let named: Vec<(String, &Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
+    crate::lora::write::write_f32_safetensors(path, &named, &meta).map(|_| ())
 }
 
 /// Reads a state written by [`save`].
-pub fn load(path: &Path) -> Result<Saved> {
+pub fn load(path: &Path) -> Result<(Progress, Tensors)> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, format!("cannot read it: {e}")))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| bad(path, format!("not a training state: {e}")))?;
@@ -78,7 +117,10 @@ pub fn load(path: &Path) -> Result<Saved> {
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(bad(
             path,
-            format!("not a lorafuse training state (expected format {FORMAT})"),
+            format!(
+                "not a training state of this lorafuse (expected format {FORMAT}); start a new \
+                 output_dir or finish that run with the lorafuse that wrote it"
+            ),
         ));
     }
     let progress: Progress =
@@ -86,10 +128,8 @@ pub fn load(path: &Path) -> Result<Saved> {
             .map_err(|e| bad(path, format!("its progress record is damaged: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(path, format!("not a training state: {e}")))?;
-    let get = |name: &str| -> Result<Tensor> {
-        let t = st
-            .tensor(name)
-            .map_err(|e| bad(path, format!("tensor {name} missing: {e}")))?;
+    let mut tensors = Tensors::new();
+    for (name, t) in st.tensors() {
         if t.dtype() != safetensors::Dtype::F32 {
             return Err(bad(path, format!("tensor {name} is not f32")));
         }
@@ -98,14 +138,16 @@ pub fn load(path: &Path) -> Result<Saved> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Tensor::from_f32(t.shape(), v)
-    };
-    Ok(Saved {
-        progress,
-        params: get("params")?,
-        m: get("m")?,
-        v: get("v")?,
-    })
+        tensors.insert(name, Tensor::from_f32(t.shape(), v)?);
+    }
+    Ok((progress, tensors))
+}
+
+/// The tensor `name` of a loaded state, or an error naming it.
+pub fn take(path: &Path, tensors: &mut Tensors, name: &str) -> Result<Tensor> {
+    tensors
+        .remove(name)
+        .ok_or_else(|| bad(path, format!("tensor {name} is missing: a state of other adapters")))
 }
 
 fn bad(path: &Path, why: String) -> Error {

@@ -6,12 +6,12 @@
 //!   loss = (1/N) Σ_n w_n·mean((UNet(x_t, t, c) − ε)²),  w = min-SNR-γ weights or 1
 //! The backward writes `= ` or `+=` into the LoRA gradients by `grads.accum`; the loss
 //! gradient is multiplied by `grad_scale` (the loss scale over the accumulation steps).
-//! With `dropout`, each adapter's hidden is masked as kohya's `network_dropout` does; the
-//! masks are saved with the tape and reused by the backward.
+//! With a dropout source in the `Ctx`, each adapter's hidden is masked as kohya's
+//! `network_dropout` does; the masks are saved with the tape and reused by the backward.
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::lora::{LoraDropout, LoraGrads, LoraSet};
+use crate::lora::{LoraGrads, LoraSet};
 use crate::model::layers::Ctx;
 use crate::model::unet::Unet;
 use crate::rng::Rng;
@@ -19,11 +19,24 @@ use crate::sample::schedule::NoiseSchedule;
 use crate::tensor::{DType, Tensor};
 use crate::train::noise::{gaussian, min_snr_weights, sample_timesteps};
 
-/// The objective's options.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The training objective: the family's noise schedule and prediction, and the options.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Objective {
+    pub schedule: NoiseSchedule,
     pub noise_offset: f64,
     pub min_snr_gamma: Option<f64>,
+}
+
+impl Objective {
+    /// Plain ε-prediction MSE on `schedule`: no offset noise, no weights (the fixed-noise
+    /// evaluation's objective).
+    pub fn plain(schedule: NoiseSchedule) -> Objective {
+        Objective {
+            schedule,
+            noise_offset: 0.0,
+            min_snr_gamma: None,
+        }
+    }
 }
 
 /// Draws the noise of one micro-batch: timesteps, ε (with offset noise) and x_t.
@@ -37,10 +50,10 @@ pub struct Noised {
 pub fn noise_batch(
     be: &dyn Backend,
     latents: &Tensor,
-    schedule: &NoiseSchedule,
     obj: &Objective,
     rng: &mut Rng,
 ) -> Result<Noised> {
+    let schedule = &obj.schedule;
     let d = latents.dims().to_vec();
     let (n, c) = (d[0], d[1]);
     let dtype = latents.dtype();
@@ -74,38 +87,64 @@ fn timestep_tensor(be: &dyn Backend, t: &[usize], dtype: DType) -> Result<Tensor
     be.tensor_from_f32(&[v.len()], &v, dtype)
 }
 
-/// Forward, loss and LoRA backward of one micro-batch; returns the (unscaled) loss, and with
-/// `want_context_grad` d loss / d context for the text encoder's backward.
-#[allow(clippy::too_many_arguments)]
-pub fn train_micro_batch(
-    be: &dyn Backend,
+/// One micro-batch's inputs to the denoiser.
+pub struct MicroBatch<'a> {
+    /// Clean latents [N, C, h, w].
+    pub latents: &'a Tensor,
+    /// The text conditioning [N, tokens, width].
+    pub context: &'a Tensor,
+    /// Multiplies the loss gradient: the loss scale over the accumulation steps.
+    pub grad_scale: f64,
+    /// Return d loss / d context (the text encoder is trained).
+    pub want_context_grad: bool,
+}
+
+/// What a micro-batch gives back.
+pub struct MicroOut {
+    /// The (unscaled) loss.
+    pub loss: f64,
+    /// d loss / d context, when asked for.
+    pub d_context: Option<Tensor>,
+    /// The UNet tape's bytes by block, measured before the backward consumed it.
+    pub tape_by_block: Vec<(String, usize)>,
+}
+
+/// Forward with tape, loss and LoRA backward of one micro-batch: noise and timesteps drawn
+/// from `rng`, the adapters (and dropout) of `cx`, gradients into `grads` by `grads.accum`.
+pub fn denoise_micro_batch(
+    cx: &Ctx,
     unet: &Unet,
-    lora: &LoraSet,
-    grads: &mut LoraGrads,
-    latents: &Tensor,
-    context: &Tensor,
-    schedule: &NoiseSchedule,
     obj: &Objective,
-    grad_scale: f64,
+    batch: &MicroBatch,
+    grads: &mut LoraGrads,
     rng: &mut Rng,
-    dropout: Option<&LoraDropout>,
-    want_context_grad: bool,
-) -> Result<(f64, Option<Tensor>)> {
-    let cx = Ctx::new(be, Some(lora)).with_dropout(dropout);
-    let nz = noise_batch(be, latents, schedule, obj, rng)?;
-    let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
-    let (pred, tape) = unet.forward(&cx, &nz.noisy, &t, context, true, None)?;
+) -> Result<MicroOut> {
+    let be = cx.be;
+    let nz = noise_batch(be, batch.latents, obj, rng)?;
+    let t = timestep_tensor(be, &nz.timesteps, batch.latents.dtype())?;
+    let (pred, tape) = unet.forward(cx, &nz.noisy, &t, batch.context, true, None)?;
     let weights = obj
         .min_snr_gamma
-        .map(|g| min_snr_weights(schedule, &nz.timesteps, g));
-    let (loss, d_pred) = be.mse_loss(&pred, &nz.noise, weights.as_deref(), grad_scale)?;
+        .map(|g| min_snr_weights(&obj.schedule, &nz.timesteps, g));
+    let (loss, d_pred) = be.mse_loss(&pred, &nz.noise, weights.as_deref(), batch.grad_scale)?;
     drop(pred);
-    let mut d_context = None;
+    let mut out = MicroOut {
+        loss,
+        d_context: None,
+        tape_by_block: Vec::new(),
+    };
     if let Some(tape) = tape {
-        d_context =
-            unet.backward_with_context_grad(&cx, &d_pred, context, tape, grads, want_context_grad)?;
+        out.tape_by_block = tape.bytes_by_block();
+        out.d_context = unet.backward_with_context_grad(
+            cx,
+            &d_pred,
+            batch.context,
+            tape,
+            grads,
+            batch.want_context_grad,
+        )?;
     }
-    Ok((loss, d_context))
+    Ok(out)
 }
 
 /// The loss of `lora` on (latents, context) pairs with noise and timesteps drawn from a fixed
@@ -121,13 +160,10 @@ pub fn fixed_noise_loss(
 ) -> Result<f64> {
     let cx = Ctx::new(be, lora);
     let mut rng = Rng::new(seed);
-    let obj = Objective {
-        noise_offset: 0.0,
-        min_snr_gamma: None,
-    };
+    let obj = Objective::plain(schedule.clone());
     let mut total = 0.0;
     for (latents, context) in pairs {
-        let nz = noise_batch(be, latents, schedule, &obj, &mut rng)?;
+        let nz = noise_batch(be, latents, &obj, &mut rng)?;
         let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
         let (pred, _) = unet.forward(&cx, &nz.noisy, &t, context, false, None)?;
         total += be.mse_loss(&pred, &nz.noise, None, 1.0)?.0;

@@ -1,0 +1,88 @@
+//! Fixed-noise evaluation: the training images (to show what training did) and the held-out
+//! validation images, each scored with noise and timesteps drawn from one fixed seed, so two
+//! evaluations differ only by the adapters. Early stopping watches the validation loss.
+
+use std::collections::BTreeMap;
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::lora::LoraSet;
+use crate::model::family::Models;
+use crate::model::layers::Ctx;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::inputs::{Draw, Inputs};
+use crate::train::step::fixed_noise_loss;
+
+/// Images scored with fixed noise: (latents, context) per batch, and the captions the
+/// contexts came from (re-encoded through the trained text encoder when it is trained).
+pub struct EvalSet {
+    pub pairs: Vec<(Tensor, Tensor)>,
+    pub captions: Vec<Vec<String>>,
+}
+
+impl EvalSet {
+    /// One batch per `batch_size` images of a bucket, without random choices.
+    pub fn build(
+        be: &dyn Backend,
+        m: &Models,
+        inputs: &mut Inputs,
+        draw: Draw,
+        batch_size: usize,
+    ) -> Result<EvalSet> {
+        let items = if draw == Draw::Validation {
+            &inputs.ds.validation
+        } else {
+            &inputs.ds.items
+        };
+        // Same-bucket groups only, so every batch stacks.
+        let mut by_bucket: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate() {
+            by_bucket.entry(item.bucket).or_default().push(i);
+        }
+        let mut rng = Rng::new(0);
+        let mut set = EvalSet {
+            pairs: Vec::new(),
+            captions: Vec::new(),
+        };
+        for idx in by_bucket.values() {
+            for chunk in idx.chunks(batch_size.max(1)) {
+                let (latents, captions) = inputs.batch(be, m, draw, chunk, &mut rng)?;
+                let context = inputs.contexts(be, m, &captions)?;
+                set.pairs.push((latents, context));
+                set.captions.push(captions);
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// The fixed-noise loss with `lora` (None: the base model). With `text`, the contexts are
+    /// encoded again through the text encoder and its adapters (it is being trained).
+    pub fn loss(
+        &self,
+        be: &dyn Backend,
+        m: &Models,
+        lora: Option<&LoraSet>,
+        text: Option<&Inputs>,
+        seed: u64,
+    ) -> Result<f64> {
+        let schedule = m.family.noise_schedule();
+        match (text, lora, &m.text) {
+            (Some(inputs), Some(l), Some(_)) => {
+                let cx = Ctx::new(be, Some(l));
+                let mut pairs = Vec::with_capacity(self.pairs.len());
+                for ((latents, _), captions) in self.pairs.iter().zip(&self.captions) {
+                    let ids = inputs.ids(captions);
+                    let (ctx, _) = inputs.encode(m, &cx, &ids, captions.len())?;
+                    pairs.push((latents.clone(), ctx));
+                }
+                fixed_noise_loss(be, &m.unet, lora, &pairs, &schedule, seed)
+            }
+            _ => fixed_noise_loss(be, &m.unet, lora, &self.pairs, &schedule, seed),
+        }
+    }
+}

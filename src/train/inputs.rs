@@ -1,0 +1,202 @@
+//! What the loop reads: the scanned data set, its latent and caption caches, and the tokenizer.
+//! One micro-batch's latents and captions come from [`Inputs::batch`], with the random choices
+//! (flip, caption shuffle and dropout) drawn from the micro-batch's generator.
+
+use crate::backend::Backend;
+use crate::config::TrainConfig;
+use crate::data::{process_caption, DataOptions, Dataset};
+use crate::error::Result;
+use crate::model::family::Models;
+use crate::model::layers::Ctx;
+use crate::model::tokenizer::Tokenizer;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::cache::{stack, LatentCache, LatentKey, Pixels, TextCache};
+
+/// Which images a batch is drawn from, and whether with the run's random choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Draw {
+    /// Training images with the configured augmentations.
+    Train,
+    /// Training images as they are (fixed-noise evaluation).
+    TrainPlain,
+    /// Validation images, as they are.
+    Validation,
+}
+
+/// The data set and its caches.
+pub struct Inputs {
+    pub ds: Dataset,
+    pub opts: DataOptions,
+    pub latents: LatentCache,
+    pub texts: TextCache,
+    pub tokenizer: Tokenizer,
+    clip_skip: usize,
+}
+
+impl Inputs {
+    /// Empty caches over `ds`; latents also on disk with `cache_latents_to_disk`.
+    pub fn new(cfg: &TrainConfig, ds: Dataset, pixels: Pixels) -> Result<Inputs> {
+        let opts = data_options(cfg);
+        let disk = cfg
+            .cache_latents_to_disk
+            .then(|| cfg.output_dir.join("cache").join("latents"));
+        Ok(Inputs {
+            latents: LatentCache::new(disk, &opts, pixels)?,
+            ds,
+            opts,
+            texts: TextCache::default(),
+            tokenizer: Tokenizer::new()?,
+            clip_skip: cfg.clip_skip,
+        })
+    }
+
+    /// Encodes every latent the run will read (both orientations under flip_aug, validation
+    /// images too) and, when `captions` is set, every caption's embedding.
+    pub fn fill(&mut self, be: &dyn Backend, m: &Models, captions: bool) -> Result<()> {
+        let flips: &[bool] = if self.opts.flip_aug {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for (i, item) in self.ds.items.iter().enumerate() {
+            for &flipped in flips {
+                let key = LatentKey {
+                    index: i,
+                    validation: false,
+                    flipped,
+                };
+                self.latents.get_or_encode(be, m.vae.as_ref(), key, item)?;
+            }
+        }
+        for (i, item) in self.ds.validation.iter().enumerate() {
+            let key = LatentKey {
+                index: i,
+                validation: true,
+                flipped: false,
+            };
+            self.latents.get_or_encode(be, m.vae.as_ref(), key, item)?;
+        }
+        if captions {
+            for item in self.ds.items.iter().chain(&self.ds.validation) {
+                self.texts.get_or_encode(
+                    be,
+                    m.text.as_ref(),
+                    &self.tokenizer,
+                    &item.caption,
+                    self.clip_skip,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Latents [N, 4, h, w] and captions of the images `idx`, random choices from `rng`.
+    pub fn batch(
+        &mut self,
+        be: &dyn Backend,
+        m: &Models,
+        draw: Draw,
+        idx: &[usize],
+        rng: &mut Rng,
+    ) -> Result<(Tensor, Vec<String>)> {
+        let validation = draw == Draw::Validation;
+        let augment = draw == Draw::Train;
+        let mut lat = Vec::with_capacity(idx.len());
+        let mut captions = Vec::with_capacity(idx.len());
+        for &i in idx {
+            let item = if validation {
+                &self.ds.validation[i]
+            } else {
+                &self.ds.items[i]
+            };
+            let flipped = augment && self.opts.flip_aug && rng.uniform() < 0.5;
+            let key = LatentKey {
+                index: i,
+                validation,
+                flipped,
+            };
+            lat.push(self.latents.get_or_encode(be, m.vae.as_ref(), key, item)?);
+            captions.push(if augment {
+                process_caption(&item.caption, &self.opts, rng)
+            } else {
+                item.caption.clone()
+            });
+        }
+        Ok((stack(be, &lat)?, captions))
+    }
+
+    /// Text embeddings [N, 77, D] of the frozen text encoder, from the cache.
+    pub fn contexts(&mut self, be: &dyn Backend, m: &Models, captions: &[String]) -> Result<Tensor> {
+        let mut ctx = Vec::with_capacity(captions.len());
+        for c in captions {
+            ctx.push(self.texts.get_or_encode(
+                be,
+                m.text.as_ref(),
+                &self.tokenizer,
+                c,
+                self.clip_skip,
+            )?);
+        }
+        stack(be, &ctx)
+    }
+
+    /// The token ids of captions, 77 per caption.
+    pub fn ids(&self, captions: &[String]) -> Vec<u32> {
+        captions
+            .iter()
+            .flat_map(|c| self.tokenizer.encode(c).ids)
+            .collect()
+    }
+
+    /// `batch` captions' token ids through the text encoder with the adapters of `cx`.
+    pub fn encode(
+        &self,
+        m: &Models,
+        cx: &Ctx,
+        ids: &[u32],
+        batch: usize,
+    ) -> Result<(Tensor, Option<crate::model::family::TextTape>)> {
+        m.encode_text_train(cx, ids, batch, self.clip_skip, false)
+    }
+
+    /// The conditioning of `captions`: from the cache, or through the text encoder (with its
+    /// adapters, and a tape when `save`) when it is trained.
+    pub fn condition(
+        &mut self,
+        be: &dyn Backend,
+        m: &Models,
+        cx: Option<&Ctx>,
+        captions: &[String],
+        save: bool,
+    ) -> Result<(Tensor, Option<crate::model::family::TextTape>)> {
+        match cx {
+            Some(cx) => m.encode_text_train(cx, &self.ids(captions), captions.len(), self.clip_skip, save),
+            None => Ok((self.contexts(be, m, captions)?, None)),
+        }
+    }
+}
+
+/// What the data pipeline needs from the configuration.
+pub fn data_options(cfg: &TrainConfig) -> DataOptions {
+    DataOptions {
+        train_data_dir: cfg.train_data_dir.clone(),
+        caption_extension: cfg.caption_extension.clone(),
+        resolution: (
+            cfg.resolution.width as usize,
+            cfg.resolution.height as usize,
+        ),
+        enable_bucket: cfg.enable_bucket,
+        min_bucket_reso: cfg.min_bucket_reso as usize,
+        max_bucket_reso: cfg.max_bucket_reso as usize,
+        bucket_reso_steps: cfg.bucket_reso_steps as usize,
+        bucket_no_upscale: cfg.bucket_no_upscale,
+        flip_aug: cfg.flip_aug,
+        random_crop: cfg.random_crop,
+        shuffle_caption: cfg.shuffle_caption,
+        keep_tokens: cfg.keep_tokens,
+        caption_dropout_rate: cfg.caption_dropout_rate,
+        validation_split: cfg.validation_split,
+        seed: cfg.seed,
+    }
+}

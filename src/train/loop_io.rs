@@ -1,0 +1,326 @@
+//! The writing side of a training run, around [`Run`]'s phases: the data check before
+//! anything heavy, TensorBoard scalars and progress events after every step, validation and
+//! early stopping, save points (LoRA checkpoint + state, then pruning: `saves.rs`), sample
+//! images, Ctrl-C, and the end (final LoRA, state, loss curve).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::backend::Backend;
+use crate::config::{SavePrecision as CfgPrecision, TrainConfig};
+use crate::data::{scan, Dataset};
+use crate::error::{Error, Result};
+use crate::lora::export::{save_kohya, training_metadata, BaseModelInfo, SavePrecision, TrainingInfo};
+use crate::monitor::tensorboard::{wall_time_now, EventWriter};
+use crate::train::events::{Event, Observer, TrainReport};
+use crate::train::inputs::data_options;
+use crate::train::saves::{SavePoint, Saves};
+use crate::train::trainer::{Run, StepDone};
+
+/// Why the loop ended before its last step.
+pub enum Stop {
+    /// Early stopping, with the reason.
+    Early(String),
+    /// Ctrl-C: the state is saved, nothing else is written.
+    Interrupted,
+}
+
+/// The data set a configuration trains on, every file checked (what `train` reads first).
+pub fn scan_data(cfg: &TrainConfig) -> Result<Dataset> {
+    Ok(scan(&data_options(cfg))?)
+}
+
+/// The output folder, the data set (warnings reported), and on a GPU the memory plan.
+pub fn scan_and_check(cfg: &TrainConfig, be: &dyn Backend, obs: &mut dyn Observer) -> Result<Dataset> {
+    let out = &cfg.output_dir;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create the output folder", e))?;
+    let ds = scan_data(cfg)?;
+    for w in &ds.warnings {
+        obs.on(Event::Warning(w.to_string()));
+    }
+    if let Some(p) = crate::plan::device_plan(cfg, be, &ds)? {
+        obs.on(Event::Info(crate::plan::report::summary(&p)));
+        crate::plan::check_fits(&p, be)?;
+    }
+    Ok(ds)
+}
+
+/// Where the run writes, and who it tells.
+pub struct Outputs<'o> {
+    pub saves: Saves,
+    tb: EventWriter,
+    obs: &'o mut dyn Observer,
+    started: f64,
+    loop_start: Instant,
+}
+
+impl<'o> Outputs<'o> {
+    /// `config.effective.yaml` and the TensorBoard writer.
+    pub fn open(run: &Run, obs: &'o mut dyn Observer) -> Result<Outputs<'o>> {
+        let cfg = run.cfg;
+        let started = wall_time_now();
+        cfg.write_effective().map_err(|e| Error::BadValue {
+            op: "train",
+            name: "output_dir",
+            value: cfg.output_dir.display().to_string(),
+            expected: e.to_string(),
+        })?;
+        Ok(Outputs {
+            saves: Saves::new(cfg),
+            tb: EventWriter::create(&cfg.logging_dir)?,
+            obs,
+            started,
+            loop_start: Instant::now(),
+        })
+    }
+
+    pub fn resumed(&mut self, run: &Run) {
+        self.obs.on(Event::Info(format!(
+            "resuming at step {} of {} (epoch {})",
+            run.progress.step,
+            run.lengths.total,
+            run.progress.epoch + 1
+        )));
+    }
+
+    pub fn started(&mut self, run: &Run) {
+        self.obs.on(Event::Started {
+            total_steps: run.lengths.total,
+            first_step: run.progress.step,
+            steps_per_epoch: run.lengths.steps_per_epoch,
+            images: run.inputs.ds.items.len(),
+            validation_images: run.inputs.ds.validation.len(),
+            trainable: run.trainable.lora.num_params(),
+        });
+        self.loop_start = Instant::now();
+    }
+
+    /// The step's scalars and event.
+    pub fn stepped(&mut self, run: &Run, done: &StepDone) -> Result<()> {
+        let step = run.progress.step;
+        let wall = wall_time_now();
+        self.tb.add_scalar("loss/train", step, done.loss as f32, wall)?;
+        self.tb.add_scalar("lr", step, done.lr as f32, wall)?;
+        self.obs.on(Event::Step {
+            step,
+            total: run.lengths.total,
+            epoch: run.progress.epoch,
+            loss: done.loss,
+            lr: done.lr,
+            seconds: self.loop_start.elapsed().as_secs_f64(),
+            skipped: !done.applied,
+            device_memory: run.be.device_memory(),
+        });
+        Ok(())
+    }
+
+    fn saved(&mut self, what: &'static str, path: std::path::PathBuf) {
+        self.obs.on(Event::Saved { what, path });
+    }
+}
+
+/// After a step: a validation and a step save point when due, sample images, Ctrl-C.
+pub fn after_step(run: &mut Run, out: &mut Outputs, stop: &AtomicBool) -> Result<Option<Stop>> {
+    let cfg = run.cfg;
+    let step = run.progress.step;
+    let due = |n: Option<usize>| n.is_some_and(|n| step % n as u64 == 0);
+    if !run.val_set.is_empty() && due(cfg.validate_every_n_steps) {
+        if let Some(s) = validate(run, out)? {
+            return Ok(Some(s));
+        }
+    }
+    if due(cfg.save_every_n_steps) && step < run.lengths.total {
+        save_point(run, out, SavePoint::Step(step))?;
+    }
+    if cfg.sample_every_n_steps > 0 && step % cfg.sample_every_n_steps as u64 == 0 {
+        let cx = crate::model::layers::Ctx::new(run.be, Some(&run.trainable.lora));
+        let written = crate::train::samples::write_samples(
+            &cx,
+            &run.models,
+            &run.inputs.tokenizer,
+            cfg,
+            step,
+        )?;
+        for p in written {
+            out.saved("sample", p);
+        }
+    }
+    if stop.load(Ordering::SeqCst) {
+        let path = out.saves.state();
+        run.save_state(&path)?;
+        out.saved("state", path);
+        return Ok(Some(Stop::Interrupted));
+    }
+    Ok(None)
+}
+
+/// At the end of an epoch: the next epoch begins; a validation (when not counted in steps)
+/// and an epoch save point when due.
+pub fn end_epoch(run: &mut Run, out: &mut Outputs) -> Result<Option<Stop>> {
+    run.next_epoch();
+    let cfg = run.cfg;
+    if cfg.validate_every_n_steps.is_none() && !run.val_set.is_empty() {
+        if let Some(s) = validate(run, out)? {
+            return Ok(Some(s));
+        }
+    }
+    let epoch = run.progress.epoch;
+    if cfg.save_every_n_epochs.is_some_and(|n| epoch % n as u64 == 0) && !run.done() {
+        save_point(run, out, SavePoint::Epoch(epoch))?;
+    }
+    Ok(None)
+}
+
+/// A validation: the loss recorded, the best adapters kept, early stopping decided.
+fn validate(run: &mut Run, out: &mut Outputs) -> Result<Option<Stop>> {
+    let loss = run.eval_loss(false)?;
+    let cfg = run.cfg;
+    let p = &mut run.progress;
+    p.validation_losses.push((p.step, loss));
+    out.tb
+        .add_scalar("loss/validation", p.step, loss as f32, wall_time_now())?;
+    let improved = p
+        .best_validation
+        .is_none_or(|(_, b)| loss < b - cfg.early_stopping_min_delta);
+    if improved {
+        p.best_validation = Some((p.step, loss));
+        p.validations_since_best = 0;
+    } else {
+        p.validations_since_best += 1;
+    }
+    let (step, since, best_at) = (p.step, p.validations_since_best, p.best_validation);
+    if improved {
+        run.best = Some(run.trainable.params(run.be)?);
+    }
+    out.obs.on(Event::Validation {
+        step,
+        loss,
+        best: improved,
+    });
+    match (cfg.early_stopping_patience, best_at) {
+        (Some(patience), Some((at, best))) if since >= patience as u64 => Ok(Some(Stop::Early(format!(
+            "early stopping: validation loss has not improved by more than {} for {patience} \
+             validations; keeping the best adapters, from step {at} (validation loss {best:.5})",
+            cfg.early_stopping_min_delta
+        )))),
+        _ => Ok(None),
+    }
+}
+
+/// A save point: the LoRA checkpoint, the state (and its own copy when kept), then pruning.
+fn save_point(run: &mut Run, out: &mut Outputs, at: SavePoint) -> Result<()> {
+    let state = out.saves.state();
+    run.save_state(&state)?;
+    if out.saves.keeps_state(at) {
+        let copy = out.saves.keep_state_copy(at)?;
+        out.saved("state", copy);
+    }
+    let path = out.saves.checkpoint(at);
+    save_lora(run, &path, out.started)?;
+    out.saved("checkpoint", path);
+    out.saves.prune(at)?;
+    Ok(())
+}
+
+/// The end: with early stopping the best adapters, the final LoRA, the state and the loss
+/// curve (after Ctrl-C only the state, saved already).
+pub fn finish(mut run: Run, mut out: Outputs, stop: Option<Stop>) -> Result<TrainReport> {
+    out.tb.flush()?;
+    let interrupted = matches!(stop, Some(Stop::Interrupted));
+    if let (Some(Stop::Early(_)), Some(best)) = (&stop, run.best.clone()) {
+        run.trainable.set_params(run.be, &best)?;
+    }
+    let train_loss_after = run.eval_loss(true)?;
+    let lora_path = out.saves.lora();
+    let state_path = out.saves.state();
+    if !interrupted {
+        save_lora(&run, &lora_path, out.started)?;
+        out.saved("LoRA", lora_path.clone());
+        run.save_state(&state_path)?;
+        let cfg = run.cfg;
+        let png = cfg.output_dir.join(format!("{}-loss.png", cfg.output_name));
+        crate::monitor::plot::loss_curve_png(
+            &png,
+            &run.progress.train_losses,
+            &run.progress.validation_losses,
+        )?;
+        out.saved("loss curve", png);
+    }
+    Ok(TrainReport {
+        lora_path,
+        state_path,
+        steps: run.progress.step,
+        stopped: match stop {
+            Some(Stop::Early(why)) => Some(why),
+            Some(Stop::Interrupted) => Some(format!(
+                "interrupted at step {}; continue with --resume",
+                run.progress.step
+            )),
+            None => None,
+        },
+        interrupted,
+        train_loss_before: run.loss_before,
+        train_loss_after,
+        best_validation: run.progress.best_validation,
+        skipped_steps: run.trainable.scaler.skipped,
+    })
+}
+
+/// The LoRA with kohya's training metadata.
+fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
+    let cfg = run.cfg;
+    let ds = &run.inputs.ds;
+    let total = run.lengths.total;
+    let precision = match cfg.save_precision {
+        CfgPrecision::Fp16 => SavePrecision::Fp16,
+        CfgPrecision::Fp32 => SavePrecision::Fp32,
+        CfgPrecision::Bf16 => SavePrecision::Bf16,
+    };
+    let info = TrainingInfo {
+        output_name: cfg.output_name.clone(),
+        training_started_at: started,
+        training_finished_at: wall_time_now(),
+        steps: run.progress.step,
+        epoch: run.progress.epoch,
+        base_model: BaseModelInfo {
+            name: cfg
+                .base_model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            legacy_hash: None,
+            sha256: None,
+        },
+        lora_rank: cfg.lora_rank,
+        lora_alpha: cfg.lora_alpha,
+        targets: cfg.lora_targets,
+        train_text_encoder: cfg.train_text_encoder,
+        network_dropout: (cfg.lora_dropout > 0.0).then_some(cfg.lora_dropout),
+        text_encoder_lr: cfg.train_text_encoder.then_some(cfg.text_encoder_lr),
+        learning_rate: cfg.learning_rate,
+        unet_lr: Some(cfg.unet_lr),
+        lr_scheduler: cfg.lr_scheduler.to_string(),
+        lr_warmup_steps: cfg.warmup_steps(total as usize) as u64,
+        max_train_steps: total,
+        num_epochs: total.div_ceil(run.lengths.steps_per_epoch.max(1)),
+        num_batches_per_epoch: ds.batches_per_epoch(cfg.batch_size) as u64,
+        batch_size: cfg.batch_size,
+        gradient_accumulation_steps: cfg.gradient_accumulation_steps,
+        max_grad_norm: cfg.max_grad_norm,
+        mixed_precision: cfg.mixed_precision.to_string(),
+        cache_latents: true,
+        seed: cfg.seed,
+        resolution: (cfg.resolution.width, cfg.resolution.height),
+        clip_skip: Some(cfg.clip_skip as u32),
+        noise_offset: (cfg.noise_offset != 0.0).then_some(cfg.noise_offset),
+        min_snr_gamma: cfg.min_snr_gamma,
+        flip_aug: cfg.flip_aug,
+        random_crop: cfg.random_crop,
+        num_train_images: ds.samples_per_epoch() as u64,
+        num_validation_images: ds.validation.len() as u64,
+        validation_split: cfg.validation_split,
+        validate_every_n_steps: cfg.validate_every_n_steps.map(|n| n as u64),
+        ..TrainingInfo::default()
+    };
+    save_kohya(path, &run.trainable.lora, precision, &training_metadata(&info))
+}

@@ -1,0 +1,189 @@
+//! The optimizer seam. Every adapter parameter a run trains lives in one flat f32 buffer per
+//! learning-rate group ([`ParamGroup`]: the UNet's adapters, the text encoder's), with its
+//! gradient beside it, so that clipping and the update are each one op over one buffer. An
+//! [`Optimizer`] updates such a buffer and owns its own state (AdamW: two moments), which it
+//! names for the resumable state file.
+//!
+//! A new optimizer is a new file here implementing [`Optimizer`] plus one arm in
+//! [`OptimizerKind::build`]; the trainer, the state file and `plan` need no change.
+//!
+//! - `adamw.rs`: AdamW (PyTorch's decoupled weight decay), the default.
+
+mod adamw;
+
+pub use adamw::{AdamW, AdamWSettings};
+
+use std::ops::Range;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::lora::{LoraGrads, LoraSet};
+use crate::tensor::{DType, Tensor};
+
+/// An update rule over one flat f32 parameter buffer.
+pub trait Optimizer: Send {
+    /// kohya's `optimizer_type` name ("AdamW"), for metadata and messages.
+    fn name(&self) -> &'static str;
+    /// kohya's `ss_optimizer` text: the name and the non-default arguments.
+    fn describe(&self) -> String;
+    /// One step, in place: `params` from `grads`, every gradient multiplied by `grad_scale`
+    /// (1/loss scale times the clipping coefficient), at learning rate `lr`.
+    fn step(
+        &mut self,
+        be: &dyn Backend,
+        params: &mut Tensor,
+        grads: &Tensor,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()>;
+    /// Steps applied so far (skipped steps do not count).
+    fn steps(&self) -> u64;
+    /// The state the next step depends on, by name ("m", "v"), as saved in the state file.
+    fn state(&self) -> Vec<(&'static str, &Tensor)>;
+    /// Restores what [`Optimizer::state`] gave and the step count; `get` returns the saved
+    /// tensor of a name (an error when it is missing or has another length).
+    fn restore(
+        &mut self,
+        be: &dyn Backend,
+        steps: u64,
+        get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
+    ) -> Result<()>;
+}
+
+/// Which optimizer a run uses, with its settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerKind {
+    AdamW(AdamWSettings),
+}
+
+impl OptimizerKind {
+    /// A fresh optimizer for `n` parameters on `be`.
+    pub fn build(&self, be: &dyn Backend, n: usize) -> Result<Box<dyn Optimizer>> {
+        Ok(match *self {
+            OptimizerKind::AdamW(s) => Box::new(AdamW::new(be, n, s)?),
+        })
+    }
+}
+
+/// The adapters of one learning rate: their modules in the set, the flat parameters and
+/// gradients, and the optimizer that updates them.
+pub struct ParamGroup {
+    /// "unet" or "text_encoder": the prefix of this group's tensors in the state file.
+    pub name: &'static str,
+    /// The modules of the `LoraSet` this group owns, in order: module i's down, up, then
+    /// module i+1's.
+    pub modules: Range<usize>,
+    pub params: Tensor,
+    pub grads: Tensor,
+    pub optimizer: Box<dyn Optimizer>,
+}
+
+impl ParamGroup {
+    /// A group for the modules `modules` of `lora`, updated by a fresh `kind`.
+    pub fn new(
+        be: &dyn Backend,
+        name: &'static str,
+        lora: &LoraSet,
+        modules: Range<usize>,
+        kind: &OptimizerKind,
+    ) -> Result<ParamGroup> {
+        let params = gather(
+            be,
+            lora.modules()[modules.clone()]
+                .iter()
+                .flat_map(|m| [&m.down, &m.up]),
+        )?;
+        let n = params.numel();
+        Ok(ParamGroup {
+            name,
+            modules,
+            params,
+            grads: be.zeros(&[n], DType::F32)?,
+            optimizer: kind.build(be, n)?,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.numel()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copies the accumulated gradients of this group's modules into the flat buffer.
+    pub fn load_grads(&mut self, be: &dyn Backend, grads: &LoraGrads) -> Result<()> {
+        let r = self.modules.clone();
+        let pairs = grads.down[r.clone()]
+            .iter()
+            .zip(&grads.up[r])
+            .flat_map(|(d, u)| [d, u]);
+        self.grads = gather(be, pairs)?;
+        Ok(())
+    }
+
+    /// ‖g‖² of the flat gradient (not finite after an f16 overflow).
+    pub fn grad_sum_squares(&self, be: &dyn Backend) -> Result<f64> {
+        be.sum_squares(&self.grads)
+    }
+
+    /// One optimizer step at `lr`, then the new parameters written back into `lora`.
+    pub fn update(
+        &mut self,
+        be: &dyn Backend,
+        lr: f64,
+        grad_scale: f64,
+        lora: &mut LoraSet,
+    ) -> Result<()> {
+        self.optimizer
+            .step(be, &mut self.params, &self.grads, lr, grad_scale)?;
+        self.store(be, lora)
+    }
+
+    /// Replaces the flat parameters (a resume, or early stopping's best adapters) and writes
+    /// them into `lora`.
+    pub fn set_params(&mut self, be: &dyn Backend, flat: &[f32], lora: &mut LoraSet) -> Result<()> {
+        if flat.len() != self.len() {
+            return Err(Error::BadValue {
+                op: "optimizer",
+                name: self.name,
+                value: format!("{} parameters", flat.len()),
+                expected: format!("{} parameters: the same adapters", self.len()),
+            });
+        }
+        self.params = be.tensor_from_f32(&[flat.len()], flat, DType::F32)?;
+        self.store(be, lora)
+    }
+
+    /// Writes the flat parameters back into the adapters the model reads.
+    fn store(&self, be: &dyn Backend, lora: &mut LoraSet) -> Result<()> {
+        let flat = be.to_f32_vec(&self.params)?;
+        let mut at = 0;
+        for m in &mut lora.modules_mut()[self.modules.clone()] {
+            for t in [&mut m.down, &mut m.up] {
+                let n = t.numel();
+                *t = be.tensor_from_f32(t.dims(), &flat[at..at + n], t.dtype())?;
+                at += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tensors laid end to end in one flat f32 tensor.
+fn gather<'a>(be: &dyn Backend, parts: impl Iterator<Item = &'a Tensor>) -> Result<Tensor> {
+    let mut flat = Vec::new();
+    for t in parts {
+        flat.extend(be.to_f32_vec(t)?);
+    }
+    be.tensor_from_f32(&[flat.len()], &flat, DType::F32)
+}
+
+/// The clipping coefficient for gradient norm `norm` and limit `max_norm` (0 = no clipping),
+/// as torch's clip_grad_norm_: min(1, max_norm/(norm + 1e-6)).
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
+    if max_norm <= 0.0 {
+        1.0
+    } else {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    }
+}

@@ -1,0 +1,210 @@
+//! What training changes: the adapters, their gradients, the optimizer groups over them and
+//! the loss scaler, with the two things done to them: a micro-batch (forward with tape, loss,
+//! backward into the gradients) and an optimizer step (clip, unscale, update).
+//!
+//! What each micro-batch saves and why: the UNet's tape (every adapter's input and hidden,
+//! the norm statistics and attention LSE the adapter gradients need, see model/unet), and
+//! with text-encoder training the text encoder's tape; both are consumed by the backward of
+//! the same micro-batch. Nothing else outlives a micro-batch but the gradients.
+
+use crate::backend::{Accum, Backend};
+use crate::config::TrainConfig;
+use crate::error::Result;
+use crate::lora::{LoraDropout, LoraGrads, LoraSet};
+use crate::model::family::Models;
+use crate::model::layers::Ctx;
+use crate::rng::Rng;
+use crate::tensor::{DType, Tensor};
+use crate::train::inputs::{Draw, Inputs};
+use crate::train::optim::{clip_coefficient, AdamWSettings, OptimizerKind, ParamGroup};
+use crate::train::scaler::LossScaler;
+use crate::train::step::{denoise_micro_batch, MicroBatch, MicroOut, Objective};
+
+/// Where a micro-batch sits in the run: its draws (data order aside) come from generators
+/// seeded by (seed, epoch, index), so a resume repeats them exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub epoch: u64,
+    /// The micro-batch's index in its epoch.
+    pub index: u64,
+    /// Its place in the optimizer step (0 assigns the gradients, later ones add) and how
+    /// many the step accumulates.
+    pub k: usize,
+    pub of: usize,
+}
+
+/// The adapters and everything that updates them.
+pub struct Trainable {
+    pub lora: LoraSet,
+    pub grads: LoraGrads,
+    /// One group per learning rate: the UNet's adapters, then the text encoder's when trained.
+    pub groups: Vec<ParamGroup>,
+    pub scaler: LossScaler,
+    pub objective: Objective,
+    train_text: bool,
+    dropout: f64,
+    seed: u64,
+    max_grad_norm: f64,
+}
+
+/// The optimizer a configuration asks for.
+pub fn optimizer_kind(cfg: &TrainConfig) -> OptimizerKind {
+    OptimizerKind::AdamW(AdamWSettings {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_epsilon,
+        weight_decay: cfg.weight_decay,
+    })
+}
+
+impl Trainable {
+    /// Fresh adapters on the targets `cfg` names (B = 0: training starts from the base model),
+    /// their optimizer groups and gradient buffers.
+    pub fn new(be: &dyn Backend, m: &Models, cfg: &TrainConfig) -> Result<Trainable> {
+        let (targets, n_unet) = m.adapter_targets(cfg.lora_targets, cfg.train_text_encoder);
+        let lora = LoraSet::init(
+            be,
+            &targets,
+            cfg.lora_rank,
+            cfg.lora_alpha,
+            &mut Rng::for_site(cfg.seed, &[1]),
+        )?;
+        let kind = optimizer_kind(cfg);
+        let mut groups = vec![ParamGroup::new(be, "unet", &lora, 0..n_unet, &kind)?];
+        if cfg.train_text_encoder {
+            groups.push(ParamGroup::new(
+                be,
+                "text_encoder",
+                &lora,
+                n_unet..targets.len(),
+                &kind,
+            )?);
+        }
+        let grads = lora.zero_grads(be)?;
+        Ok(Trainable {
+            lora,
+            grads,
+            groups,
+            scaler: LossScaler::new(be.compute_dtype() == DType::F16),
+            objective: Objective {
+                schedule: m.family.noise_schedule(),
+                noise_offset: cfg.noise_offset,
+                min_snr_gamma: cfg.min_snr_gamma,
+            },
+            train_text: cfg.train_text_encoder,
+            dropout: cfg.lora_dropout,
+            seed: cfg.seed,
+            max_grad_norm: cfg.max_grad_norm,
+        })
+    }
+
+    /// Bytes on the device: (adapters, gradient accumulators, optimizer groups with their
+    /// flat parameters, gradients and state).
+    pub fn bytes(&self) -> (usize, usize, usize) {
+        let lora = self
+            .lora
+            .modules()
+            .iter()
+            .map(|m| m.down.size_in_bytes() + m.up.size_in_bytes())
+            .sum();
+        let grads = self
+            .grads
+            .down
+            .iter()
+            .chain(&self.grads.up)
+            .map(Tensor::size_in_bytes)
+            .sum();
+        let groups = self
+            .groups
+            .iter()
+            .map(|g| {
+                g.params.size_in_bytes()
+                    + g.grads.size_in_bytes()
+                    + g.optimizer
+                        .state()
+                        .iter()
+                        .map(|(_, t)| t.size_in_bytes())
+                        .sum::<usize>()
+            })
+            .sum();
+        (lora, grads, groups)
+    }
+
+    /// One micro-batch of the images `idx`: its latents and captions (flip, caption
+    /// shuffle and dropout drawn first), the text conditioning (through the trained text
+    /// encoder, or from the cache), the UNet's forward, loss and backward, then the text
+    /// encoder's backward. Gradients are assigned at `site.k == 0` and added after.
+    pub fn micro_batch(
+        &mut self,
+        be: &dyn Backend,
+        m: &Models,
+        inputs: &mut Inputs,
+        idx: &[usize],
+        site: Site,
+    ) -> Result<MicroOut> {
+        let mut rng = Rng::for_site(self.seed, &[3, site.epoch, site.index]);
+        let (latents, captions) = inputs.batch(be, m, Draw::Train, idx, &mut rng)?;
+        self.grads.accum = if site.k == 0 {
+            Accum::Assign
+        } else {
+            Accum::Add
+        };
+        let dropout = LoraDropout::for_site(self.dropout, self.seed, &[4, site.epoch, site.index])?;
+        let cx = Ctx::new(be, Some(&self.lora)).with_dropout(Some(&dropout));
+        let text_cx = (self.train_text && m.text.is_some()).then_some(&cx);
+        let (context, text_tape) = inputs.condition(be, m, text_cx, &captions, true)?;
+        let batch = MicroBatch {
+            latents: &latents,
+            context: &context,
+            grad_scale: self.scaler.scale / site.of as f64,
+            want_context_grad: text_tape.is_some(),
+        };
+        let mut out = denoise_micro_batch(
+            &cx,
+            &m.unet,
+            &self.objective,
+            &batch,
+            &mut self.grads,
+            &mut rng,
+        )?;
+        drop(context);
+        if let (Some(tape), Some(dc)) = (text_tape, out.d_context.take()) {
+            m.text_backward(&cx, &dc, tape, &mut self.grads)?;
+        }
+        Ok(out)
+    }
+
+    /// The optimizer step after the micro-batches: gradients into the flat buffers, the norm
+    /// over every group (kohya clips the UNet's and the text encoder's together), the loss
+    /// scaler's verdict, and each group's update at its learning rate `lrs[i]`. Returns
+    /// whether the step was applied (false: an f16 overflow, skipped).
+    pub fn optimizer_step(&mut self, be: &dyn Backend, lrs: &[f64]) -> Result<bool> {
+        let mut sq = 0.0;
+        for g in &mut self.groups {
+            g.load_grads(be, &self.grads)?;
+            sq += g.grad_sum_squares(be)?;
+        }
+        let norm = sq.sqrt() / self.scaler.scale;
+        let apply = self.scaler.update(norm.is_finite());
+        if apply {
+            let coef = clip_coefficient(norm, self.max_grad_norm) / self.scaler.scale;
+            for (g, &lr) in self.groups.iter_mut().zip(lrs) {
+                g.update(be, lr, coef, &mut self.lora)?;
+            }
+        }
+        Ok(apply)
+    }
+
+    /// Every group's flat parameters (early stopping keeps the best ones).
+    pub fn params(&self, be: &dyn Backend) -> Result<Vec<Vec<f32>>> {
+        self.groups.iter().map(|g| be.to_f32_vec(&g.params)).collect()
+    }
+
+    /// Puts parameters from [`Trainable::params`] back.
+    pub fn set_params(&mut self, be: &dyn Backend, params: &[Vec<f32>]) -> Result<()> {
+        for (g, p) in self.groups.iter_mut().zip(params) {
+            g.set_params(be, p, &mut self.lora)?;
+        }
+        Ok(())
+    }
+}
