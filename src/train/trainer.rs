@@ -12,12 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::backend::{Accum, Backend};
-use crate::config::{LrScheduler, SavePrecision as CfgPrecision, TrainConfig};
+use crate::config::TrainConfig;
 use crate::data::{epoch_batches, process_caption, scan, DataOptions, Dataset};
 use crate::error::{Error, Result};
-use crate::lora::export::{
-    save_kohya, training_metadata, BaseModelInfo, SavePrecision, TrainingInfo,
-};
+use crate::lora::export::{save_kohya, training_metadata, BaseModelInfo, TrainingInfo};
 use crate::lora::{LoraDropout, LoraSet};
 use crate::model::checkpoint::load_sd15;
 use crate::model::clip::ClipTextModel;
@@ -30,7 +28,7 @@ use crate::rng::Rng;
 use crate::sample::schedule::NoiseSchedule;
 use crate::tensor::Tensor;
 use crate::train::cache::{stack, LatentCache, TextCache};
-use crate::train::lr::{LrSchedule, Schedule};
+use crate::train::lr::LrSchedule;
 use crate::train::optim::{clip_coefficient, AdamWSettings, FlatOptimizer, LossScaler};
 use crate::train::state::{self, Progress};
 use crate::train::step::{fixed_noise_loss, train_micro_batch, Objective};
@@ -436,13 +434,7 @@ pub fn train(
     let steps_per_epoch = cfg.steps_per_epoch(micro_per_epoch) as u64;
     let total = cfg.total_steps(micro_per_epoch) as u64;
     let schedule = LrSchedule {
-        kind: match cfg.lr_scheduler {
-            LrScheduler::Constant => Schedule::Constant,
-            LrScheduler::ConstantWithWarmup => Schedule::ConstantWithWarmup,
-            LrScheduler::Linear => Schedule::Linear,
-            LrScheduler::Cosine => Schedule::Cosine,
-            LrScheduler::CosineWithRestarts => Schedule::CosineWithRestarts,
-        },
+        kind: cfg.lr_scheduler,
         base_lr: cfg.unet_lr,
         warmup: cfg.warmup_steps(total as usize) as u64,
         total,
@@ -903,11 +895,7 @@ fn save_lora(
     total: u64,
     steps_per_epoch: u64,
 ) -> Result<()> {
-    let precision = match cfg.save_precision {
-        CfgPrecision::Fp16 => SavePrecision::Fp16,
-        CfgPrecision::Fp32 => SavePrecision::Fp32,
-        CfgPrecision::Bf16 => SavePrecision::Bf16,
-    };
+    let precision = cfg.save_precision;
     let info = TrainingInfo {
         output_name: cfg.output_name.clone(),
         training_started_at: started,
