@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use lorafuse::config::{
-    ConfigError, Device, KeyHint, LrScheduler, MixedPrecision, Origin, Resolution, SamplePrompts,
-    SavePrecision, TrainConfig, Warmup,
+    ConfigError, Device, KeyHint, MixedPrecision, Origin, Resolution, SamplePrompts, SavePrecision,
+    Schedule, TrainConfig, Warmup,
 };
 use lorafuse::lora::LoraTargets;
 use lorafuse::rng::Rng;
@@ -56,6 +56,10 @@ output_name: sks_dog
 save_precision: bf16
 save_every_n_epochs: 2
 save_every_n_steps: 500
+save_last_n_epochs: 3
+save_last_n_steps: 1500
+save_last_n_epochs_state: 1
+save_last_n_steps_state: 500
 logging_dir: /logs/dog
 lora_rank: 16
 lora_alpha: 8
@@ -120,6 +124,10 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.save_precision, SavePrecision::Bf16);
     assert_eq!(c.save_every_n_epochs, Some(2));
     assert_eq!(c.save_every_n_steps, Some(500));
+    assert_eq!(c.save_last_n_epochs, Some(3));
+    assert_eq!(c.save_last_n_steps, Some(1500));
+    assert_eq!(c.save_last_n_epochs_state, Some(1));
+    assert_eq!(c.save_last_n_steps_state, Some(500));
     assert_eq!(c.logging_dir, Path::new("/logs/dog"));
     assert_eq!(c.lora_rank, 16);
     assert_eq!(c.lora_alpha, 8.0);
@@ -133,7 +141,7 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.learning_rate, 2e-4);
     assert_eq!(c.unet_lr, 3e-4);
     assert_eq!(c.text_encoder_lr, 5e-5);
-    assert_eq!(c.lr_scheduler, LrScheduler::CosineWithRestarts);
+    assert_eq!(c.lr_scheduler, Schedule::CosineWithRestarts);
     assert_eq!(c.lr_scheduler_num_cycles, 3);
     assert_eq!(c.num_warmup_steps, Warmup::Steps(100));
     assert_eq!(c.weight_decay, 0.05);
@@ -190,6 +198,11 @@ fn defaults_when_omitted() {
     assert_eq!(c.logging_dir, Path::new("out/my_lora/logs"));
     assert_eq!(c.save_precision, SavePrecision::Fp16);
     assert_eq!((c.save_every_n_epochs, c.save_every_n_steps), (None, None));
+    assert_eq!((c.save_last_n_epochs, c.save_last_n_steps), (None, None));
+    assert_eq!(
+        (c.save_last_n_epochs_state, c.save_last_n_steps_state),
+        (None, None)
+    );
     assert_eq!(c.lora_rank, 32);
     assert_eq!(c.lora_alpha, 32.0, "lora_alpha defaults to lora_rank");
     assert_eq!(c.lora_dropout, 0.0);
@@ -202,7 +215,7 @@ fn defaults_when_omitted() {
     assert_eq!(c.max_train_steps, None);
     assert_eq!(c.learning_rate, 1e-4);
     assert_eq!((c.unet_lr, c.text_encoder_lr), (1e-4, 1e-4));
-    assert_eq!(c.lr_scheduler, LrScheduler::Cosine);
+    assert_eq!(c.lr_scheduler, Schedule::Cosine);
     assert_eq!(c.lr_scheduler_num_cycles, 1);
     assert_eq!(c.num_warmup_steps, Warmup::Steps(0));
     assert_eq!(
@@ -242,6 +255,12 @@ fn defaults_when_omitted() {
     );
     let c = load("train_data_dir: d\nbase_model: m\noutput_dir: runs/cat/\n").unwrap();
     assert_eq!(c.output_name, "cat");
+    // An output_dir with no last folder name cannot name the LoRA file.
+    assert_eq!(
+        err_text(load("train_data_dir: d\nbase_model: m\noutput_dir: /\n")),
+        "config.yaml: output_dir = \"/\" has no last folder name to name the LoRA file after: set output_name"
+    );
+    load("train_data_dir: d\nbase_model: m\noutput_dir: /\noutput_name: x\n").unwrap();
 }
 
 #[test]
@@ -544,7 +563,7 @@ fn wrong_types_and_words_are_named_with_the_choices() {
     assert_eq!((c.learning_rate, c.epochs), (1e-4, 10));
     assert_eq!(c.save_precision, SavePrecision::Fp32);
     assert_eq!(c.device, Device::Cuda(0));
-    assert_eq!(c.lr_scheduler, LrScheduler::Cosine);
+    assert_eq!(c.lr_scheduler, Schedule::Cosine);
 }
 
 #[test]
@@ -632,6 +651,101 @@ fn warnings_for_settings_that_do_nothing() {
         .warnings()
         .iter()
         .any(|w| w.contains("epochs = 5 is ignored")));
+}
+
+#[test]
+fn saves_to_keep_and_kohya_state_keys() {
+    // The state keys follow the LoRA ones unless written.
+    let c = with("save_every_n_steps: 100\nsave_last_n_steps: 300\nsave_every_n_epochs: 1\nsave_last_n_epochs: 2").unwrap();
+    assert_eq!(
+        (c.save_last_n_steps, c.save_last_n_steps_state),
+        (Some(300), Some(300))
+    );
+    assert_eq!(
+        (c.save_last_n_epochs, c.save_last_n_epochs_state),
+        (Some(2), Some(2))
+    );
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = with("save_every_n_steps: 100\nsave_last_n_steps: 300\nsave_last_n_steps_state: 100")
+        .unwrap();
+    assert_eq!(
+        (c.save_last_n_steps, c.save_last_n_steps_state),
+        (Some(300), Some(100))
+    );
+    assert_eq!(c.save_last_n_epochs_state, None);
+
+    assert_bad(
+        "save_last_n_epochs: 0",
+        "save_last_n_epochs",
+        "0",
+        "is out of range: must be a whole number ≥ 1",
+    );
+    assert_bad(
+        "save_last_n_steps: -3",
+        "save_last_n_steps",
+        "-3",
+        "is out of range",
+    );
+    assert_bad(
+        "save_last_n_epochs_state: 0",
+        "save_last_n_epochs_state",
+        "0",
+        "≥ 1",
+    );
+    assert_bad(
+        "save_last_n_steps_state: x",
+        "save_last_n_steps_state",
+        "\"x\"",
+        "is not valid: must be a whole number ≥ 1",
+    );
+    // One bad value is one error, not one more for the key that follows it.
+    assert_eq!(err(with("save_last_n_epochs: 0")).problems().len(), 1);
+
+    let w = with("save_last_n_epochs: 2\nsave_last_n_steps: 50")
+        .unwrap()
+        .warnings()
+        .join("\n");
+    assert!(
+        w.contains("save_last_n_epochs = 2 has no effect without save_every_n_epochs"),
+        "{w}"
+    );
+    assert!(
+        w.contains("save_last_n_steps = 50 has no effect without save_every_n_steps"),
+        "{w}"
+    );
+
+    // kohya's save_state flags ask for what lorafuse does anyway: accepted, with a notice.
+    for line in [
+        "save_state: true",
+        "save_state: false",
+        "save_state_on_train_end: true",
+    ] {
+        let c = with(line).unwrap();
+        let w = c.warnings().join("\n");
+        assert!(w.contains("always saves its training state"), "{line}: {w}");
+        assert!(w.starts_with(&line.replace(": ", " = ")), "{line}: {w}");
+        assert!(!TrainConfig::key_names().contains(&line.split(':').next().unwrap()));
+        assert!(
+            !c.to_yaml().contains("save_state"),
+            "not a key of the effective config"
+        );
+    }
+    let c = load_with(REQUIRED, &["save_state=true"]).unwrap();
+    assert!(c
+        .warnings()
+        .join("\n")
+        .contains("always saves its training state"));
+    assert!(with("save_state:").unwrap().warnings().is_empty());
+    let text = err_text(with("save_state: sometimes"));
+    assert_eq!(
+        text,
+        "config.yaml: save_state = \"sometimes\" is not valid: must be true or false"
+    );
+    // kohya's resume names a state folder; lorafuse resumes with --resume.
+    let (_, hint, text) = unknown_key(with("resume: out/last-state"));
+    assert!(matches!(hint, KeyHint::NotInLorafuse(_)), "{hint:?}");
+    assert!(text.contains("lorafuse train CONFIG --resume"), "{text}");
+    assert!(!text.contains("not supported"), "{text}");
 }
 
 #[test]
@@ -1017,11 +1131,29 @@ fn path_checks() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The rows of the table in README.md: (key, type, default, meaning).
-fn docs_table() -> Vec<[String; 4]> {
+/// The markers around README.md's table of keys.
+const TABLE_BEGIN: &str = "<!-- config keys: made from src/config/keys.rs by TrainConfig::markdown_table(); LORAFUSE_BLESS=1 cargo test --test config rewrites it -->\n";
+const TABLE_END: &str = "<!-- end of config keys -->";
+
+/// README.md, and the byte range of its table of keys (between the markers).
+fn readme_table() -> (PathBuf, String, std::ops::Range<usize>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
     let text = std::fs::read_to_string(&path).expect("README.md");
-    text.lines()
+    let start = text
+        .find(TABLE_BEGIN)
+        .expect("README.md has the table's begin marker")
+        + TABLE_BEGIN.len();
+    let end = start
+        + text[start..]
+            .find(TABLE_END)
+            .expect("README.md has the table's end marker");
+    (path, text, start..end)
+}
+
+/// The rows of a markdown table: (key, type, default, meaning).
+fn table_rows(table: &str) -> Vec<[String; 4]> {
+    table
+        .lines()
         .filter(|l| l.starts_with("| `"))
         .map(|l| {
             let cells: Vec<String> = l
@@ -1038,10 +1170,29 @@ fn docs_table() -> Vec<[String; 4]> {
 }
 
 #[test]
-fn the_docs_table_lists_exactly_the_config_fields() {
-    let rows = docs_table();
+fn the_readme_table_is_the_one_the_declarations_make() {
+    let table = TrainConfig::markdown_table();
+    let (path, text, range) = readme_table();
+    if text[range.clone()] != table {
+        if std::env::var("LORAFUSE_BLESS").is_ok_and(|v| v == "1") {
+            let mut new = text.clone();
+            new.replace_range(range, &table);
+            std::fs::write(&path, new).expect("rewrite README.md");
+            eprintln!("README.md: the table of configuration keys was rewritten");
+        } else {
+            panic!(
+                "README.md's table of configuration keys differs from the declarations in src/config/keys.rs; \
+                 run `LORAFUSE_BLESS=1 cargo test --test config` to rewrite it, and review the diff.\n\
+                 --- README.md:\n{}\n--- declared:\n{table}",
+                &text[range]
+            );
+        }
+    }
+
+    // The table lists exactly the keys the code knows and TrainConfig's fields, in order,
+    // every cell filled.
+    let rows = table_rows(&table);
     let documented: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
-    // The keys the code knows, and the fields TrainConfig serializes, in order.
     let known = TrainConfig::key_names();
     let c = load(REQUIRED).unwrap();
     let fields: Vec<String> = match yaml_serde::to_value(&c).unwrap() {
@@ -1050,17 +1201,26 @@ fn the_docs_table_lists_exactly_the_config_fields() {
         }
         other => panic!("{other:?}"),
     };
-    assert_eq!(
-        fields, known,
-        "TrainConfig fields vs the key table in src/config/keys.rs"
-    );
-    assert_eq!(documented, known, "README.md vs TrainConfig");
+    assert_eq!(fields, known, "TrainConfig's fields vs its keys");
+    assert_eq!(documented, known, "the table vs TrainConfig");
     for row in &rows {
         assert!(
             row.iter().all(|c| !c.is_empty()),
             "every column filled: {row:?}"
         );
     }
+    // Defaults are shown as a config writes them.
+    let row = |key: &str| rows.iter().find(|r| r[0] == key).unwrap().clone();
+    assert_eq!(row("learning_rate")[2], "`1e-4`");
+    assert_eq!(row("lora_rank")[2], "`32`");
+    assert_eq!(row("lora_alpha")[2], "`lora_rank`");
+    assert_eq!(row("lr_scheduler")[2], "`cosine`");
+    assert_eq!(row("train_data_dir")[2], "required");
+    assert!(
+        row("lora_rank")[3].contains("`network_dim`"),
+        "{:?}",
+        row("lora_rank")
+    );
 }
 
 /// Draws from YAML's punctuation, key fragments and values, so that random text reaches past

@@ -10,13 +10,17 @@
 //! Key names are kohya sd-scripts' where lorafuse means the same thing (`learning_rate`,
 //! `resolution`, `noise_offset`, ...); a few are lorafuse's own (`lora_rank`, `epochs`,
 //! `batch_size`), and kohya's names for those are recognised and answered with the lorafuse
-//! name. Every key, its type, default and meaning: README.md (a test keeps it in
-//! step with [`TrainConfig`]).
+//! name. Every key is declared once, in keys.rs (type, default, range, meaning, other
+//! trainers' names); the reader, the range checks, `config.effective.yaml` and README.md's
+//! table of keys are made from that declaration.
 //!
 //! Paths are used as written: a relative path is relative to the folder lorafuse runs in (as
 //! in kohya), not to the config file.
 
+mod decl;
+mod docs;
 mod error;
+mod foreign;
 mod keys;
 mod parse;
 mod paths;
@@ -27,158 +31,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-use crate::lora::LoraTargets;
-
+pub use crate::lora::export::SavePrecision;
+pub use crate::train::lr::Schedule;
 pub use error::{ConfigError, KeyHint, Origin};
-pub use values::{
-    Choice, Device, LrScheduler, MixedPrecision, Resolution, SamplePrompts, SavePrecision, Warmup,
-};
+pub use keys::TrainConfig;
+pub use values::{Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup};
 
 /// The file name of the effective configuration written into `output_dir`.
 pub const EFFECTIVE_CONFIG_FILE: &str = "config.effective.yaml";
-
-/// Every training setting, with defaults filled in and derived defaults resolved (`lora_alpha`
-/// is a number even when the file left it out). Field names are the YAML keys.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TrainConfig {
-    // --- what to train on, and where the results go
-    /// Folder of training images and captions (required).
-    #[serde(serialize_with = "values::serialize_path")]
-    pub train_data_dir: PathBuf,
-    /// SD1.x checkpoint: a single `.safetensors` file or a diffusers folder (required).
-    #[serde(serialize_with = "values::serialize_path")]
-    pub base_model: PathBuf,
-    /// Folder for the LoRA files, logs and the effective config (required).
-    #[serde(serialize_with = "values::serialize_path")]
-    pub output_dir: PathBuf,
-    /// LoRA file name without extension. Default: the last component of `output_dir`.
-    pub output_name: String,
-    /// Dtype of the saved LoRA tensors. Default fp16.
-    pub save_precision: SavePrecision,
-    /// Also save every N epochs (as `<output_name>-<epoch>.safetensors`). Default: end only.
-    pub save_every_n_epochs: Option<usize>,
-    /// Also save every N optimizer steps. Default: end only.
-    pub save_every_n_steps: Option<usize>,
-    /// Where the logs go. Default `output_dir/logs`.
-    #[serde(serialize_with = "values::serialize_path")]
-    pub logging_dir: PathBuf,
-
-    // --- the adapters
-    /// Rank r of every adapter. Default 32.
-    pub lora_rank: usize,
-    /// Adapter scale numerator: scale = lora_alpha / lora_rank. Default: lora_rank (scale 1).
-    pub lora_alpha: f64,
-    /// Dropout on the adapters' down-projection output, in [0, 1). Default 0.
-    pub lora_dropout: f64,
-    /// Which UNet layers get adapters. Default transformer (kohya's 192 modules).
-    #[serde(serialize_with = "values::serialize_lora_targets")]
-    pub lora_targets: LoraTargets,
-    /// Train text-encoder adapters too. Default false (`true` is refused for now).
-    pub train_text_encoder: bool,
-
-    // --- length of the run
-    /// Images per micro-batch. Default 1.
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step. Default 1.
-    pub gradient_accumulation_steps: usize,
-    /// Passes over the data set. Default 10.
-    pub epochs: usize,
-    /// Stop after this many optimizer steps, whatever `epochs` says. Default: unset.
-    pub max_train_steps: Option<usize>,
-
-    // --- optimizer (AdamW) and learning-rate schedule
-    /// Base learning rate. Default 1e-4.
-    pub learning_rate: f64,
-    /// Learning rate of the UNet adapters. Default: learning_rate.
-    pub unet_lr: f64,
-    /// Learning rate of the text-encoder adapters. Default: learning_rate.
-    pub text_encoder_lr: f64,
-    /// Default cosine.
-    pub lr_scheduler: LrScheduler,
-    /// Cosine cycles for cosine_with_restarts. Default 1.
-    pub lr_scheduler_num_cycles: usize,
-    /// Linear warmup from 0: steps, or a fraction of the run. Default 0.
-    pub num_warmup_steps: Warmup,
-    /// AdamW's decoupled weight decay. Default 0.01.
-    pub weight_decay: f64,
-    /// Default 0.9.
-    pub adam_beta1: f64,
-    /// Default 0.999.
-    pub adam_beta2: f64,
-    /// Default 1e-8.
-    pub adam_epsilon: f64,
-    /// Clip the global gradient norm to this; 0 = no clipping. Default 1.0.
-    pub max_grad_norm: f64,
-
-    // --- the diffusion loss
-    /// Offset noise strength. Default 0.
-    pub noise_offset: f64,
-    /// Min-SNR loss weighting γ. Default: off.
-    pub min_snr_gamma: Option<f64>,
-
-    // --- compute
-    /// Default fp16. The CPU backend always computes in f32.
-    pub mixed_precision: MixedPrecision,
-    /// Default auto.
-    pub device: Device,
-    /// Seed of every random choice (init, noise, timesteps, shuffles). Default 42.
-    pub seed: u64,
-
-    // --- data
-    /// Training size, width x height. Default 512x512.
-    pub resolution: Resolution,
-    /// Caption file extension. Default ".txt".
-    pub caption_extension: String,
-    /// Aspect-ratio bucketing. Default false.
-    pub enable_bucket: bool,
-    /// Default 256.
-    pub min_bucket_reso: u32,
-    /// Default 1024.
-    pub max_bucket_reso: u32,
-    /// Default 64.
-    pub bucket_reso_steps: u32,
-    /// Never enlarge an image to fit a bucket. Default false.
-    pub bucket_no_upscale: bool,
-    /// Random horizontal flips. Default false.
-    pub flip_aug: bool,
-    /// Random crops instead of center crops. Default false.
-    pub random_crop: bool,
-    /// Shuffle comma-separated caption tags. Default false.
-    pub shuffle_caption: bool,
-    /// Keep the first N tags in place when shuffling. Default 0.
-    pub keep_tokens: usize,
-    /// Probability of training an image with an empty caption. Default 0.
-    pub caption_dropout_rate: f64,
-    /// Keep the latent cache on disk, so later runs skip the VAE. Default false.
-    pub cache_latents_to_disk: bool,
-    /// Use CLIP's output this many layers from the end (1 = last). Default 1.
-    pub clip_skip: usize,
-    /// Caption tokens per image. 75 only, for now.
-    pub max_token_length: usize,
-
-    // --- validation and early stopping
-    /// Share of images held out for validation loss. Default 0 (none).
-    pub validation_split: f64,
-    /// Validate every N optimizer steps. Default: at the end of each epoch.
-    pub validate_every_n_steps: Option<usize>,
-    /// Stop after this many validations without improvement. Default: off.
-    pub early_stopping_patience: Option<usize>,
-    /// Smallest validation-loss drop that counts as an improvement. Default 0.
-    pub early_stopping_min_delta: f64,
-
-    // --- sample images
-    /// Generate sample images every N optimizer steps; 0 = never. Default 0.
-    pub sample_every_n_steps: usize,
-    /// kohya prompt lines, or a .txt file of them. Default: none.
-    pub sample_prompts: SamplePrompts,
-
-    /// Where each value came from, for error messages. Not part of the configuration's
-    /// value: two configs compare equal whatever their provenance.
-    #[serde(skip)]
-    pub provenance: Provenance,
-}
 
 /// The file and `--set` arguments a configuration was read from, and each key's value as
 /// written, so that later checks ([`TrainConfig::validate`], [`TrainConfig::check_paths`])
@@ -191,6 +53,9 @@ pub struct Provenance {
     written: BTreeMap<String, (Origin, String)>,
     /// The effective values when the configuration was read.
     loaded: yaml_serde::Mapping,
+    /// What accepted kohya flags (`save_state`) do here, one line each, for
+    /// [`TrainConfig::warnings`].
+    notices: Vec<String>,
 }
 
 impl PartialEq for Provenance {
@@ -228,14 +93,6 @@ impl Provenance {
 }
 
 impl TrainConfig {
-    /// The effective values as a YAML mapping (key -> value), in field order.
-    fn effective(&self) -> yaml_serde::Mapping {
-        match yaml_serde::to_value(self) {
-            Ok(yaml_serde::Value::Mapping(m)) => m,
-            _ => yaml_serde::Mapping::new(),
-        }
-    }
-
     /// Where `key`'s value came from and how to show it: as written in the file or `--set`,
     /// or the value with " (default)", or, for a field changed in code since loading,
     /// "configuration" and the current value.
@@ -285,9 +142,14 @@ impl TrainConfig {
         Ok(cfg)
     }
 
-    /// Every lorafuse key, in field order (the names README.md must list).
+    /// Every lorafuse key, in field order (the names README.md lists).
     pub fn key_names() -> Vec<&'static str> {
         keys::KEYS.iter().map(|k| k.name).collect()
+    }
+
+    /// README.md's table of keys (type, default, meaning), made from the declarations.
+    pub fn markdown_table() -> String {
+        docs::markdown_table()
     }
 
     /// The effective configuration as YAML: every key with the value a run uses, loadable
@@ -295,7 +157,7 @@ impl TrainConfig {
     /// output_name are written out as numbers and names, so they no longer follow
     /// lora_rank or output_dir when the file is reused with `--set`).
     pub fn to_yaml(&self) -> String {
-        let body = match yaml_serde::to_string(self) {
+        let body = match yaml_serde::to_string(&self.effective()) {
             Ok(s) => s,
             // Every field serializes to a string, number, bool, null or list of strings;
             // nothing here can fail, but a config is never worth a panic.
@@ -343,6 +205,14 @@ impl TrainConfig {
     /// print before training.
     pub fn warnings(&self) -> Vec<String> {
         validate::warnings(self)
+    }
+}
+
+/// A configuration serializes as its effective values (the mapping of
+/// [`TrainConfig::to_yaml`]).
+impl Serialize for TrainConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.effective().serialize(s)
     }
 }
 

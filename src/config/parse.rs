@@ -1,7 +1,8 @@
 //! From text to a typed [`TrainConfig`]: the YAML document and the `--set` arguments become
-//! one map of key -> (value, origin); unknown keys are answered with a hint; each known key
-//! is read into its type; missing required keys are named. Ranges and cross-key rules are
-//! validate.rs's.
+//! one map of key -> (value, origin); unknown keys are answered with a hint (kohya flags that
+//! ask for what lorafuse does anyway are accepted with a notice); each known key is read into
+//! its type by the reader its declaration names (keys.rs), which are here; missing required
+//! keys are named. Ranges and cross-key rules are validate.rs's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,13 +10,12 @@ use std::path::{Path, PathBuf};
 use yaml_serde::Value;
 
 use super::error::{ConfigError, Origin};
-use super::keys::{self, REQUIRED};
+use super::foreign;
+use super::keys;
 use super::values::{
-    parse_lora_targets, Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup,
-    LORA_TARGET_CHOICES,
+    choice_names, Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup,
 };
 use super::{Provenance, TrainConfig};
-use crate::lora::LoraTargets;
 
 /// A config file is a few kilobytes; anything much larger is the wrong file (a model passed
 /// where the config goes), refused before it is read.
@@ -64,19 +64,20 @@ pub(crate) fn build(
 ) -> Result<TrainConfig, ConfigError> {
     let mut errors = Vec::new();
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut accepted: BTreeMap<String, Entry> = BTreeMap::new();
     let file = doc.map(|(_, f)| f.to_path_buf());
 
     if let Some((text, path)) = doc {
         let origin = Origin::File(path.to_path_buf());
         for (key, value) in document_entries(text, &origin)? {
+            let entry = Entry {
+                value,
+                origin: origin.clone(),
+            };
             if keys::find(&key).is_some() {
-                entries.insert(
-                    key,
-                    Entry {
-                        value,
-                        origin: origin.clone(),
-                    },
-                );
+                entries.insert(key, entry);
+            } else if foreign::accepted(&key).is_some() {
+                accepted.insert(key, entry);
             } else {
                 errors.push(unknown(&key, origin.clone()));
             }
@@ -85,12 +86,20 @@ pub(crate) fn build(
     for arg in overrides {
         match parse_override(arg) {
             Ok((key, value)) => {
-                let origin = Origin::Override(arg.to_string());
-                entries.insert(key, Entry { value, origin });
+                let entry = Entry {
+                    value,
+                    origin: Origin::Override(arg.to_string()),
+                };
+                if keys::find(&key).is_some() {
+                    entries.insert(key, entry);
+                } else {
+                    accepted.insert(key, entry);
+                }
             }
             Err(e) => errors.push(e),
         }
     }
+    let notices = accepted_notices(&accepted, &mut errors);
 
     let default_origin = match &file {
         Some(f) => Origin::File(f.clone()),
@@ -100,12 +109,10 @@ pub(crate) fn build(
         entries: &entries,
         errors,
     };
-    let cfg = read_fields(&mut r, &default_origin);
+    let mut cfg = TrainConfig::read(&mut r, &default_origin);
     if let Some(e) = ConfigError::from_list(r.errors) {
         return Err(e);
     }
-    // read_fields returns None only after recording why, so this is never the empty list.
-    let mut cfg = cfg.ok_or_else(|| ConfigError::Several(Vec::new()))?;
     let written = entries
         .iter()
         .filter(|(_, e)| !e.value.is_null())
@@ -116,8 +123,36 @@ pub(crate) fn build(
         file,
         written,
         loaded,
+        notices,
     };
     Ok(cfg)
+}
+
+/// The notices of the accepted kohya flags (`save_state: true`), one per key written; a value
+/// other than true or false is an error.
+fn accepted_notices(
+    accepted: &BTreeMap<String, Entry>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<String> {
+    let mut notices = Vec::new();
+    for (key, e) in accepted {
+        let Some(notice) = foreign::accepted(key) else {
+            continue;
+        };
+        if e.value.is_null() {
+            continue;
+        }
+        match flag(&e.value) {
+            Ok(on) => notices.push(format!("{key} = {on}: {notice}")),
+            Err(_) => errors.push(ConfigError::BadValue {
+                origin: e.origin.clone(),
+                key: key.clone(),
+                value: render(&e.value),
+                problem: "is not valid: must be true or false".into(),
+            }),
+        }
+    }
+    notices
 }
 
 /// The top-level `key: value` pairs of a YAML document, in file order.
@@ -216,7 +251,7 @@ fn unknown(key: &str, origin: Origin) -> ConfigError {
     ConfigError::UnknownKey {
         origin,
         key: key.to_string(),
-        hint: keys::hint(key),
+        hint: foreign::hint(key),
     }
 }
 
@@ -231,18 +266,20 @@ fn parse_override(arg: &str) -> Result<(String, Value), ConfigError> {
     };
     let key = key.trim();
     let origin = Origin::Override(arg.to_string());
-    let Some(spec) = keys::find(key) else {
-        if key.is_empty() {
+    let verbatim = match keys::find(key) {
+        Some(decl) => decl.verbatim,
+        None if foreign::accepted(key).is_some() => false,
+        None if key.is_empty() => {
             return Err(ConfigError::BadOverride {
                 arg: arg.to_string(),
                 problem: "the key before `=` is empty".into(),
-            });
+            })
         }
-        return Err(unknown(key, origin));
+        None => return Err(unknown(key, origin)),
     };
     let value = if text.trim().is_empty() {
         Value::Null
-    } else if spec.verbatim {
+    } else if verbatim {
         Value::String(text.to_string())
     } else {
         yaml_serde::from_str(text).map_err(|e| syntax_error(&e, text, &origin))?
@@ -251,16 +288,19 @@ fn parse_override(arg: &str) -> Result<(String, Value), ConfigError> {
 }
 
 /// Why a value cannot be read: the key's rule says what is allowed.
-enum Bad {
+pub(crate) enum Bad {
     /// Wrong kind of value ("is not valid: <rule>").
     Type,
+    /// A word that is none of the choices ("is not valid: <rule> (did you mean `x`?)").
+    Word(Option<String>),
     /// The right kind, outside the range the type can hold ("is out of range: <rule>").
     Range,
     /// Anything else, the full text after the value.
     Other(String),
 }
 
-struct Reader<'a> {
+/// The entries of one configuration, read key by key; the problems found on the way.
+pub(crate) struct Reader<'a> {
     entries: &'a BTreeMap<String, Entry>,
     errors: Vec<ConfigError>,
 }
@@ -268,7 +308,7 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// The typed value of `key`; None when absent or empty (the default applies) or bad
     /// (an error is recorded).
-    fn get<T>(
+    pub(super) fn get<T>(
         &mut self,
         key: &'static str,
         read: impl FnOnce(&Value) -> Result<T, Bad>,
@@ -282,6 +322,12 @@ impl Reader<'_> {
             Err(bad) => {
                 let problem = match bad {
                     Bad::Type => format!("is not valid: {}", keys::rule(key)),
+                    Bad::Word(nearest) => {
+                        let suggestion = nearest
+                            .map(|c| format!(" (did you mean `{c}`?)"))
+                            .unwrap_or_default();
+                        format!("is not valid: {}{suggestion}", keys::rule(key))
+                    }
                     Bad::Range => format!("is out of range: {}", keys::rule(key)),
                     Bad::Other(text) => text,
                 };
@@ -296,7 +342,7 @@ impl Reader<'_> {
         }
     }
 
-    fn required<T>(
+    pub(super) fn required<T>(
         &mut self,
         key: &'static str,
         origin: &Origin,
@@ -304,10 +350,7 @@ impl Reader<'_> {
     ) -> Option<T> {
         let present = self.entries.get(key).is_some_and(|e| !e.value.is_null());
         if !present {
-            let meaning = REQUIRED
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map_or("", |(_, m)| *m);
+            let meaning = keys::find(key).and_then(|k| k.required).unwrap_or("");
             self.errors.push(ConfigError::Missing {
                 origin: origin.clone(),
                 key,
@@ -319,160 +362,17 @@ impl Reader<'_> {
     }
 }
 
-/// Every field, typed, with its default; None if anything was missing or unreadable (the
-/// reader holds the errors).
-fn read_fields(r: &mut Reader, origin: &Origin) -> Option<TrainConfig> {
-    let train_data_dir = r.required("train_data_dir", origin, path);
-    let base_model = r.required("base_model", origin, path);
-    let output_dir = r.required("output_dir", origin, path);
-    let output_name = r.get("output_name", text);
-    let save_precision = r
-        .get("save_precision", choice)
-        .unwrap_or(super::SavePrecision::Fp16);
-    let save_every_n_epochs = r.get("save_every_n_epochs", count);
-    let save_every_n_steps = r.get("save_every_n_steps", count);
-    let logging_dir = r.get("logging_dir", path);
-    let lora_rank = r.get("lora_rank", count).unwrap_or(32);
-    let lora_alpha = r.get("lora_alpha", float);
-    let lora_dropout = r.get("lora_dropout", float).unwrap_or(0.0);
-    let lora_targets = r
-        .get("lora_targets", lora_targets)
-        .unwrap_or(LoraTargets::Transformer);
-    let train_text_encoder = r.get("train_text_encoder", flag).unwrap_or(false);
-    let batch_size = r.get("batch_size", count).unwrap_or(1);
-    let gradient_accumulation_steps = r.get("gradient_accumulation_steps", count).unwrap_or(1);
-    let epochs = r.get("epochs", count).unwrap_or(10);
-    let max_train_steps = r.get("max_train_steps", count);
-    let learning_rate = r.get("learning_rate", float).unwrap_or(1e-4);
-    let unet_lr = r.get("unet_lr", float);
-    let text_encoder_lr = r.get("text_encoder_lr", float);
-    let lr_scheduler = r
-        .get("lr_scheduler", choice)
-        .unwrap_or(super::LrScheduler::Cosine);
-    let lr_scheduler_num_cycles = r.get("lr_scheduler_num_cycles", count).unwrap_or(1);
-    let num_warmup_steps = r
-        .get("num_warmup_steps", warmup)
-        .unwrap_or(Warmup::Steps(0));
-    let weight_decay = r.get("weight_decay", float).unwrap_or(0.01);
-    let adam_beta1 = r.get("adam_beta1", float).unwrap_or(0.9);
-    let adam_beta2 = r.get("adam_beta2", float).unwrap_or(0.999);
-    let adam_epsilon = r.get("adam_epsilon", float).unwrap_or(1e-8);
-    let max_grad_norm = r.get("max_grad_norm", float).unwrap_or(1.0);
-    let noise_offset = r.get("noise_offset", float).unwrap_or(0.0);
-    let min_snr_gamma = r.get("min_snr_gamma", float);
-    let mixed_precision = r
-        .get("mixed_precision", mixed_precision)
-        .unwrap_or(MixedPrecision::Fp16);
-    let device = r.get("device", device).unwrap_or(Device::Auto);
-    let seed = r.get("seed", whole).unwrap_or(42);
-    let resolution = r
-        .get("resolution", resolution)
-        .unwrap_or(Resolution::square(512));
-    let caption_extension = r
-        .get("caption_extension", text)
-        .unwrap_or_else(|| ".txt".into());
-    let enable_bucket = r.get("enable_bucket", flag).unwrap_or(false);
-    let min_bucket_reso = r.get("min_bucket_reso", pixels).unwrap_or(256);
-    let max_bucket_reso = r.get("max_bucket_reso", pixels).unwrap_or(1024);
-    let bucket_reso_steps = r.get("bucket_reso_steps", pixels).unwrap_or(64);
-    let bucket_no_upscale = r.get("bucket_no_upscale", flag).unwrap_or(false);
-    let flip_aug = r.get("flip_aug", flag).unwrap_or(false);
-    let random_crop = r.get("random_crop", flag).unwrap_or(false);
-    let shuffle_caption = r.get("shuffle_caption", flag).unwrap_or(false);
-    let keep_tokens = r.get("keep_tokens", count).unwrap_or(0);
-    let caption_dropout_rate = r.get("caption_dropout_rate", float).unwrap_or(0.0);
-    let cache_latents_to_disk = r.get("cache_latents_to_disk", flag).unwrap_or(false);
-    let clip_skip = r.get("clip_skip", count).unwrap_or(1);
-    let max_token_length = r.get("max_token_length", count).unwrap_or(75);
-    let validation_split = r.get("validation_split", float).unwrap_or(0.0);
-    let validate_every_n_steps = r.get("validate_every_n_steps", count);
-    let early_stopping_patience = r.get("early_stopping_patience", count);
-    let early_stopping_min_delta = r.get("early_stopping_min_delta", float).unwrap_or(0.0);
-    let sample_every_n_steps = r.get("sample_every_n_steps", count).unwrap_or(0);
-    let sample_prompts = r.get("sample_prompts", sample_prompts).unwrap_or_default();
+// --- readers: one per kind of value, named by the key declarations. Numbers written as
+// quoted text ("1e-4", as GUIs export them) are read as numbers.
 
-    let (train_data_dir, base_model, output_dir) = (train_data_dir?, base_model?, output_dir?);
-    let output_name = match output_name {
-        Some(n) => n,
-        None => match output_dir.file_name() {
-            Some(n) => n.to_string_lossy().into_owned(),
-            None => {
-                r.errors.push(ConfigError::BadValue {
-                    origin: r
-                        .entries
-                        .get("output_dir")
-                        .map_or_else(|| origin.clone(), |e| e.origin.clone()),
-                    key: "output_dir".into(),
-                    value: format!("{:?}", output_dir.to_string_lossy()),
-                    problem: "has no last folder name to name the LoRA file after: set output_name"
-                        .into(),
-                });
-                return None;
-            }
-        },
-    };
-    let logging_dir = logging_dir.unwrap_or_else(|| output_dir.join("logs"));
-    Some(TrainConfig {
-        train_data_dir,
-        base_model,
-        output_name,
-        save_precision,
-        save_every_n_epochs,
-        save_every_n_steps,
-        logging_dir,
-        output_dir,
-        lora_rank,
-        lora_alpha: lora_alpha.unwrap_or(lora_rank as f64),
-        lora_dropout,
-        lora_targets,
-        train_text_encoder,
-        batch_size,
-        gradient_accumulation_steps,
-        epochs,
-        max_train_steps,
-        learning_rate,
-        unet_lr: unet_lr.unwrap_or(learning_rate),
-        text_encoder_lr: text_encoder_lr.unwrap_or(learning_rate),
-        lr_scheduler,
-        lr_scheduler_num_cycles,
-        num_warmup_steps,
-        weight_decay,
-        adam_beta1,
-        adam_beta2,
-        adam_epsilon,
-        max_grad_norm,
-        noise_offset,
-        min_snr_gamma,
-        mixed_precision,
-        device,
-        seed,
-        resolution,
-        caption_extension,
-        enable_bucket,
-        min_bucket_reso,
-        max_bucket_reso,
-        bucket_reso_steps,
-        bucket_no_upscale,
-        flip_aug,
-        random_crop,
-        shuffle_caption,
-        keep_tokens,
-        caption_dropout_rate,
-        cache_latents_to_disk,
-        clip_skip,
-        max_token_length,
-        validation_split,
-        validate_every_n_steps,
-        early_stopping_patience,
-        early_stopping_min_delta,
-        sample_every_n_steps,
-        sample_prompts,
-        provenance: Provenance::default(),
-    })
+/// `output_name`'s default: the last folder name of `output_dir` ("" when it has none, which
+/// validation reports on output_dir).
+pub(super) fn last_folder_name(output_dir: &std::path::Path) -> String {
+    output_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
-
-// --- readers: one per kind of value. Numbers written as quoted text ("1e-4", as GUIs
-// export them) are read as numbers.
 
 /// A number from a YAML number or numeric text.
 fn number(v: &Value) -> Result<f64, Bad> {
@@ -494,7 +394,7 @@ fn number(v: &Value) -> Result<f64, Bad> {
 }
 
 /// A whole number ≥ 0 (`16`, `"16"`, `16.0`); negative ones are out of range.
-fn whole(v: &Value) -> Result<u64, Bad> {
+pub(super) fn whole(v: &Value) -> Result<u64, Bad> {
     if let Value::Number(n) = v {
         if let Some(u) = n.as_u64() {
             return Ok(u);
@@ -518,15 +418,20 @@ fn whole(v: &Value) -> Result<u64, Bad> {
     Ok(x as u64)
 }
 
-fn count(v: &Value) -> Result<usize, Bad> {
+pub(super) fn count(v: &Value) -> Result<usize, Bad> {
     usize::try_from(whole(v)?).map_err(|_| Bad::Range)
 }
 
-fn pixels(v: &Value) -> Result<u32, Bad> {
+/// A count for an `Option` field whose default follows another key.
+pub(super) fn some_count(v: &Value) -> Result<Option<usize>, Bad> {
+    count(v).map(Some)
+}
+
+pub(super) fn pixels(v: &Value) -> Result<u32, Bad> {
     u32::try_from(whole(v)?).map_err(|_| Bad::Range)
 }
 
-fn float(v: &Value) -> Result<f64, Bad> {
+pub(super) fn float(v: &Value) -> Result<f64, Bad> {
     let x = number(v)?;
     if x.is_finite() {
         Ok(x)
@@ -535,7 +440,7 @@ fn float(v: &Value) -> Result<f64, Bad> {
     }
 }
 
-fn flag(v: &Value) -> Result<bool, Bad> {
+pub(super) fn flag(v: &Value) -> Result<bool, Bad> {
     match v {
         Value::Bool(b) => Ok(*b),
         // YAML 1.1 spellings, which the YAML 1.2 reader leaves as text.
@@ -548,7 +453,7 @@ fn flag(v: &Value) -> Result<bool, Bad> {
     }
 }
 
-fn text(v: &Value) -> Result<String, Bad> {
+pub(super) fn text(v: &Value) -> Result<String, Bad> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
@@ -557,19 +462,12 @@ fn text(v: &Value) -> Result<String, Bad> {
     }
 }
 
-fn path(v: &Value) -> Result<PathBuf, Bad> {
+pub(super) fn path(v: &Value) -> Result<PathBuf, Bad> {
     let s = text(v)?;
     if s.trim().is_empty() {
         return Err(Bad::Other("is empty: give a path".into()));
     }
     Ok(PathBuf::from(s))
-}
-
-fn unknown_word(word: &str, key: &str, choices: &[&'static str]) -> Bad {
-    let suggestion = keys::nearest_choice(word, choices)
-        .map(|c| format!(" (did you mean `{c}`?)"))
-        .unwrap_or_default();
-    Bad::Other(format!("is not valid: {}{suggestion}", keys::rule(key)))
 }
 
 fn word(v: &Value) -> Result<String, Bad> {
@@ -579,47 +477,30 @@ fn word(v: &Value) -> Result<String, Bad> {
     }
 }
 
-fn choice<C: Choice + KeyName>(v: &Value) -> Result<C, Bad> {
+/// One of a choice's words, or the nearest word in the error.
+pub(super) fn choice<C: Choice>(v: &Value) -> Result<C, Bad> {
     let w = word(v)?;
-    C::parse(&w).ok_or_else(|| unknown_word(&w, C::KEY, C::CHOICES))
+    C::parse(&w).ok_or_else(|| Bad::Word(foreign::nearest_choice(&w, &choice_names::<C>())))
 }
 
-/// The key a choice type belongs to, for its error message.
-trait KeyName {
-    const KEY: &'static str;
-}
-impl KeyName for super::SavePrecision {
-    const KEY: &'static str = "save_precision";
-}
-impl KeyName for super::LrScheduler {
-    const KEY: &'static str = "lr_scheduler";
-}
-impl KeyName for MixedPrecision {
-    const KEY: &'static str = "mixed_precision";
-}
-
-fn mixed_precision(v: &Value) -> Result<MixedPrecision, Bad> {
+pub(super) fn mixed_precision(v: &Value) -> Result<MixedPrecision, Bad> {
     match v {
         Value::Bool(false) => Ok(MixedPrecision::No),
         _ => choice(v),
     }
 }
 
-fn device(v: &Value) -> Result<Device, Bad> {
+pub(super) fn device(v: &Value) -> Result<Device, Bad> {
     let w = word(v)?;
     if w == "gpu" || w.starts_with("gpu:") {
         // One edit from `cpu`, but meant the opposite.
-        return Err(unknown_word("cuda", "device", &["cuda"]));
+        return Err(Bad::Word(Some("cuda".into())));
     }
-    Device::parse(&w).ok_or_else(|| unknown_word(&w, "device", &["auto", "cpu", "cuda"]))
+    Device::parse(&w)
+        .ok_or_else(|| Bad::Word(foreign::nearest_choice(&w, &["auto", "cpu", "cuda"])))
 }
 
-fn lora_targets(v: &Value) -> Result<LoraTargets, Bad> {
-    let w = word(v)?;
-    parse_lora_targets(&w).ok_or_else(|| unknown_word(&w, "lora_targets", LORA_TARGET_CHOICES))
-}
-
-fn resolution(v: &Value) -> Result<Resolution, Bad> {
+pub(super) fn resolution(v: &Value) -> Result<Resolution, Bad> {
     match v {
         Value::Number(_) => pixels(v).map(Resolution::square),
         Value::String(s) => Resolution::parse(s).ok_or(Bad::Type),
@@ -635,7 +516,7 @@ fn resolution(v: &Value) -> Result<Resolution, Bad> {
     }
 }
 
-fn warmup(v: &Value) -> Result<Warmup, Bad> {
+pub(super) fn warmup(v: &Value) -> Result<Warmup, Bad> {
     if let Ok(n) = whole(v) {
         return usize::try_from(n)
             .map(Warmup::Steps)
@@ -649,7 +530,7 @@ fn warmup(v: &Value) -> Result<Warmup, Bad> {
     }
 }
 
-fn sample_prompts(v: &Value) -> Result<SamplePrompts, Bad> {
+pub(super) fn sample_prompts(v: &Value) -> Result<SamplePrompts, Bad> {
     match v {
         Value::Sequence(items) => items
             .iter()

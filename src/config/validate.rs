@@ -1,6 +1,8 @@
-//! Ranges and the rules between keys, on typed values; no disk access (paths.rs has that).
-//! Each problem names where the value came from, the key, the value as written and what is
-//! allowed; all problems of one pass are returned together.
+//! Validation on typed values, no disk access (paths.rs has that): each key's own range, as
+//! its declaration in keys.rs states it, then the rules that need more than one value or a
+//! message of their own (all of them here, in one place). Each problem names where the value
+//! came from, the key, the value as written and what is allowed; all problems of one pass are
+//! returned together.
 //!
 //! Sizes: the VAE turns an image into latents 8 times smaller, and the SD1.x UNet halves the
 //! latents three times (four levels). Its skip connections concatenate the down and up paths
@@ -10,17 +12,18 @@
 
 use super::error::ConfigError;
 use super::keys;
-use super::values::{LrScheduler, MixedPrecision, SamplePrompts, Warmup};
+use super::values::{MixedPrecision, SamplePrompts, Warmup};
 use super::{Device, Resolution, TrainConfig};
+use crate::train::lr::Schedule;
 
 /// Every image side is a multiple of this (see the module comment).
 pub const SIDE_MULTIPLE: u32 = 64;
 /// Largest image side accepted, a guard against typos (SD1.x is trained at 512).
 pub const MAX_SIDE: u32 = 4096;
 /// CLIP ViT-L/14's text encoder has 12 layers.
-const CLIP_LAYERS: usize = 12;
+pub(super) const CLIP_LAYERS: usize = 12;
 
-struct Check<'a> {
+pub(crate) struct Check<'a> {
     cfg: &'a TrainConfig,
     /// The effective values, to show keys left at their default.
     effective: yaml_serde::Mapping,
@@ -39,7 +42,7 @@ impl Check<'_> {
     }
 
     /// `ok` or "is out of range: <the key's rule>".
-    fn range(&mut self, key: &str, ok: bool) {
+    pub(super) fn range(&mut self, key: &str, ok: bool) {
         if !ok {
             self.fail(key, format!("is out of range: {}", keys::rule(key)));
         }
@@ -48,21 +51,27 @@ impl Check<'_> {
     fn is_set(&self, key: &str) -> bool {
         self.cfg.provenance.is_written(key)
     }
+
+    /// Whether a key whose default follows another key holds a value of its own: written,
+    /// or changed in code since loading. A followed value is checked as the key it follows.
+    pub(super) fn is_own_value(&self, key: &str) -> bool {
+        self.is_set(key) || self.effective.get(key) != self.cfg.provenance.loaded.get(key)
+    }
 }
 
-fn finite_in(x: f64, lo: f64, lo_inclusive: bool, hi: f64, hi_inclusive: bool) -> bool {
+pub(super) fn finite_in(x: f64, lo: f64, lo_inclusive: bool, hi: f64, hi_inclusive: bool) -> bool {
     x.is_finite()
         && (if lo_inclusive { x >= lo } else { x > lo })
         && (if hi_inclusive { x <= hi } else { x < hi })
 }
 
 /// [0, 1)
-fn unit(x: f64) -> bool {
+pub(super) fn unit(x: f64) -> bool {
     finite_in(x, 0.0, true, 1.0, false)
 }
 
 /// (0, 1)
-fn open_unit(x: f64) -> bool {
+pub(super) fn open_unit(x: f64) -> bool {
     finite_in(x, 0.0, false, 1.0, false)
 }
 
@@ -87,8 +96,8 @@ impl TrainConfig {
             effective: self.effective(),
             errors: Vec::new(),
         };
+        self.check_ranges(&mut c);
         check_outputs(&mut c);
-        check_network(&mut c);
         check_schedule(&mut c);
         check_data(&mut c);
         check_validation_and_samples(&mut c);
@@ -114,7 +123,12 @@ fn check_outputs(c: &mut Check) {
     }
     let name = cfg.output_name.as_str();
     let lower = name.to_ascii_lowercase();
-    if name.trim().is_empty() || name == "." || name == ".." {
+    if name.is_empty() && !c.is_own_value("output_name") {
+        c.fail(
+            "output_dir",
+            "has no last folder name to name the LoRA file after: set output_name".into(),
+        );
+    } else if name.trim().is_empty() || name == "." || name == ".." {
         c.fail(
             "output_name",
             format!("is not valid: {}", keys::rule("output_name")),
@@ -132,77 +146,18 @@ fn check_outputs(c: &mut Check) {
             "is not valid: leave out the extension (lorafuse adds .safetensors)".into(),
         );
     }
-    if let Some(n) = cfg.save_every_n_epochs {
-        c.range("save_every_n_epochs", n >= 1);
-    }
-    if let Some(n) = cfg.save_every_n_steps {
-        c.range("save_every_n_steps", n >= 1);
-    }
 }
 
-fn check_network(c: &mut Check) {
-    let cfg = c.cfg;
-    c.range("lora_rank", (1..=1024).contains(&cfg.lora_rank));
-    // lora_alpha echoes lora_rank when not written: report it only when it differs.
-    if c.is_set("lora_alpha") || cfg.lora_alpha != cfg.lora_rank as f64 {
-        c.range(
-            "lora_alpha",
-            cfg.lora_alpha.is_finite() && cfg.lora_alpha > 0.0,
-        );
-    }
-    c.range("lora_dropout", unit(cfg.lora_dropout));
-}
-
+/// The run's length against the warmup.
 fn check_schedule(c: &mut Check) {
     let cfg = c.cfg;
-    c.range("batch_size", cfg.batch_size >= 1);
-    c.range(
-        "gradient_accumulation_steps",
-        cfg.gradient_accumulation_steps >= 1,
-    );
-    c.range("epochs", cfg.epochs >= 1);
-    if let Some(n) = cfg.max_train_steps {
-        c.range("max_train_steps", n >= 1);
-    }
-    c.range("learning_rate", open_unit(cfg.learning_rate));
-    // The per-network rates echo learning_rate when not written; report them only when
-    // written, so one bad learning_rate is one error.
-    for (key, lr) in [
-        ("unet_lr", cfg.unet_lr),
-        ("text_encoder_lr", cfg.text_encoder_lr),
-    ] {
-        if c.is_set(key) || lr != cfg.learning_rate {
-            c.range(key, open_unit(lr));
+    if let (Warmup::Steps(n), Some(total)) = (cfg.num_warmup_steps, cfg.max_train_steps) {
+        if n > total {
+            c.fail(
+                "num_warmup_steps",
+                format!("is out of range: the warmup is longer than the run (max_train_steps = {total})"),
+            );
         }
-    }
-    c.range("lr_scheduler_num_cycles", cfg.lr_scheduler_num_cycles >= 1);
-    match cfg.num_warmup_steps {
-        Warmup::Fraction(f) => c.range("num_warmup_steps", open_unit(f)),
-        Warmup::Steps(n) => {
-            if let Some(total) = cfg.max_train_steps {
-                if n > total {
-                    c.fail(
-                        "num_warmup_steps",
-                        format!("is out of range: the warmup is longer than the run (max_train_steps = {total})"),
-                    );
-                }
-            }
-        }
-    }
-    c.range("weight_decay", unit(cfg.weight_decay));
-    c.range("adam_beta1", unit(cfg.adam_beta1));
-    c.range("adam_beta2", unit(cfg.adam_beta2));
-    c.range("adam_epsilon", open_unit(cfg.adam_epsilon));
-    c.range(
-        "max_grad_norm",
-        cfg.max_grad_norm.is_finite() && cfg.max_grad_norm >= 0.0,
-    );
-    c.range(
-        "noise_offset",
-        finite_in(cfg.noise_offset, 0.0, true, 1.0, true),
-    );
-    if let Some(g) = cfg.min_snr_gamma {
-        c.range("min_snr_gamma", g.is_finite() && g > 0.0);
     }
 }
 
@@ -302,8 +257,6 @@ fn check_data(c: &mut Check) {
         }
     }
 
-    c.range("caption_dropout_rate", unit(cfg.caption_dropout_rate));
-    c.range("clip_skip", (1..=CLIP_LAYERS).contains(&cfg.clip_skip));
     match cfg.max_token_length {
         75 => {}
         150 | 225 => c.fail(
@@ -322,30 +275,20 @@ fn check_data(c: &mut Check) {
 
 fn check_validation_and_samples(c: &mut Check) {
     let cfg = c.cfg;
-    c.range("validation_split", unit(cfg.validation_split));
     let validating = cfg.validation_split > 0.0;
-    if let Some(n) = cfg.validate_every_n_steps {
-        c.range("validate_every_n_steps", n >= 1);
-        if !validating {
-            c.fail(
-                "validate_every_n_steps",
-                "needs validation_split > 0 (the share of images held out for validation, e.g. 0.1)".into(),
-            );
-        }
+    if cfg.validate_every_n_steps.is_some() && !validating {
+        c.fail(
+            "validate_every_n_steps",
+            "needs validation_split > 0 (the share of images held out for validation, e.g. 0.1)"
+                .into(),
+        );
     }
-    if let Some(n) = cfg.early_stopping_patience {
-        c.range("early_stopping_patience", n >= 1);
-        if !validating {
-            c.fail(
-                "early_stopping_patience",
-                "needs validation_split > 0: early stopping watches the validation loss".into(),
-            );
-        }
+    if cfg.early_stopping_patience.is_some() && !validating {
+        c.fail(
+            "early_stopping_patience",
+            "needs validation_split > 0: early stopping watches the validation loss".into(),
+        );
     }
-    c.range(
-        "early_stopping_min_delta",
-        cfg.early_stopping_min_delta.is_finite() && cfg.early_stopping_min_delta >= 0.0,
-    );
     if let SamplePrompts::List(prompts) = &cfg.sample_prompts {
         if prompts.iter().any(|p| p.trim().is_empty()) {
             c.fail("sample_prompts", "is not valid: a prompt is empty".into());
@@ -362,19 +305,19 @@ fn check_validation_and_samples(c: &mut Check) {
 /// Valid settings that do nothing as combined, one line each.
 pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
     let mut w = Vec::new();
-    if !cfg.num_warmup_steps.is_zero() && cfg.lr_scheduler == LrScheduler::Constant {
+    if !cfg.num_warmup_steps.is_zero() && cfg.lr_scheduler == Schedule::Constant {
         w.push(format!(
             "num_warmup_steps = {} has no effect with lr_scheduler = constant (constant_with_warmup has a warmup)",
             cfg.num_warmup_steps
         ));
     }
-    if cfg.num_warmup_steps.is_zero() && cfg.lr_scheduler == LrScheduler::ConstantWithWarmup {
+    if cfg.num_warmup_steps.is_zero() && cfg.lr_scheduler == Schedule::ConstantWithWarmup {
         w.push(
             "lr_scheduler = constant_with_warmup with num_warmup_steps = 0 is the same as constant"
                 .into(),
         );
     }
-    if cfg.lr_scheduler_num_cycles != 1 && cfg.lr_scheduler != LrScheduler::CosineWithRestarts {
+    if cfg.lr_scheduler_num_cycles != 1 && cfg.lr_scheduler != Schedule::CosineWithRestarts {
         w.push(format!(
             "lr_scheduler_num_cycles = {} has no effect unless lr_scheduler = cosine_with_restarts (it is {})",
             cfg.lr_scheduler_num_cycles, cfg.lr_scheduler
@@ -420,6 +363,28 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
     if cfg.sample_every_n_steps == 0 && !cfg.sample_prompts.is_empty_list() {
         w.push("sample_prompts are not used while sample_every_n_steps = 0".into());
     }
+    let pruning = [
+        (
+            "save_last_n_epochs",
+            cfg.save_last_n_epochs,
+            "save_every_n_epochs",
+            cfg.save_every_n_epochs,
+        ),
+        (
+            "save_last_n_steps",
+            cfg.save_last_n_steps,
+            "save_every_n_steps",
+            cfg.save_every_n_steps,
+        ),
+    ];
+    for (key, last_n, every_key, every) in pruning {
+        if let (Some(n), None) = (last_n, every) {
+            w.push(format!(
+                "{key} = {n} has no effect without {every_key} (there are no such saves to delete)"
+            ));
+        }
+    }
+    w.extend(cfg.provenance.notices.iter().cloned());
     if cfg.device == Device::Cpu && cfg.mixed_precision != MixedPrecision::No {
         w.push(format!(
             "mixed_precision = {} applies on a GPU only: the CPU computes in f32",

@@ -1,97 +1,104 @@
 //! The typed values of keys that are more than a number, a flag or a path: the choices
 //! (`lr_scheduler`, `mixed_precision`, ...), `resolution`, `num_warmup_steps` and
-//! `sample_prompts`. Each says how it is written in the YAML file, in both directions.
+//! `sample_prompts`; and [`YamlValue`], how every field type is written in
+//! `config.effective.yaml` (parse.rs reads them back).
 
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::{Serialize, Serializer};
+use yaml_serde::Value;
 
+use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
+use crate::train::lr::Schedule;
 
-/// A key whose value is one of a fixed set of words.
-pub trait Choice: Sized + Copy {
-    /// Every accepted spelling, the canonical ones first (shown in error messages).
-    const CHOICES: &'static [&'static str];
-    /// The value for one spelling (exact, lower case), if it is one.
-    fn parse(word: &str) -> Option<Self>;
-    /// How the value is written in an effective config.
-    fn name(self) -> &'static str;
-}
-
-macro_rules! choice {
-    ($(#[$meta:meta])* $ty:ident { $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)? }
-     $(aliases { $($alias:literal => $avariant:ident),+ $(,)? })?) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum $ty {
-            $($(#[$vmeta])* $variant),+
-        }
-        impl Choice for $ty {
-            const CHOICES: &'static [&'static str] = &[$($word),+];
-            fn parse(word: &str) -> Option<Self> {
-                match word {
-                    $($word => Some($ty::$variant),)+
-                    $($($alias => Some($ty::$avariant),)+)?
-                    _ => None,
-                }
-            }
-            fn name(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $word),+
-                }
-            }
-        }
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.name())
-            }
-        }
-    };
-}
-
-choice! {
-    /// How the learning rate moves over the run (after the warmup, when there is one).
-    LrScheduler {
-        /// The same rate throughout; `num_warmup_steps` must be 0.
-        Constant = "constant",
-        /// A linear warmup from 0, then constant.
-        ConstantWithWarmup = "constant_with_warmup",
-        /// Warmup, then a straight line down to 0 at the last step.
-        Linear = "linear",
-        /// Warmup, then half a cosine down to 0 at the last step.
-        Cosine = "cosine",
-        /// Warmup, then `lr_scheduler_num_cycles` cosines, each restarting at the full rate.
-        CosineWithRestarts = "cosine_with_restarts",
+/// A key whose value is one of a fixed set of words. The domain enums (the LR schedule,
+/// the save precision, the adapter targets) are used as they are; their names are theirs.
+pub trait Choice: Sized + Copy + 'static {
+    /// Every value, in the order error messages and README.md list them.
+    const ALL: &'static [Self];
+    /// How the value is written in a config.
+    fn name(self) -> String;
+    /// The value for one spelling (trimmed, lower case): its name, or another accepted
+    /// spelling.
+    fn parse(word: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.name() == word)
     }
 }
 
-choice! {
-    /// The precision of the frozen model's activations on the GPU. The CPU backend always
-    /// computes in f32; LoRA weights, their gradients and AdamW's moments are always f32.
-    MixedPrecision {
-        No = "no",
-        Fp16 = "fp16",
-        Bf16 = "bf16",
-    }
-    // "fp32" reads as "no mixed precision"; YAML's `false` is handled where values are read.
-    aliases { "fp32" => No }
+/// The names of every value of a choice, in order.
+pub(crate) fn choice_names<C: Choice>() -> Vec<String> {
+    C::ALL.iter().map(|c| c.name()).collect()
 }
 
-choice! {
-    /// The dtype of the tensors in the saved LoRA file.
-    SavePrecision {
-        Fp16 = "fp16",
-        Fp32 = "fp32",
-        Bf16 = "bf16",
+impl Choice for Schedule {
+    const ALL: &'static [Schedule] = &Schedule::ALL;
+    fn name(self) -> String {
+        Schedule::name(self).to_string()
     }
-    // kohya spells f32 `float`.
-    aliases { "float" => Fp32 }
+}
+
+impl Choice for SavePrecision {
+    const ALL: &'static [SavePrecision] = &SavePrecision::ALL;
+    fn name(self) -> String {
+        self.to_string()
+    }
+    /// kohya's `float` and the other spellings export.rs accepts.
+    fn parse(word: &str) -> Option<SavePrecision> {
+        word.parse().ok()
+    }
+}
+
+impl Choice for LoraTargets {
+    const ALL: &'static [LoraTargets] = &[LoraTargets::Transformer, LoraTargets::Attention];
+    fn name(self) -> String {
+        match self {
+            LoraTargets::Transformer => "transformer",
+            LoraTargets::Attention => "attention",
+        }
+        .to_string()
+    }
+}
+
+/// The precision of the frozen model's activations on the GPU. The CPU backend always
+/// computes in f32; LoRA weights, their gradients and AdamW's moments are always f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MixedPrecision {
+    No,
+    Fp16,
+    Bf16,
+}
+
+impl Choice for MixedPrecision {
+    const ALL: &'static [MixedPrecision] = &[
+        MixedPrecision::No,
+        MixedPrecision::Fp16,
+        MixedPrecision::Bf16,
+    ];
+    fn name(self) -> String {
+        match self {
+            MixedPrecision::No => "no",
+            MixedPrecision::Fp16 => "fp16",
+            MixedPrecision::Bf16 => "bf16",
+        }
+        .to_string()
+    }
+    /// "fp32" reads as "no mixed precision"; YAML's `false` is handled where values are read.
+    fn parse(word: &str) -> Option<MixedPrecision> {
+        match word {
+            "fp32" => Some(MixedPrecision::No),
+            _ => MixedPrecision::ALL
+                .iter()
+                .copied()
+                .find(|c| c.name() == word),
+        }
+    }
+}
+
+impl fmt::Display for MixedPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
 }
 
 /// Which compute device trains: `auto` takes the first CUDA GPU when the build and the
@@ -133,35 +140,10 @@ impl fmt::Display for Device {
     }
 }
 
-impl Serialize for Device {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+impl YamlValue for Device {
+    fn to_yaml(&self) -> Value {
+        Value::String(self.to_string())
     }
-}
-
-/// `lora_targets` spellings, for [`LoraTargets`] (which lives with the adapters).
-pub const LORA_TARGET_CHOICES: &[&str] = &["transformer", "attention"];
-
-pub fn parse_lora_targets(word: &str) -> Option<LoraTargets> {
-    match word {
-        "transformer" => Some(LoraTargets::Transformer),
-        "attention" => Some(LoraTargets::Attention),
-        _ => None,
-    }
-}
-
-pub fn lora_targets_name(t: LoraTargets) -> &'static str {
-    match t {
-        LoraTargets::Transformer => "transformer",
-        LoraTargets::Attention => "attention",
-    }
-}
-
-pub(crate) fn serialize_lora_targets<S: Serializer>(
-    t: &LoraTargets,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.serialize_str(lora_targets_name(*t))
 }
 
 /// Training image size in pixels, width by height. Written `512`, `"512"`, `"512,768"` or
@@ -210,12 +192,12 @@ impl fmt::Display for Resolution {
     }
 }
 
-impl Serialize for Resolution {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl YamlValue for Resolution {
+    fn to_yaml(&self) -> Value {
         if self.width == self.height {
-            s.serialize_u32(self.width)
+            self.width.to_yaml()
         } else {
-            s.collect_str(self)
+            Value::String(self.to_string())
         }
     }
 }
@@ -260,11 +242,11 @@ impl fmt::Display for Warmup {
     }
 }
 
-impl Serialize for Warmup {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl YamlValue for Warmup {
+    fn to_yaml(&self) -> Value {
         match self {
-            Warmup::Steps(n) => s.serialize_u64(*n as u64),
-            Warmup::Fraction(x) => s.serialize_f64(*x),
+            Warmup::Steps(n) => n.to_yaml(),
+            Warmup::Fraction(x) => x.to_yaml(),
         }
     }
 }
@@ -290,17 +272,71 @@ impl Default for SamplePrompts {
     }
 }
 
-impl Serialize for SamplePrompts {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+impl YamlValue for SamplePrompts {
+    fn to_yaml(&self) -> Value {
         match self {
-            SamplePrompts::List(v) => v.serialize(s),
-            SamplePrompts::File(p) => s.serialize_str(&p.to_string_lossy()),
+            SamplePrompts::List(v) => Value::Sequence(v.iter().map(|p| p.to_yaml()).collect()),
+            SamplePrompts::File(p) => p.to_yaml(),
         }
     }
 }
 
-/// Paths are written as text; a name that is not UTF-8 is written with U+FFFD in place of the
-/// bad bytes rather than failing the whole file.
-pub(crate) fn serialize_path<S: Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&p.to_string_lossy())
+/// How a field's value is written in `config.effective.yaml` (and shown in README.md's
+/// defaults): the form parse.rs reads back to the same value.
+pub trait YamlValue {
+    fn to_yaml(&self) -> Value;
 }
+
+macro_rules! yaml_number {
+    ($($t:ty),*) => {$(
+        impl YamlValue for $t {
+            fn to_yaml(&self) -> Value {
+                Value::Number((*self).into())
+            }
+        }
+    )*};
+}
+yaml_number!(u32, u64, f64);
+
+impl YamlValue for usize {
+    fn to_yaml(&self) -> Value {
+        Value::Number((*self as u64).into())
+    }
+}
+
+impl YamlValue for bool {
+    fn to_yaml(&self) -> Value {
+        Value::Bool(*self)
+    }
+}
+
+impl YamlValue for String {
+    fn to_yaml(&self) -> Value {
+        Value::String(self.clone())
+    }
+}
+
+/// A path that is not UTF-8 is written with U+FFFD in place of the bad bytes rather than
+/// failing the whole file.
+impl YamlValue for PathBuf {
+    fn to_yaml(&self) -> Value {
+        Value::String(self.to_string_lossy().into_owned())
+    }
+}
+
+impl<T: YamlValue> YamlValue for Option<T> {
+    fn to_yaml(&self) -> Value {
+        self.as_ref().map_or(Value::Null, YamlValue::to_yaml)
+    }
+}
+
+macro_rules! yaml_choice {
+    ($($t:ty),*) => {$(
+        impl YamlValue for $t {
+            fn to_yaml(&self) -> Value {
+                Value::String(Choice::name(*self))
+            }
+        }
+    )*};
+}
+yaml_choice!(Schedule, SavePrecision, LoraTargets, MixedPrecision);

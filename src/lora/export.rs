@@ -48,6 +48,13 @@ pub enum SavePrecision {
 }
 
 impl SavePrecision {
+    /// Every precision, in the order messages list them.
+    pub const ALL: [SavePrecision; 3] = [
+        SavePrecision::Fp16,
+        SavePrecision::Fp32,
+        SavePrecision::Bf16,
+    ];
+
     pub fn dtype(self) -> Dtype {
         match self {
             SavePrecision::Fp16 => Dtype::F16,

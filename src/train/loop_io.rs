@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::backend::Backend;
-use crate::config::{SavePrecision as CfgPrecision, TrainConfig};
+use crate::config::TrainConfig;
 use crate::data::{scan, Dataset};
 use crate::error::{Error, Result};
-use crate::lora::export::{save_kohya, training_metadata, BaseModelInfo, SavePrecision, TrainingInfo};
+use crate::lora::export::{save_kohya, training_metadata, BaseModelInfo, TrainingInfo};
 use crate::monitor::tensorboard::{wall_time_now, EventWriter};
 use crate::train::events::{Event, Observer, TrainReport};
 use crate::train::inputs::data_options;
@@ -271,11 +271,7 @@ fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
     let cfg = run.cfg;
     let ds = &run.inputs.ds;
     let total = run.lengths.total;
-    let precision = match cfg.save_precision {
-        CfgPrecision::Fp16 => SavePrecision::Fp16,
-        CfgPrecision::Fp32 => SavePrecision::Fp32,
-        CfgPrecision::Bf16 => SavePrecision::Bf16,
-    };
+    let precision = cfg.save_precision;
     let info = TrainingInfo {
         output_name: cfg.output_name.clone(),
         training_started_at: started,

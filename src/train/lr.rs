@@ -10,15 +10,54 @@
 //! with p = (step − warmup)/(total − warmup).
 
 use std::f64::consts::PI;
+use std::fmt;
 
-/// Which schedule.
+/// Which schedule (the config's `lr_scheduler`, named as diffusers and kohya name them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
+    /// The same rate throughout, no warm-up.
     Constant,
+    /// A linear warm-up from 0, then constant.
     ConstantWithWarmup,
+    /// Warm-up, then a straight line down to 0 at the last step.
     Linear,
+    /// Warm-up, then half a cosine down to 0 at the last step.
     Cosine,
+    /// Warm-up, then `num_cycles` cosines, each restarting at the full rate.
     CosineWithRestarts,
+}
+
+impl Schedule {
+    /// Every schedule, in the order messages list them.
+    pub const ALL: [Schedule; 5] = [
+        Schedule::Constant,
+        Schedule::ConstantWithWarmup,
+        Schedule::Linear,
+        Schedule::Cosine,
+        Schedule::CosineWithRestarts,
+    ];
+
+    /// The name configs write (diffusers' `get_scheduler` names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::ConstantWithWarmup => "constant_with_warmup",
+            Schedule::Linear => "linear",
+            Schedule::Cosine => "cosine",
+            Schedule::CosineWithRestarts => "cosine_with_restarts",
+        }
+    }
+
+    /// The schedule of a name (exact, lower case).
+    pub fn parse(name: &str) -> Option<Schedule> {
+        Schedule::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A schedule with its step counts.

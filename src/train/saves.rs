@@ -40,9 +40,14 @@ pub struct Retention {
 }
 
 impl Retention {
-    pub fn from_config(_cfg: &TrainConfig) -> Retention {
-        // MERGE: the config keys save_last_n_* arrive with the config branch.
-        Retention::default()
+    pub fn from_config(cfg: &TrainConfig) -> Retention {
+        let n = |v: Option<usize>| v.map(|n| n as u64);
+        Retention {
+            steps: n(cfg.save_last_n_steps),
+            epochs: n(cfg.save_last_n_epochs),
+            step_states: n(cfg.save_last_n_steps_state),
+            epoch_states: n(cfg.save_last_n_epochs_state),
+        }
     }
 }
 

@@ -70,6 +70,10 @@ pub fn fingerprint(cfg: &TrainConfig) -> String {
     c.logging_dir = std::path::PathBuf::new();
     c.save_every_n_epochs = None;
     c.save_every_n_steps = None;
+    c.save_last_n_epochs = None;
+    c.save_last_n_steps = None;
+    c.save_last_n_epochs_state = None;
+    c.save_last_n_steps_state = None;
     c.sample_every_n_steps = 0;
     c.max_train_steps = None;
     c.epochs = 0;

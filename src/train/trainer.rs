@@ -326,7 +326,7 @@ fn eval_seed(cfg: &TrainConfig) -> u64 {
 /// The learning-rate schedule of each optimizer group (the UNet's, the text encoder's).
 fn schedules(cfg: &TrainConfig, total: u64, groups: usize) -> Vec<LrSchedule> {
     let unet = LrSchedule {
-        kind: cfg.lr_scheduler.into(),
+        kind: cfg.lr_scheduler,
         base_lr: cfg.unet_lr,
         warmup: cfg.warmup_steps(total as usize) as u64,
         total,
@@ -375,19 +375,4 @@ pub fn train(
         }
     };
     finish(run, out, end)
-}
-
-// MERGE: until config uses train::lr::Schedule itself.
-impl From<crate::config::LrScheduler> for crate::train::lr::Schedule {
-    fn from(s: crate::config::LrScheduler) -> Self {
-        use crate::config::LrScheduler as L;
-        use crate::train::lr::Schedule;
-        match s {
-            L::Constant => Schedule::Constant,
-            L::ConstantWithWarmup => Schedule::ConstantWithWarmup,
-            L::Linear => Schedule::Linear,
-            L::Cosine => Schedule::Cosine,
-            L::CosineWithRestarts => Schedule::CosineWithRestarts,
-        }
-    }
 }
