@@ -106,8 +106,8 @@ pub enum ErrorKind {
     /// The input is wrong (a file, a folder, a setting, a value, more memory than the device
     /// has): the message says what to change. The CLI exits with 2.
     BadInput,
-    /// The input was fine but something failed (a CUDA call, a disk that is full, an
-    /// internal contract between lorafuse's modules). The CLI exits with 1.
+    /// The input was fine but something failed (a CUDA call, a disk that is full, a contract
+    /// between lorafuse's own modules). The CLI exits with 1.
     Failure,
 }
 
@@ -166,22 +166,24 @@ impl Error {
     /// Bad input or a failure (see [`ErrorKind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::BadValue { .. }
-            | Error::CudaUnavailable(_)
-            | Error::OutOfMemory(_)
-            | Error::Lora { .. }
-            | Error::Vocabulary { .. } => ErrorKind::BadInput,
-            Error::Io { source, .. } => ErrorKind::of_io(source),
-            Error::Layer(l) => l.kind,
-            // Shapes, dtypes and devices of op arguments are checked against the user's files
-            // before any op runs (the checkpoint and LoRA loaders name the file): one reaching
-            // an op is lorafuse's own mistake.
+            // Shapes, dtypes and values of op arguments come from the user's files and
+            // settings (an image size, a LoRA made for another model, a token id past the
+            // vocabulary): the message names the argument and the rule.
             Error::ShapeMismatch { .. }
             | Error::BadShape { .. }
             | Error::DType { .. }
-            | Error::DataLength { .. }
-            | Error::Device { .. }
-            | Error::Cuda { .. } => ErrorKind::Failure,
+            | Error::BadValue { .. }
+            | Error::Vocabulary { .. }
+            | Error::CudaUnavailable(_)
+            | Error::OutOfMemory(_)
+            | Error::Lora { .. } => ErrorKind::BadInput,
+            Error::Io { source, .. } => ErrorKind::of_io(source),
+            Error::Layer(l) => l.kind,
+            // A buffer that does not fill its shape, or a tensor on another device than its
+            // backend, is lorafuse's own mistake; a CUDA call that fails, the driver's.
+            Error::DataLength { .. } | Error::Device { .. } | Error::Cuda { .. } => {
+                ErrorKind::Failure
+            }
         }
     }
 
@@ -205,5 +207,44 @@ impl Error {
             action,
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_are_bad_input_when_the_path_is_at_fault() {
+        use std::io::ErrorKind as K;
+        for k in [
+            K::NotFound,
+            K::PermissionDenied,
+            K::IsADirectory,
+            K::InvalidData,
+        ] {
+            assert_eq!(ErrorKind::of_io(&k.into()), ErrorKind::BadInput, "{k:?}");
+        }
+        for k in [K::StorageFull, K::Other, K::Interrupted] {
+            assert_eq!(ErrorKind::of_io(&k.into()), ErrorKind::Failure, "{k:?}");
+        }
+    }
+
+    #[test]
+    fn a_layer_error_shows_as_itself_and_downcasts_to_its_type() {
+        let inner = std::io::Error::other("the upper module's message");
+        let e = Error::Layer(LayerError::new(ErrorKind::Failure, inner));
+        assert_eq!(e.to_string(), "the upper module's message");
+        assert_eq!(e.kind(), ErrorKind::Failure);
+        assert!(e.downcast_ref::<std::io::Error>().is_some());
+        assert!(e.downcast_ref::<std::fmt::Error>().is_none());
+        let op = Error::BadValue {
+            op: "op",
+            name: "x",
+            value: "0".into(),
+            expected: "positive".into(),
+        };
+        assert!(op.downcast_ref::<std::io::Error>().is_none());
+        assert_eq!(op.kind(), ErrorKind::BadInput);
     }
 }
