@@ -152,6 +152,17 @@ fn merge_and_inspect_the_fixture_lora() {
         "{err}"
     );
     assert!(!out.exists());
+    // A folder where a LoRA file belongs: exit 2, said so (was "os error 19", exit 1).
+    let o = lorafuse(&[
+        "inspect",
+        &fixtures().join("tiny-sd15-diffusers").display().to_string(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("it is a folder") && !err.contains("os error"),
+        "{err}"
+    );
 }
 
 #[test]
