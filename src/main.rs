@@ -1,5 +1,6 @@
-//! The `lorafuse` command line. Thin: parse, call the library, map errors to exit codes
-//! (2 for every error lorafuse reports: bad input, files, settings).
+//! The `lorafuse` command line. Thin: parse, call the library, print one message for an error
+//! and exit with its code: 2 for bad input, 1 for a failure, 130 after Ctrl-C (see
+//! `cli::CliError`).
 
 mod cli;
 
@@ -11,9 +12,11 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(cli::Failure(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
+        Err(e) => {
+            if let Some(message) = e.message() {
+                eprintln!("error: {message}");
+            }
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -10,15 +10,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use half::{bf16, f16};
+use lorafuse::error::ErrorKind;
 use lorafuse::model::checkpoint::safetensors::{to_f16, to_f32};
 use lorafuse::model::checkpoint::{
-    ldm, ldm_to_diffusers, load_sd15, LdmLayout, Sd15Checkpoint, Weights,
+    ldm, ldm_to_diffusers, load_sd15, CheckpointError, LdmLayout, Sd15Checkpoint, Weights,
 };
 use lorafuse::model::config::{
     ClipTextConfig, DownBlockType, HiddenAct, PerLevel, UnetConfig, VaeConfig,
 };
 use lorafuse::rng::Rng;
-use lorafuse::{Error, Result};
+use lorafuse::Result;
 use safetensors::tensor::{Dtype, TensorView};
 
 // ---------------------------------------------------------------------------------------------
@@ -101,7 +102,9 @@ fn filled(name: &str, shape: &[usize], value: f32) -> Raw {
 /// The message of an error, echoed so that `--nocapture` shows every message verbatim.
 fn message<T: std::fmt::Debug>(r: Result<T>) -> String {
     let e = r.expect_err("expected an error");
-    assert!(matches!(e, Error::Checkpoint(_)), "{e:?}");
+    assert!(e.downcast_ref::<CheckpointError>().is_some(), "{e:?}");
+    // A file or folder that is not a loadable SD1.x model is the user's to fix (exit code 2).
+    assert_eq!(e.kind(), ErrorKind::BadInput, "{e:?}");
     let msg = e.to_string();
     eprintln!("---\n{msg}");
     msg

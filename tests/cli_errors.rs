@@ -180,7 +180,8 @@ fn demo_runs_and_says_where_things_went() {
 }
 
 /// A real Ctrl-C (SIGINT) to `lorafuse train`: it finishes the step, saves the state, says how
-/// to resume and exits 0; `--resume` then completes the run.
+/// to resume and where the state is, and exits 130 (no "error:" line); `--resume` then
+/// completes the run.
 #[cfg(unix)]
 #[test]
 fn ctrl_c_saves_and_resume_finishes() {
@@ -217,10 +218,16 @@ fn ctrl_c_saves_and_resume_finishes() {
     std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
     seen.push_str(&rest);
-    assert_eq!(out.status.code(), Some(0), "{seen}");
+    assert_eq!(out.status.code(), Some(130), "{seen}");
     assert!(
         seen.contains("interrupted at step") && seen.contains("--resume"),
         "{seen}"
+    );
+    assert!(!seen.contains("error:"), "{seen}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("resumable state:") && stdout.contains("state.safetensors"),
+        "{stdout}"
     );
     assert!(dir.join("output/state.safetensors").is_file());
     assert!(

@@ -332,6 +332,17 @@ fn wrong_shapes_ratios_and_paths_are_refused() {
     assert!(e.to_string().contains("LoRA"), "{e}");
     assert!(dir.is_empty());
 
+    // A diffusers folder: refused with what to pass instead (it failed with "os error 19").
+    let folder = Path::new("tests/fixtures/tiny-sd15-diffusers");
+    let e = merge_into_checkpoint(folder, &[(&lora, 1.0)], &out, None).unwrap_err();
+    let m = e.to_string();
+    assert!(
+        m.contains("tiny-sd15-diffusers") && m.contains("single-file") && !m.contains("os error"),
+        "{m}"
+    );
+    assert_eq!(e.kind(), lorafuse::error::ErrorKind::BadInput);
+    assert!(dir.is_empty());
+
     // An output folder that does not exist.
     let nowhere = dir.path("missing").join("merged.safetensors");
     let e = merge_into_checkpoint(Path::new(BASE), &[(&lora, 1.0)], &nowhere, None).unwrap_err();

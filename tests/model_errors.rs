@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use lorafuse::error::ErrorKind;
 use lorafuse::lora::kohya;
 use lorafuse::model::checkpoint::load_sd15;
 use lorafuse::model::clip::ClipTextModel;
@@ -81,10 +82,9 @@ fn weights_that_do_not_fit_the_config_name_key_file_and_shapes() {
     let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
     let mut cfg = ck.unet.0.clone();
     cfg.block_out_channels = vec![16, 16, 24, 24];
-    let msg = Unet::load(&cfg, &ck.unet.1, &be, "unet")
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Unet::load(&cfg, &ck.unet.1, &be, "unet").err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::BadInput, "{e:?}");
+    let msg = e.to_string();
     assert!(
         msg.contains("unet.down_blocks.0.resnets.0.norm1.weight")
             && msg.contains("diffusion_pytorch_model.safetensors"),
@@ -107,7 +107,9 @@ fn text_encoder_and_vae_inputs_are_checked() {
         msg.contains("clip_skip") && msg.contains("between 1 and 3"),
         "{msg}"
     );
-    let msg = te.forward(&cx, &[600; 77], 1, 1).err().unwrap().to_string();
+    let e = te.forward(&cx, &[600; 77], 1, 1).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::BadInput, "{e:?}");
+    let msg = e.to_string();
     assert!(msg.contains("600") && msg.contains("[512, 64]"), "{msg}");
     let vae = Vae::load(&ck.vae.0, &ck.vae.1, &be, "vae").unwrap();
     let msg = vae
@@ -130,10 +132,11 @@ fn text_encoder_and_vae_inputs_are_checked() {
 #[test]
 fn a_base_model_is_not_a_lora() {
     let be = CpuBackend::new();
-    let msg = kohya::load(fixtures().join("tiny-sd15.safetensors"), &be, DType::F32)
+    let e = kohya::load(fixtures().join("tiny-sd15.safetensors"), &be, DType::F32)
         .err()
-        .unwrap()
-        .to_string();
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::BadInput, "{e:?}");
+    let msg = e.to_string();
     assert!(
         msg.contains("tiny-sd15.safetensors") && msg.contains("not a kohya-format LoRA"),
         "{msg}"

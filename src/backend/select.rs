@@ -11,6 +11,10 @@ use crate::error::Error;
 use crate::error::Result;
 use crate::tensor::DType;
 
+/// What `device: auto` and `device: cuda` say in a build without the CUDA backend.
+pub const NO_CUDA_BUILD: &str = "this build of lorafuse has no CUDA backend; rebuild with \
+     `cargo build --release --features cuda`, which needs the NVIDIA driver at run time only";
+
 /// The chosen backend and a line saying what was chosen (for the log).
 pub struct Selected {
     pub backend: Box<dyn Backend>,
@@ -38,6 +42,10 @@ pub fn select(device: Device, mp: MixedPrecision) -> Result<Selected> {
     };
     match device {
         Device::Cpu => Ok(cpu("device: cpu".into())),
+        // Nothing was tried, so nothing "was asked for": say that there is no GPU path.
+        Device::Auto if !cfg!(feature = "cuda") => {
+            Ok(cpu(format!("device: auto -> cpu ({NO_CUDA_BUILD})")))
+        }
         Device::Auto => match open_cuda(0, mp) {
             Ok(s) => Ok(Selected {
                 note: format!("device: auto -> {}", s.note),
@@ -68,9 +76,7 @@ fn open_cuda(ordinal: usize, mp: MixedPrecision) -> Result<Selected> {
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(ordinal: usize, _mp: MixedPrecision) -> Result<Selected> {
     Err(Error::CudaUnavailable(format!(
-        "cuda:{ordinal} was asked for, but this build of lorafuse has no CUDA backend: rebuild \
-         with `cargo build --release --features cuda` (needs the NVIDIA driver at run time \
-         only), or set `device: cpu`"
+        "cuda:{ordinal} was asked for, but {NO_CUDA_BUILD}, or set `device: cpu`"
     )))
 }
 
@@ -88,6 +94,15 @@ mod tests {
         } else {
             assert_eq!(s.backend.compute_dtype(), DType::F16);
         }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn auto_without_the_cuda_build_says_so_and_asks_for_nothing() {
+        let s = select(Device::Auto, MixedPrecision::No).unwrap();
+        assert_eq!(s.backend.name(), "cpu");
+        assert!(s.note.contains("no CUDA backend"), "{}", s.note);
+        assert!(!s.note.contains("was asked for"), "{}", s.note);
     }
 
     #[test]

@@ -1,15 +1,20 @@
 //! The command line: what each subcommand reads, what it calls in the library, and what it
-//! prints. Errors come back as values; main turns them into one message and exit code 2.
+//! prints. Errors come back typed ([`CliError`]); main prints one message and picks the exit
+//! code from it. Results go to standard output through [`Out`], notes and progress to stderr.
 
+mod error;
 pub mod interrupt;
 mod plan;
 pub mod progress;
+
+pub use error::{CliError, Out, Outcome};
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use lorafuse::config::TrainConfig;
+use lorafuse::backend::select::{select, Selected};
+use lorafuse::config::{Device, MixedPrecision, TrainConfig};
 use lorafuse::lora::export::SavePrecision;
 use lorafuse::lora::{kohya, LoraSet};
 use lorafuse::model::checkpoint::load_sd15;
@@ -22,16 +27,10 @@ use lorafuse::sample::{generate, parse_prompt_line, save_png, Pipeline, PromptDe
 use lorafuse::train::trainer::{train, TrainReport};
 use lorafuse::{Backend, CpuBackend, DType};
 
-/// A failure to report: the message, and the exit code.
-pub struct Failure(pub String);
-
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure(e.to_string())
-    }
+/// `--device` of `sample`: the values of the config key `device`.
+fn parse_device(word: &str) -> Result<Device, String> {
+    Device::parse(word).ok_or_else(|| format!("expected one of {}", Device::CHOICES.join(", ")))
 }
-
-type Outcome = Result<(), Failure>;
 
 #[derive(Parser)]
 #[command(name = "lorafuse", version, about = "LoRA trainer for Stable Diffusion 1.x", long_about = None)]
@@ -79,12 +78,20 @@ pub enum Command {
         /// CLIP skip (1 = the last layer).
         #[arg(long, default_value_t = 1)]
         clip_skip: usize,
+        /// Where to compute, as the config key `device`: auto (a CUDA GPU when this build and
+        /// the machine have one, else the CPU), cpu, cuda or cuda:N. On a GPU in f32.
+        #[arg(long, default_value = "auto", value_parser = parse_device)]
+        device: Device,
         /// The prompt line.
         prompt: String,
     },
     /// Bake LoRAs into a single-file checkpoint: W + ratio·scale·up·down.
+    ///
+    /// Runs on the CPU (there is no --device): it streams the checkpoint from disk and adds
+    /// the LoRA products in f64, one weight at a time, which the disk, not the compute, bounds.
     Merge {
-        /// The base single-file .safetensors checkpoint.
+        /// The base checkpoint: a single .safetensors file with LDM key names (a diffusers
+        /// folder is refused: merge into the single-file version of the model).
         #[arg(long)]
         model: PathBuf,
         /// A LoRA and its ratio, e.g. --lora style.safetensors:0.8 (repeatable).
@@ -133,8 +140,16 @@ pub fn run(cli: Cli) -> Outcome {
             loras,
             out,
             clip_skip,
+            device,
             prompt,
-        } => sample(&model, &loras, &out, clip_skip, &prompt),
+        } => sample(&SampleArgs {
+            model: &model,
+            loras: &loras,
+            out: &out,
+            clip_skip,
+            device,
+            prompt: &prompt,
+        }),
         Command::Merge {
             model,
             loras,
@@ -142,43 +157,42 @@ pub fn run(cli: Cli) -> Outcome {
             precision,
         } => merge(&model, &loras, &out, precision.as_deref()),
         Command::Inspect { lora } => {
-            println!("{}", lorafuse::lora::inspect::inspect(&lora)?);
-            Ok(())
+            let summary = lorafuse::lora::inspect::inspect(&lora)?;
+            Out::new().line(summary)
         }
         Command::Plan {
             config,
             gpu_memory,
             set,
         } => plan::plan_cmd(&config, gpu_memory.as_deref(), &set),
-        Command::Devices => {
-            devices();
-            Ok(())
-        }
+        Command::Devices => devices(),
     }
 }
 
-fn devices() {
-    use lorafuse::backend::select::select;
-    use lorafuse::config::{Device, MixedPrecision};
-    println!("cpu: available ({} threads)", rayon::current_num_threads());
+fn devices() -> Outcome {
+    let mut out = Out::new();
+    out.line(format_args!(
+        "cpu: available ({} threads)",
+        rayon::current_num_threads()
+    ))?;
     #[cfg(feature = "cuda")]
     match lorafuse::backend::cuda::Device::gpu(0) {
-        Ok(dev) => println!("cuda:0: {} (kernels loaded)", dev.describe()),
-        Err(e) => println!("cuda:0: {e}"),
+        Ok(dev) => out.line(format_args!("cuda:0: {} (kernels loaded)", dev.describe()))?,
+        Err(e) => out.line(format_args!("cuda:0: {e}"))?,
     }
     #[cfg(not(feature = "cuda"))]
-    println!("cuda: not in this build (rebuild with `cargo build --release --features cuda`)");
+    out.line("cuda: not in this build")?;
     match select(Device::Auto, MixedPrecision::No) {
-        Ok(s) => println!("{}", s.note),
-        Err(e) => println!("device: auto -> {e}"),
+        Ok(s) => out.line(s.note),
+        Err(e) => out.line(format_args!("device: auto -> {e}")),
     }
 }
 
-/// The backend for a config's `device` (see `lorafuse::backend::select`).
-fn backend(cfg: &TrainConfig) -> Result<Box<dyn Backend>, Failure> {
-    let s = lorafuse::backend::select::select(cfg.device, cfg.mixed_precision)?;
-    eprintln!("{}", s.note);
-    Ok(s.backend)
+/// The backend for `device` (see `lorafuse::backend::select`), its choice noted on stderr.
+fn backend(device: Device, mp: MixedPrecision) -> Result<Box<dyn Backend>, CliError> {
+    let Selected { backend, note } = select(device, mp)?;
+    eprintln!("{note}");
+    Ok(backend)
 }
 
 fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> Outcome {
@@ -192,15 +206,16 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
     for w in cfg.warnings() {
         eprintln!("warning: {w}");
     }
-    let be = backend(&cfg)?;
+    let be = backend(cfg.device, cfg.mixed_precision)?;
     interrupt::install();
     let mut obs = progress::Progress::new();
     let report = train(&cfg, be.as_ref(), resume, &interrupt::STOP, &mut obs)?;
-    print_report(&report);
-    Ok(())
+    print_report(&report)
 }
 
-fn print_report(r: &TrainReport) {
+/// What a run did and where its files are; a run that Ctrl-C stopped ends as
+/// [`CliError::Interrupted`] (exit code 130) once the state file is named.
+fn print_report(r: &TrainReport) -> Outcome {
     eprintln!();
     if let Some(why) = &r.stopped {
         eprintln!("stopped: {why}");
@@ -217,10 +232,15 @@ fn print_report(r: &TrainReport) {
     if r.skipped_steps > 0 {
         eprintln!("steps skipped for f16 overflow: {}", r.skipped_steps);
     }
+    let mut out = Out::new();
     if !r.interrupted {
-        println!("LoRA: {}", r.lora_path.display());
+        out.line(format_args!("LoRA: {}", r.lora_path.display()))?;
     }
-    println!("resumable state: {}", r.state_path.display());
+    out.line(format_args!("resumable state: {}", r.state_path.display()))?;
+    if r.interrupted {
+        return Err(CliError::Interrupted);
+    }
+    Ok(())
 }
 
 fn demo(dir: &Path, steps: usize) -> Outcome {
@@ -236,18 +256,18 @@ fn demo(dir: &Path, steps: usize) -> Outcome {
     interrupt::install();
     let mut obs = progress::Progress::new();
     let report = train(&cfg, &be, false, &interrupt::STOP, &mut obs)?;
-    print_report(&report);
-    println!("outputs: {}", files.output.display());
+    print_report(&report)?;
+    Out::new().line(format_args!("outputs: {}", files.output.display()))?;
     eprintln!("demo finished in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 
 /// "file.safetensors:0.7" -> (file, 0.7); no weight means 1.
-fn path_and_weight(arg: &str) -> Result<(PathBuf, f64), Failure> {
+fn path_and_weight(arg: &str) -> Result<(PathBuf, f64), CliError> {
     if let Some((p, w)) = arg.rsplit_once(':') {
         if let Ok(w) = w.parse::<f64>() {
             if !w.is_finite() {
-                return Err(Failure(format!(
+                return Err(CliError::Usage(format!(
                     "--lora {arg}: the weight must be a finite number"
                 )));
             }
@@ -257,57 +277,65 @@ fn path_and_weight(arg: &str) -> Result<(PathBuf, f64), Failure> {
     Ok((PathBuf::from(arg), 1.0))
 }
 
-fn sample(model: &Path, loras: &[String], out: &Path, clip_skip: usize, prompt: &str) -> Outcome {
-    let be = CpuBackend::new();
-    let spec = parse_prompt_line(prompt, &PromptDefaults::default())?;
-    let ck = load_sd15(model)?;
-    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet")?;
-    let vae = Vae::load(&ck.vae.0, &ck.vae.1, &be, "vae")?;
-    let te = ClipTextModel::load(&ck.text_encoder.0, &ck.text_encoder.1, &be, "text_encoder")?;
-    let sets = loras
+/// The `--lora FILE[:WEIGHT]` arguments, loaded in f32 on `be`.
+fn load_loras(loras: &[String], be: &dyn Backend) -> Result<Vec<(LoraSet, f64)>, CliError> {
+    loras
         .iter()
         .map(|a| {
             let (p, w) = path_and_weight(a)?;
-            Ok((kohya::load(&p, &be, DType::F32)?, w))
+            Ok((kohya::load(&p, be, DType::F32)?, w))
         })
-        .collect::<Result<Vec<_>, Failure>>()?;
+        .collect()
+}
+
+/// The arguments of `lorafuse sample`.
+struct SampleArgs<'a> {
+    model: &'a Path,
+    loras: &'a [String],
+    out: &'a Path,
+    clip_skip: usize,
+    device: Device,
+    prompt: &'a str,
+}
+
+fn sample(a: &SampleArgs) -> Outcome {
+    let spec = parse_prompt_line(a.prompt, &PromptDefaults::default())?;
+    let be = backend(a.device, MixedPrecision::No)?;
+    let be = be.as_ref();
+    let ck = load_sd15(a.model)?;
+    let unet = Unet::load(&ck.unet.0, &ck.unet.1, be, "unet")?;
+    let vae = Vae::load(&ck.vae.0, &ck.vae.1, be, "vae")?;
+    let te = ClipTextModel::load(&ck.text_encoder.0, &ck.text_encoder.1, be, "text_encoder")?;
+    let sets = load_loras(a.loras, be)?;
     let refs: Vec<(&LoraSet, f64)> = sets.iter().map(|(s, w)| (s, *w)).collect();
     let combined = if refs.is_empty() {
         None
     } else {
-        Some(LoraSet::combine(&be, &refs)?)
+        Some(LoraSet::combine(be, &refs)?)
     };
     let tokenizer = Tokenizer::new()?;
     let pipe = Pipeline::new(&unet, &vae, &te, &tokenizer);
-    let cx = Ctx::new(&be, combined.as_ref());
+    let cx = Ctx::new(be, combined.as_ref());
     let mut report = |i: usize, n: usize| eprint!("\rsampling step {i}/{n}");
-    let img = generate(&pipe, &cx, &spec, clip_skip, Some(&mut report))?;
+    let img = generate(&pipe, &cx, &spec, a.clip_skip, Some(&mut report))?;
     eprintln!();
     for n in &img.notes {
         eprintln!("note: {n}");
     }
-    save_png(out, &img.image)?;
-    println!("{} (seed {})", out.display(), img.seed);
-    Ok(())
+    save_png(a.out, &img.image)?;
+    Out::new().line(format_args!("{} (seed {})", a.out.display(), img.seed))
 }
 
 fn merge(model: &Path, loras: &[String], out: &Path, precision: Option<&str>) -> Outcome {
-    let be = CpuBackend::new();
     let precision = precision
         .map(|p| {
             p.parse::<SavePrecision>()
-                .map_err(|e| Failure(format!("--precision {p}: {e}")))
+                .map_err(|e| CliError::Usage(format!("--precision {p}: {e}")))
         })
         .transpose()?;
-    let sets = loras
-        .iter()
-        .map(|a| {
-            let (p, w) = path_and_weight(a)?;
-            Ok((kohya::load(&p, &be, DType::F32)?, w))
-        })
-        .collect::<Result<Vec<_>, Failure>>()?;
+    // The LoRAs are only read (to f64, a weight at a time): the CPU backend holds them.
+    let sets = load_loras(loras, &CpuBackend::new())?;
     let refs: Vec<(&LoraSet, f64)> = sets.iter().map(|(s, w)| (s, *w)).collect();
     let report = lorafuse::lora::merge::merge_into_checkpoint(model, &refs, out, precision)?;
-    println!("{report}");
-    Ok(())
+    Out::new().line(report)
 }

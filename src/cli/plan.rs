@@ -7,7 +7,7 @@ use lorafuse::plan::fit::fit;
 use lorafuse::plan::report::{gib, table};
 use lorafuse::plan::{plan, PlanInput};
 
-use super::{Failure, Outcome};
+use super::{CliError, Out, Outcome};
 
 /// GPU memory sizes the table shows when no size is given and no GPU is found.
 const SIZES_GIB: [usize; 7] = [4, 6, 8, 12, 16, 24, 80];
@@ -34,7 +34,8 @@ pub fn plan_cmd(config: &Path, gpu_memory: Option<&str>, set: &[String]) -> Outc
         Some(b) => Some(fit(&input, b)?),
         None => None,
     };
-    print!("{}", table(&p, f.as_ref()));
+    let mut out = Out::new();
+    out.text(&table(&p, f.as_ref()))?;
     if budget.is_none() {
         let fits: Vec<String> = SIZES_GIB
             .iter()
@@ -43,11 +44,11 @@ pub fn plan_cmd(config: &Path, gpu_memory: Option<&str>, set: &[String]) -> Outc
                 format!("{g} GiB {}", if ok { "yes" } else { "no" })
             })
             .collect();
-        println!("fits: {}", fits.join(", "));
-        println!(
+        out.line(format_args!("fits: {}", fits.join(", ")))?;
+        out.line(format_args!(
             "(add --gpu-memory SIZE for the largest batch_size and resolution that fit; {} needed here)",
             gib(p.peak())
-        );
+        ))?;
     }
     Ok(())
 }
@@ -69,7 +70,7 @@ fn gpu_total() -> Option<usize> {
 }
 
 /// "8GiB", "8GB", "8g", "8" (GiB), "6144MiB", "6144M" -> bytes.
-pub fn parse_size(s: &str) -> Result<usize, Failure> {
+pub fn parse_size(s: &str) -> Result<usize, CliError> {
     let t = s.trim();
     let lower = t.to_ascii_lowercase();
     let split = lower
@@ -86,7 +87,7 @@ pub fn parse_size(s: &str) -> Result<usize, Failure> {
         Ok(v) if v > 0.0 && v.is_finite() && unit_bytes.is_finite() => {
             Ok((v * unit_bytes) as usize)
         }
-        _ => Err(Failure(format!(
+        _ => Err(CliError::Usage(format!(
             "--gpu-memory {t:?}: expected a size such as 8GiB, 12GB, 6144MiB or 24 (GiB)"
         ))),
     }

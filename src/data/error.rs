@@ -7,6 +7,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::error::{Error, ErrorKind, LayerError};
+
 /// At most this many problems are listed in [`DataError::Many`]'s message; the rest are counted.
 pub const MAX_LISTED_PROBLEMS: usize = 20;
 
@@ -169,6 +171,15 @@ impl DataError {
             DataError::Many(list) => list.iter().flat_map(|e| e.problems()).collect(),
             other => vec![other],
         }
+    }
+}
+
+/// Every problem of a training folder is the user's to fix (the folder, a file in it, a data
+/// option), read errors included: they are reported per file, after the whole folder was
+/// checked.
+impl From<DataError> for Error {
+    fn from(e: DataError) -> Error {
+        Error::Layer(LayerError::new(ErrorKind::BadInput, e))
     }
 }
 

@@ -17,6 +17,9 @@
 //! `__metadata__` is kept, less the hashes it would now contradict (`sshs_*`,
 //! `modelspec.hash_sha256`).
 //!
+//! A diffusers folder as the base is refused, with what to pass instead: writing a single file
+//! from one would need the diffusers → LDM mapping of every key, which lorafuse does not have.
+//!
 //! A LoRA module that matches no weight is an error, listing the modules: a LoRA for another
 //! model silently merging into nothing is the classic complaint. So is a module whose shape
 //! does not fit its weight. Everything is checked before the output file is created.
@@ -261,6 +264,16 @@ pub fn merge_into_checkpoint(
                 out.display()
             )));
         }
+    }
+    if base.is_dir() {
+        return Err(fail(format!(
+            "{} is a folder (a diffusers model?); merge reads and writes a single-file \
+             checkpoint (LDM key names, as A1111 and civitai ship them): pass the model's \
+             single-file .safetensors as --model, or convert the folder first with diffusers' \
+             scripts/convert_diffusers_to_original_stable_diffusion.py --use_safetensors \
+             (`lorafuse sample` and training read diffusers folders directly)",
+            base.display()
+        )));
     }
     match detect_family(base)? {
         Family::Sd1 => {}

@@ -1,6 +1,12 @@
 //! What can go wrong when reading sample prompts, sampling, or writing images.
+//!
+//! The sample module sits above the model and the backend, so its error carries theirs
+//! ([`SampleError::Model`]); converted into the crate's [`crate::Error`] (here, below), that
+//! one comes out as it was, and the sample module's own cases as `Error::Layer`.
 
 use std::path::PathBuf;
+
+use crate::error::{Error, ErrorKind, LayerError};
 
 /// An error of the sample module: each names the option, setting or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +60,37 @@ pub enum SampleError {
     },
 }
 
-impl From<crate::Error> for SampleError {
-    fn from(e: crate::Error) -> Self {
+impl SampleError {
+    /// A prompt option or sampling setting is bad input; so is an image path that cannot be
+    /// read or written for a reason the user controls (see [`ErrorKind::of_io`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SampleError::Model(e) => e.kind(),
+            SampleError::AtLine { source, .. } => source.kind(),
+            SampleError::Io { source, .. } => ErrorKind::of_io(source),
+            // A file that does not decode is the user's; an image that does not encode, ours.
+            SampleError::Png { action, .. } if *action == "decode" => ErrorKind::BadInput,
+            SampleError::Png { .. } => ErrorKind::Failure,
+            SampleError::UnknownOption { .. }
+            | SampleError::UnsupportedOption { .. }
+            | SampleError::MissingValue { .. }
+            | SampleError::BadValue { .. }
+            | SampleError::BadSetting { .. } => ErrorKind::BadInput,
+        }
+    }
+}
+
+impl From<Error> for SampleError {
+    fn from(e: Error) -> Self {
         SampleError::Model(Box::new(e))
+    }
+}
+
+impl From<SampleError> for Error {
+    fn from(e: SampleError) -> Error {
+        match e {
+            SampleError::Model(inner) => *inner,
+            other => Error::Layer(LayerError::new(other.kind(), other)),
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! What can go wrong when loading a model, each case naming the file (and the tensor key, and
 //! both shapes, where there is one) and what to do about it. Converted into the crate's
-//! [`crate::Error`] as `Error::Checkpoint`.
+//! [`crate::Error`] here (as `Error::Layer`, bad input unless reading the file failed); get it
+//! back with `e.downcast_ref::<CheckpointError>()`.
 
 use std::path::PathBuf;
 
+use crate::error::{Error, ErrorKind, LayerError};
 use crate::tensor::Shape;
 
 /// How to turn a single-file pickle checkpoint into safetensors, outside lorafuse.
@@ -144,5 +146,22 @@ fn stored_note(stored: &Option<String>) -> String {
     match stored {
         Some(s) => format!(" (stored as `{s}`)"),
         None => String::new(),
+    }
+}
+
+impl CheckpointError {
+    /// A file that could not be read is bad input or a failure as its I/O error says; every
+    /// other case is a file or folder that is not what lorafuse loads: bad input.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CheckpointError::Io { source, .. } => ErrorKind::of_io(source),
+            _ => ErrorKind::BadInput,
+        }
+    }
+}
+
+impl From<CheckpointError> for Error {
+    fn from(e: CheckpointError) -> Error {
+        Error::Layer(LayerError::new(e.kind(), e))
     }
 }

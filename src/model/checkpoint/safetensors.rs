@@ -60,10 +60,15 @@ impl SafetensorsFile {
             },
             _ => io("open the file", e),
         })?;
-        let len = file
-            .metadata()
-            .map_err(|e| io("read the file's size", e))?
-            .len();
+        let meta = file.metadata().map_err(|e| io("read the file's size", e))?;
+        if meta.is_dir() {
+            // Opening a folder succeeds on Unix; mapping it fails with "No such device".
+            return Err(CheckpointError::NotSafetensors {
+                path: path.to_path_buf(),
+                detail: "it is a folder; pass the .safetensors file itself".into(),
+            });
+        }
+        let len = meta.len();
         if len == 0 {
             return Err(CheckpointError::Truncated {
                 path: path.to_path_buf(),
