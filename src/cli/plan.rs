@@ -14,17 +14,24 @@ const SIZES_GIB: [usize; 7] = [4, 6, 8, 12, 16, 24, 80];
 
 pub fn plan_cmd(config: &Path, gpu_memory: Option<&str>, set: &[String]) -> Outcome {
     let cfg = TrainConfig::load(config, set)?;
-    let images = match lorafuse::train::trainer::scan_data(&cfg) {
-        Ok(ds) => Some((ds.items.len(), ds.validation.len())),
+    let input = match lorafuse::train::trainer::scan_data(&cfg) {
+        Ok(ds) => PlanInput::with_dataset(&cfg, ds),
         Err(e) => {
             eprintln!(
-                "note: the data folder could not be read ({}); caches are not counted",
-                first_line(&e.to_string())
+                "note: the data folder could not be read ({}); planning one batch of {}x{} images",
+                first_line(&e.to_string()),
+                cfg.resolution.width,
+                cfg.resolution.height
             );
-            None
+            PlanInput::from_config(&cfg, None)
         }
     };
-    let input = PlanInput::from_config(&cfg, images);
+    if !cfg.base_model.exists() {
+        eprintln!(
+            "note: {} not found; planning with SD1.5's shapes",
+            cfg.base_model.display()
+        );
+    }
     let budget = match gpu_memory {
         Some(s) => Some(parse_size(s)?),
         None => gpu_total(),
