@@ -24,11 +24,11 @@ use lorafuse::backend::Backend;
 use lorafuse::lora::{LoraDropout, LoraSet, LoraTargets};
 use lorafuse::model::checkpoint::load_sd15;
 use lorafuse::model::config::UnetConfig;
+use lorafuse::model::layers::Ctx;
 use lorafuse::model::unet::Unet;
 use lorafuse::model::weights::RandomWeights;
 use lorafuse::rng::Rng;
 use lorafuse::sample::schedule::NoiseSchedule;
-use lorafuse::model::layers::Ctx;
 use lorafuse::train::optim::{AdamWSettings, OptimizerKind, ParamGroup};
 use lorafuse::train::step::{denoise_micro_batch, MicroBatch, Objective};
 use lorafuse::{CpuBackend, DType};
@@ -167,7 +167,12 @@ fn main() -> Res<()> {
             denoise_micro_batch(&cx, &unet, &obj, &batch, &mut grads, &mut rng)?;
             opt.load_grads(be.as_ref(), &grads)?;
             let norm = opt.grad_sum_squares(be.as_ref())?.sqrt() / loss_scale;
-            opt.update(be.as_ref(), 1e-4, 1.0 / loss_scale / norm.max(1.0), &mut lora)?;
+            opt.update(
+                be.as_ref(),
+                1e-4,
+                1.0 / loss_scale / norm.max(1.0),
+                &mut lora,
+            )?;
             sync(&dev)?;
             if i >= warmup {
                 times.push(t.elapsed().as_secs_f64() * 1e3);

@@ -85,12 +85,8 @@ fn the_fit_is_the_largest_size_that_fits() {
     let f = fit(&base, budget).unwrap();
     let b = f.batch.expect("batch 1 fits 6 GiB");
     let peak = |i: PlanInput| plan(&i).unwrap().peak();
-    assert!(
-        peak(base.with_batch(b)) <= budget
-    );
-    assert!(
-        peak(base.with_batch(b + 1)) > budget
-    );
+    assert!(peak(base.with_batch(b)) <= budget);
+    assert!(peak(base.with_batch(b + 1)) > budget);
     let side = f.side.expect("some resolution fits");
     assert_eq!(side % 64, 0);
     let sq = |s: usize| base.with_side(s);

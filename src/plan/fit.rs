@@ -60,13 +60,9 @@ fn largest(
 
 /// The largest batch size and square resolution that fit `budget` bytes.
 pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
-    let batch = largest(1, MAX_BATCH, |b| {
-        fits(&input.with_batch(b), budget)
-    })?;
-    let side = largest(1, MAX_SIDE / 64, |s| {
-        fits(&input.with_side(s * 64), budget)
-    })?
-    .map(|s| s * 64);
+    let batch = largest(1, MAX_BATCH, |b| fits(&input.with_batch(b), budget))?;
+    let side =
+        largest(1, MAX_SIDE / 64, |s| fits(&input.with_side(s * 64), budget))?.map(|s| s * 64);
     Ok(Fit {
         budget,
         batch,

@@ -231,7 +231,11 @@ impl MemoryPlan {
 }
 
 /// On a GPU (a backend that reports free memory): the memory plan of a run over `ds`.
-pub fn device_plan(cfg: &TrainConfig, be: &dyn Backend, ds: &Dataset) -> Result<Option<MemoryPlan>> {
+pub fn device_plan(
+    cfg: &TrainConfig,
+    be: &dyn Backend,
+    ds: &Dataset,
+) -> Result<Option<MemoryPlan>> {
     if be.device_free_memory().is_none() {
         return Ok(None);
     }

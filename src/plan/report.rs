@@ -103,7 +103,12 @@ pub fn table(p: &MemoryPlan, fit: Option<&Fit>) -> String {
         };
         let _ = writeln!(s, "  this configuration {verdict}");
         let _ = match f.batch {
-            Some(b) => writeln!(s, "  largest batch_size at {}x{}: {b}", i.width(), i.height()),
+            Some(b) => writeln!(
+                s,
+                "  largest batch_size at {}x{}: {b}",
+                i.width(),
+                i.height()
+            ),
             None => writeln!(s, "  no batch_size fits at {}x{}", i.width(), i.height()),
         };
         let _ = match f.side {

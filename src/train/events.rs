@@ -73,7 +73,6 @@ pub struct TrainReport {
     pub skipped_steps: u64,
 }
 
-
 /// An observer that discards everything (`plan`'s metered run).
 pub struct Quiet;
 

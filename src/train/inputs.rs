@@ -127,7 +127,12 @@ impl Inputs {
     }
 
     /// Text embeddings [N, 77, D] of the frozen text encoder, from the cache.
-    pub fn contexts(&mut self, be: &dyn Backend, m: &Models, captions: &[String]) -> Result<Tensor> {
+    pub fn contexts(
+        &mut self,
+        be: &dyn Backend,
+        m: &Models,
+        captions: &[String],
+    ) -> Result<Tensor> {
         let mut ctx = Vec::with_capacity(captions.len());
         for c in captions {
             ctx.push(self.texts.get_or_encode(
@@ -171,7 +176,13 @@ impl Inputs {
         save: bool,
     ) -> Result<(Tensor, Option<crate::model::family::TextTape>)> {
         match cx {
-            Some(cx) => m.encode_text_train(cx, &self.ids(captions), captions.len(), self.clip_skip, save),
+            Some(cx) => m.encode_text_train(
+                cx,
+                &self.ids(captions),
+                captions.len(),
+                self.clip_skip,
+                save,
+            ),
             None => Ok((self.contexts(be, m, captions)?, None)),
         }
     }

@@ -31,7 +31,11 @@ pub fn scan_data(cfg: &TrainConfig) -> Result<Dataset> {
 }
 
 /// The output folder, the data set (warnings reported), and on a GPU the memory plan.
-pub fn scan_and_check(cfg: &TrainConfig, be: &dyn Backend, obs: &mut dyn Observer) -> Result<Dataset> {
+pub fn scan_and_check(
+    cfg: &TrainConfig,
+    be: &dyn Backend,
+    obs: &mut dyn Observer,
+) -> Result<Dataset> {
     let out = &cfg.output_dir;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, "create the output folder", e))?;
     let ds = scan_data(cfg)?;
@@ -99,7 +103,8 @@ impl<'o> Outputs<'o> {
     pub fn stepped(&mut self, run: &Run, done: &StepDone) -> Result<()> {
         let step = run.progress.step;
         let wall = wall_time_now();
-        self.tb.add_scalar("loss/train", step, done.loss as f32, wall)?;
+        self.tb
+            .add_scalar("loss/train", step, done.loss as f32, wall)?;
         self.tb.add_scalar("lr", step, done.lr as f32, wall)?;
         self.obs.on(Event::Step {
             step,
@@ -165,7 +170,11 @@ pub fn end_epoch(run: &mut Run, out: &mut Outputs) -> Result<Option<Stop>> {
         }
     }
     let epoch = run.progress.epoch;
-    if cfg.save_every_n_epochs.is_some_and(|n| epoch % n as u64 == 0) && !run.done() {
+    if cfg
+        .save_every_n_epochs
+        .is_some_and(|n| epoch % n as u64 == 0)
+        && !run.done()
+    {
         save_point(run, out, SavePoint::Epoch(epoch))?;
     }
     Ok(None)
@@ -198,11 +207,13 @@ fn validate(run: &mut Run, out: &mut Outputs) -> Result<Option<Stop>> {
         best: improved,
     });
     match (cfg.early_stopping_patience, best_at) {
-        (Some(patience), Some((at, best))) if since >= patience as u64 => Ok(Some(Stop::Early(format!(
-            "early stopping: validation loss has not improved by more than {} for {patience} \
+        (Some(patience), Some((at, best))) if since >= patience as u64 => {
+            Ok(Some(Stop::Early(format!(
+                "early stopping: validation loss has not improved by more than {} for {patience} \
              validations; keeping the best adapters, from step {at} (validation loss {best:.5})",
-            cfg.early_stopping_min_delta
-        )))),
+                cfg.early_stopping_min_delta
+            ))))
+        }
         _ => Ok(None),
     }
 }
@@ -318,5 +329,10 @@ fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
         validate_every_n_steps: cfg.validate_every_n_steps.map(|n| n as u64),
         ..TrainingInfo::default()
     };
-    save_kohya(path, &run.trainable.lora, precision, &training_metadata(&info))
+    save_kohya(
+        path,
+        &run.trainable.lora,
+        precision,
+        &training_metadata(&info),
+    )
 }

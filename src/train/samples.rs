@@ -42,7 +42,8 @@ pub fn generate_all(
     let mut images = Vec::with_capacity(lines.len());
     for line in lines {
         let spec = parse_prompt_line(line, &defaults).map_err(|e| bad(line.clone(), &e))?;
-        let img = generate(&pipe, cx, &spec, cfg.clip_skip, None).map_err(|e| bad(line.clone(), &e))?;
+        let img =
+            generate(&pipe, cx, &spec, cfg.clip_skip, None).map_err(|e| bad(line.clone(), &e))?;
         images.push(img.image);
     }
     Ok(images)
@@ -50,7 +51,8 @@ pub fn generate_all(
 
 /// The prompt lines of the configuration.
 pub fn prompt_lines(cfg: &TrainConfig) -> Result<Vec<String>> {
-    cfg.sample_prompt_lines().map_err(|e| bad(String::new(), &e))
+    cfg.sample_prompt_lines()
+        .map_err(|e| bad(String::new(), &e))
 }
 
 /// Sample images of step `step` written to output_dir/samples/.

@@ -84,7 +84,8 @@ impl Saves {
     }
     /// The state copy of a save point (kept only with a state retention).
     pub fn checkpoint_state(&self, at: SavePoint) -> PathBuf {
-        self.dir.join(format!("{}-state.safetensors", self.stem(at)))
+        self.dir
+            .join(format!("{}-state.safetensors", self.stem(at)))
     }
     /// Whether a save point keeps its own state copy.
     pub fn keeps_state(&self, at: SavePoint) -> bool {
@@ -105,7 +106,9 @@ impl Saves {
     /// system has them, through a temporary name and a rename either way).
     pub fn keep_state_copy(&self, at: SavePoint) -> Result<PathBuf> {
         let to = self.checkpoint_state(at);
-        let tmp = self.dir.join(format!(".{}.{}.tmp", STATE_FILE, std::process::id()));
+        let tmp = self
+            .dir
+            .join(format!(".{}.{}.tmp", STATE_FILE, std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let state = self.state();
         if std::fs::hard_link(&state, &tmp).is_err() {
@@ -217,7 +220,10 @@ mod tests {
             },
         );
         for step in [10, 20, 30, 40] {
-            for p in [s.checkpoint(SavePoint::Step(step)), s.checkpoint_state(SavePoint::Step(step))] {
+            for p in [
+                s.checkpoint(SavePoint::Step(step)),
+                s.checkpoint_state(SavePoint::Step(step)),
+            ] {
                 std::fs::write(p, b"x").unwrap();
             }
         }

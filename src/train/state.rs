@@ -149,9 +149,12 @@ pub fn load(path: &Path) -> Result<(Progress, Tensors)> {
 
 /// The tensor `name` of a loaded state, or an error naming it.
 pub fn take(path: &Path, tensors: &mut Tensors, name: &str) -> Result<Tensor> {
-    tensors
-        .remove(name)
-        .ok_or_else(|| bad(path, format!("tensor {name} is missing: a state of other adapters")))
+    tensors.remove(name).ok_or_else(|| {
+        bad(
+            path,
+            format!("tensor {name} is missing: a state of other adapters"),
+        )
+    })
 }
 
 fn bad(path: &Path, why: String) -> Error {

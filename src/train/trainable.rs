@@ -197,7 +197,10 @@ impl Trainable {
 
     /// Every group's flat parameters (early stopping keeps the best ones).
     pub fn params(&self, be: &dyn Backend) -> Result<Vec<Vec<f32>>> {
-        self.groups.iter().map(|g| be.to_f32_vec(&g.params)).collect()
+        self.groups
+            .iter()
+            .map(|g| be.to_f32_vec(&g.params))
+            .collect()
     }
 
     /// Puts parameters from [`Trainable::params`] back.

@@ -182,7 +182,10 @@ impl<'a> Run<'a> {
         let epoch = self.progress.epoch;
         if self.order.0 != epoch {
             let mut rng = Rng::for_site(self.cfg.seed, &[2, epoch]);
-            self.order = (epoch, epoch_batches(&self.inputs.ds, self.cfg.batch_size, &mut rng));
+            self.order = (
+                epoch,
+                epoch_batches(&self.inputs.ds, self.cfg.batch_size, &mut rng),
+            );
         }
         &self.order.1
     }
@@ -204,9 +207,9 @@ impl<'a> Run<'a> {
                 k,
                 of: group.len(),
             };
-            let out = self
-                .trainable
-                .micro_batch(self.be, &self.models, &mut self.inputs, idx, site)?;
+            let out =
+                self.trainable
+                    .micro_batch(self.be, &self.models, &mut self.inputs, idx, site)?;
             if k == 0 {
                 tape_by_block = out.tape_by_block;
             }

@@ -174,11 +174,13 @@ impl Models {
     }
 
     fn text_encoder(&self, to: &str) -> Result<&ClipTextModel> {
-        self.text.as_ref().ok_or_else(|| crate::error::Error::BadValue {
-            op: "models",
-            name: "text_encoder",
-            value: "released".into(),
-            expected: format!("a loaded text encoder to {to}"),
-        })
+        self.text
+            .as_ref()
+            .ok_or_else(|| crate::error::Error::BadValue {
+                op: "models",
+                name: "text_encoder",
+                value: "released".into(),
+                expected: format!("a loaded text encoder to {to}"),
+            })
     }
 }

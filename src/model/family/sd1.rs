@@ -60,9 +60,19 @@ impl ModelFamily for Sd1 {
                         let ck = load_sd15(p)?;
                         (ck.unet.0, ck.vae.0, ck.text_encoder.0)
                     }
-                    None => (UnetConfig::sd15(), VaeConfig::sd15(), ClipTextConfig::sd15()),
+                    None => (
+                        UnetConfig::sd15(),
+                        VaeConfig::sd15(),
+                        ClipTextConfig::sd15(),
+                    ),
                 };
-                self.build((&u, &ShapeOnly), (&v, &ShapeOnly), (&t, &ShapeOnly), be, loaded)
+                self.build(
+                    (&u, &ShapeOnly),
+                    (&v, &ShapeOnly),
+                    (&t, &ShapeOnly),
+                    be,
+                    loaded,
+                )
             }
         }
     }
