@@ -3,6 +3,8 @@
 //! the pool with the same figures (peak in use, peak reserved, driver allocations). One step in
 //! f32: the emulated run is the slow half, and the f16 tensor-core kernels take minutes to
 //! emulate through a whole run; the buffers are asked for by the same Rust code either way.
+//! And `plan`, which drives the trainer's phases over the meter with shape-only weights and
+//! blank images, predicts the pool peak of real (emulated) runs exactly.
 #![cfg(feature = "cuda-emu")]
 
 use std::path::Path;
@@ -44,5 +46,44 @@ fn the_meter_allocates_as_the_emulator_does() {
         meter, emu,
         "{dtype}: the meter's pool differs from the emulator's"
     );
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// `plan`'s predicted pool peak equals the peak of a real training run of the same config on
+/// the emulated CUDA backend: with and without text-encoder training, batch 1 and 3, at two
+/// resolutions (the demo's tiny model of SD1.x's topology, its data with a validation split,
+/// sampling at the last step).
+#[test]
+fn plan_predicts_the_pool_peak_of_an_emulated_training_run() {
+    use lorafuse::plan::{plan, PlanInput};
+    let base = std::env::temp_dir().join(format!("lorafuse-plan-emu-{}", std::process::id()));
+    for (te, batch, res) in [(false, 1, 64), (true, 3, 64), (false, 3, 128), (true, 1, 128)] {
+        let dir = base.join(format!("te{te}-b{batch}-r{res}"));
+        // One step, sampled after it (the demo samples at its last step).
+        lorafuse::demo::prepare(&dir, 1).unwrap();
+        let sets = [
+            format!("train_text_encoder={te}"),
+            format!("batch_size={batch}"),
+            format!("resolution={res}"),
+            "save_precision=fp32".to_string(),
+        ];
+        let cfg = TrainConfig::load(dir.join("demo.yaml"), &sets).unwrap();
+        let ds = lorafuse::train::trainer::scan_data(&cfg).unwrap();
+        let predicted = plan(&PlanInput::with_dataset(&cfg, ds)).unwrap();
+        let dev = Device::emulator();
+        let be = CudaBackend::new(dev.clone(), DType::F32).unwrap();
+        train(&cfg, &be, false, &AtomicBool::new(false), &mut Quiet).unwrap();
+        let measured = dev.pool_stats().peak_in_use;
+        println!(
+            "text encoder {te}, batch {batch}, {res}px: plan {} B ({}), emulated run {measured} B",
+            predicted.pool_peak(),
+            predicted.peak_phase()
+        );
+        assert_eq!(
+            predicted.pool_peak(),
+            measured,
+            "te {te}, batch {batch}, {res}px: plan's peak differs from the run's"
+        );
+    }
     let _ = std::fs::remove_dir_all(&base);
 }
