@@ -17,12 +17,9 @@ use lorafuse::backend::select::{select, Selected};
 use lorafuse::config::{Device, MixedPrecision, TrainConfig};
 use lorafuse::lora::export::SavePrecision;
 use lorafuse::lora::{kohya, LoraSet};
-use lorafuse::model::checkpoint::load_sd15;
-use lorafuse::model::clip::ClipTextModel;
+use lorafuse::model::family::{family_of, WeightsFrom};
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::tokenizer::Tokenizer;
-use lorafuse::model::unet::Unet;
-use lorafuse::model::vae::Vae;
 use lorafuse::sample::{generate, parse_prompt_line, save_png, Pipeline, PromptDefaults};
 use lorafuse::train::trainer::{train, TrainReport};
 use lorafuse::{Backend, CpuBackend, DType};
@@ -302,10 +299,9 @@ fn sample(a: &SampleArgs) -> Outcome {
     let spec = parse_prompt_line(a.prompt, &PromptDefaults::default())?;
     let be = backend(a.device, MixedPrecision::No)?;
     let be = be.as_ref();
-    let ck = load_sd15(a.model)?;
-    let unet = Unet::load(&ck.unet.0, &ck.unet.1, be, "unet")?;
-    let vae = Vae::load(&ck.vae.0, &ck.vae.1, be, "vae")?;
-    let te = ClipTextModel::load(&ck.text_encoder.0, &ck.text_encoder.1, be, "text_encoder")?;
+    let family = family_of(a.model)?;
+    let models = family.load(WeightsFrom::Checkpoint(a.model), be, &mut |_| {})?;
+    let (vae, te) = models.sampling_parts()?;
     let sets = load_loras(a.loras, be)?;
     let refs: Vec<(&LoraSet, f64)> = sets.iter().map(|(s, w)| (s, *w)).collect();
     let combined = if refs.is_empty() {
@@ -314,7 +310,8 @@ fn sample(a: &SampleArgs) -> Outcome {
         Some(LoraSet::combine(be, &refs)?)
     };
     let tokenizer = Tokenizer::new()?;
-    let pipe = Pipeline::new(&unet, &vae, &te, &tokenizer);
+    let mut pipe = Pipeline::new(&models.unet, vae, te, &tokenizer);
+    pipe.schedule = family.noise_schedule();
     let cx = Ctx::new(be, combined.as_ref());
     let mut report = |i: usize, n: usize| eprint!("\rsampling step {i}/{n}");
     let img = generate(&pipe, &cx, &spec, a.clip_skip, Some(&mut report))?;

@@ -168,6 +168,17 @@ impl Models {
             .backward(cx, d_context, tape.0, grads)
     }
 
+    /// The VAE and the text encoder, which sampling needs (an error once released).
+    pub fn sampling_parts(&self) -> Result<(&Vae, &ClipTextModel)> {
+        let vae = self.vae.as_ref().ok_or_else(|| crate::error::Error::BadValue {
+            op: "models",
+            name: "vae",
+            value: "released".into(),
+            expected: "a loaded VAE to decode samples".into(),
+        })?;
+        Ok((vae, self.text_encoder("encode prompts")?))
+    }
+
     /// The conditioning's width (the UNet's cross-attention input).
     pub fn context_width(&self) -> usize {
         self.unet.config.cross_attention_dim
