@@ -65,7 +65,10 @@ fn a_run_killed_with_sigkill_resumes_to_the_same_lora() {
     // Kill it as soon as its first save point is on disk.
     let t0 = Instant::now();
     while !state_file.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no state was saved");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no state was saved"
+        );
         assert!(child.try_wait().unwrap().is_none(), "the run ended first");
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -57,7 +57,12 @@ fn the_meter_allocates_as_the_emulator_does() {
 fn plan_predicts_the_pool_peak_of_an_emulated_training_run() {
     use lorafuse::plan::{plan, PlanInput};
     let base = std::env::temp_dir().join(format!("lorafuse-plan-emu-{}", std::process::id()));
-    for (te, batch, res) in [(false, 1, 64), (true, 3, 64), (false, 3, 128), (true, 1, 128)] {
+    for (te, batch, res) in [
+        (false, 1, 64),
+        (true, 3, 64),
+        (false, 3, 128),
+        (true, 1, 128),
+    ] {
         let dir = base.join(format!("te{te}-b{batch}-r{res}"));
         // One step, sampled after it (the demo samples at its last step).
         lorafuse::demo::prepare(&dir, 1).unwrap();

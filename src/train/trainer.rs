@@ -50,11 +50,18 @@ pub trait PhaseHook {
     fn end(&mut self, _phase: Phase) {}
     /// A network is on the device ("unet", "vae", "text_encoder").
     fn loaded(&mut self, _network: &'static str) {}
+    /// A line of information for the user.
+    fn info(&mut self, _line: String) {}
 }
 
-/// No hook.
-pub struct NoHook;
-impl PhaseHook for NoHook {}
+/// Passes the phases' information lines on to an observer.
+pub struct Announce<'o>(pub &'o mut dyn Observer);
+
+impl PhaseHook for Announce<'_> {
+    fn info(&mut self, line: String) {
+        self.0.on(Event::Info(line));
+    }
+}
 
 /// The run's length in optimizer steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,10 +121,19 @@ impl<'a> Run<'a> {
         hook.end(Phase::Models);
 
         hook.begin(Phase::Caching);
+        let t0 = std::time::Instant::now();
+        let n = ds.items.len() + ds.validation.len();
+        hook.info(format!("caching latents of {n} images"));
         let mut inputs = Inputs::new(cfg, ds, pixels)?;
         let sampling = cfg.sample_every_n_steps > 0;
         let captions_fixed = captions_fixed(cfg);
         inputs.fill(be, &models, captions_fixed)?;
+        hook.info(format!(
+            "cached {} latents and {} captions in {:.1} s",
+            inputs.latents.len(),
+            inputs.texts.len(),
+            t0.elapsed().as_secs_f64()
+        ));
         if !sampling {
             models.vae = None;
             if captions_fixed {
@@ -355,7 +371,7 @@ pub fn train(
     let ds = crate::train::loop_io::scan_and_check(cfg, be, obs)?;
     obs.on(Event::Info(format!("loading {}", cfg.base_model.display())));
     let from = WeightsFrom::Checkpoint(&cfg.base_model);
-    let mut run = Run::prepare(cfg, be, ds, from, Pixels::Files, &mut NoHook)?;
+    let mut run = Run::prepare(cfg, be, ds, from, Pixels::Files, &mut Announce(obs))?;
     let mut out = Outputs::open(&run, obs)?;
     if resume {
         run.resume(&out.saves.state())?;

@@ -170,12 +170,15 @@ impl Models {
 
     /// The VAE and the text encoder, which sampling needs (an error once released).
     pub fn sampling_parts(&self) -> Result<(&Vae, &ClipTextModel)> {
-        let vae = self.vae.as_ref().ok_or_else(|| crate::error::Error::BadValue {
-            op: "models",
-            name: "vae",
-            value: "released".into(),
-            expected: "a loaded VAE to decode samples".into(),
-        })?;
+        let vae = self
+            .vae
+            .as_ref()
+            .ok_or_else(|| crate::error::Error::BadValue {
+                op: "models",
+                name: "vae",
+                value: "released".into(),
+                expected: "a loaded VAE to decode samples".into(),
+            })?;
         Ok((vae, self.text_encoder("encode prompts")?))
     }
 
