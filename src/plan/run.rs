@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{MemoryPlan, PlanInput, CONTEXT_BYTES};
 use crate::backend::cuda::{CudaBackend, Device};
-use crate::backend::Backend;
+use crate::backend::prelude::*;
 use crate::error::{Error, Result};
 use crate::lora::{LoraDropout, LoraSet};
 use crate::model::clip::ClipTextModel;

@@ -11,7 +11,7 @@ use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::{alloc, by_dtype, float_dtype, input, int, output};
 use crate::backend::check::conv::ConvDims;
-use crate::backend::{check, Conv2d};
+use crate::backend::{check, Adapter, Conv2d, ConvOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -75,99 +75,103 @@ fn grid(pixels: usize, m: usize) -> LaunchCfg {
     LaunchCfg::new((gx, gy, 1), (THREADS, 1, 1), 0)
 }
 
-pub(crate) fn conv2d(
-    be: &CudaBackend,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    p: Conv2d,
-) -> Result<Tensor> {
-    const OP: &str = "conv2d";
-    let d = check::conv::forward(x, w, bias, p)?;
-    let dt = float_dtype(OP, "x", x)?;
-    check::dtype(OP, "w", w, dt)?;
-    if let Some(b) = bias {
-        check::dtype(OP, "bias", b, dt)?;
+impl ConvOps for CudaBackend {
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        p: Conv2d,
+        adapter: Option<Adapter<'_>>,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        check::conv::no_adapter(OP, adapter.as_ref())?;
+        let d = check::conv::forward(x, w, bias, p)?;
+        let dt = float_dtype(OP, "x", x)?;
+        check::dtype(OP, "w", w, dt)?;
+        if let Some(b) = bias {
+            check::dtype(OP, "bias", b, dt)?;
+        }
+        let (xi, wi) = (input(self, OP, "x", x)?, input(self, OP, "w", w)?);
+        let bi = match bias {
+            Some(b) => input(self, OP, "bias", b)?,
+            None => In(0),
+        };
+        let s = sizes(OP, &d, w.numel())?;
+        let mut y = alloc(self, d.output_shape(), dt)?;
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        if self.fast(self.kernels().conv) && fast::forward_supported(&d) {
+            let yo = output(self, OP, "y", &mut y)?;
+            fast::forward(self, &d, xi, wi, bi, bias.is_some(), yo)?;
+            return Ok(y);
+        }
+        let cfg = grid(d.n * d.ho * d.wo, d.o);
+        let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16);
+        f(
+            self.device(),
+            cfg,
+            xi,
+            wi,
+            bi,
+            output(self, OP, "y", &mut y)?,
+            bias.is_some() as i32,
+            s.n,
+            s.c,
+            s.h,
+            s.w,
+            s.o,
+            s.k,
+            s.ho,
+            s.wo,
+            s.s,
+            s.pad,
+        )?;
+        Ok(y)
     }
-    let (xi, wi) = (input(be, OP, "x", x)?, input(be, OP, "w", w)?);
-    let bi = match bias {
-        Some(b) => input(be, OP, "bias", b)?,
-        None => In(0),
-    };
-    let s = sizes(OP, &d, w.numel())?;
-    let mut y = alloc(be, d.output_shape(), dt)?;
-    if y.numel() == 0 {
-        return Ok(y);
-    }
-    if be.fast(be.kernels().conv) && fast::forward_supported(&d) {
-        let yo = output(be, OP, "y", &mut y)?;
-        fast::forward(be, &d, xi, wi, bi, bias.is_some(), yo)?;
-        return Ok(y);
-    }
-    let cfg = grid(d.n * d.ho * d.wo, d.o);
-    let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16);
-    f(
-        be.device(),
-        cfg,
-        xi,
-        wi,
-        bi,
-        output(be, OP, "y", &mut y)?,
-        bias.is_some() as i32,
-        s.n,
-        s.c,
-        s.h,
-        s.w,
-        s.o,
-        s.k,
-        s.ho,
-        s.wo,
-        s.s,
-        s.pad,
-    )?;
-    Ok(y)
-}
 
-pub(crate) fn conv2d_input_grad(
-    be: &CudaBackend,
-    dy: &Tensor,
-    w: &Tensor,
-    input_hw: (usize, usize),
-    p: Conv2d,
-) -> Result<Tensor> {
-    const OP: &str = "conv2d_input_grad";
-    let d = check::conv::input_grad(dy, w, input_hw, p)?;
-    let dt = float_dtype(OP, "dy", dy)?;
-    check::dtype(OP, "w", w, dt)?;
-    let (dyi, wi) = (input(be, OP, "dy", dy)?, input(be, OP, "w", w)?);
-    let s = sizes(OP, &d, w.numel())?;
-    let mut dx = alloc(be, d.input_shape(), dt)?;
-    if dx.numel() == 0 {
-        return Ok(dx);
+    fn conv2d_input_grad(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: (usize, usize),
+        p: Conv2d,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_input_grad";
+        let d = check::conv::input_grad(dy, w, input_hw, p)?;
+        let dt = float_dtype(OP, "dy", dy)?;
+        check::dtype(OP, "w", w, dt)?;
+        let (dyi, wi) = (input(self, OP, "dy", dy)?, input(self, OP, "w", w)?);
+        let s = sizes(OP, &d, w.numel())?;
+        let mut dx = alloc(self, d.input_shape(), dt)?;
+        if dx.numel() == 0 {
+            return Ok(dx);
+        }
+        if self.fast(self.kernels().conv) && fast::input_grad_supported(&d) {
+            let dxo = output(self, OP, "dx", &mut dx)?;
+            fast::input_grad(self, &d, dyi, wi, dxo)?;
+            return Ok(dx);
+        }
+        let cfg = grid(d.n * d.h * d.w, d.c);
+        let f = by_dtype!(dt, OP, conv2d_dgrad_f32, conv2d_dgrad_f16);
+        f(
+            self.device(),
+            cfg,
+            dyi,
+            wi,
+            output(self, OP, "dx", &mut dx)?,
+            s.n,
+            s.c,
+            s.h,
+            s.w,
+            s.o,
+            s.k,
+            s.ho,
+            s.wo,
+            s.s,
+            s.pad,
+        )?;
+        Ok(dx)
     }
-    if be.fast(be.kernels().conv) && fast::input_grad_supported(&d) {
-        let dxo = output(be, OP, "dx", &mut dx)?;
-        fast::input_grad(be, &d, dyi, wi, dxo)?;
-        return Ok(dx);
-    }
-    let cfg = grid(d.n * d.h * d.w, d.c);
-    let f = by_dtype!(dt, OP, conv2d_dgrad_f32, conv2d_dgrad_f16);
-    f(
-        be.device(),
-        cfg,
-        dyi,
-        wi,
-        output(be, OP, "dx", &mut dx)?,
-        s.n,
-        s.c,
-        s.h,
-        s.w,
-        s.o,
-        s.k,
-        s.ho,
-        s.wo,
-        s.s,
-        s.pad,
-    )?;
-    Ok(dx)
 }

@@ -270,7 +270,8 @@ pub(super) fn input_grad(be: &CudaBackend, d: &ConvDims, dy: In, w: In, dx: Out)
 mod tests {
     use super::LAUNCHES;
     use crate::backend::cuda::{CudaBackend, Device, KernelChoice};
-    use crate::backend::{Backend, Conv2d};
+    use crate::backend::prelude::*;
+    use crate::backend::Conv2d;
     use crate::tensor::DType;
 
     /// The fast kernels run for f16 with the conv family fast, and only then: forward one
@@ -288,7 +289,7 @@ mod tests {
             let w = be.tensor_from_f32(&[4, 3, 3, 3], &[0.25; 108], dt).unwrap();
             let dy = be.tensor_from_f32(&[1, 4, 3, 3], &[1.0; 36], dt).unwrap();
             let before = LAUNCHES.with(|c| c.get());
-            be.conv2d(&x, &w, None, p).unwrap();
+            be.conv2d(&x, &w, None, p, None).unwrap();
             let fwd = LAUNCHES.with(|c| c.get()) - before;
             be.conv2d_input_grad(&dy, &w, (5, 6), p).unwrap();
             (fwd, LAUNCHES.with(|c| c.get()) - before - fwd)

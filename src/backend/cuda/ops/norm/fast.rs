@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn supported_shapes_take_the_fast_kernels() {
         use crate::backend::cuda::{Device, KernelChoice};
-        use crate::Backend;
+        use crate::backend::prelude::*;
         // GroupNorm fwd + bwd of x `gn` in `groups`, LayerNorm fwd + bwd of `ln`: the fast
         // calls counted meanwhile.
         let calls = |be: &CudaBackend, gn: &[usize], groups: usize, ln: &[usize]| {

@@ -3,10 +3,10 @@
 //! row's scores in shared memory, so key lengths are bounded by it ([`MAX_KEYS`]: 16384 keys,
 //! the VAE at 1024x1024, need 64 KiB). Forward only: nothing trains through a wide head.
 
-use super::super::backend::CudaBackend;
-use super::super::launch::{kernels, In, LaunchCfg, Out};
-use super::attention::MAX_HEAD_DIM;
-use super::{alloc, by_dtype, input, int, output};
+use super::super::super::backend::CudaBackend;
+use super::super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::{alloc, by_dtype, input, int, output};
+use super::MAX_HEAD_DIM;
 use crate::backend::check;
 use crate::backend::check::attention::AttentionDims;
 use crate::error::Result;
