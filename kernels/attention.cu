@@ -41,14 +41,7 @@
 #define ATT_UNROLL
 #endif
 
-#define ATT_THREADS 128
-#define ATT_MAX_D 256
-// Forward and dQ: query rows per block, key rows per tile.
-#define ATT_BQ 16
-#define ATT_BK 32
-// dK/dV: key rows per block, query rows per tile.
-#define ATT_KB 16
-#define ATT_QT 32
+// Tiles and the shared memory of each kernel: ATT_* in tiles.h.
 // Accumulator columns per thread: 8 threads share a row, column c = t % 8 + 8u.
 #define ATT_COLS (ATT_MAX_D / 8)
 

@@ -49,18 +49,16 @@
 #define AF_UNROLL
 #endif
 
-#define AF_THREADS 128
-// Rows per block of the tile a block owns (4 warps x 16).
-#define AF_ROWS 64
+// AF_THREADS, AF_ROWS, the tiles and shared memory per bucket: tiles.h.
 #define AF_LOG2E 1.4426950408889634f
 #define AF_LN2 0.6931471805599453f
 
 // Key tile of the forward and dQ, query tile of dK/dV, per head bucket (register budget).
 template <int DM>
 struct AfTiles {
-    static constexpr int KT = DM > 96 ? 32 : 64;
-    static constexpr int QT = DM > 96 ? 16 : 32;
-    static constexpr int DS = DM + 8;
+    static constexpr int KT = AF_KT(DM);
+    static constexpr int QT = AF_QT(DM);
+    static constexpr int DS = AF_DS(DM);
 };
 
 // Row i of head h of batch b in a [B, L, H·w] tensor.

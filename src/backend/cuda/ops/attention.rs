@@ -12,6 +12,9 @@
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::{
+    att_dkv_smem, att_dq_smem, att_fwd_smem, ATT_BQ, ATT_KB, ATT_MAX_D, ATT_THREADS,
+};
 use super::{alloc, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::check::attention::AttentionDims;
 use crate::backend::{check, Attention, AttentionOps};
@@ -39,28 +42,8 @@ kernels! {
         dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
 }
 
-/// The widest head (d and dv) the kernels take: ATT_MAX_D in kernels/attention.cu.
-pub(crate) const MAX_HEAD_DIM: usize = 256;
-
-// Tile sizes and threads per block, as ATT_* in kernels/attention.cu.
-const THREADS: u32 = 128;
-/// Forward and dQ: query rows per block and key rows per tile.
-const BQ: usize = 16;
-const BK: usize = 32;
-/// dK/dV: key rows per block and query rows per tile.
-const KB: usize = 16;
-const QT: usize = 32;
-
-/// Dynamic shared memory of each kernel in bytes (f32 tiles; `w | 1` is an odd row stride).
-fn fwd_smem(d: usize, dv: usize) -> usize {
-    4 * (BQ * d + BK * (d | 1) + BK * dv + BQ * (BK + 1) + 3 * BQ)
-}
-fn dq_smem(d: usize, dv: usize) -> usize {
-    4 * (BQ * d + BQ * dv + BK * (d | 1) + BK * (dv | 1) + BQ * (BK + 1) + 2 * BQ)
-}
-fn dkv_smem(d: usize, dv: usize) -> usize {
-    4 * (KB * d + KB * dv + QT * (d | 1) + QT * (dv | 1) + 2 * KB * (QT + 1) + 2 * QT)
-}
+/// The widest head (d and dv) the kernels take.
+pub(crate) const MAX_HEAD_DIM: usize = ATT_MAX_D;
 
 /// The saved tensors a backward reads, as kernel inputs.
 struct Saved {
@@ -106,17 +89,21 @@ fn args(op: &'static str, n: &AttentionDims) -> Result<Args> {
     })
 }
 
-/// One block of [`THREADS`] per (b, h, tile of `rows` of a sequence of `len`).
+/// One block of `threads` per (b, h, tile of `rows` of a sequence of `len`).
 fn tiled(
     op: &'static str,
     n: &AttentionDims,
-    len: usize,
-    rows: usize,
+    (len, rows): (usize, usize),
+    threads: usize,
     smem: usize,
 ) -> Result<LaunchCfg> {
     let blocks = int(op, "q", n.batch * n.heads * len.div_ceil(rows))?;
     let smem = u32::try_from(smem).unwrap_or(u32::MAX); // an oversized request fails the launch check
-    Ok(LaunchCfg::new((blocks as u32, 1, 1), (THREADS, 1, 1), smem))
+    Ok(LaunchCfg::new(
+        (blocks as u32, 1, 1),
+        (threads as u32, 1, 1),
+        smem,
+    ))
 }
 
 impl AttentionOps for CudaBackend {
@@ -154,7 +141,13 @@ impl AttentionOps for CudaBackend {
             fast::forward(self, dm, &n, &a, [qi, ki, vi], (oo, lo))?;
             return Ok((o, lse));
         }
-        let cfg = tiled(OP, &n, n.q_len, BQ, fwd_smem(n.head_dim, n.v_head_dim))?;
+        let cfg = tiled(
+            OP,
+            &n,
+            (n.q_len, ATT_BQ),
+            ATT_THREADS,
+            att_fwd_smem(n.head_dim, n.v_head_dim),
+        )?;
         let f = by_dtype!(dt, OP, attention_fwd_f32, attention_fwd_f16);
         f(
             self.device(),
@@ -242,7 +235,13 @@ impl AttentionOps for CudaBackend {
             let f = by_dtype!(dt, OP, attention_bwd_dq_f32, attention_bwd_dq_f16);
             f(
                 self.device(),
-                tiled(OP, &n, n.q_len, BQ, dq_smem(n.head_dim, n.v_head_dim))?,
+                tiled(
+                    OP,
+                    &n,
+                    (n.q_len, ATT_BQ),
+                    ATT_THREADS,
+                    att_dq_smem(n.head_dim, n.v_head_dim),
+                )?,
                 qi,
                 ki,
                 vi,
@@ -264,7 +263,13 @@ impl AttentionOps for CudaBackend {
             let f = by_dtype!(dt, OP, attention_bwd_dkv_f32, attention_bwd_dkv_f16);
             f(
                 self.device(),
-                tiled(OP, &n, n.kv_len, KB, dkv_smem(n.head_dim, n.v_head_dim))?,
+                tiled(
+                    OP,
+                    &n,
+                    (n.kv_len, ATT_KB),
+                    ATT_THREADS,
+                    att_dkv_smem(n.head_dim, n.v_head_dim),
+                )?,
                 qi,
                 ki,
                 vi,

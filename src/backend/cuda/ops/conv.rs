@@ -9,6 +9,7 @@
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::{CONV_BM, CONV_BN, CONV_THREADS};
 use super::{alloc, by_dtype, float_dtype, input, int, output};
 use crate::backend::check::conv::ConvDims;
 use crate::backend::{check, Adapter, Conv2d, ConvOps};
@@ -28,12 +29,6 @@ kernels! {
     fn conv2d_dgrad_f16(dy: In, w: In, dx: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
         k: i32, ho: i32, wo: i32, s: i32, pad: i32);
 }
-
-/// Output tile of one block: channels x pixels (CONV_BM, CONV_BN in conv.cu).
-const TILE_M: usize = 64;
-const TILE_P: usize = 64;
-/// Threads per block (CONV_THREADS in conv.cu).
-const THREADS: u32 = 256;
 
 /// The sizes as the kernels take them, each checked to fit an i32, along with the element
 /// counts of x, w and y (the kernels index within an image and a weight with i32 parts).
@@ -70,9 +65,9 @@ fn sizes(op: &'static str, d: &ConvDims, w_numel: usize) -> Result<Sizes> {
 
 /// Grid over (output pixels N·plane in tiles of 64, output channels m in tiles of 64).
 fn grid(pixels: usize, m: usize) -> LaunchCfg {
-    let gx = pixels.div_ceil(TILE_P).clamp(1, u32::MAX as usize) as u32;
-    let gy = m.div_ceil(TILE_M).clamp(1, u32::MAX as usize) as u32;
-    LaunchCfg::new((gx, gy, 1), (THREADS, 1, 1), 0)
+    let gx = pixels.div_ceil(CONV_BN).clamp(1, u32::MAX as usize) as u32;
+    let gy = m.div_ceil(CONV_BM).clamp(1, u32::MAX as usize) as u32;
+    LaunchCfg::new((gx, gy, 1), (CONV_THREADS as u32, 1, 1), 0)
 }
 
 impl ConvOps for CudaBackend {

@@ -3,6 +3,7 @@
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::MSE_CHUNK;
 use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::{check, DiffusionOps, Tensors, TimestepEmbedding};
 use crate::error::Result;
@@ -19,9 +20,6 @@ kernels! {
     fn mse_f32(pred: In, target: In, coef: In, grad: Out, partial: Out, per: i32);
     fn mse_f16(pred: In, target: In, coef: In, grad: Out, partial: Out, per: i32);
 }
-
-/// Elements of one sample reduced by one block of the loss kernel (MSE_CHUNK in the .cu).
-const MSE_CHUNK: usize = 4096;
 
 /// Host scalars as a small f32 device vector.
 fn floats(be: &CudaBackend, v: &[f64]) -> Result<Tensor> {

@@ -3,6 +3,7 @@
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::{TR_ROWS, TR_TILE};
 use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::check::layout::ConcatDims;
 use crate::backend::{check, LayoutOps, Pad2d};
@@ -26,10 +27,6 @@ kernels! {
     fn embedding_f32(table: In, ids: In, y: Out, c: i32, n: i32);
     fn embedding_f16(table: In, ids: In, y: Out, c: i32, n: i32);
 }
-
-/// The transpose tile (TR_TILE) and its block of 32 x 8 threads (TR_ROWS) in layout.cu.
-const TR_TILE: usize = 32;
-const TR_ROWS: u32 = 8;
 
 impl LayoutOps for CudaBackend {
     fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
@@ -239,7 +236,7 @@ fn transpose(
             1,
             n.min(u32::MAX as usize) as u32,
         ),
-        (TR_TILE as u32, TR_ROWS, 1),
+        (TR_TILE as u32, TR_ROWS as u32, 1),
         0,
     );
     let f = by_dtype!(d, op, transpose_f32, transpose_f16);

@@ -21,6 +21,7 @@
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::{GEMM_BK, GEMM_BM, GEMM_BN, GEMM_THREADS};
 use super::{alloc, float_dtype, input, int, output, BLOCK};
 use crate::backend::{check, Accum, Adapter, AdapterBackward, LinearOps, LinearOut, LoraBackward};
 use crate::error::{Error, Result};
@@ -44,12 +45,6 @@ kernels! {
         alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
     fn splitk_sum_f32(partial: In, c: Out, n: i32, splits: i32, beta: f32);
 }
-
-/// The kernels' tile: rows and columns of C per block, the k-step, threads per block.
-const TILE_M: usize = 64;
-const TILE_N: usize = 64;
-const TILE_K: usize = 16;
-const GEMM_THREADS: u32 = 64;
 
 /// A null device pointer (an absent bias, mask, second product or split workspace).
 const NULL_IN: In = In(0);
@@ -168,10 +163,10 @@ impl Gemm {
             return Ok(());
         }
         let f = kernel_for(op, self.a.dtype, self.b.dtype, DType::F32)?;
-        let tiles = self.m.div_ceil(TILE_M) * self.n.div_ceil(TILE_N);
+        let tiles = self.m.div_ceil(GEMM_BM) * self.n.div_ceil(GEMM_BN);
         // Aim at about 1024 blocks, splits of at least 64 rows (4 k-steps), at most 64 splits.
         let want = (1024 / tiles).clamp(1, 64);
-        let chunk = self.k.div_ceil(want).next_multiple_of(TILE_K).max(64);
+        let chunk = self.k.div_ceil(want).next_multiple_of(GEMM_BK).max(64);
         let splits = self.k.div_ceil(chunk).max(1);
         if splits == 1 {
             return self.run(be, op, c, DType::F32);
@@ -215,13 +210,13 @@ impl Gemm {
             }
         };
         let grid = (
-            self.m.div_ceil(TILE_M) as u32,
-            self.n.div_ceil(TILE_N) as u32,
+            self.m.div_ceil(GEMM_BM) as u32,
+            self.n.div_ceil(GEMM_BN) as u32,
             splits as u32,
         );
         f(
             be.device(),
-            LaunchCfg::new(grid, (GEMM_THREADS, 1, 1), 0),
+            LaunchCfg::new(grid, (GEMM_THREADS as u32, 1, 1), 0),
             m,
             n,
             self.a.ptr,
@@ -259,10 +254,8 @@ impl LinearOps for CudaBackend {
         adapter: Option<Adapter<'_>>,
     ) -> Result<LinearOut> {
         const OP: &str = "linear";
-        let lora = match adapter {
-            None => None,
-            Some(Adapter::Lora(l)) => Some(l),
-        };
+        // The one adapter kind so far (a new kind of `Adapter` stops the build here).
+        let lora = adapter.map(|Adapter::Lora(l)| l);
         let d = check::linear::forward(x, w, bias, lora.as_ref())?;
         let (rows, inf, outf, r) = (d.rows, d.in_features, d.out_features, d.rank);
         let xi = input(self, OP, "x", x)?;
@@ -381,10 +374,8 @@ impl LinearOps for CudaBackend {
         want_dx: bool,
     ) -> Result<Option<Tensor>> {
         const OP: &str = "linear_backward";
-        let mut lora = match adapter {
-            None => None,
-            Some(AdapterBackward::Lora(l)) => Some(l),
-        };
+        // The one adapter kind so far (a new kind of `AdapterBackward` stops the build here).
+        let mut lora = adapter.map(|AdapterBackward::Lora(l)| l);
         let d = check::linear::backward(
             dy,
             w,

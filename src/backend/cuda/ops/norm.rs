@@ -13,6 +13,7 @@ mod fast;
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::NORM_MAX_THREADS;
 use super::{alloc, by_dtype, float_dtype, input, int, output};
 use crate::backend::{check, NormOps, NormStats};
 use crate::error::Result;
@@ -46,7 +47,10 @@ impl Layout {
     /// One thread block per normalized block; about 8 elements per thread, 32..=1024 threads.
     fn cfg(&self) -> LaunchCfg {
         let m = self.cpg * self.inner;
-        let threads = m.div_ceil(8).next_multiple_of(32).clamp(32, 1024) as u32;
+        let threads = m
+            .div_ceil(8)
+            .next_multiple_of(32)
+            .clamp(32, NORM_MAX_THREADS) as u32;
         LaunchCfg::new((self.blocks as u32, 1, 1), (threads, 1, 1), 0)
     }
 

@@ -2,6 +2,7 @@
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::SQ_CHUNK;
 use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::{check, AdamW, OptimOps};
 use crate::error::Result;
@@ -14,9 +15,6 @@ kernels! {
     fn adamw_f32(p: Out, grad: In, m: Out, v: Out, b1: f32, b2: f32, c1: f32, c2: f32, eps: f32,
         decay: f32, step: f32, rbc2: f32, gs: f32, n: i32);
 }
-
-/// Elements per block of sum_squares (SQ_CHUNK in the .cu).
-const SQ_CHUNK: usize = 8192;
 
 impl OptimOps for CudaBackend {
     fn sum_squares(&self, x: &Tensor) -> Result<f64> {

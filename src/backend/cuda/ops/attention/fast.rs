@@ -9,8 +9,9 @@
 
 use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::super::tiles::{af_dkv_smem, af_dq_smem, af_fwd_smem, AF_ROWS, AF_THREADS};
 use super::super::{input, int, output};
-use super::{tiled, Args, Saved, THREADS};
+use super::{tiled, Args, Saved};
 use crate::backend::check::attention::AttentionDims;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -40,9 +41,6 @@ kernels! {
 
 /// The widest head (d and dv) the fast kernels take (their largest bucket).
 pub(crate) const FAST_MAX_HEAD_DIM: usize = 160;
-/// Rows of the tile each fast block owns (4 warps x 16): AF_ROWS in attention_fast.cu.
-const FAST_ROWS: usize = 64;
-
 /// The fast kernels' head bucket DM (a multiple of 16 >= d, dv: their register arrays and
 /// smem rows), or None when the shape stays on the simple kernels (see the module doc).
 pub(super) fn bucket(be: &CudaBackend, n: &AttentionDims) -> Option<usize> {
@@ -51,28 +49,6 @@ pub(super) fn bucket(be: &CudaBackend, n: &AttentionDims) -> Option<usize> {
         return None;
     }
     [64, 96, FAST_MAX_HEAD_DIM].into_iter().find(|&dm| w <= dm)
-}
-
-/// (KT, QT, DS) of bucket DM: key tile of fwd/dQ, query tile of dK/dV, smem row stride in
-/// halves (AfTiles in attention_fast.cu).
-fn fast_tiles(dm: usize) -> (usize, usize, usize) {
-    if dm > 96 {
-        (32, 16, dm + 8)
-    } else {
-        (64, 32, dm + 8)
-    }
-}
-fn fast_fwd_smem(dm: usize) -> usize {
-    let (kt, _, ds) = fast_tiles(dm);
-    2 * (FAST_ROWS * ds + 4 * kt * ds)
-}
-fn fast_dq_smem(dm: usize) -> usize {
-    let (kt, _, ds) = fast_tiles(dm);
-    2 * (2 * FAST_ROWS * ds + 4 * kt * ds)
-}
-fn fast_dkv_smem(dm: usize) -> usize {
-    let (_, qt, ds) = fast_tiles(dm);
-    2 * (2 * FAST_ROWS * ds + 4 * qt * ds) + 4 * 4 * qt
 }
 
 /// O and lse of the forward in bucket `dm` (`n` has at least one query row).
@@ -92,7 +68,7 @@ pub(super) fn forward(
     };
     f(
         be.device(),
-        tiled(OP, n, n.q_len, FAST_ROWS, fast_fwd_smem(dm))?,
+        tiled(OP, n, (n.q_len, AF_ROWS), AF_THREADS, af_fwd_smem(dm))?,
         q,
         k,
         v,
@@ -121,12 +97,12 @@ pub(super) fn backward(
     const OP: &str = "attention_backward";
     let rows = n.batch * n.heads * n.q_len;
     if rows > 0 {
-        let warps = (THREADS / 32) as usize;
+        let warps = AF_THREADS / 32;
         attention_fast_dot(
             be.device(),
             LaunchCfg::new(
                 (int(OP, "q", rows.div_ceil(warps))? as u32, 1, 1),
-                (THREADS, 1, 1),
+                (AF_THREADS as u32, 1, 1),
                 0,
             ),
             s.o,
@@ -148,7 +124,7 @@ pub(super) fn backward(
         };
         f(
             be.device(),
-            tiled(OP, n, n.kv_len, FAST_ROWS, fast_dkv_smem(dm))?,
+            tiled(OP, n, (n.kv_len, AF_ROWS), AF_THREADS, af_dkv_smem(dm))?,
             s.q,
             s.k,
             s.v,
@@ -174,7 +150,7 @@ pub(super) fn backward(
         };
         f(
             be.device(),
-            tiled(OP, n, n.q_len, FAST_ROWS, fast_dq_smem(dm))?,
+            tiled(OP, n, (n.q_len, AF_ROWS), AF_THREADS, af_dq_smem(dm))?,
             s.q,
             s.k,
             s.v,
