@@ -31,7 +31,7 @@
 //   fwd: Q [16][d] + K [32][d|1] + V [32][dv] + S [16][33] + 3·16
 //   dq:  Q [16][d] + dO [16][dv] + K [32][d|1] + V [32][dv|1] + dS [16][33] + 2·16
 //   dkv: K [16][d] + V [16][dv] + Q [32][d|1] + dO [32][dv|1] + P, dS [16][33] + 2·32
-// (src/backend/cuda/ops/attention.rs computes the same sizes.)
+// (In bytes: ATT_FWD_SMEM, ATT_DQ_SMEM, ATT_DKV_SMEM in tiles.h, which the launcher uses.)
 #include "common.cuh"
 
 // `#pragma unroll` for nvcc only (the host compiler of the emulator warns on it).

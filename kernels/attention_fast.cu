@@ -40,7 +40,7 @@
 //   fwd: Q [64][DS] + 2 x (K, V [KT][DS])
 //   dq:  Q, dO [64][DS] + 2 x (K, V [KT][DS])
 //   dkv: K, V [64][DS] + 2 x (Q, dO [QT][DS]) + 2 x (lse, D [QT] f32)
-// (src/backend/cuda/ops/attention.rs computes the same sizes.)
+// (In bytes: AF_FWD_SMEM, AF_DQ_SMEM, AF_DKV_SMEM in tiles.h, which the launcher uses.)
 #include "common.cuh"
 
 #ifdef __CUDACC__
