@@ -6,9 +6,10 @@
 
 use std::time::Instant;
 
-use lorafuse::backend::{Conv2d, Lora};
+use lorafuse::backend::prelude::*;
+use lorafuse::backend::{Adapter, Conv2d, Lora};
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Tensor};
+use lorafuse::{CpuBackend, DType, Tensor};
 
 struct Row {
     name: String,
@@ -81,7 +82,8 @@ fn main() {
             dropout: None,
         };
         let ms = time(reps, || {
-            be.linear(&x, &w, None, Some(lora)).expect("linear");
+            be.linear(&x, &w, None, Some(Adapter::Lora(lora)))
+                .expect("linear");
         });
         let flop = 2.0 * (m * k * n + m * k * r + m * r * n) as f64;
         rows.push(Row {
@@ -108,7 +110,7 @@ fn main() {
         let ho = p.out_size(h, 3).expect("kernel fits");
         let flop = 2.0 * (o * c * 9 * ho * ho) as f64;
         let ms = time(reps, || {
-            be.conv2d(&x, &w, None, p).expect("conv2d");
+            be.conv2d(&x, &w, None, p, None).expect("conv2d");
         });
         rows.push(Row {
             name: format!("conv3x3 {what}"),
@@ -117,7 +119,7 @@ fn main() {
             median_ms: ms,
         });
         if stride == 1 && c == o && h <= 32 {
-            let dy = be.conv2d(&x, &w, None, p).expect("conv2d");
+            let dy = be.conv2d(&x, &w, None, p, None).expect("conv2d");
             let ms = time(reps, || {
                 be.conv2d_input_grad(&dy, &w, (h, h), p)
                     .expect("conv2d_input_grad");

@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use lorafuse::backend::cuda::{CudaBackend, Device, KernelChoice};
-use lorafuse::backend::{Activation, Attention, Conv2d, Lora};
+use lorafuse::backend::{Activation, Adapter, Attention, Conv2d, Lora};
 use lorafuse::rng::Rng;
 use lorafuse::{Backend, DType, Tensor};
 
@@ -109,7 +109,7 @@ fn main() {
         let p = Conv2d { stride, padding: 1 };
         let ho = hw / stride;
         let (fast_ms, simple_ms) = time(&mut |be| {
-            be.conv2d(&x, &w, None, p).expect("conv");
+            be.conv2d(&x, &w, None, p, None).expect("conv");
         });
         let flop = 2.0 * (o * ho * ho * c * 9) as f64;
         rows.push(Row {

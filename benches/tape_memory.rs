@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use lorafuse::backend::cpu::output_bytes;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Accum;
 use lorafuse::lora::{LoraSet, LoraTargets};
 use lorafuse::model::config::UnetConfig;
@@ -15,7 +16,7 @@ use lorafuse::model::layers::Ctx;
 use lorafuse::model::unet::Unet;
 use lorafuse::model::weights::RandomWeights;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Tensor};
+use lorafuse::{CpuBackend, DType, Tensor};
 
 fn gib(b: u64) -> f64 {
     b as f64 / (1u64 << 30) as f64

@@ -31,7 +31,7 @@
 //   fwd: Q [16][d] + K [32][d|1] + V [32][dv] + S [16][33] + 3·16
 //   dq:  Q [16][d] + dO [16][dv] + K [32][d|1] + V [32][dv|1] + dS [16][33] + 2·16
 //   dkv: K [16][d] + V [16][dv] + Q [32][d|1] + dO [32][dv|1] + P, dS [16][33] + 2·32
-// (src/backend/cuda/ops/attention.rs computes the same sizes.)
+// (In bytes: ATT_FWD_SMEM, ATT_DQ_SMEM, ATT_DKV_SMEM in tiles.h, which the launcher uses.)
 #include "common.cuh"
 
 // `#pragma unroll` for nvcc only (the host compiler of the emulator warns on it).
@@ -41,14 +41,7 @@
 #define ATT_UNROLL
 #endif
 
-#define ATT_THREADS 128
-#define ATT_MAX_D 256
-// Forward and dQ: query rows per block, key rows per tile.
-#define ATT_BQ 16
-#define ATT_BK 32
-// dK/dV: key rows per block, query rows per tile.
-#define ATT_KB 16
-#define ATT_QT 32
+// Tiles and the shared memory of each kernel: ATT_* in tiles.h.
 // Accumulator columns per thread: 8 threads share a row, column c = t % 8 + 8u.
 #define ATT_COLS (ATT_MAX_D / 8)
 

@@ -40,7 +40,7 @@
 //   fwd: Q [64][DS] + 2 x (K, V [KT][DS])
 //   dq:  Q, dO [64][DS] + 2 x (K, V [KT][DS])
 //   dkv: K, V [64][DS] + 2 x (Q, dO [QT][DS]) + 2 x (lse, D [QT] f32)
-// (src/backend/cuda/ops/attention.rs computes the same sizes.)
+// (In bytes: AF_FWD_SMEM, AF_DQ_SMEM, AF_DKV_SMEM in tiles.h, which the launcher uses.)
 #include "common.cuh"
 
 #ifdef __CUDACC__
@@ -49,18 +49,16 @@
 #define AF_UNROLL
 #endif
 
-#define AF_THREADS 128
-// Rows per block of the tile a block owns (4 warps x 16).
-#define AF_ROWS 64
+// AF_THREADS, AF_ROWS, the tiles and shared memory per bucket: tiles.h.
 #define AF_LOG2E 1.4426950408889634f
 #define AF_LN2 0.6931471805599453f
 
 // Key tile of the forward and dQ, query tile of dK/dV, per head bucket (register budget).
 template <int DM>
 struct AfTiles {
-    static constexpr int KT = DM > 96 ? 32 : 64;
-    static constexpr int QT = DM > 96 ? 16 : 32;
-    static constexpr int DS = DM + 8;
+    static constexpr int KT = AF_KT(DM);
+    static constexpr int QT = AF_QT(DM);
+    static constexpr int DS = AF_DS(DM);
 };
 
 // Row i of head h of batch b in a [B, L, H·w] tensor.

@@ -13,7 +13,7 @@
 //   Writes o and lse with =, each element once.
 #include "common.cuh"
 
-#define WIDE_THREADS 256
+// WIDE_THREADS, WIDE_SMEM in tiles.h.
 
 template <typename T>
 __device__ void attention_wide_fwd_impl(const T* q, const T* k, const T* v, T* o, float* lse,

@@ -11,6 +11,9 @@
 #include "emu/emu.h"
 #endif
 
+// Tile sizes and shared-memory sizes, shared with the Rust launchers.
+#include "tiles.h"
+
 // An entry point: unmangled, so the Rust launchers find it by name on both sides.
 #define KERNEL extern "C" __global__
 

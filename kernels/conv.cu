@@ -23,10 +23,7 @@
 // tiles. Every output element of the tile inside [M) x [N·pixels) is written once.
 #include "common.cuh"
 
-#define CONV_BM 64
-#define CONV_BN 64
-#define CONV_BK 32
-#define CONV_THREADS 256
+// Tiles: CONV_* in tiles.h.
 
 template <typename T, bool GRAD>
 __device__ void conv_impl(const T* src, const T* w, const T* bias, T* out, int has_bias, int n,

@@ -58,12 +58,10 @@
 #define FC_UNROLL
 #endif
 
-#define FC_BM 128
-#define FC_BN 64
+// FC_BM, FC_BN, FC_THREADS in tiles.h.
 #define FC_BK 32
 #define FC_LDA (FC_BM + 8)
 #define FC_LDB (FC_BK + 8)
-#define FC_THREADS 256
 // Gathered A elements staged per thread per chunk: 128 x 32 / 256.
 #define FC_A_PER (FC_BM * FC_BK / FC_THREADS)
 // Weight elements per thread per chunk (64 x 32 / 256 = 8 = one 16-byte copy).

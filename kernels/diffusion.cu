@@ -77,7 +77,7 @@ KERNEL void gaussian_sample_f16(const __half* mean, const __half* logvar, const 
     gaussian_sample_impl(mean, logvar, noise, y, scale, n);
 }
 
-#define MSE_CHUNK 4096
+// MSE_CHUNK in tiles.h.
 
 template <typename T>
 __device__ void mse_impl(const T* pred, const T* target, const float* coef, T* grad,

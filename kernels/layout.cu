@@ -118,8 +118,7 @@ KERNEL void pad2d_f16(const __half* x, __half* y, int h, int w, int top, int lef
     pad2d_impl(x, y, h, w, top, left, ho, wo, n);
 }
 
-#define TR_TILE 32
-#define TR_ROWS 8
+// TR_TILE, TR_ROWS in tiles.h.
 
 template <typename T>
 __device__ void transpose_impl(const T* x, T* y, int rows, int cols) {

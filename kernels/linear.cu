@@ -29,13 +29,7 @@
 // Without split-K pass partial = null and kchunk >= K.
 #include "common.cuh"
 
-#define GEMM_BM 64
-#define GEMM_BN 64
-#define GEMM_BK 16
-#define GEMM_TM 8                        // each thread: a GEMM_TM x GEMM_TM micro-tile of C
-#define GEMM_TX (GEMM_BN / GEMM_TM)      // threads across a tile's columns
-#define GEMM_TY (GEMM_BM / GEMM_TM)      // threads across its rows
-#define GEMM_THREADS (GEMM_TX * GEMM_TY) // 64
+// Tiles: GEMM_* in tiles.h.
 
 // nvcc unrolls what it is told to; the host compiler of the emulator does without.
 #ifdef __CUDACC__

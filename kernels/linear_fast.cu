@@ -32,7 +32,7 @@
 // product's time (~1x at R = 8, BN = 128) unless it overlaps with the mmas. The known next
 // step is to run x·Lᵀ on the tensor cores too (L split into f16 hi + scaled lo parts, two
 // mma accumulators, ~2R/BN extra mma work); not done yet.
-// Dynamic shared memory (bytes, see lf_region0_bytes and the host's Tile::smem):
+// Dynamic shared memory (bytes, LF_REGION0_BYTES and LF_SMEM_BYTES in tiles.h):
 //   region 0: STAGES x [A tile BM x (BK+8) halves | B tile (nk: BN x (BK+8), kn: BK x (BN+8))]
 //             then STAGES x L tile R4 x (BK+4) floats (R4: R rounded up to 4, rows past R
 //             are 0); after the main loop it holds scale·U as R x BN floats (region 0 = the
@@ -52,10 +52,8 @@
 // 4-byte, zero-filled tails). Requires ldd and N multiples of 8 and d 16-byte aligned.
 #include "common.cuh"
 
-#define LF_BK 32
-#define LF_STAGES 3
-#define LF_APAD 8  // halves of padding per A / nk-B row
-#define LF_LDL (LF_BK + 4)  // floats per L row: 16-byte rows, float4 reads conflict-free
+// Tiles and shared memory: LF_* and LG_* in tiles.h (LF_LDL: 16-byte L rows, float4 reads
+// conflict-free).
 
 #ifdef __CUDACC__
 #define LF_UNROLL _Pragma("unroll")
@@ -95,17 +93,6 @@ __device__ __forceinline__ float lf_half_bits_f32(uint32_t w) {
 #endif
 }
 
-__host__ __device__ constexpr int lf_a_halves(int bm) { return bm * (LF_BK + LF_APAD); }
-__host__ __device__ constexpr int lf_b_halves(int bn, bool kn) {
-    return kn ? LF_BK * (bn + 8) : bn * (LF_BK + LF_APAD);
-}
-// Byte offsets of the regions (the host computes the same sizes in ops/linear.rs).
-__device__ __forceinline__ int lf_region0_bytes(int bm, int bn, bool kn, int R) {
-    int pipe = LF_STAGES * (lf_a_halves(bm) + lf_b_halves(bn, kn)) * 2;
-    int ring = pipe + LF_STAGES * ((R + 3) & ~3) * LF_LDL * 4;
-    int ustage = R * bn * 4;
-    return ring > ustage ? ring : ustage;
-}
 
 template <int BM, int BN, int WM, int WN, bool KN>
 __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __half* b, int ldb,
@@ -113,11 +100,11 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
                         int R, float scale, const __half* mask, float* hidden,
                         const __half* bias, __half* c, float beta) {
     constexpr int WARPS_N = BN / WN;
-    constexpr int THREADS = (BM / WM) * WARPS_N * 32;
+    constexpr int THREADS = LF_THREADS(BM, BN, WM, WN);
     constexpr int MT = WM / 16, NT = WN / 8;
     constexpr int LDA = LF_BK + LF_APAD;
     constexpr int LDB = KN ? BN + 8 : LF_BK + LF_APAD;
-    constexpr int A_H = lf_a_halves(BM), B_H = lf_b_halves(BN, KN);
+    constexpr int A_H = LF_A_HALVES(BM), B_H = LF_B_HALVES(BN, KN);
     static_assert(NT % 2 == 0, "B fragments are loaded two n-tiles at a time");
 
     DYN_SHARED(unsigned char, smem);
@@ -126,7 +113,7 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
     float* us = reinterpret_cast<float*>(smem);  // after the main loop
     const int LDH = R | 1;
     const int R4 = (R + 3) & ~3, RQ = R4 / 4;  // L rows (ranks padded to 4), rank quads
-    float* hs = reinterpret_cast<float*>(smem + lf_region0_bytes(BM, BN, KN, R));
+    float* hs = reinterpret_cast<float*>(smem + LF_REGION0_BYTES(BM, BN, KN, R));
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WARPS_N, wn = warp % WARPS_N;
@@ -340,7 +327,7 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
 }
 
 #define LF_ENTRY(name, BM, BN, WM, WN, KN)                                                  \
-    KERNEL void __launch_bounds__((BM / WM) * (BN / WN) * 32, 1)                            \
+    KERNEL void __launch_bounds__(LF_THREADS(BM, BN, WM, WN), 1)                            \
         name(int M, int N, int K, const __half* a, int lda, const __half* b, int ldb,       \
              const float* l, int l_sj, int l_sk, const float* u, int u_sj, int u_sn, int R, \
              float scale, const __half* mask, float* hidden, const __half* bias, __half* c, \
@@ -349,17 +336,12 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
                                     R, scale, mask, hidden, bias, c, beta);                 \
     }
 
-LF_ENTRY(linear_fast_128x128_nk, 128, 128, 64, 32, false)
-LF_ENTRY(linear_fast_128x64_nk, 128, 64, 64, 32, false)
-LF_ENTRY(linear_fast_64x64_nk, 64, 64, 32, 32, false)
-LF_ENTRY(linear_fast_128x128_kn, 128, 128, 64, 32, true)
-LF_ENTRY(linear_fast_128x64_kn, 128, 64, 64, 32, true)
-LF_ENTRY(linear_fast_64x64_kn, 64, 64, 32, 32, true)
-
-#define LG_BN 64
-#define LG_BR 16
-#define LG_BM 32
-#define LG_THREADS 256
+LF_ENTRY(linear_fast_128x128_nk, LF_L_BM, LF_L_BN, LF_L_WM, LF_L_WN, false)
+LF_ENTRY(linear_fast_128x64_nk, LF_M_BM, LF_M_BN, LF_M_WM, LF_M_WN, false)
+LF_ENTRY(linear_fast_64x64_nk, LF_S_BM, LF_S_BN, LF_S_WM, LF_S_WN, false)
+LF_ENTRY(linear_fast_128x128_kn, LF_L_BM, LF_L_BN, LF_L_WM, LF_L_WN, true)
+LF_ENTRY(linear_fast_128x64_kn, LF_M_BM, LF_M_BN, LF_M_WM, LF_M_WN, true)
+LF_ENTRY(linear_fast_64x64_kn, LF_S_BM, LF_S_BN, LF_S_WM, LF_S_WN, true)
 
 KERNEL void __launch_bounds__(LG_THREADS)
     linear_fast_lora_grad(int M, int N, const __half* d, int ldd, const float* h, int R,

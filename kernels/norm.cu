@@ -24,7 +24,7 @@
 //   pass 2: dx = rstd·(dx̂ - s1/m - x̂·s2/m)   (dx̂ recomputed from x, not stored)
 #include "common.cuh"
 
-#define NORM_MAX_THREADS 1024
+// NORM_MAX_THREADS in tiles.h.
 
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.0f / (1.0f + expf(-v)); }
 

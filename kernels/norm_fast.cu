@@ -54,9 +54,8 @@
 #define NF_UNROLL
 #endif
 
-#define GN_THREADS 128
+// GN_THREADS, LN_ROWS in tiles.h.
 #define GN_WARPS (GN_THREADS / 32)
-#define LN_ROWS 4
 
 // ---- f16 vectors: 8 halves in one uint4 ----
 

@@ -12,7 +12,7 @@
 //                  Reads grad, reads and writes p, m, v in place.
 #include "common.cuh"
 
-#define SQ_CHUNK 8192
+// SQ_CHUNK in tiles.h.
 
 __device__ __forceinline__ double warp_sum_f64(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

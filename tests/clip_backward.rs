@@ -9,15 +9,16 @@ mod common;
 use common::assert_gradients_match;
 use std::path::{Path, PathBuf};
 
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Accum;
-use lorafuse::lora::{LoraGrads, LoraSet, TargetLayer};
+use lorafuse::lora::{LayerKind, LayerRole, LoraGrads, LoraSet, TargetLayer};
 use lorafuse::model::checkpoint::load_sd15;
 use lorafuse::model::clip::ClipTextModel;
 use lorafuse::model::config::{ClipTextConfig, HiddenAct};
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::weights::RandomWeights;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Tensor};
+use lorafuse::{CpuBackend, DType, Tensor};
 
 const BOS: u32 = 510;
 const EOS: u32 = 511;
@@ -425,8 +426,12 @@ fn check_targets(te: &ClipTextModel) -> Vec<TargetLayer> {
                     name: format!("{p}{name}"),
                     in_features: in_f,
                     out_features: out_f,
-                    is_conv: false,
-                    is_attention: attn,
+                    kind: LayerKind::Linear,
+                    role: if attn {
+                        LayerRole::Attention
+                    } else {
+                        LayerRole::FeedForward
+                    },
                 }
             );
         }
@@ -450,6 +455,9 @@ fn te_targets_are_six_per_layer_in_forward_order() {
     let te = ClipTextModel::load(&cfg, &RandomWeights { seed: 1 }, &be, "text_encoder").unwrap();
     let t = check_targets(&te);
     assert_eq!(t.len(), 72);
-    assert_eq!(t.iter().filter(|t| t.is_attention).count(), 48);
+    assert_eq!(
+        t.iter().filter(|t| t.role == LayerRole::Attention).count(),
+        48
+    );
     assert_eq!(t[71].name, "lora_te_text_model_encoder_layers_11_mlp_fc2");
 }

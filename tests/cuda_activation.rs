@@ -7,9 +7,10 @@
 mod common;
 
 use common::cuda::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Activation;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType, Error, Tensor};
+use lorafuse::{DType, Error, Tensor};
 
 const ACTS: [Activation; 3] = [Activation::Silu, Activation::Gelu, Activation::QuickGelu];
 

@@ -10,9 +10,10 @@ mod common;
 
 use common::cuda::*;
 use lorafuse::backend::cuda::{CudaBackend, KernelChoice};
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Attention;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType, Error, Tensor};
+use lorafuse::{DType, Error, Tensor};
 
 /// q [b, lq, h·d], k [b, lk, h·d], v [b, lk, h·dv].
 #[derive(Clone, Copy, Debug)]

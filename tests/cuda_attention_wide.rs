@@ -6,9 +6,10 @@
 mod common;
 
 use common::cuda::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Attention;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType};
+use lorafuse::DType;
 
 #[test]
 fn wide_heads_match_the_cpu() {

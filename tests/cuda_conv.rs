@@ -8,9 +8,10 @@ mod common;
 
 use common::cuda::*;
 use lorafuse::backend::cuda::{CudaBackend, KernelChoice};
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Conv2d;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType, Error, Tensor};
+use lorafuse::{DType, Error, Tensor};
 
 /// One convolution: x [n, c, h, w], w [o, c, k, k], stride, padding.
 #[derive(Clone, Copy, Debug)]
@@ -117,10 +118,10 @@ fn check_forward(e: &Engine, rng: &mut Rng, c: &Case, dtype: DType, bias: bool) 
     let (wc, wd) = weights(&e.be, rng, c, dtype);
     let (bc, bd) = random_pair(&e.be, rng, &[c.o], dtype);
     let want = cpu()
-        .conv2d(&xc, &wc, bias.then_some(&bc), c.conv())
+        .conv2d(&xc, &wc, bias.then_some(&bc), c.conv(), None)
         .unwrap();
     let got =
-        e.be.conv2d(&xd, &wd, bias.then_some(&bd), c.conv())
+        e.be.conv2d(&xd, &wd, bias.then_some(&bd), c.conv(), None)
             .unwrap();
     assert_eq!(got.dtype(), dtype);
     let what = format!("conv2d {c:?} bias {bias} {dtype:?} gpu {}", e.gpu);
@@ -243,14 +244,14 @@ fn errors() {
         // the padded input.
         let err = same_error(
             "channels",
-            cpu.conv2d(&xc, &w5c, None, p),
-            be.conv2d(&xd, &w5d, None, p),
+            cpu.conv2d(&xc, &w5c, None, p, None),
+            be.conv2d(&xd, &w5d, None, p, None),
         );
         assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
         let err = same_error(
             "bias",
-            cpu.conv2d(&xc, &wc, Some(&bc), p),
-            be.conv2d(&xd, &wd, Some(&bd), p),
+            cpu.conv2d(&xc, &wc, Some(&bc), p, None),
+            be.conv2d(&xd, &wd, Some(&bd), p, None),
         );
         assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
         let (sc, sd) = random_pair(be, &mut rng, &[1, 3, 1, 1], DType::F32);
@@ -260,8 +261,8 @@ fn errors() {
         };
         let err = same_error(
             "too small",
-            cpu.conv2d(&sc, &wc, None, p0),
-            be.conv2d(&sd, &wd, None, p0),
+            cpu.conv2d(&sc, &wc, None, p0, None),
+            be.conv2d(&sd, &wd, None, p0, None),
         );
         assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
         // dy of the wrong spatial size for the given input size.
@@ -273,12 +274,12 @@ fn errors() {
         );
         assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
         // A CPU tensor given to the CUDA backend.
-        let err = be.conv2d(&xc, &wd, None, p).unwrap_err();
+        let err = be.conv2d(&xc, &wd, None, p, None).unwrap_err();
         assert!(matches!(err, Error::Device { .. }), "{err}");
-        let err = be.conv2d(&xd, &wd, Some(&bc), p);
+        let err = be.conv2d(&xd, &wd, Some(&bc), p, None);
         assert!(err.is_err());
         let (b4c, _) = random_pair(be, &mut rng, &[4], DType::F32);
-        let err = be.conv2d(&xd, &wd, Some(&b4c), p).unwrap_err();
+        let err = be.conv2d(&xd, &wd, Some(&b4c), p, None).unwrap_err();
         assert!(matches!(err, Error::Device { .. }), "{err}");
         let (dy6c, _) = random_pair(be, &mut rng, &[1, 4, 6, 6], DType::F32);
         let err = be.conv2d_input_grad(&dy6c, &wd, (6, 6), p).unwrap_err();
@@ -355,10 +356,13 @@ fn check_fast_forward(e: &Engine, rng: &mut Rng, c: &Case, bias: bool) -> bool {
     let (wc, wd) = weights(&e.be, rng, c, DType::F16);
     let (bc, bd) = random_pair(&e.be, rng, &[c.o], DType::F16);
     let p = c.conv();
-    let got = fast.conv2d(&xd, &wd, bias.then_some(&bd), p).unwrap();
-    let twin = simple.conv2d(&xd, &wd, bias.then_some(&bd), p).unwrap();
+    let got = fast.conv2d(&xd, &wd, bias.then_some(&bd), p, None).unwrap();
+    let twin = simple
+        .conv2d(&xd, &wd, bias.then_some(&bd), p, None)
+        .unwrap();
     let (base, reference) = cpu_refs(&[&xc, &wc, &bc], |cpu, t| {
-        cpu.conv2d(&t[0], &t[1], bias.then_some(&t[2]), p).unwrap()
+        cpu.conv2d(&t[0], &t[1], bias.then_some(&t[2]), p, None)
+            .unwrap()
     });
     let what = format!("fast conv2d {c:?} bias {bias} gpu {}", e.gpu);
     let (ge, be) = assert_f16_criterion(&what, &got, &base, &reference);
@@ -443,8 +447,8 @@ fn f32_backends_run_the_simple_kernels() {
         let (_, wd) = weights(&e.be, &mut rng, &c, DType::F32);
         let f = e.be.clone().with_kernels(KernelChoice::fast());
         let s = e.be.clone().with_kernels(KernelChoice::simple());
-        let a = f.conv2d(&xd, &wd, None, c.conv()).unwrap();
-        let b = s.conv2d(&xd, &wd, None, c.conv()).unwrap();
+        let a = f.conv2d(&xd, &wd, None, c.conv(), None).unwrap();
+        let b = s.conv2d(&xd, &wd, None, c.conv(), None).unwrap();
         assert!(!differs(&a, &b));
     }
 }

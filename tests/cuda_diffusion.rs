@@ -5,9 +5,10 @@
 mod common;
 
 use common::cuda::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::{AdamW, TimestepEmbedding};
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType, Error};
+use lorafuse::{DType, Error};
 
 #[test]
 fn timestep_embedding_matches_the_cpu() {

@@ -5,8 +5,9 @@
 mod common;
 
 use common::cuda::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType, Error, Tensor};
+use lorafuse::{DType, Error, Tensor};
 
 const SHAPES: &[&[usize]] = &[&[1], &[37], &[2, 3, 5, 7], &[2, 320, 9, 7]];
 

@@ -7,9 +7,10 @@
 mod common;
 
 use common::cuda::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Pad2d;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType, Error};
+use lorafuse::{DType, Error};
 
 const DTYPES: [DType; 2] = [DType::F32, DType::F16];
 

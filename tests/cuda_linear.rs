@@ -8,9 +8,10 @@
 mod common;
 
 use common::cuda::*;
-use lorafuse::backend::{Accum, Lora, LoraBackward};
+use lorafuse::backend::prelude::*;
+use lorafuse::backend::{Accum, Adapter, AdapterBackward, Lora, LoraBackward};
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType, Error, Tensor};
+use lorafuse::{DType, Error, Tensor};
 
 /// One linear layer's configuration.
 #[derive(Clone, Copy, Debug)]
@@ -74,12 +75,14 @@ fn check_forward(e: &Engine, rng: &mut Rng, dtype: DType, l: Layer) {
             &xc,
             &wc,
             bias.as_ref().map(|b| &b.0),
-            lora.as_ref().map(|(a, b, m)| Lora {
-                down: &a.0,
-                up: &b.0,
-                scale: SCALE,
-                dropout: m.as_ref().map(|m| &m.0),
-            }),
+            lora.as_ref()
+                .map(|(a, b, m)| Lora {
+                    down: &a.0,
+                    up: &b.0,
+                    scale: SCALE,
+                    dropout: m.as_ref().map(|m| &m.0),
+                })
+                .map(Adapter::Lora),
         )
         .unwrap();
     let got =
@@ -87,12 +90,14 @@ fn check_forward(e: &Engine, rng: &mut Rng, dtype: DType, l: Layer) {
             &xd,
             &wd,
             bias.as_ref().map(|b| &b.1),
-            lora.as_ref().map(|(a, b, m)| Lora {
-                down: &a.1,
-                up: &b.1,
-                scale: SCALE,
-                dropout: m.as_ref().map(|m| &m.1),
-            }),
+            lora.as_ref()
+                .map(|(a, b, m)| Lora {
+                    down: &a.1,
+                    up: &b.1,
+                    scale: SCALE,
+                    dropout: m.as_ref().map(|m| &m.1),
+                })
+                .map(Adapter::Lora),
         )
         .unwrap();
     assert_eq!(got.y.dtype(), dtype, "{what}: y dtype");
@@ -159,7 +164,9 @@ fn check_backward(e: &Engine, rng: &mut Rng, dtype: DType, l: Layer, accum: Accu
             grad_up: &mut gu.0,
             accum,
         });
-        cpu().linear_backward(&dyc, &wc, lb, dx).unwrap()
+        cpu()
+            .linear_backward(&dyc, &wc, lb.map(AdapterBackward::Lora), dx)
+            .unwrap()
     };
     let got = {
         let lb = lora.as_mut().map(|(a, b, u, m, gd, gu)| LoraBackward {
@@ -175,7 +182,8 @@ fn check_backward(e: &Engine, rng: &mut Rng, dtype: DType, l: Layer, accum: Accu
             grad_up: &mut gu.1,
             accum,
         });
-        e.be.linear_backward(&dyd, &wd, lb, dx).unwrap()
+        e.be.linear_backward(&dyd, &wd, lb.map(AdapterBackward::Lora), dx)
+            .unwrap()
     };
     match (&got, &want) {
         (None, None) => assert!(!dx, "{what}: dx missing"),
@@ -410,13 +418,23 @@ fn errors() {
             dropout: m,
         };
         let want = cpu()
-            .linear(&xc, &wc, None, Some(lora(&ac, &bc, Some(&bad_mc))))
+            .linear(
+                &xc,
+                &wc,
+                None,
+                Some(Adapter::Lora(lora(&ac, &bc, Some(&bad_mc)))),
+            )
             .err()
             .unwrap();
         let got =
-            e.be.linear(&xd, &wd, None, Some(lora(&ad, &bd, Some(&bad_md))))
-                .err()
-                .unwrap();
+            e.be.linear(
+                &xd,
+                &wd,
+                None,
+                Some(Adapter::Lora(lora(&ad, &bd, Some(&bad_md)))),
+            )
+            .err()
+            .unwrap();
         assert_eq!(kind(&got), kind(&want), "mask: {got} vs {want}");
         let want = cpu().linear(&xc, &wc, Some(&ac), None).err().unwrap();
         let got = e.be.linear(&xd, &wd, Some(&ad), None).err().unwrap();
@@ -427,14 +445,14 @@ fn errors() {
             .linear_backward(
                 &dyc,
                 &wc,
-                Some(LoraBackward {
+                Some(AdapterBackward::Lora(LoraBackward {
                     lora: lora(&ac, &bc, None),
                     x: &xc,
                     hidden: &uc,
                     grad_down: &mut gdc,
                     grad_up: &mut guc,
                     accum: Accum::Add,
-                }),
+                })),
                 true,
             )
             .err()
@@ -443,14 +461,14 @@ fn errors() {
             e.be.linear_backward(
                 &dyd,
                 &wd,
-                Some(LoraBackward {
+                Some(AdapterBackward::Lora(LoraBackward {
                     lora: lora(&ad, &bd, None),
                     x: &xd,
                     hidden: &ud,
                     grad_down: &mut gdd,
                     grad_up: &mut gud,
                     accum: Accum::Add,
-                }),
+                })),
                 true,
             )
             .err()
@@ -462,7 +480,7 @@ fn errors() {
         let got = e.be.linear(&xc, &wd, None, None).err().unwrap();
         assert!(matches!(got, Error::Device { .. }), "x on the CPU: {got}");
         let got =
-            e.be.linear(&xd, &wd, None, Some(lora(&ad, &bc, None)))
+            e.be.linear(&xd, &wd, None, Some(Adapter::Lora(lora(&ad, &bc, None))))
                 .err()
                 .unwrap();
         assert!(matches!(got, Error::Device { .. }), "B on the CPU: {got}");
@@ -471,14 +489,14 @@ fn errors() {
             e.be.linear_backward(
                 &dyd,
                 &wd,
-                Some(LoraBackward {
+                Some(AdapterBackward::Lora(LoraBackward {
                     lora: lora(&ad, &bd, None),
                     x: &xd,
                     hidden: &ud,
                     grad_down: &mut gdc,
                     grad_up: &mut gud,
                     accum: Accum::Add,
-                }),
+                })),
                 true,
             )
             .err()
@@ -491,7 +509,7 @@ fn errors() {
         // LoRA weights are f32 on the CUDA backend, also next to f16 activations.
         let a16 = e.be.cast(&ad, DType::F16).unwrap();
         let got =
-            e.be.linear(&xd, &wd, None, Some(lora(&a16, &bd, None)))
+            e.be.linear(&xd, &wd, None, Some(Adapter::Lora(lora(&a16, &bd, None))))
                 .err()
                 .unwrap();
         assert!(matches!(got, Error::DType { .. }), "f16 A: {got}");
@@ -570,12 +588,14 @@ fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
                 &x,
                 &w,
                 b.as_ref(),
-                lo.as_ref().map(|(a, bb, m)| Lora {
-                    down: a,
-                    up: bb,
-                    scale: SCALE,
-                    dropout: m.as_ref(),
-                }),
+                lo.as_ref()
+                    .map(|(a, bb, m)| Lora {
+                        down: a,
+                        up: bb,
+                        scale: SCALE,
+                        dropout: m.as_ref(),
+                    })
+                    .map(Adapter::Lora),
             )
             .unwrap()
     };
@@ -585,12 +605,14 @@ fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
             &xd,
             &wd,
             bias.as_ref().map(|b| &b.1),
-            lora.as_ref().map(|(a, b, m)| Lora {
-                down: &a.1,
-                up: &b.1,
-                scale: SCALE,
-                dropout: m.as_ref().map(|m| &m.1),
-            }),
+            lora.as_ref()
+                .map(|(a, b, m)| Lora {
+                    down: &a.1,
+                    up: &b.1,
+                    scale: SCALE,
+                    dropout: m.as_ref().map(|m| &m.1),
+                })
+                .map(Adapter::Lora),
         )
         .unwrap()
     };
@@ -675,7 +697,7 @@ fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
             .as_ref()
             .map(|(a, b, u, m, ..)| (c(&a.0), c(&b.0), c(&u.0), m.as_ref().map(|m| c(&m.0))));
         let lb = match (&ops, grads.as_mut()) {
-            (Some((a, b, u, m)), Some((gd, gu))) => Some(LoraBackward {
+            (Some((a, b, u, m)), Some((gd, gu))) => Some(AdapterBackward::Lora(LoraBackward {
                 lora: Lora {
                     down: a,
                     up: b,
@@ -687,7 +709,7 @@ fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
                 grad_down: gd,
                 grad_up: gu,
                 accum,
-            }),
+            })),
             _ => None,
         };
         let d = cpu().linear_backward(&dy, &w, lb, dx).unwrap();
@@ -707,7 +729,7 @@ fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
             )
         });
         let lb = match (&lora, grads.as_mut()) {
-            (Some((a, b, u, m, ..)), Some((gd, gu))) => Some(LoraBackward {
+            (Some((a, b, u, m, ..)), Some((gd, gu))) => Some(AdapterBackward::Lora(LoraBackward {
                 lora: Lora {
                     down: &a.1,
                     up: &b.1,
@@ -719,7 +741,7 @@ fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
                 grad_down: gd,
                 grad_up: gu,
                 accum,
-            }),
+            })),
             _ => None,
         };
         let d = be.linear_backward(&dyd, &wd, lb, dx).unwrap();

@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use common::cuda::*;
 use common::rel_err;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Accum;
 use lorafuse::config::TrainConfig;
 use lorafuse::lora::{kohya, LoraSet};

@@ -8,9 +8,10 @@
 mod common;
 
 use common::cuda::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::NormStats;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType, Error, Tensor};
+use lorafuse::{DType, Error, Tensor};
 
 const EPS: f64 = 1e-5;
 

@@ -14,7 +14,7 @@ use lorafuse::lora::export::{
 };
 use lorafuse::lora::hash::{sha256_hex, Sha256};
 use lorafuse::lora::inspect::{inspect, TargetKind};
-use lorafuse::lora::{kohya, LoraModule, LoraSet, LoraTargets};
+use lorafuse::lora::{kohya, LayerKind, LoraModule, LoraSet, LoraTargets};
 use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
 use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType, Error, Tensor};
@@ -71,7 +71,11 @@ fn module(
         down: Tensor::from_f32([rank, i], down).unwrap(),
         up: Tensor::from_f32([o, rank], up).unwrap(),
         alpha,
-        is_conv: conv,
+        kind: if conv {
+            LayerKind::Conv1x1
+        } else {
+            LayerKind::Linear
+        },
     }
 }
 
@@ -203,7 +207,7 @@ fn fp32_round_trip_is_exact_with_kohya_names_and_shapes() {
         assert_eq!(b.down.to_f32_vec(), m.down.to_f32_vec(), "{}", m.name);
         assert_eq!(b.up.to_f32_vec(), m.up.to_f32_vec(), "{}", m.name);
         assert_eq!(b.alpha, m.alpha as f32 as f64, "{}", m.name);
-        assert_eq!(b.is_conv, m.is_conv, "{}", m.name);
+        assert_eq!(b.kind, m.kind, "{}", m.name);
     }
 
     // The keys, shapes and dtypes in the file, exactly.

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Accum;
 use lorafuse::lora::kohya;
 use lorafuse::model::checkpoint::{
@@ -20,7 +21,7 @@ use lorafuse::model::clip::ClipTextModel;
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::unet::{Trace, Unet};
 use lorafuse::model::vae::Vae;
-use lorafuse::{Backend, CpuBackend, DType, Tensor};
+use lorafuse::{CpuBackend, DType, Tensor};
 
 const TOL: f64 = 1e-4;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use half::f16;
 use lorafuse::lora::export::SavePrecision;
 use lorafuse::lora::merge::merge_into_checkpoint;
-use lorafuse::lora::{kohya, LoraModule, LoraSet};
+use lorafuse::lora::{kohya, LayerKind, LoraModule, LoraSet};
 use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
 use lorafuse::model::checkpoint::{load_sd15_with, ConfigHints};
 use lorafuse::{CpuBackend, DType, Error, Tensor};
@@ -365,7 +365,7 @@ fn text_encoder_modules_merge_into_the_clip_weights() {
         down: Tensor::from_f64([r, n], down).unwrap(),
         up: Tensor::from_f64([n, r], up).unwrap(),
         alpha: 1.0,
-        is_conv: false,
+        kind: LayerKind::Linear,
     };
     let set = LoraSet::new(vec![m.clone()]);
     let report = merge_into_checkpoint(Path::new(BASE), &[(&set, 1.5)], &out, None).unwrap();

@@ -4,9 +4,10 @@
 mod common;
 
 use common::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Activation;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Error, Tensor};
+use lorafuse::{CpuBackend, DType, Error, Tensor};
 
 fn t(shape: &[usize], v: &[f64]) -> Tensor {
     Tensor::from_f64(shape, v.to_vec()).unwrap()

@@ -5,9 +5,10 @@
 mod common;
 
 use common::*;
-use lorafuse::backend::Conv2d;
+use lorafuse::backend::prelude::*;
+use lorafuse::backend::{Adapter, Conv2d, Lora};
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Error, Tensor};
+use lorafuse::{CpuBackend, DType, Error, Tensor};
 
 fn t(shape: &[usize], v: &[f64]) -> Tensor {
     Tensor::from_f64(shape, v.to_vec()).unwrap()
@@ -66,10 +67,10 @@ fn forward_3x3_pad1_by_hand() {
     // y[1,0] = 0 - 5 + 2·8 = 11    y[1,1] = 1 - 6 + 2·9 = 13    y[1,2] = 2 - 0 + 0 = 2
     // y[2,0] = 0 - 8 + 0 = -8      y[2,1] = 4 - 9 + 0 = -5      y[2,2] = 5 - 0 + 0 = 5
     let want = [8., 9., 0., 11., 13., 2., -8., -5., 5.];
-    let y = be.conv2d(&x, &w, None, conv(1, 1)).unwrap();
+    let y = be.conv2d(&x, &w, None, conv(1, 1), None).unwrap();
     assert_tensor("y", &y, &[1, 1, 3, 3], &want, 1e-15);
     let y32 = be
-        .conv2d(&to_f32(&x), &to_f32(&w), None, conv(1, 1))
+        .conv2d(&to_f32(&x), &to_f32(&w), None, conv(1, 1), None)
         .unwrap();
     assert_eq!(y32.dtype(), DType::F32);
     assert_tensor("y f32", &y32, &[1, 1, 3, 3], &want, 1e-6);
@@ -107,7 +108,7 @@ fn forward_stride2_by_hand() {
     //   rows 0-1, cols 0-1: 0+1+4+5 = 10          rows 0-1, cols 1-3: 1+2+3+5+6+7 = 24
     //   rows 1-3, cols 0-1: 4+5+8+9+12+13 = 51    rows 1-3, cols 1-3: 5+6+7+9+10+11+13+14+15 = 90
     let ones = t(&[1, 1, 3, 3], &[1.; 9]);
-    let y = be.conv2d(&x, &ones, None, conv(2, 1)).unwrap();
+    let y = be.conv2d(&x, &ones, None, conv(2, 1), None).unwrap();
     assert_tensor(
         "y 3x3 s2 p1",
         &y,
@@ -120,7 +121,7 @@ fn forward_stride2_by_hand() {
     //   (0,0): 0 + 2 - 5 = -3    (0,1): 2 + 6 - 7 = 1
     //   (1,0): 8 + 18 - 13 = 13  (1,1): 10 + 22 - 15 = 17
     let w = t(&[1, 1, 2, 2], &[1., 2., 0., -1.]);
-    let y = be.conv2d(&x, &w, None, conv(2, 0)).unwrap();
+    let y = be.conv2d(&x, &w, None, conv(2, 0), None).unwrap();
     assert_tensor("y 2x2 s2", &y, &[1, 1, 2, 2], &[-3., 1., 13., 17.], 1e-15);
     // Its input gradient for dy = [[1, 2], [3, 4]]: each dy value scatters the kernel onto its
     // own 2x2 block (the blocks do not overlap), w·dy[a, b] at rows 2a.., cols 2b..
@@ -154,7 +155,7 @@ fn forward_1x1_with_bias_by_hand() {
     let bias = t(&[3], &[0.5, -1., 3.]);
     // y2 = [2 - 10 + 3, 4 - 20 + 3, 6 - 30 + 3, 8 - 40 + 3] = [-5, -13, -21, -29]
     let want = [1.5, 2.5, 3.5, 4.5, 9., 19., 29., 39., -5., -13., -21., -29.];
-    let y = be.conv2d(&x, &w, Some(&bias), conv(1, 0)).unwrap();
+    let y = be.conv2d(&x, &w, Some(&bias), conv(1, 0), None).unwrap();
     assert_tensor("y", &y, &[1, 3, 2, 2], &want, 1e-15);
     // dy channel o = o + 1 everywhere: dx_c = Σ_o w[o, c]·(o + 1)
     //   dx_0 = 1·1 + 0·2 + 2·3 = 7;   dx_1 = 0·1 + 1·2 - 1·3 = -1
@@ -193,7 +194,7 @@ fn forward_multichannel_batch_by_hand() {
         ],
     );
     let bias = t(&[2], &[0.25, -0.5]);
-    let y = be.conv2d(&x, &w, Some(&bias), conv(1, 0)).unwrap();
+    let y = be.conv2d(&x, &w, Some(&bias), conv(1, 0), None).unwrap();
     assert_tensor("y", &y, &[2, 2, 1, 1], &[6.25, 35.5, 12.25, 71.5], 1e-15);
 }
 
@@ -222,7 +223,7 @@ fn matches_naive_reference() {
         let b = randn(&mut rng, &[o]);
         let what = format!("n{n} c{c} o{o} {h}x{wd} k{k} s{s} p{p}");
         for bias in [None, Some(&b)] {
-            let y = be.conv2d(&x, &w, bias, conv(s, p)).unwrap();
+            let y = be.conv2d(&x, &w, bias, conv(s, p), None).unwrap();
             let want = naive_conv(&x, &w, bias, conv(s, p));
             let ho = (h + 2 * p - k) / s + 1;
             let wo = (wd + 2 * p - k) / s + 1;
@@ -253,7 +254,7 @@ fn check_input_grad(
         &[x],
         &[0],
         400,
-        |xs| be.conv2d(&xs[0], &w, Some(&b), p).unwrap(),
+        |xs| be.conv2d(&xs[0], &w, Some(&b), p, None).unwrap(),
         |_, dy| vec![be.conv2d_input_grad(dy, &w, (h, wd), p).unwrap()],
     );
 }
@@ -303,9 +304,9 @@ fn f32_matches_f64() {
     let w = randn(&mut rng, &[48, 32, 3, 3]);
     let b = randn(&mut rng, &[48]);
     for p in [conv(1, 1), conv(2, 1)] {
-        let y64 = be.conv2d(&x, &w, Some(&b), p).unwrap();
+        let y64 = be.conv2d(&x, &w, Some(&b), p, None).unwrap();
         let y32 = be
-            .conv2d(&to_f32(&x), &to_f32(&w), Some(&to_f32(&b)), p)
+            .conv2d(&to_f32(&x), &to_f32(&w), Some(&to_f32(&b)), p, None)
             .unwrap();
         assert_eq!(y32.dtype(), DType::F32);
         assert_eq!(y32.dims(), y64.dims());
@@ -338,8 +339,8 @@ fn fast_1x1_matches_general_path() {
         w3v[oc * 9 + 4] = v;
     }
     let w3 = t(&[o, c, 3, 3], &w3v);
-    let fast = be.conv2d(&x, &w1, Some(&b), conv(1, 0)).unwrap();
-    let general = be.conv2d(&x, &w3, Some(&b), conv(1, 1)).unwrap();
+    let fast = be.conv2d(&x, &w1, Some(&b), conv(1, 0), None).unwrap();
+    let general = be.conv2d(&x, &w3, Some(&b), conv(1, 1), None).unwrap();
     assert_close("y", &fast.to_f64_vec(), &general.to_f64_vec(), 1e-13, 1e-13);
     assert_close(
         "y vs naive",
@@ -360,10 +361,10 @@ fn fast_1x1_matches_general_path() {
     );
     // And in f32.
     let fast = be
-        .conv2d(&to_f32(&x), &to_f32(&w1), None, conv(1, 0))
+        .conv2d(&to_f32(&x), &to_f32(&w1), None, conv(1, 0), None)
         .unwrap();
     let general = be
-        .conv2d(&to_f32(&x), &to_f32(&w3), None, conv(1, 1))
+        .conv2d(&to_f32(&x), &to_f32(&w3), None, conv(1, 1), None)
         .unwrap();
     assert_close(
         "y f32",
@@ -388,8 +389,8 @@ fn poison_does_not_leak() {
         xv.extend(&img);
         let x = t(&[2, c, h, wd], &xv);
         let alone = t(&[1, c, h, wd], &img);
-        let y = be.conv2d(&x, &w, None, p).unwrap().to_f64_vec();
-        let y1t = be.conv2d(&alone, &w, None, p).unwrap();
+        let y = be.conv2d(&x, &w, None, p, None).unwrap().to_f64_vec();
+        let y1t = be.conv2d(&alone, &w, None, p, None).unwrap();
         let y1 = y1t.to_f64_vec();
         assert!(y[..y.len() / 2].iter().all(|v| v.is_nan()), "{p:?}");
         assert_eq!(
@@ -434,7 +435,7 @@ fn poison_does_not_leak() {
     }
     let x = t(&[1, 2, h, wd], &xv);
     let w = randn(&mut rng, &[3, 2, 1, 1]);
-    let y = be.conv2d(&x, &w, None, conv(2, 0)).unwrap();
+    let y = be.conv2d(&x, &w, None, conv(2, 0), None).unwrap();
     assert_eq!(y.dims(), [1, 3, 3, 3]);
     assert!(y.to_f64_vec().iter().all(|v| v.is_finite()));
     let dy = randn(&mut rng, &[1, 3, 3, 3]);
@@ -462,23 +463,29 @@ fn bad_shapes_name_both_shapes() {
     let z = |s: &[usize]| Tensor::zeros(s, DType::F32);
     let p = conv(1, 1);
     // Channels of x and w differ.
-    let e = be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 5, 3, 3]), None, p);
+    let e = be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 5, 3, 3]), None, p, None);
     shape_error(e.err().unwrap(), "[1, 3, 8, 8]", "[4, 5, 3, 3]");
     // Wrong ranks.
-    let e = be.conv2d(&z(&[3, 8, 8]), &z(&[4, 3, 3, 3]), None, p);
+    let e = be.conv2d(&z(&[3, 8, 8]), &z(&[4, 3, 3, 3]), None, p, None);
     shape_error(e.err().unwrap(), "[3, 8, 8]", "[4, 3, 3, 3]");
-    let e = be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 27]), None, p);
+    let e = be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 27]), None, p, None);
     shape_error(e.err().unwrap(), "[4, 27]", "[1, 3, 8, 8]");
     let e = be.conv2d_input_grad(&z(&[4, 8, 8]), &z(&[4, 3, 3, 3]), (8, 8), p);
     shape_error(e.err().unwrap(), "[4, 8, 8]", "[4, 3, 3, 3]");
     // Non-square kernel.
-    let e = be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 1]), None, p);
+    let e = be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 1]), None, p, None);
     shape_error(e.err().unwrap(), "[4, 3, 3, 1]", "[1, 3, 8, 8]");
     // Bias not [O].
-    let e = be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), Some(&z(&[3])), p);
+    let e = be.conv2d(
+        &z(&[1, 3, 8, 8]),
+        &z(&[4, 3, 3, 3]),
+        Some(&z(&[3])),
+        p,
+        None,
+    );
     shape_error(e.err().unwrap(), "[3]", "[4, 3, 3, 3]");
     // Kernel larger than the padded input.
-    let e = be.conv2d(&z(&[1, 1, 2, 2]), &z(&[1, 1, 5, 5]), None, p);
+    let e = be.conv2d(&z(&[1, 1, 2, 2]), &z(&[1, 1, 5, 5]), None, p, None);
     shape_error(e.err().unwrap(), "[1, 1, 2, 2]", "[1, 1, 5, 5]");
     // dy's channels are not w's outputs.
     let e = be.conv2d_input_grad(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), (8, 8), p);
@@ -510,7 +517,7 @@ fn bad_values_and_dtypes_are_errors() {
     let be = CpuBackend::new();
     let z = |s: &[usize]| Tensor::zeros(s, DType::F32);
     for e in [
-        be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), None, conv(0, 1))
+        be.conv2d(&z(&[1, 3, 8, 8]), &z(&[4, 3, 3, 3]), None, conv(0, 1), None)
             .err(),
         be.conv2d_input_grad(&z(&[1, 4, 8, 8]), &z(&[4, 3, 3, 3]), (8, 8), conv(0, 1))
             .err(),
@@ -527,6 +534,7 @@ fn bad_values_and_dtypes_are_errors() {
             &z(&[4, 3, 3, 3]),
             None,
             conv(1, usize::MAX / 2),
+            None,
         )
         .err()
         .unwrap();
@@ -534,7 +542,7 @@ fn bad_values_and_dtypes_are_errors() {
     // Mixed dtypes and f16.
     let w64 = Tensor::zeros([4, 3, 3, 3], DType::F64);
     let msg = be
-        .conv2d(&z(&[1, 3, 8, 8]), &w64, None, conv(1, 1))
+        .conv2d(&z(&[1, 3, 8, 8]), &w64, None, conv(1, 1), None)
         .err()
         .unwrap()
         .to_string();
@@ -544,7 +552,7 @@ fn bad_values_and_dtypes_are_errors() {
     );
     let x16 = Tensor::zeros([1, 3, 8, 8], DType::F16);
     let msg = be
-        .conv2d(&x16, &z(&[4, 3, 3, 3]), None, conv(1, 1))
+        .conv2d(&x16, &z(&[4, 3, 3, 3]), None, conv(1, 1), None)
         .err()
         .unwrap()
         .to_string();
@@ -556,6 +564,7 @@ fn bad_values_and_dtypes_are_errors() {
             &z(&[4, 3, 3, 3]),
             Some(&bias64),
             conv(1, 1),
+            None,
         )
         .err()
         .unwrap()
@@ -569,17 +578,23 @@ fn empty_sizes() {
     let be = CpuBackend::new();
     let z = |s: &[usize]| Tensor::zeros(s, DType::F64);
     let y = be
-        .conv2d(&z(&[0, 3, 5, 5]), &z(&[4, 3, 3, 3]), None, conv(1, 1))
+        .conv2d(&z(&[0, 3, 5, 5]), &z(&[4, 3, 3, 3]), None, conv(1, 1), None)
         .unwrap();
     assert_eq!(y.dims(), [0, 4, 5, 5]);
     let y = be
-        .conv2d(&z(&[2, 3, 5, 5]), &z(&[0, 3, 3, 3]), None, conv(2, 1))
+        .conv2d(&z(&[2, 3, 5, 5]), &z(&[0, 3, 3, 3]), None, conv(2, 1), None)
         .unwrap();
     assert_eq!(y.dims(), [2, 0, 3, 3]);
     // No input channels: the output is the bias alone.
     let b = t(&[2], &[1.5, -2.]);
     let y = be
-        .conv2d(&z(&[1, 0, 2, 2]), &z(&[2, 0, 3, 3]), Some(&b), conv(1, 1))
+        .conv2d(
+            &z(&[1, 0, 2, 2]),
+            &z(&[2, 0, 3, 3]),
+            Some(&b),
+            conv(1, 1),
+            None,
+        )
         .unwrap();
     assert_tensor(
         "bias only",
@@ -592,4 +607,32 @@ fn empty_sizes() {
         .conv2d_input_grad(&z(&[1, 0, 3, 3]), &z(&[0, 2, 3, 3]), (5, 5), conv(2, 1))
         .unwrap();
     assert_tensor("dx no outputs", &dx, &[1, 2, 5, 5], &[0.0; 50], 0.0);
+}
+
+/// No adapter kind runs on convolutions yet (LoCon is issue 15): one is refused by name.
+#[test]
+fn adapter_on_conv_refused() {
+    let x = t(&[1, 2, 3, 3], &[0.5; 18]);
+    let w = t(&[4, 2, 3, 3], &[0.25; 72]);
+    let (down, up) = (t(&[2, 2], &[1.0; 4]), t(&[4, 2], &[1.0; 8]));
+    let lora = Lora {
+        down: &down,
+        up: &up,
+        scale: 1.0,
+        dropout: None,
+    };
+    let e = CpuBackend::f64()
+        .conv2d(&x, &w, None, conv(1, 1), Some(Adapter::Lora(lora)))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::BadValue {
+                name: "adapter",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("issue 15"), "{e}");
 }

@@ -3,9 +3,10 @@
 mod common;
 
 use common::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::TimestepEmbedding;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Tensor};
+use lorafuse::{CpuBackend, DType, Tensor};
 
 const SD: TimestepEmbedding = TimestepEmbedding {
     dim: 4,

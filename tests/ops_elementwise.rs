@@ -4,7 +4,8 @@ mod common;
 
 use common::*;
 use half::f16;
-use lorafuse::{Backend, CpuBackend, DType, Error, Tensor};
+use lorafuse::backend::prelude::*;
+use lorafuse::{CpuBackend, DType, Error, Tensor};
 
 fn t(shape: &[usize], v: &[f64]) -> Tensor {
     Tensor::from_f64(shape, v.to_vec()).unwrap()

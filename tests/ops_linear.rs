@@ -5,10 +5,11 @@
 mod common;
 
 use common::*;
-use lorafuse::backend::{Accum, Lora, LoraBackward};
+use lorafuse::backend::prelude::*;
+use lorafuse::backend::{Accum, Adapter, AdapterBackward, Lora, LoraBackward};
 use lorafuse::lora::LoraDropout;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Error, Tensor};
+use lorafuse::{CpuBackend, DType, Error, Tensor};
 
 fn t(shape: &[usize], v: &[f64]) -> Tensor {
     Tensor::from_f64(shape, v.to_vec()).unwrap()
@@ -30,12 +31,12 @@ fn forward_by_hand() {
             &x,
             &w,
             Some(&bias),
-            Some(Lora {
+            Some(Adapter::Lora(Lora {
                 down: &a,
                 up: &b,
                 scale: 0.5,
                 dropout: None,
-            }),
+            })),
         )
         .unwrap();
     assert_tensor("y", &out.y, &[2, 2], &[4.5, -9., -1.5, -5.], 1e-15);
@@ -67,12 +68,12 @@ fn backward_by_hand() {
             &x,
             &w,
             None,
-            Some(Lora {
+            Some(Adapter::Lora(Lora {
                 down: &a,
                 up: &b,
                 scale: 1.0,
                 dropout: None,
-            }),
+            })),
         )
         .unwrap()
         .lora_hidden
@@ -86,7 +87,7 @@ fn backward_by_hand() {
         .linear_backward(
             &dy,
             &w,
-            Some(LoraBackward {
+            Some(AdapterBackward::Lora(LoraBackward {
                 lora: Lora {
                     down: &a,
                     up: &b,
@@ -98,7 +99,7 @@ fn backward_by_hand() {
                 grad_down: &mut gd,
                 grad_up: &mut gu,
                 accum: Accum::Assign,
-            }),
+            })),
             true,
         )
         .unwrap()
@@ -128,12 +129,12 @@ fn gradcheck_lora_linear() {
             &xs[0],
             &w,
             Some(&bias),
-            Some(Lora {
+            Some(Adapter::Lora(Lora {
                 down: &xs[1],
                 up: &xs[2],
                 scale,
                 dropout: None,
-            }),
+            })),
         )
         .unwrap()
         .y
@@ -144,12 +145,12 @@ fn gradcheck_lora_linear() {
                 &xs[0],
                 &w,
                 Some(&bias),
-                Some(Lora {
+                Some(Adapter::Lora(Lora {
                     down: &xs[1],
                     up: &xs[2],
                     scale,
                     dropout: None,
-                }),
+                })),
             )
             .unwrap()
             .lora_hidden
@@ -160,7 +161,7 @@ fn gradcheck_lora_linear() {
             .linear_backward(
                 dy,
                 &w,
-                Some(LoraBackward {
+                Some(AdapterBackward::Lora(LoraBackward {
                     lora: Lora {
                         down: &xs[1],
                         up: &xs[2],
@@ -172,7 +173,7 @@ fn gradcheck_lora_linear() {
                     grad_down: &mut gd,
                     grad_up: &mut gu,
                     accum: Accum::Assign,
-                }),
+                })),
                 true,
             )
             .unwrap()
@@ -215,7 +216,7 @@ fn accumulation_equals_concatenated_batch() {
     };
     let grads_of = |x: &Tensor, dy: &Tensor, gd: &mut Tensor, gu: &mut Tensor, accum| {
         let u = be
-            .linear(x, &w, None, Some(lora))
+            .linear(x, &w, None, Some(Adapter::Lora(lora)))
             .unwrap()
             .lora_hidden
             .unwrap();
@@ -228,7 +229,7 @@ fn accumulation_equals_concatenated_batch() {
             accum,
         };
         assert!(be
-            .linear_backward(dy, &w, Some(lb), false)
+            .linear_backward(dy, &w, Some(AdapterBackward::Lora(lb)), false)
             .unwrap()
             .is_none());
     };
@@ -268,12 +269,12 @@ fn f32_matches_f64() {
             &x,
             &w,
             None,
-            Some(Lora {
+            Some(Adapter::Lora(Lora {
                 down: &a,
                 up: &b,
                 scale: 0.5,
                 dropout: None,
-            }),
+            })),
         )
         .unwrap()
         .y;
@@ -283,12 +284,12 @@ fn f32_matches_f64() {
             &to_f32(&x),
             &to_f32(&w),
             None,
-            Some(Lora {
+            Some(Adapter::Lora(Lora {
                 down: &a32,
                 up: &b32,
                 scale: 0.5,
                 dropout: None,
-            }),
+            })),
         )
         .unwrap()
         .y;
@@ -316,12 +317,12 @@ fn bad_shapes_name_both_shapes() {
             &x,
             &w,
             None,
-            Some(Lora {
+            Some(Adapter::Lora(Lora {
                 down: &a,
                 up: &b,
                 scale: 1.0,
                 dropout: None,
-            }),
+            })),
         )
         .err()
         .unwrap()
@@ -399,7 +400,7 @@ fn lora_round_trip(
         scale,
         dropout: mask,
     };
-    let out = be.linear(x, w, bias, Some(lora)).unwrap();
+    let out = be.linear(x, w, bias, Some(Adapter::Lora(lora))).unwrap();
     let hidden = out.lora_hidden.unwrap();
     let mut gd = Tensor::zeros(a.shape().clone(), a.dtype());
     let mut gu = Tensor::zeros(b.shape().clone(), b.dtype());
@@ -407,14 +408,14 @@ fn lora_round_trip(
         .linear_backward(
             dy,
             w,
-            Some(LoraBackward {
+            Some(AdapterBackward::Lora(LoraBackward {
                 lora,
                 x,
                 hidden: &hidden,
                 grad_down: &mut gd,
                 grad_up: &mut gu,
                 accum: Accum::Assign,
-            }),
+            })),
             true,
         )
         .unwrap()
@@ -464,9 +465,14 @@ fn gradcheck_lora_linear_with_dropout() {
     assert!(mv.contains(&0.0) && mv.iter().any(|&k| k > 1.0), "{mv:?}");
     let scale = 0.75;
     let fwd = |xs: &[Tensor]| {
-        be.linear(&xs[0], &w, Some(&bias), Some(masked_lora(xs, &mask, scale)))
-            .unwrap()
-            .y
+        be.linear(
+            &xs[0],
+            &w,
+            Some(&bias),
+            Some(Adapter::Lora(masked_lora(xs, &mask, scale))),
+        )
+        .unwrap()
+        .y
     };
     gradcheck(
         "lora linear with dropout",
@@ -476,7 +482,12 @@ fn gradcheck_lora_linear_with_dropout() {
         fwd,
         |xs, dy| {
             let u = be
-                .linear(&xs[0], &w, Some(&bias), Some(masked_lora(xs, &mask, scale)))
+                .linear(
+                    &xs[0],
+                    &w,
+                    Some(&bias),
+                    Some(Adapter::Lora(masked_lora(xs, &mask, scale))),
+                )
                 .unwrap()
                 .lora_hidden
                 .unwrap();
@@ -486,14 +497,14 @@ fn gradcheck_lora_linear_with_dropout() {
                 .linear_backward(
                     dy,
                     &w,
-                    Some(LoraBackward {
+                    Some(AdapterBackward::Lora(LoraBackward {
                         lora: masked_lora(xs, &mask, scale),
                         x: &xs[0],
                         hidden: &u,
                         grad_down: &mut gd,
                         grad_up: &mut gu,
                         accum: Accum::Assign,
-                    }),
+                    })),
                     true,
                 )
                 .unwrap()
@@ -531,7 +542,7 @@ fn dropout_accumulation_equals_concatenated_batch() {
                 dropout: Some(mask),
             };
             let u = be
-                .linear(x, &w, None, Some(lora))
+                .linear(x, &w, None, Some(Adapter::Lora(lora)))
                 .unwrap()
                 .lora_hidden
                 .unwrap();
@@ -544,7 +555,7 @@ fn dropout_accumulation_equals_concatenated_batch() {
                 accum,
             };
             assert!(be
-                .linear_backward(dy, &w, Some(lb), false)
+                .linear_backward(dy, &w, Some(AdapterBackward::Lora(lb)), false)
                 .unwrap()
                 .is_none());
         };
@@ -630,7 +641,12 @@ fn bad_dropout_masks_name_both_shapes() {
     for bad in [[4, 10], [3, 4], [4, 4]] {
         let mask = Tensor::zeros(bad, DType::F32);
         let e = be
-            .linear(&x, &w, None, Some(masked_lora(&ab, &mask, 1.0)))
+            .linear(
+                &x,
+                &w,
+                None,
+                Some(Adapter::Lora(masked_lora(&ab, &mask, 1.0))),
+            )
             .err()
             .expect("a mask of the wrong shape must fail");
         let msg = e.to_string();
@@ -646,7 +662,12 @@ fn bad_dropout_masks_name_both_shapes() {
     let x3 = Tensor::zeros([2, 2, 10], DType::F32);
     let flat = Tensor::zeros([4, 3], DType::F32);
     let msg = be
-        .linear(&x3, &w, None, Some(masked_lora(&ab, &flat, 1.0)))
+        .linear(
+            &x3,
+            &w,
+            None,
+            Some(Adapter::Lora(masked_lora(&ab, &flat, 1.0))),
+        )
         .err()
         .unwrap()
         .to_string();
@@ -666,14 +687,14 @@ fn bad_dropout_masks_name_both_shapes() {
         .linear_backward(
             &dy,
             &w,
-            Some(LoraBackward {
+            Some(AdapterBackward::Lora(LoraBackward {
                 lora: masked_lora(&ab, &mask, 1.0),
                 x: &x,
                 hidden: &hidden,
                 grad_down: &mut gd,
                 grad_up: &mut gu,
                 accum: Accum::Assign,
-            }),
+            })),
             true,
         )
         .expect_err("a mask unlike the hidden must fail");
@@ -686,7 +707,12 @@ fn bad_dropout_masks_name_both_shapes() {
     // And a mask in another dtype than x is a dtype error naming the mask.
     let mask64 = Tensor::zeros([4, 3], DType::F64);
     let msg = be
-        .linear(&x, &w, None, Some(masked_lora(&ab, &mask64, 1.0)))
+        .linear(
+            &x,
+            &w,
+            None,
+            Some(Adapter::Lora(masked_lora(&ab, &mask64, 1.0))),
+        )
         .err()
         .unwrap()
         .to_string();

@@ -3,9 +3,10 @@
 mod common;
 
 use common::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::AdamW;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Tensor};
+use lorafuse::{CpuBackend, DType, Tensor};
 
 fn f32t(v: &[f32]) -> Tensor {
     Tensor::from_f32([v.len()], v.to_vec()).unwrap()

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use lorafuse::backend::prelude::*;
 use lorafuse::lora::{kohya, LoraSet};
 use lorafuse::model::checkpoint::load_sd15;
 use lorafuse::model::clip::ClipTextModel;
@@ -17,7 +18,7 @@ use lorafuse::sample::{
     NoiseSchedule, Pipeline, PromptDefaults, PromptSpec, RgbImage, SampleError, Sampler,
     SamplerConfig, SamplerKind, TimestepSpacing,
 };
-use lorafuse::{Backend, CpuBackend, DType, Tensor};
+use lorafuse::{CpuBackend, DType, Tensor};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {

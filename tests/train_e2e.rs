@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use lorafuse::config::TrainConfig;
-use lorafuse::lora::kohya;
+use lorafuse::lora::{kohya, LayerKind};
 use lorafuse::model::checkpoint::{load_sd15, Weights};
 use lorafuse::model::unet::Unet;
 use lorafuse::train::state;
@@ -67,7 +67,7 @@ fn training_lowers_the_loss_and_exports_a_kohya_lora() {
     assert_eq!(file.len(), 3 * 192);
     for t in &targets {
         let (r, i, o) = (cfg.lora_rank, t.in_features, t.out_features);
-        let (down, up): (Vec<usize>, Vec<usize>) = if t.is_conv {
+        let (down, up): (Vec<usize>, Vec<usize>) = if t.kind == LayerKind::Conv1x1 {
             (vec![r, i, 1, 1], vec![o, r, 1, 1])
         } else {
             (vec![r, i], vec![o, r])

@@ -1,7 +1,7 @@
 //! The training loop's parts: schedules by hand, the noise schedule against diffusers', the
 //! flat optimizer's layout, clipping and loss scaling.
 
-use lorafuse::lora::{LoraGrads, LoraModule, LoraSet};
+use lorafuse::lora::{LayerKind, LoraGrads, LoraModule, LoraSet};
 use lorafuse::rng::Rng;
 use lorafuse::sample::schedule::NoiseSchedule;
 use lorafuse::train::lr::{LrSchedule, Schedule};
@@ -75,7 +75,7 @@ fn module(name: &str, down: Vec<f32>, up: Vec<f32>, r: usize) -> LoraModule {
         down: Tensor::from_f32([r, i], down).unwrap(),
         up: Tensor::from_f32([o, r], up).unwrap(),
         alpha: r as f64,
-        is_conv: false,
+        kind: LayerKind::Linear,
     }
 }
 

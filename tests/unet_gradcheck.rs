@@ -8,13 +8,14 @@ mod common;
 use common::{assert_gradients_match, central_difference};
 use std::path::{Path, PathBuf};
 
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::Accum;
 use lorafuse::lora::{kohya, LoraSet};
 use lorafuse::model::checkpoint::load_sd15;
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::unet::Unet;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Tensor};
+use lorafuse::{CpuBackend, DType, Tensor};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

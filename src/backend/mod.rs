@@ -1,14 +1,24 @@
 //! `Backend`: the whole op set that the SD1.x UNet, VAE and CLIP text encoder need, each op
 //! with its forward and, where a gradient flows through it, its input gradient.
 //!
-//! Frozen weights never get a gradient, so there is no weight-gradient op except LoRA's
-//! down (A) and up (B) matrices. Ops return fresh tensors; the few that accumulate take
-//! `&mut` outputs and an explicit [`Accum`], never a boolean.
+//! The op set is split by family, one trait each ([`LinearOps`], [`ConvOps`], [`NormOps`],
+//! ...), declared here next to its argument types. Each backend implements a family in one
+//! file: `impl LinearOps for CpuBackend` in cpu/linear.rs, `impl LinearOps for CudaBackend`
+//! in cuda/ops/linear.rs, and so on; [`Backend`] is every family at once (a blanket impl), so
+//! model code holds a `&dyn Backend`. Calling an op needs its trait in scope:
+//! `use crate::backend::prelude::*;`. A new op family is a trait here, a file per backend,
+//! and a line in [`Backend`] and [`prelude`].
+//!
+//! Frozen weights never get a gradient, so there is no weight-gradient op except the
+//! adapters' (adapter.rs: what a layer's adapter is, as an input to `linear` and `conv2d`).
+//! Ops return fresh tensors; the few that accumulate take `&mut` outputs and an explicit
+//! [`Accum`], never a boolean.
 //!
 //! Layouts: feature maps NCHW, token sequences [batch, length, channels], weights as
 //! PyTorch stores them (linear [out, in], conv [out, in, kh, kw]). Scalars are f64 so that
 //! the f64 CPU path used by gradient checks is not rounded through f32.
 
+pub mod adapter;
 pub mod check;
 pub mod cpu;
 pub mod cuda;
@@ -16,6 +26,53 @@ pub mod select;
 
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
+pub use adapter::{Adapter, AdapterBackward, Lora, LoraBackward};
+
+/// The op families' traits, for `use crate::backend::prelude::*;` wherever ops are called
+/// (a `&dyn Backend` reaches a family's methods only with its trait in scope).
+pub mod prelude {
+    pub use super::{
+        ActivationOps, AttentionOps, Backend, BackendInfo, ConvOps, DiffusionOps, ElementwiseOps,
+        LayoutOps, LinearOps, NormOps, OptimOps, Tensors,
+    };
+}
+
+/// The op set. Implemented by the CPU backend (the reference) and by the CUDA backend (a GPU,
+/// the kernel emulator or the memory meter); model code talks to nothing else. Every type
+/// with all the families is a `Backend`.
+pub trait Backend:
+    BackendInfo
+    + Tensors
+    + LinearOps
+    + ConvOps
+    + NormOps
+    + ActivationOps
+    + AttentionOps
+    + LayoutOps
+    + ElementwiseOps
+    + DiffusionOps
+    + OptimOps
+    + Send
+    + Sync
+{
+}
+
+impl<B> Backend for B where
+    B: BackendInfo
+        + Tensors
+        + LinearOps
+        + ConvOps
+        + NormOps
+        + ActivationOps
+        + AttentionOps
+        + LayoutOps
+        + ElementwiseOps
+        + DiffusionOps
+        + OptimOps
+        + Send
+        + Sync
+{
+}
 
 /// Whether an op overwrites its output or adds to it. Gradients of LoRA weights are
 /// assigned on the first micro-batch of an optimizer step and added on the others.
@@ -25,43 +82,78 @@ pub enum Accum {
     Add,
 }
 
-/// A LoRA adapter on a linear layer: y += scale · ((x·downᵀ) ⊙ mask)·upᵀ.
-/// `down` is A, [rank, in]; `up` is B, [out, rank]; kohya's scale is alpha / rank.
-#[derive(Clone, Copy)]
-pub struct Lora<'a> {
-    pub down: &'a Tensor,
-    pub up: &'a Tensor,
-    pub scale: f64,
-    /// Dropout on the adapter's hidden u = x·Aᵀ (kohya's `network_dropout`, applied to
-    /// lora_down's output during training): a pre-scaled keep mask shaped like u, [.., rank]
-    /// with x's leading dims, each element 0 (dropped) or 1/(1−p) (kept), in x's dtype.
-    /// The mask is an input, not drawn here: the same mask must reach the backward (it is
-    /// part of [`LoraBackward::lora`]). `None`: no dropout (inference, or p = 0).
-    pub dropout: Option<&'a Tensor>,
+/// Device memory held by a backend's pool, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// In live buffers now.
+    pub in_use: usize,
+    /// The most in live buffers at once so far.
+    pub peak: usize,
+}
+
+/// What a backend is and the memory it holds (cpu/mod.rs, cuda/backend.rs).
+pub trait BackendInfo {
+    /// A short name for messages: "cpu", "cuda:0".
+    fn name(&self) -> &'static str;
+    /// The dtype this backend computes activations in.
+    fn compute_dtype(&self) -> DType;
+    /// Device memory held by this backend (None on the CPU, which uses the process's heap).
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        None
+    }
+    /// Gives memory cached for reuse back to the device (the trainer calls it once the
+    /// VAE and text encoder are released, whose buffer sizes training never asks for again).
+    fn release_cache(&self) {}
+    /// Free device memory now, where the backend runs on a device that reports it (a GPU).
+    fn device_free_memory(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Tensors in and out of a backend (cpu/elementwise.rs, cuda/ops/elementwise.rs).
+pub trait Tensors {
+    /// A tensor of zeros on this backend.
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
+    /// Copies host f32 data to this backend, converted to `dtype`.
+    fn tensor_from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor>;
+    /// Copies a tensor to the host as f32.
+    fn to_f32_vec(&self, x: &Tensor) -> Result<Vec<f32>>;
+    /// Converts between dtypes (f16 <-> f32, and f64 on the CPU).
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor>;
 }
 
 /// What the forward of a linear layer returns.
 pub struct LinearOut {
     /// y = x·Wᵀ + bias + scale·ũ·Bᵀ, [.., out].
     pub y: Tensor,
-    /// ũ = (x·Aᵀ) ⊙ mask (u = x·Aᵀ itself without dropout), [.., rank], when a LoRA was
-    /// given: the backward reuses it for dB. It is the hidden *after* dropout.
+    /// ũ = (x·Aᵀ) ⊙ mask (u = x·Aᵀ itself without dropout), [.., rank], when the adapter is
+    /// a LoRA ([`Adapter::Lora`]): the backward reuses it for dB. It is the hidden *after*
+    /// dropout.
     pub lora_hidden: Option<Tensor>,
 }
 
-/// The LoRA half of a linear layer's backward: what was saved and where the gradients go.
-pub struct LoraBackward<'a> {
-    /// The adapter, with the forward's dropout mask if it had one.
-    pub lora: Lora<'a>,
-    /// The layer's input X, [.., in].
-    pub x: &'a Tensor,
-    /// ũ = (X·Aᵀ) ⊙ mask from the forward ([`LinearOut::lora_hidden`]), [.., rank].
-    pub hidden: &'a Tensor,
-    /// dA, [rank, in]: `+=` or `=` s·gᵀ·X with g = (dY·B) ⊙ mask, summed over all rows.
-    pub grad_down: &'a mut Tensor,
-    /// dB, [out, rank]: `+=` or `=` s·dYᵀ·ũ.
-    pub grad_up: &'a mut Tensor,
-    pub accum: Accum,
+/// Linear layers and their adapters (cpu/linear.rs, cuda/ops/linear.rs).
+pub trait LinearOps {
+    /// y = x·Wᵀ (+ bias) (+ the adapter's term). x [.., in], w [out, in], bias [out].
+    /// [`Adapter::Lora`]: + scale·ũ·Bᵀ with ũ = (x·Aᵀ) ⊙ mask (the mask when the LoRA
+    /// carries one, [`Lora::dropout`]), and ũ is returned as `lora_hidden`.
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        adapter: Option<Adapter<'_>>,
+    ) -> Result<LinearOut>;
+    /// Backward of [`LinearOps::linear`] with frozen W. [`AdapterBackward::Lora`]: with
+    /// g = (dY·B) ⊙ mask (no mask: dY·B), dB (+)= s·dYᵀ·ũ, dA (+)= s·gᵀ·X. When `want_dx`,
+    /// returns dX = dY·W (+ s·g·A).
+    fn linear_backward(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        adapter: Option<AdapterBackward<'_>>,
+        want_dx: bool,
+    ) -> Result<Option<Tensor>>;
 }
 
 /// Stride and zero padding of a square-kernel 2-D convolution (same on both axes).
@@ -81,13 +173,28 @@ impl Conv2d {
     }
 }
 
-/// Zeros added on each side of a feature map.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Pad2d {
-    pub top: usize,
-    pub bottom: usize,
-    pub left: usize,
-    pub right: usize,
+/// Convolutions (cpu/conv.rs, cuda/ops/conv.rs).
+pub trait ConvOps {
+    /// 2-D convolution, x [N, C, H, W], w [O, C, k, k], bias [O] -> [N, O, Ho, Wo].
+    /// `adapter`: no kind runs on convs yet, so any adapter is refused with an error (LoCon,
+    /// LoRA on 3x3 convs, is issue 15); pass `None`.
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        p: Conv2d,
+        adapter: Option<Adapter<'_>>,
+    ) -> Result<Tensor>;
+    /// Gradient of conv2d with respect to its input, for an input of spatial size `input_hw`
+    /// (stride 2 maps two input sizes to one output size, so the size must be given).
+    fn conv2d_input_grad(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: (usize, usize),
+        p: Conv2d,
+    ) -> Result<Tensor>;
 }
 
 /// Per-group (GroupNorm) or per-row (LayerNorm) statistics saved by the forward.
@@ -104,126 +211,8 @@ impl NormStats {
     }
 }
 
-/// The pointwise nonlinearities of SD1.x.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// x·sigmoid(x) (ResNet blocks, time MLP).
-    Silu,
-    /// The exact, erf-based GELU (diffusers' default, approximate="none").
-    Gelu,
-    /// x·sigmoid(1.702·x), CLIP's activation.
-    QuickGelu,
-}
-
-/// Multi-head attention on [batch, length, heads·head_dim] tensors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Attention {
-    pub heads: usize,
-    /// Query i sees keys 0..=i only (CLIP's text encoder). Needs as many queries as keys.
-    pub causal: bool,
-}
-
-/// Sinusoidal timestep embedding as diffusers' `get_timestep_embedding`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TimestepEmbedding {
-    pub dim: usize,
-    /// Put the cosines first (SD1.x: true).
-    pub flip_sin_to_cos: bool,
-    /// `downscale_freq_shift` (SD1.x: 0).
-    pub freq_shift: f64,
-    /// 10000 in SD1.x.
-    pub max_period: f64,
-}
-
-/// Hyper-parameters of one AdamW step (PyTorch's decoupled weight decay).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamW {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// 1-based step count, for the bias corrections.
-    pub step: u64,
-    /// Multiplies every gradient before use: 1/loss_scale times the clipping coefficient.
-    pub grad_scale: f64,
-}
-
-/// Device memory held by a backend's pool, in bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeviceMemory {
-    /// In live buffers now.
-    pub in_use: usize,
-    /// The most in live buffers at once so far.
-    pub peak: usize,
-}
-
-/// The op set. Implemented by the CPU backend (the reference) and, with the `cuda`
-/// feature, by the CUDA backend; model code talks to nothing else.
-pub trait Backend: Send + Sync {
-    /// A short name for messages: "cpu", "cuda:0".
-    fn name(&self) -> &'static str;
-    /// The dtype this backend computes activations in.
-    fn compute_dtype(&self) -> DType;
-    /// Device memory held by this backend (None on the CPU, which uses the process's heap).
-    fn device_memory(&self) -> Option<DeviceMemory> {
-        None
-    }
-    /// Gives memory cached for reuse back to the device (the trainer calls it once the
-    /// VAE and text encoder are released, whose buffer sizes training never asks for again).
-    fn release_cache(&self) {}
-    /// Free device memory now, where the backend runs on a device that reports it (a GPU).
-    fn device_free_memory(&self) -> Option<usize> {
-        None
-    }
-
-    /// A tensor of zeros on this backend.
-    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
-    /// Copies host f32 data to this backend, converted to `dtype`.
-    fn tensor_from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor>;
-    /// Copies a tensor to the host as f32.
-    fn to_f32_vec(&self, x: &Tensor) -> Result<Vec<f32>>;
-    /// Converts between dtypes (f16 <-> f32, and f64 on the CPU).
-    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor>;
-
-    // ---- linear layers and LoRA ----
-
-    /// y = x·Wᵀ (+ bias) (+ scale·ũ·Bᵀ), ũ = (x·Aᵀ) ⊙ mask (the mask when the LoRA carries
-    /// one, [`Lora::dropout`]). x [.., in], w [out, in], bias [out]. Returns ũ as
-    /// `lora_hidden`.
-    fn linear(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: Option<&Tensor>,
-        lora: Option<Lora<'_>>,
-    ) -> Result<LinearOut>;
-    /// Backward of [`Backend::linear`] with frozen W: with g = (dY·B) ⊙ mask (no mask: dY·B),
-    /// dB (+)= s·dYᵀ·ũ, dA (+)= s·gᵀ·X, and, when `want_dx`, returns dX = dY·W + s·g·A.
-    fn linear_backward(
-        &self,
-        dy: &Tensor,
-        w: &Tensor,
-        lora: Option<LoraBackward<'_>>,
-        want_dx: bool,
-    ) -> Result<Option<Tensor>>;
-
-    // ---- convolutions ----
-
-    /// 2-D convolution, x [N, C, H, W], w [O, C, k, k], bias [O] -> [N, O, Ho, Wo].
-    fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2d) -> Result<Tensor>;
-    /// Gradient of conv2d with respect to its input, for an input of spatial size `input_hw`
-    /// (stride 2 maps two input sizes to one output size, so the size must be given).
-    fn conv2d_input_grad(
-        &self,
-        dy: &Tensor,
-        w: &Tensor,
-        input_hw: (usize, usize),
-        p: Conv2d,
-    ) -> Result<Tensor>;
-
-    // ---- normalization ----
-
+/// Normalization (cpu/norm.rs, cuda/ops/norm.rs).
+pub trait NormOps {
     /// GroupNorm over x [N, C, ...] with `groups` groups and affine gamma, beta [C];
     /// with `silu`, SiLU is applied to the result in the same pass.
     #[allow(clippy::too_many_arguments)]
@@ -236,7 +225,7 @@ pub trait Backend: Send + Sync {
         eps: f64,
         silu: bool,
     ) -> Result<(Tensor, NormStats)>;
-    /// dX of [`Backend::group_norm`] (gamma and beta are frozen).
+    /// dX of [`NormOps::group_norm`] (gamma and beta are frozen).
     #[allow(clippy::too_many_arguments)]
     fn group_norm_backward(
         &self,
@@ -256,7 +245,7 @@ pub trait Backend: Send + Sync {
         beta: &Tensor,
         eps: f64,
     ) -> Result<(Tensor, NormStats)>;
-    /// dX of [`Backend::layer_norm`] (gamma and beta are frozen).
+    /// dX of [`NormOps::layer_norm`] (gamma and beta are frozen).
     fn layer_norm_backward(
         &self,
         dy: &Tensor,
@@ -264,20 +253,41 @@ pub trait Backend: Send + Sync {
         gamma: &Tensor,
         stats: &NormStats,
     ) -> Result<Tensor>;
+}
 
-    // ---- activations ----
+/// The pointwise nonlinearities of SD1.x.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// x·sigmoid(x) (ResNet blocks, time MLP).
+    Silu,
+    /// The exact, erf-based GELU (diffusers' default, approximate="none").
+    Gelu,
+    /// x·sigmoid(1.702·x), CLIP's activation.
+    QuickGelu,
+}
 
+/// Pointwise activations and GEGLU (cpu/activation.rs, cuda/ops/activation.rs).
+pub trait ActivationOps {
     /// A pointwise activation.
     fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor>;
-    /// dX of [`Backend::activation`], from the saved input.
+    /// dX of [`ActivationOps::activation`], from the saved input.
     fn activation_backward(&self, dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tensor>;
     /// GEGLU: x [.., 2F] split into (h, gate) along the last dim; returns h·gelu(gate), [.., F].
     fn geglu(&self, x: &Tensor) -> Result<Tensor>;
-    /// dX of [`Backend::geglu`], [.., 2F].
+    /// dX of [`ActivationOps::geglu`], [.., 2F].
     fn geglu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor>;
+}
 
-    // ---- attention ----
+/// Multi-head attention on [batch, length, heads·head_dim] tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attention {
+    pub heads: usize,
+    /// Query i sees keys 0..=i only (CLIP's text encoder). Needs as many queries as keys.
+    pub causal: bool,
+}
 
+/// Attention (cpu/attention.rs, cuda/ops/attention.rs with its fast and wide variants).
+pub trait AttentionOps {
     /// softmax(Q·Kᵀ/sqrt(d))·V per head. q [B, Lq, H·d], k [B, Lk, H·d], v [B, Lk, H·dv].
     /// Returns O [B, Lq, H·dv] and the log-sum-exp of each score row, [B, H, Lq].
     fn attention(
@@ -287,7 +297,7 @@ pub trait Backend: Send + Sync {
         v: &Tensor,
         p: Attention,
     ) -> Result<(Tensor, Tensor)>;
-    /// (dQ, dK, dV) of [`Backend::attention`] from the saved Q, K, V, O and LSE.
+    /// (dQ, dK, dV) of [`AttentionOps::attention`] from the saved Q, K, V, O and LSE.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
@@ -299,9 +309,20 @@ pub trait Backend: Send + Sync {
         d_o: &Tensor,
         p: Attention,
     ) -> Result<(Tensor, Tensor, Tensor)>;
+}
 
-    // ---- layout, routing and elementwise ----
+/// Zeros added on each side of a feature map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Pad2d {
+    pub top: usize,
+    pub bottom: usize,
+    pub left: usize,
+    pub right: usize,
+}
 
+/// Layout and routing: resampling, concatenation, padding, token <-> feature-map
+/// transposes, embedding rows (cpu/layout.rs, cuda/ops/layout.rs).
+pub trait LayoutOps {
     /// Nearest-neighbour 2x upsampling, [N, C, H, W] -> [N, C, 2H, 2W].
     fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor>;
     /// Its gradient: each 2x2 block of dy summed, [N, C, 2H, 2W] -> [N, C, H, W].
@@ -317,6 +338,13 @@ pub trait Backend: Send + Sync {
     fn nchw_to_nlc(&self, x: &Tensor) -> Result<Tensor>;
     /// [N, H·W, C] -> [N, C, H, W]: tokens back to a feature map.
     fn nlc_to_nchw(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor>;
+    /// Rows of `table` [V, C] picked by `ids` -> [ids.len(), C] (CLIP's token embeddings).
+    /// Frozen table: no gradient.
+    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor>;
+}
+
+/// Elementwise arithmetic (cpu/elementwise.rs, cuda/ops/elementwise.rs).
+pub trait ElementwiseOps {
     /// a + b, same shapes.
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// a += b: residual and skip gradients accumulate.
@@ -325,13 +353,22 @@ pub trait Backend: Send + Sync {
     fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor>;
     /// x [N, C, ...] + bias [N, C] broadcast over the spatial dims (time embedding in ResNets).
     fn add_channel_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor>;
+}
 
-    /// Rows of `table` [V, C] picked by `ids` -> [ids.len(), C] (CLIP's token embeddings).
-    /// Frozen table: no gradient.
-    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor>;
+/// Sinusoidal timestep embedding as diffusers' `get_timestep_embedding`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimestepEmbedding {
+    pub dim: usize,
+    /// Put the cosines first (SD1.x: true).
+    pub flip_sin_to_cos: bool,
+    /// `downscale_freq_shift` (SD1.x: 0).
+    pub freq_shift: f64,
+    /// 10000 in SD1.x.
+    pub max_period: f64,
+}
 
-    // ---- diffusion-specific ----
-
+/// Diffusion-specific ops (cpu/diffusion.rs, cuda/ops/diffusion.rs).
+pub trait DiffusionOps {
     /// Sinusoidal embedding of timesteps t [N] -> [N, dim].
     fn timestep_embedding(&self, t: &Tensor, p: TimestepEmbedding) -> Result<Tensor>;
     /// Per sample n of a batch [N, ...]: y_n = a[n]·x_n + b[n]·z_n. DDPM's forward process,
@@ -356,9 +393,24 @@ pub trait Backend: Send + Sync {
         weights: Option<&[f64]>,
         grad_scale: f64,
     ) -> Result<(f64, Tensor)>;
+}
 
-    // ---- optimizer ----
+/// Hyper-parameters of one AdamW step (PyTorch's decoupled weight decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// 1-based step count, for the bias corrections.
+    pub step: u64,
+    /// Multiplies every gradient before use: 1/loss_scale times the clipping coefficient.
+    pub grad_scale: f64,
+}
 
+/// The optimizer's ops on the flat parameter buffer (cpu/optim.rs, cuda/ops/optim.rs).
+pub trait OptimOps {
     /// Σ x²: the squared gradient norm for clipping; not finite when an f16 step overflowed.
     fn sum_squares(&self, x: &Tensor) -> Result<f64>;
     /// One AdamW step, in place, on flat f32 buffers of equal length.

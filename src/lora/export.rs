@@ -2,7 +2,7 @@
 //! ComfyUI and diffusers load, and the header metadata kohya's `train_network.py` writes.
 //!
 //! Tensors, per module `<name>` (all in one dtype, [`SavePrecision`]):
-//!   `<name>.lora_down.weight`  [r, in]   or [r, in, 1, 1] for a 1x1-conv layer (`is_conv`)
+//!   `<name>.lora_down.weight`  [r, in]   or [r, in, 1, 1] for a 1x1-conv layer (`LayerKind::Conv1x1`)
 //!   `<name>.lora_up.weight`    [out, r]  or [out, r, 1, 1]
 //!   `<name>.alpha`             []  (0-d), the module's alpha, in the same dtype
 //! Rounding to fp16/bf16 is to nearest, ties to even, as PyTorch's `.to(dtype)`.
@@ -157,11 +157,7 @@ fn module_tensors(
         }
         Ok(out)
     };
-    let (ds, us) = if m.is_conv {
-        (vec![r, i, 1, 1], vec![o, r, 1, 1])
-    } else {
-        (vec![r, i], vec![o, r])
-    };
+    let (ds, us) = m.kind.kohya_shapes(r, i, o);
     let tensor = |suffix: &str, shape: Vec<usize>, bytes: Vec<u8>| OutTensor {
         name: format!("{}{suffix}", m.name),
         dtype,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::lora::{LoraModule, LoraSet};
+use crate::lora::{LayerKind, LoraModule, LoraSet};
 use crate::model::checkpoint::Weights;
 use crate::tensor::DType;
 
@@ -48,7 +48,11 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<Lo
             .shape(&up_key)
             .map(<[usize]>::to_vec)
             .ok_or_else(|| bad(&up_key, format!("present beside {down_key}")))?;
-        let is_conv = ds.len() == 4;
+        let kind = if ds.len() == 4 {
+            LayerKind::Conv1x1
+        } else {
+            LayerKind::Linear
+        };
         let one_by_one = |s: &[usize]| s.len() == 2 || (s.len() == 4 && s[2] == 1 && s[3] == 1);
         if !one_by_one(&ds) || !one_by_one(&us) || us[1] != ds[0] {
             return Err(bad(
@@ -71,7 +75,7 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<Lo
             down: be.tensor_from_f32(&[r, i], &down.to_f32_vec(), dtype)?,
             up: be.tensor_from_f32(&[o, r], &up.to_f32_vec(), dtype)?,
             alpha,
-            is_conv,
+            kind,
         });
     }
     Ok(LoraSet::new(modules))

@@ -34,16 +34,48 @@ pub enum LoraTargets {
     Attention,
 }
 
-/// A layer that can carry an adapter: its kohya name and its sizes.
+/// The shape of a layer that carries an adapter, as the checkpoint stores its weight (and
+/// kohya its adapter). LoCon (LoRA on 3x3 convs, issue 15) adds a `Conv { kernel }` kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// A linear layer, weight [out, in]; its LoRA: down [r, in], up [out, r].
+    Linear,
+    /// A 1x1 conv run on tokens as a linear layer (the UNet's proj_in, proj_out), weight
+    /// [out, in, 1, 1]; kohya stores its LoRA as down [r, in, 1, 1], up [out, r, 1, 1].
+    Conv1x1,
+}
+
+impl LayerKind {
+    /// The shapes of (lora_down, lora_up) in a kohya file, for rank `r`, `i` in and `o` out
+    /// features.
+    pub fn kohya_shapes(self, r: usize, i: usize, o: usize) -> (Vec<usize>, Vec<usize>) {
+        match self {
+            LayerKind::Linear => (vec![r, i], vec![o, r]),
+            LayerKind::Conv1x1 => (vec![r, i, 1, 1], vec![o, r, 1, 1]),
+        }
+    }
+}
+
+/// What a layer that can carry an adapter does in its block: what target selection
+/// ([`LoraTargets`]) picks by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerRole {
+    /// An attention's to_q, to_k, to_v or to_out.0 (CLIP: q_proj, k_proj, v_proj, out_proj).
+    Attention,
+    /// A feed-forward layer: the UNet's ff.net.0.proj and ff.net.2, CLIP's mlp fc1 and fc2.
+    FeedForward,
+    /// A Transformer2D's proj_in or proj_out.
+    Projection,
+}
+
+/// A layer that can carry an adapter: its kohya name, its sizes, shape and role.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetLayer {
     pub name: String,
     pub in_features: usize,
     pub out_features: usize,
-    /// The layer is a 1x1 conv in the checkpoint (kohya stores its LoRA as [r, in, 1, 1]).
-    pub is_conv: bool,
-    /// The layer is one of an attention's to_q, to_k, to_v, to_out.0.
-    pub is_attention: bool,
+    pub kind: LayerKind,
+    pub role: LayerRole,
 }
 
 /// One adapter.
@@ -55,7 +87,8 @@ pub struct LoraModule {
     /// B, [out, rank].
     pub up: Tensor,
     pub alpha: f64,
-    pub is_conv: bool,
+    /// The shape of the layer it adapts (how kohya stores it).
+    pub kind: LayerKind,
 }
 
 impl LoraModule {
@@ -66,7 +99,8 @@ impl LoraModule {
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank() as f64
     }
-    /// The adapter as the backend takes it, without dropout.
+    /// The adapter as the backend takes it (inside [`crate::backend::Adapter::Lora`]),
+    /// without dropout.
     pub fn as_lora(&self) -> Lora<'_> {
         Lora {
             down: &self.down,
@@ -115,7 +149,7 @@ impl LoraSet {
                 down: be.tensor_from_f32(&[rank, l.in_features], &a, DType::F32)?,
                 up: be.zeros(&[l.out_features, rank], DType::F32)?,
                 alpha,
-                is_conv: l.is_conv,
+                kind: l.kind,
             });
         }
         Ok(LoraSet::new(modules))
@@ -207,7 +241,7 @@ impl LoraSet {
                 down: be.tensor_from_f32(&[rank, in_f], &a, DType::F32)?,
                 up: be.tensor_from_f32(&[out_f, rank], &b, DType::F32)?,
                 alpha: rank as f64,
-                is_conv: parts[0].0.is_conv,
+                kind: parts[0].0.kind,
             });
         }
         Ok(LoraSet::new(modules))

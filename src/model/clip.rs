@@ -29,7 +29,7 @@
 
 use crate::backend::{Accum, Activation, Attention as AttnParams, Backend, NormStats};
 use crate::error::{Error, Result};
-use crate::lora::{LoraGrads, TargetLayer};
+use crate::lora::{LayerKind, LayerRole, LoraGrads, TargetLayer};
 use crate::model::config::{ClipTextConfig, HiddenAct};
 use crate::model::layers::{Ctx, LayerNorm, Linear, LoraSaved};
 use crate::model::weights::{Loader, WeightSource};
@@ -315,8 +315,12 @@ impl ClipTextModel {
                         name: lin.name.clone(),
                         in_features: lin.in_features(),
                         out_features: lin.out_features(),
-                        is_conv: false,
-                        is_attention: j < 4,
+                        kind: LayerKind::Linear,
+                        role: if j < 4 {
+                            LayerRole::Attention
+                        } else {
+                            LayerRole::FeedForward
+                        },
                     })
             })
             .collect()

@@ -2,7 +2,9 @@
 //! flows through it, its backward side by side. Nothing here holds activations: the blocks
 //! decide what to save (see each block's `Saved`).
 
-use crate::backend::{Backend, Conv2d as ConvParams, LoraBackward, NormStats};
+use crate::backend::{
+    Adapter, AdapterBackward, Backend, Conv2d as ConvParams, LoraBackward, NormStats,
+};
 use crate::error::{Error, Result};
 use crate::lora::{LoraDropout, LoraGrads, LoraSet};
 use crate::model::weights::Loader;
@@ -120,9 +122,12 @@ impl Linear {
         };
         let mut lora = module.as_lora();
         lora.dropout = mask.as_ref();
-        let out = cx
-            .be
-            .linear(x, &self.weight, self.bias.as_ref(), Some(lora))?;
+        let out = cx.be.linear(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            Some(Adapter::Lora(lora)),
+        )?;
         Ok(LinearOut {
             y: out.y,
             lora: out.lora_hidden.map(|hidden| LoraSaved { hidden, mask }),
@@ -156,14 +161,14 @@ impl Linear {
         cx.be.linear_backward(
             dy,
             &self.weight,
-            Some(LoraBackward {
+            Some(AdapterBackward::Lora(LoraBackward {
                 lora,
                 x,
                 hidden: &saved.hidden,
                 grad_down: gd,
                 grad_up: gu,
                 accum,
-            }),
+            })),
             want_dx,
         )
     }
@@ -228,7 +233,7 @@ impl Conv {
     }
     pub fn forward(&self, cx: &Ctx, x: &Tensor) -> Result<Tensor> {
         cx.be
-            .conv2d(x, &self.weight, self.bias.as_ref(), self.params)
+            .conv2d(x, &self.weight, self.bias.as_ref(), self.params, None)
     }
     /// dX for an input of spatial size `input_hw` (the weights are frozen: only the shape of
     /// the input is needed, never its values).

@@ -117,7 +117,7 @@ impl NoiseSchedule {
     }
 
     /// The per-sample coefficients of the forward process for a batch of timesteps,
-    /// `(√ᾱ_t, √(1−ᾱ_t))` each, as [`crate::Backend::add_noise`] takes them.
+    /// `(√ᾱ_t, √(1−ᾱ_t))` each, as [`crate::backend::DiffusionOps::add_noise`] takes them.
     pub fn add_noise_coefficients(
         &self,
         timesteps: &[usize],

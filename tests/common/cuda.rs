@@ -4,8 +4,9 @@
 #![allow(dead_code)]
 
 use lorafuse::backend::cuda::{CudaBackend, Device};
+use lorafuse::backend::prelude::*;
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, CpuBackend, DType, Tensor};
+use lorafuse::{CpuBackend, DType, Tensor};
 
 /// A CUDA backend to test, and whether it is a real GPU (then tests use full SD1.5 shapes).
 pub struct Engine {

@@ -5,9 +5,24 @@
 //! tensors' shapes so that a wrong call can be fixed from the message alone.
 
 use super::{bad_value, mismatch};
-use crate::backend::Conv2d;
+use crate::backend::{Adapter, Conv2d};
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
+
+/// Refuses an adapter on a convolution: no adapter kind runs on convs yet (LoCon, a LoRA on
+/// 3x3 convs, is issue 15; the UNet's 1x1 projections carry theirs as linear layers).
+pub fn no_adapter(op: &'static str, adapter: Option<&Adapter<'_>>) -> Result<()> {
+    match adapter {
+        None => Ok(()),
+        Some(Adapter::Lora(_)) => Err(bad_value(
+            op,
+            "adapter",
+            "a LoRA",
+            "none: no adapter kind runs on convolutions yet (LoCon, LoRA on 3x3 convs, is \
+             issue 15); a 1x1 conv on tokens carries its LoRA as a linear layer",
+        )),
+    }
+}
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

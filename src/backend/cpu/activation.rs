@@ -13,8 +13,9 @@
 use rayon::prelude::*;
 
 use super::elementwise::CHUNK;
+use super::CpuBackend;
 use super::{data, dispatch, tensor, Real};
-use crate::backend::{check, Activation};
+use crate::backend::{check, Activation, ActivationOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -57,8 +58,27 @@ fn quick_gelu_grad<T: Real>(x: T) -> T {
     s + k * x * s * (T::ONE - s)
 }
 
-pub fn forward(x: &Tensor, act: Activation) -> Result<Tensor> {
-    dispatch!("activation", x, forward_t(x, act))
+impl ActivationOps for CpuBackend {
+    fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        dispatch!("activation", x, forward_t(x, act))
+    }
+
+    fn activation_backward(&self, dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tensor> {
+        const OP: &str = "activation_backward";
+        check::activation::backward(OP, dy, x)?;
+        dispatch!(OP, x, backward_t(dy, x, act))
+    }
+
+    fn geglu(&self, x: &Tensor) -> Result<Tensor> {
+        const OP: &str = "geglu";
+        let d = check::activation::geglu(OP, x)?;
+        dispatch!(OP, x, geglu_t(x, d.features))
+    }
+
+    fn geglu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let d = check::activation::geglu_backward(dy, x)?;
+        dispatch!("geglu_backward", x, geglu_backward_t(dy, x, d.features))
+    }
 }
 
 fn forward_t<T: Real>(x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -69,12 +89,6 @@ fn forward_t<T: Real>(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::QuickGelu => map(xs, quick_gelu),
     };
     tensor(x.shape().clone(), y)
-}
-
-pub fn backward(dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tensor> {
-    const OP: &str = "activation_backward";
-    check::activation::backward(OP, dy, x)?;
-    dispatch!(OP, x, backward_t(dy, x, act))
 }
 
 fn backward_t<T: Real>(dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tensor> {
@@ -117,12 +131,6 @@ fn rows_per_task(len: usize) -> usize {
     (CHUNK / len.max(1)).max(1)
 }
 
-pub fn geglu(x: &Tensor) -> Result<Tensor> {
-    const OP: &str = "geglu";
-    let d = check::activation::geglu(OP, x)?;
-    dispatch!(OP, x, geglu_t(x, d.features))
-}
-
 fn geglu_t<T: Real>(x: &Tensor, f: usize) -> Result<Tensor> {
     let xs = data::<T>("geglu", "x", x)?;
     let out_shape = x.shape().with_last(f);
@@ -140,11 +148,6 @@ fn geglu_t<T: Real>(x: &Tensor, f: usize) -> Result<Tensor> {
             }
         });
     tensor(out_shape, y)
-}
-
-pub fn geglu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let d = check::activation::geglu_backward(dy, x)?;
-    dispatch!("geglu_backward", x, geglu_backward_t(dy, x, d.features))
 }
 
 fn geglu_backward_t<T: Real>(dy: &Tensor, x: &Tensor, f: usize) -> Result<Tensor> {

@@ -31,18 +31,41 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Mat};
+use super::CpuBackend;
 use super::{data, dispatch, tensor, Real};
 use crate::backend::check::attention::AttentionDims;
-use crate::backend::{check, Attention};
+use crate::backend::{check, Attention, AttentionOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Query rows per block: a [BLOCK, Lk] score block is 2 MB in f32 at Lk = 4096.
 const BLOCK: usize = 128;
 
-pub fn forward(q: &Tensor, k: &Tensor, v: &Tensor, p: Attention) -> Result<(Tensor, Tensor)> {
-    let n = check::attention::forward(q, k, v, p)?;
-    dispatch!("attention", q, forward_t(q, k, v, n))
+impl AttentionOps for CpuBackend {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        p: Attention,
+    ) -> Result<(Tensor, Tensor)> {
+        let n = check::attention::forward(q, k, v, p)?;
+        dispatch!("attention", q, forward_t(q, k, v, n))
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        lse: &Tensor,
+        d_o: &Tensor,
+        p: Attention,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let n = check::attention::backward(q, k, v, o, lse, d_o, p)?;
+        dispatch!("attention_backward", q, backward_t(q, k, v, o, lse, d_o, n))
+    }
 }
 
 fn forward_t<T: Real>(
@@ -119,20 +142,6 @@ fn softmax_in_place<T: Real>(s: &mut [T]) -> T {
         *x *= inv;
     }
     m + sum.ln()
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn backward(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    o: &Tensor,
-    lse: &Tensor,
-    d_o: &Tensor,
-    p: Attention,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    let n = check::attention::backward(q, k, v, o, lse, d_o, p)?;
-    dispatch!("attention_backward", q, backward_t(q, k, v, o, lse, d_o, n))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -23,32 +23,44 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Mat};
+use super::CpuBackend;
 use super::{data, dispatch, tensor, Real};
 use crate::backend::check::conv::ConvDims;
-use crate::backend::{check, Conv2d};
+use crate::backend::{check, Adapter, Conv2d, ConvOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
 /// Elements of the im2col buffer per block of output rows (16 MiB in f32).
 const COLS_BUDGET: usize = 1 << 22;
 
-pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: Conv2d) -> Result<Tensor> {
-    let d = check::conv::forward(x, w, bias, p)?;
-    dispatch!("conv2d", x, forward_t(x, w, bias, &d, COLS_BUDGET))
-}
+impl ConvOps for CpuBackend {
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        p: Conv2d,
+        adapter: Option<Adapter<'_>>,
+    ) -> Result<Tensor> {
+        check::conv::no_adapter("conv2d", adapter.as_ref())?;
+        let d = check::conv::forward(x, w, bias, p)?;
+        dispatch!("conv2d", x, forward_t(x, w, bias, &d, COLS_BUDGET))
+    }
 
-pub fn conv2d_input_grad(
-    dy: &Tensor,
-    w: &Tensor,
-    input_hw: (usize, usize),
-    p: Conv2d,
-) -> Result<Tensor> {
-    let d = check::conv::input_grad(dy, w, input_hw, p)?;
-    dispatch!(
-        "conv2d_input_grad",
-        dy,
-        input_grad_t(dy, w, &d, COLS_BUDGET)
-    )
+    fn conv2d_input_grad(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: (usize, usize),
+        p: Conv2d,
+    ) -> Result<Tensor> {
+        let d = check::conv::input_grad(dy, w, input_hw, p)?;
+        dispatch!(
+            "conv2d_input_grad",
+            dy,
+            input_grad_t(dy, w, &d, COLS_BUDGET)
+        )
+    }
 }
 
 /// Whether cols would equal the input itself (1x1 kernel, stride 1, no padding).

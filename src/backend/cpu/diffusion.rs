@@ -12,15 +12,48 @@
 
 use rayon::prelude::*;
 
+use super::CpuBackend;
 use super::{data, dispatch, tensor, Real};
-use crate::backend::{check, TimestepEmbedding};
+use crate::backend::{check, DiffusionOps, TimestepEmbedding};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-pub fn timestep_embedding(t: &Tensor, p: TimestepEmbedding) -> Result<Tensor> {
-    const OP: &str = "timestep_embedding";
-    check::diffusion::timestep_embedding(t, &p)?;
-    dispatch!(OP, t, timestep_embedding_t(t, p))
+impl DiffusionOps for CpuBackend {
+    fn timestep_embedding(&self, t: &Tensor, p: TimestepEmbedding) -> Result<Tensor> {
+        const OP: &str = "timestep_embedding";
+        check::diffusion::timestep_embedding(t, &p)?;
+        dispatch!(OP, t, timestep_embedding_t(t, p))
+    }
+
+    fn add_noise(&self, x: &Tensor, z: &Tensor, a: &[f64], b: &[f64]) -> Result<Tensor> {
+        const OP: &str = "add_noise";
+        check::diffusion::add_noise(x, z, a, b)?;
+        dispatch!(OP, x, add_noise_t(x, z, a, b))
+    }
+
+    fn gaussian_sample(
+        &self,
+        mean: &Tensor,
+        logvar: &Tensor,
+        noise: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        const OP: &str = "gaussian_sample";
+        check::diffusion::gaussian_sample(mean, logvar, noise)?;
+        dispatch!(OP, mean, gaussian_sample_t(mean, logvar, noise, scale))
+    }
+
+    fn mse_loss(
+        &self,
+        pred: &Tensor,
+        target: &Tensor,
+        weights: Option<&[f64]>,
+        grad_scale: f64,
+    ) -> Result<(f64, Tensor)> {
+        const OP: &str = "mse_loss";
+        check::diffusion::mse_loss(pred, target, weights)?;
+        dispatch!(OP, pred, mse_loss_t(pred, target, weights, grad_scale))
+    }
 }
 
 fn timestep_embedding_t<T: Real>(t: &Tensor, p: TimestepEmbedding) -> Result<Tensor> {
@@ -42,17 +75,6 @@ fn timestep_embedding_t<T: Real>(t: &Tensor, p: TimestepEmbedding) -> Result<Ten
         }
     }
     tensor([ts.len(), p.dim], out)
-}
-
-pub fn mse_loss(
-    pred: &Tensor,
-    target: &Tensor,
-    weights: Option<&[f64]>,
-    grad_scale: f64,
-) -> Result<(f64, Tensor)> {
-    const OP: &str = "mse_loss";
-    check::diffusion::mse_loss(pred, target, weights)?;
-    dispatch!(OP, pred, mse_loss_t(pred, target, weights, grad_scale))
 }
 
 fn mse_loss_t<T: Real>(
@@ -87,12 +109,6 @@ fn mse_loss_t<T: Real>(
     Ok((loss, tensor(pred.shape().clone(), grad)?))
 }
 
-pub fn add_noise(x: &Tensor, z: &Tensor, a: &[f64], b: &[f64]) -> Result<Tensor> {
-    const OP: &str = "add_noise";
-    check::diffusion::add_noise(x, z, a, b)?;
-    dispatch!(OP, x, add_noise_t(x, z, a, b))
-}
-
 fn add_noise_t<T: Real>(x: &Tensor, z: &Tensor, a: &[f64], b: &[f64]) -> Result<Tensor> {
     let xs = data::<T>("add_noise", "x", x)?;
     let zs = data::<T>("add_noise", "noise", z)?;
@@ -108,17 +124,6 @@ fn add_noise_t<T: Real>(x: &Tensor, z: &Tensor, a: &[f64], b: &[f64]) -> Result<
         });
     }
     tensor(x.shape().clone(), y)
-}
-
-pub fn gaussian_sample(
-    mean: &Tensor,
-    logvar: &Tensor,
-    noise: Option<&Tensor>,
-    scale: f64,
-) -> Result<Tensor> {
-    const OP: &str = "gaussian_sample";
-    check::diffusion::gaussian_sample(mean, logvar, noise)?;
-    dispatch!(OP, mean, gaussian_sample_t(mean, logvar, noise, scale))
 }
 
 fn gaussian_sample_t<T: Real>(

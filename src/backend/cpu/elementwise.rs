@@ -10,17 +10,50 @@
 use half::f16;
 use rayon::prelude::*;
 
+use super::CpuBackend;
 use super::{data, data_mut, dispatch, tensor, Real};
-use crate::backend::check;
+use crate::backend::{check, ElementwiseOps, Tensors};
 use crate::error::Result;
 use crate::tensor::{CpuData, DType, Storage, Tensor};
 
 /// Elements per rayon task for pointwise loops.
 pub(crate) const CHUNK: usize = 1 << 14;
 
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    check::same_shape("add", "a", a, "b", b)?;
-    dispatch!("add", a, add_t(a, b))
+impl ElementwiseOps for CpuBackend {
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        check::same_shape("add", "a", a, "b", b)?;
+        dispatch!("add", a, add_t(a, b))
+    }
+
+    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        check::same_shape("add_assign", "a", a, "b", b)?;
+        match a.dtype() {
+            DType::F32 => add_assign_t::<f32>(a, b),
+            DType::F64 => add_assign_t::<f64>(a, b),
+            d => Err(super::cpu_dtype_error("add_assign", d)),
+        }
+    }
+
+    fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor> {
+        dispatch!("scale", x, scale_t(x, s))
+    }
+
+    fn add_channel_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        const OP: &str = "add_channel_bias";
+        check::min_rank(OP, "x", x, 2, "[N, C, ...]")?;
+        check::rank(OP, "bias", bias, 2, "[N, C]")?;
+        if bias.dims() != &x.dims()[..2] {
+            return Err(check::mismatch(
+                OP,
+                "x",
+                x,
+                "bias",
+                bias,
+                "bias must be [N, C] of x's first two dimensions",
+            ));
+        }
+        dispatch!(OP, x, add_channel_bias_t(x, bias))
+    }
 }
 
 fn add_t<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -32,15 +65,6 @@ fn add_t<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     tensor(a.shape().clone(), y)
 }
 
-pub fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> {
-    check::same_shape("add_assign", "a", a, "b", b)?;
-    match a.dtype() {
-        DType::F32 => add_assign_t::<f32>(a, b),
-        DType::F64 => add_assign_t::<f64>(a, b),
-        d => Err(super::cpu_dtype_error("add_assign", d)),
-    }
-}
-
 fn add_assign_t<T: Real>(a: &mut Tensor, b: &Tensor) -> Result<()> {
     let bv = data::<T>("add_assign", "b", b)?;
     let av = data_mut::<T>("add_assign", "a", a)?;
@@ -50,10 +74,6 @@ fn add_assign_t<T: Real>(a: &mut Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
-    dispatch!("scale", x, scale_t(x, s))
-}
-
 fn scale_t<T: Real>(x: &Tensor, s: f64) -> Result<Tensor> {
     let s = T::from_f64(s);
     let y = data::<T>("scale", "x", x)?
@@ -61,23 +81,6 @@ fn scale_t<T: Real>(x: &Tensor, s: f64) -> Result<Tensor> {
         .map(|&v| v * s)
         .collect();
     tensor(x.shape().clone(), y)
-}
-
-pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    const OP: &str = "add_channel_bias";
-    check::min_rank(OP, "x", x, 2, "[N, C, ...]")?;
-    check::rank(OP, "bias", bias, 2, "[N, C]")?;
-    if bias.dims() != &x.dims()[..2] {
-        return Err(check::mismatch(
-            OP,
-            "x",
-            x,
-            "bias",
-            bias,
-            "bias must be [N, C] of x's first two dimensions",
-        ));
-    }
-    dispatch!(OP, x, add_channel_bias_t(x, bias))
 }
 
 fn add_channel_bias_t<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -94,58 +97,54 @@ fn add_channel_bias_t<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     tensor(x.shape().clone(), y)
 }
 
-pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
-    #[allow(irrefutable_let_patterns)]
-    let Storage::Cpu(src) = x.storage() else {
-        return Err(crate::error::Error::Device {
-            op: "cast",
-            name: "x",
-            got: x.storage().device_name().into(),
-            backend: "cpu",
-        });
-    };
-    let data = match (src, dtype) {
-        (CpuData::F16(v), DType::F16) => CpuData::F16(v.clone()),
-        (CpuData::F32(v), DType::F32) => CpuData::F32(v.clone()),
-        (CpuData::F64(v), DType::F64) => CpuData::F64(v.clone()),
-        (CpuData::F16(v), DType::F32) => CpuData::F32(v.par_iter().map(|h| h.to_f32()).collect()),
-        (CpuData::F16(v), DType::F64) => CpuData::F64(v.par_iter().map(|h| h.to_f64()).collect()),
-        (CpuData::F32(v), DType::F16) => {
-            CpuData::F16(v.par_iter().map(|&f| f16::from_f32(f)).collect())
-        }
-        (CpuData::F64(v), DType::F16) => {
-            CpuData::F16(v.par_iter().map(|&f| f16::from_f64(f)).collect())
-        }
-        (CpuData::F32(v), DType::F64) => CpuData::F64(v.par_iter().map(|&f| f as f64).collect()),
-        (CpuData::F64(v), DType::F32) => CpuData::F32(v.par_iter().map(|&f| f as f32).collect()),
-    };
-    Tensor::from_cpu(x.shape().clone(), data)
-}
-
-pub fn embedding(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    const OP: &str = "embedding";
-    check::rank(OP, "table", table, 2, "[vocab, channels]")?;
-    let vocab = table.dims()[0];
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        return Err(check::bad_value(
-            OP,
-            "id",
-            bad,
-            &format!(
-                "below the vocabulary size {vocab} of table {}",
-                table.shape()
-            ),
-        ));
+impl Tensors for CpuBackend {
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Ok(Tensor::zeros(shape, dtype))
     }
-    dispatch!(OP, table, embedding_t(table, ids))
-}
-
-fn embedding_t<T: Real>(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    let c = table.dims()[1];
-    let ts = data::<T>("embedding", "table", table)?;
-    let mut out = Vec::with_capacity(ids.len() * c);
-    for &i in ids {
-        out.extend_from_slice(&ts[i as usize * c..(i as usize + 1) * c]);
+    fn tensor_from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor> {
+        let t = Tensor::from_f32(shape, data.to_vec())?;
+        if dtype == DType::F32 {
+            Ok(t)
+        } else {
+            self.cast(&t, dtype)
+        }
     }
-    tensor([ids.len(), c], out)
+    fn to_f32_vec(&self, x: &Tensor) -> Result<Vec<f32>> {
+        Ok(x.to_f32_vec())
+    }
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        #[allow(irrefutable_let_patterns)]
+        let Storage::Cpu(src) = x.storage() else {
+            return Err(crate::error::Error::Device {
+                op: "cast",
+                name: "x",
+                got: x.storage().device_name().into(),
+                backend: "cpu",
+            });
+        };
+        let data = match (src, dtype) {
+            (CpuData::F16(v), DType::F16) => CpuData::F16(v.clone()),
+            (CpuData::F32(v), DType::F32) => CpuData::F32(v.clone()),
+            (CpuData::F64(v), DType::F64) => CpuData::F64(v.clone()),
+            (CpuData::F16(v), DType::F32) => {
+                CpuData::F32(v.par_iter().map(|h| h.to_f32()).collect())
+            }
+            (CpuData::F16(v), DType::F64) => {
+                CpuData::F64(v.par_iter().map(|h| h.to_f64()).collect())
+            }
+            (CpuData::F32(v), DType::F16) => {
+                CpuData::F16(v.par_iter().map(|&f| f16::from_f32(f)).collect())
+            }
+            (CpuData::F64(v), DType::F16) => {
+                CpuData::F16(v.par_iter().map(|&f| f16::from_f64(f)).collect())
+            }
+            (CpuData::F32(v), DType::F64) => {
+                CpuData::F64(v.par_iter().map(|&f| f as f64).collect())
+            }
+            (CpuData::F64(v), DType::F32) => {
+                CpuData::F32(v.par_iter().map(|&f| f as f32).collect())
+            }
+        };
+        Tensor::from_cpu(x.shape().clone(), data)
+    }
 }

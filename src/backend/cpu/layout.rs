@@ -7,21 +7,77 @@
 //!   nchw_to_nlc:                 y[n] = x[n]ᵀ, x[n] viewed as [C, H·W] -> [H·W, C]
 //!   nlc_to_nchw:                 y[n] = x[n]ᵀ, [L, C] -> [C, L] viewed as [C, h, w]
 //!   pad2d:                       y[n, c, top + i, left + j] = x[n, c, i, j], zeros elsewhere
+//!   embedding:                   y[i] = table[ids[i]]   (rows of a frozen table)
 //! nchw_to_nlc and nlc_to_nchw are each other's inverse, hence each other's gradient.
 //! Work is spread with rayon per channel plane (upsampling), per image (concat, split) and
 //! per block of output rows within an image (transposes).
 
 use rayon::prelude::*;
 
+use super::CpuBackend;
 use super::{data, dispatch, tensor, Real};
 use crate::backend::check::layout::ConcatDims;
-use crate::backend::{check, Pad2d};
+use crate::backend::{check, LayoutOps, Pad2d};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
-    let d = check::layout::upsample(x)?;
-    dispatch!("upsample_nearest2x", x, upsample_t(x, d))
+impl LayoutOps for CpuBackend {
+    fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
+        let d = check::layout::upsample(x)?;
+        dispatch!("upsample_nearest2x", x, upsample_t(x, d))
+    }
+
+    fn upsample_nearest2x_backward(&self, dy: &Tensor) -> Result<Tensor> {
+        let d = check::layout::upsample_backward(dy)?;
+        dispatch!(
+            "upsample_nearest2x_backward",
+            dy,
+            upsample_backward_t(dy, d)
+        )
+    }
+
+    fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let d = check::layout::concat(a, b)?;
+        dispatch!("concat_channels", a, concat_t(a, b, d))
+    }
+
+    fn split_channels(&self, dy: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
+        let d = check::layout::split(dy, ca)?;
+        dispatch!("split_channels", dy, split_t(dy, d))
+    }
+
+    fn pad2d(&self, x: &Tensor, pad: Pad2d) -> Result<Tensor> {
+        let d = check::layout::pad2d(x, pad)?;
+        dispatch!("pad2d", x, pad2d_t(x, pad, d))
+    }
+
+    fn nchw_to_nlc(&self, x: &Tensor) -> Result<Tensor> {
+        let d = check::layout::nchw_to_nlc(x)?;
+        dispatch!("nchw_to_nlc", x, nchw_to_nlc_t(x, d))
+    }
+
+    fn nlc_to_nchw(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let d = check::layout::nlc_to_nchw(x, h, w)?;
+        dispatch!("nlc_to_nchw", x, nlc_to_nchw_t(x, d))
+    }
+
+    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        const OP: &str = "embedding";
+        check::rank(OP, "table", table, 2, "[vocab, channels]")?;
+        let vocab = table.dims()[0];
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(check::bad_value(
+                OP,
+                "id",
+                bad,
+                &format!(
+                    "below the vocabulary size {vocab} of table {}",
+                    table.shape()
+                ),
+            ));
+        }
+        dispatch!(OP, table, embedding_t(table, ids))
+    }
 }
 
 fn upsample_t<T: Real>(x: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
@@ -45,15 +101,6 @@ fn upsample_t<T: Real>(x: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
             }
         });
     tensor(shape, y)
-}
-
-pub fn upsample_nearest2x_backward(dy: &Tensor) -> Result<Tensor> {
-    let d = check::layout::upsample_backward(dy)?;
-    dispatch!(
-        "upsample_nearest2x_backward",
-        dy,
-        upsample_backward_t(dy, d)
-    )
 }
 
 fn upsample_backward_t<T: Real>(dy: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
@@ -88,11 +135,6 @@ fn with_channels(like: &Tensor, c: usize) -> Vec<usize> {
     d
 }
 
-pub fn concat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let d = check::layout::concat(a, b)?;
-    dispatch!("concat_channels", a, concat_t(a, b, d))
-}
-
 fn concat_t<T: Real>(a: &Tensor, b: &Tensor, d: ConcatDims) -> Result<Tensor> {
     const OP: &str = "concat_channels";
     let (av, bv) = (data::<T>(OP, "a", a)?, data::<T>(OP, "b", b)?);
@@ -110,11 +152,6 @@ fn concat_t<T: Real>(a: &Tensor, b: &Tensor, d: ConcatDims) -> Result<Tensor> {
             out[la..].copy_from_slice(&bv[img * lb..(img + 1) * lb]);
         });
     tensor(shape, y)
-}
-
-pub fn split_channels(dy: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
-    let d = check::layout::split(dy, ca)?;
-    dispatch!("split_channels", dy, split_t(dy, d))
 }
 
 fn split_t<T: Real>(dy: &Tensor, d: ConcatDims) -> Result<(Tensor, Tensor)> {
@@ -148,21 +185,11 @@ fn split_t<T: Real>(dy: &Tensor, d: ConcatDims) -> Result<(Tensor, Tensor)> {
     ))
 }
 
-pub fn nchw_to_nlc(x: &Tensor) -> Result<Tensor> {
-    let d = check::layout::nchw_to_nlc(x)?;
-    dispatch!("nchw_to_nlc", x, nchw_to_nlc_t(x, d))
-}
-
 fn nchw_to_nlc_t<T: Real>(x: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
     let xs = data::<T>("nchw_to_nlc", "x", x)?;
     // Per image: [C, H·W] -> [H·W, C].
     let y = transpose_images(xs, n, c, h * w);
     tensor([n, h * w, c], y)
-}
-
-pub fn nlc_to_nchw(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-    let d = check::layout::nlc_to_nchw(x, h, w)?;
-    dispatch!("nlc_to_nchw", x, nlc_to_nchw_t(x, d))
 }
 
 fn nlc_to_nchw_t<T: Real>(x: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
@@ -202,11 +229,6 @@ fn transpose_images<T: Real>(src: &[T], n: usize, rows: usize, cols: usize) -> V
     dst
 }
 
-pub fn pad2d(x: &Tensor, pad: Pad2d) -> Result<Tensor> {
-    let d = check::layout::pad2d(x, pad)?;
-    dispatch!("pad2d", x, pad2d_t(x, pad, d))
-}
-
 fn pad2d_t<T: Real>(x: &Tensor, p: Pad2d, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
     let xs = data::<T>("pad2d", "x", x)?;
     let (ho, wo) = (p.top + h + p.bottom, p.left + w + p.right);
@@ -222,4 +244,14 @@ fn pad2d_t<T: Real>(x: &Tensor, p: Pad2d, [n, c, h, w]: [usize; 4]) -> Result<Te
             });
     }
     tensor([n, c, ho, wo], y)
+}
+
+fn embedding_t<T: Real>(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    let c = table.dims()[1];
+    let ts = data::<T>("embedding", "table", table)?;
+    let mut out = Vec::with_capacity(ids.len() * c);
+    for &i in ids {
+        out.extend_from_slice(&ts[i as usize * c..(i as usize + 1) * c]);
+    }
+    tensor([ids.len(), c], out)
 }

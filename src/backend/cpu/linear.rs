@@ -19,18 +19,44 @@
 //! an all-ones mask (p = 0) gives the same numbers too, as x·1 = x exactly.
 
 use super::gemm::{gemm, Mat};
+use super::CpuBackend;
 use super::{data, data_mut, dispatch, tensor, Real};
-use crate::backend::{check, Accum, LinearOut, Lora, LoraBackward};
+use crate::backend::{
+    check, Accum, Adapter, AdapterBackward, LinearOps, LinearOut, Lora, LoraBackward,
+};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-pub fn forward(
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    lora: Option<Lora<'_>>,
-) -> Result<LinearOut> {
-    dispatch!("linear", x, forward_t(x, w, bias, lora))
+impl LinearOps for CpuBackend {
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        adapter: Option<Adapter<'_>>,
+    ) -> Result<LinearOut> {
+        // The one adapter kind so far (a new kind of `Adapter` stops the build here).
+        let lora = adapter.map(|Adapter::Lora(l)| l);
+        dispatch!("linear", x, forward_t(x, w, bias, lora))
+    }
+
+    fn linear_backward(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        adapter: Option<AdapterBackward<'_>>,
+        want_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        // The one adapter kind so far (a new kind of `AdapterBackward` stops the build here).
+        let lora = adapter.map(|AdapterBackward::Lora(l)| l);
+        check::linear::backward(
+            dy,
+            w,
+            lora.as_ref()
+                .map(|l| (&l.lora, l.x, l.hidden, &*l.grad_down, &*l.grad_up)),
+        )?;
+        dispatch!("linear_backward", dy, backward_t(dy, w, lora, want_dx))
+    }
 }
 
 fn forward_t<T: Real>(
@@ -92,21 +118,6 @@ fn forward_t<T: Real>(
         y: tensor(x.shape().with_last(n), y)?,
         lora_hidden: hidden,
     })
-}
-
-pub fn backward(
-    dy: &Tensor,
-    w: &Tensor,
-    lora: Option<LoraBackward<'_>>,
-    want_dx: bool,
-) -> Result<Option<Tensor>> {
-    check::linear::backward(
-        dy,
-        w,
-        lora.as_ref()
-            .map(|l| (&l.lora, l.x, l.hidden, &*l.grad_down, &*l.grad_up)),
-    )?;
-    dispatch!("linear_backward", dy, backward_t(dy, w, lora, want_dx))
 }
 
 fn backward_t<T: Real>(

@@ -21,22 +21,70 @@ use rayon::prelude::*;
 
 use super::activation::{silu, silu_grad};
 use super::elementwise::CHUNK;
+use super::CpuBackend;
 use super::{data, dispatch, tensor, Real};
 use crate::backend::check::norm::{GroupNormDims, LayerNormDims};
-use crate::backend::{check, NormStats};
+use crate::backend::{check, NormOps, NormStats};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
-pub fn group_norm(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    groups: usize,
-    eps: f64,
-    silu: bool,
-) -> Result<(Tensor, NormStats)> {
-    let d = check::norm::group_norm(x, gamma, beta, groups, eps)?;
-    dispatch!("group_norm", x, group_norm_t(x, gamma, beta, d, eps, silu))
+impl NormOps for CpuBackend {
+    fn group_norm(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<(Tensor, NormStats)> {
+        let d = check::norm::group_norm(x, gamma, beta, groups, eps)?;
+        dispatch!("group_norm", x, group_norm_t(x, gamma, beta, d, eps, silu))
+    }
+
+    fn group_norm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        stats: &NormStats,
+        groups: usize,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let d = check::norm::group_norm_backward(dy, x, gamma, beta, stats, groups)?;
+        dispatch!(
+            "group_norm_backward",
+            x,
+            group_norm_backward_t(dy, x, gamma, beta, stats, d, silu)
+        )
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, NormStats)> {
+        let d = check::norm::layer_norm(x, gamma, beta, eps)?;
+        dispatch!("layer_norm", x, layer_norm_t(x, gamma, beta, d, eps))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        stats: &NormStats,
+    ) -> Result<Tensor> {
+        let d = check::norm::layer_norm_backward(dy, x, gamma, stats)?;
+        dispatch!(
+            "layer_norm_backward",
+            x,
+            layer_norm_backward_t(dy, x, gamma, stats, d)
+        )
+    }
 }
 
 fn group_norm_t<T: Real>(
@@ -74,23 +122,6 @@ fn group_norm_t<T: Real>(
     Ok((tensor(x.shape().clone(), y)?, stats))
 }
 
-pub fn group_norm_backward(
-    dy: &Tensor,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    stats: &NormStats,
-    groups: usize,
-    silu: bool,
-) -> Result<Tensor> {
-    let d = check::norm::group_norm_backward(dy, x, gamma, beta, stats, groups)?;
-    dispatch!(
-        "group_norm_backward",
-        x,
-        group_norm_backward_t(dy, x, gamma, beta, stats, d, silu)
-    )
-}
-
 fn group_norm_backward_t<T: Real>(
     dy: &Tensor,
     x: &Tensor,
@@ -122,16 +153,6 @@ fn group_norm_backward_t<T: Real>(
     tensor(x.shape().clone(), dx)
 }
 
-pub fn layer_norm(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, NormStats)> {
-    let d = check::norm::layer_norm(x, gamma, beta, eps)?;
-    dispatch!("layer_norm", x, layer_norm_t(x, gamma, beta, d, eps))
-}
-
 fn layer_norm_t<T: Real>(
     x: &Tensor,
     gamma: &Tensor,
@@ -159,20 +180,6 @@ fn layer_norm_t<T: Real>(
         rstd: tensor(d.stats_shape(), rstd)?,
     };
     Ok((tensor(x.shape().clone(), y)?, stats))
-}
-
-pub fn layer_norm_backward(
-    dy: &Tensor,
-    x: &Tensor,
-    gamma: &Tensor,
-    stats: &NormStats,
-) -> Result<Tensor> {
-    let d = check::norm::layer_norm_backward(dy, x, gamma, stats)?;
-    dispatch!(
-        "layer_norm_backward",
-        x,
-        layer_norm_backward_t(dy, x, gamma, stats, d)
-    )
 }
 
 fn layer_norm_backward_t<T: Real>(

@@ -25,6 +25,7 @@ mod gpu;
 pub(crate) mod launch;
 pub(crate) mod ops;
 mod pool;
+pub(crate) mod tiles;
 
 pub use backend::CudaBackend;
 pub use buffer::DeviceBuffer;

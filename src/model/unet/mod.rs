@@ -23,7 +23,7 @@ pub mod transformer;
 
 use crate::backend::{Activation, NormStats, TimestepEmbedding};
 use crate::error::{Error, Result};
-use crate::lora::{LoraGrads, LoraTargets, TargetLayer};
+use crate::lora::{LayerRole, LoraGrads, LoraTargets, TargetLayer};
 use crate::model::config::{DownBlockType, UnetConfig, UpBlockType};
 use crate::model::layers::{hw, Conv, Ctx, GroupNorm, Linear};
 use crate::model::weights::{Loader, WeightSource};
@@ -364,7 +364,10 @@ impl Unet {
         }
         match which {
             LoraTargets::Transformer => all,
-            LoraTargets::Attention => all.into_iter().filter(|t| t.is_attention).collect(),
+            LoraTargets::Attention => all
+                .into_iter()
+                .filter(|t| t.role == LayerRole::Attention)
+                .collect(),
         }
     }
 

@@ -25,7 +25,7 @@
 
 use crate::backend::{Attention as AttnParams, NormStats};
 use crate::error::Result;
-use crate::lora::{LoraGrads, TargetLayer};
+use crate::lora::{LayerKind, LayerRole, LoraGrads, TargetLayer};
 use crate::model::layers::{Ctx, GroupNorm, LayerNorm, Linear, LoraSaved};
 use crate::model::weights::Loader;
 use crate::tensor::Tensor;
@@ -158,7 +158,7 @@ impl Attention {
 
     fn targets(&self, out: &mut Vec<TargetLayer>) {
         for l in [&self.to_q, &self.to_k, &self.to_v, &self.to_out] {
-            out.push(target(l, false, true));
+            out.push(target(l, LayerKind::Linear, LayerRole::Attention));
         }
     }
 }
@@ -306,8 +306,8 @@ impl TransformerBlock {
     fn targets(&self, out: &mut Vec<TargetLayer>) {
         self.attn1.targets(out);
         self.attn2.targets(out);
-        out.push(target(&self.ff0, false, false));
-        out.push(target(&self.ff2, false, false));
+        out.push(target(&self.ff0, LayerKind::Linear, LayerRole::FeedForward));
+        out.push(target(&self.ff2, LayerKind::Linear, LayerRole::FeedForward));
     }
 }
 
@@ -435,18 +435,26 @@ impl Transformer2D {
 
     /// The adapters' possible places, in forward order.
     pub fn targets(&self, out: &mut Vec<TargetLayer>) {
-        out.push(target(&self.proj_in, true, false));
+        out.push(target(
+            &self.proj_in,
+            LayerKind::Conv1x1,
+            LayerRole::Projection,
+        ));
         self.block.targets(out);
-        out.push(target(&self.proj_out, true, false));
+        out.push(target(
+            &self.proj_out,
+            LayerKind::Conv1x1,
+            LayerRole::Projection,
+        ));
     }
 }
 
-fn target(l: &Linear, is_conv: bool, is_attention: bool) -> TargetLayer {
+fn target(l: &Linear, kind: LayerKind, role: LayerRole) -> TargetLayer {
     TargetLayer {
         name: l.name.clone(),
         in_features: l.in_features(),
         out_features: l.out_features(),
-        is_conv,
-        is_attention,
+        kind,
+        role,
     }
 }

@@ -5,20 +5,24 @@
 //!
 //! q, k, v, o, dO and the gradients share the compute dtype (f16 or f32); lse is f32 always.
 //! Head widths up to [`MAX_HEAD_DIM`] (the kernels keep one row's accumulators in registers);
-//! the forward of wider heads (the VAE's 512) runs in ops/attention_wide.rs.
+//! the forward of wider heads (the VAE's 512) runs in attention/wide.rs.
 //!
 //! f16 backends with the attention family on `Fast` run kernels/attention_fast.cu instead
-//! (flash-attention-2 style, tensor cores) when [`fast_bucket`] accepts the shape: d and dv in
-//! 1..=[`FAST_MAX_HEAD_DIM`] and at least one key. Wider heads (up to 256), dv = 0 and Lk = 0
-//! stay on the simple kernels. The lse of either forward feeds either backward.
+//! (attention/fast.rs: flash-attention-2 style, tensor cores) when it accepts the shape.
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::{
+    att_dkv_smem, att_dq_smem, att_fwd_smem, ATT_BQ, ATT_KB, ATT_MAX_D, ATT_THREADS,
+};
 use super::{alloc, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::check::attention::AttentionDims;
-use crate::backend::{check, Attention};
+use crate::backend::{check, Attention, AttentionOps};
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
+
+mod fast;
+mod wide;
 
 kernels! {
     module "attention";
@@ -38,93 +42,17 @@ kernels! {
         dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
 }
 
-/// The fast kernels' launchers (kernels/attention_fast.cu), in their own module: one
-/// `kernels!` per module.
-mod fast {
-    use super::super::super::launch::{kernels, In, Out};
-    kernels! {
-        module "attention_fast";
-        fn attention_fast_fwd_d64(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
-            lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
-        fn attention_fast_fwd_d96(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
-            lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
-        fn attention_fast_fwd_d160(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
-            lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
-        fn attention_fast_dot(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
-        fn attention_fast_dkv_d64(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
-            dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
-        fn attention_fast_dkv_d96(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
-            dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
-        fn attention_fast_dkv_d160(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
-            dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
-        fn attention_fast_dq_d64(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
-            heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
-        fn attention_fast_dq_d96(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
-            heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
-        fn attention_fast_dq_d160(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
-            heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
-    }
-}
-use fast::*;
+/// The widest head (d and dv) the kernels take.
+pub(crate) const MAX_HEAD_DIM: usize = ATT_MAX_D;
 
-/// The widest head (d and dv) the fast kernels take (their largest bucket).
-pub(crate) const FAST_MAX_HEAD_DIM: usize = 160;
-/// Rows of the tile each fast block owns (4 warps x 16): AF_ROWS in attention_fast.cu.
-const FAST_ROWS: usize = 64;
-
-/// The fast kernels' head bucket DM (a multiple of 16 >= d, dv: their register arrays and
-/// smem rows), or None when the shape stays on the simple kernels (see the module doc).
-fn fast_bucket(be: &CudaBackend, n: &AttentionDims) -> Option<usize> {
-    let w = n.head_dim.max(n.v_head_dim);
-    if !be.fast(be.kernels().attention) || n.head_dim == 0 || n.v_head_dim == 0 || n.kv_len == 0 {
-        return None;
-    }
-    [64, 96, FAST_MAX_HEAD_DIM].into_iter().find(|&dm| w <= dm)
-}
-
-/// (KT, QT, DS) of bucket DM: key tile of fwd/dQ, query tile of dK/dV, smem row stride in
-/// halves (AfTiles in attention_fast.cu).
-fn fast_tiles(dm: usize) -> (usize, usize, usize) {
-    if dm > 96 {
-        (32, 16, dm + 8)
-    } else {
-        (64, 32, dm + 8)
-    }
-}
-fn fast_fwd_smem(dm: usize) -> usize {
-    let (kt, _, ds) = fast_tiles(dm);
-    2 * (FAST_ROWS * ds + 4 * kt * ds)
-}
-fn fast_dq_smem(dm: usize) -> usize {
-    let (kt, _, ds) = fast_tiles(dm);
-    2 * (2 * FAST_ROWS * ds + 4 * kt * ds)
-}
-fn fast_dkv_smem(dm: usize) -> usize {
-    let (_, qt, ds) = fast_tiles(dm);
-    2 * (2 * FAST_ROWS * ds + 4 * qt * ds) + 4 * 4 * qt
-}
-
-/// The widest head (d and dv) the kernels take: ATT_MAX_D in kernels/attention.cu.
-pub(crate) const MAX_HEAD_DIM: usize = 256;
-
-// Tile sizes and threads per block, as ATT_* in kernels/attention.cu.
-const THREADS: u32 = 128;
-/// Forward and dQ: query rows per block and key rows per tile.
-const BQ: usize = 16;
-const BK: usize = 32;
-/// dK/dV: key rows per block and query rows per tile.
-const KB: usize = 16;
-const QT: usize = 32;
-
-/// Dynamic shared memory of each kernel in bytes (f32 tiles; `w | 1` is an odd row stride).
-fn fwd_smem(d: usize, dv: usize) -> usize {
-    4 * (BQ * d + BK * (d | 1) + BK * dv + BQ * (BK + 1) + 3 * BQ)
-}
-fn dq_smem(d: usize, dv: usize) -> usize {
-    4 * (BQ * d + BQ * dv + BK * (d | 1) + BK * (dv | 1) + BQ * (BK + 1) + 2 * BQ)
-}
-fn dkv_smem(d: usize, dv: usize) -> usize {
-    4 * (KB * d + KB * dv + QT * (d | 1) + QT * (dv | 1) + 2 * KB * (QT + 1) + 2 * QT)
+/// The saved tensors a backward reads, as kernel inputs.
+struct Saved {
+    q: In,
+    k: In,
+    v: In,
+    o: In,
+    lse: In,
+    d_o: In,
 }
 
 /// The scalar arguments every kernel of the family takes.
@@ -161,59 +89,74 @@ fn args(op: &'static str, n: &AttentionDims) -> Result<Args> {
     })
 }
 
-/// One block of [`THREADS`] per (b, h, tile of `rows` of a sequence of `len`).
+/// One block of `threads` per (b, h, tile of `rows` of a sequence of `len`).
 fn tiled(
     op: &'static str,
     n: &AttentionDims,
-    len: usize,
-    rows: usize,
+    (len, rows): (usize, usize),
+    threads: usize,
     smem: usize,
 ) -> Result<LaunchCfg> {
     let blocks = int(op, "q", n.batch * n.heads * len.div_ceil(rows))?;
     let smem = u32::try_from(smem).unwrap_or(u32::MAX); // an oversized request fails the launch check
-    Ok(LaunchCfg::new((blocks as u32, 1, 1), (THREADS, 1, 1), smem))
+    Ok(LaunchCfg::new(
+        (blocks as u32, 1, 1),
+        (threads as u32, 1, 1),
+        smem,
+    ))
 }
 
-pub(crate) fn attention(
-    be: &CudaBackend,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    p: Attention,
-) -> Result<(Tensor, Tensor)> {
-    const OP: &str = "attention";
-    let n = check::attention::forward(q, k, v, p)?;
-    let dt = float_dtype(OP, "q", q)?;
-    check::dtype(OP, "k", k, dt)?;
-    check::dtype(OP, "v", v, dt)?;
-    let (qi, ki, vi) = (
-        input(be, OP, "q", q)?,
-        input(be, OP, "k", k)?,
-        input(be, OP, "v", v)?,
-    );
-    if n.head_dim > MAX_HEAD_DIM || n.v_head_dim > MAX_HEAD_DIM {
-        return super::attention_wide::forward(be, q, k, v, &n, dt);
-    }
-    let a = args(OP, &n)?;
-    let mut o = alloc(be, n.o_shape(), dt)?;
-    let mut lse = alloc(be, n.lse_shape(), DType::F32)?;
-    if n.batch * n.heads * n.q_len == 0 {
-        return Ok((o, lse)); // nothing to compute (and no empty grid to launch)
-    }
-    if let Some(dm) = fast_bucket(be, &n) {
-        let f = match dm {
-            64 => attention_fast_fwd_d64,
-            96 => attention_fast_fwd_d96,
-            _ => attention_fast_fwd_d160,
-        };
+impl AttentionOps for CudaBackend {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        p: Attention,
+    ) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "attention";
+        let n = check::attention::forward(q, k, v, p)?;
+        let dt = float_dtype(OP, "q", q)?;
+        check::dtype(OP, "k", k, dt)?;
+        check::dtype(OP, "v", v, dt)?;
+        let (qi, ki, vi) = (
+            input(self, OP, "q", q)?,
+            input(self, OP, "k", k)?,
+            input(self, OP, "v", v)?,
+        );
+        if n.head_dim > MAX_HEAD_DIM || n.v_head_dim > MAX_HEAD_DIM {
+            return wide::forward(self, q, k, v, &n, dt);
+        }
+        let a = args(OP, &n)?;
+        let mut o = alloc(self, n.o_shape(), dt)?;
+        let mut lse = alloc(self, n.lse_shape(), DType::F32)?;
+        if n.batch * n.heads * n.q_len == 0 {
+            return Ok((o, lse)); // nothing to compute (and no empty grid to launch)
+        }
+        if let Some(dm) = fast::bucket(self, &n) {
+            let (oo, lo) = (
+                output(self, OP, "o", &mut o)?,
+                output(self, OP, "lse", &mut lse)?,
+            );
+            fast::forward(self, dm, &n, &a, [qi, ki, vi], (oo, lo))?;
+            return Ok((o, lse));
+        }
+        let cfg = tiled(
+            OP,
+            &n,
+            (n.q_len, ATT_BQ),
+            ATT_THREADS,
+            att_fwd_smem(n.head_dim, n.v_head_dim),
+        )?;
+        let f = by_dtype!(dt, OP, attention_fwd_f32, attention_fwd_f16);
         f(
-            be.device(),
-            tiled(OP, &n, n.q_len, FAST_ROWS, fast_fwd_smem(dm))?,
+            self.device(),
+            cfg,
             qi,
             ki,
             vi,
-            output(be, OP, "o", &mut o)?,
-            output(be, OP, "lse", &mut lse)?,
+            output(self, OP, "o", &mut o)?,
+            output(self, OP, "lse", &mut lse)?,
             a.heads,
             a.lq,
             a.lk,
@@ -222,102 +165,90 @@ pub(crate) fn attention(
             a.causal,
             a.scale,
         )?;
-        return Ok((o, lse));
+        Ok((o, lse))
     }
-    let cfg = tiled(OP, &n, n.q_len, BQ, fwd_smem(n.head_dim, n.v_head_dim))?;
-    let f = by_dtype!(dt, OP, attention_fwd_f32, attention_fwd_f16);
-    f(
-        be.device(),
-        cfg,
-        qi,
-        ki,
-        vi,
-        output(be, OP, "o", &mut o)?,
-        output(be, OP, "lse", &mut lse)?,
-        a.heads,
-        a.lq,
-        a.lk,
-        a.d,
-        a.dv,
-        a.causal,
-        a.scale,
-    )?;
-    Ok((o, lse))
-}
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn attention_backward(
-    be: &CudaBackend,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    o: &Tensor,
-    lse: &Tensor,
-    d_o: &Tensor,
-    p: Attention,
-) -> Result<(Tensor, Tensor, Tensor)> {
-    const OP: &str = "attention_backward";
-    let n = check::attention::backward(q, k, v, o, lse, d_o, p)?;
-    let dt = float_dtype(OP, "q", q)?;
-    for (name, t) in [("k", k), ("v", v), ("o", o), ("d_o", d_o)] {
-        check::dtype(OP, name, t, dt)?;
-    }
-    check::dtype(OP, "lse", lse, DType::F32)?;
-    let (qi, ki, vi) = (
-        input(be, OP, "q", q)?,
-        input(be, OP, "k", k)?,
-        input(be, OP, "v", v)?,
-    );
-    let (oi, li, gi) = (
-        input(be, OP, "o", o)?,
-        input(be, OP, "lse", lse)?,
-        input(be, OP, "d_o", d_o)?,
-    );
-    let a = args(OP, &n)?;
-    let mut dq = alloc(be, q.shape().clone(), dt)?;
-    let mut dk = alloc(be, k.shape().clone(), dt)?;
-    let mut dv = alloc(be, v.shape().clone(), dt)?;
-    let rows = n.batch * n.heads * n.q_len;
-    // D = rowsum(dO ⊙ O), [B, H, Lq] f32.
-    let mut dsum = alloc(be, [rows], DType::F32)?;
-    if let Some(dm) = fast_bucket(be, &n) {
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        o: &Tensor,
+        lse: &Tensor,
+        d_o: &Tensor,
+        p: Attention,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        const OP: &str = "attention_backward";
+        let n = check::attention::backward(q, k, v, o, lse, d_o, p)?;
+        let dt = float_dtype(OP, "q", q)?;
+        for (name, t) in [("k", k), ("v", v), ("o", o), ("d_o", d_o)] {
+            check::dtype(OP, name, t, dt)?;
+        }
+        check::dtype(OP, "lse", lse, DType::F32)?;
+        let (qi, ki, vi) = (
+            input(self, OP, "q", q)?,
+            input(self, OP, "k", k)?,
+            input(self, OP, "v", v)?,
+        );
+        let (oi, li, gi) = (
+            input(self, OP, "o", o)?,
+            input(self, OP, "lse", lse)?,
+            input(self, OP, "d_o", d_o)?,
+        );
+        let a = args(OP, &n)?;
+        let mut dq = alloc(self, q.shape().clone(), dt)?;
+        let mut dk = alloc(self, k.shape().clone(), dt)?;
+        let mut dv = alloc(self, v.shape().clone(), dt)?;
+        let rows = n.batch * n.heads * n.q_len;
+        // D = rowsum(dO ⊙ O), [B, H, Lq] f32.
+        let mut dsum = alloc(self, [rows], DType::F32)?;
+        if let Some(dm) = fast::bucket(self, &n) {
+            let saved = Saved {
+                q: qi,
+                k: ki,
+                v: vi,
+                o: oi,
+                lse: li,
+                d_o: gi,
+            };
+            let grads = (
+                output(self, OP, "dq", &mut dq)?,
+                output(self, OP, "dk", &mut dk)?,
+                output(self, OP, "dv", &mut dv)?,
+            );
+            fast::backward(self, dm, &n, &a, &saved, &mut dsum, grads)?;
+            return Ok((dq, dk, dv));
+        }
         if rows > 0 {
-            let warps = (THREADS / 32) as usize;
-            attention_fast_dot(
-                be.device(),
-                LaunchCfg::new(
-                    (int(OP, "q", rows.div_ceil(warps))? as u32, 1, 1),
-                    (THREADS, 1, 1),
-                    0,
-                ),
+            let f = by_dtype!(dt, OP, attention_bwd_dot_f32, attention_bwd_dot_f16);
+            f(
+                self.device(),
+                LaunchCfg::for_items(rows, BLOCK),
                 oi,
                 gi,
-                output(be, OP, "dsum", &mut dsum)?,
+                output(self, OP, "dsum", &mut dsum)?,
                 a.heads,
                 a.lq,
                 a.dv,
                 int(OP, "q", rows)?,
             )?;
-        }
-        let di = input(be, OP, "dsum", &dsum)?;
-        if n.batch * n.heads > 0 {
-            // Lq = 0: the dK/dV kernel writes dK = dV = 0.
-            let f = match dm {
-                64 => attention_fast_dkv_d64,
-                96 => attention_fast_dkv_d96,
-                _ => attention_fast_dkv_d160,
-            };
+            let f = by_dtype!(dt, OP, attention_bwd_dq_f32, attention_bwd_dq_f16);
             f(
-                be.device(),
-                tiled(OP, &n, n.kv_len, FAST_ROWS, fast_dkv_smem(dm))?,
+                self.device(),
+                tiled(
+                    OP,
+                    &n,
+                    (n.q_len, ATT_BQ),
+                    ATT_THREADS,
+                    att_dq_smem(n.head_dim, n.v_head_dim),
+                )?,
                 qi,
                 ki,
                 vi,
                 li,
                 gi,
-                di,
-                output(be, OP, "dk", &mut dk)?,
-                output(be, OP, "dv", &mut dv)?,
+                input(self, OP, "dsum", &dsum)?,
+                output(self, OP, "dq", &mut dq)?,
                 a.heads,
                 a.lq,
                 a.lk,
@@ -327,22 +258,26 @@ pub(crate) fn attention_backward(
                 a.scale,
             )?;
         }
-        if rows > 0 {
-            let f = match dm {
-                64 => attention_fast_dq_d64,
-                96 => attention_fast_dq_d96,
-                _ => attention_fast_dq_d160,
-            };
+        if n.batch * n.heads * n.kv_len > 0 {
+            // With no queries (Lq = 0) this writes dK = dV = 0.
+            let f = by_dtype!(dt, OP, attention_bwd_dkv_f32, attention_bwd_dkv_f16);
             f(
-                be.device(),
-                tiled(OP, &n, n.q_len, FAST_ROWS, fast_dq_smem(dm))?,
+                self.device(),
+                tiled(
+                    OP,
+                    &n,
+                    (n.kv_len, ATT_KB),
+                    ATT_THREADS,
+                    att_dkv_smem(n.head_dim, n.v_head_dim),
+                )?,
                 qi,
                 ki,
                 vi,
                 li,
                 gi,
-                di,
-                output(be, OP, "dq", &mut dq)?,
+                input(self, OP, "dsum", &dsum)?,
+                output(self, OP, "dk", &mut dk)?,
+                output(self, OP, "dv", &mut dv)?,
                 a.heads,
                 a.lq,
                 a.lk,
@@ -352,63 +287,6 @@ pub(crate) fn attention_backward(
                 a.scale,
             )?;
         }
-        return Ok((dq, dk, dv));
+        Ok((dq, dk, dv))
     }
-    if rows > 0 {
-        let f = by_dtype!(dt, OP, attention_bwd_dot_f32, attention_bwd_dot_f16);
-        f(
-            be.device(),
-            LaunchCfg::for_items(rows, BLOCK),
-            oi,
-            gi,
-            output(be, OP, "dsum", &mut dsum)?,
-            a.heads,
-            a.lq,
-            a.dv,
-            int(OP, "q", rows)?,
-        )?;
-        let f = by_dtype!(dt, OP, attention_bwd_dq_f32, attention_bwd_dq_f16);
-        f(
-            be.device(),
-            tiled(OP, &n, n.q_len, BQ, dq_smem(n.head_dim, n.v_head_dim))?,
-            qi,
-            ki,
-            vi,
-            li,
-            gi,
-            input(be, OP, "dsum", &dsum)?,
-            output(be, OP, "dq", &mut dq)?,
-            a.heads,
-            a.lq,
-            a.lk,
-            a.d,
-            a.dv,
-            a.causal,
-            a.scale,
-        )?;
-    }
-    if n.batch * n.heads * n.kv_len > 0 {
-        // With no queries (Lq = 0) this writes dK = dV = 0.
-        let f = by_dtype!(dt, OP, attention_bwd_dkv_f32, attention_bwd_dkv_f16);
-        f(
-            be.device(),
-            tiled(OP, &n, n.kv_len, KB, dkv_smem(n.head_dim, n.v_head_dim))?,
-            qi,
-            ki,
-            vi,
-            li,
-            gi,
-            input(be, OP, "dsum", &dsum)?,
-            output(be, OP, "dk", &mut dk)?,
-            output(be, OP, "dv", &mut dv)?,
-            a.heads,
-            a.lq,
-            a.lk,
-            a.d,
-            a.dv,
-            a.causal,
-            a.scale,
-        )?;
-    }
-    Ok((dq, dk, dv))
 }

@@ -9,9 +9,10 @@
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::{CONV_BM, CONV_BN, CONV_THREADS};
 use super::{alloc, by_dtype, float_dtype, input, int, output};
 use crate::backend::check::conv::ConvDims;
-use crate::backend::{check, Conv2d};
+use crate::backend::{check, Adapter, Conv2d, ConvOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -28,12 +29,6 @@ kernels! {
     fn conv2d_dgrad_f16(dy: In, w: In, dx: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
         k: i32, ho: i32, wo: i32, s: i32, pad: i32);
 }
-
-/// Output tile of one block: channels x pixels (CONV_BM, CONV_BN in conv.cu).
-const TILE_M: usize = 64;
-const TILE_P: usize = 64;
-/// Threads per block (CONV_THREADS in conv.cu).
-const THREADS: u32 = 256;
 
 /// The sizes as the kernels take them, each checked to fit an i32, along with the element
 /// counts of x, w and y (the kernels index within an image and a weight with i32 parts).
@@ -70,104 +65,108 @@ fn sizes(op: &'static str, d: &ConvDims, w_numel: usize) -> Result<Sizes> {
 
 /// Grid over (output pixels N·plane in tiles of 64, output channels m in tiles of 64).
 fn grid(pixels: usize, m: usize) -> LaunchCfg {
-    let gx = pixels.div_ceil(TILE_P).clamp(1, u32::MAX as usize) as u32;
-    let gy = m.div_ceil(TILE_M).clamp(1, u32::MAX as usize) as u32;
-    LaunchCfg::new((gx, gy, 1), (THREADS, 1, 1), 0)
+    let gx = pixels.div_ceil(CONV_BN).clamp(1, u32::MAX as usize) as u32;
+    let gy = m.div_ceil(CONV_BM).clamp(1, u32::MAX as usize) as u32;
+    LaunchCfg::new((gx, gy, 1), (CONV_THREADS as u32, 1, 1), 0)
 }
 
-pub(crate) fn conv2d(
-    be: &CudaBackend,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    p: Conv2d,
-) -> Result<Tensor> {
-    const OP: &str = "conv2d";
-    let d = check::conv::forward(x, w, bias, p)?;
-    let dt = float_dtype(OP, "x", x)?;
-    check::dtype(OP, "w", w, dt)?;
-    if let Some(b) = bias {
-        check::dtype(OP, "bias", b, dt)?;
+impl ConvOps for CudaBackend {
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        p: Conv2d,
+        adapter: Option<Adapter<'_>>,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d";
+        check::conv::no_adapter(OP, adapter.as_ref())?;
+        let d = check::conv::forward(x, w, bias, p)?;
+        let dt = float_dtype(OP, "x", x)?;
+        check::dtype(OP, "w", w, dt)?;
+        if let Some(b) = bias {
+            check::dtype(OP, "bias", b, dt)?;
+        }
+        let (xi, wi) = (input(self, OP, "x", x)?, input(self, OP, "w", w)?);
+        let bi = match bias {
+            Some(b) => input(self, OP, "bias", b)?,
+            None => In(0),
+        };
+        let s = sizes(OP, &d, w.numel())?;
+        let mut y = alloc(self, d.output_shape(), dt)?;
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        if self.fast(self.kernels().conv) && fast::forward_supported(&d) {
+            let yo = output(self, OP, "y", &mut y)?;
+            fast::forward(self, &d, xi, wi, bi, bias.is_some(), yo)?;
+            return Ok(y);
+        }
+        let cfg = grid(d.n * d.ho * d.wo, d.o);
+        let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16);
+        f(
+            self.device(),
+            cfg,
+            xi,
+            wi,
+            bi,
+            output(self, OP, "y", &mut y)?,
+            bias.is_some() as i32,
+            s.n,
+            s.c,
+            s.h,
+            s.w,
+            s.o,
+            s.k,
+            s.ho,
+            s.wo,
+            s.s,
+            s.pad,
+        )?;
+        Ok(y)
     }
-    let (xi, wi) = (input(be, OP, "x", x)?, input(be, OP, "w", w)?);
-    let bi = match bias {
-        Some(b) => input(be, OP, "bias", b)?,
-        None => In(0),
-    };
-    let s = sizes(OP, &d, w.numel())?;
-    let mut y = alloc(be, d.output_shape(), dt)?;
-    if y.numel() == 0 {
-        return Ok(y);
-    }
-    if be.fast(be.kernels().conv) && fast::forward_supported(&d) {
-        let yo = output(be, OP, "y", &mut y)?;
-        fast::forward(be, &d, xi, wi, bi, bias.is_some(), yo)?;
-        return Ok(y);
-    }
-    let cfg = grid(d.n * d.ho * d.wo, d.o);
-    let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16);
-    f(
-        be.device(),
-        cfg,
-        xi,
-        wi,
-        bi,
-        output(be, OP, "y", &mut y)?,
-        bias.is_some() as i32,
-        s.n,
-        s.c,
-        s.h,
-        s.w,
-        s.o,
-        s.k,
-        s.ho,
-        s.wo,
-        s.s,
-        s.pad,
-    )?;
-    Ok(y)
-}
 
-pub(crate) fn conv2d_input_grad(
-    be: &CudaBackend,
-    dy: &Tensor,
-    w: &Tensor,
-    input_hw: (usize, usize),
-    p: Conv2d,
-) -> Result<Tensor> {
-    const OP: &str = "conv2d_input_grad";
-    let d = check::conv::input_grad(dy, w, input_hw, p)?;
-    let dt = float_dtype(OP, "dy", dy)?;
-    check::dtype(OP, "w", w, dt)?;
-    let (dyi, wi) = (input(be, OP, "dy", dy)?, input(be, OP, "w", w)?);
-    let s = sizes(OP, &d, w.numel())?;
-    let mut dx = alloc(be, d.input_shape(), dt)?;
-    if dx.numel() == 0 {
-        return Ok(dx);
+    fn conv2d_input_grad(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: (usize, usize),
+        p: Conv2d,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_input_grad";
+        let d = check::conv::input_grad(dy, w, input_hw, p)?;
+        let dt = float_dtype(OP, "dy", dy)?;
+        check::dtype(OP, "w", w, dt)?;
+        let (dyi, wi) = (input(self, OP, "dy", dy)?, input(self, OP, "w", w)?);
+        let s = sizes(OP, &d, w.numel())?;
+        let mut dx = alloc(self, d.input_shape(), dt)?;
+        if dx.numel() == 0 {
+            return Ok(dx);
+        }
+        if self.fast(self.kernels().conv) && fast::input_grad_supported(&d) {
+            let dxo = output(self, OP, "dx", &mut dx)?;
+            fast::input_grad(self, &d, dyi, wi, dxo)?;
+            return Ok(dx);
+        }
+        let cfg = grid(d.n * d.h * d.w, d.c);
+        let f = by_dtype!(dt, OP, conv2d_dgrad_f32, conv2d_dgrad_f16);
+        f(
+            self.device(),
+            cfg,
+            dyi,
+            wi,
+            output(self, OP, "dx", &mut dx)?,
+            s.n,
+            s.c,
+            s.h,
+            s.w,
+            s.o,
+            s.k,
+            s.ho,
+            s.wo,
+            s.s,
+            s.pad,
+        )?;
+        Ok(dx)
     }
-    if be.fast(be.kernels().conv) && fast::input_grad_supported(&d) {
-        let dxo = output(be, OP, "dx", &mut dx)?;
-        fast::input_grad(be, &d, dyi, wi, dxo)?;
-        return Ok(dx);
-    }
-    let cfg = grid(d.n * d.h * d.w, d.c);
-    let f = by_dtype!(dt, OP, conv2d_dgrad_f32, conv2d_dgrad_f16);
-    f(
-        be.device(),
-        cfg,
-        dyi,
-        wi,
-        output(be, OP, "dx", &mut dx)?,
-        s.n,
-        s.c,
-        s.h,
-        s.w,
-        s.o,
-        s.k,
-        s.ho,
-        s.wo,
-        s.s,
-        s.pad,
-    )?;
-    Ok(dx)
 }

@@ -5,7 +5,7 @@ use half::f16;
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::{alloc, buffer, by_dtype, device_dtype, float_dtype, input, int, output, BLOCK};
-use crate::backend::check;
+use crate::backend::{check, ElementwiseOps, Tensors};
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
@@ -23,142 +23,141 @@ kernels! {
     fn cast_f16_f32(x: In, y: Out, n: i32);
 }
 
-pub(crate) fn zeros(be: &CudaBackend, shape: &[usize], dtype: DType) -> Result<Tensor> {
-    let t = alloc(be, shape, device_dtype("device tensor", "dtype", dtype)?)?;
-    let b = buffer(be, "zeros", "out", &t)?;
-    be.device().memset(b.addr, 0, b.size_in_bytes())?;
-    Ok(t)
-}
+impl Tensors for CudaBackend {
+    fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = alloc(self, shape, device_dtype("device tensor", "dtype", dtype)?)?;
+        let b = buffer(self, "zeros", "out", &t)?;
+        self.device().memset(b.addr, 0, b.size_in_bytes())?;
+        Ok(t)
+    }
 
-pub(crate) fn tensor_from_f32(
-    be: &CudaBackend,
-    shape: &[usize],
-    data: &[f32],
-    dtype: DType,
-) -> Result<Tensor> {
-    let host = Tensor::from_f32(shape, data.to_vec())?; // checks the length
-    let t = alloc(
-        be,
-        host.shape().clone(),
-        device_dtype("device tensor", "dtype", dtype)?,
-    )?;
-    let b = buffer(be, "tensor_from_f32", "out", &t)?;
-    match dtype {
-        DType::F16 => {
-            let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
-            be.device().upload(b, bytemuck::cast_slice(&h))?
+    fn tensor_from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor> {
+        let host = Tensor::from_f32(shape, data.to_vec())?; // checks the length
+        let t = alloc(
+            self,
+            host.shape().clone(),
+            device_dtype("device tensor", "dtype", dtype)?,
+        )?;
+        let b = buffer(self, "tensor_from_f32", "out", &t)?;
+        match dtype {
+            DType::F16 => {
+                let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
+                self.device().upload(b, bytemuck::cast_slice(&h))?
+            }
+            _ => self.device().upload(b, bytemuck::cast_slice(data))?,
         }
-        _ => be.device().upload(b, bytemuck::cast_slice(data))?,
+        Ok(t)
     }
-    Ok(t)
-}
 
-pub(crate) fn to_f32_vec(be: &CudaBackend, x: &Tensor) -> Result<Vec<f32>> {
-    buffer(be, "to_f32_vec", "x", x)?.to_f32_vec()
-}
+    fn to_f32_vec(&self, x: &Tensor) -> Result<Vec<f32>> {
+        buffer(self, "to_f32_vec", "x", x)?.to_f32_vec()
+    }
 
-pub(crate) fn cast(be: &CudaBackend, x: &Tensor, dtype: DType) -> Result<Tensor> {
-    const OP: &str = "cast";
-    let from = float_dtype(OP, "x", x)?;
-    let to = device_dtype("device tensor", "dtype", dtype)?;
-    let xi = input(be, OP, "x", x)?;
-    let mut y = alloc(be, x.shape().clone(), to)?;
-    let n = int(OP, "x", x.numel())?;
-    let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
-    let yo = output(be, OP, "y", &mut y)?;
-    match (from, to) {
-        (DType::F32, DType::F16) => cast_f32_f16(be.device(), cfg, xi, yo, n)?,
-        (DType::F16, DType::F32) => cast_f16_f32(be.device(), cfg, xi, yo, n)?,
-        _ => {
-            let src = buffer(be, OP, "x", x)?;
-            let dst = buffer(be, OP, "y", &y)?;
-            be.device().copy(dst, src)?;
+    fn cast(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        const OP: &str = "cast";
+        let from = float_dtype(OP, "x", x)?;
+        let to = device_dtype("device tensor", "dtype", dtype)?;
+        let xi = input(self, OP, "x", x)?;
+        let mut y = alloc(self, x.shape().clone(), to)?;
+        let n = int(OP, "x", x.numel())?;
+        let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
+        let yo = output(self, OP, "y", &mut y)?;
+        match (from, to) {
+            (DType::F32, DType::F16) => cast_f32_f16(self.device(), cfg, xi, yo, n)?,
+            (DType::F16, DType::F32) => cast_f16_f32(self.device(), cfg, xi, yo, n)?,
+            _ => {
+                let src = buffer(self, OP, "x", x)?;
+                let dst = buffer(self, OP, "y", &y)?;
+                self.device().copy(dst, src)?;
+            }
         }
+        Ok(y)
     }
-    Ok(y)
 }
 
-pub(crate) fn add(be: &CudaBackend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    const OP: &str = "add";
-    check::same_shape(OP, "a", a, "b", b)?;
-    let d = float_dtype(OP, "a", a)?;
-    check::dtype(OP, "b", b, d)?;
-    let (ai, bi) = (input(be, OP, "a", a)?, input(be, OP, "b", b)?);
-    let mut y = alloc(be, a.shape().clone(), d)?;
-    let n = int(OP, "a", a.numel())?;
-    let f = by_dtype!(d, OP, add_f32, add_f16);
-    f(
-        be.device(),
-        LaunchCfg::for_items(a.numel(), BLOCK),
-        ai,
-        bi,
-        output(be, OP, "y", &mut y)?,
-        n,
-    )?;
-    Ok(y)
-}
-
-pub(crate) fn add_assign(be: &CudaBackend, a: &mut Tensor, b: &Tensor) -> Result<()> {
-    const OP: &str = "add_assign";
-    check::same_shape(OP, "a", a, "b", b)?;
-    let d = float_dtype(OP, "a", a)?;
-    check::dtype(OP, "b", b, d)?;
-    let bi = input(be, OP, "b", b)?;
-    let n = int(OP, "a", a.numel())?;
-    let cfg = LaunchCfg::for_items(a.numel(), BLOCK);
-    let ao = output(be, OP, "a", a)?;
-    let f = by_dtype!(d, OP, add_assign_f32, add_assign_f16);
-    f(be.device(), cfg, ao, bi, n)
-}
-
-pub(crate) fn scale(be: &CudaBackend, x: &Tensor, s: f64) -> Result<Tensor> {
-    const OP: &str = "scale";
-    let d = float_dtype(OP, "x", x)?;
-    let xi = input(be, OP, "x", x)?;
-    let mut y = alloc(be, x.shape().clone(), d)?;
-    let n = int(OP, "x", x.numel())?;
-    let f = by_dtype!(d, OP, scale_f32, scale_f16);
-    f(
-        be.device(),
-        LaunchCfg::for_items(x.numel(), BLOCK),
-        xi,
-        output(be, OP, "y", &mut y)?,
-        s as f32,
-        n,
-    )?;
-    Ok(y)
-}
-
-pub(crate) fn add_channel_bias(be: &CudaBackend, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    const OP: &str = "add_channel_bias";
-    check::min_rank(OP, "x", x, 2, "[N, C, ...]")?;
-    check::rank(OP, "bias", bias, 2, "[N, C]")?;
-    if bias.dims() != &x.dims()[..2] {
-        return Err(check::mismatch(
-            OP,
-            "x",
-            x,
-            "bias",
-            bias,
-            "bias must be [N, C] of x's first two dimensions",
-        ));
+impl ElementwiseOps for CudaBackend {
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "add";
+        check::same_shape(OP, "a", a, "b", b)?;
+        let d = float_dtype(OP, "a", a)?;
+        check::dtype(OP, "b", b, d)?;
+        let (ai, bi) = (input(self, OP, "a", a)?, input(self, OP, "b", b)?);
+        let mut y = alloc(self, a.shape().clone(), d)?;
+        let n = int(OP, "a", a.numel())?;
+        let f = by_dtype!(d, OP, add_f32, add_f16);
+        f(
+            self.device(),
+            LaunchCfg::for_items(a.numel(), BLOCK),
+            ai,
+            bi,
+            output(self, OP, "y", &mut y)?,
+            n,
+        )?;
+        Ok(y)
     }
-    let d = float_dtype(OP, "x", x)?;
-    check::dtype(OP, "bias", bias, d)?;
-    let plane = int(OP, "x", x.dims()[2..].iter().product::<usize>())?;
-    let (xi, bi) = (input(be, OP, "x", x)?, input(be, OP, "bias", bias)?);
-    let mut y = alloc(be, x.shape().clone(), d)?;
-    let n = int(OP, "x", x.numel())?;
-    let f = by_dtype!(d, OP, add_channel_bias_f32, add_channel_bias_f16);
-    let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
-    f(
-        be.device(),
-        cfg,
-        xi,
-        bi,
-        output(be, OP, "y", &mut y)?,
-        plane,
-        n,
-    )?;
-    Ok(y)
+
+    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        const OP: &str = "add_assign";
+        check::same_shape(OP, "a", a, "b", b)?;
+        let d = float_dtype(OP, "a", a)?;
+        check::dtype(OP, "b", b, d)?;
+        let bi = input(self, OP, "b", b)?;
+        let n = int(OP, "a", a.numel())?;
+        let cfg = LaunchCfg::for_items(a.numel(), BLOCK);
+        let ao = output(self, OP, "a", a)?;
+        let f = by_dtype!(d, OP, add_assign_f32, add_assign_f16);
+        f(self.device(), cfg, ao, bi, n)
+    }
+
+    fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor> {
+        const OP: &str = "scale";
+        let d = float_dtype(OP, "x", x)?;
+        let xi = input(self, OP, "x", x)?;
+        let mut y = alloc(self, x.shape().clone(), d)?;
+        let n = int(OP, "x", x.numel())?;
+        let f = by_dtype!(d, OP, scale_f32, scale_f16);
+        f(
+            self.device(),
+            LaunchCfg::for_items(x.numel(), BLOCK),
+            xi,
+            output(self, OP, "y", &mut y)?,
+            s as f32,
+            n,
+        )?;
+        Ok(y)
+    }
+
+    fn add_channel_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        const OP: &str = "add_channel_bias";
+        check::min_rank(OP, "x", x, 2, "[N, C, ...]")?;
+        check::rank(OP, "bias", bias, 2, "[N, C]")?;
+        if bias.dims() != &x.dims()[..2] {
+            return Err(check::mismatch(
+                OP,
+                "x",
+                x,
+                "bias",
+                bias,
+                "bias must be [N, C] of x's first two dimensions",
+            ));
+        }
+        let d = float_dtype(OP, "x", x)?;
+        check::dtype(OP, "bias", bias, d)?;
+        let plane = int(OP, "x", x.dims()[2..].iter().product::<usize>())?;
+        let (xi, bi) = (input(self, OP, "x", x)?, input(self, OP, "bias", bias)?);
+        let mut y = alloc(self, x.shape().clone(), d)?;
+        let n = int(OP, "x", x.numel())?;
+        let f = by_dtype!(d, OP, add_channel_bias_f32, add_channel_bias_f16);
+        let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
+        f(
+            self.device(),
+            cfg,
+            xi,
+            bi,
+            output(self, OP, "y", &mut y)?,
+            plane,
+            n,
+        )?;
+        Ok(y)
+    }
 }

@@ -3,9 +3,10 @@
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::{TR_ROWS, TR_TILE};
 use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::check::layout::ConcatDims;
-use crate::backend::{check, Pad2d};
+use crate::backend::{check, LayoutOps, Pad2d};
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
@@ -27,59 +28,177 @@ kernels! {
     fn embedding_f16(table: In, ids: In, y: Out, c: i32, n: i32);
 }
 
-/// The transpose tile (TR_TILE) and its block of 32 x 8 threads (TR_ROWS) in layout.cu.
-const TR_TILE: usize = 32;
-const TR_ROWS: u32 = 8;
-
-pub(crate) fn upsample_nearest2x(be: &CudaBackend, x: &Tensor) -> Result<Tensor> {
-    const OP: &str = "upsample_nearest2x";
-    let [n, c, h, w] = check::layout::upsample(x)?;
-    let d = float_dtype(OP, "x", x)?;
-    let xi = input(be, OP, "x", x)?;
-    let mut y = alloc(be, [n, c, 2 * h, 2 * w], d)?;
-    let total = int(OP, "y", y.numel())?;
-    if total == 0 {
-        return Ok(y);
+impl LayoutOps for CudaBackend {
+    fn upsample_nearest2x(&self, x: &Tensor) -> Result<Tensor> {
+        const OP: &str = "upsample_nearest2x";
+        let [n, c, h, w] = check::layout::upsample(x)?;
+        let d = float_dtype(OP, "x", x)?;
+        let xi = input(self, OP, "x", x)?;
+        let mut y = alloc(self, [n, c, 2 * h, 2 * w], d)?;
+        let total = int(OP, "y", y.numel())?;
+        if total == 0 {
+            return Ok(y);
+        }
+        let f = by_dtype!(d, OP, upsample2x_f32, upsample2x_f16);
+        let cfg = LaunchCfg::for_items(y.numel(), BLOCK);
+        let yo = output(self, OP, "y", &mut y)?;
+        f(
+            self.device(),
+            cfg,
+            xi,
+            yo,
+            int(OP, "h", h)?,
+            int(OP, "w", w)?,
+            total,
+        )?;
+        Ok(y)
     }
-    let f = by_dtype!(d, OP, upsample2x_f32, upsample2x_f16);
-    let cfg = LaunchCfg::for_items(y.numel(), BLOCK);
-    let yo = output(be, OP, "y", &mut y)?;
-    f(
-        be.device(),
-        cfg,
-        xi,
-        yo,
-        int(OP, "h", h)?,
-        int(OP, "w", w)?,
-        total,
-    )?;
-    Ok(y)
-}
 
-pub(crate) fn upsample_nearest2x_backward(be: &CudaBackend, dy: &Tensor) -> Result<Tensor> {
-    const OP: &str = "upsample_nearest2x_backward";
-    let [n, c, h, w] = check::layout::upsample_backward(dy)?;
-    let d = float_dtype(OP, "dy", dy)?;
-    let dyi = input(be, OP, "dy", dy)?;
-    int(OP, "dy", dy.numel())?;
-    let mut dx = alloc(be, [n, c, h, w], d)?;
-    let total = int(OP, "dx", dx.numel())?;
-    if total == 0 {
-        return Ok(dx);
+    fn upsample_nearest2x_backward(&self, dy: &Tensor) -> Result<Tensor> {
+        const OP: &str = "upsample_nearest2x_backward";
+        let [n, c, h, w] = check::layout::upsample_backward(dy)?;
+        let d = float_dtype(OP, "dy", dy)?;
+        let dyi = input(self, OP, "dy", dy)?;
+        int(OP, "dy", dy.numel())?;
+        let mut dx = alloc(self, [n, c, h, w], d)?;
+        let total = int(OP, "dx", dx.numel())?;
+        if total == 0 {
+            return Ok(dx);
+        }
+        let f = by_dtype!(d, OP, upsample2x_bwd_f32, upsample2x_bwd_f16);
+        let cfg = LaunchCfg::for_items(dx.numel(), BLOCK);
+        let dxo = output(self, OP, "dx", &mut dx)?;
+        f(
+            self.device(),
+            cfg,
+            dyi,
+            dxo,
+            int(OP, "h", h)?,
+            int(OP, "w", w)?,
+            total,
+        )?;
+        Ok(dx)
     }
-    let f = by_dtype!(d, OP, upsample2x_bwd_f32, upsample2x_bwd_f16);
-    let cfg = LaunchCfg::for_items(dx.numel(), BLOCK);
-    let dxo = output(be, OP, "dx", &mut dx)?;
-    f(
-        be.device(),
-        cfg,
-        dyi,
-        dxo,
-        int(OP, "h", h)?,
-        int(OP, "w", w)?,
-        total,
-    )?;
-    Ok(dx)
+
+    fn concat_channels(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        const OP: &str = "concat_channels";
+        let cd = check::layout::concat(a, b)?;
+        let d = float_dtype(OP, "a", a)?;
+        check::dtype(OP, "b", b, d)?;
+        let (ai, bi) = (input(self, OP, "a", a)?, input(self, OP, "b", b)?);
+        let mut y = alloc(self, with_channels(a, cd.ca + cd.cb), d)?;
+        let total = int(OP, "y", y.numel())?;
+        let (la, lb) = sides(OP, &cd)?;
+        if total == 0 {
+            return Ok(y);
+        }
+        let f = by_dtype!(d, OP, concat_f32, concat_f16);
+        let cfg = LaunchCfg::for_items(y.numel(), BLOCK);
+        let yo = output(self, OP, "y", &mut y)?;
+        f(self.device(), cfg, ai, bi, yo, la, lb, total)?;
+        Ok(y)
+    }
+
+    fn split_channels(&self, dy: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
+        const OP: &str = "split_channels";
+        let cd = check::layout::split(dy, ca)?;
+        let d = float_dtype(OP, "dy", dy)?;
+        let dyi = input(self, OP, "dy", dy)?;
+        let total = int(OP, "dy", dy.numel())?;
+        let (la, lb) = sides(OP, &cd)?;
+        let mut da = alloc(self, with_channels(dy, cd.ca), d)?;
+        let mut db = alloc(self, with_channels(dy, cd.cb), d)?;
+        if total > 0 {
+            let f = by_dtype!(d, OP, split_f32, split_f16);
+            let cfg = LaunchCfg::for_items(dy.numel(), BLOCK);
+            let dao = output(self, OP, "da", &mut da)?;
+            let dbo = output(self, OP, "db", &mut db)?;
+            f(self.device(), cfg, dyi, dao, dbo, la, lb, total)?;
+        }
+        Ok((da, db))
+    }
+
+    fn pad2d(&self, x: &Tensor, pad: Pad2d) -> Result<Tensor> {
+        const OP: &str = "pad2d";
+        let [n, c, h, w] = check::layout::pad2d(x, pad)?;
+        let d = float_dtype(OP, "x", x)?;
+        let xi = input(self, OP, "x", x)?;
+        let (ho, wo) = (pad.top + h + pad.bottom, pad.left + w + pad.right);
+        let numel = [n, c, ho, wo]
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .unwrap_or(usize::MAX);
+        let total = int(OP, "y", numel)?;
+        let mut y = alloc(self, [n, c, ho, wo], d)?;
+        if total == 0 {
+            return Ok(y);
+        }
+        let f = by_dtype!(d, OP, pad2d_f32, pad2d_f16);
+        let cfg = LaunchCfg::for_items(numel, BLOCK);
+        let yo = output(self, OP, "y", &mut y)?;
+        f(
+            self.device(),
+            cfg,
+            xi,
+            yo,
+            int(OP, "h", h)?,
+            int(OP, "w", w)?,
+            int(OP, "top", pad.top)?,
+            int(OP, "left", pad.left)?,
+            int(OP, "ho", ho)?,
+            int(OP, "wo", wo)?,
+            total,
+        )?;
+        Ok(y)
+    }
+
+    fn nchw_to_nlc(&self, x: &Tensor) -> Result<Tensor> {
+        const OP: &str = "nchw_to_nlc";
+        let [n, c, h, w] = check::layout::nchw_to_nlc(x)?;
+        transpose(self, OP, x, (n, c, h * w), &[n, h * w, c])
+    }
+
+    fn nlc_to_nchw(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        const OP: &str = "nlc_to_nchw";
+        let [n, c, h, w] = check::layout::nlc_to_nchw(x, h, w)?;
+        transpose(self, OP, x, (n, h * w, c), &[n, c, h, w])
+    }
+
+    fn embedding(&self, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
+        const OP: &str = "embedding";
+        check::rank(OP, "table", table, 2, "[vocab, channels]")?;
+        let (vocab, c) = (table.dims()[0], table.dims()[1]);
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(check::bad_value(
+                OP,
+                "id",
+                bad,
+                &format!(
+                    "below the vocabulary size {vocab} of table {}",
+                    table.shape()
+                ),
+            ));
+        }
+        let d = float_dtype(OP, "table", table)?;
+        let ti = input(self, OP, "table", table)?;
+        int(OP, "table", table.numel())?;
+        let numel = ids.len().saturating_mul(c);
+        let total = int(OP, "y", numel)?;
+        let mut y = alloc(self, [ids.len(), c], d)?;
+        if total == 0 {
+            return Ok(y);
+        }
+        // The ids as a device buffer of u32 (allocated as f32: the same 4 bytes per element).
+        let id_buf = alloc(self, [ids.len()], DType::F32)?;
+        self.device()
+            .upload(buffer(self, OP, "ids", &id_buf)?, bytemuck::cast_slice(ids))?;
+        let f = by_dtype!(d, OP, embedding_f32, embedding_f16);
+        let cfg = LaunchCfg::for_items(numel, BLOCK);
+        let idi = input(self, OP, "ids", &id_buf)?;
+        let yo = output(self, OP, "y", &mut y)?;
+        f(self.device(), cfg, ti, idi, yo, int(OP, "c", c)?, total)?;
+        Ok(y)
+    }
 }
 
 /// The shape of `like` with the channel dim (1) replaced by `c`.
@@ -92,78 +211,6 @@ fn with_channels(like: &Tensor, c: usize) -> Vec<usize> {
 /// (la, lb): the elements per image of each side, as i32.
 fn sides(op: &'static str, d: &ConcatDims) -> Result<(i32, i32)> {
     Ok((int(op, "a", d.ca * d.inner)?, int(op, "b", d.cb * d.inner)?))
-}
-
-pub(crate) fn concat_channels(be: &CudaBackend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    const OP: &str = "concat_channels";
-    let cd = check::layout::concat(a, b)?;
-    let d = float_dtype(OP, "a", a)?;
-    check::dtype(OP, "b", b, d)?;
-    let (ai, bi) = (input(be, OP, "a", a)?, input(be, OP, "b", b)?);
-    let mut y = alloc(be, with_channels(a, cd.ca + cd.cb), d)?;
-    let total = int(OP, "y", y.numel())?;
-    let (la, lb) = sides(OP, &cd)?;
-    if total == 0 {
-        return Ok(y);
-    }
-    let f = by_dtype!(d, OP, concat_f32, concat_f16);
-    let cfg = LaunchCfg::for_items(y.numel(), BLOCK);
-    let yo = output(be, OP, "y", &mut y)?;
-    f(be.device(), cfg, ai, bi, yo, la, lb, total)?;
-    Ok(y)
-}
-
-pub(crate) fn split_channels(be: &CudaBackend, dy: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
-    const OP: &str = "split_channels";
-    let cd = check::layout::split(dy, ca)?;
-    let d = float_dtype(OP, "dy", dy)?;
-    let dyi = input(be, OP, "dy", dy)?;
-    let total = int(OP, "dy", dy.numel())?;
-    let (la, lb) = sides(OP, &cd)?;
-    let mut da = alloc(be, with_channels(dy, cd.ca), d)?;
-    let mut db = alloc(be, with_channels(dy, cd.cb), d)?;
-    if total > 0 {
-        let f = by_dtype!(d, OP, split_f32, split_f16);
-        let cfg = LaunchCfg::for_items(dy.numel(), BLOCK);
-        let dao = output(be, OP, "da", &mut da)?;
-        let dbo = output(be, OP, "db", &mut db)?;
-        f(be.device(), cfg, dyi, dao, dbo, la, lb, total)?;
-    }
-    Ok((da, db))
-}
-
-pub(crate) fn pad2d(be: &CudaBackend, x: &Tensor, pad: Pad2d) -> Result<Tensor> {
-    const OP: &str = "pad2d";
-    let [n, c, h, w] = check::layout::pad2d(x, pad)?;
-    let d = float_dtype(OP, "x", x)?;
-    let xi = input(be, OP, "x", x)?;
-    let (ho, wo) = (pad.top + h + pad.bottom, pad.left + w + pad.right);
-    let numel = [n, c, ho, wo]
-        .iter()
-        .try_fold(1usize, |a, &b| a.checked_mul(b))
-        .unwrap_or(usize::MAX);
-    let total = int(OP, "y", numel)?;
-    let mut y = alloc(be, [n, c, ho, wo], d)?;
-    if total == 0 {
-        return Ok(y);
-    }
-    let f = by_dtype!(d, OP, pad2d_f32, pad2d_f16);
-    let cfg = LaunchCfg::for_items(numel, BLOCK);
-    let yo = output(be, OP, "y", &mut y)?;
-    f(
-        be.device(),
-        cfg,
-        xi,
-        yo,
-        int(OP, "h", h)?,
-        int(OP, "w", w)?,
-        int(OP, "top", pad.top)?,
-        int(OP, "left", pad.left)?,
-        int(OP, "ho", ho)?,
-        int(OP, "wo", wo)?,
-        total,
-    )?;
-    Ok(y)
 }
 
 /// y[img] = x[img]ᵀ for `n` row-major [rows, cols] matrices, into a fresh tensor of `shape`.
@@ -189,59 +236,11 @@ fn transpose(
             1,
             n.min(u32::MAX as usize) as u32,
         ),
-        (TR_TILE as u32, TR_ROWS, 1),
+        (TR_TILE as u32, TR_ROWS as u32, 1),
         0,
     );
     let f = by_dtype!(d, op, transpose_f32, transpose_f16);
     let yo = output(be, op, "y", &mut y)?;
     f(be.device(), cfg, xi, yo, r, c)?;
-    Ok(y)
-}
-
-pub(crate) fn nchw_to_nlc(be: &CudaBackend, x: &Tensor) -> Result<Tensor> {
-    const OP: &str = "nchw_to_nlc";
-    let [n, c, h, w] = check::layout::nchw_to_nlc(x)?;
-    transpose(be, OP, x, (n, c, h * w), &[n, h * w, c])
-}
-
-pub(crate) fn nlc_to_nchw(be: &CudaBackend, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-    const OP: &str = "nlc_to_nchw";
-    let [n, c, h, w] = check::layout::nlc_to_nchw(x, h, w)?;
-    transpose(be, OP, x, (n, h * w, c), &[n, c, h, w])
-}
-
-pub(crate) fn embedding(be: &CudaBackend, table: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    const OP: &str = "embedding";
-    check::rank(OP, "table", table, 2, "[vocab, channels]")?;
-    let (vocab, c) = (table.dims()[0], table.dims()[1]);
-    if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-        return Err(check::bad_value(
-            OP,
-            "id",
-            bad,
-            &format!(
-                "below the vocabulary size {vocab} of table {}",
-                table.shape()
-            ),
-        ));
-    }
-    let d = float_dtype(OP, "table", table)?;
-    let ti = input(be, OP, "table", table)?;
-    int(OP, "table", table.numel())?;
-    let numel = ids.len().saturating_mul(c);
-    let total = int(OP, "y", numel)?;
-    let mut y = alloc(be, [ids.len(), c], d)?;
-    if total == 0 {
-        return Ok(y);
-    }
-    // The ids as a device buffer of u32 (allocated as f32: the same 4 bytes per element).
-    let id_buf = alloc(be, [ids.len()], DType::F32)?;
-    be.device()
-        .upload(buffer(be, OP, "ids", &id_buf)?, bytemuck::cast_slice(ids))?;
-    let f = by_dtype!(d, OP, embedding_f32, embedding_f16);
-    let cfg = LaunchCfg::for_items(numel, BLOCK);
-    let idi = input(be, OP, "ids", &id_buf)?;
-    let yo = output(be, OP, "y", &mut y)?;
-    f(be.device(), cfg, ti, idi, yo, int(OP, "c", c)?, total)?;
     Ok(y)
 }

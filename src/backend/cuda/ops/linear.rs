@@ -21,8 +21,9 @@
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::{GEMM_BK, GEMM_BM, GEMM_BN, GEMM_THREADS};
 use super::{alloc, float_dtype, input, int, output, BLOCK};
-use crate::backend::{check, Accum, LinearOut, Lora, LoraBackward};
+use crate::backend::{check, Accum, Adapter, AdapterBackward, LinearOps, LinearOut, LoraBackward};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -44,12 +45,6 @@ kernels! {
         alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
     fn splitk_sum_f32(partial: In, c: Out, n: i32, splits: i32, beta: f32);
 }
-
-/// The kernels' tile: rows and columns of C per block, the k-step, threads per block.
-const TILE_M: usize = 64;
-const TILE_N: usize = 64;
-const TILE_K: usize = 16;
-const GEMM_THREADS: u32 = 64;
 
 /// A null device pointer (an absent bias, mask, second product or split workspace).
 const NULL_IN: In = In(0);
@@ -168,10 +163,10 @@ impl Gemm {
             return Ok(());
         }
         let f = kernel_for(op, self.a.dtype, self.b.dtype, DType::F32)?;
-        let tiles = self.m.div_ceil(TILE_M) * self.n.div_ceil(TILE_N);
+        let tiles = self.m.div_ceil(GEMM_BM) * self.n.div_ceil(GEMM_BN);
         // Aim at about 1024 blocks, splits of at least 64 rows (4 k-steps), at most 64 splits.
         let want = (1024 / tiles).clamp(1, 64);
-        let chunk = self.k.div_ceil(want).next_multiple_of(TILE_K).max(64);
+        let chunk = self.k.div_ceil(want).next_multiple_of(GEMM_BK).max(64);
         let splits = self.k.div_ceil(chunk).max(1);
         if splits == 1 {
             return self.run(be, op, c, DType::F32);
@@ -215,13 +210,13 @@ impl Gemm {
             }
         };
         let grid = (
-            self.m.div_ceil(TILE_M) as u32,
-            self.n.div_ceil(TILE_N) as u32,
+            self.m.div_ceil(GEMM_BM) as u32,
+            self.n.div_ceil(GEMM_BN) as u32,
             splits as u32,
         );
         f(
             be.device(),
-            LaunchCfg::new(grid, (GEMM_THREADS, 1, 1), 0),
+            LaunchCfg::new(grid, (GEMM_THREADS as u32, 1, 1), 0),
             m,
             n,
             self.a.ptr,
@@ -250,257 +245,265 @@ impl Gemm {
     }
 }
 
-pub(crate) fn linear(
-    be: &CudaBackend,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    lora: Option<Lora<'_>>,
-) -> Result<LinearOut> {
-    const OP: &str = "linear";
-    let d = check::linear::forward(x, w, bias, lora.as_ref())?;
-    let (rows, inf, outf, r) = (d.rows, d.in_features, d.out_features, d.rank);
-    let xi = input(be, OP, "x", x)?;
-    let wi = input(be, OP, "w", w)?;
-    let bi = bias.map(|b| input(be, OP, "bias", b)).transpose()?;
-    let li = lora
-        .map(|l| -> Result<_> {
-            Ok((
-                input(be, OP, "lora down (A)", l.down)?,
-                input(be, OP, "lora up (B)", l.up)?,
-                l.dropout
-                    .map(|m| input(be, OP, "lora dropout mask", m))
-                    .transpose()?,
-            ))
-        })
-        .transpose()?;
-    let t = float_dtype(OP, "x", x)?;
-    check::dtype(OP, "w", w, t)?;
-    if let Some(b) = bias {
-        check::dtype(OP, "bias", b, t)?;
-    }
-    if let Some(l) = &lora {
-        check::dtype(OP, "lora down (A)", l.down, DType::F32)?;
-        check::dtype(OP, "lora up (B)", l.up, DType::F32)?;
-        if let Some(m) = l.dropout {
-            check::dtype(OP, "lora dropout mask", m, t)?;
+impl LinearOps for CudaBackend {
+    fn linear(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        adapter: Option<Adapter<'_>>,
+    ) -> Result<LinearOut> {
+        const OP: &str = "linear";
+        // The one adapter kind so far (a new kind of `Adapter` stops the build here).
+        let lora = adapter.map(|Adapter::Lora(l)| l);
+        let d = check::linear::forward(x, w, bias, lora.as_ref())?;
+        let (rows, inf, outf, r) = (d.rows, d.in_features, d.out_features, d.rank);
+        let xi = input(self, OP, "x", x)?;
+        let wi = input(self, OP, "w", w)?;
+        let bi = bias.map(|b| input(self, OP, "bias", b)).transpose()?;
+        let li = lora
+            .map(|l| -> Result<_> {
+                Ok((
+                    input(self, OP, "lora down (A)", l.down)?,
+                    input(self, OP, "lora up (B)", l.up)?,
+                    l.dropout
+                        .map(|m| input(self, OP, "lora dropout mask", m))
+                        .transpose()?,
+                ))
+            })
+            .transpose()?;
+        let t = float_dtype(OP, "x", x)?;
+        check::dtype(OP, "w", w, t)?;
+        if let Some(b) = bias {
+            check::dtype(OP, "bias", b, t)?;
         }
-    }
-    let (ink, rk) = (int(OP, "x", inf)?, int(OP, "lora", r)?);
-    int(OP, "x", x.numel())?;
-    int(OP, "w", w.numel())?;
-    int(OP, "y", rows * outf)?;
-    int(OP, "lora hidden", rows * r)?;
+        if let Some(l) = &lora {
+            check::dtype(OP, "lora down (A)", l.down, DType::F32)?;
+            check::dtype(OP, "lora up (B)", l.up, DType::F32)?;
+            if let Some(m) = l.dropout {
+                check::dtype(OP, "lora dropout mask", m, t)?;
+            }
+        }
+        let (ink, rk) = (int(OP, "x", inf)?, int(OP, "lora", r)?);
+        int(OP, "x", x.numel())?;
+        int(OP, "w", w.numel())?;
+        int(OP, "y", rows * outf)?;
+        int(OP, "lora hidden", rows * r)?;
 
-    if be.fast(be.kernels().gemm) && fast::forward_ok(be, rows, inf, outf, r, xi, wi) {
-        // One pass over x: y = x·Wᵀ + bias + s·ũ·Bᵀ and ũ = (x·Aᵀ) ⊙ mask.
-        let mut y = alloc(be, x.shape().with_last(outf), t)?;
-        let yo = output(be, OP, "y", &mut y)?;
-        let mut hidden = None;
-        let mut lo = None;
-        if let (Some(l), Some((ai, bi_up, mask))) = (&lora, li) {
-            let mut u = alloc(be, x.shape().with_last(r), DType::F32)?;
-            lo = Some(fast::LoraOperands {
-                l: ai,
-                l_s: (ink, 1),
-                u: bi_up,
-                u_s: (1, rk),
-                r,
-                scale: l.scale as f32,
-                mask,
-                hidden: output(be, OP, "lora hidden", &mut u)?,
+        if self.fast(self.kernels().gemm) && fast::forward_ok(self, rows, inf, outf, r, xi, wi) {
+            // One pass over x: y = x·Wᵀ + bias + s·ũ·Bᵀ and ũ = (x·Aᵀ) ⊙ mask.
+            let mut y = alloc(self, x.shape().with_last(outf), t)?;
+            let yo = output(self, OP, "y", &mut y)?;
+            let mut hidden = None;
+            let mut lo = None;
+            if let (Some(l), Some((ai, bi_up, mask))) = (&lora, li) {
+                let mut u = alloc(self, x.shape().with_last(r), DType::F32)?;
+                lo = Some(fast::LoraOperands {
+                    l: ai,
+                    l_s: (ink, 1),
+                    u: bi_up,
+                    u_s: (1, rk),
+                    r,
+                    scale: l.scale as f32,
+                    mask,
+                    hidden: output(self, OP, "lora hidden", &mut u)?,
+                });
+                hidden = Some(u);
+            }
+            fast::gemm(self, OP, (rows, outf, inf), xi, wi, false, lo, bi, yo, 0.0)?;
+            return Ok(LinearOut {
+                y,
+                lora_hidden: hidden,
             });
+        }
+
+        let mut hidden = None;
+        let mut second = None;
+        if let (Some(l), Some((ai, bi_up, mask))) = (&lora, li) {
+            // ũ = (x·Aᵀ) ⊙ mask, f32 [rows, r].
+            let mut u = alloc(self, x.shape().with_last(r), DType::F32)?;
+            let uo = output(self, OP, "lora hidden", &mut u)?;
+            Gemm {
+                m: rows,
+                n: r,
+                k: inf,
+                a: Operand::rows(xi, t, ink),
+                b: Operand::cols(ai, DType::F32, ink),
+                alpha: 1.0,
+                second: None,
+                bias: None,
+                mask,
+                beta: 0.0,
+            }
+            .run(self, OP, uo, DType::F32)?;
+            second = Some((
+                Operand::rows(In(uo.0), DType::F32, rk),
+                Operand::cols(bi_up, DType::F32, rk),
+                r,
+                l.scale as f32,
+            ));
             hidden = Some(u);
         }
-        fast::gemm(be, OP, (rows, outf, inf), xi, wi, false, lo, bi, yo, 0.0)?;
-        return Ok(LinearOut {
-            y,
-            lora_hidden: hidden,
-        });
-    }
-
-    let mut hidden = None;
-    let mut second = None;
-    if let (Some(l), Some((ai, bi_up, mask))) = (&lora, li) {
-        // ũ = (x·Aᵀ) ⊙ mask, f32 [rows, r].
-        let mut u = alloc(be, x.shape().with_last(r), DType::F32)?;
-        let uo = output(be, OP, "lora hidden", &mut u)?;
+        // y = x·Wᵀ + bias + s·ũ·Bᵀ.
+        let mut y = alloc(self, x.shape().with_last(outf), t)?;
+        let yo = output(self, OP, "y", &mut y)?;
         Gemm {
             m: rows,
-            n: r,
+            n: outf,
             k: inf,
             a: Operand::rows(xi, t, ink),
-            b: Operand::cols(ai, DType::F32, ink),
+            b: Operand::cols(wi, t, ink),
             alpha: 1.0,
-            second: None,
-            bias: None,
-            mask,
+            second,
+            bias: bi,
+            mask: None,
             beta: 0.0,
         }
-        .run(be, OP, uo, DType::F32)?;
-        second = Some((
-            Operand::rows(In(uo.0), DType::F32, rk),
-            Operand::cols(bi_up, DType::F32, rk),
-            r,
-            l.scale as f32,
-        ));
-        hidden = Some(u);
+        .run(self, OP, yo, t)?;
+        Ok(LinearOut {
+            y,
+            lora_hidden: hidden,
+        })
     }
-    // y = x·Wᵀ + bias + s·ũ·Bᵀ.
-    let mut y = alloc(be, x.shape().with_last(outf), t)?;
-    let yo = output(be, OP, "y", &mut y)?;
-    Gemm {
-        m: rows,
-        n: outf,
-        k: inf,
-        a: Operand::rows(xi, t, ink),
-        b: Operand::cols(wi, t, ink),
-        alpha: 1.0,
-        second,
-        bias: bi,
-        mask: None,
-        beta: 0.0,
-    }
-    .run(be, OP, yo, t)?;
-    Ok(LinearOut {
-        y,
-        lora_hidden: hidden,
-    })
-}
 
-pub(crate) fn linear_backward(
-    be: &CudaBackend,
-    dy: &Tensor,
-    w: &Tensor,
-    mut lora: Option<LoraBackward<'_>>,
-    want_dx: bool,
-) -> Result<Option<Tensor>> {
-    const OP: &str = "linear_backward";
-    let d = check::linear::backward(
-        dy,
-        w,
-        lora.as_ref()
-            .map(|l| (&l.lora, l.x, l.hidden, &*l.grad_down, &*l.grad_up)),
-    )?;
-    let (rows, inf, outf, r) = (d.rows, d.in_features, d.out_features, d.rank);
-    let dyi = input(be, OP, "dy", dy)?;
-    let wi = input(be, OP, "w", w)?;
-    let t = float_dtype(OP, "dy", dy)?;
-    check::dtype(OP, "w", w, t)?;
-    let (ink, outk, rk) = (int(OP, "w", inf)?, int(OP, "w", outf)?, int(OP, "lora", r)?);
-    int(OP, "dy", dy.numel())?;
-    int(OP, "w", w.numel())?;
-    int(OP, "dx", rows * inf)?;
-    int(OP, "g", rows * r)?;
+    fn linear_backward(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        adapter: Option<AdapterBackward<'_>>,
+        want_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        const OP: &str = "linear_backward";
+        // The one adapter kind so far (a new kind of `AdapterBackward` stops the build here).
+        let mut lora = adapter.map(|AdapterBackward::Lora(l)| l);
+        let d = check::linear::backward(
+            dy,
+            w,
+            lora.as_ref()
+                .map(|l| (&l.lora, l.x, l.hidden, &*l.grad_down, &*l.grad_up)),
+        )?;
+        let (rows, inf, outf, r) = (d.rows, d.in_features, d.out_features, d.rank);
+        let dyi = input(self, OP, "dy", dy)?;
+        let wi = input(self, OP, "w", w)?;
+        let t = float_dtype(OP, "dy", dy)?;
+        check::dtype(OP, "w", w, t)?;
+        let (ink, outk, rk) = (int(OP, "w", inf)?, int(OP, "w", outf)?, int(OP, "lora", r)?);
+        int(OP, "dy", dy.numel())?;
+        int(OP, "w", w.numel())?;
+        int(OP, "dx", rows * inf)?;
+        int(OP, "g", rows * r)?;
 
-    if be.fast(be.kernels().gemm) {
-        if let Some(dx) = backward_fast(be, dy, w, lora.as_mut(), want_dx, (rows, inf, outf, r))? {
-            return Ok(dx);
+        if self.fast(self.kernels().gemm) {
+            if let Some(dx) =
+                backward_fast(self, dy, w, lora.as_mut(), want_dx, (rows, inf, outf, r))?
+            {
+                return Ok(dx);
+            }
         }
-    }
 
-    let mut second = None;
-    let mut g_keep = None;
-    if let Some(lb) = lora {
-        let l = &lb.lora;
-        let ai = input(be, OP, "lora down (A)", l.down)?;
-        let bi = input(be, OP, "lora up (B)", l.up)?;
-        let xi = input(be, OP, "x", lb.x)?;
-        let ui = input(be, OP, "lora hidden", lb.hidden)?;
-        let mask = l
-            .dropout
-            .map(|m| input(be, OP, "lora dropout mask", m))
-            .transpose()?;
-        let gdo = output(be, OP, "grad_down", lb.grad_down)?;
-        let guo = output(be, OP, "grad_up", lb.grad_up)?;
-        check::dtype(OP, "x", lb.x, t)?;
-        check::dtype(OP, "lora down (A)", l.down, DType::F32)?;
-        check::dtype(OP, "lora up (B)", l.up, DType::F32)?;
-        check::dtype(OP, "lora hidden", lb.hidden, DType::F32)?;
-        check::dtype(OP, "grad_down", lb.grad_down, DType::F32)?;
-        check::dtype(OP, "grad_up", lb.grad_up, DType::F32)?;
-        if let Some(m) = l.dropout {
-            check::dtype(OP, "lora dropout mask", m, t)?;
+        let mut second = None;
+        let mut g_keep = None;
+        if let Some(lb) = lora {
+            let l = &lb.lora;
+            let ai = input(self, OP, "lora down (A)", l.down)?;
+            let bi = input(self, OP, "lora up (B)", l.up)?;
+            let xi = input(self, OP, "x", lb.x)?;
+            let ui = input(self, OP, "lora hidden", lb.hidden)?;
+            let mask = l
+                .dropout
+                .map(|m| input(self, OP, "lora dropout mask", m))
+                .transpose()?;
+            let gdo = output(self, OP, "grad_down", lb.grad_down)?;
+            let guo = output(self, OP, "grad_up", lb.grad_up)?;
+            check::dtype(OP, "x", lb.x, t)?;
+            check::dtype(OP, "lora down (A)", l.down, DType::F32)?;
+            check::dtype(OP, "lora up (B)", l.up, DType::F32)?;
+            check::dtype(OP, "lora hidden", lb.hidden, DType::F32)?;
+            check::dtype(OP, "grad_down", lb.grad_down, DType::F32)?;
+            check::dtype(OP, "grad_up", lb.grad_up, DType::F32)?;
+            if let Some(m) = l.dropout {
+                check::dtype(OP, "lora dropout mask", m, t)?;
+            }
+            let s = l.scale as f32;
+            let beta = match lb.accum {
+                Accum::Assign => 0.0,
+                Accum::Add => 1.0,
+            };
+            // g = (dY·B) ⊙ mask, f32 [rows, r].
+            let mut g = alloc(self, dy.shape().with_last(r), DType::F32)?;
+            let go = output(self, OP, "g", &mut g)?;
+            Gemm {
+                m: rows,
+                n: r,
+                k: outf,
+                a: Operand::rows(dyi, t, outk),
+                b: Operand::rows(bi, DType::F32, rk),
+                alpha: 1.0,
+                second: None,
+                bias: None,
+                mask,
+                beta: 0.0,
+            }
+            .run(self, OP, go, DType::F32)?;
+            let gi = In(go.0);
+            // dB (+)= s·dYᵀ·ũ, [out, r].
+            Gemm {
+                m: outf,
+                n: r,
+                k: rows,
+                a: Operand::cols(dyi, t, outk),
+                b: Operand::rows(ui, DType::F32, rk),
+                alpha: s,
+                second: None,
+                bias: None,
+                mask: None,
+                beta,
+            }
+            .run_split(self, OP, guo)?;
+            // dA (+)= s·gᵀ·X, [r, in].
+            Gemm {
+                m: r,
+                n: inf,
+                k: rows,
+                a: Operand::cols(gi, DType::F32, rk),
+                b: Operand::rows(xi, t, ink),
+                alpha: s,
+                second: None,
+                bias: None,
+                mask: None,
+                beta,
+            }
+            .run_split(self, OP, gdo)?;
+            second = Some((
+                Operand::rows(gi, DType::F32, rk),
+                Operand::rows(ai, DType::F32, ink),
+                r,
+                s,
+            ));
+            g_keep = Some(g);
         }
-        let s = l.scale as f32;
-        let beta = match lb.accum {
-            Accum::Assign => 0.0,
-            Accum::Add => 1.0,
-        };
-        // g = (dY·B) ⊙ mask, f32 [rows, r].
-        let mut g = alloc(be, dy.shape().with_last(r), DType::F32)?;
-        let go = output(be, OP, "g", &mut g)?;
+        if !want_dx {
+            return Ok(None);
+        }
+        // dX = dY·W + s·g·A, [.., in] in dY's dtype.
+        let mut dx = alloc(self, dy.shape().with_last(inf), t)?;
+        let dxo = output(self, OP, "dx", &mut dx)?;
         Gemm {
             m: rows,
-            n: r,
+            n: inf,
             k: outf,
             a: Operand::rows(dyi, t, outk),
-            b: Operand::rows(bi, DType::F32, rk),
+            b: Operand::rows(wi, t, ink),
             alpha: 1.0,
-            second: None,
+            second,
             bias: None,
-            mask,
+            mask: None,
             beta: 0.0,
         }
-        .run(be, OP, go, DType::F32)?;
-        let gi = In(go.0);
-        // dB (+)= s·dYᵀ·ũ, [out, r].
-        Gemm {
-            m: outf,
-            n: r,
-            k: rows,
-            a: Operand::cols(dyi, t, outk),
-            b: Operand::rows(ui, DType::F32, rk),
-            alpha: s,
-            second: None,
-            bias: None,
-            mask: None,
-            beta,
-        }
-        .run_split(be, OP, guo)?;
-        // dA (+)= s·gᵀ·X, [r, in].
-        Gemm {
-            m: r,
-            n: inf,
-            k: rows,
-            a: Operand::cols(gi, DType::F32, rk),
-            b: Operand::rows(xi, t, ink),
-            alpha: s,
-            second: None,
-            bias: None,
-            mask: None,
-            beta,
-        }
-        .run_split(be, OP, gdo)?;
-        second = Some((
-            Operand::rows(gi, DType::F32, rk),
-            Operand::rows(ai, DType::F32, ink),
-            r,
-            s,
-        ));
-        g_keep = Some(g);
+        .run(self, OP, dxo, t)?;
+        drop(g_keep); // g (the second product's A) lives until its last launch is queued
+        Ok(Some(dx))
     }
-    if !want_dx {
-        return Ok(None);
-    }
-    // dX = dY·W + s·g·A, [.., in] in dY's dtype.
-    let mut dx = alloc(be, dy.shape().with_last(inf), t)?;
-    let dxo = output(be, OP, "dx", &mut dx)?;
-    Gemm {
-        m: rows,
-        n: inf,
-        k: outf,
-        a: Operand::rows(dyi, t, outk),
-        b: Operand::rows(wi, t, ink),
-        alpha: 1.0,
-        second,
-        bias: None,
-        mask: None,
-        beta: 0.0,
-    }
-    .run(be, OP, dxo, t)?;
-    drop(g_keep); // g (the second product's A) lives until its last launch is queued
-    Ok(Some(dx))
 }
 
 /// The backward on the fast kernels (kernels/linear_fast.cu), or None when they decline the

@@ -4,7 +4,6 @@
 
 pub(crate) mod activation;
 pub(crate) mod attention;
-pub(crate) mod attention_wide;
 pub(crate) mod conv;
 pub(crate) mod diffusion;
 pub(crate) mod elementwise;

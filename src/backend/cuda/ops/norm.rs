@@ -13,8 +13,9 @@ mod fast;
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::tiles::NORM_MAX_THREADS;
 use super::{alloc, by_dtype, float_dtype, input, int, output};
-use crate::backend::{check, NormStats};
+use crate::backend::{check, NormOps, NormStats};
 use crate::error::Result;
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -46,7 +47,10 @@ impl Layout {
     /// One thread block per normalized block; about 8 elements per thread, 32..=1024 threads.
     fn cfg(&self) -> LaunchCfg {
         let m = self.cpg * self.inner;
-        let threads = m.div_ceil(8).next_multiple_of(32).clamp(32, 1024) as u32;
+        let threads = m
+            .div_ceil(8)
+            .next_multiple_of(32)
+            .clamp(32, NORM_MAX_THREADS) as u32;
         LaunchCfg::new((self.blocks as u32, 1, 1), (threads, 1, 1), 0)
     }
 
@@ -188,122 +192,122 @@ fn backward(
     Ok(dx)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn group_norm(
-    be: &CudaBackend,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    groups: usize,
-    eps: f64,
-    silu: bool,
-) -> Result<(Tensor, NormStats)> {
-    let d = check::norm::group_norm(x, gamma, beta, groups, eps)?;
-    let l = Layout {
-        blocks: d.batch * d.groups,
-        groups: d.groups,
-        cpg: d.channels_per_group(),
-        inner: d.spatial,
-        layer: false,
-    };
-    forward(
-        be,
-        "group_norm",
-        x,
-        gamma,
-        beta,
-        l,
-        d.stats_shape(),
-        eps,
-        silu,
-    )
-}
+impl NormOps for CudaBackend {
+    fn group_norm(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        groups: usize,
+        eps: f64,
+        silu: bool,
+    ) -> Result<(Tensor, NormStats)> {
+        let d = check::norm::group_norm(x, gamma, beta, groups, eps)?;
+        let l = Layout {
+            blocks: d.batch * d.groups,
+            groups: d.groups,
+            cpg: d.channels_per_group(),
+            inner: d.spatial,
+            layer: false,
+        };
+        forward(
+            self,
+            "group_norm",
+            x,
+            gamma,
+            beta,
+            l,
+            d.stats_shape(),
+            eps,
+            silu,
+        )
+    }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn group_norm_backward(
-    be: &CudaBackend,
-    dy: &Tensor,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    stats: &NormStats,
-    groups: usize,
-    silu: bool,
-) -> Result<Tensor> {
-    let d = check::norm::group_norm_backward(dy, x, gamma, beta, stats, groups)?;
-    let l = Layout {
-        blocks: d.batch * d.groups,
-        groups: d.groups,
-        cpg: d.channels_per_group(),
-        inner: d.spatial,
-        layer: false,
-    };
-    backward(
-        be,
-        "group_norm_backward",
-        dy,
-        x,
-        gamma,
-        beta,
-        stats,
-        l,
-        silu,
-    )
-}
+    fn group_norm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        stats: &NormStats,
+        groups: usize,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let d = check::norm::group_norm_backward(dy, x, gamma, beta, stats, groups)?;
+        let l = Layout {
+            blocks: d.batch * d.groups,
+            groups: d.groups,
+            cpg: d.channels_per_group(),
+            inner: d.spatial,
+            layer: false,
+        };
+        backward(
+            self,
+            "group_norm_backward",
+            dy,
+            x,
+            gamma,
+            beta,
+            stats,
+            l,
+            silu,
+        )
+    }
 
-pub(crate) fn layer_norm(
-    be: &CudaBackend,
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    eps: f64,
-) -> Result<(Tensor, NormStats)> {
-    let d = check::norm::layer_norm(x, gamma, beta, eps)?;
-    let l = Layout {
-        blocks: d.rows,
-        groups: 1,
-        cpg: d.channels,
-        inner: 1,
-        layer: true,
-    };
-    forward(
-        be,
-        "layer_norm",
-        x,
-        gamma,
-        beta,
-        l,
-        d.stats_shape(),
-        eps,
-        false,
-    )
-}
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, NormStats)> {
+        let d = check::norm::layer_norm(x, gamma, beta, eps)?;
+        let l = Layout {
+            blocks: d.rows,
+            groups: 1,
+            cpg: d.channels,
+            inner: 1,
+            layer: true,
+        };
+        forward(
+            self,
+            "layer_norm",
+            x,
+            gamma,
+            beta,
+            l,
+            d.stats_shape(),
+            eps,
+            false,
+        )
+    }
 
-pub(crate) fn layer_norm_backward(
-    be: &CudaBackend,
-    dy: &Tensor,
-    x: &Tensor,
-    gamma: &Tensor,
-    stats: &NormStats,
-) -> Result<Tensor> {
-    let d = check::norm::layer_norm_backward(dy, x, gamma, stats)?;
-    let l = Layout {
-        blocks: d.rows,
-        groups: 1,
-        cpg: d.channels,
-        inner: 1,
-        layer: true,
-    };
-    // No beta without SiLU: gamma stands in for the pointer, which the kernel never reads.
-    backward(
-        be,
-        "layer_norm_backward",
-        dy,
-        x,
-        gamma,
-        gamma,
-        stats,
-        l,
-        false,
-    )
+    fn layer_norm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        gamma: &Tensor,
+        stats: &NormStats,
+    ) -> Result<Tensor> {
+        let d = check::norm::layer_norm_backward(dy, x, gamma, stats)?;
+        let l = Layout {
+            blocks: d.rows,
+            groups: 1,
+            cpg: d.channels,
+            inner: 1,
+            layer: true,
+        };
+        // No beta without SiLU: gamma stands in for the pointer, which the kernel never reads.
+        backward(
+            self,
+            "layer_norm_backward",
+            dy,
+            x,
+            gamma,
+            gamma,
+            stats,
+            l,
+            false,
+        )
+    }
 }

@@ -5,7 +5,7 @@
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::{alloc, input, output};
-use crate::backend::Backend;
+use crate::backend::Tensors;
 use crate::error::Result;
 use crate::tensor::DType;
 

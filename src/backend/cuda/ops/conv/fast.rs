@@ -9,6 +9,7 @@
 
 use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::super::tiles::{FC_BM, FC_BN, FC_THREADS};
 use super::super::alloc;
 use crate::backend::check::conv::ConvDims;
 use crate::error::Result;
@@ -33,12 +34,6 @@ kernels! {
         ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
     fn conv_fast_wgrad_layout(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32, p: i32);
 }
-
-/// Output tile of one block: pixels x channels (FC_BM, FC_BN in conv_fast.cu).
-const TILE_P: usize = 128;
-const TILE_M: usize = 64;
-/// Threads per block (FC_THREADS).
-const THREADS: u32 = 256;
 
 thread_local! {
     /// Launches of the fast GEMM kernels from this thread (launchers run on the caller's
@@ -138,9 +133,9 @@ fn launch(
         && (g.sa, g.so, g.oy, g.ox) == (1, 1, 0, 0)
         && (g.hs, g.ws) == (g.ha, g.wa)
         && (g.ha * g.wa) % 8 == 0;
-    let gx = pixels.div_ceil(TILE_P).min(i32::MAX as usize) as u32;
-    let gy = g.mo.div_ceil(TILE_M) as u32;
-    let cfg = LaunchCfg::new((gx, gy, 1), (THREADS, 1, 1), 0);
+    let gx = pixels.div_ceil(FC_BM).min(i32::MAX as usize) as u32;
+    let gy = g.mo.div_ceil(FC_BN) as u32;
+    let cfg = LaunchCfg::new((gx, gy, 1), (FC_THREADS as u32, 1, 1), 0);
     let i = |v: usize| v as i32;
     LAUNCHES.with(|c| c.set(c.get() + 1));
     f(
@@ -218,7 +213,7 @@ pub(super) fn input_grad(be: &CudaBackend, d: &ConvDims, dy: In, w: In, dx: Out)
     if numel > 0 {
         conv_fast_wgrad_layout(
             be.device(),
-            LaunchCfg::for_items(numel, THREADS),
+            LaunchCfg::for_items(numel, FC_THREADS as u32),
             w,
             wto,
             d.o as i32,
@@ -270,7 +265,8 @@ pub(super) fn input_grad(be: &CudaBackend, d: &ConvDims, dy: In, w: In, dx: Out)
 mod tests {
     use super::LAUNCHES;
     use crate::backend::cuda::{CudaBackend, Device, KernelChoice};
-    use crate::backend::{Backend, Conv2d};
+    use crate::backend::prelude::*;
+    use crate::backend::Conv2d;
     use crate::tensor::DType;
 
     /// The fast kernels run for f16 with the conv family fast, and only then: forward one
@@ -288,7 +284,7 @@ mod tests {
             let w = be.tensor_from_f32(&[4, 3, 3, 3], &[0.25; 108], dt).unwrap();
             let dy = be.tensor_from_f32(&[1, 4, 3, 3], &[1.0; 36], dt).unwrap();
             let before = LAUNCHES.with(|c| c.get());
-            be.conv2d(&x, &w, None, p).unwrap();
+            be.conv2d(&x, &w, None, p, None).unwrap();
             let fwd = LAUNCHES.with(|c| c.get()) - before;
             be.conv2d_input_grad(&dy, &w, (5, 6), p).unwrap();
             (fwd, LAUNCHES.with(|c| c.get()) - before - fwd)

@@ -16,6 +16,10 @@
 
 use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::super::tiles::{
+    lf_smem_bytes, lf_threads, LF_L_BM, LF_L_BN, LF_L_WM, LF_L_WN, LF_M_BM, LF_M_BN, LF_M_WM,
+    LF_M_WN, LF_S_BM, LF_S_BN, LF_S_WM, LF_S_WN, LG_BM, LG_BN, LG_BR, LG_THREADS,
+};
 use super::super::{alloc, int, output, BLOCK};
 use super::{splitk_sum_f32, NULL_IN, NULL_OUT};
 use crate::error::Result;
@@ -48,10 +52,6 @@ kernels! {
 /// Dynamic shared memory the GEMM may use: within the emulator's 163 KiB and an sm_80's
 /// opt-in limit (163 KiB); sm_90 allows 227 KiB.
 const MAX_SMEM: usize = 160 * 1024;
-/// The kernel's k-step, ring depth and paddings (kernels/linear_fast.cu: LF_*).
-const BK: usize = 32;
-const STAGES: usize = 3;
-const LDL: usize = BK + 4;
 
 /// A block tile of the GEMM: rows x columns of C, and its threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,32 +63,28 @@ pub(super) enum Tile {
 
 impl Tile {
     const ALL: [Tile; 3] = [Tile::T128x128, Tile::T128x64, Tile::T64x64];
-    fn bm(self) -> usize {
+    /// (BM, BN, WM, WN): the block tile and its warp tile (LF_L_*, LF_M_*, LF_S_* in
+    /// tiles.h).
+    fn dims(self) -> (usize, usize, usize, usize) {
         match self {
-            Tile::T64x64 => 64,
-            _ => 128,
+            Tile::T128x128 => (LF_L_BM, LF_L_BN, LF_L_WM, LF_L_WN),
+            Tile::T128x64 => (LF_M_BM, LF_M_BN, LF_M_WM, LF_M_WN),
+            Tile::T64x64 => (LF_S_BM, LF_S_BN, LF_S_WM, LF_S_WN),
         }
+    }
+    fn bm(self) -> usize {
+        self.dims().0
     }
     fn bn(self) -> usize {
-        match self {
-            Tile::T128x128 => 128,
-            _ => 64,
-        }
+        self.dims().1
     }
     fn threads(self) -> u32 {
-        match self {
-            Tile::T128x128 => 256,
-            _ => 128,
-        }
+        let (bm, bn, wm, wn) = self.dims();
+        lf_threads(bm, bn, wm, wn) as u32
     }
-    /// Dynamic shared memory for rank `r` (kernels/linear_fast.cu, lf_region0_bytes + h).
+    /// Dynamic shared memory for rank `r` (LF_SMEM_BYTES in tiles.h).
     fn smem(self, kn: bool, r: usize) -> usize {
-        let (bm, bn) = (self.bm(), self.bn());
-        let a = bm * (BK + 8);
-        let b = if kn { BK * (bn + 8) } else { bn * (BK + 8) };
-        let ring = STAGES * (a + b) * 2 + STAGES * r.next_multiple_of(4) * LDL * 4;
-        let region0 = ring.max(r * bn * 4);
-        region0 + bm * (r | 1) * 4
+        lf_smem_bytes(self.bm(), self.bn(), kn as usize, r)
     }
     fn blocks(self, m: usize, n: usize) -> usize {
         m.div_ceil(self.bm()) * n.div_ceil(self.bn()).max(1)
@@ -253,9 +249,9 @@ pub(super) fn lora_grad(
     if n == 0 || r == 0 {
         return Ok(());
     }
-    let tiles = n.div_ceil(64) * r.div_ceil(16);
+    let tiles = n.div_ceil(LG_BN) * r.div_ceil(LG_BR);
     let want = (256 / tiles).clamp(1, 64);
-    let chunk = rows.div_ceil(want).next_multiple_of(32).max(32);
+    let chunk = rows.div_ceil(want).next_multiple_of(LG_BM).max(LG_BM);
     let splits = rows.div_ceil(chunk).max(1);
     let (mi, ni, ri) = (
         int(op, "rows", rows)?,
@@ -263,8 +259,12 @@ pub(super) fn lora_grad(
         int(op, "lora", r)?,
     );
     let ci = int(op, "rows", chunk)?;
-    let grid = (n.div_ceil(64) as u32, r.div_ceil(16) as u32, splits as u32);
-    let cfg = LaunchCfg::new(grid, (256, 1, 1), 0);
+    let grid = (
+        n.div_ceil(LG_BN) as u32,
+        r.div_ceil(LG_BR) as u32,
+        splits as u32,
+    );
+    let cfg = LaunchCfg::new(grid, (LG_THREADS as u32, 1, 1), 0);
     if splits == 1 {
         return linear_fast_lora_grad(
             be.device(),

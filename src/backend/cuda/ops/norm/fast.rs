@@ -12,6 +12,7 @@
 
 use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::super::tiles::{GN_THREADS, LN_ROWS};
 use super::super::{alloc, int, output};
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -49,9 +50,6 @@ kernels! {
         cols: i32);
 }
 
-/// Threads per GroupNorm thread block (GN_THREADS in the .cu) and rows per LayerNorm block.
-const GN_THREADS: u32 = 128;
-const LN_ROWS: usize = 4;
 /// The most chunks one GroupNorm block is split into (one warp merges their partials).
 const MAX_CHUNKS: usize = 32;
 /// The widest LayerNorm row: 8 vectors of 8 halves per lane.
@@ -103,7 +101,7 @@ impl Group {
             int(op, "x", nchunks)?,
         ];
         Ok((
-            LaunchCfg::new((grid, 1, 1), (GN_THREADS, 1, 1), 0),
+            LaunchCfg::new((grid, 1, 1), (GN_THREADS as u32, 1, 1), 0),
             part,
             args,
         ))
@@ -277,7 +275,7 @@ mod tests {
     #[test]
     fn supported_shapes_take_the_fast_kernels() {
         use crate::backend::cuda::{Device, KernelChoice};
-        use crate::Backend;
+        use crate::backend::prelude::*;
         // GroupNorm fwd + bwd of x `gn` in `groups`, LayerNorm fwd + bwd of `ln`: the fast
         // calls counted meanwhile.
         let calls = |be: &CudaBackend, gn: &[usize], groups: usize, ln: &[usize]| {

@@ -3,10 +3,11 @@
 //! row's scores in shared memory, so key lengths are bounded by it ([`MAX_KEYS`]: 16384 keys,
 //! the VAE at 1024x1024, need 64 KiB). Forward only: nothing trains through a wide head.
 
-use super::super::backend::CudaBackend;
-use super::super::launch::{kernels, In, LaunchCfg, Out};
-use super::attention::MAX_HEAD_DIM;
-use super::{alloc, by_dtype, input, int, output};
+use super::super::super::backend::CudaBackend;
+use super::super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::super::tiles::{wide_smem, WIDE_THREADS};
+use super::super::{alloc, by_dtype, input, int, output};
+use super::MAX_HEAD_DIM;
 use crate::backend::check;
 use crate::backend::check::attention::AttentionDims;
 use crate::error::Result;
@@ -20,7 +21,6 @@ kernels! {
         lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
 }
 
-const THREADS: u32 = 256;
 /// The most keys a row's scores can have in shared memory (with a 4096-wide query row, within
 /// sm_80's 163 KiB).
 pub(crate) const MAX_KEYS: usize = 36 * 1024;
@@ -69,10 +69,10 @@ pub(crate) fn forward(
     if rows == 0 {
         return Ok((o, lse));
     }
-    let smem = 4 * (n.head_dim + n.kv_len);
+    let smem = wide_smem(n.head_dim, n.kv_len);
     let cfg = LaunchCfg::new(
         (int(OP, "q", rows)? as u32, 1, 1),
-        (THREADS, 1, 1),
+        (WIDE_THREADS as u32, 1, 1),
         smem as u32,
     );
     let f = by_dtype!(dt, OP, attention_wide_fwd_f32, attention_wide_fwd_f16);

@@ -1,0 +1,56 @@
+//! Adapters as the backend takes them: a trainable low-rank term added to a frozen linear or
+//! conv layer, passed to [`LinearOps::linear`](super::LinearOps::linear) and
+//! [`ConvOps::conv2d`](super::ConvOps::conv2d) as an input.
+//!
+//! One variant per adapter kind. Today there is LoRA (with kohya's dropout on its hidden);
+//! a new kind (LoHa: ΔW = (B₁A₁) ⊙ (B₂A₂); DoRA: a LoRA with a learned per-row magnitude)
+//! adds its variant to [`Adapter`] and [`AdapterBackward`], and its forward and backward to
+//! each backend's linear.rs (and conv.rs): every `match` on an adapter then names the places
+//! that must learn it. On convs no kind runs yet: LoCon (LoRA on 3x3 convs) is issue 15.
+
+use super::Accum;
+use crate::tensor::Tensor;
+
+/// The adapter a linear (or conv) layer carries in one forward.
+#[derive(Clone, Copy)]
+pub enum Adapter<'a> {
+    /// y += scale · ((x·downᵀ) ⊙ mask)·upᵀ.
+    Lora(Lora<'a>),
+}
+
+/// The adapter half of a layer's backward: the adapter, what its forward saved, and where its
+/// gradients go (one variant per kind, as [`Adapter`]).
+pub enum AdapterBackward<'a> {
+    Lora(LoraBackward<'a>),
+}
+
+/// A LoRA adapter on a linear layer: y += scale · ((x·downᵀ) ⊙ mask)·upᵀ.
+/// `down` is A, [rank, in]; `up` is B, [out, rank]; kohya's scale is alpha / rank.
+#[derive(Clone, Copy)]
+pub struct Lora<'a> {
+    pub down: &'a Tensor,
+    pub up: &'a Tensor,
+    pub scale: f64,
+    /// Dropout on the adapter's hidden u = x·Aᵀ (kohya's `network_dropout`, applied to
+    /// lora_down's output during training): a pre-scaled keep mask shaped like u, [.., rank]
+    /// with x's leading dims, each element 0 (dropped) or 1/(1−p) (kept), in x's dtype.
+    /// The mask is an input, not drawn here: the same mask must reach the backward (it is
+    /// part of [`LoraBackward::lora`]). `None`: no dropout (inference, or p = 0).
+    pub dropout: Option<&'a Tensor>,
+}
+
+/// The LoRA half of a linear layer's backward: what was saved and where the gradients go.
+pub struct LoraBackward<'a> {
+    /// The adapter, with the forward's dropout mask if it had one.
+    pub lora: Lora<'a>,
+    /// The layer's input X, [.., in].
+    pub x: &'a Tensor,
+    /// ũ = (X·Aᵀ) ⊙ mask from the forward ([`LinearOut::lora_hidden`](super::LinearOut)),
+    /// [.., rank].
+    pub hidden: &'a Tensor,
+    /// dA, [rank, in]: `+=` or `=` s·gᵀ·X with g = (dY·B) ⊙ mask, summed over all rows.
+    pub grad_down: &'a mut Tensor,
+    /// dB, [out, rank]: `+=` or `=` s·dYᵀ·ũ.
+    pub grad_up: &'a mut Tensor,
+    pub accum: Accum,
+}

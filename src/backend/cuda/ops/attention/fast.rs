@@ -1,0 +1,171 @@
+//! The fast attention kernels (kernels/attention_fast.cu) for f16 backends: flash-attention-2
+//! style on tensor cores, one launch for the forward; the backward as rowsum(dO ⊙ O), then
+//! dK, dV per key tile and dQ per query tile (no atomics: deterministic). The head width picks
+//! a bucket DM (64, 96 or 160: the kernels' register arrays and shared-memory rows).
+//!
+//! Declines (the caller then runs the simple kernels of attention.rs): heads wider than
+//! [`FAST_MAX_HEAD_DIM`] (up to 256), dv = 0 and Lk = 0. The lse of either forward feeds
+//! either backward.
+
+use super::super::super::backend::CudaBackend;
+use super::super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::super::tiles::{af_dkv_smem, af_dq_smem, af_fwd_smem, AF_ROWS, AF_THREADS};
+use super::super::{input, int, output};
+use super::{tiled, Args, Saved};
+use crate::backend::check::attention::AttentionDims;
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+kernels! {
+    module "attention_fast";
+    fn attention_fast_fwd_d64(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_fwd_d96(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_fwd_d160(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dot(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
+    fn attention_fast_dkv_d64(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dkv_d96(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dkv_d160(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d64(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d96(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d160(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+}
+
+/// The widest head (d and dv) the fast kernels take (their largest bucket).
+pub(crate) const FAST_MAX_HEAD_DIM: usize = 160;
+/// The fast kernels' head bucket DM (a multiple of 16 >= d, dv: their register arrays and
+/// smem rows), or None when the shape stays on the simple kernels (see the module doc).
+pub(super) fn bucket(be: &CudaBackend, n: &AttentionDims) -> Option<usize> {
+    let w = n.head_dim.max(n.v_head_dim);
+    if !be.fast(be.kernels().attention) || n.head_dim == 0 || n.v_head_dim == 0 || n.kv_len == 0 {
+        return None;
+    }
+    [64, 96, FAST_MAX_HEAD_DIM].into_iter().find(|&dm| w <= dm)
+}
+
+/// O and lse of the forward in bucket `dm` (`n` has at least one query row).
+pub(super) fn forward(
+    be: &CudaBackend,
+    dm: usize,
+    n: &AttentionDims,
+    a: &Args,
+    [q, k, v]: [In; 3],
+    (o, lse): (Out, Out),
+) -> Result<()> {
+    const OP: &str = "attention";
+    let f = match dm {
+        64 => attention_fast_fwd_d64,
+        96 => attention_fast_fwd_d96,
+        _ => attention_fast_fwd_d160,
+    };
+    f(
+        be.device(),
+        tiled(OP, n, (n.q_len, AF_ROWS), AF_THREADS, af_fwd_smem(dm))?,
+        q,
+        k,
+        v,
+        o,
+        lse,
+        a.heads,
+        a.lq,
+        a.lk,
+        a.d,
+        a.dv,
+        a.causal,
+        a.scale,
+    )
+}
+
+/// dQ, dK and dV in bucket `dm`; `dsum` [B·H·Lq] f32 receives D = rowsum(dO ⊙ O).
+pub(super) fn backward(
+    be: &CudaBackend,
+    dm: usize,
+    n: &AttentionDims,
+    a: &Args,
+    s: &Saved,
+    dsum: &mut Tensor,
+    (dq, dk, dv): (Out, Out, Out),
+) -> Result<()> {
+    const OP: &str = "attention_backward";
+    let rows = n.batch * n.heads * n.q_len;
+    if rows > 0 {
+        let warps = AF_THREADS / 32;
+        attention_fast_dot(
+            be.device(),
+            LaunchCfg::new(
+                (int(OP, "q", rows.div_ceil(warps))? as u32, 1, 1),
+                (AF_THREADS as u32, 1, 1),
+                0,
+            ),
+            s.o,
+            s.d_o,
+            output(be, OP, "dsum", dsum)?,
+            a.heads,
+            a.lq,
+            a.dv,
+            int(OP, "q", rows)?,
+        )?;
+    }
+    let di = input(be, OP, "dsum", dsum)?;
+    if n.batch * n.heads > 0 {
+        // Lq = 0: the dK/dV kernel writes dK = dV = 0.
+        let f = match dm {
+            64 => attention_fast_dkv_d64,
+            96 => attention_fast_dkv_d96,
+            _ => attention_fast_dkv_d160,
+        };
+        f(
+            be.device(),
+            tiled(OP, n, (n.kv_len, AF_ROWS), AF_THREADS, af_dkv_smem(dm))?,
+            s.q,
+            s.k,
+            s.v,
+            s.lse,
+            s.d_o,
+            di,
+            dk,
+            dv,
+            a.heads,
+            a.lq,
+            a.lk,
+            a.d,
+            a.dv,
+            a.causal,
+            a.scale,
+        )?;
+    }
+    if rows > 0 {
+        let f = match dm {
+            64 => attention_fast_dq_d64,
+            96 => attention_fast_dq_d96,
+            _ => attention_fast_dq_d160,
+        };
+        f(
+            be.device(),
+            tiled(OP, n, (n.q_len, AF_ROWS), AF_THREADS, af_dq_smem(dm))?,
+            s.q,
+            s.k,
+            s.v,
+            s.lse,
+            s.d_o,
+            di,
+            dq,
+            a.heads,
+            a.lq,
+            a.lk,
+            a.d,
+            a.dv,
+            a.causal,
+            a.scale,
+        )?;
+    }
+    Ok(())
+}
