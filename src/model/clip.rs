@@ -27,9 +27,12 @@
 //! Not saved: the norm outputs, act(f), the attention probabilities, the embeddings (no
 //! gradient goes into them), anything of the layers that clip_skip skips (they do not run).
 
-use crate::backend::{Accum, Activation, Attention as AttnParams, Backend, NormStats};
+use crate::backend::{Accum, Activation, Backend, NormStats};
 use crate::error::{Error, Result};
 use crate::lora::{LayerKind, LayerRole, LoraGrads, TargetLayer};
+use crate::model::attention::{
+    opt_bytes, Attention, AttentionGrads, AttentionSaved, AttentionSpec,
+};
 use crate::model::config::{ClipTextConfig, HiddenAct};
 use crate::model::layers::{Ctx, LayerNorm, Linear, LoraSaved};
 use crate::model::weights::{Loader, WeightSource};
@@ -37,10 +40,8 @@ use crate::tensor::Tensor;
 
 pub struct ClipLayer {
     pub layer_norm1: LayerNorm,
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
-    pub out_proj: Linear,
+    /// self_attn: q_proj, k_proj, v_proj, out_proj (causal).
+    pub attn: Attention,
     pub layer_norm2: LayerNorm,
     pub fc1: Linear,
     pub fc2: Linear,
@@ -60,15 +61,7 @@ struct LayerSaved {
     x: Tensor,
     /// layer_norm1's stats; None in layer 0, whose input gets no gradient.
     s1: Option<NormStats>,
-    uq: Option<LoraSaved>,
-    uk: Option<LoraSaved>,
-    uv: Option<LoraSaved>,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    lse: Tensor,
-    uo: Option<LoraSaved>,
+    attn: AttentionSaved,
     x2: Tensor,
     s2: NormStats,
     u_fc1: Option<LoraSaved>,
@@ -76,31 +69,17 @@ struct LayerSaved {
     u_fc2: Option<LoraSaved>,
 }
 
-fn opt_bytes(t: &Option<LoraSaved>) -> usize {
-    t.as_ref().map_or(0, LoraSaved::size_in_bytes)
-}
-
 impl LayerSaved {
     fn size_in_bytes(&self) -> usize {
-        [
-            &self.x, &self.q, &self.k, &self.v, &self.o, &self.lse, &self.x2, &self.f,
-        ]
-        .iter()
-        .map(|t| t.size_in_bytes())
-        .sum::<usize>()
+        [&self.x, &self.x2, &self.f]
+            .iter()
+            .map(|t| t.size_in_bytes())
+            .sum::<usize>()
             + self.s1.as_ref().map_or(0, NormStats::size_in_bytes)
             + self.s2.size_in_bytes()
-            + [
-                &self.uq,
-                &self.uk,
-                &self.uv,
-                &self.uo,
-                &self.u_fc1,
-                &self.u_fc2,
-            ]
-            .iter()
-            .map(|u| opt_bytes(u))
-            .sum::<usize>()
+            + self.attn.size_in_bytes()
+            + opt_bytes(&self.u_fc1)
+            + opt_bytes(&self.u_fc2)
     }
 }
 
@@ -132,20 +111,13 @@ impl ClipTape {
 #[derive(Clone, Copy)]
 struct LayerParams {
     act: Activation,
-    attn: AttnParams,
 }
 
 impl ClipLayer {
     /// The six LoRA-able linears in forward order.
     fn linears(&self) -> [&Linear; 6] {
-        [
-            &self.q_proj,
-            &self.k_proj,
-            &self.v_proj,
-            &self.out_proj,
-            &self.fc1,
-            &self.fc2,
-        ]
+        let [q, k, v, o] = self.attn.linears();
+        [q, k, v, o, &self.fc1, &self.fc2]
     }
 
     /// h -> the layer's output; with `save`, what the backward needs. `first`: layer 0,
@@ -159,14 +131,10 @@ impl ClipLayer {
         first: bool,
     ) -> Result<(Tensor, Option<LayerSaved>)> {
         let (n1, s1) = self.layer_norm1.forward(cx, &x)?;
-        let q = self.q_proj.forward(cx, &n1)?;
-        let k = self.k_proj.forward(cx, &n1)?;
-        let v = self.v_proj.forward(cx, &n1)?;
+        let (out, attn) = self.attn.forward(cx, &n1, None, save)?;
         drop(n1);
-        let (o, lse) = cx.be.attention(&q.y, &k.y, &v.y, p.attn)?;
-        let out = self.out_proj.forward(cx, &o)?;
-        let x2 = cx.be.add(&x, &out.y)?;
-        drop(out.y);
+        let x2 = cx.be.add(&x, &out)?;
+        drop(out);
         let (n2, s2) = self.layer_norm2.forward(cx, &x2)?;
         let f = self.fc1.forward(cx, &n2)?;
         drop(n2);
@@ -174,18 +142,10 @@ impl ClipLayer {
         let g = self.fc2.forward(cx, &a)?;
         drop(a);
         let y = cx.be.add(&x2, &g.y)?;
-        let saved = save.then(|| LayerSaved {
+        let saved = attn.map(|attn| LayerSaved {
             x,
             s1: (!first).then_some(s1),
-            uq: q.lora,
-            uk: k.lora,
-            uv: v.lora,
-            q: q.y,
-            k: k.y,
-            v: v.y,
-            o,
-            lse,
-            uo: out.lora,
+            attn,
             x2,
             s2,
             u_fc1: f.lora,
@@ -220,25 +180,15 @@ impl ClipLayer {
         let mut dx2 = self.layer_norm2.backward(cx, &dn2, &s.x2, &s.s2)?;
         drop((dn2, s.x2));
         cx.be.add_assign(&mut dx2, dy)?;
-        // Attention: x2 = x + out_proj(attention(q, k, v)), q, k, v = proj(layer_norm1(x)).
-        let d_o = self
-            .out_proj
-            .backward_dx(cx, &dx2, &s.o, s.uo.as_ref(), grads)?;
-        let (dq, dk, dv) = cx
-            .be
-            .attention_backward(&s.q, &s.k, &s.v, &s.o, &s.lse, &d_o, p.attn)?;
-        drop((d_o, s.q, s.k, s.v, s.o, s.lse));
+        // Attention: x2 = x + self_attn(layer_norm1(x)).
         let (n1, _) = self.layer_norm1.forward(cx, &s.x)?;
-        let mut dn1 = self
-            .q_proj
-            .backward(cx, &dq, &n1, s.uq.as_ref(), grads, want_dx)?;
-        drop(dq);
-        for (lin, d, u) in [(&self.k_proj, dk, &s.uk), (&self.v_proj, dv, &s.uv)] {
-            let dn = lin.backward(cx, &d, &n1, u.as_ref(), grads, want_dx)?;
-            if let (Some(acc), Some(dn)) = (dn1.as_mut(), dn) {
-                cx.be.add_assign(acc, &dn)?;
-            }
-        }
+        let into = AttentionGrads {
+            x: &n1,
+            context: None,
+            want_dx,
+            d_context: None,
+        };
+        let dn1 = self.attn.backward(cx, &dx2, s.attn, grads, into)?;
         drop(n1);
         if !want_dx {
             return Ok(None);
@@ -274,15 +224,20 @@ impl ClipTextModel {
             config.intermediate_size,
             config.layer_norm_eps,
         );
+        let attention = AttentionSpec {
+            c: d,
+            c_kv: d,
+            heads: config.num_attention_heads,
+            causal: true,
+            qkv_bias: true,
+            names: ["q_proj", "k_proj", "v_proj", "out_proj"],
+        };
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let ll = l.at(&format!("encoder.layers.{i}"));
                 Ok(ClipLayer {
                     layer_norm1: LayerNorm::load(&ll.at("layer_norm1"), d, eps)?,
-                    q_proj: Linear::load(&ll.at("self_attn.q_proj"), d, d, true)?,
-                    k_proj: Linear::load(&ll.at("self_attn.k_proj"), d, d, true)?,
-                    v_proj: Linear::load(&ll.at("self_attn.v_proj"), d, d, true)?,
-                    out_proj: Linear::load(&ll.at("self_attn.out_proj"), d, d, true)?,
+                    attn: Attention::load(&ll.at("self_attn"), attention)?,
                     layer_norm2: LayerNorm::load(&ll.at("layer_norm2"), d, eps)?,
                     fc1: Linear::load(&ll.at("mlp.fc1"), d, f, true)?,
                     fc2: Linear::load(&ll.at("mlp.fc2"), f, d, true)?,
@@ -331,10 +286,6 @@ impl ClipTextModel {
             act: match self.config.hidden_act {
                 HiddenAct::QuickGelu => Activation::QuickGelu,
                 HiddenAct::Gelu => Activation::Gelu,
-            },
-            attn: AttnParams {
-                heads: self.config.num_attention_heads,
-                causal: true,
             },
         }
     }

@@ -1,6 +1,7 @@
 //! The Stable Diffusion 1.x model: configurations, checkpoint loading, the CLIP tokenizer,
 //! the frozen layers, and the UNet (with its LoRA backward), VAE and CLIP text encoder.
 
+pub mod attention;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;

@@ -13,10 +13,11 @@
 //! The mid attention is single-head over the H·W positions with GroupNorm in front and a
 //! residual around it. Every GroupNorm here has eps 1e-6.
 
-use crate::backend::{Attention as AttnParams, Backend, Pad2d};
+use crate::backend::{Backend, Pad2d};
 use crate::error::{Error, Result};
+use crate::model::attention::{Attention, AttentionSpec};
 use crate::model::config::VaeConfig;
-use crate::model::layers::{Conv, Ctx, GroupNorm, Linear};
+use crate::model::layers::{Conv, Ctx, GroupNorm};
 use crate::model::unet::resnet::ResnetBlock;
 use crate::model::weights::{Loader, WeightSource};
 use crate::tensor::Tensor;
@@ -24,20 +25,21 @@ use crate::tensor::Tensor;
 /// GroupNorm, single-head self-attention over positions, residual.
 pub struct VaeAttention {
     pub group_norm: GroupNorm,
-    pub to_q: Linear,
-    pub to_k: Linear,
-    pub to_v: Linear,
-    pub to_out: Linear,
+    /// to_q, to_k, to_v (with bias), to_out.0; one head as wide as the channels.
+    pub attn: Attention,
 }
 
 impl VaeAttention {
     fn load(l: &Loader, c: usize, groups: usize, eps: f64) -> Result<Self> {
         Ok(VaeAttention {
             group_norm: GroupNorm::load(&l.at("group_norm"), c, groups, eps)?,
-            to_q: Linear::load(&l.at("to_q"), c, c, true)?,
-            to_k: Linear::load(&l.at("to_k"), c, c, true)?,
-            to_v: Linear::load(&l.at("to_v"), c, c, true)?,
-            to_out: Linear::load(&l.at("to_out.0"), c, c, true)?,
+            attn: Attention::load(
+                l,
+                AttentionSpec {
+                    qkv_bias: true,
+                    ..AttentionSpec::diffusers(c, c, 1)
+                },
+            )?,
         })
     }
     fn forward(&self, cx: &Ctx, x: Tensor) -> Result<Tensor> {
@@ -45,20 +47,8 @@ impl VaeAttention {
         let t = cx
             .be
             .nchw_to_nlc(&self.group_norm.forward(cx, &x, false)?.0)?;
-        let q = self.to_q.forward(cx, &t)?.y;
-        let k = self.to_k.forward(cx, &t)?.y;
-        let v = self.to_v.forward(cx, &t)?.y;
+        let (y, _) = self.attn.forward(cx, &t, None, false)?;
         drop(t);
-        let (o, _) = cx.be.attention(
-            &q,
-            &k,
-            &v,
-            AttnParams {
-                heads: 1,
-                causal: false,
-            },
-        )?;
-        let y = self.to_out.forward(cx, &o)?.y;
         cx.be.add(&x, &cx.be.nlc_to_nchw(&y, h, w)?)
     }
 }

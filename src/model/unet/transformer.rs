@@ -23,145 +23,15 @@
 //! Not saved: the norm outputs, the GEGLU output, the attention probabilities, proj_out's
 //! output, the block output.
 
-use crate::backend::{Attention as AttnParams, NormStats};
-use crate::error::Result;
+use crate::backend::NormStats;
+use crate::error::{Error, Result};
 use crate::lora::{LayerKind, LayerRole, LoraGrads, TargetLayer};
+use crate::model::attention::{
+    opt_bytes, target, Attention, AttentionGrads, AttentionSaved, AttentionSpec,
+};
 use crate::model::layers::{Ctx, GroupNorm, LayerNorm, Linear, LoraSaved};
 use crate::model::weights::Loader;
 use crate::tensor::Tensor;
-
-/// Multi-head attention with LoRA-able projections (to_q, to_k, to_v without bias; to_out.0).
-pub struct Attention {
-    pub to_q: Linear,
-    pub to_k: Linear,
-    pub to_v: Linear,
-    pub to_out: Linear,
-    pub heads: usize,
-}
-
-pub struct AttentionSaved {
-    uq: Option<LoraSaved>,
-    uk: Option<LoraSaved>,
-    uv: Option<LoraSaved>,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    lse: Tensor,
-    uo: Option<LoraSaved>,
-}
-
-fn opt_bytes(t: &Option<LoraSaved>) -> usize {
-    t.as_ref().map_or(0, LoraSaved::size_in_bytes)
-}
-
-impl AttentionSaved {
-    pub fn size_in_bytes(&self) -> usize {
-        [&self.q, &self.k, &self.v, &self.o, &self.lse]
-            .iter()
-            .map(|t| t.size_in_bytes())
-            .sum::<usize>()
-            + opt_bytes(&self.uq)
-            + opt_bytes(&self.uk)
-            + opt_bytes(&self.uv)
-            + opt_bytes(&self.uo)
-    }
-}
-
-impl Attention {
-    /// Query width `c`, key/value input width `c_kv` (the text width for cross-attention).
-    pub fn load(l: &Loader, c: usize, c_kv: usize, heads: usize) -> Result<Self> {
-        Ok(Attention {
-            to_q: Linear::load(&l.at("to_q"), c, c, false)?,
-            to_k: Linear::load(&l.at("to_k"), c_kv, c, false)?,
-            to_v: Linear::load(&l.at("to_v"), c_kv, c, false)?,
-            to_out: Linear::load(&l.at("to_out.0"), c, c, true)?,
-            heads,
-        })
-    }
-
-    fn params(&self) -> AttnParams {
-        AttnParams {
-            heads: self.heads,
-            causal: false,
-        }
-    }
-
-    /// `x` [N, L, C]; `context` None for self-attention.
-    pub fn forward(
-        &self,
-        cx: &Ctx,
-        x: &Tensor,
-        context: Option<&Tensor>,
-        save: bool,
-    ) -> Result<(Tensor, Option<AttentionSaved>)> {
-        let kv_in = context.unwrap_or(x);
-        let q = self.to_q.forward(cx, x)?;
-        let k = self.to_k.forward(cx, kv_in)?;
-        let v = self.to_v.forward(cx, kv_in)?;
-        let (o, lse) = cx.be.attention(&q.y, &k.y, &v.y, self.params())?;
-        let out = self.to_out.forward(cx, &o)?;
-        let saved = save.then_some(AttentionSaved {
-            uq: q.lora,
-            uk: k.lora,
-            uv: v.lora,
-            q: q.y,
-            k: k.y,
-            v: v.y,
-            o,
-            lse,
-            uo: out.lora,
-        });
-        Ok((out.y, saved))
-    }
-
-    /// dX of the query input (self-attention: plus the key/value paths), and the adapters'
-    /// gradients. The context gets no gradient: the text encoder is not trained through here.
-    /// `d_context`: for cross-attention, where to add the gradient of the context (the text
-    /// embeddings), when the text encoder is trained; None skips that work.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        &self,
-        cx: &Ctx,
-        dy: &Tensor,
-        x: &Tensor,
-        context: Option<&Tensor>,
-        s: AttentionSaved,
-        grads: &mut LoraGrads,
-        mut d_context: Option<&mut Tensor>,
-    ) -> Result<Tensor> {
-        let d_o = self
-            .to_out
-            .backward_dx(cx, dy, &s.o, s.uo.as_ref(), grads)?;
-        let (dq, dk, dv) =
-            cx.be
-                .attention_backward(&s.q, &s.k, &s.v, &s.o, &s.lse, &d_o, self.params())?;
-        drop(d_o);
-        let mut dx = self.to_q.backward_dx(cx, &dq, x, s.uq.as_ref(), grads)?;
-        let kv_in = context.unwrap_or(x);
-        let self_attn = context.is_none();
-        let want_kv = self_attn || d_context.is_some();
-        for (layer, d, u) in [
-            (&self.to_k, &dk, s.uk.as_ref()),
-            (&self.to_v, &dv, s.uv.as_ref()),
-        ] {
-            if let Some(g) = layer.backward(cx, d, kv_in, u, grads, want_kv)? {
-                match (self_attn, d_context.as_deref_mut()) {
-                    (true, _) => cx.be.add_assign(&mut dx, &g)?,
-                    (false, Some(dc)) => cx.be.add_assign(dc, &g)?,
-                    (false, None) => {}
-                }
-            }
-        }
-        Ok(dx)
-    }
-
-    fn targets(&self, out: &mut Vec<TargetLayer>) {
-        for l in [&self.to_q, &self.to_k, &self.to_v, &self.to_out] {
-            out.push(target(l, LayerKind::Linear, LayerRole::Attention));
-        }
-    }
-}
 
 /// One BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward, each
 /// behind a LayerNorm and a residual.
@@ -211,9 +81,9 @@ impl TransformerBlock {
         let inner = 4 * c;
         Ok(TransformerBlock {
             norm1: LayerNorm::load(&l.at("norm1"), c, 1e-5)?,
-            attn1: Attention::load(&l.at("attn1"), c, c, heads)?,
+            attn1: Attention::load(&l.at("attn1"), AttentionSpec::diffusers(c, c, heads))?,
             norm2: LayerNorm::load(&l.at("norm2"), c, 1e-5)?,
-            attn2: Attention::load(&l.at("attn2"), c, c_ctx, heads)?,
+            attn2: Attention::load(&l.at("attn2"), AttentionSpec::diffusers(c, c_ctx, heads))?,
             norm3: LayerNorm::load(&l.at("norm3"), c, 1e-5)?,
             ff0: Linear::load(&l.at("ff.net.0.proj"), c, 2 * inner, true)?,
             ff2: Linear::load(&l.at("ff.net.2"), inner, c, true)?,
@@ -285,18 +155,28 @@ impl TransformerBlock {
         cx.be.add_assign(&mut dx3, dx4)?;
         // Cross-attention: x3 = x2 + attn2(norm2(x2), context).
         let (n2, _) = self.norm2.forward(cx, &s.x2)?;
-        let dn2 = self
-            .attn2
-            .backward(cx, &dx3, &n2, Some(context), s.a2, grads, d_context)?;
+        let into = AttentionGrads {
+            x: &n2,
+            context: Some(context),
+            want_dx: true,
+            d_context,
+        };
+        let dn2 = self.attn2.backward(cx, &dx3, s.a2, grads, into)?;
+        let dn2 = dn2.ok_or_else(|| missing("attn2"))?;
         drop(n2);
         let mut dx2 = self.norm2.backward(cx, &dn2, &s.x2, &s.s2)?;
         cx.be.add_assign(&mut dx2, &dx3)?;
         drop(dx3);
         // Self-attention: x2 = x1 + attn1(norm1(x1)).
         let (n1, _) = self.norm1.forward(cx, &s.x1)?;
-        let dn1 = self
-            .attn1
-            .backward(cx, &dx2, &n1, None, s.a1, grads, None)?;
+        let into = AttentionGrads {
+            x: &n1,
+            context: None,
+            want_dx: true,
+            d_context: None,
+        };
+        let dn1 = self.attn1.backward(cx, &dx2, s.a1, grads, into)?;
+        let dn1 = dn1.ok_or_else(|| missing("attn1"))?;
         drop(n1);
         let mut dx1 = self.norm1.backward(cx, &dn1, &s.x1, &s.s1)?;
         cx.be.add_assign(&mut dx1, &dx2)?;
@@ -449,12 +329,11 @@ impl Transformer2D {
     }
 }
 
-fn target(l: &Linear, kind: LayerKind, role: LayerRole) -> TargetLayer {
-    TargetLayer {
-        name: l.name.clone(),
-        in_features: l.in_features(),
-        out_features: l.out_features(),
-        kind,
-        role,
+fn missing(what: &str) -> Error {
+    Error::BadValue {
+        op: "transformer backward",
+        name: "dx",
+        value: what.to_string(),
+        expected: "the input gradient that was asked for".into(),
     }
 }
