@@ -25,7 +25,7 @@ use crate::train::cache::Pixels;
 use crate::train::eval::EvalSet;
 use crate::train::inputs::{Draw, Inputs};
 use crate::train::lr::LrSchedule;
-use crate::train::state::{self, Progress, Tensors};
+use crate::train::state::Progress;
 use crate::train::trainable::{Site, Trainable};
 
 pub use crate::train::events::{Event, Observer, Quiet, Recorder, TrainReport};
@@ -273,61 +273,6 @@ impl<'a> Run<'a> {
             self.cfg,
             lines,
         )
-    }
-
-    /// The state's tensors: every group's parameters, optimizer state and best parameters.
-    pub fn state_tensors(&self) -> Result<Tensors> {
-        let be = self.be;
-        let mut t = Tensors::new();
-        for (i, g) in self.trainable.groups.iter().enumerate() {
-            let host = |x: &crate::tensor::Tensor| -> Result<crate::tensor::Tensor> {
-                crate::tensor::Tensor::from_f32([x.numel()], be.to_f32_vec(x)?)
-            };
-            t.insert(format!("{}.params", g.name), host(&g.params)?);
-            for (name, x) in g.optimizer.state() {
-                t.insert(format!("{}.{name}", g.name), host(x)?);
-            }
-            if let Some(best) = &self.best {
-                let b = crate::tensor::Tensor::from_f32([best[i].len()], best[i].clone())?;
-                t.insert(format!("{}.best", g.name), b);
-            }
-        }
-        Ok(t)
-    }
-
-    /// Continues from a state written by this configuration.
-    pub fn resume(&mut self, path: &std::path::Path) -> Result<()> {
-        let (progress, mut tensors) = state::load(path)?;
-        state::check_fingerprint(path, &progress, self.cfg)?;
-        let be = self.be;
-        let mut best = Vec::new();
-        for g in &mut self.trainable.groups {
-            let params = state::take(path, &mut tensors, &format!("{}.params", g.name))?;
-            g.set_params(be, &params.to_f32_vec(), &mut self.trainable.lora)?;
-            let name = g.name;
-            g.optimizer
-                .restore(be, progress.optimizer_steps, &mut |s| {
-                    state::take(path, &mut tensors, &format!("{name}.{s}"))
-                })?;
-            if let Ok(b) = state::take(path, &mut tensors, &format!("{name}.best")) {
-                best.push(b.to_f32_vec());
-            }
-        }
-        self.best = (best.len() == self.trainable.groups.len()).then_some(best);
-        self.trainable.scaler = progress.scaler;
-        self.progress = progress;
-        Ok(())
-    }
-
-    /// Writes the state to `path` (atomically).
-    pub fn save_state(&mut self, path: &std::path::Path) -> Result<()> {
-        self.progress.scaler = self.trainable.scaler;
-        self.progress.optimizer_steps = self
-            .trainable
-            .groups
-            .first()
-            .map_or(0, |g| g.optimizer.steps());
-        state::save(path, &self.progress, &self.state_tensors()?)
     }
 }
 
