@@ -14,7 +14,8 @@ use std::time::Instant;
 use lorafuse::backend::cuda::{CudaBackend, Device, KernelChoice};
 use lorafuse::backend::{Activation, Adapter, Attention, Conv2d, Lora};
 use lorafuse::rng::Rng;
-use lorafuse::{Backend, DType, Tensor};
+use lorafuse::backend::prelude::*;
+use lorafuse::{DType, Tensor};
 
 struct Row {
     name: String,
@@ -87,7 +88,7 @@ fn main() {
             dropout: None,
         };
         let (fast_ms, simple_ms) = time(&mut |be| {
-            be.linear(&x, &w, None, Some(lora)).expect("linear");
+            be.linear(&x, &w, None, Some(Adapter::Lora(lora))).expect("linear");
         });
         let flop = 2.0 * (m * k * n + m * k * r + m * r * n) as f64;
         rows.push(Row {
