@@ -10,17 +10,19 @@ use std::path::{Path, PathBuf};
 use yaml_serde::Value;
 
 use super::error::{ConfigError, Origin};
-use super::foreign;
+use super::foreign::{self, Verdict};
 use super::keys;
 use super::values::{
     choice_names, Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup,
 };
-use super::{Provenance, TrainConfig};
+use super::{dataset, kohya};
+use super::{Provenance, TrainConfig, Written};
 
 /// A config file is a few kilobytes; anything much larger is the wrong file (a model passed
 /// where the config goes), refused before it is read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
+/// The text of a config file (lorafuse's YAML, a kohya TOML, or a dataset_config).
 pub(crate) fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     let read_err = |source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -30,7 +32,7 @@ pub(crate) fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     if meta.is_dir() {
         return Err(read_err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "it is a folder; give the path of a .yaml file",
+            "it is a folder; give the path of a .yaml or .toml file",
         )));
     }
     if meta.len() > MAX_CONFIG_BYTES {
@@ -46,65 +48,163 @@ pub(crate) fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|_| {
         read_err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "it is not UTF-8 text (a config is a YAML text file)",
+            "it is not UTF-8 text (a config is a YAML or TOML text file)",
         ))
     })
 }
 
-/// One key's value and where it came from.
-struct Entry {
-    value: Value,
-    origin: Origin,
+/// The format of a config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// lorafuse's YAML: `key: value` lines.
+    Yaml,
+    /// The TOML of sd-scripts' `--config_file` and lora-scripts: sections flattened, kohya's
+    /// meanings (kohya.rs).
+    Kohya,
 }
 
-/// Reads the document and the overrides into a [`TrainConfig`] (types only; no ranges).
-pub(crate) fn build(
-    doc: Option<(&str, &Path)>,
-    overrides: &[&str],
-) -> Result<TrainConfig, ConfigError> {
-    let mut errors = Vec::new();
-    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut accepted: BTreeMap<String, Entry> = BTreeMap::new();
-    let file = doc.map(|(_, f)| f.to_path_buf());
-
-    if let Some((text, path)) = doc {
-        let origin = Origin::File(path.to_path_buf());
-        for (key, value) in document_entries(text, &origin)? {
-            let entry = Entry {
-                value,
-                origin: origin.clone(),
-            };
-            if keys::find(&key).is_some() {
-                entries.insert(key, entry);
-            } else if foreign::accepted(&key).is_some() {
-                accepted.insert(key, entry);
-            } else {
-                errors.push(unknown(&key, origin.clone()));
-            }
+impl Format {
+    /// `.toml` is kohya's, `.yaml` and `.yml` are lorafuse's; any other name is read by its
+    /// content (TOML when its first line is a `[section]` or a `key = value`).
+    pub fn of(path: &Path, text: &str) -> Format {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("toml") => Format::Kohya,
+            Some("yaml" | "yml") => Format::Yaml,
+            _ if kohya::looks_like_toml(text) => Format::Kohya,
+            _ => Format::Yaml,
         }
     }
+}
+
+/// One key's value and where it came from.
+pub(crate) struct Entry {
+    pub value: Value,
+    pub origin: Origin,
+    /// The name it was written under: the key, or another trainer's name for it.
+    pub written_as: String,
+    /// Set by a kohya default (kohya.rs), not written.
+    pub defaulted: bool,
+}
+
+/// A config document: its text, its file, its format.
+pub(crate) struct Document<'a> {
+    pub text: &'a str,
+    pub path: &'a Path,
+    pub format: Format,
+}
+
+/// Reads the document, its `dataset_config` and the overrides into a [`TrainConfig`] (types
+/// only; no ranges).
+pub(crate) fn build(doc: Option<Document>, overrides: &[&str]) -> Result<TrainConfig, ConfigError> {
+    let mut errors = Vec::new();
+    let mut notices = Vec::new();
+    let file = doc.as_ref().map(|d| d.path.to_path_buf());
+    let kohya_format = doc.as_ref().is_some_and(|d| d.format == Format::Kohya);
+
+    // (name as written, value, origin), in the order they apply: the file, its
+    // dataset_config (whose values win, as in sd-scripts), the --set arguments.
+    let mut raw: Vec<(String, Value, Origin)> = Vec::new();
+    if let Some(d) = &doc {
+        let origin = Origin::File(d.path.to_path_buf());
+        let pairs = match d.format {
+            Format::Yaml => document_entries(d.text, &origin)?,
+            Format::Kohya => {
+                let flat = kohya::toml_entries(d.text, &origin)?;
+                notices.extend(flat.notices);
+                flat.pairs
+            }
+        };
+        raw.extend(pairs.into_iter().map(|(k, v)| (k, v, origin.clone())));
+    }
+    let mut sets = Vec::new();
     for arg in overrides {
         match parse_override(arg) {
-            Ok((key, value)) => {
-                let entry = Entry {
-                    value,
-                    origin: Origin::Override(arg.to_string()),
-                };
-                if keys::find(&key).is_some() {
-                    entries.insert(key, entry);
-                } else {
-                    accepted.insert(key, entry);
-                }
-            }
+            Ok((key, value)) => sets.push((key, value, Origin::Override(arg.to_string()))),
             Err(e) => errors.push(e),
         }
     }
-    let notices = accepted_notices(&accepted, &mut errors);
+    let dataset_file = raw
+        .iter()
+        .chain(&sets)
+        .rev()
+        .find(|(k, _, _)| k == "dataset_config")
+        .and_then(|(_, v, origin)| path(v).ok().map(|p| (p, origin.clone())));
+    if let Some((path, origin)) = dataset_file {
+        match dataset::entries(&path, &origin) {
+            Ok(pairs) => raw.extend(pairs),
+            Err(e) => errors.push(e),
+        }
+    }
+    raw.extend(sets);
 
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut foreign_entries: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut switches: BTreeMap<String, Entry> = BTreeMap::new();
+    for (name, value, origin) in raw {
+        let entry = Entry {
+            value,
+            origin,
+            written_as: name.clone(),
+            defaulted: false,
+        };
+        if keys::find(&name).is_some() {
+            put(&mut entries, name, entry, &mut errors);
+        } else if let Some((ours, note)) = foreign::alias(&name) {
+            if !kohya_format {
+                let notice = format!("{name}: lorafuse calls this `{ours}`{note}");
+                if !notices.contains(&notice) {
+                    notices.push(notice);
+                }
+            }
+            put(&mut entries, ours.to_string(), entry, &mut errors);
+        } else if kohya::SWITCHES.contains(&name.as_str()) {
+            switches.insert(name, entry);
+        } else if foreign::is_foreign(&name) {
+            foreign_entries.insert(name, entry);
+        } else {
+            errors.push(unknown(&name, entry.origin));
+        }
+    }
+
+    let ctx = foreign::Context {
+        kohya_format,
+        sample_prompts: entries
+            .get("sample_prompts")
+            .is_some_and(|e| !e.value.is_null()),
+    };
+    for (name, e) in &foreign_entries {
+        match foreign::judge(name, &e.value, &ctx) {
+            Verdict::Accepted(notice) => notices.extend(notice),
+            Verdict::NotHere(hint) => errors.push(ConfigError::UnknownKey {
+                origin: e.origin.clone(),
+                key: name.clone(),
+                hint,
+            }),
+            Verdict::BadValue(problem) => errors.push(ConfigError::BadValue {
+                origin: e.origin.clone(),
+                key: name.clone(),
+                value: render(&e.value),
+                problem,
+            }),
+        }
+    }
     let default_origin = match &file {
         Some(f) => Origin::File(f.clone()),
         None => Origin::Defaults,
     };
+    let mut meanings = kohya::Meanings {
+        entries: &mut entries,
+        notices: &mut notices,
+        errors: &mut errors,
+    };
+    if kohya_format {
+        meanings.kohya_defaults(&default_origin);
+    }
+    meanings.map_switches(switches.get("network_train_unet_only"), kohya_format);
+
     let mut r = Reader {
         entries: &entries,
         errors,
@@ -115,12 +215,24 @@ pub(crate) fn build(
     }
     let written = entries
         .iter()
-        .filter(|(_, e)| !e.value.is_null())
-        .map(|(k, e)| (k.clone(), (e.origin.clone(), render(&e.value))))
+        .filter(|(_, e)| !e.value.is_null() && !e.defaulted)
+        .map(|(k, e)| {
+            let written = Written {
+                origin: e.origin.clone(),
+                raw: render(&e.value),
+                name: e.written_as.clone(),
+            };
+            (k.clone(), written)
+        })
         .collect();
     let loaded = cfg.effective();
     cfg.provenance = Provenance {
         file,
+        format: if kohya_format {
+            Format::Kohya
+        } else {
+            Format::Yaml
+        },
         written,
         loaded,
         notices,
@@ -128,31 +240,30 @@ pub(crate) fn build(
     Ok(cfg)
 }
 
-/// The notices of the accepted kohya flags (`save_state: true`), one per key written; a value
-/// other than true or false is an error.
-fn accepted_notices(
-    accepted: &BTreeMap<String, Entry>,
+/// Records `entry` as the value of `key`; a key that one file gives twice under two names
+/// (`network_dim` and `lora_rank`) is an error.
+fn put(
+    entries: &mut BTreeMap<String, Entry>,
+    key: String,
+    entry: Entry,
     errors: &mut Vec<ConfigError>,
-) -> Vec<String> {
-    let mut notices = Vec::new();
-    for (key, e) in accepted {
-        let Some(notice) = foreign::accepted(key) else {
-            continue;
-        };
-        if e.value.is_null() {
-            continue;
-        }
-        match flag(&e.value) {
-            Ok(on) => notices.push(format!("{key} = {on}: {notice}")),
-            Err(_) => errors.push(ConfigError::BadValue {
-                origin: e.origin.clone(),
-                key: key.clone(),
-                value: render(&e.value),
-                problem: "is not valid: must be true or false".into(),
-            }),
+) {
+    if let Some(old) = entries.get(&key) {
+        if old.origin == entry.origin && old.written_as != entry.written_as {
+            errors.push(ConfigError::BadValue {
+                origin: entry.origin.clone(),
+                key: entry.written_as.clone(),
+                value: render(&entry.value),
+                problem: format!(
+                    "gives `{key}` a second value (it is also given as {} = {}): keep one of them",
+                    old.written_as,
+                    render(&old.value)
+                ),
+            });
+            return;
         }
     }
-    notices
+    entries.insert(key, entry);
 }
 
 /// The top-level `key: value` pairs of a YAML document, in file order.
@@ -189,7 +300,7 @@ fn document_entries(text: &str, origin: &Origin) -> Result<Vec<(String, Value)>,
 /// kohya users have TOML configs; say so when the text looks like one.
 fn toml_hint(text: &str) -> &'static str {
     if text.lines().filter(|l| looks_like_toml(l)).count() >= 1 {
-        " (it looks like TOML: lorafuse reads YAML, write `key: value` instead of `key = value`)"
+        " (it looks like TOML: name the file .toml to read it as a kohya / lora-scripts config, or write `key: value` lines)"
     } else {
         ""
     }
@@ -255,7 +366,8 @@ fn unknown(key: &str, origin: Origin) -> ConfigError {
     }
 }
 
-/// `key=value`: the key must be a lorafuse key; the value is read as YAML (`2e-4`, `true`,
+/// `key=value`: the key must be a lorafuse key (or another trainer's name for one, or a
+/// kohya option judged by its value); the value is read as YAML (`2e-4`, `true`,
 /// `[512, 768]`, empty for "the default"), except for paths and names, taken as written.
 fn parse_override(arg: &str) -> Result<(String, Value), ConfigError> {
     let Some((key, text)) = arg.split_once('=') else {
@@ -266,9 +378,11 @@ fn parse_override(arg: &str) -> Result<(String, Value), ConfigError> {
     };
     let key = key.trim();
     let origin = Origin::Override(arg.to_string());
-    let verbatim = match keys::find(key) {
+    let decl =
+        keys::find(key).or_else(|| foreign::alias(key).and_then(|(ours, _)| keys::find(ours)));
+    let verbatim = match decl {
         Some(decl) => decl.verbatim,
-        None if foreign::accepted(key).is_some() => false,
+        None if foreign::is_foreign(key) || kohya::SWITCHES.contains(&key) => false,
         None if key.is_empty() => {
             return Err(ConfigError::BadOverride {
                 arg: arg.to_string(),
@@ -333,7 +447,7 @@ impl Reader<'_> {
                 };
                 self.errors.push(ConfigError::BadValue {
                     origin: e.origin.clone(),
-                    key: key.to_string(),
+                    key: e.written_as.clone(),
                     value: render(&e.value),
                     problem,
                 });
