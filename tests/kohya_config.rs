@@ -401,3 +401,325 @@ fn the_same_keys_in_yaml_get_the_lorafuse_names() {
         assert!(w.iter().any(|l| l == want), "{want}: {w:?}");
     }
 }
+
+// --- sd-scripts' dataset_config
+
+/// Writes `name` in `dir` and returns its path.
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A main config that sets `dataset_config` to `dataset`, with the rest required.
+fn with_dataset(dataset: &Path, main_extra: &str) -> Result<TrainConfig, ConfigError> {
+    let dataset = dataset.display().to_string().replace('\\', "\\\\");
+    toml(&format!(
+        "pretrained_model_name_or_path = \"m.safetensors\"\noutput_dir = \"o\"\ndataset_config = \"{dataset}\"\n{main_extra}"
+    ))
+}
+
+#[test]
+fn a_one_subset_dataset_config_maps_to_the_data_keys() {
+    let dir = temp_dir("dataset-one");
+    let ds = write(
+        &dir,
+        "my_dataset_config.toml",
+        r#"
+[general]
+shuffle_caption = true
+caption_extension = '.txt'
+keep_tokens = 1
+flip_aug = true
+resolution = 768
+
+[[datasets]]
+resolution = [512, 640]
+batch_size = 4
+enable_bucket = true
+min_bucket_reso = 256
+max_bucket_reso = 1024
+keep_tokens = 2
+
+  [[datasets.subsets]]
+  image_dir = '/data/sks'
+  class_tokens = 'sks dog'
+  num_repeats = 10
+  keep_tokens = 3
+  random_crop = false
+  caption_dropout_rate = 0.05
+"#,
+    );
+    // The main config's values are replaced by the dataset file's (sd-scripts gives it
+    // priority), and its train_data_dir is not used.
+    let c = with_dataset(
+        &ds,
+        "train_data_dir = \"elsewhere\"\ntrain_batch_size = 1\nkeep_tokens = 7\n",
+    )
+    .unwrap();
+    assert_eq!(c.train_data_dir, Path::new("/data/sks"));
+    assert_eq!(c.class_tokens.as_deref(), Some("sks dog"));
+    assert_eq!(c.num_repeats, 10);
+    assert_eq!(c.keep_tokens, 3, "the subset's own value first");
+    assert_eq!(c.batch_size, 4, "the dataset's");
+    assert_eq!(
+        c.resolution,
+        Resolution {
+            width: 512,
+            height: 640
+        },
+        "the dataset's over [general]'s"
+    );
+    assert!(
+        c.shuffle_caption && c.flip_aug && c.enable_bucket,
+        "[general]'s"
+    );
+    assert_eq!(c.caption_extension, ".txt");
+    assert_eq!(c.caption_dropout_rate, 0.05);
+    assert_eq!(c.dataset_config.as_deref(), Some(ds.as_path()));
+    let w = c.warnings().join("\n");
+    assert!(
+        w.contains("train_data_dir = \"elsewhere\" is not used: dataset_config's image_dir = \"/data/sks\" is the image folder"),
+        "{w}"
+    );
+    // --set still has the last word.
+    let dataset = ds.display().to_string();
+    let c = TrainConfig::from_text(
+        &format!("pretrained_model_name_or_path = \"m.safetensors\"\noutput_dir = \"o\"\ndataset_config = {dataset:?}\n"),
+        "config.toml",
+        Format::Kohya,
+        &["batch_size=2"],
+    )
+    .unwrap();
+    assert_eq!(c.batch_size, 2);
+
+    // JSON, from lorafuse's YAML: the same.
+    let json = write(
+        &dir,
+        "ds.json",
+        r#"{"general": {"shuffle_caption": true},
+            "datasets": [{"batch_size": 2, "subsets": [{"image_dir": "/data/cat", "num_repeats": 5}]}]}"#,
+    );
+    let c = TrainConfig::from_yaml(
+        &format!(
+            "base_model: m.safetensors\noutput_dir: o\ndataset_config: {}\n",
+            json.display()
+        ),
+        "config.yaml",
+        NO_SET,
+    )
+    .unwrap();
+    assert_eq!(c.train_data_dir, Path::new("/data/cat"));
+    assert_eq!((c.num_repeats, c.batch_size), (5, 2));
+    assert!(c.shuffle_caption);
+    // The dataset file speaks kohya: no notices for its names.
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+#[test]
+fn the_basic_sd_scripts_example_reads_as_documented() {
+    let dir = temp_dir("sd-scripts-basic");
+    let ds = write(
+        &dir,
+        "my_dataset_config.toml",
+        "[general]\ncaption_extension = '.txt'\n[[datasets]]\nresolution = 512\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = 'train/10_sks'\nnum_repeats = 10\nclass_tokens = 'sks dog'\n",
+    );
+    let config = fixture("sd-scripts-train_network.toml");
+    let dataset_config = format!("dataset_config={}", ds.display());
+    // AdamW8bit comes with the optimizers issue: the one message.
+    let text = err_text(TrainConfig::load(&config, &[dataset_config.as_str()]));
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("optimizer_type = \"AdamW8bit\""), "{text}");
+    let c = TrainConfig::load(&config, &[dataset_config.as_str(), "optimizer_type=AdamW"]).unwrap();
+    assert_eq!((c.lora_rank, c.lora_alpha), (16, 1.0));
+    assert_eq!(c.learning_rate, 1e-4);
+    assert_eq!(c.lr_scheduler, Schedule::Constant);
+    assert_eq!((c.epochs, c.max_train_steps), (10, None));
+    assert_eq!(c.save_every_n_epochs, Some(1));
+    assert_eq!(c.mixed_precision, MixedPrecision::Fp16);
+    assert_eq!(c.output_name, "my_lora");
+    assert!(
+        c.train_text_encoder,
+        "kohya trains the text encoder unless told not to"
+    );
+    assert_eq!(c.train_data_dir, Path::new("train/10_sks"));
+    assert_eq!((c.num_repeats, c.batch_size), (10, 2));
+    // gradient_checkpointing is the one thing lorafuse does otherwise: said once.
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("gradient_checkpointing = true:"), "{w:?}");
+}
+
+#[test]
+fn sd_scripts_dataset_examples_are_refused_where_planned_naming_each_key() {
+    // The first example: two datasets and a regularisation subset.
+    let ds = fixture("sd-scripts-dataset-example.toml");
+    let e = with_dataset(&ds, "").unwrap_err();
+    let text = e.to_string();
+    let file = ds.display().to_string();
+    for want in [
+        "datasets has 2 datasets: several datasets are planned (issue 13)",
+        "datasets[0].subsets has 3 subsets: several image folders are planned (issue 13)",
+        "datasets[0].subsets[2].is_reg = true is not supported: regularisation subsets are planned (issue 13)",
+        "datasets[1].subsets[0].metadata_file = \"C:\\\\piyo\\\\piyo_md.json\" is not supported",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    for line in text.lines() {
+        assert!(
+            line.starts_with(&file),
+            "every problem names the file: {line}"
+        );
+    }
+    // The separators example: each caption option lorafuse lacks is named.
+    let ds = fixture("sd-scripts-dataset-separators.toml");
+    let text = with_dataset(&ds, "").unwrap_err().to_string();
+    for key in [
+        "keep_tokens_separator",
+        "caption_tag_dropout_rate",
+        "secondary_separator",
+        "enable_wildcard",
+        "caption_prefix",
+        "caption_suffix",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!(": {key} = ")))
+            .unwrap_or_else(|| panic!("{key}:\n{text}"));
+        assert!(line.contains("planned (issue 13)"), "{line}");
+    }
+    assert_eq!(text.lines().count(), 6, "{text}");
+}
+
+#[test]
+fn dataset_config_mistakes_name_the_key_and_file() {
+    let dir = temp_dir("dataset-bad");
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[datasets]]\nbatch_size = 1\n",
+            "datasets[0].subsets is missing",
+        ),
+        ("[general]\nbatch_size = 1\n", "datasets is missing"),
+        (
+            "[[datasets]]\n[[datasets.subsets]]\nnum_repeats = 2\n",
+            "datasets[0].subsets[0].image_dir is missing",
+        ),
+        (
+            "[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nbatch_size = 2\n",
+            "batch_size = 2 is an option of a dataset",
+        ),
+        (
+            "[general]\nimage_dir = 'a'\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\n",
+            "image_dir = \"a\" is an option of [[datasets.subsets]]",
+        ),
+        (
+            "[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nlearning_rate = 1e-4\n",
+            "learning_rate = 1e-4 is not a dataset config option",
+        ),
+        (
+            "[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nnum_repeats = 0\n",
+            "num_repeats = 0 is out of range",
+        ),
+        (
+            "[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nis_reg = 'maybe'\n",
+            "is_reg = \"maybe\" is not valid",
+        ),
+        ("[[datasets]\n", "TOML syntax error"),
+    ];
+    for (i, (body, want)) in cases.iter().enumerate() {
+        let ds = write(&dir, &format!("d{i}.toml"), body);
+        let text = err_text(with_dataset(&ds, ""));
+        assert!(text.contains(want), "{body}: {text}");
+        assert!(
+            text.starts_with(&ds.display().to_string()),
+            "{body}: names the dataset file: {text}"
+        );
+    }
+    let ds = write(&dir, "broken.json", "{\"datasets\": [}");
+    let text = err_text(with_dataset(&ds, ""));
+    assert!(text.contains("JSON syntax error"), "{text}");
+    assert!(text.starts_with(&format!("{}:1:", ds.display())), "{text}");
+
+    // A dataset file that is not there: the key that names it.
+    let text = err_text(with_dataset(&dir.join("missing.toml"), ""));
+    assert!(text.starts_with("config.toml: dataset_config = "), "{text}");
+    assert!(text.contains("cannot be read"), "{text}");
+
+    // A subset folder that does not exist: the path check names image_dir in the dataset file.
+    let ds = write(
+        &dir,
+        "nofolder.toml",
+        &format!(
+            "[[datasets]]\n[[datasets.subsets]]\nimage_dir = '{}'\n",
+            dir.join("nope").display()
+        ),
+    );
+    let c = toml(&format!(
+        "pretrained_model_name_or_path = 'm.safetensors'\noutput_dir = '{}'\ndataset_config = '{}'\n",
+        dir.join("out").display(),
+        ds.display()
+    ));
+    let text = match c {
+        Ok(c) => c.check_paths().unwrap_err().to_string(),
+        Err(e) => panic!("{e}"),
+    };
+    let line = text
+        .lines()
+        .find(|l| l.contains("image_dir"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.starts_with(&ds.display().to_string()), "{line}");
+    assert!(line.contains("does not exist"), "{line}");
+}
+
+/// Random TOML-ish text (sections, arrays of tables, keys, values of every kind, broken
+/// lines) never panics, as a main config or as a dataset_config.
+#[test]
+fn no_panics_on_random_tomlish_input() {
+    let mut rng = lorafuse::rng::Rng::new(13);
+    let pieces = [
+        "[model]",
+        "[[datasets]]",
+        "[[datasets.subsets]]",
+        "[general]",
+        "[a.b]",
+        "network_dim = ",
+        "image_dir = ",
+        "is_reg = ",
+        "resolution = ",
+        "optimizer_type = ",
+        "max_train_epochs = ",
+        "dataset_config = ",
+        "train_data_dir = ",
+        "\"x\"",
+        "'C:\\a'",
+        "1",
+        "-3",
+        "1e-4",
+        "nan",
+        "true",
+        "[1, 2]",
+        "{ a = 1 }",
+        "[]",
+        "\"AdamW8bit\"",
+        "= =",
+        "[",
+        "\"\"\"",
+        "1979-05-27",
+        "\u{feff}",
+        "é",
+        "\n",
+        "\n",
+        "\n",
+        " ",
+    ];
+    let dir = temp_dir("fuzz");
+    for i in 0..400 {
+        let n = 1 + (rng.next_u64() % 24) as usize;
+        let text: String = (0..n)
+            .map(|_| pieces[(rng.next_u64() % pieces.len() as u64) as usize])
+            .collect();
+        let _ = toml(&text);
+        let ds = write(&dir, &format!("d{}.toml", i % 4), &text);
+        let _ = with_dataset(&ds, "");
+    }
+}

@@ -21,7 +21,7 @@ use yaml_serde::{Mapping, Value};
 
 use super::error::{ConfigError, Origin};
 use super::kohya;
-use super::parse::{read_config_file, render};
+use super::parse::{flag, read_config_file, render};
 
 /// Options of a dataset, set in `[general]` or `[[datasets]]`, not in a subset.
 const DATASET_OPTIONS: &[&str] = &[
@@ -112,96 +112,98 @@ pub(crate) fn entries(
     }
     d.check_level(&general, "general", &[DATASET_OPTIONS, SUBSET_OPTIONS]);
 
-    let dataset = match datasets.len() {
-        0 => {
-            d.fail_key(
-                "datasets",
-                "is missing: give one [[datasets]] with a [[datasets.subsets]] whose image_dir is the image folder",
-            );
-            Mapping::new()
-        }
-        1 => d.mapping(&datasets[0], "[[datasets]]"),
-        n => {
-            d.fail_key(
-                "datasets",
-                &format!("has {n} datasets: several datasets are planned (issue 13) but not supported yet; keep one [[datasets]]"),
-            );
-            Mapping::new()
-        }
-    };
-    let mut dataset_options = Mapping::new();
-    let mut subsets = Vec::new();
-    for (k, v) in dataset {
-        if key_text(&k) == "subsets" {
-            match v {
-                Value::Sequence(items) => subsets = items,
-                other => d.fail(
-                    "datasets.subsets",
-                    &other,
-                    "is not valid: it must be a list of [[datasets.subsets]] tables",
-                ),
-            }
-        } else {
-            dataset_options.insert(k, v);
-        }
+    if datasets.is_empty() {
+        d.fail_key(
+            "datasets",
+            "is missing: give one [[datasets]] with a [[datasets.subsets]] whose image_dir is the image folder",
+        );
+    } else if datasets.len() > 1 {
+        d.fail_key(
+            "datasets",
+            &format!(
+                "has {} datasets: several datasets are planned (issue 13) but not supported yet; keep one [[datasets]]",
+                datasets.len()
+            ),
+        );
     }
-    d.check_level(
-        &dataset_options,
-        "datasets",
-        &[DATASET_OPTIONS, SUBSET_OPTIONS],
-    );
-
-    let subset = match subsets.iter().filter(|s| !is_reg(s)).count() {
-        _ if subsets.iter().any(is_reg) => {
-            d.fail_key(
-                "is_reg",
-                "= true is not supported: regularisation subsets are planned (issue 13) but not supported yet; remove that subset",
-            );
-            Mapping::new()
+    // Every dataset and subset is checked, so one run names every problem; the first
+    // dataset's first subset is the one read.
+    let mut chosen: Option<(Mapping, Mapping)> = None;
+    for (n, dataset) in datasets.iter().enumerate() {
+        let here = format!("datasets[{n}]");
+        let mut options = Mapping::new();
+        let mut subsets = Vec::new();
+        for (k, v) in d.mapping(dataset, "[[datasets]]") {
+            if key_text(&k) == "subsets" {
+                match v {
+                    Value::Sequence(items) => subsets = items,
+                    other => d.fail(
+                        &format!("{here}.subsets"),
+                        &other,
+                        "is not valid: it must be a list of [[datasets.subsets]] tables",
+                    ),
+                }
+            } else {
+                options.insert(k, v);
+            }
         }
-        0 if datasets.len() == 1 => {
+        d.check_level(&options, "datasets", &[DATASET_OPTIONS, SUBSET_OPTIONS]);
+        if subsets.is_empty() {
             d.fail_key(
-                "datasets.subsets",
+                &format!("{here}.subsets"),
                 "is missing: give the dataset one [[datasets.subsets]] with image_dir, the image folder",
             );
-            Mapping::new()
-        }
-        0 => Mapping::new(),
-        1 => d.mapping(&subsets[0], "[[datasets.subsets]]"),
-        n => {
+        } else if subsets.len() > 1 && subsets.iter().filter(|s| !is_reg(s)).count() > 1 {
             d.fail_key(
-                "datasets.subsets",
-                &format!("has {n} subsets: several image folders are planned (issue 13) but not supported yet; keep one [[datasets.subsets]], or put the folders as kohya's N_name subfolders of one train_data_dir"),
+                &format!("{here}.subsets"),
+                &format!("has {} subsets: several image folders are planned (issue 13) but not supported yet; keep one [[datasets.subsets]], or put the folders as kohya's N_name subfolders of one train_data_dir", subsets.len()),
             );
-            Mapping::new()
         }
-    };
-    d.check_level(&subset, "datasets.subsets", &[SUBSET_OPTIONS, SUBSET_ONLY]);
-    if datasets.len() == 1 && subsets.len() == 1 && !subset.contains_key("image_dir") {
-        d.fail_key(
-            "image_dir",
-            "is missing in [[datasets.subsets]]: give the folder of the images (the images directly in it)",
-        );
-    }
-    if let Some(v) = subset.get("metadata_file") {
-        d.fail(
-            "metadata_file",
-            v,
-            "is not supported: kohya's fine-tuning metadata JSON is planned (issue 13) but not supported yet; use caption files beside the images (or a metadata.jsonl in image_dir)",
-        );
+        for (m, subset) in subsets.iter().enumerate() {
+            let here = format!("{here}.subsets[{m}]");
+            let subset = d.mapping(subset, "[[datasets.subsets]]");
+            d.check_level(&subset, "datasets.subsets", &[SUBSET_OPTIONS, SUBSET_ONLY]);
+            if let Some(v) = subset.get("is_reg") {
+                match flag(v) {
+                    Ok(false) => {}
+                    Ok(true) => d.fail(
+                        &format!("{here}.is_reg"),
+                        v,
+                        "is not supported: regularisation subsets are planned (issue 13) but not supported yet; remove this subset",
+                    ),
+                    Err(_) => d.fail(&format!("{here}.is_reg"), v, "is not valid: must be true or false"),
+                }
+            }
+            if !subset.contains_key("image_dir") {
+                d.fail_key(
+                    &format!("{here}.image_dir"),
+                    "is missing: give the folder of the images (the images directly in it)",
+                );
+            }
+            if let Some(v) = subset.get("metadata_file") {
+                d.fail(
+                    &format!("{here}.metadata_file"),
+                    v,
+                    "is not supported: kohya's fine-tuning metadata JSON is planned (issue 13) but not supported yet; use caption files beside the images (or a metadata.jsonl in image_dir)",
+                );
+            }
+            if chosen.is_none() {
+                chosen = Some((options.clone(), subset));
+            }
+        }
     }
     if let Some(e) = ConfigError::from_list(d.errors) {
         return Err(e);
     }
 
+    let (dataset_options, subset) = chosen.unwrap_or_default();
     let mut out: Vec<(String, Value, Origin)> = Vec::new();
     for level in [general, dataset_options, subset] {
         for (k, v) in level {
-            let key = match key_text(&k).as_str() {
-                "image_dir" => "train_data_dir".to_string(),
-                "is_reg" => continue,
-                other => other.to_string(),
-            };
+            let key = key_text(&k);
+            if key == "is_reg" {
+                continue;
+            }
             out.retain(|(old, _, _)| *old != key);
             out.push((key, v, origin.clone()));
         }
@@ -242,7 +244,7 @@ fn key_text(k: &Value) -> String {
 fn is_reg(subset: &Value) -> bool {
     subset
         .get("is_reg")
-        .is_some_and(|v| matches!(super::parse::flag(v), Ok(true)))
+        .is_some_and(|v| matches!(flag(v), Ok(true)))
 }
 
 /// The problems found reading one dataset file.

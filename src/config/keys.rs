@@ -58,7 +58,7 @@ config_keys! {
         read parse::path,
         doc_type "path",
         rule "must be an existing folder of training images (with .txt captions, optionally in kohya's N_name subfolders)",
-        aliases ["instance_data_dir"],
+        aliases ["instance_data_dir", "image_dir": " (a dataset_config subset's image folder)"],
         verbatim: true,
 
     /// sd-scripts' dataset file (`--dataset_config`, TOML or JSON: `[general]`,

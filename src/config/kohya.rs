@@ -105,7 +105,7 @@ pub(crate) fn to_yaml(v: toml::Value) -> Value {
 pub(crate) fn syntax_error(e: &toml::de::Error, text: &str, origin: &Origin) -> ConfigError {
     let (line, column) = match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             (Some(line), Some(column))

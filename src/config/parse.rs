@@ -132,10 +132,19 @@ pub(crate) fn build(doc: Option<Document>, overrides: &[&str]) -> Result<TrainCo
         .rev()
         .find(|(k, _, _)| k == "dataset_config")
         .and_then(|(_, v, origin)| path(v).ok().map(|p| (p, origin.clone())));
+    let mut dataset_origin = None;
+    let mut dataset_failed = false;
     if let Some((path, origin)) = dataset_file {
         match dataset::entries(&path, &origin) {
-            Ok(pairs) => raw.extend(pairs),
-            Err(e) => errors.push(e),
+            Ok(pairs) => {
+                dataset_origin = Some(Origin::File(path));
+                note_ignored_folder(&raw, &pairs, &mut notices);
+                raw.extend(pairs);
+            }
+            Err(e) => {
+                dataset_failed = true;
+                errors.push(e);
+            }
         }
     }
     raw.extend(sets);
@@ -153,7 +162,8 @@ pub(crate) fn build(doc: Option<Document>, overrides: &[&str]) -> Result<TrainCo
         if keys::find(&name).is_some() {
             put(&mut entries, name, entry, &mut errors);
         } else if let Some((ours, note)) = foreign::alias(&name) {
-            if !kohya_format {
+            // A kohya file, and the dataset file beside any config, use kohya's names.
+            if !kohya_format && dataset_origin.as_ref() != Some(&entry.origin) {
                 let notice = format!("{name}: lorafuse calls this `{ours}`{note}");
                 if !notices.contains(&notice) {
                     notices.push(notice);
@@ -210,6 +220,18 @@ pub(crate) fn build(doc: Option<Document>, overrides: &[&str]) -> Result<TrainCo
         errors,
     };
     let mut cfg = TrainConfig::read(&mut r, &default_origin);
+    if dataset_failed {
+        // The dataset file's problems are named; its missing image folder is one of them.
+        r.errors.retain(|e| {
+            !matches!(
+                e,
+                ConfigError::Missing {
+                    key: "train_data_dir",
+                    ..
+                }
+            )
+        });
+    }
     if let Some(e) = ConfigError::from_list(r.errors) {
         return Err(e);
     }
@@ -238,6 +260,33 @@ pub(crate) fn build(doc: Option<Document>, overrides: &[&str]) -> Result<TrainCo
         notices,
     };
     Ok(cfg)
+}
+
+/// sd-scripts ignores `train_data_dir` when a dataset config gives the folders: say so when
+/// the config names another folder than the dataset file's `image_dir`.
+fn note_ignored_folder(
+    config: &[(String, Value, Origin)],
+    dataset: &[(String, Value, Origin)],
+    notices: &mut Vec<String>,
+) {
+    let folder = |pairs: &[(String, Value, Origin)], names: &[&str]| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _, _)| names.contains(&k.as_str()))
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+    };
+    let ours = folder(config, &["train_data_dir", "instance_data_dir"]);
+    let theirs = folder(dataset, &["image_dir"]);
+    if let (Some((key, mine)), Some((_, image_dir))) = (ours, theirs) {
+        if mine != image_dir {
+            notices.push(format!(
+                "{key} = {} is not used: dataset_config's image_dir = {} is the image folder, as in sd-scripts",
+                render(&mine),
+                render(&image_dir)
+            ));
+        }
+    }
 }
 
 /// Records `entry` as the value of `key`; a key that one file gives twice under two names
