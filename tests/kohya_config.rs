@@ -723,3 +723,31 @@ fn no_panics_on_random_tomlish_input() {
         let _ = with_dataset(&ds, "");
     }
 }
+
+/// README.md's table of kohya options is the one src/config/foreign.rs makes;
+/// `LORAFUSE_BLESS=1` rewrites it.
+#[test]
+fn the_readme_kohya_options_table_is_the_one_the_code_makes() {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let text = std::fs::read_to_string(&readme).unwrap();
+    let start_marker = "<!-- kohya options:";
+    let end_marker = "<!-- end of kohya options -->";
+    let start = text
+        .find(start_marker)
+        .expect("README.md has the kohya options marker");
+    let body_start = start + text[start..].find('\n').unwrap() + 1;
+    let end = text.find(end_marker).expect("README.md has the end marker");
+    let want = TrainConfig::kohya_options_table();
+    if std::env::var_os("LORAFUSE_BLESS").is_some() {
+        let new = format!("{}{want}{}", &text[..body_start], &text[end..]);
+        std::fs::write(&readme, new).unwrap();
+        return;
+    }
+    assert!(
+        text[body_start..end] == want,
+        "README.md's table of kohya options differs from src/config/foreign.rs; run `LORAFUSE_BLESS=1 cargo test --test kohya_config` to rewrite it, and review the diff"
+    );
+    for name in ["xformers", "optimizer_type", "reg_data_dir", "v2"] {
+        assert!(want.contains(&format!("| `{name}` |")), "{name}");
+    }
+}

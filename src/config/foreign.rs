@@ -315,6 +315,24 @@ pub(crate) fn judge(key: &str, value: &Value, ctx: &Context) -> Verdict {
 }
 
 impl Fits {
+    /// The values, in README.md's words.
+    fn describe(self) -> String {
+        match self {
+            Any => "any".into(),
+            Flag => "`true`, `false`".into(),
+            False => "`false`".into(),
+            Empty => "empty (`\"\"`, `[]`)".into(),
+            Zero => "`0`".into(),
+            Number => "a number ≥ 0".into(),
+            Words(words) => words
+                .iter()
+                .map(|w| format!("`{w}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            NoSamples => "any, while no `sample_prompts` are given".into(),
+        }
+    }
+
     fn allows(self, v: &Value, ctx: &Context) -> bool {
         match self {
             Any => true,
@@ -349,6 +367,41 @@ fn renamed() -> impl Iterator<Item = (&'static str, &'static str, &'static str)>
             .iter()
             .map(move |(theirs, note)| (*theirs, k.name, *note))
     })
+}
+
+/// README.md's table of the kohya options lorafuse has no key for: the values accepted (as
+/// they ask for what lorafuse does anyway), what lorafuse does, and why other values are
+/// refused.
+pub(crate) fn markdown_table() -> String {
+    let mut out = String::from(
+        "| kohya option | accepted values | what lorafuse does | any other value is refused: |\n|---|---|---|---|\n",
+    );
+    let mut sorted: Vec<&Foreign> = FOREIGN.iter().collect();
+    sorted.sort_by_key(|f| f.name);
+    for f in sorted {
+        let accepted = if f.fits.is_empty() {
+            "none".to_string()
+        } else {
+            f.fits
+                .iter()
+                .map(|fits| fits.describe())
+                .collect::<Vec<_>>()
+                .join(", or ")
+        };
+        let note = match (f.fits.is_empty(), f.differs) {
+            (true, _) => String::new(),
+            (false, true) => format!("{} (a notice in every file)", f.note),
+            (false, false) => f.note.to_string(),
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            f.name,
+            accepted,
+            note.replace('|', "\\|"),
+            f.refused.replace('|', "\\|")
+        ));
+    }
+    out
 }
 
 /// The lorafuse key another trainer's `name` is, and what differs besides the name.

@@ -208,6 +208,12 @@ impl TrainConfig {
         docs::markdown_table()
     }
 
+    /// README.md's table of the kohya options lorafuse has no key for (accepted values, what
+    /// lorafuse does, why other values are refused), made from src/config/foreign.rs.
+    pub fn kohya_options_table() -> String {
+        foreign::markdown_table()
+    }
+
     /// The effective configuration as YAML: every key with the value a run uses, loadable
     /// again with [`TrainConfig::load`] (derived defaults such as lora_alpha and
     /// output_name are written out as numbers and names, so they no longer follow
