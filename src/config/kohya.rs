@@ -147,7 +147,8 @@ pub(crate) fn kohya_default(key: &str) -> Option<Value> {
     yaml_serde::from_str(text).ok()
 }
 
-/// The keys of the effective configuration that a kohya meaning set, rather than the file.
+/// The values being read, to which kohya's meanings are applied, and where their notices
+/// and errors go.
 pub(crate) struct Meanings<'a> {
     pub entries: &'a mut BTreeMap<String, Entry>,
     pub notices: &'a mut Vec<String>,

@@ -96,131 +96,69 @@ pub(crate) struct Document<'a> {
     pub format: Format,
 }
 
+/// Problems and notices found while reading one configuration.
+#[derive(Default)]
+struct Found {
+    errors: Vec<ConfigError>,
+    notices: Vec<String>,
+}
+
+/// A configuration's values, sorted by the kind of name they were given under.
+#[derive(Default)]
+struct Sorted {
+    /// lorafuse keys (also those written under another trainer's name).
+    entries: BTreeMap<String, Entry>,
+    /// kohya options lorafuse has no key for, judged by their value (foreign.rs).
+    foreign: BTreeMap<String, Entry>,
+    /// kohya names mapped with their value changed (kohya.rs).
+    switches: BTreeMap<String, Entry>,
+}
+
+/// (name as written, value, origin).
+type Pair = (String, Value, Origin);
+
 /// Reads the document, its `dataset_config` and the overrides into a [`TrainConfig`] (types
 /// only; no ranges).
 pub(crate) fn build(doc: Option<Document>, overrides: &[&str]) -> Result<TrainConfig, ConfigError> {
-    let mut errors = Vec::new();
-    let mut notices = Vec::new();
+    let mut found = Found::default();
     let file = doc.as_ref().map(|d| d.path.to_path_buf());
-    let kohya_format = doc.as_ref().is_some_and(|d| d.format == Format::Kohya);
+    let format = doc.as_ref().map_or(Format::Yaml, |d| d.format);
+    let kohya_format = format == Format::Kohya;
 
-    // (name as written, value, origin), in the order they apply: the file, its
-    // dataset_config (whose values win, as in sd-scripts), the --set arguments.
-    let mut raw: Vec<(String, Value, Origin)> = Vec::new();
-    if let Some(d) = &doc {
-        let origin = Origin::File(d.path.to_path_buf());
-        let pairs = match d.format {
-            Format::Yaml => document_entries(d.text, &origin)?,
-            Format::Kohya => {
-                let flat = kohya::toml_entries(d.text, &origin)?;
-                notices.extend(flat.notices);
-                flat.pairs
-            }
-        };
-        raw.extend(pairs.into_iter().map(|(k, v)| (k, v, origin.clone())));
-    }
-    let mut sets = Vec::new();
-    for arg in overrides {
-        match parse_override(arg) {
-            Ok((key, value)) => sets.push((key, value, Origin::Override(arg.to_string()))),
-            Err(e) => errors.push(e),
-        }
-    }
-    let dataset_file = raw
-        .iter()
-        .chain(&sets)
-        .rev()
-        .find(|(k, _, _)| k == "dataset_config")
-        .and_then(|(_, v, origin)| path(v).ok().map(|p| (p, origin.clone())));
-    let mut dataset_origin = None;
-    let mut dataset_failed = false;
-    if let Some((path, origin)) = dataset_file {
-        match dataset::entries(&path, &origin) {
-            Ok(pairs) => {
-                dataset_origin = Some(Origin::File(path));
-                note_ignored_folder(&raw, &pairs, &mut notices);
-                raw.extend(pairs);
-            }
-            Err(e) => {
-                dataset_failed = true;
-                errors.push(e);
-            }
-        }
-    }
+    // In the order they apply: the file, its dataset_config (whose values win, as in
+    // sd-scripts), the --set arguments.
+    let mut raw = match &doc {
+        Some(d) => document_pairs(d, &mut found)?,
+        None => Vec::new(),
+    };
+    let sets = override_pairs(overrides, &mut found);
+    let dataset = read_dataset(&raw, &sets, &mut found);
+    raw.extend(dataset.pairs);
     raw.extend(sets);
 
-    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut foreign_entries: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut switches: BTreeMap<String, Entry> = BTreeMap::new();
-    for (name, value, origin) in raw {
-        let entry = Entry {
-            value,
-            origin,
-            written_as: name.clone(),
-            defaulted: false,
-        };
-        if keys::find(&name).is_some() {
-            put(&mut entries, name, entry, &mut errors);
-        } else if let Some((ours, note)) = foreign::alias(&name) {
-            // A kohya file, and the dataset file beside any config, use kohya's names.
-            if !kohya_format && dataset_origin.as_ref() != Some(&entry.origin) {
-                let notice = format!("{name}: lorafuse calls this `{ours}`{note}");
-                if !notices.contains(&notice) {
-                    notices.push(notice);
-                }
-            }
-            put(&mut entries, ours.to_string(), entry, &mut errors);
-        } else if kohya::SWITCHES.contains(&name.as_str()) {
-            switches.insert(name, entry);
-        } else if foreign::is_foreign(&name) {
-            foreign_entries.insert(name, entry);
-        } else {
-            errors.push(unknown(&name, entry.origin));
-        }
-    }
-
-    let ctx = foreign::Context {
-        kohya_format,
-        sample_prompts: entries
-            .get("sample_prompts")
-            .is_some_and(|e| !e.value.is_null()),
-    };
-    for (name, e) in &foreign_entries {
-        match foreign::judge(name, &e.value, &ctx) {
-            Verdict::Accepted(notice) => notices.extend(notice),
-            Verdict::NotHere(hint) => errors.push(ConfigError::UnknownKey {
-                origin: e.origin.clone(),
-                key: name.clone(),
-                hint,
-            }),
-            Verdict::BadValue(problem) => errors.push(ConfigError::BadValue {
-                origin: e.origin.clone(),
-                key: name.clone(),
-                value: render(&e.value),
-                problem,
-            }),
-        }
-    }
+    let mut sorted = sort(raw, kohya_format, dataset.origin.as_ref(), &mut found);
+    judge_foreign(&sorted, kohya_format, &mut found);
     let default_origin = match &file {
         Some(f) => Origin::File(f.clone()),
         None => Origin::Defaults,
     };
     let mut meanings = kohya::Meanings {
-        entries: &mut entries,
-        notices: &mut notices,
-        errors: &mut errors,
+        entries: &mut sorted.entries,
+        notices: &mut found.notices,
+        errors: &mut found.errors,
     };
     if kohya_format {
         meanings.kohya_defaults(&default_origin);
     }
-    meanings.map_switches(switches.get("network_train_unet_only"), kohya_format);
+    meanings.map_switches(sorted.switches.get("network_train_unet_only"), kohya_format);
 
+    let entries = sorted.entries;
     let mut r = Reader {
         entries: &entries,
-        errors,
+        errors: found.errors,
     };
     let mut cfg = TrainConfig::read(&mut r, &default_origin);
-    if dataset_failed {
+    if dataset.failed {
         // The dataset file's problems are named; its missing image folder is one of them.
         r.errors.retain(|e| {
             !matches!(
@@ -250,26 +188,152 @@ pub(crate) fn build(doc: Option<Document>, overrides: &[&str]) -> Result<TrainCo
     let loaded = cfg.effective();
     cfg.provenance = Provenance {
         file,
-        format: if kohya_format {
-            Format::Kohya
-        } else {
-            Format::Yaml
-        },
+        format,
         written,
         loaded,
-        notices,
+        notices: found.notices,
     };
     Ok(cfg)
 }
 
+/// The document's keys, in file order.
+fn document_pairs(d: &Document, found: &mut Found) -> Result<Vec<Pair>, ConfigError> {
+    let origin = Origin::File(d.path.to_path_buf());
+    let pairs = match d.format {
+        Format::Yaml => document_entries(d.text, &origin)?,
+        Format::Kohya => {
+            let flat = kohya::toml_entries(d.text, &origin)?;
+            found.notices.extend(flat.notices);
+            flat.pairs
+        }
+    };
+    Ok(pairs
+        .into_iter()
+        .map(|(k, v)| (k, v, origin.clone()))
+        .collect())
+}
+
+fn override_pairs(overrides: &[&str], found: &mut Found) -> Vec<Pair> {
+    let mut sets = Vec::new();
+    for arg in overrides {
+        match parse_override(arg) {
+            Ok((key, value)) => sets.push((key, value, Origin::Override(arg.to_string()))),
+            Err(e) => found.errors.push(e),
+        }
+    }
+    sets
+}
+
+/// What the `dataset_config` file gave.
+#[derive(Default)]
+struct DatasetRead {
+    pairs: Vec<Pair>,
+    /// The dataset file, as the origin of its values.
+    origin: Option<Origin>,
+    /// It was named but could not be read or used (its problems are in the errors).
+    failed: bool,
+}
+
+/// The values of the `dataset_config` the file or the overrides name (the last one given).
+fn read_dataset(file: &[Pair], sets: &[Pair], found: &mut Found) -> DatasetRead {
+    let named = file
+        .iter()
+        .chain(sets)
+        .rev()
+        .find(|(k, _, _)| k == "dataset_config")
+        .and_then(|(_, v, origin)| path(v).ok().map(|p| (p, origin.clone())));
+    let Some((path, origin)) = named else {
+        return DatasetRead::default();
+    };
+    match dataset::entries(&path, &origin) {
+        Ok(pairs) => {
+            note_ignored_folder(file, &pairs, &mut found.notices);
+            DatasetRead {
+                pairs,
+                origin: Some(Origin::File(path)),
+                failed: false,
+            }
+        }
+        Err(e) => {
+            found.errors.push(e);
+            DatasetRead {
+                failed: true,
+                ..DatasetRead::default()
+            }
+        }
+    }
+}
+
+/// Sorts each value by its name: a lorafuse key (under its name or another trainer's), a
+/// kohya switch, a kohya option judged by its value, or an unknown key (an error).
+fn sort(raw: Vec<Pair>, kohya_format: bool, dataset: Option<&Origin>, found: &mut Found) -> Sorted {
+    let mut sorted = Sorted::default();
+    for (name, value, origin) in raw {
+        let entry = Entry {
+            value,
+            origin,
+            written_as: name.clone(),
+            defaulted: false,
+        };
+        if keys::find(&name).is_some() {
+            put(&mut sorted.entries, name, entry, &mut found.errors);
+        } else if let Some((ours, note)) = foreign::alias(&name) {
+            // A kohya file, and the dataset file beside any config, use kohya's names.
+            if !kohya_format && dataset != Some(&entry.origin) {
+                let notice = format!("{name}: lorafuse calls this `{ours}`{note}");
+                if !found.notices.contains(&notice) {
+                    found.notices.push(notice);
+                }
+            }
+            put(
+                &mut sorted.entries,
+                ours.to_string(),
+                entry,
+                &mut found.errors,
+            );
+        } else if kohya::SWITCHES.contains(&name.as_str()) {
+            sorted.switches.insert(name, entry);
+        } else if foreign::is_foreign(&name) {
+            sorted.foreign.insert(name, entry);
+        } else {
+            found.errors.push(unknown(&name, entry.origin));
+        }
+    }
+    sorted
+}
+
+/// Each kohya option lorafuse has no key for: accepted (with a notice in a YAML file) or
+/// refused, by its value.
+fn judge_foreign(sorted: &Sorted, kohya_format: bool, found: &mut Found) {
+    let ctx = foreign::Context {
+        kohya_format,
+        sample_prompts: sorted
+            .entries
+            .get("sample_prompts")
+            .is_some_and(|e| !e.value.is_null()),
+    };
+    for (name, e) in &sorted.foreign {
+        match foreign::judge(name, &e.value, &ctx) {
+            Verdict::Accepted(notice) => found.notices.extend(notice),
+            Verdict::NotHere(hint) => found.errors.push(ConfigError::UnknownKey {
+                origin: e.origin.clone(),
+                key: name.clone(),
+                hint,
+            }),
+            Verdict::BadValue(problem) => found.errors.push(ConfigError::BadValue {
+                origin: e.origin.clone(),
+                key: name.clone(),
+                value: render(&e.value),
+                problem,
+            }),
+        }
+    }
+}
+
 /// sd-scripts ignores `train_data_dir` when a dataset config gives the folders: say so when
 /// the config names another folder than the dataset file's `image_dir`.
-fn note_ignored_folder(
-    config: &[(String, Value, Origin)],
-    dataset: &[(String, Value, Origin)],
-    notices: &mut Vec<String>,
-) {
-    let folder = |pairs: &[(String, Value, Origin)], names: &[&str]| {
+fn note_ignored_folder(config: &[Pair], dataset: &[Pair], notices: &mut Vec<String>) {
+    let folder = |pairs: &[Pair], names: &[&str]| {
         pairs
             .iter()
             .rev()
