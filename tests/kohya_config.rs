@@ -751,3 +751,71 @@ fn the_readme_kohya_options_table_is_the_one_the_code_makes() {
         assert!(want.contains(&format!("| `{name}` |")), "{name}");
     }
 }
+
+/// A lora-scripts-style TOML with an sd-scripts dataset_config trains the demo model from the
+/// command line, and config.effective.yaml records what kohya's names meant.
+#[test]
+fn a_kohya_toml_with_a_dataset_config_trains() {
+    let dir = temp_dir("train");
+    let demo = lorafuse::demo::prepare(&dir.join("demo"), 2).unwrap();
+    let folder = std::fs::read_dir(&demo.data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("the demo data has an N_name folder");
+    let ds = write(
+        &dir,
+        "dataset.toml",
+        &format!(
+            "[general]\ncaption_extension = '.txt'\nshuffle_caption = false\n\n[[datasets]]\nresolution = 64\nbatch_size = 4\n\n  [[datasets.subsets]]\n  image_dir = '{}'\n  num_repeats = 1\n",
+            folder.display()
+        ),
+    );
+    let out = dir.join("out");
+    let config = write(
+        &dir,
+        "lora.toml",
+        &format!(
+            "[model_arguments]\nv2 = false\npretrained_model_name_or_path = '{model}'\n\n\
+             [dataset_arguments]\ndataset_config = '{ds}'\nreg_data_dir = ''\nprior_loss_weight = 1\n\n\
+             [additional_network_arguments]\nnetwork_dim = 4\nnetwork_alpha = 2\nnetwork_module = 'networks.lora'\nnetwork_train_unet_only = true\n\n\
+             [optimizer_arguments]\nunet_lr = 2e-3\noptimizer_type = 'AdamW'\nlr_scheduler = 'constant'\n\n\
+             [training_arguments]\nmax_train_steps = 2\nxformers = true\nmixed_precision = 'no'\ncache_latents = true\nseed = 3\n\n\
+             [saving_arguments]\noutput_dir = '{out}'\noutput_name = 'kohya_run'\nsave_model_as = 'safetensors'\nsave_precision = 'fp16'\n",
+            model = demo.model.display(),
+            ds = ds.display(),
+            out = out.display(),
+        ),
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+        .args(["train"])
+        .arg(&config)
+        .args(["--set", "device=cpu"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stderr}");
+    assert!(out.join("kohya_run.safetensors").is_file(), "{stderr}");
+    let effective = std::fs::read_to_string(out.join("config.effective.yaml")).unwrap();
+    for line in [
+        "lora_rank: 4",
+        "lora_alpha: 2.0",
+        "train_text_encoder: false",
+        "batch_size: 4",
+        "max_train_steps: 2",
+        "lr_scheduler: constant",
+    ] {
+        assert!(
+            effective.contains(&format!("\n{line}\n")),
+            "{line}:\n{effective}"
+        );
+    }
+    assert!(
+        effective.contains(&format!("\ntrain_data_dir: {}\n", folder.display())),
+        "{effective}"
+    );
+    // The effective config loads back as lorafuse YAML with the same values.
+    let again = TrainConfig::load(out.join("config.effective.yaml"), NO_SET).unwrap();
+    let first = TrainConfig::load(&config, &["device=cpu"]).unwrap();
+    assert_eq!(again, first);
+}
