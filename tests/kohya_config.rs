@@ -282,11 +282,19 @@ fn refused_kohya_values_say_why_and_what_instead() {
         ("enable_wildcard = true", "planned (issue 13)"),
         ("log_with = \"wandb\"", "TensorBoard"),
         ("max_token_length = 225", "150 and 225 are planned (issue 13)"),
+        ("model_train_type = \"sdxl-lora\"", "Stable Diffusion 1.x"),
+        ("positive_prompts = \"1girl\"", "set sample_prompts"),
     ] {
         let text = err_text(toml(&format!("{REQUIRED}{line}\n")));
         assert!(text.contains(want), "{line}: {text}");
         assert_eq!(text.lines().count(), 1, "{line}: {text}");
     }
+    // A misspelt kohya option gets its name.
+    let text = err_text(toml(&format!("{REQUIRED}xformer = true\n")));
+    assert!(
+        text.contains("unknown key `xformer`: did you mean `xformers`?"),
+        "{text}"
+    );
     // AdamW itself, any case, is accepted silently.
     let c = toml(&format!("{REQUIRED}optimizer_type = \"adamw\"\n")).unwrap();
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
@@ -299,7 +307,8 @@ fn accepted_kohya_flags_are_silent_in_a_kohya_file() {
          max_data_loader_n_workers = 8\npersistent_data_loader_workers = true\nv2 = false\n\
          save_model_as = \"safetensors\"\nnetwork_module = \"networks.lora\"\nsave_state = false\n\
          reg_data_dir = \"\"\nprior_loss_weight = 1\nnetwork_args = []\nlog_prefix = \"x\"\n\
-         sample_sampler = \"euler_a\"\nsample_every_n_epochs = 1\nsave_n_epoch_ratio = 0\n"
+         sample_sampler = \"euler_a\"\nsample_every_n_epochs = 1\nsave_n_epoch_ratio = 0\n\
+         model_train_type = \"sd-lora\"\nprompt_file = \"\"\nsample_width = 512\n"
     ))
     .unwrap();
     assert!(c.cache_latents_to_disk);

@@ -105,6 +105,9 @@ const SAMPLES: &str = "lorafuse samples every sample_every_n_steps steps, with t
 const NO_SAMPLES: &str = "no sample_prompts are given, so no samples are made (as in kohya)";
 const WORKERS: &str = "lorafuse loads data without worker processes; this key changes nothing";
 const UNUSED_HERE: &str = "only used by an option lorafuse does not have; this key changes nothing";
+const LS_PROMPT: &str = "lora-scripts' prompt fields are not read: write the sample prompt in kohya's prompt-line syntax (a photo of sks dog --n negative --w 512 --h 512 --l 7 --s 24 --d 1) into a .txt file and set sample_prompts to it";
+const LS_PROMPT_PART: &str =
+    "lora-scripts builds a sample prompt with it from positive_prompts; alone it changes nothing";
 const CAPTIONS: &str = "this caption option is planned (issue 13) but not supported yet; remove it, or leave it at its off value";
 
 /// kohya options lorafuse has no key for. (Other trainers' names for lorafuse keys are
@@ -256,6 +259,26 @@ const FOREIGN: &[Foreign] = &[
     same("custom_attributes", &[Empty], "no custom attributes", GENERIC),
     same("scale_v_pred_loss_like_noise_pred", &[False], SD1_ONLY, SD1_ONLY),
     same("v_pred_like_loss", &[Empty], SD1_ONLY, SD1_ONLY),
+    // lora-scripts (SD-Trainer) GUI keys, found in its saved configs.
+    same(
+        "model_train_type",
+        &[Words(&["sd-lora"])],
+        "lorafuse trains Stable Diffusion 1.x LoRA (lora-scripts' sd-lora)",
+        SD1_ONLY,
+    ),
+    same("gpu_ids", &[Any], "lorafuse trains on one device: the device key chooses it", "must be a list of GPU ids"),
+    same("prompt_file", &[Empty], "no prompt file", "set sample_prompts to this .txt file (lora-scripts copies prompt_file there)"),
+    same("positive_prompts", &[Empty], "no prompt to build", LS_PROMPT),
+    same("negative_prompts", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_width", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_height", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_cfg", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_seed", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_steps", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("randomly_choice_prompt", &[False], "no random prompt", LS_PROMPT),
+    same("enable_preview", &[Flag], "lorafuse samples every sample_every_n_steps steps with sample_prompts", "must be true or false"),
+    same("wandb_api_key", &[Empty], "no wandb", "lorafuse writes TensorBoard logs (into logging_dir) only; remove this key"),
+    same("ui_custom_params", &[Empty], "no custom parameters", GENERIC),
     refused(
         "general",
         "a dataset section belongs in a dataset_config file (sd-scripts' --dataset_config); move it there and set dataset_config to that file",
@@ -431,7 +454,9 @@ pub(crate) fn hint(unknown: &str) -> KeyHint {
     let candidates = KEYS
         .iter()
         .map(|k| (k.name, k.name))
-        .chain(renamed().map(|(theirs, ours, _)| (theirs, ours)));
+        .chain(renamed().map(|(theirs, ours, _)| (theirs, ours)))
+        // A misspelt kohya option (`xformer`) is answered with its kohya name.
+        .chain(FOREIGN.iter().map(|f| (f.name, f.name)));
     for (name, ours) in candidates {
         let d = edit_distance(&normal, name);
         if d <= budget && best.is_none_or(|(bd, _)| d < bd) {
