@@ -50,6 +50,8 @@ fn temp_dir(name: &str) -> PathBuf {
 const FULL: &str = r#"
 # every key, none at its default
 train_data_dir: /data/dog
+num_repeats: 3
+class_tokens: sks dog
 base_model: /models/v1-5-pruned-emaonly.safetensors
 output_dir: /out/dog_v1
 output_name: sks_dog
@@ -115,6 +117,8 @@ sample_prompts:
 fn a_full_config_parses_with_every_value() {
     let c = load(FULL).unwrap();
     assert_eq!(c.train_data_dir, Path::new("/data/dog"));
+    assert_eq!(c.num_repeats, 3);
+    assert_eq!(c.class_tokens.as_deref(), Some("sks dog"));
     assert_eq!(
         c.base_model,
         Path::new("/models/v1-5-pruned-emaonly.safetensors")
@@ -185,8 +189,12 @@ fn a_full_config_parses_with_every_value() {
             "sks dog on a beach".into()
         ])
     );
-    // The full config sets every key: the test above and the key list agree.
-    for key in TrainConfig::key_names() {
+    // The full config sets every key: the test above and the key list agree. (dataset_config
+    // names a file read from disk; tests/kohya_config.rs tests it.)
+    for key in TrainConfig::key_names()
+        .into_iter()
+        .filter(|k| *k != "dataset_config")
+    {
         assert!(c.provenance.is_written(key), "{key}");
     }
 }
@@ -284,33 +292,61 @@ fn unknown_key(r: Result<TrainConfig, ConfigError>) -> (String, KeyHint, String)
 }
 
 #[test]
-fn kohya_names_are_answered_with_ours() {
-    for (theirs, ours) in [
-        ("network_dim: 32", "lora_rank"),
-        ("network_alpha: 16", "lora_alpha"),
-        ("max_train_epochs: 10", "epochs"),
-        ("lr_warmup_steps: 100", "num_warmup_steps"),
-        ("train_batch_size: 2", "batch_size"),
-        ("pretrained_model_name_or_path: x.safetensors", "base_model"),
-        ("network_dropout: 0.1", "lora_dropout"),
-        ("snr_gamma: 5", "min_snr_gamma"),
+fn kohya_names_are_read_as_ours_with_a_notice() {
+    for (theirs, ours, value) in [
+        ("network_dim: 32", "lora_rank", "32"),
+        ("network_alpha: 16", "lora_alpha", "16.0"),
+        ("max_train_epochs: 10", "epochs", "10"),
+        ("lr_warmup_steps: 100", "num_warmup_steps", "100"),
+        ("train_batch_size: 2", "batch_size", "2"),
+        (
+            "pretrained_model_name_or_path: x.safetensors",
+            "base_model",
+            "x.safetensors",
+        ),
+        ("network_dropout: 0.1", "lora_dropout", "0.1"),
+        ("snr_gamma: 5", "min_snr_gamma", "5.0"),
+        ("lr_restart_cycles: 3", "lr_scheduler_num_cycles", "3"),
     ] {
-        let (key, hint, text) = unknown_key(with(theirs));
-        assert_eq!(key, theirs.split(':').next().unwrap());
+        let name = theirs.split(':').next().unwrap();
+        // pretrained_model_name_or_path replaces the required base_model.
+        let text = if ours == "base_model" {
+            REQUIRED.replace("base_model: sd15.safetensors\n", &format!("{theirs}\n"))
+        } else {
+            format!("{REQUIRED}{theirs}\n")
+        };
+        let c = load(&text).unwrap_or_else(|e| panic!("{theirs}: {e}"));
+        let w = c.warnings().join("\n");
         assert!(
-            matches!(hint, KeyHint::Renamed { ours: o, .. } if o == ours),
-            "{theirs}: {hint:?}"
+            w.contains(&format!("{name}: lorafuse calls this `{ours}`")),
+            "{theirs}: {w}"
         );
+        let yaml = c.to_yaml();
         assert!(
-            text.contains(&format!("lorafuse calls this `{ours}`")),
-            "{text}"
+            yaml.contains(&format!("\n{ours}: {value}\n")),
+            "{theirs}: {yaml}"
         );
+        assert!(c.provenance.is_written(ours), "{theirs}");
     }
+    let w = with("network_alpha: 1").unwrap().warnings().join("\n");
+    assert!(w.contains("kohya's is 1"), "{w}");
+    // One notice per name, however often it is given.
+    let c = load_with(&format!("{REQUIRED}network_dim: 8\n"), &["network_dim=16"]).unwrap();
+    assert_eq!(c.lora_rank, 16);
+    let w = c.warnings();
     assert_eq!(
-        err_text(with("network_dim: 32")),
-        "config.yaml: unknown key `network_dim`: lorafuse calls this `lora_rank`"
+        w.iter().filter(|l| l.contains("network_dim")).count(),
+        1,
+        "{w:?}"
     );
-    assert!(err_text(with("network_alpha: 1")).contains("kohya's is 1"));
+    // A bad value is named as written.
+    assert_eq!(
+        err_text(with("network_dim: 0")),
+        "config.yaml: network_dim = 0 is out of range: must be a whole number from 1 to 1024 (typical 4 to 128)"
+    );
+    // Both names in one file: which one is meant?
+    let text = err_text(with("network_dim: 8\nlora_rank: 16"));
+    assert!(text.contains("gives `lora_rank` a second value"), "{text}");
 }
 
 #[test]
@@ -345,14 +381,32 @@ fn typos_get_the_nearest_key() {
 #[test]
 fn kohya_options_we_lack_are_refused_with_the_reason() {
     for (line, reason) in [
-        ("xformers: true", "its own memory-efficient attention"),
-        ("optimizer_type: AdamW8bit", "AdamW only"),
-        ("v2: false", "Stable Diffusion 1.x"),
-        ("network_module: networks.lora", "plain LoRA"),
-        ("gradient_checkpointing: true", "no gradient checkpointing"),
-        ("dataset_config: d.toml", "no separate dataset file"),
-        ("cache_latents: true", "cache_latents_to_disk"),
-        ("save_model_as: safetensors", ".safetensors"),
+        ("optimizer_type: AdamW8bit", "optimizers issue"),
+        ("optimizer_type: Prodigy", "use AdamW"),
+        ("v2: true", "Stable Diffusion 1.x"),
+        ("network_module: lycoris.kohya", "plain LoRA"),
+        ("save_model_as: ckpt", ".safetensors"),
+        ("reg_data_dir: reg", "planned (issue 13)"),
+        ("network_args: [\"conv_dim=4\"]", "lora_targets"),
+        (
+            "network_train_text_encoder_only: true",
+            "planned (issue 13)",
+        ),
+        ("caption_prefix: \"masterpiece, \"", "planned (issue 13)"),
+        ("xformers: sometimes", "must be true or false"),
+    ] {
+        let e = err(with(line));
+        let text = e.to_string();
+        let key = line.split(':').next().unwrap();
+        assert!(
+            matches!(&e, ConfigError::BadValue { key: k, .. } if k == key),
+            "{line}: {e:?}"
+        );
+        assert!(text.contains(reason), "{line}: {text}");
+    }
+    for (line, reason) in [
+        ("config_file: other.toml", "lorafuse reads one file"),
+        ("resume: out/last-state", "--resume"),
     ] {
         let (_, hint, text) = unknown_key(with(line));
         assert!(
@@ -364,8 +418,40 @@ fn kohya_options_we_lack_are_refused_with_the_reason() {
 }
 
 #[test]
+fn kohya_options_asking_for_what_lorafuse_does_are_accepted_with_a_notice() {
+    for (line, note) in [
+        ("xformers: true", "memory-efficient attention"),
+        ("sdpa: true", "memory-efficient attention"),
+        ("optimizer_type: AdamW", "AdamW"),
+        ("v2: false", "Stable Diffusion 1.x"),
+        ("network_module: networks.lora", "plain LoRA"),
+        ("cache_latents: true", "cache_latents_to_disk"),
+        ("save_model_as: safetensors", ".safetensors"),
+        ("lowram: true", "the same way"),
+        ("max_data_loader_n_workers: 8", "changes nothing"),
+        ("persistent_data_loader_workers: true", "changes nothing"),
+        ("reg_data_dir: \"\"", "no regularisation images"),
+        ("prior_loss_weight: 1", "there are none"),
+        ("network_args: []", "no network arguments"),
+        ("sample_every_n_epochs: 1", "no samples are made"),
+        ("sample_sampler: euler_a", "no samples are made"),
+        ("gradient_checkpointing: true", "more GPU memory"),
+    ] {
+        let c = with(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let w = c.warnings().join("\n");
+        let key = line.split(':').next().unwrap();
+        assert!(w.contains(&format!("{key} = ")), "{line}: {w}");
+        assert!(w.contains(note), "{line}: {w}");
+        assert!(!TrainConfig::key_names().contains(&key));
+    }
+    // Sampling by epochs with prompts asks for what lorafuse does not do yet.
+    let text = err_text(with("sample_prompts: [a cat]\nsample_every_n_epochs: 1"));
+    assert!(text.contains("sample_every_n_steps"), "{text}");
+}
+
+#[test]
 fn all_unknown_keys_are_reported_at_once() {
-    let e = err(with("network_dim: 32\nxformers: true\nlearnig_rate: 1e-4"));
+    let e = err(with("v2: true\nxformers: sometimes\nlearnig_rate: 1e-4"));
     let problems = e.problems();
     assert_eq!(problems.len(), 3, "{e}");
     assert_eq!(e.to_string().lines().count(), 3, "{e}");
@@ -844,8 +930,10 @@ fn overrides_replace_file_values_and_name_themselves_in_errors() {
         text,
         "--set learnig_rate=1e-4: unknown key `learnig_rate`: did you mean `learning_rate`?"
     );
-    let text = err_text(load_with(REQUIRED, &["network_dim=16"]));
-    assert!(text.contains("lorafuse calls this `lora_rank`"), "{text}");
+    let c = load_with(REQUIRED, &["network_dim=16"]).unwrap();
+    assert_eq!(c.lora_rank, 16);
+    let w = c.warnings().join("\n");
+    assert!(w.contains("lorafuse calls this `lora_rank`"), "{w}");
     let text = err_text(load_with(REQUIRED, &["learning_rate"]));
     assert_eq!(
         text,

@@ -38,9 +38,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Train a LoRA as a YAML config file says (keys as in kohya's tools; see the README).
+    /// Train a LoRA as a config file says (keys as in kohya's tools; see the README).
     Train {
-        /// The YAML config file.
+        /// The config file: lorafuse's YAML, or a kohya sd-scripts / lora-scripts TOML.
         config: PathBuf,
         /// Continue the run saved in output_dir (after Ctrl-C or a crash), or in DIR: the
         /// output folder of that run.
@@ -110,7 +110,8 @@ pub enum Command {
     /// LoRA + optimizer, saved activations by block, workspace, context) and, for a memory
     /// size, the largest batch_size and resolution that fit.
     Plan {
-        /// The YAML config file (the data folder is read, if it exists, to size the caches).
+        /// The config file, YAML or kohya TOML (the data folder is read, if it exists, to size
+        /// the caches).
         config: PathBuf,
         /// The GPU's memory, e.g. 8GiB, 12GB, 6144MiB (G/GB/GiB all mean GiB; a bare number is
         /// GiB). Default: the memory of the GPU this build can open, else a table of sizes.

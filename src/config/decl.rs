@@ -13,6 +13,8 @@
 //!     doc_type "whole number 1–1024",    README's type column
 //!     rule "must be a whole number ...", the rule every message about the key quotes
 //!     aliases ["network_dim", "rank"],   other trainers' names, answered with ours
+//!     kohya "4",                         kohya's default (YAML text), where it differs from
+//!                                        ours: used when a kohya-format file leaves the key out
 //!     verbatim: true,                    a `--set` value is taken as written (paths, names)
 //! ```
 //!
@@ -35,6 +37,9 @@ pub(crate) struct KeyDecl {
     pub doc: &'static str,
     /// Other trainers' names for this key, and what differs besides the name (or "").
     pub aliases: &'static [(&'static str, &'static str)],
+    /// kohya's default where it differs from lorafuse's, as YAML text: the value of a key a
+    /// kohya-format (TOML) file leaves out.
+    pub kohya_default: Option<&'static str>,
     /// A `--set` value for this key is taken as written (paths and names), not read as YAML.
     pub verbatim: bool,
     /// For a key without a default: what it is, for "missing required key".
@@ -55,6 +60,7 @@ macro_rules! config_keys {
         doc_type $doc_type:expr,
         rule $rule:expr,
         $(aliases [$($alias:literal $(: $note:literal)?),* $(,)?],)?
+        $(kohya $kohya:literal,)?
         $(verbatim: $verbatim:literal,)?
     )*) => {
         /// Every training setting, with defaults filled in and derived defaults resolved
@@ -81,6 +87,7 @@ macro_rules! config_keys {
                     rule: ($rule).to_string(),
                     doc: concat!($($doc),+).trim_ascii(),
                     aliases: &[$($(($alias, config_keys!(@note $($note)?))),*)?],
+                    kohya_default: None $(.or(Some($kohya)))?,
                     verbatim: false $(|| $verbatim)?,
                     required: config_keys!(@required $kind($($default)*)),
                 },

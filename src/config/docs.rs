@@ -21,6 +21,11 @@ pub(crate) fn markdown_table() -> String {
             let label = if names.len() == 1 { "name" } else { "names" };
             meaning.push_str(&format!(" Other trainers' {label}: {}.", names.join(", ")));
         }
+        if let Some(kohya) = k.kohya_default {
+            meaning.push_str(&format!(
+                " Left out of a kohya-format (TOML) file: `{kohya}`, kohya's default."
+            ));
+        }
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
             k.name,

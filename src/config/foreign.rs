@@ -1,172 +1,386 @@
-//! Names that are not lorafuse keys: kohya options lorafuse does not have (refused with what
-//! to do instead), kohya flags that ask for what lorafuse does anyway (accepted with a
-//! notice), and the hint for an unknown key: another trainer's name for one of ours (declared
-//! with the key, keys.rs), or the nearest key name for a typing mistake.
+//! Names that are not lorafuse keys: kohya sd-scripts / lora-scripts options lorafuse has no
+//! key for. Each is judged by its value: a value that asks for what lorafuse does anyway (or
+//! for nothing: `v2 = false`, `reg_data_dir = ""`) is accepted, silently in a kohya-format
+//! file and with a one-line notice in a lorafuse YAML file; a value that asks for something
+//! lorafuse does not do is refused with the reason and what to use instead. Also the hint for
+//! an unknown key: another trainer's name for one of ours (declared with the key, keys.rs), or
+//! the nearest key name for a typing mistake.
+
+use yaml_serde::Value;
 
 use super::error::KeyHint;
 use super::keys::{find, KEYS};
 
-/// A key of another trainer that is not a lorafuse key.
-enum Foreign {
-    /// Refused: why, or what to do instead.
-    Absent(&'static str),
-    /// Accepted with a notice (a flag asking for what lorafuse does anyway), read as true or
-    /// false; the notice says what lorafuse does.
-    Accepted(&'static str),
+/// The values of a kohya option that lorafuse accepts.
+#[derive(Clone, Copy)]
+enum Fits {
+    /// Any value.
+    Any,
+    /// true or false.
+    Flag,
+    False,
+    /// Empty: `""`, `[]`, `{}`, or no value.
+    Empty,
+    /// The number 0.
+    Zero,
+    /// A number ≥ 0.
+    Number,
+    /// One of these words (any case).
+    Words(&'static [&'static str]),
+    /// Any value while no `sample_prompts` is given: kohya makes no samples without prompts.
+    NoSamples,
 }
-use Foreign::{Absent, Accepted};
+
+/// A kohya option lorafuse has no key for.
+struct Foreign {
+    name: &'static str,
+    /// The values accepted; none: refused whatever the value.
+    fits: &'static [Fits],
+    /// What lorafuse does, for an accepted value.
+    note: &'static str,
+    /// Why any other value is refused, and what to do instead.
+    refused: &'static str,
+    /// lorafuse's run differs from kohya's as `note` says: the notice is shown for kohya
+    /// files too.
+    differs: bool,
+}
+
+/// Refused whatever the value.
+const fn refused(name: &'static str, why: &'static str) -> Foreign {
+    Foreign {
+        name,
+        fits: &[],
+        note: "",
+        refused: why,
+        differs: false,
+    }
+}
+
+/// Accepted for the values `fits` allows, as lorafuse does that anyway (`note`).
+const fn same(
+    name: &'static str,
+    fits: &'static [Fits],
+    note: &'static str,
+    refused: &'static str,
+) -> Foreign {
+    Foreign {
+        name,
+        fits,
+        note,
+        refused,
+        differs: false,
+    }
+}
+
+/// Accepted for the values `fits` allows, with a notice in every file: lorafuse does not do
+/// what it asks, and `note` says how the run differs.
+const fn differs(
+    name: &'static str,
+    fits: &'static [Fits],
+    note: &'static str,
+    refused: &'static str,
+) -> Foreign {
+    Foreign {
+        name,
+        fits,
+        note,
+        refused,
+        differs: true,
+    }
+}
+
+use Fits::{Any, Empty, False, Flag, NoSamples, Number, Words, Zero};
 
 const GENERIC: &str =
     "kohya has this option, lorafuse does not; remove it (README.md lists every key)";
-const ATTENTION: &str =
-    "not needed: lorafuse always uses its own memory-efficient attention; remove it";
-const OPTIMIZER: &str = "lorafuse trains with AdamW only (f32 moments); tune it with weight_decay, adam_beta1, adam_beta2 and adam_epsilon, and remove this key";
-const SD1_ONLY: &str =
-    "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only; remove this key";
+const ATTENTION: &str = "lorafuse always uses its own memory-efficient attention";
+const OPTIMIZER: &str = "comes with the optimizers issue (issue 14); use AdamW (optimizer_type = \"AdamW\"), tuned with weight_decay, adam_beta1, adam_beta2 and adam_epsilon";
+const SD1_ONLY: &str = "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only";
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
-const REG: &str = "regularisation images are not supported; remove this key";
-const LOSS: &str = "lorafuse trains with the mean squared error, optionally min-SNR weighted (min_snr_gamma); remove this key";
+const REG: &str =
+    "regularisation images are planned (issue 13) but not supported yet; remove this key";
+const LOSS: &str = "lorafuse trains with the mean squared error (kohya's l2), optionally min-SNR weighted (min_snr_gamma); remove this key";
 const SAVES_STATE: &str = "lorafuse always saves its training state (output_dir/state.safetensors: the LoRA weights, the optimizer moments and the counters) at every save point and at the end, so that `lorafuse train CONFIG --resume` can continue the run; this key changes nothing";
+const SAMPLES: &str = "lorafuse samples every sample_every_n_steps steps, with the prompts' own --ss sampler; sampling by epochs, at the start and a default sampler are planned (issue 13); use sample_every_n_steps";
+const NO_SAMPLES: &str = "no sample_prompts are given, so no samples are made (as in kohya)";
+const WORKERS: &str = "lorafuse loads data without worker processes; this key changes nothing";
+const UNUSED_HERE: &str = "only used by an option lorafuse does not have; this key changes nothing";
+const LS_PROMPT: &str = "lora-scripts' prompt fields are not read: write the sample prompt in kohya's prompt-line syntax (a photo of sks dog --n negative --w 512 --h 512 --l 7 --s 24 --d 1) into a .txt file and set sample_prompts to it";
+const LS_PROMPT_PART: &str =
+    "lora-scripts builds a sample prompt with it from positive_prompts; alone it changes nothing";
+const CAPTIONS: &str = "this caption option is planned (issue 13) but not supported yet; remove it, or leave it at its off value";
 
-/// kohya options lorafuse does not have, and kohya flags lorafuse accepts because it does
-/// what they ask anyway. (Other trainers' names for lorafuse keys are declared with the keys,
-/// in keys.rs.)
-const FOREIGN: &[(&str, Foreign)] = &[
-    ("xformers", Absent(ATTENTION)),
-    ("sdpa", Absent(ATTENTION)),
-    ("mem_eff_attn", Absent(ATTENTION)),
-    ("enable_xformers_memory_efficient_attention", Absent(ATTENTION)),
-    (
+/// kohya options lorafuse has no key for. (Other trainers' names for lorafuse keys are
+/// declared with the keys, in keys.rs; `network_train_unet_only` and the kohya meanings of a
+/// kohya-format file are kohya.rs's.)
+const FOREIGN: &[Foreign] = &[
+    same("xformers", &[Flag], ATTENTION, "must be true or false"),
+    same("sdpa", &[Flag], ATTENTION, "must be true or false"),
+    same("mem_eff_attn", &[Flag], ATTENTION, "must be true or false"),
+    same("enable_xformers_memory_efficient_attention", &[Flag], ATTENTION, "must be true or false"),
+    differs(
         "gradient_checkpointing",
-        Absent("lorafuse has no gradient checkpointing yet; remove this key"),
+        &[Flag],
+        "lorafuse has no gradient checkpointing yet: the run needs more GPU memory than kohya's would (`lorafuse plan CONFIG` predicts how much); the results are the same",
+        "must be true or false",
     ),
-    ("optimizer_type", Absent(OPTIMIZER)),
-    ("optimizer_args", Absent(OPTIMIZER)),
-    ("use_8bit_adam", Absent(OPTIMIZER)),
-    (
+    same(
+        "optimizer_type",
+        &[Words(&["adamw", "adamw_torch", "torch.optim.adamw"])],
+        "lorafuse trains with AdamW",
+        OPTIMIZER,
+    ),
+    same("optimizer_args", &[Empty], "no optimizer arguments", "optimizer arguments are not read: set weight_decay, adam_beta1, adam_beta2 and adam_epsilon instead"),
+    same("use_8bit_adam", &[False], "lorafuse trains with AdamW", OPTIMIZER),
+    same(
         "network_module",
-        Absent("lorafuse trains plain LoRA (kohya's networks.lora) only; remove this key"),
+        &[Words(&["networks.lora"])],
+        "lorafuse trains kohya's plain LoRA (networks.lora)",
+        "lorafuse trains plain LoRA (kohya's networks.lora) only; LyCORIS, DyLoRA and the other network modules are not supported",
     ),
-    (
+    same(
         "network_args",
-        Absent("network arguments (conv_dim, LoCon, block-wise dims) are not supported; lora_targets chooses the adapted layers"),
+        &[Empty],
+        "no network arguments",
+        "network arguments (conv_dim, LoCon, block-wise dims) are not supported; lora_targets chooses the adapted layers",
     ),
-    (
-        "network_weights",
-        Absent("starting from an existing LoRA file is not supported yet; remove this key"),
-    ),
-    (
-        "network_train_unet_only",
-        Absent("lorafuse trains the UNet only unless train_text_encoder: true; remove this key"),
-    ),
-    (
+    same("network_weights", &[Empty], "training starts from new adapters", "starting from an existing LoRA file is planned (issue 13) but not supported yet; remove this key"),
+    same("dim_from_weights", &[False], "lora_rank sets the rank", "needs network_weights, which is planned (issue 13) but not supported yet; remove this key"),
+    same(
         "network_train_text_encoder_only",
-        Absent("training the text encoder alone is not supported; remove this key"),
+        &[False],
+        "the UNet is trained",
+        "training the text encoder alone is planned (issue 13) but not supported yet; remove this key",
     ),
-    ("v2", Absent(SD1_ONLY)),
-    ("v_parameterization", Absent(SD1_ONLY)),
-    ("zero_terminal_snr", Absent(SD1_ONLY)),
-    ("sdxl", Absent(SD1_ONLY)),
-    ("full_fp16", Absent(F32_LORA)),
-    ("full_bf16", Absent(F32_LORA)),
-    ("fp8_base", Absent(F32_LORA)),
-    (
+    same("v2", &[False], SD1_ONLY, SD1_ONLY),
+    same("v_parameterization", &[False], SD1_ONLY, SD1_ONLY),
+    same("zero_terminal_snr", &[False], SD1_ONLY, SD1_ONLY),
+    same("sdxl", &[False], SD1_ONLY, SD1_ONLY),
+    same("full_fp16", &[False], "LoRA weights train in f32", F32_LORA),
+    same("full_bf16", &[False], "LoRA weights train in f32", F32_LORA),
+    same("fp8_base", &[False], "the frozen model is not stored in fp8", F32_LORA),
+    same(
         "save_model_as",
-        Absent("lorafuse always saves .safetensors in kohya's LoRA format; remove this key"),
+        &[Words(&["safetensors"])],
+        "lorafuse saves .safetensors in kohya's LoRA format",
+        "lorafuse saves .safetensors (kohya's LoRA format) only; remove this key",
     ),
-    ("save_state", Accepted(SAVES_STATE)),
-    ("save_state_on_train_end", Accepted(SAVES_STATE)),
-    (
+    same("save_state", &[Flag], SAVES_STATE, "must be true or false"),
+    same("save_state_on_train_end", &[Flag], SAVES_STATE, "must be true or false"),
+    refused(
         "resume",
-        Absent("lorafuse resumes from the state it saved in output_dir: run `lorafuse train CONFIG --resume` (or `--resume DIR` with the output_dir of that run) and remove this key"),
+        "lorafuse resumes from the state it saved in output_dir: run `lorafuse train CONFIG --resume` (or `--resume DIR` with the output_dir of that run) and remove this key",
     ),
-    (
-        "dataset_config",
-        Absent("lorafuse has no separate dataset file: set train_data_dir, resolution, enable_bucket and the caption keys in this file"),
+    same("reg_data_dir", &[Empty], "no regularisation images", REG),
+    same(
+        "prior_loss_weight",
+        &[Number],
+        "it weighs the loss of regularisation images, and there are none",
+        "must be a number ≥ 0 (it weighs the loss of regularisation images)",
     ),
-    ("reg_data_dir", Absent(REG)),
-    ("prior_loss_weight", Absent(REG)),
-    (
-        "color_aug",
-        Absent("not supported; lorafuse's augmentations are flip_aug and random_crop"),
-    ),
-    (
-        "face_crop_aug_range",
-        Absent("not supported; lorafuse's augmentations are flip_aug and random_crop"),
-    ),
-    (
+    same("color_aug", &[False], "no colour augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),
+    same("face_crop_aug_range", &[Empty], "no face-crop augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),
+    same(
         "cache_latents",
-        Absent("lorafuse decides latent caching itself; cache_latents_to_disk: true keeps the cache on disk; remove this key"),
+        &[Flag],
+        "lorafuse decides latent caching itself (cache_latents_to_disk: true keeps the cache on disk)",
+        "must be true or false",
     ),
-    (
-        "sample_every_n_epochs",
-        Absent("lorafuse samples by steps: use sample_every_n_steps"),
+    same("sample_every_n_epochs", &[NoSamples], NO_SAMPLES, SAMPLES),
+    same("sample_at_first", &[False, NoSamples], NO_SAMPLES, SAMPLES),
+    same("sample_sampler", &[NoSamples], NO_SAMPLES, SAMPLES),
+    same("lr_scheduler_power", &[Number], "it is used by the polynomial scheduler only, which lorafuse does not have", "must be a number (it is used by the polynomial scheduler only, which lorafuse does not have)"),
+    same("lr_scheduler_args", &[Empty], "no scheduler arguments", GENERIC),
+    same("loss_type", &[Words(&["l2"])], "lorafuse trains with the mean squared error (kohya's l2)", LOSS),
+    same("huber_c", &[Number], "it is used by the huber losses only, which lorafuse does not have", LOSS),
+    same("huber_schedule", &[Any], "it is used by the huber losses only, which lorafuse does not have", LOSS),
+    same("debiased_estimation_loss", &[False], "no debiased estimation", LOSS),
+    same("masked_loss", &[False], "no masked loss", GENERIC),
+    same("alpha_mask", &[False], "no alpha mask", GENERIC),
+    same("vae", &[Empty], "the VAE comes from base_model", "a separate VAE is not supported: the VAE comes from base_model; remove this key"),
+    refused("config_file", "this file is the configuration; lorafuse reads one file; remove this key"),
+    same("output_config", &[False], "no config is written instead of training", "lorafuse writes output_dir/config.effective.yaml at every run; remove this key"),
+    same("no_half_vae", &[False], "the VAE runs at mixed_precision", GENERIC),
+    same(
+        "cache_text_encoder_outputs",
+        &[False],
+        "lorafuse caches the text encoder's outputs itself when train_text_encoder is false",
+        "lorafuse caches the text encoder's outputs itself when train_text_encoder is false; remove this key",
     ),
-    (
-        "lr_scheduler_power",
-        Absent("the polynomial scheduler is not available (lr_scheduler: constant, constant_with_warmup, linear, cosine or cosine_with_restarts); remove this key"),
+    same("cache_text_encoder_outputs_to_disk", &[False], "the text encoder's outputs are not kept on disk", GENERIC),
+    same("max_data_loader_n_workers", &[Number], WORKERS, "must be a whole number ≥ 0"),
+    same("persistent_data_loader_workers", &[Flag], WORKERS, "must be true or false"),
+    same("log_with", &[Words(&["tensorboard"])], "lorafuse writes TensorBoard logs into logging_dir", "lorafuse writes TensorBoard logs (into logging_dir) only; remove this key"),
+    same("report_to", &[Words(&["tensorboard"])], "lorafuse writes TensorBoard logs into logging_dir", "lorafuse writes TensorBoard logs (into logging_dir) only; remove this key"),
+    same("log_prefix", &[Any], "lorafuse writes its logs straight into logging_dir, without a prefixed subfolder", "must be text"),
+    same("log_tracker_name", &[Any], "lorafuse writes its logs straight into logging_dir", "must be text"),
+    same("save_n_epoch_ratio", &[Zero, Empty], "no saves by epoch ratio", "not supported; use save_every_n_epochs"),
+    same("caption_prefix", &[Empty], "no caption prefix", CAPTIONS),
+    same("caption_suffix", &[Empty], "no caption suffix", CAPTIONS),
+    same("caption_separator", &[Words(&[","])], "tags are separated by commas", CAPTIONS),
+    same("keep_tokens_separator", &[Empty], "no keep-tokens separator", CAPTIONS),
+    same("secondary_separator", &[Empty], "no secondary separator", CAPTIONS),
+    same("enable_wildcard", &[False], "no wildcards", CAPTIONS),
+    same("weighted_captions", &[False], "no weighted captions", GENERIC),
+    same("caption_tag_dropout_rate", &[Zero], "no tag dropout", CAPTIONS),
+    same("caption_dropout_every_n_epochs", &[Zero, Empty], "no epoch-wise caption dropout", GENERIC),
+    same("noise_offset_random_strength", &[False], "noise_offset is used as it is", GENERIC),
+    same("adaptive_noise_scale", &[Empty, Zero], "no adaptive noise scale", GENERIC),
+    same("multires_noise_iterations", &[Empty, Zero], "no multi-resolution noise", GENERIC),
+    same("multires_noise_discount", &[Number], UNUSED_HERE, GENERIC),
+    same("ip_noise_gamma", &[Empty, Zero], "no input-perturbation noise", GENERIC),
+    same("min_timestep", &[Empty, Zero], "timesteps are drawn from 0 to 999", GENERIC),
+    same("max_timestep", &[Empty, Words(&["1000"])], "timesteps are drawn from 0 to 999", GENERIC),
+    same("scale_weight_norms", &[Empty, Zero], "no max-norm regularisation", GENERIC),
+    same("loraplus_lr_ratio", &[Empty], "no LoRA+ ratio", GENERIC),
+    same("down_lr_weight", &[Empty], "no block-wise learning rates", GENERIC),
+    same("mid_lr_weight", &[Empty], "no block-wise learning rates", GENERIC),
+    same("up_lr_weight", &[Empty], "no block-wise learning rates", GENERIC),
+    same("block_lr_zero_threshold", &[Empty, Zero], "no block-wise learning rates", GENERIC),
+    same("max_validation_steps", &[Empty], "validation uses every held-out image", GENERIC),
+    same("validate_every_n_epochs", &[Empty, Words(&["1"])], "validation runs at the end of each epoch (or every validate_every_n_steps)", GENERIC),
+    same("validation_seed", &[Empty], "validation noise follows seed", GENERIC),
+    same("vae_batch_size", &[Number], "lorafuse chooses how many images the VAE encodes at once", "must be a whole number ≥ 1"),
+    same("lowram", &[Flag], "lorafuse loads the model the same way whatever this says", "must be true or false"),
+    same("highvram", &[Flag], "lorafuse decides what stays on the GPU itself", "must be true or false"),
+    same("training_comment", &[Empty], "no training comment", GENERIC),
+    same("in_json", &[Empty], "no fine-tuning metadata file", "kohya's fine-tuning metadata JSON is not read; use caption files, or a metadata.jsonl in train_data_dir"),
+    same("dataset_repeats", &[Empty, Words(&["1"])], UNUSED_HERE, "kohya's fine-tuning repeats are not read; use num_repeats, or kohya's N_name subfolders"),
+    same("tokenizer_cache_dir", &[Any], "lorafuse's tokenizer comes with it", "must be a path"),
+    same("no_metadata", &[False], "lorafuse writes kohya's training metadata into the LoRA", "lorafuse always writes kohya's training metadata into the LoRA; remove this key"),
+    same("skip_until_initial_step", &[False], "the run starts at step 0 (or where --resume left it)", GENERIC),
+    same("initial_epoch", &[Empty], "the run starts at epoch 1 (or where --resume left it)", GENERIC),
+    same("initial_step", &[Empty], "the run starts at step 0 (or where --resume left it)", GENERIC),
+    same("resize_interpolation", &[Empty], "images are resized with lorafuse's filter", GENERIC),
+    same("cache_info", &[Flag], "lorafuse scans the data folder at every run", "must be true or false"),
+    same("fused_backward_pass", &[False], "no fused backward pass", GENERIC),
+    same("token_warmup_min", &[Empty, Words(&["1"])], "no token warmup", GENERIC),
+    same("token_warmup_step", &[Empty, Zero], "no token warmup", GENERIC),
+    same("custom_attributes", &[Empty], "no custom attributes", GENERIC),
+    same("scale_v_pred_loss_like_noise_pred", &[False], SD1_ONLY, SD1_ONLY),
+    same("v_pred_like_loss", &[Empty], SD1_ONLY, SD1_ONLY),
+    // lora-scripts (SD-Trainer) GUI keys, found in its saved configs.
+    same(
+        "model_train_type",
+        &[Words(&["sd-lora"])],
+        "lorafuse trains Stable Diffusion 1.x LoRA (lora-scripts' sd-lora)",
+        SD1_ONLY,
     ),
-    ("loss_type", Absent(LOSS)),
-    ("huber_c", Absent(LOSS)),
-    ("debiased_estimation_loss", Absent(LOSS)),
-    (
-        "vae",
-        Absent("a separate VAE is not supported: the VAE comes from base_model; remove this key"),
+    same("gpu_ids", &[Any], "lorafuse trains on one device: the device key chooses it", "must be a list of GPU ids"),
+    same("prompt_file", &[Empty], "no prompt file", "set sample_prompts to this .txt file (lora-scripts copies prompt_file there)"),
+    same("positive_prompts", &[Empty], "no prompt to build", LS_PROMPT),
+    same("negative_prompts", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_width", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_height", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_cfg", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_seed", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("sample_steps", &[Any], LS_PROMPT_PART, LS_PROMPT),
+    same("randomly_choice_prompt", &[False], "no random prompt", LS_PROMPT),
+    same("enable_preview", &[Flag], "lorafuse samples every sample_every_n_steps steps with sample_prompts", "must be true or false"),
+    same("wandb_api_key", &[Empty], "no wandb", "lorafuse writes TensorBoard logs (into logging_dir) only; remove this key"),
+    same("ui_custom_params", &[Empty], "no custom parameters", GENERIC),
+    refused(
+        "general",
+        "a dataset section belongs in a dataset_config file (sd-scripts' --dataset_config); move it there and set dataset_config to that file",
     ),
-    (
-        "config_file",
-        Absent("this file is the configuration; lorafuse reads one file; remove this key"),
+    refused(
+        "datasets",
+        "a dataset section belongs in a dataset_config file (sd-scripts' --dataset_config); move it there and set dataset_config to that file",
     ),
-    ("output_config", Absent(GENERIC)),
-    ("no_half_vae", Absent(GENERIC)),
-    ("cache_text_encoder_outputs", Absent(GENERIC)),
-    ("cache_text_encoder_outputs_to_disk", Absent(GENERIC)),
-    ("max_data_loader_n_workers", Absent(GENERIC)),
-    ("persistent_data_loader_workers", Absent(GENERIC)),
-    ("log_with", Absent(GENERIC)),
-    ("log_prefix", Absent(GENERIC)),
-    ("report_to", Absent(GENERIC)),
-    ("sample_sampler", Absent(GENERIC)),
-    ("sample_at_first", Absent(GENERIC)),
-    ("save_n_epoch_ratio", Absent(GENERIC)),
-    ("caption_prefix", Absent(GENERIC)),
-    ("caption_suffix", Absent(GENERIC)),
-    ("caption_separator", Absent(GENERIC)),
-    ("keep_tokens_separator", Absent(GENERIC)),
-    ("weighted_captions", Absent(GENERIC)),
-    ("caption_tag_dropout_rate", Absent(GENERIC)),
-    ("caption_dropout_every_n_epochs", Absent(GENERIC)),
-    ("noise_offset_random_strength", Absent(GENERIC)),
-    ("adaptive_noise_scale", Absent(GENERIC)),
-    ("multires_noise_iterations", Absent(GENERIC)),
-    ("multires_noise_discount", Absent(GENERIC)),
-    ("ip_noise_gamma", Absent(GENERIC)),
-    ("min_timestep", Absent(GENERIC)),
-    ("max_timestep", Absent(GENERIC)),
-    ("scale_weight_norms", Absent(GENERIC)),
-    ("loraplus_lr_ratio", Absent(GENERIC)),
-    ("down_lr_weight", Absent(GENERIC)),
-    ("mid_lr_weight", Absent(GENERIC)),
-    ("up_lr_weight", Absent(GENERIC)),
-    ("block_lr_zero_threshold", Absent(GENERIC)),
-    ("max_validation_steps", Absent(GENERIC)),
-    ("validate_every_n_epochs", Absent(GENERIC)),
-    ("validation_seed", Absent(GENERIC)),
-    ("vae_batch_size", Absent(GENERIC)),
-    ("lowram", Absent(GENERIC)),
-    ("highvram", Absent(GENERIC)),
-    ("training_comment", Absent(GENERIC)),
-    ("in_json", Absent(GENERIC)),
-    ("dataset_repeats", Absent(GENERIC)),
-    ("enable_wildcard", Absent(GENERIC)),
 ];
 
-/// What a key that is not a lorafuse key is: a kohya flag accepted with a notice, or not.
-pub(crate) fn accepted(key: &str) -> Option<&'static str> {
-    FOREIGN.iter().find_map(|(name, f)| match f {
-        Accepted(notice) if *name == key => Some(*notice),
-        _ => None,
-    })
+/// What is known of the rest of the configuration when a foreign value is judged.
+pub(crate) struct Context {
+    /// The file is a kohya-format (TOML) config: accepted values are silent.
+    pub kohya_format: bool,
+    /// `sample_prompts` is given.
+    pub sample_prompts: bool,
+}
+
+/// What becomes of a foreign option's value.
+pub(crate) enum Verdict {
+    /// Accepted; the notice to print, if any.
+    Accepted(Option<String>),
+    /// Refused whatever the value: an unknown key with this hint.
+    NotHere(KeyHint),
+    /// This value is refused: the problem, read on from "key = value".
+    BadValue(String),
+}
+
+/// Whether `key` is a kohya option lorafuse judges by its value (not an unknown key).
+pub(crate) fn is_foreign(key: &str) -> bool {
+    FOREIGN.iter().any(|f| f.name == key)
+}
+
+/// Judges the value of the foreign option `key` (one [`is_foreign`] says is one).
+pub(crate) fn judge(key: &str, value: &Value, ctx: &Context) -> Verdict {
+    let Some(f) = FOREIGN.iter().find(|f| f.name == key) else {
+        return Verdict::NotHere(hint(key));
+    };
+    if f.fits.is_empty() {
+        return Verdict::NotHere(KeyHint::NotInLorafuse(f.refused));
+    }
+    if value.is_null() {
+        // Written without a value: kohya's default, which asks for nothing.
+        return Verdict::Accepted(None);
+    }
+    if f.fits.iter().any(|fits| fits.allows(value, ctx)) {
+        let notice = (f.differs || !ctx.kohya_format)
+            .then(|| format!("{key} = {}: {}", super::parse::render(value), f.note));
+        return Verdict::Accepted(notice);
+    }
+    let problem = if f.refused.starts_with("must be") {
+        format!("is not valid: {}", f.refused)
+    } else {
+        format!("is not supported: {}", f.refused)
+    };
+    Verdict::BadValue(problem)
+}
+
+impl Fits {
+    /// The values, in README.md's words.
+    fn describe(self) -> String {
+        match self {
+            Any => "any".into(),
+            Flag => "`true`, `false`".into(),
+            False => "`false`".into(),
+            Empty => "empty (`\"\"`, `[]`)".into(),
+            Zero => "`0`".into(),
+            Number => "a number ≥ 0".into(),
+            Words(words) => words
+                .iter()
+                .map(|w| format!("`{w}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            NoSamples => "any, while no `sample_prompts` are given".into(),
+        }
+    }
+
+    fn allows(self, v: &Value, ctx: &Context) -> bool {
+        match self {
+            Any => true,
+            Flag => super::parse::flag(v).is_ok(),
+            False => matches!(super::parse::flag(v), Ok(false)) || v.is_null(),
+            Empty => match v {
+                Value::Null => true,
+                Value::String(s) => s.trim().is_empty(),
+                Value::Sequence(items) => items.is_empty(),
+                Value::Mapping(m) => m.is_empty(),
+                _ => false,
+            },
+            Zero => super::parse::float(v).is_ok_and(|x| x == 0.0),
+            Number => super::parse::float(v).is_ok_and(|x| x >= 0.0),
+            Words(words) => {
+                let text = match v {
+                    Value::String(s) => s.trim().to_ascii_lowercase(),
+                    Value::Number(n) => n.to_string(),
+                    _ => return false,
+                };
+                words.contains(&text.as_str())
+            }
+            NoSamples => !ctx.sample_prompts,
+        }
+    }
 }
 
 /// Other trainers' names for lorafuse keys: (theirs, ours, what differs besides the name).
@@ -178,6 +392,46 @@ fn renamed() -> impl Iterator<Item = (&'static str, &'static str, &'static str)>
     })
 }
 
+/// README.md's table of the kohya options lorafuse has no key for: the values accepted (as
+/// they ask for what lorafuse does anyway), what lorafuse does, and why other values are
+/// refused.
+pub(crate) fn markdown_table() -> String {
+    let mut out = String::from(
+        "| kohya option | accepted values | what lorafuse does | any other value is refused: |\n|---|---|---|---|\n",
+    );
+    let mut sorted: Vec<&Foreign> = FOREIGN.iter().collect();
+    sorted.sort_by_key(|f| f.name);
+    for f in sorted {
+        let accepted = if f.fits.is_empty() {
+            "none".to_string()
+        } else {
+            f.fits
+                .iter()
+                .map(|fits| fits.describe())
+                .collect::<Vec<_>>()
+                .join(", or ")
+        };
+        let note = match (f.fits.is_empty(), f.differs) {
+            (true, _) => String::new(),
+            (false, true) => format!("{} (a notice in every file)", f.note),
+            (false, false) => f.note.to_string(),
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            f.name,
+            accepted,
+            note.replace('|', "\\|"),
+            f.refused.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+/// The lorafuse key another trainer's `name` is, and what differs besides the name.
+pub(crate) fn alias(name: &str) -> Option<(&'static str, &'static str)> {
+    renamed().find_map(|(theirs, ours, note)| (theirs == name).then_some((ours, note)))
+}
+
 /// What an unknown key probably meant: another trainer's name, a kohya option lorafuse lacks,
 /// or the nearest key name (lorafuse's or another trainer's) within a few edits.
 pub(crate) fn hint(unknown: &str) -> KeyHint {
@@ -185,12 +439,8 @@ pub(crate) fn hint(unknown: &str) -> KeyHint {
     if let Some((_, ours, note)) = renamed().find(|(theirs, _, _)| *theirs == normal) {
         return KeyHint::Renamed { ours, note };
     }
-    for (name, foreign) in FOREIGN {
-        if *name == normal {
-            if let Absent(why) = foreign {
-                return KeyHint::NotInLorafuse(why);
-            }
-        }
+    if let Some(f) = FOREIGN.iter().find(|f| f.name == normal) {
+        return KeyHint::NotInLorafuse(f.refused);
     }
     if let Some(k) = find(&normal) {
         return KeyHint::DidYouMean(k.name);
@@ -204,7 +454,9 @@ pub(crate) fn hint(unknown: &str) -> KeyHint {
     let candidates = KEYS
         .iter()
         .map(|k| (k.name, k.name))
-        .chain(renamed().map(|(theirs, ours, _)| (theirs, ours)));
+        .chain(renamed().map(|(theirs, ours, _)| (theirs, ours)))
+        // A misspelt kohya option (`xformer`) is answered with its kohya name.
+        .chain(FOREIGN.iter().map(|f| (f.name, f.name)));
     for (name, ours) in candidates {
         let d = edit_distance(&normal, name);
         if d <= budget && best.is_none_or(|(bd, _)| d < bd) {

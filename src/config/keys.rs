@@ -58,7 +58,33 @@ config_keys! {
         read parse::path,
         doc_type "path",
         rule "must be an existing folder of training images (with .txt captions, optionally in kohya's N_name subfolders)",
-        aliases ["instance_data_dir"],
+        aliases ["instance_data_dir", "image_dir": " (a dataset_config subset's image folder)"],
+        verbatim: true,
+
+    /// sd-scripts' dataset file (`--dataset_config`, TOML or JSON: `[general]`,
+    /// `[[datasets]]`, `[[datasets.subsets]]`); its values take precedence over this file's,
+    /// and its subset's `image_dir` is `train_data_dir`. One dataset with one subset, without
+    /// regularisation images, for now.
+    dataset_config: Option<PathBuf> = optional("unset"),
+        read parse::path,
+        doc_type "path",
+        rule "must be the path of an sd-scripts dataset config (.toml or .json)",
+        verbatim: true,
+
+    /// Times each image directly in `train_data_dir` counts per epoch (kohya's dataset_config
+    /// `num_repeats`); images in kohya's `N_name` subfolders count N times.
+    num_repeats: usize = fixed(1),
+        read parse::count,
+        check |n| *n >= 1,
+        doc_type "whole number ≥ 1",
+        rule WHOLE_GE1,
+
+    /// The caption of an image without a caption file (kohya's `class_tokens`); unset: such an
+    /// image is an error.
+    class_tokens: Option<String> = optional("unset"),
+        read parse::text,
+        doc_type "text",
+        rule "must be text, the caption of images without a caption file",
         verbatim: true,
 
     /// The Stable Diffusion 1.x model to train on: a single `.safetensors` checkpoint or a
@@ -83,6 +109,7 @@ config_keys! {
         read parse::text,
         doc_type "text",
         rule "must be a file name without folder or extension (lorafuse adds .safetensors)",
+        kohya "last",
         verbatim: true,
 
     /// Precision of the tensors in the saved LoRA file (kohya's `float` is `fp32`).
@@ -90,6 +117,7 @@ config_keys! {
         read parse::choice::<SavePrecision>,
         doc_type choice_doc::<SavePrecision>(),
         rule choice_rule::<SavePrecision>(),
+        kohya "float",
 
     /// Also save a LoRA (and the training state) every N epochs, as
     /// `<output_name>-<epoch>.safetensors`.
@@ -156,6 +184,7 @@ config_keys! {
         doc_type "whole number 1–1024",
         rule "must be a whole number from 1 to 1024 (typical 4 to 128)",
         aliases ["network_dim", "rank"],
+        kohya "4",
 
     /// Scales the adapters by `lora_alpha / lora_rank`.
     lora_alpha: f64 = follows("`lora_rank`", lora_rank as f64),
@@ -164,6 +193,7 @@ config_keys! {
         doc_type "number > 0",
         rule "must be a number > 0 (the adapter scale is lora_alpha / lora_rank)",
         aliases ["network_alpha": " (lorafuse's default is lora_rank, a scale of 1; kohya's is 1)"],
+        kohya "1",
 
     /// Dropout on the adapters while training.
     lora_dropout: f64 = fixed(0.0),
@@ -188,6 +218,7 @@ config_keys! {
         read parse::flag,
         doc_type "true/false",
         rule FLAG,
+        kohya "true",
 
     // --- length of the run
 
@@ -230,6 +261,7 @@ config_keys! {
         check |lr| open_unit(*lr),
         doc_type "number in (0, 1)",
         rule LR,
+        kohya "2e-6",
 
     /// Learning rate of the UNet adapters.
     unet_lr: f64 = follows("`learning_rate`", learning_rate),
@@ -251,6 +283,7 @@ config_keys! {
         doc_type choice_doc::<Schedule>(),
         rule choice_rule::<Schedule>(),
         aliases ["lr_scheduler_type"],
+        kohya "constant",
 
     /// Number of cosine cycles for `cosine_with_restarts`.
     lr_scheduler_num_cycles: usize = fixed(1),
@@ -258,7 +291,7 @@ config_keys! {
         check |n| *n >= 1,
         doc_type "whole number ≥ 1",
         rule WHOLE_GE1,
-        aliases ["lr_num_cycles"],
+        aliases ["lr_num_cycles", "lr_restart_cycles"],
 
     /// Linear warmup from 0 at the start: a number of optimizer steps, or, as in kohya, a
     /// fraction of the run below 1 (`0.05` = the first 5% of the steps, rounded down).
@@ -337,6 +370,7 @@ config_keys! {
         read parse::mixed_precision,
         doc_type choice_doc::<MixedPrecision>(),
         rule choice_rule::<MixedPrecision>(),
+        kohya "no",
 
     /// Where to train; `auto` takes the first CUDA GPU if this build and machine have one,
     /// else the CPU.
@@ -366,6 +400,7 @@ config_keys! {
         read parse::text,
         doc_type "text starting with `.`",
         rule "must be a file extension starting with a dot, such as .txt",
+        kohya ".caption",
         verbatim: true,
 
     /// Aspect-ratio bucketing: train each image near its own shape instead of cropping it to
@@ -448,12 +483,12 @@ config_keys! {
         doc_type "whole number 1–12",
         rule "must be a whole number from 1 to 12 (1 = the last CLIP layer; 2 is common for anime models)",
 
-    /// Caption length in tokens; longer captions are cut. kohya's 150 and 225 are not
-    /// supported yet.
+    /// Caption length in tokens; longer captions are cut. kohya's 150 and 225 are planned
+    /// (issue 13), not supported yet.
     max_token_length: usize = fixed(75),
         read parse::count,
         doc_type "`75`",
-        rule "must be 75 (kohya's 150 and 225 are not supported yet)",
+        rule "must be 75 (kohya's 150 and 225 are planned, issue 13, but not supported yet)",
 
     // --- validation and early stopping
 

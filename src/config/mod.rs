@@ -1,5 +1,7 @@
-//! The training configuration: one YAML file of `key: value` lines, then `--set key=value`
-//! overrides, then validation, all before any model is loaded.
+//! The training configuration: one file (lorafuse's YAML of `key: value` lines, or the TOML
+//! of kohya sd-scripts' `--config_file` / lora-scripts, kohya.rs; with sd-scripts'
+//! `dataset_config`, dataset.rs), then `--set key=value` overrides, then validation, all
+//! before any model is loaded.
 //!
 //! ```text
 //! TrainConfig::load("config.yaml", &["learning_rate=2e-4"])   read, merge, type, validate
@@ -17,11 +19,13 @@
 //! Paths are used as written: a relative path is relative to the folder lorafuse runs in (as
 //! in kohya), not to the config file.
 
+mod dataset;
 mod decl;
 mod docs;
 mod error;
 mod foreign;
 mod keys;
+mod kohya;
 mod parse;
 mod paths;
 mod validate;
@@ -37,6 +41,7 @@ pub use crate::lora::export::SavePrecision;
 pub use crate::train::lr::Schedule;
 pub use error::{ConfigError, KeyHint, Origin};
 pub use keys::TrainConfig;
+pub use parse::Format;
 pub use values::{Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup};
 
 /// The file name of the effective configuration written into `output_dir`.
@@ -46,16 +51,41 @@ pub const EFFECTIVE_CONFIG_FILE: &str = "config.effective.yaml";
 /// written, so that later checks ([`TrainConfig::validate`], [`TrainConfig::check_paths`])
 /// can name them. A field changed in code after loading is reported as "configuration" with
 /// its current value.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Provenance {
     file: Option<PathBuf>,
-    /// Key -> (where its value came from, the value as written).
-    written: BTreeMap<String, (Origin, String)>,
+    /// The file's format (YAML when there is no file).
+    format: Format,
+    /// Key -> where its value came from and how it was written.
+    written: BTreeMap<String, Written>,
     /// The effective values when the configuration was read.
     loaded: yaml_serde::Mapping,
-    /// What accepted kohya flags (`save_state`) do here, one line each, for
-    /// [`TrainConfig::warnings`].
+    /// One line each, for [`TrainConfig::warnings`]: what accepted kohya options do here,
+    /// the lorafuse names of other trainers' keys in a YAML file, and kohya meanings that
+    /// changed a value.
     notices: Vec<String>,
+}
+
+impl Default for Provenance {
+    fn default() -> Provenance {
+        Provenance {
+            file: None,
+            format: Format::Yaml,
+            written: BTreeMap::new(),
+            loaded: yaml_serde::Mapping::new(),
+            notices: Vec::new(),
+        }
+    }
+}
+
+/// A key's value as the file or a `--set` argument wrote it.
+#[derive(Clone, Debug)]
+pub(crate) struct Written {
+    origin: Origin,
+    /// The value as written, for messages.
+    raw: String,
+    /// The name it was written under (`network_dim` for lora_rank).
+    name: String,
 }
 
 impl PartialEq for Provenance {
@@ -70,6 +100,11 @@ impl Provenance {
         self.file.as_deref()
     }
 
+    /// The config file's format: lorafuse's YAML or a kohya-format TOML.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     /// Whether the file or a `--set` argument gave `key` a value.
     pub fn is_written(&self, key: &str) -> bool {
         self.written.contains_key(key)
@@ -79,7 +114,7 @@ impl Provenance {
     /// "configuration") for a key left at its default.
     pub fn origin(&self, key: &str) -> Origin {
         match self.written.get(key) {
-            Some((origin, _)) => origin.clone(),
+            Some(w) => w.origin.clone(),
             None => self.default_origin(),
         }
     }
@@ -93,19 +128,24 @@ impl Provenance {
 }
 
 impl TrainConfig {
-    /// Where `key`'s value came from and how to show it: as written in the file or `--set`,
-    /// or the value with " (default)", or, for a field changed in code since loading,
-    /// "configuration" and the current value.
-    fn describe(&self, key: &str, effective: &yaml_serde::Mapping) -> (Origin, String) {
+    /// Where `key`'s value came from and how to show it: as written in the file or `--set`
+    /// (under the name written there), or the value with " (default)", or, for a field
+    /// changed in code since loading, "configuration" and the current value. Returns
+    /// (origin, key name, value).
+    fn describe(&self, key: &str, effective: &yaml_serde::Mapping) -> (Origin, String, String) {
         let p = &self.provenance;
         let now = effective.get(key);
         let shown = || now.map_or_else(|| "(unset)".to_string(), parse::render);
         if now != p.loaded.get(key) {
-            return (Origin::Defaults, shown());
+            return (Origin::Defaults, key.to_string(), shown());
         }
         match p.written.get(key) {
-            Some((origin, raw)) => (origin.clone(), raw.clone()),
-            None => (p.default_origin(), format!("{} (default)", shown())),
+            Some(w) => (w.origin.clone(), w.name.clone(), w.raw.clone()),
+            None => (
+                p.default_origin(),
+                key.to_string(),
+                format!("{} (default)", shown()),
+            ),
         }
     }
 }
@@ -119,17 +159,33 @@ impl TrainConfig {
     ) -> Result<TrainConfig, ConfigError> {
         let path = path.as_ref();
         let text = parse::read_config_file(path)?;
-        TrainConfig::from_yaml(&text, path, overrides)
+        TrainConfig::from_text(&text, path, Format::of(path, &text), overrides)
     }
 
-    /// As [`TrainConfig::load`], from text; `file` names it in error messages.
+    /// As [`TrainConfig::load`], from YAML text; `file` names it in error messages.
     pub fn from_yaml(
         text: &str,
         file: impl AsRef<Path>,
         overrides: &[impl AsRef<str>],
     ) -> Result<TrainConfig, ConfigError> {
+        TrainConfig::from_text(text, file, Format::Yaml, overrides)
+    }
+
+    /// As [`TrainConfig::load`], from text in the given format; `file` names it in error
+    /// messages.
+    pub fn from_text(
+        text: &str,
+        file: impl AsRef<Path>,
+        format: Format,
+        overrides: &[impl AsRef<str>],
+    ) -> Result<TrainConfig, ConfigError> {
         let overrides: Vec<&str> = overrides.iter().map(AsRef::as_ref).collect();
-        let cfg = parse::build(Some((text, file.as_ref())), &overrides)?;
+        let doc = parse::Document {
+            text,
+            path: file.as_ref(),
+            format,
+        };
+        let cfg = parse::build(Some(doc), &overrides)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -150,6 +206,12 @@ impl TrainConfig {
     /// README.md's table of keys (type, default, meaning), made from the declarations.
     pub fn markdown_table() -> String {
         docs::markdown_table()
+    }
+
+    /// README.md's table of the kohya options lorafuse has no key for (accepted values, what
+    /// lorafuse does, why other values are refused), made from src/config/foreign.rs.
+    pub fn kohya_options_table() -> String {
+        foreign::markdown_table()
     }
 
     /// The effective configuration as YAML: every key with the value a run uses, loadable

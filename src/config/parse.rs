@@ -10,17 +10,19 @@ use std::path::{Path, PathBuf};
 use yaml_serde::Value;
 
 use super::error::{ConfigError, Origin};
-use super::foreign;
+use super::foreign::{self, Verdict};
 use super::keys;
 use super::values::{
     choice_names, Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup,
 };
-use super::{Provenance, TrainConfig};
+use super::{dataset, kohya};
+use super::{Provenance, TrainConfig, Written};
 
 /// A config file is a few kilobytes; anything much larger is the wrong file (a model passed
 /// where the config goes), refused before it is read.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
+/// The text of a config file (lorafuse's YAML, a kohya TOML, or a dataset_config).
 pub(crate) fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     let read_err = |source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -30,7 +32,7 @@ pub(crate) fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     if meta.is_dir() {
         return Err(read_err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "it is a folder; give the path of a .yaml file",
+            "it is a folder; give the path of a .yaml or .toml file",
         )));
     }
     if meta.len() > MAX_CONFIG_BYTES {
@@ -46,113 +48,335 @@ pub(crate) fn read_config_file(path: &Path) -> Result<String, ConfigError> {
     String::from_utf8(bytes).map_err(|_| {
         read_err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            "it is not UTF-8 text (a config is a YAML text file)",
+            "it is not UTF-8 text (a config is a YAML or TOML text file)",
         ))
     })
 }
 
-/// One key's value and where it came from.
-struct Entry {
-    value: Value,
-    origin: Origin,
+/// The format of a config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// lorafuse's YAML: `key: value` lines.
+    Yaml,
+    /// The TOML of sd-scripts' `--config_file` and lora-scripts: sections flattened, kohya's
+    /// meanings (kohya.rs).
+    Kohya,
 }
 
-/// Reads the document and the overrides into a [`TrainConfig`] (types only; no ranges).
-pub(crate) fn build(
-    doc: Option<(&str, &Path)>,
-    overrides: &[&str],
-) -> Result<TrainConfig, ConfigError> {
-    let mut errors = Vec::new();
-    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut accepted: BTreeMap<String, Entry> = BTreeMap::new();
-    let file = doc.map(|(_, f)| f.to_path_buf());
-
-    if let Some((text, path)) = doc {
-        let origin = Origin::File(path.to_path_buf());
-        for (key, value) in document_entries(text, &origin)? {
-            let entry = Entry {
-                value,
-                origin: origin.clone(),
-            };
-            if keys::find(&key).is_some() {
-                entries.insert(key, entry);
-            } else if foreign::accepted(&key).is_some() {
-                accepted.insert(key, entry);
-            } else {
-                errors.push(unknown(&key, origin.clone()));
-            }
+impl Format {
+    /// `.toml` is kohya's, `.yaml` and `.yml` are lorafuse's; any other name is read by its
+    /// content (TOML when its first line is a `[section]` or a `key = value`).
+    pub fn of(path: &Path, text: &str) -> Format {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        match ext.as_deref() {
+            Some("toml") => Format::Kohya,
+            Some("yaml" | "yml") => Format::Yaml,
+            _ if kohya::looks_like_toml(text) => Format::Kohya,
+            _ => Format::Yaml,
         }
     }
-    for arg in overrides {
-        match parse_override(arg) {
-            Ok((key, value)) => {
-                let entry = Entry {
-                    value,
-                    origin: Origin::Override(arg.to_string()),
-                };
-                if keys::find(&key).is_some() {
-                    entries.insert(key, entry);
-                } else {
-                    accepted.insert(key, entry);
-                }
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    let notices = accepted_notices(&accepted, &mut errors);
+}
 
+/// One key's value and where it came from.
+pub(crate) struct Entry {
+    pub value: Value,
+    pub origin: Origin,
+    /// The name it was written under: the key, or another trainer's name for it.
+    pub written_as: String,
+    /// Set by a kohya default (kohya.rs), not written.
+    pub defaulted: bool,
+}
+
+/// A config document: its text, its file, its format.
+pub(crate) struct Document<'a> {
+    pub text: &'a str,
+    pub path: &'a Path,
+    pub format: Format,
+}
+
+/// Problems and notices found while reading one configuration.
+#[derive(Default)]
+struct Found {
+    errors: Vec<ConfigError>,
+    notices: Vec<String>,
+}
+
+/// A configuration's values, sorted by the kind of name they were given under.
+#[derive(Default)]
+struct Sorted {
+    /// lorafuse keys (also those written under another trainer's name).
+    entries: BTreeMap<String, Entry>,
+    /// kohya options lorafuse has no key for, judged by their value (foreign.rs).
+    foreign: BTreeMap<String, Entry>,
+    /// kohya names mapped with their value changed (kohya.rs).
+    switches: BTreeMap<String, Entry>,
+}
+
+/// (name as written, value, origin).
+type Pair = (String, Value, Origin);
+
+/// Reads the document, its `dataset_config` and the overrides into a [`TrainConfig`] (types
+/// only; no ranges).
+pub(crate) fn build(doc: Option<Document>, overrides: &[&str]) -> Result<TrainConfig, ConfigError> {
+    let mut found = Found::default();
+    let file = doc.as_ref().map(|d| d.path.to_path_buf());
+    let format = doc.as_ref().map_or(Format::Yaml, |d| d.format);
+    let kohya_format = format == Format::Kohya;
+
+    // In the order they apply: the file, its dataset_config (whose values win, as in
+    // sd-scripts), the --set arguments.
+    let mut raw = match &doc {
+        Some(d) => document_pairs(d, &mut found)?,
+        None => Vec::new(),
+    };
+    let sets = override_pairs(overrides, &mut found);
+    let dataset = read_dataset(&raw, &sets, &mut found);
+    raw.extend(dataset.pairs);
+    raw.extend(sets);
+
+    let mut sorted = sort(raw, kohya_format, dataset.origin.as_ref(), &mut found);
+    judge_foreign(&sorted, kohya_format, &mut found);
     let default_origin = match &file {
         Some(f) => Origin::File(f.clone()),
         None => Origin::Defaults,
     };
+    let mut meanings = kohya::Meanings {
+        entries: &mut sorted.entries,
+        notices: &mut found.notices,
+        errors: &mut found.errors,
+    };
+    if kohya_format {
+        meanings.kohya_defaults(&default_origin);
+    }
+    meanings.map_switches(sorted.switches.get("network_train_unet_only"), kohya_format);
+
+    let entries = sorted.entries;
     let mut r = Reader {
         entries: &entries,
-        errors,
+        errors: found.errors,
     };
     let mut cfg = TrainConfig::read(&mut r, &default_origin);
+    if dataset.failed {
+        // The dataset file's problems are named; its missing image folder is one of them.
+        r.errors.retain(|e| {
+            !matches!(
+                e,
+                ConfigError::Missing {
+                    key: "train_data_dir",
+                    ..
+                }
+            )
+        });
+    }
     if let Some(e) = ConfigError::from_list(r.errors) {
         return Err(e);
     }
     let written = entries
         .iter()
-        .filter(|(_, e)| !e.value.is_null())
-        .map(|(k, e)| (k.clone(), (e.origin.clone(), render(&e.value))))
+        .filter(|(_, e)| !e.value.is_null() && !e.defaulted)
+        .map(|(k, e)| {
+            let written = Written {
+                origin: e.origin.clone(),
+                raw: render(&e.value),
+                name: e.written_as.clone(),
+            };
+            (k.clone(), written)
+        })
         .collect();
     let loaded = cfg.effective();
     cfg.provenance = Provenance {
         file,
+        format,
         written,
         loaded,
-        notices,
+        notices: found.notices,
     };
     Ok(cfg)
 }
 
-/// The notices of the accepted kohya flags (`save_state: true`), one per key written; a value
-/// other than true or false is an error.
-fn accepted_notices(
-    accepted: &BTreeMap<String, Entry>,
-    errors: &mut Vec<ConfigError>,
-) -> Vec<String> {
-    let mut notices = Vec::new();
-    for (key, e) in accepted {
-        let Some(notice) = foreign::accepted(key) else {
-            continue;
-        };
-        if e.value.is_null() {
-            continue;
+/// The document's keys, in file order.
+fn document_pairs(d: &Document, found: &mut Found) -> Result<Vec<Pair>, ConfigError> {
+    let origin = Origin::File(d.path.to_path_buf());
+    let pairs = match d.format {
+        Format::Yaml => document_entries(d.text, &origin)?,
+        Format::Kohya => {
+            let flat = kohya::toml_entries(d.text, &origin)?;
+            found.notices.extend(flat.notices);
+            flat.pairs
         }
-        match flag(&e.value) {
-            Ok(on) => notices.push(format!("{key} = {on}: {notice}")),
-            Err(_) => errors.push(ConfigError::BadValue {
+    };
+    Ok(pairs
+        .into_iter()
+        .map(|(k, v)| (k, v, origin.clone()))
+        .collect())
+}
+
+fn override_pairs(overrides: &[&str], found: &mut Found) -> Vec<Pair> {
+    let mut sets = Vec::new();
+    for arg in overrides {
+        match parse_override(arg) {
+            Ok((key, value)) => sets.push((key, value, Origin::Override(arg.to_string()))),
+            Err(e) => found.errors.push(e),
+        }
+    }
+    sets
+}
+
+/// What the `dataset_config` file gave.
+#[derive(Default)]
+struct DatasetRead {
+    pairs: Vec<Pair>,
+    /// The dataset file, as the origin of its values.
+    origin: Option<Origin>,
+    /// It was named but could not be read or used (its problems are in the errors).
+    failed: bool,
+}
+
+/// The values of the `dataset_config` the file or the overrides name (the last one given).
+fn read_dataset(file: &[Pair], sets: &[Pair], found: &mut Found) -> DatasetRead {
+    let named = file
+        .iter()
+        .chain(sets)
+        .rev()
+        .find(|(k, _, _)| k == "dataset_config")
+        .and_then(|(_, v, origin)| path(v).ok().map(|p| (p, origin.clone())));
+    let Some((path, origin)) = named else {
+        return DatasetRead::default();
+    };
+    match dataset::entries(&path, &origin) {
+        Ok(pairs) => {
+            note_ignored_folder(file, &pairs, &mut found.notices);
+            DatasetRead {
+                pairs,
+                origin: Some(Origin::File(path)),
+                failed: false,
+            }
+        }
+        Err(e) => {
+            found.errors.push(e);
+            DatasetRead {
+                failed: true,
+                ..DatasetRead::default()
+            }
+        }
+    }
+}
+
+/// Sorts each value by its name: a lorafuse key (under its name or another trainer's), a
+/// kohya switch, a kohya option judged by its value, or an unknown key (an error).
+fn sort(raw: Vec<Pair>, kohya_format: bool, dataset: Option<&Origin>, found: &mut Found) -> Sorted {
+    let mut sorted = Sorted::default();
+    for (name, value, origin) in raw {
+        let entry = Entry {
+            value,
+            origin,
+            written_as: name.clone(),
+            defaulted: false,
+        };
+        if keys::find(&name).is_some() {
+            put(&mut sorted.entries, name, entry, &mut found.errors);
+        } else if let Some((ours, note)) = foreign::alias(&name) {
+            // A kohya file, and the dataset file beside any config, use kohya's names.
+            if !kohya_format && dataset != Some(&entry.origin) {
+                let notice = format!("{name}: lorafuse calls this `{ours}`{note}");
+                if !found.notices.contains(&notice) {
+                    found.notices.push(notice);
+                }
+            }
+            put(
+                &mut sorted.entries,
+                ours.to_string(),
+                entry,
+                &mut found.errors,
+            );
+        } else if kohya::SWITCHES.contains(&name.as_str()) {
+            sorted.switches.insert(name, entry);
+        } else if foreign::is_foreign(&name) {
+            sorted.foreign.insert(name, entry);
+        } else {
+            found.errors.push(unknown(&name, entry.origin));
+        }
+    }
+    sorted
+}
+
+/// Each kohya option lorafuse has no key for: accepted (with a notice in a YAML file) or
+/// refused, by its value.
+fn judge_foreign(sorted: &Sorted, kohya_format: bool, found: &mut Found) {
+    let ctx = foreign::Context {
+        kohya_format,
+        sample_prompts: sorted
+            .entries
+            .get("sample_prompts")
+            .is_some_and(|e| !e.value.is_null()),
+    };
+    for (name, e) in &sorted.foreign {
+        match foreign::judge(name, &e.value, &ctx) {
+            Verdict::Accepted(notice) => found.notices.extend(notice),
+            Verdict::NotHere(hint) => found.errors.push(ConfigError::UnknownKey {
                 origin: e.origin.clone(),
-                key: key.clone(),
+                key: name.clone(),
+                hint,
+            }),
+            Verdict::BadValue(problem) => found.errors.push(ConfigError::BadValue {
+                origin: e.origin.clone(),
+                key: name.clone(),
                 value: render(&e.value),
-                problem: "is not valid: must be true or false".into(),
+                problem,
             }),
         }
     }
-    notices
+}
+
+/// sd-scripts ignores `train_data_dir` when a dataset config gives the folders: say so when
+/// the config names another folder than the dataset file's `image_dir`.
+fn note_ignored_folder(config: &[Pair], dataset: &[Pair], notices: &mut Vec<String>) {
+    let folder = |pairs: &[Pair], names: &[&str]| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _, _)| names.contains(&k.as_str()))
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+    };
+    let ours = folder(config, &["train_data_dir", "instance_data_dir"]);
+    let theirs = folder(dataset, &["image_dir"]);
+    if let (Some((key, mine)), Some((_, image_dir))) = (ours, theirs) {
+        if mine != image_dir {
+            notices.push(format!(
+                "{key} = {} is not used: dataset_config's image_dir = {} is the image folder, as in sd-scripts",
+                render(&mine),
+                render(&image_dir)
+            ));
+        }
+    }
+}
+
+/// Records `entry` as the value of `key`; a key that one file gives twice under two names
+/// (`network_dim` and `lora_rank`) is an error.
+fn put(
+    entries: &mut BTreeMap<String, Entry>,
+    key: String,
+    entry: Entry,
+    errors: &mut Vec<ConfigError>,
+) {
+    if let Some(old) = entries.get(&key) {
+        if old.origin == entry.origin && old.written_as != entry.written_as {
+            errors.push(ConfigError::BadValue {
+                origin: entry.origin.clone(),
+                key: entry.written_as.clone(),
+                value: render(&entry.value),
+                problem: format!(
+                    "gives `{key}` a second value (it is also given as {} = {}): keep one of them",
+                    old.written_as,
+                    render(&old.value)
+                ),
+            });
+            return;
+        }
+    }
+    entries.insert(key, entry);
 }
 
 /// The top-level `key: value` pairs of a YAML document, in file order.
@@ -189,7 +413,7 @@ fn document_entries(text: &str, origin: &Origin) -> Result<Vec<(String, Value)>,
 /// kohya users have TOML configs; say so when the text looks like one.
 fn toml_hint(text: &str) -> &'static str {
     if text.lines().filter(|l| looks_like_toml(l)).count() >= 1 {
-        " (it looks like TOML: lorafuse reads YAML, write `key: value` instead of `key = value`)"
+        " (it looks like TOML: name the file .toml to read it as a kohya / lora-scripts config, or write `key: value` lines)"
     } else {
         ""
     }
@@ -255,7 +479,8 @@ fn unknown(key: &str, origin: Origin) -> ConfigError {
     }
 }
 
-/// `key=value`: the key must be a lorafuse key; the value is read as YAML (`2e-4`, `true`,
+/// `key=value`: the key must be a lorafuse key (or another trainer's name for one, or a
+/// kohya option judged by its value); the value is read as YAML (`2e-4`, `true`,
 /// `[512, 768]`, empty for "the default"), except for paths and names, taken as written.
 fn parse_override(arg: &str) -> Result<(String, Value), ConfigError> {
     let Some((key, text)) = arg.split_once('=') else {
@@ -266,9 +491,11 @@ fn parse_override(arg: &str) -> Result<(String, Value), ConfigError> {
     };
     let key = key.trim();
     let origin = Origin::Override(arg.to_string());
-    let verbatim = match keys::find(key) {
+    let decl =
+        keys::find(key).or_else(|| foreign::alias(key).and_then(|(ours, _)| keys::find(ours)));
+    let verbatim = match decl {
         Some(decl) => decl.verbatim,
-        None if foreign::accepted(key).is_some() => false,
+        None if foreign::is_foreign(key) || kohya::SWITCHES.contains(&key) => false,
         None if key.is_empty() => {
             return Err(ConfigError::BadOverride {
                 arg: arg.to_string(),
@@ -333,7 +560,7 @@ impl Reader<'_> {
                 };
                 self.errors.push(ConfigError::BadValue {
                     origin: e.origin.clone(),
-                    key: key.to_string(),
+                    key: e.written_as.clone(),
                     value: render(&e.value),
                     problem,
                 });

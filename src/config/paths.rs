@@ -18,10 +18,10 @@ impl TrainConfig {
         let mut errors = Vec::new();
         let effective = self.effective();
         let mut fail = |key: &str, problem: String| {
-            let (origin, value) = self.describe(key, &effective);
+            let (origin, key, value) = self.describe(key, &effective);
             errors.push(ConfigError::BadValue {
                 origin,
-                key: key.to_string(),
+                key,
                 value,
                 problem,
             });

@@ -32,10 +32,10 @@ pub(crate) struct Check<'a> {
 
 impl Check<'_> {
     fn fail(&mut self, key: &str, problem: String) {
-        let (origin, value) = self.cfg.describe(key, &self.effective);
+        let (origin, key, value) = self.cfg.describe(key, &self.effective);
         self.errors.push(ConfigError::BadValue {
             origin,
-            key: key.to_string(),
+            key,
             value,
             problem,
         });
@@ -261,7 +261,7 @@ fn check_data(c: &mut Check) {
         75 => {}
         150 | 225 => c.fail(
             "max_token_length",
-            "is not supported yet: lorafuse encodes one 77-token CLIP window (75 caption tokens); set 75".into(),
+            "is not supported yet: lorafuse encodes one 77-token CLIP window (75 caption tokens); kohya's 150 and 225 are planned (issue 13); set 75".into(),
         ),
         _ => c.range("max_token_length", false),
     }

@@ -1,0 +1,280 @@
+//! kohya-format configs: the TOML that sd-scripts' `--config_file` reads and lora-scripts
+//! (SD-Trainer) writes, and what a kohya option means where it differs from lorafuse's key.
+//!
+//! Reading, as sd-scripts' `read_config_from_file` does: every table of the document
+//! (`[model_arguments]`, `[training_arguments]`, ...; the section names are free) is
+//! flattened into one set of keys, a value outside any table is a key itself, and a key
+//! given in two sections takes the later value (a notice says so when the values differ).
+//! Keys are sd-scripts' command-line flag names, or lorafuse's.
+//!
+//! Meanings (see README.md, "Coming from kohya / lora-scripts"):
+//! - kohya's defaults where they differ from lorafuse's (declared with each key, keys.rs:
+//!   `network_alpha` 1, `network_dim` 4, `caption_extension` `.caption`, ...) hold for a key a
+//!   kohya-format file leaves out;
+//! - `max_train_epochs` decides the length of the run over `max_train_steps`, and without
+//!   either the run is kohya's 1600 steps;
+//! - the text encoder trains unless `network_train_unet_only` (kohya's default);
+//! - in any file: `network_train_unet_only` is `train_text_encoder` inverted, and a learning
+//!   rate of 0 freezes that part (`text_encoder_lr = 0` is `train_text_encoder: false`).
+
+use std::collections::BTreeMap;
+
+use yaml_serde::Value;
+
+use super::error::{ConfigError, Origin};
+use super::keys::KEYS;
+use super::parse::{flag, float, render, Entry};
+
+/// A TOML document's keys, flattened.
+pub(crate) struct Flat {
+    /// (key, value), in file order.
+    pub pairs: Vec<(String, Value)>,
+    /// One for each key two sections give different values.
+    pub notices: Vec<String>,
+}
+
+/// The keys of a TOML document, flattened as sd-scripts does.
+pub(crate) fn toml_entries(text: &str, origin: &Origin) -> Result<Flat, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| syntax_error(&e, text, origin))?;
+    let mut flat: Vec<(String, Value, String)> = Vec::new();
+    let mut notices = Vec::new();
+    let mut put = |key: String, value: toml::Value, section: &str| {
+        let value = to_yaml(value);
+        match flat.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, old, old_section)) => {
+                if *old != value {
+                    notices.push(format!(
+                        "{key} is given in {} ({}) and in {} ({}); the later value is used, as sd-scripts does",
+                        where_(old_section),
+                        render(old),
+                        where_(section),
+                        render(&value)
+                    ));
+                }
+                *old = value;
+                *old_section = section.to_string();
+            }
+            None => flat.push((key, value, section.to_string())),
+        }
+    };
+    for (name, value) in doc {
+        match value {
+            toml::Value::Table(section) => {
+                for (key, v) in section {
+                    put(key, v, &name);
+                }
+            }
+            other => put(name, other, ""),
+        }
+    }
+    Ok(Flat {
+        pairs: flat.into_iter().map(|(k, v, _)| (k, v)).collect(),
+        notices,
+    })
+}
+
+fn where_(section: &str) -> String {
+    if section.is_empty() {
+        "the top level".into()
+    } else {
+        format!("[{section}]")
+    }
+}
+
+/// A TOML value as the YAML value the key readers take.
+pub(crate) fn to_yaml(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s),
+        toml::Value::Integer(i) => Value::Number(i.into()),
+        toml::Value::Float(x) => Value::Number(x.into()),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(items) => Value::Sequence(items.into_iter().map(to_yaml).collect()),
+        toml::Value::Table(t) => Value::Mapping(
+            t.into_iter()
+                .map(|(k, v)| (Value::String(k), to_yaml(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A TOML syntax error with the line and column it was found at.
+pub(crate) fn syntax_error(e: &toml::de::Error, text: &str, origin: &Origin) -> ConfigError {
+    let (line, column) = match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            (Some(line), Some(column))
+        }
+        None => (None, None),
+    };
+    let message = e.message().trim().replace('\n', " ");
+    ConfigError::Syntax {
+        origin: origin.clone(),
+        line,
+        column,
+        message: format!("TOML syntax error: {message}"),
+    }
+}
+
+/// Whether a config file whose name ends neither in .toml nor in .yaml/.yml is TOML: its
+/// first line that is not blank or a comment is a `[section]` or a `key = value`.
+pub(crate) fn looks_like_toml(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .is_some_and(|line| {
+            let section = line.starts_with('[') && line.ends_with(']') && !line.contains(',');
+            let assignment = line.split_once('=').is_some_and(|(k, _)| {
+                let k = k.trim().trim_matches('"');
+                !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            });
+            section || assignment
+        })
+}
+
+/// kohya's default for a key left out of a kohya-format file, where it differs from
+/// lorafuse's (declared with the key, keys.rs).
+pub(crate) fn kohya_default(key: &str) -> Option<Value> {
+    let decl = KEYS.iter().find(|k| k.name == key)?;
+    let text = decl.kohya_default?;
+    yaml_serde::from_str(text).ok()
+}
+
+/// The values being read, to which kohya's meanings are applied, and where their notices
+/// and errors go.
+pub(crate) struct Meanings<'a> {
+    pub entries: &'a mut BTreeMap<String, Entry>,
+    pub notices: &'a mut Vec<String>,
+    pub errors: &'a mut Vec<ConfigError>,
+}
+
+impl Meanings<'_> {
+    fn written(&self, key: &str) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| !e.value.is_null() && !e.defaulted)
+    }
+
+    fn set(&mut self, key: &str, value: Value, origin: &Origin, defaulted: bool) {
+        self.entries.insert(
+            key.to_string(),
+            Entry {
+                value,
+                origin: origin.clone(),
+                written_as: key.to_string(),
+                defaulted,
+            },
+        );
+    }
+
+    /// kohya's defaults for the keys a kohya-format file leaves out, and which of
+    /// max_train_epochs and max_train_steps decides the run's length.
+    pub(crate) fn kohya_defaults(&mut self, file: &Origin) {
+        for decl in KEYS.iter() {
+            if decl.kohya_default.is_some() && !self.written(decl.name) {
+                if let Some(v) = kohya_default(decl.name) {
+                    self.set(decl.name, v, file, true);
+                }
+            }
+        }
+        if self.written("epochs") {
+            if let Some(steps) = self.entries.remove("max_train_steps") {
+                if !steps.value.is_null() {
+                    let epochs = &self.entries["epochs"];
+                    self.notices.push(format!(
+                        "{} = {} decides the length of the run, as in kohya; max_train_steps = {} is ignored",
+                        epochs.written_as,
+                        render(&epochs.value),
+                        render(&steps.value)
+                    ));
+                }
+            }
+        } else if !self.written("max_train_steps") {
+            self.set(
+                "max_train_steps",
+                Value::Number(KOHYA_STEPS.into()),
+                file,
+                true,
+            );
+        }
+    }
+
+    /// `network_train_unet_only` (train_text_encoder inverted) and learning rates of 0
+    /// (that part frozen), in any file; `kohya_format` silences the notices.
+    pub(crate) fn map_switches(&mut self, unet_only: Option<&Entry>, kohya_format: bool) {
+        if let Some(e) = unet_only {
+            match flag(&e.value) {
+                Ok(only) => {
+                    if self.written("train_text_encoder") {
+                        let te = &self.entries["train_text_encoder"];
+                        if flag(&te.value).ok() == Some(only) {
+                            self.errors.push(ConfigError::BadValue {
+                                origin: e.origin.clone(),
+                                key: "network_train_unet_only".into(),
+                                value: render(&e.value),
+                                problem: format!(
+                                    "contradicts train_text_encoder = {}: give one of them",
+                                    render(&te.value)
+                                ),
+                            });
+                        }
+                    } else {
+                        if !kohya_format {
+                            self.notices.push(format!(
+                                "network_train_unet_only = {only}: lorafuse calls this `train_text_encoder: {}`",
+                                !only
+                            ));
+                        }
+                        self.set("train_text_encoder", Value::Bool(!only), &e.origin, false);
+                    }
+                }
+                Err(_) if e.value.is_null() => {}
+                Err(_) => self.errors.push(ConfigError::BadValue {
+                    origin: e.origin.clone(),
+                    key: "network_train_unet_only".into(),
+                    value: render(&e.value),
+                    problem: "is not valid: must be true or false".into(),
+                }),
+            }
+        }
+        if self.written("text_encoder_lr") {
+            let e = &self.entries["text_encoder_lr"];
+            if float(&e.value).is_ok_and(|x| x == 0.0) {
+                let origin = e.origin.clone();
+                if !kohya_format {
+                    self.notices.push(
+                        "text_encoder_lr = 0 freezes the text encoder, as in kohya: lorafuse calls this `train_text_encoder: false`"
+                            .into(),
+                    );
+                }
+                self.entries.remove("text_encoder_lr");
+                self.set("train_text_encoder", Value::Bool(false), &origin, false);
+            }
+        }
+        if self.written("unet_lr") {
+            let e = &self.entries["unet_lr"];
+            if float(&e.value).is_ok_and(|x| x == 0.0) {
+                self.errors.push(ConfigError::BadValue {
+                    origin: e.origin.clone(),
+                    key: "unet_lr".into(),
+                    value: render(&e.value),
+                    problem: "is not supported: a learning rate of 0 freezes the UNet, as in kohya, and training the text encoder alone is planned (issue 13) but not supported yet; give the UNet a learning rate".into(),
+                });
+            }
+        }
+    }
+}
+
+/// kohya's `--max_train_steps` default, the length of a run that sets neither it nor
+/// `max_train_epochs`.
+pub(crate) const KOHYA_STEPS: u64 = 1600;
+
+/// kohya names lorafuse maps itself (not renames: the value changes too).
+pub(crate) const SWITCHES: &[&str] = &["network_train_unet_only"];
