@@ -12,9 +12,9 @@
 use std::time::Instant;
 
 use lorafuse::backend::cuda::{CudaBackend, Device, KernelChoice};
+use lorafuse::backend::prelude::*;
 use lorafuse::backend::{Activation, Adapter, Attention, Conv2d, Lora};
 use lorafuse::rng::Rng;
-use lorafuse::backend::prelude::*;
 use lorafuse::{DType, Tensor};
 
 struct Row {
@@ -88,7 +88,8 @@ fn main() {
             dropout: None,
         };
         let (fast_ms, simple_ms) = time(&mut |be| {
-            be.linear(&x, &w, None, Some(Adapter::Lora(lora))).expect("linear");
+            be.linear(&x, &w, None, Some(Adapter::Lora(lora)))
+                .expect("linear");
         });
         let flop = 2.0 * (m * k * n + m * k * r + m * r * n) as f64;
         rows.push(Row {

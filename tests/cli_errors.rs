@@ -114,6 +114,9 @@ fn corrupt_image_is_named() {
 fn image_without_caption_is_named() {
     let (_, m, o) = ok_paths("nocaption");
     let d = data_copy("nocaption-data");
+    // Directly in train_data_dir (an image in `10_shapes/` would be captioned "shapes", its
+    // class tokens, as kohya does).
+    std::fs::rename(d.join("10_shapes/shape_05.png"), d.join("shape_05.png")).unwrap();
     std::fs::remove_file(d.join("10_shapes/shape_05.txt")).unwrap();
     assert_fails(
         &base(&d, &m, &o),

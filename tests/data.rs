@@ -367,16 +367,43 @@ fn corrupt_and_truncated_images() {
 #[test]
 fn image_without_caption_names_the_expected_file() {
     let t = TempDir::new("nocap");
-    t.image("4_x/lonely.jpg", 32, 32, |_, _| [9, 9, 9]);
+    t.image("lonely.jpg", 32, 32, |_, _| [9, 9, 9]);
     let e = scan_err(&opts(t.path()));
     let msg = e.to_string();
     assert!(matches!(e, DataError::MissingCaption { .. }), "{msg}");
-    let expected = t.join("4_x/lonely.txt");
+    let expected = t.join("lonely.txt");
     assert!(msg.contains(expected.to_str().unwrap()), "{msg}");
     assert!(
-        msg.starts_with(t.join("4_x/lonely.jpg").to_str().unwrap()),
+        msg.starts_with(t.join("lonely.jpg").to_str().unwrap()),
         "{msg}"
     );
+}
+
+/// kohya's DreamBooth captions: an image without a caption file in `N_<class tokens>` is
+/// captioned with the class tokens; directly in train_data_dir, with `class_tokens`, and it
+/// counts `num_repeats` times.
+#[test]
+fn images_without_captions_take_their_class_tokens() {
+    let t = TempDir::new("classtokens");
+    t.image("4_sks dog/a.png", 32, 32, |_, _| [9, 9, 9]);
+    t.image("4_sks dog/b.png", 32, 32, |_, _| [1, 2, 3]);
+    t.text("4_sks dog/b.txt", "sks dog, running");
+    t.image("c.png", 32, 32, |_, _| [5, 5, 5]);
+    let o = DataOptions {
+        class_tokens: Some("a dog".into()),
+        num_repeats: 3,
+        ..opts(t.path())
+    };
+    let ds = scan(&o).unwrap();
+    let by_name = |n: &str| ds.items.iter().find(|i| i.path.ends_with(n)).unwrap();
+    assert_eq!(by_name("a.png").caption, "sks dog");
+    assert_eq!(by_name("a.png").caption_source, CaptionSource::ClassTokens);
+    assert_eq!(by_name("b.png").caption, "sks dog, running");
+    assert_eq!(
+        (by_name("c.png").caption.as_str(), by_name("c.png").repeats),
+        ("a dog", 3)
+    );
+    assert_eq!(by_name("a.png").repeats, 4);
 }
 
 #[test]
@@ -424,10 +451,11 @@ fn broken_metadata_files() {
 #[test]
 fn all_problems_at_once_with_a_capped_list() {
     let t = TempDir::new("many");
+    // Directly in train_data_dir, where no class tokens stand in for a missing caption.
     for i in 0..25 {
-        t.image(&format!("1_x/img{i:02}.png"), 16, 16, |_, _| [0, 0, 0]);
+        t.image(&format!("img{i:02}.png"), 16, 16, |_, _| [0, 0, 0]);
     }
-    t.bytes("1_x/zz_bad.png", b"not a png at all");
+    t.bytes("zz_bad.png", b"not a png at all");
     // 26 images without captions, one of them also corrupt.
     let e = scan_err(&opts(t.path()));
     assert_eq!(e.problems().len(), 27);

@@ -79,8 +79,9 @@ config_keys! {
         doc_type "whole number ≥ 1",
         rule WHOLE_GE1,
 
-    /// The caption of an image without a caption file (kohya's `class_tokens`); unset: such an
-    /// image is an error.
+    /// The caption of an image directly in `train_data_dir` without a caption file (kohya's
+    /// `class_tokens`; in an `N_<class tokens>` subfolder the folder name gives it, as in
+    /// kohya); unset: such an image is an error.
     class_tokens: Option<String> = optional("unset"),
         read parse::text,
         doc_type "text",

@@ -55,6 +55,11 @@ pub struct DataOptions {
     pub caption_dropout_rate: f64,
     /// Fraction of the images held out for validation, in [0, 1).
     pub validation_split: f64,
+    /// Times each image directly in train_data_dir counts per epoch (N_name subfolders: N).
+    pub num_repeats: usize,
+    /// The caption of an image directly in train_data_dir that has no caption (kohya's
+    /// `class_tokens`; in an `N_<class tokens>` subfolder the folder name gives them).
+    pub class_tokens: Option<String>,
     pub seed: u64,
 }
 
@@ -77,6 +82,8 @@ impl Default for DataOptions {
             keep_tokens: 0,
             caption_dropout_rate: 0.0,
             validation_split: 0.0,
+            num_repeats: 1,
+            class_tokens: None,
             seed: 0,
         }
     }
@@ -89,6 +96,9 @@ pub enum CaptionSource {
     Sidecar(PathBuf),
     /// A row of a metadata.jsonl / metadata.csv (1-based line).
     Metadata { path: PathBuf, line: usize },
+    /// No caption file: the class tokens (of the `N_<class tokens>` folder, or the
+    /// `class_tokens` key), as kohya's DreamBooth method captions such images.
+    ClassTokens,
 }
 
 /// One training image, checked.

@@ -183,6 +183,18 @@ fn list_dir(dir: &Path) -> Result<Vec<(String, bool)>, DataError> {
 }
 
 /// Parse "N_name" (or "N") into N, as kohya's `int(name.split("_")[0])`.
+/// The class tokens that caption an image without a caption file in folder `rel`: the
+/// name after `N_` of an `N_<class tokens>` subfolder, or the `class_tokens` option for
+/// train_data_dir itself.
+fn class_tokens(rel: &str, opts: &DataOptions) -> Option<String> {
+    if rel.is_empty() {
+        return opts.class_tokens.clone().filter(|t| !t.trim().is_empty());
+    }
+    let (_, name) = rel.split_once('_')?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 fn parse_repeats(name: &str) -> Option<usize> {
     let head = name.split('_').next().unwrap_or("");
     if head.is_empty() || !head.bytes().all(|b| b.is_ascii_digit()) {
@@ -292,12 +304,12 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
 
-    // Folders: train_data_dir itself (repeats 1), then its N_name subfolders.
+    // Folders: train_data_dir itself (num_repeats), then its N_name subfolders.
     let mut subdirs = Vec::new();
     let mut folders = vec![read_folder(
         root.clone(),
         String::new(),
-        1,
+        opts.num_repeats.max(1),
         &ext,
         &mut problems,
         &mut warnings,
@@ -417,11 +429,19 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
                         })
                     }
                     Some(_) => {} // the metadata file itself is broken: reported above
-                    None => problems.push(DataError::MissingCaption {
-                        image: path,
-                        expected: sidecar,
-                        caption_extension: ext.clone(),
-                    }),
+                    None => match class_tokens(&f.rel, opts) {
+                        Some(tokens) => candidates.push(Candidate {
+                            path,
+                            repeats: f.repeats,
+                            caption: tokens,
+                            source: CaptionSource::ClassTokens,
+                        }),
+                        None => problems.push(DataError::MissingCaption {
+                            image: path,
+                            expected: sidecar,
+                            caption_extension: ext.clone(),
+                        }),
+                    },
                 }
                 continue;
             };
@@ -431,6 +451,7 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
                     CaptionSource::Metadata { path, line } => {
                         format!("{}, line {line} has an empty text", path.display())
                     }
+                    CaptionSource::ClassTokens => "its class tokens are empty".to_string(),
                 };
                 warnings.push(DataWarning::EmptyCaption {
                     image: path.clone(),

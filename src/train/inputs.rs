@@ -208,6 +208,8 @@ pub fn data_options(cfg: &TrainConfig) -> DataOptions {
         keep_tokens: cfg.keep_tokens,
         caption_dropout_rate: cfg.caption_dropout_rate,
         validation_split: cfg.validation_split,
+        num_repeats: cfg.num_repeats,
+        class_tokens: cfg.class_tokens.clone(),
         seed: cfg.seed,
     }
 }
