@@ -20,7 +20,7 @@ const GENERIC: &str =
     "kohya has this option, lorafuse does not; remove it (README.md lists every key)";
 const ATTENTION: &str =
     "not needed: lorafuse always uses its own memory-efficient attention; remove it";
-const OPTIMIZER: &str = "lorafuse trains with AdamW only (f32 moments); tune it with weight_decay, adam_beta1, adam_beta2 and adam_epsilon, and remove this key";
+const OPTIMIZER: &str = "write optimizer_type: AdamW8bit is not available yet, use optimizer_type: AdamW (f32 moments), and remove this key";
 const SD1_ONLY: &str =
     "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only; remove this key";
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
@@ -40,8 +40,6 @@ const FOREIGN: &[(&str, Foreign)] = &[
         "gradient_checkpointing",
         Absent("lorafuse has no gradient checkpointing yet; remove this key"),
     ),
-    ("optimizer_type", Absent(OPTIMIZER)),
-    ("optimizer_args", Absent(OPTIMIZER)),
     ("use_8bit_adam", Absent(OPTIMIZER)),
     (
         "network_module",
@@ -101,10 +99,6 @@ const FOREIGN: &[(&str, Foreign)] = &[
     (
         "sample_every_n_epochs",
         Absent("lorafuse samples by steps: use sample_every_n_steps"),
-    ),
-    (
-        "lr_scheduler_power",
-        Absent("the polynomial scheduler is not available (lr_scheduler: constant, constant_with_warmup, linear, cosine or cosine_with_restarts); remove this key"),
     ),
     ("loss_type", Absent(LOSS)),
     ("huber_c", Absent(LOSS)),
