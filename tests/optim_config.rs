@@ -137,3 +137,23 @@ fn learning_rates_of_one_are_for_prodigy() {
     let text = err_text("unet_lr: 2");
     assert!(text.contains("unet_lr = 2 is out of range"), "{text}");
 }
+
+#[test]
+fn polynomial_power_is_read_and_warned_about_elsewhere() {
+    let c = with("lr_scheduler: polynomial\nlr_scheduler_power: 2").unwrap();
+    assert_eq!(c.lr_scheduler_power, 2.0);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = with("lr_scheduler: cosine\nlr_scheduler_power: 2").unwrap();
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("lr_scheduler_power = 2 has no effect")),
+        "{:?}",
+        c.warnings()
+    );
+    let text = err_text("lr_scheduler_power: 0");
+    assert!(
+        text.contains("lr_scheduler_power = 0 is out of range"),
+        "{text}"
+    );
+}

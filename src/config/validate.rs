@@ -360,6 +360,12 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
             cfg.lr_scheduler_num_cycles, cfg.lr_scheduler
         ));
     }
+    if cfg.lr_scheduler_power != 1.0 && cfg.lr_scheduler != Schedule::Polynomial {
+        w.push(format!(
+            "lr_scheduler_power = {} has no effect unless lr_scheduler = polynomial (it is {})",
+            cfg.lr_scheduler_power, cfg.lr_scheduler
+        ));
+    }
     if cfg.keep_tokens > 0 && !cfg.shuffle_caption {
         w.push(format!(
             "keep_tokens = {} has no effect without shuffle_caption: true",
