@@ -10,6 +10,17 @@
 //                  v = b2·v + (1-b2)·g², p = p·decay − step·m / (sqrt(v)·rbc2 + eps),
 //                  decay = 1 − lr·wd, step = lr / (1 − b1^t), rbc2 = 1/sqrt(1 − b2^t).
 //                  Reads grad, reads and writes p, m, v in place.
+//   lion_f32:      lion-pytorch's Lion, one thread per parameter: g = grad·gs,
+//                  c = b1·m + c1·g, p = p·decay − lr·sign(c), m = b2·m + c2·g
+//                  (c1 = 1 − b1, c2 = 1 − b2, decay = 1 − lr·wd). Reads grad; p, m in place.
+//   sgd_nesterov_f32: torch SGD(nesterov=True, dampening=0), one thread per parameter:
+//                  g = grad·gs + wd·p, b = mu·b + g, p = p − lr·(g + mu·b). p, b in place.
+//   prodigy_moments_f32: prodigyopt's first pass, one block per SQ_CHUNK elements (as
+//                  sum_squares): g = grad·gs + coupled·p, m = b1·m + c1·g, v = b2·v + c2·g²,
+//                  s = b3·s + cs·g (c1 = d(1−b1), c2 = d²(1−b2), cs = the s scale), and
+//                  partial[2b] = Σ g·(p0 − p), partial[2b+1] = Σ |s| over the block in f64
+//                  (the host adds the partials in order). Reads p, p0, grad; m, v, s in place.
+//   prodigy_update_f32: p = p·decay − dlr·m / (sqrt(v) + d_eps), one thread per parameter.
 #include "common.cuh"
 
 // SQ_CHUNK in tiles.h.
@@ -92,4 +103,74 @@ KERNEL void adamw_f32(float* p, const float* grad, float* m, float* v, float b1,
         if (j < n)
             adamw_one(p[j], grad[j], m[j], v[j], b1, b2, c1, c2, eps, decay, step, rbc2, gs);
     }
+}
+
+__device__ __forceinline__ float sign_f32(float x) {
+    return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f);
+}
+
+KERNEL void lion_f32(float* p, const float* grad, float* m, float b1, float b2, float c1,
+                     float c2, float decay, float lr, float gs, int n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = grad[i] * gs;
+    const float mi = m[i];
+    const float c = b1 * mi + c1 * g;
+    p[i] = p[i] * decay - lr * sign_f32(c);
+    m[i] = b2 * mi + c2 * g;
+}
+
+KERNEL void sgd_nesterov_f32(float* p, const float* grad, float* buf, float mu, float wd,
+                             float lr, float gs, int n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float pi = p[i];
+    const float g = grad[i] * gs + wd * pi;
+    const float b = mu * buf[i] + g;
+    buf[i] = b;
+    p[i] = pi - lr * (g + mu * b);
+}
+
+KERNEL void prodigy_moments_f32(const float* p, const float* p0, const float* grad, float* m,
+                                float* v, float* s, double* partial, float b1, float b2,
+                                float b3, float c1, float c2, float cs, float coupled, float gs,
+                                int n) {
+    __shared__ double scratch[2][32];
+    int lo = blockIdx.x * SQ_CHUNK, hi = min(n, lo + SQ_CHUNK);
+    double dot = 0.0, abs_s = 0.0;
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const float pi = p[i];
+        const float g = grad[i] * gs + coupled * pi;
+        dot += (double)g * (double)(p0[i] - pi);
+        m[i] = b1 * m[i] + c1 * g;
+        v[i] = b2 * v[i] + c2 * g * g;
+        const float si = b3 * s[i] + cs * g;
+        s[i] = si;
+        abs_s += (double)fabsf(si);
+    }
+    unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, warps = (blockDim.x + 31u) >> 5;
+    dot = warp_sum_f64(dot);
+    abs_s = warp_sum_f64(abs_s);
+    if (lane == 0) {
+        scratch[0][warp] = dot;
+        scratch[1][warp] = abs_s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        double a = lane < warps ? scratch[0][lane] : 0.0;
+        double b = lane < warps ? scratch[1][lane] : 0.0;
+        a = warp_sum_f64(a);
+        b = warp_sum_f64(b);
+        if (lane == 0) {
+            partial[2 * blockIdx.x] = a;
+            partial[2 * blockIdx.x + 1] = b;
+        }
+    }
+}
+
+KERNEL void prodigy_update_f32(float* p, const float* m, const float* v, float decay, float dlr,
+                               float d_eps, int n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    p[i] = p[i] * decay - dlr * m[i] / (sqrtf(v[i]) + d_eps);
 }

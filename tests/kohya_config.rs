@@ -270,9 +270,8 @@ fn text_encoder_switches_as_kohya_means_them() {
 #[test]
 fn refused_kohya_values_say_why_and_what_instead() {
     for (line, want) in [
-        ("optimizer_type = \"AdamW8bit\"", "config.toml: optimizer_type = \"AdamW8bit\" is not supported: comes with the optimizers issue (issue 14); use AdamW"),
-        ("optimizer_type = \"Lion\"", "optimizers issue"),
-        ("optimizer_type = \"Prodigy\"", "optimizers issue"),
+        ("optimizer_type = \"AdamW8bit\"", "config.toml: optimizer_type = \"AdamW8bit\" is not valid: AdamW8bit is not available in lorafuse yet: use AdamW"),
+        ("optimizer_type = \"DAdaptAdam\"", "not available in lorafuse yet"),
         ("v2 = true", "Stable Diffusion 1.x"),
         ("v_parameterization = true", "Stable Diffusion 1.x"),
         ("network_module = \"networks.dylora\"", "plain LoRA"),
@@ -295,9 +294,14 @@ fn refused_kohya_values_say_why_and_what_instead() {
         text.contains("unknown key `xformer`: did you mean `xformers`?"),
         "{text}"
     );
-    // AdamW itself, any case, is accepted silently.
-    let c = toml(&format!("{REQUIRED}optimizer_type = \"adamw\"\n")).unwrap();
-    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    // The optimizers lorafuse has, kohya's names in any case, are read silently.
+    for name in ["adamw", "Lion", "prodigy", "SGDNesterov"] {
+        let c = toml(&format!(
+            "{REQUIRED}optimizer_type = \"{name}\"\nlearning_rate = 1e-4\n"
+        ))
+        .unwrap();
+        assert!(c.warnings().is_empty(), "{name}: {:?}", c.warnings());
+    }
 }
 
 #[test]
@@ -329,16 +333,13 @@ fn lora_scripts(name: &str, sets: &[&str]) -> Result<TrainConfig, ConfigError> {
 #[test]
 fn lora_scripts_configs_are_read_as_they_are() {
     for name in ["lora-scripts-default.toml", "lora-scripts-lora.toml"] {
-        // Their AdamW8bit comes with the optimizers issue (issue 14): one clear message.
+        // Their AdamW8bit (the rest of issue 14) and their 225-token captions (issue 13)
+        // are not available yet: two clear messages, all at once; everything else is read.
         let text = err_text(lora_scripts(name, NO_SET));
-        assert_eq!(
-            text.lines().count(),
-            1,
-            "{name}: everything else is read: {text}"
-        );
+        assert_eq!(text.lines().count(), 2, "{name}: {text}");
         assert!(
             text.contains(
-                "optimizer_type = \"AdamW8bit\" is not supported: comes with the optimizers issue"
+                "optimizer_type = \"AdamW8bit\" is not valid: AdamW8bit is not available"
             ),
             "{name}: {text}"
         );
@@ -756,7 +757,7 @@ fn the_readme_kohya_options_table_is_the_one_the_code_makes() {
         text[body_start..end] == want,
         "README.md's table of kohya options differs from src/config/foreign.rs; run `LORAFUSE_BLESS=1 cargo test --test kohya_config` to rewrite it, and review the diff"
     );
-    for name in ["xformers", "optimizer_type", "reg_data_dir", "v2"] {
+    for name in ["xformers", "use_8bit_adam", "reg_data_dir", "v2"] {
         assert!(want.contains(&format!("| `{name}` |")), "{name}");
     }
 }

@@ -17,6 +17,7 @@ fn sched(kind: Schedule) -> LrSchedule {
         warmup: 10,
         total: 110,
         num_cycles: 1.0,
+        power: 1.0,
     }
 }
 
@@ -46,6 +47,15 @@ fn schedules_by_hand() {
     close(r.lr(110), 0.0);
     let scaled = LrSchedule { base_lr: 1e-4, ..c };
     close(scaled.lr(60) / 1e-4, 0.5);
+    // polynomial: diffusers' lr_end = 1e-7 at the end, (1 − p)^power in between.
+    let mut q = sched(Schedule::Polynomial);
+    close(q.lr(5), 0.5);
+    close(q.lr(10), 1.0);
+    close(q.lr(60), (1.0 - 1e-7) * 0.5 + 1e-7);
+    close(q.lr(110), 1e-7);
+    close(q.lr(200), 1e-7);
+    q.power = 2.0;
+    close(q.lr(60), (1.0 - 1e-7) * 0.25 + 1e-7);
 }
 
 #[test]

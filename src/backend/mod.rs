@@ -409,6 +409,66 @@ pub struct AdamW {
     pub grad_scale: f64,
 }
 
+/// Hyper-parameters of one Lion step (lion-pytorch's update, decoupled weight decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lion {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    /// Multiplies every gradient before use: 1/loss_scale times the clipping coefficient.
+    pub grad_scale: f64,
+}
+
+/// Hyper-parameters of one SGD step with Nesterov momentum (torch.optim.SGD, nesterov=True,
+/// dampening 0, weight decay added to the gradient).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdNesterov {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Multiplies every gradient before use: 1/loss_scale times the clipping coefficient.
+    pub grad_scale: f64,
+}
+
+/// The first half of a Prodigy step (prodigyopt's Prodigy): the moments and the running sum
+/// `s` updated with the current estimate d, and the two sums the new d is made from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProdigyMoments {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub beta3: f64,
+    /// The current estimate d.
+    pub d: f64,
+    /// Scale of the gradient added to `s`: (d/d0)·d·lr·bias-correction, or (d/d0)·d with
+    /// safeguard_warmup.
+    pub s_scale: f64,
+    /// Weight decay added to the gradient (prodigyopt's `decouple=False`), else 0.
+    pub coupled_decay: f64,
+    /// Multiplies every gradient before use: 1/loss_scale times the clipping coefficient.
+    pub grad_scale: f64,
+}
+
+/// The two sums of [`OptimOps::prodigy_moments`], each added in a fixed order.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProdigySums {
+    /// Σ g·(p0 − p) over the gradient as used (scaled, with coupled decay).
+    pub dot: f64,
+    /// Σ |s| over the updated `s`.
+    pub s_abs: f64,
+}
+
+/// The second half of a Prodigy step: p ← p·(1 − decay·dlr) − dlr·m / (sqrt(v) + d·eps).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProdigyUpdate {
+    /// d·lr·bias-correction with the d the moments were updated with.
+    pub dlr: f64,
+    /// The new d times ε.
+    pub d_eps: f64,
+    /// Decoupled weight decay (0 with `decouple=False`).
+    pub decay: f64,
+}
+
 /// The optimizer's ops on the flat parameter buffer (cpu/optim.rs, cuda/ops/optim.rs).
 pub trait OptimOps {
     /// Σ x²: the squared gradient norm for clipping; not finite when an f16 step overflowed.
@@ -422,4 +482,49 @@ pub trait OptimOps {
         v: &mut Tensor,
         h: &AdamW,
     ) -> Result<()>;
+    /// One Lion step, in place: c = β1·m + (1−β1)·g; p ← p·(1 − lr·wd) − lr·sign(c);
+    /// m ← β2·m + (1−β2)·g.
+    fn lion_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: &mut Tensor,
+        h: &Lion,
+    ) -> Result<()>;
+    /// One SGD step with Nesterov momentum, in place: g ← g + wd·p; b ← μ·b + g;
+    /// p ← p − lr·(g + μ·b).
+    fn sgd_nesterov_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        buf: &mut Tensor,
+        h: &SgdNesterov,
+    ) -> Result<()>;
+    /// Prodigy's first half, in place on m, v, s: g ← gs·grad + coupled·p;
+    /// m ← β1·m + d(1−β1)·g; v ← β2·v + d²(1−β2)·g²; s ← β3·s + s_scale·g; returns
+    /// Σ g·(p0 − p) and Σ|s|, each summed per fixed chunk in f64 and the chunks added in
+    /// order (deterministic).
+    fn prodigy_moments(
+        &self,
+        t: ProdigyBuffers<'_>,
+        grads: &Tensor,
+        h: &ProdigyMoments,
+    ) -> Result<ProdigySums>;
+    /// Prodigy's second half, in place on params.
+    fn prodigy_update(
+        &self,
+        params: &mut Tensor,
+        m: &Tensor,
+        v: &Tensor,
+        h: &ProdigyUpdate,
+    ) -> Result<()>;
+}
+
+/// The buffers of [`OptimOps::prodigy_moments`]: params and p0 read, m, v and s updated.
+pub struct ProdigyBuffers<'a> {
+    pub params: &'a Tensor,
+    pub p0: &'a Tensor,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+    pub s: &'a mut Tensor,
 }

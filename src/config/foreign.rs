@@ -94,7 +94,7 @@ use Fits::{Any, Empty, False, Flag, NoSamples, Number, Words, Zero};
 const GENERIC: &str =
     "kohya has this option, lorafuse does not; remove it (README.md lists every key)";
 const ATTENTION: &str = "lorafuse always uses its own memory-efficient attention";
-const OPTIMIZER: &str = "comes with the optimizers issue (issue 14); use AdamW (optimizer_type = \"AdamW\"), tuned with weight_decay, adam_beta1, adam_beta2 and adam_epsilon";
+const OPTIMIZER: &str = "8-bit AdamW is not available yet; use optimizer_type (AdamW, Lion, Prodigy or SGDNesterov) and remove this key";
 const SD1_ONLY: &str = "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only";
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
 const REG: &str =
@@ -124,14 +124,7 @@ const FOREIGN: &[Foreign] = &[
         "lorafuse has no gradient checkpointing yet: the run needs more GPU memory than kohya's would (`lorafuse plan CONFIG` predicts how much); the results are the same",
         "must be true or false",
     ),
-    same(
-        "optimizer_type",
-        &[Words(&["adamw", "adamw_torch", "torch.optim.adamw"])],
-        "lorafuse trains with AdamW",
-        OPTIMIZER,
-    ),
-    same("optimizer_args", &[Empty], "no optimizer arguments", "optimizer arguments are not read: set weight_decay, adam_beta1, adam_beta2 and adam_epsilon instead"),
-    same("use_8bit_adam", &[False], "lorafuse trains with AdamW", OPTIMIZER),
+    same("use_8bit_adam", &[False], "the optimizer is optimizer_type's", OPTIMIZER),
     same(
         "network_module",
         &[Words(&["networks.lora"])],
@@ -189,7 +182,6 @@ const FOREIGN: &[Foreign] = &[
     same("sample_every_n_epochs", &[NoSamples], NO_SAMPLES, SAMPLES),
     same("sample_at_first", &[False, NoSamples], NO_SAMPLES, SAMPLES),
     same("sample_sampler", &[NoSamples], NO_SAMPLES, SAMPLES),
-    same("lr_scheduler_power", &[Number], "it is used by the polynomial scheduler only, which lorafuse does not have", "must be a number (it is used by the polynomial scheduler only, which lorafuse does not have)"),
     same("lr_scheduler_args", &[Empty], "no scheduler arguments", GENERIC),
     same("loss_type", &[Words(&["l2"])], "lorafuse trains with the mean squared error (kohya's l2)", LOSS),
     same("huber_c", &[Number], "it is used by the huber losses only, which lorafuse does not have", LOSS),

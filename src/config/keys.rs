@@ -19,10 +19,11 @@ use super::Provenance;
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
 use crate::train::lr::Schedule;
+use crate::train::optim::OptimizerType;
 
 const WHOLE_GE1: &str = "must be a whole number ≥ 1";
 const FLAG: &str = "must be true or false";
-const LR: &str = "must be > 0 and < 1 (typical LoRA values 1e-4 to 1e-3)";
+pub(super) const LR: &str = "must be > 0 and < 1 (typical LoRA values 1e-4 to 1e-3)";
 const SIDE: &str = "must be a multiple of 64 from 64 to 4096";
 const FOLDER_OUT: &str = "must be a folder path lorafuse can create and write to";
 
@@ -42,6 +43,11 @@ fn backticked(words: &[impl AsRef<str>]) -> String {
         .map(|w| format!("`{}`", w.as_ref()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A learning rate's own range: > 0 (validate.rs adds < 1 but for Prodigy).
+fn positive(lr: f64) -> bool {
+    lr.is_finite() && lr > 0.0
 }
 
 /// `n` ≥ 1 when set.
@@ -254,28 +260,49 @@ config_keys! {
         doc_type "whole number ≥ 1",
         rule "must be a whole number ≥ 1, or empty to train for `epochs`",
 
-    // --- optimizer (AdamW) and learning-rate schedule
+    // --- optimizer and learning-rate schedule
 
-    /// Learning rate of AdamW (typical for LoRA: 1e-4 to 1e-3).
+    /// The optimizer, by kohya's name (any case): `AdamW`, `Lion` (lion-pytorch),
+    /// `SGDNesterov`, or `Prodigy` (prodigyopt; it finds its own step size: set
+    /// `learning_rate: 1`).
+    optimizer_type: OptimizerType = fixed(OptimizerType::AdamW),
+        read parse::choice::<OptimizerType>,
+        doc_type choice_doc::<OptimizerType>(),
+        rule choice_rule::<OptimizerType>(),
+
+    /// The optimizer's arguments as kohya writes them, a list of `name=value` texts
+    /// (`["weight_decay=0.1", "betas=0.9,0.99", "d_coef=2"]`); they override `weight_decay`
+    /// and the `adam_*` keys.
+    optimizer_args: Vec<String> = fixed(Vec::new()),
+        read |v| match v {
+            yaml_serde::Value::Sequence(items) => items.iter().map(parse::text).collect(),
+            // kohya's command line form: one text, arguments separated by spaces.
+            yaml_serde::Value::String(s) => Ok(s.split_whitespace().map(String::from).collect()),
+            _ => Err(parse::Bad::Type),
+        },
+        doc_type "list of texts",
+        rule "must be a list of name=value texts, for example [\"weight_decay=0.1\", \"betas=0.9,0.99\"]",
+
+    /// Learning rate (typical for LoRA with AdamW: 1e-4 to 1e-3; with Prodigy: 1).
     learning_rate: f64 = fixed(1e-4),
         read parse::float,
-        check |lr| open_unit(*lr),
-        doc_type "number in (0, 1)",
+        check |lr| positive(*lr),
+        doc_type "number > 0 (< 1 but with Prodigy)",
         rule LR,
         kohya "2e-6",
 
     /// Learning rate of the UNet adapters.
     unet_lr: f64 = follows("`learning_rate`", learning_rate),
         read parse::float,
-        check |lr| open_unit(*lr),
-        doc_type "number in (0, 1)",
+        check |lr| positive(*lr),
+        doc_type "number > 0 (< 1 but with Prodigy)",
         rule LR,
 
     /// Learning rate of the text-encoder adapters (with `train_text_encoder`).
     text_encoder_lr: f64 = follows("`learning_rate`", learning_rate),
         read parse::float,
-        check |lr| open_unit(*lr),
-        doc_type "number in (0, 1)",
+        check |lr| positive(*lr),
+        doc_type "number > 0 (< 1 but with Prodigy)",
         rule LR,
 
     /// How the learning rate changes over the run, after the warmup.
@@ -293,6 +320,13 @@ config_keys! {
         doc_type "whole number ≥ 1",
         rule WHOLE_GE1,
         aliases ["lr_num_cycles", "lr_restart_cycles"],
+
+    /// Exponent of the `polynomial` schedule (1 = a straight line).
+    lr_scheduler_power: f64 = fixed(1.0),
+        read parse::float,
+        check |x| x.is_finite() && *x > 0.0 && *x <= 100.0,
+        doc_type "number in (0, 100]",
+        rule "must be > 0 and ≤ 100 (1 is a straight line; typical 0.5 to 2)",
 
     /// Linear warmup from 0 at the start: a number of optimizer steps, or, as in kohya, a
     /// fraction of the run below 1 (`0.05` = the first 5% of the steps, rounded down).

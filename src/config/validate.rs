@@ -151,11 +151,48 @@ fn check_outputs(c: &mut Check) {
 /// The run's length against the warmup.
 fn check_schedule(c: &mut Check) {
     let cfg = c.cfg;
+    check_optimizer(c);
     if let (Warmup::Steps(n), Some(total)) = (cfg.num_warmup_steps, cfg.max_train_steps) {
         if n > total {
             c.fail(
                 "num_warmup_steps",
                 format!("is out of range: the warmup is longer than the run (max_train_steps = {total})"),
+            );
+        }
+    }
+}
+
+/// `optimizer_type` is one lorafuse trains with, each of `optimizer_args` is valid for it,
+/// and a learning rate ≥ 1 is only for an optimizer that finds its own step size.
+fn check_optimizer(c: &mut Check) {
+    let cfg = c.cfg;
+    let ty = cfg.optimizer_type;
+    if !ty.implemented() {
+        c.fail("optimizer_type", format!("is not valid: {}", ty.instead()));
+    } else if let Err(e) = crate::train::trainable::optimizer_kind(cfg) {
+        let problem = match e {
+            crate::error::Error::BadValue { expected, .. } => expected,
+            e => e.to_string(),
+        };
+        c.fail("optimizer_args", problem);
+    }
+    if ty.finds_lr() {
+        return;
+    }
+    for key in ["learning_rate", "unet_lr", "text_encoder_lr"] {
+        let lr = match key {
+            "learning_rate" => cfg.learning_rate,
+            "unet_lr" => cfg.unet_lr,
+            _ => cfg.text_encoder_lr,
+        };
+        let own = key == "learning_rate" || c.is_own_value(key);
+        if own && lr.is_finite() && lr >= 1.0 {
+            c.fail(
+                key,
+                format!(
+                    "is out of range: {} (a rate ≥ 1 is for optimizer_type: Prodigy, which finds its own step size)",
+                    keys::LR
+                ),
             );
         }
     }
@@ -321,6 +358,12 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
         w.push(format!(
             "lr_scheduler_num_cycles = {} has no effect unless lr_scheduler = cosine_with_restarts (it is {})",
             cfg.lr_scheduler_num_cycles, cfg.lr_scheduler
+        ));
+    }
+    if cfg.lr_scheduler_power != 1.0 && cfg.lr_scheduler != Schedule::Polynomial {
+        w.push(format!(
+            "lr_scheduler_power = {} has no effect unless lr_scheduler = polynomial (it is {})",
+            cfg.lr_scheduler_power, cfg.lr_scheduler
         ));
     }
     if cfg.keep_tokens > 0 && !cfg.shuffle_caption {

@@ -11,6 +11,7 @@ use yaml_serde::Value;
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
 use crate::train::lr::Schedule;
+use crate::train::optim::OptimizerType;
 
 /// A key whose value is one of a fixed set of words. The domain enums (the LR schedule,
 /// the save precision, the adapter targets) are used as they are; their names are theirs.
@@ -35,6 +36,17 @@ impl Choice for Schedule {
     const ALL: &'static [Schedule] = &Schedule::ALL;
     fn name(self) -> String {
         Schedule::name(self).to_string()
+    }
+}
+
+impl Choice for OptimizerType {
+    const ALL: &'static [OptimizerType] = &OptimizerType::ALL;
+    fn name(self) -> String {
+        OptimizerType::name(self).to_string()
+    }
+    /// kohya's names in any case.
+    fn parse(word: &str) -> Option<OptimizerType> {
+        OptimizerType::parse(word)
     }
 }
 
@@ -339,4 +351,16 @@ macro_rules! yaml_choice {
         }
     )*};
 }
-yaml_choice!(Schedule, SavePrecision, LoraTargets, MixedPrecision);
+yaml_choice!(
+    Schedule,
+    SavePrecision,
+    LoraTargets,
+    MixedPrecision,
+    OptimizerType
+);
+
+impl YamlValue for Vec<String> {
+    fn to_yaml(&self) -> Value {
+        Value::Sequence(self.iter().map(YamlValue::to_yaml).collect())
+    }
+}

@@ -7,6 +7,9 @@
 //!   linear                 warm-up, then (total − step)/(total − warmup), down to 0
 //!   cosine                 warm-up, then ½(1 + cos(π·2·cycles·p)), cycles = ½: one half-wave
 //!   cosine_with_restarts   warm-up, then ½(1 + cos(π·((cycles·p) mod 1))), 0 once p >= 1
+//!   polynomial             warm-up, then ((lr − end)·(1 − p)^power + end)/lr, end = 1e-7
+//!                          (diffusers' lr_end; kohya's lr_scheduler_power), end/lr after
+//!                          the last step
 //! with p = (step − warmup)/(total − warmup).
 
 use std::f64::consts::PI;
@@ -25,16 +28,19 @@ pub enum Schedule {
     Cosine,
     /// Warm-up, then `num_cycles` cosines, each restarting at the full rate.
     CosineWithRestarts,
+    /// Warm-up, then (1 − p)^power down to diffusers' lr_end = 1e-7.
+    Polynomial,
 }
 
 impl Schedule {
     /// Every schedule, in the order messages list them.
-    pub const ALL: [Schedule; 5] = [
+    pub const ALL: [Schedule; 6] = [
         Schedule::Constant,
         Schedule::ConstantWithWarmup,
         Schedule::Linear,
         Schedule::Cosine,
         Schedule::CosineWithRestarts,
+        Schedule::Polynomial,
     ];
 
     /// The name configs write (diffusers' `get_scheduler` names).
@@ -45,6 +51,7 @@ impl Schedule {
             Schedule::Linear => "linear",
             Schedule::Cosine => "cosine",
             Schedule::CosineWithRestarts => "cosine_with_restarts",
+            Schedule::Polynomial => "polynomial",
         }
     }
 
@@ -69,7 +76,12 @@ pub struct LrSchedule {
     pub total: u64,
     /// Cycles of cosine_with_restarts (kohya's lr_scheduler_num_cycles, default 1).
     pub num_cycles: f64,
+    /// The exponent of polynomial (kohya's lr_scheduler_power, default 1).
+    pub power: f64,
 }
+
+/// diffusers' `lr_end` of the polynomial schedule, which kohya leaves at its default.
+pub const POLYNOMIAL_LR_END: f64 = 1e-7;
 
 impl LrSchedule {
     /// The learning rate for optimizer step `step` (0-based).
@@ -95,6 +107,17 @@ impl LrSchedule {
                     0.0
                 } else {
                     (0.5 * (1.0 + (PI * ((self.num_cycles * p) % 1.0)).cos())).max(0.0)
+                }
+            }
+            Schedule::Polynomial => {
+                // diffusers refuses a rate at or below lr_end; here the rate then stays.
+                let (lr, end) = (self.base_lr, POLYNOMIAL_LR_END);
+                if lr <= end {
+                    1.0
+                } else if step > self.total {
+                    end / lr
+                } else {
+                    ((lr - end) * (1.0 - p).max(0.0).powf(self.power) + end) / lr
                 }
             }
         }

@@ -9,14 +9,14 @@
 
 use crate::backend::{Accum, Backend};
 use crate::config::TrainConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::lora::{LoraDropout, LoraGrads, LoraSet};
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::train::inputs::{Draw, Inputs};
-use crate::train::optim::{clip_coefficient, AdamWSettings, OptimizerKind, ParamGroup};
+use crate::train::optim::{clip_coefficient, KeyDefaults, OptimizerKind, ParamGroup};
 use crate::train::scaler::LossScaler;
 use crate::train::step::{denoise_micro_batch, MicroBatch, MicroOut, Objective};
 
@@ -47,13 +47,23 @@ pub struct Trainable {
     max_grad_norm: f64,
 }
 
-/// The optimizer a configuration asks for.
-pub fn optimizer_kind(cfg: &TrainConfig) -> OptimizerKind {
-    OptimizerKind::AdamW(AdamWSettings {
-        beta1: cfg.adam_beta1,
-        beta2: cfg.adam_beta2,
-        eps: cfg.adam_epsilon,
+/// The optimizer a configuration asks for (`optimizer_type`, `optimizer_args` and the
+/// AdamW keys; src/train/optim/kind.rs).
+pub fn optimizer_kind(cfg: &TrainConfig) -> Result<OptimizerKind> {
+    let keys = KeyDefaults {
+        adam_beta1: cfg.adam_beta1,
+        adam_beta2: cfg.adam_beta2,
+        adam_epsilon: cfg.adam_epsilon,
         weight_decay: cfg.weight_decay,
+        weight_decay_written: cfg.provenance.is_written("weight_decay"),
+    };
+    OptimizerKind::from_config(cfg.optimizer_type, &cfg.optimizer_args, &keys).map_err(|e| {
+        Error::BadValue {
+            op: "config",
+            name: "optimizer_args",
+            value: format!("{:?}", cfg.optimizer_args),
+            expected: e,
+        }
     })
 }
 
@@ -69,7 +79,7 @@ impl Trainable {
             cfg.lora_alpha,
             &mut Rng::for_site(cfg.seed, &[1]),
         )?;
-        let kind = optimizer_kind(cfg);
+        let kind = optimizer_kind(cfg)?;
         let mut groups = vec![ParamGroup::new(be, "unet", &lora, 0..n_unet, &kind)?];
         if cfg.train_text_encoder {
             groups.push(ParamGroup::new(

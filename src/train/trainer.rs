@@ -239,7 +239,8 @@ impl<'a> Run<'a> {
         self.progress.train_losses.push((self.progress.step, loss));
         Ok(StepDone {
             loss,
-            lr: lrs[0],
+            // The rate the step moved by: d·lr for Prodigy, as kohya logs it.
+            lr: self.trainable.groups[0].optimizer.effective_lr(lrs[0]),
             applied,
             tape_by_block,
         })
@@ -295,6 +296,7 @@ fn schedules(cfg: &TrainConfig, total: u64, groups: usize) -> Vec<LrSchedule> {
         warmup: cfg.warmup_steps(total as usize) as u64,
         total,
         num_cycles: cfg.lr_scheduler_num_cycles as f64,
+        power: cfg.lr_scheduler_power,
     };
     let text = LrSchedule {
         base_lr: cfg.text_encoder_lr,

@@ -99,3 +99,16 @@ pub fn adamw(params: &Tensor, grads: &Tensor, m: &Tensor, v: &Tensor, h: &AdamW)
     }
     Ok(())
 }
+
+/// The flat f32 buffers of one optimizer step (Lion, SGD, Prodigy): all f32, all the shape of
+/// the first.
+pub fn flat_f32(op: &'static str, buffers: &[(&'static str, &Tensor)]) -> Result<()> {
+    let Some(&(first_name, first)) = buffers.first() else {
+        return Ok(());
+    };
+    for &(name, t) in buffers {
+        dtype(op, name, t, DType::F32)?;
+        same_shape(op, first_name, first, name, t)?;
+    }
+    Ok(())
+}

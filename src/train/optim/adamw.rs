@@ -101,9 +101,8 @@ impl Optimizer for AdamW {
         steps: u64,
         get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
     ) -> Result<()> {
-        let upload = |t: Tensor| be.tensor_from_f32(t.dims(), &t.to_f32_vec(), DType::F32);
-        self.m = upload(get("m")?)?;
-        self.v = upload(get("v")?)?;
+        self.m = super::upload(be, get("m")?)?;
+        self.v = super::upload(be, get("v")?)?;
         self.steps = steps;
         Ok(())
     }

@@ -8,10 +8,22 @@
 //! [`OptimizerKind::build`]; the trainer, the state file and `plan` need no change.
 //!
 //! - `adamw.rs`: AdamW (PyTorch's decoupled weight decay), the default.
+//! - `lion.rs`: Lion (lion-pytorch).
+//! - `sgd.rs`: SGD with Nesterov momentum (kohya's `SGDNesterov`).
+//! - `prodigy.rs`: Prodigy (prodigyopt), which estimates its own step size.
+//! - `kind.rs`: kohya's `optimizer_type` and `optimizer_args`, read into an [`OptimizerKind`].
 
 mod adamw;
+mod kind;
+mod lion;
+mod prodigy;
+mod sgd;
 
 pub use adamw::{AdamW, AdamWSettings};
+pub use kind::{KeyDefaults, OptimizerType};
+pub use lion::{Lion, LionSettings};
+pub use prodigy::{Prodigy, ProdigySettings};
+pub use sgd::{SgdNesterov, SgdSettings};
 
 use std::ops::Range;
 
@@ -38,6 +50,11 @@ pub trait Optimizer: Send {
     ) -> Result<()>;
     /// Steps applied so far (skipped steps do not count).
     fn steps(&self) -> u64;
+    /// The rate the step at scheduled rate `lr` moves by, as kohya logs it: `lr`, or d·lr for
+    /// an optimizer that estimates its step size d (Prodigy).
+    fn effective_lr(&self, lr: f64) -> f64 {
+        lr
+    }
     /// The state the next step depends on, by name ("m", "v"), as saved in the state file.
     fn state(&self) -> Vec<(&'static str, &Tensor)>;
     /// Restores what [`Optimizer::state`] gave and the step count; `get` returns the saved
@@ -54,6 +71,9 @@ pub trait Optimizer: Send {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind {
     AdamW(AdamWSettings),
+    Lion(LionSettings),
+    SgdNesterov(SgdSettings),
+    Prodigy(ProdigySettings),
 }
 
 impl OptimizerKind {
@@ -61,6 +81,9 @@ impl OptimizerKind {
     pub fn build(&self, be: &dyn Backend, n: usize) -> Result<Box<dyn Optimizer>> {
         Ok(match *self {
             OptimizerKind::AdamW(s) => Box::new(AdamW::new(be, n, s)?),
+            OptimizerKind::Lion(s) => Box::new(Lion::new(be, n, s)?),
+            OptimizerKind::SgdNesterov(s) => Box::new(SgdNesterov::new(be, n, s)?),
+            OptimizerKind::Prodigy(s) => Box::new(Prodigy::new(be, n, s)?),
         })
     }
 }
@@ -167,6 +190,11 @@ impl ParamGroup {
         }
         Ok(())
     }
+}
+
+/// A saved state tensor as an f32 tensor on `be`.
+fn upload(be: &dyn Backend, t: Tensor) -> Result<Tensor> {
+    be.tensor_from_f32(t.dims(), &t.to_f32_vec(), DType::F32)
 }
 
 /// Tensors laid end to end in one flat f32 tensor.

@@ -1,0 +1,361 @@
+//! Which optimizer a configuration asks for: kohya's `optimizer_type` names and its
+//! `optimizer_args` list ("name=value" strings), read into an [`OptimizerKind`] with each
+//! argument checked against the optimizer it belongs to.
+//!
+//! Defaults are each optimizer's reference implementation's (torch.optim.AdamW,
+//! lion-pytorch's Lion, torch.optim.SGD with nesterov=True and kohya's momentum 0.9,
+//! prodigyopt's Prodigy). The lorafuse keys `adam_beta1`, `adam_beta2` and `adam_epsilon`
+//! set the Adam-family optimizers' betas and ε (AdamW, Prodigy); `weight_decay` sets AdamW's
+//! decay, and the others' when it is written in the configuration (otherwise their
+//! reference default, 0). An `optimizer_args` entry overrides the key.
+
+use std::fmt;
+
+use super::{AdamWSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings};
+
+/// kohya's `optimizer_type` values (its names, read case-insensitively).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerType {
+    AdamW,
+    AdamW8bit,
+    Lion,
+    Lion8bit,
+    Prodigy,
+    Adafactor,
+    DAdaptAdam,
+    SGDNesterov,
+}
+
+impl OptimizerType {
+    /// Every name kohya accepts that lorafuse knows, in the order messages list them.
+    pub const ALL: [OptimizerType; 8] = [
+        OptimizerType::AdamW,
+        OptimizerType::AdamW8bit,
+        OptimizerType::Lion,
+        OptimizerType::Lion8bit,
+        OptimizerType::Prodigy,
+        OptimizerType::Adafactor,
+        OptimizerType::DAdaptAdam,
+        OptimizerType::SGDNesterov,
+    ];
+
+    /// kohya's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerType::AdamW => "AdamW",
+            OptimizerType::AdamW8bit => "AdamW8bit",
+            OptimizerType::Lion => "Lion",
+            OptimizerType::Lion8bit => "Lion8bit",
+            OptimizerType::Prodigy => "Prodigy",
+            OptimizerType::Adafactor => "Adafactor",
+            OptimizerType::DAdaptAdam => "DAdaptAdam",
+            OptimizerType::SGDNesterov => "SGDNesterov",
+        }
+    }
+
+    /// The type of a name, in any case.
+    pub fn parse(word: &str) -> Option<OptimizerType> {
+        OptimizerType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(word.trim()))
+    }
+
+    /// Whether lorafuse trains with it.
+    pub fn implemented(self) -> bool {
+        matches!(
+            self,
+            OptimizerType::AdamW
+                | OptimizerType::Lion
+                | OptimizerType::Prodigy
+                | OptimizerType::SGDNesterov
+        )
+    }
+
+    /// The names lorafuse trains with, for messages.
+    pub fn implemented_names() -> String {
+        OptimizerType::ALL
+            .into_iter()
+            .filter(|t| t.implemented())
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// What to use instead of a type lorafuse does not have.
+    pub fn instead(self) -> String {
+        let use_ = match self {
+            OptimizerType::AdamW8bit => {
+                "AdamW (f32 moments: 4x the optimizer memory of 8-bit, a few MB at LoRA sizes)"
+            }
+            OptimizerType::Lion8bit => "Lion (f32 momentum)",
+            OptimizerType::DAdaptAdam => {
+                "Prodigy (the same learning-rate-free idea, learning_rate = 1)"
+            }
+            _ => "AdamW, or Prodigy for a learning rate found by the optimizer",
+        };
+        format!(
+            "{} is not available in lorafuse yet: use {use_}; lorafuse trains with {}",
+            self.name(),
+            OptimizerType::implemented_names()
+        )
+    }
+
+    /// Whether the optimizer finds its own step size, so that `learning_rate` is a
+    /// multiplier (kohya users set 1.0) rather than the rate.
+    pub fn finds_lr(self) -> bool {
+        matches!(self, OptimizerType::Prodigy | OptimizerType::DAdaptAdam)
+    }
+}
+
+impl fmt::Display for OptimizerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The lorafuse keys that seed an optimizer's settings (see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KeyDefaults {
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub weight_decay: f64,
+    /// Whether `weight_decay` was written (it then applies to every optimizer).
+    pub weight_decay_written: bool,
+}
+
+/// One parsed `name=value` argument.
+struct Arg<'a> {
+    text: &'a str,
+    name: String,
+    value: &'a str,
+}
+
+impl Arg<'_> {
+    fn bad(&self, rule: &str) -> String {
+        format!(
+            "argument `{}` is not valid: {} {rule}",
+            self.text, self.name
+        )
+    }
+
+    fn float(&self, ok: impl Fn(f64) -> bool, rule: &str) -> Result<f64, String> {
+        let x = parse_float(self.value).ok_or_else(|| self.bad(rule))?;
+        if ok(x) {
+            Ok(x)
+        } else {
+            Err(self.bad(rule))
+        }
+    }
+
+    fn flag(&self) -> Result<bool, String> {
+        match self.value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(self.bad("must be True or False")),
+        }
+    }
+
+    /// "b1,b2" (kohya writes `betas=0.9,0.99`; parentheses allowed), each in [0, 1).
+    fn betas(&self) -> Result<(f64, f64), String> {
+        const RULE: &str = "must be two numbers in [0, 1), written 0.9,0.999";
+        let v = self
+            .value
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')');
+        let parts: Vec<&str> = v.split(',').collect();
+        let [a, b] = parts.as_slice() else {
+            return Err(self.bad(RULE));
+        };
+        let (a, b) = (
+            parse_float(a).ok_or_else(|| self.bad(RULE))?,
+            parse_float(b).ok_or_else(|| self.bad(RULE))?,
+        );
+        if unit(a) && unit(b) {
+            Ok((a, b))
+        } else {
+            Err(self.bad(RULE))
+        }
+    }
+}
+
+fn parse_float(s: &str) -> Option<f64> {
+    let s = s.trim();
+    match s.to_ascii_lowercase().as_str() {
+        "inf" | "float('inf')" | "float(\"inf\")" => return Some(f64::INFINITY),
+        _ => {}
+    }
+    if s.bytes()
+        .any(|b| b.is_ascii_alphabetic() && b != b'e' && b != b'E')
+    {
+        return None;
+    }
+    s.parse().ok().filter(|x: &f64| !x.is_nan())
+}
+
+fn unit(x: f64) -> bool {
+    x.is_finite() && (0.0..1.0).contains(&x)
+}
+
+const WD_RULE: &str = "must be a number ≥ 0 and < 1 (typical 0.01 to 0.1)";
+const EPS_RULE: &str = "must be a number > 0 and < 1 (typical 1e-8)";
+
+/// Splits "name=value" strings; an entry without `=` is an error naming it.
+fn split_args(args: &[String]) -> Result<Vec<Arg<'_>>, String> {
+    args.iter()
+        .map(|text| {
+            let (name, value) = text.split_once('=').ok_or_else(|| {
+                format!("argument `{text}` is not valid: write name=value, for example weight_decay=0.01")
+            })?;
+            Ok(Arg {
+                text,
+                name: name.trim().to_ascii_lowercase(),
+                value,
+            })
+        })
+        .collect()
+}
+
+fn unknown(arg: &Arg, ty: OptimizerType, known: &[&str]) -> String {
+    format!(
+        "argument `{}` is not valid: {} has no argument `{}` in lorafuse (it takes {})",
+        arg.text,
+        ty.name(),
+        arg.name,
+        known.join(", ")
+    )
+}
+
+impl OptimizerKind {
+    /// The optimizer of `optimizer_type` = `ty` with `optimizer_args` = `args`; an error names
+    /// the argument, what is wrong and what is allowed.
+    pub fn from_config(
+        ty: OptimizerType,
+        args: &[String],
+        keys: &KeyDefaults,
+    ) -> Result<OptimizerKind, String> {
+        if !ty.implemented() {
+            return Err(ty.instead());
+        }
+        let args = split_args(args)?;
+        let wd_default = |reference: f64| {
+            if keys.weight_decay_written {
+                keys.weight_decay
+            } else {
+                reference
+            }
+        };
+        match ty {
+            OptimizerType::AdamW => {
+                let mut s = AdamWSettings {
+                    beta1: keys.adam_beta1,
+                    beta2: keys.adam_beta2,
+                    eps: keys.adam_epsilon,
+                    weight_decay: keys.weight_decay,
+                };
+                const KNOWN: &[&str] = &["betas", "eps", "weight_decay"];
+                for a in &args {
+                    match a.name.as_str() {
+                        "betas" => (s.beta1, s.beta2) = a.betas()?,
+                        "eps" => s.eps = a.float(|x| x > 0.0 && x < 1.0, EPS_RULE)?,
+                        "weight_decay" => s.weight_decay = a.float(unit, WD_RULE)?,
+                        _ => return Err(unknown(a, ty, KNOWN)),
+                    }
+                }
+                Ok(OptimizerKind::AdamW(s))
+            }
+            OptimizerType::Lion => {
+                let mut s = LionSettings {
+                    weight_decay: wd_default(0.0),
+                    ..LionSettings::default()
+                };
+                const KNOWN: &[&str] = &["betas", "weight_decay"];
+                for a in &args {
+                    match a.name.as_str() {
+                        "betas" => (s.beta1, s.beta2) = a.betas()?,
+                        "weight_decay" => s.weight_decay = a.float(unit, WD_RULE)?,
+                        _ => return Err(unknown(a, ty, KNOWN)),
+                    }
+                }
+                Ok(OptimizerKind::Lion(s))
+            }
+            OptimizerType::SGDNesterov => {
+                let mut s = SgdSettings {
+                    weight_decay: wd_default(0.0),
+                    ..SgdSettings::default()
+                };
+                const KNOWN: &[&str] = &["momentum", "weight_decay"];
+                for a in &args {
+                    match a.name.as_str() {
+                        "momentum" => s.momentum = a.float(
+                            |x| x > 0.0 && x < 1.0,
+                            "must be a number > 0 and < 1 (Nesterov needs momentum; typical 0.9)",
+                        )?,
+                        "weight_decay" => s.weight_decay = a.float(unit, WD_RULE)?,
+                        _ => return Err(unknown(a, ty, KNOWN)),
+                    }
+                }
+                Ok(OptimizerKind::SgdNesterov(s))
+            }
+            OptimizerType::Prodigy => {
+                let mut s = ProdigySettings {
+                    beta1: keys.adam_beta1,
+                    beta2: keys.adam_beta2,
+                    eps: keys.adam_epsilon,
+                    weight_decay: wd_default(0.0),
+                    ..ProdigySettings::default()
+                };
+                const KNOWN: &[&str] = &[
+                    "betas",
+                    "beta3",
+                    "eps",
+                    "weight_decay",
+                    "decouple",
+                    "use_bias_correction",
+                    "safeguard_warmup",
+                    "d0",
+                    "d_coef",
+                    "growth_rate",
+                ];
+                for a in &args {
+                    match a.name.as_str() {
+                        "betas" => (s.beta1, s.beta2) = a.betas()?,
+                        "beta3" => {
+                            s.beta3 = Some(a.float(
+                                |x| x > 0.0 && x < 1.0,
+                                "must be a number > 0 and < 1 (default: sqrt(beta2))",
+                            )?)
+                        }
+                        "eps" => s.eps = a.float(|x| x > 0.0 && x < 1.0, EPS_RULE)?,
+                        "weight_decay" => s.weight_decay = a.float(unit, WD_RULE)?,
+                        "decouple" => s.decouple = a.flag()?,
+                        "use_bias_correction" => s.use_bias_correction = a.flag()?,
+                        "safeguard_warmup" => s.safeguard_warmup = a.flag()?,
+                        "d0" => {
+                            s.d0 = a.float(
+                                |x| x > 0.0 && x < 1.0,
+                                "must be a number > 0 and < 1 (the first estimate of the step size; default 1e-6)",
+                            )?
+                        }
+                        "d_coef" => {
+                            s.d_coef = a.float(
+                                |x| x.is_finite() && x > 0.0 && x <= 100.0,
+                                "must be a number > 0 and ≤ 100 (typical 0.5 to 2)",
+                            )?
+                        }
+                        "growth_rate" => {
+                            s.growth_rate = a.float(
+                                |x| x >= 1.0,
+                                "must be a number ≥ 1, or inf (no limit; the default)",
+                            )?
+                        }
+                        _ => return Err(unknown(a, ty, KNOWN)),
+                    }
+                }
+                Ok(OptimizerKind::Prodigy(s))
+            }
+            _ => Err(ty.instead()),
+        }
+    }
+}

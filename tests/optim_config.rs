@@ -1,0 +1,159 @@
+//! `optimizer_type` and `optimizer_args`: kohya's names in any case, each argument checked per
+//! optimizer and named in the error, and learning rates ≥ 1 only for Prodigy.
+
+use lorafuse::config::{ConfigError, TrainConfig};
+use lorafuse::train::optim::{OptimizerKind, OptimizerType};
+use lorafuse::train::trainable::optimizer_kind;
+
+const REQUIRED: &str =
+    "train_data_dir: data\nbase_model: sd15.safetensors\noutput_dir: out/my_lora\n";
+
+fn with(extra: &str) -> Result<TrainConfig, ConfigError> {
+    TrainConfig::from_yaml(
+        &format!("{REQUIRED}{extra}\n"),
+        "config.yaml",
+        &[] as &[&str],
+    )
+}
+
+fn err_text(extra: &str) -> String {
+    match with(extra) {
+        Ok(_) => panic!("expected an error for {extra:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn kind(extra: &str) -> OptimizerKind {
+    optimizer_kind(&with(extra).unwrap()).unwrap()
+}
+
+#[test]
+fn kohya_names_in_any_case() {
+    for (line, want) in [
+        ("optimizer_type: AdamW", OptimizerType::AdamW),
+        ("optimizer_type: lion", OptimizerType::Lion),
+        ("optimizer_type: PRODIGY", OptimizerType::Prodigy),
+        ("optimizer_type: sgdnesterov", OptimizerType::SGDNesterov),
+    ] {
+        assert_eq!(with(line).unwrap().optimizer_type, want, "{line}");
+    }
+    assert!(matches!(kind(""), OptimizerKind::AdamW(_)));
+}
+
+#[test]
+fn arguments_override_the_keys_and_the_defaults() {
+    let OptimizerKind::AdamW(s) =
+        kind("weight_decay: 0.05\noptimizer_args: [\"betas=0.8,0.95\", \"eps=1e-6\"]")
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (s.beta1, s.beta2, s.eps, s.weight_decay),
+        (0.8, 0.95, 1e-6, 0.05)
+    );
+
+    // Lion's and Prodigy's weight decay is their reference's (0) unless weight_decay is written.
+    let OptimizerKind::Lion(s) = kind("optimizer_type: Lion") else {
+        panic!()
+    };
+    assert_eq!((s.beta1, s.beta2, s.weight_decay), (0.9, 0.99, 0.0));
+    let OptimizerKind::Lion(s) = kind("optimizer_type: Lion\nweight_decay: 0.1") else {
+        panic!()
+    };
+    assert_eq!(s.weight_decay, 0.1);
+
+    // kohya's command-line form: one text, arguments separated by spaces.
+    let OptimizerKind::Prodigy(s) = kind(
+        "optimizer_type: Prodigy\nlearning_rate: 1\noptimizer_args: \"d_coef=2 use_bias_correction=True safeguard_warmup=true weight_decay=0.01 growth_rate=inf\"",
+    ) else {
+        panic!()
+    };
+    assert_eq!(s.d_coef, 2.0);
+    assert!(s.use_bias_correction && s.safeguard_warmup && s.decouple);
+    assert_eq!((s.weight_decay, s.growth_rate), (0.01, f64::INFINITY));
+
+    let OptimizerKind::SgdNesterov(s) = kind("optimizer_type: SGDNesterov") else {
+        panic!()
+    };
+    assert_eq!((s.momentum, s.weight_decay), (0.9, 0.0));
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    for (extra, want) in [
+        (
+            "optimizer_args: [\"d_coef=2\"]",
+            "argument `d_coef=2` is not valid: AdamW has no argument `d_coef` in lorafuse (it takes betas, eps, weight_decay)",
+        ),
+        (
+            "optimizer_type: Prodigy\noptimizer_args: [\"d_coef=abc\"]",
+            "argument `d_coef=abc` is not valid: d_coef must be a number > 0 and ≤ 100",
+        ),
+        (
+            "optimizer_type: Lion\noptimizer_args: [\"betas=0.9,1.5\"]",
+            "argument `betas=0.9,1.5` is not valid: betas must be two numbers in [0, 1)",
+        ),
+        (
+            "optimizer_type: Prodigy\noptimizer_args: [\"safeguard_warmup=maybe\"]",
+            "safeguard_warmup must be True or False",
+        ),
+        (
+            "optimizer_args: [\"weight_decay\"]",
+            "argument `weight_decay` is not valid: write name=value",
+        ),
+        (
+            "optimizer_type: SGDNesterov\noptimizer_args: [\"momentum=0\"]",
+            "argument `momentum=0` is not valid: momentum must be a number > 0 and < 1",
+        ),
+    ] {
+        let text = err_text(extra);
+        assert!(text.contains("optimizer_args"), "{extra}: {text}");
+        assert!(text.contains(want), "{extra}: {text}");
+    }
+}
+
+#[test]
+fn types_lorafuse_lacks_name_what_to_use() {
+    let text = err_text("optimizer_type: AdamW8bit");
+    assert!(text.contains("optimizer_type"), "{text}");
+    assert!(
+        text.contains("AdamW8bit is not available in lorafuse yet: use AdamW"),
+        "{text}"
+    );
+    let text = err_text("optimizer_type: Adam");
+    assert!(text.contains("did you mean `AdamW`"), "{text}");
+}
+
+#[test]
+fn learning_rates_of_one_are_for_prodigy() {
+    let c = with("optimizer_type: Prodigy\nlearning_rate: 1.0").unwrap();
+    assert_eq!((c.learning_rate, c.unet_lr), (1.0, 1.0));
+    let text = err_text("learning_rate: 1.0");
+    assert!(
+        text.contains("learning_rate = 1.0 is out of range: must be > 0 and < 1")
+            && text.contains("optimizer_type: Prodigy"),
+        "{text}"
+    );
+    let text = err_text("unet_lr: 2");
+    assert!(text.contains("unet_lr = 2 is out of range"), "{text}");
+}
+
+#[test]
+fn polynomial_power_is_read_and_warned_about_elsewhere() {
+    let c = with("lr_scheduler: polynomial\nlr_scheduler_power: 2").unwrap();
+    assert_eq!(c.lr_scheduler_power, 2.0);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = with("lr_scheduler: cosine\nlr_scheduler_power: 2").unwrap();
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("lr_scheduler_power = 2 has no effect")),
+        "{:?}",
+        c.warnings()
+    );
+    let text = err_text("lr_scheduler_power: 0");
+    assert!(
+        text.contains("lr_scheduler_power = 0 is out of range"),
+        "{text}"
+    );
+}
