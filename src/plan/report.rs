@@ -61,7 +61,7 @@ pub fn table(p: &MemoryPlan, fit: Option<&Fit>) -> String {
     }
     row(&mut s, "LoRA weights (f32)", p.lora);
     row(&mut s, "LoRA gradients (f32)", p.grads);
-    row(&mut s, "optimizer: params, grads, m, v", p.optimizer);
+    row(&mut s, "optimizer: params, grads, state", p.optimizer);
     row(
         &mut s,
         &format!("caches: {} latents, {} captions", p.cached.0, p.cached.1),
