@@ -69,6 +69,23 @@ impl Trainable {
             cfg.lora_alpha,
             &mut Rng::for_site(cfg.seed, &[1]),
         )?;
+        // LoCon (`conv_dim`): the UNet's 3x3 convs at their own rank and alpha, after the
+        // UNet's linear adapters, drawn from their own stream (the others init as without).
+        let (lora, n_unet, n_all) = match cfg.conv_dim {
+            None => (lora, n_unet, targets.len()),
+            Some(dim) => {
+                let convs = m.unet.conv_targets();
+                let alpha = cfg.conv_alpha.unwrap_or(dim as f64);
+                let rng = &mut Rng::for_site(cfg.seed, &[1, 1]);
+                let conv = LoraSet::init(be, &convs, dim, alpha, rng)?;
+                let n = convs.len();
+                (
+                    lora.with_inserted(n_unet, conv),
+                    n_unet + n,
+                    targets.len() + n,
+                )
+            }
+        };
         let kind = optimizer_kind(cfg);
         let mut groups = vec![ParamGroup::new(be, "unet", &lora, 0..n_unet, &kind)?];
         if cfg.train_text_encoder {
@@ -76,7 +93,7 @@ impl Trainable {
                 be,
                 "text_encoder",
                 &lora,
-                n_unet..targets.len(),
+                n_unet..n_all,
                 &kind,
             )?);
         }
