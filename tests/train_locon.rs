@@ -1,5 +1,6 @@
 //! LoCon end to end on the demo's tiny model: `conv_dim` / `conv_alpha` put adapters on the
-//! UNet's 3x3 convs too (after the linear ones, at their own rank and alpha), training with
+//! UNet's 3x3 convs too (after the linear ones, at their own rank and alpha; the ResNets'
+//! time_emb_proj and conv_shortcut at the linear rank, as sd-scripts), training with
 //! them lowers the fixed-noise loss, and the exported file holds them in kohya's shapes with
 //! `conv_dim` / `conv_alpha` in `ss_network_args`. Prints the fixed-noise loss after the same
 //! steps with and without LoCon.
@@ -64,8 +65,17 @@ fn locon_trains_and_exports_kohya_conv_adapters() {
     let ck = load_sd15(&cfg.base_model).unwrap();
     let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
     let convs = unet.conv_targets();
+    let extra = unet.resnet_linear_targets();
     let file = Weights::open(&locon.lora_path).unwrap();
-    assert_eq!(file.len(), 3 * (192 + convs.len()));
+    assert_eq!(file.len(), 3 * (192 + convs.len() + extra.len()));
+    for t in &extra {
+        let (down, up) = t
+            .kind
+            .kohya_shapes(cfg.lora_rank, t.in_features, t.out_features);
+        let shape = |s: &str| file.shape(&format!("{}{s}", t.name)).map(<[usize]>::to_vec);
+        assert_eq!(shape(".lora_down.weight"), Some(down), "{}", t.name);
+        assert_eq!(shape(".lora_up.weight"), Some(up), "{}", t.name);
+    }
     for t in &convs {
         let (i, o) = (t.in_features, t.out_features);
         let shape = |s: &str| file.shape(&format!("{}{s}", t.name)).map(<[usize]>::to_vec);

@@ -1,5 +1,6 @@
 //! LoCon on the tiny UNet: the conv targets sd-scripts picks (ResnetBlock2D conv1/conv2,
-//! Downsample2D and Upsample2D convs) with kohya's names and shapes, and the whole UNet's
+//! Downsample2D and Upsample2D convs; and at the linear rank the ResNets' time_emb_proj and
+//! conv_shortcut) with kohya's names and shapes, and the whole UNet's
 //! backward through them against finite differences in f64, with the fixture's linear LoRA
 //! attached too.
 
@@ -61,6 +62,26 @@ fn conv_targets_are_sd_scripts() {
         };
         assert_eq!(l.role, role, "{}", l.name);
     }
+    // With them sd-scripts adapts every ResNet's time_emb_proj and 1x1 conv_shortcut at the
+    // linear rank: one time projection per resnet, a shortcut where the channels change.
+    let extra = unet.resnet_linear_targets();
+    let times = extra
+        .iter()
+        .filter(|l| l.role == LayerRole::TimeProjection)
+        .count();
+    assert_eq!(times, resnets);
+    for l in &extra {
+        let (kind, suffix) = match l.role {
+            LayerRole::TimeProjection => (LayerKind::Linear, "_time_emb_proj"),
+            LayerRole::Shortcut => (LayerKind::Conv1x1, "_conv_shortcut"),
+            r => panic!("{}: {r:?}", l.name),
+        };
+        assert_eq!(l.kind, kind, "{}", l.name);
+        assert!(l.name.ends_with(suffix), "{}", l.name);
+    }
+    assert!(extra
+        .iter()
+        .any(|l| l.name == "lora_unet_up_blocks_0_resnets_0_conv_shortcut"));
     // Fresh adapters have kohya's shapes: down [r, in, 3, 3], up [out, r, 1, 1].
     let set = LoraSet::init(&be, &t, 4, 2.0, &mut Rng::new(1)).unwrap();
     let m = &set.modules()[0];
@@ -88,15 +109,18 @@ fn locon_gradients_match_finite_differences_in_f64() {
     let mut rng = Rng::new(9);
     // Non-zero up weights, so that every down weight has a gradient.
     let r = 3;
-    let convs: Vec<LoraModule> = unet
-        .conv_targets()
+    let targets = [unet.conv_targets(), unet.resnet_linear_targets()].concat();
+    let convs: Vec<LoraModule> = targets
         .iter()
-        .map(|l| LoraModule {
-            name: l.name.clone(),
-            down: randn(&mut rng, &[r, l.in_features, 3, 3], 0.1),
-            up: randn(&mut rng, &[l.out_features, r, 1, 1], 0.1),
-            alpha: 2.0,
-            kind: l.kind,
+        .map(|l| {
+            let (ds, us) = l.kind.shapes(r, l.in_features, l.out_features);
+            LoraModule {
+                name: l.name.clone(),
+                down: randn(&mut rng, &ds, 0.1),
+                up: randn(&mut rng, &us, 0.1),
+                alpha: 2.0,
+                kind: l.kind,
+            }
         })
         .collect();
     let n_linear = linear.len();
@@ -125,7 +149,14 @@ fn locon_gradients_match_finite_differences_in_f64() {
     let mut picks: Vec<(usize, bool, usize)> = Vec::new();
     let mut modules: Vec<usize> = (n_linear..n).step_by(3).collect();
     modules.extend([n_linear, n_linear + 1, n - 1, 0, n_linear - 1]);
-    for name in ["downsamplers_0_conv", "upsamplers_0_conv"] {
+    for name in [
+        "downsamplers_0_conv",
+        "upsamplers_0_conv",
+        "down_blocks_0_resnets_0_time_emb_proj",
+        "mid_block_resnets_1_time_emb_proj",
+        "up_blocks_0_resnets_0_conv_shortcut",
+        "up_blocks_1_resnets_2_conv_shortcut",
+    ] {
         modules.extend((0..n).filter(|&i| lora.modules()[i].name.ends_with(name)));
     }
     modules.sort_unstable();

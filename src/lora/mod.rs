@@ -100,6 +100,10 @@ pub enum LayerRole {
     Projection,
     /// A ResNet block's 3x3 conv1 or conv2 (LoCon).
     ResnetConv,
+    /// A ResNet block's time_emb_proj (adapted at the linear rank with LoCon, as sd-scripts).
+    TimeProjection,
+    /// A ResNet block's 1x1 conv_shortcut (adapted at the linear rank with LoCon).
+    Shortcut,
     /// A down-sampler's or up-sampler's 3x3 conv (LoCon).
     SamplerConv,
 }

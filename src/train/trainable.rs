@@ -69,8 +69,9 @@ impl Trainable {
             cfg.lora_alpha,
             &mut Rng::for_site(cfg.seed, &[1]),
         )?;
-        // LoCon (`conv_dim`): the UNet's 3x3 convs at their own rank and alpha, after the
-        // UNet's linear adapters, drawn from their own stream (the others init as without).
+        // LoCon (`conv_dim`), as sd-scripts: the UNet's 3x3 convs at their own rank and alpha,
+        // and the ResNets' time_emb_proj and 1x1 conv_shortcut at the linear ones, after the
+        // UNet's other adapters, each drawn from its own stream (the others init as without).
         let (lora, n_unet, n_all) = match cfg.conv_dim {
             None => (lora, n_unet, targets.len()),
             Some(dim) => {
@@ -78,12 +79,14 @@ impl Trainable {
                 let alpha = cfg.conv_alpha.unwrap_or(dim as f64);
                 let rng = &mut Rng::for_site(cfg.seed, &[1, 1]);
                 let conv = LoraSet::init(be, &convs, dim, alpha, rng)?;
-                let n = convs.len();
-                (
-                    lora.with_inserted(n_unet, conv),
-                    n_unet + n,
-                    targets.len() + n,
-                )
+                let extra = m.unet.resnet_linear_targets();
+                let rng = &mut Rng::for_site(cfg.seed, &[1, 2]);
+                let linear = LoraSet::init(be, &extra, cfg.lora_rank, cfg.lora_alpha, rng)?;
+                let n = convs.len() + extra.len();
+                let lora = lora
+                    .with_inserted(n_unet, conv)
+                    .with_inserted(n_unet, linear);
+                (lora, n_unet + n, targets.len() + n)
             }
         };
         let kind = optimizer_kind(cfg);

@@ -20,11 +20,17 @@ pub struct LoraDims {
 
 /// Checks a LoRA on a convolution (LoCon) against the layer's sizes `d` (from [`forward`] or
 /// [`input_grad`]): down [r, C, k, k] with the layer's k (it runs with the layer's stride and
-/// padding), up [O, r, 1, 1], the dropout mask [N, r, Ho, Wo]; all in `dtype`.
+/// padding), up [O, r, 1, 1], the dropout mask [N, r, Ho, Wo]. On a 1x1 conv the LoRA may
+/// also be down [r, C], up [O, r] (as a linear layer's: the same numbers).
 pub fn lora(op: &'static str, w: &Tensor, d: &ConvDims, l: &Lora<'_>) -> Result<LoraDims> {
     let (down, up) = (l.down, l.up);
     let dd = down.dims();
-    if dd.len() != 4 || dd[1] != d.c || dd[2] != d.k || dd[3] != d.k || dd[0] == 0 {
+    // A 1x1 conv's LoRA may come as the linear layers keep it: down [r, C], up [O, r].
+    let flat = d.k == 1 && dd.len() == 2;
+    let down_ok = dd.first().is_some_and(|&r| r > 0)
+        && dd.get(1) == Some(&d.c)
+        && (flat || dd[2..] == [d.k, d.k]);
+    if !down_ok || !(flat || dd.len() == 4) {
         return Err(mismatch(
             op,
             "lora down",
@@ -32,11 +38,12 @@ pub fn lora(op: &'static str, w: &Tensor, d: &ConvDims, l: &Lora<'_>) -> Result<
             "w",
             w,
             "a conv LoRA's down must be [r, C, k, k] with r >= 1 and the layer's C and k \
-             (w is [O, C, k, k])",
+             (w is [O, C, k, k]; a 1x1 conv's may be [r, C])",
         ));
     }
     let r = dd[0];
-    if up.dims() != [d.o, r, 1, 1] {
+    let up_ok = up.dims() == [d.o, r, 1, 1] || (flat && up.dims() == [d.o, r]);
+    if !up_ok {
         return Err(mismatch(
             op,
             "lora up",

@@ -379,9 +379,9 @@ impl Unet {
         }
     }
 
-    /// The 3x3 convs LoCon adapts (kohya's `conv_dim`), in forward order: sd-scripts'
+    /// The 3x3 convs LoCon adapts at `conv_dim`, in forward order: sd-scripts'
     /// `UNET_TARGET_REPLACE_MODULE_CONV2D_3X3` = ResnetBlock2D (conv1, conv2), Downsample2D and
-    /// Upsample2D (their conv); not conv_in, conv_out or the 1x1 shortcuts.
+    /// Upsample2D (their conv); not conv_in or conv_out.
     pub fn conv_targets(&self) -> Vec<TargetLayer> {
         let mut all = Vec::new();
         for d in &self.down {
@@ -402,6 +402,23 @@ impl Unet {
             if let Some(c) = &u.upsample {
                 all.push(resnet::conv_target(c, LayerRole::SamplerConv));
             }
+        }
+        all
+    }
+
+    /// The layers inside those blocks that sd-scripts adapts at the linear rank once
+    /// `conv_dim` targets the blocks: every ResNet's time_emb_proj and 1x1 conv_shortcut, in
+    /// forward order.
+    pub fn resnet_linear_targets(&self) -> Vec<TargetLayer> {
+        let mut all = Vec::new();
+        let layers = self
+            .down
+            .iter()
+            .flat_map(|d| d.layers.iter())
+            .chain(self.mid.iter())
+            .chain(self.up.iter().flat_map(|u| u.layers.iter()));
+        for l in layers {
+            l.resnet.linear_targets(&mut all);
         }
         all
     }

@@ -14,9 +14,10 @@
 //! write their adapters' gradients on the way.
 
 use crate::backend::NormStats;
+use crate::error::Error;
 use crate::error::Result;
 use crate::lora::{LayerKind, LayerRole, LoraGrads, TargetLayer};
-use crate::model::layers::{hw, Conv, ConvSaved, Ctx, GroupNorm, Linear};
+use crate::model::layers::{hw, Conv, ConvSaved, Ctx, GroupNorm, Linear, LoraSaved};
 use crate::model::weights::Loader;
 use crate::tensor::Tensor;
 
@@ -37,6 +38,9 @@ pub struct ResnetSaved {
     stats2: NormStats,
     conv1: Option<ConvSaved>,
     conv2: Option<ConvSaved>,
+    shortcut: Option<ConvSaved>,
+    /// The time projection's input and its adapter's hidden, when it has one.
+    time: Option<(Tensor, LoraSaved)>,
 }
 
 impl ResnetSaved {
@@ -45,11 +49,15 @@ impl ResnetSaved {
             + self.h.size_in_bytes()
             + self.stats1.size_in_bytes()
             + self.stats2.size_in_bytes()
-            + [&self.conv1, &self.conv2]
+            + [&self.conv1, &self.conv2, &self.shortcut]
                 .iter()
                 .filter_map(|c| c.as_ref())
                 .map(ConvSaved::size_in_bytes)
                 .sum::<usize>()
+            + self
+                .time
+                .as_ref()
+                .map_or(0, |(t, l)| t.size_in_bytes() + l.size_in_bytes())
     }
 }
 
@@ -89,15 +97,25 @@ impl ResnetBlock {
     ) -> Result<(Tensor, Option<ResnetSaved>)> {
         let (a, stats1) = self.norm1.forward(cx, &x, true)?;
         let (mut h, conv1) = self.conv1.forward_saving(cx, a, save)?;
+        let mut time = None;
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_silu) {
-            let bias = proj.forward(cx, t)?.y;
-            h = cx.be.add_channel_bias(&h, &bias)?;
+            let out = proj.forward(cx, t)?;
+            h = cx.be.add_channel_bias(&h, &out.y)?;
+            // With an adapter on the time projection (LoCon's network-rank layers): its
+            // input (a copy of the shared silu(temb), [N, temb_dim]) and hidden.
+            if let (true, Some(lora)) = (save, out.lora) {
+                time = Some((t.clone(), lora));
+            }
         }
         let (b, stats2) = self.norm2.forward(cx, &h, true)?;
         let (h2, conv2) = self.conv2.forward_saving(cx, b, save)?;
-        let y = match &self.conv_shortcut {
-            Some(sc) => cx.be.add(&sc.forward(cx, &x)?, &h2)?,
-            None => cx.be.add(&x, &h2)?,
+        let (y, shortcut) = match &self.conv_shortcut {
+            Some(sc) if sc.has_adapter(cx) => {
+                let (s, saved) = sc.forward_saving(cx, x.clone(), save)?;
+                (cx.be.add(&s, &h2)?, saved)
+            }
+            Some(sc) => (cx.be.add(&sc.forward(cx, &x)?, &h2)?, None),
+            None => (cx.be.add(&x, &h2)?, None),
         };
         let saved = save.then_some(ResnetSaved {
             x,
@@ -106,20 +124,52 @@ impl ResnetBlock {
             stats2,
             conv1,
             conv2,
+            shortcut,
+            time,
         });
         Ok((y, saved))
     }
 
-    /// Whether `cx` attaches an adapter to conv1 or conv2 (LoCon).
+    /// Whether `cx` attaches an adapter to any layer of the block (LoCon).
     pub fn has_adapter(&self, cx: &Ctx) -> bool {
-        self.conv1.has_adapter(cx) || self.conv2.has_adapter(cx)
+        let linear = |l: &Option<Linear>| {
+            l.as_ref()
+                .is_some_and(|l| cx.lora.is_some_and(|s| s.find(&l.name).is_some()))
+        };
+        self.conv1.has_adapter(cx)
+            || self.conv2.has_adapter(cx)
+            || self
+                .conv_shortcut
+                .as_ref()
+                .is_some_and(|c| c.has_adapter(cx))
+            || linear(&self.time_emb_proj)
     }
 
-    /// The convs LoCon adapts (conv1, conv2; not the 1x1 shortcut), as sd-scripts targets
-    /// them in a `ResnetBlock2D`.
+    /// The 3x3 convs LoCon adapts at `conv_dim` (conv1, conv2), as sd-scripts targets them
+    /// in a `ResnetBlock2D`.
     pub fn conv_targets(&self, out: &mut Vec<TargetLayer>) {
         for c in [&self.conv1, &self.conv2] {
             out.push(conv_target(c, LayerRole::ResnetConv));
+        }
+    }
+
+    /// The block's layers sd-scripts adapts at the linear rank once `conv_dim` targets the
+    /// block: time_emb_proj (a linear) and conv_shortcut (a 1x1 conv), in module order.
+    pub fn linear_targets(&self, out: &mut Vec<TargetLayer>) {
+        if let Some(p) = &self.time_emb_proj {
+            out.push(TargetLayer {
+                name: p.name.clone(),
+                in_features: p.in_features(),
+                out_features: p.out_features(),
+                kind: LayerKind::Linear,
+                role: LayerRole::TimeProjection,
+            });
+        }
+        if let Some(c) = &self.conv_shortcut {
+            out.push(TargetLayer {
+                kind: LayerKind::Conv1x1,
+                ..conv_target(c, LayerRole::Shortcut)
+            });
         }
     }
 
@@ -136,13 +186,26 @@ impl ResnetBlock {
             .backward_saved(cx, dy, hw(&s.h), s.conv2, grads)?;
         let dh = self.norm2.backward(cx, &db, &s.h, &s.stats2, true)?;
         drop(db);
+        if let (Some(proj), Some((t, lora))) = (&self.time_emb_proj, &s.time) {
+            // d(time bias)[n, c] = Σ over the pixels of dh[n, c]: a product with ones.
+            let [n, c, h, w] = dh.dims().try_into().map_err(|_| shape_error(&dh))?;
+            let rows = dh.clone().reshape([n * c, h * w])?;
+            let ones = cx
+                .be
+                .tensor_from_f32(&[1, h * w], &vec![1.0; h * w], dh.dtype())?;
+            let d_bias = cx.be.linear(&rows, &ones, None, None)?.y.reshape([n, c])?;
+            proj.backward(cx, &d_bias, t, Some(lora), grads, false)?;
+        }
         let da = self
             .conv1
             .backward_saved(cx, &dh, hw(&s.x), s.conv1, grads)?;
         drop(dh);
         let mut dx = self.norm1.backward(cx, &da, &s.x, &s.stats1, true)?;
         match &self.conv_shortcut {
-            Some(sc) => cx.be.add_assign(&mut dx, &sc.backward(cx, dy, hw(&s.x))?)?,
+            Some(sc) => {
+                let ds = sc.backward_saved(cx, dy, hw(&s.x), s.shortcut, grads)?;
+                cx.be.add_assign(&mut dx, &ds)?
+            }
             None => cx.be.add_assign(&mut dx, dy)?,
         }
         Ok(dx)
@@ -157,5 +220,14 @@ pub fn conv_target(c: &Conv, role: LayerRole) -> TargetLayer {
         out_features: c.out_channels(),
         kind: LayerKind::Conv { kernel: c.kernel() },
         role,
+    }
+}
+
+fn shape_error(t: &Tensor) -> Error {
+    Error::BadShape {
+        op: "resnet backward",
+        name: "dh",
+        shape: t.shape().clone(),
+        expected: "[N, C, H, W]".into(),
     }
 }
