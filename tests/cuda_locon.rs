@@ -204,3 +204,102 @@ fn locon_matches_cpu() {
         }
     }
 }
+
+/// The whole tiny UNet with LoCon (the fixture's linear LoRA plus adapters on every 3x3 conv,
+/// time projection and shortcut, all with non-zero up weights): output and every adapter
+/// gradient against the CPU, f32 and f16.
+#[test]
+fn tiny_unet_with_locon_matches_the_cpu() {
+    use lorafuse::backend::Backend;
+    use lorafuse::lora::{kohya, LoraModule, LoraSet};
+    use lorafuse::model::checkpoint::load_sd15;
+    use lorafuse::model::layers::Ctx;
+    use lorafuse::model::unet::Unet;
+    use std::path::Path;
+
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let ck = load_sd15(fixtures.join("tiny-sd15-diffusers")).unwrap();
+    let d_ctx = ck.unet.0.cross_attention_dim;
+    let mut rng = Rng::new(33);
+    let mut inputs = vec![];
+    for shape in [vec![2, 4, 16, 16], vec![2, 4, 16, 16], vec![2, 77, d_ctx]] {
+        let n = shape.iter().product();
+        inputs.push((shape, nonzero(&mut rng, n)));
+    }
+    inputs.push((vec![2], vec![37.0, 911.0]));
+    // The conv adapters' weights, host side: (name, kind, down shape + values, up).
+    let cpu_unet = Unet::load(&ck.unet.0, &ck.unet.1, &cpu(), "unet").unwrap();
+    let targets = [cpu_unet.conv_targets(), cpu_unet.resnet_linear_targets()].concat();
+    let host: Vec<_> = targets
+        .iter()
+        .map(|l| {
+            let (ds, us) = l.kind.shapes(3, l.in_features, l.out_features);
+            let scale = |v: Vec<f32>| v.iter().map(|x| x * 0.1).collect::<Vec<f32>>();
+            let dv = scale(nonzero(&mut rng, ds.iter().product()));
+            let uv = scale(nonzero(&mut rng, us.iter().product()));
+            (l.name.clone(), l.kind, (ds, dv), (us, uv))
+        })
+        .collect();
+
+    let step = |be: &dyn Backend| -> (Vec<f32>, Vec<Vec<f32>>) {
+        let unet = Unet::load(&ck.unet.0, &ck.unet.1, be, "unet").unwrap();
+        let linear = kohya::load(fixtures.join("tiny-lora.safetensors"), be, DType::F32).unwrap();
+        let convs = host
+            .iter()
+            .map(|(name, kind, (ds, dv), (us, uv))| LoraModule {
+                name: name.clone(),
+                down: be.tensor_from_f32(ds, dv, DType::F32).unwrap(),
+                up: be.tensor_from_f32(us, uv, DType::F32).unwrap(),
+                alpha: 2.0,
+                kind: *kind,
+            })
+            .collect();
+        let n = linear.len();
+        let lora = linear.with_inserted(n, LoraSet::new(convs));
+        let dt = be.compute_dtype();
+        let up = |i: usize| be.tensor_from_f32(&inputs[i].0, &inputs[i].1, dt).unwrap();
+        let (x, target, ctx, t) = (up(0), up(1), up(2), up(3));
+        let cx = Ctx::new(be, Some(&lora));
+        let (out, tape) = unet.forward(&cx, &x, &t, &ctx, true, None).unwrap();
+        let scale = if dt == DType::F16 { 1024.0 } else { 1.0 };
+        let (_, d_out) = be.mse_loss(&out, &target, None, scale).unwrap();
+        let mut grads = lora.zero_grads(be).unwrap();
+        grads.accum = Accum::Assign;
+        unet.backward(&cx, &d_out, &ctx, tape.unwrap(), &mut grads)
+            .unwrap();
+        let g = grads
+            .down
+            .iter()
+            .chain(&grads.up)
+            .map(|t| {
+                let v = be.to_f32_vec(t).unwrap();
+                v.iter().map(|g| g / scale as f32).collect()
+            })
+            .collect();
+        (be.to_f32_vec(&out).unwrap(), g)
+    };
+    let rel = |a: &[f32], b: &[f32]| {
+        let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (d / n.max(1e-30)).sqrt()
+    };
+    let (out_c, g_c) = step(&cpu());
+    for dtype in [DType::F32, DType::F16] {
+        let bound = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
+        for e in engines(dtype) {
+            let (out_g, g_g) = step(&e.be);
+            let r = rel(&out_g, &out_c);
+            assert!(r < bound, "{dtype:?}: output rel. error {r}");
+            let mut worst = 0.0f64;
+            for (i, (a, b)) in g_g.iter().zip(&g_c).enumerate() {
+                assert!(a.iter().all(|x| x.is_finite()), "{dtype:?}: gradient {i}");
+                worst = worst.max(rel(a, b));
+            }
+            println!("LoCon UNet {dtype:?}: output {r:.2e}, worst adapter gradient {worst:.2e}");
+            assert!(
+                worst < 10.0 * bound,
+                "{dtype:?}: worst gradient rel. error {worst}"
+            );
+        }
+    }
+}

@@ -49,7 +49,7 @@ const FOREIGN: &[(&str, Foreign)] = &[
     ),
     (
         "network_args",
-        Absent("network arguments (conv_dim, LoCon, block-wise dims) are not supported; lora_targets chooses the adapted layers"),
+        Absent("network arguments are not read: for LoCon set `conv_dim` and `conv_alpha` (lorafuse keys); block-wise dims are not supported, lora_targets chooses the linear layers"),
     ),
     (
         "network_weights",
