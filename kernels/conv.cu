@@ -21,6 +21,15 @@
 // in chunks of 32: each thread stages 8 elements of A (64 x 32) and 8 of B (32 x 64) into
 // shared memory as f32 (zero beyond K, M and the pixel count), then all 256 multiply the
 // tiles. Every output element of the tile inside [M) x [N·pixels) is written once.
+//
+//   conv2d_wgrad_T: x [N, C, H, W], dy [N, O, Ho, Wo] -> dw [O, C, k, k] in f32 (an adapter's
+//     gradient, LoCon's down and up, whatever T is)
+//     dw[o, c, i, j] (= or +=) scale · Σ_{n, oh, ow} dy[n, o, oh, ow] · x[n, c, oh·s + i - p, ow·s + j - p]
+//     One block of CONV_WG_THREADS per dw element (grid O·C·k·k): each thread sums the pixels
+//     q = tid + CONV_WG_THREADS·t of the N·Ho·Wo output grid in order, then a block_sum, so
+//     the result is the same on every launch. Reads along a row of dy and x are coalesced.
+//     An adapter's dw is small (r·C·k·k or O·r) and its reduction long, hence this shape.
+//   conv_mask_mul_T: v ⊙= mask over `count` elements (LoCon's dropout on its hidden).
 #include "common.cuh"
 
 // Tiles: CONV_* in tiles.h.
@@ -155,4 +164,53 @@ KERNEL void conv2d_dgrad_f32(const float* dy, const float* w, float* dx, int n, 
 KERNEL void conv2d_dgrad_f16(const __half* dy, const __half* w, __half* dx, int n, int c, int h,
                              int wd, int o, int k, int ho, int wo, int s, int pad) {
     conv_impl<__half, true>(dy, w, nullptr, dx, 0, n, c, h, wd, o, k, ho, wo, s, pad);
+}
+
+template <typename T>
+__device__ void conv_wgrad_impl(const T* x, const T* dy, float* dw, int n, int c, int h, int wd,
+                                int o, int k, int ho, int wo, int s, int pad, float scale,
+                                int accumulate) {
+    __shared__ float scratch[32];
+    const int kk2 = k * k;
+    const int e = blockIdx.x;  // the dw element (oo, cc, i, j)
+    const int oc = e / kk2, ij = e - oc * kk2;
+    const int oo = oc / c, cc = oc - oo * c;
+    const int i = ij / k, j = ij - i * k;
+    const int P = ho * wo;
+    const long long NP = (long long)n * P;
+    float acc = 0.0f;
+    for (long long q = threadIdx.x; q < NP; q += blockDim.x) {
+        const int img = (int)(q / P);
+        const int rem = (int)(q - (long long)img * P);
+        const int oh = rem / wo, ow = rem - (rem / wo) * wo;
+        const int ih = oh * s + i - pad, iw = ow * s + j - pad;
+        if (ih < 0 || ih >= h || iw < 0 || iw >= wd) continue;
+        acc += to_f32(dy[((size_t)img * o + oo) * P + rem]) *
+               to_f32(x[(((size_t)img * c + cc) * h + ih) * wd + iw]);
+    }
+    const float sum = block_sum(acc, scratch);
+    if (threadIdx.x == 0) dw[e] = accumulate ? dw[e] + scale * sum : scale * sum;
+}
+
+KERNEL void conv2d_wgrad_f32(const float* x, const float* dy, float* dw, int n, int c, int h,
+                             int wd, int o, int k, int ho, int wo, int s, int pad, float scale,
+                             int accumulate) {
+    conv_wgrad_impl<float>(x, dy, dw, n, c, h, wd, o, k, ho, wo, s, pad, scale, accumulate);
+}
+KERNEL void conv2d_wgrad_f16(const __half* x, const __half* dy, float* dw, int n, int c, int h,
+                             int wd, int o, int k, int ho, int wo, int s, int pad, float scale,
+                             int accumulate) {
+    conv_wgrad_impl<__half>(x, dy, dw, n, c, h, wd, o, k, ho, wo, s, pad, scale, accumulate);
+}
+
+template <typename T>
+__device__ void conv_mask_mul_impl(T* v, const T* mask, int count) {
+    const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < count) v[idx] = from_f32<T>(to_f32(v[idx]) * to_f32(mask[idx]));
+}
+KERNEL void conv_mask_mul_f32(float* v, const float* mask, int count) {
+    conv_mask_mul_impl<float>(v, mask, count);
+}
+KERNEL void conv_mask_mul_f16(__half* v, const __half* mask, int count) {
+    conv_mask_mul_impl<__half>(v, mask, count);
 }

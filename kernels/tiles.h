@@ -76,6 +76,8 @@
 #define CONV_BN 64
 #define CONV_BK 32
 #define CONV_THREADS 256
+// conv.cu's weight gradient: threads of the block that reduces one dw element
+#define CONV_WG_THREADS 256
 
 // ---- conv_fast.cu: output tile pixels (BM) x channels (BN), threads ----
 #define FC_BM 128

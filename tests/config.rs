@@ -66,6 +66,8 @@ logging_dir: /logs/dog
 lora_rank: 16
 lora_alpha: 8
 lora_dropout: 0.1
+conv_dim: 8
+conv_alpha: 4
 lora_targets: attention
 train_text_encoder: false
 batch_size: 2
@@ -139,6 +141,7 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.lora_rank, 16);
     assert_eq!(c.lora_alpha, 8.0);
     assert_eq!(c.lora_dropout, 0.1);
+    assert_eq!((c.conv_dim, c.conv_alpha), (Some(8), Some(4.0)));
     assert_eq!(c.lora_targets, LoraTargets::Attention);
     assert!(!c.train_text_encoder);
     assert_eq!(c.batch_size, 2);
@@ -223,6 +226,7 @@ fn defaults_when_omitted() {
     assert_eq!(c.lora_rank, 32);
     assert_eq!(c.lora_alpha, 32.0, "lora_alpha defaults to lora_rank");
     assert_eq!(c.lora_dropout, 0.0);
+    assert_eq!((c.conv_dim, c.conv_alpha), (None, None));
     assert_eq!(c.lora_targets, LoraTargets::Transformer);
     assert!(!c.train_text_encoder);
     assert_eq!(
@@ -496,6 +500,8 @@ fn out_of_range_values_name_file_key_value_and_range() {
         ("lora_rank: 2048", "lora_rank", "2048", "from 1 to 1024"),
         ("lora_alpha: 0", "lora_alpha", "0", "> 0"),
         ("lora_dropout: 1", "lora_dropout", "1", "≥ 0 and < 1"),
+        ("conv_dim: 0", "conv_dim", "0", "from 1 to 1024"),
+        ("conv_alpha: 0", "conv_alpha", "0", "> 0"),
         ("lora_dropout: -0.1", "lora_dropout", "-0.1", "≥ 0 and < 1"),
         ("batch_size: 0", "batch_size", "0", "≥ 1"),
         ("gradient_accumulation_steps: 0", "gradient_accumulation_steps", "0", "≥ 1"),

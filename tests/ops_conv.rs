@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use lorafuse::backend::prelude::*;
-use lorafuse::backend::{Adapter, Conv2d, Lora};
+use lorafuse::backend::Conv2d;
 use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType, Error, Tensor};
 
@@ -607,32 +607,4 @@ fn empty_sizes() {
         .conv2d_input_grad(&z(&[1, 0, 3, 3]), &z(&[0, 2, 3, 3]), (5, 5), conv(2, 1))
         .unwrap();
     assert_tensor("dx no outputs", &dx, &[1, 2, 5, 5], &[0.0; 50], 0.0);
-}
-
-/// No adapter kind runs on convolutions yet (LoCon is issue 15): one is refused by name.
-#[test]
-fn adapter_on_conv_refused() {
-    let x = t(&[1, 2, 3, 3], &[0.5; 18]);
-    let w = t(&[4, 2, 3, 3], &[0.25; 72]);
-    let (down, up) = (t(&[2, 2], &[1.0; 4]), t(&[4, 2], &[1.0; 8]));
-    let lora = Lora {
-        down: &down,
-        up: &up,
-        scale: 1.0,
-        dropout: None,
-    };
-    let e = CpuBackend::f64()
-        .conv2d(&x, &w, None, conv(1, 1), Some(Adapter::Lora(lora)))
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::BadValue {
-                name: "adapter",
-                ..
-            }
-        ),
-        "{e:?}"
-    );
-    assert!(e.to_string().contains("issue 15"), "{e}");
 }

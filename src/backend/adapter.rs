@@ -6,7 +6,9 @@
 //! a new kind (LoHa: ΔW = (B₁A₁) ⊙ (B₂A₂); DoRA: a LoRA with a learned per-row magnitude)
 //! adds its variant to [`Adapter`] and [`AdapterBackward`], and its forward and backward to
 //! each backend's linear.rs (and conv.rs): every `match` on an adapter then names the places
-//! that must learn it. On convs no kind runs yet: LoCon (LoRA on 3x3 convs) is issue 15.
+//! that must learn it. On a conv, [`Adapter::Lora`] is LoCon (sd-scripts' `conv_dim`): down
+//! [rank, C, k, k] run with the layer's stride and padding, up [O, rank, 1, 1], the mask and
+//! the hidden [N, rank, Ho, Wo] ([`ConvOps::conv2d_out`](super::ConvOps::conv2d_out)).
 
 use super::Accum;
 use crate::tensor::Tensor;
@@ -26,6 +28,8 @@ pub enum AdapterBackward<'a> {
 
 /// A LoRA adapter on a linear layer: y += scale · ((x·downᵀ) ⊙ mask)·upᵀ.
 /// `down` is A, [rank, in]; `up` is B, [out, rank]; kohya's scale is alpha / rank.
+/// On a conv (LoCon): y += scale · conv1x1(conv(x, down) ⊙ mask, up), down [rank, C, k, k],
+/// up [O, rank, 1, 1], the mask [N, rank, Ho, Wo].
 #[derive(Clone, Copy)]
 pub struct Lora<'a> {
     pub down: &'a Tensor,
@@ -39,7 +43,9 @@ pub struct Lora<'a> {
     pub dropout: Option<&'a Tensor>,
 }
 
-/// The LoRA half of a linear layer's backward: what was saved and where the gradients go.
+/// The LoRA half of a linear (or conv) layer's backward: what was saved and where the
+/// gradients go. On a conv: x [N, C, H, W], hidden [N, rank, Ho, Wo], the gradients shaped
+/// like down and up.
 pub struct LoraBackward<'a> {
     /// The adapter, with the forward's dropout mask if it had one.
     pub lora: Lora<'a>,

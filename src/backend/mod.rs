@@ -173,11 +173,30 @@ impl Conv2d {
     }
 }
 
+/// What the forward of a convolution returns.
+pub struct ConvOut {
+    /// y = conv(x, w) + bias + scale·conv1x1(ũ, up), [N, O, Ho, Wo].
+    pub y: Tensor,
+    /// ũ = conv(x, down) ⊙ mask, [N, r, Ho, Wo], when the adapter is a LoRA (LoCon): the
+    /// backward reuses it for d(up). The hidden *after* dropout, as [`LinearOut::lora_hidden`].
+    pub lora_hidden: Option<Tensor>,
+}
+
 /// Convolutions (cpu/conv.rs, cuda/ops/conv.rs).
 pub trait ConvOps {
-    /// 2-D convolution, x [N, C, H, W], w [O, C, k, k], bias [O] -> [N, O, Ho, Wo].
-    /// `adapter`: no kind runs on convs yet, so any adapter is refused with an error (LoCon,
-    /// LoRA on 3x3 convs, is issue 15); pass `None`.
+    /// 2-D convolution, x [N, C, H, W], w [O, C, k, k], bias [O] -> [N, O, Ho, Wo], with the
+    /// adapter's term: [`Adapter::Lora`] (LoCon) has down [r, C, k, k], run with the layer's
+    /// stride and padding, and up [O, r, 1, 1]: y += scale·conv1x1(conv(x, down) ⊙ mask, up),
+    /// the mask [N, r, Ho, Wo] ([`Lora::dropout`]). ũ is returned as `lora_hidden`.
+    fn conv2d_out(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        p: Conv2d,
+        adapter: Option<Adapter<'_>>,
+    ) -> Result<ConvOut>;
+    /// [`ConvOps::conv2d_out`]'s y alone (inference: the adapter's hidden is not kept).
     fn conv2d(
         &self,
         x: &Tensor,
@@ -185,7 +204,9 @@ pub trait ConvOps {
         bias: Option<&Tensor>,
         p: Conv2d,
         adapter: Option<Adapter<'_>>,
-    ) -> Result<Tensor>;
+    ) -> Result<Tensor> {
+        Ok(self.conv2d_out(x, w, bias, p, adapter)?.y)
+    }
     /// Gradient of conv2d with respect to its input, for an input of spatial size `input_hw`
     /// (stride 2 maps two input sizes to one output size, so the size must be given).
     fn conv2d_input_grad(
@@ -195,6 +216,31 @@ pub trait ConvOps {
         input_hw: (usize, usize),
         p: Conv2d,
     ) -> Result<Tensor>;
+    /// Backward of [`ConvOps::conv2d_out`] with frozen w: returns dX. [`AdapterBackward::Lora`]
+    /// (x: the layer's input, hidden: the forward's ũ [N, r, Ho, Wo]): with
+    /// g = convᵀ₁ₓ₁(dY, up) ⊙ mask [N, r, Ho, Wo], d(up) (+)= s·Σ dY·ũᵀ, d(down) (+)= the
+    /// weight gradient s·∂conv(x, ·)ᵀg, and dX gets + s·convᵀ(g, down).
+    fn conv2d_backward(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: (usize, usize),
+        p: Conv2d,
+        adapter: Option<AdapterBackward<'_>>,
+    ) -> Result<Tensor>;
+    /// Weight gradient of a convolution: dw [O, C, k, k] `=` or `+=` (by `accum`)
+    /// scale·Σₙ Σ_pixels dy[n, o, oh, ow]·x[n, c, oh·s + i - p, ow·s + j - p], for x
+    /// [N, C, H, W] and dy [N, O, Ho, Wo]. dw is f32 on CUDA whatever x's dtype (an
+    /// adapter's gradient), x's dtype on the CPU.
+    fn conv2d_weight_grad(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        p: Conv2d,
+        scale: f64,
+        dw: &mut Tensor,
+        accum: Accum,
+    ) -> Result<()>;
 }
 
 /// Per-group (GroupNorm) or per-row (LayerNorm) statistics saved by the forward.

@@ -135,7 +135,7 @@ const FOREIGN: &[Foreign] = &[
         "network_args",
         &[Empty],
         "no network arguments",
-        "network arguments (conv_dim, LoCon, block-wise dims) are not supported; lora_targets chooses the adapted layers",
+        "network arguments are not read: for LoCon set conv_dim and conv_alpha (lorafuse keys); block-wise dims are not supported, lora_targets chooses the linear layers",
     ),
     same("network_weights", &[Empty], "training starts from new adapters", "starting from an existing LoRA file is planned (issue 13) but not supported yet; remove this key"),
     same("dim_from_weights", &[False], "lora_rank sets the rank", "needs network_weights, which is planned (issue 13) but not supported yet; remove this key"),

@@ -202,6 +202,22 @@ config_keys! {
         aliases ["network_alpha": " (lorafuse's default is lora_rank, a scale of 1; kohya's is 1)"],
         kohya "1",
 
+    /// LoCon: the rank of adapters on the UNet's 3x3 convs too (every ResNet's conv1 and
+    /// conv2, the down- and up-samplers' convs: sd-scripts' `network_args = ["conv_dim=N"]`);
+    /// `lora_rank` stays the rank of the linear layers' adapters.
+    conv_dim: Option<usize> = optional("unset (no conv adapters)"),
+        read parse::count,
+        check |r| (1..=1024).contains(r),
+        doc_type "whole number 1–1024",
+        rule "must be a whole number from 1 to 1024 (typical 4 to 32), or empty for no conv adapters",
+
+    /// Scales the conv adapters by `conv_alpha / conv_dim` (used only with `conv_dim`).
+    conv_alpha: Option<f64> = optional("`conv_dim` (a scale of 1; kohya's default is 1)"),
+        read parse::float,
+        check |a| a.is_finite() && *a > 0.0,
+        doc_type "number > 0",
+        rule "must be a number > 0 (the conv adapters' scale is conv_alpha / conv_dim)",
+
     /// Dropout on the adapters while training.
     lora_dropout: f64 = fixed(0.0),
         read parse::float,

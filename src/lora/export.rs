@@ -2,7 +2,8 @@
 //! ComfyUI and diffusers load, and the header metadata kohya's `train_network.py` writes.
 //!
 //! Tensors, per module `<name>` (all in one dtype, [`SavePrecision`]):
-//!   `<name>.lora_down.weight`  [r, in]   or [r, in, 1, 1] for a 1x1-conv layer (`LayerKind::Conv1x1`)
+//!   `<name>.lora_down.weight`  [r, in]   or [r, in, 1, 1] for a 1x1-conv layer (`LayerKind::Conv1x1`),
+//!                              [r, in, 3, 3] for LoCon on a 3x3 conv (`LayerKind::Conv`)
 //!   `<name>.lora_up.weight`    [out, r]  or [out, r, 1, 1]
 //!   `<name>.alpha`             []  (0-d), the module's alpha, in the same dtype
 //! Rounding to fp16/bf16 is to nearest, ties to even, as PyTorch's `.to(dtype)`.
@@ -31,7 +32,7 @@ use safetensors::tensor::Dtype;
 use crate::error::{Error, Result};
 use crate::lora::hash::{self, Sha256, LEGACY_LEN, LEGACY_OFFSET};
 use crate::lora::write::{self, Data, OutTensor};
-use crate::lora::{LoraModule, LoraSet, LoraTargets};
+use crate::lora::{LayerKind, LoraModule, LoraSet, LoraTargets};
 use crate::tensor::{CpuData, Storage, Tensor};
 
 pub use crate::lora::hash::{model_hash_legacy, sha256_file};
@@ -124,14 +125,22 @@ fn module_tensors(
         detail: format!("LoRA module `{}`: {detail}; nothing was written", m.name),
     };
     let (d, u) = (m.down.dims(), m.up.dims());
-    if d.len() != 2 || u.len() != 2 || d[0] == 0 || u[1] != d[0] {
+    let (r, i, o) = (
+        d.first().copied().unwrap_or(0),
+        d.get(1).copied().unwrap_or(0),
+        u.first().copied().unwrap_or(0),
+    );
+    let (dm, um) = m.kind.shapes(r, i, o);
+    if r == 0 || d != dm.as_slice() || u != um.as_slice() {
         return Err(bad(format!(
-            "down must be [rank, in] and up [out, rank] with the same rank ≥ 1; they are \
-             {:?} and {:?}",
-            d, u
+            "down must be {} and up {} with the same rank ≥ 1 ({:?}); they are {:?} and {:?}",
+            "[rank, in] (a k x k conv: [rank, in, k, k])",
+            "[out, rank] (a k x k conv: [out, rank, 1, 1])",
+            m.kind,
+            d,
+            u
         )));
     }
-    let (r, i, o) = (d[0], d[1], u[0]);
     if !m.alpha.is_finite() {
         return Err(bad(format!("alpha is {}", m.alpha)));
     }
@@ -255,6 +264,7 @@ pub fn save_kohya(
 ) -> Result<()> {
     let path = path.as_ref();
     let tensors = kohya_tensors(path, set, precision)?;
+    let metadata = &with_conv_args(metadata, set);
     let ss_only: BTreeMap<String, String> = metadata
         .iter()
         .filter(|(k, _)| k.starts_with("ss_"))
@@ -266,6 +276,30 @@ pub fn save_kohya(
     metadata.insert("sshs_legacy_hash".into(), legacy_hash);
     write::write_safetensors(path, tensors, &metadata)?;
     Ok(())
+}
+
+/// Training metadata (one with `ss_network_args`) for a set with LoCon adapters names their
+/// rank and alpha there as sd-scripts does (`{"conv_dim": "8", "conv_alpha": "4.0"}`), taken
+/// from the first conv module, so the file says what its tensors hold.
+fn with_conv_args(metadata: &BTreeMap<String, String>, set: &LoraSet) -> BTreeMap<String, String> {
+    let mut out = metadata.clone();
+    let conv = set
+        .modules()
+        .iter()
+        .find(|m| matches!(m.kind, LayerKind::Conv { .. }));
+    let (Some(m), Some(args)) = (conv, metadata.get("ss_network_args")) else {
+        return out;
+    };
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(args) else {
+        return out;
+    };
+    map.insert("conv_dim".into(), m.rank().to_string().into());
+    map.insert("conv_alpha".into(), py_float(m.alpha).into());
+    out.insert(
+        "ss_network_args".into(),
+        json(&serde_json::Value::Object(map)),
+    );
+    out
 }
 
 /// sd-webui-additional-networks' hashes of an existing safetensors file: (SHA-256 of the

@@ -1,6 +1,7 @@
 //! Reading LoRA files in kohya's format (sd15-formats.md §2.1–2.4), the format AUTOMATIC1111,
 //! ComfyUI and diffusers load:
-//!   <name>.lora_down.weight  [r, in] or [r, in, 1, 1] (1x1 conv layers)
+//!   <name>.lora_down.weight  [r, in], [r, in, 1, 1] (1x1 conv layers) or [r, in, k, k]
+//!                            (LoCon on a k x k conv)
 //!   <name>.lora_up.weight    [out, r] or [out, r, 1, 1]
 //!   <name>.alpha             0-d; missing means alpha = r (scale 1)
 
@@ -48,21 +49,21 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<Lo
             .shape(&up_key)
             .map(<[usize]>::to_vec)
             .ok_or_else(|| bad(&up_key, format!("present beside {down_key}")))?;
-        let kind = if ds.len() == 4 {
-            LayerKind::Conv1x1
-        } else {
-            LayerKind::Linear
-        };
-        let one_by_one = |s: &[usize]| s.len() == 2 || (s.len() == 4 && s[2] == 1 && s[3] == 1);
-        if !one_by_one(&ds) || !one_by_one(&us) || us[1] != ds[0] {
+        let kind = LayerKind::of_kohya_down(&ds);
+        let up_ok = us.len() == 2 || (us.len() == 4 && us[2] == 1 && us[3] == 1);
+        let (Some(kind), true) = (kind, up_ok && us.get(1) == ds.first()) else {
             return Err(bad(
                 &name,
-                format!("down [r, in] (or [r, in, 1, 1]) and up [out, r]; found {ds:?} and {us:?}"),
+                format!(
+                    "down [r, in], [r, in, 1, 1] or [r, in, k, k] and up [out, r] or \
+                     [out, r, 1, 1]; found {ds:?} and {us:?}"
+                ),
             ));
-        }
+        };
         let (r, i, o) = (ds[0], ds[1], us[0]);
-        let down = w.get(&down_key, ds.clone())?.reshape([r, i])?;
-        let up = w.get(&up_key, us.clone())?.reshape([o, r])?;
+        let (dm, um) = kind.shapes(r, i, o);
+        let down = w.get(&down_key, ds.clone())?;
+        let up = w.get(&up_key, us.clone())?;
         let alpha_key = format!("{name}.alpha");
         let alpha = if w.contains(&alpha_key) {
             w.get(&alpha_key, Vec::<usize>::new())?.to_f64_vec()[0]
@@ -72,8 +73,8 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<Lo
         let alpha = if alpha == 0.0 { r as f64 } else { alpha };
         modules.push(LoraModule {
             name,
-            down: be.tensor_from_f32(&[r, i], &down.to_f32_vec(), dtype)?,
-            up: be.tensor_from_f32(&[o, r], &up.to_f32_vec(), dtype)?,
+            down: be.tensor_from_f32(&dm, &down.to_f32_vec(), dtype)?,
+            up: be.tensor_from_f32(&um, &up.to_f32_vec(), dtype)?,
             alpha,
             kind,
         });

@@ -3,7 +3,8 @@
 //!
 //! A module `lora_unet_<diffusers path, dots as underscores>` adds scale·(x·Aᵀ)·Bᵀ to the output
 //! of the layer at that path, with A = down [rank, in], B = up [out, rank], scale = alpha/rank
-//! (kohya's convention; sd15-formats.md §2.3). The frozen model looks its layers up here by
+//! (kohya's convention; sd15-formats.md §2.3); on a 3x3 conv (LoCon) A is [rank, in, 3, 3], run
+//! with the conv's stride and padding, and B [out, rank, 1, 1]. The frozen model looks its layers up here by
 //! name, so any set whose names match can be applied: freshly initialised, or loaded from a file.
 
 pub mod dropout;
@@ -35,7 +36,7 @@ pub enum LoraTargets {
 }
 
 /// The shape of a layer that carries an adapter, as the checkpoint stores its weight (and
-/// kohya its adapter). LoCon (LoRA on 3x3 convs, issue 15) adds a `Conv { kernel }` kind.
+/// kohya its adapter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerKind {
     /// A linear layer, weight [out, in]; its LoRA: down [r, in], up [out, r].
@@ -43,6 +44,10 @@ pub enum LayerKind {
     /// A 1x1 conv run on tokens as a linear layer (the UNet's proj_in, proj_out), weight
     /// [out, in, 1, 1]; kohya stores its LoRA as down [r, in, 1, 1], up [out, r, 1, 1].
     Conv1x1,
+    /// A k x k conv run as a conv (LoCon: the ResNets' conv1/conv2 and the samplers' convs,
+    /// k = 3), weight [out, in, k, k]; its LoRA: down [r, in, k, k] (run with the layer's
+    /// stride and padding), up [out, r, 1, 1], in memory as in the file.
+    Conv { kernel: usize },
 }
 
 impl LayerKind {
@@ -52,6 +57,33 @@ impl LayerKind {
         match self {
             LayerKind::Linear => (vec![r, i], vec![o, r]),
             LayerKind::Conv1x1 => (vec![r, i, 1, 1], vec![o, r, 1, 1]),
+            LayerKind::Conv { kernel: k } => (vec![r, i, k, k], vec![o, r, 1, 1]),
+        }
+    }
+    /// The shapes of (down, up) in a [`LoraModule`] (what the backend takes): [r, in] and
+    /// [out, r] for the layers run as linear ones, the file's shapes for a conv.
+    pub fn shapes(self, r: usize, i: usize, o: usize) -> (Vec<usize>, Vec<usize>) {
+        match self {
+            LayerKind::Linear | LayerKind::Conv1x1 => (vec![r, i], vec![o, r]),
+            LayerKind::Conv { .. } => self.kohya_shapes(r, i, o),
+        }
+    }
+    /// The kind a kohya file's lora_down shape says: [r, in] linear, [r, in, 1, 1] a 1x1
+    /// conv, [r, in, k, k] a k x k conv; `None` for any other shape.
+    pub fn of_kohya_down(down: &[usize]) -> Option<LayerKind> {
+        match *down {
+            [_, _] => Some(LayerKind::Linear),
+            [_, _, 1, 1] => Some(LayerKind::Conv1x1),
+            [_, _, k, l] if k == l && k > 1 => Some(LayerKind::Conv { kernel: k }),
+            _ => None,
+        }
+    }
+    /// Weights per input feature of the down matrix (k² for a k x k conv): its fan-in is
+    /// in·this.
+    pub fn taps(self) -> usize {
+        match self {
+            LayerKind::Linear | LayerKind::Conv1x1 => 1,
+            LayerKind::Conv { kernel: k } => k * k,
         }
     }
 }
@@ -66,6 +98,14 @@ pub enum LayerRole {
     FeedForward,
     /// A Transformer2D's proj_in or proj_out.
     Projection,
+    /// A ResNet block's 3x3 conv1 or conv2 (LoCon).
+    ResnetConv,
+    /// A ResNet block's time_emb_proj (adapted at the linear rank with LoCon, as sd-scripts).
+    TimeProjection,
+    /// A ResNet block's 1x1 conv_shortcut (adapted at the linear rank with LoCon).
+    Shortcut,
+    /// A down-sampler's or up-sampler's 3x3 conv (LoCon).
+    SamplerConv,
 }
 
 /// A layer that can carry an adapter: its kohya name, its sizes, shape and role.
@@ -82,9 +122,9 @@ pub struct TargetLayer {
 #[derive(Clone, Debug)]
 pub struct LoraModule {
     pub name: String,
-    /// A, [rank, in].
+    /// A, [rank, in] ([rank, in, k, k] on a k x k conv: [`LayerKind::shapes`]).
     pub down: Tensor,
-    /// B, [out, rank].
+    /// B, [out, rank] ([out, rank, 1, 1] on a k x k conv).
     pub up: Tensor,
     pub alpha: f64,
     /// The shape of the layer it adapts (how kohya stores it).
@@ -129,8 +169,8 @@ impl LoraSet {
     }
 
     /// Fresh adapters on `layers` as kohya initialises them: A kaiming-uniform
-    /// (bound 1/sqrt(in), PyTorch's default for a Linear), B zero, so training starts from the
-    /// base model exactly.
+    /// (bound 1/sqrt(fan-in), PyTorch's default for a Linear or Conv2d; the fan-in is in·k²
+    /// for a k x k conv), B zero, so training starts from the base model exactly.
     pub fn init(
         be: &dyn Backend,
         layers: &[TargetLayer],
@@ -140,14 +180,16 @@ impl LoraSet {
     ) -> Result<LoraSet> {
         let mut modules = Vec::with_capacity(layers.len());
         for l in layers {
-            let bound = 1.0 / (l.in_features as f64).sqrt();
-            let a: Vec<f32> = (0..rank * l.in_features)
+            let fan_in = l.in_features * l.kind.taps();
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let a: Vec<f32> = (0..rank * fan_in)
                 .map(|_| rng.uniform_in(-bound, bound) as f32)
                 .collect();
+            let (ds, us) = l.kind.shapes(rank, l.in_features, l.out_features);
             modules.push(LoraModule {
                 name: l.name.clone(),
-                down: be.tensor_from_f32(&[rank, l.in_features], &a, DType::F32)?,
-                up: be.zeros(&[l.out_features, rank], DType::F32)?,
+                down: be.tensor_from_f32(&ds, &a, DType::F32)?,
+                up: be.zeros(&us, DType::F32)?,
                 alpha,
                 kind: l.kind,
             });
@@ -155,6 +197,15 @@ impl LoraSet {
         Ok(LoraSet::new(modules))
     }
 
+    /// The set with `other`'s modules inserted before module `at` (the order is the flat
+    /// optimizer buffer's: the UNet's LoCon adapters go after its linear ones).
+    pub fn with_inserted(self, at: usize, other: LoraSet) -> LoraSet {
+        let mut modules = self.modules;
+        let tail = modules.split_off(at.min(modules.len()));
+        modules.extend(other.modules);
+        modules.extend(tail);
+        LoraSet::new(modules)
+    }
     pub fn modules(&self) -> &[LoraModule] {
         &self.modules
     }
@@ -211,18 +262,24 @@ impl LoraSet {
                 .iter()
                 .filter_map(|(s, w)| s.find(name).map(|i| (&s.modules[i], *w)))
                 .collect();
-            let (in_f, out_f) = (parts[0].0.down.dims()[1], parts[0].0.up.dims()[0]);
+            let first = parts[0].0;
+            let (in_f, out_f) = (first.down.dims()[1], first.up.dims()[0]);
             let rank: usize = parts.iter().map(|(m, _)| m.rank()).sum();
-            let (mut a, mut b) = (Vec::with_capacity(rank * in_f), vec![0f32; out_f * rank]);
+            // A row of down: in·k² weights for a k x k conv.
+            let row = first.down.numel() / first.rank().max(1);
+            let (mut a, mut b) = (Vec::with_capacity(rank * row), vec![0f32; out_f * rank]);
             let mut at = 0;
             for (m, w) in &parts {
-                if m.down.dims()[1] != in_f || m.up.dims()[0] != out_f {
+                if m.kind != first.kind
+                    || m.down.dims()[1..] != first.down.dims()[1..]
+                    || m.up.dims()[0] != out_f
+                {
                     return Err(crate::backend::check::mismatch(
                         "combine",
                         "adapter",
                         &m.down,
                         "first adapter of the layer",
-                        &parts[0].0.down,
+                        &first.down,
                         format!("LoRAs on {name} must agree on its sizes"),
                     ));
                 }
@@ -236,12 +293,13 @@ impl LoraSet {
                 }
                 at += r;
             }
+            let (ds, us) = first.kind.shapes(rank, in_f, out_f);
             modules.push(LoraModule {
                 name: name.to_string(),
-                down: be.tensor_from_f32(&[rank, in_f], &a, DType::F32)?,
-                up: be.tensor_from_f32(&[out_f, rank], &b, DType::F32)?,
+                down: be.tensor_from_f32(&ds, &a, DType::F32)?,
+                up: be.tensor_from_f32(&us, &b, DType::F32)?,
                 alpha: rank as f64,
-                kind: parts[0].0.kind,
+                kind: first.kind,
             });
         }
         Ok(LoraSet::new(modules))

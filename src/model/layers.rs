@@ -8,7 +8,7 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::lora::{LoraDropout, LoraGrads, LoraSet};
 use crate::model::weights::Loader;
-use crate::tensor::Tensor;
+use crate::tensor::{Shape, Tensor};
 
 /// What every forward and backward needs: the backend, the adapters if any, and during a
 /// training forward the LoRA dropout source if any.
@@ -205,12 +205,29 @@ pub fn kohya_name(path: &str) -> String {
     format!("{prefix}_{}", rest.replace('.', "_"))
 }
 
-/// A frozen 2-D convolution.
+/// A frozen 2-D convolution that may carry a LoRA (LoCon: down [r, in, k, k] with the conv's
+/// stride and padding, up [out, r, 1, 1]).
 pub struct Conv {
+    /// kohya's module name (`lora_unet_down_blocks_0_resnets_0_conv1`): the key of its
+    /// adapter in a `LoraSet`.
+    pub name: String,
     /// [O, C, k, k].
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub params: ConvParams,
+}
+
+/// What a conv adapter's forward leaves for its backward: the layer's input (for d(down)) and
+/// the adapter's hidden and mask.
+pub struct ConvSaved {
+    pub x: Tensor,
+    pub lora: LoraSaved,
+}
+
+impl ConvSaved {
+    pub fn size_in_bytes(&self) -> usize {
+        self.x.size_in_bytes() + self.lora.size_in_bytes()
+    }
 }
 
 impl Conv {
@@ -223,23 +240,121 @@ impl Conv {
         padding: usize,
     ) -> Result<Conv> {
         Ok(Conv {
+            name: kohya_name(&l.path),
             weight: l.tensor("weight", &[o, c, k, k])?,
             bias: Some(l.tensor("bias", &[o])?),
             params: ConvParams { stride, padding },
         })
     }
+    pub fn in_channels(&self) -> usize {
+        self.weight.dims()[1]
+    }
     pub fn out_channels(&self) -> usize {
         self.weight.dims()[0]
     }
+    pub fn kernel(&self) -> usize {
+        self.weight.dims()[2]
+    }
+    /// The adapter attached to this conv: its index in the set, and the set.
+    fn adapter<'c>(&self, cx: &Ctx<'c>) -> Option<(usize, &'c LoraSet)> {
+        let set = cx.lora?;
+        set.find(&self.name).map(|i| (i, set))
+    }
+    /// Whether `cx` attaches an adapter to this conv (its backward then writes gradients).
+    pub fn has_adapter(&self, cx: &Ctx) -> bool {
+        self.adapter(cx).is_some()
+    }
+    /// y = conv(x) + b (+ the adapter's term, without dropout: inference).
     pub fn forward(&self, cx: &Ctx, x: &Tensor) -> Result<Tensor> {
+        let adapter = self
+            .adapter(cx)
+            .map(|(i, set)| Adapter::Lora(set.modules()[i].as_lora()));
         cx.be
-            .conv2d(x, &self.weight, self.bias.as_ref(), self.params, None)
+            .conv2d(x, &self.weight, self.bias.as_ref(), self.params, adapter)
+    }
+    /// The forward of a training step: with an adapter attached, its dropout mask drawn from
+    /// `cx` and, when `save`, what [`Conv::backward_saved`] needs (x is kept then).
+    pub fn forward_saving(
+        &self,
+        cx: &Ctx,
+        x: Tensor,
+        save: bool,
+    ) -> Result<(Tensor, Option<ConvSaved>)> {
+        let Some((i, set)) = self.adapter(cx) else {
+            return Ok((self.forward(cx, &x)?, None));
+        };
+        let module = &set.modules()[i];
+        let mask = match cx.dropout {
+            Some(d) => {
+                let (h, w) = hw(&x);
+                let k = self.kernel();
+                let size = |n| self.params.out_size(n, k).unwrap_or(0);
+                let shape = [x.dims()[0], module.rank(), size(h), size(w)];
+                d.mask(cx.be, i, &Shape::new(shape), x.dtype())?
+            }
+            None => None,
+        };
+        let mut lora = module.as_lora();
+        lora.dropout = mask.as_ref();
+        let out = cx.be.conv2d_out(
+            &x,
+            &self.weight,
+            self.bias.as_ref(),
+            self.params,
+            Some(Adapter::Lora(lora)),
+        )?;
+        let saved = match (save, out.lora_hidden) {
+            (true, Some(hidden)) => Some(ConvSaved {
+                x,
+                lora: LoraSaved { hidden, mask },
+            }),
+            _ => None,
+        };
+        Ok((out.y, saved))
     }
     /// dX for an input of spatial size `input_hw` (the weights are frozen: only the shape of
     /// the input is needed, never its values).
     pub fn backward(&self, cx: &Ctx, dy: &Tensor, input_hw: (usize, usize)) -> Result<Tensor> {
         cx.be
             .conv2d_input_grad(dy, &self.weight, input_hw, self.params)
+    }
+    /// dX, and with an adapter attached its d(down), d(up) into `grads` from what
+    /// [`Conv::forward_saving`] saved.
+    pub fn backward_saved(
+        &self,
+        cx: &Ctx,
+        dy: &Tensor,
+        input_hw: (usize, usize),
+        saved: Option<ConvSaved>,
+        grads: &mut LoraGrads,
+    ) -> Result<Tensor> {
+        let Some((i, set)) = self.adapter(cx) else {
+            return self.backward(cx, dy, input_hw);
+        };
+        let saved = saved.ok_or_else(|| Error::BadValue {
+            op: "conv backward",
+            name: "saved lora hidden",
+            value: self.name.clone(),
+            expected: "the forward's input and hidden, saved when the adapter was attached".into(),
+        })?;
+        let mut lora = set.modules()[i].as_lora();
+        lora.dropout = saved.lora.mask.as_ref();
+        let accum = grads.accum;
+        let (gd, gu) = (&mut grads.down[i], &mut grads.up[i]);
+        cx.be.conv2d_backward(
+            dy,
+            &self.weight,
+            input_hw,
+            self.params,
+            Some(AdapterBackward::Lora(LoraBackward {
+                lora,
+                x: &saved.x,
+                hidden: &saved.lora.hidden,
+                grad_down: gd,
+                grad_up: gu,
+                accum,
+            })),
+        )
     }
 }
 

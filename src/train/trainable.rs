@@ -79,6 +79,26 @@ impl Trainable {
             cfg.lora_alpha,
             &mut Rng::for_site(cfg.seed, &[1]),
         )?;
+        // LoCon (`conv_dim`), as sd-scripts: the UNet's 3x3 convs at their own rank and alpha,
+        // and the ResNets' time_emb_proj and 1x1 conv_shortcut at the linear ones, after the
+        // UNet's other adapters, each drawn from its own stream (the others init as without).
+        let (lora, n_unet, n_all) = match cfg.conv_dim {
+            None => (lora, n_unet, targets.len()),
+            Some(dim) => {
+                let convs = m.unet.conv_targets();
+                let alpha = cfg.conv_alpha.unwrap_or(dim as f64);
+                let rng = &mut Rng::for_site(cfg.seed, &[1, 1]);
+                let conv = LoraSet::init(be, &convs, dim, alpha, rng)?;
+                let extra = m.unet.resnet_linear_targets();
+                let rng = &mut Rng::for_site(cfg.seed, &[1, 2]);
+                let linear = LoraSet::init(be, &extra, cfg.lora_rank, cfg.lora_alpha, rng)?;
+                let n = convs.len() + extra.len();
+                let lora = lora
+                    .with_inserted(n_unet, conv)
+                    .with_inserted(n_unet, linear);
+                (lora, n_unet + n, targets.len() + n)
+            }
+        };
         let kind = optimizer_kind(cfg)?;
         let mut groups = vec![ParamGroup::new(be, "unet", &lora, 0..n_unet, &kind)?];
         if cfg.train_text_encoder {
@@ -86,7 +106,7 @@ impl Trainable {
                 be,
                 "text_encoder",
                 &lora,
-                n_unet..targets.len(),
+                n_unet..n_all,
                 &kind,
             )?);
         }

@@ -5,23 +5,162 @@
 //! tensors' shapes so that a wrong call can be fixed from the message alone.
 
 use super::{bad_value, mismatch};
-use crate::backend::{Adapter, Conv2d};
+use crate::backend::{Conv2d, Lora, LoraBackward};
 use crate::error::{Error, Result};
 use crate::tensor::{Shape, Tensor};
 
-/// Refuses an adapter on a convolution: no adapter kind runs on convs yet (LoCon, a LoRA on
-/// 3x3 convs, is issue 15; the UNet's 1x1 projections carry theirs as linear layers).
-pub fn no_adapter(op: &'static str, adapter: Option<&Adapter<'_>>) -> Result<()> {
-    match adapter {
-        None => Ok(()),
-        Some(Adapter::Lora(_)) => Err(bad_value(
+/// The sizes of a LoCon adapter's two convolutions (see [`lora`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoraDims {
+    /// x -> u: the layer's convolution with `down` [r, C, k, k] as its weight (O = r).
+    pub down: ConvDims,
+    /// ũ -> z: a 1x1 convolution with `up` [O, r, 1, 1] on the output grid.
+    pub up: ConvDims,
+}
+
+/// Checks a LoRA on a convolution (LoCon) against the layer's sizes `d` (from [`forward`] or
+/// [`input_grad`]): down [r, C, k, k] with the layer's k (it runs with the layer's stride and
+/// padding), up [O, r, 1, 1], the dropout mask [N, r, Ho, Wo]. On a 1x1 conv the LoRA may
+/// also be down [r, C], up [O, r] (as a linear layer's: the same numbers).
+pub fn lora(op: &'static str, w: &Tensor, d: &ConvDims, l: &Lora<'_>) -> Result<LoraDims> {
+    let (down, up) = (l.down, l.up);
+    let dd = down.dims();
+    // A 1x1 conv's LoRA may come as the linear layers keep it: down [r, C], up [O, r].
+    let flat = d.k == 1 && dd.len() == 2;
+    let down_ok = dd.first().is_some_and(|&r| r > 0)
+        && dd.get(1) == Some(&d.c)
+        && (flat || dd[2..] == [d.k, d.k]);
+    if !down_ok || !(flat || dd.len() == 4) {
+        return Err(mismatch(
             op,
-            "adapter",
-            "a LoRA",
-            "none: no adapter kind runs on convolutions yet (LoCon, LoRA on 3x3 convs, is \
-             issue 15); a 1x1 conv on tokens carries its LoRA as a linear layer",
-        )),
+            "lora down",
+            down,
+            "w",
+            w,
+            "a conv LoRA's down must be [r, C, k, k] with r >= 1 and the layer's C and k \
+             (w is [O, C, k, k]; a 1x1 conv's may be [r, C])",
+        ));
     }
+    let r = dd[0];
+    let up_ok = up.dims() == [d.o, r, 1, 1] || (flat && up.dims() == [d.o, r]);
+    if !up_ok {
+        return Err(mismatch(
+            op,
+            "lora up",
+            up,
+            "lora down",
+            down,
+            format!(
+                "a conv LoRA's up must be [O, r, 1, 1] = [{}, {r}, 1, 1]",
+                d.o
+            ),
+        ));
+    }
+    if let Some(m) = l.dropout {
+        if m.dims() != [d.n, r, d.ho, d.wo] {
+            return Err(mismatch(
+                op,
+                "lora dropout mask",
+                m,
+                "lora down",
+                down,
+                format!(
+                    "the mask must be shaped like the adapter's hidden [N, r, Ho, Wo] = \
+                     [{}, {r}, {}, {}]",
+                    d.n, d.ho, d.wo
+                ),
+            ));
+        }
+    }
+    Ok(LoraDims {
+        down: ConvDims { o: r, ..*d },
+        up: ConvDims {
+            c: r,
+            h: d.ho,
+            w: d.wo,
+            k: 1,
+            stride: 1,
+            padding: 0,
+            ..*d
+        },
+    })
+}
+
+/// Checks a LoCon backward: the adapter as [`lora`], x the layer's input [N, C, H, W], the
+/// saved hidden [N, r, Ho, Wo], and gradients shaped like down and up.
+pub fn lora_backward(
+    op: &'static str,
+    w: &Tensor,
+    d: &ConvDims,
+    lb: &LoraBackward<'_>,
+) -> Result<LoraDims> {
+    let ld = lora(op, w, d, &lb.lora)?;
+    if lb.x.dims() != d.input_shape().dims() {
+        return Err(mismatch(
+            op,
+            "x",
+            lb.x,
+            "w",
+            w,
+            format!(
+                "x must be the layer's input {:?} (from dy and input_hw)",
+                d.input_shape().dims()
+            ),
+        ));
+    }
+    if lb.hidden.dims() != ld.up.input_shape().dims() {
+        return Err(mismatch(
+            op,
+            "lora hidden",
+            lb.hidden,
+            "lora down",
+            lb.lora.down,
+            "the saved hidden must be the forward's [N, r, Ho, Wo]",
+        ));
+    }
+    for (name, g, p) in [
+        ("grad_down", &*lb.grad_down, lb.lora.down),
+        ("grad_up", &*lb.grad_up, lb.lora.up),
+    ] {
+        if g.dims() != p.dims() {
+            return Err(mismatch(
+                op,
+                name,
+                g,
+                "its adapter weight",
+                p,
+                "a gradient must be shaped like its weight",
+            ));
+        }
+    }
+    Ok(ld)
+}
+
+/// Checks a weight-gradient call: x [N, C, H, W], dy [N, O, Ho, Wo], dw [O, C, k, k] with
+/// dy the conv output size of x under dw's kernel and `p`.
+pub fn weight_grad(x: &Tensor, dy: &Tensor, dw: &Tensor, p: Conv2d) -> Result<ConvDims> {
+    const OP: &str = "conv2d_weight_grad";
+    let d = forward(x, dw, None, p).map_err(|e| match e {
+        Error::ShapeMismatch { rule, .. } => mismatch(OP, "x", x, "dw", dw, rule),
+        e => e,
+    })?;
+    if dy.dims() != d.output_shape().dims() {
+        return Err(mismatch(
+            OP,
+            "dy",
+            dy,
+            "x",
+            x,
+            format!(
+                "dy must be the conv output [N, O, Ho, Wo] = {:?} of x under dw's kernel \
+                 (stride {}, padding {})",
+                d.output_shape().dims(),
+                p.stride,
+                p.padding
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 /// The sizes of one convolution.

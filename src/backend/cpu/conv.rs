@@ -1,5 +1,6 @@
-//! 2-D convolution (square kernel, equal stride s and zero padding p on both axes) and its
-//! input gradient, by im2col and GEMM, one image at a time.
+//! 2-D convolution (square kernel, equal stride s and zero padding p on both axes), its input
+//! and weight gradients, by im2col and GEMM, one image at a time; LoCon (a LoRA on the conv)
+//! composed from them.
 //!
 //! Forward, x [N, C, H, W], w [O, C, k, k] viewed as W [O, C·k·k], for each image n:
 //!   cols[(c·k + i)·k + j, oh·Wo + ow] = x[n, c, oh·s + i - p, ow·s + j - p]   (0 in the padding)
@@ -9,6 +10,11 @@
 //!   dcols = Wᵀ·dy[n]                                          [C·k·k, Ho·Wo]
 //!   dx[n, c, oh·s + i - p, ow·s + j - p] += dcols[(c·k + i)·k + j, oh·Wo + ow]   (col2im)
 //!   Input pixels no window reaches (the tail rows a stride skips) get exactly 0.
+//! Weight gradient (`conv2d_weight_grad`), x and dy as above:
+//!   dW (=|+=) scale·Σₙ dy[n]·cols(x[n])ᵀ                     [O, C·k·k], images and blocks in order
+//! LoCon, down A [r, C, k, k] (the layer's stride and padding), up B [O, r, 1, 1]:
+//!   ũ = conv(x, A) ⊙ mask, y += s·conv1x1(ũ, B)               (ũ returned for the backward)
+//!   g = conv1x1ᵀ(dy, B) ⊙ mask, dx += s·convᵀ(g, A), dB (+)= s·wgrad(ũ, dy), dA (+)= s·wgrad(x, g)
 //! A 1x1 kernel with stride 1 and no padding has cols = x[n] viewed as [C, H·W], so then
 //! y[n] = W·x[n] and dx[n] = Wᵀ·dy[n] with no cols buffer at all.
 //!
@@ -24,9 +30,11 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm, Mat};
 use super::CpuBackend;
-use super::{data, dispatch, tensor, Real};
-use crate::backend::check::conv::ConvDims;
-use crate::backend::{check, Adapter, Conv2d, ConvOps};
+use super::{data, data_mut, dispatch, tensor, Real};
+use crate::backend::check::conv::{ConvDims, LoraDims};
+use crate::backend::{
+    check, Accum, Adapter, AdapterBackward, Conv2d, ConvOps, ConvOut, Lora, LoraBackward,
+};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -34,17 +42,26 @@ use crate::tensor::Tensor;
 const COLS_BUDGET: usize = 1 << 22;
 
 impl ConvOps for CpuBackend {
-    fn conv2d(
+    fn conv2d_out(
         &self,
         x: &Tensor,
         w: &Tensor,
         bias: Option<&Tensor>,
         p: Conv2d,
         adapter: Option<Adapter<'_>>,
-    ) -> Result<Tensor> {
-        check::conv::no_adapter("conv2d", adapter.as_ref())?;
+    ) -> Result<ConvOut> {
         let d = check::conv::forward(x, w, bias, p)?;
-        dispatch!("conv2d", x, forward_t(x, w, bias, &d, COLS_BUDGET))
+        // The one adapter kind so far (a new kind of `Adapter` stops the build here).
+        match adapter {
+            None => Ok(ConvOut {
+                y: dispatch!("conv2d", x, forward_t(x, w, bias, &d, COLS_BUDGET))?,
+                lora_hidden: None,
+            }),
+            Some(Adapter::Lora(l)) => {
+                let ld = check::conv::lora("conv2d", w, &d, &l)?;
+                dispatch!("conv2d", x, forward_lora_t(x, w, bias, &d, &ld, &l))
+            }
+        }
     }
 
     fn conv2d_input_grad(
@@ -61,6 +78,170 @@ impl ConvOps for CpuBackend {
             input_grad_t(dy, w, &d, COLS_BUDGET)
         )
     }
+
+    fn conv2d_backward(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: (usize, usize),
+        p: Conv2d,
+        adapter: Option<AdapterBackward<'_>>,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward";
+        let d = check::conv::input_grad(dy, w, input_hw, p)?;
+        // The one adapter kind so far (a new kind of `AdapterBackward` stops the build here).
+        match adapter {
+            None => dispatch!(OP, dy, input_grad_t(dy, w, &d, COLS_BUDGET)),
+            Some(AdapterBackward::Lora(lb)) => {
+                let ld = check::conv::lora_backward(OP, w, &d, &lb)?;
+                dispatch!(OP, dy, backward_lora_t(dy, w, &d, &ld, lb))
+            }
+        }
+    }
+
+    fn conv2d_weight_grad(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        p: Conv2d,
+        scale: f64,
+        dw: &mut Tensor,
+        accum: Accum,
+    ) -> Result<()> {
+        let d = check::conv::weight_grad(x, dy, dw, p)?;
+        dispatch!(
+            "conv2d_weight_grad",
+            x,
+            weight_grad_t(x, dy, &d, scale, dw, accum)
+        )
+    }
+}
+
+/// LoCon's forward by composition: y = conv(x, w) + bias + s·conv1x1(ũ, up) with
+/// ũ = conv(x, down) ⊙ mask (returned for the backward).
+fn forward_lora_t<T: Real>(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    d: &ConvDims,
+    ld: &LoraDims,
+    l: &Lora<'_>,
+) -> Result<ConvOut> {
+    const OP: &str = "conv2d";
+    let mut y = forward_t::<T>(x, w, bias, d, COLS_BUDGET)?;
+    let mut u = forward_t::<T>(x, l.down, None, &ld.down, COLS_BUDGET)?;
+    if let Some(mask) = l.dropout {
+        let mask = data::<T>(OP, "lora dropout mask", mask)?;
+        apply_mask(data_mut::<T>(OP, "lora hidden", &mut u)?, mask);
+    }
+    let z = forward_t::<T>(&u, l.up, None, &ld.up, COLS_BUDGET)?;
+    let s = T::from_f64(l.scale);
+    let zs = data::<T>(OP, "lora output", &z)?;
+    for (y, &z) in data_mut::<T>(OP, "y", &mut y)?.iter_mut().zip(zs) {
+        *y += s * z;
+    }
+    Ok(ConvOut {
+        y,
+        lora_hidden: Some(u),
+    })
+}
+
+/// LoCon's backward by composition (the math is in [`ConvOps::conv2d_backward`]).
+fn backward_lora_t<T: Real>(
+    dy: &Tensor,
+    w: &Tensor,
+    d: &ConvDims,
+    ld: &LoraDims,
+    lb: LoraBackward<'_>,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d_backward";
+    let l = lb.lora;
+    let mut dx = input_grad_t::<T>(dy, w, d, COLS_BUDGET)?;
+    let mut g = input_grad_t::<T>(dy, l.up, &ld.up, COLS_BUDGET)?;
+    if let Some(mask) = l.dropout {
+        let mask = data::<T>(OP, "lora dropout mask", mask)?;
+        apply_mask(data_mut::<T>(OP, "lora hidden gradient", &mut g)?, mask);
+    }
+    let dx_lora = input_grad_t::<T>(&g, l.down, &ld.down, COLS_BUDGET)?;
+    let s = T::from_f64(l.scale);
+    let dl = data::<T>(OP, "lora dx", &dx_lora)?;
+    for (a, &b) in data_mut::<T>(OP, "dx", &mut dx)?.iter_mut().zip(dl) {
+        *a += s * b;
+    }
+    weight_grad_t::<T>(lb.hidden, dy, &ld.up, l.scale, lb.grad_up, lb.accum)?;
+    weight_grad_t::<T>(lb.x, &g, &ld.down, l.scale, lb.grad_down, lb.accum)?;
+    Ok(dx)
+}
+
+/// v ⊙= mask, elementwise (same lengths: the shapes were checked).
+fn apply_mask<T: Real>(v: &mut [T], mask: &[T]) {
+    for (x, &k) in v.iter_mut().zip(mask) {
+        *x *= k;
+    }
+}
+
+/// dw [O, C·k·k] (=|+=) scale·Σₙ dy[n] [O, Ho·Wo] · cols(x[n])ᵀ [Ho·Wo, C·k·k], image by
+/// image and block by block in a fixed order (the same result on any thread count).
+fn weight_grad_t<T: Real>(
+    x: &Tensor,
+    dy: &Tensor,
+    d: &ConvDims,
+    scale: f64,
+    dw: &mut Tensor,
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "conv2d_weight_grad";
+    let xs = data::<T>(OP, "x", x)?;
+    let dys = data::<T>(OP, "dy", dy)?;
+    let dws = data_mut::<T>(OP, "dw", dw)?;
+    if accum == Accum::Assign {
+        dws.fill(T::ZERO);
+    }
+    let s = T::from_f64(scale);
+    let (in_img, out_plane) = (d.c * d.h * d.w, d.ho * d.wo);
+    let out_img = d.o * out_plane;
+    let ckk = d.c * d.k * d.k;
+    if dws.is_empty() || out_plane == 0 {
+        return Ok(());
+    }
+    let block = rows_per_block(d, COLS_BUDGET);
+    let mut cols = if pointwise(d) {
+        Vec::new()
+    } else {
+        vec![T::ZERO; ckk * block * d.wo]
+    };
+    for img in 0..d.n {
+        let xn = &xs[img * in_img..(img + 1) * in_img];
+        let dy_img = &dys[img * out_img..(img + 1) * out_img];
+        if pointwise(d) {
+            // dw [O, C] += s · dy[n] [O, H·W] · x[n]ᵀ [H·W, C].
+            gemm(
+                s,
+                Mat::new(dy_img, d.o, out_plane),
+                Mat::new(xn, d.c, out_plane).t(),
+                T::ONE,
+                dws,
+                d.c,
+            );
+            continue;
+        }
+        for r0 in (0..d.ho).step_by(block) {
+            let rows = r0..(r0 + block).min(d.ho);
+            let ncols = rows.len() * d.wo;
+            let cols = &mut cols[..ckk * ncols];
+            im2col(xn, d, rows, cols);
+            // dw [O, C·k·k] += s · (the block's columns of dy[n]) [O, ncols] · colsᵀ.
+            gemm(
+                s,
+                Mat::strided(&dy_img[r0 * d.wo..], d.o, ncols, out_plane),
+                Mat::new(cols, ckk, ncols).t(),
+                T::ONE,
+                dws,
+                ckk,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Whether cols would equal the input itself (1x1 kernel, stride 1, no padding).

@@ -25,7 +25,7 @@ use crate::backend::{Activation, NormStats, TimestepEmbedding};
 use crate::error::{Error, Result};
 use crate::lora::{LayerRole, LoraGrads, LoraTargets, TargetLayer};
 use crate::model::config::{DownBlockType, UnetConfig, UpBlockType};
-use crate::model::layers::{hw, Conv, Ctx, GroupNorm, Linear};
+use crate::model::layers::{hw, Conv, ConvSaved, Ctx, GroupNorm, Linear};
 use crate::model::weights::{Loader, WeightSource};
 use crate::tensor::Tensor;
 use resnet::{ResnetBlock, ResnetSaved};
@@ -62,14 +62,16 @@ impl UnetTape {
     pub fn bytes_by_block(&self) -> Vec<(String, usize)> {
         let mut out: Vec<(String, usize)> = Vec::new();
         for (i, d) in self.down.iter().enumerate() {
-            let b = d.layers.iter().map(LayerSaved::size_in_bytes).sum();
-            out.push((format!("down_blocks.{i}"), b));
+            let b: usize = d.layers.iter().map(LayerSaved::size_in_bytes).sum();
+            let conv = d.conv.as_ref().map_or(0, ConvSaved::size_in_bytes);
+            out.push((format!("down_blocks.{i}"), b + conv));
         }
         let mid = self.mid.iter().map(LayerSaved::size_in_bytes).sum();
         out.push(("mid_block".into(), mid));
         for (i, u) in self.up.iter().enumerate() {
-            let b = u.layers.iter().map(|(s, _)| s.size_in_bytes()).sum();
-            out.push((format!("up_blocks.{i}"), b));
+            let b: usize = u.layers.iter().map(|(s, _)| s.size_in_bytes()).sum();
+            let conv = u.conv.as_ref().map_or(0, ConvSaved::size_in_bytes);
+            out.push((format!("up_blocks.{i}"), b + conv));
         }
         out.push((
             "conv_norm_out".into(),
@@ -109,7 +111,8 @@ impl Layer {
         Ok((h, saved))
     }
 
-    /// Returns None when the attention is the model's earliest adapter (want_dx false).
+    /// Returns None when the attention is the model's earliest adapter (want_dx false and no
+    /// adapter on the resnet below it).
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -121,6 +124,8 @@ impl Layer {
         want_dx: bool,
         d_context: Option<&mut Tensor>,
     ) -> Result<Option<Tensor>> {
+        // LoCon on the resnet needs the gradient below the attention too.
+        let want_dx = want_dx || self.resnet.has_adapter(cx);
         let dh = match (&self.attention, s.attention) {
             (Some(a), Some(sa)) => {
                 match a.backward(cx, &dy, context, sa, grads, want_dx, d_context)? {
@@ -130,7 +135,7 @@ impl Layer {
             }
             _ => dy,
         };
-        Ok(Some(self.resnet.backward(cx, &dh, s.resnet)?))
+        Ok(Some(self.resnet.backward(cx, &dh, s.resnet, grads)?))
     }
 }
 
@@ -157,17 +162,20 @@ pub struct Unet {
     pub conv_out: Conv,
 }
 
-/// A down level's saved layers, and the spatial size its downsampler read.
+/// A down level's saved layers, the spatial size its downsampler read, and what the
+/// downsampler's adapter saved (LoCon).
 struct DownSaved {
     layers: Vec<LayerSaved>,
     conv_hw: Option<(usize, usize)>,
+    conv: Option<ConvSaved>,
 }
 
-/// An up level's saved layers, each with the channels of h before its skip concat, and the
-/// spatial size before upsampling.
+/// An up level's saved layers, each with the channels of h before its skip concat, the
+/// spatial size before upsampling, and what the upsampler's adapter saved (LoCon).
 struct UpSaved {
     layers: Vec<(LayerSaved, usize)>,
     pre_upsample_hw: Option<(usize, usize)>,
+    conv: Option<ConvSaved>,
 }
 
 /// Everything the backward needs, saved by a training forward.
@@ -371,6 +379,50 @@ impl Unet {
         }
     }
 
+    /// The 3x3 convs LoCon adapts at `conv_dim`, in forward order: sd-scripts'
+    /// `UNET_TARGET_REPLACE_MODULE_CONV2D_3X3` = ResnetBlock2D (conv1, conv2), Downsample2D and
+    /// Upsample2D (their conv); not conv_in or conv_out.
+    pub fn conv_targets(&self) -> Vec<TargetLayer> {
+        let mut all = Vec::new();
+        for d in &self.down {
+            for l in &d.layers {
+                l.resnet.conv_targets(&mut all);
+            }
+            if let Some(c) = &d.downsample {
+                all.push(resnet::conv_target(c, LayerRole::SamplerConv));
+            }
+        }
+        for l in &self.mid {
+            l.resnet.conv_targets(&mut all);
+        }
+        for u in &self.up {
+            for l in &u.layers {
+                l.resnet.conv_targets(&mut all);
+            }
+            if let Some(c) = &u.upsample {
+                all.push(resnet::conv_target(c, LayerRole::SamplerConv));
+            }
+        }
+        all
+    }
+
+    /// The layers inside those blocks that sd-scripts adapts at the linear rank once
+    /// `conv_dim` targets the blocks: every ResNet's time_emb_proj and 1x1 conv_shortcut, in
+    /// forward order.
+    pub fn resnet_linear_targets(&self) -> Vec<TargetLayer> {
+        let mut all = Vec::new();
+        let layers = self
+            .down
+            .iter()
+            .flat_map(|d| d.layers.iter())
+            .chain(self.mid.iter())
+            .chain(self.up.iter().flat_map(|u| u.layers.iter()));
+        for l in layers {
+            l.resnet.linear_targets(&mut all);
+        }
+        all
+    }
+
     /// time MLP(sinusoid(t)), [N, 4·C0]; every resnet's time projection reads its SiLU.
     fn time_embedding(&self, cx: &Ctx, timesteps: &Tensor) -> Result<Tensor> {
         let p = TimestepEmbedding {
@@ -461,16 +513,18 @@ impl Unet {
                 skips.push(h.clone());
                 saved.extend(s);
             }
-            let mut down_hw = None;
+            let (mut down_hw, mut down_conv) = (None, None);
             if let Some(conv) = &level.downsample {
                 down_hw = Some(hw(&h));
-                h = conv.forward(cx, &h)?;
+                let (y, s) = conv.forward_saving(cx, h, save)?;
+                (h, down_conv) = (y, s);
                 record(&mut trace, || format!("{name}.downsamplers.0"), &h);
                 skips.push(h.clone());
             }
             down_saved.push(DownSaved {
                 layers: saved,
                 conv_hw: down_hw,
+                conv: down_conv,
             });
         }
         let mut mid_saved = Vec::new();
@@ -493,15 +547,17 @@ impl Unet {
                 h = y;
                 saved.extend(s.map(|s| (s, c_h)));
             }
-            let mut up_hw = None;
+            let (mut up_hw, mut up_conv) = (None, None);
             if let Some(conv) = &level.upsample {
                 up_hw = Some(hw(&h));
-                h = conv.forward(cx, &cx.be.upsample_nearest2x(&h)?)?;
+                let (y, s) = conv.forward_saving(cx, cx.be.upsample_nearest2x(&h)?, save)?;
+                (h, up_conv) = (y, s);
                 record(&mut trace, || format!("{name}.upsamplers.0"), &h);
             }
             up_saved.push(UpSaved {
                 layers: saved,
                 pre_upsample_hw: up_hw,
+                conv: up_conv,
             });
         }
         let (a, out_stats) = self.conv_norm_out.forward(cx, &h, true)?;
@@ -558,7 +614,8 @@ impl Unet {
         let mut d_skips: Vec<Tensor> = Vec::new();
         for (level, saved) in self.up.iter().zip(tape.up).rev() {
             if let (Some(conv), Some(size)) = (&level.upsample, saved.pre_upsample_hw) {
-                let du = conv.backward(cx, &dh, (2 * size.0, 2 * size.1))?;
+                let du =
+                    conv.backward_saved(cx, &dh, (2 * size.0, 2 * size.1), saved.conv, grads)?;
                 dh = cx.be.upsample_nearest2x_backward(&du)?;
             }
             for (layer, (s, c_h)) in level.layers.iter().zip(saved.layers).rev() {
@@ -583,7 +640,7 @@ impl Unet {
                     .pop()
                     .ok_or_else(|| internal("skip gradients ran out"))?;
                 cx.be.add_assign(&mut d, &dh)?;
-                dh = conv.backward(cx, &d, size)?;
+                dh = conv.backward_saved(cx, &d, size, saved.conv, grads)?;
             }
             for (j, (layer, s)) in level.layers.iter().zip(saved.layers).enumerate().rev() {
                 let d_skip = d_skips

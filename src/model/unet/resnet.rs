@@ -7,12 +7,17 @@
 //! Saved for the backward (the weights are frozen, so the convs need only shapes):
 //!   x and norm1's stats  - GroupNorm+SiLU backward recomputes x̂ and the SiLU input from them
 //!   h and norm2's stats  - the same for norm2
+//!   with LoCon on conv1/conv2: each adapted conv's input and its adapter's hidden and mask
+//!   (`ConvSaved`), for d(down) and d(up)
 //! Backward: dy -> conv2ᵀ -> norm2ᵀ -> (the time term has no gradient we need) -> conv1ᵀ ->
-//! norm1ᵀ, plus the shortcut's gradient (dy itself, or conv_shortcutᵀ dy).
+//! norm1ᵀ, plus the shortcut's gradient (dy itself, or conv_shortcutᵀ dy); the adapted convs
+//! write their adapters' gradients on the way.
 
 use crate::backend::NormStats;
+use crate::error::Error;
 use crate::error::Result;
-use crate::model::layers::{hw, Conv, Ctx, GroupNorm, Linear};
+use crate::lora::{LayerKind, LayerRole, LoraGrads, TargetLayer};
+use crate::model::layers::{hw, Conv, ConvSaved, Ctx, GroupNorm, Linear, LoraSaved};
 use crate::model::weights::Loader;
 use crate::tensor::Tensor;
 
@@ -31,6 +36,11 @@ pub struct ResnetSaved {
     stats1: NormStats,
     h: Tensor,
     stats2: NormStats,
+    conv1: Option<ConvSaved>,
+    conv2: Option<ConvSaved>,
+    shortcut: Option<ConvSaved>,
+    /// The time projection's input and its adapter's hidden, when it has one.
+    time: Option<(Tensor, LoraSaved)>,
 }
 
 impl ResnetSaved {
@@ -39,6 +49,15 @@ impl ResnetSaved {
             + self.h.size_in_bytes()
             + self.stats1.size_in_bytes()
             + self.stats2.size_in_bytes()
+            + [&self.conv1, &self.conv2, &self.shortcut]
+                .iter()
+                .filter_map(|c| c.as_ref())
+                .map(ConvSaved::size_in_bytes)
+                .sum::<usize>()
+            + self
+                .time
+                .as_ref()
+                .map_or(0, |(t, l)| t.size_in_bytes() + l.size_in_bytes())
     }
 }
 
@@ -77,40 +96,138 @@ impl ResnetBlock {
         save: bool,
     ) -> Result<(Tensor, Option<ResnetSaved>)> {
         let (a, stats1) = self.norm1.forward(cx, &x, true)?;
-        let mut h = self.conv1.forward(cx, &a)?;
-        drop(a);
+        let (mut h, conv1) = self.conv1.forward_saving(cx, a, save)?;
+        let mut time = None;
         if let (Some(proj), Some(t)) = (&self.time_emb_proj, temb_silu) {
-            let bias = proj.forward(cx, t)?.y;
-            h = cx.be.add_channel_bias(&h, &bias)?;
+            let out = proj.forward(cx, t)?;
+            h = cx.be.add_channel_bias(&h, &out.y)?;
+            // With an adapter on the time projection (LoCon's network-rank layers): its
+            // input (a copy of the shared silu(temb), [N, temb_dim]) and hidden.
+            if let (true, Some(lora)) = (save, out.lora) {
+                time = Some((t.clone(), lora));
+            }
         }
         let (b, stats2) = self.norm2.forward(cx, &h, true)?;
-        let h2 = self.conv2.forward(cx, &b)?;
-        drop(b);
-        let y = match &self.conv_shortcut {
-            Some(sc) => cx.be.add(&sc.forward(cx, &x)?, &h2)?,
-            None => cx.be.add(&x, &h2)?,
+        let (h2, conv2) = self.conv2.forward_saving(cx, b, save)?;
+        let (y, shortcut) = match &self.conv_shortcut {
+            Some(sc) if sc.has_adapter(cx) => {
+                let (s, saved) = sc.forward_saving(cx, x.clone(), save)?;
+                (cx.be.add(&s, &h2)?, saved)
+            }
+            Some(sc) => (cx.be.add(&sc.forward(cx, &x)?, &h2)?, None),
+            None => (cx.be.add(&x, &h2)?, None),
         };
         let saved = save.then_some(ResnetSaved {
             x,
             stats1,
             h,
             stats2,
+            conv1,
+            conv2,
+            shortcut,
+            time,
         });
         Ok((y, saved))
     }
 
-    /// dX from dY (the block has no adapters: no LoRA gradients here).
-    pub fn backward(&self, cx: &Ctx, dy: &Tensor, s: ResnetSaved) -> Result<Tensor> {
-        let db = self.conv2.backward(cx, dy, hw(&s.h))?;
+    /// Whether `cx` attaches an adapter to any layer of the block (LoCon).
+    pub fn has_adapter(&self, cx: &Ctx) -> bool {
+        let linear = |l: &Option<Linear>| {
+            l.as_ref()
+                .is_some_and(|l| cx.lora.is_some_and(|s| s.find(&l.name).is_some()))
+        };
+        self.conv1.has_adapter(cx)
+            || self.conv2.has_adapter(cx)
+            || self
+                .conv_shortcut
+                .as_ref()
+                .is_some_and(|c| c.has_adapter(cx))
+            || linear(&self.time_emb_proj)
+    }
+
+    /// The 3x3 convs LoCon adapts at `conv_dim` (conv1, conv2), as sd-scripts targets them
+    /// in a `ResnetBlock2D`.
+    pub fn conv_targets(&self, out: &mut Vec<TargetLayer>) {
+        for c in [&self.conv1, &self.conv2] {
+            out.push(conv_target(c, LayerRole::ResnetConv));
+        }
+    }
+
+    /// The block's layers sd-scripts adapts at the linear rank once `conv_dim` targets the
+    /// block: time_emb_proj (a linear) and conv_shortcut (a 1x1 conv), in module order.
+    pub fn linear_targets(&self, out: &mut Vec<TargetLayer>) {
+        if let Some(p) = &self.time_emb_proj {
+            out.push(TargetLayer {
+                name: p.name.clone(),
+                in_features: p.in_features(),
+                out_features: p.out_features(),
+                kind: LayerKind::Linear,
+                role: LayerRole::TimeProjection,
+            });
+        }
+        if let Some(c) = &self.conv_shortcut {
+            out.push(TargetLayer {
+                kind: LayerKind::Conv1x1,
+                ..conv_target(c, LayerRole::Shortcut)
+            });
+        }
+    }
+
+    /// dX from dY; the adapted convs' gradients go into `grads`.
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        dy: &Tensor,
+        s: ResnetSaved,
+        grads: &mut LoraGrads,
+    ) -> Result<Tensor> {
+        let db = self
+            .conv2
+            .backward_saved(cx, dy, hw(&s.h), s.conv2, grads)?;
         let dh = self.norm2.backward(cx, &db, &s.h, &s.stats2, true)?;
         drop(db);
-        let da = self.conv1.backward(cx, &dh, hw(&s.x))?;
+        if let (Some(proj), Some((t, lora))) = (&self.time_emb_proj, &s.time) {
+            // d(time bias)[n, c] = Σ over the pixels of dh[n, c]: a product with ones.
+            let [n, c, h, w] = dh.dims().try_into().map_err(|_| shape_error(&dh))?;
+            let rows = dh.clone().reshape([n * c, h * w])?;
+            let ones = cx
+                .be
+                .tensor_from_f32(&[1, h * w], &vec![1.0; h * w], dh.dtype())?;
+            let d_bias = cx.be.linear(&rows, &ones, None, None)?.y.reshape([n, c])?;
+            proj.backward(cx, &d_bias, t, Some(lora), grads, false)?;
+        }
+        let da = self
+            .conv1
+            .backward_saved(cx, &dh, hw(&s.x), s.conv1, grads)?;
         drop(dh);
         let mut dx = self.norm1.backward(cx, &da, &s.x, &s.stats1, true)?;
         match &self.conv_shortcut {
-            Some(sc) => cx.be.add_assign(&mut dx, &sc.backward(cx, dy, hw(&s.x))?)?,
+            Some(sc) => {
+                let ds = sc.backward_saved(cx, dy, hw(&s.x), s.shortcut, grads)?;
+                cx.be.add_assign(&mut dx, &ds)?
+            }
             None => cx.be.add_assign(&mut dx, dy)?,
         }
         Ok(dx)
+    }
+}
+
+/// A k x k conv as a LoCon target, named and sized as the checkpoint has it.
+pub fn conv_target(c: &Conv, role: LayerRole) -> TargetLayer {
+    TargetLayer {
+        name: c.name.clone(),
+        in_features: c.in_channels(),
+        out_features: c.out_channels(),
+        kind: LayerKind::Conv { kernel: c.kernel() },
+        role,
+    }
+}
+
+fn shape_error(t: &Tensor) -> Error {
+    Error::BadShape {
+        op: "resnet backward",
+        name: "dh",
+        shape: t.shape().clone(),
+        expected: "[N, C, H, W]".into(),
     }
 }

@@ -6,15 +6,23 @@
 //! The fast path takes kernels 1x1 and 3x3 (every SD1.5 conv: any channel count, spatial
 //! size, padding; forward any stride, input gradient stride 1 or 2); other kernel sizes and
 //! strides run the simple kernels.
+//! LoCon (a LoRA on the conv, [`Adapter::Lora`] with a 4-D down) composes these kernels: the
+//! down conv with the layer's stride and padding, a dropout mask product (conv_mask_mul), the
+//! 1x1 up conv; its backward adds the adapters' weight gradients (conv2d_wgrad: one block
+//! per dw element, f32 out).
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
-use super::super::tiles::{CONV_BM, CONV_BN, CONV_THREADS};
-use super::{alloc, by_dtype, float_dtype, input, int, output};
+use std::borrow::Cow;
+
+use super::super::tiles::{CONV_BM, CONV_BN, CONV_THREADS, CONV_WG_THREADS};
+use super::{alloc, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::check::conv::ConvDims;
-use crate::backend::{check, Adapter, Conv2d, ConvOps};
+use crate::backend::{
+    check, Accum, Adapter, AdapterBackward, Conv2d, ConvOps, ConvOut, ElementwiseOps, Tensors,
+};
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 mod fast;
 
@@ -28,6 +36,12 @@ kernels! {
         k: i32, ho: i32, wo: i32, s: i32, pad: i32);
     fn conv2d_dgrad_f16(dy: In, w: In, dx: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
         k: i32, ho: i32, wo: i32, s: i32, pad: i32);
+    fn conv2d_wgrad_f32(x: In, dy: In, dw: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
+        k: i32, ho: i32, wo: i32, s: i32, pad: i32, scale: f32, accumulate: i32);
+    fn conv2d_wgrad_f16(x: In, dy: In, dw: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
+        k: i32, ho: i32, wo: i32, s: i32, pad: i32, scale: f32, accumulate: i32);
+    fn conv_mask_mul_f32(v: Out, mask: In, count: i32);
+    fn conv_mask_mul_f16(v: Out, mask: In, count: i32);
 }
 
 /// The sizes as the kernels take them, each checked to fit an i32, along with the element
@@ -71,59 +85,46 @@ fn grid(pixels: usize, m: usize) -> LaunchCfg {
 }
 
 impl ConvOps for CudaBackend {
-    fn conv2d(
+    fn conv2d_out(
         &self,
         x: &Tensor,
         w: &Tensor,
         bias: Option<&Tensor>,
         p: Conv2d,
         adapter: Option<Adapter<'_>>,
-    ) -> Result<Tensor> {
+    ) -> Result<ConvOut> {
         const OP: &str = "conv2d";
-        check::conv::no_adapter(OP, adapter.as_ref())?;
         let d = check::conv::forward(x, w, bias, p)?;
         let dt = float_dtype(OP, "x", x)?;
         check::dtype(OP, "w", w, dt)?;
         if let Some(b) = bias {
             check::dtype(OP, "bias", b, dt)?;
         }
-        let (xi, wi) = (input(self, OP, "x", x)?, input(self, OP, "w", w)?);
-        let bi = match bias {
-            Some(b) => input(self, OP, "bias", b)?,
-            None => In(0),
+        // The one adapter kind so far (a new kind of `Adapter` stops the build here).
+        let lora = match adapter {
+            None => None,
+            Some(Adapter::Lora(l)) => Some((check::conv::lora(OP, w, &d, &l)?, l)),
         };
-        let s = sizes(OP, &d, w.numel())?;
-        let mut y = alloc(self, d.output_shape(), dt)?;
-        if y.numel() == 0 {
-            return Ok(y);
+        let mut y = forward(self, &d, x, w, bias)?;
+        let Some((ld, l)) = lora else {
+            return Ok(ConvOut {
+                y,
+                lora_hidden: None,
+            });
+        };
+        // LoCon by composition: ũ = conv(x, down) ⊙ mask, y += s·conv1x1(ũ, up), with the
+        // f32 adapter weights in the activations' dtype.
+        let (down, up) = (in_dtype(self, l.down, dt)?, in_dtype(self, l.up, dt)?);
+        let mut u = forward(self, &ld.down, x, down.as_ref(), None)?;
+        if let Some(mask) = l.dropout {
+            mask_mul(self, &mut u, mask)?;
         }
-        if self.fast(self.kernels().conv) && fast::forward_supported(&d) {
-            let yo = output(self, OP, "y", &mut y)?;
-            fast::forward(self, &d, xi, wi, bi, bias.is_some(), yo)?;
-            return Ok(y);
-        }
-        let cfg = grid(d.n * d.ho * d.wo, d.o);
-        let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16);
-        f(
-            self.device(),
-            cfg,
-            xi,
-            wi,
-            bi,
-            output(self, OP, "y", &mut y)?,
-            bias.is_some() as i32,
-            s.n,
-            s.c,
-            s.h,
-            s.w,
-            s.o,
-            s.k,
-            s.ho,
-            s.wo,
-            s.s,
-            s.pad,
-        )?;
-        Ok(y)
+        let z = forward(self, &ld.up, &u, up.as_ref(), None)?;
+        self.add_assign(&mut y, &self.scale(&z, l.scale)?)?;
+        Ok(ConvOut {
+            y,
+            lora_hidden: Some(u),
+        })
     }
 
     fn conv2d_input_grad(
@@ -137,36 +138,223 @@ impl ConvOps for CudaBackend {
         let d = check::conv::input_grad(dy, w, input_hw, p)?;
         let dt = float_dtype(OP, "dy", dy)?;
         check::dtype(OP, "w", w, dt)?;
-        let (dyi, wi) = (input(self, OP, "dy", dy)?, input(self, OP, "w", w)?);
-        let s = sizes(OP, &d, w.numel())?;
-        let mut dx = alloc(self, d.input_shape(), dt)?;
-        if dx.numel() == 0 {
-            return Ok(dx);
+        input_grad(self, &d, dy, w)
+    }
+
+    fn conv2d_backward(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        input_hw: (usize, usize),
+        p: Conv2d,
+        adapter: Option<AdapterBackward<'_>>,
+    ) -> Result<Tensor> {
+        const OP: &str = "conv2d_backward";
+        let d = check::conv::input_grad(dy, w, input_hw, p)?;
+        let dt = float_dtype(OP, "dy", dy)?;
+        check::dtype(OP, "w", w, dt)?;
+        // The one adapter kind so far (a new kind of `AdapterBackward` stops the build here).
+        let Some(AdapterBackward::Lora(lb)) = adapter else {
+            return input_grad(self, &d, dy, w);
+        };
+        let ld = check::conv::lora_backward(OP, w, &d, &lb)?;
+        check::dtype(OP, "x", lb.x, dt)?;
+        check::dtype(OP, "lora hidden", lb.hidden, dt)?;
+        let l = lb.lora;
+        let (down, up) = (in_dtype(self, l.down, dt)?, in_dtype(self, l.up, dt)?);
+        let mut dx = input_grad(self, &d, dy, w)?;
+        // g = convᵀ₁ₓ₁(dY, up) ⊙ mask, the gradient of the hidden.
+        let mut g = input_grad(self, &ld.up, dy, up.as_ref())?;
+        if let Some(mask) = l.dropout {
+            mask_mul(self, &mut g, mask)?;
         }
-        if self.fast(self.kernels().conv) && fast::input_grad_supported(&d) {
-            let dxo = output(self, OP, "dx", &mut dx)?;
-            fast::input_grad(self, &d, dyi, wi, dxo)?;
-            return Ok(dx);
-        }
-        let cfg = grid(d.n * d.h * d.w, d.c);
-        let f = by_dtype!(dt, OP, conv2d_dgrad_f32, conv2d_dgrad_f16);
-        f(
-            self.device(),
-            cfg,
-            dyi,
-            wi,
-            output(self, OP, "dx", &mut dx)?,
-            s.n,
-            s.c,
-            s.h,
-            s.w,
-            s.o,
-            s.k,
-            s.ho,
-            s.wo,
-            s.s,
-            s.pad,
-        )?;
+        let dx_lora = input_grad(self, &ld.down, &g, down.as_ref())?;
+        self.add_assign(&mut dx, &self.scale(&dx_lora, l.scale)?)?;
+        drop(dx_lora);
+        let wg = |x: &Tensor, dy: &Tensor, dw: &mut Tensor, d: &ConvDims| {
+            check::dtype(OP, "adapter gradient", dw, DType::F32)?;
+            weight_grad(self, d, x, dy, l.scale, dw, lb.accum)
+        };
+        wg(lb.hidden, dy, lb.grad_up, &ld.up)?;
+        wg(lb.x, &g, lb.grad_down, &ld.down)?;
         Ok(dx)
     }
+
+    fn conv2d_weight_grad(
+        &self,
+        x: &Tensor,
+        dy: &Tensor,
+        p: Conv2d,
+        scale: f64,
+        dw: &mut Tensor,
+        accum: Accum,
+    ) -> Result<()> {
+        const OP: &str = "conv2d_weight_grad";
+        let d = check::conv::weight_grad(x, dy, dw, p)?;
+        let dt = float_dtype(OP, "x", x)?;
+        check::dtype(OP, "dy", dy, dt)?;
+        check::dtype(OP, "dw", dw, DType::F32)?;
+        weight_grad(self, &d, x, dy, scale, dw, accum)
+    }
+}
+
+/// `t` in `dt`: itself when it already is, else a converted copy.
+fn in_dtype<'t>(be: &CudaBackend, t: &'t Tensor, dt: DType) -> Result<Cow<'t, Tensor>> {
+    if t.dtype() == dt {
+        Ok(Cow::Borrowed(t))
+    } else {
+        Ok(Cow::Owned(be.cast(t, dt)?))
+    }
+}
+
+/// v ⊙= mask (same shape and dtype).
+fn mask_mul(be: &CudaBackend, v: &mut Tensor, mask: &Tensor) -> Result<()> {
+    const OP: &str = "conv2d lora dropout";
+    check::same_shape(OP, "lora hidden", v, "lora dropout mask", mask)?;
+    let dt = float_dtype(OP, "lora hidden", v)?;
+    check::dtype(OP, "lora dropout mask", mask, dt)?;
+    let count = int(OP, "lora hidden", v.numel())?;
+    if count == 0 {
+        return Ok(());
+    }
+    let mi = input(be, OP, "lora dropout mask", mask)?;
+    let f = by_dtype!(dt, OP, conv_mask_mul_f32, conv_mask_mul_f16);
+    f(
+        be.device(),
+        LaunchCfg::for_items(v.numel(), BLOCK),
+        output(be, OP, "lora hidden", v)?,
+        mi,
+        count,
+    )
+}
+
+/// The forward kernels for checked sizes `d` (dtypes checked by the caller).
+fn forward(
+    be: &CudaBackend,
+    d: &ConvDims,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    const OP: &str = "conv2d";
+    let dt = x.dtype();
+    let (xi, wi) = (input(be, OP, "x", x)?, input(be, OP, "w", w)?);
+    let bi = match bias {
+        Some(b) => input(be, OP, "bias", b)?,
+        None => In(0),
+    };
+    let s = sizes(OP, d, w.numel())?;
+    let mut y = alloc(be, d.output_shape(), dt)?;
+    if y.numel() == 0 {
+        return Ok(y);
+    }
+    if be.fast(be.kernels().conv) && fast::forward_supported(d) {
+        let yo = output(be, OP, "y", &mut y)?;
+        fast::forward(be, d, xi, wi, bi, bias.is_some(), yo)?;
+        return Ok(y);
+    }
+    let cfg = grid(d.n * d.ho * d.wo, d.o);
+    let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16);
+    f(
+        be.device(),
+        cfg,
+        xi,
+        wi,
+        bi,
+        output(be, OP, "y", &mut y)?,
+        bias.is_some() as i32,
+        s.n,
+        s.c,
+        s.h,
+        s.w,
+        s.o,
+        s.k,
+        s.ho,
+        s.wo,
+        s.s,
+        s.pad,
+    )?;
+    Ok(y)
+}
+
+/// The input-gradient kernels for checked sizes `d`.
+fn input_grad(be: &CudaBackend, d: &ConvDims, dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    const OP: &str = "conv2d_input_grad";
+    let dt = dy.dtype();
+    let (dyi, wi) = (input(be, OP, "dy", dy)?, input(be, OP, "w", w)?);
+    let s = sizes(OP, d, w.numel())?;
+    let mut dx = alloc(be, d.input_shape(), dt)?;
+    if dx.numel() == 0 {
+        return Ok(dx);
+    }
+    if be.fast(be.kernels().conv) && fast::input_grad_supported(d) {
+        let dxo = output(be, OP, "dx", &mut dx)?;
+        fast::input_grad(be, d, dyi, wi, dxo)?;
+        return Ok(dx);
+    }
+    let cfg = grid(d.n * d.h * d.w, d.c);
+    let f = by_dtype!(dt, OP, conv2d_dgrad_f32, conv2d_dgrad_f16);
+    f(
+        be.device(),
+        cfg,
+        dyi,
+        wi,
+        output(be, OP, "dx", &mut dx)?,
+        s.n,
+        s.c,
+        s.h,
+        s.w,
+        s.o,
+        s.k,
+        s.ho,
+        s.wo,
+        s.s,
+        s.pad,
+    )?;
+    Ok(dx)
+}
+
+/// The weight-gradient kernel for checked sizes `d`: dw (f32) `=`/`+=` scale·∂.
+fn weight_grad(
+    be: &CudaBackend,
+    d: &ConvDims,
+    x: &Tensor,
+    dy: &Tensor,
+    scale: f64,
+    dw: &mut Tensor,
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "conv2d_weight_grad";
+    let s = sizes(OP, d, dw.numel())?;
+    if dw.numel() == 0 {
+        return Ok(());
+    }
+    let (xi, dyi) = (input(be, OP, "x", x)?, input(be, OP, "dy", dy)?);
+    let blocks = u32::try_from(dw.numel()).map_err(|_| crate::error::Error::BadValue {
+        op: OP,
+        name: "dw",
+        value: dw.numel().to_string(),
+        expected: "at most 2^32 - 1 elements".into(),
+    })?;
+    let cfg = LaunchCfg::new((blocks, 1, 1), (CONV_WG_THREADS as u32, 1, 1), 0);
+    let f = by_dtype!(x.dtype(), OP, conv2d_wgrad_f32, conv2d_wgrad_f16);
+    f(
+        be.device(),
+        cfg,
+        xi,
+        dyi,
+        output(be, OP, "dw", dw)?,
+        s.n,
+        s.c,
+        s.h,
+        s.w,
+        s.o,
+        s.k,
+        s.ho,
+        s.wo,
+        s.s,
+        s.pad,
+        scale as f32,
+        (accum == Accum::Add) as i32,
+    )
 }
