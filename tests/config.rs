@@ -1474,3 +1474,14 @@ fn deep_nesting_is_an_error_not_a_crash() {
     let deep = format!("{REQUIRED}resolution: {}\n", "- ".repeat(5_000));
     assert!(load(&deep).is_err());
 }
+
+#[test]
+fn conv_alpha_without_conv_dim_is_a_warning() {
+    let w = with("conv_alpha: 4").unwrap().warnings().join("\n");
+    assert!(
+        w.contains("conv_alpha = 4 has no effect without conv_dim"),
+        "{w}"
+    );
+    let c = with("conv_alpha: 4\nconv_dim: 8").unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}

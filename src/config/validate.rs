@@ -366,6 +366,11 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
             cfg.lr_scheduler_power, cfg.lr_scheduler
         ));
     }
+    if let (Some(alpha), None) = (cfg.conv_alpha, cfg.conv_dim) {
+        w.push(format!(
+            "conv_alpha = {alpha} has no effect without conv_dim (the rank of the 3x3 conv adapters)"
+        ));
+    }
     if cfg.keep_tokens > 0 && !cfg.shuffle_caption {
         w.push(format!(
             "keep_tokens = {} has no effect without shuffle_caption: true",
