@@ -343,6 +343,23 @@ fn wrong_shapes_ratios_and_paths_are_refused() {
     assert_eq!(e.kind(), lorafuse::error::ErrorKind::BadInput);
     assert!(dir.is_empty());
 
+    // A LoCon module on a 3x3 conv: not merged yet, said so (not "another model size").
+    let locon = LoraSet::new(vec![LoraModule {
+        name: "lora_unet_down_blocks_0_resnets_0_conv1".into(),
+        down: Tensor::from_f64([2, 4, 3, 3], vec![0.0; 72]).unwrap(),
+        up: Tensor::from_f64([4, 2, 1, 1], vec![0.0; 8]).unwrap(),
+        alpha: 2.0,
+        kind: LayerKind::Conv { kernel: 3 },
+    }]);
+    let e = merge_into_checkpoint(Path::new(BASE), &[(&locon, 1.0)], &out, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("LoCon") && e.contains("not supported yet") && !e.contains("another size"),
+        "{e}"
+    );
+    assert!(dir.is_empty());
+
     // An output folder that does not exist.
     let nowhere = dir.path("missing").join("merged.safetensors");
     let e = merge_into_checkpoint(Path::new(BASE), &[(&lora, 1.0)], &nowhere, None).unwrap_err();

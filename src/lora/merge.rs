@@ -458,6 +458,18 @@ fn check_fit(
     let shape_ok = s.len() == 2 || (s.len() == 4 && s[2] == 1 && s[3] == 1);
     for (m, _) in modules {
         let (u, d) = (m.up.dims(), m.down.dims());
+        if let crate::lora::LayerKind::Conv { kernel } = m.kind {
+            return Err(Error::Lora {
+                path: base.to_path_buf(),
+                detail: format!(
+                    "LoRA module `{}` is a LoCon adapter on a {kernel}x{kernel} conv (down {:?}): \
+                     merging LoCon into a checkpoint is not supported yet (issue 15); load the \
+                     LoRA at inference instead (AUTOMATIC1111, ComfyUI and `lorafuse sample` \
+                     apply it); nothing was written",
+                    m.name, d
+                ),
+            });
+        }
         let fits = shape_ok
             && u.len() == 2
             && d.len() == 2
