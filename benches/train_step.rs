@@ -136,7 +136,7 @@ fn main() -> Res<()> {
     let lat = res / 8;
     let mut rows = Vec::new();
     for &(batch, rank) in &configs {
-        be.release_cache();
+        be.release_cache()?;
         sync(&dev)?;
         let mut rng = Rng::new(5);
         let mut lora = LoraSet::init(be.as_ref(), &targets, rank, rank as f64, &mut rng)?;

@@ -2,6 +2,8 @@
 //! description with one. Kernel tests arrive with the CUDA backend.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 #[test]
 fn probe_reports_device_or_why_not() {
     match lorafuse::backend::cuda::probe() {
@@ -12,8 +14,8 @@ fn probe_reports_device_or_why_not() {
         }
         Err(e) => {
             let msg = e.to_string();
-            println!("SKIPPED: no CUDA device ({msg})");
             assert!(msg.contains("libcuda") || msg.contains("device"), "{msg}");
+            common::cuda::skip_or_fail(&msg);
         }
     }
 }

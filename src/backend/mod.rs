@@ -103,7 +103,9 @@ pub trait BackendInfo {
     }
     /// Gives memory cached for reuse back to the device (the trainer calls it once the
     /// VAE and text encoder are released, whose buffer sizes training never asks for again).
-    fn release_cache(&self) {}
+    fn release_cache(&self) -> Result<()> {
+        Ok(())
+    }
     /// Free device memory now, where the backend runs on a device that reports it (a GPU).
     fn device_free_memory(&self) -> Option<usize> {
         None

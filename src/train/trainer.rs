@@ -140,7 +140,7 @@ impl<'a> Run<'a> {
                 models.text = None;
             }
         }
-        be.release_cache();
+        be.release_cache()?;
         hook.end(Phase::Caching);
 
         hook.begin(Phase::Adapters);

@@ -1,6 +1,7 @@
 //! Helpers for the CUDA backend's tests: the engines to run on (the kernel emulator with
 //! `cuda-emu`, the GPU with `cuda` when one is present: otherwise `SKIPPED: no CUDA device` is
-//! printed), random inputs that are never zero, and comparisons against the CPU backend.
+//! printed, and a GPU that is present but cannot be used fails the test), random inputs that
+//! are never zero, and comparisons against the CPU backend.
 #![allow(dead_code)]
 
 use lorafuse::backend::cuda::{CudaBackend, Device};
@@ -29,9 +30,29 @@ pub fn engines(dtype: DType) -> Vec<Engine> {
             be: CudaBackend::new(dev, dtype).unwrap(),
             gpu: true,
         }),
-        Err(e) => println!("SKIPPED: no CUDA device ({e})"),
+        Err(e) => skip_or_fail(&e.to_string()),
     }
     out
+}
+
+/// Whether this machine has an NVIDIA GPU, asked without CUDA: the driver's device node, or
+/// `nvidia-smi -L` listing one.
+pub fn gpu_present() -> bool {
+    std::path::Path::new("/dev/nvidia0").exists()
+        || std::process::Command::new("nvidia-smi")
+            .arg("-L")
+            .output()
+            .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("GPU"))
+}
+
+/// A GPU that could not be opened: `SKIPPED` when the machine truly has none, a failure when
+/// it has one (a driver that cannot open it or cannot load our PTX must not pass as "no GPU").
+pub fn skip_or_fail(why: &str) {
+    assert!(
+        !gpu_present(),
+        "this machine has an NVIDIA GPU, but the CUDA backend could not use it: {why}"
+    );
+    println!("SKIPPED: no CUDA device ({why})");
 }
 
 /// n values uniform in ±[0.05, 1): random signs, never zero.

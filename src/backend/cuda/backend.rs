@@ -73,8 +73,8 @@ impl BackendInfo for CudaBackend {
             peak: s.peak_in_use,
         })
     }
-    fn release_cache(&self) {
-        self.dev.release_cache();
+    fn release_cache(&self) -> Result<()> {
+        self.dev.release_cache()
     }
     fn device_free_memory(&self) -> Option<usize> {
         self.dev.mem_info().map(|(free, _)| free)

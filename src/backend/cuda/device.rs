@@ -138,11 +138,20 @@ impl Device {
         self.lock_pool().reset_peak();
     }
     /// Frees every cached (not in use) block: the pool's reserve drops to what is in use.
-    pub fn release_cache(&self) {
+    /// Every block is freed even when one fails; the first failure is returned.
+    pub fn release_cache(&self) -> Result<()> {
         let blocks = self.lock_pool().drain_cache();
+        self.free_blocks(blocks)
+    }
+    fn free_blocks(&self, blocks: Vec<(u64, usize)>) -> Result<()> {
+        let mut first = Ok(());
         for (a, size) in blocks {
-            self.raw_free(a, size);
+            let r = self.raw_free(a, size);
+            if first.is_ok() {
+                first = r;
+            }
         }
+        first
     }
     /// Waits for every launched kernel; reports a kernel's failure.
     pub fn synchronize(&self) -> Result<()> {
@@ -191,14 +200,12 @@ impl Device {
 
     fn alloc_from_driver(&self, block: usize) -> Result<u64> {
         let mut pool = self.lock_pool();
-        let addr = match self.raw_alloc(block) {
+        let addr = match self.raw_alloc(block)? {
             Some(a) => a,
             None => {
                 // Give the cached blocks back and try once more before giving up.
-                for (a, size) in pool.drain_cache() {
-                    self.raw_free(a, size);
-                }
-                match self.raw_alloc(block) {
+                self.free_blocks(pool.drain_cache())?;
+                match self.raw_alloc(block)? {
                     Some(a) => a,
                     None => return Err(self.out_of_memory(block, &pool)),
                 }
@@ -240,31 +247,35 @@ impl Device {
         self.lock_pool().give_back(addr, block);
     }
 
-    fn raw_alloc(&self, bytes: usize) -> Option<u64> {
+    /// `bytes` from the driver: `Ok(None)` when the device is out of memory; any other
+    /// driver failure keeps its code and is never called out-of-memory.
+    fn raw_alloc(&self, bytes: usize) -> Result<Option<u64>> {
         match &self.engine {
             #[cfg(feature = "cuda")]
-            Engine::Gpu(g) => g.alloc(bytes).ok(),
+            Engine::Gpu(g) => g.alloc(bytes),
             #[cfg(feature = "cuda-emu")]
             Engine::Emu => {
-                let layout = std::alloc::Layout::from_size_align(bytes, 256).ok()?;
+                let Ok(layout) = std::alloc::Layout::from_size_align(bytes, 256) else {
+                    return Ok(None);
+                };
                 // SAFETY: a non-zero size (the pool rounds up to its granule).
                 let p = unsafe { std::alloc::alloc(layout) };
-                (!p.is_null()).then_some(p as usize as u64)
+                Ok((!p.is_null()).then_some(p as usize as u64))
             }
             Engine::Meter(m) => {
                 let held = m.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
                 if m.total.is_some_and(|t| held > t) {
                     m.held.fetch_sub(bytes, Ordering::Relaxed);
-                    return None;
+                    return Ok(None);
                 }
-                Some(m.next.fetch_add(bytes as u64, Ordering::Relaxed))
+                Ok(Some(m.next.fetch_add(bytes as u64, Ordering::Relaxed)))
             }
         }
     }
-    fn raw_free(&self, addr: u64, bytes: usize) {
+    fn raw_free(&self, addr: u64, bytes: usize) -> Result<()> {
         match &self.engine {
             #[cfg(feature = "cuda")]
-            Engine::Gpu(g) => g.free(addr),
+            Engine::Gpu(g) => g.free(addr)?,
             #[cfg(feature = "cuda-emu")]
             Engine::Emu => {
                 let layout = std::alloc::Layout::from_size_align(bytes, 256)
@@ -277,6 +288,7 @@ impl Device {
             }
         }
         let _ = (addr, bytes);
+        Ok(())
     }
 
     pub(crate) fn upload(&self, buf: &DeviceBuffer, src: &[u8]) -> Result<()> {
@@ -367,6 +379,11 @@ impl Device {
 impl Drop for Device {
     /// Every buffer holds the device, so none is alive here: the cache is all there is.
     fn drop(&mut self) {
-        self.release_cache();
+        if let Err(e) = self.release_cache() {
+            eprintln!(
+                "warning: freeing {}'s cached memory failed: {e}",
+                self.name()
+            );
+        }
     }
 }

@@ -64,12 +64,22 @@ pub(crate) fn cuda_err(what: impl Into<String>) -> impl FnOnce(drv::DriverError)
     }
 }
 
+/// Shared memory a block may use, static and dynamic together, without opting in to more.
+const DEFAULT_SMEM_PER_BLOCK: u32 = 48 * 1024;
+
+/// A loaded kernel, its static shared memory and the dynamic shared memory it may use now.
+struct Kernel {
+    f: CudaFunction,
+    static_smem: u32,
+    allowed: u32,
+}
+
 /// One GPU: context, stream, loaded modules.
 pub(crate) struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
-    functions: Mutex<HashMap<&'static str, (CudaFunction, u32)>>,
+    functions: Mutex<HashMap<&'static str, Kernel>>,
     info: DeviceInfo,
     max_smem: u32,
 }
@@ -139,6 +149,10 @@ impl Gpu {
     }
 
     /// The kernel `name` of module `module`, allowed `smem` bytes of dynamic shared memory.
+    ///
+    /// A kernel may use 48 KiB of shared memory, static and dynamic together, unless it opts in
+    /// to more (up to the device's per-block opt-in limit, static included): the opt-in is
+    /// raised when `smem` plus the kernel's static shared memory passes 48 KiB.
     pub(crate) fn function(
         &self,
         module: &'static str,
@@ -155,20 +169,42 @@ impl Gpu {
             let f = m
                 .load_function(name)
                 .map_err(cuda_err(format!("loading kernel {name} from {module}.cu")))?;
-            fns.insert(name, (f, 48 * 1024));
+            let static_smem = f
+                .shared_size_bytes()
+                .map_err(cuda_err(format!("reading {name}'s static shared memory")))?
+                as u32;
+            let allowed = DEFAULT_SMEM_PER_BLOCK.saturating_sub(static_smem);
+            fns.insert(
+                name,
+                Kernel {
+                    f,
+                    static_smem,
+                    allowed,
+                },
+            );
         }
-        let (f, allowed) = fns.get_mut(name).expect("inserted above");
-        if smem > *allowed {
-            f.set_attribute(
+        let k = fns.get_mut(name).expect("inserted above");
+        if smem > k.allowed {
+            if smem + k.static_smem > self.max_smem {
+                return Err(Error::Cuda {
+                    what: format!("launch of {name}"),
+                    detail: format!(
+                        "{smem} bytes of dynamic and {} of static shared memory: more than the \
+                         {} bytes a block may use on {}",
+                        k.static_smem, self.max_smem, self.info
+                    ),
+                });
+            }
+            k.f.set_attribute(
                 F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,
             )
             .map_err(cuda_err(format!(
-                "allowing {smem} bytes of shared memory to {name}"
+                "allowing {smem} bytes of dynamic shared memory to {name}"
             )))?;
-            *allowed = smem;
+            k.allowed = smem;
         }
-        Ok(f.clone())
+        Ok(k.f.clone())
     }
 
     pub(crate) fn config(&self, c: &LaunchCfg) -> cudarc::driver::LaunchConfig {
@@ -189,15 +225,25 @@ impl Gpu {
         r.map(|_| ()).map_err(cuda_err(format!("launch of {name}")))
     }
 
-    pub(crate) fn alloc(&self, bytes: usize) -> std::result::Result<u64, drv::DriverError> {
-        self.ctx.bind_to_thread()?;
+    /// `bytes` of device memory: `Ok(None)` when the device is out of memory, an error (with
+    /// the driver's code) for anything else, such as a kernel's earlier fault.
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<Option<u64>> {
+        use cudarc::driver::sys::CUresult;
+        let what = || format!("allocating {bytes} bytes");
+        self.ctx.bind_to_thread().map_err(cuda_err(what()))?;
         // SAFETY: a plain device allocation, freed by `free`.
-        unsafe { drv::malloc_sync(bytes) }
+        match unsafe { drv::malloc_sync(bytes) } {
+            Ok(addr) => Ok(Some(addr)),
+            Err(drv::DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY)) => Ok(None),
+            Err(e) => Err(cuda_err(what())(e)),
+        }
     }
-    pub(crate) fn free(&self, addr: u64) {
-        let _ = self.ctx.bind_to_thread();
+    pub(crate) fn free(&self, addr: u64) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the context"))?;
         // SAFETY: `addr` came from `alloc` and the pool frees it once.
-        let _ = unsafe { drv::free_sync(addr) };
+        unsafe { drv::free_sync(addr) }.map_err(cuda_err("freeing device memory"))
     }
     pub(crate) fn upload(&self, addr: u64, src: &[u8]) -> Result<()> {
         self.ctx
