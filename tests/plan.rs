@@ -99,6 +99,54 @@ fn the_fit_is_the_largest_size_that_fits() {
     assert_eq!((none.batch, none.side), (None, None));
 }
 
+/// Gradient checkpointing on SD1.5 at 512x512, rank 8, fp16: the tape (and so the peak)
+/// shrinks at batch 1 and 4, and the fit search says what checkpointing would fit.
+#[test]
+fn checkpointing_shrinks_the_tape_and_the_fit_search_offers_it() {
+    for batch in [1, 4] {
+        let plain = plan(&input(batch, 512, 8, DType::F16)).unwrap();
+        let ckpt = plan(&input(batch, 512, 8, DType::F16).with_checkpointing(true)).unwrap();
+        println!(
+            "SD1.5 512x512 rank 8 fp16 batch {batch}: tape {:.0} MiB, peak {:.0} MiB ({}); \
+             with gradient checkpointing tape {:.0} MiB, peak {:.0} MiB ({})",
+            plain.tape_bytes() as f64 / MIB,
+            plain.peak() as f64 / MIB,
+            plain.peak_phase(),
+            ckpt.tape_bytes() as f64 / MIB,
+            ckpt.peak() as f64 / MIB,
+            ckpt.peak_phase()
+        );
+        assert!(ckpt.tape_bytes() * 3 < plain.tape_bytes(), "batch {batch}");
+        // At batch 1 the peak may lie outside the training step (the caching phase).
+        assert!(ckpt.peak() <= plain.peak(), "batch {batch}");
+        if batch == 4 {
+            assert!(ckpt.peak() < plain.peak(), "batch {batch}");
+        }
+        assert_eq!(
+            plain.resident(),
+            ckpt.resident(),
+            "the weights do not change"
+        );
+    }
+    // A budget between the two peaks at batch 4: the configuration does not fit as it is,
+    // does with checkpointing, and checkpointing fits a larger batch.
+    let base = input(4, 512, 8, DType::F16);
+    let (plain, ckpt) = (
+        plan(&base).unwrap().peak(),
+        plan(&base.with_checkpointing(true)).unwrap().peak(),
+    );
+    let budget = (plain + ckpt) / 2;
+    let f = fit(&base, budget).unwrap();
+    let c = f
+        .checkpointed
+        .as_ref()
+        .expect("the configuration does not checkpoint");
+    assert!(c.fits);
+    assert!(c.batch.unwrap() >= 4 && f.batch.unwrap() < 4, "{f:?}");
+    let on = fit(&base.with_checkpointing(true), budget).unwrap();
+    assert_eq!(on.checkpointed, None, "nothing to offer when it is on");
+}
+
 #[test]
 fn plans_refuse_sizes_the_model_cannot_take() {
     for (b, s) in [(0, 512), (1, 500), (1, 0)] {

@@ -40,9 +40,6 @@ struct Foreign {
     note: &'static str,
     /// Why any other value is refused, and what to do instead.
     refused: &'static str,
-    /// lorafuse's run differs from kohya's as `note` says: the notice is shown for kohya
-    /// files too.
-    differs: bool,
 }
 
 /// Refused whatever the value.
@@ -52,7 +49,6 @@ const fn refused(name: &'static str, why: &'static str) -> Foreign {
         fits: &[],
         note: "",
         refused: why,
-        differs: false,
     }
 }
 
@@ -68,24 +64,6 @@ const fn same(
         fits,
         note,
         refused,
-        differs: false,
-    }
-}
-
-/// Accepted for the values `fits` allows, with a notice in every file: lorafuse does not do
-/// what it asks, and `note` says how the run differs.
-const fn differs(
-    name: &'static str,
-    fits: &'static [Fits],
-    note: &'static str,
-    refused: &'static str,
-) -> Foreign {
-    Foreign {
-        name,
-        fits,
-        note,
-        refused,
-        differs: true,
     }
 }
 
@@ -118,12 +96,6 @@ const FOREIGN: &[Foreign] = &[
     same("sdpa", &[Flag], ATTENTION, "must be true or false"),
     same("mem_eff_attn", &[Flag], ATTENTION, "must be true or false"),
     same("enable_xformers_memory_efficient_attention", &[Flag], ATTENTION, "must be true or false"),
-    differs(
-        "gradient_checkpointing",
-        &[Flag],
-        "lorafuse has no gradient checkpointing yet: the run needs more GPU memory than kohya's would (`lorafuse plan CONFIG` predicts how much); the results are the same",
-        "must be true or false",
-    ),
     same("use_8bit_adam", &[False], "the optimizer is optimizer_type's", OPTIMIZER),
     same(
         "network_module",
@@ -317,7 +289,7 @@ pub(crate) fn judge(key: &str, value: &Value, ctx: &Context) -> Verdict {
         return Verdict::Accepted(None);
     }
     if f.fits.iter().any(|fits| fits.allows(value, ctx)) {
-        let notice = (f.differs || !ctx.kohya_format)
+        let notice = (!ctx.kohya_format)
             .then(|| format!("{key} = {}: {}", super::parse::render(value), f.note));
         return Verdict::Accepted(notice);
     }
@@ -403,11 +375,7 @@ pub(crate) fn markdown_table() -> String {
                 .collect::<Vec<_>>()
                 .join(", or ")
         };
-        let note = match (f.fits.is_empty(), f.differs) {
-            (true, _) => String::new(),
-            (false, true) => format!("{} (a notice in every file)", f.note),
-            (false, false) => f.note.to_string(),
-        };
+        let note = if f.fits.is_empty() { "" } else { f.note };
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
             f.name,

@@ -18,8 +18,9 @@
 //! again from the same (p, seed), or [`LoraDropout::replay`], draws the same masks in a forward
 //! of the same model, which makes runs resumable and gradients checkable. A backward never
 //! draws: it reads the masks its forward saved (the UNet's backward recomputes norms and
-//! GEGLU, never a LoRA-carrying linear; a future recomputing backward must reuse the saved
-//! masks, not call the source again).
+//! GEGLU, never a LoRA-carrying linear; gradient checkpointing's recompute draws from a
+//! [`LoraDropout::replay_from`] source positioned at the layer's first mask, so it applies
+//! the very masks the forward applied).
 //!
 //! Not kohya's masks bit for bit: torch's generator is not ours, so only the distribution
 //! (independent Bernoulli(1−p) keeps, scaled by 1/(1−p)) is the same.
@@ -70,10 +71,16 @@ impl LoraDropout {
 
     /// A fresh source with the same p and seed: it draws the same masks again, in order.
     pub fn replay(&self) -> LoraDropout {
+        self.replay_from(0)
+    }
+
+    /// A source with the same p and seed whose next mask is draw number `draw`: it draws
+    /// again the masks this source drew from `draw` on (gradient checkpointing's recompute).
+    pub fn replay_from(&self, draw: u64) -> LoraDropout {
         LoraDropout {
             p: self.p,
             seed: self.seed,
-            draws: AtomicU64::new(0),
+            draws: AtomicU64::new(draw),
         }
     }
 

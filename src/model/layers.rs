@@ -19,6 +19,9 @@ pub struct Ctx<'a> {
     /// Draws a fresh keep mask for every adapter call of a forward (kohya's
     /// `network_dropout`). `None` (inference, sampling, validation): no dropout.
     pub dropout: Option<&'a LoraDropout>,
+    /// Gradient checkpointing: a saving forward of the UNet keeps only each layer's input,
+    /// and its backward runs the layer's forward again (model/unet/checkpoint.rs).
+    pub checkpoint: bool,
 }
 
 impl<'a> Ctx<'a> {
@@ -28,6 +31,7 @@ impl<'a> Ctx<'a> {
             be,
             lora,
             dropout: None,
+            checkpoint: false,
         }
     }
     /// The same context with LoRA dropout drawn from `dropout` (one source per training
@@ -35,6 +39,10 @@ impl<'a> Ctx<'a> {
     /// saves its mask (see [`LoraSaved`]).
     pub fn with_dropout(self, dropout: Option<&'a LoraDropout>) -> Self {
         Ctx { dropout, ..self }
+    }
+    /// The same context with gradient checkpointing on or off.
+    pub fn with_checkpointing(self, checkpoint: bool) -> Self {
+        Ctx { checkpoint, ..self }
     }
 }
 

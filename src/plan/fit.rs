@@ -18,6 +18,17 @@ pub struct Fit {
     pub batch: Option<usize>,
     /// The largest square resolution (side, a multiple of 64) at the configured batch size.
     pub side: Option<usize>,
+    /// What gradient checkpointing would fit, when the configuration has it off.
+    pub checkpointed: Option<CheckpointedFit>,
+}
+
+/// What fits a budget with `gradient_checkpointing: true`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointedFit {
+    /// Whether the configuration fits with it.
+    pub fits: bool,
+    /// The largest batch size at the configured resolution with it.
+    pub batch: Option<usize>,
 }
 
 /// Whether `input`'s predicted peak fits `budget` bytes.
@@ -58,15 +69,28 @@ fn largest(
     Ok(Some(good))
 }
 
-/// The largest batch size and square resolution that fit `budget` bytes.
+/// The largest batch size and square resolution that fit `budget` bytes, and, when the
+/// configuration does not checkpoint, what would fit with gradient checkpointing.
 pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
-    let batch = largest(1, MAX_BATCH, |b| fits(&input.with_batch(b), budget))?;
+    let largest_batch =
+        |input: &PlanInput| largest(1, MAX_BATCH, |b| fits(&input.with_batch(b), budget));
+    let batch = largest_batch(input)?;
     let side =
         largest(1, MAX_SIDE / 64, |s| fits(&input.with_side(s * 64), budget))?.map(|s| s * 64);
+    let checkpointed = if input.cfg.gradient_checkpointing {
+        None
+    } else {
+        let with = input.with_checkpointing(true);
+        Some(CheckpointedFit {
+            fits: fits(&with, budget)?,
+            batch: largest_batch(&with)?,
+        })
+    };
     Ok(Fit {
         budget,
         batch,
         side,
+        checkpointed,
     })
 }
 

@@ -114,6 +114,13 @@ impl PlanInput {
         i
     }
 
+    /// The same input with gradient checkpointing on or off.
+    pub fn with_checkpointing(&self, on: bool) -> PlanInput {
+        let mut i = self.clone();
+        i.cfg.gradient_checkpointing = on;
+        i
+    }
+
     /// The same input at a square resolution (the images drawn at that size).
     pub fn with_side(&self, side: usize) -> PlanInput {
         let (train, validation) = self.image_counts();
@@ -259,6 +266,9 @@ pub fn check_fits(p: &MemoryPlan, be: &dyn Backend) -> Result<()> {
     }
     if let Some(side) = f.side {
         fix.push(format!("resolution: {side}"));
+    }
+    if f.checkpointed.as_ref().is_some_and(|c| c.fits) {
+        fix.push("gradient_checkpointing: true".into());
     }
     if input.dtype() == DType::F32 {
         fix.push("mixed_precision: fp16".into());

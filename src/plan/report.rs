@@ -119,6 +119,17 @@ pub fn table(p: &MemoryPlan, fit: Option<&Fit>) -> String {
             ),
             None => writeln!(s, "  no resolution fits at batch_size {}", i.batch()),
         };
+        if let Some(c) = &f.checkpointed {
+            let verdict = if c.fits { "fits" } else { "does NOT fit" };
+            let batch = match c.batch {
+                Some(b) => format!("largest batch_size at {}x{}: {b}", i.width(), i.height()),
+                None => "no batch_size fits".into(),
+            };
+            let _ = writeln!(
+                s,
+                "  with gradient_checkpointing: true, this configuration {verdict}; {batch}"
+            );
+        }
     }
     s
 }

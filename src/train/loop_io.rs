@@ -313,6 +313,7 @@ fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
         num_batches_per_epoch: ds.batches_per_epoch(cfg.batch_size) as u64,
         batch_size: cfg.batch_size,
         gradient_accumulation_steps: cfg.gradient_accumulation_steps,
+        gradient_checkpointing: cfg.gradient_checkpointing,
         max_grad_norm: cfg.max_grad_norm,
         mixed_precision: cfg.mixed_precision.to_string(),
         cache_latents: true,

@@ -43,6 +43,8 @@ pub struct Trainable {
     pub objective: Objective,
     train_text: bool,
     dropout: f64,
+    /// Gradient checkpointing: the UNet recomputes each layer in the backward.
+    checkpointing: bool,
     seed: u64,
     max_grad_norm: f64,
 }
@@ -123,6 +125,7 @@ impl Trainable {
             },
             train_text: cfg.train_text_encoder,
             dropout: cfg.lora_dropout,
+            checkpointing: cfg.gradient_checkpointing,
             seed: cfg.seed,
             max_grad_norm: cfg.max_grad_norm,
         })
@@ -180,7 +183,9 @@ impl Trainable {
             Accum::Add
         };
         let dropout = LoraDropout::for_site(self.dropout, self.seed, &[4, site.epoch, site.index])?;
-        let cx = Ctx::new(be, Some(&self.lora)).with_dropout(Some(&dropout));
+        let cx = Ctx::new(be, Some(&self.lora))
+            .with_dropout(Some(&dropout))
+            .with_checkpointing(self.checkpointing);
         let text_cx = (self.train_text && m.text.is_some()).then_some(&cx);
         let (context, text_tape) = inputs.condition(be, m, text_cx, &captions, true)?;
         let batch = MicroBatch {

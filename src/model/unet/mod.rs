@@ -18,6 +18,7 @@
 //! What each block saves, and why, is written at the top of resnet.rs and transformer.rs; the
 //! UNet adds only the conv_norm_out input and its stats, and the skip channel counts.
 
+mod checkpoint;
 pub mod resnet;
 pub mod transformer;
 
@@ -28,6 +29,7 @@ use crate::model::config::{DownBlockType, UnetConfig, UpBlockType};
 use crate::model::layers::{hw, Conv, ConvSaved, Ctx, GroupNorm, Linear};
 use crate::model::weights::{Loader, WeightSource};
 use crate::tensor::Tensor;
+use checkpoint::{LayerTape, Shared};
 use resnet::{ResnetBlock, ResnetSaved};
 use transformer::{Transformer2D, Transformer2DSaved};
 
@@ -62,11 +64,11 @@ impl UnetTape {
     pub fn bytes_by_block(&self) -> Vec<(String, usize)> {
         let mut out: Vec<(String, usize)> = Vec::new();
         for (i, d) in self.down.iter().enumerate() {
-            let b: usize = d.layers.iter().map(LayerSaved::size_in_bytes).sum();
+            let b: usize = d.layers.iter().map(LayerTape::size_in_bytes).sum();
             let conv = d.conv.as_ref().map_or(0, ConvSaved::size_in_bytes);
             out.push((format!("down_blocks.{i}"), b + conv));
         }
-        let mid = self.mid.iter().map(LayerSaved::size_in_bytes).sum();
+        let mid = self.mid.iter().map(LayerTape::size_in_bytes).sum();
         out.push(("mid_block".into(), mid));
         for (i, u) in self.up.iter().enumerate() {
             let b: usize = u.layers.iter().map(|(s, _)| s.size_in_bytes()).sum();
@@ -77,28 +79,29 @@ impl UnetTape {
             "conv_norm_out".into(),
             self.out_x.size_in_bytes() + self.out_stats.size_in_bytes(),
         ));
+        if let Some(t) = &self.temb {
+            out.push(("time_embedding".into(), t.size_in_bytes()));
+        }
         out
     }
 }
 
 impl Layer {
     /// `name` is the layer's place, e.g. ("down_blocks.0", 1), for the trace.
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         cx: &Ctx,
         x: Tensor,
-        temb: &Tensor,
-        context: &Tensor,
+        shared: &Shared,
         save: bool,
         name: (&str, usize),
         trace: &mut Option<&mut Trace>,
     ) -> Result<(Tensor, Option<LayerSaved>)> {
-        let (h, rs) = self.resnet.forward(cx, x, Some(temb), save)?;
+        let (h, rs) = self.resnet.forward(cx, x, Some(shared.temb), save)?;
         record(trace, || format!("{}.resnets.{}", name.0, name.1), &h);
         let (h, ats) = match &self.attention {
             Some(a) => {
-                let (h, s) = a.forward(cx, h, context, save)?;
+                let (h, s) = a.forward(cx, h, shared.context, save)?;
                 record(trace, || format!("{}.attentions.{}", name.0, name.1), &h);
                 (h, s.map(Some))
             }
@@ -165,7 +168,7 @@ pub struct Unet {
 /// A down level's saved layers, the spatial size its downsampler read, and what the
 /// downsampler's adapter saved (LoCon).
 struct DownSaved {
-    layers: Vec<LayerSaved>,
+    layers: Vec<LayerTape>,
     conv_hw: Option<(usize, usize)>,
     conv: Option<ConvSaved>,
 }
@@ -173,7 +176,7 @@ struct DownSaved {
 /// An up level's saved layers, each with the channels of h before its skip concat, the
 /// spatial size before upsampling, and what the upsampler's adapter saved (LoCon).
 struct UpSaved {
-    layers: Vec<(LayerSaved, usize)>,
+    layers: Vec<(LayerTape, usize)>,
     pre_upsample_hw: Option<(usize, usize)>,
     conv: Option<ConvSaved>,
 }
@@ -181,10 +184,12 @@ struct UpSaved {
 /// Everything the backward needs, saved by a training forward.
 pub struct UnetTape {
     down: Vec<DownSaved>,
-    mid: Vec<LayerSaved>,
+    mid: Vec<LayerTape>,
     up: Vec<UpSaved>,
     out_x: Tensor,
     out_stats: NormStats,
+    /// The resnets' time input, kept with gradient checkpointing for the recompute.
+    temb: Option<Tensor>,
 }
 
 /// Named intermediate activations of a forward, for golden tests against diffusers: the
@@ -500,6 +505,10 @@ impl Unet {
         record(&mut trace, || "time_embedding".into(), &emb);
         let temb = cx.be.activation(&emb, Activation::Silu)?;
         drop(emb);
+        let shared = Shared {
+            temb: &temb,
+            context,
+        };
         let mut h = self.conv_in.forward(cx, sample)?;
         record(&mut trace, || "conv_in".into(), &h);
         let mut skips = vec![h.clone()];
@@ -508,7 +517,7 @@ impl Unet {
             let mut saved = Vec::new();
             let name = format!("down_blocks.{i}");
             for (j, layer) in level.layers.iter().enumerate() {
-                let (y, s) = layer.forward(cx, h, &temb, context, save, (&name, j), &mut trace)?;
+                let (y, s) = layer.forward_taped(cx, h, &shared, save, (&name, j), &mut trace)?;
                 h = y;
                 skips.push(h.clone());
                 saved.extend(s);
@@ -529,8 +538,7 @@ impl Unet {
         }
         let mut mid_saved = Vec::new();
         for (j, layer) in self.mid.iter().enumerate() {
-            let (y, s) =
-                layer.forward(cx, h, &temb, context, save, ("mid_block", j), &mut trace)?;
+            let (y, s) = layer.forward_taped(cx, h, &shared, save, ("mid_block", j), &mut trace)?;
             h = y;
             mid_saved.extend(s);
         }
@@ -543,7 +551,7 @@ impl Unet {
                 let c_h = h.dims()[1];
                 let x = cx.be.concat_channels(&h, &skip)?;
                 drop((h, skip));
-                let (y, s) = layer.forward(cx, x, &temb, context, save, (&name, j), &mut trace)?;
+                let (y, s) = layer.forward_taped(cx, x, &shared, save, (&name, j), &mut trace)?;
                 h = y;
                 saved.extend(s.map(|s| (s, c_h)));
             }
@@ -570,6 +578,7 @@ impl Unet {
             up: up_saved,
             out_x: h,
             out_stats,
+            temb: cx.checkpoint.then_some(temb),
         });
         Ok((out, tape))
     }
@@ -604,6 +613,9 @@ impl Unet {
         } else {
             None
         };
+        let temb = tape.temb;
+        let shared = temb.as_ref().map(|temb| Shared { temb, context });
+        let shared = shared.as_ref();
         let da = self.conv_out.backward(cx, d_out, hw(&tape.out_x))?;
         let mut dh = self
             .conv_norm_out
@@ -619,6 +631,7 @@ impl Unet {
                 dh = cx.be.upsample_nearest2x_backward(&du)?;
             }
             for (layer, (s, c_h)) in level.layers.iter().zip(saved.layers).rev() {
+                let s = layer.saved(cx, s, shared)?;
                 let dx = layer
                     .backward(cx, dh, context, s, grads, true, d_ctx.as_mut())?
                     .ok_or_else(|| internal("up layer lost dx"))?;
@@ -628,6 +641,7 @@ impl Unet {
             }
         }
         for (layer, s) in self.mid.iter().zip(tape.mid).rev() {
+            let s = layer.saved(cx, s, shared)?;
             dh = layer
                 .backward(cx, dh, context, s, grads, true, d_ctx.as_mut())?
                 .ok_or_else(|| internal("mid layer lost dx"))?;
@@ -647,6 +661,7 @@ impl Unet {
                     .pop()
                     .ok_or_else(|| internal("skip gradients ran out"))?;
                 cx.be.add_assign(&mut dh, &d_skip)?;
+                let s = layer.saved(cx, s, shared)?;
                 let first = i == 0 && j == 0;
                 match layer.backward(cx, dh, context, s, grads, !first, d_ctx.as_mut())? {
                     Some(d) => dh = d,
