@@ -559,9 +559,21 @@ fn fast_and_simple(
     )
 }
 
-/// The fast path runs when `in` is a multiple of 8 and the rank at most 192 (forward).
+/// The largest rank the fast kernels take on `e`'s device (ops/linear/fast.rs): (forward,
+/// backward) for sm_80's shared memory, and for the 99 KiB of sm_86/sm_89.
+fn max_fast_rank(e: &Engine) -> (usize, usize) {
+    if e.be.device().limits().smem_per_block >= 163 * 1024 {
+        (192, 195)
+    } else {
+        (98, 98)
+    }
+}
+
+/// The fast path runs when `in` is a multiple of 8 and the rank at most
+/// [`max_fast_rank`]'s (forward).
 fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
-    let expect_fast = l.inf % 8 == 0 && l.rank.is_none_or(|r| r <= 192);
+    let max_rank = max_fast_rank(e).0;
+    let expect_fast = l.inf % 8 == 0 && l.rank.is_none_or(|r| r <= max_rank);
     let dtype = DType::F16;
     let what = format!("{} fast forward {l:?}", e.be.name());
     let (fast, simple) = fast_and_simple(e);
@@ -665,7 +677,8 @@ fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
 /// The fast path runs when `in` and `out` are multiples of 8 and the rank at most 195
 /// (backward).
 fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
-    let expect_fast = l.inf % 8 == 0 && l.outf % 8 == 0 && l.rank.is_none_or(|r| r <= 195);
+    let max_rank = max_fast_rank(e).1;
+    let expect_fast = l.inf % 8 == 0 && l.outf % 8 == 0 && l.rank.is_none_or(|r| r <= max_rank);
     let dtype = DType::F16;
     let what = format!("{} fast backward {l:?} {accum:?} want_dx {dx}", e.be.name());
     let (fast, simple) = fast_and_simple(e);
@@ -884,6 +897,28 @@ fn fast_backward_tails_f16() {
         for l in FAST_DECLINED.into_iter().chain(FAST_RANKS) {
             fast_backward(&e, &mut rng, l, Accum::Add, true);
         }
+    }
+}
+
+/// The emulator held to an RTX 3060's limits (sm_86, 99 KiB of shared memory per block):
+/// ranks the A100's tiles take but the 3060's do not fall back to the simple kernels, the
+/// others take the smaller tiles that fit; every result as on the CPU.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn fast_kernels_under_an_rtx_3060s_limits_f16() {
+    use lorafuse::backend::cuda::{CudaBackend, Device, DeviceLimits};
+    let limits = DeviceLimits::profile("RTX 3060").unwrap();
+    let e = Engine {
+        be: CudaBackend::new(Device::emulating(limits), DType::F16).unwrap(),
+        gpu: false,
+    };
+    let mut rng = Rng::new(24);
+    for l in FAST_RANKS
+        .into_iter()
+        .chain([layer(&[130], 64, 96, Some(96), true, false)])
+    {
+        fast_forward(&e, &mut rng, l);
+        fast_backward(&e, &mut rng, l, Accum::Add, true);
     }
 }
 

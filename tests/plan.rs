@@ -243,7 +243,45 @@ fn the_plan_command_prints_the_breakdown_and_the_fit() {
         err.contains("--gpu-memory") && err.contains("8GiB"),
         "{err}"
     );
+    // A card: its memory is the budget, its limits the launches'.
+    let o = lorafuse(&["plan", cfg, "--gpu", "RTX 3060", "--set", "resolution=512"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("GPU: RTX 3060 (sm_86"), "{err}");
+    assert!(out.contains("within 12.00 GiB"), "{out}");
+    for (card, want) in [
+        ("RTX 9999", "RTX 3060, RTX 3070 Laptop"),
+        ("T4", "compute capability 8.0"),
+    ] {
+        let o = lorafuse(&["plan", cfg, "--gpu", card]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{card}: {err}");
+        assert!(err.contains(want), "{card}: {err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A card's limits reach the launch choices: the VAE attention's keys bound the largest
+/// resolution (an sm_86's 99 KiB of shared memory per block hold fewer than an A100's).
+#[test]
+fn a_cards_limits_bound_the_plan() {
+    use lorafuse::backend::cuda::DeviceLimits;
+    use lorafuse::plan::fit::largest_side;
+    let rtx = DeviceLimits::profile("RTX 3060").unwrap();
+    let a100 = DeviceLimits::profile("A100").unwrap();
+    assert_eq!(largest_side(&a100), lorafuse::plan::fit::MAX_SIDE);
+    assert_eq!(largest_side(&rtx), 1216);
+    let base = input(1, 512, 8, DType::F16).on(rtx.clone());
+    let f = fit(&base, rtx.memory).unwrap();
+    let side = f.side.expect("some resolution fits 12 GiB");
+    assert!(side <= 1216, "{f:?}");
+    // Past it the plan is refused (the VAE attention), not mis-predicted.
+    let e = plan(&base.with_side(1280)).unwrap_err().to_string();
+    assert!(e.contains("keys") && e.contains("RTX 3060"), "{e}");
+    plan(&input(1, 1280, 8, DType::F16)).expect("an A100 takes 1280x1280");
 }
 
 #[test]

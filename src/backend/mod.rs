@@ -110,6 +110,10 @@ pub trait BackendInfo {
     fn device_free_memory(&self) -> Option<usize> {
         None
     }
+    /// The launch limits of the device, on a CUDA device (GPU, emulator or meter).
+    fn device_limits(&self) -> Option<cuda::DeviceLimits> {
+        None
+    }
 }
 
 /// Tensors in and out of a backend (cpu/elementwise.rs, cuda/ops/elementwise.rs).

@@ -113,8 +113,13 @@ pub enum Command {
         /// The config file, YAML or kohya TOML (the data folder is read, if it exists, to size
         /// the caches).
         config: PathBuf,
+        /// The GPU to plan for: a card ("RTX 3060", "RTX 4090", "A100", ...: its memory and
+        /// the launch limits its kernels are chosen for) or a memory size like --gpu-memory.
+        #[arg(long, value_name = "CARD|SIZE")]
+        gpu: Option<String>,
         /// The GPU's memory, e.g. 8GiB, 12GB, 6144MiB (G/GB/GiB all mean GiB; a bare number is
-        /// GiB). Default: the memory of the GPU this build can open, else a table of sizes.
+        /// GiB); with --gpu, overrides the card's. Default: the memory of the GPU this build can
+        /// open, else a table of sizes.
         #[arg(long, value_name = "SIZE")]
         gpu_memory: Option<String>,
         /// Override a config key, e.g. --set batch_size=4 (repeatable).
@@ -160,9 +165,10 @@ pub fn run(cli: Cli) -> Outcome {
         }
         Command::Plan {
             config,
+            gpu,
             gpu_memory,
             set,
-        } => plan::plan_cmd(&config, gpu_memory.as_deref(), &set),
+        } => plan::plan_cmd(&config, gpu.as_deref(), gpu_memory.as_deref(), &set),
         Command::Devices => devices(),
     }
 }

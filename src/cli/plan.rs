@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use lorafuse::backend::cuda::DeviceLimits;
 use lorafuse::config::TrainConfig;
 use lorafuse::plan::fit::fit;
 use lorafuse::plan::report::{gib, table};
@@ -12,7 +13,13 @@ use super::{CliError, Out, Outcome};
 /// GPU memory sizes the table shows when no size is given and no GPU is found.
 const SIZES_GIB: [usize; 7] = [4, 6, 8, 12, 16, 24, 80];
 
-pub fn plan_cmd(config: &Path, gpu_memory: Option<&str>, set: &[String]) -> Outcome {
+pub fn plan_cmd(
+    config: &Path,
+    gpu: Option<&str>,
+    gpu_memory: Option<&str>,
+    set: &[String],
+) -> Outcome {
+    let card = gpu.map(card).transpose()?;
     let cfg = TrainConfig::load(config, set)?;
     let input = match lorafuse::train::trainer::scan_data(&cfg) {
         Ok(ds) => PlanInput::with_dataset(&cfg, ds),
@@ -32,9 +39,18 @@ pub fn plan_cmd(config: &Path, gpu_memory: Option<&str>, set: &[String]) -> Outc
             cfg.base_model.display()
         );
     }
+    let (input, card_memory) = match card {
+        Some(Card::Profile(limits)) => {
+            eprintln!("GPU: {limits}");
+            let memory = limits.memory;
+            (input.on(limits), Some(memory))
+        }
+        Some(Card::Memory(bytes)) => (input, Some(bytes)),
+        None => (input, None),
+    };
     let budget = match gpu_memory {
         Some(s) => Some(parse_size(s)?),
-        None => gpu_total(),
+        None => card_memory.or_else(gpu_total),
     };
     let p = plan(&input)?;
     let f = match budget {
@@ -58,6 +74,32 @@ pub fn plan_cmd(config: &Path, gpu_memory: Option<&str>, set: &[String]) -> Outc
         ))?;
     }
     Ok(())
+}
+
+/// What `--gpu` names.
+enum Card {
+    Profile(DeviceLimits),
+    Memory(usize),
+}
+
+/// A card of the profile table, or a memory size.
+fn card(s: &str) -> Result<Card, CliError> {
+    if let Some(limits) = DeviceLimits::profile(s) {
+        if !limits.supported() {
+            return Err(CliError::Usage(format!(
+                "--gpu {s:?}: {limits}: lorafuse's CUDA kernels need compute capability 8.0 or \
+                 newer (RTX 30xx, A100 and later; Turing support is planned, issue 17). \
+                 --gpu-memory SIZE plans the memory alone"
+            )));
+        }
+        return Ok(Card::Profile(limits));
+    }
+    parse_size(s).map(Card::Memory).map_err(|_| {
+        CliError::Usage(format!(
+            "--gpu {s:?}: not a card lorafuse knows ({}) nor a memory size such as 12GiB",
+            DeviceLimits::profile_names()
+        ))
+    })
 }
 
 fn first_line(s: &str) -> &str {

@@ -17,6 +17,7 @@ pub mod fit;
 pub mod report;
 mod run;
 
+use crate::backend::cuda::DeviceLimits;
 use crate::backend::Backend;
 use crate::config::TrainConfig;
 use crate::data::Dataset;
@@ -38,6 +39,9 @@ pub struct PlanInput {
     /// (`base_model`, when it exists, gives the networks' shapes; otherwise SD1.5's).
     pub cfg: TrainConfig,
     pub data: PlanData,
+    /// The device whose launch limits the run's kernels are chosen for (an A100's unless
+    /// `--gpu` names a card or the run is on a GPU).
+    pub device: DeviceLimits,
 }
 
 /// The images a plan caches and trains on.
@@ -79,6 +83,7 @@ impl PlanInput {
                 train: batch.max(1),
                 validation: 0,
             },
+            device: DeviceLimits::default_target(),
         }
     }
 
@@ -89,6 +94,7 @@ impl PlanInput {
         PlanInput {
             cfg: cfg.clone(),
             data: PlanData::Images { train, validation },
+            device: DeviceLimits::default_target(),
         }
     }
 
@@ -97,6 +103,15 @@ impl PlanInput {
         PlanInput {
             cfg: cfg.clone(),
             data: PlanData::Scanned(ds),
+            device: DeviceLimits::default_target(),
+        }
+    }
+
+    /// The same input planned for a device with `limits`.
+    pub fn on(&self, limits: DeviceLimits) -> PlanInput {
+        PlanInput {
+            device: limits,
+            ..self.clone()
         }
     }
 
@@ -243,10 +258,10 @@ pub fn device_plan(
     be: &dyn Backend,
     ds: &Dataset,
 ) -> Result<Option<MemoryPlan>> {
-    if be.device_free_memory().is_none() {
+    let (Some(_), Some(limits)) = (be.device_free_memory(), be.device_limits()) else {
         return Ok(None);
-    }
-    plan(&PlanInput::with_dataset(cfg, ds.clone())).map(Some)
+    };
+    plan(&PlanInput::with_dataset(cfg, ds.clone()).on(limits)).map(Some)
 }
 
 /// A refusal, naming what would fit, when `p`'s peak exceeds the device's free memory.

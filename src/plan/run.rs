@@ -69,7 +69,7 @@ impl PhaseHook for Meter<'_> {
 pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
     check(input)?;
     let cfg = &input.cfg;
-    let dev: Arc<Device> = Device::meter();
+    let dev: Arc<Device> = Device::meter_for(input.device.clone());
     let be = CudaBackend::new(dev.clone(), input.dtype())?;
     let ds = match &input.data {
         PlanData::Scanned(ds) => ds.clone(),

@@ -79,4 +79,7 @@ impl BackendInfo for CudaBackend {
     fn device_free_memory(&self) -> Option<usize> {
         self.dev.mem_info().map(|(free, _)| free)
     }
+    fn device_limits(&self) -> Option<super::DeviceLimits> {
+        Some(self.dev.limits().clone())
+    }
 }

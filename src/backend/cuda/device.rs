@@ -15,6 +15,7 @@ use super::buffer::DeviceBuffer;
 use super::gpu::Gpu;
 use super::launch::LaunchCfg;
 use super::pool::{rounded, Pool, PoolStats};
+use super::profile::DeviceLimits;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
@@ -38,6 +39,9 @@ struct Meter {
 /// One device and its memory pool. Shared (`Arc`) by the backend and every buffer on it.
 pub struct Device {
     engine: Engine,
+    /// The limits launches are chosen for and checked against: the GPU's own, or for the
+    /// emulator and the meter a card's from the profile table.
+    limits: DeviceLimits,
     pool: Mutex<Pool>,
     /// Fill every new buffer with 0xFF bytes (NaN in f16 and f32), so that an element a kernel
     /// forgets to write shows up in the results. Always on in the emulator; on a GPU with
@@ -46,11 +50,18 @@ pub struct Device {
 }
 
 impl Device {
-    /// The kernel emulator: kernels/*.cu built for the host, device memory in host memory.
+    /// The kernel emulator: kernels/*.cu built for the host, device memory in host memory,
+    /// launches held to [`DeviceLimits::default_target`]'s limits.
     #[cfg(feature = "cuda-emu")]
     pub fn emulator() -> Arc<Device> {
+        Device::emulating(DeviceLimits::default_target())
+    }
+    /// The kernel emulator choosing and checking launches as on a device with `limits`.
+    #[cfg(feature = "cuda-emu")]
+    pub fn emulating(limits: DeviceLimits) -> Arc<Device> {
         Arc::new(Device {
             engine: Engine::Emu,
+            limits,
             pool: Mutex::new(Pool::default()),
             poison: true,
         })
@@ -59,24 +70,35 @@ impl Device {
     /// The memory meter: allocations are counted by the pool but no memory exists, kernels are
     /// checked against the launch limits but not run, downloads read zeros. For planning.
     pub fn meter() -> Arc<Device> {
-        Device::metering(None)
+        Device::metering(DeviceLimits::default_target(), None)
     }
     /// The memory meter pretending to be a device of `total` bytes: allocations beyond it fail
     /// as on a full GPU, and [`Device::mem_info`] reports what is left (tests of the
     /// out-of-memory paths).
     pub fn meter_with_memory(total: usize) -> Arc<Device> {
-        Device::metering(Some(total))
+        Device::metering(DeviceLimits::default_target(), Some(total))
     }
-    fn metering(total: Option<usize>) -> Arc<Device> {
+    /// The memory meter choosing and checking launches as on a device with `limits` (its
+    /// memory is not enforced: a plan measures the peak and compares it).
+    pub fn meter_for(limits: DeviceLimits) -> Arc<Device> {
+        Device::metering(limits, None)
+    }
+    fn metering(limits: DeviceLimits, total: Option<usize>) -> Arc<Device> {
         Arc::new(Device {
             engine: Engine::Meter(Meter {
                 next: AtomicU64::new(1 << 40),
                 held: AtomicUsize::new(0),
                 total,
             }),
+            limits,
             pool: Mutex::new(Pool::default()),
             poison: false,
         })
+    }
+
+    /// The limits launches are chosen for on this device.
+    pub fn limits(&self) -> &DeviceLimits {
+        &self.limits
     }
 
     /// CUDA device `ordinal`, with every kernel module loaded.
@@ -84,6 +106,7 @@ impl Device {
     pub fn gpu(ordinal: usize) -> Result<Arc<Device>> {
         let gpu = Gpu::open(ordinal)?;
         Ok(Arc::new(Device {
+            limits: gpu.limits().clone(),
             engine: Engine::Gpu(gpu),
             pool: Mutex::new(Pool::default()),
             poison: std::env::var_os("LORAFUSE_POISON").is_some_and(|v| v == "1"),
@@ -163,14 +186,7 @@ impl Device {
     }
 
     pub(crate) fn check_launch(&self, kernel: &str, cfg: &LaunchCfg) -> Result<()> {
-        let max_smem = match &self.engine {
-            #[cfg(feature = "cuda")]
-            Engine::Gpu(g) => g.max_smem(),
-            #[cfg(feature = "cuda-emu")]
-            Engine::Emu => super::emu::MAX_SMEM,
-            Engine::Meter(_) => super::launch::SM80_MAX_SMEM,
-        };
-        cfg.check(kernel, max_smem)
+        cfg.check(kernel, self.limits.smem_per_block)
     }
 
     fn lock_pool(&self) -> std::sync::MutexGuard<'_, Pool> {

@@ -55,7 +55,3 @@ pub(crate) fn launch(kernel: &str, cfg: &LaunchCfg, body: Body) -> Result<()> {
     }
     Ok(())
 }
-
-/// The emulator's shared-memory limit: the smallest of the targets' (sm_80's), so a launch
-/// that passes here fits every GPU we build for.
-pub(crate) const MAX_SMEM: u32 = super::launch::SM80_MAX_SMEM;

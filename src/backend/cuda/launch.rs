@@ -5,10 +5,6 @@
 
 use crate::error::{Error, Result};
 
-/// Dynamic shared memory a block of sm_80 can opt in to (163 KiB); sm_90 allows more. The
-/// emulator and the memory meter hold launches to this, the smallest of our targets.
-pub(crate) const SM80_MAX_SMEM: u32 = 163 * 1024;
-
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchCfg {

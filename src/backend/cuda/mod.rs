@@ -25,6 +25,7 @@ mod gpu;
 pub(crate) mod launch;
 pub(crate) mod ops;
 mod pool;
+mod profile;
 pub(crate) mod tiles;
 
 pub use backend::CudaBackend;
@@ -35,3 +36,4 @@ pub use device::Device;
 pub use gpu::{probe, DeviceInfo};
 pub use ops::selftest;
 pub use pool::PoolStats;
+pub use profile::DeviceLimits;

@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
 mod fast;
-mod wide;
+pub(crate) mod wide;
 
 kernels! {
     module "attention";

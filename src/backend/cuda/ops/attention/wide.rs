@@ -1,10 +1,13 @@
 //! Attention forward for heads wider than the tiled kernels take ([`MAX_HEAD_DIM`]): the
 //! VAE's single 512-wide head (kernels/attention_wide.cu). One block per query row keeps the
-//! row's scores in shared memory, so key lengths are bounded by it ([`MAX_KEYS`]: 16384 keys,
-//! the VAE at 1024x1024, need 64 KiB). Forward only: nothing trains through a wide head.
+//! row's scores in shared memory, so key lengths are bounded by the device's shared memory per
+//! block ([`max_keys`]: 16384 keys, the VAE at 1024x1024, need 66 KiB; an sm_80 takes about
+//! 41000 keys, an sm_86/sm_89 about 24800, the VAE at up to 1216x1216). Forward only: nothing
+//! trains through a wide head.
 
 use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
+use super::super::super::profile::DeviceLimits;
 use super::super::super::tiles::{wide_smem, WIDE_THREADS};
 use super::super::{alloc, by_dtype, input, int, output};
 use super::MAX_HEAD_DIM;
@@ -21,11 +24,18 @@ kernels! {
         lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
 }
 
-/// The most keys a row's scores can have in shared memory (with a 4096-wide query row, within
-/// sm_80's 163 KiB).
-pub(crate) const MAX_KEYS: usize = 36 * 1024;
 /// The widest head: the query row shares the shared memory with the scores.
 const MAX_WIDE_DIM: usize = 4096;
+
+/// The most keys a row's scores can have in the shared memory of a device with `limits`
+/// beside a `head_dim`-wide query row.
+pub(crate) fn max_keys(limits: &DeviceLimits, head_dim: usize) -> usize {
+    let smem = limits.smem_per_block as usize;
+    (0..=smem / 4)
+        .rev()
+        .find(|&lk| wide_smem(head_dim, lk) <= smem)
+        .unwrap_or(0)
+}
 
 /// O and lse of attention with a head wider than [`MAX_HEAD_DIM`] (`n` already checked, `dt`
 /// the dtype of q, k and v).
@@ -39,23 +49,26 @@ pub(crate) fn forward(
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     debug_assert!(n.head_dim > MAX_HEAD_DIM || n.v_head_dim > MAX_HEAD_DIM);
-    if n.kv_len > MAX_KEYS {
-        return Err(check::bad_value(
-            OP,
-            "k",
-            n.kv_len,
-            &format!(
-                "at most {MAX_KEYS} keys for heads wider than {MAX_HEAD_DIM} on the CUDA backend \
-                 (the VAE's attention at up to about 1536x1536 pixels)"
-            ),
-        ));
-    }
     if n.head_dim > MAX_WIDE_DIM {
         return Err(check::bad_value(
             OP,
             "head_dim",
             n.head_dim,
             &format!("at most {MAX_WIDE_DIM} on the CUDA backend"),
+        ));
+    }
+    let keys = max_keys(be.device().limits(), n.head_dim);
+    if n.kv_len > keys {
+        return Err(check::bad_value(
+            OP,
+            "k",
+            n.kv_len,
+            &format!(
+                "at most {keys} keys for heads wider than {MAX_HEAD_DIM} on {} (the VAE's \
+                 attention reads one key per 8x8 pixels; `lorafuse plan` names the largest \
+                 resolution)",
+                be.device().limits().name
+            ),
         ));
     }
     let (qi, ki, vi) = (

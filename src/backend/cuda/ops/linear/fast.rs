@@ -8,9 +8,10 @@
 //!   is one 16-byte cp.async): forward `in`; backward `in` and `out`;
 //! - an operand not 16-byte aligned (pool buffers are 512-byte aligned: does not happen);
 //! - a LoRA rank whose shared memory (the f32 hidden tile and L ring, about 690 bytes per
-//!   rank on the 64x64 tile) exceeds `MAX_SMEM` on every tile: rank > 192 (forward; > 195
-//!   backward). Larger tiles are skipped when theirs does not fit (128x128 serves ranks up
-//!   to 107, 128x64 up to 124).
+//!   rank on the 64x64 tile) exceeds the device's per-block shared memory ([`smem_budget`])
+//!   on every tile. Larger tiles are skipped when theirs does not fit. On sm_80 (160 KiB):
+//!   ranks up to 192 (forward; 195 backward), 128x128 up to 107, 128x64 up to 124; on
+//!   sm_86/sm_89 (96 KiB): up to 98, 128x128 up to 39, 128x64 up to 55.
 //!
 //! SD1.5's linear layers (in/out 320, 640, 1280, 768, 2560, 5120) all take the fast path.
 
@@ -49,9 +50,11 @@ kernels! {
         out: Out, c_sn: i32, c_sj: i32, chunk: i32, beta: f32);
 }
 
-/// Dynamic shared memory the GEMM may use: within the emulator's 163 KiB and an sm_80's
-/// opt-in limit (163 KiB); sm_90 allows 227 KiB.
-const MAX_SMEM: usize = 160 * 1024;
+/// Dynamic shared memory the GEMM may use on `be`'s device: its per-block limit less 3 KiB
+/// kept for the kernels' static shared memory (160 KiB on sm_80, 96 KiB on sm_86/sm_89).
+fn smem_budget(be: &CudaBackend) -> usize {
+    be.device().limits().smem_per_block as usize - 3 * 1024
+}
 
 /// A block tile of the GEMM: rows x columns of C, and its threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,12 +95,18 @@ impl Tile {
 }
 
 /// The tile for an M x N product with rank `r`: the largest whose grid still fills the device
-/// (about one block per SM of an H100; the emulator, a few host threads, counts as 4 so that
-/// small test shapes reach every tile), else the smallest; None when no tile's shared memory
-/// fits. Every tile gives bitwise the same result (same k order per element).
+/// (about one block per SM; the emulator, a few host threads, counts as 4 so that small test
+/// shapes reach every tile), else the smallest; None when no tile's shared memory fits the
+/// device. Every tile gives bitwise the same result (same k order per element).
 fn pick(be: &CudaBackend, m: usize, n: usize, kn: bool, r: usize) -> Option<Tile> {
-    let fill = if be.device().is_emulator() { 4 } else { 132 };
-    let fits = |t: &Tile| t.smem(kn, r) <= MAX_SMEM;
+    let dev = be.device();
+    let fill = if dev.is_emulator() {
+        4
+    } else {
+        dev.limits().sm_count as usize
+    };
+    let budget = smem_budget(be);
+    let fits = |t: &Tile| t.smem(kn, r) <= budget;
     Tile::ALL
         .into_iter()
         .filter(fits)
