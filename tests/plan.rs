@@ -317,3 +317,38 @@ fn the_readme_plan_example_is_what_plan_prints() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// README's table of what fits on the cards users own: SD1.5 at 512x512, fp16, the demo's
+/// other settings (kohya's default targets, no text-encoder training, no samples), the
+/// largest batch_size at ranks 8 and 16 without and with gradient checkpointing. Each row
+/// README shows is computed here.
+#[test]
+fn the_readme_card_table_is_what_plan_computes() {
+    use lorafuse::backend::cuda::DeviceLimits;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut rows = Vec::new();
+    for card in ["RTX 3070 Laptop", "RTX 3060", "RTX 4090"] {
+        let limits = DeviceLimits::profile(card).unwrap();
+        let mut cells = vec![format!("{card} ({} GiB)", limits.memory >> 30)];
+        for rank in [8, 16] {
+            for ckpt in [false, true] {
+                let i = input(1, 512, rank, DType::F16)
+                    .on(limits.clone())
+                    .with_checkpointing(ckpt);
+                let b = fit(&i, limits.memory).unwrap().batch;
+                cells.push(b.map_or("none".into(), |b| b.to_string()));
+            }
+        }
+        rows.push(format!("| {} |", cells.join(" | ")));
+    }
+    let missing: Vec<&String> = rows
+        .iter()
+        .filter(|r| !readme.lines().any(|l| l == r.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README.md's card table lacks these rows (as plan computes them):\n{}",
+        rows.join("\n")
+    );
+}

@@ -3,7 +3,7 @@
 
 use super::{plan, PlanInput};
 use crate::backend::cuda::DeviceLimits;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 
 /// The largest batch sizes searched.
 pub const MAX_BATCH: usize = 256;
@@ -44,9 +44,15 @@ pub struct CheckpointedFit {
     pub batch: Option<usize>,
 }
 
-/// Whether `input`'s predicted peak fits `budget` bytes.
+/// Whether `input`'s predicted peak fits `budget` bytes. A size the model refuses (an op's
+/// element-count limit at a large batch, the VAE attention's keys at a large resolution) does
+/// not fit; other errors are returned.
 pub fn fits(input: &PlanInput, budget: usize) -> Result<bool> {
-    Ok(plan(input)?.peak() <= budget)
+    match plan(input) {
+        Ok(p) => Ok(p.peak() <= budget),
+        Err(e) if e.kind() == ErrorKind::BadInput => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The largest value v in lo..=hi with `ok(v)`, given that `ok` is monotone (true, then
