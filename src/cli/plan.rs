@@ -88,8 +88,10 @@ fn card(s: &str) -> Result<Card, CliError> {
         if !limits.supported() {
             return Err(CliError::Usage(format!(
                 "--gpu {s:?}: {limits}: lorafuse's CUDA kernels need compute capability 8.0 or \
-                 newer (RTX 30xx, A100 and later; Turing support is planned, issue 17). \
-                 --gpu-memory SIZE plans the memory alone"
+                 newer (RTX 30xx, A100 and later). On Turing the tensor-core kernels cannot run \
+                 and the simple attention backward of SD1.5's 160-wide heads needs 66176 bytes \
+                 of shared memory, more than its 64 KiB (planned, issue 17). --gpu-memory SIZE \
+                 plans the memory alone"
             )));
         }
         return Ok(Card::Profile(limits));
