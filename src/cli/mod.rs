@@ -6,6 +6,7 @@ mod error;
 pub mod interrupt;
 mod plan;
 pub mod progress;
+mod tools;
 
 pub use error::{CliError, Out, Outcome};
 
@@ -101,6 +102,33 @@ pub enum Command {
         #[arg(long)]
         precision: Option<String>,
     },
+    /// Resize a LoRA to a lower rank (sd-scripts' resize_lora.py): per module the best
+    /// approximation of up·down of that rank (SVD in f64), alpha scaled so alpha/rank is kept.
+    Resize {
+        /// The LoRA to resize (kohya format, .safetensors).
+        input: PathBuf,
+        /// The resized LoRA to write.
+        output: PathBuf,
+        /// The new rank; with --dynamic-method, the largest rank a module may get.
+        #[arg(long)]
+        new_rank: usize,
+        /// The new rank of the 3x3 conv (LoCon) modules; default: --new-rank.
+        #[arg(long)]
+        new_conv_rank: Option<usize>,
+        /// Pick each module's rank from its singular values S: sv_ratio (keep those above
+        /// S₀/X), sv_fro (keep a share X of the Frobenius norm), sv_cumulative (a share X of ΣS).
+        #[arg(long, value_name = "METHOD")]
+        dynamic_method: Option<String>,
+        /// X of --dynamic-method.
+        #[arg(long, value_name = "X")]
+        dynamic_param: Option<f64>,
+        /// fp16, bf16 or float (fp32, the default).
+        #[arg(long)]
+        save_precision: Option<String>,
+        /// Print per module the retained sum and Frobenius shares of S and S₀/S_last.
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Show what a LoRA file holds: modules, rank, alpha, dtype, metadata.
     Inspect {
         /// The LoRA .safetensors file.
@@ -154,6 +182,25 @@ pub fn run(cli: Cli) -> Outcome {
             out,
             precision,
         } => merge(&model, &loras, &out, precision.as_deref()),
+        Command::Resize {
+            input,
+            output,
+            new_rank,
+            new_conv_rank,
+            dynamic_method,
+            dynamic_param,
+            save_precision,
+            verbose,
+        } => tools::resize_cmd(&tools::ResizeCmd {
+            input: &input,
+            output: &output,
+            new_rank,
+            new_conv_rank,
+            dynamic_method: dynamic_method.as_deref(),
+            dynamic_param,
+            save_precision: save_precision.as_deref(),
+            verbose,
+        }),
         Command::Inspect { lora } => {
             let summary = lorafuse::lora::inspect::inspect(&lora)?;
             Out::new().line(summary)

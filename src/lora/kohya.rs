@@ -19,6 +19,12 @@ const DOWN: &str = ".lora_down.weight";
 /// training; f64 for gradient checks), sorted by name.
 pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<LoraSet> {
     let path = path.as_ref();
+    if !path.exists() {
+        return Err(Error::Lora {
+            path: path.to_path_buf(),
+            detail: "no such file; expected a LoRA in kohya's format (.safetensors)".into(),
+        });
+    }
     let w = Weights::open(path)?;
     let bad = |key: &str, why: String| Error::BadValue {
         op: "lora file",

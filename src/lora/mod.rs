@@ -9,10 +9,13 @@
 
 pub mod dropout;
 pub mod export;
+pub mod factors;
 pub mod hash;
 pub mod inspect;
 pub mod kohya;
 pub mod merge;
+pub mod rank;
+pub mod resize;
 pub(crate) mod write;
 
 use std::collections::HashMap;

@@ -1,0 +1,268 @@
+//! `lorafuse resize` (and the other LoRA tools) against the numpy fixture of
+//! tests/fixtures/make_svd_fixture.py: the same rank reproduces up·down, a lower rank is the
+//! best approximation (Eckart–Young), the dynamic methods pick the ranks sd-scripts'
+//! resize_lora.py rules give; metadata; bad input exits 2 naming it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lorafuse::linalg::Mat;
+use lorafuse::lora::rank::DynamicMethod;
+use lorafuse::lora::resize::{factors, resize, ResizeArgs};
+use lorafuse::lora::{kohya, LoraModule, LoraSet};
+use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
+use lorafuse::{CpuBackend, DType};
+
+const RESIZE_IN: &str = "tests/fixtures/svd/resize-in.safetensors";
+const LIN: &str = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
+const CONV: &str = "lora_unet_down_blocks_0_resnets_0_conv1";
+
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "lorafuse-test-tools-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn load(p: &Path) -> LoraSet {
+    kohya::load(p, &CpuBackend::new(), DType::F64).unwrap()
+}
+
+/// scale · up · down of a module, [out, in·taps].
+fn delta(m: &LoraModule) -> Mat {
+    let (u, d) = factors(m);
+    let mut w = u.matmul(&d);
+    for x in &mut w.data {
+        *x *= m.scale();
+    }
+    w
+}
+
+fn diff_norm(a: &Mat, b: &Mat) -> f64 {
+    a.data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn fixture() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string("tests/fixtures/svd/resize.json").unwrap())
+        .unwrap()
+}
+
+fn args<'a>(input: &'a Path, output: &'a Path, rank: usize) -> ResizeArgs<'a> {
+    ResizeArgs {
+        input,
+        output,
+        rank,
+        conv_rank: None,
+        dynamic: None,
+        precision: None,
+    }
+}
+
+#[test]
+fn resize_to_the_same_rank_reproduces_the_product() {
+    let t = TempDir::new("same");
+    let out = t.path("same.safetensors");
+    let report = resize(&args(Path::new(RESIZE_IN), &out, 32)).unwrap();
+    let (before, after) = (load(Path::new(RESIZE_IN)), load(&out));
+    for name in [LIN, CONV] {
+        let a = &before.modules()[before.find(name).unwrap()];
+        let b = &after.modules()[after.find(name).unwrap()];
+        assert_eq!(b.kind, a.kind);
+        assert!((b.scale() - a.scale()).abs() < 1e-7, "{name}: scale kept");
+        let (da, db) = (delta(a), delta(b));
+        let rel = diff_norm(&da, &db) / da.norm();
+        assert!(rel < 1e-6, "{name}: product changed by {rel:e}");
+    }
+    // The conv module's product has rank 6 (out = 6): capped there, alpha = 4/8 · 6.
+    let conv = &after.modules()[after.find(CONV).unwrap()];
+    assert_eq!((conv.rank(), conv.alpha), (6, 3.0));
+    assert_eq!(conv.down.dims(), &[6, 4, 3, 3]);
+    assert_eq!(conv.up.dims(), &[6, 6, 1, 1]);
+    assert_eq!(report.modules.len(), 2);
+}
+
+#[test]
+fn resize_to_a_lower_rank_is_the_best_approximation() {
+    let fx = fixture();
+    let t = TempDir::new("lower");
+    for k in [1usize, 4, 8] {
+        let out = t.path(&format!("r{k}.safetensors"));
+        resize(&args(Path::new(RESIZE_IN), &out, k)).unwrap();
+        let (before, after) = (load(Path::new(RESIZE_IN)), load(&out));
+        for name in [LIN, CONV] {
+            let a = &before.modules()[before.find(name).unwrap()];
+            let b = &after.modules()[after.find(name).unwrap()];
+            // The conv product has rank 6 (out = 6): a larger rank is capped there.
+            let cap = if name == CONV { 6 } else { 32 };
+            assert_eq!(b.rank(), k.min(cap), "{name}");
+            assert!((b.scale() - a.scale()).abs() < 1e-7);
+            // ‖W − W_k‖_F (W = up·down, unscaled) = √Σ_{i≥k} s_i², numpy's.
+            let (wa, wb) = (delta(a), delta(b));
+            let got = diff_norm(&wa, &wb) / a.scale();
+            let want = fx[name]["fro_error"][k - 1].as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-5 * want + 1e-6,
+                "{name} rank {k}: error {got} vs Eckart–Young {want}"
+            );
+        }
+    }
+    let meta = SafetensorsFile::open(&t.path("r8.safetensors")).unwrap();
+    let m = meta.metadata();
+    assert_eq!(m["ss_network_dim"], "8");
+    // The last module (by name) is the conv: alpha 4/8 · 6 (its rank capped at 6).
+    assert_eq!(m["ss_network_alpha"], "3.0");
+    assert_eq!(
+        m["ss_training_comment"],
+        "dimension is resized from 32 to 8; fixture"
+    );
+    assert_eq!(
+        m["ss_network_args"],
+        r#"{"conv_alpha":"3.0","conv_dim":"6"}"#
+    );
+}
+
+#[test]
+fn dynamic_methods_pick_the_fixture_ranks() {
+    let fx = fixture();
+    let t = TempDir::new("dyn");
+    let cases = fx[LIN]["dynamic"].as_array().unwrap();
+    for (i, case) in cases.iter().enumerate() {
+        let method: DynamicMethod = case["method"].as_str().unwrap().parse().unwrap();
+        let param = case["param"].as_f64().unwrap();
+        let out = t.path(&format!("d{i}.safetensors"));
+        let mut a = args(
+            Path::new(RESIZE_IN),
+            &out,
+            case["cap"].as_u64().unwrap() as usize,
+        );
+        a.dynamic = Some((method, param));
+        let report = resize(&a).unwrap();
+        let after = load(&out);
+        for name in [LIN, CONV] {
+            let want = fx[name]["dynamic"][i]["rank"].as_u64().unwrap() as usize;
+            let m = &after.modules()[after.find(name).unwrap()];
+            assert_eq!(m.rank(), want, "{name} {method} {param}");
+            let r = report.modules.iter().find(|r| r.name == name).unwrap();
+            assert_eq!(r.choice.rank, want);
+            assert!(r.choice.fro_retained > 0.0 && r.choice.fro_retained <= 1.0 + 1e-12);
+        }
+        let meta = SafetensorsFile::open(&out).unwrap();
+        assert_eq!(meta.metadata()["ss_network_dim"], "Dynamic");
+        assert_eq!(meta.metadata()["ss_network_alpha"], "Dynamic");
+        assert!(meta.metadata()["ss_training_comment"]
+            .starts_with(&format!("Dynamic resize with {method}: ")));
+    }
+}
+
+#[test]
+fn resize_precision_fp16() {
+    let t = TempDir::new("fp16");
+    let out = t.path("h.safetensors");
+    let mut a = args(Path::new(RESIZE_IN), &out, 4);
+    a.precision = Some("fp16".parse().unwrap());
+    resize(&a).unwrap();
+    let f = SafetensorsFile::open(&out).unwrap();
+    let raw = f.tensor_info(&format!("{LIN}.lora_up.weight")).unwrap();
+    assert_eq!(raw.dtype, safetensors::tensor::Dtype::F16);
+}
+
+/// Runs the binary; (exit code, stderr).
+pub fn lorafuse(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn resize_bad_input_exits_2_naming_it() {
+    let t = TempDir::new("bad");
+    let out = t.path("o.safetensors");
+    let o = out.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["resize", "missing.safetensors", o, "--new-rank", "4"],
+            "missing.safetensors: no such file",
+        ),
+        (&["resize", RESIZE_IN, o, "--new-rank", "0"], "at least 1"),
+        (
+            &[
+                "resize",
+                RESIZE_IN,
+                o,
+                "--new-rank",
+                "4",
+                "--dynamic-method",
+                "sv_fro",
+            ],
+            "needs --dynamic-param",
+        ),
+        (
+            &[
+                "resize",
+                RESIZE_IN,
+                o,
+                "--new-rank",
+                "4",
+                "--dynamic-method",
+                "sv_x",
+                "--dynamic-param",
+                "1",
+            ],
+            "--dynamic-method sv_x: expected one of sv_ratio, sv_fro, sv_cumulative",
+        ),
+        (
+            &[
+                "resize",
+                RESIZE_IN,
+                o,
+                "--new-rank",
+                "4",
+                "--dynamic-method",
+                "sv_fro",
+                "--dynamic-param",
+                "1.5",
+            ],
+            "1.5 for sv_fro",
+        ),
+        (
+            &["resize", RESIZE_IN, RESIZE_IN, "--new-rank", "4"],
+            "is the input itself",
+        ),
+    ];
+    for (argv, want) in cases {
+        let (code, err) = lorafuse(argv);
+        assert_eq!(code, Some(2), "{argv:?}: {err}");
+        assert!(err.contains(want), "{argv:?}: {err}");
+        assert!(!err.contains("panicked"));
+    }
+    assert!(!out.exists());
+}
