@@ -129,6 +129,37 @@ pub enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Extract a LoRA from the difference of two SD1.x checkpoints (sd-scripts'
+    /// extract_lora_from_models.py): per targeted layer the top singular triplets of
+    /// tuned − original; alpha = rank.
+    Extract {
+        /// The base model: a single .safetensors file or a diffusers folder.
+        #[arg(long)]
+        original: PathBuf,
+        /// The fine-tuned model (either layout).
+        #[arg(long)]
+        tuned: PathBuf,
+        /// The LoRA to write.
+        output: PathBuf,
+        /// Rank of the linear and 1x1-conv modules.
+        #[arg(long)]
+        dim: usize,
+        /// Rank of the 3x3 convs (LoCon); without it no ResNet/sampler module is extracted.
+        #[arg(long)]
+        conv_dim: Option<usize>,
+        /// Clamp up and down to ± this quantile of their entries.
+        #[arg(long, default_value_t = 0.99)]
+        clamp_quantile: f64,
+        /// Do not clamp (the factors are then exactly the truncated SVD's).
+        #[arg(long)]
+        no_clamp: bool,
+        /// The text encoder is extracted only when a weight differs by more than this.
+        #[arg(long, default_value_t = 0.01)]
+        min_diff: f64,
+        /// fp16, bf16 or float (fp32, the default).
+        #[arg(long)]
+        save_precision: Option<String>,
+    },
     /// Show what a LoRA file holds: modules, rank, alpha, dtype, metadata.
     Inspect {
         /// The LoRA .safetensors file.
@@ -200,6 +231,27 @@ pub fn run(cli: Cli) -> Outcome {
             dynamic_param,
             save_precision: save_precision.as_deref(),
             verbose,
+        }),
+        Command::Extract {
+            original,
+            tuned,
+            output,
+            dim,
+            conv_dim,
+            clamp_quantile,
+            no_clamp,
+            min_diff,
+            save_precision,
+        } => tools::extract_cmd(&tools::ExtractCmd {
+            original: &original,
+            tuned: &tuned,
+            output: &output,
+            dim,
+            conv_dim,
+            clamp_quantile,
+            no_clamp,
+            min_diff,
+            save_precision: save_precision.as_deref(),
         }),
         Command::Inspect { lora } => {
             let summary = lorafuse::lora::inspect::inspect(&lora)?;

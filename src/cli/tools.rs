@@ -1,9 +1,10 @@
-//! The LoRA tools' commands: `resize` (and, below, `extract`): parse what the library does not
-//! see, call it, print its report.
+//! The LoRA tools' commands, `resize` and `extract`: parse what the library does not see, call
+//! it, print its report.
 
 use std::path::Path;
 
 use lorafuse::lora::export::SavePrecision;
+use lorafuse::lora::extract::{extract, ExtractArgs};
 use lorafuse::lora::rank::DynamicMethod;
 use lorafuse::lora::resize::{resize, ResizeArgs};
 
@@ -61,6 +62,55 @@ pub fn resize_cmd(c: &ResizeCmd) -> Outcome {
     })?;
     if c.verbose {
         eprint!("{}", report.verbose(dynamic.is_some()));
+    }
+    Out::new().line(report)
+}
+
+/// The arguments of `lorafuse extract` as typed.
+pub struct ExtractCmd<'a> {
+    pub original: &'a Path,
+    pub tuned: &'a Path,
+    pub output: &'a Path,
+    pub dim: usize,
+    pub conv_dim: Option<usize>,
+    pub clamp_quantile: f64,
+    pub no_clamp: bool,
+    pub min_diff: f64,
+    pub save_precision: Option<&'a str>,
+}
+
+pub fn extract_cmd(c: &ExtractCmd) -> Outcome {
+    let precision = parse_precision("--save-precision", c.save_precision)?;
+    let progress = |done: usize, total: usize| {
+        eprint!("\rextracting module {done}/{total}");
+        if done == total {
+            eprintln!();
+        }
+    };
+    let report = extract(
+        &ExtractArgs {
+            original: c.original,
+            tuned: c.tuned,
+            output: c.output,
+            dim: c.dim,
+            conv_dim: c.conv_dim,
+            clamp_quantile: (!c.no_clamp).then_some(c.clamp_quantile),
+            min_diff: c.min_diff,
+            precision,
+        },
+        &progress,
+    )?;
+    if report.text_encoder_skipped {
+        eprintln!(
+            "note: the text encoder is the same (largest difference {:.3e} ≤ --min-diff {}): \
+             UNet modules only",
+            report.text_encoder_max_diff, c.min_diff
+        );
+    } else {
+        eprintln!(
+            "text encoder differs (largest difference {:.3e} > --min-diff {})",
+            report.text_encoder_max_diff, c.min_diff
+        );
     }
     Out::new().line(report)
 }

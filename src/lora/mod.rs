@@ -9,6 +9,7 @@
 
 pub mod dropout;
 pub mod export;
+pub mod extract;
 pub mod factors;
 pub mod hash;
 pub mod inspect;
