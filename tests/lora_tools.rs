@@ -266,3 +266,189 @@ fn resize_bad_input_exits_2_naming_it() {
     }
     assert!(!out.exists());
 }
+
+// ---------------------------------------------------------------------------------------------
+// merge: LoRA into LoRA
+
+const TINY_LORA: &str = "tests/fixtures/tiny-lora.safetensors";
+
+/// A second LoRA on every other module of the fixture LoRA (rank 3, alpha 1.5) plus a LoCon
+/// module the fixture lacks, written to `path`.
+fn second_lora(path: &Path) -> LoraSet {
+    use lorafuse::lora::export::{save_kohya, SavePrecision};
+    use lorafuse::lora::LayerKind;
+    use lorafuse::Tensor;
+    let base = load(Path::new(TINY_LORA));
+    let mut rng = lorafuse::rng::Rng::new(9);
+    let mut modules: Vec<LoraModule> = base
+        .modules()
+        .iter()
+        .step_by(2)
+        .map(|m| {
+            let (o, i) = (m.up.dims()[0], m.down.dims()[1]);
+            LoraModule {
+                name: m.name.clone(),
+                down: Tensor::from_f64([3, i], rng.normal_vec(3 * i)).unwrap(),
+                up: Tensor::from_f64([o, 3], rng.normal_vec(o * 3)).unwrap(),
+                alpha: 1.5,
+                kind: m.kind,
+            }
+        })
+        .collect();
+    modules.push(LoraModule {
+        name: CONV.into(),
+        down: Tensor::from_f64([2, 4, 3, 3], rng.normal_vec(72)).unwrap(),
+        up: Tensor::from_f64([5, 2, 1, 1], rng.normal_vec(10)).unwrap(),
+        alpha: 2.0,
+        kind: LayerKind::Conv { kernel: 3 },
+    });
+    let set = LoraSet::new(modules);
+    save_kohya(path, &set, SavePrecision::Fp32, &Default::default()).unwrap();
+    load(path)
+}
+
+/// Σ ratio · scale · up · down of the module `name` over the sets that have it.
+fn summed(sets: &[(&LoraSet, f64)], name: &str) -> Mat {
+    let mut acc: Option<Mat> = None;
+    for (s, r) in sets {
+        if let Some(i) = s.find(name) {
+            let mut d = delta(&s.modules()[i]);
+            for x in &mut d.data {
+                *x *= r;
+            }
+            acc = Some(match acc {
+                None => d,
+                Some(mut a) => {
+                    for (x, y) in a.data.iter_mut().zip(&d.data) {
+                        *x += y;
+                    }
+                    a
+                }
+            });
+        }
+    }
+    acc.unwrap()
+}
+
+#[test]
+fn lora_merge_stacks_ranks_and_equals_the_sum_of_deltas() {
+    use lorafuse::lora::merge_loras::{merge_loras, LoraMergeArgs};
+    let t = TempDir::new("mergelora");
+    let b_path = t.path("b.safetensors");
+    let b = second_lora(&b_path);
+    let a = load(Path::new(TINY_LORA));
+    let out = t.path("ab.safetensors");
+    let loras = [(PathBuf::from(TINY_LORA), 0.7), (b_path.clone(), -0.4)];
+    let report = merge_loras(&LoraMergeArgs {
+        loras: &loras,
+        output: &out,
+        new_rank: None,
+        new_conv_rank: None,
+        clamp_quantile: None,
+        precision: None,
+    })
+    .unwrap();
+    assert_eq!(report.modules_per_lora, vec![192, 97]);
+    assert_eq!(report.modules, 193);
+    let merged = load(&out);
+    let sets = [(&a, 0.7), (&b, -0.4)];
+    for m in merged.modules() {
+        let want = summed(&sets, &m.name);
+        let rank = a.find(&m.name).map_or(0, |i| a.modules()[i].rank())
+            + b.find(&m.name).map_or(0, |i| b.modules()[i].rank());
+        assert_eq!(m.rank(), rank, "{}: ranks stacked", m.name);
+        let rel = diff_norm(&delta(m), &want) / want.norm();
+        assert!(rel < 1e-6, "{}: {rel:e}", m.name);
+    }
+    let meta = SafetensorsFile::open(&out).unwrap();
+    assert_eq!(meta.metadata()["ss_network_dim"], "Dynamic");
+
+    // SVD to a rank at least the stacked one: the same sum; to rank 2: the best rank-2
+    // approximation of it (Eckart–Young against the exact SVD of the formed sum).
+    for (rank, name) in [(16usize, "svd16"), (2, "svd2")] {
+        let out = t.path(&format!("{name}.safetensors"));
+        merge_loras(&LoraMergeArgs {
+            loras: &loras,
+            output: &out,
+            new_rank: Some(rank),
+            new_conv_rank: None,
+            clamp_quantile: None,
+            precision: None,
+        })
+        .unwrap();
+        let merged = load(&out);
+        assert_eq!(merged.len(), 193);
+        for m in merged.modules() {
+            assert_eq!(m.alpha, m.rank() as f64);
+            let want = summed(&sets, &m.name);
+            let s = lorafuse::linalg::svd(&want).s;
+            let k = rank.min(s.len());
+            let optimal = s[k..].iter().map(|x| x * x).sum::<f64>().sqrt();
+            let got = diff_norm(&delta(m), &want);
+            assert!(
+                (got - optimal).abs() <= 1e-6 * want.norm(),
+                "{name} {}: {got} vs {optimal}",
+                m.name
+            );
+        }
+    }
+}
+
+#[test]
+fn merge_bad_input_exits_2_naming_it() {
+    use lorafuse::lora::export::{save_kohya, SavePrecision};
+    let t = TempDir::new("mergebad");
+    let out = t.path("o.safetensors");
+    let o = out.to_str().unwrap();
+    // The fixture's first module with another input size.
+    let mut other = load(Path::new(TINY_LORA)).modules()[..1].to_vec();
+    other[0].down = lorafuse::Tensor::from_f64([4, 3], vec![0.5; 12]).unwrap();
+    let wrong = t.path("wrong.safetensors");
+    save_kohya(
+        &wrong,
+        &LoraSet::new(other),
+        SavePrecision::Fp32,
+        &Default::default(),
+    )
+    .unwrap();
+    let w = wrong.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "merge", "--lora", TINY_LORA, "--lora", TINY_LORA, "--ratios", "0.5", "--out", o,
+            ],
+            "--ratios has 1 values for 2 --lora files",
+        ),
+        (
+            &["merge", "--lora", "gone.safetensors", "--out", o],
+            "gone.safetensors: no such file",
+        ),
+        (
+            &["merge", "--lora", TINY_LORA, "--lora", w, "--out", o],
+            "the LoRAs are for different models",
+        ),
+        (
+            &["merge", "--lora", TINY_LORA, "--new-rank", "0", "--out", o],
+            "at least 1",
+        ),
+        (
+            &[
+                "merge",
+                "--lora",
+                "a.safetensors:0.5",
+                "--ratios",
+                "0.5",
+                "--out",
+                o,
+            ],
+            "use one or the other",
+        ),
+    ];
+    for (argv, want) in cases {
+        let (code, err) = lorafuse(argv);
+        assert_eq!(code, Some(2), "{argv:?}: {err}");
+        assert!(err.contains(want), "{argv:?}: {err}");
+        assert!(!err.contains("panicked"));
+    }
+    assert!(!out.exists());
+}

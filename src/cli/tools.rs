@@ -1,10 +1,11 @@
-//! The LoRA tools' commands, `resize` and `extract`: parse what the library does not see, call
-//! it, print its report.
+//! The LoRA tools' commands, `resize`, `extract` and `merge` of LoRAs into a LoRA: parse what
+//! the library does not see, call it, print its report.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lorafuse::lora::export::SavePrecision;
 use lorafuse::lora::extract::{extract, ExtractArgs};
+use lorafuse::lora::merge_loras::{merge_loras, LoraMergeArgs};
 use lorafuse::lora::rank::DynamicMethod;
 use lorafuse::lora::resize::{resize, ResizeArgs};
 
@@ -112,5 +113,71 @@ pub fn extract_cmd(c: &ExtractCmd) -> Outcome {
             report.text_encoder_max_diff, c.min_diff
         );
     }
+    Out::new().line(report)
+}
+
+/// The `--lora FILE[:RATIO]` arguments with `--ratios` (one per file, in order, when given;
+/// then no file may carry its own ratio).
+pub fn lora_ratios(loras: &[String], ratios: &[f64]) -> Result<Vec<(PathBuf, f64)>, CliError> {
+    let pairs = loras
+        .iter()
+        .map(|a| super::path_and_weight(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    if ratios.is_empty() {
+        return Ok(pairs);
+    }
+    if ratios.len() != loras.len() {
+        return Err(CliError::Usage(format!(
+            "--ratios has {} values for {} --lora files: give one ratio per LoRA, in order",
+            ratios.len(),
+            loras.len()
+        )));
+    }
+    if let Some(a) = loras
+        .iter()
+        .zip(&pairs)
+        .find(|(a, (p, _))| p.as_os_str() != a.as_str())
+        .map(|(a, _)| a)
+    {
+        return Err(CliError::Usage(format!(
+            "--lora {a} has a ratio of its own and --ratios gives them all: use one or the other"
+        )));
+    }
+    if let Some(r) = ratios.iter().find(|r| !r.is_finite()) {
+        return Err(CliError::Usage(format!(
+            "--ratios {r}: give finite numbers"
+        )));
+    }
+    Ok(pairs
+        .into_iter()
+        .zip(ratios)
+        .map(|((p, _), r)| (p, *r))
+        .collect())
+}
+
+/// The arguments of `lorafuse merge` without `--model`.
+pub struct MergeLorasCmd<'a> {
+    pub loras: &'a [(PathBuf, f64)],
+    pub out: &'a Path,
+    pub precision: Option<&'a str>,
+    pub new_rank: Option<usize>,
+    pub new_conv_rank: Option<usize>,
+    pub clamp_quantile: Option<f64>,
+}
+
+pub fn merge_loras_cmd(c: &MergeLorasCmd) -> Outcome {
+    if c.new_rank.is_none() && c.new_conv_rank.is_some() {
+        return Err(CliError::Usage(
+            "--new-conv-rank needs --new-rank (without it the ranks are stacked)".into(),
+        ));
+    }
+    let report = merge_loras(&LoraMergeArgs {
+        loras: c.loras,
+        output: c.out,
+        new_rank: c.new_rank,
+        new_conv_rank: c.new_conv_rank,
+        clamp_quantile: c.clamp_quantile,
+        precision: parse_precision("--precision", c.precision)?,
+    })?;
     Out::new().line(report)
 }

@@ -15,6 +15,7 @@ pub mod hash;
 pub mod inspect;
 pub mod kohya;
 pub mod merge;
+pub mod merge_loras;
 pub mod rank;
 pub mod resize;
 pub(crate) mod write;
