@@ -103,6 +103,22 @@ fn resize_to_the_same_rank_reproduces_the_product() {
     assert_eq!(conv.down.dims(), &[6, 4, 3, 3]);
     assert_eq!(conv.up.dims(), &[6, 6, 1, 1]);
     assert_eq!(report.modules.len(), 2);
+
+    // inspect names each module's adapter kind.
+    let s = lorafuse::lora::inspect::inspect(&out).unwrap();
+    let kinds: Vec<(&str, &str)> = s
+        .per_module
+        .iter()
+        .map(|m| (m.name.as_str(), m.kind.as_str()))
+        .collect();
+    assert_eq!(kinds, vec![(LIN, "LoRA linear"), (CONV, "LoCon 3x3 conv")]);
+    assert_eq!(s.conv_modules, 0, "a 3x3 conv is not a 1x1 conv");
+    assert!(s
+        .to_string()
+        .contains("LoCon 3x3 conv (1 modules), LoRA linear (1 modules)"));
+    assert!(s
+        .module_table()
+        .contains("LoCon 3x3 conv   rank    6  alpha 3.0"));
 }
 
 #[test]

@@ -182,6 +182,10 @@ pub enum Command {
     Inspect {
         /// The LoRA .safetensors file.
         lora: PathBuf,
+        /// Also list every module: name, adapter kind (LoRA linear, LoRA 1x1 conv, LoCon 3x3
+        /// conv), rank, alpha.
+        #[arg(long)]
+        modules: bool,
     },
     /// Predict a training config's peak GPU memory without a GPU: the breakdown (weights,
     /// LoRA + optimizer, saved activations by block, workspace, context) and, for a memory
@@ -298,9 +302,14 @@ pub fn run(cli: Cli) -> Outcome {
             min_diff,
             save_precision: save_precision.as_deref(),
         }),
-        Command::Inspect { lora } => {
+        Command::Inspect { lora, modules } => {
             let summary = lorafuse::lora::inspect::inspect(&lora)?;
-            Out::new().line(summary)
+            let mut out = Out::new();
+            out.line(&summary)?;
+            if modules {
+                out.text(&summary.module_table())?;
+            }
+            Ok(())
         }
         Command::Plan {
             config,
