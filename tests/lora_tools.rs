@@ -468,3 +468,73 @@ fn merge_bad_input_exits_2_naming_it() {
     }
     assert!(!out.exists());
 }
+
+// ---------------------------------------------------------------------------------------------
+// README
+
+/// Every `lorafuse` line of README.md's LoRA-tools example block runs and exits 0, with its
+/// file names standing for: my-lora = the resize fixture, v1-5 / my-finetune = two demo
+/// models (diffusers folders, seeds 7 and 8), a = the fixture LoRA, b = it resized to rank 2.
+/// Outputs go to a temporary folder (the commands' working folder).
+#[test]
+fn readme_examples_run() {
+    let t = TempDir::new("readme");
+    let root = std::env::current_dir().unwrap();
+    let b = t.path("b-input.safetensors");
+    resize(&args(Path::new(TINY_LORA), &b, 2)).unwrap();
+    let base = lorafuse::demo::model::write_tiny_model(&t.path("base"), 7).unwrap();
+    let tuned = lorafuse::demo::model::write_tiny_model(&t.path("tuned"), 8).unwrap();
+    let names: [(&str, PathBuf); 5] = [
+        ("my-lora.safetensors", root.join(RESIZE_IN)),
+        ("v1-5.safetensors", base),
+        ("my-finetune.safetensors", tuned),
+        ("a.safetensors", root.join(TINY_LORA)),
+        ("b.safetensors", b),
+    ];
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let block = readme
+        .split("<!-- lora-tools-examples")
+        .nth(1)
+        .expect("the example block's marker")
+        .split("```")
+        .nth(1)
+        .unwrap();
+    let lines: Vec<&str> = block
+        .lines()
+        .filter(|l| l.starts_with("lorafuse "))
+        .collect();
+    assert_eq!(lines.len(), 6, "{block}");
+    for line in lines {
+        let argv: Vec<String> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|a| {
+                let (file, ratio) = a.split_once(':').unwrap_or((a, ""));
+                match names.iter().find(|(n, _)| *n == file) {
+                    Some((_, p)) if ratio.is_empty() => p.display().to_string(),
+                    Some((_, p)) => format!("{}:{ratio}", p.display()),
+                    None => a.to_string(),
+                }
+            })
+            .collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+            .args(&argv)
+            .current_dir(&t.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for f in [
+        "my-lora-r8.safetensors",
+        "my-lora-dyn.safetensors",
+        "extracted.safetensors",
+        "ab.safetensors",
+        "ab-r16.safetensors",
+    ] {
+        assert!(t.path(f).is_file(), "{f}");
+    }
+}

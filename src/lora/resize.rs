@@ -108,7 +108,7 @@ impl fmt::Display for ResizeReport {
         let ranks: Vec<String> = ranks.iter().map(usize::to_string).collect();
         writeln!(
             f,
-            "resized {} modules to rank {}",
+            "resized {} modules; new ranks: {}",
             self.modules.len(),
             ranks.join(", ")
         )?;
