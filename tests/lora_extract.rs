@@ -3,9 +3,10 @@
 //! deltas back (to 1e-5, without clamping); the modules are exactly the model's own LoRA
 //! targets; an unchanged text encoder is skipped; mismatched models and bad values exit 2.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use lorafuse::linalg::Mat;
@@ -19,6 +20,9 @@ use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use common::tools::{assert_bad_input, TempDir};
+
+/// A folder that lives as long as the test process (the shared original model).
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lorafuse-extract-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -139,10 +143,10 @@ fn args<'a>(tuned: &'a Path, out: &'a Path) -> ExtractArgs<'a> {
 
 #[test]
 fn extract_recovers_a_rank_2_difference() {
-    let dir = scratch("rank2");
-    let tuned = dir.join("tuned");
+    let dir = TempDir::new("rank2");
+    let tuned = dir.path("tuned");
     let deltas = tuned_copy(&tuned, &["unet", "text_encoder"], &|_| true);
-    let out = dir.join("x.safetensors");
+    let out = dir.path("x.safetensors");
     let report = extract(&args(&tuned, &out), &|_, _| {}).unwrap();
     assert!(!report.text_encoder_skipped);
     let set = kohya::load(&out, &CpuBackend::new(), DType::F64).unwrap();
@@ -176,7 +180,7 @@ fn extract_recovers_a_rank_2_difference() {
     );
 
     // Clamped at the 0.99 quantile: no factor entry beyond it, and the product is close.
-    let clamped = dir.join("c.safetensors");
+    let clamped = dir.path("c.safetensors");
     let mut a = args(&tuned, &clamped);
     a.clamp_quantile = Some(0.99);
     extract(&a, &|_, _| {}).unwrap();
@@ -191,10 +195,10 @@ fn extract_recovers_a_rank_2_difference() {
 
 #[test]
 fn an_unchanged_text_encoder_is_skipped() {
-    let dir = scratch("te");
-    let tuned = dir.join("tuned");
+    let dir = TempDir::new("te");
+    let tuned = dir.path("tuned");
     tuned_copy(&tuned, &["unet"], &|p| p.contains(".attentions."));
-    let out = dir.join("x.safetensors");
+    let out = dir.path("x.safetensors");
     let mut a = args(&tuned, &out);
     a.conv_dim = None;
     let report = extract(&a, &|_, _| {}).unwrap();
@@ -211,84 +215,25 @@ fn an_unchanged_text_encoder_is_skipped() {
         .all(|m| !matches!(m.kind, lorafuse::lora::LayerKind::Conv { .. })));
 }
 
-fn lorafuse_cli(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn extract_bad_input_exits_2_naming_it() {
-    let dir = scratch("bad");
-    let o = dir.join("o.safetensors");
+    let dir = TempDir::new("bad");
+    let o = dir.path("o.safetensors");
     let (orig, o) = (original().to_str().unwrap(), o.to_str().unwrap());
     let other = "tests/fixtures/tiny-sd15-diffusers";
-    let cases: [(&[&str], &str); 4] = [
+    let x = format!("extract --original {orig}");
+    let cases = [
+        (format!("{x} --tuned nope {o} --dim 4"), "nope"),
         (
-            &[
-                "extract",
-                "--original",
-                orig,
-                "--tuned",
-                "nope",
-                o,
-                "--dim",
-                "4",
-            ],
-            "nope",
-        ),
-        (
-            &[
-                "extract",
-                "--original",
-                orig,
-                "--tuned",
-                other,
-                o,
-                "--dim",
-                "4",
-            ],
+            format!("{x} --tuned {other} {o} --dim 4"),
             "the two checkpoints are not the same model",
         ),
+        (format!("{x} --tuned {orig} {o} --dim 0"), "at least 1"),
         (
-            &[
-                "extract",
-                "--original",
-                orig,
-                "--tuned",
-                orig,
-                o,
-                "--dim",
-                "0",
-            ],
-            "at least 1",
-        ),
-        (
-            &[
-                "extract",
-                "--original",
-                orig,
-                "--tuned",
-                orig,
-                o,
-                "--dim",
-                "2",
-                "--clamp-quantile",
-                "1.5",
-            ],
+            format!("{x} --tuned {orig} {o} --dim 2 --clamp-quantile 1.5"),
             "--clamp-quantile 1.5",
         ),
     ];
-    for (argv, want) in cases {
-        let (code, err) = lorafuse_cli(argv);
-        assert_eq!(code, Some(2), "{argv:?}: {err}");
-        assert!(err.contains(want), "{argv:?}: {err}");
-        assert!(!err.contains("panicked"));
-    }
+    assert_bad_input(&cases);
     assert!(!Path::new(o).exists());
 }

@@ -3,9 +3,12 @@
 //! best approximation (Eckart–Young), the dynamic methods pick the ranks sd-scripts'
 //! resize_lora.py rules give; metadata; bad input exits 2 naming it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::tools::{assert_bad_input, TempDir};
 
 use lorafuse::linalg::Mat;
 use lorafuse::lora::rank::DynamicMethod;
@@ -17,31 +20,6 @@ use lorafuse::{CpuBackend, DType};
 const RESIZE_IN: &str = "tests/fixtures/svd/resize-in.safetensors";
 const LIN: &str = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q";
 const CONV: &str = "lora_unet_down_blocks_0_resnets_0_conv1";
-
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "lorafuse-test-tools-{}-{n}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn load(p: &Path) -> LoraSet {
     kohya::load(p, &CpuBackend::new(), DType::F64).unwrap()
@@ -206,80 +184,36 @@ fn resize_precision_fp16() {
     assert_eq!(raw.dtype, safetensors::tensor::Dtype::F16);
 }
 
-/// Runs the binary; (exit code, stderr).
-pub fn lorafuse(args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn resize_bad_input_exits_2_naming_it() {
     let t = TempDir::new("bad");
     let out = t.path("o.safetensors");
     let o = out.to_str().unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let r = format!("resize {RESIZE_IN} {o} --new-rank 4");
+    let cases = [
         (
-            &["resize", "missing.safetensors", o, "--new-rank", "4"],
+            format!("resize missing.safetensors {o} --new-rank 4"),
             "missing.safetensors: no such file",
         ),
-        (&["resize", RESIZE_IN, o, "--new-rank", "0"], "at least 1"),
+        (format!("resize {RESIZE_IN} {o} --new-rank 0"), "at least 1"),
         (
-            &[
-                "resize",
-                RESIZE_IN,
-                o,
-                "--new-rank",
-                "4",
-                "--dynamic-method",
-                "sv_fro",
-            ],
+            format!("{r} --dynamic-method sv_fro"),
             "needs --dynamic-param",
         ),
         (
-            &[
-                "resize",
-                RESIZE_IN,
-                o,
-                "--new-rank",
-                "4",
-                "--dynamic-method",
-                "sv_x",
-                "--dynamic-param",
-                "1",
-            ],
+            format!("{r} --dynamic-method sv_x --dynamic-param 1"),
             "--dynamic-method sv_x: expected one of sv_ratio, sv_fro, sv_cumulative",
         ),
         (
-            &[
-                "resize",
-                RESIZE_IN,
-                o,
-                "--new-rank",
-                "4",
-                "--dynamic-method",
-                "sv_fro",
-                "--dynamic-param",
-                "1.5",
-            ],
+            format!("{r} --dynamic-method sv_fro --dynamic-param 1.5"),
             "1.5 for sv_fro",
         ),
         (
-            &["resize", RESIZE_IN, RESIZE_IN, "--new-rank", "4"],
+            format!("resize {RESIZE_IN} {RESIZE_IN} --new-rank 4"),
             "is the input itself",
         ),
     ];
-    for (argv, want) in cases {
-        let (code, err) = lorafuse(argv);
-        assert_eq!(code, Some(2), "{argv:?}: {err}");
-        assert!(err.contains(want), "{argv:?}: {err}");
-        assert!(!err.contains("panicked"));
-    }
+    assert_bad_input(&cases);
     assert!(!out.exists());
 }
 
@@ -428,44 +362,29 @@ fn merge_bad_input_exits_2_naming_it() {
     )
     .unwrap();
     let w = wrong.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases = [
         (
-            &[
-                "merge", "--lora", TINY_LORA, "--lora", TINY_LORA, "--ratios", "0.5", "--out", o,
-            ],
+            format!("merge --lora {TINY_LORA} --lora {TINY_LORA} --ratios 0.5 --out {o}"),
             "--ratios has 1 values for 2 --lora files",
         ),
         (
-            &["merge", "--lora", "gone.safetensors", "--out", o],
+            format!("merge --lora gone.safetensors --out {o}"),
             "gone.safetensors: no such file",
         ),
         (
-            &["merge", "--lora", TINY_LORA, "--lora", w, "--out", o],
+            format!("merge --lora {TINY_LORA} --lora {w} --out {o}"),
             "the LoRAs are for different models",
         ),
         (
-            &["merge", "--lora", TINY_LORA, "--new-rank", "0", "--out", o],
+            format!("merge --lora {TINY_LORA} --new-rank 0 --out {o}"),
             "at least 1",
         ),
         (
-            &[
-                "merge",
-                "--lora",
-                "a.safetensors:0.5",
-                "--ratios",
-                "0.5",
-                "--out",
-                o,
-            ],
+            format!("merge --lora a.safetensors:0.5 --ratios 0.5 --out {o}"),
             "use one or the other",
         ),
     ];
-    for (argv, want) in cases {
-        let (code, err) = lorafuse(argv);
-        assert_eq!(code, Some(2), "{argv:?}: {err}");
-        assert!(err.contains(want), "{argv:?}: {err}");
-        assert!(!err.contains("panicked"));
-    }
+    assert_bad_input(&cases);
     assert!(!out.exists());
 }
 
