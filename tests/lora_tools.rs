@@ -457,3 +457,32 @@ fn readme_examples_run() {
         assert!(t.path(f).is_file(), "{f}");
     }
 }
+
+/// A tensor that is no module's down/up/alpha (DoRA's `dora_scale`) is not carried over by
+/// resize, and the report names it.
+#[test]
+fn resize_reports_tensors_it_drops() {
+    use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+    let t = TempDir::new("dropped");
+    let bytes = std::fs::read(RESIZE_IN).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let extra_key = format!("{LIN}.dora_scale");
+    let extra = vec![0u8; 36 * 4];
+    let mut views: Vec<(String, TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    views.push((
+        extra_key.clone(),
+        TensorView::new(Dtype::F32, vec![36, 1], &extra).unwrap(),
+    ));
+    let input = t.path("with-dora.safetensors");
+    std::fs::write(&input, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = t.path("out.safetensors");
+    let report = resize(&args(&input, &out, 4)).unwrap();
+    assert_eq!(report.dropped, vec![extra_key.clone()]);
+    let f = SafetensorsFile::open(&out).unwrap();
+    assert!(f.tensor_info(&extra_key).is_none());
+    assert_eq!(f.len(), 6);
+}

@@ -64,6 +64,13 @@ pub fn resize_cmd(c: &ResizeCmd) -> Outcome {
     if c.verbose {
         eprint!("{}", report.verbose(dynamic.is_some()));
     }
+    if !report.dropped.is_empty() {
+        eprintln!(
+            "note: {} tensors that are no LoRA module's down/up/alpha were not carried over: {}",
+            report.dropped.len(),
+            report.dropped.join(", ")
+        );
+    }
     Out::new().line(report)
 }
 

@@ -9,7 +9,7 @@
 //! note, when no weight of it differs by more than `min_diff` (the largest |difference|).
 //!
 //! Per module, in f64: D = tuned − original ([out, in·k²] for a conv), its top `rank` = min(the
-//! rank asked, out, in·k²) singular triplets ([`crate::linalg::truncated_svd`]: randomized,
+//! rank asked, out, in) singular triplets ([`crate::linalg::truncated_svd`]: randomized,
 //! within the error documented there, exact below the oversampling), up = U·S, down = Vᵀ,
 //! both clamped to ±(the `clamp_quantile` quantile of all their entries) unless disabled, and
 //! alpha = rank (scale 1). Metadata: kohya's minimum (`ss_network_dim` = the rank asked,
@@ -224,7 +224,8 @@ pub fn extract(
                 LayerKind::Conv { .. } => args.conv_dim.unwrap_or(args.dim),
                 _ => args.dim,
             };
-            let rank = asked.min(d.rows).min(d.cols);
+            // As kohya: at most the layer's out and in channels (not in·k²).
+            let rank = asked.min(d.rows).min(d.cols / kind.taps());
             let svd = truncated_svd(&d, rank, &how);
             let m = module_from_svd(&t.module, kind, &svd, rank as f64, args.clamp_quantile)?;
             // Counted and reported under the lock, so reports arrive in order.

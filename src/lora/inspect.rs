@@ -14,9 +14,7 @@ use crate::lora::export::addnet_hashes_of_file;
 use crate::lora::LayerKind;
 use crate::model::checkpoint::safetensors::{to_f32, SafetensorsFile};
 
-const DOWN: &str = ".lora_down.weight";
-const UP: &str = ".lora_up.weight";
-const ALPHA: &str = ".alpha";
+use crate::lora::kohya::{module_of, ALPHA, DOWN, UP};
 
 /// Which UNet layers a LoRA adapts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,10 +268,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
         if let Some(values) = to_f32(info.dtype, file.bytes(info)) {
             s.non_finite += values.iter().filter(|x| !x.is_finite()).count();
         }
-        let owner = [DOWN, UP, ALPHA]
-            .iter()
-            .find_map(|suffix| k.strip_suffix(suffix));
-        if !owner.is_some_and(|m| module_set.contains(m)) {
+        if !module_of(k).is_some_and(|m| module_set.contains(m)) {
             s.extra_tensors.push(k.to_string());
         }
     }

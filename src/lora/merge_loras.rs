@@ -156,7 +156,9 @@ pub fn merge_loras(args: &LoraMergeArgs) -> Result<LoraMergeReport> {
                     };
                     let (up, down) = factors(m);
                     let svd = svd_of_product(&up, &down);
-                    let k = asked.min(svd.s.len()).max(1);
+                    // As svd_merge_lora.py: at most out and in channels; and what the sum has.
+                    let channels = down.cols / m.kind.taps();
+                    let k = asked.min(channels).min(svd.s.len()).max(1);
                     module_from_svd(
                         &m.name,
                         m.kind,

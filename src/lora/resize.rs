@@ -10,7 +10,9 @@
 //! `ss_network_dim` / `ss_network_alpha` the new rank and (the last module's) alpha, or
 //! "Dynamic" for a dynamic method; the hashes recomputed; `ss_network_args`' conv_dim and
 //! conv_alpha made to match the conv modules (lorafuse's export does that for every file).
-//! Tensors other than the modules' (none in files kohya or lorafuse write) are not carried over.
+//! Tensors other than the modules' (none in files kohya or lorafuse write) are not carried over
+//! (resize_lora.py copies them, unchanged, beside factors they no longer fit); the report
+//! lists them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,6 +60,9 @@ pub struct ModuleResize {
 pub struct ResizeReport {
     pub output: PathBuf,
     pub modules: Vec<ModuleResize>,
+    /// Tensors of the input that belong to no down/up/alpha triple (e.g. DoRA's
+    /// `dora_scale`): not carried over, since they would not match the resized factors.
+    pub dropped: Vec<String>,
 }
 
 impl ResizeReport {
@@ -190,7 +195,14 @@ pub fn resize(args: &ResizeArgs) -> Result<ResizeReport> {
         }
     }
     let set = kohya::load(args.input, &CpuBackend::new(), DType::F64)?;
-    let metadata = SafetensorsFile::open(args.input)?.metadata().clone();
+    let file = SafetensorsFile::open(args.input)?;
+    let metadata = file.metadata().clone();
+    let mut dropped: Vec<String> = file
+        .names()
+        .filter(|k| kohya::module_of(k).is_none_or(|m| set.find(m).is_none()))
+        .map(str::to_string)
+        .collect();
+    dropped.sort();
     let rule_of = |m: &LoraModule| RankRule {
         rank: match m.kind {
             LayerKind::Conv { .. } => args.conv_rank.unwrap_or(args.rank),
@@ -254,5 +266,6 @@ pub fn resize(args: &ResizeArgs) -> Result<ResizeReport> {
     Ok(ResizeReport {
         output: args.output.to_path_buf(),
         modules: stats,
+        dropped,
     })
 }
