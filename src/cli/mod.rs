@@ -178,7 +178,8 @@ pub enum Command {
         #[arg(long)]
         save_precision: Option<String>,
     },
-    /// Show what a LoRA file holds: modules, rank, alpha, dtype, metadata.
+    /// Show what a LoRA file holds: modules and their adapter kinds (LoRA, LoCon), rank,
+    /// alpha, dtype, metadata.
     Inspect {
         /// The LoRA .safetensors file.
         lora: PathBuf,
