@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod error;
+pub mod linalg;
 pub mod lora;
 pub mod model;
 pub mod monitor;

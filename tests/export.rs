@@ -673,6 +673,14 @@ fn inspect_fixture_lora() {
     assert_eq!(s.unet_modules, 192);
     assert_eq!(s.text_encoder_modules, 0);
     assert_eq!(s.conv_modules, 32);
+    assert_eq!(
+        s.kinds.iter().collect::<Vec<_>>(),
+        vec![
+            (&"LoRA 1x1 conv".to_string(), &32),
+            (&"LoRA linear".to_string(), &160)
+        ]
+    );
+    assert_eq!(s.per_module.len(), 192);
     assert_eq!(s.ranks.iter().collect::<Vec<_>>(), vec![(&4, &192)]);
     assert_eq!(s.alphas, vec![(2.0, 192)]);
     assert_eq!(s.modules_without_alpha, 0);

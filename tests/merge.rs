@@ -2,7 +2,8 @@
 //! ratio 0.7 changes exactly the 192 targeted weights, each by ratio·(alpha/r)·up·down
 //! (checked element by element against a computation written here, and for three weights
 //! against a hand-written loop), and leaves every other tensor byte-identical; precision
-//! conversion; the refusals (a LoRA that matches nothing, a LoRA of the wrong size).
+//! conversion; a LoCon module into its 3x3 conv (against an index-by-index computation); the
+//! refusals (a LoRA that matches nothing, a LoRA of the wrong size).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -343,19 +344,19 @@ fn wrong_shapes_ratios_and_paths_are_refused() {
     assert_eq!(e.kind(), lorafuse::error::ErrorKind::BadInput);
     assert!(dir.is_empty());
 
-    // A LoCon module on a 3x3 conv: not merged yet, said so (not "another model size").
+    // A LoCon module whose kernel does not fit the conv: refused, naming it.
     let locon = LoraSet::new(vec![LoraModule {
         name: "lora_unet_down_blocks_0_resnets_0_conv1".into(),
-        down: Tensor::from_f64([2, 4, 3, 3], vec![0.0; 72]).unwrap(),
+        down: Tensor::from_f64([2, 4, 5, 5], vec![0.0; 200]).unwrap(),
         up: Tensor::from_f64([4, 2, 1, 1], vec![0.0; 8]).unwrap(),
         alpha: 2.0,
-        kind: LayerKind::Conv { kernel: 3 },
+        kind: LayerKind::Conv { kernel: 5 },
     }]);
     let e = merge_into_checkpoint(Path::new(BASE), &[(&locon, 1.0)], &out, None)
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("LoCon") && e.contains("not supported yet") && !e.contains("another size"),
+        e.contains("lora_unet_down_blocks_0_resnets_0_conv1") && e.contains("does not fit"),
         "{e}"
     );
     assert!(dir.is_empty());
@@ -368,6 +369,57 @@ fn wrong_shapes_ratios_and_paths_are_refused() {
         "{e}"
     );
     assert!(dir.is_empty());
+}
+
+/// A LoCon module (down [r, in, 3, 3], up [out, r, 1, 1]) merges into its 3x3 conv as
+/// W[o, c, y, x] + ratio·scale·Σ_k up[o, k]·down[k, c, y, x], computed here index by index.
+#[test]
+fn locon_module_merges_into_the_3x3_conv() {
+    let dir = TempDir::new("locon");
+    let out = dir.path("merged.safetensors");
+    let name = "lora_unet_down_blocks_1_resnets_0_conv2";
+    let key = "model.diffusion_model.input_blocks.4.0.out_layers.3.weight";
+    let base = SafetensorsFile::open(Path::new(BASE)).unwrap();
+    let raw = base.tensor_info(key).unwrap();
+    let (o, c) = (raw.shape[0], raw.shape[1]);
+    assert_eq!(&raw.shape[2..], &[3, 3]);
+    let r = 3;
+    let mut rng = lorafuse::rng::Rng::new(5);
+    let down = rng.normal_vec(r * c * 9);
+    let up = rng.normal_vec(o * r);
+    let locon = LoraSet::new(vec![LoraModule {
+        name: name.into(),
+        down: Tensor::from_f64([r, c, 3, 3], down.clone()).unwrap(),
+        up: Tensor::from_f64([o, r, 1, 1], up.clone()).unwrap(),
+        alpha: 1.5,
+        kind: LayerKind::Conv { kernel: 3 },
+    }]);
+    let ratio = 0.6;
+    let report = merge_into_checkpoint(Path::new(BASE), &[(&locon, ratio)], &out, None).unwrap();
+    assert_eq!(report.merged.len(), 1);
+    assert_eq!(report.merged[0].key, key);
+    let merged = SafetensorsFile::open(&out).unwrap();
+    let got = f16s(merged.bytes(merged.tensor_info(key).unwrap()));
+    let w = f16s(base.bytes(raw));
+    let scale = 1.5 / r as f64;
+    let mut changed = 0;
+    for oo in 0..o {
+        for cc in 0..c {
+            for y in 0..3 {
+                for x in 0..3 {
+                    let at = ((oo * c + cc) * 3 + y) * 3 + x;
+                    let mut d = 0.0;
+                    for k in 0..r {
+                        d += up[oo * r + k] * down[((k * c + cc) * 3 + y) * 3 + x];
+                    }
+                    let want = f16::from_f64(w[at].to_f64() + ratio * scale * d);
+                    assert!(ulps(got[at], want) <= 1, "[{oo},{cc},{y},{x}]");
+                    changed += usize::from(got[at] != w[at]);
+                }
+            }
+        }
+    }
+    assert!(changed * 2 > got.len(), "the conv changed");
 }
 
 #[test]

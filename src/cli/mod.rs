@@ -6,6 +6,7 @@ mod error;
 pub mod interrupt;
 mod plan;
 pub mod progress;
+mod tools;
 
 pub use error::{CliError, Out, Outcome};
 
@@ -15,7 +16,6 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use lorafuse::backend::select::{select, Selected};
 use lorafuse::config::{Device, MixedPrecision, TrainConfig};
-use lorafuse::lora::export::SavePrecision;
 use lorafuse::lora::{kohya, LoraSet};
 use lorafuse::model::family::{family_of, WeightsFrom};
 use lorafuse::model::layers::Ctx;
@@ -82,29 +82,111 @@ pub enum Command {
         /// The prompt line.
         prompt: String,
     },
-    /// Bake LoRAs into a single-file checkpoint: W + ratio·scale·up·down.
+    /// Bake LoRAs into a single-file checkpoint (W + ratio·scale·up·down), or without --model
+    /// merge LoRAs into one LoRA (ranks stacked, or SVD to --new-rank).
     ///
     /// Runs on the CPU (there is no --device): it streams the checkpoint from disk and adds
     /// the LoRA products in f64, one weight at a time, which the disk, not the compute, bounds.
     Merge {
         /// The base checkpoint: a single .safetensors file with LDM key names (a diffusers
-        /// folder is refused: merge into the single-file version of the model).
+        /// folder is refused: merge into the single-file version of the model). Without it the
+        /// LoRAs are merged into one LoRA.
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         /// A LoRA and its ratio, e.g. --lora style.safetensors:0.8 (repeatable).
         #[arg(long = "lora", value_name = "FILE[:RATIO]", required = true)]
         loras: Vec<String>,
-        /// The merged checkpoint to write.
+        /// The ratios of the --lora files, in order (instead of FILE:RATIO), e.g. --ratios 0.7 0.5.
+        #[arg(long, num_args = 1.., value_name = "RATIO", allow_negative_numbers = true)]
+        ratios: Vec<f64>,
+        /// The merged checkpoint or LoRA to write.
         #[arg(long)]
         out: PathBuf,
-        /// Store every float tensor in this precision (fp16, fp32, bf16); default: as the base.
+        /// Store every float tensor in this precision (fp16, fp32, bf16); default: as the base
+        /// (a merged LoRA: fp32).
         #[arg(long)]
         precision: Option<String>,
+        /// LoRA into LoRA: the rank of the result, by SVD of each module's summed product
+        /// (sd-scripts' svd_merge_lora.py); default: ranks stacked, exact.
+        #[arg(long)]
+        new_rank: Option<usize>,
+        /// With --new-rank: the rank of the 3x3 conv (LoCon) modules; default: --new-rank.
+        #[arg(long)]
+        new_conv_rank: Option<usize>,
+        /// With --new-rank: clamp up and down to ± this quantile of their entries.
+        #[arg(long, default_value_t = 0.99)]
+        clamp_quantile: f64,
+        /// With --new-rank: do not clamp.
+        #[arg(long)]
+        no_clamp: bool,
     },
-    /// Show what a LoRA file holds: modules, rank, alpha, dtype, metadata.
+    /// Resize a LoRA to a lower rank (sd-scripts' resize_lora.py): per module the best
+    /// approximation of up·down of that rank (SVD in f64), alpha scaled so alpha/rank is kept.
+    Resize {
+        /// The LoRA to resize (kohya format, .safetensors).
+        input: PathBuf,
+        /// The resized LoRA to write.
+        output: PathBuf,
+        /// The new rank; with --dynamic-method, the largest rank a module may get.
+        #[arg(long)]
+        new_rank: usize,
+        /// The new rank of the 3x3 conv (LoCon) modules; default: --new-rank.
+        #[arg(long)]
+        new_conv_rank: Option<usize>,
+        /// Pick each module's rank from its singular values S: sv_ratio (keep those above
+        /// S₀/X), sv_fro (keep a share X of the Frobenius norm), sv_cumulative (a share X of ΣS).
+        #[arg(long, value_name = "METHOD")]
+        dynamic_method: Option<String>,
+        /// X of --dynamic-method.
+        #[arg(long, value_name = "X")]
+        dynamic_param: Option<f64>,
+        /// fp16, bf16 or float (fp32, the default).
+        #[arg(long)]
+        save_precision: Option<String>,
+        /// Print per module the retained sum and Frobenius shares of S and S₀/S_last.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Extract a LoRA from the difference of two SD1.x checkpoints (sd-scripts'
+    /// extract_lora_from_models.py): per targeted layer the top singular triplets of
+    /// tuned − original; alpha = rank.
+    Extract {
+        /// The base model: a single .safetensors file or a diffusers folder.
+        #[arg(long)]
+        original: PathBuf,
+        /// The fine-tuned model (either layout).
+        #[arg(long)]
+        tuned: PathBuf,
+        /// The LoRA to write.
+        output: PathBuf,
+        /// Rank of the linear and 1x1-conv modules.
+        #[arg(long)]
+        dim: usize,
+        /// Rank of the 3x3 convs (LoCon); without it no ResNet/sampler module is extracted.
+        #[arg(long)]
+        conv_dim: Option<usize>,
+        /// Clamp up and down to ± this quantile of their entries.
+        #[arg(long, default_value_t = 0.99)]
+        clamp_quantile: f64,
+        /// Do not clamp (the factors are then exactly the truncated SVD's).
+        #[arg(long)]
+        no_clamp: bool,
+        /// The text encoder is extracted only when a weight differs by more than this.
+        #[arg(long, default_value_t = 0.01)]
+        min_diff: f64,
+        /// fp16, bf16 or float (fp32, the default).
+        #[arg(long)]
+        save_precision: Option<String>,
+    },
+    /// Show what a LoRA file holds: modules and their adapter kinds (LoRA, LoCon), rank,
+    /// alpha, dtype, metadata.
     Inspect {
         /// The LoRA .safetensors file.
         lora: PathBuf,
+        /// Also list every module: name, adapter kind (LoRA linear, LoRA 1x1 conv, LoCon 3x3
+        /// conv), rank, alpha.
+        #[arg(long)]
+        modules: bool,
     },
     /// Predict a training config's peak GPU memory without a GPU: the breakdown (weights,
     /// LoRA + optimizer, saved activations by block, workspace, context) and, for a memory
@@ -156,12 +238,84 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Merge {
             model,
             loras,
+            ratios,
             out,
             precision,
-        } => merge(&model, &loras, &out, precision.as_deref()),
-        Command::Inspect { lora } => {
+            new_rank,
+            new_conv_rank,
+            clamp_quantile,
+            no_clamp,
+        } => {
+            let loras = tools::lora_ratios(&loras, &ratios)?;
+            match model {
+                Some(model) => {
+                    if new_rank.is_some() || new_conv_rank.is_some() {
+                        return Err(CliError::Usage(
+                            "--new-rank and --new-conv-rank are for merging LoRAs into a LoRA \
+                             (without --model)"
+                                .into(),
+                        ));
+                    }
+                    merge(&model, &loras, &out, precision.as_deref())
+                }
+                None => tools::merge_loras_cmd(&tools::MergeLorasCmd {
+                    loras: &loras,
+                    out: &out,
+                    precision: precision.as_deref(),
+                    new_rank,
+                    new_conv_rank,
+                    clamp_quantile: (!no_clamp).then_some(clamp_quantile),
+                }),
+            }
+        }
+        Command::Resize {
+            input,
+            output,
+            new_rank,
+            new_conv_rank,
+            dynamic_method,
+            dynamic_param,
+            save_precision,
+            verbose,
+        } => tools::resize_cmd(&tools::ResizeCmd {
+            input: &input,
+            output: &output,
+            new_rank,
+            new_conv_rank,
+            dynamic_method: dynamic_method.as_deref(),
+            dynamic_param,
+            save_precision: save_precision.as_deref(),
+            verbose,
+        }),
+        Command::Extract {
+            original,
+            tuned,
+            output,
+            dim,
+            conv_dim,
+            clamp_quantile,
+            no_clamp,
+            min_diff,
+            save_precision,
+        } => tools::extract_cmd(&tools::ExtractCmd {
+            original: &original,
+            tuned: &tuned,
+            output: &output,
+            dim,
+            conv_dim,
+            clamp_quantile,
+            no_clamp,
+            min_diff,
+            save_precision: save_precision.as_deref(),
+        }),
+        Command::Inspect { lora, modules } => {
             let summary = lorafuse::lora::inspect::inspect(&lora)?;
-            Out::new().line(summary)
+            let mut out = Out::new();
+            out.line(&summary)?;
+            if modules {
+                out.text(&summary.module_table())?;
+            }
+            Ok(())
         }
         Command::Plan {
             config,
@@ -330,15 +484,14 @@ fn sample(a: &SampleArgs) -> Outcome {
     Out::new().line(format_args!("{} (seed {})", a.out.display(), img.seed))
 }
 
-fn merge(model: &Path, loras: &[String], out: &Path, precision: Option<&str>) -> Outcome {
-    let precision = precision
-        .map(|p| {
-            p.parse::<SavePrecision>()
-                .map_err(|e| CliError::Usage(format!("--precision {p}: {e}")))
-        })
-        .transpose()?;
+fn merge(model: &Path, loras: &[(PathBuf, f64)], out: &Path, precision: Option<&str>) -> Outcome {
+    let precision = tools::parse_precision("--precision", precision)?;
     // The LoRAs are only read (to f64, a weight at a time): the CPU backend holds them.
-    let sets = load_loras(loras, &CpuBackend::new())?;
+    let be = CpuBackend::new();
+    let sets = loras
+        .iter()
+        .map(|(p, w)| Ok((kohya::load(p, &be, DType::F32)?, *w)))
+        .collect::<Result<Vec<_>, CliError>>()?;
     let refs: Vec<(&LoraSet, f64)> = sets.iter().map(|(s, w)| (s, *w)).collect();
     let report = lorafuse::lora::merge::merge_into_checkpoint(model, &refs, out, precision)?;
     Out::new().line(report)

@@ -1,5 +1,6 @@
 //! What is in a kohya-format LoRA file, without loading it as a model: module counts (UNet,
-//! text encoder), ranks, alphas, dtypes, the parameter count, which kind of layers it targets,
+//! text encoder), the adapter kind of each module (LoRA on a linear or 1x1-conv layer, LoCon
+//! on a k x k conv), ranks, alphas, dtypes, the parameter count, which kind of layers it targets,
 //! NaN/inf values, whether `sshs_model_hash` still matches the tensors, and the metadata.
 //! Tolerant: oddities (a missing `lora_up`, tensors that belong to no module) are listed in
 //! the summary, not errors; only a file that is not safetensors or holds no kohya LoRA is.
@@ -10,11 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::lora::export::addnet_hashes_of_file;
+use crate::lora::LayerKind;
 use crate::model::checkpoint::safetensors::{to_f32, SafetensorsFile};
 
-const DOWN: &str = ".lora_down.weight";
-const UP: &str = ".lora_up.weight";
-const ALPHA: &str = ".alpha";
+use crate::lora::kohya::{module_of, ALPHA, DOWN, UP};
 
 /// Which UNet layers a LoRA adapts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,8 +60,12 @@ pub struct LoraSummary {
     pub text_encoder_modules: usize,
     /// Modules whose name starts with neither `lora_unet_` nor `lora_te`.
     pub other_modules: usize,
-    /// Modules stored 4-D ([r, in, 1, 1]).
+    /// Modules on 1x1 convs (stored [r, in, 1, 1]).
     pub conv_modules: usize,
+    /// Adapter kind ([`adapter_kind`]) → number of modules.
+    pub kinds: BTreeMap<String, usize>,
+    /// Per module (sorted by name): name, adapter kind, rank, alpha (None: absent).
+    pub per_module: Vec<ModuleInfo>,
     /// rank → number of modules.
     pub ranks: BTreeMap<usize, usize>,
     /// Distinct alphas (ascending) with their number of modules.
@@ -83,6 +87,26 @@ pub struct LoraSummary {
     /// when it differs (the tensors changed after saving), None when absent.
     pub sshs_model_hash_matches: Option<bool>,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// One module of the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModuleInfo {
+    pub name: String,
+    pub kind: String,
+    pub rank: usize,
+    pub alpha: Option<f64>,
+}
+
+/// What adapts a layer, from its lora_down shape: "LoRA linear", "LoRA 1x1 conv", "LoCon 3x3
+/// conv", or "unknown" for a shape of none of these.
+pub fn adapter_kind(down_shape: &[usize]) -> String {
+    match LayerKind::of_kohya_down(down_shape) {
+        Some(LayerKind::Linear) => "LoRA linear".into(),
+        Some(LayerKind::Conv1x1) => "LoRA 1x1 conv".into(),
+        Some(LayerKind::Conv { kernel: k }) => format!("LoCon {k}x{k} conv"),
+        None => format!("unknown (down {down_shape:?})"),
+    }
 }
 
 /// Attention projections, after `…_transformer_blocks_N_`.
@@ -155,6 +179,8 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
         text_encoder_modules: 0,
         other_modules: 0,
         conv_modules: 0,
+        kinds: BTreeMap::new(),
+        per_module: Vec::new(),
         ranks: BTreeMap::new(),
         alphas: Vec::new(),
         modules_without_alpha: 0,
@@ -191,21 +217,38 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
                 down.shape, up.shape
             ));
         }
-        if down.shape.len() == 4 {
+        if LayerKind::of_kohya_down(&down.shape) == Some(LayerKind::Conv1x1) {
             s.conv_modules += 1;
         }
+        let kind = adapter_kind(&down.shape);
+        *s.kinds.entry(kind.clone()).or_default() += 1;
         *s.ranks.entry(rank).or_default() += 1;
         s.parameters += down.shape.iter().product::<usize>() + up.shape.iter().product::<usize>();
-        match file.tensor_info(&format!("{m}{ALPHA}")) {
-            None => s.modules_without_alpha += 1,
+        let alpha = match file.tensor_info(&format!("{m}{ALPHA}")) {
+            None => {
+                s.modules_without_alpha += 1;
+                None
+            }
             Some(a) => match to_f32(a.dtype, file.bytes(a)).as_deref() {
-                Some([alpha]) => alphas.push(*alpha as f64),
-                _ => s.problems.push(format!(
-                    "{m}: alpha has shape {:?} and dtype {:?}, expected one float",
-                    a.shape, a.dtype
-                )),
+                Some([alpha]) => {
+                    alphas.push(*alpha as f64);
+                    Some(*alpha as f64)
+                }
+                _ => {
+                    s.problems.push(format!(
+                        "{m}: alpha has shape {:?} and dtype {:?}, expected one float",
+                        a.shape, a.dtype
+                    ));
+                    None
+                }
             },
-        }
+        };
+        s.per_module.push(ModuleInfo {
+            name: m.to_string(),
+            kind,
+            rank,
+            alpha,
+        });
     }
     alphas.sort_by(f64::total_cmp);
     for a in alphas {
@@ -225,10 +268,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
         if let Some(values) = to_f32(info.dtype, file.bytes(info)) {
             s.non_finite += values.iter().filter(|x| !x.is_finite()).count();
         }
-        let owner = [DOWN, UP, ALPHA]
-            .iter()
-            .find_map(|suffix| k.strip_suffix(suffix));
-        if !owner.is_some_and(|m| module_set.contains(m)) {
+        if !module_of(k).is_some_and(|m| module_set.contains(m)) {
             s.extra_tensors.push(k.to_string());
         }
     }
@@ -237,6 +277,29 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
         s.sshs_model_hash_matches = Some(stored.eq_ignore_ascii_case(&actual));
     }
     Ok(s)
+}
+
+impl LoraSummary {
+    /// One line per module: name, adapter kind, rank, alpha.
+    pub fn module_table(&self) -> String {
+        let width = self
+            .per_module
+            .iter()
+            .map(|m| m.name.len())
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        for m in &self.per_module {
+            let alpha = m
+                .alpha
+                .map_or("none".to_string(), crate::lora::export::py_float);
+            out += &format!(
+                "{:width$}  {:15}  rank {:4}  alpha {alpha}\n",
+                m.name, m.kind, m.rank
+            );
+        }
+        out
+    }
 }
 
 /// "1,234,567".
@@ -275,7 +338,12 @@ impl fmt::Display for LoraSummary {
         if self.other_modules > 0 {
             write!(f, ", other {}", self.other_modules)?;
         }
-        writeln!(f, "), {} of them 1x1 conv", self.conv_modules)?;
+        writeln!(f, ")")?;
+        writeln!(
+            f,
+            "  adapters    {}",
+            counted(self.kinds.iter().map(|(k, n)| (k, *n)), "modules")
+        )?;
         writeln!(f, "  targets     {}", self.targets)?;
         writeln!(
             f,

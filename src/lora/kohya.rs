@@ -13,12 +13,28 @@ use crate::lora::{LayerKind, LoraModule, LoraSet};
 use crate::model::checkpoint::Weights;
 use crate::tensor::DType;
 
-const DOWN: &str = ".lora_down.weight";
+pub const DOWN: &str = ".lora_down.weight";
+pub const UP: &str = ".lora_up.weight";
+pub const ALPHA: &str = ".alpha";
+
+/// The module a key of a kohya file belongs to (`<module>.lora_down.weight`, `.lora_up.weight`
+/// or `.alpha`), None for any other key.
+pub fn module_of(key: &str) -> Option<&str> {
+    [DOWN, UP, ALPHA]
+        .iter()
+        .find_map(|suffix| key.strip_suffix(suffix))
+}
 
 /// All adapters in a kohya-format `.safetensors` file, as `dtype` tensors on `be` (f32 for
 /// training; f64 for gradient checks), sorted by name.
 pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<LoraSet> {
     let path = path.as_ref();
+    if !path.exists() {
+        return Err(Error::Lora {
+            path: path.to_path_buf(),
+            detail: "no such file; expected a LoRA in kohya's format (.safetensors)".into(),
+        });
+    }
     let w = Weights::open(path)?;
     let bad = |key: &str, why: String| Error::BadValue {
         op: "lora file",
@@ -40,7 +56,7 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<Lo
     let mut modules = Vec::with_capacity(names.len());
     for name in names {
         let down_key = format!("{name}{DOWN}");
-        let up_key = format!("{name}.lora_up.weight");
+        let up_key = format!("{name}{UP}");
         let ds = w
             .shape(&down_key)
             .map(<[usize]>::to_vec)
@@ -64,7 +80,7 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<Lo
         let (dm, um) = kind.shapes(r, i, o);
         let down = w.get(&down_key, ds.clone())?;
         let up = w.get(&up_key, us.clone())?;
-        let alpha_key = format!("{name}.alpha");
+        let alpha_key = format!("{name}{ALPHA}");
         let alpha = if w.contains(&alpha_key) {
             w.get(&alpha_key, Vec::<usize>::new())?.to_f64_vec()[0]
         } else {

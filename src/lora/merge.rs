@@ -9,7 +9,9 @@
 //!
 //! with up [out, r], down [r, in], and the product reshaped to W's [out, in] or
 //! [out, in, 1, 1] (the 1x1 convs proj_in/proj_out), as kohya's `merge_lora.py`, A1111 and
-//! ComfyUI do (§2.3). W is read in its stored dtype (f16, bf16, f32 or f64), the sum is
+//! ComfyUI do (§2.3). A LoCon module on a k x k conv (down [r, in, k, k], up [out, r, 1, 1])
+//! is the same product with down flattened to [r, in·k²], reshaped to W's [out, in, k, k]:
+//! the conv by down then the 1x1 conv by up is one conv by that kernel. W is read in its stored dtype (f16, bf16, f32 or f64), the sum is
 //! computed in f64 and rounded once, to W's dtype or to `precision` when given. Every other
 //! tensor, the skipped keys (`alphas_cumprod`, `model_ema.*`, `position_ids`) included, is
 //! copied byte for byte — or, with `precision`, every floating-point tensor is converted to
@@ -382,7 +384,8 @@ pub fn merge_into_checkpoint(
                 module: module.clone(),
                 loras: hits.iter().map(|&(li, _)| li).collect(),
             });
-            let (out_f, in_f) = (raw.shape[0], raw.shape[1]);
+            // A k x k conv's weight is [out, in·k²] row-major, as its down is [r, in·k²].
+            let (out_f, in_f) = (raw.shape[0], raw.shape[1..].iter().product());
             let from = raw.dtype;
             let key_owned = key.to_string();
             let base_owned = base.to_path_buf();
@@ -447,7 +450,8 @@ pub fn merge_into_checkpoint(
 }
 
 /// The weight must be a float [out, in] or [out, in, 1, 1] with each LoRA's up [out, r] and
-/// down [r, in].
+/// down [r, in], or for a LoCon module a [out, in, k, k] conv with up [out, r, 1, 1] and down
+/// [r, in, k, k].
 fn check_fit(
     base: &Path,
     key: &str,
@@ -455,27 +459,20 @@ fn check_fit(
     modules: &[(&LoraModule, f64)],
 ) -> Result<()> {
     let s = &raw.shape;
-    let shape_ok = s.len() == 2 || (s.len() == 4 && s[2] == 1 && s[3] == 1);
     for (m, _) in modules {
         let (u, d) = (m.up.dims(), m.down.dims());
-        if let crate::lora::LayerKind::Conv { kernel } = m.kind {
-            return Err(Error::Lora {
-                path: base.to_path_buf(),
-                detail: format!(
-                    "LoRA module `{}` is a LoCon adapter on a {kernel}x{kernel} conv (down {:?}): \
-                     merging LoCon into a checkpoint is not supported yet (issue 15); load the \
-                     LoRA at inference instead (AUTOMATIC1111, ComfyUI and `lorafuse sample` \
-                     apply it); nothing was written",
-                    m.name, d
-                ),
-            });
-        }
-        let fits = shape_ok
-            && u.len() == 2
-            && d.len() == 2
-            && u[1] == d[0]
-            && u[0] == s[0]
-            && d[1] == s[1];
+        // A k x k conv (LoCon): up [out, r, 1, 1], down [r, in, k, k], W [out, in, k, k].
+        let (shape_ok, down_ok) = match m.kind {
+            crate::lora::LayerKind::Conv { kernel } => (
+                s.len() == 4 && s[2] == kernel && s[3] == kernel,
+                d.len() == 4 && s.len() == 4 && d[1] == s[1] && d[2..] == s[2..],
+            ),
+            _ => (
+                s.len() == 2 || (s.len() == 4 && s[2] == 1 && s[3] == 1),
+                d.len() == 2 && s.len() >= 2 && d[1] == s[1],
+            ),
+        };
+        let fits = shape_ok && down_ok && u[1] == d[0] && u[0] == s[0];
         if !fits {
             return Err(Error::Lora {
                 path: base.to_path_buf(),

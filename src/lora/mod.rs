@@ -9,10 +9,15 @@
 
 pub mod dropout;
 pub mod export;
+pub mod extract;
+pub mod factors;
 pub mod hash;
 pub mod inspect;
 pub mod kohya;
 pub mod merge;
+pub mod merge_loras;
+pub mod rank;
+pub mod resize;
 pub(crate) mod write;
 
 use std::collections::HashMap;

@@ -4,6 +4,7 @@
 
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
+pub mod tools;
 
 use lorafuse::rng::Rng;
 use lorafuse::{Shape, Tensor};
