@@ -192,9 +192,27 @@ impl ParamGroup {
     }
 }
 
-/// A saved state tensor as an f32 tensor on `be`.
-fn upload(be: &dyn Backend, t: Tensor) -> Result<Tensor> {
-    be.tensor_from_f32(t.dims(), &t.to_f32_vec(), DType::F32)
+/// Restores an optimizer's state tensors by name (what [`Optimizer::restore`]'s `get` gives)
+/// into `slots`, each uploaded to `be` in its slot's dtype; a saved tensor of another length
+/// is an error naming it.
+fn restore_named(
+    be: &dyn Backend,
+    get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
+    slots: &mut [(&'static str, &mut Tensor)],
+) -> Result<()> {
+    for (name, slot) in slots.iter_mut() {
+        let saved = get(name)?;
+        if saved.numel() != slot.numel() {
+            return Err(Error::BadValue {
+                op: "optimizer",
+                name,
+                value: format!("{} values", saved.numel()),
+                expected: format!("{} values: the same adapters and optimizer", slot.numel()),
+            });
+        }
+        **slot = be.tensor_from_f32(slot.dims(), &saved.to_f32_vec(), slot.dtype())?;
+    }
+    Ok(())
 }
 
 /// Tensors laid end to end in one flat f32 tensor.

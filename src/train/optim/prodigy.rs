@@ -23,7 +23,7 @@
 //! d, d_max, the running numerator r and k, each f64 stored exactly as three f32 parts
 //! (hi + mid + lo) so that a resume is bit-exact.
 
-use super::{upload, Optimizer};
+use super::{restore_named, Optimizer};
 use crate::backend::{Backend, ProdigyBuffers, ProdigyMoments, ProdigyUpdate};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -254,10 +254,16 @@ impl Optimizer for Prodigy {
         steps: u64,
         get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
     ) -> Result<()> {
-        self.p0 = upload(be, get("p0")?)?;
-        self.m = upload(be, get("m")?)?;
-        self.v = upload(be, get("v")?)?;
-        self.s = upload(be, get("s")?)?;
+        restore_named(
+            be,
+            get,
+            &mut [
+                ("p0", &mut self.p0),
+                ("m", &mut self.m),
+                ("v", &mut self.v),
+                ("s", &mut self.s),
+            ],
+        )?;
         let parts = get("scalars")?.to_f32_vec();
         let [d, d_max, numerator, k] = join(&parts)[..] else {
             return Err(Error::BadValue {
