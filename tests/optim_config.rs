@@ -114,10 +114,10 @@ fn bad_arguments_are_named() {
 
 #[test]
 fn types_lorafuse_lacks_name_what_to_use() {
-    let text = err_text("optimizer_type: AdamW8bit");
+    let text = err_text("optimizer_type: Adafactor");
     assert!(text.contains("optimizer_type"), "{text}");
     assert!(
-        text.contains("AdamW8bit is not available in lorafuse yet: use AdamW"),
+        text.contains("Adafactor is not available in lorafuse yet: use AdamW"),
         "{text}"
     );
     let text = err_text("optimizer_type: Adam");
@@ -156,4 +156,39 @@ fn polynomial_power_is_read_and_warned_about_elsewhere() {
         text.contains("lr_scheduler_power = 0 is out of range"),
         "{text}"
     );
+}
+
+#[test]
+fn eight_bit_types_take_their_f32_twins_arguments() {
+    use lorafuse::train::optim::{AdamWSettings, LionSettings, OptimizerKind, OptimizerType};
+    let c = with(
+        "optimizer_type: adamw8bit\noptimizer_args: [\"betas=0.9,0.99\", \"weight_decay=0.1\"]",
+    )
+    .unwrap();
+    assert_eq!(c.optimizer_type, OptimizerType::AdamW8bit);
+    let kind = lorafuse::train::trainable::optimizer_kind(&c).unwrap();
+    assert_eq!(
+        kind,
+        OptimizerKind::AdamW8bit(AdamWSettings {
+            beta2: 0.99,
+            weight_decay: 0.1,
+            ..AdamWSettings::default()
+        })
+    );
+    let c = with("optimizer_type: Lion8bit").unwrap();
+    let kind = lorafuse::train::trainable::optimizer_kind(&c).unwrap();
+    assert_eq!(kind, OptimizerKind::Lion8bit(LionSettings::default()));
+    for (extra, want) in [
+        (
+            "optimizer_type: AdamW8bit\noptimizer_args: [\"min_8bit_size=16\"]",
+            "AdamW8bit has no argument `min_8bit_size` in lorafuse (it takes betas, eps, weight_decay)",
+        ),
+        (
+            "optimizer_type: Lion8bit\noptimizer_args: [\"betas=0.9\"]",
+            "argument `betas=0.9` is not valid: betas must be two numbers",
+        ),
+    ] {
+        let text = err_text(extra);
+        assert!(text.contains(want), "{extra}: {text}");
+    }
 }

@@ -5,6 +5,7 @@
 //! the last step agree within the tolerance each run states.
 
 use lorafuse::backend::prelude::*;
+use lorafuse::backend::quant::dynamic_map;
 use lorafuse::train::optim::{
     AdamWSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings,
 };
@@ -100,7 +101,45 @@ fn runs() -> Vec<(&'static str, OptimizerKind, f64, (f64, f64))> {
             // Measured: max 8.2e-5, mean 2.9e-7.
             (5e-4, 1e-5),
         ),
+        (
+            "adamw8bit",
+            OptimizerKind::AdamW8bit(AdamWSettings {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            }),
+            1e-2,
+            // Measured: bit-identical (both exact f32 in the same order). A quantisation tie
+            // decided otherwise moves one value by a code step.
+            (1e-4, 1e-6),
+        ),
+        (
+            "lion8bit",
+            OptimizerKind::Lion8bit(LionSettings {
+                beta1: 0.9,
+                beta2: 0.99,
+                weight_decay: 0.1,
+            }),
+            1e-3,
+            // Measured: bit-identical; as Lion, a sign(c) at rounding distance from 0 could
+            // move one parameter by 2·lr.
+            (2e-3, 1e-5),
+        ),
     ]
+}
+
+/// The quantisation maps are bitsandbytes' `create_dynamic_map`, bit for bit.
+#[test]
+fn dynamic_maps_are_bitsandbytes_maps() {
+    let f = load();
+    for (signed, name) in [(true, "qmap_signed"), (false, "qmap_unsigned")] {
+        let ours = dynamic_map(signed);
+        let theirs = &f[name];
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{name}[{i}]: {a} vs {b}");
+        }
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! A run interrupted and resumed gives the same losses and the same state bits as one that
 //! never stopped, with each optimizer (AdamW's own check is in train_e2e.rs): their state
 //! (Lion's momentum, SGD's buffer, Prodigy's p0, moments, s and scalars d, d_max, numerator,
-//! k) round-trips through the state file exactly. Also: the `lr` of each step is d·lr for
+//! k, the 8-bit optimizers' codes (as u8) and block absmax) round-trips through the state file
+//! exactly. Also: the `lr` of each step is d·lr for
 //! Prodigy, as kohya logs it.
 
 use std::path::PathBuf;
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lorafuse::config::TrainConfig;
 use lorafuse::train::state;
 use lorafuse::train::trainer::{train, Event, Observer, Recorder};
-use lorafuse::CpuBackend;
+use lorafuse::{CpuBackend, DType};
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lorafuse-optim-{}-{name}", std::process::id()));
@@ -89,6 +90,20 @@ fn resume_is_bit_exact_with_each_optimizer() {
             &["m"][..],
         ),
         (
+            "adamw8bit",
+            &["optimizer_type=AdamW8bit", "learning_rate=1e-3"][..],
+            &["m_absmax", "m_codes", "v_absmax", "v_codes"][..],
+        ),
+        (
+            "lion8bit",
+            &[
+                "optimizer_type=lion8bit",
+                "learning_rate=1e-4",
+                "optimizer_args=[\"weight_decay=0.1\"]",
+            ][..],
+            &["m_absmax", "m_codes"][..],
+        ),
+        (
             "sgd",
             &["optimizer_type=SGDNesterov", "learning_rate=0.01"][..],
             &["momentum_buffer"][..],
@@ -121,6 +136,13 @@ fn resume_is_bit_exact_with_each_optimizer() {
         }
         for (key, t) in &a {
             assert_eq!(t.to_f32_vec(), b[key].to_f32_vec(), "{name}: {key}");
+            let bytes = key.ends_with("_codes");
+            assert_eq!(
+                t.dtype() == DType::U8,
+                bytes,
+                "{name}: {key} is {}",
+                t.dtype()
+            );
         }
         if name == "prodigy" {
             // The logged rate is d·lr: d starts at d0 = 1e-6 (learning_rate = 1).
@@ -134,7 +156,7 @@ fn resume_is_bit_exact_with_each_optimizer() {
 
 /// On the demo's tiny model, each optimizer with its usual settings lowers the fixed-noise
 /// training loss over the same 40 steps (the figures are printed, side by side). Usual
-/// settings: the demo's AdamW rate; Lion at a third of it; SGD at a rate its plain gradient
+/// settings: the demo's AdamW rate (AdamW8bit too); Lion (and Lion8bit) at a third of it; SGD at a rate its plain gradient
 /// steps need; Prodigy at 1.
 #[test]
 fn each_optimizer_lowers_the_fixed_noise_loss() {
@@ -145,7 +167,15 @@ fn each_optimizer_lowers_the_fixed_noise_loss() {
             "AdamW",
             &["optimizer_type=AdamW", "learning_rate=0.002"][..],
         ),
+        (
+            "AdamW8bit",
+            &["optimizer_type=AdamW8bit", "learning_rate=0.002"][..],
+        ),
         ("Lion", &["optimizer_type=Lion", "learning_rate=0.0006"][..]),
+        (
+            "Lion8bit",
+            &["optimizer_type=Lion8bit", "learning_rate=0.0006"][..],
+        ),
         (
             "SGDNesterov",
             &["optimizer_type=SGDNesterov", "learning_rate=0.5"][..],

@@ -22,6 +22,7 @@ pub mod adapter;
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod quant;
 pub mod select;
 
 use crate::error::Result;
@@ -556,6 +557,27 @@ pub trait OptimOps {
         grads: &Tensor,
         h: &ProdigyMoments,
     ) -> Result<ProdigySums>;
+    /// One AdamW8bit step (bitsandbytes' blockwise 8-bit Adam with decoupled decay), in
+    /// place: per block of [`quant::QUANT_BLOCK`], m and v dequantised, updated as AdamW's,
+    /// their new absmax taken, p ← (p − lr·m̂/(sqrt(v̂) + eps)) · (1 − lr·wd) (decay after
+    /// the step, as bitsandbytes' kernel), and m, v requantised (cpu/optim8.rs).
+    fn adamw8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        v: Quantized<'_>,
+        h: &AdamW,
+    ) -> Result<()>;
+    /// One Lion8bit step (bitsandbytes' blockwise 8-bit Lion), in place: Lion's update with
+    /// its momentum dequantised per block, then requantised (cpu/optim8.rs).
+    fn lion8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        h: &Lion,
+    ) -> Result<()>;
     /// Prodigy's second half, in place on params.
     fn prodigy_update(
         &self,
@@ -573,4 +595,13 @@ pub struct ProdigyBuffers<'a> {
     pub m: &'a mut Tensor,
     pub v: &'a mut Tensor,
     pub s: &'a mut Tensor,
+}
+
+/// One 8-bit blockwise state tensor (bitsandbytes' layout): a byte code per parameter (u8
+/// [n]), the absmax of each block of [`quant::QUANT_BLOCK`] (f32 [blocks]), and the map
+/// (f32 [256], [`quant::dynamic_map`]) a code indexes: value = map[code]·absmax.
+pub struct Quantized<'a> {
+    pub codes: &'a mut Tensor,
+    pub absmax: &'a mut Tensor,
+    pub map: &'a Tensor,
 }

@@ -278,9 +278,9 @@ config_keys! {
 
     // --- optimizer and learning-rate schedule
 
-    /// The optimizer, by kohya's name (any case): `AdamW`, `Lion` (lion-pytorch),
-    /// `SGDNesterov`, or `Prodigy` (prodigyopt; it finds its own step size: set
-    /// `learning_rate: 1`).
+    /// The optimizer, by kohya's name (any case): `AdamW`, `AdamW8bit` (bitsandbytes'
+    /// 8-bit state), `Lion` (lion-pytorch), `Lion8bit`, `SGDNesterov`, or `Prodigy`
+    /// (prodigyopt; it finds its own step size: set `learning_rate: 1`).
     optimizer_type: OptimizerType = fixed(OptimizerType::AdamW),
         read parse::choice::<OptimizerType>,
         doc_type choice_doc::<OptimizerType>(),

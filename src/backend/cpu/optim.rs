@@ -1,5 +1,6 @@
 //! The optimizer's ops on the flat LoRA buffers: the squared gradient norm (clipping and
 //! f16 overflow detection), AdamW, Lion, SGD with Nesterov momentum and Prodigy's two halves
+//! (the 8-bit AdamW and Lion in optim8.rs)
 //! (formulas on `OptimOps` in src/backend/mod.rs; the CUDA kernels in kernels/optim.cu use the
 //! same f32 constants and order of operations).
 //!
@@ -17,7 +18,7 @@ use super::CpuBackend;
 use super::{data, data_mut};
 use crate::backend::{
     check, AdamW, Lion, OptimOps, ProdigyBuffers, ProdigyMoments, ProdigySums, ProdigyUpdate,
-    SgdNesterov,
+    Quantized, SgdNesterov,
 };
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -187,6 +188,27 @@ impl OptimOps for CpuBackend {
             dot: partial.iter().map(|x| x.0).sum(),
             s_abs: partial.iter().map(|x| x.1).sum(),
         })
+    }
+
+    fn adamw8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        v: Quantized<'_>,
+        h: &AdamW,
+    ) -> Result<()> {
+        self.adamw8bit(params, grads, m, v, h)
+    }
+
+    fn lion8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        h: &Lion,
+    ) -> Result<()> {
+        self.lion8bit(params, grads, m, h)
     }
 
     fn prodigy_update(

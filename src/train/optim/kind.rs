@@ -4,10 +4,11 @@
 //!
 //! Defaults are each optimizer's reference implementation's (torch.optim.AdamW,
 //! lion-pytorch's Lion, torch.optim.SGD with nesterov=True and kohya's momentum 0.9,
-//! prodigyopt's Prodigy). The lorafuse keys `adam_beta1`, `adam_beta2` and `adam_epsilon`
-//! set the Adam-family optimizers' betas and ε (AdamW, Prodigy); `weight_decay` sets AdamW's
-//! decay, and the others' when it is written in the configuration (otherwise their
-//! reference default, 0). An `optimizer_args` entry overrides the key.
+//! prodigyopt's Prodigy; bitsandbytes' AdamW8bit and Lion8bit have AdamW's and Lion's).
+//! The lorafuse keys `adam_beta1`, `adam_beta2` and `adam_epsilon` set the Adam-family
+//! optimizers' betas and ε (AdamW, AdamW8bit, Prodigy); `weight_decay` sets AdamW's and
+//! AdamW8bit's decay, and the others' when it is written in the configuration (otherwise
+//! their reference default, 0). An `optimizer_args` entry overrides the key.
 
 use std::fmt;
 
@@ -65,7 +66,9 @@ impl OptimizerType {
         matches!(
             self,
             OptimizerType::AdamW
+                | OptimizerType::AdamW8bit
                 | OptimizerType::Lion
+                | OptimizerType::Lion8bit
                 | OptimizerType::Prodigy
                 | OptimizerType::SGDNesterov
         )
@@ -84,10 +87,6 @@ impl OptimizerType {
     /// What to use instead of a type lorafuse does not have.
     pub fn instead(self) -> String {
         let use_ = match self {
-            OptimizerType::AdamW8bit => {
-                "AdamW (f32 moments: 4x the optimizer memory of 8-bit, a few MB at LoRA sizes)"
-            }
-            OptimizerType::Lion8bit => "Lion (f32 momentum)",
             OptimizerType::DAdaptAdam => {
                 "Prodigy (the same learning-rate-free idea, learning_rate = 1)"
             }
@@ -247,7 +246,7 @@ impl OptimizerKind {
             }
         };
         match ty {
-            OptimizerType::AdamW => {
+            OptimizerType::AdamW | OptimizerType::AdamW8bit => {
                 let mut s = AdamWSettings {
                     beta1: keys.adam_beta1,
                     beta2: keys.adam_beta2,
@@ -263,9 +262,13 @@ impl OptimizerKind {
                         _ => return Err(unknown(a, ty, KNOWN)),
                     }
                 }
-                Ok(OptimizerKind::AdamW(s))
+                Ok(if ty == OptimizerType::AdamW {
+                    OptimizerKind::AdamW(s)
+                } else {
+                    OptimizerKind::AdamW8bit(s)
+                })
             }
-            OptimizerType::Lion => {
+            OptimizerType::Lion | OptimizerType::Lion8bit => {
                 let mut s = LionSettings {
                     weight_decay: wd_default(0.0),
                     ..LionSettings::default()
@@ -278,7 +281,11 @@ impl OptimizerKind {
                         _ => return Err(unknown(a, ty, KNOWN)),
                     }
                 }
-                Ok(OptimizerKind::Lion(s))
+                Ok(if ty == OptimizerType::Lion {
+                    OptimizerKind::Lion(s)
+                } else {
+                    OptimizerKind::Lion8bit(s)
+                })
             }
             OptimizerType::SGDNesterov => {
                 let mut s = SgdSettings {

@@ -9,17 +9,20 @@
 //!
 //! - `adamw.rs`: AdamW (PyTorch's decoupled weight decay), the default.
 //! - `lion.rs`: Lion (lion-pytorch).
+//! - `eightbit.rs`: AdamW8bit and Lion8bit (bitsandbytes' blockwise 8-bit state).
 //! - `sgd.rs`: SGD with Nesterov momentum (kohya's `SGDNesterov`).
 //! - `prodigy.rs`: Prodigy (prodigyopt), which estimates its own step size.
 //! - `kind.rs`: kohya's `optimizer_type` and `optimizer_args`, read into an [`OptimizerKind`].
 
 mod adamw;
+mod eightbit;
 mod kind;
 mod lion;
 mod prodigy;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWSettings};
+pub use eightbit::{AdamW8bit, Lion8bit, QuantState};
 pub use kind::{KeyDefaults, OptimizerType};
 pub use lion::{Lion, LionSettings};
 pub use prodigy::{Prodigy, ProdigySettings};
@@ -71,7 +74,9 @@ pub trait Optimizer: Send {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind {
     AdamW(AdamWSettings),
+    AdamW8bit(AdamWSettings),
     Lion(LionSettings),
+    Lion8bit(LionSettings),
     SgdNesterov(SgdSettings),
     Prodigy(ProdigySettings),
 }
@@ -81,7 +86,9 @@ impl OptimizerKind {
     pub fn build(&self, be: &dyn Backend, n: usize) -> Result<Box<dyn Optimizer>> {
         Ok(match *self {
             OptimizerKind::AdamW(s) => Box::new(AdamW::new(be, n, s)?),
+            OptimizerKind::AdamW8bit(s) => Box::new(AdamW8bit::new(be, n, s)?),
             OptimizerKind::Lion(s) => Box::new(Lion::new(be, n, s)?),
+            OptimizerKind::Lion8bit(s) => Box::new(Lion8bit::new(be, n, s)?),
             OptimizerKind::SgdNesterov(s) => Box::new(SgdNesterov::new(be, n, s)?),
             OptimizerKind::Prodigy(s) => Box::new(Prodigy::new(be, n, s)?),
         })

@@ -1,5 +1,6 @@
 //! The gradient norm, AdamW, Lion, SGD with Nesterov momentum and Prodigy on the flat f32
-//! buffers (kernels/optim.cu); the f32 constants are the CPU backend's (cpu/optim.rs).
+//! buffers (kernels/optim.cu; the 8-bit AdamW and Lion in optim8.rs); the f32 constants are
+//! the CPU backend's (cpu/optim.rs).
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
@@ -8,7 +9,7 @@ use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::cpu::optim::{LionConsts, ProdigyConsts};
 use crate::backend::{
     check, AdamW, Lion, OptimOps, ProdigyBuffers, ProdigyMoments, ProdigySums, ProdigyUpdate,
-    SgdNesterov,
+    Quantized, SgdNesterov,
 };
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -203,6 +204,27 @@ impl OptimOps for CudaBackend {
             dot: sums.iter().step_by(2).sum(),
             s_abs: sums.iter().skip(1).step_by(2).sum(),
         })
+    }
+
+    fn adamw8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        v: Quantized<'_>,
+        h: &AdamW,
+    ) -> Result<()> {
+        self.adamw8bit(params, grads, m, v, h)
+    }
+
+    fn lion8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        h: &Lion,
+    ) -> Result<()> {
+        self.lion8bit(params, grads, m, h)
     }
 
     fn prodigy_update(
