@@ -1,7 +1,7 @@
-//! Lion, SGD with Nesterov momentum, Prodigy, AdamW8bit and Lion8bit on the CUDA backend
-//! against the CPU backend
+//! Lion, SGD with Nesterov momentum, Prodigy, DAdaptAdam, AdamW8bit and Lion8bit on the CUDA
+//! backend against the CPU backend
 //! (emulator, and GPU when present): whole optimizer steps through `OptimizerKind`, so that
-//! Prodigy's host arithmetic between its two launches runs on both.
+//! Prodigy's and DAdaptAdam's host arithmetic between their two launches runs on both.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;
@@ -10,7 +10,7 @@ use common::cuda::*;
 use lorafuse::backend::prelude::*;
 use lorafuse::rng::Rng;
 use lorafuse::train::optim::{
-    AdamWSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings,
+    AdamWSettings, DAdaptSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings,
 };
 use lorafuse::DType;
 
@@ -50,6 +50,25 @@ fn kinds() -> Vec<(&'static str, OptimizerKind, f64)> {
                 d_coef: 2.0,
                 growth_rate: 1.02,
                 ..ProdigySettings::default()
+            }),
+            1.0,
+        ),
+        (
+            "dadapt",
+            OptimizerKind::DAdaptAdam(DAdaptSettings {
+                weight_decay: 0.01,
+                ..DAdaptSettings::default()
+            }),
+            1.0,
+        ),
+        (
+            "dadapt decoupled bias-corrected",
+            OptimizerKind::DAdaptAdam(DAdaptSettings {
+                weight_decay: 0.01,
+                decouple: true,
+                use_bias_correction: true,
+                growth_rate: 1.02,
+                ..DAdaptSettings::default()
             }),
             1.0,
         ),

@@ -192,3 +192,49 @@ fn eight_bit_types_take_their_f32_twins_arguments() {
         assert!(text.contains(want), "{extra}: {text}");
     }
 }
+
+#[test]
+fn dadapt_adam_takes_dadaptations_arguments() {
+    use lorafuse::train::optim::{DAdaptSettings, OptimizerKind};
+    let c = with("optimizer_type: DAdaptAdam\nlearning_rate: 1\noptimizer_args: [\"decouple=True\", \"use_bias_correction=True\", \"d0=1e-5\", \"growth_rate=1.02\", \"weight_decay=0.01\", \"log_every=5\"]").unwrap();
+    let kind = lorafuse::train::trainable::optimizer_kind(&c).unwrap();
+    assert_eq!(
+        kind,
+        OptimizerKind::DAdaptAdam(DAdaptSettings {
+            decouple: true,
+            use_bias_correction: true,
+            d0: 1e-5,
+            growth_rate: 1.02,
+            weight_decay: 0.01,
+            ..DAdaptSettings::default()
+        })
+    );
+    for (arg, want) in [
+        (
+            "log_every=1.5",
+            "argument `log_every=1.5` is not valid: log_every must be a whole number ≥ 0",
+        ),
+        (
+            "d0=0",
+            "argument `d0=0` is not valid: d0 must be a number > 0 and < 1",
+        ),
+        (
+            "growth_rate=0.5",
+            "argument `growth_rate=0.5` is not valid: growth_rate must be a number ≥ 1",
+        ),
+        (
+            "decouple=maybe",
+            "argument `decouple=maybe` is not valid: decouple must be True or False",
+        ),
+        (
+            "d_coef=2",
+            "DAdaptAdam has no argument `d_coef` in lorafuse",
+        ),
+    ] {
+        let text = err_text(&format!(
+            "optimizer_type: DAdaptAdam\nlearning_rate: 1\noptimizer_args: [\"{arg}\"]"
+        ));
+        assert!(text.contains("optimizer_args"), "{arg}: {text}");
+        assert!(text.contains(want), "{arg}: {text}");
+    }
+}

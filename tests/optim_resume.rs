@@ -1,9 +1,9 @@
 //! A run interrupted and resumed gives the same losses and the same state bits as one that
 //! never stopped, with each optimizer (AdamW's own check is in train_e2e.rs): their state
 //! (Lion's momentum, SGD's buffer, Prodigy's p0, moments, s and scalars d, d_max, numerator,
-//! k, the 8-bit optimizers' codes (as u8) and block absmax) round-trips through the state file
-//! exactly. Also: the `lr` of each step is d·lr for
-//! Prodigy, as kohya logs it.
+//! k, DAdaptAdam's moments, s, d, numerator and k, the 8-bit optimizers' codes (as u8) and
+//! block absmax) round-trips through the state file exactly. Also: the `lr` of each step is
+//! d·lr for Prodigy and DAdaptAdam, as kohya logs it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,6 +117,15 @@ fn resume_is_bit_exact_with_each_optimizer() {
             ][..],
             &["m", "p0", "s", "scalars", "v"][..],
         ),
+        (
+            "dadapt",
+            &[
+                "optimizer_type=DAdaptAdam",
+                "learning_rate=1",
+                "optimizer_args=[\"decouple=True\", \"weight_decay=0.01\", \"log_every=10\"]",
+            ][..],
+            &["m", "s", "scalars", "v"][..],
+        ),
     ] {
         let (all, full_state) = run(&format!("{name}-straight"), sets, None);
         let (joined, resumed_state) = run(&format!("{name}-broken"), sets, Some(3));
@@ -144,7 +153,7 @@ fn resume_is_bit_exact_with_each_optimizer() {
                 t.dtype()
             );
         }
-        if name == "prodigy" {
+        if name == "prodigy" || name == "dadapt" {
             // The logged rate is d·lr: d starts at d0 = 1e-6 (learning_rate = 1).
             assert_eq!(all[0].2, 1e-6, "{all:?}");
         }
@@ -157,7 +166,7 @@ fn resume_is_bit_exact_with_each_optimizer() {
 /// On the demo's tiny model, each optimizer with its usual settings lowers the fixed-noise
 /// training loss over the same 40 steps (the figures are printed, side by side). Usual
 /// settings: the demo's AdamW rate (AdamW8bit too); Lion (and Lion8bit) at a third of it; SGD at a rate its plain gradient
-/// steps need; Prodigy at 1.
+/// steps need; Prodigy and DAdaptAdam at 1.
 #[test]
 fn each_optimizer_lowers_the_fixed_noise_loss() {
     let be = CpuBackend::new();
@@ -184,6 +193,10 @@ fn each_optimizer_lowers_the_fixed_noise_loss() {
             "Prodigy",
             &["optimizer_type=Prodigy", "learning_rate=1"][..],
         ),
+        (
+            "DAdaptAdam",
+            &["optimizer_type=DAdaptAdam", "learning_rate=1"][..],
+        ),
     ] {
         let dir = scratch(&format!("loss-{name}"));
         lorafuse::demo::prepare(&dir, 40).unwrap();
@@ -202,7 +215,7 @@ fn each_optimizer_lowers_the_fixed_noise_loss() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     for (name, before, after) in &figures {
-        eprintln!("{name:12} fixed-noise loss {before:.4} -> {after:.4}");
+        eprintln!("{name:12} fixed-noise loss {before:.4} -> {after:.6}");
     }
     for (name, before, after) in &figures {
         assert!(after < before, "{name}: {before} -> {after}");

@@ -496,10 +496,27 @@ pub struct ProdigyMoments {
     pub grad_scale: f64,
 }
 
-/// The two sums of [`OptimOps::prodigy_moments`], each added in a fixed order.
+/// The first half of a DAdaptAdam step (dadaptation's DAdaptAdam): the moments and `s`
+/// updated at dlr = d·lr·bias-correction, and the sums the new d is made from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DAdaptMoments {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// d·lr·bias-correction with the current d.
+    pub dlr: f64,
+    /// Weight decay added to the gradient (`decouple=False`), else 0.
+    pub coupled_decay: f64,
+    /// Multiplies every gradient before use: 1/loss scale times the clipping coefficient.
+    pub grad_scale: f64,
+}
+
+/// The two sums of [`OptimOps::prodigy_moments`] and [`OptimOps::dadapt_moments`], each added
+/// in a fixed order.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ProdigySums {
-    /// Σ g·(p0 − p) over the gradient as used (scaled, with coupled decay).
+    /// Prodigy: Σ g·(p0 − p); DAdaptAdam: Σ g·s/(sqrt(v) + eps) with s and v before the
+    /// step; over the gradient as used (scaled, with coupled decay).
     pub dot: f64,
     /// Σ |s| over the updated `s`.
     pub s_abs: f64,
@@ -578,6 +595,17 @@ pub trait OptimOps {
         m: Quantized<'_>,
         h: &Lion,
     ) -> Result<()>;
+    /// DAdaptAdam's first half, in place on m, v, s: g ← gs·grad + coupled·p;
+    /// dot = Σ g·s/(sqrt(v) + eps) (the old s, v); m ← β1·m + dlr(1−β1)·g;
+    /// v ← β2·v + (1−β2)·g²; s ← sqrt(β2)·s + dlr(1−sqrt(β2))·g; returns dot and Σ|s|, each
+    /// summed per fixed chunk in f64 and the chunks added in order. (Its second half is
+    /// [`OptimOps::prodigy_update`] with dlr 1 and ε: p ← p·(1 − wd·dlr) − m/(sqrt(v) + eps).)
+    fn dadapt_moments(
+        &self,
+        t: DAdaptBuffers<'_>,
+        grads: &Tensor,
+        h: &DAdaptMoments,
+    ) -> Result<ProdigySums>;
     /// Prodigy's second half, in place on params.
     fn prodigy_update(
         &self,
@@ -586,6 +614,14 @@ pub trait OptimOps {
         v: &Tensor,
         h: &ProdigyUpdate,
     ) -> Result<()>;
+}
+
+/// The buffers of [`OptimOps::dadapt_moments`]: params read, m, v and s updated.
+pub struct DAdaptBuffers<'a> {
+    pub params: &'a Tensor,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+    pub s: &'a mut Tensor,
 }
 
 /// The buffers of [`OptimOps::prodigy_moments`]: params and p0 read, m, v and s updated.

@@ -279,8 +279,9 @@ config_keys! {
     // --- optimizer and learning-rate schedule
 
     /// The optimizer, by kohya's name (any case): `AdamW`, `AdamW8bit` (bitsandbytes'
-    /// 8-bit state), `Lion` (lion-pytorch), `Lion8bit`, `SGDNesterov`, or `Prodigy`
-    /// (prodigyopt; it finds its own step size: set `learning_rate: 1`).
+    /// 8-bit state), `Lion` (lion-pytorch), `Lion8bit`, `SGDNesterov`, `Prodigy` (prodigyopt)
+    /// or `DAdaptAdam` (dadaptation); these two find their own step size: set
+    /// `learning_rate: 1`.
     optimizer_type: OptimizerType = fixed(OptimizerType::AdamW),
         read parse::choice::<OptimizerType>,
         doc_type choice_doc::<OptimizerType>(),
@@ -299,11 +300,11 @@ config_keys! {
         doc_type "list of texts",
         rule "must be a list of name=value texts, for example [\"weight_decay=0.1\", \"betas=0.9,0.99\"]",
 
-    /// Learning rate (typical for LoRA with AdamW: 1e-4 to 1e-3; with Prodigy: 1).
+    /// Learning rate (typical for LoRA with AdamW: 1e-4 to 1e-3; with Prodigy or DAdaptAdam: 1).
     learning_rate: f64 = fixed(1e-4),
         read parse::float,
         check |lr| positive(*lr),
-        doc_type "number > 0 (< 1 but with Prodigy)",
+        doc_type "number > 0 (< 1 but with Prodigy, DAdaptAdam)",
         rule LR,
         kohya "2e-6",
 
@@ -311,14 +312,14 @@ config_keys! {
     unet_lr: f64 = follows("`learning_rate`", learning_rate),
         read parse::float,
         check |lr| positive(*lr),
-        doc_type "number > 0 (< 1 but with Prodigy)",
+        doc_type "number > 0 (< 1 but with Prodigy, DAdaptAdam)",
         rule LR,
 
     /// Learning rate of the text-encoder adapters (with `train_text_encoder`).
     text_encoder_lr: f64 = follows("`learning_rate`", learning_rate),
         read parse::float,
         check |lr| positive(*lr),
-        doc_type "number > 0 (< 1 but with Prodigy)",
+        doc_type "number > 0 (< 1 but with Prodigy, DAdaptAdam)",
         rule LR,
 
     /// How the learning rate changes over the run, after the warmup.

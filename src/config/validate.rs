@@ -190,7 +190,7 @@ fn check_optimizer(c: &mut Check) {
             c.fail(
                 key,
                 format!(
-                    "is out of range: {} (a rate ≥ 1 is for optimizer_type: Prodigy, which finds its own step size)",
+                    "is out of range: {} (a rate ≥ 1 is for optimizer_type: Prodigy or DAdaptAdam, which find their own step size)",
                     keys::LR
                 ),
             );

@@ -12,9 +12,11 @@
 //! - `eightbit.rs`: AdamW8bit and Lion8bit (bitsandbytes' blockwise 8-bit state).
 //! - `sgd.rs`: SGD with Nesterov momentum (kohya's `SGDNesterov`).
 //! - `prodigy.rs`: Prodigy (prodigyopt), which estimates its own step size.
+//! - `dadapt.rs`: DAdaptAdam (dadaptation), which does too.
 //! - `kind.rs`: kohya's `optimizer_type` and `optimizer_args`, read into an [`OptimizerKind`].
 
 mod adamw;
+mod dadapt;
 mod eightbit;
 mod kind;
 mod lion;
@@ -22,6 +24,7 @@ mod prodigy;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWSettings};
+pub use dadapt::{DAdaptAdam, DAdaptSettings};
 pub use eightbit::{AdamW8bit, Lion8bit, QuantState};
 pub use kind::{KeyDefaults, OptimizerType};
 pub use lion::{Lion, LionSettings};
@@ -79,6 +82,7 @@ pub enum OptimizerKind {
     Lion8bit(LionSettings),
     SgdNesterov(SgdSettings),
     Prodigy(ProdigySettings),
+    DAdaptAdam(DAdaptSettings),
 }
 
 impl OptimizerKind {
@@ -91,6 +95,7 @@ impl OptimizerKind {
             OptimizerKind::Lion8bit(s) => Box::new(Lion8bit::new(be, n, s)?),
             OptimizerKind::SgdNesterov(s) => Box::new(SgdNesterov::new(be, n, s)?),
             OptimizerKind::Prodigy(s) => Box::new(Prodigy::new(be, n, s)?),
+            OptimizerKind::DAdaptAdam(s) => Box::new(DAdaptAdam::new(be, n, s)?),
         })
     }
 }
@@ -238,5 +243,47 @@ pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
         1.0
     } else {
         (max_norm / (norm + 1e-6)).min(1.0)
+    }
+}
+
+/// f64 values as exact f32 triples (hi, mid, lo with hi + mid + lo = x): an optimizer's
+/// scalars (Prodigy's, DAdaptAdam's d and sums) in the state file, restored bit for bit.
+pub(super) fn split(xs: &[f64]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(3 * xs.len());
+    for &x in xs {
+        let hi = x as f32;
+        let r = x - hi as f64;
+        let mid = r as f32;
+        let lo = (r - mid as f64) as f32;
+        out.extend([hi, mid, lo]);
+    }
+    out
+}
+
+/// The inverse of [`split`].
+pub(super) fn join(parts: &[f32]) -> Vec<f64> {
+    parts
+        .chunks(3)
+        .map(|c| c[0] as f64 + c[1] as f64 + c[2] as f64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{join, split};
+
+    #[test]
+    fn scalars_round_trip_exactly() {
+        for x in [
+            0.0,
+            1e-6,
+            1.0 / 3.0,
+            std::f64::consts::PI * 1e-9,
+            123456789.125 + 1e-8,
+            -2.5e-17,
+            4096.0,
+        ] {
+            assert_eq!(join(&split(&[x]))[0].to_bits(), x.to_bits(), "{x}");
+        }
     }
 }
