@@ -238,3 +238,27 @@ fn dadapt_adam_takes_dadaptations_arguments() {
         assert!(text.contains(want), "{arg}: {text}");
     }
 }
+
+#[test]
+fn min_lr_ratio_is_for_cosine_with_min_lr() {
+    let c = with("lr_scheduler: cosine_with_min_lr\nlr_scheduler_min_lr_ratio: 0.1").unwrap();
+    assert_eq!(c.lr_scheduler_min_lr_ratio, Some(0.1));
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let text = err_text("lr_scheduler: cosine_with_min_lr");
+    assert!(
+        text.contains("lr_scheduler") && text.contains("needs lr_scheduler_min_lr_ratio"),
+        "{text}"
+    );
+    let c = with("lr_scheduler: cosine\nlr_scheduler_min_lr_ratio: 0.1").unwrap();
+    assert!(
+        c.warnings().iter().any(|w| w
+            .contains("lr_scheduler_min_lr_ratio = 0.1 has no effect unless lr_scheduler = cosine_with_min_lr")),
+        "{:?}",
+        c.warnings()
+    );
+    let text = err_text("lr_scheduler: cosine_with_min_lr\nlr_scheduler_min_lr_ratio: 1.5");
+    assert!(
+        text.contains("lr_scheduler_min_lr_ratio = 1.5 is out of range"),
+        "{text}"
+    );
+}

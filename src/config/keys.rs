@@ -330,7 +330,8 @@ config_keys! {
         aliases ["lr_scheduler_type"],
         kohya "constant",
 
-    /// Number of cosine cycles for `cosine_with_restarts`.
+    /// Number of cosine cycles for `cosine_with_restarts` (and half-waves for
+    /// `cosine_with_min_lr`, as kohya passes it).
     lr_scheduler_num_cycles: usize = fixed(1),
         read parse::count,
         check |n| *n >= 1,
@@ -344,6 +345,14 @@ config_keys! {
         check |x| x.is_finite() && *x > 0.0 && *x <= 100.0,
         doc_type "number in (0, 100]",
         rule "must be > 0 and ≤ 100 (1 is a straight line; typical 0.5 to 2)",
+
+    /// The rate `cosine_with_min_lr` ends at, as a fraction of the learning rate (kohya's
+    /// meaning: it applies to that schedule only). Needed by `cosine_with_min_lr`.
+    lr_scheduler_min_lr_ratio: Option<f64> = optional("unset (needed by cosine_with_min_lr)"),
+        read parse::float,
+        check |r| (0.0..=1.0).contains(r),
+        doc_type "number in [0, 1]",
+        rule "must be ≥ 0 and ≤ 1 (typical 0.05 to 0.1)",
 
     /// Linear warmup from 0 at the start: a number of optimizer steps, or, as in kohya, a
     /// fraction of the run below 1 (`0.05` = the first 5% of the steps, rounded down).
