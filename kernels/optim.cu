@@ -21,6 +21,11 @@
 //                  partial[2b] = Σ g·(p0 − p), partial[2b+1] = Σ |s| over the block in f64
 //                  (the host adds the partials in order). Reads p, p0, grad; m, v, s in place.
 //   prodigy_update_f32: p = p·decay − dlr·m / (sqrt(v) + d_eps), one thread per parameter.
+//   dadapt_moments_f32: dadaptation's DAdaptAdam first pass, blocks as prodigy_moments_f32:
+//                  g = grad·gs + coupled·p, partial[2b] = Σ g·(s / (sqrt(v) + eps)) with the old
+//                  s, v; m = b1·m + c1·g, v = b2·v + c2·g², s = sb2·s + cs·g (c1 = dlr(1−b1),
+//                  c2 = 1−b2, sb2 = sqrt(b2), cs = dlr(1−sb2)), partial[2b+1] = Σ |s| (new s).
+//                  Reads p, grad; m, v, s in place. Its second pass is prodigy_update_f32.
 #include "common.cuh"
 
 // SQ_CHUNK in tiles.h.
@@ -28,6 +33,29 @@
 __device__ __forceinline__ double warp_sum_f64(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+
+// The two block sums of the moments passes into partial[2b], partial[2b+1] (all threads call).
+__device__ void store_pair_sums(double a, double b, double* partial) {
+    __shared__ double scratch[2][32];
+    unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, warps = (blockDim.x + 31u) >> 5;
+    a = warp_sum_f64(a);
+    b = warp_sum_f64(b);
+    if (lane == 0) {
+        scratch[0][warp] = a;
+        scratch[1][warp] = b;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        a = lane < warps ? scratch[0][lane] : 0.0;
+        b = lane < warps ? scratch[1][lane] : 0.0;
+        a = warp_sum_f64(a);
+        b = warp_sum_f64(b);
+        if (lane == 0) {
+            partial[2 * blockIdx.x] = a;
+            partial[2 * blockIdx.x + 1] = b;
+        }
+    }
 }
 
 template <typename T>
@@ -135,7 +163,6 @@ KERNEL void prodigy_moments_f32(const float* p, const float* p0, const float* gr
                                 float* v, float* s, double* partial, float b1, float b2,
                                 float b3, float c1, float c2, float cs, float coupled, float gs,
                                 int n) {
-    __shared__ double scratch[2][32];
     int lo = blockIdx.x * SQ_CHUNK, hi = min(n, lo + SQ_CHUNK);
     double dot = 0.0, abs_s = 0.0;
     for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
@@ -148,24 +175,7 @@ KERNEL void prodigy_moments_f32(const float* p, const float* p0, const float* gr
         s[i] = si;
         abs_s += (double)fabsf(si);
     }
-    unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, warps = (blockDim.x + 31u) >> 5;
-    dot = warp_sum_f64(dot);
-    abs_s = warp_sum_f64(abs_s);
-    if (lane == 0) {
-        scratch[0][warp] = dot;
-        scratch[1][warp] = abs_s;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        double a = lane < warps ? scratch[0][lane] : 0.0;
-        double b = lane < warps ? scratch[1][lane] : 0.0;
-        a = warp_sum_f64(a);
-        b = warp_sum_f64(b);
-        if (lane == 0) {
-            partial[2 * blockIdx.x] = a;
-            partial[2 * blockIdx.x + 1] = b;
-        }
-    }
+    store_pair_sums(dot, abs_s, partial);
 }
 
 KERNEL void prodigy_update_f32(float* p, const float* m, const float* v, float decay, float dlr,
@@ -173,4 +183,22 @@ KERNEL void prodigy_update_f32(float* p, const float* m, const float* v, float d
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     p[i] = p[i] * decay - dlr * m[i] / (sqrtf(v[i]) + d_eps);
+}
+
+KERNEL void dadapt_moments_f32(const float* p, const float* grad, float* m, float* v, float* s,
+                               double* partial, float b1, float b2, float sb2, float c1,
+                               float c2, float cs, float eps, float coupled, float gs, int n) {
+    int lo = blockIdx.x * SQ_CHUNK, hi = min(n, lo + SQ_CHUNK);
+    double dot = 0.0, abs_s = 0.0;
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const float g = grad[i] * gs + coupled * p[i];
+        const float vi = v[i], si = s[i];
+        dot += (double)g * (double)(si / (sqrtf(vi) + eps));
+        m[i] = b1 * m[i] + c1 * g;
+        v[i] = b2 * vi + c2 * g * g;
+        const float sn = sb2 * si + cs * g;
+        s[i] = sn;
+        abs_s += (double)fabsf(sn);
+    }
+    store_pair_sums(dot, abs_s, partial);
 }

@@ -134,3 +134,7 @@
 // ---- diffusion.cu, optim.cu: elements per block of the reductions ----
 #define MSE_CHUNK 4096
 #define SQ_CHUNK 8192
+
+// ---- optim8.cu: parameters per 8-bit quantisation block (bitsandbytes' blockwise optimizers'
+// block size), one thread each ----
+#define QUANT_BLOCK 256

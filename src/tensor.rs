@@ -12,11 +12,14 @@ use crate::error::{Error, Result};
 
 /// Element type of a tensor. `F64` exists on the CPU backend only: it runs the same code in
 /// double precision so that finite-difference gradient checks are exact enough to trust.
+/// `U8` holds the 8-bit optimizers' quantised state (one code per parameter); no arithmetic
+/// op takes it, and it converts to and from f32 exactly (the values 0 to 255).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F16,
     F32,
     F64,
+    U8,
 }
 
 impl DType {
@@ -25,6 +28,7 @@ impl DType {
             DType::F16 => 2,
             DType::F32 => 4,
             DType::F64 => 8,
+            DType::U8 => 1,
         }
     }
 }
@@ -35,6 +39,7 @@ impl fmt::Display for DType {
             DType::F16 => "f16",
             DType::F32 => "f32",
             DType::F64 => "f64",
+            DType::U8 => "u8",
         })
     }
 }
@@ -115,6 +120,7 @@ pub enum CpuData {
     F16(Vec<f16>),
     F32(Vec<f32>),
     F64(Vec<f64>),
+    U8(Vec<u8>),
 }
 
 impl CpuData {
@@ -123,6 +129,7 @@ impl CpuData {
             CpuData::F16(v) => v.len(),
             CpuData::F32(v) => v.len(),
             CpuData::F64(v) => v.len(),
+            CpuData::U8(v) => v.len(),
         }
     }
     fn dtype(&self) -> DType {
@@ -130,6 +137,7 @@ impl CpuData {
             CpuData::F16(_) => DType::F16,
             CpuData::F32(_) => DType::F32,
             CpuData::F64(_) => DType::F64,
+            CpuData::U8(_) => DType::U8,
         }
     }
 }
@@ -183,6 +191,9 @@ impl Tensor {
     pub fn from_f16(shape: impl Into<Shape>, data: Vec<f16>) -> Result<Tensor> {
         Self::from_cpu(shape, CpuData::F16(data))
     }
+    pub fn from_u8(shape: impl Into<Shape>, data: Vec<u8>) -> Result<Tensor> {
+        Self::from_cpu(shape, CpuData::U8(data))
+    }
     /// A host tensor of zeros.
     pub fn zeros(shape: impl Into<Shape>, dtype: DType) -> Tensor {
         let shape = shape.into();
@@ -191,6 +202,7 @@ impl Tensor {
             DType::F16 => CpuData::F16(vec![f16::ZERO; n]),
             DType::F32 => CpuData::F32(vec![0.0; n]),
             DType::F64 => CpuData::F64(vec![0.0; n]),
+            DType::U8 => CpuData::U8(vec![0; n]),
         };
         Tensor {
             shape,
@@ -269,6 +281,7 @@ impl Tensor {
             Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::Cpu(CpuData::F32(v)) => v.clone(),
             Storage::Cpu(CpuData::F64(v)) => v.iter().map(|&x| x as f32).collect(),
+            Storage::Cpu(CpuData::U8(v)) => v.iter().map(|&x| x as f32).collect(),
             Storage::Device(b) => b
                 .to_f32_vec()
                 .unwrap_or_else(|e| panic!("reading a device tensor failed: {e}")),
@@ -280,6 +293,7 @@ impl Tensor {
             Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f64()).collect(),
             Storage::Cpu(CpuData::F32(v)) => v.iter().map(|&x| x as f64).collect(),
             Storage::Cpu(CpuData::F64(v)) => v.clone(),
+            Storage::Cpu(CpuData::U8(v)) => v.iter().map(|&x| x as f64).collect(),
             Storage::Device(_) => self.to_f32_vec().into_iter().map(f64::from).collect(),
         }
     }

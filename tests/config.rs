@@ -82,6 +82,7 @@ text_encoder_lr: 5e-5
 lr_scheduler: cosine_with_restarts
 lr_scheduler_num_cycles: 3
 lr_scheduler_power: 2
+lr_scheduler_min_lr_ratio: 0.05
 num_warmup_steps: 100
 weight_decay: 0.05
 adam_beta1: 0.85
@@ -160,6 +161,7 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.lr_scheduler, Schedule::CosineWithRestarts);
     assert_eq!(c.lr_scheduler_num_cycles, 3);
     assert_eq!(c.lr_scheduler_power, 2.0);
+    assert_eq!(c.lr_scheduler_min_lr_ratio, Some(0.05));
     assert_eq!(c.num_warmup_steps, Warmup::Steps(100));
     assert_eq!(c.weight_decay, 0.05);
     assert_eq!(c.adam_beta1, 0.85);
@@ -571,7 +573,7 @@ fn wrong_types_and_words_are_named_with_the_choices() {
         "lr_scheduler: cosin",
         "lr_scheduler",
         "\"cosin\"",
-        "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial (did you mean `cosine`?)",
+        "constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial, cosine_with_min_lr (did you mean `cosine`?)",
     );
     assert_bad(
         "lr_scheduler: adafactor",

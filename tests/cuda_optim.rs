@@ -1,13 +1,17 @@
-//! Lion, SGD with Nesterov momentum and Prodigy on the CUDA backend against the CPU backend
+//! Lion, SGD with Nesterov momentum, Prodigy, DAdaptAdam, AdamW8bit and Lion8bit on the CUDA
+//! backend against the CPU backend
 //! (emulator, and GPU when present): whole optimizer steps through `OptimizerKind`, so that
-//! Prodigy's host arithmetic between its two launches runs on both.
+//! Prodigy's and DAdaptAdam's host arithmetic between their two launches runs on both.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;
 
 use common::cuda::*;
+use lorafuse::backend::prelude::*;
 use lorafuse::rng::Rng;
-use lorafuse::train::optim::{LionSettings, OptimizerKind, ProdigySettings, SgdSettings};
+use lorafuse::train::optim::{
+    AdamWSettings, DAdaptSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings,
+};
 use lorafuse::DType;
 
 fn kinds() -> Vec<(&'static str, OptimizerKind, f64)> {
@@ -49,6 +53,25 @@ fn kinds() -> Vec<(&'static str, OptimizerKind, f64)> {
             }),
             1.0,
         ),
+        (
+            "dadapt",
+            OptimizerKind::DAdaptAdam(DAdaptSettings {
+                weight_decay: 0.01,
+                ..DAdaptSettings::default()
+            }),
+            1.0,
+        ),
+        (
+            "dadapt decoupled bias-corrected",
+            OptimizerKind::DAdaptAdam(DAdaptSettings {
+                weight_decay: 0.01,
+                decouple: true,
+                use_bias_correction: true,
+                growth_rate: 1.02,
+                ..DAdaptSettings::default()
+            }),
+            1.0,
+        ),
     ]
 }
 
@@ -79,6 +102,80 @@ fn optimizers_match_the_cpu() {
                     (de - ce).abs() <= 1e-6 * ce.abs(),
                     "{what}: d·lr {de} vs {ce}"
                 );
+            }
+        }
+    }
+}
+
+/// The 8-bit optimizers: whole blocks, a partial last block, one element; a block whose
+/// gradient is all zero (its absmax 0: the 0/0 path of the quantisation) and, for AdamW8bit,
+/// non-finite gradients (left alone, moments 0). Parameters and absmax within rounding;
+/// codes equal (on the emulator exactly; a GPU's fused multiply-adds may move a code at a
+/// rounding tie by one step, so there at most 1 in 200 codes may differ, by one).
+#[test]
+fn eight_bit_optimizers_match_the_cpu() {
+    let mut rng = Rng::new(29);
+    let cpu = cpu();
+    let kinds = [
+        (
+            "adamw8bit",
+            OptimizerKind::AdamW8bit(AdamWSettings::default()),
+            1e-3,
+        ),
+        (
+            "lion8bit",
+            OptimizerKind::Lion8bit(LionSettings {
+                weight_decay: 0.1,
+                ..LionSettings::default()
+            }),
+            1e-4,
+        ),
+    ];
+    for e in engines(DType::F32) {
+        let emulated = !e.gpu;
+        for n in [1usize, 255, 256, 1003, 8192 * 3 + 17] {
+            for (what, kind, lr) in &kinds {
+                let (mut cp, mut dp) = random_pair(&e.be, &mut rng, &[n], DType::F32);
+                let mut c_opt = kind.build(&cpu, n).unwrap();
+                let mut d_opt = kind.build(&e.be, n).unwrap();
+                for step in 0..5 {
+                    let mut g = random_pair(&e.be, &mut rng, &[n], DType::F32)
+                        .0
+                        .to_f32_vec();
+                    // The second block's gradient is zero on the first step.
+                    if step == 0 && n > 512 {
+                        g[256..512].iter_mut().for_each(|x| *x = 0.0);
+                    }
+                    if *what == "adamw8bit" && step == 2 {
+                        g[0] = f32::NAN;
+                        g[n - 1] = f32::INFINITY;
+                    }
+                    let cg = cpu.tensor_from_f32(&[n], &g, DType::F32).unwrap();
+                    let dg = e.be.tensor_from_f32(&[n], &g, DType::F32).unwrap();
+                    c_opt.step(&cpu, &mut cp, &cg, *lr, 0.5).unwrap();
+                    d_opt.step(&e.be, &mut dp, &dg, *lr, 0.5).unwrap();
+                }
+                let what = format!("{what} n={n}");
+                assert_matches(&format!("{what} params"), &dp, &cp, (1e-5, 1e-6));
+                for ((name, d), (_, c)) in d_opt.state().into_iter().zip(c_opt.state()) {
+                    if name.ends_with("_codes") {
+                        assert_eq!(d.dtype(), DType::U8, "{what} {name}");
+                        let (d, c) = (d.to_f32_vec(), c.to_f32_vec());
+                        let off: Vec<f32> = d.iter().zip(&c).map(|(a, b)| (a - b).abs()).collect();
+                        let differ = off.iter().filter(|&&x| x != 0.0).count();
+                        if emulated {
+                            assert_eq!(differ, 0, "{what} {name}: {differ} codes differ");
+                        } else {
+                            assert!(
+                                differ * 200 <= n.max(200)
+                                    && off.iter().all(|&x| x <= 1.0 || x == 255.0),
+                                "{what} {name}: {differ} codes differ"
+                            );
+                        }
+                    } else {
+                        assert_matches(&format!("{what} {name}"), d, c, (1e-5, 1e-9));
+                    }
+                }
             }
         }
     }

@@ -114,10 +114,10 @@ fn bad_arguments_are_named() {
 
 #[test]
 fn types_lorafuse_lacks_name_what_to_use() {
-    let text = err_text("optimizer_type: AdamW8bit");
+    let text = err_text("optimizer_type: Adafactor");
     assert!(text.contains("optimizer_type"), "{text}");
     assert!(
-        text.contains("AdamW8bit is not available in lorafuse yet: use AdamW"),
+        text.contains("Adafactor is not available in lorafuse yet: use AdamW"),
         "{text}"
     );
     let text = err_text("optimizer_type: Adam");
@@ -154,6 +154,111 @@ fn polynomial_power_is_read_and_warned_about_elsewhere() {
     let text = err_text("lr_scheduler_power: 0");
     assert!(
         text.contains("lr_scheduler_power = 0 is out of range"),
+        "{text}"
+    );
+}
+
+#[test]
+fn eight_bit_types_take_their_f32_twins_arguments() {
+    use lorafuse::train::optim::{AdamWSettings, LionSettings, OptimizerKind, OptimizerType};
+    let c = with(
+        "optimizer_type: adamw8bit\noptimizer_args: [\"betas=0.9,0.99\", \"weight_decay=0.1\"]",
+    )
+    .unwrap();
+    assert_eq!(c.optimizer_type, OptimizerType::AdamW8bit);
+    let kind = lorafuse::train::trainable::optimizer_kind(&c).unwrap();
+    assert_eq!(
+        kind,
+        OptimizerKind::AdamW8bit(AdamWSettings {
+            beta2: 0.99,
+            weight_decay: 0.1,
+            ..AdamWSettings::default()
+        })
+    );
+    let c = with("optimizer_type: Lion8bit").unwrap();
+    let kind = lorafuse::train::trainable::optimizer_kind(&c).unwrap();
+    assert_eq!(kind, OptimizerKind::Lion8bit(LionSettings::default()));
+    for (extra, want) in [
+        (
+            "optimizer_type: AdamW8bit\noptimizer_args: [\"min_8bit_size=16\"]",
+            "AdamW8bit has no argument `min_8bit_size` in lorafuse (it takes betas, eps, weight_decay)",
+        ),
+        (
+            "optimizer_type: Lion8bit\noptimizer_args: [\"betas=0.9\"]",
+            "argument `betas=0.9` is not valid: betas must be two numbers",
+        ),
+    ] {
+        let text = err_text(extra);
+        assert!(text.contains(want), "{extra}: {text}");
+    }
+}
+
+#[test]
+fn dadapt_adam_takes_dadaptations_arguments() {
+    use lorafuse::train::optim::{DAdaptSettings, OptimizerKind};
+    let c = with("optimizer_type: DAdaptAdam\nlearning_rate: 1\noptimizer_args: [\"decouple=True\", \"use_bias_correction=True\", \"d0=1e-5\", \"growth_rate=1.02\", \"weight_decay=0.01\", \"log_every=5\"]").unwrap();
+    let kind = lorafuse::train::trainable::optimizer_kind(&c).unwrap();
+    assert_eq!(
+        kind,
+        OptimizerKind::DAdaptAdam(DAdaptSettings {
+            decouple: true,
+            use_bias_correction: true,
+            d0: 1e-5,
+            growth_rate: 1.02,
+            weight_decay: 0.01,
+            ..DAdaptSettings::default()
+        })
+    );
+    for (arg, want) in [
+        (
+            "log_every=1.5",
+            "argument `log_every=1.5` is not valid: log_every must be a whole number ≥ 0",
+        ),
+        (
+            "d0=0",
+            "argument `d0=0` is not valid: d0 must be a number > 0 and < 1",
+        ),
+        (
+            "growth_rate=0.5",
+            "argument `growth_rate=0.5` is not valid: growth_rate must be a number ≥ 1",
+        ),
+        (
+            "decouple=maybe",
+            "argument `decouple=maybe` is not valid: decouple must be True or False",
+        ),
+        (
+            "d_coef=2",
+            "DAdaptAdam has no argument `d_coef` in lorafuse",
+        ),
+    ] {
+        let text = err_text(&format!(
+            "optimizer_type: DAdaptAdam\nlearning_rate: 1\noptimizer_args: [\"{arg}\"]"
+        ));
+        assert!(text.contains("optimizer_args"), "{arg}: {text}");
+        assert!(text.contains(want), "{arg}: {text}");
+    }
+}
+
+#[test]
+fn min_lr_ratio_is_for_cosine_with_min_lr() {
+    let c = with("lr_scheduler: cosine_with_min_lr\nlr_scheduler_min_lr_ratio: 0.1").unwrap();
+    assert_eq!(c.lr_scheduler_min_lr_ratio, Some(0.1));
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let text = err_text("lr_scheduler: cosine_with_min_lr");
+    assert!(
+        text.contains("lr_scheduler") && text.contains("needs lr_scheduler_min_lr_ratio"),
+        "{text}"
+    );
+    let c = with("lr_scheduler: cosine\nlr_scheduler_min_lr_ratio: 0.1").unwrap();
+    assert!(
+        c.warnings().iter().any(|w| w
+            .contains("lr_scheduler_min_lr_ratio = 0.1 has no effect unless lr_scheduler = cosine_with_min_lr")),
+        "{:?}",
+        c.warnings()
+    );
+    let text = err_text("lr_scheduler: cosine_with_min_lr\nlr_scheduler_min_lr_ratio: 1.5");
+    assert!(
+        text.contains("lr_scheduler_min_lr_ratio = 1.5 is out of range"),
         "{text}"
     );
 }

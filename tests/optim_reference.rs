@@ -1,12 +1,15 @@
 //! Each optimizer against its reference implementation (torch.optim.AdamW, lion-pytorch,
-//! torch.optim.SGD with nesterov=True, prodigyopt), run for 300 steps on 1000 parameters (Prodigy at lr = 0.1: at 1 the
-//! steps of d·lr ≈ 0.6 make this problem chaotic, and any rounding difference grows) by
+//! torch.optim.SGD with nesterov=True, prodigyopt, dadaptation's DAdaptAdam; for AdamW8bit and
+//! Lion8bit the fixture script's NumPy port of bitsandbytes' 8-bit CUDA kernels), run for 300
+//! steps on 1000 parameters (Prodigy and DAdaptAdam at lr = 0.1: at 1 the steps of d·lr ≈ 0.6
+//! make this problem chaotic, and any rounding difference grows) by
 //! tests/fixtures/make_optimizer_fixture.py (pinned versions beside it): the parameters after
 //! the last step agree within the tolerance each run states.
 
 use lorafuse::backend::prelude::*;
+use lorafuse::backend::quant::dynamic_map;
 use lorafuse::train::optim::{
-    AdamWSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings,
+    AdamWSettings, DAdaptSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings,
 };
 use lorafuse::{CpuBackend, DType};
 
@@ -100,7 +103,71 @@ fn runs() -> Vec<(&'static str, OptimizerKind, f64, (f64, f64))> {
             // Measured: max 8.2e-5, mean 2.9e-7.
             (5e-4, 1e-5),
         ),
+        (
+            "dadapt",
+            OptimizerKind::DAdaptAdam(DAdaptSettings {
+                weight_decay: 0.01,
+                ..DAdaptSettings::default()
+            }),
+            0.1,
+            // Measured: max 6.8e-6, mean 1.3e-8; d equal to 7 digits.
+            (1e-4, 1e-5),
+        ),
+        (
+            "dadapt_decoupled",
+            OptimizerKind::DAdaptAdam(DAdaptSettings {
+                weight_decay: 0.01,
+                decouple: true,
+                use_bias_correction: true,
+                growth_rate: 1.05,
+                ..DAdaptSettings::default()
+            }),
+            0.1,
+            // Measured: mean 3.2e-5, two parameters off by more than 1e-4, the worst (element
+            // 562, which starts at its optimum, as Prodigy's worst above) by 2.9e-2: its
+            // gradient is rounding noise that Adam's normalised step turns into ±d·lr steps,
+            // and d differs by 1.6e-6 relative (dadaptation sums in f32, we in f64).
+            (5e-2, 1e-4),
+        ),
+        (
+            "adamw8bit",
+            OptimizerKind::AdamW8bit(AdamWSettings {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            }),
+            1e-2,
+            // Measured: bit-identical (both exact f32 in the same order). A quantisation tie
+            // decided otherwise moves one value by a code step.
+            (1e-4, 1e-6),
+        ),
+        (
+            "lion8bit",
+            OptimizerKind::Lion8bit(LionSettings {
+                beta1: 0.9,
+                beta2: 0.99,
+                weight_decay: 0.1,
+            }),
+            1e-3,
+            // Measured: bit-identical; as Lion, a sign(c) at rounding distance from 0 could
+            // move one parameter by 2·lr.
+            (2e-3, 1e-5),
+        ),
     ]
+}
+
+/// The quantisation maps are bitsandbytes' `create_dynamic_map`, bit for bit.
+#[test]
+fn dynamic_maps_are_bitsandbytes_maps() {
+    let f = load();
+    for (signed, name) in [(true, "qmap_signed"), (false, "qmap_unsigned")] {
+        let ours = dynamic_map(signed);
+        let theirs = &f[name];
+        for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{name}[{i}]: {a} vs {b}");
+        }
+    }
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! A run interrupted and resumed gives the same losses and the same state bits as one that
 //! never stopped, with each optimizer (AdamW's own check is in train_e2e.rs): their state
 //! (Lion's momentum, SGD's buffer, Prodigy's p0, moments, s and scalars d, d_max, numerator,
-//! k) round-trips through the state file exactly. Also: the `lr` of each step is d·lr for
-//! Prodigy, as kohya logs it.
+//! k, DAdaptAdam's moments, s, d, numerator and k, the 8-bit optimizers' codes (as u8) and
+//! block absmax) round-trips through the state file exactly. Also: the `lr` of each step is
+//! d·lr for Prodigy and DAdaptAdam, as kohya logs it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lorafuse::config::TrainConfig;
 use lorafuse::train::state;
 use lorafuse::train::trainer::{train, Event, Observer, Recorder};
-use lorafuse::CpuBackend;
+use lorafuse::{CpuBackend, DType};
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lorafuse-optim-{}-{name}", std::process::id()));
@@ -89,6 +90,20 @@ fn resume_is_bit_exact_with_each_optimizer() {
             &["m"][..],
         ),
         (
+            "adamw8bit",
+            &["optimizer_type=AdamW8bit", "learning_rate=1e-3"][..],
+            &["m_absmax", "m_codes", "v_absmax", "v_codes"][..],
+        ),
+        (
+            "lion8bit",
+            &[
+                "optimizer_type=lion8bit",
+                "learning_rate=1e-4",
+                "optimizer_args=[\"weight_decay=0.1\"]",
+            ][..],
+            &["m_absmax", "m_codes"][..],
+        ),
+        (
             "sgd",
             &["optimizer_type=SGDNesterov", "learning_rate=0.01"][..],
             &["momentum_buffer"][..],
@@ -101,6 +116,15 @@ fn resume_is_bit_exact_with_each_optimizer() {
                 "optimizer_args=[\"use_bias_correction=True\", \"weight_decay=0.01\"]",
             ][..],
             &["m", "p0", "s", "scalars", "v"][..],
+        ),
+        (
+            "dadapt",
+            &[
+                "optimizer_type=DAdaptAdam",
+                "learning_rate=1",
+                "optimizer_args=[\"decouple=True\", \"weight_decay=0.01\", \"log_every=10\"]",
+            ][..],
+            &["m", "s", "scalars", "v"][..],
         ),
     ] {
         let (all, full_state) = run(&format!("{name}-straight"), sets, None);
@@ -121,8 +145,15 @@ fn resume_is_bit_exact_with_each_optimizer() {
         }
         for (key, t) in &a {
             assert_eq!(t.to_f32_vec(), b[key].to_f32_vec(), "{name}: {key}");
+            let bytes = key.ends_with("_codes");
+            assert_eq!(
+                t.dtype() == DType::U8,
+                bytes,
+                "{name}: {key} is {}",
+                t.dtype()
+            );
         }
-        if name == "prodigy" {
+        if name == "prodigy" || name == "dadapt" {
             // The logged rate is d·lr: d starts at d0 = 1e-6 (learning_rate = 1).
             assert_eq!(all[0].2, 1e-6, "{all:?}");
         }
@@ -134,8 +165,8 @@ fn resume_is_bit_exact_with_each_optimizer() {
 
 /// On the demo's tiny model, each optimizer with its usual settings lowers the fixed-noise
 /// training loss over the same 40 steps (the figures are printed, side by side). Usual
-/// settings: the demo's AdamW rate; Lion at a third of it; SGD at a rate its plain gradient
-/// steps need; Prodigy at 1.
+/// settings: the demo's AdamW rate (AdamW8bit too); Lion (and Lion8bit) at a third of it; SGD at a rate its plain gradient
+/// steps need; Prodigy and DAdaptAdam at 1.
 #[test]
 fn each_optimizer_lowers_the_fixed_noise_loss() {
     let be = CpuBackend::new();
@@ -145,7 +176,15 @@ fn each_optimizer_lowers_the_fixed_noise_loss() {
             "AdamW",
             &["optimizer_type=AdamW", "learning_rate=0.002"][..],
         ),
+        (
+            "AdamW8bit",
+            &["optimizer_type=AdamW8bit", "learning_rate=0.002"][..],
+        ),
         ("Lion", &["optimizer_type=Lion", "learning_rate=0.0006"][..]),
+        (
+            "Lion8bit",
+            &["optimizer_type=Lion8bit", "learning_rate=0.0006"][..],
+        ),
         (
             "SGDNesterov",
             &["optimizer_type=SGDNesterov", "learning_rate=0.5"][..],
@@ -153,6 +192,10 @@ fn each_optimizer_lowers_the_fixed_noise_loss() {
         (
             "Prodigy",
             &["optimizer_type=Prodigy", "learning_rate=1"][..],
+        ),
+        (
+            "DAdaptAdam",
+            &["optimizer_type=DAdaptAdam", "learning_rate=1"][..],
         ),
     ] {
         let dir = scratch(&format!("loss-{name}"));
@@ -172,7 +215,7 @@ fn each_optimizer_lowers_the_fixed_noise_loss() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     for (name, before, after) in &figures {
-        eprintln!("{name:12} fixed-noise loss {before:.4} -> {after:.4}");
+        eprintln!("{name:12} fixed-noise loss {before:.4} -> {after:.6}");
     }
     for (name, before, after) in &figures {
         assert!(after < before, "{name}: {before} -> {after}");

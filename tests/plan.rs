@@ -43,6 +43,16 @@ fn the_breakdown_adds_up_and_scales_with_the_shapes() {
         p1.lora
     );
     assert!((p1.optimizer as f64 / p1.lora as f64 - 4.0).abs() < 0.01);
+    // AdamW8bit: params and grads (4 + 4 bytes) and two moments of one byte per parameter
+    // plus an f32 absmax per 256: 10.03 bytes per parameter against AdamW's 16.
+    let mut eight = input(1, 512, 8, DType::F16);
+    eight.cfg.optimizer_type = lorafuse::train::optim::OptimizerType::AdamW8bit;
+    let p8 = plan(&eight).unwrap();
+    let per_param = p8.optimizer as f64 / (p8.lora as f64 / 4.0);
+    assert!(
+        (per_param - (10.0 + 8.0 / 256.0)).abs() < 0.01,
+        "{per_param}"
+    );
     assert!((r32.lora as f64 / p1.lora as f64 - 4.0).abs() < 0.01);
     // The caches: 10 latents [1, 4, 64, 64] and 10 embeddings [1, 77, 768] in f16, and only
     // the latents when captions are not cached.

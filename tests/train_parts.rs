@@ -18,6 +18,7 @@ fn sched(kind: Schedule) -> LrSchedule {
         total: 110,
         num_cycles: 1.0,
         power: 1.0,
+        min_lr_ratio: 0.0,
     }
 }
 
@@ -56,6 +57,16 @@ fn schedules_by_hand() {
     close(q.lr(200), 1e-7);
     q.power = 2.0;
     close(q.lr(60), (1.0 - 1e-7) * 0.25 + 1e-7);
+    // cosine_with_min_lr (kohya's num_cycles 1: half a wave) down to the ratio: 0.1 + 0.9·f.
+    let mut m = sched(Schedule::CosineWithMinLr);
+    m.min_lr_ratio = 0.1;
+    close(m.lr(5), 0.5);
+    close(m.lr(10), 1.0);
+    close(m.lr(60), 0.1 + 0.9 * 0.5);
+    close(m.lr(110), 0.1);
+    m.num_cycles = 2.0; // a whole wave: back up at the end
+    close(m.lr(60), 0.1);
+    close(m.lr(110), 1.0);
 }
 
 #[test]

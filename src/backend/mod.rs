@@ -22,6 +22,7 @@ pub mod adapter;
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod quant;
 pub mod select;
 
 use crate::error::Result;
@@ -501,10 +502,27 @@ pub struct ProdigyMoments {
     pub grad_scale: f64,
 }
 
-/// The two sums of [`OptimOps::prodigy_moments`], each added in a fixed order.
+/// The first half of a DAdaptAdam step (dadaptation's DAdaptAdam): the moments and `s`
+/// updated at dlr = d·lr·bias-correction, and the sums the new d is made from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DAdaptMoments {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// d·lr·bias-correction with the current d.
+    pub dlr: f64,
+    /// Weight decay added to the gradient (`decouple=False`), else 0.
+    pub coupled_decay: f64,
+    /// Multiplies every gradient before use: 1/loss scale times the clipping coefficient.
+    pub grad_scale: f64,
+}
+
+/// The two sums of [`OptimOps::prodigy_moments`] and [`OptimOps::dadapt_moments`], each added
+/// in a fixed order.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ProdigySums {
-    /// Σ g·(p0 − p) over the gradient as used (scaled, with coupled decay).
+    /// Prodigy: Σ g·(p0 − p); DAdaptAdam: Σ g·s/(sqrt(v) + eps) with s and v before the
+    /// step; over the gradient as used (scaled, with coupled decay).
     pub dot: f64,
     /// Σ |s| over the updated `s`.
     pub s_abs: f64,
@@ -562,6 +580,38 @@ pub trait OptimOps {
         grads: &Tensor,
         h: &ProdigyMoments,
     ) -> Result<ProdigySums>;
+    /// One AdamW8bit step (bitsandbytes' blockwise 8-bit Adam with decoupled decay), in
+    /// place: per block of [`quant::QUANT_BLOCK`], m and v dequantised, updated as AdamW's,
+    /// their new absmax taken, p ← (p − lr·m̂/(sqrt(v̂) + eps)) · (1 − lr·wd) (decay after
+    /// the step, as bitsandbytes' kernel), and m, v requantised (cpu/optim8.rs).
+    fn adamw8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        v: Quantized<'_>,
+        h: &AdamW,
+    ) -> Result<()>;
+    /// One Lion8bit step (bitsandbytes' blockwise 8-bit Lion), in place: Lion's update with
+    /// its momentum dequantised per block, then requantised (cpu/optim8.rs).
+    fn lion8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        h: &Lion,
+    ) -> Result<()>;
+    /// DAdaptAdam's first half, in place on m, v, s: g ← gs·grad + coupled·p;
+    /// dot = Σ g·s/(sqrt(v) + eps) (the old s, v); m ← β1·m + dlr(1−β1)·g;
+    /// v ← β2·v + (1−β2)·g²; s ← sqrt(β2)·s + dlr(1−sqrt(β2))·g; returns dot and Σ|s|, each
+    /// summed per fixed chunk in f64 and the chunks added in order. (Its second half is
+    /// [`OptimOps::prodigy_update`] with dlr 1 and ε: p ← p·(1 − wd·dlr) − m/(sqrt(v) + eps).)
+    fn dadapt_moments(
+        &self,
+        t: DAdaptBuffers<'_>,
+        grads: &Tensor,
+        h: &DAdaptMoments,
+    ) -> Result<ProdigySums>;
     /// Prodigy's second half, in place on params.
     fn prodigy_update(
         &self,
@@ -572,6 +622,14 @@ pub trait OptimOps {
     ) -> Result<()>;
 }
 
+/// The buffers of [`OptimOps::dadapt_moments`]: params read, m, v and s updated.
+pub struct DAdaptBuffers<'a> {
+    pub params: &'a Tensor,
+    pub m: &'a mut Tensor,
+    pub v: &'a mut Tensor,
+    pub s: &'a mut Tensor,
+}
+
 /// The buffers of [`OptimOps::prodigy_moments`]: params and p0 read, m, v and s updated.
 pub struct ProdigyBuffers<'a> {
     pub params: &'a Tensor,
@@ -579,4 +637,13 @@ pub struct ProdigyBuffers<'a> {
     pub m: &'a mut Tensor,
     pub v: &'a mut Tensor,
     pub s: &'a mut Tensor,
+}
+
+/// One 8-bit blockwise state tensor (bitsandbytes' layout): a byte code per parameter (u8
+/// [n]), the absmax of each block of [`quant::QUANT_BLOCK`] (f32 [blocks]), and the map
+/// (f32 [256], [`quant::dynamic_map`]) a code indexes: value = map[code]·absmax.
+pub struct Quantized<'a> {
+    pub codes: &'a mut Tensor,
+    pub absmax: &'a mut Tensor,
+    pub map: &'a Tensor,
 }

@@ -72,7 +72,7 @@ use Fits::{Any, Empty, False, Flag, NoSamples, Number, Words, Zero};
 const GENERIC: &str =
     "kohya has this option, lorafuse does not; remove it (README.md lists every key)";
 const ATTENTION: &str = "lorafuse always uses its own memory-efficient attention";
-const OPTIMIZER: &str = "8-bit AdamW is not available yet; use optimizer_type (AdamW, Lion, Prodigy or SGDNesterov) and remove this key";
+const OPTIMIZER: &str = "write optimizer_type = \"AdamW8bit\" instead (kohya's own replacement for this deprecated key) and remove this key";
 const SD1_ONLY: &str = "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only";
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
 const REG: &str =

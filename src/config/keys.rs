@@ -278,9 +278,10 @@ config_keys! {
 
     // --- optimizer and learning-rate schedule
 
-    /// The optimizer, by kohya's name (any case): `AdamW`, `Lion` (lion-pytorch),
-    /// `SGDNesterov`, or `Prodigy` (prodigyopt; it finds its own step size: set
-    /// `learning_rate: 1`).
+    /// The optimizer, by kohya's name (any case): `AdamW`, `AdamW8bit` (bitsandbytes'
+    /// 8-bit state), `Lion` (lion-pytorch), `Lion8bit`, `SGDNesterov`, `Prodigy` (prodigyopt)
+    /// or `DAdaptAdam` (dadaptation); these two find their own step size: set
+    /// `learning_rate: 1`.
     optimizer_type: OptimizerType = fixed(OptimizerType::AdamW),
         read parse::choice::<OptimizerType>,
         doc_type choice_doc::<OptimizerType>(),
@@ -299,11 +300,11 @@ config_keys! {
         doc_type "list of texts",
         rule "must be a list of name=value texts, for example [\"weight_decay=0.1\", \"betas=0.9,0.99\"]",
 
-    /// Learning rate (typical for LoRA with AdamW: 1e-4 to 1e-3; with Prodigy: 1).
+    /// Learning rate (typical for LoRA with AdamW: 1e-4 to 1e-3; with Prodigy or DAdaptAdam: 1).
     learning_rate: f64 = fixed(1e-4),
         read parse::float,
         check |lr| positive(*lr),
-        doc_type "number > 0 (< 1 but with Prodigy)",
+        doc_type "number > 0 (< 1 but with Prodigy, DAdaptAdam)",
         rule LR,
         kohya "2e-6",
 
@@ -311,14 +312,14 @@ config_keys! {
     unet_lr: f64 = follows("`learning_rate`", learning_rate),
         read parse::float,
         check |lr| positive(*lr),
-        doc_type "number > 0 (< 1 but with Prodigy)",
+        doc_type "number > 0 (< 1 but with Prodigy, DAdaptAdam)",
         rule LR,
 
     /// Learning rate of the text-encoder adapters (with `train_text_encoder`).
     text_encoder_lr: f64 = follows("`learning_rate`", learning_rate),
         read parse::float,
         check |lr| positive(*lr),
-        doc_type "number > 0 (< 1 but with Prodigy)",
+        doc_type "number > 0 (< 1 but with Prodigy, DAdaptAdam)",
         rule LR,
 
     /// How the learning rate changes over the run, after the warmup.
@@ -329,7 +330,8 @@ config_keys! {
         aliases ["lr_scheduler_type"],
         kohya "constant",
 
-    /// Number of cosine cycles for `cosine_with_restarts`.
+    /// Number of cosine cycles for `cosine_with_restarts` (and half-waves for
+    /// `cosine_with_min_lr`, as kohya passes it).
     lr_scheduler_num_cycles: usize = fixed(1),
         read parse::count,
         check |n| *n >= 1,
@@ -343,6 +345,14 @@ config_keys! {
         check |x| x.is_finite() && *x > 0.0 && *x <= 100.0,
         doc_type "number in (0, 100]",
         rule "must be > 0 and ≤ 100 (1 is a straight line; typical 0.5 to 2)",
+
+    /// The rate `cosine_with_min_lr` ends at, as a fraction of the learning rate (kohya's
+    /// meaning: it applies to that schedule only). Needed by `cosine_with_min_lr`.
+    lr_scheduler_min_lr_ratio: Option<f64> = optional("unset (needed by cosine_with_min_lr)"),
+        read parse::float,
+        check |r| (0.0..=1.0).contains(r),
+        doc_type "number in [0, 1]",
+        rule "must be ≥ 0 and ≤ 1 (typical 0.05 to 0.1)",
 
     /// Linear warmup from 0 at the start: a number of optimizer steps, or, as in kohya, a
     /// fraction of the run below 1 (`0.05` = the first 5% of the steps, rounded down).

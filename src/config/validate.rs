@@ -152,6 +152,12 @@ fn check_outputs(c: &mut Check) {
 fn check_schedule(c: &mut Check) {
     let cfg = c.cfg;
     check_optimizer(c);
+    if cfg.lr_scheduler == Schedule::CosineWithMinLr && cfg.lr_scheduler_min_lr_ratio.is_none() {
+        c.fail(
+            "lr_scheduler",
+            "needs lr_scheduler_min_lr_ratio (the rate it ends at, as a fraction of the learning rate, e.g. 0.1), as in kohya".into(),
+        );
+    }
     if let (Warmup::Steps(n), Some(total)) = (cfg.num_warmup_steps, cfg.max_train_steps) {
         if n > total {
             c.fail(
@@ -190,7 +196,7 @@ fn check_optimizer(c: &mut Check) {
             c.fail(
                 key,
                 format!(
-                    "is out of range: {} (a rate ≥ 1 is for optimizer_type: Prodigy, which finds its own step size)",
+                    "is out of range: {} (a rate ≥ 1 is for optimizer_type: Prodigy or DAdaptAdam, which find their own step size)",
                     keys::LR
                 ),
             );
@@ -354,10 +360,24 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
                 .into(),
         );
     }
-    if cfg.lr_scheduler_num_cycles != 1 && cfg.lr_scheduler != Schedule::CosineWithRestarts {
+    if cfg.lr_scheduler_num_cycles != 1
+        && !matches!(
+            cfg.lr_scheduler,
+            Schedule::CosineWithRestarts | Schedule::CosineWithMinLr
+        )
+    {
         w.push(format!(
-            "lr_scheduler_num_cycles = {} has no effect unless lr_scheduler = cosine_with_restarts (it is {})",
+            "lr_scheduler_num_cycles = {} has no effect unless lr_scheduler = cosine_with_restarts or cosine_with_min_lr (it is {})",
             cfg.lr_scheduler_num_cycles, cfg.lr_scheduler
+        ));
+    }
+    if let (Some(r), false) = (
+        cfg.lr_scheduler_min_lr_ratio,
+        cfg.lr_scheduler == Schedule::CosineWithMinLr,
+    ) {
+        w.push(format!(
+            "lr_scheduler_min_lr_ratio = {r} has no effect unless lr_scheduler = cosine_with_min_lr (it is {}; kohya applies it to that schedule only)",
+            cfg.lr_scheduler
         ));
     }
     if cfg.lr_scheduler_power != 1.0 && cfg.lr_scheduler != Schedule::Polynomial {

@@ -159,8 +159,8 @@ pub(crate) fn write_safetensors(
     Ok(size)
 }
 
-/// Writes f32 tensors and `metadata` to `path` atomically (the training state, the demo's
-/// model files).
+/// Writes tensors as f32 (u8 tensors as bytes) and `metadata` to `path` atomically (the
+/// training state, the demo's model files).
 pub(crate) fn write_f32_safetensors(
     path: &Path,
     tensors: &[(String, &crate::tensor::Tensor)],
@@ -168,16 +168,22 @@ pub(crate) fn write_f32_safetensors(
 ) -> Result<u64> {
     let out = tensors
         .iter()
-        .map(|(name, t)| OutTensor {
-            name: name.clone(),
-            dtype: Dtype::F32,
-            shape: t.dims().to_vec(),
-            data: Data::Owned(
-                t.to_f32_vec()
-                    .iter()
-                    .flat_map(|x| x.to_le_bytes())
-                    .collect(),
-            ),
+        .map(|(name, t)| {
+            let values = t.to_f32_vec();
+            let (dtype, data) = if t.dtype() == crate::tensor::DType::U8 {
+                (Dtype::U8, values.iter().map(|&x| x as u8).collect())
+            } else {
+                (
+                    Dtype::F32,
+                    values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                )
+            };
+            OutTensor {
+                name: name.clone(),
+                dtype,
+                shape: t.dims().to_vec(),
+                data: Data::Owned(data),
+            }
         })
         .collect();
     write_safetensors(path, out, metadata)

@@ -10,6 +10,10 @@
 //!   polynomial             warm-up, then ((lr − end)·(1 − p)^power + end)/lr, end = 1e-7
 //!                          (diffusers' lr_end; kohya's lr_scheduler_power), end/lr after
 //!                          the last step
+//!   cosine_with_min_lr     warm-up, then r + (1 − r)·½(1 + cos(π·cycles·p)), at least 0:
+//!                          transformers' schedule as kohya calls it (r =
+//!                          lr_scheduler_min_lr_ratio, cycles = lr_scheduler_num_cycles, of
+//!                          which kohya passes half as transformers' num_cycles)
 //! with p = (step − warmup)/(total − warmup).
 
 use std::f64::consts::PI;
@@ -30,17 +34,20 @@ pub enum Schedule {
     CosineWithRestarts,
     /// Warm-up, then (1 − p)^power down to diffusers' lr_end = 1e-7.
     Polynomial,
+    /// Warm-up, then half a cosine down to `min_lr_ratio` of the rate.
+    CosineWithMinLr,
 }
 
 impl Schedule {
     /// Every schedule, in the order messages list them.
-    pub const ALL: [Schedule; 6] = [
+    pub const ALL: [Schedule; 7] = [
         Schedule::Constant,
         Schedule::ConstantWithWarmup,
         Schedule::Linear,
         Schedule::Cosine,
         Schedule::CosineWithRestarts,
         Schedule::Polynomial,
+        Schedule::CosineWithMinLr,
     ];
 
     /// The name configs write (diffusers' `get_scheduler` names).
@@ -52,6 +59,7 @@ impl Schedule {
             Schedule::Cosine => "cosine",
             Schedule::CosineWithRestarts => "cosine_with_restarts",
             Schedule::Polynomial => "polynomial",
+            Schedule::CosineWithMinLr => "cosine_with_min_lr",
         }
     }
 
@@ -78,6 +86,9 @@ pub struct LrSchedule {
     pub num_cycles: f64,
     /// The exponent of polynomial (kohya's lr_scheduler_power, default 1).
     pub power: f64,
+    /// The floor of cosine_with_min_lr as a fraction of the rate (kohya's
+    /// lr_scheduler_min_lr_ratio).
+    pub min_lr_ratio: f64,
 }
 
 /// diffusers' `lr_end` of the polynomial schedule, which kohya leaves at its default.
@@ -108,6 +119,11 @@ impl LrSchedule {
                 } else {
                     (0.5 * (1.0 + (PI * ((self.num_cycles * p) % 1.0)).cos())).max(0.0)
                 }
+            }
+            Schedule::CosineWithMinLr => {
+                let r = self.min_lr_ratio;
+                let f = 0.5 * (1.0 + (PI * self.num_cycles * p).cos());
+                (f * (1.0 - r) + r).max(0.0)
             }
             Schedule::Polynomial => {
                 // diffusers refuses a rate at or below lr_end; here the rate then stays.

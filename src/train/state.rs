@@ -3,7 +3,8 @@
 //! broken state behind: the file is the previous save or the new one, never half of either.
 //!
 //! Tensors, per optimizer group (`unet`, `text_encoder`): `<group>.params` (the adapters, flat),
-//! `<group>.<name>` for every optimizer state tensor (AdamW: `m`, `v`), and `<group>.best` (the
+//! `<group>.<name>` for every optimizer state tensor (AdamW: `m`, `v`; f32, or u8 for the
+//! 8-bit optimizers' codes), and `<group>.best` (the
 //! adapters at the best validation so far, for early stopping) when there is one. The rest is
 //! JSON in the header's metadata: [`Progress`].
 
@@ -135,15 +136,18 @@ pub fn load(path: &Path) -> Result<(Progress, Tensors)> {
         .map_err(|e| bad(path, format!("not a training state: {e}")))?;
     let mut tensors = Tensors::new();
     for (name, t) in st.tensors() {
-        if t.dtype() != safetensors::Dtype::F32 {
-            return Err(bad(path, format!("tensor {name} is not f32")));
-        }
-        let v: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        tensors.insert(name, Tensor::from_f32(t.shape(), v)?);
+        let tensor = match t.dtype() {
+            safetensors::Dtype::F32 => Tensor::from_f32(
+                t.shape(),
+                t.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            )?,
+            safetensors::Dtype::U8 => Tensor::from_u8(t.shape(), t.data().to_vec())?,
+            _ => return Err(bad(path, format!("tensor {name} is not f32 or u8"))),
+        };
+        tensors.insert(name, tensor);
     }
     Ok((progress, tensors))
 }
@@ -174,8 +178,15 @@ impl Run<'_> {
         let be = self.be;
         let mut t = Tensors::new();
         for (i, g) in self.trainable.groups.iter().enumerate() {
-            let host = |x: &crate::tensor::Tensor| -> Result<crate::tensor::Tensor> {
-                crate::tensor::Tensor::from_f32([x.numel()], be.to_f32_vec(x)?)
+            // Host copies; u8 state (8-bit optimizers' codes) stays bytes.
+            let host = |x: &Tensor| -> Result<Tensor> {
+                let v = be.to_f32_vec(x)?;
+                match x.dtype() {
+                    crate::tensor::DType::U8 => {
+                        Tensor::from_u8([x.numel()], v.iter().map(|&b| b as u8).collect())
+                    }
+                    _ => Tensor::from_f32([x.numel()], v),
+                }
             };
             t.insert(format!("{}.params", g.name), host(&g.params)?);
             for (name, x) in g.optimizer.state() {

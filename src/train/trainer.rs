@@ -297,6 +297,7 @@ fn schedules(cfg: &TrainConfig, total: u64, groups: usize) -> Vec<LrSchedule> {
         total,
         num_cycles: cfg.lr_scheduler_num_cycles as f64,
         power: cfg.lr_scheduler_power,
+        min_lr_ratio: cfg.lr_scheduler_min_lr_ratio.unwrap_or(0.0),
     };
     let text = LrSchedule {
         base_lr: cfg.text_encoder_lr,

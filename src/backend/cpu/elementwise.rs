@@ -5,7 +5,8 @@
 //!   add_assign:       a += b                        (residual and skip gradients accumulate)
 //!   scale:            y = s·x
 //!   add_channel_bias: y[n, c, ...] = x[n, c, ...] + bias[n, c]
-//!   cast:             f16 <-> f32 <-> f64 (f16 rounds to nearest even)
+//!   cast:             f16 <-> f32 <-> f64 (f16 rounds to nearest even); u8 <-> the others
+//!                     exactly (to u8: the integers 0 to 255 only)
 
 use half::f16;
 use rayon::prelude::*;
@@ -97,6 +98,26 @@ fn add_channel_bias_t<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     tensor(x.shape().clone(), y)
 }
 
+/// f32 values that are byte codes (the integers 0 to 255) as bytes; anything else is refused.
+pub(crate) fn codes(v: &[f32]) -> Result<Vec<u8>> {
+    v.iter()
+        .map(|&f| {
+            if f.fract() == 0.0 && (0.0..=255.0).contains(&f) {
+                Ok(f as u8)
+            } else {
+                Err(crate::error::Error::BadValue {
+                    op: "cast",
+                    name: "x",
+                    value: f.to_string(),
+                    expected:
+                        "a byte code, an integer from 0 to 255 (u8 holds quantised optimizer state)"
+                            .into(),
+                })
+            }
+        })
+        .collect()
+}
+
 impl Tensors for CpuBackend {
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         Ok(Tensor::zeros(shape, dtype))
@@ -144,6 +165,19 @@ impl Tensors for CpuBackend {
             (CpuData::F64(v), DType::F32) => {
                 CpuData::F32(v.par_iter().map(|&f| f as f32).collect())
             }
+            (CpuData::U8(v), DType::U8) => CpuData::U8(v.clone()),
+            (CpuData::U8(v), d) => {
+                return Tensor::from_f32(x.dims(), v.iter().map(|&b| b as f32).collect()).and_then(
+                    |t| {
+                        if d == DType::F32 {
+                            Ok(t)
+                        } else {
+                            self.cast(&t, d)
+                        }
+                    },
+                )
+            }
+            (_, DType::U8) => CpuData::U8(codes(&x.to_f32_vec())?),
         };
         Tensor::from_cpu(x.shape().clone(), data)
     }

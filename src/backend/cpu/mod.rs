@@ -16,6 +16,7 @@ pub mod layout;
 pub mod linear;
 pub mod norm;
 pub mod optim;
+pub mod optim8;
 pub mod real;
 
 use crate::backend::BackendInfo;

@@ -1,6 +1,7 @@
 //! The optimizer's ops on the flat LoRA buffers: the squared gradient norm (clipping and
-//! f16 overflow detection), AdamW, Lion, SGD with Nesterov momentum and Prodigy's two halves
-//! (formulas on `OptimOps` in src/backend/mod.rs; the CUDA kernels in kernels/optim.cu use the
+//! f16 overflow detection), AdamW, Lion, SGD with Nesterov momentum, Prodigy's two halves and
+//! DAdaptAdam's first half; the 8-bit AdamW and Lion are in optim8.rs (formulas on `OptimOps`
+//! in src/backend/mod.rs; the CUDA kernels in kernels/optim.cu use the
 //! same f32 constants and order of operations).
 //!
 //! AdamW as PyTorch's `torch.optim.AdamW` (decoupled weight decay), with g = grad_scale·grad
@@ -16,8 +17,8 @@ use super::elementwise::CHUNK;
 use super::CpuBackend;
 use super::{data, data_mut};
 use crate::backend::{
-    check, AdamW, Lion, OptimOps, ProdigyBuffers, ProdigyMoments, ProdigySums, ProdigyUpdate,
-    SgdNesterov,
+    check, AdamW, DAdaptBuffers, DAdaptMoments, Lion, OptimOps, ProdigyBuffers, ProdigyMoments,
+    ProdigySums, ProdigyUpdate, Quantized, SgdNesterov,
 };
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -189,6 +190,75 @@ impl OptimOps for CpuBackend {
         })
     }
 
+    fn dadapt_moments(
+        &self,
+        t: DAdaptBuffers<'_>,
+        grads: &Tensor,
+        h: &DAdaptMoments,
+    ) -> Result<ProdigySums> {
+        const OP: &str = "dadapt_moments";
+        check::diffusion::flat_f32(
+            OP,
+            &[
+                ("params", t.params),
+                ("grads", grads),
+                ("m", t.m),
+                ("v", t.v),
+                ("s", t.s),
+            ],
+        )?;
+        let k = DAdaptConsts::new(h);
+        let p = data::<f32>(OP, "params", t.params)?;
+        let g = data::<f32>(OP, "grads", grads)?;
+        let m = data_mut::<f32>(OP, "m", t.m)?;
+        let v = data_mut::<f32>(OP, "v", t.v)?;
+        let s = data_mut::<f32>(OP, "s", t.s)?;
+        // Per fixed chunk, the chunks added in order: the same bits on any number of threads.
+        let partial: Vec<(f64, f64)> = m
+            .par_chunks_mut(CHUNK)
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(s.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK).zip(p.par_chunks(CHUNK)))
+            .map(|(((m, v), s), (g, p))| {
+                let (mut dot, mut abs) = (0.0f64, 0.0f64);
+                for i in 0..m.len() {
+                    let gi = g[i] * k.gs + k.coupled * p[i];
+                    dot += gi as f64 * (s[i] / (v[i].sqrt() + k.eps)) as f64;
+                    m[i] = k.b1 * m[i] + k.c1 * gi;
+                    v[i] = k.b2 * v[i] + k.c2 * gi * gi;
+                    s[i] = k.sb2 * s[i] + k.cs * gi;
+                    abs += s[i].abs() as f64;
+                }
+                (dot, abs)
+            })
+            .collect();
+        Ok(ProdigySums {
+            dot: partial.iter().map(|x| x.0).sum(),
+            s_abs: partial.iter().map(|x| x.1).sum(),
+        })
+    }
+
+    fn adamw8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        v: Quantized<'_>,
+        h: &AdamW,
+    ) -> Result<()> {
+        self.adamw8bit(params, grads, m, v, h)
+    }
+
+    fn lion8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        h: &Lion,
+    ) -> Result<()> {
+        self.lion8bit(params, grads, m, h)
+    }
+
     fn prodigy_update(
         &self,
         params: &mut Tensor,
@@ -271,6 +341,40 @@ impl ProdigyConsts {
             c1: (h.d * (1.0 - h.beta1)) as f32,
             c2: (h.d * h.d * (1.0 - h.beta2)) as f32,
             cs: h.s_scale as f32,
+            coupled: h.coupled_decay as f32,
+            gs: h.grad_scale as f32,
+        }
+    }
+}
+
+/// DAdaptAdam's first-half f32 constants, shared with the CUDA launcher's arguments.
+pub(crate) struct DAdaptConsts {
+    pub b1: f32,
+    pub b2: f32,
+    /// sqrt(β2).
+    pub sb2: f32,
+    /// dlr·(1 − β1).
+    pub c1: f32,
+    /// 1 − β2.
+    pub c2: f32,
+    /// dlr·(1 − sqrt(β2)).
+    pub cs: f32,
+    pub eps: f32,
+    pub coupled: f32,
+    pub gs: f32,
+}
+
+impl DAdaptConsts {
+    pub(crate) fn new(h: &DAdaptMoments) -> DAdaptConsts {
+        let sb2 = h.beta2.sqrt();
+        DAdaptConsts {
+            b1: h.beta1 as f32,
+            b2: h.beta2 as f32,
+            sb2: sb2 as f32,
+            c1: (h.dlr * (1.0 - h.beta1)) as f32,
+            c2: (1.0 - h.beta2) as f32,
+            cs: (h.dlr * (1.0 - sb2)) as f32,
+            eps: h.eps as f32,
             coupled: h.coupled_decay as f32,
             gs: h.grad_scale as f32,
         }

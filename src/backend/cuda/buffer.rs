@@ -47,6 +47,7 @@ impl DeviceBuffer {
                 .into_iter()
                 .map(|x| x as f32)
                 .collect(),
+            DType::U8 => bytes.iter().map(|&x| x as f32).collect(),
         })
     }
     /// A copy on the same device.

@@ -101,8 +101,7 @@ impl Optimizer for AdamW {
         steps: u64,
         get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
     ) -> Result<()> {
-        self.m = super::upload(be, get("m")?)?;
-        self.v = super::upload(be, get("v")?)?;
+        super::restore_named(be, get, &mut [("m", &mut self.m), ("v", &mut self.v)])?;
         self.steps = steps;
         Ok(())
     }

@@ -4,14 +4,17 @@
 //!
 //! Defaults are each optimizer's reference implementation's (torch.optim.AdamW,
 //! lion-pytorch's Lion, torch.optim.SGD with nesterov=True and kohya's momentum 0.9,
-//! prodigyopt's Prodigy). The lorafuse keys `adam_beta1`, `adam_beta2` and `adam_epsilon`
-//! set the Adam-family optimizers' betas and ε (AdamW, Prodigy); `weight_decay` sets AdamW's
-//! decay, and the others' when it is written in the configuration (otherwise their
-//! reference default, 0). An `optimizer_args` entry overrides the key.
+//! prodigyopt's Prodigy, dadaptation's DAdaptAdam; bitsandbytes' AdamW8bit and Lion8bit have
+//! AdamW's and Lion's). The lorafuse keys `adam_beta1`, `adam_beta2` and `adam_epsilon` set
+//! the Adam-family optimizers' betas and ε (AdamW, AdamW8bit, Prodigy, DAdaptAdam); `weight_decay` sets AdamW's and
+//! AdamW8bit's decay, and the others' when it is written in the configuration (otherwise
+//! their reference default, 0). An `optimizer_args` entry overrides the key.
 
 use std::fmt;
 
-use super::{AdamWSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings};
+use super::{
+    AdamWSettings, DAdaptSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings,
+};
 
 /// kohya's `optimizer_type` values (its names, read case-insensitively).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +68,11 @@ impl OptimizerType {
         matches!(
             self,
             OptimizerType::AdamW
+                | OptimizerType::AdamW8bit
                 | OptimizerType::Lion
+                | OptimizerType::Lion8bit
                 | OptimizerType::Prodigy
+                | OptimizerType::DAdaptAdam
                 | OptimizerType::SGDNesterov
         )
     }
@@ -83,18 +89,9 @@ impl OptimizerType {
 
     /// What to use instead of a type lorafuse does not have.
     pub fn instead(self) -> String {
-        let use_ = match self {
-            OptimizerType::AdamW8bit => {
-                "AdamW (f32 moments: 4x the optimizer memory of 8-bit, a few MB at LoRA sizes)"
-            }
-            OptimizerType::Lion8bit => "Lion (f32 momentum)",
-            OptimizerType::DAdaptAdam => {
-                "Prodigy (the same learning-rate-free idea, learning_rate = 1)"
-            }
-            _ => "AdamW, or Prodigy for a learning rate found by the optimizer",
-        };
         format!(
-            "{} is not available in lorafuse yet: use {use_}; lorafuse trains with {}",
+            "{} is not available in lorafuse yet: use AdamW, or Prodigy for a learning rate \
+             found by the optimizer; lorafuse trains with {}",
             self.name(),
             OptimizerType::implemented_names()
         )
@@ -200,6 +197,9 @@ fn unit(x: f64) -> bool {
 
 const WD_RULE: &str = "must be a number ≥ 0 and < 1 (typical 0.01 to 0.1)";
 const EPS_RULE: &str = "must be a number > 0 and < 1 (typical 1e-8)";
+const D0_RULE: &str =
+    "must be a number > 0 and < 1 (the first estimate of the step size; default 1e-6)";
+const GROWTH_RULE: &str = "must be a number ≥ 1, or inf (no limit; the default)";
 
 /// Splits "name=value" strings; an entry without `=` is an error naming it.
 fn split_args(args: &[String]) -> Result<Vec<Arg<'_>>, String> {
@@ -247,7 +247,7 @@ impl OptimizerKind {
             }
         };
         match ty {
-            OptimizerType::AdamW => {
+            OptimizerType::AdamW | OptimizerType::AdamW8bit => {
                 let mut s = AdamWSettings {
                     beta1: keys.adam_beta1,
                     beta2: keys.adam_beta2,
@@ -263,9 +263,13 @@ impl OptimizerKind {
                         _ => return Err(unknown(a, ty, KNOWN)),
                     }
                 }
-                Ok(OptimizerKind::AdamW(s))
+                Ok(if ty == OptimizerType::AdamW {
+                    OptimizerKind::AdamW(s)
+                } else {
+                    OptimizerKind::AdamW8bit(s)
+                })
             }
-            OptimizerType::Lion => {
+            OptimizerType::Lion | OptimizerType::Lion8bit => {
                 let mut s = LionSettings {
                     weight_decay: wd_default(0.0),
                     ..LionSettings::default()
@@ -278,7 +282,11 @@ impl OptimizerKind {
                         _ => return Err(unknown(a, ty, KNOWN)),
                     }
                 }
-                Ok(OptimizerKind::Lion(s))
+                Ok(if ty == OptimizerType::Lion {
+                    OptimizerKind::Lion(s)
+                } else {
+                    OptimizerKind::Lion8bit(s)
+                })
             }
             OptimizerType::SGDNesterov => {
                 let mut s = SgdSettings {
@@ -332,28 +340,57 @@ impl OptimizerKind {
                         "decouple" => s.decouple = a.flag()?,
                         "use_bias_correction" => s.use_bias_correction = a.flag()?,
                         "safeguard_warmup" => s.safeguard_warmup = a.flag()?,
-                        "d0" => {
-                            s.d0 = a.float(
-                                |x| x > 0.0 && x < 1.0,
-                                "must be a number > 0 and < 1 (the first estimate of the step size; default 1e-6)",
-                            )?
-                        }
+                        "d0" => s.d0 = a.float(|x| x > 0.0 && x < 1.0, D0_RULE)?,
                         "d_coef" => {
                             s.d_coef = a.float(
                                 |x| x.is_finite() && x > 0.0 && x <= 100.0,
                                 "must be a number > 0 and ≤ 100 (typical 0.5 to 2)",
                             )?
                         }
-                        "growth_rate" => {
-                            s.growth_rate = a.float(
-                                |x| x >= 1.0,
-                                "must be a number ≥ 1, or inf (no limit; the default)",
-                            )?
-                        }
+                        "growth_rate" => s.growth_rate = a.float(|x| x >= 1.0, GROWTH_RULE)?,
                         _ => return Err(unknown(a, ty, KNOWN)),
                     }
                 }
                 Ok(OptimizerKind::Prodigy(s))
+            }
+            OptimizerType::DAdaptAdam => {
+                let mut s = DAdaptSettings {
+                    beta1: keys.adam_beta1,
+                    beta2: keys.adam_beta2,
+                    eps: keys.adam_epsilon,
+                    weight_decay: wd_default(0.0),
+                    ..DAdaptSettings::default()
+                };
+                const KNOWN: &[&str] = &[
+                    "betas",
+                    "eps",
+                    "weight_decay",
+                    "decouple",
+                    "use_bias_correction",
+                    "d0",
+                    "growth_rate",
+                    "log_every",
+                ];
+                for a in &args {
+                    match a.name.as_str() {
+                        "betas" => (s.beta1, s.beta2) = a.betas()?,
+                        "eps" => s.eps = a.float(|x| x > 0.0 && x < 1.0, EPS_RULE)?,
+                        "weight_decay" => s.weight_decay = a.float(unit, WD_RULE)?,
+                        "decouple" => s.decouple = a.flag()?,
+                        "use_bias_correction" => s.use_bias_correction = a.flag()?,
+                        "d0" => s.d0 = a.float(|x| x > 0.0 && x < 1.0, D0_RULE)?,
+                        "growth_rate" => s.growth_rate = a.float(|x| x >= 1.0, GROWTH_RULE)?,
+                        // dadaptation's logging interval: checked, then ignored.
+                        "log_every" => {
+                            a.float(
+                                |x| x >= 0.0 && x.fract() == 0.0 && x.is_finite(),
+                                "must be a whole number ≥ 0 (dadaptation's logging; lorafuse ignores it)",
+                            )?;
+                        }
+                        _ => return Err(unknown(a, ty, KNOWN)),
+                    }
+                }
+                Ok(OptimizerKind::DAdaptAdam(s))
             }
             _ => Err(ty.instead()),
         }

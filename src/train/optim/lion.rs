@@ -95,7 +95,7 @@ impl Optimizer for Lion {
         steps: u64,
         get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
     ) -> Result<()> {
-        self.m = super::upload(be, get("m")?)?;
+        super::restore_named(be, get, &mut [("m", &mut self.m)])?;
         self.steps = steps;
         Ok(())
     }

@@ -9,17 +9,23 @@
 //!
 //! - `adamw.rs`: AdamW (PyTorch's decoupled weight decay), the default.
 //! - `lion.rs`: Lion (lion-pytorch).
+//! - `eightbit.rs`: AdamW8bit and Lion8bit (bitsandbytes' blockwise 8-bit state).
 //! - `sgd.rs`: SGD with Nesterov momentum (kohya's `SGDNesterov`).
 //! - `prodigy.rs`: Prodigy (prodigyopt), which estimates its own step size.
+//! - `dadapt.rs`: DAdaptAdam (dadaptation), which does too.
 //! - `kind.rs`: kohya's `optimizer_type` and `optimizer_args`, read into an [`OptimizerKind`].
 
 mod adamw;
+mod dadapt;
+mod eightbit;
 mod kind;
 mod lion;
 mod prodigy;
 mod sgd;
 
 pub use adamw::{AdamW, AdamWSettings};
+pub use dadapt::{DAdaptAdam, DAdaptSettings};
+pub use eightbit::{AdamW8bit, Lion8bit, QuantState};
 pub use kind::{KeyDefaults, OptimizerType};
 pub use lion::{Lion, LionSettings};
 pub use prodigy::{Prodigy, ProdigySettings};
@@ -71,9 +77,12 @@ pub trait Optimizer: Send {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind {
     AdamW(AdamWSettings),
+    AdamW8bit(AdamWSettings),
     Lion(LionSettings),
+    Lion8bit(LionSettings),
     SgdNesterov(SgdSettings),
     Prodigy(ProdigySettings),
+    DAdaptAdam(DAdaptSettings),
 }
 
 impl OptimizerKind {
@@ -81,9 +90,12 @@ impl OptimizerKind {
     pub fn build(&self, be: &dyn Backend, n: usize) -> Result<Box<dyn Optimizer>> {
         Ok(match *self {
             OptimizerKind::AdamW(s) => Box::new(AdamW::new(be, n, s)?),
+            OptimizerKind::AdamW8bit(s) => Box::new(AdamW8bit::new(be, n, s)?),
             OptimizerKind::Lion(s) => Box::new(Lion::new(be, n, s)?),
+            OptimizerKind::Lion8bit(s) => Box::new(Lion8bit::new(be, n, s)?),
             OptimizerKind::SgdNesterov(s) => Box::new(SgdNesterov::new(be, n, s)?),
             OptimizerKind::Prodigy(s) => Box::new(Prodigy::new(be, n, s)?),
+            OptimizerKind::DAdaptAdam(s) => Box::new(DAdaptAdam::new(be, n, s)?),
         })
     }
 }
@@ -192,9 +204,27 @@ impl ParamGroup {
     }
 }
 
-/// A saved state tensor as an f32 tensor on `be`.
-fn upload(be: &dyn Backend, t: Tensor) -> Result<Tensor> {
-    be.tensor_from_f32(t.dims(), &t.to_f32_vec(), DType::F32)
+/// Restores an optimizer's state tensors by name (what [`Optimizer::restore`]'s `get` gives)
+/// into `slots`, each uploaded to `be` in its slot's dtype; a saved tensor of another length
+/// is an error naming it.
+fn restore_named(
+    be: &dyn Backend,
+    get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
+    slots: &mut [(&'static str, &mut Tensor)],
+) -> Result<()> {
+    for (name, slot) in slots.iter_mut() {
+        let saved = get(name)?;
+        if saved.numel() != slot.numel() {
+            return Err(Error::BadValue {
+                op: "optimizer",
+                name,
+                value: format!("{} values", saved.numel()),
+                expected: format!("{} values: the same adapters and optimizer", slot.numel()),
+            });
+        }
+        **slot = be.tensor_from_f32(slot.dims(), &saved.to_f32_vec(), slot.dtype())?;
+    }
+    Ok(())
 }
 
 /// Tensors laid end to end in one flat f32 tensor.
@@ -213,5 +243,47 @@ pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
         1.0
     } else {
         (max_norm / (norm + 1e-6)).min(1.0)
+    }
+}
+
+/// f64 values as exact f32 triples (hi, mid, lo with hi + mid + lo = x): an optimizer's
+/// scalars (Prodigy's, DAdaptAdam's d and sums) in the state file, restored bit for bit.
+pub(super) fn split(xs: &[f64]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(3 * xs.len());
+    for &x in xs {
+        let hi = x as f32;
+        let r = x - hi as f64;
+        let mid = r as f32;
+        let lo = (r - mid as f64) as f32;
+        out.extend([hi, mid, lo]);
+    }
+    out
+}
+
+/// The inverse of [`split`].
+pub(super) fn join(parts: &[f32]) -> Vec<f64> {
+    parts
+        .chunks(3)
+        .map(|c| c[0] as f64 + c[1] as f64 + c[2] as f64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{join, split};
+
+    #[test]
+    fn scalars_round_trip_exactly() {
+        for x in [
+            0.0,
+            1e-6,
+            1.0 / 3.0,
+            std::f64::consts::PI * 1e-9,
+            123456789.125 + 1e-8,
+            -2.5e-17,
+            4096.0,
+        ] {
+            assert_eq!(join(&split(&[x]))[0].to_bits(), x.to_bits(), "{x}");
+        }
     }
 }

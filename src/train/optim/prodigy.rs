@@ -23,7 +23,7 @@
 //! d, d_max, the running numerator r and k, each f64 stored exactly as three f32 parts
 //! (hi + mid + lo) so that a resume is bit-exact.
 
-use super::{upload, Optimizer};
+use super::{join, restore_named, split, Optimizer};
 use crate::backend::{Backend, ProdigyBuffers, ProdigyMoments, ProdigyUpdate};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -83,27 +83,6 @@ pub struct Prodigy {
     /// The scalars as saved (see the module comment), refreshed after every step.
     scalars: Tensor,
     steps: u64,
-}
-
-/// f64 values as exact f32 triples (hi, mid, lo with hi + mid + lo = x).
-fn split(xs: &[f64]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(3 * xs.len());
-    for &x in xs {
-        let hi = x as f32;
-        let r = x - hi as f64;
-        let mid = r as f32;
-        let lo = (r - mid as f64) as f32;
-        out.extend([hi, mid, lo]);
-    }
-    out
-}
-
-/// The inverse of [`split`].
-fn join(parts: &[f32]) -> Vec<f64> {
-    parts
-        .chunks(3)
-        .map(|c| c[0] as f64 + c[1] as f64 + c[2] as f64)
-        .collect()
 }
 
 impl Prodigy {
@@ -254,10 +233,16 @@ impl Optimizer for Prodigy {
         steps: u64,
         get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
     ) -> Result<()> {
-        self.p0 = upload(be, get("p0")?)?;
-        self.m = upload(be, get("m")?)?;
-        self.v = upload(be, get("v")?)?;
-        self.s = upload(be, get("s")?)?;
+        restore_named(
+            be,
+            get,
+            &mut [
+                ("p0", &mut self.p0),
+                ("m", &mut self.m),
+                ("v", &mut self.v),
+                ("s", &mut self.s),
+            ],
+        )?;
         let parts = get("scalars")?.to_f32_vec();
         let [d, d_max, numerator, k] = join(&parts)[..] else {
             return Err(Error::BadValue {
@@ -271,25 +256,5 @@ impl Optimizer for Prodigy {
         self.store_scalars(be)?;
         self.steps = steps;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{join, split};
-
-    #[test]
-    fn scalars_round_trip_exactly() {
-        for x in [
-            0.0,
-            1e-6,
-            1.0 / 3.0,
-            std::f64::consts::PI * 1e-9,
-            123456789.125 + 1e-8,
-            -2.5e-17,
-            4096.0,
-        ] {
-            assert_eq!(join(&split(&[x]))[0].to_bits(), x.to_bits(), "{x}");
-        }
     }
 }

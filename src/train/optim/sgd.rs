@@ -92,7 +92,7 @@ impl Optimizer for SgdNesterov {
         steps: u64,
         get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
     ) -> Result<()> {
-        self.buf = super::upload(be, get("momentum_buffer")?)?;
+        super::restore_named(be, get, &mut [("momentum_buffer", &mut self.buf)])?;
         self.steps = steps;
         Ok(())
     }

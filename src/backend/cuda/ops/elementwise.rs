@@ -23,9 +23,18 @@ kernels! {
     fn cast_f16_f32(x: In, y: Out, n: i32);
 }
 
+/// What a device tensor may hold: f16 or f32, or u8 codes (the 8-bit optimizers' state,
+/// which no kernel but theirs reads).
+fn stored_dtype(d: DType) -> Result<DType> {
+    match d {
+        DType::U8 => Ok(d),
+        d => device_dtype("device tensor", "dtype", d),
+    }
+}
+
 impl Tensors for CudaBackend {
     fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let t = alloc(self, shape, device_dtype("device tensor", "dtype", dtype)?)?;
+        let t = alloc(self, shape, stored_dtype(dtype)?)?;
         let b = buffer(self, "zeros", "out", &t)?;
         self.device().memset(b.addr, 0, b.size_in_bytes())?;
         Ok(t)
@@ -33,13 +42,12 @@ impl Tensors for CudaBackend {
 
     fn tensor_from_f32(&self, shape: &[usize], data: &[f32], dtype: DType) -> Result<Tensor> {
         let host = Tensor::from_f32(shape, data.to_vec())?; // checks the length
-        let t = alloc(
-            self,
-            host.shape().clone(),
-            device_dtype("device tensor", "dtype", dtype)?,
-        )?;
+        let t = alloc(self, host.shape().clone(), stored_dtype(dtype)?)?;
         let b = buffer(self, "tensor_from_f32", "out", &t)?;
         match dtype {
+            DType::U8 => self
+                .device()
+                .upload(b, &crate::backend::cpu::elementwise::codes(data)?)?,
             DType::F16 => {
                 let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
                 self.device().upload(b, bytemuck::cast_slice(&h))?

@@ -11,6 +11,7 @@ pub(crate) mod layout;
 pub(crate) mod linear;
 pub(crate) mod norm;
 pub(crate) mod optim;
+pub(crate) mod optim8;
 pub mod selftest;
 
 use super::backend::CudaBackend;

@@ -1,14 +1,15 @@
-//! The gradient norm, AdamW, Lion, SGD with Nesterov momentum and Prodigy on the flat f32
-//! buffers (kernels/optim.cu); the f32 constants are the CPU backend's (cpu/optim.rs).
+//! The gradient norm, AdamW, Lion, SGD with Nesterov momentum, Prodigy and DAdaptAdam's first
+//! half on the flat f32 buffers (kernels/optim.cu; the 8-bit AdamW and Lion in optim8.rs); the
+//! f32 constants are the CPU backend's (cpu/optim.rs).
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::super::tiles::SQ_CHUNK;
 use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
-use crate::backend::cpu::optim::{LionConsts, ProdigyConsts};
+use crate::backend::cpu::optim::{DAdaptConsts, LionConsts, ProdigyConsts};
 use crate::backend::{
-    check, AdamW, Lion, OptimOps, ProdigyBuffers, ProdigyMoments, ProdigySums, ProdigyUpdate,
-    SgdNesterov,
+    check, AdamW, DAdaptBuffers, DAdaptMoments, Lion, OptimOps, ProdigyBuffers, ProdigyMoments,
+    ProdigySums, ProdigyUpdate, Quantized, SgdNesterov,
 };
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -25,6 +26,8 @@ kernels! {
     fn prodigy_moments_f32(p: In, p0: In, grad: In, m: Out, v: Out, s: Out, partial: Out,
         b1: f32, b2: f32, b3: f32, c1: f32, c2: f32, cs: f32, coupled: f32, gs: f32, n: i32);
     fn prodigy_update_f32(p: Out, m: In, v: In, decay: f32, dlr: f32, d_eps: f32, n: i32);
+    fn dadapt_moments_f32(p: In, grad: In, m: Out, v: Out, s: Out, partial: Out, b1: f32,
+        b2: f32, sb2: f32, c1: f32, c2: f32, cs: f32, eps: f32, coupled: f32, gs: f32, n: i32);
 }
 
 impl OptimOps for CudaBackend {
@@ -195,14 +198,78 @@ impl OptimOps for CudaBackend {
             k.gs,
             int(OP, "params", n)?,
         )?;
-        let buf = buffer(self, OP, "partial", &partial)?;
-        let mut bytes = vec![0u8; 2 * blocks * 8];
-        self.device().download(buf, &mut bytes)?;
-        let sums = bytemuck::pod_collect_to_vec::<u8, f64>(&bytes);
-        Ok(ProdigySums {
-            dot: sums.iter().step_by(2).sum(),
-            s_abs: sums.iter().skip(1).step_by(2).sum(),
-        })
+        self.pair_sums(OP, &partial)
+    }
+
+    fn dadapt_moments(
+        &self,
+        t: DAdaptBuffers<'_>,
+        grads: &Tensor,
+        h: &DAdaptMoments,
+    ) -> Result<ProdigySums> {
+        const OP: &str = "dadapt_moments";
+        check::diffusion::flat_f32(
+            OP,
+            &[
+                ("params", t.params),
+                ("grads", grads),
+                ("m", t.m),
+                ("v", t.v),
+                ("s", t.s),
+            ],
+        )?;
+        let n = t.params.numel();
+        if n == 0 {
+            return Ok(ProdigySums {
+                dot: 0.0,
+                s_abs: 0.0,
+            });
+        }
+        let k = DAdaptConsts::new(h);
+        let blocks = n.div_ceil(SQ_CHUNK);
+        let mut partial = alloc(self, [2 * blocks], DType::F64)?;
+        dadapt_moments_f32(
+            self.device(),
+            LaunchCfg::new((int(OP, "params", blocks)? as u32, 1, 1), (BLOCK, 1, 1), 0),
+            input(self, OP, "params", t.params)?,
+            input(self, OP, "grads", grads)?,
+            output(self, OP, "m", t.m)?,
+            output(self, OP, "v", t.v)?,
+            output(self, OP, "s", t.s)?,
+            output(self, OP, "partial", &mut partial)?,
+            k.b1,
+            k.b2,
+            k.sb2,
+            k.c1,
+            k.c2,
+            k.cs,
+            k.eps,
+            k.coupled,
+            k.gs,
+            int(OP, "params", n)?,
+        )?;
+        self.pair_sums(OP, &partial)
+    }
+
+    fn adamw8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        v: Quantized<'_>,
+        h: &AdamW,
+    ) -> Result<()> {
+        self.adamw8bit(params, grads, m, v, h)
+    }
+
+    fn lion8bit_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: Quantized<'_>,
+        h: &Lion,
+    ) -> Result<()> {
+        self.lion8bit(params, grads, m, h)
     }
 
     fn prodigy_update(
@@ -229,5 +296,19 @@ impl OptimOps for CudaBackend {
             h.d_eps as f32,
             int(OP, "params", n)?,
         )
+    }
+}
+
+impl CudaBackend {
+    /// The two sums of a moments pass: its per-block pairs, each added in block order.
+    fn pair_sums(&self, op: &'static str, partial: &Tensor) -> Result<ProdigySums> {
+        let buf = buffer(self, op, "partial", partial)?;
+        let mut bytes = vec![0u8; partial.numel() * 8];
+        self.device().download(buf, &mut bytes)?;
+        let sums = bytemuck::pod_collect_to_vec::<u8, f64>(&bytes);
+        Ok(ProdigySums {
+            dot: sums.iter().step_by(2).sum(),
+            s_abs: sums.iter().skip(1).step_by(2).sum(),
+        })
     }
 }
