@@ -52,6 +52,8 @@ const FULL: &str = r#"
 train_data_dir: /data/dog
 num_repeats: 3
 class_tokens: sks dog
+reg_data_dir: /data/reg
+prior_loss_weight: 0.5
 base_model: /models/v1-5-pruned-emaonly.safetensors
 output_dir: /out/dog_v1
 output_name: sks_dog
@@ -124,6 +126,8 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.train_data_dir, Path::new("/data/dog"));
     assert_eq!(c.num_repeats, 3);
     assert_eq!(c.class_tokens.as_deref(), Some("sks dog"));
+    assert_eq!(c.reg_data_dir.as_deref(), Some(Path::new("/data/reg")));
+    assert_eq!(c.prior_loss_weight, 0.5);
     assert_eq!(
         c.base_model,
         Path::new("/models/v1-5-pruned-emaonly.safetensors")
@@ -398,7 +402,6 @@ fn kohya_options_we_lack_are_refused_with_the_reason() {
         ("v2: true", "Stable Diffusion 1.x"),
         ("network_module: lycoris.kohya", "plain LoRA"),
         ("save_model_as: ckpt", ".safetensors"),
-        ("reg_data_dir: reg", "planned (issue 13)"),
         ("network_args: [\"conv_dim=4\"]", "lora_targets"),
         (
             "network_train_text_encoder_only: true",
@@ -441,8 +444,6 @@ fn kohya_options_asking_for_what_lorafuse_does_are_accepted_with_a_notice() {
         ("lowram: true", "the same way"),
         ("max_data_loader_n_workers: 8", "changes nothing"),
         ("persistent_data_loader_workers: true", "changes nothing"),
-        ("reg_data_dir: \"\"", "no regularisation images"),
-        ("prior_loss_weight: 1", "there are none"),
         ("network_args: []", "no network arguments"),
         ("sample_every_n_epochs: 1", "no samples are made"),
         ("sample_sampler: euler_a", "no samples are made"),
@@ -1131,6 +1132,15 @@ fn path_checks() {
         .unwrap_err()
         .to_string();
     assert!(text.contains("is a file, not a folder"), "{text}");
+
+    let mut c = cfg(&data, &model, &out);
+    c.reg_data_dir = Some(dir.join("no_such_reg"));
+    let text = c.check_paths().unwrap_err().to_string();
+    assert!(text.contains("reg_data_dir = "), "{text}");
+    assert!(
+        text.contains("no_such_reg") && text.contains("does not exist"),
+        "{text}"
+    );
 
     let text = cfg(&data, &dir.join("v1-5.safetensors"), &out)
         .check_paths()

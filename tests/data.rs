@@ -13,8 +13,8 @@ use lorafuse::data::bucket::{cover_size, make_bucket_resolutions, Bucketing};
 use lorafuse::data::hash::xxh64;
 use lorafuse::data::metadata::parse_csv;
 use lorafuse::data::{
-    epoch_batches, load_pixels, process_caption, scan, validation_batches, CaptionSource,
-    DataError, DataOptions, DataWarning, Dataset,
+    balance_reg, epoch_batches, load_pixels, process_caption, scan, scan_sources,
+    validation_batches, CaptionSource, DataError, DataOptions, DataWarning, Dataset, Item, Source,
 };
 use lorafuse::rng::Rng;
 
@@ -1058,9 +1058,11 @@ fn bucketed_dataset(t: &TempDir) -> Dataset {
 #[test]
 fn batches_never_mix_buckets_and_cover_every_repeat() {
     let t = TempDir::new("batches");
-    let d = bucketed_dataset(&t);
+    let mut d = bucketed_dataset(&t);
     assert_eq!(d.buckets.len(), 3, "{:?}", d.buckets);
     for bs in [1, 2, 3, 4, 7, 100] {
+        // The folder's own batch size decides; the argument is for a data set without one.
+        d.sources[0].opts.batch_size = bs;
         let batches = epoch_batches(&d, bs, &mut Rng::new(bs as u64));
         assert_eq!(batches.len(), d.batches_per_epoch(bs), "bs {bs}");
         let mut count = vec![0; d.items.len()];
@@ -1081,8 +1083,9 @@ fn batches_never_mix_buckets_and_cover_every_repeat() {
         let partial = batches.iter().filter(|b| b.len() < bs).count();
         assert!(partial <= d.buckets.len());
     }
+    d.sources[0].opts.batch_size = 0;
     assert_eq!(
-        epoch_batches(&d, 0, &mut Rng::new(0)).len(),
+        epoch_batches(&d, 5, &mut Rng::new(0)).len(),
         d.samples_per_epoch()
     );
 }
@@ -1249,4 +1252,184 @@ fn damaged_files_are_errors_not_panics() {
     m.bytes("1_b/metadata.jsonl", &junk);
     let e = scan_err(&opts(m.path()));
     assert!(e.problems().len() >= 2, "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regularisation images and several datasets
+
+/// Regularisation images with these repeats, balanced against `train` training samples:
+/// the repeats of those used.
+fn balanced(repeats: &[usize], train: usize) -> Vec<usize> {
+    let reg = repeats
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| {
+            let mut item = Item::synthetic(i, (64, 64));
+            item.repeats = r;
+            item.is_reg = true;
+            item
+        })
+        .collect();
+    balance_reg(reg, train).iter().map(|i| i.repeats).collect()
+}
+
+/// sd-scripts' DreamBoothDataset loop, worked by hand: images in order with their repeats
+/// until the training samples are matched (the rest unused), else one more repeat each in
+/// turn.
+#[test]
+fn reg_images_are_balanced_against_the_training_samples_as_sd_scripts_does() {
+    assert_eq!(balanced(&[1, 1, 1, 1], 6), [2, 2, 1, 1]);
+    assert_eq!(balanced(&[1, 1], 7), [4, 3]);
+    assert_eq!(balanced(&[2, 2, 2], 3), [2, 2]);
+    assert_eq!(balanced(&[5, 1], 3), [5]);
+    assert_eq!(balanced(&[1, 2, 1], 4), [1, 2, 1]);
+    assert_eq!(balanced(&[3], 10), [10]);
+    assert_eq!(balanced(&[1, 1], 0), Vec::<usize>::new());
+}
+
+fn source(dir: PathBuf, is_reg: bool, dataset: usize, batch_size: usize) -> Source {
+    Source {
+        opts: DataOptions {
+            batch_size,
+            ..opts(&dir)
+        },
+        is_reg,
+        dataset,
+    }
+}
+
+#[test]
+fn train_and_reg_subsets_give_the_sample_list_and_loss_weights() {
+    let t = TempDir::new("reg");
+    t.captioned("train/3_sks dog/a.png", 64, 64, "sks dog a");
+    t.captioned("train/3_sks dog/b.png", 64, 64, "sks dog b");
+    // Class-token captions, as kohya's reg folders usually are.
+    for name in ["r1", "r2", "r3", "r4", "r5"] {
+        t.image(&format!("reg/1_dog/{name}.png"), 64, 64, |_, _| [9, 9, 9]);
+    }
+    t.captioned("other/c.png", 128, 64, "other c");
+    let sources = [
+        source(t.join("train"), false, 0, 2),
+        source(t.join("reg"), true, 0, 2),
+        source(t.join("other"), false, 1, 3),
+    ];
+    let d = scan_sources(&sources).unwrap();
+    let got: Vec<(String, String, usize, usize, bool)> = d
+        .items
+        .iter()
+        .map(|i| {
+            let rel = i.path.strip_prefix(t.path()).unwrap();
+            (
+                rel.display().to_string(),
+                i.caption.clone(),
+                i.repeats,
+                i.dataset,
+                i.is_reg,
+            )
+        })
+        .collect();
+    let row =
+        |p: &str, c: &str, r: usize, d: usize, reg: bool| (p.to_string(), c.to_string(), r, d, reg);
+    // 6 training samples in dataset 0: r1..r5 once each, then r1 once more; dataset 1 has
+    // no regularisation images.
+    assert_eq!(
+        got,
+        [
+            row("train/3_sks dog/a.png", "sks dog a", 3, 0, false),
+            row("train/3_sks dog/b.png", "sks dog b", 3, 0, false),
+            row("other/c.png", "other c", 1, 1, false),
+            row("reg/1_dog/r1.png", "dog", 2, 0, true),
+            row("reg/1_dog/r2.png", "dog", 1, 0, true),
+            row("reg/1_dog/r3.png", "dog", 1, 0, true),
+            row("reg/1_dog/r4.png", "dog", 1, 0, true),
+            row("reg/1_dog/r5.png", "dog", 1, 0, true),
+        ]
+    );
+    assert_eq!(d.num_reg_images, 5);
+    assert_eq!(
+        (d.train_samples_per_epoch(), d.samples_per_epoch()),
+        (7, 13)
+    );
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    // The loss weights: prior_loss_weight for the regularisation images.
+    assert_eq!(
+        d.loss_weights(&[0, 3, 4], 0.25),
+        Some(vec![1.0, 0.25, 0.25])
+    );
+    assert_eq!(d.loss_weights(&[0, 3], 1.0), None);
+    assert_eq!(d.loss_weights(&[0, 1], 0.25), None);
+    // Batches: dataset 0 in twos (12 samples), dataset 1 in threes (1 sample); none mixes
+    // datasets; every sample once.
+    assert_eq!(d.batches_per_epoch(1), 6 + 1);
+    let batches = epoch_batches(&d, 1, &mut Rng::new(5));
+    assert_eq!(batches.len(), 7);
+    let mut count = vec![0; d.items.len()];
+    for b in &batches {
+        let ds = d.items[b[0]].dataset;
+        assert!(b.iter().all(|&i| d.items[i].dataset == ds), "{b:?}");
+        assert!(b.len() <= [2, 3][ds]);
+        for &i in b {
+            count[i] += 1;
+        }
+    }
+    assert_eq!(count, d.items.iter().map(|i| i.repeats).collect::<Vec<_>>());
+
+    // More regularisation samples than training samples: the rest are named as unused.
+    let sources = [
+        source(t.join("other"), false, 0, 1),
+        source(t.join("reg"), true, 0, 1),
+    ];
+    let d = scan_sources(&sources).unwrap();
+    assert_eq!(d.items.len(), 2);
+    assert_eq!(
+        d.warnings,
+        [DataWarning::RegImagesUnused {
+            dataset: 0,
+            train: 1,
+            reg: 5,
+            unused: 4
+        }]
+    );
+}
+
+#[test]
+fn a_reg_folder_without_images_and_every_sources_problem_are_named() {
+    let t = TempDir::new("reg-empty");
+    t.captioned("train/1_a/a.png", 64, 64, "a");
+    fs::create_dir_all(t.join("reg/1_dog")).unwrap();
+    let sources = [
+        source(t.join("train"), false, 0, 1),
+        source(t.join("reg"), true, 0, 1),
+        source(t.join("missing"), false, 0, 1),
+    ];
+    let e = scan_sources(&sources).unwrap_err();
+    let problems = e.problems();
+    assert_eq!(problems.len(), 2, "{e}");
+    assert!(
+        matches!(problems[0], DataError::Empty { path, .. } if *path == t.join("reg")),
+        "{e}"
+    );
+    assert!(
+        matches!(problems[1], DataError::FolderMissing { path } if *path == t.join("missing")),
+        "{e}"
+    );
+}
+
+/// Regularisation images are never held out for validation (sd-scripts does not split them).
+#[test]
+fn reg_images_are_not_split_for_validation() {
+    let t = TempDir::new("reg-split");
+    for name in ["a", "b", "c", "d"] {
+        t.captioned(&format!("train/1_x/{name}.png"), 64, 64, name);
+        t.captioned(&format!("reg/1_y/{name}.png"), 64, 64, name);
+    }
+    let mut train = source(t.join("train"), false, 0, 1);
+    train.opts.validation_split = 0.5;
+    let mut reg = source(t.join("reg"), true, 0, 1);
+    reg.opts.validation_split = 0.5;
+    let d = scan_sources(&[train, reg]).unwrap();
+    assert_eq!(d.validation.len(), 2);
+    assert!(d.validation.iter().all(|i| !i.is_reg));
+    // 2 training samples: the first two regularisation images.
+    assert_eq!(d.items.iter().filter(|i| i.is_reg).count(), 2);
 }

@@ -97,8 +97,6 @@ const ATTENTION: &str = "lorafuse always uses its own memory-efficient attention
 const OPTIMIZER: &str = "8-bit AdamW is not available yet; use optimizer_type (AdamW, Lion, Prodigy or SGDNesterov) and remove this key";
 const SD1_ONLY: &str = "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only";
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
-const REG: &str =
-    "regularisation images are planned (issue 13) but not supported yet; remove this key";
 const LOSS: &str = "lorafuse trains with the mean squared error (kohya's l2), optionally min-SNR weighted (min_snr_gamma); remove this key";
 const SAVES_STATE: &str = "lorafuse always saves its training state (output_dir/state.safetensors: the LoRA weights, the optimizer moments and the counters) at every save point and at the end, so that `lorafuse train CONFIG --resume` can continue the run; this key changes nothing";
 const SAMPLES: &str = "lorafuse samples every sample_every_n_steps steps, with the prompts' own --ss sampler; sampling by epochs, at the start and a default sampler are planned (issue 13); use sample_every_n_steps";
@@ -163,13 +161,6 @@ const FOREIGN: &[Foreign] = &[
     refused(
         "resume",
         "lorafuse resumes from the state it saved in output_dir: run `lorafuse train CONFIG --resume` (or `--resume DIR` with the output_dir of that run) and remove this key",
-    ),
-    same("reg_data_dir", &[Empty], "no regularisation images", REG),
-    same(
-        "prior_loss_weight",
-        &[Number],
-        "it weighs the loss of regularisation images, and there are none",
-        "must be a number ≥ 0 (it weighs the loss of regularisation images)",
     ),
     same("color_aug", &[False], "no colour augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),
     same("face_crop_aug_range", &[Empty], "no face-crop augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),

@@ -15,7 +15,7 @@ use super::validate::{finite_in, open_unit, unit, Check};
 use super::values::{
     choice_names, Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup, YamlValue,
 };
-use super::Provenance;
+use super::{DataSubset, Provenance};
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
 use crate::train::lr::Schedule;
@@ -67,10 +67,26 @@ config_keys! {
         aliases ["instance_data_dir", "image_dir": " (a dataset_config subset's image folder)"],
         verbatim: true,
 
+    /// Folder of regularisation images in kohya's `N_<class tokens>` subfolders (images
+    /// directly in it count once and need captions); balanced against the training images
+    /// as sd-scripts does, their loss weighted by `prior_loss_weight`.
+    reg_data_dir: Option<PathBuf> = optional("unset (none)"),
+        read parse::path,
+        doc_type "path",
+        rule "must be a folder of regularisation images (in kohya's N_<class tokens> subfolders)",
+        verbatim: true,
+
+    /// The weight of a regularisation image's loss (kohya's `prior_loss_weight`).
+    prior_loss_weight: f64 = fixed(1.0),
+        read parse::float,
+        check |w| w.is_finite() && *w >= 0.0,
+        doc_type "number ≥ 0",
+        rule "must be a number ≥ 0 (1 weighs regularisation images as training images)",
+
     /// sd-scripts' dataset file (`--dataset_config`, TOML or JSON: `[general]`,
-    /// `[[datasets]]`, `[[datasets.subsets]]`); its values take precedence over this file's,
-    /// and its subset's `image_dir` is `train_data_dir`. One dataset with one subset, without
-    /// regularisation images, for now.
+    /// `[[datasets]]`, `[[datasets.subsets]]`, `is_reg` subsets included); its values take
+    /// precedence over this file's; each subset's `image_dir` is its folder, the first
+    /// training subset's is `train_data_dir`, and `reg_data_dir` is not used.
     dataset_config: Option<PathBuf> = optional("unset"),
         read parse::path,
         doc_type "path",

@@ -184,6 +184,14 @@ impl Meanings<'_> {
                 }
             }
         }
+        // lora-scripts writes `reg_data_dir = ""` for none.
+        if self
+            .entries
+            .get("reg_data_dir")
+            .is_some_and(|e| e.value.as_str().is_some_and(|s| s.trim().is_empty()))
+        {
+            self.entries.remove("reg_data_dir");
+        }
         if self.written("epochs") {
             if let Some(steps) = self.entries.remove("max_train_steps") {
                 if !steps.value.is_null() {

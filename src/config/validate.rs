@@ -101,6 +101,16 @@ impl TrainConfig {
         check_schedule(&mut c);
         check_data(&mut c);
         check_validation_and_samples(&mut c);
+        // Each dataset_config subset's own values (a value they share is named once).
+        for s in &self.subsets {
+            if let Err(e) = s.config.validate() {
+                for e in e.into_problems() {
+                    if !c.errors.iter().any(|old| old.to_string() == e.to_string()) {
+                        c.errors.push(e);
+                    }
+                }
+            }
+        }
         match ConfigError::from_list(c.errors) {
             Some(e) => Err(e),
             None => Ok(()),

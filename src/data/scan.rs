@@ -291,6 +291,15 @@ struct Candidate {
 /// Scan `opts.train_data_dir`: see the module and [`super`] docs. Returns every problem at
 /// once ([`DataError::Many`] when there are several).
 pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
+    super::scan_sources(&[super::Source {
+        opts: opts.clone(),
+        is_reg: false,
+        dataset: 0,
+    }])
+}
+
+/// One folder (with its N_name subfolders), as [`scan`]; its items have source 0.
+pub(crate) fn scan_folder(opts: &DataOptions) -> Result<Dataset, DataError> {
     if let Some(e) = DataError::collect(check_options(opts)) {
         return Err(e);
     }
@@ -578,6 +587,9 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
             caption: c.caption,
             caption_source: c.source,
             repeats: c.repeats,
+            source: 0,
+            dataset: 0,
+            is_reg: false,
             size: *size,
             bucket: choice.bucket,
             resized: choice.resized,
@@ -624,9 +636,11 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
     buckets.dedup();
     Ok(Dataset {
         train_data_dir: root,
+        sources: Vec::new(),
         items,
         validation,
         buckets,
         warnings,
+        num_reg_images: 0,
     })
 }

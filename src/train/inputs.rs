@@ -4,7 +4,7 @@
 
 use crate::backend::Backend;
 use crate::config::TrainConfig;
-use crate::data::{process_caption, DataOptions, Dataset};
+use crate::data::{process_caption, DataOptions, Dataset, Item, Source};
 use crate::error::Result;
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
@@ -32,6 +32,7 @@ pub struct Inputs {
     pub texts: TextCache,
     pub tokenizer: Tokenizer,
     clip_skip: usize,
+    prior_loss_weight: f64,
 }
 
 impl Inputs {
@@ -48,18 +49,33 @@ impl Inputs {
             texts: TextCache::default(),
             tokenizer: Tokenizer::new()?,
             clip_skip: cfg.clip_skip,
+            prior_loss_weight: cfg.prior_loss_weight,
         })
+    }
+
+    /// The options `item` was scanned with (its subset's; the run's for a data set made
+    /// without sources).
+    fn options_of(&self, item: &Item) -> &DataOptions {
+        self.ds
+            .sources
+            .get(item.source)
+            .map_or(&self.opts, |s| &s.opts)
+    }
+
+    /// The loss weight of each training image of `idx` (see [`Dataset::loss_weights`]).
+    pub fn loss_weights(&self, idx: &[usize]) -> Option<Vec<f64>> {
+        self.ds.loss_weights(idx, self.prior_loss_weight)
     }
 
     /// Encodes every latent the run will read (both orientations under flip_aug, validation
     /// images too) and, when `captions` is set, every caption's embedding.
     pub fn fill(&mut self, be: &dyn Backend, m: &Models, captions: bool) -> Result<()> {
-        let flips: &[bool] = if self.opts.flip_aug {
-            &[false, true]
-        } else {
-            &[false]
-        };
         for (i, item) in self.ds.items.iter().enumerate() {
+            let flips: &[bool] = if self.options_of(item).flip_aug {
+                &[false, true]
+            } else {
+                &[false]
+            };
             for &flipped in flips {
                 let key = LatentKey {
                     index: i,
@@ -110,18 +126,20 @@ impl Inputs {
             } else {
                 &self.ds.items[i]
             };
-            let flipped = augment && self.opts.flip_aug && rng.uniform() < 0.5;
+            let opts = self.options_of(item);
+            let flipped = augment && opts.flip_aug && rng.uniform() < 0.5;
             let key = LatentKey {
                 index: i,
                 validation,
                 flipped,
             };
-            lat.push(self.latents.get_or_encode(be, m.vae.as_ref(), key, item)?);
-            captions.push(if augment {
-                process_caption(&item.caption, &self.opts, rng)
+            let caption = if augment {
+                process_caption(&item.caption, opts, rng)
             } else {
                 item.caption.clone()
-            });
+            };
+            lat.push(self.latents.get_or_encode(be, m.vae.as_ref(), key, item)?);
+            captions.push(caption);
         }
         Ok((stack(be, &lat)?, captions))
     }
@@ -210,6 +228,43 @@ pub fn data_options(cfg: &TrainConfig) -> DataOptions {
         validation_split: cfg.validation_split,
         num_repeats: cfg.num_repeats,
         class_tokens: cfg.class_tokens.clone(),
+        batch_size: cfg.batch_size,
         seed: cfg.seed,
     }
+}
+
+/// The folders a configuration trains on: each `dataset_config` subset with its own options;
+/// without one, `train_data_dir` (with its N_name folders) and `reg_data_dir`'s N_name folders
+/// as regularisation images, as sd-scripts reads them.
+pub fn data_sources(cfg: &TrainConfig) -> Vec<Source> {
+    if !cfg.subsets.is_empty() {
+        return cfg
+            .subsets
+            .iter()
+            .map(|s| Source {
+                opts: data_options(&s.config),
+                is_reg: s.is_reg,
+                dataset: s.dataset,
+            })
+            .collect();
+    }
+    let train = data_options(cfg);
+    let mut sources = vec![Source {
+        opts: train.clone(),
+        is_reg: false,
+        dataset: 0,
+    }];
+    if let Some(dir) = &cfg.reg_data_dir {
+        sources.push(Source {
+            opts: DataOptions {
+                train_data_dir: dir.clone(),
+                num_repeats: 1,
+                class_tokens: None,
+                ..train
+            },
+            is_reg: true,
+            dataset: 0,
+        });
+    }
+    sources
 }

@@ -183,7 +183,9 @@ impl Trainable {
         let cx = Ctx::new(be, Some(&self.lora)).with_dropout(Some(&dropout));
         let text_cx = (self.train_text && m.text.is_some()).then_some(&cx);
         let (context, text_tape) = inputs.condition(be, m, text_cx, &captions, true)?;
+        let loss_weights = inputs.loss_weights(idx);
         let batch = MicroBatch {
+            loss_weights: loss_weights.as_deref(),
             latents: &latents,
             context: &context,
             grad_scale: self.scaler.scale / site.of as f64,

@@ -280,7 +280,8 @@ impl<'a> Run<'a> {
 /// Captions never change (no shuffling, no caption dropout, no text-encoder training): their
 /// embeddings are cached and the text encoder is released.
 pub fn captions_fixed(cfg: &TrainConfig) -> bool {
-    !cfg.shuffle_caption && cfg.caption_dropout_rate == 0.0 && !cfg.train_text_encoder
+    let augments = |c: &TrainConfig| c.shuffle_caption || c.caption_dropout_rate != 0.0;
+    !augments(cfg) && !cfg.subsets.iter().any(|s| augments(&s.config)) && !cfg.train_text_encoder
 }
 
 /// The seed of the fixed-noise evaluations.
