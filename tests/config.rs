@@ -109,7 +109,7 @@ keep_tokens: 1
 caption_dropout_rate: 0.05
 cache_latents_to_disk: false
 clip_skip: 2
-max_token_length: 75
+max_token_length: 150
 validation_split: 0.1
 validate_every_n_steps: 200
 early_stopping_patience: 5
@@ -192,7 +192,7 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.caption_dropout_rate, 0.05);
     assert!(!c.cache_latents_to_disk);
     assert_eq!(c.clip_skip, 2);
-    assert_eq!(c.max_token_length, 75);
+    assert_eq!(c.max_token_length, 150);
     assert_eq!(c.validation_split, 0.1);
     assert_eq!(c.validate_every_n_steps, Some(200));
     assert_eq!(c.early_stopping_patience, Some(5));
@@ -538,8 +538,7 @@ fn out_of_range_values_name_file_key_value_and_range() {
         ("min_bucket_reso: 100", "min_bucket_reso", "100", "multiple of 64 from 64 to 4096 (SD1.x image sides are multiples of 64); nearest allowed: 128"),
         ("max_bucket_reso: 8192", "max_bucket_reso", "8192", "64 to 4096"),
         ("bucket_reso_steps: 32", "bucket_reso_steps", "32", "multiple of 64"),
-        ("max_token_length: 100", "max_token_length", "100", "must be 75"),
-        ("max_token_length: 225", "max_token_length", "225", "not supported yet"),
+        ("max_token_length: 100", "max_token_length", "100", "must be 75, 150 or 225"),
         ("resolution: 500", "resolution", "500", "nearest allowed: 512"),
         ("resolution: 0", "resolution", "0", "multiples of 64"),
         ("resolution: 8192", "resolution", "8192", "64 to 4096"),

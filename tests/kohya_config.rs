@@ -279,7 +279,6 @@ fn refused_kohya_values_say_why_and_what_instead() {
         ("network_weights = \"old.safetensors\"", "planned (issue 13)"),
         ("enable_wildcard = true", "planned (issue 13)"),
         ("log_with = \"wandb\"", "TensorBoard"),
-        ("max_token_length = 225", "150 and 225 are planned (issue 13)"),
         ("model_train_type = \"sdxl-lora\"", "Stable Diffusion 1.x"),
         ("positive_prompts = \"1girl\"", "set sample_prompts"),
     ] {
@@ -332,26 +331,19 @@ fn lora_scripts(name: &str, sets: &[&str]) -> Result<TrainConfig, ConfigError> {
 #[test]
 fn lora_scripts_configs_are_read_as_they_are() {
     for name in ["lora-scripts-default.toml", "lora-scripts-lora.toml"] {
-        // Their AdamW8bit (the rest of issue 14) and their 225-token captions (issue 13)
-        // are not available yet: two clear messages, all at once; everything else is read.
+        // Their AdamW8bit (the rest of issue 14) is not available yet: one clear message;
+        // everything else is read, their 225-token captions included.
         let text = err_text(lora_scripts(name, NO_SET));
-        assert_eq!(text.lines().count(), 2, "{name}: {text}");
+        assert_eq!(text.lines().count(), 1, "{name}: {text}");
         assert!(
             text.contains(
                 "optimizer_type = \"AdamW8bit\" is not valid: AdamW8bit is not available"
             ),
             "{name}: {text}"
         );
-        // Their 225-token captions are planned (issue 13): one clear message.
-        let text = err_text(lora_scripts(name, &["optimizer_type=AdamW"]));
-        assert_eq!(text.lines().count(), 1, "{name}: {text}");
-        assert!(
-            text.contains("max_token_length = 225 is not supported yet"),
-            "{name}: {text}"
-        );
-
-        let c = lora_scripts(name, &["optimizer_type=AdamW", "max_token_length=75"])
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let c =
+            lora_scripts(name, &["optimizer_type=AdamW"]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.max_token_length, 225);
         assert_eq!(c.base_model, Path::new("./sd-models/model.ckpt"));
         assert_eq!(c.lora_rank, 32);
         assert_eq!(c.lora_alpha, 16.0);
@@ -380,11 +372,7 @@ fn lora_scripts_configs_are_read_as_they_are() {
         // Nothing to say about a kohya file read as kohya means it.
         assert!(c.warnings().is_empty(), "{name}: {:?}", c.warnings());
     }
-    let c = lora_scripts(
-        "lora-scripts-default.toml",
-        &["optimizer_type=AdamW", "max_token_length=75"],
-    )
-    .unwrap();
+    let c = lora_scripts("lora-scripts-default.toml", &["optimizer_type=AdamW"]).unwrap();
     assert_eq!(c.save_last_n_epochs, Some(499));
     assert_eq!(c.train_data_dir, Path::new("./train/input"));
 }

@@ -550,12 +550,14 @@ config_keys! {
         doc_type "whole number 1–12",
         rule "must be a whole number from 1 to 12 (1 = the last CLIP layer; 2 is common for anime models)",
 
-    /// Caption length in tokens; longer captions are cut. kohya's 150 and 225 are planned
-    /// (issue 13), not supported yet.
+    /// Caption length in tokens; longer captions are cut. 150 and 225 encode the caption in
+    /// windows of 75 tokens, each through the text encoder alone, joined as sd-scripts does
+    /// (the UNet reads 152 or 227 states); in training, caching and sampling.
     max_token_length: usize = fixed(75),
         read parse::count,
-        doc_type "`75`",
-        rule "must be 75 (kohya's 150 and 225 are planned, issue 13, but not supported yet)",
+        check |n| [75, 150, 225].contains(n),
+        doc_type "`75`, `150` or `225`",
+        rule "must be 75, 150 or 225 (kohya's choices: one, two or three windows of 75 tokens)",
 
     // --- validation and early stopping
 

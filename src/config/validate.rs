@@ -304,14 +304,6 @@ fn check_data(c: &mut Check) {
         }
     }
 
-    match cfg.max_token_length {
-        75 => {}
-        150 | 225 => c.fail(
-            "max_token_length",
-            "is not supported yet: lorafuse encodes one 77-token CLIP window (75 caption tokens); kohya's 150 and 225 are planned (issue 13); set 75".into(),
-        ),
-        _ => c.range("max_token_length", false),
-    }
     if cfg.random_crop && cfg.cache_latents_to_disk {
         c.fail(
             "random_crop",

@@ -11,7 +11,7 @@ use crate::model::layers::Ctx;
 use crate::model::tokenizer::Tokenizer;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::cache::{stack, LatentCache, LatentKey, Pixels, TextCache};
+use crate::train::cache::{stack, LatentCache, LatentKey, Pixels, TextCache, TextOptions};
 
 /// Which images a batch is drawn from, and whether with the run's random choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub struct Inputs {
     pub latents: LatentCache,
     pub texts: TextCache,
     pub tokenizer: Tokenizer,
-    clip_skip: usize,
+    text: TextOptions,
     prior_loss_weight: f64,
 }
 
@@ -48,7 +48,10 @@ impl Inputs {
             opts,
             texts: TextCache::default(),
             tokenizer: Tokenizer::new()?,
-            clip_skip: cfg.clip_skip,
+            text: TextOptions {
+                clip_skip: cfg.clip_skip,
+                max_token_length: cfg.max_token_length,
+            },
             prior_loss_weight: cfg.prior_loss_weight,
         })
     }
@@ -100,7 +103,7 @@ impl Inputs {
                     m.text.as_ref(),
                     &self.tokenizer,
                     &item.caption,
-                    self.clip_skip,
+                    self.text,
                 )?;
             }
         }
@@ -158,17 +161,22 @@ impl Inputs {
                 m.text.as_ref(),
                 &self.tokenizer,
                 c,
-                self.clip_skip,
+                self.text,
             )?);
         }
         stack(be, &ctx)
     }
 
-    /// The token ids of captions, 77 per caption.
+    /// The token ids of captions: 77 per caption, or rows of 77 per window of kohya's long
+    /// captions (`max_token_length` 150 or 225).
     pub fn ids(&self, captions: &[String]) -> Vec<u32> {
         captions
             .iter()
-            .flat_map(|c| self.tokenizer.encode(c).ids)
+            .flat_map(|c| {
+                self.tokenizer
+                    .encode_long(c, self.text.max_token_length)
+                    .ids
+            })
             .collect()
     }
 
@@ -180,7 +188,7 @@ impl Inputs {
         ids: &[u32],
         batch: usize,
     ) -> Result<(Tensor, Option<crate::model::family::TextTape>)> {
-        m.encode_text_train(cx, ids, batch, self.clip_skip, false)
+        m.encode_text_train(cx, ids, batch, self.text.clip_skip, false)
     }
 
     /// The conditioning of `captions`: from the cache, or through the text encoder (with its
@@ -198,7 +206,7 @@ impl Inputs {
                 cx,
                 &self.ids(captions),
                 captions.len(),
-                self.clip_skip,
+                self.text.clip_skip,
                 save,
             ),
             None => Ok((self.contexts(be, m, captions)?, None)),
@@ -267,4 +275,23 @@ pub fn data_sources(cfg: &TrainConfig) -> Vec<Source> {
         });
     }
     sources
+}
+
+/// The images (training and validation, each once) whose caption as written has more tokens
+/// than `max_tokens`, which cuts it: their count, and the first one's path and token count.
+pub fn long_captions<'d>(
+    ds: &'d Dataset,
+    tokenizer: &Tokenizer,
+    max_tokens: usize,
+) -> (usize, Option<(&'d std::path::Path, usize)>) {
+    let mut count = 0;
+    let mut first = None;
+    for item in ds.items.iter().chain(&ds.validation) {
+        let n = tokenizer.tokenize(&item.caption).len();
+        if n > max_tokens {
+            count += 1;
+            first.get_or_insert((item.path.as_path(), n));
+        }
+    }
+    (count, first)
 }

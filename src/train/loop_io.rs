@@ -11,9 +11,10 @@ use crate::config::TrainConfig;
 use crate::data::{scan_sources, Dataset};
 use crate::error::{Error, Result};
 use crate::lora::export::{save_kohya, training_metadata, BaseModelInfo, TrainingInfo};
+use crate::model::tokenizer::Tokenizer;
 use crate::monitor::tensorboard::{wall_time_now, EventWriter};
 use crate::train::events::{Event, Observer, TrainReport};
-use crate::train::inputs::data_sources;
+use crate::train::inputs::{data_sources, long_captions};
 use crate::train::saves::{SavePoint, Saves};
 use crate::train::trainer::{Run, StepDone};
 
@@ -41,6 +42,14 @@ pub fn scan_and_check(
     let ds = scan_data(cfg)?;
     for w in &ds.warnings {
         obs.on(Event::Warning(w.to_string()));
+    }
+    let max = cfg.max_token_length;
+    if let (n, Some((path, tokens))) = long_captions(&ds, &Tokenizer::new()?, max) {
+        obs.on(Event::Warning(format!(
+            "{n} image(s) have a caption longer than max_token_length = {max} tokens, cut to its first {max} (the first: {}, {tokens} tokens){}",
+            path.display(),
+            if max < 225 { "; kohya's max_token_length 150 or 225 keeps more" } else { "" }
+        )));
     }
     if ds.sources.iter().any(|s| s.is_reg) {
         obs.on(Event::Info(format!(
@@ -334,6 +343,7 @@ fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
         random_crop: cfg.random_crop,
         num_train_images: ds.train_samples_per_epoch() as u64,
         num_reg_images: ds.num_reg_images as u64,
+        max_token_length: (cfg.max_token_length != 75).then_some(cfg.max_token_length as u32),
         prior_loss_weight: cfg.prior_loss_weight,
         num_validation_images: ds.validation.len() as u64,
         validation_split: cfg.validation_split,
