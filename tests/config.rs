@@ -107,6 +107,13 @@ random_crop: true
 shuffle_caption: true
 keep_tokens: 1
 caption_dropout_rate: 0.05
+caption_tag_dropout_rate: 0.1
+caption_dropout_every_n_epochs: 4
+caption_prefix: "sks, "
+caption_suffix: ", best quality"
+keep_tokens_separator: "|||"
+secondary_separator: ";;;"
+enable_wildcard: true
 cache_latents_to_disk: false
 clip_skip: 2
 max_token_length: 150
@@ -407,7 +414,6 @@ fn kohya_options_we_lack_are_refused_with_the_reason() {
             "network_train_text_encoder_only: true",
             "planned (issue 13)",
         ),
-        ("caption_prefix: \"masterpiece, \"", "planned (issue 13)"),
         ("xformers: sometimes", "must be true or false"),
     ] {
         let e = err(with(line));

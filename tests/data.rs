@@ -13,7 +13,7 @@ use lorafuse::data::bucket::{cover_size, make_bucket_resolutions, Bucketing};
 use lorafuse::data::hash::xxh64;
 use lorafuse::data::metadata::parse_csv;
 use lorafuse::data::{
-    balance_reg, epoch_batches, load_pixels, process_caption, scan, scan_sources,
+    balance_reg, epoch_batches, load_pixels, plain_caption, process_caption, scan, scan_sources,
     validation_batches, CaptionSource, DataError, DataOptions, DataWarning, Dataset, Item, Source,
 };
 use lorafuse::rng::Rng;
@@ -994,7 +994,7 @@ fn caption_shuffle_keeps_the_first_tokens() {
     let mut rng = Rng::new(5);
     let mut seen = HashSet::new();
     for _ in 0..200 {
-        let c = process_caption(text, &o, &mut rng);
+        let c = process_caption(text, &o, 1, &mut rng);
         let tags: Vec<&str> = c.split(", ").collect();
         assert_eq!(tags[..2], ["sks person", "red hat"]);
         let mut rest = tags[2..].to_vec();
@@ -1005,10 +1005,10 @@ fn caption_shuffle_keeps_the_first_tokens() {
     assert!(seen.len() > 10, "only {} orders", seen.len());
     // Off: unchanged, no draws.
     let plain = DataOptions::default();
-    assert_eq!(process_caption(text, &plain, &mut rng), text);
+    assert_eq!(process_caption(text, &plain, 1, &mut rng), text);
     // Determinism.
     let a: Vec<String> = (0..5)
-        .map(|_| process_caption(text, &o, &mut Rng::new(9)))
+        .map(|_| process_caption(text, &o, 1, &mut Rng::new(9)))
         .collect();
     assert!(a.iter().all(|c| c == &a[0]));
 }
@@ -1022,7 +1022,7 @@ fn caption_dropout_rate_is_respected() {
     let mut rng = Rng::new(1);
     let n = 20_000;
     let dropped = (0..n)
-        .filter(|_| process_caption("a, b", &o, &mut rng).is_empty())
+        .filter(|_| process_caption("a, b", &o, 1, &mut rng).is_empty())
         .count();
     let rate = dropped as f64 / n as f64;
     assert!((rate - 0.3).abs() < 0.015, "{rate}");
@@ -1030,7 +1030,171 @@ fn caption_dropout_rate_is_respected() {
         caption_dropout_rate: 1.0,
         ..o.clone()
     };
-    assert_eq!(process_caption("a", &all, &mut rng), "");
+    assert_eq!(process_caption("a", &all, 1, &mut rng), "");
+}
+
+/// kohya's order: prefix/suffix first (so a prefix tag is the one keep_tokens keeps), then
+/// shuffling with keep_tokens, then tag dropout of the shuffled tags only.
+#[test]
+fn caption_prefix_suffix_shuffle_and_tag_dropout_in_kohyas_order() {
+    let o = DataOptions {
+        caption_prefix: Some("sks,".into()),
+        caption_suffix: Some(", masterpiece".into()),
+        ..DataOptions::default()
+    };
+    assert_eq!(
+        process_caption("a dog, grass", &o, 1, &mut Rng::new(1)),
+        "sks, a dog, grass , masterpiece"
+    );
+    assert_eq!(
+        plain_caption("a dog, grass", &o),
+        "sks, a dog, grass , masterpiece"
+    );
+    // Empty prefix/suffix (lora-scripts writes "") are unset.
+    let empty = DataOptions {
+        caption_prefix: Some(String::new()),
+        caption_suffix: Some(String::new()),
+        ..DataOptions::default()
+    };
+    assert_eq!(plain_caption("a, b", &empty), "a, b");
+
+    let o = DataOptions {
+        caption_prefix: Some("sks".into()),
+        shuffle_caption: true,
+        keep_tokens: 1,
+        caption_tag_dropout_rate: 0.5,
+        ..DataOptions::default()
+    };
+    let tags = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
+    let text = format!("{}, {}", "a", tags.join(", "));
+    let mut rng = Rng::new(3);
+    let (mut kept, n) = (0usize, 4000);
+    for _ in 0..n {
+        let c = process_caption(&text, &o, 1, &mut rng);
+        let got: Vec<&str> = c.split(", ").collect();
+        // The prefix joins the first tag: "sks a" is kept in front, never dropped.
+        assert_eq!(got[0], "sks a", "{c}");
+        assert!(got[1..].iter().all(|t| tags.contains(t)), "{c}");
+        kept += got.len() - 1;
+    }
+    let rate = kept as f64 / (n * tags.len()) as f64;
+    assert!((rate - 0.5).abs() < 0.02, "{rate}");
+    // Tag dropout alone keeps the order of the tags it keeps.
+    let drop_only = DataOptions {
+        caption_tag_dropout_rate: 0.5,
+        ..DataOptions::default()
+    };
+    for _ in 0..50 {
+        let c = process_caption(&tags.join(", "), &drop_only, 1, &mut rng);
+        let idx: Vec<usize> = c
+            .split(", ")
+            .filter(|t| !t.is_empty())
+            .map(|t| tags.iter().position(|x| x == &t).unwrap())
+            .collect();
+        assert!(idx.windows(2).all(|w| w[0] < w[1]), "{c}");
+    }
+}
+
+/// keep_tokens_separator: the tags before it stay in front, after a second one at the end;
+/// secondary_separator joins words into one tag and becomes a comma at the end.
+#[test]
+fn keep_tokens_separator_and_secondary_separator() {
+    let o = DataOptions {
+        shuffle_caption: true,
+        keep_tokens: 5,
+        keep_tokens_separator: Some("|||".into()),
+        secondary_separator: Some(";;;".into()),
+        ..DataOptions::default()
+    };
+    let text = "sks, girl ||| red;;;hat, smile, sky, tree ||| best quality, absurdres";
+    let mut rng = Rng::new(4);
+    let mut orders = HashSet::new();
+    for _ in 0..100 {
+        let c = process_caption(text, &o, 1, &mut rng);
+        let got: Vec<&str> = c.split(", ").collect();
+        // "red;;;hat" moved as one tag, then became "red,hat".
+        assert_eq!(got.len(), 8, "{c}");
+        assert_eq!(got[..2], ["sks", "girl"], "{c}");
+        assert_eq!(got[6..], ["best quality", "absurdres"], "{c}");
+        let mut middle = got[2..6].to_vec();
+        middle.sort_unstable();
+        assert_eq!(middle, ["red,hat", "sky", "smile", "tree"], "{c}");
+        orders.insert(c);
+    }
+    assert!(orders.len() > 5);
+    // Without the separator in a caption, keep_tokens applies.
+    let c = process_caption("a, b, c, d, e, f, g", &o, 1, &mut rng);
+    assert!(c.starts_with("a, b, c, d, e, "), "{c}");
+    // Without shuffling or tag dropout, kohya leaves the caption as written (the
+    // secondary separator still becomes a comma).
+    let still = DataOptions {
+        shuffle_caption: false,
+        ..o.clone()
+    };
+    assert_eq!(
+        process_caption(text, &still, 1, &mut rng),
+        "sks, girl ||| red,hat, smile, sky, tree ||| best quality, absurdres"
+    );
+}
+
+/// caption_dropout_every_n_epochs counts epochs from 1, as kohya's set_current_epoch.
+#[test]
+fn caption_dropout_every_n_epochs() {
+    let o = DataOptions {
+        caption_dropout_every_n_epochs: 3,
+        ..DataOptions::default()
+    };
+    let mut rng = Rng::new(0);
+    let dropped: Vec<u64> = (1..=9)
+        .filter(|&e| process_caption("a, b", &o, e, &mut rng).is_empty())
+        .collect();
+    assert_eq!(dropped, [3, 6, 9]);
+}
+
+/// enable_wildcard: `{a|b}` picks a choice, `{{`/`}}` are braces, a caption file of several
+/// lines gives one line at random; without it the first line (and one warning).
+#[test]
+fn wildcards_and_multi_line_captions() {
+    let o = DataOptions {
+        enable_wildcard: true,
+        ..DataOptions::default()
+    };
+    let mut rng = Rng::new(2);
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        let c = process_caption("a {red|blue|green} {{hat}} {x}", &o, 1, &mut rng);
+        seen.insert(c);
+    }
+    let want: HashSet<String> = ["red", "blue", "green"]
+        .iter()
+        .map(|c| format!("a {c} {{hat}} x"))
+        .collect();
+    assert_eq!(seen, want);
+    assert_eq!(plain_caption("a {red|blue} hat", &o), "a red hat");
+
+    let t = TempDir::new("wildcard");
+    t.image("1_x/a.png", 64, 64, |_, _| [1, 2, 3]);
+    t.text(
+        "1_x/a.txt",
+        "first line
+
+  second line  
+third
+",
+    );
+    let d = scan_ok(&DataOptions {
+        enable_wildcard: true,
+        ..opts(t.path())
+    });
+    assert_eq!(d.items[0].caption, "first line\nsecond line\nthird");
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let lines: HashSet<String> = (0..100)
+        .map(|_| process_caption(&d.items[0].caption, &o, 1, &mut rng))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let d = scan_ok(&opts(t.path()));
+    assert_eq!(d.items[0].caption, "first line");
+    assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -277,7 +277,6 @@ fn refused_kohya_values_say_why_and_what_instead() {
         ("network_module = \"networks.dylora\"", "plain LoRA"),
         ("save_model_as = \"ckpt\"", ".safetensors"),
         ("network_weights = \"old.safetensors\"", "planned (issue 13)"),
-        ("enable_wildcard = true", "planned (issue 13)"),
         ("log_with = \"wandb\"", "TensorBoard"),
         ("model_train_type = \"sdxl-lora\"", "Stable Diffusion 1.x"),
         ("positive_prompts = \"1girl\"", "set sample_prompts"),
@@ -638,26 +637,34 @@ fn sd_scripts_dataset_examples_read_with_their_precedence_or_name_each_refused_k
     assert!(text.contains("has only regularisation subsets"), "{text}");
 }
 
+/// sd-scripts' separators example reads as it is, and its captions come out as sd-scripts
+/// makes them: the prefix's tags before `|||` stay in front, the suffix's after `|||` at the
+/// end, `;;;` joins words into one tag, then becomes a comma.
 #[test]
-fn dataset_config_separators_example_names_each_refused_key() {
-    // The separators example: each caption option lorafuse lacks is named.
+fn dataset_config_separators_example_reads_as_sd_scripts_means_it() {
+    use lorafuse::data::process_caption;
+    use lorafuse::train::inputs::data_options;
     let ds = fixture("sd-scripts-dataset-separators.toml");
-    let text = with_dataset(&ds, "").unwrap_err().to_string();
-    for key in [
-        "keep_tokens_separator",
-        "caption_tag_dropout_rate",
-        "secondary_separator",
-        "enable_wildcard",
-        "caption_prefix",
-        "caption_suffix",
-    ] {
-        let line = text
-            .lines()
-            .find(|l| l.contains(&format!(": {key} = ")))
-            .unwrap_or_else(|| panic!("{key}:\n{text}"));
-        assert!(line.contains("planned (issue 13)"), "{line}");
+    let c = with_dataset(&ds, "").unwrap();
+    assert_eq!(c.keep_tokens_separator.as_deref(), Some("|||"));
+    assert_eq!(c.secondary_separator.as_deref(), Some(";;;"));
+    assert!(c.enable_wildcard && c.shuffle_caption);
+    assert_eq!(c.caption_tag_dropout_rate, 0.1);
+    let o = data_options(&c);
+    let mut rng = lorafuse::rng::Rng::new(7);
+    for _ in 0..50 {
+        let cap = process_caption("smile, {sky|sea}, long;;;hair", &o, 1, &mut rng);
+        assert!(cap.starts_with("1girl, hatsune miku, vocaloid, "), "{cap}");
+        assert!(cap.ends_with(", masterpiece, rating: general"), "{cap}");
+        assert!(
+            !cap.contains("|||") && !cap.contains(";;;") && !cap.contains('{'),
+            "{cap}"
+        );
+        assert!(
+            !(cap.contains("sky") && cap.contains("sea")),
+            "one choice: {cap}"
+        );
     }
-    assert_eq!(text.lines().count(), 6, "{text}");
 }
 
 #[test]

@@ -106,7 +106,7 @@ const UNUSED_HERE: &str = "only used by an option lorafuse does not have; this k
 const LS_PROMPT: &str = "lora-scripts' prompt fields are not read: write the sample prompt in kohya's prompt-line syntax (a photo of sks dog --n negative --w 512 --h 512 --l 7 --s 24 --d 1) into a .txt file and set sample_prompts to it";
 const LS_PROMPT_PART: &str =
     "lora-scripts builds a sample prompt with it from positive_prompts; alone it changes nothing";
-const CAPTIONS: &str = "this caption option is planned (issue 13) but not supported yet; remove it, or leave it at its off value";
+const CAPTIONS: &str = "tags are separated by commas in lorafuse (secondary_separator joins words into one tag); remove this key";
 
 /// kohya options lorafuse has no key for. (Other trainers' names for lorafuse keys are
 /// declared with the keys, in keys.rs; `network_train_unet_only` and the kohya meanings of a
@@ -198,15 +198,8 @@ const FOREIGN: &[Foreign] = &[
     same("log_prefix", &[Any], "lorafuse writes its logs straight into logging_dir, without a prefixed subfolder", "must be text"),
     same("log_tracker_name", &[Any], "lorafuse writes its logs straight into logging_dir", "must be text"),
     same("save_n_epoch_ratio", &[Zero, Empty], "no saves by epoch ratio", "not supported; use save_every_n_epochs"),
-    same("caption_prefix", &[Empty], "no caption prefix", CAPTIONS),
-    same("caption_suffix", &[Empty], "no caption suffix", CAPTIONS),
     same("caption_separator", &[Words(&[","])], "tags are separated by commas", CAPTIONS),
-    same("keep_tokens_separator", &[Empty], "no keep-tokens separator", CAPTIONS),
-    same("secondary_separator", &[Empty], "no secondary separator", CAPTIONS),
-    same("enable_wildcard", &[False], "no wildcards", CAPTIONS),
     same("weighted_captions", &[False], "no weighted captions", GENERIC),
-    same("caption_tag_dropout_rate", &[Zero], "no tag dropout", CAPTIONS),
-    same("caption_dropout_every_n_epochs", &[Zero, Empty], "no epoch-wise caption dropout", GENERIC),
     same("noise_offset_random_strength", &[False], "noise_offset is used as it is", GENERIC),
     same("adaptive_noise_scale", &[Empty, Zero], "no adaptive noise scale", GENERIC),
     same("multires_noise_iterations", &[Empty, Zero], "no multi-resolution noise", GENERIC),

@@ -535,6 +535,59 @@ config_keys! {
         rule "must be ≥ 0 and < 1",
         aliases ["caption_dropout_probability"],
 
+    /// Chance of dropping each tag not kept in front (kohya's `caption_tag_dropout_rate`),
+    /// after shuffling.
+    caption_tag_dropout_rate: f64 = fixed(0.0),
+        read parse::float,
+        check |p| unit(*p),
+        doc_type "number in [0, 1)",
+        rule "must be ≥ 0 and < 1",
+
+    /// Train with empty captions in every N-th epoch (epochs counted from 1, as kohya's
+    /// `caption_dropout_every_n_epochs`); `0` = never.
+    caption_dropout_every_n_epochs: usize = fixed(0),
+        read parse::count,
+        doc_type "whole number ≥ 0",
+        rule "must be a whole number ≥ 0 (0 = never)",
+
+    /// Text put before every caption, with a space (kohya's `caption_prefix`).
+    caption_prefix: Option<String> = optional("unset"),
+        read parse::text,
+        doc_type "text",
+        rule "must be text",
+        verbatim: true,
+
+    /// Text put after every caption, with a space (kohya's `caption_suffix`).
+    caption_suffix: Option<String> = optional("unset"),
+        read parse::text,
+        doc_type "text",
+        rule "must be text",
+        verbatim: true,
+
+    /// With shuffling or tag dropout, the tags before this separator stay in front (and,
+    /// with a second one, the tags after it stay at the end), as kohya's
+    /// `keep_tokens_separator` (e.g. `|||`); it replaces keep_tokens where a caption has it.
+    keep_tokens_separator: Option<String> = optional("unset"),
+        read parse::text,
+        doc_type "text",
+        rule "must be text, e.g. \"|||\"",
+        verbatim: true,
+
+    /// Joins words into one tag for shuffling and dropout, then becomes a comma (kohya's
+    /// `secondary_separator`, e.g. `;;;`).
+    secondary_separator: Option<String> = optional("unset"),
+        read parse::text,
+        doc_type "text",
+        rule "must be text, e.g. \";;;\"",
+        verbatim: true,
+
+    /// kohya's wildcards: `{a|b|c}` in a caption is one of a, b, c at random each time, and
+    /// a caption file of several lines gives one line at random (`{{`, `}}` are braces).
+    enable_wildcard: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
     /// Keep the encoded images (latents) on disk in `output_dir/cache/latents/`, keyed by each
     /// image's content, so later runs skip the VAE.
     cache_latents_to_disk: bool = fixed(false),

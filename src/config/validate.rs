@@ -373,11 +373,23 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
             "conv_alpha = {alpha} has no effect without conv_dim (the rank of the 3x3 conv adapters)"
         ));
     }
-    if cfg.keep_tokens > 0 && !cfg.shuffle_caption {
+    let tags_move = cfg.shuffle_caption || cfg.caption_tag_dropout_rate > 0.0;
+    if cfg.keep_tokens > 0 && !tags_move {
         w.push(format!(
-            "keep_tokens = {} has no effect without shuffle_caption: true",
+            "keep_tokens = {} has no effect without shuffle_caption: true (or caption_tag_dropout_rate)",
             cfg.keep_tokens
         ));
+    }
+    if let Some(sep) = cfg
+        .keep_tokens_separator
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        if !tags_move {
+            w.push(format!(
+                "keep_tokens_separator = {sep:?} is used only with shuffle_caption: true (or caption_tag_dropout_rate); without, it stays in the captions as written (as in kohya)"
+            ));
+        }
     }
     if cfg.text_encoder_lr != cfg.learning_rate && !cfg.train_text_encoder {
         w.push(format!(

@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use bucket::{make_bucket_resolutions, BucketChoice, Bucketing, Reso};
-pub use caption::process_caption;
+pub use caption::{captions_vary, plain_caption, process_caption};
 pub use error::{DataError, DataWarning};
 pub use pixels::load_pixels;
 pub use scan::scan;
@@ -57,6 +57,15 @@ pub struct DataOptions {
     pub shuffle_caption: bool,
     pub keep_tokens: usize,
     pub caption_dropout_rate: f64,
+    /// kohya's caption options (see [`process_caption`]); an empty text is unset.
+    pub caption_tag_dropout_rate: f64,
+    pub caption_dropout_every_n_epochs: usize,
+    pub caption_prefix: Option<String>,
+    pub caption_suffix: Option<String>,
+    pub keep_tokens_separator: Option<String>,
+    pub secondary_separator: Option<String>,
+    /// Wildcards; also keeps every line of a caption file (one is chosen per sample).
+    pub enable_wildcard: bool,
     /// Fraction of the images held out for validation, in [0, 1).
     pub validation_split: f64,
     /// Times each image directly in train_data_dir counts per epoch (N_name subfolders: N).
@@ -87,6 +96,13 @@ impl Default for DataOptions {
             shuffle_caption: false,
             keep_tokens: 0,
             caption_dropout_rate: 0.0,
+            caption_tag_dropout_rate: 0.0,
+            caption_dropout_every_n_epochs: 0,
+            caption_prefix: None,
+            caption_suffix: None,
+            keep_tokens_separator: None,
+            secondary_separator: None,
+            enable_wildcard: false,
             validation_split: 0.0,
             num_repeats: 1,
             class_tokens: None,

@@ -257,8 +257,13 @@ fn read_folder(
     folder
 }
 
-/// First line of a caption file, trimmed; warnings for extra lines.
-fn read_caption(path: &Path, warnings: &mut Vec<DataWarning>) -> Result<String, DataError> {
+/// First line of a caption file, trimmed (a warning for extra lines); with `all_lines`
+/// (kohya's enable_wildcard), every non-empty line, trimmed, joined with "\n".
+fn read_caption(
+    path: &Path,
+    all_lines: bool,
+    warnings: &mut Vec<DataWarning>,
+) -> Result<String, DataError> {
     let bytes = fs::read(path).map_err(|e| DataError::Read {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -267,6 +272,14 @@ fn read_caption(path: &Path, warnings: &mut Vec<DataWarning>) -> Result<String, 
     let text = std::str::from_utf8(bytes).map_err(|_| DataError::CaptionNotUtf8 {
         path: path.to_path_buf(),
     })?;
+    if all_lines {
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        return Ok(lines.join("\n"));
+    }
     let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
     if lines > 1 {
         warnings.push(DataWarning::MultiLineCaption {
@@ -399,7 +412,7 @@ pub(crate) fn scan_folder(opts: &DataOptions) -> Result<Dataset, DataError> {
                 used_rows.insert((m.clone(), key.clone()));
             }
             let (caption, source) = if caption_names.contains(sidecar_name.as_str()) {
-                match read_caption(&sidecar, &mut warnings) {
+                match read_caption(&sidecar, opts.enable_wildcard, &mut warnings) {
                     Ok(text) => {
                         if let Some((m, _, r)) = &row {
                             if r.text.trim() != text {

@@ -4,7 +4,7 @@
 
 use crate::backend::Backend;
 use crate::config::TrainConfig;
-use crate::data::{process_caption, DataOptions, Dataset, Item, Source};
+use crate::data::{plain_caption, process_caption, DataOptions, Dataset, Item, Source};
 use crate::error::Result;
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
@@ -16,8 +16,9 @@ use crate::train::cache::{stack, LatentCache, LatentKey, Pixels, TextCache, Text
 /// Which images a batch is drawn from, and whether with the run's random choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Draw {
-    /// Training images with the configured augmentations.
-    Train,
+    /// Training images with the configured augmentations, in this epoch (0-based, as the
+    /// run counts it).
+    Train { epoch: u64 },
     /// Training images as they are (fixed-noise evaluation).
     TrainPlain,
     /// Validation images, as they are.
@@ -98,11 +99,12 @@ impl Inputs {
         }
         if captions {
             for item in self.ds.items.iter().chain(&self.ds.validation) {
+                let caption = plain_caption(&item.caption, self.options_of(item));
                 self.texts.get_or_encode(
                     be,
                     m.text.as_ref(),
                     &self.tokenizer,
-                    &item.caption,
+                    &caption,
                     self.text,
                 )?;
             }
@@ -120,7 +122,11 @@ impl Inputs {
         rng: &mut Rng,
     ) -> Result<(Tensor, Vec<String>)> {
         let validation = draw == Draw::Validation;
-        let augment = draw == Draw::Train;
+        let epoch = match draw {
+            Draw::Train { epoch } => Some(epoch),
+            _ => None,
+        };
+        let augment = epoch.is_some();
         let mut lat = Vec::with_capacity(idx.len());
         let mut captions = Vec::with_capacity(idx.len());
         for &i in idx {
@@ -136,10 +142,10 @@ impl Inputs {
                 validation,
                 flipped,
             };
-            let caption = if augment {
-                process_caption(&item.caption, opts, rng)
-            } else {
-                item.caption.clone()
+            // kohya counts epochs from 1 (caption_dropout_every_n_epochs).
+            let caption = match epoch {
+                Some(e) => process_caption(&item.caption, opts, e + 1, rng),
+                None => plain_caption(&item.caption, opts),
             };
             lat.push(self.latents.get_or_encode(be, m.vae.as_ref(), key, item)?);
             captions.push(caption);
@@ -233,6 +239,13 @@ pub fn data_options(cfg: &TrainConfig) -> DataOptions {
         shuffle_caption: cfg.shuffle_caption,
         keep_tokens: cfg.keep_tokens,
         caption_dropout_rate: cfg.caption_dropout_rate,
+        caption_tag_dropout_rate: cfg.caption_tag_dropout_rate,
+        caption_dropout_every_n_epochs: cfg.caption_dropout_every_n_epochs,
+        caption_prefix: cfg.caption_prefix.clone(),
+        caption_suffix: cfg.caption_suffix.clone(),
+        keep_tokens_separator: cfg.keep_tokens_separator.clone(),
+        secondary_separator: cfg.secondary_separator.clone(),
+        enable_wildcard: cfg.enable_wildcard,
         validation_split: cfg.validation_split,
         num_repeats: cfg.num_repeats,
         class_tokens: cfg.class_tokens.clone(),
@@ -277,8 +290,8 @@ pub fn data_sources(cfg: &TrainConfig) -> Vec<Source> {
     sources
 }
 
-/// The images (training and validation, each once) whose caption as written has more tokens
-/// than `max_tokens`, which cuts it: their count, and the first one's path and token count.
+/// The images (training and validation, each once) whose caption as written (with its
+/// prefix and suffix) has more tokens than `max_tokens`, which cuts it: their count, and the first one's path and token count.
 pub fn long_captions<'d>(
     ds: &'d Dataset,
     tokenizer: &Tokenizer,
@@ -287,7 +300,11 @@ pub fn long_captions<'d>(
     let mut count = 0;
     let mut first = None;
     for item in ds.items.iter().chain(&ds.validation) {
-        let n = tokenizer.tokenize(&item.caption).len();
+        let caption = match ds.sources.get(item.source) {
+            Some(s) => plain_caption(&item.caption, &s.opts),
+            None => item.caption.clone(),
+        };
+        let n = tokenizer.tokenize(&caption).len();
         if n > max_tokens {
             count += 1;
             first.get_or_insert((item.path.as_path(), n));

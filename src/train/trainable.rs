@@ -173,7 +173,8 @@ impl Trainable {
         site: Site,
     ) -> Result<MicroOut> {
         let mut rng = Rng::for_site(self.seed, &[3, site.epoch, site.index]);
-        let (latents, captions) = inputs.batch(be, m, Draw::Train, idx, &mut rng)?;
+        let (latents, captions) =
+            inputs.batch(be, m, Draw::Train { epoch: site.epoch }, idx, &mut rng)?;
         self.grads.accum = if site.k == 0 {
             Accum::Assign
         } else {
