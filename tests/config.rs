@@ -53,6 +53,7 @@ train_data_dir: /data/dog
 num_repeats: 3
 class_tokens: sks dog
 reg_data_dir: /data/reg
+metadata_file: /data/meta_cap.json
 prior_loss_weight: 0.5
 base_model: /models/v1-5-pruned-emaonly.safetensors
 output_dir: /out/dog_v1

@@ -1197,6 +1197,69 @@ third
     assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
 }
 
+/// kohya's fine-tuning metadata (merge_captions_to_metadata's JSON, keys without extension,
+/// or JSONL): the images it lists, captioned "caption,tags"; a key without an image is named
+/// with its line.
+#[test]
+fn metadata_file_lists_images_captioned_as_sd_scripts_joins_them() {
+    let t = TempDir::new("finetune");
+    t.image("img/a.png", 64, 64, |_, _| [1, 1, 1]);
+    t.image("img/b.jpg", 64, 64, |_, _| [2, 2, 2]);
+    t.image("img/c.webp", 64, 64, |_, _| [3, 3, 3]);
+    t.image("img/unlisted.png", 64, 64, |_, _| [4, 4, 4]);
+    let md = t.text(
+        "meta_cap.json",
+        "{\n  \"a\": {\"caption\": \"a dog\", \"tags\": \"grass, sky\"},\n  \"b.jpg\": {\"tags\": \"cat\"},\n  \"c\": {\"caption\": \"a bird\"}\n}\n",
+    );
+    let o = DataOptions {
+        metadata_file: Some(md.clone()),
+        num_repeats: 2,
+        ..opts(&t.join("img"))
+    };
+    let d = scan_ok(&o);
+    let got: Vec<(String, String, usize)> = d
+        .items
+        .iter()
+        .map(|i| {
+            let name = i.path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, i.caption.clone(), i.repeats)
+        })
+        .collect();
+    let row = |n: &str, c: &str| (n.to_string(), c.to_string(), 2);
+    assert_eq!(
+        got,
+        [
+            row("a.png", "a dog,grass, sky"),
+            row("b.jpg", "cat"),
+            row("c.webp", "a bird")
+        ]
+    );
+    assert!(matches!(
+        &d.items[0].caption_source,
+        CaptionSource::Metadata { path, line: 2 } if *path == md
+    ));
+    // JSONL, with a key whose image is missing: named with its line.
+    let md = t.text(
+        "meta.jsonl",
+        "{\"image_path\": \"a.png\", \"caption\": \"x\"}\n{\"image_path\": \"gone\", \"caption\": \"y\"}\n",
+    );
+    let e = scan_err(&DataOptions {
+        metadata_file: Some(md.clone()),
+        ..opts(&t.join("img"))
+    });
+    let text = e.to_string();
+    assert!(
+        text.contains("meta.jsonl, line 2: image \"gone\": no such image"),
+        "{text}"
+    );
+    // A missing metadata file is an error naming it.
+    let e = scan_err(&DataOptions {
+        metadata_file: Some(t.join("nope.json")),
+        ..opts(&t.join("img"))
+    });
+    assert!(e.to_string().contains("nope.json"), "{e}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Batches
 

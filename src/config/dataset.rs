@@ -12,8 +12,7 @@
 //! precedence); the values found take precedence over the main config's, as sd-scripts gives
 //! the dataset file priority over the command line, and `image_dir` becomes `train_data_dir`.
 //! Each subset is read as a whole configuration (`TrainConfig::subsets`); the first training
-//! subset's values are the main configuration's. `metadata_file` is refused as planned
-//! (issue 13), naming the key.
+//! subset's values are the main configuration's.
 
 use std::path::Path;
 
@@ -165,20 +164,29 @@ pub(crate) fn entries(path: &Path, from: &Origin) -> Result<Vec<SubsetEntries>, 
                     ),
                 }
             }
-            if !subset.contains_key("image_dir") {
+            if !subset.contains_key("image_dir") && !subset.contains_key("metadata_file") {
                 d.fail_key(
                     &format!("{here}.image_dir"),
-                    "is missing: give the folder of the images (the images directly in it)",
-                );
-            }
-            if let Some(v) = subset.get("metadata_file") {
-                d.fail(
-                    &format!("{here}.metadata_file"),
-                    v,
-                    "is not supported: kohya's fine-tuning metadata JSON is planned (issue 13) but not supported yet; use caption files beside the images (or a metadata.jsonl in image_dir)",
+                    "is missing: give the folder of the images (the images directly in it), or a metadata_file",
                 );
             }
             let mut pairs: Vec<(String, Value, Origin)> = Vec::new();
+            // A metadata_file without image_dir (its keys absolute paths): its folder.
+            if let (None, Some(Value::String(md))) =
+                (subset.get("image_dir"), subset.get("metadata_file"))
+            {
+                let folder = Path::new(md).parent().unwrap_or(Path::new("."));
+                let folder = if folder.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    folder
+                };
+                pairs.push((
+                    "image_dir".into(),
+                    Value::String(folder.display().to_string()),
+                    origin.clone(),
+                ));
+            }
             for level in [&general, &options, &subset] {
                 for (k, v) in level {
                     let key = key_text(k);

@@ -220,7 +220,6 @@ const FOREIGN: &[Foreign] = &[
     same("lowram", &[Flag], "lorafuse loads the model the same way whatever this says", "must be true or false"),
     same("highvram", &[Flag], "lorafuse decides what stays on the GPU itself", "must be true or false"),
     same("training_comment", &[Empty], "no training comment", GENERIC),
-    same("in_json", &[Empty], "no fine-tuning metadata file", "kohya's fine-tuning metadata JSON is not read; use caption files, or a metadata.jsonl in train_data_dir"),
     same("dataset_repeats", &[Empty, Words(&["1"])], UNUSED_HERE, "kohya's fine-tuning repeats are not read; use num_repeats, or kohya's N_name subfolders"),
     same("tokenizer_cache_dir", &[Any], "lorafuse's tokenizer comes with it", "must be a path"),
     same("no_metadata", &[False], "lorafuse writes kohya's training metadata into the LoRA", "lorafuse always writes kohya's training metadata into the LoRA; remove this key"),

@@ -110,6 +110,16 @@ config_keys! {
         rule "must be text, the caption of images without a caption file",
         verbatim: true,
 
+    /// kohya's fine-tuning metadata (`merge_captions_to_metadata.py`'s JSON, `{"image":
+    /// {"caption", "tags"}}`, or JSONL): the images it lists, in `train_data_dir`, captioned
+    /// "caption,tags", instead of the folder's files and caption files.
+    metadata_file: Option<PathBuf> = optional("unset"),
+        read parse::path,
+        doc_type "path",
+        rule "must be the path of kohya's fine-tuning metadata (.json or .jsonl)",
+        aliases ["in_json"],
+        verbatim: true,
+
     /// The Stable Diffusion 1.x model to train on: a single `.safetensors` checkpoint or a
     /// diffusers folder.
     base_model: PathBuf = required("the Stable Diffusion 1.x model to train on (a .safetensors file or a diffusers folder)"),

@@ -21,6 +21,7 @@
 pub mod bucket;
 pub mod caption;
 pub mod error;
+mod finetune;
 pub mod hash;
 pub mod metadata;
 pub mod pixels;
@@ -73,6 +74,9 @@ pub struct DataOptions {
     /// The caption of an image directly in train_data_dir that has no caption (kohya's
     /// `class_tokens`; in an `N_<class tokens>` subfolder the folder name gives them).
     pub class_tokens: Option<String>,
+    /// kohya's fine-tuning metadata JSON (or JSONL): the images it lists (relative to
+    /// `train_data_dir`) and their captions, instead of the folder's files.
+    pub metadata_file: Option<PathBuf>,
     /// Samples per batch of this folder's dataset (kohya's per-dataset `batch_size`).
     pub batch_size: usize,
     pub seed: u64,
@@ -106,6 +110,7 @@ impl Default for DataOptions {
             validation_split: 0.0,
             num_repeats: 1,
             class_tokens: None,
+            metadata_file: None,
             batch_size: 1,
             seed: 0,
         }

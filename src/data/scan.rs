@@ -294,11 +294,11 @@ fn read_caption(
 type Decoded = ((usize, usize), u64);
 
 /// An image found and captioned, before decoding.
-struct Candidate {
-    path: PathBuf,
-    repeats: usize,
-    caption: String,
-    source: CaptionSource,
+pub(super) struct Candidate {
+    pub path: PathBuf,
+    pub repeats: usize,
+    pub caption: String,
+    pub source: CaptionSource,
 }
 
 /// Scan `opts.train_data_dir`: see the module and [`super`] docs. Returns every problem at
@@ -313,6 +313,9 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
 
 /// One folder (with its N_name subfolders), as [`scan`]; its items have source 0.
 pub(crate) fn scan_folder(opts: &DataOptions) -> Result<Dataset, DataError> {
+    if let Some(file) = &opts.metadata_file {
+        return super::finetune::scan(opts, file);
+    }
     if let Some(e) = DataError::collect(check_options(opts)) {
         return Err(e);
     }
@@ -537,6 +540,21 @@ pub(crate) fn scan_folder(opts: &DataOptions) -> Result<Dataset, DataError> {
         .flat_map(|f| f.images.iter().map(|n| f.dir.join(n)))
         .collect();
     all_images.sort();
+    finish(opts, root, candidates, all_images, problems, warnings)
+}
+
+/// Decodes `all_images` (also those whose caption is missing: all problems at once), assigns
+/// buckets to the captioned `candidates`, and holds out the validation split.
+pub(super) fn finish(
+    opts: &DataOptions,
+    root: PathBuf,
+    candidates: Vec<Candidate>,
+    mut all_images: Vec<PathBuf>,
+    mut problems: Vec<DataError>,
+    mut warnings: Vec<DataWarning>,
+) -> Result<Dataset, DataError> {
+    all_images.sort();
+    all_images.dedup();
     let decoded: Vec<(PathBuf, Result<Decoded, DataError>)> = all_images
         .into_par_iter()
         .map(|path| {

@@ -249,6 +249,7 @@ pub fn data_options(cfg: &TrainConfig) -> DataOptions {
         validation_split: cfg.validation_split,
         num_repeats: cfg.num_repeats,
         class_tokens: cfg.class_tokens.clone(),
+        metadata_file: cfg.metadata_file.clone(),
         batch_size: cfg.batch_size,
         seed: cfg.seed,
     }
