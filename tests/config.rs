@@ -69,6 +69,8 @@ logging_dir: /logs/dog
 lora_rank: 16
 lora_alpha: 8
 lora_dropout: 0.1
+network_weights: /out/old.safetensors
+dim_from_weights: true
 conv_dim: 8
 conv_alpha: 4
 lora_targets: attention

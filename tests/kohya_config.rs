@@ -276,7 +276,6 @@ fn refused_kohya_values_say_why_and_what_instead() {
         ("v_parameterization = true", "Stable Diffusion 1.x"),
         ("network_module = \"networks.dylora\"", "plain LoRA"),
         ("save_model_as = \"ckpt\"", ".safetensors"),
-        ("network_weights = \"old.safetensors\"", "planned (issue 13)"),
         ("log_with = \"wandb\"", "TensorBoard"),
         ("model_train_type = \"sdxl-lora\"", "Stable Diffusion 1.x"),
         ("positive_prompts = \"1girl\"", "set sample_prompts"),
@@ -828,7 +827,7 @@ fn the_readme_kohya_options_table_is_the_one_the_code_makes() {
         text[body_start..end] == want,
         "README.md's table of kohya options differs from src/config/foreign.rs; run `LORAFUSE_BLESS=1 cargo test --test kohya_config` to rewrite it, and review the diff"
     );
-    for name in ["xformers", "use_8bit_adam", "network_weights", "v2"] {
+    for name in ["xformers", "use_8bit_adam", "color_aug", "v2"] {
         assert!(want.contains(&format!("| `{name}` |")), "{name}");
     }
 }

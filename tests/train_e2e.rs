@@ -414,3 +414,44 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// network_weights: a second run starts from the first run's LoRA, all its adapters loaded.
+#[test]
+fn a_run_starts_from_network_weights() {
+    let dir = scratch("netweights");
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    let be = CpuBackend::new();
+    let first = config(&dir, &["sample_every_n_steps=0".to_string()]);
+    let report = train(
+        &first,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    let sets = vec![
+        "sample_every_n_steps=0".to_string(),
+        format!("network_weights={}", report.lora_path.display()),
+        format!("output_dir={}", dir.join("second").display()),
+    ];
+    let second = config(&dir, &sets);
+    let mut rec = Recorder::default();
+    let again = train(&second, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
+    assert_eq!(again.steps, 2);
+    let info: Vec<&String> = rec
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            Event::Info(i) if i.starts_with("network_weights") => Some(i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert!(
+        info[0].contains(": 192 adapters loaded, 0 of the file not used, 0 not in the file"),
+        "{}",
+        info[0]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

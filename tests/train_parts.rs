@@ -241,3 +241,98 @@ fn per_sample_loss_weights_reach_the_loss_and_the_gradients() {
         assert!(l3 > 0.0 && l4 > 0.0);
     }
 }
+
+/// kohya's network_weights: a saved LoRA's adapters replace the fresh ones of the same name
+/// (alpha included); a rank that differs is an error naming the file and the module, unless
+/// dim_from_weights takes each adapter's rank from the file; adapters the file lacks start
+/// fresh (or, with dim_from_weights, are left out).
+#[test]
+fn network_weights_start_from_a_kohya_file() {
+    use lorafuse::backend::Tensors;
+    use lorafuse::lora::export::{save_kohya, SavePrecision};
+    use lorafuse::lora::LoraTargets;
+    use lorafuse::model::checkpoint::load_sd15;
+    use lorafuse::model::unet::Unet;
+    use lorafuse::train::start::{start_from, Started};
+    use std::collections::BTreeMap;
+    let be = CpuBackend::new();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15-diffusers");
+    let ck = load_sd15(dir).unwrap();
+    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
+    let all = unet.lora_targets(LoraTargets::Transformer);
+    let attn = unet.lora_targets(LoraTargets::Attention);
+    assert!(attn.len() < all.len());
+    // A file with the attention adapters at rank 2, alpha 1, non-zero B.
+    let mut rng = Rng::new(21);
+    let mut saved = LoraSet::init(&be, &attn, 2, 1.0, &mut rng).unwrap();
+    for m in saved.modules_mut() {
+        let v: Vec<f32> = rng
+            .normal_vec(m.up.numel())
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        m.up = be.tensor_from_f32(m.up.dims(), &v, DType::F32).unwrap();
+    }
+    let out = std::env::temp_dir().join(format!("lorafuse-netweights-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("start.safetensors");
+    save_kohya(&file, &saved, SavePrecision::Fp32, &BTreeMap::new()).unwrap();
+
+    // Same rank: the file's adapters on its layers, fresh ones on the others.
+    let fresh = LoraSet::init(&be, &all, 2, 2.0, &mut Rng::new(5)).unwrap();
+    let (got, started) = start_from(&be, fresh.clone(), &file, false).unwrap();
+    let n_attn = attn.len();
+    assert_eq!(
+        started,
+        Started {
+            loaded: n_attn,
+            unused: 0,
+            missing: all.len() - n_attn
+        }
+    );
+    assert_eq!(got.len(), all.len());
+    for m in got.modules() {
+        match saved.find(&m.name) {
+            Some(i) => {
+                let s = &saved.modules()[i];
+                assert_eq!(m.down.to_f32_vec(), s.down.to_f32_vec(), "{}", m.name);
+                assert_eq!(m.up.to_f32_vec(), s.up.to_f32_vec(), "{}", m.name);
+                assert_eq!(m.alpha, 1.0, "the file's alpha");
+            }
+            None => {
+                let f = &fresh.modules()[fresh.find(&m.name).unwrap()];
+                assert_eq!(m.down.to_f32_vec(), f.down.to_f32_vec());
+                assert_eq!(m.alpha, 2.0);
+            }
+        }
+    }
+    // Another rank: an error naming the file and the module.
+    let rank4 = LoraSet::init(&be, &all, 4, 4.0, &mut Rng::new(5)).unwrap();
+    let e = start_from(&be, rank4.clone(), &file, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("start.safetensors") && e.contains("lora_unet_"),
+        "{e}"
+    );
+    assert!(
+        e.contains("rank 4") && e.contains("rank 2") && e.contains("dim_from_weights"),
+        "{e}"
+    );
+    // dim_from_weights: exactly the file's adapters, at its rank.
+    let (got, started) = start_from(&be, rank4, &file, true).unwrap();
+    assert_eq!(got.len(), n_attn);
+    assert_eq!(started.loaded, n_attn);
+    assert!(got
+        .modules()
+        .iter()
+        .all(|m| m.rank() == 2 && m.alpha == 1.0));
+    // A file for none of the run's layers.
+    let te_only = LoraSet::new(Vec::new());
+    let e = start_from(&be, te_only, &file, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("match none"), "{e}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -135,8 +135,6 @@ const FOREIGN: &[Foreign] = &[
         "no network arguments",
         "network arguments are not read: for LoCon set conv_dim and conv_alpha (lorafuse keys); block-wise dims are not supported, lora_targets chooses the linear layers",
     ),
-    same("network_weights", &[Empty], "training starts from new adapters", "starting from an existing LoRA file is planned (issue 13) but not supported yet; remove this key"),
-    same("dim_from_weights", &[False], "lora_rank sets the rank", "needs network_weights, which is planned (issue 13) but not supported yet; remove this key"),
     same(
         "network_train_text_encoder_only",
         &[False],

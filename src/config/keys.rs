@@ -244,6 +244,22 @@ config_keys! {
         doc_type "number > 0",
         rule "must be a number > 0 (the conv adapters' scale is conv_alpha / conv_dim)",
 
+    /// Start from an existing kohya-format LoRA (kohya's `network_weights`): its adapters
+    /// replace the new ones of the same name (alpha included); a shape that differs is an
+    /// error; adapters it lacks start fresh, its others are not used.
+    network_weights: Option<PathBuf> = optional("unset (new adapters)"),
+        read parse::path,
+        doc_type "path",
+        rule "must be the path of a kohya-format LoRA .safetensors file",
+        verbatim: true,
+
+    /// With `network_weights`: train exactly its adapters, each at its own rank and alpha
+    /// (kohya's `dim_from_weights`); `lora_rank`/`lora_alpha` (and `conv_dim`) are not used.
+    dim_from_weights: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
     /// Dropout on the adapters while training.
     lora_dropout: f64 = fixed(0.0),
         read parse::float,

@@ -304,6 +304,12 @@ fn check_data(c: &mut Check) {
         }
     }
 
+    if cfg.dim_from_weights && cfg.network_weights.is_none() {
+        c.fail(
+            "dim_from_weights",
+            "needs network_weights: it takes the adapters' ranks from that file; set network_weights or remove dim_from_weights".into(),
+        );
+    }
     if cfg.random_crop && cfg.cache_latents_to_disk {
         c.fail(
             "random_crop",

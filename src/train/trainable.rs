@@ -18,6 +18,7 @@ use crate::tensor::{DType, Tensor};
 use crate::train::inputs::{Draw, Inputs};
 use crate::train::optim::{clip_coefficient, KeyDefaults, OptimizerKind, ParamGroup};
 use crate::train::scaler::LossScaler;
+use crate::train::start::{start_from, Started};
 use crate::train::step::{denoise_micro_batch, MicroBatch, MicroOut, Objective};
 
 /// Where a micro-batch sits in the run: its draws (data order aside) come from generators
@@ -41,6 +42,8 @@ pub struct Trainable {
     pub groups: Vec<ParamGroup>,
     pub scaler: LossScaler,
     pub objective: Objective,
+    /// What starting from `network_weights` did.
+    pub started: Option<Started>,
     train_text: bool,
     dropout: f64,
     seed: u64,
@@ -69,7 +72,8 @@ pub fn optimizer_kind(cfg: &TrainConfig) -> Result<OptimizerKind> {
 
 impl Trainable {
     /// Fresh adapters on the targets `cfg` names (B = 0: training starts from the base model),
-    /// their optimizer groups and gradient buffers.
+    /// or with `network_weights` those of the file (src/train/start.rs), their optimizer
+    /// groups and gradient buffers.
     pub fn new(be: &dyn Backend, m: &Models, cfg: &TrainConfig) -> Result<Trainable> {
         let (targets, n_unet) = m.adapter_targets(cfg.lora_targets, cfg.train_text_encoder);
         let lora = LoraSet::init(
@@ -99,6 +103,19 @@ impl Trainable {
                 (lora, n_unet + n, targets.len() + n)
             }
         };
+        let (lora, n_unet, n_all, started) = match &cfg.network_weights {
+            None => (lora, n_unet, n_all, None),
+            Some(file) => {
+                let (lora, started) = start_from(be, lora, file, cfg.dim_from_weights)?;
+                let n_unet = lora
+                    .modules()
+                    .iter()
+                    .take_while(|m| m.name.starts_with("lora_unet_"))
+                    .count();
+                let n_all = lora.len();
+                (lora, n_unet, n_all, Some(started))
+            }
+        };
         let kind = optimizer_kind(cfg)?;
         let mut groups = vec![ParamGroup::new(be, "unet", &lora, 0..n_unet, &kind)?];
         if cfg.train_text_encoder {
@@ -121,6 +138,7 @@ impl Trainable {
                 noise_offset: cfg.noise_offset,
                 min_snr_gamma: cfg.min_snr_gamma,
             },
+            started,
             train_text: cfg.train_text_encoder,
             dropout: cfg.lora_dropout,
             seed: cfg.seed,

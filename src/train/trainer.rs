@@ -145,6 +145,20 @@ impl<'a> Run<'a> {
 
         hook.begin(Phase::Adapters);
         let trainable = Trainable::new(be, &models, cfg)?;
+        if let (Some(s), Some(file)) = (&trainable.started, &cfg.network_weights) {
+            hook.info(format!(
+                "network_weights {}: {} adapters loaded, {} of the file not used, {} {}",
+                file.display(),
+                s.loaded,
+                s.unused,
+                s.missing,
+                if cfg.dim_from_weights {
+                    "of this run's targets not in the file left out (dim_from_weights)"
+                } else {
+                    "not in the file start fresh"
+                }
+            ));
+        }
         hook.end(Phase::Adapters);
 
         hook.begin(Phase::Evaluation);
