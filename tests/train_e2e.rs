@@ -379,14 +379,7 @@ fn training_with_max_token_length_225_runs_and_warns_about_cut_captions() {
     let report = train(&cfg, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
     assert_eq!(report.steps, 2);
     assert!(losses(&rec.0).iter().all(|(_, l)| l.is_finite()));
-    let warnings: Vec<&String> = rec
-        .0
-        .iter()
-        .filter_map(|e| match e {
-            Event::Warning(w) if w.contains("max_token_length") => Some(w),
-            _ => None,
-        })
-        .collect();
+    let warnings = texts(&rec.0, "max_token_length");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].starts_with("1 image(s) have a caption longer than max_token_length = 225"),
@@ -399,6 +392,17 @@ fn training_with_max_token_length_225_runs_and_warns_about_cut_captions() {
     assert_eq!(long_captions(&ds, &t, 75).0, 3);
     assert_eq!(long_captions(&ds, &t, 150).0, 1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The warnings and information lines that contain `part`.
+fn texts<'e>(events: &'e [Event], part: &str) -> Vec<&'e String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Warning(t) | Event::Info(t) if t.contains(part) => Some(t),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every file under `dir`.
@@ -439,14 +443,7 @@ fn a_run_starts_from_network_weights() {
     let mut rec = Recorder::default();
     let again = train(&second, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
     assert_eq!(again.steps, 2);
-    let info: Vec<&String> = rec
-        .0
-        .iter()
-        .filter_map(|e| match e {
-            Event::Info(i) if i.starts_with("network_weights") => Some(i),
-            _ => None,
-        })
-        .collect();
+    let info = texts(&rec.0, "network_weights ");
     assert_eq!(info.len(), 1, "{info:?}");
     assert!(
         info[0].contains(": 192 adapters loaded, 0 of the file not used, 0 not in the file"),
