@@ -162,6 +162,7 @@ fn main() -> Res<()> {
                 context: &context,
                 grad_scale: loss_scale,
                 want_context_grad: false,
+                loss_weights: None,
             };
             let cx = Ctx::new(be.as_ref(), Some(&lora)).with_dropout(Some(&dropout));
             denoise_micro_batch(&cx, &unet, &obj, &batch, &mut grads, &mut rng)?;

@@ -130,7 +130,9 @@ fn gradcheck(te: &ClipTextModel, ids: &[u32], batch: usize, clip_skip: usize, se
     let be = CpuBackend::f64();
     let mut rng = Rng::new(seed);
     let mut lora = random_lora(te, DType::F64, &mut rng);
-    let len = ids.len() / batch;
+    // The output's length: the ids', or the joined windows' of a long caption.
+    let (len, p) = (ids.len() / batch, te.config.max_position_embeddings);
+    let len = if len > p { len / p * (p - 2) + 2 } else { len };
     let r = randn(&mut rng, &[batch, len, te.config.hidden_size], DType::F64);
 
     let cx = Ctx::new(&be, Some(&lora));
@@ -219,6 +221,69 @@ fn te_lora_gradients_match_finite_differences_in_f64() {
     for clip_skip in [1, 2] {
         gradcheck(&te, &ids, 2, clip_skip, 100 + clip_skip as u64);
     }
+}
+
+/// kohya's long captions (max_token_length 225): three windows per caption, each encoded
+/// alone and joined; the gradient flows back through the join into every window.
+#[test]
+fn te_lora_gradients_through_long_caption_windows_match_finite_differences() {
+    let be = CpuBackend::f64();
+    let te = fixture_te(&be);
+    // Two captions of three windows of 77 ids each.
+    let ids = fixture_ids(&mut Rng::new(15), 6, 77);
+    for clip_skip in [1, 2] {
+        gradcheck(&te, &ids, 2, clip_skip, 200 + clip_skip as u64);
+    }
+}
+
+/// The long-caption encoding is each window encoded alone, joined exactly as sd-scripts
+/// joins them: the first window's BOS state, states 1..=75 of every window, the last
+/// window's EOS state (3·75 + 2 = 227 for 225 tokens), for clip_skip 1 and 2.
+#[test]
+fn long_captions_are_encoded_window_by_window_and_joined_as_sd_scripts_does() {
+    let be = CpuBackend::new();
+    let te = fixture_te(&be);
+    let (p, d) = (77, te.config.hidden_size);
+    let ids = fixture_ids(&mut Rng::new(16), 6, p);
+    let cx = Ctx::new(&be, None);
+    for clip_skip in [1, 2] {
+        let joined = te.forward(&cx, &ids, 2, clip_skip).unwrap();
+        assert_eq!(joined.dims(), [2, 227, d]);
+        let joined = joined.to_f32_vec();
+        // Every window as its own sequence (a batch of 6 rows), and one at a time.
+        let rows = te.forward(&cx, &ids, 6, clip_skip).unwrap().to_f32_vec();
+        let state = |row: usize, pos: usize| &rows[(row * p + pos) * d..(row * p + pos + 1) * d];
+        for b in 0..2 {
+            let mut want: Vec<f32> = state(3 * b, 0).to_vec();
+            for w in 0..3 {
+                for pos in 1..=75 {
+                    want.extend_from_slice(state(3 * b + w, pos));
+                }
+            }
+            want.extend_from_slice(state(3 * b + 2, 76));
+            assert_eq!(
+                joined[b * 227 * d..(b + 1) * 227 * d],
+                want[..],
+                "clip_skip {clip_skip}"
+            );
+            for w in 0..3 {
+                let row = 3 * b + w;
+                let alone = te
+                    .forward(&cx, &ids[row * p..(row + 1) * p], 1, clip_skip)
+                    .unwrap()
+                    .to_f32_vec();
+                for (x, y) in alone.iter().zip(&rows[row * p * d..(row + 1) * p * d]) {
+                    assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{x} {y}");
+                }
+            }
+        }
+    }
+    // Ids that are neither one window nor whole windows are refused.
+    let e = te
+        .forward(&cx, &ids[..2 * 100], 2, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiple of 77"), "{e}");
 }
 
 #[test]

@@ -52,6 +52,9 @@ const FULL: &str = r#"
 train_data_dir: /data/dog
 num_repeats: 3
 class_tokens: sks dog
+reg_data_dir: /data/reg
+metadata_file: /data/meta_cap.json
+prior_loss_weight: 0.5
 base_model: /models/v1-5-pruned-emaonly.safetensors
 output_dir: /out/dog_v1
 output_name: sks_dog
@@ -66,6 +69,8 @@ logging_dir: /logs/dog
 lora_rank: 16
 lora_alpha: 8
 lora_dropout: 0.1
+network_weights: /out/old.safetensors
+dim_from_weights: true
 conv_dim: 8
 conv_alpha: 4
 lora_targets: attention
@@ -107,9 +112,16 @@ random_crop: true
 shuffle_caption: true
 keep_tokens: 1
 caption_dropout_rate: 0.05
+caption_tag_dropout_rate: 0.1
+caption_dropout_every_n_epochs: 4
+caption_prefix: "sks, "
+caption_suffix: ", best quality"
+keep_tokens_separator: "|||"
+secondary_separator: ";;;"
+enable_wildcard: true
 cache_latents_to_disk: false
 clip_skip: 2
-max_token_length: 75
+max_token_length: 150
 validation_split: 0.1
 validate_every_n_steps: 200
 early_stopping_patience: 5
@@ -126,6 +138,8 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.train_data_dir, Path::new("/data/dog"));
     assert_eq!(c.num_repeats, 3);
     assert_eq!(c.class_tokens.as_deref(), Some("sks dog"));
+    assert_eq!(c.reg_data_dir.as_deref(), Some(Path::new("/data/reg")));
+    assert_eq!(c.prior_loss_weight, 0.5);
     assert_eq!(
         c.base_model,
         Path::new("/models/v1-5-pruned-emaonly.safetensors")
@@ -192,7 +206,7 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.caption_dropout_rate, 0.05);
     assert!(!c.cache_latents_to_disk);
     assert_eq!(c.clip_skip, 2);
-    assert_eq!(c.max_token_length, 75);
+    assert_eq!(c.max_token_length, 150);
     assert_eq!(c.validation_split, 0.1);
     assert_eq!(c.validate_every_n_steps, Some(200));
     assert_eq!(c.early_stopping_patience, Some(5));
@@ -402,13 +416,11 @@ fn kohya_options_we_lack_are_refused_with_the_reason() {
         ("v2: true", "Stable Diffusion 1.x"),
         ("network_module: lycoris.kohya", "plain LoRA"),
         ("save_model_as: ckpt", ".safetensors"),
-        ("reg_data_dir: reg", "planned (issue 13)"),
         ("network_args: [\"conv_dim=4\"]", "lora_targets"),
         (
             "network_train_text_encoder_only: true",
             "planned (issue 13)",
         ),
-        ("caption_prefix: \"masterpiece, \"", "planned (issue 13)"),
         ("xformers: sometimes", "must be true or false"),
     ] {
         let e = err(with(line));
@@ -445,8 +457,6 @@ fn kohya_options_asking_for_what_lorafuse_does_are_accepted_with_a_notice() {
         ("lowram: true", "the same way"),
         ("max_data_loader_n_workers: 8", "changes nothing"),
         ("persistent_data_loader_workers: true", "changes nothing"),
-        ("reg_data_dir: \"\"", "no regularisation images"),
-        ("prior_loss_weight: 1", "there are none"),
         ("network_args: []", "no network arguments"),
         ("sample_every_n_epochs: 1", "no samples are made"),
         ("sample_sampler: euler_a", "no samples are made"),
@@ -540,8 +550,7 @@ fn out_of_range_values_name_file_key_value_and_range() {
         ("min_bucket_reso: 100", "min_bucket_reso", "100", "multiple of 64 from 64 to 4096 (SD1.x image sides are multiples of 64); nearest allowed: 128"),
         ("max_bucket_reso: 8192", "max_bucket_reso", "8192", "64 to 4096"),
         ("bucket_reso_steps: 32", "bucket_reso_steps", "32", "multiple of 64"),
-        ("max_token_length: 100", "max_token_length", "100", "must be 75"),
-        ("max_token_length: 225", "max_token_length", "225", "not supported yet"),
+        ("max_token_length: 100", "max_token_length", "100", "must be 75, 150 or 225"),
         ("resolution: 500", "resolution", "500", "nearest allowed: 512"),
         ("resolution: 0", "resolution", "0", "multiples of 64"),
         ("resolution: 8192", "resolution", "8192", "64 to 4096"),
@@ -1134,6 +1143,15 @@ fn path_checks() {
         .unwrap_err()
         .to_string();
     assert!(text.contains("is a file, not a folder"), "{text}");
+
+    let mut c = cfg(&data, &model, &out);
+    c.reg_data_dir = Some(dir.join("no_such_reg"));
+    let text = c.check_paths().unwrap_err().to_string();
+    assert!(text.contains("reg_data_dir = "), "{text}");
+    assert!(
+        text.contains("no_such_reg") && text.contains("does not exist"),
+        "{text}"
+    );
 
     let text = cfg(&data, &dir.join("v1-5.safetensors"), &out)
         .check_paths()

@@ -124,7 +124,12 @@ impl Observer for Watch {
 }
 
 fn run(be: &dyn Backend, dir: &Path, watch: &mut Watch) {
-    let sets = ["sample_every_n_steps=0", "save_precision=fp32"];
+    run_with(be, dir, watch, &[]);
+}
+
+fn run_with(be: &dyn Backend, dir: &Path, watch: &mut Watch, extra: &[&str]) {
+    let mut sets = vec!["sample_every_n_steps=0", "save_precision=fp32"];
+    sets.extend_from_slice(extra);
     let cfg = TrainConfig::load(dir.join("demo.yaml"), &sets).unwrap();
     train(&cfg, be, false, &AtomicBool::new(false), watch).unwrap();
 }
@@ -167,6 +172,36 @@ fn short_training_run_matches_the_cpu_and_allocates_only_in_the_first_step() {
             cpu.losses,
             e.be.device().pool_stats()
         );
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// kohya's 225-token captions with the text encoder trained: the windowed encoding, its join
+/// (a row gather) and the gradient's split back give the CPU's losses.
+#[test]
+fn long_caption_windows_with_the_text_encoder_trained_match_the_cpu() {
+    let steps = 2;
+    let extra = ["max_token_length=225", "train_text_encoder=true"];
+    let base = std::env::temp_dir().join(format!("lorafuse-cuda-225-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let cpu_dir = base.join("cpu");
+    lorafuse::demo::prepare(&cpu_dir, steps).unwrap();
+    let mut cpu = Watch::default();
+    run_with(&CpuBackend::new(), &cpu_dir, &mut cpu, &extra);
+    assert_eq!(cpu.losses.len(), steps);
+    for e in engines(DType::F32) {
+        let dir = base.join(e.be.name());
+        lorafuse::demo::prepare(&dir, steps).unwrap();
+        let mut w = Watch::default();
+        run_with(&e.be, &dir, &mut w, &extra);
+        assert_eq!(w.losses.len(), steps);
+        for (i, (g, c)) in w.losses.iter().zip(&cpu.losses).enumerate() {
+            assert!(
+                (g - c).abs() <= 1e-4 * c.abs(),
+                "step {}: loss {g} vs cpu {c}",
+                i + 1
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -13,8 +13,8 @@ use lorafuse::data::bucket::{cover_size, make_bucket_resolutions, Bucketing};
 use lorafuse::data::hash::xxh64;
 use lorafuse::data::metadata::parse_csv;
 use lorafuse::data::{
-    epoch_batches, load_pixels, process_caption, scan, validation_batches, CaptionSource,
-    DataError, DataOptions, DataWarning, Dataset,
+    balance_reg, epoch_batches, load_pixels, plain_caption, process_caption, scan, scan_sources,
+    validation_batches, CaptionSource, DataError, DataOptions, DataWarning, Dataset, Item, Source,
 };
 use lorafuse::rng::Rng;
 
@@ -994,7 +994,7 @@ fn caption_shuffle_keeps_the_first_tokens() {
     let mut rng = Rng::new(5);
     let mut seen = HashSet::new();
     for _ in 0..200 {
-        let c = process_caption(text, &o, &mut rng);
+        let c = process_caption(text, &o, 1, &mut rng);
         let tags: Vec<&str> = c.split(", ").collect();
         assert_eq!(tags[..2], ["sks person", "red hat"]);
         let mut rest = tags[2..].to_vec();
@@ -1005,10 +1005,10 @@ fn caption_shuffle_keeps_the_first_tokens() {
     assert!(seen.len() > 10, "only {} orders", seen.len());
     // Off: unchanged, no draws.
     let plain = DataOptions::default();
-    assert_eq!(process_caption(text, &plain, &mut rng), text);
+    assert_eq!(process_caption(text, &plain, 1, &mut rng), text);
     // Determinism.
     let a: Vec<String> = (0..5)
-        .map(|_| process_caption(text, &o, &mut Rng::new(9)))
+        .map(|_| process_caption(text, &o, 1, &mut Rng::new(9)))
         .collect();
     assert!(a.iter().all(|c| c == &a[0]));
 }
@@ -1022,7 +1022,7 @@ fn caption_dropout_rate_is_respected() {
     let mut rng = Rng::new(1);
     let n = 20_000;
     let dropped = (0..n)
-        .filter(|_| process_caption("a, b", &o, &mut rng).is_empty())
+        .filter(|_| process_caption("a, b", &o, 1, &mut rng).is_empty())
         .count();
     let rate = dropped as f64 / n as f64;
     assert!((rate - 0.3).abs() < 0.015, "{rate}");
@@ -1030,7 +1030,234 @@ fn caption_dropout_rate_is_respected() {
         caption_dropout_rate: 1.0,
         ..o.clone()
     };
-    assert_eq!(process_caption("a", &all, &mut rng), "");
+    assert_eq!(process_caption("a", &all, 1, &mut rng), "");
+}
+
+/// kohya's order: prefix/suffix first (so a prefix tag is the one keep_tokens keeps), then
+/// shuffling with keep_tokens, then tag dropout of the shuffled tags only.
+#[test]
+fn caption_prefix_suffix_shuffle_and_tag_dropout_in_kohyas_order() {
+    let o = DataOptions {
+        caption_prefix: Some("sks,".into()),
+        caption_suffix: Some(", masterpiece".into()),
+        ..DataOptions::default()
+    };
+    assert_eq!(
+        process_caption("a dog, grass", &o, 1, &mut Rng::new(1)),
+        "sks, a dog, grass , masterpiece"
+    );
+    assert_eq!(
+        plain_caption("a dog, grass", &o),
+        "sks, a dog, grass , masterpiece"
+    );
+    // Empty prefix/suffix (lora-scripts writes "") are unset.
+    let empty = DataOptions {
+        caption_prefix: Some(String::new()),
+        caption_suffix: Some(String::new()),
+        ..DataOptions::default()
+    };
+    assert_eq!(plain_caption("a, b", &empty), "a, b");
+
+    let o = DataOptions {
+        caption_prefix: Some("sks".into()),
+        shuffle_caption: true,
+        keep_tokens: 1,
+        caption_tag_dropout_rate: 0.5,
+        ..DataOptions::default()
+    };
+    let tags = ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"];
+    let text = format!("{}, {}", "a", tags.join(", "));
+    let mut rng = Rng::new(3);
+    let (mut kept, n) = (0usize, 4000);
+    for _ in 0..n {
+        let c = process_caption(&text, &o, 1, &mut rng);
+        let got: Vec<&str> = c.split(", ").collect();
+        // The prefix joins the first tag: "sks a" is kept in front, never dropped.
+        assert_eq!(got[0], "sks a", "{c}");
+        assert!(got[1..].iter().all(|t| tags.contains(t)), "{c}");
+        kept += got.len() - 1;
+    }
+    let rate = kept as f64 / (n * tags.len()) as f64;
+    assert!((rate - 0.5).abs() < 0.02, "{rate}");
+    // Tag dropout alone keeps the order of the tags it keeps.
+    let drop_only = DataOptions {
+        caption_tag_dropout_rate: 0.5,
+        ..DataOptions::default()
+    };
+    for _ in 0..50 {
+        let c = process_caption(&tags.join(", "), &drop_only, 1, &mut rng);
+        let idx: Vec<usize> = c
+            .split(", ")
+            .filter(|t| !t.is_empty())
+            .map(|t| tags.iter().position(|x| x == &t).unwrap())
+            .collect();
+        assert!(idx.windows(2).all(|w| w[0] < w[1]), "{c}");
+    }
+}
+
+/// keep_tokens_separator: the tags before it stay in front, after a second one at the end;
+/// secondary_separator joins words into one tag and becomes a comma at the end.
+#[test]
+fn keep_tokens_separator_and_secondary_separator() {
+    let o = DataOptions {
+        shuffle_caption: true,
+        keep_tokens: 5,
+        keep_tokens_separator: Some("|||".into()),
+        secondary_separator: Some(";;;".into()),
+        ..DataOptions::default()
+    };
+    let text = "sks, girl ||| red;;;hat, smile, sky, tree ||| best quality, absurdres";
+    let mut rng = Rng::new(4);
+    let mut orders = HashSet::new();
+    for _ in 0..100 {
+        let c = process_caption(text, &o, 1, &mut rng);
+        let got: Vec<&str> = c.split(", ").collect();
+        // "red;;;hat" moved as one tag, then became "red,hat".
+        assert_eq!(got.len(), 8, "{c}");
+        assert_eq!(got[..2], ["sks", "girl"], "{c}");
+        assert_eq!(got[6..], ["best quality", "absurdres"], "{c}");
+        let mut middle = got[2..6].to_vec();
+        middle.sort_unstable();
+        assert_eq!(middle, ["red,hat", "sky", "smile", "tree"], "{c}");
+        orders.insert(c);
+    }
+    assert!(orders.len() > 5);
+    // Without the separator in a caption, keep_tokens applies.
+    let c = process_caption("a, b, c, d, e, f, g", &o, 1, &mut rng);
+    assert!(c.starts_with("a, b, c, d, e, "), "{c}");
+    // Without shuffling or tag dropout, kohya leaves the caption as written (the
+    // secondary separator still becomes a comma).
+    let still = DataOptions {
+        shuffle_caption: false,
+        ..o.clone()
+    };
+    assert_eq!(
+        process_caption(text, &still, 1, &mut rng),
+        "sks, girl ||| red,hat, smile, sky, tree ||| best quality, absurdres"
+    );
+}
+
+/// caption_dropout_every_n_epochs counts epochs from 1, as kohya's set_current_epoch.
+#[test]
+fn caption_dropout_every_n_epochs() {
+    let o = DataOptions {
+        caption_dropout_every_n_epochs: 3,
+        ..DataOptions::default()
+    };
+    let mut rng = Rng::new(0);
+    let dropped: Vec<u64> = (1..=9)
+        .filter(|&e| process_caption("a, b", &o, e, &mut rng).is_empty())
+        .collect();
+    assert_eq!(dropped, [3, 6, 9]);
+}
+
+/// enable_wildcard: `{a|b}` picks a choice, `{{`/`}}` are braces, a caption file of several
+/// lines gives one line at random; without it the first line (and one warning).
+#[test]
+fn wildcards_and_multi_line_captions() {
+    let o = DataOptions {
+        enable_wildcard: true,
+        ..DataOptions::default()
+    };
+    let mut rng = Rng::new(2);
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        let c = process_caption("a {red|blue|green} {{hat}} {x}", &o, 1, &mut rng);
+        seen.insert(c);
+    }
+    let want: HashSet<String> = ["red", "blue", "green"]
+        .iter()
+        .map(|c| format!("a {c} {{hat}} x"))
+        .collect();
+    assert_eq!(seen, want);
+    assert_eq!(plain_caption("a {red|blue} hat", &o), "a red hat");
+
+    let t = TempDir::new("wildcard");
+    t.image("1_x/a.png", 64, 64, |_, _| [1, 2, 3]);
+    t.text(
+        "1_x/a.txt",
+        "first line
+
+  second line  
+third
+",
+    );
+    let d = scan_ok(&DataOptions {
+        enable_wildcard: true,
+        ..opts(t.path())
+    });
+    assert_eq!(d.items[0].caption, "first line\nsecond line\nthird");
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let lines: HashSet<String> = (0..100)
+        .map(|_| process_caption(&d.items[0].caption, &o, 1, &mut rng))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let d = scan_ok(&opts(t.path()));
+    assert_eq!(d.items[0].caption, "first line");
+    assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+}
+
+/// kohya's fine-tuning metadata (merge_captions_to_metadata's JSON, keys without extension,
+/// or JSONL): the images it lists, captioned "caption,tags"; a key without an image is named
+/// with its line.
+#[test]
+fn metadata_file_lists_images_captioned_as_sd_scripts_joins_them() {
+    let t = TempDir::new("finetune");
+    t.image("img/a.png", 64, 64, |_, _| [1, 1, 1]);
+    t.image("img/b.jpg", 64, 64, |_, _| [2, 2, 2]);
+    t.image("img/c.webp", 64, 64, |_, _| [3, 3, 3]);
+    t.image("img/unlisted.png", 64, 64, |_, _| [4, 4, 4]);
+    let md = t.text(
+        "meta_cap.json",
+        "{\n  \"a\": {\"caption\": \"a dog\", \"tags\": \"grass, sky\"},\n  \"b.jpg\": {\"tags\": \"cat\"},\n  \"c\": {\"caption\": \"a bird\"}\n}\n",
+    );
+    let o = DataOptions {
+        metadata_file: Some(md.clone()),
+        num_repeats: 2,
+        ..opts(&t.join("img"))
+    };
+    let d = scan_ok(&o);
+    let got: Vec<(String, String, usize)> = d
+        .items
+        .iter()
+        .map(|i| {
+            let name = i.path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, i.caption.clone(), i.repeats)
+        })
+        .collect();
+    let row = |n: &str, c: &str| (n.to_string(), c.to_string(), 2);
+    assert_eq!(
+        got,
+        [
+            row("a.png", "a dog,grass, sky"),
+            row("b.jpg", "cat"),
+            row("c.webp", "a bird")
+        ]
+    );
+    assert!(matches!(
+        &d.items[0].caption_source,
+        CaptionSource::Metadata { path, line: 2 } if *path == md
+    ));
+    // JSONL, with a key whose image is missing: named with its line.
+    let md = t.text(
+        "meta.jsonl",
+        "{\"image_path\": \"a.png\", \"caption\": \"x\"}\n{\"image_path\": \"gone\", \"caption\": \"y\"}\n",
+    );
+    let e = scan_err(&DataOptions {
+        metadata_file: Some(md.clone()),
+        ..opts(&t.join("img"))
+    });
+    let text = e.to_string();
+    assert!(
+        text.contains("meta.jsonl, line 2: image \"gone\": no such image"),
+        "{text}"
+    );
+    // A missing metadata file is an error naming it.
+    let e = scan_err(&DataOptions {
+        metadata_file: Some(t.join("nope.json")),
+        ..opts(&t.join("img"))
+    });
+    assert!(e.to_string().contains("nope.json"), "{e}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1058,9 +1285,11 @@ fn bucketed_dataset(t: &TempDir) -> Dataset {
 #[test]
 fn batches_never_mix_buckets_and_cover_every_repeat() {
     let t = TempDir::new("batches");
-    let d = bucketed_dataset(&t);
+    let mut d = bucketed_dataset(&t);
     assert_eq!(d.buckets.len(), 3, "{:?}", d.buckets);
     for bs in [1, 2, 3, 4, 7, 100] {
+        // The folder's own batch size decides; the argument is for a data set without one.
+        d.sources[0].opts.batch_size = bs;
         let batches = epoch_batches(&d, bs, &mut Rng::new(bs as u64));
         assert_eq!(batches.len(), d.batches_per_epoch(bs), "bs {bs}");
         let mut count = vec![0; d.items.len()];
@@ -1081,8 +1310,9 @@ fn batches_never_mix_buckets_and_cover_every_repeat() {
         let partial = batches.iter().filter(|b| b.len() < bs).count();
         assert!(partial <= d.buckets.len());
     }
+    d.sources[0].opts.batch_size = 0;
     assert_eq!(
-        epoch_batches(&d, 0, &mut Rng::new(0)).len(),
+        epoch_batches(&d, 5, &mut Rng::new(0)).len(),
         d.samples_per_epoch()
     );
 }
@@ -1249,4 +1479,184 @@ fn damaged_files_are_errors_not_panics() {
     m.bytes("1_b/metadata.jsonl", &junk);
     let e = scan_err(&opts(m.path()));
     assert!(e.problems().len() >= 2, "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regularisation images and several datasets
+
+/// Regularisation images with these repeats, balanced against `train` training samples:
+/// the repeats of those used.
+fn balanced(repeats: &[usize], train: usize) -> Vec<usize> {
+    let reg = repeats
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| {
+            let mut item = Item::synthetic(i, (64, 64));
+            item.repeats = r;
+            item.is_reg = true;
+            item
+        })
+        .collect();
+    balance_reg(reg, train).iter().map(|i| i.repeats).collect()
+}
+
+/// sd-scripts' DreamBoothDataset loop, worked by hand: images in order with their repeats
+/// until the training samples are matched (the rest unused), else one more repeat each in
+/// turn.
+#[test]
+fn reg_images_are_balanced_against_the_training_samples_as_sd_scripts_does() {
+    assert_eq!(balanced(&[1, 1, 1, 1], 6), [2, 2, 1, 1]);
+    assert_eq!(balanced(&[1, 1], 7), [4, 3]);
+    assert_eq!(balanced(&[2, 2, 2], 3), [2, 2]);
+    assert_eq!(balanced(&[5, 1], 3), [5]);
+    assert_eq!(balanced(&[1, 2, 1], 4), [1, 2, 1]);
+    assert_eq!(balanced(&[3], 10), [10]);
+    assert_eq!(balanced(&[1, 1], 0), Vec::<usize>::new());
+}
+
+fn source(dir: PathBuf, is_reg: bool, dataset: usize, batch_size: usize) -> Source {
+    Source {
+        opts: DataOptions {
+            batch_size,
+            ..opts(&dir)
+        },
+        is_reg,
+        dataset,
+    }
+}
+
+#[test]
+fn train_and_reg_subsets_give_the_sample_list_and_loss_weights() {
+    let t = TempDir::new("reg");
+    t.captioned("train/3_sks dog/a.png", 64, 64, "sks dog a");
+    t.captioned("train/3_sks dog/b.png", 64, 64, "sks dog b");
+    // Class-token captions, as kohya's reg folders usually are.
+    for name in ["r1", "r2", "r3", "r4", "r5"] {
+        t.image(&format!("reg/1_dog/{name}.png"), 64, 64, |_, _| [9, 9, 9]);
+    }
+    t.captioned("other/c.png", 128, 64, "other c");
+    let sources = [
+        source(t.join("train"), false, 0, 2),
+        source(t.join("reg"), true, 0, 2),
+        source(t.join("other"), false, 1, 3),
+    ];
+    let d = scan_sources(&sources).unwrap();
+    let got: Vec<(String, String, usize, usize, bool)> = d
+        .items
+        .iter()
+        .map(|i| {
+            let rel = i.path.strip_prefix(t.path()).unwrap();
+            (
+                rel.display().to_string(),
+                i.caption.clone(),
+                i.repeats,
+                i.dataset,
+                i.is_reg,
+            )
+        })
+        .collect();
+    let row =
+        |p: &str, c: &str, r: usize, d: usize, reg: bool| (p.to_string(), c.to_string(), r, d, reg);
+    // 6 training samples in dataset 0: r1..r5 once each, then r1 once more; dataset 1 has
+    // no regularisation images.
+    assert_eq!(
+        got,
+        [
+            row("train/3_sks dog/a.png", "sks dog a", 3, 0, false),
+            row("train/3_sks dog/b.png", "sks dog b", 3, 0, false),
+            row("other/c.png", "other c", 1, 1, false),
+            row("reg/1_dog/r1.png", "dog", 2, 0, true),
+            row("reg/1_dog/r2.png", "dog", 1, 0, true),
+            row("reg/1_dog/r3.png", "dog", 1, 0, true),
+            row("reg/1_dog/r4.png", "dog", 1, 0, true),
+            row("reg/1_dog/r5.png", "dog", 1, 0, true),
+        ]
+    );
+    assert_eq!(d.num_reg_images, 5);
+    assert_eq!(
+        (d.train_samples_per_epoch(), d.samples_per_epoch()),
+        (7, 13)
+    );
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    // The loss weights: prior_loss_weight for the regularisation images.
+    assert_eq!(
+        d.loss_weights(&[0, 3, 4], 0.25),
+        Some(vec![1.0, 0.25, 0.25])
+    );
+    assert_eq!(d.loss_weights(&[0, 3], 1.0), None);
+    assert_eq!(d.loss_weights(&[0, 1], 0.25), None);
+    // Batches: dataset 0 in twos (12 samples), dataset 1 in threes (1 sample); none mixes
+    // datasets; every sample once.
+    assert_eq!(d.batches_per_epoch(1), 6 + 1);
+    let batches = epoch_batches(&d, 1, &mut Rng::new(5));
+    assert_eq!(batches.len(), 7);
+    let mut count = vec![0; d.items.len()];
+    for b in &batches {
+        let ds = d.items[b[0]].dataset;
+        assert!(b.iter().all(|&i| d.items[i].dataset == ds), "{b:?}");
+        assert!(b.len() <= [2, 3][ds]);
+        for &i in b {
+            count[i] += 1;
+        }
+    }
+    assert_eq!(count, d.items.iter().map(|i| i.repeats).collect::<Vec<_>>());
+
+    // More regularisation samples than training samples: the rest are named as unused.
+    let sources = [
+        source(t.join("other"), false, 0, 1),
+        source(t.join("reg"), true, 0, 1),
+    ];
+    let d = scan_sources(&sources).unwrap();
+    assert_eq!(d.items.len(), 2);
+    assert_eq!(
+        d.warnings,
+        [DataWarning::RegImagesUnused {
+            dataset: 0,
+            train: 1,
+            reg: 5,
+            unused: 4
+        }]
+    );
+}
+
+#[test]
+fn a_reg_folder_without_images_and_every_sources_problem_are_named() {
+    let t = TempDir::new("reg-empty");
+    t.captioned("train/1_a/a.png", 64, 64, "a");
+    fs::create_dir_all(t.join("reg/1_dog")).unwrap();
+    let sources = [
+        source(t.join("train"), false, 0, 1),
+        source(t.join("reg"), true, 0, 1),
+        source(t.join("missing"), false, 0, 1),
+    ];
+    let e = scan_sources(&sources).unwrap_err();
+    let problems = e.problems();
+    assert_eq!(problems.len(), 2, "{e}");
+    assert!(
+        matches!(problems[0], DataError::Empty { path, .. } if *path == t.join("reg")),
+        "{e}"
+    );
+    assert!(
+        matches!(problems[1], DataError::FolderMissing { path } if *path == t.join("missing")),
+        "{e}"
+    );
+}
+
+/// Regularisation images are never held out for validation (sd-scripts does not split them).
+#[test]
+fn reg_images_are_not_split_for_validation() {
+    let t = TempDir::new("reg-split");
+    for name in ["a", "b", "c", "d"] {
+        t.captioned(&format!("train/1_x/{name}.png"), 64, 64, name);
+        t.captioned(&format!("reg/1_y/{name}.png"), 64, 64, name);
+    }
+    let mut train = source(t.join("train"), false, 0, 1);
+    train.opts.validation_split = 0.5;
+    let mut reg = source(t.join("reg"), true, 0, 1);
+    reg.opts.validation_split = 0.5;
+    let d = scan_sources(&[train, reg]).unwrap();
+    assert_eq!(d.validation.len(), 2);
+    assert!(d.validation.iter().all(|i| !i.is_reg));
+    // 2 training samples: the first two regularisation images.
+    assert_eq!(d.items.iter().filter(|i| i.is_reg).count(), 2);
 }

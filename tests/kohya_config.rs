@@ -276,11 +276,7 @@ fn refused_kohya_values_say_why_and_what_instead() {
         ("v_parameterization = true", "Stable Diffusion 1.x"),
         ("network_module = \"networks.dylora\"", "plain LoRA"),
         ("save_model_as = \"ckpt\"", ".safetensors"),
-        ("reg_data_dir = \"reg\"", "regularisation images are planned (issue 13)"),
-        ("network_weights = \"old.safetensors\"", "planned (issue 13)"),
-        ("enable_wildcard = true", "planned (issue 13)"),
         ("log_with = \"wandb\"", "TensorBoard"),
-        ("max_token_length = 225", "150 and 225 are planned (issue 13)"),
         ("model_train_type = \"sdxl-lora\"", "Stable Diffusion 1.x"),
         ("positive_prompts = \"1girl\"", "set sample_prompts"),
     ] {
@@ -331,18 +327,10 @@ fn lora_scripts(name: &str, sets: &[&str]) -> Result<TrainConfig, ConfigError> {
 #[test]
 fn lora_scripts_configs_are_read_as_they_are() {
     for name in ["lora-scripts-default.toml", "lora-scripts-lora.toml"] {
-        // Their 225-token captions are planned (issue 13): one clear message; everything
-        // else is read (their AdamW8bit too).
-        let text = err_text(lora_scripts(name, NO_SET));
-        assert_eq!(text.lines().count(), 1, "{name}: {text}");
-        assert!(
-            text.contains("max_token_length = 225 is not supported yet"),
-            "{name}: {text}"
-        );
-
-        let c =
-            lora_scripts(name, &["max_token_length=75"]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Read as they are: their AdamW8bit and 225-token captions included.
+        let c = lora_scripts(name, NO_SET).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(c.optimizer_type, OptimizerType::AdamW8bit, "{name}");
+        assert_eq!(c.max_token_length, 225);
         assert_eq!(c.base_model, Path::new("./sd-models/model.ckpt"));
         assert_eq!(c.lora_rank, 32);
         assert_eq!(c.lora_alpha, 16.0);
@@ -371,11 +359,7 @@ fn lora_scripts_configs_are_read_as_they_are() {
         // Nothing to say about a kohya file read as kohya means it.
         assert!(c.warnings().is_empty(), "{name}: {:?}", c.warnings());
     }
-    let c = lora_scripts(
-        "lora-scripts-default.toml",
-        &["optimizer_type=AdamW", "max_token_length=75"],
-    )
-    .unwrap();
+    let c = lora_scripts("lora-scripts-default.toml", &["optimizer_type=AdamW"]).unwrap();
     assert_eq!(c.save_last_n_epochs, Some(499));
     assert_eq!(c.train_data_dir, Path::new("./train/input"));
 }
@@ -547,44 +531,129 @@ fn the_basic_sd_scripts_example_reads_as_documented() {
 }
 
 #[test]
-fn sd_scripts_dataset_examples_are_refused_where_planned_naming_each_key() {
-    // The first example: two datasets and a regularisation subset.
+fn sd_scripts_dataset_examples_read_with_their_precedence_or_name_each_refused_key() {
+    // The first example, as it is: two datasets, a regularisation subset and a fine-tuning
+    // subset (metadata_file; its folder is read when training starts).
     let ds = fixture("sd-scripts-dataset-example.toml");
-    let e = with_dataset(&ds, "").unwrap_err();
-    let text = e.to_string();
-    let file = ds.display().to_string();
-    for want in [
-        "datasets has 2 datasets: several datasets are planned (issue 13)",
-        "datasets[0].subsets has 3 subsets: several image folders are planned (issue 13)",
-        "datasets[0].subsets[2].is_reg = true is not supported: regularisation subsets are planned (issue 13)",
-        "datasets[1].subsets[0].metadata_file = \"C:\\\\piyo\\\\piyo_md.json\" is not supported",
-    ] {
-        assert!(text.contains(want), "{want}:\n{text}");
-    }
-    for line in text.lines() {
+    let c = with_dataset(&ds, "").unwrap();
+    assert_eq!(c.subsets.len(), 4);
+    let fine = &c.subsets[3];
+    assert_eq!((fine.dataset, fine.is_reg), (1, false));
+    assert_eq!(
+        fine.config.metadata_file.as_deref(),
+        Some(Path::new("C:\\piyo\\piyo_md.json"))
+    );
+    assert_eq!(fine.config.train_data_dir, Path::new("C:\\piyo"));
+    assert_eq!(
+        (
+            fine.config.batch_size,
+            fine.config.resolution.width,
+            fine.config.keep_tokens
+        ),
+        (2, 768, 1)
+    );
+    // Its DreamBooth dataset, as it is: three subsets, each option its own, else its
+    // dataset's, else [general]'s (sd-scripts' precedence).
+    let body = std::fs::read_to_string(&ds).unwrap();
+    let first = &body[..body.find("# This is a fine-tuning dataset").unwrap()];
+    let dir = temp_dir("dataset-example-first");
+    let c = with_dataset(&write(&dir, "first.toml", first), "train_batch_size = 1\n").unwrap();
+    type Row = (usize, bool, String, usize, usize, bool, Option<String>);
+    let got: Vec<Row> = c
+        .subsets
+        .iter()
+        .map(|s| {
+            let k = &s.config;
+            (
+                s.dataset,
+                s.is_reg,
+                k.train_data_dir.display().to_string(),
+                k.keep_tokens,
+                k.batch_size,
+                k.shuffle_caption,
+                k.class_tokens.clone(),
+            )
+        })
+        .collect();
+    let row = |dir: &str, reg: bool, keep: usize, class: &str| {
+        (
+            0,
+            reg,
+            dir.to_string(),
+            keep,
+            4,
+            true,
+            Some(class.to_string()),
+        )
+    };
+    assert_eq!(
+        got,
+        [
+            row("C:\\hoge", false, 2, "hoge girl"),
+            row("C:\\fuga", false, 3, "fuga boy"),
+            row("C:\\reg", true, 1, "human"),
+        ]
+    );
+    // The main configuration is the first training subset's.
+    assert_eq!(c.train_data_dir, Path::new("C:\\hoge"));
+    assert_eq!((c.batch_size, c.resolution.width), (4, 512));
+    // Two datasets, each with its resolution and batch size.
+    let two = format!(
+        "{first}[[datasets]]\nresolution = [768, 640]\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = 'C:\\piyo'\n"
+    );
+    let c = with_dataset(&write(&dir, "two.toml", &two), "").unwrap();
+    let last = &c.subsets[3];
+    assert_eq!(last.dataset, 1);
+    let k = &last.config;
+    assert_eq!(
+        (
+            k.batch_size,
+            k.resolution.width,
+            k.resolution.height,
+            k.keep_tokens
+        ),
+        (2, 768, 640, 1)
+    );
+    // A dataset file of regularisation subsets only has nothing to balance them against.
+    let text = err_text(with_dataset(
+        &write(
+            &dir,
+            "reg-only.toml",
+            "[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'r'\nis_reg = true\n",
+        ),
+        "",
+    ));
+    assert!(text.contains("has only regularisation subsets"), "{text}");
+}
+
+/// sd-scripts' separators example reads as it is, and its captions come out as sd-scripts
+/// makes them: the prefix's tags before `|||` stay in front, the suffix's after `|||` at the
+/// end, `;;;` joins words into one tag, then becomes a comma.
+#[test]
+fn dataset_config_separators_example_reads_as_sd_scripts_means_it() {
+    use lorafuse::data::process_caption;
+    use lorafuse::train::inputs::data_options;
+    let ds = fixture("sd-scripts-dataset-separators.toml");
+    let c = with_dataset(&ds, "").unwrap();
+    assert_eq!(c.keep_tokens_separator.as_deref(), Some("|||"));
+    assert_eq!(c.secondary_separator.as_deref(), Some(";;;"));
+    assert!(c.enable_wildcard && c.shuffle_caption);
+    assert_eq!(c.caption_tag_dropout_rate, 0.1);
+    let o = data_options(&c);
+    let mut rng = lorafuse::rng::Rng::new(7);
+    for _ in 0..50 {
+        let cap = process_caption("smile, {sky|sea}, long;;;hair", &o, 1, &mut rng);
+        assert!(cap.starts_with("1girl, hatsune miku, vocaloid, "), "{cap}");
+        assert!(cap.ends_with(", masterpiece, rating: general"), "{cap}");
         assert!(
-            line.starts_with(&file),
-            "every problem names the file: {line}"
+            !cap.contains("|||") && !cap.contains(";;;") && !cap.contains('{'),
+            "{cap}"
+        );
+        assert!(
+            !(cap.contains("sky") && cap.contains("sea")),
+            "one choice: {cap}"
         );
     }
-    // The separators example: each caption option lorafuse lacks is named.
-    let ds = fixture("sd-scripts-dataset-separators.toml");
-    let text = with_dataset(&ds, "").unwrap_err().to_string();
-    for key in [
-        "keep_tokens_separator",
-        "caption_tag_dropout_rate",
-        "secondary_separator",
-        "enable_wildcard",
-        "caption_prefix",
-        "caption_suffix",
-    ] {
-        let line = text
-            .lines()
-            .find(|l| l.contains(&format!(": {key} = ")))
-            .unwrap_or_else(|| panic!("{key}:\n{text}"));
-        assert!(line.contains("planned (issue 13)"), "{line}");
-    }
-    assert_eq!(text.lines().count(), 6, "{text}");
 }
 
 #[test]
@@ -743,9 +812,22 @@ fn the_readme_kohya_options_table_is_the_one_the_code_makes() {
         text[body_start..end] == want,
         "README.md's table of kohya options differs from src/config/foreign.rs; run `LORAFUSE_BLESS=1 cargo test --test kohya_config` to rewrite it, and review the diff"
     );
-    for name in ["xformers", "use_8bit_adam", "reg_data_dir", "v2"] {
+    for name in ["xformers", "use_8bit_adam", "color_aug", "v2"] {
         assert!(want.contains(&format!("| `{name}` |")), "{name}");
     }
+}
+
+/// `lorafuse train CONFIG --set device=cpu`: its exit status, stderr and stdout.
+fn train_on_cpu(config: &Path) -> (std::process::Output, String, String) {
+    let run = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+        .args(["train"])
+        .arg(config)
+        .args(["--set", "device=cpu"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    (run, stderr, stdout)
 }
 
 /// A lora-scripts-style TOML with an sd-scripts dataset_config trains the demo model from the
@@ -783,13 +865,7 @@ fn a_kohya_toml_with_a_dataset_config_trains() {
             out = out.display(),
         ),
     );
-    let run = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
-        .args(["train"])
-        .arg(&config)
-        .args(["--set", "device=cpu"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let (run, stderr, _) = train_on_cpu(&config);
     assert_eq!(run.status.code(), Some(0), "{stderr}");
     assert!(out.join("kohya_run.safetensors").is_file(), "{stderr}");
     let effective = std::fs::read_to_string(out.join("config.effective.yaml")).unwrap();
@@ -814,4 +890,72 @@ fn a_kohya_toml_with_a_dataset_config_trains() {
     let again = TrainConfig::load(out.join("config.effective.yaml"), NO_SET).unwrap();
     let first = TrainConfig::load(&config, &["device=cpu"]).unwrap();
     assert_eq!(again, first);
+}
+
+/// An sd-scripts dataset_config with a regularisation subset trains the demo model: the reg
+/// images (captioned by their class tokens) are balanced against the training images, and
+/// the metadata records them and prior_loss_weight as sd-scripts does.
+#[test]
+fn a_dataset_config_with_a_regularisation_subset_trains() {
+    use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
+    let dir = temp_dir("train-reg");
+    let demo = lorafuse::demo::prepare(&dir.join("demo"), 2).unwrap();
+    let folder = std::fs::read_dir(&demo.data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .expect("the demo data has an N_name folder");
+    // Three of the demo images, without captions, as regularisation images.
+    let reg = dir.join("reg");
+    std::fs::create_dir_all(&reg).unwrap();
+    let mut images: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    images.sort();
+    for p in &images[..3] {
+        std::fs::copy(p, reg.join(p.file_name().unwrap())).unwrap();
+    }
+    let ds = write(
+        &dir,
+        "dataset.toml",
+        &format!(
+            "[general]\ncaption_extension = '.txt'\n\n[[datasets]]\nresolution = 64\nbatch_size = 2\n\n  [[datasets.subsets]]\n  image_dir = '{}'\n  num_repeats = 1\n\n  [[datasets.subsets]]\n  is_reg = true\n  image_dir = '{}'\n  class_tokens = 'shape'\n  num_repeats = 2\n",
+            folder.display(),
+            reg.display()
+        ),
+    );
+    let out = dir.join("out");
+    let config = write(
+        &dir,
+        "lora.toml",
+        &format!(
+            "pretrained_model_name_or_path = '{model}'\ndataset_config = '{ds}'\nprior_loss_weight = 0.5\n\
+             network_dim = 4\nnetwork_alpha = 2\nnetwork_train_unet_only = true\nunet_lr = 2e-3\n\
+             optimizer_type = 'AdamW'\nmax_train_steps = 2\nmixed_precision = 'no'\nseed = 3\n\
+             output_dir = '{out}'\noutput_name = 'reg_run'\n",
+            model = demo.model.display(),
+            ds = ds.display(),
+            out = out.display(),
+        ),
+    );
+    let (run, stderr, stdout) = train_on_cpu(&config);
+    assert_eq!(run.status.code(), Some(0), "{stderr}");
+    let n = images.len();
+    // kohya's counts: the training samples, the reg samples found (3 images × 2 repeats),
+    // balanced to the training samples.
+    let line = format!(
+        "{n} train images with repeats, 6 reg images with repeats (balanced to {} per epoch",
+        n.max(6)
+    );
+    assert!(
+        stderr.contains(&line) || stdout.contains(&line),
+        "{line}\n{stderr}\n{stdout}"
+    );
+    let file = SafetensorsFile::open(&out.join("reg_run.safetensors")).unwrap();
+    let meta = file.metadata();
+    assert_eq!(meta["ss_num_reg_images"], "6");
+    assert_eq!(meta["ss_num_train_images"], n.to_string());
+    assert_eq!(meta["ss_prior_loss_weight"], "0.5");
 }

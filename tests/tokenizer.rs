@@ -467,3 +467,43 @@ impl Json {
         }
     }
 }
+
+/// sd-scripts' long captions for SD1.x: the first max_token_length tokens, 75 per window, each
+/// window BOS + its tokens (EOS padding after the last token) + EOS, 77 ids per window.
+#[test]
+fn long_captions_are_split_into_windows_of_75_as_sd_scripts_does() {
+    let t = tokenizer();
+    let text: String = (0..100).map(|i| format!("tag{i}, ")).collect();
+    let tokens = t.tokenize(&text);
+    assert!(tokens.len() > 225, "{}", tokens.len());
+    let window = |kept: &[u32]| {
+        let mut row = vec![BOS];
+        row.extend_from_slice(kept);
+        row.resize(MAX_LENGTH - 1, EOS);
+        row.push(EOS);
+        row
+    };
+    for (max, rows) in [(75, 1), (150, 2), (225, 3)] {
+        let e = t.encode_long(&text, max);
+        assert_eq!(e.ids.len(), rows * MAX_LENGTH);
+        let want: Vec<u32> = (0..rows)
+            .flat_map(|r| window(&tokens[75 * r..75 * (r + 1)]))
+            .collect();
+        assert_eq!(e.ids, want, "{max}");
+        assert!(e.truncated, "{max}");
+        assert_eq!(e.n_tokens, tokens.len());
+    }
+    assert_eq!(t.encode_long(&text, 75), t.encode(&text));
+    // A caption of 80 tokens: all kept with 150 or 225; the third window is BOS + EOS only.
+    let short = &tokens[..80];
+    let text80 = t.decode(short);
+    assert_eq!(t.tokenize(&text80), short);
+    let e = t.encode_long(&text80, 225);
+    assert!(!e.truncated);
+    let mut want = window(&short[..75]);
+    want.extend(window(&short[75..]));
+    want.extend(window(&[]));
+    assert_eq!(e.ids, want);
+    assert_eq!(e.eos_position, MAX_LENGTH - 1);
+    assert!(t.encode_long(&text80, 75).truncated);
+}

@@ -343,3 +343,112 @@ fn text_encoder_adapters_train_and_export() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// kohya's max_token_length 225 with the text encoder trained: captions of up to 225 tokens
+/// train through three 75-token windows (the UNet reads 227 states), samples are made, and
+/// the long-caption warning counts the images whose caption is cut.
+#[test]
+fn training_with_max_token_length_225_runs_and_warns_about_cut_captions() {
+    use lorafuse::model::tokenizer::Tokenizer;
+    use lorafuse::train::inputs::long_captions;
+    use lorafuse::train::loop_io::scan_data;
+    let dir = scratch("tokens225");
+    let demo = lorafuse::demo::prepare(&dir, 2).unwrap();
+    let mut captions: Vec<PathBuf> = walk(&demo.data)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    captions.sort();
+    // "cat" is one token: captions of 300 tokens and of 100.
+    let t = Tokenizer::new().unwrap();
+    let words = |n: usize| vec!["cat"; n].join(" ");
+    assert_eq!(t.tokenize(&words(300)).len(), 300);
+    std::fs::write(&captions[0], words(300)).unwrap();
+    std::fs::write(&captions[1], words(100)).unwrap();
+    std::fs::write(&captions[2], words(100)).unwrap();
+    let sets: Vec<String> = [
+        "max_token_length=225",
+        "train_text_encoder=true",
+        "shuffle_caption=true",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cfg = config(&dir, &sets);
+    let be = CpuBackend::new();
+    let mut rec = Recorder::default();
+    let report = train(&cfg, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
+    assert_eq!(report.steps, 2);
+    assert!(losses(&rec.0).iter().all(|(_, l)| l.is_finite()));
+    let warnings = texts(&rec.0, "max_token_length");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("1 image(s) have a caption longer than max_token_length = 225"),
+        "{}",
+        warnings[0]
+    );
+    assert!(warnings[0].contains("300 tokens"), "{}", warnings[0]);
+    // At 75 tokens, all three are cut; at 150, the one.
+    let ds = scan_data(&cfg).unwrap();
+    assert_eq!(long_captions(&ds, &t, 75).0, 3);
+    assert_eq!(long_captions(&ds, &t, 150).0, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The warnings and information lines that contain `part`.
+fn texts<'e>(events: &'e [Event], part: &str) -> Vec<&'e String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Warning(t) | Event::Info(t) if t.contains(part) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// network_weights: a second run starts from the first run's LoRA, all its adapters loaded.
+#[test]
+fn a_run_starts_from_network_weights() {
+    let dir = scratch("netweights");
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    let be = CpuBackend::new();
+    let first = config(&dir, &["sample_every_n_steps=0".to_string()]);
+    let report = train(
+        &first,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    let sets = vec![
+        "sample_every_n_steps=0".to_string(),
+        format!("network_weights={}", report.lora_path.display()),
+        format!("output_dir={}", dir.join("second").display()),
+    ];
+    let second = config(&dir, &sets);
+    let mut rec = Recorder::default();
+    let again = train(&second, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
+    assert_eq!(again.steps, 2);
+    let info = texts(&rec.0, "network_weights ");
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert!(
+        info[0].contains(": 192 adapters loaded, 0 of the file not used, 0 not in the file"),
+        "{}",
+        info[0]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

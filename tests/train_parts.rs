@@ -168,3 +168,182 @@ fn clipping_and_loss_scaling() {
         "non-finite steps are skipped even unscaled"
     );
 }
+
+/// Per-sample loss weights (kohya's prior_loss_weight for regularisation images) reach the
+/// loss and its gradient, multiplied with the min-SNR weights: with the same draws, weights
+/// (w, w) scale the loss and every LoRA gradient by w, and a zero weight removes the sample.
+#[test]
+fn per_sample_loss_weights_reach_the_loss_and_the_gradients() {
+    use lorafuse::backend::Tensors;
+    use lorafuse::lora::LoraTargets;
+    use lorafuse::model::checkpoint::load_sd15;
+    use lorafuse::model::layers::Ctx;
+    use lorafuse::model::unet::Unet;
+    use lorafuse::train::step::{denoise_micro_batch, MicroBatch, Objective};
+    let be = CpuBackend::new();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15-diffusers");
+    let ck = load_sd15(dir).unwrap();
+    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
+    let mut rng = Rng::new(8);
+    let targets = unet.lora_targets(LoraTargets::Attention);
+    let lora = LoraSet::init(&be, &targets, 2, 2.0, &mut rng).unwrap();
+    // Non-zero up weights, so every gradient is non-zero.
+    let lora = {
+        let mut l = lora;
+        for m in l.modules_mut() {
+            let v: Vec<f32> = rng
+                .normal_vec(m.up.numel())
+                .iter()
+                .map(|&x| 0.1 * x as f32)
+                .collect();
+            m.up = be.tensor_from_f32(m.up.dims(), &v, DType::F32).unwrap();
+        }
+        l
+    };
+    let lat = unet.config.sample_size;
+    let randn = |rng: &mut Rng, shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = rng.normal_vec(n).iter().map(|&x| x as f32).collect();
+        be.tensor_from_f32(shape, &v, DType::F32).unwrap()
+    };
+    let latents = randn(&mut rng, &[2, 4, lat, lat]);
+    let context = randn(&mut rng, &[2, 77, unet.config.cross_attention_dim]);
+    let cx = Ctx::new(&be, Some(&lora));
+    let run = |weights: Option<&[f64]>, gamma: Option<f64>| {
+        let obj = Objective {
+            min_snr_gamma: gamma,
+            ..Objective::plain(NoiseSchedule::sd15())
+        };
+        let batch = MicroBatch {
+            latents: &latents,
+            context: &context,
+            grad_scale: 1.0,
+            want_context_grad: false,
+            loss_weights: weights,
+        };
+        let mut grads = lora.zero_grads(&be).unwrap();
+        let out =
+            denoise_micro_batch(&cx, &unet, &obj, &batch, &mut grads, &mut Rng::new(3)).unwrap();
+        let g: Vec<f32> = grads
+            .down
+            .iter()
+            .chain(&grads.up)
+            .flat_map(|t| t.to_f32_vec())
+            .collect();
+        (out.loss, g)
+    };
+    for gamma in [None, Some(5.0)] {
+        let (l1, g1) = run(None, gamma);
+        let (l2, g2) = run(Some(&[0.25, 0.25]), gamma);
+        assert!(
+            (l2 - 0.25 * l1).abs() <= 1e-6 * l1.abs(),
+            "{gamma:?}: {l1} {l2}"
+        );
+        let norm = g1.iter().map(|x| x.abs()).fold(0.0f32, f32::max);
+        assert!(norm > 0.0);
+        for (a, b) in g1.iter().zip(&g2) {
+            assert!((b - 0.25 * a).abs() <= 1e-5 * norm, "{gamma:?}: {a} {b}");
+        }
+        // (1, 0) keeps the first sample's half of the unweighted mean.
+        let (l3, _) = run(Some(&[1.0, 0.0]), gamma);
+        let (l4, _) = run(Some(&[0.0, 1.0]), gamma);
+        assert!((l3 + l4 - l1).abs() <= 1e-6 * l1.abs(), "{gamma:?}");
+        assert!(l3 > 0.0 && l4 > 0.0);
+    }
+}
+
+/// kohya's network_weights: a saved LoRA's adapters replace the fresh ones of the same name
+/// (alpha included); a rank that differs is an error naming the file and the module, unless
+/// dim_from_weights takes each adapter's rank from the file; adapters the file lacks start
+/// fresh (or, with dim_from_weights, are left out).
+#[test]
+fn network_weights_start_from_a_kohya_file() {
+    use lorafuse::backend::Tensors;
+    use lorafuse::lora::export::{save_kohya, SavePrecision};
+    use lorafuse::lora::LoraTargets;
+    use lorafuse::model::checkpoint::load_sd15;
+    use lorafuse::model::unet::Unet;
+    use lorafuse::train::start::{start_from, Started};
+    use std::collections::BTreeMap;
+    let be = CpuBackend::new();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15-diffusers");
+    let ck = load_sd15(dir).unwrap();
+    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
+    let all = unet.lora_targets(LoraTargets::Transformer);
+    let attn = unet.lora_targets(LoraTargets::Attention);
+    assert!(attn.len() < all.len());
+    // A file with the attention adapters at rank 2, alpha 1, non-zero B.
+    let mut rng = Rng::new(21);
+    let mut saved = LoraSet::init(&be, &attn, 2, 1.0, &mut rng).unwrap();
+    for m in saved.modules_mut() {
+        let v: Vec<f32> = rng
+            .normal_vec(m.up.numel())
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
+        m.up = be.tensor_from_f32(m.up.dims(), &v, DType::F32).unwrap();
+    }
+    let out = std::env::temp_dir().join(format!("lorafuse-netweights-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("start.safetensors");
+    save_kohya(&file, &saved, SavePrecision::Fp32, &BTreeMap::new()).unwrap();
+
+    // Same rank: the file's adapters on its layers, fresh ones on the others.
+    let fresh = LoraSet::init(&be, &all, 2, 2.0, &mut Rng::new(5)).unwrap();
+    let (got, started) = start_from(&be, fresh.clone(), &file, false).unwrap();
+    let n_attn = attn.len();
+    assert_eq!(
+        started,
+        Started {
+            loaded: n_attn,
+            unused: 0,
+            missing: all.len() - n_attn
+        }
+    );
+    assert_eq!(got.len(), all.len());
+    for m in got.modules() {
+        match saved.find(&m.name) {
+            Some(i) => {
+                let s = &saved.modules()[i];
+                assert_eq!(m.down.to_f32_vec(), s.down.to_f32_vec(), "{}", m.name);
+                assert_eq!(m.up.to_f32_vec(), s.up.to_f32_vec(), "{}", m.name);
+                assert_eq!(m.alpha, 1.0, "the file's alpha");
+            }
+            None => {
+                let f = &fresh.modules()[fresh.find(&m.name).unwrap()];
+                assert_eq!(m.down.to_f32_vec(), f.down.to_f32_vec());
+                assert_eq!(m.alpha, 2.0);
+            }
+        }
+    }
+    // Another rank: an error naming the file and the module.
+    let rank4 = LoraSet::init(&be, &all, 4, 4.0, &mut Rng::new(5)).unwrap();
+    let e = start_from(&be, rank4.clone(), &file, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("start.safetensors") && e.contains("lora_unet_"),
+        "{e}"
+    );
+    assert!(
+        e.contains("rank 4") && e.contains("rank 2") && e.contains("dim_from_weights"),
+        "{e}"
+    );
+    // dim_from_weights: exactly the file's adapters, at its rank.
+    let (got, started) = start_from(&be, rank4, &file, true).unwrap();
+    assert_eq!(got.len(), n_attn);
+    assert_eq!(started.loaded, n_attn);
+    assert!(got
+        .modules()
+        .iter()
+        .all(|m| m.rank() == 2 && m.alpha == 1.0));
+    // A file for none of the run's layers.
+    let te_only = LoraSet::new(Vec::new());
+    let e = start_from(&be, te_only, &file, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("match none"), "{e}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -11,9 +11,8 @@
 //! A subset's option is its own, else its dataset's, else `[general]`'s (sd-scripts'
 //! precedence); the values found take precedence over the main config's, as sd-scripts gives
 //! the dataset file priority over the command line, and `image_dir` becomes `train_data_dir`.
-//! The trainer has one image folder for now: one dataset with one subset and no
-//! regularisation subset. Several subsets or datasets, `is_reg = true` and `metadata_file`
-//! are refused as planned (issue 13), naming the key.
+//! Each subset is read as a whole configuration (`TrainConfig::subsets`); the first training
+//! subset's values are the main configuration's.
 
 use std::path::Path;
 
@@ -66,13 +65,19 @@ const SUBSET_OPTIONS: &[&str] = &[
 /// Options only a `[[datasets.subsets]]` can set.
 const SUBSET_ONLY: &[&str] = &["image_dir", "class_tokens", "is_reg", "metadata_file"];
 
-/// The dataset file's options as (key, value, origin) for the main configuration, the
-/// subset's own first in precedence: `[general]`, then `[[datasets]]`, then the subset,
-/// each later one replacing the earlier.
-pub(crate) fn entries(
-    path: &Path,
-    from: &Origin,
-) -> Result<Vec<(String, Value, Origin)>, ConfigError> {
+/// One `[[datasets.subsets]]`: its options with their precedence resolved.
+pub(crate) struct SubsetEntries {
+    /// Its `[[datasets]]`, in file order.
+    pub dataset: usize,
+    pub is_reg: bool,
+    /// (key, value, origin) for the main configuration: `[general]`'s, then the dataset's,
+    /// then the subset's, each later one replacing the earlier (`is_reg` left out).
+    pub pairs: Vec<(String, Value, Origin)>,
+}
+
+/// Every subset of the dataset file, in file order, the first training subset (not
+/// `is_reg`) first: the main configuration is read with its values.
+pub(crate) fn entries(path: &Path, from: &Origin) -> Result<Vec<SubsetEntries>, ConfigError> {
     let bad = |problem: String| ConfigError::BadValue {
         origin: from.clone(),
         key: "dataset_config".into(),
@@ -117,18 +122,8 @@ pub(crate) fn entries(
             "datasets",
             "is missing: give one [[datasets]] with a [[datasets.subsets]] whose image_dir is the image folder",
         );
-    } else if datasets.len() > 1 {
-        d.fail_key(
-            "datasets",
-            &format!(
-                "has {} datasets: several datasets are planned (issue 13) but not supported yet; keep one [[datasets]]",
-                datasets.len()
-            ),
-        );
     }
-    // Every dataset and subset is checked, so one run names every problem; the first
-    // dataset's first subset is the one read.
-    let mut chosen: Option<(Mapping, Mapping)> = None;
+    let mut out = Vec::new();
     for (n, dataset) in datasets.iter().enumerate() {
         let here = format!("datasets[{n}]");
         let mut options = Mapping::new();
@@ -153,60 +148,74 @@ pub(crate) fn entries(
                 &format!("{here}.subsets"),
                 "is missing: give the dataset one [[datasets.subsets]] with image_dir, the image folder",
             );
-        } else if subsets.len() > 1 && subsets.iter().filter(|s| !is_reg(s)).count() > 1 {
-            d.fail_key(
-                &format!("{here}.subsets"),
-                &format!("has {} subsets: several image folders are planned (issue 13) but not supported yet; keep one [[datasets.subsets]], or put the folders as kohya's N_name subfolders of one train_data_dir", subsets.len()),
-            );
         }
         for (m, subset) in subsets.iter().enumerate() {
             let here = format!("{here}.subsets[{m}]");
             let subset = d.mapping(subset, "[[datasets.subsets]]");
             d.check_level(&subset, "datasets.subsets", &[SUBSET_OPTIONS, SUBSET_ONLY]);
+            let mut reg = false;
             if let Some(v) = subset.get("is_reg") {
                 match flag(v) {
-                    Ok(false) => {}
-                    Ok(true) => d.fail(
+                    Ok(b) => reg = b,
+                    Err(_) => d.fail(
                         &format!("{here}.is_reg"),
                         v,
-                        "is not supported: regularisation subsets are planned (issue 13) but not supported yet; remove this subset",
+                        "is not valid: must be true or false",
                     ),
-                    Err(_) => d.fail(&format!("{here}.is_reg"), v, "is not valid: must be true or false"),
                 }
             }
-            if !subset.contains_key("image_dir") {
+            if !subset.contains_key("image_dir") && !subset.contains_key("metadata_file") {
                 d.fail_key(
                     &format!("{here}.image_dir"),
-                    "is missing: give the folder of the images (the images directly in it)",
+                    "is missing: give the folder of the images (the images directly in it), or a metadata_file",
                 );
             }
-            if let Some(v) = subset.get("metadata_file") {
-                d.fail(
-                    &format!("{here}.metadata_file"),
-                    v,
-                    "is not supported: kohya's fine-tuning metadata JSON is planned (issue 13) but not supported yet; use caption files beside the images (or a metadata.jsonl in image_dir)",
-                );
+            let mut pairs: Vec<(String, Value, Origin)> = Vec::new();
+            // A metadata_file without image_dir (its keys absolute paths): its folder.
+            if let (None, Some(Value::String(md))) =
+                (subset.get("image_dir"), subset.get("metadata_file"))
+            {
+                let folder = Path::new(md).parent().unwrap_or(Path::new("."));
+                let folder = if folder.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    folder
+                };
+                pairs.push((
+                    "image_dir".into(),
+                    Value::String(folder.display().to_string()),
+                    origin.clone(),
+                ));
             }
-            if chosen.is_none() {
-                chosen = Some((options.clone(), subset));
+            for level in [&general, &options, &subset] {
+                for (k, v) in level {
+                    let key = key_text(k);
+                    if key == "is_reg" {
+                        continue;
+                    }
+                    pairs.retain(|(old, _, _)| *old != key);
+                    pairs.push((key, v.clone(), origin.clone()));
+                }
             }
+            out.push(SubsetEntries {
+                dataset: n,
+                is_reg: reg,
+                pairs,
+            });
         }
+    }
+    if !out.is_empty() && out.iter().all(|s| s.is_reg) {
+        d.fail_key(
+            "datasets",
+            "has only regularisation subsets (is_reg = true): give at least one subset of training images",
+        );
     }
     if let Some(e) = ConfigError::from_list(d.errors) {
         return Err(e);
     }
-
-    let (dataset_options, subset) = chosen.unwrap_or_default();
-    let mut out: Vec<(String, Value, Origin)> = Vec::new();
-    for level in [general, dataset_options, subset] {
-        for (k, v) in level {
-            let key = key_text(&k);
-            if key == "is_reg" {
-                continue;
-            }
-            out.retain(|(old, _, _)| *old != key);
-            out.push((key, v, origin.clone()));
-        }
+    if let Some(first) = out.iter().position(|s| !s.is_reg) {
+        let main = out.remove(first);
+        out.insert(0, main);
     }
     Ok(out)
 }
@@ -239,12 +248,6 @@ fn key_text(k: &Value) -> String {
         Value::String(s) => s.clone(),
         other => render(other),
     }
-}
-
-fn is_reg(subset: &Value) -> bool {
-    subset
-        .get("is_reg")
-        .is_some_and(|v| matches!(flag(v), Ok(true)))
 }
 
 /// The problems found reading one dataset file.

@@ -75,6 +75,9 @@ macro_rules! config_keys {
             /// Where each value came from, for error messages. Not part of the
             /// configuration's value: two configs compare equal whatever their provenance.
             pub provenance: Provenance,
+            /// The subsets of the `dataset_config`, each read as a whole configuration;
+            /// empty without one.
+            pub subsets: Vec<DataSubset>,
         }
 
         /// Every key, in field order.
@@ -104,6 +107,7 @@ macro_rules! config_keys {
                 TrainConfig {
                     $($name,)*
                     provenance: Provenance::default(),
+                    subsets: Vec::new(),
                 }
             }
 

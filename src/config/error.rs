@@ -120,6 +120,17 @@ impl ConfigError {
         }
     }
 
+    /// Every single problem, owned, in the order found (`Several` flattened).
+    pub(crate) fn into_problems(self) -> Vec<ConfigError> {
+        match self {
+            ConfigError::Several(list) => list
+                .into_iter()
+                .flat_map(ConfigError::into_problems)
+                .collect(),
+            e => vec![e],
+        }
+    }
+
     /// Every single problem, in the order found (`Several` flattened).
     pub fn problems(&self) -> Vec<&ConfigError> {
         match self {

@@ -75,8 +75,6 @@ const ATTENTION: &str = "lorafuse always uses its own memory-efficient attention
 const OPTIMIZER: &str = "write optimizer_type = \"AdamW8bit\" instead (kohya's own replacement for this deprecated key) and remove this key";
 const SD1_ONLY: &str = "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only";
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
-const REG: &str =
-    "regularisation images are planned (issue 13) but not supported yet; remove this key";
 const LOSS: &str = "lorafuse trains with the mean squared error (kohya's l2), optionally min-SNR weighted (min_snr_gamma); remove this key";
 const SAVES_STATE: &str = "lorafuse always saves its training state (output_dir/state.safetensors: the LoRA weights, the optimizer moments and the counters) at every save point and at the end, so that `lorafuse train CONFIG --resume` can continue the run; this key changes nothing";
 const SAMPLES: &str = "lorafuse samples every sample_every_n_steps steps, with the prompts' own --ss sampler; sampling by epochs, at the start and a default sampler are planned (issue 13); use sample_every_n_steps";
@@ -86,7 +84,7 @@ const UNUSED_HERE: &str = "only used by an option lorafuse does not have; this k
 const LS_PROMPT: &str = "lora-scripts' prompt fields are not read: write the sample prompt in kohya's prompt-line syntax (a photo of sks dog --n negative --w 512 --h 512 --l 7 --s 24 --d 1) into a .txt file and set sample_prompts to it";
 const LS_PROMPT_PART: &str =
     "lora-scripts builds a sample prompt with it from positive_prompts; alone it changes nothing";
-const CAPTIONS: &str = "this caption option is planned (issue 13) but not supported yet; remove it, or leave it at its off value";
+const CAPTIONS: &str = "tags are separated by commas in lorafuse (secondary_separator joins words into one tag); remove this key";
 
 /// kohya options lorafuse has no key for. (Other trainers' names for lorafuse keys are
 /// declared with the keys, in keys.rs; `network_train_unet_only` and the kohya meanings of a
@@ -109,8 +107,6 @@ const FOREIGN: &[Foreign] = &[
         "no network arguments",
         "network arguments are not read: for LoCon set conv_dim and conv_alpha (lorafuse keys); block-wise dims are not supported, lora_targets chooses the linear layers",
     ),
-    same("network_weights", &[Empty], "training starts from new adapters", "starting from an existing LoRA file is planned (issue 13) but not supported yet; remove this key"),
-    same("dim_from_weights", &[False], "lora_rank sets the rank", "needs network_weights, which is planned (issue 13) but not supported yet; remove this key"),
     same(
         "network_train_text_encoder_only",
         &[False],
@@ -135,13 +131,6 @@ const FOREIGN: &[Foreign] = &[
     refused(
         "resume",
         "lorafuse resumes from the state it saved in output_dir: run `lorafuse train CONFIG --resume` (or `--resume DIR` with the output_dir of that run) and remove this key",
-    ),
-    same("reg_data_dir", &[Empty], "no regularisation images", REG),
-    same(
-        "prior_loss_weight",
-        &[Number],
-        "it weighs the loss of regularisation images, and there are none",
-        "must be a number ≥ 0 (it weighs the loss of regularisation images)",
     ),
     same("color_aug", &[False], "no colour augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),
     same("face_crop_aug_range", &[Empty], "no face-crop augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),
@@ -179,15 +168,8 @@ const FOREIGN: &[Foreign] = &[
     same("log_prefix", &[Any], "lorafuse writes its logs straight into logging_dir, without a prefixed subfolder", "must be text"),
     same("log_tracker_name", &[Any], "lorafuse writes its logs straight into logging_dir", "must be text"),
     same("save_n_epoch_ratio", &[Zero, Empty], "no saves by epoch ratio", "not supported; use save_every_n_epochs"),
-    same("caption_prefix", &[Empty], "no caption prefix", CAPTIONS),
-    same("caption_suffix", &[Empty], "no caption suffix", CAPTIONS),
     same("caption_separator", &[Words(&[","])], "tags are separated by commas", CAPTIONS),
-    same("keep_tokens_separator", &[Empty], "no keep-tokens separator", CAPTIONS),
-    same("secondary_separator", &[Empty], "no secondary separator", CAPTIONS),
-    same("enable_wildcard", &[False], "no wildcards", CAPTIONS),
     same("weighted_captions", &[False], "no weighted captions", GENERIC),
-    same("caption_tag_dropout_rate", &[Zero], "no tag dropout", CAPTIONS),
-    same("caption_dropout_every_n_epochs", &[Zero, Empty], "no epoch-wise caption dropout", GENERIC),
     same("noise_offset_random_strength", &[False], "noise_offset is used as it is", GENERIC),
     same("adaptive_noise_scale", &[Empty, Zero], "no adaptive noise scale", GENERIC),
     same("multires_noise_iterations", &[Empty, Zero], "no multi-resolution noise", GENERIC),
@@ -208,7 +190,6 @@ const FOREIGN: &[Foreign] = &[
     same("lowram", &[Flag], "lorafuse loads the model the same way whatever this says", "must be true or false"),
     same("highvram", &[Flag], "lorafuse decides what stays on the GPU itself", "must be true or false"),
     same("training_comment", &[Empty], "no training comment", GENERIC),
-    same("in_json", &[Empty], "no fine-tuning metadata file", "kohya's fine-tuning metadata JSON is not read; use caption files, or a metadata.jsonl in train_data_dir"),
     same("dataset_repeats", &[Empty, Words(&["1"])], UNUSED_HERE, "kohya's fine-tuning repeats are not read; use num_repeats, or kohya's N_name subfolders"),
     same("tokenizer_cache_dir", &[Any], "lorafuse's tokenizer comes with it", "must be a path"),
     same("no_metadata", &[False], "lorafuse writes kohya's training metadata into the LoRA", "lorafuse always writes kohya's training metadata into the LoRA; remove this key"),

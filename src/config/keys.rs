@@ -15,7 +15,7 @@ use super::validate::{finite_in, open_unit, unit, Check};
 use super::values::{
     choice_names, Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup, YamlValue,
 };
-use super::Provenance;
+use super::{DataSubset, Provenance};
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
 use crate::train::lr::Schedule;
@@ -67,10 +67,26 @@ config_keys! {
         aliases ["instance_data_dir", "image_dir": " (a dataset_config subset's image folder)"],
         verbatim: true,
 
+    /// Folder of regularisation images in kohya's `N_<class tokens>` subfolders (images
+    /// directly in it count once and need captions); balanced against the training images
+    /// as sd-scripts does, their loss weighted by `prior_loss_weight`.
+    reg_data_dir: Option<PathBuf> = optional("unset (none)"),
+        read parse::path,
+        doc_type "path",
+        rule "must be a folder of regularisation images (in kohya's N_<class tokens> subfolders)",
+        verbatim: true,
+
+    /// The weight of a regularisation image's loss (kohya's `prior_loss_weight`).
+    prior_loss_weight: f64 = fixed(1.0),
+        read parse::float,
+        check |w| w.is_finite() && *w >= 0.0,
+        doc_type "number ≥ 0",
+        rule "must be a number ≥ 0 (1 weighs regularisation images as training images)",
+
     /// sd-scripts' dataset file (`--dataset_config`, TOML or JSON: `[general]`,
-    /// `[[datasets]]`, `[[datasets.subsets]]`); its values take precedence over this file's,
-    /// and its subset's `image_dir` is `train_data_dir`. One dataset with one subset, without
-    /// regularisation images, for now.
+    /// `[[datasets]]`, `[[datasets.subsets]]`, `is_reg` subsets included); its values take
+    /// precedence over this file's; each subset's `image_dir` is its folder, the first
+    /// training subset's is `train_data_dir`, and `reg_data_dir` is not used.
     dataset_config: Option<PathBuf> = optional("unset"),
         read parse::path,
         doc_type "path",
@@ -92,6 +108,16 @@ config_keys! {
         read parse::text,
         doc_type "text",
         rule "must be text, the caption of images without a caption file",
+        verbatim: true,
+
+    /// kohya's fine-tuning metadata (`merge_captions_to_metadata.py`'s JSON, `{"image":
+    /// {"caption", "tags"}}`, or JSONL): the images it lists, in `train_data_dir`, captioned
+    /// "caption,tags", instead of the folder's files and caption files.
+    metadata_file: Option<PathBuf> = optional("unset"),
+        read parse::path,
+        doc_type "path",
+        rule "must be the path of kohya's fine-tuning metadata (.json or .jsonl)",
+        aliases ["in_json"],
         verbatim: true,
 
     /// The Stable Diffusion 1.x model to train on: a single `.safetensors` checkpoint or a
@@ -217,6 +243,22 @@ config_keys! {
         check |a| a.is_finite() && *a > 0.0,
         doc_type "number > 0",
         rule "must be a number > 0 (the conv adapters' scale is conv_alpha / conv_dim)",
+
+    /// Start from an existing kohya-format LoRA (kohya's `network_weights`): its adapters
+    /// replace the new ones of the same name (alpha included); a shape that differs is an
+    /// error; adapters it lacks start fresh, its others are not used.
+    network_weights: Option<PathBuf> = optional("unset (new adapters)"),
+        read parse::path,
+        doc_type "path",
+        rule "must be the path of a kohya-format LoRA .safetensors file",
+        verbatim: true,
+
+    /// With `network_weights`: train exactly its adapters, each at its own rank and alpha
+    /// (kohya's `dim_from_weights`); `lora_rank`/`lora_alpha` (and `conv_dim`) are not used.
+    dim_from_weights: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
 
     /// Dropout on the adapters while training.
     lora_dropout: f64 = fixed(0.0),
@@ -537,6 +579,59 @@ config_keys! {
         rule "must be ≥ 0 and < 1",
         aliases ["caption_dropout_probability"],
 
+    /// Chance of dropping each tag not kept in front (kohya's `caption_tag_dropout_rate`),
+    /// after shuffling.
+    caption_tag_dropout_rate: f64 = fixed(0.0),
+        read parse::float,
+        check |p| unit(*p),
+        doc_type "number in [0, 1)",
+        rule "must be ≥ 0 and < 1",
+
+    /// Train with empty captions in every N-th epoch (epochs counted from 1, as kohya's
+    /// `caption_dropout_every_n_epochs`); `0` = never.
+    caption_dropout_every_n_epochs: usize = fixed(0),
+        read parse::count,
+        doc_type "whole number ≥ 0",
+        rule "must be a whole number ≥ 0 (0 = never)",
+
+    /// Text put before every caption, with a space (kohya's `caption_prefix`).
+    caption_prefix: Option<String> = optional("unset"),
+        read parse::text,
+        doc_type "text",
+        rule "must be text",
+        verbatim: true,
+
+    /// Text put after every caption, with a space (kohya's `caption_suffix`).
+    caption_suffix: Option<String> = optional("unset"),
+        read parse::text,
+        doc_type "text",
+        rule "must be text",
+        verbatim: true,
+
+    /// With shuffling or tag dropout, the tags before this separator stay in front (and,
+    /// with a second one, the tags after it stay at the end), as kohya's
+    /// `keep_tokens_separator` (e.g. `|||`); it replaces keep_tokens where a caption has it.
+    keep_tokens_separator: Option<String> = optional("unset"),
+        read parse::text,
+        doc_type "text",
+        rule "must be text, e.g. \"|||\"",
+        verbatim: true,
+
+    /// Joins words into one tag for shuffling and dropout, then becomes a comma (kohya's
+    /// `secondary_separator`, e.g. `;;;`).
+    secondary_separator: Option<String> = optional("unset"),
+        read parse::text,
+        doc_type "text",
+        rule "must be text, e.g. \";;;\"",
+        verbatim: true,
+
+    /// kohya's wildcards: `{a|b|c}` in a caption is one of a, b, c at random each time, and
+    /// a caption file of several lines gives one line at random (`{{`, `}}` are braces).
+    enable_wildcard: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
     /// Keep the encoded images (latents) on disk in `output_dir/cache/latents/`, keyed by each
     /// image's content, so later runs skip the VAE.
     cache_latents_to_disk: bool = fixed(false),
@@ -552,12 +647,14 @@ config_keys! {
         doc_type "whole number 1–12",
         rule "must be a whole number from 1 to 12 (1 = the last CLIP layer; 2 is common for anime models)",
 
-    /// Caption length in tokens; longer captions are cut. kohya's 150 and 225 are planned
-    /// (issue 13), not supported yet.
+    /// Caption length in tokens; longer captions are cut. 150 and 225 encode the caption in
+    /// windows of 75 tokens, each through the text encoder alone, joined as sd-scripts does
+    /// (the UNet reads 152 or 227 states); in training, caching and sampling.
     max_token_length: usize = fixed(75),
         read parse::count,
-        doc_type "`75`",
-        rule "must be 75 (kohya's 150 and 225 are planned, issue 13, but not supported yet)",
+        check |n| [75, 150, 225].contains(n),
+        doc_type "`75`, `150` or `225`",
+        rule "must be 75, 150 or 225 (kohya's choices: one, two or three windows of 75 tokens)",
 
     // --- validation and early stopping
 

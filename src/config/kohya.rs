@@ -184,6 +184,16 @@ impl Meanings<'_> {
                 }
             }
         }
+        // lora-scripts writes `reg_data_dir = ""` (and `network_weights = ""`) for none.
+        for key in ["reg_data_dir", "network_weights"] {
+            if self
+                .entries
+                .get(key)
+                .is_some_and(|e| e.value.as_str().is_some_and(|s| s.trim().is_empty()))
+            {
+                self.entries.remove(key);
+            }
+        }
         if self.written("epochs") {
             if let Some(steps) = self.entries.remove("max_train_steps") {
                 if !steps.value.is_null() {

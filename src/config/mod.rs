@@ -44,6 +44,18 @@ pub use keys::TrainConfig;
 pub use parse::Format;
 pub use values::{Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup};
 
+/// One `[[datasets.subsets]]` of sd-scripts' dataset config, read as a whole configuration:
+/// the main file's keys, then `[general]`'s, its `[[datasets]]`'s and its own options (its
+/// `image_dir` as `train_data_dir`), then the `--set` arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataSubset {
+    /// Its `[[datasets]]`, in file order.
+    pub dataset: usize,
+    /// kohya's `is_reg`: regularisation images.
+    pub is_reg: bool,
+    pub config: TrainConfig,
+}
+
 /// The file name of the effective configuration written into `output_dir`.
 pub const EFFECTIVE_CONFIG_FILE: &str = "config.effective.yaml";
 

@@ -16,7 +16,7 @@ use super::values::{
     choice_names, Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup,
 };
 use super::{dataset, kohya};
-use super::{Provenance, TrainConfig, Written};
+use super::{DataSubset, Provenance, TrainConfig, Written};
 
 /// A config file is a few kilobytes; anything much larger is the wrong file (a model passed
 /// where the config goes), refused before it is read.
@@ -123,77 +123,130 @@ pub(crate) fn build(doc: Option<Document>, overrides: &[&str]) -> Result<TrainCo
     let mut found = Found::default();
     let file = doc.as_ref().map(|d| d.path.to_path_buf());
     let format = doc.as_ref().map_or(Format::Yaml, |d| d.format);
-    let kohya_format = format == Format::Kohya;
 
     // In the order they apply: the file, its dataset_config (whose values win, as in
     // sd-scripts), the --set arguments.
-    let mut raw = match &doc {
+    let doc_pairs = match &doc {
         Some(d) => document_pairs(d, &mut found)?,
         None => Vec::new(),
     };
     let sets = override_pairs(overrides, &mut found);
-    let dataset = read_dataset(&raw, &sets, &mut found);
-    raw.extend(dataset.pairs);
-    raw.extend(sets);
-
-    let mut sorted = sort(raw, kohya_format, dataset.origin.as_ref(), &mut found);
-    judge_foreign(&sorted, kohya_format, &mut found);
-    let default_origin = match &file {
-        Some(f) => Origin::File(f.clone()),
-        None => Origin::Defaults,
+    let mut dataset = read_dataset(&doc_pairs, &sets, &mut found);
+    let reading = Reading {
+        file: file.clone(),
+        format,
+        dataset_file: dataset.origin.clone(),
+        failed: dataset.failed,
     };
-    let mut meanings = kohya::Meanings {
-        entries: &mut sorted.entries,
-        notices: &mut found.notices,
-        errors: &mut found.errors,
-    };
-    if kohya_format {
-        meanings.kohya_defaults(&default_origin);
-    }
-    meanings.map_switches(sorted.switches.get("network_train_unet_only"), kohya_format);
-
-    let entries = sorted.entries;
-    let mut r = Reader {
-        entries: &entries,
-        errors: found.errors,
-    };
-    let mut cfg = TrainConfig::read(&mut r, &default_origin);
-    if dataset.failed {
-        // The dataset file's problems are named; its missing image folder is one of them.
-        r.errors.retain(|e| {
-            !matches!(
-                e,
-                ConfigError::Missing {
-                    key: "train_data_dir",
-                    ..
-                }
-            )
-        });
-    }
-    if let Some(e) = ConfigError::from_list(r.errors) {
+    let main = dataset.subsets.first().map(|s| s.pairs.clone());
+    let raw: Vec<Pair> = doc_pairs
+        .iter()
+        .cloned()
+        .chain(main.unwrap_or_default())
+        .chain(sets.iter().cloned())
+        .collect();
+    let (mut cfg, errors) = reading.typed(raw, found);
+    if let Some(e) = ConfigError::from_list(errors) {
         return Err(e);
     }
-    let written = entries
-        .iter()
-        .filter(|(_, e)| !e.value.is_null() && !e.defaulted)
-        .map(|(k, e)| {
-            let written = Written {
-                origin: e.origin.clone(),
-                raw: render(&e.value),
-                name: e.written_as.clone(),
-            };
-            (k.clone(), written)
-        })
-        .collect();
-    let loaded = cfg.effective();
-    cfg.provenance = Provenance {
-        file,
-        format,
-        written,
-        loaded,
-        notices: found.notices,
-    };
+    // Each subset as a whole configuration; an error in a value the subsets share is
+    // named once.
+    let mut errors: Vec<ConfigError> = Vec::new();
+    for s in std::mem::take(&mut dataset.subsets) {
+        let raw: Vec<Pair> = doc_pairs
+            .iter()
+            .cloned()
+            .chain(s.pairs)
+            .chain(sets.iter().cloned())
+            .collect();
+        let (sub, errs) = reading.typed(raw, Found::default());
+        for e in errs {
+            if !errors.iter().any(|old| old.to_string() == e.to_string()) {
+                errors.push(e);
+            }
+        }
+        cfg.subsets.push(DataSubset {
+            dataset: s.dataset,
+            is_reg: s.is_reg,
+            config: sub,
+        });
+    }
+    if let Some(e) = ConfigError::from_list(errors) {
+        return Err(e);
+    }
     Ok(cfg)
+}
+
+/// How one configuration's values are read: its file and the dataset file.
+struct Reading {
+    file: Option<PathBuf>,
+    format: Format,
+    dataset_file: Option<Origin>,
+    /// The dataset file was named but could not be read (its problems are in the errors).
+    failed: bool,
+}
+
+impl Reading {
+    /// The values `raw` (in the order they apply) typed into a configuration, with the
+    /// problems found (those of `found` first).
+    fn typed(&self, raw: Vec<Pair>, mut found: Found) -> (TrainConfig, Vec<ConfigError>) {
+        let kohya_format = self.format == Format::Kohya;
+        let mut sorted = sort(raw, kohya_format, self.dataset_file.as_ref(), &mut found);
+        judge_foreign(&sorted, kohya_format, &mut found);
+        let default_origin = match &self.file {
+            Some(f) => Origin::File(f.clone()),
+            None => Origin::Defaults,
+        };
+        let mut meanings = kohya::Meanings {
+            entries: &mut sorted.entries,
+            notices: &mut found.notices,
+            errors: &mut found.errors,
+        };
+        if kohya_format {
+            meanings.kohya_defaults(&default_origin);
+        }
+        meanings.map_switches(sorted.switches.get("network_train_unet_only"), kohya_format);
+
+        let entries = sorted.entries;
+        let mut r = Reader {
+            entries: &entries,
+            errors: found.errors,
+        };
+        let mut cfg = TrainConfig::read(&mut r, &default_origin);
+        if self.failed {
+            // The dataset file's problems are named; its missing image folder is one of them.
+            r.errors.retain(|e| {
+                !matches!(
+                    e,
+                    ConfigError::Missing {
+                        key: "train_data_dir",
+                        ..
+                    }
+                )
+            });
+        }
+        let written = entries
+            .iter()
+            .filter(|(_, e)| !e.value.is_null() && !e.defaulted)
+            .map(|(k, e)| {
+                let written = Written {
+                    origin: e.origin.clone(),
+                    raw: render(&e.value),
+                    name: e.written_as.clone(),
+                };
+                (k.clone(), written)
+            })
+            .collect();
+        let loaded = cfg.effective();
+        cfg.provenance = Provenance {
+            file: self.file.clone(),
+            format: self.format,
+            written,
+            loaded,
+            notices: found.notices,
+        };
+        (cfg, r.errors)
+    }
 }
 
 /// The document's keys, in file order.
@@ -227,7 +280,8 @@ fn override_pairs(overrides: &[&str], found: &mut Found) -> Vec<Pair> {
 /// What the `dataset_config` file gave.
 #[derive(Default)]
 struct DatasetRead {
-    pairs: Vec<Pair>,
+    /// Its subsets, the first training subset first.
+    subsets: Vec<dataset::SubsetEntries>,
     /// The dataset file, as the origin of its values.
     origin: Option<Origin>,
     /// It was named but could not be read or used (its problems are in the errors).
@@ -246,10 +300,13 @@ fn read_dataset(file: &[Pair], sets: &[Pair], found: &mut Found) -> DatasetRead 
         return DatasetRead::default();
     };
     match dataset::entries(&path, &origin) {
-        Ok(pairs) => {
-            note_ignored_folder(file, &pairs, &mut found.notices);
+        Ok(subsets) => {
+            if let Some(main) = subsets.first() {
+                note_ignored_folder(file, &main.pairs, &mut found.notices);
+            }
+            note_ignored_reg(file, &mut found.notices);
             DatasetRead {
-                pairs,
+                subsets,
                 origin: Some(Origin::File(path)),
                 failed: false,
             }
@@ -348,6 +405,18 @@ fn note_ignored_folder(config: &[Pair], dataset: &[Pair], notices: &mut Vec<Stri
                 "{key} = {} is not used: dataset_config's image_dir = {} is the image folder, as in sd-scripts",
                 render(&mine),
                 render(&image_dir)
+            ));
+        }
+    }
+}
+
+/// sd-scripts reads no `reg_data_dir` beside a dataset config: say so.
+fn note_ignored_reg(config: &[Pair], notices: &mut Vec<String>) {
+    if let Some((_, v, _)) = config.iter().rev().find(|(k, _, _)| k == "reg_data_dir") {
+        if v.as_str().is_none_or(|s| !s.trim().is_empty()) {
+            notices.push(format!(
+                "reg_data_dir = {} is not used: with a dataset_config, regularisation images are its is_reg subsets, as in sd-scripts",
+                render(v)
             ));
         }
     }

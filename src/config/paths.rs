@@ -10,7 +10,7 @@ use super::values::SamplePrompts;
 use super::TrainConfig;
 
 impl TrainConfig {
-    /// Checks the paths: `train_data_dir` is a folder, `base_model` exists (a file or a
+    /// Checks the paths: `train_data_dir` (and `reg_data_dir`) is a folder, `base_model` exists (a file or a
     /// folder), `output_dir` and `logging_dir` can be created and written (this creates them,
     /// and writes and removes a small probe file in each), and a `sample_prompts` file reads
     /// and has a prompt when sampling is on.
@@ -27,17 +27,28 @@ impl TrainConfig {
             });
         };
 
-        match std::fs::metadata(&self.train_data_dir) {
-            Ok(m) if m.is_dir() => {
-                if let Err(e) = std::fs::read_dir(&self.train_data_dir) {
-                    fail("train_data_dir", format!("cannot be read: {e}"));
+        // reg_data_dir is not used beside a dataset_config (whose folders the scan checks).
+        let reg = self
+            .reg_data_dir
+            .as_ref()
+            .filter(|_| self.subsets.is_empty());
+        for (key, dir) in [
+            ("train_data_dir", Some(&self.train_data_dir)),
+            ("reg_data_dir", reg),
+        ] {
+            let Some(dir) = dir else { continue };
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {
+                    if let Err(e) = std::fs::read_dir(dir) {
+                        fail(key, format!("cannot be read: {e}"));
+                    }
                 }
+                Ok(_) => fail(
+                    key,
+                    "is a file, not a folder: give the folder that holds the images (or kohya's N_name subfolders)".into(),
+                ),
+                Err(e) => fail(key, missing(dir, &e)),
             }
-            Ok(_) => fail(
-                "train_data_dir",
-                "is a file, not a folder: give the folder that holds the images (or kohya's N_name subfolders)".into(),
-            ),
-            Err(e) => fail("train_data_dir", missing(&self.train_data_dir, &e)),
         }
 
         if let Err(e) = std::fs::metadata(&self.base_model) {

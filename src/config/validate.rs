@@ -101,6 +101,16 @@ impl TrainConfig {
         check_schedule(&mut c);
         check_data(&mut c);
         check_validation_and_samples(&mut c);
+        // Each dataset_config subset's own values (a value they share is named once).
+        for s in &self.subsets {
+            if let Err(e) = s.config.validate() {
+                for e in e.into_problems() {
+                    if !c.errors.iter().any(|old| old.to_string() == e.to_string()) {
+                        c.errors.push(e);
+                    }
+                }
+            }
+        }
         match ConfigError::from_list(c.errors) {
             Some(e) => Err(e),
             None => Ok(()),
@@ -300,13 +310,11 @@ fn check_data(c: &mut Check) {
         }
     }
 
-    match cfg.max_token_length {
-        75 => {}
-        150 | 225 => c.fail(
-            "max_token_length",
-            "is not supported yet: lorafuse encodes one 77-token CLIP window (75 caption tokens); kohya's 150 and 225 are planned (issue 13); set 75".into(),
-        ),
-        _ => c.range("max_token_length", false),
+    if cfg.dim_from_weights && cfg.network_weights.is_none() {
+        c.fail(
+            "dim_from_weights",
+            "needs network_weights: it takes the adapters' ranks from that file; set network_weights or remove dim_from_weights".into(),
+        );
     }
     if cfg.random_crop && cfg.cache_latents_to_disk {
         c.fail(
@@ -391,11 +399,23 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
             "conv_alpha = {alpha} has no effect without conv_dim (the rank of the 3x3 conv adapters)"
         ));
     }
-    if cfg.keep_tokens > 0 && !cfg.shuffle_caption {
+    let tags_move = cfg.shuffle_caption || cfg.caption_tag_dropout_rate > 0.0;
+    if cfg.keep_tokens > 0 && !tags_move {
         w.push(format!(
-            "keep_tokens = {} has no effect without shuffle_caption: true",
+            "keep_tokens = {} has no effect without shuffle_caption: true (or caption_tag_dropout_rate)",
             cfg.keep_tokens
         ));
+    }
+    if let Some(sep) = cfg
+        .keep_tokens_separator
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
+        if !tags_move {
+            w.push(format!(
+                "keep_tokens_separator = {sep:?} is used only with shuffle_caption: true (or caption_tag_dropout_rate); without, it stays in the captions as written (as in kohya)"
+            ));
+        }
     }
     if cfg.text_encoder_lr != cfg.learning_rate && !cfg.train_text_encoder {
         w.push(format!(

@@ -257,4 +257,16 @@ pub enum DataWarning {
          image; nothing is held out"
     )]
     NoValidation { split: f64, images: usize },
+
+    #[error(
+        "dataset {dataset}: {reg} regularisation samples per epoch (with repeats) for {train} \
+         training samples: {unused} regularisation image(s) are not used (as in sd-scripts, \
+         regularisation images are taken in order until they match the training samples)"
+    )]
+    RegImagesUnused {
+        dataset: usize,
+        train: usize,
+        reg: usize,
+        unused: usize,
+    },
 }

@@ -11,6 +11,8 @@
 //!     metadata.jsonl        ... or a row {"file_name": "b.jpg", "text": "..."} (or .csv)
 //!   notes/                  not N_name: ignored, with a warning
 //! ```
+//! Several folders (kohya's `[[datasets.subsets]]`, `reg_data_dir`) are [`Source`]s scanned
+//! together by [`scan_sources`], which balances regularisation images as sd-scripts does.
 //! [`scan`] checks every file before any training work (each image fully decoded, every
 //! caption read) and reports all problems at once. [`epoch_batches`] groups samples so a batch
 //! never mixes buckets, as kohya does; [`load_pixels`] and [`process_caption`] produce one
@@ -19,19 +21,22 @@
 pub mod bucket;
 pub mod caption;
 pub mod error;
+mod finetune;
 pub mod hash;
 pub mod metadata;
 pub mod pixels;
 mod scan;
+mod sources;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use bucket::{make_bucket_resolutions, BucketChoice, Bucketing, Reso};
-pub use caption::process_caption;
+pub use caption::{captions_vary, plain_caption, process_caption};
 pub use error::{DataError, DataWarning};
 pub use pixels::load_pixels;
 pub use scan::scan;
+pub use sources::{balance_reg, scan_sources, Source};
 
 use crate::rng::Rng;
 
@@ -53,6 +58,15 @@ pub struct DataOptions {
     pub shuffle_caption: bool,
     pub keep_tokens: usize,
     pub caption_dropout_rate: f64,
+    /// kohya's caption options (see [`process_caption`]); an empty text is unset.
+    pub caption_tag_dropout_rate: f64,
+    pub caption_dropout_every_n_epochs: usize,
+    pub caption_prefix: Option<String>,
+    pub caption_suffix: Option<String>,
+    pub keep_tokens_separator: Option<String>,
+    pub secondary_separator: Option<String>,
+    /// Wildcards; also keeps every line of a caption file (one is chosen per sample).
+    pub enable_wildcard: bool,
     /// Fraction of the images held out for validation, in [0, 1).
     pub validation_split: f64,
     /// Times each image directly in train_data_dir counts per epoch (N_name subfolders: N).
@@ -60,6 +74,11 @@ pub struct DataOptions {
     /// The caption of an image directly in train_data_dir that has no caption (kohya's
     /// `class_tokens`; in an `N_<class tokens>` subfolder the folder name gives them).
     pub class_tokens: Option<String>,
+    /// kohya's fine-tuning metadata JSON (or JSONL): the images it lists (relative to
+    /// `train_data_dir`) and their captions, instead of the folder's files.
+    pub metadata_file: Option<PathBuf>,
+    /// Samples per batch of this folder's dataset (kohya's per-dataset `batch_size`).
+    pub batch_size: usize,
     pub seed: u64,
 }
 
@@ -81,9 +100,18 @@ impl Default for DataOptions {
             shuffle_caption: false,
             keep_tokens: 0,
             caption_dropout_rate: 0.0,
+            caption_tag_dropout_rate: 0.0,
+            caption_dropout_every_n_epochs: 0,
+            caption_prefix: None,
+            caption_suffix: None,
+            keep_tokens_separator: None,
+            secondary_separator: None,
+            enable_wildcard: false,
             validation_split: 0.0,
             num_repeats: 1,
             class_tokens: None,
+            metadata_file: None,
+            batch_size: 1,
             seed: 0,
         }
     }
@@ -109,8 +137,15 @@ pub struct Item {
     /// The caption as written (first line of the sidecar file, trimmed; or the metadata text).
     pub caption: String,
     pub caption_source: CaptionSource,
-    /// Times per epoch (N of an N_name folder; 1 directly in train_data_dir).
+    /// Times per epoch (N of an N_name folder; 1 directly in train_data_dir; for a
+    /// regularisation image, what the balancing against the training images gave).
     pub repeats: usize,
+    /// The [`Source`] (index into [`Dataset::sources`]) the image was found in.
+    pub source: usize,
+    /// The dataset (kohya's `[[datasets]]`) of its source: batches never mix datasets.
+    pub dataset: usize,
+    /// A regularisation image (kohya's `is_reg`): its loss is weighted by `prior_loss_weight`.
+    pub is_reg: bool,
     /// (width, height) after EXIF orientation.
     pub size: Reso,
     /// (width, height) of its bucket: every side a multiple of 8.
@@ -147,6 +182,9 @@ impl Item {
             caption: format!("image {i}"),
             caption_source: CaptionSource::Sidecar(PathBuf::new()),
             repeats: 1,
+            source: 0,
+            dataset: 0,
+            is_reg: false,
             size: bucket,
             bucket,
             resized: bucket,
@@ -172,11 +210,15 @@ impl Item {
     }
 }
 
-/// A scanned training folder.
+/// Scanned training folders (one, or kohya's datasets and subsets).
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// The first source's folder.
     pub train_data_dir: PathBuf,
-    /// Training images, sorted by path.
+    /// The folders scanned, in order; [`Item::source`] indexes them (empty: one folder with
+    /// the `batch_size` the batching functions are given).
+    pub sources: Vec<Source>,
+    /// Training images (then regularisation images), source by source, each sorted by path.
     pub items: Vec<Item>,
     /// Held-out images (`validation_split`), sorted by path; disjoint from `items`.
     pub validation: Vec<Item>,
@@ -184,47 +226,90 @@ pub struct Dataset {
     pub buckets: Vec<Reso>,
     /// Non-fatal findings, in folder order.
     pub warnings: Vec<DataWarning>,
+    /// Regularisation samples per epoch before the balancing (kohya's `num_reg_images`:
+    /// Σ repeats of the regularisation images found).
+    pub num_reg_images: usize,
 }
 
+/// A batch's place: the dataset and the bucket (a batch never mixes either).
+pub type BatchGroup = (usize, Reso);
+
 impl Dataset {
-    /// Training samples per epoch: Σ repeats.
+    /// Samples per epoch: Σ repeats (training and balanced regularisation images).
     pub fn samples_per_epoch(&self) -> usize {
         self.items.iter().map(|i| i.repeats).sum()
     }
 
-    /// Batches per epoch for `batch_size` (as many as [`epoch_batches`] returns).
-    pub fn batches_per_epoch(&self, batch_size: usize) -> usize {
-        let bs = batch_size.max(1);
-        self.samples_by_bucket()
-            .values()
-            .map(|&n| n.div_ceil(bs))
+    /// Training samples per epoch, without the regularisation images (kohya's
+    /// `num_train_images`).
+    pub fn train_samples_per_epoch(&self) -> usize {
+        self.items
+            .iter()
+            .filter(|i| !i.is_reg)
+            .map(|i| i.repeats)
             .sum()
     }
 
-    /// Training samples per epoch in each bucket.
-    pub fn samples_by_bucket(&self) -> BTreeMap<Reso, usize> {
+    /// The loss weight of each training sample `idx` (indices into `items`):
+    /// `prior_loss_weight` for a regularisation image, 1 otherwise (kohya's `loss_weights`);
+    /// None when all are 1.
+    pub fn loss_weights(&self, idx: &[usize], prior_loss_weight: f64) -> Option<Vec<f64>> {
+        let w: Vec<f64> = idx
+            .iter()
+            .map(|&i| {
+                if self.items[i].is_reg {
+                    prior_loss_weight
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        w.iter().any(|&x| x != 1.0).then_some(w)
+    }
+
+    /// The batch size of `dataset`: its sources' `batch_size`, else `fallback` (0 is 1).
+    pub fn batch_size(&self, dataset: usize, fallback: usize) -> usize {
+        self.sources
+            .iter()
+            .find(|s| s.dataset == dataset)
+            .map_or(fallback, |s| s.opts.batch_size)
+            .max(1)
+    }
+
+    /// Batches per epoch (as many as [`epoch_batches`] returns); `batch_size` for a
+    /// dataset without its own.
+    pub fn batches_per_epoch(&self, batch_size: usize) -> usize {
+        self.samples_by_bucket()
+            .iter()
+            .map(|(&(d, _), &n)| n.div_ceil(self.batch_size(d, batch_size)))
+            .sum()
+    }
+
+    /// Samples per epoch in each dataset's buckets.
+    pub fn samples_by_bucket(&self) -> BTreeMap<BatchGroup, usize> {
         let mut m = BTreeMap::new();
         for it in &self.items {
-            *m.entry(it.bucket).or_insert(0) += it.repeats;
+            *m.entry((it.dataset, it.bucket)).or_insert(0) += it.repeats;
         }
         m
     }
 }
 
 /// One epoch's batches of indices into `dataset.items`, as kohya does: each image appears
-/// `repeats` times; within each bucket the samples are shuffled and cut into batches of
-/// `batch_size` (the last one of a bucket may be smaller); the batches of all buckets are then
-/// shuffled together. A batch never mixes buckets. A `batch_size` of 0 is taken as 1.
+/// `repeats` times; within each dataset's bucket the samples are shuffled and cut into batches
+/// of the dataset's batch size (`batch_size` for one without its own; the last batch of a
+/// bucket may be smaller); the batches of all buckets and datasets are then shuffled together.
+/// A batch never mixes buckets or datasets. A batch size of 0 is taken as 1.
 pub fn epoch_batches(dataset: &Dataset, batch_size: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
-    let bs = batch_size.max(1);
-    let mut by_bucket: BTreeMap<Reso, Vec<usize>> = BTreeMap::new();
+    let mut by_bucket: BTreeMap<BatchGroup, Vec<usize>> = BTreeMap::new();
     for (i, it) in dataset.items.iter().enumerate() {
-        let samples = by_bucket.entry(it.bucket).or_default();
+        let samples = by_bucket.entry((it.dataset, it.bucket)).or_default();
         samples.extend(std::iter::repeat_n(i, it.repeats));
     }
     let mut batches = Vec::new();
-    for samples in by_bucket.values_mut() {
+    for (&(d, _), samples) in by_bucket.iter_mut() {
         caption::shuffle(samples, rng);
+        let bs = dataset.batch_size(d, batch_size);
         batches.extend(samples.chunks(bs).map(<[usize]>::to_vec));
     }
     caption::shuffle(&mut batches, rng);
@@ -232,16 +317,22 @@ pub fn epoch_batches(dataset: &Dataset, batch_size: usize, rng: &mut Rng) -> Vec
 }
 
 /// The validation set's batches of indices into `dataset.validation`: each image once, grouped
-/// by bucket (buckets in order, images in path order), no shuffling, so every evaluation sees
-/// the same batches.
+/// by dataset and bucket (in order, images in path order), no shuffling, so every evaluation
+/// sees the same batches.
 pub fn validation_batches(dataset: &Dataset, batch_size: usize) -> Vec<Vec<usize>> {
-    let bs = batch_size.max(1);
-    let mut by_bucket: BTreeMap<Reso, Vec<usize>> = BTreeMap::new();
+    let mut by_bucket: BTreeMap<BatchGroup, Vec<usize>> = BTreeMap::new();
     for (i, it) in dataset.validation.iter().enumerate() {
-        by_bucket.entry(it.bucket).or_default().push(i);
+        by_bucket
+            .entry((it.dataset, it.bucket))
+            .or_default()
+            .push(i);
     }
     by_bucket
-        .values()
-        .flat_map(|v| v.chunks(bs).map(<[usize]>::to_vec))
+        .iter()
+        .flat_map(|(&(d, _), v)| {
+            v.chunks(dataset.batch_size(d, batch_size))
+                .map(<[usize]>::to_vec)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }

@@ -257,8 +257,13 @@ fn read_folder(
     folder
 }
 
-/// First line of a caption file, trimmed; warnings for extra lines.
-fn read_caption(path: &Path, warnings: &mut Vec<DataWarning>) -> Result<String, DataError> {
+/// First line of a caption file, trimmed (a warning for extra lines); with `all_lines`
+/// (kohya's enable_wildcard), every non-empty line, trimmed, joined with "\n".
+fn read_caption(
+    path: &Path,
+    all_lines: bool,
+    warnings: &mut Vec<DataWarning>,
+) -> Result<String, DataError> {
     let bytes = fs::read(path).map_err(|e| DataError::Read {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -267,6 +272,14 @@ fn read_caption(path: &Path, warnings: &mut Vec<DataWarning>) -> Result<String, 
     let text = std::str::from_utf8(bytes).map_err(|_| DataError::CaptionNotUtf8 {
         path: path.to_path_buf(),
     })?;
+    if all_lines {
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        return Ok(lines.join("\n"));
+    }
     let lines = text.lines().filter(|l| !l.trim().is_empty()).count();
     if lines > 1 {
         warnings.push(DataWarning::MultiLineCaption {
@@ -281,16 +294,28 @@ fn read_caption(path: &Path, warnings: &mut Vec<DataWarning>) -> Result<String, 
 type Decoded = ((usize, usize), u64);
 
 /// An image found and captioned, before decoding.
-struct Candidate {
-    path: PathBuf,
-    repeats: usize,
-    caption: String,
-    source: CaptionSource,
+pub(super) struct Candidate {
+    pub path: PathBuf,
+    pub repeats: usize,
+    pub caption: String,
+    pub source: CaptionSource,
 }
 
 /// Scan `opts.train_data_dir`: see the module and [`super`] docs. Returns every problem at
 /// once ([`DataError::Many`] when there are several).
 pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
+    super::scan_sources(&[super::Source {
+        opts: opts.clone(),
+        is_reg: false,
+        dataset: 0,
+    }])
+}
+
+/// One folder (with its N_name subfolders), as [`scan`]; its items have source 0.
+pub(crate) fn scan_folder(opts: &DataOptions) -> Result<Dataset, DataError> {
+    if let Some(file) = &opts.metadata_file {
+        return super::finetune::scan(opts, file);
+    }
     if let Some(e) = DataError::collect(check_options(opts)) {
         return Err(e);
     }
@@ -390,7 +415,7 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
                 used_rows.insert((m.clone(), key.clone()));
             }
             let (caption, source) = if caption_names.contains(sidecar_name.as_str()) {
-                match read_caption(&sidecar, &mut warnings) {
+                match read_caption(&sidecar, opts.enable_wildcard, &mut warnings) {
                     Ok(text) => {
                         if let Some((m, _, r)) = &row {
                             if r.text.trim() != text {
@@ -515,6 +540,21 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
         .flat_map(|f| f.images.iter().map(|n| f.dir.join(n)))
         .collect();
     all_images.sort();
+    finish(opts, root, candidates, all_images, problems, warnings)
+}
+
+/// Decodes `all_images` (also those whose caption is missing: all problems at once), assigns
+/// buckets to the captioned `candidates`, and holds out the validation split.
+pub(super) fn finish(
+    opts: &DataOptions,
+    root: PathBuf,
+    candidates: Vec<Candidate>,
+    mut all_images: Vec<PathBuf>,
+    mut problems: Vec<DataError>,
+    mut warnings: Vec<DataWarning>,
+) -> Result<Dataset, DataError> {
+    all_images.sort();
+    all_images.dedup();
     let decoded: Vec<(PathBuf, Result<Decoded, DataError>)> = all_images
         .into_par_iter()
         .map(|path| {
@@ -578,6 +618,9 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
             caption: c.caption,
             caption_source: c.source,
             repeats: c.repeats,
+            source: 0,
+            dataset: 0,
+            is_reg: false,
             size: *size,
             bucket: choice.bucket,
             resized: choice.resized,
@@ -624,9 +667,11 @@ pub fn scan(opts: &DataOptions) -> Result<Dataset, DataError> {
     buckets.dedup();
     Ok(Dataset {
         train_data_dir: root,
+        sources: Vec::new(),
         items,
         validation,
         buckets,
         warnings,
+        num_reg_images: 0,
     })
 }

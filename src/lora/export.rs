@@ -490,6 +490,8 @@ pub struct TrainingInfo {
     /// Images × repeats, as kohya counts them.
     pub num_train_images: u64,
     pub num_reg_images: u64,
+    /// The loss weight of regularisation images.
+    pub prior_loss_weight: f64,
     pub num_validation_images: u64,
     pub validation_split: f64,
     pub validation_seed: Option<u64>,
@@ -556,6 +558,7 @@ impl Default for TrainingInfo {
             tag_frequency: BTreeMap::new(),
             num_train_images: 0,
             num_reg_images: 0,
+            prior_loss_weight: 1.0,
             num_validation_images: 0,
             validation_split: 0.0,
             validation_seed: None,
@@ -785,7 +788,7 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
     put("ss_loss_type", "l2".into());
     put("ss_zero_terminal_snr", py_bool(false));
     put("ss_debiased_estimation", py_bool(false));
-    put("ss_prior_loss_weight", py_float(1.0));
+    put("ss_prior_loss_weight", py_float(info.prior_loss_weight));
 
     // Data.
     put("ss_num_train_images", info.num_train_images.to_string());

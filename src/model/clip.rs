@@ -6,7 +6,7 @@
 //!            h_{i+1} = x2 + fc2(act(fc1(layer_norm2(x2))))     act = quick_gelu in SD1.x
 //!   last_hidden_state = final_layer_norm(h_L)
 //! `clip_skip = n` (kohya, A1111): the output of layer L+1-n, then final_layer_norm; n = 1 is
-//! the plain last_hidden_state. Attention heads are hidden/heads wide (64 in SD1.x).
+//! the plain last_hidden_state (per window, for kohya's long captions: `forward`). Attention heads are hidden/heads wide (64 in SD1.x).
 //!
 //! LoRA: kohya's text-encoder targets are every layer's self_attn.{q,k,v,out}_proj, mlp.fc1 and
 //! mlp.fc2 (`lora_te_text_model_encoder_layers_N_…`): 6 per layer, 72 on SD1.5. Adapters in a
@@ -89,6 +89,8 @@ pub struct ClipTape {
     layers: Vec<LayerSaved>,
     out_x: Tensor,
     out_stats: NormStats,
+    /// Windows per sequence (kohya's long captions), 1 for one window.
+    windows: usize,
 }
 
 impl ClipTape {
@@ -290,8 +292,12 @@ impl ClipTextModel {
         }
     }
 
-    /// Text embeddings [N, L, hidden] for N sequences of L token ids each (`ids` row-major,
-    /// L <= max_position_embeddings), with `clip_skip` >= 1 as kohya and A1111 count it.
+    /// Text embeddings for N sequences of L token ids each (`ids` row-major), with
+    /// `clip_skip` >= 1 as kohya and A1111 count it: [N, L, hidden] for L <=
+    /// max_position_embeddings (P); for L = n·P with n > 1, sd-scripts' long captions
+    /// (`Tokenizer::encode_long`): each of the n windows of P ids is encoded alone and the
+    /// results joined, the first window's BOS state, every window's P-2 states between its
+    /// BOS and EOS, the last window's EOS state: [N, n·(P-2)+2, hidden].
     pub fn forward(&self, cx: &Ctx, ids: &[u32], batch: usize, clip_skip: usize) -> Result<Tensor> {
         Ok(self.forward_train(cx, ids, batch, clip_skip, false)?.0)
     }
@@ -306,16 +312,46 @@ impl ClipTextModel {
         clip_skip: usize,
         save: bool,
     ) -> Result<(Tensor, Option<ClipTape>)> {
-        let c = &self.config;
+        let p = self.config.max_position_embeddings;
         let len = ids.len().checked_div(batch).unwrap_or(0);
-        if batch == 0 || len * batch != ids.len() || len == 0 || len > c.max_position_embeddings {
+        let windows = if len > p && len % p == 0 { len / p } else { 1 };
+        if batch == 0 || len * batch != ids.len() || len == 0 || (len > p && windows == 1) {
             return Err(Error::BadValue {
                 op: "clip",
                 name: "ids",
                 value: format!("{} ids for {batch} sequences", ids.len()),
-                expected: format!("batch·L ids with 1 <= L <= {}", c.max_position_embeddings),
+                expected: format!(
+                    "batch·L ids with 1 <= L <= {p}, or L a multiple of {p} (long captions)"
+                ),
             });
         }
+        let (out, mut tape) = self.forward_rows(cx, ids, batch * windows, clip_skip, save)?;
+        if let Some(t) = tape.as_mut() {
+            t.windows = windows;
+        }
+        if windows == 1 {
+            return Ok((out, tape));
+        }
+        let d = self.config.hidden_size;
+        let rows = joined_rows(batch, windows, p);
+        let joined = cx
+            .be
+            .embedding(&out.reshape([batch * windows * p, d])?, &rows)?
+            .reshape([batch, rows.len() / batch, d])?;
+        Ok((joined, tape))
+    }
+
+    /// The encoder on `batch` rows of ids, each at most max_position_embeddings long.
+    fn forward_rows(
+        &self,
+        cx: &Ctx,
+        ids: &[u32],
+        batch: usize,
+        clip_skip: usize,
+        save: bool,
+    ) -> Result<(Tensor, Option<ClipTape>)> {
+        let c = &self.config;
+        let len = ids.len() / batch;
         let run = self.layers_run(clip_skip)?;
         let d = c.hidden_size;
         let tok = cx
@@ -341,6 +377,7 @@ impl ClipTextModel {
             layers: saved,
             out_x: h,
             out_stats,
+            windows: 1,
         });
         Ok((out, tape))
     }
@@ -376,6 +413,13 @@ impl ClipTextModel {
         if run == 0 || run > self.layers.len() {
             return Err(tape_error(&format!("{run} saved layers")));
         }
+        let split;
+        let d_out = if tape.windows > 1 {
+            split = split_joined(cx, d_out, &tape)?;
+            &split
+        } else {
+            d_out
+        };
         if d_out.dims() != tape.out_x.dims() {
             return Err(crate::backend::check::mismatch(
                 "clip backward",
@@ -410,6 +454,46 @@ impl ClipTextModel {
         }
         Ok(())
     }
+}
+
+/// For each position of the joined long-caption embeddings of `batch` sequences of
+/// `windows` windows of `p` states, the row it is taken from in the [batch·windows·p, D]
+/// window states: the first window's BOS, positions 1..p-1 of every window, the last
+/// window's EOS (sd-scripts' join for SD1.x).
+pub fn joined_rows(batch: usize, windows: usize, p: usize) -> Vec<u32> {
+    let mut rows = Vec::with_capacity(batch * (windows * (p - 2) + 2));
+    for b in 0..batch {
+        let first = b * windows * p;
+        rows.push(first as u32);
+        for w in 0..windows {
+            rows.extend((first + w * p + 1..first + w * p + p - 1).map(|r| r as u32));
+        }
+        rows.push((first + windows * p - 1) as u32);
+    }
+    rows
+}
+
+/// d loss / d the joined embeddings -> d loss / d each window's states (0 at the states the
+/// join leaves out: the inner BOS and EOS states).
+fn split_joined(cx: &Ctx, d_out: &Tensor, tape: &ClipTape) -> Result<Tensor> {
+    let dims = tape.out_x.dims();
+    let (rows_all, p, d) = (dims[0], dims[1], dims[2]);
+    let batch = rows_all / tape.windows;
+    let rows = joined_rows(batch, tape.windows, p);
+    if d_out.dims() != [batch, rows.len() / batch.max(1), d] {
+        return Err(tape_error(&format!(
+            "a gradient of shape {:?} for {batch} sequences of {} windows",
+            d_out.dims(),
+            tape.windows
+        )));
+    }
+    let src = cx.be.to_f32_vec(d_out)?;
+    let mut dst = vec![0.0f32; rows_all * p * d];
+    for (k, &r) in rows.iter().enumerate() {
+        let r = r as usize;
+        dst[r * d..(r + 1) * d].copy_from_slice(&src[k * d..(k + 1) * d]);
+    }
+    cx.be.tensor_from_f32(dims, &dst, d_out.dtype())
 }
 
 fn tape_error(what: &str) -> Error {

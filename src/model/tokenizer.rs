@@ -55,6 +55,8 @@ pub const BOS: u32 = 49406;
 pub const EOS: u32 = 49407;
 /// The text encoder's sequence length: BOS, at most 75 tokens, EOS, padding.
 pub const MAX_LENGTH: usize = 77;
+/// Caption tokens per window: [`MAX_LENGTH`] without BOS and EOS.
+pub const WINDOW: usize = MAX_LENGTH - 2;
 /// The merges CLIP uses: 49408 tokens - 512 byte symbols - 2 special tokens.
 pub const N_MERGES: usize = VOCAB_SIZE - 512 - 2;
 
@@ -66,20 +68,21 @@ const END_OF_WORD: &str = "</w>";
 /// A prompt as the text encoder takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
-    /// Always [`MAX_LENGTH`] ids: BOS, the first 75 tokens, EOS, EOS padding.
+    /// Rows of [`MAX_LENGTH`] ids: BOS, 75 tokens (EOS padding), EOS; one row from
+    /// [`Tokenizer::encode`], `max_tokens / 75` from [`Tokenizer::encode_long`].
     pub ids: Vec<u32>,
     /// The prompt's tokens before truncation (no BOS/EOS).
     pub n_tokens: usize,
-    /// More than 75 tokens: the rest was cut. The caller decides whether to warn.
+    /// More tokens than the rows hold: the rest was cut. The caller decides whether to warn.
     pub truncated: bool,
-    /// Index of the first EOS id, where CLIP's pooled output is read (transformers takes the
+    /// Index of the first EOS id in the first row, where CLIP's pooled output is read (transformers takes the
     /// argmax of the ids, i.e. the first 49407). An `<|endoftext|>` written in the prompt comes
     /// first and is the one taken, as in transformers.
     pub eos_position: usize,
 }
 
 impl Encoded {
-    /// BOS, the kept tokens, EOS: the ids without padding.
+    /// BOS, the kept tokens, EOS: the first row's ids without padding.
     pub fn unpadded(&self) -> &[u32] {
         &self.ids[..self.n_tokens.min(MAX_LENGTH - 2) + 2]
     }
@@ -185,13 +188,25 @@ impl Tokenizer {
 
     /// The prompt as the text encoder takes it: BOS, the first 75 tokens, EOS, EOS padding.
     pub fn encode(&self, text: &str) -> Encoded {
+        self.encode_long(text, WINDOW)
+    }
+
+    /// The prompt as sd-scripts encodes it for SD1.x with `max_token_length` = `max_tokens`
+    /// (75, 150 or 225): its first `max_tokens` tokens in windows of [`WINDOW`], each window
+    /// a row of [`MAX_LENGTH`] ids, BOS + its 75 tokens (EOS padding after the last) + EOS;
+    /// `max_tokens / 75` rows. The text encoder encodes each row alone and joins them
+    /// (`ClipTextModel::forward`). With 75 it is [`Tokenizer::encode`]'s one row.
+    pub fn encode_long(&self, text: &str, max_tokens: usize) -> Encoded {
+        let rows = (max_tokens / WINDOW).max(1);
         let tokens = self.tokenize(text);
-        let kept = &tokens[..tokens.len().min(MAX_LENGTH - 2)];
-        let mut ids = Vec::with_capacity(MAX_LENGTH);
-        ids.push(BOS);
-        ids.extend_from_slice(kept);
-        ids.resize(MAX_LENGTH, EOS);
-        let eos_position = ids
+        let kept = &tokens[..tokens.len().min(rows * WINDOW)];
+        let mut ids = Vec::with_capacity(rows * MAX_LENGTH);
+        for row in 0..rows {
+            ids.push(BOS);
+            ids.extend((0..WINDOW).map(|j| kept.get(row * WINDOW + j).copied().unwrap_or(EOS)));
+            ids.push(EOS);
+        }
+        let eos_position = ids[..MAX_LENGTH]
             .iter()
             .position(|&id| id == EOS)
             .unwrap_or(MAX_LENGTH - 1);

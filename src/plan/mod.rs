@@ -120,6 +120,12 @@ impl PlanInput {
         let (train, validation) = self.image_counts();
         let mut i = self.clone();
         i.cfg.batch_size = batch;
+        // A scanned folder's batches follow its own batch size.
+        if let PlanData::Scanned(ds) = &mut i.data {
+            for s in &mut ds.sources {
+                s.opts.batch_size = batch;
+            }
+        }
         if train < batch {
             i.data = PlanData::Images {
                 train: batch,

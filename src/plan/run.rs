@@ -151,10 +151,12 @@ fn synthetic(input: &PlanInput, train: usize, validation: usize) -> Dataset {
     let item = |i: usize| Item::synthetic(i, bucket);
     Dataset {
         train_data_dir: input.cfg.train_data_dir.clone(),
+        sources: Vec::new(),
         items: (0..train).map(item).collect(),
         validation: (train..train + validation).map(item).collect(),
         buckets: vec![bucket],
         warnings: Vec::new(),
+        num_reg_images: 0,
     }
 }
 

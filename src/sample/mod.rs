@@ -68,6 +68,23 @@ impl PromptTokenizer for Tokenizer {
     }
 }
 
+/// CLIP's tokenizer with sd-scripts' long prompts: `max_tokens` (75, 150 or 225) tokens in
+/// windows of 75 (see `Tokenizer::encode_long`).
+pub struct LongPrompts<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub max_tokens: usize,
+}
+
+impl PromptTokenizer for LongPrompts<'_> {
+    fn tokenize_prompt(&self, text: &str) -> TokenizedPrompt {
+        let e = self.tokenizer.encode_long(text, self.max_tokens);
+        TokenizedPrompt {
+            ids: e.ids,
+            truncated: e.truncated,
+        }
+    }
+}
+
 impl<F: Fn(&str) -> Vec<u32>> PromptTokenizer for F {
     fn tokenize_prompt(&self, text: &str) -> TokenizedPrompt {
         TokenizedPrompt {
@@ -148,13 +165,13 @@ impl<'a> Pipeline<'a> {
         let mut len = None;
         for text in prompts {
             let t = self.tokenizer.tokenize_prompt(text);
-            if t.ids.is_empty() || t.ids.len() > cfg.max_position_embeddings {
+            let window = cfg.max_position_embeddings;
+            if t.ids.is_empty() || (t.ids.len() > window && t.ids.len() % window != 0) {
                 return Err(SampleError::BadSetting {
                     name: "token ids",
                     value: format!("{} ids for {text:?}", t.ids.len()),
                     expected: format!(
-                        "1 to {} ids from the tokenizer",
-                        cfg.max_position_embeddings
+                        "1 to {window} ids from the tokenizer, or a multiple of {window} (long prompts)"
                     ),
                 });
             }
@@ -177,10 +194,14 @@ impl<'a> Pipeline<'a> {
                 });
             }
             if t.truncated {
+                let tokens = if t.ids.len() > window {
+                    t.ids.len() / window * (window - 2)
+                } else {
+                    window - 2
+                };
                 notes.push(format!(
-                    "the prompt {text:?} is longer than the text encoder's {} tokens; the rest \
-                     was cut",
-                    cfg.max_position_embeddings
+                    "the prompt {text:?} is longer than the {tokens} tokens the text encoder \
+                     takes (max_token_length); the rest was cut"
                 ));
             }
             ids.extend(t.ids);

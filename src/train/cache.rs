@@ -174,12 +174,10 @@ fn read_latent(path: &Path) -> Option<Tensor> {
     Tensor::from_f32(dims, v).ok()
 }
 
-/// Text embeddings [1, 77, D] by caption.
+/// Text embeddings [1, L, D] by caption (L = 77, or kohya's 152 / 227 for long captions).
 #[derive(Default)]
 pub struct TextCache {
     map: HashMap<String, Tensor>,
-    /// Captions longer than 75 tokens, cut (for a warning).
-    pub truncated: Vec<String>,
 }
 
 impl TextCache {
@@ -189,7 +187,7 @@ impl TextCache {
         te: Option<&ClipTextModel>,
         tokenizer: &Tokenizer,
         caption: &str,
-        clip_skip: usize,
+        text: TextOptions,
     ) -> Result<Tensor> {
         if let Some(t) = self.map.get(caption) {
             return Ok(t.clone());
@@ -200,11 +198,8 @@ impl TextCache {
             value: caption.to_string(),
             expected: "a caption encoded before the text encoder was released".into(),
         })?;
-        let enc = tokenizer.encode(caption);
-        if enc.truncated {
-            self.truncated.push(caption.to_string());
-        }
-        let emb = te.forward(&Ctx::new(be, None), &enc.ids, 1, clip_skip)?;
+        let enc = tokenizer.encode_long(caption, text.max_token_length);
+        let emb = te.forward(&Ctx::new(be, None), &enc.ids, 1, text.clip_skip)?;
         self.map.insert(caption.to_string(), emb.clone());
         Ok(emb)
     }
@@ -214,6 +209,13 @@ impl TextCache {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+}
+
+/// How captions are encoded: kohya's `clip_skip` and `max_token_length`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextOptions {
+    pub clip_skip: usize,
+    pub max_token_length: usize,
 }
 
 /// Stacks tensors [1, ...] of one shape into [N, ...].

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::backend::Backend;
+use crate::data::BatchGroup;
 use crate::error::Result;
 use crate::lora::LoraSet;
 use crate::model::family::Models;
@@ -22,7 +23,8 @@ pub struct EvalSet {
 }
 
 impl EvalSet {
-    /// One batch per `batch_size` images of a bucket, without random choices.
+    /// One batch per `batch_size` images (the dataset's own batch size where it has one) of
+    /// a dataset's bucket, without random choices; regularisation images are not scored.
     pub fn build(
         be: &dyn Backend,
         m: &Models,
@@ -36,17 +38,20 @@ impl EvalSet {
             &inputs.ds.items
         };
         // Same-bucket groups only, so every batch stacks.
-        let mut by_bucket: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
-        for (i, item) in items.iter().enumerate() {
-            by_bucket.entry(item.bucket).or_default().push(i);
+        let mut by_bucket: BTreeMap<BatchGroup, Vec<usize>> = BTreeMap::new();
+        for (i, item) in items.iter().enumerate().filter(|(_, it)| !it.is_reg) {
+            by_bucket
+                .entry((item.dataset, item.bucket))
+                .or_default()
+                .push(i);
         }
         let mut rng = Rng::new(0);
         let mut set = EvalSet {
             pairs: Vec::new(),
             captions: Vec::new(),
         };
-        for idx in by_bucket.values() {
-            for chunk in idx.chunks(batch_size.max(1)) {
+        for (&(d, _), idx) in &by_bucket {
+            for chunk in idx.chunks(inputs.ds.batch_size(d, batch_size)) {
                 let (latents, captions) = inputs.batch(be, m, draw, chunk, &mut rng)?;
                 let context = inputs.contexts(be, m, &captions)?;
                 set.pairs.push((latents, context));

@@ -4,20 +4,21 @@
 
 use crate::backend::Backend;
 use crate::config::TrainConfig;
-use crate::data::{process_caption, DataOptions, Dataset};
+use crate::data::{plain_caption, process_caption, DataOptions, Dataset, Item, Source};
 use crate::error::Result;
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::model::tokenizer::Tokenizer;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::cache::{stack, LatentCache, LatentKey, Pixels, TextCache};
+use crate::train::cache::{stack, LatentCache, LatentKey, Pixels, TextCache, TextOptions};
 
 /// Which images a batch is drawn from, and whether with the run's random choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Draw {
-    /// Training images with the configured augmentations.
-    Train,
+    /// Training images with the configured augmentations, in this epoch (0-based, as the
+    /// run counts it).
+    Train { epoch: u64 },
     /// Training images as they are (fixed-noise evaluation).
     TrainPlain,
     /// Validation images, as they are.
@@ -31,7 +32,8 @@ pub struct Inputs {
     pub latents: LatentCache,
     pub texts: TextCache,
     pub tokenizer: Tokenizer,
-    clip_skip: usize,
+    text: TextOptions,
+    prior_loss_weight: f64,
 }
 
 impl Inputs {
@@ -47,19 +49,37 @@ impl Inputs {
             opts,
             texts: TextCache::default(),
             tokenizer: Tokenizer::new()?,
-            clip_skip: cfg.clip_skip,
+            text: TextOptions {
+                clip_skip: cfg.clip_skip,
+                max_token_length: cfg.max_token_length,
+            },
+            prior_loss_weight: cfg.prior_loss_weight,
         })
+    }
+
+    /// The options `item` was scanned with (its subset's; the run's for a data set made
+    /// without sources).
+    fn options_of(&self, item: &Item) -> &DataOptions {
+        self.ds
+            .sources
+            .get(item.source)
+            .map_or(&self.opts, |s| &s.opts)
+    }
+
+    /// The loss weight of each training image of `idx` (see [`Dataset::loss_weights`]).
+    pub fn loss_weights(&self, idx: &[usize]) -> Option<Vec<f64>> {
+        self.ds.loss_weights(idx, self.prior_loss_weight)
     }
 
     /// Encodes every latent the run will read (both orientations under flip_aug, validation
     /// images too) and, when `captions` is set, every caption's embedding.
     pub fn fill(&mut self, be: &dyn Backend, m: &Models, captions: bool) -> Result<()> {
-        let flips: &[bool] = if self.opts.flip_aug {
-            &[false, true]
-        } else {
-            &[false]
-        };
         for (i, item) in self.ds.items.iter().enumerate() {
+            let flips: &[bool] = if self.options_of(item).flip_aug {
+                &[false, true]
+            } else {
+                &[false]
+            };
             for &flipped in flips {
                 let key = LatentKey {
                     index: i,
@@ -79,12 +99,13 @@ impl Inputs {
         }
         if captions {
             for item in self.ds.items.iter().chain(&self.ds.validation) {
+                let caption = plain_caption(&item.caption, self.options_of(item));
                 self.texts.get_or_encode(
                     be,
                     m.text.as_ref(),
                     &self.tokenizer,
-                    &item.caption,
-                    self.clip_skip,
+                    &caption,
+                    self.text,
                 )?;
             }
         }
@@ -101,7 +122,11 @@ impl Inputs {
         rng: &mut Rng,
     ) -> Result<(Tensor, Vec<String>)> {
         let validation = draw == Draw::Validation;
-        let augment = draw == Draw::Train;
+        let epoch = match draw {
+            Draw::Train { epoch } => Some(epoch),
+            _ => None,
+        };
+        let augment = epoch.is_some();
         let mut lat = Vec::with_capacity(idx.len());
         let mut captions = Vec::with_capacity(idx.len());
         for &i in idx {
@@ -110,18 +135,20 @@ impl Inputs {
             } else {
                 &self.ds.items[i]
             };
-            let flipped = augment && self.opts.flip_aug && rng.uniform() < 0.5;
+            let opts = self.options_of(item);
+            let flipped = augment && opts.flip_aug && rng.uniform() < 0.5;
             let key = LatentKey {
                 index: i,
                 validation,
                 flipped,
             };
+            // kohya counts epochs from 1 (caption_dropout_every_n_epochs).
+            let caption = match epoch {
+                Some(e) => process_caption(&item.caption, opts, e + 1, rng),
+                None => plain_caption(&item.caption, opts),
+            };
             lat.push(self.latents.get_or_encode(be, m.vae.as_ref(), key, item)?);
-            captions.push(if augment {
-                process_caption(&item.caption, &self.opts, rng)
-            } else {
-                item.caption.clone()
-            });
+            captions.push(caption);
         }
         Ok((stack(be, &lat)?, captions))
     }
@@ -140,17 +167,22 @@ impl Inputs {
                 m.text.as_ref(),
                 &self.tokenizer,
                 c,
-                self.clip_skip,
+                self.text,
             )?);
         }
         stack(be, &ctx)
     }
 
-    /// The token ids of captions, 77 per caption.
+    /// The token ids of captions: 77 per caption, or rows of 77 per window of kohya's long
+    /// captions (`max_token_length` 150 or 225).
     pub fn ids(&self, captions: &[String]) -> Vec<u32> {
         captions
             .iter()
-            .flat_map(|c| self.tokenizer.encode(c).ids)
+            .flat_map(|c| {
+                self.tokenizer
+                    .encode_long(c, self.text.max_token_length)
+                    .ids
+            })
             .collect()
     }
 
@@ -162,7 +194,7 @@ impl Inputs {
         ids: &[u32],
         batch: usize,
     ) -> Result<(Tensor, Option<crate::model::family::TextTape>)> {
-        m.encode_text_train(cx, ids, batch, self.clip_skip, false)
+        m.encode_text_train(cx, ids, batch, self.text.clip_skip, false)
     }
 
     /// The conditioning of `captions`: from the cache, or through the text encoder (with its
@@ -180,7 +212,7 @@ impl Inputs {
                 cx,
                 &self.ids(captions),
                 captions.len(),
-                self.clip_skip,
+                self.text.clip_skip,
                 save,
             ),
             None => Ok((self.contexts(be, m, captions)?, None)),
@@ -207,9 +239,77 @@ pub fn data_options(cfg: &TrainConfig) -> DataOptions {
         shuffle_caption: cfg.shuffle_caption,
         keep_tokens: cfg.keep_tokens,
         caption_dropout_rate: cfg.caption_dropout_rate,
+        caption_tag_dropout_rate: cfg.caption_tag_dropout_rate,
+        caption_dropout_every_n_epochs: cfg.caption_dropout_every_n_epochs,
+        caption_prefix: cfg.caption_prefix.clone(),
+        caption_suffix: cfg.caption_suffix.clone(),
+        keep_tokens_separator: cfg.keep_tokens_separator.clone(),
+        secondary_separator: cfg.secondary_separator.clone(),
+        enable_wildcard: cfg.enable_wildcard,
         validation_split: cfg.validation_split,
         num_repeats: cfg.num_repeats,
         class_tokens: cfg.class_tokens.clone(),
+        metadata_file: cfg.metadata_file.clone(),
+        batch_size: cfg.batch_size,
         seed: cfg.seed,
     }
+}
+
+/// The folders a configuration trains on: each `dataset_config` subset with its own options;
+/// without one, `train_data_dir` (with its N_name folders) and `reg_data_dir`'s N_name folders
+/// as regularisation images, as sd-scripts reads them.
+pub fn data_sources(cfg: &TrainConfig) -> Vec<Source> {
+    if !cfg.subsets.is_empty() {
+        return cfg
+            .subsets
+            .iter()
+            .map(|s| Source {
+                opts: data_options(&s.config),
+                is_reg: s.is_reg,
+                dataset: s.dataset,
+            })
+            .collect();
+    }
+    let train = data_options(cfg);
+    let mut sources = vec![Source {
+        opts: train.clone(),
+        is_reg: false,
+        dataset: 0,
+    }];
+    if let Some(dir) = &cfg.reg_data_dir {
+        sources.push(Source {
+            opts: DataOptions {
+                train_data_dir: dir.clone(),
+                num_repeats: 1,
+                class_tokens: None,
+                ..train
+            },
+            is_reg: true,
+            dataset: 0,
+        });
+    }
+    sources
+}
+
+/// The images (training and validation, each once) whose caption as written (with its
+/// prefix and suffix) has more tokens than `max_tokens`, which cuts it: their count, and the first one's path and token count.
+pub fn long_captions<'d>(
+    ds: &'d Dataset,
+    tokenizer: &Tokenizer,
+    max_tokens: usize,
+) -> (usize, Option<(&'d std::path::Path, usize)>) {
+    let mut count = 0;
+    let mut first = None;
+    for item in ds.items.iter().chain(&ds.validation) {
+        let caption = match ds.sources.get(item.source) {
+            Some(s) => plain_caption(&item.caption, &s.opts),
+            None => item.caption.clone(),
+        };
+        let n = tokenizer.tokenize(&caption).len();
+        if n > max_tokens {
+            count += 1;
+            first.get_or_insert((item.path.as_path(), n));
+        }
+    }
+    (count, first)
 }

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use crate::backend::Backend;
 use crate::config::TrainConfig;
-use crate::data::{scan, Dataset};
+use crate::data::{scan_sources, Dataset};
 use crate::error::{Error, Result};
 use crate::lora::export::{save_kohya, training_metadata, BaseModelInfo, TrainingInfo};
+use crate::model::tokenizer::Tokenizer;
 use crate::monitor::tensorboard::{wall_time_now, EventWriter};
 use crate::train::events::{Event, Observer, TrainReport};
-use crate::train::inputs::data_options;
+use crate::train::inputs::{data_sources, long_captions};
 use crate::train::saves::{SavePoint, Saves};
 use crate::train::trainer::{Run, StepDone};
 
@@ -27,7 +28,7 @@ pub enum Stop {
 
 /// The data set a configuration trains on, every file checked (what `train` reads first).
 pub fn scan_data(cfg: &TrainConfig) -> Result<Dataset> {
-    Ok(scan(&data_options(cfg))?)
+    Ok(scan_sources(&data_sources(cfg))?)
 }
 
 /// The output folder, the data set (warnings reported), and on a GPU the memory plan.
@@ -41,6 +42,23 @@ pub fn scan_and_check(
     let ds = scan_data(cfg)?;
     for w in &ds.warnings {
         obs.on(Event::Warning(w.to_string()));
+    }
+    let max = cfg.max_token_length;
+    if let (n, Some((path, tokens))) = long_captions(&ds, &Tokenizer::new()?, max) {
+        obs.on(Event::Warning(format!(
+            "{n} image(s) have a caption longer than max_token_length = {max} tokens, cut to its first {max} (the first: {}, {tokens} tokens){}",
+            path.display(),
+            if max < 225 { "; kohya's max_token_length 150 or 225 keeps more" } else { "" }
+        )));
+    }
+    if ds.sources.iter().any(|s| s.is_reg) {
+        obs.on(Event::Info(format!(
+            "{} train images with repeats, {} reg images with repeats (balanced to {} per epoch, loss weight prior_loss_weight = {})",
+            ds.train_samples_per_epoch(),
+            ds.num_reg_images,
+            ds.samples_per_epoch() - ds.train_samples_per_epoch(),
+            cfg.prior_loss_weight
+        )));
     }
     if let Some(p) = crate::plan::device_plan(cfg, be, &ds)? {
         obs.on(Event::Info(crate::plan::report::summary(&p)));
@@ -324,7 +342,10 @@ fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
         min_snr_gamma: cfg.min_snr_gamma,
         flip_aug: cfg.flip_aug,
         random_crop: cfg.random_crop,
-        num_train_images: ds.samples_per_epoch() as u64,
+        num_train_images: ds.train_samples_per_epoch() as u64,
+        num_reg_images: ds.num_reg_images as u64,
+        max_token_length: (cfg.max_token_length != 75).then_some(cfg.max_token_length as u32),
+        prior_loss_weight: cfg.prior_loss_weight,
         num_validation_images: ds.validation.len() as u64,
         validation_split: cfg.validation_split,
         validate_every_n_steps: cfg.validate_every_n_steps.map(|n| n as u64),

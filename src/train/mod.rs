@@ -24,6 +24,7 @@ pub mod optim;
 pub mod samples;
 pub mod saves;
 pub mod scaler;
+pub mod start;
 pub mod state;
 pub mod step;
 pub mod trainable;

@@ -10,7 +10,7 @@ use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::model::tokenizer::Tokenizer;
 use crate::sample::image::RgbImage;
-use crate::sample::{generate, parse_prompt_line, save_png, Pipeline, PromptDefaults};
+use crate::sample::{generate, parse_prompt_line, save_png, LongPrompts, Pipeline, PromptDefaults};
 
 fn bad(value: String, why: &dyn std::fmt::Display) -> Error {
     Error::BadValue {
@@ -38,7 +38,11 @@ pub fn generate_all(
         seed: Some(cfg.seed),
         ..PromptDefaults::default()
     };
-    let pipe = Pipeline::new(&m.unet, vae, te, tokenizer);
+    let prompts = LongPrompts {
+        tokenizer,
+        max_tokens: cfg.max_token_length,
+    };
+    let pipe = Pipeline::new(&m.unet, vae, te, &prompts);
     let mut images = Vec::with_capacity(lines.len());
     for line in lines {
         let spec = parse_prompt_line(line, &defaults).map_err(|e| bad(line.clone(), &e))?;

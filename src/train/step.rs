@@ -3,7 +3,8 @@
 //!
 //!   t ~ U{0..999}, ε ~ N(0, I) (+ noise_offset·n per sample and channel)
 //!   x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε
-//!   loss = (1/N) Σ_n w_n·mean((UNet(x_t, t, c) − ε)²),  w = min-SNR-γ weights or 1
+//!   loss = (1/N) Σ_n w_n·mean((UNet(x_t, t, c) − ε)²),
+//!   w_n = (min-SNR-γ weight or 1) · (prior_loss_weight for a regularisation image, else 1)
 //! The backward writes `= ` or `+=` into the LoRA gradients by `grads.accum`; the loss
 //! gradient is multiplied by `grad_scale` (the loss scale over the accumulation steps).
 //! With a dropout source in the `Ctx`, each adapter's hidden is masked as kohya's
@@ -97,6 +98,9 @@ pub struct MicroBatch<'a> {
     pub grad_scale: f64,
     /// Return d loss / d context (the text encoder is trained).
     pub want_context_grad: bool,
+    /// Each sample's loss weight (kohya's `prior_loss_weight` for regularisation images),
+    /// multiplied with the min-SNR weight; None: all 1.
+    pub loss_weights: Option<&'a [f64]>,
 }
 
 /// What a micro-batch gives back.
@@ -123,9 +127,13 @@ pub fn denoise_micro_batch(
     let nz = noise_batch(be, batch.latents, obj, rng)?;
     let t = timestep_tensor(be, &nz.timesteps, batch.latents.dtype())?;
     let (pred, tape) = unet.forward(cx, &nz.noisy, &t, batch.context, true, None)?;
-    let weights = obj
+    let snr = obj
         .min_snr_gamma
         .map(|g| min_snr_weights(&obj.schedule, &nz.timesteps, g));
+    let weights = match (snr, batch.loss_weights) {
+        (Some(s), Some(w)) => Some(s.iter().zip(w).map(|(a, b)| a * b).collect()),
+        (s, w) => s.or_else(|| w.map(<[f64]>::to_vec)),
+    };
     let (loss, d_pred) = be.mse_loss(&pred, &nz.noise, weights.as_deref(), batch.grad_scale)?;
     drop(pred);
     let mut out = MicroOut {

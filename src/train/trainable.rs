@@ -18,6 +18,7 @@ use crate::tensor::{DType, Tensor};
 use crate::train::inputs::{Draw, Inputs};
 use crate::train::optim::{clip_coefficient, KeyDefaults, OptimizerKind, ParamGroup};
 use crate::train::scaler::LossScaler;
+use crate::train::start::{start_from, Started};
 use crate::train::step::{denoise_micro_batch, MicroBatch, MicroOut, Objective};
 
 /// Where a micro-batch sits in the run: its draws (data order aside) come from generators
@@ -41,6 +42,8 @@ pub struct Trainable {
     pub groups: Vec<ParamGroup>,
     pub scaler: LossScaler,
     pub objective: Objective,
+    /// What starting from `network_weights` did.
+    pub started: Option<Started>,
     train_text: bool,
     dropout: f64,
     /// Gradient checkpointing: the UNet recomputes each layer in the backward.
@@ -71,7 +74,8 @@ pub fn optimizer_kind(cfg: &TrainConfig) -> Result<OptimizerKind> {
 
 impl Trainable {
     /// Fresh adapters on the targets `cfg` names (B = 0: training starts from the base model),
-    /// their optimizer groups and gradient buffers.
+    /// or with `network_weights` those of the file (src/train/start.rs), their optimizer
+    /// groups and gradient buffers.
     pub fn new(be: &dyn Backend, m: &Models, cfg: &TrainConfig) -> Result<Trainable> {
         let (targets, n_unet) = m.adapter_targets(cfg.lora_targets, cfg.train_text_encoder);
         let lora = LoraSet::init(
@@ -101,6 +105,19 @@ impl Trainable {
                 (lora, n_unet + n, targets.len() + n)
             }
         };
+        let (lora, n_unet, n_all, started) = match &cfg.network_weights {
+            None => (lora, n_unet, n_all, None),
+            Some(file) => {
+                let (lora, started) = start_from(be, lora, file, cfg.dim_from_weights)?;
+                let n_unet = lora
+                    .modules()
+                    .iter()
+                    .take_while(|m| m.name.starts_with("lora_unet_"))
+                    .count();
+                let n_all = lora.len();
+                (lora, n_unet, n_all, Some(started))
+            }
+        };
         let kind = optimizer_kind(cfg)?;
         let mut groups = vec![ParamGroup::new(be, "unet", &lora, 0..n_unet, &kind)?];
         if cfg.train_text_encoder {
@@ -123,6 +140,7 @@ impl Trainable {
                 noise_offset: cfg.noise_offset,
                 min_snr_gamma: cfg.min_snr_gamma,
             },
+            started,
             train_text: cfg.train_text_encoder,
             dropout: cfg.lora_dropout,
             checkpointing: cfg.gradient_checkpointing,
@@ -176,7 +194,8 @@ impl Trainable {
         site: Site,
     ) -> Result<MicroOut> {
         let mut rng = Rng::for_site(self.seed, &[3, site.epoch, site.index]);
-        let (latents, captions) = inputs.batch(be, m, Draw::Train, idx, &mut rng)?;
+        let (latents, captions) =
+            inputs.batch(be, m, Draw::Train { epoch: site.epoch }, idx, &mut rng)?;
         self.grads.accum = if site.k == 0 {
             Accum::Assign
         } else {
@@ -188,7 +207,9 @@ impl Trainable {
             .with_checkpointing(self.checkpointing);
         let text_cx = (self.train_text && m.text.is_some()).then_some(&cx);
         let (context, text_tape) = inputs.condition(be, m, text_cx, &captions, true)?;
+        let loss_weights = inputs.loss_weights(idx);
         let batch = MicroBatch {
+            loss_weights: loss_weights.as_deref(),
             latents: &latents,
             context: &context,
             grad_scale: self.scaler.scale / site.of as f64,

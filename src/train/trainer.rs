@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::backend::Backend;
 use crate::config::TrainConfig;
-use crate::data::{epoch_batches, Dataset};
+use crate::data::{captions_vary, epoch_batches, Dataset};
 use crate::error::Result;
 use crate::model::family::{family_of, Models, WeightsFrom};
 use crate::model::layers::Ctx;
@@ -23,7 +23,7 @@ use crate::rng::Rng;
 use crate::sample::image::RgbImage;
 use crate::train::cache::Pixels;
 use crate::train::eval::EvalSet;
-use crate::train::inputs::{Draw, Inputs};
+use crate::train::inputs::{data_options, Draw, Inputs};
 use crate::train::lr::LrSchedule;
 use crate::train::state::Progress;
 use crate::train::trainable::{Site, Trainable};
@@ -145,6 +145,20 @@ impl<'a> Run<'a> {
 
         hook.begin(Phase::Adapters);
         let trainable = Trainable::new(be, &models, cfg)?;
+        if let (Some(s), Some(file)) = (&trainable.started, &cfg.network_weights) {
+            hook.info(format!(
+                "network_weights {}: {} adapters loaded, {} of the file not used, {} {}",
+                file.display(),
+                s.loaded,
+                s.unused,
+                s.missing,
+                if cfg.dim_from_weights {
+                    "of this run's targets not in the file left out (dim_from_weights)"
+                } else {
+                    "not in the file start fresh"
+                }
+            ));
+        }
         hook.end(Phase::Adapters);
 
         hook.begin(Phase::Evaluation);
@@ -277,10 +291,11 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Captions never change (no shuffling, no caption dropout, no text-encoder training): their
+/// Captions never change (no shuffling, dropout or wildcards, no text-encoder training): their
 /// embeddings are cached and the text encoder is released.
 pub fn captions_fixed(cfg: &TrainConfig) -> bool {
-    !cfg.shuffle_caption && cfg.caption_dropout_rate == 0.0 && !cfg.train_text_encoder
+    let varies = |c: &TrainConfig| captions_vary(&data_options(c));
+    !varies(cfg) && !cfg.subsets.iter().any(|s| varies(&s.config)) && !cfg.train_text_encoder
 }
 
 /// The seed of the fixed-noise evaluations.
