@@ -959,3 +959,66 @@ fn a_dataset_config_with_a_regularisation_subset_trains() {
     assert_eq!(meta["ss_num_train_images"], n.to_string());
     assert_eq!(meta["ss_prior_loss_weight"], "0.5");
 }
+
+/// lora-scripts' two default configs train end to end as they are (AdamW8bit, 225-token
+/// captions, the text encoder trained, cosine_with_restarts, clip_skip 2): only the paths are
+/// replaced, and the size of the run (the demo's tiny model and 64-pixel images, 3 steps), and
+/// the LoRA's metadata says what was done.
+#[test]
+fn lora_scripts_default_configs_train_end_to_end() {
+    use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
+    let dir = temp_dir("lora-scripts-e2e");
+    let demo = lorafuse::demo::prepare(&dir.join("demo"), 2).unwrap();
+    for name in ["lora-scripts-default.toml", "lora-scripts-lora.toml"] {
+        let out = dir.join(name).join("out");
+        let set = |kv: String| ["--set".to_string(), kv];
+        let args: Vec<String> = [
+            // Paths.
+            format!("pretrained_model_name_or_path={}", demo.model.display()),
+            format!("train_data_dir={}", demo.data.display()),
+            format!("output_dir={}", out.display()),
+            format!("logging_dir={}", dir.join(name).join("logs").display()),
+            // The size of the run.
+            "resolution=64".into(),
+            "min_bucket_reso=64".into(),
+            "max_bucket_reso=128".into(),
+            "max_train_epochs=".into(),
+            "max_train_steps=3".into(),
+            "device=cpu".into(),
+        ]
+        .into_iter()
+        .flat_map(set)
+        .collect();
+        let run = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+            .arg("train")
+            .arg(fixture(name))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(0), "{name}: {stderr}");
+        let file = SafetensorsFile::open(&out.join("output_name.safetensors")).unwrap();
+        let meta = file.metadata();
+        let get = |k: &str| meta.get(k).map(String::as_str).unwrap_or("");
+        assert!(
+            get("ss_optimizer").starts_with("AdamW8bit("),
+            "{name}: {meta:?}"
+        );
+        for (key, want) in [
+            ("ss_max_token_length", "225"),
+            ("ss_clip_skip", "2"),
+            ("ss_network_dim", "32"),
+            ("ss_network_alpha", "16.0"),
+            ("ss_lr_scheduler", "cosine_with_restarts"),
+            ("ss_max_train_steps", "3"),
+        ] {
+            assert_eq!(get(key), want, "{name}: {key} in {meta:?}");
+        }
+        // The text encoder was trained too (network_train_unet_only = false).
+        assert!(
+            file.names().any(|n| n.starts_with("lora_te_")),
+            "{name}: no text-encoder adapters"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

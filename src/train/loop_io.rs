@@ -330,6 +330,11 @@ fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
         num_epochs: total.div_ceil(run.lengths.steps_per_epoch.max(1)),
         num_batches_per_epoch: ds.batches_per_epoch(cfg.batch_size) as u64,
         batch_size: cfg.batch_size,
+        // kohya's ss_optimizer text: the optimizer's name and arguments, as it trained.
+        optimizer: run.trainable.groups.first().map_or_else(
+            || cfg.optimizer_type.name().to_string(),
+            |g| g.optimizer.describe(),
+        ),
         gradient_accumulation_steps: cfg.gradient_accumulation_steps,
         gradient_checkpointing: cfg.gradient_checkpointing,
         max_grad_norm: cfg.max_grad_norm,
