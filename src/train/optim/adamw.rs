@@ -32,6 +32,29 @@ impl Default for AdamWSettings {
     }
 }
 
+impl AdamWSettings {
+    /// kohya's `ss_optimizer` text for an optimizer `name` with these settings.
+    pub(super) fn describe(&self, name: &str) -> String {
+        format!(
+            "{name}(weight_decay={},betas=({},{}),eps={})",
+            self.weight_decay, self.beta1, self.beta2, self.eps
+        )
+    }
+
+    /// The hyper-parameters of step number `step` at rate `lr`.
+    pub(super) fn step(&self, lr: f64, step: u64, grad_scale: f64) -> crate::backend::AdamW {
+        crate::backend::AdamW {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            step,
+            grad_scale,
+        }
+    }
+}
+
 /// AdamW over one flat buffer.
 pub struct AdamW {
     pub settings: AdamWSettings,
@@ -58,11 +81,7 @@ impl Optimizer for AdamW {
     }
 
     fn describe(&self) -> String {
-        let s = &self.settings;
-        format!(
-            "AdamW(weight_decay={},betas=({},{}),eps={})",
-            s.weight_decay, s.beta1, s.beta2, s.eps
-        )
+        self.settings.describe(self.name())
     }
 
     fn step(
@@ -74,16 +93,7 @@ impl Optimizer for AdamW {
         grad_scale: f64,
     ) -> Result<()> {
         self.steps += 1;
-        let s = &self.settings;
-        let h = crate::backend::AdamW {
-            lr,
-            beta1: s.beta1,
-            beta2: s.beta2,
-            eps: s.eps,
-            weight_decay: s.weight_decay,
-            step: self.steps,
-            grad_scale,
-        };
+        let h = self.settings.step(lr, self.steps, grad_scale);
         be.adamw_step(params, grads, &mut self.m, &mut self.v, &h)
     }
 

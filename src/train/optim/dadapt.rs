@@ -22,9 +22,9 @@
 //! State: `m` (exp_avg), `v` (exp_avg_sq) and `s`, f32 per parameter; and `scalars`: d, the
 //! running numerator r and k, each f64 stored exactly as three f32 parts.
 
-use super::{join, restore_named, split, Optimizer};
+use super::{restore_named, restore_scalars, scalars_tensor, Optimizer};
 use crate::backend::{Backend, DAdaptBuffers, DAdaptMoments, ProdigyUpdate};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
 /// DAdaptAdam's settings (dadaptation's argument names).
@@ -98,8 +98,7 @@ impl DAdaptAdam {
     }
 
     fn store_scalars(&mut self, be: &dyn Backend) -> Result<()> {
-        let parts = split(&[self.d, self.numerator, self.k as f64]);
-        self.scalars = be.tensor_from_f32(&[parts.len()], &parts, DType::F32)?;
+        self.scalars = scalars_tensor(be, &[self.d, self.numerator, self.k as f64])?;
         Ok(())
     }
 }
@@ -209,15 +208,7 @@ impl Optimizer for DAdaptAdam {
             get,
             &mut [("m", &mut self.m), ("v", &mut self.v), ("s", &mut self.s)],
         )?;
-        let parts = get("scalars")?.to_f32_vec();
-        let [d, numerator, k] = join(&parts)[..] else {
-            return Err(Error::BadValue {
-                op: "optimizer",
-                name: "scalars",
-                value: format!("{} values", parts.len()),
-                expected: "9 values: DAdaptAdam's d, numerator and k".into(),
-            });
-        };
+        let [d, numerator, k] = restore_scalars(get, "DAdaptAdam's d, numerator and k")?;
         (self.d, self.numerator, self.k) = (d, numerator, k as u64);
         self.store_scalars(be)?;
         self.steps = steps;

@@ -74,11 +74,7 @@ impl Optimizer for AdamW8bit {
     }
 
     fn describe(&self) -> String {
-        let s = &self.settings;
-        format!(
-            "AdamW8bit(weight_decay={},betas=({},{}),eps={})",
-            s.weight_decay, s.beta1, s.beta2, s.eps
-        )
+        self.settings.describe(self.name())
     }
 
     fn step(
@@ -90,16 +86,7 @@ impl Optimizer for AdamW8bit {
         grad_scale: f64,
     ) -> Result<()> {
         self.steps += 1;
-        let s = &self.settings;
-        let h = crate::backend::AdamW {
-            lr,
-            beta1: s.beta1,
-            beta2: s.beta2,
-            eps: s.eps,
-            weight_decay: s.weight_decay,
-            step: self.steps,
-            grad_scale,
-        };
+        let h = self.settings.step(lr, self.steps, grad_scale);
         be.adamw8bit_step(params, grads, self.m.arg(), self.v.arg(), &h)
     }
 
@@ -160,11 +147,7 @@ impl Optimizer for Lion8bit {
     }
 
     fn describe(&self) -> String {
-        let s = &self.settings;
-        format!(
-            "Lion8bit(weight_decay={},betas=({},{}))",
-            s.weight_decay, s.beta1, s.beta2
-        )
+        self.settings.describe(self.name())
     }
 
     fn step(
@@ -176,14 +159,7 @@ impl Optimizer for Lion8bit {
         grad_scale: f64,
     ) -> Result<()> {
         self.steps += 1;
-        let s = &self.settings;
-        let h = crate::backend::Lion {
-            lr,
-            beta1: s.beta1,
-            beta2: s.beta2,
-            weight_decay: s.weight_decay,
-            grad_scale,
-        };
+        let h = self.settings.step(lr, grad_scale);
         be.lion8bit_step(params, grads, self.m.arg(), &h)
     }
 

@@ -30,6 +30,27 @@ impl Default for LionSettings {
     }
 }
 
+impl LionSettings {
+    /// kohya's `ss_optimizer` text for an optimizer `name` with these settings.
+    pub(super) fn describe(&self, name: &str) -> String {
+        format!(
+            "{name}(weight_decay={},betas=({},{}))",
+            self.weight_decay, self.beta1, self.beta2
+        )
+    }
+
+    /// The hyper-parameters of a step at rate `lr`.
+    pub(super) fn step(&self, lr: f64, grad_scale: f64) -> crate::backend::Lion {
+        crate::backend::Lion {
+            lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            weight_decay: self.weight_decay,
+            grad_scale,
+        }
+    }
+}
+
 /// Lion over one flat buffer.
 pub struct Lion {
     pub settings: LionSettings,
@@ -54,11 +75,7 @@ impl Optimizer for Lion {
     }
 
     fn describe(&self) -> String {
-        let s = &self.settings;
-        format!(
-            "Lion(weight_decay={},betas=({},{}))",
-            s.weight_decay, s.beta1, s.beta2
-        )
+        self.settings.describe(self.name())
     }
 
     fn step(
@@ -70,14 +87,7 @@ impl Optimizer for Lion {
         grad_scale: f64,
     ) -> Result<()> {
         self.steps += 1;
-        let s = &self.settings;
-        let h = crate::backend::Lion {
-            lr,
-            beta1: s.beta1,
-            beta2: s.beta2,
-            weight_decay: s.weight_decay,
-            grad_scale,
-        };
+        let h = self.settings.step(lr, grad_scale);
         be.lion_step(params, grads, &mut self.m, &h)
     }
 

@@ -227,6 +227,32 @@ fn restore_named(
     Ok(())
 }
 
+/// An optimizer's f64 scalars as the f32 tensor the state file saves (each as an exact
+/// triple, [`split`]).
+fn scalars_tensor(be: &dyn Backend, xs: &[f64]) -> Result<Tensor> {
+    let parts = split(xs);
+    be.tensor_from_f32(&[parts.len()], &parts, DType::F32)
+}
+
+/// The `N` scalars [`scalars_tensor`] saved under "scalars"; `what` names them for the error
+/// ("Prodigy's d, d_max, numerator and k").
+fn restore_scalars<const N: usize>(
+    get: &mut dyn FnMut(&'static str) -> Result<Tensor>,
+    what: &str,
+) -> Result<[f64; N]> {
+    let parts = get("scalars")?.to_f32_vec();
+    let wrong = || Error::BadValue {
+        op: "optimizer",
+        name: "scalars",
+        value: format!("{} values", parts.len()),
+        expected: format!("{} values: {what}", 3 * N),
+    };
+    if parts.len() != 3 * N {
+        return Err(wrong());
+    }
+    join(&parts).try_into().map_err(|_| wrong())
+}
+
 /// Tensors laid end to end in one flat f32 tensor.
 fn gather<'a>(be: &dyn Backend, parts: impl Iterator<Item = &'a Tensor>) -> Result<Tensor> {
     let mut flat = Vec::new();
@@ -270,7 +296,9 @@ pub(super) fn join(parts: &[f32]) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{join, split};
+    use super::{join, restore_scalars, scalars_tensor, split};
+    use crate::tensor::Tensor;
+    use crate::CpuBackend;
 
     #[test]
     fn scalars_round_trip_exactly() {
@@ -284,6 +312,25 @@ mod tests {
             4096.0,
         ] {
             assert_eq!(join(&split(&[x]))[0].to_bits(), x.to_bits(), "{x}");
+        }
+    }
+
+    #[test]
+    fn saved_scalars_restore_and_a_wrong_count_is_an_error() {
+        let be = CpuBackend::new();
+        let saved = scalars_tensor(&be, &[0.1, 7.0]).unwrap();
+        let got: [f64; 2] = restore_scalars(&mut |_| Ok(saved.clone()), "two").unwrap();
+        assert_eq!(got, [0.1, 7.0]);
+        // 3 values per scalar are expected; 4 (not a multiple of 3) or 6 for 3 are refused.
+        for n in [4, 6] {
+            let bad = Tensor::from_f32([n], vec![0.0; n]).unwrap();
+            let e = restore_scalars::<3>(&mut |_| Ok(bad.clone()), "three")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("scalars") && e.contains("9 values: three"),
+                "{e}"
+            );
         }
     }
 }

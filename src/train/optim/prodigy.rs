@@ -23,9 +23,9 @@
 //! d, d_max, the running numerator r and k, each f64 stored exactly as three f32 parts
 //! (hi + mid + lo) so that a resume is bit-exact.
 
-use super::{join, restore_named, split, Optimizer};
+use super::{restore_named, restore_scalars, scalars_tensor, Optimizer};
 use crate::backend::{Backend, ProdigyBuffers, ProdigyMoments, ProdigyUpdate};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
 /// Prodigy's settings (prodigyopt's argument names).
@@ -112,8 +112,8 @@ impl Prodigy {
     }
 
     fn store_scalars(&mut self, be: &dyn Backend) -> Result<()> {
-        let parts = split(&[self.d, self.d_max, self.numerator, self.k as f64]);
-        self.scalars = be.tensor_from_f32(&[parts.len()], &parts, DType::F32)?;
+        let xs = [self.d, self.d_max, self.numerator, self.k as f64];
+        self.scalars = scalars_tensor(be, &xs)?;
         Ok(())
     }
 }
@@ -243,15 +243,7 @@ impl Optimizer for Prodigy {
                 ("s", &mut self.s),
             ],
         )?;
-        let parts = get("scalars")?.to_f32_vec();
-        let [d, d_max, numerator, k] = join(&parts)[..] else {
-            return Err(Error::BadValue {
-                op: "optimizer",
-                name: "scalars",
-                value: format!("{} values", parts.len()),
-                expected: "12 values: Prodigy's d, d_max, numerator and k".into(),
-            });
-        };
+        let [d, d_max, numerator, k] = restore_scalars(get, "Prodigy's d, d_max, numerator and k")?;
         (self.d, self.d_max, self.numerator, self.k) = (d, d_max, numerator, k as u64);
         self.store_scalars(be)?;
         self.steps = steps;
