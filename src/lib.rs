@@ -15,6 +15,7 @@ pub mod lora;
 pub mod model;
 pub mod monitor;
 pub mod plan;
+pub mod prepare;
 pub mod rng;
 pub mod sample;
 pub mod tensor;

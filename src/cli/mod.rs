@@ -5,6 +5,7 @@
 mod error;
 pub mod interrupt;
 mod plan;
+mod prepare;
 pub mod progress;
 mod tools;
 
@@ -208,6 +209,10 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
+    /// Make a folder of pictures ready for training: decode (EXIF orientation, alpha on a
+    /// background), resize (Lanczos) and crop each to the training resolution or its training
+    /// bucket, drop duplicates and too-small images, and copy the captions along.
+    Prepare(prepare::PrepareArgs),
     /// Show the compute backends this build has and which one `device: auto` would pick.
     Devices,
 }
@@ -323,6 +328,7 @@ pub fn run(cli: Cli) -> Outcome {
             gpu_memory,
             set,
         } => plan::plan_cmd(&config, gpu.as_deref(), gpu_memory.as_deref(), &set),
+        Command::Prepare(args) => prepare::prepare_cmd(&args),
         Command::Devices => devices(),
     }
 }

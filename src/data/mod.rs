@@ -25,7 +25,7 @@ mod finetune;
 pub mod hash;
 pub mod metadata;
 pub mod pixels;
-mod scan;
+pub(crate) mod scan;
 mod sources;
 
 use std::collections::BTreeMap;

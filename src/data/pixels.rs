@@ -133,8 +133,11 @@ pub fn jpeg_is_complete(b: &[u8]) -> Result<(), String> {
     }
 }
 
-/// RGB 8-bit, alpha composited on white.
-pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
+/// What training composites transparent pixels on: white (see the module text).
+pub const TRAINING_BACKGROUND: [u8; 3] = [255, 255, 255];
+
+/// RGB 8-bit, alpha composited on `background`: c' = (c·a + b·(255 − a))/255, rounded.
+pub fn to_rgb_on(img: DynamicImage, background: [u8; 3]) -> RgbImage {
     if !img.color().has_alpha() {
         return img.into_rgb8();
     }
@@ -142,8 +145,12 @@ pub fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
     RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
         let p = rgba.get_pixel(x, y).0;
         let a = p[3] as u32;
-        let over = |c: u8| ((c as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
-        image::Rgb([over(p[0]), over(p[1]), over(p[2])])
+        let over = |c: u8, b: u8| ((c as u32 * a + b as u32 * (255 - a) + 127) / 255) as u8;
+        image::Rgb([
+            over(p[0], background[0]),
+            over(p[1], background[1]),
+            over(p[2], background[2]),
+        ])
     })
 }
 
@@ -187,7 +194,7 @@ pub fn load_pixels(
     } else {
         cover_size(size, bucket)
     };
-    let rgb = to_rgb_on_white(img);
+    let rgb = to_rgb_on(img, TRAINING_BACKGROUND);
     let rgb = if resized_size == size {
         rgb
     } else {
