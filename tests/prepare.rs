@@ -361,3 +361,73 @@ fn the_command_prepares_a_folder_and_refuses_bad_input() {
         (format!("prepare {i} {o} --format gif"), "--format gif"),
     ]);
 }
+
+/// Runs the binary; (exit code, stdout).
+fn lorafuse_stdout(args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn tags_counts_and_edits_captions_after_a_dry_run() {
+    let t = TempDir::new("prep-tags");
+    let captions = [
+        "1girl, long_hair, white background, smile",
+        "1girl, long hair, simple background, sks style",
+        "landscape, 1girl, 1girl",
+    ];
+    for (i, c) in captions.iter().enumerate() {
+        save(
+            &picture(16, 16, i as u32),
+            &t.path(&format!("d/5_x/{i}.png")),
+        );
+        write(&t.path(&format!("d/5_x/{i}.txt")), c.as_bytes());
+    }
+    save(&picture(16, 16, 9), &t.path("d/5_x/uncaptioned.png"));
+    let dir = t.path("d");
+    let d = dir.to_str().unwrap();
+
+    let (code, table) = lorafuse_stdout(&["tags", d]);
+    assert_eq!(code, Some(0));
+    assert!(table.starts_with("3 captions, 7 distinct tags"), "{table}");
+    assert!(table.contains("     3  1girl"), "{table}");
+    assert!(table.contains("     2  long_hair"), "{table}");
+
+    let edit = [
+        "tags",
+        d,
+        "--trigger",
+        "sks style",
+        "--remove",
+        "*background",
+        "--replace",
+        "1girl=woman",
+        "--dedupe",
+    ];
+    let (code, dry) = lorafuse_stdout(&[&edit[..], &["--dry-run"]].concat());
+    assert_eq!(code, Some(0));
+    assert!(dry.contains("would change 3 of 3 captions"), "{dry}");
+    assert!(
+        dry.contains("  + sks style, woman, long_hair, smile"),
+        "{dry}"
+    );
+    let read = |i: usize| fs::read_to_string(t.path(&format!("d/5_x/{i}.txt"))).unwrap();
+    assert_eq!(read(0), captions[0], "a dry run writes nothing");
+
+    let (code, done) = lorafuse_stdout(&edit);
+    assert_eq!(code, Some(0));
+    assert!(done.contains("changed 3 of 3 captions"), "{done}");
+    assert_eq!(read(0), "sks style, woman, long_hair, smile");
+    assert_eq!(read(1), "sks style, woman, long hair");
+    assert_eq!(read(2), "sks style, landscape, woman");
+    let (_, again) = lorafuse_stdout(&edit);
+    assert!(again.contains("changed 0 of 3"), "{again}");
+
+    assert_bad_input(&[(format!("tags {d} --replace woman"), "--replace woman")]);
+}

@@ -7,6 +7,7 @@ pub mod interrupt;
 mod plan;
 mod prepare;
 pub mod progress;
+mod tags;
 mod tools;
 
 pub use error::{CliError, Out, Outcome};
@@ -213,6 +214,10 @@ pub enum Command {
     /// background), resize (Lanczos) and crop each to the training resolution or its training
     /// bucket, drop duplicates and too-small images, and copy the captions along.
     Prepare(prepare::PrepareArgs),
+    /// The tag editor's jobs on a folder's captions: without edits a frequency table; a
+    /// trigger word put first, tags removed or replaced (by name or * pattern), repeats
+    /// removed; --dry-run shows each change first.
+    Tags(tags::TagsArgs),
     /// Show the compute backends this build has and which one `device: auto` would pick.
     Devices,
 }
@@ -329,6 +334,7 @@ pub fn run(cli: Cli) -> Outcome {
             set,
         } => plan::plan_cmd(&config, gpu.as_deref(), gpu_memory.as_deref(), &set),
         Command::Prepare(args) => prepare::prepare_cmd(&args),
+        Command::Tags(args) => tags::tags_cmd(&args),
         Command::Devices => devices(),
     }
 }

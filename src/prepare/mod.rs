@@ -25,6 +25,7 @@
 pub mod crop;
 mod error;
 pub mod report;
+pub mod tags;
 mod walk;
 
 pub use crop::CropMode;
