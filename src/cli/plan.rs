@@ -85,13 +85,9 @@ enum Card {
 /// A card of the profile table, or a memory size.
 fn card(s: &str) -> Result<Card, CliError> {
     if let Some(limits) = DeviceLimits::profile(s) {
-        if !limits.supported() {
+        if let Some(why) = limits.unsupported() {
             return Err(CliError::Usage(format!(
-                "--gpu {s:?}: {limits}: lorafuse's CUDA kernels need compute capability 8.0 or \
-                 newer (RTX 30xx, A100 and later). On Turing the tensor-core kernels cannot run \
-                 and the simple attention backward of SD1.5's 160-wide heads needs 66176 bytes \
-                 of shared memory, more than its 64 KiB (planned, issue 17). --gpu-memory SIZE \
-                 plans the memory alone"
+                "--gpu {s:?}: {why}. --gpu-memory SIZE plans the memory alone"
             )));
         }
         return Ok(Card::Profile(limits));

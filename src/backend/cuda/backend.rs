@@ -33,6 +33,9 @@ impl CudaBackend {
                 expected: "f16 or f32 (f64 exists on the CPU backend only)".into(),
             });
         }
+        if let Some(why) = dev.limits().unsupported() {
+            return Err(Error::CudaUnavailable(why));
+        }
         Ok(CudaBackend {
             dev,
             dtype,

@@ -7,6 +7,7 @@
 //! backend's code runs unchanged and the pool records exactly the allocations a GPU would see,
 //! in the same order and sizes. `lorafuse plan` predicts peak VRAM this way.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -47,6 +48,9 @@ pub struct Device {
     /// forgets to write shows up in the results. Always on in the emulator; on a GPU with
     /// LORAFUSE_POISON=1.
     poison: bool,
+    /// Launches per kernel since the device opened (or [`Device::take_launch_counts`]): which
+    /// kernels a workload chose on this device's limits, for tests and diagnostics.
+    launches: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Device {
@@ -64,6 +68,7 @@ impl Device {
             limits,
             pool: Mutex::new(Pool::default()),
             poison: true,
+            launches: Mutex::default(),
         })
     }
 
@@ -93,6 +98,7 @@ impl Device {
             limits,
             pool: Mutex::new(Pool::default()),
             poison: false,
+            launches: Mutex::default(),
         })
     }
 
@@ -110,6 +116,7 @@ impl Device {
             engine: Engine::Gpu(gpu),
             pool: Mutex::new(Pool::default()),
             poison: std::env::var_os("LORAFUSE_POISON").is_some_and(|v| v == "1"),
+            launches: Mutex::default(),
         }))
     }
 
@@ -185,8 +192,18 @@ impl Device {
         }
     }
 
-    pub(crate) fn check_launch(&self, kernel: &str, cfg: &LaunchCfg) -> Result<()> {
-        cfg.check(kernel, self.limits.smem_per_block)
+    /// Checks a launch against the device's limits and counts it.
+    pub(crate) fn check_launch(&self, kernel: &'static str, cfg: &LaunchCfg) -> Result<()> {
+        cfg.check(kernel, self.limits.smem_per_block)?;
+        let mut counts = self.launches.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry(kernel).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// The launches per kernel since the last call (or since the device opened), and starts
+    /// counting anew.
+    pub fn take_launch_counts(&self) -> BTreeMap<&'static str, u64> {
+        std::mem::take(&mut *self.launches.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn lock_pool(&self) -> std::sync::MutexGuard<'_, Pool> {

@@ -107,12 +107,6 @@ impl Gpu {
             compute_capability: cc,
             total_memory: ctx.total_mem().unwrap_or(0),
         };
-        if cc.0 < 8 {
-            return Err(Error::CudaUnavailable(format!(
-                "{info}: lorafuse's kernels need compute capability 8.0 or newer (A100, RTX 30xx \
-                 and later); use `device: cpu`"
-            )));
-        }
         let count = |a| attr(a).map(|v| v.max(0) as u32);
         let limits = DeviceLimits {
             name: info.name.clone(),
@@ -124,6 +118,9 @@ impl Gpu {
             sm_count: count(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
             memory: info.total_memory,
         };
+        if let Some(why) = limits.unsupported() {
+            return Err(Error::CudaUnavailable(format!("{why}; use `device: cpu`")));
+        }
         let mut modules = HashMap::new();
         for &(stem, sm80, sm90) in KERNEL_PTX {
             let src = if cc.0 >= 9 { sm90 } else { sm80 };

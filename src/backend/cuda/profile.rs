@@ -128,6 +128,21 @@ impl DeviceLimits {
     pub fn supported(&self) -> bool {
         self.compute_capability.0 >= 8
     }
+
+    /// Why lorafuse's kernels cannot run on this device, when they cannot: the one text the
+    /// GPU's opening, the emulator's backend and `plan --gpu` give.
+    pub fn unsupported(&self) -> Option<String> {
+        (!self.supported()).then(|| {
+            format!(
+                "{self}: lorafuse's CUDA kernels need compute capability 8.0 or newer (RTX 30xx, \
+                 A100 and later). Before that (Turing, sm_75) the tensor-core kernels cannot \
+                 run, and the simple attention backward of SD1.5's 160-wide heads needs {} bytes \
+                 of shared memory, more than the {} KiB a block may have (planned, issue 17)",
+                super::tiles::att_dkv_smem(160, 160),
+                self.smem_per_block / 1024
+            )
+        })
+    }
 }
 
 /// A card name without case, spaces, dashes or the vendor's words.
@@ -155,7 +170,13 @@ mod tests {
         }
         assert_eq!(DeviceLimits::profile("NVIDIA A100").unwrap().sm_count, 108);
         assert!(DeviceLimits::profile("RTX 9999").is_none());
-        assert!(!DeviceLimits::profile("T4").unwrap().supported());
+        let t4 = DeviceLimits::profile("T4").unwrap();
+        assert!(!t4.supported());
+        let why = t4.unsupported().unwrap();
+        assert!(
+            why.contains("sm_75") && why.contains("66176 bytes"),
+            "{why}"
+        );
         assert!(DeviceLimits::profile("RTX 4090").unwrap().supported());
     }
 

@@ -11,7 +11,8 @@
 //!   rank on the 64x64 tile) exceeds the device's per-block shared memory ([`smem_budget`])
 //!   on every tile. Larger tiles are skipped when theirs does not fit. On sm_80 (160 KiB):
 //!   ranks up to 192 (forward; 195 backward), 128x128 up to 107, 128x64 up to 124; on
-//!   sm_86/sm_89 (96 KiB): up to 98, 128x128 up to 39, 128x64 up to 55.
+//!   sm_86/sm_89 (96 KiB): up to 96 (forward; 100 backward), 128x128 up to 37, 128x64 up to 53
+//!   (tests/cuda_profiles.rs sees rank 100 leave the forward GEMM there).
 //!
 //! SD1.5's linear layers (in/out 320, 640, 1280, 768, 2560, 5120) all take the fast path.
 
