@@ -69,6 +69,8 @@ logging_dir: /logs/dog
 lora_rank: 16
 lora_alpha: 8
 lora_dropout: 0.1
+rank_dropout: 0.05
+module_dropout: 0.02
 network_weights: /out/old.safetensors
 dim_from_weights: true
 conv_dim: 8
@@ -157,6 +159,7 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.lora_rank, 16);
     assert_eq!(c.lora_alpha, 8.0);
     assert_eq!(c.lora_dropout, 0.1);
+    assert_eq!((c.rank_dropout, c.module_dropout), (0.05, 0.02));
     assert_eq!((c.conv_dim, c.conv_alpha), (Some(8), Some(4.0)));
     assert_eq!(c.lora_targets, LoraTargets::Attention);
     assert!(!c.train_text_encoder);
@@ -409,6 +412,44 @@ fn typos_get_the_nearest_key() {
     assert!(text.contains("README.md"), "{text}");
 }
 
+/// kohya's `network_args` read into lorafuse's keys with kohya's defaults (conv_alpha 1),
+/// ignored where sd-scripts ignores them, refused where they ask for what lorafuse lacks.
+#[test]
+fn network_args_are_read_as_kohya_reads_them() {
+    let c = with(
+        "network_args: [\"conv_dim=8\", \"rank_dropout=0.1\", \"module_dropout= 0.2\", \"verbose=True\"]",
+    )
+    .unwrap();
+    assert_eq!(c.conv_dim, Some(8));
+    assert_eq!(c.conv_alpha, Some(1.0), "sd-scripts' conv_alpha default");
+    assert_eq!((c.rank_dropout, c.module_dropout), (0.1, 0.2));
+    let c = with("network_args: [\"conv_dim=8\", \"conv_alpha=4\", \"dropout=0.1\"]").unwrap();
+    assert_eq!((c.conv_dim, c.conv_alpha), (Some(8), Some(4.0)));
+    assert_eq!(c.lora_dropout, 0.0, "networks.lora does not read `dropout`");
+    let w = c.warnings().join("\n");
+    assert!(w.contains("dropout=0.1 is ignored"), "{w}");
+    for (line, want) in [
+        ("network_args: [\"conv_dim=8\"]\nconv_dim: 4", "given twice"),
+        ("network_args: [\"conv_dim=many\"]", "conv_dim"),
+        ("network_args: [\"rank_dropout=1.5\"]", "rank_dropout"),
+        ("network_args: [\"up_lr_weight=1,1,1\"]", "block-wise"),
+        ("network_args: [\"loraplus_lr_ratio=16\"]", "LoRA+"),
+        ("network_args: [\"conv_dim\"]", "not name=value"),
+        (
+            "network_args: [\"algo=loha\"]",
+            "not an argument of kohya's networks.lora",
+        ),
+        ("network_args: 4", "list"),
+    ] {
+        let e = err_text(with(line));
+        assert!(e.contains(want), "{line}: {e}");
+        assert!(
+            e.contains("network_args") || e.contains("conv_dim") || e.contains("rank_dropout"),
+            "{line}: {e}"
+        );
+    }
+}
+
 #[test]
 fn kohya_options_we_lack_are_refused_with_the_reason() {
     for (line, reason) in [
@@ -416,7 +457,7 @@ fn kohya_options_we_lack_are_refused_with_the_reason() {
         ("v2: true", "Stable Diffusion 1.x"),
         ("network_module: lycoris.kohya", "plain LoRA"),
         ("save_model_as: ckpt", ".safetensors"),
-        ("network_args: [\"conv_dim=4\"]", "lora_targets"),
+        ("network_args: [\"block_dims=2,4\"]", "block-wise ranks"),
         (
             "network_train_text_encoder_only: true",
             "planned (issue 13)",
@@ -457,7 +498,6 @@ fn kohya_options_asking_for_what_lorafuse_does_are_accepted_with_a_notice() {
         ("lowram: true", "the same way"),
         ("max_data_loader_n_workers: 8", "changes nothing"),
         ("persistent_data_loader_workers: true", "changes nothing"),
-        ("network_args: []", "no network arguments"),
         ("sample_every_n_epochs: 1", "no samples are made"),
         ("sample_sampler: euler_a", "no samples are made"),
     ] {

@@ -95,9 +95,28 @@ fn bits(t: &Tensor) -> Vec<u64> {
 
 #[test]
 fn dropout_gradients_match_finite_differences_under_the_same_masks() {
+    gradcheck_with("p = 0.3", &|site| {
+        LoraDropout::for_site(0.3, 7, site).unwrap()
+    });
+}
+
+/// kohya's rank_dropout and module_dropout (with a little elementwise dropout) under the same
+/// check: their masks are inputs of the same op, saved for the backward.
+#[test]
+fn rank_and_module_dropout_gradients_match_finite_differences() {
+    gradcheck_with("p = 0.1, rank 0.3, module 0.2", &|site| {
+        LoraDropout::for_site(0.1, 7, site)
+            .unwrap()
+            .with_rank_and_module(0.3, 0.2)
+            .unwrap()
+    });
+}
+
+/// One training pass with the dropout source `make(site)` gives: replayable, other than
+/// without dropout, and its gradients those of finite differences under the same masks.
+fn gradcheck_with(what: &str, make: &dyn Fn(&[u64]) -> LoraDropout) {
     let s = setup();
-    let p = 0.3;
-    let drop = LoraDropout::for_site(p, 7, &[4, 0, 0]).unwrap();
+    let drop = make(&[4, 0, 0]);
     let (loss, _, grads) = s.train(Some(&drop));
     let n = s.lora.len();
     assert_eq!(drop.draws(), n as u64, "one mask per adapter call");
@@ -109,10 +128,7 @@ fn dropout_gradients_match_finite_differences_under_the_same_masks() {
         loss.to_bits()
     );
     let without = s.loss(&s.lora, None);
-    let other = s.loss(
-        &s.lora,
-        Some(&LoraDropout::for_site(p, 7, &[4, 0, 1]).unwrap()),
-    );
+    let other = s.loss(&s.lora, Some(&make(&[4, 0, 1])));
     assert!(
         (loss - without).abs() > 1e-6 * without,
         "{loss} vs {without}"
@@ -168,7 +184,7 @@ fn dropout_gradients_match_finite_differences_under_the_same_masks() {
         ana.iter().filter(|v| v.abs() > 1e-12).count() > picks.len() / 2,
         "most sampled gradients are non-zero: {ana:?}"
     );
-    assert_gradients_match(&format!("p = {p}, {n} modules"), &ana, &num, &picks);
+    assert_gradients_match(&format!("{what}, {n} modules"), &ana, &num, &picks);
 
     // The gradients really are those of the dropped-out network: without dropout they differ.
     let (_, _, plain) = s.train(None);

@@ -722,6 +722,103 @@ fn bad_dropout_masks_name_both_shapes() {
     );
 }
 
+/// kohya's `rank_dropout`: one keep per (sample, rank), the same over the sample's tokens
+/// (linear hidden [N, L, r], rank last) or pixels (conv hidden [N, r, H, W], rank on axis 1),
+/// kept ranks 1/(1−p_rank) (times the elementwise 1/(1−p)); `module_dropout`: a whole mask of
+/// zeros in about p_module of the draws; replays draw the same.
+#[test]
+fn rank_and_module_dropout_masks() {
+    use lorafuse::tensor::Shape;
+    let be = CpuBackend::f64();
+    let ranks_only = LoraDropout::new(0.0, 3)
+        .unwrap()
+        .with_rank_and_module(0.5, 0.0)
+        .unwrap();
+    // Linear: [4 samples, 10 tokens, rank 8].
+    let m = ranks_only
+        .mask(&be, 1, &Shape::new([4, 10, 8]), 2, DType::F64)
+        .unwrap()
+        .unwrap()
+        .to_f64_vec();
+    let mut dropped = 0;
+    for s in 0..4 {
+        for r in 0..8 {
+            let v = m[s * 80 + r];
+            assert!(v == 0.0 || v == 2.0, "{v}");
+            dropped += (v == 0.0) as usize;
+            for l in 0..10 {
+                assert_eq!(m[(s * 10 + l) * 8 + r], v, "sample {s} rank {r} token {l}");
+            }
+        }
+    }
+    assert!(
+        (6..=26).contains(&dropped),
+        "{dropped} of 32 ranks dropped at p 0.5"
+    );
+    // Conv: [3 samples, rank 6, 5x5 pixels], with elementwise dropout 0.2 on top.
+    let both = LoraDropout::new(0.2, 4)
+        .unwrap()
+        .with_rank_and_module(0.5, 0.0)
+        .unwrap();
+    let m = both
+        .mask(&be, 2, &Shape::new([3, 6, 5, 5]), 1, DType::F64)
+        .unwrap()
+        .unwrap()
+        .to_f64_vec();
+    let keep = 1.0 / (0.8 * 0.5);
+    assert!(m.iter().all(|&v| v == 0.0 || (v - keep).abs() < 1e-12));
+    let mut empty_ranks = 0;
+    for sr in 0..18 {
+        let px = &m[sr * 25..(sr + 1) * 25];
+        let zeros = px.iter().filter(|&&v| v == 0.0).count();
+        // A dropped rank is all zeros; a kept one has about 20% zeros from the elementwise draw.
+        if zeros == 25 {
+            empty_ranks += 1;
+        } else {
+            assert!(zeros <= 15, "a kept rank with {zeros} of 25 zeros");
+        }
+    }
+    assert!((2..=16).contains(&empty_ranks), "{empty_ranks} of 18");
+    // Modules: about half the draws are all zeros, the others all kept.
+    let modules = LoraDropout::new(0.0, 5)
+        .unwrap()
+        .with_rank_and_module(0.0, 0.5)
+        .unwrap();
+    let shape = Shape::new([2, 3, 4]);
+    let draw = |src: &LoraDropout| {
+        (0..200)
+            .map(|_| {
+                let v = src
+                    .mask(&be, 0, &shape, 2, DType::F64)
+                    .unwrap()
+                    .unwrap()
+                    .to_f64_vec();
+                assert!(v.iter().all(|&x| x == v[0]) && (v[0] == 0.0 || v[0] == 1.0));
+                v[0] == 0.0
+            })
+            .collect::<Vec<bool>>()
+    };
+    let skipped = draw(&modules);
+    let n = skipped.iter().filter(|&&s| s).count();
+    assert!(
+        (70..=130).contains(&n),
+        "{n} of 200 forwards skipped at p 0.5"
+    );
+    assert_eq!(
+        draw(&modules.replay()),
+        skipped,
+        "a replay skips the same modules"
+    );
+    // Probabilities outside [0, 1) are errors naming them.
+    for (rank_p, module_p, name) in [(1.0, 0.0, "rank_p"), (0.0, -0.5, "module_p")] {
+        let e = LoraDropout::new(0.1, 1)
+            .unwrap()
+            .with_rank_and_module(rank_p, module_p)
+            .expect_err("bad probability");
+        assert!(e.to_string().contains(name), "{e}");
+    }
+}
+
 /// The masks `LoraDropout` draws: 0 or exactly 1/(1−p), about a fraction p of zeros, the same
 /// again on replay or from the same (p, seed), new ones on every draw; p = 0 draws none.
 #[test]
@@ -730,8 +827,8 @@ fn dropout_source_masks() {
     let shape = lorafuse::tensor::Shape::new([8, 64, 16]);
     let p = 0.3;
     let src = LoraDropout::new(p, 42).unwrap();
-    let m1 = src.mask(&be, 5, &shape, DType::F64).unwrap().unwrap();
-    let m2 = src.mask(&be, 5, &shape, DType::F64).unwrap().unwrap();
+    let m1 = src.mask(&be, 5, &shape, 2, DType::F64).unwrap().unwrap();
+    let m2 = src.mask(&be, 5, &shape, 2, DType::F64).unwrap().unwrap();
     assert_eq!(src.draws(), 2);
     assert_eq!(m1.shape(), &shape);
     assert_eq!(m1.dtype(), DType::F64);
@@ -752,14 +849,14 @@ fn dropout_source_masks() {
     // Replays, and a source from the same (p, seed), draw the same sequence.
     for again in [src.replay(), LoraDropout::new(p, 42).unwrap()] {
         assert_eq!(again.draws(), 0);
-        let r1 = again.mask(&be, 5, &shape, DType::F64).unwrap().unwrap();
-        let r2 = again.mask(&be, 5, &shape, DType::F64).unwrap().unwrap();
+        let r1 = again.mask(&be, 5, &shape, 2, DType::F64).unwrap().unwrap();
+        let r2 = again.mask(&be, 5, &shape, 2, DType::F64).unwrap().unwrap();
         assert_eq!(r1.to_f64_vec(), v1);
         assert_eq!(r2.to_f64_vec(), m2.to_f64_vec());
     }
     // Another seed, site or adapter: another mask.
     let other = |s: &LoraDropout, adapter| {
-        s.mask(&be, adapter, &shape, DType::F64)
+        s.mask(&be, adapter, &shape, 2, DType::F64)
             .unwrap()
             .unwrap()
             .to_f64_vec()
@@ -776,7 +873,7 @@ fn dropout_source_masks() {
     // f32 masks hold 1/(1−p) rounded to f32.
     let m32 = LoraDropout::new(p, 42)
         .unwrap()
-        .mask(&be, 5, &shape, DType::F32)
+        .mask(&be, 5, &shape, 2, DType::F32)
         .unwrap()
         .unwrap();
     assert_eq!(m32.dtype(), DType::F32);
@@ -786,7 +883,7 @@ fn dropout_source_masks() {
         .all(|&k| k == 0.0 || k == keep as f32));
     // p = 0: no mask, nothing drawn.
     let none = LoraDropout::new(0.0, 42).unwrap();
-    assert!(none.mask(&be, 5, &shape, DType::F64).unwrap().is_none());
+    assert!(none.mask(&be, 5, &shape, 2, DType::F64).unwrap().is_none());
     assert_eq!(none.draws(), 0);
     // p outside [0, 1) is an error naming p.
     for bad in [1.0, 1.5, -0.1, f64::NAN, f64::INFINITY] {

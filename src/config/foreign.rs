@@ -102,12 +102,6 @@ const FOREIGN: &[Foreign] = &[
         "lorafuse trains plain LoRA (kohya's networks.lora) only; LyCORIS, DyLoRA and the other network modules are not supported",
     ),
     same(
-        "network_args",
-        &[Empty],
-        "no network arguments",
-        "network arguments are not read: for LoCon set conv_dim and conv_alpha (lorafuse keys); block-wise dims are not supported, lora_targets chooses the linear layers",
-    ),
-    same(
         "network_train_text_encoder_only",
         &[False],
         "the UNet is trained",

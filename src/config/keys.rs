@@ -268,6 +268,22 @@ config_keys! {
         rule "must be ≥ 0 and < 1",
         aliases ["network_dropout"],
 
+    /// Dropout of whole ranks of an adapter, per sample, while training; kept ranks are scaled
+    /// up to keep the expected output (kohya's `network_args = ["rank_dropout=P"]`).
+    rank_dropout: f64 = fixed(0.0),
+        read parse::float,
+        check |p| unit(*p),
+        doc_type "number in [0, 1)",
+        rule "must be ≥ 0 and < 1",
+
+    /// Chance that an adapter sits out a whole training step (kohya's
+    /// `network_args = ["module_dropout=P"]`).
+    module_dropout: f64 = fixed(0.0),
+        read parse::float,
+        check |p| unit(*p),
+        doc_type "number in [0, 1)",
+        rule "must be ≥ 0 and < 1",
+
     /// Which UNet layers get adapters: `transformer` = every linear layer of the transformer
     /// blocks, kohya's 192 modules; `attention` = only the attention projections to_q, to_k,
     /// to_v, to_out (128 modules).

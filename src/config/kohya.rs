@@ -156,13 +156,13 @@ pub(crate) struct Meanings<'a> {
 }
 
 impl Meanings<'_> {
-    fn written(&self, key: &str) -> bool {
+    pub(crate) fn written(&self, key: &str) -> bool {
         self.entries
             .get(key)
             .is_some_and(|e| !e.value.is_null() && !e.defaulted)
     }
 
-    fn set(&mut self, key: &str, value: Value, origin: &Origin, defaulted: bool) {
+    pub(crate) fn set(&mut self, key: &str, value: Value, origin: &Origin, defaulted: bool) {
         self.entries.insert(
             key.to_string(),
             Entry {
@@ -287,4 +287,4 @@ impl Meanings<'_> {
 pub(crate) const KOHYA_STEPS: u64 = 1600;
 
 /// kohya names lorafuse maps itself (not renames: the value changes too).
-pub(crate) const SWITCHES: &[&str] = &["network_train_unet_only"];
+pub(crate) const SWITCHES: &[&str] = &["network_train_unet_only", "network_args"];

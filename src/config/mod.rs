@@ -26,6 +26,7 @@ mod error;
 mod foreign;
 mod keys;
 mod kohya;
+mod network_args;
 mod parse;
 mod paths;
 mod validate;

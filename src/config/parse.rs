@@ -206,6 +206,7 @@ impl Reading {
             meanings.kohya_defaults(&default_origin);
         }
         meanings.map_switches(sorted.switches.get("network_train_unet_only"), kohya_format);
+        meanings.map_network_args(sorted.switches.get("network_args"));
 
         let entries = sorted.entries;
         let mut r = Reader {

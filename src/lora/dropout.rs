@@ -1,10 +1,19 @@
-//! LoRA dropout: kohya's `network_dropout` (our config key `lora_dropout`).
+//! LoRA dropout: kohya's `network_dropout` (our config key `lora_dropout`), and its
+//! `network_args` `rank_dropout` and `module_dropout`.
 //!
 //! kohya (networks/lora.py, `LoRAModule.forward`) applies
 //! `torch.nn.functional.dropout(lora_down(x), p)` while training: inverted dropout on each
 //! adapter's hidden u = x·Aᵀ, element by element, before lora_up and the alpha/rank scale.
 //! Kept elements are multiplied by 1/(1−p), so the expected hidden is u and inference (no
 //! dropout) needs no rescaling.
+//!
+//! `rank_dropout` (same forward) drops whole ranks per sample: a keep draw per (sample, rank),
+//! broadcast over the sample's tokens or pixels, kept ranks scaled by 1/(1−p_rank) (kohya
+//! scales the adapter by that factor; the mask carries it here, which is the same product).
+//! `module_dropout` skips the adapter for the whole forward with probability p_module (kohya
+//! returns the frozen layer's output): here an all-zero mask, which gives the same output and
+//! zero gradients for that adapter. kohya's order: the module draw, then the elementwise mask,
+//! then the rank mask; all three multiply into one mask.
 //!
 //! Here the backend op takes the keep mask as an input ([`crate::backend::Lora::dropout`]);
 //! this module draws the masks. A [`LoraDropout`] is the source for one training micro-batch:
@@ -33,10 +42,14 @@ use crate::error::Result;
 use crate::rng::Rng;
 use crate::tensor::{DType, Shape, Tensor};
 
-/// The dropout source of one training forward: probability p and the seed of its masks.
+/// The dropout source of one training forward: the probabilities and the seed of its masks.
 #[derive(Debug)]
 pub struct LoraDropout {
     p: f64,
+    /// kohya's `rank_dropout`: a whole rank of one sample.
+    rank_p: f64,
+    /// kohya's `module_dropout`: the whole adapter for this forward.
+    module_p: f64,
     seed: u64,
     /// Masks drawn so far: the next mask's draw number.
     draws: AtomicU64,
@@ -46,19 +59,25 @@ impl LoraDropout {
     /// A source dropping each hidden element with probability `p`, 0 ≤ p < 1 (p = 0 draws
     /// no masks at all: the adapters run exactly as without dropout).
     pub fn new(p: f64, seed: u64) -> Result<LoraDropout> {
-        if !(p.is_finite() && (0.0..1.0).contains(&p)) {
-            return Err(bad_value(
-                "lora dropout",
-                "p",
-                p,
-                "a probability ≥ 0 and < 1",
-            ));
-        }
+        check_probability("p", p)?;
         Ok(LoraDropout {
             p,
+            rank_p: 0.0,
+            module_p: 0.0,
             seed,
             draws: AtomicU64::new(0),
         })
+    }
+
+    /// The same source also dropping whole ranks per sample with probability `rank_p` and
+    /// the whole adapter with probability `module_p` (kohya's `rank_dropout` and
+    /// `module_dropout`), each ≥ 0 and < 1.
+    pub fn with_rank_and_module(mut self, rank_p: f64, module_p: f64) -> Result<LoraDropout> {
+        check_probability("rank_p", rank_p)?;
+        check_probability("module_p", module_p)?;
+        self.rank_p = rank_p;
+        self.module_p = module_p;
+        Ok(self)
     }
 
     /// The source for one draw site of a run, e.g. a training micro-batch:
@@ -79,6 +98,8 @@ impl LoraDropout {
     pub fn replay_from(&self, draw: u64) -> LoraDropout {
         LoraDropout {
             p: self.p,
+            rank_p: self.rank_p,
+            module_p: self.module_p,
             seed: self.seed,
             draws: AtomicU64::new(draw),
         }
@@ -96,26 +117,78 @@ impl LoraDropout {
     }
 
     /// A fresh keep mask for the hidden of adapter `adapter` (its index in the `LoraSet`),
-    /// shaped `shape` ([.., rank]) in `dtype` on `be`: each element independently 0 with
-    /// probability p, else 1/(1−p). `None` when p = 0.
+    /// shaped `shape` (samples first; the rank on axis `rank_axis`: the last for a linear
+    /// layer's [.., rank], 1 for a conv's [N, rank, H, W]) in `dtype` on `be`. Each element
+    /// is the product of its keeps: the module's (0 with probability p_module), the element's
+    /// (0 with probability p, else 1/(1−p)) and its (sample, rank)'s (0 with probability
+    /// p_rank, else 1/(1−p_rank)). `None` when every probability is 0.
     pub fn mask(
         &self,
         be: &dyn Backend,
         adapter: usize,
         shape: &Shape,
+        rank_axis: usize,
         dtype: DType,
     ) -> Result<Option<Tensor>> {
-        if self.p == 0.0 {
+        if self.p == 0.0 && self.rank_p == 0.0 && self.module_p == 0.0 {
             return Ok(None);
+        }
+        let dims = shape.dims();
+        if rank_axis >= dims.len() {
+            return Err(bad_value(
+                "lora dropout",
+                "rank_axis",
+                rank_axis,
+                &format!("an axis of the hidden's shape {shape}"),
+            ));
         }
         let k = self.draws.fetch_add(1, Ordering::Relaxed);
         let mut rng = Rng::for_site(self.seed, &[adapter as u64, k]);
-        let keep: Vec<f32> = (0..shape.numel())
-            .map(|_| if rng.uniform() < self.p { 0.0 } else { 1.0 })
-            .collect();
+        let n = shape.numel();
+        let module_kept = self.module_p == 0.0 || rng.uniform() >= self.module_p;
+        let mut keep: Vec<f32> = if self.p == 0.0 {
+            vec![1.0; n]
+        } else {
+            (0..n)
+                .map(|_| if rng.uniform() < self.p { 0.0 } else { 1.0 })
+                .collect()
+        };
+        if self.rank_p > 0.0 {
+            let samples = dims[0];
+            let rank = dims[rank_axis];
+            let rank_keep: Vec<bool> = (0..samples * rank)
+                .map(|_| rng.uniform() >= self.rank_p)
+                .collect();
+            // Element i's sample and rank: strides of the axes before and after each.
+            let per_sample = n / samples.max(1);
+            let inner: usize = dims[rank_axis + 1..].iter().product();
+            for (i, v) in keep.iter_mut().enumerate() {
+                let (s, r) = (i / per_sample, i / inner % rank);
+                if !rank_keep[s * rank + r] {
+                    *v = 0.0;
+                }
+            }
+        }
+        if !module_kept {
+            keep.fill(0.0);
+        }
         // 0/1 uploaded exactly in any dtype, then scaled in that dtype: kept elements are
-        // 1/(1−p) rounded once to `dtype` (exact to f64 on the f64 CPU path).
-        let ones = be.tensor_from_f32(shape.dims(), &keep, dtype)?;
-        be.scale(&ones, 1.0 / (1.0 - self.p)).map(Some)
+        // 1/((1−p)(1−p_rank)) rounded once to `dtype` (exact to f64 on the f64 CPU path).
+        let ones = be.tensor_from_f32(dims, &keep, dtype)?;
+        be.scale(&ones, 1.0 / ((1.0 - self.p) * (1.0 - self.rank_p)))
+            .map(Some)
+    }
+}
+
+fn check_probability(name: &'static str, p: f64) -> Result<()> {
+    if p.is_finite() && (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(bad_value(
+            "lora dropout",
+            name,
+            p,
+            "a probability ≥ 0 and < 1",
+        ))
     }
 }

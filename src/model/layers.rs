@@ -125,7 +125,10 @@ impl Linear {
         };
         let module = &set.modules()[i];
         let mask = match cx.dropout {
-            Some(d) => d.mask(cx.be, i, &x.shape().with_last(module.rank()), x.dtype())?,
+            Some(d) => {
+                let shape = x.shape().with_last(module.rank());
+                d.mask(cx.be, i, &shape, shape.rank() - 1, x.dtype())?
+            }
             None => None,
         };
         let mut lora = module.as_lora();
@@ -298,7 +301,7 @@ impl Conv {
                 let k = self.kernel();
                 let size = |n| self.params.out_size(n, k).unwrap_or(0);
                 let shape = [x.dims()[0], module.rank(), size(h), size(w)];
-                d.mask(cx.be, i, &Shape::new(shape), x.dtype())?
+                d.mask(cx.be, i, &Shape::new(shape), 1, x.dtype())?
             }
             None => None,
         };

@@ -321,6 +321,8 @@ fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
         targets: cfg.lora_targets,
         train_text_encoder: cfg.train_text_encoder,
         network_dropout: (cfg.lora_dropout > 0.0).then_some(cfg.lora_dropout),
+        rank_dropout: (cfg.rank_dropout > 0.0).then_some(cfg.rank_dropout),
+        module_dropout: (cfg.module_dropout > 0.0).then_some(cfg.module_dropout),
         text_encoder_lr: cfg.train_text_encoder.then_some(cfg.text_encoder_lr),
         learning_rate: cfg.learning_rate,
         unet_lr: Some(cfg.unet_lr),

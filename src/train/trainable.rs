@@ -46,6 +46,9 @@ pub struct Trainable {
     pub started: Option<Started>,
     train_text: bool,
     dropout: f64,
+    /// kohya's rank_dropout and module_dropout (see lora/dropout.rs).
+    rank_dropout: f64,
+    module_dropout: f64,
     /// Gradient checkpointing: the UNet recomputes each layer in the backward.
     checkpointing: bool,
     seed: u64,
@@ -143,6 +146,8 @@ impl Trainable {
             started,
             train_text: cfg.train_text_encoder,
             dropout: cfg.lora_dropout,
+            rank_dropout: cfg.rank_dropout,
+            module_dropout: cfg.module_dropout,
             checkpointing: cfg.gradient_checkpointing,
             seed: cfg.seed,
             max_grad_norm: cfg.max_grad_norm,
@@ -201,7 +206,8 @@ impl Trainable {
         } else {
             Accum::Add
         };
-        let dropout = LoraDropout::for_site(self.dropout, self.seed, &[4, site.epoch, site.index])?;
+        let dropout = LoraDropout::for_site(self.dropout, self.seed, &[4, site.epoch, site.index])?
+            .with_rank_and_module(self.rank_dropout, self.module_dropout)?;
         let cx = Ctx::new(be, Some(&self.lora))
             .with_dropout(Some(&dropout))
             .with_checkpointing(self.checkpointing);
