@@ -4,6 +4,7 @@
 //   gelu(x)       = ½x·(1 + erf(x/√2))  (exact)    gelu'(x) = Φ(x) + x·φ(x),
 //                                                  Φ(x) = ½(1 + erf(x/√2)), φ(x) = e^(-x²/2)/√(2π)
 //   quick_gelu(x) = x·σ(1.702x)  (CLIP)            qg'(x)   = s + 1.702·x·s·(1 - s), s = σ(1.702x)
+//   gelu_tanh(x)  = ½x·(1 + tanh u)  (timm)        see gelu_tanh_f below
 //   σ(v) = 1 / (1 + e^-v)
 //
 // <act>_T:          y[i] = act(x[i])                 x, y any shape, n elements (writes y, =)
@@ -20,6 +21,7 @@
 #define ACT_SILU 0
 #define ACT_GELU 1
 #define ACT_QUICK_GELU 2
+#define ACT_GELU_TANH 3
 
 __device__ __forceinline__ float act_sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
@@ -32,10 +34,22 @@ __device__ __forceinline__ float gelu_grad_f(float v) {
     return cdf + v * pdf;
 }
 
+// tanh GELU: u = √(2/π)·(v + 0.044715v³), ½v·(1 + tanh u); u' = √(2/π)·(1 + 0.134145v²).
+__device__ __forceinline__ float gelu_tanh_f(float v) {
+    const float u = 0.79788456080286535f * (v + 0.044715f * v * v * v);
+    return 0.5f * v * (1.0f + tanhf(u));
+}
+__device__ __forceinline__ float gelu_tanh_grad_f(float v) {
+    const float t = tanhf(0.79788456080286535f * (v + 0.044715f * v * v * v));
+    const float du = 0.79788456080286535f * (1.0f + 0.134145f * v * v);
+    return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
+}
+
 template <int ACT>
 __device__ __forceinline__ float act_f(float v) {
     if (ACT == ACT_SILU) return v * act_sigmoid(v);
     if (ACT == ACT_GELU) return gelu_f(v);
+    if (ACT == ACT_GELU_TANH) return gelu_tanh_f(v);
     return v * act_sigmoid(1.702f * v);
 }
 template <int ACT>
@@ -45,6 +59,7 @@ __device__ __forceinline__ float act_grad_f(float v) {
         return s * (1.0f + v * (1.0f - s));
     }
     if (ACT == ACT_GELU) return gelu_grad_f(v);
+    if (ACT == ACT_GELU_TANH) return gelu_tanh_grad_f(v);
     const float s = act_sigmoid(1.702f * v);
     return s + 1.702f * v * s * (1.0f - s);
 }
@@ -78,6 +93,7 @@ __device__ void act_backward_impl(const T* __restrict__ dy, const T* __restrict_
 ACT_ENTRY_POINTS(silu, ACT_SILU)
 ACT_ENTRY_POINTS(gelu, ACT_GELU)
 ACT_ENTRY_POINTS(quick_gelu, ACT_QUICK_GELU)
+ACT_ENTRY_POINTS(gelu_tanh, ACT_GELU_TANH)
 
 // n = rows·F output elements; element i is [r, j] = [i / f, i % f].
 template <typename T>

@@ -6,6 +6,7 @@
 
 pub mod atomic;
 pub mod backend;
+pub mod caption;
 pub mod config;
 pub mod data;
 pub mod demo;

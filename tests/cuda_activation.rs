@@ -12,7 +12,12 @@ use lorafuse::backend::Activation;
 use lorafuse::rng::Rng;
 use lorafuse::{DType, Error, Tensor};
 
-const ACTS: [Activation; 3] = [Activation::Silu, Activation::Gelu, Activation::QuickGelu];
+const ACTS: [Activation; 4] = [
+    Activation::Silu,
+    Activation::Gelu,
+    Activation::QuickGelu,
+    Activation::GeluTanh,
+];
 
 /// A CPU/device pair of values `scale·u`, u from `nonzero`.
 fn scaled_pair(

@@ -20,7 +20,12 @@ const PHI_1: f64 = 0.5 * (1.0 + ERF_1_SQRT2);
 /// φ(1) = exp(-1/2)/√(2π) = 0.24197072451914337.
 const PDF_1: f64 = 0.24197072451914337;
 
-const ACTS: [Activation; 3] = [Activation::Silu, Activation::Gelu, Activation::QuickGelu];
+const ACTS: [Activation; 4] = [
+    Activation::Silu,
+    Activation::Gelu,
+    Activation::QuickGelu,
+    Activation::GeluTanh,
+];
 
 #[test]
 fn known_values() {
@@ -38,6 +43,11 @@ fn known_values() {
         (
             Activation::QuickGelu,
             [0., 0.8457957659328212, -0.1542042340671787],
+        ),
+        // gelu_tanh(±1) = ±½(1 + tanh(±√(2/π)·1.044715)) (Python's math.tanh).
+        (
+            Activation::GeluTanh,
+            [0., 0.8411919906082768, -0.15880800939172324],
         ),
     ];
     for (act, want) in cases {
@@ -57,6 +67,8 @@ fn known_values() {
         (Activation::Silu, [0.5, s * (2.0 - s)]),
         (Activation::Gelu, [0.5, PHI_1 + PDF_1]),
         (Activation::QuickGelu, [0.5, q + 1.702 * q * (1.0 - q)]),
+        // ½(1 + t) + ½(1 - t²)·√(2/π)·(1 + 3·0.044715), t = tanh(√(2/π)·1.044715).
+        (Activation::GeluTanh, [0.5, 1.0829640838457826]),
     ];
     let x = t(&[2], &[0., 1.]);
     let dy = t(&[2], &[1., 1.]);

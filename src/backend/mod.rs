@@ -317,6 +317,9 @@ pub enum Activation {
     Gelu,
     /// x·sigmoid(1.702·x), CLIP's activation.
     QuickGelu,
+    /// GELU's tanh approximation, ½x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) (PyTorch's
+    /// approximate="tanh", timm's `gelu_tanh`: the WD14 v3 taggers' ViT).
+    GeluTanh,
 }
 
 /// Pointwise activations and GEGLU (cpu/activation.rs, cuda/ops/activation.rs).

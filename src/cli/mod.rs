@@ -2,6 +2,7 @@
 //! prints. Errors come back typed ([`CliError`]); main prints one message and picks the exit
 //! code from it. Results go to standard output through [`Out`], notes and progress to stderr.
 
+mod caption;
 mod error;
 pub mod interrupt;
 mod plan;
@@ -26,8 +27,8 @@ use lorafuse::sample::{generate, parse_prompt_line, save_png, Pipeline, PromptDe
 use lorafuse::train::trainer::{train, TrainReport};
 use lorafuse::{Backend, CpuBackend, DType};
 
-/// `--device` of `sample`: the values of the config key `device`.
-fn parse_device(word: &str) -> Result<Device, String> {
+/// `--device` of `sample` and `caption`: the values of the config key `device`.
+pub(crate) fn parse_device(word: &str) -> Result<Device, String> {
     Device::parse(word).ok_or_else(|| format!("expected one of {}", Device::CHOICES.join(", ")))
 }
 
@@ -218,6 +219,10 @@ pub enum Command {
     /// trigger word put first, tags removed or replaced (by name or * pattern), repeats
     /// removed; --dry-run shows each change first.
     Tags(tags::TagsArgs),
+    /// Caption a folder of pictures with a WD14 tagger (the ViT v3 taggers' folder:
+    /// model.safetensors, config.json, selected_tags.csv) as .txt sidecars: tags above the
+    /// thresholds, highest first; existing captions kept unless --append or --overwrite.
+    Caption(caption::CaptionArgs),
     /// Show the compute backends this build has and which one `device: auto` would pick.
     Devices,
 }
@@ -335,6 +340,7 @@ pub fn run(cli: Cli) -> Outcome {
         } => plan::plan_cmd(&config, gpu.as_deref(), gpu_memory.as_deref(), &set),
         Command::Prepare(args) => prepare::prepare_cmd(&args),
         Command::Tags(args) => tags::tags_cmd(&args),
+        Command::Caption(args) => caption::caption_cmd(&args),
         Command::Devices => devices(),
     }
 }
@@ -359,7 +365,7 @@ fn devices() -> Outcome {
 }
 
 /// The backend for `device` (see `lorafuse::backend::select`), its choice noted on stderr.
-fn backend(device: Device, mp: MixedPrecision) -> Result<Box<dyn Backend>, CliError> {
+pub(crate) fn backend(device: Device, mp: MixedPrecision) -> Result<Box<dyn Backend>, CliError> {
     let Selected { backend, note } = select(device, mp)?;
     eprintln!("{note}");
     Ok(backend)

@@ -147,18 +147,30 @@ impl PrepareArgs {
 }
 
 /// Progress on stderr: redrawn in place on a terminal, every tenth of the work otherwise.
-struct Meter {
+pub(super) struct Meter {
+    /// The command's name, first on the line.
+    label: &'static str,
     start: Instant,
     tty: bool,
     last_tenth: Mutex<usize>,
 }
 
 impl Meter {
-    fn show(&self, done: usize, total: usize) {
+    pub(super) fn new(label: &'static str) -> Meter {
+        Meter {
+            label,
+            start: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+            last_tenth: Mutex::new(0),
+        }
+    }
+
+    pub(super) fn show(&self, done: usize, total: usize) {
         let elapsed = self.start.elapsed().as_secs_f64();
         let eta = elapsed / done.max(1) as f64 * (total - done.min(total)) as f64;
         let line = format!(
-            "prepare: {done}/{total} images, {:.1} images/s, ETA {:.0} s",
+            "{}: {done}/{total} images, {:.1} images/s, ETA {:.0} s",
+            self.label,
             done as f64 / elapsed.max(1e-9),
             eta
         );
@@ -179,11 +191,7 @@ impl Meter {
 
 pub fn prepare_cmd(args: &PrepareArgs) -> Outcome {
     let o = args.options()?;
-    let meter = Meter {
-        start: Instant::now(),
-        tty: std::io::stderr().is_terminal(),
-        last_tenth: Mutex::new(0),
-    };
+    let meter = Meter::new("prepare");
     let report = prepare(&o, &|done, total| meter.show(done, total))?;
     Out::new().text(&report.to_string())
 }

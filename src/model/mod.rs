@@ -1,5 +1,6 @@
 //! The Stable Diffusion 1.x model: configurations, checkpoint loading, the CLIP tokenizer,
-//! the frozen layers, and the UNet (with its LoRA backward), VAE and CLIP text encoder.
+//! the frozen layers, and the UNet (with its LoRA backward), VAE and CLIP text encoder; and
+//! timm's ViT (vit.rs) for the WD14 tagger of `lorafuse caption`.
 
 pub mod attention;
 pub mod checkpoint;
@@ -10,4 +11,5 @@ pub mod layers;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vit;
 pub mod weights;

@@ -26,7 +26,7 @@ pub mod crop;
 mod error;
 pub mod report;
 pub mod tags;
-mod walk;
+pub(crate) mod walk;
 
 pub use crop::CropMode;
 pub use error::PrepareError;

@@ -5,6 +5,8 @@
 //!                   φ(x) = exp(-x²/2)/√(2π)         (exact GELU, diffusers' approximate="none")
 //!   quick_gelu(x) = x·σ(1.702x)  (CLIP)             qg'(x)    = s + 1.702·x·s·(1 - s),
 //!                                                   s = σ(1.702x)
+//!   gelu_tanh(x)  = ½x·(1 + t),  t = tanh(u),       gt'(x)    = ½(1 + t) + ½x·(1 - t²)·u',
+//!                   u = √(2/π)·(x + 0.044715x³)     u' = √(2/π)·(1 + 3·0.044715x²)
 //! GEGLU (diffusers `GEGLU`: `hidden, gate = proj(x).chunk(2, dim=-1)`), x [.., 2F]:
 //!   h = x[.., :F], g = x[.., F:],  y = h·gelu(g)  [.., F]
 //!   dh = dy·gelu(g),  dg = dy·h·gelu'(g)           dx = [dh, dg]  [.., 2F]
@@ -58,6 +60,26 @@ fn quick_gelu_grad<T: Real>(x: T) -> T {
     s + k * x * s * (T::ONE - s)
 }
 
+/// √(2/π) and the cubic coefficient of GELU's tanh approximation.
+const GELU_TANH_C: f64 = 0.797_884_560_802_865_4;
+const GELU_TANH_K: f64 = 0.044_715;
+
+fn gelu_tanh<T: Real>(x: T) -> T {
+    let u = T::from_f64(GELU_TANH_C) * (x + T::from_f64(GELU_TANH_K) * x * x * x);
+    T::from_f64(0.5) * x * (T::ONE + u.tanh())
+}
+
+fn gelu_tanh_grad<T: Real>(x: T) -> T {
+    let (c, k, half) = (
+        T::from_f64(GELU_TANH_C),
+        T::from_f64(GELU_TANH_K),
+        T::from_f64(0.5),
+    );
+    let t = (c * (x + k * x * x * x)).tanh();
+    let du = c * (T::ONE + T::from_f64(3.0) * k * x * x);
+    half * (T::ONE + t) + half * x * (T::ONE - t * t) * du
+}
+
 impl ActivationOps for CpuBackend {
     fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         dispatch!("activation", x, forward_t(x, act))
@@ -87,6 +109,7 @@ fn forward_t<T: Real>(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::Silu => map(xs, silu),
         Activation::Gelu => map(xs, gelu),
         Activation::QuickGelu => map(xs, quick_gelu),
+        Activation::GeluTanh => map(xs, gelu_tanh),
     };
     tensor(x.shape().clone(), y)
 }
@@ -100,6 +123,7 @@ fn backward_t<T: Real>(dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tenso
         Activation::Silu => map_grad(dys, xs, silu_grad),
         Activation::Gelu => map_grad(dys, xs, gelu_grad),
         Activation::QuickGelu => map_grad(dys, xs, quick_gelu_grad),
+        Activation::GeluTanh => map_grad(dys, xs, gelu_tanh_grad),
     };
     tensor(x.shape().clone(), dx)
 }

@@ -38,6 +38,7 @@ pub trait Real:
     fn sin(self) -> Self;
     fn cos(self) -> Self;
     fn erf(self) -> Self;
+    fn tanh(self) -> Self;
     fn max(self, other: Self) -> Self;
     fn is_finite(self) -> bool;
 
@@ -105,6 +106,9 @@ macro_rules! impl_real {
             }
             fn erf(self) -> Self {
                 $erf(self)
+            }
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
             }
             fn max(self, other: Self) -> Self {
                 <$t>::max(self, other)

@@ -1,4 +1,4 @@
-//! Pointwise activations (SiLU, exact GELU, QuickGELU) and GEGLU, forward and input gradient
+//! Pointwise activations (SiLU, exact GELU, QuickGELU, tanh GELU) and GEGLU, forward and input gradient
 //! (kernels/activation.cu): one thread per element. Inputs and outputs share one dtype (f16
 //! or f32); the math is f32.
 
@@ -17,12 +17,16 @@ kernels! {
     fn gelu_f16(x: In, y: Out, n: i32);
     fn quick_gelu_f32(x: In, y: Out, n: i32);
     fn quick_gelu_f16(x: In, y: Out, n: i32);
+    fn gelu_tanh_f32(x: In, y: Out, n: i32);
+    fn gelu_tanh_f16(x: In, y: Out, n: i32);
     fn silu_backward_f32(dy: In, x: In, dx: Out, n: i32);
     fn silu_backward_f16(dy: In, x: In, dx: Out, n: i32);
     fn gelu_backward_f32(dy: In, x: In, dx: Out, n: i32);
     fn gelu_backward_f16(dy: In, x: In, dx: Out, n: i32);
     fn quick_gelu_backward_f32(dy: In, x: In, dx: Out, n: i32);
     fn quick_gelu_backward_f16(dy: In, x: In, dx: Out, n: i32);
+    fn gelu_tanh_backward_f32(dy: In, x: In, dx: Out, n: i32);
+    fn gelu_tanh_backward_f16(dy: In, x: In, dx: Out, n: i32);
     fn geglu_f32(x: In, y: Out, f: i32, n: i32);
     fn geglu_f16(x: In, y: Out, f: i32, n: i32);
     fn geglu_backward_f32(dy: In, x: In, dx: Out, f: i32, n: i32);
@@ -43,6 +47,7 @@ impl ActivationOps for CudaBackend {
             Activation::Silu => by_dtype!(d, OP, silu_f32, silu_f16),
             Activation::Gelu => by_dtype!(d, OP, gelu_f32, gelu_f16),
             Activation::QuickGelu => by_dtype!(d, OP, quick_gelu_f32, quick_gelu_f16),
+            Activation::GeluTanh => by_dtype!(d, OP, gelu_tanh_f32, gelu_tanh_f16),
         };
         let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
         f(self.device(), cfg, xi, output(self, OP, "y", &mut y)?, n)?;
@@ -65,6 +70,9 @@ impl ActivationOps for CudaBackend {
             Activation::Gelu => by_dtype!(d, OP, gelu_backward_f32, gelu_backward_f16),
             Activation::QuickGelu => {
                 by_dtype!(d, OP, quick_gelu_backward_f32, quick_gelu_backward_f16)
+            }
+            Activation::GeluTanh => {
+                by_dtype!(d, OP, gelu_tanh_backward_f32, gelu_tanh_backward_f16)
             }
         };
         let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
