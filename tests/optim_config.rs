@@ -372,6 +372,26 @@ fn adafactor_with_relative_step_sets_its_own_rate_and_schedule() {
     )
     .unwrap();
     assert_eq!(lr_scheduler(&c), Schedule::ConstantWithWarmup);
+    // kohya's advice then: max_grad_norm 0 (lorafuse's default is 1), constant_with_warmup,
+    // clip_threshold 1.0.
+    assert_eq!(
+        c.warnings(),
+        ["Adafactor: max_grad_norm = 1 clips the gradient as well; kohya suggests 0"]
+    );
+    let c = with(
+        "optimizer_type: Adafactor
+max_grad_norm: 0
+lr_scheduler: cosine
+optimizer_args: [\"relative_step=False\", \"clip_threshold=2\"]",
+    )
+    .unwrap();
+    assert_eq!(
+        c.warnings(),
+        [
+            "Adafactor: lr_scheduler = cosine; kohya suggests constant_with_warmup",
+            "Adafactor: clip_threshold = 2; kohya suggests 1.0"
+        ]
+    );
     let text = err_text(
         "optimizer_type: Adafactor\nlearning_rate: 1.0\noptimizer_args: [\"relative_step=False\"]",
     );

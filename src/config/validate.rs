@@ -533,6 +533,25 @@ fn adafactor_notices(cfg: &TrainConfig) -> Vec<String> {
         );
     }
     if !s.relative_step {
+        // kohya's advice for a rate of one's own.
+        if cfg.max_grad_norm != 0.0 {
+            w.push(format!(
+                "Adafactor: max_grad_norm = {} clips the gradient as well; kohya suggests 0",
+                cfg.max_grad_norm
+            ));
+        }
+        if cfg.lr_scheduler != Schedule::ConstantWithWarmup {
+            w.push(format!(
+                "Adafactor: lr_scheduler = {}; kohya suggests constant_with_warmup",
+                cfg.lr_scheduler
+            ));
+        }
+        if s.clip_threshold != 1.0 {
+            w.push(format!(
+                "Adafactor: clip_threshold = {}; kohya suggests 1.0",
+                s.clip_threshold
+            ));
+        }
         return w;
     }
     if cfg.lr_scheduler != Schedule::Adafactor {
