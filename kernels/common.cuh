@@ -44,7 +44,8 @@ __device__ __forceinline__ __half from_f32<__half>(float x) {
 
 // ---- reductions ----
 
-__device__ __forceinline__ float warp_sum(float v) {
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
@@ -54,14 +55,15 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Sum over all threads of a 1-D block (blockDim.x a multiple of 32, at most 1024); every
-// thread gets the result. `scratch` is 32 floats of shared memory, free on entry and exit.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// thread gets the result. `scratch` is 32 values of shared memory, free on entry and exit.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
     unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
     unsigned warps = (blockDim.x + 31u) >> 5;
     v = warp_sum(v);
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    float t = lane < warps ? scratch[lane] : 0.0f;
+    T t = lane < warps ? scratch[lane] : T(0);
     t = warp_sum(t);
     __syncthreads();
     return t;

@@ -96,6 +96,27 @@ fn out_of_range_value_names_key_value_and_range() {
 }
 
 #[test]
+fn bad_optimizer_arguments_name_the_argument() {
+    let (d, m, o) = ok_paths("optargs");
+    for (extra, needles) in [
+        (
+            "optimizer_type: Adafactor\noptimizer_args: [\"decay_rate=0.8\"]\n",
+            &["optimizer_args", "decay_rate=0.8", "[-1, 0]"][..],
+        ),
+        (
+            "optimizer_type: Adafactor\noptimizer_args: [\"betas=0.9,0.99\"]\n",
+            &["optimizer_args", "Adafactor has no argument `betas`"][..],
+        ),
+        (
+            "optimizer_type: Adafactor\noptimizer_args: [\"relative_step=maybe\"]\n",
+            &["relative_step must be True or False"][..],
+        ),
+    ] {
+        assert_fails(&format!("{}{extra}", base(&d, &m, &o)), needles);
+    }
+}
+
+#[test]
 fn missing_data_folder() {
     let (_, m, o) = ok_paths("nodata");
     let d = demo().join("no-such-folder");

@@ -1,4 +1,4 @@
-//! Lion, SGD with Nesterov momentum, Prodigy, DAdaptAdam, AdamW8bit and Lion8bit on the CUDA
+//! Lion, SGD with Nesterov momentum, Prodigy, DAdaptAdam, AdamW8bit, Lion8bit and Adafactor on the CUDA
 //! backend against the CPU backend
 //! (emulator, and GPU when present): whole optimizer steps through `OptimizerKind`, so that
 //! Prodigy's and DAdaptAdam's host arithmetic between their two launches runs on both.
@@ -10,7 +10,8 @@ use common::cuda::*;
 use lorafuse::backend::prelude::*;
 use lorafuse::rng::Rng;
 use lorafuse::train::optim::{
-    AdamWSettings, DAdaptSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings,
+    AdafactorSettings, AdamWSettings, DAdaptSettings, Layout, LionSettings, OptimizerKind,
+    ProdigySettings, SgdSettings,
 };
 use lorafuse::DType;
 
@@ -84,8 +85,8 @@ fn optimizers_match_the_cpu() {
         for n in [1usize, 1003, 8192 * 3 + 17] {
             for (what, kind, lr) in kinds() {
                 let (mut cp, mut dp) = random_pair(&e.be, &mut rng, &[n], DType::F32);
-                let mut c_opt = kind.build(&cpu, n).unwrap();
-                let mut d_opt = kind.build(&e.be, n).unwrap();
+                let mut c_opt = kind.build(&cpu, &Layout::flat(n)).unwrap();
+                let mut d_opt = kind.build(&e.be, &Layout::flat(n)).unwrap();
                 for _ in 0..5 {
                     let (cg, dg) = random_pair(&e.be, &mut rng, &[n], DType::F32);
                     c_opt.step(&cpu, &mut cp, &cg, lr, 0.5).unwrap();
@@ -103,6 +104,91 @@ fn optimizers_match_the_cpu() {
                     "{what}: d·lr {de} vs {ce}"
                 );
             }
+        }
+    }
+}
+
+/// Adafactor over tensors of many shapes (2-D LoRA-like, 4-D 3x3 and 1x1, a 1-D tensor, a
+/// tensor larger than a block's threads many times over, a 1-element one, a zero-initialised
+/// one), with each option: the kernel (one block per tensor) against the CPU, parameters,
+/// moments and the reported rate.
+#[test]
+fn adafactor_matches_the_cpu() {
+    let mut rng = Rng::new(31);
+    let cpu = cpu();
+    let layout = Layout::new(vec![
+        vec![8, 40],
+        vec![4, 6, 3, 3],
+        vec![6, 4, 1, 1],
+        vec![40, 8],
+        vec![1],
+        vec![300, 33],
+        vec![77],
+        vec![2, 3, 1, 517],
+    ]);
+    let n = layout.numel();
+    let kohya = AdafactorSettings::default();
+    let kinds = [
+        ("kohya's defaults", kohya, 1.0),
+        (
+            "warmup_init, decay",
+            AdafactorSettings {
+                warmup_init: true,
+                weight_decay: 0.01,
+                ..kohya
+            },
+            1.0,
+        ),
+        (
+            "scheduled, beta1, clip",
+            AdafactorSettings {
+                relative_step: false,
+                scale_parameter: false,
+                beta1: Some(0.9),
+                weight_decay: 0.1,
+                clip_threshold: 0.5,
+                decay_rate: -0.5,
+                ..kohya
+            },
+            1e-3,
+        ),
+    ];
+    for e in engines(DType::F32) {
+        for (what, s, lr) in kinds {
+            // The 40x8 "up" starts at zero, as a LoRA's does (its rate is then eps2's).
+            let mut start = random_pair(&e.be, &mut rng, &[n], DType::F32)
+                .0
+                .to_f32_vec();
+            start[560..880].iter_mut().for_each(|x| *x = 0.0);
+            let mut cp = cpu.tensor_from_f32(&[n], &start, DType::F32).unwrap();
+            let mut dp = e.be.tensor_from_f32(&[n], &start, DType::F32).unwrap();
+            let kind = OptimizerKind::Adafactor(s);
+            let mut c_opt = kind.build(&cpu, &layout).unwrap();
+            let mut d_opt = kind.build(&e.be, &layout).unwrap();
+            for _ in 0..5 {
+                let (cg, dg) = random_pair(&e.be, &mut rng, &[n], DType::F32);
+                c_opt.step(&cpu, &mut cp, &cg, lr, 0.5).unwrap();
+                d_opt.step(&e.be, &mut dp, &dg, lr, 0.5).unwrap();
+            }
+            assert_matches(&format!("{what} params"), &dp, &cp, (1e-5, 1e-6));
+            let names: Vec<_> = c_opt.state().iter().map(|x| x.0).collect();
+            assert_eq!(
+                names,
+                if s.beta1.is_some() {
+                    ["col", "m", "row", "v"].to_vec()
+                } else {
+                    ["col", "row", "v"].to_vec()
+                },
+                "{what}"
+            );
+            for ((name, d), (_, c)) in d_opt.state().into_iter().zip(c_opt.state()) {
+                assert_matches(&format!("{what} {name}"), d, c, (1e-5, 1e-9));
+            }
+            let (de, ce) = (d_opt.effective_lr(lr), c_opt.effective_lr(lr));
+            assert!(
+                (de - ce).abs() <= 1e-6 * ce.abs(),
+                "{what}: lr {de} vs {ce}"
+            );
         }
     }
 }
@@ -136,8 +222,8 @@ fn eight_bit_optimizers_match_the_cpu() {
         for n in [1usize, 255, 256, 1003, 8192 * 3 + 17] {
             for (what, kind, lr) in &kinds {
                 let (mut cp, mut dp) = random_pair(&e.be, &mut rng, &[n], DType::F32);
-                let mut c_opt = kind.build(&cpu, n).unwrap();
-                let mut d_opt = kind.build(&e.be, n).unwrap();
+                let mut c_opt = kind.build(&cpu, &Layout::flat(n)).unwrap();
+                let mut d_opt = kind.build(&e.be, &Layout::flat(n)).unwrap();
                 for step in 0..5 {
                     let mut g = random_pair(&e.be, &mut rng, &[n], DType::F32)
                         .0

@@ -271,7 +271,7 @@ fn text_encoder_switches_as_kohya_means_them() {
 #[test]
 fn refused_kohya_values_say_why_and_what_instead() {
     for (line, want) in [
-        ("optimizer_type = \"Adafactor\"", "config.toml: optimizer_type = \"Adafactor\" is not valid: Adafactor is not available in lorafuse yet: use AdamW"),
+        ("optimizer_type = \"PagedAdamW8bit\"", "config.toml: optimizer_type = \"PagedAdamW8bit\" is not valid: must be one of AdamW, AdamW8bit"),
         ("v2 = true", "Stable Diffusion 1.x"),
         ("v_parameterization = true", "Stable Diffusion 1.x"),
         ("network_module = \"networks.dylora\"", "plain LoRA"),

@@ -113,13 +113,7 @@ fn bad_arguments_are_named() {
 }
 
 #[test]
-fn types_lorafuse_lacks_name_what_to_use() {
-    let text = err_text("optimizer_type: Adafactor");
-    assert!(text.contains("optimizer_type"), "{text}");
-    assert!(
-        text.contains("Adafactor is not available in lorafuse yet: use AdamW"),
-        "{text}"
-    );
+fn unknown_types_get_a_hint() {
     let text = err_text("optimizer_type: Adam");
     assert!(text.contains("did you mean `AdamW`"), "{text}");
 }
@@ -261,4 +255,194 @@ fn min_lr_ratio_is_for_cosine_with_min_lr() {
         text.contains("lr_scheduler_min_lr_ratio = 1.5 is out of range"),
         "{text}"
     );
+}
+
+#[test]
+fn adafactor_takes_transformers_arguments_with_kohyas_defaults() {
+    use lorafuse::train::optim::AdafactorSettings;
+    // kohya: relative_step True unless written; transformers' other defaults.
+    let OptimizerKind::Adafactor(s) = kind("optimizer_type: Adafactor") else {
+        panic!()
+    };
+    assert_eq!(s, AdafactorSettings::default());
+    assert!(s.relative_step && s.scale_parameter && !s.warmup_init && s.beta1.is_none());
+    assert_eq!(
+        (s.eps1, s.eps2, s.clip_threshold, s.decay_rate),
+        (1e-30, 1e-3, 1.0, -0.8)
+    );
+    let OptimizerKind::Adafactor(s) = kind(
+        "optimizer_type: adafactor\nlearning_rate: 1e-4\noptimizer_args: [\"scale_parameter=False\", \"relative_step=False\", \"warmup_init=False\", \"eps=(1e-29,1e-2)\", \"clip_threshold=0.5\", \"decay_rate=-0.5\", \"beta1=0.9\", \"weight_decay=0.01\"]",
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        s,
+        AdafactorSettings {
+            eps1: 1e-29,
+            eps2: 1e-2,
+            clip_threshold: 0.5,
+            decay_rate: -0.5,
+            beta1: Some(0.9),
+            weight_decay: 0.01,
+            scale_parameter: false,
+            relative_step: false,
+            warmup_init: false,
+        }
+    );
+    let OptimizerKind::Adafactor(s) =
+        kind("optimizer_type: Adafactor\noptimizer_args: [\"beta1=None\"]")
+    else {
+        panic!()
+    };
+    assert_eq!(s.beta1, None);
+    // kohya turns relative_step on for warmup_init, and says so.
+    let c = with(
+        "optimizer_type: Adafactor\nlr_scheduler: adafactor\noptimizer_args: [\"relative_step=False\", \"warmup_init=True\"]",
+    )
+    .unwrap();
+    let OptimizerKind::Adafactor(s) = optimizer_kind(&c).unwrap() else {
+        panic!()
+    };
+    assert!(s.relative_step && s.warmup_init);
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("warmup_init=True needs relative_step")),
+        "{:?}",
+        c.warnings()
+    );
+    for (arg, want) in [
+        (
+            "eps=1e-30",
+            "argument `eps=1e-30` is not valid: eps must be two numbers > 0 and < 1",
+        ),
+        (
+            "clip_threshold=0",
+            "argument `clip_threshold=0` is not valid: clip_threshold must be a number > 0",
+        ),
+        (
+            "decay_rate=0.8",
+            "argument `decay_rate=0.8` is not valid: decay_rate must be a number in [-1, 0]",
+        ),
+        (
+            "beta1=1.5",
+            "argument `beta1=1.5` is not valid: beta1 must be a number in [0, 1), or None",
+        ),
+        (
+            "relative_step=yes",
+            "argument `relative_step=yes` is not valid: relative_step must be True or False",
+        ),
+        (
+            "betas=0.9,0.99",
+            "Adafactor has no argument `betas` in lorafuse (it takes eps, clip_threshold, decay_rate, beta1, weight_decay, scale_parameter, relative_step, warmup_init)",
+        ),
+    ] {
+        let text = err_text(&format!(
+            "optimizer_type: Adafactor\nlr_scheduler: adafactor\noptimizer_args: [\"{arg}\"]"
+        ));
+        assert!(text.contains("optimizer_args"), "{arg}: {text}");
+        assert!(text.contains(want), "{arg}: {text}");
+    }
+}
+
+#[test]
+fn adafactor_with_relative_step_sets_its_own_rate_and_schedule() {
+    use lorafuse::train::lr::Schedule;
+    use lorafuse::train::trainable::lr_scheduler;
+    // The schedule is replaced (with a notice), the rate not used (not even checked < 1),
+    // unet_lr / text_encoder_lr ignored with a notice, as kohya's get_optimizer does.
+    let c = with(
+        "optimizer_type: Adafactor\nlr_scheduler: constant\nlearning_rate: 1.0\nunet_lr: 1e-4",
+    )
+    .unwrap();
+    assert_eq!(lr_scheduler(&c), Schedule::Adafactor);
+    let w = c.warnings();
+    assert!(
+        w.iter().any(|w| w.contains(
+            "lr_scheduler = constant is replaced by adafactor and learning_rate is not used"
+        )),
+        "{w:?}"
+    );
+    assert!(w.iter().any(|w| w.contains("unet_lr ignored")), "{w:?}");
+    let c = with("optimizer_type: Adafactor\nlr_scheduler: adafactor").unwrap();
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    // Without relative_step the configured schedule stays, and so does the rate's check.
+    let c = with(
+        "optimizer_type: Adafactor\nlr_scheduler: constant_with_warmup\nnum_warmup_steps: 10\noptimizer_args: [\"relative_step=False\"]",
+    )
+    .unwrap();
+    assert_eq!(lr_scheduler(&c), Schedule::ConstantWithWarmup);
+    // kohya's advice then: max_grad_norm 0 (lorafuse's default is 1), constant_with_warmup,
+    // clip_threshold 1.0.
+    assert_eq!(
+        c.warnings(),
+        ["Adafactor: max_grad_norm = 1 clips the gradient as well; kohya suggests 0"]
+    );
+    let c = with(
+        "optimizer_type: Adafactor
+max_grad_norm: 0
+lr_scheduler: cosine
+optimizer_args: [\"relative_step=False\", \"clip_threshold=2\"]",
+    )
+    .unwrap();
+    assert_eq!(
+        c.warnings(),
+        [
+            "Adafactor: lr_scheduler = cosine; kohya suggests constant_with_warmup",
+            "Adafactor: clip_threshold = 2; kohya suggests 1.0"
+        ]
+    );
+    let text = err_text(
+        "optimizer_type: Adafactor\nlearning_rate: 1.0\noptimizer_args: [\"relative_step=False\"]",
+    );
+    assert!(
+        text.contains("learning_rate = 1.0 is out of range"),
+        "{text}"
+    );
+    // kohya refuses a warm-up with Adafactor's own schedule, and the adafactor schedule
+    // without Adafactor's relative_step.
+    let text = err_text("optimizer_type: Adafactor\nnum_warmup_steps: 10");
+    assert!(
+        text.contains("num_warmup_steps") && text.contains("takes no warmup"),
+        "{text}"
+    );
+    for extra in [
+        "lr_scheduler: adafactor",
+        "optimizer_type: Adafactor\nlr_scheduler: adafactor\noptimizer_args: [\"relative_step=False\"]",
+    ] {
+        let text = err_text(extra);
+        assert!(
+            text.contains("lr_scheduler") && text.contains("it needs optimizer_type: Adafactor with relative_step=True"),
+            "{extra}: {text}"
+        );
+    }
+}
+
+#[test]
+fn warmup_stable_decay_reads_lr_decay_steps() {
+    let c = with(
+        "lr_scheduler: warmup_stable_decay\nnum_warmup_steps: 0.1\nlr_decay_steps: 0.2\nlr_scheduler_min_lr_ratio: 0.1\nlr_scheduler_num_cycles: 2\nmax_train_steps: 100",
+    )
+    .unwrap();
+    assert_eq!(c.lr_decay_steps.steps(100), 20);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let c = with("lr_scheduler: warmup_stable_decay\nlr_decay_steps: 30").unwrap();
+    assert_eq!(c.lr_decay_steps.steps(100), 30);
+    let c = with("lr_scheduler: cosine\nlr_decay_steps: 30").unwrap();
+    assert!(
+        c.warnings().iter().any(|w| w.contains(
+            "lr_decay_steps = 30 has no effect unless lr_scheduler = warmup_stable_decay"
+        )),
+        "{:?}",
+        c.warnings()
+    );
+    let text = err_text(
+        "lr_scheduler: warmup_stable_decay\nnum_warmup_steps: 60\nlr_decay_steps: 50\nmax_train_steps: 100",
+    );
+    assert!(
+        text.contains("lr_decay_steps") && text.contains("longer than the run"),
+        "{text}"
+    );
+    let text = err_text("lr_scheduler: warmup_stable_decay\nlr_decay_steps: -3");
+    assert!(text.contains("lr_decay_steps"), "{text}");
 }

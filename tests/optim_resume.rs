@@ -2,8 +2,9 @@
 //! never stopped, with each optimizer (AdamW's own check is in train_e2e.rs): their state
 //! (Lion's momentum, SGD's buffer, Prodigy's p0, moments, s and scalars d, d_max, numerator,
 //! k, DAdaptAdam's moments, s, d, numerator and k, the 8-bit optimizers' codes (as u8) and
-//! block absmax) round-trips through the state file exactly. Also: the `lr` of each step is
-//! d·lr for Prodigy and DAdaptAdam, as kohya logs it.
+//! block absmax, Adafactor's row and column moments and first moment) round-trips through the
+//! state file exactly. Also: the `lr` of each step is d·lr for Prodigy and DAdaptAdam, as
+//! kohya logs it, and Adafactor's own rate with relative_step.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +127,20 @@ fn resume_is_bit_exact_with_each_optimizer() {
             ][..],
             &["m", "s", "scalars", "v"][..],
         ),
+        (
+            "adafactor",
+            &["optimizer_type=Adafactor", "lr_scheduler=adafactor"][..],
+            &["col", "row"][..],
+        ),
+        (
+            "adafactor_beta1",
+            &[
+                "optimizer_type=Adafactor",
+                "learning_rate=1e-3",
+                "optimizer_args=[\"relative_step=False\", \"beta1=0.9\", \"weight_decay=0.01\"]",
+            ][..],
+            &["col", "m", "row"][..],
+        ),
     ] {
         let (all, full_state) = run(&format!("{name}-straight"), sets, None);
         let (joined, resumed_state) = run(&format!("{name}-broken"), sets, Some(3));
@@ -157,6 +172,24 @@ fn resume_is_bit_exact_with_each_optimizer() {
             // The logged rate is d·lr: d starts at d0 = 1e-6 (learning_rate = 1).
             assert_eq!(all[0].2, 1e-6, "{all:?}");
         }
+        if name == "adafactor" {
+            // The logged rate is the one Adafactor applied to the first tensor:
+            // min(1e-2, 1/sqrt(k))·max(1e-3, RMS(p)), not learning_rate (0.002).
+            for (step, _, lr) in &all {
+                assert!(
+                    *lr > 0.0 && *lr <= 1e-2 && *lr != 0.002,
+                    "step {step}: lr {lr}"
+                );
+            }
+            // It follows RMS(p) of the first tensor (a down, still at step 2: its gradient is 0
+            // while the up is 0).
+            assert_ne!(all[0].2, all[TOTAL - 1].2, "{all:?}");
+        }
+        if name == "adafactor_beta1" {
+            // The scheduled rate (the demo's cosine), as kohya logs it without relative_step.
+            assert_eq!(all[0].2, 1e-3, "{all:?}");
+            assert!(all[1].2 < 1e-3, "{all:?}");
+        }
         for d in ["straight", "broken"] {
             let _ = std::fs::remove_dir_all(scratch(&format!("{name}-{d}")));
         }
@@ -166,7 +199,10 @@ fn resume_is_bit_exact_with_each_optimizer() {
 /// On the demo's tiny model, each optimizer with its usual settings lowers the fixed-noise
 /// training loss over the same 40 steps (the figures are printed, side by side). Usual
 /// settings: the demo's AdamW rate (AdamW8bit too); Lion (and Lion8bit) at a third of it; SGD at a rate its plain gradient
-/// steps need; Prodigy and DAdaptAdam at 1.
+/// steps need; Prodigy and DAdaptAdam at 1; Adafactor as kohya runs it by default
+/// (relative_step: its own rate and the adafactor schedule, no warm-up), and with the
+/// arguments kohya's documentation gives for a fixed rate (scale_parameter, relative_step and
+/// warmup_init False) at the demo's rate.
 #[test]
 fn each_optimizer_lowers_the_fixed_noise_loss() {
     let be = CpuBackend::new();
@@ -196,6 +232,18 @@ fn each_optimizer_lowers_the_fixed_noise_loss() {
         (
             "DAdaptAdam",
             &["optimizer_type=DAdaptAdam", "learning_rate=1"][..],
+        ),
+        (
+            "Adafactor",
+            &["optimizer_type=Adafactor", "num_warmup_steps=0"][..],
+        ),
+        (
+            "Adafactor/lr",
+            &[
+                "optimizer_type=Adafactor",
+                "learning_rate=0.002",
+                "optimizer_args=[\"scale_parameter=False\", \"relative_step=False\", \"warmup_init=False\"]",
+            ][..],
         ),
     ] {
         let dir = scratch(&format!("loss-{name}"));

@@ -362,3 +362,39 @@ fn the_readme_card_table_is_what_plan_computes() {
         rows.join("\n")
     );
 }
+
+/// README's optimizer table: what each optimizer's state costs for the UNet's adapters on
+/// SD1.5 (kohya's 192 modules) at ranks 8 and 32, as `plan` counts it (its optimizer row,
+/// less the flat parameters and gradients: 8 bytes per parameter). Each figure README shows
+/// is computed here.
+#[test]
+fn the_readme_optimizer_table_is_what_plan_computes() {
+    use lorafuse::train::optim::OptimizerType;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut wrong = Vec::new();
+    for ty in OptimizerType::ALL {
+        let mut cells = Vec::new();
+        for rank in [8, 32] {
+            let mut i = input(1, 512, rank, DType::F16);
+            i.cfg.optimizer_type = ty;
+            let p = plan(&i).unwrap();
+            let params = p.lora / 4;
+            cells.push(format!(
+                "{:.1} MiB",
+                (p.optimizer - 8 * params) as f64 / MIB
+            ));
+        }
+        let start = format!("| `{}` |", ty.name());
+        let end = format!("| {} | {} |", cells[0], cells[1]);
+        let row = readme.lines().find(|l| l.starts_with(&start));
+        if !row.is_some_and(|r| r.ends_with(&end)) {
+            wrong.push(format!("{start} ... {end} (README: {row:?})"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "README.md's optimizer table differs from plan:\n{}",
+        wrong.join("\n")
+    );
+}

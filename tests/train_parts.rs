@@ -19,6 +19,7 @@ fn sched(kind: Schedule) -> LrSchedule {
         num_cycles: 1.0,
         power: 1.0,
         min_lr_ratio: 0.0,
+        decay: 0,
     }
 }
 
@@ -67,6 +68,85 @@ fn schedules_by_hand() {
     m.num_cycles = 2.0; // a whole wave: back up at the end
     close(m.lr(60), 0.1);
     close(m.lr(110), 1.0);
+}
+
+/// transformers 4.54.1's `_get_wsd_scheduler_lambda` (linear warm-up, cosine decay: what
+/// sd-scripts' get_scheduler_fix asks for), transcribed line by line, with sd-scripts'
+/// arguments: num_stable_steps = total − warmup − decay, num_cycles = lr_scheduler_num_cycles/2.
+fn wsd_reference(step: i64, warmup: i64, total: i64, decay: i64, cycles: f64, r: f64) -> f64 {
+    let stable = total - warmup - decay;
+    let num_cycles = cycles / 2.0;
+    if step < warmup {
+        let progress = step as f64 / 1.max(warmup) as f64;
+        return 0f64.max(progress * (1.0 - r) + r);
+    }
+    if step < warmup + stable {
+        return 1.0;
+    }
+    if step < warmup + stable + decay {
+        let progress = (step - warmup - stable) as f64 / 1.max(decay) as f64;
+        let factor = 0.5 * (1.0 + (std::f64::consts::PI * num_cycles * 2.0 * progress).cos());
+        return 0f64.max(factor * (1.0 - r) + r);
+    }
+    r
+}
+
+#[test]
+fn warmup_stable_decay_follows_the_reference_formula() {
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 1e-12, "{what}: {a} vs {b}");
+    // Hand values: 10 warm-up steps from r, 70 stable, 30 of half a cosine down to r.
+    let mut s = sched(Schedule::WarmupStableDecay);
+    s.decay = 30;
+    s.min_lr_ratio = 0.1;
+    close(s.lr(0), 0.1, "start of warm-up is r");
+    close(s.lr(5), 0.1 + 0.9 * 0.5, "half-way warm-up");
+    close(s.lr(10), 1.0, "stable");
+    close(s.lr(79), 1.0, "last stable step");
+    close(s.lr(80), 1.0, "decay starts at the top");
+    close(s.lr(95), 0.1 + 0.9 * 0.5, "half-way down");
+    close(s.lr(110), 0.1, "after the decay: r");
+    close(s.lr(500), 0.1, "beyond the run: r");
+    // Every step of several shapes (no warm-up, no decay, two cycles, no floor, warm-up and
+    // decay longer than the run, as sd-scripts would compute them) against the reference.
+    for (warmup, total, decay, cycles, r) in [
+        (10u64, 110u64, 30u64, 1.0, 0.1),
+        (0, 50, 20, 1.0, 0.0),
+        (5, 50, 0, 1.0, 0.2),
+        (5, 60, 40, 2.0, 0.05),
+        (3, 20, 0, 3.0, 0.0),
+        (30, 40, 30, 1.0, 0.1),
+    ] {
+        let s = LrSchedule {
+            kind: Schedule::WarmupStableDecay,
+            base_lr: 2e-4,
+            warmup,
+            total,
+            num_cycles: cycles,
+            power: 1.0,
+            min_lr_ratio: r,
+            decay,
+        };
+        for step in 0..total + 5 {
+            let want = 2e-4
+                * wsd_reference(
+                    step as i64,
+                    warmup as i64,
+                    total as i64,
+                    decay as i64,
+                    cycles,
+                    r,
+                );
+            let got = s.lr(step);
+            assert!(
+                (got - want).abs() <= 1e-15,
+                "warmup {warmup} total {total} decay {decay} cycles {cycles} r {r}: step {step}: {got} vs {want}"
+            );
+        }
+    }
+    // adafactor: a constant 1 (Adafactor with relative_step ignores it), no warm-up.
+    let a = sched(Schedule::Adafactor);
+    close(a.lr(0), 1.0, "adafactor");
+    close(a.lr(5), 1.0, "adafactor");
 }
 
 #[test]

@@ -22,12 +22,14 @@ pub mod adapter;
 pub mod check;
 pub mod cpu;
 pub mod cuda;
+pub mod factored;
 pub mod quant;
 pub mod select;
 
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 pub use adapter::{Adapter, AdapterBackward, Lora, LoraBackward};
+pub use factored::{AdafactorBuffers, AdafactorSegment, AdafactorStep, AdafactorTable};
 
 /// The op families' traits, for `use crate::backend::prelude::*;` wherever ops are called
 /// (a `&dyn Backend` reaches a family's methods only with its trait in scope).
@@ -615,6 +617,18 @@ pub trait OptimOps {
         grads: &Tensor,
         h: &DAdaptMoments,
     ) -> Result<ProdigySums>;
+    /// One Adafactor step over every tensor of `table`, in place on params and the buffers
+    /// (the formulas on [`AdafactorStep`]); returns the rate applied to the first tensor
+    /// (what transformers' AdafactorSchedule reports). Per-tensor sums are taken in f64 in a
+    /// fixed order (deterministic).
+    fn adafactor_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        table: &AdafactorTable,
+        t: AdafactorBuffers<'_>,
+        h: &AdafactorStep,
+    ) -> Result<f64>;
     /// Prodigy's second half, in place on params.
     fn prodigy_update(
         &self,

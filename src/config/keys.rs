@@ -389,7 +389,7 @@ config_keys! {
         kohya "constant",
 
     /// Number of cosine cycles for `cosine_with_restarts` (and half-waves for
-    /// `cosine_with_min_lr`, as kohya passes it).
+    /// `cosine_with_min_lr` and the decay of `warmup_stable_decay`, as kohya passes it).
     lr_scheduler_num_cycles: usize = fixed(1),
         read parse::count,
         check |n| *n >= 1,
@@ -404,8 +404,9 @@ config_keys! {
         doc_type "number in (0, 100]",
         rule "must be > 0 and ≤ 100 (1 is a straight line; typical 0.5 to 2)",
 
-    /// The rate `cosine_with_min_lr` ends at, as a fraction of the learning rate (kohya's
-    /// meaning: it applies to that schedule only). Needed by `cosine_with_min_lr`.
+    /// The rate `cosine_with_min_lr` and `warmup_stable_decay` end at, as a fraction of the
+    /// learning rate (kohya's meaning: it applies to those schedules only). Needed by
+    /// `cosine_with_min_lr`; `warmup_stable_decay` takes 0 without it, as kohya.
     lr_scheduler_min_lr_ratio: Option<f64> = optional("unset (needed by cosine_with_min_lr)"),
         read parse::float,
         check |r| (0.0..=1.0).contains(r),
@@ -426,6 +427,17 @@ config_keys! {
             "lr_warmup_steps": " (steps, or a fraction of the run below 1, as in kohya)",
             "warmup_steps",
         ],
+
+    /// The decay at the end of `warmup_stable_decay`: a number of optimizer steps, or, as in
+    /// kohya, a fraction of the run below 1 (`0.2` = the last 20% of the steps, rounded down).
+    lr_decay_steps: Warmup = fixed(Warmup::Steps(0)),
+        read parse::warmup,
+        check |w| match w {
+            Warmup::Fraction(f) => open_unit(*f),
+            Warmup::Steps(_) => true,
+        },
+        doc_type "whole number ≥ 0, or a fraction in (0, 1)",
+        rule "must be a whole number of steps ≥ 0, or a fraction of the run between 0 and 1 (0.2 = the last 20% of the steps)",
 
     /// AdamW's weight decay.
     weight_decay: f64 = fixed(0.01),

@@ -15,6 +15,7 @@ use super::keys;
 use super::values::{MixedPrecision, SamplePrompts, Warmup};
 use super::{Device, Resolution, TrainConfig};
 use crate::train::lr::Schedule;
+use crate::train::optim::OptimizerKind;
 
 /// Every image side is a multiple of this (see the module comment).
 pub const SIDE_MULTIPLE: u32 = 64;
@@ -168,6 +169,28 @@ fn check_schedule(c: &mut Check) {
             "needs lr_scheduler_min_lr_ratio (the rate it ends at, as a fraction of the learning rate, e.g. 0.1), as in kohya".into(),
         );
     }
+    let adafactor = crate::train::trainable::adafactor_relative_step(cfg);
+    if cfg.lr_scheduler == Schedule::Adafactor && !adafactor {
+        c.fail(
+            "lr_scheduler",
+            "is not valid: adafactor is Adafactor's own rate: it needs optimizer_type: Adafactor with relative_step=True (its default), as in kohya".into(),
+        );
+    }
+    if adafactor && !cfg.num_warmup_steps.is_zero() {
+        c.fail(
+            "num_warmup_steps",
+            "is not valid: Adafactor with relative_step=True schedules its own rate and takes no warmup (kohya refuses it too): set it to 0, or pass relative_step=False in optimizer_args".into(),
+        );
+    }
+    if let (Some(total), Schedule::WarmupStableDecay) = (cfg.max_train_steps, cfg.lr_scheduler) {
+        let (warmup, decay) = (cfg.warmup_steps(total), cfg.lr_decay_steps.steps(total));
+        if warmup + decay > total {
+            c.fail(
+                "lr_decay_steps",
+                format!("is out of range: warmup ({warmup}) and decay ({decay}) steps are longer than the run (max_train_steps = {total})"),
+            );
+        }
+    }
     if let (Warmup::Steps(n), Some(total)) = (cfg.num_warmup_steps, cfg.max_train_steps) {
         if n > total {
             c.fail(
@@ -183,16 +206,14 @@ fn check_schedule(c: &mut Check) {
 fn check_optimizer(c: &mut Check) {
     let cfg = c.cfg;
     let ty = cfg.optimizer_type;
-    if !ty.implemented() {
-        c.fail("optimizer_type", format!("is not valid: {}", ty.instead()));
-    } else if let Err(e) = crate::train::trainable::optimizer_kind(cfg) {
+    if let Err(e) = crate::train::trainable::optimizer_kind(cfg) {
         let problem = match e {
             crate::error::Error::BadValue { expected, .. } => expected,
             e => e.to_string(),
         };
         c.fail("optimizer_args", problem);
     }
-    if ty.finds_lr() {
+    if ty.finds_lr() || crate::train::trainable::adafactor_relative_step(cfg) {
         return;
     }
     for key in ["learning_rate", "unet_lr", "text_encoder_lr"] {
@@ -371,23 +392,33 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
     if cfg.lr_scheduler_num_cycles != 1
         && !matches!(
             cfg.lr_scheduler,
-            Schedule::CosineWithRestarts | Schedule::CosineWithMinLr
+            Schedule::CosineWithRestarts | Schedule::CosineWithMinLr | Schedule::WarmupStableDecay
         )
     {
         w.push(format!(
-            "lr_scheduler_num_cycles = {} has no effect unless lr_scheduler = cosine_with_restarts or cosine_with_min_lr (it is {})",
+            "lr_scheduler_num_cycles = {} has no effect unless lr_scheduler = cosine_with_restarts, cosine_with_min_lr or warmup_stable_decay (it is {})",
             cfg.lr_scheduler_num_cycles, cfg.lr_scheduler
         ));
     }
     if let (Some(r), false) = (
         cfg.lr_scheduler_min_lr_ratio,
-        cfg.lr_scheduler == Schedule::CosineWithMinLr,
+        matches!(
+            cfg.lr_scheduler,
+            Schedule::CosineWithMinLr | Schedule::WarmupStableDecay
+        ),
     ) {
         w.push(format!(
-            "lr_scheduler_min_lr_ratio = {r} has no effect unless lr_scheduler = cosine_with_min_lr (it is {}; kohya applies it to that schedule only)",
+            "lr_scheduler_min_lr_ratio = {r} has no effect unless lr_scheduler = cosine_with_min_lr or warmup_stable_decay (it is {}; kohya applies it to those schedules only)",
             cfg.lr_scheduler
         ));
     }
+    if !cfg.lr_decay_steps.is_zero() && cfg.lr_scheduler != Schedule::WarmupStableDecay {
+        w.push(format!(
+            "lr_decay_steps = {} has no effect unless lr_scheduler = warmup_stable_decay (it is {})",
+            cfg.lr_decay_steps, cfg.lr_scheduler
+        ));
+    }
+    w.extend(adafactor_notices(cfg));
     if cfg.lr_scheduler_power != 1.0 && cfg.lr_scheduler != Schedule::Polynomial {
         w.push(format!(
             "lr_scheduler_power = {} has no effect unless lr_scheduler = polynomial (it is {})",
@@ -477,6 +508,66 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
         w.push(format!(
             "mixed_precision = {} applies on a GPU only: the CPU computes in f32",
             cfg.mixed_precision
+        ));
+    }
+    w
+}
+
+/// What kohya's get_optimizer says it changes for Adafactor, said here too.
+fn adafactor_notices(cfg: &TrainConfig) -> Vec<String> {
+    let mut w = Vec::new();
+    let Ok(OptimizerKind::Adafactor(s)) = crate::train::trainable::optimizer_kind(cfg) else {
+        return w;
+    };
+    let says = |name: &str, value: &str| {
+        cfg.optimizer_args.iter().any(|a| {
+            a.split_once('=').is_some_and(|(n, v)| {
+                n.trim().eq_ignore_ascii_case(name) && v.trim().eq_ignore_ascii_case(value)
+            })
+        })
+    };
+    if s.warmup_init && says("relative_step", "false") {
+        w.push(
+            "optimizer_args: warmup_init=True needs relative_step: relative_step is set to True, as kohya does"
+                .into(),
+        );
+    }
+    if !s.relative_step {
+        // kohya's advice for a rate of one's own.
+        if cfg.max_grad_norm != 0.0 {
+            w.push(format!(
+                "Adafactor: max_grad_norm = {} clips the gradient as well; kohya suggests 0",
+                cfg.max_grad_norm
+            ));
+        }
+        if cfg.lr_scheduler != Schedule::ConstantWithWarmup {
+            w.push(format!(
+                "Adafactor: lr_scheduler = {}; kohya suggests constant_with_warmup",
+                cfg.lr_scheduler
+            ));
+        }
+        if s.clip_threshold != 1.0 {
+            w.push(format!(
+                "Adafactor: clip_threshold = {}; kohya suggests 1.0",
+                s.clip_threshold
+            ));
+        }
+        return w;
+    }
+    if cfg.lr_scheduler != Schedule::Adafactor {
+        w.push(format!(
+            "Adafactor with relative_step=True finds its own rate: lr_scheduler = {} is replaced by adafactor and learning_rate is not used, as in kohya (relative_step=False in optimizer_args keeps them)",
+            cfg.lr_scheduler
+        ));
+    }
+    let written: Vec<&str> = ["unet_lr", "text_encoder_lr"]
+        .into_iter()
+        .filter(|k| cfg.provenance.is_written(k))
+        .collect();
+    if !written.is_empty() {
+        w.push(format!(
+            "{} ignored: Adafactor with relative_step=True finds its own rate, as in kohya",
+            written.join(" and ")
         ));
     }
     w

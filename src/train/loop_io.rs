@@ -326,7 +326,7 @@ fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
         text_encoder_lr: cfg.train_text_encoder.then_some(cfg.text_encoder_lr),
         learning_rate: cfg.learning_rate,
         unet_lr: Some(cfg.unet_lr),
-        lr_scheduler: cfg.lr_scheduler.to_string(),
+        lr_scheduler: crate::train::trainable::lr_scheduler(cfg).to_string(),
         lr_warmup_steps: cfg.warmup_steps(total as usize) as u64,
         max_train_steps: total,
         num_epochs: total.div_ceil(run.lengths.steps_per_epoch.max(1)),

@@ -14,6 +14,13 @@
 //!                          transformers' schedule as kohya calls it (r =
 //!                          lr_scheduler_min_lr_ratio, cycles = lr_scheduler_num_cycles, of
 //!                          which kohya passes half as transformers' num_cycles)
+//!   warmup_stable_decay    transformers' (4.54) WSD schedule as sd-scripts >= 0.9 calls it:
+//!                          r + (1 − r)·step/warmup during warm-up, 1 for the stable
+//!                          total − warmup − decay steps, then r + (1 − r)·½(1 + cos(π·cycles·q))
+//!                          at least 0 over the `decay` steps (q = their fraction done), then r
+//!                          (r = lr_scheduler_min_lr_ratio or 0, decay = lr_decay_steps)
+//!   adafactor              1: Adafactor with relative_step finds its own rate and ignores this
+//!                          one (transformers' AdafactorSchedule, as kohya uses it)
 //! with p = (step − warmup)/(total − warmup).
 
 use std::f64::consts::PI;
@@ -36,11 +43,16 @@ pub enum Schedule {
     Polynomial,
     /// Warm-up, then half a cosine down to `min_lr_ratio` of the rate.
     CosineWithMinLr,
+    /// Warm-up, a constant stretch, then a cosine down to `min_lr_ratio` over the last
+    /// `decay` steps.
+    WarmupStableDecay,
+    /// Adafactor's own rate (relative_step); the schedule is a constant 1.
+    Adafactor,
 }
 
 impl Schedule {
     /// Every schedule, in the order messages list them.
-    pub const ALL: [Schedule; 7] = [
+    pub const ALL: [Schedule; 9] = [
         Schedule::Constant,
         Schedule::ConstantWithWarmup,
         Schedule::Linear,
@@ -48,6 +60,8 @@ impl Schedule {
         Schedule::CosineWithRestarts,
         Schedule::Polynomial,
         Schedule::CosineWithMinLr,
+        Schedule::WarmupStableDecay,
+        Schedule::Adafactor,
     ];
 
     /// The name configs write (diffusers' `get_scheduler` names).
@@ -60,6 +74,8 @@ impl Schedule {
             Schedule::CosineWithRestarts => "cosine_with_restarts",
             Schedule::Polynomial => "polynomial",
             Schedule::CosineWithMinLr => "cosine_with_min_lr",
+            Schedule::WarmupStableDecay => "warmup_stable_decay",
+            Schedule::Adafactor => "adafactor",
         }
     }
 
@@ -86,9 +102,11 @@ pub struct LrSchedule {
     pub num_cycles: f64,
     /// The exponent of polynomial (kohya's lr_scheduler_power, default 1).
     pub power: f64,
-    /// The floor of cosine_with_min_lr as a fraction of the rate (kohya's
-    /// lr_scheduler_min_lr_ratio).
+    /// The floor of cosine_with_min_lr and warmup_stable_decay as a fraction of the rate
+    /// (kohya's lr_scheduler_min_lr_ratio).
     pub min_lr_ratio: f64,
+    /// The decay steps of warmup_stable_decay (kohya's lr_decay_steps).
+    pub decay: u64,
 }
 
 /// diffusers' `lr_end` of the polynomial schedule, which kohya leaves at its default.
@@ -103,6 +121,11 @@ impl LrSchedule {
     fn factor(&self, step: u64) -> f64 {
         let s = step as f64;
         let warm = self.warmup as f64;
+        match self.kind {
+            Schedule::Adafactor => return 1.0,
+            Schedule::WarmupStableDecay => return self.wsd(step),
+            _ => {}
+        }
         if self.kind != Schedule::Constant && step < self.warmup {
             return s / warm.max(1.0);
         }
@@ -125,6 +148,7 @@ impl LrSchedule {
                 let f = 0.5 * (1.0 + (PI * self.num_cycles * p).cos());
                 (f * (1.0 - r) + r).max(0.0)
             }
+            Schedule::WarmupStableDecay | Schedule::Adafactor => unreachable!("returned above"),
             Schedule::Polynomial => {
                 // diffusers refuses a rate at or below lr_end; here the rate then stays.
                 let (lr, end) = (self.base_lr, POLYNOMIAL_LR_END);
@@ -137,5 +161,24 @@ impl LrSchedule {
                 }
             }
         }
+    }
+
+    /// warmup_stable_decay, with sd-scripts' stable length total − warmup − decay (signed, as
+    /// Python computes it) and num_cycles/2 as transformers' num_cycles.
+    fn wsd(&self, step: u64) -> f64 {
+        let r = self.min_lr_ratio;
+        let (k, warmup, decay) = (step as i64, self.warmup as i64, self.decay as i64);
+        let stable = self.total as i64 - warmup - decay;
+        let f = if k < warmup {
+            k as f64 / warmup.max(1) as f64
+        } else if k < warmup + stable {
+            return 1.0;
+        } else if k < warmup + stable + decay {
+            let q = (k - warmup - stable) as f64 / decay.max(1) as f64;
+            0.5 * (1.0 + (PI * (self.num_cycles / 2.0) * 2.0 * q).cos())
+        } else {
+            return r;
+        };
+        (f * (1.0 - r) + r).max(0.0)
     }
 }

@@ -16,6 +16,7 @@ use crate::model::layers::Ctx;
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 use crate::train::inputs::{Draw, Inputs};
+use crate::train::lr::Schedule;
 use crate::train::optim::{clip_coefficient, KeyDefaults, OptimizerKind, ParamGroup};
 use crate::train::scaler::LossScaler;
 use crate::train::start::{start_from, Started};
@@ -73,6 +74,22 @@ pub fn optimizer_kind(cfg: &TrainConfig) -> Result<OptimizerKind> {
             expected: e,
         }
     })
+}
+
+/// Whether the run's optimizer is Adafactor with relative_step, which finds its own rate:
+/// the learning rates and the schedule are then not used (kohya's get_optimizer).
+pub fn adafactor_relative_step(cfg: &TrainConfig) -> bool {
+    matches!(optimizer_kind(cfg), Ok(OptimizerKind::Adafactor(s)) if s.relative_step)
+}
+
+/// The schedule the run follows: `lr_scheduler`, or `adafactor` for Adafactor with
+/// relative_step, which kohya puts in place of any other.
+pub fn lr_scheduler(cfg: &TrainConfig) -> Schedule {
+    if adafactor_relative_step(cfg) {
+        Schedule::Adafactor
+    } else {
+        cfg.lr_scheduler
+    }
 }
 
 impl Trainable {
@@ -181,6 +198,7 @@ impl Trainable {
                         .iter()
                         .map(|(_, t)| t.size_in_bytes())
                         .sum::<usize>()
+                    + g.optimizer.workspace_bytes()
             })
             .sum();
         (lora, grads, groups)

@@ -306,13 +306,14 @@ fn eval_seed(cfg: &TrainConfig) -> u64 {
 /// The learning-rate schedule of each optimizer group (the UNet's, the text encoder's).
 fn schedules(cfg: &TrainConfig, total: u64, groups: usize) -> Vec<LrSchedule> {
     let unet = LrSchedule {
-        kind: cfg.lr_scheduler,
+        kind: crate::train::trainable::lr_scheduler(cfg),
         base_lr: cfg.unet_lr,
         warmup: cfg.warmup_steps(total as usize) as u64,
         total,
         num_cycles: cfg.lr_scheduler_num_cycles as f64,
         power: cfg.lr_scheduler_power,
         min_lr_ratio: cfg.lr_scheduler_min_lr_ratio.unwrap_or(0.0),
+        decay: cfg.lr_decay_steps.steps(total as usize) as u64,
     };
     let text = LrSchedule {
         base_lr: cfg.text_encoder_lr,

@@ -7,6 +7,7 @@
 //! matrixmultiply for matrix products and im2col convolutions.
 
 pub mod activation;
+pub mod adafactor;
 pub mod attention;
 pub mod conv;
 pub mod diffusion;

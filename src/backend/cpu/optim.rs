@@ -1,8 +1,8 @@
 //! The optimizer's ops on the flat LoRA buffers: the squared gradient norm (clipping and
 //! f16 overflow detection), AdamW, Lion, SGD with Nesterov momentum, Prodigy's two halves and
-//! DAdaptAdam's first half; the 8-bit AdamW and Lion are in optim8.rs (formulas on `OptimOps`
-//! in src/backend/mod.rs; the CUDA kernels in kernels/optim.cu use the
-//! same f32 constants and order of operations).
+//! DAdaptAdam's first half; the 8-bit AdamW and Lion are in optim8.rs, Adafactor in
+//! adafactor.rs (formulas on `OptimOps` in src/backend/mod.rs; the CUDA kernels in
+//! kernels/optim.cu use the same f32 constants and order of operations).
 //!
 //! AdamW as PyTorch's `torch.optim.AdamW` (decoupled weight decay), with g = grad_scale·grad
 //! (grad_scale = clip coefficient / loss scale) and t = step (1-based):
@@ -17,8 +17,9 @@ use super::elementwise::CHUNK;
 use super::CpuBackend;
 use super::{data, data_mut};
 use crate::backend::{
-    check, AdamW, DAdaptBuffers, DAdaptMoments, Lion, OptimOps, ProdigyBuffers, ProdigyMoments,
-    ProdigySums, ProdigyUpdate, Quantized, SgdNesterov,
+    check, AdafactorBuffers, AdafactorStep, AdafactorTable, AdamW, DAdaptBuffers, DAdaptMoments,
+    Lion, OptimOps, ProdigyBuffers, ProdigyMoments, ProdigySums, ProdigyUpdate, Quantized,
+    SgdNesterov,
 };
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -257,6 +258,17 @@ impl OptimOps for CpuBackend {
         h: &Lion,
     ) -> Result<()> {
         self.lion8bit(params, grads, m, h)
+    }
+
+    fn adafactor_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        table: &AdafactorTable,
+        t: AdafactorBuffers<'_>,
+        h: &AdafactorStep,
+    ) -> Result<f64> {
+        self.adafactor(params, grads, table, t, h)
     }
 
     fn prodigy_update(

@@ -122,7 +122,7 @@ macro_rules! scalar_arg {
         }
     )*};
 }
-scalar_arg!(i32, u32, i64, u64, f32);
+scalar_arg!(i32, u32, i64, u64, f32, f64);
 
 /// Declares kernel entry points of one `.cu` module and makes a typed launcher for each:
 /// `fn name(dev: &Device, cfg: LaunchCfg, args..) -> Result<()>`. Argument order and types

@@ -4,8 +4,8 @@
 //!
 //! Defaults are each optimizer's reference implementation's (torch.optim.AdamW,
 //! lion-pytorch's Lion, torch.optim.SGD with nesterov=True and kohya's momentum 0.9,
-//! prodigyopt's Prodigy, dadaptation's DAdaptAdam; bitsandbytes' AdamW8bit and Lion8bit have
-//! AdamW's and Lion's). The lorafuse keys `adam_beta1`, `adam_beta2` and `adam_epsilon` set
+//! prodigyopt's Prodigy, dadaptation's DAdaptAdam, transformers' Adafactor with kohya's
+//! relative_step=True; bitsandbytes' AdamW8bit and Lion8bit have AdamW's and Lion's). The lorafuse keys `adam_beta1`, `adam_beta2` and `adam_epsilon` set
 //! the Adam-family optimizers' betas and ε (AdamW, AdamW8bit, Prodigy, DAdaptAdam); `weight_decay` sets AdamW's and
 //! AdamW8bit's decay, and the others' when it is written in the configuration (otherwise
 //! their reference default, 0). An `optimizer_args` entry overrides the key.
@@ -13,7 +13,8 @@
 use std::fmt;
 
 use super::{
-    AdamWSettings, DAdaptSettings, LionSettings, OptimizerKind, ProdigySettings, SgdSettings,
+    AdafactorSettings, AdamWSettings, DAdaptSettings, LionSettings, OptimizerKind, ProdigySettings,
+    SgdSettings,
 };
 
 /// kohya's `optimizer_type` values (its names, read case-insensitively).
@@ -30,7 +31,7 @@ pub enum OptimizerType {
 }
 
 impl OptimizerType {
-    /// Every name kohya accepts that lorafuse knows, in the order messages list them.
+    /// Every name of kohya's that lorafuse trains with, in the order messages list them.
     pub const ALL: [OptimizerType; 8] = [
         OptimizerType::AdamW,
         OptimizerType::AdamW8bit,
@@ -61,40 +62,6 @@ impl OptimizerType {
         OptimizerType::ALL
             .into_iter()
             .find(|t| t.name().eq_ignore_ascii_case(word.trim()))
-    }
-
-    /// Whether lorafuse trains with it.
-    pub fn implemented(self) -> bool {
-        matches!(
-            self,
-            OptimizerType::AdamW
-                | OptimizerType::AdamW8bit
-                | OptimizerType::Lion
-                | OptimizerType::Lion8bit
-                | OptimizerType::Prodigy
-                | OptimizerType::DAdaptAdam
-                | OptimizerType::SGDNesterov
-        )
-    }
-
-    /// The names lorafuse trains with, for messages.
-    pub fn implemented_names() -> String {
-        OptimizerType::ALL
-            .into_iter()
-            .filter(|t| t.implemented())
-            .map(|t| t.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// What to use instead of a type lorafuse does not have.
-    pub fn instead(self) -> String {
-        format!(
-            "{} is not available in lorafuse yet: use AdamW, or Prodigy for a learning rate \
-             found by the optimizer; lorafuse trains with {}",
-            self.name(),
-            OptimizerType::implemented_names()
-        )
     }
 
     /// Whether the optimizer finds its own step size, so that `learning_rate` is a
@@ -155,7 +122,11 @@ impl Arg<'_> {
 
     /// "b1,b2" (kohya writes `betas=0.9,0.99`; parentheses allowed), each in [0, 1).
     fn betas(&self) -> Result<(f64, f64), String> {
-        const RULE: &str = "must be two numbers in [0, 1), written 0.9,0.999";
+        self.pair(unit, "must be two numbers in [0, 1), written 0.9,0.999")
+    }
+
+    /// "a,b" or "(a,b)", each satisfying `ok`.
+    fn pair(&self, ok: impl Fn(f64) -> bool, rule: &str) -> Result<(f64, f64), String> {
         let v = self
             .value
             .trim()
@@ -163,17 +134,25 @@ impl Arg<'_> {
             .trim_end_matches(')');
         let parts: Vec<&str> = v.split(',').collect();
         let [a, b] = parts.as_slice() else {
-            return Err(self.bad(RULE));
+            return Err(self.bad(rule));
         };
         let (a, b) = (
-            parse_float(a).ok_or_else(|| self.bad(RULE))?,
-            parse_float(b).ok_or_else(|| self.bad(RULE))?,
+            parse_float(a).ok_or_else(|| self.bad(rule))?,
+            parse_float(b).ok_or_else(|| self.bad(rule))?,
         );
-        if unit(a) && unit(b) {
+        if ok(a) && ok(b) {
             Ok((a, b))
         } else {
-            Err(self.bad(RULE))
+            Err(self.bad(rule))
         }
+    }
+
+    /// A number satisfying `ok`, or None (Python's `None`).
+    fn float_or_none(&self, ok: impl Fn(f64) -> bool, rule: &str) -> Result<Option<f64>, String> {
+        if self.value.trim() == "None" {
+            return Ok(None);
+        }
+        self.float(ok, rule).map(Some)
     }
 }
 
@@ -235,9 +214,6 @@ impl OptimizerKind {
         args: &[String],
         keys: &KeyDefaults,
     ) -> Result<OptimizerKind, String> {
-        if !ty.implemented() {
-            return Err(ty.instead());
-        }
         let args = split_args(args)?;
         let wd_default = |reference: f64| {
             if keys.weight_decay_written {
@@ -392,7 +368,58 @@ impl OptimizerKind {
                 }
                 Ok(OptimizerKind::DAdaptAdam(s))
             }
-            _ => Err(ty.instead()),
+            OptimizerType::Adafactor => {
+                let mut s = AdafactorSettings {
+                    weight_decay: wd_default(0.0),
+                    ..AdafactorSettings::default()
+                };
+                const KNOWN: &[&str] = &[
+                    "eps",
+                    "clip_threshold",
+                    "decay_rate",
+                    "beta1",
+                    "weight_decay",
+                    "scale_parameter",
+                    "relative_step",
+                    "warmup_init",
+                ];
+                for a in &args {
+                    match a.name.as_str() {
+                        "eps" => {
+                            (s.eps1, s.eps2) = a.pair(
+                                |x| x > 0.0 && x < 1.0,
+                                "must be two numbers > 0 and < 1, written (1e-30,1e-3): added to the squared gradient, and the smallest parameter scale",
+                            )?
+                        }
+                        "clip_threshold" => {
+                            s.clip_threshold = a.float(
+                                |x| x.is_finite() && x > 0.0,
+                                "must be a number > 0 (the update's largest RMS; default 1.0)",
+                            )?
+                        }
+                        "decay_rate" => {
+                            s.decay_rate = a.float(
+                                |x| (-1.0..=0.0).contains(&x),
+                                "must be a number in [-1, 0] (the second moment's decay exponent; default -0.8)",
+                            )?
+                        }
+                        "beta1" => {
+                            s.beta1 = a.float_or_none(
+                                unit,
+                                "must be a number in [0, 1), or None (no first moment; the default)",
+                            )?
+                        }
+                        "weight_decay" => s.weight_decay = a.float(unit, WD_RULE)?,
+                        "scale_parameter" => s.scale_parameter = a.flag()?,
+                        "relative_step" => s.relative_step = a.flag()?,
+                        "warmup_init" => s.warmup_init = a.flag()?,
+                        _ => return Err(unknown(a, ty, KNOWN)),
+                    }
+                }
+                // kohya: warmup_init needs relative_step, which it then turns on.
+                s.relative_step |= s.warmup_init;
+                Ok(OptimizerKind::Adafactor(s))
+            }
         }
     }
 }

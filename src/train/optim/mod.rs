@@ -13,8 +13,11 @@
 //! - `sgd.rs`: SGD with Nesterov momentum (kohya's `SGDNesterov`).
 //! - `prodigy.rs`: Prodigy (prodigyopt), which estimates its own step size.
 //! - `dadapt.rs`: DAdaptAdam (dadaptation), which does too.
+//! - `adafactor.rs`: Adafactor (transformers), whose factored moments need each tensor's
+//!   shape: a group's [`Layout`].
 //! - `kind.rs`: kohya's `optimizer_type` and `optimizer_args`, read into an [`OptimizerKind`].
 
+mod adafactor;
 mod adamw;
 mod dadapt;
 mod eightbit;
@@ -23,6 +26,7 @@ mod lion;
 mod prodigy;
 mod sgd;
 
+pub use adafactor::{Adafactor, AdafactorSettings};
 pub use adamw::{AdamW, AdamWSettings};
 pub use dadapt::{DAdaptAdam, DAdaptSettings};
 pub use eightbit::{AdamW8bit, Lion8bit, QuantState};
@@ -63,6 +67,10 @@ pub trait Optimizer: Send {
     }
     /// The state the next step depends on, by name ("m", "v"), as saved in the state file.
     fn state(&self) -> Vec<(&'static str, &Tensor)>;
+    /// Device bytes the optimizer holds besides its state (a scratch buffer), for `plan`.
+    fn workspace_bytes(&self) -> usize {
+        0
+    }
     /// Restores what [`Optimizer::state`] gave and the step count; `get` returns the saved
     /// tensor of a name (an error when it is missing or has another length).
     fn restore(
@@ -83,11 +91,41 @@ pub enum OptimizerKind {
     SgdNesterov(SgdSettings),
     Prodigy(ProdigySettings),
     DAdaptAdam(DAdaptSettings),
+    Adafactor(AdafactorSettings),
+}
+
+/// The tensors a flat parameter buffer holds, end to end: each one's shape (the adapters'
+/// down and up, as kohya stores them). Only an optimizer with per-tensor state (Adafactor)
+/// looks past the total.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    shapes: Vec<Vec<usize>>,
+}
+
+impl Layout {
+    pub fn new(shapes: Vec<Vec<usize>>) -> Layout {
+        Layout { shapes }
+    }
+    /// One 1-D tensor of `n` values.
+    pub fn flat(n: usize) -> Layout {
+        Layout::new(vec![vec![n]])
+    }
+    pub fn shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
+    }
+    /// The values of all tensors.
+    pub fn numel(&self) -> usize {
+        self.shapes
+            .iter()
+            .map(|d| d.iter().product::<usize>())
+            .sum()
+    }
 }
 
 impl OptimizerKind {
-    /// A fresh optimizer for `n` parameters on `be`.
-    pub fn build(&self, be: &dyn Backend, n: usize) -> Result<Box<dyn Optimizer>> {
+    /// A fresh optimizer for the tensors of `layout` on `be`.
+    pub fn build(&self, be: &dyn Backend, layout: &Layout) -> Result<Box<dyn Optimizer>> {
+        let n = layout.numel();
         Ok(match *self {
             OptimizerKind::AdamW(s) => Box::new(AdamW::new(be, n, s)?),
             OptimizerKind::AdamW8bit(s) => Box::new(AdamW8bit::new(be, n, s)?),
@@ -96,6 +134,7 @@ impl OptimizerKind {
             OptimizerKind::SgdNesterov(s) => Box::new(SgdNesterov::new(be, n, s)?),
             OptimizerKind::Prodigy(s) => Box::new(Prodigy::new(be, n, s)?),
             OptimizerKind::DAdaptAdam(s) => Box::new(DAdaptAdam::new(be, n, s)?),
+            OptimizerKind::Adafactor(s) => Box::new(Adafactor::new(be, layout, s)?),
         })
     }
 }
@@ -122,19 +161,20 @@ impl ParamGroup {
         modules: Range<usize>,
         kind: &OptimizerKind,
     ) -> Result<ParamGroup> {
-        let params = gather(
-            be,
+        let tensors = || {
             lora.modules()[modules.clone()]
                 .iter()
-                .flat_map(|m| [&m.down, &m.up]),
-        )?;
+                .flat_map(|m| [&m.down, &m.up])
+        };
+        let params = gather(be, tensors())?;
+        let layout = Layout::new(tensors().map(|t| t.dims().to_vec()).collect());
         let n = params.numel();
         Ok(ParamGroup {
             name,
             modules,
             params,
             grads: be.zeros(&[n], DType::F32)?,
-            optimizer: kind.build(be, n)?,
+            optimizer: kind.build(be, &layout)?,
         })
     }
 

@@ -3,6 +3,7 @@
 //! tensor's device buffer is reached, how outputs are allocated, and dtype dispatch.
 
 pub(crate) mod activation;
+pub(crate) mod adafactor;
 pub(crate) mod attention;
 pub(crate) mod conv;
 pub(crate) mod diffusion;

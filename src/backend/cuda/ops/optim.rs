@@ -8,8 +8,9 @@ use super::super::tiles::SQ_CHUNK;
 use super::{alloc, buffer, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::cpu::optim::{DAdaptConsts, LionConsts, ProdigyConsts};
 use crate::backend::{
-    check, AdamW, DAdaptBuffers, DAdaptMoments, Lion, OptimOps, ProdigyBuffers, ProdigyMoments,
-    ProdigySums, ProdigyUpdate, Quantized, SgdNesterov,
+    check, AdafactorBuffers, AdafactorStep, AdafactorTable, AdamW, DAdaptBuffers, DAdaptMoments,
+    Lion, OptimOps, ProdigyBuffers, ProdigyMoments, ProdigySums, ProdigyUpdate, Quantized,
+    SgdNesterov,
 };
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
@@ -270,6 +271,17 @@ impl OptimOps for CudaBackend {
         h: &Lion,
     ) -> Result<()> {
         self.lion8bit(params, grads, m, h)
+    }
+
+    fn adafactor_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        table: &AdafactorTable,
+        t: AdafactorBuffers<'_>,
+        h: &AdafactorStep,
+    ) -> Result<f64> {
+        self.adafactor(params, grads, table, t, h)
     }
 
     fn prodigy_update(
