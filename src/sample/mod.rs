@@ -34,7 +34,7 @@ pub mod sampler;
 pub mod schedule;
 
 pub use error::SampleError;
-pub use image::{load_png, save_png, RgbImage};
+pub use image::{encode_png, load_png, save_png, RgbImage};
 pub use prompt::{parse_prompt_file, parse_prompt_line, PromptDefaults, PromptSpec};
 pub use sampler::{
     guidance, Sampler, SamplerConfig, SamplerKind, StepCoefficients, StepNoise, TimestepSpacing,
