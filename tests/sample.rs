@@ -497,8 +497,9 @@ fn sampler_names_as_kohya_maps_them() {
     ] {
         let e = SamplerKind::from_name(name).unwrap_err();
         assert!(
-            e.contains(&format!("kohya's sampler {name:?} is not implemented"))
-                && e.contains("use "),
+            e.contains(&format!("kohya's sampler {name:?}: "))
+                && e.contains("is not implemented")
+                && e.contains("; use "),
             "{e}"
         );
     }

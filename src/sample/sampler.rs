@@ -73,7 +73,7 @@ pub enum SamplerKind {
 const NOT_IMPLEMENTED: &[(&[&str], &str)] = &[
     (
         &["ddpm"],
-        "DDPM needs hundreds of steps (kohya leaves it out of its --sample_sampler choices); use euler_a, also stochastic, or ddim",
+        "DDPM is not implemented: it needs hundreds of steps (kohya leaves it out of its --sample_sampler choices); use euler_a, also stochastic, or ddim",
     ),
     (
         &["pndm"],
@@ -178,9 +178,7 @@ impl SamplerKind {
         }
         let accepted = format!("one of {}", Self::accepted());
         Err(match Self::not_implemented(name) {
-            Some(why) => format!(
-                "{accepted}: kohya's sampler {name:?} is not implemented in lorafuse: {why}"
-            ),
+            Some(why) => format!("{accepted}; kohya's sampler {name:?}: {why}"),
             None => accepted,
         })
     }
