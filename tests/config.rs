@@ -519,6 +519,18 @@ fn sample_keys_as_kohya_has_them() {
         ),
         "{text}"
     );
+    // A prompt that does not parse, while samples are asked for.
+    let text = err_text(with(
+        "sample_prompts: [a cat, \"a dog --x 1\"]\nsample_at_first: true",
+    ));
+    assert!(
+        text.contains("sample_prompts") && text.contains("unknown option --x"),
+        "{text}"
+    );
+    assert!(
+        with("sample_prompts: [\"a dog --x 1\"]").is_ok(),
+        "not used, not read"
+    );
     // Sampling asked for without prompts (a YAML file).
     for line in ["sample_every_n_epochs: 1", "sample_at_first: true"] {
         let text = err_text(with(line));
@@ -1322,6 +1334,20 @@ fn path_checks() {
     ));
     let text = c.check_paths().unwrap_err().to_string();
     assert!(text.contains("has no prompts"), "{text}");
+    // A prompt line that does not parse is found before training.
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, "a cat\na dog --ss heun\n").unwrap();
+    let c = with_prompts(&format!(
+        "sample_every_n_epochs: 1\nsample_prompts: {:?}\n",
+        bad.to_string_lossy()
+    ));
+    let text = c.check_paths().unwrap_err().to_string();
+    assert!(
+        text.contains("sample_prompts")
+            && text.contains("\"a dog --ss heun\"")
+            && text.contains("use dpmsolver++"),
+        "{text}"
+    );
 
     let _ = std::fs::remove_dir_all(&dir);
 }

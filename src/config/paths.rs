@@ -75,7 +75,11 @@ impl TrainConfig {
                     "sample_prompts",
                     "has no prompts (blank lines and lines starting with # are skipped)".into(),
                 ),
-                Ok(_) => {}
+                Ok(lines) => {
+                    if let Some(problem) = super::validate::bad_prompt(self, &lines) {
+                        fail("sample_prompts", problem);
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::InvalidData => {
                     fail("sample_prompts", format!("cannot be read: {e}"))
                 }

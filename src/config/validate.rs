@@ -361,7 +361,24 @@ fn check_validation_and_samples(c: &mut Check) {
                 "needs sample_prompts: a list of prompts, or a .txt file with one per line".into(),
             );
         }
+        if let Some(problem) = bad_prompt(cfg, prompts) {
+            c.fail("sample_prompts", problem);
+        }
     }
+}
+
+/// The first sample prompt that does not parse (an unknown option or sampler, a bad value),
+/// while samples are asked for: caught before training rather than at the first sample.
+pub(super) fn bad_prompt(cfg: &TrainConfig, lines: &[String]) -> Option<String> {
+    if !cfg.samples_asked() {
+        return None;
+    }
+    let defaults = crate::sample::PromptDefaults::default();
+    lines.iter().find_map(|line| {
+        crate::sample::parse_prompt_line(line, &defaults)
+            .err()
+            .map(|e| format!("has a prompt lorafuse cannot read, {line:?}: {e}"))
+    })
 }
 
 /// Valid settings that do nothing as combined, one line each.
