@@ -9,6 +9,7 @@ use std::process::Command;
 use lorafuse::config::{
     ConfigError, Format, MixedPrecision, Resolution, SavePrecision, Schedule, TrainConfig, Warmup,
 };
+use lorafuse::sample::SamplerKind;
 use lorafuse::train::optim::OptimizerType;
 
 const NO_SET: &[&str] = &[];
@@ -317,6 +318,34 @@ fn accepted_kohya_flags_are_silent_in_a_kohya_file() {
     let c = toml(&format!("{REQUIRED}gradient_checkpointing = true\n")).unwrap();
     assert!(c.gradient_checkpointing);
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+#[test]
+fn kohya_sample_keys_read_with_kohya_meaning() {
+    // lora-scripts writes sample_every_n_epochs and sample_sampler with prompt fields of its
+    // own: without sample_prompts, no samples and no complaint.
+    let c = toml(&format!(
+        "{REQUIRED}sample_every_n_epochs = 2\nsample_at_first = true\nsample_sampler = \"k_euler_a\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.sample_every_n_epochs, 2);
+    assert_eq!(c.sample_sampler, SamplerKind::EulerAncestral);
+    assert!(!c.samples_asked());
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    // With prompts they are honoured.
+    let c = toml(&format!(
+        "{REQUIRED}sample_every_n_epochs = 2\nsample_prompts = [\"a cat --ss dpmsolver++\"]\n"
+    ))
+    .unwrap();
+    assert!(c.samples_asked());
+    // A kohya sampler lorafuse lacks is refused, with the one to use.
+    let e = toml(&format!("{REQUIRED}sample_sampler = \"dpmsingle\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sample_sampler") && e.contains("use dpmsolver++"),
+        "{e}"
+    );
 }
 
 /// lora-scripts' own config, as its repository has it (paths aside).

@@ -16,7 +16,7 @@ use lorafuse::model::vae::Vae;
 use lorafuse::sample::{
     generate, guidance, load_png, parse_prompt_file, parse_prompt_line, save_png, Generated,
     NoiseSchedule, Pipeline, PromptDefaults, PromptSpec, RgbImage, SampleError, Sampler,
-    SamplerConfig, SamplerKind, TimestepSpacing,
+    SamplerConfig, SamplerKind, StepNoise, TimestepSpacing,
 };
 use lorafuse::{CpuBackend, DType, Tensor};
 use serde_json::Value;
@@ -153,14 +153,15 @@ fn prompt_line_errors_name_the_option_and_value() {
     assert!(e.contains("--l \"-2\"") && e.contains(">= 0"), "{e}");
     let e = err("p --l nan");
     assert!(e.contains("--l \"nan\""), "{e}");
-    let e = err("p --ss euler_a");
+    // A kohya sampler lorafuse lacks: why, and which to use instead.
+    let e = err("p --ss heun");
     assert!(
-        e.contains("euler_a") && e.contains("not implemented"),
+        e.contains("heun") && e.contains("not implemented") && e.contains("use dpmsolver++"),
         "{e}"
     );
     let e = err("p --ss foo");
     assert!(
-        e.contains("--ss \"foo\"") && e.contains("ddim or euler"),
+        e.contains("--ss \"foo\"") && e.contains("one of ddim, euler (k_euler), euler_a"),
         "{e}"
     );
     let e = err("p -- --w 64");
@@ -455,6 +456,334 @@ fn trajectories_match_diffusers_step_by_step() {
             assert!(worst_run < 1e-5, "{name} {key}: run differs by {worst_run}");
         }
     }
+}
+
+// ---------------------------------------------------------------- Euler a, DPM-Solver (++), Karras
+
+#[test]
+fn sampler_names_as_kohya_maps_them() {
+    for (name, kind) in [
+        ("ddim", SamplerKind::Ddim),
+        ("euler", SamplerKind::Euler),
+        ("K_EULER", SamplerKind::Euler),
+        ("euler_a", SamplerKind::EulerAncestral),
+        ("k_euler_a", SamplerKind::EulerAncestral),
+        ("dpmsolver", SamplerKind::DpmSolver),
+        ("dpmsolver++", SamplerKind::DpmSolverPP),
+        ("dpmpp_2m", SamplerKind::DpmSolverPP),
+        ("dpmsolver++_karras", SamplerKind::DpmSolverPPKarras),
+        ("k_dpm_2m_karras", SamplerKind::DpmSolverPPKarras),
+        ("k_dpmpp_2m_ka", SamplerKind::DpmSolverPPKarras),
+    ] {
+        assert_eq!(SamplerKind::from_name(name), Ok(kind), "{name}");
+        assert_eq!(SamplerKind::parse(kind.name()), Some(kind));
+    }
+    assert_eq!(
+        parse("p --ss Euler_A").unwrap().sampler,
+        SamplerKind::EulerAncestral
+    );
+    // Every other kohya name is refused with the reason and what to use.
+    for name in [
+        "ddpm",
+        "pndm",
+        "lms",
+        "k_lms",
+        "heun",
+        "dpm_2",
+        "k_dpm_2",
+        "dpm_2_a",
+        "k_dpm_2_a",
+        "dpmsingle",
+    ] {
+        let e = SamplerKind::from_name(name).unwrap_err();
+        assert!(
+            e.contains(&format!("kohya's sampler {name:?}: "))
+                && e.contains("is not implemented")
+                && e.contains("; use "),
+            "{e}"
+        );
+    }
+    assert!(SamplerKind::not_implemented("euler").is_none());
+    assert_eq!(
+        SamplerKind::from_name("nope").unwrap_err(),
+        format!("one of {}", SamplerKind::accepted())
+    );
+}
+
+fn ints(v: &Value) -> Vec<f64> {
+    floats(v)
+}
+
+#[test]
+fn dpm_solver_and_euler_a_timesteps_and_sigmas_match_diffusers() {
+    let schedule = NoiseSchedule::sd15();
+    for (name, rows) in fixture()["timesteps"].as_object().unwrap() {
+        let cfg = config(name);
+        for row in rows.as_array().unwrap() {
+            let n = row["steps"].as_u64().unwrap() as usize;
+            // Euler ancestral: Euler's timesteps, sigmas and initial noise (diffusers' equal,
+            // asserted by the fixture script).
+            let euler = Sampler::new(SamplerKind::Euler, &schedule, &cfg, n).unwrap();
+            let a = Sampler::new(SamplerKind::EulerAncestral, &schedule, &cfg, n).unwrap();
+            assert_eq!(a.timesteps(), euler.timesteps());
+            assert_eq!(a.sigmas(), euler.sigmas());
+            assert_eq!(a.init_noise_sigma(), euler.init_noise_sigma());
+
+            let pp = Sampler::new(SamplerKind::DpmSolverPP, &schedule, &cfg, n).unwrap();
+            assert_eq!(pp.timesteps(), ints(&row["dpm_timesteps"]), "{name} n={n}");
+            let d = max_diff(pp.sigmas(), &floats(&row["dpm_sigmas"]));
+            assert!(d < 2e-6, "{name} n={n}: sigmas differ by {d}");
+            assert_eq!(pp.init_noise_sigma(), 1.0);
+            assert_eq!(pp.model_input_scale(0), Some(1.0));
+
+            let dpm = Sampler::new(SamplerKind::DpmSolver, &schedule, &cfg, n).unwrap();
+            assert_eq!(dpm.timesteps(), pp.timesteps());
+            assert_eq!(dpm.sigmas()[..n], pp.sigmas()[..n]);
+            let last = row["dpmsolver_final_sigma"].as_f64().unwrap();
+            // σ_0 from diffusers' float32 1 − ᾱ_0, which keeps about 4 digits.
+            assert!((dpm.sigmas()[n] - last).abs() < 2e-6, "{name} n={n}");
+        }
+    }
+    for row in fixture()["karras"].as_array().unwrap() {
+        let n = row["steps"].as_u64().unwrap() as usize;
+        let k = Sampler::new(
+            SamplerKind::DpmSolverPPKarras,
+            &schedule,
+            &SamplerConfig::sd15(),
+            n,
+        )
+        .unwrap();
+        assert_eq!(k.timesteps(), ints(&row["timesteps"]), "karras n={n}");
+        let d = max_diff(k.sigmas(), &floats(&row["sigmas"]));
+        assert!(d < 2e-6, "karras n={n}: sigmas differ by {d}");
+    }
+}
+
+fn kind_of(key: &str) -> SamplerKind {
+    SamplerKind::parse(key).unwrap_or_else(|| panic!("fixture sampler {key} unknown"))
+}
+
+/// Replays the noise diffusers' Euler ancestral steps drew.
+struct Recorded(std::collections::VecDeque<Vec<f64>>);
+
+impl StepNoise for Recorded {
+    fn unit_noise(&mut self, n: usize) -> Vec<f64> {
+        let v = self.0.pop_front().expect("more noise than diffusers drew");
+        assert_eq!(v.len(), n);
+        v
+    }
+}
+
+fn tensor_like(like: &Tensor, values: &[f64]) -> Tensor {
+    Tensor::from_f32(
+        like.dims().to_vec(),
+        values.iter().map(|&v| v as f32).collect(),
+    )
+    .unwrap()
+}
+
+/// Checks a trajectory of a sampler besides DDIM and Euler, step by step from diffusers' own
+/// latents (given its noise and the previous prediction) and as a whole run. Returns the
+/// worst (step, run) differences.
+fn check_trajectory(name: &str, key: &str, tr: &Value, noise: &Tensor) -> (f64, f64) {
+    let be = CpuBackend::new();
+    let schedule = NoiseSchedule::sd15();
+    let kind = kind_of(key);
+    let steps = tr["steps"].as_array().unwrap();
+    let lat: Vec<Tensor> = tr["latents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| tensor_like(noise, &floats(v)))
+        .collect();
+    let s = Sampler::new(kind, &schedule, &config(name), steps.len()).unwrap();
+    let init = tr["init_noise_sigma"].as_f64().unwrap();
+    assert!((s.init_noise_sigma() - init).abs() < 2e-6 * init);
+    let eps_at = |i: usize, x: &Tensor| {
+        let x_in = be.scale(x, s.model_input_scale(i).unwrap()).unwrap();
+        fake_model(&x_in, s.timesteps()[i]).unwrap()
+    };
+    let mut worst_step = 0.0f64;
+    let mut recorded = std::collections::VecDeque::new();
+    for (i, st) in steps.iter().enumerate() {
+        assert_eq!(s.timesteps()[i] as f32, st["t"].as_f64().unwrap() as f32);
+        let scale = s.model_input_scale(i).unwrap();
+        assert!((scale - st["input_scale"].as_f64().unwrap()).abs() < 1e-6);
+        let m = s.prediction(&be, i, &lat[i], eps_at(i, &lat[i])).unwrap();
+        let prev = (i > 0).then(|| {
+            s.prediction(&be, i - 1, &lat[i - 1], eps_at(i - 1, &lat[i - 1]))
+                .unwrap()
+        });
+        let z = st.get("noise").map(|v| {
+            recorded.push_back(floats(v));
+            tensor_like(noise, &floats(v))
+        });
+        assert_eq!(z.is_some(), kind.is_ancestral(), "{name} {key}");
+        let next = s
+            .advance(&be, i, &lat[i], &m, prev.as_ref(), z.as_ref())
+            .unwrap();
+        worst_step = worst_step.max(max_diff(&next.to_f64_vec(), &lat[i + 1].to_f64_vec()));
+    }
+    let out = s
+        .run_with(
+            &be,
+            noise,
+            Some(&mut Recorded(recorded)),
+            &mut fake_model,
+            None,
+        )
+        .unwrap();
+    let worst_run = max_diff(&out.to_f64_vec(), &lat.last().unwrap().to_f64_vec());
+    eprintln!(
+        "{name} {key} ({} steps): per step max diff {worst_step:.2e}, whole run {worst_run:.2e}",
+        steps.len()
+    );
+    (worst_step, worst_run)
+}
+
+#[test]
+fn euler_a_and_dpm_solver_trajectories_match_diffusers() {
+    let f = fixture();
+    let shape: Vec<usize> = f["trajectory_noise"]["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let noise = Tensor::from_f32(
+        shape,
+        floats(&f["trajectory_noise"]["values"])
+            .iter()
+            .map(|&v| v as f32)
+            .collect(),
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    for group in ["trajectories", "long_trajectories"] {
+        for (name, by_kind) in f[group].as_object().unwrap() {
+            for (key, tr) in by_kind.as_object().unwrap() {
+                if key == "ddim" || key == "euler" {
+                    continue; // trajectories_match_diffusers_step_by_step
+                }
+                let (step, run) = check_trajectory(name, key, tr, &noise);
+                assert!(step < 1e-5, "{group} {name} {key}: step differs by {step}");
+                assert!(run < 1e-5, "{group} {name} {key}: run differs by {run}");
+                seen.push(kind_of(key));
+            }
+        }
+    }
+    for kind in [
+        SamplerKind::EulerAncestral,
+        SamplerKind::DpmSolver,
+        SamplerKind::DpmSolverPP,
+        SamplerKind::DpmSolverPPKarras,
+    ] {
+        assert!(seen.contains(&kind), "no fixture trajectory for {kind}");
+    }
+}
+
+#[test]
+fn multistep_and_ancestral_steps_need_their_inputs() {
+    let be = CpuBackend::new();
+    let schedule = NoiseSchedule::sd15();
+    let cfg = SamplerConfig::sd15();
+    let x = Tensor::from_f32([1, 2], vec![0.5, -1.0]).unwrap();
+
+    // DPM-Solver++ 2M, 10 steps: first order at the first and last step, second order between.
+    let pp = Sampler::new(SamplerKind::DpmSolverPP, &schedule, &cfg, 10).unwrap();
+    assert!(pp.step_coefficients(0).is_some());
+    assert!(pp.step(&be, 0, &x, &x).is_ok());
+    assert_eq!(pp.step_coefficients(1), None);
+    assert!(pp.coefficients(1).unwrap().prev != 0.0);
+    let e = pp.step(&be, 1, &x, &x).unwrap_err().to_string();
+    assert!(e.contains("previous step's prediction"), "{e}");
+    // The last step lands on σ = 0 and returns x₀ = √(σ²+1)·x − σ·ε.
+    let last = pp.coefficients(9).unwrap();
+    assert_eq!((last.prev, last.x, last.this), (0.0, 0.0, 1.0));
+    let sigma = pp.sigmas()[9];
+    let (a, b) = pp.step_coefficients(9).unwrap();
+    assert!((a - (sigma * sigma + 1.0).sqrt()).abs() < 1e-12 && (b + sigma).abs() < 1e-12);
+
+    // DPM-Solver keeps ε; under 15 steps its last step is first order, from 15 on second.
+    let dpm = Sampler::new(SamplerKind::DpmSolver, &schedule, &cfg, 14).unwrap();
+    assert!(dpm.step_coefficients(13).is_some());
+    let dpm = Sampler::new(SamplerKind::DpmSolver, &schedule, &cfg, 15).unwrap();
+    assert!(dpm.step_coefficients(14).is_none());
+    assert_eq!(
+        (
+            dpm.coefficients(3).unwrap().pred_x,
+            dpm.coefficients(3).unwrap().pred_eps
+        ),
+        (0.0, 1.0)
+    );
+
+    // Euler ancestral: noise at every step but the last; run without a source is an error.
+    let a = Sampler::new(SamplerKind::EulerAncestral, &schedule, &cfg, 4).unwrap();
+    for i in 0..3 {
+        assert!(a.coefficients(i).unwrap().noise > 0.0);
+        assert_eq!(a.step_coefficients(i), None);
+    }
+    assert_eq!(a.coefficients(3).unwrap().noise, 0.0);
+    let e = a.step(&be, 0, &x, &x).unwrap_err().to_string();
+    assert!(
+        e.contains("fresh noise") && e.contains("euler_a step 0"),
+        "{e}"
+    );
+    let e = a
+        .run(&be, &x, &mut fake_model, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("noise source"), "{e}");
+    // With a generator: reproducible, and the noise matters.
+    let run = |seed| {
+        a.run_with(
+            &be,
+            &x,
+            Some(&mut lorafuse::rng::Rng::new(seed)),
+            &mut fake_model,
+            None,
+        )
+        .unwrap()
+        .to_f32_vec()
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+
+    // Steps DPM-Solver cannot take with leading spacing and steps_offset 1.
+    for kind in [SamplerKind::DpmSolver, SamplerKind::DpmSolverPP] {
+        assert!(Sampler::new(kind, &schedule, &cfg, 998).is_ok());
+        let e = Sampler::new(kind, &schedule, &cfg, 999).unwrap_err();
+        assert!(e.to_string().contains("steps = 999"), "{e}");
+    }
+    assert!(Sampler::new(SamplerKind::DpmSolverPPKarras, &schedule, &cfg, 1000).is_ok());
+}
+
+#[test]
+fn generate_with_every_sampler_on_the_tiny_model() {
+    let base = run(&spec("a photo of a cat", 42), false).unwrap();
+    for kind in SamplerKind::ALL {
+        let mut s = spec("a photo of a cat", 42);
+        s.sampler = kind;
+        let a = run(&s, false).unwrap();
+        // Reproducible from the seed, Euler ancestral's fresh noise included.
+        assert_eq!(run(&s, false).unwrap().image, a.image, "{kind}");
+        if kind != SamplerKind::Ddim {
+            let diff = a
+                .image
+                .data
+                .iter()
+                .zip(&base.image.data)
+                .filter(|(x, y)| x != y)
+                .count();
+            assert!(diff > 100, "{kind}: only {diff} bytes differ from DDIM");
+        }
+    }
+    // Another seed changes Euler ancestral's image.
+    let mut s = spec("a photo of a cat", 42);
+    s.sampler = SamplerKind::EulerAncestral;
+    let a = run(&s, false).unwrap();
+    s.seed = Some(43);
+    assert_ne!(run(&s, false).unwrap().image, a.image);
 }
 
 #[test]

@@ -1,12 +1,16 @@
 //! Monitoring outputs: TensorBoard event files (CRC32C test vectors, TFRecord framing, the
-//! Event protobuf decoded by a reader written here from the .proto definitions) and the
-//! loss-curve PNG.
+//! Event protobuf decoded by a reader written here from the .proto definitions; scalars and
+//! image summaries, the sample images of a training run among them) and the loss-curve PNG.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use lorafuse::config::{SamplePrompts, TrainConfig};
 use lorafuse::monitor::plot::{loss_curve_png, loss_curve_png_sized, HEIGHT, WIDTH};
-use lorafuse::monitor::tensorboard::{crc32c, masked_crc32c, EventWriter};
+use lorafuse::monitor::tensorboard::{crc32c, masked_crc32c, EncodedImage, EventWriter};
+use lorafuse::sample::{encode_png, RgbImage, SamplerKind};
+use lorafuse::train::trainer::{train, Event, Recorder};
+use lorafuse::CpuBackend;
 
 struct TempDir(PathBuf);
 
@@ -197,6 +201,224 @@ fn event_file_records_decode() {
     drop(w);
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     assert_eq!(std::fs::read_dir(&logdir).unwrap().count(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image summaries
+
+/// An image Event: (step, tag, (height, width, colorspace, encoded bytes), description).
+type ImageSummary = (i64, String, (u64, u64, u64, Vec<u8>), String);
+
+fn image_summary(event: &[u8]) -> ImageSummary {
+    let mut step = 0;
+    let mut tag = String::new();
+    let mut image = None;
+    let mut description = String::new();
+    for (n, f) in fields(event) {
+        match (n, f) {
+            (1, Field::Fixed64(_)) => {}
+            (2, Field::Varint(v)) => step = v as i64,
+            (5, Field::Bytes(summary)) => {
+                let summary = fields(&summary);
+                assert_eq!(summary.len(), 1);
+                let (1, Field::Bytes(v)) = &summary[0] else {
+                    panic!("Summary.value expected: {summary:?}");
+                };
+                for (n, f) in fields(v) {
+                    match (n, f) {
+                        (1, Field::Bytes(t)) => tag = String::from_utf8(t).unwrap(),
+                        (4, Field::Bytes(img)) => {
+                            let (mut h, mut w, mut c, mut png) = (0, 0, 0, Vec::new());
+                            for (n, f) in fields(&img) {
+                                match (n, f) {
+                                    (1, Field::Varint(v)) => h = v,
+                                    (2, Field::Varint(v)) => w = v,
+                                    (3, Field::Varint(v)) => c = v,
+                                    (4, Field::Bytes(b)) => png = b,
+                                    other => panic!("unexpected Summary.Image field {other:?}"),
+                                }
+                            }
+                            image = Some((h, w, c, png));
+                        }
+                        (9, Field::Bytes(meta)) => {
+                            for (n, f) in fields(&meta) {
+                                match (n, f) {
+                                    (3, Field::Bytes(d)) => {
+                                        description = String::from_utf8(d).unwrap()
+                                    }
+                                    other => panic!("unexpected SummaryMetadata field {other:?}"),
+                                }
+                            }
+                        }
+                        other => panic!("unexpected Summary.Value field {other:?}"),
+                    }
+                }
+            }
+            other => panic!("unexpected Event field {other:?}"),
+        }
+    }
+    (step, tag, image.expect("no Summary.Image"), description)
+}
+
+/// The Event's summary value holds an image.
+fn is_image(event: &[u8]) -> bool {
+    fields(event).iter().any(|(n, f)| match (n, f) {
+        (5, Field::Bytes(summary)) => fields(summary).iter().any(|(_, v)| match v {
+            Field::Bytes(v) => fields(v).iter().any(|(n, _)| *n == 4),
+            _ => false,
+        }),
+        _ => false,
+    })
+}
+
+fn decode_png(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory_with_format(bytes, image::ImageFormat::Png)
+        .unwrap()
+        .to_rgb8()
+}
+
+#[test]
+fn image_summaries_decode() {
+    let dir = TempDir::new("images");
+    let mut w = EventWriter::create(&dir.0).unwrap();
+    let (width, height) = (5u32, 3u32);
+    let pixels: Vec<u8> = (0..width * height * 3)
+        .map(|i| (i * 29 % 256) as u8)
+        .collect();
+    let img = RgbImage {
+        width: width as usize,
+        height: height as usize,
+        data: pixels.clone(),
+    };
+    let png = encode_png(Path::new("x.png"), &img).unwrap();
+    let encoded = EncodedImage {
+        png: &png,
+        width,
+        height,
+    };
+    w.add_scalar("loss/train", 7, 0.5, 1.0).unwrap();
+    w.add_image("samples/00", 7, &encoded, "a red circle --w 64", 2.0)
+        .unwrap();
+    w.add_image("samples/01", 1 << 33, &encoded, "", 3.0)
+        .unwrap();
+    w.flush().unwrap();
+
+    let recs = records(&std::fs::read(w.path()).unwrap());
+    assert_eq!(recs.len(), 4);
+    assert_eq!(scalar(&recs[1]).2, "loss/train");
+    let (step, tag, (h, wd, colorspace, bytes), description) = image_summary(&recs[2]);
+    assert_eq!((step, tag.as_str()), (7, "samples/00"));
+    assert_eq!((h, wd, colorspace), (3, 5, 3), "height, width, RGB");
+    assert_eq!(description, "a red circle --w 64");
+    assert_eq!(bytes, png);
+    let decoded = decode_png(&bytes);
+    assert_eq!(decoded.dimensions(), (width, height));
+    assert_eq!(decoded.into_raw(), pixels);
+    // No description: no metadata.
+    let (step, tag, _, description) = image_summary(&recs[3]);
+    assert_eq!(
+        (step, tag.as_str(), description.as_str()),
+        (1 << 33, "samples/01", "")
+    );
+}
+
+/// The event file in `logdir` (one run, one file).
+fn event_file(logdir: &Path) -> Vec<u8> {
+    let files: Vec<PathBuf> = std::fs::read_dir(logdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("tfevents"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::read(&files[0]).unwrap()
+}
+
+#[test]
+fn training_writes_sample_images_and_their_summaries() {
+    let dir = TempDir::new("train");
+    lorafuse::demo::prepare(&dir.0, 26).unwrap();
+    // The demo's epoch is 23 steps; 26 steps end inside epoch 2.
+    // sample_every_n_epochs makes sample_every_n_steps unused, as in kohya.
+    let sets = [
+        "sample_every_n_steps=1",
+        "sample_every_n_epochs=1",
+        "sample_at_first=true",
+        "sample_sampler=k_euler_a",
+        "save_precision=fp32",
+    ]
+    .map(String::from);
+    let cfg = TrainConfig::load(dir.0.join("demo.yaml"), &sets).unwrap();
+    assert_eq!(cfg.sample_sampler, SamplerKind::EulerAncestral);
+    let mut rec = Recorder::default();
+    train(
+        &cfg,
+        &CpuBackend::new(),
+        false,
+        &AtomicBool::new(false),
+        &mut rec,
+    )
+    .unwrap();
+    let per_epoch = rec
+        .0
+        .iter()
+        .find_map(|e| match e {
+            Event::Started {
+                steps_per_epoch, ..
+            } => Some(*steps_per_epoch),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(per_epoch, 23);
+
+    // kohya's names: e000000 before the first step, then each epoch's end, the partial last
+    // epoch included; no step samples.
+    let samples = cfg.output_dir.join("samples");
+    let mut names: Vec<String> = std::fs::read_dir(&samples)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let want = ["e000000", "e000001", "e000002"].map(|l| format!("demo-shapes_{l}_00.png"));
+    assert_eq!(names, want);
+    let saved: Vec<&PathBuf> = rec
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            Event::Saved {
+                what: "sample",
+                path,
+            } => Some(path),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(saved.len(), 3);
+
+    // The same PNGs in the event file, at the optimizer steps they were made at.
+    let events: Vec<ImageSummary> = records(&event_file(&cfg.logging_dir))
+        .iter()
+        .skip(1)
+        .filter(|r| is_image(r))
+        .map(|r| image_summary(r))
+        .collect();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.0, e.1.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(0, "samples/00"), (23, "samples/00"), (26, "samples/00")]
+    );
+    let SamplePrompts::List(prompts) = &cfg.sample_prompts else {
+        panic!("the demo lists its prompts")
+    };
+    for (event, name) in events.iter().zip(&want) {
+        let (_, _, (h, w, colorspace, png), description) = event;
+        assert_eq!((*h, *w, *colorspace), (64, 64, 3));
+        assert_eq!(description, &prompts[0]);
+        assert_eq!(png, &std::fs::read(samples.join(name)).unwrap());
+        assert_eq!(decode_png(png).dimensions(), (64, 64));
+    }
+    // Training changed the adapters between the first and the last sample.
+    assert_ne!(events[0].2 .3, events[2].2 .3);
 }
 
 // ---------------------------------------------------------------------------------------------

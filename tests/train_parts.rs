@@ -1,5 +1,5 @@
 //! The training loop's parts: schedules by hand, the noise schedule against diffusers', the
-//! flat optimizer's layout, clipping and loss scaling.
+//! flat optimizer's layout, clipping and loss scaling, when sample images are due.
 
 use lorafuse::lora::{LayerKind, LoraGrads, LoraModule, LoraSet};
 use lorafuse::rng::Rng;
@@ -7,6 +7,7 @@ use lorafuse::sample::schedule::NoiseSchedule;
 use lorafuse::train::lr::{LrSchedule, Schedule};
 use lorafuse::train::noise::{min_snr_weights, sample_timesteps};
 use lorafuse::train::optim::{clip_coefficient, AdamWSettings, OptimizerKind, ParamGroup};
+use lorafuse::train::samples::SampleAt;
 use lorafuse::train::scaler::LossScaler;
 use lorafuse::{Accum, CpuBackend, DType, Tensor};
 
@@ -426,4 +427,40 @@ fn network_weights_start_from_a_kohya_file() {
         .to_string();
     assert!(e.contains("match none"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn samples_are_due_as_kohya_decides() {
+    let load = |extra: &str| {
+        let text =
+            format!("train_data_dir: d\nbase_model: m.safetensors\noutput_dir: o\n{extra}\n");
+        lorafuse::config::TrainConfig::from_yaml(&text, "c.yaml", &[] as &[&str]).unwrap()
+    };
+    let due = |cfg: &lorafuse::config::TrainConfig| {
+        [
+            SampleAt::First,
+            SampleAt::Step(2),
+            SampleAt::Step(3),
+            SampleAt::Step(4),
+            SampleAt::Epoch(1),
+            SampleAt::Epoch(2),
+        ]
+        .map(|at| at.due(cfg))
+    };
+    let prompts = "sample_prompts: [a cat]";
+    // Every 2 steps.
+    let c = load(&format!("{prompts}\nsample_every_n_steps: 2"));
+    assert_eq!(due(&c), [false, true, false, true, false, false]);
+    // Every 2 epochs: the steps setting is not used; before the first step too.
+    let c = load(&format!(
+        "{prompts}\nsample_every_n_steps: 2\nsample_every_n_epochs: 2\nsample_at_first: true"
+    ));
+    assert_eq!(due(&c), [true, false, false, false, false, true]);
+    // Every epoch.
+    let c = load(&format!("{prompts}\nsample_every_n_epochs: 1"));
+    assert_eq!(due(&c), [false, false, false, false, true, true]);
+    assert_eq!(
+        [SampleAt::First, SampleAt::Step(500), SampleAt::Epoch(12)].map(SampleAt::label),
+        ["e000000", "000500", "e000012"].map(String::from)
+    );
 }

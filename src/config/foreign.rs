@@ -27,8 +27,6 @@ enum Fits {
     Number,
     /// One of these words (any case).
     Words(&'static [&'static str]),
-    /// Any value while no `sample_prompts` is given: kohya makes no samples without prompts.
-    NoSamples,
 }
 
 /// A kohya option lorafuse has no key for.
@@ -67,7 +65,7 @@ const fn same(
     }
 }
 
-use Fits::{Any, Empty, False, Flag, NoSamples, Number, Words, Zero};
+use Fits::{Any, Empty, False, Flag, Number, Words, Zero};
 
 const GENERIC: &str =
     "kohya has this option, lorafuse does not; remove it (README.md lists every key)";
@@ -77,8 +75,6 @@ const SD1_ONLY: &str = "lorafuse trains Stable Diffusion 1.x (epsilon prediction
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
 const LOSS: &str = "lorafuse trains with the mean squared error (kohya's l2), optionally min-SNR weighted (min_snr_gamma); remove this key";
 const SAVES_STATE: &str = "lorafuse always saves its training state (output_dir/state.safetensors: the LoRA weights, the optimizer moments and the counters) at every save point and at the end, so that `lorafuse train CONFIG --resume` can continue the run; this key changes nothing";
-const SAMPLES: &str = "lorafuse samples every sample_every_n_steps steps, with the prompts' own --ss sampler; sampling by epochs, at the start and a default sampler are planned (issue 13); use sample_every_n_steps";
-const NO_SAMPLES: &str = "no sample_prompts are given, so no samples are made (as in kohya)";
 const WORKERS: &str = "lorafuse loads data without worker processes; this key changes nothing";
 const UNUSED_HERE: &str = "only used by an option lorafuse does not have; this key changes nothing";
 const LS_PROMPT: &str = "lora-scripts' prompt fields are not read: write the sample prompt in kohya's prompt-line syntax (a photo of sks dog --n negative --w 512 --h 512 --l 7 --s 24 --d 1) into a .txt file and set sample_prompts to it";
@@ -134,9 +130,6 @@ const FOREIGN: &[Foreign] = &[
         "lorafuse decides latent caching itself (cache_latents_to_disk: true keeps the cache on disk)",
         "must be true or false",
     ),
-    same("sample_every_n_epochs", &[NoSamples], NO_SAMPLES, SAMPLES),
-    same("sample_at_first", &[False, NoSamples], NO_SAMPLES, SAMPLES),
-    same("sample_sampler", &[NoSamples], NO_SAMPLES, SAMPLES),
     same("lr_scheduler_args", &[Empty], "no scheduler arguments", GENERIC),
     same("loss_type", &[Words(&["l2"])], "lorafuse trains with the mean squared error (kohya's l2)", LOSS),
     same("huber_c", &[Number], "it is used by the huber losses only, which lorafuse does not have", LOSS),
@@ -232,8 +225,6 @@ const FOREIGN: &[Foreign] = &[
 pub(crate) struct Context {
     /// The file is a kohya-format (TOML) config: accepted values are silent.
     pub kohya_format: bool,
-    /// `sample_prompts` is given.
-    pub sample_prompts: bool,
 }
 
 /// What becomes of a foreign option's value.
@@ -263,7 +254,7 @@ pub(crate) fn judge(key: &str, value: &Value, ctx: &Context) -> Verdict {
         // Written without a value: kohya's default, which asks for nothing.
         return Verdict::Accepted(None);
     }
-    if f.fits.iter().any(|fits| fits.allows(value, ctx)) {
+    if f.fits.iter().any(|fits| fits.allows(value)) {
         let notice = (!ctx.kohya_format)
             .then(|| format!("{key} = {}: {}", super::parse::render(value), f.note));
         return Verdict::Accepted(notice);
@@ -291,11 +282,10 @@ impl Fits {
                 .map(|w| format!("`{w}`"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            NoSamples => "any, while no `sample_prompts` are given".into(),
         }
     }
 
-    fn allows(self, v: &Value, ctx: &Context) -> bool {
+    fn allows(self, v: &Value) -> bool {
         match self {
             Any => true,
             Flag => super::parse::flag(v).is_ok(),
@@ -317,7 +307,6 @@ impl Fits {
                 };
                 words.contains(&text.as_str())
             }
-            NoSamples => !ctx.sample_prompts,
         }
     }
 }

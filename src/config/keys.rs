@@ -18,6 +18,7 @@ use super::values::{
 use super::{DataSubset, Provenance};
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
+use crate::sample::SamplerKind;
 use crate::train::lr::Schedule;
 use crate::train::optim::OptimizerType;
 
@@ -723,6 +724,29 @@ config_keys! {
         read parse::count,
         doc_type "whole number ≥ 0",
         rule "must be a whole number ≥ 0 (0 = never)",
+
+    /// Generate sample images at the end of every N epochs (a last, partial epoch counts),
+    /// named `<output_name>_e<epoch:06>_NN.png`; when set, `sample_every_n_steps` is not
+    /// used (as in kohya); needs `sample_prompts`.
+    sample_every_n_epochs: usize = fixed(0, "`0` (never)"),
+        read parse::count,
+        doc_type "whole number ≥ 0",
+        rule "must be a whole number ≥ 0 (0 = never)",
+
+    /// Also generate sample images before the first step (`<output_name>_e000000_NN.png`, as
+    /// kohya names them; not when resuming); needs `sample_prompts`.
+    sample_at_first: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
+    /// The sampler of the sample prompts that name none with `--ss`: kohya's names
+    /// (`k_euler`, `k_euler_a` too), and `dpmsolver++_karras`, lorafuse's for DPM++ 2M with
+    /// Karras σ (A1111's "DPM++ 2M Karras").
+    sample_sampler: SamplerKind = fixed(SamplerKind::Ddim),
+        read parse::sampler,
+        doc_type choice_doc::<SamplerKind>(),
+        rule choice_rule::<SamplerKind>(),
 
     /// Prompts for the sample images, in kohya's prompt-line syntax (`a photo of sks dog --n
     /// blurry --w 512 --h 768 --d 42 --s 28 --l 7.5`), or a `.txt` file with one per line

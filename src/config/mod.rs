@@ -270,6 +270,17 @@ impl TrainConfig {
         }
     }
 
+    /// Sample images are made: prompts are given and `sample_every_n_steps`,
+    /// `sample_every_n_epochs` or `sample_at_first` asks for them (a kohya-format file may ask
+    /// without prompts: lora-scripts writes its own prompt fields, which lorafuse does not
+    /// read).
+    pub fn samples_asked(&self) -> bool {
+        !self.sample_prompts.is_empty_list()
+            && (self.sample_every_n_steps > 0
+                || self.sample_every_n_epochs > 0
+                || self.sample_at_first)
+    }
+
     /// Warmup length in optimizer steps for a run of `total_steps` (see [`Warmup::steps`]).
     pub fn warmup_steps(&self, total_steps: usize) -> usize {
         self.num_warmup_steps.steps(total_steps)

@@ -17,6 +17,7 @@ use super::values::{
 };
 use super::{dataset, kohya};
 use super::{DataSubset, Provenance, TrainConfig, Written};
+use crate::sample::SamplerKind;
 
 /// A config file is a few kilobytes; anything much larger is the wrong file (a model passed
 /// where the config goes), refused before it is read.
@@ -363,13 +364,7 @@ fn sort(raw: Vec<Pair>, kohya_format: bool, dataset: Option<&Origin>, found: &mu
 /// Each kohya option lorafuse has no key for: accepted (with a notice in a YAML file) or
 /// refused, by its value.
 fn judge_foreign(sorted: &Sorted, kohya_format: bool, found: &mut Found) {
-    let ctx = foreign::Context {
-        kohya_format,
-        sample_prompts: sorted
-            .entries
-            .get("sample_prompts")
-            .is_some_and(|e| !e.value.is_null()),
-    };
+    let ctx = foreign::Context { kohya_format };
     for (name, e) in &sorted.foreign {
         match foreign::judge(name, &e.value, &ctx) {
             Verdict::Accepted(notice) => found.notices.extend(notice),
@@ -778,6 +773,15 @@ fn word(v: &Value) -> Result<String, Bad> {
 pub(super) fn choice<C: Choice>(v: &Value) -> Result<C, Bad> {
     let w = word(v)?;
     C::parse(&w).ok_or_else(|| Bad::Word(foreign::nearest_choice(&w, &choice_names::<C>())))
+}
+
+/// A sampler name; a kohya sampler lorafuse lacks is refused with the reason and which to use.
+pub(super) fn sampler(v: &Value) -> Result<SamplerKind, Bad> {
+    let w = word(v)?;
+    match SamplerKind::not_implemented(&w) {
+        Some(why) => Err(Bad::Other(format!("is not supported: {why}"))),
+        None => choice(v),
+    }
 }
 
 pub(super) fn mixed_precision(v: &Value) -> Result<MixedPrecision, Bad> {

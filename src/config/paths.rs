@@ -71,11 +71,15 @@ impl TrainConfig {
 
         if let SamplePrompts::File(path) = &self.sample_prompts {
             match read_prompt_file(path) {
-                Ok(lines) if lines.is_empty() && self.sample_every_n_steps > 0 => fail(
+                Ok(lines) if lines.is_empty() && self.samples_asked() => fail(
                     "sample_prompts",
                     "has no prompts (blank lines and lines starting with # are skipped)".into(),
                 ),
-                Ok(_) => {}
+                Ok(lines) => {
+                    if let Some(problem) = super::validate::bad_prompt(self, &lines) {
+                        fail("sample_prompts", problem);
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::InvalidData => {
                     fail("sample_prompts", format!("cannot be read: {e}"))
                 }

@@ -365,13 +365,41 @@ fn check_validation_and_samples(c: &mut Check) {
         if prompts.iter().any(|p| p.trim().is_empty()) {
             c.fail("sample_prompts", "is not valid: a prompt is empty".into());
         }
-        if cfg.sample_every_n_steps > 0 && prompts.is_empty() {
+        // lora-scripts' configs ask for epoch samples with prompt fields of its own: in a
+        // kohya-format file those keys without sample_prompts make no samples.
+        let kohya = cfg.provenance.format() == super::Format::Kohya;
+        let asking = [
+            ("sample_every_n_steps", cfg.sample_every_n_steps > 0),
+            (
+                "sample_every_n_epochs",
+                cfg.sample_every_n_epochs > 0 && !kohya,
+            ),
+            ("sample_at_first", cfg.sample_at_first && !kohya),
+        ];
+        if let Some((key, _)) = asking.iter().find(|(_, asks)| *asks && prompts.is_empty()) {
             c.fail(
-                "sample_every_n_steps",
+                key,
                 "needs sample_prompts: a list of prompts, or a .txt file with one per line".into(),
             );
         }
+        if let Some(problem) = bad_prompt(cfg, prompts) {
+            c.fail("sample_prompts", problem);
+        }
     }
+}
+
+/// The first sample prompt that does not parse (an unknown option or sampler, a bad value),
+/// while samples are asked for: caught before training rather than at the first sample.
+pub(super) fn bad_prompt(cfg: &TrainConfig, lines: &[String]) -> Option<String> {
+    if !cfg.samples_asked() {
+        return None;
+    }
+    let defaults = crate::sample::PromptDefaults::default();
+    lines.iter().find_map(|line| {
+        crate::sample::parse_prompt_line(line, &defaults)
+            .err()
+            .map(|e| format!("has a prompt lorafuse cannot read, {line:?}: {e}"))
+    })
 }
 
 /// Valid settings that do nothing as combined, one line each.
@@ -479,8 +507,19 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
             ));
         }
     }
-    if cfg.sample_every_n_steps == 0 && !cfg.sample_prompts.is_empty_list() {
-        w.push("sample_prompts are not used while sample_every_n_steps = 0".into());
+    if !cfg.samples_asked() && !cfg.sample_prompts.is_empty_list() {
+        w.push(
+            "sample_prompts are not used while sample_every_n_steps and sample_every_n_epochs \
+             are 0 and sample_at_first is false"
+                .into(),
+        );
+    }
+    if cfg.sample_every_n_epochs > 0 && cfg.sample_every_n_steps > 0 {
+        w.push(format!(
+            "sample_every_n_steps = {} is not used: sample_every_n_epochs = {} decides when \
+             samples are made (as in kohya)",
+            cfg.sample_every_n_steps, cfg.sample_every_n_epochs
+        ));
     }
     let pruning = [
         (

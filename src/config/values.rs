@@ -10,6 +10,7 @@ use yaml_serde::Value;
 
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
+use crate::sample::SamplerKind;
 use crate::train::lr::Schedule;
 use crate::train::optim::OptimizerType;
 
@@ -58,6 +59,17 @@ impl Choice for SavePrecision {
     /// kohya's `float` and the other spellings export.rs accepts.
     fn parse(word: &str) -> Option<SavePrecision> {
         word.parse().ok()
+    }
+}
+
+impl Choice for SamplerKind {
+    const ALL: &'static [SamplerKind] = &SamplerKind::ALL;
+    fn name(self) -> String {
+        SamplerKind::name(self).to_string()
+    }
+    /// kohya's `k_` names and the other aliases too.
+    fn parse(word: &str) -> Option<SamplerKind> {
+        SamplerKind::parse(word)
     }
 }
 
@@ -356,7 +368,8 @@ yaml_choice!(
     SavePrecision,
     LoraTargets,
     MixedPrecision,
-    OptimizerType
+    OptimizerType,
+    SamplerKind
 );
 
 impl YamlValue for Vec<String> {

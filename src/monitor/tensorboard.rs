@@ -12,9 +12,15 @@
 //!   Event   { double wall_time = 1; int64 step = 2; string file_version = 3;
 //!             Summary summary = 5; }
 //!   Summary { repeated Value value = 1; }
-//!   Value   { string tag = 1; float simple_value = 2; }
+//!   Value   { string tag = 1; float simple_value = 2; Image image = 4;
+//!             SummaryMetadata metadata = 9; }
+//!   Image   { int32 height = 1; int32 width = 2; int32 colorspace = 3;
+//!             bytes encoded_image_string = 4; }          (colorspace 3: RGB)
+//!   SummaryMetadata { string summary_description = 3; }
 //!
-//! The first record is the file-version event ("brain.Event:2"); then one event per scalar.
+//! The first record is the file-version event ("brain.Event:2"); then one event per scalar
+//! or image. An image is TensorBoard's legacy image summary (what `tf.summary.image` wrote
+//! in TF 1), which TensorBoard shows in its Images tab; its description is shown beside it.
 //! Protobuf wire format: a field is a varint key (number << 3 | wire type), then a varint
 //! (type 0), 8 little-endian bytes (type 1), a varint length and the bytes (type 2), or 4
 //! little-endian bytes (type 5).
@@ -107,17 +113,63 @@ pub fn file_version_event(wall_time: f64) -> Vec<u8> {
     event(wall_time, 0, &rest)
 }
 
+fn int32_field(out: &mut Vec<u8>, field: u32, v: i32) {
+    key(out, field, 0);
+    // int32: negative values are 10-byte two's complement varints, as int64's.
+    varint(out, i64::from(v) as u64);
+}
+
+/// An `Event` at `step` whose summary holds the one encoded `Value` `value`.
+fn summary_event(value: &[u8], step: i64, wall_time: f64) -> Vec<u8> {
+    let mut summary = Vec::with_capacity(value.len() + 4);
+    bytes_field(&mut summary, 1, value);
+    let mut rest = Vec::with_capacity(summary.len() + 4);
+    bytes_field(&mut rest, 5, &summary);
+    event(wall_time, step, &rest)
+}
+
 /// The serialised `Event { wall_time, step, summary { value { tag, simple_value } } }`.
 pub fn scalar_event(tag: &str, step: i64, value: f32, wall_time: f64) -> Vec<u8> {
     let mut v = Vec::with_capacity(tag.len() + 8);
     bytes_field(&mut v, 1, tag.as_bytes());
     key(&mut v, 2, 5);
     v.extend_from_slice(&value.to_le_bytes());
-    let mut summary = Vec::with_capacity(v.len() + 4);
-    bytes_field(&mut summary, 1, &v);
-    let mut rest = Vec::with_capacity(summary.len() + 4);
-    bytes_field(&mut rest, 5, &summary);
-    event(wall_time, step, &rest)
+    summary_event(&v, step, wall_time)
+}
+
+/// An encoded image for [`image_event`].
+pub struct EncodedImage<'a> {
+    /// PNG bytes.
+    pub png: &'a [u8],
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The serialised `Event { wall_time, step, summary { value { tag, image { height, width,
+/// colorspace: RGB, encoded_image_string }, metadata { summary_description } } } }`; an empty
+/// description is left out.
+pub fn image_event(
+    tag: &str,
+    step: i64,
+    image: &EncodedImage,
+    description: &str,
+    wall_time: f64,
+) -> Vec<u8> {
+    let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let mut img = Vec::with_capacity(image.png.len() + 24);
+    int32_field(&mut img, 1, clamp(image.height));
+    int32_field(&mut img, 2, clamp(image.width));
+    int32_field(&mut img, 3, 3);
+    bytes_field(&mut img, 4, image.png);
+    let mut v = Vec::with_capacity(img.len() + tag.len() + description.len() + 16);
+    bytes_field(&mut v, 1, tag.as_bytes());
+    bytes_field(&mut v, 4, &img);
+    if !description.is_empty() {
+        let mut meta = Vec::with_capacity(description.len() + 4);
+        bytes_field(&mut meta, 3, description.as_bytes());
+        bytes_field(&mut v, 9, &meta);
+    }
+    summary_event(&v, step, wall_time)
 }
 
 /// One TFRecord around `data`.
@@ -231,6 +283,20 @@ impl EventWriter {
     pub fn add_scalar(&mut self, tag: &str, step: u64, value: f32, wall_time: f64) -> Result<()> {
         let step = i64::try_from(step).unwrap_or(i64::MAX);
         self.write_record(&scalar_event(tag, step, value, wall_time))
+    }
+
+    /// Logs a PNG image under `tag` ("samples/00") at `step`, with `description` (the prompt)
+    /// shown beside it. Buffered, as [`EventWriter::add_scalar`].
+    pub fn add_image(
+        &mut self,
+        tag: &str,
+        step: u64,
+        image: &EncodedImage,
+        description: &str,
+        wall_time: f64,
+    ) -> Result<()> {
+        let step = i64::try_from(step).unwrap_or(i64::MAX);
+        self.write_record(&image_event(tag, step, image, description, wall_time))
     }
 
     /// Hands buffered events to the operating system.

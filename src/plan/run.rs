@@ -89,7 +89,7 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
     if !run.val_set.is_empty() {
         meter.measure(Phase::Validation, || run.eval_loss(false))?;
     }
-    let sampling_peak = if cfg.sample_every_n_steps > 0 && run.models.vae.is_some() {
+    let sampling_peak = if cfg.samples_asked() && run.models.vae.is_some() {
         let lines = crate::train::samples::prompt_lines(cfg)
             .ok()
             .filter(|l| !l.is_empty())

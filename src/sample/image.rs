@@ -66,6 +66,12 @@ fn to_u8(v: f32) -> u8 {
 /// then renamed over `path`, so a reader never sees half a file.
 pub fn save_png(path: impl AsRef<Path>, image: &RgbImage) -> Result<(), SampleError> {
     let path = path.as_ref();
+    let bytes = encode_png(path, image)?;
+    write_atomically(path, &bytes)
+}
+
+/// `image` as the bytes of an 8-bit RGB PNG; `path` names it in errors.
+pub fn encode_png(path: &Path, image: &RgbImage) -> Result<Vec<u8>, SampleError> {
     let png_err = |action, message: String| SampleError::Png {
         path: path.to_path_buf(),
         action,
@@ -99,7 +105,11 @@ pub fn save_png(path: impl AsRef<Path>, image: &RgbImage) -> Result<(), SampleEr
         image::ExtendedColorType::Rgb8,
     )
     .map_err(|e| png_err("encode", e.to_string()))?;
+    Ok(bytes)
+}
 
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), SampleError> {
     let tmp = temp_path(path);
     let io = |action, source| SampleError::Io {
         path: tmp.clone(),
@@ -108,7 +118,7 @@ pub fn save_png(path: impl AsRef<Path>, image: &RgbImage) -> Result<(), SampleEr
     };
     let write = || -> Result<(), SampleError> {
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("create", e))?;
-        f.write_all(&bytes).map_err(|e| io("write", e))?;
+        f.write_all(bytes).map_err(|e| io("write", e))?;
         f.sync_all().map_err(|e| io("sync", e))?;
         Ok(())
     };

@@ -4,8 +4,9 @@
 //!
 //! - [`prompt`]: kohya's prompt-line syntax (`a cat --n blurry --w 512 --d 42 --ss euler`).
 //! - [`schedule`]: the DDPM training schedule (ᾱ_t, SNR), shared with training.
-//! - [`sampler`]: DDIM (η = 0) and Euler discrete, as diffusers computes them, and
-//!   classifier-free guidance.
+//! - [`sampler`]: DDIM (η = 0), Euler and Euler ancestral, as diffusers computes them, the
+//!   step as a linear map, the sampling loop, and classifier-free guidance; [`dpm`]:
+//!   DPM-Solver (++) 2M, with Karras σ.
 //! - [`image`]: 8-bit RGB images and PNG writing.
 //!
 //! [`generate`] does what diffusers' StableDiffusionPipeline does:
@@ -15,7 +16,8 @@
 //!      **Not torch's generator**: the same seed gives other noise than diffusers, kohya or
 //!      A1111, so images differ from theirs for the same seed (they are reproducible here, on
 //!      every machine);
-//!   3. the sampler loop; at each step the UNet runs once on a batch of 2 (uncond, cond) and
+//!   3. the sampler loop, Euler ancestral's fresh noise drawn from the same generator after the
+//!      initial latents; at each step the UNet runs once on a batch of 2 (uncond, cond) and
 //!      ε = ε_u + cfg·(ε_c − ε_u) ([`sampler::guidance`]); with cfg ≤ 1 it runs on the prompt
 //!      alone (diffusers' and kohya's `do_classifier_free_guidance = guidance_scale > 1`);
 //!   4. VAE decode, and [-1, 1] → u8 with clamping.
@@ -23,16 +25,20 @@
 //! The library never prints: progress goes to an optional callback, and what the caller may
 //! want to show (a truncated prompt, the drawn seed) comes back in [`Generated::notes`].
 
+pub mod dpm;
 pub mod error;
+mod grid;
 pub mod image;
 pub mod prompt;
 pub mod sampler;
 pub mod schedule;
 
 pub use error::SampleError;
-pub use image::{load_png, save_png, RgbImage};
+pub use image::{encode_png, load_png, save_png, RgbImage};
 pub use prompt::{parse_prompt_file, parse_prompt_line, PromptDefaults, PromptSpec};
-pub use sampler::{guidance, Sampler, SamplerConfig, SamplerKind, TimestepSpacing};
+pub use sampler::{
+    guidance, Sampler, SamplerConfig, SamplerKind, StepCoefficients, StepNoise, TimestepSpacing,
+};
 pub use schedule::NoiseSchedule;
 
 use crate::model::clip::ClipTextModel;
@@ -328,14 +334,15 @@ pub fn generate(
     let f = pipe.vae_factor();
     let (h, w) = (spec.height / f, spec.width / f);
     let be = cx.be;
-    let noise: Vec<f32> = Rng::new(seed)
+    let mut rng = Rng::new(seed);
+    let noise: Vec<f32> = rng
         .normal_vec(c * h * w)
         .into_iter()
         .map(|v| v as f32)
         .collect();
     let noise = be.tensor_from_f32(&[1, c, h, w], &noise, be.compute_dtype())?;
     let mut model = |x: &Tensor, t: f64| pipe.predict_noise(cx, x, t, &context, spec.cfg_scale);
-    let latents = sampler.run(be, &noise, &mut model, progress)?;
+    let latents = sampler.run_with(be, &noise, Some(&mut rng), &mut model, progress)?;
 
     let decoded = pipe.vae.decode(cx, &latents)?;
     if decoded.dims() != [1, 3, spec.height, spec.width] {

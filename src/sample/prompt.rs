@@ -15,12 +15,14 @@
 //! | `--d N` | seed (u64) | none: a random seed |
 //! | `--s N` | sampling steps | 30 |
 //! | `--l X` | classifier-free guidance scale | 7.5 |
-//! | `--ss NAME` | sampler: `ddim`, `euler` (`k_euler`) | ddim |
+//! | `--ss NAME` | sampler: `ddim`, `euler` (`k_euler`), `euler_a` (`k_euler_a`), `dpmsolver`, `dpmsolver++`, `dpmsolver++_karras` ([`SamplerKind`]) | ddim (a trainer's `sample_sampler`) |
 //!
 //! Where lorafuse differs from kohya, on purpose:
 //! - kohya ignores what it cannot parse; here an unknown option (`--x`), a kohya option that
 //!   lorafuse lacks (`--cn`, `--g`, …), a value that is not a number (`--w 512px`), a missing
-//!   value (`--w`) or an unknown sampler is an error that names the option and the value.
+//!   value (`--w`) or an unknown sampler is an error that names the option and the value (kohya
+//!   falls back to DDIM for a `--ss` it does not know); a kohya sampler lorafuse lacks (`heun`,
+//!   `pndm`, …) is an error that says which to use instead.
 //! - width and height must be multiples of 64 for SD1.x (8 for the VAE × 8 for the UNet's three
 //!   downsamplings; kohya rounds to 8 and lets diffusers' UNet pad). They are rounded down to a
 //!   multiple of [`SIZE_MULTIPLE`] (at least 64), with a note in [`PromptSpec::notes`];

@@ -1,5 +1,5 @@
 //! The DDPM noise schedule that SD1.x was trained with, shared by training (noising latents,
-//! min-SNR weights) and sampling (DDIM, Euler).
+//! min-SNR weights) and sampling.
 //!
 //! `scaled_linear` (diffusers' name): β_t = (√β_start + t·(√β_end − √β_start)/(T−1))², t = 0..T−1,
 //! α_t = 1 − β_t, ᾱ_t = Π_{s≤t} α_s. SD1.x and kohya use T = 1000, β 0.00085 → 0.012
@@ -114,6 +114,13 @@ impl NoiseSchedule {
     /// The k-diffusion noise level σ_t = √((1−ᾱ_t)/ᾱ_t) = 1/√SNR (Euler samplers). None when t ≥ T.
     pub fn sigma(&self, t: usize) -> Option<f64> {
         self.alpha_bar(t).map(|a| ((1.0 - a) / a).sqrt())
+    }
+
+    /// σ_t for every t (rising with t).
+    pub fn sigmas(&self) -> Vec<f64> {
+        (0..self.num_train_timesteps())
+            .filter_map(|t| self.sigma(t))
+            .collect()
     }
 
     /// The per-sample coefficients of the forward process for a batch of timesteps,

@@ -15,6 +15,7 @@ use crate::model::tokenizer::Tokenizer;
 use crate::monitor::tensorboard::{wall_time_now, EventWriter};
 use crate::train::events::{Event, Observer, TrainReport};
 use crate::train::inputs::{data_sources, long_captions};
+use crate::train::samples::{write_samples, SampleAt, SampleRun};
 use crate::train::saves::{SavePoint, Saves};
 use crate::train::trainer::{Run, StepDone};
 
@@ -155,19 +156,7 @@ pub fn after_step(run: &mut Run, out: &mut Outputs, stop: &AtomicBool) -> Result
     if due(cfg.save_every_n_steps) && step < run.lengths.total {
         save_point(run, out, SavePoint::Step(step))?;
     }
-    if cfg.sample_every_n_steps > 0 && step % cfg.sample_every_n_steps as u64 == 0 {
-        let cx = crate::model::layers::Ctx::new(run.be, Some(&run.trainable.lora));
-        let written = crate::train::samples::write_samples(
-            &cx,
-            &run.models,
-            &run.inputs.tokenizer,
-            cfg,
-            step,
-        )?;
-        for p in written {
-            out.saved("sample", p);
-        }
-    }
+    samples(run, out, SampleAt::Step(step))?;
     if stop.load(Ordering::SeqCst) {
         let path = out.saves.state();
         run.save_state(&path)?;
@@ -195,7 +184,36 @@ pub fn end_epoch(run: &mut Run, out: &mut Outputs) -> Result<Option<Stop>> {
     {
         save_point(run, out, SavePoint::Epoch(epoch))?;
     }
+    samples(run, out, SampleAt::Epoch(epoch))?;
     Ok(None)
+}
+
+/// Sample images, when `cfg` asks for them at `at` (kohya's rules: [`SampleAt::due`]).
+pub fn samples(run: &Run, out: &mut Outputs, at: SampleAt) -> Result<()> {
+    if !at.due(run.cfg) {
+        return Ok(());
+    }
+    let cx = crate::model::layers::Ctx::new(run.be, Some(&run.trainable.lora));
+    let sample_run = SampleRun {
+        cx: &cx,
+        models: &run.models,
+        tokenizer: &run.inputs.tokenizer,
+        cfg: run.cfg,
+    };
+    let written = write_samples(&sample_run, &mut out.tb, at, run.progress.step)?;
+    for p in written {
+        out.saved("sample", p);
+    }
+    Ok(())
+}
+
+/// The run reached its last step inside an epoch (`max_train_steps`): that partial epoch
+/// ends too, for sampling, as kohya ends it (kohya's epoch count rounds up).
+pub fn end_partial_epoch(run: &Run, out: &mut Outputs) -> Result<()> {
+    if run.progress.batch_in_epoch == 0 {
+        return Ok(());
+    }
+    samples(run, out, SampleAt::Epoch(run.progress.epoch + 1))
 }
 
 /// A validation: the loss recorded, the best adapters kept, early stopping decided.

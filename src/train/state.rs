@@ -77,6 +77,9 @@ pub fn fingerprint(cfg: &TrainConfig) -> String {
     c.save_last_n_epochs_state = None;
     c.save_last_n_steps_state = None;
     c.sample_every_n_steps = 0;
+    c.sample_every_n_epochs = 0;
+    c.sample_at_first = false;
+    c.sample_sampler = crate::sample::SamplerKind::Ddim;
     c.max_train_steps = None;
     c.epochs = 0;
     c.to_yaml()

@@ -125,7 +125,7 @@ impl<'a> Run<'a> {
         let n = ds.items.len() + ds.validation.len();
         hook.info(format!("caching latents of {n} images"));
         let mut inputs = Inputs::new(cfg, ds, pixels)?;
-        let sampling = cfg.sample_every_n_steps > 0;
+        let sampling = cfg.samples_asked();
         let captions_fixed = captions_fixed(cfg);
         inputs.fill(be, &models, captions_fixed)?;
         hook.info(format!(
@@ -331,7 +331,8 @@ pub fn train(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainReport> {
-    use crate::train::loop_io::{after_step, end_epoch, finish, Outputs};
+    use crate::train::loop_io::{after_step, end_epoch, end_partial_epoch, finish, Outputs};
+    use crate::train::samples::SampleAt;
     let ds = crate::train::loop_io::scan_and_check(cfg, be, obs)?;
     obs.on(Event::Info(format!("loading {}", cfg.base_model.display())));
     let from = WeightsFrom::Checkpoint(&cfg.base_model);
@@ -342,6 +343,9 @@ pub fn train(
         out.resumed(&run);
     }
     out.started(&run);
+    if run.progress.step == 0 {
+        crate::train::loop_io::samples(&run, &mut out, SampleAt::First)?;
+    }
     let end = loop {
         if run.epoch_finished() {
             if let Some(stop) = end_epoch(&mut run, &mut out)? {
@@ -349,6 +353,7 @@ pub fn train(
             }
         }
         if run.done() {
+            end_partial_epoch(&run, &mut out)?;
             break None;
         }
         let done = run.step()?;
