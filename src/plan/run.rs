@@ -157,6 +157,7 @@ fn synthetic(input: &PlanInput, train: usize, validation: usize) -> Dataset {
         buckets: vec![bucket],
         warnings: Vec::new(),
         num_reg_images: 0,
+        folders: Vec::new(),
     }
 }
 
