@@ -75,6 +75,7 @@ conv_dim: 8
 conv_alpha: 4
 lora_targets: attention
 train_text_encoder: false
+train_unet: true
 batch_size: 2
 gradient_accumulation_steps: 4
 epochs: 20
@@ -160,6 +161,7 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!((c.conv_dim, c.conv_alpha), (Some(8), Some(4.0)));
     assert_eq!(c.lora_targets, LoraTargets::Attention);
     assert!(!c.train_text_encoder);
+    assert!(c.train_unet);
     assert_eq!(c.batch_size, 2);
     assert_eq!(c.gradient_accumulation_steps, 4);
     assert_eq!(c.epochs, 20);
@@ -418,8 +420,8 @@ fn kohya_options_we_lack_are_refused_with_the_reason() {
         ("save_model_as: ckpt", ".safetensors"),
         ("network_args: [\"conv_dim=4\"]", "lora_targets"),
         (
-            "network_train_text_encoder_only: true",
-            "planned (issue 13)",
+            "network_train_text_encoder_only: maybe",
+            "must be true or false",
         ),
         ("xformers: sometimes", "must be true or false"),
     ] {

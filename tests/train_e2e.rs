@@ -452,3 +452,99 @@ fn a_run_starts_from_network_weights() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A learning rate of 0 freezes that part, as in kohya: from a LoRA with UNet and
+/// text-encoder adapters, `unet_lr=0` (kohya's `network_train_text_encoder_only` is the same
+/// key, `train_unet: false`) keeps every UNet adapter exactly as loaded and trains the text
+/// encoder's; `text_encoder_lr=0` trains the UNet's alone.
+#[test]
+fn a_learning_rate_of_zero_freezes_that_part() {
+    let dir = scratch("freeze");
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    let be = CpuBackend::new();
+    let base = |extra: &[&str]| -> Vec<String> {
+        ["sample_every_n_steps=0", "save_precision=fp32"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |sets: Vec<String>| {
+        let cfg = config(&dir, &sets);
+        train(
+            &cfg,
+            &be,
+            false,
+            &AtomicBool::new(false),
+            &mut Recorder::default(),
+        )
+        .unwrap()
+    };
+    let first = run(base(&["train_text_encoder=true"]));
+    let start = kohya::load(&first.lora_path, &be, DType::F32).unwrap();
+    let count = |prefix: &str| {
+        start
+            .modules()
+            .iter()
+            .filter(|m| m.name.starts_with(prefix))
+            .count()
+    };
+    let (n_unet, n_te) = (count("lora_unet_"), count("lora_te_"));
+    assert!(n_unet > 0 && n_te > 0, "{n_unet} {n_te}");
+    let weights = format!("network_weights={}", first.lora_path.display());
+    let changed = |path: &Path, prefix: &str| -> (usize, usize) {
+        let after = kohya::load(path, &be, DType::F32).unwrap();
+        let mut n = (0, 0);
+        for m in after
+            .modules()
+            .iter()
+            .filter(|m| m.name.starts_with(prefix))
+        {
+            let old = &start.modules()[start.find(&m.name).unwrap()];
+            let same = m.up.to_f64_vec() == old.up.to_f64_vec()
+                && m.down.to_f64_vec() == old.down.to_f64_vec();
+            if same {
+                n.0 += 1;
+            } else {
+                n.1 += 1;
+            }
+        }
+        n
+    };
+    let out = format!("output_dir={}", dir.join("te_only").display());
+    let te_only = run(base(&[
+        "train_text_encoder=true",
+        "unet_lr=0",
+        &weights,
+        &out,
+    ]));
+    let (same, moved) = changed(&te_only.lora_path, "lora_unet_");
+    assert!(
+        same == n_unet && moved == 0,
+        "UNet: {same} kept, {moved} changed"
+    );
+    let (same, moved) = changed(&te_only.lora_path, "lora_te_");
+    assert!(
+        same == 0 && moved == n_te,
+        "text encoder: {same} kept, {moved} changed"
+    );
+
+    let out = format!("output_dir={}", dir.join("unet_only").display());
+    let unet_only = run(base(&[
+        "train_text_encoder=true",
+        "text_encoder_lr=0",
+        &weights,
+        &out,
+    ]));
+    let (same, moved) = changed(&unet_only.lora_path, "lora_unet_");
+    assert!(
+        same == 0 && moved == n_unet,
+        "UNet: {same} kept, {moved} changed"
+    );
+    let after = kohya::load(&unet_only.lora_path, &be, DType::F32).unwrap();
+    assert!(after
+        .modules()
+        .iter()
+        .all(|m| m.name.starts_with("lora_unet_")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

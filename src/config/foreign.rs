@@ -107,12 +107,6 @@ const FOREIGN: &[Foreign] = &[
         "no network arguments",
         "network arguments are not read: for LoCon set conv_dim and conv_alpha (lorafuse keys); block-wise dims are not supported, lora_targets chooses the linear layers",
     ),
-    same(
-        "network_train_text_encoder_only",
-        &[False],
-        "the UNet is trained",
-        "training the text encoder alone is planned (issue 13) but not supported yet; remove this key",
-    ),
     same("v2", &[False], SD1_ONLY, SD1_ONLY),
     same("v_parameterization", &[False], SD1_ONLY, SD1_ONLY),
     same("zero_terminal_snr", &[False], SD1_ONLY, SD1_ONLY),

@@ -285,6 +285,14 @@ config_keys! {
         rule FLAG,
         kohya "true",
 
+    /// Train the UNet adapters (at `unet_lr`). false: they are frozen as they start (fresh,
+    /// they change nothing; from `network_weights`, the file's) and only the text encoder
+    /// trains (kohya's `network_train_text_encoder_only`, or `unet_lr = 0`).
+    train_unet: bool = fixed(true),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
     // --- length of the run
 
     /// Images per forward pass.

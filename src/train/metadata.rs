@@ -119,7 +119,8 @@ pub fn training_info(run: &Run, id: &RunIdentity, kind: SaveKind) -> TrainingInf
         network_dropout: (cfg.lora_dropout > 0.0).then_some(cfg.lora_dropout),
         text_encoder_lr: cfg.train_text_encoder.then_some(cfg.text_encoder_lr),
         learning_rate: cfg.learning_rate,
-        unet_lr: Some(cfg.unet_lr),
+        // A frozen UNet trains at 0 (kohya's unet_lr = 0).
+        unet_lr: Some(if cfg.train_unet { cfg.unet_lr } else { 0.0 }),
         lr_scheduler: cfg.lr_scheduler.to_string(),
         lr_warmup_steps: cfg.warmup_steps(total as usize) as u64,
         max_train_steps: total,

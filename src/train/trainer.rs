@@ -25,6 +25,7 @@ use crate::train::cache::Pixels;
 use crate::train::eval::EvalSet;
 use crate::train::inputs::{data_options, Draw, Inputs};
 use crate::train::lr::LrSchedule;
+use crate::train::optim::ParamGroup;
 use crate::train::state::Progress;
 use crate::train::trainable::{Site, Trainable};
 
@@ -173,7 +174,7 @@ impl<'a> Run<'a> {
             steps_per_epoch: cfg.steps_per_epoch(micro) as u64,
             micro_per_epoch: micro as u64,
         };
-        let schedules = schedules(cfg, lengths.total, trainable.groups.len());
+        let schedules = schedules(cfg, lengths.total, &trainable.groups);
         Ok(Run {
             progress: Progress::fresh(cfg, trainable.scaler),
             cfg,
@@ -304,7 +305,7 @@ fn eval_seed(cfg: &TrainConfig) -> u64 {
 }
 
 /// The learning-rate schedule of each optimizer group (the UNet's, the text encoder's).
-fn schedules(cfg: &TrainConfig, total: u64, groups: usize) -> Vec<LrSchedule> {
+fn schedules(cfg: &TrainConfig, total: u64, groups: &[ParamGroup]) -> Vec<LrSchedule> {
     let unet = LrSchedule {
         kind: cfg.lr_scheduler,
         base_lr: cfg.unet_lr,
@@ -314,11 +315,16 @@ fn schedules(cfg: &TrainConfig, total: u64, groups: usize) -> Vec<LrSchedule> {
         power: cfg.lr_scheduler_power,
         min_lr_ratio: cfg.lr_scheduler_min_lr_ratio.unwrap_or(0.0),
     };
-    let text = LrSchedule {
-        base_lr: cfg.text_encoder_lr,
-        ..unet
-    };
-    [unet, text].into_iter().take(groups).collect()
+    groups
+        .iter()
+        .map(|g| match g.name {
+            "unet" => unet,
+            _ => LrSchedule {
+                base_lr: cfg.text_encoder_lr,
+                ..unet
+            },
+        })
+        .collect()
 }
 
 /// Trains a LoRA as `cfg` says, on `be`. `resume`: continue from output_dir's state file.
