@@ -548,3 +548,93 @@ fn a_learning_rate_of_zero_freezes_that_part() {
         .all(|m| m.name.starts_with("lora_unet_")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// kohya's saving: `save_state` keeps each save point's state beside its LoRA, both named as
+/// sd-scripts names them and pruned by `save_last_n_steps`; the `resume` key continues from a
+/// save point's state file, and gives the same final LoRA, bit for bit, as the run that never
+/// stopped. A kohya state folder as `resume` is refused naming the key.
+#[test]
+fn save_state_keeps_save_points_and_resume_continues_from_one() {
+    let dir = scratch("save_state");
+    lorafuse::demo::prepare(&dir, 3).unwrap();
+    let be = CpuBackend::new();
+    let sets = |extra: &[String]| -> Vec<String> {
+        [
+            "sample_every_n_steps=0",
+            "save_precision=fp32",
+            "save_every_n_steps=1",
+            "save_state=true",
+            "save_last_n_steps=1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .collect()
+    };
+    let cfg = config(&dir, &sets(&[]));
+    let full = train(
+        &cfg,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    assert_eq!(full.steps, 3);
+    let mut files: Vec<String> = std::fs::read_dir(&cfg.output_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    files.sort();
+    // Saves at steps 1 and 2 (the end is the final LoRA); save_last_n_steps = 1 keeps the
+    // saves of steps ≥ 2 − 1, as sd-scripts' get_remove_step_no.
+    assert_eq!(
+        files,
+        [
+            "demo-shapes-step00000001-state.safetensors",
+            "demo-shapes-step00000001.safetensors",
+            "demo-shapes-step00000002-state.safetensors",
+            "demo-shapes-step00000002.safetensors",
+            "demo-shapes.safetensors",
+            "state.safetensors",
+        ]
+    );
+
+    let state = cfg
+        .output_dir
+        .join("demo-shapes-step00000001-state.safetensors");
+    let out = dir.join("resumed");
+    let again = config(
+        &dir,
+        &sets(&[
+            format!("resume={}", state.display()),
+            format!("output_dir={}", out.display()),
+        ]),
+    );
+    let mut rec = Recorder::default();
+    let resumed = train(&again, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
+    assert_eq!(resumed.steps, 3);
+    assert_eq!(losses(&rec.0).len(), 2, "steps 2 and 3 only");
+    let a = kohya::load(&full.lora_path, &be, DType::F32).unwrap();
+    let b = kohya::load(&resumed.lora_path, &be, DType::F32).unwrap();
+    for (x, y) in a.modules().iter().zip(b.modules()) {
+        assert_eq!(x.name, y.name);
+        assert_eq!(x.up.to_f64_vec(), y.up.to_f64_vec(), "{}", x.name);
+        assert_eq!(x.down.to_f64_vec(), y.down.to_f64_vec(), "{}", x.name);
+    }
+
+    // A kohya (accelerate) state folder.
+    let kohya_state = dir.join("last-state");
+    std::fs::create_dir_all(&kohya_state).unwrap();
+    std::fs::write(kohya_state.join("train_state.json"), "{}").unwrap();
+    let bad = config(&dir, &sets(&[format!("resume={}", kohya_state.display())]));
+    let e = bad.check_paths().unwrap_err().to_string();
+    assert!(
+        e.contains("resume")
+            && e.contains("kohya (accelerate) state folder")
+            && e.contains("network_weights"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -120,12 +120,7 @@ const FOREIGN: &[Foreign] = &[
         "lorafuse saves .safetensors in kohya's LoRA format",
         "lorafuse saves .safetensors (kohya's LoRA format) only; remove this key",
     ),
-    same("save_state", &[Flag], SAVES_STATE, "must be true or false"),
     same("save_state_on_train_end", &[Flag], SAVES_STATE, "must be true or false"),
-    refused(
-        "resume",
-        "lorafuse resumes from the state it saved in output_dir: run `lorafuse train CONFIG --resume` (or `--resume DIR` with the output_dir of that run) and remove this key",
-    ),
     same("color_aug", &[False], "no colour augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),
     same("face_crop_aug_range", &[Empty], "no face-crop augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),
     same(

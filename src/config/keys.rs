@@ -185,6 +185,26 @@ config_keys! {
         doc_type "whole number ≥ 1",
         rule "must be a whole number ≥ 1 (steps whose saves are kept), or empty to keep every one",
 
+    /// Keep each save point's own training state beside its LoRA
+    /// (`<output_name>-<epoch>-state.safetensors`, `<output_name>-step<step>-state.safetensors`),
+    /// as kohya's `save_state` keeps a state folder per save point; pruned by
+    /// `save_last_n_*_state`. Without it a save point keeps its own state only when a
+    /// `save_last_n_*_state` asks; `output_dir/state.safetensors` (the newest) is always written.
+    save_state: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
+    /// Continue a run from a state file lorafuse saved: a save point's
+    /// `…-state.safetensors`, `state.safetensors`, or the output folder holding it (kohya's
+    /// `resume` names a state folder; `lorafuse train CONFIG --resume` is the same with this
+    /// run's output_dir).
+    resume: Option<PathBuf> = optional("unset (a new run)"),
+        read parse::path,
+        doc_type "path",
+        rule "must be the path of a lorafuse state file (or of the output folder holding state.safetensors)",
+        verbatim: true,
+
     /// As `save_last_n_epochs`, for the training-state files saved with the epoch LoRAs; the
     /// newest state is always kept.
     save_last_n_epochs_state: Option<usize> = follows("`save_last_n_epochs`", save_last_n_epochs),

@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use crate::backend::Backend;
 use crate::config::TrainConfig;
 use crate::data::{captions_vary, epoch_batches, Dataset};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::family::{family_of, Models, WeightsFrom};
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
@@ -327,7 +327,8 @@ fn schedules(cfg: &TrainConfig, total: u64, groups: &[ParamGroup]) -> Vec<LrSche
         .collect()
 }
 
-/// Trains a LoRA as `cfg` says, on `be`. `resume`: continue from output_dir's state file.
+/// Trains a LoRA as `cfg` says, on `be`. `resume`: continue from output_dir's state file (the
+/// `resume` key, when set, names the state file instead).
 /// `stop`: set it (Ctrl-C) to finish the current step, save the state, and return.
 pub fn train(
     cfg: &TrainConfig,
@@ -342,8 +343,22 @@ pub fn train(
     let from = WeightsFrom::Checkpoint(&cfg.base_model);
     let mut run = Run::prepare(cfg, be, ds, from, Pixels::Files, &mut Announce(obs))?;
     let mut out = Outputs::open(&run, obs)?;
-    if resume {
-        run.resume(&out.saves.state())?;
+    // The `resume` key names a state file (or its folder); `--resume`, output_dir's.
+    let state = match &cfg.resume {
+        Some(path) => {
+            Some(
+                crate::config::resume_state(path).map_err(|problem| Error::BadValue {
+                    op: "train",
+                    name: "resume",
+                    value: path.display().to_string(),
+                    expected: problem,
+                })?,
+            )
+        }
+        None => resume.then(|| out.saves.state()),
+    };
+    if let Some(state) = state {
+        run.resume(&state)?;
         out.resumed(&run);
     }
     out.started(&run);
