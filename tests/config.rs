@@ -687,8 +687,8 @@ fn rules_between_keys() {
         text.starts_with("config.yaml: sample_every_n_steps = 100 needs sample_prompts"),
         "{text}"
     );
-    let text = err_text(with("random_crop: true\ncache_latents_to_disk: true"));
-    assert!(text.contains("a cached latent fixes the crop"), "{text}");
+    // random_crop encodes its images at every step: the disk cache serves the rest.
+    assert!(with("random_crop: true\ncache_latents_to_disk: true").is_ok());
     let text = err_text(with("max_train_steps: 50\nnum_warmup_steps: 100"));
     assert!(
         text.contains("longer than the run (max_train_steps = 50)"),

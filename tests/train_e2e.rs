@@ -638,3 +638,77 @@ fn save_state_keeps_save_points_and_resume_continues_from_one() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `random_crop` crops at random for every training sample: such images are encoded at every
+/// step (their latents cannot be cached, and sd-scripts refuses random_crop with
+/// cache_latents), the VAE stays loaded, and the metadata says what was done (ss_random_crop True, ss_cache_latents False).
+#[test]
+fn random_crop_draws_a_crop_for_every_training_sample() {
+    use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
+    use lorafuse::model::family::WeightsFrom;
+    use lorafuse::rng::Rng;
+    use lorafuse::train::cache::Pixels;
+    use lorafuse::train::inputs::Draw;
+    use lorafuse::train::trainer::{PhaseHook, Run};
+    struct Quiet;
+    impl PhaseHook for Quiet {}
+    let dir = scratch("random_crop");
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    // A 192x128 image in a 128x128 bucket: 64 pixels of room for the crop.
+    let data = dir.join("wide").join("1_wide");
+    std::fs::create_dir_all(&data).unwrap();
+    let fixture = Path::new("tests/fixtures/kohya_meta/train/10_sks dog");
+    for f in ["a.png", "a.txt"] {
+        std::fs::copy(fixture.join(f), data.join(f)).unwrap();
+    }
+    let sets = |crop: bool| -> Vec<String> {
+        vec![
+            "sample_every_n_steps=0".into(),
+            format!("train_data_dir={}", dir.join("wide").display()),
+            "resolution=128".into(),
+            "enable_bucket=false".into(),
+            format!("random_crop={crop}"),
+        ]
+    };
+    let be = CpuBackend::new();
+    let latents = |crop: bool, seeds: &[u64]| -> Vec<Vec<f64>> {
+        let cfg = config(&dir, &sets(crop));
+        let ds = lorafuse::train::loop_io::scan_data(&cfg).unwrap();
+        let from = WeightsFrom::Checkpoint(&cfg.base_model);
+        let mut run = Run::prepare(&cfg, &be, ds, from, Pixels::Files, &mut Quiet).unwrap();
+        seeds
+            .iter()
+            .map(|&s| {
+                let draw = Draw::Train { epoch: 0 };
+                let (t, _) = run
+                    .inputs
+                    .batch(&be, &run.models, draw, &[0], &mut Rng::new(s))
+                    .unwrap();
+                t.to_f64_vec()
+            })
+            .collect()
+    };
+    let fixed = latents(false, &[1, 2]);
+    assert_eq!(
+        fixed[0], fixed[1],
+        "without random_crop the latents are cached"
+    );
+    let cropped = latents(true, &[1, 2, 1]);
+    assert_ne!(cropped[0], cropped[1], "two draws, two crops");
+    assert_eq!(cropped[0], cropped[2], "the same draw, the same crop");
+    assert_ne!(cropped[0], fixed[0]);
+
+    let cfg = config(&dir, &sets(true));
+    let report = train(
+        &cfg,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    let file = SafetensorsFile::open(&report.lora_path).unwrap();
+    assert_eq!(file.metadata()["ss_random_crop"], "True");
+    assert_eq!(file.metadata()["ss_cache_latents"], "False");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -580,8 +580,10 @@ config_keys! {
         rule FLAG,
         aliases ["random_flip"],
 
-    /// Crop at random places instead of the center. Cannot be combined with
-    /// `cache_latents_to_disk`.
+    /// Crop at random places instead of the center, a new crop for every training sample:
+    /// such images are encoded by the VAE at every step (a cached latent would fix the crop;
+    /// sd-scripts refuses random_crop with cache_latents), so the VAE stays loaded and each
+    /// sample costs a VAE encode.
     random_crop: bool = fixed(false),
         read parse::flag,
         doc_type "true/false",

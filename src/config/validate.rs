@@ -326,12 +326,6 @@ fn check_data(c: &mut Check) {
             "needs network_weights: it takes the adapters' ranks from that file; set network_weights or remove dim_from_weights".into(),
         );
     }
-    if cfg.random_crop && cfg.cache_latents_to_disk {
-        c.fail(
-            "random_crop",
-            "cannot be combined with cache_latents_to_disk: true (a cached latent fixes the crop); turn one of them off".into(),
-        );
-    }
 }
 
 fn check_validation_and_samples(c: &mut Check) {

@@ -136,14 +136,15 @@ pub fn training_info(run: &Run, id: &RunIdentity, kind: SaveKind) -> TrainingInf
         gradient_checkpointing: cfg.gradient_checkpointing,
         max_grad_norm: cfg.max_grad_norm,
         mixed_precision: cfg.mixed_precision.to_string(),
-        cache_latents: true,
+        // Images cropped at random are encoded at every step (sd-scripts cannot cache them).
+        cache_latents: !run.inputs.crops_per_step(),
         seed: cfg.seed,
         resolution: (cfg.resolution.width, cfg.resolution.height),
         clip_skip: Some(cfg.clip_skip as u32),
         noise_offset: (cfg.noise_offset != 0.0).then_some(cfg.noise_offset),
         min_snr_gamma: cfg.min_snr_gamma,
         flip_aug: cfg.flip_aug,
-        random_crop: cfg.random_crop,
+        random_crop: run.inputs.crops_per_step(),
         caption: CaptionSettings {
             shuffle_caption: cfg.shuffle_caption,
             keep_tokens: cfg.keep_tokens,

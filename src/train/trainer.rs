@@ -135,7 +135,7 @@ impl<'a> Run<'a> {
             inputs.texts.len(),
             t0.elapsed().as_secs_f64()
         ));
-        if !sampling {
+        if !sampling && !inputs.crops_per_step() {
             models.vae = None;
             if captions_fixed {
                 models.text = None;
