@@ -221,6 +221,24 @@ impl<'a> Run<'a> {
         &self.order.1
     }
 
+    /// Puts the current epoch's largest batch (most pixels: its samples times its bucket's
+    /// area) first, so the next step is the most demanding one; with several datasets, the
+    /// one of the largest batch size. `plan` measures that step.
+    pub fn largest_batch_first(&mut self) {
+        self.batches();
+        let items = &self.inputs.ds.items;
+        let pixels = |b: &Vec<usize>| -> usize {
+            b.iter()
+                .map(|&i| items[i].bucket.0 * items[i].bucket.1)
+                .sum()
+        };
+        let batches = &mut self.order.1;
+        let b = self.progress.batch_in_epoch as usize;
+        if let Some(k) = (b..batches.len()).max_by_key(|&k| pixels(&batches[k])) {
+            batches.swap(b, k);
+        }
+    }
+
     /// One optimizer step: up to `gradient_accumulation_steps` micro-batches of the current
     /// epoch, their mean loss, the update at the scheduled rates.
     pub fn step(&mut self) -> Result<StepDone> {
