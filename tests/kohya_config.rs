@@ -311,6 +311,7 @@ fn text_encoder_switches_as_kohya_means_them() {
 #[test]
 fn refused_kohya_values_say_why_and_what_instead() {
     for (line, want) in [
+        ("token_warmup_step = 100", "token warmup (kohya's: each caption starts with its first token_warmup_min tags"),
         ("optimizer_type = \"Adafactor\"", "config.toml: optimizer_type = \"Adafactor\" is not valid: Adafactor is not available in lorafuse yet: use AdamW"),
         ("v2 = true", "Stable Diffusion 1.x"),
         ("v_parameterization = true", "Stable Diffusion 1.x"),

@@ -71,6 +71,7 @@ use Fits::{Any, Empty, False, Flag, NoSamples, Number, Words, Zero};
 
 const GENERIC: &str =
     "kohya has this option, lorafuse does not; remove it (README.md lists every key)";
+const TOKEN_WARMUP: &str = "token warmup (kohya's: each caption starts with its first token_warmup_min tags and gains tags until step token_warmup_step) is not implemented in lorafuse, which uses every caption whole from the first step; remove the key (keep_tokens with shuffle_caption or caption_tag_dropout_rate vary the tags instead)";
 const ATTENTION: &str = "lorafuse always uses its own memory-efficient attention";
 const OPTIMIZER: &str = "write optimizer_type = \"AdamW8bit\" instead (kohya's own replacement for this deprecated key) and remove this key";
 const SD1_ONLY: &str = "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only";
@@ -188,8 +189,8 @@ const FOREIGN: &[Foreign] = &[
     same("resize_interpolation", &[Empty], "images are resized with lorafuse's filter", GENERIC),
     same("cache_info", &[Flag], "lorafuse scans the data folder at every run", "must be true or false"),
     same("fused_backward_pass", &[False], "no fused backward pass", GENERIC),
-    same("token_warmup_min", &[Empty, Words(&["1"])], "no token warmup", GENERIC),
-    same("token_warmup_step", &[Empty, Zero], "no token warmup", GENERIC),
+    same("token_warmup_min", &[Empty, Words(&["1"])], "no token warmup", TOKEN_WARMUP),
+    same("token_warmup_step", &[Empty, Zero], "no token warmup", TOKEN_WARMUP),
     same("custom_attributes", &[Empty], "no custom attributes", GENERIC),
     same("scale_v_pred_loss_like_noise_pred", &[False], SD1_ONLY, SD1_ONLY),
     same("v_pred_like_loss", &[Empty], SD1_ONLY, SD1_ONLY),
