@@ -417,9 +417,12 @@ fn training_metadata_has_the_minimum_set_and_kohya_values() {
             "mean_img_ar_error": 0.02
         })
     );
-    // Defaults: no network args is "{}", as the fixture (and kohya's minimum) has it.
+    // Defaults: without network args there is no ss_network_args, as train_network.py writes
+    // it only for a run with --network_args.
     let d = training_metadata(&TrainingInfo::default());
-    assert_eq!(d["ss_network_args"], "{}");
+    assert!(!d.contains_key("ss_network_args"));
+    // Without bucketing, kohya's bucket_info is None: "null".
+    assert_eq!(d["ss_bucket_info"], "null");
     assert_eq!(d["modelspec.encoder_layer"], "1");
     let min = minimum_metadata(&m);
     assert!(min

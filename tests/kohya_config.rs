@@ -232,9 +232,35 @@ fn text_encoder_switches_as_kohya_means_them() {
     let c = toml(&format!("{REQUIRED}text_encoder_lr = 0\nunet_lr = 1e-4\n")).unwrap();
     assert!(!c.train_text_encoder);
     assert_eq!(c.unet_lr, 1e-4);
-    let text = err_text(toml(&format!("{REQUIRED}unet_lr = 0\n")));
-    assert!(text.contains("unet_lr = 0 is not supported"), "{text}");
-    assert!(text.contains("planned (issue 13)"), "{text}");
+    // unet_lr = 0 and network_train_text_encoder_only freeze the UNet: the text encoder alone
+    // trains (kohya's default in a kohya file).
+    for line in ["unet_lr = 0", "network_train_text_encoder_only = true"] {
+        let c = toml(&format!("{REQUIRED}{line}\n")).unwrap();
+        assert!(!c.train_unet && c.train_text_encoder, "{line}");
+    }
+    let c = toml(&format!(
+        "{REQUIRED}network_train_text_encoder_only = false\n"
+    ))
+    .unwrap();
+    assert!(c.train_unet);
+    // Nothing left to train, or a switch that is not a flag: errors naming the key.
+    for (text, want) in [
+        (
+            "network_train_text_encoder_only = true\nnetwork_train_unet_only = true\n",
+            "train_unet = false leaves nothing to train",
+        ),
+        (
+            "unet_lr = 0\ntext_encoder_lr = 0\n",
+            "train_unet = false leaves nothing to train",
+        ),
+        (
+            "network_train_text_encoder_only = 'maybe'\n",
+            "network_train_text_encoder_only = \"maybe\" is not valid: must be true or false",
+        ),
+    ] {
+        let e = err_text(toml(&format!("{REQUIRED}{text}")));
+        assert!(e.contains(want), "{text}: {e}");
+    }
     // In YAML, the same, with the lorafuse name in a notice.
     let c = TrainConfig::from_yaml(
         "base_model: m.safetensors\ntrain_data_dir: d\noutput_dir: o\ntrain_text_encoder: true\ntext_encoder_lr: 0\n",
@@ -267,11 +293,26 @@ fn text_encoder_switches_as_kohya_means_them() {
         NO_SET,
     ));
     assert!(text.contains("contradicts train_text_encoder"), "{text}");
+    let c = TrainConfig::from_yaml(
+        "base_model: m.safetensors\ntrain_data_dir: d\noutput_dir: o\ntrain_text_encoder: true\nnetwork_train_text_encoder_only: true\n",
+        "config.yaml",
+        NO_SET,
+    )
+    .unwrap();
+    assert!(!c.train_unet);
+    let w = c.warnings().join("\n");
+    assert!(
+        w.contains(
+            "network_train_text_encoder_only = true: lorafuse calls this `train_unet: false`"
+        ),
+        "{w}"
+    );
 }
 
 #[test]
 fn refused_kohya_values_say_why_and_what_instead() {
     for (line, want) in [
+        ("token_warmup_step = 100", "token warmup (kohya's: each caption starts with its first token_warmup_min tags"),
         ("optimizer_type = \"PagedAdamW8bit\"", "config.toml: optimizer_type = \"PagedAdamW8bit\" is not valid: must be one of AdamW, AdamW8bit"),
         ("v2 = true", "Stable Diffusion 1.x"),
         ("v_parameterization = true", "Stable Diffusion 1.x"),

@@ -398,3 +398,56 @@ fn the_readme_optimizer_table_is_what_plan_computes() {
         wrong.join("\n")
     );
 }
+
+/// With two datasets, the second's batch_size larger (kohya's per-dataset batch_size), the
+/// plan measures the step of the largest batch: its tape is that of a one-dataset run at that
+/// batch size.
+#[test]
+fn the_plan_steps_the_largest_batch_of_several_datasets() {
+    use lorafuse::data::{DataOptions, Dataset, Item, Source};
+    let side = 256;
+    let data = |batches: &[usize]| -> Dataset {
+        let sources: Vec<Source> = batches
+            .iter()
+            .enumerate()
+            .map(|(d, &batch_size)| Source {
+                opts: DataOptions {
+                    batch_size,
+                    ..DataOptions::default()
+                },
+                is_reg: false,
+                dataset: d,
+            })
+            .collect();
+        let items: Vec<Item> = (0..8 * batches.len())
+            .map(|i| {
+                let mut it = Item::synthetic(i, (side, side));
+                it.source = i / 8;
+                it.dataset = i / 8;
+                it
+            })
+            .collect();
+        Dataset {
+            train_data_dir: "plan-images".into(),
+            sources,
+            items,
+            validation: Vec::new(),
+            buckets: vec![(side, side)],
+            warnings: Vec::new(),
+            num_reg_images: 0,
+            folders: Vec::new(),
+        }
+    };
+    let tape = |batch: usize, batches: &[usize]| {
+        let input = PlanInput {
+            data: PlanData::Scanned(data(batches)),
+            ..PlanInput::step(batch, side, side, 4, DType::F16)
+        };
+        plan(&input).unwrap().tape_bytes()
+    };
+    let one = tape(4, &[4]);
+    assert!(one > tape(1, &[1]));
+    // The run's batch_size is 1; the second dataset's is 4; the first dataset's 1.
+    assert_eq!(tape(1, &[1, 4]), one);
+    assert_eq!(tape(1, &[4, 1]), one);
+}

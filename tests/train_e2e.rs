@@ -452,3 +452,263 @@ fn a_run_starts_from_network_weights() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A learning rate of 0 freezes that part, as in kohya: from a LoRA with UNet and
+/// text-encoder adapters, `unet_lr=0` (kohya's `network_train_text_encoder_only` is the same
+/// key, `train_unet: false`) keeps every UNet adapter exactly as loaded and trains the text
+/// encoder's; `text_encoder_lr=0` trains the UNet's alone.
+#[test]
+fn a_learning_rate_of_zero_freezes_that_part() {
+    let dir = scratch("freeze");
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    let be = CpuBackend::new();
+    let base = |extra: &[&str]| -> Vec<String> {
+        ["sample_every_n_steps=0", "save_precision=fp32"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |sets: Vec<String>| {
+        let cfg = config(&dir, &sets);
+        train(
+            &cfg,
+            &be,
+            false,
+            &AtomicBool::new(false),
+            &mut Recorder::default(),
+        )
+        .unwrap()
+    };
+    let first = run(base(&["train_text_encoder=true"]));
+    let start = kohya::load(&first.lora_path, &be, DType::F32).unwrap();
+    let count = |prefix: &str| {
+        start
+            .modules()
+            .iter()
+            .filter(|m| m.name.starts_with(prefix))
+            .count()
+    };
+    let (n_unet, n_te) = (count("lora_unet_"), count("lora_te_"));
+    assert!(n_unet > 0 && n_te > 0, "{n_unet} {n_te}");
+    let weights = format!("network_weights={}", first.lora_path.display());
+    let changed = |path: &Path, prefix: &str| -> (usize, usize) {
+        let after = kohya::load(path, &be, DType::F32).unwrap();
+        let mut n = (0, 0);
+        for m in after
+            .modules()
+            .iter()
+            .filter(|m| m.name.starts_with(prefix))
+        {
+            let old = &start.modules()[start.find(&m.name).unwrap()];
+            let same = m.up.to_f64_vec() == old.up.to_f64_vec()
+                && m.down.to_f64_vec() == old.down.to_f64_vec();
+            if same {
+                n.0 += 1;
+            } else {
+                n.1 += 1;
+            }
+        }
+        n
+    };
+    let out = format!("output_dir={}", dir.join("te_only").display());
+    let te_only = run(base(&[
+        "train_text_encoder=true",
+        "unet_lr=0",
+        &weights,
+        &out,
+    ]));
+    let (same, moved) = changed(&te_only.lora_path, "lora_unet_");
+    assert!(
+        same == n_unet && moved == 0,
+        "UNet: {same} kept, {moved} changed"
+    );
+    let (same, moved) = changed(&te_only.lora_path, "lora_te_");
+    assert!(
+        same == 0 && moved == n_te,
+        "text encoder: {same} kept, {moved} changed"
+    );
+
+    let out = format!("output_dir={}", dir.join("unet_only").display());
+    let unet_only = run(base(&[
+        "train_text_encoder=true",
+        "text_encoder_lr=0",
+        &weights,
+        &out,
+    ]));
+    let (same, moved) = changed(&unet_only.lora_path, "lora_unet_");
+    assert!(
+        same == 0 && moved == n_unet,
+        "UNet: {same} kept, {moved} changed"
+    );
+    let after = kohya::load(&unet_only.lora_path, &be, DType::F32).unwrap();
+    assert!(after
+        .modules()
+        .iter()
+        .all(|m| m.name.starts_with("lora_unet_")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// kohya's saving: `save_state` keeps each save point's state beside its LoRA, both named as
+/// sd-scripts names them and pruned by `save_last_n_steps`; the `resume` key continues from a
+/// save point's state file, and gives the same final LoRA, bit for bit, as the run that never
+/// stopped. A kohya state folder as `resume` is refused naming the key.
+#[test]
+fn save_state_keeps_save_points_and_resume_continues_from_one() {
+    let dir = scratch("save_state");
+    lorafuse::demo::prepare(&dir, 3).unwrap();
+    let be = CpuBackend::new();
+    let sets = |extra: &[String]| -> Vec<String> {
+        [
+            "sample_every_n_steps=0",
+            "save_precision=fp32",
+            "save_every_n_steps=1",
+            "save_state=true",
+            "save_last_n_steps=1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
+        .collect()
+    };
+    let cfg = config(&dir, &sets(&[]));
+    let full = train(
+        &cfg,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    assert_eq!(full.steps, 3);
+    let mut files: Vec<String> = std::fs::read_dir(&cfg.output_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    files.sort();
+    // Saves at steps 1 and 2 (the end is the final LoRA); save_last_n_steps = 1 keeps the
+    // saves of steps ≥ 2 − 1, as sd-scripts' get_remove_step_no.
+    assert_eq!(
+        files,
+        [
+            "demo-shapes-step00000001-state.safetensors",
+            "demo-shapes-step00000001.safetensors",
+            "demo-shapes-step00000002-state.safetensors",
+            "demo-shapes-step00000002.safetensors",
+            "demo-shapes.safetensors",
+            "state.safetensors",
+        ]
+    );
+
+    let state = cfg
+        .output_dir
+        .join("demo-shapes-step00000001-state.safetensors");
+    let out = dir.join("resumed");
+    let again = config(
+        &dir,
+        &sets(&[
+            format!("resume={}", state.display()),
+            format!("output_dir={}", out.display()),
+        ]),
+    );
+    let mut rec = Recorder::default();
+    let resumed = train(&again, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
+    assert_eq!(resumed.steps, 3);
+    assert_eq!(losses(&rec.0).len(), 2, "steps 2 and 3 only");
+    let a = kohya::load(&full.lora_path, &be, DType::F32).unwrap();
+    let b = kohya::load(&resumed.lora_path, &be, DType::F32).unwrap();
+    for (x, y) in a.modules().iter().zip(b.modules()) {
+        assert_eq!(x.name, y.name);
+        assert_eq!(x.up.to_f64_vec(), y.up.to_f64_vec(), "{}", x.name);
+        assert_eq!(x.down.to_f64_vec(), y.down.to_f64_vec(), "{}", x.name);
+    }
+
+    // A kohya (accelerate) state folder.
+    let kohya_state = dir.join("last-state");
+    std::fs::create_dir_all(&kohya_state).unwrap();
+    std::fs::write(kohya_state.join("train_state.json"), "{}").unwrap();
+    let bad = config(&dir, &sets(&[format!("resume={}", kohya_state.display())]));
+    let e = bad.check_paths().unwrap_err().to_string();
+    assert!(
+        e.contains("resume")
+            && e.contains("kohya (accelerate) state folder")
+            && e.contains("network_weights"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `random_crop` crops at random for every training sample: such images are encoded at every
+/// step (their latents cannot be cached, and sd-scripts refuses random_crop with
+/// cache_latents), the VAE stays loaded, and the metadata says what was done (ss_random_crop True, ss_cache_latents False).
+#[test]
+fn random_crop_draws_a_crop_for_every_training_sample() {
+    use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
+    use lorafuse::model::family::WeightsFrom;
+    use lorafuse::rng::Rng;
+    use lorafuse::train::cache::Pixels;
+    use lorafuse::train::inputs::Draw;
+    use lorafuse::train::trainer::{PhaseHook, Run};
+    struct Quiet;
+    impl PhaseHook for Quiet {}
+    let dir = scratch("random_crop");
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    // A 192x128 image in a 128x128 bucket: 64 pixels of room for the crop.
+    let data = dir.join("wide").join("1_wide");
+    std::fs::create_dir_all(&data).unwrap();
+    let fixture = Path::new("tests/fixtures/kohya_meta/train/10_sks dog");
+    for f in ["a.png", "a.txt"] {
+        std::fs::copy(fixture.join(f), data.join(f)).unwrap();
+    }
+    let sets = |crop: bool| -> Vec<String> {
+        vec![
+            "sample_every_n_steps=0".into(),
+            format!("train_data_dir={}", dir.join("wide").display()),
+            "resolution=128".into(),
+            "enable_bucket=false".into(),
+            format!("random_crop={crop}"),
+        ]
+    };
+    let be = CpuBackend::new();
+    let latents = |crop: bool, seeds: &[u64]| -> Vec<Vec<f64>> {
+        let cfg = config(&dir, &sets(crop));
+        let ds = lorafuse::train::loop_io::scan_data(&cfg).unwrap();
+        let from = WeightsFrom::Checkpoint(&cfg.base_model);
+        let mut run = Run::prepare(&cfg, &be, ds, from, Pixels::Files, &mut Quiet).unwrap();
+        seeds
+            .iter()
+            .map(|&s| {
+                let draw = Draw::Train { epoch: 0 };
+                let (t, _) = run
+                    .inputs
+                    .batch(&be, &run.models, draw, &[0], &mut Rng::new(s))
+                    .unwrap();
+                t.to_f64_vec()
+            })
+            .collect()
+    };
+    let fixed = latents(false, &[1, 2]);
+    assert_eq!(
+        fixed[0], fixed[1],
+        "without random_crop the latents are cached"
+    );
+    let cropped = latents(true, &[1, 2, 1]);
+    assert_ne!(cropped[0], cropped[1], "two draws, two crops");
+    assert_eq!(cropped[0], cropped[2], "the same draw, the same crop");
+    assert_ne!(cropped[0], fixed[0]);
+
+    let cfg = config(&dir, &sets(true));
+    let report = train(
+        &cfg,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    let file = SafetensorsFile::open(&report.lora_path).unwrap();
+    assert_eq!(file.metadata()["ss_random_crop"], "True");
+    assert_eq!(file.metadata()["ss_cache_latents"], "False");
+    let _ = std::fs::remove_dir_all(&dir);
+}

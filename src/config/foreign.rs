@@ -69,6 +69,7 @@ use Fits::{Any, Empty, False, Flag, Number, Words, Zero};
 
 const GENERIC: &str =
     "kohya has this option, lorafuse does not; remove it (README.md lists every key)";
+const TOKEN_WARMUP: &str = "token warmup (kohya's: each caption starts with its first token_warmup_min tags and gains tags until step token_warmup_step) is not implemented in lorafuse, which uses every caption whole from the first step; remove the key (keep_tokens with shuffle_caption or caption_tag_dropout_rate vary the tags instead)";
 const ATTENTION: &str = "lorafuse always uses its own memory-efficient attention";
 const OPTIMIZER: &str = "write optimizer_type = \"AdamW8bit\" instead (kohya's own replacement for this deprecated key) and remove this key";
 const SD1_ONLY: &str = "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only";
@@ -97,12 +98,6 @@ const FOREIGN: &[Foreign] = &[
         "lorafuse trains kohya's plain LoRA (networks.lora)",
         "lorafuse trains plain LoRA (kohya's networks.lora) only; LyCORIS, DyLoRA and the other network modules are not supported",
     ),
-    same(
-        "network_train_text_encoder_only",
-        &[False],
-        "the UNet is trained",
-        "training the text encoder alone is planned (issue 13) but not supported yet; remove this key",
-    ),
     same("v2", &[False], SD1_ONLY, SD1_ONLY),
     same("v_parameterization", &[False], SD1_ONLY, SD1_ONLY),
     same("zero_terminal_snr", &[False], SD1_ONLY, SD1_ONLY),
@@ -116,12 +111,7 @@ const FOREIGN: &[Foreign] = &[
         "lorafuse saves .safetensors in kohya's LoRA format",
         "lorafuse saves .safetensors (kohya's LoRA format) only; remove this key",
     ),
-    same("save_state", &[Flag], SAVES_STATE, "must be true or false"),
     same("save_state_on_train_end", &[Flag], SAVES_STATE, "must be true or false"),
-    refused(
-        "resume",
-        "lorafuse resumes from the state it saved in output_dir: run `lorafuse train CONFIG --resume` (or `--resume DIR` with the output_dir of that run) and remove this key",
-    ),
     same("color_aug", &[False], "no colour augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),
     same("face_crop_aug_range", &[Empty], "no face-crop augmentation", "not supported; lorafuse's augmentations are flip_aug and random_crop"),
     same(
@@ -186,8 +176,8 @@ const FOREIGN: &[Foreign] = &[
     same("resize_interpolation", &[Empty], "images are resized with lorafuse's filter", GENERIC),
     same("cache_info", &[Flag], "lorafuse scans the data folder at every run", "must be true or false"),
     same("fused_backward_pass", &[False], "no fused backward pass", GENERIC),
-    same("token_warmup_min", &[Empty, Words(&["1"])], "no token warmup", GENERIC),
-    same("token_warmup_step", &[Empty, Zero], "no token warmup", GENERIC),
+    same("token_warmup_min", &[Empty, Words(&["1"])], "no token warmup", TOKEN_WARMUP),
+    same("token_warmup_step", &[Empty, Zero], "no token warmup", TOKEN_WARMUP),
     same("custom_attributes", &[Empty], "no custom attributes", GENERIC),
     same("scale_v_pred_loss_like_noise_pred", &[False], SD1_ONLY, SD1_ONLY),
     same("v_pred_like_loss", &[Empty], SD1_ONLY, SD1_ONLY),

@@ -186,6 +186,26 @@ config_keys! {
         doc_type "whole number ≥ 1",
         rule "must be a whole number ≥ 1 (steps whose saves are kept), or empty to keep every one",
 
+    /// Keep each save point's own training state beside its LoRA
+    /// (`<output_name>-<epoch>-state.safetensors`, `<output_name>-step<step>-state.safetensors`),
+    /// as kohya's `save_state` keeps a state folder per save point; pruned by
+    /// `save_last_n_*_state`. Without it a save point keeps its own state only when a
+    /// `save_last_n_*_state` asks; `output_dir/state.safetensors` (the newest) is always written.
+    save_state: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
+    /// Continue a run from a state file lorafuse saved: a save point's
+    /// `…-state.safetensors`, `state.safetensors`, or the output folder holding it (kohya's
+    /// `resume` names a state folder; `lorafuse train CONFIG --resume` is the same with this
+    /// run's output_dir).
+    resume: Option<PathBuf> = optional("unset (a new run)"),
+        read parse::path,
+        doc_type "path",
+        rule "must be the path of a lorafuse state file (or of the output folder holding state.safetensors)",
+        verbatim: true,
+
     /// As `save_last_n_epochs`, for the training-state files saved with the epoch LoRAs; the
     /// newest state is always kept.
     save_last_n_epochs_state: Option<usize> = follows("`save_last_n_epochs`", save_last_n_epochs),
@@ -301,6 +321,14 @@ config_keys! {
         doc_type "true/false",
         rule FLAG,
         kohya "true",
+
+    /// Train the UNet adapters (at `unet_lr`). false: they are frozen as they start (fresh,
+    /// they change nothing; from `network_weights`, the file's) and only the text encoder
+    /// trains (kohya's `network_train_text_encoder_only`, or `unet_lr = 0`).
+    train_unet: bool = fixed(true),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
 
     // --- length of the run
 
@@ -581,8 +609,10 @@ config_keys! {
         rule FLAG,
         aliases ["random_flip"],
 
-    /// Crop at random places instead of the center. Cannot be combined with
-    /// `cache_latents_to_disk`.
+    /// Crop at random places instead of the center, a new crop for every training sample:
+    /// such images are encoded by the VAE at every step (a cached latent would fix the crop;
+    /// sd-scripts refuses random_crop with cache_latents), so the VAE stays loaded and each
+    /// sample costs a VAE encode.
     random_crop: bool = fixed(false),
         read parse::flag,
         doc_type "true/false",

@@ -14,8 +14,10 @@
 //! - `max_train_epochs` decides the length of the run over `max_train_steps`, and without
 //!   either the run is kohya's 1600 steps;
 //! - the text encoder trains unless `network_train_unet_only` (kohya's default);
-//! - in any file: `network_train_unet_only` is `train_text_encoder` inverted, and a learning
-//!   rate of 0 freezes that part (`text_encoder_lr = 0` is `train_text_encoder: false`).
+//! - in any file: `network_train_unet_only` is `train_text_encoder` inverted,
+//!   `network_train_text_encoder_only` is `train_unet` inverted, and a learning rate of 0
+//!   freezes that part (`text_encoder_lr = 0` is `train_text_encoder: false`, `unet_lr = 0`
+//!   is `train_unet: false`).
 
 use std::collections::BTreeMap;
 
@@ -216,68 +218,70 @@ impl Meanings<'_> {
         }
     }
 
-    /// `network_train_unet_only` (train_text_encoder inverted) and learning rates of 0
-    /// (that part frozen), in any file; `kohya_format` silences the notices.
-    pub(crate) fn map_switches(&mut self, unet_only: Option<&Entry>, kohya_format: bool) {
-        if let Some(e) = unet_only {
-            match flag(&e.value) {
-                Ok(only) => {
-                    if self.written("train_text_encoder") {
-                        let te = &self.entries["train_text_encoder"];
-                        if flag(&te.value).ok() == Some(only) {
-                            self.errors.push(ConfigError::BadValue {
-                                origin: e.origin.clone(),
-                                key: "network_train_unet_only".into(),
-                                value: render(&e.value),
-                                problem: format!(
-                                    "contradicts train_text_encoder = {}: give one of them",
-                                    render(&te.value)
-                                ),
-                            });
-                        }
-                    } else {
-                        if !kohya_format {
-                            self.notices.push(format!(
-                                "network_train_unet_only = {only}: lorafuse calls this `train_text_encoder: {}`",
-                                !only
-                            ));
-                        }
-                        self.set("train_text_encoder", Value::Bool(!only), &e.origin, false);
-                    }
-                }
-                Err(_) if e.value.is_null() => {}
-                Err(_) => self.errors.push(ConfigError::BadValue {
-                    origin: e.origin.clone(),
-                    key: "network_train_unet_only".into(),
-                    value: render(&e.value),
-                    problem: "is not valid: must be true or false".into(),
-                }),
+    /// `network_train_unet_only` / `network_train_text_encoder_only` (`train_text_encoder` /
+    /// `train_unet` inverted) and learning rates of 0 (that part frozen), in any file;
+    /// `kohya_format` silences the notices.
+    pub(crate) fn map_switches(&mut self, switches: &BTreeMap<String, Entry>, kohya_format: bool) {
+        for (switch, target) in SWITCHES {
+            if let Some(e) = switches.get(*switch) {
+                self.map_switch(e, switch, target, kohya_format);
             }
         }
-        if self.written("text_encoder_lr") {
-            let e = &self.entries["text_encoder_lr"];
+        for (lr, target, part) in [
+            ("text_encoder_lr", "train_text_encoder", "text encoder"),
+            ("unet_lr", "train_unet", "UNet"),
+        ] {
+            if !self.written(lr) {
+                continue;
+            }
+            let e = &self.entries[lr];
             if float(&e.value).is_ok_and(|x| x == 0.0) {
                 let origin = e.origin.clone();
                 if !kohya_format {
-                    self.notices.push(
-                        "text_encoder_lr = 0 freezes the text encoder, as in kohya: lorafuse calls this `train_text_encoder: false`"
-                            .into(),
-                    );
+                    self.notices.push(format!(
+                        "{lr} = 0 freezes the {part}, as in kohya: lorafuse calls this `{target}: false`"
+                    ));
                 }
-                self.entries.remove("text_encoder_lr");
-                self.set("train_text_encoder", Value::Bool(false), &origin, false);
+                self.entries.remove(lr);
+                self.set(target, Value::Bool(false), &origin, false);
             }
         }
-        if self.written("unet_lr") {
-            let e = &self.entries["unet_lr"];
-            if float(&e.value).is_ok_and(|x| x == 0.0) {
-                self.errors.push(ConfigError::BadValue {
-                    origin: e.origin.clone(),
-                    key: "unet_lr".into(),
-                    value: render(&e.value),
-                    problem: "is not supported: a learning rate of 0 freezes the UNet, as in kohya, and training the text encoder alone is planned (issue 13) but not supported yet; give the UNet a learning rate".into(),
-                });
+    }
+
+    /// One switch `name` = x: `target` = !x, unless `target` is given and contradicts it.
+    fn map_switch(&mut self, e: &Entry, name: &str, target: &str, kohya_format: bool) {
+        match flag(&e.value) {
+            Ok(only) => {
+                if self.written(target) {
+                    let given = &self.entries[target];
+                    if flag(&given.value).ok() == Some(only) {
+                        self.errors.push(ConfigError::BadValue {
+                            origin: e.origin.clone(),
+                            key: name.into(),
+                            value: render(&e.value),
+                            problem: format!(
+                                "contradicts {target} = {}: give one of them",
+                                render(&given.value)
+                            ),
+                        });
+                    }
+                } else {
+                    if !kohya_format {
+                        self.notices.push(format!(
+                            "{name} = {only}: lorafuse calls this `{target}: {}`",
+                            !only
+                        ));
+                    }
+                    self.set(target, Value::Bool(!only), &e.origin, false);
+                }
             }
+            Err(_) if e.value.is_null() => {}
+            Err(_) => self.errors.push(ConfigError::BadValue {
+                origin: e.origin.clone(),
+                key: name.into(),
+                value: render(&e.value),
+                problem: "is not valid: must be true or false".into(),
+            }),
         }
     }
 }
@@ -286,5 +290,12 @@ impl Meanings<'_> {
 /// `max_train_epochs`.
 pub(crate) const KOHYA_STEPS: u64 = 1600;
 
-/// kohya names lorafuse maps itself (not renames: the value changes too).
-pub(crate) const SWITCHES: &[&str] = &["network_train_unet_only", "network_args"];
+/// kohya names lorafuse maps itself (not renames: the value changes too): each switch and
+/// the lorafuse key it inverts.
+pub(crate) const SWITCHES: &[(&str, &str)] = &[
+    ("network_train_unet_only", "train_text_encoder"),
+    ("network_train_text_encoder_only", "train_unet"),
+];
+
+/// `network_args`: read by [`Meanings::map_network_args`] (network_args.rs).
+pub(crate) const NETWORK_ARGS: &str = "network_args";

@@ -43,6 +43,7 @@ pub use crate::train::lr::Schedule;
 pub use error::{ConfigError, KeyHint, Origin};
 pub use keys::TrainConfig;
 pub use parse::Format;
+pub use paths::resume_state;
 pub use values::{Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup};
 
 /// One `[[datasets.subsets]]` of sd-scripts' dataset config, read as a whole configuration:

@@ -206,8 +206,8 @@ impl Reading {
         if kohya_format {
             meanings.kohya_defaults(&default_origin);
         }
-        meanings.map_switches(sorted.switches.get("network_train_unet_only"), kohya_format);
-        meanings.map_network_args(sorted.switches.get("network_args"));
+        meanings.map_switches(&sorted.switches, kohya_format);
+        meanings.map_network_args(sorted.switches.get(kohya::NETWORK_ARGS));
 
         let entries = sorted.entries;
         let mut r = Reader {
@@ -350,7 +350,7 @@ fn sort(raw: Vec<Pair>, kohya_format: bool, dataset: Option<&Origin>, found: &mu
                 entry,
                 &mut found.errors,
             );
-        } else if kohya::SWITCHES.contains(&name.as_str()) {
+        } else if kohya::SWITCHES.iter().any(|(s, _)| *s == name) || name == kohya::NETWORK_ARGS {
             sorted.switches.insert(name, entry);
         } else if foreign::is_foreign(&name) {
             sorted.foreign.insert(name, entry);
@@ -560,7 +560,12 @@ fn parse_override(arg: &str) -> Result<(String, Value), ConfigError> {
         keys::find(key).or_else(|| foreign::alias(key).and_then(|(ours, _)| keys::find(ours)));
     let verbatim = match decl {
         Some(decl) => decl.verbatim,
-        None if foreign::is_foreign(key) || kohya::SWITCHES.contains(&key) => false,
+        None if foreign::is_foreign(key)
+            || kohya::SWITCHES.iter().any(|(s, _)| *s == key)
+            || key == kohya::NETWORK_ARGS =>
+        {
+            false
+        }
         None if key.is_empty() => {
             return Err(ConfigError::BadOverride {
                 arg: arg.to_string(),

@@ -55,6 +55,12 @@ impl TrainConfig {
             fail("base_model", missing(&self.base_model, &e));
         }
 
+        if let Some(r) = &self.resume {
+            if let Err(p) = resume_state(r) {
+                fail("resume", p);
+            }
+        }
+
         let output_ok = match writable_folder(&self.output_dir) {
             Ok(()) => true,
             Err(p) => {
@@ -171,4 +177,29 @@ fn read_prompt_file(path: &Path) -> std::io::Result<Vec<String>> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)
         .collect())
+}
+
+/// The state file `resume` names: the file itself, or `state.safetensors` in the folder; an
+/// error says what is there instead (a kohya state folder, nothing).
+pub fn resume_state(path: &Path) -> Result<PathBuf, String> {
+    let state = crate::train::saves::STATE_FILE;
+    match std::fs::metadata(path) {
+        Err(e) => Err(missing(path, &e)),
+        Ok(m) if m.is_file() => Ok(path.to_path_buf()),
+        Ok(_) if path.join(state).is_file() => Ok(path.join(state)),
+        Ok(_)
+            if path.join("train_state.json").is_file() || path.join("optimizer.bin").is_file() =>
+        {
+            Err(format!(
+                "is a kohya (accelerate) state folder, which lorafuse cannot read; lorafuse \
+                 resumes from its own state files ({state}, or a save point's \
+                 …-state.safetensors with save_state = true); to go on from that save point's \
+                 LoRA instead, set network_weights to it and remove resume"
+            ))
+        }
+        Ok(_) => Err(format!(
+            "is a folder without {state}: give a lorafuse state file or the output folder of \
+             the run to continue"
+        )),
+    }
 }

@@ -163,6 +163,16 @@ fn check_outputs(c: &mut Check) {
 fn check_schedule(c: &mut Check) {
     let cfg = c.cfg;
     check_optimizer(c);
+    if !cfg.train_unet && !cfg.train_text_encoder {
+        c.fail(
+            "train_unet",
+            "leaves nothing to train: with the UNet frozen (train_unet: false, kohya's \
+             network_train_text_encoder_only or unet_lr = 0) the text encoder must train \
+             (train_text_encoder: true; in a kohya file, no network_train_unet_only and a \
+             text_encoder_lr above 0)"
+                .into(),
+        );
+    }
     if cfg.lr_scheduler == Schedule::CosineWithMinLr && cfg.lr_scheduler_min_lr_ratio.is_none() {
         c.fail(
             "lr_scheduler",
@@ -337,12 +347,6 @@ fn check_data(c: &mut Check) {
             "needs network_weights: it takes the adapters' ranks from that file; set network_weights or remove dim_from_weights".into(),
         );
     }
-    if cfg.random_crop && cfg.cache_latents_to_disk {
-        c.fail(
-            "random_crop",
-            "cannot be combined with cache_latents_to_disk: true (a cached latent fixes the crop); turn one of them off".into(),
-        );
-    }
 }
 
 fn check_validation_and_samples(c: &mut Check) {
@@ -480,6 +484,12 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
         w.push(format!(
             "text_encoder_lr = {} has no effect without train_text_encoder: true",
             cfg.text_encoder_lr
+        ));
+    }
+    if cfg.unet_lr != cfg.learning_rate && !cfg.train_unet {
+        w.push(format!(
+            "unet_lr = {} has no effect with train_unet: false (the UNet is frozen)",
+            cfg.unet_lr
         ));
     }
     if cfg.early_stopping_min_delta > 0.0 && cfg.early_stopping_patience.is_none() {

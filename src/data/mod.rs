@@ -27,6 +27,7 @@ pub mod metadata;
 pub mod pixels;
 pub(crate) mod scan;
 mod sources;
+pub mod summary;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -229,6 +230,8 @@ pub struct Dataset {
     /// Regularisation samples per epoch before the balancing (kohya's `num_reg_images`:
     /// Σ repeats of the regularisation images found).
     pub num_reg_images: usize,
+    /// Each folder found, in scan order, as kohya's metadata counts it ([`summary`]).
+    pub folders: Vec<summary::FolderSummary>,
 }
 
 /// A batch's place: the dataset and the bucket (a batch never mixes either).

@@ -673,5 +673,6 @@ pub(super) fn finish(
         buckets,
         warnings,
         num_reg_images: 0,
+        folders: Vec::new(),
     })
 }

@@ -50,10 +50,12 @@ pub fn scan_sources(sources: &[Source]) -> Result<Dataset, DataError> {
         buckets: Vec::new(),
         warnings: Vec::new(),
         num_reg_images: 0,
+        folders: Vec::new(),
     };
     let mut reg = Vec::new();
     for (n, part) in parts {
         let s = &sources[n];
+        ds.folders.extend(super::summary::summarize(s, &part.items));
         let tag = |mut it: Item| {
             it.source = n;
             it.dataset = s.dataset;

@@ -278,7 +278,8 @@ pub fn save_kohya(
     Ok(())
 }
 
-/// Training metadata (one with `ss_network_args`) for a set with LoCon adapters names their
+/// Training metadata (one with `ss_network_args` or `ss_network_module`) for a set with LoCon
+/// adapters names their
 /// rank and alpha there as sd-scripts does (`{"conv_dim": "8", "conv_alpha": "4.0"}`), taken
 /// from the first conv module, so the file says what its tensors hold.
 fn with_conv_args(metadata: &BTreeMap<String, String>, set: &LoraSet) -> BTreeMap<String, String> {
@@ -287,10 +288,14 @@ fn with_conv_args(metadata: &BTreeMap<String, String>, set: &LoraSet) -> BTreeMa
         .modules()
         .iter()
         .find(|m| matches!(m.kind, LayerKind::Conv { .. }));
-    let (Some(m), Some(args)) = (conv, metadata.get("ss_network_args")) else {
-        return out;
+    // Metadata of kohya's kind (it names the network module) gets the key when it lacks it.
+    let args = match metadata.get("ss_network_args") {
+        Some(a) => a.as_str(),
+        None if metadata.contains_key("ss_network_module") => "{}",
+        None => return out,
     };
-    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(args) else {
+    let (Some(m), Ok(serde_json::Value::Object(mut map))) = (conv, serde_json::from_str(args))
+    else {
         return out;
     };
     map.insert("conv_dim".into(), m.rank().to_string().into());
@@ -658,7 +663,11 @@ fn dataset_dirs_json(dirs: &[DatasetDir]) -> String {
 
 /// kohya's `bucket_info`: `{"buckets": {"0": {"resolution": [w, h], "count": n}, …},
 /// "mean_img_ar_error": e}`.
+/// Without bucketing kohya has no bucket information: `null`.
 fn bucket_info_json(b: &BucketSettings) -> String {
+    if !b.enable_bucket {
+        return "null".into();
+    }
     let mut buckets = serde_json::Map::new();
     for (i, bucket) in b.buckets.iter().enumerate() {
         buckets.insert(
@@ -698,10 +707,13 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
     if let Some(p) = info.module_dropout {
         net_args.insert("module_dropout".into(), py_float(p).into());
     }
-    put(
-        "ss_network_args",
-        json(&serde_json::Value::Object(net_args)),
-    );
+    // kohya writes the key only when the run has network arguments.
+    if !net_args.is_empty() {
+        put(
+            "ss_network_args",
+            json(&serde_json::Value::Object(net_args)),
+        );
+    }
     put("ss_v2", py_bool(false));
     put("ss_base_model_version", "sd_v1".into());
     put("ss_output_name", info.output_name.clone());
@@ -789,6 +801,25 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
     put("ss_zero_terminal_snr", py_bool(false));
     put("ss_debiased_estimation", py_bool(false));
     put("ss_prior_loss_weight", py_float(info.prior_loss_weight));
+    // sd-scripts' options lorafuse does not have, as sd-scripts writes them when they are off
+    // (the Huber settings are its defaults, unused by the l2 loss).
+    for (key, value) in [
+        ("ss_adaptive_noise_scale", "None"),
+        ("ss_multires_noise_iterations", "None"),
+        ("ss_multires_noise_discount", "0.3"),
+        ("ss_noise_offset_random_strength", "False"),
+        ("ss_ip_noise_gamma", "None"),
+        ("ss_ip_noise_gamma_random_strength", "False"),
+        ("ss_huber_schedule", "snr"),
+        ("ss_huber_c", "0.1"),
+        ("ss_huber_scale", "1.0"),
+        ("ss_face_crop_aug_range", "None"),
+        ("ss_scale_weight_norms", "None"),
+        ("ss_fp8_base_unet", "False"),
+        ("ss_resize_interpolation", "None"),
+    ] {
+        put(key, value.into());
+    }
 
     // Data.
     put("ss_num_train_images", info.num_train_images.to_string());

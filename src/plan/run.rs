@@ -85,6 +85,8 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
     let base = cfg.base_model.exists().then_some(cfg.base_model.as_path());
     let from = WeightsFrom::Shapes(base);
     let mut run = Run::prepare(cfg, &be, ds, from, Pixels::Blank, &mut meter)?;
+    // The step of the largest batch (a dataset's batch_size may be larger than the run's).
+    run.largest_batch_first();
     let done = meter.measure(Phase::Step, || run.step())?;
     if !run.val_set.is_empty() {
         meter.measure(Phase::Validation, || run.eval_loss(false))?;
@@ -157,6 +159,7 @@ fn synthetic(input: &PlanInput, train: usize, validation: usize) -> Dataset {
         buckets: vec![bucket],
         warnings: Vec::new(),
         num_reg_images: 0,
+        folders: Vec::new(),
     }
 }
 

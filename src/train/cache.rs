@@ -90,6 +90,43 @@ impl LatentCache {
             self.map.insert(key, t.clone());
             return Ok(t);
         }
+        // The crop is centred (a random crop is drawn per step: `encode_cropped`); only the
+        // flip is chosen.
+        // (No draw is made for a centred, unmirrored crop: the generator is the noise's.)
+        let mut rng = Rng::for_site(self.opts.seed, &[item.content_hash(), flipped as u64]);
+        let latents = self.encode(be, vae, item, flipped, false, &mut rng)?;
+        if let Some(f) = &file {
+            write_latent(f, &latents)?;
+        }
+        self.map.insert(key, latents.clone());
+        Ok(latents)
+    }
+
+    /// Fresh latents of `item` with a random crop drawn from `rng` (kohya's `random_crop`,
+    /// which sd-scripts cannot cache: lorafuse encodes such images at every step), mirrored
+    /// when `flipped`; the posterior's noise from `rng` too. Not cached.
+    pub fn encode_cropped(
+        &self,
+        be: &dyn Backend,
+        vae: Option<&Vae>,
+        item: &Item,
+        flipped: bool,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        self.encode(be, vae, item, flipped, true, rng)
+    }
+
+    /// The VAE latents of `item`'s pixels (cropped at random with `random_crop`, else
+    /// centred; mirrored when `flipped`), a posterior draw; the draws from `rng`.
+    fn encode(
+        &self,
+        be: &dyn Backend,
+        vae: Option<&Vae>,
+        item: &Item,
+        flipped: bool,
+        random_crop: bool,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
         let vae = vae.ok_or_else(|| Error::BadValue {
             op: "latent cache",
             name: "image",
@@ -97,15 +134,13 @@ impl LatentCache {
             expected: "latents cached before the VAE was released".into(),
         })?;
         let cx = Ctx::new(be, None);
-        // The crop is centred (random_crop never reaches the cache); only the flip is chosen.
-        let mut no_draws = Rng::new(0);
         let opts = DataOptions {
             flip_aug: false,
-            random_crop: false,
+            random_crop,
             ..self.opts.clone()
         };
         let mut pixels = match self.pixels {
-            Pixels::Files => load_pixels(item, item.bucket, &mut no_draws, &opts)?,
+            Pixels::Files => load_pixels(item, item.bucket, rng, &opts)?,
             Pixels::Blank => Tensor::zeros([3, item.bucket.1, item.bucket.0], DType::F32),
         };
         if flipped {
@@ -114,17 +149,11 @@ impl LatentCache {
         let (c, h, w) = (pixels.dims()[0], pixels.dims()[1], pixels.dims()[2]);
         let image = be.tensor_from_f32(&[1, c, h, w], &pixels.to_f32_vec(), be.compute_dtype())?;
         let post = vae.encode(&cx, &image)?;
-        let mut rng = Rng::for_site(self.opts.seed, &[item.content_hash(), flipped as u64]);
-        let noise: Vec<f32> = (0..post.mean.numel())
+        let eps: Vec<f32> = (0..post.mean.numel())
             .map(|_| rng.normal() as f32)
             .collect();
-        let noise = be.tensor_from_f32(post.mean.dims(), &noise, post.mean.dtype())?;
-        let latents = vae.latents(&cx, &post, Some(&noise))?;
-        if let Some(f) = &file {
-            write_latent(f, &latents)?;
-        }
-        self.map.insert(key, latents.clone());
-        Ok(latents)
+        let eps = be.tensor_from_f32(post.mean.dims(), &eps, post.mean.dtype())?;
+        vae.latents(&cx, &post, Some(&eps))
     }
 }
 

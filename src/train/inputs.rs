@@ -66,6 +66,12 @@ impl Inputs {
             .map_or(&self.opts, |s| &s.opts)
     }
 
+    /// Whether a training image is cropped at random, so encoded at every step (the VAE
+    /// stays loaded).
+    pub fn crops_per_step(&self) -> bool {
+        self.ds.items.iter().any(|i| self.options_of(i).random_crop)
+    }
+
     /// The loss weight of each training image of `idx` (see [`Dataset::loss_weights`]).
     pub fn loss_weights(&self, idx: &[usize]) -> Option<Vec<f64>> {
         self.ds.loss_weights(idx, self.prior_loss_weight)
@@ -147,7 +153,14 @@ impl Inputs {
                 Some(e) => process_caption(&item.caption, opts, e + 1, rng),
                 None => plain_caption(&item.caption, opts),
             };
-            lat.push(self.latents.get_or_encode(be, m.vae.as_ref(), key, item)?);
+            // A random crop is drawn for every training sample, so its latents are encoded
+            // now (the cache holds the centred crop, for the evaluations).
+            lat.push(if augment && opts.random_crop {
+                self.latents
+                    .encode_cropped(be, m.vae.as_ref(), item, flipped, rng)?
+            } else {
+                self.latents.get_or_encode(be, m.vae.as_ref(), key, item)?
+            });
             captions.push(caption);
         }
         Ok((stack(be, &lat)?, captions))

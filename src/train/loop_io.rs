@@ -10,12 +10,13 @@ use crate::backend::Backend;
 use crate::config::TrainConfig;
 use crate::data::{scan_sources, Dataset};
 use crate::error::{Error, Result};
-use crate::lora::export::{save_kohya, training_metadata, BaseModelInfo, TrainingInfo};
+use crate::lora::export::{save_kohya, training_metadata};
 use crate::model::tokenizer::Tokenizer;
 use crate::monitor::tensorboard::{wall_time_now, EventWriter};
 use crate::train::events::{Event, Observer, TrainReport};
 use crate::train::inputs::{data_sources, long_captions};
 use crate::train::samples::{write_samples, SampleAt, SampleRun};
+use crate::train::metadata::{training_info, RunIdentity, SaveKind};
 use crate::train::saves::{SavePoint, Saves};
 use crate::train::trainer::{Run, StepDone};
 
@@ -73,7 +74,7 @@ pub struct Outputs<'o> {
     pub saves: Saves,
     tb: EventWriter,
     obs: &'o mut dyn Observer,
-    started: f64,
+    id: RunIdentity,
     loop_start: Instant,
 }
 
@@ -81,7 +82,7 @@ impl<'o> Outputs<'o> {
     /// `config.effective.yaml` and the TensorBoard writer.
     pub fn open(run: &Run, obs: &'o mut dyn Observer) -> Result<Outputs<'o>> {
         let cfg = run.cfg;
-        let started = wall_time_now();
+        let id = RunIdentity::new(&cfg.base_model)?;
         cfg.write_effective().map_err(|e| Error::BadValue {
             op: "train",
             name: "output_dir",
@@ -92,7 +93,7 @@ impl<'o> Outputs<'o> {
             saves: Saves::new(cfg),
             tb: EventWriter::create(&cfg.logging_dir)?,
             obs,
-            started,
+            id,
             loop_start: Instant::now(),
         })
     }
@@ -263,7 +264,7 @@ fn save_point(run: &mut Run, out: &mut Outputs, at: SavePoint) -> Result<()> {
         out.saved("state", copy);
     }
     let path = out.saves.checkpoint(at);
-    save_lora(run, &path, out.started)?;
+    save_lora(run, &path, &out.id, SaveKind::Point(at))?;
     out.saved("checkpoint", path);
     out.saves.prune(at)?;
     Ok(())
@@ -281,7 +282,7 @@ pub fn finish(mut run: Run, mut out: Outputs, stop: Option<Stop>) -> Result<Trai
     let lora_path = out.saves.lora();
     let state_path = out.saves.state();
     if !interrupted {
-        save_lora(&run, &lora_path, out.started)?;
+        save_lora(&run, &lora_path, &out.id, SaveKind::Final)?;
         out.saved("LoRA", lora_path.clone());
         run.save_state(&state_path)?;
         let cfg = run.cfg;
@@ -314,72 +315,12 @@ pub fn finish(mut run: Run, mut out: Outputs, stop: Option<Stop>) -> Result<Trai
 }
 
 /// The LoRA with kohya's training metadata.
-fn save_lora(run: &Run, path: &std::path::Path, started: f64) -> Result<()> {
-    let cfg = run.cfg;
-    let ds = &run.inputs.ds;
-    let total = run.lengths.total;
-    let precision = cfg.save_precision;
-    let info = TrainingInfo {
-        output_name: cfg.output_name.clone(),
-        training_started_at: started,
-        training_finished_at: wall_time_now(),
-        steps: run.progress.step,
-        epoch: run.progress.epoch,
-        base_model: BaseModelInfo {
-            name: cfg
-                .base_model
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            legacy_hash: None,
-            sha256: None,
-        },
-        lora_rank: cfg.lora_rank,
-        lora_alpha: cfg.lora_alpha,
-        targets: cfg.lora_targets,
-        train_text_encoder: cfg.train_text_encoder,
-        network_dropout: (cfg.lora_dropout > 0.0).then_some(cfg.lora_dropout),
-        rank_dropout: (cfg.rank_dropout > 0.0).then_some(cfg.rank_dropout),
-        module_dropout: (cfg.module_dropout > 0.0).then_some(cfg.module_dropout),
-        text_encoder_lr: cfg.train_text_encoder.then_some(cfg.text_encoder_lr),
-        learning_rate: cfg.learning_rate,
-        unet_lr: Some(cfg.unet_lr),
-        lr_scheduler: crate::train::trainable::lr_scheduler(cfg).to_string(),
-        lr_warmup_steps: cfg.warmup_steps(total as usize) as u64,
-        max_train_steps: total,
-        num_epochs: total.div_ceil(run.lengths.steps_per_epoch.max(1)),
-        num_batches_per_epoch: ds.batches_per_epoch(cfg.batch_size) as u64,
-        batch_size: cfg.batch_size,
-        // kohya's ss_optimizer text: the optimizer's name and arguments, as it trained.
-        optimizer: run.trainable.groups.first().map_or_else(
-            || cfg.optimizer_type.name().to_string(),
-            |g| g.optimizer.describe(),
-        ),
-        gradient_accumulation_steps: cfg.gradient_accumulation_steps,
-        gradient_checkpointing: cfg.gradient_checkpointing,
-        max_grad_norm: cfg.max_grad_norm,
-        mixed_precision: cfg.mixed_precision.to_string(),
-        cache_latents: true,
-        seed: cfg.seed,
-        resolution: (cfg.resolution.width, cfg.resolution.height),
-        clip_skip: Some(cfg.clip_skip as u32),
-        noise_offset: (cfg.noise_offset != 0.0).then_some(cfg.noise_offset),
-        min_snr_gamma: cfg.min_snr_gamma,
-        flip_aug: cfg.flip_aug,
-        random_crop: cfg.random_crop,
-        num_train_images: ds.train_samples_per_epoch() as u64,
-        num_reg_images: ds.num_reg_images as u64,
-        max_token_length: (cfg.max_token_length != 75).then_some(cfg.max_token_length as u32),
-        prior_loss_weight: cfg.prior_loss_weight,
-        num_validation_images: ds.validation.len() as u64,
-        validation_split: cfg.validation_split,
-        validate_every_n_steps: cfg.validate_every_n_steps.map(|n| n as u64),
-        ..TrainingInfo::default()
-    };
+fn save_lora(run: &Run, path: &std::path::Path, id: &RunIdentity, kind: SaveKind) -> Result<()> {
+    let info = training_info(run, id, kind);
     save_kohya(
         path,
         &run.trainable.lora,
-        precision,
+        run.cfg.save_precision,
         &training_metadata(&info),
     )
 }

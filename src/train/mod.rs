@@ -8,6 +8,7 @@
 //!   step.rs       the denoising objective's forward/backward of one micro-batch
 //!   eval.rs       fixed-noise evaluation sets and their loss
 //!   saves.rs      file names of save points and their pruning
+//!   metadata.rs   the LoRA's kohya metadata, filled from the run
 //!   samples.rs    sample images during training
 //!   state.rs      the resumable state file
 //!   optim/        the `Optimizer` trait, parameter groups, AdamW
@@ -19,6 +20,7 @@ pub mod events;
 pub mod inputs;
 pub mod loop_io;
 pub mod lr;
+pub mod metadata;
 pub mod noise;
 pub mod optim;
 pub mod samples;

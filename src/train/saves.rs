@@ -7,8 +7,9 @@
 //!   the end                    <name>.safetensors                    state.safetensors
 //!   Ctrl-C                     (none)                                state.safetensors
 //!
-//! `state.safetensors` is always the newest save; with `save_last_n_steps_state` /
-//! `save_last_n_epochs_state` every save point also keeps its own copy
+//! `state.safetensors` is always the newest save; with `save_state` (kohya's: a state per save
+//! point), or `save_last_n_steps_state` / `save_last_n_epochs_state`, every save point also
+//! keeps its own copy
 //! (`<name>-step<step:08>-state.safetensors`, `<name>-<epoch:06>-state.safetensors`), pruned
 //! like the LoRA checkpoints: `save_last_n_steps` keeps the step checkpoints of the last N
 //! steps, `save_last_n_epochs` the last N epoch checkpoints, as sd-scripts does. Every file is
@@ -37,6 +38,8 @@ pub struct Retention {
     /// state, `state.safetensors`).
     pub step_states: Option<u64>,
     pub epoch_states: Option<u64>,
+    /// Every save point keeps its own state (kohya's `save_state`), pruned by the above.
+    pub every_state: bool,
 }
 
 impl Retention {
@@ -47,6 +50,7 @@ impl Retention {
             epochs: n(cfg.save_last_n_epochs),
             step_states: n(cfg.save_last_n_steps_state),
             epoch_states: n(cfg.save_last_n_epochs_state),
+            every_state: cfg.save_state,
         }
     }
 }
@@ -89,10 +93,11 @@ impl Saves {
     }
     /// Whether a save point keeps its own state copy.
     pub fn keeps_state(&self, at: SavePoint) -> bool {
-        match at {
-            SavePoint::Step(_) => self.retention.step_states.is_some(),
-            SavePoint::Epoch(_) => self.retention.epoch_states.is_some(),
-        }
+        self.retention.every_state
+            || match at {
+                SavePoint::Step(_) => self.retention.step_states.is_some(),
+                SavePoint::Epoch(_) => self.retention.epoch_states.is_some(),
+            }
     }
 
     fn stem(&self, at: SavePoint) -> String {
@@ -217,6 +222,7 @@ mod tests {
                 epochs: Some(2),
                 step_states: Some(10),
                 epoch_states: None,
+                every_state: false,
             },
         );
         for step in [10, 20, 30, 40] {

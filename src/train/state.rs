@@ -76,6 +76,8 @@ pub fn fingerprint(cfg: &TrainConfig) -> String {
     c.save_last_n_steps = None;
     c.save_last_n_epochs_state = None;
     c.save_last_n_steps_state = None;
+    c.save_state = false;
+    c.resume = None;
     c.sample_every_n_steps = 0;
     c.sample_every_n_epochs = 0;
     c.sample_at_first = false;

@@ -39,7 +39,8 @@ pub struct Site {
 pub struct Trainable {
     pub lora: LoraSet,
     pub grads: LoraGrads,
-    /// One group per learning rate: the UNet's adapters, then the text encoder's when trained.
+    /// One group per learning rate: the UNet's adapters (unless frozen), then the text
+    /// encoder's when trained.
     pub groups: Vec<ParamGroup>,
     pub scaler: LossScaler,
     pub objective: Objective,
@@ -139,7 +140,11 @@ impl Trainable {
             }
         };
         let kind = optimizer_kind(cfg)?;
-        let mut groups = vec![ParamGroup::new(be, "unet", &lora, 0..n_unet, &kind)?];
+        // A part not trained keeps its adapters as they start, without an optimizer group.
+        let mut groups = Vec::new();
+        if cfg.train_unet {
+            groups.push(ParamGroup::new(be, "unet", &lora, 0..n_unet, &kind)?);
+        }
         if cfg.train_text_encoder {
             groups.push(ParamGroup::new(
                 be,

@@ -16,7 +16,7 @@ use std::sync::atomic::AtomicBool;
 use crate::backend::Backend;
 use crate::config::TrainConfig;
 use crate::data::{captions_vary, epoch_batches, Dataset};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::family::{family_of, Models, WeightsFrom};
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
@@ -25,6 +25,7 @@ use crate::train::cache::Pixels;
 use crate::train::eval::EvalSet;
 use crate::train::inputs::{data_options, Draw, Inputs};
 use crate::train::lr::LrSchedule;
+use crate::train::optim::ParamGroup;
 use crate::train::state::Progress;
 use crate::train::trainable::{Site, Trainable};
 
@@ -134,7 +135,7 @@ impl<'a> Run<'a> {
             inputs.texts.len(),
             t0.elapsed().as_secs_f64()
         ));
-        if !sampling {
+        if !sampling && !inputs.crops_per_step() {
             models.vae = None;
             if captions_fixed {
                 models.text = None;
@@ -173,7 +174,7 @@ impl<'a> Run<'a> {
             steps_per_epoch: cfg.steps_per_epoch(micro) as u64,
             micro_per_epoch: micro as u64,
         };
-        let schedules = schedules(cfg, lengths.total, trainable.groups.len());
+        let schedules = schedules(cfg, lengths.total, &trainable.groups);
         Ok(Run {
             progress: Progress::fresh(cfg, trainable.scaler),
             cfg,
@@ -218,6 +219,24 @@ impl<'a> Run<'a> {
             );
         }
         &self.order.1
+    }
+
+    /// Puts the current epoch's largest batch (most pixels: its samples times its bucket's
+    /// area) first, so the next step is the most demanding one; with several datasets, the
+    /// one of the largest batch size. `plan` measures that step.
+    pub fn largest_batch_first(&mut self) {
+        self.batches();
+        let items = &self.inputs.ds.items;
+        let pixels = |b: &Vec<usize>| -> usize {
+            b.iter()
+                .map(|&i| items[i].bucket.0 * items[i].bucket.1)
+                .sum()
+        };
+        let batches = &mut self.order.1;
+        let b = self.progress.batch_in_epoch as usize;
+        if let Some(k) = (b..batches.len()).max_by_key(|&k| pixels(&batches[k])) {
+            batches.swap(b, k);
+        }
     }
 
     /// One optimizer step: up to `gradient_accumulation_steps` micro-batches of the current
@@ -304,7 +323,7 @@ fn eval_seed(cfg: &TrainConfig) -> u64 {
 }
 
 /// The learning-rate schedule of each optimizer group (the UNet's, the text encoder's).
-fn schedules(cfg: &TrainConfig, total: u64, groups: usize) -> Vec<LrSchedule> {
+fn schedules(cfg: &TrainConfig, total: u64, groups: &[ParamGroup]) -> Vec<LrSchedule> {
     let unet = LrSchedule {
         kind: crate::train::trainable::lr_scheduler(cfg),
         base_lr: cfg.unet_lr,
@@ -315,14 +334,20 @@ fn schedules(cfg: &TrainConfig, total: u64, groups: usize) -> Vec<LrSchedule> {
         min_lr_ratio: cfg.lr_scheduler_min_lr_ratio.unwrap_or(0.0),
         decay: cfg.lr_decay_steps.steps(total as usize) as u64,
     };
-    let text = LrSchedule {
-        base_lr: cfg.text_encoder_lr,
-        ..unet
-    };
-    [unet, text].into_iter().take(groups).collect()
+    groups
+        .iter()
+        .map(|g| match g.name {
+            "unet" => unet,
+            _ => LrSchedule {
+                base_lr: cfg.text_encoder_lr,
+                ..unet
+            },
+        })
+        .collect()
 }
 
-/// Trains a LoRA as `cfg` says, on `be`. `resume`: continue from output_dir's state file.
+/// Trains a LoRA as `cfg` says, on `be`. `resume`: continue from output_dir's state file (the
+/// `resume` key, when set, names the state file instead).
 /// `stop`: set it (Ctrl-C) to finish the current step, save the state, and return.
 pub fn train(
     cfg: &TrainConfig,
@@ -338,8 +363,22 @@ pub fn train(
     let from = WeightsFrom::Checkpoint(&cfg.base_model);
     let mut run = Run::prepare(cfg, be, ds, from, Pixels::Files, &mut Announce(obs))?;
     let mut out = Outputs::open(&run, obs)?;
-    if resume {
-        run.resume(&out.saves.state())?;
+    // The `resume` key names a state file (or its folder); `--resume`, output_dir's.
+    let state = match &cfg.resume {
+        Some(path) => {
+            Some(
+                crate::config::resume_state(path).map_err(|problem| Error::BadValue {
+                    op: "train",
+                    name: "resume",
+                    value: path.display().to_string(),
+                    expected: problem,
+                })?,
+            )
+        }
+        None => resume.then(|| out.saves.state()),
+    };
+    if let Some(state) = state {
+        run.resume(&state)?;
         out.resumed(&run);
     }
     out.started(&run);
