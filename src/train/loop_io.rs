@@ -15,8 +15,8 @@ use crate::model::tokenizer::Tokenizer;
 use crate::monitor::tensorboard::{wall_time_now, EventWriter};
 use crate::train::events::{Event, Observer, TrainReport};
 use crate::train::inputs::{data_sources, long_captions};
-use crate::train::samples::{write_samples, SampleAt, SampleRun};
 use crate::train::metadata::{training_info, RunIdentity, SaveKind};
+use crate::train::samples::{write_samples, SampleAt, SampleRun};
 use crate::train::saves::{SavePoint, Saves};
 use crate::train::trainer::{Run, StepDone};
 
