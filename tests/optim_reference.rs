@@ -10,8 +10,8 @@
 use lorafuse::backend::prelude::*;
 use lorafuse::backend::quant::dynamic_map;
 use lorafuse::train::optim::{
-    AdafactorSettings, AdamWSettings, DAdaptSettings, Layout, LionSettings, OptimizerKind,
-    ProdigySettings, SgdSettings,
+    AdafactorSettings, AdamWSettings, DAdaptSettings, Layout, LionSettings, Optimizer,
+    OptimizerKind, ProdigySettings, SgdSettings,
 };
 use lorafuse::{CpuBackend, DType};
 
@@ -172,6 +172,44 @@ fn dynamic_maps_are_bitsandbytes_maps() {
     }
 }
 
+/// How far a run ended from the reference's parameters, and how far the reference travelled.
+struct Compared {
+    max: f64,
+    mean: f64,
+    moved: f64,
+}
+
+/// `STEPS` steps of `opt` from `p_init` on the fixture's problem (`c`, `t`) at `lr`, compared
+/// with the reference's final parameters `want`.
+fn run_and_compare(
+    be: &CpuBackend,
+    opt: &mut dyn Optimizer,
+    p_init: &[f32],
+    (c, t): (&[f32], &[f32]),
+    lr: f64,
+    want: &[f32],
+) -> Compared {
+    let n = p_init.len();
+    let mut p = be.tensor_from_f32(&[n], p_init, DType::F32).unwrap();
+    for _ in 0..STEPS {
+        let g = grad(&p.to_f32_vec(), c, t);
+        let g = be.tensor_from_f32(&[n], &g, DType::F32).unwrap();
+        opt.step(be, &mut p, &g, lr, 1.0).unwrap();
+    }
+    let distance = |a: &[f32]| {
+        a.iter()
+            .zip(want)
+            .map(|(&a, &b)| (a as f64 - b as f64).abs())
+            .collect::<Vec<f64>>()
+    };
+    let diffs = distance(&p.to_f32_vec());
+    Compared {
+        max: diffs.iter().cloned().fold(0.0, f64::max),
+        mean: diffs.iter().sum::<f64>() / n as f64,
+        moved: distance(p_init).iter().sum::<f64>() / n as f64,
+    }
+}
+
 #[test]
 fn optimizers_match_their_reference_implementations() {
     let f = load();
@@ -180,27 +218,8 @@ fn optimizers_match_their_reference_implementations() {
     let n = p_init.len();
     for (name, kind, lr, (max_tol, mean_tol)) in runs() {
         let mut opt = kind.build(&be, &Layout::flat(n)).unwrap();
-        let mut p = be.tensor_from_f32(&[n], p_init, DType::F32).unwrap();
-        for _ in 0..STEPS {
-            let g = grad(&p.to_f32_vec(), c, t);
-            let g = be.tensor_from_f32(&[n], &g, DType::F32).unwrap();
-            opt.step(&be, &mut p, &g, lr, 1.0).unwrap();
-        }
-        let got = p.to_f32_vec();
-        let want = &f[name];
-        let diffs: Vec<f64> = got
-            .iter()
-            .zip(want)
-            .map(|(&a, &b)| (a as f64 - b as f64).abs())
-            .collect();
-        let max = diffs.iter().cloned().fold(0.0, f64::max);
-        let mean = diffs.iter().sum::<f64>() / n as f64;
-        let moved = p_init
-            .iter()
-            .zip(want)
-            .map(|(&a, &b)| (a as f64 - b as f64).abs())
-            .sum::<f64>()
-            / n as f64;
+        let Compared { max, mean, moved } =
+            run_and_compare(&be, opt.as_mut(), p_init, (c, t), lr, &f[name]);
         eprintln!(
             "{name}: max |Δp| {max:.3e}, mean {mean:.3e} (mean distance travelled {moved:.3e})"
         );
@@ -296,27 +315,8 @@ fn adafactor_matches_transformers() {
         let mut opt = OptimizerKind::Adafactor(settings)
             .build(&be, &layout)
             .unwrap();
-        let mut p = be.tensor_from_f32(&[n], p_init, DType::F32).unwrap();
-        for _ in 0..STEPS {
-            let g = grad(&p.to_f32_vec(), c, t);
-            let g = be.tensor_from_f32(&[n], &g, DType::F32).unwrap();
-            opt.step(&be, &mut p, &g, lr, 1.0).unwrap();
-        }
-        let got = p.to_f32_vec();
-        let want = &f[name];
-        let diffs: Vec<f64> = got
-            .iter()
-            .zip(want)
-            .map(|(&a, &b)| (a as f64 - b as f64).abs())
-            .collect();
-        let max = diffs.iter().cloned().fold(0.0, f64::max);
-        let mean = diffs.iter().sum::<f64>() / n as f64;
-        let moved = p_init
-            .iter()
-            .zip(want)
-            .map(|(&a, &b)| (a as f64 - b as f64).abs())
-            .sum::<f64>()
-            / n as f64;
+        let Compared { max, mean, moved } =
+            run_and_compare(&be, opt.as_mut(), p_init, (c, t), lr, &f[name]);
         eprintln!(
             "{name}: max |Δp| {max:.3e}, mean {mean:.3e} (mean distance travelled {moved:.3e})"
         );
