@@ -196,6 +196,25 @@ fn resume_after_an_interruption_gives_the_same_losses() {
         assert_eq!(t.to_f32_vec(), b[name].to_f32_vec(), "{name}");
     }
     assert_eq!(pa.train_losses, pb.train_losses);
+    // Resuming under other settings is refused, naming the keys that differ.
+    let other: Vec<String> = sets
+        .iter()
+        .map(|s| match s.as_str() {
+            "flip_aug=true" => "flip_aug=false".to_string(),
+            "lora_dropout=0.1" => "lora_dropout=0.2".to_string(),
+            _ => s.clone(),
+        })
+        .collect();
+    let e = train(
+        &config(&broken, &other),
+        &be,
+        true,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .expect_err("other settings must not resume")
+    .to_string();
+    assert!(e.contains("computes: flip_aug, lora_dropout;"), "{e}");
     let _ = std::fs::remove_dir_all(&straight);
     let _ = std::fs::remove_dir_all(&broken);
 }

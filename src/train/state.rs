@@ -87,19 +87,51 @@ pub fn fingerprint(cfg: &TrainConfig) -> String {
     c.to_yaml()
 }
 
-/// Refuses a state saved under another configuration.
+/// Refuses a state saved under another configuration, naming the keys whose values differ.
+///
+/// Compared key by key: a key the saved fingerprint lacks (one a later lorafuse added) counts
+/// as the same when this config leaves it at its default, since a new key's default keeps what
+/// the run did before it existed; so a run saved by an earlier build resumes. A fingerprint
+/// that is not a YAML mapping is compared as text.
 pub fn check_fingerprint(path: &Path, saved: &Progress, cfg: &TrainConfig) -> Result<()> {
-    if saved.config_fingerprint == fingerprint(cfg) {
+    let now = fingerprint(cfg);
+    if saved.config_fingerprint == now {
         return Ok(());
     }
-    Err(Error::BadValue {
-        op: "train",
-        name: "resume",
-        value: path.display().to_string(),
-        expected: "a state saved with the same settings (this config changes what the run \
-                   computes; start a new output_dir instead)"
-            .into(),
-    })
+    let differing = differing_keys(&saved.config_fingerprint, &now, &|k| {
+        cfg.provenance.is_written(k)
+    });
+    match differing {
+        Some(keys) if keys.is_empty() => Ok(()),
+        found => Err(Error::BadValue {
+            op: "train",
+            name: "resume",
+            value: path.display().to_string(),
+            expected: format!(
+                "a state saved with the same settings (this config changes what the run \
+                 computes{}; start a new output_dir instead)",
+                found.map_or(String::new(), |k| format!(": {}", k.join(", ")))
+            ),
+        }),
+    }
+}
+
+/// The keys whose values differ between two fingerprints, a key missing from `saved` only
+/// when `written(key)`; None when either is not a YAML mapping.
+fn differing_keys(saved: &str, now: &str, written: &dyn Fn(&str) -> bool) -> Option<Vec<String>> {
+    type Map = BTreeMap<String, yaml_serde::Value>;
+    let saved: Map = yaml_serde::from_str(saved).ok()?;
+    let now: Map = yaml_serde::from_str(now).ok()?;
+    let mut keys: Vec<String> = now
+        .iter()
+        .filter(|(k, v)| match saved.get(*k) {
+            Some(old) => old != *v,
+            None => written(k),
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.extend(saved.keys().filter(|k| !now.contains_key(*k)).cloned());
+    Some(keys)
 }
 
 const FORMAT: &str = "lorafuse-train-state-2";
@@ -238,5 +270,36 @@ impl Run<'_> {
             .first()
             .map_or(0, |g| g.optimizer.steps());
         save(path, &self.progress, &self.state_tensors()?)
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::differing_keys;
+
+    #[test]
+    fn keys_compare_one_by_one_and_a_new_key_at_its_default_matches() {
+        let saved = "a: 1\nb: x\n";
+        let none = |_: &str| false;
+        assert_eq!(differing_keys(saved, "a: 1\nb: x\n", &none), Some(vec![]));
+        assert_eq!(
+            differing_keys(saved, "a: 2\nb: x\n", &none),
+            Some(vec!["a".to_string()])
+        );
+        // A key the saved state lacks: the same unless this config writes it.
+        assert_eq!(
+            differing_keys(saved, "a: 1\nb: x\nc: 0\n", &none),
+            Some(vec![])
+        );
+        assert_eq!(
+            differing_keys(saved, "a: 1\nb: x\nc: 0\n", &|k| k == "c"),
+            Some(vec!["c".to_string()])
+        );
+        // A key this build no longer has differs.
+        assert_eq!(
+            differing_keys(saved, "a: 1\n", &none),
+            Some(vec!["b".to_string()])
+        );
+        assert_eq!(differing_keys("not: [a mapping", "a: 1\n", &none), None);
     }
 }
