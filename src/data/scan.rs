@@ -24,13 +24,13 @@ use crate::rng::Rng;
 /// optional avif/jxl plugins).
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
 
-const METADATA_NAMES: [&str; 2] = ["metadata.jsonl", "metadata.csv"];
+pub(crate) const METADATA_NAMES: [&str; 2] = ["metadata.jsonl", "metadata.csv"];
 
 /// Mixed into the seed for the validation split, so it does not share a stream with the
 /// training RNG seeded by the same number.
 const SPLIT_SALT: u64 = 0x7661_6c69_6461_7465; // "validate"
 
-fn is_image(name: &str) -> bool {
+pub(crate) fn is_image(name: &str) -> bool {
     Path::new(name)
         .extension()
         .and_then(|e| e.to_str())

@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::PrepareError;
 use crate::data::metadata::{normalize_key, read_metadata};
-use crate::data::scan::IMAGE_EXTENSIONS;
-
-/// Metadata files read for captions (Hugging Face `imagefolder` names, as training reads).
-const METADATA_NAMES: [&str; 2] = ["metadata.jsonl", "metadata.csv"];
+use crate::data::scan::{is_image, METADATA_NAMES};
 
 /// One input image and what travels with it.
 #[derive(Clone, Debug)]
@@ -33,13 +30,6 @@ pub struct Listing {
     pub ignored: Vec<PathBuf>,
     /// Problems reading a metadata file (its captions are then not carried).
     pub notes: Vec<String>,
-}
-
-fn has_ext(name: &str, exts: &[&str]) -> bool {
-    Path::new(name)
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| exts.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 fn split_name(name: &str) -> (&str, String) {
@@ -94,10 +84,7 @@ fn walk(
     files.sort();
     subdirs.sort();
 
-    let images: Vec<&String> = files
-        .iter()
-        .filter(|n| has_ext(n, &IMAGE_EXTENSIONS))
-        .collect();
+    let images: Vec<&String> = files.iter().filter(|n| is_image(n)).collect();
     let metadata = METADATA_NAMES
         .iter()
         .find(|m| files.iter().any(|f| f == *m))
@@ -114,7 +101,7 @@ fn walk(
         });
     let mut used = vec![false; files.len()];
     for (i, name) in files.iter().enumerate() {
-        if METADATA_NAMES.contains(&name.as_str()) || has_ext(name, &IMAGE_EXTENSIONS) {
+        if METADATA_NAMES.contains(&name.as_str()) || is_image(name) {
             used[i] = true;
         }
     }
