@@ -8,6 +8,7 @@ use lorafuse::config::{
     ConfigError, Device, KeyHint, MixedPrecision, Origin, Resolution, SamplePrompts, SavePrecision,
     Schedule, TrainConfig, Warmup,
 };
+use lorafuse::lora::blocks::{LrCurve, SideWeights};
 use lorafuse::lora::LoraTargets;
 use lorafuse::rng::Rng;
 use lorafuse::sample::SamplerKind;
@@ -74,6 +75,14 @@ lora_alpha: 8
 lora_dropout: 0.1
 rank_dropout: 0.05
 module_dropout: 0.02
+block_dims: [0, 2, 2, 2, 4, 4, 4, 4, 4, 4, 2, 2, 8, 2, 2, 2, 4, 4, 4, 4, 4, 4, 2, 2, 2]
+block_alphas: "0,1,1,1,2,2,2,2,2,2,1,1,4,1,1,1,2,2,2,2,2,2,1,1,1"
+conv_block_dims: "0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1"
+conv_block_alphas: "0,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1"
+down_lr_weight: sine+0.5
+mid_lr_weight: 0.5
+up_lr_weight: [1, 1, 0.5]
+block_lr_zero_threshold: 0.01
 network_weights: /out/old.safetensors
 dim_from_weights: true
 conv_dim: 8
@@ -168,6 +177,15 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.lora_alpha, 8.0);
     assert_eq!(c.lora_dropout, 0.1);
     assert_eq!((c.rank_dropout, c.module_dropout), (0.05, 0.02));
+    assert_eq!(
+        c.block_dims.as_ref().map(|d| (d.len(), d[12])),
+        Some((25, 8))
+    );
+    assert_eq!(c.block_alphas.as_ref().map(|a| a[12]), Some(4.0));
+    assert_eq!(c.conv_block_dims.as_ref().map(|d| d[0]), Some(0));
+    assert_eq!(c.mid_lr_weight, Some(vec![0.5]));
+    assert_eq!(c.up_lr_weight, Some(SideWeights::List(vec![1.0, 1.0, 0.5])));
+    assert_eq!(c.block_lr_zero_threshold, 0.01);
     assert_eq!((c.conv_dim, c.conv_alpha), (Some(8), Some(4.0)));
     assert_eq!(c.lora_targets, LoraTargets::Attention);
     assert!(!c.train_text_encoder);
@@ -441,11 +459,35 @@ fn network_args_are_read_as_kohya_reads_them() {
     assert_eq!(c.lora_dropout, 0.0, "networks.lora does not read `dropout`");
     let w = c.warnings().join("\n");
     assert!(w.contains("dropout=0.1 is ignored"), "{w}");
+    // Block-wise ranks and learning rates: the texts as sd-scripts reads them.
+    let dims = ["4"; 25].join(",");
+    let c = with(&format!(
+        "network_args: [\"block_dims={dims}\", \"down_lr_weight=cosine+0.5\", \
+         \"mid_lr_weight=2\", \"up_lr_weight=1,,0.5\", \"block_lr_zero_threshold=0.1\"]"
+    ))
+    .unwrap();
+    assert_eq!(c.block_dims, Some(vec![4; 25]));
+    assert_eq!(c.mid_lr_weight, Some(vec![2.0]));
+    assert_eq!(c.up_lr_weight, Some(SideWeights::List(vec![1.0, 0.0, 0.5])));
+    assert_eq!(
+        c.down_lr_weight,
+        Some(SideWeights::Curve {
+            curve: LrCurve::Cosine,
+            base: 0.5
+        })
+    );
+    assert_eq!(c.block_lr_zero_threshold, 0.1);
+    // What kohya ignores is ignored with a notice.
+    let c = with("block_alphas: \"1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1\"").unwrap();
+    let w = c.warnings().join("\n");
+    assert!(w.contains("block_alphas has no effect"), "{w}");
     for (line, want) in [
         ("network_args: [\"conv_dim=8\"]\nconv_dim: 4", "given twice"),
         ("network_args: [\"conv_dim=many\"]", "conv_dim"),
         ("network_args: [\"rank_dropout=1.5\"]", "rank_dropout"),
-        ("network_args: [\"up_lr_weight=1,1,1\"]", "block-wise"),
+        ("network_args: [\"block_dims=2,4\"]", "must be 25 ranks"),
+        ("network_args: [\"down_lr_weight=0.5\"]", "curve"),
+        ("network_args: [\"up_lr_weight=cosine+x\"]", "not a number"),
         ("network_args: [\"loraplus_lr_ratio=16\"]", "LoRA+"),
         ("network_args: [\"conv_dim\"]", "not name=value"),
         (
@@ -457,7 +499,15 @@ fn network_args_are_read_as_kohya_reads_them() {
         let e = err_text(with(line));
         assert!(e.contains(want), "{line}: {e}");
         assert!(
-            e.contains("network_args") || e.contains("conv_dim") || e.contains("rank_dropout"),
+            [
+                "network_args",
+                "conv_dim",
+                "rank_dropout",
+                "block_dims",
+                "lr_weight"
+            ]
+            .iter()
+            .any(|k| e.contains(k)),
             "{line}: {e}"
         );
     }
@@ -470,7 +520,6 @@ fn kohya_options_we_lack_are_refused_with_the_reason() {
         ("v2: true", "Stable Diffusion 1.x"),
         ("network_module: lycoris.kohya", "plain LoRA"),
         ("save_model_as: ckpt", ".safetensors"),
-        ("network_args: [\"block_dims=2,4\"]", "block-wise ranks"),
         (
             "network_train_text_encoder_only: maybe",
             "must be true or false",

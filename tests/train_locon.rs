@@ -129,3 +129,92 @@ fn locon_with_dropout_trains() {
     assert!(r.train_loss_after < r.train_loss_before, "{r:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// kohya's block-wise ranks and learning rates (lora/blocks.rs), given as sd-scripts'
+/// network_args in a kohya-format config would be: each UNet adapter takes its block's rank
+/// and alpha (conv adapters their conv block's), a block of lr weight 0 gets no adapters,
+/// and one AdamW step moves each block's up matrices by lr × its weight (Adam's first step
+/// is ±lr per element wherever the gradient is not tiny).
+#[test]
+fn block_ranks_and_lr_weights_as_kohya() {
+    use lorafuse::lora::blocks::{block_index, BLOCKS};
+    let dir = scratch("blocks");
+    lorafuse::demo::prepare(&dir, 1).unwrap();
+    let dims: Vec<usize> = (0..BLOCKS).map(|b| 1 + b % 4).collect();
+    let conv_dims: Vec<usize> = (0..BLOCKS).map(|b| 2 + b % 3).collect();
+    let mut alphas = [0.0; BLOCKS];
+    alphas[13] = 0.5;
+    let list = |v: Vec<String>| format!("[{}]", v.join(", "));
+    let text = |v: &[usize]| list(v.iter().map(|d| d.to_string()).collect());
+    // IN05 has weight 0: no adapters there; the up blocks weigh 0.25 to 1.
+    let down = "1,1,1,1,1,0,1,1,1,1,1,1";
+    let up: Vec<String> = (0..12)
+        .map(|i| format!("{}", 0.25 + i as f64 / 16.0))
+        .collect();
+    let lr = 0.001;
+    let (cfg, report) = run(
+        &dir,
+        &[
+            "output_name=blocks",
+            "max_train_steps=1",
+            "lr_scheduler=constant",
+            "num_warmup_steps=0",
+            &format!("learning_rate={lr}"),
+            "conv_dim=2",
+            &format!("block_dims={}", text(&dims)),
+            &format!(
+                "block_alphas={}",
+                list(alphas.iter().map(|a| a.to_string()).collect())
+            ),
+            &format!("conv_block_dims={}", text(&conv_dims)),
+            &format!("down_lr_weight=\"{down}\""),
+            "mid_lr_weight=[0.5]",
+            &format!("up_lr_weight={}", list(up.clone())),
+        ],
+    );
+    let weight = |b: usize| match b {
+        5 => 0.0,
+        12 => 0.5,
+        b if b > 12 => 0.25 + (b - 13) as f64 / 16.0,
+        _ => 1.0,
+    };
+    let be = CpuBackend::new();
+    let lora = kohya::load(&report.lora_path, &be, DType::F32).unwrap();
+    let mut seen = [false; BLOCKS];
+    let mut moved = [0f32; BLOCKS];
+    for m in lora.modules() {
+        let b = block_index(&m.name).unwrap();
+        seen[b] = true;
+        assert_ne!(b, 5, "{} is in a block of lr weight 0", m.name);
+        let expected = if matches!(m.kind, LayerKind::Conv { kernel: 3 }) {
+            (conv_dims[b], conv_dims[b] as f64)
+        } else if b == 13 {
+            (dims[b], 0.5)
+        } else {
+            (dims[b], dims[b] as f64)
+        };
+        assert_eq!((m.rank(), m.alpha), expected, "{}", m.name);
+        let top = m.up.to_f32_vec().iter().fold(0f32, |a, v| a.max(v.abs()));
+        moved[b] = moved[b].max(top);
+    }
+    for b in 1..BLOCKS {
+        if b == 5 {
+            assert!(!seen[b]);
+            continue;
+        }
+        assert!(seen[b], "block {b} has adapters");
+        let ratio = moved[b] as f64 / (lr * weight(b));
+        assert!((0.99..=1.0 + 1e-4).contains(&ratio), "block {b}: {ratio}");
+    }
+    let meta = SafetensorsFile::open(&report.lora_path).unwrap();
+    let args: serde_json::Value =
+        serde_json::from_str(&meta.metadata()["ss_network_args"]).unwrap();
+    assert_eq!(args["down_lr_weight"], down);
+    assert_eq!(args["mid_lr_weight"], "0.5");
+    assert_eq!(
+        args["block_dims"].as_str().unwrap().split(',').count(),
+        BLOCKS
+    );
+    assert_eq!(cfg.block_dims.as_deref(), Some(&dims[..]));
+    let _ = std::fs::remove_dir_all(&dir);
+}

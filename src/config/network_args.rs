@@ -8,10 +8,12 @@
 //!   `conv_dim` and no `conv_alpha`, conv_alpha is 1 as in sd-scripts (lorafuse's own
 //!   `conv_alpha` key defaults to `conv_dim`, a scale of 1);
 //! - `rank_dropout`, `module_dropout`: the keys of those names (lora/dropout.rs);
+//! - block-wise ranks and learning rates (`block_dims`, `block_alphas`, `conv_block_dims`,
+//!   `conv_block_alphas`, `down_lr_weight`, `mid_lr_weight`, `up_lr_weight`,
+//!   `block_lr_zero_threshold`): the keys of those names (lora/blocks.rs), their texts read
+//!   as sd-scripts reads them;
 //! - `verbose`: only sd-scripts' printing;
-//! - refused: block-wise ranks and learning rates (`block_dims`, `block_alphas`,
-//!   `conv_block_dims`, `conv_block_alphas`, `down_lr_weight`, `mid_lr_weight`,
-//!   `up_lr_weight`, `block_lr_zero_threshold`) and LoRA+ (`loraplus_*lr_ratio`).
+//! - refused: LoRA+ (`loraplus_*lr_ratio`).
 
 use yaml_serde::Value;
 
@@ -20,24 +22,27 @@ use super::kohya::Meanings;
 use super::parse::{render, Entry};
 
 /// The names read into a lorafuse key of the same name.
-const KEYS: [&str; 4] = ["conv_dim", "conv_alpha", "rank_dropout", "module_dropout"];
+const KEYS: [&str; 12] = [
+    "conv_dim",
+    "conv_alpha",
+    "rank_dropout",
+    "module_dropout",
+    "block_dims",
+    "block_alphas",
+    "conv_block_dims",
+    "conv_block_alphas",
+    "down_lr_weight",
+    "mid_lr_weight",
+    "up_lr_weight",
+    "block_lr_zero_threshold",
+];
 
 /// Names sd-scripts reads for what lorafuse does not do, with the reason.
 const REFUSED: &[(&str, &str)] = &[
-    ("block_dims", BLOCKS),
-    ("block_alphas", BLOCKS),
-    ("conv_block_dims", BLOCKS),
-    ("conv_block_alphas", BLOCKS),
-    ("down_lr_weight", BLOCKS),
-    ("mid_lr_weight", BLOCKS),
-    ("up_lr_weight", BLOCKS),
-    ("block_lr_zero_threshold", BLOCKS),
     ("loraplus_lr_ratio", LORAPLUS),
     ("loraplus_unet_lr_ratio", LORAPLUS),
     ("loraplus_text_encoder_lr_ratio", LORAPLUS),
 ];
-const BLOCKS: &str = "block-wise ranks, alphas and learning rates are not supported yet \
-    (planned, issue 15): every adapter has network_dim / conv_dim; remove it";
 const LORAPLUS: &str = "LoRA+ (a larger learning rate for the up matrices) is not supported; \
     remove it";
 

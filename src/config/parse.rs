@@ -17,6 +17,7 @@ use super::values::{
 };
 use super::{dataset, kohya};
 use super::{DataSubset, Provenance, TrainConfig, Written};
+use crate::lora::blocks::SideWeights;
 use crate::sample::SamplerKind;
 
 /// A config file is a few kilobytes; anything much larger is the wrong file (a model passed
@@ -734,6 +735,52 @@ pub(super) fn float(v: &Value) -> Result<f64, Bad> {
         Ok(x)
     } else {
         Err(Bad::Range)
+    }
+}
+
+/// Numbers written as a YAML list or as kohya's comma-separated text (`"2,4,4"`; an empty
+/// item is 0, as sd-scripts reads its network_args).
+fn numbers(v: &Value) -> Result<Vec<f64>, Bad> {
+    match v {
+        Value::Sequence(items) => items.iter().map(float).collect(),
+        Value::String(s) => crate::lora::blocks::parse_weights(s).map_err(Bad::Other),
+        Value::Number(_) => Ok(vec![float(v)?]),
+        _ => Err(Bad::Type),
+    }
+}
+
+/// Per-block weights or alphas: [`numbers`].
+pub(super) fn float_list(v: &Value) -> Result<Vec<f64>, Bad> {
+    numbers(v)
+}
+
+/// Per-block ranks: whole numbers ≥ 0, as a list or comma-separated text.
+pub(super) fn count_list(v: &Value) -> Result<Vec<usize>, Bad> {
+    numbers(v)?
+        .into_iter()
+        .map(|x| {
+            if x.fract() != 0.0 || !(0.0..=1e9).contains(&x) {
+                Err(Bad::Type)
+            } else {
+                Ok(x as usize)
+            }
+        })
+        .collect()
+}
+
+/// `down_lr_weight` / `up_lr_weight`: a list of weights, comma-separated weights, or a
+/// curve name with an optional `+base` (lora/blocks.rs).
+pub(super) fn side_weights(v: &Value) -> Result<SideWeights, Bad> {
+    match v {
+        Value::Sequence(_) => numbers(v).map(SideWeights::List),
+        Value::String(s) => SideWeights::parse(s).map_err(Bad::Other),
+        Value::Number(_) => Err(Bad::Other(
+            "is one number, which kohya reads as an unknown curve name and ignores: give the \
+             12 weights of the blocks (a list, or \"1,1,0.5,...\"), or a curve such as \
+             cosine"
+                .into(),
+        )),
+        _ => Err(Bad::Type),
     }
 }
 

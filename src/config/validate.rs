@@ -14,6 +14,7 @@ use super::error::ConfigError;
 use super::keys;
 use super::values::{MixedPrecision, SamplePrompts, Warmup};
 use super::{Device, Resolution, TrainConfig};
+use crate::lora::blocks::LrWeightArgs;
 use crate::train::lr::Schedule;
 use crate::train::optim::OptimizerKind;
 
@@ -462,6 +463,7 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
             "conv_alpha = {alpha} has no effect without conv_dim (the rank of the 3x3 conv adapters)"
         ));
     }
+    w.extend(block_notices(cfg));
     let tags_move = cfg.shuffle_caption || cfg.caption_tag_dropout_rate > 0.0;
     if cfg.keep_tokens > 0 && !tags_move {
         w.push(format!(
@@ -618,6 +620,43 @@ fn adafactor_notices(cfg: &TrainConfig) -> Vec<String> {
             "{} ignored: Adafactor with relative_step=True finds its own rate, as in kohya",
             written.join(" and ")
         ));
+    }
+    w
+}
+
+/// Block-wise keys that do nothing as given (sd-scripts ignores them the same way).
+fn block_notices(cfg: &TrainConfig) -> Vec<String> {
+    let weighted = LrWeightArgs::of(cfg).resolve().is_some();
+    let mut w = Vec::new();
+    let block_mode = cfg.block_dims.is_some() || weighted;
+    for (key, given) in [
+        ("block_alphas", cfg.block_alphas.is_some()),
+        ("conv_block_dims", cfg.conv_block_dims.is_some()),
+    ] {
+        if given && !block_mode {
+            w.push(format!(
+                "{key} has no effect without block_dims or a block lr weight (kohya ignores it too)"
+            ));
+        }
+    }
+    if cfg.conv_block_alphas.is_some() && cfg.conv_block_dims.is_none() {
+        w.push(
+            "conv_block_alphas has no effect without conv_block_dims (kohya ignores it too; conv_alpha applies)"
+                .to_string(),
+        );
+    }
+    if cfg.block_lr_zero_threshold != 0.0 && !weighted {
+        w.push(format!(
+            "block_lr_zero_threshold = {} has no effect without down_lr_weight, mid_lr_weight or up_lr_weight",
+            cfg.block_lr_zero_threshold
+        ));
+    }
+    let block_dims = cfg.block_dims.is_some() || cfg.conv_block_dims.is_some();
+    if block_dims && cfg.dim_from_weights {
+        w.push(
+            "block_dims and conv_block_dims have no effect with dim_from_weights (the file's ranks are used)"
+                .to_string(),
+        );
     }
     w
 }

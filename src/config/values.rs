@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use yaml_serde::Value;
 
+use crate::lora::blocks::SideWeights;
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
 use crate::sample::SamplerKind;
@@ -372,8 +373,18 @@ yaml_choice!(
     SamplerKind
 );
 
-impl YamlValue for Vec<String> {
+impl<T: YamlValue> YamlValue for Vec<T> {
     fn to_yaml(&self) -> Value {
         Value::Sequence(self.iter().map(YamlValue::to_yaml).collect())
+    }
+}
+
+/// A list as a YAML list, a curve as its text.
+impl YamlValue for SideWeights {
+    fn to_yaml(&self) -> Value {
+        match self {
+            SideWeights::List(w) => w.to_yaml(),
+            SideWeights::Curve { .. } => Value::String(self.to_string()),
+        }
     }
 }

@@ -452,6 +452,9 @@ pub struct TrainingInfo {
     pub network_dropout: Option<f64>,
     pub rank_dropout: Option<f64>,
     pub module_dropout: Option<f64>,
+    /// Block-wise ranks and lr weights as network_args texts (`block_dims` = "2,4,..."), in
+    /// `ss_network_args` as kohya writes what it was given.
+    pub block_args: Vec<(&'static str, String)>,
     pub targets: LoraTargets,
     pub train_text_encoder: bool,
 
@@ -529,6 +532,7 @@ impl Default for TrainingInfo {
             network_dropout: None,
             rank_dropout: None,
             module_dropout: None,
+            block_args: Vec::new(),
             targets: LoraTargets::Transformer,
             train_text_encoder: false,
             learning_rate: 1e-4,
@@ -706,6 +710,9 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
     }
     if let Some(p) = info.module_dropout {
         net_args.insert("module_dropout".into(), py_float(p).into());
+    }
+    for (k, v) in &info.block_args {
+        net_args.insert(k.to_string(), v.clone().into());
     }
     // kohya writes the key only when the run has network arguments.
     if !net_args.is_empty() {

@@ -7,6 +7,7 @@
 //! with the conv's stride and padding, and B [out, rank, 1, 1]. The frozen model looks its layers up here by
 //! name, so any set whose names match can be applied: freshly initialised, or loaded from a file.
 
+pub mod blocks;
 pub mod dropout;
 pub mod export;
 pub mod extract;
@@ -23,6 +24,8 @@ pub(crate) mod write;
 use std::collections::HashMap;
 
 pub use dropout::LoraDropout;
+
+use blocks::RankAlpha;
 
 use crate::backend::{Accum, Backend, Lora};
 use crate::error::Result;
@@ -183,8 +186,24 @@ impl LoraSet {
         alpha: f64,
         rng: &mut Rng,
     ) -> Result<LoraSet> {
+        LoraSet::init_each(be, layers, |_| RankAlpha { rank, alpha }, rng)
+    }
+
+    /// [`LoraSet::init`] with each layer's rank and alpha from `rank_of` (block-wise ranks,
+    /// lora/blocks.rs); a layer of rank 0 gets no adapter. The draws are [`LoraSet::init`]'s
+    /// when every rank is the same.
+    pub fn init_each(
+        be: &dyn Backend,
+        layers: &[TargetLayer],
+        rank_of: impl Fn(&TargetLayer) -> RankAlpha,
+        rng: &mut Rng,
+    ) -> Result<LoraSet> {
         let mut modules = Vec::with_capacity(layers.len());
         for l in layers {
+            let RankAlpha { rank, alpha } = rank_of(l);
+            if rank == 0 {
+                continue;
+            }
             let fan_in = l.in_features * l.kind.taps();
             let bound = 1.0 / (fan_in as f64).sqrt();
             let a: Vec<f32> = (0..rank * fan_in)

@@ -119,6 +119,7 @@ pub fn training_info(run: &Run, id: &RunIdentity, kind: SaveKind) -> TrainingInf
         network_dropout: (cfg.lora_dropout > 0.0).then_some(cfg.lora_dropout),
         rank_dropout: (cfg.rank_dropout > 0.0).then_some(cfg.rank_dropout),
         module_dropout: (cfg.module_dropout > 0.0).then_some(cfg.module_dropout),
+        block_args: crate::lora::blocks::network_args(cfg),
         text_encoder_lr: cfg.train_text_encoder.then_some(cfg.text_encoder_lr),
         learning_rate: cfg.learning_rate,
         // A frozen UNet trains at 0 (kohya's unet_lr = 0).

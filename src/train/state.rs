@@ -246,7 +246,7 @@ impl Run<'_> {
         for g in &mut self.trainable.groups {
             let params = take(path, &mut tensors, &format!("{}.params", g.name))?;
             g.set_params(be, &params.to_f32_vec(), &mut self.trainable.lora)?;
-            let name = g.name;
+            let name = g.name.clone();
             g.optimizer
                 .restore(be, progress.optimizer_steps, &mut |s| {
                     take(path, &mut tensors, &format!("{name}.{s}"))

@@ -10,7 +10,8 @@
 use crate::backend::{Accum, Backend};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::lora::{LoraDropout, LoraGrads, LoraSet};
+use crate::lora::blocks::{block_index, BlockRankArgs, LrWeightArgs};
+use crate::lora::{LoraDropout, LoraGrads, LoraSet, TargetLayer};
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
@@ -93,39 +94,82 @@ pub fn lr_scheduler(cfg: &TrainConfig) -> Schedule {
     }
 }
 
+/// The text encoder's optimizer group (its name in the state file).
+pub const TEXT_ENCODER_GROUP: &str = "text_encoder";
+
+/// The UNet's optimizer groups over its first `n_unet` adapters: one ("unet"), or with lr
+/// weights one per block at its weight ("unet_block<i>", kohya's groups), blocks in order;
+/// adapters in a block of weight 0 (from `network_weights`) are not trained, as kohya
+/// leaves a group of rate 0 out.
+fn unet_groups(
+    be: &dyn Backend,
+    lora: &LoraSet,
+    n_unet: usize,
+    lr_weights: Option<&[f64]>,
+    kind: &OptimizerKind,
+) -> Result<Vec<ParamGroup>> {
+    let Some(weights) = lr_weights else {
+        return Ok(vec![ParamGroup::new(be, "unet", lora, 0..n_unet, kind)?]);
+    };
+    let mut groups = Vec::new();
+    for (b, &w) in weights.iter().enumerate().filter(|(_, &w)| w > 0.0) {
+        let modules: Vec<usize> = (0..n_unet)
+            .filter(|&i| block_index(&lora.modules()[i].name) == Some(b))
+            .collect();
+        if modules.is_empty() {
+            continue;
+        }
+        let mut g = ParamGroup::new(be, &format!("unet_block{b}"), lora, modules, kind)?;
+        g.lr_weight = w;
+        groups.push(g);
+    }
+    Ok(groups)
+}
+
 impl Trainable {
     /// Fresh adapters on the targets `cfg` names (B = 0: training starts from the base model),
     /// or with `network_weights` those of the file (src/train/start.rs), their optimizer
     /// groups and gradient buffers.
     pub fn new(be: &dyn Backend, m: &Models, cfg: &TrainConfig) -> Result<Trainable> {
         let (targets, n_unet) = m.adapter_targets(cfg.lora_targets, cfg.train_text_encoder);
-        let lora = LoraSet::init(
+        // Each UNet adapter's rank and alpha: its block's (lora/blocks.rs), which are
+        // lora_rank / lora_alpha (conv_dim / conv_alpha) everywhere unless block-wise ranks or
+        // lr weights are given; a rank of 0 leaves the layer without an adapter.
+        let lr_weights = LrWeightArgs::of(cfg).resolve();
+        let ranks = BlockRankArgs::of(cfg).resolve(lr_weights.as_deref());
+        let linear_rank = |l: &TargetLayer| ranks.linear_of(&l.name);
+        let lora = LoraSet::init_each(
             be,
             &targets,
-            cfg.lora_rank,
-            cfg.lora_alpha,
+            linear_rank,
             &mut Rng::for_site(cfg.seed, &[1]),
         )?;
-        // LoCon (`conv_dim`), as sd-scripts: the UNet's 3x3 convs at their own rank and alpha,
-        // and the ResNets' time_emb_proj and 1x1 conv_shortcut at the linear ones, after the
-        // UNet's other adapters, each drawn from its own stream (the others init as without).
-        let (lora, n_unet, n_all) = match cfg.conv_dim {
-            None => (lora, n_unet, targets.len()),
-            Some(dim) => {
+        let n_unet = targets[..n_unet]
+            .iter()
+            .filter(|&l| linear_rank(l).rank > 0)
+            .count();
+        // LoCon (`conv_dim` or `conv_block_dims`), as sd-scripts: the UNet's 3x3 convs at their
+        // own rank and alpha, and the ResNets' time_emb_proj and 1x1 conv_shortcut at the
+        // linear ones, after the UNet's other adapters, each drawn from its own stream (the
+        // others init as without).
+        let (lora, n_unet) = match &ranks.conv {
+            None => (lora, n_unet),
+            Some(_) => {
                 let convs = m.unet.conv_targets();
-                let alpha = cfg.conv_alpha.unwrap_or(dim as f64);
+                let conv_rank = |l: &TargetLayer| ranks.conv_of(&l.name);
                 let rng = &mut Rng::for_site(cfg.seed, &[1, 1]);
-                let conv = LoraSet::init(be, &convs, dim, alpha, rng)?;
+                let conv = LoraSet::init_each(be, &convs, conv_rank, rng)?;
                 let extra = m.unet.resnet_linear_targets();
                 let rng = &mut Rng::for_site(cfg.seed, &[1, 2]);
-                let linear = LoraSet::init(be, &extra, cfg.lora_rank, cfg.lora_alpha, rng)?;
-                let n = convs.len() + extra.len();
+                let linear = LoraSet::init_each(be, &extra, linear_rank, rng)?;
+                let n = conv.len() + linear.len();
                 let lora = lora
                     .with_inserted(n_unet, conv)
                     .with_inserted(n_unet, linear);
-                (lora, n_unet + n, targets.len() + n)
+                (lora, n_unet + n)
             }
         };
+        let n_all = lora.len();
         let (lora, n_unet, n_all, started) = match &cfg.network_weights {
             None => (lora, n_unet, n_all, None),
             Some(file) => {
@@ -143,12 +187,18 @@ impl Trainable {
         // A part not trained keeps its adapters as they start, without an optimizer group.
         let mut groups = Vec::new();
         if cfg.train_unet {
-            groups.push(ParamGroup::new(be, "unet", &lora, 0..n_unet, &kind)?);
+            groups.extend(unet_groups(
+                be,
+                &lora,
+                n_unet,
+                lr_weights.as_deref(),
+                &kind,
+            )?);
         }
         if cfg.train_text_encoder {
             groups.push(ParamGroup::new(
                 be,
-                "text_encoder",
+                TEXT_ENCODER_GROUP,
                 &lora,
                 n_unet..n_all,
                 &kind,

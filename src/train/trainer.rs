@@ -27,6 +27,7 @@ use crate::train::inputs::{data_options, Draw, Inputs};
 use crate::train::lr::LrSchedule;
 use crate::train::optim::ParamGroup;
 use crate::train::state::Progress;
+use crate::train::trainable::TEXT_ENCODER_GROUP;
 use crate::train::trainable::{Site, Trainable};
 
 pub use crate::train::events::{Event, Observer, Quiet, Recorder, TrainReport};
@@ -272,8 +273,12 @@ impl<'a> Run<'a> {
         self.progress.train_losses.push((self.progress.step, loss));
         Ok(StepDone {
             loss,
-            // The rate the step moved by: d·lr for Prodigy, as kohya logs it.
-            lr: self.trainable.groups[0].optimizer.effective_lr(lrs[0]),
+            // The rate the step moved by: d·lr for Prodigy, as kohya logs it (the UNet's
+            // rate before any block lr weight).
+            lr: {
+                let g = &self.trainable.groups[0];
+                g.optimizer.effective_lr(lrs[0] / g.lr_weight)
+            },
             applied,
             tape_by_block,
         })
@@ -322,7 +327,8 @@ fn eval_seed(cfg: &TrainConfig) -> u64 {
     cfg.seed ^ 0xe7a1
 }
 
-/// The learning-rate schedule of each optimizer group (the UNet's, the text encoder's).
+/// The learning-rate schedule of each optimizer group (the UNet's, or its blocks' at their
+/// lr weights, and the text encoder's).
 fn schedules(cfg: &TrainConfig, total: u64, groups: &[ParamGroup]) -> Vec<LrSchedule> {
     let unet = LrSchedule {
         kind: crate::train::trainable::lr_scheduler(cfg),
@@ -336,12 +342,15 @@ fn schedules(cfg: &TrainConfig, total: u64, groups: &[ParamGroup]) -> Vec<LrSche
     };
     groups
         .iter()
-        .map(|g| match g.name {
-            "unet" => unet,
-            _ => LrSchedule {
-                base_lr: cfg.text_encoder_lr,
+        .map(|g| {
+            let base = match g.name.as_str() {
+                TEXT_ENCODER_GROUP => cfg.text_encoder_lr,
+                _ => cfg.unet_lr,
+            };
+            LrSchedule {
+                base_lr: base * g.lr_weight,
                 ..unet
-            },
+            }
         })
         .collect()
 }

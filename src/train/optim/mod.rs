@@ -35,8 +35,6 @@ pub use lion::{Lion, LionSettings};
 pub use prodigy::{Prodigy, ProdigySettings};
 pub use sgd::{SgdNesterov, SgdSettings};
 
-use std::ops::Range;
-
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::lora::{LoraGrads, LoraSet};
@@ -142,36 +140,43 @@ impl OptimizerKind {
 /// The adapters of one learning rate: their modules in the set, the flat parameters and
 /// gradients, and the optimizer that updates them.
 pub struct ParamGroup {
-    /// "unet" or "text_encoder": the prefix of this group's tensors in the state file.
-    pub name: &'static str,
+    /// "unet", "text_encoder", or with block-wise learning rates "unet_block<i>" (kohya's
+    /// block number, lora/blocks.rs): the prefix of this group's tensors in the state file.
+    pub name: String,
     /// The modules of the `LoraSet` this group owns, in order: module i's down, up, then
-    /// module i+1's.
-    pub modules: Range<usize>,
+    /// the next module's.
+    pub modules: Vec<usize>,
+    /// What the group's learning rate is multiplied by (kohya's block lr weight; else 1).
+    pub lr_weight: f64,
     pub params: Tensor,
     pub grads: Tensor,
     pub optimizer: Box<dyn Optimizer>,
 }
 
 impl ParamGroup {
-    /// A group for the modules `modules` of `lora`, updated by a fresh `kind`.
+    /// A group for the modules `modules` of `lora` (their indices), updated by a fresh
+    /// `kind`, at learning-rate weight 1.
     pub fn new(
         be: &dyn Backend,
-        name: &'static str,
+        name: &str,
         lora: &LoraSet,
-        modules: Range<usize>,
+        modules: impl IntoIterator<Item = usize>,
         kind: &OptimizerKind,
     ) -> Result<ParamGroup> {
+        let modules: Vec<usize> = modules.into_iter().collect();
         let tensors = || {
-            lora.modules()[modules.clone()]
+            modules
                 .iter()
+                .map(|&i| &lora.modules()[i])
                 .flat_map(|m| [&m.down, &m.up])
         };
         let params = gather(be, tensors())?;
         let layout = Layout::new(tensors().map(|t| t.dims().to_vec()).collect());
         let n = params.numel();
         Ok(ParamGroup {
-            name,
+            name: name.to_string(),
             modules,
+            lr_weight: 1.0,
             params,
             grads: be.zeros(&[n], DType::F32)?,
             optimizer: kind.build(be, &layout)?,
@@ -187,11 +192,10 @@ impl ParamGroup {
 
     /// Copies the accumulated gradients of this group's modules into the flat buffer.
     pub fn load_grads(&mut self, be: &dyn Backend, grads: &LoraGrads) -> Result<()> {
-        let r = self.modules.clone();
-        let pairs = grads.down[r.clone()]
+        let pairs = self
+            .modules
             .iter()
-            .zip(&grads.up[r])
-            .flat_map(|(d, u)| [d, u]);
+            .flat_map(|&i| [&grads.down[i], &grads.up[i]]);
         self.grads = gather(be, pairs)?;
         Ok(())
     }
@@ -220,8 +224,8 @@ impl ParamGroup {
         if flat.len() != self.len() {
             return Err(Error::BadValue {
                 op: "optimizer",
-                name: self.name,
-                value: format!("{} parameters", flat.len()),
+                name: "parameters",
+                value: format!("{} parameters for group {}", flat.len(), self.name),
                 expected: format!("{} parameters: the same adapters", self.len()),
             });
         }
@@ -233,7 +237,8 @@ impl ParamGroup {
     fn store(&self, be: &dyn Backend, lora: &mut LoraSet) -> Result<()> {
         let flat = be.to_f32_vec(&self.params)?;
         let mut at = 0;
-        for m in &mut lora.modules_mut()[self.modules.clone()] {
+        for &i in &self.modules {
+            let m = &mut lora.modules_mut()[i];
             for t in [&mut m.down, &mut m.up] {
                 let n = t.numel();
                 *t = be.tensor_from_f32(t.dims(), &flat[at..at + n], t.dtype())?;

@@ -1,0 +1,523 @@
+//! Block-wise ranks, alphas and learning rates, as sd-scripts' `networks.lora` defines them
+//! for SD1.x and SD2.x (`block_dims`, `block_alphas`, `conv_block_dims`,
+//! `conv_block_alphas`, `down_lr_weight`, `mid_lr_weight`, `up_lr_weight`,
+//! `block_lr_zero_threshold`).
+//!
+//! The UNet is cut into [`BLOCKS`] = 25 blocks, numbered as kohya numbers them (and as the
+//! A1111 "LoRA block weight" presets name them IN00–IN11, MID, OUT00–OUT11): block
+//! 1 + 3i + j is down block i's j-th ResNet/attention pair (its down-sampler is j = 2), block
+//! 12 the mid block, block 13 + 3i + j up block i's j-th pair (its up-sampler shares j = 2).
+//! Block 0 (conv_in) holds no adapter. The text encoder's adapters are outside the blocks.
+//!
+//! What kohya does with them, and so lorafuse:
+//! - with `block_dims` or any lr weight, every UNet adapter takes its block's rank and alpha
+//!   (`block_dims` / `block_alphas`, else `lora_rank` / `lora_alpha` everywhere); the 3x3 conv
+//!   adapters take `conv_block_dims` / `conv_block_alphas` (else `conv_dim` / `conv_alpha`);
+//!   a rank of 0 leaves the layer without an adapter; an alpha of 0 means alpha = rank;
+//! - the lr weights multiply the UNet's learning rate block by block (one optimizer group per
+//!   block); a weight ≤ `block_lr_zero_threshold` is 0, and a block of weight 0 gets no
+//!   adapters at all;
+//! - `down_lr_weight` / `up_lr_weight` are 12 weights (fewer are filled with 1.0) or a curve:
+//!   `cosine`, `sine`, `linear`, `reverse_linear`, `zeros`, each optionally `+base` (added to
+//!   every weight); `mid_lr_weight` is one weight.
+
+use std::fmt;
+
+use crate::config::TrainConfig;
+
+/// Blocks of an SD1.x/SD2.x UNet in kohya's numbering: IN00–IN11, MID, OUT00–OUT11.
+pub const BLOCKS: usize = 25;
+/// Weights in `down_lr_weight` (and `up_lr_weight`): one per down (up) block, IN00–IN11.
+pub const SIDE_BLOCKS: usize = 12;
+/// kohya's index of the mid block.
+pub const MID: usize = SIDE_BLOCKS;
+
+/// kohya's block of a UNet adapter named `lora_unet_<diffusers path>`; `None` for a name
+/// outside the down, mid and up blocks (the text encoder's).
+pub fn block_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("lora_unet_")?;
+    if rest.starts_with("mid_block_") {
+        return Some(MID);
+    }
+    let (first, rest) = if let Some(r) = rest.strip_prefix("down_blocks_") {
+        (1, r)
+    } else if let Some(r) = rest.strip_prefix("up_blocks_") {
+        (MID + 1, r)
+    } else {
+        return None;
+    };
+    let mut parts = rest.split('_');
+    let i: usize = parts.next()?.parse().ok()?;
+    let within = match parts.next()? {
+        "resnets" | "attentions" => parts.next()?.parse::<usize>().ok()?,
+        "downsamplers" | "upsamplers" => 2,
+        _ => return None,
+    };
+    let at = first + 3 * i + within;
+    (at < BLOCKS).then_some(at)
+}
+
+/// The name of block `i` as the block-weight presets write it (IN00, MID, OUT11).
+pub fn block_name(i: usize) -> String {
+    match i {
+        _ if i < MID => format!("IN{i:02}"),
+        MID => "MID".into(),
+        _ => format!("OUT{:02}", i - MID - 1),
+    }
+}
+
+/// kohya's lr-weight curves over the 12 blocks of one side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LrCurve {
+    /// sin(π/2 · (11 − i)/11) for block i of the side: 1 at the shallowest, 0 at the deepest.
+    Cosine,
+    /// sin(π/2 · i/11): 0 at the shallowest, 1 at the deepest.
+    Sine,
+    /// i/11.
+    Linear,
+    /// (11 − i)/11.
+    ReverseLinear,
+    /// 0 (with +base: base everywhere).
+    Zeros,
+}
+
+impl LrCurve {
+    pub const ALL: [LrCurve; 5] = [
+        LrCurve::Cosine,
+        LrCurve::Sine,
+        LrCurve::Linear,
+        LrCurve::ReverseLinear,
+        LrCurve::Zeros,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            LrCurve::Cosine => "cosine",
+            LrCurve::Sine => "sine",
+            LrCurve::Linear => "linear",
+            LrCurve::ReverseLinear => "reverse_linear",
+            LrCurve::Zeros => "zeros",
+        }
+    }
+    /// The 12 weights, shallowest block first, each + `base`.
+    fn weights(self, base: f64) -> Vec<f64> {
+        let last = (SIDE_BLOCKS - 1) as f64;
+        let sine = |i: usize| (std::f64::consts::FRAC_PI_2 * i as f64 / last).sin();
+        (0..SIDE_BLOCKS)
+            .map(|i| {
+                base + match self {
+                    LrCurve::Cosine => sine(SIDE_BLOCKS - 1 - i),
+                    LrCurve::Sine => sine(i),
+                    LrCurve::Linear => i as f64 / last,
+                    LrCurve::ReverseLinear => (SIDE_BLOCKS - 1 - i) as f64 / last,
+                    LrCurve::Zeros => 0.0,
+                }
+            })
+            .collect()
+    }
+}
+
+/// `down_lr_weight` or `up_lr_weight`: weights, or a curve with its base.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SideWeights {
+    /// Up to 12 weights, shallowest block first; missing ones are 1.0.
+    List(Vec<f64>),
+    Curve {
+        curve: LrCurve,
+        base: f64,
+    },
+}
+
+impl SideWeights {
+    /// Reads kohya's text: comma-separated weights (an empty one is 0, as kohya reads it) or
+    /// `curve[+base]`.
+    pub fn parse(text: &str) -> Result<SideWeights, String> {
+        let t = text.trim();
+        if t.contains(',') {
+            return parse_weights(t).map(SideWeights::List);
+        }
+        let (name, base) = match t.split_once('+') {
+            Some((n, b)) => (
+                n.trim(),
+                b.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|b| b.is_finite())
+                    .ok_or_else(|| format!("\"{b}\" after + is not a number"))?,
+            ),
+            None => (t, 0.0),
+        };
+        match LrCurve::ALL.into_iter().find(|c| c.name() == name) {
+            Some(curve) => Ok(SideWeights::Curve { curve, base }),
+            None => Err(format!(
+                "\"{t}\" is neither comma-separated weights (\"1,1,0.5,...\", one per block; \
+                 kohya reads a lone number as a curve name it does not know) nor a curve \
+                 ({}, optionally +base, e.g. \"cosine+0.5\")",
+                LrCurve::ALL.map(LrCurve::name).join(", ")
+            )),
+        }
+    }
+
+    /// The 12 weights, shallowest block first.
+    fn resolve(&self) -> Vec<f64> {
+        match self {
+            SideWeights::List(w) => pad(w, SIDE_BLOCKS),
+            SideWeights::Curve { curve, base } => curve.weights(*base),
+        }
+    }
+}
+
+impl fmt::Display for SideWeights {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SideWeights::List(w) => f.write_str(&join(w)),
+            SideWeights::Curve { curve, base } if *base == 0.0 => f.write_str(curve.name()),
+            SideWeights::Curve { curve, base } => write!(f, "{}+{base}", curve.name()),
+        }
+    }
+}
+
+/// Comma-separated numbers; an empty item is 0 (kohya's reading).
+pub fn parse_weights(text: &str) -> Result<Vec<f64>, String> {
+    text.split(',')
+        .map(|s| {
+            let s = s.trim();
+            if s.is_empty() {
+                return Ok(0.0);
+            }
+            s.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| format!("\"{s}\" is not a number"))
+        })
+        .collect()
+}
+
+/// Numbers as comma-separated text.
+pub fn join(w: &[f64]) -> String {
+    w.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `w` filled with 1.0 up to `n`.
+fn pad(w: &[f64], n: usize) -> Vec<f64> {
+    let mut out = w.to_vec();
+    out.resize(n.max(w.len()), 1.0);
+    out
+}
+
+/// The lr weights a configuration gives, before resolving.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LrWeightArgs {
+    pub down: Option<SideWeights>,
+    pub mid: Option<Vec<f64>>,
+    pub up: Option<SideWeights>,
+    pub zero_threshold: f64,
+}
+
+impl LrWeightArgs {
+    /// The 25 per-block weights (block 0 included), or `None` when no weight is given (one
+    /// UNet group, kohya's default).
+    pub fn resolve(&self) -> Option<Vec<f64>> {
+        if self.down.is_none() && self.mid.is_none() && self.up.is_none() {
+            return None;
+        }
+        let side = |s: &Option<SideWeights>| {
+            s.as_ref()
+                .map_or_else(|| vec![1.0; SIDE_BLOCKS], SideWeights::resolve)
+        };
+        let mid = self.mid.as_deref().map_or_else(|| vec![1.0], |m| pad(m, 1));
+        let zero = |w: f64| if w > self.zero_threshold { w } else { 0.0 };
+        Some(
+            side(&self.down)
+                .into_iter()
+                .chain(mid)
+                .chain(side(&self.up))
+                .map(zero)
+                .collect(),
+        )
+    }
+}
+
+/// One adapter's rank and alpha.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RankAlpha {
+    pub rank: usize,
+    pub alpha: f64,
+}
+
+impl RankAlpha {
+    /// kohya's alpha of 0 (or none) is the rank: a scale of 1.
+    fn new(rank: usize, alpha: f64) -> RankAlpha {
+        let alpha = if alpha == 0.0 { rank as f64 } else { alpha };
+        RankAlpha { rank, alpha }
+    }
+}
+
+/// The rank and alpha of each block, for the linear (and 1x1) adapters and the 3x3 conv ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockRanks {
+    pub linear: Vec<RankAlpha>,
+    /// `None`: no conv adapters.
+    pub conv: Option<Vec<RankAlpha>>,
+    /// The rank and alpha of a linear adapter outside the blocks (the text encoder's).
+    pub outside: RankAlpha,
+}
+
+impl BlockRanks {
+    /// The rank and alpha of the linear (or 1x1) adapter named `name`.
+    pub fn linear_of(&self, name: &str) -> RankAlpha {
+        block_index(name).map_or(self.outside, |b| self.linear[b])
+    }
+    /// The rank and alpha of the 3x3 conv adapter named `name`: rank 0 (none) without conv
+    /// adapters or outside the blocks.
+    pub fn conv_of(&self, name: &str) -> RankAlpha {
+        let none = RankAlpha {
+            rank: 0,
+            alpha: 0.0,
+        };
+        match (&self.conv, block_index(name)) {
+            (Some(c), Some(b)) => c[b],
+            _ => none,
+        }
+    }
+}
+
+/// What a configuration says about ranks (the keys, as given).
+#[derive(Clone, Debug, Default)]
+pub struct BlockRankArgs<'a> {
+    pub rank: usize,
+    pub alpha: f64,
+    pub conv_dim: Option<usize>,
+    /// `conv_alpha`; `None` is a scale of 1.
+    pub conv_alpha: Option<f64>,
+    pub block_dims: Option<&'a [usize]>,
+    pub block_alphas: Option<&'a [f64]>,
+    pub conv_block_dims: Option<&'a [usize]>,
+    pub conv_block_alphas: Option<&'a [f64]>,
+}
+
+impl BlockRankArgs<'_> {
+    /// The ranks per block; blocks of lr weight 0 (`lr`) get rank 0, as kohya removes them.
+    /// Lengths are the config's to check ([`BLOCKS`] each).
+    pub fn resolve(&self, lr: Option<&[f64]>) -> BlockRanks {
+        let each = |dims: Option<&[usize]>, alphas: Option<&[f64]>, rank: usize, alpha: f64| {
+            (0..BLOCKS)
+                .map(|i| {
+                    let r = dims.map_or(rank, |d| d[i]);
+                    let a = alphas.map_or(alpha, |a| a[i]);
+                    let off = lr.is_some_and(|w| w[i] == 0.0);
+                    RankAlpha::new(if off { 0 } else { r }, a)
+                })
+                .collect::<Vec<_>>()
+        };
+        // As sd-scripts: the block keys count only with block_dims or lr weights, and
+        // conv_block_alphas only with conv_block_dims.
+        let block_mode = self.block_dims.is_some() || lr.is_some();
+        let linear = each(
+            self.block_dims,
+            self.block_alphas.filter(|_| block_mode),
+            self.rank,
+            self.alpha,
+        );
+        let conv_dims = self.conv_block_dims.filter(|_| block_mode);
+        let conv = match (conv_dims, self.conv_dim) {
+            (None, None) => None,
+            (dims, dim) => {
+                let dim = dim.unwrap_or(0);
+                let alpha = self.conv_alpha.unwrap_or(0.0);
+                let alphas = self.conv_block_alphas.filter(|_| dims.is_some());
+                Some(each(dims, alphas, dim, alpha))
+            }
+        };
+        BlockRanks {
+            linear,
+            conv,
+            outside: RankAlpha::new(self.rank, self.alpha),
+        }
+    }
+}
+
+impl LrWeightArgs {
+    /// The lr-weight keys of a configuration.
+    pub fn of(cfg: &TrainConfig) -> LrWeightArgs {
+        LrWeightArgs {
+            down: cfg.down_lr_weight.clone(),
+            mid: cfg.mid_lr_weight.clone(),
+            up: cfg.up_lr_weight.clone(),
+            zero_threshold: cfg.block_lr_zero_threshold,
+        }
+    }
+}
+
+impl BlockRankArgs<'_> {
+    /// The rank keys of a configuration.
+    pub fn of(cfg: &TrainConfig) -> BlockRankArgs<'_> {
+        BlockRankArgs {
+            rank: cfg.lora_rank,
+            alpha: cfg.lora_alpha,
+            conv_dim: cfg.conv_dim,
+            conv_alpha: cfg.conv_alpha,
+            block_dims: cfg.block_dims.as_deref(),
+            block_alphas: cfg.block_alphas.as_deref(),
+            conv_block_dims: cfg.conv_block_dims.as_deref(),
+            conv_block_alphas: cfg.conv_block_alphas.as_deref(),
+        }
+    }
+}
+
+/// The block-wise keys a configuration gives, as sd-scripts' network_args texts (for
+/// `ss_network_args`): comma-separated numbers, or a curve's name.
+pub fn network_args(cfg: &TrainConfig) -> Vec<(&'static str, String)> {
+    let whole = |d: &[usize]| d.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let mut out = Vec::new();
+    let mut put = |k: &'static str, v: Option<String>| out.extend(v.map(|v| (k, v)));
+    put("block_dims", cfg.block_dims.as_deref().map(whole));
+    put("block_alphas", cfg.block_alphas.as_deref().map(join));
+    put("conv_block_dims", cfg.conv_block_dims.as_deref().map(whole));
+    put(
+        "conv_block_alphas",
+        cfg.conv_block_alphas.as_deref().map(join),
+    );
+    put(
+        "down_lr_weight",
+        cfg.down_lr_weight.as_ref().map(|w| w.to_string()),
+    );
+    put("mid_lr_weight", cfg.mid_lr_weight.as_deref().map(join));
+    put(
+        "up_lr_weight",
+        cfg.up_lr_weight.as_ref().map(|w| w.to_string()),
+    );
+    let weighted = LrWeightArgs::of(cfg).resolve().is_some();
+    if weighted && cfg.block_lr_zero_threshold != 0.0 {
+        put(
+            "block_lr_zero_threshold",
+            Some(cfg.block_lr_zero_threshold.to_string()),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kohya_block_numbers() {
+        let at = |n: &str| block_index(&format!("lora_unet_{n}"));
+        assert_eq!(
+            at("down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"),
+            Some(1)
+        );
+        assert_eq!(at("down_blocks_0_resnets_1_conv1"), Some(2));
+        assert_eq!(at("down_blocks_0_downsamplers_0_conv"), Some(3));
+        assert_eq!(at("down_blocks_3_resnets_1_conv2"), Some(11));
+        assert_eq!(at("mid_block_attentions_0_proj_in"), Some(12));
+        assert_eq!(at("up_blocks_0_resnets_0_conv1"), Some(13));
+        assert_eq!(at("up_blocks_0_upsamplers_0_conv"), Some(15));
+        assert_eq!(at("up_blocks_3_attentions_2_proj_out"), Some(24));
+        assert_eq!(
+            block_index("lora_te_text_model_encoder_layers_0_mlp_fc1"),
+            None
+        );
+        assert_eq!(block_name(0), "IN00");
+        assert_eq!(block_name(12), "MID");
+        assert_eq!(block_name(24), "OUT11");
+    }
+
+    #[test]
+    fn curves_as_kohya_computes_them() {
+        // sd-scripts: cosine = [sin(pi*(i/11)/2) + base for i in reversed(range(12))].
+        let c = LrCurve::Cosine.weights(0.5);
+        assert!((c[0] - 1.5).abs() < 1e-12 && (c[11] - 0.5).abs() < 1e-12);
+        let s = LrCurve::Sine.weights(0.0);
+        assert!((s[0]).abs() < 1e-12 && (s[11] - 1.0).abs() < 1e-12);
+        let expected = (std::f64::consts::FRAC_PI_2 * 3.0 / 11.0).sin();
+        assert!((s[3] - expected).abs() < 1e-12);
+        assert_eq!(LrCurve::Linear.weights(0.0)[11], 1.0);
+        assert_eq!(LrCurve::ReverseLinear.weights(0.0)[0], 1.0);
+        assert_eq!(LrCurve::Zeros.weights(0.25), vec![0.25; 12]);
+    }
+
+    #[test]
+    fn side_weights_read_as_kohya_reads_them() {
+        assert_eq!(
+            SideWeights::parse("1,,0.5").unwrap(),
+            SideWeights::List(vec![1.0, 0.0, 0.5])
+        );
+        assert_eq!(
+            SideWeights::parse("cosine+0.25").unwrap(),
+            SideWeights::Curve {
+                curve: LrCurve::Cosine,
+                base: 0.25
+            }
+        );
+        let e = SideWeights::parse("0.5").unwrap_err();
+        assert!(e.contains("one per block"), "{e}");
+        assert!(SideWeights::parse("cosine+x").is_err());
+        assert!(SideWeights::parse("1,a").is_err());
+    }
+
+    #[test]
+    fn lr_weights_fill_and_zero_as_kohya() {
+        let none = LrWeightArgs::default();
+        assert_eq!(none.resolve(), None);
+        let args = LrWeightArgs {
+            down: Some(SideWeights::List(vec![0.0, 0.5, 0.05])),
+            mid: None,
+            up: None,
+            zero_threshold: 0.1,
+        };
+        let w = args.resolve().unwrap();
+        assert_eq!(w.len(), BLOCKS);
+        assert_eq!(&w[..4], &[0.0, 0.5, 0.0, 1.0]);
+        assert_eq!(w[MID], 1.0);
+        assert!(w[MID + 1..].iter().all(|&x| x == 1.0));
+    }
+
+    #[test]
+    fn ranks_per_block() {
+        let dims: Vec<usize> = (0..BLOCKS).collect();
+        let mut lr = vec![1.0; BLOCKS];
+        lr[5] = 0.0;
+        let args = BlockRankArgs {
+            rank: 8,
+            alpha: 4.0,
+            block_dims: Some(&dims),
+            ..Default::default()
+        };
+        let r = args.resolve(Some(&lr));
+        assert_eq!(
+            r.linear[3],
+            RankAlpha {
+                rank: 3,
+                alpha: 4.0
+            }
+        );
+        assert_eq!(r.linear[5].rank, 0);
+        assert!(r.conv.is_none());
+        // conv_dim without conv_block_dims: every block at conv_dim; alpha 0 is the rank.
+        let args = BlockRankArgs {
+            rank: 8,
+            alpha: 0.0,
+            conv_dim: Some(4),
+            ..Default::default()
+        };
+        let r = args.resolve(None);
+        assert_eq!(
+            r.linear[1],
+            RankAlpha {
+                rank: 8,
+                alpha: 8.0
+            }
+        );
+        assert_eq!(
+            r.conv.unwrap()[20],
+            RankAlpha {
+                rank: 4,
+                alpha: 4.0
+            }
+        );
+    }
+}
