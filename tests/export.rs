@@ -709,6 +709,11 @@ fn inspect_fixture_lora() {
         "scale alpha/rank = 0.5",
         "F16 (576 tensors)",
         "ss_network_module",
+        // SD1.5 has transformer blocks in IN01, IN02, IN04, IN05, IN07, IN08, MID and
+        // OUT03–OUT11: 16 blocks of 12 modules.
+        "per block   IN01    12 modules  rank 4  alpha 2.0",
+        "            OUT11   12 modules  rank 4  alpha 2.0",
+        "written by  ",
     ] {
         assert!(text.contains(want), "{want} not in\n{text}");
     }

@@ -178,6 +178,14 @@ fn extract_recovers_a_rank_2_difference() {
         meta["ss_network_args"],
         r#"{"conv_alpha":"3.0","conv_dim":"3"}"#
     );
+    // The SAI model spec, as sd-scripts' extract writes it for an SD1 LoRA.
+    let stem = out.file_stem().unwrap().to_str().unwrap();
+    assert_eq!(meta["modelspec.title"], stem);
+    assert_eq!(meta["modelspec.architecture"], "stable-diffusion-v1/lora");
+    assert_eq!(meta["modelspec.resolution"], "512x512");
+    assert_eq!(meta["modelspec.prediction_type"], "epsilon");
+    assert!(meta.contains_key("modelspec.date"));
+    assert!(!meta.contains_key("modelspec.encoder_layer"));
 
     // Clamped at the 0.99 quantile: no factor entry beyond it, and the product is close.
     let clamped = dir.path("c.safetensors");

@@ -399,6 +399,49 @@ pub fn network_args(cfg: &TrainConfig) -> Vec<(&'static str, String)> {
     out
 }
 
+/// The adapters of one block as a file holds them (`inspect`): the block's name (IN01…OUT11;
+/// `TE` for the text encoder's, `other` for names outside both), its module count, and its
+/// distinct ranks and alphas (a module without alpha counts as alpha = rank, as loaders read
+/// it), ascending.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockRow {
+    pub block: String,
+    pub modules: usize,
+    pub ranks: Vec<usize>,
+    pub alphas: Vec<f64>,
+}
+
+/// [`BlockRow`]s of (module name, rank, alpha) triples: the UNet's blocks in order, then the
+/// text encoder's, then others.
+pub fn rows<'a>(modules: impl IntoIterator<Item = (&'a str, usize, Option<f64>)>) -> Vec<BlockRow> {
+    let mut by: std::collections::BTreeMap<(usize, String), BlockRow> = Default::default();
+    for (name, rank, alpha) in modules {
+        let key = match block_index(name) {
+            Some(b) => (b, block_name(b)),
+            None if name.starts_with("lora_te") => (BLOCKS, "TE".to_string()),
+            None => (BLOCKS + 1, "other".to_string()),
+        };
+        let row = by.entry(key.clone()).or_insert_with(|| BlockRow {
+            block: key.1,
+            modules: 0,
+            ranks: Vec::new(),
+            alphas: Vec::new(),
+        });
+        row.modules += 1;
+        row.ranks.push(rank);
+        row.alphas.push(alpha.unwrap_or(rank as f64));
+    }
+    by.into_values()
+        .map(|mut r| {
+            r.ranks.sort_unstable();
+            r.ranks.dedup();
+            r.alphas.sort_by(f64::total_cmp);
+            r.alphas.dedup();
+            r
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +517,24 @@ mod tests {
         assert_eq!(&w[..4], &[0.0, 0.5, 0.0, 1.0]);
         assert_eq!(w[MID], 1.0);
         assert!(w[MID + 1..].iter().all(|&x| x == 1.0));
+    }
+
+    #[test]
+    fn rows_group_a_file_by_block() {
+        let r = rows([
+            ("lora_unet_up_blocks_0_resnets_0_conv1", 4, Some(1.0)),
+            ("lora_unet_down_blocks_0_attentions_0_proj_in", 8, None),
+            (
+                "lora_unet_down_blocks_0_attentions_0_proj_out",
+                4,
+                Some(2.0),
+            ),
+            ("lora_te_text_model_encoder_layers_0_mlp_fc1", 8, Some(8.0)),
+        ]);
+        let names: Vec<&str> = r.iter().map(|b| b.block.as_str()).collect();
+        assert_eq!(names, ["IN01", "OUT00", "TE"]);
+        assert_eq!((r[0].modules, &r[0].ranks[..]), (2, &[4, 8][..]));
+        assert_eq!(r[0].alphas, vec![2.0, 8.0]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::linalg::{truncated_svd, Mat, Randomized};
-use crate::lora::export::{py_float, save_kohya, SavePrecision};
+use crate::lora::export::{py_float, save_kohya, training_metadata, SavePrecision, TrainingInfo};
 use crate::lora::factors::module_from_svd;
 use crate::lora::{LayerKind, LoraModule, LoraSet};
 use crate::model::checkpoint::{load_sd15, Weights};
@@ -253,6 +253,7 @@ pub fn extract(
         "ss_network_args".into(),
         serde_json::Value::Object(net_args).to_string(),
     );
+    meta.extend(modelspec(args.output));
     save_kohya(
         args.output,
         &set,
@@ -266,4 +267,24 @@ pub fn extract(
         text_encoder_max_diff: te_max,
         text_encoder_skipped: te_skipped,
     })
+}
+
+/// The SAI model spec of an extracted LoRA, as sd-scripts' extract_lora_from_models.py writes
+/// it (its `build_metadata` for a LoRA): the training writer's `modelspec.*` keys with the
+/// file's name as the title, SD1's 512x512, and no `encoder_layer` (the clip skip the model
+/// was tuned with is not known).
+fn modelspec(output: &Path) -> impl Iterator<Item = (String, String)> {
+    let title = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let info = TrainingInfo {
+        output_name: title,
+        training_finished_at: crate::monitor::tensorboard::wall_time_now(),
+        resolution: (512, 512),
+        ..TrainingInfo::default()
+    };
+    training_metadata(&info)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("modelspec.") && k != "modelspec.encoder_layer")
 }

@@ -10,8 +10,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::lora::export::addnet_hashes_of_file;
+use crate::lora::export::{addnet_hashes_of_file, py_float};
 use crate::lora::LayerKind;
+use crate::lora::{blocks, provenance};
 use crate::model::checkpoint::safetensors::{to_f32, SafetensorsFile};
 
 use crate::lora::kohya::{module_of, ALPHA, DOWN, UP};
@@ -374,6 +375,27 @@ impl fmt::Display for LoraSummary {
             ));
         }
         writeln!(f, "  alpha       {alpha}")?;
+        let per_module = self
+            .per_module
+            .iter()
+            .map(|m| (m.name.as_str(), m.rank, m.alpha));
+        for (i, row) in blocks::rows(per_module).iter().enumerate() {
+            let numbers = |v: Vec<String>| v.join(", ");
+            writeln!(
+                f,
+                "  {:10}  {:5} {:4} modules  rank {}  alpha {}",
+                if i == 0 { "per block" } else { "" },
+                row.block,
+                row.modules,
+                numbers(row.ranks.iter().map(usize::to_string).collect()),
+                numbers(row.alphas.iter().map(|&a| py_float(a)).collect()),
+            )?;
+        }
+        writeln!(
+            f,
+            "  written by  {}",
+            provenance::written_by(&self.metadata)
+        )?;
         writeln!(
             f,
             "  dtype       {}",

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod kohya;
 pub mod merge;
 pub mod merge_loras;
+pub mod provenance;
 pub mod rank;
 pub mod resize;
 pub(crate) mod write;
