@@ -4,6 +4,7 @@
 //! [`backend::Backend`], with [`backend::cpu::CpuBackend`] as the numeric reference that every
 //! GPU kernel is checked against; [`tensor::Tensor`] is a shape, a dtype and a buffer.
 
+pub mod api;
 pub mod atomic;
 pub mod backend;
 pub mod caption;

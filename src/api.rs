@@ -1,0 +1,300 @@
+//! The library API for programs that embed lorafuse: a [`Trainer`] built from a configuration
+//! (a file or text), checked (every problem at once, as values), planned, and run with its
+//! [`Event`]s going to a callback, cancelled from any thread, within [`Caps`] the host sets.
+//!
+//! The library never prints, never exits the process and installs no signal handler (the
+//! CLI does those). Trainers do not share state: several can run in one process at once,
+//! each on its own thread pool when [`Caps::threads`] is set.
+//!
+//! ```no_run
+//! use lorafuse::api::{Caps, Trainer};
+//! let trainer = Trainer::from_file("my-lora.yaml", &[] as &[&str])
+//!     .unwrap()
+//!     .with_caps(Caps { threads: Some(2), ..Caps::default() });
+//! let cancel = trainer.canceller();
+//! std::thread::spawn(move || {
+//!     std::thread::sleep(std::time::Duration::from_secs(600));
+//!     cancel.cancel(); // finishes the step, saves the state, returns
+//! });
+//! let report = trainer.run(|event| eprintln!("{event:?}")).unwrap();
+//! println!("LoRA: {}", report.lora_path.display());
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::backend::select::select;
+use crate::config::{ConfigError, Device, TrainConfig};
+use crate::plan::{plan, MemoryPlan, PlanInput};
+use crate::train::events::{Event, Observer, TrainReport};
+use crate::train::trainer::train;
+
+/// Limits a host program puts on a run.
+#[derive(Clone, Debug, Default)]
+pub struct Caps {
+    /// Refuse a run whose planned memory (the `plan` prediction: weights, adapters, optimizer
+    /// state, caches and the largest phase's activations) exceeds this many bytes.
+    pub max_memory_bytes: Option<u64>,
+    /// Worker threads for the CPU work (a thread pool of this run's own); `None`: rayon's
+    /// global pool.
+    pub threads: Option<usize>,
+    /// Every path the run writes (`output_dir`, `logging_dir`) must lie under this folder.
+    pub output_root: Option<PathBuf>,
+}
+
+/// One problem with a configuration: the key it is about (when it is about one) and the
+/// message the CLI would print.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn of(e: ConfigError) -> Problem {
+        let key = match &e {
+            ConfigError::BadValue { key, .. } | ConfigError::UnknownKey { key, .. } => {
+                Some(key.clone())
+            }
+            ConfigError::Missing { key, .. } => Some(key.to_string()),
+            _ => None,
+        };
+        Problem {
+            key,
+            message: e.to_string(),
+        }
+    }
+    fn list(e: ConfigError) -> Vec<Problem> {
+        e.into_problems().into_iter().map(Problem::of).collect()
+    }
+}
+
+/// Why a run did not start or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The configuration (or its paths) has problems; nothing was done.
+    #[error("{}", .0.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+    /// A cap refuses the run; nothing was done.
+    #[error("{0}")]
+    Refused(String),
+    /// The run failed (a bad image, a device error, a full disk); what was saved is named in
+    /// the error where there is something.
+    #[error(transparent)]
+    Failed(#[from] crate::Error),
+}
+
+/// Cancels a run from any thread: the run finishes its current step, saves its state and
+/// returns a report with `interrupted` set.
+#[derive(Clone, Debug, Default)]
+pub struct Canceller(Arc<AtomicBool>);
+
+impl Canceller {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A configured training run.
+pub struct Trainer {
+    cfg: TrainConfig,
+    caps: Caps,
+    cancel: Canceller,
+}
+
+/// Events to a closure.
+struct Callback<F>(F);
+
+impl<F: FnMut(Event)> Observer for Callback<F> {
+    fn on(&mut self, event: Event) {
+        (self.0)(event)
+    }
+}
+
+impl Trainer {
+    /// A trainer from a config file (YAML, or a kohya TOML) and `key=value` overrides.
+    pub fn from_file(
+        path: impl AsRef<Path>,
+        overrides: &[impl AsRef<str>],
+    ) -> Result<Trainer, ApiError> {
+        TrainConfig::load(path, overrides)
+            .map(Trainer::new)
+            .map_err(|e| ApiError::Invalid(Problem::list(e)))
+    }
+
+    /// A trainer from YAML text; `name` stands for the file in messages, and relative paths
+    /// in it are read against the working folder.
+    pub fn from_yaml(
+        text: &str,
+        name: &str,
+        overrides: &[impl AsRef<str>],
+    ) -> Result<Trainer, ApiError> {
+        TrainConfig::from_yaml(text, name, overrides)
+            .map(Trainer::new)
+            .map_err(|e| ApiError::Invalid(Problem::list(e)))
+    }
+
+    /// A trainer from a configuration value.
+    pub fn new(cfg: TrainConfig) -> Trainer {
+        Trainer {
+            cfg,
+            caps: Caps::default(),
+            cancel: Canceller::default(),
+        }
+    }
+
+    pub fn with_caps(mut self, caps: Caps) -> Trainer {
+        self.caps = caps;
+        self
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Notices about the configuration (keys without effect, kohya meanings applied): what
+    /// the CLI prints as warnings.
+    pub fn notices(&self) -> Vec<String> {
+        self.cfg.warnings()
+    }
+
+    /// Every problem that would stop the run before it starts: the paths (the data folder
+    /// exists, the output folder can be written) and the output root. Empty: it can start.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = match self.cfg.check_paths() {
+            Ok(()) => Vec::new(),
+            Err(e) => Problem::list(e),
+        };
+        if let Some(root) = &self.caps.output_root {
+            let logging = &self.cfg.logging_dir;
+            for (key, path) in [
+                ("output_dir", &self.cfg.output_dir),
+                ("logging_dir", logging),
+            ] {
+                if !inside(path, root) {
+                    let p = path;
+                    problems.push(Problem {
+                        key: Some(key.into()),
+                        message: format!(
+                            "{key} = {} is outside the output root {} this program allows: \
+                             give a folder inside it",
+                            p.display(),
+                            root.display()
+                        ),
+                    });
+                }
+            }
+        }
+        problems
+    }
+
+    /// The predicted memory of the run (`lorafuse plan`).
+    pub fn plan(&self) -> Result<MemoryPlan, ApiError> {
+        Ok(plan(&PlanInput::from_config(&self.cfg, None))?)
+    }
+
+    /// A handle that cancels this trainer's run.
+    pub fn canceller(&self) -> Canceller {
+        self.cancel.clone()
+    }
+
+    /// Trains from the start, sending every event to `on_event`.
+    pub fn run(&self, on_event: impl FnMut(Event) + Send) -> Result<TrainReport, ApiError> {
+        self.start(false, on_event)
+    }
+
+    /// Continues from the state file in `output_dir` (or the `resume` key's).
+    pub fn resume(&self, on_event: impl FnMut(Event) + Send) -> Result<TrainReport, ApiError> {
+        self.start(true, on_event)
+    }
+
+    fn start(
+        &self,
+        resume: bool,
+        on_event: impl FnMut(Event) + Send,
+    ) -> Result<TrainReport, ApiError> {
+        let problems = self.validate();
+        if !problems.is_empty() {
+            return Err(ApiError::Invalid(problems));
+        }
+        if let Some(cap) = self.caps.max_memory_bytes {
+            let p = self.plan()?;
+            // A GPU holds its context besides the pool; the CPU does not.
+            let planned = match self.cfg.device {
+                Device::Cpu => p.pool_peak(),
+                _ => p.peak(),
+            } as u64;
+            if planned > cap {
+                return Err(ApiError::Refused(format!(
+                    "the run is planned to need {:.1} MiB, above the cap of {:.1} MiB: lower \
+                     batch_size or resolution, set gradient_checkpointing: true, or raise the \
+                     cap",
+                    planned as f64 / MIB,
+                    cap as f64 / MIB
+                )));
+            }
+        }
+        let mut obs = Callback(on_event);
+        let mut go = move || -> Result<TrainReport, ApiError> {
+            let be = select(self.cfg.device, self.cfg.mixed_precision)?;
+            obs.on(Event::Info(be.note));
+            Ok(train(
+                &self.cfg,
+                be.backend.as_ref(),
+                resume,
+                &self.cancel.0,
+                &mut obs,
+            )?)
+        };
+        match self.caps.threads {
+            None => go(),
+            Some(n) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build()
+                .map_err(|e| ApiError::Refused(format!("cannot start {n} worker threads: {e}")))?
+                .install(go),
+        }
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Whether `path` lies under `root`, both made absolute against the working folder and with
+/// `.`/`..` resolved by name (the folders need not exist yet).
+fn inside(path: &Path, root: &Path) -> bool {
+    let abs = |p: &Path| {
+        let p = std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf());
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    abs(path).starts_with(abs(root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_inside_the_root() {
+        let root = Path::new("/data/runs");
+        assert!(inside(Path::new("/data/runs/a/b"), root));
+        assert!(inside(Path::new("/data/runs"), root));
+        assert!(!inside(Path::new("/data/runs/../secrets"), root));
+        assert!(!inside(Path::new("/data/runsX"), root));
+    }
+}
