@@ -220,8 +220,10 @@ pub enum Command {
     /// removed; --dry-run shows each change first.
     Tags(tags::TagsArgs),
     /// Caption a folder of pictures with a WD14 tagger (the ViT v3 taggers' folder:
-    /// model.safetensors, config.json, selected_tags.csv) as .txt sidecars: tags above the
-    /// thresholds, highest first; existing captions kept unless --append or --overwrite.
+    /// model.safetensors, config.json, selected_tags.csv: tags above the thresholds) or by
+    /// CLIP interrogation (a CLIPModel: the vocabulary phrases nearest the picture), best
+    /// first, as .txt sidecars or one metadata CSV; existing captions kept unless --append or
+    /// --overwrite.
     Caption(caption::CaptionArgs),
     /// Show the compute backends this build has and which one `device: auto` would pick.
     Devices,
