@@ -10,6 +10,7 @@ use yaml_serde::Value;
 
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
+use crate::prepare::CropMode;
 use crate::sample::SamplerKind;
 use crate::train::lr::Schedule;
 use crate::train::optim::OptimizerType;
@@ -369,7 +370,8 @@ yaml_choice!(
     LoraTargets,
     MixedPrecision,
     OptimizerType,
-    SamplerKind
+    SamplerKind,
+    CropMode
 );
 
 impl YamlValue for Vec<String> {
