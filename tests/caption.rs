@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::tools::{assert_bad_input, TempDir};
-use lorafuse::caption::Tagger;
+use lorafuse::caption::{ClipModel, Interrogator, Tagger, Vocabulary};
 use lorafuse::data::pixels::decode_image;
 use lorafuse::model::checkpoint::Weights;
 use lorafuse::CpuBackend;
@@ -247,5 +247,300 @@ fn bad_tagger_files_and_options_exit_2_naming_them() {
             ),
             "nodata does not exist",
         ),
+    ]);
+}
+
+fn clip_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip")
+}
+
+fn clip_reference(name: &str) -> Vec<f32> {
+    let r = Weights::open(clip_fixtures().join("reference.safetensors")).unwrap();
+    let shape = r.shape(name).unwrap().to_vec();
+    r.get(name, shape).unwrap().to_f32_vec()
+}
+
+/// The fixture's vocabularies, in name order as the reference embeds them.
+fn clip_vocabularies() -> Vec<Vocabulary> {
+    ["colours", "things"]
+        .iter()
+        .map(|v| Vocabulary::read(&clip_fixtures().join(format!("vocab/{v}.txt"))).unwrap())
+        .collect()
+}
+
+fn clip_image(name: &str) -> PathBuf {
+    match name {
+        "large" => clip_fixtures().join("images/large.png"),
+        other => fixtures().join(format!("images/{other}.png")),
+    }
+}
+
+/// transformers' CLIPModel on a tiny random model (tests/fixtures/make_clip_fixture.py): the
+/// processor's pixel values, image and text embeddings, the similarities and their ranking;
+/// a second run reads the phrase embeddings from the cache; the single-file form loads the
+/// same model.
+#[test]
+fn clip_matches_transformers() {
+    let be = CpuBackend::new();
+    let t = TempDir::new("clip-golden");
+    let model = ClipModel::load(&clip_fixtures().join("tiny"), &be).unwrap();
+    let vocabs = clip_vocabularies();
+    let phrases: Vec<String> = vocabs.iter().flat_map(|v| v.phrases.clone()).collect();
+    let want_ids = clip_reference("text/ids");
+    for (i, p) in phrases.iter().enumerate() {
+        let ids = model.ids(p);
+        let row = &want_ids[i * 77..i * 77 + ids.len()];
+        assert!(
+            ids.iter().zip(row).all(|(&a, &b)| a as f32 == b),
+            "{p}: {ids:?} vs {row:?}"
+        );
+    }
+    let text = model.text_embeds(&be, &phrases, &mut |_, _| {}).unwrap();
+    let e = rel_err(&text, &clip_reference("text/text_embeds"));
+    assert!(e < 1e-4, "text_embeds rel err {e:e}");
+    let cache = t.path("cache");
+    let mut embedded = 0;
+    let it = Interrogator::new(model, vocabs.clone(), 2, &be, Some(&cache), &mut |d, _| {
+        embedded = d
+    })
+    .unwrap();
+    assert_eq!(embedded, phrases.len());
+    for image in ["wide-alpha", "small", "large"] {
+        let path = clip_image(image);
+        let img = decode_image(&path, &fs::read(&path).unwrap()).unwrap();
+        let pixels = it.model.preprocess.pixels(&img);
+        let want = clip_reference(&format!("{image}/pixels"));
+        let e = rel_err(&pixels, &want);
+        assert!(e < 1e-6, "{image}: pixel values rel err {e:e}");
+        let emb = it.model.image_embeds(&be, &pixels).unwrap();
+        let e = rel_err(&emb, &clip_reference(&format!("{image}/image_embeds")));
+        assert!(e < 1e-4, "{image}: image_embeds rel err {e:e}");
+        let sims = it.similarities(&be, &img).unwrap();
+        let want = clip_reference(&format!("{image}/similarity"));
+        let e = rel_err(&sims, &want);
+        assert!(e < 1e-4, "{image}: similarity rel err {e:e}");
+        let rank = |s: &[f32]| {
+            let mut idx: Vec<usize> = (0..s.len()).collect();
+            idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+            idx
+        };
+        assert_eq!(rank(&sims), rank(&want), "{image}: ranking");
+    }
+    // The single file loads the same model (config.json beside it); the cached embeddings
+    // are read, not recomputed.
+    let single = ClipModel::load(&clip_fixtures().join("tiny/model.safetensors"), &be).unwrap();
+    let mut embedded = 0;
+    let again = Interrogator::new(single, vocabs, 2, &be, Some(&cache), &mut |d, _| {
+        embedded = d
+    })
+    .unwrap();
+    assert_eq!(embedded, 0, "the phrase embeddings come from the cache");
+    let path = clip_image("large");
+    let img = decode_image(&path, &fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        again.similarities(&be, &img).unwrap(),
+        it.similarities(&be, &img).unwrap()
+    );
+}
+
+/// The caption the reference similarities give: the `top` best phrases of each fixture
+/// vocabulary, all by similarity.
+fn clip_expected(image: &str, top: usize) -> String {
+    let sims = clip_reference(&format!("{image}/similarity"));
+    let mut chosen: Vec<(String, f32)> = Vec::new();
+    let mut start = 0;
+    for v in clip_vocabularies() {
+        let mut idx: Vec<usize> = (0..v.phrases.len()).collect();
+        idx.sort_by(|&a, &b| sims[start + b].total_cmp(&sims[start + a]));
+        chosen.extend(
+            idx.iter()
+                .take(top)
+                .map(|&i| (v.phrases[i].clone(), sims[start + i])),
+        );
+        start += v.phrases.len();
+    }
+    chosen.sort_by(|a, b| b.1.total_cmp(&a.1));
+    chosen
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `caption --clip` on a folder (sidecars, a corrupt picture skipped), then `--metadata-csv`
+/// with --clip (--overwrite, --top 2) and --tagger (--append) merging into one CSV that the
+/// data loader reads.
+#[test]
+fn clip_captions_and_metadata_csv() {
+    let t = TempDir::new("caption-clip");
+    let d = t.path("data");
+    fs::create_dir_all(&d).unwrap();
+    for image in ["wide-alpha", "small", "large"] {
+        fs::copy(clip_image(image), d.join(format!("{image}.png"))).unwrap();
+    }
+    fs::write(d.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (model, cache) = (s(&clip_fixtures().join("tiny")), s(&t.path("cache")));
+    let vocab = |v: &str| s(&clip_fixtures().join(format!("vocab/{v}.txt")));
+    let base: Vec<String> = [
+        "caption",
+        &s(&d),
+        "--clip",
+        &model,
+        "--vocab",
+        &vocab("colours"),
+        "--vocab",
+        &vocab("things"),
+        "--cache-dir",
+        &cache,
+        "--device",
+        "cpu",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    let argv = |extra: &[&str]| -> Vec<String> {
+        base.iter()
+            .cloned()
+            .chain(extra.iter().map(|x| x.to_string()))
+            .collect()
+    };
+    let go = |args: Vec<String>| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = run(&a);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        (out, err)
+    };
+    let (out, err) = go(argv(&["--trigger", "sks"]));
+    for image in ["wide-alpha", "small", "large"] {
+        assert_eq!(
+            read(&d.join(format!("{image}.txt"))),
+            format!("sks, {}\n", clip_expected(image, 1)),
+            "{image}"
+        );
+    }
+    assert!(
+        out.contains("captioned 3 pictures") && out.contains("1 unreadable"),
+        "{out}"
+    );
+    assert!(out.contains("skipped broken.png"), "{out}");
+    assert!(err.contains("clip vocabulary: 11/11 phrases"), "{err}");
+    assert!(err.contains("caption: 4/4 images"), "{err}");
+
+    // Into a CSV: the sidecars are not the CSV's captions, so every picture is captioned.
+    let csv = d.join("metadata.csv");
+    fs::write(&csv, "file_name,text\nlarge.png,my own words\n").unwrap();
+    let (out, err) = go(argv(&["--metadata-csv", &s(&csv), "--top", "2"]));
+    // The phrase embeddings came from the cache this time.
+    assert!(!err.contains("clip vocabulary"), "{err}");
+    assert!(out.contains("captions written to"), "{out}");
+    let md = lorafuse::data::metadata::read_metadata(&csv).unwrap();
+    assert_eq!(md.get("large.png").unwrap().text, "my own words");
+    assert_eq!(md.get("small.png").unwrap().text, clip_expected("small", 2));
+    let (_, _) = go(argv(&["--metadata-csv", &s(&csv), "--overwrite"]));
+    let md = lorafuse::data::metadata::read_metadata(&csv).unwrap();
+    assert_eq!(md.get("large.png").unwrap().text, clip_expected("large", 1));
+    assert_eq!(
+        md.rows[0].file_name, "large.png",
+        "existing rows keep their place"
+    );
+    assert!(md.get("broken.png").is_none());
+
+    // The tagger appends its tags to the same rows (tests/fixtures/tagger/vit-v3 on
+    // small.png: outdoors, long_hair, smile above 0.7).
+    let tagger = s(&fixtures().join("vit-v3"));
+    let (code, out, err) = run(&[
+        "caption",
+        &s(&d),
+        "--tagger",
+        &tagger,
+        "--threshold",
+        "0.7",
+        "--character-threshold",
+        "0.99",
+        "--metadata-csv",
+        &s(&csv),
+        "--append",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let md = lorafuse::data::metadata::read_metadata(&csv).unwrap();
+    assert_eq!(
+        md.get("small.png").unwrap().text,
+        format!("{}, outdoors, long hair, smile", clip_expected("small", 1))
+    );
+}
+
+#[test]
+fn bad_clip_files_and_vocabularies_exit_2_naming_them() {
+    let t = TempDir::new("caption-clip-bad");
+    let data = t.path("data");
+    fs::create_dir_all(data.join("sub")).unwrap();
+    fs::copy(clip_image("small"), data.join("a.png")).unwrap();
+    let d = data.to_str().unwrap();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let copy = |name: &str, files: &[&str]| {
+        let dir = t.path(name);
+        fs::create_dir_all(&dir).unwrap();
+        for f in files {
+            fs::copy(clip_fixtures().join("tiny").join(f), dir.join(f)).unwrap();
+        }
+        dir
+    };
+    let wider = copy("wider", &["model.safetensors", "config.json"]);
+    let cfg = wider.join("config.json");
+    fs::write(
+        &cfg,
+        read(&cfg).replace("\"hidden_size\": 8", "\"hidden_size\": 16"),
+    )
+    .unwrap();
+    let no_weights = copy("noweights", &["config.json"]);
+    let alone = copy("alone", &["model.safetensors"]);
+    let not_utf8 = t.path("latin1.txt");
+    fs::write(&not_utf8, b"caf\xe9\n").unwrap();
+    let empty = t.path("empty.txt");
+    fs::write(&empty, "# nothing\n\n").unwrap();
+    let tiny = p(&clip_fixtures().join("tiny"));
+    let cmd = |model: &str, extra: &str| {
+        format!(
+            "caption {d} --device cpu --cache-dir {} --clip {model}{extra}",
+            p(&t.path("c"))
+        )
+    };
+    assert_bad_input(&[
+        (
+            cmd(&p(&t.path("nowhere")), ""),
+            "nowhere: no such file or folder",
+        ),
+        (cmd(&p(&no_weights), ""), "model.safetensors: missing"),
+        (
+            cmd(&p(&wider), ""),
+            "wider/model.safetensors has shape [8], expected [16]",
+        ),
+        (
+            cmd(&p(&alone.join("model.safetensors")), ""),
+            "not a multiple of SD1.x's CLIP head width 64",
+        ),
+        (
+            cmd(&tiny, &format!(" --vocab {}", p(&t.path("missing.txt")))),
+            "missing.txt: cannot read it",
+        ),
+        (
+            cmd(&tiny, &format!(" --vocab {}", p(&not_utf8))),
+            "latin1.txt: not UTF-8 text",
+        ),
+        (
+            cmd(&tiny, &format!(" --vocab {}", p(&empty))),
+            "empty.txt: no phrases",
+        ),
+        (
+            cmd(
+                &tiny,
+                &format!(" --metadata-csv {}", p(&data.join("sub/m.csv"))),
+            ),
+            "m.csv: it is not in",
+        ),
+        (cmd(&tiny, " --top 0"), "--top 0"),
     ]);
 }

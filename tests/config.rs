@@ -138,6 +138,10 @@ enable_wildcard: true
 cache_latents_to_disk: false
 clip_skip: 2
 max_token_length: 150
+auto_crop: smart
+auto_caption: /models/wd-vit-tagger-v3
+auto_caption_threshold: 0.5
+auto_caption_top: 3
 validation_split: 0.1
 validate_every_n_steps: 200
 early_stopping_patience: 5
@@ -238,6 +242,12 @@ fn a_full_config_parses_with_every_value() {
     assert!(!c.cache_latents_to_disk);
     assert_eq!(c.clip_skip, 2);
     assert_eq!(c.max_token_length, 150);
+    assert_eq!(c.auto_crop, Some(lorafuse::prepare::CropMode::Smart));
+    assert_eq!(
+        c.auto_caption.as_deref(),
+        Some(Path::new("/models/wd-vit-tagger-v3"))
+    );
+    assert_eq!((c.auto_caption_threshold, c.auto_caption_top), (0.5, 3));
     assert_eq!(c.validation_split, 0.1);
     assert_eq!(c.validate_every_n_steps, Some(200));
     assert_eq!(c.early_stopping_patience, Some(5));
@@ -1678,4 +1688,21 @@ fn conv_alpha_without_conv_dim_is_a_warning() {
     );
     let c = with("conv_alpha: 4\nconv_dim: 8").unwrap();
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+#[test]
+fn auto_keys_are_checked() {
+    let text = err_text(with("auto_crop: edges"));
+    assert!(
+        text.contains("auto_crop = \"edges\"") && text.contains("center, smart, none"),
+        "{text}"
+    );
+    let text = err_text(with("auto_caption_threshold: 1.5"));
+    assert!(text.contains("auto_caption_threshold"), "{text}");
+    let c = with("auto_caption: /nowhere/tagger").unwrap();
+    let text = c.check_paths().unwrap_err().to_string();
+    assert!(
+        text.contains("auto_caption") && text.contains("does not exist"),
+        "{text}"
+    );
 }

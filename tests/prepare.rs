@@ -431,3 +431,78 @@ fn tags_counts_and_edits_captions_after_a_dry_run() {
 
     assert_bad_input(&[(format!("tags {d} --replace woman"), "--replace woman")]);
 }
+
+/// `train`'s automatic steps (config keys auto_crop, auto_caption; src/prepare/auto.rs): the
+/// pictures prepared into output_dir/auto/prepared at the config's resolution, the one
+/// without a caption captioned by the tiny tagger of tests/caption.rs, the other's caption
+/// carried; a second run redoes neither; a changed setting redoes the captioning step.
+#[test]
+fn train_prepares_and_captions_once() {
+    use lorafuse::config::TrainConfig;
+    use lorafuse::prepare::auto::auto_prepare;
+    let t = TempDir::new("auto-prepare");
+    let data = t.path("data");
+    save(&picture(96, 80, 1), &data.join("a.png"));
+    save(&picture(70, 90, 2), &data.join("b.png"));
+    write(&data.join("b.txt"), b"my caption\n");
+    let tagger = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tagger/vit-v3");
+    let yaml = t.path("config.yaml");
+    let config = |threshold: f64| {
+        write(
+            &yaml,
+            format!(
+                "train_data_dir: {}\nbase_model: {}\noutput_dir: {}\nresolution: 64\n\
+                 auto_crop: center\nauto_caption: {}\nauto_caption_threshold: {threshold}\n",
+                data.display(),
+                t.path("model.safetensors").display(),
+                t.path("out").display(),
+                tagger.display()
+            )
+            .as_bytes(),
+        );
+        TrainConfig::load(&yaml, &[] as &[&str]).unwrap()
+    };
+    let be = lorafuse::CpuBackend::new();
+    let cfg = config(0.5);
+    let first = auto_prepare(&cfg, &be, &|_, _, _| {}).unwrap();
+    let prepared = t.path("out/auto/prepared");
+    assert_eq!(first.data_dir, prepared);
+    assert!(
+        first.notes[0].contains("prepared into"),
+        "{:?}",
+        first.notes
+    );
+    assert!(
+        first.notes[1].contains("captioned 1 pictures; kept 1"),
+        "{:?}",
+        first.notes
+    );
+    assert_eq!(load(&prepared.join("a.png")).dimensions(), (64, 64));
+    assert_eq!(
+        fs::read_to_string(prepared.join("b.txt")).unwrap(),
+        "my caption\n"
+    );
+    // a.png's tags from the tiny tagger at 0.5 (its probabilities are tests/caption.rs's
+    // concern): some tag was written.
+    let a = fs::read_to_string(prepared.join("a.txt")).unwrap();
+    assert!(!a.trim().is_empty(), "{a:?}");
+
+    let again = auto_prepare(&cfg, &be, &|_, _, _| {}).unwrap();
+    assert_eq!(again.data_dir, prepared);
+    assert!(
+        again.notes.iter().all(|n| n.contains("up to date")),
+        "{:?}",
+        again.notes
+    );
+    let changed = auto_prepare(&config(0.6), &be, &|_, _, _| {}).unwrap();
+    assert!(
+        changed.notes[0].contains("up to date"),
+        "{:?}",
+        changed.notes
+    );
+    assert!(
+        changed.notes[1].contains("captioned 0 pictures; kept 2"),
+        "{:?}",
+        changed.notes
+    );
+}

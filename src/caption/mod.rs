@@ -1,5 +1,6 @@
 //! `lorafuse caption`: captions for a folder of pictures from a WD14 tagger (wd14.rs, with the
-//! ViT of src/model/vit.rs on the chosen backend), written as `.txt` sidecars.
+//! ViT of src/model/vit.rs on the chosen backend) or by CLIP interrogation (clip.rs), written
+//! as `.txt` sidecars. Both are a [`Labeler`]: a picture to tags, best first.
 //!
 //! - The folder is listed as `prepare` lists it (src/prepare/walk.rs: subfolders, sidecars).
 //! - A picture that already has a caption is left alone unless `--overwrite` (replace it) or
@@ -8,9 +9,12 @@
 //! - A caption: the tagger's tags above the thresholds, highest probability first, without
 //!   the undesired tags (names or `*` patterns), with the trigger tags put first, underscores
 //!   turned into spaces unless asked to keep them (kaomoji such as `^_^` keep theirs).
-//! - Written atomically (src/atomic.rs); a picture that cannot be decoded is reported and
-//!   skipped, the rest are captioned.
+//! - Written atomically (src/atomic.rs), as sidecars or, with `--metadata-csv`, into one CSV
+//!   (csv.rs; its rows are then the existing captions, sidecars are not read); a picture that
+//!   cannot be decoded is reported and skipped, the rest are captioned.
 
+pub mod clip;
+pub mod csv;
 pub mod error;
 pub mod pil;
 pub mod wd14;
@@ -18,14 +22,39 @@ pub mod wd14;
 use std::path::{Path, PathBuf};
 
 use crate::atomic::write_file;
+use image::DynamicImage;
+
 use crate::backend::Backend;
 use crate::data::pixels::decode_image;
 use crate::error::{Error, Result};
 use crate::prepare::tags::{split, Pattern, TagEdit};
 use crate::prepare::{walk, PrepareError};
+use csv::CaptionCsv;
 
+pub use clip::{ClipModel, Interrogator, Vocabulary};
 pub use error::CaptionError;
 pub use wd14::{Tagger, Thresholds};
+
+/// What captions a picture: its tags (or phrases) with their scores, best first.
+pub trait Labeler {
+    fn tags(
+        &self,
+        be: &dyn Backend,
+        img: &DynamicImage,
+        o: &CaptionOptions,
+    ) -> Result<Vec<(String, f32)>>;
+}
+
+impl Labeler for Tagger {
+    fn tags(
+        &self,
+        be: &dyn Backend,
+        img: &DynamicImage,
+        o: &CaptionOptions,
+    ) -> Result<Vec<(String, f32)>> {
+        Ok(self.select(&self.probabilities(be, img)?, o.thresholds))
+    }
+}
 
 /// What happens to a picture that already has a caption.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -39,10 +68,11 @@ pub enum Existing {
     Overwrite,
 }
 
-/// Everything `caption` needs besides the tagger.
+/// Everything `caption` needs besides the model.
 #[derive(Clone, Debug)]
 pub struct CaptionOptions {
     pub dir: PathBuf,
+    /// The tagger's (CLIP interrogation ignores them).
     pub thresholds: Thresholds,
     pub undesired: Vec<Pattern>,
     pub trigger: Vec<String>,
@@ -50,6 +80,8 @@ pub struct CaptionOptions {
     pub keep_underscores: bool,
     /// The caption files' extension, with its dot.
     pub extension: String,
+    /// Captions into this CSV (csv.rs) instead of sidecars.
+    pub metadata_csv: Option<PathBuf>,
 }
 
 /// The default thresholds: general tags as SmilingWolf's tagger space has them, characters as
@@ -74,6 +106,8 @@ pub struct CaptionReport {
     pub ignored: Vec<PathBuf>,
     /// (relative path, caption) of each written caption, in path order.
     pub captions: Vec<(PathBuf, String)>,
+    /// The CSV the captions went into (--metadata-csv), when it was written.
+    pub csv: Option<PathBuf>,
 }
 
 impl std::fmt::Display for CaptionReport {
@@ -86,6 +120,9 @@ impl std::fmt::Display for CaptionReport {
             self.unchanged.len(),
             self.unreadable.len()
         )?;
+        if let Some(csv) = &self.csv {
+            writeln!(f, "captions written to {}", csv.display())?;
+        }
         for (p, why) in &self.unreadable {
             writeln!(f, "  skipped {}: {why}", p.display())?;
         }
@@ -157,10 +194,10 @@ impl CaptionOptions {
     }
 }
 
-/// Captions every picture of `o.dir` with `tagger`; `progress(done, total)` after each one.
+/// Captions every picture of `o.dir` with `labeler`; `progress(done, total)` after each one.
 pub fn caption(
     o: &CaptionOptions,
-    tagger: &Tagger,
+    labeler: &dyn Labeler,
     be: &dyn Backend,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<CaptionReport> {
@@ -178,36 +215,52 @@ pub fn caption(
         ignored: listing.ignored,
         ..CaptionReport::default()
     };
+    let mut csv = match &o.metadata_csv {
+        Some(path) => Some(CaptionCsv::open(path, &o.dir)?),
+        None => None,
+    };
     let total = listing.jobs.len();
     for (i, job) in listing.jobs.iter().enumerate() {
         let target = o
             .dir
             .join(&job.rel)
             .with_extension(o.extension.trim_start_matches('.'));
-        let existing = job.sidecars.first().map(|(_, p)| p.clone());
-        if existing.is_some() && o.existing == Existing::Keep {
+        // The existing caption: the CSV's row, or the sidecar (read when needed).
+        let key = csv.as_ref().map(|c| c.key(&job.rel));
+        let sidecar = job.sidecars.first().map(|(_, p)| p.clone());
+        let has_existing = match (&csv, &key) {
+            (Some(c), Some(k)) => c.get(k).is_some(),
+            _ => sidecar.is_some(),
+        };
+        if has_existing && o.existing == Existing::Keep {
             report.kept.push(job.rel.clone());
             progress(i + 1, total);
             continue;
         }
-        match caption_one(o, tagger, be, &o.dir.join(&job.rel))? {
+        match caption_one(o, labeler, be, &o.dir.join(&job.rel))? {
             Err(why) => report.unreadable.push((job.rel.clone(), why)),
             Ok(line) => {
-                let text = match (&existing, o.existing) {
-                    (Some(path), Existing::Append) => {
-                        let old = std::fs::read_to_string(path)
-                            .map_err(|e| Error::io(path, "read the caption", e))?;
-                        let new = o.appended(&old, &line);
-                        if new.trim_end() == old.trim_end() {
-                            report.unchanged.push(job.rel.clone());
-                            progress(i + 1, total);
-                            continue;
-                        }
-                        new
+                let text = if has_existing && o.existing == Existing::Append {
+                    let old = match (&csv, &key, &sidecar) {
+                        (Some(c), Some(k), _) => c.get(k).unwrap_or_default().to_string(),
+                        (_, _, Some(path)) => std::fs::read_to_string(path)
+                            .map_err(|e| Error::io(path, "read the caption", e))?,
+                        _ => String::new(),
+                    };
+                    let new = o.appended(&old, &line);
+                    if new.trim_end() == old.trim_end() {
+                        report.unchanged.push(job.rel.clone());
+                        progress(i + 1, total);
+                        continue;
                     }
-                    _ => format!("{line}\n"),
+                    new
+                } else {
+                    format!("{line}\n")
                 };
-                write_file(&target, text.as_bytes())?;
+                match (&mut csv, &key) {
+                    (Some(c), Some(k)) => c.set(k, text.trim_end()),
+                    _ => write_file(&target, text.as_bytes())?,
+                }
                 report.written.push(job.rel.clone());
                 report
                     .captions
@@ -216,6 +269,12 @@ pub fn caption(
         }
         progress(i + 1, total);
     }
+    if let Some(c) = csv {
+        if !report.written.is_empty() || !c.path.exists() {
+            c.write()?;
+            report.csv = Some(c.path);
+        }
+    }
     Ok(report)
 }
 
@@ -223,7 +282,7 @@ pub fn caption(
 /// picture's, not the run's).
 fn caption_one(
     o: &CaptionOptions,
-    tagger: &Tagger,
+    labeler: &dyn Labeler,
     be: &dyn Backend,
     path: &Path,
 ) -> Result<std::result::Result<String, String>> {
@@ -235,8 +294,7 @@ fn caption_one(
         Ok(img) => img,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    let probs = tagger.probabilities(be, &img)?;
-    Ok(Ok(o.caption(&tagger.select(&probs, o.thresholds))))
+    Ok(Ok(o.caption(&labeler.tags(be, &img, o)?)))
 }
 
 #[cfg(test)]
@@ -252,6 +310,7 @@ mod tests {
             existing: Existing::Keep,
             keep_underscores: false,
             extension: ".txt".into(),
+            metadata_csv: None,
         }
     }
 

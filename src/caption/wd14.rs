@@ -334,23 +334,12 @@ fn read_pretrained_cfg(
     let triple = |k: &str, default: f32| -> std::result::Result<[f32; 3], CaptionError> {
         match get(k) {
             None => Ok([default; 3]),
-            Some(v) => {
-                let xs: Vec<f32> = v
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_f64)
-                            .map(|x| x as f32)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                <[f32; 3]>::try_from(xs.as_slice()).map_err(|_| {
-                    bad(
-                        path,
-                        format!("pretrained_cfg.{k} is {v}, expected 3 numbers"),
-                    )
-                })
-            }
+            Some(v) => three_numbers(v).ok_or_else(|| {
+                bad(
+                    path,
+                    format!("pretrained_cfg.{k} is {v}, expected 3 numbers"),
+                )
+            }),
         }
     };
     // timm's DEFAULT_CROP_PCT when the config has none.
@@ -375,6 +364,16 @@ fn read_pretrained_cfg(
         mean: triple("mean", 0.5)?,
         std,
     })
+}
+
+/// A JSON array of exactly three numbers (a per-channel mean or std).
+pub(super) fn three_numbers(v: &Value) -> Option<[f32; 3]> {
+    let xs: Vec<f32> = v
+        .as_array()?
+        .iter()
+        .map(|x| x.as_f64().map(|x| x as f32))
+        .collect::<Option<_>>()?;
+    <[f32; 3]>::try_from(xs.as_slice()).ok()
 }
 
 /// selected_tags.csv: the `name` and `category` of each row.

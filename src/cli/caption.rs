@@ -1,10 +1,11 @@
-//! `lorafuse caption`: read the flags into [`CaptionOptions`], load the tagger on the chosen
-//! backend, show progress, print the report.
+//! `lorafuse caption`: read the flags into [`CaptionOptions`], load the tagger or the CLIP
+//! model on the chosen backend, show progress, print the report.
 
 use std::path::PathBuf;
 
 use lorafuse::caption::{
-    caption, CaptionOptions, Existing, Tagger, Thresholds, DEFAULT_THRESHOLDS,
+    caption, CaptionOptions, ClipModel, Existing, Interrogator, Labeler, Tagger, Thresholds,
+    Vocabulary, DEFAULT_THRESHOLDS,
 };
 use lorafuse::config::{Device, MixedPrecision};
 use lorafuse::prepare::tags::{split, Pattern};
@@ -14,13 +15,34 @@ use super::{backend, parse_device, CliError, Out, Outcome};
 
 /// The flags of `lorafuse caption`.
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("model").required(true).args(["tagger", "clip"])))]
 pub struct CaptionArgs {
     /// The folder of pictures (subfolders included).
     pub dir: PathBuf,
     /// The WD14 tagger: the folder of a ViT v3 tagger as downloaded from its hub page
     /// (model.safetensors, config.json, selected_tags.csv), e.g. SmilingWolf/wd-vit-tagger-v3.
     #[arg(long, value_name = "PATH")]
-    pub tagger: PathBuf,
+    pub tagger: Option<PathBuf>,
+    /// CLIP interrogation: a transformers CLIPModel folder (config.json, model.safetensors,
+    /// preprocessor_config.json) or its model.safetensors, e.g. openai/clip-vit-large-patch14.
+    #[arg(long, value_name = "PATH")]
+    pub clip: Option<PathBuf>,
+    /// With --clip: a file of candidate phrases, one a line (repeatable; each file is one
+    /// list). Without it, lorafuse's own lists of mediums, styles, subjects, lighting,
+    /// colours and composition.
+    #[arg(long, value_name = "FILE", requires = "clip")]
+    pub vocab: Vec<PathBuf>,
+    /// With --clip: the phrases kept from each vocabulary list, best first.
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "clip")]
+    pub top: usize,
+    /// With --clip: where the phrase embeddings are cached (default: $XDG_CACHE_HOME/lorafuse
+    /// or ~/.cache/lorafuse).
+    #[arg(long, value_name = "DIR", requires = "clip")]
+    pub cache_dir: Option<PathBuf>,
+    /// Write the captions into this CSV (file_name,text, as the data loader reads a
+    /// metadata.csv) instead of .txt sidecars; an existing file is merged into.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_csv: Option<PathBuf>,
     /// General tags above this probability are kept.
     #[arg(long, default_value_t = DEFAULT_THRESHOLDS.general)]
     pub threshold: f32,
@@ -91,16 +113,64 @@ impl CaptionArgs {
             },
             keep_underscores: self.underscores,
             extension: format!(".{ext}"),
+            metadata_csv: self.metadata_csv.clone(),
         })
     }
 }
 
+/// The cache folder of `--clip`'s phrase embeddings: --cache-dir, else the user's cache.
+fn cache_dir(args: &CaptionArgs) -> Option<PathBuf> {
+    if let Some(d) = &args.cache_dir {
+        return Some(d.clone());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("lorafuse"))
+}
+
 pub fn caption_cmd(args: &CaptionArgs) -> Outcome {
     let o = args.options()?;
+    if args.top == 0 {
+        return Err(CliError::Usage(
+            "--top 0: expected at least 1 phrase".into(),
+        ));
+    }
     let be = backend(args.device, MixedPrecision::No)?;
-    let tagger = Tagger::load(&args.tagger, be.as_ref())?;
+    let labeler: Box<dyn Labeler> = match (&args.tagger, &args.clip) {
+        (Some(tagger), _) => Box::new(Tagger::load(tagger, be.as_ref())?),
+        (None, Some(clip)) => {
+            let vocabularies = if args.vocab.is_empty() {
+                Vocabulary::defaults()
+            } else {
+                args.vocab
+                    .iter()
+                    .map(|p| Vocabulary::read(p))
+                    .collect::<Result<_, _>>()?
+            };
+            let model = ClipModel::load(clip, be.as_ref())?;
+            let cache = cache_dir(args);
+            if cache.is_none() {
+                eprintln!(
+                    "note: no HOME or XDG_CACHE_HOME: the phrase embeddings are not cached \
+                     (give --cache-dir)"
+                );
+            }
+            let meter = Meter::counting("clip vocabulary", "phrases");
+            Box::new(Interrogator::new(
+                model,
+                vocabularies,
+                args.top,
+                be.as_ref(),
+                cache.as_deref(),
+                &mut |done, total| meter.show(done, total),
+            )?)
+        }
+        (None, None) => return Err(CliError::Usage("give --tagger PATH or --clip PATH".into())),
+    };
     let meter = Meter::new("caption");
-    let report = caption(&o, &tagger, be.as_ref(), &mut |done, total| {
+    let report = caption(&o, labeler.as_ref(), be.as_ref(), &mut |done, total| {
         meter.show(done, total)
     })?;
     let mut out = Out::new();

@@ -23,6 +23,7 @@ use lorafuse::lora::{kohya, LoraSet};
 use lorafuse::model::family::{family_of, WeightsFrom};
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::tokenizer::Tokenizer;
+use lorafuse::prepare::auto::auto_prepare;
 use lorafuse::sample::{generate, parse_prompt_line, save_png, Pipeline, PromptDefaults};
 use lorafuse::train::trainer::{train, TrainReport};
 use lorafuse::{Backend, CpuBackend, DType};
@@ -220,8 +221,10 @@ pub enum Command {
     /// removed; --dry-run shows each change first.
     Tags(tags::TagsArgs),
     /// Caption a folder of pictures with a WD14 tagger (the ViT v3 taggers' folder:
-    /// model.safetensors, config.json, selected_tags.csv) as .txt sidecars: tags above the
-    /// thresholds, highest first; existing captions kept unless --append or --overwrite.
+    /// model.safetensors, config.json, selected_tags.csv: tags above the thresholds) or by
+    /// CLIP interrogation (a CLIPModel: the vocabulary phrases nearest the picture), best
+    /// first, as .txt sidecars or one metadata CSV; existing captions kept unless --append or
+    /// --overwrite.
     Caption(caption::CaptionArgs),
     /// Show the compute backends this build has and which one `device: auto` would pick.
     Devices,
@@ -377,10 +380,25 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
         set.push(format!("output_dir={}", dir.display()));
     }
     let resume = resume.is_some();
-    let cfg = TrainConfig::load(config, &set)?;
+    let mut cfg = TrainConfig::load(config, &set)?;
     cfg.check_paths()?;
     for w in cfg.warnings() {
         eprintln!("warning: {w}");
+    }
+    if cfg.auto_crop.is_some() || cfg.auto_caption.is_some() {
+        // Captions are computed in f32, whatever the training precision.
+        let be = backend(cfg.device, MixedPrecision::No)?;
+        let meters = [
+            prepare::Meter::new("auto_crop"),
+            prepare::Meter::new("auto_caption"),
+        ];
+        let auto = auto_prepare(&cfg, be.as_ref(), &|step, done, total| {
+            meters[usize::from(step == "auto_caption")].show(done, total)
+        })?;
+        for note in &auto.notes {
+            eprintln!("{}", note.trim_end());
+        }
+        cfg.train_data_dir = auto.data_dir;
     }
     let be = backend(cfg.device, cfg.mixed_precision)?;
     interrupt::install();

@@ -150,6 +150,8 @@ impl PrepareArgs {
 pub(super) struct Meter {
     /// The command's name, first on the line.
     label: &'static str,
+    /// What is counted ("images").
+    unit: &'static str,
     start: Instant,
     tty: bool,
     last_tenth: Mutex<usize>,
@@ -157,8 +159,14 @@ pub(super) struct Meter {
 
 impl Meter {
     pub(super) fn new(label: &'static str) -> Meter {
+        Meter::counting(label, "images")
+    }
+
+    /// A meter counting other things than images.
+    pub(super) fn counting(label: &'static str, unit: &'static str) -> Meter {
         Meter {
             label,
+            unit,
             start: Instant::now(),
             tty: std::io::stderr().is_terminal(),
             last_tenth: Mutex::new(0),
@@ -169,10 +177,11 @@ impl Meter {
         let elapsed = self.start.elapsed().as_secs_f64();
         let eta = elapsed / done.max(1) as f64 * (total - done.min(total)) as f64;
         let line = format!(
-            "{}: {done}/{total} images, {:.1} images/s, ETA {:.0} s",
+            "{}: {done}/{total} {unit}, {:.1} {unit}/s, ETA {:.0} s",
             self.label,
             done as f64 / elapsed.max(1e-9),
-            eta
+            eta,
+            unit = self.unit,
         );
         if self.tty {
             eprint!("\r{line}   ");

@@ -19,6 +19,7 @@ use super::{DataSubset, Provenance};
 use crate::lora::blocks::{SideWeights, BLOCKS, SIDE_BLOCKS};
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
+use crate::prepare::CropMode;
 use crate::sample::SamplerKind;
 use crate::train::lr::Schedule;
 use crate::train::optim::OptimizerType;
@@ -776,6 +777,38 @@ config_keys! {
         check |n| [75, 150, 225].contains(n),
         doc_type "`75`, `150` or `225`",
         rule "must be 75, 150 or 225 (kohya's choices: one, two or three windows of 75 tokens)",
+
+    /// Before training, crop and resize `train_data_dir`'s pictures as `lorafuse prepare`
+    /// does (`center`, `smart` or `none` as its `--crop`), to `resolution` or, with
+    /// `enable_bucket`, to their buckets, into `<output_dir>/auto/prepared`, which is then
+    /// trained on; redone only when the pictures or these settings change.
+    auto_crop: Option<CropMode> = optional("unset (train on the folder as it is)"),
+        read parse::choice,
+        doc_type choice_doc::<CropMode>(),
+        rule choice_rule::<CropMode>(),
+
+    /// Before training, caption the pictures without a caption as `lorafuse caption` does:
+    /// a WD14 tagger folder (`--tagger`) or a CLIP model (`--clip`, lorafuse's vocabularies);
+    /// existing captions are kept; redone only when the pictures or the settings change.
+    auto_caption: Option<PathBuf> = optional("unset (captions as they are)"),
+        read parse::path,
+        doc_type "path",
+        rule "must be a WD14 tagger folder (with selected_tags.csv) or a CLIP model (folder or model.safetensors)",
+        verbatim: true,
+
+    /// `auto_caption` with a tagger: general tags above this probability are kept.
+    auto_caption_threshold: f64 = fixed(0.35),
+        read parse::float,
+        check |p| finite_in(*p, 0.0, true, 1.0, true),
+        doc_type "number 0–1",
+        rule "must be a probability from 0 to 1",
+
+    /// `auto_caption` with a CLIP model: the phrases kept from each vocabulary list.
+    auto_caption_top: usize = fixed(1),
+        read parse::count,
+        check |n| *n >= 1,
+        doc_type "whole number ≥ 1",
+        rule WHOLE_GE1,
 
     // --- validation and early stopping
 

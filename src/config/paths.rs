@@ -51,6 +51,26 @@ impl TrainConfig {
             }
         }
 
+        if let Some(model) = &self.auto_caption {
+            if let Err(e) = std::fs::metadata(model) {
+                fail("auto_caption", missing(model, &e));
+            }
+        }
+        // The automatic steps work on train_data_dir alone.
+        for (key, set) in [
+            ("auto_crop", self.auto_crop.is_some()),
+            ("auto_caption", self.auto_caption.is_some()),
+        ] {
+            if set && !self.subsets.is_empty() {
+                fail(
+                    key,
+                    "cannot be used with dataset_config: run `lorafuse prepare` and `lorafuse \
+                     caption` on each subset's folder instead"
+                        .into(),
+                );
+            }
+        }
+
         if let Err(e) = std::fs::metadata(&self.base_model) {
             fail("base_model", missing(&self.base_model, &e));
         }

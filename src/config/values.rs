@@ -11,6 +11,7 @@ use yaml_serde::Value;
 use crate::lora::blocks::SideWeights;
 use crate::lora::export::SavePrecision;
 use crate::lora::LoraTargets;
+use crate::prepare::CropMode;
 use crate::sample::SamplerKind;
 use crate::train::lr::Schedule;
 use crate::train::optim::OptimizerType;
@@ -370,7 +371,8 @@ yaml_choice!(
     LoraTargets,
     MixedPrecision,
     OptimizerType,
-    SamplerKind
+    SamplerKind,
+    CropMode
 );
 
 impl<T: YamlValue> YamlValue for Vec<T> {

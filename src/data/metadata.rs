@@ -174,16 +174,7 @@ fn parse_csv_rows(text: &str) -> (Vec<MetadataRow>, Problems) {
             vec![(1, "empty file: expected a header row file_name,text".into())],
         );
     };
-    let column = |names: &[&str]| {
-        names.iter().find_map(|n| {
-            header
-                .fields
-                .iter()
-                .position(|f| f.trim().eq_ignore_ascii_case(n))
-        })
-    };
-    let (Some(name_col), Some(text_col)) = (column(&["file_name"]), column(&["text", "caption"]))
-    else {
+    let Some((name_col, text_col)) = caption_columns(&header) else {
         return (
             Vec::new(),
             vec![(
@@ -218,6 +209,30 @@ fn parse_csv_rows(text: &str) -> (Vec<MetadataRow>, Problems) {
         });
     }
     (rows, problems)
+}
+
+/// The `file_name` and the caption column (`text`, else `caption`) of a metadata CSV's header
+/// row, case-insensitive.
+pub fn caption_columns(header: &CsvRecord) -> Option<(usize, usize)> {
+    let column = |names: &[&str]| {
+        names.iter().find_map(|n| {
+            header
+                .fields
+                .iter()
+                .position(|f| f.trim().eq_ignore_ascii_case(n))
+        })
+    };
+    Some((column(&["file_name"])?, column(&["text", "caption"])?))
+}
+
+/// One field as [`parse_csv`] reads it back: in double quotes (a quote doubled) when it holds
+/// a comma, a quote, a line break or spaces at either end.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) || s.trim() != s {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 /// One CSV record and the line it starts on.

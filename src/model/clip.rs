@@ -302,6 +302,31 @@ impl ClipTextModel {
         Ok(self.forward_train(cx, ids, batch, clip_skip, false)?.0)
     }
 
+    /// transformers' `pooler_output`: the last_hidden_state row of each of the `batch`
+    /// sequences (L ids each, L <= max_position_embeddings) at its `eos[i]`, the position of
+    /// its first `<|endoftext|>` ([`crate::model::tokenizer::Encoded::eos_position`]):
+    /// [batch, hidden]. CLIPModel's `text_projection` of it is the text embedding.
+    pub fn pooled(&self, cx: &Ctx, ids: &[u32], batch: usize, eos: &[usize]) -> Result<Tensor> {
+        let len = ids.len().checked_div(batch).unwrap_or(0);
+        let window = self.config.max_position_embeddings;
+        if eos.len() != batch || len > window || eos.iter().any(|&e| e >= len) {
+            return Err(Error::BadValue {
+                op: "clip",
+                name: "eos",
+                value: format!("{eos:?} for {batch} sequences of {len} ids"),
+                expected: format!("one position per sequence of at most {window} ids"),
+            });
+        }
+        let out = self.forward(cx, ids, batch, 1)?;
+        let d = self.config.hidden_size;
+        let rows: Vec<u32> = eos
+            .iter()
+            .enumerate()
+            .map(|(b, &e)| (b * len + e) as u32)
+            .collect();
+        cx.be.embedding(&out.reshape([batch * len, d])?, &rows)
+    }
+
     /// [`ClipTextModel::forward`], and with `save` the tape for [`ClipTextModel::backward`].
     /// The output is the same, bit for bit, with and without `save`.
     pub fn forward_train(

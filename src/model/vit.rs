@@ -5,6 +5,7 @@
 //!                                         row-major order, each flattened as (c, ky, kx): the
 //!                                         stride-p conv `patch_embed.proj` as one linear
 //!   [cls_token ++] tokens + pos_embed     the class token (if any) first, then the positions
+//!   norm_pre (if any)                     timm `pre_norm`; CLIP's `pre_layrnorm`
 //!   block i: x = x + proj(attention(q, k, v of norm1(x)))    q, k, v: the rows of the fused
 //!                                                            `attn.qkv` [3D, D], in that order
 //!            x = x + fc2(act(fc1(norm2(x))))                 act: GELU (exact or tanh) per
@@ -14,6 +15,10 @@
 //! LayerNorm eps is timm's 1e-6. Attention heads are D/heads wide, scaled by 1/sqrt(d).
 //! Pooling runs on the backend as a linear over the token axis: the tokens transposed to
 //! [1, D, L] times a [1, L] row of weights (1/count on the pooled tokens, else 0).
+//! The forward is the same for CLIP's vision tower (src/model/clip_vision.rs loads its
+//! transformers names into [`VitWeights`]): pre_layrnorm as norm_pre, post_layernorm on the
+//! class token as `norm` before token pooling (a LayerNorm acts per token), visual_projection
+//! as a head without bias.
 
 use crate::backend::{Activation, Backend};
 use crate::error::{Error, Result};
@@ -64,26 +69,41 @@ impl VitConfig {
     }
 }
 
-struct Block {
-    norm1: LayerNorm,
-    attn: Attention,
-    norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+/// One encoder block: x + attn(norm1(x)), then + fc2(act(fc1(norm2(x)))).
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
 }
 
-/// A loaded ViT classifier.
+/// A ViT's weights on the backend, whatever names they were stored under (timm's here,
+/// transformers' CLIP vision tower in src/model/clip_vision.rs).
+pub struct VitWeights {
+    /// The patch embedding as a linear [D, 3·p·p] (bias optional: CLIP's has none).
+    pub patch: Linear,
+    /// [D] on the host.
+    pub cls_token: Option<Vec<f32>>,
+    /// [1, tokens, D].
+    pub pos_embed: Tensor,
+    /// A LayerNorm on the embedded tokens before the blocks (timm `pre_norm`, CLIP's
+    /// `pre_layrnorm`).
+    pub norm_pre: Option<LayerNorm>,
+    pub blocks: Vec<Block>,
+    /// On every token after the blocks (before pooling).
+    pub norm: Option<LayerNorm>,
+    /// On the pooled vector.
+    pub fc_norm: Option<LayerNorm>,
+    /// [num_classes, D]: the classifier, or CLIP's `visual_projection` (no bias).
+    pub head: Linear,
+}
+
+/// A loaded ViT classifier. The class token is put in front of the tokens on the host (the
+/// only host-side step of the forward).
 pub struct Vit {
     pub config: VitConfig,
-    /// `patch_embed.proj` as a linear [D, 3·p·p].
-    patch: Linear,
-    /// [D] on the host: put in front of the tokens (the only host-side step of the forward).
-    cls_token: Option<Vec<f32>>,
-    pos_embed: Tensor,
-    blocks: Vec<Block>,
-    norm: Option<LayerNorm>,
-    fc_norm: Option<LayerNorm>,
-    head: Linear,
+    w: VitWeights,
     /// [1, L]: the pooling weights over the tokens.
     pool_weights: Tensor,
 }
@@ -176,6 +196,22 @@ impl Vit {
             (Some(LayerNorm::load(&l.at("norm"), d, VIT_LN_EPS)?), None)
         };
         let head = Linear::load(&l.at("head"), d, c.num_classes, true)?;
+        let w = VitWeights {
+            patch,
+            cls_token,
+            pos_embed,
+            norm_pre: None,
+            blocks,
+            norm,
+            fc_norm,
+            head,
+        };
+        Vit::assemble(be, config, w)
+    }
+
+    /// The model from its weights (already checked against `config` by the loader).
+    pub fn assemble(be: &dyn Backend, config: VitConfig, w: VitWeights) -> Result<Vit> {
+        let c = &config;
         let prefix = usize::from(c.class_token);
         let tokens = c.tokens();
         let weights: Vec<f32> = (0..tokens)
@@ -188,13 +224,7 @@ impl Vit {
         let pool_weights = be.tensor_from_f32(&[1, tokens], &weights, be.compute_dtype())?;
         Ok(Vit {
             config,
-            patch,
-            cls_token,
-            pos_embed,
-            blocks,
-            norm,
-            fc_norm,
-            head,
+            w,
             pool_weights,
         })
     }
@@ -220,7 +250,7 @@ impl Vit {
         out
     }
 
-    /// The logits of one preprocessed image, `pixels` [3, S, S] in the model's channel order.
+    /// The head's output (the logits; CLIP's image embedding) for one preprocessed image, `pixels` [3, S, S] in the model's channel order.
     pub fn logits(&self, be: &dyn Backend, pixels: &[f32]) -> Result<Vec<f32>> {
         let c = &self.config;
         let (s, d) = (c.img_size, c.embed_dim);
@@ -239,14 +269,18 @@ impl Vit {
             &self.patches(pixels),
             be.compute_dtype(),
         )?;
-        let mut x = self.patch.forward(&cx, &patches)?.y;
-        if let Some(cls) = &self.cls_token {
+        let w = &self.w;
+        let mut x = w.patch.forward(&cx, &patches)?.y;
+        if let Some(cls) = &w.cls_token {
             let mut host = cls.clone();
             host.extend(be.to_f32_vec(&x)?);
             x = be.tensor_from_f32(&[1, c.tokens(), d], &host, be.compute_dtype())?;
         }
-        let mut x = be.add(&x, &self.pos_embed)?;
-        for b in &self.blocks {
+        let mut x = be.add(&x, &w.pos_embed)?;
+        if let Some(norm) = &w.norm_pre {
+            x = norm.forward(&cx, &x)?.0;
+        }
+        for b in &w.blocks {
             let (n1, _) = b.norm1.forward(&cx, &x)?;
             let (a, _) = b.attn.forward(&cx, &n1, None, false)?;
             be.add_assign(&mut x, &a)?;
@@ -256,7 +290,7 @@ impl Vit {
             let m = b.fc2.forward(&cx, &g)?.y;
             be.add_assign(&mut x, &m)?;
         }
-        if let Some(norm) = &self.norm {
+        if let Some(norm) = &w.norm {
             x = norm.forward(&cx, &x)?.0;
         }
         let tokens = c.tokens();
@@ -265,9 +299,9 @@ impl Vit {
             .linear(&xt, &self.pool_weights, None, None)?
             .y
             .reshape([1, d])?;
-        if let Some(norm) = &self.fc_norm {
+        if let Some(norm) = &w.fc_norm {
             pooled = norm.forward(&cx, &pooled)?.0;
         }
-        be.to_f32_vec(&self.head.forward(&cx, &pooled)?.y)
+        be.to_f32_vec(&w.head.forward(&cx, &pooled)?.y)
     }
 }

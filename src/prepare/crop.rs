@@ -40,6 +40,17 @@ impl CropMode {
     }
 }
 
+/// `auto_crop`'s values in a training config.
+impl crate::config::Choice for CropMode {
+    const ALL: &'static [CropMode] = &[CropMode::Center, CropMode::Smart, CropMode::None];
+    fn name(self) -> String {
+        CropMode::NAMES[self as usize].to_string()
+    }
+    fn parse(word: &str) -> Option<CropMode> {
+        CropMode::parse(word)
+    }
+}
+
 /// The top-left corner of the `target` (width, height) window in `img` for `mode`
 /// (`Center` or `Smart`); `img` covers `target` on both sides.
 pub fn crop_offset(img: &RgbImage, target: (usize, usize), mode: CropMode) -> (usize, usize) {

@@ -22,6 +22,7 @@
 //! Images are processed in parallel (rayon). Nothing is printed: the caller gets a
 //! [`PrepareReport`] and a progress callback.
 
+pub mod auto;
 pub mod crop;
 mod error;
 pub mod report;

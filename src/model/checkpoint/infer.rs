@@ -8,7 +8,8 @@
 //! - VAE: in/out channels, block_out_channels, layers_per_block, latent_channels
 //!   (post_quant_conv).
 //! - CLIP: vocab_size and hidden_size (token embedding), max_position_embeddings (position
-//!   embedding), intermediate_size (fc1), num_hidden_layers (which layers exist).
+//!   embedding), intermediate_size (fc1), num_hidden_layers (which layers exist); for a
+//!   CLIPModel's image tower (`lorafuse caption --clip`) also the patch and image size.
 //!
 //! What they cannot tell follows SD1.x: 8 heads in every UNet attention, CLIP heads of width
 //! 64, GroupNorm with 32 groups, eps 1e-5 (UNet, CLIP) and 1e-6 (VAE), VAE scaling 0.18215,
@@ -17,6 +18,7 @@
 
 use std::path::Path;
 
+use crate::model::clip_vision::ClipVisionConfig;
 use crate::model::config::{
     ClipTextConfig, DownBlockType, PerLevel, UnetConfig, UpBlockType, VaeConfig,
 };
@@ -146,6 +148,62 @@ pub fn unet(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<UnetConfig,
     Ok(cfg)
 }
 
+/// How many `{layers}N.mlp.fc1.weight` there are, and the first one's output width.
+fn layers_and_mlp(
+    w: &Weights,
+    layers: &str,
+    fail: &dyn Fn(String) -> CheckpointError,
+) -> Result<(usize, usize), CheckpointError> {
+    let n = count(w, layers, "mlp.fc1.weight");
+    if n == 0 {
+        w.require_shape(&format!("{layers}0.mlp.fc1.weight"))?;
+    }
+    Ok((n, dim(w, &format!("{layers}0.mlp.fc1.weight"), 0, 2, fail)?))
+}
+
+/// A CLIPModel's vision tower (`vision_model.…`) from its shapes: width and patch size
+/// (patch_embedding), image size (position_embedding: (size/patch)² + 1 tokens), layers and
+/// MLP width (fc1), and the projection width (visual_projection); heads of width 64 and
+/// quick_gelu, as OpenAI's CLIP models have them.
+pub fn clip_vision(path: &Path, w: &Weights) -> Result<(ClipVisionConfig, usize), CheckpointError> {
+    let fail = |detail: String| CheckpointError::Infer {
+        path: path.to_path_buf(),
+        component: "CLIP vision tower",
+        detail,
+    };
+    let patch = "vision_model.embeddings.patch_embedding.weight";
+    let hidden_size = dim(w, patch, 0, 4, &fail)?;
+    let patch_size = dim(w, patch, 2, 4, &fail)?;
+    let position = "vision_model.embeddings.position_embedding.weight";
+    let tokens = dim(w, position, 0, 2, &fail)?;
+    let grid = (1..=tokens).find(|g| g * g + 1 >= tokens).unwrap_or(0);
+    if grid * grid + 1 != tokens {
+        return Err(fail(format!(
+            "`{position}` has {tokens} rows, not a square number of patches plus the class token"
+        )));
+    }
+    let (num_hidden_layers, intermediate_size) =
+        layers_and_mlp(w, "vision_model.encoder.layers.", &fail)?;
+    let projection_dim = dim(w, "visual_projection.weight", 0, 2, &fail)?;
+    if hidden_size % CLIP_HEAD_DIM != 0 {
+        return Err(fail(format!(
+            "hidden_size {hidden_size} is not a multiple of CLIP's head width {CLIP_HEAD_DIM}, \
+             so the number of heads is unknown (put the model's config.json beside it)"
+        )));
+    }
+    let cfg = ClipVisionConfig {
+        hidden_size,
+        intermediate_size,
+        num_hidden_layers,
+        num_attention_heads: hidden_size / CLIP_HEAD_DIM,
+        image_size: grid * patch_size,
+        patch_size,
+        ..ClipVisionConfig::default()
+    };
+    cfg.validate().map_err(fail)?;
+    Ok((cfg, projection_dim))
+}
+
 pub fn vae(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<VaeConfig, CheckpointError> {
     let fail = |detail: String| CheckpointError::Infer {
         path: path.to_path_buf(),
@@ -186,22 +244,27 @@ pub fn vae(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<VaeConfig, C
 }
 
 pub fn clip(path: &Path, w: &Weights) -> Result<ClipTextConfig, CheckpointError> {
+    clip_text_at(path, w, "text_encoder.")
+}
+
+/// The text tower's configuration from the tensors `{prefix}text_model.…`.
+pub fn clip_text_at(
+    path: &Path,
+    w: &Weights,
+    prefix: &str,
+) -> Result<ClipTextConfig, CheckpointError> {
     let fail = |detail: String| CheckpointError::Infer {
         path: path.to_path_buf(),
         component: "text encoder",
         detail,
     };
-    let token = "text_encoder.text_model.embeddings.token_embedding.weight";
-    let vocab_size = dim(w, token, 0, 2, &fail)?;
-    let hidden_size = dim(w, token, 1, 2, &fail)?;
-    let position = "text_encoder.text_model.embeddings.position_embedding.weight";
-    let max_position_embeddings = dim(w, position, 0, 2, &fail)?;
-    let layers = "text_encoder.text_model.encoder.layers.";
-    let num_hidden_layers = count(w, layers, "mlp.fc1.weight");
-    if num_hidden_layers == 0 {
-        w.require_shape(&format!("{layers}0.mlp.fc1.weight"))?;
-    }
-    let intermediate_size = dim(w, &format!("{layers}0.mlp.fc1.weight"), 0, 2, &fail)?;
+    let token = format!("{prefix}text_model.embeddings.token_embedding.weight");
+    let vocab_size = dim(w, &token, 0, 2, &fail)?;
+    let hidden_size = dim(w, &token, 1, 2, &fail)?;
+    let position = format!("{prefix}text_model.embeddings.position_embedding.weight");
+    let max_position_embeddings = dim(w, &position, 0, 2, &fail)?;
+    let layers = format!("{prefix}text_model.encoder.layers.");
+    let (num_hidden_layers, intermediate_size) = layers_and_mlp(w, &layers, &fail)?;
     if hidden_size % CLIP_HEAD_DIM != 0 {
         return Err(fail(format!(
             "hidden_size {hidden_size} is not a multiple of SD1.x's CLIP head width \

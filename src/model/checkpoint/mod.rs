@@ -30,7 +30,7 @@ use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 
 pub use detect::{refuse_pickle, Family};
 pub use error::CheckpointError;
-pub use infer::ConfigHints;
+pub use infer::{clip_text_at, clip_vision, ConfigHints};
 pub use ldm::{ldm_to_diffusers, LdmLayout};
 pub use weights::Weights;
 
