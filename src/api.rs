@@ -36,6 +36,10 @@ pub struct Caps {
     /// Refuse a run whose planned memory (the `plan` prediction: weights, adapters, optimizer
     /// state, caches and the largest phase's activations) exceeds this many bytes.
     pub max_memory_bytes: Option<u64>,
+    /// Over `max_memory_bytes`, turn on gradient checkpointing and split the batch into
+    /// accumulated micro-batches (the same batch per optimizer step) until the plan fits,
+    /// instead of refusing.
+    pub adapt_to_memory: bool,
     /// Worker threads for the CPU work (a thread pool of this run's own); `None`: rayon's
     /// global pool.
     pub threads: Option<usize>,
@@ -197,6 +201,59 @@ impl Trainer {
         Ok(plan(&PlanInput::from_config(&self.cfg, None))?)
     }
 
+    /// The planned bytes of `cfg`: the pool's peak, with the context where the run may take a
+    /// GPU (`cuda`, or `auto` in a build with CUDA).
+    fn planned(cfg: &TrainConfig) -> Result<u64, ApiError> {
+        let p = plan(&PlanInput::from_config(cfg, None))?;
+        let gpu = match cfg.device {
+            Device::Cpu => false,
+            Device::Auto => cfg!(feature = "cuda"),
+            Device::Cuda(_) => true,
+        };
+        Ok(if gpu { p.peak() } else { p.pool_peak() } as u64)
+    }
+
+    /// The configuration to run under a memory cap: as it is when it fits; with
+    /// [`Caps::adapt_to_memory`], with gradient checkpointing, then also the largest divisor
+    /// of `batch_size` that fits with the accumulation raised to keep the batch each optimizer
+    /// step sees (each change reported as a warning); else refused.
+    fn within(&self, cap: u64, obs: &mut dyn Observer) -> Result<TrainConfig, ApiError> {
+        let planned = Trainer::planned(&self.cfg)?;
+        if planned <= cap {
+            return Ok(self.cfg.clone());
+        }
+        if self.caps.adapt_to_memory {
+            let b = self.cfg.batch_size;
+            for batch in (1..=b).rev().filter(|d| b % d == 0) {
+                let mut c = self.cfg.clone();
+                c.gradient_checkpointing = true;
+                c.batch_size = batch;
+                c.gradient_accumulation_steps *= b / batch;
+                if Trainer::planned(&c)? <= cap {
+                    obs.on(Event::Warning(format!(
+                        "to stay within the memory cap of {:.1} MiB (planned {:.1} MiB):                          gradient_checkpointing: true, batch_size {b} -> {batch},                          gradient_accumulation_steps {} -> {}",
+                        cap as f64 / MIB,
+                        planned as f64 / MIB,
+                        self.cfg.gradient_accumulation_steps,
+                        c.gradient_accumulation_steps
+                    )));
+                    return Ok(c);
+                }
+            }
+        }
+        Err(ApiError::Refused(format!(
+            "the run is planned to need {:.1} MiB, above the cap of {:.1} MiB{}: lower \
+             batch_size or resolution, set gradient_checkpointing: true, or raise the cap",
+            planned as f64 / MIB,
+            cap as f64 / MIB,
+            if self.caps.adapt_to_memory {
+                " even with gradient checkpointing at batch size 1"
+            } else {
+                ""
+            }
+        )))
+    }
+
     /// A handle that cancels this trainer's run.
     pub fn canceller(&self) -> Canceller {
         self.cancel.clone()
@@ -221,29 +278,16 @@ impl Trainer {
         if !problems.is_empty() {
             return Err(ApiError::Invalid(problems));
         }
-        if let Some(cap) = self.caps.max_memory_bytes {
-            let p = self.plan()?;
-            // A GPU holds its context besides the pool; the CPU does not.
-            let planned = match self.cfg.device {
-                Device::Cpu => p.pool_peak(),
-                _ => p.peak(),
-            } as u64;
-            if planned > cap {
-                return Err(ApiError::Refused(format!(
-                    "the run is planned to need {:.1} MiB, above the cap of {:.1} MiB: lower \
-                     batch_size or resolution, set gradient_checkpointing: true, or raise the \
-                     cap",
-                    planned as f64 / MIB,
-                    cap as f64 / MIB
-                )));
-            }
-        }
         let mut obs = Callback(on_event);
+        let cfg = match self.caps.max_memory_bytes {
+            None => self.cfg.clone(),
+            Some(cap) => self.within(cap, &mut obs)?,
+        };
         let mut go = move || -> Result<TrainReport, ApiError> {
-            let be = select(self.cfg.device, self.cfg.mixed_precision)?;
+            let be = select(cfg.device, cfg.mixed_precision)?;
             obs.on(Event::Info(be.note));
             Ok(train(
-                &self.cfg,
+                &cfg,
                 be.backend.as_ref(),
                 resume,
                 &self.cancel.0,

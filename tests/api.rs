@@ -161,3 +161,58 @@ fn caps_and_problems_refuse_a_run_before_it_starts() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Told it may, a run over its memory cap turns on gradient checkpointing and splits its
+/// batch into accumulated micro-batches (the same 4 images per optimizer step) until the plan
+/// fits, says so in a warning, and trains.
+#[test]
+fn caps_adapt_the_batch_when_allowed() {
+    let dir = scratch("adapt");
+    lorafuse::demo::prepare(&dir, 2).unwrap();
+    let sets = |extra: &[&str]| {
+        let mut v = vec![
+            format!("output_dir={}", dir.join("out").display()),
+            "sample_every_n_steps=0".to_string(),
+            "device=cpu".to_string(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let load = |extra: &[&str]| Trainer::from_file(dir.join("demo.yaml"), &sets(extra)).unwrap();
+    let small = load(&[
+        "batch_size=1",
+        "gradient_accumulation_steps=4",
+        "gradient_checkpointing=true",
+    ]);
+    let cap = small.plan().unwrap().pool_peak() as u64;
+    let full = load(&[]);
+    assert_eq!(full.config().batch_size, 4);
+    assert!(full.plan().unwrap().pool_peak() as u64 > cap);
+    let adapting = load(&[]).with_caps(Caps {
+        max_memory_bytes: Some(cap),
+        adapt_to_memory: true,
+        threads: Some(1),
+        ..Caps::default()
+    });
+    let mut warnings = Vec::new();
+    let report = adapting
+        .run(|e| {
+            if let Event::Warning(w) = e {
+                warnings.push(w)
+            }
+        })
+        .unwrap();
+    let w = warnings.join("\n");
+    assert!(
+        w.contains("batch_size 4 -> 1") && w.contains("gradient_accumulation_steps 1 -> 4"),
+        "{w}"
+    );
+    assert_eq!(report.steps, 2);
+    // Without leave to adapt, the same cap refuses.
+    let refusing = load(&[]).with_caps(Caps {
+        max_memory_bytes: Some(cap),
+        ..Caps::default()
+    });
+    assert!(matches!(refusing.run(|_| {}), Err(ApiError::Refused(_))));
+    let _ = std::fs::remove_dir_all(&dir);
+}
