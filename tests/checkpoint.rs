@@ -1585,7 +1585,7 @@ fn error_sdxl_conditioner() {
             &path.display().to_string(),
             "this is an SDXL checkpoint",
             "conditioner.embedders.",
-            "lorafuse trains SD1.x only",
+            "lorafuse trains SD1.x and SD2.x only",
         ],
     );
 }
@@ -1607,7 +1607,7 @@ fn error_sdxl_label_emb() {
     let msg = message(load_sd15(&path));
     assert_has(
         &msg,
-        &["this is an SDXL checkpoint", "label_emb", "SD1.x only"],
+        &["this is an SDXL checkpoint", "label_emb", "SD2.x only"],
     );
 }
 
@@ -1655,7 +1655,7 @@ fn error_lora_is_not_a_base_model() {
         &msg,
         &[
             &path.display().to_string(),
-            "not an SD1.x checkpoint",
+            "not an SD1.x or SD2.x checkpoint",
             "LoRA",
             k,
         ],

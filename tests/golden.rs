@@ -416,6 +416,14 @@ mod sd2 {
         for (layout, ck) in checkpoints() {
             let (cfg, w) = &ck.text_encoder;
             let te = ClipTextModel::load(cfg, w, &be, "text_encoder").unwrap();
+            // sd-scripts names SD2's converted text encoder's modules as SD1's.
+            let names: Vec<String> = te.lora_targets().into_iter().map(|t| t.name).collect();
+            assert_eq!(names.len(), 3 * 6, "q, k, v, out, fc1, fc2 of 3 layers");
+            assert_eq!(
+                names[0],
+                "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+            );
+            assert_eq!(names[17], "lora_te_text_model_encoder_layers_2_mlp_fc2");
             for (skip, key) in [(1, "te.last_hidden_state"), (2, "te.clip_skip_2")] {
                 let got = te.forward(&cx, &ids, 2, skip).unwrap();
                 assert_matches(&format!("sd2 {layout}: {key}"), &got, &get(&r, key));

@@ -293,7 +293,7 @@ fn mismatch_hint(names: &[&str]) -> &'static str {
     }
 }
 
-/// Merges `loras` (each with its ratio, A1111's weight) into the single-file SD1.x checkpoint
+/// Merges `loras` (each with its ratio, A1111's weight) into the single-file SD1.x/SD2.x checkpoint
 /// `base` and writes the result to `out`. See the module documentation for the arithmetic,
 /// the errors and the memory used.
 pub fn merge_into_checkpoint(
