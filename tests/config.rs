@@ -142,6 +142,8 @@ auto_crop: smart
 auto_caption: /models/wd-vit-tagger-v3
 auto_caption_threshold: 0.5
 auto_caption_top: 3
+v_parameterization: true
+zero_terminal_snr: true
 validation_split: 0.1
 validate_every_n_steps: 200
 early_stopping_patience: 5
@@ -248,6 +250,7 @@ fn a_full_config_parses_with_every_value() {
         Some(Path::new("/models/wd-vit-tagger-v3"))
     );
     assert_eq!((c.auto_caption_threshold, c.auto_caption_top), (0.5, 3));
+    assert!(c.v_parameterization && c.zero_terminal_snr);
     assert_eq!(c.validation_split, 0.1);
     assert_eq!(c.validate_every_n_steps, Some(200));
     assert_eq!(c.early_stopping_patience, Some(5));
@@ -527,7 +530,7 @@ fn network_args_are_read_as_kohya_reads_them() {
 fn kohya_options_we_lack_are_refused_with_the_reason() {
     for (line, reason) in [
         ("use_8bit_adam: true", "optimizer_type"),
-        ("v2: true", "Stable Diffusion 1.x"),
+        ("sdxl: true", "Stable Diffusion 1.x and 2.x"),
         ("network_module: lycoris.kohya", "plain LoRA"),
         ("save_model_as: ckpt", ".safetensors"),
         (
@@ -555,7 +558,8 @@ fn kohya_options_asking_for_what_lorafuse_does_are_accepted_with_a_notice() {
     for (line, note) in [
         ("xformers: true", "memory-efficient attention"),
         ("sdpa: true", "memory-efficient attention"),
-        ("v2: false", "Stable Diffusion 1.x"),
+        ("v2: true", "reads the model family"),
+        ("v2: false", "reads the model family"),
         ("network_module: networks.lora", "plain LoRA"),
         ("cache_latents: true", "cache_latents_to_disk"),
         ("save_model_as: safetensors", ".safetensors"),
@@ -657,7 +661,7 @@ fn sample_keys_as_kohya_has_them() {
 
 #[test]
 fn all_unknown_keys_are_reported_at_once() {
-    let e = err(with("v2: true\nxformers: sometimes\nlearnig_rate: 1e-4"));
+    let e = err(with("v2: maybe\nxformers: sometimes\nlearnig_rate: 1e-4"));
     let problems = e.problems();
     assert_eq!(problems.len(), 3, "{e}");
     assert_eq!(e.to_string().lines().count(), 3, "{e}");

@@ -1,4 +1,4 @@
-//! The whole tiny UNet through the CUDA backend (the kernel emulator in CI, the GPU when one is
+//! The whole tiny UNet (SD1.5's topology, and SD2.x's) through the CUDA backend (the kernel emulator in CI, the GPU when one is
 //! present) against the CPU backend: forward output, loss and every LoRA gradient; then short
 //! training runs whose per-step losses match the CPU's, and whose later steps allocate nothing
 //! from the driver (the pool serves them).
@@ -26,13 +26,22 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// A fixture model folder and its LoRA, under tests/fixtures.
+type Fixture = (&'static str, &'static str);
+const SD15: Fixture = ("tiny-sd15-diffusers", "tiny-lora.safetensors");
+/// The tiny SD2.x: Linear proj_in/proj_out, heads of 4 (make_sd2_fixtures.py).
+const SD2: Fixture = ("sd2/tiny-sd2-diffusers", "sd2/tiny-sd2-lora.safetensors");
+
 /// Output, loss and all LoRA gradients (down then up, module by module) of one forward and
 /// backward of the fixture UNet with its LoRA, on `be`.
-fn step(be: &dyn Backend, inputs: &[(Vec<usize>, Vec<f32>)]) -> (Vec<f32>, f64, Vec<Vec<f32>>) {
-    let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
+fn step(
+    be: &dyn Backend,
+    (model, lora): Fixture,
+    inputs: &[(Vec<usize>, Vec<f32>)],
+) -> (Vec<f32>, f64, Vec<Vec<f32>>) {
+    let ck = load_sd15(fixtures().join(model)).unwrap();
     let unet = Unet::load(&ck.unet.0, &ck.unet.1, be, "unet").unwrap();
-    let lora: LoraSet =
-        kohya::load(fixtures().join("tiny-lora.safetensors"), be, DType::F32).unwrap();
+    let lora: LoraSet = kohya::load(fixtures().join(lora), be, DType::F32).unwrap();
     let dt = be.compute_dtype();
     let up = |i: usize| be.tensor_from_f32(&inputs[i].0, &inputs[i].1, dt).unwrap();
     let (x, target, ctx, t) = (up(0), up(1), up(2), up(3));
@@ -63,23 +72,37 @@ fn step(be: &dyn Backend, inputs: &[(Vec<usize>, Vec<f32>)]) -> (Vec<f32>, f64, 
 
 #[test]
 fn tiny_unet_forward_and_lora_gradients_match_the_cpu() {
-    let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
+    unet_matches_the_cpu(SD15, &[DType::F32, DType::F16], 2);
+}
+
+/// SD2.x's Linear proj_in/proj_out and 4-wide heads through the f16 fast kernels (f32 runs
+/// the simple kernels the SD1.5 case covers; one dtype and one sample keep the emulated suite
+/// short).
+#[test]
+fn tiny_sd2_unet_forward_and_lora_gradients_match_the_cpu() {
+    unet_matches_the_cpu(SD2, &[DType::F16], 1);
+}
+
+/// `fixture`'s UNet with its LoRA on every engine in `dtypes` against the CPU, on `b` samples
+/// (at most 2).
+fn unet_matches_the_cpu(fixture: Fixture, dtypes: &[DType], b: usize) {
+    let ck = load_sd15(fixtures().join(fixture.0)).unwrap();
     let d_ctx = ck.unet.0.cross_attention_dim;
     let mut rng = Rng::new(5);
-    // Batch 2 at 16x16 latents with odd timesteps; 77 context tokens.
+    // 16x16 latents with odd timesteps; 77 context tokens.
     let mut inputs = vec![];
-    for shape in [vec![2, 4, 16, 16], vec![2, 4, 16, 16], vec![2, 77, d_ctx]] {
+    for shape in [vec![b, 4, 16, 16], vec![b, 4, 16, 16], vec![b, 77, d_ctx]] {
         let n = shape.iter().product();
         inputs.push((shape, nonzero(&mut rng, n)));
     }
-    inputs.push((vec![2], vec![37.0, 911.0]));
-    let (out_c, loss_c, g_c) = step(&CpuBackend::new(), &inputs);
-    for dtype in [DType::F32, DType::F16] {
+    inputs.push((vec![b], [37.0, 911.0][..b].to_vec()));
+    let (out_c, loss_c, g_c) = step(&CpuBackend::new(), fixture, &inputs);
+    for &dtype in dtypes {
         // f16 rounds every activation: the comparison is norm-wise, with the bound the
         // f16 path is held to.
         let bound = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
         for e in engines(dtype) {
-            let (out_g, loss_g, g_g) = step(&e.be, &inputs);
+            let (out_g, loss_g, g_g) = step(&e.be, fixture, &inputs);
             let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
             let r = rel_err(&f(&out_g), &f(&out_c));
             assert!(r < bound, "{dtype}: output rel. error {r}");

@@ -777,3 +777,39 @@ fn inspect_classifies_targets_and_refuses_non_loras() {
     let e = inspect("tests/fixtures/tiny-sd15.safetensors").unwrap_err();
     assert!(e.to_string().contains("not a kohya-format LoRA"), "{e}");
 }
+
+/// SD2.x runs: kohya's `ss_v2`, `ss_base_model_version` (`get_model_version_str_for_sd1_sd2`)
+/// and sai_model_spec's architecture and prediction type, for the 512 base and the 768-v model.
+#[test]
+fn sd2_metadata_names_the_family_and_prediction() {
+    for (v, version, arch, pred) in [
+        (false, "sd_v2", "stable-diffusion-v2-512/lora", "epsilon"),
+        (true, "sd_v2_v", "stable-diffusion-v2-768-v/lora", "v"),
+    ] {
+        let m = training_metadata(&TrainingInfo {
+            v2: true,
+            v_parameterization: v,
+            ..info()
+        });
+        assert_eq!(m["ss_v2"], "True");
+        assert_eq!(m["ss_base_model_version"], version);
+        assert_eq!(m["modelspec.architecture"], arch);
+        assert_eq!(m["modelspec.prediction_type"], pred);
+    }
+    let m = training_metadata(&info());
+    assert_eq!(
+        (m["ss_v2"].as_str(), m["ss_base_model_version"].as_str()),
+        ("False", "sd_v1")
+    );
+    // inspect names the family from the metadata; the SD2 fixture LoRA's Linear proj_in/out
+    // count as kohya's default targets.
+    let mut s = inspect("tests/fixtures/sd2/tiny-sd2-lora.safetensors").unwrap();
+    assert_eq!(s.targets, TargetKind::Transformer);
+    assert_eq!(s.unet_modules, 192);
+    assert_eq!(s.base_model(), None);
+    s.metadata
+        .insert("ss_base_model_version".into(), "sd_v2_v".into());
+    assert!(s
+        .to_string()
+        .contains("base model  Stable Diffusion 2.x, v-prediction (768-v)"));
+}

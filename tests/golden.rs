@@ -34,6 +34,7 @@ fn fixtures() -> PathBuf {
 fn checkpoints() -> Vec<(&'static str, Sd15Checkpoint)> {
     let hints = ConfigHints {
         norm_num_groups: Some(4),
+        ..ConfigHints::default()
     };
     vec![
         (
@@ -296,5 +297,248 @@ fn lora_loss_and_gradients_match_autograd() {
             "{layout}: loss {loss:.8} (torch {want_loss:.8}); worst gradient error {:.2e} at {}",
             worst.0, worst.1
         );
+    }
+}
+
+// ---- SD2.x: the tiny SD2.x of tests/fixtures/sd2 (make_sd2_fixtures.py) ----
+
+mod sd2 {
+    use super::*;
+    use lorafuse::model::checkpoint::Generation;
+    use lorafuse::model::family::{family_of, Prediction};
+    use lorafuse::sample::NoiseSchedule;
+    use lorafuse::train::step::{Noised, Objective};
+
+    fn dir() -> PathBuf {
+        fixtures().join("sd2")
+    }
+
+    /// Both layouts. The single file needs the group count and the head width (SD2.x's is 64;
+    /// the fixture's 4): shapes show neither.
+    fn checkpoints() -> Vec<(&'static str, Sd15Checkpoint)> {
+        let hints = ConfigHints {
+            norm_num_groups: Some(4),
+            attention_head_width: Some(4),
+        };
+        vec![
+            (
+                "diffusers folder",
+                load_sd15(dir().join("tiny-sd2-diffusers")).unwrap(),
+            ),
+            (
+                "single file",
+                load_sd15_with(dir().join("tiny-sd2.safetensors"), &hints).unwrap(),
+            ),
+        ]
+    }
+
+    fn refs() -> Weights {
+        Weights::open(dir().join("reference.safetensors")).unwrap()
+    }
+
+    fn ints(name: &str) -> Vec<i64> {
+        super::ints("sd2/reference.safetensors", name)
+    }
+
+    #[test]
+    fn both_layouts_load_to_the_same_weights_and_configs() {
+        let cks = checkpoints();
+        let (folder, file) = (&cks[0].1, &cks[1].1);
+        for ck in [folder, file] {
+            assert_eq!(ck.generation, Generation::Sd2);
+        }
+        assert_eq!(folder.prediction, Some(Prediction::V), "scheduler config");
+        assert_eq!(file.prediction, None, "a single file does not say");
+        assert_eq!(folder.unet.0.heads(0), file.unet.0.heads(0));
+        for level in 0..4 {
+            assert_eq!(folder.unet.0.head_dim(level), Some(4), "level {level}");
+            assert_eq!(file.unet.0.head_dim(level), Some(4), "level {level}");
+        }
+        assert!(folder.unet.0.use_linear_projection && file.unet.0.use_linear_projection);
+        assert_eq!(folder.text_encoder.0, file.text_encoder.0);
+        assert_eq!(
+            file.text_encoder.0.num_hidden_layers, 3,
+            "the last block dropped"
+        );
+        // Every tensor, bit for bit (the single file's q/k/v are thirds of in_proj).
+        for (part, a, b) in [
+            ("unet", &folder.unet.1, &file.unet.1),
+            ("vae", &folder.vae.1, &file.vae.1),
+            ("text encoder", &folder.text_encoder.1, &file.text_encoder.1),
+        ] {
+            let names: Vec<&str> = a.keys().collect();
+            assert_eq!(names, b.keys().collect::<Vec<_>>(), "{part}: names");
+            for n in names {
+                let shape = a.shape(n).unwrap().to_vec();
+                assert_eq!(
+                    a.get(n, shape.clone()).unwrap().to_f32_vec(),
+                    b.get(n, shape).unwrap().to_f32_vec(),
+                    "{part}: {n}"
+                );
+            }
+        }
+        assert!(file
+            .ignored
+            .iter()
+            .any(|k| k.ends_with("transformer.resblocks.3.attn.in_proj_weight")));
+        assert!(file.ignored.iter().any(|k| k.ends_with("text_projection")));
+    }
+
+    #[test]
+    fn family_is_read_from_the_checkpoint() {
+        for path in [
+            dir().join("tiny-sd2-diffusers"),
+            dir().join("tiny-sd2.safetensors"),
+        ] {
+            assert_eq!(family_of(&path).unwrap().id(), "sd2", "{}", path.display());
+        }
+        assert_eq!(
+            family_of(&fixtures().join("tiny-sd15.safetensors"))
+                .unwrap()
+                .id(),
+            "sd1"
+        );
+        assert_eq!(
+            family_of(&fixtures().join("tiny-sd15-diffusers"))
+                .unwrap()
+                .id(),
+            "sd1"
+        );
+    }
+
+    #[test]
+    fn text_encoder_matches_transformers() {
+        let be = CpuBackend::new();
+        let cx = Ctx::new(&be, None);
+        let r = refs();
+        let ids: Vec<u32> = ints("te.in.input_ids").iter().map(|&i| i as u32).collect();
+        assert_eq!(ids[7], 0, "padded with 0 after the EOS");
+        for (layout, ck) in checkpoints() {
+            let (cfg, w) = &ck.text_encoder;
+            let te = ClipTextModel::load(cfg, w, &be, "text_encoder").unwrap();
+            // sd-scripts names SD2's converted text encoder's modules as SD1's.
+            let names: Vec<String> = te.lora_targets().into_iter().map(|t| t.name).collect();
+            assert_eq!(names.len(), 3 * 6, "q, k, v, out, fc1, fc2 of 3 layers");
+            assert_eq!(
+                names[0],
+                "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+            );
+            assert_eq!(names[17], "lora_te_text_model_encoder_layers_2_mlp_fc2");
+            for (skip, key) in [(1, "te.last_hidden_state"), (2, "te.clip_skip_2")] {
+                let got = te.forward(&cx, &ids, 2, skip).unwrap();
+                assert_matches(&format!("sd2 {layout}: {key}"), &got, &get(&r, key));
+            }
+        }
+    }
+
+    #[test]
+    fn unet_matches_diffusers_block_by_block() {
+        let be = CpuBackend::new();
+        let cx = Ctx::new(&be, None);
+        let r = refs();
+        let context = get(&r, "te.last_hidden_state");
+        let t: Vec<f32> = ints("unet.in.timesteps")
+            .iter()
+            .map(|&t| t as f32)
+            .collect();
+        let t = Tensor::from_f32([2], t).unwrap();
+        for (layout, ck) in checkpoints() {
+            let (cfg, w) = &ck.unet;
+            let unet = Unet::load(cfg, w, &be, "unet").unwrap();
+            let mut trace = Trace::new();
+            let (out, _) = unet
+                .forward(
+                    &cx,
+                    &get(&r, "unet.in.sample"),
+                    &t,
+                    &context,
+                    false,
+                    Some(&mut trace),
+                )
+                .unwrap();
+            let mut compared = 0;
+            for (name, act) in &trace {
+                let key = format!("unet.{name}.out");
+                assert!(r.contains(&key), "sd2 {layout}: no reference for {key}");
+                assert_matches(&format!("sd2 {layout}: {key}"), act, &get(&r, &key));
+                compared += 1;
+            }
+            assert_eq!(compared, 47, "sd2 {layout}: every block was traced");
+            assert_matches(&format!("sd2 {layout}: output"), &out, &get(&r, "unet.out"));
+        }
+    }
+
+    /// The v-prediction step: target v = √ᾱ·ε − √(1−ᾱ)·x₀ (diffusers' get_velocity), the
+    /// MSE loss with a kohya LoRA on the 192 default targets (Linear proj_in/proj_out), and
+    /// every LoRA gradient against torch autograd.
+    #[test]
+    fn v_prediction_loss_and_lora_gradients_match_autograd() {
+        let be = CpuBackend::new();
+        let r = refs();
+        let lora = kohya::load(dir().join("tiny-sd2-lora.safetensors"), &be, DType::F32).unwrap();
+        assert_eq!(lora.len(), 192);
+        let cx = Ctx::new(&be, Some(&lora));
+        let context = get(&r, "te.last_hidden_state");
+        let ts: Vec<usize> = ints("v.in.timesteps").iter().map(|&t| t as usize).collect();
+        let obj = Objective {
+            prediction: Prediction::V,
+            ..Objective::plain(NoiseSchedule::sd15())
+        };
+        let (a, b) = obj.schedule.add_noise_coefficients(&ts).unwrap();
+        let x0 = get(&r, "v.in.x0");
+        let noise = get(&r, "v.in.noise");
+        let noisy = be.add_noise(&x0, &noise, &a, &b).unwrap();
+        assert_matches("sd2 noisy", &noisy, &get(&r, "v.noisy"));
+        let nz = Noised {
+            timesteps: ts.clone(),
+            noise,
+            noisy,
+        };
+        let target = obj.target(&be, &x0, &nz).unwrap();
+        assert_matches("sd2 v target", &target, &get(&r, "v.target"));
+        let t = Tensor::from_f32([2], ts.iter().map(|&t| t as f32).collect()).unwrap();
+        for (layout, ck) in checkpoints() {
+            let (cfg, w) = &ck.unet;
+            let unet = Unet::load(cfg, w, &be, "unet").unwrap();
+            let targets = unet.lora_targets(lorafuse::lora::LoraTargets::Transformer);
+            assert_eq!(targets.len(), 192);
+            assert!(targets.iter().all(|t| lora.find(&t.name).is_some()));
+            let (out, tape) = unet
+                .forward(&cx, &nz.noisy, &t, &context, true, None)
+                .unwrap();
+            assert_matches(&format!("sd2 {layout}: out"), &out, &get(&r, "v.unet.out"));
+            let (loss, d_out) = be.mse_loss(&out, &target, None, 1.0).unwrap();
+            let want = get(&r, "v.loss").to_f64_vec()[0];
+            assert!(
+                (loss - want).abs() < TOL * want,
+                "sd2 {layout}: loss {loss} vs {want}"
+            );
+            let mut grads = lora.zero_grads(&be).unwrap();
+            grads.accum = Accum::Assign;
+            unet.backward(&cx, &d_out, &context, tape.unwrap(), &mut grads)
+                .unwrap();
+            for (i, m) in lora.modules().iter().enumerate() {
+                for (part, g) in [("lora_down", &grads.down[i]), ("lora_up", &grads.up[i])] {
+                    let want = get(&r, &format!("grad.{}.{part}.weight", m.name));
+                    let e = rel_err(g, &want);
+                    assert!(e < TOL, "sd2 {layout}: d{part} of {}: {e:.3e}", m.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_terminal_snr_matches_diffusers() {
+        let r = refs();
+        let want = get(&r, "ztsnr.alphas_cumprod").to_f64_vec();
+        let got = NoiseSchedule::sd15().with_zero_terminal_snr();
+        let got = got.alphas_cumprod();
+        assert_eq!(got.len(), want.len());
+        assert_eq!(got[999], 0.0);
+        for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() < 2e-6, "t {t}: {g} vs {w}");
+        }
+        let plain = get(&r, "scheduler.alphas_cumprod").to_f64_vec();
+        assert!((got[0] - plain[0]).abs() < 1e-7, "ᾱ_0 kept");
     }
 }

@@ -314,8 +314,8 @@ fn refused_kohya_values_say_why_and_what_instead() {
     for (line, want) in [
         ("token_warmup_step = 100", "token warmup (kohya's: each caption starts with its first token_warmup_min tags"),
         ("optimizer_type = \"PagedAdamW8bit\"", "config.toml: optimizer_type = \"PagedAdamW8bit\" is not valid: must be one of AdamW, AdamW8bit"),
-        ("v2 = true", "Stable Diffusion 1.x"),
-        ("v_parameterization = true", "Stable Diffusion 1.x"),
+        ("sdxl = true", "Stable Diffusion 1.x and 2.x"),
+        ("v2 = 2", "must be true or false"),
         ("network_module = \"networks.dylora\"", "plain LoRA"),
         ("save_model_as = \"ckpt\"", ".safetensors"),
         ("log_with = \"wandb\"", "TensorBoard"),

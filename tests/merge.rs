@@ -191,6 +191,7 @@ fn fixture_merge_changes_exactly_the_targeted_weights() {
     // The merged file loads as a model (the tiny one has 4 norm groups, not SD1.5's 32).
     let hints = ConfigHints {
         norm_num_groups: Some(4),
+        ..ConfigHints::default()
     };
     let model = load_sd15_with(&out, &hints).unwrap();
     assert!(!model.unet.1.is_empty());
@@ -449,5 +450,93 @@ fn text_encoder_modules_merge_into_the_clip_weights() {
     let got = f16s(merged.bytes(merged.tensor_info(key).unwrap()));
     for (g, w) in got.iter().zip(&want) {
         assert!(ulps(*g, *w) <= 1, "{g} vs {w}");
+    }
+}
+
+/// SD2.x: a UNet module into its Linear proj_in, and q and v modules of one text-encoder
+/// layer into the thirds of OpenCLIP's fused `in_proj_weight` (k's third, the bias and every
+/// other tensor unchanged).
+#[test]
+fn sd2_modules_merge_into_linear_proj_in_and_fused_in_proj() {
+    const SD2: &str = "tests/fixtures/sd2/tiny-sd2.safetensors";
+    let dir = TempDir::new("sd2");
+    let out = dir.path("merged.safetensors");
+    let (r, n) = (2usize, 64usize);
+    let module = |name: &str, o: usize, i: usize, salt: usize| LoraModule {
+        name: name.into(),
+        down: Tensor::from_f64(
+            [r, i],
+            (0..r * i)
+                .map(|k| (((k + salt) % 7) as f64 - 3.0) * 0.01)
+                .collect(),
+        )
+        .unwrap(),
+        up: Tensor::from_f64(
+            [o, r],
+            (0..o * r)
+                .map(|k| (((k + salt) % 5) as f64 - 2.0) * 0.02)
+                .collect(),
+        )
+        .unwrap(),
+        alpha: 1.0,
+        kind: LayerKind::Linear,
+    };
+    let q = module(
+        "lora_te_text_model_encoder_layers_1_self_attn_q_proj",
+        n,
+        n,
+        0,
+    );
+    let v = module(
+        "lora_te_text_model_encoder_layers_1_self_attn_v_proj",
+        n,
+        n,
+        3,
+    );
+    let p = module("lora_unet_down_blocks_1_attentions_0_proj_in", 16, 16, 1);
+    let set = LoraSet::new(vec![q.clone(), v.clone(), p.clone()]);
+    let report = merge_into_checkpoint(Path::new(SD2), &[(&set, 1.5)], &out, None).unwrap();
+    let fused = "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight";
+    let proj = "model.diffusion_model.input_blocks.4.1.proj_in.weight";
+    let mut keys: Vec<&str> = report.merged.iter().map(|m| m.key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, [fused, proj]);
+    let (base, merged) = (
+        SafetensorsFile::open(Path::new(SD2)).unwrap(),
+        SafetensorsFile::open(&out).unwrap(),
+    );
+    let w = |f: &SafetensorsFile, k: &str| f16s(f.bytes(f.tensor_info(k).unwrap()));
+    let close = |got: &[f16], want: &[f16], what: &str| {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(ulps(*g, *w) <= 1, "{what}: {g} vs {w}");
+        }
+    };
+    close(
+        &w(&merged, proj),
+        &expected(&w(&base, proj), &p, 1.5),
+        "proj_in",
+    );
+    let (b, m) = (w(&base, fused), w(&merged, fused));
+    let third = n * n;
+    close(&m[..third], &expected(&b[..third], &q, 1.5), "q third");
+    assert_eq!(
+        m[third..2 * third],
+        b[third..2 * third],
+        "k third unchanged"
+    );
+    close(
+        &m[2 * third..],
+        &expected(&b[2 * third..], &v, 1.5),
+        "v third",
+    );
+    for key in base.names() {
+        if key != fused && key != proj {
+            assert_eq!(
+                base.bytes(base.tensor_info(key).unwrap()),
+                merged.bytes(merged.tensor_info(key).unwrap()),
+                "{key}"
+            );
+        }
     }
 }

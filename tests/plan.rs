@@ -451,3 +451,34 @@ fn the_plan_steps_the_largest_batch_of_several_datasets() {
     assert_eq!(tape(1, &[1, 4]), one);
     assert_eq!(tape(1, &[4, 1]), one);
 }
+
+/// SD2.1 768-v's reference shapes (`--family sd2`): its UNet (865.9 M parameters) and the
+/// 23-layer OpenCLIP text encoder (340.4 M, against SD1.5's 123.1 M), 1024-wide cached
+/// embeddings, 96x96 latents at 768.
+#[test]
+fn sd2_reference_shapes_at_768() {
+    let mut i = input(1, 768, 8, DType::F16);
+    i.family = "sd2";
+    let p = plan(&i).unwrap();
+    assert!(p.family.contains("2.x"), "{}", p.family);
+    let bytes = |n: &str| p.weights.iter().find(|w| w.0 == n).unwrap().1 as f64;
+    assert!(
+        (bytes("unet") / 865.910724e6 - 2.0).abs() < 0.01,
+        "{}",
+        bytes("unet")
+    );
+    assert!(
+        (bytes("text_encoder") / 340.38784e6 - 2.0).abs() < 0.01,
+        "{}",
+        bytes("text_encoder")
+    );
+    assert_eq!(p.caches, 10 * (4 * 96 * 96 * 2) + 10 * (77 * 1024 * 2));
+    // The same 192 targets as SD1.5's, wider where the context is 1024.
+    let sd1 = plan(&input(1, 768, 8, DType::F16)).unwrap();
+    assert!(p.lora > sd1.lora, "{} vs {}", p.lora, sd1.lora);
+    println!(
+        "SD2.x 768 fp16 rank 8 batch 1: peak {:.1} MiB (SD1.5 at 768: {:.1} MiB)",
+        p.peak() as f64 / MIB,
+        sd1.peak() as f64 / MIB
+    );
+}

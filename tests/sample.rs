@@ -14,8 +14,8 @@ use lorafuse::model::tokenizer::{Tokenizer, BOS, EOS};
 use lorafuse::model::unet::Unet;
 use lorafuse::model::vae::Vae;
 use lorafuse::sample::{
-    generate, guidance, load_png, parse_prompt_file, parse_prompt_line, save_png, Generated,
-    NoiseSchedule, Pipeline, PromptDefaults, PromptSpec, RgbImage, SampleError, Sampler,
+    generate, guidance, load_png, parse_prompt_file, parse_prompt_line, save_png, v_to_eps,
+    Generated, NoiseSchedule, Pipeline, PromptDefaults, PromptSpec, RgbImage, SampleError, Sampler,
     SamplerConfig, SamplerKind, StepNoise, TimestepSpacing,
 };
 use lorafuse::{CpuBackend, DType, Tensor};
@@ -1095,4 +1095,41 @@ fn png_round_trip() {
     assert!(load_png(dir.join("junk.png")).is_err());
     assert!(load_png(dir.join("missing.png")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// v-prediction sampling: the ε made from v makes every sampler's x₀ diffusers'
+/// v_prediction x₀ = √ᾱ·x − √(1−ᾱ)·v, with ᾱ = 1/(σ_i²+1) at Euler's fractional timesteps and
+/// ᾱ_t at DDIM's.
+#[test]
+fn v_prediction_becomes_the_noise_prediction_of_the_same_x0() {
+    let be = CpuBackend::new();
+    let schedule = NoiseSchedule::sd15();
+    let x = Tensor::from_f32([1, 2, 1, 2], vec![0.3, -1.2, 0.7, 2.0]).unwrap();
+    let v = Tensor::from_f32([1, 2, 1, 2], vec![-0.5, 0.25, 1.5, -0.75]).unwrap();
+    let cfg = SamplerConfig::sd15();
+    let euler = Sampler::new(SamplerKind::Euler, &schedule, &cfg, 7).unwrap();
+    let ddim = Sampler::new(SamplerKind::Ddim, &schedule, &cfg, 7).unwrap();
+    let mut cases: Vec<(f64, f64)> = euler
+        .timesteps()
+        .iter()
+        .zip(euler.sigmas())
+        .map(|(&t, &s)| (t, 1.0 / (s * s + 1.0)))
+        .collect();
+    cases.extend(
+        ddim.timesteps()
+            .iter()
+            .map(|&t| (t, schedule.alpha_bar(t as usize).unwrap())),
+    );
+    for (t, abar) in cases {
+        let eps = v_to_eps(&be, &schedule, &x, t, &v).unwrap().to_f64_vec();
+        let (a, s) = (abar.sqrt(), (1.0 - abar).sqrt());
+        for ((xi, vi), ei) in x.to_f64_vec().iter().zip(v.to_f64_vec()).zip(eps) {
+            let x0 = (xi - s * ei) / a;
+            let want = a * xi - s * vi;
+            assert!(
+                (x0 - want).abs() < 1e-5 * (1.0 + want.abs()),
+                "t {t}: {x0} vs {want}"
+            );
+        }
+    }
 }

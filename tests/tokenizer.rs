@@ -53,6 +53,35 @@ fn a_photo_of_a_cat() {
     check_layout(&e, "a photo of a cat");
 }
 
+/// SD2.x's tokenizer pads with `!` (id 0) after the EOS; long captions are cut into windows as
+/// sd-scripts' `get_input_ids` does for v2 (a window that ends in a token gets EOS, one that
+/// starts with padding starts with EOS).
+#[test]
+fn sd2_padding_and_long_windows() {
+    let tok = tokenizer().padding_with(0);
+    let e = tok.encode("a photo of a cat");
+    assert_eq!(e.ids[..7], [BOS, 320, 1125, 539, 320, 2368, EOS]);
+    assert!(e.ids[7..].iter().all(|&id| id == 0), "{:?}", e.ids);
+    assert_eq!(e.eos_position, 6);
+    // Two windows of a short caption: the second is BOS, EOS, padding.
+    let e = tok.encode_long("a photo of a cat", 150);
+    assert_eq!(e.ids.len(), 2 * MAX_LENGTH);
+    assert_eq!(e.ids[..MAX_LENGTH], tok.encode("a photo of a cat").ids[..]);
+    assert_eq!(e.ids[MAX_LENGTH..MAX_LENGTH + 2], [BOS, EOS]);
+    assert!(e.ids[MAX_LENGTH + 2..].iter().all(|&id| id == 0));
+    // 80 tokens in two windows: the first full (its last id EOS), the second 5 tokens, EOS, 0s.
+    let text = vec!["cat"; 80].join(" ");
+    let e = tok.encode_long(&text, 150);
+    let (a, b) = e.ids.split_at(MAX_LENGTH);
+    assert_eq!((a[0], a[75], a[76]), (BOS, 2368, EOS));
+    assert_eq!(b[..7], [BOS, 2368, 2368, 2368, 2368, 2368, EOS]);
+    assert!(b[7..].iter().all(|&id| id == 0));
+    // SD1.x's padding is unchanged: EOS.
+    assert!(tokenizer().encode_long(&text, 150).ids[MAX_LENGTH + 7..]
+        .iter()
+        .all(|&id| id == EOS));
+}
+
 #[test]
 fn special_token_ids_and_vocabulary_size() {
     let tok = tokenizer();

@@ -2,6 +2,7 @@
 //! flat optimizer's layout, clipping and loss scaling, when sample images are due.
 
 use lorafuse::lora::{LayerKind, LoraGrads, LoraModule, LoraSet};
+use lorafuse::model::family::Prediction;
 use lorafuse::rng::Rng;
 use lorafuse::sample::schedule::NoiseSchedule;
 use lorafuse::train::lr::{LrSchedule, Schedule};
@@ -156,9 +157,17 @@ fn min_snr_weights_and_timesteps() {
     let sched = NoiseSchedule::sd15();
     let abar = sched.alphas_cumprod();
     // min-SNR-5: early timesteps (SNR > 5) are down-weighted to 5/SNR, late ones keep 1.
-    let wts = min_snr_weights(&sched, &[0, 999], 5.0);
+    let wts = min_snr_weights(&sched, &[0, 999], 5.0, Prediction::Epsilon);
     let snr0 = abar[0] / (1.0 - abar[0]);
     assert!((wts[0] - 5.0 / snr0).abs() < 1e-12 && wts[1] == 1.0);
+    // v-prediction (kohya's apply_snr_weight): min(SNR, γ)/(SNR + 1).
+    let v = min_snr_weights(&sched, &[0, 999], 5.0, Prediction::V);
+    let snr999 = abar[999] / (1.0 - abar[999]);
+    assert!((v[0] - 5.0 / (snr0 + 1.0)).abs() < 1e-12);
+    assert!((v[1] - snr999 / (snr999 + 1.0)).abs() < 1e-12);
+    // With zero terminal SNR the last timestep's v weight is 0, not undefined.
+    let zt = sched.with_zero_terminal_snr();
+    assert_eq!(min_snr_weights(&zt, &[999], 5.0, Prediction::V), [0.0]);
     let mut rng = Rng::new(1);
     let ts = sample_timesteps(&mut rng, &sched, 10_000);
     assert!(ts.iter().all(|&t| t < 1000));

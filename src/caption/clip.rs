@@ -334,7 +334,8 @@ impl ClipModel {
         let (text_cfg, vision_cfg, projection_dim) = if config.is_file() {
             read_model_config(&config)?
         } else {
-            let text = clip_text_at(&file, &weights, "")?;
+            // OpenAI's CLIP models (and those trained like them) use quick_gelu.
+            let text = clip_text_at(&file, &weights, "", HiddenAct::QuickGelu)?;
             let (vision, proj) = clip_vision(&file, &weights)?;
             (text, vision, proj)
         };

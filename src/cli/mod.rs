@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use lorafuse::backend::select::{select, Selected};
 use lorafuse::config::{Device, MixedPrecision, TrainConfig};
 use lorafuse::lora::{kohya, LoraSet};
-use lorafuse::model::family::{family_of, WeightsFrom};
+use lorafuse::model::family::{family_of, Prediction, WeightsFrom};
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::tokenizer::Tokenizer;
 use lorafuse::prepare::auto::auto_prepare;
@@ -67,7 +67,7 @@ pub enum Command {
     /// Generate an image from a prompt line (kohya syntax: "a cat --n blurry --w 512 --h 512
     /// --d 42 --s 30 --l 7.5 --ss euler").
     Sample {
-        /// The SD1.x model: a .safetensors file or a diffusers folder.
+        /// The SD1.x or SD2.x model: a .safetensors file or a diffusers folder.
         #[arg(long)]
         model: PathBuf,
         /// A LoRA to apply, optionally with a weight: --lora style.safetensors:0.7 (repeatable).
@@ -79,6 +79,10 @@ pub enum Command {
         /// CLIP skip (1 = the last layer).
         #[arg(long, default_value_t = 1)]
         clip_skip: usize,
+        /// The model predicts v (SD2.x 768-v, as kohya's v_parameterization): a single file
+        /// does not say so (a diffusers folder's scheduler config does).
+        #[arg(long)]
+        v_parameterization: bool,
         /// Where to compute, as the config key `device`: auto (a CUDA GPU when this build and
         /// the machine have one, else the CPU), cpu, cuda or cuda:N. On a GPU in f32.
         #[arg(long, default_value = "auto", value_parser = parse_device)]
@@ -211,6 +215,10 @@ pub enum Command {
         /// Override a config key, e.g. --set batch_size=4 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// The model family planned when base_model does not exist: sd1 (SD1.5's shapes) or
+        /// sd2 (SD2.1 768-v's).
+        #[arg(long, default_value = "sd1", value_parser = ["sd1", "sd2"])]
+        family: String,
     },
     /// Make a folder of pictures ready for training: decode (EXIF orientation, alpha on a
     /// background), resize (Lanczos) and crop each to the training resolution or its training
@@ -243,6 +251,7 @@ pub fn run(cli: Cli) -> Outcome {
             loras,
             out,
             clip_skip,
+            v_parameterization,
             device,
             prompt,
         } => sample(&SampleArgs {
@@ -250,6 +259,7 @@ pub fn run(cli: Cli) -> Outcome {
             loras: &loras,
             out: &out,
             clip_skip,
+            v_parameterization,
             device,
             prompt: &prompt,
         }),
@@ -340,7 +350,14 @@ pub fn run(cli: Cli) -> Outcome {
             gpu,
             gpu_memory,
             set,
-        } => plan::plan_cmd(&config, gpu.as_deref(), gpu_memory.as_deref(), &set),
+            family,
+        } => plan::plan_cmd(
+            &config,
+            gpu.as_deref(),
+            gpu_memory.as_deref(),
+            &set,
+            &family,
+        ),
         Command::Prepare(args) => prepare::prepare_cmd(&args),
         Command::Tags(args) => tags::tags_cmd(&args),
         Command::Caption(args) => caption::caption_cmd(&args),
@@ -488,6 +505,7 @@ struct SampleArgs<'a> {
     loras: &'a [String],
     out: &'a Path,
     clip_skip: usize,
+    v_parameterization: bool,
     device: Device,
     prompt: &'a str,
 }
@@ -498,6 +516,16 @@ fn sample(a: &SampleArgs) -> Outcome {
     let be = be.as_ref();
     let family = family_of(a.model)?;
     let models = family.load(WeightsFrom::Checkpoint(a.model), be, &mut |_| {})?;
+    if a.v_parameterization
+        && models.prediction_from_checkpoint
+        && models.prediction != Prediction::V
+    {
+        return Err(CliError::Usage(format!(
+            "--v-parameterization: {} says it predicts epsilon \
+             (scheduler/scheduler_config.json); leave the flag out",
+            a.model.display()
+        )));
+    }
     let (vae, te) = models.sampling_parts()?;
     let sets = load_loras(a.loras, be)?;
     let refs: Vec<(&LoraSet, f64)> = sets.iter().map(|(s, w)| (s, *w)).collect();
@@ -506,9 +534,14 @@ fn sample(a: &SampleArgs) -> Outcome {
     } else {
         Some(LoraSet::combine(be, &refs)?)
     };
-    let tokenizer = Tokenizer::new()?;
+    let tokenizer = Tokenizer::new()?.padding_with(family.pad_token());
     let mut pipe = Pipeline::new(&models.unet, vae, te, &tokenizer);
     pipe.schedule = family.noise_schedule();
+    pipe.prediction = if a.v_parameterization {
+        Prediction::V
+    } else {
+        models.prediction
+    };
     let cx = Ctx::new(be, combined.as_ref());
     let mut report = |i: usize, n: usize| eprint!("\rsampling step {i}/{n}");
     let img = generate(&pipe, &cx, &spec, a.clip_skip, Some(&mut report))?;

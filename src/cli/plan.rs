@@ -18,6 +18,7 @@ pub fn plan_cmd(
     gpu: Option<&str>,
     gpu_memory: Option<&str>,
     set: &[String],
+    family: &str,
 ) -> Outcome {
     let card = gpu.map(card).transpose()?;
     let cfg = TrainConfig::load(config, set)?;
@@ -33,12 +34,19 @@ pub fn plan_cmd(
             PlanInput::from_config(&cfg, None)
         }
     };
+    let reference = lorafuse::model::family::family_by_id(family)
+        .ok_or_else(|| CliError::Usage(format!("--family {family}: expected sd1 or sd2")))?;
     if !cfg.base_model.exists() {
         eprintln!(
-            "note: {} not found; planning with SD1.5's shapes",
-            cfg.base_model.display()
+            "note: {} not found; planning with {}'s reference shapes",
+            cfg.base_model.display(),
+            reference.display_name()
         );
     }
+    let input = PlanInput {
+        family: reference.id(),
+        ..input
+    };
     let (input, card_memory) = match card {
         Some(Card::Profile(limits)) => {
             eprintln!("GPU: {limits}");

@@ -72,7 +72,8 @@ const GENERIC: &str =
 const TOKEN_WARMUP: &str = "token warmup (kohya's: each caption starts with its first token_warmup_min tags and gains tags until step token_warmup_step) is not implemented in lorafuse, which uses every caption whole from the first step; remove the key (keep_tokens with shuffle_caption or caption_tag_dropout_rate vary the tags instead)";
 const ATTENTION: &str = "lorafuse always uses its own memory-efficient attention";
 const OPTIMIZER: &str = "write optimizer_type = \"AdamW8bit\" instead (kohya's own replacement for this deprecated key) and remove this key";
-const SD1_ONLY: &str = "lorafuse trains Stable Diffusion 1.x (epsilon prediction) only";
+const SD1_ONLY: &str =
+    "lorafuse trains Stable Diffusion 1.x and 2.x only (ε- or v-prediction, kohya's plain loss)";
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
 const LOSS: &str = "lorafuse trains with the mean squared error (kohya's l2), optionally min-SNR weighted (min_snr_gamma); remove this key";
 const SAVES_STATE: &str = "lorafuse always saves its training state (output_dir/state.safetensors: the LoRA weights, the optimizer moments and the counters) at every save point and at the end, so that `lorafuse train CONFIG --resume` can continue the run; this key changes nothing";
@@ -98,9 +99,7 @@ const FOREIGN: &[Foreign] = &[
         "lorafuse trains kohya's plain LoRA (networks.lora)",
         "lorafuse trains plain LoRA (kohya's networks.lora) only; LyCORIS, DyLoRA and the other network modules are not supported",
     ),
-    same("v2", &[False], SD1_ONLY, SD1_ONLY),
-    same("v_parameterization", &[False], SD1_ONLY, SD1_ONLY),
-    same("zero_terminal_snr", &[False], SD1_ONLY, SD1_ONLY),
+    same("v2", &[Flag], "lorafuse reads the model family (SD1.x or SD2.x) from the checkpoint", "must be true or false"),
     same("sdxl", &[False], SD1_ONLY, SD1_ONLY),
     same("full_fp16", &[False], "LoRA weights train in f32", F32_LORA),
     same("full_bf16", &[False], "LoRA weights train in f32", F32_LORA),

@@ -584,6 +584,23 @@ config_keys! {
         rule "must be > 0 (typical 5), or empty for off",
         aliases ["snr_gamma"],
 
+    /// Train the denoiser to predict v = √ᾱ·ε − √(1−ᾱ)·x₀ instead of the noise ε: for
+    /// v-prediction models (SD2.x 768-v). A single-file checkpoint does not say which it is;
+    /// a diffusers folder's scheduler config does and must agree. Samples are drawn with the
+    /// same prediction.
+    v_parameterization: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
+    /// Rescale the noise schedule to zero terminal SNR (Lin et al. 2023, kohya's option):
+    /// the last timestep is pure noise. Meant with `v_parameterization` (ε cannot be
+    /// predicted from pure noise); training only, samples use the model's own schedule.
+    zero_terminal_snr: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
     // --- compute
 
     /// Precision of the frozen model's activations on a GPU (`fp16`: f16 storage, f32

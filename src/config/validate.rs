@@ -133,6 +133,15 @@ fn check_outputs(c: &mut Check) {
             c.fail(key, "is empty: give a path".into());
         }
     }
+    if cfg.zero_terminal_snr && !cfg.v_parameterization && cfg.min_snr_gamma.is_some() {
+        c.fail(
+            "min_snr_gamma",
+            "cannot weight an ε-prediction loss with zero_terminal_snr: the last timestep's \
+             SNR is 0 and its weight min(SNR, γ)/SNR undefined; set v_parameterization: true \
+             (zero terminal SNR is meant for v-prediction) or leave min_snr_gamma empty"
+                .into(),
+        );
+    }
     let name = cfg.output_name.as_str();
     let lower = name.to_ascii_lowercase();
     if name.is_empty() && !c.is_own_value("output_name") {

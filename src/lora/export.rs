@@ -446,6 +446,10 @@ pub struct TrainingInfo {
 
     pub base_model: BaseModelInfo,
     pub vae: Option<BaseModelInfo>,
+    /// The base model is SD2.x (kohya's `ss_v2`, base version `sd_v2`, the v2 model spec).
+    pub v2: bool,
+    /// The run trained v-prediction (kohya's `v_parameterization`: `sd_v2_v`, prediction "v").
+    pub v_parameterization: bool,
 
     pub lora_rank: usize,
     pub lora_alpha: f64,
@@ -527,6 +531,8 @@ impl Default for TrainingInfo {
             epoch: 0,
             base_model: BaseModelInfo::default(),
             vae: None,
+            v2: false,
+            v_parameterization: false,
             lora_rank: 4,
             lora_alpha: 1.0,
             network_dropout: None,
@@ -721,8 +727,16 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
             json(&serde_json::Value::Object(net_args)),
         );
     }
-    put("ss_v2", py_bool(false));
-    put("ss_base_model_version", "sd_v1".into());
+    put("ss_v2", py_bool(info.v2));
+    // sd-scripts' get_model_version_str_for_sd1_sd2: sd_v1 / sd_v2, "_v" for v-prediction.
+    put(
+        "ss_base_model_version",
+        format!(
+            "sd_v{}{}",
+            if info.v2 { 2 } else { 1 },
+            if info.v_parameterization { "_v" } else { "" }
+        ),
+    );
     put("ss_output_name", info.output_name.clone());
 
     // Run.
@@ -893,7 +907,13 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
 
     // SAI model spec (kohya's library/sai_model_spec.py for an SD1 LoRA).
     put("modelspec.sai_model_spec", "1.0.1".into());
-    put("modelspec.architecture", "stable-diffusion-v1/lora".into());
+    // sai_model_spec.determine_architecture for SD1.x/SD2.x, with the LoRA suffix.
+    let architecture = match (info.v2, info.v_parameterization) {
+        (false, _) => "stable-diffusion-v1",
+        (true, false) => "stable-diffusion-v2-512",
+        (true, true) => "stable-diffusion-v2-768-v",
+    };
+    put("modelspec.architecture", format!("{architecture}/lora"));
     put("modelspec.implementation", "diffusers".into());
     put(
         "modelspec.implementation_version",
@@ -907,7 +927,15 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
     );
     put("modelspec.resolution", format!("{w}x{h}"));
     put("modelspec.date", iso8601_utc(info.training_finished_at));
-    put("modelspec.prediction_type", "epsilon".into());
+    put(
+        "modelspec.prediction_type",
+        if info.v_parameterization {
+            "v"
+        } else {
+            "epsilon"
+        }
+        .into(),
+    );
     put(
         "modelspec.encoder_layer",
         info.clip_skip.unwrap_or(1).to_string(),

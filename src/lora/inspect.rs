@@ -281,6 +281,23 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
 }
 
 impl LoraSummary {
+    /// The model family the metadata names (kohya's `ss_base_model_version`, else the model
+    /// spec's architecture), in words.
+    pub fn base_model(&self) -> Option<String> {
+        let version = self.metadata.get("ss_base_model_version");
+        let named = match version.map(String::as_str) {
+            Some("sd_v1") => Some("Stable Diffusion 1.x"),
+            Some("sd_v1_v") => Some("Stable Diffusion 1.x, v-prediction"),
+            Some("sd_v2") => Some("Stable Diffusion 2.x, ε-prediction (512)"),
+            Some("sd_v2_v") => Some("Stable Diffusion 2.x, v-prediction (768-v)"),
+            _ => None,
+        };
+        named
+            .map(str::to_string)
+            .or_else(|| version.cloned())
+            .or_else(|| self.metadata.get("modelspec.architecture").cloned())
+    }
+
     /// One line per module: name, adapter kind, rank, alpha.
     pub fn module_table(&self) -> String {
         let width = self
@@ -346,6 +363,9 @@ impl fmt::Display for LoraSummary {
             counted(self.kinds.iter().map(|(k, n)| (k, *n)), "modules")
         )?;
         writeln!(f, "  targets     {}", self.targets)?;
+        if let Some(base) = self.base_model() {
+            writeln!(f, "  base model  {base}")?;
+        }
         writeln!(
             f,
             "  rank        {}",

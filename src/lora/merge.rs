@@ -1,4 +1,4 @@
-//! Merging LoRAs into a single-file SD1.x checkpoint (LDM key names, `.safetensors`), so that
+//! Merging LoRAs into a single-file SD1.x or SD2.x checkpoint (LDM key names, `.safetensors`; SD2.x's fused OpenCLIP `in_proj_weight` takes its q, k and v modules in its thirds), so that
 //! the result is a plain model with the LoRAs baked in.
 //!
 //! For every weight `<module>.weight` of the checkpoint whose diffusers module path has the
@@ -45,9 +45,10 @@ use crate::error::{Error, Result};
 use crate::lora::export::{push_elem, SavePrecision};
 use crate::lora::write::{self, Data, OutTensor};
 use crate::lora::{LoraModule, LoraSet};
+use crate::model::checkpoint::ldm::{open_clip, open_clip_blocks, OpenClipName};
 use crate::model::checkpoint::safetensors::{RawTensor, SafetensorsFile};
 use crate::model::checkpoint::{
-    detect_family, ldm_to_diffusers, CheckpointError, Family, LdmLayout,
+    detect_family, ldm_to_diffusers, CheckpointError, Family, LdmLayout, OPEN_CLIP_PREFIX,
 };
 use crate::model::layers::kohya_name;
 
@@ -222,6 +223,57 @@ fn merged_bytes(
 /// (index of the LoRA, index of the module in it).
 type Hit = (usize, usize);
 
+/// A weight's merge: the kohya module name(s) it matched and each LoRA module on it.
+type Planned = (String, Vec<(Hit, Part)>);
+
+/// Which third of a fused OpenCLIP `in_proj_weight` a module adapts (q, k, v: 0, 1, 2), or
+/// None for a whole weight.
+type Part = Option<usize>;
+
+/// The diffusers module path(s) whose weight `key` stores: one, or for SD2.x's fused
+/// `attn.in_proj_weight` the q, k and v projections as its thirds (`ldm::open_clip`).
+fn modules_of(key: &str, layout: &LdmLayout, blocks: usize) -> Vec<(String, Part)> {
+    let module = |n: &str| n.strip_suffix(".weight").map(str::to_string);
+    if let Some(rest) = key.strip_prefix(OPEN_CLIP_PREFIX) {
+        return match open_clip(rest, blocks) {
+            Some(OpenClipName::One(n)) => module(&n).map(|m| (m, None)).into_iter().collect(),
+            Some(OpenClipName::Fused(names)) => names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| module(n).map(|m| (m, Some(i))))
+                .collect(),
+            None => Vec::new(),
+        };
+    }
+    ldm_to_diffusers(key, layout)
+        .and_then(|n| module(&n))
+        .map(|m| (m, None))
+        .into_iter()
+        .collect()
+}
+
+/// The stored tensor as one part sees it: a third of the rows for a fused weight.
+fn part_of(raw: &RawTensor, part: Part) -> RawTensor {
+    let mut r = raw.clone();
+    if part.is_some() {
+        if let Some(rows) = r.shape.first_mut() {
+            *rows /= 3;
+        }
+    }
+    r
+}
+
+/// A part's up [out/3, r] placed in its rows of a zero [out, r] (the whole up for None).
+fn placed_up(up: Vec<f64>, part: Part, out_f: usize, rank: usize) -> Vec<f64> {
+    let Some(i) = part else {
+        return up;
+    };
+    let mut full = vec![0.0; out_f * rank];
+    let start = i * (out_f / 3) * rank;
+    full[start..start + up.len()].copy_from_slice(&up);
+    full
+}
+
 /// Why the modules of a LoRA may match nothing, from their names.
 fn mismatch_hint(names: &[&str]) -> &'static str {
     if names
@@ -241,7 +293,7 @@ fn mismatch_hint(names: &[&str]) -> &'static str {
     }
 }
 
-/// Merges `loras` (each with its ratio, A1111's weight) into the single-file SD1.x checkpoint
+/// Merges `loras` (each with its ratio, A1111's weight) into the single-file SD1.x/SD2.x checkpoint
 /// `base` and writes the result to `out`. See the module documentation for the arithmetic,
 /// the errors and the memory used.
 pub fn merge_into_checkpoint(
@@ -278,15 +330,7 @@ pub fn merge_into_checkpoint(
         )));
     }
     match detect_family(base)? {
-        Family::Sd1 => {}
-        Family::Sd2 { evidence } => {
-            return Err(CheckpointError::UnsupportedModel {
-                path: base.to_path_buf(),
-                family: "SD2.x",
-                evidence,
-            }
-            .into())
-        }
+        Family::Sd1 | Family::Sd2 { .. } => {}
         Family::Sdxl { evidence } => {
             return Err(CheckpointError::UnsupportedModel {
                 path: base.to_path_buf(),
@@ -305,6 +349,7 @@ pub fn merge_into_checkpoint(
     }
     let file = SafetensorsFile::open(base)?;
     let layout = LdmLayout::infer(file.names());
+    let blocks = open_clip_blocks(file.names());
 
     // kohya module name → (lora, module index) for every LoRA.
     let mut by_name: HashMap<&str, Vec<Hit>> = HashMap::new();
@@ -317,23 +362,25 @@ pub fn merge_into_checkpoint(
     // Plan: which stored key gets which modules, checked before anything is written.
     let mut keys: Vec<&str> = file.names().collect();
     keys.sort_unstable();
-    let mut plan: BTreeMap<&str, (String, Vec<Hit>)> = BTreeMap::new();
+    let mut plan: BTreeMap<&str, Planned> = BTreeMap::new();
     let mut used: Vec<Vec<bool>> = loras.iter().map(|(s, _)| vec![false; s.len()]).collect();
     for &key in &keys {
-        let Some(name) = ldm_to_diffusers(key, &layout) else {
-            continue;
-        };
-        let Some(module_path) = name.strip_suffix(".weight") else {
-            continue;
-        };
-        let module = kohya_name(module_path);
-        let Some(hits) = by_name.get(module.as_str()) else {
-            continue;
-        };
-        for &(li, mi) in hits {
-            used[li][mi] = true;
+        for (module_path, part) in modules_of(key, &layout, blocks) {
+            let module = kohya_name(&module_path);
+            let Some(hits) = by_name.get(module.as_str()) else {
+                continue;
+            };
+            for &(li, mi) in hits {
+                used[li][mi] = true;
+            }
+            let entry = plan
+                .entry(key)
+                .or_insert_with(|| (module.clone(), Vec::new()));
+            if entry.0 != module {
+                entry.0 = format!("{}, {module}", entry.0);
+            }
+            entry.1.extend(hits.iter().map(|&h| (h, part)));
         }
-        plan.insert(key, (module, hits.clone()));
     }
     for (li, (set, ratio)) in loras.iter().enumerate() {
         let unmatched: Vec<&str> = set
@@ -376,13 +423,24 @@ pub fn merge_into_checkpoint(
         let data = if let Some((module, hits)) = plan.get(key) {
             let modules: Vec<(&LoraModule, f64)> = hits
                 .iter()
-                .map(|&(li, mi)| (&loras[li].0.modules()[mi], loras[li].1))
+                .map(|&((li, mi), _)| (&loras[li].0.modules()[mi], loras[li].1))
                 .collect();
-            check_fit(base, key, raw, &modules)?;
+            let parts: Vec<Part> = hits.iter().map(|&(_, p)| p).collect();
+            for part in [None, Some(0), Some(1), Some(2)] {
+                let of_part: Vec<(&LoraModule, f64)> = modules
+                    .iter()
+                    .zip(&parts)
+                    .filter(|(_, &p)| p == part)
+                    .map(|(m, _)| *m)
+                    .collect();
+                if !of_part.is_empty() {
+                    check_fit(base, key, &part_of(raw, part), &of_part)?;
+                }
+            }
             merged.push(MergedWeight {
                 key: key.to_string(),
                 module: module.clone(),
-                loras: hits.iter().map(|&(li, _)| li).collect(),
+                loras: hits.iter().map(|&((li, _), _)| li).collect(),
             });
             // A k x k conv's weight is [out, in·k²] row-major, as its down is [r, in·k²].
             let (out_f, in_f) = (raw.shape[0], raw.shape[1..].iter().product());
@@ -392,10 +450,11 @@ pub fn merge_into_checkpoint(
             Data::Lazy(Box::new(move || {
                 let deltas: Vec<Delta> = modules
                     .iter()
-                    .map(|(m, ratio)| Delta {
+                    .zip(&parts)
+                    .map(|((m, ratio), part)| Delta {
                         coef: ratio * m.scale(),
                         rank: m.rank(),
-                        up: m.up.to_f64_vec(),
+                        up: placed_up(m.up.to_f64_vec(), *part, out_f, m.rank()),
                         down: m.down.to_f64_vec(),
                     })
                     .collect();

@@ -59,7 +59,8 @@ pub enum UpBlockType {
     CrossAttnUpBlock2D,
 }
 
-/// `UNet2DConditionModel`'s configuration, as far as SD1.x uses it.
+/// `UNet2DConditionModel`'s configuration, as far as SD1.x and SD2.x use it. SD2.x's
+/// `attention_head_dim: [5, 10, 20, 20]` is again the number of heads (width 64 each).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UnetConfig {
@@ -135,6 +136,19 @@ impl UnetConfig {
         }
     }
 
+    /// Stable Diffusion 2.1's UNet (`stabilityai/stable-diffusion-2-1`, `unet/config.json`):
+    /// SD1.5's but 1024-wide cross-attention, Linear projections, heads of width 64.
+    pub fn sd2() -> UnetConfig {
+        UnetConfig {
+            sample_size: 96,
+            cross_attention_dim: 1024,
+            attention_head_dim: PerLevel::Each(vec![5, 10, 20, 20]),
+            use_linear_projection: true,
+            upcast_attention: true,
+            ..UnetConfig::sd15()
+        }
+    }
+
     /// Number of attention heads at `level` (0 = the first down block), following diffusers:
     /// `num_attention_heads` when set, else `attention_head_dim` (which SD1.x's configs use to
     /// mean the number of heads). The mid block uses the last level's value.
@@ -152,7 +166,7 @@ impl UnetConfig {
         (heads > 0 && channels % heads == 0).then(|| channels / heads)
     }
 
-    /// Checks that this is a UNet lorafuse can build: the SD1.x topology, consistent lists,
+    /// Checks that this is a UNet lorafuse can build: the SD1.x/SD2.x topology, consistent lists,
     /// heads and groups that divide the channels. The error says which field is wrong.
     pub fn validate(&self) -> Result<(), String> {
         let levels = check_levels(
@@ -162,9 +176,6 @@ impl UnetConfig {
         )?;
         if self.layers_per_block == 0 {
             return Err("layers_per_block is 0".into());
-        }
-        if self.use_linear_projection {
-            return Err("use_linear_projection is true, which is SD2.x's layout".into());
         }
         if let Some(t) = &self.addition_embed_type {
             return Err(format!("addition_embed_type is \"{t}\", which is SDXL's"));
@@ -318,6 +329,19 @@ impl ClipTextConfig {
             max_position_embeddings: 77,
             layer_norm_eps: 1e-5,
             hidden_act: HiddenAct::QuickGelu,
+        }
+    }
+
+    /// SD2.x's text encoder: OpenCLIP ViT-H/14's text tower without its last layer, as
+    /// diffusers' SD2 `text_encoder/config.json` has it (23 layers, GELU).
+    pub fn sd2() -> ClipTextConfig {
+        ClipTextConfig {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 23,
+            num_attention_heads: 16,
+            hidden_act: HiddenAct::Gelu,
+            ..ClipTextConfig::sd15()
         }
     }
 

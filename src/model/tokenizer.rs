@@ -103,6 +103,8 @@ pub struct Tokenizer {
     ranks: HashMap<(u32, u32), u32>,
     /// Each id's text in byte-symbol form (`ph`, `oto</w>`), for [`Tokenizer::decode`].
     vocab: Vec<String>,
+    /// The id after the EOS up to [`MAX_LENGTH`]: EOS for SD1.x, 0 (`!`) for SD2.x.
+    pad: u32,
 }
 
 impl Tokenizer {
@@ -183,7 +185,20 @@ impl Tokenizer {
             byte_ids,
             ranks,
             vocab,
+            pad: EOS,
         })
+    }
+
+    /// This tokenizer padding with `pad` instead of EOS (SD2.x's tokenizer pads with `!`, id
+    /// 0: the model family's `pad_token`).
+    pub fn padding_with(mut self, pad: u32) -> Self {
+        self.pad = pad;
+        self
+    }
+
+    /// The padding id ([`EOS`] unless set by [`Tokenizer::padding_with`]).
+    pub fn pad(&self) -> u32 {
+        self.pad
     }
 
     /// The prompt as the text encoder takes it: BOS, the first 75 tokens, EOS, EOS padding.
@@ -196,15 +211,36 @@ impl Tokenizer {
     /// a row of [`MAX_LENGTH`] ids, BOS + its 75 tokens (EOS padding after the last) + EOS;
     /// `max_tokens / 75` rows. The text encoder encodes each row alone and joins them
     /// (`ClipTextModel::forward`). With 75 it is [`Tokenizer::encode`]'s one row.
+    ///
+    /// With a padding id other than EOS (SD2.x) the rows are sd-scripts' `get_input_ids` for
+    /// v2: the whole caption padded to `2 + rows·75` ids (BOS, tokens, EOS, padding) is cut
+    /// into windows that get BOS and the sequence's last id, a window ending in a token after
+    /// which that id is padding gets EOS there, and a window starting with padding starts with
+    /// EOS. With EOS padding this is the SD1.x rule above.
     pub fn encode_long(&self, text: &str, max_tokens: usize) -> Encoded {
         let rows = (max_tokens / WINDOW).max(1);
         let tokens = self.tokenize(text);
         let kept = &tokens[..tokens.len().min(rows * WINDOW)];
+        let full_len = rows * WINDOW + 2;
+        let mut full = Vec::with_capacity(full_len);
+        full.push(BOS);
+        full.extend_from_slice(kept);
+        full.push(EOS);
+        full.resize(full_len, self.pad);
+        let last = full[full_len - 1];
         let mut ids = Vec::with_capacity(rows * MAX_LENGTH);
         for row in 0..rows {
+            let start = ids.len();
             ids.push(BOS);
-            ids.extend((0..WINDOW).map(|j| kept.get(row * WINDOW + j).copied().unwrap_or(EOS)));
-            ids.push(EOS);
+            ids.extend_from_slice(&full[1 + row * WINDOW..1 + (row + 1) * WINDOW]);
+            ids.push(last);
+            let before_last = ids[start + MAX_LENGTH - 2];
+            if before_last != EOS && before_last != self.pad {
+                ids[start + MAX_LENGTH - 1] = EOS;
+            }
+            if ids[start + 1] == self.pad {
+                ids[start + 1] = EOS;
+            }
         }
         let eos_position = ids[..MAX_LENGTH]
             .iter()

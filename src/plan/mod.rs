@@ -42,6 +42,9 @@ pub struct PlanInput {
     /// The device whose launch limits the run's kernels are chosen for (an A100's unless
     /// `--gpu` names a card or the run is on a GPU).
     pub device: DeviceLimits,
+    /// The model family whose reference shapes are planned when `base_model` does not exist
+    /// ("sd1": SD1.5, "sd2": SD2.1 768-v).
+    pub family: &'static str,
 }
 
 /// The images a plan caches and trains on.
@@ -84,6 +87,7 @@ impl PlanInput {
                 validation: 0,
             },
             device: DeviceLimits::default_target(),
+            family: "sd1",
         }
     }
 
@@ -95,6 +99,7 @@ impl PlanInput {
             cfg: cfg.clone(),
             data: PlanData::Images { train, validation },
             device: DeviceLimits::default_target(),
+            family: "sd1",
         }
     }
 
@@ -104,6 +109,7 @@ impl PlanInput {
             cfg: cfg.clone(),
             data: PlanData::Scanned(ds),
             device: DeviceLimits::default_target(),
+            family: "sd1",
         }
     }
 

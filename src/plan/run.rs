@@ -8,7 +8,7 @@ use super::{MemoryPlan, PlanData, PlanInput, CONTEXT_BYTES};
 use crate::backend::cuda::{CudaBackend, Device};
 use crate::data::{Dataset, Item};
 use crate::error::{Error, Result};
-use crate::model::family::WeightsFrom;
+use crate::model::family::{family_by_id, WeightsFrom};
 use crate::tensor::DType;
 use crate::train::cache::Pixels;
 use crate::train::trainer::{Phase, PhaseHook, Run};
@@ -83,7 +83,16 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
         begun: 0,
     };
     let base = cfg.base_model.exists().then_some(cfg.base_model.as_path());
-    let from = WeightsFrom::Shapes(base);
+    let reference = family_by_id(input.family).ok_or_else(|| Error::BadValue {
+        op: "plan",
+        name: "family",
+        value: input.family.to_string(),
+        expected: "sd1 or sd2".into(),
+    })?;
+    let from = match base {
+        Some(p) => WeightsFrom::Shapes(Some(p)),
+        None => WeightsFrom::Reference(reference),
+    };
     let mut run = Run::prepare(cfg, &be, ds, from, Pixels::Blank, &mut meter)?;
     // The step of the largest batch (a dataset's batch_size may be larger than the run's).
     run.largest_batch_first();
@@ -122,10 +131,10 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
     let (lora, grads, optimizer) = run.trainable.bytes();
     Ok(MemoryPlan {
         input: input.clone(),
-        family: if base.is_some() {
-            run.models.family.display_name().to_string()
-        } else {
-            "SD1.5".to_string()
+        family: match (base, input.family) {
+            (None, "sd1") => "SD1.5".to_string(),
+            (None, _) => format!("{} (reference shapes)", run.models.family.display_name()),
+            _ => run.models.family.display_name().to_string(),
         },
         cached: (run.inputs.latents.len(), run.inputs.texts.len()),
         weights,

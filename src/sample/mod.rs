@@ -42,6 +42,7 @@ pub use sampler::{
 pub use schedule::NoiseSchedule;
 
 use crate::model::clip::ClipTextModel;
+use crate::model::family::Prediction;
 use crate::model::layers::Ctx;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::unet::Unet;
@@ -110,6 +111,8 @@ pub struct Pipeline<'a> {
     pub schedule: NoiseSchedule,
     /// Timestep spacing and offsets (SD1.5's scheduler config by default).
     pub sampler_config: SamplerConfig,
+    /// What the UNet predicts (ε by default; SD2.x 768-v: v, turned into ε before each step).
+    pub prediction: Prediction,
 }
 
 /// What [`generate`] made.
@@ -137,6 +140,7 @@ impl<'a> Pipeline<'a> {
             tokenizer,
             schedule: NoiseSchedule::sd15(),
             sampler_config: SamplerConfig::sd15(),
+            prediction: Prediction::Epsilon,
         }
     }
 
@@ -259,6 +263,30 @@ impl<'a> Pipeline<'a> {
     }
 }
 
+/// The noise prediction from a v-prediction at timestep t (fractional for Euler) with the
+/// model input x (x_t, the variance-preserving latents every sampler hands the model):
+/// ε = √ᾱ·v + √(1−ᾱ)·x, with ᾱ = 1/(σ(t)²+1) and σ(t) interpolated as the samplers do, so
+/// that the sampler's x₀ = (x − √(1−ᾱ)·ε)/√ᾱ is √ᾱ·x − √(1−ᾱ)·v, diffusers' v_prediction
+/// rule (for DPM-Solver++ with Karras σ diffusers uses the drawn σ, whose timestep is rounded
+/// here: the two differ by the rounding).
+pub fn v_to_eps(
+    be: &dyn crate::backend::Backend,
+    schedule: &NoiseSchedule,
+    x: &Tensor,
+    t: f64,
+    v: &Tensor,
+) -> Result<Tensor, SampleError> {
+    let sigma = grid::interp(t, &schedule.sigmas());
+    let alpha_bar = 1.0 / (sigma * sigma + 1.0);
+    let n = x.dims().first().copied().unwrap_or(0);
+    Ok(be.add_noise(
+        v,
+        x,
+        &vec![alpha_bar.sqrt(); n],
+        &vec![(1.0 - alpha_bar).sqrt(); n],
+    )?)
+}
+
 /// A seed for a spec without one, from the process's hash keys and the clock.
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hash, Hasher};
@@ -341,7 +369,13 @@ pub fn generate(
         .map(|v| v as f32)
         .collect();
     let noise = be.tensor_from_f32(&[1, c, h, w], &noise, be.compute_dtype())?;
-    let mut model = |x: &Tensor, t: f64| pipe.predict_noise(cx, x, t, &context, spec.cfg_scale);
+    let mut model = |x: &Tensor, t: f64| {
+        let out = pipe.predict_noise(cx, x, t, &context, spec.cfg_scale)?;
+        match pipe.prediction {
+            Prediction::Epsilon => Ok(out),
+            Prediction::V => v_to_eps(be, &pipe.schedule, x, t, &out),
+        }
+    };
     let latents = sampler.run_with(be, &noise, Some(&mut rng), &mut model, progress)?;
 
     let decoded = pipe.vae.decode(cx, &latents)?;

@@ -76,6 +76,40 @@ impl NoiseSchedule {
         }
     }
 
+    /// This schedule rescaled to zero terminal SNR (Lin et al., "Common Diffusion Noise
+    /// Schedules and Sample Steps are Flawed", algorithm 1; kohya's `zero_terminal_snr`,
+    /// diffusers' `rescale_zero_terminal_snr`): √ᾱ_t is shifted so that √ᾱ_{T−1} = 0 and
+    /// scaled so that √ᾱ_0 keeps its value; the betas follow from the new ᾱ. σ_{T−1} is then
+    /// infinite, so samplers keep the original schedule (as kohya's do).
+    pub fn with_zero_terminal_snr(&self) -> NoiseSchedule {
+        let sqrt: Vec<f64> = self.alphas_cumprod.iter().map(|a| a.sqrt()).collect();
+        let (Some(&first), Some(&last)) = (sqrt.first(), sqrt.last()) else {
+            return self.clone();
+        };
+        let alphas_cumprod: Vec<f64> = sqrt
+            .iter()
+            .map(|s| {
+                let r = (s - last) * first / (first - last);
+                r * r
+            })
+            .collect();
+        let betas = alphas_cumprod
+            .iter()
+            .enumerate()
+            .map(|(t, a)| {
+                if t == 0 {
+                    1.0 - a
+                } else {
+                    1.0 - a / alphas_cumprod[t - 1]
+                }
+            })
+            .collect();
+        NoiseSchedule {
+            betas,
+            alphas_cumprod,
+        }
+    }
+
     /// T, the number of training timesteps (1000 for SD1.x).
     pub fn num_train_timesteps(&self) -> usize {
         self.alphas_cumprod.len()

@@ -13,7 +13,7 @@ use crate::model::layers::Ctx;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 use crate::train::inputs::{Draw, Inputs};
-use crate::train::step::fixed_noise_loss;
+use crate::train::step::{fixed_noise_loss, Objective};
 
 /// Images scored with fixed noise: (latents, context) per batch, and the captions the
 /// contexts came from (re-encoded through the trained text encoder when it is trained).
@@ -73,9 +73,9 @@ impl EvalSet {
         m: &Models,
         lora: Option<&LoraSet>,
         text: Option<&Inputs>,
+        obj: &Objective,
         seed: u64,
     ) -> Result<f64> {
-        let schedule = m.family.noise_schedule();
         match (text, lora, &m.text) {
             (Some(inputs), Some(l), Some(_)) => {
                 let cx = Ctx::new(be, Some(l));
@@ -85,9 +85,9 @@ impl EvalSet {
                     let (ctx, _) = inputs.encode(m, &cx, &ids, captions.len())?;
                     pairs.push((latents.clone(), ctx));
                 }
-                fixed_noise_loss(be, &m.unet, lora, &pairs, &schedule, seed)
+                fixed_noise_loss(be, &m.unet, lora, &pairs, obj, seed)
             }
-            _ => fixed_noise_loss(be, &m.unet, lora, &self.pairs, &schedule, seed),
+            _ => fixed_noise_loss(be, &m.unet, lora, &self.pairs, obj, seed),
         }
     }
 }

@@ -10,6 +10,8 @@ use crate::error::Result;
 use crate::lora::export::{
     BaseModelInfo, Bucket, BucketSettings, CaptionSettings, DatasetDir, TrainingInfo,
 };
+use crate::model::checkpoint::Generation;
+use crate::model::family::Prediction;
 use crate::monitor::tensorboard::wall_time_now;
 use crate::train::saves::SavePoint;
 use crate::train::trainer::Run;
@@ -112,6 +114,8 @@ pub fn training_info(run: &Run, id: &RunIdentity, kind: SaveKind) -> TrainingInf
             SaveKind::Final => num_epochs,
         },
         base_model: id.base_model.clone(),
+        v2: run.models.family.generation() == Generation::Sd2,
+        v_parameterization: run.models.prediction == Prediction::V,
         lora_rank: cfg.lora_rank,
         lora_alpha: cfg.lora_alpha,
         targets: cfg.lora_targets,

@@ -86,7 +86,9 @@ pub fn generate_all(
         tokenizer,
         max_tokens: cfg.max_token_length,
     };
-    let pipe = Pipeline::new(&m.unet, vae, te, &prompts);
+    let mut pipe = Pipeline::new(&m.unet, vae, te, &prompts);
+    pipe.schedule = m.family.noise_schedule();
+    pipe.prediction = m.prediction;
     let mut images = Vec::with_capacity(lines.len());
     for line in lines {
         let spec = parse_prompt_line(line, &defaults).map_err(|e| bad(line.clone(), &e))?;

@@ -3,7 +3,8 @@
 //!
 //!   t ~ U{0..999}, ε ~ N(0, I) (+ noise_offset·n per sample and channel)
 //!   x_t = sqrt(ᾱ_t)·x_0 + sqrt(1 − ᾱ_t)·ε
-//!   loss = (1/N) Σ_n w_n·mean((UNet(x_t, t, c) − ε)²),
+//!   loss = (1/N) Σ_n w_n·mean((UNet(x_t, t, c) − target)²),
+//!   target = ε, or with v-prediction v = sqrt(ᾱ_t)·ε − sqrt(1 − ᾱ_t)·x_0
 //!   w_n = (min-SNR-γ weight or 1) · (prior_loss_weight for a regularisation image, else 1)
 //! The backward writes `= ` or `+=` into the LoRA gradients by `grads.accum`; the loss
 //! gradient is multiplied by `grad_scale` (the loss scale over the accumulation steps).
@@ -13,6 +14,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::lora::{LoraGrads, LoraSet};
+use crate::model::family::Prediction;
 use crate::model::layers::Ctx;
 use crate::model::unet::Unet;
 use crate::rng::Rng;
@@ -24,6 +26,7 @@ use crate::train::noise::{gaussian, min_snr_weights, sample_timesteps};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Objective {
     pub schedule: NoiseSchedule,
+    pub prediction: Prediction,
     pub noise_offset: f64,
     pub min_snr_gamma: Option<f64>,
 }
@@ -34,9 +37,43 @@ impl Objective {
     pub fn plain(schedule: NoiseSchedule) -> Objective {
         Objective {
             schedule,
+            prediction: Prediction::Epsilon,
             noise_offset: 0.0,
             min_snr_gamma: None,
         }
+    }
+
+    /// This objective without offset noise and weights, for the fixed-noise evaluation.
+    pub fn unweighted(&self) -> Objective {
+        Objective {
+            noise_offset: 0.0,
+            min_snr_gamma: None,
+            ..self.clone()
+        }
+    }
+
+    /// What the UNet is trained to output for `nz`: ε, or v = √ᾱ_t·ε − √(1−ᾱ_t)·x₀.
+    pub fn target(&self, be: &dyn Backend, latents: &Tensor, nz: &Noised) -> Result<Tensor> {
+        match self.prediction {
+            Prediction::Epsilon => Ok(nz.noise.clone()),
+            Prediction::V => {
+                let (a, b) = self.coefficients(&nz.timesteps)?;
+                let minus_b: Vec<f64> = b.iter().map(|b| -b).collect();
+                be.add_noise(&nz.noise, latents, &a, &minus_b)
+            }
+        }
+    }
+
+    /// (√ᾱ_t, √(1−ᾱ_t)) per timestep.
+    fn coefficients(&self, timesteps: &[usize]) -> Result<(Vec<f64>, Vec<f64>)> {
+        self.schedule
+            .add_noise_coefficients(timesteps)
+            .map_err(|e| Error::BadValue {
+                op: "noise",
+                name: "timesteps",
+                value: format!("{timesteps:?}"),
+                expected: e.to_string(),
+            })
     }
 }
 
@@ -67,14 +104,7 @@ pub fn noise_batch(
             .collect();
         noise = be.add_channel_bias(&noise, &be.tensor_from_f32(&[n, c], &offset, dtype)?)?;
     }
-    let (a, b) = schedule
-        .add_noise_coefficients(&timesteps)
-        .map_err(|e| Error::BadValue {
-            op: "noise",
-            name: "timesteps",
-            value: format!("{timesteps:?}"),
-            expected: e.to_string(),
-        })?;
+    let (a, b) = obj.coefficients(&timesteps)?;
     let noisy = be.add_noise(latents, &noise, &a, &b)?;
     Ok(Noised {
         timesteps,
@@ -129,12 +159,14 @@ pub fn denoise_micro_batch(
     let (pred, tape) = unet.forward(cx, &nz.noisy, &t, batch.context, true, None)?;
     let snr = obj
         .min_snr_gamma
-        .map(|g| min_snr_weights(&obj.schedule, &nz.timesteps, g));
+        .map(|g| min_snr_weights(&obj.schedule, &nz.timesteps, g, obj.prediction));
     let weights = match (snr, batch.loss_weights) {
         (Some(s), Some(w)) => Some(s.iter().zip(w).map(|(a, b)| a * b).collect()),
         (s, w) => s.or_else(|| w.map(<[f64]>::to_vec)),
     };
-    let (loss, d_pred) = be.mse_loss(&pred, &nz.noise, weights.as_deref(), batch.grad_scale)?;
+    let target = obj.target(be, batch.latents, &nz)?;
+    let (loss, d_pred) = be.mse_loss(&pred, &target, weights.as_deref(), batch.grad_scale)?;
+    drop(target);
     drop(pred);
     let mut out = MicroOut {
         loss,
@@ -157,24 +189,27 @@ pub fn denoise_micro_batch(
 
 /// The loss of `lora` on (latents, context) pairs with noise and timesteps drawn from a fixed
 /// seed, one draw per pair in order: the same seed gives the same noise, so two evaluations
-/// differ only by the adapters. Unweighted MSE, averaged over pairs.
+/// differ only by the adapters. Unweighted MSE against `obj`'s target (its offset noise and
+/// weights left out), averaged over pairs.
 pub fn fixed_noise_loss(
     be: &dyn Backend,
     unet: &Unet,
     lora: Option<&LoraSet>,
     pairs: &[(Tensor, Tensor)],
-    schedule: &NoiseSchedule,
+    obj: &Objective,
     seed: u64,
 ) -> Result<f64> {
     let cx = Ctx::new(be, lora);
     let mut rng = Rng::new(seed);
-    let obj = Objective::plain(schedule.clone());
+    let obj = obj.unweighted();
     let mut total = 0.0;
     for (latents, context) in pairs {
         let nz = noise_batch(be, latents, &obj, &mut rng)?;
         let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
         let (pred, _) = unet.forward(&cx, &nz.noisy, &t, context, false, None)?;
-        total += be.mse_loss(&pred, &nz.noise, None, 1.0)?.0;
+        total += be
+            .mse_loss(&pred, &obj.target(be, latents, &nz)?, None, 1.0)?
+            .0;
     }
     Ok(total / pairs.len().max(1) as f64)
 }

@@ -211,7 +211,12 @@ impl Trainable {
             groups,
             scaler: LossScaler::new(be.compute_dtype() == DType::F16),
             objective: Objective {
-                schedule: m.family.noise_schedule(),
+                schedule: if cfg.zero_terminal_snr {
+                    m.family.noise_schedule().with_zero_terminal_snr()
+                } else {
+                    m.family.noise_schedule()
+                },
+                prediction: m.prediction,
                 noise_offset: cfg.noise_offset,
                 min_snr_gamma: cfg.min_snr_gamma,
             },

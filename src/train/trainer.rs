@@ -17,7 +17,7 @@ use crate::backend::Backend;
 use crate::config::TrainConfig;
 use crate::data::{captions_vary, epoch_batches, Dataset};
 use crate::error::{Error, Result};
-use crate::model::family::{family_of, Models, WeightsFrom};
+use crate::model::family::{family_of, Models, Prediction, WeightsFrom};
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
 use crate::sample::image::RgbImage;
@@ -115,11 +115,13 @@ impl<'a> Run<'a> {
         hook: &mut dyn PhaseHook,
     ) -> Result<Run<'a>> {
         let family = match from {
-            WeightsFrom::Checkpoint(p) => family_of(p)?,
-            WeightsFrom::Shapes(_) => &crate::model::family::sd1::Sd1,
+            WeightsFrom::Checkpoint(p) | WeightsFrom::Shapes(Some(p)) => family_of(p)?,
+            WeightsFrom::Shapes(None) => &crate::model::family::sd1::Sd1,
+            WeightsFrom::Reference(f) => f,
         };
         hook.begin(Phase::Models);
         let mut models = family.load(from, be, &mut |n| hook.loaded(n))?;
+        models.prediction = prediction(cfg, &models, from)?;
         hook.end(Phase::Models);
 
         hook.begin(Phase::Caching);
@@ -127,6 +129,7 @@ impl<'a> Run<'a> {
         let n = ds.items.len() + ds.validation.len();
         hook.info(format!("caching latents of {n} images"));
         let mut inputs = Inputs::new(cfg, ds, pixels)?;
+        inputs.tokenizer = inputs.tokenizer.clone().padding_with(family.pad_token());
         let sampling = cfg.samples_asked();
         let captions_fixed = captions_fixed(cfg);
         inputs.fill(be, &models, captions_fixed)?;
@@ -166,7 +169,14 @@ impl<'a> Run<'a> {
         hook.begin(Phase::Evaluation);
         let train_set = EvalSet::build(be, &models, &mut inputs, Draw::TrainPlain, cfg.batch_size)?;
         let val_set = EvalSet::build(be, &models, &mut inputs, Draw::Validation, cfg.batch_size)?;
-        let loss_before = train_set.loss(be, &models, None, None, eval_seed(cfg))?;
+        let loss_before = train_set.loss(
+            be,
+            &models,
+            None,
+            None,
+            &trainable.objective,
+            eval_seed(cfg),
+        )?;
         hook.end(Phase::Evaluation);
 
         let micro = inputs.ds.batches_per_epoch(cfg.batch_size);
@@ -298,6 +308,7 @@ impl<'a> Run<'a> {
             &self.models,
             Some(&self.trainable.lora),
             text,
+            &self.trainable.objective,
             eval_seed(self.cfg),
         )
     }
@@ -313,6 +324,36 @@ impl<'a> Run<'a> {
             lines,
         )
     }
+}
+
+/// What the run trains the UNet to predict: v with `v_parameterization`, else ε; a diffusers
+/// folder whose scheduler config names the other is refused (kohya would train it wrongly).
+fn prediction(cfg: &TrainConfig, m: &Models, from: WeightsFrom<'_>) -> Result<Prediction> {
+    let asked = if cfg.v_parameterization {
+        Prediction::V
+    } else {
+        Prediction::Epsilon
+    };
+    if m.prediction_from_checkpoint && m.prediction != asked {
+        let model = match from {
+            WeightsFrom::Checkpoint(p) | WeightsFrom::Shapes(Some(p)) => p.display().to_string(),
+            WeightsFrom::Shapes(None) | WeightsFrom::Reference(_) => "the model".into(),
+        };
+        return Err(Error::BadValue {
+            op: "config",
+            name: "v_parameterization",
+            value: cfg.v_parameterization.to_string(),
+            expected: format!(
+                "{} for {model}: its scheduler/scheduler_config.json says prediction_type {}",
+                !cfg.v_parameterization,
+                match m.prediction {
+                    Prediction::V => "\"v_prediction\"",
+                    Prediction::Epsilon => "\"epsilon\"",
+                }
+            ),
+        });
+    }
+    Ok(asked)
 }
 
 /// Captions never change (no shuffling, dropout or wildcards, no text-encoder training): their

@@ -2,7 +2,7 @@
 //! kind gets its own message instead of a missing-tensor error further on:
 //! - pickle files (PyTorch `.ckpt`, `.pt`, `.pth`, `.bin`), refused, never unpickled;
 //! - the model family of a single-file checkpoint from its key names and a few shapes:
-//!   SD1.x (loaded), SD2.x and SDXL (named and refused), a LoRA or a lone diffusers component
+//!   SD1.x and SD2.x (loaded), SDXL (named and refused), a LoRA or a lone diffusers component
 //!   (not a base model).
 
 use std::path::Path;
@@ -62,23 +62,21 @@ fn looks_like_safetensors(head: &[u8]) -> bool {
 pub enum Family {
     /// LDM keys of an SD1.x model.
     Sd1,
+    /// An SD2.x model (OpenCLIP text encoder, Linear proj_in, 1024-wide cross-attention);
+    /// `evidence` says what gave it away.
+    Sd2 { evidence: String },
     /// Refused; `evidence` says what gave it away.
-    Sd2 {
-        evidence: String,
-    },
-    Sdxl {
-        evidence: String,
-    },
+    Sdxl { evidence: String },
     /// Not a base model: a LoRA, a lone diffusers component, or unknown keys.
-    Other {
-        detail: String,
-    },
+    Other { detail: String },
 }
 
 /// The LDM prefixes of SD1.x's three parts.
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 pub const TEXT_ENCODER_PREFIX: &str = "cond_stage_model.transformer.";
+/// SD2.x's text encoder: OpenCLIP ViT-H/14's text tower (`ldm::open_clip` renames it).
+pub const OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
 
 /// Classifies a single-file checkpoint from its key names and, for SD2.x, two shapes.
 pub fn family(file: &SafetensorsFile) -> Family {
@@ -110,7 +108,7 @@ pub fn family(file: &SafetensorsFile) -> Family {
         };
     }
     // SD2.x: an OpenCLIP text encoder, 1024-wide cross-attention, Linear proj_in.
-    if let Some(k) = any(&|k| k.starts_with("cond_stage_model.model.")) {
+    if let Some(k) = any(&|k| k.starts_with(OPEN_CLIP_PREFIX)) {
         return Family::Sd2 {
             evidence: format!("its text encoder is OpenCLIP ViT-H: `{k}`"),
         };

@@ -1,4 +1,5 @@
-//! A diffusers folder: `model_index.json`, and `unet/`, `vae/`, `text_encoder/`, each with a
+//! A diffusers folder (SD1.x or SD2.x, told apart by the configs; the scheduler config's
+//! `prediction_type` read): `model_index.json`, and `unet/`, `vae/`, `text_encoder/`, each with a
 //! `config.json` and safetensors weights, under the first of these names that exists:
 //! `diffusion_pytorch_model.safetensors`, `model.safetensors`, the sharded
 //! `….safetensors.index.json` of either, then the `.fp16.` variants of all of these (full
@@ -17,13 +18,14 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
+use crate::model::config::{ClipTextConfig, HiddenAct, UnetConfig, VaeConfig};
+use crate::model::family::Prediction;
 
 use super::error::{CheckpointError, CONVERT_DIFFUSERS};
 use super::ldm;
 use super::safetensors::SafetensorsFile;
 use super::weights::Weights;
-use super::Sd15Checkpoint;
+use super::{Generation, Sd15Checkpoint};
 
 const WEIGHT_STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
 const VARIANTS: [&str; 2] = ["", ".fp16"];
@@ -75,27 +77,20 @@ pub fn load(dir: &Path) -> Result<Sd15Checkpoint, CheckpointError> {
             "unet/config.json has addition_embed_type \"text_time\"".into(),
         ));
     }
-    if unet_config.cross_attention_dim == 1024 {
-        return Err(unsupported(
-            "SD2.x",
-            "unet/config.json has cross_attention_dim 1024 (SD1.x: 768)".into(),
-        ));
-    }
-    if unet_config.use_linear_projection {
-        return Err(unsupported(
-            "SD2.x",
-            "unet/config.json has use_linear_projection true (SD1.x: 1x1 convolutions)".into(),
-        ));
-    }
-    if clip_config.hidden_size == 1024 {
-        return Err(unsupported(
-            "SD2.x",
-            "text_encoder/config.json has hidden_size 1024, OpenCLIP ViT-H's".into(),
-        ));
+    let generation = folder_generation(&unet_config, &clip_config);
+    if unet_config.cross_attention_dim != clip_config.hidden_size {
+        return Err(CheckpointError::Config {
+            path: unet_dir.join("config.json"),
+            detail: format!(
+                "cross_attention_dim {} differs from text_encoder/config.json's hidden_size {}: \
+                 the UNet and the text encoder are not of one model",
+                unet_config.cross_attention_dim, clip_config.hidden_size
+            ),
+        });
     }
     let invalid = |dir: &Path, detail: String| CheckpointError::Config {
         path: dir.join("config.json"),
-        detail: format!("not an SD1.x model: {detail}"),
+        detail: format!("not an SD1.x or SD2.x model: {detail}"),
     };
     unet_config.validate().map_err(|d| invalid(&unet_dir, d))?;
     vae_config.validate().map_err(|d| invalid(&vae_dir, d))?;
@@ -107,13 +102,54 @@ pub fn load(dir: &Path) -> Result<Sd15Checkpoint, CheckpointError> {
         Some(format!("vae.{}", legacy_vae_name(n)))
     })?;
     let text_encoder = component_weights(&te_dir, &mut ignored, ldm::text_encoder)?;
+    let prediction = scheduler_prediction(dir)?;
     Ok(Sd15Checkpoint {
         unet: (unet_config, unet),
         vae: (vae_config, vae),
         text_encoder: (clip_config, text_encoder),
         source: dir.to_path_buf(),
         ignored,
+        generation,
+        prediction,
     })
+}
+
+/// SD2.x when the configs say so: Linear proj_in/proj_out, 1024-wide cross-attention or
+/// text encoder, GELU in the text encoder (each of these is SD2.x's; SD1.x has none).
+fn folder_generation(unet: &UnetConfig, clip: &ClipTextConfig) -> Generation {
+    let sd2 = unet.use_linear_projection
+        || unet.cross_attention_dim == 1024
+        || clip.hidden_size == 1024
+        || clip.hidden_act == HiddenAct::Gelu;
+    if sd2 {
+        Generation::Sd2
+    } else {
+        Generation::Sd1
+    }
+}
+
+/// `prediction_type` of `scheduler/scheduler_config.json` ("epsilon" or "v_prediction"),
+/// None when the folder has no scheduler config or it does not say.
+fn scheduler_prediction(dir: &Path) -> Result<Option<Prediction>, CheckpointError> {
+    let path = dir.join("scheduler").join("scheduler_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let config: serde_json::Value = read_json(&path)?;
+    match config.get("prediction_type") {
+        None => Ok(None),
+        Some(v) => match v.as_str() {
+            Some("epsilon") => Ok(Some(Prediction::Epsilon)),
+            Some("v_prediction") => Ok(Some(Prediction::V)),
+            _ => Err(CheckpointError::Config {
+                path,
+                detail: format!(
+                    "prediction_type is {v}; lorafuse trains \"epsilon\" and \"v_prediction\" \
+                     models"
+                ),
+            }),
+        },
+    }
 }
 
 fn component_dir(

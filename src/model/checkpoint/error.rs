@@ -25,7 +25,7 @@ StableDiffusionPipeline as P; P.from_pretrained('IN_DIR', use_safetensors=False)
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error(
-        "{}: no such file or folder; expected an SD1.x checkpoint: a single .safetensors file, \
+        "{}: no such file or folder; expected an SD1.x or SD2.x checkpoint: a single .safetensors file, \
          or a diffusers folder holding model_index.json, unet/, vae/ and text_encoder/",
         .path.display()
     )]
@@ -77,8 +77,8 @@ pub enum CheckpointError {
     NotSafetensors { path: PathBuf, detail: String },
 
     #[error(
-        "{}: this is an {family} checkpoint ({evidence}); lorafuse trains SD1.x only \
-         (Stable Diffusion 1.4/1.5 and their fine-tunes)",
+        "{}: this is an {family} checkpoint ({evidence}); lorafuse trains SD1.x and SD2.x only \
+         (Stable Diffusion 1.4/1.5, 2.0/2.1 and their fine-tunes)",
         .path.display()
     )]
     UnsupportedModel {
@@ -87,7 +87,7 @@ pub enum CheckpointError {
         evidence: String,
     },
 
-    #[error("{} is not an SD1.x checkpoint: {detail}", .path.display())]
+    #[error("{} is not an SD1.x or SD2.x checkpoint: {detail}", .path.display())]
     NotAModel { path: PathBuf, detail: String },
 
     #[error(

@@ -13,21 +13,27 @@
 //!
 //! What they cannot tell follows SD1.x: 8 heads in every UNet attention, CLIP heads of width
 //! 64, GroupNorm with 32 groups, eps 1e-5 (UNet, CLIP) and 1e-6 (VAE), VAE scaling 0.18215,
-//! quick_gelu, flip_sin_to_cos, freq_shift 0. A model where these cannot hold (channels not
+//! quick_gelu, flip_sin_to_cos, freq_shift 0. SD2.x (LDM's v2 configs): UNet heads of width
+//! 64 (`num_head_channels: 64`, so 5, 10, 20, 20 heads), GELU in the text encoder. A model where these cannot hold (channels not
 //! divisible by 32 or 8, a CLIP width not a multiple of 64) is refused rather than guessed at.
 
 use std::path::Path;
 
 use crate::model::clip_vision::ClipVisionConfig;
 use crate::model::config::{
-    ClipTextConfig, DownBlockType, PerLevel, UnetConfig, UpBlockType, VaeConfig,
+    ClipTextConfig, DownBlockType, HiddenAct, PerLevel, UnetConfig, UpBlockType, VaeConfig,
 };
+
+use super::Generation;
 
 use super::error::CheckpointError;
 use super::weights::Weights;
 
-/// SD1.x's width of one CLIP attention head.
+/// SD1.x's width of one CLIP attention head (OpenCLIP ViT-H's too).
 const CLIP_HEAD_DIM: usize = 64;
+
+/// SD2.x's width of one UNet attention head (LDM's `num_head_channels`).
+pub const SD2_UNET_HEAD_DIM: usize = 64;
 
 /// Counts `{prefix}{i}.{suffix}` for i = 0, 1, … until the first gap.
 fn count(w: &Weights, prefix: &str, suffix: &str) -> usize {
@@ -57,9 +63,16 @@ fn dim(
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConfigHints {
     pub norm_num_groups: Option<usize>,
+    /// SD2.x: the UNet's attention head width (64 when None); SD1.x files use 8 heads.
+    pub attention_head_width: Option<usize>,
 }
 
-pub fn unet(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<UnetConfig, CheckpointError> {
+pub fn unet(
+    path: &Path,
+    w: &Weights,
+    generation: Generation,
+    hints: &ConfigHints,
+) -> Result<UnetConfig, CheckpointError> {
     let fail = |detail: String| CheckpointError::Infer {
         path: path.to_path_buf(),
         component: "UNet",
@@ -129,6 +142,22 @@ pub fn unet(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<UnetConfig,
             .unwrap_or_else(|| fail("no cross-attention".into()))
     })?;
 
+    let attention_head_dim = match generation {
+        Generation::Sd1 => PerLevel::All(8),
+        Generation::Sd2 => {
+            let width = hints.attention_head_width.unwrap_or(SD2_UNET_HEAD_DIM);
+            if let Some(c) = block_out_channels
+                .iter()
+                .find(|&&c| width == 0 || c % width != 0)
+            {
+                return Err(fail(format!(
+                    "block_out_channels {block_out_channels:?}: {c} is not a multiple of \
+                     SD2.x's attention head width {width}"
+                )));
+            }
+            PerLevel::Each(block_out_channels.iter().map(|c| c / width).collect())
+        }
+    };
     let cfg = UnetConfig {
         in_channels,
         out_channels,
@@ -138,7 +167,7 @@ pub fn unet(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<UnetConfig,
         up_block_types,
         cross_attention_dim,
         use_linear_projection: linear_proj,
-        attention_head_dim: PerLevel::All(8),
+        attention_head_dim,
         norm_num_groups: hints
             .norm_num_groups
             .unwrap_or(UnetConfig::sd15().norm_num_groups),
@@ -243,15 +272,25 @@ pub fn vae(path: &Path, w: &Weights, hints: &ConfigHints) -> Result<VaeConfig, C
     Ok(cfg)
 }
 
-pub fn clip(path: &Path, w: &Weights) -> Result<ClipTextConfig, CheckpointError> {
-    clip_text_at(path, w, "text_encoder.")
+pub fn clip(
+    path: &Path,
+    w: &Weights,
+    generation: Generation,
+) -> Result<ClipTextConfig, CheckpointError> {
+    let act = match generation {
+        Generation::Sd1 => HiddenAct::QuickGelu,
+        Generation::Sd2 => HiddenAct::Gelu,
+    };
+    clip_text_at(path, w, "text_encoder.", act)
 }
 
-/// The text tower's configuration from the tensors `{prefix}text_model.…`.
+/// The text tower's configuration from the tensors `{prefix}text_model.…`, with the MLP's
+/// activation `act` (the tensors do not say it).
 pub fn clip_text_at(
     path: &Path,
     w: &Weights,
     prefix: &str,
+    act: HiddenAct,
 ) -> Result<ClipTextConfig, CheckpointError> {
     let fail = |detail: String| CheckpointError::Infer {
         path: path.to_path_buf(),
@@ -278,6 +317,7 @@ pub fn clip_text_at(
         num_hidden_layers,
         num_attention_heads: hidden_size / CLIP_HEAD_DIM,
         max_position_embeddings,
+        hidden_act: act,
         ..ClipTextConfig::sd15()
     };
     cfg.validate().map_err(fail)?;

@@ -28,9 +28,10 @@
 //!   post_quant_conv unchanged. The mid-attention q/k/v/proj_out weights are [C, C, 1, 1]
 //!   convolutions in LDM files and [C, C] Linear weights in diffusers: see [`logical_shape`].
 //! Text encoder: `cond_stage_model.transformer.` + the HF CLIPTextModel name, with `text_model.`
-//! inserted when a file omits it.
+//! inserted when a file omits it. SD2.x's OpenCLIP text tower (`cond_stage_model.model.`):
+//! see [`open_clip`].
 
-use super::detect::{TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX};
+use super::detect::{OPEN_CLIP_PREFIX, TEXT_ENCODER_PREFIX, UNET_PREFIX, VAE_PREFIX};
 
 /// What the index arithmetic above depends on, read from the file's own keys so that small
 /// models of the same topology map too.
@@ -112,6 +113,80 @@ pub fn text_encoder(rest: &str) -> Option<String> {
         .iter()
         .any(|p| rest.starts_with(p))
         .then(|| format!("text_encoder.text_model.{rest}"))
+}
+
+/// What an OpenCLIP text-tower tensor becomes in the CLIPTextModel layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpenClipName {
+    /// One tensor under this name.
+    One(String),
+    /// The fused attention input projection `attn.in_proj_{weight,bias}` [3·D, …]: its thirds
+    /// along the first axis are q_proj, k_proj and v_proj, named in that order.
+    Fused([String; 3]),
+}
+
+/// The number of OpenCLIP residual blocks a single file holds (`transformer.resblocks.{i}.`).
+pub fn open_clip_blocks<'a>(keys: impl IntoIterator<Item = &'a str>) -> usize {
+    keys.into_iter()
+        .filter_map(|k| k.strip_prefix(OPEN_CLIP_PREFIX))
+        .filter_map(|r| index_after(r, "transformer.resblocks."))
+        .map(|(i, _)| i + 1)
+        .max()
+        .unwrap_or(0)
+}
+
+/// An SD2.x text-encoder key (OpenCLIP ViT-H/14's text tower under `cond_stage_model.model.`)
+/// as `text_encoder.text_model.…` names of transformers' CLIPTextModel, as diffusers'
+/// `convert_open_clip_checkpoint` and sd-scripts' `convert_ldm_clip_checkpoint_v2` map it:
+///   token_embedding.weight                  embeddings.token_embedding.weight
+///   positional_embedding                    embeddings.position_embedding.weight
+///   transformer.resblocks.i.ln_1 / ln_2     encoder.layers.i.layer_norm1 / layer_norm2
+///   transformer.resblocks.i.attn.in_proj_*  encoder.layers.i.self_attn.{q,k,v}_proj.* (thirds)
+///   transformer.resblocks.i.attn.out_proj   encoder.layers.i.self_attn.out_proj
+///   transformer.resblocks.i.mlp.c_fc / c_proj  encoder.layers.i.mlp.fc1 / fc2
+///   ln_final                                final_layer_norm
+/// SD2.x conditions on the penultimate block's output through `ln_final` (LDM's
+/// `FrozenOpenCLIPEmbedder` with `layer="penultimate"`), so the last of the file's `blocks`
+/// residual blocks is dropped (None) and the remaining ones are the whole encoder, as in
+/// diffusers' SD2 `text_encoder` (23 layers of ViT-H's 24): its last hidden state is what SD2
+/// reads. `text_projection`, `logit_scale` and `attn_mask` are unused (None).
+pub fn open_clip(rest: &str, blocks: usize) -> Option<OpenClipName> {
+    let te = |n: &str| format!("text_encoder.text_model.{n}");
+    if rest == "positional_embedding" {
+        return Some(OpenClipName::One(te(
+            "embeddings.position_embedding.weight",
+        )));
+    }
+    if rest == "token_embedding.weight" {
+        return Some(OpenClipName::One(te("embeddings.token_embedding.weight")));
+    }
+    if let Some(t) = rest.strip_prefix("ln_final.") {
+        return Some(OpenClipName::One(te(&format!("final_layer_norm.{t}"))));
+    }
+    let (i, t) = index_after(rest, "transformer.resblocks.")?;
+    if i + 1 >= blocks {
+        return None;
+    }
+    let layer = format!("encoder.layers.{i}");
+    if let Some(kind) = t.strip_prefix("attn.in_proj_") {
+        if kind != "weight" && kind != "bias" {
+            return None;
+        }
+        return Some(OpenClipName::Fused(
+            ["q_proj", "k_proj", "v_proj"].map(|p| te(&format!("{layer}.self_attn.{p}.{kind}"))),
+        ));
+    }
+    const NAMES: [(&str, &str); 5] = [
+        ("ln_1.", "layer_norm1."),
+        ("ln_2.", "layer_norm2."),
+        ("attn.out_proj.", "self_attn.out_proj."),
+        ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."),
+    ];
+    NAMES.iter().find_map(|(open, hf)| {
+        t.strip_prefix(open)
+            .map(|w| OpenClipName::One(te(&format!("{layer}.{hf}{w}"))))
+    })
 }
 
 /// The shape a tensor has under its diffusers name: the VAE mid-attention's q/k/v/out weights

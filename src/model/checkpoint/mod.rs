@@ -1,5 +1,5 @@
-//! Loading Stable Diffusion 1.x weights: [`load_sd15`] takes a single-file checkpoint (LDM
-//! key names, `.safetensors`) or a diffusers folder, and returns each component's
+//! Loading Stable Diffusion 1.x and 2.x weights: [`load_sd15`] takes a single-file checkpoint
+//! (LDM key names, `.safetensors`) or a diffusers folder, and returns each component's
 //! configuration and its [`Weights`] under diffusers-style names (`unet.…`, `vae.…`,
 //! `text_encoder.…`), so that the model code sees one layout whatever the file's.
 //!
@@ -7,7 +7,7 @@
 //!   F32/F16/BF16) only when asked for.
 //! - `weights.rs`: the [`Weights`] store and its errors (missing key, wrong shape).
 //! - `detect.rs`: pickle files refused; SD1.x told apart from SD2.x, SDXL and LoRAs.
-//! - `ldm.rs`: LDM → diffusers key names (sd15-formats.md §2.8).
+//! - `ldm.rs`: LDM → diffusers key names (sd15-formats.md §2.8), OpenCLIP → CLIPTextModel.
 //! - `infer.rs`: configurations of a single-file checkpoint from its shapes.
 //! - `single_file.rs`, `diffusers.rs`: the two layouts.
 //! - `error.rs`: [`CheckpointError`], every case naming the file and what to do.
@@ -28,13 +28,25 @@ use std::path::{Path, PathBuf};
 
 use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 
-pub use detect::{refuse_pickle, Family};
+pub use detect::{refuse_pickle, Family, OPEN_CLIP_PREFIX};
 pub use error::CheckpointError;
 pub use infer::{clip_text_at, clip_vision, ConfigHints};
 pub use ldm::{ldm_to_diffusers, LdmLayout};
+
+use crate::model::family::Prediction;
+
+/// Which Stable Diffusion generation a checkpoint holds (SDXL is refused before loading).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generation {
+    /// CLIP ViT-L/14 text encoder, 1x1-conv proj_in/proj_out, 768-wide cross-attention.
+    Sd1,
+    /// OpenCLIP ViT-H/14 text encoder (GELU, the penultimate layer), Linear
+    /// proj_in/proj_out, heads of width 64, 1024-wide cross-attention.
+    Sd2,
+}
 pub use weights::Weights;
 
-/// The three components of an SD1.x model, each with its configuration and weights.
+/// The three components of an SD1.x or SD2.x model, each with its configuration and weights.
 #[derive(Clone, Debug)]
 pub struct Sd15Checkpoint {
     pub unet: (UnetConfig, Weights),
@@ -46,10 +58,14 @@ pub struct Sd15Checkpoint {
     /// sorted; for `inspect`-style reports. From a diffusers folder each is prefixed with its
     /// file ("…/text_encoder/model.safetensors: text_model.embeddings.position_ids").
     pub ignored: Vec<String>,
+    pub generation: Generation,
+    /// What the denoiser predicts, where the checkpoint says it (a diffusers folder's
+    /// `scheduler/scheduler_config.json`, `prediction_type`); a single file does not.
+    pub prediction: Option<Prediction>,
 }
 
-/// Loads an SD1.x model from a `.safetensors` file (LDM names, as A1111 and civitai ship
-/// them) or a diffusers folder (with `model_index.json`).
+/// Loads an SD1.x or SD2.x model from a `.safetensors` file (LDM names, as A1111 and civitai
+/// ship them) or a diffusers folder (with `model_index.json`).
 pub fn load_sd15(path: impl AsRef<Path>) -> crate::Result<Sd15Checkpoint> {
     load_sd15_with(path, &ConfigHints::default())
 }

@@ -1,5 +1,6 @@
-//! A single-file SD1.x checkpoint (`v1-5-pruned-emaonly.safetensors` and the fine-tunes in
-//! the same layout): LDM key names, all three components in one file. The keys are renamed to
+//! A single-file SD1.x or SD2.x checkpoint (`v1-5-pruned-emaonly.safetensors`,
+//! `v2-1_768-ema-pruned.safetensors` and the fine-tunes in the same layouts): LDM key names,
+//! all three components in one file (SD2.x's text encoder in OpenCLIP's layout). The keys are renamed to
 //! diffusers' (`ldm.rs`), split by component, and the configurations inferred from the shapes
 //! (`infer.rs`).
 
@@ -8,22 +9,16 @@ use std::sync::Arc;
 
 use super::detect::{self, Family};
 use super::error::CheckpointError;
-use super::ldm::{self, LdmLayout};
+use super::ldm::{self, LdmLayout, OpenClipName};
 use super::safetensors::SafetensorsFile;
 use super::weights::Weights;
-use super::{infer, Sd15Checkpoint};
+use super::{infer, Generation, Sd15Checkpoint};
 
 pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, CheckpointError> {
     let file = Arc::new(SafetensorsFile::open(path)?);
-    match detect::family(&file) {
-        Family::Sd1 => {}
-        Family::Sd2 { evidence } => {
-            return Err(CheckpointError::UnsupportedModel {
-                path: path.to_path_buf(),
-                family: "SD2.x",
-                evidence,
-            })
-        }
+    let generation = match detect::family(&file) {
+        Family::Sd1 => Generation::Sd1,
+        Family::Sd2 { .. } => Generation::Sd2,
         Family::Sdxl { evidence } => {
             return Err(CheckpointError::UnsupportedModel {
                 path: path.to_path_buf(),
@@ -37,14 +32,30 @@ pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, C
                 detail,
             })
         }
-    }
+    };
 
     let layout = LdmLayout::infer(file.names());
+    let open_clip_blocks = ldm::open_clip_blocks(file.names());
     let mut names: Vec<&str> = file.names().collect();
     names.sort_unstable();
     let (mut unet, mut vae, mut text_encoder) = (Weights::new(), Weights::new(), Weights::new());
     let mut ignored = Vec::new();
     for stored in names {
+        if let Some(rest) = stored.strip_prefix(detect::OPEN_CLIP_PREFIX) {
+            match ldm::open_clip(rest, open_clip_blocks) {
+                Some(OpenClipName::One(name)) => {
+                    let shape = file.tensor_info(stored).map(|i| i.shape.clone());
+                    text_encoder.insert(name, &file, stored, shape.unwrap_or_default());
+                }
+                Some(OpenClipName::Fused(parts)) => {
+                    for (i, name) in parts.into_iter().enumerate() {
+                        text_encoder.insert_part(name, &file, stored, (i, 3));
+                    }
+                }
+                None => ignored.push(stored.to_string()),
+            }
+            continue;
+        }
         let (Some(name), Some(info)) = (
             ldm::ldm_to_diffusers(stored, &layout),
             file.tensor_info(stored),
@@ -75,11 +86,15 @@ pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, C
         return Err(missing("VAE", detect::VAE_PREFIX));
     }
     if text_encoder.is_empty() {
-        return Err(missing("text encoder", detect::TEXT_ENCODER_PREFIX));
+        let prefix = match generation {
+            Generation::Sd1 => detect::TEXT_ENCODER_PREFIX,
+            Generation::Sd2 => detect::OPEN_CLIP_PREFIX,
+        };
+        return Err(missing("text encoder", prefix));
     }
-    let unet_config = infer::unet(path, &unet, hints)?;
+    let unet_config = infer::unet(path, &unet, generation, hints)?;
     let vae_config = infer::vae(path, &vae, hints)?;
-    let clip_config = infer::clip(path, &text_encoder)?;
+    let clip_config = infer::clip(path, &text_encoder, generation)?;
     if unet_config.cross_attention_dim != clip_config.hidden_size {
         return Err(CheckpointError::Infer {
             path: path.to_path_buf(),
@@ -97,5 +112,7 @@ pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, C
         text_encoder: (clip_config, text_encoder),
         source: path.to_path_buf(),
         ignored,
+        generation,
+        prediction: None,
     })
 }

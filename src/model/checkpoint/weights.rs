@@ -21,8 +21,11 @@ struct Entry {
     /// Its name in that file (an LDM name for single-file checkpoints).
     stored: String,
     /// Its shape under the diffusers name (differs from the stored one only for the VAE
-    /// attention's 1x1-conv weights, see `ldm::logical_shape`).
+    /// attention's 1x1-conv weights, see `ldm::logical_shape`, and for a part).
     shape: Vec<usize>,
+    /// `(i, n)`: the i-th of n equal parts along the stored tensor's first axis (OpenCLIP's
+    /// fused `in_proj_weight` holds q, k and v as parts 0, 1, 2 of 3); None: all of it.
+    part: Option<(usize, usize)>,
 }
 
 /// Diffusers-style names to tensors in one or more mapped files. Cheap to clone (the maps are
@@ -63,6 +66,36 @@ impl Weights {
         stored: &str,
         shape: Vec<usize>,
     ) {
+        self.insert_entry(name, file, stored, shape, None);
+    }
+
+    /// Adds `name` for the `i`-th of `n` equal parts of the tensor `stored` along its first
+    /// axis (whose length `n` must divide); its shape is the stored one with that axis / n.
+    pub(crate) fn insert_part(
+        &mut self,
+        name: String,
+        file: &Arc<SafetensorsFile>,
+        stored: &str,
+        (i, n): (usize, usize),
+    ) {
+        let Some(info) = file.tensor_info(stored) else {
+            return;
+        };
+        let mut shape = info.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first /= n.max(1);
+        }
+        self.insert_entry(name, file, stored, shape, Some((i, n)));
+    }
+
+    fn insert_entry(
+        &mut self,
+        name: String,
+        file: &Arc<SafetensorsFile>,
+        stored: &str,
+        shape: Vec<usize>,
+        part: Option<(usize, usize)>,
+    ) {
         let idx = match self.files.iter().position(|f| Arc::ptr_eq(f, file)) {
             Some(i) => i,
             None => {
@@ -74,13 +107,14 @@ impl Weights {
             file: idx,
             stored: stored.to_string(),
             shape,
+            part,
         });
     }
 
     /// The tensor `name` as f32, checked to have `expected` shape.
     pub fn get(&self, name: &str, expected: impl Into<Shape>) -> Result<Tensor> {
         let (entry, raw, file) = self.locate(name, expected.into())?;
-        let data = st::to_f32(raw.dtype, file.bytes(raw))
+        let data = st::to_f32(raw.dtype, Self::bytes(entry, raw, file))
             .ok_or_else(|| self.bad_dtype(name, entry, raw))?;
         Tensor::from_f32(entry.shape.clone(), data)
     }
@@ -89,9 +123,21 @@ impl Weights {
     /// `expected` shape.
     pub fn get_f16(&self, name: &str, expected: impl Into<Shape>) -> Result<Tensor> {
         let (entry, raw, file) = self.locate(name, expected.into())?;
-        let data = st::to_f16(raw.dtype, file.bytes(raw))
+        let data = st::to_f16(raw.dtype, Self::bytes(entry, raw, file))
             .ok_or_else(|| self.bad_dtype(name, entry, raw))?;
         Tensor::from_f16(entry.shape.clone(), data)
+    }
+
+    /// The stored bytes of `entry`: the whole tensor, or its part.
+    fn bytes<'f>(entry: &Entry, raw: &st::RawTensor, file: &'f SafetensorsFile) -> &'f [u8] {
+        let all = file.bytes(raw);
+        match entry.part {
+            Some((i, n)) if n > 0 => {
+                let len = all.len() / n;
+                &all[i * len..(i + 1) * len]
+            }
+            _ => all,
+        }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -175,12 +221,20 @@ impl Weights {
                     stored: Self::stored_note(name, entry),
                     file: file.path().display().to_string(),
                 })?;
-        if entry.shape.as_slice() != expected.dims() {
+        let split_evenly = match entry.part {
+            Some((i, n)) => i < n && raw.shape.first().is_some_and(|d| d % n == 0),
+            None => true,
+        };
+        if !split_evenly || entry.shape.as_slice() != expected.dims() {
             return Err(CheckpointError::WrongShape {
                 key: name.to_string(),
                 stored: Self::stored_note(name, entry),
                 file: file.path().display().to_string(),
-                got: Shape::new(entry.shape.clone()),
+                got: Shape::new(if split_evenly {
+                    entry.shape.clone()
+                } else {
+                    raw.shape.clone()
+                }),
                 expected,
             });
         }

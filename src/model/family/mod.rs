@@ -10,19 +10,23 @@
 //! model goes through [`family_of`].
 //!
 //! - `sd1.rs`: Stable Diffusion 1.x (CLIP ViT-L/14 text encoder, ε-prediction, 512 px).
+//! - `sd2.rs`: Stable Diffusion 2.x (OpenCLIP ViT-H/14, 512 ε or 768 v-prediction).
 
 pub mod sd1;
+pub mod sd2;
 
 use std::path::Path;
 
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::lora::{LoraGrads, LoraTargets, TargetLayer};
-use crate::model::checkpoint::{CheckpointError, Family};
+use crate::model::checkpoint::{load_sd15, CheckpointError, Family, Generation};
 use crate::model::clip::{ClipTape, ClipTextModel};
+use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 use crate::model::layers::Ctx;
 use crate::model::unet::Unet;
 use crate::model::vae::Vae;
+use crate::model::weights::{ShapeOnly, WeightSource};
 use crate::sample::schedule::NoiseSchedule;
 use crate::tensor::Tensor;
 
@@ -31,6 +35,8 @@ use crate::tensor::Tensor;
 pub enum Prediction {
     /// The added noise ε (SD1.x, SD2.x base 512).
     Epsilon,
+    /// v = √ᾱ_t·ε − √(1−ᾱ_t)·x₀ (SD2.x 768-v; kohya's `v_parameterization`).
+    V,
 }
 
 /// Where a model's weights come from.
@@ -41,6 +47,8 @@ pub enum WeightsFrom<'a> {
     /// Shapes only (the memory meter): the configurations of this checkpoint when it can be
     /// read, else the family's reference model; every tensor is zeros from the backend.
     Shapes(Option<&'a Path>),
+    /// Shapes only, of this family's reference model (SD1.5, SD2.1 768-v).
+    Reference(&'static dyn ModelFamily),
 }
 
 /// A Stable Diffusion generation.
@@ -49,8 +57,14 @@ pub trait ModelFamily: Sync {
     fn id(&self) -> &'static str;
     /// Its name in messages ("Stable Diffusion 1.x").
     fn display_name(&self) -> &'static str;
+    /// The generation of the checkpoints it loads.
+    fn generation(&self) -> Generation;
+    /// The id that pads a caption's token ids after its EOS: SD1.x's tokenizer pads with
+    /// `<|endoftext|>` (49407), SD2.x's with `!` (0), as OpenCLIP does.
+    fn pad_token(&self) -> u32;
     /// The square side it was trained at, in pixels.
     fn default_resolution(&self) -> usize;
+    /// What its models predict when the checkpoint does not say (a single file never does).
     fn prediction(&self) -> Prediction;
     /// The training noise schedule.
     fn noise_schedule(&self) -> NoiseSchedule;
@@ -66,14 +80,30 @@ pub trait ModelFamily: Sync {
     ) -> Result<Models>;
 }
 
-/// Every family lorafuse trains, in detection order.
-pub const FAMILIES: &[&dyn ModelFamily] = &[&sd1::Sd1];
+impl std::fmt::Debug for dyn ModelFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.id())
+    }
+}
 
-/// The family of the checkpoint at `path` (a diffusers folder is read as SD1.x's layout, the
-/// only one whose folder loader exists), or a refusal naming what was found.
+/// The family whose [`ModelFamily::id`] is `id` ("sd1", "sd2").
+pub fn family_by_id(id: &str) -> Option<&'static dyn ModelFamily> {
+    FAMILIES.iter().copied().find(|f| f.id() == id)
+}
+
+/// Every family lorafuse trains, in detection order.
+pub const FAMILIES: &[&dyn ModelFamily] = &[&sd1::Sd1, &sd2::Sd2];
+
+/// The family of the checkpoint at `path` (a diffusers folder by its configs, a single file by
+/// its keys and shapes), or a refusal naming what was found.
 pub fn family_of(path: &Path) -> Result<&'static dyn ModelFamily> {
     if path.is_dir() {
-        return Ok(&sd1::Sd1);
+        let generation = load_sd15(path)?.generation;
+        return Ok(FAMILIES
+            .iter()
+            .copied()
+            .find(|f| f.generation() == generation)
+            .unwrap_or(&sd1::Sd1));
     }
     let detected = crate::model::checkpoint::detect_family(path)?;
     FAMILIES
@@ -83,26 +113,122 @@ pub fn family_of(path: &Path) -> Result<&'static dyn ModelFamily> {
         .ok_or_else(|| {
             let path = path.to_path_buf();
             match detected {
-                Family::Sd2 { evidence } => CheckpointError::UnsupportedModel {
-                    path,
-                    family: "SD2.x",
-                    evidence,
-                },
                 Family::Sdxl { evidence } => CheckpointError::UnsupportedModel {
                     path,
                     family: "SDXL",
                     evidence,
                 },
-                Family::Sd1 | Family::Other { .. } => CheckpointError::NotAModel {
-                    path,
-                    detail: match detected {
-                        Family::Other { detail } => detail,
-                        _ => "no family accepts it".into(),
-                    },
-                },
+                Family::Sd1 | Family::Sd2 { .. } | Family::Other { .. } => {
+                    CheckpointError::NotAModel {
+                        path,
+                        detail: match detected {
+                            Family::Other { detail } => detail,
+                            _ => "no family accepts it".into(),
+                        },
+                    }
+                }
             }
             .into()
         })
+}
+
+/// The reference configurations of a family, for `plan` without a checkpoint.
+pub struct ReferenceConfigs {
+    pub unet: UnetConfig,
+    pub vae: VaeConfig,
+    pub text: ClipTextConfig,
+}
+
+/// Loads an SD1.x or SD2.x model (the two share the checkpoint loader): the checkpoint at
+/// `from`, refused when it is of another generation than `family`'s, or shapes only.
+pub(crate) fn load_ldm(
+    family: &'static dyn ModelFamily,
+    reference: fn() -> ReferenceConfigs,
+    from: WeightsFrom<'_>,
+    be: &dyn Backend,
+    loaded: &mut dyn FnMut(&'static str),
+) -> Result<Models> {
+    match from {
+        WeightsFrom::Checkpoint(path) => {
+            let ck = load_sd15(path)?;
+            if ck.generation != family.generation() {
+                return Err(crate::error::Error::BadValue {
+                    op: "models",
+                    name: "checkpoint",
+                    value: format!("{} ({:?})", path.display(), ck.generation),
+                    expected: format!("a {} checkpoint", family.display_name()),
+                });
+            }
+            let prediction = ck.prediction.unwrap_or(family.prediction());
+            let mut m = build(
+                family,
+                (&ck.unet.0, &ck.unet.1),
+                (&ck.vae.0, &ck.vae.1),
+                (&ck.text_encoder.0, &ck.text_encoder.1),
+                be,
+                loaded,
+            )?;
+            m.prediction = prediction;
+            m.prediction_from_checkpoint = ck.prediction.is_some();
+            Ok(m)
+        }
+        WeightsFrom::Reference(_) => {
+            let c = reference();
+            build(
+                family,
+                (&c.unet, &ShapeOnly),
+                (&c.vae, &ShapeOnly),
+                (&c.text, &ShapeOnly),
+                be,
+                loaded,
+            )
+        }
+        WeightsFrom::Shapes(path) => {
+            let c = match path.filter(|p| p.exists()) {
+                Some(p) => {
+                    let ck = load_sd15(p)?;
+                    ReferenceConfigs {
+                        unet: ck.unet.0,
+                        vae: ck.vae.0,
+                        text: ck.text_encoder.0,
+                    }
+                }
+                None => reference(),
+            };
+            build(
+                family,
+                (&c.unet, &ShapeOnly),
+                (&c.vae, &ShapeOnly),
+                (&c.text, &ShapeOnly),
+                be,
+                loaded,
+            )
+        }
+    }
+}
+
+fn build(
+    family: &'static dyn ModelFamily,
+    unet: (&UnetConfig, &dyn WeightSource),
+    vae: (&VaeConfig, &dyn WeightSource),
+    text: (&ClipTextConfig, &dyn WeightSource),
+    be: &dyn Backend,
+    loaded: &mut dyn FnMut(&'static str),
+) -> Result<Models> {
+    let u = Unet::load(unet.0, unet.1, be, "unet")?;
+    loaded("unet");
+    let v = Vae::load(vae.0, vae.1, be, "vae")?;
+    loaded("vae");
+    let t = ClipTextModel::load(text.0, text.1, be, "text_encoder")?;
+    loaded("text_encoder");
+    Ok(Models {
+        family,
+        unet: u,
+        vae: Some(v),
+        text: Some(t),
+        prediction: family.prediction(),
+        prediction_from_checkpoint: false,
+    })
 }
 
 /// A loaded model: the denoiser, the VAE and the text conditioning, any of the last two
@@ -112,6 +238,10 @@ pub struct Models {
     pub unet: Unet,
     pub vae: Option<Vae>,
     pub text: Option<ClipTextModel>,
+    /// What the denoiser predicts: the checkpoint's word where it has one, else the family's.
+    pub prediction: Prediction,
+    /// Whether `prediction` is the checkpoint's word (a diffusers folder's scheduler config).
+    pub prediction_from_checkpoint: bool,
 }
 
 /// What the text conditioning's training forward saves for its backward.

@@ -3,15 +3,11 @@
 //! scaled-linear schedule (β 0.00085 → 0.012, 1000 steps), trained at 512x512.
 //! Checkpoints: a single LDM file or a diffusers folder (`model::checkpoint::load_sd15`).
 
-use super::{ModelFamily, Models, Prediction, WeightsFrom};
+use super::{load_ldm, ModelFamily, Models, Prediction, ReferenceConfigs, WeightsFrom};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::model::checkpoint::{load_sd15, Family};
-use crate::model::clip::ClipTextModel;
+use crate::model::checkpoint::{Family, Generation};
 use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
-use crate::model::unet::Unet;
-use crate::model::vae::Vae;
-use crate::model::weights::{ShapeOnly, WeightSource};
 use crate::sample::schedule::NoiseSchedule;
 
 /// The SD1.x family.
@@ -37,67 +33,28 @@ impl ModelFamily for Sd1 {
         *detected == Family::Sd1
     }
 
+    fn generation(&self) -> Generation {
+        Generation::Sd1
+    }
+    fn pad_token(&self) -> u32 {
+        crate::model::tokenizer::EOS
+    }
+
     fn load(
         &'static self,
         from: WeightsFrom<'_>,
         be: &dyn Backend,
         loaded: &mut dyn FnMut(&'static str),
     ) -> Result<Models> {
-        match from {
-            WeightsFrom::Checkpoint(path) => {
-                let ck = load_sd15(path)?;
-                self.build(
-                    (&ck.unet.0, &ck.unet.1),
-                    (&ck.vae.0, &ck.vae.1),
-                    (&ck.text_encoder.0, &ck.text_encoder.1),
-                    be,
-                    loaded,
-                )
-            }
-            WeightsFrom::Shapes(path) => {
-                let (u, v, t) = match path.filter(|p| p.exists()) {
-                    Some(p) => {
-                        let ck = load_sd15(p)?;
-                        (ck.unet.0, ck.vae.0, ck.text_encoder.0)
-                    }
-                    None => (
-                        UnetConfig::sd15(),
-                        VaeConfig::sd15(),
-                        ClipTextConfig::sd15(),
-                    ),
-                };
-                self.build(
-                    (&u, &ShapeOnly),
-                    (&v, &ShapeOnly),
-                    (&t, &ShapeOnly),
-                    be,
-                    loaded,
-                )
-            }
-        }
+        load_ldm(self, reference, from, be, loaded)
     }
 }
 
-impl Sd1 {
-    fn build(
-        &'static self,
-        unet: (&UnetConfig, &dyn WeightSource),
-        vae: (&VaeConfig, &dyn WeightSource),
-        text: (&ClipTextConfig, &dyn WeightSource),
-        be: &dyn Backend,
-        loaded: &mut dyn FnMut(&'static str),
-    ) -> Result<Models> {
-        let u = Unet::load(unet.0, unet.1, be, "unet")?;
-        loaded("unet");
-        let v = Vae::load(vae.0, vae.1, be, "vae")?;
-        loaded("vae");
-        let t = ClipTextModel::load(text.0, text.1, be, "text_encoder")?;
-        loaded("text_encoder");
-        Ok(Models {
-            family: self,
-            unet: u,
-            vae: Some(v),
-            text: Some(t),
-        })
+/// SD1.5's configurations.
+fn reference() -> ReferenceConfigs {
+    ReferenceConfigs {
+        unet: UnetConfig::sd15(),
+        vae: VaeConfig::sd15(),
+        text: ClipTextConfig::sd15(),
     }
 }
