@@ -172,19 +172,12 @@ pub(crate) fn load_ldm(
             m.prediction_from_checkpoint = ck.prediction.is_some();
             Ok(m)
         }
-        WeightsFrom::Reference(_) => {
-            let c = reference();
-            build(
-                family,
-                (&c.unet, &ShapeOnly),
-                (&c.vae, &ShapeOnly),
-                (&c.text, &ShapeOnly),
-                be,
-                loaded,
-            )
-        }
-        WeightsFrom::Shapes(path) => {
-            let c = match path.filter(|p| p.exists()) {
+        WeightsFrom::Reference(_) | WeightsFrom::Shapes(_) => {
+            let on_disk = match from {
+                WeightsFrom::Shapes(path) => path.filter(|p| p.exists()),
+                _ => None,
+            };
+            let c = match on_disk {
                 Some(p) => {
                     let ck = load_sd15(p)?;
                     ReferenceConfigs {
