@@ -242,6 +242,7 @@ fn second_lora(path: &Path) -> LoraSet {
                 up: Tensor::from_f64([o, 3], rng.normal_vec(o * 3)).unwrap(),
                 alpha: 1.5,
                 kind: m.kind,
+                algo: Default::default(),
             }
         })
         .collect();
@@ -251,6 +252,7 @@ fn second_lora(path: &Path) -> LoraSet {
         up: Tensor::from_f64([5, 2, 1, 1], rng.normal_vec(10)).unwrap(),
         alpha: 2.0,
         kind: LayerKind::Conv { kernel: 3 },
+        algo: Default::default(),
     });
     let set = LoraSet::new(modules);
     save_kohya(path, &set, SavePrecision::Fp32, &Default::default()).unwrap();

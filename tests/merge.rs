@@ -351,6 +351,7 @@ fn wrong_shapes_ratios_and_paths_are_refused() {
         up: Tensor::from_f64([4, 2, 1, 1], vec![0.0; 8]).unwrap(),
         alpha: 2.0,
         kind: LayerKind::Conv { kernel: 5 },
+        algo: Default::default(),
     }]);
     let e = merge_into_checkpoint(Path::new(BASE), &[(&locon, 1.0)], &out, None)
         .unwrap_err()
@@ -393,6 +394,7 @@ fn locon_module_merges_into_the_3x3_conv() {
         up: Tensor::from_f64([o, r, 1, 1], up.clone()).unwrap(),
         alpha: 1.5,
         kind: LayerKind::Conv { kernel: 3 },
+        algo: Default::default(),
     }]);
     let ratio = 0.6;
     let report = merge_into_checkpoint(Path::new(BASE), &[(&locon, ratio)], &out, None).unwrap();
@@ -435,6 +437,7 @@ fn text_encoder_modules_merge_into_the_clip_weights() {
         up: Tensor::from_f64([n, r], up).unwrap(),
         alpha: 1.0,
         kind: LayerKind::Linear,
+        algo: Default::default(),
     };
     let set = LoraSet::new(vec![m.clone()]);
     let report = merge_into_checkpoint(Path::new(BASE), &[(&set, 1.5)], &out, None).unwrap();

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use yaml_serde::Value;
 
 use crate::lora::export::SavePrecision;
-use crate::lora::LoraTargets;
+use crate::lora::{AlgoKind, LoraTargets};
 use crate::sample::SamplerKind;
 use crate::train::lr::Schedule;
 use crate::train::optim::OptimizerType;
@@ -79,6 +79,17 @@ impl Choice for LoraTargets {
         match self {
             LoraTargets::Transformer => "transformer",
             LoraTargets::Attention => "attention",
+        }
+        .to_string()
+    }
+}
+
+impl Choice for AlgoKind {
+    const ALL: &'static [AlgoKind] = &[AlgoKind::Lora, AlgoKind::Loha];
+    fn name(self) -> String {
+        match self {
+            AlgoKind::Lora => "lora",
+            AlgoKind::Loha => "loha",
         }
         .to_string()
     }
@@ -369,7 +380,8 @@ yaml_choice!(
     LoraTargets,
     MixedPrecision,
     OptimizerType,
-    SamplerKind
+    SamplerKind,
+    AlgoKind
 );
 
 impl YamlValue for Vec<String> {

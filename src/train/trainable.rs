@@ -10,7 +10,7 @@
 use crate::backend::{Accum, Backend};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::lora::{LoraDropout, LoraGrads, LoraSet};
+use crate::lora::{LoraDropout, LoraGrads, LoraModule, LoraSet};
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
@@ -99,8 +99,9 @@ impl Trainable {
     /// groups and gradient buffers.
     pub fn new(be: &dyn Backend, m: &Models, cfg: &TrainConfig) -> Result<Trainable> {
         let (targets, n_unet) = m.adapter_targets(cfg.lora_targets, cfg.train_text_encoder);
-        let lora = LoraSet::init(
+        let lora = LoraSet::init_algo(
             be,
+            cfg.algo,
             &targets,
             cfg.lora_rank,
             cfg.lora_alpha,
@@ -115,10 +116,11 @@ impl Trainable {
                 let convs = m.unet.conv_targets();
                 let alpha = cfg.conv_alpha.unwrap_or(dim as f64);
                 let rng = &mut Rng::for_site(cfg.seed, &[1, 1]);
-                let conv = LoraSet::init(be, &convs, dim, alpha, rng)?;
+                let conv = LoraSet::init_algo(be, cfg.algo, &convs, dim, alpha, rng)?;
                 let extra = m.unet.resnet_linear_targets();
                 let rng = &mut Rng::for_site(cfg.seed, &[1, 2]);
-                let linear = LoraSet::init(be, &extra, cfg.lora_rank, cfg.lora_alpha, rng)?;
+                let (rank, alpha) = (cfg.lora_rank, cfg.lora_alpha);
+                let linear = LoraSet::init_algo(be, cfg.algo, &extra, rank, alpha, rng)?;
                 let n = convs.len() + extra.len();
                 let lora = lora
                     .with_inserted(n_unet, conv)
@@ -183,15 +185,10 @@ impl Trainable {
             .lora
             .modules()
             .iter()
-            .map(|m| m.down.size_in_bytes() + m.up.size_in_bytes())
-            .sum();
-        let grads = self
-            .grads
-            .down
-            .iter()
-            .chain(&self.grads.up)
+            .flat_map(LoraModule::tensors)
             .map(Tensor::size_in_bytes)
             .sum();
+        let grads = self.grads.all().map(Tensor::size_in_bytes).sum();
         let groups = self
             .groups
             .iter()

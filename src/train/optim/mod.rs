@@ -39,7 +39,7 @@ use std::ops::Range;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::lora::{LoraGrads, LoraSet};
+use crate::lora::{LoraGrads, LoraModule, LoraSet};
 use crate::tensor::{DType, Tensor};
 
 /// An update rule over one flat f32 parameter buffer.
@@ -164,7 +164,7 @@ impl ParamGroup {
         let tensors = || {
             lora.modules()[modules.clone()]
                 .iter()
-                .flat_map(|m| [&m.down, &m.up])
+                .flat_map(LoraModule::tensors)
         };
         let params = gather(be, tensors())?;
         let layout = Layout::new(tensors().map(|t| t.dims().to_vec()).collect());
@@ -187,12 +187,7 @@ impl ParamGroup {
 
     /// Copies the accumulated gradients of this group's modules into the flat buffer.
     pub fn load_grads(&mut self, be: &dyn Backend, grads: &LoraGrads) -> Result<()> {
-        let r = self.modules.clone();
-        let pairs = grads.down[r.clone()]
-            .iter()
-            .zip(&grads.up[r])
-            .flat_map(|(d, u)| [d, u]);
-        self.grads = gather(be, pairs)?;
+        self.grads = gather(be, self.modules.clone().flat_map(|i| grads.of(i)))?;
         Ok(())
     }
 
@@ -234,7 +229,7 @@ impl ParamGroup {
         let flat = be.to_f32_vec(&self.params)?;
         let mut at = 0;
         for m in &mut lora.modules_mut()[self.modules.clone()] {
-            for t in [&mut m.down, &mut m.up] {
+            for t in m.tensors_mut() {
                 let n = t.numel();
                 *t = be.tensor_from_f32(t.dims(), &flat[at..at + n], t.dtype())?;
                 at += n;
