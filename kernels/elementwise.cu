@@ -4,6 +4,7 @@
 //   add_T:              y[i] = a[i] + b[i]                       (writes y with =)
 //   add_assign_T:       a[i] += b[i]                             (reads and writes a)
 //   scale_T:            y[i] = s * x[i]
+//   mul_T:              y[i] = a[i] * b[i]
 //   add_channel_bias_T: y[i] = x[i] + bias[i / plane]            (x [N, C, plane], bias [N, C])
 //   cast_f32_f16 / cast_f16_f32: y[i] = x[i] converted (round to nearest even)
 #include "common.cuh"
@@ -15,6 +16,14 @@ __device__ void add_impl(const T* a, const T* b, T* y, int n) {
 }
 KERNEL void add_f32(const float* a, const float* b, float* y, int n) { add_impl(a, b, y, n); }
 KERNEL void add_f16(const __half* a, const __half* b, __half* y, int n) { add_impl(a, b, y, n); }
+
+template <typename T>
+__device__ void mul_impl(const T* a, const T* b, T* y, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = from_f32<T>(to_f32(a[i]) * to_f32(b[i]));
+}
+KERNEL void mul_f32(const float* a, const float* b, float* y, int n) { mul_impl(a, b, y, n); }
+KERNEL void mul_f16(const __half* a, const __half* b, __half* y, int n) { mul_impl(a, b, y, n); }
 
 template <typename T>
 __device__ void add_assign_impl(T* a, const T* b, int n) {

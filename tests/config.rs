@@ -87,6 +87,7 @@ network_weights: /out/old.safetensors
 dim_from_weights: true
 conv_dim: 8
 conv_alpha: 4
+algo: lora
 lora_targets: attention
 train_text_encoder: false
 train_unet: true
@@ -505,7 +506,7 @@ fn network_args_are_read_as_kohya_reads_them() {
         ("network_args: [\"conv_dim\"]", "not name=value"),
         (
             "network_args: [\"algo=loha\"]",
-            "not an argument of kohya's networks.lora",
+            "network_module = \"lycoris.kohya\"",
         ),
         ("network_args: 4", "list"),
     ] {
@@ -527,11 +528,50 @@ fn network_args_are_read_as_kohya_reads_them() {
 }
 
 #[test]
+fn lycoris_network_args_are_read_as_lycoris_reads_them() {
+    use lorafuse::lora::AlgoKind;
+    let lyc = "network_module: lycoris.kohya\nlora_rank: 8\nlora_alpha: 4\n";
+    let c = with(&format!(
+        "{lyc}network_args: [\"algo=loha\", \"dora_wd=False\"]"
+    ))
+    .unwrap();
+    assert_eq!(c.algo, AlgoKind::Loha);
+    assert_eq!(
+        (c.conv_dim, c.conv_alpha),
+        (Some(8), Some(4.0)),
+        "LyCORIS: conv_dim/conv_alpha default to network_dim/network_alpha"
+    );
+    let c = with(&format!(
+        "{lyc}network_args: [\"algo=locon\", \"conv_dim=2\"]"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.algo, c.conv_dim, c.conv_alpha),
+        (AlgoKind::Lora, Some(2), Some(4.0))
+    );
+    let c = with("network_module: networks.lora\nnetwork_args: [\"conv_dim=2\"]").unwrap();
+    assert_eq!((c.algo, c.conv_alpha), (AlgoKind::Lora, Some(1.0)));
+    for (args, want) in [
+        ("algo=lokr", "lokr is not supported"),
+        ("dora_wd=True", "DoRA"),
+        ("use_tucker=True", "Tucker"),
+        ("preset=attn-only", "preset"),
+        ("dropout=0.1", "network_dropout"),
+    ] {
+        let e = err_text(with(&format!("{lyc}network_args: [\"{args}\"]")));
+        assert!(e.contains(want), "{args}: {e}");
+    }
+    // LoHa draws no dropout masks.
+    let e = err_text(with("algo: loha\nrank_dropout: 0.1"));
+    assert!(e.contains("rank_dropout") && e.contains("loha"), "{e}");
+}
+
+#[test]
 fn kohya_options_we_lack_are_refused_with_the_reason() {
     for (line, reason) in [
         ("use_8bit_adam: true", "optimizer_type"),
         ("sdxl: true", "Stable Diffusion 1.x and 2.x"),
-        ("network_module: lycoris.kohya", "plain LoRA"),
+        ("network_module: networks.dylora", "DyLoRA"),
         ("save_model_as: ckpt", ".safetensors"),
         (
             "network_train_text_encoder_only: maybe",
@@ -560,7 +600,10 @@ fn kohya_options_asking_for_what_lorafuse_does_are_accepted_with_a_notice() {
         ("sdpa: true", "memory-efficient attention"),
         ("v2: true", "reads the model family"),
         ("v2: false", "reads the model family"),
-        ("network_module: networks.lora", "plain LoRA"),
+        (
+            "network_module: networks.lora",
+            "kohya's LoRA (networks.lora)",
+        ),
         ("cache_latents: true", "cache_latents_to_disk"),
         ("save_model_as: safetensors", ".safetensors"),
         ("lowram: true", "the same way"),

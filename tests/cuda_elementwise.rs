@@ -92,6 +92,12 @@ fn elementwise_ops_match_the_cpu() {
                     t,
                 );
                 assert_matches(
+                    "mul",
+                    &e.be.mul(&da, &db).unwrap(),
+                    &cpu.mul(&ca, &cb).unwrap(),
+                    t,
+                );
+                assert_matches(
                     "scale",
                     &e.be.scale(&da, -0.37).unwrap(),
                     &cpu.scale(&ca, -0.37).unwrap(),

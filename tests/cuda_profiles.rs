@@ -74,6 +74,7 @@ fn pass(be: &dyn Backend) -> Pass {
                 up: randn(&us, 0.05, DType::F32),
                 alpha: rank as f64 / 2.0,
                 kind: l.kind,
+                algo: Default::default(),
             }
         })
         .collect();

@@ -76,6 +76,7 @@ fn module(
         } else {
             LayerKind::Linear
         },
+        algo: Default::default(),
     }
 }
 

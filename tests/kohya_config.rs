@@ -316,7 +316,7 @@ fn refused_kohya_values_say_why_and_what_instead() {
         ("optimizer_type = \"PagedAdamW8bit\"", "config.toml: optimizer_type = \"PagedAdamW8bit\" is not valid: must be one of AdamW, AdamW8bit"),
         ("sdxl = true", "Stable Diffusion 1.x and 2.x"),
         ("v2 = 2", "must be true or false"),
-        ("network_module = \"networks.dylora\"", "plain LoRA"),
+        ("network_module = \"networks.dylora\"", "DyLoRA"),
         ("save_model_as = \"ckpt\"", ".safetensors"),
         ("log_with = \"wandb\"", "TensorBoard"),
         ("model_train_type = \"sdxl-lora\"", "Stable Diffusion 1.x"),

@@ -91,6 +91,7 @@ fn synthetic_lora(spec: &serde_json::Value) -> LoraSet {
                 up: Tensor::from_f32([width, rank], v).unwrap(),
                 alpha,
                 kind: LayerKind::Linear,
+                algo: Default::default(),
             }
         })
         .collect();

@@ -242,6 +242,7 @@ fn second_lora(path: &Path) -> LoraSet {
                 up: Tensor::from_f64([o, 3], rng.normal_vec(o * 3)).unwrap(),
                 alpha: 1.5,
                 kind: m.kind,
+                algo: Default::default(),
             }
         })
         .collect();
@@ -251,6 +252,7 @@ fn second_lora(path: &Path) -> LoraSet {
         up: Tensor::from_f64([5, 2, 1, 1], rng.normal_vec(10)).unwrap(),
         alpha: 2.0,
         kind: LayerKind::Conv { kernel: 3 },
+        algo: Default::default(),
     });
     let set = LoraSet::new(modules);
     save_kohya(path, &set, SavePrecision::Fp32, &Default::default()).unwrap();
@@ -485,4 +487,37 @@ fn resize_reports_tensors_it_drops() {
     let f = SafetensorsFile::open(&out).unwrap();
     assert!(f.tensor_info(&extra_key).is_none());
     assert_eq!(f.len(), 6);
+}
+
+/// A LyCORIS LoHa file (tests/fixtures/lycoris): `inspect` names its modules' kind, rank and
+/// alpha; `resize` refuses it naming the module and what to do instead, writing nothing.
+#[test]
+fn loha_files_are_inspected_and_refused_by_resize() {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lycoris/loha.safetensors");
+    let s = lorafuse::lora::inspect::inspect(&fixture).unwrap();
+    assert_eq!(s.kinds.get("LoHa"), Some(&2), "{:?}", s.kinds);
+    assert_eq!(
+        s.ranks.iter().map(|(r, n)| (*r, *n)).collect::<Vec<_>>(),
+        [(2, 1), (3, 1)]
+    );
+    assert_eq!(s.alphas, [(1.5, 1), (3.0, 1)]);
+    let dir = TempDir::new("loha-resize");
+    let out = dir.path("out.safetensors");
+    let e = resize(&ResizeArgs {
+        input: &fixture,
+        output: &out,
+        rank: 1,
+        conv_rank: None,
+        dynamic: None,
+        precision: None,
+    })
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("lora_unet_conv") && msg.contains("loha") && msg.contains("lorafuse merge"),
+        "{msg}"
+    );
+    assert_eq!(e.kind(), lorafuse::error::ErrorKind::BadInput);
+    assert!(!out.exists());
 }

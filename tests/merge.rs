@@ -352,6 +352,7 @@ fn wrong_shapes_ratios_and_paths_are_refused() {
         up: Tensor::from_f64([4, 2, 1, 1], vec![0.0; 8]).unwrap(),
         alpha: 2.0,
         kind: LayerKind::Conv { kernel: 5 },
+        algo: Default::default(),
     }]);
     let e = merge_into_checkpoint(Path::new(BASE), &[(&locon, 1.0)], &out, None)
         .unwrap_err()
@@ -394,6 +395,7 @@ fn locon_module_merges_into_the_3x3_conv() {
         up: Tensor::from_f64([o, r, 1, 1], up.clone()).unwrap(),
         alpha: 1.5,
         kind: LayerKind::Conv { kernel: 3 },
+        algo: Default::default(),
     }]);
     let ratio = 0.6;
     let report = merge_into_checkpoint(Path::new(BASE), &[(&locon, ratio)], &out, None).unwrap();
@@ -436,6 +438,7 @@ fn text_encoder_modules_merge_into_the_clip_weights() {
         up: Tensor::from_f64([n, r], up).unwrap(),
         alpha: 1.0,
         kind: LayerKind::Linear,
+        algo: Default::default(),
     };
     let set = LoraSet::new(vec![m.clone()]);
     let report = merge_into_checkpoint(Path::new(BASE), &[(&set, 1.5)], &out, None).unwrap();
@@ -464,6 +467,7 @@ fn sd2_modules_merge_into_linear_proj_in_and_fused_in_proj() {
     let (r, n) = (2usize, 64usize);
     let module = |name: &str, o: usize, i: usize, salt: usize| LoraModule {
         name: name.into(),
+        algo: Default::default(),
         down: Tensor::from_f64(
             [r, i],
             (0..r * i)
@@ -539,4 +543,55 @@ fn sd2_modules_merge_into_linear_proj_in_and_fused_in_proj() {
             );
         }
     }
+}
+
+/// A LoHa module (LyCORIS's hada_* tensors, as a LoHa file loads) bakes into a 3x3 conv as
+/// W + ratio·(alpha/r)·(w1_a·w1_b) ⊙ (w2_a·w2_b), ΔW [out, in·9] read as [out, in, 3, 3].
+#[test]
+fn loha_module_merges_into_the_3x3_conv() {
+    let dir = TempDir::new("loha");
+    let out = dir.path("merged.safetensors");
+    let name = "lora_unet_down_blocks_1_resnets_0_conv2";
+    let key = "model.diffusion_model.input_blocks.4.0.out_layers.3.weight";
+    let base = SafetensorsFile::open(Path::new(BASE)).unwrap();
+    let raw = base.tensor_info(key).unwrap();
+    let (o, n) = (raw.shape[0], raw.shape[1] * 9);
+    let r = 2;
+    let mut rng = lorafuse::rng::Rng::new(6);
+    let mut t = |rows: usize, cols: usize| {
+        let v = rng.normal_vec(rows * cols);
+        (Tensor::from_f64([rows, cols], v.clone()).unwrap(), v)
+    };
+    let ((w1a, a1), (w1b, b1), (w2a, a2), (w2b, b2)) = (t(o, r), t(r, n), t(o, r), t(r, n));
+    let loha = LoraSet::new(vec![LoraModule {
+        name: name.into(),
+        down: w1b,
+        up: w1a,
+        alpha: 3.0,
+        // As a LoHa file loads (its kernel is not in the file).
+        kind: LayerKind::Linear,
+        algo: lorafuse::lora::Algo::Loha {
+            w2_a: w2a,
+            w2_b: w2b,
+        },
+    }]);
+    let ratio = 0.5;
+    let report = merge_into_checkpoint(Path::new(BASE), &[(&loha, ratio)], &out, None).unwrap();
+    assert_eq!(report.merged.len(), 1);
+    let merged = SafetensorsFile::open(&out).unwrap();
+    let got = f16s(merged.bytes(merged.tensor_info(key).unwrap()));
+    let w = f16s(base.bytes(raw));
+    let scale = 3.0 / r as f64;
+    let mut changed = 0;
+    for oo in 0..o {
+        for j in 0..n {
+            let p =
+                |a: &[f64], b: &[f64]| (0..r).map(|k| a[oo * r + k] * b[k * n + j]).sum::<f64>();
+            let at = oo * n + j;
+            let want = f16::from_f64(w[at].to_f64() + ratio * scale * p(&a1, &b1) * p(&a2, &b2));
+            assert!(ulps(got[at], want) <= 1, "[{oo},{j}]");
+            changed += usize::from(got[at] != w[at]);
+        }
+    }
+    assert!(changed * 2 > got.len(), "the conv changed");
 }

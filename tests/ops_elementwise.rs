@@ -30,6 +30,17 @@ fn add_scale_and_accumulate() {
         &[3., 6., 9., 12.],
         0.0,
     );
+    assert_tensor(
+        "a⊙b",
+        &be.mul(&a, &b).unwrap(),
+        &[2, 2],
+        &[0.5, -4., 30., 0.],
+        0.0,
+    );
+    assert!(matches!(
+        be.mul(&a, &t(&[4], &[1., 2., 3., 4.])),
+        Err(Error::ShapeMismatch { .. })
+    ));
     let mut acc = a.clone();
     be.add_assign(&mut acc, &b).unwrap();
     be.add_assign(&mut acc, &b).unwrap();

@@ -1,13 +1,17 @@
 //! LoCon (a LoRA on a convolution) and the conv weight gradient on the CPU: the forward
 //! against its definition by plain convs, f64 gradient checks of dX, d(down), d(up) (3x3 with
 //! padding, stride 2 with odd sizes, with and without a dropout mask) and of
-//! `conv2d_weight_grad`, accumulation, and errors for adapters of the wrong shape.
+//! `conv2d_weight_grad`, accumulation, and errors for adapters of the wrong shape. LoHa
+//! (lora/loha.rs) on a linear layer and a conv, through the model's layers: the forward
+//! against the merged weight, f64 gradient checks of dX and the four factors, accumulation.
 
 mod common;
 
 use common::*;
 use lorafuse::backend::prelude::*;
 use lorafuse::backend::{Accum, Adapter, AdapterBackward, Conv2d, Lora, LoraBackward};
+use lorafuse::lora::{Algo, LayerKind, LoraModule, LoraSet};
+use lorafuse::model::layers::{Conv, Ctx, Linear};
 use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, Error, Tensor};
 
@@ -296,4 +300,237 @@ fn wrong_adapter_shapes_are_errors() {
         matches!(e, Error::ShapeMismatch { lhs_name: "dy", .. }),
         "{e:?}"
     );
+}
+
+// --- LoHa (lora/loha.rs), through the model's Linear and Conv layers
+
+/// A LoHa module on `name` from (w1_b, w1_a, w2_a, w2_b) as given.
+fn loha_set(name: &str, t: &[Tensor], alpha: f64, kind: LayerKind) -> LoraSet {
+    LoraSet::new(vec![LoraModule {
+        name: name.into(),
+        down: t[0].clone(),
+        up: t[1].clone(),
+        alpha,
+        kind,
+        algo: Algo::Loha {
+            w2_a: t[2].clone(),
+            w2_b: t[3].clone(),
+        },
+    }])
+}
+
+/// ΔW = s·(w1_a·w1_b) ⊙ (w2_a·w2_b) [out, n], by hand.
+fn hada_delta(t: &[Tensor], s: f64) -> Vec<f64> {
+    let (w1b, w1a, w2a, w2b) = (
+        t[0].to_f64_vec(),
+        t[1].to_f64_vec(),
+        t[2].to_f64_vec(),
+        t[3].to_f64_vec(),
+    );
+    let (r, n) = (t[0].dims()[0], t[0].dims()[1]);
+    let o = t[1].dims()[0];
+    let mut d = vec![0.0; o * n];
+    for i in 0..o {
+        for j in 0..n {
+            let p1: f64 = (0..r).map(|k| w1a[i * r + k] * w1b[k * n + j]).sum();
+            let p2: f64 = (0..r).map(|k| w2a[i * r + k] * w2b[k * n + j]).sum();
+            d[i * n + j] = s * p1 * p2;
+        }
+    }
+    d
+}
+
+fn loha_inputs(rng: &mut Rng, x: &[usize], o: usize, r: usize, n: usize) -> Vec<Tensor> {
+    vec![
+        randn(rng, x),
+        randn(rng, &[r, n]),
+        randn(rng, &[o, r]),
+        randn(rng, &[o, r]),
+        randn(rng, &[r, n]),
+    ]
+}
+
+#[test]
+fn loha_linear_forward_and_gradcheck() {
+    let be = CpuBackend::f64();
+    let mut rng = Rng::new(21);
+    let (i, o, r) = (5, 4, 2);
+    for x_shape in [&[2, 3, 5][..], &[3, 5][..]] {
+        let inputs = loha_inputs(&mut rng, x_shape, o, r, i);
+        let layer = Linear {
+            name: "lora_unet_x".into(),
+            weight: randn(&mut rng, &[o, i]),
+            bias: Some(randn(&mut rng, &[o])),
+        };
+        let alpha = 3.0;
+        let fwd = |xs: &[Tensor]| {
+            let set = loha_set(&layer.name, &xs[1..], alpha, LayerKind::Linear);
+            layer.forward(&Ctx::new(&be, Some(&set)), &xs[0]).unwrap().y
+        };
+        // y = x·(W + ΔW)ᵀ + b.
+        let dw = hada_delta(&inputs[1..], alpha / r as f64);
+        let w: Vec<f64> = layer
+            .weight
+            .to_f64_vec()
+            .iter()
+            .zip(&dw)
+            .map(|(a, b)| a + b)
+            .collect();
+        let merged = Tensor::from_f64([o, i], w).unwrap();
+        let want = be
+            .linear(&inputs[0], &merged, layer.bias.as_ref(), None)
+            .unwrap()
+            .y;
+        assert!(rel_err(&fwd(&inputs).to_f64_vec(), &want.to_f64_vec()) < 1e-13);
+        gradcheck(
+            "loha linear",
+            &inputs,
+            &[0, 1, 2, 3, 4],
+            300,
+            fwd,
+            |xs, dy| {
+                let set = loha_set(&layer.name, &xs[1..], alpha, LayerKind::Linear);
+                let cx = Ctx::new(&be, Some(&set));
+                let mut grads = set.zero_grads(&be).unwrap();
+                let dx = layer
+                    .backward_dx(&cx, dy, &xs[0], None, &mut grads)
+                    .unwrap();
+                let mut out = vec![dx];
+                out.extend(grads.of(0).into_iter().cloned());
+                out
+            },
+        );
+    }
+}
+
+#[test]
+fn loha_conv_forward_and_gradcheck() {
+    let be = CpuBackend::f64();
+    let mut rng = Rng::new(22);
+    let (c, o, r, k) = (3, 4, 2, 3);
+    let p = conv(2, 1);
+    let inputs = loha_inputs(&mut rng, &[2, c, 5, 6], o, r, c * k * k);
+    let layer = Conv {
+        name: "lora_unet_c".into(),
+        weight: randn(&mut rng, &[o, c, k, k]),
+        bias: Some(randn(&mut rng, &[o])),
+        params: p,
+    };
+    let alpha = 1.5;
+    let kind = LayerKind::Conv { kernel: k };
+    let fwd = |xs: &[Tensor]| {
+        let set = loha_set(&layer.name, &xs[1..], alpha, kind);
+        layer.forward(&Ctx::new(&be, Some(&set)), &xs[0]).unwrap()
+    };
+    // y = conv(x, W + ΔW reshaped to [out, in, k, k]) + b.
+    let dw = hada_delta(&inputs[1..], alpha / r as f64);
+    let w: Vec<f64> = layer
+        .weight
+        .to_f64_vec()
+        .iter()
+        .zip(&dw)
+        .map(|(a, b)| a + b)
+        .collect();
+    let merged = Tensor::from_f64([o, c, k, k], w).unwrap();
+    let want = be
+        .conv2d(&inputs[0], &merged, layer.bias.as_ref(), p, None)
+        .unwrap();
+    assert!(rel_err(&fwd(&inputs).to_f64_vec(), &want.to_f64_vec()) < 1e-13);
+    gradcheck(
+        "loha conv",
+        &inputs,
+        &[0, 1, 2, 3, 4],
+        300,
+        fwd,
+        |xs, dy| {
+            let set = loha_set(&layer.name, &xs[1..], alpha, kind);
+            let cx = Ctx::new(&be, Some(&set));
+            let mut grads = set.zero_grads(&be).unwrap();
+            let (_, saved) = layer.forward_saving(&cx, xs[0].clone(), true).unwrap();
+            let dx = layer
+                .backward_saved(&cx, dy, (5, 6), saved, &mut grads)
+                .unwrap();
+            let mut out = vec![dx];
+            out.extend(grads.of(0).into_iter().cloned());
+            out
+        },
+    );
+    // A second backward with Accum::Add doubles the gradients.
+    let set = loha_set(&layer.name, &inputs[1..], alpha, kind);
+    let cx = Ctx::new(&be, Some(&set));
+    let mut grads = set.zero_grads(&be).unwrap();
+    let dy = randn(&mut rng, &[2, o, 3, 3]);
+    for accum in [Accum::Assign, Accum::Add] {
+        grads.accum = accum;
+        let (_, saved) = layer.forward_saving(&cx, inputs[0].clone(), true).unwrap();
+        layer
+            .backward_saved(&cx, &dy, (5, 6), saved, &mut grads)
+            .unwrap();
+    }
+    let mut once = set.zero_grads(&be).unwrap();
+    let (_, saved) = layer.forward_saving(&cx, inputs[0].clone(), true).unwrap();
+    layer
+        .backward_saved(&cx, &dy, (5, 6), saved, &mut once)
+        .unwrap();
+    for (twice, once) in grads.of(0).into_iter().zip(once.of(0)) {
+        let double: Vec<f64> = once.to_f64_vec().iter().map(|v| 2.0 * v).collect();
+        assert!(rel_err(&twice.to_f64_vec(), &double) < 1e-14);
+    }
+}
+
+/// LyCORIS's own LoHa modules (tests/fixtures/make_lycoris_fixture.py, lycoris-lora 3.2.0.post2)
+/// on a linear layer and a stride-2 3x3 conv: the file loads by LyCORIS's key names, and
+/// lorafuse's layers give LyCORIS's outputs for the same weights and inputs.
+#[test]
+fn loha_matches_lycoris() {
+    use lorafuse::lora::kohya;
+    use lorafuse::model::checkpoint::Weights;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/lycoris/loha.safetensors");
+    let be = CpuBackend::new();
+    let set = kohya::load(&path, &be, lorafuse::DType::F32).unwrap();
+    assert_eq!(set.len(), 2);
+    assert!(set.modules().iter().all(|m| m.algo.name() == "loha"));
+    let w = Weights::open(&path).unwrap();
+    let get = |k: &str, s: &[usize]| w.get(k, s.to_vec()).unwrap();
+    let lin = Linear {
+        name: "lora_unet_lin".into(),
+        weight: get("base.lora_unet_lin.weight", &[5, 6]),
+        bias: Some(get("base.lora_unet_lin.bias", &[5])),
+    };
+    let cx = Ctx::new(&be, Some(&set));
+    let x = get("base.lora_unet_lin.x", &[2, 3, 6]);
+    let want = get("base.lora_unet_lin.y", &[2, 3, 5]).to_f64_vec();
+    let got = lin.forward(&cx, &x).unwrap().y.to_f64_vec();
+    assert!(
+        rel_err(&got, &want) < 1e-6,
+        "linear: {}",
+        rel_err(&got, &want)
+    );
+    let base = lin
+        .forward(&Ctx::new(&be, None), &x)
+        .unwrap()
+        .y
+        .to_f64_vec();
+    assert!(rel_err(&base, &want) > 1e-2, "the LoHa changes the output");
+
+    let conv_layer = Conv {
+        name: "lora_unet_conv".into(),
+        weight: get("base.lora_unet_conv.weight", &[4, 3, 3, 3]),
+        bias: Some(get("base.lora_unet_conv.bias", &[4])),
+        params: conv(2, 1),
+    };
+    let x = get("base.lora_unet_conv.x", &[2, 3, 7, 6]);
+    let want = get("base.lora_unet_conv.y", &[2, 4, 4, 3]).to_f64_vec();
+    let got = conv_layer.forward(&cx, &x).unwrap().to_f64_vec();
+    assert!(
+        rel_err(&got, &want) < 1e-6,
+        "conv: {}",
+        rel_err(&got, &want)
+    );
+    let base = conv_layer
+        .forward(&Ctx::new(&be, None), &x)
+        .unwrap()
+        .to_f64_vec();
+    assert!(rel_err(&base, &want) > 1e-2, "the LoHa changes the output");
 }

@@ -482,3 +482,33 @@ fn sd2_reference_shapes_at_768() {
         sd1.peak() as f64 / MIB
     );
 }
+
+/// LoHa (`algo: loha`) holds two (up, down) pairs per module, twice LoRA's parameters and
+/// optimizer state at the same rank, and builds each layer's full ΔW [out, in] in its forward
+/// and backward: the step's transient workspace grows, the tape does not (LoHa saves no
+/// hidden).
+#[test]
+fn loha_counts_its_parameters_and_its_transient_delta() {
+    let lora = plan(&input(1, 512, 8, DType::F16)).unwrap();
+    let mut cfg = input(1, 512, 8, DType::F16);
+    cfg.cfg.algo = lorafuse::lora::AlgoKind::Loha;
+    let loha = plan(&cfg).unwrap();
+    assert!((loha.lora as f64 / lora.lora as f64 - 2.0).abs() < 1e-3);
+    assert!((loha.optimizer as f64 / lora.optimizer as f64 - 2.0).abs() < 1e-3);
+    assert!(loha.tape_bytes() < lora.tape_bytes());
+    // The largest ΔW of the 192 targets: ff.net.0.proj at 1280 channels, [10240, 1280] f32.
+    let largest = 10240 * 1280 * 4;
+    assert!(
+        loha.workspace() > lora.workspace() + largest,
+        "{} vs {}",
+        loha.workspace(),
+        lora.workspace()
+    );
+    println!(
+        "LoHa rank 8: peak {:.1} MiB (workspace {:.1}) against LoRA's {:.1} MiB ({:.1})",
+        loha.peak() as f64 / MIB,
+        loha.workspace() as f64 / MIB,
+        lora.peak() as f64 / MIB,
+        lora.workspace() as f64 / MIB
+    );
+}

@@ -187,6 +187,7 @@ fn module(name: &str, down: Vec<f32>, up: Vec<f32>, r: usize) -> LoraModule {
         up: Tensor::from_f32([o, r], up).unwrap(),
         alpha: r as f64,
         kind: LayerKind::Linear,
+        algo: Default::default(),
     }
 }
 
@@ -217,6 +218,7 @@ fn param_group_round_trips_and_steps() {
             Tensor::from_f32([1, 2], vec![-3.0, 0.0]).unwrap(),
             Tensor::from_f32([1, 1], vec![4.0]).unwrap(),
         ],
+        extra: vec![vec![], vec![]],
         accum: Accum::Assign,
     };
     opt.load_grads(&be, &grads).unwrap();

@@ -65,6 +65,7 @@ fn pass(be: &dyn Backend, checkpoint: bool) -> Pass {
                 up: randn(&us, 0.1, lora_dt),
                 alpha: 2.0,
                 kind: l.kind,
+                algo: Default::default(),
             }
         })
         .collect();

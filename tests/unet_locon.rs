@@ -120,6 +120,7 @@ fn locon_gradients_match_finite_differences_in_f64() {
                 up: randn(&mut rng, &us, 0.1),
                 alpha: 2.0,
                 kind: l.kind,
+                algo: Default::default(),
             }
         })
         .collect();

@@ -409,6 +409,8 @@ pub trait ElementwiseOps {
     fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()>;
     /// x · s.
     fn scale(&self, x: &Tensor, s: f64) -> Result<Tensor>;
+    /// a ⊙ b, same shapes (LoHa's Hadamard product of its two low-rank terms).
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// x [N, C, ...] + bias [N, C] broadcast over the spatial dims (time embedding in ResNets).
     fn add_channel_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor>;
 }

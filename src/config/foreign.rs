@@ -95,9 +95,9 @@ const FOREIGN: &[Foreign] = &[
     same("use_8bit_adam", &[False], "the optimizer is optimizer_type's", OPTIMIZER),
     same(
         "network_module",
-        &[Words(&["networks.lora"])],
-        "lorafuse trains kohya's plain LoRA (networks.lora)",
-        "lorafuse trains plain LoRA (kohya's networks.lora) only; LyCORIS, DyLoRA and the other network modules are not supported",
+        &[Words(&["networks.lora", "lycoris.kohya"])],
+        "lorafuse trains kohya's LoRA (networks.lora) and LyCORIS's lora/locon and loha (lycoris.kohya, with network_args' algo)",
+        "lorafuse trains kohya's networks.lora and LyCORIS's lycoris.kohya (algo lora, locon or loha); DyLoRA and the other network modules are not supported",
     ),
     same("v2", &[Flag], "lorafuse reads the model family (SD1.x or SD2.x) from the checkpoint", "must be true or false"),
     same("sdxl", &[False], SD1_ONLY, SD1_ONLY),

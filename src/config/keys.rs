@@ -18,7 +18,7 @@ use super::values::{
 use super::{DataSubset, Provenance};
 use crate::lora::blocks::{SideWeights, BLOCKS, SIDE_BLOCKS};
 use crate::lora::export::SavePrecision;
-use crate::lora::LoraTargets;
+use crate::lora::{AlgoKind, LoraTargets};
 use crate::prepare::CropMode;
 use crate::sample::SamplerKind;
 use crate::train::lr::Schedule;
@@ -266,6 +266,14 @@ config_keys! {
         check |a| a.is_finite() && *a > 0.0,
         doc_type "number > 0",
         rule "must be a number > 0 (the conv adapters' scale is conv_alpha / conv_dim)",
+
+    /// The adapter kind: `lora` (LoRA; LoCon with `conv_dim`) or `loha` (LyCORIS's LoHa:
+    /// ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b) at `lora_rank` / `conv_dim`; kohya's
+    /// `network_module = "lycoris.kohya"` with `network_args = ["algo=loha"]`).
+    algo: AlgoKind = fixed(AlgoKind::Lora),
+        read parse::choice::<AlgoKind>,
+        doc_type choice_doc::<AlgoKind>(),
+        rule choice_rule::<AlgoKind>(),
 
     /// Start from an existing kohya-format LoRA (kohya's `network_weights`): its adapters
     /// replace the new ones of the same name (alpha included); a shape that differs is an

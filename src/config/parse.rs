@@ -208,7 +208,10 @@ impl Reading {
             meanings.kohya_defaults(&default_origin);
         }
         meanings.map_switches(&sorted.switches, kohya_format);
-        meanings.map_network_args(sorted.switches.get(kohya::NETWORK_ARGS));
+        meanings.map_network_args(
+            sorted.switches.get(kohya::NETWORK_ARGS),
+            sorted.foreign.get("network_module"),
+        );
 
         let entries = sorted.entries;
         let mut r = Reader {

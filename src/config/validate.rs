@@ -189,6 +189,20 @@ fn check_schedule(c: &mut Check) {
             "needs lr_scheduler_min_lr_ratio (the rate it ends at, as a fraction of the learning rate, e.g. 0.1), as in kohya".into(),
         );
     }
+    if cfg.algo == crate::lora::AlgoKind::Loha {
+        for (key, p) in [
+            ("lora_dropout", cfg.lora_dropout),
+            ("rank_dropout", cfg.rank_dropout),
+            ("module_dropout", cfg.module_dropout),
+        ] {
+            if p > 0.0 {
+                c.fail(
+                    key,
+                    format!("= {p} is not supported with algo: loha (LyCORIS ignores dropout for LoHa, and its rank_dropout drops rows of the weight change, not ranks): set it to 0, or train algo: lora"),
+                );
+            }
+        }
+    }
     let adafactor = crate::train::trainable::adafactor_relative_step(cfg);
     if cfg.lr_scheduler == Schedule::Adafactor && !adafactor {
         c.fail(

@@ -10,7 +10,7 @@ use yaml_serde::Value;
 
 use crate::lora::blocks::SideWeights;
 use crate::lora::export::SavePrecision;
-use crate::lora::LoraTargets;
+use crate::lora::{AlgoKind, LoraTargets};
 use crate::prepare::CropMode;
 use crate::sample::SamplerKind;
 use crate::train::lr::Schedule;
@@ -81,6 +81,17 @@ impl Choice for LoraTargets {
         match self {
             LoraTargets::Transformer => "transformer",
             LoraTargets::Attention => "attention",
+        }
+        .to_string()
+    }
+}
+
+impl Choice for AlgoKind {
+    const ALL: &'static [AlgoKind] = &[AlgoKind::Lora, AlgoKind::Loha];
+    fn name(self) -> String {
+        match self {
+            AlgoKind::Lora => "lora",
+            AlgoKind::Loha => "loha",
         }
         .to_string()
     }
@@ -372,7 +383,8 @@ yaml_choice!(
     MixedPrecision,
     OptimizerType,
     SamplerKind,
-    CropMode
+    CropMode,
+    AlgoKind
 );
 
 impl<T: YamlValue> YamlValue for Vec<T> {

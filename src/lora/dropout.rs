@@ -108,6 +108,10 @@ impl LoraDropout {
     pub fn p(&self) -> f64 {
         self.p
     }
+    /// Whether [`LoraDropout::mask`] draws masks (some probability is not 0).
+    pub fn draws_masks(&self) -> bool {
+        self.p != 0.0 || self.rank_p != 0.0 || self.module_p != 0.0
+    }
     pub fn seed(&self) -> u64 {
         self.seed
     }
@@ -130,7 +134,7 @@ impl LoraDropout {
         rank_axis: usize,
         dtype: DType,
     ) -> Result<Option<Tensor>> {
-        if self.p == 0.0 && self.rank_p == 0.0 && self.module_p == 0.0 {
+        if !self.draws_masks() {
             return Ok(None);
         }
         let dims = shape.dims();

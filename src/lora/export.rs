@@ -32,7 +32,7 @@ use safetensors::tensor::Dtype;
 use crate::error::{Error, Result};
 use crate::lora::hash::{self, Sha256, LEGACY_LEN, LEGACY_OFFSET};
 use crate::lora::write::{self, Data, OutTensor};
-use crate::lora::{LayerKind, LoraModule, LoraSet, LoraTargets};
+use crate::lora::{kohya, Algo, LayerKind, LoraModule, LoraSet, LoraTargets};
 use crate::tensor::{CpuData, Storage, Tensor};
 
 pub use crate::lora::hash::{model_hash_legacy, sha256_file};
@@ -114,12 +114,14 @@ fn values(t: &Tensor) -> Vec<f64> {
     }
 }
 
-/// The module's three tensors in kohya's layout and `precision`; checks shapes and values.
+/// The module's tensors in kohya's layout (LoRA) or LyCORIS's (LoHa: `hada_w1_a`
+/// [out, r], `hada_w1_b` [r, in·k·k], `hada_w2_a`, `hada_w2_b`, `alpha`) and `precision`;
+/// checks shapes and values.
 fn module_tensors(
     path: &Path,
     m: &LoraModule,
     precision: SavePrecision,
-) -> Result<[OutTensor<'static>; 3]> {
+) -> Result<Vec<OutTensor<'static>>> {
     let bad = |detail: String| Error::Lora {
         path: path.to_path_buf(),
         detail: format!("LoRA module `{}`: {detail}; nothing was written", m.name),
@@ -130,7 +132,26 @@ fn module_tensors(
         d.get(1).copied().unwrap_or(0),
         u.first().copied().unwrap_or(0),
     );
-    let (dm, um) = m.kind.shapes(r, i, o);
+    let (dm, um) = match m.algo {
+        Algo::Lora => m.kind.shapes(r, i, o),
+        // LyCORIS's layout on every layer: [out, r] and [r, in·k·k], twice.
+        Algo::Loha { .. } => (vec![r, i], vec![o, r]),
+    };
+    let same = |t: &Tensor, s: &[usize]| t.dims() == s;
+    let second_ok = match &m.algo {
+        Algo::Lora => true,
+        Algo::Loha { w2_a, w2_b } => same(w2_a, &um) && same(w2_b, &dm),
+    };
+    if let (Algo::Loha { .. }, false) = (&m.algo, second_ok && d == dm.as_slice()) {
+        return Err(bad(format!(
+            "LoHa's hada_w1_a, hada_w2_a must be [out, rank] and hada_w1_b, hada_w2_b \
+             [rank, in·k·k] with one rank ≥ 1; they are {:?}, {:?}, {:?}, {:?}",
+            u,
+            m.algo.extra()[0].dims(),
+            d,
+            m.algo.extra()[1].dims()
+        )));
+    }
     if r == 0 || d != dm.as_slice() || u != um.as_slice() {
         return Err(bad(format!(
             "down must be {} and up {} with the same rank ≥ 1 ({:?}); they are {:?} and {:?}",
@@ -166,22 +187,33 @@ fn module_tensors(
         }
         Ok(out)
     };
-    let (ds, us) = m.kind.kohya_shapes(r, i, o);
-    let tensor = |suffix: &str, shape: Vec<usize>, bytes: Vec<u8>| OutTensor {
+    let tensor = |suffix: &str, shape: &[usize], bytes: Vec<u8>| OutTensor {
         name: format!("{}{suffix}", m.name),
         dtype,
-        shape,
+        shape: shape.to_vec(),
         data: Data::Owned(bytes),
     };
-    Ok([
-        tensor(
-            ".lora_down.weight",
-            ds,
-            encode("lora_down", &values(&m.down))?,
-        ),
-        tensor(".lora_up.weight", us, encode("lora_up", &values(&m.up))?),
-        tensor(".alpha", vec![], encode("alpha", &[m.alpha])?),
-    ])
+    let alpha = tensor(kohya::ALPHA, &[], encode("alpha", &[m.alpha])?);
+    let t = |key: &str, shape: &[usize], v: &Tensor| -> Result<OutTensor<'static>> {
+        Ok(tensor(key, shape, encode(&key[1..], &values(v))?))
+    };
+    match &m.algo {
+        Algo::Lora => {
+            let (ds, us) = m.kind.kohya_shapes(r, i, o);
+            Ok(vec![
+                t(kohya::DOWN, &ds, &m.down)?,
+                t(kohya::UP, &us, &m.up)?,
+                alpha,
+            ])
+        }
+        Algo::Loha { w2_a, w2_b } => Ok(vec![
+            t(kohya::HADA_W1_A, u, &m.up)?,
+            t(kohya::HADA_W1_B, d, &m.down)?,
+            t(kohya::HADA_W2_A, u, w2_a)?,
+            t(kohya::HADA_W2_B, d, w2_b)?,
+            alpha,
+        ]),
+    }
 }
 
 /// The tensors of `set` as kohya writes them, in the file's order.
@@ -281,7 +313,8 @@ pub fn save_kohya(
 /// Training metadata (one with `ss_network_args` or `ss_network_module`) for a set with LoCon
 /// adapters names their
 /// rank and alpha there as sd-scripts does (`{"conv_dim": "8", "conv_alpha": "4.0"}`), taken
-/// from the first conv module, so the file says what its tensors hold.
+/// from the first conv module, so the file says what its tensors hold; for LoHa adapters
+/// `ss_network_module` is `lycoris.kohya` and the args hold `"algo": "loha"`, as LyCORIS's.
 fn with_conv_args(metadata: &BTreeMap<String, String>, set: &LoraSet) -> BTreeMap<String, String> {
     let mut out = metadata.clone();
     let conv = set
@@ -294,12 +327,21 @@ fn with_conv_args(metadata: &BTreeMap<String, String>, set: &LoraSet) -> BTreeMa
         None if metadata.contains_key("ss_network_module") => "{}",
         None => return out,
     };
-    let (Some(m), Ok(serde_json::Value::Object(mut map))) = (conv, serde_json::from_str(args))
-    else {
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(args) else {
         return out;
     };
-    map.insert("conv_dim".into(), m.rank().to_string().into());
-    map.insert("conv_alpha".into(), py_float(m.alpha).into());
+    // LoHa: LyCORIS's network module, with its `algo` (as lycoris.kohya's files say it).
+    let loha = set.modules().iter().find(|m| !m.is_lora());
+    if let Some(m) = loha {
+        out.insert("ss_network_module".into(), "lycoris.kohya".into());
+        map.insert("algo".into(), m.algo.name().into());
+    }
+    if let Some(m) = conv {
+        map.insert("conv_dim".into(), m.rank().to_string().into());
+        map.insert("conv_alpha".into(), py_float(m.alpha).into());
+    } else if loha.is_none() {
+        return out;
+    }
     out.insert(
         "ss_network_args".into(),
         json(&serde_json::Value::Object(map)),

@@ -30,6 +30,7 @@ pub fn module_from_svd(
         up: Tensor::from_f64(us, up.data)?,
         alpha,
         kind,
+        algo: Default::default(),
     })
 }
 

@@ -15,7 +15,7 @@ use crate::lora::LayerKind;
 use crate::lora::{blocks, provenance};
 use crate::model::checkpoint::safetensors::{to_f32, SafetensorsFile};
 
-use crate::lora::kohya::{module_of, ALPHA, DOWN, UP};
+use crate::lora::kohya::{module_of, ALPHA, DOWN, HADA_W1_A, HADA_W1_B, UP};
 
 /// Which UNet layers a LoRA adapts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,7 +154,11 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
     let file = SafetensorsFile::open(path)?;
     let mut names: Vec<&str> = file.names().collect();
     names.sort_unstable();
-    let modules: Vec<&str> = names.iter().filter_map(|k| k.strip_suffix(DOWN)).collect();
+    let mut modules: Vec<&str> = names
+        .iter()
+        .filter_map(|k| k.strip_suffix(DOWN).or_else(|| k.strip_suffix(HADA_W1_A)))
+        .collect();
+    modules.sort_unstable();
     if modules.is_empty() {
         let hint = if names.iter().any(|k| k.contains(".lora.down.weight")) {
             "it is in diffusers' own LoRA format (`.lora.down.weight`), not kohya's"
@@ -205,10 +209,18 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
         } else {
             s.other_modules += 1;
         }
-        let down = file.tensor_info(&format!("{m}{DOWN}"));
-        let up = file.tensor_info(&format!("{m}{UP}"));
+        // LyCORIS's LoHa: w1_b [r, in·k·k] and w1_a [out, r] in the places of down and up.
+        let loha = file.tensor_info(&format!("{m}{HADA_W1_A}")).is_some();
+        let (dk, uk) = if loha {
+            (HADA_W1_B, HADA_W1_A)
+        } else {
+            (DOWN, UP)
+        };
+        let down = file.tensor_info(&format!("{m}{dk}"));
+        let up = file.tensor_info(&format!("{m}{uk}"));
         let (Some(down), Some(up)) = (down, up) else {
-            s.problems.push(format!("{m}: lora_down without lora_up"));
+            s.problems
+                .push(format!("{m}: {} without {}", &uk[1..], &dk[1..]));
             continue;
         };
         let rank = down.shape.first().copied().unwrap_or(0);
@@ -221,10 +233,15 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
         if LayerKind::of_kohya_down(&down.shape) == Some(LayerKind::Conv1x1) {
             s.conv_modules += 1;
         }
-        let kind = adapter_kind(&down.shape);
+        let kind = if loha {
+            "LoHa".to_string()
+        } else {
+            adapter_kind(&down.shape)
+        };
         *s.kinds.entry(kind.clone()).or_default() += 1;
         *s.ranks.entry(rank).or_default() += 1;
-        s.parameters += down.shape.iter().product::<usize>() + up.shape.iter().product::<usize>();
+        let pair = down.shape.iter().product::<usize>() + up.shape.iter().product::<usize>();
+        s.parameters += if loha { 2 * pair } else { pair };
         let alpha = match file.tensor_info(&format!("{m}{ALPHA}")) {
             None => {
                 s.modules_without_alpha += 1;

@@ -4,23 +4,33 @@
 //!                            (LoCon on a k x k conv)
 //!   <name>.lora_up.weight    [out, r] or [out, r, 1, 1]
 //!   <name>.alpha             0-d; missing means alpha = r (scale 1)
+//! and LyCORIS's LoHa (`algo=loha`, lycoris/modules/loha.py without Tucker):
+//!   <name>.hada_w1_a, .hada_w2_a  [out, r]
+//!   <name>.hada_w1_b, .hada_w2_b  [r, in·k·k] (2-D on a conv too), and `.alpha`.
+//! A LoHa file does not say a conv's kernel (w1_b is [r, in·k·k] for every layer): its
+//! modules load as [`LayerKind::Linear`], and the model's layer decides (training's
+//! `network_weights` takes the run's kind; `merge` reshapes ΔW to the checkpoint's weight).
 
 use std::path::Path;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::lora::{LayerKind, LoraModule, LoraSet};
+use crate::lora::{Algo, LayerKind, LoraModule, LoraSet};
 use crate::model::checkpoint::Weights;
 use crate::tensor::DType;
 
 pub const DOWN: &str = ".lora_down.weight";
 pub const UP: &str = ".lora_up.weight";
 pub const ALPHA: &str = ".alpha";
+pub const HADA_W1_A: &str = ".hada_w1_a";
+pub const HADA_W1_B: &str = ".hada_w1_b";
+pub const HADA_W2_A: &str = ".hada_w2_a";
+pub const HADA_W2_B: &str = ".hada_w2_b";
 
-/// The module a key of a kohya file belongs to (`<module>.lora_down.weight`, `.lora_up.weight`
-/// or `.alpha`), None for any other key.
+/// The module a key of a kohya or LyCORIS file belongs to (`<module>.lora_down.weight`,
+/// `.lora_up.weight`, `.alpha`, `.hada_w1_a`, ...), None for any other key.
 pub fn module_of(key: &str) -> Option<&str> {
-    [DOWN, UP, ALPHA]
+    [DOWN, UP, ALPHA, HADA_W1_A, HADA_W1_B, HADA_W2_A, HADA_W2_B]
         .iter()
         .find_map(|suffix| key.strip_suffix(suffix))
 }
@@ -44,17 +54,70 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<Lo
     };
     let mut names: Vec<String> = w
         .keys()
-        .filter_map(|k| k.strip_suffix(DOWN).map(str::to_string))
+        .filter_map(|k| {
+            k.strip_suffix(DOWN)
+                .or_else(|| k.strip_suffix(HADA_W1_A))
+                .map(str::to_string)
+        })
         .collect();
     names.sort();
     if names.is_empty() {
         return Err(bad(
             "(none)",
-            format!("at least one `*{DOWN}`: this is not a kohya-format LoRA"),
+            format!(
+                "at least one `*{DOWN}` (or LyCORIS's LoHa `*{HADA_W1_A}`): this is not a \
+                 kohya-format LoRA"
+            ),
         ));
     }
+    let alpha_of = |name: &str, r: usize| -> Result<f64> {
+        let alpha_key = format!("{name}{ALPHA}");
+        let alpha = if w.contains(&alpha_key) {
+            w.get(&alpha_key, Vec::<usize>::new())?.to_f64_vec()[0]
+        } else {
+            r as f64
+        };
+        Ok(if alpha == 0.0 { r as f64 } else { alpha })
+    };
     let mut modules = Vec::with_capacity(names.len());
     for name in names {
+        if w.contains(&format!("{name}{HADA_W1_A}")) {
+            let key = |s: &str| format!("{name}{s}");
+            let shape = |k: &str| w.shape(&key(k)).map(<[usize]>::to_vec);
+            let shapes = [HADA_W1_A, HADA_W1_B, HADA_W2_A, HADA_W2_B].map(shape);
+            let (a, b) = (shapes[0].clone().unwrap_or_default(), shapes[1].clone());
+            let fits = matches!((&a[..], b.as_deref()), ([_, r], Some([r2, _])) if r == r2 && *r > 0)
+                && shapes[2].as_ref() == Some(&a)
+                && shapes[3] == b;
+            if !fits {
+                return Err(bad(
+                    &name,
+                    format!(
+                        "LoHa's hada_w1_a and hada_w2_a [out, r], hada_w1_b and hada_w2_b \
+                         [r, in] with one r (Tucker's hada_t1/hada_t2 are not supported); \
+                         found {:?}",
+                        shapes
+                    ),
+                ));
+            }
+            let get = |k: &str, s: &[usize]| -> Result<crate::tensor::Tensor> {
+                let t = w.get(&key(k), s.to_vec())?;
+                be.tensor_from_f32(s, &t.to_f32_vec(), dtype)
+            };
+            let b = b.unwrap_or_default();
+            modules.push(LoraModule {
+                name: name.clone(),
+                down: get(HADA_W1_B, &b)?,
+                up: get(HADA_W1_A, &a)?,
+                alpha: alpha_of(&name, a[1])?,
+                kind: LayerKind::Linear,
+                algo: Algo::Loha {
+                    w2_a: get(HADA_W2_A, &a)?,
+                    w2_b: get(HADA_W2_B, &b)?,
+                },
+            });
+            continue;
+        }
         let down_key = format!("{name}{DOWN}");
         let up_key = format!("{name}{UP}");
         let ds = w
@@ -80,19 +143,14 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<Lo
         let (dm, um) = kind.shapes(r, i, o);
         let down = w.get(&down_key, ds.clone())?;
         let up = w.get(&up_key, us.clone())?;
-        let alpha_key = format!("{name}{ALPHA}");
-        let alpha = if w.contains(&alpha_key) {
-            w.get(&alpha_key, Vec::<usize>::new())?.to_f64_vec()[0]
-        } else {
-            r as f64
-        };
-        let alpha = if alpha == 0.0 { r as f64 } else { alpha };
+        let alpha = alpha_of(&name, r)?;
         modules.push(LoraModule {
             name,
             down: be.tensor_from_f32(&dm, &down.to_f32_vec(), dtype)?,
             up: be.tensor_from_f32(&um, &up.to_f32_vec(), dtype)?,
             alpha,
             kind,
+            algo: Default::default(),
         });
     }
     Ok(LoraSet::new(modules))

@@ -11,7 +11,9 @@
 //! [out, in, 1, 1] (the 1x1 convs proj_in/proj_out), as kohya's `merge_lora.py`, A1111 and
 //! ComfyUI do (§2.3). A LoCon module on a k x k conv (down [r, in, k, k], up [out, r, 1, 1])
 //! is the same product with down flattened to [r, in·k²], reshaped to W's [out, in, k, k]:
-//! the conv by down then the 1x1 conv by up is one conv by that kernel. W is read in its stored dtype (f16, bf16, f32 or f64), the sum is
+//! the conv by down then the 1x1 conv by up is one conv by that kernel. A LoHa module adds
+//! ΔW = (alpha / r)·(w1_a·w1_b) ⊙ (w2_a·w2_b), reshaped to W's shape (as ComfyUI and A1111
+//! bake it), computed as the same product at rank r² (lora/loha.rs). W is read in its stored dtype (f16, bf16, f32 or f64), the sum is
 //! computed in f64 and rounded once, to W's dtype or to `precision` when given. Every other
 //! tensor, the skipped keys (`alphas_cumprod`, `model_ema.*`, `position_ids`) included, is
 //! copied byte for byte — or, with `precision`, every floating-point tensor is converted to
@@ -451,11 +453,18 @@ pub fn merge_into_checkpoint(
                 let deltas: Vec<Delta> = modules
                     .iter()
                     .zip(&parts)
-                    .map(|((m, ratio), part)| Delta {
-                        coef: ratio * m.scale(),
-                        rank: m.rank(),
-                        up: placed_up(m.up.to_f64_vec(), *part, out_f, m.rank()),
-                        down: m.down.to_f64_vec(),
+                    .map(|((m, ratio), part)| {
+                        // LoHa: its ΔW as a rank-r² product (lora/loha.rs).
+                        let (rank, up, down) = match m.hada() {
+                            Some(h) => h.as_product(),
+                            None => (m.rank(), m.up.to_f64_vec(), m.down.to_f64_vec()),
+                        };
+                        Delta {
+                            coef: ratio * m.scale(),
+                            rank,
+                            up: placed_up(up, *part, out_f, rank),
+                            down,
+                        }
                     })
                     .collect();
                 merged_bytes(stored, from, target_dtype, out_f, in_f, &deltas).map_err(|row| {
@@ -522,6 +531,11 @@ fn check_fit(
         let (u, d) = (m.up.dims(), m.down.dims());
         // A k x k conv (LoCon): up [out, r, 1, 1], down [r, in, k, k], W [out, in, k, k].
         let (shape_ok, down_ok) = match m.kind {
+            // LoHa: up [out, r], down [r, in·k·k] whatever the layer (lora/kohya.rs).
+            _ if !m.is_lora() => (
+                s.len() >= 2,
+                d.len() == 2 && d[1] == s[1..].iter().product::<usize>(),
+            ),
             crate::lora::LayerKind::Conv { kernel } => (
                 s.len() == 4 && s[2] == kernel && s[3] == kernel,
                 d.len() == 4 && s.len() == 4 && d[1] == s[1] && d[2..] == s[2..],

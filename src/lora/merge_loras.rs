@@ -110,7 +110,11 @@ pub fn merge_loras(args: &LoraMergeArgs) -> Result<LoraMergeReport> {
     let sets: Vec<LoraSet> = args
         .loras
         .iter()
-        .map(|(p, _)| kohya::load(p, &be, DType::F64))
+        .map(|(p, _)| {
+            let set = kohya::load(p, &be, DType::F64)?;
+            set.require_lora(p, "merging LoRAs into one stacks or factors up·down")?;
+            Ok(set)
+        })
         .collect::<Result<_>>()?;
     // Every module must adapt a layer of the same size in every LoRA that has it.
     let mut seen: BTreeMap<&str, (usize, (LayerKind, usize, usize))> = BTreeMap::new();

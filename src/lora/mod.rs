@@ -15,6 +15,7 @@ pub mod factors;
 pub mod hash;
 pub mod inspect;
 pub mod kohya;
+pub mod loha;
 pub mod merge;
 pub mod merge_loras;
 pub mod provenance;
@@ -131,16 +132,90 @@ pub struct TargetLayer {
 #[derive(Clone, Debug)]
 pub struct LoraModule {
     pub name: String,
-    /// A, [rank, in] ([rank, in, k, k] on a k x k conv: [`LayerKind::shapes`]).
+    /// A, [rank, in] ([rank, in, k, k] on a k x k conv: [`LayerKind::shapes`]). LoHa:
+    /// `hada_w1_b`, [rank, in·k·k] on every layer (LyCORIS's layout).
     pub down: Tensor,
-    /// B, [out, rank] ([out, rank, 1, 1] on a k x k conv).
+    /// B, [out, rank] ([out, rank, 1, 1] on a k x k conv). LoHa: `hada_w1_a`, [out, rank].
     pub up: Tensor,
     pub alpha: f64,
     /// The shape of the layer it adapts (how kohya stores it).
     pub kind: LayerKind,
+    /// The adapter kind, with the tensors beyond (down, up) it has.
+    pub algo: Algo,
+}
+
+/// The adapter kind a run trains (the `algo` key; LyCORIS's `algo` in network_args).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlgoKind {
+    /// LoRA (LoCon with `conv_dim`): kohya's networks.lora, LyCORIS's `lora`/`locon`.
+    Lora,
+    /// LyCORIS's LoHa (lora/loha.rs).
+    Loha,
+}
+
+/// The kind of an adapter (LyCORIS's `algo`) and its tensors beyond (down, up).
+#[derive(Clone, Debug, Default)]
+pub enum Algo {
+    /// ΔW = up·down (LoCon on a k x k conv).
+    #[default]
+    Lora,
+    /// LyCORIS's LoHa: ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b), with w1_a = up and w1_b = down, the
+    /// second pair here: `hada_w2_a` [out, rank], `hada_w2_b` [rank, in·k·k] (lora/loha.rs).
+    Loha { w2_a: Tensor, w2_b: Tensor },
+}
+
+impl Algo {
+    /// LyCORIS's name for it (`algo=` in network_args; also what inspect shows).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Algo::Lora => "lora",
+            Algo::Loha { .. } => "loha",
+        }
+    }
+    /// Its tensors beyond (down, up), in the order of the optimizer buffer and the gradients.
+    pub fn extra(&self) -> Vec<&Tensor> {
+        match self {
+            Algo::Lora => vec![],
+            Algo::Loha { w2_a, w2_b } => vec![w2_a, w2_b],
+        }
+    }
+    fn extra_mut(&mut self) -> Vec<&mut Tensor> {
+        match self {
+            Algo::Lora => vec![],
+            Algo::Loha { w2_a, w2_b } => vec![w2_a, w2_b],
+        }
+    }
 }
 
 impl LoraModule {
+    /// A plain LoRA (LoCon on a conv).
+    pub fn lora(name: String, down: Tensor, up: Tensor, alpha: f64, kind: LayerKind) -> Self {
+        LoraModule {
+            name,
+            down,
+            up,
+            alpha,
+            kind,
+            algo: Algo::Lora,
+        }
+    }
+    /// Every trainable tensor: down, up, then the kind's others ([`Algo::extra`]); the order
+    /// of the optimizer's flat buffer and of [`LoraGrads::of`].
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut t = vec![&self.down, &self.up];
+        t.extend(self.algo.extra());
+        t
+    }
+    /// [`LoraModule::tensors`], mutable.
+    pub fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut t = vec![&mut self.down, &mut self.up];
+        t.extend(self.algo.extra_mut());
+        t
+    }
+    /// Whether it is a plain LoRA (the tools that factor up·down need one).
+    pub fn is_lora(&self) -> bool {
+        matches!(self.algo, Algo::Lora)
+    }
     pub fn rank(&self) -> usize {
         self.down.dims()[0]
     }
@@ -211,13 +286,13 @@ impl LoraSet {
                 .map(|_| rng.uniform_in(-bound, bound) as f32)
                 .collect();
             let (ds, us) = l.kind.shapes(rank, l.in_features, l.out_features);
-            modules.push(LoraModule {
-                name: l.name.clone(),
-                down: be.tensor_from_f32(&ds, &a, DType::F32)?,
-                up: be.zeros(&us, DType::F32)?,
+            modules.push(LoraModule::lora(
+                l.name.clone(),
+                be.tensor_from_f32(&ds, &a, DType::F32)?,
+                be.zeros(&us, DType::F32)?,
                 alpha,
-                kind: l.kind,
-            });
+                l.kind,
+            ));
         }
         Ok(LoraSet::new(modules))
     }
@@ -247,17 +322,40 @@ impl LoraSet {
     pub fn find(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
     }
+    /// An error naming `path` and the first module that is not a plain LoRA (LoCon), for the
+    /// tools whose maths factors up·down (`what` says which and why).
+    pub fn require_lora(&self, path: &std::path::Path, what: &str) -> Result<()> {
+        match self.modules.iter().find(|m| !m.is_lora()) {
+            None => Ok(()),
+            Some(m) => Err(crate::error::Error::Lora {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "module `{}` is a {} adapter (LyCORIS), not a LoRA: {what}; bake it into \
+                     a checkpoint with `lorafuse merge` instead",
+                    m.name,
+                    m.algo.name()
+                ),
+            }),
+        }
+    }
     /// Gradient buffers of the right shapes, zeroed.
     pub fn zero_grads(&self, be: &dyn Backend) -> Result<LoraGrads> {
         let mut down = Vec::with_capacity(self.len());
         let mut up = Vec::with_capacity(self.len());
+        let mut extra = Vec::with_capacity(self.len());
         for m in &self.modules {
             down.push(be.zeros(m.down.dims(), m.down.dtype())?);
             up.push(be.zeros(m.up.dims(), m.up.dtype())?);
+            let e = m.algo.extra().into_iter();
+            extra.push(
+                e.map(|t| be.zeros(t.dims(), t.dtype()))
+                    .collect::<Result<_>>()?,
+            );
         }
         Ok(LoraGrads {
             down,
             up,
+            extra,
             accum: Accum::Assign,
         })
     }
@@ -265,16 +363,57 @@ impl LoraSet {
     pub fn num_params(&self) -> usize {
         self.modules
             .iter()
-            .map(|m| m.down.numel() + m.up.numel())
+            .flat_map(|m| m.tensors())
+            .map(Tensor::numel)
             .sum()
     }
 }
 
 impl LoraSet {
+    /// Fresh adapters of kind `algo` on `layers`, each at the rank and alpha `rank_of` gives
+    /// (none at rank 0): [`LoraSet::init_each`], or LoHa's ([`loha::init`]).
+    pub fn init_algo(
+        be: &dyn Backend,
+        algo: AlgoKind,
+        layers: &[TargetLayer],
+        rank_of: impl Fn(&TargetLayer) -> RankAlpha,
+        rng: &mut Rng,
+    ) -> Result<LoraSet> {
+        match algo {
+            AlgoKind::Lora => LoraSet::init_each(be, layers, rank_of, rng),
+            AlgoKind::Loha => {
+                let mut modules = Vec::with_capacity(layers.len());
+                for l in layers {
+                    let RankAlpha { rank, alpha } = rank_of(l);
+                    if rank > 0 {
+                        modules.push(loha::init(be, l, rank, alpha, rng)?);
+                    }
+                }
+                Ok(LoraSet::new(modules))
+            }
+        }
+    }
+
     /// Several sets applied together, each at a weight (A1111's `<lora:name:0.7>`), as one set:
     /// where sets share a layer their ranks are stacked, A = [A₁; A₂], B = [w₁s₁B₁, w₂s₂B₂]
     /// with alpha = the stacked rank (scale 1), so B·A = Σ wᵢ·sᵢ·Bᵢ·Aᵢ exactly.
     pub fn combine(be: &dyn Backend, sets: &[(&LoraSet, f64)]) -> Result<LoraSet> {
+        if let Some(m) = sets
+            .iter()
+            .flat_map(|(s, _)| &s.modules)
+            .find(|m| !m.is_lora())
+        {
+            return Err(crate::error::Error::BadValue {
+                op: "apply LoRAs",
+                name: "adapter",
+                value: m.name.clone(),
+                expected: format!(
+                    "a LoRA (LoCon); a {} adapter cannot be applied while sampling yet: bake \
+                     it into the checkpoint with `lorafuse merge` and sample from that",
+                    m.algo.name()
+                ),
+            });
+        }
         let mut names: Vec<&str> = sets
             .iter()
             .flat_map(|(s, _)| s.modules.iter().map(|m| m.name.as_str()))
@@ -319,23 +458,45 @@ impl LoraSet {
                 at += r;
             }
             let (ds, us) = first.kind.shapes(rank, in_f, out_f);
-            modules.push(LoraModule {
-                name: name.to_string(),
-                down: be.tensor_from_f32(&ds, &a, DType::F32)?,
-                up: be.tensor_from_f32(&us, &b, DType::F32)?,
-                alpha: rank as f64,
-                kind: first.kind,
-            });
+            modules.push(LoraModule::lora(
+                name.to_string(),
+                be.tensor_from_f32(&ds, &a, DType::F32)?,
+                be.tensor_from_f32(&us, &b, DType::F32)?,
+                rank as f64,
+                first.kind,
+            ));
         }
         Ok(LoraSet::new(modules))
     }
 }
 
-/// dA and dB of every adapter, in the set's order. `accum` says whether the next backward
-/// overwrites them (the first micro-batch of an optimizer step) or adds to them.
+/// dA and dB of every adapter, in the set's order (and the gradients of a kind's other
+/// tensors, [`Algo::extra`]). `accum` says whether the next backward overwrites them (the
+/// first micro-batch of an optimizer step) or adds to them.
 #[derive(Clone, Debug)]
 pub struct LoraGrads {
     pub down: Vec<Tensor>,
     pub up: Vec<Tensor>,
+    /// Per module, the gradients of [`Algo::extra`]'s tensors (empty for a LoRA).
+    pub extra: Vec<Vec<Tensor>>,
     pub accum: Accum,
+}
+
+impl LoraGrads {
+    /// Module `i`'s gradients in [`LoraModule::tensors`]' order.
+    pub fn of(&self, i: usize) -> Vec<&Tensor> {
+        let mut t = vec![&self.down[i], &self.up[i]];
+        t.extend(&self.extra[i]);
+        t
+    }
+    /// [`LoraGrads::of`], mutable.
+    pub fn of_mut(&mut self, i: usize) -> Vec<&mut Tensor> {
+        let mut t = vec![&mut self.down[i], &mut self.up[i]];
+        t.extend(&mut self.extra[i]);
+        t
+    }
+    /// Every gradient tensor, module by module.
+    pub fn all(&self) -> impl Iterator<Item = &Tensor> {
+        (0..self.down.len()).flat_map(|i| self.of(i))
+    }
 }

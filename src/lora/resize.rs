@@ -195,6 +195,10 @@ pub fn resize(args: &ResizeArgs) -> Result<ResizeReport> {
         }
     }
     let set = kohya::load(args.input, &CpuBackend::new(), DType::F64)?;
+    set.require_lora(
+        args.input,
+        "resize takes the SVD of up·down, which a LoHa does not have",
+    )?;
     let file = SafetensorsFile::open(args.input)?;
     let metadata = file.metadata().clone();
     let mut dropped: Vec<String> = file

@@ -459,9 +459,9 @@ impl ClipTextModel {
             if let Some(set) = cx.lora {
                 for lin in self.layers[run..].iter().flat_map(|l| l.linears()) {
                     if let Some(i) = set.find(&lin.name) {
-                        let (gd, gu) = (&mut grads.down[i], &mut grads.up[i]);
-                        *gd = cx.be.zeros(gd.dims(), gd.dtype())?;
-                        *gu = cx.be.zeros(gu.dims(), gu.dtype())?;
+                        for g in grads.of_mut(i) {
+                            *g = cx.be.zeros(g.dims(), g.dtype())?;
+                        }
                     }
                 }
             }

@@ -6,6 +6,7 @@ use crate::backend::{
     Adapter, AdapterBackward, Backend, Conv2d as ConvParams, LoraBackward, NormStats,
 };
 use crate::error::{Error, Result};
+use crate::lora::loha::{self, Hada};
 use crate::lora::{LoraDropout, LoraGrads, LoraSet};
 use crate::model::weights::Loader;
 use crate::tensor::{Shape, Tensor};
@@ -112,6 +113,10 @@ impl Linear {
         let set = cx.lora?;
         set.find(&self.name).map(|i| (i, set))
     }
+    /// Whether `cx` attaches an adapter to this layer (its backward then writes gradients).
+    pub fn has_adapter(&self, cx: &Ctx) -> bool {
+        self.adapter(cx).is_some()
+    }
 
     /// y = x·Wᵀ + b (+ the adapter's term), x [.., in]. With a dropout source in `cx`, the
     /// adapter's hidden gets a fresh mask, returned in `LinearOut::lora` for the backward.
@@ -124,6 +129,16 @@ impl Linear {
             });
         };
         let module = &set.modules()[i];
+        if let Some(h) = module.hada() {
+            no_dropout(cx, &self.name)?;
+            let dw = h.delta(cx.be)?.like(cx.be, &self.weight)?;
+            let base = cx.be.linear(x, &self.weight, self.bias.as_ref(), None)?.y;
+            let delta = cx.be.linear(x, &dw, None, None)?.y;
+            return Ok(LinearOut {
+                y: cx.be.add(&base, &delta)?,
+                lora: None,
+            });
+        }
         let mask = match cx.dropout {
             Some(d) => {
                 let shape = x.shape().with_last(module.rank());
@@ -159,6 +174,22 @@ impl Linear {
         let Some((i, set)) = self.adapter(cx) else {
             return cx.be.linear_backward(dy, &self.weight, None, want_dx);
         };
+        if let Some(h) = set.modules()[i].hada() {
+            let be = cx.be;
+            let d = h.delta(be)?;
+            let g = loha::linear_weight_grad(be, x, dy, h.scale, h.w1_a.dtype())?;
+            let accum = grads.accum;
+            h.backward(be, &d, g, grads.of_mut(i), accum)?;
+            if !want_dx {
+                return Ok(None);
+            }
+            let dw = d.like(be, &self.weight)?;
+            return add_opt(
+                be,
+                be.linear_backward(dy, &self.weight, None, true)?,
+                be.linear_backward(dy, &dw, None, true)?,
+            );
+        }
         let saved = saved.ok_or_else(|| Error::BadValue {
             op: "linear backward",
             name: "saved lora hidden",
@@ -205,6 +236,27 @@ impl Linear {
     }
 }
 
+/// LoHa draws no dropout masks (lora/loha.rs): an active dropout source is an error.
+fn no_dropout(cx: &Ctx, name: &str) -> Result<()> {
+    match cx.dropout {
+        Some(d) if d.draws_masks() => Err(Error::BadValue {
+            op: "adapter forward",
+            name: "dropout",
+            value: name.to_string(),
+            expected: "no lora_dropout, rank_dropout or module_dropout on a LoHa adapter".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// a + b of two gradients a backward returned.
+fn add_opt(be: &dyn Backend, a: Option<Tensor>, b: Option<Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => Some(be.add(&a, &b)?),
+        (a, b) => a.or(b),
+    })
+}
+
 /// `unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_down_blocks_0_attentions_0_proj_in`.
 pub fn kohya_name(path: &str) -> String {
     let (model, rest) = path.split_once('.').unwrap_or((path, ""));
@@ -232,12 +284,13 @@ pub struct Conv {
 /// the adapter's hidden and mask.
 pub struct ConvSaved {
     pub x: Tensor,
-    pub lora: LoraSaved,
+    /// A LoRA's hidden and mask (`None` for LoHa, whose backward needs only x).
+    pub lora: Option<LoraSaved>,
 }
 
 impl ConvSaved {
     pub fn size_in_bytes(&self) -> usize {
-        self.x.size_in_bytes() + self.lora.size_in_bytes()
+        self.x.size_in_bytes() + self.lora.as_ref().map_or(0, LoraSaved::size_in_bytes)
     }
 }
 
@@ -277,11 +330,23 @@ impl Conv {
     }
     /// y = conv(x) + b (+ the adapter's term, without dropout: inference).
     pub fn forward(&self, cx: &Ctx, x: &Tensor) -> Result<Tensor> {
-        let adapter = self
-            .adapter(cx)
-            .map(|(i, set)| Adapter::Lora(set.modules()[i].as_lora()));
+        let module = self.adapter(cx).map(|(i, set)| &set.modules()[i]);
+        if let Some(h) = module.and_then(|m| m.hada()) {
+            return self.forward_hada(cx, x, h);
+        }
+        let adapter = module.map(|m| Adapter::Lora(m.as_lora()));
         cx.be
             .conv2d(x, &self.weight, self.bias.as_ref(), self.params, adapter)
+    }
+    /// conv(x, W) + b + conv(x, ΔW) for a LoHa adapter (lora/loha.rs).
+    fn forward_hada(&self, cx: &Ctx, x: &Tensor, h: Hada) -> Result<Tensor> {
+        no_dropout(cx, &self.name)?;
+        let dw = h.delta(cx.be)?.like(cx.be, &self.weight)?;
+        let base = cx
+            .be
+            .conv2d(x, &self.weight, self.bias.as_ref(), self.params, None)?;
+        let delta = cx.be.conv2d(x, &dw, None, self.params, None)?;
+        cx.be.add(&base, &delta)
     }
     /// The forward of a training step: with an adapter attached, its dropout mask drawn from
     /// `cx` and, when `save`, what [`Conv::backward_saved`] needs (x is kept then).
@@ -295,6 +360,10 @@ impl Conv {
             return Ok((self.forward(cx, &x)?, None));
         };
         let module = &set.modules()[i];
+        if let Some(h) = module.hada() {
+            let y = self.forward_hada(cx, &x, h)?;
+            return Ok((y, save.then_some(ConvSaved { x, lora: None })));
+        }
         let mask = match cx.dropout {
             Some(d) => {
                 let (h, w) = hw(&x);
@@ -317,7 +386,7 @@ impl Conv {
         let saved = match (save, out.lora_hidden) {
             (true, Some(hidden)) => Some(ConvSaved {
                 x,
-                lora: LoraSaved { hidden, mask },
+                lora: Some(LoraSaved { hidden, mask }),
             }),
             _ => None,
         };
@@ -348,8 +417,25 @@ impl Conv {
             value: self.name.clone(),
             expected: "the forward's input and hidden, saved when the adapter was attached".into(),
         })?;
+        if let Some(h) = set.modules()[i].hada() {
+            let be = cx.be;
+            let d = h.delta(be)?;
+            let (p, w) = (self.params, &self.weight);
+            let g = loha::conv_weight_grad(be, &saved.x, dy, p, w, h.scale, h.w1_a.dtype())?;
+            let accum = grads.accum;
+            h.backward(be, &d, g, grads.of_mut(i), accum)?;
+            let dw = d.like(be, w)?;
+            let dx = be.conv2d_input_grad(dy, w, input_hw, p)?;
+            return be.add(&dx, &be.conv2d_input_grad(dy, &dw, input_hw, p)?);
+        }
+        let saved_lora = saved.lora.as_ref().ok_or_else(|| Error::BadValue {
+            op: "conv backward",
+            name: "saved lora hidden",
+            value: self.name.clone(),
+            expected: "the forward's hidden, saved when the LoRA was attached".into(),
+        })?;
         let mut lora = set.modules()[i].as_lora();
-        lora.dropout = saved.lora.mask.as_ref();
+        lora.dropout = saved_lora.mask.as_ref();
         let accum = grads.accum;
         let (gd, gu) = (&mut grads.down[i], &mut grads.up[i]);
         cx.be.conv2d_backward(
@@ -360,7 +446,7 @@ impl Conv {
             Some(AdapterBackward::Lora(LoraBackward {
                 lora,
                 x: &saved.x,
-                hidden: &saved.lora.hidden,
+                hidden: &saved_lora.hidden,
                 grad_down: gd,
                 grad_up: gu,
                 accum,

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::lora::{kohya, LoraSet};
+use crate::lora::{kohya, LoraModule, LoraSet};
 
 /// What starting from the file did, for a notice.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +39,28 @@ pub fn start_from(
     for m in fresh.modules() {
         match from.find(&m.name).map(|i| &from.modules()[i]) {
             Some(f) => {
-                let same = f.down.dims() == m.down.dims() && f.up.dims() == m.up.dims();
+                if f.algo.name() != m.algo.name() {
+                    return Err(Error::BadValue {
+                        op: "network_weights",
+                        name: "adapter",
+                        value: format!("{} in {}", m.name, file.display()),
+                        expected: format!(
+                            "an adapter of the kind this run trains, {} (the `algo` key); the file's is {}: set algo: {}",
+                            m.algo.name(),
+                            f.algo.name(),
+                            f.algo.name()
+                        ),
+                    });
+                }
+                // A LoHa file does not say the layer's kernel (lora/kohya.rs): the model's.
+                let f = &LoraModule {
+                    kind: if f.is_lora() { f.kind } else { m.kind },
+                    ..f.clone()
+                };
+                let shapes = |m: &LoraModule| -> Vec<Vec<usize>> {
+                    m.tensors().iter().map(|t| t.dims().to_vec()).collect()
+                };
+                let same = shapes(f) == shapes(m);
                 if !same && !dim_from_weights {
                     return Err(Error::BadValue {
                         op: "network_weights",

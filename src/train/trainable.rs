@@ -11,7 +11,7 @@ use crate::backend::{Accum, Backend};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::lora::blocks::{block_index, BlockRankArgs, LrWeightArgs};
-use crate::lora::{LoraDropout, LoraGrads, LoraSet, TargetLayer};
+use crate::lora::{LoraDropout, LoraGrads, LoraModule, LoraSet, TargetLayer};
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
@@ -138,8 +138,9 @@ impl Trainable {
         let lr_weights = LrWeightArgs::of(cfg).resolve();
         let ranks = BlockRankArgs::of(cfg).resolve(lr_weights.as_deref());
         let linear_rank = |l: &TargetLayer| ranks.linear_of(&l.name);
-        let lora = LoraSet::init_each(
+        let lora = LoraSet::init_algo(
             be,
+            cfg.algo,
             &targets,
             linear_rank,
             &mut Rng::for_site(cfg.seed, &[1]),
@@ -158,10 +159,10 @@ impl Trainable {
                 let convs = m.unet.conv_targets();
                 let conv_rank = |l: &TargetLayer| ranks.conv_of(&l.name);
                 let rng = &mut Rng::for_site(cfg.seed, &[1, 1]);
-                let conv = LoraSet::init_each(be, &convs, conv_rank, rng)?;
+                let conv = LoraSet::init_algo(be, cfg.algo, &convs, conv_rank, rng)?;
                 let extra = m.unet.resnet_linear_targets();
                 let rng = &mut Rng::for_site(cfg.seed, &[1, 2]);
-                let linear = LoraSet::init_each(be, &extra, linear_rank, rng)?;
+                let linear = LoraSet::init_algo(be, cfg.algo, &extra, linear_rank, rng)?;
                 let n = conv.len() + linear.len();
                 let lora = lora
                     .with_inserted(n_unet, conv)
@@ -238,15 +239,10 @@ impl Trainable {
             .lora
             .modules()
             .iter()
-            .map(|m| m.down.size_in_bytes() + m.up.size_in_bytes())
-            .sum();
-        let grads = self
-            .grads
-            .down
-            .iter()
-            .chain(&self.grads.up)
+            .flat_map(LoraModule::tensors)
             .map(Tensor::size_in_bytes)
             .sum();
+        let grads = self.grads.all().map(Tensor::size_in_bytes).sum();
         let groups = self
             .groups
             .iter()

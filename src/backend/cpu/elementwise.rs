@@ -4,6 +4,7 @@
 //!   add:              y = a + b                     (same shapes)
 //!   add_assign:       a += b                        (residual and skip gradients accumulate)
 //!   scale:            y = s·x
+//!   mul:              y = a ⊙ b                     (same shapes)
 //!   add_channel_bias: y[n, c, ...] = x[n, c, ...] + bias[n, c]
 //!   cast:             f16 <-> f32 <-> f64 (f16 rounds to nearest even); u8 <-> the others
 //!                     exactly (to u8: the integers 0 to 255 only)
@@ -39,6 +40,11 @@ impl ElementwiseOps for CpuBackend {
         dispatch!("scale", x, scale_t(x, s))
     }
 
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        check::same_shape("mul", "a", a, "b", b)?;
+        dispatch!("mul", a, mul_t(a, b))
+    }
+
     fn add_channel_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         const OP: &str = "add_channel_bias";
         check::min_rank(OP, "x", x, 2, "[N, C, ...]")?;
@@ -63,6 +69,15 @@ fn add_t<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     y.par_chunks_mut(CHUNK)
         .zip(bv.par_chunks(CHUNK))
         .for_each(|(y, b)| y.iter_mut().zip(b).for_each(|(y, &b)| *y += b));
+    tensor(a.shape().clone(), y)
+}
+
+fn mul_t<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (av, bv) = (data::<T>("mul", "a", a)?, data::<T>("mul", "b", b)?);
+    let mut y = av.to_vec();
+    y.par_chunks_mut(CHUNK)
+        .zip(bv.par_chunks(CHUNK))
+        .for_each(|(y, b)| y.iter_mut().zip(b).for_each(|(y, &b)| *y *= b));
     tensor(a.shape().clone(), y)
 }
 

@@ -39,8 +39,8 @@ pub struct ResnetSaved {
     conv1: Option<ConvSaved>,
     conv2: Option<ConvSaved>,
     shortcut: Option<ConvSaved>,
-    /// The time projection's input and its adapter's hidden, when it has one.
-    time: Option<(Tensor, LoraSaved)>,
+    /// The time projection's input and, for a LoRA, its hidden, when it has an adapter.
+    time: Option<(Tensor, Option<LoraSaved>)>,
 }
 
 impl ResnetSaved {
@@ -54,10 +54,9 @@ impl ResnetSaved {
                 .filter_map(|c| c.as_ref())
                 .map(ConvSaved::size_in_bytes)
                 .sum::<usize>()
-            + self
-                .time
-                .as_ref()
-                .map_or(0, |(t, l)| t.size_in_bytes() + l.size_in_bytes())
+            + self.time.as_ref().map_or(0, |(t, l)| {
+                t.size_in_bytes() + l.as_ref().map_or(0, LoraSaved::size_in_bytes)
+            })
     }
 }
 
@@ -103,8 +102,8 @@ impl ResnetBlock {
             h = cx.be.add_channel_bias(&h, &out.y)?;
             // With an adapter on the time projection (LoCon's network-rank layers): its
             // input (a copy of the shared silu(temb), [N, temb_dim]) and hidden.
-            if let (true, Some(lora)) = (save, out.lora) {
-                time = Some((t.clone(), lora));
+            if save && proj.has_adapter(cx) {
+                time = Some((t.clone(), out.lora));
             }
         }
         let (b, stats2) = self.norm2.forward(cx, &h, true)?;
@@ -194,7 +193,7 @@ impl ResnetBlock {
                 .be
                 .tensor_from_f32(&[1, h * w], &vec![1.0; h * w], dh.dtype())?;
             let d_bias = cx.be.linear(&rows, &ones, None, None)?.y.reshape([n, c])?;
-            proj.backward(cx, &d_bias, t, Some(lora), grads, false)?;
+            proj.backward(cx, &d_bias, t, lora.as_ref(), grads, false)?;
         }
         let da = self
             .conv1

@@ -37,7 +37,7 @@ pub use sgd::{SgdNesterov, SgdSettings};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::lora::{LoraGrads, LoraSet};
+use crate::lora::{LoraGrads, LoraModule, LoraSet};
 use crate::tensor::{DType, Tensor};
 
 /// An update rule over one flat f32 parameter buffer.
@@ -168,7 +168,7 @@ impl ParamGroup {
             modules
                 .iter()
                 .map(|&i| &lora.modules()[i])
-                .flat_map(|m| [&m.down, &m.up])
+                .flat_map(LoraModule::tensors)
         };
         let params = gather(be, tensors())?;
         let layout = Layout::new(tensors().map(|t| t.dims().to_vec()).collect());
@@ -192,11 +192,7 @@ impl ParamGroup {
 
     /// Copies the accumulated gradients of this group's modules into the flat buffer.
     pub fn load_grads(&mut self, be: &dyn Backend, grads: &LoraGrads) -> Result<()> {
-        let pairs = self
-            .modules
-            .iter()
-            .flat_map(|&i| [&grads.down[i], &grads.up[i]]);
-        self.grads = gather(be, pairs)?;
+        self.grads = gather(be, self.modules.iter().flat_map(|&i| grads.of(i)))?;
         Ok(())
     }
 
@@ -239,7 +235,7 @@ impl ParamGroup {
         let mut at = 0;
         for &i in &self.modules {
             let m = &mut lora.modules_mut()[i];
-            for t in [&mut m.down, &mut m.up] {
+            for t in m.tensors_mut() {
                 let n = t.numel();
                 *t = be.tensor_from_f32(t.dims(), &flat[at..at + n], t.dtype())?;
                 at += n;

@@ -13,6 +13,8 @@ kernels! {
     module "elementwise";
     fn add_f32(a: In, b: In, y: Out, n: i32);
     fn add_f16(a: In, b: In, y: Out, n: i32);
+    fn mul_f32(a: In, b: In, y: Out, n: i32);
+    fn mul_f16(a: In, b: In, y: Out, n: i32);
     fn add_assign_f32(a: Out, b: In, n: i32);
     fn add_assign_f16(a: Out, b: In, n: i32);
     fn scale_f32(x: In, y: Out, s: f32, n: i32);
@@ -85,23 +87,11 @@ impl Tensors for CudaBackend {
 
 impl ElementwiseOps for CudaBackend {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        const OP: &str = "add";
-        check::same_shape(OP, "a", a, "b", b)?;
-        let d = float_dtype(OP, "a", a)?;
-        check::dtype(OP, "b", b, d)?;
-        let (ai, bi) = (input(self, OP, "a", a)?, input(self, OP, "b", b)?);
-        let mut y = alloc(self, a.shape().clone(), d)?;
-        let n = int(OP, "a", a.numel())?;
-        let f = by_dtype!(d, OP, add_f32, add_f16);
-        f(
-            self.device(),
-            LaunchCfg::for_items(a.numel(), BLOCK),
-            ai,
-            bi,
-            output(self, OP, "y", &mut y)?,
-            n,
-        )?;
-        Ok(y)
+        binary(self, "add", a, b, [add_f32, add_f16])
+    }
+
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        binary(self, "mul", a, b, [mul_f32, mul_f16])
     }
 
     fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
@@ -168,4 +158,34 @@ impl ElementwiseOps for CudaBackend {
         )?;
         Ok(y)
     }
+}
+
+/// One launch of `y[i] = a[i] ∘ b[i]` (add, mul), the kernel picked from `kernels` (f32, f16)
+/// by a's dtype.
+type Binary = fn(&crate::backend::cuda::Device, LaunchCfg, In, In, Out, i32) -> Result<()>;
+
+fn binary(
+    be: &CudaBackend,
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    kernels: [Binary; 2],
+) -> Result<Tensor> {
+    check::same_shape(op, "a", a, "b", b)?;
+    let d = float_dtype(op, "a", a)?;
+    check::dtype(op, "b", b, d)?;
+    let (ai, bi) = (input(be, op, "a", a)?, input(be, op, "b", b)?);
+    let mut y = alloc(be, a.shape().clone(), d)?;
+    let n = int(op, "a", a.numel())?;
+    let [f32_kernel, f16_kernel] = kernels;
+    let f = by_dtype!(d, op, f32_kernel, f16_kernel);
+    f(
+        be.device(),
+        LaunchCfg::for_items(a.numel(), BLOCK),
+        ai,
+        bi,
+        output(be, op, "y", &mut y)?,
+        n,
+    )?;
+    Ok(y)
 }
