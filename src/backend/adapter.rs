@@ -2,11 +2,12 @@
 //! conv layer, passed to [`LinearOps::linear`](super::LinearOps::linear) and
 //! [`ConvOps::conv2d`](super::ConvOps::conv2d) as an input.
 //!
-//! One variant per adapter kind. Today there is LoRA (with kohya's dropout on its hidden);
-//! a new kind (LoHa: ΔW = (B₁A₁) ⊙ (B₂A₂); DoRA: a LoRA with a learned per-row magnitude)
-//! adds its variant to [`Adapter`] and [`AdapterBackward`], and its forward and backward to
-//! each backend's linear.rs (and conv.rs): every `match` on an adapter then names the places
-//! that must learn it. On a conv, [`Adapter::Lora`] is LoCon (sd-scripts' `conv_dim`): down
+//! One variant per adapter kind the backends fuse into their kernels. Today there is LoRA
+//! (with kohya's dropout on its hidden); a new fused kind adds its variant to [`Adapter`] and
+//! [`AdapterBackward`], and its forward and backward to each backend's linear.rs (and
+//! conv.rs): every `match` on an adapter then names the places that must learn it. A kind
+//! made of the backends' existing ops needs no variant: LoHa (ΔW = (B₁A₁) ⊙ (B₂A₂), built in
+//! full per layer) is composed in lora/loha.rs and run by model/layers.rs. On a conv, [`Adapter::Lora`] is LoCon (sd-scripts' `conv_dim`): down
 //! [rank, C, k, k] run with the layer's stride and padding, up [O, rank, 1, 1], the mask and
 //! the hidden [N, rank, Ho, Wo] ([`ConvOps::conv2d_out`](super::ConvOps::conv2d_out)).
 

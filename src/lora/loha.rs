@@ -85,15 +85,15 @@ pub fn init(
 }
 
 /// a [m, n] -> aᵀ [n, m] (the layout op that turns NCHW into NLC, on [1, m, n, 1]).
-fn transpose(be: &dyn Backend, a: &Tensor) -> Result<Tensor> {
+fn transpose(be: &dyn Backend, a: Tensor) -> Result<Tensor> {
     let (m, n) = (a.dims()[0], a.dims()[1]);
-    let t = be.nchw_to_nlc(&a.clone().reshape([1, m, n, 1])?)?;
+    let t = be.nchw_to_nlc(&a.reshape([1, m, n, 1])?)?;
     t.reshape([n, m])
 }
 
 /// a·b for a [m, k], b [k, n] (`linear` computes x·wᵀ).
 fn matmul(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    Ok(be.linear(a, &transpose(be, b)?, None, None)?.y)
+    Ok(be.linear(a, &transpose(be, b.clone())?, None, None)?.y)
 }
 
 /// The products P₁, P₂ [out, n] and ΔW = s·P₁ ⊙ P₂.
@@ -134,11 +134,15 @@ impl Hada<'_> {
         let g = g.reshape(p1.dims())?;
         let dp1 = be.mul(&g, p2)?;
         let dp2 = be.mul(&g, p1)?;
-        let (dp1t, dp2t) = (transpose(be, &dp1)?, transpose(be, &dp2)?);
-        let d_w1_b = be.linear(&transpose(be, self.w1_a)?, &dp1t, None, None)?.y;
         let d_w1_a = be.linear(&dp1, self.w1_b, None, None)?.y;
         let d_w2_a = be.linear(&dp2, self.w2_b, None, None)?.y;
-        let d_w2_b = be.linear(&transpose(be, self.w2_a)?, &dp2t, None, None)?.y;
+        let (dp1t, dp2t) = (transpose(be, dp1)?, transpose(be, dp2)?);
+        let d_w1_b = be
+            .linear(&transpose(be, self.w1_a.clone())?, &dp1t, None, None)?
+            .y;
+        let d_w2_b = be
+            .linear(&transpose(be, self.w2_a.clone())?, &dp2t, None, None)?
+            .y;
         for (slot, d) in grads.into_iter().zip([d_w1_b, d_w1_a, d_w2_a, d_w2_b]) {
             let d = be.cast(&d, slot.dtype())?;
             match accum {
