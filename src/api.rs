@@ -198,13 +198,13 @@ impl Trainer {
 
     /// The predicted memory of the run (`lorafuse plan`).
     pub fn plan(&self) -> Result<MemoryPlan, ApiError> {
-        Ok(plan(&PlanInput::from_config(&self.cfg, None))?)
+        plan_of(&self.cfg)
     }
 
     /// The planned bytes of `cfg`: the pool's peak, with the context where the run may take a
     /// GPU (`cuda`, or `auto` in a build with CUDA).
     fn planned(cfg: &TrainConfig) -> Result<u64, ApiError> {
-        let p = plan(&PlanInput::from_config(cfg, None))?;
+        let p = plan_of(cfg)?;
         let gpu = match cfg.device {
             Device::Cpu => false,
             Device::Auto => cfg!(feature = "cuda"),
@@ -306,6 +306,11 @@ impl Trainer {
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// The memory plan of `cfg` (`lorafuse plan` with the configured batch).
+fn plan_of(cfg: &TrainConfig) -> Result<MemoryPlan, ApiError> {
+    Ok(plan(&PlanInput::from_config(cfg, None))?)
+}
 
 /// Whether `path` lies under `root`, both made absolute against the working folder and with
 /// `.`/`..` resolved by name (the folders need not exist yet).
