@@ -11,6 +11,7 @@ pub mod caption;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod dist;
 pub mod error;
 pub mod linalg;
 pub mod lora;

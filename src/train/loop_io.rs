@@ -69,29 +69,36 @@ pub fn scan_and_check(
     Ok(ds)
 }
 
-/// Where the run writes, and who it tells.
+/// Where the run writes, and who it tells. In a data-parallel run only rank 0 writes (logs,
+/// samples, LoRAs, state); the other ranks' `tb` is None and their save points write nothing.
 pub struct Outputs<'o> {
     pub saves: Saves,
-    tb: EventWriter,
+    tb: Option<EventWriter>,
     obs: &'o mut dyn Observer,
     id: RunIdentity,
     loop_start: Instant,
 }
 
 impl<'o> Outputs<'o> {
-    /// `config.effective.yaml` and the TensorBoard writer.
+    /// `config.effective.yaml` and the TensorBoard writer (rank 0's).
     pub fn open(run: &Run, obs: &'o mut dyn Observer) -> Result<Outputs<'o>> {
         let cfg = run.cfg;
         let id = RunIdentity::new(&cfg.base_model)?;
-        cfg.write_effective().map_err(|e| Error::BadValue {
-            op: "train",
-            name: "output_dir",
-            value: cfg.output_dir.display().to_string(),
-            expected: e.to_string(),
-        })?;
+        let writes = run.comm.rank() == 0;
+        if writes {
+            cfg.write_effective().map_err(|e| Error::BadValue {
+                op: "train",
+                name: "output_dir",
+                value: cfg.output_dir.display().to_string(),
+                expected: e.to_string(),
+            })?;
+        }
         Ok(Outputs {
             saves: Saves::new(cfg),
-            tb: EventWriter::create(&cfg.logging_dir)?,
+            tb: match writes {
+                true => Some(EventWriter::create(&cfg.logging_dir)?),
+                false => None,
+            },
             obs,
             id,
             loop_start: Instant::now(),
@@ -122,10 +129,11 @@ impl<'o> Outputs<'o> {
     /// The step's scalars and event.
     pub fn stepped(&mut self, run: &Run, done: &StepDone) -> Result<()> {
         let step = run.progress.step;
-        let wall = wall_time_now();
-        self.tb
-            .add_scalar("loss/train", step, done.loss as f32, wall)?;
-        self.tb.add_scalar("lr", step, done.lr as f32, wall)?;
+        if let Some(tb) = &mut self.tb {
+            let wall = wall_time_now();
+            tb.add_scalar("loss/train", step, done.loss as f32, wall)?;
+            tb.add_scalar("lr", step, done.lr as f32, wall)?;
+        }
         self.obs.on(Event::Step {
             step,
             total: run.lengths.total,
@@ -158,10 +166,13 @@ pub fn after_step(run: &mut Run, out: &mut Outputs, stop: &AtomicBool) -> Result
         save_point(run, out, SavePoint::Step(step))?;
     }
     samples(run, out, SampleAt::Step(step))?;
-    if stop.load(Ordering::SeqCst) {
-        let path = out.saves.state();
-        run.save_state(&path)?;
-        out.saved("state", path);
+    // A stop seen on any rank stops every rank after this same step.
+    if run.comm.any(stop.load(Ordering::SeqCst))? {
+        if out.tb.is_some() {
+            let path = out.saves.state();
+            run.save_state(&path)?;
+            out.saved("state", path);
+        }
         return Ok(Some(Stop::Interrupted));
     }
     Ok(None)
@@ -191,6 +202,9 @@ pub fn end_epoch(run: &mut Run, out: &mut Outputs) -> Result<Option<Stop>> {
 
 /// Sample images, when `cfg` asks for them at `at` (kohya's rules: [`SampleAt::due`]).
 pub fn samples(run: &Run, out: &mut Outputs, at: SampleAt) -> Result<()> {
+    let Some(tb) = &mut out.tb else {
+        return Ok(());
+    };
     if !at.due(run.cfg) {
         return Ok(());
     }
@@ -201,7 +215,7 @@ pub fn samples(run: &Run, out: &mut Outputs, at: SampleAt) -> Result<()> {
         tokenizer: &run.inputs.tokenizer,
         cfg: run.cfg,
     };
-    let written = write_samples(&sample_run, &mut out.tb, at, run.progress.step)?;
+    let written = write_samples(&sample_run, tb, at, run.progress.step)?;
     for p in written {
         out.saved("sample", p);
     }
@@ -223,8 +237,9 @@ fn validate(run: &mut Run, out: &mut Outputs) -> Result<Option<Stop>> {
     let cfg = run.cfg;
     let p = &mut run.progress;
     p.validation_losses.push((p.step, loss));
-    out.tb
-        .add_scalar("loss/validation", p.step, loss as f32, wall_time_now())?;
+    if let Some(tb) = &mut out.tb {
+        tb.add_scalar("loss/validation", p.step, loss as f32, wall_time_now())?;
+    }
     let improved = p
         .best_validation
         .is_none_or(|(_, b)| loss < b - cfg.early_stopping_min_delta);
@@ -257,6 +272,9 @@ fn validate(run: &mut Run, out: &mut Outputs) -> Result<Option<Stop>> {
 
 /// A save point: the LoRA checkpoint, the state (and its own copy when kept), then pruning.
 fn save_point(run: &mut Run, out: &mut Outputs, at: SavePoint) -> Result<()> {
+    if out.tb.is_none() {
+        return Ok(());
+    }
     let state = out.saves.state();
     run.save_state(&state)?;
     if out.saves.keeps_state(at) {
@@ -273,7 +291,13 @@ fn save_point(run: &mut Run, out: &mut Outputs, at: SavePoint) -> Result<()> {
 /// The end: with early stopping the best adapters, the final LoRA, the state and the loss
 /// curve (after Ctrl-C only the state, saved already).
 pub fn finish(mut run: Run, mut out: Outputs, stop: Option<Stop>) -> Result<TrainReport> {
-    out.tb.flush()?;
+    let writes = match &mut out.tb {
+        Some(tb) => {
+            tb.flush()?;
+            true
+        }
+        None => false,
+    };
     let interrupted = matches!(stop, Some(Stop::Interrupted));
     if let (Some(Stop::Early(_)), Some(best)) = (&stop, run.best.clone()) {
         run.trainable.set_params(run.be, &best)?;
@@ -281,7 +305,7 @@ pub fn finish(mut run: Run, mut out: Outputs, stop: Option<Stop>) -> Result<Trai
     let train_loss_after = run.eval_loss(true)?;
     let lora_path = out.saves.lora();
     let state_path = out.saves.state();
-    if !interrupted {
+    if !interrupted && writes {
         save_lora(&run, &lora_path, &out.id, SaveKind::Final)?;
         out.saved("LoRA", lora_path.clone());
         run.save_state(&state_path)?;

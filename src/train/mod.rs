@@ -10,6 +10,7 @@
 //!   saves.rs      file names of save points and their pruning
 //!   metadata.rs   the LoRA's kohya metadata, filled from the run
 //!   samples.rs    sample images during training
+//!   ranks.rs      a data-parallel run on threads of this process (dist/ has the seam)
 //!   state.rs      the resumable state file
 //!   optim/        the `Optimizer` trait, parameter groups, AdamW
 //!   scaler.rs, lr.rs, noise.rs, cache.rs, events.rs
@@ -23,6 +24,7 @@ pub mod lr;
 pub mod metadata;
 pub mod noise;
 pub mod optim;
+pub mod ranks;
 pub mod samples;
 pub mod saves;
 pub mod scaler;

@@ -58,16 +58,21 @@ impl Progress {
             validations_since_best: 0,
             train_losses: Vec::new(),
             validation_losses: Vec::new(),
-            config_fingerprint: fingerprint(cfg),
+            config_fingerprint: fingerprint(cfg, 1),
         }
     }
 }
 
 /// A fingerprint of everything that shapes the run's draws and updates: a resume with a
 /// different one would not continue the same run. Where things are written, how often, and
-/// how long the run is may change between a run and its resume.
-pub fn fingerprint(cfg: &TrainConfig) -> String {
+/// how long the run is may change between a run and its resume. With `world` data-parallel
+/// ranks, the accumulation recorded is the step's micro-batches on all ranks together
+/// (dist/mod.rs), so a run saved on N ranks at A resumes on M ranks at A' when N·A = M·A'.
+pub fn fingerprint(cfg: &TrainConfig, world: usize) -> String {
     let mut c = cfg.clone();
+    if world > 1 {
+        c.gradient_accumulation_steps = cfg.gradient_accumulation_steps.max(1) * world;
+    }
     c.output_dir = std::path::PathBuf::new();
     c.logging_dir = std::path::PathBuf::new();
     c.save_every_n_epochs = None;
@@ -93,8 +98,13 @@ pub fn fingerprint(cfg: &TrainConfig) -> String {
 /// as the same when this config leaves it at its default, since a new key's default keeps what
 /// the run did before it existed; so a run saved by an earlier build resumes. A fingerprint
 /// that is not a YAML mapping is compared as text.
-pub fn check_fingerprint(path: &Path, saved: &Progress, cfg: &TrainConfig) -> Result<()> {
-    let now = fingerprint(cfg);
+pub fn check_fingerprint(
+    path: &Path,
+    saved: &Progress,
+    cfg: &TrainConfig,
+    world: usize,
+) -> Result<()> {
+    let now = fingerprint(cfg, world);
     if saved.config_fingerprint == now {
         return Ok(());
     }
@@ -240,7 +250,7 @@ impl Run<'_> {
     /// Continues from a state written by this configuration.
     pub fn resume(&mut self, path: &std::path::Path) -> Result<()> {
         let (progress, mut tensors) = load(path)?;
-        check_fingerprint(path, &progress, self.cfg)?;
+        check_fingerprint(path, &progress, self.cfg, self.comm.world())?;
         let be = self.be;
         let mut best = Vec::new();
         for g in &mut self.trainable.groups {

@@ -30,9 +30,7 @@ pub struct Site {
     pub epoch: u64,
     /// The micro-batch's index in its epoch.
     pub index: u64,
-    /// Its place in the optimizer step (0 assigns the gradients, later ones add) and how
-    /// many the step accumulates.
-    pub k: usize,
+    /// How many micro-batches the optimizer step sums (on every rank together).
     pub of: usize,
 }
 
@@ -263,7 +261,8 @@ impl Trainable {
     /// One micro-batch of the images `idx`: its latents and captions (flip, caption
     /// shuffle and dropout drawn first), the text conditioning (through the trained text
     /// encoder, or from the cache), the UNet's forward, loss and backward, then the text
-    /// encoder's backward. Gradients are assigned at `site.k == 0` and added after.
+    /// encoder's backward. The gradients are this micro-batch's alone (assigned); the step
+    /// sums them on the host with [`Trainable::host_grads`].
     pub fn micro_batch(
         &mut self,
         be: &dyn Backend,
@@ -275,11 +274,7 @@ impl Trainable {
         let mut rng = Rng::for_site(self.seed, &[3, site.epoch, site.index]);
         let (latents, captions) =
             inputs.batch(be, m, Draw::Train { epoch: site.epoch }, idx, &mut rng)?;
-        self.grads.accum = if site.k == 0 {
-            Accum::Assign
-        } else {
-            Accum::Add
-        };
+        self.grads.accum = Accum::Assign;
         let dropout = LoraDropout::for_site(self.dropout, self.seed, &[4, site.epoch, site.index])?
             .with_rank_and_module(self.rank_dropout, self.module_dropout)?;
         let cx = Ctx::new(be, Some(&self.lora))
@@ -310,14 +305,29 @@ impl Trainable {
         Ok(out)
     }
 
-    /// The optimizer step after the micro-batches: gradients into the flat buffers, the norm
-    /// over every group (kohya clips the UNet's and the text encoder's together), the loss
-    /// scaler's verdict, and each group's update at its learning rate `lrs[i]`. Returns
-    /// whether the step was applied (false: an f16 overflow, skipped).
-    pub fn optimizer_step(&mut self, be: &dyn Backend, lrs: &[f64]) -> Result<bool> {
+    /// The last micro-batch's gradients, one flat host buffer per optimizer group (what the
+    /// step sums over micro-batches and ranks).
+    pub fn host_grads(&self, be: &dyn Backend) -> Result<Vec<Vec<f32>>> {
+        self.groups
+            .iter()
+            .map(|g| g.host_grads(be, &self.grads))
+            .collect()
+    }
+
+    /// The optimizer step on the summed gradients `sums` (per group, from
+    /// [`Trainable::host_grads`]): the norm over every group (kohya clips the UNet's and the
+    /// text encoder's together), the loss scaler's verdict, and each group's update at its
+    /// learning rate `lrs[i]`. Returns whether the step was applied (false: an f16 overflow,
+    /// skipped).
+    pub fn optimizer_step(
+        &mut self,
+        be: &dyn Backend,
+        sums: &[Vec<f32>],
+        lrs: &[f64],
+    ) -> Result<bool> {
         let mut sq = 0.0;
-        for g in &mut self.groups {
-            g.load_grads(be, &self.grads)?;
+        for (g, sum) in self.groups.iter_mut().zip(sums) {
+            g.set_grads(be, sum)?;
             sq += g.grad_sum_squares(be)?;
         }
         let norm = sq.sqrt() / self.scaler.scale;

@@ -5,7 +5,8 @@
 //!   Run::prepare   load the models; cache latents (and captions when they never change);
 //!                  release what training no longer needs; attach adapters and optimizer;
 //!                  build the fixed-noise evaluation sets and score the base model
-//!   Run::step      `gradient_accumulation_steps` micro-batches, then one optimizer step
+//!   Run::step      `gradient_accumulation_steps` micro-batches (on each rank of a
+//!                  data-parallel run: dist/mod.rs), then one optimizer step
 //!   Run::validation_loss, Run::sample_images
 //!
 //! [`train`] drives them and does the writing (logs, checkpoints, state, samples: see
@@ -16,6 +17,7 @@ use std::sync::atomic::AtomicBool;
 use crate::backend::Backend;
 use crate::config::TrainConfig;
 use crate::data::{captions_vary, epoch_batches, Dataset};
+use crate::dist::{Communicator, Solo};
 use crate::error::{Error, Result};
 use crate::model::family::{family_of, Models, Prediction, WeightsFrom};
 use crate::model::layers::Ctx;
@@ -102,7 +104,12 @@ pub struct Run<'a> {
     pub loss_before: f64,
     /// The current epoch's batches, and which epoch they are.
     order: (u64, Vec<Vec<usize>>),
+    /// The other ranks of a data-parallel run ([`Solo`] on one device).
+    pub comm: &'a dyn Communicator,
 }
+
+/// The communicator of a single-device run.
+static SOLO: Solo = Solo;
 
 impl<'a> Run<'a> {
     /// Every phase up to the first step: see the module documentation.
@@ -179,12 +186,7 @@ impl<'a> Run<'a> {
         )?;
         hook.end(Phase::Evaluation);
 
-        let micro = inputs.ds.batches_per_epoch(cfg.batch_size);
-        let lengths = Lengths {
-            total: cfg.total_steps(micro) as u64,
-            steps_per_epoch: cfg.steps_per_epoch(micro) as u64,
-            micro_per_epoch: micro as u64,
-        };
+        let lengths = lengths(cfg, &inputs.ds, 1);
         let schedules = schedules(cfg, lengths.total, &trainable.groups);
         Ok(Run {
             progress: Progress::fresh(cfg, trainable.scaler),
@@ -200,7 +202,17 @@ impl<'a> Run<'a> {
             schedules,
             loss_before,
             order: (u64::MAX, Vec::new()),
+            comm: &SOLO,
         })
+    }
+
+    /// Makes this run one rank of a data-parallel run over `comm`'s ranks: each step takes
+    /// `gradient_accumulation_steps` micro-batches per rank, so an epoch has fewer steps.
+    pub fn on_ranks(&mut self, comm: &'a dyn Communicator) {
+        self.comm = comm;
+        self.progress.config_fingerprint = crate::train::state::fingerprint(self.cfg, comm.world());
+        self.lengths = lengths(self.cfg, &self.inputs.ds, comm.world());
+        self.schedules = schedules(self.cfg, self.lengths.total, &self.trainable.groups);
     }
 
     /// Whether every step has been taken.
@@ -251,35 +263,55 @@ impl<'a> Run<'a> {
     }
 
     /// One optimizer step: up to `gradient_accumulation_steps` micro-batches of the current
-    /// epoch, their mean loss, the update at the scheduled rates.
+    /// epoch on each rank, their mean loss, the update at the scheduled rates.
+    ///
+    /// The step's micro-batches go out in rounds, one per rank (round k: rank r takes
+    /// micro-batch k·world + r); after each round the gradients are summed over the ranks with
+    /// the running sum folded into rank 0's part, so every rank gets (((g₀ + g₁) + g₂) + …)
+    /// in micro-batch order: one device's sum, bit for bit (dist/mod.rs).
     pub fn step(&mut self) -> Result<StepDone> {
         let b = self.progress.batch_in_epoch as usize;
-        let accum = self.cfg.gradient_accumulation_steps.max(1);
+        let (rank, world) = (self.comm.rank(), self.comm.world());
+        let per_step = self.cfg.gradient_accumulation_steps.max(1) * world;
         let group: Vec<Vec<usize>> = {
             let batches = self.batches();
-            batches[b..(b + accum).min(batches.len())].to_vec()
+            batches[b..(b + per_step).min(batches.len())].to_vec()
         };
-        let (mut loss, mut tape_by_block) = (0.0, Vec::new());
-        for (k, idx) in group.iter().enumerate() {
-            let site = Site {
-                epoch: self.progress.epoch,
-                index: (b + k) as u64,
-                k,
-                of: group.len(),
+        let n = group.len();
+        let (mut losses, mut tape_by_block) = (vec![0.0; n], Vec::new());
+        let mut sums: Vec<Vec<f32>> = Vec::new();
+        for round in 0..n.div_ceil(world) {
+            let j = round * world + rank;
+            let mine = if j < n {
+                let site = Site {
+                    epoch: self.progress.epoch,
+                    index: (b + j) as u64,
+                    of: n,
+                };
+                let out = self.trainable.micro_batch(
+                    self.be,
+                    &self.models,
+                    &mut self.inputs,
+                    &group[j],
+                    site,
+                )?;
+                if j == 0 {
+                    tape_by_block = out.tape_by_block;
+                }
+                losses[j] = out.loss;
+                Some(self.trainable.host_grads(self.be)?)
+            } else {
+                None
             };
-            let out =
-                self.trainable
-                    .micro_batch(self.be, &self.models, &mut self.inputs, idx, site)?;
-            if k == 0 {
-                tape_by_block = out.tape_by_block;
-            }
-            loss += out.loss / group.len() as f64;
+            sums = self.sum_round(sums, mine)?;
         }
+        self.comm.all_reduce_sum_f64(&mut losses)?;
+        let loss = losses.iter().fold(0.0, |s, l| s + l / n as f64);
         let step = self.progress.step;
         let lrs: Vec<f64> = self.schedules.iter().map(|s| s.lr(step)).collect();
-        let applied = self.trainable.optimizer_step(self.be, &lrs)?;
+        let applied = self.trainable.optimizer_step(self.be, &sums, &lrs)?;
         self.progress.step += 1;
-        self.progress.batch_in_epoch = (b + group.len()) as u64;
+        self.progress.batch_in_epoch = (b + n) as u64;
         self.progress.train_losses.push((self.progress.step, loss));
         Ok(StepDone {
             loss,
@@ -292,6 +324,41 @@ impl<'a> Run<'a> {
             applied,
             tape_by_block,
         })
+    }
+
+    /// One round's gradient sum: `sums` (the step's running sum, per group; empty before the
+    /// first round) plus every rank's micro-batch gradients `mine` (None: this rank had no
+    /// micro-batch left in the round). Rank 0 adds the running sum to its own part first, so
+    /// the order of the additions is the micro-batches' order.
+    fn sum_round(&self, sums: Vec<Vec<f32>>, mine: Option<Vec<Vec<f32>>>) -> Result<Vec<Vec<f32>>> {
+        let rank0 = self.comm.rank() == 0;
+        let mine = mine.map(|mut m| {
+            if rank0 && !sums.is_empty() {
+                for (m, s) in m.iter_mut().zip(&sums) {
+                    m.iter_mut().zip(s).for_each(|(m, s)| *m += *s);
+                }
+            }
+            m
+        });
+        if self.comm.world() == 1 {
+            return Ok(mine.unwrap_or(sums));
+        }
+        let sizes: Vec<usize> = self.trainable.groups.iter().map(|g| g.len()).collect();
+        let contributes = mine.is_some();
+        let mut flat = match mine {
+            Some(m) => m.concat(),
+            None => vec![0.0; sizes.iter().sum()],
+        };
+        self.comm.all_reduce_sum(&mut flat, contributes)?;
+        let mut rest = flat.as_slice();
+        Ok(sizes
+            .iter()
+            .map(|&k| {
+                let (part, tail) = rest.split_at(k);
+                rest = tail;
+                part.to_vec()
+            })
+            .collect())
     }
 
     /// The fixed-noise loss of the current adapters on the validation images (or, with
@@ -368,6 +435,19 @@ fn eval_seed(cfg: &TrainConfig) -> u64 {
     cfg.seed ^ 0xe7a1
 }
 
+/// The run's length in optimizer steps with `world` ranks: each rank takes its share of
+/// an epoch's micro-batches (kohya's sharded data loader), `gradient_accumulation_steps` of
+/// them per step. ⌈⌈m/N⌉/A⌉ = ⌈m/(N·A)⌉: a step takes N·A micro-batches.
+fn lengths(cfg: &TrainConfig, ds: &Dataset, world: usize) -> Lengths {
+    let micro = ds.batches_per_epoch(cfg.batch_size);
+    let per_rank = micro.div_ceil(world.max(1));
+    Lengths {
+        total: cfg.total_steps(per_rank) as u64,
+        steps_per_epoch: cfg.steps_per_epoch(per_rank) as u64,
+        micro_per_epoch: micro as u64,
+    }
+}
+
 /// The learning-rate schedule of each optimizer group (the UNet's, or its blocks' at their
 /// lr weights, and the text encoder's).
 fn schedules(cfg: &TrainConfig, total: u64, groups: &[ParamGroup]) -> Vec<LrSchedule> {
@@ -406,12 +486,42 @@ pub fn train(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainReport> {
+    train_rank(cfg, be, &SOLO, resume, stop, obs)
+}
+
+/// [`train`] as one rank of a data-parallel run over `comm` (dist/mod.rs): every rank calls
+/// it with the same configuration; only rank 0 writes. A failure is told to the other ranks
+/// (`comm.abort`), which then stop naming this rank.
+pub fn train_rank(
+    cfg: &TrainConfig,
+    be: &dyn Backend,
+    comm: &dyn Communicator,
+    resume: bool,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+) -> Result<TrainReport> {
+    let out = train_rank_inner(cfg, be, comm, resume, stop, obs);
+    if let Err(e) = &out {
+        comm.abort(&e.to_string());
+    }
+    out
+}
+
+fn train_rank_inner(
+    cfg: &TrainConfig,
+    be: &dyn Backend,
+    comm: &dyn Communicator,
+    resume: bool,
+    stop: &AtomicBool,
+    obs: &mut dyn Observer,
+) -> Result<TrainReport> {
     use crate::train::loop_io::{after_step, end_epoch, end_partial_epoch, finish, Outputs};
     use crate::train::samples::SampleAt;
     let ds = crate::train::loop_io::scan_and_check(cfg, be, obs)?;
     obs.on(Event::Info(format!("loading {}", cfg.base_model.display())));
     let from = WeightsFrom::Checkpoint(&cfg.base_model);
     let mut run = Run::prepare(cfg, be, ds, from, Pixels::Files, &mut Announce(obs))?;
+    run.on_ranks(comm);
     let mut out = Outputs::open(&run, obs)?;
     // The `resume` key names a state file (or its folder); `--resume`, output_dir's.
     let state = match &cfg.resume {

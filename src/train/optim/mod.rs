@@ -192,7 +192,18 @@ impl ParamGroup {
 
     /// Copies the accumulated gradients of this group's modules into the flat buffer.
     pub fn load_grads(&mut self, be: &dyn Backend, grads: &LoraGrads) -> Result<()> {
-        self.grads = gather(be, self.modules.iter().flat_map(|&i| grads.of(i)))?;
+        let flat = self.host_grads(be, grads)?;
+        self.set_grads(be, &flat)
+    }
+
+    /// This group's gradients in `grads`, as one flat host buffer.
+    pub fn host_grads(&self, be: &dyn Backend, grads: &LoraGrads) -> Result<Vec<f32>> {
+        host_flat(be, self.modules.iter().flat_map(|&i| grads.of(i)))
+    }
+
+    /// Sets the flat gradient (summed over micro-batches and ranks).
+    pub fn set_grads(&mut self, be: &dyn Backend, flat: &[f32]) -> Result<()> {
+        self.grads = be.tensor_from_f32(&[flat.len()], flat, DType::F32)?;
         Ok(())
     }
 
@@ -296,11 +307,17 @@ fn restore_scalars<const N: usize>(
 
 /// Tensors laid end to end in one flat f32 tensor.
 fn gather<'a>(be: &dyn Backend, parts: impl Iterator<Item = &'a Tensor>) -> Result<Tensor> {
+    let flat = host_flat(be, parts)?;
+    be.tensor_from_f32(&[flat.len()], &flat, DType::F32)
+}
+
+/// Tensors laid end to end in one host buffer.
+fn host_flat<'a>(be: &dyn Backend, parts: impl Iterator<Item = &'a Tensor>) -> Result<Vec<f32>> {
     let mut flat = Vec::new();
     for t in parts {
         flat.extend(be.to_f32_vec(t)?);
     }
-    be.tensor_from_f32(&[flat.len()], &flat, DType::F32)
+    Ok(flat)
 }
 
 /// The clipping coefficient for gradient norm `norm` and limit `max_norm` (0 = no clipping),
