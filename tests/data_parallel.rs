@@ -268,3 +268,43 @@ fn a_failing_rank_stops_the_others_with_its_error() {
     assert!(err.to_string().contains("device 2 is not there"), "{err}");
     assert!(t0.elapsed() < Duration::from_secs(60));
 }
+
+fn lorafuse(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse"));
+    c.args(args);
+    for v in [
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+    ] {
+        c.env_remove(v);
+    }
+    c.envs(env.iter().copied());
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_gpus_launcher_and_launcher_environments() {
+    let cfg = demo().join("demo.yaml");
+    let cfg = cfg.to_str().unwrap();
+    // Two workers start; without NCCL on GPUs (this build, or this machine) each refuses,
+    // and the launcher ends as its first failed worker did.
+    let (code, err) = lorafuse(&["train", cfg, "--gpus", "0,1"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("starting 2 workers on GPUs 0,1"), "{err}");
+    assert!(err.contains("CUDA"), "{err}");
+    assert!(err.contains("ended with exit code 2"), "{err}");
+    let (code, err) = lorafuse(&["train", cfg, "--gpus", "0,0"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("each GPU at most once"), "{err}");
+    // A torchrun-style environment missing its rendezvous address.
+    let (code, err) = lorafuse(&["train", cfg], &[("WORLD_SIZE", "2"), ("RANK", "1")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("MASTER_ADDR"), "{err}");
+}

@@ -20,6 +20,8 @@ pub enum CliError {
     Usage(String),
     /// Ctrl-C stopped the run; what was saved and how to resume is already printed.
     Interrupted,
+    /// A worker process of `train --gpus` failed with this exit code (its message is printed).
+    Worker { rank: usize, code: i32 },
     /// Standard output was closed by its reader (a broken pipe): stop quietly.
     StdoutClosed,
     /// Writing to standard output failed for another reason (a full disk).
@@ -43,6 +45,7 @@ impl CliError {
             },
             CliError::Config(_) | CliError::Usage(_) => EXIT_BAD_INPUT,
             CliError::Interrupted => EXIT_INTERRUPTED,
+            CliError::Worker { code, .. } => u8::try_from(*code).unwrap_or(EXIT_FAILURE),
             CliError::StdoutClosed => 0,
             CliError::Stdout(_) => EXIT_FAILURE,
         }
@@ -56,6 +59,10 @@ impl CliError {
             CliError::Config(e) => Some(e.to_string()),
             CliError::Usage(m) => Some(m.clone()),
             CliError::Interrupted | CliError::StdoutClosed => None,
+            CliError::Worker { rank, code } => Some(format!(
+                "worker {rank} ended with exit code {code} (its message is above); the other \
+                 workers stopped too. Resume from the last save with --resume"
+            )),
             CliError::Stdout(e) => Some(format!("cannot write to standard output: {e}")),
         }
     }

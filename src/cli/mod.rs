@@ -4,6 +4,7 @@
 
 mod caption;
 mod error;
+mod gpus;
 pub mod interrupt;
 mod plan;
 mod prepare;
@@ -19,6 +20,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use lorafuse::backend::select::{select, Selected};
 use lorafuse::config::{Device, MixedPrecision, TrainConfig};
+use lorafuse::dist::launch::WorldEnv;
 use lorafuse::lora::{kohya, LoraSet};
 use lorafuse::model::family::{family_of, Prediction, WeightsFrom};
 use lorafuse::model::layers::Ctx;
@@ -53,6 +55,12 @@ pub enum Command {
         /// Override a config key, e.g. --set learning_rate=5e-4 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Train data-parallel on these GPUs, one worker process each (e.g. 0,1,2,3):
+        /// batch_size is per GPU, so a step takes GPUs × batch_size × accumulation images.
+        /// Workers started by torchrun or srun need no flag (RANK, WORLD_SIZE, MASTER_ADDR,
+        /// MASTER_PORT are read from the environment).
+        #[arg(long, value_name = "LIST")]
+        gpus: Option<String>,
     },
     /// Make a tiny model and a synthetic data set, and train a LoRA on them (about a minute
     /// on a laptop CPU).
@@ -244,7 +252,19 @@ pub fn run(cli: Cli) -> Outcome {
             config,
             resume,
             set,
-        } => train_cmd(&config, resume, &set),
+            gpus,
+        } => match gpus {
+            Some(list) if WorldEnv::from_env().ok().flatten().is_none() => {
+                let gpus = lorafuse::dist::launch::parse_gpus(&list)
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                // The configuration checked, and the data prepared, once here for all workers.
+                let mut cfg = TrainConfig::load(&config, &set)?;
+                cfg.check_paths()?;
+                auto_prepared(&mut cfg)?;
+                gpus::launch(&gpus)
+            }
+            _ => train_cmd(&config, resume, &set),
+        },
         Command::Demo { dir, steps } => demo(&dir, steps),
         Command::Sample {
             model,
@@ -402,6 +422,23 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
     for w in cfg.warnings() {
         eprintln!("warning: {w}");
     }
+    auto_prepared(&mut cfg)?;
+    if let Some(env) = WorldEnv::from_env().map_err(lorafuse::Error::from)? {
+        return match gpus::worker(&cfg, &env, resume)? {
+            Some(report) => print_report(&report),
+            None => Ok(()),
+        };
+    }
+    let be = backend(cfg.device, cfg.mixed_precision)?;
+    interrupt::install();
+    let mut obs = progress::Progress::new();
+    let report = train(&cfg, be.as_ref(), resume, &interrupt::STOP, &mut obs)?;
+    print_report(&report)
+}
+
+/// `auto_crop` / `auto_caption`: the prepared folder made (or found made: its key file makes
+/// a second run skip the work) and trained on.
+fn auto_prepared(cfg: &mut TrainConfig) -> Outcome {
     if cfg.auto_crop.is_some() || cfg.auto_caption.is_some() {
         // Captions are computed in f32, whatever the training precision.
         let be = backend(cfg.device, MixedPrecision::No)?;
@@ -409,7 +446,7 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
             prepare::Meter::new("auto_crop"),
             prepare::Meter::new("auto_caption"),
         ];
-        let auto = auto_prepare(&cfg, be.as_ref(), &|step, done, total| {
+        let auto = auto_prepare(cfg, be.as_ref(), &|step, done, total| {
             meters[usize::from(step == "auto_caption")].show(done, total)
         })?;
         for note in &auto.notes {
@@ -417,11 +454,7 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
         }
         cfg.train_data_dir = auto.data_dir;
     }
-    let be = backend(cfg.device, cfg.mixed_precision)?;
-    interrupt::install();
-    let mut obs = progress::Progress::new();
-    let report = train(&cfg, be.as_ref(), resume, &interrupt::STOP, &mut obs)?;
-    print_report(&report)
+    Ok(())
 }
 
 /// What a run did and where its files are; a run that Ctrl-C stopped ends as

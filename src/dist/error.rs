@@ -41,6 +41,9 @@ pub enum DistError {
         value: String,
         problem: String,
     },
+    /// NCCL or the driver failed in a collective.
+    #[error("{what}: {detail}")]
+    Library { what: String, detail: String },
     /// The rendezvous (rank 0's id handed to the others) failed.
     #[error("rendezvous at {address}: {problem}")]
     Rendezvous { address: String, problem: String },

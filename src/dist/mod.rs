@@ -22,8 +22,10 @@
 
 pub mod comm;
 pub mod error;
-// pub mod launch;
-// pub mod rendezvous;
+pub mod launch;
+#[cfg(feature = "cuda")]
+pub mod nccl;
+pub mod rendezvous;
 pub mod threads;
 
 pub use comm::{Communicator, Solo};
