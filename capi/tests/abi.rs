@@ -1,0 +1,192 @@
+//! The C ABI's contract from Rust: NULL and bad UTF-8 give codes and messages (never a crash),
+//! each trainer keeps its own last error when several fail at once on different threads, and a
+//! run a cap refuses ends with LORAFUSE_ERR_REFUSED and a `failed` event. (Training, cancel and
+//! resume through the ABI: tests/c_example.rs.)
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::ptr::{null, null_mut};
+use std::sync::Mutex;
+
+use lorafuse_capi::*;
+
+fn message(t: *mut lorafuse_trainer) -> String {
+    let mut buf = vec![0 as c_char; 4096];
+    let n = unsafe { lorafuse_error_message(t, buf.as_mut_ptr(), buf.len()) };
+    assert!(n < buf.len());
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn from_yaml(yaml: &[u8], sets: &[&[u8]]) -> (i32, *mut lorafuse_trainer) {
+    let yaml = CString::new(yaml).unwrap();
+    let sets: Vec<CString> = sets.iter().map(|s| CString::new(*s).unwrap()).collect();
+    let ptrs: Vec<*const c_char> = sets.iter().map(|s| s.as_ptr()).collect();
+    let mut t = null_mut();
+    let code = unsafe {
+        lorafuse_trainer_from_yaml(yaml.as_ptr(), null(), ptrs.as_ptr(), ptrs.len(), &mut t)
+    };
+    assert!(!t.is_null());
+    (code, t)
+}
+
+#[test]
+fn null_pointers_and_bad_utf8_are_codes_with_messages() {
+    let n = null_mut();
+    unsafe {
+        assert_eq!(lorafuse_set_threads(n, 1), LORAFUSE_ERR_NULL);
+        assert_eq!(lorafuse_set_max_memory(n, 1, 0), LORAFUSE_ERR_NULL);
+        assert_eq!(lorafuse_set_output_root(n, null()), LORAFUSE_ERR_NULL);
+        assert_eq!(
+            lorafuse_set_event_callback(n, None, null_mut()),
+            LORAFUSE_ERR_NULL
+        );
+        assert_eq!(lorafuse_validate(n, null_mut()), LORAFUSE_ERR_NULL);
+        assert_eq!(lorafuse_start(n, 0), LORAFUSE_ERR_NULL);
+        assert_eq!(lorafuse_cancel(n), LORAFUSE_ERR_NULL);
+        assert_eq!(lorafuse_wait(n), LORAFUSE_ERR_NULL);
+        assert_eq!(lorafuse_problem_key(n, 0, null_mut(), 0), 0);
+        assert_eq!(lorafuse_report(n, null_mut(), 0), 0);
+        lorafuse_free(n);
+        assert_eq!(
+            lorafuse_trainer_from_file(null(), null(), 0, null_mut()),
+            LORAFUSE_ERR_NULL
+        );
+        assert_eq!(
+            lorafuse_demo_write(null(), 1, null_mut(), 0),
+            LORAFUSE_ERR_NULL
+        );
+    }
+    assert_eq!(message(n), "the trainer is NULL");
+
+    // An override array that is NULL though it has entries, and one that is not UTF-8.
+    let mut t = null_mut();
+    let yaml = CString::new("lora_rank: 4").unwrap();
+    let code = unsafe { lorafuse_trainer_from_yaml(yaml.as_ptr(), null(), null(), 2, &mut t) };
+    assert_eq!(code, LORAFUSE_ERR_NULL);
+    assert_eq!(message(t), "overrides is NULL");
+    unsafe { lorafuse_free(t) };
+    let (code, t) = from_yaml(b"lora_rank: 4", &[b"seed=1", b"output_dir=\xc3("]);
+    assert_eq!(code, LORAFUSE_ERR_UTF8);
+    assert!(
+        message(t).starts_with("overrides[1] is not valid UTF-8"),
+        "{}",
+        message(t)
+    );
+    // The trainer cannot start, validate or wait; each says so.
+    unsafe {
+        assert_eq!(lorafuse_start(t, 0), LORAFUSE_ERR_INVALID);
+        assert_eq!(lorafuse_wait(t), LORAFUSE_ERR_NOT_STARTED);
+        assert!(message(t).contains("lorafuse_start first"));
+        lorafuse_free(t);
+    }
+}
+
+#[test]
+fn each_trainer_keeps_its_own_error() {
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = (0..8)
+            .map(|i| {
+                s.spawn(move || {
+                    let yaml = format!(
+                        "train_data_dir: /nowhere\nbase_model: m\noutput_dir: o\n\
+                         lora_rank: {}\nbatch_size: 0\n",
+                        2000 + i
+                    );
+                    let (code, t) = from_yaml(yaml.as_bytes(), &[]);
+                    assert_eq!(code, LORAFUSE_ERR_INVALID);
+                    for _ in 0..50 {
+                        let m = message(t);
+                        assert!(m.contains(&format!("lora_rank = {}", 2000 + i)), "{m}");
+                        assert_eq!(
+                            unsafe { lorafuse_validate(t, null_mut()) },
+                            LORAFUSE_ERR_INVALID
+                        );
+                    }
+                    let mut count = 0;
+                    assert_eq!(
+                        unsafe { lorafuse_validate(t, &mut count) },
+                        LORAFUSE_ERR_INVALID
+                    );
+                    let mut key = [0 as c_char; 3];
+                    // Cut to the buffer; the whole length returned.
+                    let n = unsafe { lorafuse_problem_key(t, 0, key.as_mut_ptr(), key.len()) };
+                    assert_eq!(n, "lora_rank".len());
+                    assert_eq!(unsafe { CStr::from_ptr(key.as_ptr()) }.to_bytes(), b"lo");
+                    unsafe { lorafuse_free(t) };
+                    count
+                })
+            })
+            .collect();
+        for j in jobs {
+            assert!(j.join().unwrap() >= 2);
+        }
+    });
+}
+
+static EVENTS: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
+
+unsafe extern "C" fn record(user: *mut c_void, kind: i32, json: *const c_char) {
+    assert_eq!(user as usize, 7);
+    let json = CStr::from_ptr(json).to_str().unwrap().to_string();
+    EVENTS.lock().unwrap().push((kind, json));
+}
+
+#[test]
+fn a_cap_refuses_the_run_and_the_output_root_is_a_problem() {
+    let dir = std::env::temp_dir().join(format!("lorafuse-capi-abi-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cdir = CString::new(dir.to_str().unwrap()).unwrap();
+    assert_eq!(
+        unsafe { lorafuse_demo_write(cdir.as_ptr(), 2, null_mut(), 0) },
+        LORAFUSE_OK
+    );
+    let path = CString::new(dir.join("demo.yaml").to_str().unwrap()).unwrap();
+    let mut t = null_mut();
+    unsafe {
+        assert_eq!(
+            lorafuse_trainer_from_file(path.as_ptr(), null(), 0, &mut t),
+            LORAFUSE_OK
+        );
+        assert_eq!(lorafuse_wait(t), LORAFUSE_ERR_NOT_STARTED);
+        let elsewhere = CString::new(dir.join("allowed").to_str().unwrap()).unwrap();
+        assert_eq!(lorafuse_set_output_root(t, elsewhere.as_ptr()), LORAFUSE_OK);
+        let mut count = 0;
+        assert_eq!(lorafuse_validate(t, &mut count), LORAFUSE_ERR_INVALID);
+        // output_dir, and logging_dir (under it by default).
+        assert_eq!(count, 2);
+        let mut key = [0 as c_char; 32];
+        for (i, want) in ["output_dir", "logging_dir"].into_iter().enumerate() {
+            lorafuse_problem_key(t, i, key.as_mut_ptr(), key.len());
+            assert_eq!(CStr::from_ptr(key.as_ptr()).to_str().unwrap(), want);
+        }
+        assert!(
+            message(t).contains("outside the output root"),
+            "{}",
+            message(t)
+        );
+        assert_eq!(lorafuse_set_output_root(t, null()), LORAFUSE_OK);
+        assert_eq!(lorafuse_validate(t, &mut count), LORAFUSE_OK);
+        assert_eq!(count, 0);
+
+        assert_eq!(lorafuse_set_max_memory(t, 64 * 1024, 0), LORAFUSE_OK);
+        assert_eq!(
+            lorafuse_set_event_callback(t, Some(record), 7 as *mut c_void),
+            LORAFUSE_OK
+        );
+        assert_eq!(lorafuse_start(t, 0), LORAFUSE_OK);
+        assert_eq!(lorafuse_wait(t), LORAFUSE_ERR_REFUSED);
+        assert!(message(t).contains("above the cap"), "{}", message(t));
+        assert_eq!(lorafuse_report(t, null_mut(), 0), 0);
+        lorafuse_free(t);
+    }
+    let events = EVENTS.lock().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, LORAFUSE_EVENT_FAILED);
+    let v: serde_json::Value = serde_json::from_str(&events[0].1).unwrap();
+    assert_eq!(v["event"], "failed");
+    assert_eq!(v["code"], LORAFUSE_ERR_REFUSED);
+    assert!(!dir.join("output/state.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
