@@ -142,7 +142,8 @@ int32_t lorafuse_start(lorafuse_trainer *t, int32_t resume);
 int32_t lorafuse_cancel(lorafuse_trainer *t);
 
 // Waits for the run to end and returns how it ended: LORAFUSE_OK, LORAFUSE_CANCELLED or an
-// error (its message in lorafuse_error_message). Called again, returns the same.
+// error (its message in lorafuse_error_message). Called again, returns the same. From the
+// run's own event callback: LORAFUSE_ERR_BUSY (it would never return).
 int32_t lorafuse_wait(lorafuse_trainer *t);
 
 // Copies the report of the last run waited for (JSON: "lora_path", "state_path", "steps",
@@ -154,7 +155,8 @@ size_t lorafuse_report(lorafuse_trainer *t, char *buf, size_t cap);
 // lorafuse_problem_key.
 size_t lorafuse_error_message(lorafuse_trainer *t, char *buf, size_t cap);
 
-// Cancels a run in flight, waits for it, and releases the trainer (NULL: nothing).
+// Cancels a run in flight, waits for it, and releases the trainer (NULL: nothing). From the
+// run's own event callback it does nothing (it could not wait there).
 void lorafuse_free(lorafuse_trainer *t);
 
 #ifdef __cplusplus

@@ -6,14 +6,17 @@
 use std::ffi::{c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, MutexGuard, TryLockError};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, ThreadId};
 
 use lorafuse::api::{Canceller, Caps, Problem, Trainer};
 use lorafuse::config::TrainConfig;
 use lorafuse::train::events::{Event, TrainReport};
 
 use crate::fail::Fail;
-use crate::{events, lorafuse_event_fn, LORAFUSE_CANCELLED, LORAFUSE_ERR_FAILED, LORAFUSE_OK};
+use crate::{
+    events, lorafuse_event_fn, LORAFUSE_CANCELLED, LORAFUSE_ERR_BUSY, LORAFUSE_ERR_FAILED,
+    LORAFUSE_OK,
+};
 
 /// The host's callback and its user data, called on the run's thread.
 #[derive(Clone, Copy)]
@@ -45,6 +48,8 @@ pub(crate) struct State {
     /// The last failure's message.
     pub error: String,
     cancel: Option<Canceller>,
+    /// The thread of the last run started (the one the callback is called on).
+    run_thread: Option<ThreadId>,
     /// How the last run waited for ended.
     last: Option<Result<i32, Fail>>,
     /// The last run's report as JSON ("" when none).
@@ -78,6 +83,7 @@ impl Handle {
                 problems,
                 error,
                 cancel: None,
+                run_thread: None,
                 last: None,
                 report: String::new(),
             }),
@@ -141,6 +147,7 @@ impl Handle {
             )
         })?;
         st.cancel = Some(cancel);
+        st.run_thread = Some(thread.thread().id());
         st.last = None;
         st.report.clear();
         *slot = Some(thread);
@@ -153,7 +160,20 @@ impl Handle {
         }
     }
 
+    /// Whether this is the run's own thread (the event callback), which must not wait for
+    /// the run: that would never return.
+    pub fn on_run_thread(&self) -> bool {
+        self.state().run_thread == Some(std::thread::current().id())
+    }
+
     pub fn wait(&self) -> Result<i32, Fail> {
+        if self.on_run_thread() {
+            return Err(Fail::new(
+                LORAFUSE_ERR_BUSY,
+                "lorafuse_wait was called from the run's own event callback, where it would \
+                 wait forever: call lorafuse_cancel there, and wait on another thread",
+            ));
+        }
         let mut slot = lock(&self.run);
         if let Some(thread) = slot.take() {
             let end = thread.join().unwrap_or_else(|p| Err(Fail::panic(p)));

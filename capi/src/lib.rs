@@ -267,7 +267,8 @@ pub unsafe extern "C" fn lorafuse_cancel(t: *mut lorafuse_trainer) -> i32 {
 }
 
 /// Waits for the run to end and returns how it ended: LORAFUSE_OK, LORAFUSE_CANCELLED or an
-/// error (its message in lorafuse_error_message). Called again, returns the same.
+/// error (its message in lorafuse_error_message). Called again, returns the same. From the
+/// run's own event callback: LORAFUSE_ERR_BUSY (it would never return).
 #[no_mangle]
 pub unsafe extern "C" fn lorafuse_wait(t: *mut lorafuse_trainer) -> i32 {
     call(t, |h| h.wait())
@@ -299,13 +300,17 @@ pub unsafe extern "C" fn lorafuse_error_message(
     read(t, buf, cap, |st| st.error.clone())
 }
 
-/// Cancels a run in flight, waits for it, and releases the trainer (NULL: nothing).
+/// Cancels a run in flight, waits for it, and releases the trainer (NULL: nothing). From the
+/// run's own event callback it does nothing (it could not wait there).
 #[no_mangle]
 pub unsafe extern "C" fn lorafuse_free(t: *mut lorafuse_trainer) {
     if t.is_null() {
         return;
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
+        if (*t).0.on_run_thread() {
+            return;
+        }
         let h = Box::from_raw(t);
         h.0.cancel();
         let _ = h.0.wait();

@@ -1,6 +1,7 @@
 //! The C ABI's contract from Rust: NULL and bad UTF-8 give codes and messages (never a crash),
 //! each trainer keeps its own last error when several fail at once on different threads, and a
-//! run a cap refuses ends with LORAFUSE_ERR_REFUSED and a `failed` event. (Training, cancel and
+//! run a cap refuses ends with LORAFUSE_ERR_REFUSED and a `failed` event (whose callback may
+//! not wait for its own run). (Training, cancel and
 //! resume through the ABI: tests/c_example.rs.)
 
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -125,12 +126,13 @@ fn each_trainer_keeps_its_own_error() {
     });
 }
 
-static EVENTS: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
+/// Each event, and what lorafuse_wait on its own trainer returned from the callback.
+static EVENTS: Mutex<Vec<(i32, String, i32)>> = Mutex::new(Vec::new());
 
 unsafe extern "C" fn record(user: *mut c_void, kind: i32, json: *const c_char) {
-    assert_eq!(user as usize, 7);
     let json = CStr::from_ptr(json).to_str().unwrap().to_string();
-    EVENTS.lock().unwrap().push((kind, json));
+    let waited = lorafuse_wait(user.cast());
+    EVENTS.lock().unwrap().push((kind, json, waited));
 }
 
 #[test]
@@ -172,7 +174,7 @@ fn a_cap_refuses_the_run_and_the_output_root_is_a_problem() {
 
         assert_eq!(lorafuse_set_max_memory(t, 64 * 1024, 0), LORAFUSE_OK);
         assert_eq!(
-            lorafuse_set_event_callback(t, Some(record), 7 as *mut c_void),
+            lorafuse_set_event_callback(t, Some(record), t.cast()),
             LORAFUSE_OK
         );
         assert_eq!(lorafuse_start(t, 0), LORAFUSE_OK);
@@ -187,6 +189,8 @@ fn a_cap_refuses_the_run_and_the_output_root_is_a_problem() {
     let v: serde_json::Value = serde_json::from_str(&events[0].1).unwrap();
     assert_eq!(v["event"], "failed");
     assert_eq!(v["code"], LORAFUSE_ERR_REFUSED);
+    // Waiting from the callback would never return: refused instead.
+    assert_eq!(events[0].2, LORAFUSE_ERR_BUSY);
     assert!(!dir.join("output/state.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
