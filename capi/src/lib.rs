@@ -223,12 +223,7 @@ pub unsafe extern "C" fn lorafuse_problem_key(
     buf: *mut c_char,
     cap: usize,
 ) -> usize {
-    read(t, buf, cap, |st| {
-        st.problems
-            .get(i)
-            .and_then(|p| p.key.clone())
-            .unwrap_or_default()
-    })
+    read_problem(t, i, buf, cap, |p| p.key.clone().unwrap_or_default())
 }
 
 /// Copies the message of problem `i` into `buf`, as lorafuse_problem_key.
@@ -239,12 +234,7 @@ pub unsafe extern "C" fn lorafuse_problem_message(
     buf: *mut c_char,
     cap: usize,
 ) -> usize {
-    read(t, buf, cap, |st| {
-        st.problems
-            .get(i)
-            .map(|p| p.message.clone())
-            .unwrap_or_default()
-    })
+    read_problem(t, i, buf, cap, |p| p.message.clone())
 }
 
 /// Starts a run on a thread of its own and returns at once: from the start, or with `resume`
@@ -371,4 +361,17 @@ unsafe fn read(
         .and_then(|h| catch_unwind(AssertUnwindSafe(|| f(&h.0.state()))).ok())
         .unwrap_or_default();
     copy_out(&s, buf, cap)
+}
+
+/// Copies a text of problem `i` into `buf` ("" past the last problem).
+unsafe fn read_problem(
+    t: *mut lorafuse_trainer,
+    i: usize,
+    buf: *mut c_char,
+    cap: usize,
+    f: impl FnOnce(&lorafuse::api::Problem) -> String,
+) -> usize {
+    read(t, buf, cap, |st| {
+        st.problems.get(i).map(f).unwrap_or_default()
+    })
 }
