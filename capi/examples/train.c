@@ -101,6 +101,8 @@ static void errors_are_codes_and_messages(void) {
     printf("NULL yaml: %s\n", msg);
     CHECK(strstr(msg, "yaml is NULL") != NULL);
     CHECK(lorafuse_start(t, 0) == LORAFUSE_ERR_INVALID);
+    lorafuse_error_message(t, msg, sizeof msg);
+    CHECK(strstr(msg, "yaml is NULL") != NULL);
     lorafuse_free(t);
     CHECK(lorafuse_trainer_from_yaml("a: 1", NULL, NULL, 0, NULL) == LORAFUSE_ERR_NULL);
     CHECK(lorafuse_start(NULL, 0) == LORAFUSE_ERR_NULL);

@@ -15,7 +15,7 @@ use lorafuse::train::events::{Event, TrainReport};
 use crate::fail::Fail;
 use crate::{
     events, lorafuse_event_fn, LORAFUSE_CANCELLED, LORAFUSE_ERR_BUSY, LORAFUSE_ERR_FAILED,
-    LORAFUSE_OK,
+    LORAFUSE_ERR_INVALID, LORAFUSE_OK,
 };
 
 /// The host's callback and its user data, called on the run's thread.
@@ -39,8 +39,8 @@ impl Sink {
 }
 
 pub(crate) struct State {
-    /// None: the configuration could not be read (`problems` says why).
-    pub cfg: Option<TrainConfig>,
+    /// The configuration, or why it could not be made.
+    cfg: Result<TrainConfig, Fail>,
     pub caps: Caps,
     pub sink: Sink,
     /// From the last `lorafuse_validate`, the failed load, or a run refused as invalid.
@@ -68,9 +68,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Handle {
     pub fn new(cfg: Result<TrainConfig, Fail>) -> Handle {
-        let (cfg, problems, error) = match cfg {
-            Ok(c) => (Some(c), Vec::new(), String::new()),
-            Err(f) => (None, f.problems, f.message),
+        let (problems, error) = match &cfg {
+            Ok(_) => (Vec::new(), String::new()),
+            Err(f) => (f.problems.clone(), f.message.clone()),
         };
         Handle {
             state: Mutex::new(State {
@@ -108,8 +108,12 @@ impl Handle {
     /// A trainer with the configuration and the caps set now.
     fn trainer(st: &State) -> Result<Trainer, Fail> {
         match &st.cfg {
-            Some(cfg) => Ok(Trainer::new(cfg.clone()).with_caps(st.caps.clone())),
-            None => Err(Fail::invalid(st.problems.clone())),
+            Ok(cfg) => Ok(Trainer::new(cfg.clone()).with_caps(st.caps.clone())),
+            Err(f) if f.code == LORAFUSE_ERR_INVALID => Err(f.clone()),
+            Err(f) => Err(Fail::new(
+                LORAFUSE_ERR_INVALID,
+                format!("this trainer has no configuration: {}", f.message),
+            )),
         }
     }
 

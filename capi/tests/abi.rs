@@ -78,6 +78,13 @@ fn null_pointers_and_bad_utf8_are_codes_with_messages() {
     // The trainer cannot start, validate or wait; each says so.
     unsafe {
         assert_eq!(lorafuse_start(t, 0), LORAFUSE_ERR_INVALID);
+        assert!(
+            message(t)
+                .starts_with("this trainer has no configuration: overrides[1] is not valid UTF-8"),
+            "{}",
+            message(t)
+        );
+        assert_eq!(lorafuse_validate(t, null_mut()), LORAFUSE_ERR_INVALID);
         assert_eq!(lorafuse_wait(t), LORAFUSE_ERR_NOT_STARTED);
         assert!(message(t).contains("lorafuse_start first"));
         lorafuse_free(t);

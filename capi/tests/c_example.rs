@@ -7,12 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The folder of the cdylib cargo built for this test: beside it, target/<profile>/deps.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().to_path_buf()
+}
+
 /// `src` compiled to `bin` and linked with the cdylib beside this test.
 fn compile(src: &Path, bin: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // The cdylib cargo built for this test lies beside it: target/<profile>/deps.
-    let exe = std::env::current_exe().unwrap();
-    let lib_dir = exe.parent().unwrap();
+    let lib_dir = &lib_dir();
     assert!(
         lib_dir.join("liblorafuse_capi.so").exists(),
         "no liblorafuse_capi.so in {}",
@@ -42,7 +46,13 @@ fn compile(src: &Path, bin: &Path) {
 /// Runs `bin DIR` and returns its standard output, failing with both outputs unless it
 /// exits 0.
 fn run(bin: &Path, dir: &Path) -> String {
-    let ran = Command::new(bin).arg(dir).output().unwrap();
+    // Cargo's LD_LIBRARY_PATH, which outranks the rpath, also names target/<profile>, where
+    // `cargo build` leaves a liblorafuse_capi.so that may be older than this test's.
+    let ran = Command::new(bin)
+        .arg(dir)
+        .env("LD_LIBRARY_PATH", lib_dir())
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&ran.stdout).to_string();
     assert!(
         ran.status.success(),
