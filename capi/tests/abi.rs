@@ -201,3 +201,86 @@ fn a_cap_refuses_the_run_and_the_output_root_is_a_problem() {
     assert!(!dir.join("output/state.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Trainer B's first step event waits here until the test has cancelled B.
+static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static RELEASED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STEPS: Mutex<Vec<(usize, u64)>> = Mutex::new(Vec::new());
+
+unsafe extern "C" fn count_steps(user: *mut c_void, kind: i32, json: *const c_char) {
+    use std::sync::atomic::Ordering::SeqCst;
+    if kind != LORAFUSE_EVENT_STEP {
+        return;
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(CStr::from_ptr(json).to_str().unwrap()).unwrap();
+    let step = v["step"].as_u64().unwrap();
+    STEPS.lock().unwrap().push((user as usize, step));
+    if user as usize == 2 && step == 1 {
+        HELD.store(true, SeqCst);
+        while !RELEASED.load(SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// Two trainers run at once: A is waited for on another thread while this one cancels B
+/// during B's first step; A trains all its steps, B stops after step 1.
+#[test]
+fn two_trainers_one_cancelled_while_the_other_is_waited_for() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = std::env::temp_dir().join(format!("lorafuse-capi-two-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cdir = CString::new(dir.to_str().unwrap()).unwrap();
+    assert_eq!(
+        unsafe { lorafuse_demo_write(cdir.as_ptr(), 3, null_mut(), 0) },
+        LORAFUSE_OK
+    );
+    let path = CString::new(dir.join("demo.yaml").to_str().unwrap()).unwrap();
+    let make = |name: &str, user: usize| {
+        let out = CString::new(format!("output_dir={}", dir.join(name).display())).unwrap();
+        let sets = [out.as_ptr(), c"sample_every_n_steps=0".as_ptr()];
+        let mut t = null_mut();
+        unsafe {
+            assert_eq!(
+                lorafuse_trainer_from_file(path.as_ptr(), sets.as_ptr(), 2, &mut t),
+                LORAFUSE_OK
+            );
+            lorafuse_set_threads(t, 1);
+            lorafuse_set_event_callback(t, Some(count_steps), user as *mut c_void);
+        }
+        t as usize
+    };
+    let (a, b) = (make("a", 1), make("b", 2));
+    unsafe {
+        assert_eq!(lorafuse_start(a as *mut _, 0), LORAFUSE_OK);
+        assert_eq!(lorafuse_start(b as *mut _, 0), LORAFUSE_OK);
+    }
+    let waiter = std::thread::spawn(move || unsafe { lorafuse_wait(a as *mut _) });
+    let t0 = std::time::Instant::now();
+    while !HELD.load(SeqCst) {
+        assert!(t0.elapsed().as_secs() < 120, "B never reached step 1");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    unsafe {
+        assert_eq!(lorafuse_cancel(b as *mut _), LORAFUSE_OK);
+        RELEASED.store(true, SeqCst);
+        assert_eq!(lorafuse_wait(b as *mut _), LORAFUSE_CANCELLED);
+    }
+    assert_eq!(waiter.join().unwrap(), LORAFUSE_OK);
+    let steps = STEPS.lock().unwrap().clone();
+    let of = |u: usize| -> Vec<u64> {
+        steps
+            .iter()
+            .filter(|(w, _)| *w == u)
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    assert_eq!(of(1), vec![1, 2, 3]);
+    assert_eq!(of(2), vec![1]);
+    unsafe {
+        lorafuse_free(a as *mut _);
+        lorafuse_free(b as *mut _);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
