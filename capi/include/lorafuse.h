@@ -112,7 +112,8 @@ int32_t lorafuse_set_threads(lorafuse_trainer *t, size_t threads);
 // says so).
 int32_t lorafuse_set_max_memory(lorafuse_trainer *t, uint64_t bytes, int32_t adapt);
 
-// Every folder the run writes must lie under `root` (NULL: anywhere).
+// Every folder the run writes must lie under `root` (NULL: anywhere); one outside is a
+// problem that lorafuse_validate and lorafuse_start report (LORAFUSE_ERR_INVALID).
 int32_t lorafuse_set_output_root(lorafuse_trainer *t, const char *root);
 
 // Sends the events of runs started afterwards to `callback` with `user` (NULL: none).
@@ -132,8 +133,10 @@ size_t lorafuse_problem_key(lorafuse_trainer *t, size_t i, char *buf, size_t cap
 size_t lorafuse_problem_message(lorafuse_trainer *t, size_t i, char *buf, size_t cap);
 
 // Starts a run on a thread of its own and returns at once: from the start, or with `resume`
-// non-zero from the state saved in output_dir (after a cancel or a crash). LORAFUSE_ERR_BUSY
-// while an earlier run has not been waited for.
+// non-zero from the state saved in output_dir (after a cancel or a crash). Returns
+// LORAFUSE_ERR_INVALID with the problems lorafuse_validate would give, LORAFUSE_ERR_BUSY while
+// an earlier run has not been waited for; a run the memory cap refuses starts and ends at
+// once (lorafuse_wait: LORAFUSE_ERR_REFUSED).
 int32_t lorafuse_start(lorafuse_trainer *t, int32_t resume);
 
 // Asks the run to stop (from any thread, the event callback included): it finishes its

@@ -139,6 +139,11 @@ impl Handle {
         }
         let mut st = self.state();
         let trainer = Handle::trainer(&st)?;
+        // The problems now rather than as the run's end (the run checks them again).
+        let problems = trainer.validate();
+        if !problems.is_empty() {
+            return Err(Fail::invalid(problems));
+        }
         let cancel = trainer.canceller();
         let sink = st.sink;
         let thread = std::thread::Builder::new()

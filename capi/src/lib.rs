@@ -172,7 +172,8 @@ pub unsafe extern "C" fn lorafuse_set_max_memory(
     })
 }
 
-/// Every folder the run writes must lie under `root` (NULL: anywhere).
+/// Every folder the run writes must lie under `root` (NULL: anywhere); one outside is a
+/// problem that lorafuse_validate and lorafuse_start report (LORAFUSE_ERR_INVALID).
 #[no_mangle]
 pub unsafe extern "C" fn lorafuse_set_output_root(
     t: *mut lorafuse_trainer,
@@ -238,8 +239,10 @@ pub unsafe extern "C" fn lorafuse_problem_message(
 }
 
 /// Starts a run on a thread of its own and returns at once: from the start, or with `resume`
-/// non-zero from the state saved in output_dir (after a cancel or a crash). LORAFUSE_ERR_BUSY
-/// while an earlier run has not been waited for.
+/// non-zero from the state saved in output_dir (after a cancel or a crash). Returns
+/// LORAFUSE_ERR_INVALID with the problems lorafuse_validate would give, LORAFUSE_ERR_BUSY while
+/// an earlier run has not been waited for; a run the memory cap refuses starts and ends at
+/// once (lorafuse_wait: LORAFUSE_ERR_REFUSED).
 #[no_mangle]
 pub unsafe extern "C" fn lorafuse_start(t: *mut lorafuse_trainer, resume: i32) -> i32 {
     call(t, |h| h.start(resume != 0))

@@ -175,6 +175,9 @@ fn a_cap_refuses_the_run_and_the_output_root_is_a_problem() {
             "{}",
             message(t)
         );
+        // start says so at once, and nothing runs.
+        assert_eq!(lorafuse_start(t, 0), LORAFUSE_ERR_INVALID);
+        assert_eq!(lorafuse_wait(t), LORAFUSE_ERR_NOT_STARTED);
         assert_eq!(lorafuse_set_output_root(t, null()), LORAFUSE_OK);
         assert_eq!(lorafuse_validate(t, &mut count), LORAFUSE_OK);
         assert_eq!(count, 0);
