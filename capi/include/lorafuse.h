@@ -132,6 +132,11 @@ size_t lorafuse_problem_key(lorafuse_trainer *t, size_t i, char *buf, size_t cap
 // Copies the message of problem `i` into `buf`, as lorafuse_problem_key.
 size_t lorafuse_problem_message(lorafuse_trainer *t, size_t i, char *buf, size_t cap);
 
+// Copies the configuration's notices (settings that are valid but do nothing as combined,
+// kohya meanings applied: what the CLI prints as warnings), one a line, into `buf` ("" when
+// there are none), as lorafuse_problem_key.
+size_t lorafuse_notices(lorafuse_trainer *t, char *buf, size_t cap);
+
 // Starts a run on a thread of its own and returns at once: from the start, or with `resume`
 // non-zero from the state saved in output_dir (after a cancel or a crash). Returns
 // LORAFUSE_ERR_INVALID with the problems lorafuse_validate would give, LORAFUSE_ERR_BUSY while

@@ -56,6 +56,13 @@ pub(crate) struct State {
     pub report: String,
 }
 
+impl State {
+    /// The configuration's notices (none without a configuration).
+    pub fn notices(&self) -> Vec<String> {
+        self.cfg.as_ref().map(|c| c.warnings()).unwrap_or_default()
+    }
+}
+
 pub(crate) struct Handle {
     state: Mutex<State>,
     run: Mutex<Option<JoinHandle<Result<TrainReport, Fail>>>>,

@@ -238,6 +238,18 @@ pub unsafe extern "C" fn lorafuse_problem_message(
     read_problem(t, i, buf, cap, |p| p.message.clone())
 }
 
+/// Copies the configuration's notices (settings that are valid but do nothing as combined,
+/// kohya meanings applied: what the CLI prints as warnings), one a line, into `buf` ("" when
+/// there are none), as lorafuse_problem_key.
+#[no_mangle]
+pub unsafe extern "C" fn lorafuse_notices(
+    t: *mut lorafuse_trainer,
+    buf: *mut c_char,
+    cap: usize,
+) -> usize {
+    read(t, buf, cap, |st| st.notices().join("\n"))
+}
+
 /// Starts a run on a thread of its own and returns at once: from the start, or with `resume`
 /// non-zero from the state saved in output_dir (after a cancel or a crash). Returns
 /// LORAFUSE_ERR_INVALID with the problems lorafuse_validate would give, LORAFUSE_ERR_BUSY while

@@ -1,8 +1,9 @@
-//! The C ABI's contract from Rust: NULL and bad UTF-8 give codes and messages (never a crash),
-//! each trainer keeps its own last error when several fail at once on different threads, and a
-//! run a cap refuses ends with LORAFUSE_ERR_REFUSED and a `failed` event (whose callback may
-//! not wait for its own run). (Training, cancel and
-//! resume through the ABI: tests/c_example.rs.)
+//! The C ABI's contract from Rust: NULL and bad UTF-8 give codes and messages (never a
+//! crash); a configuration's notices and problems read back; each trainer keeps its own last
+//! error when several fail at once on different threads; a run a cap refuses ends with
+//! LORAFUSE_ERR_REFUSED and a `failed` event (whose callback may not wait for its own run);
+//! two trainers run at once, one cancelled while the other is waited for on another thread.
+//! (The C side, with resume: tests/c_example.rs.)
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::{null, null_mut};
@@ -159,6 +160,18 @@ fn a_cap_refuses_the_run_and_the_output_root_is_a_problem() {
             LORAFUSE_OK
         );
         assert_eq!(lorafuse_wait(t), LORAFUSE_ERR_NOT_STARTED);
+        assert_eq!(lorafuse_notices(t, null_mut(), 0), 0);
+        let mut noted = null_mut();
+        let sets = [c"keep_tokens=1".as_ptr()];
+        lorafuse_trainer_from_file(path.as_ptr(), sets.as_ptr(), 1, &mut noted);
+        let mut buf = [0 as c_char; 512];
+        lorafuse_notices(noted, buf.as_mut_ptr(), buf.len());
+        let notices = CStr::from_ptr(buf.as_ptr()).to_str().unwrap();
+        assert!(
+            notices.starts_with("keep_tokens = 1 has no effect"),
+            "{notices}"
+        );
+        lorafuse_free(noted);
         let elsewhere = CString::new(dir.join("allowed").to_str().unwrap()).unwrap();
         assert_eq!(lorafuse_set_output_root(t, elsewhere.as_ptr()), LORAFUSE_OK);
         let mut count = 0;
