@@ -231,7 +231,9 @@ impl Trainer {
                 c.gradient_accumulation_steps *= b / batch;
                 if Trainer::planned(&c)? <= cap {
                     obs.on(Event::Warning(format!(
-                        "to stay within the memory cap of {:.1} MiB (planned {:.1} MiB):                          gradient_checkpointing: true, batch_size {b} -> {batch},                          gradient_accumulation_steps {} -> {}",
+                        "to stay within the memory cap of {:.1} MiB (planned {:.1} MiB): \
+                         gradient_checkpointing: true, batch_size {b} -> {batch}, \
+                         gradient_accumulation_steps {} -> {}",
                         cap as f64 / MIB,
                         planned as f64 / MIB,
                         self.cfg.gradient_accumulation_steps,

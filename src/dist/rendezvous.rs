@@ -158,10 +158,12 @@ fn fetch(env: &WorldEnv, address: &str, deadline: Instant) -> Result<(TcpStream,
             .find_map(|a| TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok());
         match tried {
             Some(s) => break s,
-            None if Instant::now() >= deadline => return Err(format!(
+            None if Instant::now() >= deadline => {
+                return Err(format!(
                 "rank {} could not reach rank 0 in time (is rank 0 running, and the port open?)",
                 env.rank
-            )),
+            ))
+            }
             None => std::thread::sleep(Duration::from_millis(50)),
         }
     };
