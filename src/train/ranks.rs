@@ -47,19 +47,16 @@ pub fn train_threads(
                 let obs = obs.take();
                 s.spawn(move || {
                     let run = || {
-                        let be = backend(comm.rank())?;
+                        let be =
+                            backend(comm.rank()).inspect_err(|e| comm.abort(&e.to_string()))?;
                         match obs {
                             Some(o) => train_rank(cfg, be.as_ref(), comm, resume, stop, o),
                             None => train_rank(cfg, be.as_ref(), comm, resume, stop, &mut Quiet),
                         }
                     };
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-                        Ok(r) => {
-                            if let Err(e) = &r {
-                                comm.abort(&e.to_string());
-                            }
-                            r
-                        }
+                        // train_rank has told the others of its own failure.
+                        Ok(r) => r,
                         Err(_) => {
                             let why = format!("rank {} panicked", comm.rank());
                             comm.abort(&why);

@@ -500,66 +500,58 @@ pub fn train_rank(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainReport> {
-    let out = train_rank_inner(cfg, be, comm, resume, stop, obs);
+    let mut go = || -> Result<TrainReport> {
+        use crate::train::loop_io::{after_step, end_epoch, end_partial_epoch, finish, Outputs};
+        use crate::train::samples::SampleAt;
+        let ds = crate::train::loop_io::scan_and_check(cfg, be, obs)?;
+        obs.on(Event::Info(format!("loading {}", cfg.base_model.display())));
+        let from = WeightsFrom::Checkpoint(&cfg.base_model);
+        let mut run = Run::prepare(cfg, be, ds, from, Pixels::Files, &mut Announce(obs))?;
+        run.on_ranks(comm);
+        let mut out = Outputs::open(&run, obs)?;
+        // The `resume` key names a state file (or its folder); `--resume`, output_dir's.
+        let state = match &cfg.resume {
+            Some(path) => {
+                Some(
+                    crate::config::resume_state(path).map_err(|problem| Error::BadValue {
+                        op: "train",
+                        name: "resume",
+                        value: path.display().to_string(),
+                        expected: problem,
+                    })?,
+                )
+            }
+            None => resume.then(|| out.saves.state()),
+        };
+        if let Some(state) = state {
+            run.resume(&state)?;
+            out.resumed(&run);
+        }
+        out.started(&run);
+        if run.progress.step == 0 {
+            crate::train::loop_io::samples(&run, &mut out, SampleAt::First)?;
+        }
+        let end = loop {
+            if run.epoch_finished() {
+                if let Some(stop) = end_epoch(&mut run, &mut out)? {
+                    break Some(stop);
+                }
+            }
+            if run.done() {
+                end_partial_epoch(&run, &mut out)?;
+                break None;
+            }
+            let done = run.step()?;
+            out.stepped(&run, &done)?;
+            if let Some(stop) = after_step(&mut run, &mut out, stop)? {
+                break Some(stop);
+            }
+        };
+        finish(run, out, end)
+    };
+    let out = go();
     if let Err(e) = &out {
         comm.abort(&e.to_string());
     }
     out
-}
-
-fn train_rank_inner(
-    cfg: &TrainConfig,
-    be: &dyn Backend,
-    comm: &dyn Communicator,
-    resume: bool,
-    stop: &AtomicBool,
-    obs: &mut dyn Observer,
-) -> Result<TrainReport> {
-    use crate::train::loop_io::{after_step, end_epoch, end_partial_epoch, finish, Outputs};
-    use crate::train::samples::SampleAt;
-    let ds = crate::train::loop_io::scan_and_check(cfg, be, obs)?;
-    obs.on(Event::Info(format!("loading {}", cfg.base_model.display())));
-    let from = WeightsFrom::Checkpoint(&cfg.base_model);
-    let mut run = Run::prepare(cfg, be, ds, from, Pixels::Files, &mut Announce(obs))?;
-    run.on_ranks(comm);
-    let mut out = Outputs::open(&run, obs)?;
-    // The `resume` key names a state file (or its folder); `--resume`, output_dir's.
-    let state = match &cfg.resume {
-        Some(path) => {
-            Some(
-                crate::config::resume_state(path).map_err(|problem| Error::BadValue {
-                    op: "train",
-                    name: "resume",
-                    value: path.display().to_string(),
-                    expected: problem,
-                })?,
-            )
-        }
-        None => resume.then(|| out.saves.state()),
-    };
-    if let Some(state) = state {
-        run.resume(&state)?;
-        out.resumed(&run);
-    }
-    out.started(&run);
-    if run.progress.step == 0 {
-        crate::train::loop_io::samples(&run, &mut out, SampleAt::First)?;
-    }
-    let end = loop {
-        if run.epoch_finished() {
-            if let Some(stop) = end_epoch(&mut run, &mut out)? {
-                break Some(stop);
-            }
-        }
-        if run.done() {
-            end_partial_epoch(&run, &mut out)?;
-            break None;
-        }
-        let done = run.step()?;
-        out.stepped(&run, &done)?;
-        if let Some(stop) = after_step(&mut run, &mut out, stop)? {
-            break Some(stop);
-        }
-    };
-    finish(run, out, end)
 }
