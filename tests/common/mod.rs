@@ -4,6 +4,7 @@
 
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
+pub mod http;
 pub mod images;
 pub mod tools;
 
