@@ -7,6 +7,7 @@ pub mod cuda;
 pub mod http;
 pub mod images;
 pub mod tools;
+pub mod webdriver;
 
 use lorafuse::rng::Rng;
 use lorafuse::{Shape, Tensor};

@@ -104,10 +104,11 @@ function log(text) {
 function draw() {
   const c = $("curve");
   const g = c.getContext("2d");
-  const W = c.width, H = c.height, pad = 36;
+  const W = c.width, H = c.height, pad = 64, bottom = 28;
   g.clearRect(0, 0, W, H);
+  g.font = "11px sans-serif";
   g.strokeStyle = "#999";
-  g.strokeRect(pad, 8, W - 2 * pad, H - pad - 8);
+  g.strokeRect(pad, 8, W - 2 * pad, H - bottom - 8);
   c.dataset.points = String(curve.loss.length);
   if (curve.steps.length === 0) return;
   const x0 = curve.steps[0], x1 = Math.max(curve.steps[curve.steps.length - 1], x0 + 1);
@@ -116,7 +117,7 @@ function draw() {
     const fin = ys.filter(Number.isFinite);
     if (fin.length === 0) return;
     const lo = Math.min(...fin), hi = Math.max(...fin, lo + 1e-12);
-    const Y = (v) => 8 + (1 - (v - lo) / (hi - lo)) * (H - pad - 16);
+    const Y = (v) => 8 + (1 - (v - lo) / (hi - lo)) * (H - bottom - 16);
     g.strokeStyle = color;
     g.beginPath();
     ys.forEach((v, i) => {
@@ -129,14 +130,14 @@ function draw() {
     g.textAlign = side === "left" ? "left" : "right";
     const x = side === "left" ? 2 : W - 2;
     g.fillText(hi.toPrecision(3), x, 16);
-    g.fillText(lo.toPrecision(3), x, H - pad);
-    g.fillText(label, side === "left" ? pad + 4 : W - pad - 4, 22);
+    g.fillText(lo.toPrecision(3), x, H - bottom);
+    g.fillText(label, x, H / 2 - 20);
   };
   line(curve.loss, "#1f5fbf", "loss", "left");
   line(curve.lr, "#d9730d", "learning rate", "right");
   g.fillStyle = "#444";
   g.textAlign = "center";
-  g.fillText("step " + x0 + " – " + curve.steps[curve.steps.length - 1], W / 2, H - 10);
+  g.fillText("step " + x0 + " – " + curve.steps[curve.steps.length - 1], W / 2, H - 8);
 }
 
 function running(on) {
@@ -272,6 +273,8 @@ async function main() {
     const label = c.name + " (" + Math.round(c.memory / 2 ** 30) + " GiB)" + (c.unsupported ? " – unsupported" : "");
     $("gpu").append(el("option", { value: c.name }, label));
   }
+  const usable = cards.find((c) => !c.unsupported);
+  if (usable) $("gpu").value = usable.name;
   $("start").addEventListener("click", () => start(false));
   $("resume").addEventListener("click", () => start(true));
   $("stop").addEventListener("click", stop);
