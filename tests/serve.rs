@@ -177,6 +177,17 @@ fn no_file_outside_the_output_folder_and_the_roots_is_served() {
     std::os::unix::fs::symlink(&outside, out.join("link")).unwrap();
     std::os::unix::fs::symlink(outside.join("secret.txt"), out.join("secret.txt")).unwrap();
 
+    // A log folder through a symlink out of the root is outside it too, and is not created.
+    let mut through_link = settings(&root, &out, 2, 2);
+    let logs = out.join("link/logs");
+    through_link["sets"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(format!("logging_dir={}", logs.display())));
+    let problems = json(addr, "POST", "/api/validate", &through_link).json();
+    assert_eq!(problems["problems"][0]["key"], "logging_dir", "{problems}");
+    assert!(!outside.join("logs").exists());
+
     let lora = of_kind(&end, "saved")
         .into_iter()
         .find(|e| e["what"] == "LoRA")

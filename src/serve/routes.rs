@@ -165,23 +165,33 @@ fn checked(guard: &Guard, sets: &[String]) -> Checked {
         }
     };
     let notices = t.notices();
-    let out = t.config().output_dir.clone();
-    // Checked before `validate`, which creates the output folder.
-    let Some(root) = guard.root_for_writing(&out) else {
-        let roots: Vec<String> = guard
-            .roots()
-            .iter()
-            .map(|r| r.display().to_string())
-            .collect();
-        return no(vec![Problem {
-            key: Some("output_dir".into()),
-            message: format!(
-                "output_dir = {} is outside the folders this server may write to ({}): give a \
+    let cfg = t.config();
+    let out = cfg.output_dir.clone();
+    // Checked before `validate`, which creates the folders; canonically (symlinks resolved),
+    // where the output root of the caps compares names.
+    let outside: Vec<Problem> = [
+        ("output_dir", &cfg.output_dir),
+        ("logging_dir", &cfg.logging_dir),
+    ]
+    .into_iter()
+    .filter(|(_, dir)| guard.root_for_writing(dir).is_none())
+    .map(|(key, dir)| Problem {
+        key: Some(key.into()),
+        message: format!(
+            "{key} = {} is outside the folders this server may write to ({}): give a \
                  folder inside one, or start `lorafuse serve` with --root",
-                out.display(),
-                roots.join(", ")
-            ),
-        }]);
+            dir.display(),
+            guard
+                .roots()
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+    .collect();
+    let Some(root) = guard.root_for_writing(&out).filter(|_| outside.is_empty()) else {
+        return no(outside);
     };
     let t = t.with_caps(Caps {
         output_root: Some(root),
