@@ -353,3 +353,77 @@ fn serve_starts_in_under_a_second() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tag_edits_are_previewed_then_written_inside_the_roots_only() {
+    let base = scratch("tags");
+    let root = base.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let demo = lorafuse::demo::prepare(&root.join("demo"), 2).unwrap();
+    let srv = server(&root);
+    let addr = srv.addr();
+    let first = demo.data.join("10_shapes/shape_00.txt");
+    let before = std::fs::read_to_string(&first).unwrap();
+    let edit = |dir: &Path, dry_run: bool| {
+        json(
+            addr,
+            "POST",
+            "/api/tags",
+            &json!({
+                "dir": dir, "trigger": "sks shape", "remove": ["simple*"],
+                "replace": [["a red circle*", "red circle"]], "dry_run": dry_run,
+            }),
+        )
+    };
+    let preview = edit(&demo.data, true).json();
+    let changes = preview["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 12, "{preview}");
+    assert_eq!(preview["written"], false);
+    assert_eq!(
+        std::fs::read_to_string(&first).unwrap(),
+        before,
+        "a preview writes nothing"
+    );
+    let change = changes
+        .iter()
+        .find(|c| c["file"] == "10_shapes/shape_00.txt")
+        .unwrap();
+    assert_eq!(change["after"], "sks shape, red circle");
+
+    assert_eq!(edit(&demo.data, false).json()["written"], true);
+    assert_eq!(
+        std::fs::read_to_string(&first).unwrap(),
+        "sks shape, red circle"
+    );
+    let listed = request(
+        addr,
+        "GET",
+        &format!("/api/captions?dir={}", demo.data.display()),
+        &[],
+        b"",
+    )
+    .json();
+    assert!(
+        listed["tags"].to_string().contains("[\"sks shape\",12]"),
+        "{listed}"
+    );
+
+    // A folder outside the roots, also through `..`, is refused and left alone.
+    let outside = base.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("a.txt"), &before).unwrap();
+    image_beside(&outside.join("a.png"));
+    for dir in [outside.clone(), root.join("../outside")] {
+        assert_eq!(edit(&dir, false).status, 403, "{}", dir.display());
+    }
+    assert_eq!(
+        std::fs::read_to_string(outside.join("a.txt")).unwrap(),
+        before
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A small PNG (a caption needs its image to be listed).
+fn image_beside(path: &Path) {
+    image::RgbImage::new(8, 8).save(path).unwrap();
+}

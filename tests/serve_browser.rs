@@ -129,6 +129,23 @@ fn the_page_validates_starts_draws_and_stops_a_run() {
             .contains("simple flat illustration (12)"),
         "{tags}"
     );
+    // The tag tools' preview of a trigger word: every caption would change, none is written.
+    b.type_into("#tag-trigger", "sks");
+    b.click("#tag-preview");
+    let preview = b.wait_for(
+        "the tag edit's preview",
+        "return document.getElementById('tag-result').textContent",
+        20,
+    );
+    assert!(
+        preview
+            .as_str()
+            .unwrap()
+            .starts_with("12 captions would change"),
+        "{preview}"
+    );
+    let caption = demo.data.join("10_shapes/shape_00.txt");
+    assert!(!std::fs::read_to_string(caption).unwrap().starts_with("sks"));
 
     b.eval(
         "window.scrollTo(0, 0); document.getElementById('run').scrollTo(0, 0)",

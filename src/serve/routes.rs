@@ -15,6 +15,7 @@
 //! POST /api/plan      {"gpu": ...}      the memory plan on a card
 //! POST /api/start  /api/resume          start the run, or continue its saved state
 //! POST /api/stop                        cancel: finish the step, save the state
+//! POST /api/tags                        a tag edit on a data folder's captions (or its preview)
 //! ```
 
 use std::io::Write;
@@ -28,7 +29,7 @@ use tiny_http::{Method, Request, Response};
 
 use crate::api::{ApiError, Caps, Problem, Trainer};
 use crate::config::TrainConfig;
-use crate::prepare::tags::{frequency, read_captions};
+use crate::prepare::tags::{apply, frequency, read_captions, split, Pattern, TagEdit};
 
 use super::guard::{Asking, Guard};
 use super::http::{error, guarded, json as json_response, json_body, split_url};
@@ -128,6 +129,7 @@ fn post(state: &State, path: &str, body: &Value) -> Answer {
                 Err(e) => error(400, &e),
             },
         },
+        "/api/tags" => edit_tags(state, body),
         "/api/start" => start(state, &sets, false),
         "/api/resume" => start(state, &sets, true),
         "/api/stop" => match state.job() {
@@ -348,6 +350,45 @@ fn captions(state: &State, dir: &Path) -> Answer {
                 })).collect::<Vec<_>>(),
                 "uncaptioned": c.uncaptioned,
                 "tags": frequency(&c),
+            }),
+        ),
+    }
+}
+
+/// `{"dir", "ext", "trigger": "a, b", "remove": [pattern], "replace": [[old, new]], "dedupe",
+/// "dry_run"}`: the changes `lorafuse tags` would make (written unless `dry_run`).
+fn edit_tags(state: &State, body: &Value) -> Answer {
+    let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let Some(dir) = state.guard.existing_inside(Path::new(&text(&body["dir"]))) else {
+        return error(403, "not a folder inside this server's roots");
+    };
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let edit = TagEdit {
+        remove: list(&body["remove"])
+            .iter()
+            .map(|p| Pattern::new(&text(p)))
+            .collect(),
+        replace: list(&body["replace"])
+            .iter()
+            .map(|r| (Pattern::new(&text(&r[0])), text(&r[1]).trim().to_string()))
+            .collect(),
+        dedupe: body["dedupe"].as_bool().unwrap_or(false),
+        trigger: split(&text(&body["trigger"])),
+    };
+    let ext = match text(&body["ext"]).trim().trim_start_matches('.') {
+        "" => ".txt".to_string(),
+        e => format!(".{e}"),
+    };
+    let dry_run = body["dry_run"].as_bool().unwrap_or(true);
+    match read_captions(&dir, &ext).and_then(|c| apply(&c, &edit, dry_run)) {
+        Err(e) => error(422, &e.to_string()),
+        Ok(changes) => json_response(
+            200,
+            &json!({
+                "written": !dry_run,
+                "changes": changes.iter().map(|(p, before, after)| json!({
+                    "file": p.strip_prefix(&dir).unwrap_or(p), "before": before, "after": after
+                })).collect::<Vec<_>>(),
             }),
         ),
     }

@@ -265,6 +265,32 @@ async function captions() {
   }
 }
 
+// The tag edit of `lorafuse tags` on train_data_dir's captions: previewed, or written.
+async function editTags(write) {
+  const words = (id) => $(id).value.split(",").map((t) => t.trim()).filter((t) => t);
+  const replace = $("tag-replace").value.split(";").map((r) => r.split("=")).filter((r) => r.length === 2 && r[0].trim());
+  const [status, r] = await post("/api/tags", {
+    dir: field("train_data_dir").value.trim(),
+    ext: field("caption_extension").value.trim(),
+    trigger: $("tag-trigger").value,
+    remove: words("tag-remove"),
+    replace,
+    dedupe: $("tag-dedupe").checked,
+    dry_run: !write,
+  });
+  const out = $("tag-result");
+  out.textContent = "";
+  if (status !== 200) {
+    out.textContent = r.error || "the server answered " + status;
+    return;
+  }
+  out.append(el("div", {}, r.changes.length + " captions " + (r.written ? "changed" : "would change")));
+  for (const c of r.changes.slice(0, 50)) {
+    out.append(el("div", { class: "change" }, c.file + ": " + c.before.trim() + "  →  " + c.after.trim()));
+  }
+  if (r.written) captions();
+}
+
 async function main() {
   [, keys] = await getJSON("/api/keys");
   buildForm();
@@ -281,6 +307,8 @@ async function main() {
   $("plan").addEventListener("click", plan);
   $("load").addEventListener("click", load);
   $("captions").addEventListener("click", captions);
+  $("tag-preview").addEventListener("click", () => editTags(false));
+  $("tag-apply").addEventListener("click", () => editTags(true));
   $("filter").addEventListener("input", () => {
     const f = $("filter").value.trim().toLowerCase();
     for (const k of keys) $("row-" + k.name).hidden = f !== "" && !k.name.includes(f);
