@@ -142,6 +142,13 @@ impl Trainer {
             .map_err(|e| ApiError::Invalid(Problem::list(e)))
     }
 
+    /// A trainer from `key=value` settings alone (no file), each read as `--set` reads it.
+    pub fn from_overrides(overrides: &[impl AsRef<str>]) -> Result<Trainer, ApiError> {
+        TrainConfig::from_overrides(overrides)
+            .map(Trainer::new)
+            .map_err(|e| ApiError::Invalid(Problem::list(e)))
+    }
+
     /// A trainer from a configuration value.
     pub fn new(cfg: TrainConfig) -> Trainer {
         Trainer {

@@ -21,6 +21,7 @@ pub mod plan;
 pub mod prepare;
 pub mod rng;
 pub mod sample;
+pub mod serve;
 pub mod tensor;
 pub mod train;
 

@@ -9,6 +9,7 @@ pub mod interrupt;
 mod plan;
 mod prepare;
 pub mod progress;
+mod serve;
 mod tags;
 mod tools;
 
@@ -244,6 +245,9 @@ pub enum Command {
     Caption(caption::CaptionArgs),
     /// Show the compute backends this build has and which one `device: auto` would pick.
     Devices,
+    /// A local web UI: the config as a form with every key's meaning and live validation, the
+    /// memory plan for a GPU, start / stop / resume, the loss curve, samples, captions.
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> Outcome {
@@ -382,6 +386,7 @@ pub fn run(cli: Cli) -> Outcome {
         Command::Tags(args) => tags::tags_cmd(&args),
         Command::Caption(args) => caption::caption_cmd(&args),
         Command::Devices => devices(),
+        Command::Serve(args) => serve::serve_cmd(&args),
     }
 }
 

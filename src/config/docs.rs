@@ -7,25 +7,58 @@ use yaml_serde::Value;
 use super::keys::KEYS;
 use super::parse::float_text;
 
+/// One key as the documentation shows it (README.md's table, `lorafuse serve`'s form).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct KeyDoc {
+    pub name: &'static str,
+    /// The type column ("whole number ≥ 1", "`cosine`, `linear`, ...").
+    pub doc_type: String,
+    /// The default column ("`32`", "required", "unset").
+    pub default_doc: String,
+    /// What a valid value is ("must be ...").
+    pub rule: String,
+    /// The meaning, with other trainers' names and kohya's default where they apply.
+    pub doc: String,
+}
+
+/// Every key, in field order.
+pub(crate) fn key_docs() -> Vec<KeyDoc> {
+    KEYS.iter()
+        .map(|k| KeyDoc {
+            name: k.name,
+            doc_type: k.doc_type.clone(),
+            default_doc: k.default_doc.clone(),
+            rule: k.rule.clone(),
+            doc: meaning(k),
+        })
+        .collect()
+}
+
+/// The meaning column: the doc, other trainers' names, kohya's default.
+fn meaning(k: &super::decl::KeyDecl) -> String {
+    let mut meaning = k.doc.to_string();
+    if !k.aliases.is_empty() {
+        let names: Vec<String> = k
+            .aliases
+            .iter()
+            .map(|(name, note)| format!("`{name}`{note}"))
+            .collect();
+        let label = if names.len() == 1 { "name" } else { "names" };
+        meaning.push_str(&format!(" Other trainers' {label}: {}.", names.join(", ")));
+    }
+    if let Some(kohya) = k.kohya_default {
+        meaning.push_str(&format!(
+            " Left out of a kohya-format (TOML) file: `{kohya}`, kohya's default."
+        ));
+    }
+    meaning
+}
+
 /// The header and one row per key: `| key | type | default | meaning |`.
 pub(crate) fn markdown_table() -> String {
     let mut out = String::from("| key | type | default | meaning |\n|---|---|---|---|\n");
     for k in KEYS.iter() {
-        let mut meaning = k.doc.to_string();
-        if !k.aliases.is_empty() {
-            let names: Vec<String> = k
-                .aliases
-                .iter()
-                .map(|(name, note)| format!("`{name}`{note}"))
-                .collect();
-            let label = if names.len() == 1 { "name" } else { "names" };
-            meaning.push_str(&format!(" Other trainers' {label}: {}.", names.join(", ")));
-        }
-        if let Some(kohya) = k.kohya_default {
-            meaning.push_str(&format!(
-                " Left out of a kohya-format (TOML) file: `{kohya}`, kohya's default."
-            ));
-        }
+        let meaning = meaning(k);
         out.push_str(&format!(
             "| `{}` | {} | {} | {} |\n",
             k.name,

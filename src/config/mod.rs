@@ -40,6 +40,7 @@ use serde::{Serialize, Serializer};
 
 pub use crate::lora::export::SavePrecision;
 pub use crate::train::lr::Schedule;
+pub use docs::KeyDoc;
 pub use error::{ConfigError, KeyHint, Origin};
 pub use keys::TrainConfig;
 pub use parse::Format;
@@ -215,6 +216,11 @@ impl TrainConfig {
     /// Every lorafuse key, in field order (the names README.md lists).
     pub fn key_names() -> Vec<&'static str> {
         keys::KEYS.iter().map(|k| k.name).collect()
+    }
+
+    /// Every key's documentation (type, default, rule, meaning), in field order.
+    pub fn key_docs() -> Vec<KeyDoc> {
+        docs::key_docs()
     }
 
     /// README.md's table of keys (type, default, meaning), made from the declarations.

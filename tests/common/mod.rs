@@ -4,8 +4,10 @@
 
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
+pub mod http;
 pub mod images;
 pub mod tools;
+pub mod webdriver;
 
 use lorafuse::rng::Rng;
 use lorafuse::{Shape, Tensor};
