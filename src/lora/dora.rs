@@ -21,7 +21,8 @@
 //!
 //! In a file: the LoRA keys plus `<module>.dora_scale`, [out, 1] on a linear layer and
 //! [out, 1, 1, 1] on a conv (1x1 included), as LyCORIS writes it. diffusers' kohya converter
-//! maps it to peft's `lora_magnitude_vector`.
+//! maps it to peft's `lora_magnitude_vector`, which peft holds as [out] on a linear layer and
+//! [1, out, 1, 1] on a conv (README: diffusers 0.39's SD1.x loader drops it instead).
 
 use crate::backend::{Accum, Backend};
 use crate::error::{Error, Result};
