@@ -88,6 +88,7 @@ dim_from_weights: true
 conv_dim: 8
 conv_alpha: 4
 algo: lora
+dora_wd: false
 lora_targets: attention
 train_text_encoder: false
 train_unet: true
@@ -551,9 +552,23 @@ fn lycoris_network_args_are_read_as_lycoris_reads_them() {
     );
     let c = with("network_module: networks.lora\nnetwork_args: [\"conv_dim=2\"]").unwrap();
     assert_eq!((c.algo, c.conv_alpha), (AlgoKind::Lora, Some(1.0)));
+    // DoRA: LyCORIS's dora_wd is the key dora_wd; networks.lora has no such argument.
+    let c = with(&format!(
+        "{lyc}network_args: [\"algo=lora\", \"dora_wd=True\"]"
+    ))
+    .unwrap();
+    assert!(c.dora_wd && c.algo == AlgoKind::Lora);
+    let e = err_text(with(
+        "network_module: networks.lora\nnetwork_args: [\"dora_wd=True\"]",
+    ));
+    assert!(
+        e.contains("lycoris.kohya") && e.contains("dora_wd: True"),
+        "{e}"
+    );
     for (args, want) in [
         ("algo=lokr", "lokr is not supported"),
-        ("dora_wd=True", "DoRA"),
+        ("algo=loha\", \"dora_wd=True", "algo: loha"),
+        ("wd_on_output=False", "input axis"),
         ("use_tucker=True", "Tucker"),
         ("preset=attn-only", "preset"),
         ("dropout=0.1", "network_dropout"),
@@ -561,9 +576,11 @@ fn lycoris_network_args_are_read_as_lycoris_reads_them() {
         let e = err_text(with(&format!("{lyc}network_args: [\"{args}\"]")));
         assert!(e.contains(want), "{args}: {e}");
     }
-    // LoHa draws no dropout masks.
+    // LoHa and DoRA draw no dropout masks.
     let e = err_text(with("algo: loha\nrank_dropout: 0.1"));
     assert!(e.contains("rank_dropout") && e.contains("loha"), "{e}");
+    let e = err_text(with("dora_wd: true\nlora_dropout: 0.1"));
+    assert!(e.contains("lora_dropout") && e.contains("dora_wd"), "{e}");
 }
 
 #[test]

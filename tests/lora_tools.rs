@@ -460,28 +460,37 @@ fn readme_examples_run() {
     }
 }
 
-/// A tensor that is no module's down/up/alpha (DoRA's `dora_scale`) is not carried over by
-/// resize, and the report names it.
+/// A tensor that is no module's down/up/alpha is not carried over by resize, and the report
+/// names it; a DoRA module (`dora_scale` beside its LoRA keys) is refused naming it, since
+/// its magnitudes belong to the product resize would change.
 #[test]
 fn resize_reports_tensors_it_drops() {
     use safetensors::tensor::{Dtype, SafeTensors, TensorView};
     let t = TempDir::new("dropped");
     let bytes = std::fs::read(RESIZE_IN).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let extra_key = format!("{LIN}.dora_scale");
     let extra = vec![0u8; 36 * 4];
-    let mut views: Vec<(String, TensorView<'_>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    views.push((
-        extra_key.clone(),
-        TensorView::new(Dtype::F32, vec![36, 1], &extra).unwrap(),
-    ));
-    let input = t.path("with-dora.safetensors");
-    std::fs::write(&input, safetensors::serialize(views, None).unwrap()).unwrap();
+    let with = |key: &str, name: &str| {
+        let mut views: Vec<(String, TensorView<'_>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        views.push((
+            key.to_string(),
+            TensorView::new(Dtype::F32, vec![36, 1], &extra).unwrap(),
+        ));
+        let input = t.path(name);
+        std::fs::write(&input, safetensors::serialize(views, None).unwrap()).unwrap();
+        input
+    };
     let out = t.path("out.safetensors");
+    let input = with(&format!("{LIN}.dora_scale"), "with-dora.safetensors");
+    let e = resize(&args(&input, &out, 4)).unwrap_err().to_string();
+    assert!(e.contains(LIN) && e.contains("dora"), "{e}");
+    assert!(!out.exists());
+    let extra_key = "unknown_extra_tensor".to_string();
+    let input = with(&extra_key, "with-extra.safetensors");
     let report = resize(&args(&input, &out, 4)).unwrap();
     assert_eq!(report.dropped, vec![extra_key.clone()]);
     let f = SafetensorsFile::open(&out).unwrap();
@@ -519,5 +528,29 @@ fn loha_files_are_inspected_and_refused_by_resize() {
         "{msg}"
     );
     assert_eq!(e.kind(), lorafuse::error::ErrorKind::BadInput);
+    assert!(!out.exists());
+}
+
+/// The LyCORIS DoRA fixture (tests/fixtures/lycoris/dora.safetensors): `inspect` names each
+/// module's kind as DoRA with its layer and counts `dora_scale` in the parameters; `resize`
+/// refuses it naming the module.
+#[test]
+fn dora_files_are_inspected_and_refused_by_resize() {
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lycoris/dora.safetensors");
+    let s = lorafuse::lora::inspect::inspect(&fixture).unwrap();
+    assert_eq!(s.kinds.get("DoRA (LoRA linear)"), Some(&1), "{:?}", s.kinds);
+    assert_eq!(
+        s.kinds.get("DoRA (LoCon 3x3 conv)"),
+        Some(&1),
+        "{:?}",
+        s.kinds
+    );
+    // linear: down 2x6, up 5x2, m 5; conv: down 3x3x3x3, up 4x3, m 4.
+    assert_eq!(s.parameters, 12 + 10 + 5 + 81 + 12 + 4);
+    let t = TempDir::new("dora-resize");
+    let out = t.path("out.safetensors");
+    let e = resize(&args(&fixture, &out, 1)).unwrap_err().to_string();
+    assert!(e.contains("lora_unet_") && e.contains("dora"), "{e}");
     assert!(!out.exists());
 }

@@ -3,7 +3,8 @@
 //! (checked element by element against a computation written here, and for three weights
 //! against a hand-written loop), and leaves every other tensor byte-identical; precision
 //! conversion; a LoCon module into its 3x3 conv (against an index-by-index computation); the
-//! refusals (a LoRA that matches nothing, a LoRA of the wrong size).
+//! refusals (a LoRA that matches nothing, a LoRA of the wrong size); LoHa and DoRA modules
+//! baked into a 3x3 conv.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -594,4 +595,64 @@ fn loha_module_merges_into_the_3x3_conv() {
         }
     }
     assert!(changed * 2 > got.len(), "the conv changed");
+}
+
+/// A DoRA module bakes into a 3x3 conv row by row as W + ratio·(V − W), V = W' ⊙ m /
+/// (‖W'‖ + eps), W' = W + (alpha/r)·up·down (at ratio 1 the weight the layer runs: LyCORIS's
+/// merge; the ratio as A1111's and ComfyUI's strength).
+#[test]
+fn dora_module_merges_into_the_3x3_conv() {
+    let dir = TempDir::new("dora");
+    let out = dir.path("merged.safetensors");
+    let name = "lora_unet_down_blocks_1_resnets_0_conv2";
+    let key = "model.diffusion_model.input_blocks.4.0.out_layers.3.weight";
+    let base = SafetensorsFile::open(Path::new(BASE)).unwrap();
+    let raw = base.tensor_info(key).unwrap();
+    let (o, c) = (raw.shape[0], raw.shape[1]);
+    let n = c * 9;
+    let r = 2;
+    let mut rng = lorafuse::rng::Rng::new(7);
+    let (down, up) = (rng.normal_vec(r * n), rng.normal_vec(o * r));
+    let m: Vec<f64> = (0..o).map(|i| 0.5 + 0.1 * i as f64).collect();
+    let dora = LoraSet::new(vec![LoraModule {
+        name: name.into(),
+        down: Tensor::from_f64([r, c, 3, 3], down.clone()).unwrap(),
+        up: Tensor::from_f64([o, r, 1, 1], up.clone()).unwrap(),
+        alpha: 1.0,
+        kind: LayerKind::Conv { kernel: 3 },
+        algo: lorafuse::lora::Algo::Dora {
+            magnitude: Tensor::from_f64([o, 1, 1, 1], m.clone()).unwrap(),
+        },
+    }]);
+    let ratio = 0.5;
+    let report = merge_into_checkpoint(Path::new(BASE), &[(&dora, ratio)], &out, None).unwrap();
+    assert_eq!(report.merged.len(), 1);
+    let merged = SafetensorsFile::open(&out).unwrap();
+    let got = f16s(merged.bytes(merged.tensor_info(key).unwrap()));
+    let w = f16s(base.bytes(raw));
+    let scale = 1.0 / r as f64;
+    for oo in 0..o {
+        let adapted: Vec<f64> = (0..n)
+            .map(|j| {
+                let d: f64 = (0..r).map(|k| up[oo * r + k] * down[k * n + j]).sum();
+                w[oo * n + j].to_f64() + scale * d
+            })
+            .collect();
+        let norm = adapted.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for j in 0..n {
+            let wv = w[oo * n + j].to_f64();
+            let v = adapted[j] * m[oo] / (norm + lorafuse::lora::dora::EPS);
+            let want = f16::from_f64(wv + ratio * (v - wv));
+            assert!(ulps(got[oo * n + j], want) <= 1, "[{oo},{j}]");
+        }
+    }
+    // Rows rescaled towards m: the merged rows' norms are between ‖W‖ and m.
+    let row_norm = |v: &[f16], oo: usize| {
+        v[oo * n..(oo + 1) * n]
+            .iter()
+            .map(|x| x.to_f64().powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    assert!((0..o).any(|oo| (row_norm(&got, oo) - row_norm(&w, oo)).abs() > 1e-2));
 }

@@ -512,3 +512,33 @@ fn loha_counts_its_parameters_and_its_transient_delta() {
         lora.workspace() as f64 / MIB
     );
 }
+
+/// DoRA (`dora_wd: true`) adds one magnitude per output row to each module (a few percent of
+/// rank-8 LoRA's parameters and optimizer state), saves no hidden on the tape, and builds
+/// W', V and their gradients transiently in the step's workspace.
+#[test]
+fn dora_counts_its_magnitudes_and_its_transient_weights() {
+    let lora = plan(&input(1, 512, 8, DType::F16)).unwrap();
+    let mut cfg = input(1, 512, 8, DType::F16);
+    cfg.cfg.dora_wd = true;
+    let dora = plan(&cfg).unwrap();
+    let more = dora.lora as f64 / lora.lora as f64;
+    assert!(more > 1.01 && more < 1.1, "{more}");
+    assert!((dora.optimizer as f64 / lora.optimizer as f64 - more).abs() < 1e-3);
+    assert!(dora.tape_bytes() < lora.tape_bytes());
+    // At least one W' of the up path's ff.net.0.proj ([2560, 320] f32), where the backward
+    // starts with the whole tape held.
+    assert!(
+        dora.workspace() > lora.workspace() + 2560 * 320 * 4,
+        "{} vs {}",
+        dora.workspace(),
+        lora.workspace()
+    );
+    println!(
+        "DoRA rank 8: peak {:.1} MiB (workspace {:.1}) against LoRA's {:.1} MiB ({:.1})",
+        dora.peak() as f64 / MIB,
+        dora.workspace() as f64 / MIB,
+        lora.peak() as f64 / MIB,
+        lora.workspace() as f64 / MIB
+    );
+}

@@ -7,7 +7,8 @@
 //! [`AdapterBackward`], and its forward and backward to each backend's linear.rs (and
 //! conv.rs): every `match` on an adapter then names the places that must learn it. A kind
 //! made of the backends' existing ops needs no variant: LoHa (ΔW = (B₁A₁) ⊙ (B₂A₂), built in
-//! full per layer) is composed in lora/loha.rs and run by model/layers.rs. On a conv, [`Adapter::Lora`] is LoCon (sd-scripts' `conv_dim`): down
+//! full per layer) is composed in lora/loha.rs, DoRA (the weight rescaled row by row, with
+//! the `weight_decompose` ops) in lora/dora.rs, and both are run by model/layers.rs. On a conv, [`Adapter::Lora`] is LoCon (sd-scripts' `conv_dim`): down
 //! [rank, C, k, k] run with the layer's stride and padding, up [O, rank, 1, 1], the mask and
 //! the hidden [N, rank, Ho, Wo] ([`ConvOps::conv2d_out`](super::ConvOps::conv2d_out)).
 

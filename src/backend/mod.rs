@@ -35,8 +35,8 @@ pub use factored::{AdafactorBuffers, AdafactorSegment, AdafactorStep, AdafactorT
 /// (a `&dyn Backend` reaches a family's methods only with its trait in scope).
 pub mod prelude {
     pub use super::{
-        ActivationOps, AttentionOps, Backend, BackendInfo, ConvOps, DiffusionOps, ElementwiseOps,
-        LayoutOps, LinearOps, NormOps, OptimOps, Tensors,
+        ActivationOps, AttentionOps, Backend, BackendInfo, ConvOps, DecomposeOps, DiffusionOps,
+        ElementwiseOps, LayoutOps, LinearOps, NormOps, OptimOps, Tensors,
     };
 }
 
@@ -53,6 +53,7 @@ pub trait Backend:
     + AttentionOps
     + LayoutOps
     + ElementwiseOps
+    + DecomposeOps
     + DiffusionOps
     + OptimOps
     + Send
@@ -70,6 +71,7 @@ impl<B> Backend for B where
         + AttentionOps
         + LayoutOps
         + ElementwiseOps
+        + DecomposeOps
         + DiffusionOps
         + OptimOps
         + Send
@@ -413,6 +415,25 @@ pub trait ElementwiseOps {
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
     /// x [N, C, ...] + bias [N, C] broadcast over the spatial dims (time embedding in ResNets).
     fn add_channel_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor>;
+}
+
+/// DoRA's weight decomposition (lora/dora.rs) of a weight matrix W' [rows, n]: each row
+/// rescaled to a trainable magnitude (cpu/decompose.rs, cuda/ops/decompose.rs).
+pub trait DecomposeOps {
+    /// V = W' ⊙ m / (‖W'‖ + eps) row by row, and the row norms ‖W'‖ [rows] (without eps), for
+    /// the backward. `m` holds `rows` magnitudes in any shape ([rows, 1] as files store it).
+    fn weight_decompose(&self, w: &Tensor, m: &Tensor, eps: f64) -> Result<(Tensor, Tensor)>;
+    /// The gradients of W' and m for G = dL/dV, with `norm` the forward's, ν = ‖W'‖ + eps and
+    /// r = Σ_c G ⊙ W' per row: dm = r / ν (m's shape), dW' = (m / ν)·(G − r·W' / (ν·‖W'‖))
+    /// (the norm's own gradient included; 0 for a zero row's second term).
+    fn weight_decompose_backward(
+        &self,
+        g: &Tensor,
+        w: &Tensor,
+        m: &Tensor,
+        norm: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Tensor)>;
 }
 
 /// Sinusoidal timestep embedding as diffusers' `get_timestep_embedding`.

@@ -275,6 +275,14 @@ config_keys! {
         doc_type choice_doc::<AlgoKind>(),
         rule choice_rule::<AlgoKind>(),
 
+    /// DoRA (weight-decomposed LoRA, LyCORIS's `dora_wd=True`): with `algo: lora`, each
+    /// adapted layer runs (W + ΔW) rescaled row by row to a trained magnitude `dora_scale`,
+    /// which starts at the frozen weight's row norms.
+    dora_wd: bool = fixed(false),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+
     /// Start from an existing kohya-format LoRA (kohya's `network_weights`): its adapters
     /// replace the new ones of the same name (alpha included); a shape that differs is an
     /// error; adapters it lacks start fresh, its others are not used.

@@ -17,10 +17,10 @@
 //!
 //! With `network_module = "lycoris.kohya"` the names are LyCORIS's (lycoris/kohya.py's
 //! `create_network`): `algo` (`lora`/`locon` -> the key `algo: lora`, `loha` -> `algo: loha`;
-//! its other algorithms are refused naming them), `conv_dim`/`conv_alpha` defaulting to
-//! network_dim/network_alpha (LyCORIS adapts the convs unless told otherwise), the dropouts
-//! as above; its switches are accepted at their defaults (`dora_wd=False`, `use_tucker=False`,
-//! ...) and refused otherwise; `preset` only as `full`, with a notice of what lorafuse adapts.
+//! its other algorithms are refused naming them), `dora_wd` (the key `dora_wd`: DoRA),
+//! `conv_dim`/`conv_alpha` defaulting to network_dim/network_alpha (LyCORIS adapts the convs
+//! unless told otherwise), the dropouts as above; its switches are accepted at their
+//! defaults (`wd_on_output=True`, `use_tucker=False`, ...) and refused otherwise; `preset` only as `full`, with a notice of what lorafuse adapts.
 
 use yaml_serde::Value;
 
@@ -67,11 +67,11 @@ const IGNORED: &[(&str, &str)] = &[
 /// otherwise with the reason.
 const LYCORIS_SWITCHES: &[(&str, bool, &str)] = &[
     (
-        "dora_wd",
-        false,
-        "DoRA (weight decomposition) is not supported yet; remove it",
+        "wd_on_output",
+        true,
+        "DoRA on the input axis is not supported (lorafuse decomposes by output row, \
+         LyCORIS's default); remove it",
     ),
-    ("wd_on_output", true, "DoRA is not supported yet; remove it"),
     ("use_tucker", false, TUCKER),
     ("use_cp", false, TUCKER),
     ("use_conv_cp", false, TUCKER),
@@ -169,10 +169,10 @@ impl Meanings<'_> {
                         continue;
                     }
                 }
-            } else if name == "algo" {
+            } else if name == "algo" || name == "dora_wd" {
                 self.errors.push(bad(format!(
-                    "algo is LyCORIS's: write network_module = \"lycoris.kohya\" (or the key \
-                     algo: {value})"
+                    "{name} is LyCORIS's: write network_module = \"lycoris.kohya\" (or the key \
+                     {name}: {value})"
                 )));
                 continue;
             }
@@ -223,6 +223,10 @@ impl Meanings<'_> {
         if name == "algo" {
             let algo = lycoris_algo(value)?;
             self.set("algo", Value::String(algo.into()), &e.origin, false);
+            return Ok(true);
+        }
+        if name == "dora_wd" {
+            self.set("dora_wd", Value::Bool(truthy(value)), &e.origin, false);
             return Ok(true);
         }
         if let Some((_, default, why)) = LYCORIS_SWITCHES.iter().find(|(n, _, _)| *n == name) {

@@ -189,6 +189,26 @@ fn check_schedule(c: &mut Check) {
             "needs lr_scheduler_min_lr_ratio (the rate it ends at, as a fraction of the learning rate, e.g. 0.1), as in kohya".into(),
         );
     }
+    if cfg.dora_wd && cfg.algo == crate::lora::AlgoKind::Loha {
+        c.fail(
+            "dora_wd",
+            "= true is not supported with algo: loha (lorafuse decomposes LoRA/LoCon weights only): set algo: lora, or dora_wd: false".into(),
+        );
+    }
+    if cfg.dora_wd {
+        for (key, p) in [
+            ("lora_dropout", cfg.lora_dropout),
+            ("rank_dropout", cfg.rank_dropout),
+            ("module_dropout", cfg.module_dropout),
+        ] {
+            if p > 0.0 {
+                c.fail(
+                    key,
+                    format!("= {p} is not supported with dora_wd: true (LyCORIS warns that dropout does not combine with weight decomposition): set it to 0, or dora_wd: false"),
+                );
+            }
+        }
+    }
     if cfg.algo == crate::lora::AlgoKind::Loha {
         for (key, p) in [
             ("lora_dropout", cfg.lora_dropout),

@@ -32,7 +32,7 @@ use safetensors::tensor::Dtype;
 use crate::error::{Error, Result};
 use crate::lora::hash::{self, Sha256, LEGACY_LEN, LEGACY_OFFSET};
 use crate::lora::write::{self, Data, OutTensor};
-use crate::lora::{kohya, Algo, LayerKind, LoraModule, LoraSet, LoraTargets};
+use crate::lora::{dora, kohya, Algo, LayerKind, LoraModule, LoraSet, LoraTargets};
 use crate::tensor::{CpuData, Storage, Tensor};
 
 pub use crate::lora::hash::{model_hash_legacy, sha256_file};
@@ -133,7 +133,7 @@ fn module_tensors(
         u.first().copied().unwrap_or(0),
     );
     let (dm, um) = match m.algo {
-        Algo::Lora => m.kind.shapes(r, i, o),
+        Algo::Lora | Algo::Dora { .. } => m.kind.shapes(r, i, o),
         // LyCORIS's layout on every layer: [out, r] and [r, in·k·k], twice.
         Algo::Loha { .. } => (vec![r, i], vec![o, r]),
     };
@@ -141,7 +141,15 @@ fn module_tensors(
     let second_ok = match &m.algo {
         Algo::Lora => true,
         Algo::Loha { w2_a, w2_b } => same(w2_a, &um) && same(w2_b, &dm),
+        Algo::Dora { magnitude } => same(magnitude, &dora::magnitude_shape(m.kind, o)),
     };
+    if let (Algo::Dora { magnitude }, false) = (&m.algo, second_ok) {
+        return Err(bad(format!(
+            "DoRA's dora_scale must be {:?} (one magnitude per output row); it is {:?}",
+            dora::magnitude_shape(m.kind, o),
+            magnitude.dims()
+        )));
+    }
     if let (Algo::Loha { .. }, false) = (&m.algo, second_ok && d == dm.as_slice()) {
         return Err(bad(format!(
             "LoHa's hada_w1_a, hada_w2_a must be [out, rank] and hada_w1_b, hada_w2_b \
@@ -203,6 +211,16 @@ fn module_tensors(
             Ok(vec![
                 t(kohya::DOWN, &ds, &m.down)?,
                 t(kohya::UP, &us, &m.up)?,
+                alpha,
+            ])
+        }
+        // LyCORIS's key order: dora_scale, alpha, up, down (the file sorts them anyway).
+        Algo::Dora { magnitude } => {
+            let (ds, us) = m.kind.kohya_shapes(r, i, o);
+            Ok(vec![
+                t(kohya::DOWN, &ds, &m.down)?,
+                t(kohya::UP, &us, &m.up)?,
+                t(kohya::DORA_SCALE, magnitude.dims(), magnitude)?,
                 alpha,
             ])
         }
@@ -314,7 +332,8 @@ pub fn save_kohya(
 /// adapters names their
 /// rank and alpha there as sd-scripts does (`{"conv_dim": "8", "conv_alpha": "4.0"}`), taken
 /// from the first conv module, so the file says what its tensors hold; for LoHa adapters
-/// `ss_network_module` is `lycoris.kohya` and the args hold `"algo": "loha"`, as LyCORIS's.
+/// `ss_network_module` is `lycoris.kohya` and the args hold `"algo": "loha"`, for DoRA
+/// `"algo": "lora", "dora_wd": "True"`, as LyCORIS's.
 fn with_conv_args(metadata: &BTreeMap<String, String>, set: &LoraSet) -> BTreeMap<String, String> {
     let mut out = metadata.clone();
     let conv = set
@@ -330,11 +349,20 @@ fn with_conv_args(metadata: &BTreeMap<String, String>, set: &LoraSet) -> BTreeMa
     let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(args) else {
         return out;
     };
-    // LoHa: LyCORIS's network module, with its `algo` (as lycoris.kohya's files say it).
+    // LoHa, DoRA: LyCORIS's network module, with its `algo` and `dora_wd` (as
+    // lycoris.kohya's files say them: DoRA is algo lora with dora_wd=True).
     let loha = set.modules().iter().find(|m| !m.is_lora());
     if let Some(m) = loha {
         out.insert("ss_network_module".into(), "lycoris.kohya".into());
-        map.insert("algo".into(), m.algo.name().into());
+        match m.algo {
+            Algo::Dora { .. } => {
+                map.insert("algo".into(), "lora".into());
+                map.insert("dora_wd".into(), "True".into());
+            }
+            _ => {
+                map.insert("algo".into(), m.algo.name().into());
+            }
+        }
     }
     if let Some(m) = conv {
         map.insert("conv_dim".into(), m.rank().to_string().into());

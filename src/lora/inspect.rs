@@ -15,7 +15,7 @@ use crate::lora::LayerKind;
 use crate::lora::{blocks, provenance};
 use crate::model::checkpoint::safetensors::{to_f32, SafetensorsFile};
 
-use crate::lora::kohya::{module_of, ALPHA, DOWN, HADA_W1_A, HADA_W1_B, UP};
+use crate::lora::kohya::{module_of, ALPHA, DORA_SCALE, DOWN, HADA_W1_A, HADA_W1_B, UP};
 
 /// Which UNet layers a LoRA adapts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -233,15 +233,18 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<LoraSummary> {
         if LayerKind::of_kohya_down(&down.shape) == Some(LayerKind::Conv1x1) {
             s.conv_modules += 1;
         }
-        let kind = if loha {
-            "LoHa".to_string()
-        } else {
-            adapter_kind(&down.shape)
+        // DoRA (LyCORIS's dora_wd): a LoRA's keys and `dora_scale`, one per output row.
+        let dora = file.tensor_info(&format!("{m}{DORA_SCALE}"));
+        let kind = match (loha, dora) {
+            (true, _) => "LoHa".to_string(),
+            (false, Some(_)) => format!("DoRA ({})", adapter_kind(&down.shape)),
+            (false, None) => adapter_kind(&down.shape),
         };
         *s.kinds.entry(kind.clone()).or_default() += 1;
         *s.ranks.entry(rank).or_default() += 1;
         let pair = down.shape.iter().product::<usize>() + up.shape.iter().product::<usize>();
-        s.parameters += if loha { 2 * pair } else { pair };
+        let magnitude = dora.map_or(0, |d| d.shape.iter().product::<usize>());
+        s.parameters += if loha { 2 * pair } else { pair + magnitude };
         let alpha = match file.tensor_info(&format!("{m}{ALPHA}")) {
             None => {
                 s.modules_without_alpha += 1;

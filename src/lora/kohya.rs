@@ -7,6 +7,8 @@
 //! and LyCORIS's LoHa (`algo=loha`, lycoris/modules/loha.py without Tucker):
 //!   <name>.hada_w1_a, .hada_w2_a  [out, r]
 //!   <name>.hada_w1_b, .hada_w2_b  [r, in·k·k] (2-D on a conv too), and `.alpha`.
+//! and DoRA (LyCORIS's `dora_wd=True`, lora/dora.rs): a LoRA's keys plus
+//!   <name>.dora_scale             [out, 1] (linear) or [out, 1, 1, 1] (conv, 1x1 included)
 //! A LoHa file does not say a conv's kernel (w1_b is [r, in·k·k] for every layer): its
 //! modules load as [`LayerKind::Linear`], and the model's layer decides (training's
 //! `network_weights` takes the run's kind; `merge` reshapes ΔW to the checkpoint's weight).
@@ -26,13 +28,16 @@ pub const HADA_W1_A: &str = ".hada_w1_a";
 pub const HADA_W1_B: &str = ".hada_w1_b";
 pub const HADA_W2_A: &str = ".hada_w2_a";
 pub const HADA_W2_B: &str = ".hada_w2_b";
+pub const DORA_SCALE: &str = ".dora_scale";
 
 /// The module a key of a kohya or LyCORIS file belongs to (`<module>.lora_down.weight`,
-/// `.lora_up.weight`, `.alpha`, `.hada_w1_a`, ...), None for any other key.
+/// `.lora_up.weight`, `.alpha`, `.hada_w1_a`, `.dora_scale`, ...), None for any other key.
 pub fn module_of(key: &str) -> Option<&str> {
-    [DOWN, UP, ALPHA, HADA_W1_A, HADA_W1_B, HADA_W2_A, HADA_W2_B]
-        .iter()
-        .find_map(|suffix| key.strip_suffix(suffix))
+    [
+        DOWN, UP, ALPHA, HADA_W1_A, HADA_W1_B, HADA_W2_A, HADA_W2_B, DORA_SCALE,
+    ]
+    .iter()
+    .find_map(|suffix| key.strip_suffix(suffix))
 }
 
 /// All adapters in a kohya-format `.safetensors` file, as `dtype` tensors on `be` (f32 for
@@ -144,13 +149,30 @@ pub fn load(path: impl AsRef<Path>, be: &dyn Backend, dtype: DType) -> Result<Lo
         let down = w.get(&down_key, ds.clone())?;
         let up = w.get(&up_key, us.clone())?;
         let alpha = alpha_of(&name, r)?;
+        let scale_key = format!("{name}{DORA_SCALE}");
+        let algo = match w.shape(&scale_key).map(<[usize]>::to_vec) {
+            None => Algo::Lora,
+            Some(s) => {
+                let want = super::dora::magnitude_shape(kind, o);
+                if s != want {
+                    return Err(bad(
+                        &scale_key,
+                        format!("{want:?}, one magnitude per output row of {name}; found {s:?}"),
+                    ));
+                }
+                let m = w.get(&scale_key, s.clone())?;
+                Algo::Dora {
+                    magnitude: be.tensor_from_f32(&s, &m.to_f32_vec(), dtype)?,
+                }
+            }
+        };
         modules.push(LoraModule {
             name,
             down: be.tensor_from_f32(&dm, &down.to_f32_vec(), dtype)?,
             up: be.tensor_from_f32(&um, &up.to_f32_vec(), dtype)?,
             alpha,
             kind,
-            algo: Default::default(),
+            algo,
         });
     }
     Ok(LoraSet::new(modules))

@@ -51,7 +51,7 @@ impl LoraModule {
                 w2_b,
                 scale: self.scale(),
             }),
-            Algo::Lora => None,
+            _ => None,
         }
     }
 }
@@ -85,14 +85,14 @@ pub fn init(
 }
 
 /// a [m, n] -> aᵀ [n, m] (the layout op that turns NCHW into NLC, on [1, m, n, 1]).
-fn transpose(be: &dyn Backend, a: Tensor) -> Result<Tensor> {
+pub(crate) fn transpose(be: &dyn Backend, a: Tensor) -> Result<Tensor> {
     let (m, n) = (a.dims()[0], a.dims()[1]);
     let t = be.nchw_to_nlc(&a.reshape([1, m, n, 1])?)?;
     t.reshape([n, m])
 }
 
 /// a·b for a [m, k], b [k, n] (`linear` computes x·wᵀ).
-fn matmul(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn matmul(be: &dyn Backend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(be.linear(a, &transpose(be, b.clone())?, None, None)?.y)
 }
 

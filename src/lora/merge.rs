@@ -174,6 +174,44 @@ struct Delta {
     rank: usize,
     up: Vec<f64>,
     down: Vec<f64>,
+    /// DoRA (lora/dora.rs): the row magnitudes (None for the rows outside a fused weight's
+    /// part) and the ratio; `coef` is then alpha/rank alone.
+    decompose: Option<(Vec<Option<f64>>, f64)>,
+}
+
+impl Delta {
+    /// row += coef · up[o] · down.
+    fn add_to(&self, row: &mut [f64], o: usize) {
+        let in_f = row.len();
+        for k in 0..self.rank {
+            let c = self.coef * self.up[o * self.rank + k];
+            if c == 0.0 {
+                continue;
+            }
+            for (x, a) in row.iter_mut().zip(&self.down[k * in_f..(k + 1) * in_f]) {
+                *x += c * a;
+            }
+        }
+    }
+
+    /// Row `o` of the weight with this delta baked in: W + coef·up·down, or for DoRA
+    /// W + ratio·(V − W) with V = W' ⊙ m / (‖W'‖ + eps), W' = W + coef·up·down (A1111's and
+    /// ComfyUI's strength; V itself at ratio 1, as LyCORIS merges).
+    fn apply(&self, row: &mut [f64], o: usize) {
+        let Some((magnitude, ratio)) = &self.decompose else {
+            return self.add_to(row, o);
+        };
+        let Some(m) = magnitude[o] else {
+            return;
+        };
+        let mut adapted = row.to_vec();
+        self.add_to(&mut adapted, o);
+        let norm = adapted.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let f = m / (norm + super::dora::EPS);
+        for (x, a) in row.iter_mut().zip(&adapted) {
+            *x += ratio * (a * f - *x);
+        }
+    }
 }
 
 /// W + Σ coef · up · down, row by row in parallel, into `to`. Err(row) when a result is not
@@ -198,15 +236,7 @@ fn merged_bytes(
             let mut row: Vec<f64> = (0..in_f).map(|i| elem(src, i, from)).collect();
             let finite_before = row.iter().all(|x| x.is_finite());
             for d in deltas {
-                for k in 0..d.rank {
-                    let c = d.coef * d.up[o * d.rank + k];
-                    if c == 0.0 {
-                        continue;
-                    }
-                    for (x, a) in row.iter_mut().zip(&d.down[k * in_f..(k + 1) * in_f]) {
-                        *x += c * a;
-                    }
-                }
+                d.apply(&mut row, o);
             }
             let mut buf = Vec::with_capacity(chunk.len());
             for &x in &row {
@@ -265,12 +295,13 @@ fn part_of(raw: &RawTensor, part: Part) -> RawTensor {
     r
 }
 
-/// A part's up [out/3, r] placed in its rows of a zero [out, r] (the whole up for None).
-fn placed_up(up: Vec<f64>, part: Part, out_f: usize, rank: usize) -> Vec<f64> {
+/// A part's up [out/3, r] placed in its rows of a zero [out, r] (the whole up for None);
+/// also DoRA's magnitudes (r = 1, `None` outside the part).
+fn placed_up<T: Copy + Default>(up: Vec<T>, part: Part, out_f: usize, rank: usize) -> Vec<T> {
     let Some(i) = part else {
         return up;
     };
-    let mut full = vec![0.0; out_f * rank];
+    let mut full = vec![T::default(); out_f * rank];
     let start = i * (out_f / 3) * rank;
     full[start..start + up.len()].copy_from_slice(&up);
     full
@@ -459,11 +490,19 @@ pub fn merge_into_checkpoint(
                             Some(h) => h.as_product(),
                             None => (m.rank(), m.up.to_f64_vec(), m.down.to_f64_vec()),
                         };
+                        // DoRA: its magnitudes placed as up's rows are.
+                        let decompose = m.dora().map(|d| {
+                            let rows = d.magnitude.to_f64_vec().into_iter().map(Some);
+                            let placed = placed_up(rows.collect(), *part, out_f, 1);
+                            (placed, *ratio)
+                        });
+                        let coef = if decompose.is_some() { 1.0 } else { *ratio };
                         Delta {
-                            coef: ratio * m.scale(),
+                            coef: coef * m.scale(),
                             rank,
                             up: placed_up(up, *part, out_f, rank),
                             down,
+                            decompose,
                         }
                     })
                     .collect();
@@ -532,7 +571,7 @@ fn check_fit(
         // A k x k conv (LoCon): up [out, r, 1, 1], down [r, in, k, k], W [out, in, k, k].
         let (shape_ok, down_ok) = match m.kind {
             // LoHa: up [out, r], down [r, in·k·k] whatever the layer (lora/kohya.rs).
-            _ if !m.is_lora() => (
+            _ if m.hada().is_some() => (
                 s.len() >= 2,
                 d.len() == 2 && d[1] == s[1..].iter().product::<usize>(),
             ),

@@ -8,6 +8,7 @@
 //! name, so any set whose names match can be applied: freshly initialised, or loaded from a file.
 
 pub mod blocks;
+pub mod dora;
 pub mod dropout;
 pub mod export;
 pub mod extract;
@@ -162,6 +163,10 @@ pub enum Algo {
     /// LyCORIS's LoHa: ΔW = (w1_a·w1_b) ⊙ (w2_a·w2_b), with w1_a = up and w1_b = down, the
     /// second pair here: `hada_w2_a` [out, rank], `hada_w2_b` [rank, in·k·k] (lora/loha.rs).
     Loha { w2_a: Tensor, w2_b: Tensor },
+    /// DoRA (lora/dora.rs): W' = W + s·up·down, the layer runs W' ⊙ m / ‖W'‖ row by row, with
+    /// `dora_scale` = m, one per output row, [out, 1] on a linear layer and [out, 1, 1, 1] on
+    /// a conv (1x1 included), as LyCORIS stores it.
+    Dora { magnitude: Tensor },
 }
 
 impl Algo {
@@ -170,6 +175,7 @@ impl Algo {
         match self {
             Algo::Lora => "lora",
             Algo::Loha { .. } => "loha",
+            Algo::Dora { .. } => "dora",
         }
     }
     /// Its tensors beyond (down, up), in the order of the optimizer buffer and the gradients.
@@ -177,12 +183,14 @@ impl Algo {
         match self {
             Algo::Lora => vec![],
             Algo::Loha { w2_a, w2_b } => vec![w2_a, w2_b],
+            Algo::Dora { magnitude } => vec![magnitude],
         }
     }
     fn extra_mut(&mut self) -> Vec<&mut Tensor> {
         match self {
             Algo::Lora => vec![],
             Algo::Loha { w2_a, w2_b } => vec![w2_a, w2_b],
+            Algo::Dora { magnitude } => vec![magnitude],
         }
     }
 }

@@ -60,8 +60,8 @@ pub struct ModuleResize {
 pub struct ResizeReport {
     pub output: PathBuf,
     pub modules: Vec<ModuleResize>,
-    /// Tensors of the input that belong to no down/up/alpha triple (e.g. DoRA's
-    /// `dora_scale`): not carried over, since they would not match the resized factors.
+    /// Tensors of the input that belong to no module: not carried over. (A DoRA or LoHa
+    /// module is refused before this, naming it.)
     pub dropped: Vec<String>,
 }
 

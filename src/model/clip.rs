@@ -259,6 +259,12 @@ impl ClipTextModel {
         })
     }
 
+    /// Every frozen linear weight that can carry an adapter, by kohya name.
+    pub fn adaptable_weights(&self) -> Vec<(&str, &Tensor)> {
+        let l = self.layers.iter().flat_map(|l| l.linears());
+        l.map(|l| (l.name.as_str(), &l.weight)).collect()
+    }
+
     /// The layers that can carry an adapter (kohya's text-encoder LoRA), in forward order:
     /// per layer q_proj, k_proj, v_proj, out_proj, fc1, fc2. 6 per layer, 72 on SD1.5.
     pub fn lora_targets(&self) -> Vec<TargetLayer> {

@@ -6,6 +6,7 @@ use crate::backend::{
     Adapter, AdapterBackward, Backend, Conv2d as ConvParams, LoraBackward, NormStats,
 };
 use crate::error::{Error, Result};
+use crate::lora::dora::Dora;
 use crate::lora::loha::{self, Hada};
 use crate::lora::{LoraDropout, LoraGrads, LoraSet};
 use crate::model::weights::Loader;
@@ -129,8 +130,16 @@ impl Linear {
             });
         };
         let module = &set.modules()[i];
+        if let Some(d) = module.dora() {
+            no_dropout(cx, &self.name, "DoRA")?;
+            let v = d
+                .decompose(cx.be, &self.weight)?
+                .like(cx.be, &self.weight)?;
+            let y = cx.be.linear(x, &v, self.bias.as_ref(), None)?.y;
+            return Ok(LinearOut { y, lora: None });
+        }
         if let Some(h) = module.hada() {
-            no_dropout(cx, &self.name)?;
+            no_dropout(cx, &self.name, "LoHa")?;
             let dw = h.delta(cx.be)?.like(cx.be, &self.weight)?;
             let base = cx.be.linear(x, &self.weight, self.bias.as_ref(), None)?.y;
             let delta = cx.be.linear(x, &dw, None, None)?.y;
@@ -174,6 +183,17 @@ impl Linear {
         let Some((i, set)) = self.adapter(cx) else {
             return cx.be.linear_backward(dy, &self.weight, None, want_dx);
         };
+        if let Some(dora) = set.modules()[i].dora() {
+            let be = cx.be;
+            let d = dora.decompose(be, &self.weight)?;
+            let g = loha::linear_weight_grad(be, x, dy, 1.0, dora.up.dtype())?;
+            let accum = grads.accum;
+            dora.backward(be, &d, g, grads.of_mut(i), accum)?;
+            if !want_dx {
+                return Ok(None);
+            }
+            return be.linear_backward(dy, &d.like(be, &self.weight)?, None, true);
+        }
         if let Some(h) = set.modules()[i].hada() {
             let be = cx.be;
             let d = h.delta(be)?;
@@ -236,14 +256,17 @@ impl Linear {
     }
 }
 
-/// LoHa draws no dropout masks (lora/loha.rs): an active dropout source is an error.
-fn no_dropout(cx: &Ctx, name: &str) -> Result<()> {
+/// LoHa and DoRA draw no dropout masks (lora/loha.rs, lora/dora.rs): an active dropout
+/// source is an error naming the layer and the adapter kind.
+fn no_dropout(cx: &Ctx, name: &str, kind: &str) -> Result<()> {
     match cx.dropout {
         Some(d) if d.draws_masks() => Err(Error::BadValue {
             op: "adapter forward",
             name: "dropout",
             value: name.to_string(),
-            expected: "no lora_dropout, rank_dropout or module_dropout on a LoHa adapter".into(),
+            expected: format!(
+                "no lora_dropout, rank_dropout or module_dropout on a {kind} adapter"
+            ),
         }),
         _ => Ok(()),
     }
@@ -284,7 +307,7 @@ pub struct Conv {
 /// the adapter's hidden and mask.
 pub struct ConvSaved {
     pub x: Tensor,
-    /// A LoRA's hidden and mask (`None` for LoHa, whose backward needs only x).
+    /// A LoRA's hidden and mask (`None` for LoHa and DoRA, whose backward needs only x).
     pub lora: Option<LoraSaved>,
 }
 
@@ -334,13 +357,24 @@ impl Conv {
         if let Some(h) = module.and_then(|m| m.hada()) {
             return self.forward_hada(cx, x, h);
         }
+        if let Some(d) = module.and_then(|m| m.dora()) {
+            return self.forward_dora(cx, x, d);
+        }
         let adapter = module.map(|m| Adapter::Lora(m.as_lora()));
         cx.be
             .conv2d(x, &self.weight, self.bias.as_ref(), self.params, adapter)
     }
+    /// conv(x, V) + b for a DoRA adapter (lora/dora.rs).
+    fn forward_dora(&self, cx: &Ctx, x: &Tensor, d: Dora) -> Result<Tensor> {
+        no_dropout(cx, &self.name, "DoRA")?;
+        let v = d
+            .decompose(cx.be, &self.weight)?
+            .like(cx.be, &self.weight)?;
+        cx.be.conv2d(x, &v, self.bias.as_ref(), self.params, None)
+    }
     /// conv(x, W) + b + conv(x, ΔW) for a LoHa adapter (lora/loha.rs).
     fn forward_hada(&self, cx: &Ctx, x: &Tensor, h: Hada) -> Result<Tensor> {
-        no_dropout(cx, &self.name)?;
+        no_dropout(cx, &self.name, "LoHa")?;
         let dw = h.delta(cx.be)?.like(cx.be, &self.weight)?;
         let base = cx
             .be
@@ -362,6 +396,10 @@ impl Conv {
         let module = &set.modules()[i];
         if let Some(h) = module.hada() {
             let y = self.forward_hada(cx, &x, h)?;
+            return Ok((y, save.then_some(ConvSaved { x, lora: None })));
+        }
+        if let Some(d) = module.dora() {
+            let y = self.forward_dora(cx, &x, d)?;
             return Ok((y, save.then_some(ConvSaved { x, lora: None })));
         }
         let mask = match cx.dropout {
@@ -417,6 +455,15 @@ impl Conv {
             value: self.name.clone(),
             expected: "the forward's input and hidden, saved when the adapter was attached".into(),
         })?;
+        if let Some(dora) = set.modules()[i].dora() {
+            let be = cx.be;
+            let (p, w) = (self.params, &self.weight);
+            let d = dora.decompose(be, w)?;
+            let g = loha::conv_weight_grad(be, &saved.x, dy, p, w, 1.0, dora.up.dtype())?;
+            let accum = grads.accum;
+            dora.backward(be, &d, g, grads.of_mut(i), accum)?;
+            return be.conv2d_input_grad(dy, &d.like(be, w)?, input_hw, p);
+        }
         if let Some(h) = set.modules()[i].hada() {
             let be = cx.be;
             let d = h.delta(be)?;

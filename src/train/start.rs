@@ -22,6 +22,15 @@ pub struct Started {
     pub missing: usize,
 }
 
+/// The config keys that train adapters of kind `algo`.
+fn keys_for(algo: &crate::lora::Algo) -> &'static str {
+    match algo {
+        crate::lora::Algo::Lora => "algo: lora, dora_wd: false",
+        crate::lora::Algo::Loha { .. } => "algo: loha, dora_wd: false",
+        crate::lora::Algo::Dora { .. } => "algo: lora, dora_wd: true",
+    }
+}
+
 /// `fresh` with the adapters of `file` in place (see the module documentation).
 pub fn start_from(
     be: &dyn Backend,
@@ -45,10 +54,10 @@ pub fn start_from(
                         name: "adapter",
                         value: format!("{} in {}", m.name, file.display()),
                         expected: format!(
-                            "an adapter of the kind this run trains, {} (the `algo` key); the file's is {}: set algo: {}",
+                            "an adapter of the kind this run trains, {} (the `algo` and `dora_wd` keys); the file's is {}: set {}",
                             m.algo.name(),
                             f.algo.name(),
-                            f.algo.name()
+                            keys_for(&f.algo)
                         ),
                     });
                 }

@@ -168,6 +168,12 @@ impl Trainable {
                 (lora, n_unet + n)
             }
         };
+        // DoRA: every adapter's magnitude from its frozen weight's row norms (lora/dora.rs).
+        let lora = if cfg.dora_wd {
+            lora.with_dora(be, |name| m.adaptable_weight(name))?
+        } else {
+            lora
+        };
         let n_all = lora.len();
         let (lora, n_unet, n_all, started) = match &cfg.network_weights {
             None => (lora, n_unet, n_all, None),

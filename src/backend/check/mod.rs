@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod decompose;
 pub mod diffusion;
 pub mod layout;
 pub mod linear;

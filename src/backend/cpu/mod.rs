@@ -10,6 +10,7 @@ pub mod activation;
 pub mod adafactor;
 pub mod attention;
 pub mod conv;
+pub mod decompose;
 pub mod diffusion;
 pub mod elementwise;
 pub mod gemm;

@@ -254,6 +254,13 @@ impl Models {
         (layers, n_unet)
     }
 
+    /// The frozen weight of the UNet's or the text encoder's layer of kohya name `name`.
+    pub fn adaptable_weight(&self, name: &str) -> Option<&Tensor> {
+        let text = self.text.iter().flat_map(|t| t.adaptable_weights());
+        let mut all = self.unet.adaptable_weights().into_iter().chain(text);
+        all.find(|(n, _)| *n == name).map(|(_, w)| w)
+    }
+
     /// The UNet's conditioning for `batch` captions of token ids, [batch, tokens, width].
     pub fn encode_text(
         &self,

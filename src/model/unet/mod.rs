@@ -428,6 +428,44 @@ impl Unet {
         all
     }
 
+    /// Every frozen linear and conv weight that can carry an adapter, by kohya name (DoRA
+    /// starts its magnitudes from them, lora/dora.rs).
+    pub fn adaptable_weights(&self) -> Vec<(&str, &Tensor)> {
+        let mut out: Vec<(&str, &Tensor)> = Vec::new();
+        fn lin(l: &Linear) -> (&str, &Tensor) {
+            (l.name.as_str(), &l.weight)
+        }
+        fn conv(c: &Conv) -> (&str, &Tensor) {
+            (c.name.as_str(), &c.weight)
+        }
+        let layers = self
+            .down
+            .iter()
+            .flat_map(|d| d.layers.iter())
+            .chain(self.mid.iter())
+            .chain(self.up.iter().flat_map(|u| u.layers.iter()));
+        for l in layers {
+            let r = &l.resnet;
+            out.extend([conv(&r.conv1), conv(&r.conv2)]);
+            out.extend(r.time_emb_proj.as_ref().map(lin));
+            out.extend(r.conv_shortcut.as_ref().map(conv));
+            if let Some(t) = &l.attention {
+                let b = &t.block;
+                out.extend([lin(&t.proj_in), lin(&t.proj_out), lin(&b.ff0), lin(&b.ff2)]);
+                for a in [&b.attn1, &b.attn2] {
+                    out.extend(a.linears().map(lin));
+                }
+            }
+        }
+        let samplers = self.down.iter().filter_map(|d| d.downsample.as_ref());
+        out.extend(
+            samplers
+                .chain(self.up.iter().filter_map(|u| u.upsample.as_ref()))
+                .map(conv),
+        );
+        out
+    }
+
     /// time MLP(sinusoid(t)), [N, 4·C0]; every resnet's time projection reads its SiLU.
     fn time_embedding(&self, cx: &Ctx, timesteps: &Tensor) -> Result<Tensor> {
         let p = TimestepEmbedding {

@@ -6,6 +6,7 @@ pub(crate) mod activation;
 pub(crate) mod adafactor;
 pub(crate) mod attention;
 pub(crate) mod conv;
+pub(crate) mod decompose;
 pub(crate) mod diffusion;
 pub(crate) mod elementwise;
 pub(crate) mod layout;
