@@ -65,7 +65,7 @@ fn events_until(addr: SocketAddr, from: usize, stop: impl Fn(&Value) -> bool) ->
         let line = line.unwrap();
         if let Some(data) = line.strip_prefix("data: ") {
             let e: Value = serde_json::from_str(data).unwrap();
-            let end = stop(&e) || matches!(e["kind"].as_str(), Some("finished" | "failed"));
+            let end = stop(&e) || matches!(e["event"].as_str(), Some("finished" | "failed"));
             seen.push(e);
             if end {
                 break;
@@ -76,7 +76,7 @@ fn events_until(addr: SocketAddr, from: usize, stop: impl Fn(&Value) -> bool) ->
 }
 
 fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["kind"] == kind).collect()
+    events.iter().filter(|e| e["event"] == kind).collect()
 }
 
 fn file(addr: SocketAddr, path: &str) -> u16 {
@@ -109,11 +109,11 @@ fn a_run_over_http_streams_its_events_stops_and_resumes() {
     );
 
     // Stopped once step 3 is seen: the step in progress finishes and the state is saved.
-    let first = events_until(addr, 0, |e| e["kind"] == "step" && e["step"] == 3);
+    let first = events_until(addr, 0, |e| e["event"] == "step" && e["step"] == 3);
     assert_eq!(json(addr, "POST", "/api/stop", &json!({})).status, 200);
     let rest = events_until(addr, first.len(), |_| false);
     let end = rest.last().unwrap();
-    assert_eq!(end["kind"], "finished", "{end}");
+    assert_eq!(end["event"], "finished", "{end}");
     assert_eq!(end["interrupted"], true, "{end}");
     let stopped_at = end["steps"].as_u64().unwrap();
     assert!((3..8).contains(&stopped_at), "{end}");
@@ -141,7 +141,7 @@ fn a_run_over_http_streams_its_events_stops_and_resumes() {
     assert_eq!(json(addr, "POST", "/api/resume", &body).status, 200);
     let resumed = events_until(addr, 0, |_| false);
     let end = resumed.last().unwrap();
-    assert_eq!(end["kind"], "finished", "{end}");
+    assert_eq!(end["event"], "finished", "{end}");
     assert_eq!(end["interrupted"], false);
     assert_eq!(end["steps"], 8);
     let first_resumed = of_kind(&resumed, "step")[0]["step"].as_u64().unwrap();
@@ -173,7 +173,7 @@ fn no_file_outside_the_output_folder_and_the_roots_is_served() {
     body = settings(&root, &out, 2, 2);
     assert_eq!(json(addr, "POST", "/api/start", &body).status, 200);
     let end = events_until(addr, 0, |_| false);
-    assert_eq!(end.last().unwrap()["kind"], "finished");
+    assert_eq!(end.last().unwrap()["event"], "finished");
     std::os::unix::fs::symlink(&outside, out.join("link")).unwrap();
     std::os::unix::fs::symlink(outside.join("secret.txt"), out.join("secret.txt")).unwrap();
 

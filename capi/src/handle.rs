@@ -196,7 +196,7 @@ impl Handle {
             let mut st = self.state();
             st.last = Some(match end {
                 Ok(r) => {
-                    st.report = events::report(&r).to_string();
+                    st.report = r.to_json().to_string();
                     Ok(if r.interrupted {
                         LORAFUSE_CANCELLED
                     } else {

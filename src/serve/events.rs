@@ -1,5 +1,5 @@
 //! A run's [`Event`]s, and how it ended, as the JSON objects the page's event stream carries
-//! (`kind` names the event; a written file comes with the URL that serves it).
+//! (`event` names it, as in the C ABI; a written file comes with the URL that serves it).
 
 use serde_json::{json, Value};
 
@@ -13,71 +13,24 @@ pub fn file_url(path: &std::path::Path) -> String {
     format!("/api/file?path={}", encode(&path.to_string_lossy()))
 }
 
+/// The event as the page's stream carries it: [`Event::to_json`], and for a written file the
+/// URL that serves it.
 pub fn event(e: &Event) -> Value {
-    match e {
-        Event::Info(text) => json!({ "kind": "info", "text": text }),
-        Event::Warning(text) => json!({ "kind": "warning", "text": text }),
-        Event::Started {
-            total_steps,
-            first_step,
-            steps_per_epoch,
-            images,
-            validation_images,
-            trainable,
-        } => json!({
-            "kind": "started",
-            "total_steps": total_steps,
-            "first_step": first_step,
-            "steps_per_epoch": steps_per_epoch,
-            "images": images,
-            "validation_images": validation_images,
-            "trainable": trainable,
-        }),
-        Event::Step {
-            step,
-            total,
-            epoch,
-            loss,
-            lr,
-            seconds,
-            skipped,
-            device_memory,
-        } => json!({
-            "kind": "step",
-            "step": step,
-            "total": total,
-            "epoch": epoch,
-            "loss": loss,
-            "lr": lr,
-            "seconds": seconds,
-            "skipped": skipped,
-            "device_memory": device_memory.map(|m| json!({ "in_use": m.in_use, "peak": m.peak })),
-        }),
-        Event::Validation { step, loss, best } => {
-            json!({ "kind": "validation", "step": step, "loss": loss, "best": best })
-        }
-        Event::Saved { what, path } => json!({
-            "kind": "saved",
-            "what": what,
-            "path": path,
-            "url": file_url(path),
-        }),
+    let mut v = e.to_json();
+    if let Event::Saved { path, .. } = e {
+        v["url"] = file_url(path).into();
     }
+    v
 }
 
-/// The last event of a run: `finished` with its report, or `failed` with the message.
+/// The last event of a run: `finished` with its report's fields, or `failed` with the message.
 pub fn ended(result: &Result<TrainReport, ApiError>) -> Value {
     match result {
-        Ok(r) => json!({
-            "kind": "finished",
-            "steps": r.steps,
-            "interrupted": r.interrupted,
-            "stopped": r.stopped,
-            "lora_path": r.lora_path,
-            "state_path": r.state_path,
-            "train_loss_before": r.train_loss_before,
-            "train_loss_after": r.train_loss_after,
-        }),
-        Err(e) => json!({ "kind": "failed", "message": e.to_string() }),
+        Ok(r) => {
+            let mut v = r.to_json();
+            v["event"] = "finished".into();
+            v
+        }
+        Err(e) => json!({ "event": "failed", "message": e.to_string() }),
     }
 }

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use serde_json::{json, Value};
+
 /// What a run reports as it goes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
@@ -41,6 +43,46 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event as a JSON object whose `"event"` names it ("info", "warning", "started",
+    /// "step", "validation", "saved"), as the C ABI and `serve` send it. A loss that is not
+    /// finite is `null`; paths are text (lossy where not UTF-8).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Event::Info(m) => json!({"event": "info", "message": m}),
+            Event::Warning(m) => json!({"event": "warning", "message": m}),
+            Event::Started {
+                total_steps,
+                first_step,
+                steps_per_epoch,
+                images,
+                validation_images,
+                trainable,
+            } => json!({"event": "started", "total_steps": total_steps, "first_step": first_step,
+                   "steps_per_epoch": steps_per_epoch, "images": images,
+                   "validation_images": validation_images, "trainable": trainable}),
+            Event::Step {
+                step,
+                total,
+                epoch,
+                loss,
+                lr,
+                seconds,
+                skipped,
+                device_memory,
+            } => json!({"event": "step", "step": step, "total": total, "epoch": epoch,
+                   "loss": loss, "lr": lr, "seconds": seconds, "skipped": skipped,
+                   "device_memory": device_memory.map(|m| json!({"in_use": m.in_use, "peak": m.peak}))}),
+            Event::Validation { step, loss, best } => {
+                json!({"event": "validation", "step": step, "loss": loss, "best": best})
+            }
+            Event::Saved { what, path } => {
+                json!({"event": "saved", "what": what, "path": path.to_string_lossy()})
+            }
+        }
+    }
+}
+
 /// Receives [`Event`]s.
 pub trait Observer {
     fn on(&mut self, event: Event);
@@ -71,6 +113,23 @@ pub struct TrainReport {
     pub train_loss_after: f64,
     pub best_validation: Option<(u64, f64)>,
     pub skipped_steps: u64,
+}
+
+impl TrainReport {
+    /// The report as a JSON object (paths as text, `best_validation` as `{step, loss}`).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "lora_path": self.lora_path.to_string_lossy(),
+            "state_path": self.state_path.to_string_lossy(),
+            "steps": self.steps,
+            "stopped": self.stopped,
+            "interrupted": self.interrupted,
+            "train_loss_before": self.train_loss_before,
+            "train_loss_after": self.train_loss_after,
+            "best_validation": self.best_validation.map(|(step, loss)| json!({"step": step, "loss": loss})),
+            "skipped_steps": self.skipped_steps,
+        })
+    }
 }
 
 /// An observer that discards everything (`plan`'s metered run).

@@ -147,7 +147,7 @@ function running(on) {
 }
 
 function onEvent(e) {
-  switch (e.kind) {
+  switch (e.event) {
     case "started":
       $("status").textContent = "running: " + e.images + " images, " + e.total_steps + " steps";
       running(true);
@@ -174,7 +174,7 @@ function onEvent(e) {
       break;
     case "info":
     case "warning":
-      log(e.text);
+      log(e.message);
       break;
     case "finished":
       $("status").textContent = e.interrupted
