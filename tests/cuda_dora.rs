@@ -8,10 +8,9 @@
 mod common;
 
 use common::cuda::*;
-use lorafuse::backend::{Accum, Conv2d};
+use common::cuda_layers::*;
 use lorafuse::lora::dora::EPS;
-use lorafuse::lora::{Algo, LayerKind, LoraModule, LoraSet};
-use lorafuse::model::layers::{Conv, Ctx, Linear};
+use lorafuse::lora::Algo;
 use lorafuse::rng::Rng;
 use lorafuse::DType;
 
@@ -61,99 +60,22 @@ fn weight_decompose_matches_cpu() {
 #[test]
 fn dora_layers_match_cpu() {
     let mut rng = Rng::new(52);
-    let mut host = |shape: &[usize], s: f32| -> (Vec<usize>, Vec<f32>) {
-        let v = nonzero(&mut rng, shape.iter().product());
-        (shape.to_vec(), v.iter().map(|x| x * s).collect())
+    let (i, o, r, c, k) = (IN, OUT, RANK, CHANNELS, KERNEL);
+    let case = AdapterCase {
+        linear: vec![
+            host(&mut rng, &[r, i], 0.3),
+            host(&mut rng, &[o, r], 0.3),
+            host(&mut rng, &[o, 1], 1.0),
+        ],
+        conv: vec![
+            host(&mut rng, &[r, c, k, k], 0.3),
+            host(&mut rng, &[o, r, 1, 1], 0.3),
+            host(&mut rng, &[o, 1, 1, 1], 1.0),
+        ],
+        algo: |rest| Algo::Dora {
+            magnitude: rest.next().unwrap(),
+        },
     };
-    let (i, o, r) = (37, 21, 3);
-    let (c, k) = (5, 3);
-    let lin = [host(&[r, i], 0.3), host(&[o, r], 0.3), host(&[o, 1], 1.0)];
-    let cnv = [
-        host(&[r, c, k, k], 0.3),
-        host(&[o, r, 1, 1], 0.3),
-        host(&[o, 1, 1, 1], 1.0),
-    ];
-    let (lw, lb, cw, cb) = (
-        host(&[o, i], 0.2),
-        host(&[o], 1.0),
-        host(&[o, c, k, k], 0.2),
-        host(&[o], 1.0),
-    );
-    let (x3, x2, xc) = (
-        host(&[2, 9, i], 1.0),
-        host(&[3, i], 1.0),
-        host(&[2, c, 9, 7], 1.0),
-    );
-    let (dy3, dy2, dyc) = (
-        host(&[2, 9, o], 1.0),
-        host(&[3, o], 1.0),
-        host(&[2, o, 5, 4], 1.0),
-    );
-
-    let run = |be: &dyn lorafuse::backend::Backend| -> Vec<Vec<f32>> {
-        let dt = be.compute_dtype();
-        let t = |(s, v): &(Vec<usize>, Vec<f32>), d: DType| be.tensor_from_f32(s, v, d).unwrap();
-        let module = |name: &str, f: &[(Vec<usize>, Vec<f32>)], kind| LoraModule {
-            name: name.into(),
-            down: t(&f[0], DType::F32),
-            up: t(&f[1], DType::F32),
-            alpha: 2.0,
-            kind,
-            algo: Algo::Dora {
-                magnitude: t(&f[2], DType::F32),
-            },
-        };
-        let set = LoraSet::new(vec![
-            module("lin", &lin, LayerKind::Linear),
-            module("conv", &cnv, LayerKind::Conv { kernel: k }),
-        ]);
-        let cx = Ctx::new(be, Some(&set));
-        let linear = Linear {
-            name: "lin".into(),
-            weight: t(&lw, dt),
-            bias: Some(t(&lb, dt)),
-        };
-        let conv = Conv {
-            name: "conv".into(),
-            weight: t(&cw, dt),
-            bias: Some(t(&cb, dt)),
-            params: Conv2d {
-                stride: 2,
-                padding: 1,
-            },
-        };
-        let mut grads = set.zero_grads(be).unwrap();
-        let mut out = vec![];
-        for (x, dy) in [(&x3, &dy3), (&x2, &dy2)] {
-            let x = t(x, dt);
-            out.push(be.to_f32_vec(&linear.forward(&cx, &x).unwrap().y).unwrap());
-            let dx = linear
-                .backward_dx(&cx, &t(dy, dt), &x, None, &mut grads)
-                .unwrap();
-            out.push(be.to_f32_vec(&dx).unwrap());
-            grads.accum = Accum::Add;
-        }
-        grads.accum = Accum::Assign;
-        let (y, saved) = conv.forward_saving(&cx, t(&xc, dt), true).unwrap();
-        out.push(be.to_f32_vec(&y).unwrap());
-        let dx = conv
-            .backward_saved(&cx, &t(&dyc, dt), (9, 7), saved, &mut grads)
-            .unwrap();
-        out.push(be.to_f32_vec(&dx).unwrap());
-        out.extend(grads.all().map(|g| be.to_f32_vec(g).unwrap()));
-        out
-    };
-    let want = run(&cpu());
-    assert_eq!(want.len(), 6 + 6, "y, dX x3 and 3 gradients per module");
-    for dtype in [DType::F32, DType::F16] {
-        let bound = if dtype == DType::F32 { 1e-5 } else { 3e-3 };
-        for e in engines(dtype) {
-            let got = run(&e.be);
-            assert_eq!(got.len(), want.len());
-            for (n, (g, w)) in got.iter().zip(&want).enumerate() {
-                let err = rel(g, w);
-                assert!(err < bound, "{dtype:?} output {n}: relative error {err:e}");
-            }
-        }
-    }
+    let outputs = adapter_layers_match_cpu(&mut rng, &case);
+    assert_eq!(outputs, 6 + 6, "y, dX x3 and 3 gradients per module");
 }

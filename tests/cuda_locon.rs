@@ -309,115 +309,29 @@ fn tiny_unet_with_locon_matches_the_cpu() {
 /// sizes) on the CUDA backend against the CPU: y, dX and the four factors' gradients.
 #[test]
 fn loha_layers_match_cpu() {
-    use lorafuse::backend::Backend;
-    use lorafuse::lora::{Algo, LayerKind, LoraModule, LoraSet};
-    use lorafuse::model::layers::{Conv, Ctx, Linear};
+    use common::cuda_layers::*;
+    use lorafuse::lora::Algo;
 
-    let rel = |a: &[f32], b: &[f32]| {
-        let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-        let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-        (d / n.max(1e-30)).sqrt()
-    };
     let mut rng = Rng::new(44);
-    let mut host = |shape: &[usize], s: f32| -> (Vec<usize>, Vec<f32>) {
-        let v = nonzero(&mut rng, shape.iter().product());
-        (shape.to_vec(), v.iter().map(|x| x * s).collect())
+    let (i, o, r, c, k) = (IN, OUT, RANK, CHANNELS, KERNEL);
+    let case = AdapterCase {
+        linear: vec![
+            host(&mut rng, &[r, i], 1.0),
+            host(&mut rng, &[o, r], 0.3),
+            host(&mut rng, &[o, r], 0.3),
+            host(&mut rng, &[r, i], 1.0),
+        ],
+        conv: vec![
+            host(&mut rng, &[r, c * k * k], 1.0),
+            host(&mut rng, &[o, r], 0.3),
+            host(&mut rng, &[o, r], 0.3),
+            host(&mut rng, &[r, c * k * k], 1.0),
+        ],
+        algo: |rest| Algo::Loha {
+            w2_a: rest.next().unwrap(),
+            w2_b: rest.next().unwrap(),
+        },
     };
-    let (i, o, r) = (37, 21, 3);
-    let (c, k) = (5, 3);
-    let lin = [
-        host(&[r, i], 1.0),
-        host(&[o, r], 0.3),
-        host(&[o, r], 0.3),
-        host(&[r, i], 1.0),
-    ];
-    let cnv = [
-        host(&[r, c * k * k], 1.0),
-        host(&[o, r], 0.3),
-        host(&[o, r], 0.3),
-        host(&[r, c * k * k], 1.0),
-    ];
-    let (lw, lb, cw, cb) = (
-        host(&[o, i], 0.2),
-        host(&[o], 1.0),
-        host(&[o, c, k, k], 0.2),
-        host(&[o], 1.0),
-    );
-    let (x3, x2, xc) = (
-        host(&[2, 9, i], 1.0),
-        host(&[3, i], 1.0),
-        host(&[2, c, 9, 7], 1.0),
-    );
-    let (dy3, dy2, dyc) = (
-        host(&[2, 9, o], 1.0),
-        host(&[3, o], 1.0),
-        host(&[2, o, 5, 4], 1.0),
-    );
-
-    let run = |be: &dyn Backend| -> Vec<Vec<f32>> {
-        let dt = be.compute_dtype();
-        let t = |(s, v): &(Vec<usize>, Vec<f32>), d: DType| be.tensor_from_f32(s, v, d).unwrap();
-        let module = |name: &str, f: &[(Vec<usize>, Vec<f32>)], kind| LoraModule {
-            name: name.into(),
-            down: t(&f[0], DType::F32),
-            up: t(&f[1], DType::F32),
-            alpha: 2.0,
-            kind,
-            algo: Algo::Loha {
-                w2_a: t(&f[2], DType::F32),
-                w2_b: t(&f[3], DType::F32),
-            },
-        };
-        let set = LoraSet::new(vec![
-            module("lin", &lin, LayerKind::Linear),
-            module("conv", &cnv, LayerKind::Conv { kernel: k }),
-        ]);
-        let cx = Ctx::new(be, Some(&set));
-        let linear = Linear {
-            name: "lin".into(),
-            weight: t(&lw, dt),
-            bias: Some(t(&lb, dt)),
-        };
-        let conv = Conv {
-            name: "conv".into(),
-            weight: t(&cw, dt),
-            bias: Some(t(&cb, dt)),
-            params: Conv2d {
-                stride: 2,
-                padding: 1,
-            },
-        };
-        let mut grads = set.zero_grads(be).unwrap();
-        let mut out = vec![];
-        for (x, dy) in [(&x3, &dy3), (&x2, &dy2)] {
-            let x = t(x, dt);
-            out.push(be.to_f32_vec(&linear.forward(&cx, &x).unwrap().y).unwrap());
-            let dx = linear
-                .backward_dx(&cx, &t(dy, dt), &x, None, &mut grads)
-                .unwrap();
-            out.push(be.to_f32_vec(&dx).unwrap());
-            grads.accum = Accum::Add;
-        }
-        grads.accum = Accum::Assign;
-        let (y, saved) = conv.forward_saving(&cx, t(&xc, dt), true).unwrap();
-        out.push(be.to_f32_vec(&y).unwrap());
-        let dx = conv
-            .backward_saved(&cx, &t(&dyc, dt), (9, 7), saved, &mut grads)
-            .unwrap();
-        out.push(be.to_f32_vec(&dx).unwrap());
-        out.extend(grads.all().map(|g| be.to_f32_vec(g).unwrap()));
-        out
-    };
-    let want = run(&cpu());
-    for dtype in [DType::F32, DType::F16] {
-        let bound = if dtype == DType::F32 { 1e-5 } else { 3e-3 };
-        for e in engines(dtype) {
-            let got = run(&e.be);
-            assert_eq!(got.len(), want.len());
-            for (n, (g, w)) in got.iter().zip(&want).enumerate() {
-                let err = rel(g, w);
-                assert!(err < bound, "{dtype:?} output {n}: relative error {err:e}");
-            }
-        }
-    }
+    let outputs = adapter_layers_match_cpu(&mut rng, &case);
+    assert_eq!(outputs, 6 + 8, "y, dX x3 and 4 gradients per module");
 }

@@ -4,6 +4,8 @@
 
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
+#[cfg(any(feature = "cuda", feature = "cuda-emu"))]
+pub mod cuda_layers;
 pub mod http;
 pub mod images;
 pub mod tools;
