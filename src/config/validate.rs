@@ -195,31 +195,19 @@ fn check_schedule(c: &mut Check) {
             "= true is not supported with algo: loha (lorafuse decomposes LoRA/LoCon weights only): set algo: lora, or dora_wd: false".into(),
         );
     }
-    if cfg.dora_wd {
+    // Adapter kinds that take no dropout, and why.
+    let no_dropout = [
+        (cfg.dora_wd, "dora_wd: true (LyCORIS warns that dropout does not combine with weight decomposition): set it to 0, or dora_wd: false"),
+        (cfg.algo == crate::lora::AlgoKind::Loha, "algo: loha (LyCORIS ignores dropout for LoHa, and its rank_dropout drops rows of the weight change, not ranks): set it to 0, or train algo: lora"),
+    ];
+    for (_, why) in no_dropout.iter().filter(|(on, _)| *on) {
         for (key, p) in [
             ("lora_dropout", cfg.lora_dropout),
             ("rank_dropout", cfg.rank_dropout),
             ("module_dropout", cfg.module_dropout),
         ] {
             if p > 0.0 {
-                c.fail(
-                    key,
-                    format!("= {p} is not supported with dora_wd: true (LyCORIS warns that dropout does not combine with weight decomposition): set it to 0, or dora_wd: false"),
-                );
-            }
-        }
-    }
-    if cfg.algo == crate::lora::AlgoKind::Loha {
-        for (key, p) in [
-            ("lora_dropout", cfg.lora_dropout),
-            ("rank_dropout", cfg.rank_dropout),
-            ("module_dropout", cfg.module_dropout),
-        ] {
-            if p > 0.0 {
-                c.fail(
-                    key,
-                    format!("= {p} is not supported with algo: loha (LyCORIS ignores dropout for LoHa, and its rank_dropout drops rows of the weight change, not ranks): set it to 0, or train algo: lora"),
-                );
+                c.fail(key, format!("= {p} is not supported with {why}"));
             }
         }
     }
