@@ -93,8 +93,14 @@ pub struct UnetConfig {
     /// SD2.x: Linear proj_in/proj_out; SD1.x: 1x1 convolutions.
     pub use_linear_projection: bool,
     pub upcast_attention: bool,
-    /// SDXL sets "text_time"; read only to refuse such models.
+    /// SDXL: "text_time", the added embedding of the pooled text and the size/crop ids
+    /// (`add_embedding`), summed into the time embedding.
     pub addition_embed_type: Option<String>,
+    /// SDXL: the width of each size/crop id's sinusoidal embedding (256; six ids).
+    pub addition_time_embed_dim: Option<usize>,
+    /// SDXL: `add_embedding.linear_1`'s input width, pooled text + 6 · addition_time_embed_dim
+    /// (1280 + 1536 = 2816).
+    pub projection_class_embeddings_input_dim: Option<usize>,
 }
 
 impl UnetConfig {
@@ -133,6 +139,38 @@ impl UnetConfig {
             use_linear_projection: false,
             upcast_attention: false,
             addition_embed_type: None,
+            addition_time_embed_dim: None,
+            projection_class_embeddings_input_dim: None,
+        }
+    }
+
+    /// SDXL 1.0 base's UNet (`stabilityai/stable-diffusion-xl-base-1.0`, `unet/config.json`):
+    /// three levels of 320/640/1280 channels, no attention on the first, 1, 2 and 10
+    /// transformer blocks per attention (the mid block has the last level's 10), heads of width
+    /// 64, 2048-wide cross-attention (both text encoders' states side by side) and the
+    /// text-time added embedding.
+    pub fn sdxl() -> UnetConfig {
+        UnetConfig {
+            sample_size: 128,
+            down_block_types: vec![
+                DownBlockType::DownBlock2D,
+                DownBlockType::CrossAttnDownBlock2D,
+                DownBlockType::CrossAttnDownBlock2D,
+            ],
+            up_block_types: vec![
+                UpBlockType::CrossAttnUpBlock2D,
+                UpBlockType::CrossAttnUpBlock2D,
+                UpBlockType::UpBlock2D,
+            ],
+            block_out_channels: vec![320, 640, 1280],
+            cross_attention_dim: 2048,
+            attention_head_dim: PerLevel::Each(vec![5, 10, 20]),
+            transformer_layers_per_block: PerLevel::Each(vec![1, 2, 10]),
+            use_linear_projection: true,
+            addition_embed_type: Some("text_time".into()),
+            addition_time_embed_dim: Some(256),
+            projection_class_embeddings_input_dim: Some(2816),
+            ..UnetConfig::sd15()
         }
     }
 
@@ -258,6 +296,16 @@ impl VaeConfig {
             norm_num_groups: 32,
             sample_size: 512,
             scaling_factor: 0.18215,
+        }
+    }
+
+    /// SDXL's VAE: SD1.5's architecture, latents scaled by 0.13025. (Its f16 overflow is a
+    /// property of the weights, not of the configuration.)
+    pub fn sdxl() -> VaeConfig {
+        VaeConfig {
+            sample_size: 1024,
+            scaling_factor: 0.13025,
+            ..VaeConfig::sd15()
         }
     }
 
