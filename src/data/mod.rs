@@ -26,6 +26,7 @@ pub mod hash;
 pub mod metadata;
 pub mod pixels;
 pub(crate) mod scan;
+pub mod size_cond;
 mod sources;
 pub mod summary;
 
@@ -37,6 +38,7 @@ pub use caption::{captions_vary, plain_caption, process_caption};
 pub use error::{DataError, DataWarning};
 pub use pixels::load_pixels;
 pub use scan::scan;
+pub use size_cond::SizeCond;
 pub use sources::{balance_reg, scan_sources, Source};
 
 use crate::rng::Rng;

@@ -372,6 +372,14 @@ pub fn merge_into_checkpoint(
             }
             .into())
         }
+        Family::Unsupported { family, evidence } => {
+            return Err(CheckpointError::UnsupportedModel {
+                path: base.to_path_buf(),
+                family,
+                evidence,
+            }
+            .into())
+        }
         Family::Other { detail } => {
             return Err(CheckpointError::NotAModel {
                 path: base.to_path_buf(),

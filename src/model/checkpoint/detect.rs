@@ -65,8 +65,15 @@ pub enum Family {
     /// An SD2.x model (OpenCLIP text encoder, Linear proj_in, 1024-wide cross-attention);
     /// `evidence` says what gave it away.
     Sd2 { evidence: String },
-    /// Refused; `evidence` says what gave it away.
+    /// SDXL (base): two text encoders and the size/crop conditioning; `evidence` says what gave
+    /// it away.
     Sdxl { evidence: String },
+    /// A model lorafuse does not train (an SDXL refiner, SD3, Flux, an inpainting or
+    /// instruct-pix2pix UNet), named by `family`; `evidence` says what gave it away.
+    Unsupported {
+        family: &'static str,
+        evidence: String,
+    },
     /// Not a base model: a LoRA, a lone diffusers component, or unknown keys.
     Other { detail: String },
 }
@@ -83,6 +90,9 @@ pub fn family(file: &SafetensorsFile) -> Family {
     let names: Vec<&str> = file.names().collect();
     let any = |p: &dyn Fn(&str) -> bool| names.iter().copied().find(|k| p(k));
 
+    if let Some(unsupported) = unsupported(file, &names) {
+        return unsupported;
+    }
     // SDXL: two text encoders under `conditioner.embedders.` and size/crop conditioning.
     if let Some(k) = any(&|k| k.starts_with("conditioner.embedders.")) {
         return Family::Sdxl {
@@ -153,4 +163,47 @@ pub fn family(file: &SafetensorsFile) -> Family {
         )
     };
     Family::Other { detail }
+}
+
+/// Models of other kinds whose keys would otherwise pass for SD1.x, SD2.x or SDXL, each named
+/// with what gave it away.
+fn unsupported(file: &SafetensorsFile, names: &[&str]) -> Option<Family> {
+    let any = |p: &dyn Fn(&str) -> bool| names.iter().copied().find(|k| p(k));
+    let found = |family, k: &str, what: &str| {
+        Some(Family::Unsupported {
+            family,
+            evidence: format!("it has `{k}`: {what}"),
+        })
+    };
+    if let Some(k) = any(&|k| k.contains("joint_blocks.")) {
+        return found("SD3", k, "SD3's MMDiT blocks");
+    }
+    if let Some(k) = any(&|k| k.contains("double_blocks.") || k.contains("single_blocks.")) {
+        return found("Flux", k, "Flux's transformer blocks");
+    }
+    // The refiner has only OpenCLIP ViT-bigG, as the first (and only) embedder.
+    let refiner_te = any(&|k| k.starts_with("conditioner.embedders.0.model."));
+    let second_te = any(&|k| k.starts_with("conditioner.embedders.1."));
+    if let (Some(k), None) = (refiner_te, second_te) {
+        return found(
+            "SDXL refiner",
+            k,
+            "its only text encoder is OpenCLIP ViT-bigG (the base model has two)",
+        );
+    }
+    let conv_in = format!("{UNET_PREFIX}input_blocks.0.0.weight");
+    let in_channels = file.tensor_info(&conv_in).and_then(|i| i.shape.get(1).copied());
+    match in_channels {
+        Some(9) => found(
+            "inpainting",
+            &conv_in,
+            "its UNet reads 9 channels (latents, mask and masked image; a base model reads 4)",
+        ),
+        Some(8) => found(
+            "instruct-pix2pix",
+            &conv_in,
+            "its UNet reads 8 channels (latents and the input image; a base model reads 4)",
+        ),
+        _ => None,
+    }
 }

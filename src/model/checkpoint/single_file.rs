@@ -26,6 +26,13 @@ pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, C
                 evidence,
             })
         }
+        Family::Unsupported { family, evidence } => {
+            return Err(CheckpointError::UnsupportedModel {
+                path: path.to_path_buf(),
+                family,
+                evidence,
+            })
+        }
         Family::Other { detail } => {
             return Err(CheckpointError::NotAModel {
                 path: path.to_path_buf(),

@@ -118,6 +118,11 @@ pub fn family_of(path: &Path) -> Result<&'static dyn ModelFamily> {
                     family: "SDXL",
                     evidence,
                 },
+                Family::Unsupported { family, evidence } => CheckpointError::UnsupportedModel {
+                    path,
+                    family,
+                    evidence,
+                },
                 Family::Sd1 | Family::Sd2 { .. } | Family::Other { .. } => {
                     CheckpointError::NotAModel {
                         path,
