@@ -1614,15 +1614,22 @@ fn error_sdxl_label_emb() {
 #[test]
 fn error_other_model_kinds_are_named() {
     let dir = TempDir::new("other-kinds");
-    let cases: [(&str, &[(&str, &[usize])], &str); 5] = [
+    type Tensors<'a> = &'a [(&'a str, &'a [usize])];
+    let cases: [(&str, Tensors, &str); 5] = [
         (
             "sd3",
-            &[("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", &[8, 8])],
+            &[(
+                "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight",
+                &[8, 8],
+            )],
             "SD3",
         ),
         (
             "flux",
-            &[("model.diffusion_model.double_blocks.0.img_attn.qkv.weight", &[8, 8])],
+            &[(
+                "model.diffusion_model.double_blocks.0.img_attn.qkv.weight",
+                &[8, 8],
+            )],
             "Flux",
         ),
         (
@@ -1635,12 +1642,18 @@ fn error_other_model_kinds_are_named() {
         ),
         (
             "inpaint",
-            &[("model.diffusion_model.input_blocks.0.0.weight", &[320, 9, 3, 3])],
+            &[(
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 9, 3, 3],
+            )],
             "inpainting",
         ),
         (
             "pix2pix",
-            &[("model.diffusion_model.input_blocks.0.0.weight", &[320, 8, 3, 3])],
+            &[(
+                "model.diffusion_model.input_blocks.0.0.weight",
+                &[320, 8, 3, 3],
+            )],
             "instruct-pix2pix",
         ),
     ];
@@ -1650,7 +1663,10 @@ fn error_other_model_kinds_are_named() {
         let msg = message(load_sd15(&path));
         assert_has(&msg, &[family, tensors[0].0]);
         assert_eq!(
-            lorafuse::model::family::family_of(&path).map(|f| f.id()).err().map(|e| e.to_string()),
+            lorafuse::model::family::family_of(&path)
+                .map(|f| f.id())
+                .err()
+                .map(|e| e.to_string()),
             Some(msg),
             "{name}"
         );

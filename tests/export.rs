@@ -779,6 +779,29 @@ fn inspect_classifies_targets_and_refuses_non_loras() {
     assert!(e.to_string().contains("not a kohya-format LoRA"), "{e}");
 }
 
+/// SDXL runs: sdxl_model_util's base version, sai_model_spec's SDXL architecture and, for an
+/// SDXL LoRA, Stability AI's implementation.
+#[test]
+fn sdxl_metadata_names_the_family() {
+    let m = training_metadata(&TrainingInfo {
+        sdxl: true,
+        ..info()
+    });
+    assert_eq!(m["ss_v2"], "False");
+    assert_eq!(m["ss_base_model_version"], "sdxl_base_v1-0");
+    assert_eq!(
+        m["modelspec.architecture"],
+        "stable-diffusion-xl-v1-base/lora"
+    );
+    assert_eq!(
+        m["modelspec.implementation"],
+        "https://github.com/Stability-AI/generative-models"
+    );
+    assert_eq!(m["modelspec.prediction_type"], "epsilon");
+    let sd1 = training_metadata(&info());
+    assert_eq!(sd1["modelspec.implementation"], "diffusers");
+}
+
 /// SD2.x runs: kohya's `ss_v2`, `ss_base_model_version` (`get_model_version_str_for_sd1_sd2`)
 /// and sai_model_spec's architecture and prediction type, for the 512 base and the 768-v model.
 #[test]

@@ -520,6 +520,9 @@ pub struct TrainingInfo {
     pub v2: bool,
     /// The run trained v-prediction (kohya's `v_parameterization`: `sd_v2_v`, prediction "v").
     pub v_parameterization: bool,
+    /// The base model is SDXL (base version `sdxl_base_v1-0`, the SDXL model spec; `v2` is
+    /// then false).
+    pub sdxl: bool,
 
     pub lora_rank: usize,
     pub lora_alpha: f64,
@@ -603,6 +606,7 @@ impl Default for TrainingInfo {
             vae: None,
             v2: false,
             v_parameterization: false,
+            sdxl: false,
             lora_rank: 4,
             lora_alpha: 1.0,
             network_dropout: None,
@@ -798,15 +802,18 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
         );
     }
     put("ss_v2", py_bool(info.v2));
-    // sd-scripts' get_model_version_str_for_sd1_sd2: sd_v1 / sd_v2, "_v" for v-prediction.
-    put(
-        "ss_base_model_version",
+    // sd-scripts' get_model_version_str_for_sd1_sd2: sd_v1 / sd_v2, "_v" for v-prediction;
+    // sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0 for SDXL.
+    let version = if info.sdxl {
+        "sdxl_base_v1-0".to_string()
+    } else {
         format!(
             "sd_v{}{}",
             if info.v2 { 2 } else { 1 },
             if info.v_parameterization { "_v" } else { "" }
-        ),
-    );
+        )
+    };
+    put("ss_base_model_version", version);
     put("ss_output_name", info.output_name.clone());
 
     // Run.
@@ -978,13 +985,20 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
     // SAI model spec (kohya's library/sai_model_spec.py for an SD1 LoRA).
     put("modelspec.sai_model_spec", "1.0.1".into());
     // sai_model_spec.determine_architecture for SD1.x/SD2.x, with the LoRA suffix.
-    let architecture = match (info.v2, info.v_parameterization) {
-        (false, _) => "stable-diffusion-v1",
-        (true, false) => "stable-diffusion-v2-512",
-        (true, true) => "stable-diffusion-v2-768-v",
+    let architecture = match (info.sdxl, info.v2, info.v_parameterization) {
+        (true, _, _) => "stable-diffusion-xl-v1-base",
+        (false, false, _) => "stable-diffusion-v1",
+        (false, true, false) => "stable-diffusion-v2-512",
+        (false, true, true) => "stable-diffusion-v2-768-v",
     };
     put("modelspec.architecture", format!("{architecture}/lora"));
-    put("modelspec.implementation", "diffusers".into());
+    // sai_model_spec.determine_implementation: an SDXL LoRA names Stability AI's code.
+    let implementation = if info.sdxl {
+        "https://github.com/Stability-AI/generative-models"
+    } else {
+        "diffusers"
+    };
+    put("modelspec.implementation", implementation.into());
     put(
         "modelspec.implementation_version",
         format!("lorafuse/{}", env!("CARGO_PKG_VERSION")),

@@ -192,7 +192,9 @@ fn unsupported(file: &SafetensorsFile, names: &[&str]) -> Option<Family> {
         );
     }
     let conv_in = format!("{UNET_PREFIX}input_blocks.0.0.weight");
-    let in_channels = file.tensor_info(&conv_in).and_then(|i| i.shape.get(1).copied());
+    let in_channels = file
+        .tensor_info(&conv_in)
+        .and_then(|i| i.shape.get(1).copied());
     match in_channels {
         Some(9) => found(
             "inpainting",
