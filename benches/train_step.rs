@@ -23,6 +23,7 @@ use std::time::Instant;
 use lorafuse::backend::Backend;
 use lorafuse::lora::{LoraDropout, LoraSet, LoraTargets};
 use lorafuse::model::checkpoint::load_sd15;
+use lorafuse::model::cond::{Cond, TextCond};
 use lorafuse::model::config::UnetConfig;
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::unet::Unet;
@@ -149,7 +150,10 @@ fn main() -> Res<()> {
         };
         // The cached inputs of one micro-batch.
         let latents = randn(&mut rng, &[batch, 4, lat, lat])?;
-        let context = randn(&mut rng, &[batch, 77, ctx_dim])?;
+        let cond = Cond::text_only(TextCond {
+            context: randn(&mut rng, &[batch, 77, ctx_dim])?,
+            pooled: None,
+        });
         reset_peak(&dev);
         let mut times = Vec::new();
         let mut driver_used: Option<usize> = None;
@@ -159,9 +163,9 @@ fn main() -> Res<()> {
             let loss_scale = if dt == DType::F16 { 1024.0 } else { 1.0 };
             let batch = MicroBatch {
                 latents: &latents,
-                context: &context,
+                cond: &cond,
                 grad_scale: loss_scale,
-                want_context_grad: false,
+                want_text_grad: false,
                 loss_weights: None,
             };
             let cx = Ctx::new(be.as_ref(), Some(&lora)).with_dropout(Some(&dropout));
@@ -189,7 +193,7 @@ fn main() -> Res<()> {
         let plan_pool_peak = on_gpu
             .then(|| plan_peak(batch, rank, res, dt))
             .transpose()?;
-        drop((latents, context, opt, grads, lora));
+        drop((latents, cond, opt, grads, lora));
         let row = Row {
             batch,
             rank,

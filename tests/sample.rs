@@ -9,6 +9,8 @@ use lorafuse::backend::prelude::*;
 use lorafuse::lora::{kohya, LoraSet};
 use lorafuse::model::checkpoint::load_sd15;
 use lorafuse::model::clip::ClipTextModel;
+use lorafuse::model::cond::Cond;
+use lorafuse::model::family::TextEncoders;
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::tokenizer::{Tokenizer, BOS, EOS};
 use lorafuse::model::unet::Unet;
@@ -810,7 +812,7 @@ struct Tiny {
     be: CpuBackend,
     unet: Unet,
     vae: Vae,
-    te: ClipTextModel,
+    te: TextEncoders,
     lora: LoraSet,
 }
 
@@ -821,8 +823,10 @@ fn tiny() -> &'static Tiny {
         let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
         let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
         let vae = Vae::load(&ck.vae.0, &ck.vae.1, &be, "vae").unwrap();
-        let te = ClipTextModel::load(&ck.text_encoder.0, &ck.text_encoder.1, &be, "text_encoder")
-            .unwrap();
+        let te = TextEncoders::Clip(
+            ClipTextModel::load(&ck.text_encoder.0, &ck.text_encoder.1, &be, "text_encoder")
+                .unwrap(),
+        );
         let lora = kohya::load(fixtures().join("tiny-lora.safetensors"), &be, DType::F32).unwrap();
         Tiny {
             be,
@@ -961,6 +965,7 @@ fn one_guided_batch_with_scale_one_equals_the_conditional_pass() {
     let cx = Ctx::new(&t.be, Some(&t.lora));
     let (both, _) = pipe.encode_prompts(&cx, &["", "a red house"], 1).unwrap();
     let (cond, _) = pipe.encode_prompts(&cx, &["a red house"], 1).unwrap();
+    let (both, cond) = (Cond::text_only(both), Cond::text_only(cond));
     let mut rng = lorafuse::rng::Rng::new(5);
     let x: Vec<f32> = rng
         .normal_vec(4 * 8 * 8)

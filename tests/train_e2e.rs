@@ -699,11 +699,11 @@ fn random_crop_draws_a_crop_for_every_training_sample() {
             .iter()
             .map(|&s| {
                 let draw = Draw::Train { epoch: 0 };
-                let (t, _) = run
+                let b = run
                     .inputs
                     .batch(&be, &run.models, draw, &[0], &mut Rng::new(s))
                     .unwrap();
-                t.to_f64_vec()
+                b.latents.to_f64_vec()
             })
             .collect()
     };

@@ -2,6 +2,7 @@
 //! flat optimizer's layout, clipping and loss scaling, when sample images are due.
 
 use lorafuse::lora::{LayerKind, LoraGrads, LoraModule, LoraSet};
+use lorafuse::model::cond::{Cond, TextCond};
 use lorafuse::model::family::Prediction;
 use lorafuse::rng::Rng;
 use lorafuse::sample::schedule::NoiseSchedule;
@@ -301,6 +302,10 @@ fn per_sample_loss_weights_reach_the_loss_and_the_gradients() {
     };
     let latents = randn(&mut rng, &[2, 4, lat, lat]);
     let context = randn(&mut rng, &[2, 77, unet.config.cross_attention_dim]);
+    let cond = Cond::text_only(TextCond {
+        context,
+        pooled: None,
+    });
     let cx = Ctx::new(&be, Some(&lora));
     let run = |weights: Option<&[f64]>, gamma: Option<f64>| {
         let obj = Objective {
@@ -309,9 +314,9 @@ fn per_sample_loss_weights_reach_the_loss_and_the_gradients() {
         };
         let batch = MicroBatch {
             latents: &latents,
-            context: &context,
+            cond: &cond,
             grad_scale: 1.0,
-            want_context_grad: false,
+            want_text_grad: false,
             loss_weights: weights,
         };
         let mut grads = lora.zero_grads(&be).unwrap();

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod checkpoint;
 pub mod clip;
 pub mod clip_vision;
+pub mod cond;
 pub mod config;
 pub mod family;
 pub mod layers;

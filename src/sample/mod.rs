@@ -41,8 +41,9 @@ pub use sampler::{
 };
 pub use schedule::NoiseSchedule;
 
-use crate::model::clip::ClipTextModel;
-use crate::model::family::Prediction;
+use crate::data::SizeCond;
+use crate::model::cond::{unet_forward, Cond, TextCond};
+use crate::model::family::{Prediction, TextEncoders};
 use crate::model::layers::Ctx;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::unet::Unet;
@@ -105,7 +106,7 @@ impl<F: Fn(&str) -> Vec<u32>> PromptTokenizer for F {
 pub struct Pipeline<'a> {
     pub unet: &'a Unet,
     pub vae: &'a Vae,
-    pub text_encoder: &'a ClipTextModel,
+    pub text_encoder: &'a TextEncoders,
     pub tokenizer: &'a dyn PromptTokenizer,
     /// The training schedule the samplers run on (SD1.x's by default).
     pub schedule: NoiseSchedule,
@@ -130,7 +131,7 @@ impl<'a> Pipeline<'a> {
     pub fn new(
         unet: &'a Unet,
         vae: &'a Vae,
-        text_encoder: &'a ClipTextModel,
+        text_encoder: &'a TextEncoders,
         tokenizer: &'a dyn PromptTokenizer,
     ) -> Self {
         Pipeline {
@@ -162,20 +163,21 @@ impl<'a> Pipeline<'a> {
         self.vae_factor() << self.unet.down.len().clamp(1, 16).saturating_sub(1)
     }
 
-    /// Text embeddings [N, L, D] of `prompts`, in order, with a note for each one cut.
+    /// The text conditioning (embeddings [N, L, D], SDXL's pooled text) of `prompts`, in
+    /// order, with a note for each one cut.
     pub fn encode_prompts(
         &self,
         cx: &Ctx,
         prompts: &[&str],
         clip_skip: usize,
-    ) -> Result<(Tensor, Vec<String>), SampleError> {
-        let cfg = &self.text_encoder.config;
+    ) -> Result<(TextCond, Vec<String>), SampleError> {
+        let te = self.text_encoder;
+        let (window, vocab_size) = (te.positions(), te.vocab_size());
         let mut ids = Vec::new();
         let mut notes = Vec::new();
         let mut len = None;
         for text in prompts {
             let t = self.tokenizer.tokenize_prompt(text);
-            let window = cfg.max_position_embeddings;
             if t.ids.is_empty() || (t.ids.len() > window && t.ids.len() % window != 0) {
                 return Err(SampleError::BadSetting {
                     name: "token ids",
@@ -192,14 +194,13 @@ impl<'a> Pipeline<'a> {
                     expected: "as many ids for every prompt (a padding tokenizer)".into(),
                 });
             }
-            if let Some(&bad) = t.ids.iter().find(|&&id| id as usize >= cfg.vocab_size) {
+            if let Some(&bad) = t.ids.iter().find(|&&id| id as usize >= vocab_size) {
                 return Err(SampleError::BadSetting {
                     name: "token id",
                     value: format!("{bad} in {text:?}"),
                     expected: format!(
-                        "below the text encoder's vocabulary size {} (is this tokenizer the \
-                         model's?)",
-                        cfg.vocab_size
+                        "below the text encoder's vocabulary size {vocab_size} (is this \
+                         tokenizer the model's?)"
                     ),
                 });
             }
@@ -216,25 +217,24 @@ impl<'a> Pipeline<'a> {
             }
             ids.extend(t.ids);
         }
-        let emb = self
-            .text_encoder
-            .forward(cx, &ids, prompts.len(), clip_skip)?;
-        Ok((emb, notes))
+        let (text, _) = te.forward_train(cx, &ids, prompts.len(), clip_skip, false)?;
+        Ok((text, notes))
     }
 
-    /// The noise prediction for latents [1, C, h, w] at timestep t. `context` [1, L, D] is the
-    /// prompt's embedding; [2, L, D] is (negative, prompt), and then the UNet runs once on the
+    /// The noise prediction for latents [1, C, h, w] at timestep t. `cond` of 1 is the
+    /// prompt's conditioning; of 2 it is (negative, prompt), and then the UNet runs once on the
     /// batch of 2 and guidance with `cfg_scale` combines the halves.
     pub fn predict_noise(
         &self,
         cx: &Ctx,
         latents: &Tensor,
         t: f64,
-        context: &Tensor,
+        cond: &Cond,
         cfg_scale: f64,
     ) -> Result<Tensor, SampleError> {
         let d = latents.dims().to_vec();
-        let n_ctx = context.dims().first().copied().unwrap_or(0);
+        let context = &cond.text.context;
+        let n_ctx = cond.len();
         if d.len() != 4 || d[0] != 1 || !(n_ctx == 1 || n_ctx == 2) {
             return Err(SampleError::BadSetting {
                 name: "latents and context",
@@ -247,16 +247,13 @@ impl<'a> Pipeline<'a> {
         let be = cx.be;
         let ts = be.tensor_from_f32(&[n_ctx], &vec![t as f32; n_ctx], be.compute_dtype())?;
         if n_ctx == 1 {
-            return Ok(self.unet.forward(cx, latents, &ts, context, false, None)?.0);
+            return Ok(unet_forward(self.unet, cx, latents, &ts, cond, false, None)?.0);
         }
         let (c, h, w) = (d[1], d[2], d[3]);
         let doubled = be
             .concat_channels(latents, latents)?
             .reshape([2, c, h, w])?;
-        let out = self
-            .unet
-            .forward(cx, &doubled, &ts, context, false, None)?
-            .0;
+        let out = unet_forward(self.unet, cx, &doubled, &ts, cond, false, None)?.0;
         let c_out = out.dims().get(1).copied().unwrap_or(0);
         let (uncond, cond) = be.split_channels(&out.reshape([1, 2 * c_out, h, w])?, c_out)?;
         guidance(be, &uncond, &cond, cfg_scale)
@@ -348,8 +345,10 @@ pub fn generate(
     } else {
         vec![&spec.prompt]
     };
-    let (context, n) = pipe.encode_prompts(cx, &prompts, clip_skip)?;
+    let (text, n) = pipe.encode_prompts(cx, &prompts, clip_skip)?;
     notes.extend(n);
+    let sizes = vec![SizeCond::for_generation((spec.width, spec.height)); prompts.len()];
+    let cond = Cond::with_sizes(cx.be, text, &sizes)?;
 
     let seed = match spec.seed {
         Some(s) => s,
@@ -370,7 +369,7 @@ pub fn generate(
         .collect();
     let noise = be.tensor_from_f32(&[1, c, h, w], &noise, be.compute_dtype())?;
     let mut model = |x: &Tensor, t: f64| {
-        let out = pipe.predict_noise(cx, x, t, &context, spec.cfg_scale)?;
+        let out = pipe.predict_noise(cx, x, t, &cond, spec.cfg_scale)?;
         match pipe.prediction {
             Prediction::Epsilon => Ok(out),
             Prediction::V => v_to_eps(be, &pipe.schedule, x, t, &out),

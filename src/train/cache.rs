@@ -6,13 +6,15 @@
 //! generator seeded by the image's content hash: the same image gives the same latents in every
 //! run, which keeps runs and resumes reproducible.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::backend::Backend;
 use crate::data::{load_pixels, DataOptions, Item};
 use crate::error::{Error, Result};
-use crate::model::clip::ClipTextModel;
+use crate::model::cond::TextCond;
+use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::vae::Vae;
@@ -203,32 +205,37 @@ fn read_latent(path: &Path) -> Option<Tensor> {
     Tensor::from_f32(dims, v).ok()
 }
 
-/// Text embeddings [1, L, D] by caption (L = 77, or kohya's 152 / 227 for long captions).
+/// Text conditionings by caption: the context [1, L, D] (L = 77, or kohya's 152 / 227 for long
+/// captions) and, for SDXL, the pooled text [1, P].
 #[derive(Default)]
 pub struct TextCache {
-    map: HashMap<String, Tensor>,
+    map: HashMap<String, TextCond>,
 }
 
 impl TextCache {
+    /// The caption's conditioning, encoded by `m`'s frozen text encoder(s) the first time (an
+    /// error once they are released).
     pub fn get_or_encode(
         &mut self,
         be: &dyn Backend,
-        te: Option<&ClipTextModel>,
+        m: &Models,
         tokenizer: &Tokenizer,
         caption: &str,
         text: TextOptions,
-    ) -> Result<Tensor> {
+    ) -> Result<TextCond> {
         if let Some(t) = self.map.get(caption) {
             return Ok(t.clone());
         }
-        let te = te.ok_or_else(|| Error::BadValue {
-            op: "text cache",
-            name: "caption",
-            value: caption.to_string(),
-            expected: "a caption encoded before the text encoder was released".into(),
-        })?;
+        if m.text.is_none() {
+            return Err(Error::BadValue {
+                op: "text cache",
+                name: "caption",
+                value: caption.to_string(),
+                expected: "a caption encoded before the text encoder was released".into(),
+            });
+        }
         let enc = tokenizer.encode_long(caption, text.max_token_length);
-        let emb = te.forward(&Ctx::new(be, None), &enc.ids, 1, text.clip_skip)?;
+        let emb = m.encode_text(&Ctx::new(be, None), &enc.ids, 1, text.clip_skip)?;
         self.map.insert(caption.to_string(), emb.clone());
         Ok(emb)
     }
@@ -240,6 +247,19 @@ impl TextCache {
     }
 }
 
+/// Stacks text conditionings of one caption each into one of N.
+pub fn stack_text(be: &dyn Backend, parts: &[TextCond]) -> Result<TextCond> {
+    let contexts: Vec<&Tensor> = parts.iter().map(|p| &p.context).collect();
+    let pooled: Option<Vec<&Tensor>> = parts.iter().map(|p| p.pooled.as_ref()).collect();
+    Ok(TextCond {
+        context: stack(be, &contexts)?,
+        pooled: match pooled {
+            Some(p) if !p.is_empty() => Some(stack(be, &p)?),
+            _ => None,
+        },
+    })
+}
+
 /// How captions are encoded: kohya's `clip_skip` and `max_token_length`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TextOptions {
@@ -248,17 +268,21 @@ pub struct TextOptions {
 }
 
 /// Stacks tensors [1, ...] of one shape into [N, ...].
-pub fn stack(be: &dyn Backend, parts: &[Tensor]) -> Result<Tensor> {
-    let first = parts.first().ok_or_else(|| Error::BadValue {
-        op: "stack",
-        name: "parts",
-        value: "0 tensors".into(),
-        expected: "at least one".into(),
-    })?;
+pub fn stack<T: std::borrow::Borrow<Tensor>>(be: &dyn Backend, parts: &[T]) -> Result<Tensor> {
+    let first = parts
+        .first()
+        .map(Borrow::borrow)
+        .ok_or_else(|| Error::BadValue {
+            op: "stack",
+            name: "parts",
+            value: "0 tensors".into(),
+            expected: "at least one".into(),
+        })?;
     let mut dims = first.dims().to_vec();
     dims[0] = parts.len();
     let mut v = Vec::with_capacity(first.numel() * parts.len());
     for p in parts {
+        let p = p.borrow();
         if p.dims()[1..] != first.dims()[1..] {
             return Err(crate::backend::check::mismatch(
                 "stack",

@@ -8,6 +8,7 @@ use crate::backend::Backend;
 use crate::data::BatchGroup;
 use crate::error::Result;
 use crate::lora::LoraSet;
+use crate::model::cond::Cond;
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
@@ -18,7 +19,7 @@ use crate::train::step::{fixed_noise_loss, Objective};
 /// Images scored with fixed noise: (latents, context) per batch, and the captions the
 /// contexts came from (re-encoded through the trained text encoder when it is trained).
 pub struct EvalSet {
-    pub pairs: Vec<(Tensor, Tensor)>,
+    pub pairs: Vec<(Tensor, Cond)>,
     pub captions: Vec<Vec<String>>,
 }
 
@@ -52,10 +53,11 @@ impl EvalSet {
         };
         for (&(d, _), idx) in &by_bucket {
             for chunk in idx.chunks(inputs.ds.batch_size(d, batch_size)) {
-                let (latents, captions) = inputs.batch(be, m, draw, chunk, &mut rng)?;
-                let context = inputs.contexts(be, m, &captions)?;
-                set.pairs.push((latents, context));
-                set.captions.push(captions);
+                let b = inputs.batch(be, m, draw, chunk, &mut rng)?;
+                let text = inputs.contexts(be, m, &b.captions)?;
+                set.pairs
+                    .push((b.latents, Cond::with_sizes(be, text, &b.sizes)?));
+                set.captions.push(b.captions);
             }
         }
         Ok(set)
@@ -80,10 +82,14 @@ impl EvalSet {
             (Some(inputs), Some(l), Some(_)) => {
                 let cx = Ctx::new(be, Some(l));
                 let mut pairs = Vec::with_capacity(self.pairs.len());
-                for ((latents, _), captions) in self.pairs.iter().zip(&self.captions) {
+                for ((latents, cond), captions) in self.pairs.iter().zip(&self.captions) {
                     let ids = inputs.ids(captions);
-                    let (ctx, _) = inputs.encode(m, &cx, &ids, captions.len())?;
-                    pairs.push((latents.clone(), ctx));
+                    let (text, _) = inputs.encode(m, &cx, &ids, captions.len())?;
+                    let cond = Cond {
+                        text,
+                        time_ids: cond.time_ids.clone(),
+                    };
+                    pairs.push((latents.clone(), cond));
                 }
                 fixed_noise_loss(be, &m.unet, lora, &pairs, obj, seed)
             }

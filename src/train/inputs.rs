@@ -4,14 +4,17 @@
 
 use crate::backend::Backend;
 use crate::config::TrainConfig;
-use crate::data::{plain_caption, process_caption, DataOptions, Dataset, Item, Source};
+use crate::data::{plain_caption, process_caption, DataOptions, Dataset, Item, SizeCond, Source};
 use crate::error::Result;
+use crate::model::cond::TextCond;
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::model::tokenizer::Tokenizer;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::cache::{stack, LatentCache, LatentKey, Pixels, TextCache, TextOptions};
+use crate::train::cache::{
+    stack, stack_text, LatentCache, LatentKey, Pixels, TextCache, TextOptions,
+};
 
 /// Which images a batch is drawn from, and whether with the run's random choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,19 +109,15 @@ impl Inputs {
         if captions {
             for item in self.ds.items.iter().chain(&self.ds.validation) {
                 let caption = plain_caption(&item.caption, self.options_of(item));
-                self.texts.get_or_encode(
-                    be,
-                    m.text.as_ref(),
-                    &self.tokenizer,
-                    &caption,
-                    self.text,
-                )?;
+                self.texts
+                    .get_or_encode(be, m, &self.tokenizer, &caption, self.text)?;
             }
         }
         Ok(())
     }
 
-    /// Latents [N, 4, h, w] and captions of the images `idx`, random choices from `rng`.
+    /// Latents [N, 4, h, w], captions and size/crop ids (SDXL's conditioning) of the images
+    /// `idx`, random choices from `rng`.
     pub fn batch(
         &mut self,
         be: &dyn Backend,
@@ -126,7 +125,7 @@ impl Inputs {
         draw: Draw,
         idx: &[usize],
         rng: &mut Rng,
-    ) -> Result<(Tensor, Vec<String>)> {
+    ) -> Result<Batch> {
         let validation = draw == Draw::Validation;
         let epoch = match draw {
             Draw::Train { epoch } => Some(epoch),
@@ -135,6 +134,7 @@ impl Inputs {
         let augment = epoch.is_some();
         let mut lat = Vec::with_capacity(idx.len());
         let mut captions = Vec::with_capacity(idx.len());
+        let mut sizes = Vec::with_capacity(idx.len());
         for &i in idx {
             let item = if validation {
                 &self.ds.validation[i]
@@ -143,6 +143,12 @@ impl Inputs {
             };
             let opts = self.options_of(item);
             let flipped = augment && opts.flip_aug && rng.uniform() < 0.5;
+            sizes.push(SizeCond::of(
+                item.size,
+                item.bucket,
+                flipped,
+                opts.enable_bucket,
+            ));
             let key = LatentKey {
                 index: i,
                 validation,
@@ -163,27 +169,29 @@ impl Inputs {
             });
             captions.push(caption);
         }
-        Ok((stack(be, &lat)?, captions))
+        Ok(Batch {
+            latents: stack(be, &lat)?,
+            captions,
+            sizes,
+        })
     }
 
-    /// Text embeddings [N, 77, D] of the frozen text encoder, from the cache.
+    /// The frozen text encoder's conditioning of `captions` ([N, 77, D] and SDXL's pooled),
+    /// from the cache.
     pub fn contexts(
         &mut self,
         be: &dyn Backend,
         m: &Models,
         captions: &[String],
-    ) -> Result<Tensor> {
-        let mut ctx = Vec::with_capacity(captions.len());
+    ) -> Result<TextCond> {
+        let mut parts = Vec::with_capacity(captions.len());
         for c in captions {
-            ctx.push(self.texts.get_or_encode(
-                be,
-                m.text.as_ref(),
-                &self.tokenizer,
-                c,
-                self.text,
-            )?);
+            parts.push(
+                self.texts
+                    .get_or_encode(be, m, &self.tokenizer, c, self.text)?,
+            );
         }
-        stack(be, &ctx)
+        stack_text(be, &parts)
     }
 
     /// The token ids of captions: 77 per caption, or rows of 77 per window of kohya's long
@@ -206,7 +214,7 @@ impl Inputs {
         cx: &Ctx,
         ids: &[u32],
         batch: usize,
-    ) -> Result<(Tensor, Option<crate::model::family::TextTape>)> {
+    ) -> Result<(TextCond, Option<crate::model::family::TextTape>)> {
         m.encode_text_train(cx, ids, batch, self.text.clip_skip, false)
     }
 
@@ -219,7 +227,7 @@ impl Inputs {
         cx: Option<&Ctx>,
         captions: &[String],
         save: bool,
-    ) -> Result<(Tensor, Option<crate::model::family::TextTape>)> {
+    ) -> Result<(TextCond, Option<crate::model::family::TextTape>)> {
         match cx {
             Some(cx) => m.encode_text_train(
                 cx,
@@ -231,6 +239,16 @@ impl Inputs {
             None => Ok((self.contexts(be, m, captions)?, None)),
         }
     }
+}
+
+/// One batch's images as the UNet takes them.
+pub struct Batch {
+    /// Clean latents [N, 4, h, w].
+    pub latents: Tensor,
+    /// The captions after shuffling and dropout.
+    pub captions: Vec<String>,
+    /// Each sample's size/crop ids (read by SDXL's UNet only).
+    pub sizes: Vec<SizeCond>,
 }
 
 /// What the data pipeline needs from the configuration.

@@ -14,6 +14,7 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::lora::{LoraGrads, LoraSet};
+use crate::model::cond::{unet_backward, unet_forward, Cond, TextCondGrad};
 use crate::model::family::Prediction;
 use crate::model::layers::Ctx;
 use crate::model::unet::Unet;
@@ -122,12 +123,12 @@ fn timestep_tensor(be: &dyn Backend, t: &[usize], dtype: DType) -> Result<Tensor
 pub struct MicroBatch<'a> {
     /// Clean latents [N, C, h, w].
     pub latents: &'a Tensor,
-    /// The text conditioning [N, tokens, width].
-    pub context: &'a Tensor,
+    /// The UNet's conditioning (text, and SDXL's pooled text and size ids).
+    pub cond: &'a Cond,
     /// Multiplies the loss gradient: the loss scale over the accumulation steps.
     pub grad_scale: f64,
-    /// Return d loss / d context (the text encoder is trained).
-    pub want_context_grad: bool,
+    /// Return d loss / d text conditioning (the text encoder is trained).
+    pub want_text_grad: bool,
     /// Each sample's loss weight (kohya's `prior_loss_weight` for regularisation images),
     /// multiplied with the min-SNR weight; None: all 1.
     pub loss_weights: Option<&'a [f64]>,
@@ -137,8 +138,8 @@ pub struct MicroBatch<'a> {
 pub struct MicroOut {
     /// The (unscaled) loss.
     pub loss: f64,
-    /// d loss / d context, when asked for.
-    pub d_context: Option<Tensor>,
+    /// d loss / d text conditioning, when asked for.
+    pub d_text: Option<TextCondGrad>,
     /// The UNet tape's bytes by block, measured before the backward consumed it.
     pub tape_by_block: Vec<(String, usize)>,
 }
@@ -156,7 +157,7 @@ pub fn denoise_micro_batch(
     let be = cx.be;
     let nz = noise_batch(be, batch.latents, obj, rng)?;
     let t = timestep_tensor(be, &nz.timesteps, batch.latents.dtype())?;
-    let (pred, tape) = unet.forward(cx, &nz.noisy, &t, batch.context, true, None)?;
+    let (pred, tape) = unet_forward(unet, cx, &nz.noisy, &t, batch.cond, true, None)?;
     let snr = obj
         .min_snr_gamma
         .map(|g| min_snr_weights(&obj.schedule, &nz.timesteps, g, obj.prediction));
@@ -170,24 +171,25 @@ pub fn denoise_micro_batch(
     drop(pred);
     let mut out = MicroOut {
         loss,
-        d_context: None,
+        d_text: None,
         tape_by_block: Vec::new(),
     };
     if let Some(tape) = tape {
         out.tape_by_block = tape.bytes_by_block();
-        out.d_context = unet.backward_with_context_grad(
+        out.d_text = unet_backward(
+            unet,
             cx,
             &d_pred,
-            batch.context,
+            batch.cond,
             tape,
             grads,
-            batch.want_context_grad,
+            batch.want_text_grad,
         )?;
     }
     Ok(out)
 }
 
-/// The loss of `lora` on (latents, context) pairs with noise and timesteps drawn from a fixed
+/// The loss of `lora` on (latents, conditioning) pairs with noise and timesteps drawn from a fixed
 /// seed, one draw per pair in order: the same seed gives the same noise, so two evaluations
 /// differ only by the adapters. Unweighted MSE against `obj`'s target (its offset noise and
 /// weights left out), averaged over pairs.
@@ -195,7 +197,7 @@ pub fn fixed_noise_loss(
     be: &dyn Backend,
     unet: &Unet,
     lora: Option<&LoraSet>,
-    pairs: &[(Tensor, Tensor)],
+    pairs: &[(Tensor, Cond)],
     obj: &Objective,
     seed: u64,
 ) -> Result<f64> {
@@ -203,10 +205,10 @@ pub fn fixed_noise_loss(
     let mut rng = Rng::new(seed);
     let obj = obj.unweighted();
     let mut total = 0.0;
-    for (latents, context) in pairs {
+    for (latents, cond) in pairs {
         let nz = noise_batch(be, latents, &obj, &mut rng)?;
         let t = timestep_tensor(be, &nz.timesteps, latents.dtype())?;
-        let (pred, _) = unet.forward(&cx, &nz.noisy, &t, context, false, None)?;
+        let (pred, _) = unet_forward(unet, &cx, &nz.noisy, &t, cond, false, None)?;
         total += be
             .mse_loss(&pred, &obj.target(be, latents, &nz)?, None, 1.0)?
             .0;

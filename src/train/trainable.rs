@@ -12,6 +12,7 @@ use crate::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::lora::blocks::{block_index, BlockRankArgs, LrWeightArgs};
 use crate::lora::{LoraDropout, LoraGrads, LoraModule, LoraSet, TargetLayer};
+use crate::model::cond::Cond;
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
@@ -278,8 +279,7 @@ impl Trainable {
         site: Site,
     ) -> Result<MicroOut> {
         let mut rng = Rng::for_site(self.seed, &[3, site.epoch, site.index]);
-        let (latents, captions) =
-            inputs.batch(be, m, Draw::Train { epoch: site.epoch }, idx, &mut rng)?;
+        let b = inputs.batch(be, m, Draw::Train { epoch: site.epoch }, idx, &mut rng)?;
         self.grads.accum = Accum::Assign;
         let dropout = LoraDropout::for_site(self.dropout, self.seed, &[4, site.epoch, site.index])?
             .with_rank_and_module(self.rank_dropout, self.module_dropout)?;
@@ -287,14 +287,15 @@ impl Trainable {
             .with_dropout(Some(&dropout))
             .with_checkpointing(self.checkpointing);
         let text_cx = (self.train_text && m.text.is_some()).then_some(&cx);
-        let (context, text_tape) = inputs.condition(be, m, text_cx, &captions, true)?;
+        let (text, text_tape) = inputs.condition(be, m, text_cx, &b.captions, true)?;
+        let cond = Cond::with_sizes(be, text, &b.sizes)?;
         let loss_weights = inputs.loss_weights(idx);
         let batch = MicroBatch {
             loss_weights: loss_weights.as_deref(),
-            latents: &latents,
-            context: &context,
+            latents: &b.latents,
+            cond: &cond,
             grad_scale: self.scaler.scale / site.of as f64,
-            want_context_grad: text_tape.is_some(),
+            want_text_grad: text_tape.is_some(),
         };
         let mut out = denoise_micro_batch(
             &cx,
@@ -304,9 +305,9 @@ impl Trainable {
             &mut self.grads,
             &mut rng,
         )?;
-        drop(context);
-        if let (Some(tape), Some(dc)) = (text_tape, out.d_context.take()) {
-            m.text_backward(&cx, &dc, tape, &mut self.grads)?;
+        drop(cond);
+        if let (Some(tape), Some(d)) = (text_tape, out.d_text.take()) {
+            m.text_backward(&cx, &d, tape, &mut self.grads)?;
         }
         Ok(out)
     }

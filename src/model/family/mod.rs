@@ -22,6 +22,7 @@ use crate::error::Result;
 use crate::lora::{LoraGrads, LoraTargets, TargetLayer};
 use crate::model::checkpoint::{load_sd15, CheckpointError, Family, Generation};
 use crate::model::clip::{ClipTape, ClipTextModel};
+use crate::model::cond::{TextCond, TextCondGrad};
 use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 use crate::model::layers::Ctx;
 use crate::model::unet::Unet;
@@ -223,7 +224,7 @@ fn build(
         family,
         unet: u,
         vae: Some(v),
-        text: Some(t),
+        text: Some(TextEncoders::Clip(t)),
         prediction: family.prediction(),
         prediction_from_checkpoint: false,
     })
@@ -235,15 +236,86 @@ pub struct Models {
     pub family: &'static dyn ModelFamily,
     pub unet: Unet,
     pub vae: Option<Vae>,
-    pub text: Option<ClipTextModel>,
+    pub text: Option<TextEncoders>,
     /// What the denoiser predicts: the checkpoint's word where it has one, else the family's.
     pub prediction: Prediction,
     /// Whether `prediction` is the checkpoint's word (a diffusers folder's scheduler config).
     pub prediction_from_checkpoint: bool,
 }
 
+/// A family's text encoder(s), frozen; adapters come with the [`Ctx`].
+pub enum TextEncoders {
+    /// One CLIP text model: SD1.x's ViT-L/14, SD2.x's OpenCLIP ViT-H/14.
+    Clip(ClipTextModel),
+}
+
 /// What the text conditioning's training forward saves for its backward.
 pub struct TextTape(ClipTape);
+
+impl TextEncoders {
+    /// The conditioning of `batch` captions of token ids, and with `save` the tape of the
+    /// adapters' backward.
+    pub fn forward_train(
+        &self,
+        cx: &Ctx,
+        ids: &[u32],
+        batch: usize,
+        clip_skip: usize,
+        save: bool,
+    ) -> Result<(TextCond, Option<TextTape>)> {
+        match self {
+            TextEncoders::Clip(te) => {
+                let (context, tape) = te.forward_train(cx, ids, batch, clip_skip, save)?;
+                let text = TextCond {
+                    context,
+                    pooled: None,
+                };
+                Ok((text, tape.map(TextTape)))
+            }
+        }
+    }
+
+    /// The adapters' gradients from d loss / d conditioning.
+    pub fn backward(
+        &self,
+        cx: &Ctx,
+        d: &TextCondGrad,
+        tape: TextTape,
+        grads: &mut LoraGrads,
+    ) -> Result<()> {
+        match self {
+            TextEncoders::Clip(te) => te.backward(cx, &d.context, tape.0, grads),
+        }
+    }
+
+    /// The layers that can carry adapters, kohya-named.
+    pub fn lora_targets(&self) -> Vec<TargetLayer> {
+        match self {
+            TextEncoders::Clip(te) => te.lora_targets(),
+        }
+    }
+
+    /// Every adaptable layer's frozen weight by kohya name.
+    pub fn adaptable_weights(&self) -> Vec<(&str, &Tensor)> {
+        match self {
+            TextEncoders::Clip(te) => te.adaptable_weights(),
+        }
+    }
+
+    /// The token ids the encoder(s) take are below this.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            TextEncoders::Clip(te) => te.config.vocab_size,
+        }
+    }
+
+    /// Tokens per window (77).
+    pub fn positions(&self) -> usize {
+        match self {
+            TextEncoders::Clip(te) => te.config.max_position_embeddings,
+        }
+    }
+}
 
 impl Models {
     /// The layers that can carry adapters: the UNet's `targets`, then with `text` the text
@@ -266,14 +338,14 @@ impl Models {
         all.find(|(n, _)| *n == name).map(|(_, w)| w)
     }
 
-    /// The UNet's conditioning for `batch` captions of token ids, [batch, tokens, width].
+    /// The text conditioning of `batch` captions of token ids (context [batch, tokens, width]).
     pub fn encode_text(
         &self,
         cx: &Ctx,
         ids: &[u32],
         batch: usize,
         clip_skip: usize,
-    ) -> Result<Tensor> {
+    ) -> Result<TextCond> {
         Ok(self.encode_text_train(cx, ids, batch, clip_skip, false)?.0)
     }
 
@@ -285,26 +357,25 @@ impl Models {
         batch: usize,
         clip_skip: usize,
         save: bool,
-    ) -> Result<(Tensor, Option<TextTape>)> {
-        let te = self.text_encoder("encode captions")?;
-        let (c, tape) = te.forward_train(cx, ids, batch, clip_skip, save)?;
-        Ok((c, tape.map(TextTape)))
+    ) -> Result<(TextCond, Option<TextTape>)> {
+        self.text_encoder("encode captions")?
+            .forward_train(cx, ids, batch, clip_skip, save)
     }
 
     /// The text adapters' gradients from d loss / d conditioning.
     pub fn text_backward(
         &self,
         cx: &Ctx,
-        d_context: &Tensor,
+        d: &TextCondGrad,
         tape: TextTape,
         grads: &mut LoraGrads,
     ) -> Result<()> {
         self.text_encoder("train its adapters")?
-            .backward(cx, d_context, tape.0, grads)
+            .backward(cx, d, tape, grads)
     }
 
     /// The VAE and the text encoder, which sampling needs (an error once released).
-    pub fn sampling_parts(&self) -> Result<(&Vae, &ClipTextModel)> {
+    pub fn sampling_parts(&self) -> Result<(&Vae, &TextEncoders)> {
         let vae = self
             .vae
             .as_ref()
@@ -322,7 +393,7 @@ impl Models {
         self.unet.config.cross_attention_dim
     }
 
-    fn text_encoder(&self, to: &str) -> Result<&ClipTextModel> {
+    fn text_encoder(&self, to: &str) -> Result<&TextEncoders> {
         self.text
             .as_ref()
             .ok_or_else(|| crate::error::Error::BadValue {
