@@ -319,6 +319,7 @@ mod sd2 {
         let hints = ConfigHints {
             norm_num_groups: Some(4),
             attention_head_width: Some(4),
+            ..ConfigHints::default()
         };
         vec![
             (

@@ -204,8 +204,10 @@ impl UnetConfig {
         (heads > 0 && channels % heads == 0).then(|| channels / heads)
     }
 
-    /// Checks that this is a UNet lorafuse can build: the SD1.x/SD2.x topology, consistent lists,
-    /// heads and groups that divide the channels. The error says which field is wrong.
+    /// Checks that this is a UNet lorafuse can build: SD1.x's, SD2.x's or SDXL's topology
+    /// (attention on a level in both directions or in neither, any transformer depth per
+    /// level, no added embedding or SDXL's text-time one), consistent lists, heads and groups
+    /// that divide the channels. The error says which field is wrong.
     pub fn validate(&self) -> Result<(), String> {
         let levels = check_levels(
             self.block_out_channels.len(),
@@ -215,15 +217,27 @@ impl UnetConfig {
         if self.layers_per_block == 0 {
             return Err("layers_per_block is 0".into());
         }
-        if let Some(t) = &self.addition_embed_type {
-            return Err(format!("addition_embed_type is \"{t}\", which is SDXL's"));
-        }
+        self.added_embedding_widths()?;
         for level in 0..levels {
-            let depth = self.transformer_layers_per_block.at(level);
-            if depth != Some(1) {
+            let down = self.down_block_types[level] == DownBlockType::CrossAttnDownBlock2D;
+            let up = self.up_block_types[levels - 1 - level] == UpBlockType::CrossAttnUpBlock2D;
+            if down != up {
                 return Err(format!(
-                    "transformer_layers_per_block at level {level} is {depth:?}; SD1.x has 1"
+                    "down_block_types[{level}] is {:?} but its mirror up_block_types[{}] is {:?}: \
+                     lorafuse builds UNets whose up path mirrors the down path",
+                    self.down_block_types[level],
+                    levels - 1 - level,
+                    self.up_block_types[levels - 1 - level]
                 ));
+            }
+            match self.transformer_layers_per_block.at(level) {
+                Some(d) if d > 0 => {}
+                depth => {
+                    return Err(format!(
+                        "transformer_layers_per_block at level {level} is {depth:?}; it needs \
+                         one positive depth per level (SD1.x: 1, SDXL: [1, 2, 10])"
+                    ))
+                }
             }
             let c = self.block_out_channels[level];
             if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
@@ -242,7 +256,50 @@ impl UnetConfig {
         }
         Ok(())
     }
+
+    /// The number of transformer blocks in each attention of `level` (the mid block's: the
+    /// last level's, as diffusers builds it).
+    pub fn transformer_depth(&self, level: usize) -> usize {
+        self.transformer_layers_per_block.at(level).unwrap_or(1)
+    }
+
+    /// SDXL's added embedding, when the config has one: (pooled text width, width of each
+    /// size/crop id's sinusoid). `add_embedding.linear_1` reads pooled + 6 · that. None for
+    /// SD1.x/SD2.x; an error for any other `addition_embed_type` or inconsistent widths.
+    pub fn added_embedding_widths(&self) -> Result<Option<(usize, usize)>, String> {
+        match self.addition_embed_type.as_deref() {
+            None => Ok(None),
+            Some("text_time") => {
+                let (Some(time), Some(input)) = (
+                    self.addition_time_embed_dim,
+                    self.projection_class_embeddings_input_dim,
+                ) else {
+                    return Err(
+                        "addition_embed_type \"text_time\" needs addition_time_embed_dim and \
+                         projection_class_embeddings_input_dim (SDXL: 256 and 2816)"
+                            .into(),
+                    );
+                };
+                let ids = TIME_IDS * time;
+                if time == 0 || input <= ids {
+                    return Err(format!(
+                        "projection_class_embeddings_input_dim = {input} leaves no room for the \
+                         pooled text beside {TIME_IDS} size/crop ids of width \
+                         addition_time_embed_dim = {time}"
+                    ));
+                }
+                Ok(Some((input - ids, time)))
+            }
+            Some(other) => Err(format!(
+                "addition_embed_type is \"{other}\"; lorafuse knows none or SDXL's \"text_time\""
+            )),
+        }
+    }
 }
+
+/// SDXL's size and crop conditioning: original height and width, crop top and left, target
+/// height and width, each embedded on its own.
+pub const TIME_IDS: usize = 6;
 
 impl Default for UnetConfig {
     fn default() -> Self {

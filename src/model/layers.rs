@@ -83,7 +83,7 @@ impl Linear {
     /// `path.weight` [out, in] (or [out, in, 1, 1] for a 1x1 conv) and optionally `path.bias`.
     pub fn load(l: &Loader, in_f: usize, out_f: usize, bias: bool) -> Result<Linear> {
         Ok(Linear {
-            name: kohya_name(&l.path),
+            name: l.module_name(),
             weight: l.tensor("weight", &[out_f, in_f])?,
             bias: if bias {
                 Some(l.tensor("bias", &[out_f])?)
@@ -98,7 +98,7 @@ impl Linear {
             .tensor("weight", &[out_f, in_f, 1, 1])?
             .reshape([out_f, in_f])?;
         Ok(Linear {
-            name: kohya_name(&l.path),
+            name: l.module_name(),
             weight: w,
             bias: Some(l.tensor("bias", &[out_f])?),
         })
@@ -327,7 +327,7 @@ impl Conv {
         padding: usize,
     ) -> Result<Conv> {
         Ok(Conv {
-            name: kohya_name(&l.path),
+            name: l.module_name(),
             weight: l.tensor("weight", &[o, c, k, k])?,
             bias: Some(l.tensor("bias", &[o])?),
             params: ConvParams { stride, padding },

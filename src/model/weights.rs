@@ -28,6 +28,9 @@ pub struct Loader<'a> {
     pub be: &'a dyn Backend,
     /// Dotted path of the current module, without a trailing dot ("" at the root).
     pub path: String,
+    /// How a module's LoRA name is made from its path: kohya's rule on the diffusers path
+    /// (`model::layers::kohya_name`) unless set (SDXL's UNet names its modules in SGM's layout).
+    pub naming: Option<&'a dyn Fn(&str) -> String>,
 }
 
 impl<'a> Loader<'a> {
@@ -36,6 +39,21 @@ impl<'a> Loader<'a> {
             src,
             be,
             path: root.to_string(),
+            naming: None,
+        }
+    }
+    /// The same loader with LoRA names made by `naming` from the module path.
+    pub fn with_naming(self, naming: &'a dyn Fn(&str) -> String) -> Self {
+        Loader {
+            naming: Some(naming),
+            ..self
+        }
+    }
+    /// The LoRA module name of the current module (`lora_unet_…`).
+    pub fn module_name(&self) -> String {
+        match self.naming {
+            Some(f) => f(&self.path),
+            None => crate::model::layers::kohya_name(&self.path),
         }
     }
     /// The loader of a child module.
@@ -44,6 +62,7 @@ impl<'a> Loader<'a> {
             src: self.src,
             be: self.be,
             path: self.join(child),
+            naming: self.naming,
         }
     }
     /// `path.child`.

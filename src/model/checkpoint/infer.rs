@@ -32,7 +32,7 @@ use super::weights::Weights;
 /// SD1.x's width of one CLIP attention head (OpenCLIP ViT-H's too).
 const CLIP_HEAD_DIM: usize = 64;
 
-/// SD2.x's width of one UNet attention head (LDM's `num_head_channels`).
+/// SD2.x's and SDXL's width of one UNet attention head (LDM's `num_head_channels`).
 pub const SD2_UNET_HEAD_DIM: usize = 64;
 
 /// Counts `{prefix}{i}.{suffix}` for i = 0, 1, … until the first gap.
@@ -63,14 +63,97 @@ fn dim(
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConfigHints {
     pub norm_num_groups: Option<usize>,
-    /// SD2.x: the UNet's attention head width (64 when None); SD1.x files use 8 heads.
+    /// SD2.x and SDXL: the UNet's attention head width (64 when None); SD1.x files use 8 heads.
     pub attention_head_width: Option<usize>,
+    /// SDXL: the width of each size/crop id's sinusoid (256 when None); the added embedding's
+    /// input width is the pooled text's plus six of these, which the shapes do not separate.
+    pub addition_time_embed_dim: Option<usize>,
 }
 
 pub fn unet(
     path: &Path,
     w: &Weights,
     generation: Generation,
+    hints: &ConfigHints,
+) -> Result<UnetConfig, CheckpointError> {
+    let fail = |detail: String| CheckpointError::Infer {
+        path: path.to_path_buf(),
+        component: "UNet",
+        detail,
+    };
+    let cfg = unet_topology(path, w, hints)?;
+    if cfg.transformer_layers_per_block != PerLevel::All(1) {
+        return Err(fail(format!(
+            "transformer_layers_per_block {:?}: more than one transformer block per attention \
+             (SD1.x and SD2.x have one)",
+            cfg.transformer_layers_per_block
+        )));
+    }
+    let attention_head_dim = match generation {
+        Generation::Sd1 => PerLevel::All(8),
+        Generation::Sd2 => heads_of_width(&cfg.block_out_channels, hints, &fail)?,
+    };
+    let cfg = UnetConfig {
+        attention_head_dim,
+        ..cfg
+    };
+    cfg.validate().map_err(fail)?;
+    Ok(cfg)
+}
+
+/// An SDXL UNet's configuration from its `unet.…` tensors: the topology as [`unet`] reads
+/// it, with the transformer depth of each level, heads of width 64 (or the hint's), and the
+/// text-time added embedding (`add_embedding.linear_1`'s input width is the pooled text's
+/// plus 6 · addition_time_embed_dim, 256 unless hinted).
+pub fn sdxl_unet(
+    path: &Path,
+    w: &Weights,
+    hints: &ConfigHints,
+) -> Result<UnetConfig, CheckpointError> {
+    let fail = |detail: String| CheckpointError::Infer {
+        path: path.to_path_buf(),
+        component: "UNet",
+        detail,
+    };
+    let cfg = unet_topology(path, w, hints)?;
+    let added_in = dim(w, "unet.add_embedding.linear_1.weight", 1, 2, &fail)?;
+    let sdxl = UnetConfig::sdxl();
+    let cfg = UnetConfig {
+        attention_head_dim: heads_of_width(&cfg.block_out_channels, hints, &fail)?,
+        sample_size: sdxl.sample_size,
+        addition_embed_type: sdxl.addition_embed_type,
+        addition_time_embed_dim: hints
+            .addition_time_embed_dim
+            .or(sdxl.addition_time_embed_dim),
+        projection_class_embeddings_input_dim: Some(added_in),
+        ..cfg
+    };
+    cfg.validate().map_err(fail)?;
+    Ok(cfg)
+}
+
+/// One head count per level, for heads of the hinted width (64 when None).
+fn heads_of_width(
+    channels: &[usize],
+    hints: &ConfigHints,
+    fail: &dyn Fn(String) -> CheckpointError,
+) -> Result<PerLevel, CheckpointError> {
+    let width = hints.attention_head_width.unwrap_or(SD2_UNET_HEAD_DIM);
+    if let Some(c) = channels.iter().find(|&&c| width == 0 || c % width != 0) {
+        return Err(fail(format!(
+            "block_out_channels {channels:?}: {c} is not a multiple of the attention head \
+             width {width}"
+        )));
+    }
+    Ok(PerLevel::Each(channels.iter().map(|c| c / width).collect()))
+}
+
+/// What the shapes of `unet.…` tensors show: levels, channels, block types, in/out channels,
+/// cross-attention width, projection kind and the transformer depth per level (levels without
+/// attention take the mid block's when last, else 1); SD1.5's values for the rest (8 heads).
+fn unet_topology(
+    path: &Path,
+    w: &Weights,
     hints: &ConfigHints,
 ) -> Result<UnetConfig, CheckpointError> {
     let fail = |detail: String| CheckpointError::Infer {
@@ -130,11 +213,6 @@ pub fn unet(
         if k.ends_with(".proj_in.weight") && w.shape(k).map(<[usize]>::len) == Some(2) {
             linear_proj = true;
         }
-        if k.contains(".transformer_blocks.1.") {
-            return Err(fail(format!(
-                "`{k}`: more than one transformer block per attention (SD1.x has one)"
-            )));
-        }
     }
     let cross_attention_dim = cross.ok_or_else(|| {
         w.require_shape("unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight")
@@ -142,23 +220,8 @@ pub fn unet(
             .unwrap_or_else(|| fail("no cross-attention".into()))
     })?;
 
-    let attention_head_dim = match generation {
-        Generation::Sd1 => PerLevel::All(8),
-        Generation::Sd2 => {
-            let width = hints.attention_head_width.unwrap_or(SD2_UNET_HEAD_DIM);
-            if let Some(c) = block_out_channels
-                .iter()
-                .find(|&&c| width == 0 || c % width != 0)
-            {
-                return Err(fail(format!(
-                    "block_out_channels {block_out_channels:?}: {c} is not a multiple of \
-                     SD2.x's attention head width {width}"
-                )));
-            }
-            PerLevel::Each(block_out_channels.iter().map(|c| c / width).collect())
-        }
-    };
-    let cfg = UnetConfig {
+    let transformer_layers_per_block = depths(w, &down_block_types, layers_per_block, &fail)?;
+    Ok(UnetConfig {
         in_channels,
         out_channels,
         block_out_channels,
@@ -167,14 +230,63 @@ pub fn unet(
         up_block_types,
         cross_attention_dim,
         use_linear_projection: linear_proj,
-        attention_head_dim,
+        transformer_layers_per_block,
         norm_num_groups: hints
             .norm_num_groups
             .unwrap_or(UnetConfig::sd15().norm_num_groups),
         ..UnetConfig::sd15()
+    })
+}
+
+/// The transformer depth of each level: how many `transformer_blocks.N` its first down
+/// attention has, the same in every attention of the level (down and up) and in the mid
+/// block for the last level. One value for all levels when they agree.
+fn depths(
+    w: &Weights,
+    down: &[DownBlockType],
+    layers_per_block: usize,
+    fail: &dyn Fn(String) -> CheckpointError,
+) -> Result<PerLevel, CheckpointError> {
+    let blocks = |attention: &str| {
+        count(
+            w,
+            &format!("unet.{attention}.transformer_blocks."),
+            "attn1.to_q.weight",
+        )
     };
-    cfg.validate().map_err(fail)?;
-    Ok(cfg)
+    let levels = down.len();
+    let mid = blocks("mid_block.attentions.0");
+    let mut out = Vec::with_capacity(levels);
+    for (i, t) in down.iter().enumerate() {
+        if *t != DownBlockType::CrossAttnDownBlock2D {
+            out.push(if i + 1 == levels && mid > 0 { mid } else { 1 });
+            continue;
+        }
+        let depth = blocks(&format!("down_blocks.{i}.attentions.0"));
+        let up = levels - 1 - i;
+        let mut all: Vec<String> = (0..layers_per_block)
+            .map(|j| format!("down_blocks.{i}.attentions.{j}"))
+            .chain((0..=layers_per_block).map(|j| format!("up_blocks.{up}.attentions.{j}")))
+            .collect();
+        if i + 1 == levels {
+            all.push("mid_block.attentions.0".into());
+        }
+        if let Some((a, d)) = all
+            .iter()
+            .map(|a| (a, blocks(a)))
+            .find(|(_, d)| *d != depth)
+        {
+            return Err(fail(format!(
+                "`unet.{a}` has {d} transformer blocks but `unet.down_blocks.{i}.attentions.0` \
+                 has {depth}: one depth per level"
+            )));
+        }
+        out.push(depth);
+    }
+    Ok(match out.first() {
+        Some(&d) if out.iter().all(|&x| x == d) => PerLevel::All(d),
+        _ => PerLevel::Each(out),
+    })
 }
 
 /// How many `{layers}N.mlp.fc1.weight` there are, and the first one's output width.

@@ -16,6 +16,7 @@
 //!   output_blocks.{P·i+P-1}.{1|2}.conv  up_blocks.i.upsamplers.0.conv  (2 when the block has
 //!                                    an attention, so 1 only on SD1.x's up_blocks.0)
 //!   time_embed.0/.2, out.0/.2        time_embedding.linear_1/_2, conv_norm_out/conv_out
+//!   label_emb.0.0/.2                 add_embedding.linear_1/_2 (SDXL's text-time embedding)
 //!   resnet in_layers.0, in_layers.2, emb_layers.1, out_layers.0, out_layers.3, skip_connection
 //!       → norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut; attention internals keep
 //!       their names.
@@ -223,17 +224,11 @@ fn unet(rest: &str, layout: &LdmLayout) -> Option<String> {
     let per = layout.unet_layers_per_block + 1;
     let lpb = layout.unet_layers_per_block;
     let levels = layout.unet_levels;
-    if let Some(t) = rest.strip_prefix("time_embed.0.") {
-        return Some(format!("time_embedding.linear_1.{t}"));
-    }
-    if let Some(t) = rest.strip_prefix("time_embed.2.") {
-        return Some(format!("time_embedding.linear_2.{t}"));
-    }
-    if let Some(t) = rest.strip_prefix("out.0.") {
-        return Some(format!("conv_norm_out.{t}"));
-    }
-    if let Some(t) = rest.strip_prefix("out.2.") {
-        return Some(format!("conv_out.{t}"));
+    if let Some(n) = UNET_TOP
+        .iter()
+        .find_map(|(ldm, diffusers)| swap_prefix(rest, ldm, diffusers))
+    {
+        return Some(n);
     }
     if let Some((k, tail)) = index_after(rest, "input_blocks.") {
         let (sub, t) = index_after(tail, "")?;
@@ -281,19 +276,93 @@ fn unet(rest: &str, layout: &LdmLayout) -> Option<String> {
     None
 }
 
+/// The UNet's modules outside the levels, (LDM, diffusers); conv_in is `input_blocks.0.0`.
+const UNET_TOP: [(&str, &str); 6] = [
+    ("time_embed.0", "time_embedding.linear_1"),
+    ("time_embed.2", "time_embedding.linear_2"),
+    ("label_emb.0.0", "add_embedding.linear_1"),
+    ("label_emb.0.2", "add_embedding.linear_2"),
+    ("out.0", "conv_norm_out"),
+    ("out.2", "conv_out"),
+];
+
+/// A UNet resnet's sub-modules, (LDM, diffusers).
+const RESNET: [(&str, &str); 6] = [
+    ("in_layers.0", "norm1"),
+    ("in_layers.2", "conv1"),
+    ("emb_layers.1", "time_emb_proj"),
+    ("out_layers.0", "norm2"),
+    ("out_layers.3", "conv2"),
+    ("skip_connection", "conv_shortcut"),
+];
+
+/// `name` with its leading module `from` (the whole name, or followed by '.') replaced by `to`.
+fn swap_prefix(name: &str, from: &str, to: &str) -> Option<String> {
+    let rest = name.strip_prefix(from)?;
+    (rest.is_empty() || rest.starts_with('.')).then(|| format!("{to}{rest}"))
+}
+
 /// A UNet resnet's LDM sub-module name to diffusers'.
 fn resnet(t: &str) -> Option<String> {
-    const NAMES: [(&str, &str); 6] = [
-        ("in_layers.0.", "norm1."),
-        ("in_layers.2.", "conv1."),
-        ("emb_layers.1.", "time_emb_proj."),
-        ("out_layers.0.", "norm2."),
-        ("out_layers.3.", "conv2."),
-        ("skip_connection.", "conv_shortcut."),
-    ];
-    NAMES
+    RESNET
         .iter()
-        .find_map(|(ldm, diffusers)| t.strip_prefix(ldm).map(|r| format!("{diffusers}{r}")))
+        .find_map(|(ldm, diffusers)| swap_prefix(t, ldm, diffusers))
+}
+
+/// The LDM/SGM name of a diffusers UNet module or tensor name (without `unet.`): the inverse of
+/// [`ldm_to_diffusers`]'s UNet part, for kohya's SDXL LoRA names, which sd-scripts takes from
+/// its SGM-layout UNet (`down_blocks.1.attentions.0.proj_in` is
+/// `input_blocks.4.1.proj_in`). `up_attention[i]`: whether up level i has attentions (its
+/// upsampler is then the third module of its last output block, else the second). None for a
+/// name that is not a UNet module's.
+pub fn diffusers_to_ldm_unet(
+    name: &str,
+    layout: &LdmLayout,
+    up_attention: &[bool],
+) -> Option<String> {
+    let lpb = layout.unet_layers_per_block;
+    let per = lpb + 1;
+    if let Some(n) = swap_prefix(name, "conv_in", "input_blocks.0.0") {
+        return Some(n);
+    }
+    if let Some(n) = UNET_TOP
+        .iter()
+        .find_map(|(ldm, diffusers)| swap_prefix(name, diffusers, ldm))
+    {
+        return Some(n);
+    }
+    let resnet = |t: &str| {
+        RESNET
+            .iter()
+            .find_map(|(ldm, diffusers)| swap_prefix(t, diffusers, ldm))
+    };
+    if let Some((i, t)) = index_after(name, "down_blocks.") {
+        if let Some(t) = t.strip_prefix("downsamplers.0.conv") {
+            return Some(format!("input_blocks.{}.0.op{t}", per * (i + 1)));
+        }
+        if let Some((j, t)) = index_after(t, "resnets.") {
+            return Some(format!("input_blocks.{}.0.{}", per * i + j + 1, resnet(t)?));
+        }
+        let (j, t) = index_after(t, "attentions.")?;
+        return Some(format!("input_blocks.{}.1.{t}", per * i + j + 1));
+    }
+    if let Some(t) = name.strip_prefix("mid_block.") {
+        return match (index_after(t, "resnets."), index_after(t, "attentions.")) {
+            (Some((k @ 0..=1, t)), _) => Some(format!("middle_block.{}.{}", 2 * k, resnet(t)?)),
+            (_, Some((0, t))) => Some(format!("middle_block.1.{t}")),
+            _ => None,
+        };
+    }
+    let (i, t) = index_after(name, "up_blocks.")?;
+    if let Some(t) = t.strip_prefix("upsamplers.0.conv") {
+        let sub = if *up_attention.get(i)? { 2 } else { 1 };
+        return Some(format!("output_blocks.{}.{sub}.conv{t}", per * i + lpb));
+    }
+    if let Some((j, t)) = index_after(t, "resnets.") {
+        return Some(format!("output_blocks.{}.0.{}", per * i + j, resnet(t)?));
+    }
+    let (j, t) = index_after(t, "attentions.")?;
+    Some(format!("output_blocks.{}.1.{t}", per * i + j))
 }
 
 fn vae(rest: &str, levels: usize) -> Option<String> {

@@ -1,8 +1,10 @@
-//! UNet2DConditionModel for the SD1.x family, forward and the manual backward that computes
-//! the gradient of the loss with respect to every LoRA adapter (the UNet itself is frozen).
+//! UNet2DConditionModel of SD1.x, SD2.x and SDXL, forward and the manual backward that
+//! computes the gradient of the loss with respect to every LoRA adapter (the UNet itself is
+//! frozen).
 //!
 //! Forward (diffusers' order), sample [N, 4, H, W], timesteps [N], context [N, 77, D]:
 //!   emb  = linear_2(silu(linear_1(sinusoid(t))))              time MLP, [N, 4·C0]
+//!   SDXL: emb += add_embedding(text_embeds, time_ids)         see added.rs
 //!   h    = conv_in(sample);                 skips = [h]
 //!   down level i: (resnet, attention?) × layers_per_block, each output pushed to skips;
 //!                 then a stride-2 conv (not on the last level), pushed too
@@ -14,10 +16,13 @@
 //! Backward, from d loss / d out, is the literal reverse. Skip gradients are split off each
 //! concat and added (`+=`) to the gradient flowing back into the down block that produced the
 //! skip. It stops at the earliest adapter, proj_in of down level 0's first attention: nothing
-//! before it (conv_in, the first resnet, the time MLP, the text embeddings) needs a gradient.
+//! before it (conv_in, the first resnet, the time MLP, the text embeddings) needs a gradient,
+//! unless d loss / d text_embeds is asked for (SDXL, see added.rs): then it runs through every
+//! resnet, each adding its time projection's input gradient.
 //! What each block saves, and why, is written at the top of resnet.rs and transformer.rs; the
 //! UNet adds only the conv_norm_out input and its stats, and the skip channel counts.
 
+pub mod added;
 mod checkpoint;
 pub mod resnet;
 pub mod transformer;
@@ -25,13 +30,16 @@ pub mod transformer;
 use crate::backend::{Activation, NormStats, TimestepEmbedding};
 use crate::error::{Error, Result};
 use crate::lora::{LayerRole, LoraGrads, LoraTargets, TargetLayer};
+use crate::model::checkpoint::ldm::{diffusers_to_ldm_unet, LdmLayout};
 use crate::model::config::{DownBlockType, UnetConfig, UpBlockType};
-use crate::model::layers::{hw, Conv, ConvSaved, Ctx, GroupNorm, Linear};
+use crate::model::layers::{hw, kohya_name, Conv, ConvSaved, Ctx, GroupNorm, Linear};
 use crate::model::weights::{Loader, WeightSource};
 use crate::tensor::Tensor;
+pub use added::AddedCond;
+use added::{AddEmbedding, AddedSaved};
 use checkpoint::{LayerTape, Shared};
 use resnet::{ResnetBlock, ResnetSaved};
-use transformer::{Transformer2D, Transformer2DSaved};
+use transformer::{Transformer2D, Transformer2DSaved, Transformer2DSpec};
 
 /// One (resnet, optional attention) pair of a down, mid or up level.
 pub struct Layer {
@@ -79,8 +87,10 @@ impl UnetTape {
             "conv_norm_out".into(),
             self.out_x.size_in_bytes() + self.out_stats.size_in_bytes(),
         ));
-        if let Some(t) = &self.temb {
-            out.push(("time_embedding".into(), t.size_in_bytes()));
+        let temb = self.temb.as_ref().map_or(0, Tensor::size_in_bytes)
+            + self.added.as_ref().map_or(0, AddedSaved::size_in_bytes);
+        if temb > 0 {
+            out.push(("time_embedding".into(), temb));
         }
         out
     }
@@ -114,32 +124,81 @@ impl Layer {
         Ok((h, saved))
     }
 
-    /// Returns None when the attention is the model's earliest adapter (want_dx false and no
-    /// adapter on the resnet below it).
-    #[allow(clippy::too_many_arguments)]
+    /// Returns None when the attention is the model's earliest adapter (want_dx false, no
+    /// adapter on the resnet below it and no time gradient asked for).
     fn backward(
         &self,
         cx: &Ctx,
         dy: Tensor,
         context: &Tensor,
         s: LayerSaved,
-        grads: &mut LoraGrads,
+        sinks: &mut Sinks,
         want_dx: bool,
-        d_context: Option<&mut Tensor>,
     ) -> Result<Option<Tensor>> {
-        // LoCon on the resnet needs the gradient below the attention too.
-        let want_dx = want_dx || self.resnet.has_adapter(cx);
+        // LoCon on the resnet, or the time input's gradient, needs the gradient below the
+        // attention too.
+        let want_dx = want_dx || self.resnet.has_adapter(cx) || sinks.d_temb.is_some();
         let dh = match (&self.attention, s.attention) {
             (Some(a), Some(sa)) => {
-                match a.backward(cx, &dy, context, sa, grads, want_dx, d_context)? {
+                let d_context = sinks.d_context.as_mut();
+                match a.backward(cx, &dy, context, sa, sinks.grads, want_dx, d_context)? {
                     Some(d) => d,
                     None => return Ok(None),
                 }
             }
             _ => dy,
         };
-        Ok(Some(self.resnet.backward(cx, &dh, s.resnet, grads)?))
+        let d_temb = sinks.d_temb.as_mut();
+        Ok(Some(self.resnet.backward(
+            cx,
+            &dh,
+            s.resnet,
+            sinks.grads,
+            d_temb,
+        )?))
     }
+}
+
+/// Where a UNet backward puts what it computes besides the gradient flowing back.
+struct Sinks<'g> {
+    grads: &'g mut LoraGrads,
+    /// d loss / d context, summed over every cross-attention, when asked for.
+    d_context: Option<Tensor>,
+    /// d loss / d silu(emb), summed over every resnet's time projection, when asked for.
+    d_temb: Option<Tensor>,
+}
+
+/// The conditioning a UNet forward reads besides the sample and the timesteps: the text
+/// context, and SDXL's added conditioning. A bare `&Tensor` converts to it (SD1.x/SD2.x).
+#[derive(Clone, Copy)]
+pub struct UnetCond<'a> {
+    pub context: &'a Tensor,
+    pub added: Option<&'a AddedCond>,
+}
+
+impl<'a> From<&'a Tensor> for UnetCond<'a> {
+    fn from(context: &'a Tensor) -> Self {
+        UnetCond {
+            context,
+            added: None,
+        }
+    }
+}
+
+/// Which input gradients a backward returns besides the adapters'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WantGrads {
+    /// d loss / d context (the text encoders are trained).
+    pub context: bool,
+    /// d loss / d text_embeds (SDXL's second text encoder is trained through its pooled output).
+    pub text_embeds: bool,
+}
+
+/// The input gradients a backward was asked for.
+#[derive(Default)]
+pub struct CondGrads {
+    pub context: Option<Tensor>,
+    pub text_embeds: Option<Tensor>,
 }
 
 pub struct DownLevel {
@@ -163,6 +222,8 @@ pub struct Unet {
     pub up: Vec<UpLevel>,
     pub conv_norm_out: GroupNorm,
     pub conv_out: Conv,
+    /// SDXL's text-time embedding (`add_embedding`); None for SD1.x/SD2.x.
+    pub add_embedding: Option<AddEmbedding>,
 }
 
 /// A down level's saved layers, the spatial size its downsampler read, and what the
@@ -190,6 +251,8 @@ pub struct UnetTape {
     out_stats: NormStats,
     /// The resnets' time input, kept with gradient checkpointing for the recompute.
     temb: Option<Tensor>,
+    /// SDXL: what d text_embeds needs.
+    added: Option<AddedSaved>,
 }
 
 /// Named intermediate activations of a forward, for golden tests against diffusers: the
@@ -205,28 +268,60 @@ fn record(trace: &mut Option<&mut Trace>, name: impl FnOnce() -> String, t: &Ten
 
 impl Unet {
     /// Builds the UNet described by `config` from `src`, with weights named as diffusers'
-    /// `UNet2DConditionModel` state dict below `prefix` (e.g. "unet").
+    /// `UNet2DConditionModel` state dict below `prefix` (e.g. "unet"). The layers' LoRA names
+    /// are kohya's: from the diffusers paths for SD1.x/SD2.x
+    /// (`lora_unet_down_blocks_0_attentions_0_proj_in`), from SGM's for SDXL, as sd-scripts
+    /// names them (`lora_unet_input_blocks_4_1_proj_in`).
     pub fn load(
         config: &UnetConfig,
         src: &dyn WeightSource,
         be: &dyn crate::backend::Backend,
         prefix: &str,
     ) -> Result<Unet> {
-        crate::model::config::checked(config.validate(), "unet", "an SD1.x UNet configuration")?;
-        let l = Loader::new(src, be, prefix);
+        crate::model::config::checked(
+            config.validate(),
+            "unet",
+            "an SD1.x, SD2.x or SDXL UNet configuration",
+        )?;
         let ch = &config.block_out_channels;
         let levels = ch.len();
+        let layout = LdmLayout {
+            unet_layers_per_block: config.layers_per_block,
+            unet_levels: levels,
+            vae_levels: 0,
+        };
+        let up_attention: Vec<bool> = (config.up_block_types.iter())
+            .map(|t| *t == UpBlockType::CrossAttnUpBlock2D)
+            .collect();
+        let root = format!("{prefix}.");
+        let sgm_name = |path: &str| {
+            let sgm = path
+                .strip_prefix(&root)
+                .and_then(|rest| diffusers_to_ldm_unet(rest, &layout, &up_attention));
+            kohya_name(&sgm.map_or_else(|| path.to_string(), |n| format!("{prefix}.{n}")))
+        };
+        let l = Loader::new(src, be, prefix);
+        let l = match config.added_embedding_widths() {
+            Ok(Some(_)) => l.with_naming(&sgm_name),
+            _ => l,
+        };
         let temb = 4 * ch[0];
         let (groups, eps) = (config.norm_num_groups, config.norm_eps);
-        let ctx_dim = config.cross_attention_dim;
-        let heads = |level: usize| config.heads(level).unwrap_or(8);
-        let lin = config.use_linear_projection;
+        // The attention of a level (the mid block's is the last level's).
+        let spec = |level: usize| Transformer2DSpec {
+            channels: ch[level],
+            context_dim: config.cross_attention_dim,
+            heads: config.heads(level).unwrap_or(8),
+            groups,
+            linear_projection: config.use_linear_projection,
+            depth: config.transformer_depth(level),
+        };
         let layer = |l: &Loader,
                      i: usize,
                      c_in: usize,
                      c_out: usize,
                      attn: bool,
-                     h: usize|
+                     level: usize|
          -> Result<Layer> {
             Ok(Layer {
                 resnet: ResnetBlock::load(
@@ -240,11 +335,7 @@ impl Unet {
                 attention: if attn {
                     Some(Transformer2D::load(
                         &l.at(&format!("attentions.{i}")),
-                        c_out,
-                        ctx_dim,
-                        h,
-                        groups,
-                        lin,
+                        &spec(level),
                     )?)
                 } else {
                     None
@@ -258,16 +349,7 @@ impl Unet {
             let attn = config.down_block_types[i] == DownBlockType::CrossAttnDownBlock2D;
             let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
             let layers = (0..config.layers_per_block)
-                .map(|j| {
-                    layer(
-                        &dl,
-                        j,
-                        if j == 0 { c_in } else { c_out },
-                        c_out,
-                        attn,
-                        heads(i),
-                    )
-                })
+                .map(|j| layer(&dl, j, if j == 0 { c_in } else { c_out }, c_out, attn, i))
                 .collect::<Result<Vec<_>>>()?;
             let downsample = if i + 1 < levels {
                 Some(Conv::load(
@@ -298,11 +380,7 @@ impl Unet {
                 )?,
                 attention: Some(Transformer2D::load(
                     &ml.at("attentions.0"),
-                    c_mid,
-                    ctx_dim,
-                    heads(levels - 1),
-                    groups,
-                    lin,
+                    &spec(levels - 1),
                 )?),
             },
             Layer {
@@ -331,7 +409,7 @@ impl Unet {
                 .map(|j| {
                     let skip = if j == n - 1 { c_skip_in } else { c_out };
                     let res_in = if j == 0 { c_prev } else { c_out };
-                    layer(&ul, j, res_in + skip, c_out, attn, heads(levels - 1 - i))
+                    layer(&ul, j, res_in + skip, c_out, attn, levels - 1 - i)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let upsample = if i + 1 < levels {
@@ -359,6 +437,18 @@ impl Unet {
             up,
             conv_norm_out: GroupNorm::load(&l.at("conv_norm_out"), ch[0], groups, eps)?,
             conv_out: Conv::load(&l.at("conv_out"), ch[0], config.out_channels, 3, 1, 1)?,
+            add_embedding: match config.added_embedding_widths() {
+                Ok(Some((pooled, dim))) => Some(AddEmbedding::load(
+                    &l.at("add_embedding"),
+                    pooled,
+                    TimestepEmbedding {
+                        dim,
+                        ..Self::time_sinusoid(config)
+                    },
+                    temb,
+                )?),
+                _ => None,
+            },
         })
     }
 
@@ -450,10 +540,12 @@ impl Unet {
             out.extend(r.time_emb_proj.as_ref().map(lin));
             out.extend(r.conv_shortcut.as_ref().map(conv));
             if let Some(t) = &l.attention {
-                let b = &t.block;
-                out.extend([lin(&t.proj_in), lin(&t.proj_out), lin(&b.ff0), lin(&b.ff2)]);
-                for a in [&b.attn1, &b.attn2] {
-                    out.extend(a.linears().map(lin));
+                out.extend([lin(&t.proj_in), lin(&t.proj_out)]);
+                for b in &t.blocks {
+                    out.extend([lin(&b.ff0), lin(&b.ff2)]);
+                    for a in [&b.attn1, &b.attn2] {
+                        out.extend(a.linears().map(lin));
+                    }
                 }
             }
         }
@@ -466,21 +558,29 @@ impl Unet {
         out
     }
 
+    /// The timesteps' sinusoid (`time_proj`; SDXL's `add_time_proj` is the same but for its
+    /// width).
+    fn time_sinusoid(config: &UnetConfig) -> TimestepEmbedding {
+        TimestepEmbedding {
+            dim: config.block_out_channels[0],
+            flip_sin_to_cos: config.flip_sin_to_cos,
+            freq_shift: config.freq_shift,
+            max_period: 10000.0,
+        }
+    }
+
     /// time MLP(sinusoid(t)), [N, 4·C0]; every resnet's time projection reads its SiLU.
     fn time_embedding(&self, cx: &Ctx, timesteps: &Tensor) -> Result<Tensor> {
-        let p = TimestepEmbedding {
-            dim: self.config.block_out_channels[0],
-            flip_sin_to_cos: self.config.flip_sin_to_cos,
-            freq_shift: self.config.freq_shift,
-            max_period: 10000.0,
-        };
-        let t = cx.be.timestep_embedding(timesteps, p)?;
+        let t = cx
+            .be
+            .timestep_embedding(timesteps, Self::time_sinusoid(&self.config))?;
         let h = self.time_linear_1.forward(cx, &t)?.y;
         let h = cx.be.activation(&h, Activation::Silu)?;
         Ok(self.time_linear_2.forward(cx, &h)?.y)
     }
 
-    fn check_input(&self, sample: &Tensor, timesteps: &Tensor, context: &Tensor) -> Result<()> {
+    fn check_input(&self, sample: &Tensor, timesteps: &Tensor, cond: UnetCond) -> Result<()> {
+        let context = cond.context;
         let d = sample.dims();
         let down = 1usize << (self.down.len() - 1);
         if d.len() != 4
@@ -524,25 +624,52 @@ impl Unet {
                 ),
             ));
         }
-        Ok(())
+        match (&self.add_embedding, cond.added) {
+            (Some(a), Some(added)) => a.check(added, d[0]),
+            (None, None) => Ok(()),
+            (Some(_), None) => Err(Error::BadValue {
+                op: "unet",
+                name: "added conditioning",
+                value: "none".into(),
+                expected: "SDXL's pooled text embedding and size/crop ids (this UNet has \
+                           addition_embed_type \"text_time\")"
+                    .into(),
+            }),
+            (None, Some(_)) => Err(Error::BadValue {
+                op: "unet",
+                name: "added conditioning",
+                value: "a pooled text embedding and size/crop ids".into(),
+                expected: "none: only SDXL's UNet reads them".into(),
+            }),
+        }
     }
 
-    /// The predicted noise [N, out_channels, H, W]. With `save`, also the tape for
+    /// The predicted noise [N, out_channels, H, W]. `cond`: the text context (`&Tensor`),
+    /// or a [`UnetCond`] with SDXL's added conditioning. With `save`, also the tape for
     /// [`Unet::backward`]. With `trace`, named block outputs are pushed to it.
-    pub fn forward(
+    pub fn forward<'c>(
         &self,
         cx: &Ctx,
         sample: &Tensor,
         timesteps: &Tensor,
-        context: &Tensor,
+        cond: impl Into<UnetCond<'c>>,
         save: bool,
         mut trace: Option<&mut Trace>,
     ) -> Result<(Tensor, Option<UnetTape>)> {
-        self.check_input(sample, timesteps, context)?;
-        let emb = self.time_embedding(cx, timesteps)?;
+        let cond = cond.into();
+        let context = cond.context;
+        self.check_input(sample, timesteps, cond)?;
+        let mut emb = self.time_embedding(cx, timesteps)?;
         record(&mut trace, || "time_embedding".into(), &emb);
+        let mut h1 = None;
+        if let (Some(a), Some(cond)) = (&self.add_embedding, cond.added) {
+            let (aug, h) = a.forward(cx, cond)?;
+            record(&mut trace, || "add_embedding".into(), &aug);
+            cx.be.add_assign(&mut emb, &aug)?;
+            h1 = save.then_some(h);
+        }
         let temb = cx.be.activation(&emb, Activation::Silu)?;
-        drop(emb);
+        let added = h1.map(|h1| AddedSaved { emb, h1 });
         let shared = Shared {
             temb: &temb,
             context,
@@ -617,6 +744,7 @@ impl Unet {
             out_x: h,
             out_stats,
             temb: cx.checkpoint.then_some(temb),
+            added,
         });
         Ok((out, tape))
     }
@@ -646,11 +774,74 @@ impl Unet {
         grads: &mut LoraGrads,
         want_context_grad: bool,
     ) -> Result<Option<Tensor>> {
-        let mut d_ctx = if want_context_grad {
-            Some(cx.be.zeros(context.dims(), context.dtype())?)
-        } else {
-            None
+        let want = WantGrads {
+            context: want_context_grad,
+            text_embeds: false,
         };
+        Ok(self
+            .backward_with_cond_grads(cx, d_out, context, tape, grads, want)?
+            .context)
+    }
+
+    /// [`Unet::backward`], and the input gradients `want` asks for: d loss / d context (summed
+    /// over every cross-attention) and, for SDXL, d loss / d text_embeds (through every
+    /// resnet's time projection and `add_embedding`).
+    pub fn backward_with_cond_grads(
+        &self,
+        cx: &Ctx,
+        d_out: &Tensor,
+        context: &Tensor,
+        mut tape: UnetTape,
+        grads: &mut LoraGrads,
+        want: WantGrads,
+    ) -> Result<CondGrads> {
+        let added = tape.added.take();
+        let text = match (want.text_embeds, &added, &self.add_embedding) {
+            (false, _, _) => None,
+            (true, Some(saved), Some(a)) => Some((saved, a)),
+            (true, _, _) => {
+                return Err(Error::BadValue {
+                    op: "unet backward",
+                    name: "text_embeds gradient",
+                    value: "asked for".into(),
+                    expected: "an SDXL UNet and a tape of its saving forward with the added \
+                               conditioning"
+                        .into(),
+                })
+            }
+        };
+        let mut sinks = Sinks {
+            grads,
+            d_context: if want.context {
+                Some(cx.be.zeros(context.dims(), context.dtype())?)
+            } else {
+                None
+            },
+            d_temb: match text {
+                Some((saved, _)) => Some(cx.be.zeros(saved.emb.dims(), saved.emb.dtype())?),
+                None => None,
+            },
+        };
+        self.backward_layers(cx, d_out, context, tape, &mut sinks)?;
+        let text_embeds = match (text, &sinks.d_temb) {
+            (Some((saved, a)), Some(d_temb)) => Some(a.backward_text(cx, d_temb, saved)?),
+            _ => None,
+        };
+        Ok(CondGrads {
+            context: sinks.d_context,
+            text_embeds,
+        })
+    }
+
+    /// The backward through the layers, from d loss / d output, into `sinks`.
+    fn backward_layers(
+        &self,
+        cx: &Ctx,
+        d_out: &Tensor,
+        context: &Tensor,
+        tape: UnetTape,
+        sinks: &mut Sinks,
+    ) -> Result<()> {
         let temb = tape.temb;
         let shared = temb.as_ref().map(|temb| Shared { temb, context });
         let shared = shared.as_ref();
@@ -664,14 +855,19 @@ impl Unet {
         let mut d_skips: Vec<Tensor> = Vec::new();
         for (level, saved) in self.up.iter().zip(tape.up).rev() {
             if let (Some(conv), Some(size)) = (&level.upsample, saved.pre_upsample_hw) {
-                let du =
-                    conv.backward_saved(cx, &dh, (2 * size.0, 2 * size.1), saved.conv, grads)?;
+                let du = conv.backward_saved(
+                    cx,
+                    &dh,
+                    (2 * size.0, 2 * size.1),
+                    saved.conv,
+                    sinks.grads,
+                )?;
                 dh = cx.be.upsample_nearest2x_backward(&du)?;
             }
             for (layer, (s, c_h)) in level.layers.iter().zip(saved.layers).rev() {
                 let s = layer.saved(cx, s, shared)?;
                 let dx = layer
-                    .backward(cx, dh, context, s, grads, true, d_ctx.as_mut())?
+                    .backward(cx, dh, context, s, sinks, true)?
                     .ok_or_else(|| internal("up layer lost dx"))?;
                 let (d_h, d_skip) = cx.be.split_channels(&dx, c_h)?;
                 dh = d_h;
@@ -681,7 +877,7 @@ impl Unet {
         for (layer, s) in self.mid.iter().zip(tape.mid).rev() {
             let s = layer.saved(cx, s, shared)?;
             dh = layer
-                .backward(cx, dh, context, s, grads, true, d_ctx.as_mut())?
+                .backward(cx, dh, context, s, sinks, true)?
                 .ok_or_else(|| internal("mid layer lost dx"))?;
         }
         // d_skips now holds the gradient of the last skip first; pop matches the down order
@@ -692,7 +888,7 @@ impl Unet {
                     .pop()
                     .ok_or_else(|| internal("skip gradients ran out"))?;
                 cx.be.add_assign(&mut d, &dh)?;
-                dh = conv.backward_saved(cx, &d, size, saved.conv, grads)?;
+                dh = conv.backward_saved(cx, &d, size, saved.conv, sinks.grads)?;
             }
             for (j, (layer, s)) in level.layers.iter().zip(saved.layers).enumerate().rev() {
                 let d_skip = d_skips
@@ -701,13 +897,13 @@ impl Unet {
                 cx.be.add_assign(&mut dh, &d_skip)?;
                 let s = layer.saved(cx, s, shared)?;
                 let first = i == 0 && j == 0;
-                match layer.backward(cx, dh, context, s, grads, !first, d_ctx.as_mut())? {
+                match layer.backward(cx, dh, context, s, sinks, !first)? {
                     Some(d) => dh = d,
-                    None => return Ok(d_ctx),
+                    None => return Ok(()),
                 }
             }
         }
-        Ok(d_ctx)
+        Ok(())
     }
 }
 

@@ -9,9 +9,10 @@
 //!   h and norm2's stats  - the same for norm2
 //!   with LoCon on conv1/conv2: each adapted conv's input and its adapter's hidden and mask
 //!   (`ConvSaved`), for d(down) and d(up)
-//! Backward: dy -> conv2ᵀ -> norm2ᵀ -> (the time term has no gradient we need) -> conv1ᵀ ->
-//! norm1ᵀ, plus the shortcut's gradient (dy itself, or conv_shortcutᵀ dy); the adapted convs
-//! write their adapters' gradients on the way.
+//! Backward: dy -> conv2ᵀ -> norm2ᵀ -> conv1ᵀ -> norm1ᵀ, plus the shortcut's gradient (dy
+//! itself, or conv_shortcutᵀ dy); the adapted convs write their adapters' gradients on the
+//! way. The time term's gradient is computed only for an adapter on time_emb_proj, or when
+//! the caller asks for d silu(temb) (SDXL's pooled text embedding is trained through it).
 
 use crate::backend::NormStats;
 use crate::error::Error;
@@ -172,28 +173,39 @@ impl ResnetBlock {
         }
     }
 
-    /// dX from dY; the adapted convs' gradients go into `grads`.
+    /// dX from dY; the adapted convs' gradients go into `grads`. With `d_temb`, the gradient
+    /// of the time input silu(temb) [N, temb_dim] is added to it.
     pub fn backward(
         &self,
         cx: &Ctx,
         dy: &Tensor,
         s: ResnetSaved,
         grads: &mut LoraGrads,
+        d_temb: Option<&mut Tensor>,
     ) -> Result<Tensor> {
         let db = self
             .conv2
             .backward_saved(cx, dy, hw(&s.h), s.conv2, grads)?;
         let dh = self.norm2.backward(cx, &db, &s.h, &s.stats2, true)?;
         drop(db);
-        if let (Some(proj), Some((t, lora))) = (&self.time_emb_proj, &s.time) {
-            // d(time bias)[n, c] = Σ over the pixels of dh[n, c]: a product with ones.
-            let [n, c, h, w] = dh.dims().try_into().map_err(|_| shape_error(&dh))?;
-            let rows = dh.clone().reshape([n * c, h * w])?;
-            let ones = cx
-                .be
-                .tensor_from_f32(&[1, h * w], &vec![1.0; h * w], dh.dtype())?;
-            let d_bias = cx.be.linear(&rows, &ones, None, None)?.y.reshape([n, c])?;
-            proj.backward(cx, &d_bias, t, lora.as_ref(), grads, false)?;
+        if let Some(proj) = &self.time_emb_proj {
+            if s.time.is_some() || d_temb.is_some() {
+                // d(time bias)[n, c] = Σ over the pixels of dh[n, c]: a product with ones.
+                let [n, c, h, w] = dh.dims().try_into().map_err(|_| shape_error(&dh))?;
+                let rows = dh.clone().reshape([n * c, h * w])?;
+                let ones = cx
+                    .be
+                    .tensor_from_f32(&[1, h * w], &vec![1.0; h * w], dh.dtype())?;
+                let d_bias = cx.be.linear(&rows, &ones, None, None)?.y.reshape([n, c])?;
+                let want = d_temb.is_some();
+                let dt = match &s.time {
+                    Some((t, lora)) => proj.backward(cx, &d_bias, t, lora.as_ref(), grads, want)?,
+                    None => cx.be.linear_backward(&d_bias, &proj.weight, None, true)?,
+                };
+                if let (Some(acc), Some(dt)) = (d_temb, dt) {
+                    cx.be.add_assign(acc, &dt)?;
+                }
+            }
         }
         let da = self
             .conv1

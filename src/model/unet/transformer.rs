@@ -1,20 +1,22 @@
-//! Transformer2DModel with one BasicTransformerBlock, as in SD1.x's UNet (diffusers), and
-//! its attention. Every linear here (and the 1x1 proj_in/proj_out, applied to tokens) is a
-//! LoRA target: 12 per Transformer2D, 16 Transformer2Ds in SD1.5, 192 modules.
+//! Transformer2DModel with its BasicTransformerBlocks (one in SD1.x/SD2.x, 1, 2 or 10 in
+//! SDXL, chained), as in diffusers' UNet, and their attention. Every linear here (and the 1x1
+//! proj_in/proj_out, applied to tokens) is a LoRA target: 10 per block plus 2, 16
+//! Transformer2Ds of one block in SD1.5, 192 modules.
 //!
 //! Forward, x [N, C, H, W], context [N, 77, D]:
 //!   t  = tokens(GroupNorm(x))            [N, HW, C]   (32 groups, eps 1e-6)
 //!   x1 = proj_in(t)
+//!   each block (x1 -> x4, the next block's x1):
 //!   x2 = x1 + attn1(norm1(x1))           self-attention
 //!   x3 = x2 + attn2(norm2(x2), context)  cross-attention
 //!   x4 = x3 + ff2(geglu(ff0(norm3(x3)))) ff0 = ff.net.0.proj [2F, C], ff2 = ff.net.2 [C, F]
-//!   y  = x + map(proj_out(x4))
+//!   y  = x + map(proj_out(x4 of the last block))
 //! attention(x, ctx) = to_out(softmax(q·kᵀ/sqrt(d))·v), q = to_q(x), k, v = to_k, to_v(ctx).
 //!
 //! Saved, and why (the weights are frozen; a LoRA needs its input X, ũ = (X·Aᵀ) ⊙ mask and
 //! the dropout mask if any):
 //!   x and GroupNorm stats    t is recomputed from them (proj_in's X, and GroupNorm's backward)
-//!   x1, x2, x3 and the three LayerNorm stats: the LayerNorm inputs; their outputs (the q/k/v
+//!   per block, x1, x2, x3 and the three LayerNorm stats: the LayerNorm inputs; their outputs (the q/k/v
 //!                            and ff0 inputs) are recomputed, one cheap pass each
 //!   q, k, v, o, lse of both attentions: the flash-style backward; o is also to_out's X
 //!   f = ff0 output           GEGLU's input; geglu(f), ff2's X, is recomputed
@@ -191,11 +193,24 @@ impl TransformerBlock {
     }
 }
 
-/// Transformer2DModel: GroupNorm, proj_in, one block, proj_out, residual.
+/// What a Transformer2D is built with.
+pub struct Transformer2DSpec {
+    pub channels: usize,
+    /// Width of the text embeddings cross-attention reads.
+    pub context_dim: usize,
+    pub heads: usize,
+    pub groups: usize,
+    /// Linear proj_in/proj_out (SD2.x, SDXL) instead of 1x1 convs (SD1.x).
+    pub linear_projection: bool,
+    /// The number of BasicTransformerBlocks.
+    pub depth: usize,
+}
+
+/// Transformer2DModel: GroupNorm, proj_in, the blocks in order, proj_out, residual.
 pub struct Transformer2D {
     pub norm: GroupNorm,
     pub proj_in: Linear,
-    pub block: TransformerBlock,
+    pub blocks: Vec<TransformerBlock>,
     pub proj_out: Linear,
 }
 
@@ -203,7 +218,7 @@ pub struct Transformer2DSaved {
     x: Tensor,
     stats: NormStats,
     u_in: Option<LoraSaved>,
-    block: BlockSaved,
+    blocks: Vec<BlockSaved>,
     x4: Tensor,
     u_out: Option<LoraSaved>,
 }
@@ -212,7 +227,11 @@ impl Transformer2DSaved {
     pub fn size_in_bytes(&self) -> usize {
         self.x.size_in_bytes()
             + self.stats.size_in_bytes()
-            + self.block.size_in_bytes()
+            + self
+                .blocks
+                .iter()
+                .map(BlockSaved::size_in_bytes)
+                .sum::<usize>()
             + self.x4.size_in_bytes()
             + opt_bytes(&self.u_in)
             + opt_bytes(&self.u_out)
@@ -221,26 +240,25 @@ impl Transformer2DSaved {
 
 impl Transformer2D {
     /// SD1.x: proj_in/proj_out are 1x1 convs ([C, C, 1, 1]) in the checkpoint;
-    /// `linear_projection` loads them as linear layers ([C, C]) instead.
-    pub fn load(
-        l: &Loader,
-        c: usize,
-        c_ctx: usize,
-        heads: usize,
-        groups: usize,
-        linear_projection: bool,
-    ) -> Result<Self> {
+    /// `spec.linear_projection` loads them as linear layers ([C, C]) instead.
+    pub fn load(l: &Loader, spec: &Transformer2DSpec) -> Result<Self> {
+        let c = spec.channels;
         let proj = |name: &str| {
-            if linear_projection {
+            if spec.linear_projection {
                 Linear::load(&l.at(name), c, c, true)
             } else {
                 Linear::load_conv1x1(&l.at(name), c, c)
             }
         };
         Ok(Transformer2D {
-            norm: GroupNorm::load(&l.at("norm"), c, groups, 1e-6)?,
+            norm: GroupNorm::load(&l.at("norm"), c, spec.groups, 1e-6)?,
             proj_in: proj("proj_in")?,
-            block: TransformerBlock::load(&l.at("transformer_blocks.0"), c, c_ctx, heads)?,
+            blocks: (0..spec.depth)
+                .map(|i| {
+                    let at = l.at(&format!("transformer_blocks.{i}"));
+                    TransformerBlock::load(&at, c, spec.context_dim, spec.heads)
+                })
+                .collect::<Result<_>>()?,
             proj_out: proj("proj_out")?,
         })
     }
@@ -256,20 +274,23 @@ impl Transformer2D {
         let (t, stats) = self.tokens(cx, &x)?;
         let pin = self.proj_in.forward(cx, &t)?;
         drop(t);
-        let (x4, block) = self.block.forward(cx, pin.y, context, save)?;
+        let mut x4 = pin.y;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (y, s) = block.forward(cx, x4, context, save)?;
+            x4 = y;
+            blocks.extend(s);
+        }
         let pout = self.proj_out.forward(cx, &x4)?;
         let y = cx.be.add(&x, &cx.be.nlc_to_nchw(&pout.y, h, w)?)?;
-        let saved = match (save, block) {
-            (true, Some(block)) => Some(Transformer2DSaved {
-                x,
-                stats,
-                u_in: pin.lora,
-                block,
-                x4,
-                u_out: pout.lora,
-            }),
-            _ => None,
-        };
+        let saved = (save && blocks.len() == self.blocks.len()).then(|| Transformer2DSaved {
+            x,
+            stats,
+            u_in: pin.lora,
+            blocks,
+            x4,
+            u_out: pout.lora,
+        });
         Ok((y, saved))
     }
 
@@ -298,10 +319,11 @@ impl Transformer2D {
             .proj_out
             .backward_dx(cx, &dt5, &s.x4, s.u_out.as_ref(), grads)?;
         drop((dt5, s.x4));
-        let dx1 = self
-            .block
-            .backward(cx, &dx4, context, s.block, grads, d_context)?;
-        drop(dx4);
+        let mut dx1 = dx4;
+        let mut d_context = d_context;
+        for (block, saved) in self.blocks.iter().zip(s.blocks).rev() {
+            dx1 = block.backward(cx, &dx1, context, saved, grads, d_context.as_deref_mut())?;
+        }
         let (t, _) = self.tokens(cx, &s.x)?;
         let dt = self
             .proj_in
@@ -320,7 +342,9 @@ impl Transformer2D {
             LayerKind::Conv1x1,
             LayerRole::Projection,
         ));
-        self.block.targets(out);
+        for block in &self.blocks {
+            block.targets(out);
+        }
         out.push(target(
             &self.proj_out,
             LayerKind::Conv1x1,
