@@ -8,8 +8,9 @@ use crate::data::SizeCond;
 use crate::error::{Error, Result};
 use crate::lora::LoraGrads;
 use crate::model::layers::Ctx;
-use crate::model::unet::{Trace, Unet, UnetTape};
-use crate::tensor::Tensor;
+use crate::model::config::TIME_IDS;
+use crate::model::unet::{AddedCond, Trace, Unet, UnetCond, UnetTape, WantGrads};
+use crate::tensor::{DType, Tensor};
 
 /// What the text encoder(s) give the UNet for N captions.
 #[derive(Clone, Debug)]
@@ -28,19 +29,19 @@ pub struct TextCondGrad {
 }
 
 /// The UNet's whole conditioning of a batch.
-#[derive(Clone, Debug)]
 pub struct Cond {
-    pub text: TextCond,
-    /// [N, 6] f32 size/crop ids ([`SizeCond::ids`]) for a UNet with SDXL's added embedding.
-    pub time_ids: Option<Tensor>,
+    /// [N, tokens, width]: what cross-attention reads.
+    pub context: Tensor,
+    /// SDXL's pooled text and each sample's size/crop ids; None for SD1.x and SD2.x.
+    pub added: Option<AddedCond>,
 }
 
 impl Cond {
     /// `text` for a UNet without an added embedding (SD1.x, SD2.x).
     pub fn text_only(text: TextCond) -> Cond {
         Cond {
-            text,
-            time_ids: None,
+            context: text.context,
+            added: None,
         }
     }
 
@@ -50,24 +51,63 @@ impl Cond {
         text: TextCond,
         sizes: &[SizeCond],
     ) -> Result<Cond> {
-        let time_ids = match text.pooled {
-            Some(_) => {
-                let ids: Vec<f32> = sizes.iter().flat_map(SizeCond::ids).collect();
-                Some(be.tensor_from_f32(&[sizes.len(), 6], &ids, crate::tensor::DType::F32)?)
-            }
+        let added = match text.pooled {
+            Some(text_embeds) => Some(AddedCond {
+                text_embeds,
+                time_ids: size_ids(be, sizes)?,
+            }),
             None => None,
         };
-        Ok(Cond { text, time_ids })
+        Ok(Cond {
+            context: text.context,
+            added,
+        })
+    }
+
+    /// `text` in place of this conditioning's text, the size ids kept.
+    pub fn with_text(&self, text: TextCond) -> Result<Cond> {
+        let added = match (text.pooled, &self.added) {
+            (Some(text_embeds), Some(a)) => Some(AddedCond {
+                text_embeds,
+                time_ids: a.time_ids.clone(),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(Error::BadValue {
+                    op: "conditioning",
+                    name: "pooled text",
+                    value: "present in one of two conditionings".into(),
+                    expected: "conditionings of one model".into(),
+                })
+            }
+        };
+        Ok(Cond {
+            context: text.context,
+            added,
+        })
     }
 
     /// The batch size.
     pub fn len(&self) -> usize {
-        self.text.context.dims().first().copied().unwrap_or(0)
+        self.context.dims().first().copied().unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    fn unet(&self) -> UnetCond<'_> {
+        UnetCond {
+            context: &self.context,
+            added: self.added.as_ref(),
+        }
+    }
+}
+
+/// [N, 6] f32 of the samples' [`SizeCond::ids`].
+fn size_ids(be: &dyn crate::backend::Backend, sizes: &[SizeCond]) -> Result<Tensor> {
+    let ids: Vec<f32> = sizes.iter().flat_map(SizeCond::ids).collect();
+    be.tensor_from_f32(&[sizes.len(), TIME_IDS], &ids, DType::F32)
 }
 
 /// The UNet's prediction for `sample` at `timesteps` under `cond`, with the tape when `save`.
@@ -80,14 +120,11 @@ pub fn unet_forward(
     save: bool,
     trace: Option<&mut Trace>,
 ) -> Result<(Tensor, Option<UnetTape>)> {
-    if cond.text.pooled.is_some() || cond.time_ids.is_some() {
-        return Err(no_added_embedding());
-    }
-    unet.forward(cx, sample, timesteps, &cond.text.context, save, trace)
+    unet.forward(cx, sample, timesteps, cond.unet(), save, trace)
 }
 
 /// The adapters' gradients into `grads` from d loss / d prediction, and with `want_text_grad`
-/// d loss / d the text conditioning.
+/// d loss / d the text conditioning (the context, and SDXL's pooled text).
 pub fn unet_backward(
     unet: &Unet,
     cx: &Ctx,
@@ -97,28 +134,13 @@ pub fn unet_backward(
     grads: &mut LoraGrads,
     want_text_grad: bool,
 ) -> Result<Option<TextCondGrad>> {
-    if cond.text.pooled.is_some() || cond.time_ids.is_some() {
-        return Err(no_added_embedding());
-    }
-    let d = unet.backward_with_context_grad(
-        cx,
-        d_out,
-        &cond.text.context,
-        tape,
-        grads,
-        want_text_grad,
-    )?;
-    Ok(d.map(|context| TextCondGrad {
+    let want = WantGrads {
+        context: want_text_grad,
+        text_embeds: want_text_grad && cond.added.is_some(),
+    };
+    let d = unet.backward_with_cond_grads(cx, d_out, &cond.context, tape, grads, want)?;
+    Ok(d.context.map(|context| TextCondGrad {
         context,
-        pooled: None,
+        pooled: d.text_embeds,
     }))
-}
-
-fn no_added_embedding() -> Error {
-    Error::BadValue {
-        op: "unet",
-        name: "conditioning",
-        value: "pooled text and size ids".into(),
-        expected: "text states only: this UNet has no added (text-time) embedding".into(),
-    }
 }

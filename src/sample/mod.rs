@@ -233,7 +233,7 @@ impl<'a> Pipeline<'a> {
         cfg_scale: f64,
     ) -> Result<Tensor, SampleError> {
         let d = latents.dims().to_vec();
-        let context = &cond.text.context;
+        let context = &cond.context;
         let n_ctx = cond.len();
         if d.len() != 4 || d[0] != 1 || !(n_ctx == 1 || n_ctx == 2) {
             return Err(SampleError::BadSetting {

@@ -85,11 +85,7 @@ impl EvalSet {
                 for ((latents, cond), captions) in self.pairs.iter().zip(&self.captions) {
                     let ids = inputs.ids(captions);
                     let (text, _) = inputs.encode(m, &cx, &ids, captions.len())?;
-                    let cond = Cond {
-                        text,
-                        time_ids: cond.time_ids.clone(),
-                    };
-                    pairs.push((latents.clone(), cond));
+                    pairs.push((latents.clone(), cond.with_text(text)?));
                 }
                 fixed_noise_loss(be, &m.unet, lora, &pairs, obj, seed)
             }

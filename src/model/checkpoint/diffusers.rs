@@ -130,7 +130,7 @@ fn folder_generation(unet: &UnetConfig, clip: &ClipTextConfig) -> Generation {
 
 /// `prediction_type` of `scheduler/scheduler_config.json` ("epsilon" or "v_prediction"),
 /// None when the folder has no scheduler config or it does not say.
-fn scheduler_prediction(dir: &Path) -> Result<Option<Prediction>, CheckpointError> {
+pub(super) fn scheduler_prediction(dir: &Path) -> Result<Option<Prediction>, CheckpointError> {
     let path = dir.join("scheduler").join("scheduler_config.json");
     if !path.is_file() {
         return Ok(None);
@@ -152,7 +152,7 @@ fn scheduler_prediction(dir: &Path) -> Result<Option<Prediction>, CheckpointErro
     }
 }
 
-fn component_dir(
+pub(super) fn component_dir(
     dir: &Path,
     name: &'static str,
     expected: &str,
@@ -299,7 +299,7 @@ fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
 }
 
 /// diffusers < 0.17 saved the VAE mid-attention as `query`/`key`/`value`/`proj_attn`.
-fn legacy_vae_name(n: &str) -> String {
+pub(super) fn legacy_vae_name(n: &str) -> String {
     const OLD: [(&str, &str); 4] = [
         (".attentions.0.query.", ".attentions.0.to_q."),
         (".attentions.0.key.", ".attentions.0.to_k."),

@@ -91,7 +91,10 @@ pub fn unet(
     }
     let attention_head_dim = match generation {
         Generation::Sd1 => PerLevel::All(8),
-        Generation::Sd2 => heads_of_width(&cfg.block_out_channels, hints, &fail)?,
+        // SDXL's UNet is read by `sdxl_unet`; its heads are 64 wide as SD2.x's.
+        Generation::Sd2 | Generation::Sdxl => {
+            heads_of_width(&cfg.block_out_channels, hints, &fail)?
+        }
     };
     let cfg = UnetConfig {
         attention_head_dim,
@@ -390,7 +393,8 @@ pub fn clip(
     generation: Generation,
 ) -> Result<ClipTextConfig, CheckpointError> {
     let act = match generation {
-        Generation::Sd1 => HiddenAct::QuickGelu,
+        // SDXL's first encoder is SD1.x's CLIP ViT-L (its second is read by `sdxl_text`).
+        Generation::Sd1 | Generation::Sdxl => HiddenAct::QuickGelu,
         Generation::Sd2 => HiddenAct::Gelu,
     };
     clip_text_at(path, w, "text_encoder.", act)

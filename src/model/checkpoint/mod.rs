@@ -45,6 +45,9 @@ pub enum Generation {
     /// OpenCLIP ViT-H/14 text encoder (GELU, the penultimate layer), Linear
     /// proj_in/proj_out, heads of width 64, 1024-wide cross-attention.
     Sd2,
+    /// Two text encoders (CLIP ViT-L/14 and OpenCLIP ViT-bigG/14), the text-time added
+    /// embedding, 2048-wide cross-attention (`sdxl.rs`; not loaded by [`load_sd15`]).
+    Sdxl,
 }
 pub use weights::Weights;
 

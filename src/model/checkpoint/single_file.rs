@@ -95,7 +95,7 @@ pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, C
     if text_encoder.is_empty() {
         let prefix = match generation {
             Generation::Sd1 => detect::TEXT_ENCODER_PREFIX,
-            Generation::Sd2 => detect::OPEN_CLIP_PREFIX,
+            Generation::Sd2 | Generation::Sdxl => detect::OPEN_CLIP_PREFIX,
         };
         return Err(missing("text encoder", prefix));
     }
