@@ -554,3 +554,68 @@ fn dora_files_are_inspected_and_refused_by_resize() {
     assert!(e.contains("lora_unet_") && e.contains("dora"), "{e}");
     assert!(!out.exists());
 }
+
+/// A LoRA of another family (here SDXL-named modules; and one whose metadata says SDXL) given
+/// to the SD1.5 fixture is refused by `sample` and by `merge --model`, naming both families.
+#[test]
+fn a_lora_of_another_family_is_refused_naming_both() {
+    use lorafuse::lora::export::{save_kohya, SavePrecision};
+    let t = TempDir::new("family");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15.safetensors");
+    let model = model.to_str().unwrap();
+    let mut m = load(Path::new(TINY_LORA)).modules()[..1].to_vec();
+    m[0].name = "lora_te1_text_model_encoder_layers_0_mlp_fc1".into();
+    let by_names = t.path("xl-names.safetensors");
+    save_kohya(
+        &by_names,
+        &LoraSet::new(m),
+        SavePrecision::Fp32,
+        &Default::default(),
+    )
+    .unwrap();
+    let by_meta = t.path("xl-meta.safetensors");
+    let meta = std::collections::BTreeMap::from([(
+        "ss_base_model_version".to_string(),
+        "sdxl_base_v1-0".to_string(),
+    )]);
+    save_kohya(
+        &by_meta,
+        &load(Path::new(TINY_LORA)),
+        SavePrecision::Fp32,
+        &meta,
+    )
+    .unwrap();
+    let out = t.path("o.safetensors");
+    let png = t.path("o.png");
+    let mut cases = Vec::new();
+    for (lora, evidence) in [
+        (&by_names, "lora_te1_text_model_encoder_layers_0_mlp_fc1"),
+        (&by_meta, "sdxl_base_v1-0"),
+    ] {
+        let l = lora.to_str().unwrap();
+        cases.push((
+            format!(
+                "merge --model {model} --lora {l} --out {}",
+                out.to_str().unwrap()
+            ),
+            evidence,
+        ));
+        cases.push((
+            format!(
+                "sample --model {model} --lora {l} --out {} x",
+                png.to_str().unwrap()
+            ),
+            evidence,
+        ));
+    }
+    assert_bad_input(&cases);
+    for (line, _) in &cases {
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        let (_, err) = common::tools::lorafuse(&argv);
+        assert!(
+            err.contains("LoRA for SDXL") && err.contains("Stable Diffusion 1.x model"),
+            "{line}: {err}"
+        );
+    }
+    assert!(!out.exists() && !png.exists());
+}

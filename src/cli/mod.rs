@@ -22,8 +22,9 @@ use clap::{Parser, Subcommand};
 use lorafuse::backend::select::{select, Selected};
 use lorafuse::config::{Device, MixedPrecision, TrainConfig};
 use lorafuse::dist::launch::WorldEnv;
+use lorafuse::lora::family::check_lora_fits;
 use lorafuse::lora::{kohya, LoraSet};
-use lorafuse::model::family::{family_of, Prediction, WeightsFrom};
+use lorafuse::model::family::{family_of, ModelFamily, Prediction, WeightsFrom};
 use lorafuse::model::layers::Ctx;
 use lorafuse::model::tokenizer::Tokenizer;
 use lorafuse::prepare::auto::auto_prepare;
@@ -527,11 +528,19 @@ fn path_and_weight(arg: &str) -> Result<(PathBuf, f64), CliError> {
 }
 
 /// The `--lora FILE[:WEIGHT]` arguments, loaded in f32 on `be`.
-fn load_loras(loras: &[String], be: &dyn Backend) -> Result<Vec<(LoraSet, f64)>, CliError> {
+/// The `--lora PATH[:WEIGHT]` files, each refused when it was made for another family than
+/// the model at `model` (of `family`).
+fn load_loras(
+    loras: &[String],
+    be: &dyn Backend,
+    family: &dyn ModelFamily,
+    model: &Path,
+) -> Result<Vec<(LoraSet, f64)>, CliError> {
     loras
         .iter()
         .map(|a| {
             let (p, w) = path_and_weight(a)?;
+            check_lora_fits(&p, family, model)?;
             Ok((kohya::load(&p, be, DType::F32)?, w))
         })
         .collect()
@@ -553,6 +562,7 @@ fn sample(a: &SampleArgs) -> Outcome {
     let be = backend(a.device, MixedPrecision::No)?;
     let be = be.as_ref();
     let family = family_of(a.model)?;
+    let sets = load_loras(a.loras, be, family, a.model)?;
     let models = family.load(WeightsFrom::Checkpoint(a.model), be, &mut |_| {})?;
     if a.v_parameterization
         && models.prediction_from_checkpoint
@@ -565,7 +575,6 @@ fn sample(a: &SampleArgs) -> Outcome {
         )));
     }
     let (vae, te) = models.sampling_parts()?;
-    let sets = load_loras(a.loras, be)?;
     let refs: Vec<(&LoraSet, f64)> = sets.iter().map(|(s, w)| (s, *w)).collect();
     let combined = if refs.is_empty() {
         None
@@ -595,9 +604,13 @@ fn merge(model: &Path, loras: &[(PathBuf, f64)], out: &Path, precision: Option<&
     let precision = tools::parse_precision("--precision", precision)?;
     // The LoRAs are only read (to f64, a weight at a time): the CPU backend holds them.
     let be = CpuBackend::new();
+    let family = family_of(model)?;
     let sets = loras
         .iter()
-        .map(|(p, w)| Ok((kohya::load(p, &be, DType::F32)?, *w)))
+        .map(|(p, w)| {
+            check_lora_fits(p, family, model)?;
+            Ok((kohya::load(p, &be, DType::F32)?, *w))
+        })
         .collect::<Result<Vec<_>, CliError>>()?;
     let refs: Vec<(&LoraSet, f64)> = sets.iter().map(|(s, w)| (s, *w)).collect();
     let report = lorafuse::lora::merge::merge_into_checkpoint(model, &refs, out, precision)?;

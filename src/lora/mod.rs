@@ -13,6 +13,7 @@ pub mod dropout;
 pub mod export;
 pub mod extract;
 pub mod factors;
+pub mod family;
 pub mod hash;
 pub mod inspect;
 pub mod kohya;

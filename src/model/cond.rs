@@ -7,8 +7,8 @@
 use crate::data::SizeCond;
 use crate::error::{Error, Result};
 use crate::lora::LoraGrads;
-use crate::model::layers::Ctx;
 use crate::model::config::TIME_IDS;
+use crate::model::layers::Ctx;
 use crate::model::unet::{AddedCond, Trace, Unet, UnetCond, UnetTape, WantGrads};
 use crate::tensor::{DType, Tensor};
 
