@@ -561,3 +561,42 @@ fn text_embeds_and_first_level_gradients_match_finite_differences_in_f64() {
     assert!(ana.iter().all(|v| v.abs() > 1e-12), "non-zero: {ana:?}");
     assert_gradients_match("text_embeds elements", &ana, &num, &picks);
 }
+
+/// `ldm::diffusers_to_ldm_unet`, which names SDXL's LoRA modules, inverts the single-file
+/// mapping on every UNet tensor of the SGM fixture and of the SD1.x LDM fixture (whose first
+/// up level has no attention: its upsampler is `output_blocks.2.1.conv`).
+#[test]
+fn sgm_names_round_trip() {
+    use lorafuse::model::checkpoint::ldm::{diffusers_to_ldm_unet, ldm_to_diffusers, LdmLayout};
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (path, up_attention) in [
+        (
+            dir().join("tiny-sdxl-unet.safetensors"),
+            vec![true, true, false],
+        ),
+        (
+            fixtures.join("tiny-sd15.safetensors"),
+            vec![false, true, true, true],
+        ),
+    ] {
+        let file = SafetensorsFile::open(&path).unwrap();
+        let layout = LdmLayout::infer(file.names());
+        let mut n = 0;
+        for stored in file
+            .names()
+            .filter(|k| k.starts_with("model.diffusion_model."))
+        {
+            let name = ldm_to_diffusers(stored, &layout).unwrap();
+            let rest = name.strip_prefix("unet.").unwrap();
+            let back = diffusers_to_ldm_unet(rest, &layout, &up_attention).unwrap();
+            assert_eq!(
+                format!("model.diffusion_model.{back}"),
+                stored,
+                "{}",
+                path.display()
+            );
+            n += 1;
+        }
+        assert!(n > 300, "{}: {n} UNet tensors", path.display());
+    }
+}
