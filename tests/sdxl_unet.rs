@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use lorafuse::backend::prelude::*;
 use lorafuse::backend::Accum;
-use lorafuse::lora::{kohya, LoraSet, LoraTargets};
+use lorafuse::lora::{kohya, LoraModule, LoraSet, LoraTargets};
 use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
 use lorafuse::model::checkpoint::sdxl_unet;
 use lorafuse::model::checkpoint::{ConfigHints, Weights};
@@ -424,19 +424,49 @@ struct Inputs {
 }
 
 /// d loss / d text_embeds (through every resnet's time projection, the SiLU, add_embedding's
-/// linear_2, SiLU and linear_1) and a sample of LoRA gradients, against fourth-order central
-/// differences in f64. Asking for d text_embeds leaves the LoRA gradients as they are.
+/// linear_2, SiLU and linear_1) and LoCon gradients on the first level (which has no
+/// attention: a resnet conv, a time projection, the downsampler), against fourth-order central
+/// differences in f64, with the fixture's LoRA attached too. Asking for d text_embeds leaves
+/// the adapters' gradients as they are.
 #[test]
-fn text_embeds_gradient_matches_finite_differences_in_f64() {
+fn text_embeds_and_first_level_gradients_match_finite_differences_in_f64() {
     let be = CpuBackend::f64();
     let (cfg, w) = sdxl_unet::from_diffusers(&dir().join("unet")).unwrap();
     let unet = Unet::load(&cfg, &w, &be, "unet").unwrap();
-    let lora = lora(&be, DType::F64);
     let mut rng = Rng::new(5);
     let randn = |rng: &mut Rng, shape: &[usize]| {
         let n = shape.iter().product();
         Tensor::from_f64(shape, rng.normal_vec(n)).unwrap()
     };
+    let first_level = [
+        "lora_unet_input_blocks_1_0_in_layers_2",
+        "lora_unet_input_blocks_2_0_emb_layers_1",
+        "lora_unet_input_blocks_3_0_op",
+    ];
+    let locon: Vec<LoraModule> = [unet.conv_targets(), unet.resnet_linear_targets()]
+        .concat()
+        .into_iter()
+        .filter(|t| first_level.contains(&t.name.as_str()))
+        .map(|l| {
+            let (ds, us) = l.kind.shapes(3, l.in_features, l.out_features);
+            let scaled = |rng: &mut Rng, s: &[usize]| {
+                let v = rng.normal_vec(s.iter().product());
+                Tensor::from_f64(s, v.iter().map(|x| x * 0.1).collect()).unwrap()
+            };
+            LoraModule {
+                name: l.name.clone(),
+                down: scaled(&mut rng, &ds),
+                up: scaled(&mut rng, &us),
+                alpha: 2.0,
+                kind: l.kind,
+                algo: Default::default(),
+            }
+        })
+        .collect();
+    assert_eq!(locon.len(), 3);
+    let linear = lora(&be, DType::F64);
+    let n_linear = linear.len();
+    let mut lora = linear.with_inserted(n_linear, LoraSet::new(locon));
     let inp = Inputs {
         x: randn(&mut rng, &[2, 4, 8, 8]),
         target: randn(&mut rng, &[2, 4, 8, 8]),
@@ -474,6 +504,44 @@ fn text_embeds_gradient_matches_finite_differences_in_f64() {
         assert_eq!(grads.down[i].to_f64_vec(), plain_grads.down[i].to_f64_vec());
         assert_eq!(grads.up[i].to_f64_vec(), plain_grads.up[i].to_f64_vec());
     }
+    // The first level's LoCon parameters: two of each matrix.
+    let (mut ana, mut num, mut picks) = (Vec::new(), Vec::new(), Vec::new());
+    for m in n_linear..lora.len() {
+        for down in [true, true, false, false] {
+            let base = {
+                let md = &lora.modules()[m];
+                if down {
+                    md.down.clone()
+                } else {
+                    md.up.clone()
+                }
+            };
+            let j = rng.below(base.numel() as u64) as usize;
+            let g = if down { &grads.down[m] } else { &grads.up[m] };
+            ana.push(g.to_f64_vec()[j]);
+            picks.push((m, down, j));
+            let mut at = |delta: f64| {
+                let mut v = base.to_f64_vec();
+                v[j] += delta;
+                let p = Tensor::from_f64(base.shape().clone(), v).unwrap();
+                let md = &mut lora.modules_mut()[m];
+                if down {
+                    md.down = p
+                } else {
+                    md.up = p
+                }
+                loss_f64(&unet, &be, &lora, &inp, &text)
+            };
+            num.push(central_difference(&mut at, 1e-3));
+            let md = &mut lora.modules_mut()[m];
+            if down {
+                md.down = base
+            } else {
+                md.up = base
+            }
+        }
+    }
+    assert_gradients_match("first-level LoCon", &ana, &num, &picks);
     let d_text = g.text_embeds.unwrap();
     assert_eq!(d_text.dims(), [2, 32]);
     let gv = d_text.to_f64_vec();
@@ -492,4 +560,43 @@ fn text_embeds_gradient_matches_finite_differences_in_f64() {
     }
     assert!(ana.iter().all(|v| v.abs() > 1e-12), "non-zero: {ana:?}");
     assert_gradients_match("text_embeds elements", &ana, &num, &picks);
+}
+
+/// `ldm::diffusers_to_ldm_unet`, which names SDXL's LoRA modules, inverts the single-file
+/// mapping on every UNet tensor of the SGM fixture and of the SD1.x LDM fixture (whose first
+/// up level has no attention: its upsampler is `output_blocks.2.1.conv`).
+#[test]
+fn sgm_names_round_trip() {
+    use lorafuse::model::checkpoint::ldm::{diffusers_to_ldm_unet, ldm_to_diffusers, LdmLayout};
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for (path, up_attention) in [
+        (
+            dir().join("tiny-sdxl-unet.safetensors"),
+            vec![true, true, false],
+        ),
+        (
+            fixtures.join("tiny-sd15.safetensors"),
+            vec![false, true, true, true],
+        ),
+    ] {
+        let file = SafetensorsFile::open(&path).unwrap();
+        let layout = LdmLayout::infer(file.names());
+        let mut n = 0;
+        for stored in file
+            .names()
+            .filter(|k| k.starts_with("model.diffusion_model."))
+        {
+            let name = ldm_to_diffusers(stored, &layout).unwrap();
+            let rest = name.strip_prefix("unet.").unwrap();
+            let back = diffusers_to_ldm_unet(rest, &layout, &up_attention).unwrap();
+            assert_eq!(
+                format!("model.diffusion_model.{back}"),
+                stored,
+                "{}",
+                path.display()
+            );
+            n += 1;
+        }
+        assert!(n > 300, "{}: {n} UNet tensors", path.display());
+    }
 }

@@ -833,6 +833,38 @@ impl Unet {
         })
     }
 
+    /// The earliest place in the down path, (level, layer) in forward order with the
+    /// downsampler at layer = the level's layer count, that the backward must reach: the first
+    /// with an adapter, or with an attention when d context is asked for, or the very first
+    /// when d silu(temb) is. None: no place.
+    fn down_needed_from(&self, cx: &Ctx, sinks: &Sinks) -> Option<(usize, usize)> {
+        let adapted = |t: &Transformer2D| {
+            let mut targets = Vec::new();
+            t.targets(&mut targets);
+            let set = cx.lora;
+            targets
+                .iter()
+                .any(|t| set.is_some_and(|s| s.find(&t.name).is_some()))
+        };
+        for (i, level) in self.down.iter().enumerate() {
+            for (j, layer) in level.layers.iter().enumerate() {
+                let needed = sinks.d_temb.is_some()
+                    || layer.resnet.has_adapter(cx)
+                    || layer
+                        .attention
+                        .as_ref()
+                        .is_some_and(|a| sinks.d_context.is_some() || adapted(a));
+                if needed {
+                    return Some((i, j));
+                }
+            }
+            if level.downsample.as_ref().is_some_and(|c| c.has_adapter(cx)) {
+                return Some((i, level.layers.len()));
+            }
+        }
+        None
+    }
+
     /// The backward through the layers, from d loss / d output, into `sinks`.
     fn backward_layers(
         &self,
@@ -881,9 +913,18 @@ impl Unet {
                 .ok_or_else(|| internal("mid layer lost dx"))?;
         }
         // d_skips now holds the gradient of the last skip first; pop matches the down order
-        // reversed. The first skip (conv_in's output) needs no gradient.
+        // reversed. The first skip (conv_in's output) needs no gradient, nor does anything
+        // before the first layer of the down path that has an adapter or feeds an asked-for
+        // gradient (SDXL's first level has no attention: with attention-only adapters the
+        // backward ends at the second level).
+        let Some(stop) = self.down_needed_from(cx, sinks) else {
+            return Ok(());
+        };
         for (i, (level, saved)) in self.down.iter().zip(tape.down).enumerate().rev() {
             if let (Some(conv), Some(size)) = (&level.downsample, saved.conv_hw) {
+                if (i, level.layers.len()) < stop {
+                    return Ok(());
+                }
                 let mut d = d_skips
                     .pop()
                     .ok_or_else(|| internal("skip gradients ran out"))?;
@@ -891,15 +932,18 @@ impl Unet {
                 dh = conv.backward_saved(cx, &d, size, saved.conv, sinks.grads)?;
             }
             for (j, (layer, s)) in level.layers.iter().zip(saved.layers).enumerate().rev() {
+                if (i, j) < stop {
+                    return Ok(());
+                }
                 let d_skip = d_skips
                     .pop()
                     .ok_or_else(|| internal("skip gradients ran out"))?;
                 cx.be.add_assign(&mut dh, &d_skip)?;
                 let s = layer.saved(cx, s, shared)?;
-                let first = i == 0 && j == 0;
+                let first = (i, j) == stop;
                 match layer.backward(cx, dh, context, s, sinks, !first)? {
-                    Some(d) => dh = d,
-                    None => return Ok(()),
+                    Some(d) if !first => dh = d,
+                    _ => return Ok(()),
                 }
             }
         }
