@@ -152,7 +152,7 @@ fn scheduler_prediction(dir: &Path) -> Result<Option<Prediction>, CheckpointErro
     }
 }
 
-fn component_dir(
+pub(super) fn component_dir(
     dir: &Path,
     name: &'static str,
     expected: &str,
@@ -169,7 +169,7 @@ fn component_dir(
     }
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
+pub(super) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => CheckpointError::Config {
             path: path.to_path_buf(),
@@ -206,7 +206,7 @@ fn near(bytes: &[u8], line: usize, column: usize) -> String {
 }
 
 /// Opens a component's weight files and names their tensors with `rename` (None: ignored).
-fn component_weights(
+pub(super) fn component_weights(
     dir: &Path,
     ignored: &mut Vec<String>,
     rename: impl Fn(&str) -> Option<String>,

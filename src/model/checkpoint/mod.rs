@@ -10,6 +10,7 @@
 //! - `ldm.rs`: LDM → diffusers key names (sd15-formats.md §2.8), OpenCLIP → CLIPTextModel.
 //! - `infer.rs`: configurations of a single-file checkpoint from its shapes.
 //! - `single_file.rs`, `diffusers.rs`: the two layouts.
+//! - `sdxl_text.rs`: SDXL's two text encoders from either layout.
 //! - `error.rs`: [`CheckpointError`], every case naming the file and what to do.
 //!
 //! lorafuse never unpickles: `.ckpt`/`.pt`/`.bin` files are refused with the command that
@@ -21,6 +22,7 @@ pub mod error;
 mod infer;
 pub mod ldm;
 pub mod safetensors;
+pub mod sdxl_text;
 mod single_file;
 mod weights;
 
