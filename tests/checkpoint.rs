@@ -1032,6 +1032,7 @@ fn configs_are_inferred_from_the_shapes() {
         max_position_embeddings: 16,
         layer_norm_eps: 1e-5,
         hidden_act: HiddenAct::QuickGelu,
+        text_projection: None,
     };
     assert_eq!(clip, &want);
 }

@@ -47,6 +47,7 @@ fn multi_head_te(be: &CpuBackend, act: HiddenAct) -> ClipTextModel {
         max_position_embeddings: 20,
         layer_norm_eps: 1e-5,
         hidden_act: act,
+        text_projection: None,
     };
     ClipTextModel::load(&cfg, &RandomWeights { seed: 11 }, be, "text_encoder").unwrap()
 }

@@ -299,6 +299,8 @@ fn read_model_config(
         max_position_embeddings: t.max_position_embeddings,
         layer_norm_eps: t.layer_norm_eps,
         hidden_act: t.hidden_act,
+        // CLIPModel's text_projection is loaded beside the tower (`projection_dim` above).
+        text_projection: None,
     };
     Ok((text, v, projection_dim))
 }

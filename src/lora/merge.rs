@@ -274,7 +274,8 @@ fn modules_of(key: &str, layout: &LdmLayout, blocks: usize) -> Vec<(String, Part
                 .enumerate()
                 .filter_map(|(i, n)| module(n).map(|m| (m, Some(i))))
                 .collect(),
-            None => Vec::new(),
+            // SD2.x's mapping keeps no text_projection; no adapter targets one.
+            Some(OpenClipName::Transposed(_)) | None => Vec::new(),
         };
     }
     ldm_to_diffusers(key, layout)

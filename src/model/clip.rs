@@ -34,7 +34,7 @@ use crate::model::attention::{
     opt_bytes, Attention, AttentionGrads, AttentionSaved, AttentionSpec,
 };
 use crate::model::config::{ClipTextConfig, HiddenAct};
-use crate::model::layers::{Ctx, LayerNorm, Linear, LoraSaved};
+use crate::model::layers::{kohya_name, Ctx, LayerNorm, Linear, LoraSaved};
 use crate::model::weights::{Loader, WeightSource};
 use crate::tensor::Tensor;
 
@@ -54,6 +54,30 @@ pub struct ClipTextModel {
     pub position_embedding: Tensor,
     pub layers: Vec<ClipLayer>,
     pub final_layer_norm: LayerNorm,
+    /// CLIPTextModelWithProjection's `text_projection` (no bias), [projection, hidden]: SDXL's
+    /// second encoder has one ([`ClipTextConfig::text_projection`]), SD1.x/SD2.x's do not.
+    pub text_projection: Option<Linear>,
+}
+
+/// Which hidden states a forward returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClipOutput {
+    /// final_layer_norm of layer L+1-clip_skip's output (SD1.x, SD2.x; 1 = transformers'
+    /// last_hidden_state).
+    Normed { clip_skip: usize },
+    /// transformers' hidden_states[-2]: layer L-1's output as it is, without final_layer_norm
+    /// (SDXL reads both encoders' context there).
+    Penultimate,
+}
+
+/// What [`ClipTextModel::encode`] returns.
+pub struct ClipEncoded {
+    /// [N, L, hidden], or the joined windows of a long caption (see [`ClipTextModel::forward`]).
+    pub states: Tensor,
+    /// text_projection(final_layer_norm(h_L)) at each sequence's pooled position, [N,
+    /// projection]; None unless asked for.
+    pub pooled: Option<Tensor>,
+    pub tape: Option<ClipTape>,
 }
 
 /// What one encoder layer's training forward keeps (see the top of this file).
@@ -84,13 +108,30 @@ impl LayerSaved {
 }
 
 /// Everything [`ClipTextModel::backward`] needs, saved by a training forward: one entry per
-/// layer that ran (clip_skip decides how many), and the final_layer_norm's input and stats.
+/// layer that ran (clip_skip decides how many; all of them when the pooled output is asked
+/// for), final_layer_norm's input and stats where the states are normed, and what the pooled
+/// output's backward needs.
 pub struct ClipTape {
     layers: Vec<LayerSaved>,
-    out_x: Tensor,
-    out_stats: NormStats,
+    /// How many layers feed the states (the rest, up to `layers.len()`, feed only `pooled`).
+    states_layers: usize,
+    /// final_layer_norm's input (the states' layer output) and its stats; None for
+    /// [`ClipOutput::Penultimate`], whose states are that output itself.
+    out: Option<(Tensor, NormStats)>,
+    /// The states before any long-caption join: [rows, L, hidden].
+    dims: [usize; 3],
+    pooled: Option<PooledSaved>,
     /// Windows per sequence (kohya's long captions), 1 for one window.
     windows: usize,
+}
+
+/// What the pooled output's backward needs: the pooled rows of the last layer's output
+/// (final_layer_norm's input there, [N, hidden]), their stats, and where they sit in the
+/// [rows·L, hidden] states.
+struct PooledSaved {
+    x: Tensor,
+    stats: NormStats,
+    rows: Vec<u32>,
 }
 
 impl ClipTape {
@@ -100,10 +141,17 @@ impl ClipTape {
             .iter()
             .map(LayerSaved::size_in_bytes)
             .sum::<usize>()
-            + self.out_x.size_in_bytes()
-            + self.out_stats.size_in_bytes()
+            + self
+                .out
+                .as_ref()
+                .map_or(0, |(x, s)| x.size_in_bytes() + s.size_in_bytes())
+            + self
+                .pooled
+                .as_ref()
+                .map_or(0, |p| p.x.size_in_bytes() + p.stats.size_in_bytes())
     }
-    /// How many encoder layers ran (num_hidden_layers + 1 - clip_skip).
+    /// How many encoder layers ran (num_hidden_layers + 1 - clip_skip; all of them with the
+    /// pooled output).
     pub fn layers_run(&self) -> usize {
         self.layers.len()
     }
@@ -208,7 +256,10 @@ impl ClipLayer {
 
 impl ClipTextModel {
     /// Builds the model from weights named as transformers' `CLIPTextModel` state dict below
-    /// `prefix` ("text_encoder"): `text_model.embeddings.…`, `text_model.encoder.layers.N.…`.
+    /// `prefix` ("text_encoder"): `text_model.embeddings.…`, `text_model.encoder.layers.N.…`,
+    /// and with [`ClipTextConfig::text_projection`] CLIPTextModelWithProjection's
+    /// `text_projection.weight`. Adapters are named by the prefix (`lora_te_…` below
+    /// "text_encoder", see [`kohya_name`]).
     pub fn load(
         config: &ClipTextConfig,
         src: &dyn WeightSource,
@@ -220,7 +271,8 @@ impl ClipTextModel {
             "clip",
             "a CLIP text encoder configuration",
         )?;
-        let l = Loader::new(src, be, prefix).at("text_model");
+        let root = Loader::new(src, be, prefix);
+        let l = root.at("text_model");
         let (d, f, eps) = (
             config.hidden_size,
             config.intermediate_size,
@@ -246,6 +298,10 @@ impl ClipTextModel {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let text_projection = config
+            .text_projection
+            .map(|p| Linear::load(&root.at("text_projection"), d, p, false))
+            .transpose()?;
         Ok(ClipTextModel {
             config: config.clone(),
             token_embedding: l
@@ -256,7 +312,38 @@ impl ClipTextModel {
             )?,
             layers,
             final_layer_norm: LayerNorm::load(&l.at("final_layer_norm"), d, eps)?,
+            text_projection,
         })
+    }
+
+    /// [`ClipTextModel::load`] with the adapters named `{lora_prefix}_text_model_…` whatever
+    /// the weights' prefix: SDXL's encoders are `lora_te1` and `lora_te2` in kohya's files.
+    pub fn load_as(
+        config: &ClipTextConfig,
+        src: &dyn WeightSource,
+        be: &dyn Backend,
+        prefix: &str,
+        lora_prefix: &str,
+    ) -> Result<Self> {
+        let mut te = Self::load(config, src, be, prefix)?;
+        // What kohya_name makes of `prefix` itself: every name of the model starts with it.
+        let marked = kohya_name(&format!("{prefix}.x"));
+        let old = &marked[..marked.len() - 1];
+        let linears = te.layers.iter_mut().flat_map(|l| {
+            let [q, k, v, o] = [
+                &mut l.attn.to_q,
+                &mut l.attn.to_k,
+                &mut l.attn.to_v,
+                &mut l.attn.to_out,
+            ];
+            [q, k, v, o, &mut l.fc1, &mut l.fc2]
+        });
+        for lin in linears.chain(te.text_projection.as_mut()) {
+            if let Some(rest) = lin.name.strip_prefix(old) {
+                lin.name = format!("{lora_prefix}_{rest}");
+            }
+        }
+        Ok(te)
     }
 
     /// Every frozen linear weight that can carry an adapter, by kohya name.
@@ -266,7 +353,9 @@ impl ClipTextModel {
     }
 
     /// The layers that can carry an adapter (kohya's text-encoder LoRA), in forward order:
-    /// per layer q_proj, k_proj, v_proj, out_proj, fc1, fc2. 6 per layer, 72 on SD1.5.
+    /// per layer q_proj, k_proj, v_proj, out_proj, fc1, fc2. 6 per layer, 72 on SD1.5. Not
+    /// the text_projection: sd-scripts targets the Linear layers inside CLIPAttention and
+    /// CLIPMLP modules only.
     pub fn lora_targets(&self) -> Vec<TargetLayer> {
         self.layers
             .iter()
@@ -343,6 +432,26 @@ impl ClipTextModel {
         clip_skip: usize,
         save: bool,
     ) -> Result<(Tensor, Option<ClipTape>)> {
+        let out = ClipOutput::Normed { clip_skip };
+        let e = self.encode(cx, ids, batch, out, None, save)?;
+        Ok((e.states, e.tape))
+    }
+
+    /// The general forward: the hidden states `output` names, for `batch` sequences of one
+    /// window or of whole windows (long captions, joined as [`ClipTextModel::forward`] says),
+    /// and with `pooled_at` (one position per sequence, in its first window: sd-scripts pools
+    /// the first window of a long caption) the pooled output through the text_projection,
+    /// which runs every layer. With `save`, the tape of [`ClipTextModel::backward_pooled`];
+    /// the outputs are the same, bit for bit, with and without it.
+    pub fn encode(
+        &self,
+        cx: &Ctx,
+        ids: &[u32],
+        batch: usize,
+        output: ClipOutput,
+        pooled_at: Option<&[usize]>,
+        save: bool,
+    ) -> Result<ClipEncoded> {
         let p = self.config.max_position_embeddings;
         let len = ids.len().checked_div(batch).unwrap_or(0);
         let windows = if len > p && len % p == 0 { len / p } else { 1 };
@@ -356,75 +465,147 @@ impl ClipTextModel {
                 ),
             });
         }
-        let (out, mut tape) = self.forward_rows(cx, ids, batch * windows, clip_skip, save)?;
-        if let Some(t) = tape.as_mut() {
-            t.windows = windows;
-        }
-        if windows == 1 {
-            return Ok((out, tape));
-        }
-        let d = self.config.hidden_size;
-        let rows = joined_rows(batch, windows, p);
-        let joined = cx
-            .be
-            .embedding(&out.reshape([batch * windows * p, d])?, &rows)?
-            .reshape([batch, rows.len() / batch, d])?;
-        Ok((joined, tape))
-    }
-
-    /// The encoder on `batch` rows of ids, each at most max_position_embeddings long.
-    fn forward_rows(
-        &self,
-        cx: &Ctx,
-        ids: &[u32],
-        batch: usize,
-        clip_skip: usize,
-        save: bool,
-    ) -> Result<(Tensor, Option<ClipTape>)> {
-        let c = &self.config;
-        let len = ids.len() / batch;
-        let run = self.layers_run(clip_skip)?;
-        let d = c.hidden_size;
-        let tok = cx
-            .be
-            .embedding(&self.token_embedding, ids)?
-            .reshape([batch, len, d])?;
-        let positions: Vec<u32> = (0..batch).flat_map(|_| 0..len as u32).collect();
-        let pos = cx
-            .be
-            .embedding(&self.position_embedding, &positions)?
-            .reshape([batch, len, d])?;
-        let mut h = cx.be.add(&tok, &pos)?;
-        drop((tok, pos));
-        let p = self.params();
+        let window = len / windows;
+        let rows = match pooled_at {
+            Some(at) => Some(self.pooled_rows(at, batch, windows, window)?),
+            None => None,
+        };
+        let states_layers = self.states_layers(output)?;
+        let run = if rows.is_some() {
+            self.config.num_hidden_layers
+        } else {
+            states_layers
+        };
+        let mut h = self.embed(cx, ids, batch * windows, window)?;
+        let prm = self.params();
         let mut saved = Vec::with_capacity(if save { run } else { 0 });
+        let mut states = None;
         for (i, layer) in self.layers[..run].iter().enumerate() {
-            let (y, s) = layer.forward(cx, h, p, save, i == 0)?;
+            if i == states_layers {
+                // The pooled output runs on: keep the states' layer output.
+                states = Some(h.clone());
+            }
+            let (y, s) = layer.forward(cx, h, prm, save, i == 0)?;
             h = y;
             saved.extend(s);
         }
-        let (out, out_stats) = self.final_layer_norm.forward(cx, &h)?;
-        let tape = save.then_some(ClipTape {
+        let d = self.config.hidden_size;
+        let mut pooled = None;
+        let mut pooled_saved = None;
+        if let Some(rows) = rows {
+            let Some(proj) = &self.text_projection else {
+                return Err(Error::BadValue {
+                    op: "clip",
+                    name: "text_projection",
+                    value: "none".into(),
+                    expected:
+                        "a text encoder with a text_projection (CLIPTextModelWithProjection) \
+                               for the pooled output"
+                            .into(),
+                });
+            };
+            let flat = h.reshape([batch * windows * window, d])?;
+            let x = cx.be.embedding(&flat, &rows)?;
+            h = flat.reshape([batch * windows, window, d])?;
+            let (n, stats) = self.final_layer_norm.forward(cx, &x)?;
+            pooled = Some(proj.forward(cx, &n)?.y);
+            if save {
+                pooled_saved = Some(PooledSaved { x, stats, rows });
+            }
+        }
+        if let Some(s) = states {
+            h = s;
+        }
+        let (out, out_saved) = match output {
+            ClipOutput::Normed { .. } => {
+                let (out, stats) = self.final_layer_norm.forward(cx, &h)?;
+                (out, save.then_some((h, stats)))
+            }
+            ClipOutput::Penultimate => (h, None),
+        };
+        let tape = save.then(|| ClipTape {
             layers: saved,
-            out_x: h,
-            out_stats,
-            windows: 1,
+            states_layers,
+            out: out_saved,
+            dims: [batch * windows, window, d],
+            pooled: pooled_saved,
+            windows,
         });
-        Ok((out, tape))
+        let states = if windows == 1 {
+            out
+        } else {
+            let rows = joined_rows(batch, windows, p);
+            cx.be
+                .embedding(&out.reshape([batch * windows * p, d])?, &rows)?
+                .reshape([batch, rows.len() / batch, d])?
+        };
+        Ok(ClipEncoded {
+            states,
+            pooled,
+            tape,
+        })
     }
 
-    /// num_hidden_layers + 1 - clip_skip, or an error for a clip_skip out of range.
-    fn layers_run(&self, clip_skip: usize) -> Result<usize> {
-        let n = self.config.num_hidden_layers;
-        if clip_skip == 0 || clip_skip > n {
+    /// token_embedding[ids] + position_embedding[0..len] for `rows` rows of `len` ids.
+    fn embed(&self, cx: &Ctx, ids: &[u32], rows: usize, len: usize) -> Result<Tensor> {
+        let d = self.config.hidden_size;
+        let tok = cx
+            .be
+            .embedding(&self.token_embedding, ids)?
+            .reshape([rows, len, d])?;
+        let positions: Vec<u32> = (0..rows).flat_map(|_| 0..len as u32).collect();
+        let pos = cx
+            .be
+            .embedding(&self.position_embedding, &positions)?
+            .reshape([rows, len, d])?;
+        cx.be.add(&tok, &pos)
+    }
+
+    /// The rows of the [batch·windows·window, hidden] states where each sequence is pooled
+    /// (`at[b]` in its first window).
+    fn pooled_rows(
+        &self,
+        at: &[usize],
+        batch: usize,
+        windows: usize,
+        window: usize,
+    ) -> Result<Vec<u32>> {
+        if at.len() != batch || at.iter().any(|&e| e >= window) {
             return Err(Error::BadValue {
                 op: "clip",
-                name: "clip_skip",
-                value: clip_skip.to_string(),
-                expected: format!("between 1 and {n} (1 = the last layer)"),
+                name: "pooled_at",
+                value: format!("{at:?} for {batch} sequences of windows of {window} ids"),
+                expected: "one position per sequence, inside its first window".into(),
             });
         }
-        Ok(n + 1 - clip_skip)
+        Ok(at
+            .iter()
+            .enumerate()
+            .map(|(b, &e)| (b * windows * window + e) as u32)
+            .collect())
+    }
+
+    /// How many layers run for `output`, or an error for one out of range.
+    fn states_layers(&self, output: ClipOutput) -> Result<usize> {
+        let n = self.config.num_hidden_layers;
+        match output {
+            ClipOutput::Normed { clip_skip } if clip_skip == 0 || clip_skip > n => {
+                Err(Error::BadValue {
+                    op: "clip",
+                    name: "clip_skip",
+                    value: clip_skip.to_string(),
+                    expected: format!("between 1 and {n} (1 = the last layer)"),
+                })
+            }
+            ClipOutput::Normed { clip_skip } => Ok(n + 1 - clip_skip),
+            ClipOutput::Penultimate if n < 2 => Err(Error::BadValue {
+                op: "clip",
+                name: "num_hidden_layers",
+                value: n.to_string(),
+                expected: "at least 2 for the penultimate layer's states".into(),
+            }),
+            ClipOutput::Penultimate => Ok(n - 1),
+        }
     }
 
     /// Gradients of the loss with respect to every text-encoder adapter in `cx`'s set, from
@@ -440,30 +621,66 @@ impl ClipTextModel {
         tape: ClipTape,
         grads: &mut LoraGrads,
     ) -> Result<()> {
+        self.backward_pooled(cx, d_out, None, tape, grads)
+    }
+
+    /// [`ClipTextModel::backward`] of [`ClipTextModel::encode`]: from d loss / d states and,
+    /// where the pooled output was made, d loss / d pooled ([N, projection]), which flows
+    /// back through the text_projection and final_layer_norm at the pooled rows into the last
+    /// layer and down with the states' gradient. Without `d_pooled` the layers above the
+    /// states get no gradient (zero, as clip_skip's skipped layers).
+    pub fn backward_pooled(
+        &self,
+        cx: &Ctx,
+        d_states: &Tensor,
+        d_pooled: Option<&Tensor>,
+        tape: ClipTape,
+        grads: &mut LoraGrads,
+    ) -> Result<()> {
         let run = tape.layers.len();
-        if run == 0 || run > self.layers.len() {
-            return Err(tape_error(&format!("{run} saved layers")));
+        if tape.states_layers == 0 || run < tape.states_layers || run > self.layers.len() {
+            return Err(tape_error(&format!(
+                "{run} saved layers, {} for the states",
+                tape.states_layers
+            )));
         }
         let split;
-        let d_out = if tape.windows > 1 {
-            split = split_joined(cx, d_out, &tape)?;
+        let d_states = if tape.windows > 1 {
+            split = split_joined(cx, d_states, &tape)?;
             &split
         } else {
-            d_out
+            d_states
         };
-        if d_out.dims() != tape.out_x.dims() {
-            return Err(crate::backend::check::mismatch(
-                "clip backward",
-                "d_out",
-                d_out,
-                "output",
-                &tape.out_x,
-                "the gradient of the forward's output has its shape",
-            ));
+        if d_states.dims() != tape.dims {
+            return Err(Error::BadValue {
+                op: "clip backward",
+                name: "d_out",
+                value: format!("{:?}", d_states.dims()),
+                expected: format!(
+                    "the shape of the forward's output, {:?}: the gradient of the forward's \
+                     output has its shape",
+                    tape.dims
+                ),
+            });
         }
+        let pooled = match (tape.pooled, d_pooled) {
+            (Some(p), Some(dp)) => Some((p, dp)),
+            (None, Some(_)) => {
+                return Err(tape_error(
+                    "a pooled gradient for a forward without pooled output",
+                ))
+            }
+            _ => None,
+        };
+        // The layers from `top` up get no gradient.
+        let top = if pooled.is_some() {
+            run
+        } else {
+            tape.states_layers
+        };
         if grads.accum == Accum::Assign {
             if let Some(set) = cx.lora {
-                for lin in self.layers[run..].iter().flat_map(|l| l.linears()) {
+                for lin in self.layers[top..].iter().flat_map(|l| l.linears()) {
                     if let Some(i) = set.find(&lin.name) {
                         for g in grads.of_mut(i) {
                             *g = cx.be.zeros(g.dims(), g.dtype())?;
@@ -472,18 +689,82 @@ impl ClipTextModel {
                 }
             }
         }
-        let mut dh = self
-            .final_layer_norm
-            .backward(cx, d_out, &tape.out_x, &tape.out_stats)?;
-        drop(tape.out_x);
-        let p = self.params();
+        let mut d_top = match pooled {
+            Some((p, dp)) => Some(self.pooled_backward(cx, dp, p, tape.dims, grads)?),
+            None => None,
+        };
+        let mut d_at_states = Some(match tape.out {
+            Some((x, stats)) => self.final_layer_norm.backward(cx, d_states, &x, &stats)?,
+            None => d_states.clone(),
+        });
+        let prm = self.params();
         for (i, (layer, s)) in self.layers.iter().zip(tape.layers).enumerate().rev() {
-            match layer.backward(cx, &dh, s, p, grads, i > 0)? {
-                Some(d) => dh = d,
+            if i >= top {
+                continue;
+            }
+            if i + 1 == tape.states_layers {
+                let d = d_at_states
+                    .take()
+                    .ok_or_else(|| tape_error("states gradient"))?;
+                d_top = Some(match d_top {
+                    Some(mut dh) => {
+                        cx.be.add_assign(&mut dh, &d)?;
+                        dh
+                    }
+                    None => d,
+                });
+            }
+            let dh = d_top.take().ok_or_else(|| tape_error("layer gradient"))?;
+            match layer.backward(cx, &dh, s, prm, grads, i > 0)? {
+                Some(d) => d_top = Some(d),
                 None => break,
             }
         }
         Ok(())
+    }
+
+    /// d loss / d the last layer's output, [rows, L, hidden], from d loss / d pooled: back
+    /// through the text_projection and final_layer_norm at the pooled rows, zero elsewhere.
+    fn pooled_backward(
+        &self,
+        cx: &Ctx,
+        d_pooled: &Tensor,
+        p: PooledSaved,
+        dims: [usize; 3],
+        grads: &mut LoraGrads,
+    ) -> Result<Tensor> {
+        let proj = self
+            .text_projection
+            .as_ref()
+            .ok_or_else(|| tape_error("a pooled tape without a text_projection"))?;
+        let n = p.rows.len();
+        if d_pooled.dims() != [n, proj.out_features()] {
+            return Err(Error::BadValue {
+                op: "clip backward",
+                name: "d_pooled",
+                value: format!("{:?}", d_pooled.dims()),
+                expected: format!("[{n}, {}], the pooled output's shape", proj.out_features()),
+            });
+        }
+        let (normed, _) = self.final_layer_norm.forward(cx, &p.x)?;
+        let d_normed = proj.backward_dx(cx, d_pooled, &normed, None, grads)?;
+        drop(normed);
+        let dx = self
+            .final_layer_norm
+            .backward(cx, &d_normed, &p.x, &p.stats)?;
+        // Scatter: row r of the result is dx's row j where r is the j-th pooled row, else a
+        // zero row (the gather from [dx; 0] below).
+        let d = dims[2];
+        let zero = cx.be.zeros(&[1, 1, d], dx.dtype())?;
+        let table = cx
+            .be
+            .concat_channels(&dx.reshape([1, n, d])?, &zero)?
+            .reshape([n + 1, d])?;
+        let mut pick = vec![n as u32; dims[0] * dims[1]];
+        for (j, &r) in p.rows.iter().enumerate() {
+            pick[r as usize] = j as u32;
+        }
+        cx.be.embedding(&table, &pick)?.reshape(dims)
     }
 }
 
@@ -507,8 +788,7 @@ pub fn joined_rows(batch: usize, windows: usize, p: usize) -> Vec<u32> {
 /// d loss / d the joined embeddings -> d loss / d each window's states (0 at the states the
 /// join leaves out: the inner BOS and EOS states).
 fn split_joined(cx: &Ctx, d_out: &Tensor, tape: &ClipTape) -> Result<Tensor> {
-    let dims = tape.out_x.dims();
-    let (rows_all, p, d) = (dims[0], dims[1], dims[2]);
+    let [rows_all, p, d] = tape.dims;
     let batch = rows_all / tape.windows;
     let rows = joined_rows(batch, tape.windows, p);
     if d_out.dims() != [batch, rows.len() / batch.max(1), d] {
@@ -524,7 +804,7 @@ fn split_joined(cx: &Ctx, d_out: &Tensor, tape: &ClipTape) -> Result<Tensor> {
         let r = r as usize;
         dst[r * d..(r + 1) * d].copy_from_slice(&src[k * d..(k + 1) * d]);
     }
-    cx.be.tensor_from_f32(dims, &dst, d_out.dtype())
+    cx.be.tensor_from_f32(&tape.dims, &dst, d_out.dtype())
 }
 
 fn tape_error(what: &str) -> Error {

@@ -420,6 +420,12 @@ pub struct ClipTextConfig {
     pub max_position_embeddings: usize,
     pub layer_norm_eps: f64,
     pub hidden_act: HiddenAct,
+    /// The output width of CLIPTextModelWithProjection's `text_projection` (transformers'
+    /// `projection_dim`), where the model has one: SDXL's second encoder, whose pooled output
+    /// goes through it. None for a CLIPTextModel (SD1.x, SD2.x, SDXL's first encoder). Not
+    /// read from a config.json (every CLIPTextConfig says a `projection_dim`, with or without
+    /// the layer): the loaders set it from the `text_projection` weight.
+    pub text_projection: Option<usize>,
 }
 
 impl ClipTextConfig {
@@ -434,6 +440,7 @@ impl ClipTextConfig {
             max_position_embeddings: 77,
             layer_norm_eps: 1e-5,
             hidden_act: HiddenAct::QuickGelu,
+            text_projection: None,
         }
     }
 
@@ -446,6 +453,27 @@ impl ClipTextConfig {
             num_hidden_layers: 23,
             num_attention_heads: 16,
             hidden_act: HiddenAct::Gelu,
+            ..ClipTextConfig::sd15()
+        }
+    }
+
+    /// SDXL's first text encoder: OpenAI CLIP ViT-L/14's text tower, SD1.x's (SDXL reads its
+    /// penultimate layer).
+    pub fn sdxl_te1() -> ClipTextConfig {
+        ClipTextConfig::sd15()
+    }
+
+    /// SDXL's second text encoder: OpenCLIP ViT-bigG/14's text tower, all 32 layers (the
+    /// context is the penultimate layer's output, the pooled output goes through the last
+    /// layer, final_layer_norm and the 1280-wide text_projection).
+    pub fn sdxl_te2() -> ClipTextConfig {
+        ClipTextConfig {
+            hidden_size: 1280,
+            intermediate_size: 5120,
+            num_hidden_layers: 32,
+            num_attention_heads: 20,
+            hidden_act: HiddenAct::Gelu,
+            text_projection: Some(1280),
             ..ClipTextConfig::sd15()
         }
     }
@@ -467,6 +495,9 @@ impl ClipTextConfig {
             return Err(
                 "num_hidden_layers, vocab_size and intermediate_size must be positive".into(),
             );
+        }
+        if self.text_projection == Some(0) {
+            return Err("text_projection must be positive where there is one".into());
         }
         Ok(())
     }

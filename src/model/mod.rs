@@ -1,6 +1,7 @@
 //! The Stable Diffusion 1.x model: configurations, checkpoint loading, the CLIP tokenizer,
 //! the frozen layers, and the UNet (with its LoRA backward), VAE and CLIP text encoder; and
-//! timm's ViT (vit.rs) for the WD14 tagger of `lorafuse caption`.
+//! timm's ViT (vit.rs) for the WD14 tagger of `lorafuse caption`; SDXL's two text encoders
+//! (sdxl_text.rs).
 
 pub mod attention;
 pub mod checkpoint;
@@ -10,6 +11,7 @@ pub mod cond;
 pub mod config;
 pub mod family;
 pub mod layers;
+pub mod sdxl_text;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

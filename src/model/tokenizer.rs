@@ -94,6 +94,35 @@ impl Encoded {
     }
 }
 
+/// sd-scripts' rows (`get_input_ids`) of one whole caption `full`, BOS, tokens, EOS and
+/// padding, `2 + rows·(window-2)` ids: each row is `full`'s BOS, its `window-2` ids and
+/// `full`'s last id; a row whose id before that last one is neither `eos` nor `pad` ends in
+/// `eos`, and a row starting with `pad` starts with `eos` instead. With `pad == eos` (SD1.x)
+/// the rows are BOS, their ids, EOS. [`Tokenizer::encode_long`] and SDXL's second encoder
+/// (its ids made from the first's) cut captions with it.
+pub fn caption_windows(full: &[u32], window: usize, eos: u32, pad: u32) -> Vec<u32> {
+    let inner = window.saturating_sub(2).max(1);
+    let rows = full.len().saturating_sub(2) / inner;
+    let (Some(&first), Some(&last)) = (full.first(), full.last()) else {
+        return Vec::new();
+    };
+    let mut ids = Vec::with_capacity(rows * window);
+    for row in 0..rows {
+        let start = ids.len();
+        ids.push(first);
+        ids.extend_from_slice(&full[1 + row * inner..1 + (row + 1) * inner]);
+        ids.push(last);
+        let before_last = ids[start + window - 2];
+        if before_last != eos && before_last != pad {
+            ids[start + window - 1] = eos;
+        }
+        if ids[start + 1] == pad {
+            ids[start + 1] = eos;
+        }
+    }
+    ids
+}
+
 /// CLIP's tokenizer over the compiled-in vocabulary. Immutable; share it freely across threads.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -227,21 +256,7 @@ impl Tokenizer {
         full.extend_from_slice(kept);
         full.push(EOS);
         full.resize(full_len, self.pad);
-        let last = full[full_len - 1];
-        let mut ids = Vec::with_capacity(rows * MAX_LENGTH);
-        for row in 0..rows {
-            let start = ids.len();
-            ids.push(BOS);
-            ids.extend_from_slice(&full[1 + row * WINDOW..1 + (row + 1) * WINDOW]);
-            ids.push(last);
-            let before_last = ids[start + MAX_LENGTH - 2];
-            if before_last != EOS && before_last != self.pad {
-                ids[start + MAX_LENGTH - 1] = EOS;
-            }
-            if ids[start + 1] == self.pad {
-                ids[start + 1] = EOS;
-            }
-        }
+        let ids = caption_windows(&full, MAX_LENGTH, EOS, self.pad);
         let eos_position = ids[..MAX_LENGTH]
             .iter()
             .position(|&id| id == EOS)

@@ -105,6 +105,11 @@ pub fn ldm_to_diffusers(key: &str, layout: &LdmLayout) -> Option<String> {
 /// A CLIPTextModel state-dict name (with or without `text_model.`) to `text_encoder.text_model.…`;
 /// None for the `position_ids` buffer.
 pub fn text_encoder(rest: &str) -> Option<String> {
+    text_encoder_at("text_encoder", rest)
+}
+
+/// [`text_encoder`] under another component prefix (SDXL's `text_encoder_2`).
+pub fn text_encoder_at(prefix: &str, rest: &str) -> Option<String> {
     let rest = rest.strip_prefix("text_model.").unwrap_or(rest);
     if rest == "embeddings.position_ids" {
         return None;
@@ -113,7 +118,7 @@ pub fn text_encoder(rest: &str) -> Option<String> {
     known
         .iter()
         .any(|p| rest.starts_with(p))
-        .then(|| format!("text_encoder.text_model.{rest}"))
+        .then(|| format!("{prefix}.text_model.{rest}"))
 }
 
 /// What an OpenCLIP text-tower tensor becomes in the CLIPTextModel layout.
@@ -124,12 +129,66 @@ pub enum OpenClipName {
     /// The fused attention input projection `attn.in_proj_{weight,bias}` [3·D, …]: its thirds
     /// along the first axis are q_proj, k_proj and v_proj, named in that order.
     Fused([String; 3]),
+    /// A matrix stored transposed: OpenCLIP's `text_projection` [width, projection], used as
+    /// `x @ P`, is CLIPTextModelWithProjection's Linear weight Pᵀ.
+    Transposed(String),
+}
+
+impl OpenClipName {
+    /// Adds the stored tensor `stored` of `file` to `w` under this name (or names).
+    pub(crate) fn insert_into(
+        self,
+        w: &mut super::Weights,
+        file: &std::sync::Arc<super::safetensors::SafetensorsFile>,
+        stored: &str,
+    ) {
+        match self {
+            OpenClipName::One(name) => {
+                let shape = file.tensor_info(stored).map(|i| i.shape.clone());
+                w.insert(name, file, stored, shape.unwrap_or_default());
+            }
+            OpenClipName::Fused(parts) => {
+                for (i, name) in parts.into_iter().enumerate() {
+                    w.insert_part(name, file, stored, (i, 3));
+                }
+            }
+            OpenClipName::Transposed(name) => w.insert_transposed(name, file, stored),
+        }
+    }
+}
+
+/// Which CLIPTextModel an OpenCLIP text tower becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenClipTarget<'a> {
+    /// The names' component prefix ("text_encoder").
+    pub prefix: &'a str,
+    /// How many of the file's residual blocks are layers (the rest is dropped).
+    pub layers: usize,
+    /// Whether `text_projection` is kept, as CLIPTextModelWithProjection's.
+    pub projection: bool,
+}
+
+impl OpenClipTarget<'static> {
+    /// SD2.x: `text_encoder.…`, the last of the file's `blocks` dropped, no projection.
+    pub fn sd2(blocks: usize) -> Self {
+        OpenClipTarget {
+            prefix: "text_encoder",
+            layers: blocks.saturating_sub(1),
+            projection: false,
+        }
+    }
 }
 
 /// The number of OpenCLIP residual blocks a single file holds (`transformer.resblocks.{i}.`).
 pub fn open_clip_blocks<'a>(keys: impl IntoIterator<Item = &'a str>) -> usize {
+    open_clip_blocks_at(keys, OPEN_CLIP_PREFIX)
+}
+
+/// [`open_clip_blocks`] of a tower under another prefix (SDXL's
+/// `conditioner.embedders.1.model.`).
+pub fn open_clip_blocks_at<'a>(keys: impl IntoIterator<Item = &'a str>, prefix: &str) -> usize {
     keys.into_iter()
-        .filter_map(|k| k.strip_prefix(OPEN_CLIP_PREFIX))
+        .filter_map(|k| k.strip_prefix(prefix))
         .filter_map(|r| index_after(r, "transformer.resblocks."))
         .map(|(i, _)| i + 1)
         .max()
@@ -152,7 +211,19 @@ pub fn open_clip_blocks<'a>(keys: impl IntoIterator<Item = &'a str>) -> usize {
 /// diffusers' SD2 `text_encoder` (23 layers of ViT-H's 24): its last hidden state is what SD2
 /// reads. `text_projection`, `logit_scale` and `attn_mask` are unused (None).
 pub fn open_clip(rest: &str, blocks: usize) -> Option<OpenClipName> {
-    let te = |n: &str| format!("text_encoder.text_model.{n}");
+    open_clip_as(rest, &OpenClipTarget::sd2(blocks))
+}
+
+/// [`open_clip`] for any [`OpenClipTarget`]: SDXL's second encoder keeps every block (its
+/// pooled output reads the last) and its `text_projection` ([`OpenClipName::Transposed`]:
+/// `{prefix}.text_projection.weight`), under `text_encoder_2.…`.
+pub fn open_clip_as(rest: &str, target: &OpenClipTarget) -> Option<OpenClipName> {
+    let te = |n: &str| format!("{}.text_model.{n}", target.prefix);
+    if rest == "text_projection" {
+        return target.projection.then(|| {
+            OpenClipName::Transposed(format!("{}.text_projection.weight", target.prefix))
+        });
+    }
     if rest == "positional_embedding" {
         return Some(OpenClipName::One(te(
             "embeddings.position_embedding.weight",
@@ -165,7 +236,7 @@ pub fn open_clip(rest: &str, blocks: usize) -> Option<OpenClipName> {
         return Some(OpenClipName::One(te(&format!("final_layer_norm.{t}"))));
     }
     let (i, t) = index_after(rest, "transformer.resblocks.")?;
-    if i + 1 >= blocks {
+    if i >= target.layers {
         return None;
     }
     let layer = format!("encoder.layers.{i}");

@@ -11,6 +11,7 @@
 //! - `infer.rs`: configurations of a single-file checkpoint from its shapes.
 //! - `single_file.rs`, `diffusers.rs`: the two layouts.
 //! - `sdxl_unet.rs`: SDXL's UNet from an SGM single file or a diffusers `unet/` folder.
+//! - `sdxl_text.rs`: SDXL's two text encoders from either layout.
 //! - `error.rs`: [`CheckpointError`], every case naming the file and what to do.
 //!
 //! lorafuse never unpickles: `.ckpt`/`.pt`/`.bin` files are refused with the command that
@@ -23,6 +24,7 @@ mod infer;
 pub mod ldm;
 pub mod safetensors;
 pub mod sdxl_unet;
+pub mod sdxl_text;
 mod single_file;
 mod weights;
 

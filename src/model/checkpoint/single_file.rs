@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::detect::{self, Family};
 use super::error::CheckpointError;
-use super::ldm::{self, LdmLayout, OpenClipName};
+use super::ldm::{self, LdmLayout};
 use super::safetensors::SafetensorsFile;
 use super::weights::Weights;
 use super::{infer, Generation, Sd15Checkpoint};
@@ -50,15 +50,7 @@ pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, C
     for stored in names {
         if let Some(rest) = stored.strip_prefix(detect::OPEN_CLIP_PREFIX) {
             match ldm::open_clip(rest, open_clip_blocks) {
-                Some(OpenClipName::One(name)) => {
-                    let shape = file.tensor_info(stored).map(|i| i.shape.clone());
-                    text_encoder.insert(name, &file, stored, shape.unwrap_or_default());
-                }
-                Some(OpenClipName::Fused(parts)) => {
-                    for (i, name) in parts.into_iter().enumerate() {
-                        text_encoder.insert_part(name, &file, stored, (i, 3));
-                    }
-                }
+                Some(name) => name.insert_into(&mut text_encoder, &file, stored),
                 None => ignored.push(stored.to_string()),
             }
             continue;

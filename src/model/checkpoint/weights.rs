@@ -26,6 +26,9 @@ struct Entry {
     /// `(i, n)`: the i-th of n equal parts along the stored tensor's first axis (OpenCLIP's
     /// fused `in_proj_weight` holds q, k and v as parts 0, 1, 2 of 3); None: all of it.
     part: Option<(usize, usize)>,
+    /// A matrix stored transposed (OpenCLIP's `text_projection`): `shape` is the stored one
+    /// reversed, and the getters transpose the data.
+    transposed: bool,
 }
 
 /// Diffusers-style names to tensors in one or more mapped files. Cheap to clone (the maps are
@@ -66,7 +69,21 @@ impl Weights {
         stored: &str,
         shape: Vec<usize>,
     ) {
-        self.insert_entry(name, file, stored, shape, None);
+        self.insert_entry(name, file, stored, shape, (None, false));
+    }
+
+    /// Adds `name` for the transpose of the 2-D tensor `stored` of `file` (ignored when it is
+    /// not 2-D: the name is then missing, and the loader says so).
+    pub(crate) fn insert_transposed(
+        &mut self,
+        name: String,
+        file: &Arc<SafetensorsFile>,
+        stored: &str,
+    ) {
+        let Some(&[r, c]) = file.tensor_info(stored).map(|i| i.shape.as_slice()) else {
+            return;
+        };
+        self.insert_entry(name, file, stored, vec![c, r], (None, true));
     }
 
     /// Adds `name` for the `i`-th of `n` equal parts of the tensor `stored` along its first
@@ -85,7 +102,7 @@ impl Weights {
         if let Some(first) = shape.first_mut() {
             *first /= n.max(1);
         }
-        self.insert_entry(name, file, stored, shape, Some((i, n)));
+        self.insert_entry(name, file, stored, shape, (Some((i, n)), false));
     }
 
     fn insert_entry(
@@ -94,7 +111,7 @@ impl Weights {
         file: &Arc<SafetensorsFile>,
         stored: &str,
         shape: Vec<usize>,
-        part: Option<(usize, usize)>,
+        (part, transposed): (Option<(usize, usize)>, bool),
     ) {
         let idx = match self.files.iter().position(|f| Arc::ptr_eq(f, file)) {
             Some(i) => i,
@@ -108,6 +125,7 @@ impl Weights {
             stored: stored.to_string(),
             shape,
             part,
+            transposed,
         });
     }
 
@@ -116,7 +134,7 @@ impl Weights {
         let (entry, raw, file) = self.locate(name, expected.into())?;
         let data = st::to_f32(raw.dtype, Self::bytes(entry, raw, file))
             .ok_or_else(|| self.bad_dtype(name, entry, raw))?;
-        Tensor::from_f32(entry.shape.clone(), data)
+        Tensor::from_f32(entry.shape.clone(), Self::oriented(entry, data))
     }
 
     /// The tensor `name` as f16 (f32 and bf16 weights rounded to nearest), checked to have
@@ -125,7 +143,17 @@ impl Weights {
         let (entry, raw, file) = self.locate(name, expected.into())?;
         let data = st::to_f16(raw.dtype, Self::bytes(entry, raw, file))
             .ok_or_else(|| self.bad_dtype(name, entry, raw))?;
-        Tensor::from_f16(entry.shape.clone(), data)
+        Tensor::from_f16(entry.shape.clone(), Self::oriented(entry, data))
+    }
+
+    /// The elements in `entry`'s orientation: transposed back where it is stored transposed.
+    fn oriented<T: Copy>(entry: &Entry, data: Vec<T>) -> Vec<T> {
+        match (entry.transposed, entry.shape.as_slice()) {
+            (true, &[rows, cols]) => (0..rows * cols)
+                .map(|k| data[(k % cols) * rows + k / cols])
+                .collect(),
+            _ => data,
+        }
     }
 
     /// The stored bytes of `entry`: the whole tensor, or its part.
