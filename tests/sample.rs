@@ -823,10 +823,10 @@ fn tiny() -> &'static Tiny {
         let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
         let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
         let vae = Vae::load(&ck.vae.0, &ck.vae.1, &be, "vae").unwrap();
-        let te = TextEncoders::Clip(
+        let te = TextEncoders::Clip(Box::new(
             ClipTextModel::load(&ck.text_encoder.0, &ck.text_encoder.1, &be, "text_encoder")
                 .unwrap(),
-        );
+        ));
         let lora = kohya::load(fixtures().join("tiny-lora.safetensors"), &be, DType::F32).unwrap();
         Tiny {
             be,

@@ -48,6 +48,43 @@ pub fn clip_config() -> ClipTextConfig {
     }
 }
 
+/// A tiny SDXL UNet: SDXL's topology (no attention at the first level, Linear projections,
+/// the text-time added embedding) at 32/64/64 channels, one transformer block per attention,
+/// heads 16 wide, reading the two demo encoders' 32 + 32 wide states and a 32-wide pooled text.
+pub fn sdxl_unet_config() -> UnetConfig {
+    UnetConfig {
+        block_out_channels: vec![32, 64, 64],
+        cross_attention_dim: 64,
+        attention_head_dim: PerLevel::Each(vec![2, 4, 4]),
+        transformer_layers_per_block: PerLevel::All(1),
+        addition_time_embed_dim: Some(8),
+        projection_class_embeddings_input_dim: Some(32 + 6 * 8),
+        sample_size: 8,
+        ..UnetConfig::sdxl()
+    }
+}
+
+/// The tiny SDXL's two text encoders: 2 layers each, 32 wide, the real vocabulary; the second
+/// with GELU and a 32-wide text_projection, as OpenCLIP ViT-bigG's.
+pub fn sdxl_clip_configs() -> (ClipTextConfig, ClipTextConfig) {
+    let te1 = ClipTextConfig {
+        hidden_size: 32,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 1,
+        ..ClipTextConfig::sdxl_te1()
+    };
+    let te2 = ClipTextConfig {
+        hidden_size: 32,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 1,
+        text_projection: Some(32),
+        ..ClipTextConfig::sdxl_te2()
+    };
+    (te1, te2)
+}
+
 /// Hands out random weights and remembers every (name, tensor) asked for, so the exact set a
 /// model reads can be written to a file.
 struct Recorder {
@@ -100,6 +137,63 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<PathBuf> {
     Unet::load(&uc, &rec, &be, "unet")?;
     Vae::load(&vc, &rec, &be, "vae")?;
     ClipTextModel::load(&cc, &rec, &be, "text_encoder")?;
+    let index = serde_json::json!({
+        "_class_name": "StableDiffusionPipeline",
+        "_note": "lorafuse demo: a tiny random-weight model of SD1.5's topology",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+    });
+    let parts = [
+        ("unet", "diffusion_pytorch_model.safetensors", json(&uc)?),
+        ("vae", "diffusion_pytorch_model.safetensors", json(&vc)?),
+        ("text_encoder", "model.safetensors", json(&cc)?),
+    ];
+    write_folder(dir, rec, &index, &parts)
+}
+
+/// Writes a tiny random-weight SDXL model (the configs above, SDXL's VAE scale) to `dir` as a
+/// diffusers folder; returns `dir`.
+pub fn write_tiny_sdxl(dir: &Path, seed: u64) -> Result<PathBuf> {
+    let be = CpuBackend::new();
+    let rec = Recorder {
+        src: RandomWeights { seed },
+        seen: RefCell::new(BTreeMap::new()),
+    };
+    let uc = sdxl_unet_config();
+    let vc = VaeConfig {
+        scaling_factor: VaeConfig::sdxl().scaling_factor,
+        ..vae_config()
+    };
+    let (c1, c2) = sdxl_clip_configs();
+    Unet::load(&uc, &rec, &be, "unet")?;
+    Vae::load(&vc, &rec, &be, "vae")?;
+    crate::model::sdxl_text::SdxlText::load((&c1, &rec), (&c2, &rec), &be)?;
+    let index = serde_json::json!({
+        "_class_name": "StableDiffusionXLPipeline",
+        "_note": "lorafuse: a tiny random-weight model of SDXL's topology",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+    });
+    let parts = [
+        ("unet", "diffusion_pytorch_model.safetensors", json(&uc)?),
+        ("vae", "diffusion_pytorch_model.safetensors", json(&vc)?),
+        ("text_encoder", "model.safetensors", json(&c1)?),
+        ("text_encoder_2", "model.safetensors", json(&c2)?),
+    ];
+    write_folder(dir, rec, &index, &parts)
+}
+
+/// A diffusers folder: model_index.json, and per part (folder, weight file, config.json) the
+/// weights `rec` handed out under `<folder>.`.
+fn write_folder(
+    dir: &Path,
+    rec: Recorder,
+    index: &serde_json::Value,
+    parts: &[(&str, &str, Vec<u8>)],
+) -> Result<PathBuf> {
     let all = rec.seen.into_inner();
     let part = |prefix: &str| -> BTreeMap<String, Tensor> {
         all.iter()
@@ -108,23 +202,11 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<PathBuf> {
             .collect()
     };
     create_dir(dir)?;
-    let index = serde_json::json!({
-        "_class_name": "StableDiffusionPipeline",
-        "_note": "lorafuse demo: a tiny random-weight model of SD1.5's topology",
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-    });
-    write_atomic(&dir.join("model_index.json"), &json(&index)?)?;
-    let parts = [
-        ("unet", "diffusion_pytorch_model.safetensors", json(&uc)?),
-        ("vae", "diffusion_pytorch_model.safetensors", json(&vc)?),
-        ("text_encoder", "model.safetensors", json(&cc)?),
-    ];
+    write_atomic(&dir.join("model_index.json"), &json(index)?)?;
     for (name, file, config) in parts {
         let sub = dir.join(name);
         create_dir(&sub)?;
-        write_atomic(&sub.join("config.json"), &config)?;
+        write_atomic(&sub.join("config.json"), config)?;
         let prefix = format!("{name}.");
         let tensors = part(&prefix);
         let named: Vec<(String, &Tensor)> = tensors

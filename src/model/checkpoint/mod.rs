@@ -12,6 +12,7 @@
 //! - `single_file.rs`, `diffusers.rs`: the two layouts.
 //! - `sdxl_unet.rs`: SDXL's UNet from an SGM single file or a diffusers `unet/` folder.
 //! - `sdxl_text.rs`: SDXL's two text encoders from either layout.
+//! - `sdxl.rs`: a whole SDXL model ([`sdxl::load_sdxl`]), the parts above and the VAE.
 //! - `error.rs`: [`CheckpointError`], every case naming the file and what to do.
 //!
 //! lorafuse never unpickles: `.ckpt`/`.pt`/`.bin` files are refused with the command that
@@ -23,8 +24,9 @@ pub mod error;
 mod infer;
 pub mod ldm;
 pub mod safetensors;
-pub mod sdxl_unet;
+pub mod sdxl;
 pub mod sdxl_text;
+pub mod sdxl_unet;
 mod single_file;
 mod weights;
 

@@ -11,9 +11,11 @@
 //!
 //! - `sd1.rs`: Stable Diffusion 1.x (CLIP ViT-L/14 text encoder, ε-prediction, 512 px).
 //! - `sd2.rs`: Stable Diffusion 2.x (OpenCLIP ViT-H/14, 512 ε or 768 v-prediction).
+//! - `sdxl.rs`: SDXL 1.0 base (CLIP ViT-L/14 and OpenCLIP ViT-bigG/14, size/crop ids, 1024 px).
 
 pub mod sd1;
 pub mod sd2;
+pub mod sdxl;
 
 use std::path::Path;
 
@@ -25,6 +27,7 @@ use crate::model::clip::{ClipTape, ClipTextModel};
 use crate::model::cond::{TextCond, TextCondGrad};
 use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 use crate::model::layers::Ctx;
+use crate::model::sdxl_text::{SdxlText, SdxlTextTape};
 use crate::model::unet::Unet;
 use crate::model::vae::Vae;
 use crate::model::weights::{ShapeOnly, WeightSource};
@@ -87,18 +90,21 @@ impl std::fmt::Debug for dyn ModelFamily {
     }
 }
 
-/// The family whose [`ModelFamily::id`] is `id` ("sd1", "sd2").
+/// The family whose [`ModelFamily::id`] is `id` ("sd1", "sd2", "sdxl").
 pub fn family_by_id(id: &str) -> Option<&'static dyn ModelFamily> {
     FAMILIES.iter().copied().find(|f| f.id() == id)
 }
 
 /// Every family lorafuse trains, in detection order.
-pub const FAMILIES: &[&dyn ModelFamily] = &[&sd1::Sd1, &sd2::Sd2];
+pub const FAMILIES: &[&dyn ModelFamily] = &[&sd1::Sd1, &sd2::Sd2, &sdxl::Sdxl];
 
 /// The family of the checkpoint at `path` (a diffusers folder by its configs, a single file by
 /// its keys and shapes), or a refusal naming what was found.
 pub fn family_of(path: &Path) -> Result<&'static dyn ModelFamily> {
     if path.is_dir() {
+        if crate::model::checkpoint::sdxl::folder_is_sdxl(path)? {
+            return Ok(&sdxl::Sdxl);
+        }
         let generation = load_sd15(path)?.generation;
         return Ok(FAMILIES
             .iter()
@@ -114,17 +120,12 @@ pub fn family_of(path: &Path) -> Result<&'static dyn ModelFamily> {
         .ok_or_else(|| {
             let path = path.to_path_buf();
             match detected {
-                Family::Sdxl { evidence } => CheckpointError::UnsupportedModel {
-                    path,
-                    family: "SDXL",
-                    evidence,
-                },
                 Family::Unsupported { family, evidence } => CheckpointError::UnsupportedModel {
                     path,
                     family,
                     evidence,
                 },
-                Family::Sd1 | Family::Sd2 { .. } | Family::Other { .. } => {
+                Family::Sd1 | Family::Sd2 { .. } | Family::Sdxl { .. } | Family::Other { .. } => {
                     CheckpointError::NotAModel {
                         path,
                         detail: match detected {
@@ -224,7 +225,7 @@ fn build(
         family,
         unet: u,
         vae: Some(v),
-        text: Some(TextEncoders::Clip(t)),
+        text: Some(TextEncoders::Clip(Box::new(t))),
         prediction: family.prediction(),
         prediction_from_checkpoint: false,
     })
@@ -246,11 +247,16 @@ pub struct Models {
 /// A family's text encoder(s), frozen; adapters come with the [`Ctx`].
 pub enum TextEncoders {
     /// One CLIP text model: SD1.x's ViT-L/14, SD2.x's OpenCLIP ViT-H/14.
-    Clip(ClipTextModel),
+    Clip(Box<ClipTextModel>),
+    /// SDXL's two (`clip_skip` does not apply: SDXL reads both encoders' penultimate layers).
+    Sdxl(Box<SdxlText>),
 }
 
 /// What the text conditioning's training forward saves for its backward.
-pub struct TextTape(ClipTape);
+pub enum TextTape {
+    Clip(Box<ClipTape>),
+    Sdxl(Box<SdxlTextTape>),
+}
 
 impl TextEncoders {
     /// The conditioning of `batch` captions of token ids, and with `save` the tape of the
@@ -270,7 +276,15 @@ impl TextEncoders {
                     context,
                     pooled: None,
                 };
-                Ok((text, tape.map(TextTape)))
+                Ok((text, tape.map(|t| TextTape::Clip(Box::new(t)))))
+            }
+            TextEncoders::Sdxl(te) => {
+                let (c, tape) = te.forward_train(cx, ids, batch, save)?;
+                let text = TextCond {
+                    context: c.context,
+                    pooled: Some(c.pooled),
+                };
+                Ok((text, tape.map(|t| TextTape::Sdxl(Box::new(t)))))
             }
         }
     }
@@ -283,8 +297,17 @@ impl TextEncoders {
         tape: TextTape,
         grads: &mut LoraGrads,
     ) -> Result<()> {
-        match self {
-            TextEncoders::Clip(te) => te.backward(cx, &d.context, tape.0, grads),
+        match (self, tape) {
+            (TextEncoders::Clip(te), TextTape::Clip(t)) => te.backward(cx, &d.context, *t, grads),
+            (TextEncoders::Sdxl(te), TextTape::Sdxl(t)) => {
+                te.backward(cx, &d.context, d.pooled.as_ref(), *t, grads)
+            }
+            _ => Err(crate::error::Error::BadValue {
+                op: "text backward",
+                name: "tape",
+                value: "another model's tape".into(),
+                expected: "the tape of this model's text forward".into(),
+            }),
         }
     }
 
@@ -292,6 +315,7 @@ impl TextEncoders {
     pub fn lora_targets(&self) -> Vec<TargetLayer> {
         match self {
             TextEncoders::Clip(te) => te.lora_targets(),
+            TextEncoders::Sdxl(te) => te.lora_targets(),
         }
     }
 
@@ -299,6 +323,7 @@ impl TextEncoders {
     pub fn adaptable_weights(&self) -> Vec<(&str, &Tensor)> {
         match self {
             TextEncoders::Clip(te) => te.adaptable_weights(),
+            TextEncoders::Sdxl(te) => te.adaptable_weights(),
         }
     }
 
@@ -306,6 +331,7 @@ impl TextEncoders {
     pub fn vocab_size(&self) -> usize {
         match self {
             TextEncoders::Clip(te) => te.config.vocab_size,
+            TextEncoders::Sdxl(te) => te.te1.config.vocab_size,
         }
     }
 
@@ -313,6 +339,7 @@ impl TextEncoders {
     pub fn positions(&self) -> usize {
         match self {
             TextEncoders::Clip(te) => te.config.max_position_embeddings,
+            TextEncoders::Sdxl(te) => te.te1.config.max_position_embeddings,
         }
     }
 }

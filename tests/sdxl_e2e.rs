@@ -1,0 +1,146 @@
+//! SDXL end to end on a tiny random-weight model of SDXL's topology (`demo::model::
+//! write_tiny_sdxl`: the real vocabulary, so the real tokenizer applies) and the demo's
+//! shapes data set: the family is read from the folder, training lowers the fixed-noise loss
+//! with LoRA on the UNet and both text encoders, the file carries kohya's SDXL names
+//! (`lora_unet_input_blocks_…`, `lora_te1_…`, `lora_te2_…`) and metadata, it loads back into
+//! the same adapters, `sample` draws with it, and the SD1.x demo model refuses it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use lorafuse::config::TrainConfig;
+use lorafuse::lora::kohya;
+use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
+use lorafuse::model::family::{family_of, WeightsFrom};
+use lorafuse::train::trainer::{train, Recorder};
+use lorafuse::{CpuBackend, DType};
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("lorafuse-sdxl-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn demo_on_sdxl(dir: &Path, steps: usize) -> PathBuf {
+    let files = lorafuse::demo::prepare(dir, steps).unwrap();
+    let model = lorafuse::demo::model::write_tiny_sdxl(&dir.join("sdxl"), 7).unwrap();
+    assert_eq!(family_of(&model).unwrap().id(), "sdxl");
+    assert_eq!(family_of(&files.model).unwrap().id(), "sd1");
+    model
+}
+
+#[test]
+fn sdxl_trains_exports_kohya_names_and_samples() {
+    let s = Scratch::new("train");
+    let model = demo_on_sdxl(&s.0, 60);
+    let sets: Vec<String> = [
+        format!("base_model={}", model.display()),
+        "save_precision=fp32".into(),
+        "sample_every_n_steps=0".into(),
+        "train_text_encoder=true".into(),
+        "text_encoder_lr=0.001".into(),
+    ]
+    .into();
+    let cfg = TrainConfig::load(s.0.join("demo.yaml"), &sets).unwrap();
+    let be = CpuBackend::new();
+    let mut rec = Recorder::default();
+    let report = train(&cfg, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
+    assert_eq!(report.steps, 60);
+    eprintln!(
+        "tiny SDXL, 60 steps: fixed-noise loss {:.4} -> {:.4}",
+        report.train_loss_before, report.train_loss_after
+    );
+    assert!(
+        report.train_loss_after < 0.9 * report.train_loss_before,
+        "loss {} -> {}",
+        report.train_loss_before,
+        report.train_loss_after
+    );
+
+    // kohya's SDXL names: the UNet in SGM's layout, te1 and te2 (2 layers x 6 each); and the
+    // SDXL metadata.
+    let file = SafetensorsFile::open(&report.lora_path).unwrap();
+    let modules: Vec<&str> = file
+        .names()
+        .filter_map(kohya::module_of)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let count = |p: &str| modules.iter().filter(|m| m.starts_with(p)).count();
+    assert_eq!(
+        count("lora_te1_text_model_encoder_layers_"),
+        12,
+        "{modules:?}"
+    );
+    assert_eq!(
+        count("lora_te2_text_model_encoder_layers_"),
+        12,
+        "{modules:?}"
+    );
+    assert!(count("lora_unet_input_blocks_4_1_transformer_blocks_0_") > 0);
+    assert!(count("lora_unet_middle_block_1_") > 0);
+    assert!(count("lora_unet_output_blocks_") > 0);
+    assert_eq!(count("lora_unet_down_blocks_"), 0);
+    let meta = file.metadata();
+    assert_eq!(meta["ss_base_model_version"], "sdxl_base_v1-0");
+    assert_eq!(
+        meta["modelspec.architecture"],
+        "stable-diffusion-xl-v1-base/lora"
+    );
+
+    // Loads back onto the model's layers: every module names a layer of the SDXL model.
+    let family = family_of(&model).unwrap();
+    let m = family
+        .load(WeightsFrom::Checkpoint(&model), &be, &mut |_| {})
+        .unwrap();
+    let set = kohya::load(&report.lora_path, &be, DType::F32).unwrap();
+    let (targets, _) = m.adapter_targets(cfg.lora_targets, true);
+    let names: std::collections::HashSet<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+    for module in set.modules() {
+        assert!(names.contains(module.name.as_str()), "{}", module.name);
+    }
+    assert_eq!(set.modules().len(), targets.len());
+
+    // `sample` draws with it on the SDXL model; the SD1.x demo model refuses it.
+    let png = s.0.join("xl.png");
+    let bin = env!("CARGO_BIN_EXE_lorafuse");
+    let lora = report.lora_path.display().to_string();
+    let out = std::process::Command::new(bin)
+        .args(["sample", "--device", "cpu", "--model"])
+        .arg(&model)
+        .args(["--lora", &lora, "--out"])
+        .arg(&png)
+        .arg("a red circle --w 64 --h 64 --s 4 --d 1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(png.is_file());
+    let out = std::process::Command::new(bin)
+        .args(["sample", "--device", "cpu", "--model"])
+        .arg(s.0.join("model"))
+        .args(["--lora", &lora, "--out"])
+        .arg(s.0.join("sd1.png"))
+        .arg("a red circle")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("LoRA for SDXL") && err.contains("Stable Diffusion 1.x model"),
+        "{err}"
+    );
+}
