@@ -246,6 +246,13 @@ fn lora_step_matches_autograd() {
 /// sd-scripts names SDXL's UNet modules in SGM's layout; the fixture's LoRA (named by the
 /// generator's own diffusers -> SGM map) has an adapter for exactly our targets. The real
 /// SDXL topology (depths 1, 2, 10) has sd-scripts' 722 default targets.
+/// Each of `want` is among `names`.
+fn assert_among(names: &[String], want: &[&str]) {
+    for n in want {
+        assert!(names.iter().any(|m| m == n), "{n} not among {names:?}");
+    }
+}
+
 #[test]
 fn kohya_names_follow_sgm_layout() {
     let be = CpuBackend::new();
@@ -256,16 +263,17 @@ fn kohya_names_follow_sgm_layout() {
         .into_iter()
         .map(|t| t.name)
         .collect();
-    for n in [
-        "lora_unet_input_blocks_4_1_proj_in",
-        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
-        "lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_out_0",
-        "lora_unet_middle_block_1_transformer_blocks_1_ff_net_0_proj",
-        "lora_unet_output_blocks_0_1_transformer_blocks_1_ff_net_2",
-        "lora_unet_output_blocks_5_1_proj_out",
-    ] {
-        assert!(names.iter().any(|m| m == n), "{n} not among {names:?}");
-    }
+    assert_among(
+        &names,
+        &[
+            "lora_unet_input_blocks_4_1_proj_in",
+            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+            "lora_unet_input_blocks_8_1_transformer_blocks_1_attn2_to_out_0",
+            "lora_unet_middle_block_1_transformer_blocks_1_ff_net_0_proj",
+            "lora_unet_output_blocks_0_1_transformer_blocks_1_ff_net_2",
+            "lora_unet_output_blocks_5_1_proj_out",
+        ],
+    );
     assert!(names.iter().all(|n| !n.contains("down_blocks")));
     let lora = lora(&be, DType::F32);
     let mut ours = names.clone();
@@ -276,30 +284,32 @@ fn kohya_names_follow_sgm_layout() {
 
     // LoCon's layers: resnets, samplers.
     let convs: Vec<String> = unet.conv_targets().into_iter().map(|t| t.name).collect();
-    for n in [
-        "lora_unet_input_blocks_1_0_in_layers_2",
-        "lora_unet_input_blocks_1_0_out_layers_3",
-        "lora_unet_input_blocks_3_0_op",
-        "lora_unet_input_blocks_6_0_op",
-        "lora_unet_middle_block_2_out_layers_3",
-        "lora_unet_output_blocks_2_2_conv",
-        "lora_unet_output_blocks_5_2_conv",
-        "lora_unet_output_blocks_8_0_in_layers_2",
-    ] {
-        assert!(convs.iter().any(|m| m == n), "{n} not among {convs:?}");
-    }
+    assert_among(
+        &convs,
+        &[
+            "lora_unet_input_blocks_1_0_in_layers_2",
+            "lora_unet_input_blocks_1_0_out_layers_3",
+            "lora_unet_input_blocks_3_0_op",
+            "lora_unet_input_blocks_6_0_op",
+            "lora_unet_middle_block_2_out_layers_3",
+            "lora_unet_output_blocks_2_2_conv",
+            "lora_unet_output_blocks_5_2_conv",
+            "lora_unet_output_blocks_8_0_in_layers_2",
+        ],
+    );
     let linears: Vec<String> = unet
         .resnet_linear_targets()
         .into_iter()
         .map(|t| t.name)
         .collect();
-    for n in [
-        "lora_unet_input_blocks_1_0_emb_layers_1",
-        "lora_unet_input_blocks_4_0_skip_connection",
-        "lora_unet_output_blocks_0_0_skip_connection",
-    ] {
-        assert!(linears.iter().any(|m| m == n), "{n} not among {linears:?}");
-    }
+    assert_among(
+        &linears,
+        &[
+            "lora_unet_input_blocks_1_0_emb_layers_1",
+            "lora_unet_input_blocks_4_0_skip_connection",
+            "lora_unet_output_blocks_0_0_skip_connection",
+        ],
+    );
 
     // SDXL 1.0's depths and block layout at small widths.
     let real = UnetConfig {

@@ -76,11 +76,7 @@ pub fn unet(
     generation: Generation,
     hints: &ConfigHints,
 ) -> Result<UnetConfig, CheckpointError> {
-    let fail = |detail: String| CheckpointError::Infer {
-        path: path.to_path_buf(),
-        component: "UNet",
-        detail,
-    };
+    let fail = unet_error(path);
     let cfg = unet_topology(path, w, hints)?;
     if cfg.transformer_layers_per_block != PerLevel::All(1) {
         return Err(fail(format!(
@@ -113,11 +109,7 @@ pub fn sdxl_unet(
     w: &Weights,
     hints: &ConfigHints,
 ) -> Result<UnetConfig, CheckpointError> {
-    let fail = |detail: String| CheckpointError::Infer {
-        path: path.to_path_buf(),
-        component: "UNet",
-        detail,
-    };
+    let fail = unet_error(path);
     let cfg = unet_topology(path, w, hints)?;
     let added_in = dim(w, "unet.add_embedding.linear_1.weight", 1, 2, &fail)?;
     let sdxl = UnetConfig::sdxl();
@@ -133,6 +125,15 @@ pub fn sdxl_unet(
     };
     cfg.validate().map_err(fail)?;
     Ok(cfg)
+}
+
+/// The error of a UNet configuration the shapes of `path` do not give.
+fn unet_error(path: &Path) -> impl Fn(String) -> CheckpointError + '_ {
+    move |detail| CheckpointError::Infer {
+        path: path.to_path_buf(),
+        component: "UNet",
+        detail,
+    }
 }
 
 /// One head count per level, for heads of the hinted width (64 when None).
@@ -159,11 +160,7 @@ fn unet_topology(
     w: &Weights,
     hints: &ConfigHints,
 ) -> Result<UnetConfig, CheckpointError> {
-    let fail = |detail: String| CheckpointError::Infer {
-        path: path.to_path_buf(),
-        component: "UNet",
-        detail,
-    };
+    let fail = unet_error(path);
     let levels = count(w, "unet.down_blocks.", "resnets.0.conv1.weight");
     if levels == 0 {
         w.require_shape("unet.down_blocks.0.resnets.0.conv1.weight")?;

@@ -15,10 +15,13 @@
 //!
 //! Backward, from d loss / d out, is the literal reverse. Skip gradients are split off each
 //! concat and added (`+=`) to the gradient flowing back into the down block that produced the
-//! skip. It stops at the earliest adapter, proj_in of down level 0's first attention: nothing
-//! before it (conv_in, the first resnet, the time MLP, the text embeddings) needs a gradient,
-//! unless d loss / d text_embeds is asked for (SDXL, see added.rs): then it runs through every
-//! resnet, each adding its time projection's input gradient.
+//! skip. It stops at the first layer of the down path that needs a gradient: the earliest
+//! adapter (with the default targets, proj_in of the first attention: down level 0's in SD1.x,
+//! level 1's in SDXL, whose first level has no attention), or the first attention when d
+//! context is asked for. Nothing before it (conv_in, the resnets before it, the time MLP, the
+//! text embeddings) needs one, unless d loss / d text_embeds is asked for (SDXL, see
+//! added.rs): then it runs through every resnet, each adding its time projection's input
+//! gradient.
 //! What each block saves, and why, is written at the top of resnet.rs and transformer.rs; the
 //! UNet adds only the conv_norm_out input and its stats, and the skip channel counts.
 
