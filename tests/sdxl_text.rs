@@ -565,3 +565,67 @@ fn without_a_pooled_gradient_te2s_last_layer_gets_none() {
         .to_string();
     assert!(e.contains("d_pooled"), "{e}");
 }
+
+/// Checkpoints that are not both SDXL text encoders are refused with what is missing or wrong,
+/// naming the file or key: an SGM file without te2, a folder without `text_encoder_2/`, a
+/// projection_dim that disagrees with the weight, te2 without its text_projection.
+#[test]
+fn bad_checkpoints_are_refused_naming_what_is_wrong() {
+    let tmp = common::tools::TempDir::new("sdxl-text");
+    let bytes = std::fs::read(dir().join("sgm-text.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let te1_only: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(sdxl_text::TE2_SGM_PREFIX))
+        .collect();
+    let path = tmp.path("te1-only.safetensors");
+    std::fs::write(&path, safetensors::serialize(te1_only, None).unwrap()).unwrap();
+    let file = Arc::new(SafetensorsFile::open(&path).unwrap());
+    let e = sdxl_text::from_single_file(&path, &file)
+        .unwrap_err()
+        .to_string();
+    println!("{e}");
+    assert!(
+        e.contains("te1-only.safetensors")
+            && e.contains("second text encoder")
+            && e.contains("conditioner.embedders.1.model.*"),
+        "{e}"
+    );
+
+    let copy = |from: &str, to: &Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(dir().join("diffusers").join(from).join(f), to.join(f)).unwrap();
+        }
+    };
+    let folder = tmp.path("folder");
+    copy("text_encoder", &folder.join("text_encoder"));
+    let e = sdxl_text::from_diffusers(&folder).unwrap_err().to_string();
+    assert!(e.contains("text_encoder_2"), "{e}");
+
+    copy("text_encoder_2", &folder.join("text_encoder_2"));
+    assert!(sdxl_text::from_diffusers(&folder).is_ok());
+    let config = folder.join("text_encoder_2/config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("\"projection_dim\": 96", "\"projection_dim\": 95"),
+    )
+    .unwrap();
+    let e = sdxl_text::from_diffusers(&folder).unwrap_err().to_string();
+    println!("{e}");
+    assert!(
+        e.contains("projection_dim is 95") && e.contains("96") && e.contains("config.json"),
+        "{e}"
+    );
+
+    let be = CpuBackend::new();
+    let ((c1, w1), (mut c2, w2), _) = single_file();
+    c2.text_projection = None;
+    let e = SdxlText::load((&c1, &w1), (&c2, &w2), &be)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("text_projection"), "{e}");
+}
