@@ -1045,7 +1045,7 @@ fn other_depths_and_level_counts_map_and_infer() {
     let spec = UnetSpec {
         channels: vec![32, 64, 64],
         layers_per_block: 1,
-        in_channels: 9,
+        in_channels: 5,
         out_channels: 4,
         cross: 64,
     };
@@ -1071,7 +1071,7 @@ fn other_depths_and_level_counts_map_and_infer() {
     let ckpt = load_sd15(&path).unwrap();
     let unet = &ckpt.unet.0;
     assert_eq!(unet.block_out_channels, [32, 64, 64]);
-    assert_eq!((unet.layers_per_block, unet.in_channels), (1, 9));
+    assert_eq!((unet.layers_per_block, unet.in_channels), (1, 5));
     assert_eq!(unet.down_block_types.len(), 3);
     assert_eq!(ckpt.vae.0.block_out_channels, [32, 64]);
     assert_eq!(ckpt.vae.0.latent_channels, 3);
@@ -1586,7 +1586,7 @@ fn error_sdxl_conditioner() {
             &path.display().to_string(),
             "this is an SDXL checkpoint",
             "conditioner.embedders.",
-            "lorafuse trains SD1.x and SD2.x only",
+            "SD1.x and SD2.x checkpoints only",
         ],
     );
 }
@@ -1608,7 +1608,11 @@ fn error_sdxl_label_emb() {
     let msg = message(load_sd15(&path));
     assert_has(
         &msg,
-        &["this is an SDXL checkpoint", "label_emb", "SD2.x only"],
+        &[
+            "this is an SDXL checkpoint",
+            "label_emb",
+            "SD2.x checkpoints only",
+        ],
     );
 }
 
@@ -1718,7 +1722,7 @@ fn error_lora_is_not_a_base_model() {
         &msg,
         &[
             &path.display().to_string(),
-            "not an SD1.x or SD2.x checkpoint",
+            "not an SD1.x, SD2.x or SDXL checkpoint",
             "LoRA",
             k,
         ],

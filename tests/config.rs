@@ -587,7 +587,7 @@ fn lycoris_network_args_are_read_as_lycoris_reads_them() {
 fn kohya_options_we_lack_are_refused_with_the_reason() {
     for (line, reason) in [
         ("use_8bit_adam: true", "optimizer_type"),
-        ("sdxl: true", "Stable Diffusion 1.x and 2.x"),
+        ("sdxl: maybe", "must be true or false"),
         ("network_module: networks.dylora", "DyLoRA"),
         ("save_model_as: ckpt", ".safetensors"),
         (

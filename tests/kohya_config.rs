@@ -314,12 +314,12 @@ fn refused_kohya_values_say_why_and_what_instead() {
     for (line, want) in [
         ("token_warmup_step = 100", "token warmup (kohya's: each caption starts with its first token_warmup_min tags"),
         ("optimizer_type = \"PagedAdamW8bit\"", "config.toml: optimizer_type = \"PagedAdamW8bit\" is not valid: must be one of AdamW, AdamW8bit"),
-        ("sdxl = true", "Stable Diffusion 1.x and 2.x"),
+        ("sdxl = 2", "must be true or false"),
         ("v2 = 2", "must be true or false"),
         ("network_module = \"networks.dylora\"", "DyLoRA"),
         ("save_model_as = \"ckpt\"", ".safetensors"),
         ("log_with = \"wandb\"", "TensorBoard"),
-        ("model_train_type = \"sdxl-lora\"", "Stable Diffusion 1.x"),
+        ("model_train_type = \"flux-lora\"", "Stable Diffusion 1.x, 2.x and SDXL"),
         ("positive_prompts = \"1girl\"", "set sample_prompts"),
     ] {
         let text = err_text(toml(&format!("{REQUIRED}{line}\n")));
@@ -354,6 +354,12 @@ fn accepted_kohya_flags_are_silent_in_a_kohya_file() {
     ))
     .unwrap();
     assert!(c.cache_latents_to_disk);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    // lora-scripts' SDXL run: the family comes from the checkpoint.
+    let c = toml(&format!(
+        "{REQUIRED}sdxl = true\nmodel_train_type = \"sdxl-lora\"\n"
+    ))
+    .unwrap();
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     // gradient_checkpointing is a lorafuse key of the same name and meaning.
     let c = toml(&format!("{REQUIRED}gradient_checkpointing = true\n")).unwrap();

@@ -239,7 +239,7 @@ fn extract_bad_input_exits_2_naming_it() {
         (format!("{x} --tuned {orig} {o} --dim 0"), "at least 1"),
         (
             format!("{x} --tuned tests/fixtures/tiny-lora.safetensors {o} --dim 2"),
-            "tiny-lora.safetensors is not an SD1.x or SD2.x checkpoint",
+            "tiny-lora.safetensors is not an SD1.x, SD2.x or SDXL checkpoint",
         ),
         (
             format!("{x} --tuned {orig} {o} --dim 2 --clamp-quantile 1.5"),

@@ -73,7 +73,9 @@ const TOKEN_WARMUP: &str = "token warmup (kohya's: each caption starts with its 
 const ATTENTION: &str = "lorafuse always uses its own memory-efficient attention";
 const OPTIMIZER: &str = "write optimizer_type = \"AdamW8bit\" instead (kohya's own replacement for this deprecated key) and remove this key";
 const SD1_ONLY: &str =
-    "lorafuse trains Stable Diffusion 1.x and 2.x only (ε- or v-prediction, kohya's plain loss)";
+    "lorafuse trains Stable Diffusion 1.x, 2.x and SDXL (ε- or v-prediction, kohya's plain loss)";
+const FAMILY_FROM_CHECKPOINT: &str =
+    "lorafuse reads the model family (SD1.x, SD2.x or SDXL) from the checkpoint";
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
 const LOSS: &str = "lorafuse trains with the mean squared error (kohya's l2), optionally min-SNR weighted (min_snr_gamma); remove this key";
 const SAVES_STATE: &str = "lorafuse always saves its training state (output_dir/state.safetensors: the LoRA weights, the optimizer moments and the counters) at every save point and at the end, so that `lorafuse train CONFIG --resume` can continue the run; this key changes nothing";
@@ -99,8 +101,8 @@ const FOREIGN: &[Foreign] = &[
         "lorafuse trains kohya's LoRA (networks.lora) and LyCORIS's lora/locon and loha (lycoris.kohya, with network_args' algo)",
         "lorafuse trains kohya's networks.lora and LyCORIS's lycoris.kohya (algo lora, locon or loha); DyLoRA and the other network modules are not supported",
     ),
-    same("v2", &[Flag], "lorafuse reads the model family (SD1.x or SD2.x) from the checkpoint", "must be true or false"),
-    same("sdxl", &[False], SD1_ONLY, SD1_ONLY),
+    same("v2", &[Flag], FAMILY_FROM_CHECKPOINT, "must be true or false"),
+    same("sdxl", &[Flag], FAMILY_FROM_CHECKPOINT, "must be true or false"),
     same("full_fp16", &[False], "LoRA weights train in f32", F32_LORA),
     same("full_bf16", &[False], "LoRA weights train in f32", F32_LORA),
     same("fp8_base", &[False], "the frozen model is not stored in fp8", F32_LORA),
@@ -180,8 +182,8 @@ const FOREIGN: &[Foreign] = &[
     // lora-scripts (SD-Trainer) GUI keys, found in its saved configs.
     same(
         "model_train_type",
-        &[Words(&["sd-lora"])],
-        "lorafuse trains Stable Diffusion 1.x LoRA (lora-scripts' sd-lora)",
+        &[Words(&["sd-lora", "sdxl-lora"])],
+        "lorafuse trains a LoRA for the checkpoint's family (lora-scripts' sd-lora and sdxl-lora)",
         SD1_ONLY,
     ),
     same("gpu_ids", &[Any], "lorafuse trains on one device: the device key chooses it", "must be a list of GPU ids"),

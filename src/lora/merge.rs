@@ -370,6 +370,8 @@ pub fn merge_into_checkpoint(
                 path: base.to_path_buf(),
                 family: "SDXL",
                 evidence,
+                takes: "merge writes into SD1.x and SD2.x checkpoints only; an SDXL LoRA loads \
+                        as it is in A1111/Forge, ComfyUI and diffusers",
             }
             .into())
         }
@@ -378,6 +380,7 @@ pub fn merge_into_checkpoint(
                 path: base.to_path_buf(),
                 family,
                 evidence,
+                takes: crate::model::checkpoint::error::TRAINS,
             }
             .into())
         }

@@ -18,6 +18,7 @@
 pub mod cache;
 pub mod eval;
 pub mod events;
+pub mod fits;
 pub mod inputs;
 pub mod loop_io;
 pub mod lr;

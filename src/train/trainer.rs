@@ -126,6 +126,9 @@ impl<'a> Run<'a> {
             WeightsFrom::Shapes(None) => &crate::model::family::sd1::Sd1,
             WeightsFrom::Reference(f) => f,
         };
+        for note in crate::train::fits::check_family(cfg, family)? {
+            hook.info(note);
+        }
         hook.begin(Phase::Models);
         let mut models = family.load(from, be, &mut |n| hook.loaded(n))?;
         models.prediction = prediction(cfg, &models, from)?;

@@ -46,6 +46,7 @@ pub fn load(dir: &Path) -> Result<Sd15Checkpoint, CheckpointError> {
         path: dir.to_path_buf(),
         family,
         evidence,
+        takes: super::error::SD12_ONLY,
     };
     if class.contains("XL") {
         return Err(unsupported(

@@ -76,18 +76,16 @@ pub enum CheckpointError {
     #[error("{} is not a valid safetensors file: {detail}", .path.display())]
     NotSafetensors { path: PathBuf, detail: String },
 
-    #[error(
-        "{}: this is an {family} checkpoint ({evidence}); lorafuse trains SD1.x and SD2.x only \
-         (Stable Diffusion 1.4/1.5, 2.0/2.1 and their fine-tunes)",
-        .path.display()
-    )]
+    #[error("{}: this is an {family} checkpoint ({evidence}); {takes}", .path.display())]
     UnsupportedModel {
         path: PathBuf,
         family: &'static str,
         evidence: String,
+        /// What the refusing reader takes instead (one of the constants below).
+        takes: &'static str,
     },
 
-    #[error("{} is not an SD1.x or SD2.x checkpoint: {detail}", .path.display())]
+    #[error("{} is not an SD1.x, SD2.x or SDXL checkpoint: {detail}", .path.display())]
     NotAModel { path: PathBuf, detail: String },
 
     #[error(
@@ -165,3 +163,10 @@ impl From<CheckpointError> for Error {
         Error::Layer(LayerError::new(e.kind(), e))
     }
 }
+
+/// What lorafuse trains, for a model of another kind.
+pub const TRAINS: &str = "lorafuse trains SD1.x, SD2.x and SDXL base models (Stable Diffusion \
+    1.4/1.5, 2.0/2.1, SDXL 1.0 and their fine-tunes)";
+/// What the SD1.x/SD2.x reader (`load_sd15`, and the tools built on it) takes.
+pub const SD12_ONLY: &str = "this reads SD1.x and SD2.x checkpoints only (training, `sample` and \
+    `plan` read SDXL too)";

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::detect::{self, Family, VAE_PREFIX};
 use super::diffusers::{component_dir, component_weights, legacy_vae_name, read_json};
-use super::error::CheckpointError;
+use super::error::{CheckpointError, TRAINS};
 use super::infer::{self, ConfigHints};
 use super::ldm::{self, LdmLayout};
 use super::safetensors::SafetensorsFile;
@@ -65,6 +65,7 @@ fn from_single_file(path: &Path) -> Result<SdxlCheckpoint, CheckpointError> {
                 path: path.to_path_buf(),
                 family,
                 evidence,
+                takes: TRAINS,
             })
         }
         Family::Sd1 | Family::Sd2 { .. } => {
@@ -182,6 +183,7 @@ pub fn folder_is_sdxl(dir: &Path) -> Result<bool, CheckpointError> {
                 "model_index.json ({class}) lists text_encoder_2 without text_encoder, as the \
                  refiner has only OpenCLIP ViT-bigG"
             ),
+            takes: TRAINS,
         });
     }
     Ok(te2 || class.contains("XL"))

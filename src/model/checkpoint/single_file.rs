@@ -24,6 +24,7 @@ pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, C
                 path: path.to_path_buf(),
                 family: "SDXL",
                 evidence,
+                takes: super::error::SD12_ONLY,
             })
         }
         Family::Unsupported { family, evidence } => {
@@ -31,6 +32,7 @@ pub fn load(path: &Path, hints: &infer::ConfigHints) -> Result<Sd15Checkpoint, C
                 path: path.to_path_buf(),
                 family,
                 evidence,
+                takes: super::error::TRAINS,
             })
         }
         Family::Other { detail } => {

@@ -124,6 +124,7 @@ pub fn family_of(path: &Path) -> Result<&'static dyn ModelFamily> {
                     path,
                     family,
                     evidence,
+                    takes: crate::model::checkpoint::error::TRAINS,
                 },
                 Family::Sd1 | Family::Sd2 { .. } | Family::Sdxl { .. } | Family::Other { .. } => {
                     CheckpointError::NotAModel {
