@@ -483,6 +483,49 @@ fn sd2_reference_shapes_at_768() {
     );
 }
 
+/// SDXL 1.0 base's reference shapes at 1024x1024, fp16: the 2.567 B-parameter UNet, both
+/// text encoders (released after caching), 2048-wide cached contexts plus the 1280-wide pooled
+/// text, 128x128 latents; the README's table for rank 8 and 32, batch 1 and 4, with and
+/// without gradient checkpointing (`-- --nocapture` prints it).
+#[test]
+fn sdxl_reference_shapes_at_1024() {
+    let at = |batch: usize, rank: usize, checkpointing: bool| {
+        let mut i = input(batch, 1024, rank, DType::F16);
+        i.family = "sdxl";
+        i.cfg.gradient_checkpointing = checkpointing;
+        plan(&i).unwrap()
+    };
+    let p = at(1, 8, false);
+    assert!(p.family.contains("SDXL"), "{}", p.family);
+    let bytes = |n: &str| p.weights.iter().find(|w| w.0 == n).unwrap().1 as f64;
+    assert!(
+        (bytes("unet") / 2567.463684e6 - 2.0).abs() < 0.01,
+        "{}",
+        bytes("unet")
+    );
+    assert_eq!(
+        p.caches,
+        10 * (4 * 128 * 128 * 2) + 10 * (77 * 2048 * 2 + 1280 * 2)
+    );
+    println!("| batch | rank 8 | rank 8, checkpointing | rank 32 | rank 32, checkpointing |");
+    println!("| --- | --- | --- | --- | --- |");
+    let mut last = 0;
+    for batch in [1, 4] {
+        let cells: Vec<String> = [(8, false), (8, true), (32, false), (32, true)]
+            .iter()
+            .map(|&(rank, ck)| {
+                let q = at(batch, rank, ck);
+                if !ck {
+                    assert!(q.peak() > last, "peaks grow with batch and rank");
+                    last = q.peak();
+                }
+                format!("{:.2} GiB", q.peak() as f64 / (1024.0 * MIB))
+            })
+            .collect();
+        println!("| {batch} | {} |", cells.join(" | "));
+    }
+}
+
 /// LoHa (`algo: loha`) holds two (up, down) pairs per module, twice LoRA's parameters and
 /// optimizer state at the same rank, and builds each layer's full ΔW [out, in] in its forward
 /// and backward: the step's transient workspace grows, the tape does not (LoHa saves no

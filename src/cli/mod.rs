@@ -225,9 +225,9 @@ pub enum Command {
         /// Override a config key, e.g. --set batch_size=4 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// The model family planned when base_model does not exist: sd1 (SD1.5's shapes) or
-        /// sd2 (SD2.1 768-v's).
-        #[arg(long, default_value = "sd1", value_parser = ["sd1", "sd2"])]
+        /// The model family planned when base_model does not exist: sd1 (SD1.5's shapes),
+        /// sd2 (SD2.1 768-v's) or sdxl (SDXL 1.0 base's).
+        #[arg(long, default_value = "sd1", value_parser = ["sd1", "sd2", "sdxl"])]
         family: String,
     },
     /// Make a folder of pictures ready for training: decode (EXIF orientation, alpha on a

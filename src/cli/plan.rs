@@ -35,7 +35,7 @@ pub fn plan_cmd(
         }
     };
     let reference = lorafuse::model::family::family_by_id(family)
-        .ok_or_else(|| CliError::Usage(format!("--family {family}: expected sd1 or sd2")))?;
+        .ok_or_else(|| CliError::Usage(format!("--family {family}: expected sd1, sd2 or sdxl")))?;
     if !cfg.base_model.exists() {
         eprintln!(
             "note: {} not found; planning with {}'s reference shapes",
