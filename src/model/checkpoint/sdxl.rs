@@ -43,6 +43,15 @@ pub struct SdxlCheckpoint {
 
 /// Loads an SDXL base model from a single `.safetensors` file or a diffusers folder.
 pub fn load_sdxl(path: impl AsRef<Path>) -> crate::Result<SdxlCheckpoint> {
+    load_sdxl_with(path, &ConfigHints::default())
+}
+
+/// [`load_sdxl`] with hints for what a single file's shapes cannot tell (SDXL's own values when
+/// None; a diffusers folder's configs say everything).
+pub fn load_sdxl_with(
+    path: impl AsRef<Path>,
+    hints: &ConfigHints,
+) -> crate::Result<SdxlCheckpoint> {
     let path = path.as_ref();
     if path.is_dir() {
         return Ok(from_folder(path)?);
@@ -53,10 +62,10 @@ pub fn load_sdxl(path: impl AsRef<Path>) -> crate::Result<SdxlCheckpoint> {
         }
         .into());
     }
-    Ok(from_single_file(path)?)
+    Ok(from_single_file(path, hints)?)
 }
 
-fn from_single_file(path: &Path) -> Result<SdxlCheckpoint, CheckpointError> {
+fn from_single_file(path: &Path, hints: &ConfigHints) -> Result<SdxlCheckpoint, CheckpointError> {
     let file = Arc::new(SafetensorsFile::open(path)?);
     match detect::family(&file) {
         Family::Sdxl { .. } => {}
@@ -81,8 +90,7 @@ fn from_single_file(path: &Path) -> Result<SdxlCheckpoint, CheckpointError> {
             })
         }
     }
-    let hints = ConfigHints::default();
-    let (unet_config, unet, mut ignored) = sdxl_unet::from_single_file(path, &file, &hints)?;
+    let (unet_config, unet, mut ignored) = sdxl_unet::from_single_file(path, &file, hints)?;
     let (te1, te2, text_ignored) = sdxl_text::from_single_file(path, &file)?;
     ignored.extend(text_ignored);
 
@@ -114,7 +122,7 @@ fn from_single_file(path: &Path) -> Result<SdxlCheckpoint, CheckpointError> {
     }
     let vae_config = VaeConfig {
         scaling_factor: VaeConfig::sdxl().scaling_factor,
-        ..infer::vae(path, &vae, &hints)?
+        ..infer::vae(path, &vae, hints)?
     };
     ignored.sort();
     Ok(SdxlCheckpoint {

@@ -1,0 +1,121 @@
+//! A whole tiny SDXL model in both layouts (tests/fixtures/make_sdxl_fixtures.py: the part
+//! generators' UNet and text encoders sized to fit each other, and a VAE): both load through
+//! `checkpoint::sdxl` to the same configurations and bit-equal weights, the family is read from
+//! each, and the models built from the two give the same conditioning and prediction.
+
+use std::path::PathBuf;
+
+use lorafuse::backend::Tensors;
+use lorafuse::data::SizeCond;
+use lorafuse::model::checkpoint::sdxl::{load_sdxl, load_sdxl_with, SdxlCheckpoint};
+use lorafuse::model::checkpoint::{ConfigHints, Weights};
+use lorafuse::model::cond::{unet_forward, Cond};
+use lorafuse::model::family::{family_of, WeightsFrom};
+use lorafuse::model::layers::Ctx;
+use lorafuse::{CpuBackend, DType};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdxl/model")
+}
+
+/// What the tiny single file's shapes cannot say (a real SDXL file needs none of these).
+fn hints() -> ConfigHints {
+    ConfigHints {
+        norm_num_groups: Some(8),
+        attention_head_width: Some(8),
+        addition_time_embed_dim: Some(8),
+    }
+}
+
+fn both() -> (SdxlCheckpoint, SdxlCheckpoint) {
+    let folder = load_sdxl(dir().join("tiny-sdxl-diffusers")).unwrap();
+    let file = load_sdxl_with(dir().join("tiny-sdxl.safetensors"), &hints()).unwrap();
+    (folder, file)
+}
+
+fn assert_same(part: &str, a: &Weights, b: &Weights) {
+    let names: Vec<&str> = a.keys().collect();
+    assert_eq!(names, b.keys().collect::<Vec<_>>(), "{part}: names");
+    for n in names {
+        let shape = a.shape(n).unwrap().to_vec();
+        assert_eq!(
+            a.get(n, shape.clone()).unwrap().to_f32_vec(),
+            b.get(n, shape).unwrap().to_f32_vec(),
+            "{part}: {n}"
+        );
+    }
+}
+
+#[test]
+fn both_layouts_load_to_the_same_model() {
+    let (folder, file) = both();
+    let unet_file = lorafuse::model::config::UnetConfig {
+        sample_size: folder.unet.0.sample_size,
+        ..file.unet.0.clone()
+    };
+    assert_eq!(folder.unet.0, unet_file);
+    assert_eq!(folder.unet.0.cross_attention_dim, 64 + 128);
+    assert_eq!(folder.text_encoder.0, file.text_encoder.0);
+    assert_eq!(folder.text_encoder_2.0, file.text_encoder_2.0);
+    assert_eq!(file.text_encoder_2.0.text_projection, Some(96));
+    // A single file does not store the latent scale: SDXL's is set, as the folder says it.
+    assert_eq!(folder.vae.0.scaling_factor, 0.13025);
+    assert_eq!(file.vae.0.scaling_factor, 0.13025);
+    assert_eq!(
+        folder.vae.0.block_out_channels,
+        file.vae.0.block_out_channels
+    );
+    assert_same("unet", &folder.unet.1, &file.unet.1);
+    assert_same("vae", &folder.vae.1, &file.vae.1);
+    assert_same("text_encoder", &folder.text_encoder.1, &file.text_encoder.1);
+    assert_same(
+        "text_encoder_2",
+        &folder.text_encoder_2.1,
+        &file.text_encoder_2.1,
+    );
+    assert!(file.ignored.iter().any(|k| k.ends_with("logit_scale")));
+}
+
+#[test]
+fn the_family_is_read_from_both_and_they_predict_alike() {
+    let be = CpuBackend::new();
+    let cx = Ctx::new(&be, None);
+    let folder = dir().join("tiny-sdxl-diffusers");
+    let file = dir().join("tiny-sdxl.safetensors");
+    assert_eq!(family_of(&folder).unwrap().id(), "sdxl");
+    assert_eq!(family_of(&file).unwrap().id(), "sdxl");
+    // The folder through the family seam; ids below the tiny vocabulary of 512, EOS 511.
+    let family = family_of(&folder).unwrap();
+    let m = family
+        .load(WeightsFrom::Checkpoint(&folder), &be, &mut |_| {})
+        .unwrap();
+    let mut ids = vec![0u32; 77];
+    ids[..4].copy_from_slice(&[510, 17, 23, 511]);
+    for id in &mut ids[4..] {
+        *id = 511;
+    }
+    let text = m.encode_text(&cx, &ids, 1, 1).unwrap();
+    assert_eq!(text.context.dims(), &[1, 77, 192]);
+    assert_eq!(text.pooled.as_ref().unwrap().dims(), &[1, 96]);
+    let sizes = [SizeCond::of((1500, 1000), (1024, 1024), false, true)];
+    let cond = Cond::with_sizes(&be, text, &sizes).unwrap();
+    let mut rng = lorafuse::rng::Rng::new(5);
+    let x: Vec<f32> = rng
+        .normal_vec(4 * 8 * 8)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let x = be.tensor_from_f32(&[1, 4, 8, 8], &x, DType::F32).unwrap();
+    let t = be.tensor_from_f32(&[1], &[500.0], DType::F32).unwrap();
+    let (out, _) = unet_forward(&m.unet, &cx, &x, &t, &cond, false, None).unwrap();
+    // The single file's models, built from its checkpoint, predict the same bits.
+    let ck = load_sdxl_with(&file, &hints()).unwrap();
+    let unet = lorafuse::model::unet::Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
+    let (out2, _) = unet_forward(&unet, &cx, &x, &t, &cond, false, None).unwrap();
+    assert_eq!(out.to_f32_vec(), out2.to_f32_vec());
+    // The size ids move the prediction (the added embedding is wired in).
+    let text = m.encode_text(&cx, &ids, 1, 1).unwrap();
+    let other = Cond::with_sizes(&be, text, &[SizeCond::for_generation((1024, 1024))]).unwrap();
+    let (out3, _) = unet_forward(&m.unet, &cx, &x, &t, &other, false, None).unwrap();
+    assert_ne!(out.to_f32_vec(), out3.to_f32_vec());
+}
