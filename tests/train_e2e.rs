@@ -298,7 +298,12 @@ fn latents_cached_on_disk_are_reused() {
         &mut Recorder::default(),
     )
     .unwrap();
-    let cache = dir.join("output/cache/latents");
+    // One folder, of this model; one file per image in it.
+    let models: Vec<_> = std::fs::read_dir(dir.join("output/cache/latents"))
+        .unwrap()
+        .collect();
+    assert_eq!(models.len(), 1);
+    let cache = models[0].as_ref().unwrap().path();
     let files: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
     assert_eq!(files.len(), 12, "one latent file per image");
     // A second run reads them (same losses), and a damaged file is simply encoded again.

@@ -787,8 +787,10 @@ config_keys! {
         doc_type "true/false",
         rule FLAG,
 
-    /// Keep the encoded images (latents) on disk in `output_dir/cache/latents/`, keyed by each
-    /// image's content, so later runs skip the VAE.
+    /// Keep the encoded images (latents) on disk in `output_dir/cache/latents/<model>/`, keyed
+    /// by each image's content and, by folder, by the base model (its path, size and time), so
+    /// later runs on the same model skip the VAE and a run on another model (another VAE, SDXL's
+    /// latent scale) does not read them.
     cache_latents_to_disk: bool = fixed(false),
         read parse::flag,
         doc_type "true/false",

@@ -43,9 +43,10 @@ impl Inputs {
     /// Empty caches over `ds`; latents also on disk with `cache_latents_to_disk`.
     pub fn new(cfg: &TrainConfig, ds: Dataset, pixels: Pixels) -> Result<Inputs> {
         let opts = data_options(cfg);
-        let disk = cfg
-            .cache_latents_to_disk
-            .then(|| cfg.output_dir.join("cache").join("latents"));
+        let disk = cfg.cache_latents_to_disk.then(|| {
+            let model = format!("{:016x}", model_key(&cfg.base_model));
+            cfg.output_dir.join("cache").join("latents").join(model)
+        });
         Ok(Inputs {
             latents: LatentCache::new(disk, &opts, pixels)?,
             ds,
@@ -241,6 +242,19 @@ impl Inputs {
     }
 }
 
+/// A key of the model at `path` for the latent cache's folder: its path, size and modification
+/// time (a model replaced in place gets a new key; the VAE's weights are not read for it).
+fn model_key(path: &std::path::Path) -> u64 {
+    let meta = std::fs::metadata(path).ok();
+    let size = meta.as_ref().map_or(0, |m| m.len());
+    let time = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = format!("{}\n{size}\n{time}", path.display());
+    crate::data::hash::xxh64(key.as_bytes(), 0)
+}
+
 /// One batch's images as the UNet takes them.
 pub struct Batch {
     /// Clean latents [N, 4, h, w].
@@ -343,4 +357,24 @@ pub fn long_captions<'d>(
         }
     }
     (count, first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_key;
+
+    #[test]
+    fn the_latent_cache_folder_changes_with_the_model() {
+        let dir = std::env::temp_dir().join(format!("lorafuse-modelkey-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+        std::fs::write(&a, b"one").unwrap();
+        std::fs::write(&b, b"one").unwrap();
+        let ka = model_key(&a);
+        assert_eq!(ka, model_key(&a));
+        assert_ne!(ka, model_key(&b), "another path");
+        std::fs::write(&a, b"longer").unwrap();
+        assert_ne!(ka, model_key(&a), "replaced in place");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
