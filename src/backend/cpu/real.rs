@@ -47,7 +47,8 @@ pub trait Real:
     fn data_mut(t: &mut Tensor) -> Option<&mut [Self]>;
     fn into_cpu_data(v: Vec<Self>) -> CpuData;
 
-    /// C = alpha·A·B + beta·C on strided row/column layouts (matrixmultiply's contract).
+    /// C = alpha·A·B + beta·C on strided row/column layouts with matrixmultiply (gemm.rs
+    /// says when it is used instead of the `gemm` crate).
     ///
     /// # Safety
     /// The pointers and strides must describe valid, non-overlapping m×k, k×n and m×n
