@@ -20,6 +20,7 @@ pub mod norm;
 pub mod optim;
 pub mod optim8;
 pub mod real;
+pub mod vexp;
 
 use crate::backend::BackendInfo;
 use crate::error::{Error, Result};
