@@ -28,6 +28,24 @@ struct Row {
     cpu_ms: Option<f64>,
 }
 
+impl Row {
+    /// A row from its timing, (median wall ms, median CPU ms).
+    fn new(
+        name: String,
+        shape: String,
+        gflop: f64,
+        (median_ms, cpu_ms): (f64, Option<f64>),
+    ) -> Row {
+        Row {
+            name,
+            shape,
+            gflop,
+            median_ms,
+            cpu_ms,
+        }
+    }
+}
+
 /// CPU time this process's threads have run, in seconds (Linux: the first field of each
 /// thread's schedstat is its run time in ns); None where that is not available.
 fn cpu_seconds() -> Option<f64> {
@@ -127,16 +145,15 @@ fn main() {
     for (m, k, n, what) in linears {
         let x = rand_t(&mut rng, &[m, k]);
         let w = rand_t(&mut rng, &[n, k]);
-        let (ms, cpu_ms) = time(reps, || {
+        let t = time(reps, || {
             be.linear(&x, &w, None, None).expect("linear");
         });
-        rows.push(Row {
-            name: format!("matmul {what}"),
-            shape: format!("[{m},{k}]x[{k},{n}]"),
-            gflop: 2.0 * (m * k * n) as f64 / 1e9,
-            median_ms: ms,
-            cpu_ms,
-        });
+        rows.push(Row::new(
+            format!("matmul {what}"),
+            format!("[{m},{k}]x[{k},{n}]"),
+            2.0 * (m * k * n) as f64 / 1e9,
+            t,
+        ));
     }
     // The same layer with a rank-8 LoRA and its backward (dX, dA, dB): the training step's work.
     {
@@ -151,18 +168,17 @@ fn main() {
             scale: 1.0,
             dropout: None,
         };
-        let (ms, cpu_ms) = time(reps, || {
+        let t = time(reps, || {
             be.linear(&x, &w, None, Some(Adapter::Lora(lora)))
                 .expect("linear");
         });
         let flop = 2.0 * (m * k * n + m * k * r + m * r * n) as f64;
-        rows.push(Row {
-            name: "matmul + LoRA r8 forward".into(),
-            shape: format!("[{m},{k}]x[{k},{n}]"),
-            gflop: flop / 1e9,
-            median_ms: ms,
-            cpu_ms,
-        });
+        rows.push(Row::new(
+            "matmul + LoRA r8 forward".into(),
+            format!("[{m},{k}]x[{k},{n}]"),
+            flop / 1e9,
+            t,
+        ));
     }
 
     // The input gradient of a linear layer, dX = dY·W (W not transposed, unlike the forward).
@@ -170,17 +186,16 @@ fn main() {
         let (m, k, n) = (4096, 320, 320);
         let dy = rand_t(&mut rng, &[m, n]);
         let w = rand_t(&mut rng, &[n, k]);
-        let (ms, cpu_ms) = time(reps, || {
+        let t = time(reps, || {
             be.linear_backward(&dy, &w, None, true)
                 .expect("linear_backward");
         });
-        rows.push(Row {
-            name: "matmul input grad, level 1".into(),
-            shape: format!("[{m},{n}]x[{n},{k}]"),
-            gflop: 2.0 * (m * k * n) as f64 / 1e9,
-            median_ms: ms,
-            cpu_ms,
-        });
+        rows.push(Row::new(
+            "matmul input grad, level 1".into(),
+            format!("[{m},{n}]x[{n},{k}]"),
+            2.0 * (m * k * n) as f64 / 1e9,
+            t,
+        ));
     }
 
     // Self-attention of the transformer blocks: 8 heads of 40 (level 1) over 4096 tokens
@@ -196,29 +211,27 @@ fn main() {
         let k = rand_t(&mut rng, &[1, len, heads * d]);
         let v = rand_t(&mut rng, &[1, len, heads * d]);
         let product = 2.0 * (len * len * d * heads) as f64 / 1e9;
-        let (ms, cpu_ms) = time(reps, || {
+        let t = time(reps, || {
             be.attention(&q, &k, &v, p).expect("attention");
         });
-        rows.push(Row {
-            name: format!("attention level 1, {what}"),
-            shape: format!("[1,{len},{heads}x{d}]"),
-            gflop: 2.0 * product,
-            median_ms: ms,
-            cpu_ms,
-        });
+        rows.push(Row::new(
+            format!("attention level 1, {what}"),
+            format!("[1,{len},{heads}x{d}]"),
+            2.0 * product,
+            t,
+        ));
         let (o, lse) = be.attention(&q, &k, &v, p).expect("attention");
         let d_o = rand_t(&mut rng, &[1, len, heads * d]);
-        let (ms, cpu_ms) = time(reps, || {
+        let t = time(reps, || {
             be.attention_backward(&q, &k, &v, &o, &lse, &d_o, p)
                 .expect("attention_backward");
         });
-        rows.push(Row {
-            name: format!("attention backward level 1, {what}"),
-            shape: format!("[1,{len},{heads}x{d}]"),
-            gflop: 5.0 * product,
-            median_ms: ms,
-            cpu_ms,
-        });
+        rows.push(Row::new(
+            format!("attention backward level 1, {what}"),
+            format!("[1,{len},{heads}x{d}]"),
+            5.0 * product,
+            t,
+        ));
     }
 
     // 3x3 convolutions of the ResNet blocks and downsamplers: (C, O, H, stride, what).
@@ -236,29 +249,27 @@ fn main() {
         let p = Conv2d { stride, padding: 1 };
         let ho = p.out_size(h, 3).expect("kernel fits");
         let flop = 2.0 * (o * c * 9 * ho * ho) as f64;
-        let (ms, cpu_ms) = time(reps, || {
+        let t = time(reps, || {
             be.conv2d(&x, &w, None, p, None).expect("conv2d");
         });
-        rows.push(Row {
-            name: format!("conv3x3 {what}"),
-            shape: format!("[1,{c},{h},{h}]->{o} s{stride}"),
-            gflop: flop / 1e9,
-            median_ms: ms,
-            cpu_ms,
-        });
+        rows.push(Row::new(
+            format!("conv3x3 {what}"),
+            format!("[1,{c},{h},{h}]->{o} s{stride}"),
+            flop / 1e9,
+            t,
+        ));
         if stride == 1 && c == o && h <= 32 {
             let dy = be.conv2d(&x, &w, None, p, None).expect("conv2d");
-            let (ms, cpu_ms) = time(reps, || {
+            let t = time(reps, || {
                 be.conv2d_input_grad(&dy, &w, (h, h), p)
                     .expect("conv2d_input_grad");
             });
-            rows.push(Row {
-                name: format!("conv3x3 input grad {what}"),
-                shape: format!("[1,{o},{h},{h}]->{c}"),
-                gflop: flop / 1e9,
-                median_ms: ms,
-                cpu_ms,
-            });
+            rows.push(Row::new(
+                format!("conv3x3 input grad {what}"),
+                format!("[1,{o},{h},{h}]->{c}"),
+                flop / 1e9,
+                t,
+            ));
         }
     }
 
