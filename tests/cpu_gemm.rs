@@ -1,5 +1,7 @@
 //! The CPU GEMM wrapper against a naive triple loop: transposed and strided views, beta = 0
-//! over poisoned output, beta = 1 accumulation, and sizes that take each parallel split.
+//! over poisoned output, beta = 1 accumulation, and sizes on both sides of the threshold
+//! above which a product runs on several threads and of the rule that sends a tall product
+//! with a transposed A to matrixmultiply (300x64x40 with A transposed goes there).
 
 mod common;
 

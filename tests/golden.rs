@@ -4,7 +4,7 @@
 //!
 //! Tolerance: the norm-wise relative error ‖ours − ref‖/‖ref‖ of every tensor must be below
 //! 1e-4. Both sides compute in f32 from the same f16-exact weights, in different orders
-//! (matrixmultiply vs MKL, blocked vs full softmax), so they differ by f32 rounding: the
+//! (the `gemm` crate vs MKL, blocked vs full softmax), so they differ by f32 rounding: the
 //! fixtures record the f32-vs-f64 distance of each reference, at most 6e-6, and ours is of
 //! the same size. 1e-4 leaves more than 10x margin for that and still fails on any real
 //! mistake (a wrong eps, group layout or scale moves outputs by 1e-3 or more).

@@ -8,7 +8,7 @@
 //!   S    = s·Q_h·K_hᵀ                 [Lq, Lk]   causal: S_ij = -inf for j > i
 //!   lse_i = m_i + log Σ_j exp(S_ij - m_i), m_i = max_j S_ij   [Lq]
 //!   P    = exp(S - lse)               [Lq, Lk]   the row-wise softmax
-//!   O_h  = P·V_h                      [Lq, dv]
+//!   O_h  = P·V_h                      [Lq, dv]   (computed as exp(S - m)·V_h / Σ_j exp(S_ij - m))
 //! Returns O [B, Lq, H·dv] and lse [B, H, Lq].
 //!
 //! Backward from the saved O and lse (flash-attention style: P is recomputed, never stored),
@@ -100,10 +100,15 @@ fn forward_t<T: Real>(
                 &mut s,
                 kn,
             );
+            // E = exp(S - m) row by row, unnormalised; O = (E·V) / Σ_j E_ij: one multiply
+            // per output instead of one per score.
             let mut lse = vec![T::ZERO; rows];
-            for (r, (row, l)) in s.chunks_mut(kn.max(1)).zip(&mut lse).enumerate() {
+            let mut inv = vec![T::ZERO; rows];
+            for (r, row) in s.chunks_mut(kn.max(1)).enumerate() {
                 let (seen, masked) = row.split_at_mut(n.keys_seen(i0 + r).min(kn));
-                *l = softmax_in_place(seen);
+                let (m, sum) = exp_in_place(seen);
+                lse[r] = m + sum.ln();
+                inv[r] = T::ONE / sum;
                 masked.fill(T::ZERO);
             }
             let mut o = vec![T::ZERO; rows * dv];
@@ -115,6 +120,11 @@ fn forward_t<T: Real>(
                 &mut o,
                 dv,
             );
+            for (orow, &f) in o.chunks_mut(dv.max(1)).zip(&inv) {
+                for x in orow {
+                    *x *= f;
+                }
+            }
             (o, lse)
         })
         .collect();
@@ -128,20 +138,11 @@ fn forward_t<T: Real>(
     Ok((tensor(n.o_shape(), o)?, tensor(n.lse_shape(), lse)?))
 }
 
-/// Replaces a row of scores by its softmax and returns its log-sum-exp, max-subtracted so
-/// that no exp overflows: lse = m + log Σ exp(s - m).
-fn softmax_in_place<T: Real>(s: &mut [T]) -> T {
+/// Replaces a row of scores by exp(s - m), m its maximum, so that no exp overflows; returns
+/// (m, Σ exp(s - m)): the softmax is the row over the sum, its log-sum-exp m + log(sum).
+fn exp_in_place<T: Real>(s: &mut [T]) -> (T, T) {
     let m = s.iter().fold(T::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = T::ZERO;
-    for x in s.iter_mut() {
-        *x = (*x - m).exp();
-        sum += *x;
-    }
-    let inv = T::ONE / sum;
-    for x in s.iter_mut() {
-        *x *= inv;
-    }
-    m + sum.ln()
+    (m, T::exp_sub_sum(s, m))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -191,9 +192,7 @@ fn backward_t<T: Real>(
                 for (r, row) in ps.chunks_mut(kn.max(1)).enumerate() {
                     let i = i0 + r;
                     let (seen, masked) = row.split_at_mut(n.keys_seen(i).min(kn));
-                    for x in seen {
-                        *x = (*x - lse_h[i]).exp();
-                    }
+                    T::exp_sub_sum(seen, lse_h[i]);
                     masked.fill(T::ZERO);
                 }
                 // dV_h[..kn] += Pᵀ·dO_block

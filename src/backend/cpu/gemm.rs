@@ -1,6 +1,11 @@
-//! Matrix products for the CPU backend: matrixmultiply's packed, SIMD kernels on one thread
-//! per block of rows (or columns, for skinny products such as LoRA's dA), spread with rayon.
+//! Matrix products for the CPU backend: the `gemm` crate's packed SIMD kernels (AVX2/FMA or
+//! NEON, picked at run time), spread over rayon's threads by the crate itself when the
+//! product is large enough; except a tall product whose A is a transposed view, where
+//! matrixmultiply's kernels on one rayon task per block of rows were measured faster (the
+//! input gradients of convolutions, Wᵀ·dY, and attention's Pᵀ·dO and dSᵀ·Q:
+//! benches/results/cpu-gemm-2026-12-07.md).
 
+use ::gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::real::Real;
@@ -57,8 +62,12 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
-/// Work below which a product runs on the calling thread.
+/// Work (m·k·n) below which a product runs on the calling thread.
 const PARALLEL_FLOPS: usize = 1 << 18;
+
+/// Columns of C from which a tall product with a transposed A goes to matrixmultiply (LoRA's
+/// dB = dYᵀ·u, 8 columns, runs faster in the `gemm` crate).
+const TALL_MIN_COLS: usize = 32;
 
 /// C = alpha·A·B + beta·C, with C row-major with leading dimension `ldc`
 /// (`beta = 0` overwrites C, whatever it held, NaN included).
@@ -82,93 +91,89 @@ pub fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T], ldc: 
         return;
     }
     let threads = rayon::current_num_threads();
-    if threads <= 1 || m * n * k < PARALLEL_FLOPS {
-        gemm_serial(alpha, a, b, beta, c, ldc, 0..m, 0..n);
+    if a.rs == 1 && a.cs != 1 && m >= n && n >= TALL_MIN_COLS {
+        matrixmultiply_rows(alpha, a, b, beta, c, ldc, threads);
         return;
     }
-    if m >= n {
-        // Blocks of whole rows of C: disjoint mutable chunks.
-        let rows_per = m.div_ceil(threads * 4).max(8);
-        c[..(m - 1) * ldc + n]
-            .par_chunks_mut(rows_per * ldc)
-            .enumerate()
-            .for_each(|(i, chunk)| {
-                let r0 = i * rows_per;
-                let r1 = (r0 + rows_per).min(m);
-                let sub_a = Mat {
-                    data: &a.data[r0 * a.rs..],
-                    rows: r1 - r0,
-                    ..a
-                };
-                gemm_serial(alpha, sub_a, b, beta, chunk, ldc, 0..r1 - r0, 0..n);
-            });
+    let parallelism = if threads <= 1 || m * n * k < PARALLEL_FLOPS {
+        Parallelism::None
     } else {
-        // Blocks of columns of C: C is shared, each task writes its own columns.
-        let cols_per = n.div_ceil(threads * 4).max(8);
-        let c_ptr = SendPtr(c.as_mut_ptr());
-        (0..n.div_ceil(cols_per)).into_par_iter().for_each(|j| {
-            let c0 = j * cols_per;
-            let c1 = (c0 + cols_per).min(n);
-            let p = c_ptr;
-            // SAFETY: tasks write disjoint column ranges of C, which outlives the scope.
-            unsafe {
-                T::gemm_raw(
-                    m,
-                    k,
-                    c1 - c0,
-                    alpha,
-                    a.data.as_ptr(),
-                    a.rs as isize,
-                    a.cs as isize,
-                    b.data.as_ptr().add(c0 * b.cs),
-                    b.rs as isize,
-                    b.cs as isize,
-                    beta,
-                    p.0.add(c0),
-                    ldc as isize,
-                    1,
-                )
-            }
-        });
+        Parallelism::Rayon(threads)
+    };
+    // The crate's contract is dst = α·dst + β·lhs·rhs, with (column, row) strides; our beta
+    // is its α and our alpha its β. With `read_dst` false (beta = 0) C is never read, so
+    // poison in C cannot leak through.
+    // SAFETY: the asserts above keep every element of A, B and C (m×k, k×n, and m rows of
+    // n at stride ldc) inside its slice; C is exclusively borrowed, A and B are shared
+    // borrows that cannot alias it. `T: Real` is f32 or f64, both of which the crate takes.
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            ldc as isize,
+            beta != T::ZERO,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        )
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: used only for disjoint writes inside one rayon scope (see `gemm`).
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm_serial<T: Real>(
+/// `gemm` with matrixmultiply, one rayon task per block of rows of C (`gemm` has checked the
+/// bounds and handled the empty cases).
+fn matrixmultiply_rows<T: Real>(
     alpha: T,
     a: Mat<T>,
     b: Mat<T>,
     beta: T,
     c: &mut [T],
     ldc: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
+    threads: usize,
 ) {
-    let (m, n) = (rows.len(), cols.len());
-    // beta = 0: matrixmultiply does not read C, so poison in C cannot leak through.
-    // SAFETY: bounds were asserted by `gemm`; the row block is exclusively borrowed.
-    unsafe {
-        T::gemm_raw(
-            m,
-            a.cols,
-            n,
-            alpha,
-            a.data.as_ptr().add(rows.start * a.rs),
-            a.rs as isize,
-            a.cs as isize,
-            b.data.as_ptr().add(cols.start * b.cs),
-            b.rs as isize,
-            b.cs as isize,
-            beta,
-            c.as_mut_ptr().add(rows.start * ldc + cols.start),
-            ldc as isize,
-            1,
-        )
-    }
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let rows_per = if threads <= 1 || m * n * k < PARALLEL_FLOPS {
+        m
+    } else {
+        m.div_ceil(threads * 4).max(8)
+    };
+    c[..(m - 1) * ldc + n]
+        .par_chunks_mut(rows_per * ldc)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let r0 = i * rows_per;
+            let rows = rows_per.min(m - r0);
+            // beta = 0: matrixmultiply does not read C, so poison in C cannot leak through.
+            // SAFETY: rows r0..r0+rows of A (k columns at strides rs, cs) lie inside a.data
+            // as `gemm` asserted for all m rows; this task's C rows are its own chunk.
+            unsafe {
+                T::gemm_raw(
+                    rows,
+                    k,
+                    n,
+                    alpha,
+                    a.data.as_ptr().add(r0 * a.rs),
+                    a.rs as isize,
+                    a.cs as isize,
+                    b.data.as_ptr(),
+                    b.rs as isize,
+                    b.cs as isize,
+                    beta,
+                    chunk.as_mut_ptr(),
+                    ldc as isize,
+                    1,
+                )
+            }
+        });
 }

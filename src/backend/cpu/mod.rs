@@ -4,7 +4,7 @@
 //! Plain, readable Rust: each op family in its own file (which implements the family's trait,
 //! e.g. `impl LinearOps for CpuBackend` in linear.rs), written once generic over
 //! [`Real`] (f32 for work, f64 for gradient checks), rayon across batch, heads and rows,
-//! matrixmultiply for matrix products and im2col convolutions.
+//! the `gemm` crate for matrix products and im2col convolutions.
 
 pub mod activation;
 pub mod adafactor;
@@ -20,6 +20,7 @@ pub mod norm;
 pub mod optim;
 pub mod optim8;
 pub mod real;
+pub mod vexp;
 
 use crate::backend::BackendInfo;
 use crate::error::{Error, Result};

@@ -47,7 +47,8 @@ pub trait Real:
     fn data_mut(t: &mut Tensor) -> Option<&mut [Self]>;
     fn into_cpu_data(v: Vec<Self>) -> CpuData;
 
-    /// C = alpha·A·B + beta·C on strided row/column layouts (matrixmultiply's contract).
+    /// C = alpha·A·B + beta·C on strided row/column layouts with matrixmultiply (gemm.rs
+    /// says when it is used instead of the `gemm` crate).
     ///
     /// # Safety
     /// The pointers and strides must describe valid, non-overlapping m×k, k×n and m×n
@@ -70,13 +71,18 @@ pub trait Real:
         csc: isize,
     );
 
+    /// Replaces each x by exp(x − c) and returns the sum of the new values: the exponentials
+    /// of a softmax. f32 takes vexp.rs's SIMD exp (a few ulp); f64 each value's own `exp`,
+    /// summed in order.
+    fn exp_sub_sum(xs: &mut [Self], c: Self) -> Self;
+
     fn sigmoid(self) -> Self {
         Self::ONE / (Self::ONE + (-self).exp())
     }
 }
 
 macro_rules! impl_real {
-    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $erf:path) => {
+    ($t:ty, $variant:ident, $dtype:expr, $gemm:path, $erf:path, $exp_sub_sum:path) => {
         impl Real for $t {
             const DTYPE: DType = $dtype;
             const ZERO: Self = 0.0;
@@ -133,6 +139,9 @@ macro_rules! impl_real {
             fn into_cpu_data(v: Vec<Self>) -> CpuData {
                 CpuData::$variant(v)
             }
+            fn exp_sub_sum(xs: &mut [Self], c: Self) -> Self {
+                $exp_sub_sum(xs, c)
+            }
             unsafe fn gemm_raw(
                 m: usize,
                 k: usize,
@@ -156,5 +165,29 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f32, F32, DType::F32, matrixmultiply::sgemm, libm::erff);
-impl_real!(f64, F64, DType::F64, matrixmultiply::dgemm, libm::erf);
+impl_real!(
+    f32,
+    F32,
+    DType::F32,
+    matrixmultiply::sgemm,
+    libm::erff,
+    super::vexp::exp_sub_sum
+);
+impl_real!(
+    f64,
+    F64,
+    DType::F64,
+    matrixmultiply::dgemm,
+    libm::erf,
+    exp_sub_sum_each
+);
+
+/// `Real::exp_sub_sum` one value at a time, in order.
+fn exp_sub_sum_each<T: Real>(xs: &mut [T], c: T) -> T {
+    let mut sum = T::ZERO;
+    for x in xs {
+        *x = (*x - c).exp();
+        sum += *x;
+    }
+    sum
+}
