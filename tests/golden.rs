@@ -23,7 +23,8 @@ use lorafuse::model::unet::{Trace, Unet};
 use lorafuse::model::vae::Vae;
 use lorafuse::{CpuBackend, DType, Tensor};
 
-const TOL: f64 = 1e-4;
+mod common;
+use common::golden::{assert_matches, assert_same_weights, rel_err, TOL};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -70,30 +71,6 @@ fn ints(file: &str, name: &str) -> Vec<i64> {
         .chunks(8)
         .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
         .collect()
-}
-
-fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
-    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
-    let diff: f64 = g
-        .iter()
-        .zip(&w)
-        .map(|(a, b)| (a - b).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let norm: f64 = w.iter().map(|b| b * b).sum::<f64>().sqrt();
-    diff / norm.max(1e-30)
-}
-
-fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(
-        got.numel(),
-        want.numel(),
-        "{what}: {} vs {}",
-        got.shape(),
-        want.shape()
-    );
-    let e = rel_err(got, want);
-    assert!(e < TOL, "{what}: relative error {e:.3e} >= {TOL:e}");
 }
 
 #[test]
@@ -367,16 +344,7 @@ mod sd2 {
             ("vae", &folder.vae.1, &file.vae.1),
             ("text encoder", &folder.text_encoder.1, &file.text_encoder.1),
         ] {
-            let names: Vec<&str> = a.keys().collect();
-            assert_eq!(names, b.keys().collect::<Vec<_>>(), "{part}: names");
-            for n in names {
-                let shape = a.shape(n).unwrap().to_vec();
-                assert_eq!(
-                    a.get(n, shape.clone()).unwrap().to_f32_vec(),
-                    b.get(n, shape).unwrap().to_f32_vec(),
-                    "{part}: {n}"
-                );
-            }
+            assert_same_weights(part, a, b);
         }
         assert!(file
             .ignored

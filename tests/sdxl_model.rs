@@ -6,9 +6,12 @@
 use std::path::PathBuf;
 
 use lorafuse::backend::Tensors;
+
+mod common;
+use common::golden::assert_same_weights;
 use lorafuse::data::SizeCond;
 use lorafuse::model::checkpoint::sdxl::{load_sdxl, load_sdxl_with, SdxlCheckpoint};
-use lorafuse::model::checkpoint::{ConfigHints, Weights};
+use lorafuse::model::checkpoint::ConfigHints;
 use lorafuse::model::cond::{unet_forward, Cond};
 use lorafuse::model::family::{family_of, WeightsFrom};
 use lorafuse::model::layers::Ctx;
@@ -33,19 +36,6 @@ fn both() -> (SdxlCheckpoint, SdxlCheckpoint) {
     (folder, file)
 }
 
-fn assert_same(part: &str, a: &Weights, b: &Weights) {
-    let names: Vec<&str> = a.keys().collect();
-    assert_eq!(names, b.keys().collect::<Vec<_>>(), "{part}: names");
-    for n in names {
-        let shape = a.shape(n).unwrap().to_vec();
-        assert_eq!(
-            a.get(n, shape.clone()).unwrap().to_f32_vec(),
-            b.get(n, shape).unwrap().to_f32_vec(),
-            "{part}: {n}"
-        );
-    }
-}
-
 #[test]
 fn both_layouts_load_to_the_same_model() {
     let (folder, file) = both();
@@ -65,10 +55,10 @@ fn both_layouts_load_to_the_same_model() {
         folder.vae.0.block_out_channels,
         file.vae.0.block_out_channels
     );
-    assert_same("unet", &folder.unet.1, &file.unet.1);
-    assert_same("vae", &folder.vae.1, &file.vae.1);
-    assert_same("text_encoder", &folder.text_encoder.1, &file.text_encoder.1);
-    assert_same(
+    assert_same_weights("unet", &folder.unet.1, &file.unet.1);
+    assert_same_weights("vae", &folder.vae.1, &file.vae.1);
+    assert_same_weights("text_encoder", &folder.text_encoder.1, &file.text_encoder.1);
+    assert_same_weights(
         "text_encoder_2",
         &folder.text_encoder_2.1,
         &file.text_encoder_2.1,

@@ -7,6 +7,7 @@
 //! counts; and f64 finite differences of the backward through the pooled output.
 
 mod common;
+use common::golden::{assert_matches, assert_same_weights, rel_err, TOL};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,8 +25,6 @@ use lorafuse::model::layers::Ctx;
 use lorafuse::model::sdxl_text::SdxlText;
 use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType, Tensor};
-
-const TOL: f64 = 1e-4;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdxl/text")
@@ -76,19 +75,6 @@ fn ids(name: &str) -> Vec<u32> {
         .collect()
 }
 
-fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
-    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
-    let diff: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
-    let norm: f64 = w.iter().map(|b| b * b).sum();
-    diff.sqrt() / norm.sqrt().max(1e-30)
-}
-
-fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}");
-    let e = rel_err(got, want);
-    assert!(e < TOL, "{what}: relative error {e:.3e} >= {TOL:e}");
-}
-
 #[test]
 fn both_layouts_load_the_same_weights_and_configurations() {
     let want1 = ClipTextConfig {
@@ -117,20 +103,7 @@ fn both_layouts_load_the_same_weights_and_configurations() {
     ] {
         assert_eq!(&a.0, want);
         assert_eq!(&b.0, want);
-        let names: Vec<&str> = a.1.keys().collect();
-        assert_eq!(names, b.1.keys().collect::<Vec<_>>());
-        for name in names {
-            let shape = a.1.shape(name).unwrap().to_vec();
-            let (x, y) = (
-                a.1.get(name, &shape[..]).unwrap(),
-                b.1.get(name, &shape[..]).unwrap(),
-            );
-            assert_eq!(
-                x.to_f32_vec(),
-                y.to_f32_vec(),
-                "{name} differs between the layouts"
-            );
-        }
+        assert_same_weights("text encoder", &a.1, &b.1);
     }
     // te1: 2 embeddings + 16 per layer + final_layer_norm; te2 the same + text_projection.
     assert_eq!(single.0 .1.len(), 2 + 16 * 2 + 2);

@@ -6,6 +6,7 @@
 //! embedding and d text_embeds against f64 finite differences; wrong configurations refused.
 
 mod common;
+use common::golden::{assert_matches, assert_same_weights, rel_err, TOL};
 
 use common::{assert_gradients_match, central_difference};
 use std::path::{Path, PathBuf};
@@ -23,8 +24,6 @@ use lorafuse::model::unet::{AddedCond, Trace, Unet, UnetCond, WantGrads};
 use lorafuse::model::weights::ShapeOnly;
 use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType, Tensor};
-
-const TOL: f64 = 1e-4;
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdxl/unet")
@@ -75,19 +74,6 @@ fn timesteps(name: &str) -> Tensor {
     Tensor::from_f32([v.len()], v).unwrap()
 }
 
-fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
-    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
-    let diff: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum();
-    let norm: f64 = w.iter().map(|b| b * b).sum();
-    diff.sqrt() / norm.sqrt().max(1e-30)
-}
-
-fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
-    assert_eq!(got.dims(), want.dims(), "{what}");
-    let e = rel_err(got, want);
-    assert!(e < TOL, "{what}: relative error {e:.3e} >= {TOL:e}");
-}
-
 fn added(r: &Weights) -> AddedCond {
     AddedCond {
         text_embeds: get(r, "unet.in.text_embeds"),
@@ -114,18 +100,9 @@ fn both_layouts_load_the_same_weights_and_configs() {
     for level in 1..3 {
         assert_eq!(sc.head_dim(level), Some(8), "level {level}");
     }
-    let names: Vec<&str> = fw.keys().collect();
-    assert_eq!(names, sw.keys().collect::<Vec<_>>(), "names");
-    assert!(names.contains(&"unet.add_embedding.linear_1.weight"));
-    assert!(names.contains(&"unet.mid_block.attentions.0.transformer_blocks.1.attn2.to_k.weight"));
-    for n in names {
-        let shape = fw.shape(n).unwrap().to_vec();
-        assert_eq!(
-            fw.get(n, shape.clone()).unwrap().to_f32_vec(),
-            sw.get(n, shape).unwrap().to_f32_vec(),
-            "{n}"
-        );
-    }
+    assert!(fw.contains("unet.add_embedding.linear_1.weight"));
+    assert!(fw.contains("unet.mid_block.attentions.0.transformer_blocks.1.attn2.to_k.weight"));
+    assert_same_weights("unet", fw, sw);
 }
 
 #[test]

@@ -1,0 +1,48 @@
+//! Closeness to a reference library's outputs, as the golden tests check it (tests/golden.rs,
+//! sdxl_unet.rs, sdxl_text.rs, sdxl_model.rs).
+
+use lorafuse::model::checkpoint::Weights;
+use lorafuse::Tensor;
+
+/// The bound of every golden comparison (relative error, f32 against the reference's f32 run).
+pub const TOL: f64 = 1e-4;
+
+/// ‖got − want‖ / ‖want‖ over the elements in order.
+pub fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let diff: f64 = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = w.iter().map(|b| b * b).sum::<f64>().sqrt();
+    diff / norm.max(1e-30)
+}
+
+/// `got` has `want`'s elements within [`TOL`].
+pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(
+        got.numel(),
+        want.numel(),
+        "{what}: {} vs {}",
+        got.shape(),
+        want.shape()
+    );
+    let e = rel_err(got, want);
+    assert!(e < TOL, "{what}: relative error {e:.3e} >= {TOL:e}");
+}
+
+/// The same tensor names, and every tensor bit for bit (two layouts of one model).
+pub fn assert_same_weights(part: &str, a: &Weights, b: &Weights) {
+    let names: Vec<&str> = a.keys().collect();
+    assert_eq!(names, b.keys().collect::<Vec<_>>(), "{part}: names");
+    for n in names {
+        let shape = a.shape(n).unwrap().to_vec();
+        assert_eq!(
+            a.get(n, shape.clone()).unwrap().to_f32_vec(),
+            b.get(n, shape).unwrap().to_f32_vec(),
+            "{part}: {n}"
+        );
+    }
+}
