@@ -20,6 +20,9 @@ use lorafuse::model::unet::Unet;
 use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType, Tensor};
 
+mod common;
+use common::golden::{read_tensors, write_tensors};
+
 const KINDS: [&str; 4] = ["lora", "locon", "dora", "loha"];
 
 fn fixtures() -> PathBuf {
@@ -121,44 +124,6 @@ fn unet_out(be: &CpuBackend, ck: &Path, x: &BTreeMap<String, Tensor>) -> Tensor 
         )
         .unwrap();
     y
-}
-
-fn write_tensors(path: &Path, t: &BTreeMap<String, Tensor>) {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = t
-        .iter()
-        .map(|(k, v)| {
-            let b = v
-                .to_f32_vec()
-                .iter()
-                .flat_map(|x| x.to_le_bytes())
-                .collect();
-            (k.clone(), b, v.dims().to_vec())
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(k, b, s)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
-            (k.clone(), v.unwrap())
-        })
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
-}
-
-fn read_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let f = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (k.to_string(), f)
-        })
-        .collect()
 }
 
 /// lorafuse's files and predictions, written to `out` (the fixture folder when blessing).

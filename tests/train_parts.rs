@@ -480,3 +480,49 @@ fn samples_are_due_as_kohya_decides() {
         ["e000000", "000500", "e000012"].map(String::from)
     );
 }
+
+/// A 1x1 conv's adapter and a Linear layer's are the same matrices: a file that stores SD1.x's
+/// proj_in/proj_out adapters 2-D (as kohya stores SD2.x's and SDXL's Linear projections) starts
+/// a run whose layers are 1x1 convs, and the reverse, each taking the model's kind.
+#[test]
+fn network_weights_take_a_pointwise_adapter_either_way() {
+    use lorafuse::lora::export::{save_kohya, SavePrecision};
+    use lorafuse::lora::LoraTargets;
+    use lorafuse::model::checkpoint::load_sd15;
+    use lorafuse::model::unet::Unet;
+    use lorafuse::train::start::start_from;
+    let be = CpuBackend::new();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15-diffusers");
+    let ck = load_sd15(dir).unwrap();
+    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
+    let all = unet.lora_targets(LoraTargets::Transformer);
+    let fresh = LoraSet::init(&be, &all, 2, 1.0, &mut Rng::new(8)).unwrap();
+    let projections = |s: &LoraSet| {
+        s.modules()
+            .iter()
+            .filter(|m| m.name.contains("proj_"))
+            .map(|m| m.kind)
+            .collect::<Vec<_>>()
+    };
+    assert!(projections(&fresh).iter().all(|k| *k == LayerKind::Conv1x1));
+    let mut flat = fresh.clone();
+    for m in flat.modules_mut() {
+        if m.kind == LayerKind::Conv1x1 {
+            m.kind = LayerKind::Linear;
+        }
+    }
+    let out = std::env::temp_dir().join(format!("lorafuse-pointwise-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let file = out.join("flat.safetensors");
+    save_kohya(&file, &flat, SavePrecision::Fp32, &Default::default()).unwrap();
+    let (got, started) = start_from(&be, fresh.clone(), &file, false).unwrap();
+    assert_eq!(started.loaded, all.len());
+    assert_eq!(projections(&got), projections(&fresh), "the model's kind");
+    // And a 1x1-conv file into Linear layers.
+    let conv_file = out.join("conv.safetensors");
+    save_kohya(&conv_file, &fresh, SavePrecision::Fp32, &Default::default()).unwrap();
+    let (got, _) = start_from(&be, flat.clone(), &conv_file, false).unwrap();
+    assert_eq!(projections(&got), projections(&flat));
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::lora::{kohya, LoraModule, LoraSet};
+use crate::lora::{kohya, LayerKind, LoraModule, LoraSet};
 
 /// What starting from the file did, for a notice.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,9 +61,18 @@ pub fn start_from(
                         ),
                     });
                 }
-                // A LoHa file does not say the layer's kernel (lora/kohya.rs): the model's.
+                // A LoHa file does not say the layer's kernel (lora/kohya.rs): the model's. A 1x1
+                // conv's adapter and a Linear layer's are the same matrices (SD2.x's projections
+                // are 1x1 convs in earlier lorafuse files and Linear in kohya's): the model's
+                // kind.
+                let pointwise = |k: LayerKind| matches!(k, LayerKind::Linear | LayerKind::Conv1x1);
+                let same_math = pointwise(f.kind) && pointwise(m.kind);
                 let f = &LoraModule {
-                    kind: if f.is_lora() { f.kind } else { m.kind },
+                    kind: if f.is_lora() && !same_math {
+                        f.kind
+                    } else {
+                        m.kind
+                    },
                     ..f.clone()
                 };
                 let shapes = |m: &LoraModule| -> Vec<Vec<usize>> {

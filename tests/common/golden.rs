@@ -1,6 +1,9 @@
 //! Closeness to a reference library's outputs, as the golden tests check it (tests/golden.rs,
 //! sdxl_unet.rs, sdxl_text.rs, sdxl_model.rs).
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use lorafuse::model::checkpoint::Weights;
 use lorafuse::Tensor;
 
@@ -45,4 +48,44 @@ pub fn assert_same_weights(part: &str, a: &Weights, b: &Weights) {
             "{part}: {n}"
         );
     }
+}
+
+/// `t` as an f32 safetensors file (fixture inputs and expected outputs).
+pub fn write_tensors(path: &Path, t: &BTreeMap<String, Tensor>) {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = t
+        .iter()
+        .map(|(k, v)| {
+            let b = v
+                .to_f32_vec()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect();
+            (k.clone(), b, v.dims().to_vec())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, b, s)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+            (k.clone(), v.unwrap())
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A file [`write_tensors`] wrote, as f32 values by name.
+pub fn read_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            let f = v
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (k.to_string(), f)
+        })
+        .collect()
 }

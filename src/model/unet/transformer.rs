@@ -212,6 +212,9 @@ pub struct Transformer2D {
     pub proj_in: Linear,
     pub blocks: Vec<TransformerBlock>,
     pub proj_out: Linear,
+    /// What proj_in/proj_out are in the checkpoint, and so the shape of their adapters in a
+    /// kohya file: SD1.x's 1x1 convs, SD2.x's and SDXL's Linear layers.
+    pub projection: LayerKind,
 }
 
 pub struct Transformer2DSaved {
@@ -260,6 +263,11 @@ impl Transformer2D {
                 })
                 .collect::<Result<_>>()?,
             proj_out: proj("proj_out")?,
+            projection: if spec.linear_projection {
+                LayerKind::Linear
+            } else {
+                LayerKind::Conv1x1
+            },
         })
     }
 
@@ -339,7 +347,7 @@ impl Transformer2D {
     pub fn targets(&self, out: &mut Vec<TargetLayer>) {
         out.push(target(
             &self.proj_in,
-            LayerKind::Conv1x1,
+            self.projection,
             LayerRole::Projection,
         ));
         for block in &self.blocks {
@@ -347,7 +355,7 @@ impl Transformer2D {
         }
         out.push(target(
             &self.proj_out,
-            LayerKind::Conv1x1,
+            self.projection,
             LayerRole::Projection,
         ));
     }
