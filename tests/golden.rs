@@ -24,7 +24,7 @@ use lorafuse::model::vae::Vae;
 use lorafuse::{CpuBackend, DType, Tensor};
 
 mod common;
-use common::golden::{assert_matches, assert_same_weights, rel_err, TOL};
+use common::golden::{assert_matches, assert_same_weights, get, rel_err, TOL};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -51,14 +51,6 @@ fn checkpoints() -> Vec<(&'static str, Sd15Checkpoint)> {
 
 fn reference(file: &str) -> Weights {
     Weights::open(fixtures().join(file)).unwrap()
-}
-
-fn get(w: &Weights, name: &str) -> Tensor {
-    let shape = w
-        .shape(name)
-        .unwrap_or_else(|| panic!("reference {name} missing"))
-        .to_vec();
-    w.get(name, shape).unwrap()
 }
 
 /// An int64 reference tensor (ids, timesteps), read with the safetensors crate.

@@ -7,7 +7,7 @@
 //! counts; and f64 finite differences of the backward through the pooled output.
 
 mod common;
-use common::golden::{assert_matches, assert_same_weights, rel_err, TOL};
+use common::golden::{assert_matches, assert_same_weights, get, rel_err, TOL};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,14 +53,6 @@ fn load(parts: &SdxlTextParts, be: &CpuBackend) -> SdxlText {
 
 fn refs() -> Weights {
     Weights::open(dir().join("reference.safetensors")).unwrap()
-}
-
-fn get(w: &Weights, name: &str) -> Tensor {
-    let shape = w
-        .shape(name)
-        .unwrap_or_else(|| panic!("reference {name} missing"))
-        .to_vec();
-    w.get(name, shape).unwrap()
 }
 
 /// An int64 reference (token ids) as u32.

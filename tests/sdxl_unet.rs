@@ -6,7 +6,7 @@
 //! embedding and d text_embeds against f64 finite differences; wrong configurations refused.
 
 mod common;
-use common::golden::{assert_matches, assert_same_weights, rel_err, TOL};
+use common::golden::{assert_matches, assert_same_weights, get, rel_err, TOL};
 
 use common::{assert_gradients_match, central_difference};
 use std::path::{Path, PathBuf};
@@ -50,14 +50,6 @@ fn layouts() -> Vec<(&'static str, UnetConfig, Weights)> {
 
 fn refs() -> Weights {
     Weights::open(dir().join("reference.safetensors")).unwrap()
-}
-
-fn get(w: &Weights, name: &str) -> Tensor {
-    let shape = w
-        .shape(name)
-        .unwrap_or_else(|| panic!("reference {name} missing"))
-        .to_vec();
-    w.get(name, shape).unwrap()
 }
 
 /// An int64 reference (timesteps) as f32.

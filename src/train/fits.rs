@@ -4,12 +4,13 @@
 
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
+use crate::model::checkpoint::Generation;
 use crate::model::family::ModelFamily;
 
 /// Refuses what `family` cannot take from `cfg`; returns the notes to show.
 pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<String>> {
     let mut notes = Vec::new();
-    if family.id() != "sdxl" {
+    if family.generation() != Generation::Sdxl {
         return Ok(notes);
     }
     // lora/blocks.rs numbers SD1.x/SD2.x's 25 blocks (kohya's lora.py); sd-scripts numbers

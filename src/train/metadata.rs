@@ -116,7 +116,7 @@ pub fn training_info(run: &Run, id: &RunIdentity, kind: SaveKind) -> TrainingInf
         base_model: id.base_model.clone(),
         v2: run.models.family.generation() == Generation::Sd2,
         v_parameterization: run.models.prediction == Prediction::V,
-        sdxl: run.models.family.id() == "sdxl",
+        sdxl: run.models.family.generation() == Generation::Sdxl,
         lora_rank: cfg.lora_rank,
         lora_alpha: cfg.lora_alpha,
         targets: cfg.lora_targets,

@@ -36,6 +36,15 @@ pub fn assert_matches(what: &str, got: &Tensor, want: &Tensor) {
     assert!(e < TOL, "{what}: relative error {e:.3e} >= {TOL:e}");
 }
 
+/// The reference tensor `name` of a fixture file, at its stored shape.
+pub fn get(w: &Weights, name: &str) -> Tensor {
+    let shape = w
+        .shape(name)
+        .unwrap_or_else(|| panic!("reference {name} missing"))
+        .to_vec();
+    w.get(name, shape).unwrap()
+}
+
 /// The same tensor names, and every tensor bit for bit (two layouts of one model).
 pub fn assert_same_weights(part: &str, a: &Weights, b: &Weights) {
     let names: Vec<&str> = a.keys().collect();
