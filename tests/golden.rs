@@ -502,4 +502,30 @@ mod sd2 {
         let plain = get(&r, "scheduler.alphas_cumprod").to_f64_vec();
         assert!((got[0] - plain[0]).abs() < 1e-7, "ᾱ_0 kept");
     }
+
+    /// The whole tiny SD2.x's diffusers check (tests/common/diffusers_check.rs): the UNet and
+    /// the OpenCLIP text encoder, as `lora_unet_` / `lora_te_` with the Linear projections 2-D.
+    fn check() -> common::diffusers_check::Case {
+        common::diffusers_check::Case {
+            model: dir().join("tiny-sd2-diffusers"),
+            dir: dir().join("diffusers_check"),
+            base_version: "sd_v2",
+            sample: [1, 4, 8, 8],
+            context: [1, 8, 64],
+            added: None,
+            encoders: &[("lora_te_", "text_encoder")],
+        }
+    }
+
+    #[test]
+    fn lorafuse_writes_the_committed_diffusers_check_files() {
+        common::diffusers_check::assert_writes_the_committed_files(&check());
+    }
+
+    /// diffusers 0.39 (+ peft 0.17.1) loads the file into StableDiffusionPipeline with every
+    /// module adapted and the UNet moving as lorafuse predicts.
+    #[test]
+    fn diffusers_loads_the_sd2_lora_with_every_key() {
+        common::diffusers_check::assert_diffusers_loaded_every_key(&check());
+    }
 }

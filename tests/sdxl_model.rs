@@ -112,163 +112,33 @@ fn the_family_is_read_from_both_and_they_predict_alike() {
 
 // ------------------------------------------------------------------ diffusers loads our file
 
-fn check_dir() -> PathBuf {
-    dir().join("diffusers_check")
-}
-
-/// A LoRA as lorafuse writes it for this model: every default target of the UNet and both
-/// text encoders, rank 4, alpha 2, random non-zero factors; and the UNet outputs it predicts
-/// for fixed inputs without and with it. tests/fixtures/check_sdxl_lora_diffusers.py loads the
-/// file into diffusers' SDXL pipeline and records what diffusers did (result.json).
-fn write_check(out: &std::path::Path) {
-    use lorafuse::lora::export::{save_kohya, SavePrecision};
-    use lorafuse::lora::{LoraSet, LoraTargets};
-    use lorafuse::Tensor;
-    let be = CpuBackend::new();
-    let folder = dir().join("tiny-sdxl-diffusers");
-    let m = family_of(&folder)
-        .unwrap()
-        .load(WeightsFrom::Checkpoint(&folder), &be, &mut |_| {})
-        .unwrap();
-    let (layers, _) = m.adapter_targets(LoraTargets::Transformer, true);
-    let mut rng = lorafuse::rng::Rng::new(0x5d1);
-    let mut set = LoraSet::init(&be, &layers, 4, 2.0, &mut rng).unwrap();
-    for module in set.modules_mut() {
-        for t in module.tensors_mut() {
-            let v: Vec<f32> = (0..t.numel()).map(|_| 0.3 * rng.normal() as f32).collect();
-            *t = Tensor::from_f32(t.shape().clone(), v).unwrap();
-        }
+/// The whole tiny SDXL's check (tests/common/diffusers_check.rs): UNet, te1 and te2.
+fn check() -> common::diffusers_check::Case {
+    common::diffusers_check::Case {
+        model: dir().join("tiny-sdxl-diffusers"),
+        dir: dir().join("diffusers_check"),
+        base_version: "sdxl_base_v1-0",
+        sample: [1, 4, 8, 8],
+        context: [1, 8, 192],
+        added: Some((
+            96,
+            SizeCond::of((1500, 1000), (1024, 1024), false, true).ids(),
+        )),
+        encoders: &[
+            ("lora_te1_", "text_encoder"),
+            ("lora_te2_", "text_encoder_2"),
+        ],
     }
-    let meta = std::collections::BTreeMap::from([(
-        "ss_base_model_version".to_string(),
-        "sdxl_base_v1-0".to_string(),
-    )]);
-    save_kohya(
-        out.join("lora.safetensors"),
-        &set,
-        SavePrecision::Fp32,
-        &meta,
-    )
-    .unwrap();
-    let mut rng = lorafuse::rng::Rng::new(78);
-    let mut t = |shape: &[usize]| {
-        let n = shape.iter().product();
-        let v = (0..n).map(|_| rng.normal() as f32).collect();
-        Tensor::from_f32(shape.to_vec(), v).unwrap()
-    };
-    let size = SizeCond::of((1500, 1000), (1024, 1024), false, true);
-    let mut x = std::collections::BTreeMap::from([
-        ("in.sample".to_string(), t(&[1, 4, 8, 8])),
-        ("in.context".to_string(), t(&[1, 8, 192])),
-        ("in.text_embeds".to_string(), t(&[1, 96])),
-        (
-            "in.time_ids".to_string(),
-            Tensor::from_f32([1, 6], size.ids().to_vec()).unwrap(),
-        ),
-        (
-            "in.timestep".to_string(),
-            Tensor::from_f32([1], vec![500.0]).unwrap(),
-        ),
-    ]);
-    let cond = Cond {
-        context: x["in.context"].clone(),
-        added: Some(lorafuse::model::unet::AddedCond {
-            text_embeds: x["in.text_embeds"].clone(),
-            time_ids: x["in.time_ids"].clone(),
-        }),
-    };
-    for (name, lora) in [("out.base", None), ("out.lora", Some(&set))] {
-        let cx = Ctx::new(&be, lora);
-        let (y, _) = unet_forward(
-            &m.unet,
-            &cx,
-            &x["in.sample"],
-            &x["in.timestep"],
-            &cond,
-            false,
-            None,
-        )
-        .unwrap();
-        x.insert(name.to_string(), y);
-    }
-    common::golden::write_tensors(&out.join("expected.safetensors"), &x);
 }
 
 #[test]
 fn lorafuse_writes_the_committed_diffusers_check_files() {
-    let bless = std::env::var_os("LORAFUSE_BLESS").is_some();
-    let out = if bless {
-        check_dir()
-    } else {
-        std::env::temp_dir().join(format!("lorafuse-sdxl-check-{}", std::process::id()))
-    };
-    std::fs::create_dir_all(&out).unwrap();
-    write_check(&out);
-    if bless {
-        return;
-    }
-    assert!(
-        std::fs::read(out.join("lora.safetensors")).unwrap()
-            == std::fs::read(check_dir().join("lora.safetensors")).unwrap(),
-        "lorafuse now writes other bytes; rerun with LORAFUSE_BLESS=1, then \
-         check_sdxl_lora_diffusers.py"
-    );
-    let got = common::golden::read_tensors(&out.join("expected.safetensors"));
-    let want = common::golden::read_tensors(&check_dir().join("expected.safetensors"));
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
-    for (k, g) in &got {
-        let e = g
-            .iter()
-            .zip(&want[k])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(e < 1e-5, "{k}: lorafuse's prediction moved by {e}");
-    }
-    let _ = std::fs::remove_dir_all(&out);
+    common::diffusers_check::assert_writes_the_committed_files(&check());
 }
 
-/// What diffusers 0.39 (+ peft 0.17.1) did with the committed file (result.json, written by
-/// check_sdxl_lora_diffusers.py from exactly these bytes: their SHA-256 is recorded there):
-/// every module of the UNet and of both text encoders adapted, no key left over, and the
-/// UNet's output moved as lorafuse predicts.
+/// diffusers 0.39 (+ peft 0.17.1) loads the file into StableDiffusionXLPipeline with every
+/// module adapted and the UNet moving as lorafuse predicts.
 #[test]
 fn diffusers_loads_the_sdxl_lora_with_every_key() {
-    let text = std::fs::read_to_string(check_dir().join("result.json")).unwrap();
-    let r: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let file = check_dir().join("lora.safetensors");
-    let sha = lorafuse::lora::hash::sha256_file(&file).unwrap();
-    assert_eq!(r["sha256"].as_str(), Some(sha.as_str()));
-    let be = CpuBackend::new();
-    let set = lorafuse::lora::kohya::load(&file, &be, DType::F32).unwrap();
-    let count = |p: &str| {
-        set.modules()
-            .iter()
-            .filter(|m| m.name.starts_with(p))
-            .count() as u64
-    };
-    assert_eq!(r["loaded"], true, "{}", r["error"]);
-    assert_eq!(r["adapted"]["unet"].as_u64(), Some(count("lora_unet_")));
-    assert_eq!(
-        r["adapted"]["text_encoder"].as_u64(),
-        Some(count("lora_te1_"))
-    );
-    assert_eq!(
-        r["adapted"]["text_encoder_2"].as_u64(),
-        Some(count("lora_te2_"))
-    );
-    assert!(count("lora_te2_") > 0 && count("lora_unet_") > 0);
-    assert!(
-        r["warnings"].as_array().unwrap().is_empty(),
-        "{}",
-        r["warnings"]
-    );
-    assert!(r["base_vs_lorafuse"].as_f64().unwrap() < 1e-5);
-    assert!(
-        r["move_rel_err"].as_f64().unwrap() < 1e-4,
-        "{}",
-        r["move_rel_err"]
-    );
+    common::diffusers_check::assert_diffusers_loaded_every_key(&check());
 }

@@ -6,6 +6,7 @@
 pub mod cuda;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda_layers;
+pub mod diffusers_check;
 pub mod golden;
 pub mod http;
 pub mod images;
