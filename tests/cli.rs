@@ -16,7 +16,8 @@ fn help_and_version() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("LoRA trainer for Stable Diffusion 1.x") && text.contains("devices"),
+        text.contains("LoRA trainer for Stable Diffusion 1.x, 2.x and SDXL")
+            && text.contains("devices"),
         "{text}"
     );
     let out = lorafuse(&["--version"]);

@@ -461,8 +461,7 @@ fn readme_examples_run() {
 }
 
 /// A tensor that is no module's down/up/alpha is not carried over by resize, and the report
-/// names it; a DoRA module (`dora_scale` beside its LoRA keys) is refused naming it, since
-/// its magnitudes belong to the product resize would change.
+/// names it; a `dora_scale` beside a module's LoRA keys makes it DoRA, and is carried.
 #[test]
 fn resize_reports_tensors_it_drops() {
     use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -486,9 +485,11 @@ fn resize_reports_tensors_it_drops() {
     };
     let out = t.path("out.safetensors");
     let input = with(&format!("{LIN}.dora_scale"), "with-dora.safetensors");
-    let e = resize(&args(&input, &out, 4)).unwrap_err().to_string();
-    assert!(e.contains(LIN) && e.contains("dora"), "{e}");
-    assert!(!out.exists());
+    let report = resize(&args(&input, &out, 4)).unwrap();
+    assert!(report.dropped.is_empty(), "{:?}", report.dropped);
+    let f = SafetensorsFile::open(&out).unwrap();
+    assert!(f.tensor_info(&format!("{LIN}.dora_scale")).is_some());
+    std::fs::remove_file(&out).unwrap();
     let extra_key = "unknown_extra_tensor".to_string();
     let input = with(&extra_key, "with-extra.safetensors");
     let report = resize(&args(&input, &out, 4)).unwrap();
@@ -532,10 +533,12 @@ fn loha_files_are_inspected_and_refused_by_resize() {
 }
 
 /// The LyCORIS DoRA fixture (tests/fixtures/lycoris/dora.safetensors): `inspect` names each
-/// module's kind as DoRA with its layer and counts `dora_scale` in the parameters; `resize`
-/// refuses it naming the module.
+/// module's kind as DoRA with its layer and counts `dora_scale` in the parameters. `resize`
+/// keeps DoRA: the magnitudes carried bit for bit; at the full rank the adapted weight V of
+/// every module is the input's (to the f32 the factors are written in), at rank 1 its delta is the best rank-1
+/// approximation of the input's.
 #[test]
-fn dora_files_are_inspected_and_refused_by_resize() {
+fn dora_files_are_inspected_and_resized_keeping_their_magnitudes() {
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lycoris/dora.safetensors");
     let s = lorafuse::lora::inspect::inspect(&fixture).unwrap();
@@ -549,10 +552,53 @@ fn dora_files_are_inspected_and_refused_by_resize() {
     // linear: down 2x6, up 5x2, m 5; conv: down 3x3x3x3, up 4x3, m 4.
     assert_eq!(s.parameters, 12 + 10 + 5 + 81 + 12 + 4);
     let t = TempDir::new("dora-resize");
-    let out = t.path("out.safetensors");
-    let e = resize(&args(&fixture, &out, 1)).unwrap_err().to_string();
-    assert!(e.contains("lora_unet_") && e.contains("dora"), "{e}");
-    assert!(!out.exists());
+    let be = CpuBackend::new();
+    let input = kohya::load(&fixture, &be, DType::F64).unwrap();
+    let mut rng = lorafuse::rng::Rng::new(5);
+    for rank in [3, 1] {
+        let out = t.path(&format!("r{rank}.safetensors"));
+        let report = resize(&args(&fixture, &out, rank)).unwrap();
+        let resized = kohya::load(&out, &be, DType::F64).unwrap();
+        assert_eq!(resized.modules().len(), 2);
+        for (a, b) in input.modules().iter().zip(resized.modules()) {
+            let (da, db) = (a.dora().unwrap(), b.dora().unwrap());
+            assert_eq!(
+                da.magnitude.to_f64_vec(),
+                db.magnitude.to_f64_vec(),
+                "{}",
+                a.name
+            );
+            let (up, down) = factors(a);
+            let (o, n) = (up.rows, down.cols);
+            let weight = common::randn(&mut rng, &[o, n]);
+            let (va, vb) = (
+                da.decompose(&be, &weight).unwrap(),
+                db.decompose(&be, &weight).unwrap(),
+            );
+            if rank >= a.rank() {
+                let e = common::rel_err(&vb.v.to_f64_vec(), &va.v.to_f64_vec());
+                // (the new factors are written in f32)
+                assert!(e < 1e-6, "{}: V moved by {e}", a.name);
+            } else {
+                // The delta kept is the best rank-1 one: its share of the product's Frobenius
+                // norm is the report's.
+                let m = report.modules.iter().find(|m| m.name == a.name).unwrap();
+                let delta = |d: &lorafuse::Tensor| -> Vec<f64> {
+                    let w = weight.to_f64_vec();
+                    d.to_f64_vec().iter().zip(&w).map(|(x, y)| x - y).collect()
+                };
+                let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                let share = norm(&delta(&vb.adapted)) / norm(&delta(&va.adapted));
+                assert!(
+                    (share - m.choice.fro_retained).abs() < 1e-6,
+                    "{}: {share} vs {}",
+                    a.name,
+                    m.choice.fro_retained
+                );
+                assert_eq!(b.rank(), 1);
+            }
+        }
+    }
 }
 
 /// A LoRA of another family (here SDXL-named modules; and one whose metadata says SDXL) given
@@ -618,4 +664,115 @@ fn a_lora_of_another_family_is_refused_naming_both() {
         );
     }
     assert!(!out.exists() && !png.exists());
+}
+
+/// Decoded RGB bytes of a PNG.
+fn pixels(p: &Path) -> Vec<u8> {
+    image::open(p).unwrap().to_rgb8().into_raw()
+}
+
+/// `sample` applies a DoRA file (at weight 1) and a LoHa file (at any weight: its alpha times
+/// the weight) as the layers run them: each image differs from the base model's and from the
+/// others. DoRA at another weight, or sharing a layer with another file, is refused naming the
+/// module. (The layers' DoRA and LoHa are checked against LyCORIS in ops_dora / ops_locon.)
+#[test]
+fn sample_applies_dora_and_loha_files() {
+    use lorafuse::lora::export::{save_kohya, SavePrecision};
+    use lorafuse::lora::LoraTargets;
+    use lorafuse::lora::{dora, Algo, LayerKind};
+    use lorafuse::model::family::{family_of, WeightsFrom};
+    let t = TempDir::new("sample-adapters");
+    let model = lorafuse::demo::model::write_tiny_model(&t.path("model"), 3).unwrap();
+    let be = CpuBackend::new();
+    let models = family_of(&model)
+        .unwrap()
+        .load(WeightsFrom::Checkpoint(&model), &be, &mut |_| {})
+        .unwrap();
+    let (layers, _) = models.adapter_targets(LoraTargets::Transformer, true);
+    let mut rng = lorafuse::rng::Rng::new(11);
+    let base = LoraSet::init(&be, &layers, 2, 1.0, &mut rng).unwrap();
+    let model = model.to_str().unwrap();
+    let mut dora_modules = Vec::new();
+    let mut loha_modules = Vec::new();
+    for m in base.modules() {
+        let m = LoraModule {
+            up: common::randn(&mut rng, m.up.dims()),
+            ..m.clone()
+        };
+        let out = m.up.dims()[0];
+        let magnitude = common::uniform(&mut rng, &dora::magnitude_shape(m.kind, out), 0.5, 1.5);
+        dora_modules.push(LoraModule {
+            algo: Algo::Dora { magnitude },
+            ..m.clone()
+        });
+        if m.kind == LayerKind::Linear {
+            let w2_a = common::randn(&mut rng, m.up.dims());
+            let w2_b = common::randn(&mut rng, m.down.dims());
+            loha_modules.push(LoraModule {
+                algo: Algo::Loha { w2_a, w2_b },
+                ..m.clone()
+            });
+        }
+    }
+    let write = |name: &str, modules: Vec<LoraModule>| {
+        let p = t.path(name);
+        save_kohya(
+            &p,
+            &LoraSet::new(modules),
+            SavePrecision::Fp32,
+            &Default::default(),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (dora, loha) = (
+        write("dora.safetensors", dora_modules),
+        write("loha.safetensors", loha_modules),
+    );
+    let prompt = "a cat --w 64 --h 64 --s 4 --d 7";
+    let sample = |model: &str, lora: Option<&str>, png: &str| {
+        let png = t.path(png);
+        let mut args = vec!["sample", "--model", model, "--out", png.to_str().unwrap()];
+        if let Some(l) = lora {
+            args.extend(["--lora", l]);
+        }
+        args.push(prompt);
+        let (code, err) = common::tools::lorafuse(&args);
+        assert_eq!(code, Some(0), "{err}");
+        pixels(&png)
+    };
+    let plain = sample(model, None, "plain.png");
+    let mut images = vec![plain];
+    for with in [format!("{dora}:1"), format!("{loha}:0.5"), loha.clone()] {
+        let got = sample(model, Some(&with), "with.png");
+        for other in &images {
+            let moved = got.iter().zip(other).filter(|(a, b)| a != b).count();
+            assert!(moved > got.len() / 4, "{with}: only {moved} values moved");
+        }
+        images.push(got);
+    }
+    // The set `sample` applies: the modules as they are, LoHa's alpha times its weight.
+    let read = |p: &str| kohya::load(Path::new(p), &be, DType::F32).unwrap();
+    let (d, l) = (read(&dora), read(&loha));
+    for (from, w) in [(&d, 1.0), (&l, 0.5)] {
+        let set = LoraSet::combine(&be, &[(from, w)]).unwrap();
+        assert_eq!(set.modules().len(), from.modules().len());
+        for (m, f) in set.modules().iter().zip(from.modules()) {
+            assert_eq!(m.algo.name(), f.algo.name(), "{}", m.name);
+            assert_eq!(m.alpha, f.alpha * w, "{}", m.name);
+            assert_eq!(m.up.to_f32_vec(), f.up.to_f32_vec());
+        }
+    }
+    let png = t.path("x.png");
+    let png = png.to_str().unwrap();
+    common::tools::assert_bad_input(&[
+        (
+            format!("sample --model {model} --lora {dora}:0.7 --out {png} x"),
+            "weight 1 only",
+        ),
+        (
+            format!("sample --model {model} --lora {dora} --lora {loha} --out {png} x"),
+            "share its layer",
+        ),
+    ]);
 }

@@ -38,7 +38,7 @@ pub(crate) fn parse_device(word: &str) -> Result<Device, String> {
 }
 
 #[derive(Parser)]
-#[command(name = "lorafuse", version, about = "LoRA trainer for Stable Diffusion 1.x", long_about = None)]
+#[command(name = "lorafuse", version, about = "LoRA trainer for Stable Diffusion 1.x, 2.x and SDXL", long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -196,7 +196,7 @@ pub enum Command {
         #[arg(long)]
         save_precision: Option<String>,
     },
-    /// Show what a LoRA file holds: modules and their adapter kinds (LoRA, LoCon), rank,
+    /// Show what a LoRA file holds: modules and their adapter kinds (LoRA, LoCon, LoHa, DoRA), rank,
     /// alpha, dtype, metadata.
     Inspect {
         /// The LoRA .safetensors file.

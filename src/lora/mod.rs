@@ -334,7 +334,19 @@ impl LoraSet {
     /// An error naming `path` and the first module that is not a plain LoRA (LoCon), for the
     /// tools whose maths factors up·down (`what` says which and why).
     pub fn require_lora(&self, path: &std::path::Path, what: &str) -> Result<()> {
-        match self.modules.iter().find(|m| !m.is_lora()) {
+        self.require(path, what, LoraModule::is_lora)
+    }
+    /// As [`LoraSet::require_lora`], DoRA allowed: every module's ΔW is s·up·down.
+    pub fn require_up_down(&self, path: &std::path::Path, what: &str) -> Result<()> {
+        self.require(path, what, |m| m.is_lora() || m.dora().is_some())
+    }
+    fn require(
+        &self,
+        path: &std::path::Path,
+        what: &str,
+        ok: impl Fn(&LoraModule) -> bool,
+    ) -> Result<()> {
+        match self.modules.iter().find(|m| !ok(m)) {
             None => Ok(()),
             Some(m) => Err(crate::error::Error::Lora {
                 path: path.to_path_buf(),
@@ -405,24 +417,20 @@ impl LoraSet {
 
     /// Several sets applied together, each at a weight (A1111's `<lora:name:0.7>`), as one set:
     /// where sets share a layer their ranks are stacked, A = [A₁; A₂], B = [w₁s₁B₁, w₂s₂B₂]
-    /// with alpha = the stacked rank (scale 1), so B·A = Σ wᵢ·sᵢ·Bᵢ·Aᵢ exactly.
+    /// with alpha = the stacked rank (scale 1), so B·A = Σ wᵢ·sᵢ·Bᵢ·Aᵢ exactly. A LoHa or DoRA
+    /// module alone on its layer is kept as it is (a LoHa's alpha times its weight: its ΔW is
+    /// linear in alpha); a DoRA module only at weight 1, since A1111's and ComfyUI's strength w
+    /// blends W + w·(V − W), which the layer does not compute (`lorafuse merge` does).
     pub fn combine(be: &dyn Backend, sets: &[(&LoraSet, f64)]) -> Result<LoraSet> {
-        if let Some(m) = sets
-            .iter()
-            .flat_map(|(s, _)| &s.modules)
-            .find(|m| !m.is_lora())
-        {
-            return Err(crate::error::Error::BadValue {
-                op: "apply LoRAs",
-                name: "adapter",
-                value: m.name.clone(),
-                expected: format!(
-                    "a LoRA (LoCon); a {} adapter cannot be applied while sampling yet: bake \
-                     it into the checkpoint with `lorafuse merge` and sample from that",
-                    m.algo.name()
-                ),
-            });
-        }
+        let refuse = |m: &LoraModule, why: String| crate::error::Error::BadValue {
+            op: "apply LoRAs",
+            name: "adapter",
+            value: m.name.clone(),
+            expected: format!(
+                "{why}: bake it into the checkpoint with `lorafuse merge --model` (which takes a \
+                 ratio per file) and sample from that"
+            ),
+        };
         let mut names: Vec<&str> = sets
             .iter()
             .flat_map(|(s, _)| s.modules.iter().map(|m| m.name.as_str()))
@@ -436,6 +444,36 @@ impl LoraSet {
                 .filter_map(|(s, w)| s.find(name).map(|i| (&s.modules[i], *w)))
                 .collect();
             let first = parts[0].0;
+            if let Some((m, _)) = parts.iter().find(|(m, _)| !m.is_lora()) {
+                let kind = m.algo.name();
+                match (parts.as_slice(), &m.algo) {
+                    ([(_, w)], Algo::Loha { .. }) => {
+                        modules.push(LoraModule {
+                            alpha: m.alpha * w,
+                            ..(*m).clone()
+                        });
+                        continue;
+                    }
+                    ([(_, w)], Algo::Dora { .. }) if *w == 1.0 => {
+                        modules.push((*m).clone());
+                        continue;
+                    }
+                    ([(_, w)], _) => {
+                        return Err(refuse(
+                            m,
+                            format!(
+                                "a {kind} adapter is applied at weight 1 only (this one at {w})"
+                            ),
+                        ))
+                    }
+                    _ => {
+                        return Err(refuse(
+                            m,
+                            format!("a {kind} adapter cannot share its layer with another file's"),
+                        ))
+                    }
+                }
+            }
             let (in_f, out_f) = (first.down.dims()[1], first.up.dims()[0]);
             let rank: usize = parts.iter().map(|(m, _)| m.rank()).sum();
             // A row of down: in·k² weights for a k x k conv.

@@ -13,6 +13,12 @@
 //! Tensors other than the modules' (none in files kohya or lorafuse write) are not carried over
 //! (resize_lora.py copies them, unchanged, beside factors they no longer fit); the report
 //! lists them.
+//!
+//! A DoRA module (lora/dora.rs) is resized the same way and keeps its `dora_scale`: the
+//! magnitudes are a property of the adapted weight's rows, not of the factors, so the resized
+//! file is DoRA with the best rank-r approximation of s·up·down inside the normalised
+//! direction (resize_lora.py has no DoRA: it would drop `dora_scale`). A LoHa has no up·down
+//! to take the SVD of and is refused, naming the module.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -60,8 +66,8 @@ pub struct ModuleResize {
 pub struct ResizeReport {
     pub output: PathBuf,
     pub modules: Vec<ModuleResize>,
-    /// Tensors of the input that belong to no module: not carried over. (A DoRA or LoHa
-    /// module is refused before this, naming it.)
+    /// Tensors of the input that belong to no module: not carried over. (A LoHa module is
+    /// refused before this, naming it; a DoRA module's `dora_scale` is carried.)
     pub dropped: Vec<String>,
 }
 
@@ -156,7 +162,11 @@ fn resize_module(m: &LoraModule, rule: &RankRule) -> Result<(LoraModule, ModuleR
         ..choice
     };
     let new_alpha = m.scale() * kept as f64;
-    let module = module_from_svd(&m.name, m.kind, &svd.truncate(kept), new_alpha, None)?;
+    let module = LoraModule {
+        // DoRA: the magnitudes are kept; the direction's W + s·up·down gets the new factors.
+        algo: m.algo.clone(),
+        ..module_from_svd(&m.name, m.kind, &svd.truncate(kept), new_alpha, None)?
+    };
     Ok((
         module,
         ModuleResize {
@@ -195,7 +205,7 @@ pub fn resize(args: &ResizeArgs) -> Result<ResizeReport> {
         }
     }
     let set = kohya::load(args.input, &CpuBackend::new(), DType::F64)?;
-    set.require_lora(
+    set.require_up_down(
         args.input,
         "resize takes the SVD of up·down, which a LoHa does not have",
     )?;
