@@ -152,6 +152,59 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<PathBuf> {
     write_folder(dir, rec, &index, &parts)
 }
 
+/// Writes a tiny random-weight model of SD2.x's topology (SD2.1 768-v's: Linear projections,
+/// heads 8 wide, a GELU text encoder whose tokenizer pads with `!`, v-prediction in the
+/// scheduler config) to `dir` as a diffusers folder, with the demo's widths; returns `dir`.
+pub fn write_tiny_sd2(dir: &Path, seed: u64) -> Result<PathBuf> {
+    let be = CpuBackend::new();
+    let rec = Recorder {
+        src: RandomWeights { seed },
+        seen: RefCell::new(BTreeMap::new()),
+    };
+    let uc = UnetConfig {
+        attention_head_dim: PerLevel::Each(vec![4, 8, 12, 12]),
+        use_linear_projection: true,
+        upcast_attention: true,
+        ..unet_config()
+    };
+    let cc = ClipTextConfig {
+        hidden_act: crate::model::config::HiddenAct::Gelu,
+        ..clip_config()
+    };
+    let vc = vae_config();
+    Unet::load(&uc, &rec, &be, "unet")?;
+    Vae::load(&vc, &rec, &be, "vae")?;
+    ClipTextModel::load(&cc, &rec, &be, "text_encoder")?;
+    let index = serde_json::json!({
+        "_class_name": "StableDiffusionPipeline",
+        "_note": "lorafuse: a tiny random-weight model of SD2.x's topology (768-v)",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    });
+    let scheduler = serde_json::json!({
+        "_class_name": "DDPMScheduler",
+        "prediction_type": "v_prediction",
+        "beta_schedule": "scaled_linear",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "num_train_timesteps": 1000,
+    });
+    let parts = [
+        ("unet", "diffusion_pytorch_model.safetensors", json(&uc)?),
+        ("vae", "diffusion_pytorch_model.safetensors", json(&vc)?),
+        ("text_encoder", "model.safetensors", json(&cc)?),
+    ];
+    let dir = write_folder(dir, rec, &index, &parts)?;
+    create_dir(&dir.join("scheduler"))?;
+    write_atomic(
+        &dir.join("scheduler").join("scheduler_config.json"),
+        &json(&scheduler)?,
+    )?;
+    Ok(dir)
+}
+
 /// Writes a tiny random-weight SDXL model (the configs above, SDXL's VAE scale) to `dir` as a
 /// diffusers folder; returns `dir`.
 pub fn write_tiny_sdxl(dir: &Path, seed: u64) -> Result<PathBuf> {
