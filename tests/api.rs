@@ -2,15 +2,16 @@
 //! event callback then a resume that ends where an uninterrupted run ends, two trainers at
 //! once in one process, and the caps refusing a run before it starts.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::tools::TempDir;
+use std::path::Path;
 
 use lorafuse::api::{ApiError, Caps, Trainer};
 use lorafuse::train::events::Event;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lorafuse-api-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh folder, removed when dropped.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("api-{name}"))
 }
 
 const STEPS: usize = 6;

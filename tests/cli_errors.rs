@@ -1,12 +1,15 @@
 //! `lorafuse train` on bad input: each case exits with code 2, prints one clear message that
 //! names the culprit, and never panics.
 
+mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// A fresh folder for one case, inside the demo's (the cases hand out paths in it, so it
+/// lives as long as the process; see `demo`).
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lorafuse-cli-{}-{name}", std::process::id()));
+    let d = demo().join("cases").join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -16,7 +19,7 @@ fn scratch(name: &str) -> PathBuf {
 fn demo() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = scratch("demo");
+        let d = common::tools::process_dir("cli-errors");
         lorafuse::demo::prepare(&d, 2).unwrap();
         d
     })

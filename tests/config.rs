@@ -2,6 +2,8 @@
 //! (file, key, value, what is allowed), path checks, the docs table, and no panics on
 //! arbitrary input.
 
+mod common;
+use common::tools::TempDir;
 use std::path::{Path, PathBuf};
 
 use lorafuse::config::{
@@ -41,12 +43,9 @@ fn err_text(r: Result<TrainConfig, ConfigError>) -> String {
     err(r).to_string()
 }
 
-/// A fresh, empty folder under the system temp dir.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lorafuse-config-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty folder under the system temp dir, removed when dropped.
+fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(&format!("config-{name}"))
 }
 
 const FULL: &str = r#"

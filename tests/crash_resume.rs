@@ -2,16 +2,17 @@
 //! its last save point and ends with the same losses and the same LoRA, bit for bit, as a run
 //! that was never interrupted; save points keep the configured number of checkpoints.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::tools::TempDir;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lorafuse::train::state;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lorafuse-crash-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh folder, removed when dropped.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("crash-{name}"))
 }
 
 /// `lorafuse train` on a demo folder with save points every 4 steps.

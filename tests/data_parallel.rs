@@ -3,6 +3,7 @@
 //! a partial last round on the way; a run saved on 2 ranks resumes on 4; a rank that fails or
 //! vanishes ends the run on every rank with its name.
 
+mod common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -20,8 +21,7 @@ use lorafuse::CpuBackend;
 fn demo() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("lorafuse-dp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let d = common::tools::process_dir("dp");
         lorafuse::demo::prepare(&d, 4).unwrap();
         d
     })

@@ -3,6 +3,8 @@
 //! lora-scripts' own two configs and sd-scripts' documented examples (tests/fixtures/kohya/),
 //! and sd-scripts' `dataset_config` files.
 
+mod common;
+use common::tools::TempDir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,12 +16,9 @@ use lorafuse::train::optim::OptimizerType;
 
 const NO_SET: &[&str] = &[];
 
-/// A fresh, empty folder under the system temp dir.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lorafuse-kohya-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty folder under the system temp dir, removed when dropped.
+fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(&format!("kohya-{name}"))
 }
 
 fn toml(text: &str) -> Result<TrainConfig, ConfigError> {

@@ -9,8 +9,10 @@
 //! checked instead. Every other key must be in both files with the same text (JSON values
 //! compared as JSON).
 
+mod common;
+use common::tools::TempDir;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use lorafuse::lora::export::{
@@ -29,12 +31,9 @@ fn reference() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("lorafuse-kohya-meta-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty folder under the system temp dir, removed when dropped.
+fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(&format!("kohya-meta-{name}"))
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -22,18 +22,14 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use common::tools::{assert_bad_input, TempDir};
 
-/// A folder that lives as long as the test process (the shared original model).
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lorafuse-extract-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// The demo model (diffusers folder), written once.
 fn original() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| lorafuse::demo::model::write_tiny_model(&scratch("orig"), 7).unwrap())
+    DIR.get_or_init(|| {
+        let d = common::tools::process_dir("extract-orig");
+        lorafuse::demo::model::write_tiny_model(&d, 7).unwrap();
+        d
+    })
 }
 
 /// A rank-2 matrix [rows, cols] from `seed`, entries of order 0.1.

@@ -6,6 +6,8 @@
 //! state file exactly. Also: the `lr` of each step is d·lr for Prodigy and DAdaptAdam, as
 //! kohya logs it, and Adafactor's own rate with relative_step.
 
+mod common;
+use common::tools::TempDir;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,10 +16,9 @@ use lorafuse::train::state;
 use lorafuse::train::trainer::{train, Event, Observer, Recorder};
 use lorafuse::{CpuBackend, DType};
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lorafuse-optim-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh folder, removed when dropped.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("optim-{name}"))
 }
 
 /// (step, loss, lr) of every step.
@@ -51,7 +52,12 @@ impl Observer for StopAt<'_> {
 
 const TOTAL: usize = 8;
 
-fn run(name: &str, sets: &[&str], stop_at: Option<u64>) -> (Vec<(u64, f64, f64)>, PathBuf) {
+/// (step, loss, lr) of every step, the state file, and its folder (removed when dropped).
+fn run(
+    name: &str,
+    sets: &[&str],
+    stop_at: Option<u64>,
+) -> (Vec<(u64, f64, f64)>, PathBuf, TempDir) {
     let be = CpuBackend::new();
     let dir = scratch(name);
     lorafuse::demo::prepare(&dir, TOTAL).unwrap();
@@ -61,7 +67,7 @@ fn run(name: &str, sets: &[&str], stop_at: Option<u64>) -> (Vec<(u64, f64, f64)>
     let Some(at) = stop_at else {
         let mut rec = Recorder::default();
         let out = train(&cfg, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
-        return (steps(&rec.0), out.state_path);
+        return (steps(&rec.0), out.state_path, dir);
     };
     let flag = AtomicBool::new(false);
     let mut first = StopAt {
@@ -75,7 +81,7 @@ fn run(name: &str, sets: &[&str], stop_at: Option<u64>) -> (Vec<(u64, f64, f64)>
     let rest = train(&cfg, &be, true, &AtomicBool::new(false), &mut second).unwrap();
     let mut joined = steps(&first.rec.0);
     joined.extend(steps(&second.0));
-    (joined, rest.state_path)
+    (joined, rest.state_path, dir)
 }
 
 #[test]
@@ -142,8 +148,8 @@ fn resume_is_bit_exact_with_each_optimizer() {
             &["col", "m", "row"][..],
         ),
     ] {
-        let (all, full_state) = run(&format!("{name}-straight"), sets, None);
-        let (joined, resumed_state) = run(&format!("{name}-broken"), sets, Some(3));
+        let (all, full_state, _straight) = run(&format!("{name}-straight"), sets, None);
+        let (joined, resumed_state, _broken) = run(&format!("{name}-broken"), sets, Some(3));
         assert_eq!(all.len(), TOTAL, "{name}");
         assert_eq!(
             joined, all,
@@ -189,9 +195,6 @@ fn resume_is_bit_exact_with_each_optimizer() {
             // The scheduled rate (the demo's cosine), as kohya logs it without relative_step.
             assert_eq!(all[0].2, 1e-3, "{all:?}");
             assert!(all[1].2 < 1e-3, "{all:?}");
-        }
-        for d in ["straight", "broken"] {
-            let _ = std::fs::remove_dir_all(scratch(&format!("{name}-{d}")));
         }
     }
 }

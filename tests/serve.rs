@@ -4,21 +4,20 @@
 //! the binary answers within a second of starting.
 
 mod common;
+use common::tools::TempDir;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::http::{json, read_head, request};
 use lorafuse::serve::{Options, Server};
 use serde_json::{json, Value};
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lorafuse-serve-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d.canonicalize().unwrap()
+/// A fresh folder, removed when dropped.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("serve-{name}"))
 }
 
 fn server(root: &Path) -> Server {

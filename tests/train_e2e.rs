@@ -3,6 +3,8 @@
 //! is exactly kohya's layout and loads back to the trained adapters, and a run interrupted
 //! and resumed gives the same losses as one that never stopped.
 
+mod common;
+use common::tools::TempDir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,10 +16,9 @@ use lorafuse::train::state;
 use lorafuse::train::trainer::{train, Event, Observer, Recorder};
 use lorafuse::{CpuBackend, DType};
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lorafuse-e2e-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh folder, removed when dropped.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("e2e-{name}"))
 }
 
 fn config(demo: &Path, sets: &[String]) -> TrainConfig {

@@ -5,7 +5,9 @@
 //! `conv_dim` / `conv_alpha` in `ss_network_args`. Prints the fixed-noise loss after the same
 //! steps with and without LoCon. LoHa and DoRA (LyCORIS's kinds) train and export the same way.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::tools::TempDir;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use lorafuse::config::TrainConfig;
@@ -16,10 +18,9 @@ use lorafuse::model::unet::Unet;
 use lorafuse::train::trainer::{train, Recorder, TrainReport};
 use lorafuse::{CpuBackend, DType};
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lorafuse-locon-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh folder, removed when dropped.
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("locon-{name}"))
 }
 
 fn run(demo: &Path, extra: &[&str]) -> (TrainConfig, TrainReport) {

@@ -12,16 +12,61 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // One folder: a `/` in the tag would make a parent that the drop leaves behind.
+        let tag = tag.replace(['/', '\\'], "_");
         let dir = std::env::temp_dir().join(format!(
             "lorafuse-test-tools-{}-{n}-{tag}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
+        TempDir(dir.canonicalize().unwrap_or(dir))
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
+    }
+}
+
+/// A folder for the whole test process (a static's, never dropped): `lorafuse-<tag>-<pid>`
+/// under the temp dir, fresh. Folders of this tag left by processes that have ended are
+/// removed first (where /proc says which are running), so each run leaves at most one.
+pub fn process_dir(tag: &str) -> PathBuf {
+    let tmp = std::env::temp_dir();
+    let prefix = format!("lorafuse-{tag}-");
+    if std::path::Path::new("/proc/self").exists() {
+        for e in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = tmp.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The folder's path: a `TempDir` is used where a `PathBuf` or `&Path` is.
+impl std::ops::Deref for TempDir {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
     }
 }
 
