@@ -55,14 +55,7 @@ fn reference(file: &str) -> Weights {
 
 /// An int64 reference tensor (ids, timesteps), read with the safetensors crate.
 fn ints(file: &str, name: &str) -> Vec<i64> {
-    let bytes = std::fs::read(fixtures().join(file)).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
-    t.data()
-        .chunks(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    common::golden::int64s(&fixtures().join(file), name)
 }
 
 #[test]

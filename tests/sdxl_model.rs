@@ -142,3 +142,104 @@ fn lorafuse_writes_the_committed_diffusers_check_files() {
 fn diffusers_loads_the_sdxl_lora_with_every_key() {
     common::diffusers_check::assert_diffusers_loaded_every_key(&check());
 }
+
+// ------------------------------------------------------------------ one whole training step
+
+/// One whole SDXL LoRA training step against torch's autograd (tests/fixtures/
+/// make_sdxl_step_fixture.py): LoRA on the UNet (192 modules) and both text encoders (12 + 18),
+/// two captions through both encoders (te2's ids derived from te1's as lorafuse pads them), the
+/// pooled text and each sample's size ids into the added embedding, the ε loss, and the
+/// backward through the UNet into both encoders: the conditioning, the prediction, the loss and
+/// every LoRA gradient within the golden bound (te1's last layer, which nothing reads, gets 0).
+#[test]
+fn a_whole_training_step_matches_autograd() {
+    use common::golden::{get, int64s, rel_err, TOL};
+    use lorafuse::backend::prelude::*;
+    use lorafuse::backend::Accum;
+    use lorafuse::lora::kohya;
+    use lorafuse::model::cond::unet_backward;
+    use lorafuse::model::unet::AddedCond;
+    use lorafuse::model::checkpoint::Weights;
+    let step = dir().join("step");
+    let refs = Weights::open(step.join("reference.safetensors")).unwrap();
+    let ints = |name: &str| -> Vec<u32> {
+        int64s(&step.join("reference.safetensors"), name)
+            .into_iter()
+            .map(|v| v as u32)
+            .collect()
+    };
+    let be = CpuBackend::new();
+    let folder = dir().join("tiny-sdxl-diffusers");
+    let m = family_of(&folder)
+        .unwrap()
+        .load(WeightsFrom::Checkpoint(&folder), &be, &mut |_| {})
+        .unwrap();
+    let lora = kohya::load(step.join("lora.safetensors"), &be, DType::F32).unwrap();
+    let (targets, _) = m.adapter_targets(lorafuse::lora::LoraTargets::Transformer, true);
+    assert_eq!(lora.len(), targets.len());
+    assert_eq!(lora.len(), 192 + 12 + 18);
+    let cx = Ctx::new(&be, Some(&lora));
+
+    let (ids1, ids2) = (ints("in.ids1"), ints("in.ids2"));
+    if let lorafuse::model::family::TextEncoders::Sdxl(te) = m.text.as_ref().unwrap() {
+        assert_eq!(te.te2_ids(&ids1, 2).unwrap(), ids2, "te2's padding");
+    }
+    let (text, text_tape) = m.encode_text_train(&cx, &ids1, 2, 1, true).unwrap();
+    let pooled = text.pooled.clone().unwrap();
+    let check = |what: &str, got: &lorafuse::Tensor, want: &str| {
+        let e = rel_err(got, &get(&refs, want));
+        assert!(e < TOL, "{what}: relative error {e:.3e}");
+    };
+    check("context", &text.context, "text.context");
+    check("pooled text", &pooled, "text.pooled");
+    let cond = Cond {
+        context: text.context.clone(),
+        added: Some(AddedCond {
+            text_embeds: pooled,
+            time_ids: get(&refs, "in.time_ids"),
+        }),
+    };
+    let t: Vec<f32> = int64s(&step.join("reference.safetensors"), "in.timesteps")
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    let t = lorafuse::Tensor::from_f32([2], t).unwrap();
+    let (out, tape) =
+        unet_forward(&m.unet, &cx, &get(&refs, "in.noisy"), &t, &cond, true, None).unwrap();
+    check("prediction", &out, "unet.out");
+    let (loss, d_out) = be
+        .mse_loss(&out, &get(&refs, "in.noise"), None, 1.0)
+        .unwrap();
+    let want = get(&refs, "loss").to_f64_vec()[0];
+    assert!((loss - want).abs() < TOL * want, "loss {loss} vs {want}");
+    let mut grads = lora.zero_grads(&be).unwrap();
+    grads.accum = Accum::Assign;
+    let d_text = unet_backward(&m.unet, &cx, &d_out, &cond, tape.unwrap(), &mut grads, true)
+        .unwrap()
+        .unwrap();
+    m.text_backward(&cx, &d_text, text_tape.unwrap(), &mut grads)
+        .unwrap();
+    let mut worst = (0.0, String::new());
+    for (i, module) in lora.modules().iter().enumerate() {
+        for (part, g) in [("lora_down", &grads.down[i]), ("lora_up", &grads.up[i])] {
+            let want = get(&refs, &format!("grad.{}.{part}.weight", module.name));
+            let what = format!("d{part} of {}", module.name);
+            if want.to_f64_vec().iter().all(|v| *v == 0.0) {
+                let most = g.to_f64_vec().iter().fold(0f64, |a, v| a.max(v.abs()));
+                assert!(most == 0.0, "{what}: {most}, autograd's is 0");
+                continue;
+            }
+            let e = rel_err(g, &want);
+            assert!(e < TOL, "{what}: relative error {e:.3e}");
+            if e > worst.0 {
+                worst = (e, what);
+            }
+        }
+    }
+    println!(
+        "tiny SDXL step: loss {loss:.8} (torch {want:.8}); worst of {} gradients {:.2e} ({})",
+        2 * lora.len(),
+        worst.0,
+        worst.1
+    );
+}

@@ -57,13 +57,9 @@ fn refs() -> Weights {
 
 /// An int64 reference (token ids) as u32.
 fn ids(name: &str) -> Vec<u32> {
-    let bytes = std::fs::read(dir().join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
-    t.data()
-        .chunks(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+    common::golden::int64s(&dir().join("reference.safetensors"), name)
+        .into_iter()
+        .map(|v| v as u32)
         .collect()
 }
 

@@ -54,14 +54,9 @@ fn refs() -> Weights {
 
 /// An int64 reference (timesteps) as f32.
 fn timesteps(name: &str) -> Tensor {
-    let bytes = std::fs::read(dir().join("reference.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
-    let v: Vec<f32> = t
-        .data()
-        .chunks(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32)
+    let v: Vec<f32> = common::golden::int64s(&dir().join("reference.safetensors"), name)
+        .into_iter()
+        .map(|v| v as f32)
         .collect();
     Tensor::from_f32([v.len()], v).unwrap()
 }

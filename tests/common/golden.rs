@@ -98,3 +98,15 @@ pub fn read_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
         })
         .collect()
 }
+
+/// An int64 reference tensor of a safetensors file (token ids, timesteps), its values in order.
+pub fn int64s(file: &std::path::Path, name: &str) -> Vec<i64> {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
+    t.data()
+        .chunks(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
