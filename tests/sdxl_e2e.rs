@@ -5,6 +5,8 @@
 //! (`lora_unet_input_blocks_…`, `lora_te1_…`, `lora_te2_…`) and metadata, it loads back into
 //! the same adapters, `sample` draws with it, and the SD1.x demo model refuses it.
 
+mod common;
+use common::tools::TempDir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -14,22 +16,6 @@ use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
 use lorafuse::model::family::{family_of, WeightsFrom};
 use lorafuse::train::trainer::{train, Recorder};
 use lorafuse::{CpuBackend, DType};
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("lorafuse-sdxl-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn demo_on_sdxl(dir: &Path, steps: usize) -> PathBuf {
     let files = lorafuse::demo::prepare(dir, steps).unwrap();
@@ -41,8 +27,8 @@ fn demo_on_sdxl(dir: &Path, steps: usize) -> PathBuf {
 
 #[test]
 fn sdxl_trains_exports_kohya_names_and_samples() {
-    let s = Scratch::new("train");
-    let model = demo_on_sdxl(&s.0, 60);
+    let s = TempDir::new("sdxl-train");
+    let model = demo_on_sdxl(&s, 60);
     let sets: Vec<String> = [
         format!("base_model={}", model.display()),
         "save_precision=fp32".into(),
@@ -51,7 +37,7 @@ fn sdxl_trains_exports_kohya_names_and_samples() {
         "text_encoder_lr=0.001".into(),
     ]
     .into();
-    let cfg = TrainConfig::load(s.0.join("demo.yaml"), &sets).unwrap();
+    let cfg = TrainConfig::load(s.join("demo.yaml"), &sets).unwrap();
     let be = CpuBackend::new();
     let mut rec = Recorder::default();
     let report = train(&cfg, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
@@ -112,28 +98,14 @@ fn sdxl_trains_exports_kohya_names_and_samples() {
     assert_eq!(set.modules().len(), targets.len());
 
     // `sample` draws with it on the SDXL model; the SD1.x demo model refuses it.
-    let png = s.0.join("xl.png");
+    common::tools::sample_with_lora(&model, &report.lora_path, &s.join("xl.png"));
     let bin = env!("CARGO_BIN_EXE_lorafuse");
     let lora = report.lora_path.display().to_string();
     let out = std::process::Command::new(bin)
         .args(["sample", "--device", "cpu", "--model"])
-        .arg(&model)
+        .arg(s.join("model"))
         .args(["--lora", &lora, "--out"])
-        .arg(&png)
-        .arg("a red circle --w 64 --h 64 --s 4 --d 1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(png.is_file());
-    let out = std::process::Command::new(bin)
-        .args(["sample", "--device", "cpu", "--model"])
-        .arg(s.0.join("model"))
-        .args(["--lora", &lora, "--out"])
-        .arg(s.0.join("sd1.png"))
+        .arg(s.join("sd1.png"))
         .arg("a red circle")
         .output()
         .unwrap();

@@ -157,9 +157,9 @@ fn a_whole_training_step_matches_autograd() {
     use lorafuse::backend::prelude::*;
     use lorafuse::backend::Accum;
     use lorafuse::lora::kohya;
+    use lorafuse::model::checkpoint::Weights;
     use lorafuse::model::cond::unet_backward;
     use lorafuse::model::unet::AddedCond;
-    use lorafuse::model::checkpoint::Weights;
     let step = dir().join("step");
     let refs = Weights::open(step.join("reference.safetensors")).unwrap();
     let ints = |name: &str| -> Vec<u32> {

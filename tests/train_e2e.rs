@@ -802,20 +802,5 @@ fn an_sd2_v_model_trains_exports_and_samples() {
     let (targets, _) = m.adapter_targets(cfg.lora_targets, true);
     assert_eq!(set.modules().len(), targets.len());
     assert!(set.modules().iter().any(|m| m.name.starts_with("lora_te_")));
-    let png = dir.join("sd2.png");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lorafuse"))
-        .args(["sample", "--device", "cpu", "--model"])
-        .arg(&model)
-        .args(["--lora", &report.lora_path.display().to_string(), "--out"])
-        .arg(&png)
-        .arg("a red circle --w 64 --h 64 --s 4 --d 1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(png.is_file());
-    let _ = std::fs::remove_dir_all(&dir);
+    common::tools::sample_with_lora(&model, &report.lora_path, &dir.join("sd2.png"));
 }

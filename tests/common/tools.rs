@@ -76,6 +76,27 @@ impl Drop for TempDir {
     }
 }
 
+/// `lorafuse sample` on the CPU: `model` with `lora` applied, a 64x64 picture in 4 steps into
+/// `png`; asserts that it succeeded and wrote the file.
+pub fn sample_with_lora(model: &std::path::Path, lora: &std::path::Path, png: &std::path::Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
+        .args(["sample", "--device", "cpu", "--model"])
+        .arg(model)
+        .arg("--lora")
+        .arg(lora)
+        .arg("--out")
+        .arg(png)
+        .arg("a red circle --w 64 --h 64 --s 4 --d 1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(png.is_file(), "{}", png.display());
+}
+
 /// Runs the binary; (exit code, stderr).
 pub fn lorafuse(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lorafuse"))
