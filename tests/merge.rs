@@ -656,3 +656,62 @@ fn dora_module_merges_into_the_3x3_conv() {
     };
     assert!((0..o).any(|oo| (row_norm(&got, oo) - row_norm(&w, oo)).abs() > 1e-2));
 }
+
+/// SD2.x: a DoRA module on a text encoder's q_proj bakes into the q third of OpenCLIP's fused
+/// `in_proj_weight`, its magnitudes applying to the q rows only: W + ratio·(V − W) with
+/// V = W'·m / (‖W'‖ + eps) row by row, W' = W + (alpha/r)·up·down (A1111's and ComfyUI's
+/// strength); the k and v thirds unchanged.
+#[test]
+fn sd2_dora_module_merges_into_its_third_of_the_fused_in_proj() {
+    const SD2: &str = "tests/fixtures/sd2/tiny-sd2.safetensors";
+    let dir = TempDir::new("sd2-dora");
+    let out = dir.path("merged.safetensors");
+    let (r, n, ratio) = (2usize, 64usize, 0.6);
+    let det = |len: usize, m: usize, c: f64, salt: usize| -> Vec<f64> {
+        (0..len)
+            .map(|k| (((k * 7 + salt) % m) as f64 - (m / 2) as f64) * c)
+            .collect()
+    };
+    let magnitude: Vec<f64> = (0..n).map(|k| 0.5 + (k % 11) as f64 / 10.0).collect();
+    let q = LoraModule {
+        name: "lora_te_text_model_encoder_layers_1_self_attn_q_proj".into(),
+        algo: lorafuse::lora::Algo::Dora {
+            magnitude: Tensor::from_f64([n, 1], magnitude.clone()).unwrap(),
+        },
+        down: Tensor::from_f64([r, n], det(r * n, 7, 0.01, 1)).unwrap(),
+        up: Tensor::from_f64([n, r], det(n * r, 5, 0.02, 2)).unwrap(),
+        alpha: 1.0,
+        kind: LayerKind::Linear,
+    };
+    let set = LoraSet::new(vec![q.clone()]);
+    merge_into_checkpoint(Path::new(SD2), &[(&set, ratio)], &out, None).unwrap();
+    let fused = "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight";
+    let (base, merged) = (
+        SafetensorsFile::open(Path::new(SD2)).unwrap(),
+        SafetensorsFile::open(&out).unwrap(),
+    );
+    let w = |f: &SafetensorsFile, k: &str| f16s(f.bytes(f.tensor_info(k).unwrap()));
+    let (b, m) = (w(&base, fused), w(&merged, fused));
+    let third = n * n;
+    let (up, down) = (q.up.to_f64_vec(), q.down.to_f64_vec());
+    for row in 0..n {
+        let adapted: Vec<f64> = (0..n)
+            .map(|col| {
+                let delta: f64 = (0..r).map(|k| up[row * r + k] * down[k * n + col]).sum();
+                b[row * n + col].to_f64() + q.scale() * delta
+            })
+            .collect();
+        let norm = adapted.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let f = magnitude[row] / (norm + f32::EPSILON as f64);
+        for col in 0..n {
+            let w0 = b[row * n + col].to_f64();
+            let want = f16::from_f64(w0 + ratio * (adapted[col] * f - w0));
+            let got = m[row * n + col];
+            assert!(
+                ulps(got, want) <= 1,
+                "q row {row} col {col}: {got} vs {want}"
+            );
+        }
+    }
+    assert_eq!(m[third..], b[third..], "k and v thirds unchanged");
+}

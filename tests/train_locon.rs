@@ -377,3 +377,47 @@ fn dora_trains_exports_and_loads() {
     assert_eq!(flat, loaded, "the file holds the trained values exactly");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// DoRA on the text encoder too (`train_text_encoder: true`): every text-encoder module is
+/// written with its `dora_scale` [out, 1], and its magnitudes moved from the frozen rows' norms.
+#[test]
+fn dora_trains_the_text_encoder() {
+    let dir = scratch("dora-te");
+    lorafuse::demo::prepare(&dir, 4).unwrap();
+    let (cfg, r) = run(
+        &dir,
+        &[
+            "dora_wd=true",
+            "train_text_encoder=true",
+            "text_encoder_lr=0.001",
+        ],
+    );
+    let be = CpuBackend::new();
+    let models = lorafuse::model::family::family_of(&cfg.base_model)
+        .unwrap()
+        .load(
+            lorafuse::model::family::WeightsFrom::Checkpoint(&cfg.base_model),
+            &be,
+            &mut |_| {},
+        )
+        .unwrap();
+    let lora = kohya::load(&r.lora_path, &be, DType::F32).unwrap();
+    let te: Vec<_> = lora
+        .modules()
+        .iter()
+        .filter(|m| m.name.starts_with("lora_te_"))
+        .collect();
+    assert_eq!(te.len(), models.text.as_ref().unwrap().lora_targets().len());
+    for m in te {
+        let d = m.dora().expect("every module is DoRA");
+        assert_eq!(d.magnitude.dims(), [m.up.dims()[0], 1], "{}", m.name);
+        let w = models.adaptable_weight(&m.name).unwrap();
+        let start = lorafuse::lora::dora::initial_magnitude(&be, w, m.kind).unwrap();
+        assert_ne!(
+            d.magnitude.to_f32_vec(),
+            start.to_f32_vec(),
+            "{} trained",
+            m.name
+        );
+    }
+}

@@ -33,8 +33,9 @@ struct Pass {
 }
 
 /// One forward and backward on `be` of the fixture UNet with its linear LoRA and LoCon on
-/// every conv target, LoRA dropout 0.3, batch 2 at 16x16 latents.
-fn pass(be: &dyn Backend, checkpoint: bool) -> Pass {
+/// every conv target, LoRA dropout 0.3, batch 2 at 16x16 latents; with `dora` every module is
+/// DoRA instead (random magnitudes; no dropout, which DoRA refuses).
+fn pass(be: &dyn Backend, checkpoint: bool, dora: bool) -> Pass {
     let ck = load_sd15(fixtures().join("tiny-sd15-diffusers")).unwrap();
     let unet = Unet::load(&ck.unet.0, &ck.unet.1, be, "unet").unwrap();
     let dt = be.compute_dtype();
@@ -70,14 +71,35 @@ fn pass(be: &dyn Backend, checkpoint: bool) -> Pass {
         })
         .collect();
     let n_linear = linear.len();
-    let lora = linear.with_inserted(n_linear, LoraSet::new(convs));
+    let mut lora = linear.with_inserted(n_linear, LoraSet::new(convs));
+    if dora {
+        let mut rng = Rng::new(10);
+        let modules = lora
+            .modules()
+            .iter()
+            .map(|m| {
+                let shape = lorafuse::lora::dora::magnitude_shape(m.kind, m.up.dims()[0]);
+                let v: Vec<f32> = rng
+                    .uniform_vec(shape.iter().product(), 0.5, 1.5)
+                    .iter()
+                    .map(|&x| x as f32)
+                    .collect();
+                let magnitude = be.tensor_from_f32(&shape, &v, lora_dt).unwrap();
+                LoraModule {
+                    algo: lorafuse::lora::Algo::Dora { magnitude },
+                    ..m.clone()
+                }
+            })
+            .collect();
+        lora = LoraSet::new(modules);
+    }
     let x = randn(&[2, 4, 16, 16], 1.0, dt);
     let target = randn(&[2, 4, 16, 16], 1.0, dt);
     let ctx = randn(&[2, 77, ck.unet.0.cross_attention_dim], 1.0, dt);
     let t = be.tensor_from_f32(&[2], &[37.0, 911.0], dt).unwrap();
     let dropout = LoraDropout::for_site(0.3, 7, &[4, 0, 0]).unwrap();
     let cx = Ctx::new(be, Some(&lora))
-        .with_dropout(Some(&dropout))
+        .with_dropout((!dora).then_some(&dropout))
         .with_checkpointing(checkpoint);
     let (out, tape) = unet.forward(&cx, &x, &t, &ctx, true, None).unwrap();
     let tape = tape.unwrap();
@@ -91,6 +113,7 @@ fn pass(be: &dyn Backend, checkpoint: bool) -> Pass {
         .down
         .iter()
         .chain(&grads.up)
+        .chain(grads.extra.iter().flatten())
         .map(|g| {
             be.to_f32_vec(g)
                 .unwrap()
@@ -136,8 +159,20 @@ fn checkpointed_gradients_are_bit_identical_on_the_cpu() {
         ("cpu f64", CpuBackend::f64()),
         ("cpu f32", CpuBackend::new()),
     ] {
-        assert_same(what, &pass(&be, false), &pass(&be, true));
+        assert_same(what, &pass(&be, false, false), &pass(&be, true, false));
     }
+}
+
+/// DoRA's forward is recomputed too (its V built again from the same tensors): the same
+/// gradients of down, up and the magnitudes.
+#[test]
+fn checkpointed_dora_gradients_are_bit_identical_on_the_cpu() {
+    let be = CpuBackend::new();
+    assert_same(
+        "cpu f32 DoRA",
+        &pass(&be, false, true),
+        &pass(&be, true, true),
+    );
 }
 
 #[cfg(feature = "cuda-emu")]
@@ -146,7 +181,11 @@ fn checkpointed_gradients_are_bit_identical_on_the_emulated_cuda_backend() {
     use lorafuse::backend::cuda::{CudaBackend, Device};
     // f16, as GPU training runs (the f32 kernels take the same recompute path).
     let be = CudaBackend::new(Device::emulator(), DType::F16).unwrap();
-    assert_same("cuda-emu f16", &pass(&be, false), &pass(&be, true));
+    assert_same(
+        "cuda-emu f16",
+        &pass(&be, false, false),
+        &pass(&be, true, false),
+    );
 }
 
 /// A short run of the demo model from its config, with and without the key: the same
