@@ -1347,11 +1347,17 @@ fn path_checks() {
         .unwrap()
     };
 
-    // All good: the output and log folders are created, and nothing is left in them.
+    // All good, and nothing is created (serve checks at every edit): the folders do not
+    // exist yet, and the probe file left nothing in their existing parent.
     let out = dir.join("out/run1");
     let c = cfg(&data, &model, &out);
+    let before = std::fs::read_dir(&dir).unwrap().count();
     c.check_paths().unwrap();
-    assert!(out.is_dir() && out.join("logs").is_dir());
+    assert!(!dir.join("out").exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), before);
+    // An existing output folder is probed inside, and left as it was.
+    std::fs::create_dir_all(out.join("logs")).unwrap();
+    c.check_paths().unwrap();
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "only logs/");
     let written = c.write_effective().unwrap();
     assert_eq!(written, out.join("config.effective.yaml"));

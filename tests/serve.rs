@@ -99,6 +99,7 @@ fn a_run_over_http_streams_its_events_stops_and_resumes() {
 
     let problems = json(addr, "POST", "/api/validate", &body).json();
     assert_eq!(problems["problems"], json!([]), "{problems}");
+    assert!(!out.exists(), "validating creates nothing");
     let started = json(addr, "POST", "/api/start", &body);
     assert_eq!(started.status, 200, "{}", started.text());
     assert_eq!(

@@ -254,10 +254,12 @@ impl TrainConfig {
     /// path.
     pub fn write_effective(&self) -> Result<PathBuf, ConfigError> {
         let path = self.output_dir.join(EFFECTIVE_CONFIG_FILE);
-        std::fs::write(&path, self.to_yaml()).map_err(|source| ConfigError::Write {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&self.output_dir)
+            .and_then(|()| std::fs::write(&path, self.to_yaml()))
+            .map_err(|source| ConfigError::Write {
+                path: path.clone(),
+                source,
+            })?;
         Ok(path)
     }
 

@@ -11,8 +11,9 @@ use super::TrainConfig;
 
 impl TrainConfig {
     /// Checks the paths: `train_data_dir` (and `reg_data_dir`) is a folder, `base_model` exists (a file or a
-    /// folder), `output_dir` and `logging_dir` can be created and written (this creates them,
-    /// and writes and removes a small probe file in each), and a `sample_prompts` file reads
+    /// folder), `output_dir` and `logging_dir` can be created and written (nothing is created:
+    /// a small probe file is written and removed in each, or in its nearest existing parent),
+    /// and a `sample_prompts` file reads
     /// and has a prompt when sampling is on.
     pub fn check_paths(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
@@ -177,10 +178,21 @@ fn writable_folder(dir: &Path) -> Result<(), String> {
             file.display()
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot be created: {e}"))?;
-    let probe = dir.join(format!(".lorafuse-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"lorafuse checks that it can write here\n")
-        .map_err(|e| format!("is not writable: {e}"))?;
+    // The folder, or where it would be created: its nearest existing ancestor. Checking
+    // creates nothing (serve validates every edit of a form), only a probe file it removes.
+    let (existing, what) = match dir.ancestors().find(|a| a.exists()) {
+        Some(a) if a == dir => (a, "is not writable"),
+        Some(a) => (a, "cannot be created"),
+        None => return Err("cannot be created: no part of the path exists".into()),
+    };
+    let probe = existing.join(format!(".lorafuse-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"lorafuse checks that it can write here\n").map_err(|e| {
+        if existing == dir {
+            format!("{what}: {e}")
+        } else {
+            format!("{what} in {}: {e}", existing.display())
+        }
+    })?;
     // The probe is ours; if it cannot be removed the folder is still writable.
     let _ = std::fs::remove_file(&probe);
     Ok(())

@@ -143,7 +143,8 @@ fn post(state: &State, path: &str, body: &Value) -> Answer {
     }
 }
 
-/// A configuration read and checked for this server: the trainer when it can start.
+/// A configuration read and checked for this server: the trainer and its output folder when
+/// it can start.
 struct Checked {
     trainer: Option<(Trainer, PathBuf)>,
     problems: Vec<Problem>,
@@ -169,8 +170,8 @@ fn checked(guard: &Guard, sets: &[String]) -> Checked {
     let notices = t.notices();
     let cfg = t.config();
     let out = cfg.output_dir.clone();
-    // Checked before `validate`, which creates the folders; canonically (symlinks resolved),
-    // where the output root of the caps compares names.
+    // Checked canonically (symlinks resolved), where the output root of the caps compares
+    // names.
     let outside: Vec<Problem> = [
         ("output_dir", &cfg.output_dir),
         ("logging_dir", &cfg.logging_dir),
@@ -200,10 +201,7 @@ fn checked(guard: &Guard, sets: &[String]) -> Checked {
         ..Caps::default()
     });
     let problems = t.validate();
-    let trainer = match (problems.is_empty(), out.canonicalize()) {
-        (true, Ok(dir)) => Some((t, dir)),
-        _ => None,
-    };
+    let trainer = problems.is_empty().then_some((t, out));
     Checked {
         trainer,
         problems,
@@ -223,8 +221,20 @@ fn start(state: &State, sets: &[String], resume: bool) -> Answer {
         return error(409, "a run is in progress: stop it first");
     }
     let c = checked(&state.guard, sets);
-    let Some((trainer, dir)) = c.trainer else {
+    let Some((trainer, out)) = c.trainer else {
         return json_response(422, &json!({ "problems": problems(&c.problems) }));
+    };
+    // The run's folder, made now (checking made nothing) and named canonically, as the
+    // guard serves files.
+    let dir = match std::fs::create_dir_all(&out).and_then(|()| out.canonicalize()) {
+        Ok(dir) => dir,
+        Err(e) => {
+            let p = Problem {
+                key: Some("output_dir".into()),
+                message: format!("{} cannot be created: {e}", out.display()),
+            };
+            return json_response(422, &json!({ "problems": problems(&[p]) }));
+        }
     };
     let id = state.next_id.fetch_add(1, Ordering::SeqCst);
     *slot = Some(Job::start(id, trainer, dir, resume));
