@@ -505,4 +505,18 @@ fn train_prepares_and_captions_once() {
         "{:?}",
         changed.notes
     );
+    // Two at once, as a torchrun launch's ranks: one at a time in output_dir/auto (its lock),
+    // so the captioning is done once and the other reuses it.
+    let cfg = config(0.7);
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| auto_prepare(&cfg, &be, &|_, _, _| {}).unwrap());
+        let b = s.spawn(|| auto_prepare(&cfg, &be, &|_, _, _| {}).unwrap());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!((&a.data_dir, &b.data_dir), (&prepared, &prepared));
+    let notes = [a.notes, b.notes].concat();
+    let count = |what: &str| notes.iter().filter(|n| n.contains(what)).count();
+    assert_eq!(count("captioned 0 pictures; kept 2"), 1, "{notes:?}");
+    assert_eq!(count("up to date"), 3, "{notes:?}");
+    assert!(!t.path("out/auto").join(lorafuse::prepare::lock::LOCK_FILE).exists());
 }

@@ -6,7 +6,9 @@
 //! Each step writes a key file beside its result (`<output_dir>/auto/crop.key`,
 //! `caption.key`): XXH64 over the step's settings and its inputs' bytes (for the crop: every
 //! picture and its caption files; for captioning: every picture). A second run with the same
-//! key does not redo the step; any change of the pictures or the settings does.
+//! key does not redo the step; any change of the pictures or the settings does. One process
+//! at a time works in `<output_dir>/auto` (prepare/lock.rs): the ranks of a torchrun or srun
+//! launch prepare once, not all at once.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,11 @@ use crate::config::TrainConfig;
 use crate::data::hash::xxh64;
 use crate::error::{Error, Result};
 
+use super::lock::FolderLock;
 use super::walk::{self, Listing};
+
+/// How long a run waits for another process (another rank) preparing the same output folder.
+const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 use super::{prepare, PrepareOptions};
 
 /// Where `train` reads its pictures after the automatic steps.
@@ -100,7 +106,18 @@ pub fn auto_prepare(
         return Ok(out);
     }
     let work = cfg.output_dir.join("auto");
-    fs::create_dir_all(&work).map_err(|e| Error::io(&work, "create", e))?;
+    // The ranks of a torchrun/srun launch all get here at once: one prepares, the others wait
+    // and then find its key files.
+    let mut waited = None;
+    let _lock = FolderLock::acquire(&work, LOCK_TIMEOUT, &mut |owner| {
+        waited = Some(owner.to_string())
+    })?;
+    if let Some(owner) = waited {
+        out.notes.push(format!(
+            "auto: waited for the process preparing {} ({owner})",
+            work.display()
+        ));
+    }
     let mut exts = vec![cfg.caption_extension.clone()];
     for e in [".txt", ".caption"] {
         if !exts.iter().any(|x| x == e) {

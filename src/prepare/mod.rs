@@ -25,6 +25,7 @@
 pub mod auto;
 pub mod crop;
 mod error;
+pub mod lock;
 pub mod report;
 pub mod tags;
 pub(crate) mod walk;
