@@ -518,5 +518,8 @@ fn train_prepares_and_captions_once() {
     let count = |what: &str| notes.iter().filter(|n| n.contains(what)).count();
     assert_eq!(count("captioned 0 pictures; kept 2"), 1, "{notes:?}");
     assert_eq!(count("up to date"), 3, "{notes:?}");
-    assert!(!t.path("out/auto").join(lorafuse::prepare::lock::LOCK_FILE).exists());
+    assert!(!t
+        .path("out/auto")
+        .join(lorafuse::prepare::lock::LOCK_FILE)
+        .exists());
 }

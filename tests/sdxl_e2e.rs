@@ -77,6 +77,15 @@ fn sdxl_trains_exports_kohya_names_and_samples() {
     assert!(count("lora_unet_middle_block_1_") > 0);
     assert!(count("lora_unet_output_blocks_") > 0);
     assert_eq!(count("lora_unet_down_blocks_"), 0);
+    // inspect's block table in SGM's numbers (the tiny model's 3 levels: IN04, IN05, MID,
+    // OUT00-OUT05), and both encoders.
+    let shown = lorafuse::lora::inspect::inspect(&report.lora_path)
+        .unwrap()
+        .to_string();
+    for block in ["IN04", "IN05", "MID", "OUT00", "OUT05", "TE1", "TE2"] {
+        assert!(shown.contains(&format!(" {block} ")), "{block}: {shown}");
+    }
+    assert!(!shown.contains(" other "), "{shown}");
     let meta = file.metadata();
     assert_eq!(meta["ss_base_model_version"], "sdxl_base_v1-0");
     assert_eq!(

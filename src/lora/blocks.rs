@@ -57,6 +57,37 @@ pub fn block_index(name: &str) -> Option<usize> {
     (at < BLOCKS).then_some(at)
 }
 
+/// Blocks of an SDXL UNet in sd-scripts' numbering (networks/lora.py `get_block_index` with
+/// `is_sdxl`): 0 the time and label embeddings, 1–9 `input_blocks` 0–8, 10–12 `middle_block`
+/// 0–2, 13–21 `output_blocks` 0–8, 22 `out`; adapters sit in 1–21.
+pub const SDXL_BLOCKS: usize = 23;
+
+/// sd-scripts' block of an SDXL UNet adapter named `lora_unet_<SGM path>`; `None` for a name
+/// outside the input, middle and output blocks.
+pub fn sdxl_block_index(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("lora_unet_")?;
+    let (first, rest) = [
+        ("input_blocks_", 1),
+        ("middle_block_", 10),
+        ("output_blocks_", 13),
+    ]
+    .iter()
+    .find_map(|(p, first)| rest.strip_prefix(p).map(|r| (*first, r)))?;
+    let i: usize = rest.split('_').next()?.parse().ok()?;
+    let at = first + i;
+    (at < SDXL_BLOCKS - 1).then_some(at)
+}
+
+/// The name of SDXL block `i` (SGM's block numbers: IN00–IN08, MID, OUT00–OUT08, as the
+/// SDXL block-weight presets name them).
+pub fn sdxl_block_name(i: usize) -> String {
+    match i {
+        1..=9 => format!("IN{:02}", i - 1),
+        10..=12 => "MID".into(),
+        _ => format!("OUT{:02}", i - 13),
+    }
+}
+
 /// The name of block `i` as the block-weight presets write it (IN00, MID, OUT11).
 pub fn block_name(i: usize) -> String {
     match i {
@@ -411,15 +442,21 @@ pub struct BlockRow {
     pub alphas: Vec<f64>,
 }
 
-/// [`BlockRow`]s of (module name, rank, alpha) triples: the UNet's blocks in order, then the
-/// text encoder's, then others.
+/// [`BlockRow`]s of (module name, rank, alpha) triples: the UNet's blocks in order (SD1.x/
+/// SD2.x's 25 or SDXL's), then the text encoders' (TE; SDXL's TE1 and TE2), then others.
 pub fn rows<'a>(modules: impl IntoIterator<Item = (&'a str, usize, Option<f64>)>) -> Vec<BlockRow> {
     let mut by: std::collections::BTreeMap<(usize, String), BlockRow> = Default::default();
     for (name, rank, alpha) in modules {
-        let key = match block_index(name) {
-            Some(b) => (b, block_name(b)),
-            None if name.starts_with("lora_te") => (BLOCKS, "TE".to_string()),
-            None => (BLOCKS + 1, "other".to_string()),
+        let key = match (block_index(name), sdxl_block_index(name)) {
+            (Some(b), _) => (b, block_name(b)),
+            (None, Some(b)) => (b, sdxl_block_name(b)),
+            _ => match ["lora_te1_", "lora_te2_", "lora_te_"]
+                .iter()
+                .position(|p| name.starts_with(p))
+            {
+                Some(i) => (BLOCKS + i, ["TE1", "TE2", "TE"][i].to_string()),
+                None => (BLOCKS + 3, "other".to_string()),
+            },
         };
         let row = by.entry(key.clone()).or_insert_with(|| BlockRow {
             block: key.1,
@@ -445,6 +482,38 @@ pub fn rows<'a>(modules: impl IntoIterator<Item = (&'a str, usize, Option<f64>)>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sdxl_block_numbers_are_sd_scripts() {
+        let at = |n: &str| sdxl_block_index(&format!("lora_unet_{n}"));
+        assert_eq!(at("input_blocks_4_1_proj_in"), Some(5));
+        assert_eq!(
+            at("input_blocks_8_1_transformer_blocks_9_ff_net_2"),
+            Some(9)
+        );
+        assert_eq!(at("middle_block_1_proj_out"), Some(11));
+        assert_eq!(
+            at("output_blocks_0_1_transformer_blocks_0_attn1_to_q"),
+            Some(13)
+        );
+        assert_eq!(at("output_blocks_8_0_in_layers_2"), Some(21));
+        assert_eq!(at("output_blocks_9_0_in_layers_2"), None);
+        assert_eq!(at("down_blocks_0_resnets_0_conv1"), None);
+        assert_eq!(
+            sdxl_block_index("lora_te1_text_model_encoder_layers_0_mlp_fc1"),
+            None
+        );
+        let names: Vec<String> = [5, 9, 10, 12, 13, 21].map(sdxl_block_name).into();
+        assert_eq!(names, ["IN04", "IN08", "MID", "MID", "OUT00", "OUT08"]);
+        let rows = rows([
+            ("lora_unet_output_blocks_2_1_proj_in", 8, Some(4.0)),
+            ("lora_te2_text_model_encoder_layers_0_mlp_fc1", 4, None),
+            ("lora_unet_input_blocks_4_1_proj_in", 8, Some(4.0)),
+            ("lora_te1_text_model_encoder_layers_0_mlp_fc1", 4, None),
+        ]);
+        let order: Vec<&str> = rows.iter().map(|r| r.block.as_str()).collect();
+        assert_eq!(order, ["IN04", "OUT02", "TE1", "TE2"]);
+    }
 
     #[test]
     fn kohya_block_numbers() {
