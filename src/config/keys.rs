@@ -628,6 +628,16 @@ config_keys! {
         rule choice_rule::<MixedPrecision>(),
         kohya "no",
 
+    /// Keep the VAE in f32 on a GPU while the rest computes in f16 (kohya's `no_half_vae`):
+    /// its weights, the latents' encoding and the samples' decoding. SDXL 1.0's VAE overflows
+    /// in f16 (its latents come out inf/NaN, and training refuses them); the fp16-fix VAE
+    /// does not. Costs the VAE's memory twice over while it runs.
+    no_half_vae: Option<bool> = optional("unset: true for SDXL, false for SD1.x/SD2.x"),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+        kohya "false",
+
     /// Keep only each UNet layer's input in the training forward and compute the layer again
     /// in the backward (per resnet+attention pair): less memory for the activations, about a
     /// third more compute per step, the same gradients.
@@ -788,9 +798,9 @@ config_keys! {
         rule FLAG,
 
     /// Keep the encoded images (latents) on disk in `output_dir/cache/latents/<model>/`, keyed
-    /// by each image's content and, by folder, by the base model (its path, size and time), so
-    /// later runs on the same model skip the VAE and a run on another model (another VAE, SDXL's
-    /// latent scale) does not read them.
+    /// by each image's content and, by folder, by the base model (its path, size and time) and
+    /// the VAE's precision (f16 or f32), so later runs on the same model skip the VAE and a run
+    /// on another model (another VAE, SDXL's latent scale) does not read them.
     cache_latents_to_disk: bool = fixed(false),
         read parse::flag,
         doc_type "true/false",
