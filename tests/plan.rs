@@ -210,6 +210,28 @@ fn lorafuse(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `plan --family sdxl` of a config without `resolution` plans SDXL's 1024x1024 (the
+/// default follows the model, SD1.x's stays 512).
+#[test]
+fn an_unset_resolution_is_planned_at_the_familys_size() {
+    let dir = std::env::temp_dir().join(format!("lorafuse-plan-res-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "train_data_dir: no-such-folder\nbase_model: no-such-model\noutput_dir: out\n",
+    )
+    .unwrap();
+    for (family, side) in [("sdxl", 1024), ("sd1", 512)] {
+        let o = lorafuse(&["plan", cfg.to_str().unwrap(), "--family", family]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        let want = format!("planning one batch of {side}x{side} images");
+        assert!(err.contains(&want), "{family}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_plan_command_prints_the_breakdown_and_the_fit() {
     let dir = std::env::temp_dir().join(format!("lorafuse-plan-cli-{}", std::process::id()));

@@ -663,8 +663,9 @@ config_keys! {
     // --- data
 
     /// Training size, width,height; each side a multiple of 64 from 64 to 4096. With buckets
-    /// it is the largest area an image is trained at.
-    resolution: Resolution = fixed(Resolution::square(512)),
+    /// it is the largest area an image is trained at. Unset, the size the model was trained
+    /// at: 1024 for SDXL, else 512 (an SD2.x 768-v model needs `768`); sd-scripts requires it.
+    resolution: Resolution = fixed(Resolution::square(512), "`512`; `1024` for SDXL"),
         read parse::resolution,
         doc_type "`512`, `\"512,768\"` or `[512, 768]`",
         rule "must be a size in pixels, a multiple of 64 from 64 to 4096: 512, \"512,768\" or [512, 768] (width, height)",

@@ -514,6 +514,8 @@ pub fn train_rank(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainReport> {
+    let resolved = crate::train::fits::with_base_model_defaults(cfg);
+    let cfg = &resolved;
     let mut go = || -> Result<TrainReport> {
         use crate::train::loop_io::{after_step, end_epoch, end_partial_epoch, finish, Outputs};
         use crate::train::samples::SampleAt;

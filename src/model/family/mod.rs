@@ -66,7 +66,9 @@ pub trait ModelFamily: Sync {
     /// The id that pads a caption's token ids after its EOS: SD1.x's tokenizer pads with
     /// `<|endoftext|>` (49407), SD2.x's with `!` (0), as OpenCLIP does.
     fn pad_token(&self) -> u32;
-    /// The square side it was trained at, in pixels.
+    /// The square side training defaults to when `resolution` is unset, in pixels: the size
+    /// the family was trained at (SD2.x's 512 base; its 768-v model needs `resolution: 768`,
+    /// as a single file does not say which it is).
     fn default_resolution(&self) -> usize;
     /// What its models predict when the checkpoint does not say (a single file never does).
     fn prediction(&self) -> Prediction;

@@ -26,7 +26,7 @@ impl ModelFamily for Sd2 {
         "Stable Diffusion 2.x"
     }
     fn default_resolution(&self) -> usize {
-        768
+        512
     }
     fn prediction(&self) -> Prediction {
         Prediction::Epsilon
