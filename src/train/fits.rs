@@ -40,8 +40,9 @@ pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<S
     if family.generation() != Generation::Sdxl {
         return Ok(notes);
     }
-    // lora/blocks.rs numbers SD1.x/SD2.x's 25 blocks (kohya's lora.py); sd-scripts numbers
-    // SDXL's otherwise (23 blocks), which lorafuse does not map yet.
+    // lora/blocks.rs numbers SD1.x/SD2.x's 25 blocks (kohya's lora.py); sd-scripts gives SDXL
+    // 23 (get_block_index with is_sdxl: 0 the embeddings, 1-9 input_blocks, 10-12
+    // middle_block, 13-21 output_blocks, 22 out; lr weights 9/3/9), not mapped yet.
     let block_wise = [
         ("block_dims", cfg.block_dims.is_some()),
         ("block_alphas", cfg.block_alphas.is_some()),
@@ -57,8 +58,10 @@ pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<S
             name: key,
             value: format!("set, with the SDXL model {}", cfg.base_model.display()),
             expected: "no block-wise settings on SDXL: lorafuse maps them onto SD1.x/SD2.x's 25 \
-                       blocks only (sd-scripts numbers SDXL's differently); remove the key and \
-                       use network_dim/conv_dim (and unet_lr/text_encoder_lr) for the whole model"
+                       blocks only (sd-scripts gives SDXL 23 blocks of its own: input_blocks \
+                       0-8, middle_block 0-2, output_blocks 0-8, with 9/3/9 learning-rate \
+                       weights); remove the key and use network_dim/conv_dim (and \
+                       unet_lr/text_encoder_lr) for the whole model"
                 .into(),
         });
     }
