@@ -318,7 +318,8 @@ const MIB: f64 = 1024.0 * 1024.0;
 
 /// The memory plan of `cfg` (`lorafuse plan` with the configured batch).
 fn plan_of(cfg: &TrainConfig) -> Result<MemoryPlan, ApiError> {
-    Ok(plan(&PlanInput::from_config(cfg, None))?)
+    let cfg = crate::train::fits::with_base_model_defaults(cfg);
+    Ok(plan(&PlanInput::from_config(&cfg, None))?)
 }
 
 /// Whether `path` lies under `root`, both made absolute against the working folder and with

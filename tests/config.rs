@@ -114,6 +114,7 @@ max_grad_norm: 0
 noise_offset: 0.05
 min_snr_gamma: 5
 mixed_precision: no
+no_half_vae: true
 gradient_checkpointing: true
 device: cuda:1
 seed: 1234
@@ -223,6 +224,7 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.noise_offset, 0.05);
     assert_eq!(c.min_snr_gamma, Some(5.0));
     assert_eq!(c.mixed_precision, MixedPrecision::No);
+    assert_eq!(c.no_half_vae, Some(true));
     assert!(c.gradient_checkpointing);
     assert_eq!(c.device, Device::Cuda(1));
     assert_eq!(c.seed, 1234);
@@ -312,6 +314,7 @@ fn defaults_when_omitted() {
     assert_eq!(c.max_grad_norm, 1.0);
     assert_eq!((c.noise_offset, c.min_snr_gamma), (0.0, None));
     assert_eq!(c.mixed_precision, MixedPrecision::Fp16);
+    assert_eq!(c.no_half_vae, None, "the family decides (SDXL: f32)");
     assert_eq!(c.device, Device::Auto);
     assert_eq!(c.seed, 42);
     assert_eq!(c.resolution, Resolution::square(512));

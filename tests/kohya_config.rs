@@ -155,6 +155,20 @@ fn the_format_comes_from_the_extension_or_the_content() {
 }
 
 #[test]
+fn no_half_vae_keeps_kohyas_meaning() {
+    let c = toml(&format!(
+        "{REQUIRED}\n[training_arguments]\nno_half_vae = true\n"
+    ))
+    .unwrap();
+    assert_eq!(c.no_half_vae, Some(true));
+    let c = toml(&format!(
+        "{REQUIRED}\n[training_arguments]\nno_half_vae = false\n"
+    ))
+    .unwrap();
+    assert_eq!(c.no_half_vae, Some(false));
+}
+
+#[test]
 fn kohya_defaults_hold_for_keys_a_kohya_file_leaves_out() {
     let c = toml(REQUIRED).unwrap();
     assert_eq!(c.lora_rank, 4, "networks.lora's default network_dim");
@@ -164,6 +178,11 @@ fn kohya_defaults_hold_for_keys_a_kohya_file_leaves_out() {
     assert_eq!(c.unet_lr, 2e-6, "unet_lr follows learning_rate");
     assert_eq!(c.lr_scheduler, Schedule::Constant);
     assert_eq!(c.mixed_precision, MixedPrecision::No);
+    assert_eq!(
+        c.no_half_vae,
+        Some(false),
+        "kohya's VAE runs at mixed_precision"
+    );
     assert_eq!(c.save_precision, SavePrecision::Fp32);
     assert!(c.train_text_encoder, "kohya trains the text encoder too");
     assert_eq!(c.max_train_steps, Some(1600), "kohya's default length");

@@ -54,15 +54,16 @@ fn the_breakdown_adds_up_and_scales_with_the_shapes() {
         "{per_param}"
     );
     assert!((r32.lora as f64 / p1.lora as f64 - 4.0).abs() < 0.01);
-    // The caches: 10 latents [1, 4, 64, 64] and 10 embeddings [1, 77, 768] in f16, and only
-    // the latents when captions are not cached.
-    let (lat, emb) = (4 * 64 * 64 * 2, 77 * 768 * 2);
-    assert_eq!(p1.caches, 10 * lat + 10 * emb);
+    // The device's caches: 10 embeddings [1, 77, 768] in f16 (the 10 latents stay in host
+    // memory, as sd-scripts keeps them), and nothing when captions are not cached.
+    let emb = 77 * 768 * 2;
+    assert_eq!(p1.cached, (10, 10));
+    assert_eq!(p1.caches, 10 * emb);
     // Shuffled captions change every step: they are encoded then, not cached.
     let mut shuffled = input(1, 512, 8, DType::F16);
     shuffled.cfg.shuffle_caption = true;
     let no_captions = plan(&shuffled).unwrap();
-    assert_eq!(no_captions.caches, 10 * lat);
+    assert_eq!(no_captions.caches, 0);
     // The tape scales with the batch and the dtype; its blocks are the UNet's ten.
     assert_eq!(p1.tape.len(), 10);
     let t1 = p1.tape_bytes() as f64;
@@ -209,6 +210,28 @@ fn lorafuse(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `plan --family sdxl` of a config without `resolution` plans SDXL's 1024x1024 (the
+/// default follows the model, SD1.x's stays 512).
+#[test]
+fn an_unset_resolution_is_planned_at_the_familys_size() {
+    let dir = std::env::temp_dir().join(format!("lorafuse-plan-res-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.yaml");
+    std::fs::write(
+        &cfg,
+        "train_data_dir: no-such-folder\nbase_model: no-such-model\noutput_dir: out\n",
+    )
+    .unwrap();
+    for (family, side) in [("sdxl", 1024), ("sd1", 512)] {
+        let o = lorafuse(&["plan", cfg.to_str().unwrap(), "--family", family]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        let want = format!("planning one batch of {side}x{side} images");
+        assert!(err.contains(&want), "{family}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_plan_command_prints_the_breakdown_and_the_fit() {
     let dir = std::env::temp_dir().join(format!("lorafuse-plan-cli-{}", std::process::id()));
@@ -239,7 +262,7 @@ fn the_plan_command_prints_the_breakdown_and_the_fit() {
         "CUDA context",
         "predicted peak VRAM",
         "largest batch_size at 512x512",
-        "caches: 12 latents",
+        "12 latents stay in host memory",
     ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
@@ -472,7 +495,7 @@ fn sd2_reference_shapes_at_768() {
         "{}",
         bytes("text_encoder")
     );
-    assert_eq!(p.caches, 10 * (4 * 96 * 96 * 2) + 10 * (77 * 1024 * 2));
+    assert_eq!(p.caches, 10 * (77 * 1024 * 2));
     // The same 192 targets as SD1.5's, wider where the context is 1024.
     let sd1 = plan(&input(1, 768, 8, DType::F16)).unwrap();
     assert!(p.lora > sd1.lora, "{} vs {}", p.lora, sd1.lora);
@@ -485,7 +508,7 @@ fn sd2_reference_shapes_at_768() {
 
 /// SDXL 1.0 base's reference shapes at 1024x1024, fp16: the 2.567 B-parameter UNet, both
 /// text encoders (released after caching), 2048-wide cached contexts plus the 1280-wide pooled
-/// text, 128x128 latents; the README's table for rank 8 and 32, batch 1 and 4, with and
+/// text, 128x128 latents, the VAE in f32; the README's table for rank 8 and 32, batch 1 and 4, with and
 /// without gradient checkpointing (`-- --nocapture` prints it).
 #[test]
 fn sdxl_reference_shapes_at_1024() {
@@ -503,9 +526,12 @@ fn sdxl_reference_shapes_at_1024() {
         "{}",
         bytes("unet")
     );
-    assert_eq!(
-        p.caches,
-        10 * (4 * 128 * 128 * 2) + 10 * (77 * 2048 * 2 + 1280 * 2)
+    assert_eq!(p.caches, 10 * (77 * 2048 * 2 + 1280 * 2));
+    // The VAE computes in f32 (SDXL's overflows in f16): 83.65 M parameters, 4 bytes each.
+    assert!(
+        (bytes("vae") / 83.653863e6 - 4.0).abs() < 0.01,
+        "{}",
+        bytes("vae")
     );
     println!("| batch | rank 8 | rank 8, checkpointing | rank 32 | rank 32, checkpointing |");
     println!("| --- | --- | --- | --- | --- |");
@@ -524,6 +550,22 @@ fn sdxl_reference_shapes_at_1024() {
             .collect();
         println!("| {batch} | {} |", cells.join(" | "));
     }
+    // no_half_vae: false (a checkpoint with the fp16-fix VAE): the VAE in f16, half its bytes,
+    // and a lower caching peak.
+    let mut i = input(1, 1024, 8, DType::F16);
+    i.family = "sdxl";
+    i.cfg.gradient_checkpointing = true;
+    i.cfg.no_half_vae = Some(false);
+    let half = plan(&i).unwrap();
+    let f32_vae = at(1, 8, true);
+    let vae = |p: &lorafuse::plan::MemoryPlan| p.weights.iter().find(|w| w.0 == "vae").unwrap().1;
+    // (The pool rounds small buffers up, so not exactly half.)
+    assert!((vae(&f32_vae) as f64 / vae(&half) as f64 - 2.0).abs() < 1e-3);
+    assert!(half.caching_peak < f32_vae.caching_peak);
+    println!(
+        "rank 8, checkpointing, batch 1, no_half_vae: false: {:.2} GiB",
+        half.peak() as f64 / (1024.0 * MIB)
+    );
 }
 
 /// LoHa (`algo: loha`) holds two (up, down) pairs per module, twice LoRA's parameters and

@@ -119,6 +119,12 @@ pub trait BackendInfo {
     fn device_limits(&self) -> Option<cuda::DeviceLimits> {
         None
     }
+    /// This backend's device computing in `dtype` instead (the same memory pool, so tensors
+    /// pass between the two): the f32 VAE beside an f16 UNet (`no_half_vae`). None where a
+    /// backend computes in one dtype only (the CPU).
+    fn with_compute_dtype(&self, _dtype: DType) -> Option<Box<dyn Backend>> {
+        None
+    }
 }
 
 /// Tensors in and out of a backend (cpu/elementwise.rs, cuda/ops/elementwise.rs).

@@ -22,6 +22,13 @@ pub fn plan_cmd(
 ) -> Outcome {
     let card = gpu.map(card).transpose()?;
     let cfg = TrainConfig::load(config, set)?;
+    let reference = lorafuse::model::family::family_by_id(family)
+        .ok_or_else(|| CliError::Usage(format!("--family {family}: expected sd1, sd2 or sdxl")))?;
+    // The planned family's defaults (SDXL: 1024) before the images are bucketed.
+    let cfg = match cfg.base_model.exists() {
+        true => lorafuse::train::fits::with_base_model_defaults(&cfg),
+        false => lorafuse::train::fits::with_model_defaults(&cfg, reference),
+    };
     let input = match lorafuse::train::trainer::scan_data(&cfg) {
         Ok(ds) => PlanInput::with_dataset(&cfg, ds),
         Err(e) => {
@@ -34,8 +41,6 @@ pub fn plan_cmd(
             PlanInput::from_config(&cfg, None)
         }
     };
-    let reference = lorafuse::model::family::family_by_id(family)
-        .ok_or_else(|| CliError::Usage(format!("--family {family}: expected sd1, sd2 or sdxl")))?;
     if !cfg.base_model.exists() {
         eprintln!(
             "note: {} not found; planning with {}'s reference shapes",

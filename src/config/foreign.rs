@@ -131,7 +131,6 @@ const FOREIGN: &[Foreign] = &[
     same("vae", &[Empty], "the VAE comes from base_model", "a separate VAE is not supported: the VAE comes from base_model; remove this key"),
     refused("config_file", "this file is the configuration; lorafuse reads one file; remove this key"),
     same("output_config", &[False], "no config is written instead of training", "lorafuse writes output_dir/config.effective.yaml at every run; remove this key"),
-    same("no_half_vae", &[False], "the VAE runs at mixed_precision", GENERIC),
     same(
         "cache_text_encoder_outputs",
         &[False],

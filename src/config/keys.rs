@@ -628,6 +628,16 @@ config_keys! {
         rule choice_rule::<MixedPrecision>(),
         kohya "no",
 
+    /// Keep the VAE in f32 on a GPU while the rest computes in f16 (kohya's `no_half_vae`):
+    /// its weights, the latents' encoding and the samples' decoding. SDXL 1.0's VAE overflows
+    /// in f16 (its latents come out inf/NaN, and training refuses them); the fp16-fix VAE
+    /// does not. Costs the VAE's memory twice over while it runs.
+    no_half_vae: Option<bool> = optional("unset: true for SDXL, false for SD1.x/SD2.x"),
+        read parse::flag,
+        doc_type "true/false",
+        rule FLAG,
+        kohya "false",
+
     /// Keep only each UNet layer's input in the training forward and compute the layer again
     /// in the backward (per resnet+attention pair): less memory for the activations, about a
     /// third more compute per step, the same gradients.
@@ -653,8 +663,9 @@ config_keys! {
     // --- data
 
     /// Training size, width,height; each side a multiple of 64 from 64 to 4096. With buckets
-    /// it is the largest area an image is trained at.
-    resolution: Resolution = fixed(Resolution::square(512)),
+    /// it is the largest area an image is trained at. Unset, the size the model was trained
+    /// at: 1024 for SDXL, else 512 (an SD2.x 768-v model needs `768`); sd-scripts requires it.
+    resolution: Resolution = fixed(Resolution::square(512), "`512`; `1024` for SDXL"),
         read parse::resolution,
         doc_type "`512`, `\"512,768\"` or `[512, 768]`",
         rule "must be a size in pixels, a multiple of 64 from 64 to 4096: 512, \"512,768\" or [512, 768] (width, height)",
@@ -788,9 +799,9 @@ config_keys! {
         rule FLAG,
 
     /// Keep the encoded images (latents) on disk in `output_dir/cache/latents/<model>/`, keyed
-    /// by each image's content and, by folder, by the base model (its path, size and time), so
-    /// later runs on the same model skip the VAE and a run on another model (another VAE, SDXL's
-    /// latent scale) does not read them.
+    /// by each image's content and, by folder, by the base model (its path, size and time) and
+    /// the VAE's precision (f16 or f32), so later runs on the same model skip the VAE and a run
+    /// on another model (another VAE, SDXL's latent scale) does not read them.
     cache_latents_to_disk: bool = fixed(false),
         read parse::flag,
         doc_type "true/false",

@@ -12,6 +12,10 @@
 //!   silu(GroupNorm) + conv_out -> [N, 3, 8·h, 8·w]
 //! The mid attention is single-head over the H·W positions with GroupNorm in front and a
 //! residual around it. Every GroupNorm here has eps 1e-6.
+//!
+//! Its dtype may differ from the caller's backend: with `no_half_vae` (SDXL 1.0's VAE
+//! overflows in f16) the weights and every op are f32 on the same device while the UNet
+//! computes in f16; images and latents are cast at the boundary.
 
 use crate::backend::{Backend, Pad2d};
 use crate::error::{Error, Result};
@@ -20,7 +24,7 @@ use crate::model::config::VaeConfig;
 use crate::model::layers::{Conv, Ctx, GroupNorm};
 use crate::model::unet::resnet::ResnetBlock;
 use crate::model::weights::{Loader, WeightSource};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// GroupNorm, single-head self-attention over positions, residual.
 pub struct VaeAttention {
@@ -98,6 +102,11 @@ pub struct Vae {
     pub quant_conv: Conv,
     pub post_quant_conv: Conv,
     pub decoder: Decoder,
+    /// The backend the VAE computes on when its dtype is not the caller's: the caller's
+    /// device in `dtype` (sharing its memory pool).
+    own: Option<Box<dyn Backend>>,
+    /// The dtype of its weights and activations.
+    dtype: DType,
 }
 
 /// The encoder's posterior: a diagonal Gaussian per latent element.
@@ -107,13 +116,44 @@ pub struct Posterior {
 }
 
 impl Vae {
-    /// Builds the VAE from weights named as diffusers' `AutoencoderKL` below `prefix` ("vae").
+    /// Builds the VAE from weights named as diffusers' `AutoencoderKL` below `prefix` ("vae"),
+    /// computing in `be`'s dtype.
     pub fn load(
         config: &VaeConfig,
         src: &dyn WeightSource,
         be: &dyn Backend,
         prefix: &str,
     ) -> Result<Vae> {
+        Self::load_in(config, src, be, prefix, be.compute_dtype())
+    }
+
+    /// [`Vae::load`] with weights and activations in `dtype` on `be`'s device (f32 beside an
+    /// f16 backend: kohya's `no_half_vae`); an error where `be` cannot compute in it.
+    pub fn load_in(
+        config: &VaeConfig,
+        src: &dyn WeightSource,
+        be: &dyn Backend,
+        prefix: &str,
+        dtype: DType,
+    ) -> Result<Vae> {
+        let own = if dtype == be.compute_dtype() {
+            None
+        } else {
+            Some(
+                be.with_compute_dtype(dtype)
+                    .ok_or_else(|| Error::BadValue {
+                        op: "vae",
+                        name: "dtype",
+                        value: dtype.to_string(),
+                        expected: format!(
+                            "{} (the {} backend computes in that dtype only)",
+                            be.compute_dtype(),
+                            be.name()
+                        ),
+                    })?,
+            )
+        };
+        let be = own.as_deref().unwrap_or(be);
         let l = Loader::new(src, be, prefix);
         let ch = &config.block_out_channels;
         crate::model::config::checked(config.validate(), "vae", "an SD1.x VAE configuration")?;
@@ -178,11 +218,34 @@ impl Vae {
             quant_conv: Conv::load(&l.at("quant_conv"), 2 * lat, 2 * lat, 1, 1, 0)?,
             post_quant_conv: Conv::load(&l.at("post_quant_conv"), lat, lat, 1, 1, 0)?,
             decoder,
+            own,
+            dtype,
         })
     }
 
-    /// The posterior of images [N, 3, H, W] (H, W multiples of 2^(levels-1)).
+    /// The dtype of its weights and activations: what it encodes and decodes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The context the VAE's ops run in: its own backend where it has one, else the caller's.
+    fn ctx<'b>(&'b self, cx: &Ctx<'b>) -> Ctx<'b> {
+        Ctx::new(self.own.as_deref().unwrap_or(cx.be), None)
+    }
+
+    /// `x` in the VAE's dtype.
+    fn to_own(&self, cx: &Ctx, x: &Tensor) -> Result<Tensor> {
+        if x.dtype() == self.dtype {
+            Ok(x.clone())
+        } else {
+            cx.be.cast(x, self.dtype)
+        }
+    }
+
+    /// The posterior of images [N, 3, H, W] (H, W multiples of 2^(levels-1)), in the VAE's
+    /// dtype.
     pub fn encode(&self, cx: &Ctx, image: &Tensor) -> Result<Posterior> {
+        let cx = &self.ctx(cx);
         let d = image.dims();
         let f = 1usize << (self.encoder.down.len() - 1);
         if d.len() != 4
@@ -203,7 +266,7 @@ impl Vae {
             });
         }
         let e = &self.encoder;
-        let mut h = e.conv_in.forward(cx, image)?;
+        let mut h = e.conv_in.forward(cx, &self.to_own(cx, image)?)?;
         for (resnets, ds) in &e.down {
             for r in resnets {
                 h = r.forward(cx, h, None, false)?.0;
@@ -231,15 +294,17 @@ impl Vae {
     }
 
     /// scaling_factor·(mean + std·noise), or scaling_factor·mean without noise: the latents the
-    /// UNet trains on.
+    /// UNet trains on, in the VAE's dtype (`noise` in it too).
     pub fn latents(&self, cx: &Ctx, p: &Posterior, noise: Option<&Tensor>) -> Result<Tensor> {
-        cx.be
+        self.ctx(cx)
+            .be
             .gaussian_sample(&p.mean, &p.logvar, noise, self.config.scaling_factor)
     }
 
-    /// Images [N, 3, 8h, 8w] (roughly in [-1, 1]) from latents [N, latent, h, w] as the UNet
-    /// sees them (already multiplied by the scaling factor).
+    /// Images [N, 3, 8h, 8w] (roughly in [-1, 1]), in the VAE's dtype, from latents
+    /// [N, latent, h, w] as the UNet sees them (already multiplied by the scaling factor).
     pub fn decode(&self, cx: &Ctx, latents: &Tensor) -> Result<Tensor> {
+        let cx = &self.ctx(cx);
         let d = latents.dims();
         if d.len() != 4 || d[1] != self.config.latent_channels {
             return Err(Error::BadShape {
@@ -249,7 +314,9 @@ impl Vae {
                 expected: format!("[N, {}, h, w]", self.config.latent_channels),
             });
         }
-        let z = cx.be.scale(latents, 1.0 / self.config.scaling_factor)?;
+        let z = cx
+            .be
+            .scale(&self.to_own(cx, latents)?, 1.0 / self.config.scaling_factor)?;
         let dec = &self.decoder;
         let mut h = dec
             .conv_in

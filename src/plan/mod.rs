@@ -190,7 +190,7 @@ pub struct MemoryPlan {
     pub input: PlanInput,
     /// The model family's name ("SD1.5" shapes unless `base_model` gave others).
     pub family: String,
-    /// Latents and caption embeddings in the caches.
+    /// Latents (in host memory) and caption embeddings (on the device) in the caches.
     pub cached: (usize, usize),
     /// Frozen weights by model ("unet", "vae", "text_encoder") and whether each stays on the
     /// device during training.
@@ -201,7 +201,7 @@ pub struct MemoryPlan {
     pub optimizer: usize,
     /// The per-module gradient accumulators (f32).
     pub grads: usize,
-    /// Cached latents and caption embeddings.
+    /// Cached caption embeddings on the device (latents stay in host memory).
     pub caches: usize,
     /// The fixed-noise evaluation sets: stacked latents and contexts of every image.
     pub eval_sets: usize,

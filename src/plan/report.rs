@@ -64,7 +64,10 @@ pub fn table(p: &MemoryPlan, fit: Option<&Fit>) -> String {
     row(&mut s, "optimizer: params, grads, state", p.optimizer);
     row(
         &mut s,
-        &format!("caches: {} latents, {} captions", p.cached.0, p.cached.1),
+        &format!(
+            "caches: {} captions ({} latents stay in host memory)",
+            p.cached.1, p.cached.0
+        ),
         p.caches,
     );
     row(&mut s, "evaluation sets (fixed noise)", p.eval_sets);

@@ -87,7 +87,7 @@ pub fn plan(input: &PlanInput) -> Result<MemoryPlan> {
         op: "plan",
         name: "family",
         value: input.family.to_string(),
-        expected: "sd1 or sd2".into(),
+        expected: "sd1, sd2 or sdxl".into(),
     })?;
     let from = match base {
         Some(p) => WeightsFrom::Shapes(Some(p)),

@@ -30,6 +30,7 @@ pub fn plan_on(cfg: &TrainConfig, gpu: &str) -> Result<Value, String> {
     if let Some(why) = card.unsupported() {
         return Err(why);
     }
+    let cfg = &crate::train::fits::with_base_model_defaults(cfg);
     let input = match crate::train::trainer::scan_data(cfg) {
         Ok(ds) => PlanInput::with_dataset(cfg, ds),
         Err(_) => PlanInput::from_config(cfg, None),

@@ -1,10 +1,13 @@
 //! What the UNet trains on, computed once: the VAE latents of every image (and of its mirror
-//! image under flip_aug), in memory and optionally on disk keyed by the image's content, and the
-//! text embeddings of every caption string met, in memory.
+//! image under flip_aug), in host memory and optionally on disk keyed by the image's content,
+//! and the text embeddings of every caption string met, in memory.
 //!
 //! Latents are a draw from the VAE posterior (as kohya caches them), with noise from a
 //! generator seeded by the image's content hash: the same image gives the same latents in every
-//! run, which keeps runs and resumes reproducible.
+//! run, which keeps runs and resumes reproducible. They are kept as f32 on the host as the VAE
+//! computed them (in f32 with `no_half_vae`), as sd-scripts keeps them, and put on the device
+//! in its compute dtype batch by batch ([`stack_latents`]). Non-finite latents (SDXL 1.0's VAE
+//! in f16 overflows) are refused, naming the image and the fix.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -38,7 +41,7 @@ pub struct LatentKey {
     pub flipped: bool,
 }
 
-/// Latents by [`LatentKey`].
+/// Latents by [`LatentKey`], host f32 tensors.
 pub struct LatentCache {
     map: HashMap<LatentKey, Tensor>,
     disk: Option<PathBuf>,
@@ -69,7 +72,8 @@ impl LatentCache {
         self.map.is_empty()
     }
 
-    /// The latents [1, 4, h, w] of `item` (the image `key` names), encoding it if needed.
+    /// The latents [1, 4, h, w] of `item` (the image `key` names, host f32), encoding it if
+    /// needed.
     pub fn get_or_encode(
         &mut self,
         be: &dyn Backend,
@@ -119,7 +123,8 @@ impl LatentCache {
     }
 
     /// The VAE latents of `item`'s pixels (cropped at random with `random_crop`, else
-    /// centred; mirrored when `flipped`), a posterior draw; the draws from `rng`.
+    /// centred; mirrored when `flipped`), a posterior draw (host f32, finite); the draws from
+    /// `rng`.
     fn encode(
         &self,
         be: &dyn Backend,
@@ -149,14 +154,44 @@ impl LatentCache {
             pixels = flip_width(&pixels)?;
         }
         let (c, h, w) = (pixels.dims()[0], pixels.dims()[1], pixels.dims()[2]);
-        let image = be.tensor_from_f32(&[1, c, h, w], &pixels.to_f32_vec(), be.compute_dtype())?;
+        let image = be.tensor_from_f32(&[1, c, h, w], &pixels.to_f32_vec(), vae.dtype())?;
         let post = vae.encode(&cx, &image)?;
         let eps: Vec<f32> = (0..post.mean.numel())
             .map(|_| rng.normal() as f32)
             .collect();
         let eps = be.tensor_from_f32(post.mean.dims(), &eps, post.mean.dtype())?;
-        vae.latents(&cx, &post, Some(&eps))
+        let latents = vae.latents(&cx, &post, Some(&eps))?;
+        let host = be.to_f32_vec(&latents)?;
+        if let Some(bad) = host.iter().find(|x| !x.is_finite()) {
+            return Err(non_finite(item, *bad, vae.dtype()));
+        }
+        Tensor::from_f32(latents.dims(), host)
     }
+}
+
+/// The refusal of an image whose latents are not finite, with the fix: in f16, the VAE's
+/// overflow (SDXL 1.0's VAE); in f32, the image or the model.
+fn non_finite(item: &Item, value: f32, dtype: DType) -> Error {
+    let expected = if dtype == DType::F16 {
+        "finite latents: the VAE overflowed in f16, as SDXL 1.0's VAE does; set \
+         `no_half_vae: true` (the VAE in f32), or use a checkpoint carrying the fp16-fix VAE \
+         (madebyollin/sdxl-vae-fp16-fix), or `mixed_precision: no`"
+    } else {
+        "finite latents; the VAE computed in f32, so the image or the model's VAE is damaged"
+    };
+    Error::BadValue {
+        op: "latent cache",
+        name: "latents of image",
+        value: format!("{} ({value} in {dtype})", item.path.display()),
+        expected: expected.into(),
+    }
+}
+
+/// Host latents [1, C, h, w] of one shape stacked into [N, C, h, w] on `be`, in its compute
+/// dtype (the UNet's).
+pub fn stack_latents(be: &dyn Backend, parts: &[Tensor]) -> Result<Tensor> {
+    let host = stack(&crate::backend::cpu::CpuBackend::new(), parts)?;
+    be.tensor_from_f32(host.dims(), &host.to_f32_vec(), be.compute_dtype())
 }
 
 /// Mirrors [C, H, W] pixels left to right.

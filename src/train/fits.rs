@@ -2,10 +2,37 @@
 //! settings sd-scripts does not apply to a family are refused (naming the key, why, and what to
 //! do) or noted.
 
-use crate::config::TrainConfig;
+use crate::config::{Resolution, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::Generation;
 use crate::model::family::ModelFamily;
+
+/// `cfg` with the defaults that follow the model: an unset `resolution` becomes `family`'s
+/// square ([`ModelFamily::default_resolution`]: 1024 for SDXL, 512 otherwise), in the run's
+/// configuration and in each dataset_config subset's.
+pub fn with_model_defaults(cfg: &TrainConfig, family: &dyn ModelFamily) -> TrainConfig {
+    let side = family.default_resolution() as u32;
+    let fill = |c: &mut TrainConfig| {
+        if !c.provenance.is_written("resolution") {
+            c.resolution = Resolution::square(side);
+        }
+    };
+    let mut out = cfg.clone();
+    fill(&mut out);
+    for s in &mut out.subsets {
+        fill(&mut s.config);
+    }
+    out
+}
+
+/// [`with_model_defaults`] for the family of `cfg.base_model`; `cfg` as it is where the model
+/// cannot be read (loading it reports why).
+pub fn with_base_model_defaults(cfg: &TrainConfig) -> TrainConfig {
+    match crate::model::family::family_of(&cfg.base_model) {
+        Ok(family) => with_model_defaults(cfg, family),
+        Err(_) => cfg.clone(),
+    }
+}
 
 /// Refuses what `family` cannot take from `cfg`; returns the notes to show.
 pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<String>> {
@@ -13,8 +40,9 @@ pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<S
     if family.generation() != Generation::Sdxl {
         return Ok(notes);
     }
-    // lora/blocks.rs numbers SD1.x/SD2.x's 25 blocks (kohya's lora.py); sd-scripts numbers
-    // SDXL's otherwise (23 blocks), which lorafuse does not map yet.
+    // lora/blocks.rs numbers SD1.x/SD2.x's 25 blocks (kohya's lora.py); sd-scripts gives SDXL
+    // 23 (get_block_index with is_sdxl: 0 the embeddings, 1-9 input_blocks, 10-12
+    // middle_block, 13-21 output_blocks, 22 out; lr weights 9/3/9), not mapped yet.
     let block_wise = [
         ("block_dims", cfg.block_dims.is_some()),
         ("block_alphas", cfg.block_alphas.is_some()),
@@ -30,8 +58,10 @@ pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<S
             name: key,
             value: format!("set, with the SDXL model {}", cfg.base_model.display()),
             expected: "no block-wise settings on SDXL: lorafuse maps them onto SD1.x/SD2.x's 25 \
-                       blocks only (sd-scripts numbers SDXL's differently); remove the key and \
-                       use network_dim/conv_dim (and unet_lr/text_encoder_lr) for the whole model"
+                       blocks only (sd-scripts gives SDXL 23 blocks of its own: input_blocks \
+                       0-8, middle_block 0-2, output_blocks 0-8, with 9/3/9 learning-rate \
+                       weights); remove the key and use network_dim/conv_dim (and \
+                       unet_lr/text_encoder_lr) for the whole model"
                 .into(),
         });
     }
@@ -42,6 +72,7 @@ pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<S
             cfg.clip_skip
         ));
     }
+    // A resolution the configuration gives (unset, it is SDXL's 1024: with_model_defaults).
     if cfg.resolution.width.max(cfg.resolution.height) < 1024 {
         notes.push(format!(
             "resolution {}x{}: SDXL was trained at 1024x1024; LoRAs trained much smaller tend to \
@@ -55,7 +86,8 @@ pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::family::{sd1::Sd1, sdxl::Sdxl};
+    use crate::config::Format;
+    use crate::model::family::{sd1::Sd1, sd2::Sd2, sdxl::Sdxl};
 
     fn config(extra: &str) -> TrainConfig {
         let yaml = format!("train_data_dir: d\nbase_model: m\noutput_dir: o\n{extra}");
@@ -71,6 +103,72 @@ mod tests {
         let cfg = config("up_lr_weight: cosine\n");
         let e = check_family(&cfg, &Sdxl).unwrap_err().to_string();
         assert!(e.contains("up_lr_weight"), "{e}");
+    }
+
+    #[test]
+    fn an_unset_resolution_is_the_models_own() {
+        let unset = config("");
+        assert_eq!(
+            with_model_defaults(&unset, &Sdxl).resolution,
+            Resolution::square(1024)
+        );
+        assert_eq!(
+            with_model_defaults(&unset, &Sd1).resolution,
+            Resolution::square(512)
+        );
+        assert_eq!(
+            with_model_defaults(&unset, &Sd2).resolution,
+            Resolution::square(512)
+        );
+        let given = config("resolution: 768,512\n");
+        let r = with_model_defaults(&given, &Sdxl).resolution;
+        assert_eq!((r.width, r.height), (768, 512), "a resolution given stays");
+        // kohya's TOML: sd-scripts requires resolution; left out, the model's own.
+        let toml = "[model_arguments]\npretrained_model_name_or_path = 'm'\n\
+                    [dataset_arguments]\ntrain_data_dir = 'd'\n\
+                    [training_arguments]\noutput_dir = 'o'\n";
+        let kohya = TrainConfig::from_text(toml, "c.toml", Format::Kohya, &[] as &[&str]).unwrap();
+        assert_eq!(
+            with_model_defaults(&kohya, &Sdxl).resolution,
+            Resolution::square(1024)
+        );
+        // The default is not noted; a smaller one given is.
+        assert!(check_family(&with_model_defaults(&unset, &Sdxl), &Sdxl)
+            .unwrap()
+            .is_empty());
+        let small = with_model_defaults(&config("resolution: 768\n"), &Sdxl);
+        assert_eq!(check_family(&small, &Sdxl).unwrap().len(), 1);
+    }
+
+    /// SDXL's bucket set with the defaults is sd-scripts' (`make_bucket_resolutions` with
+    /// min_bucket_reso 256, max_bucket_reso 1024, bucket_reso_steps 64, which sdxl_train_network
+    /// keeps; it allows steps of 32 where lorafuse takes 64): at 1024x1024 every bucket has a
+    /// side of 1024 (1024²/w ≥ 1024 for w ≤ 1024) and the other from 256 to 1024 by 64.
+    #[test]
+    fn sdxl_buckets_by_default_are_sd_scripts() {
+        let cfg = with_model_defaults(&config("enable_bucket: true\n"), &Sdxl);
+        assert_eq!(
+            (
+                cfg.min_bucket_reso,
+                cfg.max_bucket_reso,
+                cfg.bucket_reso_steps
+            ),
+            (256, 1024, 64)
+        );
+        let opts = crate::train::inputs::data_options(&cfg);
+        let crate::data::Bucketing::Predefined(mut got) = crate::data::scan::bucketing(&opts)
+        else {
+            panic!("bucketing without upscaling")
+        };
+        got.sort_unstable();
+        let mut want: Vec<(usize, usize)> = (256..=1024)
+            .step_by(64)
+            .flat_map(|w| [(w, 1024), (1024, w)])
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        assert_eq!(want.len(), 25);
+        assert_eq!(got, want);
     }
 
     #[test]

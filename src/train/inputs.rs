@@ -11,9 +11,9 @@ use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::model::tokenizer::Tokenizer;
 use crate::rng::Rng;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use crate::train::cache::{
-    stack, stack_text, LatentCache, LatentKey, Pixels, TextCache, TextOptions,
+    stack_latents, stack_text, LatentCache, LatentKey, Pixels, TextCache, TextOptions,
 };
 
 /// Which images a batch is drawn from, and whether with the run's random choices.
@@ -40,11 +40,12 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// Empty caches over `ds`; latents also on disk with `cache_latents_to_disk`.
-    pub fn new(cfg: &TrainConfig, ds: Dataset, pixels: Pixels) -> Result<Inputs> {
+    /// Empty caches over `ds`; latents also on disk with `cache_latents_to_disk`, in a folder
+    /// of the model's and of the dtype the VAE computes in (`vae`).
+    pub fn new(cfg: &TrainConfig, ds: Dataset, pixels: Pixels, vae: DType) -> Result<Inputs> {
         let opts = data_options(cfg);
         let disk = cfg.cache_latents_to_disk.then(|| {
-            let model = format!("{:016x}", model_key(&cfg.base_model));
+            let model = latent_folder(&cfg.base_model, vae);
             cfg.output_dir.join("cache").join("latents").join(model)
         });
         Ok(Inputs {
@@ -171,7 +172,7 @@ impl Inputs {
             captions.push(caption);
         }
         Ok(Batch {
-            latents: stack(be, &lat)?,
+            latents: stack_latents(be, &lat)?,
             captions,
             sizes,
         })
@@ -240,6 +241,12 @@ impl Inputs {
             None => Ok((self.contexts(be, m, captions)?, None)),
         }
     }
+}
+
+/// The latent cache's folder name for the model at `path` whose VAE computes in `vae`: the
+/// model's key and the dtype (f16 and f32 latents differ, and f16 ones may have overflowed).
+fn latent_folder(path: &std::path::Path, vae: DType) -> String {
+    format!("{:016x}-vae-{vae}", model_key(path))
 }
 
 /// A key of the model at `path` for the latent cache's folder: its path, size and modification
@@ -361,7 +368,8 @@ pub fn long_captions<'d>(
 
 #[cfg(test)]
 mod tests {
-    use super::model_key;
+    use super::{latent_folder, model_key};
+    use crate::tensor::DType;
 
     #[test]
     fn the_latent_cache_folder_changes_with_the_model() {
@@ -375,6 +383,9 @@ mod tests {
         assert_ne!(ka, model_key(&b), "another path");
         std::fs::write(&a, b"longer").unwrap();
         assert_ne!(ka, model_key(&a), "replaced in place");
+        let (f16, f32) = (latent_folder(&a, DType::F16), latent_folder(&a, DType::F32));
+        assert_ne!(f16, f32, "the VAE's dtype");
+        assert!(f32.ends_with("-vae-f32"), "{f32}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

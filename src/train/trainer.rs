@@ -19,7 +19,7 @@ use crate::config::TrainConfig;
 use crate::data::{captions_vary, epoch_batches, Dataset};
 use crate::dist::{Communicator, Solo};
 use crate::error::{Error, Result};
-use crate::model::family::{family_of, Models, Prediction, WeightsFrom};
+use crate::model::family::{family_of, vae_dtype, Models, Prediction, WeightsFrom};
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
 use crate::sample::image::RgbImage;
@@ -130,7 +130,18 @@ impl<'a> Run<'a> {
             hook.info(note);
         }
         hook.begin(Phase::Models);
-        let mut models = family.load(from, be, &mut |n| hook.loaded(n))?;
+        let vae = vae_dtype(family, be, cfg.no_half_vae);
+        if vae != be.compute_dtype() {
+            hook.info(format!(
+                "the VAE computes in {vae} beside the model's {}{}",
+                be.compute_dtype(),
+                match cfg.no_half_vae {
+                    Some(_) => " (no_half_vae)",
+                    None => " (SDXL's VAE overflows in f16; no_half_vae: false keeps it in f16)",
+                }
+            ));
+        }
+        let mut models = family.load_with(from, be, vae, &mut |n| hook.loaded(n))?;
         models.prediction = prediction(cfg, &models, from)?;
         hook.end(Phase::Models);
 
@@ -138,7 +149,7 @@ impl<'a> Run<'a> {
         let t0 = std::time::Instant::now();
         let n = ds.items.len() + ds.validation.len();
         hook.info(format!("caching latents of {n} images"));
-        let mut inputs = Inputs::new(cfg, ds, pixels)?;
+        let mut inputs = Inputs::new(cfg, ds, pixels, vae)?;
         inputs.tokenizer = inputs.tokenizer.clone().padding_with(family.pad_token());
         let sampling = cfg.samples_asked();
         let captions_fixed = captions_fixed(cfg);
@@ -503,6 +514,8 @@ pub fn train_rank(
     stop: &AtomicBool,
     obs: &mut dyn Observer,
 ) -> Result<TrainReport> {
+    let resolved = crate::train::fits::with_base_model_defaults(cfg);
+    let cfg = &resolved;
     let mut go = || -> Result<TrainReport> {
         use crate::train::loop_io::{after_step, end_epoch, end_partial_epoch, finish, Outputs};
         use crate::train::samples::SampleAt;

@@ -85,4 +85,8 @@ impl BackendInfo for CudaBackend {
     fn device_limits(&self) -> Option<super::DeviceLimits> {
         Some(self.dev.limits().clone())
     }
+    fn with_compute_dtype(&self, dtype: DType) -> Option<Box<dyn crate::backend::Backend>> {
+        let twin = CudaBackend::new(self.dev.clone(), dtype).ok()?;
+        Some(Box::new(twin.with_kernels(self.kernels)))
+    }
 }

@@ -32,7 +32,7 @@ use crate::model::unet::Unet;
 use crate::model::vae::Vae;
 use crate::model::weights::{ShapeOnly, WeightSource};
 use crate::sample::schedule::NoiseSchedule;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// What the denoiser is trained to predict from x_t.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,9 @@ pub trait ModelFamily: Sync {
     /// The id that pads a caption's token ids after its EOS: SD1.x's tokenizer pads with
     /// `<|endoftext|>` (49407), SD2.x's with `!` (0), as OpenCLIP does.
     fn pad_token(&self) -> u32;
-    /// The square side it was trained at, in pixels.
+    /// The square side training defaults to when `resolution` is unset, in pixels: the size
+    /// the family was trained at (SD2.x's 512 base; its 768-v model needs `resolution: 768`,
+    /// as a single file does not say which it is).
     fn default_resolution(&self) -> usize;
     /// What its models predict when the checkpoint does not say (a single file never does).
     fn prediction(&self) -> Prediction;
@@ -74,14 +76,43 @@ pub trait ModelFamily: Sync {
     fn noise_schedule(&self) -> NoiseSchedule;
     /// Whether a detected single-file checkpoint is of this family.
     fn accepts(&self, detected: &Family) -> bool;
-    /// Loads the networks onto `be`, calling `loaded` with each network's name ("unet",
-    /// "vae", "text_encoder") once it is on the device (`plan` measures each one so).
+    /// Whether its VAE's activations overflow f16 (SDXL 1.0's), so that the VAE computes in
+    /// f32 beside an f16 backend unless `no_half_vae` says otherwise ([`vae_dtype`]).
+    fn vae_overflows_in_f16(&self) -> bool {
+        false
+    }
+    /// Loads the networks onto `be`, the VAE in `vae` (`be`'s dtype, or f32 beside f16),
+    /// calling `loaded` with each network's name ("unet", "vae", "text_encoder") once it is on
+    /// the device (`plan` measures each one so).
+    fn load_with(
+        &'static self,
+        from: WeightsFrom<'_>,
+        be: &dyn Backend,
+        vae: DType,
+        loaded: &mut dyn FnMut(&'static str),
+    ) -> Result<Models>;
+    /// [`ModelFamily::load_with`], the VAE in `be`'s dtype.
     fn load(
         &'static self,
         from: WeightsFrom<'_>,
         be: &dyn Backend,
         loaded: &mut dyn FnMut(&'static str),
-    ) -> Result<Models>;
+    ) -> Result<Models> {
+        self.load_with(from, be, be.compute_dtype(), loaded)
+    }
+}
+
+/// The dtype `family`'s VAE computes in on `be`: f32 where `be` computes in f16 and
+/// `no_half_vae` is true or, left unset, the family's VAE overflows in f16 (SDXL); else `be`'s
+/// own (the CPU always computes in f32).
+pub fn vae_dtype(family: &dyn ModelFamily, be: &dyn Backend, no_half_vae: Option<bool>) -> DType {
+    let own = be.compute_dtype();
+    let upcast = no_half_vae.unwrap_or_else(|| family.vae_overflows_in_f16());
+    if upcast && own == DType::F16 {
+        DType::F32
+    } else {
+        own
+    }
 }
 
 impl std::fmt::Debug for dyn ModelFamily {
@@ -153,7 +184,7 @@ pub(crate) fn load_ldm(
     family: &'static dyn ModelFamily,
     reference: fn() -> ReferenceConfigs,
     from: WeightsFrom<'_>,
-    be: &dyn Backend,
+    be: (&dyn Backend, DType),
     loaded: &mut dyn FnMut(&'static str),
 ) -> Result<Models> {
     match from {
@@ -213,12 +244,12 @@ fn build(
     unet: (&UnetConfig, &dyn WeightSource),
     vae: (&VaeConfig, &dyn WeightSource),
     text: (&ClipTextConfig, &dyn WeightSource),
-    be: &dyn Backend,
+    (be, vae_dtype): (&dyn Backend, DType),
     loaded: &mut dyn FnMut(&'static str),
 ) -> Result<Models> {
     let u = Unet::load(unet.0, unet.1, be, "unet")?;
     loaded("unet");
-    let v = Vae::load(vae.0, vae.1, be, "vae")?;
+    let v = Vae::load_in(vae.0, vae.1, be, "vae", vae_dtype)?;
     loaded("vae");
     let t = ClipTextModel::load(text.0, text.1, be, "text_encoder")?;
     loaded("text_encoder");

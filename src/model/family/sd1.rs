@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::model::checkpoint::{Family, Generation};
 use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 use crate::sample::schedule::NoiseSchedule;
+use crate::tensor::DType;
 
 /// The SD1.x family.
 pub struct Sd1;
@@ -40,13 +41,14 @@ impl ModelFamily for Sd1 {
         crate::model::tokenizer::EOS
     }
 
-    fn load(
+    fn load_with(
         &'static self,
         from: WeightsFrom<'_>,
         be: &dyn Backend,
+        vae: DType,
         loaded: &mut dyn FnMut(&'static str),
     ) -> Result<Models> {
-        load_ldm(self, reference, from, be, loaded)
+        load_ldm(self, reference, from, (be, vae), loaded)
     }
 }
 

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::model::checkpoint::{Family, Generation};
 use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 use crate::sample::schedule::NoiseSchedule;
+use crate::tensor::DType;
 
 /// The SD2.x family.
 pub struct Sd2;
@@ -25,7 +26,7 @@ impl ModelFamily for Sd2 {
         "Stable Diffusion 2.x"
     }
     fn default_resolution(&self) -> usize {
-        768
+        512
     }
     fn prediction(&self) -> Prediction {
         Prediction::Epsilon
@@ -43,13 +44,14 @@ impl ModelFamily for Sd2 {
         0
     }
 
-    fn load(
+    fn load_with(
         &'static self,
         from: WeightsFrom<'_>,
         be: &dyn Backend,
+        vae: DType,
         loaded: &mut dyn FnMut(&'static str),
     ) -> Result<Models> {
-        load_ldm(self, reference, from, be, loaded)
+        load_ldm(self, reference, from, (be, vae), loaded)
     }
 }
 

@@ -18,6 +18,7 @@ use crate::model::unet::Unet;
 use crate::model::vae::Vae;
 use crate::model::weights::{ShapeOnly, WeightSource};
 use crate::sample::schedule::NoiseSchedule;
+use crate::tensor::DType;
 
 /// The SDXL family.
 pub struct Sdxl;
@@ -50,12 +51,19 @@ impl ModelFamily for Sdxl {
         crate::model::tokenizer::EOS
     }
 
-    fn load(
+    /// SDXL 1.0's VAE (and its 0.9 VAE) overflow in f16: their activations outgrow 65504.
+    fn vae_overflows_in_f16(&self) -> bool {
+        true
+    }
+
+    fn load_with(
         &'static self,
         from: WeightsFrom<'_>,
         be: &dyn Backend,
+        vae: DType,
         loaded: &mut dyn FnMut(&'static str),
     ) -> Result<Models> {
+        let be = (be, vae);
         match from {
             WeightsFrom::Checkpoint(path) => {
                 let ck = load_sdxl(path)?;
@@ -109,12 +117,12 @@ impl Sdxl {
     fn build(
         &'static self,
         p: Parts<'_>,
-        be: &dyn Backend,
+        (be, vae_dtype): (&dyn Backend, DType),
         loaded: &mut dyn FnMut(&'static str),
     ) -> Result<Models> {
         let unet = Unet::load(p.unet.0, p.unet.1, be, "unet")?;
         loaded("unet");
-        let vae = Vae::load(p.vae.0, p.vae.1, be, "vae")?;
+        let vae = Vae::load_in(p.vae.0, p.vae.1, be, "vae", vae_dtype)?;
         loaded("vae");
         let text = SdxlText::load(p.te1, p.te2, be)?;
         loaded("text_encoder");
