@@ -6,6 +6,8 @@
 //! (SDXL: f32) and the latent cache's disk files read back onto the device.
 #![cfg(feature = "cuda-emu")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -44,11 +46,9 @@ impl WeightSource for Scaled {
     }
 }
 
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "lorafuse-vae-precision-{name}-{}",
-        std::process::id()
-    ))
+/// A fresh folder, removed when dropped.
+fn temp(name: &str) -> common::tools::TempDir {
+    common::tools::TempDir::new(&format!("vae-precision-{name}"))
 }
 
 /// A two-level VAE of SD's architecture, 32 channels: latents half the image's size.
@@ -213,7 +213,6 @@ fn no_half_vae_encodes_and_decodes_the_f32_backends_bits() {
         &f32.to_f32_vec(&img_full).unwrap(),
         "decoded image",
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -269,5 +268,4 @@ fn an_overflowing_vae_is_finite_with_no_half_vae_and_refused_without() {
         .to_f32_vec(&half.decode(&Ctx::new(&f16, None), &z16).unwrap())
         .unwrap();
     assert!(img_half.iter().any(|x| !x.is_finite()), "f16 overflows");
-    let _ = std::fs::remove_dir_all(&dir);
 }
