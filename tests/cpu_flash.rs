@@ -105,9 +105,9 @@ fn matches_f64_on_partial_tiles_and_odd_widths() {
     random("d80", case(2, 2, 80, 80, 48, 96, false), 5);
     // Causal, head width 64, crossing query and key tiles.
     random("causal", case(1, 2, 64, 64, 197, 197, true), 6);
-    // One head: split into parts, 5 query and 5 key tiles into 4 parts of 2, 2, 1 and 0
-    // tiles when rayon has 2 threads; value width 160.
-    random("parts", case(1, 1, 3, 160, 200, 400, false), 7);
+    // One head, split into 5 parts (5 query tiles; 7 key tiles, so the backward's parts
+    // take 2, 2, 2, 1 and 0 of them); value width 160.
+    random("parts", case(1, 1, 3, 160, 200, 600, false), 7);
     random("parts causal", case(1, 1, 24, 8, 300, 300, true), 8);
 }
 

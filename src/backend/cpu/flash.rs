@@ -21,7 +21,8 @@
 //! AVX2 and FMA the whole pass is compiled a second time with those features and picked at
 //! run time (as vexp.rs does). Work is split into one rayon task per (batch, head, part):
 //! a head is cut into `parts` ranges of query tiles (forward) or key tiles (backward) only
-//! when there are fewer heads than twice the threads; backward parts add their dQ.
+//! when there are fewer heads than 8 per thread (so that a busy or slow thread leaves no long
+//! tail); backward parts add their dQ.
 //!
 //! Memory: the per-task tiles (a few tens of kB) and the packed operands of the heads in
 //! flight; no [Lq, Lk] matrix and no [BLOCK, Lk] block.
@@ -297,7 +298,7 @@ struct Geometry {
 impl Geometry {
     fn new(n: AttentionDims) -> Self {
         let heads = n.batch * n.heads;
-        let want = (2 * rayon::current_num_threads()).div_ceil(heads).max(1);
+        let want = (8 * rayon::current_num_threads()).div_ceil(heads).max(1);
         let q_tiles = n.q_len.div_ceil(MQ);
         let k_tiles = n.kv_len.div_ceil(NK);
         Geometry {
