@@ -13,16 +13,16 @@
 //! Every product is one register-blocked kernel, `product`: C[r, ..] (+)= Σ_t A[r, t]·B[t, ..]
 //! with A read through any row and column strides (so Pᵀ needs no transpose) and B's rows
 //! vectors of 8 lanes. The operands are packed per head first: Kᵀ and Vᵀ in [d, NK] tiles, K,
-//! V, s·Q and dO in rows padded to whole vectors with zeros; row counts are padded to
-//! multiples of the kernel's `ROW_ALIGN` rows. Padded keys are masked out
-//! of the softmax, padded query rows are dropped.
+//! V, s·Q and dO in rows (zero-padded to whole vectors where they are a right operand); row
+//! counts are padded with zero rows to multiples of the kernel's `ROW_ALIGN` rows. Padded keys
+//! are masked out of the softmax, padded query rows are dropped.
 //!
 //! The arithmetic is plain Rust over `[f32; 8]` lanes that LLVM vectorises; on x86-64 with
 //! AVX2 and FMA the whole pass is compiled a second time with those features and picked at
 //! run time (as vexp.rs does). Work is split into one rayon task per (batch, head, part):
-//! a head is cut into `parts` ranges of query tiles (forward) or key tiles (backward) only
-//! when there are fewer heads than 8 per thread (so that a busy or slow thread leaves no long
-//! tail); backward parts add their dQ.
+//! a head is cut into ranges of query tiles (forward) or key tiles (backward) when batch·heads
+//! is below 8 tasks per thread (so that a busy or slow thread leaves no long tail); backward
+//! parts add their dQ.
 //!
 //! Memory: the per-task tiles (a few tens of kB) and the packed operands of the heads in
 //! flight; no [Lq, Lk] matrix and no [BLOCK, Lk] block.
