@@ -2,7 +2,8 @@
 //! GFLOP/s of the matrix products and 3x3 convolutions, so later changes can be compared.
 //!
 //! `cargo bench --bench cpu_ops` prints a table; `BENCH_JSON=path` also writes the figures as
-//! JSON; `BENCH_REPS=n` sets the timed repetitions (default 5, median reported).
+//! JSON; `BENCH_REPS=n` sets the timed repetitions (default 5, median reported);
+//! `BENCH_ONLY=text` runs only the groups whose name contains it (matmul, attention, conv).
 //!
 //! Each op gets two rates: FLOP per wall-clock second, and FLOP per CPU-second of this
 //! process (all its threads, from /proc/self/task/*/schedstat on Linux). On a machine shared
@@ -132,6 +133,8 @@ fn main() {
     let be = CpuBackend::new();
     let mut rng = Rng::new(42);
     let mut rows = Vec::new();
+    let only = std::env::var("BENCH_ONLY").ok();
+    let on = |group: &str| only.as_deref().is_none_or(|o| group.contains(o));
 
     // Linear layers of the UNet's transformer blocks: (tokens, in, out, what).
     let linears = [
@@ -142,7 +145,7 @@ fn main() {
         (256, 1280, 1280, "attn q/k/v/out, level 3"),
         (77, 768, 320, "cross-attn k/v from text"),
     ];
-    for (m, k, n, what) in linears {
+    for (m, k, n, what) in linears.into_iter().filter(|_| on("matmul")) {
         let x = rand_t(&mut rng, &[m, k]);
         let w = rand_t(&mut rng, &[n, k]);
         let t = time(reps, || {
@@ -156,7 +159,7 @@ fn main() {
         ));
     }
     // The same layer with a rank-8 LoRA and its backward (dX, dA, dB): the training step's work.
-    {
+    if on("matmul") {
         let (m, k, n, r) = (4096, 320, 320, 8);
         let x = rand_t(&mut rng, &[m, k]);
         let w = rand_t(&mut rng, &[n, k]);
@@ -182,7 +185,7 @@ fn main() {
     }
 
     // The input gradient of a linear layer, dX = dY·W (W not transposed, unlike the forward).
-    {
+    if on("matmul") {
         let (m, k, n) = (4096, 320, 320);
         let dy = rand_t(&mut rng, &[m, n]);
         let w = rand_t(&mut rng, &[n, k]);
@@ -199,24 +202,30 @@ fn main() {
     }
 
     // Self-attention of the transformer blocks: 8 heads of 40 (level 1) over 4096 tokens
-    // (512x512) and 1024 (256x256). Forward: Q·Kᵀ and P·V; backward: Q·Kᵀ again, then dV, dP,
-    // dQ, dK (5 products), all of 2·L²·d FLOP per head.
-    for (len, what) in [(4096, "512px"), (1024, "256px")] {
+    // (512x512) and 1024 (256x256), and cross-attention of 4096 tokens over the text's 77.
+    // Forward: Q·Kᵀ and P·V; backward: Q·Kᵀ again, then dV, dP, dQ, dK (5 products), all of
+    // 2·Lq·Lk·d FLOP per head.
+    let attns = [
+        (4096, 4096, "512px"),
+        (1024, 1024, "256px"),
+        (4096, 77, "cross 512px"),
+    ];
+    for (len, keys, what) in attns.into_iter().filter(|_| on("attention")) {
         let (heads, d) = (8, 40);
         let p = Attention {
             heads,
             causal: false,
         };
         let q = rand_t(&mut rng, &[1, len, heads * d]);
-        let k = rand_t(&mut rng, &[1, len, heads * d]);
-        let v = rand_t(&mut rng, &[1, len, heads * d]);
-        let product = 2.0 * (len * len * d * heads) as f64 / 1e9;
+        let k = rand_t(&mut rng, &[1, keys, heads * d]);
+        let v = rand_t(&mut rng, &[1, keys, heads * d]);
+        let product = 2.0 * (len * keys * d * heads) as f64 / 1e9;
         let t = time(reps, || {
             be.attention(&q, &k, &v, p).expect("attention");
         });
         rows.push(Row::new(
             format!("attention level 1, {what}"),
-            format!("[1,{len},{heads}x{d}]"),
+            format!("[1,{len},{heads}x{d}] {keys} keys"),
             2.0 * product,
             t,
         ));
@@ -228,7 +237,7 @@ fn main() {
         });
         rows.push(Row::new(
             format!("attention backward level 1, {what}"),
-            format!("[1,{len},{heads}x{d}]"),
+            format!("[1,{len},{heads}x{d}] {keys} keys"),
             5.0 * product,
             t,
         ));
@@ -243,7 +252,7 @@ fn main() {
         (320, 320, 64, 2, "downsample level 1"),
         (4, 320, 64, 1, "conv_in"),
     ];
-    for (c, o, h, stride, what) in convs {
+    for (c, o, h, stride, what) in convs.into_iter().filter(|_| on("conv")) {
         let x = rand_t(&mut rng, &[1, c, h, h]);
         let w = rand_t(&mut rng, &[o, c, 3, 3]);
         let p = Conv2d { stride, padding: 1 };

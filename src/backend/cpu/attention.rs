@@ -30,13 +30,14 @@
 
 use rayon::prelude::*;
 
+use super::flash::{self, Kernel};
 use super::gemm::{gemm, Mat};
 use super::CpuBackend;
 use super::{data, dispatch, tensor, Real};
 use crate::backend::check::attention::AttentionDims;
 use crate::backend::{check, Attention, AttentionOps};
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// Query rows per block: a [BLOCK, Lk] score block is 2 MB in f32 at Lk = 4096.
 const BLOCK: usize = 128;
@@ -49,6 +50,9 @@ impl AttentionOps for CpuBackend {
         v: &Tensor,
         p: Attention,
     ) -> Result<(Tensor, Tensor)> {
+        if q.dtype() == DType::F32 {
+            return flash::attention(q, k, v, p, Kernel::detect());
+        }
         let n = check::attention::forward(q, k, v, p)?;
         dispatch!("attention", q, forward_t(q, k, v, n))
     }
@@ -63,12 +67,15 @@ impl AttentionOps for CpuBackend {
         d_o: &Tensor,
         p: Attention,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        if q.dtype() == DType::F32 {
+            return flash::attention_backward(q, k, v, o, lse, d_o, p, Kernel::detect());
+        }
         let n = check::attention::backward(q, k, v, o, lse, d_o, p)?;
         dispatch!("attention_backward", q, backward_t(q, k, v, o, lse, d_o, n))
     }
 }
 
-fn forward_t<T: Real>(
+pub(super) fn forward_t<T: Real>(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -146,7 +153,7 @@ fn exp_in_place<T: Real>(s: &mut [T]) -> (T, T) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn backward_t<T: Real>(
+pub(super) fn backward_t<T: Real>(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,

@@ -13,6 +13,7 @@ pub mod conv;
 pub mod decompose;
 pub mod diffusion;
 pub mod elementwise;
+pub mod flash;
 pub mod gemm;
 pub mod layout;
 pub mod linear;

@@ -46,7 +46,7 @@ unsafe fn exp_sub_sum_avx2(xs: &mut [f32], c: f32) -> f32 {
 }
 
 #[inline(always)]
-fn exp_sub_sum_body<const FMA: bool>(xs: &mut [f32], c: f32) -> f32 {
+pub(crate) fn exp_sub_sum_body<const FMA: bool>(xs: &mut [f32], c: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let mut chunks = xs.chunks_exact_mut(LANES);
     for chunk in &mut chunks {
@@ -65,7 +65,7 @@ fn exp_sub_sum_body<const FMA: bool>(xs: &mut [f32], c: f32) -> f32 {
 
 /// a·b + c, fused where the CPU has FMA (a library call otherwise, which is slow).
 #[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
         a.mul_add(b, c)
     } else {
