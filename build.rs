@@ -1,6 +1,6 @@
 // With the `cuda` feature, compiles every kernels/*.cu to PTX in OUT_DIR with nvcc (found via
-// $NVCC, $CUDA_HOME/bin/nvcc or PATH) for sm_80 and sm_90, then assembles each with ptxas as a
-// check (set KERNELS_PTXAS_V=1 to see registers and spills). With the `cuda-emu` feature, the
+// $NVCC, $CUDA_HOME/bin/nvcc or PATH) for sm_75, sm_80 and sm_90, then assembles each with
+// ptxas as a check (set KERNELS_PTXAS_V=1 to see registers and spills). With the `cuda-emu` feature, the
 // same sources are compiled for the host with the C++ compiler (the kernel emulator,
 // kernels/emu/). Without either it only translates kernels/tiles.h (the tile sizes the
 // launchers share with the kernels) into Rust: the default build needs no CUDA at all.
@@ -8,7 +8,9 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+/// The PTX targets: Turing (sm_75: the kernels' m16n8k8 and synchronous-copy paths, see
+/// kernels/common.cuh), Ampere and Ada (sm_80), Hopper and later (sm_90).
+const ARCHS: [&str; 3] = ["sm_75", "sm_80", "sm_90"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -134,19 +136,24 @@ fn build_emulator() {
     b.compile("lorafuse_emu");
 }
 
-/// OUT_DIR/kernels_ptx.rs: `KERNEL_PTX`, (stem, sm_80 PTX, sm_90 PTX) per kernels/*.cu,
+/// OUT_DIR/kernels_ptx.rs: `KERNEL_PTX`, (stem, [PTX per `ARCHS`]) per kernels/*.cu,
 /// included by src/backend/cuda/gpu.rs.
 fn write_ptx_table(out: &Path, sources: &[&PathBuf]) {
-    let mut t = String::from("pub(crate) const KERNEL_PTX: &[(&str, &str, &str)] = &[\n");
+    let mut t = format!(
+        "pub(crate) const KERNEL_ARCHS: [&str; {n}] = {ARCHS:?};\n\
+         pub(crate) const KERNEL_PTX: &[(&str, [&str; {n}])] = &[\n",
+        n = ARCHS.len()
+    );
     for cu in sources {
         let stem = cu
             .file_stem()
             .expect("a .cu file has a stem")
             .to_string_lossy();
-        t.push_str(&format!(
-            "    (\"{stem}\", include_str!(concat!(env!(\"OUT_DIR\"), \"/{stem}.sm_80.ptx\")), \
-             include_str!(concat!(env!(\"OUT_DIR\"), \"/{stem}.sm_90.ptx\"))),\n"
-        ));
+        let ptx: Vec<String> = ARCHS
+            .iter()
+            .map(|a| format!("include_str!(concat!(env!(\"OUT_DIR\"), \"/{stem}.{a}.ptx\"))"))
+            .collect();
+        t.push_str(&format!("    (\"{stem}\", [{}]),\n", ptx.join(", ")));
     }
     t.push_str("];\n");
     std::fs::write(out.join("kernels_ptx.rs"), t).expect("OUT_DIR is writable");

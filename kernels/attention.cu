@@ -26,11 +26,15 @@
 //                        stages Q, dO, lse, D once, loops over key/value tiles of 32: writes dq.
 //   attention_bwd_dkv_T  grid B·H·ceil(Lk/16) blocks of 128 threads; block (bh, key tile of
 //                        16 rows) stages K, V once, loops over query tiles of 32 (causal: from
-//                        the tile's first key on): writes dk and dv.
+//                        the tile's first key on): writes dk and dv (`parts` 3), or dk only
+//                        (1: no P tile) or dv only (2: no V, no dS tile), the two launches
+//                        the host makes when both together exceed the device's shared memory
+//                        (heads of 160 on 64 KiB, sm_75).
 // Dynamic shared memory (f32), with odd strides (w | 1) where lanes walk rows:
 //   fwd: Q [16][d] + K [32][d|1] + V [32][dv] + S [16][33] + 3·16
 //   dq:  Q [16][d] + dO [16][dv] + K [32][d|1] + V [32][dv|1] + dS [16][33] + 2·16
 //   dkv: K [16][d] + V [16][dv] + Q [32][d|1] + dO [32][dv|1] + P, dS [16][33] + 2·32
+//        (dk only: no P; dv only: no V, no dS)
 // (In bytes: ATT_FWD_SMEM, ATT_DQ_SMEM, ATT_DKV_SMEM in tiles.h, which the launcher uses.)
 #include "common.cuh"
 
@@ -318,17 +322,19 @@ KERNEL void attention_bwd_dq_f16(const __half* q, const __half* k, const __half*
 template <typename T>
 __device__ void attention_bwd_dkv_impl(const T* q, const T* k, const T* v, const float* lse,
                                        const T* d_o, const float* dsum, T* dk, T* dvo, int heads,
-                                       int lq, int lk, int d, int dv, int causal, float scale) {
+                                       int lq, int lk, int d, int dv, int causal, float scale,
+                                       int parts) {
     DYN_SHARED(float, sm);
+    const bool want_k = parts & 1, want_v = parts & 2;
     const int qs = d | 1, os = dv | 1;
-    float* Ks = sm;                       // [KB][d]
-    float* Vs = Ks + ATT_KB * d;          // [KB][dv]
-    float* Qs = Vs + ATT_KB * dv;         // [QT][qs]
-    float* Os = Qs + ATT_QT * qs;         // [QT][os]: dO
-    float* Ps = Os + ATT_QT * os;         // [KB][QT + 1]: P
-    float* Gs = Ps + ATT_KB * (ATT_QT + 1);  // [KB][QT + 1]: dS
-    float* Ls = Gs + ATT_KB * (ATT_QT + 1);  // [QT] lse
-    float* Ds = Ls + ATT_QT;              // [QT] D
+    float* Ks = sm;                                          // [KB][d]
+    float* Vs = Ks + ATT_KB * d;                             // [KB][dv] (dK only)
+    float* Qs = Vs + (want_k ? ATT_KB * dv : 0);             // [QT][qs]
+    float* Os = Qs + ATT_QT * qs;                            // [QT][os]: dO
+    float* Ps = Os + ATT_QT * os;                            // [KB][QT + 1]: P (dV only)
+    float* Gs = Ps + (want_v ? ATT_KB * (ATT_QT + 1) : 0);   // [KB][QT + 1]: dS (dK only)
+    float* Ls = Gs + (want_k ? ATT_KB * (ATT_QT + 1) : 0);   // [QT] lse
+    float* Ds = Ls + ATT_QT;                                 // [QT] D
 
     const int tid = threadIdx.x;
     const int k_tiles = (lk + ATT_KB - 1) / ATT_KB;
@@ -337,7 +343,7 @@ __device__ void attention_bwd_dkv_impl(const T* q, const T* k, const T* v, const
     const int b = bh / heads, h = bh % heads;
 
     att_stage(Ks, d, k, b, h, k0, ATT_KB, lk, heads, d);
-    att_stage(Vs, dv, v, b, h, k0, ATT_KB, lk, heads, dv);
+    if (want_k) att_stage(Vs, dv, v, b, h, k0, ATT_KB, lk, heads, dv);
     // Score mapping: query ii = lane, keys warp + 4u. Accumulator mapping: key t/8, cols t%8+8u.
     const int ii = tid & 31, rw = tid >> 5;
     const int ar = tid >> 3, acl = tid & 7;
@@ -363,7 +369,7 @@ ATT_UNROLL
 ATT_UNROLL
             for (int u = 0; u < ATT_KB / 4; ++u) s[u] += qc * Ks[(rw + 4 * u) * d + c];
         }
-        for (int c = 0; c < dv; ++c) {
+        for (int c = 0; want_k && c < dv; ++c) {
             float oc = Os[ii * os + c];
 ATT_UNROLL
             for (int u = 0; u < ATT_KB / 4; ++u) dp[u] += oc * Vs[(rw + 4 * u) * dv + c];
@@ -374,8 +380,8 @@ ATT_UNROLL
             int r = rw + 4 * u, j = k0 + r;
             bool seen = i < lq && j < lk && (!causal || j <= i);
             float p = seen ? expf(scale * s[u] - Ls[ii]) : 0.0f;
-            Ps[r * (ATT_QT + 1) + ii] = p;
-            Gs[r * (ATT_QT + 1) + ii] = p * (dp[u] - Ds[ii]);
+            if (want_v) Ps[r * (ATT_QT + 1) + ii] = p;
+            if (want_k) Gs[r * (ATT_QT + 1) + ii] = p * (dp[u] - Ds[ii]);
         }
         __syncthreads();
 
@@ -383,20 +389,25 @@ ATT_UNROLL
             const float* prow = Ps + ar * (ATT_QT + 1);
             const float* grow = Gs + ar * (ATT_QT + 1);
             for (int t = 0; t < ATT_QT; ++t) {
-                float p = prow[t], g = grow[t];
                 const float* qrow = Qs + t * qs;
                 const float* orow = Os + t * os;
+                if (want_k) {
+                    float g = grow[t];
 ATT_UNROLL
-                for (int u = 0; u < ATT_COLS; ++u) {
-                    int c = acl + 8 * u;
-                    if (c >= d) break;
-                    acc_k[u] += g * qrow[c];
+                    for (int u = 0; u < ATT_COLS; ++u) {
+                        int c = acl + 8 * u;
+                        if (c >= d) break;
+                        acc_k[u] += g * qrow[c];
+                    }
                 }
+                if (want_v) {
+                    float p = prow[t];
 ATT_UNROLL
-                for (int u = 0; u < ATT_COLS; ++u) {
-                    int c = acl + 8 * u;
-                    if (c >= dv) break;
-                    acc_v[u] += p * orow[c];
+                    for (int u = 0; u < ATT_COLS; ++u) {
+                        int c = acl + 8 * u;
+                        if (c >= dv) break;
+                        acc_v[u] += p * orow[c];
+                    }
                 }
             }
         }
@@ -410,8 +421,8 @@ ATT_UNROLL
 ATT_UNROLL
         for (int u = 0; u < ATT_COLS; ++u) {
             int c = acl + 8 * u;
-            if (c < d) krow[c] = from_f32<T>(scale * acc_k[u]);
-            if (c < dv) vrow[c] = from_f32<T>(acc_v[u]);
+            if (want_k && c < d) krow[c] = from_f32<T>(scale * acc_k[u]);
+            if (want_v && c < dv) vrow[c] = from_f32<T>(acc_v[u]);
         }
     }
 }
@@ -419,14 +430,14 @@ ATT_UNROLL
 KERNEL void attention_bwd_dkv_f32(const float* q, const float* k, const float* v,
                                   const float* lse, const float* d_o, const float* dsum,
                                   float* dk, float* dv_out, int heads, int lq, int lk, int d,
-                                  int dv, int causal, float scale) {
+                                  int dv, int causal, float scale, int parts) {
     attention_bwd_dkv_impl(q, k, v, lse, d_o, dsum, dk, dv_out, heads, lq, lk, d, dv, causal,
-                           scale);
+                           scale, parts);
 }
 KERNEL void attention_bwd_dkv_f16(const __half* q, const __half* k, const __half* v,
                                   const float* lse, const __half* d_o, const float* dsum,
                                   __half* dk, __half* dv_out, int heads, int lq, int lk, int d,
-                                  int dv, int causal, float scale) {
+                                  int dv, int causal, float scale, int parts) {
     attention_bwd_dkv_impl(q, k, v, lse, d_o, dsum, dk, dv_out, heads, lq, lk, d, dv, causal,
-                           scale);
+                           scale, parts);
 }

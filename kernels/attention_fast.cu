@@ -25,7 +25,8 @@
 // Kernels (128 threads = 4 warps; each warp owns 16 rows of the block's tile; every output
 // element is written once, with =):
 //   attention_fast_fwd_dDM  grid B·H·ceil(Lq/64): block (bh, 64 queries) keeps Q in smem,
-//       streams K/V tiles of KT rows (64; 32 at DM = 160) through two cp.async stages
+//       streams K/V tiles of KT rows (64; 32 at DM = 160; `_kt32`: 32 at DM = 96, for 64 KiB
+//       of shared memory per block) through two cp.async stages
 //       (tile t+1 loads while tile t computes). Per warp: S = Q·Kᵀ (16 x KT) and O += P·V
 //       (16 x DM) in mma fragments; thread (lane) holds rows lane/4 and lane/4 + 8. Writes o, lse.
 //   attention_fast_dot      grid ceil(B·H·Lq / 4): one warp per row, writes D.
@@ -34,7 +35,8 @@
 //       from query k0 on. Per warp (16 keys): Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ, dV += Pᵀ·dO,
 //       dK += dSᵀ·Q. Writes dk (times s) and dv.
 //   attention_fast_dq_dDM   grid B·H·ceil(Lq/64): block (bh, 64 queries) keeps Q, dO in smem,
-//       streams K/V tiles of KT rows, two stages. Per warp: S = Q·Kᵀ, dP = dO·Vᵀ,
+//       streams K/V tiles of KT rows, two stages (`_kt32` at DM = 96 and `_kt16` at
+//       DM = 160: half tiles, for 64 KiB of shared memory per block). Per warp: S = Q·Kᵀ, dP = dO·Vᵀ,
 //       dQ += dS·K. Writes dq (times s).
 // Shared memory (f16, row stride DS = DM + 8 halves: ldmatrix rows hit distinct banks):
 //   fwd: Q [64][DS] + 2 x (K, V [KT][DS])
@@ -54,6 +56,8 @@
 #define AF_LN2 0.6931471805599453f
 
 // Key tile of the forward and dQ, query tile of dK/dV, per head bucket (register budget).
+// The forward and dQ kernels also take the key tile as a template argument (AF_KT_SMALL for
+// devices with 64 KiB of shared memory per block, see the entry points).
 template <int DM>
 struct AfTiles {
     static constexpr int KT = AF_KT(DM);
@@ -176,10 +180,11 @@ AF_UNROLL
 
 // ---- forward ----
 
-template <int DM>
+template <int DM, int KT>
 __device__ void af_fwd(const __half* q, const __half* k, const __half* v, __half* o, float* lse,
                        int heads, int lq, int lk, int d, int dv, int causal, float scale) {
-    constexpr int KT = AfTiles<DM>::KT, DS = AfTiles<DM>::DS, NT = DM / 8;
+    constexpr int DS = AfTiles<DM>::DS, NT = DM / 8;
+    static_assert(KT % 16 == 0, "key tiles are whole mma k-steps and n-tile pairs");
     DYN_SHARED(__half, sm);
     __half* Qs = sm;                  // [64][DS]
     __half* St = Qs + AF_ROWS * DS;   // 2 stages of K [KT][DS], V [KT][DS]
@@ -282,16 +287,17 @@ AF_UNROLL
             if (row[r] < lq) lse[size_t(bh) * lq + row[r]] = m[r] * AF_LN2 + logf(l[r]);
 }
 
-#define AF_FWD(DM)                                                                             \
-    KERNEL void __launch_bounds__(AF_THREADS)                                                  \
-        attention_fast_fwd_d##DM(const __half* q, const __half* k, const __half* v, __half* o, \
-                                 float* lse, int heads, int lq, int lk, int d, int dv,         \
-                                 int causal, float scale) {                                    \
-        af_fwd<DM>(q, k, v, o, lse, heads, lq, lk, d, dv, causal, scale);                      \
+#define AF_FWD(NAME, DM, KT)                                                                  \
+    KERNEL void __launch_bounds__(AF_THREADS)                                                 \
+        NAME(const __half* q, const __half* k, const __half* v, __half* o, float* lse,        \
+             int heads, int lq, int lk, int d, int dv, int causal, float scale) {             \
+        af_fwd<DM, KT>(q, k, v, o, lse, heads, lq, lk, d, dv, causal, scale);                 \
     }
-AF_FWD(64)
-AF_FWD(96)
-AF_FWD(160)
+AF_FWD(attention_fast_fwd_d64, 64, AF_KT(64))
+AF_FWD(attention_fast_fwd_d96, 96, AF_KT(96))
+AF_FWD(attention_fast_fwd_d160, 160, AF_KT(160))
+// 64 KiB of shared memory per block (sm_75): the 96 bucket's forward on 32-key tiles.
+AF_FWD(attention_fast_fwd_d96_kt32, 96, AF_KT_SMALL(96))
 
 // ---- backward: D = rowsum(dO ⊙ O), one warp per (b, h, i) ----
 
@@ -411,11 +417,12 @@ AF_DKV(160)
 
 // ---- backward: dQ, one block per (b, h, 64 queries) ----
 
-template <int DM>
+template <int DM, int KT>
 __device__ void af_dq(const __half* q, const __half* k, const __half* v, const float* lse,
                       const __half* d_o, const float* dsum, __half* dq, int heads, int lq,
                       int lk, int d, int dv, int causal, float scale) {
-    constexpr int KT = AfTiles<DM>::KT, DS = AfTiles<DM>::DS, NT = DM / 8;
+    constexpr int DS = AfTiles<DM>::DS, NT = DM / 8;
+    static_assert(KT % 16 == 0, "key tiles are whole mma k-steps and n-tile pairs");
     DYN_SHARED(__half, sm);
     __half* Qs = sm;                  // [64][DS]
     __half* Os = Qs + AF_ROWS * DS;   // [64][DS]: dO
@@ -492,13 +499,16 @@ AF_UNROLL
     }
 }
 
-#define AF_DQ(DM)                                                                            \
-    KERNEL void __launch_bounds__(AF_THREADS) attention_fast_dq_d##DM(                       \
+#define AF_DQ(NAME, DM, KT)                                                                 \
+    KERNEL void __launch_bounds__(AF_THREADS) NAME(                                          \
         const __half* q, const __half* k, const __half* v, const float* lse,                 \
         const __half* d_o, const float* dsum, __half* dq, int heads, int lq, int lk, int d,  \
         int dv, int causal, float scale) {                                                   \
-        af_dq<DM>(q, k, v, lse, d_o, dsum, dq, heads, lq, lk, d, dv, causal, scale);         \
+        af_dq<DM, KT>(q, k, v, lse, d_o, dsum, dq, heads, lq, lk, d, dv, causal, scale);     \
     }
-AF_DQ(64)
-AF_DQ(96)
-AF_DQ(160)
+AF_DQ(attention_fast_dq_d64, 64, AF_KT(64))
+AF_DQ(attention_fast_dq_d96, 96, AF_KT(96))
+AF_DQ(attention_fast_dq_d160, 160, AF_KT(160))
+// 64 KiB of shared memory per block (sm_75): the 96 and 160 buckets' dQ on half key tiles.
+AF_DQ(attention_fast_dq_d96_kt32, 96, AF_KT_SMALL(96))
+AF_DQ(attention_fast_dq_d160_kt16, 160, AF_KT_SMALL(160))

@@ -13,13 +13,13 @@
 //   Writes o and lse with =, each element once.
 #include "common.cuh"
 
-// WIDE_THREADS, WIDE_SMEM in tiles.h.
+// WIDE_THREADS, WIDE_SMEM, WIDE_STATIC_SMEM in tiles.h.
 
 template <typename T>
 __device__ void attention_wide_fwd_impl(const T* q, const T* k, const T* v, T* o, float* lse,
                                         int heads, int lq, int lk, int d, int dv, int causal,
                                         float scale) {
-    __shared__ float scratch[32];
+    __shared__ float scratch[WIDE_STATIC_SMEM / 4];
     DYN_SHARED(float, smem);
     float* qs = smem;      // [d]
     float* s = smem + d;   // [lk]

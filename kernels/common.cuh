@@ -1,6 +1,6 @@
 // Shared by every kernel: the entry-point macro, f16/f32 conversions, warp and block
-// reductions, and thin wrappers over the tensor-core (mma.sync m16n8k16), ldmatrix and
-// cp.async instructions. Built by nvcc for the GPU and by the host C++ compiler for the
+// reductions, and thin wrappers over the tensor-core (mma.sync m16n8k16, on sm_75 as two
+// m16n8k8), ldmatrix and cp.async (on sm_75 synchronous copies) instructions. Built by nvcc for the GPU and by the host C++ compiler for the
 // kernel emulator (kernels/emu/emu.h), where each wrapper has the same per-lane semantics.
 #pragma once
 
@@ -81,12 +81,41 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 }
 
 // ---- tensor cores, ldmatrix, cp.async ----
+//
+// Two architectures' paths, chosen where the code is compiled for one: PTX for sm_80 and
+// later (__CUDA_ARCH__ >= 800) uses mma.sync m16n8k16 and cp.async; PTX for sm_75 (Turing)
+// has neither, so there mma_m16n8k16 is two m16n8k8 and cp_async16 a synchronous copy. The
+// emulator runs whichever path its launch's target profile asks for (emu::sm()), so the
+// Turing code below is the code the emulated Turing tests run.
+#if defined(__CUDACC__) && __CUDA_ARCH__ >= 800
+#define LORAFUSE_SM80 1
+#else
+#define LORAFUSE_SM80 0
+#endif
+
+// D = A·B + C on one 16x8x8 tile (sm_75 and later): A row-major f16 (2 regs), B column-major
+// f16 (1 reg), C and D f32 (4 regs), fragments as in the PTX ISA for mma.m16n8k8.
+__device__ __forceinline__ void mma_m16n8k8(float d[4], const uint32_t a[2], uint32_t b,
+                                            const float c[4]) {
+#ifdef __CUDACC__
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+        "{%7,%8,%9,%10};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(b), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#else
+    ::emu::mma_m16n8k8(d, a, b, c);
+#endif
+}
 
 // D = A·B + C on one 16x8x16 tile: A row-major f16 (4 regs), B column-major f16 (2 regs),
-// C and D f32 (4 regs), fragments as in the PTX ISA for mma.m16n8k16.
+// C and D f32 (4 regs), fragments as in the PTX ISA for mma.m16n8k16. On sm_75 two m16n8k8
+// (k 0-7, then k 8-15): the m16n8k16 A fragment's a[0], a[1] hold columns 0-7 (rows g, g+8)
+// and a[2], a[3] columns 8-15; b[0] holds k 0-7 and b[1] k 8-15, and C/D are laid out alike,
+// so each half is an m16n8k8 fragment as it stands.
 __device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2],
                                              const float c[4]) {
-#ifdef __CUDACC__
+#if LORAFUSE_SM80
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%10,%11,%12,%13};\n"
@@ -94,7 +123,16 @@ __device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4], co
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]),
           "f"(c[1]), "f"(c[2]), "f"(c[3]));
 #else
-    ::emu::mma_m16n8k16(d, a, b, c);
+#ifndef __CUDACC__
+    if (::emu::sm() >= 80) {
+        ::emu::mma_m16n8k16(d, a, b, c);
+        return;
+    }
+#endif
+    const uint32_t lo[2] = {a[0], a[1]}, hi[2] = {a[2], a[3]};
+    float t[4];
+    mma_m16n8k8(t, lo, b[0], c);
+    mma_m16n8k8(d, hi, b[1], t);
 #endif
 }
 
@@ -131,29 +169,72 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t d[2], const void* smem_row)
 #endif
 }
 
-// 16 bytes global -> shared without passing through registers; when `valid` is false the
-// destination is zero-filled instead (predicated tails). Completes at cp_async_wait_all.
-__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, bool valid) {
+// 16 (or 4) bytes global -> shared without passing through registers; when `valid` is false
+// the destination is zero-filled instead (predicated tails). On sm_80 and later a cp.async
+// that completes at cp_async_wait_all (or cp_async_wait_group<N>); on sm_75 a plain load and
+// store that completes at once, and commit/wait are no-ops. Either way the kernels read what
+// other threads copied only after a __syncthreads that follows the wait, and issue a copy
+// into a buffer only after the __syncthreads that ends every read of it (a cp.async may land
+// at any moment after its issue, so the ordering the async path needs covers the synchronous
+// one).
+template <int BYTES>
+__device__ __forceinline__ void copy_sync(void* smem_dst, const void* gmem_src, bool valid) {
 #ifdef __CUDACC__
+    if (BYTES == 16) {
+        uint4 v = valid ? *static_cast<const uint4*>(gmem_src) : make_uint4(0u, 0u, 0u, 0u);
+        *static_cast<uint4*>(smem_dst) = v;
+    } else {
+        unsigned v = valid ? *static_cast<const unsigned*>(gmem_src) : 0u;
+        *static_cast<unsigned*>(smem_dst) = v;
+    }
+#else
+    if (valid)
+        std::memcpy(smem_dst, gmem_src, BYTES);
+    else
+        std::memset(smem_dst, 0, BYTES);
+#endif
+}
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, bool valid) {
+#if LORAFUSE_SM80
     unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
     int n = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(gmem_src),
                  "r"(n));
 #else
-    if (valid)
-        std::memcpy(smem_dst, gmem_src, 16);
-    else
-        std::memset(smem_dst, 0, 16);
+#ifndef __CUDACC__
+    if (::emu::sm() >= 80) ::emu::tally(::emu::CP_ASYNC);
+#endif
+    copy_sync<16>(smem_dst, gmem_src, valid);
+#endif
+}
+__device__ __forceinline__ void cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
+#if LORAFUSE_SM80
+    unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+    int n = valid ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(gmem_src),
+                 "r"(n));
+#else
+#ifndef __CUDACC__
+    if (::emu::sm() >= 80) ::emu::tally(::emu::CP_ASYNC);
+#endif
+    copy_sync<4>(smem_dst, gmem_src, valid);
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
-#ifdef __CUDACC__
+#if LORAFUSE_SM80
     asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
 __device__ __forceinline__ void cp_async_wait_all() {
-#ifdef __CUDACC__
+#if LORAFUSE_SM80
     asm volatile("cp.async.wait_all;\n" ::);
+#endif
+}
+// Waits until at most N of this thread's commit groups are pending.
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+#if LORAFUSE_SM80
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
 

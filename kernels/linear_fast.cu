@@ -61,27 +61,6 @@
 #define LF_UNROLL
 #endif
 
-// cp.async of 4 bytes (zero-filled when !valid), and waiting until at most N groups pend.
-__device__ __forceinline__ void lf_cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
-#ifdef __CUDACC__
-    unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-    int n = valid ? 4 : 0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(gmem_src),
-                 "r"(n));
-#else
-    if (valid)
-        std::memcpy(smem_dst, gmem_src, 4);
-    else
-        std::memset(smem_dst, 0, 4);
-#endif
-}
-template <int N>
-__device__ __forceinline__ void lf_cp_async_wait() {
-#ifdef __CUDACC__
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-
 // The f16 whose bits are the low 16 of `w`, widened to f32.
 __device__ __forceinline__ float lf_half_bits_f32(uint32_t w) {
 #ifdef __CUDACC__
@@ -161,8 +140,7 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
             int kk = jfast ? e / R4 : e % LF_BK;
             int gk = k0 + kk;
             bool ok = gk < K && j < R;  // padding ranks read as 0
-            lf_cp_async4(ls + j * LF_LDL + kk, ok ? l + (size_t)j * l_sj + (size_t)gk * l_sk : l,
-                         ok);
+            cp_async4(ls + j * LF_LDL + kk, ok ? l + (size_t)j * l_sj + (size_t)gk * l_sk : l, ok);
         }
     };
 
@@ -179,7 +157,7 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
         cp_async_commit();
     }
     for (int kt = 0; kt < KT; ++kt) {
-        lf_cp_async_wait<LF_STAGES - 2>();  // this thread's copies of step kt have landed
+        cp_async_wait_group<LF_STAGES - 2>();  // this thread's copies of step kt have landed
         __syncthreads();  // everyone's have, and everyone is done with step kt-1's slot
         {
             int nk = kt + LF_STAGES - 1;
@@ -367,7 +345,7 @@ KERNEL void __launch_bounds__(LG_THREADS)
             int r = e / LG_BR, jj = e % LG_BR;
             int gm = m0 + r, j = j0 + jj;
             bool ok = gm < r1 && j < R;
-            lf_cp_async4(&hsm[buf][r][jj], ok ? h + (size_t)gm * R + j : h, ok);
+            cp_async4(&hsm[buf][r][jj], ok ? h + (size_t)gm * R + j : h, ok);
         }
     };
 
@@ -377,7 +355,7 @@ KERNEL void __launch_bounds__(LG_THREADS)
     for (int st = 0; st < steps; ++st) {
         if (st + 1 < steps) load(st + 1, (st + 1) & 1);
         cp_async_commit();
-        lf_cp_async_wait<1>();  // step st landed (st+1 may still be in flight)
+        cp_async_wait_group<1>();  // step st landed (st+1 may still be in flight)
         __syncthreads();
         const int buf = st & 1;
         LF_UNROLL for (int r = 0; r < LG_BM; ++r) {

@@ -1,5 +1,6 @@
 // Self-tests of the machinery every other kernel relies on: block reductions over warps,
-// warp shuffles, the mma.sync m16n8k16 / ldmatrix / cp.async wrappers. In the emulator they
+// warp shuffles, the mma.sync m16n8k16 (on sm_75: two m16n8k8) / m16n8k8 / ldmatrix /
+// cp.async wrappers. In the emulator they
 // check the emulated semantics against a CPU computation; on a GPU the same tests check that
 // the emulator's semantics are the hardware's.
 //
@@ -9,6 +10,9 @@
 //                          y[3i+1] = shfl_xor(x, 5), y[3i+2] = shfl(x, lane 7).
 //   selftest_mma:          one warp: D (16x8 f32) = A (16x16 f16) · B (16x8 f16) + C, A given
 //                          row-major (or, with a_trans, as Aᵀ row-major), B given as Bᵀ [8, 16].
+//   selftest_mma_k8:       one warp: D (16x8 f32) = A (16x8 f16) · B (8x8 f16) + C through one
+//                          mma_m16n8k8 (Turing's shape), fragments read from global memory
+//                          as the PTX ISA lays them out; A row-major, B given as Bᵀ [8, 8].
 //   selftest_no_barrier:   DELIBERATELY WRONG: y[t] = s[(t+1) % n] after each thread wrote
 //                          s[t] = t, with the __syncthreads between them missing. The emulator
 //                          must show it (unwritten, NaN-poisoned reads); never run on a GPU.
@@ -59,6 +63,18 @@ KERNEL void selftest_mma(const __half* a, const __half* bt, const float* c, floa
     float cf[4], df[4];
     for (int i = 0; i < 4; ++i) cf[i] = c[(g + ((i & 2) ? 8 : 0)) * 8 + t * 2 + (i & 1)];
     mma_m16n8k16(df, af, bf, cf);
+    for (int i = 0; i < 4; ++i) d[(g + ((i & 2) ? 8 : 0)) * 8 + t * 2 + (i & 1)] = df[i];
+}
+
+KERNEL void selftest_mma_k8(const __half* a, const __half* bt, const float* c, float* d) {
+    int l = threadIdx.x, g = l >> 2, t = l & 3;
+    const uint32_t af[2] = {pack_half2(a[g * 8 + 2 * t], a[g * 8 + 2 * t + 1]),
+                            pack_half2(a[(g + 8) * 8 + 2 * t], a[(g + 8) * 8 + 2 * t + 1])};
+    // b holds B[2t][g], B[2t + 1][g], i.e. Bᵀ[g][2t], Bᵀ[g][2t + 1].
+    const uint32_t bf = pack_half2(bt[g * 8 + 2 * t], bt[g * 8 + 2 * t + 1]);
+    float cf[4], df[4];
+    for (int i = 0; i < 4; ++i) cf[i] = c[(g + ((i & 2) ? 8 : 0)) * 8 + t * 2 + (i & 1)];
+    mma_m16n8k8(df, af, bf, cf);
     for (int i = 0; i < 4; ++i) d[(g + ((i & 2) ? 8 : 0)) * 8 + t * 2 + (i & 1)] = df[i];
 }
 

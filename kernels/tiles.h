@@ -100,9 +100,12 @@
 #define ATT_DQ_SMEM(d, dv) \
     (4 * (ATT_BQ * (d) + ATT_BQ * (dv) + ATT_BK * ((d) | 1) + ATT_BK * ((dv) | 1) + \
           ATT_BQ * (ATT_BK + 1) + 2 * ATT_BQ))
-#define ATT_DKV_SMEM(d, dv) \
-    (4 * (ATT_KB * (d) + ATT_KB * (dv) + ATT_QT * ((d) | 1) + ATT_QT * ((dv) | 1) + \
-          2 * ATT_KB * (ATT_QT + 1) + 2 * ATT_QT))
+// dK and dV (`wk`, `wv`: 1 when the launch writes it, else 0): V and the dS tile for dK, the
+// P tile for dV.
+#define ATT_DKV_PART_SMEM(d, dv, wk, wv) \
+    (4 * (ATT_KB * (d) + (wk) * ATT_KB * (dv) + ATT_QT * ((d) | 1) + ATT_QT * ((dv) | 1) + \
+          ((wk) + (wv)) * ATT_KB * (ATT_QT + 1) + 2 * ATT_QT))
+#define ATT_DKV_SMEM(d, dv) ATT_DKV_PART_SMEM(d, dv, 1, 1)
 
 // ---- attention_fast.cu (head bucket dm: 64, 96 or 160) ----
 #define AF_THREADS 128
@@ -113,13 +116,20 @@
 #define AF_KT(dm) TILE_IF((dm) > 96, 32, 64)
 #define AF_QT(dm) TILE_IF((dm) > 96, 16, 32)
 #define AF_DS(dm) ((dm) + 8)
-#define AF_FWD_SMEM(dm) (2 * (AF_ROWS * AF_DS(dm) + 4 * AF_KT(dm) * AF_DS(dm)))
-#define AF_DQ_SMEM(dm) (2 * (2 * AF_ROWS * AF_DS(dm) + 4 * AF_KT(dm) * AF_DS(dm)))
+// The forward's and dQ's key tile halved (entry points `_kt<n>`), for the buckets whose
+// AF_KT tile needs more than 64 KiB (sm_75's limit): 96 (fwd 66560, dQ 79872 bytes) and 160
+// (dQ 86016 bytes).
+#define AF_KT_SMALL(dm) (AF_KT(dm) / 2)
+#define AF_FWD_SMEM(dm, kt) (2 * (AF_ROWS * AF_DS(dm) + 4 * (kt) * AF_DS(dm)))
+#define AF_DQ_SMEM(dm, kt) (2 * (2 * AF_ROWS * AF_DS(dm) + 4 * (kt) * AF_DS(dm)))
 #define AF_DKV_SMEM(dm) (2 * (2 * AF_ROWS * AF_DS(dm) + 4 * AF_QT(dm) * AF_DS(dm)) + 4 * 4 * AF_QT(dm))
 
 // ---- attention_wide.cu: one block per query row, the row and its scores in f32 ----
 #define WIDE_THREADS 256
 #define WIDE_SMEM(d, lk) (4 * ((d) + (lk)))
+// Its static shared memory: the block reductions' scratch (32 floats), which counts against
+// the same per-block limit.
+#define WIDE_STATIC_SMEM (4 * 32)
 
 // ---- norm.cu, norm_fast.cu ----
 #define NORM_MAX_THREADS 1024

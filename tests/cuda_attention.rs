@@ -555,6 +555,62 @@ fn fast_causal() {
     }
 }
 
+/// The emulator as a T4 (sm_75, 64 KiB of shared memory per block): the fast kernels of
+/// every head bucket through m16n8k8 pairs and synchronous copies, the 96 bucket's forward and
+/// dQ and the 160 bucket's dQ on their half key tiles, the simple kernels' dK/dV of 160-wide
+/// heads as two launches (dK, dV); both by the f16 criterion, and f32 (the simple kernels
+/// only) against the CPU.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn turing_fast_and_simple() {
+    let mut rng = Rng::new(15);
+    let be = emulating("T4", DType::F16);
+    for c in [
+        case(2, 1, 37, 77, 40, 40, false),
+        case(1, 2, 70, 45, 80, 80, false),
+        case(1, 1, 67, 67, 160, 160, true),
+    ] {
+        check_fast_on(&be, &mut rng, c);
+        let launches = be.device().take_launch_counts();
+        println!("{c:?} on T4: {launches:?}");
+        let has = |k: &str| launches.contains_key(k);
+        match c.d {
+            80 => assert!(
+                has("attention_fast_fwd_d96_kt32") && has("attention_fast_dq_d96_kt32"),
+                "{launches:?}"
+            ),
+            160 => assert!(
+                has("attention_fast_fwd_d160")
+                    && has("attention_fast_dq_d160_kt16")
+                    && split_dkv(&launches, "f16"),
+                "{launches:?}"
+            ),
+            _ => assert!(has("attention_fast_dq_d64"), "{launches:?}"),
+        }
+        // (the launches were taken: the tally reports the whole case)
+        assert_turing_path(&format!("{c:?}"), &be, true);
+    }
+    let f32_be = emulating("T4", DType::F32);
+    check_case(
+        &f32_be,
+        DType::F32,
+        &mut rng,
+        case(1, 2, 19, 33, 160, 160, false),
+    );
+    let launches = f32_be.device().take_launch_counts();
+    assert!(split_dkv(&launches, "f32"), "{launches:?}");
+    assert_turing_path("attention f32, d 160", &f32_be, false);
+}
+
+/// Whether every simple backward among `launches` ran dK and dV as two launches (two dK/dV
+/// launches per dQ launch).
+#[cfg(feature = "cuda-emu")]
+fn split_dkv(launches: &std::collections::BTreeMap<&'static str, u64>, dt: &str) -> bool {
+    let n = |k: String| launches.get(k.as_str()).copied().unwrap_or(0);
+    let dq = n(format!("attention_bwd_dq_{dt}"));
+    dq > 0 && n(format!("attention_bwd_dkv_{dt}")) == 2 * dq
+}
+
 #[test]
 fn fast_sd15_full_shapes_on_gpu() {
     // Full SD1.5 shapes on a GPU only: 512² (4096 queries) and 768² (9216 queries) at the

@@ -437,6 +437,24 @@ fn fast_input_grad_f16() {
     }
 }
 
+/// The emulator as a T4 (sm_75): the fast forward and input gradient through m16n8k8 pairs
+/// and synchronous copies (both of the kernel's B loads: cp.async copies and staged loads;
+/// its pointwise A loads), every result as on the CPU.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn fast_kernels_on_turing_f16() {
+    let e = Engine {
+        be: emulating("T4", DType::F16),
+        gpu: false,
+    };
+    let mut rng = Rng::new(33);
+    for (i, c) in FAST.iter().enumerate().step_by(3) {
+        check_fast_forward(&e, &mut rng, c, i % 2 == 0);
+        check_fast_input_grad(&e, &mut rng, c);
+    }
+    assert_turing_path("conv", &e.be, true);
+}
+
 /// f32 backends keep the simple kernels whatever the choice: bit-identical results.
 #[test]
 fn f32_backends_run_the_simple_kernels() {

@@ -560,12 +560,13 @@ fn fast_and_simple(
 }
 
 /// The largest rank the fast kernels take on `e`'s device (ops/linear/fast.rs): (forward,
-/// backward) for sm_80's shared memory, and for the 99 KiB of sm_86/sm_89.
+/// backward) for sm_80's shared memory, for the 99 KiB of sm_86/sm_89 and for the 64 KiB of
+/// sm_75.
 fn max_fast_rank(e: &Engine) -> (usize, usize) {
-    if e.be.device().limits().smem_per_block >= 163 * 1024 {
-        (192, 195)
-    } else {
-        (98, 98)
+    match e.be.device().limits().smem_per_block / 1024 {
+        163.. => (192, 195),
+        99.. => (98, 98),
+        _ => (44, 48),
     }
 }
 
@@ -920,6 +921,28 @@ fn fast_kernels_under_an_rtx_3060s_limits_f16() {
         fast_forward(&e, &mut rng, l);
         fast_backward(&e, &mut rng, l, Accum::Add, true);
     }
+}
+
+/// The emulator as a T4 (sm_75: m16n8k16 as two m16n8k8, synchronous copies; 64 KiB of
+/// shared memory per block): ranks up to 44 (forward) and 48 (backward) on the tensor-core
+/// GEMM, larger ones on the simple kernels; every result as on the CPU.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn fast_kernels_on_turing_f16() {
+    let e = Engine {
+        be: emulating("T4", DType::F16),
+        gpu: false,
+    };
+    let mut rng = Rng::new(25);
+    for l in FAST_RANKS.into_iter().chain([
+        layer(&[130], 64, 96, Some(44), true, false),
+        layer(&[70], 64, 96, Some(46), false, true),
+        layer(&[2, 37], 320, 64, None, true, false),
+    ]) {
+        fast_forward(&e, &mut rng, l);
+        fast_backward(&e, &mut rng, l, Accum::Add, true);
+    }
+    assert_turing_path("linear", &e.be, true);
 }
 
 #[test]

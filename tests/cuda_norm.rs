@@ -539,3 +539,19 @@ fn fast_layer_norm_meets_the_f16_criterion() {
         }
     }
 }
+
+/// The emulator as a T4 (sm_75, 64 KiB of shared memory per block): the fast GroupNorm
+/// (+SiLU) and LayerNorm and their simple twins as on the CPU (no tensor cores in either).
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn fast_norms_on_turing() {
+    let e = Engine {
+        be: emulating("T4", DType::F16),
+        gpu: false,
+    };
+    let simple = e.be.clone().with_kernels(KernelChoice::simple());
+    let mut rng = Rng::new(19);
+    group_norm_fast_case(&e, &simple, &mut rng, &[2, 32, 7, 9], 4, true, 0.0, true);
+    layer_norm_fast_case(&e, &simple, &mut rng, &[77, 320], 0.0, true);
+    assert_turing_path("norms", &e.be, false);
+}

@@ -6,12 +6,13 @@
 //!
 //! On the emulator the tile choice depends on the per-block shared memory only (a grid of 4
 //! blocks counts as full, see ops/linear/fast.rs), so one card per shared-memory limit stands
-//! for its class, one test each (99 KiB: the RTX 30/40-series; 163 KiB: A100; 227 KiB: H100),
-//! and each test prints which cards it covers. With rank-100 LoRA on every
-//! transformer layer the 99 KiB cards (sm_86/sm_89) run the linear layers on the simple
-//! kernels, while sm_80 and sm_90 stay on the tensor-core GEMM with its 128x128 tile (the
-//! tile boundaries at other ranks are tested per GEMM in tests/cuda_linear.rs). Turing (sm_75)
-//! is refused by the backend, as `plan --gpu T4` says.
+//! for its class, one test each (64 KiB: Turing, T4 and RTX 20xx; 99 KiB: the RTX
+//! 30/40-series; 163 KiB: A100; 227 KiB: H100), and each test prints which cards it covers.
+//! With rank-100 LoRA on every transformer layer the 99 KiB and 64 KiB cards run the adapted
+//! linear layers on the simple kernels, while sm_80 and sm_90 stay on the tensor-core GEMM
+//! with its 128x128 tile (the tile boundaries at other ranks are tested per GEMM in
+//! tests/cuda_linear.rs). The Turing class also runs sm_75's instructions (m16n8k8 pairs, no
+//! cp.async: kernels/common.cuh), which the emulator's counts show.
 #![cfg(feature = "cuda-emu")]
 
 mod common;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::rel_err;
-use lorafuse::backend::cuda::{CudaBackend, Device, DeviceLimits};
+use lorafuse::backend::cuda::{CudaBackend, Device, DeviceLimits, EmulatedOps};
 use lorafuse::backend::Accum;
 use lorafuse::lora::{LoraModule, LoraSet, LoraTargets};
 use lorafuse::model::checkpoint::load_sd15;
@@ -139,8 +140,8 @@ fn cpu_reference() -> &'static Pass {
 }
 
 /// Runs the pass under the class of `smem_kib`, checks it against the CPU and returns the
-/// launches per kernel and the number of adapted layers.
-fn run_class(smem_kib: u32) -> (BTreeMap<&'static str, u64>, usize) {
+/// launches per kernel, the number of adapted layers and the emulator's instruction counts.
+fn run_class(smem_kib: u32) -> (BTreeMap<&'static str, u64>, usize, EmulatedOps) {
     let (limits, cards) = class(smem_kib);
     let cpu = cpu_reference();
     let dev = Device::emulating(limits.clone());
@@ -149,6 +150,7 @@ fn run_class(smem_kib: u32) -> (BTreeMap<&'static str, u64>, usize) {
     let got = pass(&be);
     let seconds = t0.elapsed().as_secs_f64();
     let launches = dev.take_launch_counts();
+    let ops = dev.take_emulated_ops();
     let mut worst = 0.0f64;
     for (i, (a, b)) in got.grads.iter().zip(&cpu.grads).enumerate() {
         assert!(a.iter().all(|x| x.is_finite()), "gradient {i} not finite");
@@ -161,7 +163,7 @@ fn run_class(smem_kib: u32) -> (BTreeMap<&'static str, u64>, usize) {
         .collect();
     println!(
         "rank {RANK}, {limits} (stands for {}): loss {:.6} vs CPU {:.6}, worst LoRA gradient \
-         {worst:.2e}, {seconds:.0} s; fast linear kernels: {}",
+         {worst:.2e}, {seconds:.0} s; fast linear kernels: {}; {ops:?}",
         cards.join(", "),
         got.loss,
         cpu.loss,
@@ -175,13 +177,14 @@ fn run_class(smem_kib: u32) -> (BTreeMap<&'static str, u64>, usize) {
         cpu.loss
     );
     assert!(worst < 0.3, "worst LoRA gradient rel. error {worst}");
-    (launches, got.adapted)
+    (launches, got.adapted, ops)
 }
 
 /// The class of `smem_kib` runs every adapted forward on the tensor-core GEMM, some on its
 /// 128x128 tile.
 fn assert_tensor_core_class(smem_kib: u32) {
-    let (launches, adapted) = run_class(smem_kib);
+    let (launches, adapted, ops) = run_class(smem_kib);
+    assert!(ops.mma_m16n8k16 > 0 && ops.mma_m16n8k8 == 0, "{ops:?}");
     assert!(
         count(&launches, "linear_fast_128x128_nk") > 0,
         "{launches:?}"
@@ -204,7 +207,7 @@ fn sm90_h100_runs_every_lora_forward_on_the_tensor_core_gemm() {
 
 #[test]
 fn sm86_sm89_rtx_30_40_take_no_large_tile_and_run_rank_100_forwards_on_the_simple_kernels() {
-    let (launches, adapted) = run_class(99);
+    let (launches, adapted, _) = run_class(99);
     assert_eq!(count(&launches, "linear_fast_128x"), 0, "{launches:?}");
     // The forwards of the adapted layers left the GEMM (rank 100 > 96, the largest whose
     // forward tile fits 96 KiB); the fast forwards that remain are the unadapted layers'.
@@ -215,12 +218,20 @@ fn sm86_sm89_rtx_30_40_take_no_large_tile_and_run_rank_100_forwards_on_the_simpl
 }
 
 #[test]
-fn turing_profiles_are_refused_with_the_reason() {
-    let t4 = DeviceLimits::profile("T4").unwrap();
-    assert!(!t4.supported());
-    let e = CudaBackend::new(Device::emulating(t4), DType::F16)
-        .err()
-        .expect("an sm_75 device must be refused");
-    let text = e.to_string();
-    assert!(text.contains("sm_75") || text.contains("7.5"), "{text}");
+fn sm75_turing_runs_m16n8k8_and_rank_100_forwards_on_the_simple_kernels() {
+    let (launches, adapted, ops) = run_class(64);
+    // sm_75's instructions only: every m16n8k16 as two m16n8k8, copies synchronous.
+    assert!(
+        ops.mma_m16n8k8 > 0 && ops.mma_m16n8k16 == 0 && ops.cp_async == 0,
+        "{ops:?}"
+    );
+    // Rank 100 > 44, the largest whose forward tile fits 61 KiB: the adapted layers' forwards
+    // run on the simple kernels, the unadapted ones on the tensor-core GEMM.
+    assert!(
+        (count(&launches, "linear_fast_") as usize) > 0
+            && (count(&launches, "_nk") as usize) < adapted,
+        "{launches:?}"
+    );
+    assert!(count(&launches, "attention_fast_") > 0, "{launches:?}");
+    assert!(count(&launches, "conv_fast_") > 0, "{launches:?}");
 }

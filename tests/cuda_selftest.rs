@@ -1,6 +1,8 @@
 //! The kernel machinery itself, in the emulator and (when present) on the GPU: block
 //! reductions over 1..32 warps, warp shuffles, mma.sync m16n8k16 through ldmatrix (plain and
-//! transposed), and cp.async with a zero-filled tail, each against a CPU computation.
+//! transposed), mma.sync m16n8k8, and cp.async with a zero-filled tail, each against a CPU
+//! computation; and in the emulator as a Turing card (T4), sm_75's paths of the same wrappers
+//! (m16n8k16 as two m16n8k8, synchronous copies), seen to be taken.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;
@@ -52,31 +54,89 @@ fn warp_shuffles() {
 fn mma_through_ldmatrix_plain_and_transposed() {
     let mut rng = Rng::new(3);
     for e in engines(DType::F32) {
-        let a = round_f16(&nonzero(&mut rng, 256));
-        let bt = round_f16(&nonzero(&mut rng, 128));
+        check_mma_tile(&e.be, &mut rng);
+    }
+}
+
+#[test]
+fn mma_m16n8k8_against_the_cpu() {
+    let mut rng = Rng::new(5);
+    let backends = engines(DType::F32).into_iter().map(|e| e.be);
+    // In the emulator also as a Turing card (the wrapper is the same on every architecture).
+    #[cfg(feature = "cuda-emu")]
+    let backends = backends.chain([emulating("T4", DType::F32)]);
+    for be in backends {
+        let a = round_f16(&nonzero(&mut rng, 128));
+        let bt = round_f16(&nonzero(&mut rng, 64));
         let c = nonzero(&mut rng, 128);
-        let mut want = vec![0f64; 128];
+        let d = selftest::mma_k8_tile(&be, &a, &bt, &c).unwrap();
         for m in 0..16 {
             for n in 0..8 {
-                want[m * 8 + n] = c[m * 8 + n] as f64
-                    + (0..16)
-                        .map(|k| a[m * 16 + k] as f64 * bt[n * 16 + k] as f64)
+                let want = c[m * 8 + n] as f64
+                    + (0..8)
+                        .map(|k| a[m * 8 + k] as f64 * bt[n * 8 + k] as f64)
                         .sum::<f64>();
-            }
-        }
-        let at: Vec<f32> = (0..256).map(|i| a[(i % 16) * 16 + i / 16]).collect();
-        for (trans, input) in [(false, &a), (true, &at)] {
-            let d = selftest::mma_tile(&e.be, input, &bt, &c, trans).unwrap();
-            for i in 0..128 {
+                let got = d[m * 8 + n] as f64;
                 assert!(
-                    (d[i] as f64 - want[i]).abs() < 1e-4,
-                    "trans {trans}: D[{}][{}] = {} vs {}",
-                    i / 8,
-                    i % 8,
-                    d[i],
-                    want[i]
+                    (got - want).abs() < 1e-4,
+                    "{}: D[{m}][{n}] = {got} vs {want}",
+                    be.device().limits().name
                 );
             }
+        }
+    }
+}
+
+/// D = A·B + C of [`mma_through_ldmatrix_plain_and_transposed`] on `be`, checked against the
+/// CPU (A row-major and transposed).
+fn check_mma_tile(be: &lorafuse::backend::cuda::CudaBackend, rng: &mut Rng) {
+    let a = round_f16(&nonzero(rng, 256));
+    let bt = round_f16(&nonzero(rng, 128));
+    let c = nonzero(rng, 128);
+    let at: Vec<f32> = (0..256).map(|i| a[(i % 16) * 16 + i / 16]).collect();
+    for (trans, input) in [(false, &a), (true, &at)] {
+        let d = selftest::mma_tile(be, input, &bt, &c, trans).unwrap();
+        for i in 0..128 {
+            let (m, n) = (i / 8, i % 8);
+            let want = c[i] as f64
+                + (0..16)
+                    .map(|k| a[m * 16 + k] as f64 * bt[n * 16 + k] as f64)
+                    .sum::<f64>();
+            assert!(
+                (d[i] as f64 - want).abs() < 1e-4,
+                "trans {trans}: D[{m}][{n}] = {} vs {want}",
+                d[i]
+            );
+        }
+    }
+}
+
+/// On a Turing profile the m16n8k16 wrapper runs as two m16n8k8 (its fragments split in k)
+/// and gives the CPU's result; on an A100 profile it is one m16n8k16.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn mma_m16n8k16_on_turing_is_two_m16n8k8() {
+    let mut rng = Rng::new(6);
+    for (profile, k16, k8) in [("T4", 0, 4), ("RTX 2080 Ti", 0, 4), ("A100", 2, 0)] {
+        let be = emulating(profile, DType::F32);
+        check_mma_tile(&be, &mut rng);
+        let ops = be.device().take_emulated_ops();
+        assert_eq!(
+            (ops.mma_m16n8k16, ops.mma_m16n8k8),
+            (k16, k8),
+            "{profile}: {ops:?}"
+        );
+    }
+}
+
+fn check_cp_async(be: &lorafuse::backend::cuda::CudaBackend, rng: &mut Rng) {
+    let x = nonzero(rng, 256);
+    for n in [256, 101, 4, 0] {
+        let y = selftest::cp_async_copy(be, &x, n).unwrap();
+        let whole = n / 4 * 4;
+        for i in 0..256 {
+            let want = if i < whole { x[i] } else { 0.0 };
+            assert_eq!(y[i], want, "n {n}, element {i}");
         }
     }
 }
@@ -85,15 +145,21 @@ fn mma_through_ldmatrix_plain_and_transposed() {
 fn cp_async_copies_whole_chunks_and_zero_fills_the_tail() {
     let mut rng = Rng::new(4);
     for e in engines(DType::F32) {
-        let x = nonzero(&mut rng, 256);
-        for n in [256, 101, 4, 0] {
-            let y = selftest::cp_async_copy(&e.be, &x, n).unwrap();
-            let whole = n / 4 * 4;
-            for i in 0..256 {
-                let want = if i < whole { x[i] } else { 0.0 };
-                assert_eq!(y[i], want, "n {n}, element {i}");
-            }
-        }
+        check_cp_async(&e.be, &mut rng);
+    }
+}
+
+/// On a Turing profile cp_async16 is a synchronous copy (no cp.async issued) with the same
+/// result, zero-filled tail included.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn cp_async_on_turing_copies_synchronously() {
+    let mut rng = Rng::new(7);
+    for (profile, copies) in [("T4", 0), ("A100", 4 * 64)] {
+        let be = emulating(profile, DType::F32);
+        check_cp_async(&be, &mut rng);
+        let ops = be.device().take_emulated_ops();
+        assert_eq!(ops.cp_async, copies, "{profile}: {ops:?}");
     }
 }
 

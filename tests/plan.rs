@@ -285,15 +285,19 @@ fn the_plan_command_prints_the_breakdown_and_the_fit() {
     assert!(o.status.success(), "{out}{err}");
     assert!(err.contains("GPU: RTX 3060 (sm_86"), "{err}");
     assert!(out.contains("within 12.00 GiB"), "{out}");
-    for (card, want) in [
-        ("RTX 9999", "RTX 3060, RTX 3070 Laptop"),
-        ("T4", "compute capability 8.0"),
-    ] {
-        let o = lorafuse(&["plan", cfg, "--gpu", card]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{card}: {err}");
-        assert!(err.contains(want), "{card}: {err}");
-    }
+    // Turing (sm_75) plans too: its 15 GiB and 64 KiB limits.
+    let o = lorafuse(&["plan", cfg, "--gpu", "T4", "--set", "resolution=512"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}{err}");
+    assert!(err.contains("GPU: T4 (sm_75"), "{err}");
+    assert!(out.contains("within 15.00 GiB"), "{out}");
+    let o = lorafuse(&["plan", cfg, "--gpu", "RTX 9999"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("T4, RTX 2070"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -307,6 +311,8 @@ fn a_cards_limits_bound_the_plan() {
     let a100 = DeviceLimits::profile("A100").unwrap();
     assert_eq!(largest_side(&a100), lorafuse::plan::fit::MAX_SIDE);
     assert_eq!(largest_side(&rtx), 1216);
+    // Turing's 64 KiB hold 15840 keys beside the VAE's 512-wide row: 960x960.
+    assert_eq!(largest_side(&DeviceLimits::profile("T4").unwrap()), 960);
     let base = input(1, 512, 8, DType::F16).on(rtx.clone());
     let f = fit(&base, rtx.memory).unwrap();
     let side = f.side.expect("some resolution fits 12 GiB");
@@ -361,7 +367,7 @@ fn the_readme_card_table_is_what_plan_computes() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut rows = Vec::new();
-    for card in ["RTX 3070 Laptop", "RTX 3060", "RTX 4090"] {
+    for card in ["RTX 2070", "T4", "RTX 3070 Laptop", "RTX 3060", "RTX 4090"] {
         let limits = DeviceLimits::profile(card).unwrap();
         let mut cells = vec![format!("{card} ({} GiB)", limits.memory >> 30)];
         for rank in [8, 16] {

@@ -250,12 +250,27 @@ inline __half2 __floats2half2_rn(float a, float b) { return {__float2half_rn(a),
 inline float __low2float(__half2 h) { return __half2float(h.x); }
 inline float __high2float(__half2 h) { return __half2float(h.y); }
 
-// ---- tensor-core and async-copy instructions (see common.cuh for the device side) ----
+// ---- the target architecture, tensor-core and async-copy instructions (see common.cuh for
+// the device side) ----
 
 namespace emu {
+// The compute capability the running launch emulates, as major·10 + minor (75, 80, 86, 90):
+// the target profile's, passed with each launch. common.cuh's wrappers take the path that
+// architecture's PTX takes (on sm_75: m16n8k8 pairs for m16n8k16, synchronous copies for
+// cp.async), so the emulator runs each architecture's code.
+int sm();
+// The instructions the emulator counts per launch (the Rust side reads them back, so tests
+// can see which path ran): mma.sync m16n8k16 and m16n8k8 (per warp), cp.async copies (per
+// thread; sm_80 and later only).
+enum Counted : int { MMA_M16N8K16 = 0, MMA_M16N8K8 = 1, CP_ASYNC = 2, COUNTED = 3 };
+void tally(Counted what);
 // D = A·B + C for one m16n8k16 tile (f16 inputs, f32 accumulation), per-lane fragments as
 // in the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type").
 void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
+// D = A·B + C for one m16n8k8 tile (f16, f32 accumulation; sm_75's tensor-core shape):
+// a[0] holds A[g][2t..2t+1], a[1] A[g+8][2t..2t+1], b B[2t..2t+1][g] (g = lane/4, t = lane%4),
+// C and D as for m16n8k16 ("Matrix Fragments for mma.m16n8k8").
+void mma_m16n8k8(float d[4], const uint32_t a[2], uint32_t b, const float c[4]);
 // ldmatrix .m8n8 .x1/.x2/.x4 (.trans): `row` is this lane's row address.
 void ldmatrix(uint32_t* d, int count, const void* row, bool trans);
 }  // namespace emu

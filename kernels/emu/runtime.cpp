@@ -70,6 +70,13 @@ thread_local Thread* current = nullptr;
 
 namespace {
 
+// The running launch's architecture (set under the launch lock before its workers start).
+int launch_sm = 80;
+// This worker's counts for the running launch, added to `launch_tally` when its blocks end.
+thread_local uint64_t counts[COUNTED];
+uint64_t launch_tally[COUNTED];
+std::mutex tally_mu;
+
 enum Wait : int { RUNNING = 0, AT_BLOCK = 1, AT_WARP = 2 };
 
 // Bookkeeping shared between fibers and the scheduler goes through relaxed atomics: fibers of
@@ -332,9 +339,18 @@ void run_blocks(unsigned first, unsigned step, dim3 gdim, dim3 bdim, size_t smem
         }
     }
     st(current, static_cast<Thread*>(nullptr));
+    std::lock_guard<std::mutex> g(tally_mu);
+    for (int i = 0; i < COUNTED; ++i) {
+        launch_tally[i] += counts[i];
+        counts[i] = 0;
+    }
 }
 
 }  // namespace
+
+int sm() { return __atomic_load_n(&launch_sm, __ATOMIC_RELAXED); }
+
+void tally(Counted what) { ++counts[what]; }
 
 void syncthreads() { arrive_and_wait(worker->block, AT_BLOCK); }
 
@@ -374,6 +390,7 @@ float h(uint32_t word, int hi) {
 }  // namespace
 
 void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    if (lane() == 0) tally(MMA_M16N8K16);
     Fragments mine, all[32];
     std::memcpy(mine.a, a, sizeof mine.a);
     std::memcpy(mine.b, b, sizeof mine.b);
@@ -402,6 +419,40 @@ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const fl
         int row = g + ((i & 2) ? 8 : 0), col = t * 2 + (i & 1);
         float acc = C[row][col];
         for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+        d[i] = acc;
+    }
+}
+
+namespace {
+
+struct FragmentsK8 {
+    uint32_t a[2];
+    uint32_t b;
+    float c[4];
+};
+
+}  // namespace
+
+void mma_m16n8k8(float d[4], const uint32_t a[2], uint32_t b, const float c[4]) {
+    if (lane() == 0) tally(MMA_M16N8K8);
+    FragmentsK8 mine, all[32];
+    std::memcpy(mine.a, a, sizeof mine.a);
+    mine.b = b;
+    std::memcpy(mine.c, c, sizeof mine.c);
+    warp_gather(&mine, all, sizeof(FragmentsK8));
+    // Rebuild A (16x8), B (8x8, k by n) and C (16x8) from every lane's fragments.
+    float A[16][8], B[8][8], C[16][8];
+    for (int ln = 0; ln < 32; ++ln) {
+        int g = ln >> 2, t = ln & 3;
+        for (int i = 0; i < 4; ++i) A[g + ((i & 2) ? 8 : 0)][t * 2 + (i & 1)] = h(all[ln].a[i >> 1], i & 1);
+        for (int i = 0; i < 2; ++i) B[t * 2 + i][g] = h(all[ln].b, i);
+        for (int i = 0; i < 4; ++i) C[g + ((i & 2) ? 8 : 0)][t * 2 + (i & 1)] = all[ln].c[i];
+    }
+    int g = int(lane()) >> 2, t = int(lane()) & 3;
+    for (int i = 0; i < 4; ++i) {
+        int row = g + ((i & 2) ? 8 : 0), col = t * 2 + (i & 1);
+        float acc = C[row][col];
+        for (int k = 0; k < 8; ++k) acc += A[row][k] * B[k][col];
         d[i] = acc;
     }
 }
@@ -487,13 +538,18 @@ unsigned worker_count() {
 
 }  // namespace
 
-// Runs `thunk(closure)` as the kernel body for every thread of every block. Returns 0, or a
-// nonzero code when the launch configuration is invalid (the Rust side checks first).
+// Runs `thunk(closure)` as the kernel body for every thread of every block, as on a device of
+// compute capability `sm` (major·10 + minor); adds the launch's counted instructions to
+// `tally[emu::COUNTED]`. Returns 0, or a nonzero code when the launch configuration is
+// invalid (the Rust side checks first).
 extern "C" int emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                          unsigned bz, size_t smem_bytes, void (*thunk)(void*), void* closure) {
+                          unsigned bz, size_t smem_bytes, int sm, void (*thunk)(void*),
+                          void* closure, uint64_t* tally) {
     unsigned n = bx * by * bz;
     if (n == 0 || n > 1024 || gx == 0 || gy == 0 || gz == 0) return 1;
     std::lock_guard<std::mutex> serial(launch_mu);
+    __atomic_store_n(&emu::launch_sm, sm, __ATOMIC_RELAXED);
+    for (int i = 0; i < emu::COUNTED; ++i) emu::launch_tally[i] = 0;
     const dim3 bdim{bx, by, bz}, gdim{gx, gy, gz};
     unsigned blocks = gx * gy * gz;
     unsigned workers = std::min(worker_count(), blocks);
@@ -501,5 +557,9 @@ extern "C" int emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, un
         emu::run_blocks(id, workers, gdim, bdim, smem_bytes, thunk, closure);
     };
     pool()->run(workers, body);
+    {
+        std::lock_guard<std::mutex> g(emu::tally_mu);
+        for (int i = 0; i < emu::COUNTED; ++i) tally[i] += emu::launch_tally[i];
+    }
     return 0;
 }

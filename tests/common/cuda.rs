@@ -35,6 +35,43 @@ pub fn engines(dtype: DType) -> Vec<Engine> {
     out
 }
 
+/// The kernel emulator as the card `profile` (a name of `DeviceLimits::profile`): its launch
+/// limits, and for "T4"/"RTX 20xx" sm_75's paths through kernels/common.cuh.
+#[cfg(feature = "cuda-emu")]
+pub fn emulating(profile: &str, dtype: DType) -> CudaBackend {
+    use lorafuse::backend::cuda::DeviceLimits;
+    let limits = DeviceLimits::profile(profile).unwrap_or_else(|| panic!("no profile {profile}"));
+    CudaBackend::new(Device::emulating(limits), dtype).unwrap()
+}
+
+/// Asserts that the emulated launches on `be`'s device since the last call took sm_75's path
+/// through kernels/common.cuh (mma.sync m16n8k8, never m16n8k16, no cp.async), with some
+/// tensor-core work when `tensor_cores`; prints the launches per kernel (the launch choice).
+#[cfg(feature = "cuda-emu")]
+pub fn assert_turing_path(what: &str, be: &CudaBackend, tensor_cores: bool) {
+    let ops = be.device().take_emulated_ops();
+    let launches = be.device().take_launch_counts();
+    println!(
+        "{what} on {}: {ops:?}; launches {launches:?}",
+        be.device().limits()
+    );
+    assert!(
+        be.device().limits().compute_capability < (8, 0),
+        "{what}: not a Turing profile"
+    );
+    assert_eq!(
+        (ops.mma_m16n8k16, ops.cp_async),
+        (0, 0),
+        "{what}: sm_80 instructions on sm_75"
+    );
+    assert_eq!(
+        ops.mma_m16n8k8 > 0,
+        tensor_cores,
+        "{what}: m16n8k8 count {}",
+        ops.mma_m16n8k8
+    );
+}
+
 /// Whether this machine has an NVIDIA GPU, asked without CUDA: the driver's device node, or
 /// `nvidia-smi -L` listing one.
 pub fn gpu_present() -> bool {

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::buffer::DeviceBuffer;
+#[cfg(feature = "cuda-emu")]
+pub use super::emu::EmulatedOps;
 #[cfg(feature = "cuda")]
 use super::gpu::Gpu;
 use super::launch::LaunchCfg;
@@ -51,6 +53,10 @@ pub struct Device {
     /// Launches per kernel since the device opened (or [`Device::take_launch_counts`]): which
     /// kernels a workload chose on this device's limits, for tests and diagnostics.
     launches: Mutex<BTreeMap<&'static str, u64>>,
+    /// The emulator's instruction counts since the device opened (or
+    /// [`Device::take_emulated_ops`]): which architecture's path the kernels ran.
+    #[cfg(feature = "cuda-emu")]
+    emulated: Mutex<EmulatedOps>,
 }
 
 impl Device {
@@ -69,6 +75,7 @@ impl Device {
             pool: Mutex::new(Pool::default()),
             poison: true,
             launches: Mutex::default(),
+            emulated: Mutex::default(),
         })
     }
 
@@ -99,6 +106,8 @@ impl Device {
             pool: Mutex::new(Pool::default()),
             poison: false,
             launches: Mutex::default(),
+            #[cfg(feature = "cuda-emu")]
+            emulated: Mutex::default(),
         })
     }
 
@@ -117,6 +126,8 @@ impl Device {
             pool: Mutex::new(Pool::default()),
             poison: std::env::var_os("LORAFUSE_POISON").is_some_and(|v| v == "1"),
             launches: Mutex::default(),
+            #[cfg(feature = "cuda-emu")]
+            emulated: Mutex::default(),
         }))
     }
 
@@ -204,6 +215,30 @@ impl Device {
     /// counting anew.
     pub fn take_launch_counts(&self) -> BTreeMap<&'static str, u64> {
         std::mem::take(&mut *self.launches.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Runs one launch of a kernel in the emulator, as on this device's compute capability
+    /// (its architecture's path through common.cuh), and counts its instructions.
+    #[cfg(feature = "cuda-emu")]
+    pub(crate) fn emulate(
+        &self,
+        kernel: &str,
+        cfg: &LaunchCfg,
+        body: &(dyn Fn() + Sync),
+    ) -> Result<()> {
+        let ops = super::emu::launch(kernel, cfg, self.limits.compute_capability, body)?;
+        self.emulated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(&ops);
+        Ok(())
+    }
+
+    /// The emulator's instruction counts since the last call (or since the device opened),
+    /// and starts counting anew: m16n8k8 pairs and no cp.async show that sm_75's path ran.
+    #[cfg(feature = "cuda-emu")]
+    pub fn take_emulated_ops(&self) -> EmulatedOps {
+        std::mem::take(&mut *self.emulated.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn lock_pool(&self) -> std::sync::MutexGuard<'_, Pool> {

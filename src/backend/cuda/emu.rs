@@ -15,8 +15,10 @@ extern "C" {
         by: u32,
         bz: u32,
         smem: usize,
+        sm: i32,
         thunk: extern "C" fn(*mut c_void),
         closure: *mut c_void,
+        tally: *mut u64,
     ) -> i32;
 }
 
@@ -28,12 +30,40 @@ extern "C" fn trampoline(closure: *mut c_void) {
     body();
 }
 
-/// Runs `body` (one call of the kernel function) for every thread of every block of `cfg`.
-pub(crate) fn launch(kernel: &str, cfg: &LaunchCfg, body: Body) -> Result<()> {
+/// The instructions the emulator counted (kernels/emu/emu.h, `emu::Counted`): which
+/// architecture's path the kernels took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmulatedOps {
+    /// mma.sync m16n8k16, per warp (sm_80 and later).
+    pub mma_m16n8k16: u64,
+    /// mma.sync m16n8k8, per warp (sm_75: two per m16n8k16 of the kernels).
+    pub mma_m16n8k8: u64,
+    /// cp.async copies, per thread (sm_80 and later; sm_75 copies synchronously).
+    pub cp_async: u64,
+}
+
+impl EmulatedOps {
+    pub(crate) fn add(&mut self, o: &EmulatedOps) {
+        self.mma_m16n8k16 += o.mma_m16n8k16;
+        self.mma_m16n8k8 += o.mma_m16n8k8;
+        self.cp_async += o.cp_async;
+    }
+}
+
+/// Runs `body` (one call of the kernel function) for every thread of every block of `cfg`,
+/// as on a device of compute capability `cc`, and returns what it counted.
+pub(crate) fn launch(
+    kernel: &str,
+    cfg: &LaunchCfg,
+    cc: (u32, u32),
+    body: Body,
+) -> Result<EmulatedOps> {
     let mut b: Body = body;
     let p = &mut b as *mut Body as *mut c_void;
+    let mut tally = [0u64; 3];
     // SAFETY: emu_launch calls `trampoline(p)` from its worker threads and returns only after
-    // all have finished, while `b` is alive; the body is Sync.
+    // all have finished, while `b` is alive; the body is Sync; `tally` has the 3 counters
+    // (emu::COUNTED) it adds to.
     let rc = unsafe {
         emu_launch(
             cfg.grid.0,
@@ -43,8 +73,10 @@ pub(crate) fn launch(kernel: &str, cfg: &LaunchCfg, body: Body) -> Result<()> {
             cfg.block.1,
             cfg.block.2,
             cfg.smem as usize,
+            (cc.0 * 10 + cc.1) as i32,
             trampoline,
             p,
+            tally.as_mut_ptr(),
         )
     };
     if rc != 0 {
@@ -53,5 +85,9 @@ pub(crate) fn launch(kernel: &str, cfg: &LaunchCfg, body: Body) -> Result<()> {
             detail: format!("the emulator refused {cfg:?}"),
         });
     }
-    Ok(())
+    Ok(EmulatedOps {
+        mma_m16n8k16: tally[0],
+        mma_m16n8k8: tally[1],
+        cp_async: tally[2],
+    })
 }

@@ -171,7 +171,7 @@ macro_rules! kernels {
                     // SAFETY: as above; on the emulator device pointers are host pointers
                     // into the pool's buffers.
                     let call = || unsafe { ffi::$name( $( $arg.ffi() ),* ) };
-                    return $crate::backend::cuda::emu::launch(stringify!($name), &cfg, &call);
+                    return dev.emulate(stringify!($name), &cfg, &call);
                 }
                 #[allow(unreachable_code)]
                 Err($crate::error::Error::CudaUnavailable(format!(

@@ -32,6 +32,8 @@ pub use backend::CudaBackend;
 pub use buffer::DeviceBuffer;
 pub use choice::{Impl, KernelChoice};
 pub use device::Device;
+#[cfg(feature = "cuda-emu")]
+pub use device::EmulatedOps;
 #[cfg(feature = "cuda")]
 pub use gpu::{probe, DeviceInfo};
 pub use ops::selftest;

@@ -119,14 +119,16 @@ impl DeviceLimits {
     }
 
     /// What the emulator and the memory meter hold launches to unless told otherwise: an
-    /// A100 (sm_80), the smallest shared memory of the architectures the PTX is built for.
+    /// A100 (sm_80; the other cards are tested through their profiles, tests/cuda_profiles.rs
+    /// and tests/cuda_turing.rs).
     pub fn default_target() -> DeviceLimits {
         DeviceLimits::profile("A100").expect("the table has the A100")
     }
 
-    /// Whether lorafuse's kernels run on this device (its PTX targets sm_80 and newer).
+    /// Whether lorafuse's kernels run on this device: compute capability 7.5 (Turing: PTX for
+    /// sm_75, whose tensor-core kernels use mma.sync m16n8k8 and synchronous copies) and newer.
     pub fn supported(&self) -> bool {
-        self.compute_capability.0 >= 8
+        self.compute_capability >= (7, 5)
     }
 
     /// Why lorafuse's kernels cannot run on this device, when they cannot: the one text the
@@ -134,12 +136,10 @@ impl DeviceLimits {
     pub fn unsupported(&self) -> Option<String> {
         (!self.supported()).then(|| {
             format!(
-                "{self}: lorafuse's CUDA kernels need compute capability 8.0 or newer (RTX 30xx, \
-                 A100 and later). Before that (Turing, sm_75) the tensor-core kernels cannot \
-                 run, and the simple attention backward of SD1.5's 160-wide heads needs {} bytes \
-                 of shared memory, more than the {} KiB a block may have (planned, issue 17)",
-                super::tiles::att_dkv_smem(160, 160),
-                self.smem_per_block / 1024
+                "{self}: lorafuse's CUDA kernels need compute capability 7.5 or newer (Turing: \
+                 RTX 20xx, GTX 16xx, T4; and later). Older GPUs (Volta, Pascal) lack the \
+                 ldmatrix instruction the tensor-core kernels use, and the simple kernels have \
+                 never been tested there, so lorafuse does not build PTX for them"
             )
         })
     }
@@ -171,13 +171,19 @@ mod tests {
         assert_eq!(DeviceLimits::profile("NVIDIA A100").unwrap().sm_count, 108);
         assert!(DeviceLimits::profile("RTX 9999").is_none());
         let t4 = DeviceLimits::profile("T4").unwrap();
-        assert!(!t4.supported());
-        let why = t4.unsupported().unwrap();
+        assert!(t4.supported() && t4.unsupported().is_none());
+        assert_eq!(t4.compute_capability, (7, 5));
+        assert_eq!((t4.smem_per_block, t4.smem_per_sm), (64 * 1024, 64 * 1024));
+        let a100 = DeviceLimits::profile("A100").unwrap();
+        assert!(a100.supported());
+        assert!(DeviceLimits::profile("RTX 4090").unwrap().supported());
+        let v100 = DeviceLimits::of_architecture("V100", (7, 0), 80, 16 << 30);
+        assert!(!v100.supported());
+        let why = v100.unsupported().unwrap();
         assert!(
-            why.contains("sm_75") && why.contains("66176 bytes"),
+            why.contains("sm_70") && why.contains("7.5 or newer"),
             "{why}"
         );
-        assert!(DeviceLimits::profile("RTX 4090").unwrap().supported());
     }
 
     #[test]

@@ -47,8 +47,9 @@ mod tests {
             } else {
                 (64, 32, dm + 8)
             };
-            assert_eq!(af_fwd_smem(dm), 2 * (64 * ds + 4 * kt * ds));
-            assert_eq!(af_dq_smem(dm), 2 * (2 * 64 * ds + 4 * kt * ds));
+            assert_eq!(af_fwd_smem(dm, af_kt(dm)), 2 * (64 * ds + 4 * kt * ds));
+            assert_eq!(af_dq_smem(dm, af_kt(dm)), 2 * (2 * 64 * ds + 4 * kt * ds));
+            assert_eq!(af_kt_small(dm), kt / 2);
             assert_eq!(
                 af_dkv_smem(dm),
                 2 * (2 * 64 * ds + 4 * qt * ds) + 4 * 4 * qt

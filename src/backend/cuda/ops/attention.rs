@@ -13,7 +13,8 @@
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::super::tiles::{
-    att_dkv_smem, att_dq_smem, att_fwd_smem, ATT_BQ, ATT_KB, ATT_MAX_D, ATT_THREADS,
+    att_dkv_part_smem, att_dkv_smem, att_dq_smem, att_fwd_smem, ATT_BQ, ATT_KB, ATT_MAX_D,
+    ATT_THREADS,
 };
 use super::{alloc, by_dtype, float_dtype, input, int, output, BLOCK};
 use crate::backend::check::attention::AttentionDims;
@@ -37,9 +38,11 @@ kernels! {
     fn attention_bwd_dq_f16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
         heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_bwd_dkv_f32(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
-        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32,
+        parts: i32);
     fn attention_bwd_dkv_f16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
-        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32,
+        parts: i32);
 }
 
 /// The widest head (d and dv) the kernels take.
@@ -89,6 +92,24 @@ fn args(op: &'static str, n: &AttentionDims) -> Result<Args> {
     })
 }
 
+/// The simple dK/dV launches for `n` on `be`'s device, as (parts, shared memory): one launch
+/// writing both (parts 3) where its shared memory fits the device, else one for dK (1) and one
+/// for dV (2), which need less (kernels/attention.cu): on 64 KiB (sm_75) SD1.5's 160-wide
+/// heads (66176 bytes together, 64064 and 53824 apart; the f32 backward then takes heads up
+/// to 160 there, the fast f16 kernels up to 160 as everywhere).
+fn dkv_launches(be: &CudaBackend, n: &AttentionDims) -> Vec<(i32, usize)> {
+    let (d, dv) = (n.head_dim, n.v_head_dim);
+    let both = att_dkv_smem(d, dv);
+    if both <= be.device().limits().smem_per_block as usize {
+        vec![(3, both)]
+    } else {
+        vec![
+            (1, att_dkv_part_smem(d, dv, 1, 0)),
+            (2, att_dkv_part_smem(d, dv, 0, 1)),
+        ]
+    }
+}
+
 /// One block of `threads` per (b, h, tile of `rows` of a sequence of `len`).
 fn tiled(
     op: &'static str,
@@ -133,12 +154,12 @@ impl AttentionOps for CudaBackend {
         if n.batch * n.heads * n.q_len == 0 {
             return Ok((o, lse)); // nothing to compute (and no empty grid to launch)
         }
-        if let Some(dm) = fast::bucket(self, &n) {
+        if let Some(bk) = fast::bucket(self, &n) {
             let (oo, lo) = (
                 output(self, OP, "o", &mut o)?,
                 output(self, OP, "lse", &mut lse)?,
             );
-            fast::forward(self, dm, &n, &a, [qi, ki, vi], (oo, lo))?;
+            fast::forward(self, bk, &n, &a, [qi, ki, vi], (oo, lo))?;
             return Ok((o, lse));
         }
         let cfg = tiled(
@@ -202,7 +223,7 @@ impl AttentionOps for CudaBackend {
         let rows = n.batch * n.heads * n.q_len;
         // D = rowsum(dO ⊙ O), [B, H, Lq] f32.
         let mut dsum = alloc(self, [rows], DType::F32)?;
-        if let Some(dm) = fast::bucket(self, &n) {
+        if let Some(bk) = fast::bucket(self, &n) {
             let saved = Saved {
                 q: qi,
                 k: ki,
@@ -216,7 +237,7 @@ impl AttentionOps for CudaBackend {
                 output(self, OP, "dk", &mut dk)?,
                 output(self, OP, "dv", &mut dv)?,
             );
-            fast::backward(self, dm, &n, &a, &saved, &mut dsum, grads)?;
+            fast::backward(self, bk, &n, &a, &saved, &mut dsum, grads)?;
             return Ok((dq, dk, dv));
         }
         if rows > 0 {
@@ -259,33 +280,36 @@ impl AttentionOps for CudaBackend {
             )?;
         }
         if n.batch * n.heads * n.kv_len > 0 {
-            // With no queries (Lq = 0) this writes dK = dV = 0.
+            // With no queries (Lq = 0) this writes dK = dV = 0. One launch for both, or one
+            // for dK and one for dV where both together exceed the device's shared memory.
             let f = by_dtype!(dt, OP, attention_bwd_dkv_f32, attention_bwd_dkv_f16);
-            f(
-                self.device(),
-                tiled(
-                    OP,
-                    &n,
-                    (n.kv_len, ATT_KB),
-                    ATT_THREADS,
-                    att_dkv_smem(n.head_dim, n.v_head_dim),
-                )?,
-                qi,
-                ki,
-                vi,
-                li,
-                gi,
+            let (dsi, dko, dvo) = (
                 input(self, OP, "dsum", &dsum)?,
                 output(self, OP, "dk", &mut dk)?,
                 output(self, OP, "dv", &mut dv)?,
-                a.heads,
-                a.lq,
-                a.lk,
-                a.d,
-                a.dv,
-                a.causal,
-                a.scale,
-            )?;
+            );
+            for (parts, smem) in dkv_launches(self, &n) {
+                f(
+                    self.device(),
+                    tiled(OP, &n, (n.kv_len, ATT_KB), ATT_THREADS, smem)?,
+                    qi,
+                    ki,
+                    vi,
+                    li,
+                    gi,
+                    dsi,
+                    dko,
+                    dvo,
+                    a.heads,
+                    a.lq,
+                    a.lk,
+                    a.d,
+                    a.dv,
+                    a.causal,
+                    a.scale,
+                    parts,
+                )?;
+            }
         }
         Ok((dq, dk, dv))
     }

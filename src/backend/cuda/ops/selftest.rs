@@ -14,6 +14,7 @@ kernels! {
     fn selftest_block_reduce(x: In, out: Out, cols: i32);
     fn selftest_shuffle(x: In, y: Out);
     fn selftest_mma(a: In, bt: In, c: In, d: Out, a_trans: i32);
+    fn selftest_mma_k8(a: In, bt: In, c: In, d: Out);
     fn selftest_cp_async(x: In, y: Out, n: i32);
     fn selftest_no_barrier(y: Out);
 }
@@ -77,6 +78,26 @@ pub fn mma_tile(
         input(be, OP, "c", &ct)?,
         output(be, OP, "d", &mut d)?,
         a_transposed as i32,
+    )?;
+    be.to_f32_vec(&d)
+}
+
+/// D = A·B + C through one mma.sync m16n8k8 (Turing's tensor-core shape; every architecture
+/// from sm_75 has it): `a` is A [16, 8] row-major, `bt` is Bᵀ [8, 8], `c` is C [16, 8]. Inputs
+/// are rounded to f16.
+pub fn mma_k8_tile(be: &CudaBackend, a: &[f32], bt: &[f32], c: &[f32]) -> Result<Vec<f32>> {
+    let at = be.tensor_from_f32(&[16, 8], a, DType::F16)?;
+    let btt = be.tensor_from_f32(&[8, 8], bt, DType::F16)?;
+    let ct = be.tensor_from_f32(&[16, 8], c, DType::F32)?;
+    let mut d = alloc(be, [16, 8], DType::F32)?;
+    let cfg = LaunchCfg::new((1, 1, 1), (32, 1, 1), 0);
+    selftest_mma_k8(
+        be.device(),
+        cfg,
+        input(be, OP, "a", &at)?,
+        input(be, OP, "bt", &btt)?,
+        input(be, OP, "c", &ct)?,
+        output(be, OP, "d", &mut d)?,
     )?;
     be.to_f32_vec(&d)
 }

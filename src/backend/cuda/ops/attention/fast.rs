@@ -6,10 +6,18 @@
 //! Declines (the caller then runs the simple kernels of attention.rs): heads wider than
 //! [`FAST_MAX_HEAD_DIM`] (up to 256), dv = 0 and Lk = 0. The lse of either forward feeds
 //! either backward.
+//!
+//! Key tiles from the device's shared memory per block ([`Bucket`]): the forward and dQ take
+//! AF_KT (64 keys; 32 at DM = 160) where it fits, else AF_KT_SMALL (half). On 64 KiB (sm_75:
+//! T4, RTX 20xx) the 96 bucket's forward and dQ and the 160 bucket's dQ run on half tiles
+//! (SD1.5's 80- and 160-wide heads); every other launch, and every launch on 99 KiB and
+//! more, on the full tiles. dK/dV fit 64 KiB in every bucket (64768 bytes at DM = 160).
 
 use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
-use super::super::super::tiles::{af_dkv_smem, af_dq_smem, af_fwd_smem, AF_ROWS, AF_THREADS};
+use super::super::super::tiles::{
+    af_dkv_smem, af_dq_smem, af_fwd_smem, af_kt, af_kt_small, AF_ROWS, AF_THREADS,
+};
 use super::super::{input, int, output};
 use super::{tiled, Args, Saved};
 use crate::backend::check::attention::AttentionDims;
@@ -24,6 +32,8 @@ kernels! {
         lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_fast_fwd_d160(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
         lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_fwd_d96_kt32(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_fast_dot(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
     fn attention_fast_dkv_d64(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
         dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
@@ -37,38 +47,75 @@ kernels! {
         heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_fast_dq_d160(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
         heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d96_kt32(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d160_kt16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
 }
 
 /// The widest head (d and dv) the fast kernels take (their largest bucket).
 pub(crate) const FAST_MAX_HEAD_DIM: usize = 160;
-/// The fast kernels' head bucket DM (a multiple of 16 >= d, dv: their register arrays and
-/// smem rows), or None when the shape stays on the simple kernels (see the module doc).
-pub(super) fn bucket(be: &CudaBackend, n: &AttentionDims) -> Option<usize> {
+/// A shape's fast kernels on this device: the head bucket DM (a multiple of 16 >= d, dv: the
+/// kernels' register arrays and smem rows) and the key tiles of the forward and dQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Bucket {
+    pub dm: usize,
+    pub fwd_kt: usize,
+    pub dq_kt: usize,
+}
+
+/// The fast kernels for shape `n` on `be`'s device, or None when the shape stays on the simple
+/// kernels (see the module doc; also when a kernel's shared memory fits neither tile, which
+/// no supported device's limits cause).
+pub(super) fn bucket(be: &CudaBackend, n: &AttentionDims) -> Option<Bucket> {
     let w = n.head_dim.max(n.v_head_dim);
     if !be.fast(be.kernels().attention) || n.head_dim == 0 || n.v_head_dim == 0 || n.kv_len == 0 {
         return None;
     }
-    [64, 96, FAST_MAX_HEAD_DIM].into_iter().find(|&dm| w <= dm)
+    let dm = [64, 96, FAST_MAX_HEAD_DIM]
+        .into_iter()
+        .find(|&dm| w <= dm)?;
+    let limit = be.device().limits().smem_per_block as usize;
+    let tile = |smem: fn(usize, usize) -> usize| {
+        [af_kt(dm), af_kt_small(dm)]
+            .into_iter()
+            .find(|&kt| smem(dm, kt) <= limit)
+    };
+    if af_dkv_smem(dm) > limit {
+        return None;
+    }
+    Some(Bucket {
+        dm,
+        fwd_kt: tile(af_fwd_smem)?,
+        dq_kt: tile(af_dq_smem)?,
+    })
 }
 
-/// O and lse of the forward in bucket `dm` (`n` has at least one query row).
+/// O and lse of the forward in bucket `bk` (`n` has at least one query row).
 pub(super) fn forward(
     be: &CudaBackend,
-    dm: usize,
+    bk: Bucket,
     n: &AttentionDims,
     a: &Args,
     [q, k, v]: [In; 3],
     (o, lse): (Out, Out),
 ) -> Result<()> {
     const OP: &str = "attention";
-    let f = match dm {
-        64 => attention_fast_fwd_d64,
-        96 => attention_fast_fwd_d96,
+    let f = match (bk.dm, bk.fwd_kt) {
+        (64, _) => attention_fast_fwd_d64,
+        (96, 32) => attention_fast_fwd_d96_kt32,
+        (96, _) => attention_fast_fwd_d96,
         _ => attention_fast_fwd_d160,
     };
     f(
         be.device(),
-        tiled(OP, n, (n.q_len, AF_ROWS), AF_THREADS, af_fwd_smem(dm))?,
+        tiled(
+            OP,
+            n,
+            (n.q_len, AF_ROWS),
+            AF_THREADS,
+            af_fwd_smem(bk.dm, bk.fwd_kt),
+        )?,
         q,
         k,
         v,
@@ -84,10 +131,10 @@ pub(super) fn forward(
     )
 }
 
-/// dQ, dK and dV in bucket `dm`; `dsum` [B·H·Lq] f32 receives D = rowsum(dO ⊙ O).
+/// dQ, dK and dV in bucket `bk`; `dsum` [B·H·Lq] f32 receives D = rowsum(dO ⊙ O).
 pub(super) fn backward(
     be: &CudaBackend,
-    dm: usize,
+    bk: Bucket,
     n: &AttentionDims,
     a: &Args,
     s: &Saved,
@@ -117,14 +164,14 @@ pub(super) fn backward(
     let di = input(be, OP, "dsum", dsum)?;
     if n.batch * n.heads > 0 {
         // Lq = 0: the dK/dV kernel writes dK = dV = 0.
-        let f = match dm {
+        let f = match bk.dm {
             64 => attention_fast_dkv_d64,
             96 => attention_fast_dkv_d96,
             _ => attention_fast_dkv_d160,
         };
         f(
             be.device(),
-            tiled(OP, n, (n.kv_len, AF_ROWS), AF_THREADS, af_dkv_smem(dm))?,
+            tiled(OP, n, (n.kv_len, AF_ROWS), AF_THREADS, af_dkv_smem(bk.dm))?,
             s.q,
             s.k,
             s.v,
@@ -143,14 +190,22 @@ pub(super) fn backward(
         )?;
     }
     if rows > 0 {
-        let f = match dm {
-            64 => attention_fast_dq_d64,
-            96 => attention_fast_dq_d96,
+        let f = match (bk.dm, bk.dq_kt) {
+            (64, _) => attention_fast_dq_d64,
+            (96, 32) => attention_fast_dq_d96_kt32,
+            (96, _) => attention_fast_dq_d96,
+            (_, 16) => attention_fast_dq_d160_kt16,
             _ => attention_fast_dq_d160,
         };
         f(
             be.device(),
-            tiled(OP, n, (n.q_len, AF_ROWS), AF_THREADS, af_dq_smem(dm))?,
+            tiled(
+                OP,
+                n,
+                (n.q_len, AF_ROWS),
+                AF_THREADS,
+                af_dq_smem(bk.dm, bk.dq_kt),
+            )?,
             s.q,
             s.k,
             s.v,

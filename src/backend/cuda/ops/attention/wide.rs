@@ -2,13 +2,14 @@
 //! VAE's single 512-wide head (kernels/attention_wide.cu). One block per query row keeps the
 //! row's scores in shared memory, so key lengths are bounded by the device's shared memory per
 //! block ([`max_keys`]: 16384 keys, the VAE at 1024x1024, need 66 KiB; an sm_80 takes about
-//! 41000 keys, an sm_86/sm_89 about 24800, the VAE at up to 1216x1216). Forward only: nothing
+//! 41000 keys, an sm_86/sm_89 about 24800, the VAE at up to 1216x1216, an sm_75 15840, up to
+//! 960x960). Forward only: nothing
 //! trains through a wide head.
 
 use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::super::super::profile::DeviceLimits;
-use super::super::super::tiles::{wide_smem, WIDE_THREADS};
+use super::super::super::tiles::{wide_smem, WIDE_STATIC_SMEM, WIDE_THREADS};
 use super::super::{alloc, by_dtype, input, int, output};
 use super::MAX_HEAD_DIM;
 use crate::backend::check;
@@ -28,9 +29,9 @@ kernels! {
 const MAX_WIDE_DIM: usize = 4096;
 
 /// The most keys a row's scores can have in the shared memory of a device with `limits`
-/// beside a `head_dim`-wide query row.
+/// beside a `head_dim`-wide query row and the kernel's static scratch.
 pub(crate) fn max_keys(limits: &DeviceLimits, head_dim: usize) -> usize {
-    let smem = limits.smem_per_block as usize;
+    let smem = (limits.smem_per_block as usize).saturating_sub(WIDE_STATIC_SMEM);
     (0..=smem / 4)
         .rev()
         .find(|&lk| wide_smem(head_dim, lk) <= smem)
