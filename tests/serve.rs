@@ -427,3 +427,21 @@ fn tag_edits_are_previewed_then_written_inside_the_roots_only() {
 fn image_beside(path: &Path) {
     image::RgbImage::new(8, 8).save(path).unwrap();
 }
+
+/// The card list the form's memory plan offers: every card of the profile table, the usual
+/// one (what the form selects first) marked once and supported.
+#[test]
+fn the_card_list_marks_the_usual_card() {
+    let dir = scratch("cards");
+    let srv = server(&dir);
+    let cards = request(srv.addr(), "GET", "/api/profiles", &[], b"").json();
+    let cards = cards.as_array().unwrap();
+    assert_eq!(
+        cards.len(),
+        lorafuse::backend::cuda::DeviceLimits::profiles().len()
+    );
+    let usual: Vec<&serde_json::Value> = cards.iter().filter(|c| c["usual"] == true).collect();
+    assert_eq!(usual.len(), 1, "{cards:?}");
+    assert_eq!(usual[0]["name"], lorafuse::backend::cuda::USUAL_CARD);
+    assert!(usual[0]["unsupported"].is_null(), "{:?}", usual[0]);
+}

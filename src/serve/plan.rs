@@ -4,17 +4,25 @@
 
 use serde_json::{json, Value};
 
-use crate::backend::cuda::DeviceLimits;
+use crate::backend::cuda::{DeviceLimits, USUAL_CARD};
 use crate::config::TrainConfig;
 use crate::plan::fit::fit;
 use crate::plan::report::table;
 use crate::plan::{plan, PlanInput};
 
-/// The cards of the table: name, memory in bytes, and why lorafuse cannot use it, if so.
+/// The cards of the table: name, memory in bytes, why lorafuse cannot use it (if so), and
+/// whether it is the one the form shows first ([`USUAL_CARD`]).
 pub fn profiles() -> Value {
     let cards: Vec<Value> = DeviceLimits::profiles()
         .iter()
-        .map(|c| json!({ "name": c.name, "memory": c.memory, "unsupported": c.unsupported() }))
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "memory": c.memory,
+                "unsupported": c.unsupported(),
+                "usual": c.name == USUAL_CARD,
+            })
+        })
         .collect();
     Value::Array(cards)
 }

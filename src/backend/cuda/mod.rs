@@ -38,4 +38,4 @@ pub use device::EmulatedOps;
 pub use gpu::{probe, DeviceInfo};
 pub use ops::selftest;
 pub use pool::PoolStats;
-pub use profile::DeviceLimits;
+pub use profile::{DeviceLimits, USUAL_CARD};

@@ -59,6 +59,10 @@ const fn arch(cc: (u32, u32)) -> (u32, u32, u32, u32) {
 /// A named card: (name, compute capability, SMs, memory in GiB).
 type Card = (&'static str, (u32, u32), u32, usize);
 
+/// The card most SD1.5 LoRAs are trained on (issue 17's survey): what serve's memory plan
+/// shows first.
+pub const USUAL_CARD: &str = "RTX 3060";
+
 /// The cards `--gpu NAME` and the tests know, oldest first.
 const CARDS: &[Card] = &[
     ("T4", (7, 5), 40, 15),

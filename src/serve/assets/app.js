@@ -299,7 +299,7 @@ async function main() {
     const label = c.name + " (" + Math.round(c.memory / 2 ** 30) + " GiB)" + (c.unsupported ? " – unsupported" : "");
     $("gpu").append(el("option", { value: c.name }, label));
   }
-  const usable = cards.find((c) => !c.unsupported);
+  const usable = cards.find((c) => c.usual && !c.unsupported) || cards.find((c) => !c.unsupported);
   if (usable) $("gpu").value = usable.name;
   $("start").addEventListener("click", () => start(false));
   $("resume").addEventListener("click", () => start(true));
