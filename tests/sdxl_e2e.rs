@@ -42,16 +42,7 @@ fn sdxl_trains_exports_kohya_names_and_samples() {
     let mut rec = Recorder::default();
     let report = train(&cfg, &be, false, &AtomicBool::new(false), &mut rec).unwrap();
     assert_eq!(report.steps, 60);
-    eprintln!(
-        "tiny SDXL, 60 steps: fixed-noise loss {:.4} -> {:.4}",
-        report.train_loss_before, report.train_loss_after
-    );
-    assert!(
-        report.train_loss_after < 0.9 * report.train_loss_before,
-        "loss {} -> {}",
-        report.train_loss_before,
-        report.train_loss_after
-    );
+    common::assert_loss_fell("tiny SDXL, 60 steps", &report, 0.9);
 
     // kohya's SDXL names: the UNet in SGM's layout, te1 and te2 (2 layers x 6 each); and the
     // SDXL metadata.

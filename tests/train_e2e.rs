@@ -776,16 +776,7 @@ fn an_sd2_v_model_trains_exports_and_samples() {
     sets.push("v_parameterization=true".into());
     let cfg = config(&dir, &sets);
     let report = train(&cfg, &be, false, &stop, &mut Recorder::default()).unwrap();
-    eprintln!(
-        "tiny SD2 768-v, 40 steps: fixed-noise loss {:.4} -> {:.4}",
-        report.train_loss_before, report.train_loss_after
-    );
-    assert!(
-        report.train_loss_after < 0.9 * report.train_loss_before,
-        "loss {} -> {}",
-        report.train_loss_before,
-        report.train_loss_after
-    );
+    common::assert_loss_fell("tiny SD2 768-v, 40 steps", &report, 0.9);
     let file =
         lorafuse::model::checkpoint::safetensors::SafetensorsFile::open(&report.lora_path).unwrap();
     let meta = file.metadata();

@@ -189,3 +189,18 @@ pub fn assert_gradients_match(
     }
     rel
 }
+
+/// A training run's fixed-noise loss fell below `factor` times where it started; both printed
+/// under `what`.
+pub fn assert_loss_fell(what: &str, r: &lorafuse::train::trainer::TrainReport, factor: f64) {
+    eprintln!(
+        "{what}: fixed-noise loss {:.4} -> {:.4}",
+        r.train_loss_before, r.train_loss_after
+    );
+    assert!(
+        r.train_loss_after < factor * r.train_loss_before,
+        "{what}: loss {} -> {}",
+        r.train_loss_before,
+        r.train_loss_after
+    );
+}
