@@ -1,6 +1,8 @@
 //! The training loop's parts: schedules by hand, the noise schedule against diffusers', the
 //! flat optimizer's layout, clipping and loss scaling, when sample images are due.
 
+mod common;
+
 use lorafuse::lora::{LayerKind, LoraGrads, LoraModule, LoraSet};
 use lorafuse::model::cond::{Cond, TextCond};
 use lorafuse::model::family::Prediction;
@@ -269,15 +271,10 @@ fn clipping_and_loss_scaling() {
 fn per_sample_loss_weights_reach_the_loss_and_the_gradients() {
     use lorafuse::backend::Tensors;
     use lorafuse::lora::LoraTargets;
-    use lorafuse::model::checkpoint::load_sd15;
     use lorafuse::model::layers::Ctx;
-    use lorafuse::model::unet::Unet;
     use lorafuse::train::step::{denoise_micro_batch, MicroBatch, Objective};
     let be = CpuBackend::new();
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15-diffusers");
-    let ck = load_sd15(dir).unwrap();
-    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
+    let unet = fixture_unet(&be);
     let mut rng = Rng::new(8);
     let targets = unet.lora_targets(LoraTargets::Attention);
     let lora = LoraSet::init(&be, &targets, 2, 2.0, &mut rng).unwrap();
@@ -359,15 +356,10 @@ fn network_weights_start_from_a_kohya_file() {
     use lorafuse::backend::Tensors;
     use lorafuse::lora::export::{save_kohya, SavePrecision};
     use lorafuse::lora::LoraTargets;
-    use lorafuse::model::checkpoint::load_sd15;
-    use lorafuse::model::unet::Unet;
     use lorafuse::train::start::{start_from, Started};
     use std::collections::BTreeMap;
     let be = CpuBackend::new();
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15-diffusers");
-    let ck = load_sd15(dir).unwrap();
-    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
+    let unet = fixture_unet(&be);
     let all = unet.lora_targets(LoraTargets::Transformer);
     let attn = unet.lora_targets(LoraTargets::Attention);
     assert!(attn.len() < all.len());
@@ -488,14 +480,9 @@ fn samples_are_due_as_kohya_decides() {
 fn network_weights_take_a_pointwise_adapter_either_way() {
     use lorafuse::lora::export::{save_kohya, SavePrecision};
     use lorafuse::lora::LoraTargets;
-    use lorafuse::model::checkpoint::load_sd15;
-    use lorafuse::model::unet::Unet;
     use lorafuse::train::start::start_from;
     let be = CpuBackend::new();
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15-diffusers");
-    let ck = load_sd15(dir).unwrap();
-    let unet = Unet::load(&ck.unet.0, &ck.unet.1, &be, "unet").unwrap();
+    let unet = fixture_unet(&be);
     let all = unet.lora_targets(LoraTargets::Transformer);
     let fresh = LoraSet::init(&be, &all, 2, 1.0, &mut Rng::new(8)).unwrap();
     let projections = |s: &LoraSet| {
@@ -512,8 +499,7 @@ fn network_weights_take_a_pointwise_adapter_either_way() {
             m.kind = LayerKind::Linear;
         }
     }
-    let out = std::env::temp_dir().join(format!("lorafuse-pointwise-{}", std::process::id()));
-    std::fs::create_dir_all(&out).unwrap();
+    let out = common::tools::TempDir::new("pointwise");
     let file = out.join("flat.safetensors");
     save_kohya(&file, &flat, SavePrecision::Fp32, &Default::default()).unwrap();
     let (got, started) = start_from(&be, fresh.clone(), &file, false).unwrap();
@@ -524,5 +510,12 @@ fn network_weights_take_a_pointwise_adapter_either_way() {
     save_kohya(&conv_file, &fresh, SavePrecision::Fp32, &Default::default()).unwrap();
     let (got, _) = start_from(&be, flat.clone(), &conv_file, false).unwrap();
     assert_eq!(projections(&got), projections(&flat));
-    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The UNet of the tiny SD1.5 fixture (tests/fixtures/tiny-sd15-diffusers) on `be`.
+fn fixture_unet(be: &CpuBackend) -> lorafuse::model::unet::Unet {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd15-diffusers");
+    let ck = lorafuse::model::checkpoint::load_sd15(dir).unwrap();
+    lorafuse::model::unet::Unet::load(&ck.unet.0, &ck.unet.1, be, "unet").unwrap()
 }
