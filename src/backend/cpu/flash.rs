@@ -59,8 +59,7 @@ pub enum Kernel {
 impl Kernel {
     /// The fastest copy this CPU runs.
     pub fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if vexp::avx2_fma() {
             return Kernel::Avx2Fma;
         }
         Kernel::Portable

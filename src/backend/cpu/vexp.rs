@@ -29,10 +29,18 @@ const X_MAX: f32 = 88.8;
 /// Lanes per step: the partial sums (two AVX2 registers).
 const LANES: usize = 16;
 
+/// Whether this CPU runs the copies compiled with AVX2 and FMA (here and in flash.rs).
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Replaces each x by exp(x − c) and returns the sum of the new values.
 pub fn exp_sub_sum(xs: &mut [f32], c: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU has the features `exp_sub_sum_avx2` is compiled for.
         return unsafe { exp_sub_sum_avx2(xs, c) };
     }
