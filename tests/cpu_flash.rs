@@ -7,24 +7,12 @@
 
 mod common;
 
+use common::attention::Case;
 use common::*;
 use lorafuse::backend::cpu::flash::{attention, attention_backward, Kernel};
 use lorafuse::backend::prelude::*;
-use lorafuse::backend::Attention;
 use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType, Tensor};
-
-/// q [b, lq, h·d], k [b, lk, h·d], v [b, lk, h·dv].
-#[derive(Clone, Copy, Debug)]
-struct Case {
-    b: usize,
-    h: usize,
-    d: usize,
-    dv: usize,
-    lq: usize,
-    lk: usize,
-    causal: bool,
-}
 
 fn kernels() -> Vec<Kernel> {
     let mut ks = vec![Kernel::Portable];
@@ -37,10 +25,7 @@ fn kernels() -> Vec<Kernel> {
 /// Runs the case's f64 inputs (and dO) through the plain f64 path and, rounded to f32,
 /// through the fused path with each kernel; compares all five outputs.
 fn check(name: &str, c: Case, q: Tensor, k: Tensor, v: Tensor, d_o: Tensor) {
-    let p = Attention {
-        heads: c.h,
-        causal: c.causal,
-    };
+    let p = c.p();
     let be = CpuBackend::new();
     let (o, lse) = be.attention(&q, &k, &v, p).unwrap();
     let (dq, dk, dv) = be

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::attention::Case;
 use common::*;
 use lorafuse::backend::prelude::*;
 use lorafuse::backend::Attention;
@@ -14,48 +15,10 @@ fn t(shape: &[usize], v: &[f64]) -> Tensor {
     Tensor::from_f64(shape, v.to_vec()).unwrap()
 }
 
-/// Standard-normal values times `s` (s < 1 keeps the softmax away from saturation).
-fn randn_s(rng: &mut Rng, shape: &[usize], s: f64) -> Tensor {
-    let v = randn(rng, shape)
-        .to_f64_vec()
-        .iter()
-        .map(|x| x * s)
-        .collect();
-    Tensor::from_f64(shape, v).unwrap()
-}
-
 fn attn(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> (Tensor, Tensor) {
     CpuBackend::new()
         .attention(q, k, v, Attention { heads, causal })
         .unwrap()
-}
-
-/// Sizes of one case: q [b, lq, h·d], k [b, lk, h·d], v [b, lk, h·dv].
-#[derive(Clone, Copy, Debug)]
-struct Case {
-    b: usize,
-    h: usize,
-    d: usize,
-    dv: usize,
-    lq: usize,
-    lk: usize,
-    causal: bool,
-}
-
-impl Case {
-    fn inputs(&self, rng: &mut Rng, s: f64) -> Vec<Tensor> {
-        vec![
-            randn_s(rng, &[self.b, self.lq, self.h * self.d], s),
-            randn_s(rng, &[self.b, self.lk, self.h * self.d], s),
-            randn_s(rng, &[self.b, self.lk, self.h * self.dv], s),
-        ]
-    }
-    fn p(&self) -> Attention {
-        Attention {
-            heads: self.h,
-            causal: self.causal,
-        }
-    }
 }
 
 /// The f64 inputs of a case, as flat vectors, for the naive reference.

@@ -2,6 +2,7 @@
 //! gradient check every backward is held to.
 #![allow(dead_code)]
 
+pub mod attention;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
