@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 
 use lorafuse::backend::cuda::{CudaBackend, Device};
 use lorafuse::config::TrainConfig;
-use lorafuse::plan::fit::fit;
+use lorafuse::plan::fit::{fit, largest_batch};
 use lorafuse::plan::{plan, PlanData, PlanInput};
 use lorafuse::train::trainer::{train, Event, Observer};
 use lorafuse::{DType, Error};
@@ -375,7 +375,7 @@ fn the_readme_card_table_is_what_plan_computes() {
                 let i = input(1, 512, rank, DType::F16)
                     .on(limits.clone())
                     .with_checkpointing(ckpt);
-                let b = fit(&i, limits.memory).unwrap().batch;
+                let b = largest_batch(&i, limits.memory).unwrap();
                 cells.push(b.map_or("none".into(), |b| b.to_string()));
             }
         }

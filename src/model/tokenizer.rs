@@ -137,9 +137,15 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// The tokenizer of SD1.x, from the vocabulary compiled into the binary.
+    /// The tokenizer of SD1.x, from the vocabulary compiled into the binary (built once per
+    /// process: parsing the merges takes longer than a `plan`'s metered run).
     pub fn new() -> Result<Self> {
-        Self::from_merges(MERGES_FILE, MERGES)
+        static BUILT: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
+        if let Some(t) = BUILT.get() {
+            return Ok(t.clone());
+        }
+        let t = Self::from_merges(MERGES_FILE, MERGES)?;
+        Ok(BUILT.get_or_init(|| t).clone())
     }
 
     /// Builds a tokenizer from a CLIP merges file: a header line, then one merge (`a b`) a line,

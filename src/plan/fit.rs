@@ -88,12 +88,16 @@ fn largest(
     Ok(Some(good))
 }
 
+/// The largest batch size (up to [`MAX_BATCH`]) at `input`'s resolution that fits `budget`
+/// bytes; None when not even 1 does.
+pub fn largest_batch(input: &PlanInput, budget: usize) -> Result<Option<usize>> {
+    largest(1, MAX_BATCH, |b| fits(&input.with_batch(b), budget))
+}
+
 /// The largest batch size and square resolution that fit `budget` bytes, and, when the
 /// configuration does not checkpoint, what would fit with gradient checkpointing.
 pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
-    let largest_batch =
-        |input: &PlanInput| largest(1, MAX_BATCH, |b| fits(&input.with_batch(b), budget));
-    let batch = largest_batch(input)?;
+    let batch = largest_batch(input, budget)?;
     let side = largest(1, largest_side(&input.device) / 64, |s| {
         fits(&input.with_side(s * 64), budget)
     })?
@@ -104,7 +108,7 @@ pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
         let with = input.with_checkpointing(true);
         Some(CheckpointedFit {
             fits: fits(&with, budget)?,
-            batch: largest_batch(&with)?,
+            batch: largest_batch(&with, budget)?,
         })
     };
     Ok(Fit {

@@ -35,6 +35,10 @@ impl DeviceBuffer {
     }
     /// The elements as f32 on the host (f16 widened).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        if self.dev.is_meter() {
+            // The meter holds no values; zeros stand in, as its kernels leave them.
+            return Ok(vec![0.0; self.len]);
+        }
         let mut bytes = vec![0u8; self.size_in_bytes()];
         self.dev.download(self, &mut bytes)?;
         Ok(match self.dtype {

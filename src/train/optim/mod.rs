@@ -313,7 +313,8 @@ fn gather<'a>(be: &dyn Backend, parts: impl Iterator<Item = &'a Tensor>) -> Resu
 
 /// Tensors laid end to end in one host buffer.
 fn host_flat<'a>(be: &dyn Backend, parts: impl Iterator<Item = &'a Tensor>) -> Result<Vec<f32>> {
-    let mut flat = Vec::new();
+    let parts: Vec<&Tensor> = parts.collect();
+    let mut flat = Vec::with_capacity(parts.iter().map(|t| t.numel()).sum());
     for t in parts {
         flat.extend(be.to_f32_vec(t)?);
     }
