@@ -116,3 +116,119 @@ fn sdxl_trains_exports_kohya_names_and_samples() {
         "{err}"
     );
 }
+
+/// sd-scripts' block-wise ranks and learning rates on SDXL (networks/lora.py with
+/// `is_sdxl`): 23 per-block ranks and alphas (0 the embeddings, 1-9 input_blocks 0-8, 10-12
+/// middle_block 0-2, 13-21 output_blocks 0-8, 22 out), lr weights 9 a side and 3 in the
+/// middle, a curve over the side's 9 blocks. Each UNet adapter takes its block's rank and
+/// alpha (the 3x3 conv adapters their conv block's), a block of weight 0 gets none, and
+/// one AdamW step moves each block's up matrices by lr × its weight (Adam's first step is
+/// ±lr per element wherever the gradient is not tiny). SD1.x's 25 ranks are refused on SDXL.
+#[test]
+fn sdxl_block_ranks_and_lr_weights_as_sd_scripts() {
+    use lorafuse::lora::blocks::{sdxl_block_index, SDXL_BLOCKS};
+    use lorafuse::lora::LayerKind;
+    let s = TempDir::new("sdxl-blocks");
+    let model = demo_on_sdxl(&s, 1);
+    let dims: Vec<usize> = (0..SDXL_BLOCKS).map(|b| 1 + b % 4).collect();
+    let conv_dims: Vec<usize> = (0..SDXL_BLOCKS).map(|b| 2 + b % 3).collect();
+    let mut alphas = [0.0; SDXL_BLOCKS];
+    alphas[11] = 0.5;
+    let text = |v: &[usize]| {
+        v.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let lr = 0.001;
+    // input_blocks 4 (block 5) has weight 0; the middle weighs 0.5, 1, 0.75; the output
+    // blocks follow `linear+0.25`: 0.25 + i/8 for output_blocks i.
+    let sets: Vec<String> = [
+        format!("base_model={}", model.display()),
+        "save_precision=fp32".into(),
+        "sample_every_n_steps=0".into(),
+        "max_train_steps=1".into(),
+        "lr_scheduler=constant".into(),
+        "num_warmup_steps=0".into(),
+        format!("learning_rate={lr}"),
+        "conv_dim=2".into(),
+        format!("block_dims=\"{}\"", text(&dims)),
+        format!(
+            "block_alphas=\"{}\"",
+            alphas.map(|a| a.to_string()).join(",")
+        ),
+        format!("conv_block_dims=\"{}\"", text(&conv_dims)),
+        "down_lr_weight=\"1,1,1,1,0,1,1,1,1\"".into(),
+        "mid_lr_weight=\"0.5,1,0.75\"".into(),
+        "up_lr_weight=linear+0.25".into(),
+    ]
+    .into();
+    let cfg = TrainConfig::load(s.join("demo.yaml"), &sets).unwrap();
+    let be = CpuBackend::new();
+    let report = train(
+        &cfg,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap();
+    let weight = |b: usize| match b {
+        5 => 0.0,
+        10 => 0.5,
+        11 => 1.0,
+        12 => 0.75,
+        13..=21 => 0.25 + (b - 13) as f64 / 8.0,
+        _ => 1.0,
+    };
+    let lora = kohya::load(&report.lora_path, &be, DType::F32).unwrap();
+    let mut moved = [0f32; SDXL_BLOCKS];
+    let mut seen = std::collections::BTreeSet::new();
+    for m in lora.modules() {
+        let b = sdxl_block_index(&m.name).unwrap();
+        seen.insert(b);
+        let expected = if matches!(m.kind, LayerKind::Conv { kernel: 3 }) {
+            (conv_dims[b], conv_dims[b] as f64)
+        } else if b == 11 {
+            (dims[b], 0.5)
+        } else {
+            (dims[b], dims[b] as f64)
+        };
+        assert_eq!((m.rank(), m.alpha), expected, "{}", m.name);
+        let top = m.up.to_f32_vec().iter().fold(0f32, |a, v| a.max(v.abs()));
+        moved[b] = moved[b].max(top);
+    }
+    // input_blocks 0 is conv_in (no adapter); input_blocks 4 weighs 0.
+    let want: std::collections::BTreeSet<usize> = (2..=21).filter(|&b| b != 5).collect();
+    assert_eq!(seen, want);
+    for &b in &want {
+        let ratio = moved[b] as f64 / (lr * weight(b));
+        assert!((0.99..=1.0 + 1e-4).contains(&ratio), "block {b}: {ratio}");
+    }
+    let meta = SafetensorsFile::open(&report.lora_path).unwrap();
+    let args: serde_json::Value =
+        serde_json::from_str(&meta.metadata()["ss_network_args"]).unwrap();
+    assert_eq!(args["up_lr_weight"], "linear+0.25");
+    assert_eq!(args["mid_lr_weight"], "0.5,1,0.75");
+
+    // SD1.x's 25 ranks on the SDXL model: refused before any work, naming what SDXL takes.
+    let sd1_dims = vec!["4"; 25].join(",");
+    let sets = [
+        format!("base_model={}", model.display()),
+        format!("block_dims=\"{sd1_dims}\""),
+    ];
+    let cfg = TrainConfig::load(s.join("demo.yaml"), &sets).unwrap();
+    let e = train(
+        &cfg,
+        &be,
+        false,
+        &AtomicBool::new(false),
+        &mut Recorder::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("block_dims") && e.contains("23 values on SDXL"),
+        "{e}"
+    );
+}

@@ -16,7 +16,7 @@ use super::values::{
     choice_names, Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup, YamlValue,
 };
 use super::{DataSubset, Provenance};
-use crate::lora::blocks::{SideWeights, BLOCKS, SIDE_BLOCKS};
+use crate::lora::blocks::{BlockLayout, SideWeights, SIDE_BLOCKS};
 use crate::lora::export::SavePrecision;
 use crate::lora::{AlgoKind, LoraTargets};
 use crate::prepare::CropMode;
@@ -323,60 +323,65 @@ config_keys! {
         doc_type "number in [0, 1)",
         rule "must be ≥ 0 and < 1",
 
-    /// Block-wise ranks: the rank of the UNet adapters of each of the 25 blocks (kohya's
-    /// IN00–IN11, MID, OUT00–OUT11; a list or "2,4,4,..."); 0 leaves a block without adapters
-    /// (sd-scripts' `network_args = ["block_dims=..."]`).
+    /// Block-wise ranks: the rank of the UNet adapters of each block, as sd-scripts numbers
+    /// them: 25 on SD1.x/SD2.x (IN00–IN11, MID, OUT00–OUT11), 23 on SDXL (the embeddings,
+    /// input_blocks 0–8, middle_block 0–2, output_blocks 0–8, out); a list or "2,4,4,...";
+    /// 0 leaves a block without adapters (sd-scripts' `network_args = ["block_dims=..."]`).
+    /// The count is checked against the model's family when it is loaded.
     block_dims: Option<Vec<usize>> = optional("unset (`lora_rank` everywhere)"),
         read parse::count_list,
-        check |d| d.len() == BLOCKS && d.iter().all(|r| *r <= 1024),
-        doc_type "25 whole numbers 0–1024",
-        rule "must be 25 ranks from 0 to 1024, one per UNet block IN00–IN11, MID, OUT00–OUT11 (a list or comma-separated text)",
+        check |d| block_count(d.len()) && d.iter().all(|r| *r <= 1024),
+        doc_type "25 (SDXL: 23) whole numbers 0–1024",
+        rule "must be 25 ranks from 0 to 1024 (SDXL: 23), one per UNet block (a list or comma-separated text)",
 
-    /// Block-wise alphas of the UNet adapters, 25 numbers as `block_dims` (0: alpha = rank);
-    /// used with `block_dims` or an lr weight.
+    /// Block-wise alphas of the UNet adapters, one per block as `block_dims` (0: alpha =
+    /// rank); used with `block_dims` or an lr weight.
     block_alphas: Option<Vec<f64>> = optional("unset (`lora_alpha` everywhere)"),
         read parse::float_list,
-        check |a| a.len() == BLOCKS && a.iter().all(|x| *x >= 0.0),
-        doc_type "25 numbers ≥ 0",
-        rule "must be 25 numbers ≥ 0, one per UNet block IN00–IN11, MID, OUT00–OUT11 (0 means alpha = rank)",
+        check |a| block_count(a.len()) && a.iter().all(|x| *x >= 0.0),
+        doc_type "25 (SDXL: 23) numbers ≥ 0",
+        rule "must be 25 numbers ≥ 0 (SDXL: 23), one per UNet block (0 means alpha = rank)",
 
-    /// Block-wise ranks of the 3x3 conv adapters (LoCon), 25 numbers as `block_dims`.
+    /// Block-wise ranks of the 3x3 conv adapters (LoCon), one per block as `block_dims`.
     conv_block_dims: Option<Vec<usize>> = optional("unset (`conv_dim` everywhere)"),
         read parse::count_list,
-        check |d| d.len() == BLOCKS && d.iter().all(|r| *r <= 1024),
-        doc_type "25 whole numbers 0–1024",
-        rule "must be 25 ranks from 0 to 1024, one per UNet block IN00–IN11, MID, OUT00–OUT11 (a list or comma-separated text)",
+        check |d| block_count(d.len()) && d.iter().all(|r| *r <= 1024),
+        doc_type "25 (SDXL: 23) whole numbers 0–1024",
+        rule "must be 25 ranks from 0 to 1024 (SDXL: 23), one per UNet block (a list or comma-separated text)",
 
-    /// Block-wise alphas of the 3x3 conv adapters, 25 numbers (0: alpha = rank); used with
+    /// Block-wise alphas of the 3x3 conv adapters, one per block (0: alpha = rank); used with
     /// `conv_block_dims`.
     conv_block_alphas: Option<Vec<f64>> = optional("unset (`conv_alpha` everywhere)"),
         read parse::float_list,
-        check |a| a.len() == BLOCKS && a.iter().all(|x| *x >= 0.0),
-        doc_type "25 numbers ≥ 0",
-        rule "must be 25 numbers ≥ 0, one per UNet block IN00–IN11, MID, OUT00–OUT11 (0 means alpha = rank)",
+        check |a| block_count(a.len()) && a.iter().all(|x| *x >= 0.0),
+        doc_type "25 (SDXL: 23) numbers ≥ 0",
+        rule "must be 25 numbers ≥ 0 (SDXL: 23), one per UNet block (0 means alpha = rank)",
 
-    /// Learning-rate weights of the down blocks IN00–IN11 (kohya's block-wise learning rate):
-    /// up to 12 weights (missing ones are 1), or a curve `cosine`, `sine`, `linear`,
-    /// `reverse_linear`, `zeros`, optionally `+base`; a block of weight 0 gets no adapters.
+    /// Learning-rate weights of the down blocks (kohya's block-wise learning rate): up to one
+    /// per block of the side, IN00–IN11 (SDXL: 9, input_blocks 0–8; missing ones are 1), or a
+    /// curve over them, `cosine`, `sine`, `linear`, `reverse_linear`, `zeros`, optionally
+    /// `+base`; a block of weight 0 gets no adapters.
     down_lr_weight: Option<SideWeights> = optional("unset (1 everywhere)"),
         read parse::side_weights,
         check side_ok,
-        doc_type "up to 12 numbers, or a curve",
-        rule "must be up to 12 weights (a list or \"1,1,0.5,...\") or a curve: cosine, sine, linear, reverse_linear, zeros, optionally +base (\"cosine+0.5\")",
+        doc_type "up to 12 (SDXL: 9) numbers, or a curve",
+        rule "must be up to 12 weights (SDXL: 9; a list or \"1,1,0.5,...\") or a curve: cosine, sine, linear, reverse_linear, zeros, optionally +base (\"cosine+0.5\")",
 
-    /// Learning-rate weight of the mid block (one number in a list, or "0.5").
+    /// Learning-rate weight of the mid block (one number in a list, or "0.5"; SDXL: up to 3,
+    /// middle_block 0–2).
     mid_lr_weight: Option<Vec<f64>> = optional("unset (1)"),
         read parse::float_list,
-        check |w| w.len() <= 1,
-        doc_type "one number",
-        rule "must be one weight (the UNet has one mid block)",
+        check |w| BlockLayout::ALL.iter().any(|l| w.len() <= l.mid()),
+        doc_type "one number (SDXL: up to 3)",
+        rule "must be one weight (SDXL: up to 3, one per middle block)",
 
-    /// Learning-rate weights of the up blocks OUT00–OUT11, as `down_lr_weight`.
+    /// Learning-rate weights of the up blocks OUT00–OUT11 (SDXL: output_blocks 0–8), as
+    /// `down_lr_weight`.
     up_lr_weight: Option<SideWeights> = optional("unset (1 everywhere)"),
         read parse::side_weights,
         check side_ok,
-        doc_type "up to 12 numbers, or a curve",
-        rule "must be up to 12 weights (a list or \"1,1,0.5,...\") or a curve: cosine, sine, linear, reverse_linear, zeros, optionally +base (\"cosine+0.5\")",
+        doc_type "up to 12 (SDXL: 9) numbers, or a curve",
+        rule "must be up to 12 weights (SDXL: 9; a list or \"1,1,0.5,...\") or a curve: cosine, sine, linear, reverse_linear, zeros, optionally +base (\"cosine+0.5\")",
 
     /// Block lr weights at or below this are 0 (the block is not trained).
     block_lr_zero_threshold: f64 = fixed(0.0),
@@ -938,7 +943,14 @@ pub(crate) fn rule(name: &str) -> &'static str {
     find(name).map_or("", |k| k.rule.as_str())
 }
 
-/// `down_lr_weight` / `up_lr_weight`: at most one weight per block of the side.
+/// Whether a per-block list of `len` values fits some family ([`BlockLayout`]); the model's
+/// own is checked when it is loaded (`lora::blocks::check_lengths`).
+fn block_count(len: usize) -> bool {
+    BlockLayout::ALL.iter().any(|l| l.blocks() == len)
+}
+
+/// `down_lr_weight` / `up_lr_weight`: at most one weight per block of the side (the longer
+/// side of the families; the model's is checked when it is loaded).
 fn side_ok(w: &SideWeights) -> bool {
     match w {
         SideWeights::List(w) => w.len() <= SIDE_BLOCKS,

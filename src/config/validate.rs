@@ -657,7 +657,7 @@ fn adafactor_notices(cfg: &TrainConfig) -> Vec<String> {
 
 /// Block-wise keys that do nothing as given (sd-scripts ignores them the same way).
 fn block_notices(cfg: &TrainConfig) -> Vec<String> {
-    let weighted = LrWeightArgs::of(cfg).resolve().is_some();
+    let weighted = LrWeightArgs::of(cfg).given();
     let mut w = Vec::new();
     let block_mode = cfg.block_dims.is_some() || weighted;
     for (key, given) in [

@@ -1,13 +1,20 @@
 //! Block-wise ranks, alphas and learning rates, as sd-scripts' `networks.lora` defines them
-//! for SD1.x and SD2.x (`block_dims`, `block_alphas`, `conv_block_dims`,
-//! `conv_block_alphas`, `down_lr_weight`, `mid_lr_weight`, `up_lr_weight`,
-//! `block_lr_zero_threshold`).
+//! (`block_dims`, `block_alphas`, `conv_block_dims`, `conv_block_alphas`, `down_lr_weight`,
+//! `mid_lr_weight`, `up_lr_weight`, `block_lr_zero_threshold`), for each family's
+//! [`BlockLayout`].
 //!
-//! The UNet is cut into [`BLOCKS`] = 25 blocks, numbered as kohya numbers them (and as the
-//! A1111 "LoRA block weight" presets name them IN00–IN11, MID, OUT00–OUT11): block
-//! 1 + 3i + j is down block i's j-th ResNet/attention pair (its down-sampler is j = 2), block
-//! 12 the mid block, block 13 + 3i + j up block i's j-th pair (its up-sampler shares j = 2).
-//! Block 0 (conv_in) holds no adapter. The text encoder's adapters are outside the blocks.
+//! SD1.x/SD2.x: the UNet is cut into [`BLOCKS`] = 25 blocks, numbered as kohya numbers them
+//! (and as the A1111 "LoRA block weight" presets name them IN00–IN11, MID, OUT00–OUT11):
+//! block 1 + 3i + j is down block i's j-th ResNet/attention pair (its down-sampler is j = 2),
+//! block 12 the mid block, block 13 + 3i + j up block i's j-th pair (its up-sampler shares
+//! j = 2). Block 0 (conv_in) holds no adapter.
+//!
+//! SDXL: [`SDXL_BLOCKS`] = 23 blocks in SGM's order (`get_block_index` with `is_sdxl`): 0 the
+//! embeddings, 1–9 `input_blocks` 0–8, 10–12 `middle_block` 0–2, 13–21 `output_blocks` 0–8,
+//! 22 `out`; 9 lr weights a side and 3 for the middle, the list framed by 1.0 for blocks 0
+//! and 22, as sd-scripts frames it.
+//!
+//! The text encoders' adapters are outside the blocks.
 //!
 //! What kohya does with them, and so lorafuse:
 //! - with `block_dims` or any lr weight, every UNet adapter takes its block's rank and alpha
@@ -17,13 +24,19 @@
 //! - the lr weights multiply the UNet's learning rate block by block (one optimizer group per
 //!   block); a weight ≤ `block_lr_zero_threshold` is 0, and a block of weight 0 gets no
 //!   adapters at all;
-//! - `down_lr_weight` / `up_lr_weight` are 12 weights (fewer are filled with 1.0) or a curve:
-//!   `cosine`, `sine`, `linear`, `reverse_linear`, `zeros`, each optionally `+base` (added to
-//!   every weight); `mid_lr_weight` is one weight.
+//! - `down_lr_weight` / `up_lr_weight` are one weight per block of the side (12; SDXL 9;
+//!   fewer are filled with 1.0) or a curve over them: `cosine`, `sine`, `linear`,
+//!   `reverse_linear`, `zeros`, each optionally `+base` (added to every weight);
+//!   `mid_lr_weight` is one weight (SDXL: up to 3).
+//!
+//! The lengths a configuration may give are checked against the model's layout before any
+//! work ([`check_lengths`]), since the family is known only once the model is.
 
 use std::fmt;
 
 use crate::config::TrainConfig;
+use crate::error::Error;
+use crate::model::checkpoint::Generation;
 
 /// Blocks of an SD1.x/SD2.x UNet in kohya's numbering: IN00–IN11, MID, OUT00–OUT11.
 pub const BLOCKS: usize = 25;
@@ -31,6 +44,142 @@ pub const BLOCKS: usize = 25;
 pub const SIDE_BLOCKS: usize = 12;
 /// kohya's index of the mid block.
 pub const MID: usize = SIDE_BLOCKS;
+/// Weights in an SDXL side: input_blocks (output_blocks) 0–8.
+const SDXL_SIDE_BLOCKS: usize = 9;
+/// Weights of SDXL's middle: middle_block 0–2.
+const SDXL_MID_BLOCKS: usize = 3;
+
+/// How a family's UNet is cut into sd-scripts' blocks: see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockLayout {
+    /// SD1.x and SD2.x: 25 blocks, 12 a side, one mid block.
+    Sd,
+    /// SDXL: 23 blocks, 9 a side, 3 in the middle.
+    Sdxl,
+}
+
+impl BlockLayout {
+    pub const ALL: [BlockLayout; 2] = [BlockLayout::Sd, BlockLayout::Sdxl];
+
+    /// The layout of a model generation.
+    pub fn of(generation: Generation) -> BlockLayout {
+        match generation {
+            Generation::Sdxl => BlockLayout::Sdxl,
+            _ => BlockLayout::Sd,
+        }
+    }
+    /// Entries in `block_dims` and the other per-block lists.
+    pub fn blocks(self) -> usize {
+        match self {
+            BlockLayout::Sd => BLOCKS,
+            BlockLayout::Sdxl => SDXL_BLOCKS,
+        }
+    }
+    /// Weights in `down_lr_weight` (and `up_lr_weight`), at most.
+    pub fn side(self) -> usize {
+        match self {
+            BlockLayout::Sd => SIDE_BLOCKS,
+            BlockLayout::Sdxl => SDXL_SIDE_BLOCKS,
+        }
+    }
+    /// Weights in `mid_lr_weight`, at most.
+    pub fn mid(self) -> usize {
+        match self {
+            BlockLayout::Sd => 1,
+            BlockLayout::Sdxl => SDXL_MID_BLOCKS,
+        }
+    }
+    /// The block of the UNet adapter `name`; `None` outside the blocks (a text encoder's).
+    pub fn index(self, name: &str) -> Option<usize> {
+        match self {
+            BlockLayout::Sd => block_index(name),
+            BlockLayout::Sdxl => sdxl_block_index(name),
+        }
+    }
+    /// The families the layout serves, for messages.
+    pub fn families(self) -> &'static str {
+        match self {
+            BlockLayout::Sd => "SD1.x/SD2.x",
+            BlockLayout::Sdxl => "SDXL",
+        }
+    }
+    /// The blocks of a per-block list, for messages.
+    fn list_names(self) -> &'static str {
+        match self {
+            BlockLayout::Sd => "IN00–IN11, MID, OUT00–OUT11",
+            BlockLayout::Sdxl => {
+                "the embeddings, input_blocks 0–8, middle_block 0–2, output_blocks 0–8, out"
+            }
+        }
+    }
+}
+
+/// Refuses per-block lists of `cfg` whose lengths do not fit `layout` (the model's), naming
+/// the key, its length and what the family takes.
+pub fn check_lengths(cfg: &TrainConfig, layout: BlockLayout) -> crate::error::Result<()> {
+    let bad = |key: &'static str, len: usize, takes: String| Error::BadValue {
+        op: "config",
+        name: key,
+        value: format!(
+            "{len} values, with the {} model {}",
+            layout.families(),
+            cfg.base_model.display()
+        ),
+        expected: takes,
+    };
+    let n = layout.blocks();
+    let lists = [
+        ("block_dims", cfg.block_dims.as_ref().map(Vec::len)),
+        ("block_alphas", cfg.block_alphas.as_ref().map(Vec::len)),
+        (
+            "conv_block_dims",
+            cfg.conv_block_dims.as_ref().map(Vec::len),
+        ),
+        (
+            "conv_block_alphas",
+            cfg.conv_block_alphas.as_ref().map(Vec::len),
+        ),
+    ];
+    for (key, len) in lists {
+        if let Some(len) = len.filter(|&l| l != n) {
+            let takes = format!(
+                "{n} values on {}, one per block ({}), as sd-scripts numbers them",
+                layout.families(),
+                layout.list_names()
+            );
+            return Err(bad(key, len, takes));
+        }
+    }
+    let sides = [
+        ("down_lr_weight", &cfg.down_lr_weight),
+        ("up_lr_weight", &cfg.up_lr_weight),
+    ];
+    for (key, w) in sides {
+        if let Some(SideWeights::List(w)) = w {
+            if w.len() > layout.side() {
+                let takes = format!(
+                    "at most {} weights on {} (one per block of the side; missing ones are 1),                      or a curve",
+                    layout.side(),
+                    layout.families()
+                );
+                return Err(bad(key, w.len(), takes));
+            }
+        }
+    }
+    if let Some(m) = cfg
+        .mid_lr_weight
+        .as_ref()
+        .filter(|m| m.len() > layout.mid())
+    {
+        let takes = format!(
+            "at most {} on {} (its middle blocks)",
+            layout.mid(),
+            layout.families()
+        );
+        return Err(bad("mid_lr_weight", m.len(), takes));
+    }
+    Ok(())
+}
 
 /// kohya's block of a UNet adapter named `lora_unet_<diffusers path>`; `None` for a name
 /// outside the down, mid and up blocks (the text encoder's).
@@ -79,12 +228,14 @@ pub fn sdxl_block_index(name: &str) -> Option<usize> {
 }
 
 /// The name of SDXL block `i` (SGM's block numbers: IN00–IN08, MID, OUT00–OUT08, as the
-/// SDXL block-weight presets name them).
+/// SDXL block-weight presets name them; BASE and OUT the two without adapters).
 pub fn sdxl_block_name(i: usize) -> String {
     match i {
+        0 => "BASE".into(),
         1..=9 => format!("IN{:02}", i - 1),
         10..=12 => "MID".into(),
-        _ => format!("OUT{:02}", i - 13),
+        13..=21 => format!("OUT{:02}", i - 13),
+        _ => "OUT".into(),
     }
 }
 
@@ -129,17 +280,17 @@ impl LrCurve {
             LrCurve::Zeros => "zeros",
         }
     }
-    /// The 12 weights, shallowest block first, each + `base`.
-    fn weights(self, base: f64) -> Vec<f64> {
-        let last = (SIDE_BLOCKS - 1) as f64;
+    /// The `n` weights of a side, shallowest block first, each + `base`.
+    fn weights(self, base: f64, n: usize) -> Vec<f64> {
+        let last = (n - 1) as f64;
         let sine = |i: usize| (std::f64::consts::FRAC_PI_2 * i as f64 / last).sin();
-        (0..SIDE_BLOCKS)
+        (0..n)
             .map(|i| {
                 base + match self {
-                    LrCurve::Cosine => sine(SIDE_BLOCKS - 1 - i),
+                    LrCurve::Cosine => sine(n - 1 - i),
                     LrCurve::Sine => sine(i),
                     LrCurve::Linear => i as f64 / last,
-                    LrCurve::ReverseLinear => (SIDE_BLOCKS - 1 - i) as f64 / last,
+                    LrCurve::ReverseLinear => (n - 1 - i) as f64 / last,
                     LrCurve::Zeros => 0.0,
                 }
             })
@@ -150,7 +301,7 @@ impl LrCurve {
 /// `down_lr_weight` or `up_lr_weight`: weights, or a curve with its base.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SideWeights {
-    /// Up to 12 weights, shallowest block first; missing ones are 1.0.
+    /// Up to one weight per block of the side, shallowest first; missing ones are 1.0.
     List(Vec<f64>),
     Curve {
         curve: LrCurve,
@@ -188,11 +339,11 @@ impl SideWeights {
         }
     }
 
-    /// The 12 weights, shallowest block first.
-    fn resolve(&self) -> Vec<f64> {
+    /// The `n` weights of a side, shallowest block first.
+    fn resolve(&self, n: usize) -> Vec<f64> {
         match self {
-            SideWeights::List(w) => pad(w, SIDE_BLOCKS),
-            SideWeights::Curve { curve, base } => curve.weights(*base),
+            SideWeights::List(w) => pad(w, n),
+            SideWeights::Curve { curve, base } => curve.weights(*base, n),
         }
     }
 }
@@ -248,26 +399,37 @@ pub struct LrWeightArgs {
 }
 
 impl LrWeightArgs {
-    /// The 25 per-block weights (block 0 included), or `None` when no weight is given (one
-    /// UNet group, kohya's default).
-    pub fn resolve(&self) -> Option<Vec<f64>> {
-        if self.down.is_none() && self.mid.is_none() && self.up.is_none() {
+    /// Whether any lr weight is given (else one UNet group, kohya's default).
+    pub fn given(&self) -> bool {
+        self.down.is_some() || self.mid.is_some() || self.up.is_some()
+    }
+
+    /// One weight per block of `layout` (25, or SDXL's 23: its blocks 0 and 22 at 1.0, as
+    /// sd-scripts frames the list), or `None` when no weight is given.
+    pub fn resolve(&self, layout: BlockLayout) -> Option<Vec<f64>> {
+        if !self.given() {
             return None;
         }
-        let side = |s: &Option<SideWeights>| {
-            s.as_ref()
-                .map_or_else(|| vec![1.0; SIDE_BLOCKS], SideWeights::resolve)
-        };
-        let mid = self.mid.as_deref().map_or_else(|| vec![1.0], |m| pad(m, 1));
+        let n = layout.side();
+        let side =
+            |s: &Option<SideWeights>| s.as_ref().map_or_else(|| vec![1.0; n], |w| w.resolve(n));
+        let mid = self
+            .mid
+            .as_deref()
+            .map_or_else(|| vec![1.0; layout.mid()], |m| pad(m, layout.mid()));
         let zero = |w: f64| if w > self.zero_threshold { w } else { 0.0 };
-        Some(
-            side(&self.down)
-                .into_iter()
-                .chain(mid)
-                .chain(side(&self.up))
-                .map(zero)
+        let weights = side(&self.down)
+            .into_iter()
+            .chain(mid)
+            .chain(side(&self.up))
+            .map(zero);
+        Some(match layout {
+            BlockLayout::Sd => weights.collect(),
+            BlockLayout::Sdxl => std::iter::once(1.0)
+                .chain(weights)
+                .chain(std::iter::once(1.0))
                 .collect(),
-        )
+        })
     }
 }
 
@@ -289,6 +451,7 @@ impl RankAlpha {
 /// The rank and alpha of each block, for the linear (and 1x1) adapters and the 3x3 conv ones.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockRanks {
+    pub layout: BlockLayout,
     pub linear: Vec<RankAlpha>,
     /// `None`: no conv adapters.
     pub conv: Option<Vec<RankAlpha>>,
@@ -299,7 +462,9 @@ pub struct BlockRanks {
 impl BlockRanks {
     /// The rank and alpha of the linear (or 1x1) adapter named `name`.
     pub fn linear_of(&self, name: &str) -> RankAlpha {
-        block_index(name).map_or(self.outside, |b| self.linear[b])
+        self.layout
+            .index(name)
+            .map_or(self.outside, |b| self.linear[b])
     }
     /// The rank and alpha of the 3x3 conv adapter named `name`: rank 0 (none) without conv
     /// adapters or outside the blocks.
@@ -308,7 +473,7 @@ impl BlockRanks {
             rank: 0,
             alpha: 0.0,
         };
-        match (&self.conv, block_index(name)) {
+        match (&self.conv, self.layout.index(name)) {
             (Some(c), Some(b)) => c[b],
             _ => none,
         }
@@ -330,15 +495,16 @@ pub struct BlockRankArgs<'a> {
 }
 
 impl BlockRankArgs<'_> {
-    /// The ranks per block; blocks of lr weight 0 (`lr`) get rank 0, as kohya removes them.
-    /// Lengths are the config's to check ([`BLOCKS`] each).
-    pub fn resolve(&self, lr: Option<&[f64]>) -> BlockRanks {
+    /// The ranks per block of `layout`; blocks of lr weight 0 (`lr`) get rank 0, as kohya
+    /// removes them. Lengths are checked before ([`check_lengths`]); a list too short would
+    /// leave its last blocks at the whole-model rank and alpha.
+    pub fn resolve(&self, layout: BlockLayout, lr: Option<&[f64]>) -> BlockRanks {
         let each = |dims: Option<&[usize]>, alphas: Option<&[f64]>, rank: usize, alpha: f64| {
-            (0..BLOCKS)
+            (0..layout.blocks())
                 .map(|i| {
-                    let r = dims.map_or(rank, |d| d[i]);
-                    let a = alphas.map_or(alpha, |a| a[i]);
-                    let off = lr.is_some_and(|w| w[i] == 0.0);
+                    let r = dims.and_then(|d| d.get(i).copied()).unwrap_or(rank);
+                    let a = alphas.and_then(|a| a.get(i).copied()).unwrap_or(alpha);
+                    let off = lr.is_some_and(|w| w.get(i) == Some(&0.0));
                     RankAlpha::new(if off { 0 } else { r }, a)
                 })
                 .collect::<Vec<_>>()
@@ -363,6 +529,7 @@ impl BlockRankArgs<'_> {
             }
         };
         BlockRanks {
+            layout,
             linear,
             conv,
             outside: RankAlpha::new(self.rank, self.alpha),
@@ -420,7 +587,7 @@ pub fn network_args(cfg: &TrainConfig) -> Vec<(&'static str, String)> {
         "up_lr_weight",
         cfg.up_lr_weight.as_ref().map(|w| w.to_string()),
     );
-    let weighted = LrWeightArgs::of(cfg).resolve().is_some();
+    let weighted = LrWeightArgs::of(cfg).given();
     if weighted && cfg.block_lr_zero_threshold != 0.0 {
         put(
             "block_lr_zero_threshold",
@@ -541,15 +708,15 @@ mod tests {
     #[test]
     fn curves_as_kohya_computes_them() {
         // sd-scripts: cosine = [sin(pi*(i/11)/2) + base for i in reversed(range(12))].
-        let c = LrCurve::Cosine.weights(0.5);
+        let c = LrCurve::Cosine.weights(0.5, 12);
         assert!((c[0] - 1.5).abs() < 1e-12 && (c[11] - 0.5).abs() < 1e-12);
-        let s = LrCurve::Sine.weights(0.0);
+        let s = LrCurve::Sine.weights(0.0, 12);
         assert!((s[0]).abs() < 1e-12 && (s[11] - 1.0).abs() < 1e-12);
         let expected = (std::f64::consts::FRAC_PI_2 * 3.0 / 11.0).sin();
         assert!((s[3] - expected).abs() < 1e-12);
-        assert_eq!(LrCurve::Linear.weights(0.0)[11], 1.0);
-        assert_eq!(LrCurve::ReverseLinear.weights(0.0)[0], 1.0);
-        assert_eq!(LrCurve::Zeros.weights(0.25), vec![0.25; 12]);
+        assert_eq!(LrCurve::Linear.weights(0.0, 12)[11], 1.0);
+        assert_eq!(LrCurve::ReverseLinear.weights(0.0, 12)[0], 1.0);
+        assert_eq!(LrCurve::Zeros.weights(0.25, 12), vec![0.25; 12]);
     }
 
     #[test]
@@ -574,18 +741,64 @@ mod tests {
     #[test]
     fn lr_weights_fill_and_zero_as_kohya() {
         let none = LrWeightArgs::default();
-        assert_eq!(none.resolve(), None);
+        assert_eq!(none.resolve(BlockLayout::Sd), None);
         let args = LrWeightArgs {
             down: Some(SideWeights::List(vec![0.0, 0.5, 0.05])),
             mid: None,
             up: None,
             zero_threshold: 0.1,
         };
-        let w = args.resolve().unwrap();
+        let w = args.resolve(BlockLayout::Sd).unwrap();
         assert_eq!(w.len(), BLOCKS);
         assert_eq!(&w[..4], &[0.0, 0.5, 0.0, 1.0]);
         assert_eq!(w[MID], 1.0);
         assert!(w[MID + 1..].iter().all(|&x| x == 1.0));
+    }
+
+    /// SDXL's list as sd-scripts frames it: 1.0 for the embeddings, 9 down weights, 3 mid,
+    /// 9 up, 1.0 for `out`; curves over 9 blocks; the zero threshold on the given weights.
+    #[test]
+    fn sdxl_lr_weights_as_sd_scripts() {
+        let args = LrWeightArgs {
+            down: Some(SideWeights::Curve {
+                curve: LrCurve::Cosine,
+                base: 0.0,
+            }),
+            mid: Some(vec![0.5, 0.05]),
+            up: Some(SideWeights::List(vec![0.2])),
+            zero_threshold: 0.1,
+        };
+        let w = args.resolve(BlockLayout::Sdxl).unwrap();
+        assert_eq!(w.len(), SDXL_BLOCKS);
+        assert_eq!((w[0], w[22]), (1.0, 1.0));
+        // cosine over 9: sin(π/2 · (8 − i)/8) for input block i; the last is 0.
+        let expected = (std::f64::consts::FRAC_PI_2 * 5.0 / 8.0).sin();
+        assert!((w[1] - 1.0).abs() < 1e-12 && (w[4] - expected).abs() < 1e-12);
+        assert_eq!(w[9], 0.0);
+        assert_eq!(&w[10..13], &[0.5, 0.0, 1.0]);
+        assert_eq!(w[13], 0.2);
+        assert!(w[14..22].iter().all(|&x| x == 1.0));
+        assert_eq!(
+            (0..SDXL_BLOCKS).map(sdxl_block_name).collect::<Vec<_>>()[..2],
+            ["BASE", "IN00"]
+        );
+        // Ranks resolve over the 23 blocks, by SGM's names.
+        let dims: Vec<usize> = (0..SDXL_BLOCKS).collect();
+        let r = BlockRankArgs {
+            rank: 8,
+            alpha: 4.0,
+            block_dims: Some(&dims),
+            ..Default::default()
+        }
+        .resolve(BlockLayout::Sdxl, Some(&w));
+        assert_eq!(r.linear.len(), SDXL_BLOCKS);
+        assert_eq!(r.linear_of("lora_unet_middle_block_2_in_layers_2").rank, 12);
+        assert_eq!(r.linear_of("lora_unet_middle_block_1_proj_in").rank, 0);
+        assert_eq!(
+            r.linear_of("lora_te2_text_model_encoder_layers_0_mlp_fc1")
+                .rank,
+            8
+        );
     }
 
     #[test]
@@ -617,7 +830,7 @@ mod tests {
             block_dims: Some(&dims),
             ..Default::default()
         };
-        let r = args.resolve(Some(&lr));
+        let r = args.resolve(BlockLayout::Sd, Some(&lr));
         assert_eq!(
             r.linear[3],
             RankAlpha {
@@ -634,7 +847,7 @@ mod tests {
             conv_dim: Some(4),
             ..Default::default()
         };
-        let r = args.resolve(None);
+        let r = args.resolve(BlockLayout::Sd, None);
         assert_eq!(
             r.linear[1],
             RankAlpha {

@@ -3,7 +3,8 @@
 //! do) or noted.
 
 use crate::config::{Resolution, TrainConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::lora::blocks::{check_lengths, BlockLayout};
 use crate::model::checkpoint::Generation;
 use crate::model::family::ModelFamily;
 
@@ -37,33 +38,10 @@ pub fn with_base_model_defaults(cfg: &TrainConfig) -> TrainConfig {
 /// Refuses what `family` cannot take from `cfg`; returns the notes to show.
 pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<String>> {
     let mut notes = Vec::new();
+    // The block-wise lists' lengths are the family's: 25 blocks, or SDXL's 23 (lora/blocks.rs).
+    check_lengths(cfg, BlockLayout::of(family.generation()))?;
     if family.generation() != Generation::Sdxl {
         return Ok(notes);
-    }
-    // lora/blocks.rs numbers SD1.x/SD2.x's 25 blocks (kohya's lora.py); sd-scripts gives SDXL
-    // 23 (get_block_index with is_sdxl: 0 the embeddings, 1-9 input_blocks, 10-12
-    // middle_block, 13-21 output_blocks, 22 out; lr weights 9/3/9), not mapped yet.
-    let block_wise = [
-        ("block_dims", cfg.block_dims.is_some()),
-        ("block_alphas", cfg.block_alphas.is_some()),
-        ("conv_block_dims", cfg.conv_block_dims.is_some()),
-        ("conv_block_alphas", cfg.conv_block_alphas.is_some()),
-        ("down_lr_weight", cfg.down_lr_weight.is_some()),
-        ("mid_lr_weight", cfg.mid_lr_weight.is_some()),
-        ("up_lr_weight", cfg.up_lr_weight.is_some()),
-    ];
-    if let Some((key, _)) = block_wise.iter().find(|(_, set)| *set) {
-        return Err(Error::BadValue {
-            op: "config",
-            name: key,
-            value: format!("set, with the SDXL model {}", cfg.base_model.display()),
-            expected: "no block-wise settings on SDXL: lorafuse maps them onto SD1.x/SD2.x's 25 \
-                       blocks only (sd-scripts gives SDXL 23 blocks of its own: input_blocks \
-                       0-8, middle_block 0-2, output_blocks 0-8, with 9/3/9 learning-rate \
-                       weights); remove the key and use network_dim/conv_dim (and \
-                       unet_lr/text_encoder_lr) for the whole model"
-                .into(),
-        });
     }
     if cfg.clip_skip != 1 {
         notes.push(format!(
@@ -94,15 +72,38 @@ mod tests {
         TrainConfig::from_yaml(&yaml, "t.yaml", &[] as &[&str]).unwrap()
     }
 
+    /// Each family takes its own block counts (sd-scripts: 25 blocks with 12/1/12 lr
+    /// weights; SDXL 23 with 9/3/9); the other's are refused naming the key, the count and
+    /// what the family takes.
     #[test]
-    fn block_wise_settings_are_refused_on_sdxl_only() {
-        let cfg = config("block_dims: [4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4,4]\n");
-        assert!(check_family(&cfg, &Sd1).unwrap().is_empty());
-        let e = check_family(&cfg, &Sdxl).unwrap_err().to_string();
-        assert!(e.contains("block_dims") && e.contains("SDXL"), "{e}");
-        let cfg = config("up_lr_weight: cosine\n");
-        let e = check_family(&cfg, &Sdxl).unwrap_err().to_string();
-        assert!(e.contains("up_lr_weight"), "{e}");
+    fn block_wise_lengths_are_the_familys() {
+        let list = |n: usize| vec!["4"; n].join(",");
+        let sd = config(&format!("block_dims: \"{}\"\n", list(25)));
+        let xl = config(&format!("block_dims: \"{}\"\n", list(23)));
+        assert!(check_family(&sd, &Sd1).unwrap().is_empty());
+        assert!(check_family(&sd, &Sd2).unwrap().is_empty());
+        let e = check_family(&sd, &Sdxl).unwrap_err().to_string();
+        assert!(e.contains("block_dims") && e.contains("25 values"), "{e}");
+        assert!(e.contains("23 values on SDXL"), "{e}");
+        check_family(&xl, &Sdxl).unwrap();
+        let e = check_family(&xl, &Sd1).unwrap_err().to_string();
+        assert!(e.contains("25 values on SD1.x/SD2.x"), "{e}");
+        // Curves fit every family; a list longer than SDXL's side does not.
+        check_family(&config("up_lr_weight: cosine\n"), &Sdxl).unwrap();
+        let long = config(&format!("down_lr_weight: \"{}\"\n", list(10)));
+        check_family(&long, &Sd1).unwrap();
+        let e = check_family(&long, &Sdxl).unwrap_err().to_string();
+        assert!(
+            e.contains("down_lr_weight") && e.contains("at most 9"),
+            "{e}"
+        );
+        let mid = config("mid_lr_weight: \"1,0.5,1\"\n");
+        check_family(&mid, &Sdxl).unwrap();
+        let e = check_family(&mid, &Sd2).unwrap_err().to_string();
+        assert!(
+            e.contains("mid_lr_weight") && e.contains("at most 1"),
+            "{e}"
+        );
     }
 
     #[test]

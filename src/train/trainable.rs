@@ -10,7 +10,7 @@
 use crate::backend::{Accum, Backend};
 use crate::config::TrainConfig;
 use crate::error::{Error, Result};
-use crate::lora::blocks::{block_index, BlockRankArgs, LrWeightArgs};
+use crate::lora::blocks::{BlockLayout, BlockRankArgs, LrWeightArgs};
 use crate::lora::{LoraDropout, LoraGrads, LoraModule, LoraSet, TargetLayer};
 use crate::model::cond::Cond;
 use crate::model::family::Models;
@@ -104,16 +104,16 @@ fn unet_groups(
     be: &dyn Backend,
     lora: &LoraSet,
     n_unet: usize,
-    lr_weights: Option<&[f64]>,
+    lr_weights: Option<(BlockLayout, &[f64])>,
     kind: &OptimizerKind,
 ) -> Result<Vec<ParamGroup>> {
-    let Some(weights) = lr_weights else {
+    let Some((layout, weights)) = lr_weights else {
         return Ok(vec![ParamGroup::new(be, "unet", lora, 0..n_unet, kind)?]);
     };
     let mut groups = Vec::new();
     for (b, &w) in weights.iter().enumerate().filter(|(_, &w)| w > 0.0) {
         let modules: Vec<usize> = (0..n_unet)
-            .filter(|&i| block_index(&lora.modules()[i].name) == Some(b))
+            .filter(|&i| layout.index(&lora.modules()[i].name) == Some(b))
             .collect();
         if modules.is_empty() {
             continue;
@@ -134,8 +134,9 @@ impl Trainable {
         // Each UNet adapter's rank and alpha: its block's (lora/blocks.rs), which are
         // lora_rank / lora_alpha (conv_dim / conv_alpha) everywhere unless block-wise ranks or
         // lr weights are given; a rank of 0 leaves the layer without an adapter.
-        let lr_weights = LrWeightArgs::of(cfg).resolve();
-        let ranks = BlockRankArgs::of(cfg).resolve(lr_weights.as_deref());
+        let layout = BlockLayout::of(m.family.generation());
+        let lr_weights = LrWeightArgs::of(cfg).resolve(layout);
+        let ranks = BlockRankArgs::of(cfg).resolve(layout, lr_weights.as_deref());
         let linear_rank = |l: &TargetLayer| ranks.linear_of(&l.name);
         let lora = LoraSet::init_algo(
             be,
@@ -197,7 +198,7 @@ impl Trainable {
                 be,
                 &lora,
                 n_unet,
-                lr_weights.as_deref(),
+                lr_weights.as_deref().map(|w| (layout, w)),
                 &kind,
             )?);
         }
