@@ -229,6 +229,36 @@ fn an_unset_resolution_is_planned_at_the_familys_size() {
         let want = format!("planning one batch of {side}x{side} images");
         assert!(err.contains(&want), "{family}: {err}");
     }
+    // Without --family, the family a kohya config names: sd-scripts' `sdxl = true` and
+    // lora-scripts' model_train_type plan SDXL, `v2 = true` SD2.x; --family still decides.
+    let head = "[model_arguments]\npretrained_model_name_or_path = 'no-such-model'\n";
+    let rest = "[dataset_arguments]\ntrain_data_dir = 'no-such-folder'\n\
+                [training_arguments]\noutput_dir = 'out'\n";
+    let cases = [
+        ("sdxl = true\n", &[][..], "SDXL", 1024),
+        ("v2 = true\n", &[][..], "Diffusion 2.x", 512),
+        ("model_train_type = 'sdxl-lora'\n", &[][..], "SDXL", 1024),
+        (
+            "sdxl = true\n",
+            &["--family", "sd1"][..],
+            "Diffusion 1.x",
+            512,
+        ),
+    ];
+    for (flag, args, named, side) in cases {
+        let toml = dir.join("c.toml");
+        std::fs::write(&toml, format!("{head}{flag}{rest}")).unwrap();
+        let o = lorafuse(&[&["plan", toml.to_str().unwrap()][..], args].concat());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{flag}: {err}");
+        let planned = err
+            .lines()
+            .find(|l| l.contains("reference shapes"))
+            .unwrap_or_default();
+        assert!(planned.contains(named), "{flag} {args:?}: {err}");
+        let want = format!("planning one batch of {side}x{side} images");
+        assert!(err.contains(&want), "{flag} {args:?}: {err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -226,9 +226,10 @@ pub enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
         /// The model family planned when base_model does not exist: sd1 (SD1.5's shapes),
-        /// sd2 (SD2.1 768-v's) or sdxl (SDXL 1.0 base's).
-        #[arg(long, default_value = "sd1", value_parser = ["sd1", "sd2", "sdxl"])]
-        family: String,
+        /// sd2 (SD2.1 768-v's) or sdxl (SDXL 1.0 base's). Default: the one a kohya config
+        /// names (`sdxl = true`, `v2 = true`, lora-scripts' `model_train_type`), else sd1.
+        #[arg(long, value_parser = ["sd1", "sd2", "sdxl"])]
+        family: Option<String>,
     },
     /// Make a folder of pictures ready for training: decode (EXIF orientation, alpha on a
     /// background), resize (Lanczos) and crop each to the training resolution or its training
@@ -381,7 +382,7 @@ pub fn run(cli: Cli) -> Outcome {
             gpu.as_deref(),
             gpu_memory.as_deref(),
             &set,
-            &family,
+            family.as_deref(),
         ),
         Command::Prepare(args) => prepare::prepare_cmd(&args),
         Command::Tags(args) => tags::tags_cmd(&args),

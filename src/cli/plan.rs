@@ -18,10 +18,12 @@ pub fn plan_cmd(
     gpu: Option<&str>,
     gpu_memory: Option<&str>,
     set: &[String],
-    family: &str,
+    family: Option<&str>,
 ) -> Outcome {
     let card = gpu.map(card).transpose()?;
     let cfg = TrainConfig::load(config, set)?;
+    // --family, else the family the kohya config names, else SD1.5.
+    let family = family.or(cfg.provenance.named_family()).unwrap_or("sd1");
     let reference = lorafuse::model::family::family_by_id(family)
         .ok_or_else(|| CliError::Usage(format!("--family {family}: expected sd1, sd2 or sdxl")))?;
     // The planned family's defaults (SDXL: 1024) before the images are bucketed.

@@ -75,7 +75,7 @@ const OPTIMIZER: &str = "write optimizer_type = \"AdamW8bit\" instead (kohya's o
 const SD1_ONLY: &str =
     "lorafuse trains Stable Diffusion 1.x, 2.x and SDXL (ε- or v-prediction, kohya's plain loss)";
 const FAMILY_FROM_CHECKPOINT: &str =
-    "lorafuse reads the model family (SD1.x, SD2.x or SDXL) from the checkpoint";
+    "lorafuse reads the model family (SD1.x, SD2.x or SDXL) from the checkpoint (true: `plan` without the checkpoint plans this family; a checkpoint of another is noted)";
 const F32_LORA: &str = "LoRA weights always train in f32 in lorafuse; mixed_precision sets the frozen model's precision; remove this key";
 const LOSS: &str = "lorafuse trains with the mean squared error (kohya's l2), optionally min-SNR weighted (min_snr_gamma); remove this key";
 const SAVES_STATE: &str = "lorafuse always saves its training state (output_dir/state.safetensors: the LoRA weights, the optimizer moments and the counters) at every save point and at the end, so that `lorafuse train CONFIG --resume` can continue the run; this key changes nothing";
@@ -222,6 +222,24 @@ pub(crate) enum Verdict {
     NotHere(KeyHint),
     /// This value is refused: the problem, read on from "key = value".
     BadValue(String),
+}
+
+/// The model family a kohya file's options name (a family id): sd-scripts' `sdxl = true`
+/// (lora-scripts' `model_train_type = "sdxl-lora"`) "sdxl", `v2 = true` "sd2"; `value(key)`
+/// gives an option's value. lorafuse reads the family from the checkpoint; this serves
+/// where there is none (`plan`'s reference shapes) and to note a checkpoint of another.
+pub(crate) fn named_family<'v>(value: impl Fn(&str) -> Option<&'v Value>) -> Option<&'static str> {
+    let on = |key: &str| value(key).is_some_and(|v| matches!(super::parse::flag(v), Ok(true)));
+    let sdxl_lora = value("model_train_type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("sdxl-lora"));
+    if on("sdxl") || sdxl_lora {
+        Some("sdxl")
+    } else if on("v2") {
+        Some("sd2")
+    } else {
+        None
+    }
 }
 
 /// Whether `key` is a kohya option lorafuse judges by its value (not an unknown key).

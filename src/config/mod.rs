@@ -79,6 +79,8 @@ pub struct Provenance {
     /// the lorafuse names of other trainers' keys in a YAML file, and kohya meanings that
     /// changed a value.
     notices: Vec<String>,
+    /// The family a kohya file's `sdxl`/`v2` options name ([`Provenance::named_family`]).
+    named_family: Option<&'static str>,
 }
 
 impl Default for Provenance {
@@ -89,6 +91,7 @@ impl Default for Provenance {
             written: BTreeMap::new(),
             loaded: yaml_serde::Mapping::new(),
             notices: Vec::new(),
+            named_family: None,
         }
     }
 }
@@ -118,6 +121,13 @@ impl Provenance {
     /// The config file's format: lorafuse's YAML or a kohya-format TOML.
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// The model family (an id: "sd2", "sdxl") a kohya file's options name: `sdxl = true`,
+    /// lora-scripts' `model_train_type = "sdxl-lora"`, `v2 = true`. The checkpoint decides
+    /// the family; this is for planning without one.
+    pub fn named_family(&self) -> Option<&'static str> {
+        self.named_family
     }
 
     /// Whether the file or a `--set` argument gave `key` a value.

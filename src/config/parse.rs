@@ -195,6 +195,7 @@ impl Reading {
         let kohya_format = self.format == Format::Kohya;
         let mut sorted = sort(raw, kohya_format, self.dataset_file.as_ref(), &mut found);
         judge_foreign(&sorted, kohya_format, &mut found);
+        let named_family = foreign::named_family(|k| sorted.foreign.get(k).map(|e| &e.value));
         let default_origin = match &self.file {
             Some(f) => Origin::File(f.clone()),
             None => Origin::Defaults,
@@ -250,6 +251,7 @@ impl Reading {
             written,
             loaded,
             notices: found.notices,
+            named_family,
         };
         (cfg, r.errors)
     }

@@ -6,7 +6,7 @@ use crate::config::{Resolution, TrainConfig};
 use crate::error::Result;
 use crate::lora::blocks::{check_lengths, BlockLayout};
 use crate::model::checkpoint::Generation;
-use crate::model::family::ModelFamily;
+use crate::model::family::{family_by_id, ModelFamily};
 
 /// `cfg` with the defaults that follow the model: an unset `resolution` becomes `family`'s
 /// square ([`ModelFamily::default_resolution`]: 1024 for SDXL, 512 otherwise), in the run's
@@ -40,6 +40,15 @@ pub fn check_family(cfg: &TrainConfig, family: &dyn ModelFamily) -> Result<Vec<S
     let mut notes = Vec::new();
     // The block-wise lists' lengths are the family's: 25 blocks, or SDXL's 23 (lora/blocks.rs).
     check_lengths(cfg, BlockLayout::of(family.generation()))?;
+    if let Some(named) = cfg.provenance.named_family().filter(|&n| n != family.id()) {
+        notes.push(format!(
+            "the config names the {} family (kohya's sdxl/v2 options); {} is {}: lorafuse \
+             trains for the checkpoint's family",
+            family_by_id(named).map_or(named, |f| f.display_name()),
+            cfg.base_model.display(),
+            family.display_name()
+        ));
+    }
     if family.generation() != Generation::Sdxl {
         return Ok(notes);
     }
@@ -170,6 +179,31 @@ mod tests {
         want.dedup();
         assert_eq!(want.len(), 25);
         assert_eq!(got, want);
+    }
+
+    /// A kohya config naming another family than the checkpoint's (`sdxl = true` on an
+    /// SD1.5 model) trains for the checkpoint's, with a note naming both.
+    #[test]
+    fn a_family_the_kohya_config_names_is_noted_when_the_model_differs() {
+        let toml = |flag: &str| {
+            let text = format!(
+                "[model_arguments]\npretrained_model_name_or_path = 'm'\n{flag}\
+                 [dataset_arguments]\ntrain_data_dir = 'd'\n\
+                 [training_arguments]\noutput_dir = 'o'\nresolution = '1024'\n"
+            );
+            TrainConfig::from_text(&text, "c.toml", Format::Kohya, &[] as &[&str]).unwrap()
+        };
+        let xl = toml("sdxl = true\n");
+        assert_eq!(xl.provenance.named_family(), Some("sdxl"));
+        assert!(check_family(&xl, &Sdxl).unwrap().is_empty());
+        let notes = check_family(&xl, &Sd1).unwrap();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("SDXL") && notes[0].contains("1.x"),
+            "{notes:?}"
+        );
+        assert_eq!(toml("v2 = true\n").provenance.named_family(), Some("sd2"));
+        assert_eq!(toml("v2 = false\n").provenance.named_family(), None);
     }
 
     #[test]
