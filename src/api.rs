@@ -225,42 +225,13 @@ impl Trainer {
     /// of `batch_size` that fits with the accumulation raised to keep the batch each optimizer
     /// step sees (each change reported as a warning); else refused.
     fn within(&self, cap: u64, obs: &mut dyn Observer) -> Result<TrainConfig, ApiError> {
-        let planned = Trainer::planned(&self.cfg)?;
-        if planned <= cap {
-            return Ok(self.cfg.clone());
-        }
-        if self.caps.adapt_to_memory {
-            let b = self.cfg.batch_size;
-            for batch in (1..=b).rev().filter(|d| b % d == 0) {
-                let mut c = self.cfg.clone();
-                c.gradient_checkpointing = true;
-                c.batch_size = batch;
-                c.gradient_accumulation_steps *= b / batch;
-                if Trainer::planned(&c)? <= cap {
-                    obs.on(Event::Warning(format!(
-                        "to stay within the memory cap of {:.1} MiB (planned {:.1} MiB): \
-                         gradient_checkpointing: true, batch_size {b} -> {batch}, \
-                         gradient_accumulation_steps {} -> {}",
-                        cap as f64 / MIB,
-                        planned as f64 / MIB,
-                        self.cfg.gradient_accumulation_steps,
-                        c.gradient_accumulation_steps
-                    )));
-                    return Ok(c);
-                }
-            }
-        }
-        Err(ApiError::Refused(format!(
-            "the run is planned to need {:.1} MiB, above the cap of {:.1} MiB{}: lower \
-             batch_size or resolution, set gradient_checkpointing: true, or raise the cap",
-            planned as f64 / MIB,
-            cap as f64 / MIB,
-            if self.caps.adapt_to_memory {
-                " even with gradient checkpointing at batch size 1"
-            } else {
-                ""
-            }
-        )))
+        within(
+            &self.cfg,
+            cap,
+            self.caps.adapt_to_memory,
+            obs,
+            Trainer::planned,
+        )
     }
 
     /// A handle that cancels this trainer's run.
@@ -344,9 +315,107 @@ fn inside(path: &Path, root: &Path) -> bool {
     abs(path).starts_with(abs(root))
 }
 
+/// [`Trainer::within`] with the planner `planned` (the peak a configuration is planned to
+/// need): `cfg` as it is when it fits; with `adapt`, with gradient checkpointing, then also
+/// the largest divisor of `batch_size` that fits with the accumulation raised to keep the
+/// images per optimizer step.
+fn within(
+    cfg: &TrainConfig,
+    cap: u64,
+    adapt: bool,
+    obs: &mut dyn Observer,
+    planned: impl Fn(&TrainConfig) -> Result<u64, ApiError>,
+) -> Result<TrainConfig, ApiError> {
+    let peak = planned(cfg)?;
+    if peak <= cap {
+        return Ok(cfg.clone());
+    }
+    if adapt {
+        let b = cfg.batch_size;
+        for batch in (1..=b).rev().filter(|d| b % d == 0) {
+            let mut c = cfg.clone();
+            c.gradient_checkpointing = true;
+            c.batch_size = batch;
+            c.gradient_accumulation_steps *= b / batch;
+            if planned(&c)? <= cap {
+                obs.on(Event::Warning(format!(
+                    "to stay within the memory cap of {:.1} MiB (planned {:.1} MiB): \
+                     gradient_checkpointing: true, batch_size {b} -> {batch}, \
+                     gradient_accumulation_steps {} -> {}",
+                    cap as f64 / MIB,
+                    peak as f64 / MIB,
+                    cfg.gradient_accumulation_steps,
+                    c.gradient_accumulation_steps
+                )));
+                return Ok(c);
+            }
+        }
+    }
+    Err(ApiError::Refused(format!(
+        "the run is planned to need {:.1} MiB, above the cap of {:.1} MiB{}: lower \
+         batch_size or resolution, set gradient_checkpointing: true, or raise the cap",
+        peak as f64 / MIB,
+        cap as f64 / MIB,
+        if adapt {
+            " even with gradient checkpointing at batch size 1"
+        } else {
+            ""
+        }
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The memory-cap search: checkpointing first, then the largest divisor of the batch
+    /// that fits, the accumulation raised to keep the images per step; refused when nothing
+    /// fits or without leave to adapt. The planner here: 100 + 10 per image, checkpointing
+    /// saves 20.
+    #[test]
+    fn the_cap_splits_the_batch_into_accumulated_micro_batches() {
+        let text = "train_data_dir: d\nbase_model: m\noutput_dir: o\nbatch_size: 6\n\
+                    gradient_accumulation_steps: 2\n";
+        let cfg = TrainConfig::from_yaml(text, "t.yaml", &[] as &[&str]).unwrap();
+        let planned = |c: &TrainConfig| -> Result<u64, ApiError> {
+            let ckpt = if c.gradient_checkpointing { 20 } else { 0 };
+            Ok(100 + 10 * c.batch_size as u64 - ckpt)
+        };
+        let mut obs = crate::train::trainer::Recorder::default();
+        // Fits as it is (160): unchanged, nothing said.
+        let c = within(&cfg, 160, true, &mut obs, planned).unwrap();
+        assert_eq!((c.batch_size, c.gradient_checkpointing), (6, false));
+        // Checkpointing alone (140).
+        let c = within(&cfg, 140, true, &mut obs, planned).unwrap();
+        assert_eq!((c.batch_size, c.gradient_accumulation_steps), (6, 2));
+        assert!(c.gradient_checkpointing);
+        // 6 -> 3 (110), accumulation 2 -> 4: 12 images a step as before; 5 and 4 do not
+        // divide 6.
+        let c = within(&cfg, 125, true, &mut obs, planned).unwrap();
+        assert_eq!((c.batch_size, c.gradient_accumulation_steps), (3, 4));
+        // 6 -> 1 (90), accumulation 12.
+        let c = within(&cfg, 95, true, &mut obs, planned).unwrap();
+        assert_eq!((c.batch_size, c.gradient_accumulation_steps), (1, 12));
+        let said: Vec<String> = obs
+            .0
+            .iter()
+            .filter_map(|e| match e {
+                Event::Warning(w) => Some(w.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(said[1].contains("batch_size 6 -> 3, gradient_accumulation_steps 2 -> 4"));
+        // Nothing fits (below batch 1's 90), or no leave to adapt.
+        let mut quiet = crate::train::trainer::Recorder::default();
+        let e = within(&cfg, 80, true, &mut quiet, planned).unwrap_err();
+        assert!(
+            e.to_string().contains("even with gradient checkpointing"),
+            "{e}"
+        );
+        let e = within(&cfg, 140, false, &mut quiet, planned).unwrap_err();
+        assert!(matches!(e, ApiError::Refused(_)), "{e}");
+    }
 
     #[test]
     fn paths_inside_the_root() {
