@@ -124,8 +124,12 @@
 #define AF_DQ_SMEM(dm, kt) (2 * (2 * AF_ROWS * AF_DS(dm) + 4 * (kt) * AF_DS(dm)))
 #define AF_DKV_SMEM(dm) (2 * (2 * AF_ROWS * AF_DS(dm) + 4 * AF_QT(dm) * AF_DS(dm)) + 4 * 4 * AF_QT(dm))
 
-// ---- attention_wide.cu: one block per query row, the row and its scores in f32 ----
+// ---- attention_wide.cu: one block per query row, the row and a chunk of its scores in f32 ----
 #define WIDE_THREADS 256
+// The widest head (d and dv): each thread accumulates dv / WIDE_THREADS output columns.
+#define WIDE_MAX_DIM 4096
+#define WIDE_PER_THREAD (WIDE_MAX_DIM / WIDE_THREADS)
+// Dynamic shared memory for a d-wide query row and a chunk of `lk` keys' scores.
 #define WIDE_SMEM(d, lk) (4 * ((d) + (lk)))
 // Its static shared memory: the block reductions' scratch (32 floats), which counts against
 // the same per-block limit.

@@ -65,3 +65,39 @@ fn wide_heads_have_no_backward_on_cuda() {
         assert!(err.contains("head_dim") && err.contains("256"), "{err}");
     }
 }
+
+/// Keys beyond what a block's shared memory holds are taken in chunks with an online softmax:
+/// on an emulated device whose blocks hold 24 scores beside a 300-wide query row, 70 keys
+/// are three chunks (24, 24, 22) and causal rows stop inside any of them; the result is the
+/// CPU's. (Turing's 64 KiB take the VAE's 16384 keys at 1024x1024 in two chunks.)
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn keys_past_the_shared_memory_are_taken_in_chunks() {
+    use lorafuse::backend::cuda::{CudaBackend, Device, DeviceLimits};
+    let cpu = cpu();
+    let mut limits = DeviceLimits::default_target();
+    let (d, chunk) = (300, 24);
+    // The kernel's static scratch (32 floats) and 4·(d + chunk) bytes of dynamic memory.
+    limits.smem_per_block = 4 * 32 + 4 * (d + chunk) as u32;
+    limits.name = "a 1.3 KiB test device".into();
+    for dtype in [DType::F32, DType::F16] {
+        let be = CudaBackend::new(Device::emulating(limits.clone()), dtype).unwrap();
+        let mut rng = Rng::new(13);
+        for (b, h, lq, lk, dv, causal) in [(1, 1, 5, 70, 264, false), (2, 1, 70, 70, 300, true)] {
+            let what = format!("b{b} {lq}x{lk} d{d} dv{dv} causal {causal} {dtype:?}");
+            let p = Attention { heads: h, causal };
+            let (qc, qg) = random_pair(&be, &mut rng, &[b, lq, h * d], dtype);
+            let (kc, kg) = random_pair(&be, &mut rng, &[b, lk, h * d], dtype);
+            let (vc, vg) = random_pair(&be, &mut rng, &[b, lk, h * dv], dtype);
+            let (o_want, lse_want) = cpu.attention(&qc, &kc, &vc, p).unwrap();
+            let (o_got, lse_got) = be.attention(&qg, &kg, &vg, p).unwrap();
+            assert_matches(&format!("{what}: o"), &o_got, &o_want, tol(dtype));
+            assert_matches(
+                &format!("{what}: lse"),
+                &lse_got,
+                &lse_want,
+                tol(DType::F32),
+            );
+        }
+    }
+}

@@ -2,26 +2,12 @@
 //! (a plan is a metered run: well under a second for the full SD1.5 UNet).
 
 use super::{plan, PlanInput};
-use crate::backend::cuda::DeviceLimits;
 use crate::error::{ErrorKind, Result};
 
 /// The largest batch sizes searched.
 pub const MAX_BATCH: usize = 256;
-/// The largest square side searched, in pixels (less where the device's shared memory holds
-/// fewer of the VAE attention's keys: [`largest_side`]).
+/// The largest square side searched, in pixels.
 pub const MAX_SIDE: usize = 1536;
-
-/// The largest square side (a multiple of 64) the CUDA backend's VAE attention takes on a
-/// device with `limits` (its single 512-wide head at 1/8 of the image side: ops/attention/
-/// wide.rs), at most [`MAX_SIDE`].
-pub fn largest_side(limits: &DeviceLimits) -> usize {
-    let keys = crate::backend::cuda::ops::attention::wide::max_keys(limits, VAE_HEAD_DIM);
-    let latent = (keys as f64).sqrt() as usize;
-    (latent * 8 / 64 * 64).min(MAX_SIDE)
-}
-
-/// The VAE attention's head width (its channels: one head).
-const VAE_HEAD_DIM: usize = 512;
 
 /// What fits a budget, with the configuration's other settings unchanged.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,10 +84,8 @@ pub fn largest_batch(input: &PlanInput, budget: usize) -> Result<Option<usize>> 
 /// configuration does not checkpoint, what would fit with gradient checkpointing.
 pub fn fit(input: &PlanInput, budget: usize) -> Result<Fit> {
     let batch = largest_batch(input, budget)?;
-    let side = largest(1, largest_side(&input.device) / 64, |s| {
-        fits(&input.with_side(s * 64), budget)
-    })?
-    .map(|s| s * 64);
+    let side =
+        largest(1, MAX_SIDE / 64, |s| fits(&input.with_side(s * 64), budget))?.map(|s| s * 64);
     let checkpointed = if input.cfg.gradient_checkpointing {
         None
     } else {

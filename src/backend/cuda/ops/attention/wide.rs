@@ -1,15 +1,15 @@
 //! Attention forward for heads wider than the tiled kernels take ([`MAX_HEAD_DIM`]): the
 //! VAE's single 512-wide head (kernels/attention_wide.cu). One block per query row keeps the
-//! row's scores in shared memory, so key lengths are bounded by the device's shared memory per
-//! block ([`max_keys`]: 16384 keys, the VAE at 1024x1024, need 66 KiB; an sm_80 takes about
-//! 41000 keys, an sm_86/sm_89 about 24800, the VAE at up to 1216x1216, an sm_75 15840, up to
-//! 960x960). Forward only: nothing
-//! trains through a wide head.
+//! row's scores in shared memory, a chunk of keys at a time with an online softmax: the chunk
+//! is as many keys as the device's shared memory per block holds beside the query row
+//! ([`max_keys`]: an sm_80 about 41000, an sm_86/sm_89 about 24800, an sm_75 15840), so the
+//! VAE at 1024x1024 (16384 keys) is one chunk on sm_80+ and two on Turing. Forward only:
+//! nothing trains through a wide head.
 
 use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::super::super::profile::DeviceLimits;
-use super::super::super::tiles::{wide_smem, WIDE_STATIC_SMEM, WIDE_THREADS};
+use super::super::super::tiles::{wide_smem, WIDE_MAX_DIM, WIDE_STATIC_SMEM, WIDE_THREADS};
 use super::super::{alloc, by_dtype, input, int, output};
 use super::MAX_HEAD_DIM;
 use crate::backend::check;
@@ -20,17 +20,14 @@ use crate::tensor::{DType, Tensor};
 kernels! {
     module "attention_wide";
     fn attention_wide_fwd_f32(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
-        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32, chunk: i32);
     fn attention_wide_fwd_f16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
-        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32, chunk: i32);
 }
 
-/// The widest head: the query row shares the shared memory with the scores.
-const MAX_WIDE_DIM: usize = 4096;
-
-/// The most keys a row's scores can have in the shared memory of a device with `limits`
+/// The most keys of a chunk whose scores fit the shared memory of a device with `limits`
 /// beside a `head_dim`-wide query row and the kernel's static scratch.
-pub(crate) fn max_keys(limits: &DeviceLimits, head_dim: usize) -> usize {
+fn max_keys(limits: &DeviceLimits, head_dim: usize) -> usize {
     let smem = (limits.smem_per_block as usize).saturating_sub(WIDE_STATIC_SMEM);
     (0..=smem / 4)
         .rev()
@@ -50,28 +47,29 @@ pub(crate) fn forward(
 ) -> Result<(Tensor, Tensor)> {
     const OP: &str = "attention";
     debug_assert!(n.head_dim > MAX_HEAD_DIM || n.v_head_dim > MAX_HEAD_DIM);
-    if n.head_dim > MAX_WIDE_DIM {
-        return Err(check::bad_value(
-            OP,
-            "head_dim",
-            n.head_dim,
-            &format!("at most {MAX_WIDE_DIM} on the CUDA backend"),
-        ));
+    for (name, dim) in [("q", n.head_dim), ("v", n.v_head_dim)] {
+        if dim > WIDE_MAX_DIM {
+            return Err(check::bad_value(
+                OP,
+                name,
+                dim,
+                &format!("a head at most {WIDE_MAX_DIM} wide on the CUDA backend"),
+            ));
+        }
     }
     let keys = max_keys(be.device().limits(), n.head_dim);
-    if n.kv_len > keys {
+    if keys == 0 {
         return Err(check::bad_value(
             OP,
-            "k",
-            n.kv_len,
+            "q",
+            n.head_dim,
             &format!(
-                "at most {keys} keys for heads wider than {MAX_HEAD_DIM} on {} (the VAE's \
-                 attention reads one key per 8x8 pixels; `lorafuse plan` names the largest \
-                 resolution)",
+                "a head narrow enough for the shared memory of {}",
                 be.device().limits().name
             ),
         ));
     }
+    let chunk = n.kv_len.clamp(1, keys);
     let (qi, ki, vi) = (
         input(be, OP, "q", q)?,
         input(be, OP, "k", k)?,
@@ -83,7 +81,7 @@ pub(crate) fn forward(
     if rows == 0 {
         return Ok((o, lse));
     }
-    let smem = wide_smem(n.head_dim, n.kv_len);
+    let smem = wide_smem(n.head_dim, chunk);
     let cfg = LaunchCfg::new(
         (int(OP, "q", rows)? as u32, 1, 1),
         (WIDE_THREADS as u32, 1, 1),
@@ -105,6 +103,7 @@ pub(crate) fn forward(
         int(OP, "v", n.v_head_dim)?,
         n.causal as i32,
         (1.0 / (n.head_dim as f64).sqrt()) as f32,
+        int(OP, "k", chunk)?,
     )?;
     Ok((o, lse))
 }
