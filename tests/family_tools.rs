@@ -32,8 +32,8 @@ use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use common::low_rank;
 use common::tools::{assert_bad_input, lorafuse as run, TempDir};
+use common::{f16_ulps as ulps, low_rank};
 
 const SDXL: &str = "tests/fixtures/sdxl/model/tiny-sdxl.safetensors";
 const SD2: &str = "tests/fixtures/sd2/tiny-sd2.safetensors";
@@ -370,18 +370,6 @@ fn product(set: &LoraSet, name: &str, ratio: f64) -> Mat {
         *x *= ratio * m.scale();
     }
     p
-}
-
-fn ulps(a: f16, b: f16) -> u32 {
-    let key = |x: f16| {
-        let bits = x.to_bits() as i32;
-        if bits & 0x8000 != 0 {
-            -(bits & 0x7fff)
-        } else {
-            bits
-        }
-    };
-    (key(a) - key(b)).unsigned_abs()
 }
 
 #[test]

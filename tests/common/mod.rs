@@ -31,6 +31,19 @@ pub fn low_rank(rows: usize, cols: usize, seed: u64) -> lorafuse::linalg::Mat {
     d
 }
 
+/// Distance in units in the last place between two finite f16 values.
+pub fn f16_ulps(a: half::f16, b: half::f16) -> u32 {
+    let key = |x: half::f16| {
+        let bits = x.to_bits() as i32;
+        if bits & 0x8000 != 0 {
+            -(bits & 0x7fff)
+        } else {
+            bits
+        }
+    };
+    (key(a) - key(b)).unsigned_abs()
+}
+
 /// A tensor of f64 values uniform in [lo, hi).
 pub fn uniform(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> Tensor {
     let n = shape.iter().product();
