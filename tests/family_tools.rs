@@ -25,6 +25,7 @@ use lorafuse::lora::merge_loras::{merge_loras, LoraMergeArgs};
 use lorafuse::lora::resize::factors;
 use lorafuse::lora::{kohya, LoraSet, LoraTargets};
 use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
+use lorafuse::model::checkpoint::sdxl::load_sdxl_with;
 use lorafuse::model::checkpoint::{ldm_to_diffusers, ConfigHints, LdmLayout};
 use lorafuse::model::family::{family_of, WeightsFrom};
 use lorafuse::model::layers::kohya_name;
@@ -430,6 +431,7 @@ fn sdxl_merge_bakes_every_module_into_its_stored_weight() {
 
     // The merged file loads as an SDXL model.
     assert_eq!(family_of(&out).unwrap().id(), "sdxl");
+    load_sdxl_with(&out, &hints(Path::new(SDXL))).unwrap();
 }
 
 #[test]
