@@ -230,6 +230,10 @@ fn extract_bad_input_exits_2_naming_it() {
             format!("{x} --tuned {orig} {o} --dim 2 --clamp-quantile 1.5"),
             "--clamp-quantile 1.5",
         ),
+        (
+            format!("extract --original {other} --tuned {other} {o} --dim 2 --v-parameterization"),
+            "says it predicts epsilon (scheduler/scheduler_config.json)",
+        ),
     ];
     assert_bad_input(&cases);
     assert!(!Path::new(o).exists());

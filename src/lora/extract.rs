@@ -124,7 +124,7 @@ pub struct ExtractReport {
     pub output: PathBuf,
     pub unet_modules: usize,
     pub text_encoder_modules: usize,
-    /// The largest |difference| of the text encoder's targeted weights.
+    /// The largest |difference| of the text encoders' targeted weights.
     pub text_encoder_max_diff: f64,
     pub text_encoder_skipped: bool,
 }
@@ -272,6 +272,13 @@ pub fn extract(
     let orig = Parts::load_as(args.original, families.0, &args.hints)?;
     let tuned = Parts::load_as(args.tuned, families.1, &args.hints)?;
     let paths = (args.original, args.tuned);
+    if args.v_parameterization && orig.prediction == Some(Prediction::Epsilon) {
+        return Err(bad(format!(
+            "--v-parameterization: {} says it predicts epsilon (scheduler/scheduler_config.json); \
+             leave the flag out",
+            args.original.display()
+        )));
+    }
     let mut list = targets(&orig, args.conv_dim.is_some());
     let pair = |t: &Target| match t.text_encoder {
         Some(i) => (&orig.text[i].0, &tuned.text[i].0),

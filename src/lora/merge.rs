@@ -408,8 +408,8 @@ fn mismatch_hint(names: &[&str], sdxl: bool) -> &'static str {
     }
 }
 
-/// Merges `loras` (each with its ratio, A1111's weight) into the single-file SD1.x/SD2.x/SDXL checkpoint
-/// `base` and writes the result to `out`. See the module documentation for the arithmetic,
+/// Merges `loras` (each with its ratio, A1111's weight) into the single-file SD1.x, SD2.x or
+/// SDXL checkpoint `base` and writes the result to `out`. See the module documentation for the arithmetic,
 /// the errors and the memory used.
 pub fn merge_into_checkpoint(
     base: &Path,
@@ -437,10 +437,11 @@ pub fn merge_into_checkpoint(
     if base.is_dir() {
         return Err(fail(format!(
             "{} is a folder (a diffusers model?); merge reads and writes a single-file \
-             checkpoint (LDM key names, as A1111 and civitai ship them): pass the model's \
-             single-file .safetensors as --model, or convert the folder first with diffusers' \
-             scripts/convert_diffusers_to_original_stable_diffusion.py --use_safetensors \
-             (`lorafuse sample` and training read diffusers folders directly)",
+             checkpoint (LDM or SGM key names, as A1111 and civitai ship them): pass the \
+             model's single-file .safetensors as --model, or convert the folder first with \
+             diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py \
+             --use_safetensors (for SDXL convert_diffusers_to_original_sdxl.py); `lorafuse \
+             sample` and training read diffusers folders directly",
             base.display()
         )));
     }
