@@ -4,7 +4,8 @@
 //!   model's own LoRA targets, with the family's metadata (SDXL; SD2.x);
 //! - an SDXL LoRA on every target of the model (LoCon convs, te1, te2's q/k/v thirds) merged
 //!   into the SGM file gives W + ratio·scale·up·down in f16 (1 ulp), every module used, every
-//!   other tensor unchanged; merged at fp32 and extracted again, the products come back;
+//!   other tensor unchanged; merged at fp32 and extracted again, the products come back; a
+//!   LoHa module into a UNet conv and a DoRA module into te2's v third likewise;
 //! - LoRAs of SDXL merged into one LoRA keep SDXL's names and metadata;
 //! - the refusals across families (merge, merge into one LoRA, extract) exit 2 naming both.
 //!
@@ -533,4 +534,91 @@ fn refusals_across_families_name_both_and_exit_2() {
         .to_string();
     assert!(err.contains("not for SDXL"), "{err}");
     assert!(!Path::new(o).exists());
+}
+
+/// LyCORIS's adapters into SDXL: a LoHa module on a UNet 3x3 conv adds
+/// ratio·(alpha/r)·(w1_a·w1_b) ⊙ (w2_a·w2_b); a DoRA module on te2's v_proj rescales the v
+/// third of the fused in_proj row by row, W + ratio·(V − W) with V = W'·m / (‖W'‖ + eps),
+/// W' = W + (alpha/r)·up·down; the q and k thirds stay as they were.
+#[test]
+fn sdxl_loha_and_dora_modules_merge_into_their_weights() {
+    use lorafuse::lora::{Algo, LayerKind, LoraModule};
+    let dir = TempDir::new("xl-lyco");
+    let out = dir.path("merged.safetensors");
+    let (conv, fused) = (
+        "model.diffusion_model.input_blocks.4.0.in_layers.2.weight",
+        "conditioner.embedders.1.model.transformer.resblocks.2.attn.in_proj_weight",
+    );
+    let base = read(Path::new(SDXL));
+    let (co, cn) = (base[conv].1[0], base[conv].1[1] * 9);
+    let d = base[fused].1[1];
+    let r = 2;
+    let mut rng = Rng::new(21);
+    let mut t = |rows: usize, cols: usize, s: f64| {
+        let v: Vec<f64> = rng.normal_vec(rows * cols).iter().map(|x| s * x).collect();
+        (Tensor::from_f64([rows, cols], v.clone()).unwrap(), v)
+    };
+    let ((w1a, a1), (w1b, b1), (w2a, a2), (w2b, b2)) =
+        (t(co, r, 1.0), t(r, cn, 1.0), t(co, r, 1.0), t(r, cn, 1.0));
+    let ((up, u), (down, dn)) = (t(d, r, 0.05), t(r, d, 0.05));
+    let m: Vec<f64> = (0..d).map(|k| 0.5 + (k % 7) as f64 / 10.0).collect();
+    let set = LoraSet::new(vec![
+        LoraModule {
+            name: "lora_unet_input_blocks_4_0_in_layers_2".into(),
+            down: w1b,
+            up: w1a,
+            alpha: 3.0,
+            kind: LayerKind::Linear,
+            algo: Algo::Loha {
+                w2_a: w2a,
+                w2_b: w2b,
+            },
+        },
+        LoraModule {
+            name: "lora_te2_text_model_encoder_layers_2_self_attn_v_proj".into(),
+            down,
+            up,
+            alpha: 1.0,
+            kind: LayerKind::Linear,
+            algo: Algo::Dora {
+                magnitude: Tensor::from_f64([d, 1], m.clone()).unwrap(),
+            },
+        },
+    ]);
+    let ratio = 0.7;
+    let report = merge_into_checkpoint(Path::new(SDXL), &[(&set, ratio)], &out, None).unwrap();
+    assert_eq!(report.merged.len(), 2);
+    let merged = read(&out);
+    let close = |got: f64, want: f64, what: String| {
+        let (g, w) = (f16::from_f64(got), f16::from_f64(want));
+        assert!(ulps(g, w) <= 1, "{what}: {g} vs {w}");
+    };
+    let (w, g) = (values(&base[conv]), values(&merged[conv]));
+    for o in 0..co {
+        for j in 0..cn {
+            let p =
+                |a: &[f64], b: &[f64]| (0..r).map(|k| a[o * r + k] * b[k * cn + j]).sum::<f64>();
+            let dw = 3.0 / r as f64 * p(&a1, &b1) * p(&a2, &b2);
+            close(
+                g[o * cn + j],
+                w[o * cn + j] + ratio * dw,
+                format!("conv[{o},{j}]"),
+            );
+        }
+    }
+    let (w, g) = (values(&base[fused]), values(&merged[fused]));
+    let v0 = 2 * d * d;
+    for o in 0..d {
+        let row = &w[v0 + o * d..v0 + (o + 1) * d];
+        let adapted: Vec<f64> = (0..d)
+            .map(|j| row[j] + (0..r).map(|k| u[o * r + k] * dn[k * d + j]).sum::<f64>() / r as f64)
+            .collect();
+        let norm = adapted.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let f = m[o] / (norm + lorafuse::lora::dora::EPS);
+        for j in 0..d {
+            let want = row[j] + ratio * (adapted[j] * f - row[j]);
+            close(g[v0 + o * d + j], want, format!("v row {o} col {j}"));
+        }
+    }
+    assert_eq!(g[..v0], w[..v0], "q and k thirds unchanged");
 }
