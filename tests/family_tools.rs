@@ -6,7 +6,7 @@
 //!   into the SGM file gives W + ratio·scale·up·down in f16 (1 ulp), every module used, every
 //!   other tensor unchanged; merged at fp32 and extracted again, the products come back; a
 //!   LoHa module into a UNet conv and a DoRA module into te2's v third likewise;
-//! - LoRAs of SDXL merged into one LoRA keep SDXL's names and metadata;
+//! - LoRAs of SDXL (SD2.x) merged into one LoRA keep the family's names and metadata;
 //! - the refusals across families (merge, merge into one LoRA, extract) exit 2 naming both.
 //!
 //! The module names are written out here as sd-scripts names them ([`modules_of`]), not taken
@@ -489,6 +489,36 @@ fn sdxl_loras_merge_into_one_sdxl_lora() {
     }
     let meta = metadata(&out);
     assert_eq!(meta["ss_base_model_version"], "sdxl_base_v1-0");
+}
+
+/// SD2.x LoRAs merged into one keep `ss_v2` (the fixture's only family key) and their sum.
+#[test]
+fn sd2_loras_merge_into_one_sd2_lora() {
+    const SD2_LORA: &str = "tests/fixtures/sd2/tiny-sd2-lora.safetensors";
+    let dir = TempDir::new("sd2-loras");
+    let out = dir.path("ab.safetensors");
+    let loras = [(SD2_LORA.into(), 0.5), (SD2_LORA.into(), 0.25)];
+    merge_loras(&LoraMergeArgs {
+        loras: &loras,
+        output: &out,
+        new_rank: None,
+        new_conv_rank: None,
+        clamp_quantile: None,
+        precision: None,
+    })
+    .unwrap();
+    assert_eq!(metadata(&out)["ss_v2"], "True");
+    let (one, merged) = (
+        kohya::load(SD2_LORA, &CpuBackend::new(), DType::F64).unwrap(),
+        kohya::load(&out, &CpuBackend::new(), DType::F64).unwrap(),
+    );
+    assert_eq!(merged.len(), one.len());
+    let m = "lora_unet_down_blocks_1_attentions_0_proj_in";
+    let (want, got) = (product(&one, m, 0.75).data, product(&merged, m, 1.0).data);
+    assert!(
+        want.iter().zip(&got).all(|(w, g)| (w - g).abs() < 1e-6),
+        "{m}"
+    );
 }
 
 #[test]
