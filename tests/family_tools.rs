@@ -562,7 +562,7 @@ fn refusals_across_families_name_both_and_exit_2() {
     let err = merge_into_checkpoint(Path::new(SDXL), &[(&sd1, 1.0)], Path::new(o), None)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("not for SDXL"), "{err}");
+    assert!(err.contains("not kohya's SDXL names"), "{err}");
     assert!(!Path::new(o).exists());
 }
 

@@ -385,9 +385,10 @@ fn mismatch_hint(names: &[&str], sdxl: bool) -> &'static str {
         .iter()
         .any(|n| n.starts_with("lora_te_") || n.starts_with("lora_unet_down_blocks_"));
     if sdxl && sd1_names {
-        "its names are SD1.x/SD2.x's (lora_te_, diffusers paths such as down_blocks): this LoRA \
-         is not for SDXL, whose modules kohya names lora_te1_/lora_te2_ and by SGM paths \
-         (input_blocks, middle_block, output_blocks)"
+        "its names are SD1.x/SD2.x's (lora_te_, diffusers paths such as down_blocks), not \
+         kohya's SDXL names (lora_te1_/lora_te2_, SGM paths: input_blocks, middle_block, \
+         output_blocks): a LoRA for SD1.x/SD2.x, or an SDXL LoRA named by diffusers' paths, \
+         which lorafuse does not map"
     } else if sdxl {
         "the LoRA was made for another model, or names its modules in a way lorafuse does not \
          know; `lorafuse inspect` lists its module names"
