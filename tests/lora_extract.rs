@@ -10,16 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use lorafuse::linalg::Mat;
-use lorafuse::lora::extract::{extract, targets, ExtractArgs};
+use lorafuse::lora::extract::{extract, targets, ExtractArgs, Parts};
 use lorafuse::lora::resize::factors;
 use lorafuse::lora::{kohya, LoraTargets};
-use lorafuse::model::checkpoint::load_sd15;
 use lorafuse::model::family::{family_of, WeightsFrom};
 use lorafuse::model::layers::kohya_name;
-use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use common::low_rank;
 use common::tools::{assert_bad_input, TempDir};
 
 /// The demo model (diffusers folder), written once.
@@ -30,18 +29,6 @@ fn original() -> &'static PathBuf {
         lorafuse::demo::model::write_tiny_model(&d, 7).unwrap();
         d
     })
-}
-
-/// A rank-2 matrix [rows, cols] from `seed`, entries of order 0.1.
-fn low_rank(rows: usize, cols: usize, seed: u64) -> Mat {
-    let mut rng = Rng::new(seed);
-    let a = Mat::from_vec(rows, 2, rng.normal_vec(rows * 2));
-    let b = Mat::from_vec(2, cols, rng.normal_vec(2 * cols));
-    let mut d = a.matmul(&b);
-    for x in &mut d.data {
-        *x *= 0.05;
-    }
-    d
 }
 
 /// Copies the original (a diffusers folder) to `dst`, adding to every f32 weight of the
@@ -100,7 +87,7 @@ fn tuned_copy(dst: &Path, parts: &[&str], pick: &dyn Fn(&str) -> bool) -> BTreeM
 #[test]
 fn targets_are_the_models_own_lora_targets() {
     let orig = original();
-    let ck = load_sd15(orig).unwrap();
+    let parts = Parts::load(orig, &Default::default()).unwrap();
     let be = CpuBackend::new();
     let models = family_of(orig)
         .unwrap()
@@ -116,7 +103,7 @@ fn targets_are_the_models_own_lora_targets() {
     with_conv.extend(models.unet.conv_targets());
     with_conv.extend(models.unet.resnet_linear_targets());
     for (conv, want) in [(false, names(plain)), (true, names(with_conv))] {
-        let got: Vec<String> = targets(&ck.unet.1, &ck.text_encoder.1, conv)
+        let got: Vec<String> = targets(&parts, conv)
             .into_iter()
             .map(|t| t.module)
             .collect();
@@ -134,6 +121,8 @@ fn args<'a>(tuned: &'a Path, out: &'a Path) -> ExtractArgs<'a> {
         clamp_quantile: None,
         min_diff: 0.01,
         precision: None,
+        v_parameterization: false,
+        hints: Default::default(),
     }
 }
 
@@ -240,6 +229,10 @@ fn extract_bad_input_exits_2_naming_it() {
         (
             format!("{x} --tuned {orig} {o} --dim 2 --clamp-quantile 1.5"),
             "--clamp-quantile 1.5",
+        ),
+        (
+            format!("extract --original {other} --tuned {other} {o} --dim 2 --v-parameterization"),
+            "says it predicts epsilon (scheduler/scheduler_config.json)",
         ),
     ];
     assert_bad_input(&cases);

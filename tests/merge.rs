@@ -6,6 +6,8 @@
 //! refusals (a LoRA that matches nothing, a LoRA of the wrong size); LoHa and DoRA modules
 //! baked into a 3x3 conv.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -17,6 +19,8 @@ use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
 use lorafuse::model::checkpoint::{load_sd15_with, ConfigHints};
 use lorafuse::{CpuBackend, DType, Error, Tensor};
 use safetensors::tensor::Dtype;
+
+use common::f16_ulps as ulps;
 
 const BASE: &str = "tests/fixtures/tiny-sd15.safetensors";
 const LORA: &str = "tests/fixtures/tiny-lora.safetensors";
@@ -58,19 +62,6 @@ fn f16s(bytes: &[u8]) -> Vec<f16> {
         .chunks_exact(2)
         .map(|b| f16::from_le_bytes([b[0], b[1]]))
         .collect()
-}
-
-/// Distance in units in the last place between two finite f16 values of the same sign.
-fn ulps(a: f16, b: f16) -> u32 {
-    let key = |x: f16| {
-        let bits = x.to_bits() as i32;
-        if bits & 0x8000 != 0 {
-            -(bits & 0x7fff)
-        } else {
-            bits
-        }
-    };
-    (key(a) - key(b)).unsigned_abs()
 }
 
 /// W + ratio · scale · up · down for one module, in f64, rounded once to f16.

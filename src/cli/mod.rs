@@ -106,9 +106,9 @@ pub enum Command {
     /// Runs on the CPU (there is no --device): it streams the checkpoint from disk and adds
     /// the LoRA products in f64, one weight at a time, which the disk, not the compute, bounds.
     Merge {
-        /// The base checkpoint: a single .safetensors file with LDM key names (a diffusers
-        /// folder is refused: merge into the single-file version of the model). Without it the
-        /// LoRAs are merged into one LoRA.
+        /// The base checkpoint: a single .safetensors file with LDM key names (SD1.x, SD2.x) or
+        /// SGM's (SDXL); a diffusers folder is refused: merge into the single-file version of
+        /// the model. Without it the LoRAs are merged into one LoRA.
         #[arg(long)]
         model: Option<PathBuf>,
         /// A LoRA and its ratio, e.g. --lora style.safetensors:0.8 (repeatable).
@@ -165,9 +165,9 @@ pub enum Command {
         #[arg(long)]
         verbose: bool,
     },
-    /// Extract a LoRA from the difference of two SD1.x checkpoints (sd-scripts'
-    /// extract_lora_from_models.py): per targeted layer the top singular triplets of
-    /// tuned − original; alpha = rank.
+    /// Extract a LoRA from the difference of two checkpoints of one family (SD1.x, SD2.x or
+    /// SDXL; sd-scripts' extract_lora_from_models.py): per targeted layer the top singular
+    /// triplets of tuned − original; alpha = rank.
     Extract {
         /// The base model: a single .safetensors file or a diffusers folder.
         #[arg(long)]
@@ -195,6 +195,10 @@ pub enum Command {
         /// fp16, bf16 or float (fp32, the default).
         #[arg(long)]
         save_precision: Option<String>,
+        /// The metadata of a v-prediction model (SD2.x 768-v, as kohya's
+        /// v_parameterization), which a single file does not say.
+        #[arg(long)]
+        v_parameterization: bool,
     },
     /// Show what a LoRA file holds: modules and their adapter kinds (LoRA, LoCon, LoHa, DoRA), rank,
     /// alpha, dtype, metadata.
@@ -351,6 +355,7 @@ pub fn run(cli: Cli) -> Outcome {
             no_clamp,
             min_diff,
             save_precision,
+            v_parameterization,
         } => tools::extract_cmd(&tools::ExtractCmd {
             original: &original,
             tuned: &tuned,
@@ -361,6 +366,7 @@ pub fn run(cli: Cli) -> Outcome {
             no_clamp,
             min_diff,
             save_precision: save_precision.as_deref(),
+            v_parameterization,
         }),
         Command::Inspect { lora, modules } => {
             let summary = lorafuse::lora::inspect::inspect(&lora)?;

@@ -85,6 +85,7 @@ pub struct ExtractCmd<'a> {
     pub no_clamp: bool,
     pub min_diff: f64,
     pub save_precision: Option<&'a str>,
+    pub v_parameterization: bool,
 }
 
 pub fn extract_cmd(c: &ExtractCmd) -> Outcome {
@@ -105,6 +106,8 @@ pub fn extract_cmd(c: &ExtractCmd) -> Outcome {
             clamp_quantile: (!c.no_clamp).then_some(c.clamp_quantile),
             min_diff: c.min_diff,
             precision,
+            v_parameterization: c.v_parameterization,
+            hints: Default::default(),
         },
         &progress,
     )?;

@@ -491,6 +491,9 @@ pub struct BucketSettings {
     pub mean_img_ar_error: Option<f64>,
 }
 
+/// kohya's `ss_base_model_version` of an SDXL LoRA (sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0).
+pub const SDXL_BASE_VERSION: &str = "sdxl_base_v1-0";
+
 /// Everything about a training run that goes into a LoRA's metadata. Times are Unix seconds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainingInfo {
@@ -805,7 +808,7 @@ pub fn training_metadata(info: &TrainingInfo) -> BTreeMap<String, String> {
     // sd-scripts' get_model_version_str_for_sd1_sd2: sd_v1 / sd_v2, "_v" for v-prediction;
     // sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0 for SDXL.
     let version = if info.sdxl {
-        "sdxl_base_v1-0".to_string()
+        SDXL_BASE_VERSION.to_string()
     } else {
         format!(
             "sd_v{}{}",

@@ -1,12 +1,17 @@
-//! `lorafuse extract`: a LoRA from the difference of two SD1.x checkpoints (a fine-tune and
-//! its base), as sd-scripts' extract_lora_from_models.py does.
+//! `lorafuse extract`: a LoRA from the difference of two checkpoints of one family (SD1.x,
+//! SD2.x or SDXL; a fine-tune and its base), as sd-scripts' extract_lora_from_models.py does.
+//! Two checkpoints of different families are refused, naming both.
 //!
 //! Modules: the layers kohya's LoRA network targets (the UNet's Transformer2D linears and
-//! 1x1 convs; the text encoder's q/k/v/out_proj and fc1/fc2), and with a conv rank also the
+//! 1x1 convs; each text encoder's q/k/v/out_proj and fc1/fc2), and with a conv rank also the
 //! layers of its ResNet, Down- and Upsample blocks (3x3 convs at the conv rank; time_emb_proj
 //! and conv_shortcut at the linear rank), selected from the weight names ([`targets`]; a test
-//! checks them against the model's own target lists). The text encoder is skipped, with a
-//! note, when no weight of it differs by more than `min_diff` (the largest |difference|).
+//! checks them against the model's own target lists), named as the trainer names them: SD1.x
+//! and SD2.x by diffusers paths and `lora_te_`, SDXL's UNet by SGM paths
+//! (`lora_unet_input_blocks_…`) and its encoders `lora_te1_` / `lora_te2_`. A single file's
+//! fused OpenCLIP `in_proj` (SD2.x's encoder, SDXL's second) gives its q, k and v modules from
+//! its thirds. The text encoders are skipped, with a note, when no weight of them differs by
+//! more than `min_diff` (the largest |difference|, over both of SDXL's, as sd-scripts does).
 //!
 //! Per module, in f64: D = tuned − original ([out, in·k²] for a conv), its top `rank` = min(the
 //! rank asked, out, in) singular triplets ([`crate::linalg::truncated_svd`]: randomized,
@@ -14,8 +19,9 @@
 //! both clamped to ±(the `clamp_quantile` quantile of all their entries) unless disabled, and
 //! alpha = rank (scale 1). Metadata: kohya's minimum (`ss_network_dim` = the rank asked,
 //! `ss_network_alpha` as a float, `ss_network_args` with conv_dim/conv_alpha, `ss_v2`,
-//! `ss_base_model_version`, `ss_network_module`). Modules run in parallel; every checkpoint
-//! is memory-mapped, so memory is a few weights per thread.
+//! `ss_base_model_version`, `ss_network_module`) and the SAI model spec, the family's as the
+//! trainer writes them. Modules run in parallel; every checkpoint is memory-mapped, so memory
+//! is a few weights per thread.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,8 +34,13 @@ use crate::linalg::{truncated_svd, Mat, Randomized};
 use crate::lora::export::{py_float, save_kohya, training_metadata, SavePrecision, TrainingInfo};
 use crate::lora::factors::module_from_svd;
 use crate::lora::{LayerKind, LoraModule, LoraSet};
-use crate::model::checkpoint::{load_sd15, Weights};
-use crate::model::layers::kohya_name;
+use crate::model::checkpoint::sdxl::load_sdxl_with;
+use crate::model::checkpoint::{load_sd15_with, ConfigHints, Generation, Weights};
+use crate::model::config::UnetConfig;
+use crate::model::family::{family_of, ModelFamily, Prediction};
+use crate::model::layers::{kohya_name_as, TE_LORA};
+use crate::model::sdxl_text::{TE1_LORA, TE2_LORA};
+use crate::model::unet::lora_module_name;
 
 /// What `extract` is asked to do.
 #[derive(Clone, Debug)]
@@ -45,6 +56,11 @@ pub struct ExtractArgs<'a> {
     pub clamp_quantile: Option<f64>,
     pub min_diff: f64,
     pub precision: Option<SavePrecision>,
+    /// Metadata for a v-prediction model (kohya's `--v_parameterization`) where the
+    /// checkpoint does not say it (a single file never does).
+    pub v_parameterization: bool,
+    /// What single files' shapes cannot tell (none for the real models).
+    pub hints: ConfigHints,
 }
 
 /// One layer to extract: its weight's name in both checkpoints and its kohya module name.
@@ -52,7 +68,54 @@ pub struct ExtractArgs<'a> {
 pub struct Target {
     pub key: String,
     pub module: String,
-    pub text_encoder: bool,
+    /// The index of its text encoder in [`Parts::text`]; None for the UNet's.
+    pub text_encoder: Option<usize>,
+}
+
+/// A checkpoint as extract reads it: its family and its networks' weights under diffusers
+/// names (memory-mapped).
+pub struct Parts {
+    pub family: &'static dyn ModelFamily,
+    /// What it predicts where it says (a diffusers folder's scheduler config).
+    pub prediction: Option<Prediction>,
+    pub unet: (UnetConfig, Weights),
+    /// Each text encoder's weights and kohya's prefix of its modules: `lora_te` (SD1.x,
+    /// SD2.x), `lora_te1` and `lora_te2` (SDXL).
+    pub text: Vec<(Weights, &'static str)>,
+}
+
+impl Parts {
+    /// The checkpoint (single file or diffusers folder) at `path`, of the family detected;
+    /// `hints`: what a single file's shapes cannot tell (the real models' values when None).
+    pub fn load(path: &Path, hints: &ConfigHints) -> Result<Parts> {
+        Parts::load_as(path, family_of(path)?, hints)
+    }
+
+    fn load_as(
+        path: &Path,
+        family: &'static dyn ModelFamily,
+        hints: &ConfigHints,
+    ) -> Result<Parts> {
+        if family.generation() == Generation::Sdxl {
+            let ck = load_sdxl_with(path, hints)?;
+            return Ok(Parts {
+                family,
+                prediction: ck.prediction,
+                unet: ck.unet,
+                text: vec![
+                    (ck.text_encoder.1, TE1_LORA),
+                    (ck.text_encoder_2.1, TE2_LORA),
+                ],
+            });
+        }
+        let ck = load_sd15_with(path, hints)?;
+        Ok(Parts {
+            family,
+            prediction: ck.prediction,
+            unet: ck.unet,
+            text: vec![(ck.text_encoder.1, TE_LORA)],
+        })
+    }
 }
 
 /// What `extract` did.
@@ -61,7 +124,7 @@ pub struct ExtractReport {
     pub output: PathBuf,
     pub unet_modules: usize,
     pub text_encoder_modules: usize,
-    /// The largest |difference| of the text encoder's targeted weights.
+    /// The largest |difference| of the text encoders' targeted weights.
     pub text_encoder_max_diff: f64,
     pub text_encoder_skipped: bool,
 }
@@ -84,14 +147,16 @@ fn in_block(key: &str, blocks: &[&str]) -> bool {
     blocks.iter().any(|b| key.contains(b))
 }
 
-/// The layers kohya's LoRA network adapts in an SD1.x UNet and text encoder (weights named as
-/// [`Weights`] names them), with `conv` the ResNet/sampler blocks too; sorted by module name.
-pub fn targets(unet: &Weights, text: &Weights, conv: bool) -> Vec<Target> {
+/// The layers kohya's LoRA network adapts in the UNet and the text encoders of `model`
+/// (weights named as [`Weights`] names them), with `conv` the ResNet/sampler blocks too; sorted
+/// by module name.
+pub fn targets(model: &Parts, conv: bool) -> Vec<Target> {
     let weight_of = |k: &str, w: &Weights| {
         k.strip_suffix(".weight")
             .filter(|_| w.shape(k).is_some_and(|s| s.len() >= 2))
             .map(str::to_string)
     };
+    let (config, unet) = &model.unet;
     let mut out = Vec::new();
     for key in unet.keys() {
         let Some(path) = weight_of(key, unet) else {
@@ -102,21 +167,23 @@ pub fn targets(unet: &Weights, text: &Weights, conv: bool) -> Vec<Target> {
         if picked {
             out.push(Target {
                 key: key.to_string(),
-                module: kohya_name(&path),
-                text_encoder: false,
+                module: lora_module_name(config, "unet", &path),
+                text_encoder: None,
             });
         }
     }
-    for key in text.keys() {
-        let Some(path) = weight_of(key, text) else {
-            continue;
-        };
-        if key.contains(".encoder.layers.") {
-            out.push(Target {
-                key: key.to_string(),
-                module: kohya_name(&path),
-                text_encoder: true,
-            });
+    for (i, (text, lora_prefix)) in model.text.iter().enumerate() {
+        for key in text.keys() {
+            let Some(path) = weight_of(key, text) else {
+                continue;
+            };
+            if key.contains(".encoder.layers.") {
+                out.push(Target {
+                    key: key.to_string(),
+                    module: kohya_name_as(&path, lora_prefix),
+                    text_encoder: Some(i),
+                });
+            }
         }
     }
     out.sort_by(|a, b| a.module.cmp(&b.module));
@@ -188,24 +255,48 @@ pub fn extract(
             args.min_diff
         )));
     }
-    let orig = load_sd15(args.original)?;
-    let tuned = load_sd15(args.tuned)?;
+    let families = (family_of(args.original)?, family_of(args.tuned)?);
+    if families.0.id() != families.1.id() {
+        return Err(Error::Lora {
+            path: args.tuned.to_path_buf(),
+            detail: format!(
+                "the tuned model is a {} model but the original {} is a {} model: extract \
+                 takes two checkpoints of one family (a fine-tune and the base it was tuned \
+                 from); nothing was written",
+                families.1.display_name(),
+                args.original.display(),
+                families.0.display_name()
+            ),
+        });
+    }
+    let orig = Parts::load_as(args.original, families.0, &args.hints)?;
+    let tuned = Parts::load_as(args.tuned, families.1, &args.hints)?;
     let paths = (args.original, args.tuned);
-    let mut list = targets(&orig.unet.1, &orig.text_encoder.1, args.conv_dim.is_some());
+    if args.v_parameterization && orig.prediction == Some(Prediction::Epsilon) {
+        return Err(bad(format!(
+            "--v-parameterization: {} says it predicts epsilon (scheduler/scheduler_config.json); \
+             leave the flag out",
+            args.original.display()
+        )));
+    }
+    let mut list = targets(&orig, args.conv_dim.is_some());
+    let pair = |t: &Target| match t.text_encoder {
+        Some(i) => (&orig.text[i].0, &tuned.text[i].0),
+        None => (&orig.unet.1, &tuned.unet.1),
+    };
 
-    // The text encoder first: is it different at all?
-    let te_pair = (&orig.text_encoder.1, &tuned.text_encoder.1);
+    // The text encoders first: is any of them different at all?
     let te_max = list
         .par_iter()
-        .filter(|t| t.text_encoder)
+        .filter(|t| t.text_encoder.is_some())
         .map(|t| {
-            let (d, _) = difference(t, te_pair, paths)?;
+            let (d, _) = difference(t, pair(t), paths)?;
             Ok::<f64, Error>(d.data.iter().fold(0.0f64, |m, x| m.max(x.abs())))
         })
         .try_reduce(|| 0.0, |a, b| Ok(a.max(b)))?;
     let te_skipped = te_max <= args.min_diff;
     if te_skipped {
-        list.retain(|t| !t.text_encoder);
+        list.retain(|t| t.text_encoder.is_none());
     }
 
     let total = list.len();
@@ -214,12 +305,7 @@ pub fn extract(
     let modules: Vec<LoraModule> = list
         .par_iter()
         .map(|t| {
-            let pair = if t.text_encoder {
-                te_pair
-            } else {
-                (&orig.unet.1, &tuned.unet.1)
-            };
-            let (d, kind) = difference(t, pair, paths)?;
+            let (d, kind) = difference(t, pair(t), paths)?;
             let asked = match kind {
                 LayerKind::Conv { .. } => args.conv_dim.unwrap_or(args.dim),
                 _ => args.dim,
@@ -235,7 +321,7 @@ pub fn extract(
             Ok(m)
         })
         .collect::<Result<_>>()?;
-    let te_modules = list.iter().filter(|t| t.text_encoder).count();
+    let te_modules = list.iter().filter(|t| t.text_encoder.is_some()).count();
     let set = LoraSet::new(modules);
 
     let mut meta = BTreeMap::new();
@@ -244,8 +330,6 @@ pub fn extract(
         net_args.insert("conv_dim".into(), c.to_string().into());
         net_args.insert("conv_alpha".into(), py_float(c as f64).into());
     }
-    meta.insert("ss_v2".to_string(), "False".to_string());
-    meta.insert("ss_base_model_version".into(), "sd_v1".into());
     meta.insert("ss_network_module".into(), "networks.lora".into());
     meta.insert("ss_network_dim".into(), args.dim.to_string());
     meta.insert("ss_network_alpha".into(), py_float(args.dim as f64));
@@ -253,7 +337,8 @@ pub fn extract(
         "ss_network_args".into(),
         serde_json::Value::Object(net_args).to_string(),
     );
-    meta.extend(modelspec(args.output));
+    let v = args.v_parameterization || orig.prediction == Some(Prediction::V);
+    meta.extend(family_metadata(args.output, orig.family, v));
     save_kohya(
         args.output,
         &set,
@@ -269,22 +354,41 @@ pub fn extract(
     })
 }
 
-/// The SAI model spec of an extracted LoRA, as sd-scripts' extract_lora_from_models.py writes
-/// it (its `build_metadata` for a LoRA): the training writer's `modelspec.*` keys with the
-/// file's name as the title, SD1's 512x512, and no `encoder_layer` (the clip skip the model
-/// was tuned with is not known).
-fn modelspec(output: &Path) -> impl Iterator<Item = (String, String)> {
+/// The family's keys of an extracted LoRA, as sd-scripts' extract_lora_from_models.py writes
+/// them (`ss_v2`, `ss_base_model_version`, and its `build_metadata` for a LoRA): the training
+/// writer's, with the file's name as the title, the family's resolution (SD2.x's v model:
+/// 768) and no `encoder_layer` (the clip skip the model was tuned with is not known).
+fn family_metadata(
+    output: &Path,
+    family: &dyn ModelFamily,
+    v_parameterization: bool,
+) -> impl Iterator<Item = (String, String)> {
     let title = output
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let (v2, sdxl) = match family.generation() {
+        Generation::Sd1 => (false, false),
+        Generation::Sd2 => (true, false),
+        Generation::Sdxl => (false, true),
+    };
+    let side = if v2 && v_parameterization {
+        768
+    } else {
+        family.default_resolution() as u32
+    };
     let info = TrainingInfo {
         output_name: title,
         training_finished_at: crate::monitor::tensorboard::wall_time_now(),
-        resolution: (512, 512),
+        resolution: (side, side),
+        v2,
+        sdxl,
+        v_parameterization,
         ..TrainingInfo::default()
     };
-    training_metadata(&info)
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("modelspec.") && k != "modelspec.encoder_layer")
+    training_metadata(&info).into_iter().filter(|(k, _)| {
+        (k.starts_with("modelspec.") && k != "modelspec.encoder_layer")
+            || k == "ss_v2"
+            || k == "ss_base_model_version"
+    })
 }

@@ -1,9 +1,14 @@
-//! Merging LoRAs into a single-file SD1.x or SD2.x checkpoint (LDM key names, `.safetensors`; SD2.x's fused OpenCLIP `in_proj_weight` takes its q, k and v modules in its thirds), so that
-//! the result is a plain model with the LoRAs baked in.
+//! Merging LoRAs into a single-file SD1.x, SD2.x or SDXL checkpoint (LDM key names, SGM's for
+//! SDXL, `.safetensors`), so that the result is a plain model with the LoRAs baked in. A fused
+//! OpenCLIP `attn.in_proj_weight` (SD2.x's text encoder, SDXL's second) takes its q, k and v
+//! modules in its thirds.
 //!
-//! For every weight `<module>.weight` of the checkpoint whose diffusers module path has the
-//! kohya name of a LoRA module (`ldm_to_diffusers`, then `kohya_name`; sd15-formats.md §2.1,
-//! §2.8):
+//! For every weight `<module>.weight` of the checkpoint whose module has the kohya name of a
+//! LoRA module ([`modules_of`]: SD1.x/SD2.x by the diffusers path, `ldm_to_diffusers` then
+//! `kohya_name`, sd15-formats.md §2.1, §2.8; SDXL as sd-scripts names its modules, which is
+//! SGM's own path for the UNet, `lora_unet_input_blocks_4_1_proj_in`, and transformers' for
+//! the encoders, `lora_te1_…` for `conditioner.embedders.0.transformer.*` and `lora_te2_…`
+//! for `conditioner.embedders.1.model.*` renamed as `ldm::open_clip_as` does):
 //!
 //!   W' = W + Σ_loras ratio · (alpha / r) · up · down
 //!
@@ -47,12 +52,18 @@ use crate::error::{Error, Result};
 use crate::lora::export::{push_elem, SavePrecision};
 use crate::lora::write::{self, Data, OutTensor};
 use crate::lora::{LoraModule, LoraSet};
-use crate::model::checkpoint::ldm::{open_clip, open_clip_blocks, OpenClipName};
+use crate::model::checkpoint::ldm::{
+    open_clip, open_clip_as, open_clip_blocks, open_clip_blocks_at, text_encoder_at, OpenClipName,
+    OpenClipTarget,
+};
 use crate::model::checkpoint::safetensors::{RawTensor, SafetensorsFile};
+use crate::model::checkpoint::sdxl_text::{TE1_SGM_PREFIX, TE2_SGM_PREFIX};
 use crate::model::checkpoint::{
     detect_family, ldm_to_diffusers, CheckpointError, Family, LdmLayout, OPEN_CLIP_PREFIX,
+    UNET_PREFIX,
 };
-use crate::model::layers::kohya_name;
+use crate::model::layers::{kohya_name, kohya_name_as};
+use crate::model::sdxl_text::{TE1_LORA, TE1_PREFIX, TE2_LORA, TE2_PREFIX};
 
 /// One weight of the checkpoint that LoRAs changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,27 +273,86 @@ type Planned = (String, Vec<(Hit, Part)>);
 /// None for a whole weight.
 type Part = Option<usize>;
 
-/// The diffusers module path(s) whose weight `key` stores: one, or for SD2.x's fused
-/// `attn.in_proj_weight` the q, k and v projections as its thirds (`ldm::open_clip`).
-fn modules_of(key: &str, layout: &LdmLayout, blocks: usize) -> Vec<(String, Part)> {
+/// How a checkpoint's keys name modules: SD1.x/SD2.x's LDM file (with its OpenCLIP blocks,
+/// none for SD1.x), or SDXL's SGM file (with te2's blocks).
+enum Naming {
+    Ldm {
+        layout: LdmLayout,
+        blocks: usize,
+    },
+    Sgm {
+        layout: LdmLayout,
+        te2_blocks: usize,
+    },
+}
+
+impl Naming {
+    fn of(file: &SafetensorsFile, sdxl: bool) -> Naming {
+        let layout = LdmLayout::infer(file.names());
+        if sdxl {
+            let te2_blocks = open_clip_blocks_at(file.names(), TE2_SGM_PREFIX);
+            Naming::Sgm { layout, te2_blocks }
+        } else {
+            let blocks = open_clip_blocks(file.names());
+            Naming::Ldm { layout, blocks }
+        }
+    }
+}
+
+/// The kohya module name(s) of the weight `key` stores: one, or for a fused OpenCLIP
+/// `attn.in_proj_weight` the q, k and v projections as its thirds (`ldm::open_clip_as`).
+fn modules_of(key: &str, naming: &Naming) -> Vec<(String, Part)> {
     let module = |n: &str| n.strip_suffix(".weight").map(str::to_string);
-    if let Some(rest) = key.strip_prefix(OPEN_CLIP_PREFIX) {
-        return match open_clip(rest, blocks) {
-            Some(OpenClipName::One(n)) => module(&n).map(|m| (m, None)).into_iter().collect(),
+    let from_open_clip = |name: Option<OpenClipName>, lora_prefix: Option<&str>| {
+        let named = |n: &str| {
+            module(n).map(|m| lora_prefix.map_or_else(|| kohya_name(&m), |p| kohya_name_as(&m, p)))
+        };
+        match name {
+            Some(OpenClipName::One(n)) => named(&n).map(|m| (m, None)).into_iter().collect(),
             Some(OpenClipName::Fused(names)) => names
                 .iter()
                 .enumerate()
-                .filter_map(|(i, n)| module(n).map(|m| (m, Some(i))))
+                .filter_map(|(i, n)| named(n).map(|m| (m, Some(i))))
                 .collect(),
-            // SD2.x's mapping keeps no text_projection; no adapter targets one.
+            // sd-scripts targets no text_projection (SD2.x's mapping keeps none).
             Some(OpenClipName::Transposed(_)) | None => Vec::new(),
-        };
+        }
+    };
+    match naming {
+        Naming::Ldm { layout, blocks } => {
+            if let Some(rest) = key.strip_prefix(OPEN_CLIP_PREFIX) {
+                return from_open_clip(open_clip(rest, *blocks), None);
+            }
+            ldm_to_diffusers(key, layout)
+                .and_then(|n| module(&n))
+                .map(|m| (kohya_name(&m), None))
+                .into_iter()
+                .collect()
+        }
+        Naming::Sgm { layout, te2_blocks } => {
+            if let Some(rest) = key.strip_prefix(TE1_SGM_PREFIX) {
+                let path = text_encoder_at(TE1_PREFIX, rest).and_then(|n| module(&n));
+                return path
+                    .map(|m| (kohya_name_as(&m, TE1_LORA), None))
+                    .into_iter()
+                    .collect();
+            }
+            if let Some(rest) = key.strip_prefix(TE2_SGM_PREFIX) {
+                let target = OpenClipTarget {
+                    prefix: TE2_PREFIX,
+                    layers: *te2_blocks,
+                    projection: true,
+                };
+                return from_open_clip(open_clip_as(rest, &target), Some(TE2_LORA));
+            }
+            // The UNet's modules are named by their SGM paths, which the file stores.
+            let sgm = key.strip_prefix(UNET_PREFIX).and_then(module);
+            match (sgm, ldm_to_diffusers(key, layout)) {
+                (Some(m), Some(_)) => vec![(kohya_name(&format!("unet.{m}")), None)],
+                _ => Vec::new(),
+            }
+        }
     }
-    ldm_to_diffusers(key, layout)
-        .and_then(|n| module(&n))
-        .map(|m| (m, None))
-        .into_iter()
-        .collect()
 }
 
 /// The stored tensor as one part sees it: a third of the rows for a fused weight.
@@ -308,9 +378,21 @@ fn placed_up<T: Copy + Default>(up: Vec<T>, part: Part, out_f: usize, rank: usiz
     full
 }
 
-/// Why the modules of a LoRA may match nothing, from their names.
-fn mismatch_hint(names: &[&str]) -> &'static str {
-    if names
+/// Why the modules of a LoRA may match nothing, from their names and whether the checkpoint
+/// is SDXL's.
+fn mismatch_hint(names: &[&str], sdxl: bool) -> &'static str {
+    let sd1_names = names
+        .iter()
+        .any(|n| n.starts_with("lora_te_") || n.starts_with("lora_unet_down_blocks_"));
+    if sdxl && sd1_names {
+        "its names are SD1.x/SD2.x's (lora_te_, diffusers paths such as down_blocks), not \
+         kohya's SDXL names (lora_te1_/lora_te2_, SGM paths: input_blocks, middle_block, \
+         output_blocks): a LoRA for SD1.x/SD2.x, or an SDXL LoRA named by diffusers' paths, \
+         which lorafuse does not map"
+    } else if sdxl {
+        "the LoRA was made for another model, or names its modules in a way lorafuse does not \
+         know; `lorafuse inspect` lists its module names"
+    } else if names
         .iter()
         .any(|n| n.starts_with("lora_te1_") || n.starts_with("lora_te2_"))
     {
@@ -327,8 +409,8 @@ fn mismatch_hint(names: &[&str]) -> &'static str {
     }
 }
 
-/// Merges `loras` (each with its ratio, A1111's weight) into the single-file SD1.x/SD2.x checkpoint
-/// `base` and writes the result to `out`. See the module documentation for the arithmetic,
+/// Merges `loras` (each with its ratio, A1111's weight) into the single-file SD1.x, SD2.x or
+/// SDXL checkpoint `base` and writes the result to `out`. See the module documentation for the arithmetic,
 /// the errors and the memory used.
 pub fn merge_into_checkpoint(
     base: &Path,
@@ -356,25 +438,17 @@ pub fn merge_into_checkpoint(
     if base.is_dir() {
         return Err(fail(format!(
             "{} is a folder (a diffusers model?); merge reads and writes a single-file \
-             checkpoint (LDM key names, as A1111 and civitai ship them): pass the model's \
-             single-file .safetensors as --model, or convert the folder first with diffusers' \
-             scripts/convert_diffusers_to_original_stable_diffusion.py --use_safetensors \
-             (`lorafuse sample` and training read diffusers folders directly)",
+             checkpoint (LDM or SGM key names, as A1111 and civitai ship them): pass the \
+             model's single-file .safetensors as --model, or convert the folder first with \
+             diffusers' scripts/convert_diffusers_to_original_stable_diffusion.py \
+             --use_safetensors (for SDXL convert_diffusers_to_original_sdxl.py); `lorafuse \
+             sample` and training read diffusers folders directly",
             base.display()
         )));
     }
-    match detect_family(base)? {
-        Family::Sd1 | Family::Sd2 { .. } => {}
-        Family::Sdxl { evidence } => {
-            return Err(CheckpointError::UnsupportedModel {
-                path: base.to_path_buf(),
-                family: "SDXL",
-                evidence,
-                takes: "merge writes into SD1.x and SD2.x checkpoints only; an SDXL LoRA loads \
-                        as it is in A1111/Forge, ComfyUI and diffusers",
-            }
-            .into())
-        }
+    let sdxl = match detect_family(base)? {
+        Family::Sd1 | Family::Sd2 { .. } => false,
+        Family::Sdxl { .. } => true,
         Family::Unsupported { family, evidence } => {
             return Err(CheckpointError::UnsupportedModel {
                 path: base.to_path_buf(),
@@ -391,10 +465,9 @@ pub fn merge_into_checkpoint(
             }
             .into())
         }
-    }
+    };
     let file = SafetensorsFile::open(base)?;
-    let layout = LdmLayout::infer(file.names());
-    let blocks = open_clip_blocks(file.names());
+    let naming = Naming::of(&file, sdxl);
 
     // kohya module name → (lora, module index) for every LoRA.
     let mut by_name: HashMap<&str, Vec<Hit>> = HashMap::new();
@@ -410,8 +483,7 @@ pub fn merge_into_checkpoint(
     let mut plan: BTreeMap<&str, Planned> = BTreeMap::new();
     let mut used: Vec<Vec<bool>> = loras.iter().map(|(s, _)| vec![false; s.len()]).collect();
     for &key in &keys {
-        for (module_path, part) in modules_of(key, &layout, blocks) {
-            let module = kohya_name(&module_path);
+        for (module, part) in modules_of(key, &naming) {
             let Some(hits) = by_name.get(module.as_str()) else {
                 continue;
             };
@@ -448,7 +520,7 @@ pub fn merge_into_checkpoint(
                 } else {
                     ""
                 },
-                mismatch_hint(&unmatched)
+                mismatch_hint(&unmatched, sdxl)
             )));
         }
     }

@@ -13,9 +13,14 @@
 //!   a rank beyond what the sum has is capped there), up = U·S and down = Vᵀ clamped at the
 //!   `clamp_quantile` quantile (svd_merge_lora.py: 0.99), alpha = rank.
 //!
+//! The LoRAs must be of one model family (`lora::family`: SD1.x, SD2.x, SDXL, from their
+//! metadata or module names), else the merge is refused naming both: an SDXL LoRA and an SD1.x
+//! one share no module, and their stack would be a file for neither.
+//!
 //! Metadata: kohya's minimum (`ss_network_module`, `ss_network_dim`/`ss_network_alpha`, the
 //! common value or "Dynamic", `ss_v2` and `ss_base_model_version` from the first LoRA that has
-//! them, `ss_network_args` with conv_dim/conv_alpha for `new_conv_rank`), hashes recomputed.
+//! them, else SDXL's when the names say SDXL, `ss_network_args` with conv_dim/conv_alpha for
+//! `new_conv_rank`), hashes recomputed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -25,8 +30,9 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::linalg::svd_of_product;
-use crate::lora::export::{py_float, save_kohya, SavePrecision};
+use crate::lora::export::{py_float, save_kohya, SavePrecision, SDXL_BASE_VERSION};
 use crate::lora::factors::module_from_svd;
+use crate::lora::family::{lora_family, LoraFamily};
 use crate::lora::resize::factors;
 use crate::lora::{kohya, LayerKind, LoraModule, LoraSet};
 use crate::model::checkpoint::safetensors::SafetensorsFile;
@@ -116,6 +122,7 @@ pub fn merge_loras(args: &LoraMergeArgs) -> Result<LoraMergeReport> {
             Ok(set)
         })
         .collect::<Result<_>>()?;
+    let family = one_family(args.loras)?;
     // Every module must adapt a layer of the same size in every LoRA that has it.
     let mut seen: BTreeMap<&str, (usize, (LayerKind, usize, usize))> = BTreeMap::new();
     for (i, set) in sets.iter().enumerate() {
@@ -224,6 +231,10 @@ pub fn merge_loras(args: &LoraMergeArgs) -> Result<LoraMergeReport> {
             meta.insert(key.into(), v);
         }
     }
+    if family.is_some_and(|f| f.fits == ["sdxl"]) && !meta.contains_key("ss_base_model_version") {
+        meta.insert("ss_v2".into(), "False".into());
+        meta.insert("ss_base_model_version".into(), SDXL_BASE_VERSION.into());
+    }
     save_kohya(
         args.output,
         &merged,
@@ -236,4 +247,35 @@ pub fn merge_loras(args: &LoraMergeArgs) -> Result<LoraMergeReport> {
         modules: merged.len(),
         ranks: merged.modules().iter().map(LoraModule::rank).collect(),
     })
+}
+
+/// The model family the LoRAs share (the most specific one named; None when no file says),
+/// or a refusal naming two files of different families.
+fn one_family(loras: &[(PathBuf, f64)]) -> Result<Option<LoraFamily>> {
+    let mut found: Option<(&Path, LoraFamily)> = None;
+    for (p, _) in loras {
+        let file = SafetensorsFile::open(p)?;
+        let Some(f) = lora_family(file.metadata(), file.names()) else {
+            continue;
+        };
+        match &found {
+            Some((q, g)) if !g.fits.iter().any(|id| f.fits.contains(id)) => {
+                return Err(Error::Lora {
+                    path: p.clone(),
+                    detail: format!(
+                        "this is a LoRA for {} ({}), but {} is a LoRA for {} ({}): merge LoRAs \
+                         made for one model family; nothing was written",
+                        f.name,
+                        f.evidence,
+                        q.display(),
+                        g.name,
+                        g.evidence
+                    ),
+                })
+            }
+            Some((_, g)) if g.fits.len() <= f.fits.len() => {}
+            _ => found = Some((p, f)),
+        }
+    }
+    Ok(found.map(|(_, f)| f))
 }

@@ -280,15 +280,26 @@ fn add_opt(be: &dyn Backend, a: Option<Tensor>, b: Option<Tensor>) -> Result<Opt
     })
 }
 
+/// kohya's prefix of the (one) text encoder's modules, SD1.x's and SD2.x's.
+pub const TE_LORA: &str = "lora_te";
+
 /// `unet.down_blocks.0.attentions.0.proj_in` -> `lora_unet_down_blocks_0_attentions_0_proj_in`.
 pub fn kohya_name(path: &str) -> String {
-    let (model, rest) = path.split_once('.').unwrap_or((path, ""));
+    let (model, _) = path.split_once('.').unwrap_or((path, ""));
     let prefix = match model {
         "unet" => "lora_unet",
-        "text_encoder" => "lora_te",
+        "text_encoder" => TE_LORA,
         other => other,
     };
-    format!("{prefix}_{}", rest.replace('.', "_"))
+    kohya_name_as(path, prefix)
+}
+
+/// [`kohya_name`] with the path's first part (the model's component) replaced by
+/// `lora_prefix`: SDXL's `text_encoder.…` and `text_encoder_2.…` are `lora_te1_…` and
+/// `lora_te2_…` in kohya's files.
+pub fn kohya_name_as(path: &str, lora_prefix: &str) -> String {
+    let rest = path.split_once('.').map_or("", |(_, r)| r);
+    format!("{lora_prefix}_{}", rest.replace('.', "_"))
 }
 
 /// A frozen 2-D convolution that may carry a LoRA (LoCon: down [r, in, k, k] with the conv's

@@ -17,6 +17,33 @@ pub mod webdriver;
 use lorafuse::rng::Rng;
 use lorafuse::{Shape, Tensor};
 
+/// A rank-2 matrix [rows, cols] from `seed`, entries of order 0.1: a known difference for
+/// `extract` to find.
+pub fn low_rank(rows: usize, cols: usize, seed: u64) -> lorafuse::linalg::Mat {
+    use lorafuse::linalg::Mat;
+    let mut rng = Rng::new(seed);
+    let a = Mat::from_vec(rows, 2, rng.normal_vec(rows * 2));
+    let b = Mat::from_vec(2, cols, rng.normal_vec(2 * cols));
+    let mut d = a.matmul(&b);
+    for x in &mut d.data {
+        *x *= 0.05;
+    }
+    d
+}
+
+/// Distance in units in the last place between two finite f16 values.
+pub fn f16_ulps(a: half::f16, b: half::f16) -> u32 {
+    let key = |x: half::f16| {
+        let bits = x.to_bits() as i32;
+        if bits & 0x8000 != 0 {
+            -(bits & 0x7fff)
+        } else {
+            bits
+        }
+    };
+    (key(a) - key(b)).unsigned_abs()
+}
+
 /// A tensor of f64 values uniform in [lo, hi).
 pub fn uniform(rng: &mut Rng, shape: &[usize], lo: f64, hi: f64) -> Tensor {
     let n = shape.iter().product();

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::config::{ClipTextConfig, UnetConfig, VaeConfig};
 
-pub use detect::{refuse_pickle, Family, OPEN_CLIP_PREFIX};
+pub use detect::{refuse_pickle, Family, OPEN_CLIP_PREFIX, UNET_PREFIX};
 pub use error::CheckpointError;
 pub use infer::{clip_text_at, clip_vision, ConfigHints};
 pub use ldm::{ldm_to_diffusers, LdmLayout};

@@ -269,6 +269,29 @@ fn record(trace: &mut Option<&mut Trace>, name: impl FnOnce() -> String, t: &Ten
     }
 }
 
+/// kohya's name of the module at diffusers path `path` (`{prefix}.down_blocks.1.attentions.0.
+/// proj_in`) of a UNet of `config`: from that path for SD1.x/SD2.x, from the module's SGM path
+/// for SDXL (`lora_unet_input_blocks_4_1_proj_in`; the text-time embedding tells SDXL), as
+/// sd-scripts names them.
+pub fn lora_module_name(config: &UnetConfig, prefix: &str, path: &str) -> String {
+    if !matches!(config.added_embedding_widths(), Ok(Some(_))) {
+        return kohya_name(path);
+    }
+    let layout = LdmLayout {
+        unet_layers_per_block: config.layers_per_block,
+        unet_levels: config.block_out_channels.len(),
+        vae_levels: 0,
+    };
+    let up_attention: Vec<bool> = (config.up_block_types.iter())
+        .map(|t| *t == UpBlockType::CrossAttnUpBlock2D)
+        .collect();
+    let sgm = path
+        .strip_prefix(prefix)
+        .and_then(|p| p.strip_prefix('.'))
+        .and_then(|rest| diffusers_to_ldm_unet(rest, &layout, &up_attention));
+    kohya_name(&sgm.map_or_else(|| path.to_string(), |n| format!("{prefix}.{n}")))
+}
+
 impl Unet {
     /// Builds the UNet described by `config` from `src`, with weights named as diffusers'
     /// `UNet2DConditionModel` state dict below `prefix` (e.g. "unet"). The layers' LoRA names
@@ -288,21 +311,7 @@ impl Unet {
         )?;
         let ch = &config.block_out_channels;
         let levels = ch.len();
-        let layout = LdmLayout {
-            unet_layers_per_block: config.layers_per_block,
-            unet_levels: levels,
-            vae_levels: 0,
-        };
-        let up_attention: Vec<bool> = (config.up_block_types.iter())
-            .map(|t| *t == UpBlockType::CrossAttnUpBlock2D)
-            .collect();
-        let root = format!("{prefix}.");
-        let sgm_name = |path: &str| {
-            let sgm = path
-                .strip_prefix(&root)
-                .and_then(|rest| diffusers_to_ldm_unet(rest, &layout, &up_attention));
-            kohya_name(&sgm.map_or_else(|| path.to_string(), |n| format!("{prefix}.{n}")))
-        };
+        let sgm_name = |path: &str| lora_module_name(config, prefix, path);
         let l = Loader::new(src, be, prefix);
         let l = match config.added_embedding_widths() {
             Ok(Some(_)) => l.with_naming(&sgm_name),
