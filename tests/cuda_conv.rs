@@ -145,8 +145,19 @@ fn check_input_grad(e: &Engine, rng: &mut Rng, c: &Case, dtype: DType) {
 
 #[test]
 fn forward_matches_cpu() {
+    forward_matches_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn forward_matches_cpu_bf16() {
+    forward_matches_cpu_in(&[DType::BF16]);
+}
+
+fn forward_matches_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(21);
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for (i, c) in SMALL.iter().enumerate() {
                 check_forward(&e, &mut rng, c, dtype, i % 3 != 1);
@@ -157,8 +168,19 @@ fn forward_matches_cpu() {
 
 #[test]
 fn input_grad_matches_cpu() {
+    input_grad_matches_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn input_grad_matches_cpu_bf16() {
+    input_grad_matches_cpu_in(&[DType::BF16]);
+}
+
+fn input_grad_matches_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(22);
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for c in &SMALL {
                 check_input_grad(&e, &mut rng, c, dtype);

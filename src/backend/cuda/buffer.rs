@@ -33,13 +33,17 @@ impl DeviceBuffer {
     pub fn size_in_bytes(&self) -> usize {
         self.len * self.dtype.size_in_bytes()
     }
-    /// The elements as f32 on the host (f16 widened).
+    /// The elements as f32 on the host (f16 and bf16 widened).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
         let mut bytes = vec![0u8; self.size_in_bytes()];
         self.dev.download(self, &mut bytes)?;
         Ok(match self.dtype {
             DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
             DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes)
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            DType::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(&bytes)
                 .into_iter()
                 .map(f32::from)
                 .collect(),
