@@ -1,4 +1,4 @@
-// Pointwise activations and GEGLU, forward and input gradient. f32 math for both storage types.
+// Pointwise activations and GEGLU, forward and input gradient. f32 math for every storage type.
 //
 //   silu(x)       = x·σ(x)                         silu'(x) = σ(x)·(1 + x·(1 - σ(x)))
 //   gelu(x)       = ½x·(1 + erf(x/√2))  (exact)    gelu'(x) = Φ(x) + x·φ(x),

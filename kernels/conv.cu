@@ -1,5 +1,5 @@
 // 2-D convolution (square kernel k, equal stride s and zero padding p on both axes) and its
-// input gradient, as implicit GEMMs with f32 accumulation for both storage types.
+// input gradient, as implicit GEMMs with f32 accumulation for every storage type.
 //
 //   conv2d_fwd_T:   x [N, C, H, W], w [O, C, k, k], bias [O] (optional) -> y [N, O, Ho, Wo]
 //     y[n, o, oh, ow] = bias[o] + Σ_{c,i,j} w[o, c, i, j] · x[n, c, oh·s + i - p, ow·s + j - p]

@@ -1,4 +1,4 @@
-// Layout ops: data movement (exact copies for both storage types) and the 2x2 sums of the
+// Layout ops: data movement (exact copies for every storage type) and the 2x2 sums of the
 // upsampling gradient (f32 math, rounded once).
 //
 //   upsample2x_T:      y[nc, 2i + a, 2j + b] = x[nc, i, j]   x [NC, H, W] -> y [NC, 2H, 2W]

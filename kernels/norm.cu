@@ -1,5 +1,5 @@
 // GroupNorm (with an optional fused SiLU) and LayerNorm, forward and input gradient; gamma and
-// beta are frozen (no gradient). f32 math and f32 statistics for both storage types.
+// beta are frozen (no gradient). f32 math and f32 statistics for every storage type.
 //
 // Both normalize contiguous blocks of m = cpg·inner elements, made of cpg channels of `inner`
 // elements that share one gamma[c], beta[c]:

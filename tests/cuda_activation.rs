@@ -1,5 +1,5 @@
 //! SiLU, exact GELU, QuickGELU and GEGLU on the CUDA backend, forward and dX, against the CPU
-//! backend in f32 and f16 modes: odd sizes (a ragged last block), inputs out to ±8 (the
+//! backend in f32, f16 and bf16 modes: odd sizes (a ragged last block), inputs out to ±8 (the
 //! sigmoid and erf tails), SD1.5 shapes (full size on a GPU), empty tensors, and the errors of
 //! bad shapes and wrong devices.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]

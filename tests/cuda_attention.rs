@@ -1,5 +1,5 @@
 //! The CUDA backend's attention (forward: O and lse; backward: dQ, dK, dV) against the CPU
-//! backend, in f32 and f16: odd sizes that leave a tail in every tile, batch > 1, causal
+//! backend, in f32, f16 and bf16: odd sizes that leave a tail in every tile, batch > 1, causal
 //! masks shorter and longer than a tile, d != dv, SD1.5's head widths (40, 80, 160) and
 //! cross-attention (77 keys), CLIP's causal 77 tokens; on a GPU also the full SD1.5 shapes.
 //! Then the degenerate sizes, determinism, and the errors. Last, the fast (tensor-core) f16

@@ -1,5 +1,5 @@
 //! The CUDA backend's attention forward for heads wider than 256 (the VAE's single 512-wide
-//! head) against the CPU backend, f32 and f16, with tails, batch > 1, two heads, causal; the
+//! head) against the CPU backend, f32, f16 and bf16, with tails, batch > 1, two heads, causal; the
 //! backward of such heads is refused with a message naming the limit.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 

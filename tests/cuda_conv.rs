@@ -1,5 +1,5 @@
 //! The CUDA convolution kernels against the CPU backend: conv2d (with and without bias) and
-//! its input gradient, f32 and f16, on odd sizes that leave a tail in every tile dimension,
+//! its input gradient, f32, f16 and bf16, on odd sizes that leave a tail in every tile dimension,
 //! strides 1, 2 and 3 (both input sizes that map to one output size under stride 2), kernels
 //! 1, 2, 3 and 5, batch > 1, SD1.5-like layers (full size on a GPU), and the errors.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]

@@ -1,5 +1,5 @@
 //! The CUDA backend's transfers, casts and elementwise ops against the CPU backend, in the
-//! emulator (and on a GPU when present), f32 and f16, with tails in every launch.
+//! emulator (and on a GPU when present), f32, f16 and bf16, with tails in every launch.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;

@@ -1,7 +1,7 @@
 //! The CUDA backend's linear layer with LoRA (kernels/linear.cu) against the CPU backend, in
 //! the emulator and (when present) on the GPU: forward with and without bias, LoRA and dropout
 //! mask; backward with each `Accum` (Add adds to nonzero gradients, Assign never reads its
-//! NaN-filled ones), with and without dX; f32 and f16 activations (LoRA tensors f32 always);
+//! NaN-filled ones), with and without dX; f32, f16 and bf16 activations (LoRA tensors f32 always);
 //! odd sizes, batch dims, split-K reductions, SD1.5 layer shapes; and the errors.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 

@@ -1,4 +1,4 @@
-//! LoCon on the CUDA backend against the CPU: the conv weight-gradient kernel (f32 and f16
+//! LoCon on the CUDA backend against the CPU: the conv weight-gradient kernel (f32, f16 and bf16
 //! inputs, f32 dw, `=` and `+=`), and a LoRA conv's forward (y, the hidden) and backward (dX,
 //! d(down), d(up)), with and without a dropout mask, strides 1 and 2, odd sizes, and ranks and
 //! channel counts that leave tails in the kernels' tiles.

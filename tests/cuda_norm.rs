@@ -1,8 +1,8 @@
-//! GroupNorm (with and without the fused SiLU) and LayerNorm on the CUDA backend, forward
-//! (y and the f32 statistics) and dX, against the CPU backend in f32 and f16 modes: odd channel,
+//! GroupNorm (with and without the fused SiLU) and LayerNorm on the CUDA backend, forward (y and
+//! the f32 statistics) and dX, against the CPU backend in f32, f16 and bf16 modes: odd channel,
 //! group and spatial sizes (tails in every stride loop), rank-2/3/4 inputs, batch > 1, blocks
-//! larger than the thread block, inputs with a large mean, SD1.5 layer shapes (full size on a
-//! GPU), and the errors of bad shapes, wrong devices and wrong statistic dtypes.
+//! larger than the thread block, inputs with a large mean, SD1.5 layer shapes (full size on a GPU),
+//! and the errors of bad shapes, wrong devices and wrong statistic dtypes.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;
