@@ -1,4 +1,4 @@
-// Pointwise activations and GEGLU, forward and input gradient. f32 math for both storage types.
+// Pointwise activations and GEGLU, forward and input gradient. f32 math for every storage type.
 //
 //   silu(x)       = x·σ(x)                         silu'(x) = σ(x)·(1 + x·(1 - σ(x)))
 //   gelu(x)       = ½x·(1 + erf(x/√2))  (exact)    gelu'(x) = Φ(x) + x·φ(x),
@@ -83,11 +83,17 @@ __device__ void act_backward_impl(const T* __restrict__ dy, const T* __restrict_
     KERNEL void name##_f16(const __half* x, __half* y, int n) {                              \
         act_forward_impl<__half, ACT>(x, y, n);                                              \
     }                                                                                        \
+    KERNEL void name##_bf16(const bf16_t* x, bf16_t* y, int n) {                             \
+        act_forward_impl<bf16_t, ACT>(x, y, n);                                              \
+    }                                                                                        \
     KERNEL void name##_backward_f32(const float* dy, const float* x, float* dx, int n) {     \
         act_backward_impl<float, ACT>(dy, x, dx, n);                                         \
     }                                                                                        \
     KERNEL void name##_backward_f16(const __half* dy, const __half* x, __half* dx, int n) {  \
         act_backward_impl<__half, ACT>(dy, x, dx, n);                                        \
+    }                                                                                        \
+    KERNEL void name##_backward_bf16(const bf16_t* dy, const bf16_t* x, bf16_t* dx, int n) { \
+        act_backward_impl<bf16_t, ACT>(dy, x, dx, n);                                        \
     }
 
 ACT_ENTRY_POINTS(silu, ACT_SILU)
@@ -106,6 +112,7 @@ __device__ void geglu_impl(const T* __restrict__ x, T* __restrict__ y, int f, in
 }
 KERNEL void geglu_f32(const float* x, float* y, int f, int n) { geglu_impl(x, y, f, n); }
 KERNEL void geglu_f16(const __half* x, __half* y, int f, int n) { geglu_impl(x, y, f, n); }
+KERNEL void geglu_bf16(const bf16_t* x, bf16_t* y, int f, int n) { geglu_impl(x, y, f, n); }
 
 template <typename T>
 __device__ void geglu_backward_impl(const T* __restrict__ dy, const T* __restrict__ x,
@@ -124,5 +131,8 @@ KERNEL void geglu_backward_f32(const float* dy, const float* x, float* dx, int f
     geglu_backward_impl(dy, x, dx, f, n);
 }
 KERNEL void geglu_backward_f16(const __half* dy, const __half* x, __half* dx, int f, int n) {
+    geglu_backward_impl(dy, x, dx, f, n);
+}
+KERNEL void geglu_backward_bf16(const bf16_t* dy, const bf16_t* x, bf16_t* dx, int f, int n) {
     geglu_backward_impl(dy, x, dx, f, n);
 }

@@ -189,6 +189,11 @@ KERNEL void attention_fwd_f16(const __half* q, const __half* k, const __half* v,
                               float scale) {
     attention_fwd_impl(q, k, v, o, lse, heads, lq, lk, d, dv, causal, scale);
 }
+KERNEL void attention_fwd_bf16(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o,
+                               float* lse, int heads, int lq, int lk, int d, int dv, int causal,
+                               float scale) {
+    attention_fwd_impl(q, k, v, o, lse, heads, lq, lk, d, dv, causal, scale);
+}
 
 // ---- backward: D = rowsum(dO ⊙ O) ----
 
@@ -209,6 +214,10 @@ KERNEL void attention_bwd_dot_f32(const float* o, const float* d_o, float* dsum,
 }
 KERNEL void attention_bwd_dot_f16(const __half* o, const __half* d_o, float* dsum, int heads,
                                   int lq, int dv, int n) {
+    attention_bwd_dot_impl(o, d_o, dsum, heads, lq, dv, n);
+}
+KERNEL void attention_bwd_dot_bf16(const bf16_t* o, const bf16_t* d_o, float* dsum, int heads,
+                                   int lq, int dv, int n) {
     attention_bwd_dot_impl(o, d_o, dsum, heads, lq, dv, n);
 }
 
@@ -314,6 +323,12 @@ KERNEL void attention_bwd_dq_f16(const __half* q, const __half* k, const __half*
                                  const float* lse, const __half* d_o, const float* dsum,
                                  __half* dq, int heads, int lq, int lk, int d, int dv, int causal,
                                  float scale) {
+    attention_bwd_dq_impl(q, k, v, lse, d_o, dsum, dq, heads, lq, lk, d, dv, causal, scale);
+}
+KERNEL void attention_bwd_dq_bf16(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                  const float* lse, const bf16_t* d_o, const float* dsum,
+                                  bf16_t* dq, int heads, int lq, int lk, int d, int dv, int causal,
+                                  float scale) {
     attention_bwd_dq_impl(q, k, v, lse, d_o, dsum, dq, heads, lq, lk, d, dv, causal, scale);
 }
 
@@ -438,6 +453,13 @@ KERNEL void attention_bwd_dkv_f16(const __half* q, const __half* k, const __half
                                   const float* lse, const __half* d_o, const float* dsum,
                                   __half* dk, __half* dv_out, int heads, int lq, int lk, int d,
                                   int dv, int causal, float scale, int parts) {
+    attention_bwd_dkv_impl(q, k, v, lse, d_o, dsum, dk, dv_out, heads, lq, lk, d, dv, causal,
+                           scale, parts);
+}
+KERNEL void attention_bwd_dkv_bf16(const bf16_t* q, const bf16_t* k, const bf16_t* v,
+                                   const float* lse, const bf16_t* d_o, const float* dsum,
+                                   bf16_t* dk, bf16_t* dv_out, int heads, int lq, int lk, int d,
+                                   int dv, int causal, float scale, int parts) {
     attention_bwd_dkv_impl(q, k, v, lse, d_o, dsum, dk, dv_out, heads, lq, lk, d, dv, causal,
                            scale, parts);
 }

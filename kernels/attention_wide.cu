@@ -98,3 +98,8 @@ KERNEL void attention_wide_fwd_f16(const __half* q, const __half* k, const __hal
                                    int causal, float scale, int chunk) {
     attention_wide_fwd_impl(q, k, v, o, lse, heads, lq, lk, d, dv, causal, scale, chunk);
 }
+KERNEL void attention_wide_fwd_bf16(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o,
+                                    float* lse, int heads, int lq, int lk, int d, int dv,
+                                    int causal, float scale, int chunk) {
+    attention_wide_fwd_impl(q, k, v, o, lse, heads, lq, lk, d, dv, causal, scale, chunk);
+}

@@ -1,10 +1,11 @@
-// Shared by every kernel: the entry-point macro, f16/f32 conversions, warp and block
+// Shared by every kernel: the entry-point macro, f16/bf16/f32 conversions, warp and block
 // reductions, and thin wrappers over the tensor-core (mma.sync m16n8k16, on sm_75 as two
 // m16n8k8), ldmatrix and cp.async (on sm_75 synchronous copies) instructions. Built by nvcc for the GPU and by the host C++ compiler for the
 // kernel emulator (kernels/emu/emu.h), where each wrapper has the same per-lane semantics.
 #pragma once
 
 #ifdef __CUDACC__
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 #else
@@ -26,10 +27,14 @@
 #define DYN_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::dyn_smem())
 #endif
 
+// bfloat16 storage (f32's exponent, 8 significant bits): the `_bf16` entry points' type.
+typedef __nv_bfloat16 bf16_t;
+
 // ---- element conversions: storage type <-> f32 compute ----
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(bf16_t x) { return __bfloat162float(x); }
 
 template <typename T>
 __device__ __forceinline__ T from_f32(float x);
@@ -40,6 +45,10 @@ __device__ __forceinline__ float from_f32<float>(float x) {
 template <>
 __device__ __forceinline__ __half from_f32<__half>(float x) {
     return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ bf16_t from_f32<bf16_t>(float x) {
+    return __float2bfloat16_rn(x);
 }
 
 // ---- reductions ----
@@ -134,6 +143,43 @@ __device__ __forceinline__ void mma_m16n8k16(float d[4], const uint32_t a[4], co
     mma_m16n8k8(t, lo, b[0], c);
     mma_m16n8k8(d, hi, b[1], t);
 #endif
+}
+
+// The same tile with bf16 A and B (mma.sync ... .bf16.bf16, same fragment layout; sm_80 and
+// later). sm_75 has no bf16 tensor-core instruction: its PTX traps here, and the Rust side
+// never launches a bf16 tensor-core kernel on a device below compute capability 8.0 (the
+// emulator aborts with a message if one does).
+__device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4],
+                                                  const uint32_t b[2], const float c[4]) {
+#if LORAFUSE_SM80
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]),
+          "f"(c[1]), "f"(c[2]), "f"(c[3]));
+#elif defined(__CUDACC__)
+    __trap();
+    for (int i = 0; i < 4; ++i) d[i] = c[i];
+#else
+    ::emu::mma_m16n8k16_bf16(d, a, b, c);
+#endif
+}
+
+// m16n8k16 on fragments of 16-bit type T (__half or bf16_t): what the fast kernels, templates
+// over their storage type, call.
+template <typename T>
+__device__ __forceinline__ void mma_tile(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                         const float c[4]);
+template <>
+__device__ __forceinline__ void mma_tile<__half>(float d[4], const uint32_t a[4],
+                                                 const uint32_t b[2], const float c[4]) {
+    mma_m16n8k16(d, a, b, c);
+}
+template <>
+__device__ __forceinline__ void mma_tile<bf16_t>(float d[4], const uint32_t a[4],
+                                                 const uint32_t b[2], const float c[4]) {
+    mma_m16n8k16_bf16(d, a, b, c);
 }
 
 // ldmatrix .m8n8.x4 .b16 from shared memory: lanes 8j..8j+7 give the rows of matrix j; each
@@ -243,6 +289,15 @@ __device__ __forceinline__ uint32_t pack_half2(__half lo, __half hi) {
 #ifdef __CUDACC__
     return static_cast<uint32_t>(__half_as_ushort(lo)) |
            (static_cast<uint32_t>(__half_as_ushort(hi)) << 16);
+#else
+    return uint32_t(lo.bits) | uint32_t(hi.bits) << 16;
+#endif
+}
+// The same for bf16.
+__device__ __forceinline__ uint32_t pack_half2(bf16_t lo, bf16_t hi) {
+#ifdef __CUDACC__
+    return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) |
+           (static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16);
 #else
     return uint32_t(lo.bits) | uint32_t(hi.bits) << 16;
 #endif

@@ -1,5 +1,5 @@
 // 2-D convolution (square kernel k, equal stride s and zero padding p on both axes) and its
-// input gradient, as implicit GEMMs with f32 accumulation for both storage types.
+// input gradient, as implicit GEMMs with f32 accumulation for every storage type.
 //
 //   conv2d_fwd_T:   x [N, C, H, W], w [O, C, k, k], bias [O] (optional) -> y [N, O, Ho, Wo]
 //     y[n, o, oh, ow] = bias[o] + Σ_{c,i,j} w[o, c, i, j] · x[n, c, oh·s + i - p, ow·s + j - p]
@@ -157,6 +157,11 @@ KERNEL void conv2d_fwd_f16(const __half* x, const __half* w, const __half* bias,
                            int wo, int s, int pad) {
     conv_impl<__half, false>(x, w, bias, y, has_bias, n, c, h, wd, o, k, ho, wo, s, pad);
 }
+KERNEL void conv2d_fwd_bf16(const bf16_t* x, const bf16_t* w, const bf16_t* bias, bf16_t* y,
+                            int has_bias, int n, int c, int h, int wd, int o, int k, int ho,
+                            int wo, int s, int pad) {
+    conv_impl<bf16_t, false>(x, w, bias, y, has_bias, n, c, h, wd, o, k, ho, wo, s, pad);
+}
 KERNEL void conv2d_dgrad_f32(const float* dy, const float* w, float* dx, int n, int c, int h,
                              int wd, int o, int k, int ho, int wo, int s, int pad) {
     conv_impl<float, true>(dy, w, nullptr, dx, 0, n, c, h, wd, o, k, ho, wo, s, pad);
@@ -164,6 +169,10 @@ KERNEL void conv2d_dgrad_f32(const float* dy, const float* w, float* dx, int n, 
 KERNEL void conv2d_dgrad_f16(const __half* dy, const __half* w, __half* dx, int n, int c, int h,
                              int wd, int o, int k, int ho, int wo, int s, int pad) {
     conv_impl<__half, true>(dy, w, nullptr, dx, 0, n, c, h, wd, o, k, ho, wo, s, pad);
+}
+KERNEL void conv2d_dgrad_bf16(const bf16_t* dy, const bf16_t* w, bf16_t* dx, int n, int c, int h,
+                              int wd, int o, int k, int ho, int wo, int s, int pad) {
+    conv_impl<bf16_t, true>(dy, w, nullptr, dx, 0, n, c, h, wd, o, k, ho, wo, s, pad);
 }
 
 template <typename T>
@@ -202,6 +211,11 @@ KERNEL void conv2d_wgrad_f16(const __half* x, const __half* dy, float* dw, int n
                              int accumulate) {
     conv_wgrad_impl<__half>(x, dy, dw, n, c, h, wd, o, k, ho, wo, s, pad, scale, accumulate);
 }
+KERNEL void conv2d_wgrad_bf16(const bf16_t* x, const bf16_t* dy, float* dw, int n, int c, int h,
+                              int wd, int o, int k, int ho, int wo, int s, int pad, float scale,
+                              int accumulate) {
+    conv_wgrad_impl<bf16_t>(x, dy, dw, n, c, h, wd, o, k, ho, wo, s, pad, scale, accumulate);
+}
 
 template <typename T>
 __device__ void conv_mask_mul_impl(T* v, const T* mask, int count) {
@@ -213,4 +227,7 @@ KERNEL void conv_mask_mul_f32(float* v, const float* mask, int count) {
 }
 KERNEL void conv_mask_mul_f16(__half* v, const __half* mask, int count) {
     conv_mask_mul_impl<__half>(v, mask, count);
+}
+KERNEL void conv_mask_mul_bf16(bf16_t* v, const bf16_t* mask, int count) {
+    conv_mask_mul_impl<bf16_t>(v, mask, count);
 }

@@ -38,6 +38,10 @@ KERNEL void timestep_embedding_f16(const __half* t, const float* freq, __half* o
                                    int dim, int half, int flip) {
     timestep_embedding_impl(t, freq, out, rows, dim, half, flip);
 }
+KERNEL void timestep_embedding_bf16(const bf16_t* t, const float* freq, bf16_t* out, int rows,
+                                    int dim, int half, int flip) {
+    timestep_embedding_impl(t, freq, out, rows, dim, half, flip);
+}
 
 template <typename T>
 __device__ void add_noise_impl(const T* x, const T* z, const float* a, const float* b, T* y,
@@ -53,6 +57,10 @@ KERNEL void add_noise_f32(const float* x, const float* z, const float* a, const 
 }
 KERNEL void add_noise_f16(const __half* x, const __half* z, const float* a, const float* b,
                           __half* y, int per, int n) {
+    add_noise_impl(x, z, a, b, y, per, n);
+}
+KERNEL void add_noise_bf16(const bf16_t* x, const bf16_t* z, const float* a, const float* b,
+                           bf16_t* y, int per, int n) {
     add_noise_impl(x, z, a, b, y, per, n);
 }
 
@@ -74,6 +82,10 @@ KERNEL void gaussian_sample_f32(const float* mean, const float* logvar, const fl
 }
 KERNEL void gaussian_sample_f16(const __half* mean, const __half* logvar, const __half* noise,
                                 __half* y, float scale, int n) {
+    gaussian_sample_impl(mean, logvar, noise, y, scale, n);
+}
+KERNEL void gaussian_sample_bf16(const bf16_t* mean, const bf16_t* logvar, const bf16_t* noise,
+                                 bf16_t* y, float scale, int n) {
     gaussian_sample_impl(mean, logvar, noise, y, scale, n);
 }
 
@@ -101,5 +113,9 @@ KERNEL void mse_f32(const float* pred, const float* target, const float* coef, f
 }
 KERNEL void mse_f16(const __half* pred, const __half* target, const float* coef, __half* grad,
                     float* partial, int per) {
+    mse_impl(pred, target, coef, grad, partial, per);
+}
+KERNEL void mse_bf16(const bf16_t* pred, const bf16_t* target, const float* coef, bf16_t* grad,
+                     float* partial, int per) {
     mse_impl(pred, target, coef, grad, partial, per);
 }

@@ -1,4 +1,4 @@
-// Layout ops: data movement (exact copies for both storage types) and the 2x2 sums of the
+// Layout ops: data movement (exact copies for every storage type) and the 2x2 sums of the
 // upsampling gradient (f32 math, rounded once).
 //
 //   upsample2x_T:      y[nc, 2i + a, 2j + b] = x[nc, i, j]   x [NC, H, W] -> y [NC, 2H, 2W]
@@ -37,6 +37,9 @@ KERNEL void upsample2x_f32(const float* x, float* y, int h, int w, int n) {
 KERNEL void upsample2x_f16(const __half* x, __half* y, int h, int w, int n) {
     upsample2x_impl(x, y, h, w, n);
 }
+KERNEL void upsample2x_bf16(const bf16_t* x, bf16_t* y, int h, int w, int n) {
+    upsample2x_impl(x, y, h, w, n);
+}
 
 template <typename T>
 __device__ void upsample2x_bwd_impl(const T* dy, T* dx, int h, int w, int n) {
@@ -58,6 +61,9 @@ KERNEL void upsample2x_bwd_f32(const float* dy, float* dx, int h, int w, int n) 
 KERNEL void upsample2x_bwd_f16(const __half* dy, __half* dx, int h, int w, int n) {
     upsample2x_bwd_impl(dy, dx, h, w, n);
 }
+KERNEL void upsample2x_bwd_bf16(const bf16_t* dy, bf16_t* dx, int h, int w, int n) {
+    upsample2x_bwd_impl(dy, dx, h, w, n);
+}
 
 template <typename T>
 __device__ void concat_impl(const T* a, const T* b, T* y, int la, int lb, int n) {
@@ -72,6 +78,9 @@ KERNEL void concat_f32(const float* a, const float* b, float* y, int la, int lb,
     concat_impl(a, b, y, la, lb, n);
 }
 KERNEL void concat_f16(const __half* a, const __half* b, __half* y, int la, int lb, int n) {
+    concat_impl(a, b, y, la, lb, n);
+}
+KERNEL void concat_bf16(const bf16_t* a, const bf16_t* b, bf16_t* y, int la, int lb, int n) {
     concat_impl(a, b, y, la, lb, n);
 }
 
@@ -91,6 +100,9 @@ KERNEL void split_f32(const float* dy, float* da, float* db, int la, int lb, int
     split_impl(dy, da, db, la, lb, n);
 }
 KERNEL void split_f16(const __half* dy, __half* da, __half* db, int la, int lb, int n) {
+    split_impl(dy, da, db, la, lb, n);
+}
+KERNEL void split_bf16(const bf16_t* dy, bf16_t* da, bf16_t* db, int la, int lb, int n) {
     split_impl(dy, da, db, la, lb, n);
 }
 
@@ -115,6 +127,10 @@ KERNEL void pad2d_f32(const float* x, float* y, int h, int w, int top, int left,
 }
 KERNEL void pad2d_f16(const __half* x, __half* y, int h, int w, int top, int left, int ho,
                       int wo, int n) {
+    pad2d_impl(x, y, h, w, top, left, ho, wo, n);
+}
+KERNEL void pad2d_bf16(const bf16_t* x, bf16_t* y, int h, int w, int top, int left, int ho,
+                       int wo, int n) {
     pad2d_impl(x, y, h, w, top, left, ho, wo, n);
 }
 
@@ -146,6 +162,9 @@ KERNEL void transpose_f32(const float* x, float* y, int rows, int cols) {
 KERNEL void transpose_f16(const __half* x, __half* y, int rows, int cols) {
     transpose_impl(x, y, rows, cols);
 }
+KERNEL void transpose_bf16(const bf16_t* x, bf16_t* y, int rows, int cols) {
+    transpose_impl(x, y, rows, cols);
+}
 
 template <typename T>
 __device__ void embedding_impl(const T* table, const unsigned* ids, T* y, int c, int n) {
@@ -159,5 +178,8 @@ KERNEL void embedding_f32(const float* table, const unsigned* ids, float* y, int
     embedding_impl(table, ids, y, c, n);
 }
 KERNEL void embedding_f16(const __half* table, const unsigned* ids, __half* y, int c, int n) {
+    embedding_impl(table, ids, y, c, n);
+}
+KERNEL void embedding_bf16(const bf16_t* table, const unsigned* ids, bf16_t* y, int c, int n) {
     embedding_impl(table, ids, y, c, n);
 }

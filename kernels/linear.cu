@@ -9,8 +9,8 @@
 //   v += beta·C[m][n] (beta != 0: C is read only then, so `=` outputs may start as garbage)
 //   C[m][n] = v                                           (writes C with `=`, or `+=` via beta)
 // Operand storage: A in <A>, B in <B>, C in <C>; the second product A2, B2 always f32 (the
-// LoRA term: hidden × up, or g × down); bias and mask are f16 when any of <A>, <B>, <C> is
-// f16 (the activation dtype), else f32. Strides make every transpose a plain call:
+// LoRA term: hidden × up, or g × down); bias and mask are f16 (bf16) when any of <A>, <B>,
+// <C> is f16 (bf16; the activation dtype), else f32. Strides make every transpose a plain call:
 //   y  = x·Wᵀ + bias + s·ũ·Bᵀ      gemm_T_T_T      (A = x, B = Wᵀ; A2 = ũ, B2 = B_upᵀ)
 //   ũ  = (x·A_downᵀ) ⊙ mask        gemm_T_f32_f32
 //   g  = (dY·B_up) ⊙ mask          gemm_T_f32_f32
@@ -142,6 +142,9 @@ GEMM_ENTRY(gemm_f32_f32_f32, float, float, float, float)
 GEMM_ENTRY(gemm_f16_f16_f16, __half, __half, __half, __half)
 GEMM_ENTRY(gemm_f16_f32_f32, __half, float, float, __half)
 GEMM_ENTRY(gemm_f32_f16_f32, float, __half, float, __half)
+GEMM_ENTRY(gemm_bf16_bf16_bf16, bf16_t, bf16_t, bf16_t, bf16_t)
+GEMM_ENTRY(gemm_bf16_f32_f32, bf16_t, float, float, bf16_t)
+GEMM_ENTRY(gemm_f32_bf16_f32, float, bf16_t, float, bf16_t)
 
 // c[i] = Σ_{z<splits} partial[z·n + i] (+ beta·c[i] when beta != 0), z in order. One thread
 // per element, 1-D grid of ceil(n / blockDim.x) blocks.

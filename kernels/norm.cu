@@ -1,5 +1,5 @@
 // GroupNorm (with an optional fused SiLU) and LayerNorm, forward and input gradient; gamma and
-// beta are frozen (no gradient). f32 math and f32 statistics for both storage types.
+// beta are frozen (no gradient). f32 math and f32 statistics for every storage type.
 //
 // Both normalize contiguous blocks of m = cpg·inner elements, made of cpg channels of `inner`
 // elements that share one gamma[c], beta[c]:
@@ -100,6 +100,12 @@ KERNEL void __launch_bounds__(NORM_MAX_THREADS)
                      int silu) {
     norm_forward_impl(x, gamma, beta, y, mean, rstd, groups, cpg, inner, eps, silu);
 }
+KERNEL void __launch_bounds__(NORM_MAX_THREADS)
+    norm_forward_bf16(const bf16_t* x, const bf16_t* gamma, const bf16_t* beta, bf16_t* y,
+                      float* mean, float* rstd, int groups, int cpg, int inner, float eps,
+                      int silu) {
+    norm_forward_impl(x, gamma, beta, y, mean, rstd, groups, cpg, inner, eps, silu);
+}
 
 // dx̂ and x̂ of element i (channel c) of a block.
 template <typename T>
@@ -164,5 +170,11 @@ KERNEL void __launch_bounds__(NORM_MAX_THREADS)
     norm_backward_f16(const __half* dy, const __half* x, const __half* gamma,
                       const __half* beta, const float* mean, const float* rstd, __half* dx,
                       int groups, int cpg, int inner, int silu) {
+    norm_backward_impl(dy, x, gamma, beta, mean, rstd, dx, groups, cpg, inner, silu);
+}
+KERNEL void __launch_bounds__(NORM_MAX_THREADS)
+    norm_backward_bf16(const bf16_t* dy, const bf16_t* x, const bf16_t* gamma,
+                       const bf16_t* beta, const float* mean, const float* rstd, bf16_t* dx,
+                       int groups, int cpg, int inner, int silu) {
     norm_backward_impl(dy, x, gamma, beta, mean, rstd, dx, groups, cpg, inner, silu);
 }

@@ -83,6 +83,9 @@ KERNEL void sum_squares_f32(const float* x, double* partial, int n) {
 KERNEL void sum_squares_f16(const __half* x, double* partial, int n) {
     sum_squares_impl(x, partial, n);
 }
+KERNEL void sum_squares_bf16(const bf16_t* x, double* partial, int n) {
+    sum_squares_impl(x, partial, n);
+}
 
 // One parameter's update (the formula in the header; the CPU backend's order of operations).
 __device__ __forceinline__ void adamw_one(float& p, float grad, float& m, float& v, float b1,

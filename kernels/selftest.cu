@@ -1,8 +1,8 @@
 // Self-tests of the machinery every other kernel relies on: block reductions over warps,
-// warp shuffles, the mma.sync m16n8k16 (on sm_75: two m16n8k8) / m16n8k8 / ldmatrix /
-// cp.async wrappers. In the emulator they
-// check the emulated semantics against a CPU computation; on a GPU the same tests check that
-// the emulator's semantics are the hardware's.
+// warp shuffles, the mma.sync m16n8k16 (on sm_75: two m16n8k8; bf16 on sm_80 and later) /
+// m16n8k8 / ldmatrix / cp.async wrappers. In the emulator they check the emulated semantics
+// against a CPU computation; on a GPU the same tests check that the emulator's semantics are
+// the hardware's.
 //
 //   selftest_block_reduce: out[2r] = sum(x[r, :]), out[2r+1] = max(x[r, :]); grid = rows,
 //                          1-D block of any multiple of 32 threads striding over the columns.
@@ -10,6 +10,7 @@
 //                          y[3i+1] = shfl_xor(x, 5), y[3i+2] = shfl(x, lane 7).
 //   selftest_mma:          one warp: D (16x8 f32) = A (16x16 f16) · B (16x8 f16) + C, A given
 //                          row-major (or, with a_trans, as Aᵀ row-major), B given as Bᵀ [8, 16].
+//   selftest_mma_bf16:     the same with bf16 A and B (mma.sync ... .bf16, sm_80 and later).
 //   selftest_mma_k8:       one warp: D (16x8 f32) = A (16x8 f16) · B (8x8 f16) + C through one
 //                          mma_m16n8k8 (Turing's shape), fragments read from global memory
 //                          as the PTX ISA lays them out; A row-major, B given as Bᵀ [8, 8].
@@ -44,9 +45,10 @@ KERNEL void selftest_shuffle(const float* x, float* y) {
     y[3 * i + 2] = __shfl_sync(0xffffffffu, v, 7);
 }
 
-KERNEL void selftest_mma(const __half* a, const __half* bt, const float* c, float* d, int a_trans) {
-    __shared__ __align__(16) __half sa[16 * 16];
-    __shared__ __align__(16) __half sb[8 * 16];
+template <typename T>
+__device__ void selftest_mma_impl(const T* a, const T* bt, const float* c, float* d, int a_trans) {
+    __shared__ __align__(16) T sa[16 * 16];
+    __shared__ __align__(16) T sb[8 * 16];
     int l = threadIdx.x;
     for (int i = l; i < 256; i += 32) sa[i] = a[i];
     for (int i = l; i < 128; i += 32) sb[i] = bt[i];
@@ -62,8 +64,15 @@ KERNEL void selftest_mma(const __half* a, const __half* bt, const float* c, floa
     int g = l >> 2, t = l & 3;
     float cf[4], df[4];
     for (int i = 0; i < 4; ++i) cf[i] = c[(g + ((i & 2) ? 8 : 0)) * 8 + t * 2 + (i & 1)];
-    mma_m16n8k16(df, af, bf, cf);
+    mma_tile<T>(df, af, bf, cf);
     for (int i = 0; i < 4; ++i) d[(g + ((i & 2) ? 8 : 0)) * 8 + t * 2 + (i & 1)] = df[i];
+}
+KERNEL void selftest_mma(const __half* a, const __half* bt, const float* c, float* d, int a_trans) {
+    selftest_mma_impl(a, bt, c, d, a_trans);
+}
+KERNEL void selftest_mma_bf16(const bf16_t* a, const bf16_t* bt, const float* c, float* d,
+                              int a_trans) {
+    selftest_mma_impl(a, bt, c, d, a_trans);
 }
 
 KERNEL void selftest_mma_k8(const __half* a, const __half* bt, const float* c, float* d) {

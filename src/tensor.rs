@@ -6,17 +6,21 @@
 
 use std::fmt;
 
-use half::f16;
+use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 
 /// Element type of a tensor. `F64` exists on the CPU backend only: it runs the same code in
 /// double precision so that finite-difference gradient checks are exact enough to trust.
+/// `BF16` (bfloat16: f32's 8 exponent bits, 8 significant bits) is the CUDA backend's compute
+/// dtype for `mixed_precision: bf16` on compute capability 8.0+; on the host it only holds
+/// and converts values (round to nearest even), no CPU op computes in it.
 /// `U8` holds the 8-bit optimizers' quantised state (one code per parameter); no arithmetic
 /// op takes it, and it converts to and from f32 exactly (the values 0 to 255).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     F16,
+    BF16,
     F32,
     F64,
     U8,
@@ -25,7 +29,7 @@ pub enum DType {
 impl DType {
     pub fn size_in_bytes(self) -> usize {
         match self {
-            DType::F16 => 2,
+            DType::F16 | DType::BF16 => 2,
             DType::F32 => 4,
             DType::F64 => 8,
             DType::U8 => 1,
@@ -37,6 +41,7 @@ impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             DType::F16 => "f16",
+            DType::BF16 => "bf16",
             DType::F32 => "f32",
             DType::F64 => "f64",
             DType::U8 => "u8",
@@ -118,6 +123,7 @@ impl fmt::Debug for Shape {
 #[derive(Clone, Debug)]
 pub enum CpuData {
     F16(Vec<f16>),
+    BF16(Vec<bf16>),
     F32(Vec<f32>),
     F64(Vec<f64>),
     U8(Vec<u8>),
@@ -127,6 +133,7 @@ impl CpuData {
     fn len(&self) -> usize {
         match self {
             CpuData::F16(v) => v.len(),
+            CpuData::BF16(v) => v.len(),
             CpuData::F32(v) => v.len(),
             CpuData::F64(v) => v.len(),
             CpuData::U8(v) => v.len(),
@@ -135,6 +142,7 @@ impl CpuData {
     fn dtype(&self) -> DType {
         match self {
             CpuData::F16(_) => DType::F16,
+            CpuData::BF16(_) => DType::BF16,
             CpuData::F32(_) => DType::F32,
             CpuData::F64(_) => DType::F64,
             CpuData::U8(_) => DType::U8,
@@ -200,6 +208,7 @@ impl Tensor {
         let n = shape.numel();
         let data = match dtype {
             DType::F16 => CpuData::F16(vec![f16::ZERO; n]),
+            DType::BF16 => CpuData::BF16(vec![bf16::ZERO; n]),
             DType::F32 => CpuData::F32(vec![0.0; n]),
             DType::F64 => CpuData::F64(vec![0.0; n]),
             DType::U8 => CpuData::U8(vec![0; n]),
@@ -273,12 +282,13 @@ impl Tensor {
         })
     }
 
-    /// Copies the elements to a host `Vec<f32>` (f16 widened, f64 rounded). A device tensor
+    /// Copies the elements to a host `Vec<f32>` (f16 and bf16 widened, f64 rounded). A device tensor
     /// is downloaded; a device that fails at that point has failed for good, and this panics
     /// with the driver's message (code that can report it uses `Backend::to_f32_vec`).
     pub fn to_f32_vec(&self) -> Vec<f32> {
         match &self.storage {
             Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f32()).collect(),
+            Storage::Cpu(CpuData::BF16(v)) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::Cpu(CpuData::F32(v)) => v.clone(),
             Storage::Cpu(CpuData::F64(v)) => v.iter().map(|&x| x as f32).collect(),
             Storage::Cpu(CpuData::U8(v)) => v.iter().map(|&x| x as f32).collect(),
@@ -291,6 +301,7 @@ impl Tensor {
     pub fn to_f64_vec(&self) -> Vec<f64> {
         match &self.storage {
             Storage::Cpu(CpuData::F16(v)) => v.iter().map(|x| x.to_f64()).collect(),
+            Storage::Cpu(CpuData::BF16(v)) => v.iter().map(|x| x.to_f64()).collect(),
             Storage::Cpu(CpuData::F32(v)) => v.iter().map(|&x| x as f64).collect(),
             Storage::Cpu(CpuData::F64(v)) => v.clone(),
             Storage::Cpu(CpuData::U8(v)) => v.iter().map(|&x| x as f64).collect(),

@@ -1,5 +1,5 @@
 //! SiLU, exact GELU, QuickGELU and GEGLU on the CUDA backend, forward and dX, against the CPU
-//! backend in f32 and f16 modes: odd sizes (a ragged last block), inputs out to ±8 (the
+//! backend in f32, f16 and bf16 modes: odd sizes (a ragged last block), inputs out to ±8 (the
 //! sigmoid and erf tails), SD1.5 shapes (full size on a GPU), empty tensors, and the errors of
 //! bad shapes and wrong devices.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
@@ -74,8 +74,19 @@ fn geglu_case(e: &Engine, rng: &mut Rng, dtype: DType, shape: &[usize]) {
 
 #[test]
 fn activations_match_cpu() {
+    activations_match_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn activations_match_cpu_bf16() {
+    activations_match_cpu_in(&[DType::BF16]);
+}
+
+fn activations_match_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(21);
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for act in ACTS {
                 // One element, a ragged block (111), 10010 elements (ragged over 40 blocks).
@@ -100,8 +111,19 @@ fn activations_match_cpu() {
 
 #[test]
 fn geglu_matches_cpu() {
+    geglu_matches_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn geglu_matches_cpu_bf16() {
+    geglu_matches_cpu_in(&[DType::BF16]);
+}
+
+fn geglu_matches_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(22);
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             // F = 1, 37 (over leading dims), 1001 (a ragged block per row), and SD1.5's
             // 320-channel transformer (2F = 2·4·320 = 2560) on 5 tokens.

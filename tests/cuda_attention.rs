@@ -1,5 +1,5 @@
 //! The CUDA backend's attention (forward: O and lse; backward: dQ, dK, dV) against the CPU
-//! backend, in f32 and f16: odd sizes that leave a tail in every tile, batch > 1, causal
+//! backend, in f32, f16 and bf16: odd sizes that leave a tail in every tile, batch > 1, causal
 //! masks shorter and longer than a tile, d != dv, SD1.5's head widths (40, 80, 160) and
 //! cross-attention (77 keys), CLIP's causal 77 tokens; on a GPU also the full SD1.5 shapes.
 //! Then the degenerate sizes, determinism, and the errors. Last, the fast (tensor-core) f16
@@ -97,7 +97,12 @@ fn check_all(seed: u64, cases: &[Case]) {
 
 /// `cases` on every engine, and `gpu_cases` (full SD1.5 sizes) on a GPU only.
 fn check_all_gpu(seed: u64, cases: &[Case], gpu_cases: &[Case]) {
-    for dtype in [DType::F32, DType::F16] {
+    check_all_in(&[DType::F32, DType::F16], seed, cases, gpu_cases);
+}
+
+/// [`check_all_gpu`] in `dtypes`.
+fn check_all_in(dtypes: &[DType], seed: u64, cases: &[Case], gpu_cases: &[Case]) {
+    for &dtype in dtypes {
         let mut rng = Rng::new(seed);
         for e in engines(dtype) {
             let extra = if e.gpu { gpu_cases } else { &[] };
@@ -149,6 +154,38 @@ fn causal_within_and_across_tiles() {
     };
     // 13 < one tile; 45 spans three query tiles and two key tiles, with tails.
     check_all(2, &[causal(2, 3, 13, 6, 4), causal(2, 2, 45, 7, 11)]);
+}
+
+/// bf16 (compute capability 8.0 and later; the simple kernels) against the CPU in f32 on the
+/// same bf16-rounded inputs with `tol(DType::BF16)`: tails in every tile, d != dv, causal
+/// across tiles, SD1.5's head widths (the dK/dV split of 160-wide heads included).
+#[test]
+fn odd_causal_and_sd15_widths_bf16() {
+    let causal = |b, h, l, d, dv| Case {
+        b,
+        h,
+        lq: l,
+        lk: l,
+        d,
+        dv,
+        causal: true,
+    };
+    let odd = Case {
+        b: 2,
+        h: 3,
+        lq: 37,
+        lk: 29,
+        d: 5,
+        dv: 7,
+        causal: false,
+    };
+    let cases = [
+        odd,
+        causal(2, 2, 45, 7, 11),
+        self_attn(1, 2, 23, 80),
+        self_attn(1, 1, 19, 160),
+    ];
+    check_all_in(&[DType::BF16], 6, &cases, &[self_attn(1, 8, 4096, 40)]);
 }
 
 #[test]

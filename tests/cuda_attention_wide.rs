@@ -1,5 +1,5 @@
 //! The CUDA backend's attention forward for heads wider than 256 (the VAE's single 512-wide
-//! head) against the CPU backend, f32 and f16, with tails, batch > 1, two heads, causal; the
+//! head) against the CPU backend, f32, f16 and bf16, with tails, batch > 1, two heads, causal; the
 //! backward of such heads is refused with a message naming the limit.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
@@ -13,8 +13,19 @@ use lorafuse::DType;
 
 #[test]
 fn wide_heads_match_the_cpu() {
+    wide_heads_match_the_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn wide_heads_match_the_cpu_bf16() {
+    wide_heads_match_the_cpu_in(&[DType::BF16]);
+}
+
+fn wide_heads_match_the_cpu_in(dtypes: &[DType]) {
     let cpu = cpu();
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             let be = &e.be;
             let mut rng = Rng::new(11);

@@ -1,5 +1,5 @@
 //! The CUDA convolution kernels against the CPU backend: conv2d (with and without bias) and
-//! its input gradient, f32 and f16, on odd sizes that leave a tail in every tile dimension,
+//! its input gradient, f32, f16 and bf16, on odd sizes that leave a tail in every tile dimension,
 //! strides 1, 2 and 3 (both input sizes that map to one output size under stride 2), kernels
 //! 1, 2, 3 and 5, batch > 1, SD1.5-like layers (full size on a GPU), and the errors.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
@@ -145,8 +145,19 @@ fn check_input_grad(e: &Engine, rng: &mut Rng, c: &Case, dtype: DType) {
 
 #[test]
 fn forward_matches_cpu() {
+    forward_matches_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn forward_matches_cpu_bf16() {
+    forward_matches_cpu_in(&[DType::BF16]);
+}
+
+fn forward_matches_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(21);
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for (i, c) in SMALL.iter().enumerate() {
                 check_forward(&e, &mut rng, c, dtype, i % 3 != 1);
@@ -157,8 +168,19 @@ fn forward_matches_cpu() {
 
 #[test]
 fn input_grad_matches_cpu() {
+    input_grad_matches_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn input_grad_matches_cpu_bf16() {
+    input_grad_matches_cpu_in(&[DType::BF16]);
+}
+
+fn input_grad_matches_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(22);
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for c in &SMALL {
                 check_input_grad(&e, &mut rng, c, dtype);

@@ -12,8 +12,19 @@ use lorafuse::{DType, Error};
 
 #[test]
 fn timestep_embedding_matches_the_cpu() {
+    timestep_embedding_matches_the_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn timestep_embedding_matches_the_cpu_bf16() {
+    timestep_embedding_matches_the_cpu_in(&[DType::BF16]);
+}
+
+fn timestep_embedding_matches_the_cpu_in(dtypes: &[DType]) {
     let cpu = cpu();
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for (dim, flip, shift) in [(320, true, 0.0), (7, false, 1.0), (1280, true, 0.0)] {
                 let ts = [0.0f32, 1.0, 17.0, 999.0, 500.0];
@@ -40,9 +51,20 @@ fn timestep_embedding_matches_the_cpu() {
 
 #[test]
 fn noising_and_posterior_sampling_match_the_cpu() {
+    noising_and_posterior_sampling_match_the_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn noising_and_posterior_sampling_match_the_cpu_bf16() {
+    noising_and_posterior_sampling_match_the_cpu_in(&[DType::BF16]);
+}
+
+fn noising_and_posterior_sampling_match_the_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(20);
     let cpu = cpu();
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for shape in [&[3usize, 4, 5, 7][..], &[2, 4, 64, 64]] {
                 let (cx, dx) = random_pair(&e.be, &mut rng, shape, dtype);
@@ -79,9 +101,20 @@ fn noising_and_posterior_sampling_match_the_cpu() {
 
 #[test]
 fn mse_loss_value_and_gradient_match_the_cpu() {
+    mse_loss_value_and_gradient_match_the_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn mse_loss_value_and_gradient_match_the_cpu_bf16() {
+    mse_loss_value_and_gradient_match_the_cpu_in(&[DType::BF16]);
+}
+
+fn mse_loss_value_and_gradient_match_the_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(21);
     let cpu = cpu();
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             // 4·64·64 = 16384 per sample spans several 4096-element chunks; 3·5·7 leaves a tail.
             for shape in [&[2usize, 3, 5, 7][..], &[3, 4, 64, 64]] {

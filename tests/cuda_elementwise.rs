@@ -1,5 +1,5 @@
 //! The CUDA backend's transfers, casts and elementwise ops against the CPU backend, in the
-//! emulator (and on a GPU when present), f32 and f16, with tails in every launch.
+//! emulator (and on a GPU when present), f32, f16 and bf16, with tails in every launch.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;
@@ -75,11 +75,81 @@ fn f16_rounding_matches_the_half_crate_on_edge_values() {
     }
 }
 
+/// bf16 casts on the device (f32 -> bf16 -> f32, f16 <-> bf16 through f32) and the host's
+/// upload agree bit for bit with the half crate (round to nearest even): ties both ways,
+/// the largest finite bf16 and overflow to infinity, f32 subnormals, zeros of both signs.
+#[test]
+fn bf16_rounding_matches_the_half_crate_on_edge_values() {
+    let v: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        1.0 + 1.0 / 256.0,        // a tie: to even (1.0)
+        1.0 + 3.0 / 256.0,        // a tie: to even (1 + 4/256)
+        1.0 + 1.0 / 256.0 + 1e-7, // just above a tie: up
+        -(1.0 + 1.0 / 128.0),
+        3.389_531_4e38, // the largest finite bf16
+        3.4e38,         // rounds past it: infinity
+        f32::MAX,
+        1e-40, // f32 subnormal
+        -1.5e-39,
+        0.1,
+        65504.0,
+        1e6,
+        f32::NEG_INFINITY,
+    ];
+    for e in engines(DType::F32) {
+        let d = e.be.tensor_from_f32(&[v.len()], &v, DType::F32).unwrap();
+        let b = e.be.cast(&d, DType::BF16).unwrap();
+        assert_eq!(b.dtype(), DType::BF16);
+        let up = e.be.tensor_from_f32(&[v.len()], &v, DType::BF16).unwrap();
+        let h =
+            e.be.cast(&e.be.cast(&b, DType::F16).unwrap(), DType::BF16)
+                .unwrap();
+        let want: Vec<f32> = round_bf16(&v);
+        for (what, t, want) in [
+            ("cast", &b, want.clone()),
+            ("upload", &up, want.clone()),
+            ("through f16", &h, round_bf16(&round_f16(&want))),
+        ] {
+            let got = e.be.to_f32_vec(t).unwrap();
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{what}: element {i}: {} -> {g}, want {w}",
+                    v[i]
+                );
+            }
+        }
+        let back = e.be.cast(&b, DType::F32).unwrap();
+        assert_eq!(e.be.to_f32_vec(&back).unwrap(), want);
+        let z = e.be.zeros(&[5], DType::BF16).unwrap();
+        assert!(e
+            .be
+            .to_f32_vec(&z)
+            .unwrap()
+            .iter()
+            .all(|&x| x.to_bits() == 0));
+    }
+}
+
 #[test]
 fn elementwise_ops_match_the_cpu() {
+    elementwise_ops_match_the_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn elementwise_ops_match_the_cpu_bf16() {
+    elementwise_ops_match_the_cpu_in(&[DType::BF16]);
+}
+
+fn elementwise_ops_match_the_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(11);
     let cpu = cpu();
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for shape in SHAPES {
                 let (ca, da) = random_pair(&e.be, &mut rng, shape, dtype);

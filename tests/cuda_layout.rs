@@ -36,8 +36,19 @@ fn maps(gpu: bool) -> Vec<[usize; 4]> {
 
 #[test]
 fn upsample_and_backward_match_cpu() {
+    upsample_and_backward_match_cpu_in(&DTYPES);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn upsample_and_backward_match_cpu_bf16() {
+    upsample_and_backward_match_cpu_in(&[DType::BF16]);
+}
+
+fn upsample_and_backward_match_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(31);
-    for dtype in DTYPES {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             let mut shapes = maps(e.gpu);
             shapes.push(if e.gpu {
@@ -70,8 +81,19 @@ fn upsample_and_backward_match_cpu() {
 
 #[test]
 fn concat_and_split_match_cpu() {
+    concat_and_split_match_cpu_in(&DTYPES);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn concat_and_split_match_cpu_bf16() {
+    concat_and_split_match_cpu_in(&[DType::BF16]);
+}
+
+fn concat_and_split_match_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(32);
-    for dtype in DTYPES {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             // (a's shape, b's channels): rank 4, 3 and 2, empty sides, the SD1.5 skip
             // concat (1280 ++ 1280 at 16x16 on a GPU).
@@ -115,6 +137,17 @@ fn concat_and_split_match_cpu() {
 
 #[test]
 fn pad2d_matches_cpu() {
+    pad2d_matches_cpu_in(&DTYPES);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn pad2d_matches_cpu_bf16() {
+    pad2d_matches_cpu_in(&[DType::BF16]);
+}
+
+fn pad2d_matches_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(33);
     let pads = [
         Pad2d {
@@ -131,7 +164,7 @@ fn pad2d_matches_cpu() {
         },
         Pad2d::default(),
     ];
-    for dtype in DTYPES {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             let mut shapes = maps(e.gpu);
             // The VAE's first downsampler input: 128 channels at 512x512 (GPU).
@@ -159,8 +192,19 @@ fn pad2d_matches_cpu() {
 
 #[test]
 fn nchw_nlc_match_cpu() {
+    nchw_nlc_match_cpu_in(&DTYPES);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn nchw_nlc_match_cpu_bf16() {
+    nchw_nlc_match_cpu_in(&[DType::BF16]);
+}
+
+fn nchw_nlc_match_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(34);
-    for dtype in DTYPES {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for s in maps(e.gpu) {
                 let [n, c, h, w] = s;
@@ -190,8 +234,19 @@ fn nchw_nlc_match_cpu() {
 
 #[test]
 fn embedding_matches_cpu() {
+    embedding_matches_cpu_in(&DTYPES);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn embedding_matches_cpu_bf16() {
+    embedding_matches_cpu_in(&[DType::BF16]);
+}
+
+fn embedding_matches_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(35);
-    for dtype in DTYPES {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             // (vocab, channels, ids): odd sizes, repeated ids, the first and last rows, and
             // CLIP ViT-L's token table (49408 x 768) with 2 x 77 ids on a GPU.

@@ -1,7 +1,7 @@
 //! The CUDA backend's linear layer with LoRA (kernels/linear.cu) against the CPU backend, in
 //! the emulator and (when present) on the GPU: forward with and without bias, LoRA and dropout
 //! mask; backward with each `Accum` (Add adds to nonzero gradients, Assign never reads its
-//! NaN-filled ones), with and without dX; f32 and f16 activations (LoRA tensors f32 always);
+//! NaN-filled ones), with and without dX; f32, f16 and bf16 activations (LoRA tensors f32 always);
 //! odd sizes, batch dims, split-K reductions, SD1.5 layer shapes; and the errors.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
@@ -282,6 +282,13 @@ fn forward_odd_sizes_f16() {
     forward_odd(DType::F16);
 }
 
+/// bf16 (compute capability 8.0 and later): the simple GEMM, against the CPU in f32 on the
+/// same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn forward_odd_sizes_bf16() {
+    forward_odd(DType::BF16);
+}
+
 fn backward_odd(dtype: DType) {
     let mut rng = Rng::new(12);
     for e in engines(dtype) {
@@ -308,6 +315,11 @@ fn backward_odd_sizes_f32() {
 #[test]
 fn backward_odd_sizes_f16() {
     backward_odd(DType::F16);
+}
+
+#[test]
+fn backward_odd_sizes_bf16() {
+    backward_odd(DType::BF16);
 }
 
 /// SD1.5 layers: a 320-channel attention projection (to_q / to_out / proj_in) on 2 × 64

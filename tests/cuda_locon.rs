@@ -1,4 +1,4 @@
-//! LoCon on the CUDA backend against the CPU: the conv weight-gradient kernel (f32 and f16
+//! LoCon on the CUDA backend against the CPU: the conv weight-gradient kernel (f32, f16 and bf16
 //! inputs, f32 dw, `=` and `+=`), and a LoRA conv's forward (y, the hidden) and backward (dX,
 //! d(down), d(up)), with and without a dropout mask, strides 1 and 2, odd sizes, and ranks and
 //! channel counts that leave tails in the kernels' tiles.
@@ -14,7 +14,9 @@ use lorafuse::rng::Rng;
 use lorafuse::{DType, Tensor};
 
 /// (n, c, h, w, o, r, stride): every case is a 3x3 conv with padding 1.
-const CASES: [(usize, usize, usize, usize, usize, usize, usize); 4] = [
+/// (n, c, h, w, o, rank, stride).
+type Case = (usize, usize, usize, usize, usize, usize, usize);
+const CASES: [Case; 4] = [
     (2, 3, 7, 9, 5, 2, 1),
     (1, 5, 13, 11, 37, 4, 2), // stride 2, odd input
     (2, 70, 5, 6, 3, 8, 1),   // C·k·k past one reduction chunk
@@ -60,10 +62,22 @@ fn mask_pair(be: &CudaBackend, rng: &mut Rng, shape: &[usize], dtype: DType) -> 
 
 #[test]
 fn weight_grad_matches_cpu() {
+    weight_grad_matches_cpu_in(&[DType::F32, DType::F16], &CASES);
+}
+
+/// The same in bf16 (compute capability 8.0 and later) on the stride-2, odd-input case (the
+/// kernel is the f16 one's template: this checks its bf16 loads; the emulated weight gradient
+/// is slow, so one case).
+#[test]
+fn weight_grad_matches_cpu_bf16() {
+    weight_grad_matches_cpu_in(&[DType::BF16], &CASES[1..2]);
+}
+
+fn weight_grad_matches_cpu_in(dtypes: &[DType], cases: &[Case]) {
     let mut rng = Rng::new(31);
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
-            for &(n, c, h, w, o, _, s) in &CASES {
+            for &(n, c, h, w, o, _, s) in cases {
                 for k in [3, 1] {
                     let p = Conv2d {
                         stride: if k == 1 { 1 } else { s },

@@ -1,8 +1,8 @@
-//! GroupNorm (with and without the fused SiLU) and LayerNorm on the CUDA backend, forward
-//! (y and the f32 statistics) and dX, against the CPU backend in f32 and f16 modes: odd channel,
+//! GroupNorm (with and without the fused SiLU) and LayerNorm on the CUDA backend, forward (y and
+//! the f32 statistics) and dX, against the CPU backend in f32, f16 and bf16 modes: odd channel,
 //! group and spatial sizes (tails in every stride loop), rank-2/3/4 inputs, batch > 1, blocks
-//! larger than the thread block, inputs with a large mean, SD1.5 layer shapes (full size on a
-//! GPU), and the errors of bad shapes, wrong devices and wrong statistic dtypes.
+//! larger than the thread block, inputs with a large mean, SD1.5 layer shapes (full size on a GPU),
+//! and the errors of bad shapes, wrong devices and wrong statistic dtypes.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;
@@ -104,8 +104,19 @@ fn layer_norm_case(e: &Engine, rng: &mut Rng, dtype: DType, shape: &[usize], shi
 
 #[test]
 fn group_norm_odd_shapes_match_cpu() {
+    group_norm_odd_shapes_match_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn group_norm_odd_shapes_match_cpu_bf16() {
+    group_norm_odd_shapes_match_cpu_in(&[DType::BF16]);
+}
+
+fn group_norm_odd_shapes_match_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(11);
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             for silu in [false, true] {
                 // (shape, groups): 2 channels per group over a 7x9 plane, batch 2; 7 and 5
@@ -162,8 +173,19 @@ fn group_norm_sd15_shapes_match_cpu() {
 
 #[test]
 fn layer_norm_matches_cpu() {
+    layer_norm_matches_cpu_in(&[DType::F32, DType::F16]);
+}
+
+/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
+/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+#[test]
+fn layer_norm_matches_cpu_bf16() {
+    layer_norm_matches_cpu_in(&[DType::BF16]);
+}
+
+fn layer_norm_matches_cpu_in(dtypes: &[DType]) {
     let mut rng = Rng::new(14);
-    for dtype in [DType::F32, DType::F16] {
+    for &dtype in dtypes {
         for e in engines(dtype) {
             // Rank 1, odd widths (37, 1001: a ragged stride), rows over several leading dims,
             // width 1, a mean far from zero, and SD1.5's CLIP (77x768) and transformer (64x320)

@@ -1,8 +1,9 @@
 //! The kernel machinery itself, in the emulator and (when present) on the GPU: block
 //! reductions over 1..32 warps, warp shuffles, mma.sync m16n8k16 through ldmatrix (plain and
 //! transposed), mma.sync m16n8k8, and cp.async with a zero-filled tail, each against a CPU
-//! computation; and in the emulator as a Turing card (T4), sm_75's paths of the same wrappers
-//! (m16n8k16 as two m16n8k8, synchronous copies), seen to be taken.
+//! computation, and the bf16 m16n8k16 (sm_80 and later); and in the emulator as a Turing card
+//! (T4), sm_75's paths of the same wrappers (m16n8k16 as two m16n8k8, synchronous copies),
+//! seen to be taken, and bf16 refused there.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
 mod common;
@@ -90,12 +91,18 @@ fn mma_m16n8k8_against_the_cpu() {
 /// D = A·B + C of [`mma_through_ldmatrix_plain_and_transposed`] on `be`, checked against the
 /// CPU (A row-major and transposed).
 fn check_mma_tile(be: &lorafuse::backend::cuda::CudaBackend, rng: &mut Rng) {
-    let a = round_f16(&nonzero(rng, 256));
-    let bt = round_f16(&nonzero(rng, 128));
+    check_mma_tile_in(be, rng, DType::F16);
+}
+
+/// [`check_mma_tile`] with A and B in `dtype` (f16 or bf16): the products of 16-bit values are
+/// exact in f32, so only the f32 accumulation's rounding separates D from the f64 sum.
+fn check_mma_tile_in(be: &lorafuse::backend::cuda::CudaBackend, rng: &mut Rng, dtype: DType) {
+    let a = rounded(dtype, &nonzero(rng, 256));
+    let bt = rounded(dtype, &nonzero(rng, 128));
     let c = nonzero(rng, 128);
     let at: Vec<f32> = (0..256).map(|i| a[(i % 16) * 16 + i / 16]).collect();
     for (trans, input) in [(false, &a), (true, &at)] {
-        let d = selftest::mma_tile(be, input, &bt, &c, trans).unwrap();
+        let d = selftest::mma_tile(be, input, &bt, &c, trans, dtype).unwrap();
         for i in 0..128 {
             let (m, n) = (i / 8, i % 8);
             let want = c[i] as f64
@@ -104,11 +111,51 @@ fn check_mma_tile(be: &lorafuse::backend::cuda::CudaBackend, rng: &mut Rng) {
                     .sum::<f64>();
             assert!(
                 (d[i] as f64 - want).abs() < 1e-4,
-                "trans {trans}: D[{m}][{n}] = {} vs {want}",
+                "{dtype}, trans {trans}: D[{m}][{n}] = {} vs {want}",
                 d[i]
             );
         }
     }
+}
+
+/// The bf16 m16n8k16 (mma.sync ... .bf16.bf16, sm_80 and later) through the same ldmatrix
+/// fragments gives the CPU's result on the sm_80 and sm_86 profiles, counted as one
+/// m16n8k16 per tile (plain and transposed A); on a GPU, the hardware's.
+#[test]
+fn mma_bf16_matches_the_cpu() {
+    let mut rng = Rng::new(16);
+    #[cfg(feature = "cuda-emu")]
+    for profile in ["A100", "RTX 3060"] {
+        let be = emulating(profile, DType::BF16);
+        check_mma_tile_in(&be, &mut rng, DType::BF16);
+        let ops = be.device().take_emulated_ops();
+        assert_eq!(
+            (ops.mma_m16n8k16, ops.mma_m16n8k8),
+            (2, 0),
+            "{profile}: {ops:?}"
+        );
+    }
+    for e in engines(DType::BF16) {
+        check_mma_tile_in(&e.be, &mut rng, DType::BF16);
+    }
+}
+
+/// A Turing card has no bf16 tensor cores: the backend refuses bf16 there when it is made
+/// (at start, not mid-step), naming the card and the alternatives.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn bf16_is_refused_below_compute_capability_8() {
+    use lorafuse::backend::cuda::{CudaBackend, Device, DeviceLimits};
+    let t4 = DeviceLimits::profile("T4").unwrap();
+    let err = CudaBackend::new(Device::emulating(t4), DType::BF16)
+        .err()
+        .expect("bf16 on sm_75 must be refused")
+        .to_string();
+    for part in ["T4", "sm_75", "8.0", "mixed_precision: fp16"] {
+        assert!(err.contains(part), "{part} missing from: {err}");
+    }
+    let a100 = DeviceLimits::profile("A100").unwrap();
+    assert!(CudaBackend::new(Device::emulating(a100), DType::BF16).is_ok());
 }
 
 /// On a Turing profile the m16n8k16 wrapper runs as two m16n8k8 (its fragments split in k)

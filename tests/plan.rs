@@ -324,11 +324,52 @@ fn the_plan_command_prints_the_breakdown_and_the_fit() {
     assert!(o.status.success(), "{out}{err}");
     assert!(err.contains("GPU: T4 (sm_75"), "{err}");
     assert!(out.contains("within 15.00 GiB"), "{out}");
+    // bf16 is refused there (no bf16 tensor cores), with the alternative.
+    let o = lorafuse(&["plan", cfg, "--gpu", "T4", "--set", "mixed_precision=bf16"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    for part in [
+        "mixed_precision = bf16",
+        "T4",
+        "8.0",
+        "mixed_precision: fp16",
+    ] {
+        assert!(err.contains(part), "{part} missing from: {err}");
+    }
     let o = lorafuse(&["plan", cfg, "--gpu", "RTX 9999"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("T4, RTX 2070"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// bf16 plans as fp16 does: 2-byte activations and frozen weights, so the same weights,
+/// tape, adapters, optimizer and (at this size) peak, though bf16 runs the simple kernels;
+/// on a Turing card it is refused, naming the card and the alternative.
+#[test]
+fn bf16_plans_like_fp16_and_is_refused_on_turing() {
+    use lorafuse::backend::cuda::DeviceLimits;
+    let h = plan(&input(1, 512, 8, DType::F16)).unwrap();
+    let b = plan(&input(1, 512, 8, DType::BF16)).unwrap();
+    assert_eq!(b.input.dtype(), DType::BF16);
+    assert_eq!(b.weights, h.weights);
+    assert_eq!(b.tape, h.tape);
+    assert_eq!(
+        (b.lora, b.optimizer, b.grads, b.caches),
+        (h.lora, h.optimizer, h.grads, h.caches)
+    );
+    println!(
+        "pool peak: bf16 {:.0} MiB, fp16 {:.0} MiB",
+        b.pool_peak() as f64 / MIB,
+        h.pool_peak() as f64 / MIB
+    );
+    assert_eq!(b.pool_peak(), h.pool_peak());
+    let t4 = DeviceLimits::profile("T4").unwrap();
+    let e = plan(&input(1, 512, 8, DType::BF16).on(t4)).unwrap_err();
+    let m = e.to_string();
+    for part in ["bf16", "T4 (sm_75", "8.0", "mixed_precision: fp16"] {
+        assert!(m.contains(part), "{part} missing from: {m}");
+    }
 }
 
 /// The VAE attention takes its keys in chunks of what a card's shared memory holds, so no

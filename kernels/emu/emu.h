@@ -250,6 +250,34 @@ inline __half2 __floats2half2_rn(float a, float b) { return {__float2half_rn(a),
 inline float __low2float(__half2 h) { return __half2float(h.x); }
 inline float __high2float(__half2 h) { return __half2float(h.y); }
 
+// ---- bfloat16: f32's sign and exponent with 7 stored mantissa bits (the top half of an f32),
+// round-to-nearest-even from f32 ----
+
+struct __nv_bfloat16 {
+    uint16_t bits;
+};
+
+inline float __bfloat162float(__nv_bfloat16 h) {
+    uint32_t u = uint32_t(h.bits) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    __nv_bfloat16 h;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN: keep it quiet
+        h.bits = uint16_t((u >> 16) | 0x0040u);
+        return h;
+    }
+    // Adding 0x7fff plus the kept part's lowest bit rounds half to even; a carry out of the
+    // mantissa steps the exponent (and rounds the largest finite values to infinity).
+    h.bits = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return h;
+}
+
 // ---- the target architecture, tensor-core and async-copy instructions (see common.cuh for
 // the device side) ----
 
@@ -267,6 +295,10 @@ void tally(Counted what);
 // D = A·B + C for one m16n8k16 tile (f16 inputs, f32 accumulation), per-lane fragments as
 // in the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type").
 void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
+// The same with bf16 inputs (mma.sync.m16n8k16.row.col.f32.bf16.bf16.f32, sm_80 and later:
+// the same fragment layout, each 16-bit element a bfloat16); counted as an m16n8k16. Aborts
+// when the launch emulates an architecture below sm_80, which has no bf16 mma.
+void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
 // D = A·B + C for one m16n8k8 tile (f16, f32 accumulation; sm_75's tensor-core shape):
 // a[0] holds A[g][2t..2t+1], a[1] A[g+8][2t..2t+1], b B[2t..2t+1][g] (g = lane/4, t = lane%4),
 // C and D as for m16n8k16 ("Matrix Fragments for mma.m16n8k8").

@@ -382,15 +382,22 @@ struct Fragments {
     float c[4];
 };
 
+// One 16-bit element of a fragment register (the low half first), as f32.
 float h(uint32_t word, int hi) {
     __half x;
     x.bits = uint16_t(hi ? word >> 16 : word & 0xffffu);
     return __half2float(x);
 }
+float bf(uint32_t word, int hi) {
+    __nv_bfloat16 x;
+    x.bits = uint16_t(hi ? word >> 16 : word & 0xffffu);
+    return __bfloat162float(x);
+}
 
-}  // namespace
-
-void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+// D = A·B + C on one m16n8k16 tile whose 16-bit elements `elem` reads (f16 or bf16). The
+// products of two 16-bit values are exact in f32; they are added in k order in f32.
+template <float (*elem)(uint32_t, int)>
+void mma_k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
     if (lane() == 0) tally(MMA_M16N8K16);
     Fragments mine, all[32];
     std::memcpy(mine.a, a, sizeof mine.a);
@@ -404,11 +411,11 @@ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const fl
         for (int i = 0; i < 8; ++i) {
             int row = g + ((i & 2) ? 8 : 0);
             int col = t * 2 + (i & 1) + ((i & 4) ? 8 : 0);
-            A[row][col] = h(all[ln].a[i >> 1], i & 1);
+            A[row][col] = elem(all[ln].a[i >> 1], i & 1);
         }
         for (int i = 0; i < 4; ++i) {
             int k = t * 2 + (i & 1) + ((i & 2) ? 8 : 0);
-            B[k][g] = h(all[ln].b[i >> 1], i & 1);
+            B[k][g] = elem(all[ln].b[i >> 1], i & 1);
         }
         for (int i = 0; i < 4; ++i) {
             int row = g + ((i & 2) ? 8 : 0);
@@ -422,6 +429,23 @@ void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const fl
         for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
         d[i] = acc;
     }
+}
+
+}  // namespace
+
+void mma_m16n8k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    mma_k16<h>(d, a, b, c);
+}
+
+void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    if (sm() < 80) {
+        std::fprintf(stderr,
+                     "emu: mma.sync bf16 needs sm_80 or later (this launch emulates sm_%d); "
+                     "the launcher must not run a bf16 tensor-core kernel there\n",
+                     sm());
+        std::abort();
+    }
+    mma_k16<bf>(d, a, b, c);
 }
 
 namespace {

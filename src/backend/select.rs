@@ -6,9 +6,7 @@
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::config::{Device, MixedPrecision};
-#[cfg(not(feature = "cuda"))]
-use crate::error::Error;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::DType;
 
 /// What `device: auto` and `device: cuda` say in a build without the CUDA backend.
@@ -21,18 +19,19 @@ pub struct Selected {
     pub note: String,
 }
 
-/// The activation dtype on a GPU for a `mixed_precision` setting, and a note when the setting
-/// cannot be honoured exactly.
-pub fn gpu_dtype(mp: MixedPrecision) -> (DType, Option<&'static str>) {
+/// The activation dtype on a GPU for a `mixed_precision` setting (bf16 needs compute
+/// capability 8.0+: `DeviceLimits::bf16_refused`).
+pub fn gpu_dtype(mp: MixedPrecision) -> DType {
     match mp {
-        MixedPrecision::No => (DType::F32, None),
-        MixedPrecision::Fp16 => (DType::F16, None),
-        MixedPrecision::Bf16 => (
-            DType::F32,
-            Some("mixed_precision = bf16: the CUDA kernels have no bf16 path yet; computing in f32 (fp16 halves activation memory)"),
-        ),
+        MixedPrecision::No => DType::F32,
+        MixedPrecision::Fp16 => DType::F16,
+        MixedPrecision::Bf16 => DType::BF16,
     }
 }
+
+/// What bf16 runs on today: the simple kernels (the tensor-core kernels are f16 only).
+pub const BF16_KERNELS_NOTE: &str = "bf16 runs the simple kernels (the tensor-core kernels \
+     are f16 only for now: mixed_precision: fp16 is faster)";
 
 /// Opens the backend for `device`.
 pub fn select(device: Device, mp: MixedPrecision) -> Result<Selected> {
@@ -51,6 +50,9 @@ pub fn select(device: Device, mp: MixedPrecision) -> Result<Selected> {
                 note: format!("device: auto -> {}", s.note),
                 ..s
             }),
+            // A GPU that cannot take the configured precision is a setting to change, not a
+            // reason to train on the CPU.
+            Err(e @ Error::BadValue { .. }) => Err(e),
             Err(e) => Ok(cpu(format!("device: auto -> cpu ({e})"))),
         },
         Device::Cuda(n) => open_cuda(n, mp),
@@ -61,16 +63,32 @@ pub fn select(device: Device, mp: MixedPrecision) -> Result<Selected> {
 fn open_cuda(ordinal: usize, mp: MixedPrecision) -> Result<Selected> {
     use crate::backend::cuda::{CudaBackend, Device as Dev};
     let dev = Dev::gpu(ordinal)?;
-    let (dtype, caveat) = gpu_dtype(mp);
+    let dtype = gpu_dtype(mp);
+    if dtype == DType::BF16 {
+        if let Some(why) = dev.limits().bf16_refused() {
+            return Err(bf16_refused(why));
+        }
+    }
     let mut note = format!("cuda:{ordinal}: {}, activations in {dtype}", dev.describe());
-    if let Some(c) = caveat {
+    if dtype == DType::BF16 {
         note.push_str("; ");
-        note.push_str(c);
+        note.push_str(BF16_KERNELS_NOTE);
     }
     Ok(Selected {
         backend: Box::new(CudaBackend::new(dev, dtype)?),
         note,
     })
+}
+
+/// The refusal of `mixed_precision: bf16` on a card below compute capability 8.0 (`why`
+/// names the card and the alternatives).
+pub fn bf16_refused(why: String) -> Error {
+    Error::BadValue {
+        op: "device selection",
+        name: "mixed_precision",
+        value: "bf16".into(),
+        expected: why,
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -118,9 +136,24 @@ mod tests {
     }
 
     #[test]
-    fn bf16_is_reported_not_silently_changed() {
-        assert_eq!(gpu_dtype(MixedPrecision::Bf16).0, DType::F32);
-        assert!(gpu_dtype(MixedPrecision::Bf16).1.unwrap().contains("bf16"));
-        assert_eq!(gpu_dtype(MixedPrecision::Fp16), (DType::F16, None));
+    fn each_precision_computes_in_its_dtype_and_bf16_is_refused_on_turing() {
+        assert_eq!(gpu_dtype(MixedPrecision::Bf16), DType::BF16);
+        assert_eq!(gpu_dtype(MixedPrecision::Fp16), DType::F16);
+        assert_eq!(gpu_dtype(MixedPrecision::No), DType::F32);
+        let t4 = crate::backend::cuda::DeviceLimits::profile("T4").unwrap();
+        let e = bf16_refused(t4.bf16_refused().unwrap());
+        assert_eq!(e.kind(), crate::error::ErrorKind::BadInput);
+        let m = e.to_string();
+        for part in [
+            "mixed_precision",
+            "bf16",
+            "T4",
+            "8.0",
+            "mixed_precision: fp16",
+        ] {
+            assert!(m.contains(part), "{part} missing from: {m}");
+        }
+        let a100 = crate::backend::cuda::DeviceLimits::profile("A100").unwrap();
+        assert!(a100.bf16_refused().is_none());
     }
 }

@@ -625,8 +625,9 @@ config_keys! {
     // --- compute
 
     /// Precision of the frozen model's activations on a GPU (`fp16`: f16 storage, f32
-    /// accumulation, dynamic loss scaling; `bf16` computes in f32 for now). The CPU always
-    /// computes in f32. LoRA weights and optimizer state are always f32.
+    /// accumulation, dynamic loss scaling; `bf16`: bf16 storage, f32 accumulation, no loss
+    /// scaling, compute capability 8.0+ only, refused on Turing). The CPU always computes in
+    /// f32. LoRA weights and optimizer state are always f32.
     mixed_precision: MixedPrecision = fixed(MixedPrecision::Fp16),
         read parse::mixed_precision,
         doc_type choice_doc::<MixedPrecision>(),

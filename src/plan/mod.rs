@@ -61,7 +61,11 @@ impl PlanInput {
     /// A plain training step on SD1.5: kohya's default targets, alpha = rank, no text-encoder
     /// training, sampling or dropout, fixed captions, `batch` images (benches and tests).
     pub fn step(batch: usize, width: usize, height: usize, rank: usize, dtype: DType) -> PlanInput {
-        let precision = if dtype == DType::F16 { "fp16" } else { "no" };
+        let precision = match dtype {
+            DType::F16 => "fp16",
+            DType::BF16 => "bf16",
+            _ => "no",
+        };
         let sets = [
             "train_data_dir=plan-images".to_string(),
             "base_model=sd15-reference".to_string(),
@@ -180,7 +184,7 @@ impl PlanInput {
     }
     /// Activation and frozen-weight dtype on the GPU.
     pub fn dtype(&self) -> DType {
-        crate::backend::select::gpu_dtype(self.cfg.mixed_precision).0
+        crate::backend::select::gpu_dtype(self.cfg.mixed_precision)
     }
 }
 

@@ -195,7 +195,12 @@ fn check(input: &PlanInput) -> Result<()> {
         );
     }
     if input.dtype() == DType::F64 {
-        return bad("mixed_precision", "f64".into(), "fp16 or no (f32)");
+        return bad("mixed_precision", "f64".into(), "fp16, bf16 or no (f32)");
+    }
+    if input.dtype() == DType::BF16 {
+        if let Some(why) = input.device.bf16_refused() {
+            return Err(crate::backend::select::bf16_refused(why));
+        }
     }
     Ok(())
 }

@@ -16,6 +16,13 @@ pub struct LossScaler {
 impl LossScaler {
     const GROWTH_INTERVAL: u32 = 2000;
 
+    /// The scaler for a backend computing in `dtype`: on for f16 only. bf16 keeps f32's
+    /// 8-bit exponent, so small gradients do not flush to zero and it needs no scaling (as
+    /// PyTorch's autocast uses no GradScaler for bf16); f32 neither.
+    pub fn for_compute(dtype: crate::tensor::DType) -> Self {
+        LossScaler::new(dtype == crate::tensor::DType::F16)
+    }
+
     /// Enabled for f16 compute, starting at 2^16; a no-op scale of 1 otherwise.
     pub fn new(enabled: bool) -> Self {
         LossScaler {
@@ -44,5 +51,21 @@ impl LossScaler {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LossScaler;
+    use crate::tensor::DType;
+
+    #[test]
+    fn only_f16_is_scaled() {
+        assert!(LossScaler::for_compute(DType::F16).enabled);
+        assert_eq!(LossScaler::for_compute(DType::F16).scale, 65536.0);
+        for d in [DType::BF16, DType::F32] {
+            let s = LossScaler::for_compute(d);
+            assert!(!s.enabled && s.scale == 1.0, "{d}: {s:?}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::model::cond::Cond;
 use crate::model::family::Models;
 use crate::model::layers::Ctx;
 use crate::rng::Rng;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 use crate::train::inputs::{Draw, Inputs};
 use crate::train::lr::Schedule;
 use crate::train::optim::{clip_coefficient, KeyDefaults, OptimizerKind, ParamGroup};
@@ -216,7 +216,7 @@ impl Trainable {
             lora,
             grads,
             groups,
-            scaler: LossScaler::new(be.compute_dtype() == DType::F16),
+            scaler: LossScaler::for_compute(be.compute_dtype()),
             objective: Objective {
                 schedule: if cfg.zero_terminal_snr {
                     m.family.noise_schedule().with_zero_terminal_snr()

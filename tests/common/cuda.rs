@@ -26,6 +26,11 @@ pub fn engines(dtype: DType) -> Vec<Engine> {
     });
     #[cfg(feature = "cuda")]
     match Device::gpu(0) {
+        // bf16 needs compute capability 8.0: a Turing GPU refuses it (as `train` does).
+        Ok(dev) if dtype == DType::BF16 && dev.limits().bf16_refused().is_some() => {
+            let why = dev.limits().bf16_refused().unwrap_or_default();
+            println!("SKIPPED on the GPU: {why}");
+        }
         Ok(dev) => out.push(Engine {
             be: CudaBackend::new(dev, dtype).unwrap(),
             gpu: true,
@@ -112,14 +117,26 @@ pub fn round_f16(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
 }
 
-/// A CPU f32 tensor and the same values on `be` in `dtype` (for f16, the CPU copy holds the
-/// f16-rounded values, so both sides start from the same numbers).
+/// The values rounded through bf16 (what a bf16 tensor of them holds).
+pub fn round_bf16(v: &[f32]) -> Vec<f32> {
+    v.iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect()
+}
+
+/// The values as a tensor of `dtype` holds them (f16 and bf16 rounded, f32 as they are).
+pub fn rounded(dtype: DType, v: &[f32]) -> Vec<f32> {
+    match dtype {
+        DType::F16 => round_f16(v),
+        DType::BF16 => round_bf16(v),
+        _ => v.to_vec(),
+    }
+}
+
+/// A CPU f32 tensor and the same values on `be` in `dtype` (for f16 and bf16, the CPU copy
+/// holds the rounded values, so both sides start from the same numbers).
 pub fn pair(be: &CudaBackend, shape: &[usize], v: &[f32], dtype: DType) -> (Tensor, Tensor) {
-    let host = if dtype == DType::F16 {
-        round_f16(v)
-    } else {
-        v.to_vec()
-    };
+    let host = rounded(dtype, v);
     (
         Tensor::from_f32(shape, host).unwrap(),
         be.tensor_from_f32(shape, v, dtype).unwrap(),
@@ -143,10 +160,13 @@ pub fn cpu() -> CpuBackend {
 }
 
 /// Tolerances for comparing the CUDA backend with the CPU one: f32 kernels differ only by
-/// summation order; f16 kernels also round their outputs (and intermediates) to f16.
+/// summation order; f16 kernels also round their outputs (and intermediates) to f16; bf16
+/// kernels likewise to bf16, whose unit roundoff (2^-8: 8 significant bits) is 8 times f16's
+/// (2^-11), so its bounds are f16's times 8.
 pub fn tol(dtype: DType) -> (f64, f64) {
     match dtype {
         DType::F16 => (1e-2, 2e-3),
+        DType::BF16 => (8e-2, 1.6e-2),
         _ => (2e-5, 1e-5),
     }
 }

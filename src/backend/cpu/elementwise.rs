@@ -9,7 +9,7 @@
 //!   cast:             f16 <-> f32 <-> f64 (f16 rounds to nearest even); u8 <-> the others
 //!                     exactly (to u8: the integers 0 to 255 only)
 
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::CpuBackend;
@@ -193,6 +193,20 @@ impl Tensors for CpuBackend {
                 )
             }
             (_, DType::U8) => CpuData::U8(codes(&x.to_f32_vec())?),
+            // bf16 is held and converted here, never computed in: through f32, which holds
+            // every bf16 exactly (the rounding to bf16 is to nearest even).
+            (CpuData::BF16(v), d) => {
+                return self.cast(
+                    &Tensor::from_f32(x.dims(), v.iter().map(|h| h.to_f32()).collect())?,
+                    d,
+                )
+            }
+            (_, DType::BF16) => CpuData::BF16(
+                x.to_f32_vec()
+                    .par_iter()
+                    .map(|&f| bf16::from_f32(f))
+                    .collect(),
+            ),
         };
         Tensor::from_cpu(x.shape().clone(), data)
     }

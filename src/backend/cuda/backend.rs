@@ -13,7 +13,7 @@ use crate::backend::{BackendInfo, DeviceMemory};
 use crate::error::{Error, Result};
 use crate::tensor::DType;
 
-/// The CUDA backend: activations and frozen weights in `dtype` (f16 or f32), LoRA weights,
+/// The CUDA backend: activations and frozen weights in `dtype` (f16, bf16 or f32), LoRA weights,
 /// their gradients and the optimizer state in f32, f32 accumulation everywhere.
 #[derive(Clone)]
 pub struct CudaBackend {
@@ -23,18 +23,24 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
-    /// A backend computing in `dtype` (f16 or f32) on `dev`.
+    /// A backend computing in `dtype` (f16, bf16 or f32) on `dev`; bf16 needs compute
+    /// capability 8.0 or newer ([`super::DeviceLimits::bf16_refused`]).
     pub fn new(dev: Arc<Device>, dtype: DType) -> Result<CudaBackend> {
-        if dtype == DType::F64 {
+        if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32) {
             return Err(Error::DType {
                 op: "CudaBackend::new",
                 name: "dtype",
                 got: dtype,
-                expected: "f16 or f32 (f64 exists on the CPU backend only)".into(),
+                expected: "f16, bf16 or f32 (f64 exists on the CPU backend only)".into(),
             });
         }
         if let Some(why) = dev.limits().unsupported() {
             return Err(Error::CudaUnavailable(why));
+        }
+        if dtype == DType::BF16 {
+            if let Some(why) = dev.limits().bf16_refused() {
+                return Err(Error::CudaUnavailable(why));
+            }
         }
         Ok(CudaBackend {
             dev,
@@ -49,7 +55,7 @@ impl CudaBackend {
         self
     }
     /// Which implementation each kernel family runs as asked; fast kernels serve f16 only
-    /// (see [`CudaBackend::fast`]).
+    /// (see [`CudaBackend::fast`]: bf16 and f32 run the simple kernels).
     pub fn kernels(&self) -> KernelChoice {
         self.kernels
     }

@@ -33,7 +33,7 @@ impl DeviceBuffer {
     pub fn size_in_bytes(&self) -> usize {
         self.len * self.dtype.size_in_bytes()
     }
-    /// The elements as f32 on the host (f16 widened).
+    /// The elements as f32 on the host (f16 and bf16 widened).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
         if self.dev.is_meter() {
             // The meter holds no values; zeros stand in, as its kernels leave them.
@@ -44,6 +44,10 @@ impl DeviceBuffer {
         Ok(match self.dtype {
             DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
             DType::F16 => bytemuck::pod_collect_to_vec::<u8, half::f16>(&bytes)
+                .into_iter()
+                .map(f32::from)
+                .collect(),
+            DType::BF16 => bytemuck::pod_collect_to_vec::<u8, half::bf16>(&bytes)
                 .into_iter()
                 .map(f32::from)
                 .collect(),

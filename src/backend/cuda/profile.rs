@@ -147,6 +147,19 @@ impl DeviceLimits {
             )
         })
     }
+
+    /// Why this device cannot compute in bf16 (`mixed_precision: bf16`), or None: bf16 needs
+    /// compute capability 8.0 or newer (Ampere: RTX 30xx, A100; and later), where the tensor
+    /// cores take bf16 and the conversions are native. Said at start, never mid-step.
+    pub fn bf16_refused(&self) -> Option<String> {
+        (self.compute_capability < (8, 0)).then(|| {
+            format!(
+                "{self}: mixed_precision: bf16 needs compute capability 8.0 or newer (RTX 30xx, \
+                 A100 and later); this card has no bf16 tensor cores. Use `mixed_precision: \
+                 fp16` (f16 with dynamic loss scaling) or `mixed_precision: no` (f32)"
+            )
+        })
+    }
 }
 
 /// A card name without case, spaces, dashes or the vendor's words.

@@ -13,24 +13,34 @@ kernels! {
     module "activation";
     fn silu_f32(x: In, y: Out, n: i32);
     fn silu_f16(x: In, y: Out, n: i32);
+    fn silu_bf16(x: In, y: Out, n: i32);
     fn gelu_f32(x: In, y: Out, n: i32);
     fn gelu_f16(x: In, y: Out, n: i32);
+    fn gelu_bf16(x: In, y: Out, n: i32);
     fn quick_gelu_f32(x: In, y: Out, n: i32);
     fn quick_gelu_f16(x: In, y: Out, n: i32);
+    fn quick_gelu_bf16(x: In, y: Out, n: i32);
     fn gelu_tanh_f32(x: In, y: Out, n: i32);
     fn gelu_tanh_f16(x: In, y: Out, n: i32);
+    fn gelu_tanh_bf16(x: In, y: Out, n: i32);
     fn silu_backward_f32(dy: In, x: In, dx: Out, n: i32);
     fn silu_backward_f16(dy: In, x: In, dx: Out, n: i32);
+    fn silu_backward_bf16(dy: In, x: In, dx: Out, n: i32);
     fn gelu_backward_f32(dy: In, x: In, dx: Out, n: i32);
     fn gelu_backward_f16(dy: In, x: In, dx: Out, n: i32);
+    fn gelu_backward_bf16(dy: In, x: In, dx: Out, n: i32);
     fn quick_gelu_backward_f32(dy: In, x: In, dx: Out, n: i32);
     fn quick_gelu_backward_f16(dy: In, x: In, dx: Out, n: i32);
+    fn quick_gelu_backward_bf16(dy: In, x: In, dx: Out, n: i32);
     fn gelu_tanh_backward_f32(dy: In, x: In, dx: Out, n: i32);
     fn gelu_tanh_backward_f16(dy: In, x: In, dx: Out, n: i32);
+    fn gelu_tanh_backward_bf16(dy: In, x: In, dx: Out, n: i32);
     fn geglu_f32(x: In, y: Out, f: i32, n: i32);
     fn geglu_f16(x: In, y: Out, f: i32, n: i32);
+    fn geglu_bf16(x: In, y: Out, f: i32, n: i32);
     fn geglu_backward_f32(dy: In, x: In, dx: Out, f: i32, n: i32);
     fn geglu_backward_f16(dy: In, x: In, dx: Out, f: i32, n: i32);
+    fn geglu_backward_bf16(dy: In, x: In, dx: Out, f: i32, n: i32);
 }
 
 impl ActivationOps for CudaBackend {
@@ -44,10 +54,12 @@ impl ActivationOps for CudaBackend {
             return Ok(y);
         }
         let f = match act {
-            Activation::Silu => by_dtype!(d, OP, silu_f32, silu_f16),
-            Activation::Gelu => by_dtype!(d, OP, gelu_f32, gelu_f16),
-            Activation::QuickGelu => by_dtype!(d, OP, quick_gelu_f32, quick_gelu_f16),
-            Activation::GeluTanh => by_dtype!(d, OP, gelu_tanh_f32, gelu_tanh_f16),
+            Activation::Silu => by_dtype!(d, OP, silu_f32, silu_f16, silu_bf16),
+            Activation::Gelu => by_dtype!(d, OP, gelu_f32, gelu_f16, gelu_bf16),
+            Activation::QuickGelu => {
+                by_dtype!(d, OP, quick_gelu_f32, quick_gelu_f16, quick_gelu_bf16)
+            }
+            Activation::GeluTanh => by_dtype!(d, OP, gelu_tanh_f32, gelu_tanh_f16, gelu_tanh_bf16),
         };
         let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
         f(self.device(), cfg, xi, output(self, OP, "y", &mut y)?, n)?;
@@ -66,13 +78,37 @@ impl ActivationOps for CudaBackend {
             return Ok(dx);
         }
         let f = match act {
-            Activation::Silu => by_dtype!(d, OP, silu_backward_f32, silu_backward_f16),
-            Activation::Gelu => by_dtype!(d, OP, gelu_backward_f32, gelu_backward_f16),
+            Activation::Silu => by_dtype!(
+                d,
+                OP,
+                silu_backward_f32,
+                silu_backward_f16,
+                silu_backward_bf16
+            ),
+            Activation::Gelu => by_dtype!(
+                d,
+                OP,
+                gelu_backward_f32,
+                gelu_backward_f16,
+                gelu_backward_bf16
+            ),
             Activation::QuickGelu => {
-                by_dtype!(d, OP, quick_gelu_backward_f32, quick_gelu_backward_f16)
+                by_dtype!(
+                    d,
+                    OP,
+                    quick_gelu_backward_f32,
+                    quick_gelu_backward_f16,
+                    quick_gelu_backward_bf16
+                )
             }
             Activation::GeluTanh => {
-                by_dtype!(d, OP, gelu_tanh_backward_f32, gelu_tanh_backward_f16)
+                by_dtype!(
+                    d,
+                    OP,
+                    gelu_tanh_backward_f32,
+                    gelu_tanh_backward_f16,
+                    gelu_tanh_backward_bf16
+                )
             }
         };
         let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
@@ -98,7 +134,7 @@ impl ActivationOps for CudaBackend {
         if n == 0 {
             return Ok(y);
         }
-        let f = by_dtype!(d, OP, geglu_f32, geglu_f16);
+        let f = by_dtype!(d, OP, geglu_f32, geglu_f16, geglu_bf16);
         let cfg = LaunchCfg::for_items(n, BLOCK);
         f(
             self.device(),
@@ -123,7 +159,13 @@ impl ActivationOps for CudaBackend {
         if n == 0 {
             return Ok(dx);
         }
-        let f = by_dtype!(d, OP, geglu_backward_f32, geglu_backward_f16);
+        let f = by_dtype!(
+            d,
+            OP,
+            geglu_backward_f32,
+            geglu_backward_f16,
+            geglu_backward_bf16
+        );
         let cfg = LaunchCfg::for_items(n, BLOCK);
         f(
             self.device(),

@@ -31,16 +31,24 @@ kernels! {
         d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_fwd_f16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32, lk: i32,
         d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fwd_bf16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32, lk: i32,
+        d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_bwd_dot_f32(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
     fn attention_bwd_dot_f16(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
+    fn attention_bwd_dot_bf16(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
     fn attention_bwd_dq_f32(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
         heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_bwd_dq_f16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_bwd_dq_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
         heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_bwd_dkv_f32(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
         dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32,
         parts: i32);
     fn attention_bwd_dkv_f16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32,
+        parts: i32);
+    fn attention_bwd_dkv_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
         dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32,
         parts: i32);
 }
@@ -169,7 +177,13 @@ impl AttentionOps for CudaBackend {
             ATT_THREADS,
             att_fwd_smem(n.head_dim, n.v_head_dim),
         )?;
-        let f = by_dtype!(dt, OP, attention_fwd_f32, attention_fwd_f16);
+        let f = by_dtype!(
+            dt,
+            OP,
+            attention_fwd_f32,
+            attention_fwd_f16,
+            attention_fwd_bf16
+        );
         f(
             self.device(),
             cfg,
@@ -241,7 +255,13 @@ impl AttentionOps for CudaBackend {
             return Ok((dq, dk, dv));
         }
         if rows > 0 {
-            let f = by_dtype!(dt, OP, attention_bwd_dot_f32, attention_bwd_dot_f16);
+            let f = by_dtype!(
+                dt,
+                OP,
+                attention_bwd_dot_f32,
+                attention_bwd_dot_f16,
+                attention_bwd_dot_bf16
+            );
             f(
                 self.device(),
                 LaunchCfg::for_items(rows, BLOCK),
@@ -253,7 +273,13 @@ impl AttentionOps for CudaBackend {
                 a.dv,
                 int(OP, "q", rows)?,
             )?;
-            let f = by_dtype!(dt, OP, attention_bwd_dq_f32, attention_bwd_dq_f16);
+            let f = by_dtype!(
+                dt,
+                OP,
+                attention_bwd_dq_f32,
+                attention_bwd_dq_f16,
+                attention_bwd_dq_bf16
+            );
             f(
                 self.device(),
                 tiled(
@@ -282,7 +308,13 @@ impl AttentionOps for CudaBackend {
         if n.batch * n.heads * n.kv_len > 0 {
             // With no queries (Lq = 0) this writes dK = dV = 0. One launch for both, or one
             // for dK and one for dV where both together exceed the device's shared memory.
-            let f = by_dtype!(dt, OP, attention_bwd_dkv_f32, attention_bwd_dkv_f16);
+            let f = by_dtype!(
+                dt,
+                OP,
+                attention_bwd_dkv_f32,
+                attention_bwd_dkv_f16,
+                attention_bwd_dkv_bf16
+            );
             let (dsi, dko, dvo) = (
                 input(self, OP, "dsum", &dsum)?,
                 output(self, OP, "dk", &mut dk)?,

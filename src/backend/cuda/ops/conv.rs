@@ -32,16 +32,23 @@ kernels! {
         wd: i32, o: i32, k: i32, ho: i32, wo: i32, s: i32, pad: i32);
     fn conv2d_fwd_f16(x: In, w: In, bias: In, y: Out, has_bias: i32, n: i32, c: i32, h: i32,
         wd: i32, o: i32, k: i32, ho: i32, wo: i32, s: i32, pad: i32);
+    fn conv2d_fwd_bf16(x: In, w: In, bias: In, y: Out, has_bias: i32, n: i32, c: i32, h: i32,
+        wd: i32, o: i32, k: i32, ho: i32, wo: i32, s: i32, pad: i32);
     fn conv2d_dgrad_f32(dy: In, w: In, dx: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
         k: i32, ho: i32, wo: i32, s: i32, pad: i32);
     fn conv2d_dgrad_f16(dy: In, w: In, dx: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
+        k: i32, ho: i32, wo: i32, s: i32, pad: i32);
+    fn conv2d_dgrad_bf16(dy: In, w: In, dx: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
         k: i32, ho: i32, wo: i32, s: i32, pad: i32);
     fn conv2d_wgrad_f32(x: In, dy: In, dw: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
         k: i32, ho: i32, wo: i32, s: i32, pad: i32, scale: f32, accumulate: i32);
     fn conv2d_wgrad_f16(x: In, dy: In, dw: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
         k: i32, ho: i32, wo: i32, s: i32, pad: i32, scale: f32, accumulate: i32);
+    fn conv2d_wgrad_bf16(x: In, dy: In, dw: Out, n: i32, c: i32, h: i32, wd: i32, o: i32,
+        k: i32, ho: i32, wo: i32, s: i32, pad: i32, scale: f32, accumulate: i32);
     fn conv_mask_mul_f32(v: Out, mask: In, count: i32);
     fn conv_mask_mul_f16(v: Out, mask: In, count: i32);
+    fn conv_mask_mul_bf16(v: Out, mask: In, count: i32);
 }
 
 /// The sizes as the kernels take them, each checked to fit an i32, along with the element
@@ -218,7 +225,13 @@ fn mask_mul(be: &CudaBackend, v: &mut Tensor, mask: &Tensor) -> Result<()> {
         return Ok(());
     }
     let mi = input(be, OP, "lora dropout mask", mask)?;
-    let f = by_dtype!(dt, OP, conv_mask_mul_f32, conv_mask_mul_f16);
+    let f = by_dtype!(
+        dt,
+        OP,
+        conv_mask_mul_f32,
+        conv_mask_mul_f16,
+        conv_mask_mul_bf16
+    );
     f(
         be.device(),
         LaunchCfg::for_items(v.numel(), BLOCK),
@@ -254,7 +267,7 @@ fn forward(
         return Ok(y);
     }
     let cfg = grid(d.n * d.ho * d.wo, d.o);
-    let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16);
+    let f = by_dtype!(dt, OP, conv2d_fwd_f32, conv2d_fwd_f16, conv2d_fwd_bf16);
     f(
         be.device(),
         cfg,
@@ -293,7 +306,13 @@ fn input_grad(be: &CudaBackend, d: &ConvDims, dy: &Tensor, w: &Tensor) -> Result
         return Ok(dx);
     }
     let cfg = grid(d.n * d.h * d.w, d.c);
-    let f = by_dtype!(dt, OP, conv2d_dgrad_f32, conv2d_dgrad_f16);
+    let f = by_dtype!(
+        dt,
+        OP,
+        conv2d_dgrad_f32,
+        conv2d_dgrad_f16,
+        conv2d_dgrad_bf16
+    );
     f(
         be.device(),
         cfg,
@@ -337,7 +356,13 @@ fn weight_grad(
         expected: "at most 2^32 - 1 elements".into(),
     })?;
     let cfg = LaunchCfg::new((blocks, 1, 1), (CONV_WG_THREADS as u32, 1, 1), 0);
-    let f = by_dtype!(x.dtype(), OP, conv2d_wgrad_f32, conv2d_wgrad_f16);
+    let f = by_dtype!(
+        x.dtype(),
+        OP,
+        conv2d_wgrad_f32,
+        conv2d_wgrad_f16,
+        conv2d_wgrad_bf16
+    );
     f(
         be.device(),
         cfg,

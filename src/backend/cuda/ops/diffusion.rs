@@ -13,12 +13,16 @@ kernels! {
     module "diffusion";
     fn timestep_embedding_f32(t: In, freq: In, out: Out, rows: i32, dim: i32, half: i32, flip: i32);
     fn timestep_embedding_f16(t: In, freq: In, out: Out, rows: i32, dim: i32, half: i32, flip: i32);
+    fn timestep_embedding_bf16(t: In, freq: In, out: Out, rows: i32, dim: i32, half: i32, flip: i32);
     fn add_noise_f32(x: In, z: In, a: In, b: In, y: Out, per: i32, n: i32);
     fn add_noise_f16(x: In, z: In, a: In, b: In, y: Out, per: i32, n: i32);
+    fn add_noise_bf16(x: In, z: In, a: In, b: In, y: Out, per: i32, n: i32);
     fn gaussian_sample_f32(mean: In, logvar: In, noise: In, y: Out, scale: f32, n: i32);
     fn gaussian_sample_f16(mean: In, logvar: In, noise: In, y: Out, scale: f32, n: i32);
+    fn gaussian_sample_bf16(mean: In, logvar: In, noise: In, y: Out, scale: f32, n: i32);
     fn mse_f32(pred: In, target: In, coef: In, grad: Out, partial: Out, per: i32);
     fn mse_f16(pred: In, target: In, coef: In, grad: Out, partial: Out, per: i32);
+    fn mse_bf16(pred: In, target: In, coef: In, grad: Out, partial: Out, per: i32);
 }
 
 /// Host scalars as a small f32 device vector.
@@ -40,7 +44,13 @@ impl DiffusionOps for CudaBackend {
         let freq = floats(self, &freq)?;
         let rows = t.numel();
         let mut out = alloc(self, [rows, p.dim], d)?;
-        let f = by_dtype!(d, OP, timestep_embedding_f32, timestep_embedding_f16);
+        let f = by_dtype!(
+            d,
+            OP,
+            timestep_embedding_f32,
+            timestep_embedding_f16,
+            timestep_embedding_bf16
+        );
         f(
             self.device(),
             LaunchCfg::for_items(rows * p.dim, BLOCK),
@@ -64,7 +74,7 @@ impl DiffusionOps for CudaBackend {
         let (at, bt) = (floats(self, a)?, floats(self, b)?);
         let mut y = alloc(self, x.shape().clone(), d)?;
         let per = x.numel() / n.max(1);
-        let f = by_dtype!(d, OP, add_noise_f32, add_noise_f16);
+        let f = by_dtype!(d, OP, add_noise_f32, add_noise_f16, add_noise_bf16);
         f(
             self.device(),
             LaunchCfg::for_items(x.numel(), BLOCK),
@@ -98,7 +108,13 @@ impl DiffusionOps for CudaBackend {
             None => super::super::launch::In(0),
         };
         let mut y = alloc(self, mean.shape().clone(), d)?;
-        let f = by_dtype!(d, OP, gaussian_sample_f32, gaussian_sample_f16);
+        let f = by_dtype!(
+            d,
+            OP,
+            gaussian_sample_f32,
+            gaussian_sample_f16,
+            gaussian_sample_bf16
+        );
         f(
             self.device(),
             LaunchCfg::for_items(mean.numel(), BLOCK),
@@ -134,7 +150,7 @@ impl DiffusionOps for CudaBackend {
         let chunks = per.div_ceil(MSE_CHUNK);
         let mut grad = alloc(self, pred.shape().clone(), d)?;
         let mut partial = alloc(self, [n, chunks], DType::F32)?;
-        let f = by_dtype!(d, OP, mse_f32, mse_f16);
+        let f = by_dtype!(d, OP, mse_f32, mse_f16, mse_bf16);
         f(
             self.device(),
             LaunchCfg::new(

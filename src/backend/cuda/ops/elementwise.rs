@@ -1,6 +1,6 @@
 //! Elementwise ops, casts, and the host <-> device transfers (kernels/elementwise.cu).
 
-use half::f16;
+use half::{bf16, f16};
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
@@ -13,19 +13,26 @@ kernels! {
     module "elementwise";
     fn add_f32(a: In, b: In, y: Out, n: i32);
     fn add_f16(a: In, b: In, y: Out, n: i32);
+    fn add_bf16(a: In, b: In, y: Out, n: i32);
     fn mul_f32(a: In, b: In, y: Out, n: i32);
     fn mul_f16(a: In, b: In, y: Out, n: i32);
+    fn mul_bf16(a: In, b: In, y: Out, n: i32);
     fn add_assign_f32(a: Out, b: In, n: i32);
     fn add_assign_f16(a: Out, b: In, n: i32);
+    fn add_assign_bf16(a: Out, b: In, n: i32);
     fn scale_f32(x: In, y: Out, s: f32, n: i32);
     fn scale_f16(x: In, y: Out, s: f32, n: i32);
+    fn scale_bf16(x: In, y: Out, s: f32, n: i32);
     fn add_channel_bias_f32(x: In, bias: In, y: Out, plane: i32, n: i32);
     fn add_channel_bias_f16(x: In, bias: In, y: Out, plane: i32, n: i32);
+    fn add_channel_bias_bf16(x: In, bias: In, y: Out, plane: i32, n: i32);
     fn cast_f32_f16(x: In, y: Out, n: i32);
     fn cast_f16_f32(x: In, y: Out, n: i32);
+    fn cast_f32_bf16(x: In, y: Out, n: i32);
+    fn cast_bf16_f32(x: In, y: Out, n: i32);
 }
 
-/// What a device tensor may hold: f16 or f32, or u8 codes (the 8-bit optimizers' state,
+/// What a device tensor may hold: f16, bf16 or f32, or u8 codes (the 8-bit optimizers' state,
 /// which no kernel but theirs reads).
 fn stored_dtype(d: DType) -> Result<DType> {
     match d {
@@ -65,6 +72,10 @@ impl Tensors for CudaBackend {
                 let h: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
                 self.device().upload(b, bytemuck::cast_slice(&h))?
             }
+            DType::BF16 => {
+                let h: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+                self.device().upload(b, bytemuck::cast_slice(&h))?
+            }
             _ => self.device().upload(b, bytemuck::cast_slice(data))?,
         }
         Ok(t)
@@ -86,11 +97,15 @@ impl Tensors for CudaBackend {
         match (from, to) {
             (DType::F32, DType::F16) => cast_f32_f16(self.device(), cfg, xi, yo, n)?,
             (DType::F16, DType::F32) => cast_f16_f32(self.device(), cfg, xi, yo, n)?,
-            _ => {
+            (DType::F32, DType::BF16) => cast_f32_bf16(self.device(), cfg, xi, yo, n)?,
+            (DType::BF16, DType::F32) => cast_bf16_f32(self.device(), cfg, xi, yo, n)?,
+            (a, b) if a == b => {
                 let src = buffer(self, OP, "x", x)?;
                 let dst = buffer(self, OP, "y", &y)?;
                 self.device().copy(dst, src)?;
             }
+            // Between the 16-bit types: through f32, which holds both exactly.
+            _ => return self.cast(&self.cast(x, DType::F32)?, to),
         }
         Ok(y)
     }
@@ -98,11 +113,11 @@ impl Tensors for CudaBackend {
 
 impl ElementwiseOps for CudaBackend {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        binary(self, "add", a, b, [add_f32, add_f16])
+        binary(self, "add", a, b, [add_f32, add_f16, add_bf16])
     }
 
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        binary(self, "mul", a, b, [mul_f32, mul_f16])
+        binary(self, "mul", a, b, [mul_f32, mul_f16, mul_bf16])
     }
 
     fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
@@ -114,7 +129,7 @@ impl ElementwiseOps for CudaBackend {
         let n = int(OP, "a", a.numel())?;
         let cfg = LaunchCfg::for_items(a.numel(), BLOCK);
         let ao = output(self, OP, "a", a)?;
-        let f = by_dtype!(d, OP, add_assign_f32, add_assign_f16);
+        let f = by_dtype!(d, OP, add_assign_f32, add_assign_f16, add_assign_bf16);
         f(self.device(), cfg, ao, bi, n)
     }
 
@@ -124,7 +139,7 @@ impl ElementwiseOps for CudaBackend {
         let xi = input(self, OP, "x", x)?;
         let mut y = alloc(self, x.shape().clone(), d)?;
         let n = int(OP, "x", x.numel())?;
-        let f = by_dtype!(d, OP, scale_f32, scale_f16);
+        let f = by_dtype!(d, OP, scale_f32, scale_f16, scale_bf16);
         f(
             self.device(),
             LaunchCfg::for_items(x.numel(), BLOCK),
@@ -156,7 +171,13 @@ impl ElementwiseOps for CudaBackend {
         let (xi, bi) = (input(self, OP, "x", x)?, input(self, OP, "bias", bias)?);
         let mut y = alloc(self, x.shape().clone(), d)?;
         let n = int(OP, "x", x.numel())?;
-        let f = by_dtype!(d, OP, add_channel_bias_f32, add_channel_bias_f16);
+        let f = by_dtype!(
+            d,
+            OP,
+            add_channel_bias_f32,
+            add_channel_bias_f16,
+            add_channel_bias_bf16
+        );
         let cfg = LaunchCfg::for_items(x.numel(), BLOCK);
         f(
             self.device(),
@@ -171,7 +192,7 @@ impl ElementwiseOps for CudaBackend {
     }
 }
 
-/// One launch of `y[i] = a[i] ∘ b[i]` (add, mul), the kernel picked from `kernels` (f32, f16)
+/// One launch of `y[i] = a[i] ∘ b[i]` (add, mul), the kernel picked from `kernels` (f32, f16, bf16)
 /// by a's dtype.
 type Binary = fn(&crate::backend::cuda::Device, LaunchCfg, In, In, Out, i32) -> Result<()>;
 
@@ -180,7 +201,7 @@ fn binary(
     op: &'static str,
     a: &Tensor,
     b: &Tensor,
-    kernels: [Binary; 2],
+    kernels: [Binary; 3],
 ) -> Result<Tensor> {
     check::same_shape(op, "a", a, "b", b)?;
     let d = float_dtype(op, "a", a)?;
@@ -188,8 +209,8 @@ fn binary(
     let (ai, bi) = (input(be, op, "a", a)?, input(be, op, "b", b)?);
     let mut y = alloc(be, a.shape().clone(), d)?;
     let n = int(op, "a", a.numel())?;
-    let [f32_kernel, f16_kernel] = kernels;
-    let f = by_dtype!(d, op, f32_kernel, f16_kernel);
+    let [f32_kernel, f16_kernel, bf16_kernel] = kernels;
+    let f = by_dtype!(d, op, f32_kernel, f16_kernel, bf16_kernel);
     f(
         be.device(),
         LaunchCfg::for_items(a.numel(), BLOCK),

@@ -14,18 +14,25 @@ kernels! {
     module "layout";
     fn upsample2x_f32(x: In, y: Out, h: i32, w: i32, n: i32);
     fn upsample2x_f16(x: In, y: Out, h: i32, w: i32, n: i32);
+    fn upsample2x_bf16(x: In, y: Out, h: i32, w: i32, n: i32);
     fn upsample2x_bwd_f32(dy: In, dx: Out, h: i32, w: i32, n: i32);
     fn upsample2x_bwd_f16(dy: In, dx: Out, h: i32, w: i32, n: i32);
+    fn upsample2x_bwd_bf16(dy: In, dx: Out, h: i32, w: i32, n: i32);
     fn concat_f32(a: In, b: In, y: Out, la: i32, lb: i32, n: i32);
     fn concat_f16(a: In, b: In, y: Out, la: i32, lb: i32, n: i32);
+    fn concat_bf16(a: In, b: In, y: Out, la: i32, lb: i32, n: i32);
     fn split_f32(dy: In, da: Out, db: Out, la: i32, lb: i32, n: i32);
     fn split_f16(dy: In, da: Out, db: Out, la: i32, lb: i32, n: i32);
+    fn split_bf16(dy: In, da: Out, db: Out, la: i32, lb: i32, n: i32);
     fn pad2d_f32(x: In, y: Out, h: i32, w: i32, top: i32, left: i32, ho: i32, wo: i32, n: i32);
     fn pad2d_f16(x: In, y: Out, h: i32, w: i32, top: i32, left: i32, ho: i32, wo: i32, n: i32);
+    fn pad2d_bf16(x: In, y: Out, h: i32, w: i32, top: i32, left: i32, ho: i32, wo: i32, n: i32);
     fn transpose_f32(x: In, y: Out, rows: i32, cols: i32);
     fn transpose_f16(x: In, y: Out, rows: i32, cols: i32);
+    fn transpose_bf16(x: In, y: Out, rows: i32, cols: i32);
     fn embedding_f32(table: In, ids: In, y: Out, c: i32, n: i32);
     fn embedding_f16(table: In, ids: In, y: Out, c: i32, n: i32);
+    fn embedding_bf16(table: In, ids: In, y: Out, c: i32, n: i32);
 }
 
 impl LayoutOps for CudaBackend {
@@ -39,7 +46,7 @@ impl LayoutOps for CudaBackend {
         if total == 0 {
             return Ok(y);
         }
-        let f = by_dtype!(d, OP, upsample2x_f32, upsample2x_f16);
+        let f = by_dtype!(d, OP, upsample2x_f32, upsample2x_f16, upsample2x_bf16);
         let cfg = LaunchCfg::for_items(y.numel(), BLOCK);
         let yo = output(self, OP, "y", &mut y)?;
         f(
@@ -65,7 +72,13 @@ impl LayoutOps for CudaBackend {
         if total == 0 {
             return Ok(dx);
         }
-        let f = by_dtype!(d, OP, upsample2x_bwd_f32, upsample2x_bwd_f16);
+        let f = by_dtype!(
+            d,
+            OP,
+            upsample2x_bwd_f32,
+            upsample2x_bwd_f16,
+            upsample2x_bwd_bf16
+        );
         let cfg = LaunchCfg::for_items(dx.numel(), BLOCK);
         let dxo = output(self, OP, "dx", &mut dx)?;
         f(
@@ -92,7 +105,7 @@ impl LayoutOps for CudaBackend {
         if total == 0 {
             return Ok(y);
         }
-        let f = by_dtype!(d, OP, concat_f32, concat_f16);
+        let f = by_dtype!(d, OP, concat_f32, concat_f16, concat_bf16);
         let cfg = LaunchCfg::for_items(y.numel(), BLOCK);
         let yo = output(self, OP, "y", &mut y)?;
         f(self.device(), cfg, ai, bi, yo, la, lb, total)?;
@@ -109,7 +122,7 @@ impl LayoutOps for CudaBackend {
         let mut da = alloc(self, with_channels(dy, cd.ca), d)?;
         let mut db = alloc(self, with_channels(dy, cd.cb), d)?;
         if total > 0 {
-            let f = by_dtype!(d, OP, split_f32, split_f16);
+            let f = by_dtype!(d, OP, split_f32, split_f16, split_bf16);
             let cfg = LaunchCfg::for_items(dy.numel(), BLOCK);
             let dao = output(self, OP, "da", &mut da)?;
             let dbo = output(self, OP, "db", &mut db)?;
@@ -133,7 +146,7 @@ impl LayoutOps for CudaBackend {
         if total == 0 {
             return Ok(y);
         }
-        let f = by_dtype!(d, OP, pad2d_f32, pad2d_f16);
+        let f = by_dtype!(d, OP, pad2d_f32, pad2d_f16, pad2d_bf16);
         let cfg = LaunchCfg::for_items(numel, BLOCK);
         let yo = output(self, OP, "y", &mut y)?;
         f(
@@ -192,7 +205,7 @@ impl LayoutOps for CudaBackend {
         let id_buf = alloc(self, [ids.len()], DType::F32)?;
         self.device()
             .upload(buffer(self, OP, "ids", &id_buf)?, bytemuck::cast_slice(ids))?;
-        let f = by_dtype!(d, OP, embedding_f32, embedding_f16);
+        let f = by_dtype!(d, OP, embedding_f32, embedding_f16, embedding_bf16);
         let cfg = LaunchCfg::for_items(numel, BLOCK);
         let idi = input(self, OP, "ids", &id_buf)?;
         let yo = output(self, OP, "y", &mut y)?;
@@ -239,7 +252,7 @@ fn transpose(
         (TR_TILE as u32, TR_ROWS as u32, 1),
         0,
     );
-    let f = by_dtype!(d, op, transpose_f32, transpose_f16);
+    let f = by_dtype!(d, op, transpose_f32, transpose_f16, transpose_bf16);
     let yo = output(be, op, "y", &mut y)?;
     f(be.device(), cfg, xi, yo, r, c)?;
     Ok(y)

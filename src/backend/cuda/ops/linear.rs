@@ -43,6 +43,15 @@ kernels! {
     fn gemm_f32_f16_f32(m: i32, n: i32, a: In, sam: i32, sak: i32, b: In, sbk: i32, sbn: i32,
         k: i32, alpha: f32, a2: In, sa2m: i32, sa2k: i32, b2: In, sb2k: i32, sb2n: i32, k2: i32,
         alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
+    fn gemm_bf16_bf16_bf16(m: i32, n: i32, a: In, sam: i32, sak: i32, b: In, sbk: i32, sbn: i32,
+        k: i32, alpha: f32, a2: In, sa2m: i32, sa2k: i32, b2: In, sb2k: i32, sb2n: i32, k2: i32,
+        alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
+    fn gemm_bf16_f32_f32(m: i32, n: i32, a: In, sam: i32, sak: i32, b: In, sbk: i32, sbn: i32,
+        k: i32, alpha: f32, a2: In, sa2m: i32, sa2k: i32, b2: In, sb2k: i32, sb2n: i32, k2: i32,
+        alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
+    fn gemm_f32_bf16_f32(m: i32, n: i32, a: In, sam: i32, sak: i32, b: In, sbk: i32, sbn: i32,
+        k: i32, alpha: f32, a2: In, sa2m: i32, sa2k: i32, b2: In, sb2k: i32, sb2n: i32, k2: i32,
+        alpha2: f32, bias: In, mask: In, c: Out, beta: f32, partial: Out, kchunk: i32);
     fn splitk_sum_f32(partial: In, c: Out, n: i32, splits: i32, beta: f32);
 }
 
@@ -127,12 +136,15 @@ type GemmFn = fn(
 
 /// The instantiation for operand dtypes (A, B) and output dtype C.
 fn kernel_for(op: &'static str, a: DType, b: DType, c: DType) -> Result<GemmFn> {
-    use DType::{F16, F32};
+    use DType::{BF16, F16, F32};
     Ok(match (a, b, c) {
         (F32, F32, F32) => gemm_f32_f32_f32,
         (F16, F16, F16) => gemm_f16_f16_f16,
         (F16, F32, F32) => gemm_f16_f32_f32,
         (F32, F16, F32) => gemm_f32_f16_f32,
+        (BF16, BF16, BF16) => gemm_bf16_bf16_bf16,
+        (BF16, F32, F32) => gemm_bf16_f32_f32,
+        (F32, BF16, F32) => gemm_f32_bf16_f32,
         _ => {
             return Err(Error::Cuda {
                 what: format!("{op}: GEMM"),

@@ -71,20 +71,23 @@ pub(crate) fn alloc(be: &CudaBackend, shape: impl Into<Shape>, dtype: DType) -> 
     Tensor::from_device(shape, buf)
 }
 
-/// `x` must hold `f16` or `f32` (the dtypes kernels are built for).
+/// The float dtypes device tensors and kernels hold.
+pub(crate) const FLOAT_DTYPES: &str = "f16, bf16 or f32 on the CUDA backend";
+
+/// `x` must hold `f16`, `bf16` or `f32` (the dtypes kernels are built for).
 pub(crate) fn float_dtype(op: &'static str, name: &'static str, x: &Tensor) -> Result<DType> {
     device_dtype(op, name, x.dtype())
 }
 
-/// `d` must be `f16` or `f32`: what device tensors and kernels hold.
+/// `d` must be `f16`, `bf16` or `f32`: what device tensors and kernels hold.
 pub(crate) fn device_dtype(op: &'static str, name: &'static str, d: DType) -> Result<DType> {
     match d {
-        DType::F16 | DType::F32 => Ok(d),
+        DType::F16 | DType::BF16 | DType::F32 => Ok(d),
         d => Err(Error::DType {
             op,
             name,
             got: d,
-            expected: "f16 or f32 on the CUDA backend".into(),
+            expected: FLOAT_DTYPES.into(),
         }),
     }
 }
@@ -99,19 +102,20 @@ pub(crate) fn int(op: &'static str, name: &'static str, n: usize) -> Result<i32>
     })
 }
 
-/// Launches the f32 or the f16 twin of a kernel by `$dtype`:
-/// `by_dtype!(dtype, op, add_f32, add_f16)(dev, cfg, args..)`.
+/// Launches the f32, f16 or bf16 twin of a kernel by `$dtype`:
+/// `by_dtype!(dtype, op, add_f32, add_f16, add_bf16)(dev, cfg, args..)`.
 macro_rules! by_dtype {
-    ($dtype:expr, $op:expr, $f32:path, $f16:path) => {
+    ($dtype:expr, $op:expr, $f32:path, $f16:path, $bf16:path) => {
         match $dtype {
             $crate::tensor::DType::F32 => $f32,
             $crate::tensor::DType::F16 => $f16,
+            $crate::tensor::DType::BF16 => $bf16,
             d => {
                 return Err($crate::error::Error::DType {
                     op: $op,
                     name: "input",
                     got: d,
-                    expected: "f16 or f32 on the CUDA backend".into(),
+                    expected: $crate::backend::cuda::ops::FLOAT_DTYPES.into(),
                 })
             }
         }

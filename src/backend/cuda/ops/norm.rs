@@ -25,9 +25,13 @@ kernels! {
         cpg: i32, inner: i32, eps: f32, silu: i32);
     fn norm_forward_f16(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, groups: i32,
         cpg: i32, inner: i32, eps: f32, silu: i32);
+    fn norm_forward_bf16(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out, groups: i32,
+        cpg: i32, inner: i32, eps: f32, silu: i32);
     fn norm_backward_f32(dy: In, x: In, gamma: In, beta: In, mean: In, rstd: In, dx: Out,
         groups: i32, cpg: i32, inner: i32, silu: i32);
     fn norm_backward_f16(dy: In, x: In, gamma: In, beta: In, mean: In, rstd: In, dx: Out,
+        groups: i32, cpg: i32, inner: i32, silu: i32);
+    fn norm_backward_bf16(dy: In, x: In, gamma: In, beta: In, mean: In, rstd: In, dx: Out,
         groups: i32, cpg: i32, inner: i32, silu: i32);
 }
 
@@ -112,7 +116,7 @@ fn forward(
     } else if try_fast && !l.layer && fast::group_supported(m, &[xi.0, outs.0 .0]) {
         fast::group_forward(be, op, &l.fast_group(), (xi, gi, bi), outs, eps, silu)?;
     } else if l.blocks > 0 {
-        let f = by_dtype!(d, op, norm_forward_f32, norm_forward_f16);
+        let f = by_dtype!(d, op, norm_forward_f32, norm_forward_f16, norm_forward_bf16);
         f(
             be.device(),
             l.cfg(),
@@ -172,7 +176,13 @@ fn backward(
         let ins = (dyi, xi, gi, bi, mi, ri);
         fast::group_backward(be, op, &l.fast_group(), ins, dxo, silu)?;
     } else if l.blocks > 0 {
-        let f = by_dtype!(d, op, norm_backward_f32, norm_backward_f16);
+        let f = by_dtype!(
+            d,
+            op,
+            norm_backward_f32,
+            norm_backward_f16,
+            norm_backward_bf16
+        );
         f(
             be.device(),
             l.cfg(),

@@ -19,6 +19,7 @@ kernels! {
     module "optim";
     fn sum_squares_f32(x: In, partial: Out, n: i32);
     fn sum_squares_f16(x: In, partial: Out, n: i32);
+    fn sum_squares_bf16(x: In, partial: Out, n: i32);
     fn adamw_f32(p: Out, grad: In, m: Out, v: Out, b1: f32, b2: f32, c1: f32, c2: f32, eps: f32,
         decay: f32, step: f32, rbc2: f32, gs: f32, n: i32);
     fn lion_f32(p: Out, grad: In, m: Out, b1: f32, b2: f32, c1: f32, c2: f32, decay: f32,
@@ -40,7 +41,7 @@ impl OptimOps for CudaBackend {
         }
         let blocks = x.numel().div_ceil(SQ_CHUNK);
         let mut partial = alloc(self, [blocks], DType::F64)?;
-        let f = by_dtype!(d, OP, sum_squares_f32, sum_squares_f16);
+        let f = by_dtype!(d, OP, sum_squares_f32, sum_squares_f16, sum_squares_bf16);
         f(
             self.device(),
             LaunchCfg::new((int(OP, "x", blocks)? as u32, 1, 1), (BLOCK, 1, 1), 0),

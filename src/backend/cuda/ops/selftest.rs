@@ -6,7 +6,7 @@ use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::{alloc, input, output};
 use crate::backend::Tensors;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::DType;
 
 kernels! {
@@ -14,6 +14,7 @@ kernels! {
     fn selftest_block_reduce(x: In, out: Out, cols: i32);
     fn selftest_shuffle(x: In, y: Out);
     fn selftest_mma(a: In, bt: In, c: In, d: Out, a_trans: i32);
+    fn selftest_mma_bf16(a: In, bt: In, c: In, d: Out, a_trans: i32);
     fn selftest_mma_k8(a: In, bt: In, c: In, d: Out);
     fn selftest_cp_async(x: In, y: Out, n: i32);
     fn selftest_no_barrier(y: Out);
@@ -57,20 +58,34 @@ pub fn shuffles(be: &CudaBackend, x: &[f32], block: u32) -> Result<Vec<f32>> {
 }
 
 /// D = A·B + C through ldmatrix and mma.sync: `a` is A [16, 16] row-major, or Aᵀ with
-/// `a_transposed`; `bt` is Bᵀ [8, 16]; `c` is C [16, 8]. Inputs are rounded to f16.
+/// `a_transposed`; `bt` is Bᵀ [8, 16]; `c` is C [16, 8]. Inputs are rounded to `dtype`, f16
+/// (mma.sync .f16) or bf16 (mma.sync .bf16, compute capability 8.0 and later).
 pub fn mma_tile(
     be: &CudaBackend,
     a: &[f32],
     bt: &[f32],
     c: &[f32],
     a_transposed: bool,
+    dtype: DType,
 ) -> Result<Vec<f32>> {
-    let at = be.tensor_from_f32(&[16, 16], a, DType::F16)?;
-    let btt = be.tensor_from_f32(&[8, 16], bt, DType::F16)?;
+    let kernel = match dtype {
+        DType::F16 => selftest_mma,
+        DType::BF16 => selftest_mma_bf16,
+        got => {
+            return Err(Error::DType {
+                op: OP,
+                name: "dtype",
+                got,
+                expected: "f16 or bf16 (the tensor cores' 16-bit input types)".into(),
+            })
+        }
+    };
+    let at = be.tensor_from_f32(&[16, 16], a, dtype)?;
+    let btt = be.tensor_from_f32(&[8, 16], bt, dtype)?;
     let ct = be.tensor_from_f32(&[16, 8], c, DType::F32)?;
     let mut d = alloc(be, [16, 8], DType::F32)?;
     let cfg = LaunchCfg::new((1, 1, 1), (32, 1, 1), 0);
-    selftest_mma(
+    kernel(
         be.device(),
         cfg,
         input(be, OP, "a", &at)?,

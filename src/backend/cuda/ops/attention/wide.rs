@@ -23,6 +23,8 @@ kernels! {
         lk: i32, d: i32, dv: i32, causal: i32, scale: f32, chunk: i32);
     fn attention_wide_fwd_f16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
         lk: i32, d: i32, dv: i32, causal: i32, scale: f32, chunk: i32);
+    fn attention_wide_fwd_bf16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32, chunk: i32);
 }
 
 /// The most keys of a chunk whose scores fit the shared memory of a device with `limits`
@@ -87,7 +89,13 @@ pub(crate) fn forward(
         (WIDE_THREADS as u32, 1, 1),
         smem as u32,
     );
-    let f = by_dtype!(dt, OP, attention_wide_fwd_f32, attention_wide_fwd_f16);
+    let f = by_dtype!(
+        dt,
+        OP,
+        attention_wide_fwd_f32,
+        attention_wide_fwd_f16,
+        attention_wide_fwd_bf16
+    );
     f(
         be.device(),
         cfg,
