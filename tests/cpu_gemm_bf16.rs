@@ -8,7 +8,7 @@
 //!
 //! on shapes that leave partial register tiles and task blocks, odd K, K beyond one slice,
 //! every transposed layout, a C wider than the product (ldc > n), beta = 0 over NaN, and
-//! beta ≠ 0 with alpha ≠ 1; and the rounding itself (ties to even, NaN, overflow, subnormals).
+//! beta ≠ 0 with alpha ≠ 1, views with no unit stride (the plain packing loop); and the rounding itself (ties to even, NaN, overflow, subnormals).
 //! Skipped, with a line saying so, only on a CPU without AVX512_BF16.
 
 use lorafuse::backend::cpu::gemm::Mat;
@@ -153,6 +153,40 @@ fn check(
         off_rounded < off_exact,
         "{what}: no bf16 rounding seen ({off_rounded:e} vs {off_exact:e})"
     );
+}
+
+#[test]
+fn views_strided_both_ways_take_the_plain_packing() {
+    if skip() {
+        return;
+    }
+    // Every other element of a row-major buffer, both ways: neither stride is 1.
+    let mut rng = Rng::new(23);
+    let (m, k, n) = (21, 37, 35);
+    let a: Vec<f32> = rng
+        .normal_vec(4 * m * k)
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    let b: Vec<f32> = rng
+        .normal_vec(4 * k * n)
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    fn view(data: &[f32], rows: usize, cols: usize) -> Mat<'_, f32> {
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: 4 * cols,
+            cs: 2,
+        }
+    }
+    let mut c = vec![f32::NAN; m * n];
+    gemm_bf16(1.0, view(&a, m, k), view(&b, k, n), 0.0, &mut c, n);
+    check("strided", &c, n, (m, k, n), |i, p, j| {
+        (a[i * 4 * k + 2 * p] as f64, b[p * 4 * n + 2 * j] as f64)
+    });
 }
 
 #[test]

@@ -9,8 +9,10 @@
 //!   B into panels of `NR` columns: pb[panel][p][j] = (B[2p, j], B[2p+1, j])
 //! The micro-kernel keeps an MR×NR tile of C in 24 AVX-512 registers; per pair p it loads
 //! B's two vectors of 16 pairs, broadcasts each row's pair of A and issues 2·MR `vdpbf16ps`.
-//! C is cut into blocks of `MC`×`NC`, one rayon task each; a task walks K in slices of `KC`
-//! (its slice of B's panel, KC·NR bf16, stays in L1 while the block's rows go by).
+//! C is cut into blocks of `MC`×`NC`, one rayon task each; a task walks K in slices of `KP`
+//! pairs (its slice of B's panel, 2·KP·NR bf16, stays in L1 while the block's rows go by).
+//!
+//! Both operands are packed on every call (the frozen weight too: see DEVELOPERS.md).
 //!
 //! Each product of two bf16 values is exact in f32, so the result differs from the plain f64
 //! product of the rounded operands by the f32 summation only; from the f32 product, by the
@@ -148,31 +150,14 @@ fn pack(x: Mat<f32>, w: usize, parallel: bool) -> Vec<u32> {
     let kp = k.div_ceil(2);
     let mut out = vec![0u32; r.div_ceil(w) * kp * w];
     let fill = |(q, panel): (usize, &mut [u32])| {
-        let r0 = q * w;
-        let rows = w.min(r - r0);
-        let at = |i: usize, t: usize| x.data[(r0 + i) * x.rs + t * x.cs];
-        if x.cs == 1 {
-            // Rows contiguous along K: read each row's pairs in order.
-            for i in 0..rows {
-                let row = &x.data[(r0 + i) * x.rs..(r0 + i) * x.rs + k];
-                let mut pairs = row.chunks_exact(2);
-                for (p, two) in pairs.by_ref().enumerate() {
-                    panel[p * w + i] = pair(two[0], two[1]);
-                }
-                if let [last] = pairs.remainder() {
-                    panel[(kp - 1) * w + i] = pair(*last, 0.0);
-                }
-            }
-        } else {
-            // Columns contiguous (a transposed view): read each pair of K across the rows.
-            for p in 0..kp {
-                let dst = &mut panel[p * w..p * w + rows];
-                for (i, d) in dst.iter_mut().enumerate() {
-                    let hi = if 2 * p + 1 < k { at(i, 2 * p + 1) } else { 0.0 };
-                    *d = pair(at(i, 2 * p), hi);
-                }
-            }
+        let rows = w.min(r - q * w);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `gemm_bf16` checked the CPU's features before packing.
+        unsafe {
+            fill_panel(x, q * w, rows, w, panel)
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        fill_panel_scalar(x, q * w, rows, w, panel)
     };
     if out.is_empty() {
         return out;
@@ -183,6 +168,91 @@ fn pack(x: Mat<f32>, w: usize, parallel: bool) -> Vec<u32> {
         out.chunks_mut(kp * w).enumerate().for_each(fill);
     }
     out
+}
+
+/// One panel: rows r0..r0+rows of `x`, `w` rows wide (the rest stays zero), in plain Rust.
+fn fill_panel_scalar(x: Mat<f32>, r0: usize, rows: usize, w: usize, panel: &mut [u32]) {
+    let k = x.cols;
+    let at = |i: usize, t: usize| {
+        if t < k {
+            x.data[(r0 + i) * x.rs + t * x.cs]
+        } else {
+            0.0
+        }
+    };
+    for p in 0..k.div_ceil(2) {
+        for (i, d) in panel[p * w..p * w + rows].iter_mut().enumerate() {
+            *d = pair(at(i, 2 * p), at(i, 2 * p + 1));
+        }
+    }
+}
+
+/// [`fill_panel_scalar`] with AVX512_BF16's conversions (`vcvtne2ps2bf16`, round to nearest
+/// even as [`to_bf16`]; bf16 subnormals, which `vdpbf16ps` takes as zero anyway, may flush)
+/// for the two layouts the products use: rows contiguous along K, or columns contiguous (a
+/// transposed view); other strides take the scalar loop.
+///
+/// # Safety
+/// AVX512F and AVX512_BF16 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn fill_panel(x: Mat<f32>, r0: usize, rows: usize, w: usize, panel: &mut [u32]) {
+    let (k, kp) = (x.cols, x.cols.div_ceil(2));
+    if x.cs == 1 {
+        // Each row's values in order: 32 values make 16 pairs, one per p, stride w apart.
+        for i in 0..rows {
+            let row = &x.data[(r0 + i) * x.rs..(r0 + i) * x.rs + k];
+            let mut p = 0;
+            let mut chunks = row.chunks_exact(32);
+            for c in chunks.by_ref() {
+                let lo = _mm512_loadu_ps(c.as_ptr());
+                let hi = _mm512_loadu_ps(c.as_ptr().add(16));
+                let v: [u32; 16] = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                for (j, &u) in v.iter().enumerate() {
+                    panel[(p + j) * w + i] = u;
+                }
+                p += 16;
+            }
+            let rest = chunks.remainder();
+            for (j, two) in rest.chunks(2).enumerate() {
+                panel[(p + j) * w + i] = pair(two[0], *two.get(1).unwrap_or(&0.0));
+            }
+        }
+    } else if x.rs == 1 {
+        // Column t of the panel is contiguous across its rows: zip columns 2p and 2p+1,
+        // 16 rows at a time.
+        let col = |t: usize| &x.data[r0 + t * x.cs..r0 + t * x.cs + rows];
+        let zeros = vec![0f32; rows];
+        for p in 0..kp {
+            let (a, b) = (
+                col(2 * p),
+                if 2 * p + 1 < k {
+                    col(2 * p + 1)
+                } else {
+                    &zeros
+                },
+            );
+            let dst = &mut panel[p * w..p * w + rows];
+            let mut i = 0;
+            while i + 16 <= rows {
+                let lo: __m256i =
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(a.as_ptr().add(i))));
+                let hi: __m256i =
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(b.as_ptr().add(i))));
+                let v = _mm512_or_si512(
+                    _mm512_cvtepu16_epi32(lo),
+                    _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)),
+                );
+                _mm512_storeu_si512(dst.as_mut_ptr().add(i).cast(), v);
+                i += 16;
+            }
+            for j in i..rows {
+                dst[j] = pair(a[j], b[j]);
+            }
+        }
+    } else {
+        fill_panel_scalar(x, r0, rows, w, panel);
+    }
 }
 
 /// One task: its block of C, K slice by K slice, column panel by panel, row panel by panel.
