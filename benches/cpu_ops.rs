@@ -3,7 +3,9 @@
 //!
 //! `cargo bench --bench cpu_ops` prints a table; `BENCH_JSON=path` also writes the figures as
 //! JSON; `BENCH_REPS=n` sets the timed repetitions (default 5, median reported);
-//! `BENCH_ONLY=text` runs only the groups whose name contains it (matmul, attention, conv).
+//! `BENCH_ONLY=text` runs only the groups whose name contains it (matmul, attention, conv);
+//! `BENCH_PRECISION=bf16` computes the products with frozen weights in bf16 (`cpu_precision:
+//! bf16`, AVX512_BF16; f32 by default).
 //!
 //! Each op gets two rates: FLOP per wall-clock second, and FLOP per CPU-second of this
 //! process (all its threads, from /proc/self/task/*/schedstat on Linux). On a machine shared
@@ -15,6 +17,7 @@
 
 use std::time::Instant;
 
+use lorafuse::backend::cpu::CpuPrecision;
 use lorafuse::backend::prelude::*;
 use lorafuse::backend::{Adapter, Attention, Conv2d, Lora};
 use lorafuse::rng::Rng;
@@ -130,7 +133,12 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let be = CpuBackend::new();
+    let want = std::env::var("BENCH_PRECISION").unwrap_or_else(|_| "f32".into());
+    let precision = CpuPrecision::ALL
+        .into_iter()
+        .find(|p| p.name() == want)
+        .unwrap_or_else(|| panic!("BENCH_PRECISION={want}: f32 or bf16"));
+    let be = CpuBackend::with_precision(precision).unwrap_or_else(|e| panic!("{e}"));
     let mut rng = Rng::new(42);
     let mut rows = Vec::new();
     let only = std::env::var("BENCH_ONLY").ok();

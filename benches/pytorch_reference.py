@@ -14,6 +14,11 @@ max_memory_reserved, and the driver's peak used memory (total - free, CUDA conte
 
     python benches/pytorch_reference.py --device cuda --configs 1x8,4x8,1x32,4x32 --json out.json
     python benches/pytorch_reference.py --device cpu --model tests/fixtures/tiny-sd15-diffusers
+    python benches/pytorch_reference.py --device cpu --cpu-bf16 --res 256 --configs 1x8 --flops
+
+On the CPU the step runs in f32, or with --cpu-bf16 under torch's CPU autocast in bfloat16 (the
+frozen weights stay f32 and autocast casts them at every op: its cache keeps only leaf tensors
+that require grad); --flops counts one step's FLOP, --gemm-peak measures the 4096^3 matmul rate.
 
 Needs torch, diffusers and peft. scripts/bench-vs-pytorch.sh runs it beside lorafuse's bench.
 """
@@ -21,6 +26,7 @@ Needs torch, diffusers and peft. scripts/bench-vs-pytorch.sh runs it beside lora
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -82,6 +88,32 @@ def remove_lora(unet):
         del unet.peft_config
 
 
+def precision(dev, args) -> str:
+    if dev.type == "cuda":
+        return "fp16 autocast"
+    return "bf16 autocast" if args.cpu_bf16 else "f32"
+
+
+def autocast(dev, args):
+    """fp16 autocast on a GPU; on the CPU bf16 autocast with --cpu-bf16 (what accelerate runs
+    for mixed_precision = "bf16" there), else plain f32."""
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.cpu_bf16)
+
+
+def gemm_peak(dtype, n=4096, reps=3) -> float:
+    """The machine's measured GEMM rate: GFLOP/s of an n^3 torch.matmul, best of `reps`."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
 def bench(args, unet, dev, batch, rank, checkpointing):
     cuda = dev.type == "cuda"
     params, modules = add_lora(unet, rank)
@@ -102,7 +134,7 @@ def bench(args, unet, dev, batch, rank, checkpointing):
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    times, used = [], 0
+    times, used, flops = [], 0, None
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         t = torch.randint(0, 1000, (batch,), generator=g)
@@ -110,10 +142,18 @@ def bench(args, unet, dev, batch, rank, checkpointing):
         s = (1 - alphas[t]).sqrt().to(dev, torch.float32).view(-1, 1, 1, 1)
         noise = torch.randn(latents.shape, generator=g).to(dev, dtype)
         noisy = (a * latents.float() + s * noise.float()).to(dtype)
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=cuda):
-            pred = unet(noisy, t.to(dev), context).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
-        scaler.scale(loss).backward()
+        if i == 0 and args.flops:
+            from torch.utils.flop_counter import FlopCounterMode
+            counter = FlopCounterMode(display=False)
+        else:
+            counter = contextlib.nullcontext()
+        with counter:
+            with autocast(dev, args):
+                pred = unet(noisy, t.to(dev), context).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+            scaler.scale(loss).backward()
+        if i == 0 and args.flops:
+            flops = counter.get_total_flops()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         scaler.step(opt)
@@ -136,6 +176,8 @@ def bench(args, unet, dev, batch, rank, checkpointing):
         "max_memory_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
         "max_memory_reserved_bytes": torch.cuda.max_memory_reserved() if cuda else None,
         "driver_used_peak_bytes": used if cuda else None,
+        "precision": precision(dev, args),
+        "gflop_per_step": round(flops / 1e9, 3) if flops else None,
     }
     del opt, params, latents, context
     remove_lora(unet)
@@ -153,6 +195,12 @@ def main():
     ap.add_argument("--no-checkpointing-runs", action="store_true",
                     help="only the runs without gradient checkpointing")
     ap.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    ap.add_argument("--cpu-bf16", action="store_true",
+                    help="on the CPU, the step under torch.autocast('cpu', bfloat16)")
+    ap.add_argument("--flops", action="store_true",
+                    help="count the first step's FLOP (torch.utils.flop_counter)")
+    ap.add_argument("--gemm-peak", action="store_true",
+                    help="also measure 4096^3 matmul GFLOP/s in f32 and bf16 (CPU)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -185,6 +233,10 @@ def main():
         "resolution": args.res,
         "results": rows,
     }
+    if args.gemm_peak:
+        out["gemm_peak_gflops"] = {d: round(gemm_peak(getattr(torch, d)), 1)
+                                   for d in ("float32", "bfloat16")}
+        print(f"GEMM 4096^3: {out['gemm_peak_gflops']} GFLOP/s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

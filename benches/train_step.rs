@@ -14,12 +14,15 @@
 //! - BENCH_BASELINE_USED: bytes the GPU had in use before this process (nvidia-smi), so the
 //!   driver's used-memory delta (CUDA context included) can be reported.
 //! - BENCH_JSON: also write the results as JSON there.
+//! - BENCH_PRECISION: on the CPU, `f32` (default, the reference) or `bf16` (`cpu_precision:
+//!   bf16`: the products with frozen weights in bf16; needs AVX512_BF16).
 //!
 //! On a GPU each configuration also gets `lorafuse plan`'s prediction for the same step and the
 //! ratio of the pool's measured peak to it.
 
 use std::time::Instant;
 
+use lorafuse::backend::cpu::CpuPrecision;
 use lorafuse::backend::Backend;
 use lorafuse::lora::{LoraDropout, LoraSet, LoraTargets};
 use lorafuse::model::checkpoint::load_sd15;
@@ -67,10 +70,15 @@ fn open(want: &str) -> Res<(Box<dyn Backend>, Dev, String)> {
         return Err("BENCH_DEVICE=cuda needs a build with --features cuda".into());
     }
     let threads = rayon::current_num_threads();
+    let want = std::env::var("BENCH_PRECISION").unwrap_or_else(|_| "f32".into());
+    let precision = CpuPrecision::ALL
+        .into_iter()
+        .find(|p| p.name() == want)
+        .ok_or_else(|| format!("BENCH_PRECISION={want}: f32 or bf16"))?;
     Ok((
-        Box::new(CpuBackend::new()),
+        Box::new(CpuBackend::with_precision(precision)?),
         None,
-        format!("cpu ({threads} threads)"),
+        format!("cpu ({threads} threads, {} products)", precision.name()),
     ))
 }
 

@@ -15,6 +15,14 @@
 #                                                on the CPU (when torch, diffusers and peft import;
 #                                                PYTHON=... picks the interpreter): a ratio, written
 #                                                to benches/results/cpu-vs-pytorch-<date>.json.
+#   scripts/bench-vs-pytorch.sh cpu-bf16 (here)  lorafuse f32 and bf16 (cpu_precision) against
+#                                                PyTorch f32 and bf16 CPU autocast, each under
+#                                                /usr/bin/time, then benches/compare_cpu.py's
+#                                                table (GFLOP/s from torch's FLOP count, the
+#                                                machine's 4096^3 GEMM rate, peak RSS).
+#                                                BENCH_MODEL=tiny|sd15 (random weights),
+#                                                BENCH_RES, BENCH_CONFIGS, BENCH_WARMUP,
+#                                                BENCH_STEPS; OUT=folder for the files.
 #
 # The device call:  run(command="bash scripts/bench-vs-pytorch.sh run", carry=[".bench-bundle"])
 # Then commit $OUT's files under benches/results/ (date in the name).
@@ -79,9 +87,41 @@ cpu() {
   rm -f "$out.lorafuse.json" "$out.pytorch.json"
 }
 
+cpu_bf16() {
+  set -e
+  local py="${PYTHON:-python3}" model="${BENCH_MODEL:-tiny}" configs="${BENCH_CONFIGS:-1x8,4x8}"
+  local warmup="${BENCH_WARMUP:-2}" steps="${BENCH_STEPS:-5}" res="${BENCH_RES:-}"
+  local out="${OUT:-bench-out}" threads; threads=$(nproc)
+  mkdir -p "$out"
+  "$py" -c "import torch, diffusers, peft" 2>/dev/null || { echo "SKIPPED: $py cannot import torch, diffusers and peft"; exit 0; }
+  cargo bench --no-run --bench train_step 2>/dev/null
+  local exe; exe="$(bench_exe)"
+  local torch_model=() torch_res=()
+  [ "$model" = tiny ] && torch_model=(--model tests/fixtures/tiny-sd15-diffusers)
+  [ -n "$res" ] && torch_res=(--res "$res")
+  echo "== $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  for p in f32 bf16; do
+    echo "== lorafuse $p"
+    env BENCH_PRECISION=$p BENCH_DEVICE=cpu BENCH_MODEL="$model" ${res:+BENCH_RES=$res} BENCH_CONFIGS="$configs" \
+      BENCH_WARMUP="$warmup" BENCH_STEPS="$steps" BENCH_JSON="$out/lorafuse-$p.json" RAYON_NUM_THREADS=$threads \
+      /usr/bin/time -f "%M" -o "$out/rss-lorafuse-$p.txt" "$exe"
+    echo "   peak RSS $(tail -n 1 "$out/rss-lorafuse-$p.txt") KiB; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  done
+  for p in f32 bf16; do
+    echo "== PyTorch $p"
+    local extra=(); [ $p = bf16 ] && extra=(--cpu-bf16) || extra=(--flops --gemm-peak)
+    /usr/bin/time -f "%M" -o "$out/rss-pytorch-$p.txt" "$py" benches/pytorch_reference.py --device cpu \
+      "${torch_model[@]}" "${torch_res[@]}" --configs "$configs" --threads "$threads" --warmup "$warmup" \
+      --steps "$steps" --no-checkpointing-runs "${extra[@]}" --json "$out/pytorch-$p.json"
+    echo "   peak RSS $(tail -n 1 "$out/rss-pytorch-$p.txt") KiB; load: $(cut -d' ' -f1-3 /proc/loadavg)"
+  done
+  python3 benches/compare_cpu.py "$out" "$out/cpu-bf16.json"
+}
+
 case "${1:-}" in
   build) build ;;
   run) run ;;
   cpu) cpu ;;
-  *) echo "usage: scripts/bench-vs-pytorch.sh build|run|cpu" >&2; exit 2 ;;
+  cpu-bf16) cpu_bf16 ;;
+  *) echo "usage: scripts/bench-vs-pytorch.sh build|run|cpu|cpu-bf16" >&2; exit 2 ;;
 esac

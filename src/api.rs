@@ -264,7 +264,7 @@ impl Trainer {
             Some(cap) => self.within(cap, &mut obs)?,
         };
         let mut go = move || -> Result<TrainReport, ApiError> {
-            let be = select(cfg.device, cfg.mixed_precision)?;
+            let be = select(cfg.device, cfg.mixed_precision, cfg.cpu_precision)?;
             obs.on(Event::Info(be.note));
             Ok(train(
                 &cfg,

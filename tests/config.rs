@@ -114,6 +114,7 @@ max_grad_norm: 0
 noise_offset: 0.05
 min_snr_gamma: 5
 mixed_precision: no
+cpu_precision: f32
 no_half_vae: true
 gradient_checkpointing: true
 device: cuda:1
@@ -223,6 +224,7 @@ fn a_full_config_parses_with_every_value() {
     assert_eq!(c.max_grad_norm, 0.0);
     assert_eq!(c.noise_offset, 0.05);
     assert_eq!(c.min_snr_gamma, Some(5.0));
+    assert_eq!(c.cpu_precision, lorafuse::backend::cpu::CpuPrecision::F32);
     assert_eq!(c.mixed_precision, MixedPrecision::No);
     assert_eq!(c.no_half_vae, Some(true));
     assert!(c.gradient_checkpointing);
@@ -1777,4 +1779,28 @@ fn auto_keys_are_checked() {
         text.contains("auto_caption") && text.contains("does not exist"),
         "{text}"
     );
+}
+
+#[test]
+fn cpu_precision_is_f32_unless_asked_and_refused_where_the_cpu_lacks_bf16() {
+    use lorafuse::backend::cpu::{gemm_bf16, CpuPrecision};
+    assert_eq!(with("").unwrap().cpu_precision, CpuPrecision::F32);
+    let e = err(with("cpu_precision: fp8")).to_string();
+    assert!(
+        e.contains("cpu_precision") && e.contains("f32, bf16"),
+        "{e}"
+    );
+    let bf16 = with("cpu_precision: bf16\ndevice: cpu");
+    if gemm_bf16::available() {
+        assert_eq!(bf16.unwrap().cpu_precision, CpuPrecision::Bf16);
+    } else {
+        println!("this CPU has no AVX512_BF16: checking the refusal");
+        let e = err(bf16).to_string();
+        assert!(
+            e.contains("AVX512_BF16") && e.contains("cpu_precision: f32"),
+            "{e}"
+        );
+    }
+    // A run on a GPU does not use it: never refused there.
+    assert!(with("cpu_precision: bf16\ndevice: cuda").is_ok());
 }

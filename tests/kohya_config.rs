@@ -1116,3 +1116,35 @@ fn lora_scripts_default_configs_train_end_to_end() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn mixed_precision_bf16_means_bf16_products_on_a_cpu_that_has_them() {
+    use lorafuse::backend::cpu::{gemm_bf16, CpuPrecision};
+    let c = toml(&format!(
+        "{REQUIRED}\n[training_arguments]\nmixed_precision = \"bf16\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.mixed_precision, MixedPrecision::Bf16);
+    if gemm_bf16::available() {
+        assert_eq!(c.cpu_precision, CpuPrecision::Bf16);
+    } else {
+        println!("this CPU has no AVX512_BF16: checking the f32 fallback and its notice");
+        assert_eq!(c.cpu_precision, CpuPrecision::F32);
+        let w = c.warnings().join("\n");
+        assert!(
+            w.contains("computes in f32") && w.contains("AVX512_BF16"),
+            "{w}"
+        );
+    }
+    // Written, cpu_precision wins; other mixed precisions leave the CPU in f32.
+    let c = toml(&format!(
+        "{REQUIRED}\n[training_arguments]\nmixed_precision = \"bf16\"\ncpu_precision = \"f32\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cpu_precision, CpuPrecision::F32);
+    let c = toml(&format!(
+        "{REQUIRED}\n[training_arguments]\nmixed_precision = \"fp16\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cpu_precision, CpuPrecision::F32);
+}

@@ -3,7 +3,7 @@
 //! else the CPU, and says which and why; `device: cuda[:N]` insists and reports what is
 //! missing; `device: cpu` is the CPU.
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::cpu::{CpuBackend, CpuPrecision};
 use crate::backend::Backend;
 use crate::config::{Device, MixedPrecision};
 use crate::error::{Error, Result};
@@ -33,17 +33,23 @@ pub fn gpu_dtype(mp: MixedPrecision) -> DType {
 pub const BF16_KERNELS_NOTE: &str = "bf16 runs the simple kernels (the tensor-core kernels \
      are f16 only for now: mixed_precision: fp16 is faster)";
 
-/// Opens the backend for `device`.
-pub fn select(device: Device, mp: MixedPrecision) -> Result<Selected> {
-    let cpu = |why: String| Selected {
-        backend: Box::new(CpuBackend::new()),
-        note: why,
+/// Opens the backend for `device`; on the CPU, its products with frozen weights in `cpu`
+/// (an error naming the missing CPU feature where this CPU cannot).
+pub fn select(device: Device, mp: MixedPrecision, cpu: CpuPrecision) -> Result<Selected> {
+    let cpu = |why: String| -> Result<Selected> {
+        Ok(Selected {
+            backend: Box::new(CpuBackend::with_precision(cpu)?),
+            note: match cpu {
+                CpuPrecision::F32 => why,
+                p => format!("{why}, products with frozen weights in {}", p.name()),
+            },
+        })
     };
     match device {
-        Device::Cpu => Ok(cpu("device: cpu".into())),
+        Device::Cpu => cpu("device: cpu".into()),
         // Nothing was tried, so nothing "was asked for": say that there is no GPU path.
         Device::Auto if !cfg!(feature = "cuda") => {
-            Ok(cpu(format!("device: auto -> cpu ({NO_CUDA_BUILD})")))
+            cpu(format!("device: auto -> cpu ({NO_CUDA_BUILD})"))
         }
         Device::Auto => match open_cuda(0, mp) {
             Ok(s) => Ok(Selected {
@@ -53,7 +59,7 @@ pub fn select(device: Device, mp: MixedPrecision) -> Result<Selected> {
             // A GPU that cannot take the configured precision is a setting to change, not a
             // reason to train on the CPU.
             Err(e @ Error::BadValue { .. }) => Err(e),
-            Err(e) => Ok(cpu(format!("device: auto -> cpu ({e})"))),
+            Err(e) => cpu(format!("device: auto -> cpu ({e})")),
         },
         Device::Cuda(n) => open_cuda(n, mp),
     }
@@ -104,9 +110,9 @@ mod tests {
 
     #[test]
     fn cpu_is_always_available_and_auto_falls_back_to_it_with_a_reason() {
-        let s = select(Device::Cpu, MixedPrecision::No).unwrap();
+        let s = select(Device::Cpu, MixedPrecision::No, CpuPrecision::F32).unwrap();
         assert_eq!(s.backend.name(), "cpu");
-        let s = select(Device::Auto, MixedPrecision::Fp16).unwrap();
+        let s = select(Device::Auto, MixedPrecision::Fp16, CpuPrecision::F32).unwrap();
         if s.backend.name() == "cpu" {
             assert!(s.note.starts_with("device: auto -> cpu ("), "{}", s.note);
         } else {
@@ -117,7 +123,7 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn auto_without_the_cuda_build_says_so_and_asks_for_nothing() {
-        let s = select(Device::Auto, MixedPrecision::No).unwrap();
+        let s = select(Device::Auto, MixedPrecision::No, CpuPrecision::F32).unwrap();
         assert_eq!(s.backend.name(), "cpu");
         assert!(s.note.contains("no CUDA backend"), "{}", s.note);
         assert!(!s.note.contains("was asked for"), "{}", s.note);
@@ -125,7 +131,7 @@ mod tests {
 
     #[test]
     fn asking_for_cuda_without_it_says_what_is_missing() {
-        match select(Device::Cuda(3), MixedPrecision::No) {
+        match select(Device::Cuda(3), MixedPrecision::No, CpuPrecision::F32) {
             Ok(s) => assert_ne!(s.backend.name(), "cpu"),
             Err(e) => {
                 let m = e.to_string();

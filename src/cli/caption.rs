@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use lorafuse::backend::cpu::CpuPrecision;
 use lorafuse::caption::{
     caption, CaptionOptions, ClipModel, Existing, Interrogator, Labeler, Tagger, Thresholds,
     Vocabulary, DEFAULT_THRESHOLDS,
@@ -137,7 +138,7 @@ pub fn caption_cmd(args: &CaptionArgs) -> Outcome {
             "--top 0: expected at least 1 phrase".into(),
         ));
     }
-    let be = backend(args.device, MixedPrecision::No)?;
+    let be = backend(args.device, MixedPrecision::No, CpuPrecision::F32)?;
     let labeler: Box<dyn Labeler> = match (&args.tagger, &args.clip) {
         (Some(tagger), _) => Box::new(Tagger::load(tagger, be.as_ref())?),
         (None, Some(clip)) => {

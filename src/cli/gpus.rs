@@ -132,7 +132,11 @@ fn run_worker(
     use lorafuse::dist::nccl::Nccl;
     use lorafuse::train::events::Quiet;
     use lorafuse::train::ranks::DEFAULT_TIMEOUT;
-    let be = crate::cli::backend(Device::Cuda(env.local_rank), cfg.mixed_precision)?;
+    let be = crate::cli::backend(
+        Device::Cuda(env.local_rank),
+        cfg.mixed_precision,
+        lorafuse::backend::cpu::CpuPrecision::F32,
+    )?;
     let comm = Nccl::join(env, env.local_rank, DEFAULT_TIMEOUT).map_err(lorafuse::Error::from)?;
     crate::cli::interrupt::install();
     let stop = &crate::cli::interrupt::STOP;

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use lorafuse::backend::cpu::CpuPrecision;
 use lorafuse::backend::select::{select, Selected};
 use lorafuse::config::{Device, MixedPrecision, TrainConfig};
 use lorafuse::dist::launch::WorldEnv;
@@ -411,15 +412,19 @@ fn devices() -> Outcome {
     }
     #[cfg(not(feature = "cuda"))]
     out.line("cuda: not in this build")?;
-    match select(Device::Auto, MixedPrecision::No) {
+    match select(Device::Auto, MixedPrecision::No, CpuPrecision::F32) {
         Ok(s) => out.line(s.note),
         Err(e) => out.line(format_args!("device: auto -> {e}")),
     }
 }
 
 /// The backend for `device` (see `lorafuse::backend::select`), its choice noted on stderr.
-pub(crate) fn backend(device: Device, mp: MixedPrecision) -> Result<Box<dyn Backend>, CliError> {
-    let Selected { backend, note } = select(device, mp)?;
+pub(crate) fn backend(
+    device: Device,
+    mp: MixedPrecision,
+    cpu: CpuPrecision,
+) -> Result<Box<dyn Backend>, CliError> {
+    let Selected { backend, note } = select(device, mp, cpu)?;
     eprintln!("{note}");
     Ok(backend)
 }
@@ -442,7 +447,7 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
             None => Ok(()),
         };
     }
-    let be = backend(cfg.device, cfg.mixed_precision)?;
+    let be = backend(cfg.device, cfg.mixed_precision, cfg.cpu_precision)?;
     interrupt::install();
     let mut obs = progress::Progress::new();
     let report = train(&cfg, be.as_ref(), resume, &interrupt::STOP, &mut obs)?;
@@ -454,7 +459,7 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
 fn auto_prepared(cfg: &mut TrainConfig) -> Outcome {
     if cfg.auto_crop.is_some() || cfg.auto_caption.is_some() {
         // Captions are computed in f32, whatever the training precision.
-        let be = backend(cfg.device, MixedPrecision::No)?;
+        let be = backend(cfg.device, MixedPrecision::No, CpuPrecision::F32)?;
         let meters = [
             prepare::Meter::new("auto_crop"),
             prepare::Meter::new("auto_caption"),
@@ -566,7 +571,7 @@ struct SampleArgs<'a> {
 
 fn sample(a: &SampleArgs) -> Outcome {
     let spec = parse_prompt_line(a.prompt, &PromptDefaults::default())?;
-    let be = backend(a.device, MixedPrecision::No)?;
+    let be = backend(a.device, MixedPrecision::No, CpuPrecision::F32)?;
     let be = be.as_ref();
     let family = family_of(a.model)?;
     let sets = load_loras(a.loras, be, family, a.model)?;

@@ -16,6 +16,7 @@ use super::values::{
     choice_names, Choice, Device, MixedPrecision, Resolution, SamplePrompts, Warmup, YamlValue,
 };
 use super::{DataSubset, Provenance};
+use crate::backend::cpu::CpuPrecision;
 use crate::lora::blocks::{BlockLayout, SideWeights, SIDE_BLOCKS};
 use crate::lora::export::SavePrecision;
 use crate::lora::{AlgoKind, LoraTargets};
@@ -626,13 +627,22 @@ config_keys! {
 
     /// Precision of the frozen model's activations on a GPU (`fp16`: f16 storage, f32
     /// accumulation, dynamic loss scaling; `bf16`: bf16 storage, f32 accumulation, no loss
-    /// scaling, compute capability 8.0+ only, refused on Turing). The CPU always computes in
-    /// f32. LoRA weights and optimizer state are always f32.
+    /// scaling, compute capability 8.0+ only, refused on Turing). The CPU's is
+    /// `cpu_precision`. LoRA weights and optimizer state are always f32.
     mixed_precision: MixedPrecision = fixed(MixedPrecision::Fp16),
         read parse::mixed_precision,
         doc_type choice_doc::<MixedPrecision>(),
         rule choice_rule::<MixedPrecision>(),
         kohya "no",
+
+    /// Precision of the CPU's products with frozen weights (linear and convolution, forward
+    /// and input gradient): `bf16` rounds both operands to bf16 and sums in f32 (PyTorch's
+    /// CPU autocast; needs AVX512_BF16), everything else stays f32. A kohya config's
+    /// `mixed_precision = "bf16"` means `bf16` here where the CPU has it.
+    cpu_precision: CpuPrecision = fixed(CpuPrecision::F32),
+        read parse::choice::<CpuPrecision>,
+        doc_type choice_doc::<CpuPrecision>(),
+        rule choice_rule::<CpuPrecision>(),
 
     /// Keep the VAE in f32 on a GPU while the rest computes in f16 (kohya's `no_half_vae`):
     /// its weights, the latents' encoding and the samples' decoding. SDXL 1.0's VAE overflows

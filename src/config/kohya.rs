@@ -18,6 +18,9 @@
 //!   `network_train_text_encoder_only` is `train_unet` inverted, and a learning rate of 0
 //!   freezes that part (`text_encoder_lr = 0` is `train_text_encoder: false`, `unet_lr = 0`
 //!   is `train_unet: false`).
+//! - `mixed_precision = "bf16"`, which sd-scripts (through accelerate) runs on a CPU under
+//!   torch's CPU autocast in bf16, is `cpu_precision: bf16` where this CPU has AVX512_BF16;
+//!   elsewhere the CPU computes in f32 and a notice says so.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +29,7 @@ use yaml_serde::Value;
 use super::error::{ConfigError, Origin};
 use super::keys::KEYS;
 use super::parse::{flag, float, render, Entry};
+use crate::backend::cpu::CpuPrecision;
 
 /// A TOML document's keys, flattened.
 pub(crate) struct Flat {
@@ -196,6 +200,7 @@ impl Meanings<'_> {
                 self.entries.remove(key);
             }
         }
+        self.cpu_bf16();
         if self.written("epochs") {
             if let Some(steps) = self.entries.remove("max_train_steps") {
                 if !steps.value.is_null() {
@@ -215,6 +220,24 @@ impl Meanings<'_> {
                 file,
                 true,
             );
+        }
+    }
+
+    /// `mixed_precision = "bf16"` without `cpu_precision`: bf16 products on a CPU that has
+    /// them (torch's CPU autocast, as accelerate runs sd-scripts on a CPU), else a notice.
+    fn cpu_bf16(&mut self) {
+        let Some(mp) = self.entries.get("mixed_precision") else {
+            return;
+        };
+        if mp.defaulted || mp.value.as_str() != Some("bf16") || self.written("cpu_precision") {
+            return;
+        }
+        let origin = mp.origin.clone();
+        match CpuPrecision::Bf16.unsupported() {
+            None => self.set("cpu_precision", Value::from("bf16"), &origin, false),
+            Some(why) => self.notices.push(format!(
+                "mixed_precision = \"bf16\": a run on the CPU computes in f32 ({why})"
+            )),
         }
     }
 

@@ -103,6 +103,7 @@ impl TrainConfig {
         check_schedule(&mut c);
         check_data(&mut c);
         check_validation_and_samples(&mut c);
+        check_cpu_precision(&mut c);
         // Each dataset_config subset's own values (a value they share is named once).
         for s in &self.subsets {
             if let Err(e) = s.config.validate() {
@@ -117,6 +118,22 @@ impl TrainConfig {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// `cpu_precision` this CPU cannot compute in, where the run may use the CPU (`device: cpu`
+/// or `auto`): refused before anything loads, naming the missing CPU feature.
+fn check_cpu_precision(c: &mut Check) {
+    if matches!(c.cfg.device, Device::Cuda(_)) {
+        return;
+    }
+    if let Some(why) = c.cfg.cpu_precision.unsupported() {
+        c.fail(
+            "cpu_precision",
+            format!(
+                "is not possible here: {why}, which bf16 products need; use cpu_precision: f32"
+            ),
+        );
     }
 }
 
@@ -588,8 +605,9 @@ pub(crate) fn warnings(cfg: &TrainConfig) -> Vec<String> {
     w.extend(cfg.provenance.notices.iter().cloned());
     if cfg.device == Device::Cpu && cfg.mixed_precision != MixedPrecision::No {
         w.push(format!(
-            "mixed_precision = {} applies on a GPU only: the CPU computes in f32",
-            cfg.mixed_precision
+            "mixed_precision = {} applies on a GPU only: the CPU computes in {} (cpu_precision)",
+            cfg.mixed_precision,
+            cfg.cpu_precision.name()
         ));
     }
     w

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use yaml_serde::Value;
 
+use crate::backend::cpu::CpuPrecision;
 use crate::lora::blocks::SideWeights;
 use crate::lora::export::SavePrecision;
 use crate::lora::{AlgoKind, LoraTargets};
@@ -64,6 +65,13 @@ impl Choice for SavePrecision {
     }
 }
 
+impl Choice for CpuPrecision {
+    const ALL: &'static [CpuPrecision] = &CpuPrecision::ALL;
+    fn name(self) -> String {
+        CpuPrecision::name(self).to_string()
+    }
+}
+
 impl Choice for SamplerKind {
     const ALL: &'static [SamplerKind] = &SamplerKind::ALL;
     fn name(self) -> String {
@@ -97,8 +105,8 @@ impl Choice for AlgoKind {
     }
 }
 
-/// The precision of the frozen model's activations on the GPU. The CPU backend always
-/// computes in f32; LoRA weights, their gradients and AdamW's moments are always f32.
+/// The precision of the frozen model's activations on the GPU (the CPU's is
+/// `cpu_precision`); LoRA weights, their gradients and AdamW's moments are always f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MixedPrecision {
     No,
@@ -381,6 +389,7 @@ yaml_choice!(
     SavePrecision,
     LoraTargets,
     MixedPrecision,
+    CpuPrecision,
     OptimizerType,
     SamplerKind,
     CropMode,

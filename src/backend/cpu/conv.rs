@@ -23,14 +23,17 @@
 //! a gigabyte for the VAE at 512x512. The GEMMs are multithreaded; im2col runs one rayon task
 //! per row of cols and col2im one per input channel (a channel's plane is written by its own
 //! k·k rows of dcols only, so the scatter-add has no races).
+//!
+//! With `cpu_precision: bf16` the products with the frozen weight (W·cols and Wᵀ·dy) compute
+//! in bf16 (gemm_bf16.rs); LoCon's adapter convolutions and every weight gradient stay f32.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm, Mat};
-use super::CpuBackend;
+use super::gemm::{gemm, gemm_frozen, Mat};
 use super::{data, data_mut, dispatch, tensor, Real};
+use super::{CpuBackend, CpuPrecision};
 use crate::backend::check::conv::{ConvDims, LoraDims};
 use crate::backend::{
     check, Accum, Adapter, AdapterBackward, Conv2d, ConvOps, ConvOut, Lora, LoraBackward,
@@ -54,12 +57,20 @@ impl ConvOps for CpuBackend {
         // The one adapter kind so far (a new kind of `Adapter` stops the build here).
         match adapter {
             None => Ok(ConvOut {
-                y: dispatch!("conv2d", x, forward_t(x, w, bias, &d, COLS_BUDGET))?,
+                y: dispatch!(
+                    "conv2d",
+                    x,
+                    forward_t(x, w, bias, &d, COLS_BUDGET, self.precision)
+                )?,
                 lora_hidden: None,
             }),
             Some(Adapter::Lora(l)) => {
                 let ld = check::conv::lora("conv2d", w, &d, &l)?;
-                dispatch!("conv2d", x, forward_lora_t(x, w, bias, &d, &ld, &l))
+                dispatch!(
+                    "conv2d",
+                    x,
+                    forward_lora_t(x, w, bias, &d, &ld, &l, self.precision)
+                )
             }
         }
     }
@@ -75,7 +86,7 @@ impl ConvOps for CpuBackend {
         dispatch!(
             "conv2d_input_grad",
             dy,
-            input_grad_t(dy, w, &d, COLS_BUDGET)
+            input_grad_t(dy, w, &d, COLS_BUDGET, self.precision)
         )
     }
 
@@ -91,10 +102,10 @@ impl ConvOps for CpuBackend {
         let d = check::conv::input_grad(dy, w, input_hw, p)?;
         // The one adapter kind so far (a new kind of `AdapterBackward` stops the build here).
         match adapter {
-            None => dispatch!(OP, dy, input_grad_t(dy, w, &d, COLS_BUDGET)),
+            None => dispatch!(OP, dy, input_grad_t(dy, w, &d, COLS_BUDGET, self.precision)),
             Some(AdapterBackward::Lora(lb)) => {
                 let ld = check::conv::lora_backward(OP, w, &d, &lb)?;
-                dispatch!(OP, dy, backward_lora_t(dy, w, &d, &ld, lb))
+                dispatch!(OP, dy, backward_lora_t(dy, w, &d, &ld, lb, self.precision))
             }
         }
     }
@@ -118,7 +129,8 @@ impl ConvOps for CpuBackend {
 }
 
 /// LoCon's forward by composition: y = conv(x, w) + bias + s·conv1x1(ũ, up) with
-/// ũ = conv(x, down) ⊙ mask (returned for the backward).
+/// ũ = conv(x, down) ⊙ mask (returned for the backward); the adapter's convolutions in f32
+/// whatever `precision` the frozen one takes.
 fn forward_lora_t<T: Real>(
     x: &Tensor,
     w: &Tensor,
@@ -126,15 +138,17 @@ fn forward_lora_t<T: Real>(
     d: &ConvDims,
     ld: &LoraDims,
     l: &Lora<'_>,
+    precision: CpuPrecision,
 ) -> Result<ConvOut> {
     const OP: &str = "conv2d";
-    let mut y = forward_t::<T>(x, w, bias, d, COLS_BUDGET)?;
-    let mut u = forward_t::<T>(x, l.down, None, &ld.down, COLS_BUDGET)?;
+    const F32: CpuPrecision = CpuPrecision::F32;
+    let mut y = forward_t::<T>(x, w, bias, d, COLS_BUDGET, precision)?;
+    let mut u = forward_t::<T>(x, l.down, None, &ld.down, COLS_BUDGET, F32)?;
     if let Some(mask) = l.dropout {
         let mask = data::<T>(OP, "lora dropout mask", mask)?;
         apply_mask(data_mut::<T>(OP, "lora hidden", &mut u)?, mask);
     }
-    let z = forward_t::<T>(&u, l.up, None, &ld.up, COLS_BUDGET)?;
+    let z = forward_t::<T>(&u, l.up, None, &ld.up, COLS_BUDGET, F32)?;
     let s = T::from_f64(l.scale);
     let zs = data::<T>(OP, "lora output", &z)?;
     for (y, &z) in data_mut::<T>(OP, "y", &mut y)?.iter_mut().zip(zs) {
@@ -146,23 +160,26 @@ fn forward_lora_t<T: Real>(
     })
 }
 
-/// LoCon's backward by composition (the math is in [`ConvOps::conv2d_backward`]).
+/// LoCon's backward by composition (the math is in [`ConvOps::conv2d_backward`]); the
+/// adapter's products in f32 whatever `precision` the frozen one takes.
 fn backward_lora_t<T: Real>(
     dy: &Tensor,
     w: &Tensor,
     d: &ConvDims,
     ld: &LoraDims,
     lb: LoraBackward<'_>,
+    precision: CpuPrecision,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d_backward";
+    const F32: CpuPrecision = CpuPrecision::F32;
     let l = lb.lora;
-    let mut dx = input_grad_t::<T>(dy, w, d, COLS_BUDGET)?;
-    let mut g = input_grad_t::<T>(dy, l.up, &ld.up, COLS_BUDGET)?;
+    let mut dx = input_grad_t::<T>(dy, w, d, COLS_BUDGET, precision)?;
+    let mut g = input_grad_t::<T>(dy, l.up, &ld.up, COLS_BUDGET, F32)?;
     if let Some(mask) = l.dropout {
         let mask = data::<T>(OP, "lora dropout mask", mask)?;
         apply_mask(data_mut::<T>(OP, "lora hidden gradient", &mut g)?, mask);
     }
-    let dx_lora = input_grad_t::<T>(&g, l.down, &ld.down, COLS_BUDGET)?;
+    let dx_lora = input_grad_t::<T>(&g, l.down, &ld.down, COLS_BUDGET, F32)?;
     let s = T::from_f64(l.scale);
     let dl = data::<T>(OP, "lora dx", &dx_lora)?;
     for (a, &b) in data_mut::<T>(OP, "dx", &mut dx)?.iter_mut().zip(dl) {
@@ -275,6 +292,7 @@ fn forward_t<T: Real>(
     bias: Option<&Tensor>,
     d: &ConvDims,
     budget: usize,
+    precision: CpuPrecision,
 ) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let xs = data::<T>(OP, "x", x)?;
@@ -298,7 +316,8 @@ fn forward_t<T: Real>(
         let yn = &mut y[img * out_img..(img + 1) * out_img];
         if pointwise(d) {
             // y[n] [O, H·W] = W [O, C] · x[n] [C, H·W]; beta = 0 overwrites y[n].
-            gemm(
+            gemm_frozen(
+                precision,
                 T::ONE,
                 Mat::new(ws, d.o, d.c),
                 Mat::new(xn, d.c, out_plane),
@@ -313,7 +332,8 @@ fn forward_t<T: Real>(
                 let cols = &mut cols[..ckk * ncols];
                 im2col(xn, d, rows.clone(), cols);
                 // The block's columns of y[n]: rows of O, ldc = Ho·Wo. beta = 0 overwrites.
-                gemm(
+                gemm_frozen(
+                    precision,
                     T::ONE,
                     Mat::new(ws, d.o, ckk),
                     Mat::new(cols, ckk, ncols),
@@ -369,7 +389,13 @@ fn im2col<T: Real>(xn: &[T], d: &ConvDims, rows: Range<usize>, cols: &mut [T]) {
         });
 }
 
-fn input_grad_t<T: Real>(dy: &Tensor, w: &Tensor, d: &ConvDims, budget: usize) -> Result<Tensor> {
+fn input_grad_t<T: Real>(
+    dy: &Tensor,
+    w: &Tensor,
+    d: &ConvDims,
+    budget: usize,
+    precision: CpuPrecision,
+) -> Result<Tensor> {
     const OP: &str = "conv2d_input_grad";
     let dys = data::<T>(OP, "dy", dy)?;
     let ws = data::<T>(OP, "w", w)?;
@@ -392,7 +418,8 @@ fn input_grad_t<T: Real>(dy: &Tensor, w: &Tensor, d: &ConvDims, budget: usize) -
         let dxn = &mut dx[img * in_img..(img + 1) * in_img];
         if pointwise(d) {
             // dx[n] [C, H·W] = Wᵀ [C, O] · dy[n] [O, H·W]; beta = 0 overwrites dx[n].
-            gemm(
+            gemm_frozen(
+                precision,
                 T::ONE,
                 Mat::new(ws, d.o, d.c).t(),
                 Mat::new(dy_img, d.o, out_plane),
@@ -408,7 +435,8 @@ fn input_grad_t<T: Real>(dy: &Tensor, w: &Tensor, d: &ConvDims, budget: usize) -
             let dcols = &mut dcols[..ckk * ncols];
             // dcols [C·k·k, ncols] = Wᵀ [C·k·k, O] · (the block's columns of dy[n]) [O, ncols];
             // beta = 0 overwrites the reused buffer.
-            gemm(
+            gemm_frozen(
+                precision,
                 T::ONE,
                 Mat::new(ws, d.o, ckk).t(),
                 Mat::strided(&dy_img[r0 * d.wo..], d.o, ncols, out_plane),
@@ -480,8 +508,9 @@ mod tests {
             let w = rand(&mut rng, &[4, 3, k, k]);
             let b = rand(&mut rng, &[4]);
             let d = check::conv::forward(&x, &w, Some(&b), conv).unwrap();
-            let one = forward_t::<f64>(&x, &w, Some(&b), &d, usize::MAX).unwrap();
-            let rows = forward_t::<f64>(&x, &w, Some(&b), &d, 1).unwrap();
+            let one =
+                forward_t::<f64>(&x, &w, Some(&b), &d, usize::MAX, CpuPrecision::F32).unwrap();
+            let rows = forward_t::<f64>(&x, &w, Some(&b), &d, 1, CpuPrecision::F32).unwrap();
             let (a, b) = (one.to_f64_vec(), rows.to_f64_vec());
             let err = a
                 .iter()
@@ -490,8 +519,8 @@ mod tests {
                 .fold(0.0, f64::max);
             assert!(err < 1e-12, "forward {h}x{wd} k{k} s{s}: {err}");
             let dy = rand(&mut rng, d.output_shape().dims());
-            let one = input_grad_t::<f64>(&dy, &w, &d, usize::MAX).unwrap();
-            let rows = input_grad_t::<f64>(&dy, &w, &d, 1).unwrap();
+            let one = input_grad_t::<f64>(&dy, &w, &d, usize::MAX, CpuPrecision::F32).unwrap();
+            let rows = input_grad_t::<f64>(&dy, &w, &d, 1, CpuPrecision::F32).unwrap();
             let (a, b) = (one.to_f64_vec(), rows.to_f64_vec());
             let err = a
                 .iter()
@@ -518,8 +547,10 @@ mod tests {
         let w = rand(&mut rng, &[5, 3, 3, 3]);
         let d = check::conv::forward(&x, &w, None, conv).unwrap();
         let d1 = check::conv::forward(&alone, &w, None, conv).unwrap();
-        let y = forward_t::<f64>(&x, &w, None, &d, 1).unwrap().to_f64_vec();
-        let y1 = forward_t::<f64>(&alone, &w, None, &d1, 1)
+        let y = forward_t::<f64>(&x, &w, None, &d, 1, CpuPrecision::F32)
+            .unwrap()
+            .to_f64_vec();
+        let y1 = forward_t::<f64>(&alone, &w, None, &d1, 1, CpuPrecision::F32)
             .unwrap()
             .to_f64_vec();
         assert_eq!(&y[y.len() / 2..], &y1[..]);
@@ -529,8 +560,10 @@ mod tests {
         dyv.extend(&dy1);
         let dy = Tensor::from_f64([2, 5, 4, 3], dyv).unwrap();
         let dy_alone = Tensor::from_f64([1, 5, 4, 3], dy1).unwrap();
-        let dx = input_grad_t::<f64>(&dy, &w, &d, 1).unwrap().to_f64_vec();
-        let dx1 = input_grad_t::<f64>(&dy_alone, &w, &d1, 1)
+        let dx = input_grad_t::<f64>(&dy, &w, &d, 1, CpuPrecision::F32)
+            .unwrap()
+            .to_f64_vec();
+        let dx1 = input_grad_t::<f64>(&dy_alone, &w, &d1, 1, CpuPrecision::F32)
             .unwrap()
             .to_f64_vec();
         assert_eq!(&dx[dx.len() / 2..], &dx1[..]);

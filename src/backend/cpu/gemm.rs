@@ -8,7 +8,9 @@
 use ::gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::gemm_bf16::gemm_bf16;
 use super::real::Real;
+use super::CpuPrecision;
 
 /// A row-major or transposed view of a matrix stored in a slice.
 #[derive(Clone, Copy)]
@@ -43,6 +45,16 @@ impl<'a, T> Mat<'a, T> {
             cs: 1,
         }
     }
+    /// The same view of other elements of the same length (a retyped slice).
+    fn with_data<'b, U>(self, data: &'b [U]) -> Mat<'b, U> {
+        Mat {
+            data,
+            rows: self.rows,
+            cols: self.cols,
+            rs: self.rs,
+            cs: self.cs,
+        }
+    }
     /// The transpose, without copying.
     pub fn t(self) -> Self {
         Mat {
@@ -53,7 +65,7 @@ impl<'a, T> Mat<'a, T> {
             cs: self.rs,
         }
     }
-    fn last_index(&self) -> usize {
+    pub(super) fn last_index(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
             0
         } else {
@@ -63,7 +75,7 @@ impl<'a, T> Mat<'a, T> {
 }
 
 /// Work (m·k·n) below which a product runs on the calling thread.
-const PARALLEL_FLOPS: usize = 1 << 18;
+pub(super) const PARALLEL_FLOPS: usize = 1 << 18;
 
 /// Columns of C from which a tall product with a transposed A goes to matrixmultiply (LoRA's
 /// dB = dYᵀ·u, 8 columns, runs faster in the `gemm` crate).
@@ -129,6 +141,29 @@ pub fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T], ldc: 
             parallelism,
         )
     }
+}
+
+/// A product of activations with a frozen weight (the linear and convolution products): in
+/// bf16 (gemm_bf16.rs) when the backend's precision says so and the elements are f32, else
+/// `gemm` (f64, the gradient checks' type, is never rounded).
+pub fn gemm_frozen<T: Real>(
+    precision: CpuPrecision,
+    alpha: T,
+    a: Mat<T>,
+    b: Mat<T>,
+    beta: T,
+    c: &mut [T],
+    ldc: usize,
+) {
+    if precision == CpuPrecision::Bf16 {
+        if let (Some(ad), Some(bd)) = (T::as_f32(a.data), T::as_f32(b.data)) {
+            let (alpha, beta) = (alpha.to_f64() as f32, beta.to_f64() as f32);
+            let c = T::as_f32_mut(c).expect("C has the element type of A and B");
+            gemm_bf16(alpha, a.with_data(ad), b.with_data(bd), beta, c, ldc);
+            return;
+        }
+    }
+    gemm(alpha, a, b, beta, c, ldc)
 }
 
 /// `gemm` with matrixmultiply, one rayon task per block of rows of C (`gemm` has checked the

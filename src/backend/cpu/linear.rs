@@ -17,10 +17,12 @@
 //! dA and dB are `=` on the first micro-batch of a step and `+=` after (`Accum`). Without a
 //! mask no multiply happens at all, so results are bit-identical to a LoRA without dropout;
 //! an all-ones mask (p = 0) gives the same numbers too, as x·1 = x exactly.
+//! With `cpu_precision: bf16` the two products with W (x·Wᵀ and dY·W) compute in bf16
+//! (gemm_bf16.rs); the adapter's products stay f32.
 
-use super::gemm::{gemm, Mat};
-use super::CpuBackend;
+use super::gemm::{gemm, gemm_frozen, Mat};
 use super::{data, data_mut, dispatch, tensor, Real};
+use super::{CpuBackend, CpuPrecision};
 use crate::backend::{
     check, Accum, Adapter, AdapterBackward, LinearOps, LinearOut, Lora, LoraBackward,
 };
@@ -37,7 +39,7 @@ impl LinearOps for CpuBackend {
     ) -> Result<LinearOut> {
         // The one adapter kind so far (a new kind of `Adapter` stops the build here).
         let lora = adapter.map(|Adapter::Lora(l)| l);
-        dispatch!("linear", x, forward_t(x, w, bias, lora))
+        dispatch!("linear", x, forward_t(x, w, bias, lora, self.precision))
     }
 
     fn linear_backward(
@@ -55,7 +57,11 @@ impl LinearOps for CpuBackend {
             lora.as_ref()
                 .map(|l| (&l.lora, l.x, l.hidden, &*l.grad_down, &*l.grad_up)),
         )?;
-        dispatch!("linear_backward", dy, backward_t(dy, w, lora, want_dx))
+        dispatch!(
+            "linear_backward",
+            dy,
+            backward_t(dy, w, lora, want_dx, self.precision)
+        )
     }
 }
 
@@ -64,6 +70,7 @@ fn forward_t<T: Real>(
     w: &Tensor,
     bias: Option<&Tensor>,
     lora: Option<Lora<'_>>,
+    precision: CpuPrecision,
 ) -> Result<LinearOut> {
     const OP: &str = "linear";
     let d = check::linear::forward(x, w, bias, lora.as_ref())?;
@@ -71,7 +78,8 @@ fn forward_t<T: Real>(
     let xs = data::<T>(OP, "x", x)?;
     let ws = data::<T>(OP, "w", w)?;
     let mut y = vec![T::ZERO; m * n];
-    gemm(
+    gemm_frozen(
+        precision,
         T::ONE,
         Mat::new(xs, m, k),
         Mat::new(ws, n, k).t(),
@@ -125,6 +133,7 @@ fn backward_t<T: Real>(
     w: &Tensor,
     lora: Option<LoraBackward<'_>>,
     want_dx: bool,
+    precision: CpuPrecision,
 ) -> Result<Option<Tensor>> {
     const OP: &str = "linear_backward";
     let n = w.dims()[0];
@@ -134,7 +143,8 @@ fn backward_t<T: Real>(
     let ws = data::<T>(OP, "w", w)?;
     let mut dx = want_dx.then(|| vec![T::ZERO; m * k]);
     if let Some(dx) = dx.as_mut() {
-        gemm(
+        gemm_frozen(
+            precision,
             T::ONE,
             Mat::new(dys, m, n),
             Mat::new(ws, n, k),

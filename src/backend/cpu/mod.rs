@@ -15,6 +15,7 @@ pub mod diffusion;
 pub mod elementwise;
 pub mod flash;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod layout;
 pub mod linear;
 pub mod norm;
@@ -36,16 +37,74 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Clone, Copy, Debug)]
 pub struct CpuBackend {
     dtype: DType,
+    precision: CpuPrecision,
+}
+
+/// How the CPU computes the products of f32 activations with frozen weights (`cpu_precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuPrecision {
+    /// Plain f32: the reference.
+    F32,
+    /// PyTorch's CPU autocast in bf16, for the products only: the linear and convolution
+    /// products with a frozen weight (forward and input gradient) round both operands to
+    /// bf16 and sum in f32 (gemm_bf16.rs); outputs, every other op, the adapters' own
+    /// products and gradients, and the optimizer stay f32. Needs AVX512_BF16.
+    Bf16,
+}
+
+impl CpuPrecision {
+    pub const ALL: [CpuPrecision; 2] = [CpuPrecision::F32, CpuPrecision::Bf16];
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuPrecision::F32 => "f32",
+            CpuPrecision::Bf16 => "bf16",
+        }
+    }
+    /// Why this CPU cannot compute in `self`, or None when it can.
+    pub fn unsupported(self) -> Option<String> {
+        match self {
+            CpuPrecision::Bf16 if !gemm_bf16::available() => {
+                Some(format!("this CPU lacks {}", gemm_bf16::REQUIRES))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl CpuBackend {
     /// The f32 backend.
     pub const fn new() -> Self {
-        CpuBackend { dtype: DType::F32 }
+        CpuBackend {
+            dtype: DType::F32,
+            precision: CpuPrecision::F32,
+        }
     }
     /// Models load in f64: for finite-difference checks of whole models.
     pub const fn f64() -> Self {
-        CpuBackend { dtype: DType::F64 }
+        CpuBackend {
+            dtype: DType::F64,
+            precision: CpuPrecision::F32,
+        }
+    }
+    /// The f32 backend whose products with frozen weights compute in `precision`; an error
+    /// naming the missing CPU feature where this CPU cannot.
+    pub fn with_precision(precision: CpuPrecision) -> Result<Self> {
+        if let Some(why) = precision.unsupported() {
+            return Err(Error::BadValue {
+                op: "the CPU backend",
+                name: "cpu_precision",
+                value: precision.name().into(),
+                expected: format!("{why}, which bf16 products need; use cpu_precision: f32"),
+            });
+        }
+        Ok(CpuBackend {
+            precision,
+            ..CpuBackend::new()
+        })
+    }
+    /// What the products with frozen weights compute in.
+    pub fn precision(&self) -> CpuPrecision {
+        self.precision
     }
 }
 

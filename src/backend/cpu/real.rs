@@ -76,6 +76,18 @@ pub trait Real:
     /// summed in order.
     fn exp_sub_sum(xs: &mut [Self], c: Self) -> Self;
 
+    /// The elements as f32 when `Self` is f32 (for the f32-only paths, gemm_bf16.rs).
+    fn as_f32(x: &[Self]) -> Option<&[f32]> {
+        (std::any::TypeId::of::<Self>() == std::any::TypeId::of::<f32>())
+            // SAFETY: Self is f32, so the slice is a slice of f32.
+            .then(|| unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) })
+    }
+    fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]> {
+        (std::any::TypeId::of::<Self>() == std::any::TypeId::of::<f32>())
+            // SAFETY: as in `as_f32`; the borrow is the caller's exclusive one.
+            .then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr().cast(), x.len()) })
+    }
+
     fn sigmoid(self) -> Self {
         Self::ONE / (Self::ONE + (-self).exp())
     }
