@@ -38,13 +38,6 @@
 // (In bytes: ATT_FWD_SMEM, ATT_DQ_SMEM, ATT_DKV_SMEM in tiles.h, which the launcher uses.)
 #include "common.cuh"
 
-// `#pragma unroll` for nvcc only (the host compiler of the emulator warns on it).
-#ifdef __CUDACC__
-#define ATT_UNROLL _Pragma("unroll")
-#else
-#define ATT_UNROLL
-#endif
-
 // Tiles and the shared memory of each kernel: ATT_* in tiles.h.
 // Accumulator columns per thread: 8 threads share a row, column c = t % 8 + 8u.
 #define ATT_COLS (ATT_MAX_D / 8)
@@ -97,7 +90,7 @@ __device__ void attention_fwd_impl(const T* q, const T* k, const T* v, T* o, flo
     const int jj = tid & 31, rw = tid >> 5;
     const int ar = tid >> 3, acl = tid & 7;
     float acc[ATT_COLS];
-ATT_UNROLL
+UNROLL
     for (int u = 0; u < ATT_COLS; ++u) acc[u] = 0.0f;
 
     const int kend = causal && q0 + ATT_BQ < lk ? q0 + ATT_BQ : lk;
@@ -107,15 +100,15 @@ ATT_UNROLL
         __syncthreads();
 
         float s[ATT_BQ / 4];
-ATT_UNROLL
+UNROLL
         for (int u = 0; u < ATT_BQ / 4; ++u) s[u] = 0.0f;
         for (int c = 0; c < d; ++c) {
             float kc = Ks[jj * ks + c];
-ATT_UNROLL
+UNROLL
             for (int u = 0; u < ATT_BQ / 4; ++u) s[u] += Qs[(rw + 4 * u) * d + c] * kc;
         }
         const int j = j0 + jj;
-ATT_UNROLL
+UNROLL
         for (int u = 0; u < ATT_BQ / 4; ++u) {
             int r = rw + 4 * u, i = q0 + r;
             bool seen = i < lq && j < lk && (!causal || j <= i);
@@ -149,12 +142,12 @@ ATT_UNROLL
         {
             const float alpha = As[ar];
             const float* prow = Ss + ar * (ATT_BK + 1);
-ATT_UNROLL
+UNROLL
             for (int u = 0; u < ATT_COLS; ++u) acc[u] *= alpha;
             for (int t = 0; t < ATT_BK; ++t) {
                 float p = prow[t];
                 const float* vrow = Vs + t * dv;
-ATT_UNROLL
+UNROLL
                 for (int u = 0; u < ATT_COLS; ++u) {
                     int c = acl + 8 * u;
                     if (c >= dv) break;
@@ -169,7 +162,7 @@ ATT_UNROLL
     if (i < lq) {
         const float inv = 1.0f / Ls[ar];
         T* orow = o + att_row(b, i, h, lq, heads, dv);
-ATT_UNROLL
+UNROLL
         for (int u = 0; u < ATT_COLS; ++u) {
             int c = acl + 8 * u;
             if (c >= dv) break;
@@ -253,7 +246,7 @@ __device__ void attention_bwd_dq_impl(const T* q, const T* k, const T* v, const 
     const int jj = tid & 31, rw = tid >> 5;
     const int ar = tid >> 3, acl = tid & 7;
     float acc[ATT_COLS];
-ATT_UNROLL
+UNROLL
     for (int u = 0; u < ATT_COLS; ++u) acc[u] = 0.0f;
 
     const int kend = causal && q0 + ATT_BQ < lk ? q0 + ATT_BQ : lk;
@@ -263,20 +256,20 @@ ATT_UNROLL
         __syncthreads();
 
         float s[ATT_BQ / 4], dp[ATT_BQ / 4];
-ATT_UNROLL
+UNROLL
         for (int u = 0; u < ATT_BQ / 4; ++u) s[u] = dp[u] = 0.0f;
         for (int c = 0; c < d; ++c) {
             float kc = Ks[jj * ks + c];
-ATT_UNROLL
+UNROLL
             for (int u = 0; u < ATT_BQ / 4; ++u) s[u] += Qs[(rw + 4 * u) * d + c] * kc;
         }
         for (int c = 0; c < dv; ++c) {
             float vc = Vs[jj * vs + c];
-ATT_UNROLL
+UNROLL
             for (int u = 0; u < ATT_BQ / 4; ++u) dp[u] += Os[(rw + 4 * u) * dv + c] * vc;
         }
         const int j = j0 + jj;
-ATT_UNROLL
+UNROLL
         for (int u = 0; u < ATT_BQ / 4; ++u) {
             int r = rw + 4 * u, i = q0 + r;
             bool seen = i < lq && j < lk && (!causal || j <= i);
@@ -290,7 +283,7 @@ ATT_UNROLL
             for (int t = 0; t < ATT_BK; ++t) {
                 float g = srow[t];
                 const float* krow = Ks + t * ks;
-ATT_UNROLL
+UNROLL
                 for (int u = 0; u < ATT_COLS; ++u) {
                     int c = acl + 8 * u;
                     if (c >= d) break;
@@ -304,7 +297,7 @@ ATT_UNROLL
     const int i = q0 + ar;
     if (i < lq) {
         T* row = dq + att_row(b, i, h, lq, heads, d);
-ATT_UNROLL
+UNROLL
         for (int u = 0; u < ATT_COLS; ++u) {
             int c = acl + 8 * u;
             if (c >= d) break;
@@ -363,7 +356,7 @@ __device__ void attention_bwd_dkv_impl(const T* q, const T* k, const T* v, const
     const int ii = tid & 31, rw = tid >> 5;
     const int ar = tid >> 3, acl = tid & 7;
     float acc_k[ATT_COLS], acc_v[ATT_COLS];
-ATT_UNROLL
+UNROLL
     for (int u = 0; u < ATT_COLS; ++u) acc_k[u] = acc_v[u] = 0.0f;
 
     for (int i0 = causal ? k0 : 0; i0 < lq; i0 += ATT_QT) {
@@ -377,20 +370,20 @@ ATT_UNROLL
         __syncthreads();
 
         float s[ATT_KB / 4], dp[ATT_KB / 4];
-ATT_UNROLL
+UNROLL
         for (int u = 0; u < ATT_KB / 4; ++u) s[u] = dp[u] = 0.0f;
         for (int c = 0; c < d; ++c) {
             float qc = Qs[ii * qs + c];
-ATT_UNROLL
+UNROLL
             for (int u = 0; u < ATT_KB / 4; ++u) s[u] += qc * Ks[(rw + 4 * u) * d + c];
         }
         for (int c = 0; want_k && c < dv; ++c) {
             float oc = Os[ii * os + c];
-ATT_UNROLL
+UNROLL
             for (int u = 0; u < ATT_KB / 4; ++u) dp[u] += oc * Vs[(rw + 4 * u) * dv + c];
         }
         const int i = i0 + ii;
-ATT_UNROLL
+UNROLL
         for (int u = 0; u < ATT_KB / 4; ++u) {
             int r = rw + 4 * u, j = k0 + r;
             bool seen = i < lq && j < lk && (!causal || j <= i);
@@ -408,7 +401,7 @@ ATT_UNROLL
                 const float* orow = Os + t * os;
                 if (want_k) {
                     float g = grow[t];
-ATT_UNROLL
+UNROLL
                     for (int u = 0; u < ATT_COLS; ++u) {
                         int c = acl + 8 * u;
                         if (c >= d) break;
@@ -417,7 +410,7 @@ ATT_UNROLL
                 }
                 if (want_v) {
                     float p = prow[t];
-ATT_UNROLL
+UNROLL
                     for (int u = 0; u < ATT_COLS; ++u) {
                         int c = acl + 8 * u;
                         if (c >= dv) break;
@@ -433,7 +426,7 @@ ATT_UNROLL
     if (j < lk) {
         T* krow = dk + att_row(b, j, h, lk, heads, d);
         T* vrow = dvo + att_row(b, j, h, lk, heads, dv);
-ATT_UNROLL
+UNROLL
         for (int u = 0; u < ATT_COLS; ++u) {
             int c = acl + 8 * u;
             if (want_k && c < d) krow[c] = from_f32<T>(scale * acc_k[u]);

@@ -41,7 +41,7 @@ __device__ void attention_wide_fwd_impl(const T* q, const T* k, const T* v, T* o
     const int kmax = causal ? min(lk, i + 1) : lk;
     float m = -INFINITY, l = 0.0f;
     float acc[WIDE_PER_THREAD];
-#pragma unroll
+UNROLL
     for (int r = 0; r < WIDE_PER_THREAD; ++r) acc[r] = 0.0f;
     for (int j0 = 0; j0 < kmax; j0 += chunk) {
         const int n = min(chunk, kmax - j0);
@@ -68,7 +68,7 @@ __device__ void attention_wide_fwd_impl(const T* q, const T* k, const T* v, T* o
         lc = block_sum(lc, scratch);  // ends with a barrier: every P_j is in s
         l = l * rescale + lc;
         m = m_new;
-#pragma unroll
+UNROLL
         for (int r = 0; r < WIDE_PER_THREAD; ++r) {
             const int c = tid + r * blockDim.x;
             if (c < dv) {
@@ -80,7 +80,7 @@ __device__ void attention_wide_fwd_impl(const T* q, const T* k, const T* v, T* o
     }
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
     T* orow = o + ((long)b * lq + i) * v_stride + (long)h * dv;
-#pragma unroll
+UNROLL
     for (int r = 0; r < WIDE_PER_THREAD; ++r) {
         const int c = tid + r * blockDim.x;
         if (c < dv) orow[c] = from_f32<T>(acc[r] * inv);

@@ -18,6 +18,13 @@
 // An entry point: unmangled, so the Rust launchers find it by name on both sides.
 #define KERNEL extern "C" __global__
 
+// `#pragma unroll` for nvcc only (the host compiler of the emulator warns on it).
+#ifdef __CUDACC__
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL
+#endif
+
 // Dynamic shared memory as an array of T (16-byte aligned).
 #ifdef __CUDACC__
 #define DYN_SHARED(T, name)                                      \

@@ -332,7 +332,7 @@ fn within(
     }
     if adapt {
         let b = cfg.batch_size;
-        for batch in (1..=b).rev().filter(|d| b % d == 0) {
+        for batch in (1..=b).rev().filter(|d| b.is_multiple_of(*d)) {
             let mut c = cfg.clone();
             c.gradient_checkpointing = true;
             c.batch_size = batch;

@@ -586,7 +586,7 @@ fn max_fast_rank(e: &Engine) -> (usize, usize) {
 /// [`max_fast_rank`]'s (forward).
 fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
     let max_rank = max_fast_rank(e).0;
-    let expect_fast = l.inf % 8 == 0 && l.rank.is_none_or(|r| r <= max_rank);
+    let expect_fast = l.inf.is_multiple_of(8) && l.rank.is_none_or(|r| r <= max_rank);
     let dtype = DType::F16;
     let what = format!("{} fast forward {l:?}", e.be.name());
     let (fast, simple) = fast_and_simple(e);
@@ -691,7 +691,8 @@ fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
 /// (backward).
 fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
     let max_rank = max_fast_rank(e).1;
-    let expect_fast = l.inf % 8 == 0 && l.outf % 8 == 0 && l.rank.is_none_or(|r| r <= max_rank);
+    let expect_fast =
+        l.inf.is_multiple_of(8) && l.outf.is_multiple_of(8) && l.rank.is_none_or(|r| r <= max_rank);
     let dtype = DType::F16;
     let what = format!("{} fast backward {l:?} {accum:?} want_dx {dx}", e.be.name());
     let (fast, simple) = fast_and_simple(e);

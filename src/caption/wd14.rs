@@ -284,7 +284,7 @@ pub fn read_config(
     }
     // timm: fc_norm defaults to true for average pooling.
     c.fc_norm = fc_norm.unwrap_or(c.pool == Pool::Avg);
-    if c.patch_size == 0 || c.img_size % c.patch_size != 0 {
+    if c.patch_size == 0 || !c.img_size.is_multiple_of(c.patch_size) {
         return Err(bad(
             path,
             format!(

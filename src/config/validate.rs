@@ -78,7 +78,7 @@ pub(super) fn open_unit(x: f64) -> bool {
 }
 
 fn side_ok(s: u32) -> bool {
-    s % SIDE_MULTIPLE == 0 && (SIDE_MULTIPLE..=MAX_SIDE).contains(&s)
+    s.is_multiple_of(SIDE_MULTIPLE) && (SIDE_MULTIPLE..=MAX_SIDE).contains(&s)
 }
 
 const SIDE_RULE: &str = "sides must be multiples of 64 from 64 to 4096 (the VAE divides by 8, then the UNet halves 3 times)";
@@ -381,7 +381,7 @@ fn check_data(c: &mut Check) {
                     format!("is out of range: max_bucket_reso ({hi}) must be ≥ the larger side of resolution ({large})"),
                 );
             }
-            if sides_ok && (res.width % step != 0 || res.height % step != 0) {
+            if sides_ok && (!res.width.is_multiple_of(step) || !res.height.is_multiple_of(step)) {
                 c.fail(
                     "resolution",
                     format!("is out of range: with enable_bucket both sides must be multiples of bucket_reso_steps ({step})"),

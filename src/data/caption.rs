@@ -31,7 +31,7 @@ pub fn process_caption(text: &str, opts: &DataOptions, epoch: u64, rng: &mut Rng
     let caption = with_prefix_suffix(text, opts);
     let every = opts.caption_dropout_every_n_epochs as u64;
     let dropped = (opts.caption_dropout_rate > 0.0 && rng.uniform() < opts.caption_dropout_rate)
-        || (every > 0 && epoch % every == 0);
+        || (every > 0 && epoch.is_multiple_of(every));
     if dropped {
         return String::new();
     }

@@ -100,7 +100,7 @@ pub(crate) fn check_options(o: &DataOptions) -> Vec<DataError> {
     }
     if o.enable_bucket {
         let s = o.bucket_reso_steps;
-        if s == 0 || s % 8 != 0 {
+        if s == 0 || !s.is_multiple_of(8) {
             bad(
                 "bucket_reso_steps",
                 s.to_string(),

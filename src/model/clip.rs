@@ -454,7 +454,11 @@ impl ClipTextModel {
     ) -> Result<ClipEncoded> {
         let p = self.config.max_position_embeddings;
         let len = ids.len().checked_div(batch).unwrap_or(0);
-        let windows = if len > p && len % p == 0 { len / p } else { 1 };
+        let windows = if len > p && len.is_multiple_of(p) {
+            len / p
+        } else {
+            1
+        };
         if batch == 0 || len * batch != ids.len() || len == 0 || (len > p && windows == 1) {
             return Err(Error::BadValue {
                 op: "clip",

@@ -60,13 +60,15 @@ impl ClipVisionConfig {
                 self.num_channels
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size = {} is not divisible by num_attention_heads = {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(format!(
                 "image_size = {} is not a multiple of patch_size = {}",
                 self.image_size, self.patch_size

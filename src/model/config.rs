@@ -240,7 +240,7 @@ impl UnetConfig {
                 }
             }
             let c = self.block_out_channels[level];
-            if self.norm_num_groups == 0 || c % self.norm_num_groups != 0 {
+            if self.norm_num_groups == 0 || !c.is_multiple_of(self.norm_num_groups) {
                 return Err(format!(
                     "block_out_channels[{level}] = {c} is not divisible by norm_num_groups = {}",
                     self.norm_num_groups
@@ -485,7 +485,9 @@ impl ClipTextConfig {
 
     /// Checks consistency, as [`UnetConfig::validate`].
     pub fn validate(&self) -> Result<(), String> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(format!(
                 "hidden_size = {} is not divisible by num_attention_heads = {}",
                 self.hidden_size, self.num_attention_heads

@@ -219,7 +219,11 @@ impl SdxlText {
     pub fn te2_ids(&self, ids: &[u32], batch: usize) -> Result<Vec<u32>> {
         let p = self.te1.config.max_position_embeddings;
         let len = ids.len().checked_div(batch).unwrap_or(0);
-        let windows = if len > p && len % p == 0 { len / p } else { 1 };
+        let windows = if len > p && len.is_multiple_of(p) {
+            len / p
+        } else {
+            1
+        };
         let window = len / windows;
         if batch == 0 || len * batch != ids.len() || window < 3 || window > p {
             return Err(Error::BadValue {

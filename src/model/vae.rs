@@ -250,8 +250,8 @@ impl Vae {
         let f = 1usize << (self.encoder.down.len() - 1);
         if d.len() != 4
             || d[1] != self.config.in_channels
-            || d[2] % f != 0
-            || d[3] % f != 0
+            || !d[2].is_multiple_of(f)
+            || !d[3].is_multiple_of(f)
             || d[2] == 0
             || d[3] == 0
         {

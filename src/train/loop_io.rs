@@ -156,7 +156,7 @@ impl<'o> Outputs<'o> {
 pub fn after_step(run: &mut Run, out: &mut Outputs, stop: &AtomicBool) -> Result<Option<Stop>> {
     let cfg = run.cfg;
     let step = run.progress.step;
-    let due = |n: Option<usize>| n.is_some_and(|n| step % n as u64 == 0);
+    let due = |n: Option<usize>| n.is_some_and(|n| step.is_multiple_of(n as u64));
     if !run.val_set.is_empty() && due(cfg.validate_every_n_steps) {
         if let Some(s) = validate(run, out)? {
             return Ok(Some(s));
@@ -191,7 +191,7 @@ pub fn end_epoch(run: &mut Run, out: &mut Outputs) -> Result<Option<Stop>> {
     let epoch = run.progress.epoch;
     if cfg
         .save_every_n_epochs
-        .is_some_and(|n| epoch % n as u64 == 0)
+        .is_some_and(|n| epoch.is_multiple_of(n as u64))
         && !run.done()
     {
         save_point(run, out, SavePoint::Epoch(epoch))?;

@@ -42,7 +42,7 @@ impl SampleAt {
     /// Whether `cfg` asks for samples here. As kohya: when `sample_every_n_epochs` is set,
     /// `sample_every_n_steps` is not used.
     pub fn due(self, cfg: &TrainConfig) -> bool {
-        let every = |n: usize, at: u64| n > 0 && at % n as u64 == 0;
+        let every = |n: usize, at: u64| n > 0 && at.is_multiple_of(n as u64);
         cfg.samples_asked()
             && match self {
                 SampleAt::First => cfg.sample_at_first,

@@ -23,7 +23,7 @@ pub struct GegluDims {
 
 /// Checks a GEGLU forward: x [.., 2F] with rank >= 1 and an even last dimension.
 pub fn geglu(op: &'static str, x: &Tensor) -> Result<GegluDims> {
-    if x.shape().rank() == 0 || x.shape().last() % 2 != 0 {
+    if x.shape().rank() == 0 || !x.shape().last().is_multiple_of(2) {
         return Err(Error::BadShape {
             op,
             name: "x",

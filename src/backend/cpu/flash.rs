@@ -635,7 +635,7 @@ impl<'a> Out<'a> {
 /// C (+)= A·B over k terms, in register blocks of `ROW_ALIGN` rows by 2 vectors.
 #[inline(always)]
 fn product<const FMA: bool>(a: Lhs, b: Rhs, k: usize, mut c: Out) {
-    assert!(c.rows % ROW_ALIGN == 0 && c.width % LANES == 0);
+    assert!(c.rows.is_multiple_of(ROW_ALIGN) && c.width.is_multiple_of(LANES));
     if c.rows == 0 || c.width == 0 {
         return;
     }

@@ -597,8 +597,8 @@ impl Unet {
         let down = 1usize << (self.down.len() - 1);
         if d.len() != 4
             || d[1] != self.config.in_channels
-            || d[2] % down != 0
-            || d[3] % down != 0
+            || !d[2].is_multiple_of(down)
+            || !d[3].is_multiple_of(down)
             || d[2] == 0
             || d[3] == 0
         {

@@ -126,13 +126,13 @@ fn launch(
     let k = g.cs * g.taps.0 * g.taps.1;
     // 16-byte weight copies: every row starts at a multiple of 8 halves (pool buffers are
     // 512-byte aligned; `wt_aligned`: so is this launch's weight block).
-    let vec_b = wt_aligned && k % 8 == 0;
+    let vec_b = wt_aligned && k.is_multiple_of(8);
     // 16-byte activation copies: a pointwise conv whose pixel runs of 8 stay inside an image.
     let vec_a = g.taps == (1, 1)
         && g.cs > 0
         && (g.sa, g.so, g.oy, g.ox) == (1, 1, 0, 0)
         && (g.hs, g.ws) == (g.ha, g.wa)
-        && (g.ha * g.wa) % 8 == 0;
+        && (g.ha * g.wa).is_multiple_of(8);
     let gx = pixels.div_ceil(FC_BM).min(i32::MAX as usize) as u32;
     let gy = g.mo.div_ceil(FC_BN) as u32;
     let cfg = LaunchCfg::new((gx, gy, 1), (FC_THREADS as u32, 1, 1), 0);
@@ -253,7 +253,17 @@ pub(super) fn input_grad(be: &CudaBackend, d: &ConvDims, dy: In, w: In, dx: Out)
             // 16-byte weight copies need the class block to start at a multiple of 8 halves
             // (always so for SD1.5's channel counts; otherwise that class loads by elements).
             let wt_in = In(wto.0 + 2 * off as u64);
-            launch(be, &g, d.n, dy, wt_in, off % 8 == 0, In(0), false, dx)?;
+            launch(
+                be,
+                &g,
+                d.n,
+                dy,
+                wt_in,
+                off.is_multiple_of(8),
+                In(0),
+                false,
+                dx,
+            )?;
             off += class;
         }
     }

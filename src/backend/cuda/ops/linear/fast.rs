@@ -116,7 +116,7 @@ fn pick(be: &CudaBackend, m: usize, n: usize, kn: bool, r: usize) -> Option<Tile
 }
 
 fn aligned(p: In) -> bool {
-    p.0 % 16 == 0
+    p.0.is_multiple_of(16)
 }
 
 /// Whether the forward takes the fast path (see the module comment); the caller has checked
@@ -130,7 +130,7 @@ pub(super) fn forward_ok(
     x: In,
     w: In,
 ) -> bool {
-    inf % 8 == 0 && aligned(x) && aligned(w) && pick(be, rows, outf, false, r).is_some()
+    inf.is_multiple_of(8) && aligned(x) && aligned(w) && pick(be, rows, outf, false, r).is_some()
 }
 
 /// Whether the backward takes the fast path.
@@ -142,8 +142,8 @@ pub(super) fn backward_ok(
     r: usize,
     ptrs: &[In],
 ) -> bool {
-    inf % 8 == 0
-        && outf % 8 == 0
+    inf.is_multiple_of(8)
+        && outf.is_multiple_of(8)
         && ptrs.iter().all(|&p| aligned(p))
         && pick(be, rows, inf, true, r).is_some()
 }

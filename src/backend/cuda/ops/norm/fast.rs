@@ -61,12 +61,12 @@ fn aligned(addrs: &[u64]) -> bool {
 
 /// Whether the fast GroupNorm takes blocks of `m` elements on tensors at `addrs`.
 pub(super) fn group_supported(m: usize, addrs: &[u64]) -> bool {
-    m > 0 && m % 8 == 0 && aligned(addrs)
+    m > 0 && m.is_multiple_of(8) && aligned(addrs)
 }
 
 /// Whether the fast LayerNorm takes rows of `cols` on tensors at `addrs`.
 pub(super) fn layer_supported(cols: usize, addrs: &[u64]) -> bool {
-    cols > 0 && cols % 8 == 0 && cols <= MAX_COLS && aligned(addrs)
+    cols > 0 && cols.is_multiple_of(8) && cols <= MAX_COLS && aligned(addrs)
 }
 
 /// (chunk, nchunks) for blocks of `m` elements: about 1024 elements (one vector per thread)
