@@ -254,13 +254,7 @@ fn each_optimizer_lowers_the_fixed_noise_loss() {
         let mut sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         sets.push("sample_every_n_steps=0".into());
         let cfg = TrainConfig::load(dir.join("demo.yaml"), &sets).unwrap();
-        let out = train(
-            &cfg,
-            &be,
-            false,
-            &AtomicBool::new(false),
-            &mut Recorder::default(),
-        )
+        let out = common::train_quietly(&cfg, &be)
         .unwrap();
         figures.push((name, out.train_loss_before, out.train_loss_after));
         let _ = std::fs::remove_dir_all(&dir);

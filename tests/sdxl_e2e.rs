@@ -165,14 +165,7 @@ fn sdxl_block_ranks_and_lr_weights_as_sd_scripts() {
     .into();
     let cfg = TrainConfig::load(s.join("demo.yaml"), &sets).unwrap();
     let be = CpuBackend::new();
-    let report = train(
-        &cfg,
-        &be,
-        false,
-        &AtomicBool::new(false),
-        &mut Recorder::default(),
-    )
-    .unwrap();
+    let report = common::train_quietly(&cfg, &be).unwrap();
     let weight = |b: usize| match b {
         5 => 0.0,
         10 => 0.5,
@@ -218,15 +211,7 @@ fn sdxl_block_ranks_and_lr_weights_as_sd_scripts() {
         format!("block_dims=\"{sd1_dims}\""),
     ];
     let cfg = TrainConfig::load(s.join("demo.yaml"), &sets).unwrap();
-    let e = train(
-        &cfg,
-        &be,
-        false,
-        &AtomicBool::new(false),
-        &mut Recorder::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = common::train_quietly(&cfg, &be).unwrap_err().to_string();
     assert!(
         e.contains("block_dims") && e.contains("23 values on SDXL"),
         "{e}"

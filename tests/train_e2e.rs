@@ -291,14 +291,7 @@ fn latents_cached_on_disk_are_reused() {
         .collect();
     let cfg = config(&dir, &sets);
     let be = CpuBackend::new();
-    let first = train(
-        &cfg,
-        &be,
-        false,
-        &AtomicBool::new(false),
-        &mut Recorder::default(),
-    )
-    .unwrap();
+    let first = common::train_quietly(&cfg, &be).unwrap();
     // One folder, of this model; one file per image in it.
     let models: Vec<_> = std::fs::read_dir(dir.join("output/cache/latents"))
         .unwrap()
@@ -310,14 +303,7 @@ fn latents_cached_on_disk_are_reused() {
     // A second run reads them (same losses), and a damaged file is simply encoded again.
     let victim = files[0].as_ref().unwrap().path();
     std::fs::write(&victim, b"garbage").unwrap();
-    let second = train(
-        &cfg,
-        &be,
-        false,
-        &AtomicBool::new(false),
-        &mut Recorder::default(),
-    )
-    .unwrap();
+    let second = common::train_quietly(&cfg, &be).unwrap();
     assert_eq!(first.train_loss_after, second.train_loss_after);
     assert!(
         std::fs::read(&victim).unwrap().starts_with(b"LFLT"),
@@ -340,14 +326,7 @@ fn text_encoder_adapters_train_and_export() {
     .collect();
     let cfg = config(&dir, &sets);
     let be = CpuBackend::new();
-    let report = train(
-        &cfg,
-        &be,
-        false,
-        &AtomicBool::new(false),
-        &mut Recorder::default(),
-    )
-    .unwrap();
+    let report = common::train_quietly(&cfg, &be).unwrap();
     assert!(report.train_loss_after < report.train_loss_before);
     let lora = kohya::load(&report.lora_path, &be, DType::F32).unwrap();
     let te: Vec<_> = lora
@@ -451,14 +430,7 @@ fn a_run_starts_from_network_weights() {
     lorafuse::demo::prepare(&dir, 2).unwrap();
     let be = CpuBackend::new();
     let first = config(&dir, &["sample_every_n_steps=0".to_string()]);
-    let report = train(
-        &first,
-        &be,
-        false,
-        &AtomicBool::new(false),
-        &mut Recorder::default(),
-    )
-    .unwrap();
+    let report = common::train_quietly(&first, &be).unwrap();
     let sets = vec![
         "sample_every_n_steps=0".to_string(),
         format!("network_weights={}", report.lora_path.display()),
@@ -496,14 +468,7 @@ fn a_learning_rate_of_zero_freezes_that_part() {
     };
     let run = |sets: Vec<String>| {
         let cfg = config(&dir, &sets);
-        train(
-            &cfg,
-            &be,
-            false,
-            &AtomicBool::new(false),
-            &mut Recorder::default(),
-        )
-        .unwrap()
+        common::train_quietly(&cfg, &be).unwrap()
     };
     let first = run(base(&["train_text_encoder=true"]));
     let start = kohya::load(&first.lora_path, &be, DType::F32).unwrap();
@@ -597,14 +562,7 @@ fn save_state_keeps_save_points_and_resume_continues_from_one() {
         .collect()
     };
     let cfg = config(&dir, &sets(&[]));
-    let full = train(
-        &cfg,
-        &be,
-        false,
-        &AtomicBool::new(false),
-        &mut Recorder::default(),
-    )
-    .unwrap();
+    let full = common::train_quietly(&cfg, &be).unwrap();
     assert_eq!(full.steps, 3);
     let mut files: Vec<String> = std::fs::read_dir(&cfg.output_dir)
         .unwrap()
@@ -724,14 +682,7 @@ fn random_crop_draws_a_crop_for_every_training_sample() {
     assert_ne!(cropped[0], fixed[0]);
 
     let cfg = config(&dir, &sets(true));
-    let report = train(
-        &cfg,
-        &be,
-        false,
-        &AtomicBool::new(false),
-        &mut Recorder::default(),
-    )
-    .unwrap();
+    let report = common::train_quietly(&cfg, &be).unwrap();
     let file = SafetensorsFile::open(&report.lora_path).unwrap();
     assert_eq!(file.metadata()["ss_random_crop"], "True");
     assert_eq!(file.metadata()["ss_cache_latents"], "False");

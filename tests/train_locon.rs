@@ -8,14 +8,13 @@
 mod common;
 use common::tools::TempDir;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 
 use lorafuse::config::TrainConfig;
 use lorafuse::lora::{kohya, LayerKind};
 use lorafuse::model::checkpoint::safetensors::SafetensorsFile;
 use lorafuse::model::checkpoint::{load_sd15, Weights};
 use lorafuse::model::unet::Unet;
-use lorafuse::train::trainer::{train, Recorder, TrainReport};
+use lorafuse::train::trainer::TrainReport;
 use lorafuse::{CpuBackend, DType};
 
 /// A fresh folder, removed when dropped.
@@ -31,14 +30,7 @@ fn run(demo: &Path, extra: &[&str]) -> (TrainConfig, TrainReport) {
     sets.extend(extra.iter().map(|s| s.to_string()));
     let cfg = TrainConfig::load(demo.join("demo.yaml"), &sets).unwrap();
     let be = CpuBackend::new();
-    let report = train(
-        &cfg,
-        &be,
-        false,
-        &AtomicBool::new(false),
-        &mut Recorder::default(),
-    )
-    .unwrap();
+    let report = common::train_quietly(&cfg, &be).unwrap();
     (cfg, report)
 }
 

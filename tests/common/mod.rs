@@ -232,3 +232,17 @@ pub fn assert_loss_fell(what: &str, r: &lorafuse::train::trainer::TrainReport, f
         r.train_loss_after
     );
 }
+
+/// A training run of `cfg` on `be` from the start, its events dropped, never cancelled.
+pub fn train_quietly(
+    cfg: &lorafuse::config::TrainConfig,
+    be: &dyn lorafuse::backend::Backend,
+) -> lorafuse::Result<lorafuse::train::trainer::TrainReport> {
+    lorafuse::train::trainer::train(
+        cfg,
+        be,
+        false,
+        &std::sync::atomic::AtomicBool::new(false),
+        &mut lorafuse::train::trainer::Recorder::default(),
+    )
+}
