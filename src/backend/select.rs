@@ -1,7 +1,7 @@
 //! Which backend a run uses: `device: auto` takes CUDA when this build has the CUDA backend
-//! and the machine a usable device (driver present, compute capability 8.0+, our PTX loads),
-//! else the CPU, and says which and why; `device: cuda[:N]` insists and reports what is
-//! missing; `device: cpu` is the CPU.
+//! and the machine a usable device (driver present, compute capability 7.5+, 8.0+ for bf16,
+//! our PTX loads), else the CPU, and says which and why; `device: cuda[:N]` insists and
+//! reports what is missing; `device: cpu` is the CPU.
 
 use crate::backend::cpu::{CpuBackend, CpuPrecision};
 use crate::backend::Backend;
