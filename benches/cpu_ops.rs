@@ -292,7 +292,10 @@ fn main() {
 
     let threads = rayon::current_num_threads();
     let peak = fma_peak_per_core();
-    println!("lorafuse CPU backend, f32, {threads} threads, median of {reps}");
+    println!(
+        "lorafuse CPU backend, f32 (products with frozen weights: {}), {threads} threads, median of {reps}",
+        precision.name()
+    );
     match peak {
         Some((g, how)) => println!(
             "FMA peak ({how}, one core, per CPU-second): {g:.1} GFLOP/s; x{threads} threads = {:.1}",
@@ -334,8 +337,9 @@ fn main() {
             })
             .collect();
         let json = format!(
-            "{{\"backend\":\"cpu\",\"dtype\":\"{}\",\"threads\":{threads},\"reps\":{reps},\"fma_peak_gflops_per_core\":{},\"results\":[{}]}}\n",
+            "{{\"backend\":\"cpu\",\"dtype\":\"{}\",\"cpu_precision\":\"{}\",\"threads\":{threads},\"reps\":{reps},\"fma_peak_gflops_per_core\":{},\"results\":[{}]}}\n",
             DType::F32,
+            precision.name(),
             peak.map_or("null".to_string(), |(g, _)| format!("{g:.1}")),
             items.join(",")
         );
