@@ -6,10 +6,11 @@
 mod common;
 
 use common::cuda::*;
+use lorafuse::backend::cuda::CudaBackend;
 use lorafuse::backend::prelude::*;
 use lorafuse::backend::Attention;
 use lorafuse::rng::Rng;
-use lorafuse::DType;
+use lorafuse::{CpuBackend, DType};
 
 #[test]
 fn wide_heads_match_the_cpu() {
@@ -38,24 +39,33 @@ fn wide_heads_match_the_cpu_in(dtypes: &[DType]) {
             if e.gpu {
                 cases.push((1, 1, 4096, 4096, 512, 512, false)); // the VAE at 512x512
             }
-            for (b, h, lq, lk, d, dv, causal) in cases {
-                let what = format!("b{b} h{h} {lq}x{lk} d{d} dv{dv} causal {causal} {dtype:?}");
-                let p = Attention { heads: h, causal };
-                let (qc, qg) = random_pair(be, &mut rng, &[b, lq, h * d], dtype);
-                let (kc, kg) = random_pair(be, &mut rng, &[b, lk, h * d], dtype);
-                let (vc, vg) = random_pair(be, &mut rng, &[b, lk, h * dv], dtype);
-                let (o_want, lse_want) = cpu.attention(&qc, &kc, &vc, p).unwrap();
-                let (o_got, lse_got) = be.attention(&qg, &kg, &vg, p).unwrap();
-                assert_matches(&format!("{what}: o"), &o_got, &o_want, tol(dtype));
-                assert_matches(
-                    &format!("{what}: lse"),
-                    &lse_got,
-                    &lse_want,
-                    tol(DType::F32),
-                );
+            for case in cases {
+                matches_the_cpu(&cpu, be, &mut rng, case, dtype);
             }
         }
     }
+}
+
+/// (batch, heads, lq, lk, d, dv, causal)
+type Case = (usize, usize, usize, usize, usize, usize, bool);
+
+/// Random q, k, v of `case` in `dtype`: `be`'s O and lse against the CPU's.
+fn matches_the_cpu(cpu: &CpuBackend, be: &CudaBackend, rng: &mut Rng, case: Case, dtype: DType) {
+    let (b, h, lq, lk, d, dv, causal) = case;
+    let what = format!("b{b} h{h} {lq}x{lk} d{d} dv{dv} causal {causal} {dtype:?}");
+    let p = Attention { heads: h, causal };
+    let (qc, qg) = random_pair(be, rng, &[b, lq, h * d], dtype);
+    let (kc, kg) = random_pair(be, rng, &[b, lk, h * d], dtype);
+    let (vc, vg) = random_pair(be, rng, &[b, lk, h * dv], dtype);
+    let (o_want, lse_want) = cpu.attention(&qc, &kc, &vc, p).unwrap();
+    let (o_got, lse_got) = be.attention(&qg, &kg, &vg, p).unwrap();
+    assert_matches(&format!("{what}: o"), &o_got, &o_want, tol(dtype));
+    assert_matches(
+        &format!("{what}: lse"),
+        &lse_got,
+        &lse_want,
+        tol(DType::F32),
+    );
 }
 
 #[test]
@@ -84,7 +94,7 @@ fn wide_heads_have_no_backward_on_cuda() {
 #[cfg(feature = "cuda-emu")]
 #[test]
 fn keys_past_the_shared_memory_are_taken_in_chunks() {
-    use lorafuse::backend::cuda::{CudaBackend, Device, DeviceLimits};
+    use lorafuse::backend::cuda::{Device, DeviceLimits};
     let cpu = cpu();
     let mut limits = DeviceLimits::default_target();
     let (d, chunk) = (300, 24);
@@ -94,21 +104,8 @@ fn keys_past_the_shared_memory_are_taken_in_chunks() {
     for dtype in [DType::F32, DType::F16] {
         let be = CudaBackend::new(Device::emulating(limits.clone()), dtype).unwrap();
         let mut rng = Rng::new(13);
-        for (b, h, lq, lk, dv, causal) in [(1, 1, 5, 70, 264, false), (2, 1, 70, 70, 300, true)] {
-            let what = format!("b{b} {lq}x{lk} d{d} dv{dv} causal {causal} {dtype:?}");
-            let p = Attention { heads: h, causal };
-            let (qc, qg) = random_pair(&be, &mut rng, &[b, lq, h * d], dtype);
-            let (kc, kg) = random_pair(&be, &mut rng, &[b, lk, h * d], dtype);
-            let (vc, vg) = random_pair(&be, &mut rng, &[b, lk, h * dv], dtype);
-            let (o_want, lse_want) = cpu.attention(&qc, &kc, &vc, p).unwrap();
-            let (o_got, lse_got) = be.attention(&qg, &kg, &vg, p).unwrap();
-            assert_matches(&format!("{what}: o"), &o_got, &o_want, tol(dtype));
-            assert_matches(
-                &format!("{what}: lse"),
-                &lse_got,
-                &lse_want,
-                tol(DType::F32),
-            );
+        for case in [(1, 1, 5, 70, d, 264, false), (2, 1, 70, 70, d, 300, true)] {
+            matches_the_cpu(&cpu, &be, &mut rng, case, dtype);
         }
     }
 }
