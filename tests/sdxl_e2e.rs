@@ -126,8 +126,7 @@ fn sdxl_trains_exports_kohya_names_and_samples() {
 /// ±lr per element wherever the gradient is not tiny). SD1.x's 25 ranks are refused on SDXL.
 #[test]
 fn sdxl_block_ranks_and_lr_weights_as_sd_scripts() {
-    use lorafuse::lora::blocks::{sdxl_block_index, SDXL_BLOCKS};
-    use lorafuse::lora::LayerKind;
+    use lorafuse::lora::blocks::{BlockLayout, SDXL_BLOCKS};
     let s = TempDir::new("sdxl-blocks");
     let model = demo_on_sdxl(&s, 1);
     let dims: Vec<usize> = (0..SDXL_BLOCKS).map(|b| 1 + b % 4).collect();
@@ -175,29 +174,17 @@ fn sdxl_block_ranks_and_lr_weights_as_sd_scripts() {
         _ => 1.0,
     };
     let lora = kohya::load(&report.lora_path, &be, DType::F32).unwrap();
-    let mut moved = [0f32; SDXL_BLOCKS];
-    let mut seen = std::collections::BTreeSet::new();
-    for m in lora.modules() {
-        let b = sdxl_block_index(&m.name).unwrap();
-        seen.insert(b);
-        let expected = if matches!(m.kind, LayerKind::Conv { kernel: 3 }) {
-            (conv_dims[b], conv_dims[b] as f64)
-        } else if b == 11 {
-            (dims[b], 0.5)
-        } else {
-            (dims[b], dims[b] as f64)
-        };
-        assert_eq!((m.rank(), m.alpha), expected, "{}", m.name);
-        let top = m.up.to_f32_vec().iter().fold(0f32, |a, v| a.max(v.abs()));
-        moved[b] = moved[b].max(top);
-    }
+    let run = common::BlockWise {
+        layout: BlockLayout::Sdxl,
+        dims: &dims,
+        conv_dims: &conv_dims,
+        half_alpha: 11,
+        lr,
+        weight: &weight,
+    };
     // input_blocks 0 is conv_in (no adapter); input_blocks 4 weighs 0.
-    let want: std::collections::BTreeSet<usize> = (2..=21).filter(|&b| b != 5).collect();
-    assert_eq!(seen, want);
-    for &b in &want {
-        let ratio = moved[b] as f64 / (lr * weight(b));
-        assert!((0.99..=1.0 + 1e-4).contains(&ratio), "block {b}: {ratio}");
-    }
+    let want = (2..=21).filter(|&b| b != 5).collect();
+    common::assert_block_wise(&lora, &run, &want);
     let meta = SafetensorsFile::open(&report.lora_path).unwrap();
     let args: serde_json::Value =
         serde_json::from_str(&meta.metadata()["ss_network_args"]).unwrap();

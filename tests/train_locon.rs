@@ -130,7 +130,7 @@ fn locon_with_dropout_trains() {
 /// is ±lr per element wherever the gradient is not tiny).
 #[test]
 fn block_ranks_and_lr_weights_as_kohya() {
-    use lorafuse::lora::blocks::{block_index, BLOCKS};
+    use lorafuse::lora::blocks::{BlockLayout, BLOCKS};
     let dir = scratch("blocks");
     lorafuse::demo::prepare(&dir, 1).unwrap();
     let dims: Vec<usize> = (0..BLOCKS).map(|b| 1 + b % 4).collect();
@@ -173,32 +173,17 @@ fn block_ranks_and_lr_weights_as_kohya() {
     };
     let be = CpuBackend::new();
     let lora = kohya::load(&report.lora_path, &be, DType::F32).unwrap();
-    let mut seen = [false; BLOCKS];
-    let mut moved = [0f32; BLOCKS];
-    for m in lora.modules() {
-        let b = block_index(&m.name).unwrap();
-        seen[b] = true;
-        assert_ne!(b, 5, "{} is in a block of lr weight 0", m.name);
-        let expected = if matches!(m.kind, LayerKind::Conv { kernel: 3 }) {
-            (conv_dims[b], conv_dims[b] as f64)
-        } else if b == 13 {
-            (dims[b], 0.5)
-        } else {
-            (dims[b], dims[b] as f64)
-        };
-        assert_eq!((m.rank(), m.alpha), expected, "{}", m.name);
-        let top = m.up.to_f32_vec().iter().fold(0f32, |a, v| a.max(v.abs()));
-        moved[b] = moved[b].max(top);
-    }
-    for b in 1..BLOCKS {
-        if b == 5 {
-            assert!(!seen[b]);
-            continue;
-        }
-        assert!(seen[b], "block {b} has adapters");
-        let ratio = moved[b] as f64 / (lr * weight(b));
-        assert!((0.99..=1.0 + 1e-4).contains(&ratio), "block {b}: {ratio}");
-    }
+    let run = common::BlockWise {
+        layout: BlockLayout::Sd,
+        dims: &dims,
+        conv_dims: &conv_dims,
+        half_alpha: 13,
+        lr,
+        weight: &weight,
+    };
+    // Block 0 (conv_in) has no adapter; block 5 weighs 0.
+    let want = (1..BLOCKS).filter(|&b| b != 5).collect();
+    common::assert_block_wise(&lora, &run, &want);
     let meta = SafetensorsFile::open(&report.lora_path).unwrap();
     let args: serde_json::Value =
         serde_json::from_str(&meta.metadata()["ss_network_args"]).unwrap();

@@ -246,3 +246,47 @@ pub fn train_quietly(
         &mut lorafuse::train::trainer::Recorder::default(),
     )
 }
+
+/// What a block-wise run of one AdamW step set ([`assert_block_wise`]).
+pub struct BlockWise<'a> {
+    pub layout: lorafuse::lora::blocks::BlockLayout,
+    /// Each block's rank (`block_dims`) and its 3x3 conv adapters' (`conv_block_dims`); alpha =
+    /// rank everywhere but the linear adapters of block `half_alpha`, at 0.5.
+    pub dims: &'a [usize],
+    pub conv_dims: &'a [usize],
+    pub half_alpha: usize,
+    pub lr: f64,
+    /// Each block's lr weight.
+    pub weight: &'a dyn Fn(usize) -> f64,
+}
+
+/// Every module of `lora` has its block's rank and alpha, exactly the blocks `want` have
+/// adapters, and one AdamW step from up = 0 moved each block's up matrices by lr × its
+/// weight (Adam's first step is ±lr per element wherever the gradient is not tiny).
+pub fn assert_block_wise(
+    lora: &lorafuse::lora::LoraSet,
+    run: &BlockWise,
+    want: &std::collections::BTreeSet<usize>,
+) {
+    let mut moved = std::collections::BTreeMap::<usize, f32>::new();
+    for m in lora.modules() {
+        let b = run.layout.index(&m.name).unwrap();
+        let expected = if matches!(m.kind, lorafuse::lora::LayerKind::Conv { kernel: 3 }) {
+            (run.conv_dims[b], run.conv_dims[b] as f64)
+        } else if b == run.half_alpha {
+            (run.dims[b], 0.5)
+        } else {
+            (run.dims[b], run.dims[b] as f64)
+        };
+        assert_eq!((m.rank(), m.alpha), expected, "{}", m.name);
+        let top = m.up.to_f32_vec().iter().fold(0f32, |a, v| a.max(v.abs()));
+        let at = moved.entry(b).or_default();
+        *at = at.max(top);
+    }
+    let seen: std::collections::BTreeSet<usize> = moved.keys().copied().collect();
+    assert_eq!(&seen, want, "the blocks with adapters");
+    for (&b, &top) in &moved {
+        let ratio = top as f64 / (run.lr * (run.weight)(b));
+        assert!((0.99..=1.0 + 1e-4).contains(&ratio), "block {b}: {ratio}");
+    }
+}
