@@ -1,12 +1,17 @@
 // With the `cuda` feature, compiles every kernels/*.cu to PTX in OUT_DIR with nvcc (found via
 // $NVCC, $CUDA_HOME/bin/nvcc or PATH) for sm_75, sm_80 and sm_90, then assembles each with
-// ptxas as a check (set KERNELS_PTXAS_V=1 to see registers and spills). With the `cuda-emu` feature, the
-// same sources are compiled for the host with the C++ compiler (the kernel emulator,
-// kernels/emu/). Without either it only translates kernels/tiles.h (the tile sizes the
+// ptxas as a check (set KERNELS_PTXAS_V=1 to see registers and spills), on cargo's job count of
+// threads and through a cache shared by the target dir's profiles (`PtxCache`). With the
+// `cuda-emu` feature, the same sources are compiled for the host with the C++ compiler (the
+// kernel emulator, kernels/emu/; its files too compile on cargo's job count of threads). Without either it only translates kernels/tiles.h (the tile sizes the
 // launchers share with the kernels) into Rust: the default build needs no CUDA at all.
+use std::collections::hash_map::DefaultHasher;
 use std::env;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// The PTX targets: Turing (sm_75: the kernels' m16n8k8 and synchronous-copy paths, see
 /// kernels/common.cuh), Ampere and Ada (sm_80), Hopper and later (sm_90).
@@ -51,45 +56,166 @@ fn main() {
         )
     });
     let ptxas = nvcc.with_file_name("ptxas");
-    for cu in sources {
-        let stem = cu
-            .file_stem()
-            .expect("a .cu file has a stem")
-            .to_string_lossy();
-        for arch in ARCHS {
-            let ptx = out.join(format!("{stem}.{arch}.ptx"));
-            run(
-                Command::new(&nvcc)
-                    .args([
-                        "-ptx",
-                        &format!("-arch={arch}"),
-                        "-O3",
-                        "-lineinfo",
-                        "-std=c++17",
-                    ])
-                    .arg("-Ikernels")
-                    .arg(cu)
-                    .arg("-o")
-                    .arg(&ptx),
-                &format!("nvcc on {}", cu.display()),
-            );
-            let log = run(
-                Command::new(&ptxas)
-                    .arg(format!("-arch={arch}"))
-                    .arg("-v")
-                    .arg(&ptx)
-                    .arg("-o")
-                    .arg(out.join(format!("{stem}.{arch}.cubin"))),
-                &format!("ptxas on {}", ptx.display()),
-            );
-            if env::var_os("KERNELS_PTXAS_V").is_some() {
-                for l in log.lines().filter(|l| {
-                    l.contains("registers") || l.contains("spill") || l.contains("Compiling entry")
-                }) {
-                    println!("cargo:warning={stem} {arch}: {}", l.trim());
+    // One job per (kernel file, architecture): nvcc to PTX, then ptxas as a check. The jobs run
+    // on cargo's job count of threads, and what they produce is kept in a cache that every
+    // profile of this target dir shares (`PtxCache`): CI's `clippy --features cuda` (dev) and
+    // `build --release --features cuda` compile the same sources with the same flags, once.
+    let cache = PtxCache::new(&out, &nvcc, &files);
+    let jobs: Vec<(&PathBuf, &str)> = sources
+        .iter()
+        .flat_map(|cu| ARCHS.iter().map(move |a| (*cu, *a)))
+        .collect();
+    let logs = in_parallel(&jobs, |&(cu, arch)| {
+        cache.compile(cu, arch, &nvcc, &ptxas, &out)
+    });
+    if env::var_os("KERNELS_PTXAS_V").is_some() {
+        for ((cu, arch), log) in jobs.iter().zip(&logs) {
+            let stem = cu.file_stem().expect("a .cu file").to_string_lossy();
+            for l in log.lines().filter(|l| {
+                l.contains("registers") || l.contains("spill") || l.contains("Compiling entry")
+            }) {
+                println!("cargo:warning={stem} {arch}: {}", l.trim());
+            }
+        }
+    }
+}
+
+/// `f` of every item, on cargo's job count of threads (NUM_JOBS), in the items' order. A job
+/// that panics (a compiler error) fails the build with its message.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, items.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else {
+                    break;
+                };
+                let r = f(item);
+                *results[i].lock().expect("a job's result") = Some(r);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .expect("a job's result")
+                .expect("every job ran")
+        })
+        .collect()
+}
+
+/// The flags every kernel is compiled with (besides `-arch`).
+const NVCC_FLAGS: [&str; 4] = ["-ptx", "-O3", "-lineinfo", "-std=c++17"];
+
+/// PTX and ptxas logs by the hash of what produced them: the .cu file, every header in
+/// kernels/ (common.cuh, tiles.h, ...), the architecture, the flags and nvcc's `--version`.
+/// It lives in `<target dir>/kernel-ptx/`, beside the profiles' folders, so a second profile
+/// (or a rebuild after an unrelated change) finds the PTX instead of running nvcc again. An
+/// entry is written to a temporary name and renamed, so a build killed midway leaves no
+/// half-written PTX. With an OUT_DIR of unexpected shape there is no cache: every job compiles.
+struct PtxCache {
+    dir: Option<PathBuf>,
+    /// The hash of the compiler's version, the flags and the headers, shared by every job.
+    base: u64,
+}
+
+impl PtxCache {
+    fn new(out: &Path, nvcc: &Path, files: &[PathBuf]) -> PtxCache {
+        // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
+        let dir = out
+            .ancestors()
+            .nth(4)
+            .filter(|_| out.ancestors().nth(2).is_some_and(|b| b.ends_with("build")))
+            .map(|t| t.join("kernel-ptx"))
+            .filter(|d| std::fs::create_dir_all(d).is_ok());
+        let version = Command::new(nvcc)
+            .arg("--version")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let mut h = DefaultHasher::new();
+        version.hash(&mut h);
+        NVCC_FLAGS.hash(&mut h);
+        for f in files
+            .iter()
+            .filter(|f| f.extension().is_none_or(|e| e != "cu"))
+        {
+            f.hash(&mut h);
+            std::fs::read(f).unwrap_or_default().hash(&mut h);
+        }
+        PtxCache {
+            dir,
+            base: h.finish(),
+        }
+    }
+
+    /// Puts `<stem>.<arch>.ptx` into `out` (from the cache, or compiled and checked with
+    /// ptxas and then cached) and returns ptxas's log.
+    fn compile(&self, cu: &Path, arch: &str, nvcc: &Path, ptxas: &Path, out: &Path) -> String {
+        let stem = cu.file_stem().expect("a .cu file").to_string_lossy();
+        let target = out.join(format!("{stem}.{arch}.ptx"));
+        let mut h = DefaultHasher::new();
+        self.base.hash(&mut h);
+        arch.hash(&mut h);
+        std::fs::read(cu)
+            .unwrap_or_else(|e| panic!("lorafuse: cannot read {}: {e}", cu.display()))
+            .hash(&mut h);
+        let key = format!("{stem}.{arch}.{:016x}", h.finish());
+        let cached = self
+            .dir
+            .as_ref()
+            .map(|d| (d.join(format!("{key}.ptx")), d.join(format!("{key}.log"))));
+        if let Some((ptx, log)) = &cached {
+            if let (Ok(text), true) = (std::fs::read_to_string(log), ptx.is_file()) {
+                if std::fs::copy(ptx, &target).is_ok() {
+                    return text;
                 }
             }
         }
+        run(
+            Command::new(nvcc)
+                .args(NVCC_FLAGS)
+                .arg(format!("-arch={arch}"))
+                .arg("-Ikernels")
+                .arg(cu)
+                .arg("-o")
+                .arg(&target),
+            &format!("nvcc on {}", cu.display()),
+        );
+        let cubin = out.join(format!("{stem}.{arch}.cubin"));
+        let text = run(
+            Command::new(ptxas)
+                .arg(format!("-arch={arch}"))
+                .arg("-v")
+                .arg(&target)
+                .arg("-o")
+                .arg(&cubin),
+            &format!("ptxas on {}", target.display()),
+        );
+        let _ = std::fs::remove_file(&cubin);
+        if let Some((ptx, log)) = &cached {
+            // Best effort: a cache that cannot be written only costs the next build time.
+            let put = |from: &Path, to: &Path| {
+                let tmp = to.with_extension(format!("tmp{}", std::process::id()));
+                if std::fs::copy(from, &tmp).is_ok() {
+                    let _ = std::fs::rename(&tmp, to);
+                }
+            };
+            let log_tmp = out.join(format!("{stem}.{arch}.log"));
+            if std::fs::write(&log_tmp, &text).is_ok() {
+                put(&target, ptx);
+                put(&log_tmp, log);
+            }
+        }
+        text
     }
 }
 
@@ -118,8 +244,7 @@ fn build_emulator() {
         .include("kernels")
         .flag("-x")
         .flag("c++")
-        .flag_if_supported("-Wno-unused-parameter")
-        .files(&files);
+        .flag_if_supported("-Wno-unused-parameter");
     if env::var_os("LORAFUSE_EMU_TSAN").is_some() {
         b.flag("-fsanitize=thread").flag("-g");
         // rustc links with -nodefaultlibs, so the runtime is named explicitly (gcc's copy).
@@ -133,7 +258,9 @@ fn build_emulator() {
         }
         println!("cargo:rustc-link-lib=dylib=tsan");
     }
-    b.compile("lorafuse_emu");
+    // One file per job (the kernels are independent translation units), then one archive.
+    let objects = in_parallel(&files, |f| b.clone().file(f).compile_intermediates());
+    b.objects(objects.concat()).compile("lorafuse_emu");
 }
 
 /// OUT_DIR/kernels_ptx.rs: `KERNEL_PTX`, (stem, [PTX per `ARCHS`]) per kernels/*.cu,

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # GPU verification in one device call. The device machine has no Rust toolchain, so:
 #
-#   scripts/gpu-check.sh build   (here)   builds every CUDA test binary (tests/cuda_*.rs) and
-#                                         CUDA bench (benches/cuda_*.rs) with `--features cuda`,
+#   scripts/gpu-check.sh build   (here)   builds the CUDA test binary (`cuda`: tests/cuda_*.rs) and
+#                                         every CUDA bench (benches/cuda_*.rs) with `--features cuda`,
 #                                         strips them and packs them into .gpu-bundle/ (git-ignored,
 #                                         well under the 64 MiB a device call can carry).
-#   scripts/gpu-check.sh run     (device) unpacks the bundle, prints nvidia-smi, runs every test
-#                                         binary (on the GPU they use full SD1.5 shapes) and every
+#   scripts/gpu-check.sh run     (device) unpacks the bundle, prints nvidia-smi, runs each test
+#                                         file's tests (one process per tests/cuda_*.rs module, so a
+#                                         fault stays in its file; on the GPU they use full SD1.5
+#                                         shapes) and every
 #                                         bench, then benches/kernel_reference.py (PyTorch at the
 #                                         same shapes, the device's ceilings, the joined table), and
 #                                         writes $OUT/gpu-check.log and $OUT/gpu-check.json (per
-#                                         binary: passed, failed, skipped).
+#                                         file or bench: passed, failed, skipped).
 #
 # The device call:  run(command="bash scripts/gpu-check.sh run", carry=[".gpu-bundle"])
 # Then commit $OUT's files under benches/results/ (date in the name).
@@ -22,8 +24,8 @@ build() {
   set -e
   eval "$(scripts/install-nvcc.sh | tail -n 1)"
   rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/bin"
-  local tests=() benches=()
-  for f in tests/cuda_*.rs; do tests+=(--test "$(basename "$f" .rs)"); done
+  local tests=(--test cuda) benches=()
+  for f in tests/cuda_*.rs; do basename "$f" .rs; done > "$BUNDLE/modules.txt"
   for f in benches/cuda_*.rs; do [ -e "$f" ] && benches+=(--bench "$(basename "$f" .rs)"); done
   cargo build --release --features cuda "${tests[@]}" "${benches[@]}" --message-format=json \
     | python3 -c '
@@ -54,14 +56,22 @@ run() {
     echo "== gpu-check at commit $(cat "$BUNDLE/commit.txt") on $(date -u +%FT%TZ)"
     nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 || echo "nvidia-smi failed"
   } | tee "$log"
+  # What runs: each test file's module of the test binary (name test-<file>), then each bench.
+  local runs=()
+  shopt -s nullglob
+  for exe in "$work"/bin/test-*; do
+    while read -r module; do runs+=("$exe test-$module $module::"); done < "$BUNDLE/modules.txt"
+  done
+  for exe in "$work"/bin/bench-*; do runs+=("$exe $(basename "$exe")"); done
   local entries=()
-  for exe in "$work"/bin/*; do
-    local name; name="$(basename "$exe")"
+  for entry in "${runs[@]}"; do
+    local exe name filter
+    read -r exe name filter <<< "$entry"
     echo "== $name" | tee -a "$log"
     local t0 t1 rc
     t0=$(date +%s.%N)
     if [[ "$name" == test-* ]]; then
-      "$exe" --test-threads=1 --nocapture 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
+      "$exe" --test-threads=1 --nocapture "$filter" 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
     else
       BENCH_JSON="$out/$name.json" "$exe" --bench 2>&1 | tee "$work/$name.out" >> "$log"; rc=${PIPESTATUS[0]}
     fi

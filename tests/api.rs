@@ -2,7 +2,7 @@
 //! event callback then a resume that ends where an uninterrupted run ends, two trainers at
 //! once in one process, and the caps refusing a run before it starts.
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 use std::path::Path;
 

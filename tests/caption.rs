@@ -5,7 +5,7 @@
 //! (captions, --append, --overwrite, a corrupt picture skipped) and bad tagger files and
 //! options (exit 2 naming them).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `lorafuse train` on bad input: each case exits with code 2, prints one clear message that
 //! names the culprit, and never panics.
 
-mod common;
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;

@@ -4,7 +4,7 @@
 //! gradient accumulation over micro-batches; the skipped layers' Assign/Add rule; the training
 //! forward's output equal to the plain forward bit for bit; the tape's contents; the targets.
 
-mod common;
+use crate::common;
 
 use common::assert_gradients_match;
 use std::path::{Path, PathBuf};

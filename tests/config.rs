@@ -2,7 +2,7 @@
 //! (file, key, value, what is allowed), path checks, the docs table, and no panics on
 //! arbitrary input.
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 use std::path::{Path, PathBuf};
 
@@ -1511,7 +1511,7 @@ fn path_checks() {
 }
 
 /// The markers around README.md's table of keys.
-const TABLE_BEGIN: &str = "<!-- config keys: made from src/config/keys.rs by TrainConfig::markdown_table(); LORAFUSE_BLESS=1 cargo test --test config rewrites it -->\n";
+const TABLE_BEGIN: &str = "<!-- config keys: made from src/config/keys.rs by TrainConfig::markdown_table(); LORAFUSE_BLESS=1 cargo test --test frontend config::the_readme_table rewrites it -->\n";
 const TABLE_END: &str = "<!-- end of config keys -->";
 
 /// README.md, and the byte range of its table of keys (between the markers).
@@ -1561,7 +1561,7 @@ fn the_readme_table_is_the_one_the_declarations_make() {
         } else {
             panic!(
                 "README.md's table of configuration keys differs from the declarations in src/config/keys.rs; \
-                 run `LORAFUSE_BLESS=1 cargo test --test config` to rewrite it, and review the diff.\n\
+                 run `LORAFUSE_BLESS=1 cargo test --test frontend config::the_readme_table` to rewrite it, and review the diff.\n\
                  --- README.md:\n{}\n--- declared:\n{table}",
                 &text[range]
             );

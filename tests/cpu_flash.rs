@@ -5,7 +5,7 @@
 //! (one of them empty), and scores whose row maximum grows or falls from tile to tile so that
 //! the online softmax rescales.
 
-mod common;
+use crate::common;
 
 use common::attention::Case;
 use common::*;

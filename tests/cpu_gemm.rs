@@ -3,7 +3,7 @@
 //! above which a product runs on several threads and of the rule that sends a tall product
 //! with a transposed A to matrixmultiply (300x64x40 with A transposed goes there).
 
-mod common;
+use crate::common;
 
 use common::assert_close;
 use lorafuse::backend::cpu::gemm::{gemm, Mat};

@@ -2,7 +2,7 @@
 //! its last save point and ends with the same losses and the same LoRA, bit for bit, as a run
 //! that was never interrupted; save points keep the configured number of checkpoints.
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -6,7 +6,7 @@
 //! kernels by the f16 criterion against an f64 CPU reference, next to their simple twins.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::cuda::{CudaBackend, KernelChoice};

@@ -3,7 +3,7 @@
 //! backward of such heads is refused with a message naming the limit.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::cuda::CudaBackend;

@@ -3,7 +3,7 @@
 //! relative, f16 within 2e-2; the same for CLIP interrogation's towers.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

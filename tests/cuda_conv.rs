@@ -4,7 +4,7 @@
 //! 1, 2, 3 and 5, batch > 1, SD1.5-like layers (full size on a GPU), and the errors.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::cuda::{CudaBackend, KernelChoice};

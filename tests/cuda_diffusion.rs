@@ -2,7 +2,7 @@
 //! AdamW on the CUDA backend against the CPU backend (emulator, and GPU when present).
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::prelude::*;

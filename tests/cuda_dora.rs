@@ -5,7 +5,7 @@
 //! and f16 frozen weights.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use common::cuda_layers::*;

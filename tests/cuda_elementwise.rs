@@ -2,7 +2,7 @@
 //! emulator (and on a GPU when present), f32, f16 and bf16, with tails in every launch.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::prelude::*;

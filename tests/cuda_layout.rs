@@ -4,7 +4,7 @@
 //! size on a GPU), empty sizes, and the errors.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::prelude::*;

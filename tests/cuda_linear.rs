@@ -5,7 +5,7 @@
 //! odd sizes, batch dims, split-K reductions, SD1.5 layer shapes; and the errors.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::prelude::*;

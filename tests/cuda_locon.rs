@@ -4,7 +4,7 @@
 //! channel counts that leave tails in the kernels' tiles.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::cuda::CudaBackend;

@@ -4,7 +4,7 @@
 //! from the driver (the pool serves them).
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

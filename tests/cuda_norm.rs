@@ -5,7 +5,7 @@
 //! and the errors of bad shapes, wrong devices and wrong statistic dtypes.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::prelude::*;

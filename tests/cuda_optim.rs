@@ -4,7 +4,7 @@
 //! Prodigy's and DAdaptAdam's host arithmetic between their two launches runs on both.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::prelude::*;

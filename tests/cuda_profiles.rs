@@ -15,7 +15,7 @@
 //! cp.async: kernels/common.cuh), which the emulator's counts show.
 #![cfg(feature = "cuda-emu")]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! split_channels on [N, C], linear, SiLU and its backward).
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,7 @@
 //! seen to be taken, and bf16 refused there.
 #![cfg(any(feature = "cuda", feature = "cuda-emu"))]
 
-mod common;
+use crate::common;
 
 use common::cuda::*;
 use lorafuse::backend::cuda::selftest;

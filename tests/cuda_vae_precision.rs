@@ -6,7 +6,7 @@
 //! (SDXL: f32) and the latent cache's disk files read back onto the device.
 #![cfg(feature = "cuda-emu")]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use lorafuse::data::{
 };
 use lorafuse::rng::Rng;
 
-mod common;
+use crate::common;
 use common::images::jpeg_with_orientation;
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 //! a partial last round on the way; a run saved on 2 ranks resumes on 4; a rank that fails or
 //! vanishes ends the run on every rank with its name.
 
-mod common;
+use crate::common;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;

@@ -20,7 +20,7 @@ use lorafuse::model::unet::Unet;
 use lorafuse::rng::Rng;
 use lorafuse::{CpuBackend, DType, Tensor};
 
-mod common;
+use crate::common;
 use common::golden::{read_tensors, write_tensors};
 
 const KINDS: [&str; 4] = ["lora", "locon", "dora", "loha"];

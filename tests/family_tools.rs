@@ -12,7 +12,7 @@
 //! The module names are written out here as sd-scripts names them ([`modules_of`]), not taken
 //! from lorafuse's mapping, except SD2.x's UNet (diffusers paths through `ldm_to_diffusers`).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

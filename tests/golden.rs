@@ -23,7 +23,7 @@ use lorafuse::model::unet::{Trace, Unet};
 use lorafuse::model::vae::Vae;
 use lorafuse::{CpuBackend, DType, Tensor};
 
-mod common;
+use crate::common;
 use common::golden::{assert_matches, assert_same_weights, get, rel_err, TOL};
 
 fn fixtures() -> PathBuf {

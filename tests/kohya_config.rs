@@ -3,7 +3,7 @@
 //! lora-scripts' own two configs and sd-scripts' documented examples (tests/fixtures/kohya/),
 //! and sd-scripts' `dataset_config` files.
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -904,7 +904,7 @@ fn the_readme_kohya_options_table_is_the_one_the_code_makes() {
     }
     assert!(
         text[body_start..end] == want,
-        "README.md's table of kohya options differs from src/config/foreign.rs; run `LORAFUSE_BLESS=1 cargo test --test kohya_config` to rewrite it, and review the diff"
+        "README.md's table of kohya options differs from src/config/foreign.rs; run `LORAFUSE_BLESS=1 cargo test --test frontend kohya_config::the_readme` to rewrite it, and review the diff"
     );
     for name in ["xformers", "use_8bit_adam", "color_aug", "v2"] {
         assert!(want.contains(&format!("| `{name}` |")), "{name}");

@@ -9,7 +9,7 @@
 //! checked instead. Every other key must be in both files with the same text (JSON values
 //! compared as JSON).
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 use std::collections::BTreeMap;
 use std::path::Path;

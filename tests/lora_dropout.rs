@@ -3,7 +3,7 @@
 //! dropout source is replayed from its seed, so every forward draws the forward's masks), and
 //! p = 0 gives exactly the gradients of training without dropout.
 
-mod common;
+use crate::common;
 
 use common::{assert_gradients_match, central_difference};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! deltas back (to 1e-5, without clamping); the modules are exactly the model's own LoRA
 //! targets; an unchanged text encoder is skipped; mismatched models and bad values exit 2.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! best approximation (Eckart–Young), the dynamic methods pick the ranks sd-scripts'
 //! resize_lora.py rules give; metadata; bad input exits 2 naming it.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

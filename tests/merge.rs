@@ -6,7 +6,7 @@
 //! refusals (a LoRA that matches nothing, a LoRA of the wrong size); LoHa and DoRA modules
 //! baked into a 3x3 conv.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! SiLU, exact GELU, QuickGELU and GEGLU: known values, f64 gradient checks, f32 against f64,
 //! and errors for bad shapes and dtypes.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lorafuse::backend::prelude::*;

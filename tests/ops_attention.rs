@@ -2,7 +2,7 @@
 //! apart), a naive f64 reference on SD-like shapes, f64 gradient checks of dQ, dK and dV,
 //! f32 against f64, a 1024-token smoke test of the blocked path, and errors for bad input.
 
-mod common;
+use crate::common;
 
 use common::attention::Case;
 use common::*;

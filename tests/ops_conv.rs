@@ -2,7 +2,7 @@
 //! f64 gradient checks of the input gradient on awkward shapes, f32 against f64, the 1x1 fast
 //! path against the general path, poisoned inputs, and errors for bad shapes.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lorafuse::backend::prelude::*;

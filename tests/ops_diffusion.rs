@@ -1,6 +1,6 @@
 //! Timestep embedding and the MSE loss: hand-computed values, the loss gradient in f64.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lorafuse::backend::prelude::*;

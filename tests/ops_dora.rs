@@ -6,7 +6,7 @@
 //! 3.2.0.post2's own DoRA modules (tests/fixtures/make_lycoris_fixture.py) giving the same
 //! layer outputs for the same weights.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lorafuse::backend::prelude::*;

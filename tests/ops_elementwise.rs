@@ -1,6 +1,6 @@
 //! Elementwise ops and casts: hand-computed values and errors.
 
-mod common;
+use crate::common;
 
 use common::*;
 use half::f16;

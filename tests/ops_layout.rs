@@ -2,7 +2,7 @@
 //! checks (each backward is checked as the gradient of its forward), sizes beyond the
 //! transpose tile, and errors for bad shapes.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lorafuse::backend::prelude::*;

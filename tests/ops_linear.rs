@@ -2,7 +2,7 @@
 //! gradient accumulation across micro-batches, and errors for bad shapes and dtypes; the same
 //! with a LoRA dropout mask (kohya's `network_dropout`), and the masks `LoraDropout` draws.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lorafuse::backend::prelude::*;

@@ -5,7 +5,7 @@
 //! (lora/loha.rs) on a linear layer and a conv, through the model's layers: the forward
 //! against the merged weight, f64 gradient checks of dX and the four factors, accumulation.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lorafuse::backend::prelude::*;

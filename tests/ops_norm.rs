@@ -2,7 +2,7 @@
 //! gradient checks of dX, f32 against f64, the fused SiLU against the composed ops, and
 //! errors for bad shapes, values and dtypes.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lorafuse::backend::prelude::*;

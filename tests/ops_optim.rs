@@ -1,6 +1,6 @@
 //! AdamW and the gradient norm: hand-computed steps, a multi-step f64 reference, errors.
 
-mod common;
+use crate::common;
 
 use common::*;
 use lorafuse::backend::prelude::*;

@@ -6,7 +6,7 @@
 //! state file exactly. Also: the `lr` of each step is d·lr for Prodigy and DAdaptAdam, as
 //! kohya logs it, and Adafactor's own rate with relative_step.
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 //! the detailed region, duplicates / too-small / unreadable / name clashes reported, captions
 //! carried, a second run keeping what is done, and bad input exiting 2.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

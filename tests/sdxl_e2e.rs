@@ -5,7 +5,7 @@
 //! (`lora_unet_input_blocks_…`, `lora_te1_…`, `lora_te2_…`) and metadata, it loads back into
 //! the same adapters, `sample` draws with it, and the SD1.x demo model refuses it.
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use lorafuse::backend::Tensors;
 
-mod common;
+use crate::common;
 use common::golden::assert_same_weights;
 use lorafuse::data::SizeCond;
 use lorafuse::model::checkpoint::sdxl::{load_sdxl, load_sdxl_with, SdxlCheckpoint};

@@ -6,7 +6,7 @@
 //! golden bound of SD1.x (norm-wise relative error < 1e-4, tests/golden.rs); kohya's names and
 //! counts; and f64 finite differences of the backward through the pooled output.
 
-mod common;
+use crate::common;
 use common::golden::{assert_matches, assert_same_weights, get, rel_err, TOL};
 
 use std::path::{Path, PathBuf};

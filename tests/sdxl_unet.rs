@@ -5,7 +5,7 @@
 //! (tests/golden.rs: norm-wise relative error < 1e-4); kohya's SGM-layout names; the added
 //! embedding and d text_embeds against f64 finite differences; wrong configurations refused.
 
-mod common;
+use crate::common;
 use common::golden::{assert_matches, assert_same_weights, get, rel_err, TOL};
 
 use common::{assert_gradients_match, central_difference};

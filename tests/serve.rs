@@ -3,7 +3,7 @@
 //! folders); another origin or host is refused; off the loopback the token is required; and
 //! the binary answers within a second of starting.
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 
 use std::io::{BufRead, BufReader, Write};

@@ -5,7 +5,7 @@
 //! LORAFUSE_BLESS=1 to docs/serve.png (the README's). Without chromium the test says SKIPPED,
 //! unless LORAFUSE_REQUIRE_BROWSER=1 (CI), where that fails.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 //! is exactly kohya's layout and loads back to the trained adapters, and a run interrupted
 //! and resumed gives the same losses as one that never stopped.
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,7 +5,7 @@
 //! `conv_dim` / `conv_alpha` in `ss_network_args`. Prints the fixed-noise loss after the same
 //! steps with and without LoCon. LoHa and DoRA (LyCORIS's kinds) train and export the same way.
 
-mod common;
+use crate::common;
 use common::tools::TempDir;
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! The training loop's parts: schedules by hand, the noise schedule against diffusers', the
 //! flat optimizer's layout, clipping and loss scaling, when sample images are due.
 
-mod common;
+use crate::common;
 
 use lorafuse::lora::{LayerKind, LoraGrads, LoraModule, LoraSet};
 use lorafuse::model::cond::{Cond, TextCond};

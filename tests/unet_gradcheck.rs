@@ -3,7 +3,7 @@
 //! every level (down, mid, up; proj_in, attention, feed-forward, proj_out; A and B), the
 //! analytic d loss / d θ against a fourth-order central difference of the loss.
 
-mod common;
+use crate::common;
 
 use common::{assert_gradients_match, central_difference};
 use std::path::{Path, PathBuf};

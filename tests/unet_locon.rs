@@ -4,7 +4,7 @@
 //! backward through them against finite differences in f64, with the fixture's linear LoRA
 //! attached too.
 
-mod common;
+use crate::common;
 
 use common::{assert_gradients_match, central_difference};
 use std::path::{Path, PathBuf};

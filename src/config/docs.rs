@@ -1,6 +1,6 @@
 //! README.md's table of configuration keys, made from the declarations in keys.rs. A test
 //! (tests/config.rs) keeps README.md byte-equal to it; `LORAFUSE_BLESS=1 cargo test --test
-//! config` rewrites the table there.
+//! frontend config::the_readme_table` rewrites the table there.
 
 use yaml_serde::Value;
 

@@ -4,7 +4,7 @@
 //! table are made from this table; rules between keys are validate.rs's.
 //!
 //! Adding a key is one entry here (in the place README.md should list it), plus the code that
-//! honours it; `LORAFUSE_BLESS=1 cargo test --test config` then rewrites README.md's table.
+//! honours it; `LORAFUSE_BLESS=1 cargo test --test frontend config::the_readme_table` then rewrites README.md's table.
 
 use std::path::PathBuf;
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod attention;
+pub mod checkpointing;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
 pub mod cuda;
 #[cfg(any(feature = "cuda", feature = "cuda-emu"))]
