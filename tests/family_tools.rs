@@ -460,10 +460,16 @@ fn sdxl_merge_then_extract_gives_the_products_back() {
 #[test]
 fn sdxl_loras_merge_into_one_sdxl_lora() {
     let dir = TempDir::new("xl-loras");
-    // The first says nothing but its names; the merge says SDXL.
+    // The first says nothing but its names, the second only its model spec's architecture;
+    // the merge says SDXL and keeps the architecture.
     let (a, b) = (dir.path("a.safetensors"), dir.path("b.safetensors"));
     let la = sdxl_lora(&a, &BTreeMap::new(), 1);
-    let lb = sdxl_lora(&b, &BTreeMap::new(), 2);
+    let spec = "stable-diffusion-xl-v1-base/lora";
+    let lb = sdxl_lora(
+        &b,
+        &BTreeMap::from([("modelspec.architecture".to_string(), spec.to_string())]),
+        2,
+    );
     let out = dir.path("ab.safetensors");
     let loras = [(a.clone(), 0.5), (b.clone(), 1.5)];
     merge_loras(&LoraMergeArgs {
@@ -489,6 +495,7 @@ fn sdxl_loras_merge_into_one_sdxl_lora() {
     }
     let meta = metadata(&out);
     assert_eq!(meta["ss_base_model_version"], "sdxl_base_v1-0");
+    assert_eq!(meta["modelspec.architecture"], spec);
 }
 
 /// SD2.x LoRAs merged into one keep `ss_v2` (the fixture's only family key) and their sum.

@@ -310,7 +310,7 @@ impl LoraSummary {
             Some("sd_v1_v") => Some("Stable Diffusion 1.x, v-prediction"),
             Some("sd_v2") => Some("Stable Diffusion 2.x, ε-prediction (512)"),
             Some("sd_v2_v") => Some("Stable Diffusion 2.x, v-prediction (768-v)"),
-            Some("sdxl_base_v1-0") => Some("SDXL 1.0 base"),
+            Some(v) if v == crate::lora::export::SDXL_BASE_VERSION => Some("SDXL 1.0 base"),
             _ => None,
         };
         named

@@ -226,7 +226,7 @@ pub fn merge_loras(args: &LoraMergeArgs) -> Result<LoraMergeReport> {
             }
         }
     }
-    for key in ["ss_v2", "ss_base_model_version"] {
+    for key in ["ss_v2", "ss_base_model_version", "modelspec.architecture"] {
         if let Some(v) = first_meta(key)? {
             meta.insert(key.into(), v);
         }
