@@ -1,6 +1,7 @@
 // Fast 2-D convolution, its input gradient and LoCon's fused terms for 16-bit storage (T =
-// __half, entry points `_f16`): implicit GEMMs on tensor cores (mma.sync m16n8k16, 16-bit x
-// 16-bit -> f32), fragments through ldmatrix from shared memory, no im2col buffer.
+// __half, entry points `_f16`; T = bf16_t, `_bf16`, sm_80 and later): implicit GEMMs on
+// tensor cores (mma.sync m16n8k16, 16-bit x 16-bit -> f32, `mma_tile<T>`), fragments through
+// ldmatrix from shared memory, no im2col buffer.
 // Activations NCHW, weights [O, C, k, k] (PyTorch's). The simple twins are in conv.cu (same
 // math, the reference).
 //
@@ -341,6 +342,7 @@ FC_UNROLL
     CONV_FAST_ENTRY(3, 3, T, SUFFIX)
 
 CONV_FAST_ENTRIES(__half, f16)
+CONV_FAST_ENTRIES(bf16_t, bf16)
 
 // Taps of residue class r (0 <= r < s) along one axis: the i < k with i ≡ r + p (mod s).
 __device__ __forceinline__ int fc_taps(int r, int k, int s, int p) {
@@ -383,3 +385,5 @@ __device__ __forceinline__ void conv_fast_wgrad_layout_impl(const TI* w, T* wt, 
 
 CONV_FAST_LAYOUT_ENTRY(conv_fast_wgrad_layout_f16, __half, __half)
 CONV_FAST_LAYOUT_ENTRY(conv_fast_wgrad_layout_adapter_f16, float, __half)
+CONV_FAST_LAYOUT_ENTRY(conv_fast_wgrad_layout_bf16, bf16_t, bf16_t)
+CONV_FAST_LAYOUT_ENTRY(conv_fast_wgrad_layout_adapter_bf16, float, bf16_t)

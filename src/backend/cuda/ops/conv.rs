@@ -1,6 +1,7 @@
 //! 2-D convolution and its input gradient. Simple kernels (kernels/conv.cu): implicit GEMMs
 //! over tiles of 64 output channels x 64 output pixels, f32 accumulation, f32 and f16. Fast
-//! kernels (kernels/conv_fast.cu, f16 backends with the conv family fast): implicit GEMMs on
+//! kernels (kernels/conv_fast.cu, f16 backends, and bf16 ones on compute capability 8.0+,
+//! with the conv family fast): implicit GEMMs on
 //! tensor cores over tiles of 128 output pixels x 64 output channels; the input gradient as
 //! one dense GEMM per residue class of the input pixels mod the stride (see conv_fast.cu).
 //! The fast path takes kernels 1x1 and 3x3 (every SD1.5 conv: any channel count, spatial
@@ -122,7 +123,7 @@ impl ConvOps for CudaBackend {
         };
         // The f32 adapter weights in the activations' dtype.
         let (down, up) = (in_dtype(self, l.down, dt)?, in_dtype(self, l.up, dt)?);
-        if self.fast(self.kernels().conv) && fast::forward_supported(&d) {
+        if self.fast16(self.kernels().conv) && fast::forward_supported(&d) {
             // Fused (conv_fast.cu): y and ũ in one launch, then y += s·conv1x1(ũ, up).
             sizes(OP, &d, w.numel())?;
             sizes(OP, &ld.down, down.numel())?;
@@ -204,7 +205,7 @@ impl ConvOps for CudaBackend {
             check::dtype(OP, "adapter gradient", dw, DType::F32)?;
             weight_grad(self, d, x, dy, l.scale, dw, lb.accum)
         };
-        if self.fast(self.kernels().conv) && fast::input_grad_supported(&d) {
+        if self.fast16(self.kernels().conv) && fast::input_grad_supported(&d) {
             // Fused (conv_fast.cu): g = convᵀ1x1(dY, up) ⊙ mask, then dX = convᵀ(dY, w) +
             // s·convᵀ(g, down), one GEMM per residue class over dY and g together; the
             // adapter weights go to the class layout as they are (f32), not cast first.
@@ -360,7 +361,7 @@ fn forward(
     if y.numel() == 0 {
         return Ok(y);
     }
-    if be.fast(be.kernels().conv) && fast::forward_supported(d) {
+    if be.fast16(be.kernels().conv) && fast::forward_supported(d) {
         let yo = output(be, OP, "y", &mut y)?;
         fast::forward(be, d, xi, wi, bias.is_some().then_some(bi), yo)?;
         return Ok(y);
@@ -399,7 +400,7 @@ fn input_grad(be: &CudaBackend, d: &ConvDims, dy: &Tensor, w: &Tensor) -> Result
     if dx.numel() == 0 {
         return Ok(dx);
     }
-    if be.fast(be.kernels().conv) && fast::input_grad_supported(d) {
+    if be.fast16(be.kernels().conv) && fast::input_grad_supported(d) {
         let dxo = output(be, OP, "dx", &mut dx)?;
         fast::input_grad(be, d, dyi, wi, dxo)?;
         return Ok(dx);

@@ -1,5 +1,5 @@
 //! The fast convolution kernels (kernels/conv_fast.cu): implicit GEMMs on tensor cores, f16
-//! storage and f32 accumulation, tiles of 128 output pixels x 64 output channels. The
+//! or bf16 storage (bf16 on compute capability 8.0 and later) and f32 accumulation, tiles of 128 output pixels x 64 output channels. The
 //! forward pass is one launch; the input gradient is a weight re-layout (one class of taps
 //! per residue of the input pixels mod the stride) and one dense GEMM launch per class, so a
 //! stride-2 gradient never multiplies the zeros of a dilated dy. LoCon is fused into them
@@ -41,9 +41,33 @@ kernels! {
         dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
         alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
         wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t11_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t12_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t21_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t22_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t33_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
     fn conv_fast_wgrad_layout_f16(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32, p: i32,
         ot: i32, o0: i32, scale: f32);
     fn conv_fast_wgrad_layout_adapter_f16(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32,
+        p: i32, ot: i32, o0: i32, scale: f32);
+    fn conv_fast_wgrad_layout_bf16(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32, p: i32,
+        ot: i32, o0: i32, scale: f32);
+    fn conv_fast_wgrad_layout_adapter_bf16(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32,
         p: i32, ot: i32, o0: i32, scale: f32);
 }
 
@@ -189,6 +213,11 @@ fn launch(be: &CudaBackend, g: &Gen, n: usize, io: &Io) -> Result<()> {
         (DType::F16, (2, 1)) => run!(conv_fast_t21_f16),
         (DType::F16, (2, 2)) => run!(conv_fast_t22_f16),
         (DType::F16, (3, 3)) => run!(conv_fast_t33_f16),
+        (DType::BF16, (1, 1)) => run!(conv_fast_t11_bf16),
+        (DType::BF16, (1, 2)) => run!(conv_fast_t12_bf16),
+        (DType::BF16, (2, 1)) => run!(conv_fast_t21_bf16),
+        (DType::BF16, (2, 2)) => run!(conv_fast_t22_bf16),
+        (DType::BF16, (3, 3)) => run!(conv_fast_t33_bf16),
         (dt, t) => unreachable!("conv_fast: no kernel for {dt:?} taps {t:?}"),
     }
 }
@@ -334,6 +363,8 @@ pub(super) fn transposed(be: &CudaBackend, d: &ConvDims, parts: &[Part], dst: Ds
             let layout = match (dt, q.w_dtype) {
                 (DType::F16, DType::F16) => conv_fast_wgrad_layout_f16,
                 (DType::F16, DType::F32) => conv_fast_wgrad_layout_adapter_f16,
+                (DType::BF16, DType::BF16) => conv_fast_wgrad_layout_bf16,
+                (DType::BF16, DType::F32) => conv_fast_wgrad_layout_adapter_bf16,
                 (dt, wd) => {
                     return Err(Error::DType {
                         op: OP,
