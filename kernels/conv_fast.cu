@@ -115,16 +115,16 @@
 // Weight elements per thread per chunk (64 x 32 / 256 = 8 = one 16-byte copy).
 #define FC_B_PER (FC_BN * FC_BK / FC_THREADS)
 
-template <typename T, int TY, int TX>
+// VA: the vec_a path (a compile-time choice, so that the gathered and the copied A loads do
+// not hold registers at once: t11 would spill on sm_75 otherwise). As and Bs: the entry
+// point's shared memory (declared there once, for both instantiations).
+template <typename T, int TY, int TX, bool VA>
 __device__ __forceinline__ void conv_fast_impl(
-    const T* __restrict__ src, const T* __restrict__ src2, const T* __restrict__ wt,
+    T (*As)[FC_BK][FC_LDA], T (*Bs)[FC_BN][FC_LDB], const T* __restrict__ src, const T* __restrict__ src2, const T* __restrict__ wt,
     const T* __restrict__ wt2, const T* __restrict__ bias, const T* __restrict__ mask,
     T* __restrict__ dst, T* __restrict__ dst2, int has_bias, int has_mask, int accumulate,
-    int vec_a, int vec_b, float alpha, int n, int cs, int cs2, int hs, int ws, int mo, int mo2,
+    int vec_b, float alpha, int n, int cs, int cs2, int hs, int ws, int mo, int mo2,
     int ha, int wa, int sa, int oy, int ox, int hd, int wd, int so, int ry, int rx) {
-    __shared__ __align__(16) T As[2][FC_BK][FC_LDA];
-    __shared__ __align__(16) T Bs[2][FC_BN][FC_LDB];
-
     constexpr int TAPS = TY * TX;
     const int K = (cs + cs2) * TAPS;
     const int P = ha * wa;  // output pixels per image
@@ -148,9 +148,12 @@ __device__ __forceinline__ void conv_fast_impl(
     }
     const int iy0 = a * sa + oy, ix0 = b * sa + ox;  // src pixel of tap (0, 0)
     const int plane = hs * ws;
-    // This image's planes: channel ch < cs of src, then ch - cs of src2.
-    const T* src_img = src + (size_t)img * cs * plane;
-    const T* src2_img = cs2 > 0 ? src2 + (size_t)img * cs2 * plane : src;
+    // Source channel ch of image i: plane ch of src (ch < cs), else plane ch - cs of src2
+    // (recomputed per element rather than held as two pointers per thread: registers).
+    auto plane_of = [&](int i, int ch) -> const T* {
+        return ch < cs ? src + ((size_t)i * cs + ch) * plane
+                       : src2 + ((size_t)i * cs2 + (ch - cs)) * plane;
+    };
     // ---- vec_a (a pointwise conv: 1x1, sa = 1, no offset, src plane = output grid, P % 8
     // == 0): A rows are runs of 8 pixels inside one image, 16-byte aligned, copied by
     // cp.async: this thread's run starts at pixel p0 + vp, rows vr and vr + 16 ----
@@ -158,8 +161,6 @@ __device__ __forceinline__ void conv_fast_impl(
     const int vpix = p0 + vp;
     const bool vpix_ok = vpix < MP;
     const int vimg = vpix_ok ? vpix / P : 0, vrem = vpix_ok ? vpix % P : 0;
-    const T* vsrc = src + (size_t)vimg * cs * plane + vrem;
-    const T* vsrc2 = cs2 > 0 ? src2 + (size_t)vimg * cs2 * plane + vrem : src;
     // ---- this thread's weight elements: output channel bn of the tile, kk = bk..bk+7 of each
     // chunk; rows m < mo from wt, then m - mo from wt2 ----
     const int bn = tid / 4, bk = (tid % 4) * 8;
@@ -182,26 +183,24 @@ FC_UNROLL
                 const int tu = kk - ch * TAPS;
                 const int t = tu / TX, u = tu - (tu / TX) * TX;
                 const int iy = iy0 + t, ix = ix0 + u;
-                const T* pl = ch < cs ? src_img + (size_t)ch * plane : src2_img + (size_t)(ch - cs) * plane;
-                if (iy >= 0 && iy < hs && ix >= 0 && ix < ws) v = pl[iy * ws + ix];
+                if (iy >= 0 && iy < hs && ix >= 0 && ix < ws) v = plane_of(img, ch)[iy * ws + ix];
             }
             ra[r] = v;
         }
     };
     auto store_a = [&](int buf) {
-        if (vec_a) return;
+        if (VA) return;
 FC_UNROLL
         for (int r = 0; r < FC_A_PER; ++r) As[buf][ar + 2 * r][ap] = ra[r];
     };
     // Chunk k0 of A: cp.async into buffer `buf` (vec_a) or gathered into registers.
     auto fetch_a = [&](int k0, int buf) {
-        if (vec_a) {
+        if (VA) {
 FC_UNROLL
             for (int q = 0; q < 2; ++q) {
                 const int row = vr + 16 * q, kk = k0 + row;  // kk = the channel (one tap)
                 const bool ok = vpix_ok && kk < K;
-                const T* from = !ok ? src : kk < cs ? vsrc + (size_t)kk * plane : vsrc2 + (size_t)(kk - cs) * plane;
-                cp_async16(&As[buf][row][vp], from, ok);
+                cp_async16(&As[buf][row][vp], ok ? plane_of(vimg, kk) + vrem : src, ok);
             }
         } else {
             load_a(k0);
@@ -330,9 +329,18 @@ FC_UNROLL
         T* dst, T* dst2, int has_bias, int has_mask, int accumulate, int vec_a, int vec_b,       \
         float alpha, int n, int cs, int cs2, int hs, int ws, int mo, int mo2, int ha, int wa,    \
         int sa, int oy, int ox, int hd, int wd, int so, int ry, int rx) {                        \
-        conv_fast_impl<T, TY, TX>(src, src2, wt, wt2, bias, mask, dst, dst2, has_bias, has_mask, \
-                                  accumulate, vec_a, vec_b, alpha, n, cs, cs2, hs, ws, mo, mo2,  \
-                                  ha, wa, sa, oy, ox, hd, wd, so, ry, rx);                       \
+        __shared__ __align__(16) T As[2][FC_BK][FC_LDA];                                         \
+        __shared__ __align__(16) T Bs[2][FC_BN][FC_LDB];                                         \
+        if (TY == 1 && TX == 1 && vec_a)                                                         \
+            conv_fast_impl<T, TY, TX, TY == 1 && TX == 1>(                                       \
+                As, Bs, src, src2, wt, wt2, bias, mask, dst, dst2, has_bias, has_mask,           \
+                accumulate, vec_b, alpha, n, cs, cs2, hs, ws, mo, mo2, ha, wa, sa, oy, ox, hd,   \
+                wd, so, ry, rx);                                                                 \
+        else                                                                                     \
+            conv_fast_impl<T, TY, TX, false>(                                                    \
+                As, Bs, src, src2, wt, wt2, bias, mask, dst, dst2, has_bias, has_mask,           \
+                accumulate, vec_b, alpha, n, cs, cs2, hs, ws, mo, mo2, ha, wa, sa, oy, ox, hd,   \
+                wd, so, ry, rx);                                                                 \
     }
 #define CONV_FAST_ENTRIES(T, SUFFIX)   \
     CONV_FAST_ENTRY(1, 1, T, SUFFIX)   \
