@@ -38,15 +38,17 @@
 //                    its pixels are written as 0.
 //
 // LoCon (a LoRA on the conv: down [r, C, k, k] with the layer's stride and padding, up
-// [O, r, 1, 1], scale s, optional dropout mask on the hidden; ops/conv.rs) in four launches
-// of this kernel where composing the plain ops takes nine (with casts of the f32 adapter
-// weights to T, two more on each side in both):
+// [O, r, 1, 1], scale s, optional dropout mask on the hidden; ops/conv.rs): the forward in
+// two launches where the composition takes six (main, down, mask, up, scale, add), the
+// backward in one launch for g and one per residue class for dx (plus three layouts) where
+// the composition takes three GEMMs (per class), three layouts, mask, scale and add:
 //   forward  1. y = conv(x, w) + bias and u = conv(x, down) ⊙ mask: one launch, wt = w
 //               (mo = O) and wt2 = down (mo2 = r) side by side, both outputs written (x is
 //               gathered by one launch, the down rows share a channel tile with w's last
 //               rows when O is not a multiple of 64; the composed path's down conv is a
-//               separate launch of a few blocks: at 16x16 and below it runs about as long
-//               as the main conv, now beside it).
+//               separate launch of few blocks, each with the main conv's whole reduction:
+//               at 16x16 and below a serial step about as long as the main conv, now run
+//               beside it; reasoned, not measured).
 //            2. y += s·conv1x1(u, up): the pointwise conv, alpha = s, accumulate.
 //   backward 1. g = convᵀ1x1(dy, up) ⊙ mask (the hidden's gradient, saved for d(down)): the
 //               1x1 input gradient written as the hidden part (mo = 0, mo2 = r) with the mask.
