@@ -492,3 +492,71 @@ fn f32_backends_run_the_simple_kernels() {
         assert!(!differs(&a, &b));
     }
 }
+
+/// The fast kernels' bf16 entry points (bf16 backends on compute capability 8.0 and later):
+/// forward (with and without bias) and input gradient on every other tail case, against the
+/// CPU in f32 on the same bf16-rounded inputs and against the simple bf16 kernels, both with
+/// `tol(DType::BF16)`; each op's launches are the fast bf16 kernels', never the simple ones.
+#[test]
+fn fast_kernels_bf16() {
+    let mut rng = Rng::new(34);
+    for e in engines(DType::BF16) {
+        let dt = DType::BF16;
+        let fast = e.be.clone().with_kernels(KernelChoice::fast());
+        let simple = e.be.clone().with_kernels(KernelChoice::simple());
+        let dev = fast.device().clone();
+        for (i, c) in FAST.iter().enumerate().step_by(2) {
+            let what = format!("fast bf16 {c:?} gpu {}", e.gpu);
+            let taps = format!("conv_fast_t{}{}_bf16", c.k, c.k);
+            let (p, hw) = (c.conv(), (c.h, c.w));
+            let bias = i % 4 == 0;
+            let (xc, xd) = random_pair(&e.be, &mut rng, &[c.n, c.c, c.h, c.w], dt);
+            let (wc, wd) = weights(&e.be, &mut rng, c, dt);
+            let (bc, bd) = random_pair(&e.be, &mut rng, &[c.o], dt);
+            dev.take_launch_counts();
+            let got = fast.conv2d(&xd, &wd, bias.then_some(&bd), p, None).unwrap();
+            let launched = dev.take_launch_counts();
+            assert_eq!(
+                launched.get(taps.as_str()),
+                Some(&1),
+                "{what}: {launched:?}"
+            );
+            assert_eq!(launched.len(), 1, "{what}: {launched:?}");
+            let twin = simple
+                .conv2d(&xd, &wd, bias.then_some(&bd), p, None)
+                .unwrap();
+            let want = cpu()
+                .conv2d(&xc, &wc, bias.then_some(&bc), p, None)
+                .unwrap();
+            assert_eq!(got.dtype(), dt);
+            assert_matches(&format!("{what} conv2d"), &got, &want, tol(dt));
+            assert_matches(&format!("{what} conv2d vs simple"), &got, &twin, tol(dt));
+
+            let (ho, wo) = c.out_hw();
+            let (dyc, dyd) = random_pair(&e.be, &mut rng, &[c.n, c.o, ho, wo], dt);
+            dev.take_launch_counts();
+            let got = fast.conv2d_input_grad(&dyd, &wd, hw, p).unwrap();
+            let launched = dev.take_launch_counts();
+            assert_eq!(
+                launched.get("conv_fast_wgrad_layout_bf16"),
+                Some(&1),
+                "{what}: {launched:?}"
+            );
+            assert!(
+                launched
+                    .keys()
+                    .all(|k| k.starts_with("conv_fast_") && k.ends_with("_bf16")),
+                "{what}: {launched:?}"
+            );
+            let twin = simple.conv2d_input_grad(&dyd, &wd, hw, p).unwrap();
+            let want = cpu().conv2d_input_grad(&dyc, &wc, hw, p).unwrap();
+            assert_matches(&format!("{what} input grad"), &got, &want, tol(dt));
+            assert_matches(
+                &format!("{what} input grad vs simple"),
+                &got,
+                &twin,
+                tol(dt),
+            );
+        }
+    }
+}

@@ -1,15 +1,18 @@
 //! 2-D convolution and its input gradient. Simple kernels (kernels/conv.cu): implicit GEMMs
 //! over tiles of 64 output channels x 64 output pixels, f32 accumulation, f32 and f16. Fast
-//! kernels (kernels/conv_fast.cu, f16 backends with the conv family fast): implicit GEMMs on
+//! kernels (kernels/conv_fast.cu, f16 backends, and bf16 ones on compute capability 8.0+,
+//! with the conv family fast): implicit GEMMs on
 //! tensor cores over tiles of 128 output pixels x 64 output channels; the input gradient as
 //! one dense GEMM per residue class of the input pixels mod the stride (see conv_fast.cu).
 //! The fast path takes kernels 1x1 and 3x3 (every SD1.5 conv: any channel count, spatial
 //! size, padding; forward any stride, input gradient stride 1 or 2); other kernel sizes and
 //! strides run the simple kernels.
-//! LoCon (a LoRA on the conv, [`Adapter::Lora`] with a 4-D down) composes these kernels: the
-//! down conv with the layer's stride and padding, a dropout mask product (conv_mask_mul), the
-//! 1x1 up conv; its backward adds the adapters' weight gradients (conv2d_wgrad: one block
-//! per dw element, f32 out).
+//! LoCon (a LoRA on the conv, [`Adapter::Lora`] with a 4-D down): on the fast path fused into
+//! the fast kernels (conv_fast.cu: four launches, about half the memory traffic of the
+//! composition at 64x64); on the simple path composed of these kernels: the down conv with
+//! the layer's stride and padding, a dropout mask product (conv_mask_mul), the 1x1 up conv,
+//! scale and add. Its backward adds the adapters' weight gradients either way (conv2d_wgrad:
+//! one block per dw element, f32 out).
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
@@ -112,16 +115,46 @@ impl ConvOps for CudaBackend {
             None => None,
             Some(Adapter::Lora(l)) => Some((check::conv::lora(OP, w, &d, &l)?, l)),
         };
-        let mut y = forward(self, &d, x, w, bias)?;
         let Some((ld, l)) = lora else {
             return Ok(ConvOut {
-                y,
+                y: forward(self, &d, x, w, bias)?,
                 lora_hidden: None,
             });
         };
-        // LoCon by composition: ũ = conv(x, down) ⊙ mask, y += s·conv1x1(ũ, up), with the
-        // f32 adapter weights in the activations' dtype.
+        // The f32 adapter weights in the activations' dtype.
         let (down, up) = (in_dtype(self, l.down, dt)?, in_dtype(self, l.up, dt)?);
+        if self.fast16(self.kernels().conv) && fast::forward_supported(&d) {
+            // Fused (conv_fast.cu): y and ũ in one launch, then y += s·conv1x1(ũ, up).
+            sizes(OP, &d, w.numel())?;
+            sizes(OP, &ld.down, down.numel())?;
+            let r = sizes(OP, &ld.up, up.numel())?.c as usize;
+            let mut y = alloc(self, d.output_shape(), dt)?;
+            let mut u = alloc(self, ld.up.input_shape(), dt)?;
+            let mask = match l.dropout {
+                Some(m) => Some(mask_input(self, m, &u)?),
+                None => None,
+            };
+            if y.numel() + u.numel() > 0 {
+                let t = fast::LoconForward {
+                    x: input(self, OP, "x", x)?,
+                    w: input(self, OP, "w", w)?,
+                    bias: bias.map(|b| input(self, OP, "bias", b)).transpose()?,
+                    down: input(self, OP, "lora down", &down)?,
+                    up: input(self, OP, "lora up", &up)?,
+                    mask,
+                    scale: l.scale,
+                    y: output(self, OP, "y", &mut y)?,
+                    u: output(self, OP, "lora hidden", &mut u)?,
+                };
+                fast::locon_forward(self, &d, r, &t)?;
+            }
+            return Ok(ConvOut {
+                y,
+                lora_hidden: Some(u),
+            });
+        }
+        // Composed: ũ = conv(x, down) ⊙ mask, y += s·conv1x1(ũ, up).
+        let mut y = forward(self, &d, x, w, bias)?;
         let mut u = forward(self, &ld.down, x, down.as_ref(), None)?;
         if let Some(mask) = l.dropout {
             mask_mul(self, &mut u, mask)?;
@@ -168,6 +201,62 @@ impl ConvOps for CudaBackend {
         check::dtype(OP, "x", lb.x, dt)?;
         check::dtype(OP, "lora hidden", lb.hidden, dt)?;
         let l = lb.lora;
+        let wg = |x: &Tensor, dy: &Tensor, dw: &mut Tensor, d: &ConvDims| {
+            check::dtype(OP, "adapter gradient", dw, DType::F32)?;
+            weight_grad(self, d, x, dy, l.scale, dw, lb.accum)
+        };
+        if self.fast16(self.kernels().conv) && fast::input_grad_supported(&d) {
+            // Fused (conv_fast.cu): g = convᵀ1x1(dY, up) ⊙ mask, then dX = convᵀ(dY, w) +
+            // s·convᵀ(g, down), one GEMM per residue class over dY and g together; the
+            // adapter weights go to the class layout as they are (f32), not cast first.
+            let down = adapter_weight(self, l.down, dt)?;
+            let up = adapter_weight(self, l.up, dt)?;
+            sizes(OP, &d, w.numel())?;
+            sizes(OP, &ld.down, down.numel())?;
+            let r = sizes(OP, &ld.up, up.numel())?.c as usize;
+            let dyi = input(self, OP, "dy", dy)?;
+            let mut g = alloc(self, ld.up.input_shape(), dt)?;
+            let mut dx = alloc(self, d.input_shape(), dt)?;
+            let mask = match l.dropout {
+                Some(m) => Some(mask_input(self, m, &g)?),
+                None => None,
+            };
+            if g.numel() > 0 {
+                let up_part = fast::Part {
+                    src: dyi,
+                    channels: d.o,
+                    w: input(self, OP, "lora up", &up)?,
+                    w_dtype: up.dtype(),
+                    scale: 1.0,
+                };
+                let go = output(self, OP, "lora hidden gradient", &mut g)?;
+                fast::transposed(self, &ld.up, &[up_part], fast::Dst::Hidden(go, mask))?;
+            }
+            if dx.numel() > 0 {
+                let parts = [
+                    fast::Part {
+                        src: dyi,
+                        channels: d.o,
+                        w: input(self, OP, "w", w)?,
+                        w_dtype: dt,
+                        scale: 1.0,
+                    },
+                    fast::Part {
+                        src: input(self, OP, "lora hidden gradient", &g)?,
+                        channels: r,
+                        w: input(self, OP, "lora down", &down)?,
+                        w_dtype: down.dtype(),
+                        scale: l.scale as f32,
+                    },
+                ];
+                let dxo = output(self, OP, "dx", &mut dx)?;
+                fast::transposed(self, &d, &parts, fast::Dst::Main(dxo))?;
+            }
+            wg(lb.hidden, dy, lb.grad_up, &ld.up)?;
+            wg(lb.x, &g, lb.grad_down, &ld.down)?;
+            return Ok(dx);
+        }
+        // Composed, with the adapter weights in the activations' dtype.
         let (down, up) = (in_dtype(self, l.down, dt)?, in_dtype(self, l.up, dt)?);
         let mut dx = input_grad(self, &d, dy, w)?;
         // g = convᵀ₁ₓ₁(dY, up) ⊙ mask, the gradient of the hidden.
@@ -178,10 +267,6 @@ impl ConvOps for CudaBackend {
         let dx_lora = input_grad(self, &ld.down, &g, down.as_ref())?;
         self.add_assign(&mut dx, &self.scale(&dx_lora, l.scale)?)?;
         drop(dx_lora);
-        let wg = |x: &Tensor, dy: &Tensor, dw: &mut Tensor, d: &ConvDims| {
-            check::dtype(OP, "adapter gradient", dw, DType::F32)?;
-            weight_grad(self, d, x, dy, l.scale, dw, lb.accum)
-        };
         wg(lb.hidden, dy, lb.grad_up, &ld.up)?;
         wg(lb.x, &g, lb.grad_down, &ld.down)?;
         Ok(dx)
@@ -212,6 +297,21 @@ fn in_dtype<'t>(be: &CudaBackend, t: &'t Tensor, dt: DType) -> Result<Cow<'t, Te
     } else {
         Ok(Cow::Owned(be.cast(t, dt)?))
     }
+}
+
+/// An adapter weight as the fast input gradient's layout reads it: f32 (the adapters' own
+/// dtype) or the activations' dtype as it is, anything else converted to f32.
+fn adapter_weight<'t>(be: &CudaBackend, t: &'t Tensor, dt: DType) -> Result<Cow<'t, Tensor>> {
+    let want = if t.dtype() == dt { dt } else { DType::F32 };
+    in_dtype(be, t, want)
+}
+
+/// The dropout mask of the hidden `v` as a kernel input (checked: v's shape and dtype).
+fn mask_input(be: &CudaBackend, mask: &Tensor, v: &Tensor) -> Result<In> {
+    const OP: &str = "conv2d lora dropout";
+    check::same_shape(OP, "lora hidden", v, "lora dropout mask", mask)?;
+    check::dtype(OP, "lora dropout mask", mask, v.dtype())?;
+    input(be, OP, "lora dropout mask", mask)
 }
 
 /// v ⊙= mask (same shape and dtype).
@@ -261,9 +361,9 @@ fn forward(
     if y.numel() == 0 {
         return Ok(y);
     }
-    if be.fast(be.kernels().conv) && fast::forward_supported(d) {
+    if be.fast16(be.kernels().conv) && fast::forward_supported(d) {
         let yo = output(be, OP, "y", &mut y)?;
-        fast::forward(be, d, xi, wi, bi, bias.is_some(), yo)?;
+        fast::forward(be, d, xi, wi, bias.is_some().then_some(bi), yo)?;
         return Ok(y);
     }
     let cfg = grid(d.n * d.ho * d.wo, d.o);
@@ -300,7 +400,7 @@ fn input_grad(be: &CudaBackend, d: &ConvDims, dy: &Tensor, w: &Tensor) -> Result
     if dx.numel() == 0 {
         return Ok(dx);
     }
-    if be.fast(be.kernels().conv) && fast::input_grad_supported(d) {
+    if be.fast16(be.kernels().conv) && fast::input_grad_supported(d) {
         let dxo = output(be, OP, "dx", &mut dx)?;
         fast::input_grad(be, d, dyi, wi, dxo)?;
         return Ok(dx);

@@ -1,8 +1,11 @@
 //! The fast convolution kernels (kernels/conv_fast.cu): implicit GEMMs on tensor cores, f16
-//! storage and f32 accumulation, tiles of 128 output pixels x 64 output channels. The
+//! or bf16 storage (bf16 on compute capability 8.0 and later) and f32 accumulation, tiles of 128 output pixels x 64 output channels. The
 //! forward pass is one launch; the input gradient is a weight re-layout (one class of taps
 //! per residue of the input pixels mod the stride) and one dense GEMM launch per class, so a
-//! stride-2 gradient never multiplies the zeros of a dilated dy.
+//! stride-2 gradient never multiplies the zeros of a dilated dy. LoCon is fused into them
+//! (conv_fast.cu says how and what it saves): the forward in two launches (y and the hidden
+//! u side by side, then y += s·up·u), the input gradient as the hidden's gradient g (mask in
+//! the epilogue) and one GEMM per class over dy and g together.
 //!
 //! Sizes reach here checked to fit an i32 (`sizes` in the parent module); the kernels index
 //! within an image with i32 and across images with size_t.
@@ -10,29 +13,62 @@
 use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::super::super::tiles::{FC_BM, FC_BN, FC_THREADS};
-use super::super::alloc;
+use super::super::{alloc, output};
 use crate::backend::check::conv::ConvDims;
-use crate::error::Result;
+use crate::backend::BackendInfo;
+use crate::error::{Error, Result};
 use crate::tensor::DType;
 
 kernels! {
     module "conv_fast";
-    fn conv_fast_t11(src: In, wt: In, bias: In, dst: Out, has_bias: i32, vec_a: i32, vec_b: i32,
-        n: i32, cs: i32, hs: i32, ws: i32, mo: i32, ha: i32, wa: i32, sa: i32, oy: i32,
-        ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
-    fn conv_fast_t12(src: In, wt: In, bias: In, dst: Out, has_bias: i32, vec_a: i32, vec_b: i32,
-        n: i32, cs: i32, hs: i32, ws: i32, mo: i32, ha: i32, wa: i32, sa: i32, oy: i32,
-        ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
-    fn conv_fast_t21(src: In, wt: In, bias: In, dst: Out, has_bias: i32, vec_a: i32, vec_b: i32,
-        n: i32, cs: i32, hs: i32, ws: i32, mo: i32, ha: i32, wa: i32, sa: i32, oy: i32,
-        ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
-    fn conv_fast_t22(src: In, wt: In, bias: In, dst: Out, has_bias: i32, vec_a: i32, vec_b: i32,
-        n: i32, cs: i32, hs: i32, ws: i32, mo: i32, ha: i32, wa: i32, sa: i32, oy: i32,
-        ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
-    fn conv_fast_t33(src: In, wt: In, bias: In, dst: Out, has_bias: i32, vec_a: i32, vec_b: i32,
-        n: i32, cs: i32, hs: i32, ws: i32, mo: i32, ha: i32, wa: i32, sa: i32, oy: i32,
-        ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
-    fn conv_fast_wgrad_layout(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32, p: i32);
+    fn conv_fast_t11_f16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t12_f16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t21_f16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t22_f16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t33_f16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t11_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t12_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t21_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t22_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_t33_bf16(src: In, src2: In, wt: In, wt2: In, bias: In, mask: In, dst: Out,
+        dst2: Out, has_bias: i32, has_mask: i32, accumulate: i32, vec_a: i32, vec_b: i32,
+        alpha: f32, n: i32, cs: i32, cs2: i32, hs: i32, ws: i32, mo: i32, mo2: i32, ha: i32,
+        wa: i32, sa: i32, oy: i32, ox: i32, hd: i32, wd: i32, so: i32, ry: i32, rx: i32);
+    fn conv_fast_wgrad_layout_f16(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32, p: i32,
+        ot: i32, o0: i32, scale: f32);
+    fn conv_fast_wgrad_layout_adapter_f16(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32,
+        p: i32, ot: i32, o0: i32, scale: f32);
+    fn conv_fast_wgrad_layout_bf16(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32, p: i32,
+        ot: i32, o0: i32, scale: f32);
+    fn conv_fast_wgrad_layout_adapter_bf16(w: In, wt: Out, o: i32, c: i32, k: i32, s: i32,
+        p: i32, ot: i32, o0: i32, scale: f32);
 }
 
 thread_local! {
@@ -53,13 +89,15 @@ pub(super) fn input_grad_supported(d: &ConvDims) -> bool {
     matches!(d.k, 1 | 3) && matches!(d.stride, 1 | 2)
 }
 
-/// One launch of the generalized convolution (see conv_fast.cu for the parameters).
+/// The geometry of one launch of the generalized convolution (see conv_fast.cu).
 struct Gen {
     taps: (usize, usize),
     cs: usize,
+    cs2: usize,
     hs: usize,
     ws: usize,
     mo: usize,
+    mo2: usize,
     ha: usize,
     wa: usize,
     sa: usize,
@@ -72,61 +110,52 @@ struct Gen {
     rx: usize,
 }
 
-type Entry = fn(
-    &crate::backend::cuda::Device,
-    LaunchCfg,
-    In,
-    In,
-    In,
-    Out,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-) -> Result<()>;
-
-#[allow(clippy::too_many_arguments)]
-fn launch(
-    be: &CudaBackend,
-    g: &Gen,
-    n: usize,
+/// One launch's tensors and epilogue: the sources (src2 read when cs2 > 0), the weight rows
+/// of the main part (wt) and of the hidden part (wt2), the outputs and what the epilogue does.
+struct Io {
     src: In,
+    src2: In,
     wt: In,
+    wt2: In,
+    /// Whether both weight blocks start 16-byte aligned (pool buffers are 512-byte aligned;
+    /// a class block of the input gradient's layout may not be).
     wt_aligned: bool,
-    bias: In,
-    has_bias: bool,
+    bias: Option<In>,
+    mask: Option<In>,
     dst: Out,
-) -> Result<()> {
+    dst2: Out,
+    alpha: f32,
+    accumulate: bool,
+}
+
+impl Io {
+    /// One source, one weight, the main part written with = and no bias.
+    fn plain(src: In, wt: In, dst: Out) -> Io {
+        Io {
+            src,
+            src2: In(0),
+            wt,
+            wt2: In(0),
+            wt_aligned: true,
+            bias: None,
+            mask: None,
+            dst,
+            dst2: Out(0),
+            alpha: 1.0,
+            accumulate: false,
+        }
+    }
+}
+
+fn launch(be: &CudaBackend, g: &Gen, n: usize, io: &Io) -> Result<()> {
     let pixels = n * g.ha * g.wa;
-    if pixels == 0 || g.mo == 0 {
+    let channels = g.mo + g.mo2;
+    if pixels == 0 || channels == 0 {
         return Ok(());
     }
-    let f: Entry = match g.taps {
-        (1, 1) => conv_fast_t11,
-        (1, 2) => conv_fast_t12,
-        (2, 1) => conv_fast_t21,
-        (2, 2) => conv_fast_t22,
-        (3, 3) => conv_fast_t33,
-        t => unreachable!("conv_fast: no kernel for taps {t:?}"),
-    };
-    let k = g.cs * g.taps.0 * g.taps.1;
-    // 16-byte weight copies: every row starts at a multiple of 8 halves (pool buffers are
-    // 512-byte aligned; `wt_aligned`: so is this launch's weight block).
-    let vec_b = wt_aligned && k.is_multiple_of(8);
+    let k = (g.cs + g.cs2) * g.taps.0 * g.taps.1;
+    // 16-byte weight copies: every row starts at a multiple of 8 elements.
+    let vec_b = io.wt_aligned && k.is_multiple_of(8);
     // 16-byte activation copies: a pointwise conv whose pixel runs of 8 stay inside an image.
     let vec_a = g.taps == (1, 1)
         && g.cs > 0
@@ -134,54 +163,75 @@ fn launch(
         && (g.hs, g.ws) == (g.ha, g.wa)
         && (g.ha * g.wa).is_multiple_of(8);
     let gx = pixels.div_ceil(FC_BM).min(i32::MAX as usize) as u32;
-    let gy = g.mo.div_ceil(FC_BN) as u32;
+    let gy = channels.div_ceil(FC_BN) as u32;
     let cfg = LaunchCfg::new((gx, gy, 1), (FC_THREADS as u32, 1, 1), 0);
     let i = |v: usize| v as i32;
     LAUNCHES.with(|c| c.set(c.get() + 1));
-    f(
-        be.device(),
-        cfg,
-        src,
-        wt,
-        bias,
-        dst,
-        has_bias as i32,
-        vec_a as i32,
-        vec_b as i32,
-        i(n),
-        i(g.cs),
-        i(g.hs),
-        i(g.ws),
-        i(g.mo),
-        i(g.ha),
-        i(g.wa),
-        i(g.sa),
-        g.oy as i32,
-        g.ox as i32,
-        i(g.hd),
-        i(g.wd),
-        i(g.so),
-        i(g.ry),
-        i(g.rx),
-    )
+    let dev = be.device();
+    macro_rules! run {
+        ($f:ident) => {
+            $f(
+                dev,
+                cfg,
+                io.src,
+                io.src2,
+                io.wt,
+                io.wt2,
+                io.bias.unwrap_or(In(0)),
+                io.mask.unwrap_or(In(0)),
+                io.dst,
+                io.dst2,
+                io.bias.is_some() as i32,
+                io.mask.is_some() as i32,
+                io.accumulate as i32,
+                vec_a as i32,
+                vec_b as i32,
+                io.alpha,
+                i(n),
+                i(g.cs),
+                i(g.cs2),
+                i(g.hs),
+                i(g.ws),
+                i(g.mo),
+                i(g.mo2),
+                i(g.ha),
+                i(g.wa),
+                i(g.sa),
+                g.oy as i32,
+                g.ox as i32,
+                i(g.hd),
+                i(g.wd),
+                i(g.so),
+                i(g.ry),
+                i(g.rx),
+            )
+        };
+    }
+    match (be.compute_dtype(), g.taps) {
+        (DType::F16, (1, 1)) => run!(conv_fast_t11_f16),
+        (DType::F16, (1, 2)) => run!(conv_fast_t12_f16),
+        (DType::F16, (2, 1)) => run!(conv_fast_t21_f16),
+        (DType::F16, (2, 2)) => run!(conv_fast_t22_f16),
+        (DType::F16, (3, 3)) => run!(conv_fast_t33_f16),
+        (DType::BF16, (1, 1)) => run!(conv_fast_t11_bf16),
+        (DType::BF16, (1, 2)) => run!(conv_fast_t12_bf16),
+        (DType::BF16, (2, 1)) => run!(conv_fast_t21_bf16),
+        (DType::BF16, (2, 2)) => run!(conv_fast_t22_bf16),
+        (DType::BF16, (3, 3)) => run!(conv_fast_t33_bf16),
+        (dt, t) => unreachable!("conv_fast: no kernel for {dt:?} taps {t:?}"),
+    }
 }
 
-/// y = conv2d(x, w) + bias: one launch, the weights as they are.
-pub(super) fn forward(
-    be: &CudaBackend,
-    d: &ConvDims,
-    x: In,
-    w: In,
-    bias: In,
-    has_bias: bool,
-    y: Out,
-) -> Result<()> {
-    let g = Gen {
+/// The forward's geometry: the layer `d` as it is (its output channels the main part).
+fn forward_gen(d: &ConvDims) -> Gen {
+    Gen {
         taps: (d.k, d.k),
         cs: d.c,
+        cs2: 0,
         hs: d.h,
         ws: d.w,
         mo: d.o,
+        mo2: 0,
         ha: d.ho,
         wa: d.wo,
         sa: d.stride,
@@ -192,8 +242,80 @@ pub(super) fn forward(
         so: 1,
         ry: 0,
         rx: 0,
+    }
+}
+
+/// y = conv2d(x, w) + bias: one launch, the weights as they are.
+pub(super) fn forward(
+    be: &CudaBackend,
+    d: &ConvDims,
+    x: In,
+    w: In,
+    bias: Option<In>,
+    y: Out,
+) -> Result<()> {
+    let io = Io {
+        bias,
+        ..Io::plain(x, w, y)
     };
-    launch(be, &g, d.n, x, w, true, bias, has_bias, y)
+    launch(be, &forward_gen(d), d.n, &io)
+}
+
+/// A LoCon forward's tensors: the layer's (x, w, bias, y) and the adapter's, its weights in
+/// the activations' dtype.
+pub(super) struct LoconForward {
+    pub x: In,
+    pub w: In,
+    pub bias: Option<In>,
+    /// [r, C, k, k].
+    pub down: In,
+    /// [O, r].
+    pub up: In,
+    pub mask: Option<In>,
+    pub scale: f64,
+    /// [N, O, Ho, Wo], written.
+    pub y: Out,
+    /// The hidden [N, r, Ho, Wo], written (masked).
+    pub u: Out,
+}
+
+/// y = conv2d(x, w) + bias + s·conv1x1(u, up) with u = conv2d(x, down) ⊙ mask: one launch
+/// writing y and u (w's and down's rows side by side), then the pointwise up conv adding
+/// s·up·u into y. `r` is the rank.
+pub(super) fn locon_forward(
+    be: &CudaBackend,
+    d: &ConvDims,
+    r: usize,
+    t: &LoconForward,
+) -> Result<()> {
+    let both = Gen {
+        mo2: r,
+        ..forward_gen(d)
+    };
+    let io = Io {
+        wt2: t.down,
+        bias: t.bias,
+        mask: t.mask,
+        dst2: t.u,
+        ..Io::plain(t.x, t.w, t.y)
+    };
+    launch(be, &both, d.n, &io)?;
+    let up = Gen {
+        taps: (1, 1),
+        cs: r,
+        hs: d.ho,
+        ws: d.wo,
+        sa: 1,
+        oy: 0,
+        ox: 0,
+        ..forward_gen(d)
+    };
+    let io = Io {
+        alpha: t.scale as f32,
+        accumulate: true,
+        ..Io::plain(In(t.u.0), t.up, t.y)
+    };
+    launch(be, &up, d.n, &io)
 }
 
 /// Taps of residue class `r` along one axis: the i < k with i ≡ r + p (mod s)
@@ -203,26 +325,74 @@ fn taps(r: usize, k: usize, s: usize, p: usize) -> (usize, usize) {
     (if i0 < k { (k - 1 - i0) / s + 1 } else { 0 }, i0)
 }
 
-/// dx = the input gradient of conv2d for dy: the per-class weights (a temporary of w's size)
-/// and one launch per residue class (ry, rx) of the input pixels, each writing its pixels.
-pub(super) fn input_grad(be: &CudaBackend, d: &ConvDims, dy: In, w: In, dx: Out) -> Result<()> {
+/// One source of a transposed convolution: `src` [N, channels, Ho, Wo] and the weight it
+/// goes through, [channels, C, k, k] in the storage dtype or f32 (an adapter's), times
+/// `scale`.
+pub(super) struct Part {
+    pub src: In,
+    pub channels: usize,
+    pub w: In,
+    pub w_dtype: DType,
+    pub scale: f32,
+}
+
+/// Where a transposed convolution's result goes.
+#[derive(Clone, Copy)]
+pub(super) enum Dst {
+    /// The layer's input gradient, written with =.
+    Main(Out),
+    /// An adapter hidden's gradient, ⊙ the dropout mask when there is one.
+    Hidden(Out, Option<In>),
+}
+
+/// dst = Σ over `parts` (one or two) of the input gradient of conv2d `d` (its o replaced by
+/// each part's channels) for the part's src and weight: the per-class weights of all parts
+/// side by side (a temporary of (Σ channels)·C·k·k elements) and one launch per residue
+/// class (ry, rx) of the input pixels, each writing its pixels.
+pub(super) fn transposed(be: &CudaBackend, d: &ConvDims, parts: &[Part], dst: Dst) -> Result<()> {
+    const OP: &str = "conv2d_input_grad";
+    let dt = be.compute_dtype();
     let (k, s, p) = (d.k, d.stride, d.padding);
-    let numel = d.o * d.c * k * k;
-    let mut wt = alloc(be, [numel.max(1)], DType::F16)?;
-    let wto = super::super::output(be, "conv2d_input_grad", "wt", &mut wt)?;
-    if numel > 0 {
-        conv_fast_wgrad_layout(
-            be.device(),
-            LaunchCfg::for_items(numel, FC_THREADS as u32),
-            w,
-            wto,
-            d.o as i32,
-            d.c as i32,
-            k as i32,
-            s as i32,
-            p as i32,
-        )?;
+    let ot: usize = parts.iter().map(|q| q.channels).sum();
+    let mut wt = alloc(be, [(ot * d.c * k * k).max(1)], dt)?;
+    let wto = output(be, OP, "wt", &mut wt)?;
+    let mut o0 = 0;
+    for q in parts {
+        let numel = q.channels * d.c * k * k;
+        if numel > 0 {
+            let layout = match (dt, q.w_dtype) {
+                (DType::F16, DType::F16) => conv_fast_wgrad_layout_f16,
+                (DType::F16, DType::F32) => conv_fast_wgrad_layout_adapter_f16,
+                (DType::BF16, DType::BF16) => conv_fast_wgrad_layout_bf16,
+                (DType::BF16, DType::F32) => conv_fast_wgrad_layout_adapter_bf16,
+                (dt, wd) => {
+                    return Err(Error::DType {
+                        op: OP,
+                        name: "w",
+                        got: wd,
+                        expected: format!("{dt:?} or F32 for the fast {dt:?} kernels"),
+                    })
+                }
+            };
+            layout(
+                be.device(),
+                LaunchCfg::for_items(numel, FC_THREADS as u32),
+                q.w,
+                wto,
+                q.channels as i32,
+                d.c as i32,
+                k as i32,
+                s as i32,
+                p as i32,
+                ot as i32,
+                o0 as i32,
+                q.scale,
+            )?;
+        }
+        o0 += q.channels;
     }
+    let (cs, cs2) = (parts[0].channels, parts.get(1).map_or(0, |q| q.channels));
+    let src2 = parts.get(1).map_or(In(0), |q| q.src);
     let mut off = 0usize; // elements of wt before this class
     for ry in 0..s {
         for rx in 0..s {
@@ -231,14 +401,20 @@ pub(super) fn input_grad(be: &CudaBackend, d: &ConvDims, dy: In, w: In, dx: Out)
             // Input rows ih = s·a + ry, a < ha (columns alike).
             let ha = d.h.saturating_sub(ry).div_ceil(s);
             let wa = d.w.saturating_sub(rx).div_ceil(s);
-            let class = d.c * d.o * ty * tx;
+            let class = d.c * ot * ty * tx;
+            let (mo, mo2) = match dst {
+                Dst::Main(_) => (d.c, 0),
+                Dst::Hidden(..) => (0, d.c),
+            };
             let g = Gen {
                 // A class without taps: K = 0, its pixels get 0.
                 taps: if class == 0 { (1, 1) } else { (ty, tx) },
-                cs: if class == 0 { 0 } else { d.o },
+                cs: if class == 0 { 0 } else { cs },
+                cs2: if class == 0 { 0 } else { cs2 },
                 hs: d.ho,
                 ws: d.wo,
-                mo: d.c,
+                mo,
+                mo2,
                 ha,
                 wa,
                 sa: 1,
@@ -250,25 +426,42 @@ pub(super) fn input_grad(be: &CudaBackend, d: &ConvDims, dy: In, w: In, dx: Out)
                 ry,
                 rx,
             };
-            // 16-byte weight copies need the class block to start at a multiple of 8 halves
-            // (always so for SD1.5's channel counts; otherwise that class loads by elements).
-            let wt_in = In(wto.0 + 2 * off as u64);
-            launch(
-                be,
-                &g,
-                d.n,
-                dy,
-                wt_in,
-                off.is_multiple_of(8),
-                In(0),
-                false,
-                dx,
-            )?;
+            // The class block's rows (main and hidden parts read the same rows) start at a
+            // multiple of 8 elements when `off` does (always so for SD1.5's channel counts;
+            // otherwise that class loads by elements).
+            let wt_in = In(wto.0 + (dt.size_in_bytes() * off) as u64);
+            let base = Io {
+                src2,
+                wt2: wt_in,
+                wt_aligned: off.is_multiple_of(8),
+                ..Io::plain(parts[0].src, wt_in, Out(0))
+            };
+            let io = match dst {
+                Dst::Main(o) => Io { dst: o, ..base },
+                Dst::Hidden(o, mask) => Io {
+                    dst2: o,
+                    mask,
+                    ..base
+                },
+            };
+            launch(be, &g, d.n, &io)?;
             off += class;
         }
     }
     drop(wt);
     Ok(())
+}
+
+/// dx = the input gradient of conv2d for dy (w in the storage dtype).
+pub(super) fn input_grad(be: &CudaBackend, d: &ConvDims, dy: In, w: In, dx: Out) -> Result<()> {
+    let part = Part {
+        src: dy,
+        channels: d.o,
+        w,
+        w_dtype: be.compute_dtype(),
+        scale: 1.0,
+    };
+    transposed(be, d, &[part], Dst::Main(dx))
 }
 
 #[cfg(all(test, feature = "cuda-emu"))]
