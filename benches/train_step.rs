@@ -16,8 +16,6 @@
 //! - BENCH_JSON: also write the results as JSON there.
 //! - BENCH_PRECISION: on the CPU, `f32` (default, the reference) or `bf16` (`cpu_precision:
 //!   bf16`: the products with frozen weights in bf16; needs AVX512_BF16).
-//! - BENCH_KEEP_FREED: on the CPU, `1` (default, as the CLI trains) sets glibc's allocator to
-//!   keep freed memory (src/backend/cpu/alloc.rs), `0` leaves its defaults.
 //!
 //! On a GPU each configuration also gets `lorafuse plan`'s prediction for the same step and the
 //! ratio of the pool's measured peak to it. On Linux each configuration also gets the process's
@@ -73,10 +71,6 @@ fn open(want: &str) -> Res<(Box<dyn Backend>, Dev, String)> {
     }
     if want == "cuda" {
         return Err("BENCH_DEVICE=cuda needs a build with --features cuda".into());
-    }
-    if env_or("BENCH_KEEP_FREED", 1u8) == 1 {
-        let kept = lorafuse::backend::cpu::alloc::keep_freed_memory();
-        println!("allocator keeps freed memory: {kept}");
     }
     let threads = rayon::current_num_threads();
     let want = std::env::var("BENCH_PRECISION").unwrap_or_else(|_| "f32".into());

@@ -8,7 +8,6 @@
 
 pub mod activation;
 pub mod adafactor;
-pub mod alloc;
 pub mod attention;
 pub mod conv;
 pub mod decompose;
