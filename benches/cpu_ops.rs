@@ -152,6 +152,10 @@ fn main() {
         (1024, 640, 640, "attn q/k/v/out, level 2"),
         (256, 1280, 1280, "attn q/k/v/out, level 3"),
         (77, 768, 320, "cross-attn k/v from text"),
+        // 256x256 images (32x32 latents): the deep levels' few tokens against big weights,
+        // where packing the weight on every call costs as much as the product.
+        (64, 1280, 1280, "attn q/k/v/out, level 3, 256px"),
+        (16, 1280, 10240, "GEGLU proj, mid block, 256px"),
     ];
     for (m, k, n, what) in linears.into_iter().filter(|_| on("matmul")) {
         let x = rand_t(&mut rng, &[m, k]);
@@ -193,8 +197,11 @@ fn main() {
     }
 
     // The input gradient of a linear layer, dX = dY·W (W not transposed, unlike the forward).
-    if on("matmul") {
-        let (m, k, n) = (4096, 320, 320);
+    let grads = [
+        (4096, 320, 320, "level 1"),
+        (64, 1280, 1280, "level 3, 256px"),
+    ];
+    for (m, k, n, what) in grads.into_iter().filter(|_| on("matmul")) {
         let dy = rand_t(&mut rng, &[m, n]);
         let w = rand_t(&mut rng, &[n, k]);
         let t = time(reps, || {
@@ -202,7 +209,7 @@ fn main() {
                 .expect("linear_backward");
         });
         rows.push(Row::new(
-            "matmul input grad, level 1".into(),
+            format!("matmul input grad, {what}"),
             format!("[{m},{n}]x[{n},{k}]"),
             2.0 * (m * k * n) as f64 / 1e9,
             t,
@@ -257,6 +264,7 @@ fn main() {
         (640, 640, 32, 1, "resnet level 2"),
         (1280, 1280, 16, 1, "resnet level 3"),
         (1280, 1280, 8, 1, "resnet level 4"),
+        (1280, 1280, 4, 1, "resnet level 4, 256px"),
         (320, 320, 64, 2, "downsample level 1"),
         (4, 320, 64, 1, "conv_in"),
     ];

@@ -18,7 +18,10 @@
 //!   bf16`: the products with frozen weights in bf16; needs AVX512_BF16).
 //!
 //! On a GPU each configuration also gets `lorafuse plan`'s prediction for the same step and the
-//! ratio of the pool's measured peak to it.
+//! ratio of the pool's measured peak to it. On Linux each configuration also gets the process's
+//! CPU time per step (user and system, median over the timed steps, and the first warm-up
+//! step's apart: it packs what later steps reuse) and the process's peak RSS so far: on a
+//! machine shared with other work, CPU time is the figure to compare, not wall time.
 
 use std::time::Instant;
 
@@ -90,6 +93,38 @@ struct Row {
     pool_reserved: Option<usize>,
     driver_used: Option<usize>,
     plan_pool_peak: Option<usize>,
+    /// Process CPU ms per timed step (median of user + system; its user and system parts
+    /// from the same step) and of the first step; None where /proc is missing.
+    cpu: Option<StepCpu>,
+    /// The process's peak resident set so far (VmHWM), bytes.
+    peak_rss: Option<usize>,
+}
+
+#[derive(Clone, Copy)]
+struct StepCpu {
+    user_ms: f64,
+    sys_ms: f64,
+    first_ms: f64,
+}
+
+/// This process's CPU time so far, (user, system) in ms: /proc/self/stat's utime and stime,
+/// in clock ticks of 10 ms (USER_HZ is 100 on Linux); None elsewhere.
+fn cpu_ms() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i)?.parse::<f64>().ok().map(|t| t * 10.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Some((tick(11)?, tick(12)?))
+}
+
+/// The process's peak resident set (VmHWM in /proc/self/status), bytes.
+fn peak_rss() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn main() -> Res<()> {
@@ -164,9 +199,11 @@ fn main() -> Res<()> {
         });
         reset_peak(&dev);
         let mut times = Vec::new();
+        let (mut cpu_first, mut cpu_timed) = (None, Vec::new());
         let mut driver_used: Option<usize> = None;
         for i in 0..warmup + steps {
             let t = Instant::now();
+            let c0 = cpu_ms();
             let dropout = LoraDropout::for_site(0.0, 1, &[i as u64])?;
             let loss_scale = if dt == DType::F16 { 1024.0 } else { 1.0 };
             let batch = MicroBatch {
@@ -190,12 +227,32 @@ fn main() -> Res<()> {
             if i >= warmup {
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
+            if let (Some(a), Some(b)) = (c0, cpu_ms()) {
+                let (user, sys) = (b.0 - a.0, b.1 - a.1);
+                if i == 0 {
+                    cpu_first = Some(user + sys);
+                }
+                if i >= warmup {
+                    cpu_timed.push((user, sys));
+                }
+            }
             if let Some(u) = used(&dev) {
                 driver_used = Some(driver_used.map_or(u, |d: usize| d.max(u)));
             }
         }
         times.sort_by(|a, b| a.total_cmp(b));
         let ms = times[times.len() / 2];
+        cpu_timed.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+        let cpu = cpu_first
+            .filter(|_| cpu_timed.len() == steps)
+            .map(|first_ms| {
+                let (user_ms, sys_ms) = cpu_timed[steps / 2];
+                StepCpu {
+                    user_ms,
+                    sys_ms,
+                    first_ms,
+                }
+            });
         let mem = be.device_memory();
         let reserved = pool_reserved(&dev);
         let plan_pool_peak = on_gpu
@@ -210,6 +267,8 @@ fn main() -> Res<()> {
             pool_reserved: reserved,
             driver_used,
             plan_pool_peak,
+            cpu,
+            peak_rss: peak_rss(),
         };
         print_row(&row);
         rows.push(row);
@@ -248,10 +307,23 @@ fn print_row(r: &Row) {
         opt(r.pool_reserved),
         opt(r.driver_used),
     );
+    if let Some(c) = r.cpu {
+        println!(
+            "  process CPU {:.0} ms/step (user {:.0}, system {:.0}); first warm-up step {:.0} ms",
+            c.user_ms + c.sys_ms,
+            c.user_ms,
+            c.sys_ms,
+            c.first_ms
+        );
+    }
+    if let Some(b) = r.peak_rss {
+        println!("  process peak RSS so far {:.1} MiB", mib(b));
+    }
 }
 
 fn json(model: &str, device: &str, res: usize, dt: DType, rows: &[Row]) -> String {
     let num = |v: Option<usize>| v.map_or("null".to_string(), |b| b.to_string());
+    let ms = |v: Option<f64>| v.map_or("null".to_string(), |m| format!("{m:.0}"));
     let baseline: Option<usize> = std::env::var("BENCH_BASELINE_USED")
         .ok()
         .and_then(|s| s.parse().ok());
@@ -266,7 +338,9 @@ fn json(model: &str, device: &str, res: usize, dt: DType, rows: &[Row]) -> Strin
             format!(
                 "    {{\"batch\": {}, \"rank\": {}, \"ms_per_step\": {:.3}, \"samples_per_s\": {:.4}, \
                  \"pool_peak_bytes\": {}, \"pool_reserved_bytes\": {}, \"driver_used_peak_bytes\": {}, \
-                 \"driver_used_delta_bytes\": {}, \"plan_pool_peak_bytes\": {}, \"plan_over_measured\": {}}}",
+                 \"driver_used_delta_bytes\": {}, \"plan_pool_peak_bytes\": {}, \"plan_over_measured\": {}, \
+                 \"cpu_user_ms_per_step\": {}, \"cpu_sys_ms_per_step\": {}, \"cpu_first_step_ms\": {}, \
+                 \"peak_rss_bytes\": {}}}",
                 r.batch,
                 r.rank,
                 r.ms,
@@ -276,7 +350,11 @@ fn json(model: &str, device: &str, res: usize, dt: DType, rows: &[Row]) -> Strin
                 num(r.driver_used),
                 num(delta),
                 num(r.plan_pool_peak),
-                plan_ratio
+                plan_ratio,
+                ms(r.cpu.map(|c| c.user_ms)),
+                ms(r.cpu.map(|c| c.sys_ms)),
+                ms(r.cpu.map(|c| c.first_ms)),
+                num(r.peak_rss),
             )
         })
         .collect();

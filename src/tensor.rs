@@ -4,7 +4,9 @@
 //! Layouts used across the crate: images and feature maps are NCHW, token sequences are
 //! [batch, length, channels], all row-major and contiguous.
 
+use std::any::Any;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use half::{bf16, f16};
 
@@ -167,11 +169,40 @@ impl Storage {
     }
 }
 
-/// A contiguous, row-major tensor that owns its buffer. `clone` copies the data.
+/// A contiguous, row-major tensor that owns its buffer. `clone` copies the data (and not
+/// its [`Derived`] values).
 #[derive(Clone, Debug)]
 pub struct Tensor {
     shape: Shape,
     storage: Storage,
+    derived: Derived,
+}
+
+/// Values computed from a tensor's elements and kept with them, so that they are computed
+/// once: the CPU backend's bf16 panels of a frozen weight (src/backend/cpu/gemm_bf16.rs),
+/// which every forward and input-gradient product would otherwise build again.
+///
+/// They cannot go stale. They live inside the `Tensor` value, not in a table keyed by the
+/// buffer's address (which a freed tensor's successor may reuse); the only ways to change a
+/// tensor's elements, `storage_mut` and `reshape`, drop them first; a clone starts with none.
+/// Each entry is a key (any type; compared by value and type) and its value.
+#[derive(Default)]
+struct Derived(Mutex<Vec<DerivedEntry>>);
+
+type DerivedEntry = (Box<dyn Any + Send + Sync>, Arc<dyn Any + Send + Sync>);
+
+impl Clone for Derived {
+    /// Empty: the clone's elements can change independently of the original's.
+    fn clone(&self) -> Self {
+        Derived::default()
+    }
+}
+
+impl fmt::Debug for Derived {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.lock().map(|v| v.len()).unwrap_or(0);
+        write!(f, "Derived({n} values)")
+    }
 }
 
 impl Tensor {
@@ -188,6 +219,7 @@ impl Tensor {
         Ok(Tensor {
             shape,
             storage: Storage::Cpu(data),
+            derived: Derived::default(),
         })
     }
     pub fn from_f32(shape: impl Into<Shape>, data: Vec<f32>) -> Result<Tensor> {
@@ -216,6 +248,7 @@ impl Tensor {
         Tensor {
             shape,
             storage: Storage::Cpu(data),
+            derived: Derived::default(),
         }
     }
 
@@ -254,16 +287,57 @@ impl Tensor {
         Ok(Tensor {
             shape,
             storage: Storage::Device(buf),
+            derived: Derived::default(),
         })
     }
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
+    /// The elements, to change: drops every [`Derived`] value first.
     pub fn storage_mut(&mut self) -> &mut Storage {
+        self.derived = Derived::default();
         &mut self.storage
     }
 
-    /// The same elements under another shape with as many elements (no copy).
+    /// The value `make` computes from this tensor's elements, computed on the first call with
+    /// `key` and kept with the tensor until its elements change (see [`Derived`]). `make` runs
+    /// without a lock held (it may use rayon's threads, which may run another op on this
+    /// tensor meanwhile); two first calls at once may both compute it, and the first stored
+    /// is kept.
+    pub fn derived<K, V>(&self, key: K, make: impl FnOnce() -> V) -> Arc<V>
+    where
+        K: Any + PartialEq + Send + Sync,
+        V: Any + Send + Sync,
+    {
+        let find = |entries: &[DerivedEntry]| {
+            entries.iter().find_map(|(k, v)| {
+                (k.downcast_ref::<K>() == Some(&key))
+                    .then(|| v.clone().downcast::<V>().ok())
+                    .flatten()
+            })
+        };
+        // A panic while the lock was held cannot leave a half-written entry (pushes are
+        // whole), so a poisoned lock's list is still good.
+        let lock = || self.derived.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = find(&lock()) {
+            return v;
+        }
+        let made = Arc::new(make());
+        let mut entries = lock();
+        if let Some(v) = find(&entries) {
+            return v;
+        }
+        entries.push((Box::new(key), made.clone()));
+        made
+    }
+
+    /// How many [`Derived`] values this tensor holds (tests check when they are dropped).
+    pub fn derived_count(&self) -> usize {
+        self.derived.0.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// The same elements under another shape with as many elements (no copy; the
+    /// [`Derived`] values, computed for the old shape, are dropped).
     pub fn reshape(self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != self.shape.numel() {
@@ -279,6 +353,7 @@ impl Tensor {
         Ok(Tensor {
             shape,
             storage: self.storage,
+            derived: Derived::default(),
         })
     }
 

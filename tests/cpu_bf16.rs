@@ -5,6 +5,8 @@
 //!   both sides' f32 sums), and somewhere off the f32 result (the rounding took place);
 //!   the adapter's hidden value and its weight gradients bit-identical (they stay f32);
 //! - f64 tensors (the gradient checks' type) are never rounded;
+//! - a weight changed in place between two products (the optimizer's way) gives the new
+//!   weight's products, forward and input gradient: the panels kept with it go stale never;
 //! - a short training run of the tiny SD1.5 fixture whose loss tracks f32's step by step
 //!   (within 1% of the loss), whose first adapter gradients are within 2% of f32's (as a
 //!   whole: the norm of the difference against the norm), and whose adapters move as f32's
@@ -13,7 +15,7 @@
 //!
 //! Skipped, with a line saying so, only on a CPU without AVX512_BF16.
 
-use lorafuse::backend::cpu::{gemm_bf16, CpuPrecision};
+use lorafuse::backend::cpu::{gemm_bf16, CpuPrecision, Real};
 use lorafuse::backend::prelude::*;
 use lorafuse::backend::{Accum, Adapter, AdapterBackward, Conv2d, Lora, LoraBackward};
 use lorafuse::lora::{LoraSet, LoraTargets};
@@ -234,6 +236,49 @@ fn convolutions_stay_within_bf16s_bound_and_locon_stays_f32() {
         );
         assert_eq!(gd_g.to_f64_vec(), gd_w.to_f64_vec(), "{what} grad down");
         assert_eq!(gu_g.to_f64_vec(), gu_w.to_f64_vec(), "{what} grad up");
+    }
+}
+
+#[test]
+fn a_weight_changed_in_place_gives_the_new_products() {
+    if skip() {
+        return;
+    }
+    let (_, bf) = backends();
+    let mut rng = Rng::new(3);
+    let x = randn(&mut rng, &[2, 9, 30], 1.0);
+    let dy = randn(&mut rng, &[2, 9, 20], 1.0);
+    let xc = randn(&mut rng, &[1, 4, 6, 6], 1.0);
+    let p = Conv2d {
+        stride: 1,
+        padding: 1,
+    };
+    let dyc = randn(&mut rng, &[1, 5, 6, 6], 1.0);
+    let mut w = randn(&mut rng, &[20, 30], 0.3);
+    let mut wc = randn(&mut rng, &[5, 4, 3, 3], 0.3);
+    // Each product's bits: the weight's panels are packed on the first and kept.
+    let products = |w: &Tensor, wc: &Tensor| {
+        [
+            bf.linear(&x, w, None, None).unwrap().y,
+            bf.linear_backward(&dy, w, None, true).unwrap().unwrap(),
+            bf.conv2d_out(&xc, wc, None, p, None).unwrap().y,
+            bf.conv2d_input_grad(&dyc, wc, (6, 6), p).unwrap(),
+        ]
+        .map(|t| t.to_f64_vec())
+    };
+    let before = products(&w, &wc);
+    assert_eq!(products(&w, &wc), before, "kept panels give the same bits");
+    for t in [&mut w, &mut wc] {
+        for v in f32::data_mut(t).unwrap().iter_mut().step_by(2) {
+            *v *= -1.5;
+        }
+    }
+    let after = products(&w, &wc);
+    // The same elements in new tensors, which have never been packed.
+    let fresh = |t: &Tensor| Tensor::from_f32(t.dims(), t.to_f32_vec()).unwrap();
+    assert_eq!(after, products(&fresh(&w), &fresh(&wc)));
+    for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+        assert_ne!(a, b, "product {i} did not change with its weight");
     }
 }
 

@@ -9,11 +9,20 @@
 //! on shapes that leave partial register tiles and task blocks, odd K, K beyond one slice,
 //! every transposed layout, a C wider than the product (ldc > n), beta = 0 over NaN, and
 //! beta ≠ 0 with alpha ≠ 1, views with no unit stride (the plain packing loop); and the rounding itself (ties to even, NaN, overflow, subnormals).
+//!
+//! A frozen weight's panels, packed once and kept with its tensor (`gemm_frozen`): the same
+//! bits as packing both operands on every call, for the weight on either side in either
+//! layout, and never stale: a weight changed in place, a new tensor over the same buffer,
+//! a clone and a reshape all give the product of their own elements. The tensor's side
+//! store itself (`Tensor::derived`) is checked on any CPU: kept, dropped by a change, a
+//! reshape, absent from a clone and from a new tensor over the same buffer.
 //! Skipped, with a line saying so, only on a CPU without AVX512_BF16.
 
-use lorafuse::backend::cpu::gemm::Mat;
+use lorafuse::backend::cpu::gemm::{gemm, gemm_frozen, Frozen, Mat, Side};
 use lorafuse::backend::cpu::gemm_bf16::{available, from_bf16, gemm_bf16, round_bf16, to_bf16};
+use lorafuse::backend::cpu::{CpuPrecision, Real};
 use lorafuse::rng::Rng;
+use lorafuse::tensor::{CpuData, Storage, Tensor};
 
 fn skip() -> bool {
     if !available() {
@@ -205,4 +214,222 @@ fn empty_and_zero_k_products() {
     let mut c = vec![7.0f32; 3];
     gemm_bf16(1.0, Mat::new(&a, 0, 2), Mat::new(&a, 2, 3), 0.0, &mut c, 3);
     assert_eq!(c, vec![7.0; 3]);
+}
+
+fn randf(rng: &mut Rng, n: usize) -> Vec<f32> {
+    rng.normal_vec(n).iter().map(|&x| x as f32).collect()
+}
+
+/// The weight's view as operand `side` of an m×k·k×n product: [M, K] for A, [K, N] for B,
+/// stored as that matrix or (`t`) as its transpose.
+fn weight_view(w: &Tensor, side: Side, t: bool, (m, k, n): (usize, usize, usize)) -> Mat<'_, f32> {
+    let d = f32::data(w).unwrap();
+    let (rows, cols) = match side {
+        Side::A => (m, k),
+        Side::B => (k, n),
+    };
+    if t {
+        Mat::new(d, cols, rows).t()
+    } else {
+        Mat::new(d, rows, cols)
+    }
+}
+
+/// gemm_frozen with the weight `w` on `side` (view `t`) and activations `x` on the other:
+/// C [m, n] = W·X or X·W.
+fn frozen_product(
+    precision: CpuPrecision,
+    w: &Tensor,
+    side: Side,
+    t: bool,
+    x: &[f32],
+    (m, k, n): (usize, usize, usize),
+) -> Vec<f32> {
+    let wv = weight_view(w, side, t, (m, k, n));
+    let f = Frozen {
+        precision,
+        weight: w,
+        side,
+    };
+    let mut c = vec![f32::NAN; m * n];
+    match side {
+        Side::A => gemm_frozen(f, 1.0, wv, Mat::new(x, k, n), 0.0, &mut c, n),
+        Side::B => gemm_frozen(f, 1.0, Mat::new(x, m, k), wv, 0.0, &mut c, n),
+    }
+    c
+}
+
+/// The same product with both operands packed on the call (`gemm_bf16`), and `check`ed
+/// against the f64 products; returns it.
+fn plain_product(
+    w: &Tensor,
+    side: Side,
+    t: bool,
+    x: &[f32],
+    (m, k, n): (usize, usize, usize),
+    what: &str,
+) -> Vec<f32> {
+    let wv = weight_view(w, side, t, (m, k, n));
+    let mut c = vec![f32::NAN; m * n];
+    let (a, b) = match side {
+        Side::A => (wv, Mat::new(x, k, n)),
+        Side::B => (Mat::new(x, m, k), wv),
+    };
+    gemm_bf16(1.0, a, b, 0.0, &mut c, n);
+    let at = |v: Mat<f32>, i: usize, j: usize| v.data[i * v.rs + j * v.cs] as f64;
+    check(what, &c, n, (m, k, n), |i, p, j| (at(a, i, p), at(b, p, j)));
+    c
+}
+
+#[test]
+fn derived_values_are_kept_until_the_elements_change() {
+    let mut t = Tensor::from_f32([2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    let sum = |t: &Tensor| f32::data(t).unwrap().iter().sum::<f32>();
+    let made = std::cell::Cell::new(0);
+    let get = |t: &Tensor, key: u8| {
+        *t.derived(key, || {
+            made.set(made.get() + 1);
+            sum(t)
+        })
+    };
+    assert_eq!(
+        (get(&t, 0), get(&t, 0), made.get()),
+        (21.0, 21.0, 1),
+        "computed once"
+    );
+    // Another key, and another value type under an equal key, are other entries.
+    assert_eq!(get(&t, 1), 21.0);
+    assert_eq!(*t.derived(0u8, || "text"), "text");
+    assert_eq!((t.derived_count(), made.get()), (3, 2));
+    // A change through `storage_mut` (every mutable access) drops them all.
+    f32::data_mut(&mut t).unwrap()[0] = 10.0;
+    assert_eq!(t.derived_count(), 0);
+    assert_eq!((get(&t, 0), made.get()), (30.0, 3));
+    // A clone starts empty; the original keeps its own.
+    let c = t.clone();
+    assert_eq!((c.derived_count(), t.derived_count()), (0, 1));
+    // A new tensor over the same buffer starts empty.
+    let Storage::Cpu(CpuData::F32(v)) = t.storage_mut() else {
+        unreachable!("a host f32 tensor")
+    };
+    let mut v = std::mem::take(v);
+    let at = v.as_ptr();
+    v[1] = 20.0;
+    let t2 = Tensor::from_f32([2, 3], v).unwrap();
+    assert!(std::ptr::eq(f32::data(&t2).unwrap().as_ptr(), at));
+    assert_eq!((t2.derived_count(), get(&t2, 0)), (0, 48.0));
+    // A reshape drops them (they were computed for the old shape).
+    assert_eq!(t2.reshape([3, 2]).unwrap().derived_count(), 0);
+}
+
+#[test]
+fn frozen_weight_panels_are_packed_once_and_give_the_same_bits() {
+    if skip() {
+        return;
+    }
+    let mut rng = Rng::new(29);
+    // Partial tiles and odd K; then M, N past a task block and K past one slice.
+    for mkn in [(13, 33, 47), (150, 301, 290)] {
+        let (m, k, n) = mkn;
+        for side in [Side::A, Side::B] {
+            for t in [false, true] {
+                let what = format!("{m}x{k}x{n} weight {side:?} transposed={t}");
+                let wlen = match side {
+                    Side::A => m * k,
+                    Side::B => k * n,
+                };
+                let xlen = m * k + k * n - wlen;
+                let w = Tensor::from_f32([wlen], randf(&mut rng, wlen)).unwrap();
+                // Two products with the same weight and new activations: the first packs
+                // the weight, the second reuses its panels.
+                for round in 0..2 {
+                    let x = randf(&mut rng, xlen);
+                    let got = frozen_product(CpuPrecision::Bf16, &w, side, t, &x, mkn);
+                    let want = plain_product(&w, side, t, &x, mkn, &what);
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{what}, product {round}: not the bits of packing on every call"
+                    );
+                    assert_eq!(w.derived_count(), 1, "{what}: one set of panels kept");
+                }
+                // f32 keeps nothing and is `gemm`'s product.
+                let w32 = w.clone();
+                let x = randf(&mut rng, xlen);
+                let got = frozen_product(CpuPrecision::F32, &w32, side, t, &x, mkn);
+                let wv = weight_view(&w32, side, t, mkn);
+                let mut want = vec![0f32; m * n];
+                match side {
+                    Side::A => gemm(1.0, wv, Mat::new(&x, k, n), 0.0, &mut want, n),
+                    Side::B => gemm(1.0, Mat::new(&x, m, k), wv, 0.0, &mut want, n),
+                }
+                assert_eq!(got, want, "{what}: f32");
+                assert_eq!(w32.derived_count(), 0, "{what}: f32 keeps no panels");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_changed_or_replaced_weight_gives_its_own_product() {
+    if skip() {
+        return;
+    }
+    let mut rng = Rng::new(31);
+    // The linear layer's forward: x [m, k] · Wᵀ, W [n, k] (weight on B, transposed view).
+    let mkn = (20, 40, 36);
+    let (m, k, n) = mkn;
+    let product =
+        |w: &Tensor, x: &[f32]| frozen_product(CpuPrecision::Bf16, w, Side::B, true, x, mkn);
+    let plain = |w: &Tensor, x: &[f32], what: &str| plain_product(w, Side::B, true, x, mkn, what);
+    let x = randf(&mut rng, m * k);
+    let mut w = Tensor::from_f32([n, k], randf(&mut rng, n * k)).unwrap();
+    let first = product(&w, &x);
+    assert_eq!(first, plain(&w, &x, "first weight"));
+    // Both layouts of the same weight are two sets of panels: the forward's and the input
+    // gradient's, dY [m, n] · W [n, k].
+    let dy = randf(&mut rng, m * n);
+    frozen_product(CpuPrecision::Bf16, &w, Side::B, false, &dy, (m, n, k));
+    assert_eq!(w.derived_count(), 2);
+
+    // Changed in place: the panels go with the change, the product is the new weight's.
+    for v in f32::data_mut(&mut w).unwrap().iter_mut().step_by(3) {
+        *v = -2.0 * *v + 0.5;
+    }
+    assert_eq!(w.derived_count(), 0, "a change drops the panels");
+    let changed = product(&w, &x);
+    assert_eq!(changed, plain(&w, &x, "changed in place"));
+    assert_ne!(changed, first);
+
+    // A new tensor over the very same buffer (the case an address-keyed cache gets wrong).
+    let Storage::Cpu(CpuData::F32(v)) = w.storage_mut() else {
+        unreachable!("a host f32 tensor")
+    };
+    let mut v = std::mem::take(v);
+    let at = v.as_ptr();
+    v.iter_mut().for_each(|x| *x = 1.5 - *x);
+    let w2 = Tensor::from_f32([n, k], v).unwrap();
+    assert!(
+        std::ptr::eq(f32::data(&w2).unwrap().as_ptr(), at),
+        "same buffer"
+    );
+    let replaced = product(&w2, &x);
+    assert_eq!(replaced, plain(&w2, &x, "new tensor, same buffer"));
+    assert_ne!(replaced, changed);
+
+    // A weight freed and another allocated in its place (the allocator usually hands back
+    // the same address; the product is the new one's either way).
+    let at = f32::data(&w2).unwrap().as_ptr();
+    drop(w2);
+    let w3 = Tensor::from_f32([n, k], randf(&mut rng, n * k)).unwrap();
+    let reused = std::ptr::eq(f32::data(&w3).unwrap().as_ptr(), at);
+    println!("freed weight's address reused by the next: {reused}");
+    assert_eq!(product(&w3, &x), plain(&w3, &x, "freed and reallocated"));
+
+    // A clone starts without panels; a reshape drops them.
+    let w4 = w3.clone();
+    assert_eq!((w3.derived_count(), w4.derived_count()), (1, 0));
+    assert_eq!(product(&w4, &x), plain(&w4, &x, "clone"));
+    assert_eq!(w3.reshape([k, n]).unwrap().derived_count(), 0);
 }

@@ -31,7 +31,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::gemm::{gemm, gemm_frozen, Mat};
+use super::gemm::{gemm, gemm_frozen, Frozen, Mat, Side};
 use super::{data, data_mut, dispatch, tensor, Real};
 use super::{CpuBackend, CpuPrecision};
 use crate::backend::check::conv::{ConvDims, LoraDims};
@@ -317,7 +317,11 @@ fn forward_t<T: Real>(
         if pointwise(d) {
             // y[n] [O, H·W] = W [O, C] · x[n] [C, H·W]; beta = 0 overwrites y[n].
             gemm_frozen(
-                precision,
+                Frozen {
+                    precision,
+                    weight: w,
+                    side: Side::A,
+                },
                 T::ONE,
                 Mat::new(ws, d.o, d.c),
                 Mat::new(xn, d.c, out_plane),
@@ -333,7 +337,11 @@ fn forward_t<T: Real>(
                 im2col(xn, d, rows.clone(), cols);
                 // The block's columns of y[n]: rows of O, ldc = Ho·Wo. beta = 0 overwrites.
                 gemm_frozen(
-                    precision,
+                    Frozen {
+                        precision,
+                        weight: w,
+                        side: Side::A,
+                    },
                     T::ONE,
                     Mat::new(ws, d.o, ckk),
                     Mat::new(cols, ckk, ncols),
@@ -419,7 +427,11 @@ fn input_grad_t<T: Real>(
         if pointwise(d) {
             // dx[n] [C, H·W] = Wᵀ [C, O] · dy[n] [O, H·W]; beta = 0 overwrites dx[n].
             gemm_frozen(
-                precision,
+                Frozen {
+                    precision,
+                    weight: w,
+                    side: Side::A,
+                },
                 T::ONE,
                 Mat::new(ws, d.o, d.c).t(),
                 Mat::new(dy_img, d.o, out_plane),
@@ -436,7 +448,11 @@ fn input_grad_t<T: Real>(
             // dcols [C·k·k, ncols] = Wᵀ [C·k·k, O] · (the block's columns of dy[n]) [O, ncols];
             // beta = 0 overwrites the reused buffer.
             gemm_frozen(
-                precision,
+                Frozen {
+                    precision,
+                    weight: w,
+                    side: Side::A,
+                },
                 T::ONE,
                 Mat::new(ws, d.o, ckk).t(),
                 Mat::strided(&dy_img[r0 * d.wo..], d.o, ncols, out_plane),

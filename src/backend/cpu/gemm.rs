@@ -8,9 +8,12 @@
 use ::gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::gemm_bf16::gemm_bf16;
+use std::sync::Arc;
+
+use super::gemm_bf16::{gemm_bf16_panels, parallel_for, Panels};
 use super::real::Real;
 use super::CpuPrecision;
+use crate::tensor::Tensor;
 
 /// A row-major or transposed view of a matrix stored in a slice.
 #[derive(Clone, Copy)]
@@ -143,11 +146,42 @@ pub fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T], ldc: 
     }
 }
 
-/// A product of activations with a frozen weight (the linear and convolution products): in
-/// bf16 (gemm_bf16.rs) when the backend's precision says so and the elements are f32, else
-/// `gemm` (f64, the gradient checks' type, is never rounded).
+/// Which operand of a product is the frozen weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+/// A product of activations with a frozen weight (the linear and convolution products): the
+/// backend's precision, the tensor holding the weight and which operand views it. The view
+/// must start at the tensor's first element.
+#[derive(Clone, Copy)]
+pub struct Frozen<'a> {
+    pub precision: CpuPrecision,
+    pub weight: &'a Tensor,
+    pub side: Side,
+}
+
+/// What a weight's panels were packed from: the side and the view (its start is the
+/// tensor's first element), which fix the panels' every value given the tensor's elements.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct PanelKey {
+    side: Side,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// `gemm` for a product with a frozen weight: in bf16 (gemm_bf16.rs) when the backend's
+/// precision says so and the elements are f32, else `gemm` (f64, the gradient checks' type,
+/// is never rounded). In bf16 the weight's panels are packed on its first product in a
+/// given layout and kept with its tensor ([`Tensor::derived`]: dropped when its elements
+/// change), so later products pack only the activations; the results are the same bits as
+/// packing both on every call.
 pub fn gemm_frozen<T: Real>(
-    precision: CpuPrecision,
+    f: Frozen<'_>,
     alpha: T,
     a: Mat<T>,
     b: Mat<T>,
@@ -155,15 +189,52 @@ pub fn gemm_frozen<T: Real>(
     c: &mut [T],
     ldc: usize,
 ) {
-    if precision == CpuPrecision::Bf16 {
+    if f.precision == CpuPrecision::Bf16 {
         if let (Some(ad), Some(bd)) = (T::as_f32(a.data), T::as_f32(b.data)) {
             let (alpha, beta) = (alpha.to_f64() as f32, beta.to_f64() as f32);
             let c = T::as_f32_mut(c).expect("C has the element type of A and B");
-            gemm_bf16(alpha, a.with_data(ad), b.with_data(bd), beta, c, ldc);
+            let (a, b) = (a.with_data(ad), b.with_data(bd));
+            assert_eq!(b.rows, a.cols, "gemm_frozen: inner dimensions differ");
+            let (m, k, n) = (a.rows, a.cols, b.cols);
+            let parallel = parallel_for(m * n * k);
+            let w = match f.side {
+                Side::A => a,
+                Side::B => b,
+            };
+            let packed = weight_panels(f.weight, f.side, w);
+            match f.side {
+                Side::A => gemm_bf16_panels(alpha, &packed, &Panels::b(b, parallel), beta, c, ldc),
+                Side::B => gemm_bf16_panels(alpha, &Panels::a(a, parallel), &packed, beta, c, ldc),
+            }
             return;
         }
     }
     gemm(alpha, a, b, beta, c, ldc)
+}
+
+/// The bf16 panels of `w`, a view of `weight`'s f32 elements from the first, as operand
+/// `side`: kept with the tensor, packed on the first call for this view.
+fn weight_panels(weight: &Tensor, side: Side, w: Mat<f32>) -> Arc<Panels> {
+    let elements = f32::data(weight).expect("a frozen weight in f32 holds f32 elements");
+    assert!(
+        std::ptr::eq(w.data.as_ptr(), elements.as_ptr()) && w.last_index() <= elements.len(),
+        "gemm_frozen: the weight's view must start at its tensor's first element"
+    );
+    let key = PanelKey {
+        side,
+        rows: w.rows,
+        cols: w.cols,
+        rs: w.rs,
+        cs: w.cs,
+    };
+    weight.derived(key, || {
+        // Once per weight and layout: spread over the threads when it is big enough.
+        let parallel = parallel_for(w.rows * w.cols * 64);
+        match side {
+            Side::A => Panels::a(w, parallel),
+            Side::B => Panels::b(w, parallel),
+        }
+    })
 }
 
 /// `gemm` with matrixmultiply, one rayon task per block of rows of C (`gemm` has checked the

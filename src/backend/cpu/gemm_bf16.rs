@@ -12,7 +12,8 @@
 //! C is cut into blocks of `MC`×`NC`, one rayon task each; a task walks K in slices of `KP`
 //! pairs (its slice of B's panel, 2·KP·NR bf16, stays in L1 while the block's rows go by).
 //!
-//! Both operands are packed on every call (the frozen weight too: see DEVELOPERS.md).
+//! The activation side is packed on every call; a frozen weight's side once, its panels kept
+//! with its tensor (`Panels`, and gemm.rs's `gemm_frozen`).
 //!
 //! Each product of two bf16 values is exact in f32, so the result differs from the plain f64
 //! product of the rounded operands by the f32 summation only; from the f32 product, by the
@@ -75,25 +76,85 @@ fn pair(lo: f32, hi: f32) -> u32 {
     to_bf16(lo) as u32 | (to_bf16(hi) as u32) << 16
 }
 
+/// One operand of the product packed for the micro-kernel: the rows of an [R, K] matrix in
+/// panels of `width` rows, bf16 pairs along K (the layout in the module doc). A is packed as
+/// its rows (width MR), B as the rows of Bᵀ (width NR). A frozen weight's panels are built
+/// once and kept with its tensor (gemm.rs, `gemm_frozen`); the other operand's per call.
+pub struct Panels {
+    data: Vec<u32>,
+    rows: usize,
+    k: usize,
+    width: usize,
+}
+
+impl Panels {
+    /// A [M, K] packed for the left side of the product.
+    pub fn a(a: Mat<f32>, parallel: bool) -> Panels {
+        Panels::pack(a, MR, parallel)
+    }
+    /// B [K, N] packed for the right side (its columns become the panels' rows).
+    pub fn b(b: Mat<f32>, parallel: bool) -> Panels {
+        Panels::pack(b.t(), NR, parallel)
+    }
+    /// Bytes of the packed values (rows padded to whole panels, K to even).
+    pub fn size_in_bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<u32>()
+    }
+    fn pack(x: Mat<f32>, width: usize, parallel: bool) -> Panels {
+        assert!(x.data.len() >= x.last_index());
+        assert!(available(), "gemm_bf16 needs {REQUIRES}");
+        Panels {
+            data: pack(x, width, parallel),
+            rows: x.rows,
+            k: x.cols,
+            width,
+        }
+    }
+}
+
+/// Whether a product of this work (m·k·n) is spread over rayon's threads.
+pub fn parallel_for(work: usize) -> bool {
+    rayon::current_num_threads() > 1 && work >= PARALLEL_FLOPS
+}
+
 /// C = alpha·A·B + beta·C in bf16 products with f32 sums, C row-major with leading dimension
 /// `ldc` (`beta = 0` overwrites C, whatever it held). Panics when [`available`] is false: the
 /// backend refuses `cpu_precision: bf16` on such a CPU before any product runs.
 pub fn gemm_bf16(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32], ldc: usize) {
+    assert_eq!(b.rows, a.cols, "gemm_bf16: inner dimensions differ");
+    assert!(available(), "gemm_bf16 needs {REQUIRES}");
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "gemm_bf16: inner dimensions differ");
-    assert!(a.data.len() >= a.last_index() && b.data.len() >= b.last_index());
+    if m == 0 || n == 0 {
+        assert_c(m, n, c, ldc);
+        return;
+    }
+    let parallel = parallel_for(m * n * k);
+    let (pa, pb) = (Panels::a(a, parallel), Panels::b(b, parallel));
+    gemm_bf16_panels(alpha, &pa, &pb, beta, c, ldc);
+}
+
+/// [`gemm_bf16`] on operands already packed: A's panels [`Panels::a`], B's [`Panels::b`].
+pub fn gemm_bf16_panels(
+    alpha: f32,
+    pa: &Panels,
+    pb: &Panels,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     assert!(
-        m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n,
-        "gemm_bf16: C too small"
+        pa.width == MR && pb.width == NR,
+        "gemm_bf16: panels of the wrong side"
     );
+    assert_eq!(pa.k, pb.k, "gemm_bf16: inner dimensions differ");
+    let (m, k, n) = (pa.rows, pa.k, pb.rows);
+    assert_c(m, n, c, ldc);
     assert!(available(), "gemm_bf16 needs {REQUIRES}");
     if m == 0 || n == 0 {
         return;
     }
-    let parallel = rayon::current_num_threads() > 1 && m * n * k >= PARALLEL_FLOPS;
+    let parallel = parallel_for(m * n * k);
     let kp = k.div_ceil(2);
-    let pa = pack(a, MR, parallel);
-    let pb = pack(b.t(), NR, parallel);
     let blocks_m = m.div_ceil(MC);
     let blocks = blocks_m * n.div_ceil(NC);
     let cp = SendPtr(c.as_mut_ptr());
@@ -111,7 +172,7 @@ pub fn gemm_bf16(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32],
         // and column of the block.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            block(&job, &pa, &pb, cp.get(), ldc)
+            block(&job, &pa.data, &pb.data, cp.get(), ldc)
         }
     };
     if parallel {
@@ -119,6 +180,14 @@ pub fn gemm_bf16(alpha: f32, a: Mat<f32>, b: Mat<f32>, beta: f32, c: &mut [f32],
     } else {
         (0..blocks).for_each(task);
     }
+}
+
+/// C holds m rows of n at stride ldc.
+fn assert_c(m: usize, n: usize, c: &[f32], ldc: usize) {
+    assert!(
+        m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n,
+        "gemm_bf16: C too small"
+    );
 }
 
 /// A raw pointer to C shared by the tasks, each writing its own block.

@@ -20,7 +20,7 @@
 //! With `cpu_precision: bf16` the two products with W (x·Wᵀ and dY·W) compute in bf16
 //! (gemm_bf16.rs); the adapter's products stay f32.
 
-use super::gemm::{gemm, gemm_frozen, Mat};
+use super::gemm::{gemm, gemm_frozen, Frozen, Mat, Side};
 use super::{data, data_mut, dispatch, tensor, Real};
 use super::{CpuBackend, CpuPrecision};
 use crate::backend::{
@@ -79,7 +79,11 @@ fn forward_t<T: Real>(
     let ws = data::<T>(OP, "w", w)?;
     let mut y = vec![T::ZERO; m * n];
     gemm_frozen(
-        precision,
+        Frozen {
+            precision,
+            weight: w,
+            side: Side::B,
+        },
         T::ONE,
         Mat::new(xs, m, k),
         Mat::new(ws, n, k).t(),
@@ -144,7 +148,11 @@ fn backward_t<T: Real>(
     let mut dx = want_dx.then(|| vec![T::ZERO; m * k]);
     if let Some(dx) = dx.as_mut() {
         gemm_frozen(
-            precision,
+            Frozen {
+                precision,
+                weight: w,
+                side: Side::B,
+            },
             T::ONE,
             Mat::new(dys, m, n),
             Mat::new(ws, n, k),
