@@ -446,7 +446,10 @@ fn weight_grad_matches_cpu_in(dtypes: &[DType], cases: &[Case]) {
 
 /// The whole tiny UNet with LoCon (the fixture's linear LoRA plus adapters on every 3x3 conv,
 /// time projection and shortcut, all with non-zero up weights): output and every adapter
-/// gradient against the CPU, f32 and f16.
+/// gradient against the CPU, in f16: the fast kernels and the fused LoCon conv, as GPU training
+/// runs. (f32 LoCon, the simple kernels, is checked per layer by `locon_matches_cpu`; the
+/// model's wiring of the adapters does not depend on the dtype, and an f32 run here cost a
+/// third of the test's emulated time.)
 #[test]
 fn tiny_unet_with_locon_matches_the_cpu() {
     use lorafuse::backend::Backend;
@@ -527,23 +530,22 @@ fn tiny_unet_with_locon_matches_the_cpu() {
         (d / n.max(1e-30)).sqrt()
     };
     let (out_c, g_c) = step(&cpu());
-    for dtype in [DType::F32, DType::F16] {
-        let bound = if dtype == DType::F32 { 1e-4 } else { 3e-2 };
-        for e in engines(dtype) {
-            let (out_g, g_g) = step(&e.be);
-            let r = rel(&out_g, &out_c);
-            assert!(r < bound, "{dtype:?}: output rel. error {r}");
-            let mut worst = 0.0f64;
-            for (i, (a, b)) in g_g.iter().zip(&g_c).enumerate() {
-                assert!(a.iter().all(|x| x.is_finite()), "{dtype:?}: gradient {i}");
-                worst = worst.max(rel(a, b));
-            }
-            println!("LoCon UNet {dtype:?}: output {r:.2e}, worst adapter gradient {worst:.2e}");
-            assert!(
-                worst < 10.0 * bound,
-                "{dtype:?}: worst gradient rel. error {worst}"
-            );
+    let dtype = DType::F16;
+    let bound = 3e-2;
+    for e in engines(dtype) {
+        let (out_g, g_g) = step(&e.be);
+        let r = rel(&out_g, &out_c);
+        assert!(r < bound, "{dtype:?}: output rel. error {r}");
+        let mut worst = 0.0f64;
+        for (i, (a, b)) in g_g.iter().zip(&g_c).enumerate() {
+            assert!(a.iter().all(|x| x.is_finite()), "{dtype:?}: gradient {i}");
+            worst = worst.max(rel(a, b));
         }
+        println!("LoCon UNet {dtype:?}: output {r:.2e}, worst adapter gradient {worst:.2e}");
+        assert!(
+            worst < 10.0 * bound,
+            "{dtype:?}: worst gradient rel. error {worst}"
+        );
     }
 }
 
