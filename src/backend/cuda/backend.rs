@@ -63,6 +63,16 @@ impl CudaBackend {
     pub(crate) fn fast(&self, choice: Impl) -> bool {
         choice == Impl::Fast && self.dtype == DType::F16
     }
+    /// Whether a family set to `choice`, whose fast kernels take f16 and bf16, runs them here:
+    /// asked for, and f16, or bf16 on a device with bf16 tensor cores (compute capability 8.0+).
+    pub(crate) fn fast16(&self, choice: Impl) -> bool {
+        choice == Impl::Fast
+            && match self.dtype {
+                DType::F16 => true,
+                DType::BF16 => self.dev.limits().bf16_refused().is_none(),
+                _ => false,
+            }
+    }
     pub fn device(&self) -> &Arc<Device> {
         &self.dev
     }
