@@ -156,8 +156,8 @@ fn causal_within_and_across_tiles() {
     check_all(2, &[causal(2, 3, 13, 6, 4), causal(2, 2, 45, 7, 11)]);
 }
 
-/// bf16 (compute capability 8.0 and later; the simple kernels) against the CPU in f32 on the
-/// same bf16-rounded inputs with `tol(DType::BF16)`: tails in every tile, d != dv, causal
+/// bf16 (compute capability 8.0 and later; the fast kernels, as f16's, by default) against the
+/// CPU in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`: tails in every tile, d != dv, causal
 /// across tiles, SD1.5's head widths (the dK/dV split of 160-wide heads included).
 #[test]
 fn odd_causal_and_sd15_widths_bf16() {

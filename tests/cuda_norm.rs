@@ -107,8 +107,9 @@ fn group_norm_odd_shapes_match_cpu() {
     group_norm_odd_shapes_match_cpu_in(&[DType::F32, DType::F16]);
 }
 
-/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
-/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+/// The same in bf16 (compute capability 8.0 and later; the fast kernels where they take the
+/// shape, as for f16), against the CPU in f32 on the same bf16-rounded inputs with
+/// `tol(DType::BF16)`.
 #[test]
 fn group_norm_odd_shapes_match_cpu_bf16() {
     group_norm_odd_shapes_match_cpu_in(&[DType::BF16]);
@@ -176,8 +177,9 @@ fn layer_norm_matches_cpu() {
     layer_norm_matches_cpu_in(&[DType::F32, DType::F16]);
 }
 
-/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
-/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+/// The same in bf16 (compute capability 8.0 and later; the fast kernels where they take the
+/// shape, as for f16), against the CPU in f32 on the same bf16-rounded inputs with
+/// `tol(DType::BF16)`.
 #[test]
 fn layer_norm_matches_cpu_bf16() {
     layer_norm_matches_cpu_in(&[DType::BF16]);
