@@ -117,7 +117,7 @@ __device__ __forceinline__ void af_frag_b_kn(uint32_t b[4], const T* t, int kk, 
 }
 // The A operand of k-step t from accumulator fragments x0, x1 (n-tiles 2t, 2t + 1), as two
 // terms of T: hi = T(x), lo = T(x - hi), so that hi + lo carries x to ~2^-22 relative in f16
-// (~2^-17 in bf16, whose own output rounding is 2^-9).
+// (~2^-16 in bf16, far below its unit roundoff 2^-8).
 template <typename T>
 __device__ __forceinline__ void af_split(uint32_t& hi, uint32_t& lo, float x, float y) {
     T hx = from_f32<T>(x), hy = from_f32<T>(y);

@@ -88,7 +88,10 @@ pub fn assert_bf16_fast_path(
     tensor_cores: bool,
 ) -> std::collections::BTreeMap<&'static str, u64> {
     let launches = be.device().take_launch_counts();
-    println!("{what} on {}: launches {launches:?}", be.device().limits());
+    println!(
+        "{what} on {} (tensor cores: {tensor_cores}): launches {launches:?}",
+        be.device().limits()
+    );
     let fast: Vec<&str> = launches
         .keys()
         .copied()
