@@ -1,7 +1,10 @@
 // Multi-head scaled dot-product attention on tensor cores, flash-attention-2 style: the fast
-// f16 twin of kernels/attention.cu (same math, same shapes, same lse convention, so either
-// backward accepts either forward's lse). f16 storage, mma.sync m16n8k16 with f32
-// accumulation, softmax statistics in f32 registers; no atomics (deterministic).
+// f16 and bf16 twin of kernels/attention.cu (same math, same shapes, same lse convention, so
+// either backward accepts either forward's lse). 16-bit storage T, mma.sync m16n8k16 with f32
+// accumulation, softmax statistics in f32 registers; no atomics (deterministic). Every kernel
+// is a template on T: __half for the entry points named below, bf16_t for the same names
+// ending in _bf16 (compute capability 8.0+ only); "f16" below stands for T, and the tiles and
+// shared memory are the same for both (2-byte elements).
 //
 // Shapes (row-major f16): q [B, Lq, H·d], k [B, Lk, H·d], v [B, Lk, H·dv], o and dO
 // [B, Lq, H·dv], lse and D [B, H, Lq] (f32). s = 1/sqrt(d) (`scale`). Causal: query i sees
@@ -72,8 +75,8 @@ __device__ __forceinline__ size_t af_row(int b, int i, int h, int len, int heads
 
 // Rows [r0, r0 + rows) of head h (width w) into dst [rows][DS], columns w..DM and rows past
 // len zero-filled. vec: 16-byte cp.async (w a multiple of 8), else element copies.
-template <int DM>
-__device__ __forceinline__ void af_load(__half* dst, const __half* src, int b, int h, int r0,
+template <int DM, typename T>
+__device__ __forceinline__ void af_load(T* dst, const T* src, int b, int h, int r0,
                                         int rows, int len, int heads, int w, bool vec) {
     constexpr int DS = AfTiles<DM>::DS;
     if (vec) {
@@ -81,56 +84,59 @@ __device__ __forceinline__ void af_load(__half* dst, const __half* src, int b, i
         for (int e = threadIdx.x; e < rows * CH; e += blockDim.x) {
             int r = e / CH, c = (e % CH) * 8, i = r0 + r;
             bool ok = i < len && c < w;
-            const __half* g = ok ? src + af_row(b, i, h, len, heads, w) + c : src;
+            const T* g = ok ? src + af_row(b, i, h, len, heads, w) + c : src;
             cp_async16(dst + r * DS + c, g, ok);
         }
     } else {
         for (int e = threadIdx.x; e < rows * DM; e += blockDim.x) {
             int r = e / DM, c = e % DM, i = r0 + r;
             dst[r * DS + c] =
-                i < len && c < w ? src[af_row(b, i, h, len, heads, w) + c] : from_f32<__half>(0.0f);
+                i < len && c < w ? src[af_row(b, i, h, len, heads, w) + c] : from_f32<T>(0.0f);
         }
     }
 }
 
 // Fragment loads (per lane addresses as the PTX ISA's ldmatrix / mma layouts ask).
 // A operand, 16 rows x 16 k, from rows [row0, row0 + 16) of a [.][DS] tile at column kk.
-template <int DS>
-__device__ __forceinline__ void af_frag_a(uint32_t a[4], const __half* t, int row0, int kk) {
+template <int DS, typename T>
+__device__ __forceinline__ void af_frag_a(uint32_t a[4], const T* t, int row0, int kk) {
     const int lane = threadIdx.x & 31;
     ldmatrix_x4(a, t + (row0 + (lane & 15)) * DS + kk + (lane >> 4) * 8);
 }
 // B operands of two n-tiles (n0, n0 + 8) x 16 k, from a tile stored [n][k] (rows = n).
-template <int DS>
-__device__ __forceinline__ void af_frag_b_nk(uint32_t b[4], const __half* t, int n0, int kk) {
+template <int DS, typename T>
+__device__ __forceinline__ void af_frag_b_nk(uint32_t b[4], const T* t, int n0, int kk) {
     const int lane = threadIdx.x & 31;
     ldmatrix_x4(b, t + (n0 + (lane >> 4) * 8 + (lane & 7)) * DS + kk + ((lane >> 3) & 1) * 8);
 }
 // B operands of two n-tiles (n0, n0 + 8) x 16 k, from a tile stored [k][n] (rows = k).
-template <int DS>
-__device__ __forceinline__ void af_frag_b_kn(uint32_t b[4], const __half* t, int kk, int n0) {
+template <int DS, typename T>
+__device__ __forceinline__ void af_frag_b_kn(uint32_t b[4], const T* t, int kk, int n0) {
     const int lane = threadIdx.x & 31;
     ldmatrix_x4_trans(b, t + (kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * DS + n0 + (lane >> 4) * 8);
 }
 // The A operand of k-step t from accumulator fragments x0, x1 (n-tiles 2t, 2t + 1), as two
-// f16 terms: hi = f16(x), lo = f16(x - hi), so that hi + lo carries x to ~2^-22 relative.
+// terms of T: hi = T(x), lo = T(x - hi), so that hi + lo carries x to ~2^-22 relative in f16
+// (~2^-16 in bf16, far below its unit roundoff 2^-8).
+template <typename T>
 __device__ __forceinline__ void af_split(uint32_t& hi, uint32_t& lo, float x, float y) {
-    __half hx = from_f32<__half>(x), hy = from_f32<__half>(y);
+    T hx = from_f32<T>(x), hy = from_f32<T>(y);
     hi = pack_half2(hx, hy);
-    lo = pack_half2(from_f32<__half>(x - to_f32(hx)), from_f32<__half>(y - to_f32(hy)));
+    lo = pack_half2(from_f32<T>(x - to_f32(hx)), from_f32<T>(y - to_f32(hy)));
 }
+template <typename T>
 __device__ __forceinline__ void af_pack_a(uint32_t hi[4], uint32_t lo[4], const float x0[4],
                                           const float x1[4]) {
-    af_split(hi[0], lo[0], x0[0], x0[1]);
-    af_split(hi[1], lo[1], x0[2], x0[3]);
-    af_split(hi[2], lo[2], x1[0], x1[1]);
-    af_split(hi[3], lo[3], x1[2], x1[3]);
+    af_split<T>(hi[0], lo[0], x0[0], x0[1]);
+    af_split<T>(hi[1], lo[1], x0[2], x0[3]);
+    af_split<T>(hi[2], lo[2], x1[0], x1[1]);
+    af_split<T>(hi[3], lo[3], x1[2], x1[3]);
 }
 
 // acc[16 x NTILES·8] = A[rows row0.., k < kpad] · Bᵀ, B stored [n][k] (n-tiles all computed).
-template <int DM, int NTILES>
-__device__ __forceinline__ void af_mma_abt(float acc[][4], const __half* A, int row0,
-                                           const __half* B, int kpad) {
+template <int DM, int NTILES, typename T>
+__device__ __forceinline__ void af_mma_abt(float acc[][4], const T* A, int row0,
+                                           const T* B, int kpad) {
     constexpr int DS = AfTiles<DM>::DS;
 AF_UNROLL
     for (int n = 0; n < NTILES; ++n)
@@ -145,8 +151,8 @@ AF_UNROLL
         for (int np = 0; np < NTILES / 2; ++np) {
             uint32_t b[4];
             af_frag_b_nk<DS>(b, B, np * 16, ks * 16);
-            mma_m16n8k16(acc[2 * np], a, b, acc[2 * np]);
-            mma_m16n8k16(acc[2 * np + 1], a, b + 2, acc[2 * np + 1]);
+            mma_tile<T>(acc[2 * np], a, b, acc[2 * np]);
+            mma_tile<T>(acc[2 * np + 1], a, b + 2, acc[2 * np + 1]);
         }
     }
 }
@@ -155,24 +161,24 @@ AF_UNROLL
 // [k][n] with KN rows; only n-tiles < nt are computed. P enters as hi + lo f16 terms (two
 // mma per step): P and dS rounded to one f16 would add an error of the order of the output's
 // own f16 rounding, which the f16 criterion (2x an f32 computation's error) cannot afford.
-template <int DM, int KN>
-__device__ __forceinline__ void af_mma_pb(float acc[][4], const float p[][4], const __half* B,
+template <int DM, int KN, typename T>
+__device__ __forceinline__ void af_mma_pb(float acc[][4], const float p[][4], const T* B,
                                           int nt) {
     constexpr int DS = AfTiles<DM>::DS;
 AF_UNROLL
     for (int t = 0; t < KN / 16; ++t) {
         uint32_t hi[4], lo[4];
-        af_pack_a(hi, lo, p[2 * t], p[2 * t + 1]);
+        af_pack_a<T>(hi, lo, p[2 * t], p[2 * t + 1]);
 AF_UNROLL
         for (int np = 0; np < DM / 16; ++np) {
             if (2 * np >= nt) break;
             uint32_t b[4];
             af_frag_b_kn<DS>(b, B, t * 16, np * 16);
-            mma_m16n8k16(acc[2 * np], lo, b, acc[2 * np]);
-            mma_m16n8k16(acc[2 * np], hi, b, acc[2 * np]);
+            mma_tile<T>(acc[2 * np], lo, b, acc[2 * np]);
+            mma_tile<T>(acc[2 * np], hi, b, acc[2 * np]);
             if (2 * np + 1 < nt) {
-                mma_m16n8k16(acc[2 * np + 1], lo, b + 2, acc[2 * np + 1]);
-                mma_m16n8k16(acc[2 * np + 1], hi, b + 2, acc[2 * np + 1]);
+                mma_tile<T>(acc[2 * np + 1], lo, b + 2, acc[2 * np + 1]);
+                mma_tile<T>(acc[2 * np + 1], hi, b + 2, acc[2 * np + 1]);
             }
         }
     }
@@ -180,14 +186,14 @@ AF_UNROLL
 
 // ---- forward ----
 
-template <int DM, int KT>
-__device__ void af_fwd(const __half* q, const __half* k, const __half* v, __half* o, float* lse,
+template <int DM, int KT, typename T>
+__device__ void af_fwd(const T* q, const T* k, const T* v, T* o, float* lse,
                        int heads, int lq, int lk, int d, int dv, int causal, float scale) {
     constexpr int DS = AfTiles<DM>::DS, NT = DM / 8;
     static_assert(KT % 16 == 0, "key tiles are whole mma k-steps and n-tile pairs");
-    DYN_SHARED(__half, sm);
-    __half* Qs = sm;                  // [64][DS]
-    __half* St = Qs + AF_ROWS * DS;   // 2 stages of K [KT][DS], V [KT][DS]
+    DYN_SHARED(T, sm);
+    T* Qs = sm;                  // [64][DS]
+    T* St = Qs + AF_ROWS * DS;   // 2 stages of K [KT][DS], V [KT][DS]
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, q4 = lane & 3;
@@ -217,13 +223,13 @@ AF_UNROLL
         cp_async_wait_all();
         __syncthreads();  // tile t visible; every warp done with tile t - 1's stage
         if (t + 1 < tiles) {
-            __half* nx = St + ((t + 1) & 1) * 2 * KT * DS;
+            T* nx = St + ((t + 1) & 1) * 2 * KT * DS;
             af_load<DM>(nx, k, b, h, (t + 1) * KT, KT, lk, heads, d, vec);
             af_load<DM>(nx + KT * DS, v, b, h, (t + 1) * KT, KT, lk, heads, dv, vec);
             cp_async_commit();
         }
-        const __half* Ks = St + (t & 1) * 2 * KT * DS;
-        const __half* Vs = Ks + KT * DS;
+        const T* Ks = St + (t & 1) * 2 * KT * DS;
+        const T* Vs = Ks + KT * DS;
         const int j0 = t * KT;
 
         float s[KT / 8][4];
@@ -278,7 +284,7 @@ AF_UNROLL
         for (int e = 0; e < 4; ++e) {
             int i = row[e >> 1], c = n * 8 + 2 * q4 + (e & 1);
             if (i < lq && c < dv)
-                o[af_row(b, i, h, lq, heads, dv) + c] = from_f32<__half>(acc[n][e] * inv[e >> 1]);
+                o[af_row(b, i, h, lq, heads, dv) + c] = from_f32<T>(acc[n][e] * inv[e >> 1]);
         }
     }
     if (q4 == 0)
@@ -287,23 +293,26 @@ AF_UNROLL
             if (row[r] < lq) lse[size_t(bh) * lq + row[r]] = m[r] * AF_LN2 + logf(l[r]);
 }
 
-#define AF_FWD(NAME, DM, KT)                                                                  \
+// Entry points: f16's names as below, bf16's with _bf16 appended (compute capability 8.0+).
+#define AF_FWD(NAME, T, DM, KT)                                                               \
     KERNEL void __launch_bounds__(AF_THREADS)                                                 \
-        NAME(const __half* q, const __half* k, const __half* v, __half* o, float* lse,        \
-             int heads, int lq, int lk, int d, int dv, int causal, float scale) {             \
-        af_fwd<DM, KT>(q, k, v, o, lse, heads, lq, lk, d, dv, causal, scale);                 \
+        NAME(const T* q, const T* k, const T* v, T* o, float* lse, int heads, int lq, int lk, \
+             int d, int dv, int causal, float scale) {                                        \
+        af_fwd<DM, KT, T>(q, k, v, o, lse, heads, lq, lk, d, dv, causal, scale);              \
     }
-AF_FWD(attention_fast_fwd_d64, 64, AF_KT(64))
-AF_FWD(attention_fast_fwd_d96, 96, AF_KT(96))
-AF_FWD(attention_fast_fwd_d160, 160, AF_KT(160))
-// 64 KiB of shared memory per block (sm_75): the 96 bucket's forward on 32-key tiles.
-AF_FWD(attention_fast_fwd_d96_kt32, 96, AF_KT_SMALL(96))
+#define AF_FWDS(T, SUFFIX)                                                                    \
+    AF_FWD(attention_fast_fwd_d64##SUFFIX, T, 64, AF_KT(64))                                  \
+    AF_FWD(attention_fast_fwd_d96##SUFFIX, T, 96, AF_KT(96))                                  \
+    AF_FWD(attention_fast_fwd_d160##SUFFIX, T, 160, AF_KT(160))                               \
+    /* 64 KiB of shared memory per block (sm_75): the 96 bucket on 32-key tiles */            \
+    AF_FWD(attention_fast_fwd_d96_kt32##SUFFIX, T, 96, AF_KT_SMALL(96))
+AF_FWDS(__half, )
+AF_FWDS(bf16_t, _bf16)
 
 // ---- backward: D = rowsum(dO ⊙ O), one warp per (b, h, i) ----
 
-KERNEL void __launch_bounds__(AF_THREADS)
-    attention_fast_dot(const __half* o, const __half* d_o, float* dsum, int heads, int lq,
-                       int dv, int n) {
+template <typename T>
+__device__ void af_dot(const T* o, const T* d_o, float* dsum, int heads, int lq, int dv, int n) {
     const int idx = blockIdx.x * (AF_THREADS / 32) + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (idx >= n) return;  // a whole warp leaves together
@@ -314,18 +323,25 @@ KERNEL void __launch_bounds__(AF_THREADS)
     acc = warp_sum(acc);
     if (lane == 0) dsum[idx] = acc;
 }
+#define AF_DOT(NAME, T)                                                                       \
+    KERNEL void __launch_bounds__(AF_THREADS)                                                 \
+        NAME(const T* o, const T* d_o, float* dsum, int heads, int lq, int dv, int n) {       \
+        af_dot<T>(o, d_o, dsum, heads, lq, dv, n);                                            \
+    }
+AF_DOT(attention_fast_dot, __half)
+AF_DOT(attention_fast_dot_bf16, bf16_t)
 
 // ---- backward: dK and dV, one block per (b, h, 64 keys) ----
 
-template <int DM>
-__device__ void af_dkv(const __half* q, const __half* k, const __half* v, const float* lse,
-                       const __half* d_o, const float* dsum, __half* dk, __half* dvo, int heads,
+template <int DM, typename T>
+__device__ void af_dkv(const T* q, const T* k, const T* v, const float* lse,
+                       const T* d_o, const float* dsum, T* dk, T* dvo, int heads,
                        int lq, int lk, int d, int dv, int causal, float scale) {
     constexpr int QT = AfTiles<DM>::QT, DS = AfTiles<DM>::DS, NT = DM / 8;
-    DYN_SHARED(__half, sm);
-    __half* Ks = sm;                  // [64][DS]
-    __half* Vs = Ks + AF_ROWS * DS;   // [64][DS]
-    __half* St = Vs + AF_ROWS * DS;   // 2 stages of Q [QT][DS], dO [QT][DS]
+    DYN_SHARED(T, sm);
+    T* Ks = sm;                  // [64][DS]
+    T* Vs = Ks + AF_ROWS * DS;   // [64][DS]
+    T* St = Vs + AF_ROWS * DS;   // 2 stages of Q [QT][DS], dO [QT][DS]
     float* Lt = reinterpret_cast<float*>(St + 4 * QT * DS);  // 2 stages of lse·log2e, D [QT]
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -342,7 +358,7 @@ __device__ void af_dkv(const __half* q, const __half* k, const __half* v, const 
 
     // Stage `st` of query tile i0: Q, dO by cp.async, lse (log2 units) and D by plain stores.
     auto load_q = [&](int st, int i0) {
-        __half* Qs = St + st * 2 * QT * DS;
+        T* Qs = St + st * 2 * QT * DS;
         af_load<DM>(Qs, q, b, h, i0, QT, lq, heads, d, vec);
         af_load<DM>(Qs + QT * DS, d_o, b, h, i0, QT, lq, heads, dv, vec);
         float* L = Lt + st * 2 * QT;
@@ -371,8 +387,8 @@ AF_UNROLL
             load_q((t + 1) & 1, i_start + (t + 1) * QT);
             cp_async_commit();
         }
-        const __half* Qs = St + (t & 1) * 2 * QT * DS;
-        const __half* Os = Qs + QT * DS;
+        const T* Qs = St + (t & 1) * 2 * QT * DS;
+        const T* Os = Qs + QT * DS;
         const float* L = Lt + (t & 1) * 2 * QT;
         const int i0 = i_start + t * QT;
 
@@ -399,34 +415,37 @@ AF_UNROLL
         for (int e = 0; e < 4; ++e) {
             int j = key[e >> 1], c = n * 8 + 2 * q4 + (e & 1);
             if (j >= lk) continue;
-            if (c < d) dk[af_row(b, j, h, lk, heads, d) + c] = from_f32<__half>(scale * ak[n][e]);
-            if (c < dv) dvo[af_row(b, j, h, lk, heads, dv) + c] = from_f32<__half>(av[n][e]);
+            if (c < d) dk[af_row(b, j, h, lk, heads, d) + c] = from_f32<T>(scale * ak[n][e]);
+            if (c < dv) dvo[af_row(b, j, h, lk, heads, dv) + c] = from_f32<T>(av[n][e]);
         }
 }
 
-#define AF_DKV(DM)                                                                            \
-    KERNEL void __launch_bounds__(AF_THREADS) attention_fast_dkv_d##DM(                       \
-        const __half* q, const __half* k, const __half* v, const float* lse,                  \
-        const __half* d_o, const float* dsum, __half* dk, __half* dv_out, int heads, int lq,  \
-        int lk, int d, int dv, int causal, float scale) {                                     \
-        af_dkv<DM>(q, k, v, lse, d_o, dsum, dk, dv_out, heads, lq, lk, d, dv, causal, scale); \
+#define AF_DKV(T, DM, SUFFIX)                                                                 \
+    KERNEL void __launch_bounds__(AF_THREADS) attention_fast_dkv_d##DM##SUFFIX(               \
+        const T* q, const T* k, const T* v, const float* lse, const T* d_o, const float* dsum, \
+        T* dk, T* dv_out, int heads, int lq, int lk, int d, int dv, int causal, float scale) { \
+        af_dkv<DM, T>(q, k, v, lse, d_o, dsum, dk, dv_out, heads, lq, lk, d, dv, causal,     \
+                      scale);                                                                 \
     }
-AF_DKV(64)
-AF_DKV(96)
-AF_DKV(160)
+AF_DKV(__half, 64, )
+AF_DKV(__half, 96, )
+AF_DKV(__half, 160, )
+AF_DKV(bf16_t, 64, _bf16)
+AF_DKV(bf16_t, 96, _bf16)
+AF_DKV(bf16_t, 160, _bf16)
 
 // ---- backward: dQ, one block per (b, h, 64 queries) ----
 
-template <int DM, int KT>
-__device__ void af_dq(const __half* q, const __half* k, const __half* v, const float* lse,
-                      const __half* d_o, const float* dsum, __half* dq, int heads, int lq,
+template <int DM, int KT, typename T>
+__device__ void af_dq(const T* q, const T* k, const T* v, const float* lse,
+                      const T* d_o, const float* dsum, T* dq, int heads, int lq,
                       int lk, int d, int dv, int causal, float scale) {
     constexpr int DS = AfTiles<DM>::DS, NT = DM / 8;
     static_assert(KT % 16 == 0, "key tiles are whole mma k-steps and n-tile pairs");
-    DYN_SHARED(__half, sm);
-    __half* Qs = sm;                  // [64][DS]
-    __half* Os = Qs + AF_ROWS * DS;   // [64][DS]: dO
-    __half* St = Os + AF_ROWS * DS;   // 2 stages of K [KT][DS], V [KT][DS]
+    DYN_SHARED(T, sm);
+    T* Qs = sm;                  // [64][DS]
+    T* Os = Qs + AF_ROWS * DS;   // [64][DS]: dO
+    T* St = Os + AF_ROWS * DS;   // 2 stages of K [KT][DS], V [KT][DS]
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, q4 = lane & 3;
@@ -463,13 +482,13 @@ AF_UNROLL
         cp_async_wait_all();
         __syncthreads();
         if (t + 1 < tiles) {
-            __half* nx = St + ((t + 1) & 1) * 2 * KT * DS;
+            T* nx = St + ((t + 1) & 1) * 2 * KT * DS;
             af_load<DM>(nx, k, b, h, (t + 1) * KT, KT, lk, heads, d, vec);
             af_load<DM>(nx + KT * DS, v, b, h, (t + 1) * KT, KT, lk, heads, dv, vec);
             cp_async_commit();
         }
-        const __half* Ks = St + (t & 1) * 2 * KT * DS;
-        const __half* Vs = Ks + KT * DS;
+        const T* Ks = St + (t & 1) * 2 * KT * DS;
+        const T* Vs = Ks + KT * DS;
         const int j0 = t * KT;
 
         float s[KT / 8][4], dp[KT / 8][4];
@@ -494,21 +513,23 @@ AF_UNROLL
         for (int e = 0; e < 4; ++e) {
             int i = row[e >> 1], c = n * 8 + 2 * q4 + (e & 1);
             if (i < lq && c < d)
-                dq[af_row(b, i, h, lq, heads, d) + c] = from_f32<__half>(scale * acc[n][e]);
+                dq[af_row(b, i, h, lq, heads, d) + c] = from_f32<T>(scale * acc[n][e]);
         }
     }
 }
 
-#define AF_DQ(NAME, DM, KT)                                                                 \
-    KERNEL void __launch_bounds__(AF_THREADS) NAME(                                          \
-        const __half* q, const __half* k, const __half* v, const float* lse,                 \
-        const __half* d_o, const float* dsum, __half* dq, int heads, int lq, int lk, int d,  \
-        int dv, int causal, float scale) {                                                   \
-        af_dq<DM, KT>(q, k, v, lse, d_o, dsum, dq, heads, lq, lk, d, dv, causal, scale);     \
+#define AF_DQ(NAME, T, DM, KT)                                                                \
+    KERNEL void __launch_bounds__(AF_THREADS) NAME(                                           \
+        const T* q, const T* k, const T* v, const float* lse, const T* d_o, const float* dsum, \
+        T* dq, int heads, int lq, int lk, int d, int dv, int causal, float scale) {           \
+        af_dq<DM, KT, T>(q, k, v, lse, d_o, dsum, dq, heads, lq, lk, d, dv, causal, scale);   \
     }
-AF_DQ(attention_fast_dq_d64, 64, AF_KT(64))
-AF_DQ(attention_fast_dq_d96, 96, AF_KT(96))
-AF_DQ(attention_fast_dq_d160, 160, AF_KT(160))
-// 64 KiB of shared memory per block (sm_75): the 96 and 160 buckets' dQ on half key tiles.
-AF_DQ(attention_fast_dq_d96_kt32, 96, AF_KT_SMALL(96))
-AF_DQ(attention_fast_dq_d160_kt16, 160, AF_KT_SMALL(160))
+#define AF_DQS(T, SUFFIX)                                                                     \
+    AF_DQ(attention_fast_dq_d64##SUFFIX, T, 64, AF_KT(64))                                    \
+    AF_DQ(attention_fast_dq_d96##SUFFIX, T, 96, AF_KT(96))                                    \
+    AF_DQ(attention_fast_dq_d160##SUFFIX, T, 160, AF_KT(160))                                 \
+    /* 64 KiB of shared memory per block (sm_75): the 96 and 160 buckets on half key tiles */ \
+    AF_DQ(attention_fast_dq_d96_kt32##SUFFIX, T, 96, AF_KT_SMALL(96))                         \
+    AF_DQ(attention_fast_dq_d160_kt16##SUFFIX, T, 160, AF_KT_SMALL(160))
+AF_DQS(__half, )
+AF_DQS(bf16_t, _bf16)

@@ -58,6 +58,75 @@ __device__ __forceinline__ bf16_t from_f32<bf16_t>(float x) {
     return __float2bfloat16_rn(x);
 }
 
+// 16-bit storage (T = __half or bf16_t) as raw bits, for the fast kernels' vector loads and
+// stores (8 elements in a uint4, pairs in a 32-bit word, element 0 in the low half):
+// bits_f32<T>(w) widens the element in the low 16 bits of w (the high 16 are ignored);
+// f32_bits<T>(x) rounds x to T (nearest even) and returns its bits in the low 16.
+template <typename T>
+__device__ __forceinline__ float bits_f32(uint32_t w);
+template <typename T>
+__device__ __forceinline__ uint32_t f32_bits(float x);
+template <>
+__device__ __forceinline__ float bits_f32<__half>(uint32_t w) {
+#ifdef __CUDACC__
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu)));
+#else
+    __half h;
+    h.bits = static_cast<uint16_t>(w & 0xffffu);
+    return __half2float(h);
+#endif
+}
+template <>
+__device__ __forceinline__ float bits_f32<bf16_t>(uint32_t w) {
+    // bf16 is the top half of an f32: widening is a shift.
+#ifdef __CUDACC__
+    return __uint_as_float(w << 16);
+#else
+    const uint32_t u = w << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+template <>
+__device__ __forceinline__ uint32_t f32_bits<__half>(float x) {
+#ifdef __CUDACC__
+    return __half_as_ushort(__float2half_rn(x));
+#else
+    return __float2half_rn(x).bits;
+#endif
+}
+template <>
+__device__ __forceinline__ uint32_t f32_bits<bf16_t>(float x) {
+#ifdef __CUDACC__
+    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+#else
+    return __float2bfloat16_rn(x).bits;
+#endif
+}
+// Two f32 rounded to T and packed into one word (lo in the low half: lo at the lower address);
+// on the GPU one paired conversion (cvt.rn.f16x2.f32 / .bf16x2.f32 on sm_80 and later).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2_f32(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2_f32<__half>(float lo, float hi) {
+#ifdef __CUDACC__
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+#else
+    return f32_bits<__half>(lo) | (f32_bits<__half>(hi) << 16);
+#endif
+}
+template <>
+__device__ __forceinline__ uint32_t pack2_f32<bf16_t>(float lo, float hi) {
+#ifdef __CUDACC__
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+#else
+    return f32_bits<bf16_t>(lo) | (f32_bits<bf16_t>(hi) << 16);
+#endif
+}
+
 // ---- reductions ----
 
 template <typename T>

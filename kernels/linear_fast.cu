@@ -1,6 +1,9 @@
-// Linear layers with LoRA on f16 backends: a tensor-core GEMM (mma.sync m16n8k16, f16 in,
-// f32 accumulate) whose pass over the activation rows also computes the LoRA hidden product,
-// and the skinny LoRA weight-gradient reduction. The simple twins are in linear.cu.
+// Linear layers with LoRA on f16 and bf16 backends: a tensor-core GEMM (mma.sync m16n8k16,
+// f16 or bf16 in, f32 accumulate) whose pass over the activation rows also computes the LoRA
+// hidden product, and the skinny LoRA weight-gradient reduction. The simple twins are in
+// linear.cu. Every kernel is a template on the 16-bit storage type T (__half: the entry
+// points below; bf16_t: the same names ending in _bf16, launched on compute capability 8.0+
+// only); "f16" below stands for T, the tiles and shared memory are the same for both.
 //
 // linear_fast_<BM>x<BN>_<nk|kn>: for m < M, n < N (C row-major [M, N] f16):
 //   main[m][n] = Σ_{k<K} a[m·lda + k]·B(k, n)       B(k, n) = b[n·ldb + k]  (nk: W of y = x·Wᵀ)
@@ -61,23 +64,11 @@
 #define LF_UNROLL
 #endif
 
-// The f16 whose bits are the low 16 of `w`, widened to f32.
-__device__ __forceinline__ float lf_half_bits_f32(uint32_t w) {
-#ifdef __CUDACC__
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(w)));
-#else
-    __half h;
-    h.bits = static_cast<uint16_t>(w);
-    return __half2float(h);
-#endif
-}
-
-
-template <int BM, int BN, int WM, int WN, bool KN>
-__device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __half* b, int ldb,
+template <typename T, int BM, int BN, int WM, int WN, bool KN>
+__device__ void lf_gemm(int M, int N, int K, const T* a, int lda, const T* b, int ldb,
                         const float* l, int l_sj, int l_sk, const float* u, int u_sj, int u_sn,
-                        int R, float scale, const __half* mask, float* hidden,
-                        const __half* bias, __half* c, float beta) {
+                        int R, float scale, const T* mask, float* hidden, const T* bias, T* c,
+                        float beta) {
     constexpr int WARPS_N = BN / WN;
     constexpr int THREADS = LF_THREADS(BM, BN, WM, WN);
     constexpr int MT = WM / 16, NT = WN / 8;
@@ -87,7 +78,7 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
     static_assert(NT % 2 == 0, "B fragments are loaded two n-tiles at a time");
 
     DYN_SHARED(unsigned char, smem);
-    __half* pipe = reinterpret_cast<__half*>(smem);
+    T* pipe = reinterpret_cast<T*>(smem);
     float* lring = reinterpret_cast<float*>(smem + LF_STAGES * (A_H + B_H) * 2);
     float* us = reinterpret_cast<float*>(smem);  // after the main loop
     const int LDH = R | 1;
@@ -105,8 +96,8 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
     // Issues the copies of k-step kt into ring slot `slot` (A, B and L tiles).
     auto load = [&](int kt, int slot) {
         const int k0 = kt * LF_BK;
-        __half* as = pipe + slot * (A_H + B_H);
-        __half* bs = as + A_H;
+        T* as = pipe + slot * (A_H + B_H);
+        T* bs = as + A_H;
         LF_UNROLL for (int i = 0; i < BM * (LF_BK / 8) / THREADS; ++i) {
             int ch = tid + i * THREADS;
             int r = ch / (LF_BK / 8), kc = (ch % (LF_BK / 8)) * 8;
@@ -165,8 +156,8 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
             cp_async_commit();
         }
         const int slot = kt % LF_STAGES;
-        const __half* as = pipe + slot * (A_H + B_H);
-        const __half* bs = as + A_H;
+        const T* as = pipe + slot * (A_H + B_H);
+        const T* bs = as + A_H;
         if (main_gemm) {
             LF_UNROLL for (int ks = 0; ks < LF_BK / 16; ++ks) {
                 uint32_t af[MT][4], bf[NT][2];
@@ -191,7 +182,7 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
                     bf[2 * jp + 1][1] = t4[3];
                 }
                 LF_UNROLL for (int i = 0; i < MT; ++i) {
-                    LF_UNROLL for (int j = 0; j < NT; ++j) mma_m16n8k16(acc[i][j], af[i], bf[j], acc[i][j]);
+                    LF_UNROLL for (int j = 0; j < NT; ++j) mma_tile<T>(acc[i][j], af[i], bf[j], acc[i][j]);
                 }
             }
         }
@@ -208,8 +199,8 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
                 const uint32_t xw[4] = {xq.x, xq.y, xq.z, xq.w};
                 float xf[8];
                 LF_UNROLL for (int p = 0; p < 4; ++p) {
-                    xf[2 * p] = lf_half_bits_f32(xw[p] & 0xffffu);
-                    xf[2 * p + 1] = lf_half_bits_f32(xw[p] >> 16);
+                    xf[2 * p] = bits_f32<T>(xw[p]);
+                    xf[2 * p + 1] = bits_f32<T>(xw[p] >> 16);
                 }
                 LF_UNROLL for (int jj = 0; jj < 4; ++jj) {
                     const float4* lp =
@@ -241,7 +232,7 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
             int r = e / R, j = e % R, gm = m0 + r;
             if (gm >= M) continue;
             float v = hs[r * LDH + j];
-            if (mask) v *= __half2float(mask[(size_t)gm * R + j]);
+            if (mask) v *= to_f32(mask[(size_t)gm * R + j]);
             hs[r * LDH + j] = v;
             if (blockIdx.y == 0) hidden[(size_t)gm * R + j] = v;
         }
@@ -286,17 +277,17 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
             LF_UNROLL for (int jn = 0; jn < NT; ++jn) {
                 int gn = n0 + wn * WN + jn * 8 + 2 * t;
                 float v[2] = {acc[i][jn][hh * 2], acc[i][jn][hh * 2 + 1]};
-                __half* cp = c + (size_t)gm * N + gn;
+                T* cp = c + (size_t)gm * N + gn;
                 LF_UNROLL for (int q = 0; q < 2; ++q) {
                     if (gn + q >= N) continue;
-                    if (bias) v[q] += __half2float(bias[gn + q]);
-                    if (beta != 0.0f) v[q] += beta * __half2float(cp[q]);
+                    if (bias) v[q] += to_f32(bias[gn + q]);
+                    if (beta != 0.0f) v[q] += beta * to_f32(cp[q]);
                 }
                 if ((N & 1) == 0 && gn + 1 < N) {
-                    *reinterpret_cast<__half2*>(cp) = __floats2half2_rn(v[0], v[1]);
+                    *reinterpret_cast<uint32_t*>(cp) = pack2_f32<T>(v[0], v[1]);
                 } else {
                     LF_UNROLL for (int q = 0; q < 2; ++q) {
-                        if (gn + q < N) cp[q] = __float2half_rn(v[q]);
+                        if (gn + q < N) cp[q] = from_f32<T>(v[q]);
                     }
                 }
             }
@@ -304,27 +295,31 @@ __device__ void lf_gemm(int M, int N, int K, const __half* a, int lda, const __h
     }
 }
 
-#define LF_ENTRY(name, BM, BN, WM, WN, KN)                                                  \
+#define LF_ENTRY(name, T, BM, BN, WM, WN, KN)                                               \
     KERNEL void __launch_bounds__(LF_THREADS(BM, BN, WM, WN), 1)                            \
-        name(int M, int N, int K, const __half* a, int lda, const __half* b, int ldb,       \
-             const float* l, int l_sj, int l_sk, const float* u, int u_sj, int u_sn, int R, \
-             float scale, const __half* mask, float* hidden, const __half* bias, __half* c, \
-             float beta) {                                                                  \
-        lf_gemm<BM, BN, WM, WN, KN>(M, N, K, a, lda, b, ldb, l, l_sj, l_sk, u, u_sj, u_sn,  \
-                                    R, scale, mask, hidden, bias, c, beta);                 \
+        name(int M, int N, int K, const T* a, int lda, const T* b, int ldb, const float* l, \
+             int l_sj, int l_sk, const float* u, int u_sj, int u_sn, int R, float scale,    \
+             const T* mask, float* hidden, const T* bias, T* c, float beta) {               \
+        lf_gemm<T, BM, BN, WM, WN, KN>(M, N, K, a, lda, b, ldb, l, l_sj, l_sk, u, u_sj,     \
+                                       u_sn, R, scale, mask, hidden, bias, c, beta);        \
     }
+// The six tiles x orientations for one storage type; f16's entry points carry no suffix,
+// bf16's end in _bf16.
+#define LF_ENTRIES(T, SUFFIX)                                                                 \
+    LF_ENTRY(linear_fast_128x128_nk##SUFFIX, T, LF_L_BM, LF_L_BN, LF_L_WM, LF_L_WN, false)    \
+    LF_ENTRY(linear_fast_128x64_nk##SUFFIX, T, LF_M_BM, LF_M_BN, LF_M_WM, LF_M_WN, false)     \
+    LF_ENTRY(linear_fast_64x64_nk##SUFFIX, T, LF_S_BM, LF_S_BN, LF_S_WM, LF_S_WN, false)      \
+    LF_ENTRY(linear_fast_128x128_kn##SUFFIX, T, LF_L_BM, LF_L_BN, LF_L_WM, LF_L_WN, true)     \
+    LF_ENTRY(linear_fast_128x64_kn##SUFFIX, T, LF_M_BM, LF_M_BN, LF_M_WM, LF_M_WN, true)      \
+    LF_ENTRY(linear_fast_64x64_kn##SUFFIX, T, LF_S_BM, LF_S_BN, LF_S_WM, LF_S_WN, true)
 
-LF_ENTRY(linear_fast_128x128_nk, LF_L_BM, LF_L_BN, LF_L_WM, LF_L_WN, false)
-LF_ENTRY(linear_fast_128x64_nk, LF_M_BM, LF_M_BN, LF_M_WM, LF_M_WN, false)
-LF_ENTRY(linear_fast_64x64_nk, LF_S_BM, LF_S_BN, LF_S_WM, LF_S_WN, false)
-LF_ENTRY(linear_fast_128x128_kn, LF_L_BM, LF_L_BN, LF_L_WM, LF_L_WN, true)
-LF_ENTRY(linear_fast_128x64_kn, LF_M_BM, LF_M_BN, LF_M_WM, LF_M_WN, true)
-LF_ENTRY(linear_fast_64x64_kn, LF_S_BM, LF_S_BN, LF_S_WM, LF_S_WN, true)
+LF_ENTRIES(__half, )
+LF_ENTRIES(bf16_t, _bf16)
 
-KERNEL void __launch_bounds__(LG_THREADS)
-    linear_fast_lora_grad(int M, int N, const __half* d, int ldd, const float* h, int R,
-                          float scale, float* out, int c_sn, int c_sj, int chunk, float beta) {
-    __shared__ __align__(16) __half ds[2][LG_BM][LG_BN];
+template <typename T>
+__device__ void lf_lora_grad(int M, int N, const T* d, int ldd, const float* h, int R, float scale,
+                          float* out, int c_sn, int c_sj, int chunk, float beta) {
+    __shared__ __align__(16) T ds[2][LG_BM][LG_BN];
     __shared__ __align__(16) float hsm[2][LG_BM][LG_BR];
     const int tid = threadIdx.x;
     const int n0 = blockIdx.x * LG_BN, j0 = blockIdx.y * LG_BR, z = blockIdx.z;
@@ -359,7 +354,7 @@ KERNEL void __launch_bounds__(LG_THREADS)
         __syncthreads();
         const int buf = st & 1;
         LF_UNROLL for (int r = 0; r < LG_BM; ++r) {
-            float dv = __half2float(ds[buf][r][n]);
+            float dv = to_f32(ds[buf][r][n]);
             float4 hv = *reinterpret_cast<const float4*>(&hsm[buf][r][q * 4]);
             acc[0] += dv * hv.x;
             acc[1] += dv * hv.y;
@@ -380,3 +375,12 @@ KERNEL void __launch_bounds__(LG_THREADS)
         o[idx] = v;
     }
 }
+
+#define LG_ENTRY(name, T)                                                                      \
+    KERNEL void __launch_bounds__(LG_THREADS)                                                  \
+        name(int M, int N, const T* d, int ldd, const float* h, int R, float scale, float* out, \
+             int c_sn, int c_sj, int chunk, float beta) {                                       \
+        lf_lora_grad<T>(M, N, d, ldd, h, R, scale, out, c_sn, c_sj, chunk, beta);               \
+    }
+LG_ENTRY(linear_fast_lora_grad, __half)
+LG_ENTRY(linear_fast_lora_grad_bf16, bf16_t)

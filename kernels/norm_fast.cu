@@ -1,4 +1,6 @@
-// The fast GroupNorm (+ optional fused SiLU) and LayerNorm kernels for f16 storage: 16-byte
+// The fast GroupNorm (+ optional fused SiLU) and LayerNorm kernels for 16-bit storage, each a
+// template on T (__half: the `_f16` entry points named below; bf16_t: their `_bf16` twins,
+// launched on compute capability 8.0+ only; "halves" below are elements of T): 16-byte
 // vector loads and stores (8 halves), f32 math, f32 statistics in the simple kernels'
 // convention (kernels/norm.cu: mean and rstd = 1/sqrt(var + eps), var biased, per normalized
 // block: [N, groups] for GroupNorm, [rows] for LayerNorm). gamma and beta are frozen.
@@ -57,24 +59,7 @@
 // GN_THREADS, LN_ROWS in tiles.h.
 #define GN_WARPS (GN_THREADS / 32)
 
-// ---- f16 vectors: 8 halves in one uint4 ----
-
-__device__ __forceinline__ float half_bits_f32(uint32_t bits) {
-#ifdef __CUDACC__
-    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits & 0xffffu)));
-#else
-    __half h;
-    h.bits = static_cast<uint16_t>(bits & 0xffffu);
-    return __half2float(h);
-#endif
-}
-__device__ __forceinline__ uint32_t f32_half_bits(float f) {
-#ifdef __CUDACC__
-    return __half_as_ushort(__float2half_rn(f));
-#else
-    return __float2half_rn(f).bits;
-#endif
-}
+// ---- 16-bit vectors: 8 elements of T (__half or bf16_t) in one uint4 ----
 
 __device__ __forceinline__ uint4 make_uint4_(uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
     uint4 u;
@@ -85,23 +70,31 @@ __device__ __forceinline__ uint4 make_uint4_(uint32_t a, uint32_t b, uint32_t c,
     return u;
 }
 
-// The 8 halves of `u` as f32, element 0 first (the lowest address).
+// The 8 elements of `u` as f32, element 0 first (the lowest address).
+template <typename T>
 __device__ __forceinline__ void unpack8(const uint4& u, float v[8]) {
     const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 NF_UNROLL
     for (int j = 0; j < 4; ++j) {
-        v[2 * j] = half_bits_f32(w[j]);
-        v[2 * j + 1] = half_bits_f32(w[j] >> 16);
+        v[2 * j] = bits_f32<T>(w[j]);
+        v[2 * j + 1] = bits_f32<T>(w[j] >> 16);
     }
 }
+template <typename T>
 __device__ __forceinline__ uint4 pack8(const float v[8]) {
     uint32_t w[4];
 NF_UNROLL
-    for (int j = 0; j < 4; ++j) w[j] = f32_half_bits(v[2 * j]) | (f32_half_bits(v[2 * j + 1]) << 16);
+    for (int j = 0; j < 4; ++j) w[j] = pack2_f32<T>(v[2 * j], v[2 * j + 1]);
     return make_uint4_(w[0], w[1], w[2], w[3]);
 }
-__device__ __forceinline__ uint4 load16(const __half* p) { return *reinterpret_cast<const uint4*>(p); }
-__device__ __forceinline__ void store16(__half* p, uint4 u) { *reinterpret_cast<uint4*>(p) = u; }
+template <typename T>
+__device__ __forceinline__ uint4 load16(const T* p) {
+    return *reinterpret_cast<const uint4*>(p);
+}
+template <typename T>
+__device__ __forceinline__ void store16(T* p, uint4 u) {
+    *reinterpret_cast<uint4*>(p) = u;
+}
 
 __device__ __forceinline__ float sigmoid_fast(float v) { return 1.0f / (1.0f + expf(-v)); }
 
@@ -145,8 +138,9 @@ struct ChannelCursor {
 // gamma and beta of the 8 elements i..i+7 of a GroupNorm block whose channels start at c0:
 // one channel for the whole vector when inner is a multiple of 8 (every SD1.5 plane), else
 // tracked element by element.
-__device__ __forceinline__ void gn_affine8(const __half* gamma, const __half* beta, int c0,
-                                          int i, int inner, float g[8], float b[8]) {
+template <typename T>
+__device__ __forceinline__ void gn_affine8(const T* gamma, const T* beta, int c0, int i,
+                                          int inner, float g[8], float b[8]) {
     if (inner % 8 == 0) {
         const int c = c0 + i / inner;
         const float gc = to_f32(gamma[c]), bc = to_f32(beta[c]);
@@ -179,16 +173,16 @@ __device__ __forceinline__ GnChunk gn_chunk(int m, int chunk, int nchunks) {
     return c;
 }
 
-KERNEL void __launch_bounds__(GN_THREADS)
-    gn_fast_stats_f16(const __half* __restrict__ x, float* __restrict__ part, int m, int chunk,
-                      int nchunks) {
+template <typename T>
+__device__ void gn_stats(const T* __restrict__ x, float* __restrict__ part, int m, int chunk,
+                         int nchunks) {
     __shared__ Moments warp_acc[GN_WARPS];
     const GnChunk ch = gn_chunk(m, chunk, nchunks);
-    const __half* xb = x + (long long)ch.b * m;
+    const T* xb = x + (long long)ch.b * m;
     Moments acc = {0.0f, 0.0f, 0.0f};
     for (int i = ch.lo + 8 * (int)threadIdx.x; i < ch.hi; i += 8 * GN_THREADS) {
         float v[8];
-        unpack8(load16(xb + i), v);
+        unpack8<T>(load16(xb + i), v);
         float s = 0.0f;
 NF_UNROLL
         for (int j = 0; j < 8; ++j) s += v[j];
@@ -210,12 +204,12 @@ NF_UNROLL
     }
 }
 
-KERNEL void __launch_bounds__(GN_THREADS)
-    gn_fast_forward_f16(const __half* __restrict__ x, const __half* __restrict__ gamma,
-                        const __half* __restrict__ beta, const float* __restrict__ part,
-                        __half* __restrict__ y, float* __restrict__ mean_out,
-                        float* __restrict__ rstd_out, int groups, int cpg, int inner, int chunk,
-                        int nchunks, float eps, int silu) {
+template <typename T>
+__device__ void gn_forward(const T* __restrict__ x, const T* __restrict__ gamma,
+                           const T* __restrict__ beta, const float* __restrict__ part,
+                           T* __restrict__ y, float* __restrict__ mean_out,
+                           float* __restrict__ rstd_out, int groups, int cpg, int inner,
+                           int chunk, int nchunks, float eps, int silu) {
     const int m = cpg * inner;
     const GnChunk ch = gn_chunk(m, chunk, nchunks);
     const unsigned lane = threadIdx.x & 31u;
@@ -237,12 +231,12 @@ KERNEL void __launch_bounds__(GN_THREADS)
     }
 
     const long long off = (long long)ch.b * m;
-    const __half* xb = x + off;
-    __half* yb = y + off;
+    const T* xb = x + off;
+    T* yb = y + off;
     const int c0 = (ch.b % groups) * cpg;
     for (int i = ch.lo + 8 * (int)threadIdx.x; i < ch.hi; i += 8 * GN_THREADS) {
         float v[8], g[8], bt[8];
-        unpack8(load16(xb + i), v);
+        unpack8<T>(load16(xb + i), v);
         gn_affine8(gamma, beta, c0, i, inner, g, bt);
 NF_UNROLL
         for (int j = 0; j < 8; ++j) {
@@ -250,18 +244,19 @@ NF_UNROLL
             if (silu) t = t * sigmoid_fast(t);
             v[j] = t;
         }
-        store16(yb + i, pack8(v));
+        store16(yb + i, pack8<T>(v));
     }
 }
 
 // dx̂ and x̂ of the 8 elements of one vector starting at element i of GroupNorm block b.
-__device__ __forceinline__ void gn_dxhat8(const __half* dyb, const __half* xb,
-                                          const __half* gamma, const __half* beta, int c0, int i,
+template <typename T>
+__device__ __forceinline__ void gn_dxhat8(const T* dyb, const T* xb, const T* gamma,
+                                          const T* beta, int c0, int i,
                                           int inner, float mean, float rstd, int silu,
                                           float d[8], float xh[8]) {
     float xv[8], g[8], bt[8];
-    unpack8(load16(xb + i), xv);
-    unpack8(load16(dyb + i), d);
+    unpack8<T>(load16(xb + i), xv);
+    unpack8<T>(load16(dyb + i), d);
     gn_affine8(gamma, beta, c0, i, inner, g, bt);
 NF_UNROLL
     for (int j = 0; j < 8; ++j) {
@@ -275,12 +270,13 @@ NF_UNROLL
     }
 }
 
-KERNEL void __launch_bounds__(GN_THREADS)
-    gn_fast_bwd_partials_f16(const __half* __restrict__ dy, const __half* __restrict__ x,
-                             const __half* __restrict__ gamma, const __half* __restrict__ beta,
-                             const float* __restrict__ mean_in, const float* __restrict__ rstd_in,
-                             float* __restrict__ part, int groups, int cpg, int inner, int chunk,
-                             int nchunks, int silu) {
+template <typename T>
+__device__ void gn_bwd_partials(const T* __restrict__ dy, const T* __restrict__ x,
+                                const T* __restrict__ gamma, const T* __restrict__ beta,
+                                const float* __restrict__ mean_in,
+                                const float* __restrict__ rstd_in, float* __restrict__ part,
+                                int groups, int cpg, int inner, int chunk, int nchunks,
+                                int silu) {
     __shared__ float warp_acc[2][GN_WARPS];
     const int m = cpg * inner;
     const GnChunk ch = gn_chunk(m, chunk, nchunks);
@@ -316,12 +312,12 @@ NF_UNROLL
     }
 }
 
-KERNEL void __launch_bounds__(GN_THREADS)
-    gn_fast_backward_f16(const __half* __restrict__ dy, const __half* __restrict__ x,
-                         const __half* __restrict__ gamma, const __half* __restrict__ beta,
-                         const float* __restrict__ mean_in, const float* __restrict__ rstd_in,
-                         const float* __restrict__ part, __half* __restrict__ dx, int groups,
-                         int cpg, int inner, int chunk, int nchunks, int silu) {
+template <typename T>
+__device__ void gn_backward(const T* __restrict__ dy, const T* __restrict__ x,
+                            const T* __restrict__ gamma, const T* __restrict__ beta,
+                            const float* __restrict__ mean_in, const float* __restrict__ rstd_in,
+                            const float* __restrict__ part, T* __restrict__ dx, int groups,
+                            int cpg, int inner, int chunk, int nchunks, int silu) {
     const int m = cpg * inner;
     const GnChunk ch = gn_chunk(m, chunk, nchunks);
     const unsigned lane = threadIdx.x & 31u;
@@ -341,23 +337,22 @@ KERNEL void __launch_bounds__(GN_THREADS)
         gn_dxhat8(dy + off, x + off, gamma, beta, c0, i, inner, mean, rstd, silu, d, xh);
 NF_UNROLL
         for (int j = 0; j < 8; ++j) d[j] = rstd * (d[j] - mean_dxh - xh[j] * mean_dxh_xh);
-        store16(dx + off + i, pack8(d));
+        store16(dx + off + i, pack8<T>(d));
     }
 }
 
 // ---- LayerNorm: one warp per row ----
 
-template <int V>
-__device__ void ln_fast_forward_impl(const __half* __restrict__ x,
-                                     const __half* __restrict__ gamma,
-                                     const __half* __restrict__ beta, __half* __restrict__ y,
+template <typename T, int V>
+__device__ void ln_fast_forward_impl(const T* __restrict__ x, const T* __restrict__ gamma,
+                                     const T* __restrict__ beta, T* __restrict__ y,
                                      float* __restrict__ mean_out, float* __restrict__ rstd_out,
                                      int rows, int cols, float eps) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * LN_ROWS + (threadIdx.x >> 5);
     if (row >= rows) return;  // the whole warp: no block barrier follows
     const int nvec = cols / 8;
-    const __half* xr = x + (long long)row * cols;
+    const T* xr = x + (long long)row * cols;
     uint4 raw[V];
     float s = 0.0f;
 NF_UNROLL
@@ -367,7 +362,7 @@ NF_UNROLL
         if (k * 32 + lane < nvec) {
             raw[k] = load16(xr + e);
             float v[8];
-            unpack8(raw[k], v);
+            unpack8<T>(raw[k], v);
 NF_UNROLL
             for (int j = 0; j < 8; ++j) s += v[j];
         }
@@ -378,7 +373,7 @@ NF_UNROLL
     for (int k = 0; k < V; ++k) {
         if (k * 32 + lane < nvec) {
             float v[8];
-            unpack8(raw[k], v);
+            unpack8<T>(raw[k], v);
 NF_UNROLL
             for (int j = 0; j < 8; ++j) q += (v[j] - mean) * (v[j] - mean);
         }
@@ -388,28 +383,27 @@ NF_UNROLL
         mean_out[row] = mean;
         rstd_out[row] = rstd;
     }
-    __half* yr = y + (long long)row * cols;
+    T* yr = y + (long long)row * cols;
 NF_UNROLL
     for (int k = 0; k < V; ++k) {
         const int e = (k * 32 + lane) * 8;
         if (k * 32 + lane < nvec) {
             float v[8], g[8], b[8];
-            unpack8(raw[k], v);
-            unpack8(load16(gamma + e), g);
-            unpack8(load16(beta + e), b);
+            unpack8<T>(raw[k], v);
+            unpack8<T>(load16(gamma + e), g);
+            unpack8<T>(load16(beta + e), b);
 NF_UNROLL
             for (int j = 0; j < 8; ++j) v[j] = (v[j] - mean) * (g[j] * rstd) + b[j];
-            store16(yr + e, pack8(v));
+            store16(yr + e, pack8<T>(v));
         }
     }
 }
 
-template <int V>
-__device__ void ln_fast_backward_impl(const __half* __restrict__ dy,
-                                      const __half* __restrict__ x,
-                                      const __half* __restrict__ gamma,
+template <typename T, int V>
+__device__ void ln_fast_backward_impl(const T* __restrict__ dy, const T* __restrict__ x,
+                                      const T* __restrict__ gamma,
                                       const float* __restrict__ mean_in,
-                                      const float* __restrict__ rstd_in, __half* __restrict__ dx,
+                                      const float* __restrict__ rstd_in, T* __restrict__ dx,
                                       int rows, int cols) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * LN_ROWS + (threadIdx.x >> 5);
@@ -428,9 +422,9 @@ NF_UNROLL
             rx[k] = load16(x + off + e);
             rdy[k] = load16(dy + off + e);
             float xv[8], d[8], g[8];
-            unpack8(rx[k], xv);
-            unpack8(rdy[k], d);
-            unpack8(load16(gamma + e), g);
+            unpack8<T>(rx[k], xv);
+            unpack8<T>(rdy[k], d);
+            unpack8<T>(load16(gamma + e), g);
 NF_UNROLL
             for (int j = 0; j < 8; ++j) {
                 const float dxh = d[j] * g[j];
@@ -446,33 +440,65 @@ NF_UNROLL
         const int e = (k * 32 + lane) * 8;
         if (k * 32 + lane < nvec) {
             float xv[8], d[8], g[8];
-            unpack8(rx[k], xv);
-            unpack8(rdy[k], d);
-            unpack8(load16(gamma + e), g);
+            unpack8<T>(rx[k], xv);
+            unpack8<T>(rdy[k], d);
+            unpack8<T>(load16(gamma + e), g);
 NF_UNROLL
             for (int j = 0; j < 8; ++j) {
                 const float xh = (xv[j] - mean) * rstd;
                 d[j] = rstd * (d[j] * g[j] - mean_dxh - xh * mean_dxh_xh);
             }
-            store16(dx + off + e, pack8(d));
+            store16(dx + off + e, pack8<T>(d));
         }
     }
 }
 
-#define LN_FAST_ENTRIES(V)                                                                    \
+// Entry points: f16's names carry _f16, bf16's _bf16 (compute capability 8.0+ only).
+#define GN_FAST_ENTRIES(T, DT)                                                                \
+    KERNEL void __launch_bounds__(GN_THREADS)                                                 \
+        gn_fast_stats_##DT(const T* x, float* part, int m, int chunk, int nchunks) {          \
+        gn_stats<T>(x, part, m, chunk, nchunks);                                              \
+    }                                                                                         \
+    KERNEL void __launch_bounds__(GN_THREADS) gn_fast_forward_##DT(                           \
+        const T* x, const T* gamma, const T* beta, const float* part, T* y, float* mean,      \
+        float* rstd, int groups, int cpg, int inner, int chunk, int nchunks, float eps,       \
+        int silu) {                                                                           \
+        gn_forward<T>(x, gamma, beta, part, y, mean, rstd, groups, cpg, inner, chunk,         \
+                      nchunks, eps, silu);                                                    \
+    }                                                                                         \
+    KERNEL void __launch_bounds__(GN_THREADS) gn_fast_bwd_partials_##DT(                      \
+        const T* dy, const T* x, const T* gamma, const T* beta, const float* mean,            \
+        const float* rstd, float* part, int groups, int cpg, int inner, int chunk,            \
+        int nchunks, int silu) {                                                              \
+        gn_bwd_partials<T>(dy, x, gamma, beta, mean, rstd, part, groups, cpg, inner, chunk,   \
+                           nchunks, silu);                                                    \
+    }                                                                                         \
+    KERNEL void __launch_bounds__(GN_THREADS) gn_fast_backward_##DT(                          \
+        const T* dy, const T* x, const T* gamma, const T* beta, const float* mean,            \
+        const float* rstd, const float* part, T* dx, int groups, int cpg, int inner,          \
+        int chunk, int nchunks, int silu) {                                                   \
+        gn_backward<T>(dy, x, gamma, beta, mean, rstd, part, dx, groups, cpg, inner, chunk,   \
+                       nchunks, silu);                                                        \
+    }
+GN_FAST_ENTRIES(__half, f16)
+GN_FAST_ENTRIES(bf16_t, bf16)
+
+#define LN_FAST_ENTRIES(T, DT, V)                                                             \
     KERNEL void __launch_bounds__(32 * LN_ROWS)                                               \
-        ln_fast_forward_f16_v##V(const __half* x, const __half* gamma, const __half* beta,    \
-                                 __half* y, float* mean, float* rstd, int rows, int cols,     \
-                                 float eps) {                                                 \
-        ln_fast_forward_impl<V>(x, gamma, beta, y, mean, rstd, rows, cols, eps);              \
+        ln_fast_forward_##DT##_v##V(const T* x, const T* gamma, const T* beta, T* y,          \
+                                    float* mean, float* rstd, int rows, int cols, float eps) { \
+        ln_fast_forward_impl<T, V>(x, gamma, beta, y, mean, rstd, rows, cols, eps);           \
     }                                                                                         \
     KERNEL void __launch_bounds__(32 * LN_ROWS)                                               \
-        ln_fast_backward_f16_v##V(const __half* dy, const __half* x, const __half* gamma,     \
-                                  const float* mean, const float* rstd, __half* dx, int rows, \
-                                  int cols) {                                                 \
-        ln_fast_backward_impl<V>(dy, x, gamma, mean, rstd, dx, rows, cols);                   \
+        ln_fast_backward_##DT##_v##V(const T* dy, const T* x, const T* gamma,                 \
+                                     const float* mean, const float* rstd, T* dx, int rows,   \
+                                     int cols) {                                              \
+        ln_fast_backward_impl<T, V>(dy, x, gamma, mean, rstd, dx, rows, cols);                \
     }
 
-LN_FAST_ENTRIES(2)
-LN_FAST_ENTRIES(4)
-LN_FAST_ENTRIES(8)
+LN_FAST_ENTRIES(__half, f16, 2)
+LN_FAST_ENTRIES(__half, f16, 4)
+LN_FAST_ENTRIES(__half, f16, 8)
+LN_FAST_ENTRIES(bf16_t, bf16, 2)
+LN_FAST_ENTRIES(bf16_t, bf16, 4)
+LN_FAST_ENTRIES(bf16_t, bf16, 8)

@@ -156,8 +156,8 @@ fn causal_within_and_across_tiles() {
     check_all(2, &[causal(2, 3, 13, 6, 4), causal(2, 2, 45, 7, 11)]);
 }
 
-/// bf16 (compute capability 8.0 and later; the simple kernels) against the CPU in f32 on the
-/// same bf16-rounded inputs with `tol(DType::BF16)`: tails in every tile, d != dv, causal
+/// bf16 (compute capability 8.0 and later; the fast kernels, as f16's, by default) against the
+/// CPU in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`: tails in every tile, d != dv, causal
 /// across tiles, SD1.5's head widths (the dK/dV split of 160-wide heads included).
 #[test]
 fn odd_causal_and_sd15_widths_bf16() {
@@ -438,13 +438,15 @@ fn errors() {
     }
 }
 
-// ---- the fast f16 kernels (kernels/attention_fast.cu) ----
+// ---- the fast kernels (kernels/attention_fast.cu), f16 and bf16 ----
 
 /// Runs `c` on f16 with the fast kernels and with the simple ones, and checks O, lse, dQ, dK
 /// and dV of both by the f16 criterion: against the CPU in f64 on the same f16-rounded inputs,
 /// at most 2x the error of the CPU in f32 (its output rounded to f16). Also: the fast kernels
 /// ran (their results differ bitwise from the simple ones somewhere), and the two lse agree
 /// to f32 accuracy (the same convention, so each backward takes the other's lse).
+/// [`check_fast_on`] does the same in the dtype of its backend (bf16: inputs and baseline
+/// rounded to bf16).
 fn check_fast(rng: &mut Rng, c: Case) {
     for e in engines(DType::F16) {
         check_fast_on(&e.be, rng, c);
@@ -452,15 +454,16 @@ fn check_fast(rng: &mut Rng, c: Case) {
 }
 
 fn check_fast_on(be: &CudaBackend, rng: &mut Rng, c: Case) {
+    let dt = be.compute_dtype();
     let cpu = cpu();
     let f64_of = |t: &Tensor| cpu.cast(t, DType::F64).unwrap();
     {
         let fast = be.clone().with_kernels(KernelChoice::fast());
         let simple = be.clone().with_kernels(KernelChoice::simple());
-        let what = format!("{c:?}");
-        let (qc, qg) = random_pair(&fast, rng, &[c.b, c.lq, c.h * c.d], DType::F16);
-        let (kc, kg) = random_pair(&fast, rng, &[c.b, c.lk, c.h * c.d], DType::F16);
-        let (vc, vg) = random_pair(&fast, rng, &[c.b, c.lk, c.h * c.dv], DType::F16);
+        let what = format!("{c:?} {dt:?}");
+        let (qc, qg) = random_pair(&fast, rng, &[c.b, c.lq, c.h * c.d], dt);
+        let (kc, kg) = random_pair(&fast, rng, &[c.b, c.lk, c.h * c.d], dt);
+        let (vc, vg) = random_pair(&fast, rng, &[c.b, c.lk, c.h * c.dv], dt);
         let (q64, k64, v64) = (f64_of(&qc), f64_of(&kc), f64_of(&vc));
 
         let (o_base, lse_base) = cpu.attention(&qc, &kc, &vc, c.p()).unwrap();
@@ -472,8 +475,8 @@ fn check_fast_on(be: &CudaBackend, rng: &mut Rng, c: Case) {
             ("o", &o_f, &o_s, &o_base, &o_ref),
             ("lse", &lse_f, &lse_s, &lse_base, &lse_ref),
         ] {
-            let (ef, eb) = assert_f16_criterion(&format!("{what}: fast {name}"), f, base, refr);
-            let (es, _) = assert_f16_criterion(&format!("{what}: simple {name}"), s, base, refr);
+            let (ef, eb) = assert_criterion(dt, &format!("{what}: fast {name}"), f, base, refr);
+            let (es, _) = assert_criterion(dt, &format!("{what}: simple {name}"), s, base, refr);
             println!("{what} {name}: fast {ef:.3e}, simple {es:.3e}, baseline {eb:.3e}");
             differs |= f.to_f32_vec() != s.to_f32_vec();
         }
@@ -489,14 +492,14 @@ fn check_fast_on(be: &CudaBackend, rng: &mut Rng, c: Case) {
             }
         }
 
-        // Backward from the reference O (rounded to f16) and lse, and a random dO.
-        let (oc, og) = pair(&fast, o_ref.dims(), &o_ref.to_f32_vec(), DType::F16);
+        // Backward from the reference O (rounded to dt) and lse, and a random dO.
+        let (oc, og) = pair(&fast, o_ref.dims(), &o_ref.to_f32_vec(), dt);
         let lse_vals = lse_ref.to_f32_vec();
         let lse_c = Tensor::from_f32(lse_ref.dims(), lse_vals.clone()).unwrap();
         let lse_g = fast
             .tensor_from_f32(lse_ref.dims(), &lse_vals, DType::F32)
             .unwrap();
-        let (gc, gg) = random_pair(&fast, rng, o_ref.dims(), DType::F16);
+        let (gc, gg) = random_pair(&fast, rng, o_ref.dims(), dt);
         let base = cpu
             .attention_backward(&qc, &kc, &vc, &oc, &lse_c, &gc, c.p())
             .unwrap();
@@ -517,8 +520,8 @@ fn check_fast_on(be: &CudaBackend, rng: &mut Rng, c: Case) {
         let r = [&refr.0, &refr.1, &refr.2];
         for i in 0..3 {
             let name = names[i];
-            let (ef, eb) = assert_f16_criterion(&format!("{what}: fast {name}"), f[i], b[i], r[i]);
-            let (es, _) = assert_f16_criterion(&format!("{what}: simple {name}"), s[i], b[i], r[i]);
+            let (ef, eb) = assert_criterion(dt, &format!("{what}: fast {name}"), f[i], b[i], r[i]);
+            let (es, _) = assert_criterion(dt, &format!("{what}: simple {name}"), s[i], b[i], r[i]);
             println!("{what} {name}: fast {ef:.3e}, simple {es:.3e}, baseline {eb:.3e}");
             differs |= f[i].to_f32_vec() != s[i].to_f32_vec();
         }
@@ -536,7 +539,7 @@ fn check_fast_on(be: &CudaBackend, rng: &mut Rng, c: Case) {
                 &format!("{what}: {name} dq from the fast forward"),
                 &dq2,
                 &refr.0,
-                tol(DType::F16),
+                tol(dt),
             );
         }
     }
@@ -637,6 +640,38 @@ fn turing_fast_and_simple() {
     let launches = f32_be.device().take_launch_counts();
     assert!(split_dkv(&launches, "f32"), "{launches:?}");
     assert_turing_path("attention f32, d 160", &f32_be, false);
+}
+
+/// bf16 on the fast kernels (compute capability 8.0+: the emulator's A100, or the GPU): each
+/// head bucket (40, 80 and 160 wide), tails in the query and key tiles, the element-load path
+/// (d, dv not multiples of 8) and causal masking across query tiles, forward and backward by
+/// the criterion with the baseline rounded to bf16; the launches were the `_bf16` entry
+/// points (the full key tiles: bf16 devices have 99 KiB and more), on tensor cores.
+#[test]
+fn fast_bf16() {
+    let mut rng = Rng::new(16);
+    for e in engines(DType::BF16) {
+        for c in [
+            case(2, 1, 37, 77, 40, 40, false),
+            case(1, 1, 70, 45, 80, 80, false),
+            case(1, 1, 67, 67, 160, 160, true),
+            case(2, 1, 23, 45, 5, 7, false),
+        ] {
+            check_fast_on(&e.be, &mut rng, c);
+        }
+        let launches = assert_bf16_fast_path("attention bf16", &e.be, &["attention_fast_"], true);
+        for k in [
+            "attention_fast_fwd_d64_bf16",
+            "attention_fast_fwd_d96_bf16",
+            "attention_fast_fwd_d160_bf16",
+            "attention_fast_dot_bf16",
+            "attention_fast_dkv_d160_bf16",
+            "attention_fast_dq_d96_bf16",
+            "attention_fast_dq_d160_bf16",
+        ] {
+            assert!(launches.contains_key(k), "no {k} launch: {launches:?}");
+        }
+    }
 }
 
 /// Whether every simple backward among `launches` ran dK and dV as two launches (two dK/dV

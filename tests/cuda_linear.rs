@@ -531,12 +531,13 @@ fn errors() {
     }
 }
 
-// ---- The fast f16 kernels (kernels/linear_fast.cu) ----
+// ---- The fast kernels (kernels/linear_fast.cu), f16 and bf16 ----
 //
-// Each case runs the f16 backend with fast GEMMs, its simple twin, and the CPU backend in f32
-// (the baseline) and f64 (the reference) on the same f16-rounded inputs. f16 outputs (y, dX)
-// meet the f16 criterion (error vs f64 <= 2 x the f16-rounded f32 CPU's); f32 outputs (ũ, dA,
-// dB) match the f32 CPU within the f32 tolerance. Which path ran: with a LoRA the fast path's
+// Each case runs the f16 (or bf16) backend with fast GEMMs, its simple twin, and the CPU
+// backend in f32 (the baseline) and f64 (the reference) on the same rounded inputs. f16 (bf16)
+// outputs (y, dX) meet the f16 criterion (error vs f64 <= 2 x the f32 CPU's with its output
+// rounded to f16, or bf16: `assert_criterion`); f32 outputs (ũ, dA, dB) match the f32 CPU
+// within the f32 tolerance. Which path ran: with a LoRA the fast path's
 // f32 outputs differ bitwise from the simple kernels' somewhere (other summation orders), and
 // a declined shape gives the simple kernels' bits exactly. (Without a LoRA the emulator's mma
 // sums in the simple kernel's order, so y alone cannot tell; the dispatch is the same branch.)
@@ -558,7 +559,7 @@ fn f32_errors(got: &Tensor, base: &Tensor, reference: &Tensor) -> (f64, f64) {
     (max_abs_diff(&as64(got), &r), max_abs_diff(&as64(base), &r))
 }
 
-/// The fast and simple backends of an f16 engine.
+/// The fast and simple backends of an f16 (or bf16) engine.
 fn fast_and_simple(
     e: &Engine,
 ) -> (
@@ -587,8 +588,8 @@ fn max_fast_rank(e: &Engine) -> (usize, usize) {
 fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
     let max_rank = max_fast_rank(e).0;
     let expect_fast = l.inf.is_multiple_of(8) && l.rank.is_none_or(|r| r <= max_rank);
-    let dtype = DType::F16;
-    let what = format!("{} fast forward {l:?}", e.be.name());
+    let dtype = e.be.compute_dtype();
+    let what = format!("{} fast forward {dtype:?} {l:?}", e.be.name());
     let (fast, simple) = fast_and_simple(e);
     let (xc, xd) = random_pair(&e.be, rng, &with_last(l.lead, l.inf), dtype);
     let (wc, wd) = random_pair(&e.be, rng, &[l.outf, l.inf], dtype);
@@ -642,11 +643,19 @@ fn fast_forward(e: &Engine, rng: &mut Rng, l: Layer) {
         .unwrap()
     };
     let (got, twin) = (dev(&fast), dev(&simple));
-    let (fe, be_) = assert_f16_criterion(&format!("{what}: y"), &got.y, &base.y, &reference.y);
-    let (se, _) =
-        assert_f16_criterion(&format!("{what}: simple y"), &twin.y, &base.y, &reference.y);
+    let criterion = |name: &str, got: &Tensor| {
+        assert_criterion(
+            dtype,
+            &format!("{what}: {name}"),
+            got,
+            &base.y,
+            &reference.y,
+        )
+    };
+    let ((fe, be_), (se, _)) = (criterion("y", &got.y), criterion("simple y", &twin.y));
     println!(
-        "{what}: y max err vs f64: fast {fe:.3e}, simple {se:.3e}, f32 CPU (f16-rounded) {be_:.3e}"
+        "{what}: y max err vs f64: fast {fe:.3e}, simple {se:.3e}, f32 CPU ({dtype:?}-rounded) \
+         {be_:.3e}"
     );
     assert_matches(
         &format!("{what}: y vs simple"),
@@ -693,8 +702,11 @@ fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
     let max_rank = max_fast_rank(e).1;
     let expect_fast =
         l.inf.is_multiple_of(8) && l.outf.is_multiple_of(8) && l.rank.is_none_or(|r| r <= max_rank);
-    let dtype = DType::F16;
-    let what = format!("{} fast backward {l:?} {accum:?} want_dx {dx}", e.be.name());
+    let dtype = e.be.compute_dtype();
+    let what = format!(
+        "{} fast backward {dtype:?} {l:?} {accum:?} want_dx {dx}",
+        e.be.name()
+    );
     let (fast, simple) = fast_and_simple(e);
     let (dyc, dyd) = random_pair(&e.be, rng, &with_last(l.lead, l.outf), dtype);
     let (wc, wd) = random_pair(&e.be, rng, &[l.outf, l.inf], dtype);
@@ -778,9 +790,12 @@ fn fast_backward(e: &Engine, rng: &mut Rng, l: Layer, accum: Accum, dx: bool) {
     let ((gdx, ggr), (sdx, sgr)) = (dev(&fast), dev(&simple));
     match (&gdx, &sdx, &bdx, &rdx) {
         (Some(g), Some(s), Some(b), Some(r)) => {
-            let (fe, be_) = assert_f16_criterion(&format!("{what}: dx"), g, b, r);
-            let (se, _) = assert_f16_criterion(&format!("{what}: simple dx"), s, b, r);
-            println!("{what}: dx max err vs f64: fast {fe:.3e}, simple {se:.3e}, f32 CPU (f16-rounded) {be_:.3e}");
+            let (fe, be_) = assert_criterion(dtype, &format!("{what}: dx"), g, b, r);
+            let (se, _) = assert_criterion(dtype, &format!("{what}: simple dx"), s, b, r);
+            println!(
+                "{what}: dx max err vs f64: fast {fe:.3e}, simple {se:.3e}, f32 CPU \
+                 ({dtype:?}-rounded) {be_:.3e}"
+            );
             assert_matches(&format!("{what}: dx vs simple"), g, s, tol_for(dtype, s));
             if !expect_fast {
                 assert_eq!(
@@ -979,5 +994,30 @@ fn fast_sd15_like_f16() {
         }
         // The backward without dX (g only from the dY pass).
         fast_backward(&e, &mut rng, FAST_SD[0], Accum::Assign, false);
+    }
+}
+
+/// bf16 on the fast kernels (compute capability 8.0+: the emulator's A100, or the GPU): tails
+/// in every dimension, ranks 4 and 8, an SD1.5-like 640 -> 256 layer at rank 16, forward and
+/// backward (with and without dX) by the criterion with the baseline rounded to bf16, the LoRA
+/// gradients as the f32 CPU's; a shape the fast path declines gives the simple kernels' bits.
+/// The launches were the `_bf16` GEMM and LoRA-gradient kernels, on tensor cores.
+#[test]
+fn fast_kernels_bf16() {
+    let mut rng = Rng::new(26);
+    for e in engines(DType::BF16) {
+        for l in [FAST_TAILS[0], FAST_TAILS[3], FAST_TAILS[4], FAST_SD[3]] {
+            fast_forward(&e, &mut rng, l);
+            fast_backward(&e, &mut rng, l, Accum::Add, true);
+        }
+        fast_backward(&e, &mut rng, FAST_TAILS[1], Accum::Assign, false);
+        fast_forward(&e, &mut rng, FAST_DECLINED[0]);
+        let launches = assert_bf16_fast_path("linear bf16", &e.be, &["linear_fast_"], true);
+        for k in ["_nk_bf16", "_kn_bf16", "linear_fast_lora_grad_bf16"] {
+            assert!(
+                launches.keys().any(|n| n.ends_with(k)),
+                "no {k} launch: {launches:?}"
+            );
+        }
     }
 }

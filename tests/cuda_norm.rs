@@ -107,8 +107,9 @@ fn group_norm_odd_shapes_match_cpu() {
     group_norm_odd_shapes_match_cpu_in(&[DType::F32, DType::F16]);
 }
 
-/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
-/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+/// The same in bf16 (compute capability 8.0 and later; the fast kernels where they take the
+/// shape, as for f16), against the CPU in f32 on the same bf16-rounded inputs with
+/// `tol(DType::BF16)`.
 #[test]
 fn group_norm_odd_shapes_match_cpu_bf16() {
     group_norm_odd_shapes_match_cpu_in(&[DType::BF16]);
@@ -176,8 +177,9 @@ fn layer_norm_matches_cpu() {
     layer_norm_matches_cpu_in(&[DType::F32, DType::F16]);
 }
 
-/// The same in bf16 (compute capability 8.0 and later; the simple kernels), against the CPU
-/// in f32 on the same bf16-rounded inputs with `tol(DType::BF16)`.
+/// The same in bf16 (compute capability 8.0 and later; the fast kernels where they take the
+/// shape, as for f16), against the CPU in f32 on the same bf16-rounded inputs with
+/// `tol(DType::BF16)`.
 #[test]
 fn layer_norm_matches_cpu_bf16() {
     layer_norm_matches_cpu_in(&[DType::BF16]);
@@ -319,14 +321,14 @@ fn norm_errors_match_cpu() {
     }
 }
 
-// ---- The fast f16 kernels (kernels/norm_fast.cu) against f64, the CPU in f32, and their
-// simple twins ----
+// ---- The fast kernels (kernels/norm_fast.cu), f16 and bf16, against f64, the CPU in f32, and
+// their simple twins ----
 
 use lorafuse::backend::cuda::KernelChoice;
 
-/// The f16 engines as (fast, simple) backend pairs.
-fn fast_simple_pairs() -> Vec<(Engine, lorafuse::backend::cuda::CudaBackend)> {
-    engines(DType::F16)
+/// The engines of `dtype` as (fast, simple) backend pairs.
+fn fast_simple_pairs(dtype: DType) -> Vec<(Engine, lorafuse::backend::cuda::CudaBackend)> {
+    engines(dtype)
         .into_iter()
         .map(|e| {
             let simple = e.be.clone().with_kernels(KernelChoice::simple());
@@ -360,8 +362,8 @@ fn f64s(t: &[&Tensor]) -> Vec<Tensor> {
         .collect()
 }
 
-/// GroupNorm(+SiLU) on f16: the fast kernels' y and dx meet the f16 criterion against the CPU
-/// in f64, match the simple twin, and their statistics match the CPU's f32 ones; `expect_fast`
+/// GroupNorm(+SiLU) on f16 (or bf16, the engine's dtype): the fast kernels' y and dx meet the
+/// f16 criterion (bf16: `assert_criterion`'s bf16 rounding) against the CPU in f64, match the simple twin, and their statistics match the CPU's f32 ones; `expect_fast`
 /// says whether the shape takes the fast path (checked bitwise against the simple kernels).
 #[allow(clippy::too_many_arguments)]
 fn group_norm_fast_case(
@@ -375,15 +377,16 @@ fn group_norm_fast_case(
     expect_fast: bool,
 ) {
     let what = format!(
-        "fast group_norm {shape:?}/{groups} silu {silu} gpu {}",
+        "fast group_norm {:?} {shape:?}/{groups} silu {silu} gpu {}",
+        e.be.compute_dtype(),
         e.gpu
     );
-    let f16 = DType::F16;
+    let dt = e.be.compute_dtype();
     let c = shape[1];
-    let (xc, xd) = affine_pair(e, rng, shape, f16, 1.0, shift);
-    let (gc, gd) = random_pair(&e.be, rng, &[c], f16);
-    let (bc, bd) = random_pair(&e.be, rng, &[c], f16);
-    let (dyc, dyd) = random_pair(&e.be, rng, shape, f16);
+    let (xc, xd) = affine_pair(e, rng, shape, dt, 1.0, shift);
+    let (gc, gd) = random_pair(&e.be, rng, &[c], dt);
+    let (bc, bd) = random_pair(&e.be, rng, &[c], dt);
+    let (dyc, dyd) = random_pair(&e.be, rng, shape, dt);
     let cpu = cpu();
     let (yb, sb) = cpu.group_norm(&xc, &gc, &bc, groups, EPS, silu).unwrap();
     let dxb = cpu
@@ -406,8 +409,8 @@ fn group_norm_fast_case(
         &[&ss.mean, &ss.rstd],
         expect_fast,
     );
-    let (ey, eyb) = assert_f16_criterion(&format!("{what}: y"), &yf, &yb, &yr);
-    assert_matches(&format!("{what}: y vs simple"), &yf, &ys, tol(f16));
+    let (ey, eyb) = assert_criterion(dt, &format!("{what}: y"), &yf, &yb, &yr);
+    assert_matches(&format!("{what}: y vs simple"), &yf, &ys, tol(dt));
     // Both backwards from the same statistics, so their bits differ only by the fast path.
     let dxf =
         e.be.group_norm_backward(&dyd, &xd, &gd, &bd, &ss, groups, silu)
@@ -416,12 +419,12 @@ fn group_norm_fast_case(
         .group_norm_backward(&dyd, &xd, &gd, &bd, &ss, groups, silu)
         .unwrap();
     check_path(&format!("{what} backward"), &[&dxf], &[&dxs], expect_fast);
-    let (edx, edxb) = assert_f16_criterion(&format!("{what}: dx"), &dxf, &dxb, &dxr);
-    assert_matches(&format!("{what}: dx vs simple"), &dxf, &dxs, tol(f16));
+    let (edx, edxb) = assert_criterion(dt, &format!("{what}: dx"), &dxf, &dxb, &dxr);
+    assert_matches(&format!("{what}: dx vs simple"), &dxf, &dxs, tol(dt));
     println!("{what}: y err {ey:.3e} (CPU f32 {eyb:.3e}), dx err {edx:.3e} (CPU f32 {edxb:.3e})");
 }
 
-/// LayerNorm on f16, as [`group_norm_fast_case`].
+/// LayerNorm on f16 (or bf16), as [`group_norm_fast_case`].
 fn layer_norm_fast_case(
     e: &Engine,
     simple: &lorafuse::backend::cuda::CudaBackend,
@@ -430,13 +433,17 @@ fn layer_norm_fast_case(
     shift: f32,
     expect_fast: bool,
 ) {
-    let what = format!("fast layer_norm {shape:?} gpu {}", e.gpu);
-    let f16 = DType::F16;
+    let what = format!(
+        "fast layer_norm {:?} {shape:?} gpu {}",
+        e.be.compute_dtype(),
+        e.gpu
+    );
+    let dt = e.be.compute_dtype();
     let c = *shape.last().unwrap();
-    let (xc, xd) = affine_pair(e, rng, shape, f16, 1.0, shift);
-    let (gc, gd) = random_pair(&e.be, rng, &[c], f16);
-    let (bc, bd) = random_pair(&e.be, rng, &[c], f16);
-    let (dyc, dyd) = random_pair(&e.be, rng, shape, f16);
+    let (xc, xd) = affine_pair(e, rng, shape, dt, 1.0, shift);
+    let (gc, gd) = random_pair(&e.be, rng, &[c], dt);
+    let (bc, bd) = random_pair(&e.be, rng, &[c], dt);
+    let (dyc, dyd) = random_pair(&e.be, rng, shape, dt);
     let cpu = cpu();
     let (yb, sb) = cpu.layer_norm(&xc, &gc, &bc, EPS).unwrap();
     let dxb = cpu.layer_norm_backward(&dyc, &xc, &gc, &sb).unwrap();
@@ -453,20 +460,20 @@ fn layer_norm_fast_case(
         &[&ss.mean, &ss.rstd],
         expect_fast,
     );
-    let (ey, eyb) = assert_f16_criterion(&format!("{what}: y"), &yf, &yb, &yr);
-    assert_matches(&format!("{what}: y vs simple"), &yf, &ys, tol(f16));
+    let (ey, eyb) = assert_criterion(dt, &format!("{what}: y"), &yf, &yb, &yr);
+    assert_matches(&format!("{what}: y vs simple"), &yf, &ys, tol(dt));
     let dxf = e.be.layer_norm_backward(&dyd, &xd, &gd, &ss).unwrap();
     let dxs = simple.layer_norm_backward(&dyd, &xd, &gd, &ss).unwrap();
     check_path(&format!("{what} backward"), &[&dxf], &[&dxs], expect_fast);
-    let (edx, edxb) = assert_f16_criterion(&format!("{what}: dx"), &dxf, &dxb, &dxr);
-    assert_matches(&format!("{what}: dx vs simple"), &dxf, &dxs, tol(f16));
+    let (edx, edxb) = assert_criterion(dt, &format!("{what}: dx"), &dxf, &dxb, &dxr);
+    assert_matches(&format!("{what}: dx vs simple"), &dxf, &dxs, tol(dt));
     println!("{what}: y err {ey:.3e} (CPU f32 {eyb:.3e}), dx err {edx:.3e} (CPU f32 {edxb:.3e})");
 }
 
 #[test]
 fn fast_group_norm_meets_the_f16_criterion() {
     let mut rng = Rng::new(16);
-    for (e, simple) in fast_simple_pairs() {
+    for (e, simple) in fast_simple_pairs(DType::F16) {
         for silu in [false, true] {
             // (shape, groups, shift, fast): 8 channels of an odd 7x9 plane per group (the
             // channel changes inside a vector), batch 2; rank 2 (one element per channel);
@@ -491,7 +498,7 @@ fn fast_group_norm_meets_the_f16_criterion() {
 #[test]
 fn fast_group_norm_sd15_shapes() {
     let mut rng = Rng::new(17);
-    for (e, simple) in fast_simple_pairs() {
+    for (e, simple) in fast_simple_pairs(DType::F16) {
         // SD1.5's ResNet GroupNorms, 32 groups: 320 channels at 16x16, 1280 at 8x8.
         group_norm_fast_case(
             &e,
@@ -529,7 +536,7 @@ fn fast_group_norm_sd15_shapes() {
 #[test]
 fn fast_layer_norm_meets_the_f16_criterion() {
     let mut rng = Rng::new(18);
-    for (e, simple) in fast_simple_pairs() {
+    for (e, simple) in fast_simple_pairs(DType::F16) {
         // (shape, shift, fast): SD1.5's transformer (320) and CLIP (768) widths at 77 and 256
         // rows (77: the last block's warps partly idle), 640 and 1280 (4 and 8 vectors per
         // lane), one vector per row, a mean far from zero. Declined: widths 37 and 1001 (not
@@ -576,4 +583,38 @@ fn fast_norms_on_turing() {
     group_norm_fast_case(&e, &simple, &mut rng, &[2, 32, 7, 9], 4, true, 0.0, true);
     layer_norm_fast_case(&e, &simple, &mut rng, &[77, 320], 0.0, true);
     assert_turing_path("norms", &e.be, false);
+}
+
+/// bf16 on the fast kernels (compute capability 8.0+: the emulator's A100, or the GPU):
+/// GroupNorm(+SiLU) with the channel changing inside a vector and over 17 chunks, LayerNorm
+/// at 2, 4 and 8 vectors per lane and a declined width, by the criterion with the baseline
+/// rounded to bf16; the launches were the `_bf16` entry points (no tensor cores).
+#[test]
+fn fast_norms_bf16() {
+    let mut rng = Rng::new(20);
+    for (e, simple) in fast_simple_pairs(DType::BF16) {
+        for (shape, groups, silu) in [(&[2, 32, 7, 9][..], 4, true), (&[1, 8, 33, 65], 1, false)] {
+            group_norm_fast_case(&e, &simple, &mut rng, shape, groups, silu, 0.0, true);
+        }
+        for (shape, fast) in [
+            (&[77, 320][..], true),
+            (&[5, 640], true),
+            (&[3, 1280], true),
+            (&[3, 37], false),
+        ] {
+            layer_norm_fast_case(&e, &simple, &mut rng, shape, 0.0, fast);
+        }
+        let launches = assert_bf16_fast_path("norms bf16", &e.be, &["gn_fast_", "ln_fast_"], false);
+        for k in [
+            "gn_fast_stats_bf16",
+            "gn_fast_forward_bf16",
+            "gn_fast_bwd_partials_bf16",
+            "gn_fast_backward_bf16",
+            "ln_fast_forward_bf16_v2",
+            "ln_fast_backward_bf16_v4",
+            "ln_fast_forward_bf16_v8",
+        ] {
+            assert!(launches.contains_key(k), "no {k} launch: {launches:?}");
+        }
+    }
 }

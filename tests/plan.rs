@@ -344,7 +344,7 @@ fn the_plan_command_prints_the_breakdown_and_the_fit() {
 }
 
 /// bf16 plans as fp16 does: 2-byte activations and frozen weights, so the same weights,
-/// tape, adapters, optimizer and (at this size) peak, though bf16 runs the simple kernels;
+/// tape, adapters, optimizer and (at this size) peak, though bf16 runs the simple convolutions;
 /// on a Turing card it is refused, naming the card and the alternative.
 #[test]
 fn bf16_plans_like_fp16_and_is_refused_on_turing() {

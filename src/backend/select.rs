@@ -29,9 +29,10 @@ pub fn gpu_dtype(mp: MixedPrecision) -> DType {
     }
 }
 
-/// What bf16 runs on today: the simple kernels (the tensor-core kernels are f16 only).
-pub const BF16_KERNELS_NOTE: &str = "bf16 runs the simple kernels (the tensor-core kernels \
-     are f16 only for now: mixed_precision: fp16 is faster)";
+/// What bf16 runs on today: the fast kernels but the convolution's (which is f16 only).
+pub const BF16_KERNELS_NOTE: &str = "bf16 runs the fast kernels of the linear layers, \
+     attention and norms, and the simple convolution kernels (mixed_precision: fp16 is faster \
+     for now)";
 
 /// Opens the backend for `device`; on the CPU, its products with frozen weights in `cpu`
 /// (an error naming the missing CPU feature where this CPU cannot).

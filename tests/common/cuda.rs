@@ -77,6 +77,46 @@ pub fn assert_turing_path(what: &str, be: &CudaBackend, tensor_cores: bool) {
     );
 }
 
+/// Asserts that the launches on `be`'s device since the last call include fast kernels named
+/// with one of `prefixes`, every one of them a bf16 entry point (`bf16` in its name), and, in
+/// the emulator, that tensor-core instructions ran (the bf16 mma counts as m16n8k16) exactly
+/// when `tensor_cores`, never sm_75's m16n8k8; prints and returns the launches per kernel.
+pub fn assert_bf16_fast_path(
+    what: &str,
+    be: &CudaBackend,
+    prefixes: &[&str],
+    tensor_cores: bool,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    let launches = be.device().take_launch_counts();
+    println!(
+        "{what} on {} (tensor cores: {tensor_cores}): launches {launches:?}",
+        be.device().limits()
+    );
+    let fast: Vec<&str> = launches
+        .keys()
+        .copied()
+        .filter(|k| prefixes.iter().any(|p| k.starts_with(p)))
+        .collect();
+    assert!(!fast.is_empty(), "{what}: no fast kernel ran: {launches:?}");
+    assert!(
+        fast.iter().all(|k| k.contains("bf16")),
+        "{what}: an f16 fast kernel ran on bf16 data: {fast:?}"
+    );
+    #[cfg(feature = "cuda-emu")]
+    if be.device().is_emulator() {
+        let ops = be.device().take_emulated_ops();
+        println!("{what}: {ops:?}");
+        assert_eq!(ops.mma_m16n8k8, 0, "{what}: sm_75's mma on a bf16 backend");
+        assert_eq!(
+            ops.mma_m16n8k16 > 0,
+            tensor_cores,
+            "{what}: m16n8k16 count {}",
+            ops.mma_m16n8k16
+        );
+    }
+    launches
+}
+
 /// Whether this machine has an NVIDIA GPU, asked without CUDA: the driver's device node, or
 /// `nvidia-smi -L` listing one.
 pub fn gpu_present() -> bool {
@@ -217,6 +257,19 @@ pub fn assert_f16_criterion(
     baseline: &Tensor,
     reference: &Tensor,
 ) -> (f64, f64) {
+    assert_criterion(DType::F16, what, got, baseline, reference)
+}
+
+/// [`assert_f16_criterion`] for kernels storing `dtype` (f16 or bf16): the baseline's output
+/// is rounded to `dtype`, so for bf16 the bound follows bf16's unit roundoff (2^-8, 8 times
+/// f16's), as the kernel's own output rounding does.
+pub fn assert_criterion(
+    dtype: DType,
+    what: &str,
+    got: &Tensor,
+    baseline: &Tensor,
+    reference: &Tensor,
+) -> (f64, f64) {
     assert_eq!(got.shape(), reference.shape(), "{what}: shape");
     let g: Vec<f64> = got.to_f32_vec().iter().map(|&x| x as f64).collect();
     if let Some(i) = g.iter().position(|x| !x.is_finite()) {
@@ -226,7 +279,7 @@ pub fn assert_f16_criterion(
         DType::F64 => reference.to_f64_vec(),
         _ => reference.to_f32_vec().iter().map(|&x| x as f64).collect(),
     };
-    let b: Vec<f64> = round_f16(&baseline.to_f32_vec())
+    let b: Vec<f64> = rounded(dtype, &baseline.to_f32_vec())
         .iter()
         .map(|&x| x as f64)
         .collect();
@@ -236,7 +289,7 @@ pub fn assert_f16_criterion(
     let bound = 2.0 * base_err + 1e-6 * scale;
     assert!(
         got_err <= bound,
-        "{what}: max error {got_err:.3e} against f64 > 2 x the f16-rounded CPU's {base_err:.3e}"
+        "{what}: max error {got_err:.3e} against f64 > 2 x the {dtype:?}-rounded CPU's {base_err:.3e}"
     );
     (got_err, base_err)
 }

@@ -3,12 +3,14 @@
 //! in shared memory); the backward recomputes P from the saved lse, and computes dQ per query
 //! tile and dK, dV per key tile, so nothing is accumulated with atomics (deterministic).
 //!
-//! q, k, v, o, dO and the gradients share the compute dtype (f16 or f32); lse is f32 always.
+//! q, k, v, o, dO and the gradients share the compute dtype (f16, bf16 or f32); lse is f32
+//! always.
 //! Head widths up to [`MAX_HEAD_DIM`] (the kernels keep one row's accumulators in registers);
 //! the forward of wider heads (the VAE's 512) runs in attention/wide.rs.
 //!
-//! f16 backends with the attention family on `Fast` run kernels/attention_fast.cu instead
-//! (attention/fast.rs: flash-attention-2 style, tensor cores) when it accepts the shape.
+//! f16 backends, and bf16 ones on compute capability 8.0+ (`CudaBackend::fast16`), with the
+//! attention family on `Fast` run kernels/attention_fast.cu instead (attention/fast.rs:
+//! flash-attention-2 style, tensor cores) when it accepts the shape.
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
@@ -162,7 +164,7 @@ impl AttentionOps for CudaBackend {
         if n.batch * n.heads * n.q_len == 0 {
             return Ok((o, lse)); // nothing to compute (and no empty grid to launch)
         }
-        if let Some(bk) = fast::bucket(self, &n) {
+        if let Some(bk) = fast::bucket(self, &n, dt) {
             let (oo, lo) = (
                 output(self, OP, "o", &mut o)?,
                 output(self, OP, "lse", &mut lse)?,
@@ -237,7 +239,7 @@ impl AttentionOps for CudaBackend {
         let rows = n.batch * n.heads * n.q_len;
         // D = rowsum(dO ⊙ O), [B, H, Lq] f32.
         let mut dsum = alloc(self, [rows], DType::F32)?;
-        if let Some(bk) = fast::bucket(self, &n) {
+        if let Some(bk) = fast::bucket(self, &n, dt) {
             let saved = Saved {
                 q: qi,
                 k: ki,

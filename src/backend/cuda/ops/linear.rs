@@ -12,18 +12,21 @@
 //!   dB (+)= s·dYᵀ·ũ           gemm_T_f32_f32, split over rows
 //!   dA (+)= s·gᵀ·x            gemm_f32_T_f32, split over rows
 //!   dX = dY·W + s·g·A         gemm_T_T_T with the second product g·A (when asked)
-//! T (x, W, bias, mask, y, dY, dX) is f16 or f32; A, B, ũ, g and the gradients are f32.
+//! T (x, W, bias, mask, y, dY, dX) is f16, bf16 or f32; A, B, ũ, g and the gradients are f32.
 //!
-//! On f16 backends with fast GEMMs (`KernelChoice::gemm`) the same products run on the
-//! tensor-core kernels of kernels/linear_fast.cu (linear/fast.rs): y and ũ in one launch, dX
-//! and g in one launch, dB and dA as ordered row-split reductions; shapes they decline (see
-//! linear/fast.rs) take the kernels above.
+//! On f16 backends, and bf16 ones on compute capability 8.0+ (`CudaBackend::fast16`), with fast
+//! GEMMs (`KernelChoice::gemm`) the same products run on the tensor-core kernels of
+//! kernels/linear_fast.cu (linear/fast.rs; activations in the backend's dtype): y and ũ in one
+//! launch, dX and g in one launch, dB and dA as ordered row-split reductions; shapes they
+//! decline (see linear/fast.rs) take the kernels above.
 
 use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::super::tiles::{GEMM_BK, GEMM_BM, GEMM_BN, GEMM_THREADS};
 use super::{alloc, float_dtype, input, int, output, BLOCK};
-use crate::backend::{check, Accum, Adapter, AdapterBackward, LinearOps, LinearOut, LoraBackward};
+use crate::backend::{
+    check, Accum, Adapter, AdapterBackward, BackendInfo, LinearOps, LinearOut, LoraBackward,
+};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -302,7 +305,10 @@ impl LinearOps for CudaBackend {
         int(OP, "y", rows * outf)?;
         int(OP, "lora hidden", rows * r)?;
 
-        if self.fast(self.kernels().gemm) && fast::forward_ok(self, rows, inf, outf, r, xi, wi) {
+        if self.fast16(self.kernels().gemm)
+            && t == self.compute_dtype()
+            && fast::forward_ok(self, rows, inf, outf, r, xi, wi)
+        {
             // One pass over x: y = x·Wᵀ + bias + s·ũ·Bᵀ and ũ = (x·Aᵀ) ⊙ mask.
             let mut y = alloc(self, x.shape().with_last(outf), t)?;
             let yo = output(self, OP, "y", &mut y)?;
@@ -405,7 +411,7 @@ impl LinearOps for CudaBackend {
         int(OP, "dx", rows * inf)?;
         int(OP, "g", rows * r)?;
 
-        if self.fast(self.kernels().gemm) {
+        if self.fast16(self.kernels().gemm) && t == self.compute_dtype() {
             if let Some(dx) =
                 backward_fast(self, dy, w, lora.as_mut(), want_dx, (rows, inf, outf, r))?
             {

@@ -2,12 +2,12 @@
 //! (kernels/norm.cu). Both are one kernel pair over contiguous blocks of cpg channels of
 //! `inner` elements: GroupNorm x [N, C, ...] has N·groups blocks of C/groups channels of
 //! `spatial` elements; LayerNorm x [.., C] has one block per row, of C channels of 1 element.
-//! One thread block per normalized block. x, y, gamma, beta, dy, dx share one dtype (f16 or
-//! f32); the statistics are f32 whatever it is.
+//! One thread block per normalized block. x, y, gamma, beta, dy, dx share one dtype (f16, bf16
+//! or f32); the statistics are f32 whatever it is.
 //!
-//! On f16 backends with the `norm` family fast, the shapes [`fast`] supports run its kernels
-//! (kernels/norm_fast.cu) instead: same outputs and statistics convention, other summation
-//! orders.
+//! On f16 backends, and bf16 ones on compute capability 8.0+ (`CudaBackend::fast16`), with the
+//! `norm` family fast, the shapes [`fast`] supports run its kernels (kernels/norm_fast.cu)
+//! instead: same outputs and statistics convention, other summation orders.
 
 mod fast;
 
@@ -15,7 +15,7 @@ use super::super::backend::CudaBackend;
 use super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::super::tiles::NORM_MAX_THREADS;
 use super::{alloc, by_dtype, float_dtype, input, int, output};
-use crate::backend::{check, NormOps, NormStats};
+use crate::backend::{check, BackendInfo, NormOps, NormStats};
 use crate::error::Result;
 use crate::tensor::{DType, Shape, Tensor};
 
@@ -110,7 +110,7 @@ fn forward(
         output(be, op, "rstd", &mut rstd)?,
     );
     let m = l.cpg * l.inner;
-    let try_fast = l.blocks > 0 && be.fast(be.kernels().norm);
+    let try_fast = l.blocks > 0 && be.fast16(be.kernels().norm) && d == be.compute_dtype();
     if try_fast && l.layer && fast::layer_supported(m, &[xi.0, gi.0, bi.0, outs.0 .0]) {
         fast::layer_forward(be, op, (l.blocks, m), (xi, gi, bi), outs, eps)?;
     } else if try_fast && !l.layer && fast::group_supported(m, &[xi.0, outs.0 .0]) {
@@ -169,7 +169,7 @@ fn backward(
     let mut dx = alloc(be, x.shape().clone(), d)?;
     let dxo = output(be, op, "dx", &mut dx)?;
     let m = l.cpg * l.inner;
-    let try_fast = l.blocks > 0 && be.fast(be.kernels().norm);
+    let try_fast = l.blocks > 0 && be.fast16(be.kernels().norm) && d == be.compute_dtype();
     if try_fast && l.layer && fast::layer_supported(m, &[dyi.0, xi.0, gi.0, dxo.0]) {
         fast::layer_backward(be, op, (l.blocks, m), (dyi, xi, gi, mi, ri), dxo)?;
     } else if try_fast && !l.layer && fast::group_supported(m, &[dyi.0, xi.0, dxo.0]) {

@@ -1,10 +1,13 @@
-//! The fast attention kernels (kernels/attention_fast.cu) for f16 backends: flash-attention-2
-//! style on tensor cores, one launch for the forward; the backward as rowsum(dO ⊙ O), then
-//! dK, dV per key tile and dQ per query tile (no atomics: deterministic). The head width picks
-//! a bucket DM (64, 96 or 160: the kernels' register arrays and shared-memory rows).
+//! The fast attention kernels (kernels/attention_fast.cu) for f16 backends, and bf16 ones on
+//! compute capability 8.0+ (`CudaBackend::fast16`; the `_bf16` entry points, same tiles and
+//! shared memory): flash-attention-2 style on tensor cores, one launch for the forward; the
+//! backward as rowsum(dO ⊙ O), then dK, dV per key tile and dQ per query tile (no atomics:
+//! deterministic). The head width picks a bucket DM (64, 96 or 160: the kernels' register
+//! arrays and shared-memory rows).
 //!
 //! Declines (the caller then runs the simple kernels of attention.rs): heads wider than
-//! [`FAST_MAX_HEAD_DIM`] (up to 256), dv = 0 and Lk = 0. The lse of either forward feeds
+//! [`FAST_MAX_HEAD_DIM`] (up to 256), dv = 0 and Lk = 0, tensors in another dtype than the
+//! backend's. The lse of either forward feeds
 //! either backward.
 //!
 //! Key tiles from the device's shared memory per block ([`Bucket`]): the forward and dQ take
@@ -21,8 +24,9 @@ use super::super::super::tiles::{
 use super::super::{input, int, output};
 use super::{tiled, Args, Saved};
 use crate::backend::check::attention::AttentionDims;
+use crate::backend::BackendInfo;
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 kernels! {
     module "attention_fast";
@@ -51,6 +55,31 @@ kernels! {
         heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
     fn attention_fast_dq_d160_kt16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
         heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_fwd_d64_bf16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_fwd_d96_bf16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_fwd_d160_bf16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_fwd_d96_kt32_bf16(q: In, k: In, v: In, o: Out, lse: Out, heads: i32, lq: i32,
+        lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dot_bf16(o: In, d_o: In, dsum: Out, heads: i32, lq: i32, dv: i32, n: i32);
+    fn attention_fast_dkv_d64_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dkv_d96_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dkv_d160_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dk: Out,
+        dv_out: Out, heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d64_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d96_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d160_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d96_kt32_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
+    fn attention_fast_dq_d160_kt16_bf16(q: In, k: In, v: In, lse: In, d_o: In, dsum: In, dq: Out,
+        heads: i32, lq: i32, lk: i32, d: i32, dv: i32, causal: i32, scale: f32);
 }
 
 /// The widest head (d and dv) the fast kernels take (their largest bucket).
@@ -62,14 +91,21 @@ pub(super) struct Bucket {
     pub dm: usize,
     pub fwd_kt: usize,
     pub dq_kt: usize,
+    /// bf16 tensors (the `_bf16` entry points), else f16.
+    pub bf16: bool,
 }
 
-/// The fast kernels for shape `n` on `be`'s device, or None when the shape stays on the simple
-/// kernels (see the module doc; also when a kernel's shared memory fits neither tile, which
-/// no supported device's limits cause).
-pub(super) fn bucket(be: &CudaBackend, n: &AttentionDims) -> Option<Bucket> {
+/// The fast kernels for shape `n` of tensors in `dtype` on `be`'s device, or None when the
+/// shape stays on the simple kernels (see the module doc; also when a kernel's shared memory
+/// fits neither tile, which no supported device's limits cause).
+pub(super) fn bucket(be: &CudaBackend, n: &AttentionDims, dtype: DType) -> Option<Bucket> {
     let w = n.head_dim.max(n.v_head_dim);
-    if !be.fast(be.kernels().attention) || n.head_dim == 0 || n.v_head_dim == 0 || n.kv_len == 0 {
+    if !be.fast16(be.kernels().attention)
+        || dtype != be.compute_dtype()
+        || n.head_dim == 0
+        || n.v_head_dim == 0
+        || n.kv_len == 0
+    {
         return None;
     }
     let dm = [64, 96, FAST_MAX_HEAD_DIM]
@@ -88,6 +124,7 @@ pub(super) fn bucket(be: &CudaBackend, n: &AttentionDims) -> Option<Bucket> {
         dm,
         fwd_kt: tile(af_fwd_smem)?,
         dq_kt: tile(af_dq_smem)?,
+        bf16: dtype == DType::BF16,
     })
 }
 
@@ -101,11 +138,15 @@ pub(super) fn forward(
     (o, lse): (Out, Out),
 ) -> Result<()> {
     const OP: &str = "attention";
-    let f = match (bk.dm, bk.fwd_kt) {
-        (64, _) => attention_fast_fwd_d64,
-        (96, 32) => attention_fast_fwd_d96_kt32,
-        (96, _) => attention_fast_fwd_d96,
-        _ => attention_fast_fwd_d160,
+    let f = match (bk.dm, bk.fwd_kt, bk.bf16) {
+        (64, _, false) => attention_fast_fwd_d64,
+        (96, 32, false) => attention_fast_fwd_d96_kt32,
+        (96, _, false) => attention_fast_fwd_d96,
+        (_, _, false) => attention_fast_fwd_d160,
+        (64, _, true) => attention_fast_fwd_d64_bf16,
+        (96, 32, true) => attention_fast_fwd_d96_kt32_bf16,
+        (96, _, true) => attention_fast_fwd_d96_bf16,
+        (_, _, true) => attention_fast_fwd_d160_bf16,
     };
     f(
         be.device(),
@@ -145,7 +186,12 @@ pub(super) fn backward(
     let rows = n.batch * n.heads * n.q_len;
     if rows > 0 {
         let warps = AF_THREADS / 32;
-        attention_fast_dot(
+        let dot = if bk.bf16 {
+            attention_fast_dot_bf16
+        } else {
+            attention_fast_dot
+        };
+        dot(
             be.device(),
             LaunchCfg::new(
                 (int(OP, "q", rows.div_ceil(warps))? as u32, 1, 1),
@@ -164,10 +210,13 @@ pub(super) fn backward(
     let di = input(be, OP, "dsum", dsum)?;
     if n.batch * n.heads > 0 {
         // Lq = 0: the dK/dV kernel writes dK = dV = 0.
-        let f = match bk.dm {
-            64 => attention_fast_dkv_d64,
-            96 => attention_fast_dkv_d96,
-            _ => attention_fast_dkv_d160,
+        let f = match (bk.dm, bk.bf16) {
+            (64, false) => attention_fast_dkv_d64,
+            (96, false) => attention_fast_dkv_d96,
+            (_, false) => attention_fast_dkv_d160,
+            (64, true) => attention_fast_dkv_d64_bf16,
+            (96, true) => attention_fast_dkv_d96_bf16,
+            (_, true) => attention_fast_dkv_d160_bf16,
         };
         f(
             be.device(),
@@ -190,12 +239,17 @@ pub(super) fn backward(
         )?;
     }
     if rows > 0 {
-        let f = match (bk.dm, bk.dq_kt) {
-            (64, _) => attention_fast_dq_d64,
-            (96, 32) => attention_fast_dq_d96_kt32,
-            (96, _) => attention_fast_dq_d96,
-            (_, 16) => attention_fast_dq_d160_kt16,
-            _ => attention_fast_dq_d160,
+        let f = match (bk.dm, bk.dq_kt, bk.bf16) {
+            (64, _, false) => attention_fast_dq_d64,
+            (96, 32, false) => attention_fast_dq_d96_kt32,
+            (96, _, false) => attention_fast_dq_d96,
+            (_, 16, false) => attention_fast_dq_d160_kt16,
+            (_, _, false) => attention_fast_dq_d160,
+            (64, _, true) => attention_fast_dq_d64_bf16,
+            (96, 32, true) => attention_fast_dq_d96_kt32_bf16,
+            (96, _, true) => attention_fast_dq_d96_bf16,
+            (_, 16, true) => attention_fast_dq_d160_kt16_bf16,
+            (_, _, true) => attention_fast_dq_d160_bf16,
         };
         f(
             be.device(),

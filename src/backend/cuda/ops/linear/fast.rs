@@ -1,10 +1,12 @@
-//! The fast linear kernels (kernels/linear_fast.cu) for f16 backends: one tensor-core GEMM
-//! launch per forward (y and the LoRA hidden ũ in the same pass over x) and per backward input
-//! gradient (dX and g = (dY·B) ⊙ mask in the same pass over dY), plus the LoRA weight
-//! gradients as f32 reductions over the rows, split over rows and added in order.
+//! The fast linear kernels (kernels/linear_fast.cu) for f16 and bf16 backends (the `_bf16`
+//! entry points on the latter; the caller checks `CudaBackend::fast16` and that the tensors
+//! hold the backend's dtype): one tensor-core GEMM launch per forward (y and the LoRA hidden
+//! ũ in the same pass over x) and per backward input gradient (dX and g = (dY·B) ⊙ mask in
+//! the same pass over dY), plus the LoRA weight gradients as f32 reductions over the rows,
+//! split over rows and added in order. Both dtypes take the same tiles and shared memory.
 //!
 //! Declines (the caller then runs the simple kernels), each for a documented reason:
-//! - a row length of a tiled f16 operand not a multiple of 8 halves (every global->shared copy
+//! - a row length of a tiled 16-bit operand not a multiple of 8 elements (every global->shared copy
 //!   is one 16-byte cp.async): forward `in`; backward `in` and `out`;
 //! - an operand not 16-byte aligned (pool buffers are 512-byte aligned: does not happen);
 //! - a LoRA rank whose shared memory (the f32 hidden tile and L ring, about 690 bytes per
@@ -24,6 +26,7 @@ use super::super::super::tiles::{
 };
 use super::super::{alloc, int, output, BLOCK};
 use super::{splitk_sum_f32, NULL_IN, NULL_OUT};
+use crate::backend::BackendInfo;
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
@@ -48,6 +51,26 @@ kernels! {
         l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32, mask: In,
         hidden: Out, bias: In, c: Out, beta: f32);
     fn linear_fast_lora_grad(m: i32, n: i32, d: In, ldd: i32, h: In, r: i32, scale: f32,
+        out: Out, c_sn: i32, c_sj: i32, chunk: i32, beta: f32);
+    fn linear_fast_128x128_nk_bf16(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32,
+        l: In, l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32,
+        mask: In, hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_128x64_nk_bf16(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32,
+        l: In, l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32,
+        mask: In, hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_64x64_nk_bf16(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32,
+        l: In, l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32,
+        mask: In, hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_128x128_kn_bf16(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32,
+        l: In, l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32,
+        mask: In, hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_128x64_kn_bf16(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32,
+        l: In, l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32,
+        mask: In, hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_64x64_kn_bf16(m: i32, n: i32, k: i32, a: In, lda: i32, b: In, ldb: i32,
+        l: In, l_sj: i32, l_sk: i32, u: In, u_sj: i32, u_sn: i32, r: i32, scale: f32,
+        mask: In, hidden: Out, bias: In, c: Out, beta: f32);
+    fn linear_fast_lora_grad_bf16(m: i32, n: i32, d: In, ldd: i32, h: In, r: i32, scale: f32,
         out: Out, c_sn: i32, c_sj: i32, chunk: i32, beta: f32);
 }
 
@@ -115,12 +138,17 @@ fn pick(be: &CudaBackend, m: usize, n: usize, kn: bool, r: usize) -> Option<Tile
         .or_else(|| Tile::ALL.into_iter().rev().find(fits))
 }
 
+/// Whether `be` computes in bf16 (the `_bf16` entry points), else f16.
+fn bf16(be: &CudaBackend) -> bool {
+    be.compute_dtype() == DType::BF16
+}
+
 fn aligned(p: In) -> bool {
     p.0.is_multiple_of(16)
 }
 
 /// Whether the forward takes the fast path (see the module comment); the caller has checked
-/// that the backend is f16 with fast GEMMs.
+/// that the backend is f16 or bf16 with fast GEMMs (`fast16`).
 pub(super) fn forward_ok(
     be: &CudaBackend,
     rows: usize,
@@ -162,8 +190,9 @@ pub(super) struct LoraOperands {
     pub hidden: Out,
 }
 
-/// C [m, n] f16 = A·B (+ LoRA) (+ bias) (+ beta·C): A [m, k] f16 row-major (leading dim k),
-/// B [n, k] (`kn` false) or [k, n] (`kn` true) f16 row-major. n may be 0 (only the hidden).
+/// C [m, n] = A·B (+ LoRA) (+ bias) (+ beta·C), A, B, C, bias and mask in the backend's dtype
+/// (f16 or bf16): A [m, k] row-major (leading dim k), B [n, k] (`kn` false) or [k, n] (`kn`
+/// true) row-major. n may be 0 (only the hidden).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm(
     be: &CudaBackend,
@@ -188,13 +217,19 @@ pub(super) fn gemm(
         1,
     );
     let cfg = LaunchCfg::new(grid, (tile.threads(), 1, 1), tile.smem(kn, r) as u32);
-    let f = match (tile, kn) {
-        (Tile::T128x128, false) => linear_fast_128x128_nk,
-        (Tile::T128x64, false) => linear_fast_128x64_nk,
-        (Tile::T64x64, false) => linear_fast_64x64_nk,
-        (Tile::T128x128, true) => linear_fast_128x128_kn,
-        (Tile::T128x64, true) => linear_fast_128x64_kn,
-        (Tile::T64x64, true) => linear_fast_64x64_kn,
+    let f = match (tile, kn, bf16(be)) {
+        (Tile::T128x128, false, false) => linear_fast_128x128_nk,
+        (Tile::T128x64, false, false) => linear_fast_128x64_nk,
+        (Tile::T64x64, false, false) => linear_fast_64x64_nk,
+        (Tile::T128x128, true, false) => linear_fast_128x128_kn,
+        (Tile::T128x64, true, false) => linear_fast_128x64_kn,
+        (Tile::T64x64, true, false) => linear_fast_64x64_kn,
+        (Tile::T128x128, false, true) => linear_fast_128x128_nk_bf16,
+        (Tile::T128x64, false, true) => linear_fast_128x64_nk_bf16,
+        (Tile::T64x64, false, true) => linear_fast_64x64_nk_bf16,
+        (Tile::T128x128, true, true) => linear_fast_128x128_kn_bf16,
+        (Tile::T128x64, true, true) => linear_fast_128x64_kn_bf16,
+        (Tile::T64x64, true, true) => linear_fast_64x64_kn_bf16,
     };
     let (mi, ni, ki) = (int(op, "m", m)?, int(op, "n", n)?, int(op, "k", k)?);
     let ldb = if kn { ni } else { ki };
@@ -238,10 +273,10 @@ pub(super) fn gemm(
 }
 
 /// A LoRA weight gradient, f32: C(n, j) = beta·C(n, j) + scale·Σ_{m<rows} d[m][n]·h[m][j],
-/// d [rows, n] f16 row-major, h [rows, r] f32, C(n, j) at c[n·c_sn + j·c_sj]. Rows are split
-/// over blocks (about 256 blocks in all, at most 64 splits, whole 32-row steps); the splits
-/// write a workspace that `splitk_sum_f32` adds in order, so the result does not depend on
-/// scheduling nor on the device.
+/// d [rows, n] row-major in the backend's dtype (f16 or bf16), h [rows, r] f32, C(n, j) at
+/// c[n·c_sn + j·c_sj]. Rows are split over blocks (about 256 blocks in all, at most 64
+/// splits, whole 32-row steps); the splits write a workspace that `splitk_sum_f32` adds in
+/// order, so the result does not depend on scheduling nor on the device.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn lora_grad(
     be: &CudaBackend,
@@ -275,8 +310,13 @@ pub(super) fn lora_grad(
         splits as u32,
     );
     let cfg = LaunchCfg::new(grid, (LG_THREADS as u32, 1, 1), 0);
+    let kernel = if bf16(be) {
+        linear_fast_lora_grad_bf16
+    } else {
+        linear_fast_lora_grad
+    };
     if splits == 1 {
-        return linear_fast_lora_grad(
+        return kernel(
             be.device(),
             cfg,
             mi,
@@ -297,7 +337,7 @@ pub(super) fn lora_grad(
     int(op, "split workspace", splits * n * r)?;
     let mut ws: Tensor = alloc(be, [splits, n * r], DType::F32)?;
     let wo = output(be, op, "split workspace", &mut ws)?;
-    linear_fast_lora_grad(
+    kernel(
         be.device(),
         cfg,
         mi,
@@ -322,4 +362,40 @@ pub(super) fn lora_grad(
         splits as i32,
         beta,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::backend::cuda::{CudaBackend, Device, DeviceLimits, Impl};
+    use crate::tensor::DType;
+
+    /// `fast16` over every card of the profile table (on the memory meter, which runs no
+    /// kernel): f16 takes the fast kernels when asked everywhere, bf16 wherever a bf16 backend
+    /// can be made (compute capability 8.0+); below 8.0 no bf16 backend exists (refused at
+    /// start), so no bf16 tensor-core kernel can be chosen there.
+    #[test]
+    fn fast16_takes_f16_everywhere_and_bf16_from_compute_capability_8() {
+        let mut turing = 0;
+        for limits in DeviceLimits::profiles() {
+            let cc8 = limits.compute_capability >= (8, 0);
+            let f16 = CudaBackend::new(Device::meter_for(limits.clone()), DType::F16).unwrap();
+            assert!(
+                f16.fast16(Impl::Fast) && !f16.fast16(Impl::Simple),
+                "{limits}"
+            );
+            match CudaBackend::new(Device::meter_for(limits.clone()), DType::BF16) {
+                Ok(bf16) => {
+                    assert!(cc8, "{limits}: bf16 backend below compute capability 8.0");
+                    assert!(bf16.fast16(Impl::Fast) && !bf16.fast16(Impl::Simple));
+                }
+                Err(e) => {
+                    assert!(!cc8, "{limits}: bf16 refused: {e}");
+                    turing += 1;
+                }
+            }
+            let f32 = CudaBackend::new(Device::meter_for(limits.clone()), DType::F32).unwrap();
+            assert!(!f32.fast16(Impl::Fast), "{limits}");
+        }
+        assert!(turing > 0, "the table has a Turing card");
+    }
 }

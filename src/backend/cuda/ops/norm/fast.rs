@@ -1,11 +1,13 @@
-//! The fast f16 GroupNorm (+SiLU) and LayerNorm kernels (kernels/norm_fast.cu): 16-byte vector
-//! loads, each GroupNorm block split over up to 32 chunks with a deterministic two-launch
-//! reduction, one warp per LayerNorm row. Chosen by `super` on f16 backends with the `norm`
-//! family fast; [`group_supported`] and [`layer_supported`] say which shapes they take, the
-//! rest (and every f32 backend) runs the simple kernels of kernels/norm.cu.
+//! The fast GroupNorm (+SiLU) and LayerNorm kernels (kernels/norm_fast.cu), f16 and bf16 (the
+//! `_bf16` entry points): 16-byte vector loads, each GroupNorm block split over up to 32
+//! chunks with a deterministic two-launch reduction, one warp per LayerNorm row. Chosen by
+//! `super` on f16 backends, and bf16 ones on compute capability 8.0+
+//! (`CudaBackend::fast16`), with the `norm` family fast, for tensors in the backend's dtype;
+//! [`group_supported`] and [`layer_supported`] say which shapes they take, the rest (and every
+//! f32 backend) runs the simple kernels of kernels/norm.cu.
 //!
 //! Declines, by design: a normalized block (GroupNorm's cpg·spatial, LayerNorm's C) that is
-//! empty or not a multiple of 8 halves, or a tensor whose device address is not 16-byte aligned
+//! empty or not a multiple of 8 elements, or a tensor whose device address is not 16-byte aligned
 //! (every vector access must be a whole, aligned uint4); LayerNorm rows wider than 2048 (the
 //! row lives in one warp's registers). SD1.5's shapes (C = 320/640/1280/768, 32 groups) all
 //! take the fast kernels.
@@ -14,6 +16,7 @@ use super::super::super::backend::CudaBackend;
 use super::super::super::launch::{kernels, In, LaunchCfg, Out};
 use super::super::super::tiles::{GN_THREADS, LN_ROWS};
 use super::super::{alloc, int, output};
+use crate::backend::BackendInfo;
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 use std::cell::Cell;
@@ -48,12 +51,36 @@ kernels! {
         cols: i32);
     fn ln_fast_backward_f16_v8(dy: In, x: In, gamma: In, mean: In, rstd: In, dx: Out, rows: i32,
         cols: i32);
+    fn gn_fast_stats_bf16(x: In, part: Out, m: i32, chunk: i32, nchunks: i32);
+    fn gn_fast_forward_bf16(x: In, gamma: In, beta: In, part: In, y: Out, mean: Out, rstd: Out,
+        groups: i32, cpg: i32, inner: i32, chunk: i32, nchunks: i32, eps: f32, silu: i32);
+    fn gn_fast_bwd_partials_bf16(dy: In, x: In, gamma: In, beta: In, mean: In, rstd: In,
+        part: Out, groups: i32, cpg: i32, inner: i32, chunk: i32, nchunks: i32, silu: i32);
+    fn gn_fast_backward_bf16(dy: In, x: In, gamma: In, beta: In, mean: In, rstd: In, part: In,
+        dx: Out, groups: i32, cpg: i32, inner: i32, chunk: i32, nchunks: i32, silu: i32);
+    fn ln_fast_forward_bf16_v2(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out,
+        rows: i32, cols: i32, eps: f32);
+    fn ln_fast_forward_bf16_v4(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out,
+        rows: i32, cols: i32, eps: f32);
+    fn ln_fast_forward_bf16_v8(x: In, gamma: In, beta: In, y: Out, mean: Out, rstd: Out,
+        rows: i32, cols: i32, eps: f32);
+    fn ln_fast_backward_bf16_v2(dy: In, x: In, gamma: In, mean: In, rstd: In, dx: Out,
+        rows: i32, cols: i32);
+    fn ln_fast_backward_bf16_v4(dy: In, x: In, gamma: In, mean: In, rstd: In, dx: Out,
+        rows: i32, cols: i32);
+    fn ln_fast_backward_bf16_v8(dy: In, x: In, gamma: In, mean: In, rstd: In, dx: Out,
+        rows: i32, cols: i32);
 }
 
 /// The most chunks one GroupNorm block is split into (one warp merges their partials).
 const MAX_CHUNKS: usize = 32;
 /// The widest LayerNorm row: 8 vectors of 8 halves per lane.
 const MAX_COLS: usize = 8 * 32 * 8;
+
+/// Whether `be` computes in bf16 (the `_bf16` entry points), else f16.
+fn bf16(be: &CudaBackend) -> bool {
+    be.compute_dtype() == DType::BF16
+}
 
 fn aligned(addrs: &[u64]) -> bool {
     addrs.iter().all(|a| a % 16 == 0)
@@ -123,8 +150,18 @@ pub(super) fn group_forward(
     let (cfg, mut part, [groups, cpg, inner, chunk, nchunks]) = g.plan(be, op)?;
     let m = cpg * inner;
     let po = output(be, op, "partials", &mut part)?;
-    gn_fast_stats_f16(be.device(), cfg, x, po, m, chunk, nchunks)?;
-    gn_fast_forward_f16(
+    let stats = if bf16(be) {
+        gn_fast_stats_bf16
+    } else {
+        gn_fast_stats_f16
+    };
+    let fwd = if bf16(be) {
+        gn_fast_forward_bf16
+    } else {
+        gn_fast_forward_f16
+    };
+    stats(be.device(), cfg, x, po, m, chunk, nchunks)?;
+    fwd(
         be.device(),
         cfg,
         x,
@@ -157,7 +194,17 @@ pub(super) fn group_backward(
     let (dy, x, gamma, beta, mean, rstd) = ins;
     let (cfg, mut part, [groups, cpg, inner, chunk, nchunks]) = g.plan(be, op)?;
     let po = output(be, op, "partials", &mut part)?;
-    gn_fast_bwd_partials_f16(
+    let partials = if bf16(be) {
+        gn_fast_bwd_partials_bf16
+    } else {
+        gn_fast_bwd_partials_f16
+    };
+    let bwd = if bf16(be) {
+        gn_fast_backward_bf16
+    } else {
+        gn_fast_backward_f16
+    };
+    partials(
         be.device(),
         cfg,
         dy,
@@ -174,7 +221,7 @@ pub(super) fn group_backward(
         nchunks,
         silu as i32,
     )?;
-    gn_fast_backward_f16(
+    bwd(
         be.device(),
         cfg,
         dy,
@@ -214,10 +261,13 @@ pub(super) fn layer_forward(
     eps: f64,
 ) -> Result<()> {
     count_call();
-    let f = match lanes_vectors(cols) {
-        2 => ln_fast_forward_f16_v2,
-        4 => ln_fast_forward_f16_v4,
-        _ => ln_fast_forward_f16_v8,
+    let f = match (lanes_vectors(cols), bf16(be)) {
+        (2, false) => ln_fast_forward_f16_v2,
+        (4, false) => ln_fast_forward_f16_v4,
+        (_, false) => ln_fast_forward_f16_v8,
+        (2, true) => ln_fast_forward_bf16_v2,
+        (4, true) => ln_fast_forward_bf16_v4,
+        (_, true) => ln_fast_forward_bf16_v8,
     };
     let (r, c) = (int(op, "x", rows)?, int(op, "x", cols)?);
     f(
@@ -245,10 +295,13 @@ pub(super) fn layer_backward(
 ) -> Result<()> {
     count_call();
     let (dy, x, gamma, mean, rstd) = ins;
-    let f = match lanes_vectors(cols) {
-        2 => ln_fast_backward_f16_v2,
-        4 => ln_fast_backward_f16_v4,
-        _ => ln_fast_backward_f16_v8,
+    let f = match (lanes_vectors(cols), bf16(be)) {
+        (2, false) => ln_fast_backward_f16_v2,
+        (4, false) => ln_fast_backward_f16_v4,
+        (_, false) => ln_fast_backward_f16_v8,
+        (2, true) => ln_fast_backward_bf16_v2,
+        (4, true) => ln_fast_backward_bf16_v4,
+        (_, true) => ln_fast_backward_bf16_v8,
     };
     let (r, c) = (int(op, "x", rows)?, int(op, "x", cols)?);
     f(
@@ -269,8 +322,9 @@ pub(super) fn layer_backward(
 mod tests {
     use super::*;
 
-    /// Fast GroupNorm and LayerNorm, forward and backward, on an f16 backend for the shapes
-    /// they take; the simple kernels for declined shapes, the simple choice and f32 backends.
+    /// Fast GroupNorm and LayerNorm, forward and backward, on f16 and bf16 backends for the
+    /// shapes they take; the simple kernels for declined shapes, the simple choice and f32
+    /// backends.
     #[cfg(feature = "cuda-emu")]
     #[test]
     fn supported_shapes_take_the_fast_kernels() {
@@ -300,6 +354,9 @@ mod tests {
             .unwrap()
             .with_kernels(KernelChoice::fast());
         let simple = fast.clone().with_kernels(KernelChoice::simple());
+        let bf16_fast = CudaBackend::new(dev.clone(), DType::BF16)
+            .unwrap()
+            .with_kernels(KernelChoice::fast());
         let f32_fast = CudaBackend::new(dev, DType::F32)
             .unwrap()
             .with_kernels(KernelChoice::fast());
@@ -307,6 +364,7 @@ mod tests {
         assert_eq!(calls(&fast, &[1, 320, 2, 2], 32, &[3, 1280]), 4);
         assert_eq!(calls(&fast, &[2, 6, 7, 9], 3, &[3, 37]), 0);
         assert_eq!(calls(&fast, &[1, 12, 5, 3], 3, &[2, 2056]), 0);
+        assert_eq!(calls(&bf16_fast, &[2, 32, 7, 9], 4, &[5, 320]), 4);
         assert_eq!(calls(&simple, &[2, 32, 7, 9], 4, &[5, 320]), 0);
         assert_eq!(calls(&f32_fast, &[2, 32, 7, 9], 4, &[5, 320]), 0);
     }
