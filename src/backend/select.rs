@@ -29,11 +29,6 @@ pub fn gpu_dtype(mp: MixedPrecision) -> DType {
     }
 }
 
-/// What bf16 runs on today: the fast kernels but the convolution's (which is f16 only).
-pub const BF16_KERNELS_NOTE: &str = "bf16 runs the fast kernels of the linear layers, \
-     attention and norms, and the simple convolution kernels (mixed_precision: fp16 is faster \
-     for now)";
-
 /// Opens the backend for `device`; on the CPU, its products with frozen weights in `cpu`
 /// (an error naming the missing CPU feature where this CPU cannot).
 pub fn select(device: Device, mp: MixedPrecision, cpu: CpuPrecision) -> Result<Selected> {
@@ -76,11 +71,7 @@ fn open_cuda(ordinal: usize, mp: MixedPrecision) -> Result<Selected> {
             return Err(bf16_refused(why));
         }
     }
-    let mut note = format!("cuda:{ordinal}: {}, activations in {dtype}", dev.describe());
-    if dtype == DType::BF16 {
-        note.push_str("; ");
-        note.push_str(BF16_KERNELS_NOTE);
-    }
+    let note = format!("cuda:{ordinal}: {}, activations in {dtype}", dev.describe());
     Ok(Selected {
         backend: Box::new(CudaBackend::new(dev, dtype)?),
         note,

@@ -54,16 +54,12 @@ impl CudaBackend {
         self.kernels = kernels;
         self
     }
-    /// Which implementation each kernel family runs as asked; fast kernels serve f16 only
-    /// (see [`CudaBackend::fast`]: bf16 and f32 run the simple kernels).
+    /// Which implementation each kernel family runs as asked; fast kernels serve f16 and bf16
+    /// (see [`CudaBackend::fast16`]: f32 runs the simple kernels).
     pub fn kernels(&self) -> KernelChoice {
         self.kernels
     }
-    /// Whether a family set to `choice` runs its fast kernels here: asked for, and f16.
-    pub(crate) fn fast(&self, choice: Impl) -> bool {
-        choice == Impl::Fast && self.dtype == DType::F16
-    }
-    /// Whether a family set to `choice`, whose fast kernels take f16 and bf16, runs them here:
+    /// Whether a family set to `choice` runs its fast kernels (f16 and bf16 storage) here:
     /// asked for, and f16, or bf16 on a device with bf16 tensor cores (compute capability 8.0+).
     pub(crate) fn fast16(&self, choice: Impl) -> bool {
         choice == Impl::Fast

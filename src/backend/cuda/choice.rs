@@ -1,7 +1,7 @@
 //! Which implementation each kernel family runs: the fast kernels (tensor cores through
-//! mma.sync, f16 storage, f32 accumulation) or their simple twins (the first, plain kernels,
-//! kept as the GPU's own reference). Fast kernels serve f16 backends; an f32 backend always
-//! runs the simple ones.
+//! mma.sync, f16 or bf16 storage, f32 accumulation) or their simple twins (the first, plain
+//! kernels, kept as the GPU's own reference). Fast kernels serve f16 backends, and bf16 ones on
+//! compute capability 8.0+ (`CudaBackend::fast16`); an f32 backend always runs the simple ones.
 //!
 //! `LORAFUSE_SIMPLE_KERNELS` switches families back to the simple twins without rebuilding:
 //! `all`, or a comma-separated list of `gemm`, `conv`, `attention`, `norm`. A fast kernel that
