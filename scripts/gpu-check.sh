@@ -24,8 +24,8 @@ build() {
   set -e
   eval "$(scripts/install-nvcc.sh | tail -n 1)"
   rm -rf "$BUNDLE" && mkdir -p "$BUNDLE/bin"
-  local tests=(--test cuda) benches=()
-  for f in tests/cuda_*.rs; do basename "$f" .rs; done > "$BUNDLE/modules.txt"
+  local tests=(--test cuda --test cuda_probe) benches=()
+  for f in tests/cuda_*.rs; do basename "$f" .rs; done | grep -vx cuda_probe > "$BUNDLE/modules.txt"
   for f in benches/cuda_*.rs; do [ -e "$f" ] && benches+=(--bench "$(basename "$f" .rs)"); done
   cargo build --release --features cuda "${tests[@]}" "${benches[@]}" --message-format=json \
     | python3 -c '
@@ -59,9 +59,10 @@ run() {
   # What runs: each test file's module of the test binary (name test-<file>), then each bench.
   local runs=()
   shopt -s nullglob
-  for exe in "$work"/bin/test-*; do
+  for exe in "$work"/bin/test-cuda; do
     while read -r module; do runs+=("$exe test-$module $module::"); done < "$BUNDLE/modules.txt"
   done
+  for exe in "$work"/bin/test-cuda_probe; do runs+=("$exe test-cuda_probe"); done
   for exe in "$work"/bin/bench-*; do runs+=("$exe $(basename "$exe")"); done
   local entries=()
   for entry in "${runs[@]}"; do

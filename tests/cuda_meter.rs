@@ -57,12 +57,9 @@ fn the_meter_allocates_as_the_emulator_does() {
 fn plan_predicts_the_pool_peak_of_an_emulated_training_run() {
     use lorafuse::plan::{plan, PlanInput};
     let base = std::env::temp_dir().join(format!("lorafuse-plan-emu-{}", std::process::id()));
-    for (te, batch, res) in [
-        (false, 1, 64),
-        (true, 3, 64),
-        (false, 3, 128),
-        (true, 1, 128),
-    ] {
+    // Each setting at both of its values in three runs (a fourth, batch 3 at 128 without the
+    // text encoder, was 60% of this test's emulated time and the longest single run in CI).
+    for (te, batch, res) in [(false, 1, 64), (true, 3, 64), (true, 1, 128)] {
         let dir = base.join(format!("te{te}-b{batch}-r{res}"));
         // One step, sampled after it (the demo samples at its last step).
         lorafuse::demo::prepare(&dir, 1).unwrap();

@@ -2,7 +2,7 @@
 //! description with one. Kernel tests arrive with the CUDA backend.
 #![cfg(feature = "cuda")]
 
-use crate::common;
+mod common;
 
 #[test]
 fn probe_reports_device_or_why_not() {

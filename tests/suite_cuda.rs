@@ -25,7 +25,6 @@ mod cuda_meter;
 mod cuda_model;
 mod cuda_norm;
 mod cuda_optim;
-mod cuda_probe;
 mod cuda_profiles;
 mod cuda_sdxl_text;
 mod cuda_sdxl_unet;
