@@ -59,7 +59,8 @@ fn main() {
     // One job per (kernel file, architecture): nvcc to PTX, then ptxas as a check. The jobs run
     // on cargo's job count of threads, and what they produce is kept in a cache that every
     // profile of this target dir shares (`PtxCache`): CI's `clippy --features cuda` (dev) and
-    // `build --release --features cuda` compile the same sources with the same flags, once.
+    // its release test build with `cuda,cuda-emu` compile the same sources with the same flags,
+    // once.
     let cache = PtxCache::new(&out, &nvcc, &files);
     let jobs: Vec<(&PathBuf, &str)> = sources
         .iter()

@@ -345,10 +345,66 @@ fn bits(t: &Tensor) -> Vec<u32> {
     t.to_f32_vec().iter().map(|x| x.to_bits()).collect()
 }
 
+/// Fast GroupNorm and LayerNorm, forward and backward, on f16 and bf16 emulated backends for
+/// the shapes they take; the simple kernels for declined shapes, the simple choice and f32
+/// backends. Each fast call launches exactly one `gn_fast_forward`/`gn_fast_backward`/
+/// `ln_fast_forward`/`ln_fast_backward` kernel, so their launches count the calls.
+#[cfg(feature = "cuda-emu")]
+#[test]
+fn supported_shapes_take_the_fast_kernels() {
+    use lorafuse::backend::cuda::{CudaBackend, Device};
+    const FAST: [&str; 4] = [
+        "gn_fast_forward",
+        "gn_fast_backward",
+        "ln_fast_forward",
+        "ln_fast_backward",
+    ];
+    // GroupNorm fwd + bwd of x `gn` in `groups`, LayerNorm fwd + bwd of `ln`: the fast calls.
+    let calls = |be: &CudaBackend, gn: &[usize], groups: usize, ln: &[usize]| {
+        let d = be.compute_dtype();
+        let t = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+            be.tensor_from_f32(shape, &v, d).unwrap()
+        };
+        be.device().take_launch_counts();
+        let (x, g) = (t(gn), t(&gn[1..2]));
+        let (_, s) = be.group_norm(&x, &g, &g, groups, 1e-5, true).unwrap();
+        be.group_norm_backward(&x, &x, &g, &g, &s, groups, true)
+            .unwrap();
+        let (x, g) = (t(ln), t(&ln[ln.len() - 1..]));
+        let (_, s) = be.layer_norm(&x, &g, &g, 1e-5).unwrap();
+        be.layer_norm_backward(&x, &x, &g, &s).unwrap();
+        be.device()
+            .take_launch_counts()
+            .iter()
+            .filter(|(k, _)| FAST.iter().any(|f| k.starts_with(f)))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    let dev = Device::emulator();
+    let fast = CudaBackend::new(dev.clone(), DType::F16)
+        .unwrap()
+        .with_kernels(KernelChoice::fast());
+    let simple = fast.clone().with_kernels(KernelChoice::simple());
+    let bf16_fast = CudaBackend::new(dev.clone(), DType::BF16)
+        .unwrap()
+        .with_kernels(KernelChoice::fast());
+    let f32_fast = CudaBackend::new(dev, DType::F32)
+        .unwrap()
+        .with_kernels(KernelChoice::fast());
+    assert_eq!(calls(&fast, &[2, 32, 7, 9], 4, &[5, 320]), 4);
+    assert_eq!(calls(&fast, &[1, 320, 2, 2], 32, &[3, 1280]), 4);
+    assert_eq!(calls(&fast, &[2, 6, 7, 9], 3, &[3, 37]), 0);
+    assert_eq!(calls(&fast, &[1, 12, 5, 3], 3, &[2, 2056]), 0);
+    assert_eq!(calls(&bf16_fast, &[2, 32, 7, 9], 4, &[5, 320]), 4);
+    assert_eq!(calls(&simple, &[2, 32, 7, 9], 4, &[5, 320]), 0);
+    assert_eq!(calls(&f32_fast, &[2, 32, 7, 9], 4, &[5, 320]), 0);
+}
+
 /// A shape the fast kernels decline runs the simple kernels, bit for bit. (Those they take sum
 /// in other orders, but f16 outputs often round to the same bits: which shapes take the fast
-/// kernels is asserted by the unit test `supported_shapes_take_the_fast_kernels` in
-/// src/backend/cuda/ops/norm/fast.rs, through a call counter.)
+/// kernels is asserted by `supported_shapes_take_the_fast_kernels`, through the launch counts.)
 fn check_path(what: &str, fast: &[&Tensor], simple: &[&Tensor], expect_fast: bool) {
     let same = fast.iter().zip(simple).all(|(a, b)| bits(a) == bits(b));
     if !expect_fast {

@@ -44,17 +44,28 @@ inline Thread* cur() { return __atomic_load_n(&current, __ATOMIC_RELAXED); }
 
 void syncthreads();
 void* dyn_smem();
-// Every live lane of the calling warp deposits `bytes` bytes; `all` receives the 32 lanes'
-// values (a lane that is not live leaves its slot unspecified).
-void warp_gather(const void* mine, void* all, size_t bytes);
+// The bytes each lane's slot of a warp exchange holds.
+constexpr size_t WARP_SLOT = 64;
+// Every live lane of the calling warp deposits `bytes` (at most WARP_SLOT) bytes; returns the
+// warp's 32 slots, lane i's at i·WARP_SLOT (a lane that is not live leaves its slot
+// unspecified). They stay readable until the calling lane's next exchange but one.
+const unsigned char* warp_exchange(const void* mine, size_t bytes);
+// The same, and the last live lane to arrive runs `combine(slots, out)` once for the whole
+// warp before any lane goes on; returns `out` (32 slots of WARP_SLOT bytes, as readable as the
+// slots). For the instructions every lane must execute together (mma.sync): the warp's
+// result is computed once instead of once per lane.
+const unsigned char* warp_combine(const void* mine, size_t bytes,
+                                  void (*combine)(const unsigned char* slots, unsigned char* out));
 
 inline unsigned lane() { return cur()->linear & 31u; }
 
 template <typename T>
 T shfl(T v, int src) {
-    T all[32];
-    warp_gather(&v, all, sizeof(T));
-    return all[src & 31];
+    static_assert(sizeof(T) <= WARP_SLOT, "a shuffled value fits a warp slot");
+    const unsigned char* slots = warp_exchange(&v, sizeof(T));
+    T r;
+    std::memcpy(&r, slots + size_t(src & 31) * WARP_SLOT, sizeof(T));
+    return r;
 }
 
 }  // namespace emu
@@ -103,14 +114,16 @@ T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
     return ::emu::shfl(v, src);
 }
 inline unsigned __ballot_sync(unsigned, int pred) {
-    int all[32];
     int mine = pred ? 1 : 0;
-    ::emu::warp_gather(&mine, all, sizeof(int));
+    const unsigned char* slots = ::emu::warp_exchange(&mine, sizeof(int));
     unsigned bits = 0;
     const ::emu::Thread& t = *::emu::cur();
     unsigned live = t.bdim.x * t.bdim.y * t.bdim.z - (t.linear & ~31u);
-    for (unsigned i = 0; i < 32 && i < live; ++i)
-        if (all[i]) bits |= 1u << i;
+    for (unsigned i = 0; i < 32 && i < live; ++i) {
+        int v;
+        std::memcpy(&v, slots + i * ::emu::WARP_SLOT, sizeof(int));
+        if (v) bits |= 1u << i;
+    }
     return bits;
 }
 inline int __any_sync(unsigned m, int pred) { return __ballot_sync(m, pred) != 0; }

@@ -111,9 +111,12 @@ struct Gate {  // a barrier's counters
     unsigned live = 0, arrived = 0, gen = 0;
 };
 
+// A warp's exchange slots and combined results, two sets used alternately (a lane's `parity`):
+// a lane can be one exchange ahead of a slower lane still reading the previous one, never two.
 struct Warp {
     Gate gate;
-    alignas(16) unsigned char slots[2][32][64];
+    alignas(16) unsigned char slots[2][32][WARP_SLOT];
+    alignas(16) unsigned char results[2][32][WARP_SLOT];
 };
 
 // One worker's state: its fibers (kept across launches), the scheduler's context, the block
@@ -166,17 +169,26 @@ void resume(Fiber* f) {
 #endif
 }
 
-// Arrive at `g` and wait until every live member has arrived.
-void arrive_and_wait(Gate& g, int kind) {
+// Arrive at `g` and wait until every live member has arrived. The last to arrive runs
+// `last(ctx)` (when given) before the others go on: after every other member's release and
+// before its own, so under ThreadSanitizer it sees what they wrote and they see what it wrote.
+void arrive_and_wait(Gate& g, int kind, void (*last)(void*) = nullptr, void* ctx = nullptr) {
     Fiber* f = ld(worker->running);
-#if EMU_TSAN
-    __tsan_release(&g);
-#endif
     unsigned gen = ld(g.gen);
     st(f->wait, kind);
     st(f->wait_gen, gen);
     unsigned a = ld(g.arrived) + 1;
-    if (a >= ld(g.live)) {
+    bool is_last = a >= ld(g.live);
+    if (is_last && last) {
+#if EMU_TSAN
+        __tsan_acquire(&g);
+#endif
+        last(ctx);
+    }
+#if EMU_TSAN
+    __tsan_release(&g);
+#endif
+    if (is_last) {
         st(g.arrived, 0u);
         st(g.gen, gen + 1);
     } else {
@@ -357,21 +369,41 @@ void syncthreads() { arrive_and_wait(worker->block, AT_BLOCK); }
 
 void* dyn_smem() { return worker->smem_base; }
 
-void warp_gather(const void* mine, void* all, size_t bytes) {
+namespace {
+
+// A warp exchange in flight: its warp, slot set and combining step (for the last lane).
+struct Exchange {
+    Warp* warp;
+    unsigned char parity;
+    void (*combine)(const unsigned char* slots, unsigned char* out);
+};
+
+void run_combine(void* ctx) {
+    const Exchange& x = *static_cast<const Exchange*>(ctx);
+    x.combine(&x.warp->slots[x.parity][0][0], &x.warp->results[x.parity][0][0]);
+}
+
+}  // namespace
+
+const unsigned char* warp_combine(const void* mine, size_t bytes,
+                                  void (*combine)(const unsigned char* slots, unsigned char* out)) {
     Worker& w = *worker;
     Fiber* f = ld(w.running);
     Warp& warp = w.warps[f->t.linear >> 5];
-    unsigned l = f->t.linear & 31u;
-    if (bytes > sizeof(warp.slots[0][0])) {
+    if (bytes > WARP_SLOT) {
         std::fprintf(stderr, "emu: warp exchange of %zu bytes is too large\n", bytes);
         std::abort();
     }
     unsigned char p = f->parity;
-    std::memcpy(warp.slots[p][l], mine, bytes);
-    arrive_and_wait(warp.gate, AT_WARP);
-    unsigned char* out = static_cast<unsigned char*>(all);
-    for (unsigned i = 0; i < 32; ++i) std::memcpy(out + i * bytes, warp.slots[p][i], bytes);
+    std::memcpy(warp.slots[p][f->t.linear & 31u], mine, bytes);
+    Exchange x{&warp, p, combine};
+    arrive_and_wait(warp.gate, AT_WARP, combine ? run_combine : nullptr, &x);
     f->parity = p ^ 1;
+    return combine ? &warp.results[p][0][0] : &warp.slots[p][0][0];
+}
+
+const unsigned char* warp_exchange(const void* mine, size_t bytes) {
+    return warp_combine(mine, bytes, nullptr);
 }
 
 namespace {
@@ -394,41 +426,53 @@ float bf(uint32_t word, int hi) {
     return __bfloat162float(x);
 }
 
-// D = A·B + C on one m16n8k16 tile whose 16-bit elements `elem` reads (f16 or bf16). The
+// D = A·B + C on one m16n8k16 tile whose 16-bit elements `elem` reads (f16 or bf16), for
+// the whole warp from its lanes' `Fragments`: D's fragments into `out`, lane by lane. The
 // products of two 16-bit values are exact in f32; they are added in k order in f32.
 template <float (*elem)(uint32_t, int)>
-void mma_k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
-    if (lane() == 0) tally(MMA_M16N8K16);
-    Fragments mine, all[32];
-    std::memcpy(mine.a, a, sizeof mine.a);
-    std::memcpy(mine.b, b, sizeof mine.b);
-    std::memcpy(mine.c, c, sizeof mine.c);
-    warp_gather(&mine, all, sizeof(Fragments));
+void mma_k16_warp(const unsigned char* slots, unsigned char* out) {
     // Rebuild A (16x16), B (16x8, k by n) and C (16x8) from every lane's fragments.
     float A[16][16], B[16][8], C[16][8];
     for (int ln = 0; ln < 32; ++ln) {
+        Fragments fr;
+        std::memcpy(&fr, slots + ln * WARP_SLOT, sizeof fr);
         int g = ln >> 2, t = ln & 3;
         for (int i = 0; i < 8; ++i) {
             int row = g + ((i & 2) ? 8 : 0);
             int col = t * 2 + (i & 1) + ((i & 4) ? 8 : 0);
-            A[row][col] = elem(all[ln].a[i >> 1], i & 1);
+            A[row][col] = elem(fr.a[i >> 1], i & 1);
         }
         for (int i = 0; i < 4; ++i) {
             int k = t * 2 + (i & 1) + ((i & 2) ? 8 : 0);
-            B[k][g] = elem(all[ln].b[i >> 1], i & 1);
+            B[k][g] = elem(fr.b[i >> 1], i & 1);
         }
         for (int i = 0; i < 4; ++i) {
             int row = g + ((i & 2) ? 8 : 0);
-            C[row][t * 2 + (i & 1)] = all[ln].c[i];
+            C[row][t * 2 + (i & 1)] = fr.c[i];
         }
     }
-    int g = int(lane()) >> 2, t = int(lane()) & 3;
-    for (int i = 0; i < 4; ++i) {
-        int row = g + ((i & 2) ? 8 : 0), col = t * 2 + (i & 1);
-        float acc = C[row][col];
-        for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
-        d[i] = acc;
+    for (int ln = 0; ln < 32; ++ln) {
+        int g = ln >> 2, t = ln & 3;
+        float d[4];
+        for (int i = 0; i < 4; ++i) {
+            int row = g + ((i & 2) ? 8 : 0), col = t * 2 + (i & 1);
+            float acc = C[row][col];
+            for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+            d[i] = acc;
+        }
+        std::memcpy(out + ln * WARP_SLOT, d, sizeof d);
     }
+}
+
+template <float (*elem)(uint32_t, int)>
+void mma_k16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    if (lane() == 0) tally(MMA_M16N8K16);
+    Fragments mine;
+    std::memcpy(mine.a, a, sizeof mine.a);
+    std::memcpy(mine.b, b, sizeof mine.b);
+    std::memcpy(mine.c, c, sizeof mine.c);
+    const unsigned char* out = warp_combine(&mine, sizeof(Fragments), mma_k16_warp<elem>);
+    std::memcpy(d, out + lane() * WARP_SLOT, 4 * sizeof(float));
 }
 
 }  // namespace
@@ -456,45 +500,61 @@ struct FragmentsK8 {
     float c[4];
 };
 
+// D = A·B + C on one m16n8k8 f16 tile for the whole warp from its lanes' `FragmentsK8`, as
+// mma_k16_warp does for m16n8k16.
+void mma_k8_warp(const unsigned char* slots, unsigned char* out) {
+    // Rebuild A (16x8), B (8x8, k by n) and C (16x8) from every lane's fragments.
+    float A[16][8], B[8][8], C[16][8];
+    for (int ln = 0; ln < 32; ++ln) {
+        FragmentsK8 fr;
+        std::memcpy(&fr, slots + ln * WARP_SLOT, sizeof fr);
+        int g = ln >> 2, t = ln & 3;
+        for (int i = 0; i < 4; ++i) A[g + ((i & 2) ? 8 : 0)][t * 2 + (i & 1)] = h(fr.a[i >> 1], i & 1);
+        for (int i = 0; i < 2; ++i) B[t * 2 + i][g] = h(fr.b, i);
+        for (int i = 0; i < 4; ++i) C[g + ((i & 2) ? 8 : 0)][t * 2 + (i & 1)] = fr.c[i];
+    }
+    for (int ln = 0; ln < 32; ++ln) {
+        int g = ln >> 2, t = ln & 3;
+        float d[4];
+        for (int i = 0; i < 4; ++i) {
+            int row = g + ((i & 2) ? 8 : 0), col = t * 2 + (i & 1);
+            float acc = C[row][col];
+            for (int k = 0; k < 8; ++k) acc += A[row][k] * B[k][col];
+            d[i] = acc;
+        }
+        std::memcpy(out + ln * WARP_SLOT, d, sizeof d);
+    }
+}
+
 }  // namespace
 
 void mma_m16n8k8(float d[4], const uint32_t a[2], uint32_t b, const float c[4]) {
     if (lane() == 0) tally(MMA_M16N8K8);
-    FragmentsK8 mine, all[32];
+    FragmentsK8 mine;
     std::memcpy(mine.a, a, sizeof mine.a);
     mine.b = b;
     std::memcpy(mine.c, c, sizeof mine.c);
-    warp_gather(&mine, all, sizeof(FragmentsK8));
-    // Rebuild A (16x8), B (8x8, k by n) and C (16x8) from every lane's fragments.
-    float A[16][8], B[8][8], C[16][8];
-    for (int ln = 0; ln < 32; ++ln) {
-        int g = ln >> 2, t = ln & 3;
-        for (int i = 0; i < 4; ++i) A[g + ((i & 2) ? 8 : 0)][t * 2 + (i & 1)] = h(all[ln].a[i >> 1], i & 1);
-        for (int i = 0; i < 2; ++i) B[t * 2 + i][g] = h(all[ln].b, i);
-        for (int i = 0; i < 4; ++i) C[g + ((i & 2) ? 8 : 0)][t * 2 + (i & 1)] = all[ln].c[i];
-    }
-    int g = int(lane()) >> 2, t = int(lane()) & 3;
-    for (int i = 0; i < 4; ++i) {
-        int row = g + ((i & 2) ? 8 : 0), col = t * 2 + (i & 1);
-        float acc = C[row][col];
-        for (int k = 0; k < 8; ++k) acc += A[row][k] * B[k][col];
-        d[i] = acc;
-    }
+    const unsigned char* out = warp_combine(&mine, sizeof(FragmentsK8), mma_k8_warp);
+    std::memcpy(d, out + lane() * WARP_SLOT, 4 * sizeof(float));
 }
 
 void ldmatrix(uint32_t* d, int count, const void* row, bool trans) {
-    const void* rows[32];
-    warp_gather(&row, rows, sizeof(const void*));
+    const unsigned char* slots = warp_exchange(&row, sizeof(const void*));
+    // Lane r's row address: row r of the matrices, 8 rows per matrix.
+    auto at = [&](int r) {
+        const uint16_t* m;
+        std::memcpy(&m, slots + r * WARP_SLOT, sizeof m);
+        return m;
+    };
     int l = int(lane());
     for (int j = 0; j < count; ++j) {
-        const uint16_t* const* m = reinterpret_cast<const uint16_t* const*>(rows + 8 * j);
         uint16_t lo, hi;
         if (!trans) {
-            lo = m[l >> 2][(l & 3) * 2];
-            hi = m[l >> 2][(l & 3) * 2 + 1];
+            lo = at(8 * j + (l >> 2))[(l & 3) * 2];
+            hi = at(8 * j + (l >> 2))[(l & 3) * 2 + 1];
         } else {
-            lo = m[(l & 3) * 2][l >> 2];
-            hi = m[(l & 3) * 2 + 1][l >> 2];
+            lo = at(8 * j + (l & 3) * 2)[l >> 2];
+            hi = at(8 * j + (l & 3) * 2 + 1)[l >> 2];
         }
         d[j] = uint32_t(lo) | uint32_t(hi) << 16;
     }

@@ -19,16 +19,6 @@ use super::super::{alloc, int, output};
 use crate::backend::BackendInfo;
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
-use std::cell::Cell;
-
-thread_local! {
-    /// Fast norm ops run on this thread (one per forward or backward call): lets the tests
-    /// check which shapes take the fast kernels.
-    static FAST_CALLS: Cell<u64> = const { Cell::new(0) };
-}
-fn count_call() {
-    FAST_CALLS.with(|c| c.set(c.get() + 1));
-}
 
 kernels! {
     module "norm_fast";
@@ -146,7 +136,6 @@ pub(super) fn group_forward(
     eps: f64,
     silu: bool,
 ) -> Result<()> {
-    count_call();
     let (cfg, mut part, [groups, cpg, inner, chunk, nchunks]) = g.plan(be, op)?;
     let m = cpg * inner;
     let po = output(be, op, "partials", &mut part)?;
@@ -190,7 +179,6 @@ pub(super) fn group_backward(
     dx: Out,
     silu: bool,
 ) -> Result<()> {
-    count_call();
     let (dy, x, gamma, beta, mean, rstd) = ins;
     let (cfg, mut part, [groups, cpg, inner, chunk, nchunks]) = g.plan(be, op)?;
     let po = output(be, op, "partials", &mut part)?;
@@ -260,7 +248,6 @@ pub(super) fn layer_forward(
     (y, mean, rstd): (Out, Out, Out),
     eps: f64,
 ) -> Result<()> {
-    count_call();
     let f = match (lanes_vectors(cols), bf16(be)) {
         (2, false) => ln_fast_forward_f16_v2,
         (4, false) => ln_fast_forward_f16_v4,
@@ -293,7 +280,6 @@ pub(super) fn layer_backward(
     ins: (In, In, In, In, In),
     dx: Out,
 ) -> Result<()> {
-    count_call();
     let (dy, x, gamma, mean, rstd) = ins;
     let f = match (lanes_vectors(cols), bf16(be)) {
         (2, false) => ln_fast_backward_f16_v2,
@@ -321,53 +307,6 @@ pub(super) fn layer_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Fast GroupNorm and LayerNorm, forward and backward, on f16 and bf16 backends for the
-    /// shapes they take; the simple kernels for declined shapes, the simple choice and f32
-    /// backends.
-    #[cfg(feature = "cuda-emu")]
-    #[test]
-    fn supported_shapes_take_the_fast_kernels() {
-        use crate::backend::cuda::{Device, KernelChoice};
-        use crate::backend::prelude::*;
-        // GroupNorm fwd + bwd of x `gn` in `groups`, LayerNorm fwd + bwd of `ln`: the fast
-        // calls counted meanwhile.
-        let calls = |be: &CudaBackend, gn: &[usize], groups: usize, ln: &[usize]| {
-            let d = be.compute_dtype();
-            let t = |shape: &[usize]| {
-                let n: usize = shape.iter().product();
-                let v: Vec<f32> = (0..n).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
-                be.tensor_from_f32(shape, &v, d).unwrap()
-            };
-            let before = FAST_CALLS.with(Cell::get);
-            let (x, g) = (t(gn), t(&gn[1..2]));
-            let (_, s) = be.group_norm(&x, &g, &g, groups, 1e-5, true).unwrap();
-            be.group_norm_backward(&x, &x, &g, &g, &s, groups, true)
-                .unwrap();
-            let (x, g) = (t(ln), t(&ln[ln.len() - 1..]));
-            let (_, s) = be.layer_norm(&x, &g, &g, 1e-5).unwrap();
-            be.layer_norm_backward(&x, &x, &g, &s).unwrap();
-            FAST_CALLS.with(Cell::get) - before
-        };
-        let dev = Device::emulator();
-        let fast = CudaBackend::new(dev.clone(), DType::F16)
-            .unwrap()
-            .with_kernels(KernelChoice::fast());
-        let simple = fast.clone().with_kernels(KernelChoice::simple());
-        let bf16_fast = CudaBackend::new(dev.clone(), DType::BF16)
-            .unwrap()
-            .with_kernels(KernelChoice::fast());
-        let f32_fast = CudaBackend::new(dev, DType::F32)
-            .unwrap()
-            .with_kernels(KernelChoice::fast());
-        assert_eq!(calls(&fast, &[2, 32, 7, 9], 4, &[5, 320]), 4);
-        assert_eq!(calls(&fast, &[1, 320, 2, 2], 32, &[3, 1280]), 4);
-        assert_eq!(calls(&fast, &[2, 6, 7, 9], 3, &[3, 37]), 0);
-        assert_eq!(calls(&fast, &[1, 12, 5, 3], 3, &[2, 2056]), 0);
-        assert_eq!(calls(&bf16_fast, &[2, 32, 7, 9], 4, &[5, 320]), 4);
-        assert_eq!(calls(&simple, &[2, 32, 7, 9], 4, &[5, 320]), 0);
-        assert_eq!(calls(&f32_fast, &[2, 32, 7, 9], 4, &[5, 320]), 0);
-    }
 
     #[test]
     fn chunks_cover_the_block_in_at_most_32_pieces() {
