@@ -13,7 +13,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::CpuBackend;
-use super::{data, data_mut, dispatch, tensor, Real};
+use super::{data, data_mut, dispatch, pool, tensor, Real};
 use crate::backend::{check, ElementwiseOps, Tensors};
 use crate::error::Result;
 use crate::tensor::{CpuData, DType, Storage, Tensor};
@@ -65,20 +65,27 @@ impl ElementwiseOps for CpuBackend {
 
 fn add_t<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (av, bv) = (data::<T>("add", "a", a)?, data::<T>("add", "b", b)?);
-    let mut y = av.to_vec();
-    y.par_chunks_mut(CHUNK)
-        .zip(bv.par_chunks(CHUNK))
-        .for_each(|(y, b)| y.iter_mut().zip(b).for_each(|(y, &b)| *y += b));
-    tensor(a.shape().clone(), y)
+    tensor(a.shape().clone(), zip_map(av, bv, |a, b| a + b))
 }
 
 fn mul_t<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (av, bv) = (data::<T>("mul", "a", a)?, data::<T>("mul", "b", b)?);
-    let mut y = av.to_vec();
+    tensor(a.shape().clone(), zip_map(av, bv, |a, b| a * b))
+}
+
+/// f(a, b) elementwise into a pool buffer, in one pass (not a copy of a and then a second
+/// pass adding b: a residual add reads and writes each element once).
+fn zip_map<T: Real>(av: &[T], bv: &[T], f: impl Fn(T, T) -> T + Sync) -> pool::Buf<T> {
+    // Every element is written.
+    let mut y = pool::take::<T>(av.len());
     y.par_chunks_mut(CHUNK)
-        .zip(bv.par_chunks(CHUNK))
-        .for_each(|(y, b)| y.iter_mut().zip(b).for_each(|(y, &b)| *y *= b));
-    tensor(a.shape().clone(), y)
+        .zip(av.par_chunks(CHUNK).zip(bv.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for (y, (&a, &b)) in y.iter_mut().zip(a.iter().zip(b)) {
+                *y = f(a, b);
+            }
+        });
+    y
 }
 
 fn add_assign_t<T: Real>(a: &mut Tensor, b: &Tensor) -> Result<()> {
@@ -92,10 +99,12 @@ fn add_assign_t<T: Real>(a: &mut Tensor, b: &Tensor) -> Result<()> {
 
 fn scale_t<T: Real>(x: &Tensor, s: f64) -> Result<Tensor> {
     let s = T::from_f64(s);
-    let y = data::<T>("scale", "x", x)?
-        .par_iter()
-        .map(|&v| v * s)
-        .collect();
+    let xs = data::<T>("scale", "x", x)?;
+    // Every element is written.
+    let mut y = pool::take::<T>(xs.len());
+    y.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * s));
     tensor(x.shape().clone(), y)
 }
 
@@ -104,11 +113,12 @@ fn add_channel_bias_t<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let xs = data::<T>(OP, "x", x)?;
     let bs = data::<T>(OP, "bias", bias)?;
     let plane = x.dims()[2..].iter().product::<usize>();
-    let mut y = xs.to_vec();
+    // Every element is written, in one pass.
+    let mut y = pool::take::<T>(xs.len());
     if plane > 0 {
         y.par_chunks_mut(plane)
-            .zip(bs.par_iter())
-            .for_each(|(p, &b)| p.iter_mut().for_each(|v| *v += b));
+            .zip(xs.par_chunks(plane).zip(bs.par_iter()))
+            .for_each(|(p, (x, &b))| p.iter_mut().zip(x).for_each(|(v, &x)| *v = x + b));
     }
     tensor(x.shape().clone(), y)
 }

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use super::activation::{silu, silu_grad};
 use super::elementwise::CHUNK;
 use super::CpuBackend;
-use super::{data, dispatch, tensor, Real};
+use super::{data, dispatch, pool, tensor, Real};
 use crate::backend::check::norm::{GroupNormDims, LayerNormDims};
 use crate::backend::{check, NormOps, NormStats};
 use crate::error::Result;
@@ -101,7 +101,8 @@ fn group_norm_t<T: Real>(
     let bs = data::<T>(OP, "beta", beta)?;
     let (m, cg) = (d.group_len(), d.channels_per_group());
     let blocks = d.batch * d.groups;
-    let mut y = vec![T::ZERO; xs.len()];
+    // normalize writes every element of its block.
+    let mut y = pool::take::<T>(xs.len());
     let mut mean = vec![T::ZERO; blocks];
     let mut rstd = vec![T::ZERO; blocks];
     // Block i is (n, g) = (i / groups, i % groups); its channels are g·cg .. (g+1)·cg.
@@ -139,7 +140,8 @@ fn group_norm_backward_t<T: Real>(
     let mean = data::<T>(OP, "stats.mean", &stats.mean)?;
     let rstd = data::<T>(OP, "stats.rstd", &stats.rstd)?;
     let (m, cg) = (d.group_len(), d.channels_per_group());
-    let mut dx = vec![T::ZERO; xs.len()];
+    // normalize_backward writes every element (its first pass before reading).
+    let mut dx = pool::take::<T>(xs.len());
     dx.par_chunks_mut(m)
         .zip(dys.par_chunks(m).zip(xs.par_chunks(m)))
         .zip(mean.par_iter().zip(rstd.par_iter()))
@@ -165,7 +167,8 @@ fn layer_norm_t<T: Real>(
     let gs = data::<T>(OP, "gamma", gamma)?;
     let bs = data::<T>(OP, "beta", beta)?;
     let c = d.channels;
-    let mut y = vec![T::ZERO; xs.len()];
+    // normalize writes every element of its row.
+    let mut y = pool::take::<T>(xs.len());
     let mut mean = vec![T::ZERO; d.rows];
     let mut rstd = vec![T::ZERO; d.rows];
     y.par_chunks_mut(c)
@@ -196,7 +199,8 @@ fn layer_norm_backward_t<T: Real>(
     let mean = data::<T>(OP, "stats.mean", &stats.mean)?;
     let rstd = data::<T>(OP, "stats.rstd", &stats.rstd)?;
     let c = d.channels;
-    let mut dx = vec![T::ZERO; xs.len()];
+    // normalize_backward writes every element (its first pass before reading).
+    let mut dx = pool::take::<T>(xs.len());
     dx.par_chunks_mut(c)
         .zip(dys.par_chunks(c).zip(xs.par_chunks(c)))
         .zip(mean.par_iter().zip(rstd.par_iter()))

@@ -24,6 +24,7 @@ pub trait Real:
     + AddAssign
     + SubAssign
     + MulAssign
+    + super::pool::Elem
 {
     const DTYPE: DType;
     const ZERO: Self;
