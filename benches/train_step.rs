@@ -21,13 +21,11 @@
 //! ratio of the pool's measured peak to it. On Linux each configuration also gets the process's
 //! CPU time per step (user and system, median over the timed steps, and the first warm-up
 //! step's apart: it packs what later steps reuse) and the process's peak RSS so far: on a
-//! machine shared with other work, CPU time is the figure to compare, not wall time. On the
-//! CPU also the host buffer pool's fresh allocations per timed step (0 once every buffer is
-//! reused) when `LORAFUSE_CPU_POOL=on` turns the pool on (src/backend/cpu/pool.rs).
+//! machine shared with other work, CPU time is the figure to compare, not wall time.
 
 use std::time::Instant;
 
-use lorafuse::backend::cpu::{pool, CpuPrecision};
+use lorafuse::backend::cpu::CpuPrecision;
 use lorafuse::backend::Backend;
 use lorafuse::lora::{LoraDropout, LoraSet, LoraTargets};
 use lorafuse::model::checkpoint::load_sd15;
@@ -100,19 +98,6 @@ struct Row {
     cpu: Option<StepCpu>,
     /// The process's peak resident set so far (VmHWM), bytes.
     peak_rss: Option<usize>,
-    /// The CPU pool's counters over the timed steps (on the CPU).
-    cpu_pool: Option<PoolDelta>,
-}
-
-/// What the CPU buffer pool did over the timed steps, per step.
-#[derive(Clone, Copy)]
-struct PoolDelta {
-    fresh: f64,
-    reused: f64,
-    evicted: f64,
-    /// Bytes live + cached at the end (what the pool holds), and the bound.
-    held: usize,
-    peak_live: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -216,11 +201,7 @@ fn main() -> Res<()> {
         let mut times = Vec::new();
         let (mut cpu_first, mut cpu_timed) = (None, Vec::new());
         let mut driver_used: Option<usize> = None;
-        let mut pool_start = pool::stats();
         for i in 0..warmup + steps {
-            if i == warmup {
-                pool_start = pool::stats();
-            }
             let t = Instant::now();
             let c0 = cpu_ms();
             let dropout = LoraDropout::for_site(0.0, 1, &[i as u64])?;
@@ -272,18 +253,6 @@ fn main() -> Res<()> {
                     first_ms,
                 }
             });
-        let pool_end = pool::stats();
-        let per_step = |a: u64, b: u64| (b - a) as f64 / steps.max(1) as f64;
-        let cpu_pool = (!on_gpu && pool::enabled()).then(|| PoolDelta {
-            fresh: per_step(
-                pool_start.fresh + pool_start.adopted,
-                pool_end.fresh + pool_end.adopted,
-            ),
-            reused: per_step(pool_start.reused, pool_end.reused),
-            evicted: per_step(pool_start.evicted, pool_end.evicted),
-            held: pool_end.live + pool_end.cached,
-            peak_live: pool_end.peak_live,
-        });
         let mem = be.device_memory();
         let reserved = pool_reserved(&dev);
         let plan_pool_peak = on_gpu
@@ -300,7 +269,6 @@ fn main() -> Res<()> {
             plan_pool_peak,
             cpu,
             peak_rss: peak_rss(),
-            cpu_pool,
         };
         print_row(&row);
         rows.push(row);
@@ -350,17 +318,6 @@ fn print_row(r: &Row) {
     }
     if let Some(b) = r.peak_rss {
         println!("  process peak RSS so far {:.1} MiB", mib(b));
-    }
-    if let Some(p) = r.cpu_pool {
-        println!(
-            "  CPU buffer pool per timed step: {:.1} fresh allocations, {:.1} reused, {:.1} \
-             evicted; holds {:.1} MiB (bound {:.1} MiB)",
-            p.fresh,
-            p.reused,
-            p.evicted,
-            mib(p.held),
-            mib(p.peak_live),
-        );
     }
 }
 

@@ -171,42 +171,11 @@ impl Storage {
 
 /// A contiguous, row-major tensor that owns its buffer. `clone` copies the data (and not
 /// its [`Derived`] values).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Tensor {
     shape: Shape,
     storage: Storage,
     derived: Derived,
-    /// Bytes the CPU buffer pool counted the elements as (src/backend/cpu/pool.rs): dropping
-    /// the tensor gives them back to it. 0: not the pool's (freed as usual).
-    pooled: usize,
-}
-
-impl Clone for Tensor {
-    /// A copy of the elements in a new buffer (not the pool's) and no [`Derived`] values.
-    fn clone(&self) -> Self {
-        Tensor {
-            shape: self.shape.clone(),
-            storage: self.storage.clone(),
-            derived: Derived::default(),
-            pooled: 0,
-        }
-    }
-}
-
-impl Drop for Tensor {
-    /// A pooled buffer goes back to the CPU pool for the next op's output.
-    fn drop(&mut self) {
-        use crate::backend::cpu::pool;
-        if self.pooled == 0 {
-            return;
-        }
-        match &mut self.storage {
-            Storage::Cpu(CpuData::F32(v)) => pool::give_back(std::mem::take(v), self.pooled),
-            Storage::Cpu(CpuData::F64(v)) => pool::give_back(std::mem::take(v), self.pooled),
-            // Elements replaced by another type through `storage_mut`: only the count returns.
-            _ => pool::give_back(Vec::<f32>::new(), self.pooled),
-        }
-    }
 }
 
 /// Values computed from a tensor's elements and kept with them, so that they are computed
@@ -251,27 +220,7 @@ impl Tensor {
             shape,
             storage: Storage::Cpu(data),
             derived: Derived::default(),
-            pooled: 0,
         })
-    }
-    /// A host tensor over a buffer of the CPU pool counted as `pooled` bytes (0: none),
-    /// given back to the pool when the tensor is dropped.
-    pub(crate) fn from_pool(
-        shape: impl Into<Shape>,
-        data: CpuData,
-        pooled: usize,
-    ) -> Result<Tensor> {
-        match Self::from_cpu(shape, data) {
-            Ok(mut t) => {
-                t.pooled = pooled;
-                Ok(t)
-            }
-            Err(e) => {
-                // The buffer is freed; its count goes.
-                crate::backend::cpu::pool::give_back(Vec::<f32>::new(), pooled);
-                Err(e)
-            }
-        }
     }
     pub fn from_f32(shape: impl Into<Shape>, data: Vec<f32>) -> Result<Tensor> {
         Self::from_cpu(shape, CpuData::F32(data))
@@ -300,7 +249,6 @@ impl Tensor {
             shape,
             storage: Storage::Cpu(data),
             derived: Derived::default(),
-            pooled: 0,
         }
     }
 
@@ -340,7 +288,6 @@ impl Tensor {
             shape,
             storage: Storage::Device(buf),
             derived: Derived::default(),
-            pooled: 0,
         })
     }
     pub fn storage(&self) -> &Storage {
@@ -391,13 +338,13 @@ impl Tensor {
 
     /// The same elements under another shape with as many elements (no copy; the
     /// [`Derived`] values, computed for the old shape, are dropped).
-    pub fn reshape(mut self, shape: impl Into<Shape>) -> Result<Tensor> {
+    pub fn reshape(self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != self.shape.numel() {
             return Err(Error::ShapeMismatch {
                 op: "reshape",
                 lhs_name: "tensor",
-                lhs: self.shape.clone(),
+                lhs: self.shape,
                 rhs_name: "new shape",
                 rhs: shape,
                 rule: "a reshape must keep the number of elements".into(),
@@ -405,9 +352,8 @@ impl Tensor {
         }
         Ok(Tensor {
             shape,
-            storage: std::mem::replace(&mut self.storage, Storage::Cpu(CpuData::U8(Vec::new()))),
+            storage: self.storage,
             derived: Derived::default(),
-            pooled: std::mem::take(&mut self.pooled),
         })
     }
 

@@ -14,7 +14,6 @@ mod cpu_bf16;
 mod cpu_flash;
 mod cpu_gemm;
 mod cpu_gemm_bf16;
-mod cpu_pool;
 mod cpu_vexp;
 mod linalg;
 mod ops_activation;

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::elementwise::CHUNK;
 use super::CpuBackend;
-use super::{data, dispatch, pool, tensor, Real};
+use super::{data, dispatch, tensor, Real};
 use crate::backend::{check, Activation, ActivationOps};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -129,9 +129,8 @@ fn backward_t<T: Real>(dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tenso
 }
 
 /// f applied to every element, in parallel chunks.
-fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> pool::Buf<T> {
-    // Every element is written.
-    let mut y = pool::take::<T>(xs.len());
+fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::ZERO; xs.len()];
     y.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
         .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
@@ -139,9 +138,8 @@ fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> pool::Buf<T> {
 }
 
 /// dy·f'(x) for every element, in parallel chunks.
-fn map_grad<T: Real>(dys: &[T], xs: &[T], grad: impl Fn(T) -> T + Sync) -> pool::Buf<T> {
-    // Every element is written.
-    let mut dx = pool::take::<T>(xs.len());
+fn map_grad<T: Real>(dys: &[T], xs: &[T], grad: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut dx = vec![T::ZERO; xs.len()];
     dx.par_chunks_mut(CHUNK)
         .zip(dys.par_chunks(CHUNK).zip(xs.par_chunks(CHUNK)))
         .for_each(|(dx, (dy, x))| {
@@ -163,8 +161,7 @@ fn geglu_t<T: Real>(x: &Tensor, f: usize) -> Result<Tensor> {
     if f == 0 {
         return tensor(out_shape, Vec::<T>::new());
     }
-    // Every element is written.
-    let mut y = pool::take::<T>(out_shape.numel());
+    let mut y = vec![T::ZERO; out_shape.numel()];
     y.par_chunks_mut(f)
         .zip(xs.par_chunks(2 * f))
         .with_min_len(rows_per_task(2 * f))
@@ -184,8 +181,7 @@ fn geglu_backward_t<T: Real>(dy: &Tensor, x: &Tensor, f: usize) -> Result<Tensor
     if f == 0 {
         return tensor(x.shape().clone(), Vec::<T>::new());
     }
-    // Every element is written (both halves of each row).
-    let mut dx = pool::take::<T>(xs.len());
+    let mut dx = vec![T::ZERO; xs.len()];
     dx.par_chunks_mut(2 * f)
         .zip(dys.par_chunks(f).zip(xs.par_chunks(2 * f)))
         .with_min_len(rows_per_task(2 * f))

@@ -32,7 +32,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::gemm::{gemm, gemm_frozen, Frozen, Mat, Side};
-use super::{data, data_mut, dispatch, pool, tensor, Real};
+use super::{data, data_mut, dispatch, tensor, Real};
 use super::{CpuBackend, CpuPrecision};
 use crate::backend::check::conv::{ConvDims, LoraDims};
 use crate::backend::{
@@ -222,8 +222,11 @@ fn weight_grad_t<T: Real>(
         return Ok(());
     }
     let block = rows_per_block(d, COLS_BUDGET);
-    // im2col writes every element it uses.
-    let mut cols = pool::take::<T>(if pointwise(d) { 0 } else { ckk * block * d.wo });
+    let mut cols = if pointwise(d) {
+        Vec::new()
+    } else {
+        vec![T::ZERO; ckk * block * d.wo]
+    };
     for img in 0..d.n {
         let xn = &xs[img * in_img..(img + 1) * in_img];
         let dy_img = &dys[img * out_img..(img + 1) * out_img];
@@ -298,14 +301,16 @@ fn forward_t<T: Real>(
     let (in_img, out_plane) = (d.c * d.h * d.w, d.ho * d.wo);
     let out_img = d.o * out_plane;
     let ckk = d.c * d.k * d.k;
-    // Overwritten by the products (beta = 0) before the bias is added.
-    let mut y = pool::take::<T>(d.n * out_img);
+    let mut y = vec![T::ZERO; d.n * out_img];
     if y.is_empty() {
         return tensor(d.output_shape(), y);
     }
     let block = rows_per_block(d, budget);
-    // im2col writes every element it uses.
-    let mut cols = pool::take::<T>(if pointwise(d) { 0 } else { ckk * block * d.wo });
+    let mut cols = if pointwise(d) {
+        Vec::new()
+    } else {
+        vec![T::ZERO; ckk * block * d.wo]
+    };
     for img in 0..d.n {
         let xn = &xs[img * in_img..(img + 1) * in_img];
         let yn = &mut y[img * out_img..(img + 1) * out_img];
@@ -405,18 +410,17 @@ fn input_grad_t<T: Real>(
     let (in_plane, out_plane) = (d.h * d.w, d.ho * d.wo);
     let (in_img, out_img) = (d.c * in_plane, d.o * out_plane);
     let ckk = d.c * d.k * d.k;
-    // Zeroed: col2im adds into it, block after block (a 1x1 product overwrites it instead).
-    let mut dx = if pointwise(d) {
-        pool::take::<T>(d.n * in_img)
-    } else {
-        pool::zeroed::<T>(d.n * in_img)
-    };
+    // Zeroed: col2im adds into it, block after block.
+    let mut dx = vec![T::ZERO; d.n * in_img];
     if dx.is_empty() {
         return tensor(d.input_shape(), dx);
     }
     let block = rows_per_block(d, budget);
-    // Overwritten block by block by a product with beta = 0.
-    let mut dcols = pool::take::<T>(if pointwise(d) { 0 } else { ckk * block * d.wo });
+    let mut dcols = if pointwise(d) {
+        Vec::new()
+    } else {
+        vec![T::ZERO; ckk * block * d.wo]
+    };
     for img in 0..d.n {
         let dy_img = &dys[img * out_img..(img + 1) * out_img];
         let dxn = &mut dx[img * in_img..(img + 1) * in_img];

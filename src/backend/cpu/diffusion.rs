@@ -136,7 +136,7 @@ fn gaussian_sample_t<T: Real>(
     let ms = data::<T>(OP, "mean", mean)?;
     let ls = data::<T>(OP, "logvar", logvar)?;
     let s = T::from_f64(scale);
-    let y: Vec<T> = match noise {
+    let y = match noise {
         None => ms.iter().map(|&m| s * m).collect(),
         Some(z) => {
             let zs = data::<T>(OP, "noise", z)?;

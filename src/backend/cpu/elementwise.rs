@@ -13,7 +13,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::CpuBackend;
-use super::{data, data_mut, dispatch, pool, tensor, Real};
+use super::{data, data_mut, dispatch, tensor, Real};
 use crate::backend::{check, ElementwiseOps, Tensors};
 use crate::error::Result;
 use crate::tensor::{CpuData, DType, Storage, Tensor};
@@ -65,27 +65,20 @@ impl ElementwiseOps for CpuBackend {
 
 fn add_t<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (av, bv) = (data::<T>("add", "a", a)?, data::<T>("add", "b", b)?);
-    tensor(a.shape().clone(), zip_map(av, bv, |a, b| a + b))
+    let mut y = av.to_vec();
+    y.par_chunks_mut(CHUNK)
+        .zip(bv.par_chunks(CHUNK))
+        .for_each(|(y, b)| y.iter_mut().zip(b).for_each(|(y, &b)| *y += b));
+    tensor(a.shape().clone(), y)
 }
 
 fn mul_t<T: Real>(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (av, bv) = (data::<T>("mul", "a", a)?, data::<T>("mul", "b", b)?);
-    tensor(a.shape().clone(), zip_map(av, bv, |a, b| a * b))
-}
-
-/// f(a, b) elementwise into a pool buffer, in one pass (not a copy of a and then a second
-/// pass adding b: a residual add reads and writes each element once).
-fn zip_map<T: Real>(av: &[T], bv: &[T], f: impl Fn(T, T) -> T + Sync) -> pool::Buf<T> {
-    // Every element is written.
-    let mut y = pool::take::<T>(av.len());
+    let mut y = av.to_vec();
     y.par_chunks_mut(CHUNK)
-        .zip(av.par_chunks(CHUNK).zip(bv.par_chunks(CHUNK)))
-        .for_each(|(y, (a, b))| {
-            for (y, (&a, &b)) in y.iter_mut().zip(a.iter().zip(b)) {
-                *y = f(a, b);
-            }
-        });
-    y
+        .zip(bv.par_chunks(CHUNK))
+        .for_each(|(y, b)| y.iter_mut().zip(b).for_each(|(y, &b)| *y *= b));
+    tensor(a.shape().clone(), y)
 }
 
 fn add_assign_t<T: Real>(a: &mut Tensor, b: &Tensor) -> Result<()> {
@@ -99,12 +92,10 @@ fn add_assign_t<T: Real>(a: &mut Tensor, b: &Tensor) -> Result<()> {
 
 fn scale_t<T: Real>(x: &Tensor, s: f64) -> Result<Tensor> {
     let s = T::from_f64(s);
-    let xs = data::<T>("scale", "x", x)?;
-    // Every element is written.
-    let mut y = pool::take::<T>(xs.len());
-    y.par_chunks_mut(CHUNK)
-        .zip(xs.par_chunks(CHUNK))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * s));
+    let y = data::<T>("scale", "x", x)?
+        .par_iter()
+        .map(|&v| v * s)
+        .collect();
     tensor(x.shape().clone(), y)
 }
 
@@ -113,12 +104,11 @@ fn add_channel_bias_t<T: Real>(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let xs = data::<T>(OP, "x", x)?;
     let bs = data::<T>(OP, "bias", bias)?;
     let plane = x.dims()[2..].iter().product::<usize>();
-    // Every element is written, in one pass.
-    let mut y = pool::take::<T>(xs.len());
+    let mut y = xs.to_vec();
     if plane > 0 {
         y.par_chunks_mut(plane)
-            .zip(xs.par_chunks(plane).zip(bs.par_iter()))
-            .for_each(|(p, (x, &b))| p.iter_mut().zip(x).for_each(|(v, &x)| *v = x + b));
+            .zip(bs.par_iter())
+            .for_each(|(p, &b)| p.iter_mut().for_each(|v| *v += b));
     }
     tensor(x.shape().clone(), y)
 }

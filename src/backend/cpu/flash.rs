@@ -32,7 +32,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::vexp::{self, madd};
-use super::{data, pool, tensor};
+use super::{data, tensor};
 use crate::backend::check::attention::AttentionDims;
 use crate::backend::{check, Attention};
 use crate::error::Result;
@@ -114,8 +114,7 @@ pub fn attention(
     // Parts are in (b, h, query tile) order: exactly lse's [B, H, Lq] layout.
     let lse: Vec<f32> = parts.iter().flat_map(|p| p.1.iter().copied()).collect();
     let (dv, heads, lq) = (n.v_head_dim, n.heads, n.q_len);
-    // Every row of every head is copied in.
-    let mut o = pool::take::<f32>(n.batch * lq * heads * dv);
+    let mut o = vec![0f32; n.batch * lq * heads * dv];
     let per_head = g.parts_per_head;
     let rows_per_part = g.tiles_per_part(g.q_tiles) * MQ;
     o.par_chunks_mut(heads * dv)
@@ -173,8 +172,7 @@ pub fn attention_backward(
     let per_head = g.parts_per_head;
     let keys_per_part = g.tiles_per_part(g.k_tiles) * NK;
     let scale = g.scale;
-    // Zeroed: the parts' sums are added in.
-    let mut dq = pool::zeroed::<f32>(n.batch * lq * heads * d);
+    let mut dq = vec![0f32; n.batch * lq * heads * d];
     dq.par_chunks_mut(heads * d)
         .enumerate()
         .for_each(|(row, dst)| {
@@ -192,8 +190,7 @@ pub fn attention_backward(
             }
         });
     let keys = |w: usize, wp: usize, pick: fn(&BackPart) -> &Vec<f32>| {
-        // Every row of every head is copied in.
-        let mut out = pool::take::<f32>(n.batch * lk * heads * w);
+        let mut out = vec![0f32; n.batch * lk * heads * w];
         out.par_chunks_mut(heads * w)
             .enumerate()
             .for_each(|(row, dst)| {
@@ -350,9 +347,8 @@ impl Geometry {
         r0: usize,
         rows_p: usize,
         f: f32,
-    ) -> pool::Buf<f32> {
-        // Zeroed: the padding is never written.
-        let mut out = pool::zeroed::<f32>(rows_p * wp);
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; rows_p * wp];
         for (r, dst) in out.chunks_mut(wp).enumerate().take(len.saturating_sub(r0)) {
             let src = &x[self.at(bh, len, w, r0 + r)..][..w];
             for (y, &s) in dst.iter_mut().zip(src) {
@@ -363,10 +359,9 @@ impl Geometry {
     }
     /// Packs keys of tiles `tiles` of head bh of a [B, Lk, H·w] tensor transposed, one
     /// [w, NK] block per tile, zero-padded.
-    fn pack_cols(&self, x: &[f32], w: usize, bh: usize, tiles: &Range<usize>) -> pool::Buf<f32> {
+    fn pack_cols(&self, x: &[f32], w: usize, bh: usize, tiles: &Range<usize>) -> Vec<f32> {
         let lk = self.n.kv_len;
-        // Zeroed: the padding is never written.
-        let mut out = pool::zeroed::<f32>(tiles.len() * w * NK);
+        let mut out = vec![0f32; tiles.len() * w * NK];
         for (tile, blk) in tiles.clone().zip(out.chunks_mut(w * NK)) {
             for j in 0..NK.min(lk - tile * NK) {
                 let src = &x[self.at(bh, lk, w, tile * NK + j)..][..w];

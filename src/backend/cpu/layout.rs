@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::CpuBackend;
-use super::{data, dispatch, pool, tensor, Real};
+use super::{data, dispatch, tensor, Real};
 use crate::backend::check::layout::ConcatDims;
 use crate::backend::{check, LayoutOps, Pad2d};
 use crate::error::Result;
@@ -82,8 +82,7 @@ impl LayoutOps for CpuBackend {
 
 fn upsample_t<T: Real>(x: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
     let xs = data::<T>("upsample_nearest2x", "x", x)?;
-    // Every element is written (below).
-    let mut y = pool::take::<T>(xs.len() * 4);
+    let mut y = vec![T::ZERO; xs.len() * 4];
     let shape = [n, c, 2 * h, 2 * w];
     if y.is_empty() {
         return tensor(shape, y);
@@ -106,7 +105,7 @@ fn upsample_t<T: Real>(x: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
 
 fn upsample_backward_t<T: Real>(dy: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
     let dys = data::<T>("upsample_nearest2x_backward", "dy", dy)?;
-    let mut dx = pool::take::<T>(n * c * h * w);
+    let mut dx = vec![T::ZERO; n * c * h * w];
     if dx.is_empty() {
         return tensor([n, c, h, w], dx);
     }
@@ -140,7 +139,7 @@ fn concat_t<T: Real>(a: &Tensor, b: &Tensor, d: ConcatDims) -> Result<Tensor> {
     const OP: &str = "concat_channels";
     let (av, bv) = (data::<T>(OP, "a", a)?, data::<T>(OP, "b", b)?);
     let (la, lb) = (d.ca * d.inner, d.cb * d.inner);
-    let mut y = pool::take::<T>(d.n * (la + lb));
+    let mut y = vec![T::ZERO; d.n * (la + lb)];
     let shape = with_channels(a, d.ca + d.cb);
     if y.is_empty() {
         return tensor(shape, y);
@@ -158,8 +157,8 @@ fn concat_t<T: Real>(a: &Tensor, b: &Tensor, d: ConcatDims) -> Result<Tensor> {
 fn split_t<T: Real>(dy: &Tensor, d: ConcatDims) -> Result<(Tensor, Tensor)> {
     let dys = data::<T>("split_channels", "dy", dy)?;
     let (la, lb) = (d.ca * d.inner, d.cb * d.inner);
-    let mut da = pool::take::<T>(d.n * la);
-    let mut db = pool::take::<T>(d.n * lb);
+    let mut da = vec![T::ZERO; d.n * la];
+    let mut db = vec![T::ZERO; d.n * lb];
     if la + lb > 0 {
         // Per image, the first Ca channels go to da and the rest to db. Every element is
         // written; an empty side is skipped (chunks of zero length are not allowed).
@@ -205,10 +204,9 @@ fn nlc_to_nchw_t<T: Real>(x: &Tensor, [n, c, h, w]: [usize; 4]) -> Result<Tensor
 const TILE: usize = 32;
 
 /// src holds n row-major [rows, cols] matrices; returns their transposes [cols, rows].
-fn transpose_images<T: Real>(src: &[T], n: usize, rows: usize, cols: usize) -> pool::Buf<T> {
+fn transpose_images<T: Real>(src: &[T], n: usize, rows: usize, cols: usize) -> Vec<T> {
     let img = rows * cols;
-    // Every element is written (below).
-    let mut dst = pool::take::<T>(n * img);
+    let mut dst = vec![T::ZERO; n * img];
     if img == 0 {
         return dst;
     }
@@ -234,8 +232,7 @@ fn transpose_images<T: Real>(src: &[T], n: usize, rows: usize, cols: usize) -> p
 fn pad2d_t<T: Real>(x: &Tensor, p: Pad2d, [n, c, h, w]: [usize; 4]) -> Result<Tensor> {
     let xs = data::<T>("pad2d", "x", x)?;
     let (ho, wo) = (p.top + h + p.bottom, p.left + w + p.right);
-    // Zeroed: the padding is never written.
-    let mut y = pool::zeroed::<T>(n * c * ho * wo);
+    let mut y = vec![T::ZERO; n * c * ho * wo];
     if h * w > 0 {
         y.par_chunks_mut(ho * wo)
             .zip(xs.par_chunks(h * w))

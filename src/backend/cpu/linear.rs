@@ -21,7 +21,7 @@
 //! (gemm_bf16.rs); the adapter's products stay f32.
 
 use super::gemm::{gemm, gemm_frozen, Frozen, Mat, Side};
-use super::{data, data_mut, dispatch, pool, tensor, Real};
+use super::{data, data_mut, dispatch, tensor, Real};
 use super::{CpuBackend, CpuPrecision};
 use crate::backend::{
     check, Accum, Adapter, AdapterBackward, LinearOps, LinearOut, Lora, LoraBackward,
@@ -77,8 +77,7 @@ fn forward_t<T: Real>(
     let (m, k, n) = (d.rows, d.in_features, d.out_features);
     let xs = data::<T>(OP, "x", x)?;
     let ws = data::<T>(OP, "w", w)?;
-    // Every output below is a pool buffer overwritten by a product with beta = 0.
-    let mut y = pool::take::<T>(m * n);
+    let mut y = vec![T::ZERO; m * n];
     gemm_frozen(
         Frozen {
             precision,
@@ -105,7 +104,7 @@ fn forward_t<T: Real>(
         let r = d.rank;
         let a = data::<T>(OP, "lora down (A)", l.down)?;
         let b = data::<T>(OP, "lora up (B)", l.up)?;
-        let mut u = pool::take::<T>(m * r);
+        let mut u = vec![T::ZERO; m * r];
         gemm(
             T::ONE,
             Mat::new(xs, m, k),
@@ -146,8 +145,7 @@ fn backward_t<T: Real>(
     let m = dy.shape().rows();
     let dys = data::<T>(OP, "dy", dy)?;
     let ws = data::<T>(OP, "w", w)?;
-    // Pool buffers, each overwritten first by a product with beta = 0.
-    let mut dx = want_dx.then(|| pool::take::<T>(m * k));
+    let mut dx = want_dx.then(|| vec![T::ZERO; m * k]);
     if let Some(dx) = dx.as_mut() {
         gemm_frozen(
             Frozen {
@@ -179,7 +177,7 @@ fn backward_t<T: Real>(
             Accum::Assign => T::ZERO,
             Accum::Add => T::ONE,
         };
-        let mut g = pool::take::<T>(m * r);
+        let mut g = vec![T::ZERO; m * r];
         gemm(
             T::ONE,
             Mat::new(dys, m, n),

@@ -21,7 +21,6 @@ pub mod linear;
 pub mod norm;
 pub mod optim;
 pub mod optim8;
-pub mod pool;
 pub mod real;
 pub mod vexp;
 
@@ -179,18 +178,13 @@ pub fn output_bytes() -> u64 {
     OUTPUT_BYTES.load(Ordering::Relaxed)
 }
 
-/// Wraps computed elements into a host tensor: a pool buffer ([`pool::take`]) or a `Vec` the
-/// op made, which the pool takes over; either goes back to the pool when the tensor drops.
-pub(crate) fn tensor<T: Real>(
-    shape: impl Into<Shape>,
-    v: impl Into<pool::Buf<T>>,
-) -> Result<Tensor> {
-    let (v, pooled) = v.into().into_parts();
+/// Wraps computed elements into a host tensor.
+pub(crate) fn tensor<T: Real>(shape: impl Into<Shape>, v: Vec<T>) -> Result<Tensor> {
     OUTPUT_BYTES.fetch_add(
         (v.len() * std::mem::size_of::<T>()) as u64,
         Ordering::Relaxed,
     );
-    Tensor::from_pool(shape, T::into_cpu_data(v), pooled)
+    Tensor::from_cpu(shape, T::into_cpu_data(v))
 }
 
 impl BackendInfo for CpuBackend {
@@ -199,10 +193,5 @@ impl BackendInfo for CpuBackend {
     }
     fn compute_dtype(&self) -> DType {
         self.dtype
-    }
-    /// Frees the buffer pool's cache (pool.rs).
-    fn release_cache(&self) -> Result<()> {
-        pool::release();
-        Ok(())
     }
 }

@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use super::activation::{silu, silu_grad};
 use super::elementwise::CHUNK;
 use super::CpuBackend;
-use super::{data, dispatch, pool, tensor, Real};
+use super::{data, dispatch, tensor, Real};
 use crate::backend::check::norm::{GroupNormDims, LayerNormDims};
 use crate::backend::{check, NormOps, NormStats};
 use crate::error::Result;
@@ -101,8 +101,7 @@ fn group_norm_t<T: Real>(
     let bs = data::<T>(OP, "beta", beta)?;
     let (m, cg) = (d.group_len(), d.channels_per_group());
     let blocks = d.batch * d.groups;
-    // normalize writes every element of its block.
-    let mut y = pool::take::<T>(xs.len());
+    let mut y = vec![T::ZERO; xs.len()];
     let mut mean = vec![T::ZERO; blocks];
     let mut rstd = vec![T::ZERO; blocks];
     // Block i is (n, g) = (i / groups, i % groups); its channels are g·cg .. (g+1)·cg.
@@ -140,8 +139,7 @@ fn group_norm_backward_t<T: Real>(
     let mean = data::<T>(OP, "stats.mean", &stats.mean)?;
     let rstd = data::<T>(OP, "stats.rstd", &stats.rstd)?;
     let (m, cg) = (d.group_len(), d.channels_per_group());
-    // normalize_backward writes every element (its first pass before reading).
-    let mut dx = pool::take::<T>(xs.len());
+    let mut dx = vec![T::ZERO; xs.len()];
     dx.par_chunks_mut(m)
         .zip(dys.par_chunks(m).zip(xs.par_chunks(m)))
         .zip(mean.par_iter().zip(rstd.par_iter()))
@@ -167,8 +165,7 @@ fn layer_norm_t<T: Real>(
     let gs = data::<T>(OP, "gamma", gamma)?;
     let bs = data::<T>(OP, "beta", beta)?;
     let c = d.channels;
-    // normalize writes every element of its row.
-    let mut y = pool::take::<T>(xs.len());
+    let mut y = vec![T::ZERO; xs.len()];
     let mut mean = vec![T::ZERO; d.rows];
     let mut rstd = vec![T::ZERO; d.rows];
     y.par_chunks_mut(c)
@@ -199,8 +196,7 @@ fn layer_norm_backward_t<T: Real>(
     let mean = data::<T>(OP, "stats.mean", &stats.mean)?;
     let rstd = data::<T>(OP, "stats.rstd", &stats.rstd)?;
     let c = d.channels;
-    // normalize_backward writes every element (its first pass before reading).
-    let mut dx = pool::take::<T>(xs.len());
+    let mut dx = vec![T::ZERO; xs.len()];
     dx.par_chunks_mut(c)
         .zip(dys.par_chunks(c).zip(xs.par_chunks(c)))
         .zip(mean.par_iter().zip(rstd.par_iter()))

@@ -24,7 +24,6 @@ pub trait Real:
     + AddAssign
     + SubAssign
     + MulAssign
-    + super::pool::Elem
 {
     const DTYPE: DType;
     const ZERO: Self;
