@@ -1,7 +1,8 @@
 // The kernel emulator's runtime: runs a launch (grid, block, dynamic shared memory) on the
 // host. Blocks are shared out to one worker OS thread per core; on its worker, each thread of
-// a block is a fiber with its own stack, and the worker's scheduler switches between fibers
-// at barriers (see emu.h for the model). Built only with the `cuda-emu` feature; the Rust side
+// a block is a fiber with its own stack; a fiber that stops at a barrier switches straight to
+// the next one of the pass (`next_fiber`), and the last returns to the worker's scheduler (see
+// emu.h for the model). Built only with the `cuda-emu` feature; the Rust side
 // calls `emu_launch` through the typed launchers in src/backend/cuda/launch.rs.
 #include <sys/mman.h>
 #include <unistd.h>
@@ -138,25 +139,84 @@ struct Worker {
     void* closure = nullptr;
     Fiber* running = nullptr;
     int block_start = 0, block_end = 0;  // addresses used as TSan sync objects
+    // The passes over the block's threads (`next_fiber`, run by the fibers themselves, so
+    // through relaxed atomics like the rest of the bookkeeping): the block, its thread count,
+    // the direction, the next position in the pass, and whether this pass found every thread
+    // returned / resumed one.
+    dim3 bid{0, 0, 0};
+    unsigned n = 0, pos = 0;
+    bool up = true, all_done = true, progressed = false;
 };
 
 thread_local Worker* worker = nullptr;
 
-void to_scheduler() {
+// Whether `f` waits at a barrier that not every live thread has reached yet.
+bool waiting(const Worker& w, const Fiber* f) {
+    int wt = ld(f->wait);
+    if (wt == AT_BLOCK) return ld(f->wait_gen) == ld(w.block.gen);
+    if (wt == AT_WARP) return ld(f->wait_gen) == ld(w.warps[f->t.linear >> 5].gate.gen);
+    return false;
+}
+
+// The next thread of the block to run, or nullptr when all have returned. The threads run in
+// passes over the block, ascending in even blocks and descending in odd ones; a pass skips
+// those that returned or wait at a barrier not everyone has reached. A pass that resumes no
+// thread while some have not returned is a deadlock.
+Fiber* next_fiber(Worker& w) {
+    for (;;) {
+        unsigned n = ld(w.n), k = ld(w.pos);
+        if (k == n) {
+            if (ld(w.all_done)) return nullptr;
+            if (!ld(w.progressed)) {
+                std::fprintf(stderr,
+                             "emu: deadlock in block (%u, %u, %u): threads wait at barriers that "
+                             "not every live thread of the block (or warp) reaches\n",
+                             ld(w.bid.x), ld(w.bid.y), ld(w.bid.z));
+                std::abort();
+            }
+            k = 0;
+            st(w.all_done, true);
+            st(w.progressed, false);
+        }
+        st(w.pos, k + 1);
+        Fiber* f = w.fibers[ld(w.up) ? k : n - 1 - k];
+        if (ld(f->done)) continue;
+        st(w.all_done, false);
+        if (waiting(w, f)) continue;
+        st(w.progressed, true);
+        st(f->wait, int(RUNNING));
+        return f;
+    }
+}
+
+// The running thread `f` stops (at a barrier, or returned) and `next` (from `next_fiber`)
+// goes on: directly, one context switch, or the scheduler when it is nullptr (the block is
+// done). When `next` is `f` itself (its barrier completed), it simply continues.
+void switch_to(Fiber* f, Fiber* next) {
+    if (next == f) return;
     Worker& w = *worker;
-    Fiber* f = ld(w.running);
+    st(w.running, next);
+    st(current, next ? &next->t : static_cast<Thread*>(nullptr));
 #if EMU_TSAN
-    __tsan_switch_to_fiber(w.sched_tsan, __tsan_switch_to_fiber_no_sync);
+    __tsan_switch_to_fiber(next ? next->tsan : w.sched_tsan, __tsan_switch_to_fiber_no_sync);
 #endif
 #if defined(__x86_64__)
-    lorafuse_emu_switch(&f->sp, w.sched_sp);
+    lorafuse_emu_switch(&f->sp, next ? next->sp : w.sched_sp);
 #else
-    swapcontext(&f->ctx, &w.sched_ctx);
+    swapcontext(&f->ctx, next ? &next->ctx : &w.sched_ctx);
 #endif
 }
 
-void resume(Fiber* f) {
-    Worker& w = *worker;
+// The running thread waits at a barrier; the next one in pass order goes on.
+void yield_fiber() {
+    Fiber* f = ld(worker->running);
+    switch_to(f, next_fiber(*worker));
+}
+
+// The scheduler starts the block's first thread; it gets control back when all have returned.
+void start_block(Worker& w) {
+    Fiber* f = next_fiber(w);
+    if (!f) return;
     st(w.running, f);
     st(current, &f->t);
 #if EMU_TSAN
@@ -194,7 +254,7 @@ void arrive_and_wait(Gate& g, int kind, void (*last)(void*) = nullptr, void* ctx
     } else {
         st(g.arrived, a);
     }
-    to_scheduler();
+    yield_fiber();
 #if EMU_TSAN
     __tsan_acquire(&g);
 #endif
@@ -228,10 +288,13 @@ void leave(Gate& g) {
         leave(w.block);
         leave(w.warps[f->t.linear >> 5].gate);
         st(f->done, 1);
+        // Chosen before the release: what this thread read of the others' state (next_fiber)
+        // is then ordered before the scheduler rewrites it for the next block.
+        Fiber* next = next_fiber(w);
 #if EMU_TSAN
         __tsan_release(&w.block_end);
 #endif
-        to_scheduler();  // resumed again at the next block
+        switch_to(f, next);  // resumed again at the next block
     }
 }
 
@@ -318,37 +381,20 @@ void run_blocks(unsigned first, unsigned step, dim3 gdim, dim3 bdim, size_t smem
 #if EMU_TSAN
         __tsan_release(&w.block_start);
 #endif
-        // Passes over the threads until all have returned; ascending order in even blocks,
-        // descending in odd ones.
-        bool up = (b & 1u) == 0;
-        for (;;) {
-            bool progressed = false, all_done = true;
-            for (unsigned k = 0; k < n; ++k) {
-                Fiber* f = w.fibers[up ? k : n - 1 - k];
-                if (ld(f->done)) continue;
-                all_done = false;
-                int wt = ld(f->wait);
-                if (wt == AT_BLOCK && ld(f->wait_gen) == ld(w.block.gen)) continue;
-                if (wt == AT_WARP && ld(f->wait_gen) == ld(w.warps[f->t.linear >> 5].gate.gen))
-                    continue;
-                st(f->wait, int(RUNNING));
-                resume(f);
-                progressed = true;
-            }
-            if (all_done) {
+        // The threads switch from one to the next themselves (`yield_fiber`); the last to
+        // stop returns here.
+        st(w.bid.x, bid.x);
+        st(w.bid.y, bid.y);
+        st(w.bid.z, bid.z);
+        st(w.n, n);
+        st(w.pos, 0u);
+        st(w.up, (b & 1u) == 0);
+        st(w.all_done, true);
+        st(w.progressed, false);
+        start_block(w);
 #if EMU_TSAN
-                __tsan_acquire(&w.block_end);  // what the block wrote, for whoever reads next
+        __tsan_acquire(&w.block_end);  // what the block wrote, for whoever reads next
 #endif
-                break;
-            }
-            if (!progressed) {
-                std::fprintf(stderr,
-                             "emu: deadlock in block (%u, %u, %u): threads wait at barriers that "
-                             "not every live thread of the block (or warp) reaches\n",
-                             bid.x, bid.y, bid.z);
-                std::abort();
-            }
-        }
     }
     st(current, static_cast<Thread*>(nullptr));
     std::lock_guard<std::mutex> g(tally_mu);
