@@ -472,6 +472,25 @@ float bf(uint32_t word, int hi) {
     return __bfloat162float(x);
 }
 
+// D = A·B + C for a 16x8 tile with K-deep A (16xK) and B (Kx8), the products added in k order
+// in f32; D's fragments into `out`, lane by lane (lane g·4 + t holds rows g and g + 8, columns
+// 2t and 2t + 1, as for C).
+template <int K>
+void mma_d(const float (&A)[16][K], const float (&B)[K][8], const float (&C)[16][8],
+           unsigned char* out) {
+    for (int ln = 0; ln < 32; ++ln) {
+        int g = ln >> 2, t = ln & 3;
+        float d[4];
+        for (int i = 0; i < 4; ++i) {
+            int row = g + ((i & 2) ? 8 : 0), col = t * 2 + (i & 1);
+            float acc = C[row][col];
+            for (int k = 0; k < K; ++k) acc += A[row][k] * B[k][col];
+            d[i] = acc;
+        }
+        std::memcpy(out + ln * WARP_SLOT, d, sizeof d);
+    }
+}
+
 // D = A·B + C on one m16n8k16 tile whose 16-bit elements `elem` reads (f16 or bf16), for
 // the whole warp from its lanes' `Fragments`: D's fragments into `out`, lane by lane. The
 // products of two 16-bit values are exact in f32; they are added in k order in f32.
@@ -497,17 +516,7 @@ void mma_k16_warp(const unsigned char* slots, unsigned char* out) {
             C[row][t * 2 + (i & 1)] = fr.c[i];
         }
     }
-    for (int ln = 0; ln < 32; ++ln) {
-        int g = ln >> 2, t = ln & 3;
-        float d[4];
-        for (int i = 0; i < 4; ++i) {
-            int row = g + ((i & 2) ? 8 : 0), col = t * 2 + (i & 1);
-            float acc = C[row][col];
-            for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
-            d[i] = acc;
-        }
-        std::memcpy(out + ln * WARP_SLOT, d, sizeof d);
-    }
+    mma_d<16>(A, B, C, out);
 }
 
 template <float (*elem)(uint32_t, int)>
@@ -559,17 +568,7 @@ void mma_k8_warp(const unsigned char* slots, unsigned char* out) {
         for (int i = 0; i < 2; ++i) B[t * 2 + i][g] = h(fr.b, i);
         for (int i = 0; i < 4; ++i) C[g + ((i & 2) ? 8 : 0)][t * 2 + (i & 1)] = fr.c[i];
     }
-    for (int ln = 0; ln < 32; ++ln) {
-        int g = ln >> 2, t = ln & 3;
-        float d[4];
-        for (int i = 0; i < 4; ++i) {
-            int row = g + ((i & 2) ? 8 : 0), col = t * 2 + (i & 1);
-            float acc = C[row][col];
-            for (int k = 0; k < 8; ++k) acc += A[row][k] * B[k][col];
-            d[i] = acc;
-        }
-        std::memcpy(out + ln * WARP_SLOT, d, sizeof d);
-    }
+    mma_d<8>(A, B, C, out);
 }
 
 }  // namespace
