@@ -140,10 +140,9 @@ struct Worker {
     Fiber* running = nullptr;
     int block_start = 0, block_end = 0;  // addresses used as TSan sync objects
     // The passes over the block's threads (`next_fiber`, run by the fibers themselves, so
-    // through relaxed atomics like the rest of the bookkeeping): the block, its thread count,
-    // the direction, the next position in the pass, and whether this pass found every thread
+    // through relaxed atomics like the rest of the bookkeeping): the block's thread count, the
+    // direction, the next position in the pass, and whether this pass found every thread
     // returned / resumed one.
-    dim3 bid{0, 0, 0};
     unsigned n = 0, pos = 0;
     bool up = true, all_done = true, progressed = false;
 };
@@ -171,7 +170,7 @@ Fiber* next_fiber(Worker& w) {
                 std::fprintf(stderr,
                              "emu: deadlock in block (%u, %u, %u): threads wait at barriers that "
                              "not every live thread of the block (or warp) reaches\n",
-                             ld(w.bid.x), ld(w.bid.y), ld(w.bid.z));
+                             w.fibers[0]->t.bid.x, w.fibers[0]->t.bid.y, w.fibers[0]->t.bid.z);
                 std::abort();
             }
             k = 0;
@@ -189,11 +188,12 @@ Fiber* next_fiber(Worker& w) {
     }
 }
 
-// The running thread `f` stops (at a barrier, or returned) and `next` (from `next_fiber`)
-// goes on: directly, one context switch, or the scheduler when it is nullptr (the block is
-// done). When `next` is `f` itself (its barrier completed), it simply continues.
-void switch_to(Fiber* f, Fiber* next) {
-    if (next == f) return;
+// Control passes from `from` to `next`, either of them a thread of the block or nullptr for
+// the worker's scheduler: the scheduler starting a block, a thread that stops (at a barrier,
+// or returned) handing on directly (one context switch), the last one back to the scheduler.
+// When `next` is `from` itself (its barrier completed), it simply continues.
+void switch_to(Fiber* from, Fiber* next) {
+    if (next == from) return;
     Worker& w = *worker;
     st(w.running, next);
     st(current, next ? &next->t : static_cast<Thread*>(nullptr));
@@ -201,9 +201,9 @@ void switch_to(Fiber* f, Fiber* next) {
     __tsan_switch_to_fiber(next ? next->tsan : w.sched_tsan, __tsan_switch_to_fiber_no_sync);
 #endif
 #if defined(__x86_64__)
-    lorafuse_emu_switch(&f->sp, next ? next->sp : w.sched_sp);
+    lorafuse_emu_switch(from ? &from->sp : &w.sched_sp, next ? next->sp : w.sched_sp);
 #else
-    swapcontext(&f->ctx, next ? &next->ctx : &w.sched_ctx);
+    swapcontext(from ? &from->ctx : &w.sched_ctx, next ? &next->ctx : &w.sched_ctx);
 #endif
 }
 
@@ -211,22 +211,6 @@ void switch_to(Fiber* f, Fiber* next) {
 void yield_fiber() {
     Fiber* f = ld(worker->running);
     switch_to(f, next_fiber(*worker));
-}
-
-// The scheduler starts the block's first thread; it gets control back when all have returned.
-void start_block(Worker& w) {
-    Fiber* f = next_fiber(w);
-    if (!f) return;
-    st(w.running, f);
-    st(current, &f->t);
-#if EMU_TSAN
-    __tsan_switch_to_fiber(f->tsan, __tsan_switch_to_fiber_no_sync);
-#endif
-#if defined(__x86_64__)
-    lorafuse_emu_switch(&w.sched_sp, f->sp);
-#else
-    swapcontext(&w.sched_ctx, &f->ctx);
-#endif
 }
 
 // Arrive at `g` and wait until every live member has arrived. The last to arrive runs
@@ -383,15 +367,12 @@ void run_blocks(unsigned first, unsigned step, dim3 gdim, dim3 bdim, size_t smem
 #endif
         // The threads switch from one to the next themselves (`yield_fiber`); the last to
         // stop returns here.
-        st(w.bid.x, bid.x);
-        st(w.bid.y, bid.y);
-        st(w.bid.z, bid.z);
         st(w.n, n);
         st(w.pos, 0u);
         st(w.up, (b & 1u) == 0);
         st(w.all_done, true);
         st(w.progressed, false);
-        start_block(w);
+        switch_to(nullptr, next_fiber(w));
 #if EMU_TSAN
         __tsan_acquire(&w.block_end);  // what the block wrote, for whoever reads next
 #endif
