@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench cpu_ops` prints a table; `BENCH_JSON=path` also writes the figures as
 //! JSON; `BENCH_REPS=n` sets the timed repetitions (default 5, median reported);
-//! `BENCH_ONLY=text` runs only the groups whose name contains it (matmul, attention, conv);
+//! `BENCH_ONLY=text` runs only the groups whose name contains it (matmul, attention, conv,
+//! pointwise: GEGLU and GroupNorm+SiLU, rated in G elements/s);
 //! `BENCH_PRECISION=bf16` computes the products with frozen weights in bf16 (`cpu_precision:
 //! bf16`, AVX512_BF16; f32 by default).
 //!
@@ -296,6 +297,63 @@ fn main() {
                 t,
             ));
         }
+    }
+
+    // Pointwise work of the same layers (`pointwise`): GEGLU of the level-1 feed-forward and
+    // GroupNorm with SiLU of a level-1 ResNet block, forward and input gradient. Their "GFLOP"
+    // column holds G elements of output (the FMA peak is no yardstick for them).
+    if on("pointwise") {
+        let (m, f) = (4096, 1280);
+        let x = rand_t(&mut rng, &[1, m, 2 * f]);
+        let dy = rand_t(&mut rng, &[1, m, f]);
+        let elems = (m * f) as f64 / 1e9;
+        let t = time(reps, || {
+            be.geglu(&x).expect("geglu");
+        });
+        rows.push(Row::new(
+            "pointwise GEGLU level 1 (Gelem)".into(),
+            format!("[1,{m},{}]", 2 * f),
+            elems,
+            t,
+        ));
+        let t = time(reps, || {
+            be.geglu_backward(&dy, &x).expect("geglu_backward");
+        });
+        rows.push(Row::new(
+            "pointwise GEGLU backward (Gelem)".into(),
+            format!("[1,{m},{}]", 2 * f),
+            elems,
+            t,
+        ));
+        let (c, h) = (320, 64);
+        let x = rand_t(&mut rng, &[1, c, h, h]);
+        let dy = rand_t(&mut rng, &[1, c, h, h]);
+        let gamma = rand_t(&mut rng, &[c]);
+        let beta = rand_t(&mut rng, &[c]);
+        let elems = (c * h * h) as f64 / 1e9;
+        let t = time(reps, || {
+            be.group_norm(&x, &gamma, &beta, 32, 1e-5, true)
+                .expect("group_norm");
+        });
+        rows.push(Row::new(
+            "pointwise GroupNorm+SiLU level 1 (Gelem)".into(),
+            format!("[1,{c},{h},{h}]"),
+            elems,
+            t,
+        ));
+        let (_, stats) = be
+            .group_norm(&x, &gamma, &beta, 32, 1e-5, true)
+            .expect("group_norm");
+        let t = time(reps, || {
+            be.group_norm_backward(&dy, &x, &gamma, &beta, &stats, 32, true)
+                .expect("group_norm_backward");
+        });
+        rows.push(Row::new(
+            "pointwise GroupNorm+SiLU backward (Gelem)".into(),
+            format!("[1,{c},{h},{h}]"),
+            elems,
+            t,
+        ));
     }
 
     let threads = rayon::current_num_threads();

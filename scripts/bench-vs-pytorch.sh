@@ -96,18 +96,22 @@ cpu_bf16() {
   "$py" -c "import torch, diffusers, peft" 2>/dev/null || { echo "SKIPPED: $py cannot import torch, diffusers and peft"; exit 0; }
   cargo bench --no-run --bench train_step 2>/dev/null
   local exe; exe="$(bench_exe)"
+  # lorafuse's bf16 path needs AVX512_BF16; without it the table has the f32 rows only (PyTorch's
+  # autocast would run emulated bf16 there, which no goal measures).
+  local precisions="f32 bf16"
+  grep -qw avx512_bf16 /proc/cpuinfo || { precisions=f32; echo "== no AVX512_BF16 on this CPU: f32 only"; }
   local torch_model=() torch_res=()
   [ "$model" = tiny ] && torch_model=(--model tests/fixtures/tiny-sd15-diffusers)
   [ -n "$res" ] && torch_res=(--res "$res")
   echo "== $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD), load: $(cut -d' ' -f1-3 /proc/loadavg)"
-  for p in f32 bf16; do
+  for p in $precisions; do
     echo "== lorafuse $p"
     env BENCH_PRECISION=$p BENCH_DEVICE=cpu BENCH_MODEL="$model" ${res:+BENCH_RES=$res} BENCH_CONFIGS="$configs" \
       BENCH_WARMUP="$warmup" BENCH_STEPS="$steps" BENCH_JSON="$out/lorafuse-$p.json" RAYON_NUM_THREADS=$threads \
       /usr/bin/time -f "%M" -o "$out/rss-lorafuse-$p.txt" "$exe"
     echo "   peak RSS $(tail -n 1 "$out/rss-lorafuse-$p.txt") KiB; load: $(cut -d' ' -f1-3 /proc/loadavg)"
   done
-  for p in f32 bf16; do
+  for p in $precisions; do
     echo "== PyTorch $p"
     local extra=(); [ $p = bf16 ] && extra=(--cpu-bf16) || extra=(--flops --gemm-peak)
     /usr/bin/time -f "%M" -o "$out/rss-pytorch-$p.txt" "$py" benches/pytorch_reference.py --device cpu \

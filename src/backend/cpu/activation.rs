@@ -10,16 +10,17 @@
 //! GEGLU (diffusers `GEGLU`: `hidden, gate = proj(x).chunk(2, dim=-1)`), x [.., 2F]:
 //!   h = x[.., :F], g = x[.., F:],  y = h·gelu(g)  [.., F]
 //!   dh = dy·gelu(g),  dg = dy·h·gelu'(g)           dx = [dh, dg]  [.., 2F]
-//! Rayon over chunks of elements (pointwise) or of rows (GEGLU).
+//! Rayon over chunks of elements (pointwise) or of rows (GEGLU). In f32, GELU, SiLU and GEGLU
+//! run vact.rs's SIMD kernels (the same formulas, its own erf and exp); f64 runs these.
 
 use rayon::prelude::*;
 
 use super::elementwise::CHUNK;
 use super::CpuBackend;
-use super::{data, dispatch, tensor, Real};
+use super::{data, dispatch, tensor, vact, Real};
 use crate::backend::{check, Activation, ActivationOps};
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// x·σ(x).
 pub(crate) fn silu<T: Real>(x: T) -> T {
@@ -105,11 +106,15 @@ impl ActivationOps for CpuBackend {
 
 fn forward_t<T: Real>(x: &Tensor, act: Activation) -> Result<Tensor> {
     let xs = data::<T>("activation", "x", x)?;
-    let y = match act {
-        Activation::Silu => map(xs, silu),
-        Activation::Gelu => map(xs, gelu),
-        Activation::QuickGelu => map(xs, quick_gelu),
-        Activation::GeluTanh => map(xs, gelu_tanh),
+    // f32 takes vact.rs's SIMD kernels where it has one for `act`.
+    let y = match (f32_slices::<T>(), vact::forward(act)) {
+        (true, Some(kernel)) => map_chunks(xs, |x, y| kernel(f32s(x), f32s_mut(y))),
+        _ => match act {
+            Activation::Silu => map(xs, silu),
+            Activation::Gelu => map(xs, gelu),
+            Activation::QuickGelu => map(xs, quick_gelu),
+            Activation::GeluTanh => map(xs, gelu_tanh),
+        },
     };
     tensor(x.shape().clone(), y)
 }
@@ -119,34 +124,67 @@ fn backward_t<T: Real>(dy: &Tensor, x: &Tensor, act: Activation) -> Result<Tenso
     let dys = data::<T>(OP, "dy", dy)?;
     let xs = data::<T>(OP, "x", x)?;
     // dx = dy·act'(x)
-    let dx = match act {
-        Activation::Silu => map_grad(dys, xs, silu_grad),
-        Activation::Gelu => map_grad(dys, xs, gelu_grad),
-        Activation::QuickGelu => map_grad(dys, xs, quick_gelu_grad),
-        Activation::GeluTanh => map_grad(dys, xs, gelu_tanh_grad),
+    let dx = match (f32_slices::<T>(), vact::backward(act)) {
+        (true, Some(kernel)) => {
+            map_grad_chunks(dys, xs, |dy, x, dx| kernel(f32s(dy), f32s(x), f32s_mut(dx)))
+        }
+        _ => match act {
+            Activation::Silu => map_grad(dys, xs, silu_grad),
+            Activation::Gelu => map_grad(dys, xs, gelu_grad),
+            Activation::QuickGelu => map_grad(dys, xs, quick_gelu_grad),
+            Activation::GeluTanh => map_grad(dys, xs, gelu_tanh_grad),
+        },
     };
     tensor(x.shape().clone(), dx)
 }
 
+/// Whether `T` is f32 (whose slices [`f32s`] and [`f32s_mut`] view as such).
+fn f32_slices<T: Real>() -> bool {
+    T::DTYPE == DType::F32
+}
+
+/// A slice of `T` as f32; only called where [`f32_slices`] said `T` is f32.
+fn f32s<T: Real>(x: &[T]) -> &[f32] {
+    T::as_f32(x).expect("the f32 path runs on f32 elements")
+}
+
+fn f32s_mut<T: Real>(x: &mut [T]) -> &mut [f32] {
+    T::as_f32_mut(x).expect("the f32 path runs on f32 elements")
+}
+
 /// f applied to every element, in parallel chunks.
 fn map<T: Real>(xs: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    map_chunks(xs, |x, y| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)))
+}
+
+/// y = kernel(x), chunk by chunk in parallel.
+fn map_chunks<T: Real>(xs: &[T], kernel: impl Fn(&[T], &mut [T]) + Sync) -> Vec<T> {
     let mut y = vec![T::ZERO; xs.len()];
     y.par_chunks_mut(CHUNK)
         .zip(xs.par_chunks(CHUNK))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+        .for_each(|(y, x)| kernel(x, y));
     y
 }
 
 /// dy·f'(x) for every element, in parallel chunks.
 fn map_grad<T: Real>(dys: &[T], xs: &[T], grad: impl Fn(T) -> T + Sync) -> Vec<T> {
+    map_grad_chunks(dys, xs, |dy, x, dx| {
+        for (d, (&dyv, &xv)) in dx.iter_mut().zip(dy.iter().zip(x)) {
+            *d = dyv * grad(xv);
+        }
+    })
+}
+
+/// dx = kernel(dy, x), chunk by chunk in parallel.
+fn map_grad_chunks<T: Real>(
+    dys: &[T],
+    xs: &[T],
+    kernel: impl Fn(&[T], &[T], &mut [T]) + Sync,
+) -> Vec<T> {
     let mut dx = vec![T::ZERO; xs.len()];
     dx.par_chunks_mut(CHUNK)
         .zip(dys.par_chunks(CHUNK).zip(xs.par_chunks(CHUNK)))
-        .for_each(|(dx, (dy, x))| {
-            for (d, (&dyv, &xv)) in dx.iter_mut().zip(dy.iter().zip(x)) {
-                *d = dyv * grad(xv);
-            }
-        });
+        .for_each(|(dx, (dy, x))| kernel(dy, x, dx));
     dx
 }
 
@@ -167,6 +205,10 @@ fn geglu_t<T: Real>(x: &Tensor, f: usize) -> Result<Tensor> {
         .with_min_len(rows_per_task(2 * f))
         .for_each(|(y, x)| {
             let (h, g) = x.split_at(f);
+            if f32_slices::<T>() {
+                vact::geglu(f32s(h), f32s(g), f32s_mut(y));
+                return;
+            }
             for (yv, (&hv, &gv)) in y.iter_mut().zip(h.iter().zip(g)) {
                 *yv = hv * gelu(gv);
             }
@@ -188,6 +230,11 @@ fn geglu_backward_t<T: Real>(dy: &Tensor, x: &Tensor, f: usize) -> Result<Tensor
         .for_each(|(dx, (dy, x))| {
             let (dh, dg) = dx.split_at_mut(f);
             let (h, g) = x.split_at(f);
+            if f32_slices::<T>() {
+                let (dh, dg) = (f32s_mut(dh), f32s_mut(dg));
+                vact::geglu_backward(f32s(dy), f32s(h), f32s(g), dh, dg);
+                return;
+            }
             for ((dhv, dgv), ((&dyv, &hv), &gv)) in dh
                 .iter_mut()
                 .zip(dg.iter_mut())

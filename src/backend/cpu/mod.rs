@@ -22,6 +22,7 @@ pub mod norm;
 pub mod optim;
 pub mod optim8;
 pub mod real;
+pub mod vact;
 pub mod vexp;
 
 use crate::backend::BackendInfo;

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::activation::{silu, silu_grad};
 use super::elementwise::CHUNK;
+use super::vact;
 use super::CpuBackend;
 use super::{data, dispatch, tensor, Real};
 use crate::backend::check::norm::{GroupNormDims, LayerNormDims};
@@ -247,13 +248,14 @@ fn normalize<T: Real>(
         .zip(gamma.iter().zip(beta))
     {
         let a = g * rstd;
+        for (yv, &xv) in yc.iter_mut().zip(xc) {
+            *yv = (xv - mean) * a + b;
+        }
         if fuse_silu {
-            for (yv, &xv) in yc.iter_mut().zip(xc) {
-                *yv = silu((xv - mean) * a + b);
-            }
-        } else {
-            for (yv, &xv) in yc.iter_mut().zip(xc) {
-                *yv = (xv - mean) * a + b;
+            // f32 through vact.rs's SIMD SiLU, f64 through activation.rs's.
+            match T::as_f32_mut(yc) {
+                Some(y) => vact::silu_in_place(y),
+                None => yc.iter_mut().for_each(|v| *v = silu(*v)),
             }
         }
     }
@@ -282,14 +284,29 @@ fn normalize_backward<T: Real>(
         .enumerate()
     {
         let g = gamma[c];
-        let b = silu_beta.map(|b| b[c]);
-        for (d, (&dyv, &xv)) in dxc.iter_mut().zip(dyc.iter().zip(xc)) {
+        // dpre = dy·silu'(gamma·x̂ + beta) (or dy) into dx first: f32 through vact.rs's SIMD
+        // SiLU gradient, f64 through activation.rs's.
+        match silu_beta.map(|b| b[c]) {
+            Some(b) => {
+                for (d, &xv) in dxc.iter_mut().zip(xc) {
+                    *d = g * ((xv - mean) * rstd) + b;
+                }
+                match T::as_f32_mut(dxc) {
+                    Some(pre) => {
+                        vact::silu_grad_in_place(T::as_f32(dyc).expect("f32 like dx"), pre)
+                    }
+                    None => {
+                        for (d, &dyv) in dxc.iter_mut().zip(dyc) {
+                            *d = dyv * silu_grad(*d);
+                        }
+                    }
+                }
+            }
+            None => dxc.copy_from_slice(dyc),
+        }
+        for (d, &xv) in dxc.iter_mut().zip(xc) {
             let xh = (xv - mean) * rstd;
-            let dpre = match b {
-                Some(b) => dyv * silu_grad(g * xh + b),
-                None => dyv,
-            };
-            let dxh = dpre * g;
+            let dxh = *d * g;
             *d = dxh;
             sum_dxh += dxh.to_f64();
             sum_dxh_xh += (dxh * xh).to_f64();
