@@ -19,10 +19,10 @@
 //!
 //! SiLU: σ(x) = 1/(1 + e^(−x)), silu = x·σ, silu' = σ·(1 + x·(1 − σ)).
 //! The exponentials are vexp.rs's (a few ulp). Each kernel's body is plain arithmetic that
-//! LLVM vectorises, compiled a second time with AVX2 and FMA and picked at run time (as
-//! vexp.rs does).
+//! LLVM vectorises, compiled a second time with AVX2 and FMA and picked at run time (vexp.rs's
+//! `simd_kernel!`).
 
-use super::vexp::{avx2_fma, exp, madd};
+use super::vexp::{exp, madd, simd_kernel};
 use crate::backend::Activation;
 
 /// P in t = 1/(1 + P·a).
@@ -68,8 +68,14 @@ pub fn gelu<const FMA: bool>(x: f32) -> f32 {
 /// Φ(x) + x·φ(x): one lane.
 #[inline(always)]
 pub fn gelu_grad<const FMA: bool>(x: f32) -> f32 {
+    gelu_and_grad::<FMA>(x).1
+}
+
+/// (gelu(x), gelu'(x)) from one Φ and one exponential: one lane.
+#[inline(always)]
+fn gelu_and_grad<const FMA: bool>(x: f32) -> (f32, f32) {
     let (cdf, e) = cdf_and_gauss::<FMA>(x);
-    madd::<FMA>(x * FRAC_1_SQRT_2PI, e, cdf)
+    (x * cdf, madd::<FMA>(x * FRAC_1_SQRT_2PI, e, cdf))
 }
 
 /// σ(x): one lane.
@@ -91,104 +97,81 @@ pub fn silu_grad<const FMA: bool>(x: f32) -> f32 {
     s * madd::<FMA>(x, 1.0 - s, 1.0)
 }
 
-/// A public slice kernel from a body generic over `FMA`: on x86-64 with AVX2 and FMA the body
-/// compiled with those features, elsewhere the baseline's.
-macro_rules! kernel {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        $(#[$doc])*
-        pub fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body<const FMA: bool>($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) {
-                body::<true>($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            if avx2_fma() {
-                // SAFETY: the CPU has the features `avx2` is compiled for.
-                return unsafe { avx2($($arg),*) };
-            }
-            body::<false>($($arg),*)
-        }
-    };
-}
-
-kernel! {
+simd_kernel! {
     /// y = gelu(x), elementwise (y as long as x).
-    fn gelu_slice(x: &[f32], y: &mut [f32]) {
+    pub fn gelu_slice(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
             *y = gelu::<FMA>(x);
         }
     }
 }
 
-kernel! {
+simd_kernel! {
     /// dx = dy·gelu'(x), elementwise.
-    fn gelu_grad_slice(dy: &[f32], x: &[f32], dx: &mut [f32]) {
+    pub fn gelu_grad_slice(dy: &[f32], x: &[f32], dx: &mut [f32]) {
         for (d, (&dy, &x)) in dx.iter_mut().zip(dy.iter().zip(x)) {
             *d = dy * gelu_grad::<FMA>(x);
         }
     }
 }
 
-kernel! {
+simd_kernel! {
     /// y = silu(x), elementwise.
-    fn silu_slice(x: &[f32], y: &mut [f32]) {
+    pub fn silu_slice(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
             *y = silu::<FMA>(x);
         }
     }
 }
 
-kernel! {
+simd_kernel! {
     /// y = silu(y), in place.
-    fn silu_in_place(y: &mut [f32]) {
+    pub fn silu_in_place(y: &mut [f32]) {
         for y in y.iter_mut() {
             *y = silu::<FMA>(*y);
         }
     }
 }
 
-kernel! {
+simd_kernel! {
     /// dx = dy·silu'(x), elementwise.
-    fn silu_grad_slice(dy: &[f32], x: &[f32], dx: &mut [f32]) {
+    pub fn silu_grad_slice(dy: &[f32], x: &[f32], dx: &mut [f32]) {
         for (d, (&dy, &x)) in dx.iter_mut().zip(dy.iter().zip(x)) {
             *d = dy * silu_grad::<FMA>(x);
         }
     }
 }
 
-kernel! {
+simd_kernel! {
     /// x_dx = dy·silu'(x_dx), in place (GroupNorm's fused SiLU: the pre-activation in, its
     /// gradient out).
-    fn silu_grad_in_place(dy: &[f32], x_dx: &mut [f32]) {
+    pub fn silu_grad_in_place(dy: &[f32], x_dx: &mut [f32]) {
         for (d, &dy) in x_dx.iter_mut().zip(dy) {
             *d = dy * silu_grad::<FMA>(*d);
         }
     }
 }
 
-kernel! {
+simd_kernel! {
     /// One GEGLU row's forward: y = h·gelu(g).
-    fn geglu(h: &[f32], g: &[f32], y: &mut [f32]) {
+    pub fn geglu(h: &[f32], g: &[f32], y: &mut [f32]) {
         for (y, (&h, &g)) in y.iter_mut().zip(h.iter().zip(g)) {
             *y = h * gelu::<FMA>(g);
         }
     }
 }
 
-kernel! {
+simd_kernel! {
     /// One GEGLU row's input gradient: dh = dy·gelu(g), dg = dy·h·gelu'(g), one exp each.
-    fn geglu_backward(dy: &[f32], h: &[f32], g: &[f32], dh: &mut [f32], dg: &mut [f32]) {
+    pub fn geglu_backward(dy: &[f32], h: &[f32], g: &[f32], dh: &mut [f32], dg: &mut [f32]) {
         for ((dh, dg), ((&dy, &h), &g)) in dh
             .iter_mut()
             .zip(dg.iter_mut())
             .zip(dy.iter().zip(h).zip(g))
         {
-            let (cdf, e) = cdf_and_gauss::<FMA>(g);
-            *dh = dy * (g * cdf);
-            *dg = dy * h * madd::<FMA>(g * FRAC_1_SQRT_2PI, e, cdf);
+            let (gelu, grad) = gelu_and_grad::<FMA>(g);
+            *dh = dy * gelu;
+            *dg = dy * h * grad;
         }
     }
 }

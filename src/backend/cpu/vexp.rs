@@ -37,20 +37,37 @@ pub(crate) fn avx2_fma() -> bool {
     false
 }
 
-/// Replaces each x by exp(x − c) and returns the sum of the new values.
-pub fn exp_sub_sum(xs: &mut [f32], c: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features `exp_sub_sum_avx2` is compiled for.
-        return unsafe { exp_sub_sum_avx2(xs, c) };
-    }
-    exp_sub_sum_body::<false>(xs, c)
+/// A function from a body generic over `const FMA: bool`: on x86-64 with AVX2 and FMA the
+/// body compiled a second time with those features (`FMA` true), elsewhere the baseline's
+/// (`FMA` false), picked at run time. Here and in vact.rs; flash.rs picks its copy by an
+/// explicit `Kernel` instead, which its tests choose.
+macro_rules! simd_kernel {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body<const FMA: bool>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                body::<true>($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::backend::cpu::vexp::avx2_fma() {
+                // SAFETY: the CPU has the features `avx2` is compiled for.
+                return unsafe { avx2($($arg),*) };
+            }
+            body::<false>($($arg),*)
+        }
+    };
 }
+pub(crate) use simd_kernel;
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_sub_sum_avx2(xs: &mut [f32], c: f32) -> f32 {
-    exp_sub_sum_body::<true>(xs, c)
+simd_kernel! {
+    /// Replaces each x by exp(x − c) and returns the sum of the new values.
+    pub fn exp_sub_sum(xs: &mut [f32], c: f32) -> f32 {
+        exp_sub_sum_body::<FMA>(xs, c)
+    }
 }
 
 #[inline(always)]
