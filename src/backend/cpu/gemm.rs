@@ -1,9 +1,20 @@
 //! Matrix products for the CPU backend: the `gemm` crate's packed SIMD kernels (AVX2/FMA or
 //! NEON, picked at run time), spread over rayon's threads by the crate itself when the
-//! product is large enough; except a tall product whose A is a transposed view, where
-//! matrixmultiply's kernels on one rayon task per block of rows were measured faster (the
-//! input gradients of convolutions, Wᵀ·dY, and attention's Pᵀ·dO and dSᵀ·Q:
-//! benches/results/cpu-gemm-2026-12-07.md).
+//! product is large enough; except
+//! - a tall product whose A is a transposed view, where matrixmultiply's kernels on one
+//!   rayon task per block of rows were measured faster (the input gradients of
+//!   convolutions, Wᵀ·dY, and attention's Pᵀ·dO and dSᵀ·Q:
+//!   benches/results/cpu-gemm-2026-12-07.md);
+//! - a skinny product (C's shorter side at most `SKINNY`: the deep levels' convolutions
+//!   W·cols with 16-64 pixels per image, their linear layers with 16-64 tokens), where C is
+//!   cut along its longer side into one part per rayon task, each part through the crate
+//!   on one thread. The crate's own split of such a product left its threads waiting;
+//!   cutting the long side also packs each element of the big operand once
+//!   (benches/results/cpu-skinny-2026-12-08.md).
+//!
+//! A part's elements are the same sums as the whole product's: the crate blocks the inner
+//! dimension by its length and the caches only, so every element sums its k terms in the
+//! same order whatever the cut.
 
 use ::gemm::Parallelism;
 use rayon::prelude::*;
@@ -84,6 +95,25 @@ pub(super) const PARALLEL_FLOPS: usize = 1 << 18;
 /// dB = dYᵀ·u, 8 columns, runs faster in the `gemm` crate).
 const TALL_MIN_COLS: usize = 32;
 
+/// C's shorter side up to which a product is cut along its longer side (see the top).
+const SKINNY: usize = 64;
+
+/// The fewest rows or columns of C in one part of a skinny product.
+const MIN_PART: usize = 64;
+
+/// A raw pointer to C shared by tasks that each write their own elements of it.
+#[derive(Clone, Copy)]
+pub(super) struct SendPtr<T>(pub(super) *mut T);
+// SAFETY: the tasks sharing one write disjoint elements (each user says which).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    pub(super) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
 /// C = alpha·A·B + beta·C, with C row-major with leading dimension `ldc`
 /// (`beta = 0` overwrites C, whatever it held, NaN included).
 pub fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T], ldc: usize) {
@@ -110,23 +140,48 @@ pub fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T], ldc: 
         matrixmultiply_rows(alpha, a, b, beta, c, ldc, threads);
         return;
     }
-    let parallelism = if threads <= 1 || m * n * k < PARALLEL_FLOPS {
-        Parallelism::None
-    } else {
+    let parallel = threads > 1 && m * n * k >= PARALLEL_FLOPS;
+    if parallel && m.min(n) <= SKINNY && m.max(n) >= 2 * MIN_PART {
+        skinny_parts(alpha, a, b, beta, c, ldc, threads);
+        return;
+    }
+    let parallelism = if parallel {
         Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
     };
+    // SAFETY: the asserts above keep every element of A, B and C (m×k, k×n, and m rows of
+    // n at stride ldc) inside its slice; C is exclusively borrowed.
+    unsafe { crate_gemm(alpha, a, b, beta, c.as_mut_ptr(), ldc, parallelism) }
+}
+
+/// The `gemm` crate's C = alpha·A·B + beta·C, C being a.rows rows of b.cols elements at
+/// stride `ldc` from `c`.
+///
+/// # Safety
+/// Those elements of C lie in one allocation, and nothing else reads or writes them during
+/// the call (A and B, shared borrows, cannot alias them).
+unsafe fn crate_gemm<T: Real>(
+    alpha: T,
+    a: Mat<T>,
+    b: Mat<T>,
+    beta: T,
+    c: *mut T,
+    ldc: usize,
+    parallelism: Parallelism,
+) {
+    assert!(a.data.len() >= a.last_index() && b.data.len() >= b.last_index());
     // The crate's contract is dst = α·dst + β·lhs·rhs, with (column, row) strides; our beta
     // is its α and our alpha its β. With `read_dst` false (beta = 0) C is never read, so
     // poison in C cannot leak through.
-    // SAFETY: the asserts above keep every element of A, B and C (m×k, k×n, and m rows of
-    // n at stride ldc) inside its slice; C is exclusively borrowed, A and B are shared
-    // borrows that cannot alias it. `T: Real` is f32 or f64, both of which the crate takes.
+    // SAFETY: A and B are inside their slices (asserted), C as the caller says. `T: Real`
+    // is f32 or f64, both of which the crate takes.
     unsafe {
         ::gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
+            a.rows,
+            b.cols,
+            a.cols,
+            c,
             1,
             ldc as isize,
             beta != T::ZERO,
@@ -144,6 +199,60 @@ pub fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T], ldc: 
             parallelism,
         )
     }
+}
+
+/// `gemm` of a skinny product: C cut along its longer side into up to two parts per thread
+/// (at least `MIN_PART` rows or columns each), one rayon task per part, each through the
+/// crate on its own thread (`gemm` has checked the bounds and handled the empty cases).
+fn skinny_parts<T: Real>(
+    alpha: T,
+    a: Mat<T>,
+    b: Mat<T>,
+    beta: T,
+    c: &mut [T],
+    ldc: usize,
+    threads: usize,
+) {
+    let (m, n) = (a.rows, b.cols);
+    let by_rows = m >= n;
+    let long = m.max(n);
+    let parts = (2 * threads).min(long / MIN_PART).max(1);
+    let per = long.div_ceil(parts);
+    let cp = SendPtr(c.as_mut_ptr());
+    (0..parts).into_par_iter().for_each(|p| {
+        let (lo, hi) = (p * per, ((p + 1) * per).min(long));
+        if lo >= hi {
+            return;
+        }
+        // SAFETY: part p writes rows (or columns) lo..hi of C only, which `gemm` asserted
+        // lie in C's slice; the parts' ranges are disjoint, and C is exclusively borrowed
+        // for the call.
+        unsafe {
+            if by_rows {
+                let a = Mat {
+                    data: &a.data[lo * a.rs..],
+                    rows: hi - lo,
+                    ..a
+                };
+                crate_gemm(
+                    alpha,
+                    a,
+                    b,
+                    beta,
+                    cp.get().add(lo * ldc),
+                    ldc,
+                    Parallelism::None,
+                )
+            } else {
+                let b = Mat {
+                    data: &b.data[lo * b.cs..],
+                    cols: hi - lo,
+                    ..b
+                };
+                crate_gemm(alpha, a, b, beta, cp.get().add(lo), ldc, Parallelism::None)
+            }
+        }
+    });
 }
 
 /// Which operand of a product is the frozen weight.

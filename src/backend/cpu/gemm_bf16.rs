@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::gemm::{Mat, PARALLEL_FLOPS};
+use super::gemm::{Mat, SendPtr, PARALLEL_FLOPS};
 
 /// Rows of the register tile.
 const MR: usize = 12;
@@ -188,18 +188,6 @@ fn assert_c(m: usize, n: usize, c: &[f32], ldc: usize) {
         m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n,
         "gemm_bf16: C too small"
     );
-}
-
-/// A raw pointer to C shared by the tasks, each writing its own block.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint blocks of C (see `gemm_bf16`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// One task's block of C and the product's constants.
