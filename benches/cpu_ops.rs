@@ -4,7 +4,7 @@
 //! `cargo bench --bench cpu_ops` prints a table; `BENCH_JSON=path` also writes the figures as
 //! JSON; `BENCH_REPS=n` sets the timed repetitions (default 5, median reported);
 //! `BENCH_ONLY=text` runs only the groups whose name contains it (matmul, attention, conv,
-//! pointwise: GEGLU and GroupNorm+SiLU, rated in G elements/s);
+//! pointwise: GEGLU, GroupNorm+SiLU and LayerNorm, rated in G elements/s);
 //! `BENCH_PRECISION=bf16` computes the products with frozen weights in bf16 (`cpu_precision:
 //! bf16`, AVX512_BF16; f32 by default).
 //!
@@ -351,6 +351,33 @@ fn main() {
         rows.push(Row::new(
             "pointwise GroupNorm+SiLU backward (Gelem)".into(),
             format!("[1,{c},{h},{h}]"),
+            elems,
+            t,
+        ));
+        // LayerNorm of a level-1 transformer block: 4096 rows of 320 channels.
+        let (m, c) = (4096, 320);
+        let x = rand_t(&mut rng, &[1, m, c]);
+        let dy = rand_t(&mut rng, &[1, m, c]);
+        let gamma = rand_t(&mut rng, &[c]);
+        let beta = rand_t(&mut rng, &[c]);
+        let elems = (m * c) as f64 / 1e9;
+        let t = time(reps, || {
+            be.layer_norm(&x, &gamma, &beta, 1e-5).expect("layer_norm");
+        });
+        rows.push(Row::new(
+            "pointwise LayerNorm level 1 (Gelem)".into(),
+            format!("[1,{m},{c}]"),
+            elems,
+            t,
+        ));
+        let (_, stats) = be.layer_norm(&x, &gamma, &beta, 1e-5).expect("layer_norm");
+        let t = time(reps, || {
+            be.layer_norm_backward(&dy, &x, &gamma, &stats)
+                .expect("layer_norm_backward");
+        });
+        rows.push(Row::new(
+            "pointwise LayerNorm backward (Gelem)".into(),
+            format!("[1,{m},{c}]"),
             elems,
             t,
         ));

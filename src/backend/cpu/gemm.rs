@@ -10,7 +10,7 @@
 //!   cut along its longer side into one part per rayon task, each part through the crate
 //!   on one thread. The crate's own split of such a product left its threads waiting;
 //!   cutting the long side also packs each element of the big operand once
-//!   (benches/results/cpu-skinny-2026-12-08.md).
+//!   (benches/results/cpu-skinny-norm-2026-12-08.md).
 //!
 //! A part's elements are the same sums as the whole product's: the crate blocks the inner
 //! dimension by its length and the caches only, so every element sums its k terms in the

@@ -10,7 +10,9 @@
 //!   mean = Σx/m,  var = Σ(x - mean)²/m,  rstd = 1/sqrt(var + eps)
 //!   x̂ = (x - mean)·rstd,  pre = gamma[c]·x̂ + beta[c],  y = pre (or silu(pre) when fused)
 //! The statistics are accumulated in f64 whatever the element type, two-pass, so that f32
-//! matches f64 even for blocks with a large mean.
+//! matches f64 even for blocks with a large mean; each sum in `SUM_LANES` interleaved partial
+//! sums (element i into sum i mod SUM_LANES, the partial sums added at the end), so that the
+//! adds overlap instead of waiting on one another. The order depends on m alone.
 //! Backward, per block, with dpre = dy (or dy·silu'(pre), pre recomputed from x and stats):
 //!   dx̂ = dpre·gamma[c]
 //!   dx = rstd·(dx̂ - mean(dx̂) - x̂·mean(dx̂·x̂))
@@ -213,18 +215,38 @@ fn min_blocks_per_task(m: usize) -> usize {
     (CHUNK / m.max(1)).max(1)
 }
 
+/// Partial sums of a block's statistics (see the top).
+const SUM_LANES: usize = 8;
+
+/// (Σ f(i).0, Σ f(i).1) over i in 0..n in f64, element i into partial sum i mod SUM_LANES.
+#[inline(always)]
+fn lane_sums(n: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; SUM_LANES], [0f64; SUM_LANES]);
+    let full = n - n % SUM_LANES;
+    for base in (0..full).step_by(SUM_LANES) {
+        for j in 0..SUM_LANES {
+            let (x, y) = f(base + j);
+            a[j] += x;
+            b[j] += y;
+        }
+    }
+    for i in full..n {
+        let (x, y) = f(i);
+        a[i - full] += x;
+        b[i - full] += y;
+    }
+    (a.iter().sum(), b.iter().sum())
+}
+
 /// Mean and rstd = 1/sqrt(var + eps) of one block: two passes, accumulated in f64.
 fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
     let m = x.len() as f64;
-    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / m;
-    let var = x
-        .iter()
-        .map(|v| {
-            let d = v.to_f64() - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / m;
+    let mean = lane_sums(x.len(), |i| (x[i].to_f64(), 0.0)).0 / m;
+    let var = lane_sums(x.len(), |i| {
+        let d = x[i].to_f64() - mean;
+        (d * d, 0.0)
+    })
+    .0 / m;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -242,6 +264,13 @@ fn normalize<T: Real>(
 ) -> (T, T) {
     let (mean, rstd) = moments(x, eps);
     let (mean, rstd) = (T::from_f64(mean), T::from_f64(rstd));
+    if inner == 1 && !fuse_silu {
+        // LayerNorm: a gamma and beta per element.
+        for ((yv, &xv), (&g, &b)) in y.iter_mut().zip(x).zip(gamma.iter().zip(beta)) {
+            *yv = (xv - mean) * (g * rstd) + b;
+        }
+        return (mean, rstd);
+    }
     for ((xc, yc), (&g, &b)) in x
         .chunks(inner)
         .zip(y.chunks_mut(inner))
@@ -277,41 +306,48 @@ fn normalize_backward<T: Real>(
     rstd: T,
 ) {
     // Pass 1: dx̂ = dpre·gamma into dx; Σdx̂ and Σdx̂·x̂ in f64.
-    let (mut sum_dxh, mut sum_dxh_xh) = (0.0f64, 0.0f64);
-    for (c, (dxc, (dyc, xc))) in dx
-        .chunks_mut(inner)
-        .zip(dy.chunks(inner).zip(x.chunks(inner)))
-        .enumerate()
-    {
-        let g = gamma[c];
-        // dpre = dy·silu'(gamma·x̂ + beta) (or dy) into dx first: f32 through vact.rs's SIMD
-        // SiLU gradient, f64 through activation.rs's.
-        match silu_beta.map(|b| b[c]) {
-            Some(b) => {
-                for (d, &xv) in dxc.iter_mut().zip(xc) {
-                    *d = g * ((xv - mean) * rstd) + b;
-                }
-                match T::as_f32_mut(dxc) {
-                    Some(pre) => {
-                        vact::silu_grad_in_place(T::as_f32(dyc).expect("f32 like dx"), pre)
+    if inner == 1 && silu_beta.is_none() {
+        // LayerNorm: a gamma per element.
+        for ((d, &dyv), &g) in dx.iter_mut().zip(dy).zip(gamma) {
+            *d = dyv * g;
+        }
+    } else {
+        for (c, (dxc, (dyc, xc))) in dx
+            .chunks_mut(inner)
+            .zip(dy.chunks(inner).zip(x.chunks(inner)))
+            .enumerate()
+        {
+            let g = gamma[c];
+            // dpre = dy·silu'(gamma·x̂ + beta) (or dy) into dx first: f32 through vact.rs's
+            // SIMD SiLU gradient, f64 through activation.rs's.
+            match silu_beta.map(|b| b[c]) {
+                Some(b) => {
+                    for (d, &xv) in dxc.iter_mut().zip(xc) {
+                        *d = g * ((xv - mean) * rstd) + b;
                     }
-                    None => {
-                        for (d, &dyv) in dxc.iter_mut().zip(dyc) {
-                            *d = dyv * silu_grad(*d);
+                    match T::as_f32_mut(dxc) {
+                        Some(pre) => {
+                            vact::silu_grad_in_place(T::as_f32(dyc).expect("f32 like dx"), pre)
+                        }
+                        None => {
+                            for (d, &dyv) in dxc.iter_mut().zip(dyc) {
+                                *d = dyv * silu_grad(*d);
+                            }
                         }
                     }
                 }
+                None => dxc.copy_from_slice(dyc),
             }
-            None => dxc.copy_from_slice(dyc),
-        }
-        for (d, &xv) in dxc.iter_mut().zip(xc) {
-            let xh = (xv - mean) * rstd;
-            let dxh = *d * g;
-            *d = dxh;
-            sum_dxh += dxh.to_f64();
-            sum_dxh_xh += (dxh * xh).to_f64();
+            for d in dxc.iter_mut() {
+                *d *= g;
+            }
         }
     }
+    let dxh = &*dx;
+    let (sum_dxh, sum_dxh_xh) = lane_sums(x.len(), |i| {
+        let xh = (x[i] - mean) * rstd;
+        (dxh[i].to_f64(), (dxh[i] * xh).to_f64())
+    });
     // Pass 2: dx = rstd·(dx̂ - mean(dx̂) - x̂·mean(dx̂·x̂)).
     let m = x.len() as f64;
     let (mean_dxh, mean_dxh_xh) = (T::from_f64(sum_dxh / m), T::from_f64(sum_dxh_xh / m));
