@@ -491,8 +491,17 @@ fn col2im<T: Real>(dcols: &[T], d: &ConvDims, rows: Range<usize>, dxn: &mut [T])
                         }
                         let ih = oh * s + i - p;
                         let dst = &mut plane[ih * d.w..(ih + 1) * d.w];
-                        for ow in ow_ok.clone() {
-                            dst[ow * s + j - p] += g[ow];
+                        if s == 1 {
+                            // iw = ow + j - p: a contiguous run of the input row.
+                            let iw0 = ow_ok.start + j - p;
+                            let dst = &mut dst[iw0..iw0 + ow_ok.len()];
+                            for (x, &v) in dst.iter_mut().zip(&g[ow_ok.clone()]) {
+                                *x += v;
+                            }
+                        } else {
+                            for ow in ow_ok.clone() {
+                                dst[ow * s + j - p] += g[ow];
+                            }
                         }
                     }
                 }
