@@ -14,6 +14,8 @@
 //! - BENCH_BASELINE_USED: bytes the GPU had in use before this process (nvidia-smi), so the
 //!   driver's used-memory delta (CUDA context included) can be reported.
 //! - BENCH_JSON: also write the results as JSON there.
+//! - LORAFUSE_CPU_PROFILE=1: on the CPU, also print where each configuration's steps spent
+//!   their time, per op and per matrix product (src/backend/cpu/profile.rs).
 //! - BENCH_PRECISION: on the CPU, `f32` (default, the reference) or `bf16` (`cpu_precision:
 //!   bf16`: the products with frozen weights in bf16; needs AVX512_BF16).
 //!
@@ -271,6 +273,11 @@ fn main() -> Res<()> {
             peak_rss: peak_rss(),
         };
         print_row(&row);
+        if lorafuse::backend::cpu::profile::enabled() {
+            // Warm-up and timed steps together.
+            println!("{}", lorafuse::backend::cpu::profile::report(40));
+            lorafuse::backend::cpu::profile::reset();
+        }
         rows.push(row);
     }
     if let Ok(path) = std::env::var("BENCH_JSON") {

@@ -14,6 +14,7 @@ mod cpu_bf16;
 mod cpu_flash;
 mod cpu_gemm;
 mod cpu_gemm_bf16;
+mod cpu_profile;
 mod cpu_vact;
 mod cpu_vexp;
 mod linalg;

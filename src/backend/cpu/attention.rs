@@ -32,6 +32,7 @@ use rayon::prelude::*;
 
 use super::flash::{self, Kernel};
 use super::gemm::{gemm, Mat};
+use super::profile;
 use super::CpuBackend;
 use super::{data, dispatch, tensor, Real};
 use crate::backend::check::attention::AttentionDims;
@@ -51,6 +52,7 @@ impl AttentionOps for CpuBackend {
         p: Attention,
     ) -> Result<(Tensor, Tensor)> {
         if q.dtype() == DType::F32 {
+            let _timer = profile::OpTimer::start("attention_fused", q);
             return flash::attention(q, k, v, p, Kernel::detect());
         }
         let n = check::attention::forward(q, k, v, p)?;
@@ -68,6 +70,7 @@ impl AttentionOps for CpuBackend {
         p: Attention,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         if q.dtype() == DType::F32 {
+            let _timer = profile::OpTimer::start("attention_backward_fused", q);
             return flash::attention_backward(q, k, v, o, lse, d_o, p, Kernel::detect());
         }
         let n = check::attention::backward(q, k, v, o, lse, d_o, p)?;

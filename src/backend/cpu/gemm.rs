@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use std::sync::Arc;
 
 use super::gemm_bf16::{gemm_bf16_panels, parallel_for, Panels};
+use super::profile;
 use super::real::Real;
 use super::CpuPrecision;
 use crate::tensor::Tensor;
@@ -115,8 +116,16 @@ impl<T> SendPtr<T> {
 }
 
 /// C = alpha·A·B + beta·C, with C row-major with leading dimension `ldc`
-/// (`beta = 0` overwrites C, whatever it held, NaN included).
+/// (`beta = 0` overwrites C, whatever it held, NaN included). Timed when the profile is on.
 pub fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T], ldc: usize) {
+    let t0 = profile::gemm_start();
+    product(alpha, a, b, beta, c, ldc);
+    let transposed = |x: &Mat<T>| x.cs != 1;
+    profile::gemm_done(t0, a.rows, a.cols, b.cols, transposed(&a), transposed(&b));
+}
+
+/// `gemm`'s work: picks the path (see the top).
+fn product<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T], ldc: usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     assert!(a.data.len() >= a.last_index() && b.data.len() >= b.last_index());

@@ -21,6 +21,7 @@ pub mod linear;
 pub mod norm;
 pub mod optim;
 pub mod optim8;
+pub mod profile;
 pub mod real;
 pub mod vact;
 pub mod vexp;
@@ -115,15 +116,17 @@ impl Default for CpuBackend {
     }
 }
 
-/// Runs `$f::<f32>` or `$f::<f64>` by the dtype of `$x`; f16 is refused with a hint.
+/// Runs `$f::<f32>` or `$f::<f64>` by the dtype of `$x`; f16 is refused with a hint. The call
+/// is timed when the profile is on (profile.rs).
 macro_rules! dispatch {
-    ($op:expr, $x:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
+    ($op:expr, $x:expr, $f:ident ( $($arg:expr),* $(,)? )) => {{
+        let _timer = $crate::backend::cpu::profile::OpTimer::start($op, $x);
         match $x.dtype() {
             $crate::tensor::DType::F32 => $f::<f32>($($arg),*),
             $crate::tensor::DType::F64 => $f::<f64>($($arg),*),
             d => Err($crate::backend::cpu::cpu_dtype_error($op, d)),
         }
-    };
+    }};
 }
 pub(crate) use dispatch;
 
