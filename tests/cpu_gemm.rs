@@ -139,8 +139,8 @@ fn gemm_on(threads: usize, a: Mat<f32>, b: Mat<f32>, c: &mut [f32], ldc: usize) 
 fn skinny_cuts_give_the_uncut_bits() {
     let mut rng = Rng::new(12);
     let f32s = |v: Vec<f64>| -> Vec<f32> { v.iter().map(|&x| x as f32).collect() };
-    // C's shorter side 16-64 and the longer one cut in 2-6 parts; A transposed or not, and C
-    // written at a leading dimension wider than n.
+    // C's shorter side 16-64 and the longer one cut in 4 parts (2 threads) or 6 (3 threads);
+    // A transposed or not, and C written at a leading dimension wider than n.
     for (m, k, n, a_t) in [
         (1280, 576, 16, false),
         (1100, 300, 64, false),

@@ -8,8 +8,8 @@
 //! - a skinny product (C's shorter side at most `SKINNY`: the deep levels' convolutions
 //!   W·cols with 16-64 pixels per image, their linear layers with 16-64 tokens), where C is
 //!   cut along its longer side into one part per rayon task, each part through the crate
-//!   on one thread. The crate's own split of such a product left its threads waiting;
-//!   cutting the long side also packs each element of the big operand once
+//!   on one thread: measured faster than the crate's own split of such a product, and each
+//!   part packs only its own share of the big operand
 //!   (benches/results/cpu-skinny-norm-2026-12-08.md).
 //!
 //! A part's elements are the same sums as the whole product's: the crate blocks the inner
