@@ -211,8 +211,8 @@ unsafe fn crate_gemm<T: Real>(
 }
 
 /// `gemm` of a skinny product: C cut along its longer side into up to two parts per thread
-/// (at least `MIN_PART` rows or columns each), one rayon task per part, each through the
-/// crate on its own thread (`gemm` has checked the bounds and handled the empty cases).
+/// (at least `MIN_PART` rows or columns each), each through the crate on its own thread
+/// (`gemm` has checked the bounds and handled the empty cases).
 fn skinny_parts<T: Real>(
     alpha: T,
     a: Mat<T>,
@@ -223,42 +223,68 @@ fn skinny_parts<T: Real>(
     threads: usize,
 ) {
     let (m, n) = (a.rows, b.cols);
-    let by_rows = m >= n;
     let long = m.max(n);
-    let parts = (2 * threads).min(long / MIN_PART).max(1);
-    let per = long.div_ceil(parts);
+    let per = long.div_ceil((2 * threads).min(long / MIN_PART).max(1));
+    let cut = if m >= n {
+        Cut::Rows(per)
+    } else {
+        Cut::Cols(per)
+    };
+    in_parts(a, b, c, ldc, cut, |a, b, c| {
+        // SAFETY: `in_parts` hands each part its own rows or columns of C, inside C's slice.
+        unsafe { crate_gemm(alpha, a, b, beta, c, ldc, Parallelism::None) }
+    });
+}
+
+/// How `in_parts` cuts C: rows (or columns) per part.
+#[derive(Clone, Copy)]
+enum Cut {
+    Rows(usize),
+    Cols(usize),
+}
+
+/// C = A·B in parts, one rayon task each: part p is rows (or columns) p·per.. of C, and
+/// `part(a, b, c)` gets A's rows (or B's columns) of the part and a pointer to the part's
+/// first element of C, where it may write a.rows rows of b.cols elements at stride `ldc`.
+/// The parts are disjoint and inside C's slice; C is exclusively borrowed for the call.
+fn in_parts<T: Real>(
+    a: Mat<T>,
+    b: Mat<T>,
+    c: &mut [T],
+    ldc: usize,
+    cut: Cut,
+    part: impl Fn(Mat<T>, Mat<T>, *mut T) + Sync,
+) {
+    let (m, n) = (a.rows, b.cols);
+    assert!(
+        m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n,
+        "gemm: C too small"
+    );
+    let (long, per) = match cut {
+        Cut::Rows(per) => (m, per.max(1)),
+        Cut::Cols(per) => (n, per.max(1)),
+    };
     let cp = SendPtr(c.as_mut_ptr());
-    (0..parts).into_par_iter().for_each(|p| {
+    (0..long.div_ceil(per)).into_par_iter().for_each(|p| {
         let (lo, hi) = (p * per, ((p + 1) * per).min(long));
-        if lo >= hi {
-            return;
-        }
-        // SAFETY: part p writes rows (or columns) lo..hi of C only, which `gemm` asserted
-        // lie in C's slice; the parts' ranges are disjoint, and C is exclusively borrowed
-        // for the call.
-        unsafe {
-            if by_rows {
+        // SAFETY (of the offsets): row lo < m starts at lo·ldc, column lo < n at lo, both
+        // inside C's slice (asserted above).
+        match cut {
+            Cut::Rows(_) => {
                 let a = Mat {
                     data: &a.data[lo * a.rs..],
                     rows: hi - lo,
                     ..a
                 };
-                crate_gemm(
-                    alpha,
-                    a,
-                    b,
-                    beta,
-                    cp.get().add(lo * ldc),
-                    ldc,
-                    Parallelism::None,
-                )
-            } else {
+                part(a, b, unsafe { cp.get().add(lo * ldc) })
+            }
+            Cut::Cols(_) => {
                 let b = Mat {
                     data: &b.data[lo * b.cs..],
                     cols: hi - lo,
                     ..b
                 };
-                crate_gemm(alpha, a, b, beta, cp.get().add(lo), ldc, Parallelism::None)
+                part(a, b, unsafe { cp.get().add(lo) })
             }
         }
     });
@@ -372,32 +398,27 @@ fn matrixmultiply_rows<T: Real>(
     } else {
         m.div_ceil(threads * 4).max(8)
     };
-    c[..(m - 1) * ldc + n]
-        .par_chunks_mut(rows_per * ldc)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            let r0 = i * rows_per;
-            let rows = rows_per.min(m - r0);
-            // beta = 0: matrixmultiply does not read C, so poison in C cannot leak through.
-            // SAFETY: rows r0..r0+rows of A (k columns at strides rs, cs) lie inside a.data
-            // as `gemm` asserted for all m rows; this task's C rows are its own chunk.
-            unsafe {
-                T::gemm_raw(
-                    rows,
-                    k,
-                    n,
-                    alpha,
-                    a.data.as_ptr().add(r0 * a.rs),
-                    a.rs as isize,
-                    a.cs as isize,
-                    b.data.as_ptr(),
-                    b.rs as isize,
-                    b.cs as isize,
-                    beta,
-                    chunk.as_mut_ptr(),
-                    ldc as isize,
-                    1,
-                )
-            }
-        });
+    in_parts(a, b, c, ldc, Cut::Rows(rows_per), |a, b, c| {
+        // beta = 0: matrixmultiply does not read C, so poison in C cannot leak through.
+        // SAFETY: the part's rows of A (k columns at strides rs, cs) lie inside a.data as
+        // `gemm` asserted for all m rows; `in_parts` hands the part its own rows of C.
+        unsafe {
+            T::gemm_raw(
+                a.rows,
+                k,
+                n,
+                alpha,
+                a.data.as_ptr(),
+                a.rs as isize,
+                a.cs as isize,
+                b.data.as_ptr(),
+                b.rs as isize,
+                b.cs as isize,
+                beta,
+                c,
+                ldc as isize,
+                1,
+            )
+        }
+    });
 }

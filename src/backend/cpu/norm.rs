@@ -218,35 +218,29 @@ fn min_blocks_per_task(m: usize) -> usize {
 /// Partial sums of a block's statistics (see the top).
 const SUM_LANES: usize = 8;
 
-/// (Σ f(i).0, Σ f(i).1) over i in 0..n in f64, element i into partial sum i mod SUM_LANES.
+/// Σ f(i) over i in 0..n for each of f's N values, in f64, element i into partial sum
+/// i mod SUM_LANES.
 #[inline(always)]
-fn lane_sums(n: usize, f: impl Fn(usize) -> (f64, f64)) -> (f64, f64) {
-    let (mut a, mut b) = ([0f64; SUM_LANES], [0f64; SUM_LANES]);
-    let full = n - n % SUM_LANES;
-    for base in (0..full).step_by(SUM_LANES) {
-        for j in 0..SUM_LANES {
-            let (x, y) = f(base + j);
-            a[j] += x;
-            b[j] += y;
+fn lane_sums<const N: usize>(n: usize, f: impl Fn(usize) -> [f64; N]) -> [f64; N] {
+    let mut acc = [[0f64; SUM_LANES]; N];
+    for i in 0..n {
+        for (acc, v) in acc.iter_mut().zip(f(i)) {
+            acc[i % SUM_LANES] += v;
         }
     }
-    for i in full..n {
-        let (x, y) = f(i);
-        a[i - full] += x;
-        b[i - full] += y;
-    }
-    (a.iter().sum(), b.iter().sum())
+    acc.map(|lanes| lanes.iter().sum())
 }
 
 /// Mean and rstd = 1/sqrt(var + eps) of one block: two passes, accumulated in f64.
 fn moments<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
     let m = x.len() as f64;
-    let mean = lane_sums(x.len(), |i| (x[i].to_f64(), 0.0)).0 / m;
-    let var = lane_sums(x.len(), |i| {
+    let [sum] = lane_sums(x.len(), |i| [x[i].to_f64()]);
+    let mean = sum / m;
+    let [sum_sq] = lane_sums(x.len(), |i| {
         let d = x[i].to_f64() - mean;
-        (d * d, 0.0)
-    })
-    .0 / m;
+        [d * d]
+    });
+    let var = sum_sq / m;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -344,9 +338,9 @@ fn normalize_backward<T: Real>(
         }
     }
     let dxh = &*dx;
-    let (sum_dxh, sum_dxh_xh) = lane_sums(x.len(), |i| {
+    let [sum_dxh, sum_dxh_xh] = lane_sums(x.len(), |i| {
         let xh = (x[i] - mean) * rstd;
-        (dxh[i].to_f64(), (dxh[i] * xh).to_f64())
+        [dxh[i].to_f64(), (dxh[i] * xh).to_f64()]
     });
     // Pass 2: dx = rstd·(dx̂ - mean(dx̂) - x̂·mean(dx̂·x̂)).
     let m = x.len() as f64;
