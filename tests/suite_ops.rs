@@ -10,6 +10,7 @@
 mod common;
 
 mod clip_backward;
+mod cpu_alloc;
 mod cpu_bf16;
 mod cpu_flash;
 mod cpu_gemm;

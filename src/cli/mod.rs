@@ -258,6 +258,12 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> Outcome {
+    // Each command but `serve` is one job in its own process, so its freed buffers may stay
+    // with it until it exits (steps then reuse their pages: backend::cpu::alloc). `serve`
+    // outlives its jobs and keeps glibc's defaults.
+    if !matches!(cli.command, Command::Serve(_)) {
+        lorafuse::backend::cpu::alloc::keep_freed_memory();
+    }
     match cli.command {
         Command::Train {
             config,

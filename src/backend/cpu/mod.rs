@@ -8,6 +8,7 @@
 
 pub mod activation;
 pub mod adafactor;
+pub mod alloc;
 pub mod attention;
 pub mod conv;
 pub mod decompose;
