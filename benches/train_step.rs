@@ -14,8 +14,8 @@
 //! - BENCH_BASELINE_USED: bytes the GPU had in use before this process (nvidia-smi), so the
 //!   driver's used-memory delta (CUDA context included) can be reported.
 //! - BENCH_JSON: also write the results as JSON there.
-//! - LORAFUSE_CPU_PROFILE=1: on the CPU, also print where each configuration's steps spent
-//!   their time, per op and per matrix product (src/backend/cpu/profile.rs).
+//! - LORAFUSE_CPU_PROFILE=1: on the CPU, also print where each configuration's timed steps
+//!   spent their time, per op and per matrix product (src/backend/cpu/profile.rs).
 //! - BENCH_PRECISION: on the CPU, `f32` (default, the reference) or `bf16` (`cpu_precision:
 //!   bf16`: the products with frozen weights in bf16; needs AVX512_BF16).
 //! - BENCH_KEEP_FREED=0: leave glibc's allocator settings as they are; by default the bench
@@ -209,6 +209,10 @@ fn main() -> Res<()> {
         let (mut cpu_first, mut cpu_timed) = (None, Vec::new());
         let mut driver_used: Option<usize> = None;
         for i in 0..warmup + steps {
+            if i == warmup {
+                // The profile covers the timed steps only (warm-up packs what they reuse).
+                lorafuse::backend::cpu::profile::reset();
+            }
             let t = Instant::now();
             let c0 = cpu_ms();
             let dropout = LoraDropout::for_site(0.0, 1, &[i as u64])?;

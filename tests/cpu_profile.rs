@@ -1,6 +1,7 @@
 //! The CPU profile (src/backend/cpu/profile.rs): ops and products are counted while it is on
 //! and not while it is off, a product's FLOPs and layout are its own, an op's time in products
-//! is part of its time, and an op inside another counts toward the outer one only.
+//! is part of its time, an op inside another counts toward the outer one only, and bf16
+//! products are filed apart from f32 ones.
 //!
 //! One test: the switch is process-wide, and other tests' ops may land in the tables while it
 //! is on (the shapes here are odd enough to be this test's own).
@@ -8,7 +9,7 @@
 use crate::common;
 
 use common::{randn, to_f32};
-use lorafuse::backend::cpu::profile;
+use lorafuse::backend::cpu::{gemm_bf16, profile, CpuPrecision};
 use lorafuse::backend::prelude::*;
 use lorafuse::rng::Rng;
 use lorafuse::CpuBackend;
@@ -49,6 +50,19 @@ fn counts_ops_and_products_only_while_on() {
         report.contains("linear [1, 70, 24]") && report.contains("70x24x16 AN BT"),
         "{report}"
     );
+
+    // `cpu_precision: bf16` files its frozen-weight products apart, marked bf16.
+    if gemm_bf16::available() {
+        let bf = CpuBackend::with_precision(CpuPrecision::Bf16).expect("bf16 backend");
+        bf.linear(&x, &w, None, None).expect("bf16 linear");
+        let p = profile::products()
+            .into_iter()
+            .find(|e| e.key == "70x24x16 AN BT bf16")
+            .expect("the bf16 product is in the table");
+        assert_eq!(p.extra, p.calls as f64 * 2.0 * (70 * 24 * 16) as f64);
+    } else {
+        println!("SKIPPED (the bf16 part only): this CPU has no AVX512_BF16");
+    }
 
     // Nested timers: only the outermost is recorded.
     {

@@ -120,8 +120,19 @@ impl<T> SendPtr<T> {
 pub fn gemm<T: Real>(alpha: T, a: Mat<T>, b: Mat<T>, beta: T, c: &mut [T], ldc: usize) {
     let t0 = profile::gemm_start();
     product(alpha, a, b, beta, c, ldc);
-    let transposed = |x: &Mat<T>| x.cs != 1;
-    profile::gemm_done(t0, a.rows, a.cols, b.cols, transposed(&a), transposed(&b));
+    profile::gemm_done(t0, profiled(&a, &b, false));
+}
+
+/// The profile's description of the product of `a` and `b`.
+fn profiled<T>(a: &Mat<T>, b: &Mat<T>, bf16: bool) -> profile::Product {
+    profile::Product {
+        m: a.rows,
+        k: a.cols,
+        n: b.cols,
+        a_t: a.cs != 1,
+        b_t: b.cs != 1,
+        bf16,
+    }
 }
 
 /// `gemm`'s work: picks the path (see the top).
@@ -345,11 +356,13 @@ pub fn gemm_frozen<T: Real>(
                 Side::A => a,
                 Side::B => b,
             };
+            let t0 = profile::gemm_start();
             let packed = weight_panels(f.weight, f.side, w);
             match f.side {
                 Side::A => gemm_bf16_panels(alpha, &packed, &Panels::b(b, parallel), beta, c, ldc),
                 Side::B => gemm_bf16_panels(alpha, &Panels::a(a, parallel), &packed, beta, c, ldc),
             }
+            profile::gemm_done(t0, profiled(&a, &b, true));
             return;
         }
     }

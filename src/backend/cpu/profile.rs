@@ -133,14 +133,35 @@ pub fn gemm_start() -> Option<Instant> {
     enabled().then(Instant::now)
 }
 
-/// Records a product of A [m, k] and B [k, n] started at `t0` (from [`gemm_start`]).
-pub fn gemm_done(t0: Option<Instant>, m: usize, k: usize, n: usize, a_t: bool, b_t: bool) {
+/// One matrix product as the profile files it: A [m, k] times B [k, n], which operands are
+/// transposed views, and whether it ran in bf16 (`cpu_precision: bf16`'s frozen-weight
+/// products, gemm_bf16.rs) rather than f32 or f64.
+#[derive(Clone, Copy, Debug)]
+pub struct Product {
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a_t: bool,
+    pub b_t: bool,
+    pub bf16: bool,
+}
+
+/// Records a product started at `t0` (from [`gemm_start`]).
+pub fn gemm_done(t0: Option<Instant>, p: Product) {
     let Some(t0) = t0 else { return };
     let e = t0.elapsed();
     GEMM_NS.fetch_add(e.as_nanos() as u64, Ordering::Relaxed);
     let layout = |t: bool| if t { "T" } else { "N" };
-    let key = format!("{m}x{k}x{n} A{} B{}", layout(a_t), layout(b_t));
-    add(&GEMMS, key, e.as_secs_f64(), 2.0 * (m * k * n) as f64);
+    let precision = if p.bf16 { " bf16" } else { "" };
+    let key = format!(
+        "{}x{}x{} A{} B{}{precision}",
+        p.m,
+        p.k,
+        p.n,
+        layout(p.a_t),
+        layout(p.b_t)
+    );
+    add(&GEMMS, key, e.as_secs_f64(), 2.0 * (p.m * p.k * p.n) as f64);
 }
 
 /// The op table, largest total first.
