@@ -18,8 +18,9 @@
 //!   spent their time, per op and per matrix product (src/backend/cpu/profile.rs).
 //! - BENCH_PRECISION: on the CPU, `f32` (default, the reference) or `bf16` (`cpu_precision:
 //!   bf16`: the products with frozen weights in bf16; needs AVX512_BF16).
-//! - BENCH_KEEP_FREED=0: leave glibc's allocator settings as they are; by default the bench
-//!   applies `backend::cpu::alloc::keep_freed_memory`, as the CLI does for training.
+//! - BENCH_KEEP_FREED: `1` applies `backend::cpu::alloc::keep_freed_memory`, `0` leaves
+//!   glibc's allocator settings as they are; by default as the CLI's training: applied with
+//!   f32 products, not with BENCH_PRECISION=bf16.
 //!
 //! On a GPU each configuration also gets `lorafuse plan`'s prediction for the same step and the
 //! ratio of the pool's measured peak to it. On Linux each configuration also gets the process's
@@ -132,7 +133,13 @@ fn peak_rss() -> Option<usize> {
 }
 
 fn main() -> Res<()> {
-    if std::env::var("BENCH_KEEP_FREED").as_deref() != Ok("0") {
+    let bf16 = std::env::var("BENCH_PRECISION").as_deref() == Ok("bf16");
+    let keep = match std::env::var("BENCH_KEEP_FREED").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => !bf16,
+    };
+    if keep {
         lorafuse::backend::cpu::alloc::keep_freed_memory();
     }
     let (be, dev, device_name) = open(&std::env::var("BENCH_DEVICE").unwrap_or_default())?;

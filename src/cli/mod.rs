@@ -258,12 +258,6 @@ pub enum Command {
 }
 
 pub fn run(cli: Cli) -> Outcome {
-    // Each command but `serve` is one job in its own process, so its freed buffers may stay
-    // with it until it exits (steps then reuse their pages: backend::cpu::alloc). `serve`
-    // outlives its jobs and keeps glibc's defaults.
-    if !matches!(cli.command, Command::Serve(_)) {
-        lorafuse::backend::cpu::alloc::keep_freed_memory();
-    }
     match cli.command {
         Command::Train {
             config,
@@ -453,11 +447,22 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
             None => Ok(()),
         };
     }
+    keep_freed_memory_for(cfg.cpu_precision);
     let be = backend(cfg.device, cfg.mixed_precision, cfg.cpu_precision)?;
     interrupt::install();
     let mut obs = progress::Progress::new();
     let report = train(&cfg, be.as_ref(), resume, &interrupt::STOP, &mut obs)?;
     print_report(&report)
+}
+
+/// A training run is one job in its own process, so its freed buffers may stay with it until
+/// it exits: steps then reuse their pages (backend::cpu::alloc). Only with f32 CPU products,
+/// where it was measured to pay; with `cpu_precision: bf16` it made steps slower in 4 of 5
+/// pairs (benches/results/cpu-alloc-2026-12-08.md), so glibc's defaults stay.
+fn keep_freed_memory_for(precision: CpuPrecision) {
+    if precision == CpuPrecision::F32 {
+        lorafuse::backend::cpu::alloc::keep_freed_memory();
+    }
 }
 
 /// `auto_crop` / `auto_caption`: the prepared folder made (or found made: its key file makes
@@ -520,6 +525,7 @@ fn demo(dir: &Path, steps: usize) -> Outcome {
     eprintln!("config: {}", files.config.display());
     let cfg = TrainConfig::load(&files.config, &[] as &[&str])?;
     cfg.check_paths()?;
+    keep_freed_memory_for(CpuPrecision::F32);
     let be = CpuBackend::new();
     interrupt::install();
     let mut obs = progress::Progress::new();

@@ -17,10 +17,13 @@
 //! the heap, and grow it 256 MiB at a time, so a steady-state step reuses the last step's
 //! pages. The peak resident set barely moves (the same buffers are alive at the peak; +1.2% at
 //! 512x512 batch 4, the same elsewhere); what changes is that freed memory stays with the
-//! process until it exits. The settings are
-//! process-wide, so only programs apply them (the CLI for its one-job commands, the benches);
-//! the library never does by itself: a host application that embeds lorafuse decides for its
-//! own process.
+//! process until it exits.
+//!
+//! Measured to pay with f32 products only: with `cpu_precision: bf16` steps got slower in 4 of
+//! 5 back-to-back pairs (same file), for reasons not yet found, so programs apply it to f32
+//! runs. The settings are process-wide, so only programs apply them (the CLI's `train` and
+//! `demo`, the benches); the library never does by itself: a host application that embeds
+//! lorafuse decides for its own process.
 
 /// The largest buffer served from the heap (larger ones still get their own mmap), bytes.
 const HEAP_UP_TO: i32 = 1 << 30;
