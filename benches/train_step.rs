@@ -30,7 +30,7 @@
 
 use std::time::Instant;
 
-use lorafuse::backend::cpu::CpuPrecision;
+use lorafuse::backend::cpu::{alloc, CpuPrecision};
 use lorafuse::backend::Backend;
 use lorafuse::lora::{LoraDropout, LoraSet, LoraTargets};
 use lorafuse::model::checkpoint::load_sd15;
@@ -78,16 +78,21 @@ fn open(want: &str) -> Res<(Box<dyn Backend>, Dev, String)> {
         return Err("BENCH_DEVICE=cuda needs a build with --features cuda".into());
     }
     let threads = rayon::current_num_threads();
-    let want = std::env::var("BENCH_PRECISION").unwrap_or_else(|_| "f32".into());
-    let precision = CpuPrecision::ALL
-        .into_iter()
-        .find(|p| p.name() == want)
-        .ok_or_else(|| format!("BENCH_PRECISION={want}: f32 or bf16"))?;
+    let precision = cpu_precision()?;
     Ok((
         Box::new(CpuBackend::with_precision(precision)?),
         None,
         format!("cpu ({threads} threads, {} products)", precision.name()),
     ))
+}
+
+/// The CPU products' precision BENCH_PRECISION asks for (f32 by default).
+fn cpu_precision() -> Res<CpuPrecision> {
+    let want = std::env::var("BENCH_PRECISION").unwrap_or_else(|_| "f32".into());
+    Ok(CpuPrecision::ALL
+        .into_iter()
+        .find(|p| p.name() == want)
+        .ok_or_else(|| format!("BENCH_PRECISION={want}: f32 or bf16"))?)
 }
 
 struct Row {
@@ -133,14 +138,14 @@ fn peak_rss() -> Option<usize> {
 }
 
 fn main() -> Res<()> {
-    let bf16 = std::env::var("BENCH_PRECISION").as_deref() == Ok("bf16");
-    let keep = match std::env::var("BENCH_KEEP_FREED").as_deref() {
-        Ok("0") => false,
-        Ok("1") => true,
-        _ => !bf16,
-    };
-    if keep {
-        lorafuse::backend::cpu::alloc::keep_freed_memory();
+    match std::env::var("BENCH_KEEP_FREED").as_deref() {
+        Ok("0") => {}
+        Ok("1") => {
+            alloc::keep_freed_memory();
+        }
+        _ => {
+            alloc::keep_freed_memory_for(cpu_precision()?);
+        }
     }
     let (be, dev, device_name) = open(&std::env::var("BENCH_DEVICE").unwrap_or_default())?;
     let on_gpu = dev.is_some();

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use lorafuse::backend::cpu::alloc::keep_freed_memory_for;
 use lorafuse::backend::cpu::CpuPrecision;
 use lorafuse::backend::select::{select, Selected};
 use lorafuse::config::{Device, MixedPrecision, TrainConfig};
@@ -447,22 +448,14 @@ fn train_cmd(config: &Path, resume: Option<Option<PathBuf>>, set: &[String]) -> 
             None => Ok(()),
         };
     }
+    // A training run is one job in its own process, so its freed buffers may stay with it
+    // until it exits (backend::cpu::alloc).
     keep_freed_memory_for(cfg.cpu_precision);
     let be = backend(cfg.device, cfg.mixed_precision, cfg.cpu_precision)?;
     interrupt::install();
     let mut obs = progress::Progress::new();
     let report = train(&cfg, be.as_ref(), resume, &interrupt::STOP, &mut obs)?;
     print_report(&report)
-}
-
-/// A training run is one job in its own process, so its freed buffers may stay with it until
-/// it exits: steps then reuse their pages (backend::cpu::alloc). Only with f32 CPU products,
-/// where it was measured to pay; with `cpu_precision: bf16` it made steps slower in 4 of 5
-/// pairs (benches/results/cpu-alloc-2026-12-08.md), so glibc's defaults stay.
-fn keep_freed_memory_for(precision: CpuPrecision) {
-    if precision == CpuPrecision::F32 {
-        lorafuse::backend::cpu::alloc::keep_freed_memory();
-    }
 }
 
 /// `auto_crop` / `auto_caption`: the prepared folder made (or found made: its key file makes

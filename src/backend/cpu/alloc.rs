@@ -20,10 +20,12 @@
 //! process until it exits.
 //!
 //! Measured to pay with f32 products only: with `cpu_precision: bf16` steps got slower in 4 of
-//! 5 back-to-back pairs (same file), for reasons not yet found, so programs apply it to f32
-//! runs. The settings are process-wide, so only programs apply them (the CLI's `train` and
+//! 5 back-to-back pairs (same file), for reasons not yet found, so programs apply it through
+//! [`keep_freed_memory_for`], which leaves bf16 runs with glibc's defaults. The settings are process-wide, so only programs apply them (the CLI's `train` and
 //! `demo`, the benches); the library never does by itself: a host application that embeds
 //! lorafuse decides for its own process.
+
+use super::CpuPrecision;
 
 /// The largest buffer served from the heap (larger ones still get their own mmap), bytes.
 const HEAP_UP_TO: i32 = 1 << 30;
@@ -56,4 +58,10 @@ pub fn keep_freed_memory() -> bool {
     {
         false
     }
+}
+
+/// [`keep_freed_memory`] for a run whose CPU products are in `precision`, where it was measured
+/// to pay (f32); a bf16 run keeps glibc's defaults. Returns whether the settings were applied.
+pub fn keep_freed_memory_for(precision: CpuPrecision) -> bool {
+    precision == CpuPrecision::F32 && keep_freed_memory()
 }
